@@ -1,0 +1,274 @@
+//! The sealing pipeline as a library: a bounded stream of sealed chunks out of any reader,
+//! and the reverse, a stream of verified plaintext out of any chunk source.
+//!
+//! Both run on [`crate::pipeline`]: the reader (or the fetches) on their own threads,
+//! encryption and checksums on `workers` threads, results handed back in order. At most
+//! [`buffers_for`]`(workers)` chunk buffers exist at once, whatever the file size.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use proto::{check_chunk_bytes, ChunkEntry, ChunkId, Manifest, CHUNKS_PER_FILE_MAX, TAG_BYTES};
+
+use crate::codec::{checksums, verify_and_open, FileCipher};
+use crate::error::CodecError;
+use crate::pipeline::{self, Ordered, PooledBuf};
+
+/// Buffers a pipeline of `workers` workers uses: one being filled, one per worker at work,
+/// one per worker queued for the consumer, one held by the consumer.
+pub fn buffers_for(workers: usize) -> usize {
+    2 * workers + 2
+}
+
+/// The documented bound on chunk memory of a seal or open: buffers times their capacity.
+pub fn pipeline_bytes(workers: usize, chunk_bytes: u32) -> u64 {
+    buffers_for(workers) as u64 * u64::from(chunk_bytes + TAG_BYTES)
+}
+
+/// Workers to use when the caller does not say: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One sealed chunk, in order. Its buffer returns to the pipeline when it is dropped.
+#[derive(Debug)]
+pub struct SealedChunk {
+    pub index: u64,
+    pub entry: ChunkEntry,
+    bytes: PooledBuf,
+}
+
+impl SealedChunk {
+    /// Sealed bytes: ciphertext then the 16-byte tag.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn plain_bytes(&self) -> u32 {
+        self.entry.sealed_bytes - TAG_BYTES
+    }
+}
+
+/// Sealed chunks of a reader, in order; ends after the last chunk or the first error.
+/// Drop each chunk once it is written or sent: at most [`buffers_for`]`(workers)` exist, and
+/// the stream waits for one to come back before it reads further.
+#[derive(Debug)]
+pub struct SealStream(Ordered<(ChunkId, u32), CodecError>);
+
+impl Iterator for SealStream {
+    type Item = Result<SealedChunk, CodecError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let (index, result) = self.0.next()?;
+        Some(result.map(|((id, crc32c), bytes)| {
+            let sealed_bytes = u32::try_from(bytes.len()).expect("a chunk is at most CHUNK_BYTES_MAX + TAG_BYTES");
+            SealedChunk { index, entry: ChunkEntry { id, sealed_bytes, crc32c }, bytes }
+        }))
+    }
+}
+
+/// Reads `reader` once, in chunks of `chunk_bytes`, and seals them on `workers` threads.
+/// An empty reader gives no chunks.
+pub fn seal_stream<R>(reader: R, cipher: Arc<FileCipher>, chunk_bytes: u32, workers: usize) -> Result<SealStream, CodecError>
+where
+    R: Read + Send + 'static,
+{
+    check_chunk_bytes(chunk_bytes).map_err(CodecError::Invalid)?;
+    if workers == 0 {
+        return Err(CodecError::Invalid("at least one worker is needed".into()));
+    }
+    let want = chunk_bytes as usize;
+    let mut reader = reader;
+    let mut offset = 0u64;
+    let mut at_end = false;
+    let source = move |index: u64, buf: &mut Vec<u8>| -> Result<bool, CodecError> {
+        if at_end {
+            return Ok(false);
+        }
+        // `take` + `read_to_end` fills the spare capacity without zeroing it first, and
+        // retries interrupted reads; the pooled buffer already has room for a whole chunk.
+        let n = (&mut reader)
+            .take(want as u64)
+            .read_to_end(buf)
+            .map_err(|source| CodecError::Read { offset, source })?;
+        offset += n as u64;
+        if n < want {
+            at_end = true;
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+        if index >= u64::from(CHUNKS_PER_FILE_MAX) {
+            return Err(CodecError::TooManyChunks { max_chunks: CHUNKS_PER_FILE_MAX, chunk_bytes });
+        }
+        Ok(true)
+    };
+    let work = move |index: u64, buf: &mut Vec<u8>| -> Result<(ChunkId, u32), CodecError> {
+        cipher.seal_chunk(index, buf);
+        let (crc, id) = checksums(buf);
+        Ok((id, crc))
+    };
+    let capacity = want + TAG_BYTES as usize;
+    Ok(SealStream(pipeline::run(buffers_for(workers), capacity, workers, source, work)))
+}
+
+/// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// Appends the sealed bytes of chunk `index` to `buf` (empty on entry, with room for the
+    /// chunk). It need not check them: the caller verifies length, CRC, id and tag.
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError>;
+}
+
+/// One verified, decrypted chunk, in order.
+#[derive(Debug)]
+pub struct OpenedChunk {
+    pub index: u64,
+    plain: PooledBuf,
+}
+
+impl OpenedChunk {
+    pub fn plaintext(&self) -> &[u8] {
+        &self.plain
+    }
+}
+
+#[derive(Debug)]
+pub struct OpenStream(Ordered<(), CodecError>);
+
+impl Iterator for OpenStream {
+    type Item = Result<OpenedChunk, CodecError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let (index, result) = self.0.next()?;
+        Some(result.map(|((), plain)| OpenedChunk { index, plain }))
+    }
+}
+
+/// Fetches, verifies and decrypts every chunk of `manifest` on `workers` threads, in order.
+/// A chunk is released only after all its checks passed.
+pub fn open_stream<S: ChunkSource>(manifest: Arc<Manifest>, cipher: Arc<FileCipher>, source: S, workers: usize) -> Result<OpenStream, CodecError> {
+    manifest.validate().map_err(CodecError::Invalid)?;
+    if workers == 0 {
+        return Err(CodecError::Invalid("at least one worker is needed".into()));
+    }
+    let count = manifest.chunks.len() as u64;
+    let feed = move |index: u64, _: &mut Vec<u8>| Ok(index < count);
+    let capacity = (manifest.chunk_bytes + TAG_BYTES) as usize;
+    let work = move |index: u64, buf: &mut Vec<u8>| {
+        let entry = &manifest.chunks[usize::try_from(index).expect("index < chunk count, a usize")];
+        source.fetch(index, entry, buf)?;
+        verify_and_open(&cipher, index, entry, buf)
+    };
+    Ok(OpenStream(pipeline::run(buffers_for(workers), capacity, workers, feed, work)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::ManifestBuilder;
+    use crate::ChunkFault;
+    use proto::{FileId, FileKey};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// An in-memory chunk store that tests can tamper with.
+    #[derive(Default, Clone)]
+    struct Memory(Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>);
+
+    impl ChunkSource for Memory {
+        fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+            let map = self.0.lock().unwrap();
+            let bytes = map.get(&entry.id).ok_or(CodecError::Chunk { index, id: entry.id, fault: ChunkFault::Missing })?;
+            buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    fn seal(data: &[u8], chunk_bytes: u32, workers: usize) -> (Arc<FileCipher>, Manifest, Memory) {
+        let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
+        let store = Memory::default();
+        let mut builder = ManifestBuilder::new(chunk_bytes);
+        let stream = seal_stream(std::io::Cursor::new(data.to_vec()), Arc::clone(&cipher), chunk_bytes, workers).unwrap();
+        for (expect, chunk) in (0u64..).zip(stream) {
+            let chunk = chunk.unwrap();
+            assert_eq!(chunk.index, expect);
+            store.0.lock().unwrap().insert(chunk.entry.id, chunk.bytes().to_vec());
+            builder.push(chunk.entry);
+        }
+        (cipher, builder.finish("t".into()).unwrap(), store)
+    }
+
+    fn open(cipher: &Arc<FileCipher>, manifest: &Manifest, store: &Memory, workers: usize) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::new();
+        for chunk in open_stream(Arc::new(manifest.clone()), Arc::clone(cipher), store.clone(), workers)? {
+            out.extend_from_slice(chunk?.plaintext());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trips_at_every_boundary() {
+        let cb = 4096u32;
+        for len in [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 17, 40 * 4096 - 1] {
+            for workers in [1, 3] {
+                let data: Vec<u8> = (0..len).map(|i: usize| (i * 31 % 256) as u8).collect();
+                let (cipher, manifest, store) = seal(&data, cb, workers);
+                assert_eq!(manifest.file_bytes, len as u64);
+                assert_eq!(manifest.chunks.len() as u64, Manifest::chunk_count_for(len as u64, cb));
+                assert_eq!(open(&cipher, &manifest, &store, workers).unwrap(), data, "len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_tampered_chunk_stops_the_stream_at_that_chunk() {
+        let data = vec![1u8; 5 * 4096];
+        let (cipher, manifest, store) = seal(&data, 4096, 2);
+        let victim = manifest.chunks[3].id;
+        store.0.lock().unwrap().get_mut(&victim).unwrap()[100] ^= 0x40;
+        let mut released = 0;
+        let mut error = None;
+        for chunk in open_stream(Arc::new(manifest.clone()), cipher, store, 2).unwrap() {
+            match chunk {
+                Ok(_) => released += 1,
+                Err(e) => error = Some(e),
+            }
+        }
+        assert_eq!(released, 3, "chunks before the bad one are released, none after");
+        assert!(matches!(error, Some(CodecError::Chunk { index: 3, fault: ChunkFault::Crc { .. }, .. })), "{error:?}");
+    }
+
+    #[test]
+    fn a_failing_reader_is_reported_with_its_offset() {
+        struct Failing(u64);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(usize::try_from(self.0).unwrap());
+                self.0 -= n as u64;
+                Ok(n)
+            }
+        }
+        let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
+        let results: Vec<Result<u32, CodecError>> =
+            seal_stream(Failing(10_000), cipher, 4096, 2).unwrap().map(|c| c.map(|c| c.plain_bytes())).collect();
+        assert_eq!(results.len(), 3);
+        assert_eq!((results[0].as_ref().unwrap(), results[1].as_ref().unwrap()), (&4096, &4096));
+        let err = results[2].as_ref().unwrap_err().to_string();
+        assert!(err.contains("after 8192 bytes") && err.contains("disk on fire"), "{err}");
+    }
+
+    #[test]
+    fn two_seals_of_the_same_input_share_no_ciphertext() {
+        let data = vec![9u8; 3 * 4096];
+        let a = Arc::new(FileCipher::new(&FileKey([1; 32]), FileId([1; 16])));
+        let b = Arc::new(FileCipher::new(&FileKey([2; 32]), FileId([2; 16])));
+        let ids = |c: Arc<FileCipher>| -> Vec<ChunkId> {
+            seal_stream(std::io::Cursor::new(data.clone()), c, 4096, 1).unwrap().map(|c| c.unwrap().entry.id).collect()
+        };
+        let (ia, ib) = (ids(a), ids(b));
+        assert!(ia.iter().all(|id| !ib.contains(id)));
+        // Equal plaintext chunks in one file still differ: the nonce is the chunk index.
+        assert!(ia[0] != ia[1] && ia[1] != ia[2]);
+    }
+}

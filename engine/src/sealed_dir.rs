@@ -1,0 +1,315 @@
+//! The sealed directory: what `mspace seal` writes and `mspace open` reads.
+//!
+//! A sealed directory holds one file per sealed chunk, named by the chunk id in lowercase
+//! hex, and one manifest envelope named `<manifest id>.manifest`. The manifest is written
+//! last, after every chunk is durable, so a directory with a manifest is complete; a seal
+//! that fails removes what it wrote. Opening writes to a temporary file beside the output
+//! and renames it only after every chunk passed its checks.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use proto::manifest::{BODY_BYTES_MAX, ENVELOPE_HEADER_BYTES};
+use proto::{ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey, CHUNKS_PER_FILE_MAX, TAG_BYTES};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
+use crate::error::{ChunkFault, CodecError};
+use crate::seal::{open_stream, seal_stream, ChunkSource};
+
+pub const MANIFEST_SUFFIX: &str = ".manifest";
+/// Largest manifest envelope a reader accepts, checked before reading it.
+pub const ENVELOPE_BYTES_MAX: u64 = (ENVELOPE_HEADER_BYTES + BODY_BYTES_MAX + TAG_BYTES as usize) as u64;
+
+/// How the opener proves it may read the file.
+#[derive(Clone, Copy, Debug)]
+pub enum Unlock<'a> {
+    Passphrase(&'a [u8]),
+    ShareKey(&'a ShareKey),
+}
+
+#[derive(Clone, Debug)]
+pub struct SealOptions {
+    pub chunk_bytes: u32,
+    pub workers: usize,
+    pub kdf: KdfParams,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        SealOptions { chunk_bytes: proto::CHUNK_BYTES_DEFAULT, workers: crate::seal::default_workers(), kdf: KdfParams::DEFAULT }
+    }
+}
+
+/// What a seal produced.
+#[derive(Debug)]
+pub struct Sealed {
+    pub file_id: FileId,
+    pub manifest_id: ChunkId,
+    pub share_key: ShareKey,
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+}
+
+/// The manifest envelope: its encoded bytes, and the id (BLAKE3) hosts address it by.
+pub fn build_envelope(cipher: &FileCipher, kdf: KdfParams, salt: [u8; 16], manifest: &Manifest) -> (Vec<u8>, ChunkId) {
+    let mut body = manifest.encode();
+    let sealed_body_bytes = u32::try_from(body.len() + TAG_BYTES as usize).expect("bounded by BODY_BYTES_MAX");
+    let header = EnvelopeHeader { kdf, salt, file_id: cipher.file_id(), sealed_body_bytes }.encode();
+    cipher.seal_manifest(&header, &mut body);
+    let mut envelope = Vec::with_capacity(header.len() + body.len());
+    envelope.extend_from_slice(&header);
+    envelope.extend_from_slice(&body);
+    let id = ChunkId::of(&envelope);
+    (envelope, id)
+}
+
+/// Opens a manifest envelope whose id is `manifest_id`: the key comes from the passphrase
+/// (with the envelope's own salt and KDF parameters) or from the share key.
+pub fn open_envelope(envelope: &[u8], manifest_id: ChunkId, unlock: Unlock<'_>) -> Result<(Manifest, Arc<FileCipher>), CodecError> {
+    let (header, aad, sealed_body) = EnvelopeHeader::split(envelope)?;
+    let key = match unlock {
+        Unlock::Passphrase(pass) => derive_file_key(&derive_master_key(pass, &header.salt, header.kdf)?, &header.file_id),
+        Unlock::ShareKey(share) => {
+            if share.file_id != header.file_id {
+                return Err(CodecError::ShareKeyForOtherFile { key_file: share.file_id, dir_file: header.file_id });
+            }
+            if share.manifest_id != manifest_id {
+                return Err(CodecError::ShareKeyForOtherManifest { key_manifest: share.manifest_id, dir_manifest: manifest_id });
+            }
+            share.file_key.clone()
+        }
+    };
+    let cipher = FileCipher::new(&key, header.file_id);
+    let body = cipher.open_manifest(aad, sealed_body).ok_or(match unlock {
+        Unlock::Passphrase(_) => CodecError::WrongPassphrase,
+        Unlock::ShareKey(_) => CodecError::WrongShareKey,
+    })?;
+    Ok((Manifest::decode(&body)?, Arc::new(cipher)))
+}
+
+/// Removes what a failed seal wrote, so that no half-sealed directory is left behind.
+struct Cleanup {
+    dir: PathBuf,
+    created_dir: bool,
+    files: Vec<PathBuf>,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for f in &self.files {
+            let _ = fs::remove_file(f);
+        }
+        if self.created_dir {
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CodecError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(CodecError::io("sync directory", dir))
+}
+
+fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], CodecError> {
+    let mut out = [0u8; N];
+    rng.fill(&mut out).map_err(|_| CodecError::Invalid("the system random number generator failed".into()))?;
+    Ok(out)
+}
+
+/// Seals `input` into `out_dir` (created if missing, and otherwise required to be empty).
+/// `progress` is called with the plaintext bytes of each chunk once it is written.
+pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOptions, progress: &mut dyn FnMut(u64)) -> Result<Sealed, CodecError> {
+    proto::check_chunk_bytes(opts.chunk_bytes).map_err(CodecError::Invalid)?;
+    if passphrase.is_empty() {
+        return Err(CodecError::Invalid("the passphrase is empty".into()));
+    }
+    let file = File::open(input).map_err(CodecError::io("open", input))?;
+    let meta = file.metadata().map_err(CodecError::io("stat", input))?;
+    if meta.is_dir() {
+        return Err(CodecError::Invalid(format!("{} is a directory, not a file", input.display())));
+    }
+    // A regular file's size is known: refuse one that is too large before doing any work.
+    let expected_bytes = meta.is_file().then_some(meta.len());
+    if let Some(len) = expected_bytes {
+        if Manifest::chunk_count_for(len, opts.chunk_bytes) > u64::from(CHUNKS_PER_FILE_MAX) {
+            return Err(CodecError::TooManyChunks { max_chunks: CHUNKS_PER_FILE_MAX, chunk_bytes: opts.chunk_bytes });
+        }
+    }
+    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+    let name = if name.len() <= proto::manifest::NAME_BYTES_MAX { name } else { String::new() };
+
+    let created_dir = prepare_empty_dir(out_dir)?;
+    let mut cleanup = Cleanup { dir: out_dir.to_owned(), created_dir, files: Vec::new(), armed: true };
+
+    let rng = SystemRandom::new();
+    let salt: [u8; 16] = random(&rng)?;
+    let file_id = FileId(random(&rng)?);
+    let file_key = derive_file_key(&derive_master_key(passphrase, &salt, opts.kdf)?, &file_id);
+    let cipher = Arc::new(FileCipher::new(&file_key, file_id));
+
+    let mut builder = ManifestBuilder::new(opts.chunk_bytes);
+    for chunk in seal_stream(file, Arc::clone(&cipher), opts.chunk_bytes, opts.workers)? {
+        let chunk = chunk?;
+        let path = out_dir.join(chunk.entry.id.to_hex());
+        let mut f = File::options().write(true).create_new(true).open(&path).map_err(CodecError::io("create chunk file", &path))?;
+        cleanup.files.push(path.clone());
+        f.write_all(chunk.bytes()).map_err(CodecError::io("write chunk file", &path))?;
+        f.sync_data().map_err(CodecError::io("sync chunk file", &path))?;
+        builder.push(chunk.entry);
+        progress(u64::from(chunk.plain_bytes()));
+    }
+    if let Some(expected) = expected_bytes {
+        if builder.file_bytes() != expected {
+            return Err(CodecError::InputChanged { expected, read: builder.file_bytes() });
+        }
+    }
+    let manifest = builder.finish(name)?;
+    let (envelope, manifest_id) = build_envelope(&cipher, opts.kdf, salt, &manifest);
+
+    // The manifest goes last, through a temporary name, so that its presence means the seal
+    // is complete and every chunk before it is on disk.
+    let manifest_path = out_dir.join(format!("{}{MANIFEST_SUFFIX}", manifest_id.to_hex()));
+    let tmp_path = out_dir.join(".manifest.partial");
+    cleanup.files.push(tmp_path.clone());
+    let mut f = File::options().write(true).create_new(true).open(&tmp_path).map_err(CodecError::io("create", &tmp_path))?;
+    f.write_all(&envelope).map_err(CodecError::io("write", &tmp_path))?;
+    f.sync_all().map_err(CodecError::io("sync", &tmp_path))?;
+    fs::rename(&tmp_path, &manifest_path).map_err(CodecError::io("rename manifest into", &manifest_path))?;
+    cleanup.files.push(manifest_path.clone());
+    sync_dir(out_dir)?;
+    cleanup.armed = false;
+
+    let share_key = ShareKey { file_id, manifest_id, file_key: file_key.clone() };
+    Ok(Sealed { file_id, manifest_id, share_key, manifest, manifest_path })
+}
+
+/// Creates `dir`, or checks that it is an empty directory; returns whether it was created.
+fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(CodecError::Invalid(format!(
+                    "{} is not empty: seal into a new or empty directory",
+                    dir.display()
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(CodecError::io("create directory", dir))?;
+            Ok(true)
+        }
+        Err(e) => Err(CodecError::Io { op: "read directory", path: dir.to_owned(), source: e }),
+    }
+}
+
+/// Finds the one manifest of a sealed directory and checks it against its name.
+pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), CodecError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(CodecError::io("read directory", dir))? {
+        let entry = entry.map_err(CodecError::io("read directory", dir))?;
+        let name = entry.file_name();
+        if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(MANIFEST_SUFFIX)) {
+            found.push((entry.path(), stem.to_owned()));
+        }
+    }
+    let (path, stem) = match found.len() {
+        1 => found.remove(0),
+        0 => return Err(CodecError::Invalid(format!("{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory", dir.display()))),
+        n => return Err(CodecError::Invalid(format!("{} holds {n} manifests; a sealed directory holds one", dir.display()))),
+    };
+    let corrupt = |reason: String| CodecError::ManifestCorrupt { path: path.clone(), reason };
+    let named: ChunkId = stem.parse().map_err(|e| corrupt(format!("its name is not its id: {e}")))?;
+    let len = fs::metadata(&path).map_err(CodecError::io("stat", &path))?.len();
+    if len > ENVELOPE_BYTES_MAX {
+        return Err(corrupt(format!("{len} bytes, more than any manifest ({ENVELOPE_BYTES_MAX})")));
+    }
+    let bytes = fs::read(&path).map_err(CodecError::io("read", &path))?;
+    let actual = ChunkId::of(&bytes);
+    if actual != named {
+        return Err(corrupt(format!("its content hashes to {actual}, not to the id in its name")));
+    }
+    Ok((path, named, bytes))
+}
+
+/// Chunks read from a sealed directory.
+#[derive(Debug)]
+pub struct DirSource {
+    dir: PathBuf,
+}
+
+impl DirSource {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DirSource { dir: dir.into() }
+    }
+}
+
+impl ChunkSource for DirSource {
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        let path = self.dir.join(entry.id.to_hex());
+        let fault = |fault| CodecError::Chunk { index, id: entry.id, fault };
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(fault(ChunkFault::Missing)),
+            Err(e) => return Err(CodecError::Io { op: "open chunk file", path, source: e }),
+        };
+        let expected = u64::from(entry.sealed_bytes);
+        let len = f.metadata().map_err(CodecError::io("stat chunk file", &path))?.len();
+        if len != expected {
+            return Err(fault(ChunkFault::Length { expected, found: len }));
+        }
+        // Read one byte past the end so that a file growing under us is caught too.
+        (&mut f).take(expected + 1).read_to_end(buf).map_err(CodecError::io("read chunk file", &path))?;
+        Ok(())
+    }
+}
+
+/// What an open produced.
+#[derive(Debug)]
+pub struct Opened {
+    pub file_id: FileId,
+    pub manifest_id: ChunkId,
+    pub manifest: Manifest,
+}
+
+/// Opens the sealed directory `dir` into `out`. Every chunk is verified before its
+/// plaintext is written; the output appears (atomically, by rename) only if all passed.
+/// An existing `out` is replaced only with `overwrite`.
+pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, workers: usize, progress: &mut dyn FnMut(u64)) -> Result<Opened, CodecError> {
+    if !overwrite && out.symlink_metadata().is_ok() {
+        return Err(CodecError::Invalid(format!("{} already exists (use --force to replace it)", out.display())));
+    }
+    let (_, manifest_id, envelope) = read_manifest_file(dir)?;
+    let (manifest, cipher) = open_envelope(&envelope, manifest_id, unlock)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".mspace-open-")
+        .suffix(".partial")
+        .tempfile_in(parent)
+        .map_err(CodecError::io("create a temporary file in", parent))?;
+    let manifest = Arc::new(manifest);
+    let file_id = cipher.file_id();
+    for chunk in open_stream(Arc::clone(&manifest), cipher, DirSource::new(dir), workers)? {
+        let chunk = chunk?;
+        tmp.write_all(chunk.plaintext()).map_err(CodecError::io("write", tmp.path()))?;
+        progress(chunk.plaintext().len() as u64);
+    }
+    tmp.as_file().sync_all().map_err(CodecError::io("sync", tmp.path()))?;
+    if overwrite {
+        tmp.persist(out).map_err(|e| CodecError::Io { op: "rename output to", path: out.to_owned(), source: e.error })?;
+    } else {
+        tmp.persist_noclobber(out).map_err(|e| CodecError::Io { op: "rename output to", path: out.to_owned(), source: e.error })?;
+    }
+    sync_dir(parent)?;
+    let manifest = Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone());
+    Ok(Opened { file_id, manifest_id, manifest })
+}
