@@ -122,27 +122,43 @@ fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], CodecError> {
     Ok(out)
 }
 
-/// Seals `input` into `out_dir` (created if missing, and otherwise required to be empty).
-/// `progress` is called with the plaintext bytes of each chunk once it is written.
-pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOptions, progress: &mut dyn FnMut(u64)) -> Result<Sealed, CodecError> {
-    proto::check_chunk_bytes(opts.chunk_bytes).map_err(CodecError::Invalid)?;
-    if passphrase.is_empty() {
-        return Err(CodecError::Invalid("the passphrase is empty".into()));
-    }
+/// Seals the file `input` into `out_dir` (created if missing, and otherwise required to be
+/// empty). `progress(done, total)` is called with plaintext bytes after each chunk is written.
+pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Sealed, CodecError> {
     let file = File::open(input).map_err(CodecError::io("open", input))?;
     let meta = file.metadata().map_err(CodecError::io("stat", input))?;
     if meta.is_dir() {
         return Err(CodecError::Invalid(format!("{} is a directory, not a file", input.display())));
     }
-    // A regular file's size is known: refuse one that is too large before doing any work.
+    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+    // A regular file's size is known; a pipe's is not.
     let expected_bytes = meta.is_file().then_some(meta.len());
+    seal_reader(file, &name, expected_bytes, out_dir, passphrase, opts, progress)
+}
+
+/// Seals everything `reader` yields into `out_dir`. With `expected_bytes`, a reader that
+/// yields more or less is an error ([`CodecError::InputChanged`]) and a size that needs too
+/// many chunks is refused before any work. On any error, what was written is removed.
+pub fn seal_reader<R: Read + Send + 'static>(
+    reader: R,
+    name: &str,
+    expected_bytes: Option<u64>,
+    out_dir: &Path,
+    passphrase: &[u8],
+    opts: &SealOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Sealed, CodecError> {
+    proto::check_chunk_bytes(opts.chunk_bytes).map_err(CodecError::Invalid)?;
+    if passphrase.is_empty() {
+        return Err(CodecError::Invalid("the passphrase is empty".into()));
+    }
     if let Some(len) = expected_bytes {
         if Manifest::chunk_count_for(len, opts.chunk_bytes) > u64::from(CHUNKS_PER_FILE_MAX) {
             return Err(CodecError::TooManyChunks { max_chunks: CHUNKS_PER_FILE_MAX, chunk_bytes: opts.chunk_bytes });
         }
     }
-    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
-    let name = if name.len() <= proto::manifest::NAME_BYTES_MAX { name } else { String::new() };
+    // The name is informational: one that a manifest cannot hold is dropped, not fatal.
+    let name = if proto::manifest::check_name(name).is_ok() { name.to_owned() } else { String::new() };
 
     let created_dir = prepare_empty_dir(out_dir)?;
     let mut cleanup = Cleanup { dir: out_dir.to_owned(), created_dir, files: Vec::new(), armed: true };
@@ -154,7 +170,7 @@ pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOpt
     let cipher = Arc::new(FileCipher::new(&file_key, file_id));
 
     let mut builder = ManifestBuilder::new(opts.chunk_bytes);
-    for chunk in seal_stream(file, Arc::clone(&cipher), opts.chunk_bytes, opts.workers)? {
+    for chunk in seal_stream(reader, Arc::clone(&cipher), opts.chunk_bytes, opts.workers)? {
         let chunk = chunk?;
         let path = out_dir.join(chunk.entry.id.to_hex());
         let mut f = File::options().write(true).create_new(true).open(&path).map_err(CodecError::io("create chunk file", &path))?;
@@ -162,7 +178,7 @@ pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOpt
         f.write_all(chunk.bytes()).map_err(CodecError::io("write chunk file", &path))?;
         f.sync_data().map_err(CodecError::io("sync chunk file", &path))?;
         builder.push(chunk.entry);
-        progress(u64::from(chunk.plain_bytes()));
+        progress(builder.file_bytes(), expected_bytes.unwrap_or(0));
     }
     if let Some(expected) = expected_bytes {
         if builder.file_bytes() != expected {
@@ -280,8 +296,9 @@ pub struct Opened {
 
 /// Opens the sealed directory `dir` into `out`. Every chunk is verified before its
 /// plaintext is written; the output appears (atomically, by rename) only if all passed.
-/// An existing `out` is replaced only with `overwrite`.
-pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, workers: usize, progress: &mut dyn FnMut(u64)) -> Result<Opened, CodecError> {
+/// An existing `out` is replaced only with `overwrite`. `progress(done, total)` is called
+/// with plaintext bytes after each chunk is written.
+pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, workers: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Opened, CodecError> {
     if !overwrite && out.symlink_metadata().is_ok() {
         return Err(CodecError::Invalid(format!("{} already exists (use --force to replace it)", out.display())));
     }
@@ -298,10 +315,12 @@ pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, wor
         .map_err(CodecError::io("create a temporary file in", parent))?;
     let manifest = Arc::new(manifest);
     let file_id = cipher.file_id();
+    let mut done = 0u64;
     for chunk in open_stream(Arc::clone(&manifest), cipher, DirSource::new(dir), workers)? {
         let chunk = chunk?;
         tmp.write_all(chunk.plaintext()).map_err(CodecError::io("write", tmp.path()))?;
-        progress(chunk.plaintext().len() as u64);
+        done += chunk.plaintext().len() as u64;
+        progress(done, manifest.file_bytes);
     }
     tmp.as_file().sync_all().map_err(CodecError::io("sync", tmp.path()))?;
     if overwrite {

@@ -161,7 +161,7 @@ impl Manifest {
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     if name.len() > NAME_BYTES_MAX {
         return Err(format!("file name is {} bytes, the limit is {NAME_BYTES_MAX}", name.len()));
     }
