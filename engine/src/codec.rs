@@ -38,7 +38,11 @@ impl Drop for MasterKey {
 }
 
 /// Argon2id (v0x13) of the passphrase with the manifest's salt and parameters.
-pub fn derive_master_key(passphrase: &[u8], salt: &[u8; 16], kdf: KdfParams) -> Result<MasterKey, CodecError> {
+pub fn derive_master_key(
+    passphrase: &[u8],
+    salt: &[u8; 16],
+    kdf: KdfParams,
+) -> Result<MasterKey, CodecError> {
     kdf.check().map_err(CodecError::Invalid)?;
     let params = Params::new(kdf.m_kib, kdf.t, kdf.p, Some(32))
         .map_err(|e| CodecError::Invalid(format!("argon2 parameters: {e}")))?;
@@ -86,14 +90,19 @@ pub struct FileCipher {
 
 impl std::fmt::Debug for FileCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileCipher").field("file_id", &self.file_id).finish_non_exhaustive()
+        f.debug_struct("FileCipher")
+            .field("file_id", &self.file_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl FileCipher {
     pub fn new(key: &FileKey, file_id: FileId) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, &key.0).expect("AES-256 takes a 32-byte key");
-        FileCipher { key: LessSafeKey::new(unbound), file_id }
+        FileCipher {
+            key: LessSafeKey::new(unbound),
+            file_id,
+        }
     }
 
     pub fn file_id(&self) -> FileId {
@@ -134,7 +143,11 @@ impl FileCipher {
     /// Opens a manifest body; `None` means the key is wrong or the envelope was altered.
     pub fn open_manifest(&self, header: &[u8], sealed_body: &[u8]) -> Option<Vec<u8>> {
         let mut body = sealed_body.to_vec();
-        let len = self.key.open_in_place(nonce(NONCE_KIND_MANIFEST, 0), Aad::from(header), &mut body).ok()?.len();
+        let len = self
+            .key
+            .open_in_place(nonce(NONCE_KIND_MANIFEST, 0), Aad::from(header), &mut body)
+            .ok()?
+            .len();
         body.truncate(len);
         Some(body)
     }
@@ -159,14 +172,29 @@ pub fn checksums(bytes: &[u8]) -> (u32, ChunkId) {
 
 /// Checks a sealed chunk against its manifest entry (length, CRC32C, BLAKE3 id), then
 /// decrypts it in place. Nothing of a chunk that fails is returned.
-pub fn verify_and_open(cipher: &FileCipher, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
-    let fail = |fault| CodecError::Chunk { index, id: entry.id, fault };
+pub fn verify_and_open(
+    cipher: &FileCipher,
+    index: u64,
+    entry: &ChunkEntry,
+    buf: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let fail = |fault| CodecError::Chunk {
+        index,
+        id: entry.id,
+        fault,
+    };
     if buf.len() as u64 != u64::from(entry.sealed_bytes) {
-        return Err(fail(ChunkFault::Length { expected: entry.sealed_bytes.into(), found: buf.len() as u64 }));
+        return Err(fail(ChunkFault::Length {
+            expected: entry.sealed_bytes.into(),
+            found: buf.len() as u64,
+        }));
     }
     let (crc, id) = checksums(buf);
     if crc != entry.crc32c {
-        return Err(fail(ChunkFault::Crc { expected: entry.crc32c, found: crc }));
+        return Err(fail(ChunkFault::Crc {
+            expected: entry.crc32c,
+            found: crc,
+        }));
     }
     if id != entry.id {
         return Err(fail(ChunkFault::Id { found: id }));
@@ -184,7 +212,11 @@ pub struct ManifestBuilder {
 
 impl ManifestBuilder {
     pub fn new(chunk_bytes: u32) -> Self {
-        ManifestBuilder { chunk_bytes, file_bytes: 0, chunks: Vec::new() }
+        ManifestBuilder {
+            chunk_bytes,
+            file_bytes: 0,
+            chunks: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, entry: ChunkEntry) {
@@ -197,7 +229,12 @@ impl ManifestBuilder {
     }
 
     pub fn finish(self, name: String) -> Result<Manifest, CodecError> {
-        let manifest = Manifest { chunk_bytes: self.chunk_bytes, file_bytes: self.file_bytes, name, chunks: self.chunks };
+        let manifest = Manifest {
+            chunk_bytes: self.chunk_bytes,
+            file_bytes: self.file_bytes,
+            name,
+            chunks: self.chunks,
+        };
         manifest.validate().map_err(CodecError::Invalid)?;
         Ok(manifest)
     }
@@ -233,7 +270,10 @@ mod tests {
             assert_eq!(who.open_chunk(idx, &mut b), Err(ChunkFault::Tag));
         }
         let other_file = FileCipher::new(&FileKey([1; 32]), FileId([2; 16]));
-        assert_eq!(other_file.open_chunk(3, &mut sealed.clone()), Err(ChunkFault::Tag));
+        assert_eq!(
+            other_file.open_chunk(3, &mut sealed.clone()),
+            Err(ChunkFault::Tag)
+        );
     }
 
     #[test]
@@ -242,31 +282,77 @@ mod tests {
         let mut buf = vec![7u8; 5000];
         c.seal_chunk(0, &mut buf);
         let (crc32c, id) = checksums(&buf);
-        let entry = ChunkEntry { id, sealed_bytes: 5016, crc32c };
+        let entry = ChunkEntry {
+            id,
+            sealed_bytes: 5016,
+            crc32c,
+        };
         let fault = |mut b: Vec<u8>, e: &ChunkEntry| match verify_and_open(&c, 0, e, &mut b) {
             Err(CodecError::Chunk { fault, .. }) => fault,
             other => panic!("{other:?}"),
         };
-        assert!(matches!(fault(buf[..100].to_vec(), &entry), ChunkFault::Length { expected: 5016, found: 100 }));
+        assert!(matches!(
+            fault(buf[..100].to_vec(), &entry),
+            ChunkFault::Length {
+                expected: 5016,
+                found: 100
+            }
+        ));
         let mut flipped = buf.clone();
         flipped[10] ^= 1;
-        assert!(matches!(fault(flipped.clone(), &entry), ChunkFault::Crc { .. }));
+        assert!(matches!(
+            fault(flipped.clone(), &entry),
+            ChunkFault::Crc { .. }
+        ));
         // Same CRC in the entry, but the content differs: caught by the id.
         let (crc_flipped, _) = checksums(&flipped);
-        assert!(matches!(fault(flipped, &ChunkEntry { crc32c: crc_flipped, ..entry }), ChunkFault::Id { .. }));
+        assert!(matches!(
+            fault(
+                flipped,
+                &ChunkEntry {
+                    crc32c: crc_flipped,
+                    ..entry
+                }
+            ),
+            ChunkFault::Id { .. }
+        ));
         let mut ok = buf.clone();
         verify_and_open(&c, 0, &entry, &mut ok).unwrap();
         assert_eq!(ok, vec![7u8; 5000]);
-        assert_eq!(verify_and_open(&cipher(6), 0, &entry, &mut buf.clone()).map_err(|e| e.to_string()).unwrap_err().contains("AES-GCM"), true);
+        let wrong_key = verify_and_open(&cipher(6), 0, &entry, &mut buf.clone()).unwrap_err();
+        assert!(
+            matches!(
+                wrong_key,
+                CodecError::Chunk {
+                    fault: ChunkFault::Tag,
+                    ..
+                }
+            ),
+            "{wrong_key}"
+        );
+        assert!(wrong_key.to_string().contains("AES-GCM"), "{wrong_key}");
     }
 
     #[test]
     fn master_key_depends_on_passphrase_and_salt() {
-        let kdf = KdfParams { m_kib: 64, t: 1, p: 1 };
+        let kdf = KdfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
         let k = |p: &[u8], s: u8| derive_master_key(p, &[s; 16], kdf).unwrap().0;
         assert_eq!(k(b"a", 1), k(b"a", 1));
         assert_ne!(k(b"a", 1), k(b"b", 1));
         assert_ne!(k(b"a", 1), k(b"a", 2));
-        assert!(derive_master_key(b"a", &[0; 16], KdfParams { m_kib: 1, t: 1, p: 1 }).is_err());
+        assert!(derive_master_key(
+            b"a",
+            &[0; 16],
+            KdfParams {
+                m_kib: 1,
+                t: 1,
+                p: 1
+            }
+        )
+        .is_err());
     }
 }

@@ -10,13 +10,21 @@ use thiserror::Error;
 pub enum CodecError {
     /// An operation on a named path failed.
     #[error("cannot {op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// Reading the stream being sealed failed.
     #[error("reading the input failed after {offset} bytes: {source}")]
     Read { offset: u64, source: io::Error },
     /// A chunk failed one of its checks; nothing of it was released.
     #[error("chunk {index} (id {id}) {fault}")]
-    Chunk { index: u64, id: ChunkId, fault: ChunkFault },
+    Chunk {
+        index: u64,
+        id: ChunkId,
+        fault: ChunkFault,
+    },
     #[error("the manifest {path} is corrupted: {reason}")]
     ManifestCorrupt { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -25,13 +33,20 @@ pub enum CodecError {
     WrongPassphrase,
     #[error("wrong share key: the manifest is intact but does not open with this share key")]
     WrongShareKey,
-    #[error("the share key is for file {key_file}, but this sealed directory holds file {dir_file}")]
+    #[error(
+        "the share key is for file {key_file}, but this sealed directory holds file {dir_file}"
+    )]
     ShareKeyForOtherFile { key_file: FileId, dir_file: FileId },
     #[error("the share key names manifest {key_manifest}, but this sealed directory holds manifest {dir_manifest}")]
-    ShareKeyForOtherManifest { key_manifest: ChunkId, dir_manifest: ChunkId },
+    ShareKeyForOtherManifest {
+        key_manifest: ChunkId,
+        dir_manifest: ChunkId,
+    },
     #[error("the input is too large: more than {max_chunks} chunks of {chunk_bytes} bytes; choose a larger chunk size")]
     TooManyChunks { max_chunks: u32, chunk_bytes: u32 },
-    #[error("the input changed while it was sealed: {expected} bytes at the start, {read} bytes read")]
+    #[error(
+        "the input changed while it was sealed: {expected} bytes at the start, {read} bytes read"
+    )]
     InputChanged { expected: u64, read: u64 },
     #[error("{0}")]
     Invalid(String),
@@ -43,7 +58,9 @@ pub enum CodecError {
 pub enum ChunkFault {
     #[error("is missing")]
     Missing,
-    #[error("has the wrong length (truncated or extended): expected {expected} bytes, found {found}")]
+    #[error(
+        "has the wrong length (truncated or extended): expected {expected} bytes, found {found}"
+    )]
     Length { expected: u64, found: u64 },
     #[error("fails its CRC32C check: expected {expected:#010x}, found {found:#010x}")]
     Crc { expected: u32, found: u32 },
@@ -54,7 +71,10 @@ pub enum ChunkFault {
 }
 
 impl CodecError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CodecError {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> CodecError {
         let path = path.into();
         move |source| CodecError::Io { op, path, source }
     }

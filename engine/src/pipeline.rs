@@ -66,17 +66,28 @@ pub struct Ordered<T, E> {
 
 /// Starts a pipeline. `source(index, buf)` fills an empty pooled buffer with item `index`
 /// and returns `Ok(false)` at the end; `work(index, buf)` transforms it in place.
-pub fn run<T, E, S, W>(buffers: usize, buf_capacity: usize, workers: usize, mut source: S, work: W) -> Ordered<T, E>
+pub fn run<T, E, S, W>(
+    buffers: usize,
+    buf_capacity: usize,
+    workers: usize,
+    mut source: S,
+    work: W,
+) -> Ordered<T, E>
 where
     T: Send + 'static,
     E: Send + 'static,
     S: FnMut(u64, &mut Vec<u8>) -> Result<bool, E> + Send + 'static,
     W: Fn(u64, &mut Vec<u8>) -> Result<T, E> + Send + Sync + 'static,
 {
-    assert!(workers >= 1 && buffers >= 1, "a pipeline needs a worker and a buffer");
+    assert!(
+        workers >= 1 && buffers >= 1,
+        "a pipeline needs a worker and a buffer"
+    );
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
     for _ in 0..buffers {
-        pool_tx.send(Vec::with_capacity(buf_capacity)).expect("the pool has room for every buffer");
+        pool_tx
+            .send(Vec::with_capacity(buf_capacity))
+            .expect("the pool has room for every buffer");
     }
     let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(workers);
     let (out_tx, out_rx) = bounded::<Output<T, E>>(buffers);
@@ -86,34 +97,39 @@ where
 
     let feeder_out = out_tx.clone();
     let feeder_cancel = Arc::clone(&cancel);
-    threads.push(thread::Builder::new()
-        .name("pipeline-feed".into())
-        .spawn(move || {
-            for index in 0u64.. {
-                let raw = select! {
-                    recv(pool_rx) -> raw => raw.ok(),
-                    recv(stop_rx) -> _ => None,
-                };
-                let Some(raw) = raw else { break };
-                if feeder_cancel.load(Ordering::Relaxed) {
-                    break;
-                }
-                let mut buf = PooledBuf { buf: raw, home: pool_tx.clone() };
-                match source(index, &mut buf.buf) {
-                    Ok(true) => {
-                        if job_tx.send((index, buf)).is_err() {
+    threads.push(
+        thread::Builder::new()
+            .name("pipeline-feed".into())
+            .spawn(move || {
+                for index in 0u64.. {
+                    let raw = select! {
+                        recv(pool_rx) -> raw => raw.ok(),
+                        recv(stop_rx) -> _ => None,
+                    };
+                    let Some(raw) = raw else { break };
+                    if feeder_cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut buf = PooledBuf {
+                        buf: raw,
+                        home: pool_tx.clone(),
+                    };
+                    match source(index, &mut buf.buf) {
+                        Ok(true) => {
+                            if job_tx.send((index, buf)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(false) => break,
+                        Err(e) => {
+                            let _ = feeder_out.send((index, Err(e)));
                             break;
                         }
                     }
-                    Ok(false) => break,
-                    Err(e) => {
-                        let _ = feeder_out.send((index, Err(e)));
-                        break;
-                    }
                 }
-            }
-        })
-        .expect("spawning the pipeline feeder"));
+            })
+            .expect("spawning the pipeline feeder"),
+    );
 
     let work = Arc::new(work);
     for _ in 0..workers {
@@ -121,22 +137,32 @@ where
         let out_tx = out_tx.clone();
         let work = Arc::clone(&work);
         let cancel = Arc::clone(&cancel);
-        threads.push(thread::Builder::new()
-            .name("pipeline-work".into())
-            .spawn(move || {
-                while let Ok((index, mut buf)) = job_rx.recv() {
-                    if cancel.load(Ordering::Relaxed) {
-                        break;
+        threads.push(
+            thread::Builder::new()
+                .name("pipeline-work".into())
+                .spawn(move || {
+                    while let Ok((index, mut buf)) = job_rx.recv() {
+                        if cancel.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let result = work(index, &mut buf.buf).map(|meta| (meta, buf));
+                        if out_tx.send((index, result)).is_err() {
+                            break;
+                        }
                     }
-                    let result = work(index, &mut buf.buf).map(|meta| (meta, buf));
-                    if out_tx.send((index, result)).is_err() {
-                        break;
-                    }
-                }
-            })
-            .expect("spawning a pipeline worker"));
+                })
+                .expect("spawning a pipeline worker"),
+        );
     }
-    Ordered { rx: out_rx, pending: BTreeMap::new(), next: 0, done: false, cancel, stop: Some(stop_tx), threads }
+    Ordered {
+        rx: out_rx,
+        pending: BTreeMap::new(),
+        next: 0,
+        done: false,
+        cancel,
+        stop: Some(stop_tx),
+        threads,
+    }
 }
 
 impl<T, E> Iterator for Ordered<T, E> {
@@ -164,7 +190,11 @@ impl<T, E> Iterator for Ordered<T, E> {
                 Err(_) => {
                     // Every producer is gone: the stream ended. Items are numbered without
                     // gaps and only the consumer cancels, so nothing can be left waiting.
-                    assert!(self.pending.is_empty(), "pipeline ended with a gap before {:?}", self.pending.keys().next());
+                    assert!(
+                        self.pending.is_empty(),
+                        "pipeline ended with a gap before {:?}",
+                        self.pending.keys().next()
+                    );
                     self.done = true;
                     return None;
                 }
@@ -236,11 +266,24 @@ mod tests {
             3,
             8,
             2,
-            |i, _buf: &mut Vec<u8>| if i < 50 { Ok(true) } else { Err(format!("source {i}")) },
-            |i, _buf| if i == 20 { Err(format!("work {i}")) } else { Ok(i) },
+            |i, _buf: &mut Vec<u8>| {
+                if i < 50 {
+                    Ok(true)
+                } else {
+                    Err(format!("source {i}"))
+                }
+            },
+            |i, _buf| {
+                if i == 20 {
+                    Err(format!("work {i}"))
+                } else {
+                    Ok(i)
+                }
+            },
         );
         // Drop each buffer as it comes: holding more than the pool blocks the feeder.
-        let results: Vec<Result<u64, String>> = out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        let results: Vec<Result<u64, String>> =
+            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
         assert_eq!(results.len(), 21);
         assert_eq!(results[..20], (0..20).map(Ok).collect::<Vec<_>>());
         assert_eq!(results[20], Err("work 20".to_string()));

@@ -60,15 +60,29 @@ impl Iterator for SealStream {
     fn next(&mut self) -> Option<Self::Item> {
         let (index, result) = self.0.next()?;
         Some(result.map(|((id, crc32c), bytes)| {
-            let sealed_bytes = u32::try_from(bytes.len()).expect("a chunk is at most CHUNK_BYTES_MAX + TAG_BYTES");
-            SealedChunk { index, entry: ChunkEntry { id, sealed_bytes, crc32c }, bytes }
+            let sealed_bytes =
+                u32::try_from(bytes.len()).expect("a chunk is at most CHUNK_BYTES_MAX + TAG_BYTES");
+            SealedChunk {
+                index,
+                entry: ChunkEntry {
+                    id,
+                    sealed_bytes,
+                    crc32c,
+                },
+                bytes,
+            }
         }))
     }
 }
 
 /// Reads `reader` once, in chunks of `chunk_bytes`, and seals them on `workers` threads.
 /// An empty reader gives no chunks.
-pub fn seal_stream<R>(reader: R, cipher: Arc<FileCipher>, chunk_bytes: u32, workers: usize) -> Result<SealStream, CodecError>
+pub fn seal_stream<R>(
+    reader: R,
+    cipher: Arc<FileCipher>,
+    chunk_bytes: u32,
+    workers: usize,
+) -> Result<SealStream, CodecError>
 where
     R: Read + Send + 'static,
 {
@@ -98,7 +112,10 @@ where
             return Ok(false);
         }
         if index >= u64::from(CHUNKS_PER_FILE_MAX) {
-            return Err(CodecError::TooManyChunks { max_chunks: CHUNKS_PER_FILE_MAX, chunk_bytes });
+            return Err(CodecError::TooManyChunks {
+                max_chunks: CHUNKS_PER_FILE_MAX,
+                chunk_bytes,
+            });
         }
         Ok(true)
     };
@@ -108,7 +125,13 @@ where
         Ok((id, crc))
     };
     let capacity = want + TAG_BYTES as usize;
-    Ok(SealStream(pipeline::run(buffers_for(workers), capacity, workers, source, work)))
+    Ok(SealStream(pipeline::run(
+        buffers_for(workers),
+        capacity,
+        workers,
+        source,
+        work,
+    )))
 }
 
 /// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
@@ -144,7 +167,12 @@ impl Iterator for OpenStream {
 
 /// Fetches, verifies and decrypts every chunk of `manifest` on `workers` threads, in order.
 /// A chunk is released only after all its checks passed.
-pub fn open_stream<S: ChunkSource>(manifest: Arc<Manifest>, cipher: Arc<FileCipher>, source: S, workers: usize) -> Result<OpenStream, CodecError> {
+pub fn open_stream<S: ChunkSource>(
+    manifest: Arc<Manifest>,
+    cipher: Arc<FileCipher>,
+    source: S,
+    workers: usize,
+) -> Result<OpenStream, CodecError> {
     manifest.validate().map_err(CodecError::Invalid)?;
     if workers == 0 {
         return Err(CodecError::Invalid("at least one worker is needed".into()));
@@ -157,7 +185,13 @@ pub fn open_stream<S: ChunkSource>(manifest: Arc<Manifest>, cipher: Arc<FileCiph
         source.fetch(index, entry, buf)?;
         verify_and_open(&cipher, index, entry, buf)
     };
-    Ok(OpenStream(pipeline::run(buffers_for(workers), capacity, workers, feed, work)))
+    Ok(OpenStream(pipeline::run(
+        buffers_for(workers),
+        capacity,
+        workers,
+        feed,
+        work,
+    )))
 }
 
 #[cfg(test)]
@@ -174,9 +208,18 @@ mod tests {
     struct Memory(Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>);
 
     impl ChunkSource for Memory {
-        fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        fn fetch(
+            &self,
+            index: u64,
+            entry: &ChunkEntry,
+            buf: &mut Vec<u8>,
+        ) -> Result<(), CodecError> {
             let map = self.0.lock().unwrap();
-            let bytes = map.get(&entry.id).ok_or(CodecError::Chunk { index, id: entry.id, fault: ChunkFault::Missing })?;
+            let bytes = map.get(&entry.id).ok_or(CodecError::Chunk {
+                index,
+                id: entry.id,
+                fault: ChunkFault::Missing,
+            })?;
             buf.extend_from_slice(bytes);
             Ok(())
         }
@@ -186,19 +229,39 @@ mod tests {
         let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
         let store = Memory::default();
         let mut builder = ManifestBuilder::new(chunk_bytes);
-        let stream = seal_stream(std::io::Cursor::new(data.to_vec()), Arc::clone(&cipher), chunk_bytes, workers).unwrap();
+        let stream = seal_stream(
+            std::io::Cursor::new(data.to_vec()),
+            Arc::clone(&cipher),
+            chunk_bytes,
+            workers,
+        )
+        .unwrap();
         for (expect, chunk) in (0u64..).zip(stream) {
             let chunk = chunk.unwrap();
             assert_eq!(chunk.index, expect);
-            store.0.lock().unwrap().insert(chunk.entry.id, chunk.bytes().to_vec());
+            store
+                .0
+                .lock()
+                .unwrap()
+                .insert(chunk.entry.id, chunk.bytes().to_vec());
             builder.push(chunk.entry);
         }
         (cipher, builder.finish("t".into()).unwrap(), store)
     }
 
-    fn open(cipher: &Arc<FileCipher>, manifest: &Manifest, store: &Memory, workers: usize) -> Result<Vec<u8>, CodecError> {
+    fn open(
+        cipher: &Arc<FileCipher>,
+        manifest: &Manifest,
+        store: &Memory,
+        workers: usize,
+    ) -> Result<Vec<u8>, CodecError> {
         let mut out = Vec::new();
-        for chunk in open_stream(Arc::new(manifest.clone()), Arc::clone(cipher), store.clone(), workers)? {
+        for chunk in open_stream(
+            Arc::new(manifest.clone()),
+            Arc::clone(cipher),
+            store.clone(),
+            workers,
+        )? {
             out.extend_from_slice(chunk?.plaintext());
         }
         Ok(out)
@@ -207,13 +270,31 @@ mod tests {
     #[test]
     fn round_trips_at_every_boundary() {
         let cb = 4096u32;
-        for len in [0, 1, 4095, 4096, 4097, 3 * 4096, 3 * 4096 + 17, 40 * 4096 - 1] {
+        for len in [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            3 * 4096,
+            3 * 4096 + 17,
+            40 * 4096 - 1,
+        ] {
             for workers in [1, 3] {
-                let data: Vec<u8> = (0..len).map(|i: usize| (i * 31 % 256) as u8).collect();
+                let data: Vec<u8> = (0..len)
+                    .map(|i: usize| u8::try_from(i * 31 % 256).unwrap())
+                    .collect();
                 let (cipher, manifest, store) = seal(&data, cb, workers);
                 assert_eq!(manifest.file_bytes, len as u64);
-                assert_eq!(manifest.chunks.len() as u64, Manifest::chunk_count_for(len as u64, cb));
-                assert_eq!(open(&cipher, &manifest, &store, workers).unwrap(), data, "len {len}");
+                assert_eq!(
+                    manifest.chunks.len() as u64,
+                    Manifest::chunk_count_for(len as u64, cb)
+                );
+                assert_eq!(
+                    open(&cipher, &manifest, &store, workers).unwrap(),
+                    data,
+                    "len {len}"
+                );
             }
         }
     }
@@ -232,8 +313,21 @@ mod tests {
                 Err(e) => error = Some(e),
             }
         }
-        assert_eq!(released, 3, "chunks before the bad one are released, none after");
-        assert!(matches!(error, Some(CodecError::Chunk { index: 3, fault: ChunkFault::Crc { .. }, .. })), "{error:?}");
+        assert_eq!(
+            released, 3,
+            "chunks before the bad one are released, none after"
+        );
+        assert!(
+            matches!(
+                error,
+                Some(CodecError::Chunk {
+                    index: 3,
+                    fault: ChunkFault::Crc { .. },
+                    ..
+                })
+            ),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -250,12 +344,20 @@ mod tests {
             }
         }
         let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
-        let results: Vec<Result<u32, CodecError>> =
-            seal_stream(Failing(10_000), cipher, 4096, 2).unwrap().map(|c| c.map(|c| c.plain_bytes())).collect();
+        let results: Vec<Result<u32, CodecError>> = seal_stream(Failing(10_000), cipher, 4096, 2)
+            .unwrap()
+            .map(|c| c.map(|c| c.plain_bytes()))
+            .collect();
         assert_eq!(results.len(), 3);
-        assert_eq!((results[0].as_ref().unwrap(), results[1].as_ref().unwrap()), (&4096, &4096));
+        assert_eq!(
+            (results[0].as_ref().unwrap(), results[1].as_ref().unwrap()),
+            (&4096, &4096)
+        );
         let err = results[2].as_ref().unwrap_err().to_string();
-        assert!(err.contains("after 8192 bytes") && err.contains("disk on fire"), "{err}");
+        assert!(
+            err.contains("after 8192 bytes") && err.contains("disk on fire"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -264,7 +366,10 @@ mod tests {
         let a = Arc::new(FileCipher::new(&FileKey([1; 32]), FileId([1; 16])));
         let b = Arc::new(FileCipher::new(&FileKey([2; 32]), FileId([2; 16])));
         let ids = |c: Arc<FileCipher>| -> Vec<ChunkId> {
-            seal_stream(std::io::Cursor::new(data.clone()), c, 4096, 1).unwrap().map(|c| c.unwrap().entry.id).collect()
+            seal_stream(std::io::Cursor::new(data.clone()), c, 4096, 1)
+                .unwrap()
+                .map(|c| c.unwrap().entry.id)
+                .collect()
         };
         let (ia, ib) = (ids(a), ids(b));
         assert!(ia.iter().all(|id| !ib.contains(id)));

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use proto::manifest::{BODY_BYTES_MAX, ENVELOPE_HEADER_BYTES};
-use proto::{ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey, CHUNKS_PER_FILE_MAX, TAG_BYTES};
+use proto::{
+    ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey,
+    CHUNKS_PER_FILE_MAX, TAG_BYTES,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
@@ -21,7 +24,8 @@ use crate::seal::{open_stream, seal_stream, ChunkSource};
 
 pub const MANIFEST_SUFFIX: &str = ".manifest";
 /// Largest manifest envelope a reader accepts, checked before reading it.
-pub const ENVELOPE_BYTES_MAX: u64 = (ENVELOPE_HEADER_BYTES + BODY_BYTES_MAX + TAG_BYTES as usize) as u64;
+pub const ENVELOPE_BYTES_MAX: u64 =
+    (ENVELOPE_HEADER_BYTES + BODY_BYTES_MAX + TAG_BYTES as usize) as u64;
 
 /// How the opener proves it may read the file.
 #[derive(Clone, Copy, Debug)]
@@ -39,7 +43,11 @@ pub struct SealOptions {
 
 impl Default for SealOptions {
     fn default() -> Self {
-        SealOptions { chunk_bytes: proto::CHUNK_BYTES_DEFAULT, workers: crate::seal::default_workers(), kdf: KdfParams::DEFAULT }
+        SealOptions {
+            chunk_bytes: proto::CHUNK_BYTES_DEFAULT,
+            workers: crate::seal::default_workers(),
+            kdf: KdfParams::DEFAULT,
+        }
     }
 }
 
@@ -54,10 +62,22 @@ pub struct Sealed {
 }
 
 /// The manifest envelope: its encoded bytes, and the id (BLAKE3) hosts address it by.
-pub fn build_envelope(cipher: &FileCipher, kdf: KdfParams, salt: [u8; 16], manifest: &Manifest) -> (Vec<u8>, ChunkId) {
+pub fn build_envelope(
+    cipher: &FileCipher,
+    kdf: KdfParams,
+    salt: [u8; 16],
+    manifest: &Manifest,
+) -> (Vec<u8>, ChunkId) {
     let mut body = manifest.encode();
-    let sealed_body_bytes = u32::try_from(body.len() + TAG_BYTES as usize).expect("bounded by BODY_BYTES_MAX");
-    let header = EnvelopeHeader { kdf, salt, file_id: cipher.file_id(), sealed_body_bytes }.encode();
+    let sealed_body_bytes =
+        u32::try_from(body.len() + TAG_BYTES as usize).expect("bounded by BODY_BYTES_MAX");
+    let header = EnvelopeHeader {
+        kdf,
+        salt,
+        file_id: cipher.file_id(),
+        sealed_body_bytes,
+    }
+    .encode();
     cipher.seal_manifest(&header, &mut body);
     let mut envelope = Vec::with_capacity(header.len() + body.len());
     envelope.extend_from_slice(&header);
@@ -68,16 +88,29 @@ pub fn build_envelope(cipher: &FileCipher, kdf: KdfParams, salt: [u8; 16], manif
 
 /// Opens a manifest envelope whose id is `manifest_id`: the key comes from the passphrase
 /// (with the envelope's own salt and KDF parameters) or from the share key.
-pub fn open_envelope(envelope: &[u8], manifest_id: ChunkId, unlock: Unlock<'_>) -> Result<(Manifest, Arc<FileCipher>), CodecError> {
+pub fn open_envelope(
+    envelope: &[u8],
+    manifest_id: ChunkId,
+    unlock: Unlock<'_>,
+) -> Result<(Manifest, Arc<FileCipher>), CodecError> {
     let (header, aad, sealed_body) = EnvelopeHeader::split(envelope)?;
     let key = match unlock {
-        Unlock::Passphrase(pass) => derive_file_key(&derive_master_key(pass, &header.salt, header.kdf)?, &header.file_id),
+        Unlock::Passphrase(pass) => derive_file_key(
+            &derive_master_key(pass, &header.salt, header.kdf)?,
+            &header.file_id,
+        ),
         Unlock::ShareKey(share) => {
             if share.file_id != header.file_id {
-                return Err(CodecError::ShareKeyForOtherFile { key_file: share.file_id, dir_file: header.file_id });
+                return Err(CodecError::ShareKeyForOtherFile {
+                    key_file: share.file_id,
+                    dir_file: header.file_id,
+                });
             }
             if share.manifest_id != manifest_id {
-                return Err(CodecError::ShareKeyForOtherManifest { key_manifest: share.manifest_id, dir_manifest: manifest_id });
+                return Err(CodecError::ShareKeyForOtherManifest {
+                    key_manifest: share.manifest_id,
+                    dir_manifest: manifest_id,
+                });
             }
             share.file_key.clone()
         }
@@ -113,27 +146,51 @@ impl Drop for Cleanup {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CodecError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(CodecError::io("sync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(CodecError::io("sync directory", dir))
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], CodecError> {
     let mut out = [0u8; N];
-    rng.fill(&mut out).map_err(|_| CodecError::Invalid("the system random number generator failed".into()))?;
+    rng.fill(&mut out)
+        .map_err(|_| CodecError::Invalid("the system random number generator failed".into()))?;
     Ok(out)
 }
 
 /// Seals the file `input` into `out_dir` (created if missing, and otherwise required to be
 /// empty). `progress(done, total)` is called with plaintext bytes after each chunk is written.
-pub fn seal_file(input: &Path, out_dir: &Path, passphrase: &[u8], opts: &SealOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<Sealed, CodecError> {
+pub fn seal_file(
+    input: &Path,
+    out_dir: &Path,
+    passphrase: &[u8],
+    opts: &SealOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Sealed, CodecError> {
     let file = File::open(input).map_err(CodecError::io("open", input))?;
     let meta = file.metadata().map_err(CodecError::io("stat", input))?;
     if meta.is_dir() {
-        return Err(CodecError::Invalid(format!("{} is a directory, not a file", input.display())));
+        return Err(CodecError::Invalid(format!(
+            "{} is a directory, not a file",
+            input.display()
+        )));
     }
-    let name = input.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+    let name = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_owned();
     // A regular file's size is known; a pipe's is not.
     let expected_bytes = meta.is_file().then_some(meta.len());
-    seal_reader(file, &name, expected_bytes, out_dir, passphrase, opts, progress)
+    seal_reader(
+        file,
+        &name,
+        expected_bytes,
+        out_dir,
+        passphrase,
+        opts,
+        progress,
+    )
 }
 
 /// Seals everything `reader` yields into `out_dir`. With `expected_bytes`, a reader that
@@ -154,14 +211,26 @@ pub fn seal_reader<R: Read + Send + 'static>(
     }
     if let Some(len) = expected_bytes {
         if Manifest::chunk_count_for(len, opts.chunk_bytes) > u64::from(CHUNKS_PER_FILE_MAX) {
-            return Err(CodecError::TooManyChunks { max_chunks: CHUNKS_PER_FILE_MAX, chunk_bytes: opts.chunk_bytes });
+            return Err(CodecError::TooManyChunks {
+                max_chunks: CHUNKS_PER_FILE_MAX,
+                chunk_bytes: opts.chunk_bytes,
+            });
         }
     }
     // The name is informational: one that a manifest cannot hold is dropped, not fatal.
-    let name = if proto::manifest::check_name(name).is_ok() { name.to_owned() } else { String::new() };
+    let name = if proto::manifest::check_name(name).is_ok() {
+        name.to_owned()
+    } else {
+        String::new()
+    };
 
     let created_dir = prepare_empty_dir(out_dir)?;
-    let mut cleanup = Cleanup { dir: out_dir.to_owned(), created_dir, files: Vec::new(), armed: true };
+    let mut cleanup = Cleanup {
+        dir: out_dir.to_owned(),
+        created_dir,
+        files: Vec::new(),
+        armed: true,
+    };
 
     let rng = SystemRandom::new();
     let salt: [u8; 16] = random(&rng)?;
@@ -173,16 +242,25 @@ pub fn seal_reader<R: Read + Send + 'static>(
     for chunk in seal_stream(reader, Arc::clone(&cipher), opts.chunk_bytes, opts.workers)? {
         let chunk = chunk?;
         let path = out_dir.join(chunk.entry.id.to_hex());
-        let mut f = File::options().write(true).create_new(true).open(&path).map_err(CodecError::io("create chunk file", &path))?;
+        let mut f = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(CodecError::io("create chunk file", &path))?;
         cleanup.files.push(path.clone());
-        f.write_all(chunk.bytes()).map_err(CodecError::io("write chunk file", &path))?;
-        f.sync_data().map_err(CodecError::io("sync chunk file", &path))?;
+        f.write_all(chunk.bytes())
+            .map_err(CodecError::io("write chunk file", &path))?;
+        f.sync_data()
+            .map_err(CodecError::io("sync chunk file", &path))?;
         builder.push(chunk.entry);
         progress(builder.file_bytes(), expected_bytes.unwrap_or(0));
     }
     if let Some(expected) = expected_bytes {
         if builder.file_bytes() != expected {
-            return Err(CodecError::InputChanged { expected, read: builder.file_bytes() });
+            return Err(CodecError::InputChanged {
+                expected,
+                read: builder.file_bytes(),
+            });
         }
     }
     let manifest = builder.finish(name)?;
@@ -193,16 +271,32 @@ pub fn seal_reader<R: Read + Send + 'static>(
     let manifest_path = out_dir.join(format!("{}{MANIFEST_SUFFIX}", manifest_id.to_hex()));
     let tmp_path = out_dir.join(".manifest.partial");
     cleanup.files.push(tmp_path.clone());
-    let mut f = File::options().write(true).create_new(true).open(&tmp_path).map_err(CodecError::io("create", &tmp_path))?;
-    f.write_all(&envelope).map_err(CodecError::io("write", &tmp_path))?;
+    let mut f = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp_path)
+        .map_err(CodecError::io("create", &tmp_path))?;
+    f.write_all(&envelope)
+        .map_err(CodecError::io("write", &tmp_path))?;
     f.sync_all().map_err(CodecError::io("sync", &tmp_path))?;
-    fs::rename(&tmp_path, &manifest_path).map_err(CodecError::io("rename manifest into", &manifest_path))?;
+    fs::rename(&tmp_path, &manifest_path)
+        .map_err(CodecError::io("rename manifest into", &manifest_path))?;
     cleanup.files.push(manifest_path.clone());
     sync_dir(out_dir)?;
     cleanup.armed = false;
 
-    let share_key = ShareKey { file_id, manifest_id, file_key: file_key.clone() };
-    Ok(Sealed { file_id, manifest_id, share_key, manifest, manifest_path })
+    let share_key = ShareKey {
+        file_id,
+        manifest_id,
+        file_key: file_key.clone(),
+    };
+    Ok(Sealed {
+        file_id,
+        manifest_id,
+        share_key,
+        manifest,
+        manifest_path,
+    })
 }
 
 /// Creates `dir`, or checks that it is an empty directory; returns whether it was created.
@@ -221,7 +315,11 @@ fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
             fs::create_dir_all(dir).map_err(CodecError::io("create directory", dir))?;
             Ok(true)
         }
-        Err(e) => Err(CodecError::Io { op: "read directory", path: dir.to_owned(), source: e }),
+        Err(e) => Err(CodecError::Io {
+            op: "read directory",
+            path: dir.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -237,19 +335,40 @@ pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), Cod
     }
     let (path, stem) = match found.len() {
         1 => found.remove(0),
-        0 => return Err(CodecError::Invalid(format!("{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory", dir.display()))),
-        n => return Err(CodecError::Invalid(format!("{} holds {n} manifests; a sealed directory holds one", dir.display()))),
+        0 => {
+            return Err(CodecError::Invalid(format!(
+                "{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory",
+                dir.display()
+            )))
+        }
+        n => {
+            return Err(CodecError::Invalid(format!(
+                "{} holds {n} manifests; a sealed directory holds one",
+                dir.display()
+            )))
+        }
     };
-    let corrupt = |reason: String| CodecError::ManifestCorrupt { path: path.clone(), reason };
-    let named: ChunkId = stem.parse().map_err(|e| corrupt(format!("its name is not its id: {e}")))?;
-    let len = fs::metadata(&path).map_err(CodecError::io("stat", &path))?.len();
+    let corrupt = |reason: String| CodecError::ManifestCorrupt {
+        path: path.clone(),
+        reason,
+    };
+    let named: ChunkId = stem
+        .parse()
+        .map_err(|e| corrupt(format!("its name is not its id: {e}")))?;
+    let len = fs::metadata(&path)
+        .map_err(CodecError::io("stat", &path))?
+        .len();
     if len > ENVELOPE_BYTES_MAX {
-        return Err(corrupt(format!("{len} bytes, more than any manifest ({ENVELOPE_BYTES_MAX})")));
+        return Err(corrupt(format!(
+            "{len} bytes, more than any manifest ({ENVELOPE_BYTES_MAX})"
+        )));
     }
     let bytes = fs::read(&path).map_err(CodecError::io("read", &path))?;
     let actual = ChunkId::of(&bytes);
     if actual != named {
-        return Err(corrupt(format!("its content hashes to {actual}, not to the id in its name")));
+        return Err(corrupt(format!(
+            "its content hashes to {actual}, not to the id in its name"
+        )));
     }
     Ok((path, named, bytes))
 }
@@ -269,19 +388,40 @@ impl DirSource {
 impl ChunkSource for DirSource {
     fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
         let path = self.dir.join(entry.id.to_hex());
-        let fault = |fault| CodecError::Chunk { index, id: entry.id, fault };
+        let fault = |fault| CodecError::Chunk {
+            index,
+            id: entry.id,
+            fault,
+        };
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(fault(ChunkFault::Missing)),
-            Err(e) => return Err(CodecError::Io { op: "open chunk file", path, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fault(ChunkFault::Missing))
+            }
+            Err(e) => {
+                return Err(CodecError::Io {
+                    op: "open chunk file",
+                    path,
+                    source: e,
+                })
+            }
         };
         let expected = u64::from(entry.sealed_bytes);
-        let len = f.metadata().map_err(CodecError::io("stat chunk file", &path))?.len();
+        let len = f
+            .metadata()
+            .map_err(CodecError::io("stat chunk file", &path))?
+            .len();
         if len != expected {
-            return Err(fault(ChunkFault::Length { expected, found: len }));
+            return Err(fault(ChunkFault::Length {
+                expected,
+                found: len,
+            }));
         }
         // Read one byte past the end so that a file growing under us is caught too.
-        (&mut f).take(expected + 1).read_to_end(buf).map_err(CodecError::io("read chunk file", &path))?;
+        (&mut f)
+            .take(expected + 1)
+            .read_to_end(buf)
+            .map_err(CodecError::io("read chunk file", &path))?;
         Ok(())
     }
 }
@@ -298,9 +438,19 @@ pub struct Opened {
 /// plaintext is written; the output appears (atomically, by rename) only if all passed.
 /// An existing `out` is replaced only with `overwrite`. `progress(done, total)` is called
 /// with plaintext bytes after each chunk is written.
-pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, workers: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<Opened, CodecError> {
+pub fn open_dir(
+    dir: &Path,
+    unlock: Unlock<'_>,
+    out: &Path,
+    overwrite: bool,
+    workers: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Opened, CodecError> {
     if !overwrite && out.symlink_metadata().is_ok() {
-        return Err(CodecError::Invalid(format!("{} already exists (use --force to replace it)", out.display())));
+        return Err(CodecError::Invalid(format!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        )));
     }
     let (_, manifest_id, envelope) = read_manifest_file(dir)?;
     let (manifest, cipher) = open_envelope(&envelope, manifest_id, unlock)?;
@@ -318,17 +468,32 @@ pub fn open_dir(dir: &Path, unlock: Unlock<'_>, out: &Path, overwrite: bool, wor
     let mut done = 0u64;
     for chunk in open_stream(Arc::clone(&manifest), cipher, DirSource::new(dir), workers)? {
         let chunk = chunk?;
-        tmp.write_all(chunk.plaintext()).map_err(CodecError::io("write", tmp.path()))?;
+        tmp.write_all(chunk.plaintext())
+            .map_err(CodecError::io("write", tmp.path()))?;
         done += chunk.plaintext().len() as u64;
         progress(done, manifest.file_bytes);
     }
-    tmp.as_file().sync_all().map_err(CodecError::io("sync", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(CodecError::io("sync", tmp.path()))?;
     if overwrite {
-        tmp.persist(out).map_err(|e| CodecError::Io { op: "rename output to", path: out.to_owned(), source: e.error })?;
+        tmp.persist(out).map_err(|e| CodecError::Io {
+            op: "rename output to",
+            path: out.to_owned(),
+            source: e.error,
+        })?;
     } else {
-        tmp.persist_noclobber(out).map_err(|e| CodecError::Io { op: "rename output to", path: out.to_owned(), source: e.error })?;
+        tmp.persist_noclobber(out).map_err(|e| CodecError::Io {
+            op: "rename output to",
+            path: out.to_owned(),
+            source: e.error,
+        })?;
     }
     sync_dir(parent)?;
     let manifest = Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone());
-    Ok(Opened { file_id, manifest_id, manifest })
+    Ok(Opened {
+        file_id,
+        manifest_id,
+        manifest,
+    })
 }

@@ -7,13 +7,26 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("{what}: truncated at {field}: needs {needed} more bytes, {available} left")]
-    Truncated { what: &'static str, field: &'static str, needed: usize, available: usize },
+    Truncated {
+        what: &'static str,
+        field: &'static str,
+        needed: usize,
+        available: usize,
+    },
     #[error("{what}: wrong magic {found:02x?}: this is not a {what}")]
     BadMagic { what: &'static str, found: Vec<u8> },
     #[error("{what}: version {found} is not supported (this build reads version {supported})")]
-    UnsupportedVersion { what: &'static str, found: u8, supported: u8 },
+    UnsupportedVersion {
+        what: &'static str,
+        found: u8,
+        supported: u8,
+    },
     #[error("{what}: invalid {field}: {reason}")]
-    Invalid { what: &'static str, field: &'static str, reason: String },
+    Invalid {
+        what: &'static str,
+        field: &'static str,
+        reason: String,
+    },
     #[error("{what}: {extra} unexpected bytes after the end")]
     TrailingBytes { what: &'static str, extra: usize },
 }
@@ -75,7 +88,10 @@ impl<'a> Reader<'a> {
     pub fn reserved(&mut self, field: &'static str, n: usize) -> Result<(), DecodeError> {
         let bytes = self.take(field, n)?;
         if bytes.iter().any(|&b| b != 0) {
-            return Err(self.invalid(field, format!("reserved bytes must be zero, found {bytes:02x?}")));
+            return Err(self.invalid(
+                field,
+                format!("reserved bytes must be zero, found {bytes:02x?}"),
+            ));
         }
         Ok(())
     }
@@ -83,7 +99,10 @@ impl<'a> Reader<'a> {
     pub fn magic(&mut self, expected: &[u8]) -> Result<(), DecodeError> {
         let found = self.take("magic", expected.len())?;
         if found != expected {
-            return Err(DecodeError::BadMagic { what: self.what, found: found.to_vec() });
+            return Err(DecodeError::BadMagic {
+                what: self.what,
+                found: found.to_vec(),
+            });
         }
         Ok(())
     }
@@ -91,13 +110,21 @@ impl<'a> Reader<'a> {
     pub fn version(&mut self, supported: u8) -> Result<(), DecodeError> {
         let found = self.u8("version")?;
         if found != supported {
-            return Err(DecodeError::UnsupportedVersion { what: self.what, found, supported });
+            return Err(DecodeError::UnsupportedVersion {
+                what: self.what,
+                found,
+                supported,
+            });
         }
         Ok(())
     }
 
     pub fn invalid(&self, field: &'static str, reason: impl Into<String>) -> DecodeError {
-        DecodeError::Invalid { what: self.what, field, reason: reason.into() }
+        DecodeError::Invalid {
+            what: self.what,
+            field,
+            reason: reason.into(),
+        }
     }
 
     /// Ends decoding: every byte must have been consumed.
@@ -105,7 +132,10 @@ impl<'a> Reader<'a> {
         if self.bytes.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::TrailingBytes { what: self.what, extra: self.bytes.len() })
+            Err(DecodeError::TrailingBytes {
+                what: self.what,
+                extra: self.bytes.len(),
+            })
         }
     }
 }

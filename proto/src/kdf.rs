@@ -27,7 +27,11 @@ pub const KDF_P_MAX: u32 = 16;
 impl KdfParams {
     /// What `mspace seal` uses: 64 MiB, 3 passes, 1 lane (RFC 9106's second recommended
     /// option, with one lane because the sealer derives one key once per file).
-    pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 1 };
+    pub const DEFAULT: KdfParams = KdfParams {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 1,
+    };
 
     pub fn check(&self) -> Result<(), String> {
         if !(1..=KDF_P_MAX).contains(&self.p) {
@@ -38,7 +42,10 @@ impl KdfParams {
         }
         let m_min = 8 * self.p;
         if !(m_min..=KDF_M_KIB_MAX).contains(&self.m_kib) {
-            return Err(format!("argon2 memory {} KiB outside {m_min}..={KDF_M_KIB_MAX} KiB", self.m_kib));
+            return Err(format!(
+                "argon2 memory {} KiB outside {m_min}..={KDF_M_KIB_MAX} KiB",
+                self.m_kib
+            ));
         }
         Ok(())
     }
@@ -50,8 +57,14 @@ impl KdfParams {
     }
 
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let params = KdfParams { m_kib: r.u32("kdf m_kib")?, t: r.u32("kdf t")?, p: r.u32("kdf p")? };
-        params.check().map_err(|reason| r.invalid("kdf parameters", reason))?;
+        let params = KdfParams {
+            m_kib: r.u32("kdf m_kib")?,
+            t: r.u32("kdf t")?,
+            p: r.u32("kdf p")?,
+        };
+        params
+            .check()
+            .map_err(|reason| r.invalid("kdf parameters", reason))?;
         Ok(params)
     }
 }

@@ -40,7 +40,8 @@ pub const CHUNKS_PER_FILE_MAX: u32 = 1 << 20;
 const _: () = assert!(CHUNK_BYTES_MIN % SECTOR_BYTES == 0);
 const _: () = assert!(CHUNK_BYTES_MAX % SECTOR_BYTES == 0);
 const _: () = assert!(CHUNK_BYTES_DEFAULT % SECTOR_BYTES == 0);
-const _: () = assert!(CHUNK_BYTES_MIN <= CHUNK_BYTES_DEFAULT && CHUNK_BYTES_DEFAULT <= CHUNK_BYTES_MAX);
+const _: () =
+    assert!(CHUNK_BYTES_MIN <= CHUNK_BYTES_DEFAULT && CHUNK_BYTES_DEFAULT <= CHUNK_BYTES_MAX);
 // A sealed chunk (plaintext plus tag) must fit the u32 length fields of the manifest.
 const _: () = assert!(CHUNK_BYTES_MAX.checked_add(TAG_BYTES).is_some());
 

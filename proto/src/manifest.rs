@@ -55,7 +55,10 @@ impl Manifest {
     /// Plaintext length of chunk `index`: `chunk_bytes` except for the last one.
     pub fn plain_len(&self, index: u64) -> u32 {
         let start = index * u64::from(self.chunk_bytes);
-        let len = self.file_bytes.saturating_sub(start).min(u64::from(self.chunk_bytes));
+        let len = self
+            .file_bytes
+            .saturating_sub(start)
+            .min(u64::from(self.chunk_bytes));
         u32::try_from(len).expect("bounded by chunk_bytes, a u32")
     }
 
@@ -92,14 +95,20 @@ impl Manifest {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        assert!(self.validate().is_ok(), "encoding an invalid manifest: {:?}", self.validate());
+        assert!(
+            self.validate().is_ok(),
+            "encoding an invalid manifest: {:?}",
+            self.validate()
+        );
         let name = self.name.as_bytes();
-        let mut out = Vec::with_capacity(BODY_FIXED_BYTES + name.len() + ENTRY_BYTES * self.chunks.len());
+        let mut out =
+            Vec::with_capacity(BODY_FIXED_BYTES + name.len() + ENTRY_BYTES * self.chunks.len());
         out.push(BODY_VERSION);
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.chunk_bytes.to_le_bytes());
         out.extend_from_slice(&self.file_bytes.to_le_bytes());
-        let count = u32::try_from(self.chunks.len()).expect("validated against CHUNKS_PER_FILE_MAX");
+        let count =
+            u32::try_from(self.chunks.len()).expect("validated against CHUNKS_PER_FILE_MAX");
         out.extend_from_slice(&count.to_le_bytes());
         let name_len = u16::try_from(name.len()).expect("validated against NAME_BYTES_MAX");
         out.extend_from_slice(&name_len.to_le_bytes());
@@ -119,7 +128,10 @@ impl Manifest {
             return Err(DecodeError::Invalid {
                 what: WHAT_BODY,
                 field: "length",
-                reason: format!("{} bytes, more than the limit of {BODY_BYTES_MAX}", bytes.len()),
+                reason: format!(
+                    "{} bytes, more than the limit of {BODY_BYTES_MAX}",
+                    bytes.len()
+                ),
             });
         }
         let mut r = Reader::new(WHAT_BODY, bytes);
@@ -130,7 +142,10 @@ impl Manifest {
         let file_bytes = r.u64("file_bytes")?;
         let count = r.u32("chunk_count")?;
         if count > CHUNKS_PER_FILE_MAX {
-            return Err(r.invalid("chunk_count", format!("{count} exceeds the limit of {CHUNKS_PER_FILE_MAX}")));
+            return Err(r.invalid(
+                "chunk_count",
+                format!("{count} exceeds the limit of {CHUNKS_PER_FILE_MAX}"),
+            ));
         }
         let name_len = r.u16("name_len")?;
         r.reserved("reserved after name_len", 2)?;
@@ -143,7 +158,10 @@ impl Manifest {
         if r.remaining() != entries_len {
             return Err(r.invalid(
                 "chunk entries",
-                format!("{count} entries need {entries_len} bytes, {} remain", r.remaining()),
+                format!(
+                    "{count} entries need {entries_len} bytes, {} remain",
+                    r.remaining()
+                ),
             ));
         }
         let mut chunks = Vec::with_capacity(count as usize);
@@ -155,15 +173,27 @@ impl Manifest {
             });
         }
         r.finish()?;
-        let manifest = Manifest { chunk_bytes, file_bytes, name, chunks };
-        manifest.validate().map_err(|e| DecodeError::Invalid { what: WHAT_BODY, field: "chunk list", reason: e })?;
+        let manifest = Manifest {
+            chunk_bytes,
+            file_bytes,
+            name,
+            chunks,
+        };
+        manifest.validate().map_err(|e| DecodeError::Invalid {
+            what: WHAT_BODY,
+            field: "chunk list",
+            reason: e,
+        })?;
         Ok(manifest)
     }
 }
 
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.len() > NAME_BYTES_MAX {
-        return Err(format!("file name is {} bytes, the limit is {NAME_BYTES_MAX}", name.len()));
+        return Err(format!(
+            "file name is {} bytes, the limit is {NAME_BYTES_MAX}",
+            name.len()
+        ));
     }
     if name.contains(['/', '\0']) || name == "." || name == ".." {
         return Err(format!("file name {name:?} is not a plain file name"));
@@ -195,7 +225,8 @@ impl EnvelopeHeader {
         out.extend_from_slice(&self.file_id.0);
         out.extend_from_slice(&self.sealed_body_bytes.to_le_bytes());
         out.extend_from_slice(&[0; 8]);
-        out.try_into().expect("the layout above is exactly ENVELOPE_HEADER_BYTES long")
+        out.try_into()
+            .expect("the layout above is exactly ENVELOPE_HEADER_BYTES long")
     }
 
     /// Splits a whole envelope into its header, the header's bytes (the AAD) and the sealed
@@ -217,11 +248,19 @@ impl EnvelopeHeader {
         let min = BODY_FIXED_BYTES + TAG_BYTES as usize;
         let max = BODY_BYTES_MAX + TAG_BYTES as usize;
         if !(min..=max).contains(&(sealed_body_bytes as usize)) {
-            return Err(r.invalid("sealed_body_bytes", format!("{sealed_body_bytes} outside {min}..={max}")));
+            return Err(r.invalid(
+                "sealed_body_bytes",
+                format!("{sealed_body_bytes} outside {min}..={max}"),
+            ));
         }
         let body = r.take("sealed body", sealed_body_bytes as usize)?;
         r.finish()?;
-        let header = EnvelopeHeader { kdf, salt, file_id, sealed_body_bytes };
+        let header = EnvelopeHeader {
+            kdf,
+            salt,
+            file_id,
+            sealed_body_bytes,
+        };
         Ok((header, &envelope[..ENVELOPE_HEADER_BYTES], body))
     }
 }
@@ -231,20 +270,39 @@ mod tests {
     use super::*;
     use crate::{CHUNK_BYTES_MIN, SECTOR_BYTES};
 
+    /// A named way to damage an encoding.
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+
     fn sample(file_bytes: u64, chunk_bytes: u32) -> Manifest {
         let count = Manifest::chunk_count_for(file_bytes, chunk_bytes);
-        let mut m = Manifest { chunk_bytes, file_bytes, name: "report.pdf".into(), chunks: vec![] };
+        let mut m = Manifest {
+            chunk_bytes,
+            file_bytes,
+            name: "report.pdf".into(),
+            chunks: vec![],
+        };
         for i in 0..count {
             let sealed_bytes = m.plain_len(i) + TAG_BYTES;
             let id = ChunkId(*blake3::hash(&i.to_le_bytes()).as_bytes());
-            m.chunks.push(ChunkEntry { id, sealed_bytes, crc32c: u32::try_from(i).unwrap() });
+            m.chunks.push(ChunkEntry {
+                id,
+                sealed_bytes,
+                crc32c: u32::try_from(i).unwrap(),
+            });
         }
         m
     }
 
     #[test]
     fn body_round_trips() {
-        for (file_bytes, chunk_bytes) in [(0, 4096), (1, 4096), (4095, 4096), (4096, 4096), (4097, 4096), (1 << 30, 8 << 20)] {
+        for (file_bytes, chunk_bytes) in [
+            (0, 4096),
+            (1, 4096),
+            (4095, 4096),
+            (4096, 4096),
+            (4097, 4096),
+            (1 << 30, 8 << 20),
+        ] {
             let m = sample(file_bytes, chunk_bytes);
             assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         }
@@ -254,20 +312,63 @@ mod tests {
     #[test]
     fn body_rejects_malformed_input() {
         let good = sample(3 * 4096 + 5, 4096).encode();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        let cases: Vec<(&str, Mutation, &str)> = vec![
             ("empty", Box::new(|b| b.clear()), "truncated"),
             ("version", Box::new(|b| b[0] = 2), "version 2"),
             ("reserved", Box::new(|b| b[1] = 1), "reserved"),
-            ("chunk size not sector", Box::new(|b| b[4..8].copy_from_slice(&4097u32.to_le_bytes())), "chunk_bytes"),
-            ("chunk size too small", Box::new(|b| b[4..8].copy_from_slice(&(CHUNK_BYTES_MIN - SECTOR_BYTES).to_le_bytes())), "range"),
-            ("file size disagrees", Box::new(|b| b[8..16].copy_from_slice(&(9 * 4096u64).to_le_bytes())), "chunk list"),
-            ("count too large", Box::new(|b| b[16..20].copy_from_slice(&u32::MAX.to_le_bytes())), "limit"),
-            ("count disagrees", Box::new(|b| b[16..20].copy_from_slice(&5u32.to_le_bytes())), "entries"),
-            ("truncated entry", Box::new(|b| { b.pop(); }), "entries"),
+            (
+                "chunk size not sector",
+                Box::new(|b| b[4..8].copy_from_slice(&4097u32.to_le_bytes())),
+                "chunk_bytes",
+            ),
+            (
+                "chunk size too small",
+                Box::new(|b| {
+                    b[4..8].copy_from_slice(&(CHUNK_BYTES_MIN - SECTOR_BYTES).to_le_bytes())
+                }),
+                "range",
+            ),
+            (
+                "file size disagrees",
+                Box::new(|b| b[8..16].copy_from_slice(&(9 * 4096u64).to_le_bytes())),
+                "chunk list",
+            ),
+            (
+                "count too large",
+                Box::new(|b| b[16..20].copy_from_slice(&u32::MAX.to_le_bytes())),
+                "limit",
+            ),
+            (
+                "count disagrees",
+                Box::new(|b| b[16..20].copy_from_slice(&5u32.to_le_bytes())),
+                "entries",
+            ),
+            (
+                "truncated entry",
+                Box::new(|b| {
+                    b.pop();
+                }),
+                "entries",
+            ),
             ("trailing byte", Box::new(|b| b.push(0)), "entries"),
-            ("sealed length", Box::new(|b| { let at = BODY_FIXED_BYTES + 10 + 32; b[at] ^= 1; }), "sealed bytes"),
-            ("name not utf8", Box::new(|b| b[BODY_FIXED_BYTES] = 0xff), "UTF-8"),
-            ("name with slash", Box::new(|b| b[BODY_FIXED_BYTES] = b'/'), "plain file name"),
+            (
+                "sealed length",
+                Box::new(|b| {
+                    let at = BODY_FIXED_BYTES + 10 + 32;
+                    b[at] ^= 1;
+                }),
+                "sealed bytes",
+            ),
+            (
+                "name not utf8",
+                Box::new(|b| b[BODY_FIXED_BYTES] = 0xff),
+                "UTF-8",
+            ),
+            (
+                "name with slash",
+                Box::new(|b| b[BODY_FIXED_BYTES] = b'/'),
+                "plain file name",
+            ),
         ];
         for (name, mutate, expect) in cases {
             let mut bytes = good.clone();
@@ -290,15 +391,33 @@ mod tests {
         let (h, aad, body) = EnvelopeHeader::split(&env).unwrap();
         assert_eq!((h, aad, body.len()), (header, &env[..64], 40));
 
-        let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        let cases: Vec<(&str, Mutation, &str)> = vec![
             ("magic", Box::new(|b| b[0] = b'X'), "magic"),
             ("version", Box::new(|b| b[4] = 9), "version 9"),
             ("kdf algorithm", Box::new(|b| b[5] = 2), "Argon2id"),
-            ("kdf memory", Box::new(|b| b[8..12].copy_from_slice(&u32::MAX.to_le_bytes())), "memory"),
-            ("kdf passes", Box::new(|b| b[12..16].copy_from_slice(&0u32.to_le_bytes())), "passes"),
+            (
+                "kdf memory",
+                Box::new(|b| b[8..12].copy_from_slice(&u32::MAX.to_le_bytes())),
+                "memory",
+            ),
+            (
+                "kdf passes",
+                Box::new(|b| b[12..16].copy_from_slice(&0u32.to_le_bytes())),
+                "passes",
+            ),
             ("reserved", Box::new(|b| b[60] = 1), "reserved"),
-            ("body too short", Box::new(|b| b[52..56].copy_from_slice(&3u32.to_le_bytes())), "sealed_body_bytes"),
-            ("body truncated", Box::new(|b| { b.pop(); }), "truncated"),
+            (
+                "body too short",
+                Box::new(|b| b[52..56].copy_from_slice(&3u32.to_le_bytes())),
+                "sealed_body_bytes",
+            ),
+            (
+                "body truncated",
+                Box::new(|b| {
+                    b.pop();
+                }),
+                "truncated",
+            ),
             ("body longer", Box::new(|b| b.push(1)), "unexpected bytes"),
             ("header only", Box::new(|b| b.truncate(20)), "truncated"),
         ];

@@ -64,14 +64,25 @@ impl ShareKey {
         let sum: [u8; 4] = r.array("checksum")?;
         r.finish()?;
         if sum != checksum(&bytes[..81]) {
-            return Err(r_invalid("checksum", "the key was mistyped or cut short".into()));
+            return Err(r_invalid(
+                "checksum",
+                "the key was mistyped or cut short".into(),
+            ));
         }
-        Ok(ShareKey { file_id, manifest_id, file_key })
+        Ok(ShareKey {
+            file_id,
+            manifest_id,
+            file_key,
+        })
     }
 }
 
 fn r_invalid(field: &'static str, reason: String) -> DecodeError {
-    DecodeError::Invalid { what: WHAT, field, reason }
+    DecodeError::Invalid {
+        what: WHAT,
+        field,
+        reason,
+    }
 }
 
 impl fmt::Display for ShareKey {
@@ -86,7 +97,10 @@ impl FromStr for ShareKey {
     fn from_str(s: &str) -> Result<Self, DecodeError> {
         let s = s.trim();
         let Some(body) = s.strip_prefix(SHARE_KEY_PREFIX) else {
-            return Err(r_invalid("prefix", format!("a share key starts with {SHARE_KEY_PREFIX:?}")));
+            return Err(r_invalid(
+                "prefix",
+                format!("a share key starts with {SHARE_KEY_PREFIX:?}"),
+            ));
         };
         let bytes = data_encoding::BASE64URL_NOPAD
             .decode(body.as_bytes())
@@ -100,7 +114,11 @@ mod tests {
     use super::*;
 
     fn sample() -> ShareKey {
-        ShareKey { file_id: FileId([1; 16]), manifest_id: ChunkId([2; 32]), file_key: FileKey([3; 32]) }
+        ShareKey {
+            file_id: FileId([1; 16]),
+            manifest_id: ChunkId([2; 32]),
+            file_key: FileKey([3; 32]),
+        }
     }
 
     #[test]
@@ -130,7 +148,10 @@ mod tests {
         }
         let mut bytes = sample().to_bytes().to_vec();
         bytes[0] = 7;
-        assert!(ShareKey::from_bytes(&bytes).unwrap_err().to_string().contains("version 7"));
+        assert!(ShareKey::from_bytes(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("version 7"));
         bytes.push(0);
         assert!(ShareKey::from_bytes(&bytes).is_err());
     }

@@ -18,47 +18,71 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size such as 8MiB, 64KiB or 1048576"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 8MiB, 64KiB or 1048576"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
         "t" | "tib" => 1 << 40,
-        other => return Err(format!("unknown unit {other:?} in {s:?}: use B, KiB, MiB, GiB or TiB")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use B, KiB, MiB, GiB or TiB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses a chunk size and checks it against the documented range.
 pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
     let n = parse_bytes(s)?;
-    let n = u32::try_from(n).map_err(|_| format!("chunk size {s} is larger than {} MiB", proto::CHUNK_BYTES_MAX >> 20))?;
+    let n = u32::try_from(n).map_err(|_| {
+        format!(
+            "chunk size {s} is larger than {} MiB",
+            proto::CHUNK_BYTES_MAX >> 20
+        )
+    })?;
     proto::check_chunk_bytes(n)?;
     Ok(n)
 }
 
 /// Formats bytes with a binary unit, two decimals.
 pub fn format_bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    scaled(n as f64)
+}
+
+/// Formats a rate, `bytes` in `secs`, as bytes per second with a binary unit.
+pub fn format_rate(bytes: u64, secs: f64) -> String {
+    if secs > 0.0 {
+        format!("{}/s", scaled(bytes as f64 / secs))
+    } else {
+        "-".into()
+    }
+}
+
+fn scaled(mut v: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
     let mut unit = 0;
     while v >= 1024.0 && unit + 1 < UNITS.len() {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
+    format!("{v:.2} {}", UNITS[unit])
 }
 
 /// The passphrase, from (in order) `--passphrase-file`, `MSPACE_PASSPHRASE`, or a prompt
 /// without echo on the terminal; never from the command line. `confirm` asks twice.
 pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let pass = if let Some(path) = file {
-        let mut bytes = std::fs::read(path).with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
+        let mut bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read the passphrase file {}", path.display()))?;
         // One trailing newline is how editors and `echo` end a file, not part of the secret.
         if bytes.ends_with(b"\n") {
             bytes.pop();
@@ -77,12 +101,14 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<zeroize::Ze
         }
         bytes
     } else if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Passphrase: ").context("cannot read the passphrase from the terminal")?;
+        let first = rpassword::prompt_password("Passphrase: ")
+            .context("cannot read the passphrase from the terminal")?;
         if first.is_empty() {
             bail!("the passphrase is empty");
         }
         if confirm {
-            let again = rpassword::prompt_password("Passphrase again: ").context("cannot read the passphrase from the terminal")?;
+            let again = rpassword::prompt_password("Passphrase again: ")
+                .context("cannot read the passphrase from the terminal")?;
             if again != first {
                 bail!("the two passphrases differ");
             }
@@ -100,7 +126,8 @@ pub fn progress_bar(total: u64, enabled: bool, verb: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let template = format!("{verb} {{bar:40}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} eta {{eta}}");
+    let template =
+        format!("{verb} {{bar:40}} {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} eta {{eta}}");
     bar.set_style(ProgressStyle::with_template(&template).expect("the template above is valid"));
     bar
 }
@@ -111,20 +138,35 @@ mod tests {
 
     #[test]
     fn sizes_parse_like_people_write_them() {
-        let ok = [("4096", 4096), ("8MiB", 8 << 20), ("8m", 8 << 20), ("64KiB", 64 << 10), ("1 GiB", 1 << 30), ("7b", 7)];
+        let ok = [
+            ("4096", 4096),
+            ("8MiB", 8 << 20),
+            ("8m", 8 << 20),
+            ("64KiB", 64 << 10),
+            ("1 GiB", 1 << 30),
+            ("7b", 7),
+        ];
         for (s, n) in ok {
             assert_eq!(parse_bytes(s), Ok(n), "{s}");
         }
         for bad in ["", "MiB", "8 XB", "-1", "1.5MiB", "99999999999999999999"] {
             assert!(parse_bytes(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_bytes("20000000T").unwrap_err(), "\"20000000T\" is too large");
+        assert_eq!(
+            parse_bytes("20000000T").unwrap_err(),
+            "\"20000000T\" is too large"
+        );
     }
 
     #[test]
     fn chunk_sizes_outside_the_range_are_refused() {
         assert_eq!(parse_chunk_size("8MiB"), Ok(8 << 20));
-        for (bad, why) in [("1KiB", "range"), ("65MiB", "range"), ("5000", "multiple"), ("8GiB", "larger")] {
+        for (bad, why) in [
+            ("1KiB", "range"),
+            ("65MiB", "range"),
+            ("5000", "multiple"),
+            ("8GiB", "larger"),
+        ] {
             let err = parse_chunk_size(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
         }
@@ -135,5 +177,7 @@ mod tests {
         assert_eq!(format_bytes(5), "5 B");
         assert_eq!(format_bytes(1536), "1.50 KiB");
         assert_eq!(format_bytes(8 << 20), "8.00 MiB");
+        assert_eq!(format_rate(3 << 30, 2.0), "1.50 GiB/s");
+        assert_eq!(format_rate(1, 0.0), "-");
     }
 }

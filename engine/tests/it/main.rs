@@ -1,6 +1,12 @@
 //! Sealed directories end to end: round trips at every size boundary, a multi-GiB sparse
 //! file, and every way a sealed directory can be damaged or opened with the wrong key.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,10 +17,18 @@ use proto::{FileKey, KdfParams, ShareKey};
 
 const PASS: &[u8] = b"test passphrase";
 /// Argon2id at its cheapest: these tests are about the format, not the KDF's cost.
-const CHEAP_KDF: KdfParams = KdfParams { m_kib: 64, t: 1, p: 1 };
+const CHEAP_KDF: KdfParams = KdfParams {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
 
 fn opts(chunk_bytes: u32) -> SealOptions {
-    SealOptions { chunk_bytes, workers: 2, kdf: CHEAP_KDF }
+    SealOptions {
+        chunk_bytes,
+        workers: 2,
+        kdf: CHEAP_KDF,
+    }
 }
 
 struct Case {
@@ -26,9 +40,18 @@ struct Case {
 impl Case {
     fn new(len: usize, chunk_bytes: u32) -> Case {
         let tmp = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         fs::write(tmp.path().join("input"), &data).unwrap();
-        let sealed = seal_file(&tmp.path().join("input"), &tmp.path().join("sealed"), PASS, &opts(chunk_bytes), &mut |_, _| {}).unwrap();
+        let sealed = seal_file(
+            &tmp.path().join("input"),
+            &tmp.path().join("sealed"),
+            PASS,
+            &opts(chunk_bytes),
+            &mut |_, _| {},
+        )
+        .unwrap();
         Case { tmp, sealed, data }
     }
 
@@ -37,7 +60,8 @@ impl Case {
     }
 
     fn chunk(&self, index: usize) -> PathBuf {
-        self.dir().join(self.sealed.manifest.chunks[index].id.to_hex())
+        self.dir()
+            .join(self.sealed.manifest.chunks[index].id.to_hex())
     }
 
     fn out(&self) -> PathBuf {
@@ -51,10 +75,19 @@ impl Case {
 
     /// Opens a damaged directory: it must fail and leave neither output nor temporary file.
     fn open_fails(&self, unlock: Unlock<'_>) -> CodecError {
-        let err = self.open(unlock).expect_err("opening a damaged directory must fail");
-        let mut names: Vec<_> = fs::read_dir(self.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let err = self
+            .open(unlock)
+            .expect_err("opening a damaged directory must fail");
+        let mut names: Vec<_> = fs::read_dir(self.tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         names.sort();
-        assert_eq!(names, ["input", "sealed"], "a failed open left files behind ({err})");
+        assert_eq!(
+            names,
+            ["input", "sealed"],
+            "a failed open left files behind ({err})"
+        );
         err
     }
 }
@@ -66,10 +99,21 @@ fn round_trips_at_every_size_boundary() {
     for len in [0, 1, c - 1, c, c + 1, 3 * c, 5 * c - 1] {
         let case = Case::new(len, cb);
         assert_eq!(case.sealed.manifest.file_bytes, len as u64);
-        assert_eq!(case.open(Unlock::Passphrase(PASS)).unwrap(), case.data, "passphrase, {len} bytes");
-        assert_eq!(case.open(Unlock::ShareKey(&case.sealed.share_key)).unwrap(), case.data, "share key, {len} bytes");
+        assert_eq!(
+            case.open(Unlock::Passphrase(PASS)).unwrap(),
+            case.data,
+            "passphrase, {len} bytes"
+        );
+        assert_eq!(
+            case.open(Unlock::ShareKey(&case.sealed.share_key)).unwrap(),
+            case.data,
+            "share key, {len} bytes"
+        );
         // One file per chunk plus the manifest, nothing else.
-        assert_eq!(fs::read_dir(case.dir()).unwrap().count(), case.sealed.manifest.chunks.len() + 1);
+        assert_eq!(
+            fs::read_dir(case.dir()).unwrap().count(),
+            case.sealed.manifest.chunks.len() + 1
+        );
     }
 }
 
@@ -79,7 +123,12 @@ fn multi_gib_sparse_file_round_trips() {
     let input = tmp.path().join("sparse");
     let len: u64 = (2 << 30) + 4097;
     // Sparse zeros with markers at chunk edges, so a misordered chunk would show.
-    let markers = [(0u64, 0xa1u8), ((8 << 20) - 1, 0xb2), (1 << 30, 0xc3), (len - 1, 0xd4)];
+    let markers = [
+        (0u64, 0xa1u8),
+        ((8 << 20) - 1, 0xb2),
+        (1 << 30, 0xc3),
+        (len - 1, 0xd4),
+    ];
     {
         let mut f = fs::File::create(&input).unwrap();
         f.set_len(len).unwrap();
@@ -89,11 +138,29 @@ fn multi_gib_sparse_file_round_trips() {
         }
     }
     let sealed_dir = tmp.path().join("sealed");
-    let sealed = seal_file(&input, &sealed_dir, PASS, &SealOptions { kdf: CHEAP_KDF, ..SealOptions::default() }, &mut |_, _| {}).unwrap();
+    let sealed = seal_file(
+        &input,
+        &sealed_dir,
+        PASS,
+        &SealOptions {
+            kdf: CHEAP_KDF,
+            ..SealOptions::default()
+        },
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(sealed.manifest.chunks.len(), 257);
     fs::remove_file(&input).unwrap();
     let out = tmp.path().join("out");
-    open_dir(&sealed_dir, Unlock::ShareKey(&sealed.share_key), &out, false, 2, &mut |_, _| {}).unwrap();
+    open_dir(
+        &sealed_dir,
+        Unlock::ShareKey(&sealed.share_key),
+        &out,
+        false,
+        2,
+        &mut |_, _| {},
+    )
+    .unwrap();
     drop(sealed_dir);
     let mut f = fs::File::open(&out).unwrap();
     assert_eq!(f.metadata().unwrap().len(), len);
@@ -105,13 +172,19 @@ fn multi_gib_sparse_file_round_trips() {
         if n == 0 {
             break;
         }
-        for &(at, byte) in markers.iter().filter(|(at, _)| (offset..offset + n as u64).contains(at)) {
+        for &(at, byte) in markers
+            .iter()
+            .filter(|(at, _)| (offset..offset + n as u64).contains(at))
+        {
             let i = usize::try_from(at - offset).unwrap();
             assert_eq!(buf[i], byte, "marker at {at}");
             buf[i] = 0;
         }
         // Compared as slices (memcmp), so this runs at memory speed in debug builds too.
-        assert!(buf[..n] == zeros[..n], "non-zero byte in the block at {offset}");
+        assert!(
+            buf[..n] == zeros[..n],
+            "non-zero byte in the block at {offset}"
+        );
         offset += n as u64;
     }
     assert_eq!(offset, len);
@@ -127,19 +200,63 @@ fn fault_of(err: &CodecError) -> (u64, ChunkFault) {
 #[test]
 fn damaged_chunks_are_named_and_nothing_is_written() {
     let cb = 64 * 1024u32;
-    let full = u64::from(cb) + 16;
     type Damage = fn(&Case);
-    let cases: [(&str, Damage, u64, fn(&ChunkFault) -> bool); 6] = [
-        ("missing", |c| fs::remove_file(c.chunk(1)).unwrap(), 1, |f| *f == ChunkFault::Missing),
-        ("truncated", |c| fs::File::options().write(true).open(c.chunk(2)).unwrap().set_len(100).unwrap(), 2, |f| matches!(f, ChunkFault::Length { found: 100, .. })),
-        ("extended", |c| fs::File::options().append(true).open(c.chunk(0)).unwrap().write_all(b"x").unwrap(), 0, |f| matches!(f, ChunkFault::Length { .. })),
-        ("bit flipped", |c| flip(&c.chunk(2), 1000), 2, |f| matches!(f, ChunkFault::Crc { .. })),
-        ("last chunk flipped", |c| flip(&c.chunk(3), 3), 3, |f| matches!(f, ChunkFault::Crc { .. })),
-        ("reordered", |c| {
-            let (a, b) = (fs::read(c.chunk(0)).unwrap(), fs::read(c.chunk(1)).unwrap());
-            fs::write(c.chunk(0), b).unwrap();
-            fs::write(c.chunk(1), a).unwrap();
-        }, 0, |f| matches!(f, ChunkFault::Crc { .. })),
+    type Expect = fn(&ChunkFault) -> bool;
+    let cases: [(&str, Damage, u64, Expect); 6] = [
+        (
+            "missing",
+            |c| fs::remove_file(c.chunk(1)).unwrap(),
+            1,
+            |f| *f == ChunkFault::Missing,
+        ),
+        (
+            "truncated",
+            |c| {
+                fs::File::options()
+                    .write(true)
+                    .open(c.chunk(2))
+                    .unwrap()
+                    .set_len(100)
+                    .unwrap()
+            },
+            2,
+            |f| matches!(f, ChunkFault::Length { found: 100, .. }),
+        ),
+        (
+            "extended",
+            |c| {
+                fs::File::options()
+                    .append(true)
+                    .open(c.chunk(0))
+                    .unwrap()
+                    .write_all(b"x")
+                    .unwrap()
+            },
+            0,
+            |f| matches!(f, ChunkFault::Length { .. }),
+        ),
+        (
+            "bit flipped",
+            |c| flip(&c.chunk(2), 1000),
+            2,
+            |f| matches!(f, ChunkFault::Crc { .. }),
+        ),
+        (
+            "last chunk flipped",
+            |c| flip(&c.chunk(3), 3),
+            3,
+            |f| matches!(f, ChunkFault::Crc { .. }),
+        ),
+        (
+            "reordered",
+            |c| {
+                let (a, b) = (fs::read(c.chunk(0)).unwrap(), fs::read(c.chunk(1)).unwrap());
+                fs::write(c.chunk(0), b).unwrap();
+                fs::write(c.chunk(1), a).unwrap();
+            },
+            0,
+            |f| matches!(f, ChunkFault::Crc { .. }),
+        ),
     ];
     for (name, damage, index, check) in cases {
         let case = Case::new(3 * cb as usize + 10, cb);
@@ -149,8 +266,13 @@ fn damaged_chunks_are_named_and_nothing_is_written() {
         assert_eq!(at, index, "{name}: {err}");
         assert!(check(&fault), "{name}: {err}");
         let text = err.to_string();
-        assert!(text.contains(&format!("chunk {index} (id {}", case.sealed.manifest.chunks[usize::try_from(index).unwrap()].id)), "{name}: {text}");
-        let _ = full;
+        assert!(
+            text.contains(&format!(
+                "chunk {index} (id {}",
+                case.sealed.manifest.chunks[usize::try_from(index).unwrap()].id
+            )),
+            "{name}: {text}"
+        );
     }
 }
 
@@ -168,7 +290,10 @@ fn manifest_path(case: &Case) -> PathBuf {
 fn damaged_or_missing_manifests_are_refused() {
     let case = Case::new(100_000, 64 * 1024);
     flip(&manifest_path(&case), 70);
-    assert!(matches!(case.open_fails(Unlock::Passphrase(PASS)), CodecError::ManifestCorrupt { .. }));
+    assert!(matches!(
+        case.open_fails(Unlock::Passphrase(PASS)),
+        CodecError::ManifestCorrupt { .. }
+    ));
 
     let case = Case::new(100_000, 64 * 1024);
     let renamed = case.dir().join(format!("{}.manifest", "ab".repeat(32)));
@@ -185,22 +310,34 @@ fn damaged_or_missing_manifests_are_refused() {
 #[test]
 fn wrong_keys_are_refused_with_a_clear_error() {
     let case = Case::new(200_000, 64 * 1024);
-    assert!(matches!(case.open_fails(Unlock::Passphrase(b"test passphrasE")), CodecError::WrongPassphrase));
+    assert!(matches!(
+        case.open_fails(Unlock::Passphrase(b"test passphrasE")),
+        CodecError::WrongPassphrase
+    ));
 
     let mut forged = case.sealed.share_key.clone();
     forged.file_key = FileKey([0x55; 32]);
-    assert!(matches!(case.open_fails(Unlock::ShareKey(&forged)), CodecError::WrongShareKey));
+    assert!(matches!(
+        case.open_fails(Unlock::ShareKey(&forged)),
+        CodecError::WrongShareKey
+    ));
 
     // A share key of another file (even of the same content) opens nothing here.
     let other = Case::new(200_000, 64 * 1024);
     assert_eq!(other.data, case.data);
     let err = case.open_fails(Unlock::ShareKey(&other.sealed.share_key));
-    assert!(matches!(err, CodecError::ShareKeyForOtherFile { .. }), "{err}");
+    assert!(
+        matches!(err, CodecError::ShareKeyForOtherFile { .. }),
+        "{err}"
+    );
     // Even pointed at this file's id, the other file's key does not decrypt it.
     let mut retargeted: ShareKey = other.sealed.share_key.clone();
     retargeted.file_id = case.sealed.file_id;
     retargeted.manifest_id = case.sealed.manifest_id;
-    assert!(matches!(case.open_fails(Unlock::ShareKey(&retargeted)), CodecError::WrongShareKey));
+    assert!(matches!(
+        case.open_fails(Unlock::ShareKey(&retargeted)),
+        CodecError::WrongShareKey
+    ));
 }
 
 #[test]
@@ -218,12 +355,27 @@ fn two_seals_of_one_file_share_no_key_nonce_pair() {
 fn existing_outputs_and_non_empty_directories_are_left_alone() {
     let case = Case::new(10_000, 64 * 1024);
     fs::write(case.out(), b"precious").unwrap();
-    let err = open_dir(&case.dir(), Unlock::Passphrase(PASS), &case.out(), false, 2, &mut |_, _| {}).unwrap_err();
+    let err = open_dir(
+        &case.dir(),
+        Unlock::Passphrase(PASS),
+        &case.out(),
+        false,
+        2,
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
     assert_eq!(fs::read(case.out()).unwrap(), b"precious");
 
     let before = fs::read_dir(case.dir()).unwrap().count();
-    let err = seal_file(&case.tmp.path().join("input"), &case.dir(), PASS, &opts(64 * 1024), &mut |_, _| {}).unwrap_err();
+    let err = seal_file(
+        &case.tmp.path().join("input"),
+        &case.dir(),
+        PASS,
+        &opts(64 * 1024),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
     assert_eq!(fs::read_dir(case.dir()).unwrap().count(), before);
 
@@ -256,16 +408,50 @@ fn a_failed_seal_removes_what_it_wrote() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sealed");
     let mut written = 0;
-    let err = seal_reader(FailingReader { left: 5 * 4096 + 100 }, "x", None, &out, PASS, &opts(4096), &mut |done, _| written = done)
-        .unwrap_err();
-    assert!(err.to_string().contains("after 20480 bytes: medium error"), "{err}");
-    assert_eq!(written, 5 * 4096, "the chunks before the failure were written, then removed");
+    let err = seal_reader(
+        FailingReader {
+            left: 5 * 4096 + 100,
+        },
+        "x",
+        None,
+        &out,
+        PASS,
+        &opts(4096),
+        &mut |done, _| written = done,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("after 20480 bytes: medium error"),
+        "{err}"
+    );
+    assert_eq!(
+        written,
+        5 * 4096,
+        "the chunks before the failure were written, then removed"
+    );
     assert!(!out.exists(), "the half-sealed directory must be removed");
 
     // Into an existing empty directory: the directory stays, empty.
     fs::create_dir(&out).unwrap();
-    let err = seal_reader(std::io::Cursor::new(vec![0u8; 3 * 4096]), "x", Some(2 * 4096), &out, PASS, &opts(4096), &mut |_, _| {})
-        .unwrap_err();
-    assert!(matches!(err, CodecError::InputChanged { expected: 8192, read: 12288 }), "{err}");
+    let err = seal_reader(
+        std::io::Cursor::new(vec![0u8; 3 * 4096]),
+        "x",
+        Some(2 * 4096),
+        &out,
+        PASS,
+        &opts(4096),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CodecError::InputChanged {
+                expected: 8192,
+                read: 12288
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
 }

@@ -1,1 +1,296 @@
-fn main(){}
+//! `engine-bench`: measurements of the engine against the baselines that bound it, taken in
+//! the same run so that the ratios hold whatever machine it runs on.
+//!
+//! `engine-bench codec` times sealing and opening in memory (no disk) against the raw
+//! primitives they are made of: ring's AES-256-GCM, crc-fast's CRC32C and BLAKE3, each on
+//! one thread over the same chunk buffers. The compute bound for `w` workers on `c` cores is
+//! `min(w, c) / (1/aes + 1/crc + 1/blake3)`: the three passes back to back, on every core.
+
+use std::io::{Cursor, Read};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use engine::codec::{crc32c, FileCipher};
+use engine::seal::{open_stream, seal_stream, ChunkSource};
+use engine::CodecError;
+use proto::{ChunkEntry, FileId, FileKey, Manifest};
+use serde::Serialize;
+use tools::{format_bytes, parse_bytes, parse_chunk_size};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "engine-bench",
+    version,
+    about = "Benchmarks of the Market.space engine against its physical baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Seal and open throughput in memory against the raw AES-256-GCM, CRC32C and BLAKE3.
+    Codec(CodecArgs),
+}
+
+#[derive(Args, Debug)]
+struct CodecArgs {
+    /// Bytes sealed per round (held in memory, twice: plaintext and sealed chunks).
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    size: u64,
+    /// Chunk size.
+    #[arg(long, default_value = "8MiB", value_parser = parse_chunk_size)]
+    chunk_size: u32,
+    /// Worker counts to measure, comma-separated [default: 1 and every power of two up to the
+    /// core count, and the core count].
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Rounds per measurement; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    workload: &'static str,
+    workers: usize,
+    chunk_bytes: u32,
+    gbps: f64,
+    bound_gbps: Option<f64>,
+    ratio_bound: Option<f64>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Codec(args) => codec(args),
+    }
+}
+
+/// Best wall time of `rounds` runs of `f`, in GB/s for `bytes`.
+fn best_gbps(bytes: u64, rounds: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds.max(1) {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(bytes as f64 / best / 1e9)
+}
+
+struct Memory(Arc<Vec<Vec<u8>>>);
+
+impl ChunkSource for Memory {
+    fn fetch(&self, index: u64, _: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        // A copy, as a read from the page cache or a socket would be.
+        buf.extend_from_slice(&self.0[usize::try_from(index).expect("index fits usize")]);
+        Ok(())
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn codec(args: CodecArgs) -> Result<()> {
+    let cores = engine::seal::default_workers();
+    let size = usize::try_from(args.size)?;
+    if size < args.chunk_size as usize {
+        bail!("--size must be at least one chunk");
+    }
+    let mut workers = args.workers.clone();
+    if workers.is_empty() {
+        let mut w = 1;
+        while w < cores {
+            workers.push(w);
+            w *= 2;
+        }
+        workers.push(cores);
+    }
+    if workers.contains(&0) {
+        bail!("--workers must be at least 1");
+    }
+    let cb = args.chunk_size;
+    let mut input = vec![0u8; size];
+    blake3::Hasher::new_derive_key("engine-bench codec input")
+        .finalize_xof()
+        .read_exact(&mut input)?;
+    let input: Arc<[u8]> = input.into();
+    let cipher = Arc::new(FileCipher::new(&FileKey([7; 32]), FileId([3; 16])));
+
+    // One untimed seal keeps the sealed chunks for the open rounds and checks the round trip.
+    let mut sealed = Vec::new();
+    let mut entries = Vec::new();
+    for chunk in seal_stream(
+        Cursor::new(Arc::clone(&input)),
+        Arc::clone(&cipher),
+        cb,
+        cores,
+    )? {
+        let chunk = chunk?;
+        sealed.push(chunk.bytes().to_vec());
+        entries.push(chunk.entry);
+    }
+    let manifest = Arc::new(Manifest {
+        chunk_bytes: cb,
+        file_bytes: args.size,
+        name: String::new(),
+        chunks: entries,
+    });
+    let sealed = Arc::new(sealed);
+    let mut check = blake3::Hasher::new();
+    for chunk in open_stream(
+        Arc::clone(&manifest),
+        Arc::clone(&cipher),
+        Memory(Arc::clone(&sealed)),
+        cores,
+    )? {
+        check.update(chunk?.plaintext());
+    }
+    if check.finalize() != blake3::hash(&input) {
+        bail!("the opened bytes differ from the input: the codec is broken");
+    }
+
+    let mut rows = Vec::new();
+    for &w in &workers {
+        let seal = best_gbps(args.size, args.rounds, || {
+            for chunk in seal_stream(Cursor::new(Arc::clone(&input)), Arc::clone(&cipher), cb, w)? {
+                chunk?;
+            }
+            Ok(())
+        })?;
+        let open = best_gbps(args.size, args.rounds, || {
+            for chunk in open_stream(
+                Arc::clone(&manifest),
+                Arc::clone(&cipher),
+                Memory(Arc::clone(&sealed)),
+                w,
+            )? {
+                chunk?;
+            }
+            Ok(())
+        })?;
+        rows.push(Row {
+            workload: "seal",
+            workers: w,
+            chunk_bytes: cb,
+            gbps: seal,
+            bound_gbps: None,
+            ratio_bound: None,
+        });
+        rows.push(Row {
+            workload: "open",
+            workers: w,
+            chunk_bytes: cb,
+            gbps: open,
+            bound_gbps: None,
+            ratio_bound: None,
+        });
+    }
+    drop(sealed);
+
+    // The primitives alone, one thread, over the same chunk-sized buffers.
+    let mut work: Vec<u8> = input.to_vec();
+    let key = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &[7; 32]).expect("32-byte key"),
+    );
+    let aes = best_gbps(args.size, args.rounds, || {
+        for (i, chunk) in (0u64..).zip(work.chunks_mut(cb as usize)) {
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&i.to_le_bytes());
+            let tag = key
+                .seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::empty(),
+                    chunk,
+                )
+                .map_err(|_| anyhow::anyhow!("ring refused to seal"))?;
+            let _ = std::hint::black_box(tag);
+        }
+        Ok(())
+    })?;
+    let crc = best_gbps(args.size, args.rounds, || {
+        for chunk in input.chunks(cb as usize) {
+            std::hint::black_box(crc32c(chunk));
+        }
+        Ok(())
+    })?;
+    let b3 = best_gbps(args.size, args.rounds, || {
+        for chunk in input.chunks(cb as usize) {
+            std::hint::black_box(blake3::hash(chunk));
+        }
+        Ok(())
+    })?;
+    let per_core = 1.0 / (1.0 / aes + 1.0 / crc + 1.0 / b3);
+    for row in &mut rows {
+        let bound = per_core * row.workers.min(cores) as f64;
+        row.bound_gbps = Some(bound);
+        row.ratio_bound = Some(row.gbps / bound);
+    }
+    for (workload, gbps) in [
+        ("aes-256-gcm", aes),
+        ("crc32c", crc),
+        ("blake3", b3),
+        ("bound-1-core", per_core),
+    ] {
+        rows.push(Row {
+            workload,
+            workers: 1,
+            chunk_bytes: cb,
+            gbps,
+            bound_gbps: None,
+            ratio_bound: None,
+        });
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "engine-bench codec: {} in memory, {} chunks, best of {} rounds",
+        format_bytes(args.size),
+        format_bytes(cb.into()),
+        args.rounds
+    );
+    println!("machine: {} cores, {}", cores, cpu_model());
+    println!();
+    println!(
+        "{:<14} {:>7} {:>8} {:>11} {:>8}",
+        "workload", "workers", "GB/s", "bound GB/s", "ratio"
+    );
+    for r in &rows {
+        match (r.bound_gbps, r.ratio_bound) {
+            (Some(b), Some(q)) => println!(
+                "{:<14} {:>7} {:>8.2} {:>11.2} {:>7.0}%",
+                r.workload,
+                r.workers,
+                r.gbps,
+                b,
+                q * 100.0
+            ),
+            _ => println!(
+                "{:<14} {:>7} {:>8.2} {:>11} {:>8}",
+                r.workload, r.workers, r.gbps, "-", "-"
+            ),
+        }
+    }
+    println!();
+    println!("bound = min(workers, cores) / (1/aes + 1/crc32c + 1/blake3), the primitives measured above on one thread");
+    Ok(())
+}

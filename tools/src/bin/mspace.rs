@@ -10,13 +10,19 @@ use clap::{Args, Parser, Subcommand};
 use engine::sealed_dir::{open_dir, seal_file, SealOptions, Sealed, Unlock};
 use proto::{KdfParams, ShareKey};
 use serde::Serialize;
-use tools::{format_bytes, parse_bytes, parse_chunk_size, progress_bar, read_passphrase};
+use tools::{
+    format_bytes, format_rate, parse_bytes, parse_chunk_size, progress_bar, read_passphrase,
+};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "mspace", version, about = "Market.space: encrypted storage on professional hosts, paid per use")]
+#[command(
+    name = "mspace",
+    version,
+    about = "Market.space: encrypted storage on professional hosts, paid per use"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -150,12 +156,24 @@ fn workers(requested: Option<usize>) -> Result<usize> {
 
 fn seal(args: SealArgs) -> Result<()> {
     let pass = read_passphrase(args.passphrase_file.as_deref(), true)?;
-    let opts = SealOptions { chunk_bytes: args.chunk_size, workers: workers(args.workers)?, kdf: KdfParams::DEFAULT };
+    let opts = SealOptions {
+        chunk_bytes: args.chunk_size,
+        workers: workers(args.workers)?,
+        kdf: KdfParams::DEFAULT,
+    };
     let total = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
     let bar = progress_bar(total, !args.json, "sealing");
     let started = Instant::now();
-    let sealed = seal_file(&args.file, &args.out, &pass, &opts, &mut |done, _| bar.set_position(done))
-        .with_context(|| format!("sealing {} into {}", args.file.display(), args.out.display()))?;
+    let sealed = seal_file(&args.file, &args.out, &pass, &opts, &mut |done, _| {
+        bar.set_position(done)
+    })
+    .with_context(|| {
+        format!(
+            "sealing {} into {}",
+            args.file.display(),
+            args.out.display()
+        )
+    })?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&seal_json(&sealed, &args.out))?);
@@ -189,14 +207,6 @@ fn seal_json(sealed: &Sealed, dir: &Path) -> SealJson {
     }
 }
 
-fn rate(bytes: u64, secs: f64) -> String {
-    if secs > 0.0 {
-        format!("{}/s", format_bytes((bytes as f64 / secs) as u64))
-    } else {
-        "-".into()
-    }
-}
-
 fn print_seal_summary(sealed: &Sealed, dir: &Path, secs: f64) {
     let m = &sealed.manifest;
     println!(
@@ -206,7 +216,7 @@ fn print_seal_summary(sealed: &Sealed, dir: &Path, secs: f64) {
         dir.display(),
         m.chunks.len(),
         format_bytes(m.chunk_bytes.into()),
-        rate(m.file_bytes, secs),
+        format_rate(m.file_bytes, secs),
     );
     println!("  file id      {}", sealed.file_id);
     println!("  manifest id  {}", sealed.manifest_id);
@@ -226,10 +236,17 @@ fn open(args: OpenArgs) -> Result<()> {
     };
     let bar = progress_bar(0, !args.json, "opening");
     let started = Instant::now();
-    let opened = open_dir(&args.dir, unlock, &args.out, args.force, workers(args.workers)?, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
+    let opened = open_dir(
+        &args.dir,
+        unlock,
+        &args.out,
+        args.force,
+        workers(args.workers)?,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
     .with_context(|| format!("opening {} into {}", args.dir.display(), args.out.display()))?;
     bar.finish_and_clear();
     let m = &opened.manifest;
@@ -251,7 +268,7 @@ fn open(args: OpenArgs) -> Result<()> {
             format_bytes(m.file_bytes),
             m.chunks.len(),
             args.out.display(),
-            rate(m.file_bytes, secs),
+            format_rate(m.file_bytes, secs),
         );
     }
     Ok(())
@@ -261,7 +278,9 @@ fn open(args: OpenArgs) -> Result<()> {
 fn write_sample(path: &Path, size: u64) -> Result<blake3::Hash> {
     use std::io::{Read, Write};
     let mut xof = blake3::Hasher::new_derive_key("market.space demo sample").finalize_xof();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?);
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    );
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
@@ -279,7 +298,9 @@ fn write_sample(path: &Path, size: u64) -> Result<blake3::Hash> {
 fn hash_file(path: &Path) -> Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
-    hasher.update_reader(file).with_context(|| format!("read {}", path.display()))?;
+    hasher
+        .update_reader(file)
+        .with_context(|| format!("read {}", path.display()))?;
     Ok(hasher.finalize())
 }
 
@@ -299,13 +320,24 @@ fn demo(args: DemoArgs) -> Result<()> {
     let sealed_dir = dir.join("sealed");
     let pass = b"correct horse battery staple (market.space demo)";
     let workers = engine::seal::default_workers();
-    println!("mspace demo in {} with {workers} worker threads", dir.display());
+    println!(
+        "mspace demo in {} with {workers} worker threads",
+        dir.display()
+    );
 
     let t = Instant::now();
     let original = write_sample(&sample, args.size)?;
-    println!("1. wrote {} of pseudo-random data to {} ({:.2} s)", format_bytes(args.size), sample.display(), t.elapsed().as_secs_f64());
+    println!(
+        "1. wrote {} of pseudo-random data to {} ({:.2} s)",
+        format_bytes(args.size),
+        sample.display(),
+        t.elapsed().as_secs_f64()
+    );
 
-    let opts = SealOptions { workers, ..SealOptions::default() };
+    let opts = SealOptions {
+        workers,
+        ..SealOptions::default()
+    };
     let t = Instant::now();
     let sealed = seal_file(&sample, &sealed_dir, pass, &opts, &mut |_, _| {})?;
     let secs = t.elapsed().as_secs_f64();
@@ -313,29 +345,55 @@ fn demo(args: DemoArgs) -> Result<()> {
         "2. sealed it into {} chunks + manifest in {} ({secs:.2} s, {}, Argon2id key derivation included)",
         sealed.manifest.chunks.len(),
         sealed_dir.display(),
-        rate(args.size, secs)
+        format_rate(args.size, secs)
     );
     println!("   share key {}", sealed.share_key);
 
     let by_pass = dir.join("opened-with-passphrase.bin");
     let t = Instant::now();
-    open_dir(&sealed_dir, Unlock::Passphrase(pass), &by_pass, true, workers, &mut |_, _| {})?;
+    open_dir(
+        &sealed_dir,
+        Unlock::Passphrase(pass),
+        &by_pass,
+        true,
+        workers,
+        &mut |_, _| {},
+    )?;
     let secs = t.elapsed().as_secs_f64();
-    println!("3. opened it with the passphrase ({secs:.2} s, {})", rate(args.size, secs));
+    println!(
+        "3. opened it with the passphrase ({secs:.2} s, {})",
+        format_rate(args.size, secs)
+    );
 
     let by_share = dir.join("opened-with-share-key.bin");
     let t = Instant::now();
-    open_dir(&sealed_dir, Unlock::ShareKey(&sealed.share_key), &by_share, true, workers, &mut |_, _| {})?;
+    open_dir(
+        &sealed_dir,
+        Unlock::ShareKey(&sealed.share_key),
+        &by_share,
+        true,
+        workers,
+        &mut |_, _| {},
+    )?;
     let secs = t.elapsed().as_secs_f64();
-    println!("4. opened it with the share key ({secs:.2} s, {})", rate(args.size, secs));
+    println!(
+        "4. opened it with the share key ({secs:.2} s, {})",
+        format_rate(args.size, secs)
+    );
 
     for path in [&by_pass, &by_share] {
         let got = hash_file(path)?;
         if got != original {
-            bail!("{} differs from the original (BLAKE3 {got} != {original})", path.display());
+            bail!(
+                "{} differs from the original (BLAKE3 {got} != {original})",
+                path.display()
+            );
         }
     }
-    println!("5. both are byte-identical to the original (BLAKE3 {})", original.to_hex());
+    println!(
+        "5. both are byte-identical to the original (BLAKE3 {})",
+        original.to_hex()
+    );
 
     if let Some(first) = sealed.manifest.chunks.first() {
         let chunk_path = sealed_dir.join(first.id.to_hex());
@@ -343,9 +401,18 @@ fn demo(args: DemoArgs) -> Result<()> {
         bytes[0] ^= 0x01;
         std::fs::write(&chunk_path, &bytes)?;
         let refused = dir.join("opened-after-tampering.bin");
-        match open_dir(&sealed_dir, Unlock::Passphrase(pass), &refused, true, workers, &mut |_, _| {}) {
+        match open_dir(
+            &sealed_dir,
+            Unlock::Passphrase(pass),
+            &refused,
+            true,
+            workers,
+            &mut |_, _| {},
+        ) {
             Ok(_) => bail!("a tampered chunk was accepted"),
-            Err(e) if !refused.exists() => println!("6. flipped one bit of chunk 0: refused, no output written:\n   {e}"),
+            Err(e) if !refused.exists() => {
+                println!("6. flipped one bit of chunk 0: refused, no output written:\n   {e}")
+            }
             Err(e) => bail!("tampering was detected ({e}) but a partial output was left behind"),
         }
         bytes[0] ^= 0x01;

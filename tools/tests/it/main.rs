@@ -1,0 +1,304 @@
+//! The `mspace` binary as a user drives it: arguments, passphrase sources, JSON output,
+//! exit codes and error messages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn mspace(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mspace"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("MSPACE_PASSPHRASE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8(stdout).unwrap(),
+        stderr: String::from_utf8(stderr).unwrap(),
+    }
+}
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(len: usize) -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        fs::write(tmp.path().join("input.bin"), data).unwrap();
+        fs::write(tmp.path().join("pass"), "hunter2 is not a passphrase\n").unwrap();
+        Fixture { tmp }
+    }
+
+    fn p(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_owned()
+    }
+
+    fn seal_json(&self, chunk: &str) -> serde_json::Value {
+        let run = mspace(
+            &[
+                "seal",
+                &self.s("input.bin"),
+                "--out",
+                &self.s("sealed"),
+                "--chunk-size",
+                chunk,
+                "--passphrase-file",
+                &self.s("pass"),
+                "--json",
+            ],
+            &[],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    fs::read(a).unwrap() == fs::read(b).unwrap()
+}
+
+#[test]
+fn seal_json_then_open_with_passphrase_and_share_key() {
+    let f = Fixture::new(300_000);
+    let json = f.seal_json("64KiB");
+    for key in ["file_id", "manifest_id", "share_key"] {
+        assert!(json[key].is_string(), "{key} missing from {json}");
+    }
+    let chunks = json["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 5);
+    assert_eq!(json["file_bytes"], 300_000);
+    let mut plain = 0;
+    for c in chunks {
+        let bytes = fs::read(f.p("sealed").join(c["id"].as_str().unwrap())).unwrap();
+        assert_eq!(c["bytes"].as_u64().unwrap(), bytes.len() as u64);
+        assert_eq!(
+            c["crc32c"].as_u64().unwrap(),
+            u64::from(engine::codec::crc32c(&bytes))
+        );
+        plain += c["plain_bytes"].as_u64().unwrap();
+    }
+    assert_eq!(plain, 300_000);
+
+    let run = mspace(
+        &[
+            "open",
+            &f.s("sealed"),
+            "--out",
+            &f.s("a.bin"),
+            "--passphrase-file",
+            &f.s("pass"),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("all verified"), "{}", run.stdout);
+    assert!(same_file(&f.p("input.bin"), &f.p("a.bin")));
+
+    let share = json["share_key"].as_str().unwrap();
+    let run = mspace(
+        &[
+            "open",
+            &f.s("sealed"),
+            "--out",
+            &f.s("b.bin"),
+            "--share-key",
+            share,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let opened: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(opened["file_id"], json["file_id"]);
+    assert!(same_file(&f.p("input.bin"), &f.p("b.bin")));
+}
+
+#[test]
+fn passphrase_comes_from_the_environment_or_is_refused() {
+    let f = Fixture::new(1000);
+    let pass = [("MSPACE_PASSPHRASE", "from the environment")];
+    let run = mspace(&["seal", &f.s("input.bin"), "--out", &f.s("sealed")], &pass);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("share key"), "{}", run.stdout);
+    let run = mspace(&["open", &f.s("sealed"), "--out", &f.s("out.bin")], &pass);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(same_file(&f.p("input.bin"), &f.p("out.bin")));
+
+    // No file, no variable, no terminal: a clear error, not a hang.
+    let run = mspace(&["open", &f.s("sealed"), "--out", &f.s("again.bin")], &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("no passphrase"), "{}", run.stderr);
+    assert!(!f.p("again.bin").exists());
+}
+
+#[test]
+fn bad_arguments_are_refused_before_any_work() {
+    let f = Fixture::new(10);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["seal", "x", "--out", "y", "--chunk-size", "1KiB"],
+            "range",
+        ),
+        (
+            &["seal", "x", "--out", "y", "--chunk-size", "12345"],
+            "multiple of 4096",
+        ),
+        (
+            &["seal", "x", "--out", "y", "--chunk-size", "8 furlongs"],
+            "unknown unit",
+        ),
+        (
+            &[
+                "open",
+                "d",
+                "--out",
+                "o",
+                "--passphrase-file",
+                "p",
+                "--share-key",
+                "k",
+            ],
+            "cannot be used with",
+        ),
+        (&["open", "d"], "--out"),
+    ];
+    for (args, expect) in cases {
+        let run = mspace(args, &[]);
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
+    }
+    let run = mspace(
+        &[
+            "open",
+            &f.s("sealed"),
+            "--out",
+            &f.s("o"),
+            "--share-key",
+            "mss1-nope",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("share key"), "{}", run.stderr);
+}
+
+#[test]
+fn wrong_keys_and_damage_fail_clearly_and_write_nothing() {
+    let f = Fixture::new(200_000);
+    let json = f.seal_json("64KiB");
+    fs::write(f.p("wrong"), "not the passphrase").unwrap();
+    let run = mspace(
+        &[
+            "open",
+            &f.s("sealed"),
+            "--out",
+            &f.s("o"),
+            "--passphrase-file",
+            &f.s("wrong"),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("wrong passphrase"), "{}", run.stderr);
+
+    let chunk = &json["chunks"][1];
+    let path = f.p("sealed").join(chunk["id"].as_str().unwrap());
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[7] ^= 4;
+    fs::write(&path, bytes).unwrap();
+    let run = mspace(
+        &[
+            "open",
+            &f.s("sealed"),
+            "--out",
+            &f.s("o"),
+            "--share-key",
+            json["share_key"].as_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains(&format!("chunk 1 (id {})", chunk["id"].as_str().unwrap())),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("CRC32C"), "{}", run.stderr);
+    let left: Vec<_> = fs::read_dir(f.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| ["input.bin", "pass", "wrong", "sealed"].contains(&n.as_str())),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn an_existing_output_is_replaced_only_with_force() {
+    let f = Fixture::new(5000);
+    f.seal_json("4KiB");
+    fs::write(f.p("out"), "keep me").unwrap();
+    let args = [
+        "open",
+        &f.s("sealed"),
+        "--out",
+        &f.s("out"),
+        "--passphrase-file",
+        &f.s("pass"),
+    ];
+    let run = mspace(&args, &[]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(f.p("out")).unwrap(), "keep me");
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert_eq!(mspace(&forced, &[]).code, 0);
+    assert!(same_file(&f.p("input.bin"), &f.p("out")));
+}
+
+#[test]
+fn demo_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = mspace(
+        &[
+            "demo",
+            "--size",
+            "9MiB",
+            "--dir",
+            tmp.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("byte-identical"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("refused, no output written"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.ends_with("demo passed\n"), "{}", run.stdout);
+}
