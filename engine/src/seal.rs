@@ -177,12 +177,22 @@ pub fn open_stream<S: ChunkSource>(
     if workers == 0 {
         return Err(CodecError::Invalid("at least one worker is needed".into()));
     }
-    let count = manifest.chunks.len() as u64;
-    let feed = move |index: u64, _: &mut Vec<u8>| Ok(index < count);
+    // Fetching runs on the feeder thread, as reading does when sealing: the copy into the
+    // pooled buffer overlaps the workers' verification instead of adding a pass to it.
+    let feed_manifest = Arc::clone(&manifest);
+    let feed = move |index: u64, buf: &mut Vec<u8>| {
+        let Some(entry) = usize::try_from(index)
+            .ok()
+            .and_then(|i| feed_manifest.chunks.get(i))
+        else {
+            return Ok(false);
+        };
+        source.fetch(index, entry, buf)?;
+        Ok(true)
+    };
     let capacity = (manifest.chunk_bytes + TAG_BYTES) as usize;
     let work = move |index: u64, buf: &mut Vec<u8>| {
         let entry = &manifest.chunks[usize::try_from(index).expect("index < chunk count, a usize")];
-        source.fetch(index, entry, buf)?;
         verify_and_open(&cipher, index, entry, buf)
     };
     Ok(OpenStream(pipeline::run(
