@@ -97,6 +97,19 @@ impl std::fmt::Debug for FileCipher {
 }
 
 impl FileCipher {
+    /// A cipher for a new seal: a fresh random file id, and the file key derived from it and
+    /// `master`. Returns the key too, for the share key.
+    pub fn fresh(master: &MasterKey) -> Result<(FileCipher, FileKey), CodecError> {
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| CodecError::Invalid("the system random number generator failed".into()))?;
+        let file_id = FileId(id);
+        let key = derive_file_key(master, &file_id);
+        Ok((FileCipher::new(&key, file_id), key))
+    }
+
+    /// A cipher for a known key: to open, or to seal only with a key that has sealed nothing
+    /// else (see [`crate::seal::seal_stream`]).
     pub fn new(key: &FileKey, file_id: FileId) -> Self {
         let unbound = UnboundKey::new(&AES_256_GCM, &key.0).expect("AES-256 takes a 32-byte key");
         FileCipher {

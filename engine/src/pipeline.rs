@@ -45,7 +45,28 @@ impl Drop for PooledBuf {
     }
 }
 
-type Output<T, E> = (u64, Result<(T, PooledBuf), E>);
+/// What the feeder and workers send the consumer.
+#[derive(Debug)]
+enum Msg<T, E> {
+    Item(u64, Result<(T, PooledBuf), E>),
+    /// A thread panicked: its item will never come, so the consumer must not wait for it.
+    Panicked(&'static str),
+}
+
+/// Tells the consumer when the thread that owns it unwinds, so a bug in a closure surfaces
+/// as a panic in the consumer instead of a stream that waits forever for the lost item.
+struct PanicGuard<T, E> {
+    tx: Sender<Msg<T, E>>,
+    role: &'static str,
+}
+
+impl<T, E> Drop for PanicGuard<T, E> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            let _ = self.tx.send(Msg::Panicked(self.role));
+        }
+    }
+}
 
 /// The consumer's end: yields results in index order; after the first error it yields
 /// nothing more. Each result holds a pooled buffer: a consumer that keeps more than the
@@ -54,7 +75,7 @@ type Output<T, E> = (u64, Result<(T, PooledBuf), E>);
 /// thread (nor the reader or chunk source it owns) outlives the stream.
 #[derive(Debug)]
 pub struct Ordered<T, E> {
-    rx: Receiver<Output<T, E>>,
+    rx: Receiver<Msg<T, E>>,
     pending: BTreeMap<u64, Result<(T, PooledBuf), E>>,
     next: u64,
     done: bool,
@@ -90,7 +111,7 @@ where
             .expect("the pool has room for every buffer");
     }
     let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(workers);
-    let (out_tx, out_rx) = bounded::<Output<T, E>>(buffers);
+    let (out_tx, out_rx) = bounded::<Msg<T, E>>(buffers);
     let cancel = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = bounded::<()>(0);
     let mut threads = Vec::with_capacity(workers + 1);
@@ -101,6 +122,10 @@ where
         thread::Builder::new()
             .name("pipeline-feed".into())
             .spawn(move || {
+                let _guard = PanicGuard {
+                    tx: feeder_out.clone(),
+                    role: "feeder",
+                };
                 for index in 0u64.. {
                     let raw = select! {
                         recv(pool_rx) -> raw => raw.ok(),
@@ -122,7 +147,7 @@ where
                         }
                         Ok(false) => break,
                         Err(e) => {
-                            let _ = feeder_out.send((index, Err(e)));
+                            let _ = feeder_out.send(Msg::Item(index, Err(e)));
                             break;
                         }
                     }
@@ -141,12 +166,16 @@ where
             thread::Builder::new()
                 .name("pipeline-work".into())
                 .spawn(move || {
+                    let _guard = PanicGuard {
+                        tx: out_tx.clone(),
+                        role: "worker",
+                    };
                     while let Ok((index, mut buf)) = job_rx.recv() {
                         if cancel.load(Ordering::Relaxed) {
                             break;
                         }
                         let result = work(index, &mut buf.buf).map(|meta| (meta, buf));
-                        if out_tx.send((index, result)).is_err() {
+                        if out_tx.send(Msg::Item(index, result)).is_err() {
                             break;
                         }
                     }
@@ -183,7 +212,11 @@ impl<T, E> Iterator for Ordered<T, E> {
                 return Some((index, result));
             }
             match self.rx.recv() {
-                Ok((index, result)) => {
+                Ok(Msg::Panicked(role)) => {
+                    self.done = true;
+                    panic!("a pipeline {role} thread panicked (its message is above)");
+                }
+                Ok(Msg::Item(index, result)) => {
                     debug_assert!(index >= self.next, "index {index} delivered twice");
                     self.pending.insert(index, result);
                 }
@@ -287,6 +320,22 @@ mod tests {
         assert_eq!(results.len(), 21);
         assert_eq!(results[..20], (0..20).map(Ok).collect::<Vec<_>>());
         assert_eq!(results[20], Err("work 20".to_string()));
+    }
+
+    #[test]
+    fn a_panicking_worker_panics_the_consumer_instead_of_hanging() {
+        let out = run(
+            2,
+            8,
+            2,
+            |i, _: &mut Vec<u8>| Ok::<_, ()>(i < 100),
+            |i, _| {
+                assert!(i != 3, "injected bug at item 3");
+                Ok(i)
+            },
+        );
+        let consumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out.count()));
+        assert!(consumed.is_err());
     }
 
     #[test]

@@ -53,12 +53,22 @@ impl SealedChunk {
 /// Drop each chunk once it is written or sent: at most [`buffers_for`]`(workers)` exist, and
 /// the stream waits for one to come back before it reads further.
 #[derive(Debug)]
-pub struct SealStream(Ordered<(ChunkId, u32), CodecError>);
+pub struct SealStream {
+    chunks: Ordered<(ChunkId, u32), CodecError>,
+    cipher: Arc<FileCipher>,
+}
+
+impl SealStream {
+    /// The cipher the chunks are sealed with, to seal the manifest once they are all out.
+    pub fn cipher(&self) -> &FileCipher {
+        &self.cipher
+    }
+}
 
 impl Iterator for SealStream {
     type Item = Result<SealedChunk, CodecError>;
     fn next(&mut self) -> Option<Self::Item> {
-        let (index, result) = self.0.next()?;
+        let (index, result) = self.chunks.next()?;
         Some(result.map(|((id, crc32c), bytes)| {
             let sealed_bytes =
                 u32::try_from(bytes.len()).expect("a chunk is at most CHUNK_BYTES_MAX + TAG_BYTES");
@@ -77,9 +87,14 @@ impl Iterator for SealStream {
 
 /// Reads `reader` once, in chunks of `chunk_bytes`, and seals them on `workers` threads.
 /// An empty reader gives no chunks.
+///
+/// The cipher is taken by value: one cipher seals one stream, because chunk `i` of any stream
+/// sealed with the same key would reuse nonce `i`. Get it from [`FileCipher::fresh`], which
+/// draws a new file id, hence a new key. (A resumed upload that re-seals chunks must first
+/// prove the plaintext unchanged, or start over with a fresh cipher.)
 pub fn seal_stream<R>(
     reader: R,
-    cipher: Arc<FileCipher>,
+    cipher: FileCipher,
     chunk_bytes: u32,
     workers: usize,
 ) -> Result<SealStream, CodecError>
@@ -119,19 +134,16 @@ where
         }
         Ok(true)
     };
+    let cipher = Arc::new(cipher);
+    let worker_cipher = Arc::clone(&cipher);
     let work = move |index: u64, buf: &mut Vec<u8>| -> Result<(ChunkId, u32), CodecError> {
-        cipher.seal_chunk(index, buf);
+        worker_cipher.seal_chunk(index, buf);
         let (crc, id) = checksums(buf);
         Ok((id, crc))
     };
     let capacity = want + TAG_BYTES as usize;
-    Ok(SealStream(pipeline::run(
-        buffers_for(workers),
-        capacity,
-        workers,
-        source,
-        work,
-    )))
+    let chunks = pipeline::run(buffers_for(workers), capacity, workers, source, work);
+    Ok(SealStream { chunks, cipher })
 }
 
 /// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
@@ -235,13 +247,16 @@ mod tests {
         }
     }
 
+    fn test_cipher() -> FileCipher {
+        FileCipher::new(&FileKey([4; 32]), FileId([8; 16]))
+    }
+
     fn seal(data: &[u8], chunk_bytes: u32, workers: usize) -> (Arc<FileCipher>, Manifest, Memory) {
-        let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
         let store = Memory::default();
         let mut builder = ManifestBuilder::new(chunk_bytes);
         let stream = seal_stream(
             std::io::Cursor::new(data.to_vec()),
-            Arc::clone(&cipher),
+            test_cipher(),
             chunk_bytes,
             workers,
         )
@@ -256,7 +271,11 @@ mod tests {
                 .insert(chunk.entry.id, chunk.bytes().to_vec());
             builder.push(chunk.entry);
         }
-        (cipher, builder.finish("t".into()).unwrap(), store)
+        (
+            Arc::new(test_cipher()),
+            builder.finish("t".into()).unwrap(),
+            store,
+        )
     }
 
     fn open(
@@ -353,11 +372,11 @@ mod tests {
                 Ok(n)
             }
         }
-        let cipher = Arc::new(FileCipher::new(&FileKey([4; 32]), FileId([8; 16])));
-        let results: Vec<Result<u32, CodecError>> = seal_stream(Failing(10_000), cipher, 4096, 2)
-            .unwrap()
-            .map(|c| c.map(|c| c.plain_bytes()))
-            .collect();
+        let results: Vec<Result<u32, CodecError>> =
+            seal_stream(Failing(10_000), test_cipher(), 4096, 2)
+                .unwrap()
+                .map(|c| c.map(|c| c.plain_bytes()))
+                .collect();
         assert_eq!(results.len(), 3);
         assert_eq!(
             (results[0].as_ref().unwrap(), results[1].as_ref().unwrap()),
@@ -373,9 +392,9 @@ mod tests {
     #[test]
     fn two_seals_of_the_same_input_share_no_ciphertext() {
         let data = vec![9u8; 3 * 4096];
-        let a = Arc::new(FileCipher::new(&FileKey([1; 32]), FileId([1; 16])));
-        let b = Arc::new(FileCipher::new(&FileKey([2; 32]), FileId([2; 16])));
-        let ids = |c: Arc<FileCipher>| -> Vec<ChunkId> {
+        let a = FileCipher::new(&FileKey([1; 32]), FileId([1; 16]));
+        let b = FileCipher::new(&FileKey([2; 32]), FileId([2; 16]));
+        let ids = |c: FileCipher| -> Vec<ChunkId> {
             seal_stream(std::io::Cursor::new(data.clone()), c, 4096, 1)
                 .unwrap()
                 .map(|c| c.unwrap().entry.id)

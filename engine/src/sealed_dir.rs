@@ -232,14 +232,13 @@ pub fn seal_reader<R: Read + Send + 'static>(
         armed: true,
     };
 
-    let rng = SystemRandom::new();
-    let salt: [u8; 16] = random(&rng)?;
-    let file_id = FileId(random(&rng)?);
-    let file_key = derive_file_key(&derive_master_key(passphrase, &salt, opts.kdf)?, &file_id);
-    let cipher = Arc::new(FileCipher::new(&file_key, file_id));
+    let salt: [u8; 16] = random(&SystemRandom::new())?;
+    let (cipher, file_key) = FileCipher::fresh(&derive_master_key(passphrase, &salt, opts.kdf)?)?;
+    let file_id = cipher.file_id();
 
     let mut builder = ManifestBuilder::new(opts.chunk_bytes);
-    for chunk in seal_stream(reader, Arc::clone(&cipher), opts.chunk_bytes, opts.workers)? {
+    let mut stream = seal_stream(reader, cipher, opts.chunk_bytes, opts.workers)?;
+    for chunk in stream.by_ref() {
         let chunk = chunk?;
         let path = out_dir.join(chunk.entry.id.to_hex());
         let mut f = File::options()
@@ -264,10 +263,12 @@ pub fn seal_reader<R: Read + Send + 'static>(
         }
     }
     let manifest = builder.finish(name)?;
-    let (envelope, manifest_id) = build_envelope(&cipher, opts.kdf, salt, &manifest);
+    let (envelope, manifest_id) = build_envelope(stream.cipher(), opts.kdf, salt, &manifest);
+    drop(stream);
 
     // The manifest goes last, through a temporary name, so that its presence means the seal
-    // is complete and every chunk before it is on disk.
+    // is complete and every chunk before it is on disk, names included.
+    sync_dir(out_dir)?;
     let manifest_path = out_dir.join(format!("{}{MANIFEST_SUFFIX}", manifest_id.to_hex()));
     let tmp_path = out_dir.join(".manifest.partial");
     cleanup.files.push(tmp_path.clone());
@@ -312,7 +313,11 @@ fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(CodecError::io("create directory", dir))?;
+            fs::create_dir(dir).map_err(CodecError::io("create directory", dir))?;
+            // The new directory's own name must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
             Ok(true)
         }
         Err(e) => Err(CodecError::Io {
@@ -458,7 +463,9 @@ pub fn open_dir(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
+    // 0666 less the umask, like any file a program creates (tempfile's default is 0600).
     let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .prefix(".mspace-open-")
         .suffix(".partial")
         .tempfile_in(parent)

@@ -11,9 +11,10 @@ fuzz_target!(|data: &[u8]| {
     let mut genuine = b"a genuine chunk".to_vec();
     cipher.seal_chunk(0, &mut genuine);
     let (crc32c, id) = checksums(&genuine);
+    let sealed_bytes = u32::try_from(genuine.len()).expect("a short chunk");
     let entry = ChunkEntry {
         id,
-        sealed_bytes: genuine.len() as u32,
+        sealed_bytes,
         crc32c,
     };
     let mut buf = data.to_vec();

@@ -17,11 +17,12 @@ pub struct KdfParams {
 /// The one algorithm identifier defined so far: Argon2id, version 0x13 (RFC 9106).
 pub const KDF_ARGON2ID_13: u8 = 1;
 
-/// Bounds an opener accepts. They stop a crafted manifest from asking for terabytes of
-/// memory or hours of work before anything can be verified; the lower memory bound is
+/// Bounds an opener accepts. The KDF runs before anything in the manifest can be
+/// authenticated, so these stop a crafted manifest from demanding more than a modest
+/// machine has (1 GiB, 16x the default) or minutes of work; the lower memory bound is
 /// Argon2's own minimum (8 KiB per lane).
-pub const KDF_M_KIB_MAX: u32 = 4 * 1024 * 1024;
-pub const KDF_T_MAX: u32 = 64;
+pub const KDF_M_KIB_MAX: u32 = 1024 * 1024;
+pub const KDF_T_MAX: u32 = 16;
 pub const KDF_P_MAX: u32 = 16;
 
 impl KdfParams {

@@ -113,7 +113,7 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<zeroize::Ze
                 bail!("the two passphrases differ");
             }
         }
-        first.into_bytes()
+        first.as_bytes().to_vec()
     } else {
         bail!("no passphrase: give --passphrase-file, set {PASSPHRASE_ENV}, or run on a terminal to be asked");
     };

@@ -73,13 +73,17 @@ struct OpenArgs {
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
-    /// Read the passphrase from this file. Without this or --share-key, the passphrase comes
+    /// Read the passphrase from this file. Without this or a share key, the passphrase comes
     /// from MSPACE_PASSPHRASE or a prompt.
-    #[arg(long, conflicts_with = "share_key")]
+    #[arg(long, conflicts_with_all = ["share_key", "share_key_file"])]
     passphrase_file: Option<PathBuf>,
     /// Open with a share key (mss1-...) printed by `mspace seal` instead of the passphrase.
-    #[arg(long)]
+    /// It is a secret: prefer --share-key-file or MSPACE_SHARE_KEY, which stay out of `ps`.
+    #[arg(long, env = "MSPACE_SHARE_KEY", hide_env_values = true)]
     share_key: Option<String>,
+    /// Read the share key from this file.
+    #[arg(long, conflicts_with = "share_key")]
+    share_key_file: Option<PathBuf>,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -155,6 +159,18 @@ fn workers(requested: Option<usize>) -> Result<usize> {
 }
 
 fn seal(args: SealArgs) -> Result<()> {
+    // Cheap checks first, so nobody types a passphrase twice for a command that cannot run.
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a directory: seal a file", args.file.display());
+    }
+    if std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some()) {
+        bail!(
+            "{} is not empty: seal into a new or empty directory",
+            args.out.display()
+        );
+    }
     let pass = read_passphrase(args.passphrase_file.as_deref(), true)?;
     let opts = SealOptions {
         chunk_bytes: args.chunk_size,
@@ -225,10 +241,26 @@ fn print_seal_summary(sealed: &Sealed, dir: &Path, secs: f64) {
 }
 
 fn open(args: OpenArgs) -> Result<()> {
+    if !args.force && args.out.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            args.out.display()
+        );
+    }
+    engine::sealed_dir::read_manifest_file(&args.dir)
+        .with_context(|| format!("opening {}", args.dir.display()))?;
     let share;
     let pass;
-    let unlock = if let Some(text) = &args.share_key {
-        share = text.parse::<ShareKey>().context("reading --share-key")?;
+    let share_text = match (&args.share_key, &args.share_key_file) {
+        (Some(text), _) => Some(zeroize::Zeroizing::new(text.clone())),
+        (None, Some(path)) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the share key file {}", path.display()))?,
+        )),
+        (None, None) => None,
+    };
+    let unlock = if let Some(text) = share_text {
+        share = text.parse::<ShareKey>().context("reading the share key")?;
         Unlock::ShareKey(&share)
     } else {
         pass = read_passphrase(args.passphrase_file.as_deref(), false)?;
@@ -350,36 +382,25 @@ fn demo(args: DemoArgs) -> Result<()> {
     println!("   share key {}", sealed.share_key);
 
     let by_pass = dir.join("opened-with-passphrase.bin");
-    let t = Instant::now();
-    open_dir(
-        &sealed_dir,
-        Unlock::Passphrase(pass),
-        &by_pass,
-        true,
-        workers,
-        &mut |_, _| {},
-    )?;
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "3. opened it with the passphrase ({secs:.2} s, {})",
-        format_rate(args.size, secs)
-    );
-
     let by_share = dir.join("opened-with-share-key.bin");
-    let t = Instant::now();
-    open_dir(
-        &sealed_dir,
-        Unlock::ShareKey(&sealed.share_key),
-        &by_share,
-        true,
-        workers,
-        &mut |_, _| {},
-    )?;
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "4. opened it with the share key ({secs:.2} s, {})",
-        format_rate(args.size, secs)
-    );
+    let opens = [
+        (
+            "3. opened it with the passphrase",
+            Unlock::Passphrase(pass),
+            &by_pass,
+        ),
+        (
+            "4. opened it with the share key",
+            Unlock::ShareKey(&sealed.share_key),
+            &by_share,
+        ),
+    ];
+    for (step, unlock, out) in opens {
+        let t = Instant::now();
+        open_dir(&sealed_dir, unlock, out, true, workers, &mut |_, _| {})?;
+        let secs = t.elapsed().as_secs_f64();
+        println!("{step} ({secs:.2} s, {})", format_rate(args.size, secs));
+    }
 
     for path in [&by_pass, &by_share] {
         let got = hash_file(path)?;

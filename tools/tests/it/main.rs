@@ -40,7 +40,7 @@ struct Fixture {
 impl Fixture {
     fn new(len: usize) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..len).map(|i| u8::try_from(i % 251).unwrap()).collect();
         fs::write(tmp.path().join("input.bin"), data).unwrap();
         fs::write(tmp.path().join("pass"), "hunter2 is not a passphrase\n").unwrap();
         Fixture { tmp }
@@ -52,6 +52,14 @@ impl Fixture {
 
     fn s(&self, name: &str) -> String {
         self.p(name).to_str().unwrap().to_owned()
+    }
+
+    /// `mspace open <sealed> --out <out> <extra...>`.
+    fn open(&self, out: &str, extra: &[&str]) -> Run {
+        let (sealed, out) = (self.s("sealed"), self.s(out));
+        let mut args = vec!["open", sealed.as_str(), "--out", out.as_str()];
+        args.extend_from_slice(extra);
+        mspace(&args, &[])
     }
 
     fn seal_json(&self, chunk: &str) -> serde_json::Value {
@@ -100,38 +108,59 @@ fn seal_json_then_open_with_passphrase_and_share_key() {
     }
     assert_eq!(plain, 300_000);
 
-    let run = mspace(
-        &[
-            "open",
-            &f.s("sealed"),
-            "--out",
-            &f.s("a.bin"),
-            "--passphrase-file",
-            &f.s("pass"),
-        ],
-        &[],
-    );
+    let run = f.open("a.bin", &["--passphrase-file", &f.s("pass")]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("all verified"), "{}", run.stdout);
     assert!(same_file(&f.p("input.bin"), &f.p("a.bin")));
 
     let share = json["share_key"].as_str().unwrap();
-    let run = mspace(
-        &[
-            "open",
-            &f.s("sealed"),
-            "--out",
-            &f.s("b.bin"),
-            "--share-key",
-            share,
-            "--json",
-        ],
-        &[],
-    );
+    let run = f.open("b.bin", &["--share-key", share, "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let opened: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(opened["file_id"], json["file_id"]);
     assert!(same_file(&f.p("input.bin"), &f.p("b.bin")));
+
+    // The share key can stay out of argv: from a file, or from the environment.
+    fs::write(f.p("share"), format!("{share}\n")).unwrap();
+    let run = f.open("c.bin", &["--share-key-file", &f.s("share")]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(same_file(&f.p("input.bin"), &f.p("c.bin")));
+    let run = mspace(
+        &["open", &f.s("sealed"), "--out", &f.s("d.bin")],
+        &[("MSPACE_SHARE_KEY", share)],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(same_file(&f.p("input.bin"), &f.p("d.bin")));
+}
+
+#[test]
+fn hopeless_commands_fail_before_asking_for_a_passphrase() {
+    let f = Fixture::new(100);
+    // No passphrase source at all: each error must be the real problem, not "no passphrase".
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["seal", &f.s("missing"), "--out", &f.s("x")],
+            "cannot read",
+        ),
+        (
+            &[
+                "seal",
+                &f.s("input.bin"),
+                "--out",
+                f.tmp.path().to_str().unwrap(),
+            ],
+            "not empty",
+        ),
+        (
+            &["open", f.tmp.path().to_str().unwrap(), "--out", &f.s("o")],
+            "not a sealed directory",
+        ),
+    ];
+    for (args, expect) in cases {
+        let run = mspace(args, &[]);
+        assert_eq!(run.code, 1, "{args:?}");
+        assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
+    }
 }
 
 #[test]
@@ -146,7 +175,7 @@ fn passphrase_comes_from_the_environment_or_is_refused() {
     assert!(same_file(&f.p("input.bin"), &f.p("out.bin")));
 
     // No file, no variable, no terminal: a clear error, not a hang.
-    let run = mspace(&["open", &f.s("sealed"), "--out", &f.s("again.bin")], &[]);
+    let run = f.open("again.bin", &[]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("no passphrase"), "{}", run.stderr);
     assert!(!f.p("again.bin").exists());
@@ -188,17 +217,8 @@ fn bad_arguments_are_refused_before_any_work() {
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
         assert!(run.stderr.contains(expect), "{args:?}: {}", run.stderr);
     }
-    let run = mspace(
-        &[
-            "open",
-            &f.s("sealed"),
-            "--out",
-            &f.s("o"),
-            "--share-key",
-            "mss1-nope",
-        ],
-        &[],
-    );
+    f.seal_json("4KiB");
+    let run = f.open("o", &["--share-key", "mss1-nope"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("share key"), "{}", run.stderr);
 }
@@ -208,17 +228,7 @@ fn wrong_keys_and_damage_fail_clearly_and_write_nothing() {
     let f = Fixture::new(200_000);
     let json = f.seal_json("64KiB");
     fs::write(f.p("wrong"), "not the passphrase").unwrap();
-    let run = mspace(
-        &[
-            "open",
-            &f.s("sealed"),
-            "--out",
-            &f.s("o"),
-            "--passphrase-file",
-            &f.s("wrong"),
-        ],
-        &[],
-    );
+    let run = f.open("o", &["--passphrase-file", &f.s("wrong")]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("wrong passphrase"), "{}", run.stderr);
 
@@ -227,17 +237,7 @@ fn wrong_keys_and_damage_fail_clearly_and_write_nothing() {
     let mut bytes = fs::read(&path).unwrap();
     bytes[7] ^= 4;
     fs::write(&path, bytes).unwrap();
-    let run = mspace(
-        &[
-            "open",
-            &f.s("sealed"),
-            "--out",
-            &f.s("o"),
-            "--share-key",
-            json["share_key"].as_str().unwrap(),
-        ],
-        &[],
-    );
+    let run = f.open("o", &["--share-key", json["share_key"].as_str().unwrap()]);
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
