@@ -7,6 +7,7 @@
 //! `min(w, c) / (1/aes + 1/crc + 1/blake3)`: the three passes back to back, on every core.
 
 use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,6 +55,10 @@ struct CodecArgs {
     /// Rounds per measurement; the best is reported.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Also seal this file from disk (chunks discarded) against `dd` reading it, both from a
+    /// cold page cache, in the same run: the check where the disk, not the CPU, is the bound.
+    #[arg(long)]
+    file: Option<PathBuf>,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -94,6 +99,63 @@ impl ChunkSource for Memory {
         buf.extend_from_slice(&self.0[usize::try_from(index).expect("index fits usize")]);
         Ok(())
     }
+}
+
+/// Drops `path` from the page cache (GNU dd's `iflag=nocache` with `count=0` advises the
+/// kernel to evict the whole file), so the next read comes from the disk.
+fn evict(path: &Path) -> Result<()> {
+    let status = std::process::Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["iflag=nocache", "count=0", "status=none"])
+        .status()?;
+    if !status.success() {
+        bail!("dd could not evict {} from the page cache", path.display());
+    }
+    Ok(())
+}
+
+/// Seal from a cold file against dd reading the same cold file, best of `rounds` each.
+fn disk_rows(path: &Path, cb: u32, workers: usize, rounds: u32) -> Result<Vec<Row>> {
+    let bytes = std::fs::metadata(path)?.len();
+    let dd = best_gbps(bytes, rounds, || {
+        evict(path)?;
+        let t = std::process::Command::new("dd")
+            .arg(format!("if={}", path.display()))
+            .args(["of=/dev/null", "bs=8M", "status=none"])
+            .status()?;
+        if !t.success() {
+            bail!("dd failed to read {}", path.display());
+        }
+        Ok(())
+    })?;
+    // best_gbps times the eviction too; it is a single fadvise call, negligible beside GBs.
+    let seal = best_gbps(bytes, rounds, || {
+        evict(path)?;
+        let file = std::fs::File::open(path)?;
+        let cipher = FileCipher::new(&FileKey([9; 32]), FileId([9; 16]));
+        for chunk in seal_stream(file, cipher, cb, workers)? {
+            chunk?;
+        }
+        Ok(())
+    })?;
+    Ok(vec![
+        Row {
+            workload: "disk-read-dd",
+            workers: 1,
+            chunk_bytes: cb,
+            gbps: dd,
+            bound_gbps: None,
+            ratio_bound: None,
+        },
+        Row {
+            workload: "seal-from-disk",
+            workers,
+            chunk_bytes: cb,
+            gbps: seal,
+            bound_gbps: Some(dd),
+            ratio_bound: Some(seal / dd),
+        },
+    ])
 }
 
 fn cpu_model() -> String {
@@ -240,6 +302,9 @@ fn codec(args: CodecArgs) -> Result<()> {
         row.bound_gbps = Some(bound);
         row.ratio_bound = Some(row.gbps / bound);
     }
+    if let Some(path) = &args.file {
+        rows.extend(disk_rows(path, cb, cores, args.rounds)?);
+    }
     for (workload, gbps) in [
         ("aes-256-gcm", aes),
         ("crc32c", crc),
@@ -290,5 +355,8 @@ fn codec(args: CodecArgs) -> Result<()> {
     }
     println!();
     println!("bound = min(workers, cores) / (1/aes + 1/crc32c + 1/blake3), the primitives measured above on one thread");
+    if args.file.is_some() {
+        println!("seal-from-disk's bound is disk-read-dd: dd reading the same file, both from a cold page cache");
+    }
     Ok(())
 }
