@@ -13,6 +13,7 @@ pub mod ids;
 pub mod kdf;
 pub mod manifest;
 pub mod share;
+pub mod tx;
 
 pub use decode::DecodeError;
 pub use ids::{ChunkId, FileId, FileKey};

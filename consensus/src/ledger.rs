@@ -1,0 +1,807 @@
+//! The ledger: a pure function from (state, block) to (state, receipts).
+//!
+//! No clocks, disks or sockets: time is the block's height and timestamp. Every rule
+//! rejects what breaks it with a typed [`TxError`] and leaves the state untouched: each
+//! handler checks everything before it writes anything, and a block with one bad
+//! transaction is rejected whole (its proposer should have left it out).
+//!
+//! Supply: MASP and MASPC are conserved. Nothing is minted yet (block rewards come with the
+//! validator set); fees and complaint fees are burned, and `State::burned` counts them.
+//! After every block, in debug builds, balances + deposits + escrow + burned must equal the
+//! genesis supply of each asset.
+//!
+//! Not yet here (issue 5 continues): storage-proof challenges and their payments in parts,
+//! slashing, ratings, the stake-weighted validator set per epoch, block rewards.
+
+use std::collections::BTreeMap;
+
+use proto::tx::{
+    verify_batch, AccountId, Asset, DealId, Role, SignedTx, TxBody, DEAL_CHUNKS_MAX,
+    ENDPOINT_BYTES_MAX,
+};
+use proto::ChunkEntry;
+use thiserror::Error;
+
+/// Smallest fee a transaction pays, in MASPC: every transaction costs something, which
+/// bounds how cheaply the chain can be flooded.
+pub const FEE_MIN: u64 = 1;
+/// Blocks a deposit stays locked after `Unbond`: long enough for misbehaviour discovered
+/// late to still be slashed.
+pub const UNBONDING_BLOCKS: u64 = 1000;
+/// Smallest complaint fee, in MASPC (burned): complaints must cost the complainer.
+pub const COMPLAINT_FEE_MIN: u64 = 10;
+/// Base deposit per role, in MASP.
+pub const fn deposit_base(role: Role) -> u64 {
+    match role {
+        Role::Host => 1_000,
+        Role::Miner => 10_000,
+        Role::Proxy => 100,
+        Role::Exchange => 1_000,
+        Role::Insurer => 10_000,
+    }
+}
+/// A host's deposit grows with what it stores: this much MASP per started GiB committed.
+pub const HOST_DEPOSIT_PER_GIB: u64 = 10;
+const GIB: u64 = 1 << 30;
+
+/// The deposit a host needs to hold `bytes` of deals: base + 10 MASP per started GiB.
+/// (Slashings will raise it too once they exist.)
+pub fn host_deposit_min(bytes: u64) -> u64 {
+    deposit_base(Role::Host)
+        .saturating_add(bytes.div_ceil(GIB).saturating_mul(HOST_DEPOSIT_PER_GIB))
+}
+
+/// The chain's starting point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Genesis {
+    pub chain_id: u64,
+    /// (account, MASP, MASPC)
+    pub accounts: Vec<(AccountId, u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Account {
+    pub masp: u64,
+    pub maspc: u64,
+    /// The nonce the account's next transaction must carry.
+    pub nonce: u64,
+}
+
+impl Account {
+    fn balance(&self, asset: Asset) -> u64 {
+        match asset {
+            Asset::Masp => self.masp,
+            Asset::Maspc => self.maspc,
+        }
+    }
+
+    fn balance_mut(&mut self, asset: Asset) -> &mut u64 {
+        match asset {
+            Asset::Masp => &mut self.masp,
+            Asset::Maspc => &mut self.maspc,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// MASP locked.
+    pub deposit: u64,
+    pub endpoint: String,
+    pub since_height: u64,
+    /// Set by `Unbond`: from this height on, `Withdraw` returns the deposit.
+    pub unbonding_until: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DealState {
+    /// Paid (#3); waiting for the host's completion (#4).
+    AwaitingCompletion,
+    /// CRCs matched: storage time runs from `start_height`.
+    Active { start_height: u64 },
+    /// CRCs differed at these chunk indices; the escrow went back to the sender.
+    Mismatched { chunks: Vec<u32> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deal {
+    pub sender: AccountId,
+    pub host: AccountId,
+    pub storage_fee: u64,
+    pub download_fee: u64,
+    pub period_blocks: u64,
+    pub chunks: Vec<ChunkEntry>,
+    pub opened_height: u64,
+    /// MASPC held for the host; paid out per proven period once storage proofs exist.
+    pub escrow: u64,
+    pub state: DealState,
+}
+
+impl Deal {
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum()
+    }
+
+    fn holds_host_capacity(&self) -> bool {
+        !matches!(self.state, DealState::Mismatched { .. })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashRecord {
+    pub height: u64,
+    pub timestamp_ms: u64,
+    pub by: AccountId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Complaint {
+    pub deal: DealId,
+    pub by: AccountId,
+    pub against: AccountId,
+    pub height: u64,
+    pub fee: u64,
+}
+
+/// Per-asset amounts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Supply {
+    pub masp: u64,
+    pub maspc: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct State {
+    pub chain_id: u64,
+    /// Height of the last applied block (0: genesis).
+    pub height: u64,
+    pub timestamp_ms: u64,
+    pub accounts: BTreeMap<AccountId, Account>,
+    pub registrations: BTreeMap<(AccountId, Role), Registration>,
+    pub deals: BTreeMap<DealId, Deal>,
+    pub hashes: BTreeMap<[u8; 32], HashRecord>,
+    pub complaints: Vec<Complaint>,
+    pub genesis_supply: Supply,
+    pub burned: Supply,
+}
+
+/// A block as the ledger sees it; consensus metadata (proposer, votes) lives in the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub height: u64,
+    pub timestamp_ms: u64,
+    pub txs: Vec<SignedTx>,
+}
+
+/// What applying a transaction did, for the parties to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Receipt {
+    Applied,
+    DealOpened {
+        deal: DealId,
+    },
+    /// The host's CRCs matched the sender's: storage time starts.
+    DealMatched {
+        deal: DealId,
+        sender: AccountId,
+        host: AccountId,
+        start_height: u64,
+    },
+    /// The CRCs differed at these chunks: both parties are told, the escrow is refunded,
+    /// and the sender may upload again under a new deal (the seed: "Miner reports it to both").
+    DealMismatch {
+        deal: DealId,
+        sender: AccountId,
+        host: AccountId,
+        chunks: Vec<u32>,
+    },
+    HashRecorded {
+        hash: [u8; 32],
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TxError {
+    #[error("transaction is for chain {found}, this is chain {expected}")]
+    WrongChain { expected: u64, found: u64 },
+    #[error("account {0} does not exist")]
+    UnknownAccount(AccountId),
+    #[error("nonce {found} is not the account's next nonce {expected} (replayed or out of order)")]
+    BadNonce { expected: u64, found: u64 },
+    #[error("fee {found} is below the minimum {min}")]
+    FeeTooLow { min: u64, found: u64 },
+    #[error("overdraft: needs {need} {asset:?}, the account has {have}")]
+    Overdraft { asset: Asset, need: u64, have: u64 },
+    #[error("the amount must be positive")]
+    ZeroAmount,
+    #[error("an amount overflowed")]
+    Overflow,
+    #[error("already registered as {0:?}")]
+    AlreadyRegistered(Role),
+    #[error("not registered as {0:?}")]
+    NotRegistered(Role),
+    #[error("deposit {have} is below the {need} MASP this requires")]
+    DepositTooLow { need: u64, have: u64 },
+    #[error("endpoint is empty or longer than {ENDPOINT_BYTES_MAX} bytes")]
+    BadEndpoint,
+    #[error("the {0:?} registration is unbonding")]
+    Unbonding(Role),
+    #[error("the {0:?} registration is not unbonding: send Unbond first")]
+    NotUnbonding(Role),
+    #[error("the deposit unlocks at height {until}")]
+    StillUnbonding { until: u64 },
+    #[error("the host still holds {0} deals")]
+    HasOpenDeals(usize),
+    #[error("host {0} is not a registered, bonded host")]
+    NotAHost(AccountId),
+    #[error("a deal needs 1 to {DEAL_CHUNKS_MAX} chunks, a positive storage fee and period")]
+    BadDealTerms,
+    #[error("deal {0} does not exist")]
+    UnknownDeal(DealId),
+    #[error("only the deal's host may complete it")]
+    NotDealHost,
+    #[error("only the deal's sender or host may do this")]
+    NotDealParty,
+    #[error("the deal is not waiting for its completion (completed already, or failed)")]
+    NotAwaitingCompletion,
+    #[error("the completion lists {found} CRCs, the deal has {expected} chunks")]
+    CrcCount { expected: usize, found: usize },
+    #[error("the deal is not active")]
+    DealNotActive,
+    #[error("this hash was first recorded at height {height}")]
+    AlreadyRecorded { height: u64 },
+    #[error("complaint fee {found} is below the minimum {min}")]
+    ComplaintFeeTooLow { min: u64, found: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BlockError {
+    #[error("block height {found}, expected {expected}")]
+    WrongHeight { expected: u64, found: u64 },
+    #[error("block timestamp {found} ms is before the previous block's {previous} ms")]
+    TimeWentBack { previous: u64, found: u64 },
+    #[error("transaction {index} has an invalid signature: {error}")]
+    Signature {
+        index: usize,
+        error: proto::tx::SignatureError,
+    },
+    #[error("transaction {index} ({id}) is invalid: {error}")]
+    Tx {
+        index: usize,
+        id: proto::tx::TxId,
+        error: TxError,
+    },
+}
+
+impl State {
+    pub fn genesis(g: &Genesis) -> State {
+        let mut accounts = BTreeMap::new();
+        let mut supply = Supply::default();
+        for &(id, masp, maspc) in &g.accounts {
+            let a: &mut Account = accounts.entry(id).or_default();
+            a.masp = a.masp.checked_add(masp).expect("genesis MASP overflows");
+            a.maspc = a.maspc.checked_add(maspc).expect("genesis MASPC overflows");
+            supply.masp = supply
+                .masp
+                .checked_add(masp)
+                .expect("genesis MASP supply overflows");
+            supply.maspc = supply
+                .maspc
+                .checked_add(maspc)
+                .expect("genesis MASPC supply overflows");
+        }
+        State {
+            chain_id: g.chain_id,
+            height: 0,
+            timestamp_ms: 0,
+            accounts,
+            registrations: BTreeMap::new(),
+            deals: BTreeMap::new(),
+            hashes: BTreeMap::new(),
+            complaints: Vec::new(),
+            genesis_supply: supply,
+            burned: Supply::default(),
+        }
+    }
+
+    pub fn account(&self, id: &AccountId) -> Account {
+        self.accounts.get(id).copied().unwrap_or_default()
+    }
+
+    /// Bytes of deals a host holds or is about to (paid, not failed).
+    pub fn host_committed_bytes(&self, host: &AccountId) -> u64 {
+        self.deals
+            .values()
+            .filter(|d| d.host == *host && d.holds_host_capacity())
+            .map(Deal::bytes)
+            .sum()
+    }
+
+    /// Everything that exists of each asset: balances, deposits, escrow and burned coins.
+    pub fn total_supply(&self) -> Supply {
+        let mut s = self.burned;
+        for a in self.accounts.values() {
+            s.masp += a.masp;
+            s.maspc += a.maspc;
+        }
+        s.masp += self.registrations.values().map(|r| r.deposit).sum::<u64>();
+        s.maspc += self.deals.values().map(|d| d.escrow).sum::<u64>();
+        s
+    }
+
+    /// A hash of the whole state, equal on every node that applied the same blocks.
+    pub fn hash(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-11 ledger state v1");
+        let u = |h: &mut blake3::Hasher, v: u64| {
+            h.update(&v.to_le_bytes());
+        };
+        u(&mut h, self.chain_id);
+        u(&mut h, self.height);
+        u(&mut h, self.timestamp_ms);
+        u(&mut h, self.accounts.len() as u64);
+        for (id, a) in &self.accounts {
+            h.update(&id.0);
+            for v in [a.masp, a.maspc, a.nonce] {
+                u(&mut h, v);
+            }
+        }
+        u(&mut h, self.registrations.len() as u64);
+        for ((id, role), r) in &self.registrations {
+            h.update(&id.0);
+            h.update(&[*role as u8]);
+            for v in [
+                r.deposit,
+                r.since_height,
+                r.unbonding_until.map_or(0, |x| x + 1),
+                r.endpoint.len() as u64,
+            ] {
+                u(&mut h, v);
+            }
+            h.update(r.endpoint.as_bytes());
+        }
+        u(&mut h, self.deals.len() as u64);
+        for (id, d) in &self.deals {
+            h.update(&id.0);
+            h.update(&d.sender.0);
+            h.update(&d.host.0);
+            for v in [
+                d.storage_fee,
+                d.download_fee,
+                d.period_blocks,
+                d.opened_height,
+                d.escrow,
+                d.chunks.len() as u64,
+            ] {
+                u(&mut h, v);
+            }
+            for c in &d.chunks {
+                h.update(&c.id.0);
+                u(
+                    &mut h,
+                    (u64::from(c.sealed_bytes) << 32) | u64::from(c.crc32c),
+                );
+            }
+            match &d.state {
+                DealState::AwaitingCompletion => u(&mut h, 0),
+                DealState::Active { start_height } => {
+                    u(&mut h, 1);
+                    u(&mut h, *start_height);
+                }
+                DealState::Mismatched { chunks } => {
+                    u(&mut h, 2);
+                    u(&mut h, chunks.len() as u64);
+                    for c in chunks {
+                        u(&mut h, u64::from(*c));
+                    }
+                }
+            }
+        }
+        u(&mut h, self.hashes.len() as u64);
+        for (hash, rec) in &self.hashes {
+            h.update(hash);
+            u(&mut h, rec.height);
+            u(&mut h, rec.timestamp_ms);
+            h.update(&rec.by.0);
+        }
+        u(&mut h, self.complaints.len() as u64);
+        for c in &self.complaints {
+            h.update(&c.deal.0);
+            h.update(&c.by.0);
+            h.update(&c.against.0);
+            u(&mut h, c.height);
+            u(&mut h, c.fee);
+        }
+        for v in [
+            self.genesis_supply.masp,
+            self.genesis_supply.maspc,
+            self.burned.masp,
+            self.burned.maspc,
+        ] {
+            u(&mut h, v);
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// Applies a block: all its transactions or none. Signatures are checked in one batch.
+pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), BlockError> {
+    if block.height != state.height + 1 {
+        return Err(BlockError::WrongHeight {
+            expected: state.height + 1,
+            found: block.height,
+        });
+    }
+    if block.timestamp_ms < state.timestamp_ms {
+        return Err(BlockError::TimeWentBack {
+            previous: state.timestamp_ms,
+            found: block.timestamp_ms,
+        });
+    }
+    if verify_batch(&block.txs).is_err() {
+        // Find the culprit one by one; the batch only says that one exists.
+        for (index, tx) in block.txs.iter().enumerate() {
+            tx.verify()
+                .map_err(|error| BlockError::Signature { index, error })?;
+        }
+    }
+    let mut next = state.clone();
+    next.height = block.height;
+    next.timestamp_ms = block.timestamp_ms;
+    let mut receipts = Vec::with_capacity(block.txs.len());
+    for (index, tx) in block.txs.iter().enumerate() {
+        let receipt = apply_tx(&mut next, tx).map_err(|error| BlockError::Tx {
+            index,
+            id: tx.id(),
+            error,
+        })?;
+        receipts.push(receipt);
+    }
+    debug_assert_eq!(
+        next.total_supply(),
+        next.genesis_supply,
+        "supply not conserved at height {}",
+        next.height
+    );
+    Ok((next, receipts))
+}
+
+fn sub(have: u64, need: u64, asset: Asset) -> Result<u64, TxError> {
+    have.checked_sub(need)
+        .ok_or(TxError::Overdraft { asset, need, have })
+}
+
+fn add(a: u64, b: u64) -> Result<u64, TxError> {
+    a.checked_add(b).ok_or(TxError::Overflow)
+}
+
+/// Applies one transaction whose signature was already checked, at `state.height` and
+/// `state.timestamp_ms`. On error the state is unchanged: every check runs before any write.
+pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError> {
+    let tx = &signed.tx;
+    if tx.chain_id != state.chain_id {
+        return Err(TxError::WrongChain {
+            expected: state.chain_id,
+            found: tx.chain_id,
+        });
+    }
+    let signer = state
+        .accounts
+        .get(&tx.signer)
+        .copied()
+        .ok_or(TxError::UnknownAccount(tx.signer))?;
+    if tx.nonce != signer.nonce {
+        return Err(TxError::BadNonce {
+            expected: signer.nonce,
+            found: tx.nonce,
+        });
+    }
+    if tx.fee < FEE_MIN {
+        return Err(TxError::FeeTooLow {
+            min: FEE_MIN,
+            found: tx.fee,
+        });
+    }
+    // The signer's account after the fee, before the body: each body below checks against
+    // it and the state, then commits `me` and its other writes together.
+    let mut me = signer;
+    me.maspc = sub(me.maspc, tx.fee, Asset::Maspc)?;
+    me.nonce += 1;
+    let height = state.height;
+    let burned_fee = add(state.burned.maspc, tx.fee)?;
+
+    let receipt = match &tx.body {
+        TxBody::Transfer { to, asset, amount } => {
+            if *amount == 0 {
+                return Err(TxError::ZeroAmount);
+            }
+            *me.balance_mut(*asset) = sub(me.balance(*asset), *amount, *asset)?;
+            if *to == tx.signer {
+                *me.balance_mut(*asset) = add(me.balance(*asset), *amount)?;
+                state.accounts.insert(tx.signer, me);
+            } else {
+                let mut dest = state.account(to);
+                *dest.balance_mut(*asset) = add(dest.balance(*asset), *amount)?;
+                state.accounts.insert(tx.signer, me);
+                state.accounts.insert(*to, dest);
+            }
+            Receipt::Applied
+        }
+        TxBody::Register {
+            role,
+            deposit,
+            endpoint,
+        } => {
+            if state.registrations.contains_key(&(tx.signer, *role)) {
+                return Err(TxError::AlreadyRegistered(*role));
+            }
+            if endpoint.is_empty() || endpoint.len() > ENDPOINT_BYTES_MAX {
+                return Err(TxError::BadEndpoint);
+            }
+            let need = deposit_base(*role);
+            if *deposit < need {
+                return Err(TxError::DepositTooLow {
+                    need,
+                    have: *deposit,
+                });
+            }
+            me.masp = sub(me.masp, *deposit, Asset::Masp)?;
+            state.accounts.insert(tx.signer, me);
+            let reg = Registration {
+                deposit: *deposit,
+                endpoint: endpoint.clone(),
+                since_height: height,
+                unbonding_until: None,
+            };
+            state.registrations.insert((tx.signer, *role), reg);
+            Receipt::Applied
+        }
+        TxBody::RaiseDeposit { role, amount } => {
+            if *amount == 0 {
+                return Err(TxError::ZeroAmount);
+            }
+            let reg = state
+                .registrations
+                .get(&(tx.signer, *role))
+                .ok_or(TxError::NotRegistered(*role))?;
+            if reg.unbonding_until.is_some() {
+                return Err(TxError::Unbonding(*role));
+            }
+            let deposit = add(reg.deposit, *amount)?;
+            me.masp = sub(me.masp, *amount, Asset::Masp)?;
+            state.accounts.insert(tx.signer, me);
+            state
+                .registrations
+                .get_mut(&(tx.signer, *role))
+                .expect("checked above")
+                .deposit = deposit;
+            Receipt::Applied
+        }
+        TxBody::Unbond { role } => {
+            let reg = state
+                .registrations
+                .get(&(tx.signer, *role))
+                .ok_or(TxError::NotRegistered(*role))?;
+            if reg.unbonding_until.is_some() {
+                return Err(TxError::Unbonding(*role));
+            }
+            if *role == Role::Host {
+                let open = state
+                    .deals
+                    .values()
+                    .filter(|d| d.host == tx.signer && d.holds_host_capacity())
+                    .count();
+                if open > 0 {
+                    return Err(TxError::HasOpenDeals(open));
+                }
+            }
+            let until = add(height, UNBONDING_BLOCKS)?;
+            state.accounts.insert(tx.signer, me);
+            state
+                .registrations
+                .get_mut(&(tx.signer, *role))
+                .expect("checked above")
+                .unbonding_until = Some(until);
+            Receipt::Applied
+        }
+        TxBody::Withdraw { role } => {
+            let reg = state
+                .registrations
+                .get(&(tx.signer, *role))
+                .ok_or(TxError::NotRegistered(*role))?;
+            let until = reg.unbonding_until.ok_or(TxError::NotUnbonding(*role))?;
+            if height < until {
+                return Err(TxError::StillUnbonding { until });
+            }
+            me.masp = add(me.masp, reg.deposit)?;
+            state.accounts.insert(tx.signer, me);
+            state.registrations.remove(&(tx.signer, *role));
+            Receipt::Applied
+        }
+        TxBody::UploadPayment {
+            host,
+            storage_fee,
+            download_fee,
+            period_blocks,
+            chunks,
+        } => {
+            if chunks.is_empty()
+                || chunks.len() > DEAL_CHUNKS_MAX as usize
+                || *storage_fee == 0
+                || *period_blocks == 0
+            {
+                return Err(TxError::BadDealTerms);
+            }
+            let reg = state
+                .registrations
+                .get(&(*host, Role::Host))
+                .ok_or(TxError::NotAHost(*host))?;
+            if reg.unbonding_until.is_some() || *host == tx.signer {
+                return Err(TxError::NotAHost(*host));
+            }
+            let bytes: u64 = chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum();
+            let need = host_deposit_min(add(state.host_committed_bytes(host), bytes)?);
+            if reg.deposit < need {
+                return Err(TxError::DepositTooLow {
+                    need,
+                    have: reg.deposit,
+                });
+            }
+            me.maspc = sub(me.maspc, *storage_fee, Asset::Maspc)?;
+            let deal_id = signed.id();
+            state.accounts.insert(tx.signer, me);
+            state.deals.insert(
+                deal_id,
+                Deal {
+                    sender: tx.signer,
+                    host: *host,
+                    storage_fee: *storage_fee,
+                    download_fee: *download_fee,
+                    period_blocks: *period_blocks,
+                    chunks: chunks.clone(),
+                    opened_height: height,
+                    escrow: *storage_fee,
+                    state: DealState::AwaitingCompletion,
+                },
+            );
+            Receipt::DealOpened { deal: deal_id }
+        }
+        TxBody::UploadCompletion { deal, crcs } => {
+            let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
+            if d.host != tx.signer {
+                return Err(TxError::NotDealHost);
+            }
+            if d.state != DealState::AwaitingCompletion {
+                return Err(TxError::NotAwaitingCompletion);
+            }
+            if crcs.len() != d.chunks.len() {
+                return Err(TxError::CrcCount {
+                    expected: d.chunks.len(),
+                    found: crcs.len(),
+                });
+            }
+            let differing: Vec<u32> = (0u32..)
+                .zip(d.chunks.iter().zip(crcs))
+                .filter(|(_, (c, crc))| c.crc32c != **crc)
+                .map(|(i, _)| i)
+                .collect();
+            let (sender, host, escrow) = (d.sender, d.host, d.escrow);
+            if differing.is_empty() {
+                state.accounts.insert(tx.signer, me);
+                state.deals.get_mut(deal).expect("checked above").state = DealState::Active {
+                    start_height: height,
+                };
+                Receipt::DealMatched {
+                    deal: *deal,
+                    sender,
+                    host,
+                    start_height: height,
+                }
+            } else {
+                let mut refunded = state.account(&sender);
+                refunded.maspc = add(refunded.maspc, escrow)?;
+                state.accounts.insert(tx.signer, me);
+                state.accounts.insert(sender, refunded);
+                let d = state.deals.get_mut(deal).expect("checked above");
+                d.escrow = 0;
+                d.state = DealState::Mismatched {
+                    chunks: differing.clone(),
+                };
+                Receipt::DealMismatch {
+                    deal: *deal,
+                    sender,
+                    host,
+                    chunks: differing,
+                }
+            }
+        }
+        TxBody::DownloadPayment {
+            deal,
+            host_part,
+            exchange,
+            exchange_part,
+        } => {
+            let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
+            if !matches!(d.state, DealState::Active { .. }) {
+                return Err(TxError::DealNotActive);
+            }
+            let total = add(add(d.download_fee, *host_part)?, *exchange_part)?;
+            me.maspc = sub(me.maspc, total, Asset::Maspc)?;
+            // Payees may coincide with each other or the payer: credit through one map so
+            // that no write is lost.
+            let mut credits: BTreeMap<AccountId, u64> = BTreeMap::new();
+            for (who, amount) in [
+                (Some(d.sender), d.download_fee),
+                (Some(d.host), *host_part),
+                (*exchange, *exchange_part),
+            ] {
+                if let (Some(who), true) = (who, amount > 0) {
+                    let c = credits.entry(who).or_default();
+                    *c = add(*c, amount)?;
+                }
+            }
+            let mut updated = vec![(tx.signer, me)];
+            for (who, amount) in credits {
+                let mut a = if who == tx.signer {
+                    me
+                } else {
+                    state.account(&who)
+                };
+                a.maspc = add(a.maspc, amount)?;
+                if who == tx.signer {
+                    updated[0].1 = a;
+                } else {
+                    updated.push((who, a));
+                }
+            }
+            for (who, a) in updated {
+                state.accounts.insert(who, a);
+            }
+            Receipt::Applied
+        }
+        TxBody::RecordHash { hash } => {
+            if let Some(rec) = state.hashes.get(hash) {
+                return Err(TxError::AlreadyRecorded { height: rec.height });
+            }
+            state.accounts.insert(tx.signer, me);
+            state.hashes.insert(
+                *hash,
+                HashRecord {
+                    height,
+                    timestamp_ms: state.timestamp_ms,
+                    by: tx.signer,
+                },
+            );
+            Receipt::HashRecorded { hash: *hash }
+        }
+        TxBody::Complaint { deal, fee } => {
+            let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
+            let against = if tx.signer == d.sender {
+                d.host
+            } else if tx.signer == d.host {
+                d.sender
+            } else {
+                return Err(TxError::NotDealParty);
+            };
+            if *fee < COMPLAINT_FEE_MIN {
+                return Err(TxError::ComplaintFeeTooLow {
+                    min: COMPLAINT_FEE_MIN,
+                    found: *fee,
+                });
+            }
+            me.maspc = sub(me.maspc, *fee, Asset::Maspc)?;
+            let burned = add(burned_fee, *fee)?;
+            state.accounts.insert(tx.signer, me);
+            state.complaints.push(Complaint {
+                deal: *deal,
+                by: tx.signer,
+                against,
+                height,
+                fee: *fee,
+            });
+            state.burned.maspc = burned;
+            return Ok(Receipt::Applied);
+        }
+    };
+    state.burned.maspc = burned_fee;
+    Ok(receipt)
+}

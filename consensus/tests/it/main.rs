@@ -1,0 +1,770 @@
+//! The ledger, table by table: every transaction kind, every rejection, and properties over
+//! random transaction sequences.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use consensus::ledger::{
+    apply, host_deposit_min, Block, BlockError, DealState, Genesis, Receipt, State, TxError,
+    COMPLAINT_FEE_MIN, UNBONDING_BLOCKS,
+};
+use ed25519_consensus::SigningKey;
+use proto::tx::{AccountId, Asset, DealId, Role, SignedTx, Tx, TxBody, TxId};
+use proto::{ChunkEntry, ChunkId};
+
+const CHAIN: u64 = 7;
+/// Accounts 0..4 start with this much of each asset.
+const START: u64 = 1_000_000;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from([i + 1; 32])
+}
+
+fn id(i: u8) -> AccountId {
+    AccountId(key(i).verification_key().to_bytes())
+}
+
+struct Chain {
+    state: State,
+    nonces: [u64; 8],
+}
+
+impl Chain {
+    fn new() -> Chain {
+        let accounts = (0..4).map(|i| (id(i), START, START)).collect();
+        Chain {
+            state: State::genesis(&Genesis {
+                chain_id: CHAIN,
+                accounts,
+            }),
+            nonces: [0; 8],
+        }
+    }
+
+    fn tx(&mut self, who: u8, body: TxBody) -> SignedTx {
+        let nonce = self.nonces[usize::from(who)];
+        Tx {
+            chain_id: CHAIN,
+            signer: id(who),
+            nonce,
+            fee: 1,
+            body,
+        }
+        .sign(&key(who))
+    }
+
+    fn block(&self, txs: Vec<SignedTx>) -> Block {
+        Block {
+            height: self.state.height + 1,
+            timestamp_ms: self.state.height * 1000 + 1000,
+            txs,
+        }
+    }
+
+    /// Applies one transaction in its own block and expects success.
+    fn ok(&mut self, who: u8, body: TxBody) -> Receipt {
+        let tx = self.tx(who, body);
+        let (next, mut receipts) =
+            apply(&self.state, &self.block(vec![tx])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(next.total_supply(), next.genesis_supply);
+        self.state = next;
+        self.nonces[usize::from(who)] += 1;
+        receipts.remove(0)
+    }
+
+    /// Applies one transaction and expects this rejection, with the state untouched.
+    fn err(&mut self, who: u8, body: TxBody) -> TxError {
+        let tx = self.tx(who, body);
+        let before = self.state.hash();
+        match apply(&self.state, &self.block(vec![tx])) {
+            Err(BlockError::Tx { error, .. }) => {
+                assert_eq!(self.state.hash(), before);
+                error
+            }
+            other => panic!("expected a transaction error, got {other:?}"),
+        }
+    }
+
+    fn bal(&self, who: u8) -> (u64, u64) {
+        let a = self.state.account(&id(who));
+        (a.masp, a.maspc)
+    }
+}
+
+fn chunks(n: u32, bytes: u32) -> Vec<ChunkEntry> {
+    (0..n)
+        .map(|i| ChunkEntry {
+            id: ChunkId([u8::try_from(i % 256).unwrap(); 32]),
+            sealed_bytes: bytes,
+            crc32c: 1000 + i,
+        })
+        .collect()
+}
+
+/// Registers account 1 as a host and opens a deal from account 0 with `n` chunks.
+fn with_deal(c: &mut Chain, n: u32) -> DealId {
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 5_000,
+            endpoint: "host1:7000".into(),
+        },
+    );
+    let body = TxBody::UploadPayment {
+        host: id(1),
+        storage_fee: 500,
+        download_fee: 30,
+        period_blocks: 100,
+        chunks: chunks(n, 1 << 20),
+    };
+    match c.ok(0, body) {
+        Receipt::DealOpened { deal } => deal,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn transfers_move_coins_and_burn_the_fee() {
+    let mut c = Chain::new();
+    c.ok(
+        0,
+        TxBody::Transfer {
+            to: id(5),
+            asset: Asset::Masp,
+            amount: 300,
+        },
+    );
+    c.ok(
+        0,
+        TxBody::Transfer {
+            to: id(1),
+            asset: Asset::Maspc,
+            amount: 40,
+        },
+    );
+    assert_eq!(c.bal(0), (START - 300, START - 40 - 2));
+    assert_eq!(c.bal(5), (300, 0));
+    assert_eq!(c.bal(1), (START, START + 40));
+    assert_eq!(c.state.burned.maspc, 2);
+    assert_eq!(c.state.account(&id(0)).nonce, 2);
+}
+
+#[test]
+fn every_common_rejection_is_typed_and_changes_nothing() {
+    let mut c = Chain::new();
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::Transfer {
+                to: id(1),
+                asset: Asset::Masp,
+                amount: START + 1
+            }
+        ),
+        TxError::Overdraft {
+            asset: Asset::Masp,
+            need: START + 1,
+            have: START
+        }
+    );
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::Transfer {
+                to: id(1),
+                asset: Asset::Masp,
+                amount: 0
+            }
+        ),
+        TxError::ZeroAmount
+    );
+    // The fee itself can overdraw.
+    c.ok(
+        2,
+        TxBody::Transfer {
+            to: id(3),
+            asset: Asset::Maspc,
+            amount: START - 1,
+        },
+    );
+    assert_eq!(
+        c.err(2, TxBody::RecordHash { hash: [1; 32] }),
+        TxError::Overdraft {
+            asset: Asset::Maspc,
+            need: 1,
+            have: 0
+        }
+    );
+    // An account that never received anything cannot sign.
+    assert_eq!(
+        c.err(6, TxBody::RecordHash { hash: [1; 32] }),
+        TxError::UnknownAccount(id(6))
+    );
+
+    let replay = c.tx(0, TxBody::RecordHash { hash: [2; 32] });
+    let (next, _) = apply(&c.state, &c.block(vec![replay.clone()])).unwrap();
+    c.state = next;
+    let again = apply(&c.state, &c.block(vec![replay]));
+    assert!(
+        matches!(
+            again,
+            Err(BlockError::Tx {
+                error: TxError::BadNonce {
+                    expected: 1,
+                    found: 0
+                },
+                ..
+            })
+        ),
+        "{again:?}"
+    );
+
+    let wrong_chain = Tx {
+        chain_id: CHAIN + 1,
+        signer: id(0),
+        nonce: 1,
+        fee: 1,
+        body: TxBody::RecordHash { hash: [3; 32] },
+    }
+    .sign(&key(0));
+    assert!(matches!(
+        apply(&c.state, &c.block(vec![wrong_chain])),
+        Err(BlockError::Tx {
+            error: TxError::WrongChain { .. },
+            ..
+        })
+    ));
+    let free = Tx {
+        chain_id: CHAIN,
+        signer: id(0),
+        nonce: 1,
+        fee: 0,
+        body: TxBody::RecordHash { hash: [3; 32] },
+    }
+    .sign(&key(0));
+    assert!(matches!(
+        apply(&c.state, &c.block(vec![free])),
+        Err(BlockError::Tx {
+            error: TxError::FeeTooLow { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn blocks_apply_whole_or_not_at_all() {
+    let mut c = Chain::new();
+    let good = c.tx(
+        0,
+        TxBody::Transfer {
+            to: id(1),
+            asset: Asset::Masp,
+            amount: 5,
+        },
+    );
+    let bad = c.tx(
+        1,
+        TxBody::Transfer {
+            to: id(0),
+            asset: Asset::Masp,
+            amount: START * 2,
+        },
+    );
+    let before = c.state.hash();
+    let result = apply(&c.state, &c.block(vec![good.clone(), bad]));
+    assert!(
+        matches!(result, Err(BlockError::Tx { index: 1, .. })),
+        "{result:?}"
+    );
+    assert_eq!(c.state.hash(), before);
+
+    // A forged signature: the signed bytes altered after signing.
+    let mut bytes = good.bytes().to_vec();
+    let amount_at = bytes.len() - 64 - 8;
+    bytes[amount_at] ^= 1;
+    let forged = SignedTx::decode(&bytes).unwrap();
+    assert!(matches!(
+        apply(&c.state, &c.block(vec![good.clone(), forged])),
+        Err(BlockError::Signature { index: 1, .. })
+    ));
+
+    assert!(matches!(
+        apply(
+            &c.state,
+            &Block {
+                height: 5,
+                timestamp_ms: 1,
+                txs: vec![]
+            }
+        ),
+        Err(BlockError::WrongHeight {
+            expected: 1,
+            found: 5
+        })
+    ));
+    c.state.timestamp_ms = 10_000;
+    assert!(matches!(
+        apply(
+            &c.state,
+            &Block {
+                height: 1,
+                timestamp_ms: 9_999,
+                txs: vec![]
+            }
+        ),
+        Err(BlockError::TimeWentBack { .. })
+    ));
+}
+
+#[test]
+fn contractor_registry_locks_and_returns_deposits() {
+    let mut c = Chain::new();
+    let reg = |deposit| TxBody::Register {
+        role: Role::Miner,
+        deposit,
+        endpoint: "10.0.0.1:26656".into(),
+    };
+    assert_eq!(
+        c.err(0, reg(9_999)),
+        TxError::DepositTooLow {
+            need: 10_000,
+            have: 9_999
+        }
+    );
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::Register {
+                role: Role::Proxy,
+                deposit: 100,
+                endpoint: String::new()
+            }
+        ),
+        TxError::BadEndpoint
+    );
+    c.ok(0, reg(10_000));
+    assert_eq!(
+        c.err(0, reg(10_000)),
+        TxError::AlreadyRegistered(Role::Miner)
+    );
+    c.ok(
+        0,
+        TxBody::RaiseDeposit {
+            role: Role::Miner,
+            amount: 500,
+        },
+    );
+    assert_eq!(c.bal(0).0, START - 10_500);
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::RaiseDeposit {
+                role: Role::Host,
+                amount: 5
+            }
+        ),
+        TxError::NotRegistered(Role::Host)
+    );
+    assert_eq!(
+        c.err(0, TxBody::Withdraw { role: Role::Miner }),
+        TxError::NotUnbonding(Role::Miner)
+    );
+    c.ok(0, TxBody::Unbond { role: Role::Miner });
+    let until = c.state.height + UNBONDING_BLOCKS;
+    assert_eq!(
+        c.err(0, TxBody::Unbond { role: Role::Miner }),
+        TxError::Unbonding(Role::Miner)
+    );
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::RaiseDeposit {
+                role: Role::Miner,
+                amount: 1
+            }
+        ),
+        TxError::Unbonding(Role::Miner)
+    );
+    assert_eq!(
+        c.err(0, TxBody::Withdraw { role: Role::Miner }),
+        TxError::StillUnbonding { until }
+    );
+    c.state.height = until - 1; // empty blocks pass; the next block is at `until`
+    c.ok(0, TxBody::Withdraw { role: Role::Miner });
+    assert_eq!(c.bal(0).0, START);
+    assert!(c.state.registrations.is_empty());
+}
+
+#[test]
+fn upload_deal_matches_crcs_and_starts_storage_time() {
+    let mut c = Chain::new();
+    let deal = with_deal(&mut c, 3);
+    assert_eq!(c.bal(0).1, START - 500 - 1);
+    assert_eq!(c.state.deals[&deal].escrow, 500);
+    let crcs = vec![1000, 1001, 1002];
+    assert_eq!(
+        c.err(
+            2,
+            TxBody::UploadCompletion {
+                deal,
+                crcs: crcs.clone()
+            }
+        ),
+        TxError::NotDealHost
+    );
+    assert_eq!(
+        c.err(
+            1,
+            TxBody::UploadCompletion {
+                deal,
+                crcs: vec![1000]
+            }
+        ),
+        TxError::CrcCount {
+            expected: 3,
+            found: 1
+        }
+    );
+    let height = c.state.height + 1;
+    assert_eq!(
+        c.ok(
+            1,
+            TxBody::UploadCompletion {
+                deal,
+                crcs: crcs.clone()
+            }
+        ),
+        Receipt::DealMatched {
+            deal,
+            sender: id(0),
+            host: id(1),
+            start_height: height
+        }
+    );
+    assert_eq!(
+        c.state.deals[&deal].state,
+        DealState::Active {
+            start_height: height
+        }
+    );
+    assert_eq!(
+        c.err(1, TxBody::UploadCompletion { deal, crcs }),
+        TxError::NotAwaitingCompletion
+    );
+    assert_eq!(
+        c.err(1, TxBody::Unbond { role: Role::Host }),
+        TxError::HasOpenDeals(1)
+    );
+}
+
+#[test]
+fn crc_mismatch_reports_the_chunks_to_both_and_refunds() {
+    let mut c = Chain::new();
+    let deal = with_deal(&mut c, 4);
+    let before = c.bal(0).1;
+    let receipt = c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 7, 1002, 9],
+        },
+    );
+    assert_eq!(
+        receipt,
+        Receipt::DealMismatch {
+            deal,
+            sender: id(0),
+            host: id(1),
+            chunks: vec![1, 3]
+        }
+    );
+    assert_eq!(c.bal(0).1, before + 500);
+    assert_eq!(c.state.deals[&deal].escrow, 0);
+    // The failed deal holds no capacity: the host may leave.
+    c.ok(1, TxBody::Unbond { role: Role::Host });
+}
+
+#[test]
+fn deal_terms_and_host_capacity_are_enforced() {
+    let mut c = Chain::new();
+    let pay = |host, chunks, fee| TxBody::UploadPayment {
+        host,
+        storage_fee: fee,
+        download_fee: 0,
+        period_blocks: 10,
+        chunks,
+    };
+    assert_eq!(
+        c.err(0, pay(id(1), chunks(1, 100), 10)),
+        TxError::NotAHost(id(1))
+    );
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 1_010,
+            endpoint: "h:1".into(),
+        },
+    );
+    assert_eq!(c.err(0, pay(id(1), vec![], 10)), TxError::BadDealTerms);
+    assert_eq!(
+        c.err(0, pay(id(1), chunks(1, 100), 0)),
+        TxError::BadDealTerms
+    );
+    assert_eq!(
+        c.err(1, pay(id(1), chunks(1, 100), 10)),
+        TxError::NotAHost(id(1))
+    );
+    // 1 GiB fits a 1,010 MASP deposit; a second GiB needs 1,020.
+    c.ok(0, pay(id(1), chunks(1024, 1 << 20), 10));
+    assert_eq!(
+        c.err(0, pay(id(1), chunks(1, 1), 10)),
+        TxError::DepositTooLow {
+            need: host_deposit_min((1 << 30) + 1),
+            have: 1_010
+        }
+    );
+    c.ok(
+        1,
+        TxBody::RaiseDeposit {
+            role: Role::Host,
+            amount: 10,
+        },
+    );
+    c.ok(0, pay(id(1), chunks(1, 1), 10));
+    assert_eq!(
+        c.err(0, pay(id(1), chunks(1, 1), START)),
+        TxError::Overdraft {
+            asset: Asset::Maspc,
+            need: START,
+            // two storage fees, their two transaction fees, and this transaction's own fee
+            have: START - 10 - 10 - 2 - 1
+        }
+    );
+}
+
+#[test]
+fn download_payment_pays_sender_host_and_exchange() {
+    let mut c = Chain::new();
+    let deal = with_deal(&mut c, 2);
+    let pay = TxBody::DownloadPayment {
+        deal,
+        host_part: 5,
+        exchange: Some(id(3)),
+        exchange_part: 2,
+    };
+    assert_eq!(c.err(2, pay.clone()), TxError::DealNotActive);
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001],
+        },
+    );
+    let (s, h, x, r) = (c.bal(0).1, c.bal(1).1, c.bal(3).1, c.bal(2).1);
+    c.ok(2, pay);
+    assert_eq!(
+        (c.bal(0).1, c.bal(1).1, c.bal(3).1, c.bal(2).1),
+        (s + 30, h + 5, x + 2, r - 37 - 1)
+    );
+    // The sender downloading its own file pays itself the fee: only the rest leaves.
+    c.ok(
+        0,
+        TxBody::DownloadPayment {
+            deal,
+            host_part: 1,
+            exchange: None,
+            exchange_part: 0,
+        },
+    );
+    assert_eq!(c.bal(0).1, s + 30 - 1 - 1);
+    assert_eq!(
+        c.err(
+            2,
+            TxBody::DownloadPayment {
+                deal: TxId([9; 32]),
+                host_part: 0,
+                exchange: None,
+                exchange_part: 0
+            }
+        ),
+        TxError::UnknownDeal(TxId([9; 32]))
+    );
+}
+
+#[test]
+fn proof_of_existence_keeps_the_first_record() {
+    let mut c = Chain::new();
+    assert_eq!(
+        c.ok(2, TxBody::RecordHash { hash: [4; 32] }),
+        Receipt::HashRecorded { hash: [4; 32] }
+    );
+    let rec = c.state.hashes[&[4; 32]];
+    assert_eq!((rec.height, rec.timestamp_ms, rec.by), (1, 1000, id(2)));
+    assert_eq!(
+        c.err(3, TxBody::RecordHash { hash: [4; 32] }),
+        TxError::AlreadyRecorded { height: 1 }
+    );
+}
+
+#[test]
+fn complaints_are_for_parties_and_cost_a_burned_fee() {
+    let mut c = Chain::new();
+    let deal = with_deal(&mut c, 1);
+    assert_eq!(
+        c.err(
+            3,
+            TxBody::Complaint {
+                deal,
+                fee: COMPLAINT_FEE_MIN
+            }
+        ),
+        TxError::NotDealParty
+    );
+    assert_eq!(
+        c.err(0, TxBody::Complaint { deal, fee: 1 }),
+        TxError::ComplaintFeeTooLow {
+            min: COMPLAINT_FEE_MIN,
+            found: 1
+        }
+    );
+    let burned = c.state.burned.maspc;
+    c.ok(
+        0,
+        TxBody::Complaint {
+            deal,
+            fee: COMPLAINT_FEE_MIN,
+        },
+    );
+    assert_eq!(c.state.burned.maspc, burned + 1 + COMPLAINT_FEE_MIN);
+    assert_eq!(
+        (c.state.complaints[0].by, c.state.complaints[0].against),
+        (id(0), id(1))
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Transfer {
+            from: u8,
+            to: u8,
+            masp: bool,
+            amount: u64,
+        },
+        Record {
+            from: u8,
+            hash: u8,
+        },
+        Replay,
+        SkipNonce {
+            from: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..5, 0u8..6, any::<bool>(), 0u64..(START / 2)).prop_map(
+                |(from, to, masp, amount)| Op::Transfer {
+                    from,
+                    to,
+                    masp,
+                    amount
+                }
+            ),
+            (0u8..5, 0u8..4).prop_map(|(from, hash)| Op::Record { from, hash }),
+            Just(Op::Replay),
+            (0u8..4).prop_map(|from| Op::SkipNonce { from }),
+        ]
+    }
+
+    /// Applies each op as its own block; returns the chain and the accepted blocks.
+    fn run(ops: &[Op]) -> (Chain, Vec<Block>) {
+        let mut c = Chain::new();
+        let mut accepted: Vec<Block> = Vec::new();
+        let mut last: Option<SignedTx> = None;
+        for op in ops {
+            let tx = match op {
+                Op::Transfer {
+                    from,
+                    to,
+                    masp,
+                    amount,
+                } => {
+                    let asset = if *masp { Asset::Masp } else { Asset::Maspc };
+                    c.tx(
+                        *from,
+                        TxBody::Transfer {
+                            to: id(*to),
+                            asset,
+                            amount: *amount,
+                        },
+                    )
+                }
+                Op::Record { from, hash } => c.tx(*from, TxBody::RecordHash { hash: [*hash; 32] }),
+                Op::Replay => match &last {
+                    Some(tx) => tx.clone(),
+                    None => continue,
+                },
+                Op::SkipNonce { from } => {
+                    let nonce = c.nonces[usize::from(*from)] + 1;
+                    Tx {
+                        chain_id: CHAIN,
+                        signer: id(*from),
+                        nonce,
+                        fee: 1,
+                        body: TxBody::RecordHash { hash: [99; 32] },
+                    }
+                    .sign(&key(*from))
+                }
+            };
+            let block = c.block(vec![tx.clone()]);
+            let before = c.state.hash();
+            match apply(&c.state, &block) {
+                Ok((next, _)) => {
+                    assert!(
+                        !matches!(op, Op::Replay | Op::SkipNonce { .. }),
+                        "{op:?} was accepted"
+                    );
+                    c.nonces[signer_index(&tx)] += 1;
+                    c.state = next;
+                    accepted.push(block);
+                    last = Some(tx);
+                }
+                Err(_) => assert_eq!(c.state.hash(), before),
+            }
+            assert_eq!(
+                c.state.total_supply(),
+                c.state.genesis_supply,
+                "supply after {op:?}"
+            );
+        }
+        (c, accepted)
+    }
+
+    fn signer_index(tx: &SignedTx) -> usize {
+        (0..8)
+            .find(|&i| id(i).0 == tx.tx.signer.0)
+            .map(usize::from)
+            .expect("a test key")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn supply_is_conserved_and_replays_refused(ops in proptest::collection::vec(op(), 1..60)) {
+            let (c, blocks) = run(&ops);
+            // The same blocks give the same state hash from genesis, every time.
+            let mut again = Chain::new().state;
+            for b in &blocks {
+                again = apply(&again, b).unwrap().0;
+            }
+            prop_assert_eq!(again.hash(), c.state.hash());
+            prop_assert_eq!(again, c.state);
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Structured fuzzing of the ledger: the input drives a sequence of transactions among
+//! five accounts (every kind, valid or not), each applied as its own block. Invariants
+//! after every step: supply of both assets conserved, a rejected block leaves the state
+//! untouched, and replaying the accepted blocks from genesis gives the same state hash.
+#![no_main]
+
+use consensus::ledger::{apply, Block, Genesis, State};
+use ed25519_consensus::SigningKey;
+use libfuzzer_sys::fuzz_target;
+use proto::tx::{AccountId, Asset, Role, SignedTx, Tx, TxBody, TxId};
+use proto::{ChunkEntry, ChunkId};
+
+const ACCOUNTS: u8 = 5;
+
+fn key(i: u8) -> SigningKey {
+    SigningKey::from([i + 1; 32])
+}
+
+fn id(i: u8) -> AccountId {
+    AccountId(key(i).verification_key().to_bytes())
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+
+    fn amount(&mut self) -> Option<u64> {
+        let hi = u64::from(self.byte()?);
+        let lo = u64::from(self.byte()?);
+        Some((hi << 8 | lo) * 37)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let accounts = (0..ACCOUNTS - 1).map(|i| (id(i), 50_000, 50_000)).collect();
+    let genesis = State::genesis(&Genesis {
+        chain_id: 1,
+        accounts,
+    });
+    let mut state = genesis.clone();
+    let mut nonces = [0u64; ACCOUNTS as usize];
+    let mut deals: Vec<TxId> = Vec::new();
+    let mut accepted = Vec::new();
+    let mut input = Input(data);
+    while let (Some(kind), Some(who), Some(arg)) = (input.byte(), input.byte(), input.byte()) {
+        let who = who % ACCOUNTS;
+        let other = id(arg % ACCOUNTS);
+        let role = Role::ALL[usize::from(arg % 5)];
+        let deal = deals
+            .get(usize::from(arg))
+            .copied()
+            .unwrap_or(TxId([arg; 32]));
+        let Some(amount) = input.amount() else { break };
+        let body = match kind % 10 {
+            0 => TxBody::Transfer {
+                to: other,
+                asset: if arg % 2 == 0 {
+                    Asset::Masp
+                } else {
+                    Asset::Maspc
+                },
+                amount,
+            },
+            1 => TxBody::Register {
+                role,
+                deposit: amount,
+                endpoint: "e:1".into(),
+            },
+            2 => TxBody::RaiseDeposit { role, amount },
+            3 => TxBody::Unbond { role },
+            4 => TxBody::Withdraw { role },
+            5 => {
+                let chunks = (0..1 + arg % 4)
+                    .map(|i| ChunkEntry {
+                        id: ChunkId([i; 32]),
+                        sealed_bytes: 1 << 20,
+                        crc32c: u32::from(i),
+                    })
+                    .collect();
+                TxBody::UploadPayment {
+                    host: other,
+                    storage_fee: amount,
+                    download_fee: amount / 7,
+                    period_blocks: 10,
+                    chunks,
+                }
+            }
+            6 => TxBody::UploadCompletion {
+                deal,
+                crcs: (0..1 + arg % 4)
+                    .map(|i| u32::from(i ^ (kind >> 7)))
+                    .collect(),
+            },
+            7 => TxBody::DownloadPayment {
+                deal,
+                host_part: amount / 3,
+                exchange: (arg % 2 == 1).then_some(other),
+                exchange_part: amount / 5,
+            },
+            8 => TxBody::RecordHash { hash: [arg; 32] },
+            _ => TxBody::Complaint { deal, fee: amount },
+        };
+        // Mostly the right nonce, sometimes a replayed or skipped one.
+        let nonce = match kind >> 6 {
+            0 if nonces[usize::from(who)] > 0 => nonces[usize::from(who)] - 1,
+            1 => nonces[usize::from(who)] + 1,
+            _ => nonces[usize::from(who)],
+        };
+        let tx: SignedTx = Tx {
+            chain_id: 1,
+            signer: id(who),
+            nonce,
+            fee: 1,
+            body,
+        }
+        .sign(&key(who));
+        let block = Block {
+            height: state.height + 1,
+            timestamp_ms: state.height * 1000,
+            txs: vec![tx.clone()],
+        };
+        let before = state.hash();
+        match apply(&state, &block) {
+            Ok((next, receipts)) => {
+                assert_eq!(
+                    nonce,
+                    nonces[usize::from(who)],
+                    "a wrong nonce was accepted"
+                );
+                nonces[usize::from(who)] += 1;
+                if let Some(consensus::ledger::Receipt::DealOpened { deal }) = receipts.first() {
+                    deals.push(*deal);
+                }
+                state = next;
+                accepted.push(block);
+            }
+            Err(_) => assert_eq!(state.hash(), before, "a rejected block changed the state"),
+        }
+        assert_eq!(
+            state.total_supply(),
+            state.genesis_supply,
+            "supply not conserved"
+        );
+    }
+    let mut replay = genesis;
+    for block in &accepted {
+        replay = apply(&replay, block)
+            .expect("an accepted block applies again")
+            .0;
+    }
+    assert_eq!(replay.hash(), state.hash());
+});
