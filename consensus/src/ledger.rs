@@ -10,8 +10,12 @@
 //! After every block, in debug builds, balances + deposits + escrow + burned must equal the
 //! genesis supply of each asset.
 //!
+//! Validators: miners' deposits are their stake. The set is recomputed at the end of every
+//! block whose height is a multiple of [`EPOCH_BLOCKS`] and applies from the next block, so
+//! every node knows the set of a height before it votes on it.
+//!
 //! Not yet here (issue 5 continues): storage-proof challenges and their payments in parts,
-//! slashing, ratings, the stake-weighted validator set per epoch, block rewards.
+//! slashing, ratings, block rewards.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +32,11 @@ pub const FEE_MIN: u64 = 1;
 /// Blocks a deposit stays locked after `Unbond`: long enough for misbehaviour discovered
 /// late to still be slashed.
 pub const UNBONDING_BLOCKS: u64 = 1000;
+/// Blocks per epoch: the validator set changes only at these boundaries.
+pub const EPOCH_BLOCKS: u64 = 100;
+/// A validator's stake stays locked past the end of the epoch it validated in, so that it
+/// can still be slashed for what it signed there.
+const _: () = assert!(UNBONDING_BLOCKS > 2 * EPOCH_BLOCKS);
 /// Smallest complaint fee, in MASPC (burned): complaints must cost the complainer.
 pub const COMPLAINT_FEE_MIN: u64 = 10;
 /// Base deposit per role, in MASP.
@@ -57,6 +66,9 @@ pub struct Genesis {
     pub chain_id: u64,
     /// (account, MASP, MASPC)
     pub accounts: Vec<(AccountId, u64, u64)>,
+    /// The first validators: (account, stake in MASP, endpoint). Each becomes a miner
+    /// registration whose deposit is its stake, on top of its account balances.
+    pub validators: Vec<(AccountId, u64, String)>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,6 +173,8 @@ pub struct State {
     pub deals: BTreeMap<DealId, Deal>,
     pub hashes: BTreeMap<[u8; 32], HashRecord>,
     pub complaints: Vec<Complaint>,
+    /// Validators for the blocks after `height`, with their voting power (stake).
+    pub validators: BTreeMap<AccountId, u64>,
     pub genesis_supply: Supply,
     pub burned: Supply,
 }
@@ -290,18 +304,58 @@ impl State {
                 .checked_add(maspc)
                 .expect("genesis MASPC supply overflows");
         }
-        State {
+        let mut registrations = BTreeMap::new();
+        for (id, stake, endpoint) in &g.validators {
+            assert!(
+                *stake >= deposit_base(Role::Miner),
+                "genesis validator stake below the miner deposit"
+            );
+            supply.masp = supply
+                .masp
+                .checked_add(*stake)
+                .expect("genesis MASP supply overflows");
+            let reg = Registration {
+                deposit: *stake,
+                endpoint: endpoint.clone(),
+                since_height: 0,
+                unbonding_until: None,
+            };
+            assert!(
+                registrations.insert((*id, Role::Miner), reg).is_none(),
+                "validator listed twice in genesis"
+            );
+        }
+        let mut state = State {
             chain_id: g.chain_id,
             height: 0,
             timestamp_ms: 0,
             accounts,
-            registrations: BTreeMap::new(),
+            registrations,
             deals: BTreeMap::new(),
             hashes: BTreeMap::new(),
             complaints: Vec::new(),
+            validators: BTreeMap::new(),
             genesis_supply: supply,
             burned: Supply::default(),
-        }
+        };
+        state.validators = state.bonded_miners();
+        state
+    }
+
+    /// Miners with a bonded (not unbonding) deposit, and their stake.
+    fn bonded_miners(&self) -> BTreeMap<AccountId, u64> {
+        self.registrations
+            .iter()
+            .filter(|((_, role), r)| *role == Role::Miner && r.unbonding_until.is_none())
+            .map(|((id, _), r)| (*id, r.deposit))
+            .collect()
+    }
+
+    /// The validator set that decides block `height`, with voting powers: the set chosen at
+    /// the last epoch boundary before it. Known for the next block only; older sets are the
+    /// node's to keep.
+    pub fn validators_for(&self, height: u64) -> Option<&BTreeMap<AccountId, u64>> {
+        (height == self.height + 1).then_some(&self.validators)
     }
 
     pub fn account(&self, id: &AccountId) -> Account {
@@ -403,6 +457,11 @@ impl State {
             u(&mut h, rec.timestamp_ms);
             h.update(&rec.by.0);
         }
+        u(&mut h, self.validators.len() as u64);
+        for (id, power) in &self.validators {
+            h.update(&id.0);
+            u(&mut h, *power);
+        }
         u(&mut h, self.complaints.len() as u64);
         for c in &self.complaints {
             h.update(&c.deal.0);
@@ -455,6 +514,9 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
             error,
         })?;
         receipts.push(receipt);
+    }
+    if next.height % EPOCH_BLOCKS == 0 {
+        next.validators = next.bonded_miners();
     }
     debug_assert_eq!(
         next.total_supply(),

@@ -38,9 +38,12 @@ impl Input<'_> {
 
 fuzz_target!(|data: &[u8]| {
     let accounts = (0..ACCOUNTS - 1).map(|i| (id(i), 50_000, 50_000)).collect();
+    // Account 3 also validates, so unbonding and withdrawing a miner's stake get exercised.
+    let validators = vec![(id(3), 20_000, "v3:1".to_string())];
     let genesis = State::genesis(&Genesis {
         chain_id: 1,
         accounts,
+        validators,
     });
     let mut state = genesis.clone();
     let mut nonces = [0u64; ACCOUNTS as usize];

@@ -224,8 +224,11 @@ impl Tx {
                 out.push(2);
                 out.push(*role as u8);
                 put_u64(&mut out, *deposit);
-                let len = u16::try_from(endpoint.len())
-                    .expect("checked by the constructor's caller: encode asserts below");
+                assert!(
+                    endpoint.len() <= ENDPOINT_BYTES_MAX,
+                    "endpoint longer than ENDPOINT_BYTES_MAX"
+                );
+                let len = u16::try_from(endpoint.len()).expect("at most ENDPOINT_BYTES_MAX");
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(endpoint.as_bytes());
             }
@@ -248,9 +251,13 @@ impl Tx {
                 put_u64(&mut out, *storage_fee);
                 put_u64(&mut out, *download_fee);
                 put_u64(&mut out, *period_blocks);
+                assert!(
+                    chunks.len() <= DEAL_CHUNKS_MAX as usize,
+                    "more than DEAL_CHUNKS_MAX entries"
+                );
                 put_u32(
                     &mut out,
-                    u32::try_from(chunks.len()).expect("bounded by DEAL_CHUNKS_MAX"),
+                    u32::try_from(chunks.len()).expect("at most DEAL_CHUNKS_MAX"),
                 );
                 for c in chunks {
                     out.extend_from_slice(&c.id.0);
@@ -261,9 +268,13 @@ impl Tx {
             TxBody::UploadCompletion { deal, crcs } => {
                 out.push(7);
                 out.extend_from_slice(&deal.0);
+                assert!(
+                    crcs.len() <= DEAL_CHUNKS_MAX as usize,
+                    "more than DEAL_CHUNKS_MAX entries"
+                );
                 put_u32(
                     &mut out,
-                    u32::try_from(crcs.len()).expect("bounded by DEAL_CHUNKS_MAX"),
+                    u32::try_from(crcs.len()).expect("at most DEAL_CHUNKS_MAX"),
                 );
                 for crc in crcs {
                     put_u32(&mut out, *crc);

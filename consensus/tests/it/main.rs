@@ -5,7 +5,7 @@
 
 use consensus::ledger::{
     apply, host_deposit_min, Block, BlockError, DealState, Genesis, Receipt, State, TxError,
-    COMPLAINT_FEE_MIN, UNBONDING_BLOCKS,
+    COMPLAINT_FEE_MIN, EPOCH_BLOCKS, UNBONDING_BLOCKS,
 };
 use ed25519_consensus::SigningKey;
 use proto::tx::{AccountId, Asset, DealId, Role, SignedTx, Tx, TxBody, TxId};
@@ -31,10 +31,12 @@ struct Chain {
 impl Chain {
     fn new() -> Chain {
         let accounts = (0..4).map(|i| (id(i), START, START)).collect();
+        let validators = vec![(id(7), 20_000, "v7:26656".to_string())];
         Chain {
             state: State::genesis(&Genesis {
                 chain_id: CHAIN,
                 accounts,
+                validators,
             }),
             nonces: [0; 8],
         }
@@ -392,7 +394,7 @@ fn contractor_registry_locks_and_returns_deposits() {
     c.state.height = until - 1; // empty blocks pass; the next block is at `until`
     c.ok(0, TxBody::Withdraw { role: Role::Miner });
     assert_eq!(c.bal(0).0, START);
-    assert!(c.state.registrations.is_empty());
+    assert!(!c.state.registrations.contains_key(&(id(0), Role::Miner)));
 }
 
 #[test]
@@ -641,6 +643,52 @@ fn complaints_are_for_parties_and_cost_a_burned_fee() {
         (c.state.complaints[0].by, c.state.complaints[0].against),
         (id(0), id(1))
     );
+}
+
+#[test]
+fn validator_set_follows_miner_stake_at_epoch_boundaries() {
+    let mut c = Chain::new();
+    let set = |c: &Chain| c.state.validators_for(c.state.height + 1).unwrap().clone();
+    assert_eq!(
+        set(&c).into_iter().collect::<Vec<_>>(),
+        vec![(id(7), 20_000)]
+    );
+    assert_eq!(c.state.genesis_supply.masp, 4 * START + 20_000);
+    c.ok(
+        0,
+        TxBody::Register {
+            role: Role::Miner,
+            deposit: 30_000,
+            endpoint: "m0:26656".into(),
+        },
+    );
+    assert!(
+        !set(&c).contains_key(&id(0)),
+        "stake counts only from the next epoch"
+    );
+    c.state.height = EPOCH_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [0; 32] });
+    assert_eq!(set(&c).get(&id(0)), Some(&30_000));
+    c.ok(
+        0,
+        TxBody::RaiseDeposit {
+            role: Role::Miner,
+            amount: 5_000,
+        },
+    );
+    c.ok(0, TxBody::Unbond { role: Role::Miner });
+    assert_eq!(
+        set(&c).get(&id(0)),
+        Some(&30_000),
+        "unchanged inside the epoch"
+    );
+    c.state.height = 2 * EPOCH_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [1; 32] });
+    assert!(
+        !set(&c).contains_key(&id(0)),
+        "an unbonding miner leaves at the boundary"
+    );
+    assert!(c.state.validators_for(c.state.height + 2).is_none());
 }
 
 mod properties {
