@@ -17,7 +17,7 @@
 //! Not yet here (issue 5 continues): storage-proof challenges and their payments in parts,
 //! slashing, ratings, block rewards.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::tx::{
     verify_batch, AccountId, Asset, DealId, Role, SignedTx, TxBody, DEAL_CHUNKS_MAX,
@@ -32,6 +32,10 @@ pub const FEE_MIN: u64 = 1;
 /// Blocks a deposit stays locked after `Unbond`: long enough for misbehaviour discovered
 /// late to still be slashed.
 pub const UNBONDING_BLOCKS: u64 = 1000;
+/// Blocks a host has to complete (#4) a paid deal; after that the escrow goes back to the
+/// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
+/// lock either side's coins or the host's deposit for long.
+pub const COMPLETION_TIMEOUT_BLOCKS: u64 = 100;
 /// Blocks per epoch: the validator set changes only at these boundaries.
 pub const EPOCH_BLOCKS: u64 = 100;
 /// A validator's stake stays locked past the end of the epoch it validated in, so that it
@@ -113,6 +117,10 @@ pub enum DealState {
     Active { start_height: u64 },
     /// CRCs differed at these chunk indices; the escrow went back to the sender.
     Mismatched { chunks: Vec<u32> },
+    /// The host did not complete within [`COMPLETION_TIMEOUT_BLOCKS`]; the escrow went back.
+    Expired,
+    /// The storage period ended at `end_height`; the escrow went to the host.
+    Ended { end_height: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +143,10 @@ impl Deal {
     }
 
     fn holds_host_capacity(&self) -> bool {
-        !matches!(self.state, DealState::Mismatched { .. })
+        matches!(
+            self.state,
+            DealState::AwaitingCompletion | DealState::Active { .. }
+        )
     }
 }
 
@@ -175,6 +186,9 @@ pub struct State {
     pub complaints: Vec<Complaint>,
     /// Validators for the blocks after `height`, with their voting power (stake).
     pub validators: BTreeMap<AccountId, u64>,
+    /// When each open deal next changes by itself: (height, deal). A deal awaiting
+    /// completion expires; an active one ends and pays its host.
+    pub deadlines: BTreeSet<(u64, DealId)>,
     pub genesis_supply: Supply,
     pub burned: Supply,
 }
@@ -262,6 +276,8 @@ pub enum TxError {
     CrcCount { expected: usize, found: usize },
     #[error("the deal is not active")]
     DealNotActive,
+    #[error("an exchange part is paid, but no exchange is named")]
+    ExchangePartWithoutExchange,
     #[error("this hash was first recorded at height {height}")]
     AlreadyRecorded { height: u64 },
     #[error("complaint fee {found} is below the minimum {min}")]
@@ -335,6 +351,7 @@ impl State {
             hashes: BTreeMap::new(),
             complaints: Vec::new(),
             validators: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
             genesis_supply: supply,
             burned: Supply::default(),
         };
@@ -441,6 +458,11 @@ impl State {
                     u(&mut h, 1);
                     u(&mut h, *start_height);
                 }
+                DealState::Expired => u(&mut h, 3),
+                DealState::Ended { end_height } => {
+                    u(&mut h, 4);
+                    u(&mut h, *end_height);
+                }
                 DealState::Mismatched { chunks } => {
                     u(&mut h, 2);
                     u(&mut h, chunks.len() as u64);
@@ -456,6 +478,11 @@ impl State {
             u(&mut h, rec.height);
             u(&mut h, rec.timestamp_ms);
             h.update(&rec.by.0);
+        }
+        u(&mut h, self.deadlines.len() as u64);
+        for (at, deal) in &self.deadlines {
+            u(&mut h, *at);
+            h.update(&deal.0);
         }
         u(&mut h, self.validators.len() as u64);
         for (id, power) in &self.validators {
@@ -515,9 +542,7 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
         })?;
         receipts.push(receipt);
     }
-    if next.height % EPOCH_BLOCKS == 0 {
-        next.validators = next.bonded_miners();
-    }
+    end_block(&mut next);
     debug_assert_eq!(
         next.total_supply(),
         next.genesis_supply,
@@ -525,6 +550,48 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
         next.height
     );
     Ok((next, receipts))
+}
+
+/// What happens at the end of every block, after its transactions: deals reaching their
+/// deadline expire (refund) or end (pay the host), and at an epoch boundary the validator
+/// set is recomputed.
+fn end_block(state: &mut State) {
+    while let Some(&(at, deal_id)) = state.deadlines.first() {
+        if at > state.height {
+            break;
+        }
+        state.deadlines.pop_first();
+        let deal = state
+            .deals
+            .get_mut(&deal_id)
+            .expect("a deadline names an existing deal");
+        let (payee, new_state) = match deal.state {
+            DealState::AwaitingCompletion => (deal.sender, DealState::Expired),
+            DealState::Active { .. } => (
+                deal.host,
+                DealState::Ended {
+                    end_height: state.height,
+                },
+            ),
+            _ => unreachable!("only open deals have deadlines"),
+        };
+        let escrow = std::mem::take(&mut deal.escrow);
+        deal.state = new_state;
+        let account = state.accounts.entry(payee).or_default();
+        // Cannot overflow: every balance is part of the total supply, which fits in a u64.
+        account.maspc = account
+            .maspc
+            .checked_add(escrow)
+            .expect("balances are bounded by the supply");
+    }
+    if state.height % EPOCH_BLOCKS == 0 {
+        let bonded = state.bonded_miners();
+        // A chain without validators could never decide another block: if every miner is
+        // unbonding, the current set stays until someone bonds again.
+        if !bonded.is_empty() {
+            state.validators = bonded;
+        }
+    }
 }
 
 fn sub(have: u64, need: u64, asset: Asset) -> Result<u64, TxError> {
@@ -539,7 +606,7 @@ fn add(a: u64, b: u64) -> Result<u64, TxError> {
 /// Applies one transaction whose signature was already checked, at `state.height` and
 /// `state.timestamp_ms`. On error the state is unchanged: every check runs before any write.
 pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError> {
-    let tx = &signed.tx;
+    let tx = signed.tx();
     if tx.chain_id != state.chain_id {
         return Err(TxError::WrongChain {
             expected: state.chain_id,
@@ -709,7 +776,13 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 });
             }
             me.maspc = sub(me.maspc, *storage_fee, Asset::Maspc)?;
+            // The period must fit: its end height is a deadline once the deal is active.
+            add(add(height, COMPLETION_TIMEOUT_BLOCKS)?, *period_blocks)
+                .map_err(|_| TxError::BadDealTerms)?;
             let deal_id = signed.id();
+            state
+                .deadlines
+                .insert((height + COMPLETION_TIMEOUT_BLOCKS, deal_id));
             state.accounts.insert(tx.signer, me);
             state.deals.insert(
                 deal_id,
@@ -747,32 +820,45 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .map(|(i, _)| i)
                 .collect();
             let (sender, host, escrow) = (d.sender, d.host, d.escrow);
-            if differing.is_empty() {
-                state.accounts.insert(tx.signer, me);
-                state.deals.get_mut(deal).expect("checked above").state = DealState::Active {
-                    start_height: height,
-                };
-                Receipt::DealMatched {
-                    deal: *deal,
-                    sender,
-                    host,
-                    start_height: height,
-                }
+            let (timeout, period) = (d.opened_height + COMPLETION_TIMEOUT_BLOCKS, d.period_blocks);
+            let refunded = if differing.is_empty() {
+                None
             } else {
-                let mut refunded = state.account(&sender);
-                refunded.maspc = add(refunded.maspc, escrow)?;
-                state.accounts.insert(tx.signer, me);
-                state.accounts.insert(sender, refunded);
-                let d = state.deals.get_mut(deal).expect("checked above");
-                d.escrow = 0;
-                d.state = DealState::Mismatched {
-                    chunks: differing.clone(),
-                };
-                Receipt::DealMismatch {
-                    deal: *deal,
-                    sender,
-                    host,
-                    chunks: differing,
+                let mut a = state.account(&sender);
+                a.maspc = add(a.maspc, escrow)?;
+                Some(a)
+            };
+            // Every check has passed: write.
+            let removed = state.deadlines.remove(&(timeout, *deal));
+            debug_assert!(removed, "an awaiting deal has its completion deadline");
+            state.accounts.insert(tx.signer, me);
+            let d = state.deals.get_mut(deal).expect("checked above");
+            match refunded {
+                None => {
+                    // Fits: checked when the deal was paid, and height <= opened + timeout.
+                    state.deadlines.insert((height + period, *deal));
+                    d.state = DealState::Active {
+                        start_height: height,
+                    };
+                    Receipt::DealMatched {
+                        deal: *deal,
+                        sender,
+                        host,
+                        start_height: height,
+                    }
+                }
+                Some(refunded) => {
+                    d.escrow = 0;
+                    d.state = DealState::Mismatched {
+                        chunks: differing.clone(),
+                    };
+                    state.accounts.insert(sender, refunded);
+                    Receipt::DealMismatch {
+                        deal: *deal,
+                        sender,
+                        host,
+                        chunks: differing,
+                    }
                 }
             }
         }
@@ -785,6 +871,9 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
             if !matches!(d.state, DealState::Active { .. }) {
                 return Err(TxError::DealNotActive);
+            }
+            if exchange.is_none() && *exchange_part != 0 {
+                return Err(TxError::ExchangePartWithoutExchange);
             }
             let total = add(add(d.download_fee, *host_part)?, *exchange_part)?;
             me.maspc = sub(me.maspc, total, Asset::Maspc)?;

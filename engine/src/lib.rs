@@ -15,5 +15,6 @@ pub mod error;
 pub mod pipeline;
 pub mod seal;
 pub mod sealed_dir;
+pub mod store;
 
 pub use error::{ChunkFault, CodecError};

@@ -8,8 +8,8 @@ use proto::tx::SignedTx;
 fuzz_target!(|data: &[u8]| {
     if let Ok(tx) = SignedTx::decode(data) {
         assert_eq!(tx.bytes(), data);
-        let mut reencoded = tx.tx.encode();
-        reencoded.extend_from_slice(&tx.signature);
+        let mut reencoded = tx.tx().encode();
+        reencoded.extend_from_slice(tx.signature());
         assert_eq!(reencoded, data, "the encoding is not canonical");
         let _ = tx.verify();
     }

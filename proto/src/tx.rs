@@ -150,8 +150,9 @@ pub struct Tx {
 /// need no re-encoding.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SignedTx {
-    pub tx: Tx,
-    pub signature: [u8; 64],
+    /// Private: what is applied must be exactly what was signed.
+    tx: Tx,
+    signature: [u8; 64],
     bytes: Vec<u8>,
 }
 
@@ -327,7 +328,7 @@ impl Tx {
                 let role = Role::decode(r)?;
                 let deposit = r.u64("deposit")?;
                 let len = usize::from(r.u16("endpoint length")?);
-                if len > ENDPOINT_BYTES_MAX {
+                if len == 0 || len > ENDPOINT_BYTES_MAX {
                     return Err(r.invalid(
                         "endpoint",
                         format!("{len} bytes, the limit is {ENDPOINT_BYTES_MAX}"),
@@ -358,6 +359,9 @@ impl Tx {
                 let download_fee = r.u64("download_fee")?;
                 let period_blocks = r.u64("period_blocks")?;
                 let count = counted(r, "chunk count", 40)?;
+                if count == 0 {
+                    return Err(r.invalid("chunk count", "a deal has at least one chunk"));
+                }
                 let mut chunks = Vec::with_capacity(count);
                 for _ in 0..count {
                     chunks.push(ChunkEntry {
@@ -393,11 +397,19 @@ impl Tx {
                         return Err(r.invalid("exchange present", format!("{other} is not 0 or 1")))
                     }
                 };
-                TxBody::DownloadPayment {
-                    deal,
-                    host_part,
-                    exchange,
-                    exchange_part: r.u64("exchange_part")?,
+                {
+                    let exchange_part = r.u64("exchange_part")?;
+                    if exchange.is_none() && exchange_part != 0 {
+                        return Err(
+                            r.invalid("exchange_part", "must be 0 when no exchange is named")
+                        );
+                    }
+                    TxBody::DownloadPayment {
+                        deal,
+                        host_part,
+                        exchange,
+                        exchange_part,
+                    }
                 }
             }
             9 => TxBody::RecordHash {
@@ -510,6 +522,14 @@ impl SignedTx {
         })
     }
 
+    pub fn tx(&self) -> &Tx {
+        &self.tx
+    }
+
+    pub fn signature(&self) -> &[u8; 64] {
+        &self.signature
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -524,6 +544,7 @@ impl SignedTx {
 
     /// Checks the signature against the signer's key (ZIP-215 rules).
     pub fn verify(&self) -> Result<(), SignatureError> {
+        check_signer(&self.tx.signer)?;
         let vk = VerificationKey::try_from(self.tx.signer.0)
             .map_err(|_| SignatureError::BadKey(self.tx.signer))?;
         vk.verify(
@@ -534,9 +555,20 @@ impl SignedTx {
     }
 }
 
+/// Refuses signer keys that are not points of the curve or are of small order. ZIP-215
+/// verification accepts small-order keys, and for those anyone can forge a signature
+/// (pick s, let R = sB): an account whose key is, say, all zeros would be anyone's.
+fn check_signer(signer: &AccountId) -> Result<(), SignatureError> {
+    let point = curve25519_dalek_ng::edwards::CompressedEdwardsY(signer.0).decompress();
+    match point {
+        Some(p) if !p.is_small_order() => Ok(()),
+        _ => Err(SignatureError::BadKey(*signer)),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("signer {0} is not a valid ed25519 public key")]
+    #[error("signer {0} is not a usable ed25519 public key (not on the curve, or of small order)")]
     BadKey(AccountId),
     #[error("transaction {0} has an invalid signature")]
     BadSignature(TxId),
@@ -550,6 +582,7 @@ pub enum SignatureError {
 pub fn verify_batch<'a>(txs: impl IntoIterator<Item = &'a SignedTx>) -> Result<(), SignatureError> {
     let mut batch = ed25519_consensus::batch::Verifier::new();
     for tx in txs {
+        check_signer(&tx.tx.signer)?;
         let key = ed25519_consensus::VerificationKeyBytes::from(tx.tx.signer.0);
         batch.queue((
             key,
@@ -654,6 +687,33 @@ mod tests {
     }
 
     #[test]
+    fn small_order_and_off_curve_signers_are_refused() {
+        // All zeros is a point of order 4 and 01 00.. is the identity: under ZIP-215 anyone
+        // could sign for them. y = 2 is not on the curve at all.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut y2 = [0u8; 32];
+        y2[0] = 2;
+        for key in [[0u8; 32], identity, y2] {
+            let tx = Tx {
+                chain_id: 1,
+                signer: AccountId(key),
+                nonce: 0,
+                fee: 1,
+                body: TxBody::RecordHash { hash: [0; 32] },
+            };
+            let mut bytes = tx.encode();
+            bytes.extend_from_slice(&[0u8; 64]);
+            let signed = SignedTx::decode(&bytes).unwrap();
+            assert_eq!(signed.verify(), Err(SignatureError::BadKey(AccountId(key))));
+            assert_eq!(
+                verify_batch([&signed]),
+                Err(SignatureError::BadKey(AccountId(key)))
+            );
+        }
+    }
+
+    #[test]
     fn signatures_bind_every_byte() {
         let tx = signed(TxBody::Transfer {
             to: AccountId([1; 32]),
@@ -733,6 +793,16 @@ mod tests {
                 "unexpected bytes",
             ),
             ("oversized", vec![0; TX_BYTES_MAX + 1], "limit"),
+            (
+                "empty endpoint",
+                {
+                    let mut b = good.clone();
+                    b[67..69].copy_from_slice(&0u16.to_le_bytes());
+                    b.drain(69..72);
+                    b
+                },
+                "endpoint",
+            ),
         ];
         for (name, bytes, expect) in cases {
             let err = SignedTx::decode(&bytes).expect_err(name).to_string();
@@ -755,6 +825,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("remain"));
+    }
+
+    #[test]
+    fn non_canonical_bodies_are_refused() {
+        let pay = signed(TxBody::DownloadPayment {
+            deal: TxId([1; 32]),
+            host_part: 0,
+            exchange: None,
+            exchange_part: 0,
+        });
+        let mut bytes = pay.bytes().to_vec();
+        let part_at = bytes.len() - 64 - 8;
+        bytes[part_at] = 5;
+        assert!(SignedTx::decode(&bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("no exchange"));
+        let deal = signed(TxBody::UploadPayment {
+            host: AccountId([2; 32]),
+            storage_fee: 1,
+            download_fee: 0,
+            period_blocks: 1,
+            chunks: vec![],
+        });
+        assert!(SignedTx::decode(deal.bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("at least one chunk"));
     }
 
     proptest::proptest! {

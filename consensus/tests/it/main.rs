@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use consensus::ledger::{
-    apply, host_deposit_min, Block, BlockError, DealState, Genesis, Receipt, State, TxError,
-    COMPLAINT_FEE_MIN, EPOCH_BLOCKS, UNBONDING_BLOCKS,
+    apply, apply_tx, host_deposit_min, Block, BlockError, DealState, Genesis, Receipt, State,
+    TxError, COMPLAINT_FEE_MIN, EPOCH_BLOCKS, UNBONDING_BLOCKS,
 };
 use ed25519_consensus::SigningKey;
 use proto::tx::{AccountId, Asset, DealId, Role, SignedTx, Tx, TxBody, TxId};
@@ -73,13 +73,23 @@ impl Chain {
         receipts.remove(0)
     }
 
-    /// Applies one transaction and expects this rejection, with the state untouched.
+    /// Applies one transaction and expects this rejection. `apply_tx` itself must leave the
+    /// state exactly as it was (it checks before it writes), which is what lets a block
+    /// builder try transactions one by one on a single working state.
     fn err(&mut self, who: u8, body: TxBody) -> TxError {
         let tx = self.tx(who, body);
-        let before = self.state.hash();
+        let mut working = self.state.clone();
+        working.height += 1;
+        working.timestamp_ms = self.state.height * 1000 + 1000;
+        let untouched = working.clone();
+        let direct = apply_tx(&mut working, &tx).expect_err("the transaction must be rejected");
+        assert_eq!(
+            working, untouched,
+            "apply_tx wrote before failing ({direct})"
+        );
         match apply(&self.state, &self.block(vec![tx])) {
             Err(BlockError::Tx { error, .. }) => {
-                assert_eq!(self.state.hash(), before);
+                assert_eq!(error, direct);
                 error
             }
             other => panic!("expected a transaction error, got {other:?}"),
@@ -646,6 +656,113 @@ fn complaints_are_for_parties_and_cost_a_burned_fee() {
 }
 
 #[test]
+fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
+    use consensus::ledger::COMPLETION_TIMEOUT_BLOCKS;
+    let mut c = Chain::new();
+    let waiting = with_deal(&mut c, 1);
+    let opened = c.state.height;
+    let sender_before = c.bal(0).1;
+    c.state.height = opened + COMPLETION_TIMEOUT_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [8; 32] });
+    assert_eq!(c.state.deals[&waiting].state, DealState::Expired);
+    assert_eq!(
+        c.bal(0).1,
+        sender_before + 500,
+        "the escrow went back to the sender"
+    );
+    assert_eq!(
+        c.err(
+            1,
+            TxBody::UploadCompletion {
+                deal: waiting,
+                crcs: vec![1000]
+            }
+        ),
+        TxError::NotAwaitingCompletion
+    );
+
+    let body = TxBody::UploadPayment {
+        host: id(1),
+        storage_fee: 700,
+        download_fee: 0,
+        period_blocks: 50,
+        chunks: chunks(2, 4096),
+    };
+    let Receipt::DealOpened { deal } = c.ok(0, body) else {
+        panic!("no deal")
+    };
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001],
+        },
+    );
+    let start = c.state.height;
+    let host_before = c.bal(1).1;
+    assert_eq!(
+        c.err(1, TxBody::Unbond { role: Role::Host }),
+        TxError::HasOpenDeals(1)
+    );
+    c.state.height = start + 49;
+    c.ok(2, TxBody::RecordHash { hash: [9; 32] });
+    assert_eq!(
+        c.state.deals[&deal].state,
+        DealState::Ended {
+            end_height: start + 50
+        }
+    );
+    assert_eq!(
+        c.bal(1).1,
+        host_before + 700,
+        "the escrow went to the host at the end of the period"
+    );
+    assert_eq!(c.state.deals[&deal].escrow, 0);
+    c.ok(1, TxBody::Unbond { role: Role::Host });
+    assert!(c.state.deadlines.is_empty());
+}
+
+#[test]
+fn an_exchange_part_needs_an_exchange() {
+    let mut c = Chain::new();
+    let deal = with_deal(&mut c, 1);
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000],
+        },
+    );
+    let body = TxBody::DownloadPayment {
+        deal,
+        host_part: 0,
+        exchange: None,
+        exchange_part: 1000,
+    };
+    assert_eq!(c.err(2, body), TxError::ExchangePartWithoutExchange);
+}
+
+#[test]
+fn the_last_validator_cannot_leave_the_set_empty() {
+    let mut c = Chain::new();
+    c.state.height = EPOCH_BLOCKS - 1;
+    // Account 7 is the only validator; give it fees to pay with, then unbond it.
+    c.ok(
+        0,
+        TxBody::Transfer {
+            to: id(7),
+            asset: Asset::Maspc,
+            amount: 10,
+        },
+    );
+    c.ok(7, TxBody::Unbond { role: Role::Miner });
+    c.state.height = 2 * EPOCH_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [3; 32] });
+    let set = c.state.validators_for(c.state.height + 1).unwrap();
+    assert_eq!(set.get(&id(7)), Some(&20_000));
+}
+
+#[test]
 fn validator_set_follows_miner_stake_at_epoch_boundaries() {
     let mut c = Chain::new();
     let set = |c: &Chain| c.state.validators_for(c.state.height + 1).unwrap().clone();
@@ -795,7 +912,7 @@ mod properties {
 
     fn signer_index(tx: &SignedTx) -> usize {
         (0..8)
-            .find(|&i| id(i).0 == tx.tx.signer.0)
+            .find(|&i| id(i).0 == tx.tx().signer.0)
             .map(usize::from)
             .expect("a test key")
     }
