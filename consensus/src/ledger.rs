@@ -166,6 +166,46 @@ pub struct Complaint {
     pub fee: u64,
 }
 
+/// Chain metrics of one contractor, the inputs of [`rating`]. Proof and slashing counts
+/// join when storage proofs do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Height of its first registration or deal.
+    pub first_seen_height: u64,
+    /// Deals it completed as host with matching CRCs.
+    pub deals_taken: u64,
+    /// Of those, deals whose storage period ran to its end.
+    pub deals_ended: u64,
+    /// Paid deals it let expire without completing.
+    pub deals_expired: u64,
+    /// Completions whose CRCs did not match.
+    pub mismatches: u64,
+    pub complaints_against: u64,
+    pub complaints_filed: u64,
+}
+
+/// Rating of a contractor at `height`, 0 to 1000 (the seed, 4.1.2): a pure function of the
+/// chain's metrics, so every node and client computes the same number.
+///
+/// 500 to start; up to +150 for time in the system (1 point per 1000 blocks); up to +250
+/// for work done (2 per deal taken, 10 per deal served to its end); -50 per expired deal,
+/// -20 per CRC mismatch, -30 per complaint against it. Clamped to 0..=1000.
+pub fn rating(stats: &Stats, height: u64) -> u32 {
+    let age = (height.saturating_sub(stats.first_seen_height) / 1000).min(150);
+    let work = stats
+        .deals_taken
+        .saturating_mul(2)
+        .saturating_add(stats.deals_ended.saturating_mul(10))
+        .min(250);
+    let penalty = stats
+        .deals_expired
+        .saturating_mul(50)
+        .saturating_add(stats.mismatches.saturating_mul(20))
+        .saturating_add(stats.complaints_against.saturating_mul(30));
+    let score = (500 + age + work).saturating_sub(penalty).min(1000);
+    u32::try_from(score).expect("clamped to 1000")
+}
+
 /// Per-asset amounts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Supply {
@@ -184,6 +224,8 @@ pub struct State {
     pub deals: BTreeMap<DealId, Deal>,
     pub hashes: BTreeMap<[u8; 32], HashRecord>,
     pub complaints: Vec<Complaint>,
+    /// What the chain has seen of each contractor; [`rating`] is a function of it.
+    pub stats: BTreeMap<AccountId, Stats>,
     /// Validators for the blocks after `height`, with their voting power (stake).
     pub validators: BTreeMap<AccountId, u64>,
     /// When each open deal next changes by itself: (height, deal). A deal awaiting
@@ -350,6 +392,7 @@ impl State {
             deals: BTreeMap::new(),
             hashes: BTreeMap::new(),
             complaints: Vec::new(),
+            stats: BTreeMap::new(),
             validators: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             genesis_supply: supply,
@@ -357,6 +400,15 @@ impl State {
         };
         state.validators = state.bonded_miners();
         state
+    }
+
+    /// The stats of `who`, created (first seen now) if the chain had none.
+    fn stats_mut(&mut self, who: AccountId) -> &mut Stats {
+        let height = self.height;
+        self.stats.entry(who).or_insert_with(|| Stats {
+            first_seen_height: height,
+            ..Stats::default()
+        })
     }
 
     /// Miners with a bonded (not unbonding) deposit, and their stake.
@@ -489,6 +541,21 @@ impl State {
             h.update(&id.0);
             u(&mut h, *power);
         }
+        u(&mut h, self.stats.len() as u64);
+        for (id, st) in &self.stats {
+            h.update(&id.0);
+            for v in [
+                st.first_seen_height,
+                st.deals_taken,
+                st.deals_ended,
+                st.deals_expired,
+                st.mismatches,
+                st.complaints_against,
+                st.complaints_filed,
+            ] {
+                u(&mut h, v);
+            }
+        }
         u(&mut h, self.complaints.len() as u64);
         for c in &self.complaints {
             h.update(&c.deal.0);
@@ -565,6 +632,8 @@ fn end_block(state: &mut State) {
             .deals
             .get_mut(&deal_id)
             .expect("a deadline names an existing deal");
+        let host = deal.host;
+        let expired = deal.state == DealState::AwaitingCompletion;
         let (payee, new_state) = match deal.state {
             DealState::AwaitingCompletion => (deal.sender, DealState::Expired),
             DealState::Active { .. } => (
@@ -577,6 +646,12 @@ fn end_block(state: &mut State) {
         };
         let escrow = std::mem::take(&mut deal.escrow);
         deal.state = new_state;
+        let st = state.stats_mut(host);
+        if expired {
+            st.deals_expired += 1;
+        } else {
+            st.deals_ended += 1;
+        }
         let account = state.accounts.entry(payee).or_default();
         // Cannot overflow: every balance is part of the total supply, which fits in a u64.
         account.maspc = account
@@ -682,6 +757,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 unbonding_until: None,
             };
             state.registrations.insert((tx.signer, *role), reg);
+            state.stats_mut(tx.signer);
             Receipt::Applied
         }
         TxBody::RaiseDeposit { role, amount } => {
@@ -840,6 +916,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     d.state = DealState::Active {
                         start_height: height,
                     };
+                    state.stats_mut(host).deals_taken += 1;
                     Receipt::DealMatched {
                         deal: *deal,
                         sender,
@@ -853,6 +930,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                         chunks: differing.clone(),
                     };
                     state.accounts.insert(sender, refunded);
+                    state.stats_mut(host).mismatches += 1;
                     Receipt::DealMismatch {
                         deal: *deal,
                         sender,
@@ -950,6 +1028,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 fee: *fee,
             });
             state.burned.maspc = burned;
+            state.stats_mut(against).complaints_against += 1;
+            state.stats_mut(tx.signer).complaints_filed += 1;
             return Ok(Receipt::Applied);
         }
     };

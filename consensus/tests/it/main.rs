@@ -723,6 +723,103 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
 }
 
 #[test]
+fn ratings_follow_the_chain_metrics() {
+    use consensus::ledger::{rating, Stats};
+    let fresh = Stats {
+        first_seen_height: 0,
+        ..Stats::default()
+    };
+    let cases = [
+        ("new contractor", fresh, 0, 500),
+        ("old, idle", fresh, 1_000_000, 650),
+        (
+            "busy host",
+            Stats {
+                deals_taken: 30,
+                deals_ended: 20,
+                ..fresh
+            },
+            0,
+            750,
+        ),
+        (
+            "flaky host",
+            Stats {
+                deals_taken: 10,
+                deals_expired: 3,
+                mismatches: 2,
+                ..fresh
+            },
+            10_000,
+            500 + 10 + 20 - 150 - 40,
+        ),
+        (
+            "hopeless",
+            Stats {
+                complaints_against: 100,
+                ..fresh
+            },
+            0,
+            0,
+        ),
+    ];
+    for (name, stats, height, want) in cases {
+        assert_eq!(rating(&stats, height), want, "{name}");
+    }
+
+    // The ledger keeps the metrics: a served deal, an expired one, a mismatch, a complaint.
+    let mut c = Chain::new();
+    let served = with_deal(&mut c, 1);
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal: served,
+            crcs: vec![1000],
+        },
+    );
+    let pay = |period| TxBody::UploadPayment {
+        host: id(1),
+        storage_fee: 5,
+        download_fee: 0,
+        period_blocks: period,
+        chunks: chunks(1, 10),
+    };
+    let Receipt::DealOpened { deal: bad } = c.ok(0, pay(10)) else {
+        panic!()
+    };
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal: bad,
+            crcs: vec![1],
+        },
+    );
+    c.ok(0, pay(10));
+    c.ok(
+        0,
+        TxBody::Complaint {
+            deal: served,
+            fee: COMPLAINT_FEE_MIN,
+        },
+    );
+    c.state.height += 200;
+    c.ok(2, TxBody::RecordHash { hash: [5; 32] });
+    let host = c.state.stats[&id(1)];
+    assert_eq!(
+        (
+            host.deals_taken,
+            host.deals_ended,
+            host.deals_expired,
+            host.mismatches,
+            host.complaints_against
+        ),
+        (1, 1, 1, 1, 1)
+    );
+    assert_eq!(c.state.stats[&id(0)].complaints_filed, 1);
+    assert_eq!(rating(&host, c.state.height), 500 + 2 + 10 - 50 - 20 - 30);
+}
+
+#[test]
 fn an_exchange_part_needs_an_exchange() {
     let mut c = Chain::new();
     let deal = with_deal(&mut c, 1);
