@@ -5,3 +5,4 @@
 //! clock, a disk or a socket: time is the block's height and timestamp.
 
 pub mod ledger;
+pub mod mempool;

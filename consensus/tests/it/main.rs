@@ -1030,3 +1030,151 @@ mod properties {
         }
     }
 }
+
+mod mempool {
+    use super::*;
+    use consensus::mempool::{Mempool, MempoolError, MempoolLimits};
+
+    fn transfer(who: u8, nonce: u64, fee: u64, amount: u64) -> SignedTx {
+        let body = TxBody::Transfer {
+            to: id(5),
+            asset: Asset::Maspc,
+            amount,
+        };
+        Tx {
+            chain_id: CHAIN,
+            signer: id(who),
+            nonce,
+            fee,
+            body,
+        }
+        .sign(&key(who))
+    }
+
+    #[test]
+    fn admission_refuses_what_can_never_apply() {
+        let c = Chain::new();
+        let mut pool = Mempool::new(MempoolLimits {
+            max_nonce_gap: 3,
+            ..MempoolLimits::default()
+        });
+        let tx = transfer(0, 0, 1, 5);
+        pool.insert(tx.clone(), &c.state).unwrap();
+        assert_eq!(pool.insert(tx, &c.state), Err(MempoolError::Duplicate));
+        assert_eq!(
+            pool.insert(transfer(0, 4, 1, 5), &c.state),
+            Err(MempoolError::NonceGap { next: 0, nonce: 4 })
+        );
+        assert_eq!(
+            pool.insert(transfer(0, 0, 1, 6), &c.state),
+            Err(MempoolError::NonceTaken)
+        );
+        let free = Tx {
+            chain_id: CHAIN,
+            signer: id(1),
+            nonce: 0,
+            fee: 0,
+            body: TxBody::RecordHash { hash: [1; 32] },
+        }
+        .sign(&key(1));
+        assert!(matches!(
+            pool.insert(free, &c.state),
+            Err(MempoolError::FeeTooLow { .. })
+        ));
+        let other_chain = Tx {
+            chain_id: 99,
+            signer: id(1),
+            nonce: 0,
+            fee: 1,
+            body: TxBody::RecordHash { hash: [1; 32] },
+        }
+        .sign(&key(1));
+        assert!(matches!(
+            pool.insert(other_chain, &c.state),
+            Err(MempoolError::WrongChain { .. })
+        ));
+        let good = transfer(1, 0, 1, 5);
+        let mut bytes = good.bytes().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert!(matches!(
+            pool.insert(SignedTx::decode(&bytes).unwrap(), &c.state),
+            Err(MempoolError::Signature(_))
+        ));
+        // A higher fee replaces the waiting transaction with the same nonce.
+        pool.insert(transfer(0, 0, 9, 6), &c.state).unwrap();
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn a_full_pool_evicts_the_cheapest_tail_only_for_a_better_rate() {
+        let c = Chain::new();
+        let mut pool = Mempool::new(MempoolLimits {
+            max_txs: 3,
+            ..MempoolLimits::default()
+        });
+        pool.insert(transfer(0, 0, 5, 1), &c.state).unwrap();
+        pool.insert(transfer(0, 1, 1, 1), &c.state).unwrap();
+        pool.insert(transfer(1, 0, 3, 1), &c.state).unwrap();
+        assert_eq!(
+            pool.insert(transfer(2, 0, 1, 1), &c.state),
+            Err(MempoolError::Full)
+        );
+        pool.insert(transfer(2, 0, 4, 1), &c.state).unwrap();
+        assert_eq!(pool.len(), 3);
+        // Account 0's tail (nonce 1, fee 1) went, its head stayed.
+        let built = pool.build(&c.state, 1, 1000, 10, 1 << 20);
+        let fees: Vec<u64> = built.iter().map(|t| t.tx().fee).collect();
+        assert_eq!(fees, [5, 4, 3]);
+    }
+
+    #[test]
+    fn built_blocks_apply_and_respect_nonces_fees_and_limits() {
+        let mut c = Chain::new();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        // Account 0: three in a row, fee 2. Account 1: fee 7, then one that overdraws, then
+        // one after it (stranded by the refusal). Account 2: a gap (nonce 1 without 0).
+        for n in 0..3 {
+            pool.insert(transfer(0, n, 2, 10), &c.state).unwrap();
+        }
+        pool.insert(transfer(1, 0, 7, 10), &c.state).unwrap();
+        pool.insert(transfer(1, 1, 7, START * 2), &c.state).unwrap();
+        pool.insert(transfer(1, 2, 7, 10), &c.state).unwrap();
+        pool.insert(transfer(2, 1, 50, 10), &c.state).unwrap();
+        let built = pool.build(&c.state, 1, 1000, 100, 1 << 20);
+        let picked: Vec<(AccountId, u64)> = built
+            .iter()
+            .map(|t| (t.tx().signer, t.tx().nonce))
+            .collect();
+        assert_eq!(picked, [(id(1), 0), (id(0), 0), (id(0), 1), (id(0), 2)]);
+        let (next, _) = apply(
+            &c.state,
+            &Block {
+                height: 1,
+                timestamp_ms: 1000,
+                txs: built,
+            },
+        )
+        .unwrap();
+        c.state = next;
+        pool.prune(&c.state);
+        assert_eq!(
+            pool.len(),
+            3,
+            "account 1's refused and stranded transactions and account 2's wait"
+        );
+        assert_eq!(
+            pool.build(&c.state, 2, 2000, 1, 1 << 20).len(),
+            0,
+            "account 1's next one overdraws; account 2 still has a gap"
+        );
+        let limited = {
+            let mut p = Mempool::new(MempoolLimits::default());
+            for n in 0..5 {
+                p.insert(transfer(3, n, 1, 1), &c.state).unwrap();
+            }
+            p.build(&c.state, 2, 2000, 2, 1 << 20).len()
+        };
+        assert_eq!(limited, 2);
+    }
+}

@@ -1,0 +1,272 @@
+//! The mempool: signed transactions waiting for a block, and the block builder.
+//!
+//! Admission checks what can be checked without applying: chain, fee, signature, nonce
+//! window, duplicates, limits. Per account, transactions wait in nonce order; the builder
+//! takes each account's next executable transaction, highest fee rate first, and keeps a
+//! transaction only if the ledger accepts it on the working state (`apply_tx` leaves that
+//! state untouched when it refuses), so a built block always applies.
+//!
+//! Limits: [`MempoolLimits`]. When full, a newcomer evicts the transaction with the lowest
+//! fee rate among the last of each account's queue (never one in the middle, which would
+//! strand its successors), and only if it pays a better rate.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use proto::tx::{AccountId, SignedTx, TxId};
+use thiserror::Error;
+
+use crate::ledger::{apply_tx, State, FEE_MIN};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MempoolLimits {
+    /// Transactions held at most.
+    pub max_txs: usize,
+    /// Bytes of signed transactions held at most.
+    pub max_bytes: usize,
+    /// How far ahead of an account's next nonce a transaction may be.
+    pub max_nonce_gap: u64,
+    /// Transactions one account may have waiting: one sender cannot fill the pool.
+    pub max_per_account: usize,
+}
+
+impl Default for MempoolLimits {
+    fn default() -> Self {
+        // 20k transactions of typical size (~150 bytes) is a second of the target rate;
+        // 64 MiB bounds the worst case of large upload payments.
+        MempoolLimits {
+            max_txs: 20_000,
+            max_bytes: 64 << 20,
+            max_nonce_gap: 64,
+            max_per_account: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MempoolError {
+    #[error("already in the mempool")]
+    Duplicate,
+    #[error("for chain {found}, this is chain {expected}")]
+    WrongChain { expected: u64, found: u64 },
+    #[error("fee {found} is below the minimum {min}")]
+    FeeTooLow { min: u64, found: u64 },
+    #[error("nonce {nonce} is already used (the account is at {next})")]
+    StaleNonce { next: u64, nonce: u64 },
+    #[error("nonce {nonce} is too far ahead of the account's next nonce {next}")]
+    NonceGap { next: u64, nonce: u64 },
+    #[error("a transaction with this nonce is waiting with a fee as high or higher; raise the fee to replace it")]
+    NonceTaken,
+    #[error("the account already has {0} transactions waiting")]
+    AccountFull(usize),
+    #[error(
+        "the mempool is full and this transaction's fee rate does not beat the lowest waiting"
+    )]
+    Full,
+    #[error("invalid signature: {0}")]
+    Signature(#[from] proto::tx::SignatureError),
+}
+
+/// Fee per byte, compared exactly (no floats): a/b vs c/d as a*d vs c*b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FeeRate {
+    fee: u64,
+    bytes: u64,
+}
+
+impl FeeRate {
+    fn of(tx: &SignedTx) -> FeeRate {
+        FeeRate {
+            fee: tx.tx().fee,
+            bytes: tx.bytes().len() as u64,
+        }
+    }
+}
+
+impl Ord for FeeRate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (u128::from(self.fee) * u128::from(other.bytes))
+            .cmp(&(u128::from(other.fee) * u128::from(self.bytes)))
+    }
+}
+
+impl PartialOrd for FeeRate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Mempool {
+    limits: MempoolLimits,
+    queues: BTreeMap<AccountId, BTreeMap<u64, SignedTx>>,
+    ids: BTreeSet<TxId>,
+    bytes: usize,
+}
+
+impl Mempool {
+    pub fn new(limits: MempoolLimits) -> Mempool {
+        Mempool {
+            limits,
+            ..Mempool::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Admits a transaction against the committed `state`.
+    pub fn insert(&mut self, tx: SignedTx, state: &State) -> Result<(), MempoolError> {
+        let id = tx.id();
+        if self.ids.contains(&id) {
+            return Err(MempoolError::Duplicate);
+        }
+        let t = tx.tx();
+        if t.chain_id != state.chain_id {
+            return Err(MempoolError::WrongChain {
+                expected: state.chain_id,
+                found: t.chain_id,
+            });
+        }
+        if t.fee < FEE_MIN {
+            return Err(MempoolError::FeeTooLow {
+                min: FEE_MIN,
+                found: t.fee,
+            });
+        }
+        let next = state.account(&t.signer).nonce;
+        if t.nonce < next {
+            return Err(MempoolError::StaleNonce {
+                next,
+                nonce: t.nonce,
+            });
+        }
+        if t.nonce - next > self.limits.max_nonce_gap {
+            return Err(MempoolError::NonceGap {
+                next,
+                nonce: t.nonce,
+            });
+        }
+        let replacing = self.queues.get(&t.signer).and_then(|q| q.get(&t.nonce));
+        if let Some(old) = replacing {
+            if old.tx().fee >= t.fee {
+                return Err(MempoolError::NonceTaken);
+            }
+        } else if self.queues.get(&t.signer).map_or(0, BTreeMap::len) >= self.limits.max_per_account
+        {
+            return Err(MempoolError::AccountFull(self.limits.max_per_account));
+        }
+        // The signature last: it is the expensive check.
+        tx.verify()?;
+        let size = tx.bytes().len();
+        let signer = t.signer;
+        let nonce = t.nonce;
+        if let Some(old) = self.queues.get_mut(&signer).and_then(|q| q.remove(&nonce)) {
+            self.forget(&old);
+        }
+        while self.ids.len() + 1 > self.limits.max_txs || self.bytes + size > self.limits.max_bytes
+        {
+            self.evict_below(FeeRate::of(&tx), &signer)?;
+        }
+        self.ids.insert(id);
+        self.bytes += size;
+        self.queues.entry(signer).or_default().insert(nonce, tx);
+        Ok(())
+    }
+
+    fn forget(&mut self, tx: &SignedTx) {
+        self.ids.remove(&tx.id());
+        self.bytes -= tx.bytes().len();
+    }
+
+    /// Evicts the lowest-rate tail transaction if it pays less than `rate`.
+    fn evict_below(&mut self, rate: FeeRate, newcomer: &AccountId) -> Result<(), MempoolError> {
+        let victim = self
+            .queues
+            .iter()
+            .filter(|(account, _)| *account != newcomer)
+            .filter_map(|(account, q)| {
+                q.last_key_value()
+                    .map(|(nonce, tx)| (FeeRate::of(tx), *account, *nonce))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        match victim {
+            Some((lowest, account, nonce)) if lowest < rate => {
+                let queue = self.queues.get_mut(&account).expect("found above");
+                let tx = queue.remove(&nonce).expect("found above");
+                if queue.is_empty() {
+                    self.queues.remove(&account);
+                }
+                self.forget(&tx);
+                Ok(())
+            }
+            _ => Err(MempoolError::Full),
+        }
+    }
+
+    /// Drops what the committed `state` made stale (nonces below each account's next).
+    pub fn prune(&mut self, state: &State) {
+        let mut stale = Vec::new();
+        for (account, queue) in &mut self.queues {
+            let next = state.account(account).nonce;
+            let keep = queue.split_off(&next);
+            stale.extend(std::mem::replace(queue, keep).into_values());
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        for tx in stale {
+            self.forget(&tx);
+        }
+    }
+
+    /// Builds the transactions of block `height` on top of `state`: each account's
+    /// transactions in nonce order, accounts interleaved by fee rate, each kept only if the
+    /// ledger accepts it. At most `max_txs` transactions and `max_bytes` bytes.
+    pub fn build(
+        &self,
+        state: &State,
+        height: u64,
+        timestamp_ms: u64,
+        max_txs: usize,
+        max_bytes: usize,
+    ) -> Vec<SignedTx> {
+        let mut working = state.clone();
+        working.height = height;
+        working.timestamp_ms = timestamp_ms;
+        // Heap of each account's next candidate, best fee rate first; ties by account id.
+        let mut heap: BinaryHeap<(FeeRate, std::cmp::Reverse<AccountId>, u64)> = BinaryHeap::new();
+        for (account, queue) in &self.queues {
+            let next = state.account(account).nonce;
+            if let Some(tx) = queue.get(&next) {
+                heap.push((FeeRate::of(tx), std::cmp::Reverse(*account), next));
+            }
+        }
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        while let Some((_, std::cmp::Reverse(account), nonce)) = heap.pop() {
+            if out.len() == max_txs {
+                break;
+            }
+            let tx = &self.queues[&account][&nonce];
+            if bytes + tx.bytes().len() > max_bytes {
+                continue;
+            }
+            // A refused transaction also strands the account's later nonces for this block.
+            if apply_tx(&mut working, tx).is_ok() {
+                bytes += tx.bytes().len();
+                out.push(tx.clone());
+                if let Some(next) = self.queues[&account].get(&(nonce + 1)) {
+                    heap.push((FeeRate::of(next), std::cmp::Reverse(account), nonce + 1));
+                }
+            }
+        }
+        out
+    }
+}
