@@ -55,6 +55,7 @@ fn ledger(c: &mut Criterion) {
         let block = Block {
             height: 1,
             timestamp_ms: 1,
+            seed: [7; 32],
             txs: txs.clone(),
         };
         group.throughput(Throughput::Elements(n as u64));

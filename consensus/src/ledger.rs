@@ -36,6 +36,16 @@ pub const UNBONDING_BLOCKS: u64 = 1000;
 /// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
 /// lock either side's coins or the host's deposit for long.
 pub const COMPLETION_TIMEOUT_BLOCKS: u64 = 100;
+/// Blocks per proof period: each active deal is challenged once per period, and paid one
+/// part of its fee per answered challenge.
+pub const PROOF_PERIOD_BLOCKS: u64 = 100;
+/// Longest storage period a deal may ask for (about 1.9 years of 6-second blocks); keeps
+/// the number of proof periods within a u32.
+pub const DEAL_PERIOD_BLOCKS_MAX: u64 = PROOF_PERIOD_BLOCKS * 100_000;
+/// MASP taken from a host's deposit, and given to the sender, per missed proof.
+pub const SLASH_PER_MISSED_PROOF: u64 = 100;
+/// BLAKE3 `derive_key` context of challenge derivation.
+pub const CHALLENGE_CONTEXT: &str = "market.space 2026-11 storage challenge v1";
 /// Blocks per epoch: the validator set changes only at these boundaries.
 pub const EPOCH_BLOCKS: u64 = 100;
 /// A validator's stake stays locked past the end of the epoch it validated in, so that it
@@ -119,8 +129,22 @@ pub enum DealState {
     Mismatched { chunks: Vec<u32> },
     /// The host did not complete within [`COMPLETION_TIMEOUT_BLOCKS`]; the escrow went back.
     Expired,
-    /// The storage period ended at `end_height`; the escrow went to the host.
+    /// The storage period ended at `end_height`; every proof period has been paid to the
+    /// host (proven) or back to the sender (missed).
     Ended { end_height: u64 },
+}
+
+/// The open storage challenge of an active deal (design.md section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// Proof period, from 0.
+    pub period: u32,
+    /// Which chunk of the deal, and which 1 KiB leaf of it, the host must prove.
+    pub chunk: u32,
+    pub leaf: u64,
+    /// The height at whose end the period closes: unanswered by then, it is missed.
+    pub due: u64,
+    pub answered: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,12 +156,26 @@ pub struct Deal {
     pub period_blocks: u64,
     pub chunks: Vec<ChunkEntry>,
     pub opened_height: u64,
-    /// MASPC held for the host; paid out per proven period once storage proofs exist.
+    /// MASPC held for the host; paid out one part per proven period.
     pub escrow: u64,
     pub state: DealState,
+    /// Proof periods of the storage period: ceil(period_blocks / PROOF_PERIOD_BLOCKS).
+    pub parts: u32,
+    pub challenge: Option<Challenge>,
 }
 
 impl Deal {
+    /// What one proof period pays: an equal share of the fee, the remainder with the last.
+    pub fn part(&self, period: u32) -> u64 {
+        let parts = u64::from(self.parts.max(1));
+        let share = self.storage_fee / parts;
+        if u64::from(period) + 1 == parts {
+            share + self.storage_fee % parts
+        } else {
+            share
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum()
     }
@@ -166,8 +204,7 @@ pub struct Complaint {
     pub fee: u64,
 }
 
-/// Chain metrics of one contractor, the inputs of [`rating`]. Proof and slashing counts
-/// join when storage proofs do.
+/// Chain metrics of one contractor, the inputs of [`rating`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Height of its first registration or deal.
@@ -182,26 +219,35 @@ pub struct Stats {
     pub mismatches: u64,
     pub complaints_against: u64,
     pub complaints_filed: u64,
+    /// Storage challenges answered with a valid proof, and missed.
+    pub proofs_passed: u64,
+    pub proofs_missed: u64,
+    /// Times its deposit was slashed.
+    pub slashings: u64,
 }
 
 /// Rating of a contractor at `height`, 0 to 1000 (the seed, 4.1.2): a pure function of the
 /// chain's metrics, so every node and client computes the same number.
 ///
 /// 500 to start; up to +150 for time in the system (1 point per 1000 blocks); up to +250
-/// for work done (2 per deal taken, 10 per deal served to its end); -50 per expired deal,
-/// -20 per CRC mismatch, -30 per complaint against it. Clamped to 0..=1000.
+/// for work done (2 per deal taken, 10 per deal served to its end, 1 per proof passed);
+/// -50 per expired deal, -20 per CRC mismatch, -30 per complaint against it, -40 per
+/// missed proof, -100 per slashing. Clamped to 0..=1000.
 pub fn rating(stats: &Stats, height: u64) -> u32 {
     let age = (height.saturating_sub(stats.first_seen_height) / 1000).min(150);
     let work = stats
         .deals_taken
         .saturating_mul(2)
         .saturating_add(stats.deals_ended.saturating_mul(10))
+        .saturating_add(stats.proofs_passed)
         .min(250);
     let penalty = stats
         .deals_expired
         .saturating_mul(50)
         .saturating_add(stats.mismatches.saturating_mul(20))
-        .saturating_add(stats.complaints_against.saturating_mul(30));
+        .saturating_add(stats.complaints_against.saturating_mul(30))
+        .saturating_add(stats.proofs_missed.saturating_mul(40))
+        .saturating_add(stats.slashings.saturating_mul(100));
     let score = (500 + age + work).saturating_sub(penalty).min(1000);
     u32::try_from(score).expect("clamped to 1000")
 }
@@ -219,6 +265,8 @@ pub struct State {
     /// Height of the last applied block (0: genesis).
     pub height: u64,
     pub timestamp_ms: u64,
+    /// The seed of the last applied block.
+    pub seed: [u8; 32],
     pub accounts: BTreeMap<AccountId, Account>,
     pub registrations: BTreeMap<(AccountId, Role), Registration>,
     pub deals: BTreeMap<DealId, Deal>,
@@ -240,6 +288,9 @@ pub struct State {
 pub struct Block {
     pub height: u64,
     pub timestamp_ms: u64,
+    /// Randomness committed by consensus (the previous block's hash): challenges issued in
+    /// this block derive from it, so a host cannot know them before the block is decided.
+    pub seed: [u8; 32],
     pub txs: Vec<SignedTx>,
 }
 
@@ -267,6 +318,12 @@ pub enum Receipt {
     },
     HashRecorded {
         hash: [u8; 32],
+    },
+    /// A storage proof passed: `paid` MASPC of the escrow went to the host.
+    ProofAccepted {
+        deal: DealId,
+        period: u32,
+        paid: u64,
     },
 }
 
@@ -320,6 +377,10 @@ pub enum TxError {
     DealNotActive,
     #[error("an exchange part is paid, but no exchange is named")]
     ExchangePartWithoutExchange,
+    #[error("no open storage challenge for proof period {period} of this deal")]
+    NoOpenChallenge { period: u32 },
+    #[error("the storage proof is invalid: {0}")]
+    BadProof(String),
     #[error("this hash was first recorded at height {height}")]
     AlreadyRecorded { height: u64 },
     #[error("complaint fee {found} is below the minimum {min}")]
@@ -387,6 +448,7 @@ impl State {
             chain_id: g.chain_id,
             height: 0,
             timestamp_ms: 0,
+            seed: [0; 32],
             accounts,
             registrations,
             deals: BTreeMap::new(),
@@ -461,6 +523,7 @@ impl State {
         u(&mut h, self.chain_id);
         u(&mut h, self.height);
         u(&mut h, self.timestamp_ms);
+        h.update(&self.seed);
         u(&mut h, self.accounts.len() as u64);
         for (id, a) in &self.accounts {
             h.update(&id.0);
@@ -493,9 +556,25 @@ impl State {
                 d.period_blocks,
                 d.opened_height,
                 d.escrow,
+                u64::from(d.parts),
                 d.chunks.len() as u64,
             ] {
                 u(&mut h, v);
+            }
+            match &d.challenge {
+                None => u(&mut h, 0),
+                Some(c) => {
+                    u(&mut h, 1);
+                    for v in [
+                        u64::from(c.period),
+                        u64::from(c.chunk),
+                        c.leaf,
+                        c.due,
+                        u64::from(c.answered),
+                    ] {
+                        u(&mut h, v);
+                    }
+                }
             }
             for c in &d.chunks {
                 h.update(&c.id.0);
@@ -552,6 +631,9 @@ impl State {
                 st.mismatches,
                 st.complaints_against,
                 st.complaints_filed,
+                st.proofs_passed,
+                st.proofs_missed,
+                st.slashings,
             ] {
                 u(&mut h, v);
             }
@@ -600,6 +682,7 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
     let mut next = state.clone();
     next.height = block.height;
     next.timestamp_ms = block.timestamp_ms;
+    next.seed = block.seed;
     let mut receipts = Vec::with_capacity(block.txs.len());
     for (index, tx) in block.txs.iter().enumerate() {
         let receipt = apply_tx(&mut next, tx).map_err(|error| BlockError::Tx {
@@ -628,36 +711,52 @@ fn end_block(state: &mut State) {
             break;
         }
         state.deadlines.pop_first();
+        let height = state.height;
+        let seed = state.seed;
         let deal = state
             .deals
             .get_mut(&deal_id)
             .expect("a deadline names an existing deal");
-        let host = deal.host;
-        let expired = deal.state == DealState::AwaitingCompletion;
-        let (payee, new_state) = match deal.state {
-            DealState::AwaitingCompletion => (deal.sender, DealState::Expired),
-            DealState::Active { .. } => (
-                deal.host,
-                DealState::Ended {
-                    end_height: state.height,
-                },
-            ),
+        let (sender, host) = (deal.sender, deal.host);
+        match deal.state {
+            DealState::AwaitingCompletion => {
+                let escrow = std::mem::take(&mut deal.escrow);
+                deal.state = DealState::Expired;
+                credit_maspc(state, sender, escrow);
+                state.stats_mut(host).deals_expired += 1;
+            }
+            DealState::Active { start_height } => {
+                let c = deal.challenge.expect("an active deal has a challenge");
+                let missed = !c.answered;
+                if missed {
+                    // The period's part goes back to the sender, with a slice of the host's
+                    // deposit for the trouble.
+                    let part = deal.part(c.period);
+                    deal.escrow -= part;
+                    credit_maspc(state, sender, part);
+                    let slashed = slash_host(state, host, sender);
+                    let st = state.stats_mut(host);
+                    st.proofs_missed += 1;
+                    if slashed > 0 {
+                        st.slashings += 1;
+                    }
+                }
+                let deal = state.deals.get_mut(&deal_id).expect("still there");
+                let next_period = c.period + 1;
+                if next_period < deal.parts {
+                    let end = start_height + deal.period_blocks;
+                    let due = (c.due + PROOF_PERIOD_BLOCKS).min(end);
+                    deal.challenge = Some(issue_challenge(&seed, &deal_id, deal, next_period, due));
+                    state.deadlines.insert((due, deal_id));
+                } else {
+                    assert_eq!(deal.escrow, 0, "every part of an ended deal is paid out");
+                    deal.state = DealState::Ended { end_height: height };
+                    deal.challenge = None;
+                    state.stats_mut(host).deals_ended += 1;
+                }
+            }
             _ => unreachable!("only open deals have deadlines"),
-        };
-        let escrow = std::mem::take(&mut deal.escrow);
-        deal.state = new_state;
-        let st = state.stats_mut(host);
-        if expired {
-            st.deals_expired += 1;
-        } else {
-            st.deals_ended += 1;
         }
-        let account = state.accounts.entry(payee).or_default();
-        // Cannot overflow: every balance is part of the total supply, which fits in a u64.
-        account.maspc = account
-            .maspc
-            .checked_add(escrow)
-            .expect("balances are bounded by the supply");
     }
     if state.height % EPOCH_BLOCKS == 0 {
         let bonded = state.bonded_miners();
@@ -666,6 +765,70 @@ fn end_block(state: &mut State) {
         if !bonded.is_empty() {
             state.validators = bonded;
         }
+    }
+}
+
+/// Adds MASPC to an account in end-of-block processing, which cannot fail: every balance is
+/// part of the total supply, which fits in a u64.
+fn credit_maspc(state: &mut State, who: AccountId, amount: u64) {
+    let a = state.accounts.entry(who).or_default();
+    a.maspc = a
+        .maspc
+        .checked_add(amount)
+        .expect("balances are bounded by the supply");
+}
+
+/// Moves up to [`SLASH_PER_MISSED_PROOF`] MASP from the host's deposit to `to`; returns it.
+fn slash_host(state: &mut State, host: AccountId, to: AccountId) -> u64 {
+    let Some(reg) = state.registrations.get_mut(&(host, Role::Host)) else {
+        return 0;
+    };
+    let slashed = reg.deposit.min(SLASH_PER_MISSED_PROOF);
+    reg.deposit -= slashed;
+    let a = state.accounts.entry(to).or_default();
+    a.masp = a
+        .masp
+        .checked_add(slashed)
+        .expect("balances are bounded by the supply");
+    slashed
+}
+
+/// The chunk and leaf a host must prove for `period` of a deal, from the committed seed of
+/// the block that opens the period: BLAKE3-derive_key(CHALLENGE_CONTEXT, seed || deal ||
+/// period (u32 LE)); the first 8 bytes (u64 LE) modulo the chunk count pick the chunk, the
+/// next 8 modulo its leaf count pick the leaf.
+pub fn challenge_for(
+    seed: &[u8; 32],
+    deal_id: &DealId,
+    chunks: &[ChunkEntry],
+    period: u32,
+) -> (u32, u64) {
+    let mut h = blake3::Hasher::new_derive_key(CHALLENGE_CONTEXT);
+    h.update(seed);
+    h.update(&deal_id.0);
+    h.update(&period.to_le_bytes());
+    let out = h.finalize();
+    let word = |i: usize| u64::from_le_bytes(out.as_bytes()[i..i + 8].try_into().expect("8 bytes"));
+    let chunk = word(0) % chunks.len() as u64;
+    let entry = &chunks[usize::try_from(chunk).expect("below the chunk count")];
+    let leaf = word(8) % proto::proof::leaf_count(u64::from(entry.sealed_bytes));
+    (u32::try_from(chunk).expect("at most DEAL_CHUNKS_MAX"), leaf)
+}
+
+fn issue_challenge(
+    seed: &[u8; 32],
+    deal_id: &DealId,
+    deal: &Deal,
+    period: u32,
+    due: u64,
+) -> Challenge {
+    let (chunk, leaf) = challenge_for(seed, deal_id, &deal.chunks, period);
+    Challenge {
+        period,
+        chunk,
+        leaf,
+        due,
+        answered: false,
     }
 }
 
@@ -829,10 +992,15 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             period_blocks,
             chunks,
         } => {
+            let chunk_max = u64::from(proto::CHUNK_BYTES_MAX + proto::TAG_BYTES);
             if chunks.is_empty()
                 || chunks.len() > DEAL_CHUNKS_MAX as usize
+                || chunks
+                    .iter()
+                    .any(|c| c.sealed_bytes == 0 || u64::from(c.sealed_bytes) > chunk_max)
                 || *storage_fee == 0
                 || *period_blocks == 0
+                || *period_blocks > DEAL_PERIOD_BLOCKS_MAX
             {
                 return Err(TxError::BadDealTerms);
             }
@@ -872,6 +1040,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     opened_height: height,
                     escrow: *storage_fee,
                     state: DealState::AwaitingCompletion,
+                    parts: 0,
+                    challenge: None,
                 },
             );
             Receipt::DealOpened { deal: deal_id }
@@ -897,6 +1067,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .collect();
             let (sender, host, escrow) = (d.sender, d.host, d.escrow);
             let (timeout, period) = (d.opened_height + COMPLETION_TIMEOUT_BLOCKS, d.period_blocks);
+            let seed = state.seed;
             let refunded = if differing.is_empty() {
                 None
             } else {
@@ -912,7 +1083,11 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             match refunded {
                 None => {
                     // Fits: checked when the deal was paid, and height <= opened + timeout.
-                    state.deadlines.insert((height + period, *deal));
+                    let due = height + period.min(PROOF_PERIOD_BLOCKS);
+                    d.parts = u32::try_from(period.div_ceil(PROOF_PERIOD_BLOCKS))
+                        .expect("period_blocks <= DEAL_PERIOD_BLOCKS_MAX");
+                    d.challenge = Some(issue_challenge(&seed, deal, d, 0, due));
+                    state.deadlines.insert((due, *deal));
                     d.state = DealState::Active {
                         start_height: height,
                     };
@@ -1001,6 +1176,38 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 },
             );
             Receipt::HashRecorded { hash: *hash }
+        }
+        TxBody::StorageProof {
+            deal,
+            period,
+            proof,
+        } => {
+            let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
+            if d.host != tx.signer {
+                return Err(TxError::NotDealHost);
+            }
+            let c = match (&d.state, d.challenge) {
+                (DealState::Active { .. }, Some(c)) if c.period == *period && !c.answered => c,
+                _ => return Err(TxError::NoOpenChallenge { period: *period }),
+            };
+            let entry = &d.chunks[usize::try_from(c.chunk).expect("a chunk index of the deal")];
+            proto::proof::verify(&entry.id, u64::from(entry.sealed_bytes), c.leaf, proof)
+                .map_err(|e| TxError::BadProof(e.to_string()))?;
+            let part = d.part(c.period);
+            me.maspc = add(me.maspc, part)?;
+            state.accounts.insert(tx.signer, me);
+            let d = state.deals.get_mut(deal).expect("checked above");
+            d.escrow -= part;
+            d.challenge = Some(Challenge {
+                answered: true,
+                ..c
+            });
+            state.stats_mut(tx.signer).proofs_passed += 1;
+            Receipt::ProofAccepted {
+                deal: *deal,
+                period: *period,
+                paid: part,
+            }
         }
         TxBody::Complaint { deal, fee } => {
             let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;

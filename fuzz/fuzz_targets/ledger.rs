@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
             .copied()
             .unwrap_or(TxId([arg; 32]));
         let Some(amount) = input.amount() else { break };
-        let body = match kind % 10 {
+        let body = match kind % 11 {
             0 => TxBody::Transfer {
                 to: other,
                 asset: if arg % 2 == 0 {
@@ -106,7 +106,22 @@ fuzz_target!(|data: &[u8]| {
                 exchange_part: amount / 5,
             },
             8 => TxBody::RecordHash { hash: [arg; 32] },
-            _ => TxBody::Complaint { deal, fee: amount },
+            9 => TxBody::Complaint { deal, fee: amount },
+            // A storage proof made of input bytes: it must never verify by accident, and a
+            // refused one must leave the state alone.
+            _ => {
+                let len = usize::from(arg) * 8;
+                let proof = input
+                    .0
+                    .get(..len.min(input.0.len()))
+                    .unwrap_or_default()
+                    .to_vec();
+                TxBody::StorageProof {
+                    deal,
+                    period: u32::from(arg % 3),
+                    proof,
+                }
+            }
         };
         // Mostly the right nonce, sometimes a replayed or skipped one.
         let nonce = match kind >> 6 {
@@ -125,6 +140,7 @@ fuzz_target!(|data: &[u8]| {
         let block = Block {
             height: state.height + 1,
             timestamp_ms: state.height * 1000,
+            seed: [7; 32],
             txs: vec![tx.clone()],
         };
         let before = state.hash();

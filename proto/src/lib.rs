@@ -12,6 +12,7 @@ pub mod decode;
 pub mod ids;
 pub mod kdf;
 pub mod manifest;
+pub mod proof;
 pub mod share;
 pub mod tx;
 

@@ -131,6 +131,13 @@ pub enum TxBody {
     RecordHash { hash: [u8; 32] },
     /// Tag 10: a party to `deal` complains about the other, paying (burning) `fee` MASPC.
     Complaint { deal: DealId, fee: u64 },
+    /// Tag 11: the host answers the storage challenge of `deal` for proof period `period`
+    /// with a verified slice of the challenged leaf (see [`crate::proof`]).
+    StorageProof {
+        deal: DealId,
+        period: u32,
+        proof: Vec<u8>,
+    },
 }
 
 /// An unsigned transaction.
@@ -308,6 +315,22 @@ impl Tx {
                 out.extend_from_slice(&deal.0);
                 put_u64(&mut out, *fee);
             }
+            TxBody::StorageProof {
+                deal,
+                period,
+                proof,
+            } => {
+                assert!(
+                    proof.len() <= crate::proof::PROOF_BYTES_MAX,
+                    "proof longer than PROOF_BYTES_MAX"
+                );
+                out.push(11);
+                out.extend_from_slice(&deal.0);
+                put_u32(&mut out, *period);
+                let len = u16::try_from(proof.len()).expect("at most PROOF_BYTES_MAX");
+                out.extend_from_slice(&len.to_le_bytes());
+                out.extend_from_slice(proof);
+            }
         }
         out
     }
@@ -419,10 +442,29 @@ impl Tx {
                 deal: TxId(r.array("deal")?),
                 fee: r.u64("fee")?,
             },
+            11 => {
+                let deal = TxId(r.array("deal")?);
+                let period = r.u32("period")?;
+                let len = usize::from(r.u16("proof length")?);
+                if len > crate::proof::PROOF_BYTES_MAX {
+                    return Err(r.invalid(
+                        "proof length",
+                        format!(
+                            "{len} bytes, the limit is {}",
+                            crate::proof::PROOF_BYTES_MAX
+                        ),
+                    ));
+                }
+                TxBody::StorageProof {
+                    deal,
+                    period,
+                    proof: r.take("proof", len)?.to_vec(),
+                }
+            }
             other => {
                 return Err(r.invalid(
                     "body tag",
-                    format!("{other} is not a transaction kind (1 to 10)"),
+                    format!("{other} is not a transaction kind (1 to 11)"),
                 ))
             }
         };
@@ -660,6 +702,11 @@ mod tests {
             },
             TxBody::RecordHash { hash: [6; 32] },
             TxBody::Complaint { deal, fee: 10 },
+            TxBody::StorageProof {
+                deal,
+                period: 2,
+                proof: vec![1, 2, 3],
+            },
         ]
     }
 
@@ -760,7 +807,7 @@ mod tests {
                 "tag",
                 {
                     let mut b = good.clone();
-                    b[57] = 11;
+                    b[57] = 12;
                     b
                 },
                 "transaction kind",

@@ -58,6 +58,7 @@ impl Chain {
         Block {
             height: self.state.height + 1,
             timestamp_ms: self.state.height * 1000 + 1000,
+            seed: *blake3::hash(&self.state.height.to_le_bytes()).as_bytes(),
             txs,
         }
     }
@@ -102,14 +103,39 @@ impl Chain {
     }
 }
 
+/// The sealed bytes of test chunk `i` (the ledger never sees them; storage proofs do).
+fn chunk_data(i: u32, bytes: u32) -> Vec<u8> {
+    let mut out = vec![0u8; usize::try_from(bytes).unwrap()];
+    blake3::Hasher::new()
+        .update(&i.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
 fn chunks(n: u32, bytes: u32) -> Vec<ChunkEntry> {
     (0..n)
         .map(|i| ChunkEntry {
-            id: ChunkId([u8::try_from(i % 256).unwrap(); 32]),
+            id: ChunkId::of(&chunk_data(i, bytes)),
             sealed_bytes: bytes,
             crc32c: 1000 + i,
         })
         .collect()
+}
+
+/// The host's answer to the open challenge of `deal`: a proof over the challenged chunk.
+fn proof_for(c: &Chain, deal: DealId) -> TxBody {
+    let d = &c.state.deals[&deal];
+    let ch = d.challenge.expect("an open challenge");
+    let entry = d.chunks[usize::try_from(ch.chunk).unwrap()];
+    let data = chunk_data(ch.chunk, entry.sealed_bytes);
+    assert_eq!(ChunkId::of(&data), entry.id);
+    let proof = proto::proof::prove(&data, ch.leaf).unwrap();
+    TxBody::StorageProof {
+        deal,
+        period: ch.period,
+        proof,
+    }
 }
 
 /// Registers account 1 as a host and opens a deal from account 0 with `n` chunks.
@@ -306,6 +332,7 @@ fn blocks_apply_whole_or_not_at_all() {
             &Block {
                 height: 5,
                 timestamp_ms: 1,
+                seed: [7; 32],
                 txs: vec![]
             }
         ),
@@ -321,6 +348,7 @@ fn blocks_apply_whole_or_not_at_all() {
             &Block {
                 height: 1,
                 timestamp_ms: 9_999,
+                seed: [7; 32],
                 txs: vec![]
             }
         ),
@@ -704,6 +732,9 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
         c.err(1, TxBody::Unbond { role: Role::Host }),
         TxError::HasOpenDeals(1)
     );
+    // One proof period (50 blocks): the answered challenge pays the whole fee.
+    let proof = proof_for(&c, deal);
+    c.ok(1, proof);
     c.state.height = start + 49;
     c.ok(2, TxBody::RecordHash { hash: [9; 32] });
     assert_eq!(
@@ -714,8 +745,8 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
     );
     assert_eq!(
         c.bal(1).1,
-        host_before + 700,
-        "the escrow went to the host at the end of the period"
+        host_before + 700 - 1,
+        "the escrow went to the host for its proof (less the proof's fee)"
     );
     assert_eq!(c.state.deals[&deal].escrow, 0);
     c.ok(1, TxBody::Unbond { role: Role::Host });
@@ -777,6 +808,8 @@ fn ratings_follow_the_chain_metrics() {
             crcs: vec![1000],
         },
     );
+    let proof = proof_for(&c, served);
+    c.ok(1, proof);
     let pay = |period| TxBody::UploadPayment {
         host: id(1),
         storage_fee: 5,
@@ -816,7 +849,135 @@ fn ratings_follow_the_chain_metrics() {
         (1, 1, 1, 1, 1)
     );
     assert_eq!(c.state.stats[&id(0)].complaints_filed, 1);
-    assert_eq!(rating(&host, c.state.height), 500 + 2 + 10 - 50 - 20 - 30);
+    assert_eq!(
+        (host.proofs_passed, host.proofs_missed, host.slashings),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        rating(&host, c.state.height),
+        500 + 2 + 10 + 1 - 50 - 20 - 30
+    );
+}
+
+#[test]
+fn storage_proofs_pay_per_period_and_missed_ones_slash() {
+    use consensus::ledger::{PROOF_PERIOD_BLOCKS, SLASH_PER_MISSED_PROOF};
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 5_000,
+            endpoint: "h:1".into(),
+        },
+    );
+    // 250 blocks: three proof periods (100, 100, 50) paying 100, 100 and 101.
+    let body = TxBody::UploadPayment {
+        host: id(1),
+        storage_fee: 301,
+        download_fee: 0,
+        period_blocks: 250,
+        chunks: chunks(3, 5000),
+    };
+    let Receipt::DealOpened { deal } = c.ok(0, body) else {
+        panic!()
+    };
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001, 1002],
+        },
+    );
+    let start = c.state.height;
+    assert_eq!(c.state.deals[&deal].parts, 3);
+    let good = proof_for(&c, deal);
+
+    // Refusals: not the host, the wrong period, a proof that does not verify.
+    assert_eq!(c.err(2, good.clone()), TxError::NotDealHost);
+    let TxBody::StorageProof { proof, .. } = &good else {
+        unreachable!()
+    };
+    let wrong_period = TxBody::StorageProof {
+        deal,
+        period: 1,
+        proof: proof.clone(),
+    };
+    assert_eq!(
+        c.err(1, wrong_period),
+        TxError::NoOpenChallenge { period: 1 }
+    );
+    let mut forged = proof.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(matches!(
+        c.err(
+            1,
+            TxBody::StorageProof {
+                deal,
+                period: 0,
+                proof: forged
+            }
+        ),
+        TxError::BadProof(_)
+    ));
+
+    let host_maspc = c.bal(1).1;
+    assert_eq!(
+        c.ok(1, good.clone()),
+        Receipt::ProofAccepted {
+            deal,
+            period: 0,
+            paid: 100
+        }
+    );
+    assert_eq!(c.bal(1).1, host_maspc + 100 - 1);
+    assert_eq!(c.err(1, good), TxError::NoOpenChallenge { period: 0 });
+
+    // Period 1 goes unanswered: its part goes back to the sender, with a slice of deposit.
+    c.state.height = start + PROOF_PERIOD_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [1; 32] });
+    assert_eq!(c.state.deals[&deal].challenge.unwrap().period, 1);
+    let (sender_masp, sender_maspc) = c.bal(0);
+    c.state.height = start + 2 * PROOF_PERIOD_BLOCKS - 1;
+    c.ok(2, TxBody::RecordHash { hash: [2; 32] });
+    assert_eq!(
+        c.bal(0),
+        (sender_masp + SLASH_PER_MISSED_PROOF, sender_maspc + 100)
+    );
+    assert_eq!(
+        c.state.registrations[&(id(1), Role::Host)].deposit,
+        5_000 - SLASH_PER_MISSED_PROOF
+    );
+    let st = c.state.stats[&id(1)];
+    assert_eq!(
+        (st.proofs_passed, st.proofs_missed, st.slashings),
+        (1, 1, 1)
+    );
+
+    // The last, shorter period is answered: it pays the remainder, and the deal ends.
+    let last = proof_for(&c, deal);
+    assert_eq!(
+        c.ok(1, last),
+        Receipt::ProofAccepted {
+            deal,
+            period: 2,
+            paid: 101
+        }
+    );
+    c.state.height = start + 250 - 1;
+    c.ok(2, TxBody::RecordHash { hash: [3; 32] });
+    let d = &c.state.deals[&deal];
+    assert_eq!(
+        (d.escrow, d.state.clone()),
+        (
+            0,
+            DealState::Ended {
+                end_height: start + 250
+            }
+        )
+    );
+    assert_eq!(c.state.stats[&id(1)].deals_ended, 1);
 }
 
 #[test]
@@ -1152,6 +1313,7 @@ mod mempool {
             &Block {
                 height: 1,
                 timestamp_ms: 1000,
+                seed: [7; 32],
                 txs: built,
             },
         )
