@@ -14,8 +14,13 @@
 //! block whose height is a multiple of [`EPOCH_BLOCKS`] and applies from the next block, so
 //! every node knows the set of a height before it votes on it.
 //!
-//! Not yet here (issue 5 continues): storage-proof challenges and their payments in parts,
-//! slashing, ratings, block rewards.
+//! Storage proofs: an active deal is challenged once per proof period; an accepted proof
+//! pays that period's part of the escrow to the host, a missed one refunds it and slashes
+//! the host's deposit. The challenge derives from `Block::seed`, which the ledger takes as
+//! given: the replica must fill it with randomness no single proposer can choose or grind
+//! (design.md section 5), or a host that proposes could steer its own challenges.
+//!
+//! Not yet here (issue 5 continues): equivocation slashing, insurers' cover, block rewards.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -277,7 +282,7 @@ pub struct State {
     /// Validators for the blocks after `height`, with their voting power (stake).
     pub validators: BTreeMap<AccountId, u64>,
     /// When each open deal next changes by itself: (height, deal). A deal awaiting
-    /// completion expires; an active one ends and pays its host.
+    /// completion expires; an active one closes its proof period (and ends after the last).
     pub deadlines: BTreeSet<(u64, DealId)>,
     pub genesis_supply: Supply,
     pub burned: Supply,
@@ -703,8 +708,9 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
 }
 
 /// What happens at the end of every block, after its transactions: deals reaching their
-/// deadline expire (refund) or end (pay the host), and at an epoch boundary the validator
-/// set is recomputed.
+/// deadline expire (refund) or close a proof period (a missed proof refunds its part and
+/// slashes the host; the last period ends the deal), and at an epoch boundary the
+/// validator set is recomputed.
 fn end_block(state: &mut State) {
     while let Some(&(at, deal_id)) = state.deadlines.first() {
         if at > state.height {
@@ -1001,6 +1007,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 || *storage_fee == 0
                 || *period_blocks == 0
                 || *period_blocks > DEAL_PERIOD_BLOCKS_MAX
+                || *storage_fee < period_blocks.div_ceil(PROOF_PERIOD_BLOCKS)
             {
                 return Err(TxError::BadDealTerms);
             }

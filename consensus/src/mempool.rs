@@ -63,12 +63,17 @@ pub enum MempoolError {
         "the mempool is full and this transaction's fee rate does not beat the lowest waiting"
     )]
     Full,
+    #[error("the signer's account does not exist on the chain")]
+    UnknownAccount,
+    #[error("the account's {balance} MASPC cannot pay the fees of all its waiting transactions")]
+    CannotPayFees { balance: u64 },
     #[error("invalid signature: {0}")]
     Signature(#[from] proto::tx::SignatureError),
 }
 
-/// Fee per byte, compared exactly (no floats): a/b vs c/d as a*d vs c*b.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Fee per byte, compared exactly (no floats): a/b vs c/d as a*d vs c*b. Equality is the
+/// same relation (1/2 equals 2/4), so `Eq` and `Ord` agree.
+#[derive(Clone, Copy, Debug)]
 struct FeeRate {
     fee: u64,
     bytes: u64,
@@ -89,6 +94,14 @@ impl Ord for FeeRate {
             .cmp(&(u128::from(other.fee) * u128::from(self.bytes)))
     }
 }
+
+impl PartialEq for FeeRate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for FeeRate {}
 
 impl PartialOrd for FeeRate {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
@@ -124,7 +137,8 @@ impl Mempool {
         self.bytes
     }
 
-    /// Admits a transaction against the committed `state`.
+    /// Admits a transaction against the committed `state`. Nothing changes unless it is
+    /// admitted.
     pub fn insert(&mut self, tx: SignedTx, state: &State) -> Result<(), MempoolError> {
         let id = tx.id();
         if self.ids.contains(&id) {
@@ -143,7 +157,13 @@ impl Mempool {
                 found: t.fee,
             });
         }
-        let next = state.account(&t.signer).nonce;
+        // An account the chain does not know cannot pay a fee: admitting it would let
+        // anyone fill the pool for free with transactions no block can take.
+        let account = state
+            .accounts
+            .get(&t.signer)
+            .ok_or(MempoolError::UnknownAccount)?;
+        let next = account.nonce;
         if t.nonce < next {
             return Err(MempoolError::StaleNonce {
                 next,
@@ -156,31 +176,58 @@ impl Mempool {
                 nonce: t.nonce,
             });
         }
-        let replacing = self.queues.get(&t.signer).and_then(|q| q.get(&t.nonce));
+        let queue = self.queues.get(&t.signer);
+        let replacing = queue.and_then(|q| q.get(&t.nonce));
         if let Some(old) = replacing {
             if old.tx().fee >= t.fee {
                 return Err(MempoolError::NonceTaken);
             }
-        } else if self.queues.get(&t.signer).map_or(0, BTreeMap::len) >= self.limits.max_per_account
-        {
+        } else if queue.map_or(0, BTreeMap::len) >= self.limits.max_per_account {
             return Err(MempoolError::AccountFull(self.limits.max_per_account));
+        }
+        // Everything the account has waiting must be payable from what it holds now.
+        let others: u128 = queue.map_or(0, |q| {
+            q.values()
+                .filter(|w| w.tx().nonce != t.nonce)
+                .map(|w| u128::from(w.tx().fee))
+                .sum()
+        });
+        if others + u128::from(t.fee) > u128::from(account.maspc) {
+            return Err(MempoolError::CannotPayFees {
+                balance: account.maspc,
+            });
         }
         // The signature last: it is the expensive check.
         tx.verify()?;
         let size = tx.bytes().len();
-        let signer = t.signer;
-        let nonce = t.nonce;
-        if let Some(old) = self.queues.get_mut(&signer).and_then(|q| q.remove(&nonce)) {
-            self.forget(&old);
+        let old_size = replacing.map_or(0, |o| o.bytes().len());
+        let count_after = self.ids.len() + usize::from(replacing.is_none());
+        let bytes_after = self.bytes - old_size + size;
+        let victims = self.plan_evictions(count_after, bytes_after, FeeRate::of(&tx), &t.signer)?;
+        // Admitted: commit the evictions, the replacement and the insertion together.
+        let (signer, nonce) = (t.signer, t.nonce);
+        for (account, nonce) in victims {
+            self.remove(&account, nonce);
         }
-        while self.ids.len() + 1 > self.limits.max_txs || self.bytes + size > self.limits.max_bytes
-        {
-            self.evict_below(FeeRate::of(&tx), &signer)?;
-        }
+        self.remove(&signer, nonce);
         self.ids.insert(id);
         self.bytes += size;
         self.queues.entry(signer).or_default().insert(nonce, tx);
         Ok(())
+    }
+
+    /// Removes one waiting transaction, if there.
+    fn remove(&mut self, account: &AccountId, nonce: u64) {
+        let Some(queue) = self.queues.get_mut(account) else {
+            return;
+        };
+        let Some(tx) = queue.remove(&nonce) else {
+            return;
+        };
+        if queue.is_empty() {
+            self.queues.remove(account);
+        }
+        self.forget(&tx);
     }
 
     fn forget(&mut self, tx: &SignedTx) {
@@ -188,38 +235,59 @@ impl Mempool {
         self.bytes -= tx.bytes().len();
     }
 
-    /// Evicts the lowest-rate tail transaction if it pays less than `rate`.
-    fn evict_below(&mut self, rate: FeeRate, newcomer: &AccountId) -> Result<(), MempoolError> {
-        let victim = self
-            .queues
-            .iter()
-            .filter(|(account, _)| *account != newcomer)
-            .filter_map(|(account, q)| {
-                q.last_key_value()
-                    .map(|(nonce, tx)| (FeeRate::of(tx), *account, *nonce))
-            })
-            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-        match victim {
-            Some((lowest, account, nonce)) if lowest < rate => {
-                let queue = self.queues.get_mut(&account).expect("found above");
-                let tx = queue.remove(&nonce).expect("found above");
-                if queue.is_empty() {
-                    self.queues.remove(&account);
+    /// Which queue tails to evict so that `count` transactions of `bytes` fit the limits,
+    /// each paying a lower fee rate than `rate`; `Full` if that is not possible. Changes
+    /// nothing: the caller commits the plan only once the newcomer is admitted.
+    fn plan_evictions(
+        &self,
+        mut count: usize,
+        mut bytes: usize,
+        rate: FeeRate,
+        newcomer: &AccountId,
+    ) -> Result<Vec<(AccountId, u64)>, MempoolError> {
+        let mut victims = Vec::new();
+        let mut taken: BTreeMap<AccountId, usize> = BTreeMap::new();
+        while count > self.limits.max_txs || bytes > self.limits.max_bytes {
+            let lowest =
+                self.queues
+                    .iter()
+                    .filter(|(account, _)| *account != newcomer)
+                    .filter_map(|(account, q)| {
+                        let skip = taken.get(account).copied().unwrap_or(0);
+                        q.iter().rev().nth(skip).map(|(nonce, tx)| {
+                            (FeeRate::of(tx), *account, *nonce, tx.bytes().len())
+                        })
+                    })
+                    .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+            match lowest {
+                Some((lowest, account, nonce, size)) if lowest < rate => {
+                    victims.push((account, nonce));
+                    *taken.entry(account).or_default() += 1;
+                    count -= 1;
+                    bytes -= size;
                 }
-                self.forget(&tx);
-                Ok(())
+                _ => return Err(MempoolError::Full),
             }
-            _ => Err(MempoolError::Full),
         }
+        Ok(victims)
     }
 
-    /// Drops what the committed `state` made stale (nonces below each account's next).
+    /// Drops what the committed `state` made stale: nonces below each account's next, and,
+    /// from the tail, what the account can no longer pay the fees of.
     pub fn prune(&mut self, state: &State) {
         let mut stale = Vec::new();
         for (account, queue) in &mut self.queues {
-            let next = state.account(account).nonce;
-            let keep = queue.split_off(&next);
+            let a = state.account(account);
+            let keep = queue.split_off(&a.nonce);
             stale.extend(std::mem::replace(queue, keep).into_values());
+            let mut fees: u128 = queue.values().map(|w| u128::from(w.tx().fee)).sum();
+            while fees > u128::from(a.maspc) {
+                let (_, tx) = queue
+                    .pop_last()
+                    .expect("fees > 0 means a transaction waits");
+                fees -= u128::from(tx.tx().fee);
+                stale.push(tx);
+            }
         }
         self.queues.retain(|_, q| !q.is_empty());
         for tx in stale {
@@ -230,8 +298,10 @@ impl Mempool {
     /// Builds the transactions of block `height` on top of `state`: each account's
     /// transactions in nonce order, accounts interleaved by fee rate, each kept only if the
     /// ledger accepts it. At most `max_txs` transactions and `max_bytes` bytes.
+    /// A transaction the ledger refuses is dropped from the pool (its successors stay, in
+    /// case a replacement for it arrives).
     pub fn build(
-        &self,
+        &mut self,
         state: &State,
         height: u64,
         timestamp_ms: u64,
@@ -249,7 +319,7 @@ impl Mempool {
                 heap.push((FeeRate::of(tx), std::cmp::Reverse(*account), next));
             }
         }
-        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        let (mut out, mut bytes, mut refused) = (Vec::new(), 0usize, Vec::new());
         while let Some((_, std::cmp::Reverse(account), nonce)) = heap.pop() {
             if out.len() == max_txs {
                 break;
@@ -265,7 +335,12 @@ impl Mempool {
                 if let Some(next) = self.queues[&account].get(&(nonce + 1)) {
                     heap.push((FeeRate::of(next), std::cmp::Reverse(account), nonce + 1));
                 }
+            } else {
+                refused.push((account, nonce));
             }
+        }
+        for (account, nonce) in refused {
+            self.remove(&account, nonce);
         }
         out
     }

@@ -5,8 +5,13 @@
 //! path from the root, then the leaf's bytes. A host that dropped the chunk cannot answer a
 //! leaf it was not told in advance.
 //!
-//! Size: 64 bytes per tree level plus the leaf, so at most 64 x 16 + 1024 = 2,048 bytes
-//! for a 64 MiB chunk.
+//! Size: 64 bytes per tree level plus the leaf: 17 levels and 2,112 bytes for the largest
+//! sealed chunk (64 MiB + 16 bytes).
+//!
+//! What a proof does not show: that the host holds the rest of the chunk (one leaf a period
+//! catches a host keeping a fraction f of the data with probability 1 - f), or that it holds
+//! its own copy (replicas share chunk ids). Both are limits of the scheme in design.md
+//! section 5, not of this code.
 
 use std::io::Cursor;
 

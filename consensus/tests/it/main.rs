@@ -1268,6 +1268,84 @@ mod mempool {
     }
 
     #[test]
+    fn accounts_that_cannot_pay_are_refused_and_pruned() {
+        let mut c = Chain::new();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        // A key the chain has never seen: no balance, no admission.
+        let stranger = Tx {
+            chain_id: CHAIN,
+            signer: id(6),
+            nonce: 0,
+            fee: 1_000_000,
+            body: TxBody::RecordHash { hash: [1; 32] },
+        }
+        .sign(&key(6));
+        assert_eq!(
+            pool.insert(stranger, &c.state),
+            Err(MempoolError::UnknownAccount)
+        );
+        // Fees of everything waiting must fit the balance.
+        pool.insert(transfer(0, 0, 100, 1), &c.state).unwrap();
+        pool.insert(transfer(0, 1, 600_000, 1), &c.state).unwrap();
+        let over = START - 600_100 + 1;
+        assert_eq!(
+            pool.insert(transfer(0, 2, over, 1), &c.state),
+            Err(MempoolError::CannotPayFees { balance: START })
+        );
+        // Once the balance shrinks, the tail it no longer covers is pruned.
+        c.ok(
+            0,
+            TxBody::Transfer {
+                to: id(1),
+                asset: Asset::Maspc,
+                amount: START / 2,
+            },
+        );
+        pool.prune(&c.state);
+        assert_eq!(
+            pool.len(),
+            0,
+            "nonce 0 was used by the block; nonce 1's fee no longer fits"
+        );
+    }
+
+    #[test]
+    fn a_refused_replacement_changes_nothing() {
+        let c = Chain::new();
+        let first = transfer(0, 0, 1, 1);
+        let limits = MempoolLimits {
+            max_bytes: first.bytes().len() + 1,
+            ..MempoolLimits::default()
+        };
+        let mut pool = Mempool::new(limits);
+        pool.insert(first, &c.state).unwrap();
+        // A bigger replacement (an upload payment) does not fit, and there is nothing to evict.
+        let bigger = Tx {
+            chain_id: CHAIN,
+            signer: id(0),
+            nonce: 0,
+            fee: 5,
+            body: TxBody::RecordHash { hash: [2; 32] },
+        };
+        let bigger = Tx {
+            body: TxBody::Register {
+                role: Role::Proxy,
+                deposit: 100,
+                endpoint: "x".repeat(200),
+            },
+            ..bigger
+        }
+        .sign(&key(0));
+        assert_eq!(pool.insert(bigger, &c.state), Err(MempoolError::Full));
+        assert_eq!(pool.len(), 1);
+        assert_eq!(
+            pool.build(&c.state, 1, 1000, 10, 1 << 20).len(),
+            1,
+            "the original is still there"
+        );
+    }
+
+    #[test]
     fn a_full_pool_evicts_the_cheapest_tail_only_for_a_better_rate() {
         let c = Chain::new();
         let mut pool = Mempool::new(MempoolLimits {
@@ -1322,8 +1400,8 @@ mod mempool {
         pool.prune(&c.state);
         assert_eq!(
             pool.len(),
-            3,
-            "account 1's refused and stranded transactions and account 2's wait"
+            2,
+            "the refused transaction is dropped; the one it strands and account 2's wait"
         );
         assert_eq!(
             pool.build(&c.state, 2, 2000, 1, 1 << 20).len(),
