@@ -838,6 +838,18 @@ fn issue_challenge(
     }
 }
 
+/// The signer's registration in `role`, or the typed refusal.
+fn registration<'s>(
+    state: &'s State,
+    who: &AccountId,
+    role: Role,
+) -> Result<&'s Registration, TxError> {
+    state
+        .registrations
+        .get(&(*who, role))
+        .ok_or(TxError::NotRegistered(role))
+}
+
 fn sub(have: u64, need: u64, asset: Asset) -> Result<u64, TxError> {
     have.checked_sub(need)
         .ok_or(TxError::Overdraft { asset, need, have })
@@ -933,10 +945,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             if *amount == 0 {
                 return Err(TxError::ZeroAmount);
             }
-            let reg = state
-                .registrations
-                .get(&(tx.signer, *role))
-                .ok_or(TxError::NotRegistered(*role))?;
+            let reg = registration(state, &tx.signer, *role)?;
             if reg.unbonding_until.is_some() {
                 return Err(TxError::Unbonding(*role));
             }
@@ -951,10 +960,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             Receipt::Applied
         }
         TxBody::Unbond { role } => {
-            let reg = state
-                .registrations
-                .get(&(tx.signer, *role))
-                .ok_or(TxError::NotRegistered(*role))?;
+            let reg = registration(state, &tx.signer, *role)?;
             if reg.unbonding_until.is_some() {
                 return Err(TxError::Unbonding(*role));
             }
@@ -978,10 +984,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             Receipt::Applied
         }
         TxBody::Withdraw { role } => {
-            let reg = state
-                .registrations
-                .get(&(tx.signer, *role))
-                .ok_or(TxError::NotRegistered(*role))?;
+            let reg = registration(state, &tx.signer, *role)?;
             let until = reg.unbonding_until.ok_or(TxError::NotUnbonding(*role))?;
             if height < until {
                 return Err(TxError::StillUnbonding { until });
