@@ -342,7 +342,8 @@ pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), Cod
         1 => found.remove(0),
         0 => {
             return Err(CodecError::Invalid(format!(
-                "{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory",
+                                "{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory \
+                 (a seal that was interrupted leaves its chunks without one: seal again into a new directory)",
                 dir.display()
             )))
         }
