@@ -182,7 +182,7 @@ impl Deal {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum()
+        entries_bytes(&self.chunks)
     }
 
     fn holds_host_capacity(&self) -> bool {
@@ -500,11 +500,14 @@ impl State {
 
     /// Bytes of deals a host holds or is about to (paid, not failed).
     pub fn host_committed_bytes(&self, host: &AccountId) -> u64 {
+        self.open_deals_of(host).map(Deal::bytes).sum()
+    }
+
+    /// The deals a host holds capacity for: paid and awaiting completion, or active.
+    pub fn open_deals_of<'a>(&'a self, host: &'a AccountId) -> impl Iterator<Item = &'a Deal> + 'a {
         self.deals
             .values()
-            .filter(|d| d.host == *host && d.holds_host_capacity())
-            .map(Deal::bytes)
-            .sum()
+            .filter(move |d| d.host == *host && d.holds_host_capacity())
     }
 
     /// Everything that exists of each asset: balances, deposits, escrow and burned coins.
@@ -838,6 +841,11 @@ fn issue_challenge(
     }
 }
 
+/// Sealed bytes of a list of chunks (at most DEAL_CHUNKS_MAX x 64 MiB: no overflow).
+fn entries_bytes(chunks: &[ChunkEntry]) -> u64 {
+    chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum()
+}
+
 /// The signer's registration in `role`, or the typed refusal.
 fn registration<'s>(
     state: &'s State,
@@ -965,11 +973,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 return Err(TxError::Unbonding(*role));
             }
             if *role == Role::Host {
-                let open = state
-                    .deals
-                    .values()
-                    .filter(|d| d.host == tx.signer && d.holds_host_capacity())
-                    .count();
+                let open = state.open_deals_of(&tx.signer).count();
                 if open > 0 {
                     return Err(TxError::HasOpenDeals(open));
                 }
@@ -1021,7 +1025,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             if reg.unbonding_until.is_some() || *host == tx.signer {
                 return Err(TxError::NotAHost(*host));
             }
-            let bytes: u64 = chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum();
+            let bytes = entries_bytes(chunks);
             let need = host_deposit_min(add(state.host_committed_bytes(host), bytes)?);
             if reg.deposit < need {
                 return Err(TxError::DepositTooLow {

@@ -300,8 +300,9 @@ pub fn seal_reader<R: Read + Send + 'static>(
     })
 }
 
-/// Creates `dir`, or checks that it is an empty directory; returns whether it was created.
-fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
+/// Checks that `dir` can receive a seal: missing, or an empty directory. Returns whether it
+/// exists. Callers run it before asking for a passphrase, and sealing runs it again.
+pub fn check_seal_target(dir: &Path) -> Result<bool, CodecError> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
@@ -310,16 +311,9 @@ fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
                     dir.display()
                 )));
             }
-            Ok(false)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir(dir).map_err(CodecError::io("create directory", dir))?;
-            // The new directory's own name must survive a crash too.
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent)?;
-            }
             Ok(true)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(CodecError::Io {
             op: "read directory",
             path: dir.to_owned(),
@@ -328,8 +322,35 @@ fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
     }
 }
 
-/// Finds the one manifest of a sealed directory and checks it against its name.
-pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), CodecError> {
+/// Creates `dir`, or checks that it is an empty directory; returns whether it was created.
+fn prepare_empty_dir(dir: &Path) -> Result<bool, CodecError> {
+    match check_seal_target(dir)? {
+        true => Ok(false),
+        false => {
+            fs::create_dir(dir).map_err(CodecError::io("create directory", dir))?;
+            // The new directory's own name must survive a crash too.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Checks that `out` may be written by an open: absent, or `overwrite` allowed.
+pub fn check_open_target(out: &Path, overwrite: bool) -> Result<(), CodecError> {
+    if !overwrite && out.symlink_metadata().is_ok() {
+        return Err(CodecError::Invalid(format!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Finds the one manifest of a sealed directory and the id its name claims, without reading
+/// it: cheap enough to run before asking for a passphrase.
+pub fn find_manifest(dir: &Path) -> Result<(PathBuf, ChunkId), CodecError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(CodecError::io("read directory", dir))? {
         let entry = entry.map_err(CodecError::io("read directory", dir))?;
@@ -342,7 +363,7 @@ pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), Cod
         1 => found.remove(0),
         0 => {
             return Err(CodecError::Invalid(format!(
-                                "{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory \
+                                                "{} holds no *{MANIFEST_SUFFIX} file: it is not a sealed directory \
                  (a seal that was interrupted leaves its chunks without one: seal again into a new directory)",
                 dir.display()
             )))
@@ -361,6 +382,16 @@ pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), Cod
     let named: ChunkId = stem
         .parse()
         .map_err(|e| corrupt(format!("its name is not its id: {e}")))?;
+    Ok((path, named))
+}
+
+/// Finds the one manifest of a sealed directory, reads it and checks it against its name.
+pub fn read_manifest_file(dir: &Path) -> Result<(PathBuf, ChunkId, Vec<u8>), CodecError> {
+    let (path, named) = find_manifest(dir)?;
+    let corrupt = |reason: String| CodecError::ManifestCorrupt {
+        path: path.clone(),
+        reason,
+    };
     let len = fs::metadata(&path)
         .map_err(CodecError::io("stat", &path))?
         .len();
@@ -452,12 +483,7 @@ pub fn open_dir(
     workers: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Opened, CodecError> {
-    if !overwrite && out.symlink_metadata().is_ok() {
-        return Err(CodecError::Invalid(format!(
-            "{} already exists (use --force to replace it)",
-            out.display()
-        )));
-    }
+    check_open_target(out, overwrite)?;
     let (_, manifest_id, envelope) = read_manifest_file(dir)?;
     let (manifest, cipher) = open_envelope(&envelope, manifest_id, unlock)?;
     let parent = match out.parent() {

@@ -165,19 +165,14 @@ fn seal(args: SealArgs) -> Result<()> {
     if meta.is_dir() {
         bail!("{} is a directory: seal a file", args.file.display());
     }
-    if std::fs::read_dir(&args.out).is_ok_and(|mut d| d.next().is_some()) {
-        bail!(
-            "{} is not empty: seal into a new or empty directory",
-            args.out.display()
-        );
-    }
+    engine::sealed_dir::check_seal_target(&args.out)?;
     let pass = read_passphrase(args.passphrase_file.as_deref(), true)?;
     let opts = SealOptions {
         chunk_bytes: args.chunk_size,
         workers: workers(args.workers)?,
         kdf: KdfParams::DEFAULT,
     };
-    let total = std::fs::metadata(&args.file).map(|m| m.len()).unwrap_or(0);
+    let total = meta.len();
     let bar = progress_bar(total, !args.json, "sealing");
     let started = Instant::now();
     let sealed = seal_file(&args.file, &args.out, &pass, &opts, &mut |done, _| {
@@ -241,13 +236,8 @@ fn print_seal_summary(sealed: &Sealed, dir: &Path, secs: f64) {
 }
 
 fn open(args: OpenArgs) -> Result<()> {
-    if !args.force && args.out.symlink_metadata().is_ok() {
-        bail!(
-            "{} already exists (use --force to replace it)",
-            args.out.display()
-        );
-    }
-    engine::sealed_dir::read_manifest_file(&args.dir)
+    engine::sealed_dir::check_open_target(&args.out, args.force)?;
+    engine::sealed_dir::find_manifest(&args.dir)
         .with_context(|| format!("opening {}", args.dir.display()))?;
     let share;
     let pass;
