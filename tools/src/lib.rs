@@ -3,6 +3,9 @@
 //!
 //! Invariant: no business rules live here; binaries wire libraries together.
 
+pub mod diskbench;
+pub mod storebench;
+
 use std::io::IsTerminal;
 use std::path::Path;
 

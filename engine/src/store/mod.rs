@@ -12,4 +12,9 @@
 //! says where, so the runtime truncates there.
 
 pub mod checkpoint;
+pub mod disk;
 pub mod record;
+mod shard;
+pub mod tree;
+
+pub use shard::{Answer, Engine, EngineConfig, Pending, PutOutcome, StoreError, StoreStats};

@@ -6,6 +6,7 @@ use proto::{ChunkId, CHUNK_BYTES_MAX, SECTOR_BYTES, TAG_BYTES};
 use thiserror::Error;
 
 use crate::codec::crc32c;
+use crate::store::tree::{outboard_bytes, Tree};
 
 pub const RECORD_MAGIC: [u8; 4] = *b"MSRC";
 pub const RECORD_VERSION: u8 = 1;
@@ -31,7 +32,9 @@ pub struct RecordHeader {
     pub payload_bytes: u32,
     /// CRC32C of the payload: for a chunk, the same CRC the manifest and the deal carry.
     pub payload_crc32c: u32,
-    /// Unix seconds after which the chunk may be dropped; 0 for never.
+    /// For a chunk: Unix seconds after which it may be dropped, 0 for never. For a
+    /// tombstone: the sequence of the segment holding the record it deletes, so compaction
+    /// keeps the tombstone exactly as long as that segment exists.
     pub expiry_unix_secs: u64,
     /// The sequence number of the segment the record was written to: a record read from a
     /// segment with another sequence is stale (left from a reused file) and rejected.
@@ -59,12 +62,15 @@ pub enum RecordError {
     Truncated { needed: u64, available: u64 },
     #[error("record payload fails its CRC32C (stored {stored:#010x}, computed {computed:#010x})")]
     PayloadChecksum { stored: u32, computed: u32 },
+    #[error("record outboard does not hash to the chunk id")]
+    Outboard,
 }
 
-/// Bytes a record with `payload_bytes` occupies in its segment: header, payload and padding
-/// to the next sector.
+/// Bytes a record with `payload_bytes` occupies in its segment: header, payload, outboard
+/// ([`tree`](crate::store::tree)) and padding to the next sector.
 pub fn record_span(payload_bytes: u32) -> u64 {
-    (HEADER_BYTES as u64 + u64::from(payload_bytes)).next_multiple_of(u64::from(SECTOR_BYTES))
+    (HEADER_BYTES as u64 + u64::from(payload_bytes) + u64::from(outboard_bytes(payload_bytes)))
+        .next_multiple_of(u64::from(SECTOR_BYTES))
 }
 
 impl RecordHeader {
@@ -84,7 +90,7 @@ impl RecordHeader {
     }
 
     /// Decodes a header read from segment `segment_seq`. Every field is checked; the
-    /// payload is not (see [`verify_payload`]).
+    /// payload is not (see [`verify_record`]).
     pub fn decode(
         bytes: &[u8; HEADER_BYTES],
         segment_seq: u32,
@@ -140,7 +146,14 @@ impl RecordHeader {
 }
 
 /// Checks a payload against its header.
-pub fn verify_payload(header: &RecordHeader, payload: &[u8]) -> Result<(), RecordError> {
+/// Checks a payload and its outboard against the header: the CRC32C, and (for a chunk
+/// with an outboard) that the outboard hashes to the chunk id, which catches an outboard
+/// sector a torn write left behind.
+pub fn verify_record(
+    header: &RecordHeader,
+    payload: &[u8],
+    outboard: &[u8],
+) -> Result<(), RecordError> {
     if payload.len() as u64 != u64::from(header.payload_bytes) {
         return Err(RecordError::Truncated {
             needed: header.payload_bytes.into(),
@@ -154,10 +167,17 @@ pub fn verify_payload(header: &RecordHeader, payload: &[u8]) -> Result<(), Recor
             computed,
         });
     }
+    if !outboard.is_empty() {
+        let root = Tree::new(payload.len() as u64, outboard, None).root();
+        if root.as_bytes() != &header.id.0 {
+            return Err(RecordError::Outboard);
+        }
+    }
     Ok(())
 }
 
-/// Appends a whole record (header, payload, zero padding) to `out`.
+/// Appends a whole record (header, payload, outboard, zero padding) to `out`. The stores
+/// writes records in place in DMA buffers; this is the same layout for tests and tools.
 pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
     assert_eq!(
         payload.len() as u64,
@@ -172,6 +192,11 @@ pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&header.encode());
     out.extend_from_slice(payload);
+    let at = out.len();
+    out.resize(at + outboard_bytes(header.payload_bytes) as usize, 0);
+    if header.kind == RecordKind::Chunk {
+        crate::store::tree::hash_with_outboard(payload, &mut out[at..]);
+    }
     let span = usize::try_from(record_span(header.payload_bytes)).expect("a record fits in memory");
     out.resize(start + span, 0);
 }
@@ -241,9 +266,10 @@ pub fn scan(
         };
         let payload_start = offset + HEADER_BYTES as u64;
         let payload_end = payload_start + u64::from(header.payload_bytes);
-        if payload_end > len {
+        let outboard_end = payload_end + u64::from(outboard_bytes(header.payload_bytes));
+        if outboard_end > len {
             let error = RecordError::Truncated {
-                needed: header.payload_bytes.into(),
+                needed: outboard_end - payload_start,
                 available: len - payload_start,
             };
             return (found, ScanEnd::Torn { offset, error });
@@ -251,7 +277,9 @@ pub fn scan(
         if check_payloads {
             let payload = &bytes[usize::try_from(payload_start).expect("in bounds")
                 ..usize::try_from(payload_end).expect("in bounds")];
-            if let Err(error) = verify_payload(&header, payload) {
+            let outboard = &bytes[usize::try_from(payload_end).expect("in bounds")
+                ..usize::try_from(outboard_end).expect("in bounds")];
+            if let Err(error) = verify_record(&header, payload, outboard) {
                 return (found, ScanEnd::Torn { offset, error });
             }
         }

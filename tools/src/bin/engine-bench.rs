@@ -18,6 +18,8 @@ use engine::seal::{open_stream, seal_stream, ChunkSource};
 use engine::CodecError;
 use proto::{ChunkEntry, FileId, FileKey, Manifest};
 use serde::Serialize;
+use tools::diskbench::print_table;
+use tools::storebench::StoreBench;
 use tools::{format_bytes, parse_bytes, parse_chunk_size};
 
 #[global_allocator]
@@ -29,9 +31,49 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     version,
     about = "Benchmarks of the Market.space engine against its physical baselines"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// With no subcommand: the chunk store against fio and a naive store on the same disk.
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// Directory on the disk to measure (created; everything written is removed after)
+    /// [default: ./engine-bench.tmp].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Bytes written per chunk size and by fio's sequential jobs.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    size: u64,
+    /// Chunk sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64KiB,1MiB,8MiB", value_parser = parse_bytes)]
+    chunk_sizes: Vec<u64>,
+    /// Engine shards, and fio jobs [default: the core count].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Client threads.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Requests each client keeps in flight (×4 for challenges, ×8 for the restart's puts).
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    /// Seconds of random 4 KiB reads (fio) and of challenges (engine), per chunk size.
+    #[arg(long, default_value_t = 5)]
+    random_secs: u32,
+    /// Tiny chunks put before timing a restart (from the checkpoint, and by full scan);
+    /// 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    restart_chunks: u64,
+    /// Only the engine's rows: no fio, no naive store, no ratios.
+    #[arg(long)]
+    engine_only: bool,
+    /// Print the rows as a JSON array instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,8 +117,10 @@ struct Row {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Codec(args) => codec(args),
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Codec(args)) => codec(args),
+        None => store(cli.store),
     }
 }
 
@@ -357,6 +401,53 @@ fn codec(args: CodecArgs) -> Result<()> {
     println!("bound = min(workers, cores) / (1/aes + 1/crc32c + 1/blake3), the primitives measured above on one thread");
     if args.file.is_some() {
         println!("seal-from-disk's bound is disk-read-dd: dd reading the same file, both from a cold page cache");
+    }
+    Ok(())
+}
+
+fn store(args: StoreArgs) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bench = StoreBench {
+        dir: args
+            .dir
+            .unwrap_or_else(|| PathBuf::from("engine-bench.tmp")),
+        size: args.size,
+        chunk_sizes: args.chunk_sizes,
+        shards: args.shards.unwrap_or(cores),
+        clients: args.clients.max(1),
+        depth: args.depth.max(1),
+        random_secs: args.random_secs.max(1),
+        restart_chunks: args.restart_chunks,
+        engine_only: args.engine_only,
+    };
+    let started = Instant::now();
+    let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
+    let (rows, restart) = bench.run(&progress)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        if let Some(r) = &restart {
+            eprintln!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "machine: {} cores, {}; {} shards, {} clients × {} in flight, {} per chunk size, dir {}",
+        cores,
+        cpu_model(),
+        bench.shards,
+        bench.clients,
+        bench.depth,
+        format_bytes(bench.size),
+        bench.dir.display()
+    );
+    println!();
+    print_table(&rows);
+    if let Some(r) = restart {
+        println!();
+        println!(
+            "restart with {} chunks: from the checkpoint {:.2} s, scanning every segment {:.2} s; index {:.1} bytes per chunk (puts took {:.1} s)",
+            r.chunks, r.open_from_checkpoint_s, r.open_full_scan_s, r.index_bytes_per_chunk, r.put_seconds
+        );
     }
     Ok(())
 }

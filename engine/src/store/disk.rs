@@ -1,0 +1,562 @@
+//! Every byte the store reads or writes goes through [`Disk`] and [`DiskFile`]: glommio's
+//! O_DIRECT files in production ([`DmaDisk`]), an in-memory twin that tears writes, flips
+//! bits, fills up and fails fsync on command in tests ([`MemDisk`]).
+//!
+//! The traits are async and single-threaded: a shard owns its disks and runs on one
+//! glommio executor, so the futures never cross threads and need not be `Send`.
+#![allow(async_fn_in_trait)]
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use proto::SECTOR_BYTES;
+
+/// A buffer the store fills and hands to [`DiskFile::write_at`].
+pub trait WriteBuf {
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl WriteBuf for DmaBuffer {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+}
+
+impl WriteBuf for Vec<u8> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// One volume's directory: segment files and the index checkpoint.
+pub trait Disk: 'static {
+    type File: DiskFile;
+    /// Creates a new, empty file; fails if it exists.
+    async fn create(&self, name: &str) -> io::Result<Self::File>;
+    /// Opens an existing file for reading and writing.
+    async fn open(&self, name: &str) -> io::Result<Self::File>;
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    async fn remove(&self, name: &str) -> io::Result<()>;
+    /// Replaces `name` with `bytes` atomically and durably (temp file, fsync, rename,
+    /// directory fsync): after a crash the old or the new contents are there, whole.
+    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()>;
+    /// The whole file, or `None` if it does not exist.
+    async fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Runs once on the shard's executor before anything else.
+    async fn prepare(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A segment file. Offsets and lengths are multiples of [`SECTOR_BYTES`].
+pub trait DiskFile: 'static {
+    type Buf: WriteBuf;
+    type Read: Deref<Target = [u8]>;
+    /// A zeroed-or-not buffer of `len` bytes suitable for [`DiskFile::write_at`].
+    fn alloc(&self, len: usize) -> Self::Buf;
+    /// Writes the whole buffer at `pos`, or fails.
+    async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::Read>;
+    /// Makes every completed write durable (fdatasync).
+    async fn sync(&self) -> io::Result<()>;
+    async fn size(&self) -> io::Result<u64>;
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+}
+
+/// Rounds `v` up to a whole sector.
+pub fn align_up(v: u64) -> u64 {
+    v.next_multiple_of(u64::from(SECTOR_BYTES))
+}
+
+/// Rounds `v` down to a whole sector.
+pub fn align_down(v: u64) -> u64 {
+    v - v % u64::from(SECTOR_BYTES)
+}
+
+/// A directory on a real disk, through glommio (io_uring, O_DIRECT).
+#[derive(Clone, Debug)]
+pub struct DmaDisk {
+    dir: PathBuf,
+}
+
+impl DmaDisk {
+    /// Creates the directory if needed.
+    pub fn new(dir: &Path) -> io::Result<DmaDisk> {
+        std::fs::create_dir_all(dir)?;
+        Ok(DmaDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    async fn sync_dir(&self) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(&self.dir).await?;
+        dir.sync().await?;
+        dir.close().await?;
+        Ok(())
+    }
+}
+
+fn io_err(e: glommio::GlommioError<()>) -> io::Error {
+    io::Error::from(e)
+}
+
+/// A glommio file; closed when dropped.
+#[derive(Debug)]
+pub struct DmaSegment(DmaFile);
+
+impl Disk for DmaDisk {
+    type File = DmaSegment;
+
+    async fn create(&self, name: &str) -> io::Result<DmaSegment> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(self.dir.join(name))
+            .await
+            .map_err(io_err)?;
+        self.sync_dir().await?;
+        Ok(DmaSegment(f))
+    }
+
+    async fn open(&self, name: &str) -> io::Result<DmaSegment> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(self.dir.join(name))
+            .await
+            .map_err(io_err)?;
+        Ok(DmaSegment(f))
+    }
+
+    /// glommio decides once per device whether reads may use the polled ring, by reading
+    /// the first file it opens; an empty file answers "yes" without asking the device (a
+    /// zero-length read succeeds), and every later read on a device without polled queues
+    /// then fails with EOPNOTSUPP. So the first file a shard opens is one with data.
+    async fn prepare(&self) -> io::Result<()> {
+        let probe = self.dir.join("iopoll-probe");
+        if std::fs::metadata(&probe).map_or(true, |m| m.len() < 4096) {
+            std::fs::write(&probe, [0u8; 4096])?;
+        }
+        let f = DmaFile::open(&probe).await.map_err(io_err)?;
+        f.close().await.map_err(io_err)
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        let path = self.dir.join(name);
+        glommio::executor()
+            .spawn_blocking(move || std::fs::remove_file(path))
+            .await?;
+        self.sync_dir().await
+    }
+
+    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let (dir, name) = (self.dir.clone(), name.to_string());
+        glommio::executor()
+            .spawn_blocking(move || write_atomic_std(&dir, &name, &bytes))
+            .await
+    }
+
+    async fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let path = self.dir.join(name);
+        glommio::executor()
+            .spawn_blocking(move || match std::fs::read(path) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await
+    }
+}
+
+fn write_atomic_std(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl DiskFile for DmaSegment {
+    type Buf = DmaBuffer;
+    type Read = ReadResult;
+
+    fn alloc(&self, len: usize) -> DmaBuffer {
+        self.0.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<()> {
+        let len = buf.len();
+        let n = self.0.write_at(buf, pos).await.map_err(io_err)?;
+        if n != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {n} of {len} bytes at {pos}"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ReadResult> {
+        self.0.read_at_aligned(pos, len).await.map_err(io_err)
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.0.fdatasync().await.map_err(io_err)
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        self.0.file_size().await.map_err(io_err)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.0.truncate(len).await.map_err(io_err)
+    }
+}
+
+/// The in-memory twin. Writes land in what reads see at once and become durable at the
+/// next successful sync of their file; [`MemDisk::crash`] returns the disk as a power cut
+/// would leave it: durable bytes, plus each unsynced write kept whole, torn (a random
+/// subset of its sectors) or lost. Faults are armed by the test.
+#[derive(Clone, Debug, Default)]
+pub struct MemDisk {
+    inner: Arc<Mutex<MemState>>,
+}
+
+#[derive(Debug, Default)]
+struct MemState {
+    files: BTreeMap<String, MemFileState>,
+    /// Syncs that succeed before every later one fails.
+    syncs_left: Option<u64>,
+    /// Writes that succeed before every later one fails with EIO.
+    writes_left: Option<u64>,
+    /// Total bytes the disk holds; writes past it fail with ENOSPC.
+    capacity: Option<u64>,
+    syncs: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct MemFileState {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    unsynced: Vec<(u64, usize)>,
+}
+
+impl MemState {
+    fn used(&self) -> u64 {
+        self.files.values().map(|f| f.live.len() as u64).sum()
+    }
+}
+
+/// Tiny deterministic generator for the twin's choices (splitmix64).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+impl MemDisk {
+    pub fn new() -> MemDisk {
+        MemDisk::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, MemState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every sync after the next `n` fails (and leaves its writes unsynced).
+    pub fn fail_syncs_after(&self, n: u64) {
+        self.state().syncs_left = Some(n);
+    }
+
+    /// Every write after the next `n` fails with an I/O error.
+    pub fn fail_writes_after(&self, n: u64) {
+        self.state().writes_left = Some(n);
+    }
+
+    /// The disk holds `bytes` in all; writes beyond fail with ENOSPC.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.state().capacity = bytes;
+    }
+
+    /// Clears every armed fault.
+    pub fn heal(&self) {
+        let mut s = self.state();
+        s.syncs_left = None;
+        s.writes_left = None;
+        s.capacity = None;
+    }
+
+    pub fn syncs(&self) -> u64 {
+        self.state().syncs
+    }
+
+    pub fn file_names(&self) -> Vec<String> {
+        self.state().files.keys().cloned().collect()
+    }
+
+    /// Removes a file outright (a test taking the checkpoint away, say).
+    pub fn remove_file(&self, name: &str) -> bool {
+        self.state().files.remove(name).is_some()
+    }
+
+    pub fn file_len(&self, name: &str) -> Option<u64> {
+        self.state().files.get(name).map(|f| f.live.len() as u64)
+    }
+
+    /// Flips one bit of a file, in what reads see and in what survives a crash.
+    pub fn flip_bit(&self, name: &str, byte: u64, bit: u8) {
+        let mut s = self.state();
+        let f = s.files.get_mut(name).expect("flip_bit: no such file");
+        let at = usize::try_from(byte).expect("small");
+        f.live[at] ^= 1 << bit;
+        if let Some(b) = f.durable.get_mut(at) {
+            *b ^= 1 << bit;
+        }
+    }
+
+    /// The disk after a power cut, with `rng` choosing each unsynced write's fate.
+    pub fn crash(&self, rng: &mut Rng) -> MemDisk {
+        let s = self.state();
+        let mut files = BTreeMap::new();
+        for (name, f) in &s.files {
+            let mut bytes = f.durable.clone();
+            for &(pos, len) in &f.unsynced {
+                let pos = usize::try_from(pos).expect("small");
+                let sector = SECTOR_BYTES as usize;
+                let fate = rng.below(3);
+                for at in (pos..pos + len).step_by(sector) {
+                    let keep = match fate {
+                        0 => true,
+                        1 => rng.below(2) == 0,
+                        _ => false,
+                    };
+                    if keep {
+                        let end = (at + sector).min(pos + len).min(f.live.len());
+                        if at >= end {
+                            continue;
+                        }
+                        if bytes.len() < end {
+                            bytes.resize(end, 0);
+                        }
+                        bytes[at..end].copy_from_slice(&f.live[at..end]);
+                    }
+                }
+            }
+            files.insert(
+                name.clone(),
+                MemFileState {
+                    live: bytes.clone(),
+                    durable: bytes,
+                    unsynced: Vec::new(),
+                },
+            );
+        }
+        MemDisk {
+            inner: Arc::new(Mutex::new(MemState {
+                files,
+                ..MemState::default()
+            })),
+        }
+    }
+}
+
+/// A file of a [`MemDisk`].
+#[derive(Debug)]
+pub struct MemFile {
+    disk: MemDisk,
+    name: String,
+}
+
+impl MemFile {
+    fn with<T>(&self, f: impl FnOnce(&mut MemState) -> io::Result<T>) -> io::Result<T> {
+        let mut s = self.disk.state();
+        if !s.files.contains_key(&self.name) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "file removed"));
+        }
+        f(&mut s)
+    }
+}
+
+fn file<'a>(s: &'a mut MemState, name: &str) -> &'a mut MemFileState {
+    s.files.get_mut(name).expect("checked by MemFile::with")
+}
+
+impl Disk for MemDisk {
+    type File = MemFile;
+
+    async fn create(&self, name: &str) -> io::Result<MemFile> {
+        let mut s = self.state();
+        if s.files.contains_key(name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                name.to_string(),
+            ));
+        }
+        s.files.insert(name.to_string(), MemFileState::default());
+        Ok(MemFile {
+            disk: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    async fn open(&self, name: &str) -> io::Result<MemFile> {
+        if !self.state().files.contains_key(name) {
+            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
+        }
+        Ok(MemFile {
+            disk: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.file_names())
+    }
+
+    async fn remove(&self, name: &str) -> io::Result<()> {
+        self.state()
+            .files
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
+    }
+
+    async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let mut s = self.state();
+        if let Some(cap) = s.capacity {
+            if s.used() + bytes.len() as u64 > cap {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+        }
+        s.files.insert(
+            name.to_string(),
+            MemFileState {
+                live: bytes.clone(),
+                durable: bytes,
+                unsynced: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.state().files.get(name).map(|f| f.live.clone()))
+    }
+}
+
+impl DiskFile for MemFile {
+    type Buf = Vec<u8>;
+    type Read = Vec<u8>;
+
+    fn alloc(&self, len: usize) -> Vec<u8> {
+        vec![0; len]
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+        let name = self.name.clone();
+        self.with(|s| {
+            if let Some(left) = s.writes_left.as_mut() {
+                if *left == 0 {
+                    return Err(io::Error::other("injected write failure"));
+                }
+                *left -= 1;
+            }
+            let end = usize::try_from(pos).expect("small") + buf.len();
+            let grow = (end as u64).saturating_sub(file(s, &name).live.len() as u64);
+            if let Some(cap) = s.capacity {
+                if s.used() + grow > cap {
+                    return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+                }
+            }
+            let f = file(s, &name);
+            if f.live.len() < end {
+                f.live.resize(end, 0);
+            }
+            f.live[end - buf.len()..end].copy_from_slice(&buf);
+            f.unsynced.push((pos, buf.len()));
+            Ok(())
+        })
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        let name = self.name.clone();
+        self.with(|s| {
+            let f = file(s, &name);
+            let start = usize::try_from(pos).expect("small").min(f.live.len());
+            let end = (start + len).min(f.live.len());
+            Ok(f.live[start..end].to_vec())
+        })
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let name = self.name.clone();
+        self.with(|s| {
+            s.syncs += 1;
+            if let Some(left) = s.syncs_left.as_mut() {
+                if *left == 0 {
+                    return Err(io::Error::other("injected fsync failure"));
+                }
+                *left -= 1;
+            }
+            let f = file(s, &name);
+            f.durable.resize(f.live.len(), 0);
+            for (pos, len) in std::mem::take(&mut f.unsynced) {
+                let at = usize::try_from(pos).expect("small");
+                let end = (at + len).min(f.live.len());
+                if at < end {
+                    f.durable[at..end].copy_from_slice(&f.live[at..end]);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        let name = self.name.clone();
+        self.with(|s| Ok(file(s, &name).live.len() as u64))
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        let name = self.name.clone();
+        self.with(|s| {
+            let f = file(s, &name);
+            let len = usize::try_from(len).expect("small");
+            f.live.truncate(len);
+            f.durable.truncate(len);
+            f.unsynced
+                .retain(|&(p, _)| usize::try_from(p).is_ok_and(|p| p < len));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,1745 @@
+//! The host chunk store: thread-per-core shards on glommio.
+//!
+//! [`Engine`] owns one thread per shard, each running a glommio executor (pinned to a core
+//! when asked). A chunk lives on the shard its id picks (`id[0..8] mod shards`); a shard
+//! owns one directory per data directory (a "volume": `<dir>/shard-<n>/`) and nothing is
+//! shared between shards: callers talk to a shard over a channel, so the data path takes
+//! no lock.
+//!
+//! A volume is a series of append-only segment files of records ([`record`]), the last
+//! one active. `put` verifies the chunk's CRC32C and BLAKE3 id while building its record in
+//! a DMA buffer, reserves the next offset in the active segment and writes the record with
+//! one O_DIRECT write; many writes are in flight at once. One committer task per volume
+//! collects completed writes, advances each segment's contiguous written end, fdatasyncs
+//! and then acknowledges every record below it (group commit): a chunk is acknowledged only
+//! when it and every record before it in its segment are durable, so the recovery scan, which
+//! stops at the first gap, always finds it. Any write or sync error breaks the segment: what
+//! was not acknowledged in it fails, and writing moves on to a new segment.
+//!
+//! The index (id → volume, segment, offset, length, expiry) lives in memory and is
+//! checkpointed ([`checkpoint`]); a restart reads the checkpoint and scans only the tails
+//! past it, truncating a torn tail of the last segment. Compaction copies the live records
+//! of segments that fell below a live fraction into the active segment, checkpoints, and
+//! only then deletes the old files, so a crash at any point loses nothing and resurrects
+//! nothing (tombstones are kept while the segment they refer to exists).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use proto::{ChunkId, SECTOR_BYTES};
+use thiserror::Error;
+
+use crate::codec::crc32c;
+use crate::store::checkpoint::{Checkpoint, Entry, SegmentCover};
+use crate::store::disk::{align_down, align_up, Disk, DiskFile, DmaDisk, WriteBuf};
+use crate::store::record::{
+    record_span, scan, verify_record, Located, RecordError, RecordHeader, RecordKind, ScanEnd,
+    HEADER_BYTES, PAYLOAD_BYTES_MAX,
+};
+use crate::store::tree::{group_of, hash_with_outboard, outboard_bytes, Tree, GROUP_BYTES};
+
+const CHECKPOINT_FILE: &str = "index.msix";
+const WINDOW_BYTES: usize = 32 << 20;
+
+/// Where and how the store runs. [`EngineConfig::new`] gives the defaults.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Data directories; each shard keeps its files in `<dir>/shard-<n>/` of every one.
+    pub dirs: Vec<PathBuf>,
+    /// Shards: one thread and executor each.
+    pub shards: usize,
+    /// Pin shard `n` to core `n mod cores`.
+    pub pin: bool,
+    /// A segment is sealed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Sealed segments whose live fraction falls below this are compacted.
+    pub compact_below: f64,
+    /// A volume's index is checkpointed after this many bytes of new records.
+    pub checkpoint_every_bytes: u64,
+    /// Bytes each data directory may hold in all (split evenly between shards); `None`
+    /// for as much as the disk takes (a full disk is then reported when a write fails).
+    pub capacity_bytes: Option<u64>,
+    /// How often each shard sweeps expired chunks and compacts in the background;
+    /// `None` for only when asked ([`Engine::compact`]).
+    pub maintenance_every: Option<Duration>,
+}
+
+impl EngineConfig {
+    pub fn new(dirs: Vec<PathBuf>, shards: usize) -> EngineConfig {
+        EngineConfig {
+            dirs,
+            shards,
+            pin: false,
+            segment_bytes: 256 << 20,
+            compact_below: 0.5,
+            checkpoint_every_bytes: 1 << 30,
+            capacity_bytes: None,
+            maintenance_every: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Why a store operation failed. Every variant says what the caller can do.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    #[error("chunk {0} is not stored here")]
+    NotFound(ChunkId),
+    #[error("chunk {id} is corrupt on disk ({what}); it is not served")]
+    Corrupt { id: ChunkId, what: String },
+    #[error("chunk {id}: CRC32C is {computed:#010x}, the caller said {expected:#010x}")]
+    CrcMismatch {
+        id: ChunkId,
+        expected: u32,
+        computed: u32,
+    },
+    #[error("chunk bytes hash to {computed}, not to the id {id} they were sent as")]
+    IdMismatch { id: ChunkId, computed: ChunkId },
+    #[error("a chunk must be 1 to {PAYLOAD_BYTES_MAX} bytes, this one is {0}")]
+    Size(usize),
+    #[error("no space: {needed} bytes needed, {free} free of the configured capacity")]
+    Full { needed: u64, free: u64 },
+    #[error("range {start}..{end} is outside chunk {id} of {len} bytes")]
+    Range {
+        id: ChunkId,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
+    #[error("leaf {leaf} is outside chunk {id} of {len} bytes")]
+    Leaf { id: ChunkId, leaf: u64, len: u64 },
+    #[error("disk error ({0}); nothing was acknowledged that is not durable")]
+    Io(String),
+    #[error("the store is shut down")]
+    ShutDown,
+}
+
+fn io_error(what: &str) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |e| {
+        if e.raw_os_error() == Some(28) {
+            StoreError::Full { needed: 0, free: 0 }
+        } else {
+            StoreError::Io(format!("{what}: {e}"))
+        }
+    }
+}
+
+/// One answer of [`Engine::prove_many`]: the proof (or why not) and the time its shard took
+/// to read and build it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub proof: Result<Vec<u8>, StoreError>,
+    pub micros: u128,
+}
+
+/// What `put` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Written and durable.
+    Stored,
+    /// Already stored with at least this expiry; nothing written.
+    Existing,
+}
+
+/// Counters and sizes, summed over shards and volumes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub chunks: u64,
+    /// Bytes of records the index points to.
+    pub live_bytes: u64,
+    /// Bytes of segment files.
+    pub used_bytes: u64,
+    /// Configured capacity (sum), `u64::MAX` when unset.
+    pub capacity_bytes: u64,
+    pub segments: u64,
+    pub puts: u64,
+    pub gets: u64,
+    pub proofs: u64,
+    pub syncs: u64,
+    /// Records that failed their checks when read; none was served.
+    pub corrupt_reads: u64,
+    /// Bytes cut from torn tails at the last restart.
+    pub truncated_bytes: u64,
+    pub compacted_segments: u64,
+    /// Heap bytes of the in-memory index (its hash table).
+    pub index_bytes: u64,
+}
+
+/// A request in flight; [`Pending::wait`] blocks for the answer, [`Pending::recv`] awaits
+/// it from any async runtime.
+#[derive(Debug)]
+#[must_use = "a request's outcome is only known by waiting for it"]
+pub struct Pending<T>(flume::Receiver<Result<T, StoreError>>);
+
+impl<T> Pending<T> {
+    pub fn wait(self) -> Result<T, StoreError> {
+        self.0.recv().unwrap_or(Err(StoreError::ShutDown))
+    }
+
+    pub async fn recv(self) -> Result<T, StoreError> {
+        self.0
+            .recv_async()
+            .await
+            .unwrap_or(Err(StoreError::ShutDown))
+    }
+}
+
+type Reply<T> = flume::Sender<Result<T, StoreError>>;
+
+enum Request {
+    Put {
+        id: ChunkId,
+        crc: u32,
+        data: Vec<u8>,
+        expiry: u64,
+        reply: Reply<PutOutcome>,
+    },
+    Get {
+        id: ChunkId,
+        range: Option<Range<u64>>,
+        reply: Reply<Vec<u8>>,
+    },
+    Prove {
+        id: ChunkId,
+        leaf: u64,
+        reply: Reply<Vec<u8>>,
+    },
+    ProveMany {
+        challenges: Vec<(usize, ChunkId, u64)>,
+        reply: Reply<Vec<(usize, Answer)>>,
+    },
+    Delete {
+        id: ChunkId,
+        reply: Reply<bool>,
+    },
+    Compact(Reply<u64>),
+    Checkpoint(Reply<()>),
+    Stats(Reply<StoreStats>),
+    Shutdown(Reply<()>),
+}
+
+/// The running store: a handle to its shards. Dropping it shuts them down cleanly
+/// (final checkpoints), as [`Engine::shutdown`] does.
+#[derive(Debug)]
+pub struct Engine {
+    shards: Vec<flume::Sender<Request>>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Engine {
+    /// Opens (or creates) the store on real disks and recovers every shard.
+    pub fn open(cfg: &EngineConfig) -> Result<Engine, StoreError> {
+        let mut disks = Vec::new();
+        for s in 0..cfg.shards {
+            let mut vols = Vec::new();
+            for dir in &cfg.dirs {
+                let d = DmaDisk::new(&dir.join(format!("shard-{s}")))
+                    .map_err(io_error("creating the shard directory"))?;
+                vols.push(d);
+            }
+            disks.push(vols);
+        }
+        Engine::open_on(cfg, disks)
+    }
+
+    /// Opens the store on the given disks: `disks[shard][volume]`.
+    pub fn open_on<D: Disk + Send>(
+        cfg: &EngineConfig,
+        disks: Vec<Vec<D>>,
+    ) -> Result<Engine, StoreError> {
+        assert!(
+            cfg.shards >= 1 && disks.len() == cfg.shards,
+            "one list of disks per shard"
+        );
+        assert!(
+            disks.iter().all(|v| !v.is_empty() && v.len() <= 255),
+            "1 to 255 volumes per shard"
+        );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let io_memory = io_memory_per_shard(cfg.shards);
+        let mut shards = Vec::new();
+        let mut threads = Vec::new();
+        let mut ready = Vec::new();
+        for (n, vols) in disks.into_iter().enumerate() {
+            let (tx, rx) = flume::unbounded();
+            let (ready_tx, ready_rx) = flume::bounded(1);
+            let placement = if cfg.pin {
+                Placement::Fixed(n % cores)
+            } else {
+                Placement::Unbound
+            };
+            let cfg = cfg.clone();
+            let n32 = u32::try_from(n).expect("few shards");
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{n}"))
+                .io_memory(io_memory)
+                .spawn(move || async move { run_shard(n32, cfg, vols, rx, ready_tx).await })
+                .map_err(|e| StoreError::Io(format!("starting shard {n}: {e}")))?;
+            shards.push(tx);
+            threads.push(handle);
+            ready.push(ready_rx);
+        }
+        let engine = Engine { shards, threads };
+        for r in ready {
+            r.recv().unwrap_or(Err(StoreError::ShutDown))?;
+        }
+        Ok(engine)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard_index(&self, id: &ChunkId) -> usize {
+        let key = u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"));
+        usize::try_from(key % self.shards.len() as u64).expect("fits")
+    }
+
+    fn shard_of(&self, id: &ChunkId) -> &flume::Sender<Request> {
+        &self.shards[self.shard_index(id)]
+    }
+
+    fn ask<T>(to: &flume::Sender<Request>, make: impl FnOnce(Reply<T>) -> Request) -> Pending<T> {
+        let (tx, rx) = flume::bounded(1);
+        if let Err(flume::SendError(req)) = to.send(make(tx)) {
+            drop(req);
+        }
+        Pending(rx)
+    }
+
+    /// Stores a sealed chunk. `crc` is the CRC32C the sender declared (the manifest's and
+    /// the deal's); the store checks it and the id. `expiry` is Unix seconds, 0 for never.
+    pub fn put(&self, id: ChunkId, crc: u32, data: Vec<u8>, expiry: u64) -> Pending<PutOutcome> {
+        Self::ask(self.shard_of(&id), |reply| Request::Put {
+            id,
+            crc,
+            data,
+            expiry,
+            reply,
+        })
+    }
+
+    /// The whole chunk, verified.
+    pub fn get(&self, id: ChunkId) -> Pending<Vec<u8>> {
+        Self::ask(self.shard_of(&id), |reply| Request::Get {
+            id,
+            range: None,
+            reply,
+        })
+    }
+
+    /// Bytes `range` of the chunk, verified against the chunk's tree.
+    pub fn get_range(&self, id: ChunkId, range: Range<u64>) -> Pending<Vec<u8>> {
+        Self::ask(self.shard_of(&id), |reply| Request::Get {
+            id,
+            range: Some(range),
+            reply,
+        })
+    }
+
+    /// The storage proof of leaf `leaf` (`proto::proof` format), checked against the id.
+    pub fn prove(&self, id: ChunkId, leaf: u64) -> Pending<Vec<u8>> {
+        Self::ask(self.shard_of(&id), |reply| Request::Prove {
+            id,
+            leaf,
+            reply,
+        })
+    }
+
+    /// Answers many challenges at once (the chain issues a period's challenges together):
+    /// one message per shard, every proof read and built concurrently on its shard. The
+    /// answers come back in the order asked.
+    pub fn prove_many(&self, challenges: &[(ChunkId, u64)]) -> Result<Vec<Answer>, StoreError> {
+        let mut per: Vec<Vec<(usize, ChunkId, u64)>> = vec![Vec::new(); self.shards.len()];
+        for (k, (id, leaf)) in challenges.iter().enumerate() {
+            per[self.shard_index(id)].push((k, *id, *leaf));
+        }
+        let pending: Vec<_> = per
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(n, challenges)| {
+                Self::ask(&self.shards[n], |reply| Request::ProveMany {
+                    challenges,
+                    reply,
+                })
+            })
+            .collect();
+        let mut answers: Vec<Option<Answer>> = vec![None; challenges.len()];
+        for p in pending {
+            for (k, a) in p.wait()? {
+                answers[k] = Some(a);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or(StoreError::ShutDown))
+            .collect()
+    }
+
+    /// Deletes a chunk durably; `false` if it was not stored.
+    pub fn delete(&self, id: ChunkId) -> Pending<bool> {
+        Self::ask(self.shard_of(&id), |reply| Request::Delete { id, reply })
+    }
+
+    fn all<T>(&self, make: impl Fn(Reply<T>) -> Request) -> Result<Vec<T>, StoreError> {
+        let pending: Vec<Pending<T>> = self.shards.iter().map(|s| Self::ask(s, &make)).collect();
+        pending.into_iter().map(Pending::wait).collect()
+    }
+
+    /// Drops expired chunks and compacts every segment below the live fraction, now.
+    /// Returns the number of segments compacted.
+    pub fn compact(&self) -> Result<u64, StoreError> {
+        Ok(self.all(Request::Compact)?.into_iter().sum())
+    }
+
+    /// Writes every volume's index checkpoint now.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.all(Request::Checkpoint).map(|_| ())
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let mut total = StoreStats::default();
+        for s in self.all(Request::Stats)? {
+            total.chunks += s.chunks;
+            total.live_bytes += s.live_bytes;
+            total.used_bytes += s.used_bytes;
+            total.capacity_bytes = total.capacity_bytes.saturating_add(s.capacity_bytes);
+            total.segments += s.segments;
+            total.puts += s.puts;
+            total.gets += s.gets;
+            total.proofs += s.proofs;
+            total.syncs += s.syncs;
+            total.corrupt_reads += s.corrupt_reads;
+            total.truncated_bytes += s.truncated_bytes;
+            total.compacted_segments += s.compacted_segments;
+            total.index_bytes += s.index_bytes;
+        }
+        Ok(total)
+    }
+
+    /// Checkpoints every volume and stops the shards.
+    pub fn shutdown(mut self) -> Result<(), StoreError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), StoreError> {
+        let result = if self.shards.is_empty() {
+            Ok(())
+        } else {
+            self.all(Request::Shutdown).map(|_| ())
+        };
+        self.shards.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// glommio registers its I/O memory, which counts against RLIMIT_MEMLOCK (8 MiB on our
+/// machines, where glommio's default of 10 MiB would silently not register at all): give
+/// each shard an equal part of half the limit, at least glommio's minimum of 64 KiB.
+fn io_memory_per_shard(shards: usize) -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max locked memory"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(8 << 20);
+    (limit / 2 / shards.max(1)).clamp(64 << 10, 8 << 20)
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn seg_name(seq: u32) -> String {
+    format!("seg-{seq:010}.msd")
+}
+
+fn seg_seq(name: &str) -> Option<u32> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".msd")?
+        .parse()
+        .ok()
+}
+
+/// Where a chunk is: 20 bytes, 52 with its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    vol: u8,
+    seq: u32,
+    /// Offset of the record in sectors.
+    sector: u32,
+    payload: u32,
+    /// Unix seconds, saturated at 2106; 0 for never.
+    expiry: u32,
+}
+
+impl Loc {
+    fn offset(&self) -> u64 {
+        u64::from(self.sector) * u64::from(SECTOR_BYTES)
+    }
+
+    fn span(&self) -> u64 {
+        record_span(self.payload)
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.expiry != 0 && u64::from(self.expiry) <= now
+    }
+}
+
+fn expiry32(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+struct Seg<F> {
+    file: Rc<F>,
+    /// Next free offset (sealed: the end of what was written).
+    reserved: u64,
+    /// Every record below this has been written.
+    written: u64,
+    /// Every record below this is durable and acknowledged.
+    synced: u64,
+    done: BTreeMap<u64, Done>,
+    /// A write or sync failed here: nothing more is acknowledged in this segment.
+    broken: bool,
+    sealed: bool,
+    live: u64,
+}
+
+impl<F> Seg<F> {
+    fn new(file: F, end: u64, sealed: bool) -> Seg<F> {
+        Seg {
+            file: Rc::new(file),
+            reserved: end,
+            written: end,
+            synced: end,
+            done: BTreeMap::new(),
+            broken: false,
+            sealed,
+            live: 0,
+        }
+    }
+}
+
+enum Then {
+    Put,
+    Tomb,
+    /// A live record moved by compaction from `from`.
+    Copy {
+        from: Loc,
+    },
+    /// A tombstone carried over by compaction: no change to the index.
+    Keep,
+}
+
+struct Done {
+    seq: u32,
+    start: u64,
+    end: u64,
+    result: io::Result<()>,
+    id: ChunkId,
+    loc: Loc,
+    then: Then,
+    reply: Reply<()>,
+}
+
+struct VolState<F> {
+    segs: BTreeMap<u32, Seg<F>>,
+    active: u32,
+    next_seq: u32,
+    used: u64,
+    capacity: u64,
+    since_checkpoint: u64,
+}
+
+struct Volume<D: Disk> {
+    disk: D,
+    st: RefCell<VolState<D::File>>,
+    rotating: glommio::sync::Semaphore,
+    checkpointing: glommio::sync::Semaphore,
+    commits: flume::Sender<Done>,
+}
+
+#[derive(Default)]
+struct Counters {
+    puts: u64,
+    gets: u64,
+    proofs: u64,
+    syncs: u64,
+    corrupt_reads: u64,
+    truncated_bytes: u64,
+    compacted_segments: u64,
+}
+
+struct Shard<D: Disk> {
+    cfg: EngineConfig,
+    vols: Vec<Volume<D>>,
+    index: RefCell<HashMap<ChunkId, Loc>>,
+    counters: RefCell<Counters>,
+}
+
+async fn run_shard<D: Disk>(
+    n: u32,
+    cfg: EngineConfig,
+    disks: Vec<D>,
+    rx: flume::Receiver<Request>,
+    ready: flume::Sender<Result<(), StoreError>>,
+) {
+    let capacity = cfg
+        .capacity_bytes
+        .map_or(u64::MAX, |c| c / cfg.shards as u64);
+    let mut receivers = Vec::new();
+    let vols = disks
+        .into_iter()
+        .map(|disk| {
+            let (tx, rx) = flume::unbounded();
+            receivers.push(rx);
+            Volume {
+                disk,
+                st: RefCell::new(VolState {
+                    segs: BTreeMap::new(),
+                    active: 0,
+                    next_seq: 1,
+                    used: 0,
+                    capacity,
+                    since_checkpoint: 0,
+                }),
+                rotating: glommio::sync::Semaphore::new(1),
+                checkpointing: glommio::sync::Semaphore::new(1),
+                commits: tx,
+            }
+        })
+        .collect();
+    let shard = Rc::new(Shard {
+        cfg,
+        vols,
+        index: RefCell::new(HashMap::new()),
+        counters: RefCell::new(Counters::default()),
+    });
+    for (v, rx) in receivers.into_iter().enumerate() {
+        glommio::spawn_local(shard.clone().commit_loop(v, rx)).detach();
+    }
+    for vol in &shard.vols {
+        if let Err(e) = vol.disk.prepare().await {
+            let _ = ready.send(Err(StoreError::Io(format!(
+                "shard {n}: preparing the disk: {e}"
+            ))));
+            return;
+        }
+    }
+    if let Err(e) = shard.recover().await {
+        let _ = ready.send(Err(StoreError::Io(format!("shard {n}: {e}"))));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    if let Some(every) = shard.cfg.maintenance_every {
+        let tq = glommio::executor().create_task_queue(
+            glommio::Shares::Static(100),
+            glommio::Latency::NotImportant,
+            "maintenance",
+        );
+        let s = shard.clone();
+        let task = glommio::spawn_local_into(
+            async move {
+                loop {
+                    glommio::timer::sleep(every).await;
+                    if let Err(e) = s.compact().await {
+                        eprintln!("engine: background compaction: {e}");
+                    }
+                }
+            },
+            tq,
+        );
+        if let Ok(t) = task {
+            t.detach();
+        }
+    }
+    while let Ok(req) = rx.recv_async().await {
+        let s = shard.clone();
+        match req {
+            Request::Put {
+                id,
+                crc,
+                data,
+                expiry,
+                reply,
+            } => spawn(async move {
+                let _ = reply.send(s.put(id, crc, data, expiry).await);
+            }),
+            Request::Get { id, range, reply } => spawn(async move {
+                let _ = reply.send(s.get(id, range).await);
+            }),
+            Request::Prove { id, leaf, reply } => spawn(async move {
+                let _ = reply.send(s.prove(id, leaf).await);
+            }),
+            Request::ProveMany { challenges, reply } => spawn(async move {
+                let tasks: Vec<_> = challenges
+                    .into_iter()
+                    .map(|(k, id, leaf)| {
+                        let s = s.clone();
+                        glommio::spawn_local(async move {
+                            let t = std::time::Instant::now();
+                            let proof = s.prove(id, leaf).await;
+                            (
+                                k,
+                                Answer {
+                                    proof,
+                                    micros: t.elapsed().as_micros(),
+                                },
+                            )
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(tasks.len());
+                for t in tasks {
+                    out.push(t.await);
+                }
+                let _ = reply.send(Ok(out));
+            }),
+            Request::Delete { id, reply } => spawn(async move {
+                let _ = reply.send(s.delete(id).await);
+            }),
+            Request::Compact(reply) => spawn(async move {
+                let _ = reply.send(s.compact().await);
+            }),
+            Request::Checkpoint(reply) => spawn(async move {
+                let _ = reply.send(s.checkpoint_all().await);
+            }),
+            Request::Stats(reply) => {
+                let _ = reply.send(Ok(s.stats()));
+            }
+            Request::Shutdown(reply) => {
+                let _ = reply.send(s.checkpoint_all().await);
+                return;
+            }
+        }
+    }
+}
+
+fn spawn(f: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local(f).detach();
+}
+
+/// Reads a segment's records window by window from a record boundary.
+struct Walk {
+    seq: u32,
+    pos: u64,
+    size: u64,
+    window: usize,
+    end: Option<ScanEnd>,
+}
+
+impl Walk {
+    fn new(seq: u32, start: u64, size: u64) -> Walk {
+        Walk {
+            seq,
+            pos: start,
+            size,
+            window: WINDOW_BYTES,
+            end: None,
+        }
+    }
+
+    /// The next window's bytes (starting at the returned offset) and the records in it.
+    async fn next<F: DiskFile>(
+        &mut self,
+        file: &F,
+    ) -> io::Result<Option<(u64, F::Read, Vec<Located>)>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        if self.pos >= self.size {
+            self.end = Some(ScanEnd::Clean { offset: self.pos });
+            return Ok(None);
+        }
+        let len = (self.window as u64).min(align_up(self.size - self.pos));
+        let bytes = file
+            .read_at(self.pos, usize::try_from(len).expect("window"))
+            .await?;
+        let base = self.pos;
+        let (found, end) = scan(&bytes, self.seq, 0, true);
+        let eof = base + bytes.len() as u64 >= self.size;
+        match end {
+            ScanEnd::Clean { offset } if offset >= bytes.len() as u64 && !eof => {
+                self.pos = base + offset;
+            }
+            ScanEnd::Torn {
+                offset,
+                error: RecordError::Truncated { .. },
+            } if !eof => {
+                if found.is_empty() {
+                    self.window = self.window.saturating_mul(2).min(256 << 20);
+                }
+                self.pos = base + offset;
+            }
+            ScanEnd::Clean { offset } => {
+                self.end = Some(ScanEnd::Clean {
+                    offset: base + offset,
+                })
+            }
+            ScanEnd::Torn { offset, error } => {
+                self.end = Some(ScanEnd::Torn {
+                    offset: base + offset,
+                    error,
+                });
+            }
+        }
+        Ok(Some((base, bytes, found)))
+    }
+}
+
+impl<D: Disk> Shard<D> {
+    fn vol_no(v: usize) -> u8 {
+        u8::try_from(v).expect("at most 255 volumes")
+    }
+
+    fn file(&self, loc: &Loc) -> Option<Rc<D::File>> {
+        let st = self.vols[usize::from(loc.vol)].st.borrow();
+        st.segs.get(&loc.seq).map(|s| s.file.clone())
+    }
+
+    fn lookup(&self, id: &ChunkId) -> Result<Loc, StoreError> {
+        match self.index.borrow().get(id) {
+            Some(loc) if !loc.expired(now_secs()) => Ok(*loc),
+            _ => Err(StoreError::NotFound(*id)),
+        }
+    }
+
+    fn add_live(&self, loc: &Loc, add: bool) {
+        let mut st = self.vols[usize::from(loc.vol)].st.borrow_mut();
+        if let Some(seg) = st.segs.get_mut(&loc.seq) {
+            if add {
+                seg.live += loc.span();
+            } else {
+                seg.live = seg.live.saturating_sub(loc.span());
+            }
+        }
+    }
+
+    /// Sets the index entry for `id`, keeping the later expiry; returns the old entry.
+    fn index_insert(&self, id: ChunkId, mut loc: Loc) {
+        let old = self.index.borrow().get(&id).copied();
+        if let Some(old) = old {
+            if old.expiry == 0 || (loc.expiry != 0 && old.expiry > loc.expiry) {
+                loc.expiry = old.expiry;
+            }
+            self.add_live(&old, false);
+        }
+        self.add_live(&loc, true);
+        self.index.borrow_mut().insert(id, loc);
+    }
+
+    fn index_remove(&self, id: &ChunkId) -> Option<Loc> {
+        let old = self.index.borrow_mut().remove(id);
+        if let Some(old) = &old {
+            self.add_live(old, false);
+        }
+        old
+    }
+
+    fn corrupt(&self, id: ChunkId, what: impl Into<String>) -> StoreError {
+        self.counters.borrow_mut().corrupt_reads += 1;
+        StoreError::Corrupt {
+            id,
+            what: what.into(),
+        }
+    }
+
+    // ---- writing ----
+
+    /// The volume with the most free capacity.
+    fn pick_volume(&self) -> usize {
+        (0..self.vols.len())
+            .max_by_key(|&v| {
+                let st = self.vols[v].st.borrow();
+                st.capacity.saturating_sub(st.used)
+            })
+            .expect("at least one volume")
+    }
+
+    fn any_file(&self, v: usize) -> Rc<D::File> {
+        let st = self.vols[v].st.borrow();
+        st.segs
+            .get(&st.active)
+            .or_else(|| st.segs.values().next_back())
+            .expect("a volume always has an active segment")
+            .file
+            .clone()
+    }
+
+    async fn reserve(&self, v: usize, span: u64) -> Result<(u32, u64, Rc<D::File>), StoreError> {
+        let vol = &self.vols[v];
+        let limit = self.cfg.segment_bytes;
+        let fits = |s: &Seg<D::File>| !s.sealed && (s.reserved == 0 || s.reserved + span <= limit);
+        loop {
+            {
+                let mut st = vol.st.borrow_mut();
+                let free = st.capacity.saturating_sub(st.used);
+                if span > free {
+                    return Err(StoreError::Full { needed: span, free });
+                }
+                let active = st.active;
+                if let Some(seg) = st.segs.get_mut(&active).filter(|s| fits(s)) {
+                    let at = seg.reserved;
+                    seg.reserved += span;
+                    let file = seg.file.clone();
+                    st.used += span;
+                    return Ok((active, at, file));
+                }
+            }
+            let _permit = vol
+                .rotating
+                .acquire_permit(1)
+                .await
+                .map_err(|e| StoreError::Io(format!("rotation: {e}")))?;
+            let needed = {
+                let st = vol.st.borrow();
+                st.segs.get(&st.active).is_none_or(|s| !fits(s))
+            };
+            if needed {
+                self.rotate(v).await?;
+            }
+        }
+    }
+
+    /// Seals the active segment and starts a new one.
+    async fn rotate(&self, v: usize) -> Result<(), StoreError> {
+        let vol = &self.vols[v];
+        let seq = {
+            let mut st = vol.st.borrow_mut();
+            let active = st.active;
+            if let Some(a) = st.segs.get_mut(&active) {
+                a.sealed = true;
+            }
+            st.next_seq += 1;
+            st.next_seq - 1
+        };
+        let file = vol
+            .disk
+            .create(&seg_name(seq))
+            .await
+            .map_err(io_error("creating a segment"))?;
+        let mut st = vol.st.borrow_mut();
+        st.segs.insert(seq, Seg::new(file, 0, false));
+        st.active = seq;
+        Ok(())
+    }
+
+    /// Writes a record whose buffer is filled but for its header, and waits until it is
+    /// durable and applied to the index.
+    async fn append(
+        &self,
+        v: usize,
+        mut header: RecordHeader,
+        mut buf: <D::File as DiskFile>::Buf,
+        then: Then,
+    ) -> Result<Loc, StoreError> {
+        let span = record_span(header.payload_bytes);
+        let (seq, at, file) = self.reserve(v, span).await?;
+        header.segment_seq = seq;
+        buf.bytes_mut()[..HEADER_BYTES].copy_from_slice(&header.encode());
+        let loc = Loc {
+            vol: Self::vol_no(v),
+            seq,
+            sector: u32::try_from(at / u64::from(SECTOR_BYTES))
+                .map_err(|_| StoreError::Io("segment too large".into()))?,
+            payload: header.payload_bytes,
+            expiry: if header.kind == RecordKind::Chunk {
+                expiry32(header.expiry_unix_secs)
+            } else {
+                0
+            },
+        };
+        let result = file.write_at(buf, at).await;
+        let (tx, rx) = flume::bounded(1);
+        let done = Done {
+            seq,
+            start: at,
+            end: at + span,
+            result,
+            id: header.id,
+            loc,
+            then,
+            reply: tx,
+        };
+        if self.vols[v].commits.send(done).is_err() {
+            return Err(StoreError::ShutDown);
+        }
+        rx.recv_async()
+            .await
+            .unwrap_or(Err(StoreError::ShutDown))
+            .map(|()| loc)
+    }
+
+    /// The group committer of volume `v`: see the module documentation.
+    async fn commit_loop(self: Rc<Self>, v: usize, rx: flume::Receiver<Done>) {
+        let vol = &self.vols[v];
+        while let Ok(first) = rx.recv_async().await {
+            let mut failed: Vec<(Done, StoreError)> = Vec::new();
+            let mut ready: BTreeMap<u32, Vec<Done>> = BTreeMap::new();
+            {
+                let mut st = vol.st.borrow_mut();
+                for d in std::iter::once(first).chain(rx.try_iter()) {
+                    let Some(seg) = st.segs.get_mut(&d.seq) else {
+                        failed.push((d, StoreError::Io("segment vanished".into())));
+                        continue;
+                    };
+                    if let Err(e) = &d.result {
+                        let err = if e.raw_os_error() == Some(28) {
+                            StoreError::Full {
+                                needed: d.end - d.start,
+                                free: 0,
+                            }
+                        } else {
+                            StoreError::Io(format!("writing a record: {e}"))
+                        };
+                        seg.broken = true;
+                        seg.sealed = true;
+                        failed.push((d, err));
+                        continue;
+                    }
+                    if seg.broken {
+                        failed.push((
+                            d,
+                            StoreError::Io("an earlier write in its segment failed".into()),
+                        ));
+                        continue;
+                    }
+                    seg.done.insert(d.start, d);
+                }
+                for (&seq, seg) in st.segs.iter_mut() {
+                    if seg.broken {
+                        while let Some((_, d)) = seg.done.pop_first() {
+                            failed.push((
+                                d,
+                                StoreError::Io("an earlier write in its segment failed".into()),
+                            ));
+                        }
+                        continue;
+                    }
+                    while let Some(d) = seg.done.remove(&seg.written) {
+                        seg.written = d.end;
+                        ready.entry(seq).or_default().push(d);
+                    }
+                }
+            }
+            for (d, e) in failed {
+                let _ = d.reply.send(Err(e));
+            }
+            for (seq, batch) in ready {
+                let file = vol.st.borrow().segs.get(&seq).map(|s| s.file.clone());
+                let synced = match file {
+                    Some(f) => f.sync().await.map_err(io_error("fdatasync")),
+                    None => Err(StoreError::Io("segment vanished".into())),
+                };
+                self.counters.borrow_mut().syncs += 1;
+                match synced {
+                    Ok(()) => {
+                        let end = batch.last().map_or(0, |d| d.end);
+                        if let Some(seg) = vol.st.borrow_mut().segs.get_mut(&seq) {
+                            seg.synced = seg.synced.max(end);
+                        }
+                        let bytes: u64 = batch.iter().map(|d| d.end - d.start).sum();
+                        for d in batch {
+                            self.apply(d);
+                        }
+                        let due = {
+                            let mut st = vol.st.borrow_mut();
+                            st.since_checkpoint += bytes;
+                            st.since_checkpoint >= self.cfg.checkpoint_every_bytes
+                        };
+                        if due && vol.checkpointing.available() > 0 {
+                            let s = self.clone();
+                            spawn(async move {
+                                if let Err(e) = s.checkpoint(v).await {
+                                    eprintln!("engine: checkpoint: {e}");
+                                }
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(seg) = vol.st.borrow_mut().segs.get_mut(&seq) {
+                            seg.broken = true;
+                            seg.sealed = true;
+                        }
+                        for d in batch {
+                            let _ = d.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A durable record takes effect.
+    fn apply(self: &Rc<Self>, d: Done) {
+        match d.then {
+            Then::Put => {
+                self.index_insert(d.id, d.loc);
+                self.counters.borrow_mut().puts += 1;
+            }
+            Then::Tomb => {
+                self.index_remove(&d.id);
+            }
+            Then::Keep => {}
+            Then::Copy { from } => {
+                let current = self.index.borrow().get(&d.id).copied();
+                match current {
+                    Some(cur) if cur == from => self.index_insert(d.id, d.loc),
+                    Some(_) => {} // stored again meanwhile: the newer record stands
+                    None => {
+                        // Deleted while being copied: the copy must not come back after a
+                        // restart that rescans it, so bury it.
+                        let (s, id, loc) = (self.clone(), d.id, d.loc);
+                        spawn(async move {
+                            let _ = s.write_tombstone(id, loc).await;
+                        });
+                    }
+                }
+            }
+        }
+        let _ = d.reply.send(Ok(()));
+    }
+
+    async fn put(
+        &self,
+        id: ChunkId,
+        crc: u32,
+        data: Vec<u8>,
+        expiry: u64,
+    ) -> Result<PutOutcome, StoreError> {
+        let n = u32::try_from(data.len())
+            .ok()
+            .filter(|n| (1..=PAYLOAD_BYTES_MAX).contains(n))
+            .ok_or(StoreError::Size(data.len()))?;
+        if let Some(loc) = self.index.borrow().get(&id) {
+            let now = now_secs();
+            let longer = loc.expiry == 0 || (expiry != 0 && u64::from(loc.expiry) >= expiry);
+            if !loc.expired(now) && longer {
+                return Ok(PutOutcome::Existing);
+            }
+        }
+        let v = self.pick_volume();
+        let span = usize::try_from(record_span(n)).expect("records fit in memory");
+        let ob = outboard_bytes(n) as usize;
+        let len = data.len();
+        let mut buf = self.any_file(v).alloc(span);
+        let b = buf.bytes_mut();
+        let (payload, rest) = b[HEADER_BYTES..].split_at_mut(len);
+        payload.copy_from_slice(&data);
+        drop(data);
+        let computed = crc32c(payload);
+        if computed != crc {
+            return Err(StoreError::CrcMismatch {
+                id,
+                expected: crc,
+                computed,
+            });
+        }
+        let root = hash_with_outboard(payload, &mut rest[..ob]);
+        if root.as_bytes() != &id.0 {
+            return Err(StoreError::IdMismatch {
+                id,
+                computed: ChunkId(*root.as_bytes()),
+            });
+        }
+        rest[ob..].fill(0);
+        let header = RecordHeader {
+            kind: RecordKind::Chunk,
+            id,
+            payload_bytes: n,
+            payload_crc32c: crc,
+            expiry_unix_secs: expiry,
+            segment_seq: 0,
+        };
+        self.append(v, header, buf, Then::Put).await?;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn write_tombstone(&self, id: ChunkId, target: Loc) -> Result<(), StoreError> {
+        let v = usize::from(target.vol);
+        let span = usize::try_from(record_span(0)).expect("one sector");
+        let mut buf = self.any_file(v).alloc(span);
+        buf.bytes_mut().fill(0);
+        let header = RecordHeader {
+            kind: RecordKind::Tombstone,
+            id,
+            payload_bytes: 0,
+            payload_crc32c: crc32c(&[]),
+            expiry_unix_secs: u64::from(target.seq),
+            segment_seq: 0,
+        };
+        self.append(v, header, buf, Then::Tomb).await.map(|_| ())
+    }
+
+    async fn delete(&self, id: ChunkId) -> Result<bool, StoreError> {
+        let Some(loc) = self.index.borrow().get(&id).copied() else {
+            return Ok(false);
+        };
+        self.write_tombstone(id, loc).await?;
+        Ok(true)
+    }
+
+    // ---- reading ----
+
+    async fn read(
+        &self,
+        id: &ChunkId,
+        file: &D::File,
+        at: u64,
+        len: u64,
+    ) -> Result<<D::File as DiskFile>::Read, StoreError> {
+        let start = align_down(at);
+        let n = usize::try_from(align_up(at + len) - start).expect("reads fit in memory");
+        let bytes = file
+            .read_at(start, n)
+            .await
+            .map_err(io_error("reading a record"))?;
+        if (bytes.len() as u64) < at + len - start {
+            return Err(self.corrupt(*id, "the segment ends inside the record"));
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and checks a whole small-or-full record: header, payload CRC, outboard.
+    async fn read_whole(
+        &self,
+        id: &ChunkId,
+        loc: &Loc,
+        file: &D::File,
+    ) -> Result<<D::File as DiskFile>::Read, StoreError> {
+        let len = HEADER_BYTES as u64 + u64::from(loc.payload);
+        let bytes = self.read(id, file, loc.offset(), len).await?;
+        let head: &[u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("64 bytes");
+        let header =
+            RecordHeader::decode(head, loc.seq).map_err(|e| self.corrupt(*id, e.to_string()))?;
+        if header.id != *id
+            || header.kind != RecordKind::Chunk
+            || header.payload_bytes != loc.payload
+        {
+            return Err(self.corrupt(*id, "the record at its place is another chunk's"));
+        }
+        let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
+        verify_record(&header, payload, &[]).map_err(|e| self.corrupt(*id, e.to_string()))?;
+        Ok(bytes)
+    }
+
+    async fn get(&self, id: ChunkId, range: Option<Range<u64>>) -> Result<Vec<u8>, StoreError> {
+        let loc = self.lookup(&id)?;
+        let file = self.file(&loc).ok_or(StoreError::NotFound(id))?;
+        self.counters.borrow_mut().gets += 1;
+        let len = u64::from(loc.payload);
+        let Some(range) = range else {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            return Ok(bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize].to_vec());
+        };
+        if range.start > range.end || range.end > len {
+            return Err(StoreError::Range {
+                id,
+                start: range.start,
+                end: range.end,
+                len,
+            });
+        }
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ob = u64::from(outboard_bytes(loc.payload));
+        if ob == 0 {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            if blake3::hash(&bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize]).as_bytes()
+                != &id.0
+            {
+                return Err(self.corrupt(id, "payload does not hash to the id"));
+            }
+            let (s, e) = (
+                usize::try_from(range.start).expect("small"),
+                usize::try_from(range.end).expect("small"),
+            );
+            return Ok(bytes[HEADER_BYTES + s..HEADER_BYTES + e].to_vec());
+        }
+        // Read the groups the range covers and the outboard; check each group against
+        // the outboard and the outboard against the id.
+        let (g0, first) = group_of(range.start, len);
+        let (_, last) = group_of(range.end - 1, len);
+        let base = loc.offset() + HEADER_BYTES as u64;
+        let data_at = base + first.start;
+        let (data, outboard) = futures_lite::future::zip(
+            self.read(&id, &file, data_at, last.end - first.start),
+            self.read(&id, &file, base + len, ob),
+        )
+        .await;
+        let (data, outboard) = (data?, outboard?);
+        let skip = usize::try_from(data_at - align_down(data_at)).expect("small");
+        let oskip = usize::try_from(base + len - align_down(base + len)).expect("small");
+        let outboard = &outboard[oskip..oskip + usize::try_from(ob).expect("small")];
+        let tree = Tree::new(len, outboard, None);
+        if tree.root().as_bytes() != &id.0 {
+            return Err(self.corrupt(id, "outboard does not hash to the id"));
+        }
+        let data = &data[skip..skip + usize::try_from(last.end - first.start).expect("small")];
+        for (g, group) in (g0..).zip(data.chunks(GROUP_BYTES)) {
+            if !tree.group_matches(g, group) {
+                return Err(self.corrupt(id, format!("group {g} does not match the outboard")));
+            }
+        }
+        let s = usize::try_from(range.start - first.start).expect("small");
+        let e = usize::try_from(range.end - first.start).expect("small");
+        Ok(data[s..e].to_vec())
+    }
+
+    async fn prove(&self, id: ChunkId, leaf: u64) -> Result<Vec<u8>, StoreError> {
+        let loc = self.lookup(&id)?;
+        let file = self.file(&loc).ok_or(StoreError::NotFound(id))?;
+        let len = u64::from(loc.payload);
+        if leaf >= proto::proof::leaf_count(len) {
+            return Err(StoreError::Leaf { id, leaf, len });
+        }
+        self.counters.borrow_mut().proofs += 1;
+        let ob = u64::from(outboard_bytes(loc.payload));
+        let (g, group) = group_of(leaf * proto::proof::LEAF_BYTES, len);
+        let base = loc.offset() + HEADER_BYTES as u64;
+        let (proof, root) = if ob == 0 {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
+            Tree::new(len, &[], Some((0, payload))).prove(leaf)
+        } else {
+            // Group and outboard are usually within a few sectors of each other only for
+            // small chunks; two reads in flight at once either way.
+            let (data, outboard) = futures_lite::future::zip(
+                self.read(&id, &file, base + group.start, group.end - group.start),
+                self.read(&id, &file, base + len, ob),
+            )
+            .await;
+            let (data, outboard) = (data?, outboard?);
+            let skip = usize::try_from(base + group.start - align_down(base + group.start))
+                .expect("small");
+            let oskip = usize::try_from(base + len - align_down(base + len)).expect("small");
+            let bytes =
+                &data[skip..skip + usize::try_from(group.end - group.start).expect("small")];
+            let outboard = &outboard[oskip..oskip + usize::try_from(ob).expect("small")];
+            Tree::new(len, outboard, Some((g, bytes))).prove(leaf)
+        };
+        if root.as_bytes() != &id.0 {
+            return Err(self.corrupt(id, "the proof does not hash to the id"));
+        }
+        Ok(proof)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let c = self.counters.borrow();
+        let index = self.index.borrow();
+        let mut s = StoreStats {
+            chunks: index.len() as u64,
+            puts: c.puts,
+            gets: c.gets,
+            proofs: c.proofs,
+            syncs: c.syncs,
+            corrupt_reads: c.corrupt_reads,
+            truncated_bytes: c.truncated_bytes,
+            compacted_segments: c.compacted_segments,
+            index_bytes: index_heap_bytes(&index),
+            ..StoreStats::default()
+        };
+        for vol in &self.vols {
+            let st = vol.st.borrow();
+            s.used_bytes += st.used;
+            s.capacity_bytes = s.capacity_bytes.saturating_add(st.capacity);
+            s.segments += st.segs.len() as u64;
+            s.live_bytes += st.segs.values().map(|g| g.live).sum::<u64>();
+        }
+        s
+    }
+
+    // ---- checkpoints, recovery, compaction ----
+
+    async fn checkpoint_all(&self) -> Result<(), StoreError> {
+        for v in 0..self.vols.len() {
+            self.checkpoint(v).await?;
+        }
+        Ok(())
+    }
+
+    async fn checkpoint(&self, v: usize) -> Result<(), StoreError> {
+        let vol = &self.vols[v];
+        let _permit = vol
+            .checkpointing
+            .acquire_permit(1)
+            .await
+            .map_err(|e| StoreError::Io(format!("checkpoint: {e}")))?;
+        let vno = Self::vol_no(v);
+        let (segments, since) = {
+            let st = vol.st.borrow();
+            let covers = st
+                .segs
+                .iter()
+                .map(|(&seq, s)| SegmentCover {
+                    seq,
+                    covered_end: s.synced,
+                })
+                .collect::<Vec<_>>();
+            (covers, st.since_checkpoint)
+        };
+        let entries: Vec<Entry> = self
+            .index
+            .borrow()
+            .iter()
+            .filter(|(_, l)| l.vol == vno)
+            .map(|(id, l)| Entry {
+                id: *id,
+                seq: l.seq,
+                payload_bytes: l.payload,
+                offset: l.offset(),
+                expiry_unix_secs: u64::from(l.expiry),
+            })
+            .collect();
+        let bytes = glommio::executor()
+            .spawn_blocking(move || {
+                let mut entries = entries;
+                entries.sort_unstable_by_key(|e| e.id.0);
+                let cp = Checkpoint {
+                    shard: 0,
+                    segments,
+                    entries,
+                };
+                // Checked here so that a bug is an error, not a panic on this thread.
+                cp.validate().map(|()| cp.encode())
+            })
+            .await
+            .map_err(|e| StoreError::Io(format!("index checkpoint not written: {e}")))?;
+        vol.disk
+            .write_atomic(CHECKPOINT_FILE, bytes)
+            .await
+            .map_err(io_error("writing the index checkpoint"))?;
+        let mut st = vol.st.borrow_mut();
+        st.since_checkpoint = st.since_checkpoint.saturating_sub(since);
+        Ok(())
+    }
+
+    async fn recover(&self) -> Result<(), StoreError> {
+        for v in 0..self.vols.len() {
+            self.recover_volume(v).await?;
+        }
+        // Live bytes per segment from the merged index.
+        let locs: Vec<Loc> = self.index.borrow().values().copied().collect();
+        for loc in locs {
+            self.add_live(&loc, true);
+        }
+        for v in 0..self.vols.len() {
+            self.rotate(v).await?;
+        }
+        Ok(())
+    }
+
+    async fn recover_volume(&self, v: usize) -> Result<(), StoreError> {
+        let vol = &self.vols[v];
+        let vno = Self::vol_no(v);
+        let names = vol.disk.list().map_err(io_error("listing the volume"))?;
+        let mut seqs: Vec<u32> = names.iter().filter_map(|n| seg_seq(n)).collect();
+        seqs.sort_unstable();
+        for n in names.iter().filter(|n| n.ends_with(".tmp")) {
+            let _ = vol.disk.remove(n).await;
+        }
+        let checkpoint = match vol.disk.read(CHECKPOINT_FILE).await {
+            Ok(Some(bytes)) => match Checkpoint::decode(&bytes) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!(
+                        "engine: ignoring the index checkpoint ({e}); scanning every segment"
+                    );
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => return Err(io_error("reading the index checkpoint")(e)),
+        };
+        let now = now_secs();
+        let mut covers: HashMap<u32, u64> = HashMap::new();
+        if let Some(cp) = &checkpoint {
+            covers = cp.segments.iter().map(|s| (s.seq, s.covered_end)).collect();
+            let newest = cp.segments.last().map_or(0, |s| s.seq);
+            // Segments older than the checkpoint's newest that it does not list were
+            // compacted away before it was written: their file only lingered.
+            for &seq in seqs
+                .iter()
+                .filter(|&&s| s <= newest && !covers.contains_key(&s))
+            {
+                vol.disk
+                    .remove(&seg_name(seq))
+                    .await
+                    .map_err(io_error("removing a compacted segment"))?;
+            }
+            seqs.retain(|s| *s > newest || covers.contains_key(s));
+            for e in &cp.entries {
+                if !seqs.contains(&e.seq) {
+                    return Err(StoreError::Io(format!(
+                        "the index checkpoint places chunk {} in segment {}, which is missing",
+                        e.id, e.seq
+                    )));
+                }
+                let loc = Loc {
+                    vol: vno,
+                    seq: e.seq,
+                    sector: u32::try_from(e.offset / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX),
+                    payload: e.payload_bytes,
+                    expiry: expiry32(e.expiry_unix_secs),
+                };
+                if !loc.expired(now) {
+                    self.index.borrow_mut().insert(e.id, loc);
+                }
+            }
+        }
+        let last = seqs.last().copied();
+        let mut scanned = 0u64;
+        for &seq in &seqs {
+            let file = vol
+                .disk
+                .open(&seg_name(seq))
+                .await
+                .map_err(io_error("opening a segment"))?;
+            let size = file.size().await.map_err(io_error("sizing a segment"))?;
+            let start = covers.get(&seq).copied().unwrap_or(0);
+            let mut walk = Walk::new(seq, start, size);
+            while let Some((base, _bytes, found)) = walk
+                .next(&file)
+                .await
+                .map_err(io_error("scanning a segment"))?
+            {
+                for l in found {
+                    let h = l.header;
+                    let sector = u32::try_from((base + l.offset) / u64::from(SECTOR_BYTES))
+                        .unwrap_or(u32::MAX);
+                    match h.kind {
+                        RecordKind::Chunk => {
+                            let loc = Loc {
+                                vol: vno,
+                                seq,
+                                sector,
+                                payload: h.payload_bytes,
+                                expiry: expiry32(h.expiry_unix_secs),
+                            };
+                            if !loc.expired(now) {
+                                let mut index = self.index.borrow_mut();
+                                let keep = index.get(&h.id).map_or(loc, |old| Loc {
+                                    expiry: if old.expiry == 0 || loc.expiry == 0 {
+                                        0
+                                    } else {
+                                        old.expiry.max(loc.expiry)
+                                    },
+                                    ..loc
+                                });
+                                index.insert(h.id, keep);
+                            }
+                        }
+                        RecordKind::Tombstone => {
+                            let mut index = self.index.borrow_mut();
+                            if index.get(&h.id).is_some_and(|l| l.vol == vno) {
+                                index.remove(&h.id);
+                            }
+                        }
+                    }
+                }
+            }
+            let end = walk.end.take().unwrap_or(ScanEnd::Clean { offset: size });
+            scanned += end.offset().saturating_sub(start);
+            let mut kept = size;
+            if Some(seq) == last {
+                if end.offset() < size {
+                    // A torn or unfinished tail: nothing in it was acknowledged.
+                    file.truncate(end.offset())
+                        .await
+                        .map_err(io_error("truncating a torn tail"))?;
+                    file.sync()
+                        .await
+                        .map_err(io_error("syncing a truncated segment"))?;
+                    self.counters.borrow_mut().truncated_bytes += size - end.offset();
+                    kept = end.offset();
+                }
+            } else if let ScanEnd::Torn { offset, error } = &end {
+                eprintln!(
+                    "engine: segment {seq} is damaged at byte {offset} ({error}); records after it are unreachable"
+                );
+                self.counters.borrow_mut().corrupt_reads += 1;
+            }
+            let readable = kept.min(end.offset());
+            // Entries the checkpoint placed past what the segment now holds were cut off
+            // by damage outside the store: they cannot be served.
+            let lost: Vec<ChunkId> = self
+                .index
+                .borrow()
+                .iter()
+                .filter(|(_, l)| l.vol == vno && l.seq == seq && l.offset() + l.span() > readable)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                eprintln!(
+                    "engine: chunk {id} lies past the end of segment {seq}; dropped from the index"
+                );
+                self.index.borrow_mut().remove(&id);
+                self.counters.borrow_mut().corrupt_reads += 1;
+            }
+            let mut st = vol.st.borrow_mut();
+            let mut seg = Seg::new(file, kept, true);
+            seg.synced = readable;
+            st.segs.insert(seq, seg);
+            st.used += kept;
+            st.next_seq = st.next_seq.max(seq + 1);
+        }
+        vol.st.borrow_mut().since_checkpoint = scanned;
+        Ok(())
+    }
+
+    /// Sweeps expired chunks, then compacts every sealed segment whose live fraction is
+    /// below the threshold. Returns how many segments were compacted.
+    async fn compact(&self) -> Result<u64, StoreError> {
+        let now = now_secs();
+        let expired: Vec<ChunkId> = self
+            .index
+            .borrow()
+            .iter()
+            .filter(|(_, l)| l.expired(now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.index_remove(&id);
+        }
+        let mut total = 0;
+        for v in 0..self.vols.len() {
+            let victims: Vec<u32> = {
+                let st = self.vols[v].st.borrow();
+                st.segs
+                    .iter()
+                    .filter(|(&seq, s)| {
+                        seq != st.active
+                            && s.sealed
+                            && s.done.is_empty()
+                            && (s.written == s.reserved || s.broken)
+                            && (s.live as f64) < self.cfg.compact_below * (s.reserved.max(1) as f64)
+                    })
+                    .map(|(&seq, _)| seq)
+                    .collect()
+            };
+            if victims.is_empty() {
+                continue;
+            }
+            for &seq in &victims {
+                self.copy_live(v, seq).await?;
+            }
+            // The copies are durable; the checkpoint must say so before the files go.
+            self.checkpoint(v).await?;
+            for seq in victims {
+                let seg = self.vols[v].st.borrow_mut().segs.remove(&seq);
+                if let Some(seg) = seg {
+                    self.vols[v].st.borrow_mut().used -= seg.reserved;
+                    drop(seg);
+                    self.vols[v]
+                        .disk
+                        .remove(&seg_name(seq))
+                        .await
+                        .map_err(io_error("removing a compacted segment"))?;
+                    total += 1;
+                }
+            }
+        }
+        self.counters.borrow_mut().compacted_segments += total;
+        Ok(total)
+    }
+
+    /// Copies segment `seq`'s live records (and the tombstones still needed) into the
+    /// active segment, through the normal write path.
+    async fn copy_live(&self, v: usize, seq: u32) -> Result<(), StoreError> {
+        let vno = Self::vol_no(v);
+        let (file, size) = {
+            let st = self.vols[v].st.borrow();
+            let s = &st.segs[&seq];
+            (s.file.clone(), s.synced)
+        };
+        let mut walk = Walk::new(seq, 0, size);
+        while let Some((base, bytes, found)) = walk
+            .next(&*file)
+            .await
+            .map_err(io_error("reading a segment to compact"))?
+        {
+            for l in found {
+                let h = l.header;
+                let at = base + l.offset;
+                let from = Loc {
+                    vol: vno,
+                    seq,
+                    sector: u32::try_from(at / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX),
+                    payload: h.payload_bytes,
+                    expiry: 0,
+                };
+                let then = match h.kind {
+                    RecordKind::Chunk => {
+                        let current = self.index.borrow().get(&h.id).copied();
+                        match current {
+                            Some(cur)
+                                if cur.vol == vno
+                                    && cur.seq == seq
+                                    && cur.sector == from.sector =>
+                            {
+                                Then::Copy { from: cur }
+                            }
+                            _ => continue,
+                        }
+                    }
+                    RecordKind::Tombstone => {
+                        let target = u32::try_from(h.expiry_unix_secs).unwrap_or(u32::MAX);
+                        if target == seq || !self.vols[v].st.borrow().segs.contains_key(&target) {
+                            continue;
+                        }
+                        Then::Keep
+                    }
+                };
+                let span = usize::try_from(record_span(h.payload_bytes)).expect("fits");
+                let from_at = usize::try_from(l.offset).expect("window");
+                let mut buf = file.alloc(span);
+                buf.bytes_mut()
+                    .copy_from_slice(&bytes[from_at..from_at + span]);
+                self.append(v, h, buf, then).await?;
+            }
+        }
+        if let Some(ScanEnd::Torn { offset, error }) = walk.end {
+            return Err(StoreError::Io(format!(
+                "segment {seq} is damaged at byte {offset} ({error}); not compacted"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Heap bytes of the index: hashbrown keeps one control byte per bucket beside the
+/// entries, and a power-of-two number of buckets at most 7/8 full.
+fn index_heap_bytes(index: &HashMap<ChunkId, Loc>) -> u64 {
+    let cap = index.capacity();
+    if cap == 0 {
+        return 0;
+    }
+    let buckets = if cap < 8 {
+        (cap + 1).next_power_of_two()
+    } else {
+        (cap * 8 / 7).next_power_of_two()
+    };
+    (buckets * (std::mem::size_of::<(ChunkId, Loc)>() + 1)) as u64
+}

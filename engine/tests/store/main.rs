@@ -1,0 +1,507 @@
+//! The host chunk store end to end: on real disks through glommio, and on the in-memory
+//! twin that tears writes, flips bits, fills up and fails fsync.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use engine::codec::crc32c;
+use engine::store::disk::{MemDisk, Rng};
+use engine::store::record::{encode_record, RecordHeader, RecordKind};
+use engine::store::{Engine, EngineConfig, PutOutcome, StoreError};
+use proto::{proof, ChunkId};
+
+/// A deterministic chunk: its id, CRC32C and bytes.
+fn chunk(seed: u64, len: usize) -> (ChunkId, u32, Vec<u8>) {
+    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ len as u64);
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        data.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    data.truncate(len);
+    (ChunkId::of(&data), crc32c(&data), data)
+}
+
+fn cfg(dirs: &[&Path], shards: usize) -> EngineConfig {
+    let mut c = EngineConfig::new(dirs.iter().map(|d| d.to_path_buf()).collect(), shards);
+    c.maintenance_every = None;
+    c
+}
+
+fn mem_cfg(shards: usize) -> EngineConfig {
+    let mut c = EngineConfig::new(Vec::new(), shards);
+    c.maintenance_every = None;
+    c
+}
+
+fn open_mem(c: &EngineConfig, disks: &[MemDisk]) -> Engine {
+    Engine::open_on(c, disks.iter().map(|d| vec![d.clone()]).collect()).unwrap()
+}
+
+fn put(e: &Engine, c: &(ChunkId, u32, Vec<u8>)) -> Result<PutOutcome, StoreError> {
+    e.put(c.0, c.1, c.2.clone(), 0).wait()
+}
+
+const SIZES: [usize; 8] = [
+    1,
+    1000,
+    1024,
+    16 * 1024,
+    16 * 1024 + 1,
+    64 * 1024 + 16,
+    200_000,
+    (1 << 20) + 16,
+];
+
+#[test]
+fn put_get_range_prove_delete_on_real_disks() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let c = cfg(&[a.path(), b.path()], 2);
+    let e = Engine::open(&c).unwrap();
+    let chunks: Vec<_> = (0..24)
+        .map(|i| chunk(i, SIZES[i as usize % SIZES.len()]))
+        .collect();
+    for ch in &chunks {
+        assert_eq!(put(&e, ch).unwrap(), PutOutcome::Stored);
+    }
+    assert_eq!(put(&e, &chunks[0]).unwrap(), PutOutcome::Existing);
+    for (id, _, data) in &chunks {
+        assert_eq!(&e.get(*id).wait().unwrap(), data);
+        let len = data.len() as u64;
+        for r in [
+            0..len,
+            0..1,
+            len - 1..len,
+            len / 3..len / 2,
+            len / 2..len / 2,
+        ] {
+            let got = e.get_range(*id, r.clone()).wait().unwrap();
+            assert_eq!(got, data[r.start as usize..r.end as usize], "{len} {r:?}");
+        }
+        let leaves = proof::leaf_count(len);
+        for leaf in [0, leaves / 2, leaves - 1] {
+            let p = e.prove(*id, leaf).wait().unwrap();
+            assert_eq!(p, proof::prove(data, leaf).unwrap());
+            proof::verify(id, len, leaf, &p).unwrap();
+        }
+        assert!(matches!(
+            e.prove(*id, leaves).wait(),
+            Err(StoreError::Leaf { .. })
+        ));
+        assert!(matches!(
+            e.get_range(*id, 0..len + 1).wait(),
+            Err(StoreError::Range { .. })
+        ));
+    }
+    // Both data directories hold segments, for both shards.
+    for d in [a.path(), b.path()] {
+        for s in 0..2 {
+            assert!(d.join(format!("shard-{s}")).is_dir());
+        }
+    }
+    // Every rejection, and nothing stored by any of them.
+    let (id, crc, data) = chunk(99, 5000);
+    assert!(matches!(
+        e.put(id, crc ^ 1, data.clone(), 0).wait(),
+        Err(StoreError::CrcMismatch { .. })
+    ));
+    let other = chunk(98, 5000).0;
+    assert!(matches!(
+        e.put(other, crc, data.clone(), 0).wait(),
+        Err(StoreError::IdMismatch { .. })
+    ));
+    assert!(matches!(
+        e.put(id, crc32c(&[]), Vec::new(), 0).wait(),
+        Err(StoreError::Size(0))
+    ));
+    assert_eq!(e.get(id).wait(), Err(StoreError::NotFound(id)));
+    assert_eq!(e.get(other).wait(), Err(StoreError::NotFound(other)));
+    // Delete.
+    let gone = chunks[3].0;
+    assert!(e.delete(gone).wait().unwrap());
+    assert!(!e.delete(gone).wait().unwrap());
+    assert_eq!(e.get(gone).wait(), Err(StoreError::NotFound(gone)));
+    let stats = e.stats().unwrap();
+    assert_eq!(stats.chunks, 23);
+    assert_eq!(stats.corrupt_reads, 0);
+    e.shutdown().unwrap();
+
+    // A restart from the checkpoint, then one with no checkpoint at all (full scan): the
+    // same chunks, the deleted one still gone.
+    for drop_checkpoints in [false, true] {
+        if drop_checkpoints {
+            for d in [a.path(), b.path()] {
+                for s in 0..2 {
+                    std::fs::remove_file(d.join(format!("shard-{s}/index.msix"))).unwrap();
+                }
+            }
+        }
+        let e = Engine::open(&c).unwrap();
+        for (i, (id, _, data)) in chunks.iter().enumerate() {
+            if i == 3 {
+                assert_eq!(e.get(*id).wait(), Err(StoreError::NotFound(*id)));
+            } else {
+                assert_eq!(
+                    &e.get(*id).wait().unwrap(),
+                    data,
+                    "restart {drop_checkpoints}"
+                );
+            }
+        }
+        e.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&[dir.path()], 1);
+    let chunks: Vec<_> = (0..5).map(|i| chunk(i, 30_000)).collect();
+    let e = Engine::open(&c).unwrap();
+    for ch in &chunks {
+        put(&e, ch).unwrap();
+    }
+    e.shutdown().unwrap();
+    // The active segment (the newest) ends in a record cut after two of its eight sectors,
+    // as a crash mid-write leaves it.
+    let shard = dir.path().join("shard-0");
+    let mut segs: Vec<_> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "msd"))
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let seq: u32 = last.file_stem().unwrap().to_str().unwrap()[4..]
+        .parse()
+        .unwrap();
+    let (id, crc, data) = chunk(66, 30_000);
+    let header = RecordHeader {
+        kind: RecordKind::Chunk,
+        id,
+        payload_bytes: 30_000,
+        payload_crc32c: crc,
+        expiry_unix_secs: 0,
+        segment_seq: seq,
+    };
+    let mut torn = std::fs::read(last).unwrap();
+    let at = torn.len();
+    encode_record(&header, &data, &mut torn);
+    torn.truncate(at + 8192);
+    std::fs::write(last, &torn).unwrap();
+    let e = Engine::open(&c).unwrap();
+    let stats = e.stats().unwrap();
+    assert_eq!(stats.truncated_bytes, 8192, "{stats:?}");
+    for (id, _, data) in &chunks {
+        assert_eq!(&e.get(*id).wait().unwrap(), data);
+    }
+    // Writing goes on after the truncated tail.
+    let more = chunk(77, 9000);
+    put(&e, &more).unwrap();
+    e.shutdown().unwrap();
+    let e = Engine::open(&c).unwrap();
+    assert_eq!(e.get(more.0).wait().unwrap(), more.2);
+    assert_eq!(e.stats().unwrap().truncated_bytes, 0);
+}
+
+/// Puts from several threads at once with the twin crashing at a random instant: every
+/// chunk acknowledged before the crash reads back intact afterwards, and nothing else
+/// reads back wrong.
+#[test]
+fn torn_writes_never_lose_an_acknowledged_chunk() {
+    for round in 0..12u64 {
+        let disk = MemDisk::new();
+        let mut c = mem_cfg(1);
+        c.segment_bytes = 256 * 1024;
+        c.checkpoint_every_bytes = 300 * 1024;
+        let e = open_mem(&c, std::slice::from_ref(&disk));
+        let mut rng = Rng(round);
+        let crash_after = 10 + rng.below(60) as usize;
+        let chunks: Vec<_> = (0..200)
+            .map(|i| chunk(round * 1000 + i, 1 + rng.below(70_000) as usize))
+            .collect();
+        // Keep many puts in flight; crash after `crash_after` acknowledgements.
+        let mut pending = std::collections::VecDeque::new();
+        let mut acked = Vec::new();
+        let mut next = 0;
+        let image = loop {
+            while pending.len() < 16 && next < chunks.len() {
+                let (id, crc, data) = chunks[next].clone();
+                pending.push_back((next, e.put(id, crc, data, 0)));
+                next += 1;
+            }
+            let (i, p) = pending.pop_front().unwrap();
+            p.wait().unwrap();
+            acked.push(i);
+            if acked.len() == crash_after {
+                break disk.crash(&mut rng);
+            }
+        };
+        drop(pending);
+        drop(e);
+        let e = open_mem(&c, std::slice::from_ref(&image));
+        for (i, (id, _, data)) in chunks.iter().enumerate() {
+            match e.get(*id).wait() {
+                Ok(got) => assert_eq!(&got, data, "round {round}: chunk {i} reads back wrong"),
+                Err(StoreError::NotFound(_)) => {
+                    assert!(
+                        !acked.contains(&i),
+                        "round {round}: acknowledged chunk {i} lost"
+                    )
+                }
+                Err(other) => panic!("round {round}: chunk {i}: {other}"),
+            }
+        }
+        // The recovered store keeps working, and survives a second crash.
+        let extra = chunk(round * 1000 + 999, 20_000);
+        put(&e, &extra).unwrap();
+        let image2 = image.crash(&mut rng);
+        drop(e);
+        let e = open_mem(&c, &[image2]);
+        assert_eq!(e.get(extra.0).wait().unwrap(), extra.2);
+        for &i in &acked {
+            assert_eq!(e.get(chunks[i].0).wait().unwrap(), chunks[i].2);
+        }
+    }
+}
+
+#[test]
+fn flipped_bits_are_reported_as_corruption_never_served() {
+    let disk = MemDisk::new();
+    let c = mem_cfg(1);
+    let e = open_mem(&c, std::slice::from_ref(&disk));
+    let big = chunk(1, 100_000); // 7 groups: outboard of 224 bytes
+    let small = chunk(2, 3000);
+    put(&e, &big).unwrap();
+    put(&e, &small).unwrap();
+    let seg = disk
+        .file_names()
+        .into_iter()
+        .find(|n| n.ends_with(".msd") && disk.file_len(n).unwrap() > 0)
+        .unwrap();
+    // big's record is first at offset 0: header 64 bytes, payload, outboard.
+    disk.flip_bit(&seg, 64 + 20_000, 3); // payload, group 1
+    assert!(matches!(
+        e.get(big.0).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        e.get_range(big.0, 16_384..20_480).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        e.prove(big.0, 19).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    // Other groups still verify and are served.
+    assert_eq!(
+        e.get_range(big.0, 40_000..50_000).wait().unwrap(),
+        big.2[40_000..50_000]
+    );
+    assert_eq!(
+        e.prove(big.0, 60).wait().unwrap(),
+        proof::prove(&big.2, 60).unwrap()
+    );
+    // The outboard (group 0's value, off leaf 60's path but under the root), then a header.
+    disk.flip_bit(&seg, 64 + 100_000 + 5, 0);
+    assert!(matches!(
+        e.prove(big.0, 60).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        e.get_range(big.0, 40_000..50_000).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let small_at = 25 * 4096; // record_span(100_000): 64 + 100_000 + 224 bytes, 25 sectors
+    disk.flip_bit(&seg, small_at + 45, 1);
+    assert!(matches!(
+        e.get(small.0).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(e.stats().unwrap().corrupt_reads >= 6);
+}
+
+#[test]
+fn failed_fsync_and_failed_writes_lose_nothing_acknowledged() {
+    for (name, arm) in [
+        (
+            "fsync",
+            (|d: &MemDisk| d.fail_syncs_after(3)) as fn(&MemDisk),
+        ),
+        ("write", |d: &MemDisk| d.fail_writes_after(4)),
+        ("enospc", |d: &MemDisk| d.set_capacity(Some(200_000))),
+    ] {
+        let disk = MemDisk::new();
+        let mut c = mem_cfg(1);
+        c.segment_bytes = 128 * 1024;
+        let e = open_mem(&c, std::slice::from_ref(&disk));
+        arm(&disk);
+        let chunks: Vec<_> = (0..12).map(|i| chunk(i + 50, 30_000)).collect();
+        let mut acked = Vec::new();
+        let mut failures = 0;
+        for (i, ch) in chunks.iter().enumerate() {
+            match put(&e, ch) {
+                Ok(_) => acked.push(i),
+                Err(StoreError::Io(_) | StoreError::Full { .. }) => failures += 1,
+                Err(other) => panic!("{name}: {other}"),
+            }
+        }
+        assert!(
+            failures > 0 && !acked.is_empty(),
+            "{name}: {failures} failures"
+        );
+        for &i in &acked {
+            assert_eq!(e.get(chunks[i].0).wait().unwrap(), chunks[i].2, "{name}");
+        }
+        // Healed, the store takes writes again (in a new segment), and a crash keeps
+        // everything acknowledged.
+        disk.heal();
+        for (i, ch) in chunks.iter().enumerate() {
+            if !acked.contains(&i) {
+                put(&e, ch).unwrap();
+                acked.push(i);
+            }
+        }
+        let image = disk.crash(&mut Rng(7));
+        drop(e);
+        let e = open_mem(&c, &[image]);
+        for &i in &acked {
+            assert_eq!(
+                e.get(chunks[i].0).wait().unwrap(),
+                chunks[i].2,
+                "{name} after crash"
+            );
+        }
+    }
+}
+
+#[test]
+fn configured_capacity_is_a_clean_full_error() {
+    let disk = MemDisk::new();
+    let mut c = mem_cfg(1);
+    c.capacity_bytes = Some(100 * 1024);
+    let e = open_mem(&c, std::slice::from_ref(&disk));
+    let a = chunk(1, 60_000);
+    let b = chunk(2, 60_000);
+    put(&e, &a).unwrap();
+    assert!(matches!(put(&e, &b), Err(StoreError::Full { .. })));
+    assert_eq!(e.get(a.0).wait().unwrap(), a.2);
+    let s = e.stats().unwrap();
+    assert_eq!(s.capacity_bytes, 100 * 1024);
+    assert!(s.used_bytes <= s.capacity_bytes);
+}
+
+#[test]
+fn expired_chunks_are_not_served_and_compaction_frees_them() {
+    let disk = MemDisk::new();
+    let mut c = mem_cfg(1);
+    c.segment_bytes = 64 * 1024;
+    let e = open_mem(&c, std::slice::from_ref(&disk));
+    let past = 1_000_000_000; // 2001
+    let old: Vec<_> = (0..6).map(|i| chunk(i, 20_000)).collect();
+    for (id, crc, data) in &old {
+        e.put(*id, *crc, data.clone(), past).wait().unwrap();
+        assert_eq!(e.get(*id).wait(), Err(StoreError::NotFound(*id)));
+    }
+    let keep = chunk(100, 20_000);
+    put(&e, &keep).unwrap();
+    let before = e.stats().unwrap();
+    assert!(e.compact().unwrap() >= 2);
+    let after = e.stats().unwrap();
+    assert!(after.used_bytes < before.used_bytes, "{before:?} {after:?}");
+    assert_eq!(after.chunks, 1);
+    assert_eq!(e.get(keep.0).wait().unwrap(), keep.2);
+}
+
+/// Compaction while puts and gets go on from another thread, with the twin crashing in
+/// the middle: live chunks survive, deleted ones stay deleted.
+#[test]
+fn compaction_under_load_and_crash_keeps_live_and_deleted_apart() {
+    for round in 0..4u64 {
+        let disk = MemDisk::new();
+        let mut c = mem_cfg(1);
+        c.segment_bytes = 128 * 1024;
+        c.checkpoint_every_bytes = 256 * 1024;
+        let e = std::sync::Arc::new(open_mem(&c, std::slice::from_ref(&disk)));
+        let chunks: Vec<_> = (0..60)
+            .map(|i| chunk(round * 100 + i, 9_000 + (i as usize * 97) % 20_000))
+            .collect();
+        for ch in &chunks {
+            put(&e, ch).unwrap();
+        }
+        let mut deleted = BTreeSet::new();
+        for i in (0..60).filter(|i| i % 4 != 0) {
+            assert!(e.delete(chunks[i].0).wait().unwrap());
+            deleted.insert(i);
+        }
+        let live: Vec<usize> = (0..60).filter(|i| !deleted.contains(i)).collect();
+        let segments_before = e.stats().unwrap().segments;
+        // Load on another thread: new puts and reads of live chunks, checked.
+        let load = {
+            let (e, chunks, live) = (e.clone(), chunks.clone(), live.clone());
+            std::thread::spawn(move || {
+                let mut added = Vec::new();
+                for k in 0..40u64 {
+                    let extra = chunk(round * 100 + 1000 + k, 12_000);
+                    put(&e, &extra).unwrap();
+                    added.push(extra);
+                    let i = live[k as usize % live.len()];
+                    assert_eq!(e.get(chunks[i].0).wait().unwrap(), chunks[i].2);
+                }
+                added
+            })
+        };
+        let compacted = e.compact().unwrap();
+        let added = load.join().unwrap();
+        assert!(compacted > 0);
+        let stats = e.stats().unwrap();
+        assert!(stats.segments < segments_before + 10, "{stats:?}");
+        for &i in &live {
+            assert_eq!(e.get(chunks[i].0).wait().unwrap(), chunks[i].2);
+        }
+        for &i in &deleted {
+            assert_eq!(
+                e.get(chunks[i].0).wait(),
+                Err(StoreError::NotFound(chunks[i].0))
+            );
+        }
+        // A crash now, and a restart with no checkpoint at all: same answer.
+        let image = disk.crash(&mut Rng(round));
+        let e2 = open_mem(&c, std::slice::from_ref(&image));
+        let bare = image.crash(&mut Rng(round + 1));
+        bare.remove_file("index.msix"); // the next open scans every segment
+        let e3 = open_mem(&c, &[bare]);
+        for engine in [&e2, &e3] {
+            for &i in &live {
+                assert_eq!(engine.get(chunks[i].0).wait().unwrap(), chunks[i].2);
+            }
+            for &i in &deleted {
+                assert_eq!(
+                    engine.get(chunks[i].0).wait(),
+                    Err(StoreError::NotFound(chunks[i].0)),
+                    "deleted chunk {i} came back"
+                );
+            }
+            for x in &added {
+                assert_eq!(engine.get(x.0).wait().unwrap(), x.2);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_index_costs_few_bytes_per_chunk() {
+    let disk = MemDisk::new();
+    let e = open_mem(&mem_cfg(1), std::slice::from_ref(&disk));
+    for i in 0..3000 {
+        put(&e, &chunk(i, 100)).unwrap();
+    }
+    let s = e.stats().unwrap();
+    let per = s.index_bytes as f64 / s.chunks as f64;
+    assert!((52.0..=128.0).contains(&per), "{per} bytes per chunk");
+}

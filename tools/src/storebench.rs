@@ -1,0 +1,374 @@
+//! `engine-bench` (no subcommand): the host chunk store against the disk it runs on, in one
+//! run on one directory: fio's sequential write, sequential read and 4 KiB random read
+//! (as many jobs as the store has shards), a naive one-file-per-chunk store, and the
+//! engine's durable put, get and storage challenge at each chunk size; then a restart with a
+//! large index. Every engine figure is quoted as a ratio to fio's and to the naive store's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use engine::codec::crc32c;
+use engine::store::disk::Rng;
+use engine::store::{Engine, EngineConfig, Pending};
+use proto::ChunkId;
+
+use crate::diskbench::{self, FioJob, Row, Timed};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct StoreBench {
+    pub dir: PathBuf,
+    /// Bytes written per chunk size (and by each fio sequential job set).
+    pub size: u64,
+    pub chunk_sizes: Vec<u64>,
+    pub shards: usize,
+    /// Client threads issuing requests.
+    pub clients: usize,
+    /// Requests each client keeps in flight.
+    pub depth: usize,
+    /// Seconds of random reads (fio) and challenges (engine).
+    pub random_secs: u32,
+    /// Chunks in the restart measurement; 0 skips it.
+    pub restart_chunks: u64,
+    /// Skip fio and the naive store (engine rows only, no ratios).
+    pub engine_only: bool,
+}
+
+/// The restart measurement.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restart {
+    pub chunks: u64,
+    pub put_seconds: f64,
+    pub open_from_checkpoint_s: f64,
+    pub open_full_scan_s: f64,
+    pub index_bytes_per_chunk: f64,
+}
+
+/// Challenges per `prove_many` call: 64 per shard in flight, fio's random-read depth × 2.
+const CHALLENGE_BATCH: usize = 128;
+
+/// fio's queue depth for 1 MiB sequential I/O: deep enough that fio, not the queue, is
+/// the limit (the engine keeps clients × depth chunks in flight).
+const FIO_SEQ_DEPTH: u32 = 32;
+
+fn chunks(seed: u64, count: u64, bytes: u64) -> Vec<(ChunkId, u32, Vec<u8>)> {
+    let len = usize::try_from(bytes).expect("chunk fits in memory");
+    (0..count)
+        .map(|i| {
+            let mut rng = Rng(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut data = vec![0u8; len];
+            for w in data.chunks_mut(8) {
+                let x = rng.next_u64().to_le_bytes();
+                w.copy_from_slice(&x[..w.len()]);
+            }
+            (ChunkId::of(&data), crc32c(&data), data)
+        })
+        .collect()
+}
+
+/// Runs requests `0..n` from `threads` client threads, each keeping `depth` requests in
+/// flight (`submit` starts one, `check` looks at its answer); latency is from submission
+/// until the client takes the answer, in submission order.
+fn timed<T>(
+    n: u64,
+    threads: usize,
+    depth: usize,
+    bytes_each: u64,
+    submit: impl Fn(u64) -> Result<Pending<T>> + Sync,
+    check: impl Fn(T) -> Result<()> + Sync,
+) -> Result<Timed> {
+    let cpu0 = diskbench::cpu_seconds();
+    let start = Instant::now();
+    let lats: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads as u64)
+            .map(|t| {
+                let (submit, check) = (&submit, &check);
+                s.spawn(move || -> Result<Vec<f64>> {
+                    let mut lat = Vec::new();
+                    let mut inflight = std::collections::VecDeque::new();
+                    let mut i = t;
+                    loop {
+                        while inflight.len() < depth.max(1) && i < n {
+                            inflight.push_back((Instant::now(), submit(i)?));
+                            i += threads as u64;
+                        }
+                        let Some((t0, p)) = inflight.pop_front() else {
+                            break;
+                        };
+                        check(p.wait()?)?;
+                        lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let seconds = start.elapsed().as_secs_f64();
+    let latencies_us: Vec<f64> = lats.into_iter().flatten().collect();
+    Ok(Timed {
+        bytes: n * bytes_each,
+        ops: n,
+        seconds,
+        latencies_us,
+        cpu_s: diskbench::cpu_seconds() - cpu0,
+    })
+}
+
+fn row(workload: &str, chunk: u64, t: &Timed, iops_only: bool) -> Row {
+    Row {
+        workload: workload.to_string(),
+        chunk_bytes: Some(chunk),
+        gbps: (!iops_only).then(|| t.gbps()),
+        iops: Some(t.iops()),
+        p50_us: Some(t.p50()),
+        p99_us: Some(t.p99()),
+        cpu_s_per_gb: (!iops_only).then(|| t.cpu_s_per_gb()),
+        ratio_fio: None,
+        ratio_naive: None,
+    }
+}
+
+fn fio_row(workload: &str, block: u64, f: &diskbench::FioResult, iops_only: bool) -> Row {
+    Row {
+        workload: workload.to_string(),
+        chunk_bytes: Some(block),
+        gbps: (!iops_only).then_some(f.gbps),
+        iops: Some(f.iops),
+        p50_us: Some(f.p50_us),
+        p99_us: Some(f.p99_us),
+        cpu_s_per_gb: (!iops_only && f.bytes > 0).then(|| f.cpu_s / (f.bytes as f64 / 1e9)),
+        ratio_fio: None,
+        ratio_naive: None,
+    }
+}
+
+fn config(dir: &Path, shards: usize) -> EngineConfig {
+    let mut c = EngineConfig::new(vec![dir.to_path_buf()], shards);
+    c.maintenance_every = None;
+    c.pin = true;
+    c
+}
+
+impl StoreBench {
+    /// Runs everything; returns the table's rows and the restart figures.
+    pub fn run(&self, progress: &dyn Fn(&str)) -> Result<(Vec<Row>, Option<Restart>)> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let mut rows = Vec::new();
+        let (mut fio_w, mut fio_r, mut fio_rr) = (None, None, None);
+        if !self.engine_only {
+            let fio = diskbench::ensure_fio()?;
+            let per_job = (self.size / self.shards as u64).max(1 << 20);
+            progress("fio sequential write");
+            let qd = FIO_SEQ_DEPTH;
+            let w = diskbench::run_fio(
+                &fio,
+                &self.dir,
+                FioJob::SeqWrite,
+                self.shards,
+                per_job,
+                1 << 20,
+                qd,
+                0,
+            )?;
+            progress("fio sequential read");
+            let r = diskbench::run_fio(
+                &fio,
+                &self.dir,
+                FioJob::SeqRead,
+                self.shards,
+                per_job,
+                1 << 20,
+                qd,
+                0,
+            )?;
+            progress("fio 4 KiB random read");
+            let rr = diskbench::run_fio(
+                &fio,
+                &self.dir,
+                FioJob::RandRead4k,
+                self.shards,
+                per_job,
+                4096,
+                32,
+                self.random_secs,
+            )?;
+            diskbench::cleanup_fio(&self.dir)?;
+            rows.push(fio_row("fio seqwrite (end_fsync)", 1 << 20, &w, false));
+            rows.push(fio_row("fio seqread", 1 << 20, &r, false));
+            rows.push(fio_row("fio randread", 4096, &rr, true));
+            (fio_w, fio_r, fio_rr) = (Some(w.gbps), Some(r.gbps), Some(rr.iops));
+        }
+        for &cb in &self.chunk_sizes {
+            let n = (self.size / cb).max(16);
+            progress(&format!("{} chunks of {}", n, crate::format_bytes(cb)));
+            let data = chunks(cb, n, cb);
+            let (mut naive_put, mut naive_get) = (None, None);
+            if !self.engine_only {
+                progress("naive store put/get");
+                let bufs: Vec<Vec<u8>> = data.iter().map(|c| c.2.clone()).collect();
+                let p = diskbench::naive_put(&self.dir, &bufs, self.shards)?;
+                drop(bufs);
+                let g =
+                    diskbench::naive_get(&self.dir, data.len(), usize::try_from(cb)?, self.shards)?;
+                diskbench::naive_cleanup(&self.dir)?;
+                rows.push(row("naive put (file+fsync)", cb, &p, false));
+                rows.push(row("naive get", cb, &g, false));
+                (naive_put, naive_get) = (Some(p.gbps()), Some(g.gbps()));
+            }
+            let store_dir = self.dir.join("engine");
+            let _ = std::fs::remove_dir_all(&store_dir);
+            let cfg = config(&store_dir, self.shards);
+            let ids: Vec<(ChunkId, u32)> = data.iter().map(|c| (c.0, c.1)).collect();
+            let slots: Vec<std::sync::Mutex<Option<Vec<u8>>>> = data
+                .into_iter()
+                .map(|c| std::sync::Mutex::new(Some(c.2)))
+                .collect();
+            progress("engine put");
+            let engine = Arc::new(Engine::open(&cfg).map_err(anyhow::Error::msg)?);
+            // As many bytes in flight as fio keeps (jobs × depth × 1 MiB), at least `depth`
+            // requests per client.
+            let fio_bytes = (self.shards as u64 * u64::from(FIO_SEQ_DEPTH)) << 20;
+            let depth = usize::try_from(fio_bytes / cb / self.clients as u64)?.max(self.depth);
+            let put = timed(
+                n,
+                self.clients,
+                depth,
+                cb,
+                |i| {
+                    let i = usize::try_from(i)?;
+                    let bytes = slots[i]
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("poisoned"))?
+                        .take()
+                        .context("taken")?;
+                    Ok(engine.put(ids[i].0, ids[i].1, bytes, 0))
+                },
+                |_| Ok(()),
+            )?;
+            drop(slots);
+            Arc::try_unwrap(engine)
+                .map_err(|_| anyhow::anyhow!("engine still shared"))?
+                .shutdown()?;
+            let mut r = row("engine put (durable)", cb, &put, false);
+            r.ratio_fio = fio_w.map(|f| put.gbps() / f);
+            r.ratio_naive = naive_put.map(|f| put.gbps() / f);
+            rows.push(r);
+            progress("engine get");
+            let engine = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
+            let order: Vec<usize> = {
+                let mut rng = Rng(cb);
+                let mut o: Vec<usize> = (0..ids.len()).collect();
+                for k in (1..o.len()).rev() {
+                    o.swap(k, usize::try_from(rng.below(k as u64 + 1))?);
+                }
+                o
+            };
+            let get = timed(
+                n,
+                self.clients,
+                depth,
+                cb,
+                |i| Ok(engine.get(ids[order[usize::try_from(i)?]].0)),
+                |got| {
+                    anyhow::ensure!(got.len() as u64 == cb, "short read");
+                    Ok(())
+                },
+            )?;
+            let mut r = row("engine get (verified)", cb, &get, false);
+            r.ratio_fio = fio_r.map(|f| get.gbps() / f);
+            r.ratio_naive = naive_get.map(|f| get.gbps() / f);
+            rows.push(r);
+            progress("engine challenges");
+            let leaves = proto::proof::leaf_count(cb);
+            // A period's challenges arrive together: batches of random (chunk, leaf), each
+            // answered with one message per shard; latency is each proof's own, on its shard.
+            let t0 = Instant::now();
+            let cpu0 = diskbench::cpu_seconds();
+            let mut rng = Rng(cb ^ 0xc4a1);
+            let mut all = Timed::default();
+            while t0.elapsed().as_secs() < u64::from(self.random_secs) {
+                let batch: Vec<(ChunkId, u64)> = (0..CHALLENGE_BATCH)
+                    .map(|_| {
+                        let c = usize::try_from(rng.below(ids.len() as u64)).unwrap_or(0);
+                        (ids[c].0, rng.below(leaves))
+                    })
+                    .collect();
+                for a in engine.prove_many(&batch)? {
+                    anyhow::ensure!(!a.proof?.is_empty(), "empty proof");
+                    all.latencies_us.push(a.micros as f64);
+                    all.ops += 1;
+                }
+            }
+            all.seconds = t0.elapsed().as_secs_f64();
+            all.cpu_s = diskbench::cpu_seconds() - cpu0;
+            let mut r = row("engine challenge (1 KiB leaf proof)", cb, &all, true);
+            r.ratio_fio = fio_rr.map(|f| all.iops() / f);
+            rows.push(r);
+            engine.shutdown()?;
+            let _ = std::fs::remove_dir_all(&store_dir);
+        }
+        let restart = if self.restart_chunks > 0 {
+            Some(self.restart(progress)?)
+        } else {
+            None
+        };
+        Ok((rows, restart))
+    }
+
+    /// Puts many tiny chunks, then times a restart from the checkpoint and one that scans
+    /// every segment (checkpoints removed).
+    fn restart(&self, progress: &dyn Fn(&str)) -> Result<Restart> {
+        let n = self.restart_chunks;
+        progress(&format!("restart: putting {n} chunks of 64 bytes"));
+        let dir = self.dir.join("restart");
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = config(&dir, self.shards);
+        let engine = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
+        let t0 = Instant::now();
+        timed(
+            n,
+            self.clients,
+            self.depth * 8,
+            64,
+            |i| {
+                let mut data = [0u8; 64];
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                Ok(engine.put(ChunkId::of(&data), crc32c(&data), data.to_vec(), 0))
+            },
+            |_| Ok(()),
+        )?;
+        let put_seconds = t0.elapsed().as_secs_f64();
+        let stats = engine.stats()?;
+        engine.shutdown()?;
+        progress("restart: open from the checkpoint");
+        let t = Instant::now();
+        let e = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
+        let open_from_checkpoint_s = t.elapsed().as_secs_f64();
+        anyhow::ensure!(e.stats()?.chunks == n, "chunks lost at restart");
+        e.shutdown()?;
+        for s in 0..self.shards {
+            let _ = std::fs::remove_file(dir.join(format!("shard-{s}/index.msix")));
+        }
+        progress("restart: open by scanning every segment");
+        let t = Instant::now();
+        let e = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
+        let open_full_scan_s = t.elapsed().as_secs_f64();
+        anyhow::ensure!(e.stats()?.chunks == n, "chunks lost at restart");
+        e.shutdown()?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Restart {
+            chunks: n,
+            put_seconds,
+            open_from_checkpoint_s,
+            open_full_scan_s,
+            index_bytes_per_chunk: stats.index_bytes as f64 / n as f64,
+        })
+    }
+}
