@@ -100,7 +100,13 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut known: BTreeMap<u64, Known> = BTreeMap::new();
-    let mut rng = Rng(std::process::id().into());
+    // A new seed each run; MSPACE_CRASH_SEED replays one.
+    let seed = std::env::var("MSPACE_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()) ^ 0x5eed_0000);
+    println!("crash test seed {seed} (MSPACE_CRASH_SEED={seed} replays the kill points)");
+    let mut rng = Rng(seed);
     let mut first = 0u64;
     for round in 0..ROUNDS {
         let kill_after = 20 + rng.below(120);

@@ -236,7 +236,10 @@ impl DiskFile for DmaSegment {
 /// The in-memory twin. Writes land in what reads see at once and become durable at the
 /// next successful sync of their file; [`MemDisk::crash`] returns the disk as a power cut
 /// would leave it: durable bytes, plus each unsynced write kept whole, torn (a random
-/// subset of its sectors) or lost. Faults are armed by the test.
+/// subset of its sectors) or lost. Faults are armed by the test. As on POSIX, a removed
+/// file stays readable through handles opened before; creating, removing and renaming are
+/// durable at once (the real disk fsyncs the directory after each). Every file operation
+/// yields to the executor first, so the store's tasks interleave as they do on a real disk.
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
     inner: Arc<Mutex<MemState>>,
@@ -244,7 +247,9 @@ pub struct MemDisk {
 
 #[derive(Debug, Default)]
 struct MemState {
-    files: BTreeMap<String, MemFileState>,
+    names: BTreeMap<String, u64>,
+    inodes: BTreeMap<u64, MemFileState>,
+    next_inode: u64,
     /// Syncs that succeed before every later one fails.
     syncs_left: Option<u64>,
     /// Writes that succeed before every later one fails with EIO.
@@ -263,7 +268,23 @@ struct MemFileState {
 
 impl MemState {
     fn used(&self) -> u64 {
-        self.files.values().map(|f| f.live.len() as u64).sum()
+        self.names
+            .values()
+            .filter_map(|i| self.inodes.get(i))
+            .map(|f| f.live.len() as u64)
+            .sum()
+    }
+
+    fn insert(&mut self, name: &str, f: MemFileState) -> u64 {
+        self.next_inode += 1;
+        let ino = self.next_inode;
+        self.inodes.insert(ino, f);
+        self.names.insert(name.to_string(), ino);
+        ino
+    }
+
+    fn named(&self, name: &str) -> Option<&MemFileState> {
+        self.names.get(name).and_then(|i| self.inodes.get(i))
     }
 }
 
@@ -322,22 +343,23 @@ impl MemDisk {
     }
 
     pub fn file_names(&self) -> Vec<String> {
-        self.state().files.keys().cloned().collect()
+        self.state().names.keys().cloned().collect()
     }
 
     /// Removes a file outright (a test taking the checkpoint away, say).
     pub fn remove_file(&self, name: &str) -> bool {
-        self.state().files.remove(name).is_some()
+        self.state().names.remove(name).is_some()
     }
 
     pub fn file_len(&self, name: &str) -> Option<u64> {
-        self.state().files.get(name).map(|f| f.live.len() as u64)
+        self.state().named(name).map(|f| f.live.len() as u64)
     }
 
     /// Flips one bit of a file, in what reads see and in what survives a crash.
     pub fn flip_bit(&self, name: &str, byte: u64, bit: u8) {
         let mut s = self.state();
-        let f = s.files.get_mut(name).expect("flip_bit: no such file");
+        let ino = *s.names.get(name).expect("flip_bit: no such file");
+        let f = s.inodes.get_mut(&ino).expect("named inode");
         let at = usize::try_from(byte).expect("small");
         f.live[at] ^= 1 << bit;
         if let Some(b) = f.durable.get_mut(at) {
@@ -348,8 +370,9 @@ impl MemDisk {
     /// The disk after a power cut, with `rng` choosing each unsynced write's fate.
     pub fn crash(&self, rng: &mut Rng) -> MemDisk {
         let s = self.state();
-        let mut files = BTreeMap::new();
-        for (name, f) in &s.files {
+        let mut out = MemState::default();
+        for (name, ino) in &s.names {
+            let f = &s.inodes[ino];
             let mut bytes = f.durable.clone();
             for &(pos, len) in &f.unsynced {
                 let pos = usize::try_from(pos).expect("small");
@@ -361,20 +384,18 @@ impl MemDisk {
                         1 => rng.below(2) == 0,
                         _ => false,
                     };
-                    if keep {
-                        let end = (at + sector).min(pos + len).min(f.live.len());
-                        if at >= end {
-                            continue;
-                        }
-                        if bytes.len() < end {
-                            bytes.resize(end, 0);
-                        }
-                        bytes[at..end].copy_from_slice(&f.live[at..end]);
+                    let end = (at + sector).min(pos + len).min(f.live.len());
+                    if !keep || at >= end {
+                        continue;
                     }
+                    if bytes.len() < end {
+                        bytes.resize(end, 0);
+                    }
+                    bytes[at..end].copy_from_slice(&f.live[at..end]);
                 }
             }
-            files.insert(
-                name.clone(),
+            out.insert(
+                name,
                 MemFileState {
                     live: bytes.clone(),
                     durable: bytes,
@@ -383,60 +404,57 @@ impl MemDisk {
             );
         }
         MemDisk {
-            inner: Arc::new(Mutex::new(MemState {
-                files,
-                ..MemState::default()
-            })),
+            inner: Arc::new(Mutex::new(out)),
         }
     }
 }
 
-/// A file of a [`MemDisk`].
+/// A file of a [`MemDisk`]: a handle on its inode.
 #[derive(Debug)]
 pub struct MemFile {
     disk: MemDisk,
-    name: String,
+    ino: u64,
 }
 
 impl MemFile {
-    fn with<T>(&self, f: impl FnOnce(&mut MemState) -> io::Result<T>) -> io::Result<T> {
+    async fn with<T>(&self, f: impl FnOnce(&mut MemState, u64) -> io::Result<T>) -> io::Result<T> {
+        futures_lite::future::yield_now().await;
         let mut s = self.disk.state();
-        if !s.files.contains_key(&self.name) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "file removed"));
-        }
-        f(&mut s)
+        f(&mut s, self.ino)
     }
 }
 
-fn file<'a>(s: &'a mut MemState, name: &str) -> &'a mut MemFileState {
-    s.files.get_mut(name).expect("checked by MemFile::with")
+fn inode(s: &mut MemState, ino: u64) -> &mut MemFileState {
+    s.inodes
+        .get_mut(&ino)
+        .expect("inodes outlive their handles")
 }
 
 impl Disk for MemDisk {
     type File = MemFile;
 
     async fn create(&self, name: &str) -> io::Result<MemFile> {
+        futures_lite::future::yield_now().await;
         let mut s = self.state();
-        if s.files.contains_key(name) {
+        if s.names.contains_key(name) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 name.to_string(),
             ));
         }
-        s.files.insert(name.to_string(), MemFileState::default());
+        let ino = s.insert(name, MemFileState::default());
         Ok(MemFile {
             disk: self.clone(),
-            name: name.to_string(),
+            ino,
         })
     }
 
     async fn open(&self, name: &str) -> io::Result<MemFile> {
-        if !self.state().files.contains_key(name) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, name.to_string()));
-        }
+        let ino = self.state().names.get(name).copied();
+        let ino = ino.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
         Ok(MemFile {
             disk: self.clone(),
-            name: name.to_string(),
+            ino,
         })
     }
 
@@ -445,22 +463,25 @@ impl Disk for MemDisk {
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
+        futures_lite::future::yield_now().await;
         self.state()
-            .files
+            .names
             .remove(name)
             .map(|_| ())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))
     }
 
     async fn write_atomic(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        futures_lite::future::yield_now().await;
         let mut s = self.state();
         if let Some(cap) = s.capacity {
-            if s.used() + bytes.len() as u64 > cap {
+            let old = s.named(name).map_or(0, |f| f.live.len() as u64);
+            if s.used() - old + bytes.len() as u64 > cap {
                 return Err(io::Error::from_raw_os_error(28)); // ENOSPC
             }
         }
-        s.files.insert(
-            name.to_string(),
+        s.insert(
+            name,
             MemFileState {
                 live: bytes.clone(),
                 durable: bytes,
@@ -471,7 +492,7 @@ impl Disk for MemDisk {
     }
 
     async fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        Ok(self.state().files.get(name).map(|f| f.live.clone()))
+        Ok(self.state().named(name).map(|f| f.live.clone()))
     }
 }
 
@@ -484,8 +505,7 @@ impl DiskFile for MemFile {
     }
 
     async fn write_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
-        let name = self.name.clone();
-        self.with(|s| {
+        self.with(|s, ino| {
             if let Some(left) = s.writes_left.as_mut() {
                 if *left == 0 {
                     return Err(io::Error::other("injected write failure"));
@@ -493,13 +513,13 @@ impl DiskFile for MemFile {
                 *left -= 1;
             }
             let end = usize::try_from(pos).expect("small") + buf.len();
-            let grow = (end as u64).saturating_sub(file(s, &name).live.len() as u64);
+            let grow = (end as u64).saturating_sub(inode(s, ino).live.len() as u64);
             if let Some(cap) = s.capacity {
                 if s.used() + grow > cap {
                     return Err(io::Error::from_raw_os_error(28)); // ENOSPC
                 }
             }
-            let f = file(s, &name);
+            let f = inode(s, ino);
             if f.live.len() < end {
                 f.live.resize(end, 0);
             }
@@ -507,21 +527,21 @@ impl DiskFile for MemFile {
             f.unsynced.push((pos, buf.len()));
             Ok(())
         })
+        .await
     }
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
-        let name = self.name.clone();
-        self.with(|s| {
-            let f = file(s, &name);
+        self.with(|s, ino| {
+            let f = inode(s, ino);
             let start = usize::try_from(pos).expect("small").min(f.live.len());
             let end = (start + len).min(f.live.len());
             Ok(f.live[start..end].to_vec())
         })
+        .await
     }
 
     async fn sync(&self) -> io::Result<()> {
-        let name = self.name.clone();
-        self.with(|s| {
+        self.with(|s, ino| {
             s.syncs += 1;
             if let Some(left) = s.syncs_left.as_mut() {
                 if *left == 0 {
@@ -529,7 +549,7 @@ impl DiskFile for MemFile {
                 }
                 *left -= 1;
             }
-            let f = file(s, &name);
+            let f = inode(s, ino);
             f.durable.resize(f.live.len(), 0);
             for (pos, len) in std::mem::take(&mut f.unsynced) {
                 let at = usize::try_from(pos).expect("small");
@@ -540,23 +560,25 @@ impl DiskFile for MemFile {
             }
             Ok(())
         })
+        .await
     }
 
     async fn size(&self) -> io::Result<u64> {
-        let name = self.name.clone();
-        self.with(|s| Ok(file(s, &name).live.len() as u64))
+        self.with(|s, ino| Ok(inode(s, ino).live.len() as u64))
+            .await
     }
 
+    /// The new size reaches what survives a crash only at the next sync, as a real
+    /// file's does: a crash before it keeps the old length.
     async fn truncate(&self, len: u64) -> io::Result<()> {
-        let name = self.name.clone();
-        self.with(|s| {
-            let f = file(s, &name);
+        self.with(|s, ino| {
+            let f = inode(s, ino);
             let len = usize::try_from(len).expect("small");
-            f.live.truncate(len);
-            f.durable.truncate(len);
+            f.live.resize(len, 0);
             f.unsynced
                 .retain(|&(p, _)| usize::try_from(p).is_ok_and(|p| p < len));
             Ok(())
         })
+        .await
     }
 }

@@ -24,7 +24,7 @@
 //! nothing (tombstones are kept while the segment they refer to exists).
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -46,6 +46,8 @@ use crate::store::tree::{group_of, hash_with_outboard, outboard_bytes, Tree, GRO
 
 const CHECKPOINT_FILE: &str = "index.msix";
 const WINDOW_BYTES: usize = 32 << 20;
+/// Largest segment: record offsets are kept in sectors in a u32.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 40;
 
 /// Where and how the store runs. [`EngineConfig::new`] gives the defaults.
 #[derive(Clone, Debug)]
@@ -259,6 +261,10 @@ impl Engine {
         assert!(
             disks.iter().all(|v| !v.is_empty() && v.len() <= 255),
             "1 to 255 volumes per shard"
+        );
+        assert!(
+            (64 << 10..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes),
+            "segment_bytes must be 64 KiB to 1 TiB"
         );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let io_memory = io_memory_per_shard(cfg.shards);
@@ -507,6 +513,12 @@ impl Loc {
     }
 }
 
+/// A tombstone's target, in its header's 8-byte expiry field: the segment sequence in the
+/// high 32 bits, the record's sector in the low 32.
+fn tomb_target(loc: &Loc) -> u64 {
+    (u64::from(loc.seq) << 32) | u64::from(loc.sector)
+}
+
 fn expiry32(secs: u64) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
@@ -524,6 +536,9 @@ struct Seg<F> {
     broken: bool,
     sealed: bool,
     live: u64,
+    /// Records reserved here whose outcome (applied or failed) is not settled yet; a
+    /// segment is compacted only when this is 0.
+    pending: u64,
 }
 
 impl<F> Seg<F> {
@@ -537,13 +552,17 @@ impl<F> Seg<F> {
             broken: false,
             sealed,
             live: 0,
+            pending: 0,
         }
     }
 }
 
 enum Then {
     Put,
-    Tomb,
+    /// A delete of the record at `target`.
+    Tomb {
+        target: Loc,
+    },
     /// A live record moved by compaction from `from`.
     Copy {
         from: Loc,
@@ -596,6 +615,23 @@ struct Shard<D: Disk> {
     vols: Vec<Volume<D>>,
     index: RefCell<HashMap<ChunkId, Loc>>,
     counters: RefCell<Counters>,
+    /// Ids a put, delete or compaction copy is working on: the others wait (`lock_id`).
+    busy: RefCell<HashMap<ChunkId, flume::Receiver<()>>>,
+    /// One compaction at a time.
+    compacting: glommio::sync::Semaphore,
+}
+
+/// Holds an id against concurrent puts, deletes and compaction copies; released on drop.
+struct IdGuard<'a> {
+    busy: &'a RefCell<HashMap<ChunkId, flume::Receiver<()>>>,
+    id: ChunkId,
+    _release: flume::Sender<()>,
+}
+
+impl Drop for IdGuard<'_> {
+    fn drop(&mut self) {
+        self.busy.borrow_mut().remove(&self.id);
+    }
 }
 
 async fn run_shard<D: Disk>(
@@ -635,6 +671,8 @@ async fn run_shard<D: Disk>(
         vols,
         index: RefCell::new(HashMap::new()),
         counters: RefCell::new(Counters::default()),
+        busy: RefCell::new(HashMap::new()),
+        compacting: glommio::sync::Semaphore::new(1),
     });
     for (v, rx) in receivers.into_iter().enumerate() {
         glommio::spawn_local(shard.clone().commit_loop(v, rx)).detach();
@@ -777,6 +815,11 @@ impl Walk {
             .read_at(self.pos, usize::try_from(len).expect("window"))
             .await?;
         let base = self.pos;
+        if bytes.is_empty() {
+            // Shorter than it was said to be: the end is here.
+            self.end = Some(ScanEnd::Clean { offset: base });
+            return Ok(None);
+        }
         let (found, end) = scan(&bytes, self.seq, 0, true);
         let eof = base + bytes.len() as u64 >= self.size;
         match end {
@@ -867,14 +910,32 @@ impl<D: Disk> Shard<D> {
 
     // ---- writing ----
 
-    /// The volume with the most free capacity.
-    fn pick_volume(&self) -> usize {
-        (0..self.vols.len())
-            .max_by_key(|&v| {
-                let st = self.vols[v].st.borrow();
-                st.capacity.saturating_sub(st.used)
-            })
-            .expect("at least one volume")
+    /// The volume an id lives on, always the same one: recovery replays volumes one after
+    /// another, which is only right if no id has records on two of them.
+    fn volume_of(&self, id: &ChunkId) -> usize {
+        let key = u64::from_le_bytes(id.0[8..16].try_into().expect("8 bytes"));
+        usize::try_from(key % self.vols.len() as u64).expect("few volumes")
+    }
+
+    /// Waits until no other operation holds `id`, then holds it.
+    async fn lock_id(&self, id: ChunkId) -> IdGuard<'_> {
+        loop {
+            let held = self.busy.borrow().get(&id).cloned();
+            match held {
+                // Resolves when the holder's guard drops its sender.
+                Some(rx) => {
+                    let _ = rx.recv_async().await;
+                }
+                None => break,
+            }
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.busy.borrow_mut().insert(id, rx);
+        IdGuard {
+            busy: &self.busy,
+            id,
+            _release: tx,
+        }
     }
 
     fn any_file(&self, v: usize) -> Rc<D::File> {
@@ -887,7 +948,14 @@ impl<D: Disk> Shard<D> {
             .clone()
     }
 
-    async fn reserve(&self, v: usize, span: u64) -> Result<(u32, u64, Rc<D::File>), StoreError> {
+    /// Reserves `span` bytes in volume `v`'s active segment. `over` lets compaction copies
+    /// go past the configured capacity (they free more than they take).
+    async fn reserve(
+        &self,
+        v: usize,
+        span: u64,
+        over: bool,
+    ) -> Result<(u32, u64, Rc<D::File>), StoreError> {
         let vol = &self.vols[v];
         let limit = self.cfg.segment_bytes;
         let fits = |s: &Seg<D::File>| !s.sealed && (s.reserved == 0 || s.reserved + span <= limit);
@@ -895,13 +963,14 @@ impl<D: Disk> Shard<D> {
             {
                 let mut st = vol.st.borrow_mut();
                 let free = st.capacity.saturating_sub(st.used);
-                if span > free {
+                if span > free && !over {
                     return Err(StoreError::Full { needed: span, free });
                 }
                 let active = st.active;
                 if let Some(seg) = st.segs.get_mut(&active).filter(|s| fits(s)) {
                     let at = seg.reserved;
                     seg.reserved += span;
+                    seg.pending += 1;
                     let file = seg.file.clone();
                     st.used += span;
                     return Ok((active, at, file));
@@ -955,14 +1024,16 @@ impl<D: Disk> Shard<D> {
         then: Then,
     ) -> Result<Loc, StoreError> {
         let span = record_span(header.payload_bytes);
-        let (seq, at, file) = self.reserve(v, span).await?;
+        // Deletes and compaction free space, so a full volume still takes them.
+        let over = !matches!(then, Then::Put);
+        let (seq, at, file) = self.reserve(v, span, over).await?;
         header.segment_seq = seq;
         buf.bytes_mut()[..HEADER_BYTES].copy_from_slice(&header.encode());
         let loc = Loc {
             vol: Self::vol_no(v),
             seq,
             sector: u32::try_from(at / u64::from(SECTOR_BYTES))
-                .map_err(|_| StoreError::Io("segment too large".into()))?,
+                .expect("segments are at most SEGMENT_BYTES_MAX"),
             payload: header.payload_bytes,
             expiry: if header.kind == RecordKind::Chunk {
                 expiry32(header.expiry_unix_secs)
@@ -1044,6 +1115,7 @@ impl<D: Disk> Shard<D> {
                 }
             }
             for (d, e) in failed {
+                self.settle(&d);
                 let _ = d.reply.send(Err(e));
             }
             for (seq, batch) in ready {
@@ -1083,6 +1155,7 @@ impl<D: Disk> Shard<D> {
                             seg.sealed = true;
                         }
                         for d in batch {
+                            self.settle(&d);
                             let _ = d.reply.send(Err(e.clone()));
                         }
                     }
@@ -1091,30 +1164,40 @@ impl<D: Disk> Shard<D> {
         }
     }
 
+    /// A reserved record's outcome is known: it no longer holds its segment back from
+    /// compaction.
+    fn settle(&self, d: &Done) {
+        let mut st = self.vols[usize::from(d.loc.vol)].st.borrow_mut();
+        if let Some(seg) = st.segs.get_mut(&d.seq) {
+            seg.pending = seg.pending.saturating_sub(1);
+        }
+    }
+
     /// A durable record takes effect.
     fn apply(self: &Rc<Self>, d: Done) {
+        self.settle(&d);
         match d.then {
             Then::Put => {
                 self.index_insert(d.id, d.loc);
                 self.counters.borrow_mut().puts += 1;
             }
-            Then::Tomb => {
-                self.index_remove(&d.id);
+            Then::Tomb { target } => {
+                // Only the record it names: a put that raced the delete stands, as it
+                // will after a restart replays the log.
+                let current = self.index.borrow().get(&d.id).copied();
+                if current.is_some_and(|c| {
+                    c.vol == target.vol && c.seq == target.seq && c.sector == target.sector
+                }) {
+                    self.index_remove(&d.id);
+                }
             }
             Then::Keep => {}
             Then::Copy { from } => {
                 let current = self.index.borrow().get(&d.id).copied();
-                match current {
-                    Some(cur) if cur == from => self.index_insert(d.id, d.loc),
-                    Some(_) => {} // stored again meanwhile: the newer record stands
-                    None => {
-                        // Deleted while being copied: the copy must not come back after a
-                        // restart that rescans it, so bury it.
-                        let (s, id, loc) = (self.clone(), d.id, d.loc);
-                        spawn(async move {
-                            let _ = s.write_tombstone(id, loc).await;
-                        });
-                    }
+                // Deletes wait for copies of their id (`lock_id`), so a missing entry
+                // was swept as expired, and the copy carries the same expiry.
+                if current == Some(from) {
+                    self.index_insert(d.id, d.loc);
                 }
             }
         }
@@ -1132,14 +1215,17 @@ impl<D: Disk> Shard<D> {
             .ok()
             .filter(|n| (1..=PAYLOAD_BYTES_MAX).contains(n))
             .ok_or(StoreError::Size(data.len()))?;
+        // One operation per id at a time: two puts of one chunk write it once, and a put
+        // never interleaves with a delete or a compaction copy of it.
+        let _held = self.lock_id(id).await;
         if let Some(loc) = self.index.borrow().get(&id) {
             let now = now_secs();
-            let longer = loc.expiry == 0 || (expiry != 0 && u64::from(loc.expiry) >= expiry);
+            let longer = loc.expiry == 0 || (expiry != 0 && loc.expiry >= expiry32(expiry));
             if !loc.expired(now) && longer {
                 return Ok(PutOutcome::Existing);
             }
         }
-        let v = self.pick_volume();
+        let v = self.volume_of(&id);
         let span = usize::try_from(record_span(n)).expect("records fit in memory");
         let ob = outboard_bytes(n) as usize;
         let len = data.len();
@@ -1186,13 +1272,16 @@ impl<D: Disk> Shard<D> {
             id,
             payload_bytes: 0,
             payload_crc32c: crc32c(&[]),
-            expiry_unix_secs: u64::from(target.seq),
+            expiry_unix_secs: tomb_target(&target),
             segment_seq: 0,
         };
-        self.append(v, header, buf, Then::Tomb).await.map(|_| ())
+        self.append(v, header, buf, Then::Tomb { target })
+            .await
+            .map(|_| ())
     }
 
     async fn delete(&self, id: ChunkId) -> Result<bool, StoreError> {
+        let _held = self.lock_id(id).await;
         let Some(loc) = self.index.borrow().get(&id).copied() else {
             return Ok(false);
         };
@@ -1490,8 +1579,9 @@ impl<D: Disk> Shard<D> {
                     .map_err(io_error("removing a compacted segment"))?;
             }
             seqs.retain(|s| *s > newest || covers.contains_key(s));
+            let present: HashSet<u32> = seqs.iter().copied().collect();
             for e in &cp.entries {
-                if !seqs.contains(&e.seq) {
+                if !present.contains(&e.seq) {
                     return Err(StoreError::Io(format!(
                         "the index checkpoint places chunk {} in segment {}, which is missing",
                         e.id, e.seq
@@ -1509,15 +1599,23 @@ impl<D: Disk> Shard<D> {
                 }
             }
         }
-        let last = seqs.last().copied();
         let mut scanned = 0u64;
+        let last = seqs.last().copied();
         for &seq in &seqs {
             let file = vol
                 .disk
                 .open(&seg_name(seq))
                 .await
                 .map_err(io_error("opening a segment"))?;
-            let size = file.size().await.map_err(io_error("sizing a segment"))?;
+            let mut size = file.size().await.map_err(io_error("sizing a segment"))?;
+            if size % u64::from(SECTOR_BYTES) != 0 {
+                // Only damage from outside makes a segment end inside a sector; a whole
+                // record cut in its padding is still whole: pad the file back out.
+                file.truncate(align_up(size))
+                    .await
+                    .map_err(io_error("padding a segment"))?;
+                size = align_up(size);
+            }
             let start = covers.get(&seq).copied().unwrap_or(0);
             let mut walk = Walk::new(seq, start, size);
             while let Some((base, _bytes, found)) = walk
@@ -1526,92 +1624,110 @@ impl<D: Disk> Shard<D> {
                 .map_err(io_error("scanning a segment"))?
             {
                 for l in found {
-                    let h = l.header;
-                    let sector = u32::try_from((base + l.offset) / u64::from(SECTOR_BYTES))
-                        .unwrap_or(u32::MAX);
-                    match h.kind {
-                        RecordKind::Chunk => {
-                            let loc = Loc {
-                                vol: vno,
-                                seq,
-                                sector,
-                                payload: h.payload_bytes,
-                                expiry: expiry32(h.expiry_unix_secs),
-                            };
-                            if !loc.expired(now) {
-                                let mut index = self.index.borrow_mut();
-                                let keep = index.get(&h.id).map_or(loc, |old| Loc {
-                                    expiry: if old.expiry == 0 || loc.expiry == 0 {
-                                        0
-                                    } else {
-                                        old.expiry.max(loc.expiry)
-                                    },
-                                    ..loc
-                                });
-                                index.insert(h.id, keep);
-                            }
-                        }
-                        RecordKind::Tombstone => {
-                            let mut index = self.index.borrow_mut();
-                            if index.get(&h.id).is_some_and(|l| l.vol == vno) {
-                                index.remove(&h.id);
-                            }
-                        }
-                    }
+                    self.replay(vno, seq, base + l.offset, &l.header, now);
                 }
             }
             let end = walk.end.take().unwrap_or(ScanEnd::Clean { offset: size });
             scanned += end.offset().saturating_sub(start);
             let mut kept = size;
-            if Some(seq) == last {
-                if end.offset() < size {
-                    // A torn or unfinished tail: nothing in it was acknowledged.
-                    file.truncate(end.offset())
-                        .await
-                        .map_err(io_error("truncating a torn tail"))?;
-                    file.sync()
-                        .await
-                        .map_err(io_error("syncing a truncated segment"))?;
-                    self.counters.borrow_mut().truncated_bytes += size - end.offset();
-                    kept = end.offset();
-                }
-            } else if let ScanEnd::Torn { offset, error } = &end {
+            // Without a checkpoint every segment is scanned from 0, and a bad record deep
+            // in an old segment may be rot in acknowledged data: report it, cut nothing.
+            let torn_tail = checkpoint.is_some() || Some(seq) == last;
+            if let (false, ScanEnd::Torn { offset, error }) = (torn_tail, &end) {
                 eprintln!(
                     "engine: segment {seq} is damaged at byte {offset} ({error}); records after it are unreachable"
                 );
                 self.counters.borrow_mut().corrupt_reads += 1;
+            } else if end.offset() < size {
+                // Past what the checkpoint covers, a tail that is not whole records is
+                // writes that were never acknowledged (every acknowledged record has every
+                // record before it in its segment durable): torn by the crash. Cut it.
+                file.truncate(end.offset())
+                    .await
+                    .map_err(io_error("truncating a torn tail"))?;
+                file.sync()
+                    .await
+                    .map_err(io_error("syncing a truncated segment"))?;
+                self.counters.borrow_mut().truncated_bytes += size - end.offset();
+                kept = end.offset();
             }
             let readable = kept.min(end.offset());
-            // Entries the checkpoint placed past what the segment now holds were cut off
-            // by damage outside the store: they cannot be served.
-            let lost: Vec<ChunkId> = self
-                .index
-                .borrow()
-                .iter()
-                .filter(|(_, l)| l.vol == vno && l.seq == seq && l.offset() + l.span() > readable)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lost {
-                eprintln!(
-                    "engine: chunk {id} lies past the end of segment {seq}; dropped from the index"
-                );
-                self.index.borrow_mut().remove(&id);
-                self.counters.borrow_mut().corrupt_reads += 1;
+            if covers.get(&seq).is_some_and(|&c| c > readable) {
+                // The checkpoint covers more than the segment holds: damage from outside
+                // the store cut it. Chunks placed past the end cannot be served.
+                let lost: Vec<ChunkId> = self
+                    .index
+                    .borrow()
+                    .iter()
+                    .filter(|(_, l)| {
+                        l.vol == vno && l.seq == seq && l.offset() + l.span() > readable
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    eprintln!(
+                        "engine: chunk {id} lies past the end of segment {seq}; dropped from the index"
+                    );
+                    self.index.borrow_mut().remove(&id);
+                    self.counters.borrow_mut().corrupt_reads += 1;
+                }
             }
             let mut st = vol.st.borrow_mut();
             let mut seg = Seg::new(file, kept, true);
             seg.synced = readable;
             st.segs.insert(seq, seg);
             st.used += kept;
-            st.next_seq = st.next_seq.max(seq + 1);
+            st.next_seq = st.next_seq.max(seq.saturating_add(1));
         }
         vol.st.borrow_mut().since_checkpoint = scanned;
         Ok(())
     }
 
-    /// Sweeps expired chunks, then compacts every sealed segment whose live fraction is
-    /// below the threshold. Returns how many segments were compacted.
+    /// One record found by the recovery scan takes effect.
+    fn replay(&self, vno: u8, seq: u32, at: u64, h: &RecordHeader, now: u64) {
+        let sector = u32::try_from(at / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX);
+        let mut index = self.index.borrow_mut();
+        match h.kind {
+            RecordKind::Chunk => {
+                let loc = Loc {
+                    vol: vno,
+                    seq,
+                    sector,
+                    payload: h.payload_bytes,
+                    expiry: expiry32(h.expiry_unix_secs),
+                };
+                if !loc.expired(now) {
+                    let keep = index.get(&h.id).map_or(loc, |old| Loc {
+                        expiry: if old.expiry == 0 || loc.expiry == 0 {
+                            0
+                        } else {
+                            old.expiry.max(loc.expiry)
+                        },
+                        ..loc
+                    });
+                    index.insert(h.id, keep);
+                }
+            }
+            RecordKind::Tombstone => {
+                let (tseq, tsector) = split_target(h.expiry_unix_secs);
+                let hit = index
+                    .get(&h.id)
+                    .is_some_and(|l| l.vol == vno && l.seq == tseq && l.sector == tsector);
+                if hit {
+                    index.remove(&h.id);
+                }
+            }
+        }
+    }
+
+    /// Sweeps expired chunks, then compacts, one at a time, every sealed segment whose live
+    /// fraction is below the threshold. Returns how many segments were compacted.
     async fn compact(&self) -> Result<u64, StoreError> {
+        let _one = self
+            .compacting
+            .acquire_permit(1)
+            .await
+            .map_err(|e| StoreError::Io(format!("compaction: {e}")))?;
         let now = now_secs();
         let expired: Vec<ChunkId> = self
             .index
@@ -1632,25 +1748,27 @@ impl<D: Disk> Shard<D> {
                     .filter(|(&seq, s)| {
                         seq != st.active
                             && s.sealed
-                            && s.done.is_empty()
-                            && (s.written == s.reserved || s.broken)
+                            && s.pending == 0
                             && (s.live as f64) < self.cfg.compact_below * (s.reserved.max(1) as f64)
                     })
                     .map(|(&seq, _)| seq)
                     .collect()
             };
-            if victims.is_empty() {
-                continue;
-            }
-            for &seq in &victims {
-                self.copy_live(v, seq).await?;
-            }
-            // The copies are durable; the checkpoint must say so before the files go.
-            self.checkpoint(v).await?;
             for seq in victims {
+                // Copy, make the copies the checkpoint's, and only then delete the file:
+                // one segment at a time, so a full volume needs room for one segment's
+                // live records, not all of them.
+                if let Err(e) = self.copy_live(v, seq).await {
+                    eprintln!("engine: segment {seq} not compacted: {e}");
+                    continue;
+                }
+                self.checkpoint(v).await?;
                 let seg = self.vols[v].st.borrow_mut().segs.remove(&seq);
                 if let Some(seg) = seg {
-                    self.vols[v].st.borrow_mut().used -= seg.reserved;
+                    {
+                        let mut st = self.vols[v].st.borrow_mut();
+                        st.used = st.used.saturating_sub(seg.reserved);
+                    }
                     drop(seg);
                     self.vols[v]
                         .disk
@@ -1665,13 +1783,16 @@ impl<D: Disk> Shard<D> {
         Ok(total)
     }
 
-    /// Copies segment `seq`'s live records (and the tombstones still needed) into the
-    /// active segment, through the normal write path.
+    /// Copies segment `seq`'s live records (and the tombstones whose target still exists)
+    /// into the active segment, through the normal write path.
     async fn copy_live(&self, v: usize, seq: u32) -> Result<(), StoreError> {
         let vno = Self::vol_no(v);
         let (file, size) = {
             let st = self.vols[v].st.borrow();
-            let s = &st.segs[&seq];
+            let s = st
+                .segs
+                .get(&seq)
+                .ok_or_else(|| StoreError::Io(format!("segment {seq} is gone")))?;
             (s.file.clone(), s.synced)
         };
         let mut walk = Walk::new(seq, 0, size);
@@ -1682,42 +1803,39 @@ impl<D: Disk> Shard<D> {
         {
             for l in found {
                 let h = l.header;
-                let at = base + l.offset;
-                let from = Loc {
-                    vol: vno,
-                    seq,
-                    sector: u32::try_from(at / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX),
-                    payload: h.payload_bytes,
-                    expiry: 0,
+                let sector =
+                    u32::try_from((base + l.offset) / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX);
+                let span = usize::try_from(record_span(h.payload_bytes)).expect("fits");
+                let from_at = usize::try_from(l.offset).expect("window");
+                let copy = |file: &D::File| {
+                    let mut buf = file.alloc(span);
+                    buf.bytes_mut()
+                        .copy_from_slice(&bytes[from_at..from_at + span]);
+                    buf
                 };
-                let then = match h.kind {
+                match h.kind {
                     RecordKind::Chunk => {
+                        // Held against a delete of the same id until the copy is applied.
+                        let _held = self.lock_id(h.id).await;
                         let current = self.index.borrow().get(&h.id).copied();
                         match current {
                             Some(cur)
-                                if cur.vol == vno
-                                    && cur.seq == seq
-                                    && cur.sector == from.sector =>
+                                if cur.vol == vno && cur.seq == seq && cur.sector == sector =>
                             {
-                                Then::Copy { from: cur }
+                                self.append(v, h, copy(&file), Then::Copy { from: cur })
+                                    .await?;
                             }
                             _ => continue,
                         }
                     }
                     RecordKind::Tombstone => {
-                        let target = u32::try_from(h.expiry_unix_secs).unwrap_or(u32::MAX);
+                        let (target, _) = split_target(h.expiry_unix_secs);
                         if target == seq || !self.vols[v].st.borrow().segs.contains_key(&target) {
                             continue;
                         }
-                        Then::Keep
+                        self.append(v, h, copy(&file), Then::Keep).await?;
                     }
-                };
-                let span = usize::try_from(record_span(h.payload_bytes)).expect("fits");
-                let from_at = usize::try_from(l.offset).expect("window");
-                let mut buf = file.alloc(span);
-                buf.bytes_mut()
-                    .copy_from_slice(&bytes[from_at..from_at + span]);
-                self.append(v, h, buf, then).await?;
+                }
             }
         }
         if let Some(ScanEnd::Torn { offset, error }) = walk.end {
@@ -1727,6 +1845,13 @@ impl<D: Disk> Shard<D> {
         }
         Ok(())
     }
+}
+
+fn split_target(field: u64) -> (u32, u32) {
+    (
+        u32::try_from(field >> 32).expect("shifted"),
+        u32::try_from(field & u64::from(u32::MAX)).expect("masked"),
+    )
 }
 
 /// Heap bytes of the index: hashbrown keeps one control byte per bucket beside the

@@ -98,10 +98,16 @@ fn put_get_range_prove_delete_on_real_disks() {
             Err(StoreError::Range { .. })
         ));
     }
-    // Both data directories hold segments, for both shards.
+    // Both data directories hold records, for both shards (ids pick shard and volume).
     for d in [a.path(), b.path()] {
         for s in 0..2 {
-            assert!(d.join(format!("shard-{s}")).is_dir());
+            let bytes: u64 = std::fs::read_dir(d.join(format!("shard-{s}")))
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".msd"))
+                .map(|e| e.metadata().unwrap().len())
+                .sum();
+            assert!(bytes > 0, "{} shard {s} holds nothing", d.display());
         }
     }
     // Every rejection, and nothing stored by any of them.
@@ -209,7 +215,7 @@ fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
     assert_eq!(e.stats().unwrap().truncated_bytes, 0);
 }
 
-/// Puts from several threads at once with the twin crashing at a random instant: every
+/// Puts, many in flight at once, with the twin crashing at a random instant: every
 /// chunk acknowledged before the crash reads back intact afterwards, and nothing else
 /// reads back wrong.
 #[test]
@@ -344,8 +350,13 @@ fn failed_fsync_and_failed_writes_lose_nothing_acknowledged() {
         let chunks: Vec<_> = (0..12).map(|i| chunk(i + 50, 30_000)).collect();
         let mut acked = Vec::new();
         let mut failures = 0;
-        for (i, ch) in chunks.iter().enumerate() {
-            match put(&e, ch) {
+        // All in flight at once, so segments break with batches pending.
+        let pending: Vec<_> = chunks
+            .iter()
+            .map(|(id, crc, data)| e.put(*id, *crc, data.clone(), 0))
+            .collect();
+        for (i, p) in pending.into_iter().enumerate() {
+            match p.wait() {
                 Ok(_) => acked.push(i),
                 Err(StoreError::Io(_) | StoreError::Full { .. }) => failures += 1,
                 Err(other) => panic!("{name}: {other}"),
@@ -504,4 +515,156 @@ fn the_index_costs_few_bytes_per_chunk() {
     let s = e.stats().unwrap();
     let per = s.index_bytes as f64 / s.chunks as f64;
     assert!((52.0..=128.0).contains(&per), "{per} bytes per chunk");
+}
+
+/// Puts, deletes and re-puts of the same ids on one thread, two compactions racing each
+/// other on two more, and crash images taken while all of it runs: in each image (opened
+/// from its checkpoint, then again by a full scan), every chunk whose put was acknowledged
+/// before the image (and not deleted since) reads back, and every acknowledged delete
+/// holds. Two volumes per shard, so ids stay on theirs.
+#[test]
+fn crashes_during_compaction_deletes_and_re_puts() {
+    use std::sync::{mpsc, Arc, Mutex};
+    for round in 0..4u64 {
+        let vols = [MemDisk::new(), MemDisk::new()];
+        let mut c = mem_cfg(1);
+        c.segment_bytes = 64 * 1024;
+        c.checkpoint_every_bytes = 128 * 1024;
+        c.compact_below = 0.9;
+        let e = Arc::new(Engine::open_on(&c, vec![vols.to_vec()]).unwrap());
+        let chunks: Vec<_> = (0..60)
+            .map(|i| chunk(round * 1000 + i, 3_000 + (i as usize * 577) % 9_000))
+            .collect();
+        for ch in &chunks {
+            put(&e, ch).unwrap();
+        }
+        // (stored, deleted): an id is in one of them only while no operation on it is in
+        // flight; the worker takes it out before it starts one and puts it back after the
+        // acknowledgement, and images are taken holding this lock.
+        type Sets = (BTreeSet<usize>, BTreeSet<usize>);
+        let sets: Arc<Mutex<Sets>> = Arc::new(Mutex::new(((0..60).collect(), BTreeSet::new())));
+        let (progress, steps) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let compactors: Vec<_> = (0..2)
+            .map(|_| {
+                let (e, stop) = (e.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        e.compact().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let worker = {
+            let (e, chunks, sets) = (e.clone(), chunks.clone(), sets.clone());
+            std::thread::spawn(move || {
+                for pass in 0..3 {
+                    for i in (0..60).filter(|i| (i + pass) % 3 != 0) {
+                        let ch = &chunks[i];
+                        let was_stored = {
+                            let mut s = sets.lock().unwrap();
+                            s.1.remove(&i);
+                            s.0.remove(&i)
+                        };
+                        if was_stored {
+                            assert!(e.delete(ch.0).wait().unwrap());
+                            sets.lock().unwrap().1.insert(i);
+                        } else {
+                            put(&e, ch).unwrap();
+                            sets.lock().unwrap().0.insert(i);
+                        }
+                        progress.send(()).unwrap();
+                    }
+                }
+            })
+        };
+        let mut rng = Rng(round);
+        let mut images = Vec::new();
+        for _ in 0..5 {
+            for _ in 0..1 + rng.below(20) {
+                if steps.recv().is_err() {
+                    break;
+                }
+            }
+            // What was acknowledged before the image is taken must be in it.
+            let held = sets.lock().unwrap();
+            let imgs: Vec<MemDisk> = vols.iter().map(|v| v.crash(&mut rng)).collect();
+            images.push((imgs, held.0.clone(), held.1.clone()));
+            drop(held);
+        }
+        worker.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in compactors {
+            t.join().unwrap();
+        }
+        assert!(
+            e.stats().unwrap().compacted_segments > 0,
+            "round {round}: nothing was compacted"
+        );
+        for (k, (imgs, s, d)) in images.into_iter().enumerate() {
+            for full_scan in [false, true] {
+                let imgs: Vec<MemDisk> = imgs.iter().map(|i| i.crash(&mut Rng(9))).collect();
+                if full_scan {
+                    for i in &imgs {
+                        i.remove_file("index.msix");
+                    }
+                }
+                let e = Engine::open_on(&c, vec![imgs]).unwrap();
+                for &i in &s {
+                    let got = e.get(chunks[i].0).wait();
+                    assert!(
+                        got.as_ref() == Ok(&chunks[i].2),
+                        "round {round} image {k} full scan {full_scan}: chunk {i}: {:?}",
+                        got.map(|g| g.len())
+                    );
+                }
+                for &i in &d {
+                    assert_eq!(e.get(chunks[i].0).wait(), Err(StoreError::NotFound(chunks[i].0)), "round {round} image {k} full scan {full_scan}: deleted chunk {i} came back");
+                }
+                assert_eq!(e.stats().unwrap().corrupt_reads, 0);
+            }
+        }
+    }
+}
+
+/// A tombstone that compaction carries forward (its target segment still exists) lands
+/// after a later put of the same id; a full scan must not let it delete that put.
+#[test]
+fn a_carried_tombstone_never_deletes_a_later_put() {
+    let disk = MemDisk::new();
+    let mut c = mem_cfg(1);
+    c.segment_bytes = 64 * 1024; // four 16,000-byte chunks (16 KiB records) a segment
+    let e = open_mem(&c, std::slice::from_ref(&disk));
+    let x = chunk(1, 16_000);
+    let filler: Vec<_> = (10..16).map(|i| chunk(i, 16_000)).collect();
+    put(&e, &x).unwrap(); // segment 1: x, a, a, a (stays 3/4 live: not compacted)
+    for f in &filler[..3] {
+        put(&e, f).unwrap();
+    }
+    assert!(e.delete(x.0).wait().unwrap()); // segment 2: its tombstone, targeting segment 1
+    for f in &filler[3..] {
+        put(&e, f).unwrap();
+    }
+    for f in &filler[3..] {
+        assert!(e.delete(f.0).wait().unwrap()); // segment 2 is now all dead
+    }
+    put(&e, &x).unwrap(); // segment 3: x again
+    assert!(e.compact().unwrap() >= 1);
+    assert_eq!(e.get(x.0).wait().unwrap(), x.2);
+    let image = disk.crash(&mut Rng(1));
+    drop(e);
+    for full_scan in [false, true] {
+        let img = image.crash(&mut Rng(2));
+        if full_scan {
+            assert!(img.remove_file("index.msix"));
+        }
+        let e = open_mem(&c, &[img]);
+        assert_eq!(e.get(x.0).wait().unwrap(), x.2, "full scan {full_scan}");
+        for f in &filler[..3] {
+            assert_eq!(e.get(f.0).wait().unwrap(), f.2);
+        }
+        for f in &filler[3..] {
+            assert_eq!(e.get(f.0).wait(), Err(StoreError::NotFound(f.0)));
+        }
+    }
 }
