@@ -311,6 +311,41 @@ impl StoreBench {
             let mut r = row("engine challenge (1 KiB leaf proof)", cb, &all, true);
             r.ratio_fio = fio_rr.map(|f| all.iops() / f);
             rows.push(r);
+            // Gets while compaction runs: every other chunk deleted (so every segment falls
+            // under the live threshold), then the rest read back while `compact` copies
+            // them; the ratio is against the plain get above, same run.
+            progress("engine get during compaction");
+            for (id, _) in ids.iter().step_by(2) {
+                engine.delete(*id).wait()?;
+            }
+            let kept: Vec<usize> = order.iter().copied().filter(|i| i % 2 == 1).collect();
+            let (during, compacted) = std::thread::scope(|s| -> Result<(Timed, u64)> {
+                let compactor = s.spawn(|| engine.compact());
+                let t = timed(
+                    kept.len() as u64,
+                    self.clients,
+                    depth,
+                    cb,
+                    |i| Ok(engine.get(ids[kept[usize::try_from(i)?]].0)),
+                    |got| {
+                        anyhow::ensure!(got.len() as u64 == cb, "short read");
+                        Ok(())
+                    },
+                )?;
+                let compacted = compactor
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("compaction thread panicked"))??;
+                Ok((t, compacted))
+            })?;
+            anyhow::ensure!(compacted > 0, "nothing was compacted");
+            let mut r = row("engine get during compaction", cb, &during, false);
+            r.ratio_naive = None;
+            r.ratio_fio = fio_r.map(|f| during.gbps() / f);
+            rows.push(r);
+            progress(&format!(
+                "  {compacted} segments compacted; gets ran at {:.2} of the plain get's rate",
+                during.gbps() / get.gbps()
+            ));
             engine.shutdown()?;
             let _ = std::fs::remove_dir_all(&store_dir);
         }
@@ -347,21 +382,21 @@ impl StoreBench {
         let put_seconds = t0.elapsed().as_secs_f64();
         let stats = engine.stats()?;
         engine.shutdown()?;
-        progress("restart: open from the checkpoint");
-        let t = Instant::now();
-        let e = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
-        let open_from_checkpoint_s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(e.stats()?.chunks == n, "chunks lost at restart");
-        e.shutdown()?;
+        // Seconds `Engine::open` takes, checking that every chunk came back.
+        let timed_open = |what: &str| -> Result<f64> {
+            progress(what);
+            let t = Instant::now();
+            let e = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
+            let secs = t.elapsed().as_secs_f64();
+            anyhow::ensure!(e.stats()?.chunks == n, "chunks lost at restart");
+            e.shutdown()?;
+            Ok(secs)
+        };
+        let open_from_checkpoint_s = timed_open("restart: open from the checkpoint")?;
         for s in 0..self.shards {
             let _ = std::fs::remove_file(dir.join(format!("shard-{s}/index.msix")));
         }
-        progress("restart: open by scanning every segment");
-        let t = Instant::now();
-        let e = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
-        let open_full_scan_s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(e.stats()?.chunks == n, "chunks lost at restart");
-        e.shutdown()?;
+        let open_full_scan_s = timed_open("restart: open by scanning every segment")?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Restart {
             chunks: n,

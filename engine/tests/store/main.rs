@@ -281,7 +281,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
     let disk = MemDisk::new();
     let c = mem_cfg(1);
     let e = open_mem(&c, std::slice::from_ref(&disk));
-    let big = chunk(1, 100_000); // 7 groups: outboard of 224 bytes
+    let big = chunk(1, 100_000); // 7 groups: 6 parents, an outboard of 384 bytes
     let small = chunk(2, 3000);
     put(&e, &big).unwrap();
     put(&e, &small).unwrap();
@@ -313,8 +313,8 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         e.prove(big.0, 60).wait().unwrap(),
         proof::prove(&big.2, 60).unwrap()
     );
-    // The outboard (group 0's value, off leaf 60's path but under the root), then a header.
-    disk.flip_bit(&seg, 64 + 100_000 + 5, 0);
+    // The outboard (the root pair.s right half: the sibling of every left-side leaf), then a header.
+    disk.flip_bit(&seg, 64 + 100_000 + 40, 0);
     assert!(matches!(
         e.prove(big.0, 60).wait(),
         Err(StoreError::Corrupt { .. })
@@ -323,7 +323,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         e.get_range(big.0, 40_000..50_000).wait(),
         Err(StoreError::Corrupt { .. })
     ));
-    let small_at = 25 * 4096; // record_span(100_000): 64 + 100_000 + 224 bytes, 25 sectors
+    let small_at = 25 * 4096; // record_span(100_000): 64 + 100_000 + 384 bytes, 25 sectors
     disk.flip_bit(&seg, small_at + 45, 1);
     assert!(matches!(
         e.get(small.0).wait(),
