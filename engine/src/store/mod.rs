@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod disk;
+mod index;
 pub mod record;
 mod shard;
 pub mod tree;

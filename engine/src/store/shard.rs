@@ -38,6 +38,7 @@ use thiserror::Error;
 use crate::codec::crc32c;
 use crate::store::checkpoint::{Checkpoint, Entry, SegmentCover};
 use crate::store::disk::{align_down, align_up, Disk, DiskFile, DmaDisk, WriteBuf};
+use crate::store::index::Index;
 use crate::store::record::{
     record_span, scan, verify_record, Located, RecordError, RecordHeader, RecordKind, ScanEnd,
     HEADER_BYTES, PAYLOAD_BYTES_MAX,
@@ -613,7 +614,7 @@ struct Counters {
 struct Shard<D: Disk> {
     cfg: EngineConfig,
     vols: Vec<Volume<D>>,
-    index: RefCell<HashMap<ChunkId, Loc>>,
+    index: RefCell<Index<ChunkId, Loc>>,
     counters: RefCell<Counters>,
     /// Ids a put, delete or compaction copy is working on: the others wait (`lock_id`).
     busy: RefCell<HashMap<ChunkId, flume::Receiver<()>>>,
@@ -669,7 +670,7 @@ async fn run_shard<D: Disk>(
     let shard = Rc::new(Shard {
         cfg,
         vols,
-        index: RefCell::new(HashMap::new()),
+        index: RefCell::new(Index::new()),
         counters: RefCell::new(Counters::default()),
         busy: RefCell::new(HashMap::new()),
         compacting: glommio::sync::Semaphore::new(1),
@@ -873,7 +874,7 @@ impl<D: Disk> Shard<D> {
 
     fn lookup(&self, id: &ChunkId) -> Result<Loc, StoreError> {
         match self.index.borrow().get(id) {
-            Some(loc) if !loc.expired(now_secs()) => Ok(*loc),
+            Some(loc) if !loc.expired(now_secs()) => Ok(loc),
             _ => Err(StoreError::NotFound(*id)),
         }
     }
@@ -891,7 +892,7 @@ impl<D: Disk> Shard<D> {
 
     /// Sets the index entry for `id`, keeping the later expiry; returns the old entry.
     fn index_insert(&self, id: ChunkId, mut loc: Loc) {
-        let old = self.index.borrow().get(&id).copied();
+        let old = self.index.borrow().get(&id);
         if let Some(old) = old {
             if old.expiry == 0 || (loc.expiry != 0 && old.expiry > loc.expiry) {
                 loc.expiry = old.expiry;
@@ -1194,7 +1195,7 @@ impl<D: Disk> Shard<D> {
             Then::Tomb { target } => {
                 // Only the record it names: a put that raced the delete stands, as it
                 // will after a restart replays the log.
-                let current = self.index.borrow().get(&d.id).copied();
+                let current = self.index.borrow().get(&d.id);
                 if current.is_some_and(|c| {
                     c.vol == target.vol && c.seq == target.seq && c.sector == target.sector
                 }) {
@@ -1203,7 +1204,7 @@ impl<D: Disk> Shard<D> {
             }
             Then::Keep => {}
             Then::Copy { from } => {
-                let current = self.index.borrow().get(&d.id).copied();
+                let current = self.index.borrow().get(&d.id);
                 // Deletes wait for copies of their id (`lock_id`), so a missing entry
                 // was swept as expired, and the copy carries the same expiry.
                 if current == Some(from) {
@@ -1292,7 +1293,7 @@ impl<D: Disk> Shard<D> {
 
     async fn delete(&self, id: ChunkId) -> Result<bool, StoreError> {
         let _held = self.lock_id(id).await;
-        let Some(loc) = self.index.borrow().get(&id).copied() else {
+        let Some(loc) = self.index.borrow().get(&id) else {
             return Ok(false);
         };
         self.write_tombstone(id, loc).await?;
@@ -1457,7 +1458,7 @@ impl<D: Disk> Shard<D> {
             corrupt_reads: c.corrupt_reads,
             truncated_bytes: c.truncated_bytes,
             compacted_segments: c.compacted_segments,
-            index_bytes: index_heap_bytes(&index),
+            index_bytes: index.heap_bytes(),
             ..StoreStats::default()
         };
         for vol in &self.vols {
@@ -1505,7 +1506,7 @@ impl<D: Disk> Shard<D> {
             .iter()
             .filter(|(_, l)| l.vol == vno)
             .map(|(id, l)| Entry {
-                id: *id,
+                id,
                 seq: l.seq,
                 payload_bytes: l.payload,
                 offset: l.offset(),
@@ -1540,7 +1541,7 @@ impl<D: Disk> Shard<D> {
             self.recover_volume(v).await?;
         }
         // Live bytes per segment from the merged index.
-        let locs: Vec<Loc> = self.index.borrow().values().copied().collect();
+        let locs: Vec<Loc> = self.index.borrow().iter().map(|(_, l)| l).collect();
         for loc in locs {
             self.add_live(&loc, true);
         }
@@ -1672,7 +1673,7 @@ impl<D: Disk> Shard<D> {
                     .filter(|(_, l)| {
                         l.vol == vno && l.seq == seq && l.offset() + l.span() > readable
                     })
-                    .map(|(id, _)| *id)
+                    .map(|(id, _)| id)
                     .collect();
                 for id in lost {
                     eprintln!(
@@ -1744,7 +1745,7 @@ impl<D: Disk> Shard<D> {
             .borrow()
             .iter()
             .filter(|(_, l)| l.expired(now))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| id)
             .collect();
         for id in expired {
             self.index_remove(&id);
@@ -1827,7 +1828,7 @@ impl<D: Disk> Shard<D> {
                     RecordKind::Chunk => {
                         // Held against a delete of the same id until the copy is applied.
                         let _held = self.lock_id(h.id).await;
-                        let current = self.index.borrow().get(&h.id).copied();
+                        let current = self.index.borrow().get(&h.id);
                         match current {
                             Some(cur)
                                 if cur.vol == vno && cur.seq == seq && cur.sector == sector =>
@@ -1862,19 +1863,4 @@ fn split_target(field: u64) -> (u32, u32) {
         u32::try_from(field >> 32).expect("shifted"),
         u32::try_from(field & u64::from(u32::MAX)).expect("masked"),
     )
-}
-
-/// Heap bytes of the index: hashbrown keeps one control byte per bucket beside the
-/// entries, and a power-of-two number of buckets at most 7/8 full.
-fn index_heap_bytes(index: &HashMap<ChunkId, Loc>) -> u64 {
-    let cap = index.capacity();
-    if cap == 0 {
-        return 0;
-    }
-    let buckets = if cap < 8 {
-        (cap + 1).next_power_of_two()
-    } else {
-        (cap * 8 / 7).next_power_of_two()
-    };
-    (buckets * (std::mem::size_of::<(ChunkId, Loc)>() + 1)) as u64
 }
