@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod ids;
 pub mod kdf;
+pub mod link;
 pub mod manifest;
 pub mod proof;
 pub mod share;

@@ -59,6 +59,20 @@ impl<K: Ord + Hash + Copy, V: Copy> Index<K, V> {
         old
     }
 
+    /// Adds entries sorted by key without duplicates (a checkpoint's): into the vector
+    /// directly when the index is empty, one by one otherwise.
+    pub(crate) fn load_sorted(&mut self, entries: Vec<(K, V)>) {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        if self.len == 0 && self.delta.is_empty() {
+            self.len = entries.len();
+            self.base = entries;
+        } else {
+            for (k, v) in entries {
+                self.insert(k, v);
+            }
+        }
+    }
+
     /// Removes `key`; returns what it held.
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let old = self.get(key);
@@ -163,6 +177,18 @@ mod tests {
         }
         for key in 0..30_000 {
             assert_eq!(index.get(&key), model.get(&key).copied());
+        }
+        // Loading a sorted list into an empty index, and into a non-empty one.
+        let list: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut fresh: Index<u64, u32> = Index::new();
+        fresh.load_sorted(list.clone());
+        assert_eq!(fresh.len(), model.len());
+        let extra: Vec<(u64, u32)> = (30_000..30_010).map(|k| (k, 1)).collect();
+        fresh.load_sorted(extra);
+        assert_eq!(fresh.len(), model.len() + 10);
+        assert_eq!(fresh.get(&30_005), Some(1));
+        for (k, v) in &list {
+            assert_eq!(fresh.get(k), Some(*v));
         }
     }
 }

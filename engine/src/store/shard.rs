@@ -620,6 +620,9 @@ struct Shard<D: Disk> {
     busy: RefCell<HashMap<ChunkId, flume::Receiver<()>>>,
     /// One compaction at a time.
     compacting: glommio::sync::Semaphore,
+    /// (volume, segment) that compaction found damaged: not tried again until a restart
+    /// (each try would carry its tombstones forward once more).
+    damaged: RefCell<HashSet<(usize, u32)>>,
 }
 
 /// Holds an id against concurrent puts, deletes and compaction copies; released on drop.
@@ -674,6 +677,7 @@ async fn run_shard<D: Disk>(
         counters: RefCell::new(Counters::default()),
         busy: RefCell::new(HashMap::new()),
         compacting: glommio::sync::Semaphore::new(1),
+        damaged: RefCell::new(HashSet::new()),
     });
     for (v, rx) in receivers.into_iter().enumerate() {
         glommio::spawn_local(shard.clone().commit_loop(v, rx)).detach();
@@ -1591,6 +1595,7 @@ impl<D: Disk> Shard<D> {
             }
             seqs.retain(|s| *s > newest || covers.contains_key(s));
             let present: HashSet<u32> = seqs.iter().copied().collect();
+            let mut loaded = Vec::with_capacity(cp.entries.len());
             for e in &cp.entries {
                 if !present.contains(&e.seq) {
                     return Err(StoreError::Io(format!(
@@ -1606,9 +1611,14 @@ impl<D: Disk> Shard<D> {
                     expiry: expiry32(e.expiry_unix_secs),
                 };
                 if !loc.expired(now) {
-                    self.index.borrow_mut().insert(e.id, loc);
+                    loaded.push((e.id, loc));
                 }
             }
+            // Sorted by id and unique: the checkpoint's own invariants, checked on decode.
+            self.index.borrow_mut().load_sorted(loaded);
+            // New segments must sort after every one the checkpoint knew, or the next
+            // restart would take them for compacted leftovers.
+            vol.st.borrow_mut().next_seq = newest.saturating_add(1);
         }
         let mut scanned = 0u64;
         let last = seqs.last().copied();
@@ -1639,6 +1649,19 @@ impl<D: Disk> Shard<D> {
                 }
             }
             let end = walk.end.take().unwrap_or(ScanEnd::Clean { offset: size });
+            if let ScanEnd::Torn {
+                offset,
+                error: RecordError::Version(found),
+            } = &end
+            {
+                // A whole header (its checksum passed) of another format version: data
+                // this engine cannot read, not a torn write. Cutting it would destroy it.
+                return Err(StoreError::Io(format!(
+                    "segment {seq} holds a record of format version {found} at byte {offset}; \
+                     this engine reads version {}: refusing to open the store",
+                    crate::store::record::RECORD_VERSION
+                )));
+            }
             scanned += end.offset().saturating_sub(start);
             let mut kept = size;
             // Without a checkpoint every segment is scanned from 0, and a bad record deep
@@ -1760,6 +1783,7 @@ impl<D: Disk> Shard<D> {
                         seq != st.active
                             && s.sealed
                             && s.pending == 0
+                            && !self.damaged.borrow().contains(&(v, seq))
                             && (s.live as f64) < self.cfg.compact_below * (s.reserved.max(1) as f64)
                     })
                     .map(|(&seq, _)| seq)
@@ -1771,6 +1795,7 @@ impl<D: Disk> Shard<D> {
                 // live records, not all of them.
                 if let Err(e) = self.copy_live(v, seq).await {
                     eprintln!("engine: segment {seq} not compacted: {e}");
+                    self.damaged.borrow_mut().insert((v, seq));
                     continue;
                 }
                 self.checkpoint(v).await?;

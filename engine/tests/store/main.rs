@@ -668,3 +668,43 @@ fn a_carried_tombstone_never_deletes_a_later_put() {
         }
     }
 }
+
+/// A record of a format version this engine does not read is data, not a torn write: the
+/// store refuses to open and cuts nothing.
+#[test]
+fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&[dir.path()], 1);
+    let kept = chunk(1, 5_000);
+    let e = Engine::open(&c).unwrap();
+    put(&e, &kept).unwrap();
+    e.shutdown().unwrap();
+    let shard = dir.path().join("shard-0");
+    let mut segs: Vec<_> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "msd"))
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let seq: u32 = last.file_stem().unwrap().to_str().unwrap()[4..].parse().unwrap();
+    let (id, crc, data) = chunk(2, 5_000);
+    let header = RecordHeader {
+        kind: RecordKind::Chunk,
+        id,
+        payload_bytes: 5_000,
+        payload_crc32c: crc,
+        expiry_unix_secs: 0,
+        segment_seq: seq,
+    };
+    let mut bytes = std::fs::read(last).unwrap();
+    let at = bytes.len();
+    encode_record(&header, &data, &mut bytes);
+    bytes[at + 4] = 2; // a version 2 header, checksum made valid again
+    let sum = crc32c(&bytes[at..at + 60]);
+    bytes[at + 60..at + 64].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(last, &bytes).unwrap();
+    let err = Engine::open(&c).unwrap_err();
+    assert!(err.to_string().contains("format version 2"), "{err}");
+    assert_eq!(std::fs::read(last).unwrap(), bytes, "nothing was cut");
+}
