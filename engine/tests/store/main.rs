@@ -175,31 +175,9 @@ fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
     e.shutdown().unwrap();
     // The active segment (the newest) ends in a record cut after two of its eight sectors,
     // as a crash mid-write leaves it.
-    let shard = dir.path().join("shard-0");
-    let mut segs: Vec<_> = std::fs::read_dir(&shard)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "msd"))
-        .collect();
-    segs.sort();
-    let last = segs.last().unwrap();
-    let seq: u32 = last.file_stem().unwrap().to_str().unwrap()[4..]
-        .parse()
-        .unwrap();
-    let (id, crc, data) = chunk(66, 30_000);
-    let header = RecordHeader {
-        kind: RecordKind::Chunk,
-        id,
-        payload_bytes: 30_000,
-        payload_crc32c: crc,
-        expiry_unix_secs: 0,
-        segment_seq: seq,
-    };
-    let mut torn = std::fs::read(last).unwrap();
-    let at = torn.len();
-    encode_record(&header, &data, &mut torn);
+    let (last, mut torn, at) = with_record_appended(dir.path(), 66, 30_000);
     torn.truncate(at + 8192);
-    std::fs::write(last, &torn).unwrap();
+    std::fs::write(&last, &torn).unwrap();
     let e = Engine::open(&c).unwrap();
     let stats = e.stats().unwrap();
     assert_eq!(stats.truncated_bytes, 8192, "{stats:?}");
@@ -679,32 +657,40 @@ fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     let e = Engine::open(&c).unwrap();
     put(&e, &kept).unwrap();
     e.shutdown().unwrap();
-    let shard = dir.path().join("shard-0");
-    let mut segs: Vec<_> = std::fs::read_dir(&shard)
+    let (last, mut bytes, at) = with_record_appended(dir.path(), 2, 5_000);
+    bytes[at + 4] = 2; // a version 2 header, checksum made valid again
+    let sum = crc32c(&bytes[at..at + 60]);
+    bytes[at + 60..at + 64].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&last, &bytes).unwrap();
+    let err = Engine::open(&c).unwrap_err();
+    assert!(err.to_string().contains("format version 2"), "{err}");
+    assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing was cut");
+}
+
+/// The newest segment of shard 0 in `dir`, its bytes with a whole record of chunk
+/// `(seed, len)` appended (not written back), and where that record starts.
+fn with_record_appended(dir: &Path, seed: u64, len: usize) -> (std::path::PathBuf, Vec<u8>, usize) {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("shard-0"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "msd"))
         .collect();
     segs.sort();
-    let last = segs.last().unwrap();
-    let seq: u32 = last.file_stem().unwrap().to_str().unwrap()[4..].parse().unwrap();
-    let (id, crc, data) = chunk(2, 5_000);
+    let last = segs.pop().unwrap();
+    let seq: u32 = last.file_stem().unwrap().to_str().unwrap()[4..]
+        .parse()
+        .unwrap();
+    let (id, crc, data) = chunk(seed, len);
     let header = RecordHeader {
         kind: RecordKind::Chunk,
         id,
-        payload_bytes: 5_000,
+        payload_bytes: u32::try_from(len).unwrap(),
         payload_crc32c: crc,
         expiry_unix_secs: 0,
         segment_seq: seq,
     };
-    let mut bytes = std::fs::read(last).unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
     let at = bytes.len();
     encode_record(&header, &data, &mut bytes);
-    bytes[at + 4] = 2; // a version 2 header, checksum made valid again
-    let sum = crc32c(&bytes[at..at + 60]);
-    bytes[at + 60..at + 64].copy_from_slice(&sum.to_le_bytes());
-    std::fs::write(last, &bytes).unwrap();
-    let err = Engine::open(&c).unwrap_err();
-    assert!(err.to_string().contains("format version 2"), "{err}");
-    assert_eq!(std::fs::read(last).unwrap(), bytes, "nothing was cut");
+    (last, bytes, at)
 }
