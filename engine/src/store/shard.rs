@@ -1,12 +1,12 @@
 //! The host chunk store: thread-per-core shards on glommio.
 //!
 //! [`Engine`] owns one thread per shard, each running a glommio executor (pinned to a core
-//! when asked). A chunk lives on the shard its id picks (`id[0..8] mod shards`); a shard
-//! owns one directory per data directory (a "volume": `<dir>/shard-<n>/`) and nothing is
-//! shared between shards: callers talk to a shard over a channel, so the data path takes
-//! no lock.
+//! when asked). A chunk lives on the shard its id picks (`id[0..8] mod shards`) and, within
+//! it, on the volume `id[8..16] mod volumes`; a shard owns one directory per data directory
+//! (a "volume": `<dir>/shard-<n>/`) and nothing is shared between shards: callers talk to
+//! a shard over a channel, so the data path takes no lock.
 //!
-//! A volume is a series of append-only segment files of records ([`record`]), the last
+//! A volume is a series of append-only segment files of records (`record`), the last
 //! one active. `put` verifies the chunk's CRC32C and BLAKE3 id while building its record in
 //! a DMA buffer, reserves the next offset in the active segment and writes the record with
 //! one O_DIRECT write; many writes are in flight at once. One committer task per volume
@@ -17,11 +17,12 @@
 //! was not acknowledged in it fails, and writing moves on to a new segment.
 //!
 //! The index (id → volume, segment, offset, length, expiry) lives in memory and is
-//! checkpointed ([`checkpoint`]); a restart reads the checkpoint and scans only the tails
-//! past it, truncating a torn tail of the last segment. Compaction copies the live records
-//! of segments that fell below a live fraction into the active segment, checkpoints, and
-//! only then deletes the old files, so a crash at any point loses nothing and resurrects
-//! nothing (tombstones are kept while the segment they refer to exists).
+//! checkpointed (`checkpoint`); a restart reads the checkpoint and scans only the tails
+//! past it, cutting torn tails. Compaction copies the live records of a segment that fell
+//! below a live fraction into the active segment, checkpoints, and only then deletes the
+//! old file, so a crash at any point loses nothing and resurrects nothing (tombstones name
+//! the exact record they delete and are kept while its segment exists; one id's puts,
+//! deletes and copies never overlap).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
