@@ -354,6 +354,8 @@ impl StoreBench {
         } else {
             None
         };
+        // Everything written is gone; the directory too, if this run made it empty.
+        let _ = std::fs::remove_dir(&self.dir);
         Ok((rows, restart))
     }
 
