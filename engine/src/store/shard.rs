@@ -521,6 +521,15 @@ fn tomb_target(loc: &Loc) -> u64 {
     (u64::from(loc.seq) << 32) | u64::from(loc.sector)
 }
 
+/// The later of two expiries, 0 being never: what a chunk stored twice keeps.
+fn later_expiry(a: u32, b: u32) -> u32 {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        a.max(b)
+    }
+}
+
 fn expiry32(secs: u64) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
@@ -794,6 +803,21 @@ fn spawn(f: impl std::future::Future<Output = ()> + 'static) {
     glommio::spawn_local(f).detach();
 }
 
+/// Bytes read from whole sectors: the buffer, and where the asked bytes lie in it.
+struct Span<R> {
+    buf: R,
+    at: usize,
+    len: usize,
+}
+
+impl<R: std::ops::Deref<Target = [u8]>> std::ops::Deref for Span<R> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
 /// Reads a segment's records window by window from a record boundary.
 struct Walk {
     seq: u32,
@@ -899,9 +923,7 @@ impl<D: Disk> Shard<D> {
     fn index_insert(&self, id: ChunkId, mut loc: Loc) {
         let old = self.index.borrow().get(&id);
         if let Some(old) = old {
-            if old.expiry == 0 || (loc.expiry != 0 && old.expiry > loc.expiry) {
-                loc.expiry = old.expiry;
-            }
+            loc.expiry = later_expiry(old.expiry, loc.expiry);
             self.add_live(&old, false);
         }
         self.add_live(&loc, true);
@@ -1307,23 +1329,56 @@ impl<D: Disk> Shard<D> {
 
     // ---- reading ----
 
+    /// Bytes `at..at + len` of a segment, read as the whole sectors that hold them.
     async fn read(
         &self,
         id: &ChunkId,
         file: &D::File,
         at: u64,
         len: u64,
-    ) -> Result<<D::File as DiskFile>::Read, StoreError> {
+    ) -> Result<Span<<D::File as DiskFile>::Read>, StoreError> {
         let start = align_down(at);
         let n = usize::try_from(align_up(at + len) - start).expect("reads fit in memory");
-        let bytes = file
+        let buf = file
             .read_at(start, n)
             .await
             .map_err(io_error("reading a record"))?;
-        if (bytes.len() as u64) < at + len - start {
+        if (buf.len() as u64) < at + len - start {
             return Err(self.corrupt(*id, "the segment ends inside the record"));
         }
-        Ok(bytes)
+        Ok(Span {
+            buf,
+            at: usize::try_from(at - start).expect("within a sector"),
+            len: usize::try_from(len).expect("reads fit in memory"),
+        })
+    }
+
+    /// Payload bytes `range` of the record at `loc`, and its outboard: two reads at once.
+    async fn read_with_outboard(
+        &self,
+        id: &ChunkId,
+        loc: &Loc,
+        file: &D::File,
+        range: Range<u64>,
+    ) -> Result<
+        (
+            Span<<D::File as DiskFile>::Read>,
+            Span<<D::File as DiskFile>::Read>,
+        ),
+        StoreError,
+    > {
+        let base = loc.offset() + HEADER_BYTES as u64;
+        let (data, outboard) = futures_lite::future::zip(
+            self.read(id, file, base + range.start, range.end - range.start),
+            self.read(
+                id,
+                file,
+                base + u64::from(loc.payload),
+                u64::from(outboard_bytes(loc.payload)),
+            ),
+        )
+        .await;
+        Ok((data?, outboard?))
     }
 
     /// Reads and checks a whole small-or-full record: header, payload CRC, outboard.
@@ -1332,7 +1387,7 @@ impl<D: Disk> Shard<D> {
         id: &ChunkId,
         loc: &Loc,
         file: &D::File,
-    ) -> Result<<D::File as DiskFile>::Read, StoreError> {
+    ) -> Result<Span<<D::File as DiskFile>::Read>, StoreError> {
         let len = HEADER_BYTES as u64 + u64::from(loc.payload);
         let bytes = self.read(id, file, loc.offset(), len).await?;
         let head: &[u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("64 bytes");
@@ -1383,23 +1438,14 @@ impl<D: Disk> Shard<D> {
             );
             return Ok(bytes[HEADER_BYTES + s..HEADER_BYTES + e].to_vec());
         }
-        // Read the groups the range covers and the outboard; check each group against
-        // the outboard and the outboard against the id.
+        // Read the groups the range covers and the outboard; check each group, with the
+        // outboard's siblings on its path, against the id.
         let (g0, first) = group_of(range.start, len);
         let (_, last) = group_of(range.end - 1, len);
-        let base = loc.offset() + HEADER_BYTES as u64;
-        let data_at = base + first.start;
-        let (data, outboard) = futures_lite::future::zip(
-            self.read(&id, &file, data_at, last.end - first.start),
-            self.read(&id, &file, base + len, ob),
-        )
-        .await;
-        let (data, outboard) = (data?, outboard?);
-        let skip = usize::try_from(data_at - align_down(data_at)).expect("small");
-        let oskip = usize::try_from(base + len - align_down(base + len)).expect("small");
-        let outboard = &outboard[oskip..oskip + usize::try_from(ob).expect("small")];
-        let tree = Tree::new(len, outboard, None);
-        let data = &data[skip..skip + usize::try_from(last.end - first.start).expect("small")];
+        let (data, outboard) = self
+            .read_with_outboard(&id, &loc, &file, first.start..last.end)
+            .await?;
+        let tree = Tree::new(len, &outboard, None);
         for (g, group) in (g0..).zip(data.chunks(GROUP_BYTES)) {
             if tree.group_root(g, group).as_bytes() != &id.0 {
                 return Err(self.corrupt(
@@ -1421,29 +1467,14 @@ impl<D: Disk> Shard<D> {
             return Err(StoreError::Leaf { id, leaf, len });
         }
         self.counters.borrow_mut().proofs += 1;
-        let ob = u64::from(outboard_bytes(loc.payload));
         let (g, group) = group_of(leaf * proto::proof::LEAF_BYTES, len);
-        let base = loc.offset() + HEADER_BYTES as u64;
-        let (proof, root) = if ob == 0 {
+        let (proof, root) = if outboard_bytes(loc.payload) == 0 {
             let bytes = self.read_whole(&id, &loc, &file).await?;
             let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
             Tree::new(len, &[], Some((0, payload))).prove(leaf)
         } else {
-            // Group and outboard are usually within a few sectors of each other only for
-            // small chunks; two reads in flight at once either way.
-            let (data, outboard) = futures_lite::future::zip(
-                self.read(&id, &file, base + group.start, group.end - group.start),
-                self.read(&id, &file, base + len, ob),
-            )
-            .await;
-            let (data, outboard) = (data?, outboard?);
-            let skip = usize::try_from(base + group.start - align_down(base + group.start))
-                .expect("small");
-            let oskip = usize::try_from(base + len - align_down(base + len)).expect("small");
-            let bytes =
-                &data[skip..skip + usize::try_from(group.end - group.start).expect("small")];
-            let outboard = &outboard[oskip..oskip + usize::try_from(ob).expect("small")];
-            Tree::new(len, outboard, Some((g, bytes))).prove(leaf)
+            let (bytes, outboard) = self.read_with_outboard(&id, &loc, &file, group).await?;
+            Tree::new(len, &outboard, Some((g, &bytes))).prove(leaf)
         };
         if root.as_bytes() != &id.0 {
             return Err(self.corrupt(id, "the proof does not hash to the id"));
@@ -1733,11 +1764,7 @@ impl<D: Disk> Shard<D> {
                 };
                 if !loc.expired(now) {
                     let keep = index.get(&h.id).map_or(loc, |old| Loc {
-                        expiry: if old.expiry == 0 || loc.expiry == 0 {
-                            0
-                        } else {
-                            old.expiry.max(loc.expiry)
-                        },
+                        expiry: later_expiry(old.expiry, loc.expiry),
                         ..loc
                     });
                     index.insert(h.id, keep);
