@@ -486,6 +486,38 @@ pub fn open_dir(
     check_open_target(out, overwrite)?;
     let (_, manifest_id, envelope) = read_manifest_file(dir)?;
     let (manifest, cipher) = open_envelope(&envelope, manifest_id, unlock)?;
+    let manifest = Arc::new(manifest);
+    let file_id = cipher.file_id();
+    open_to_file(
+        Arc::clone(&manifest),
+        cipher,
+        DirSource::new(dir),
+        out,
+        overwrite,
+        workers,
+        progress,
+    )?;
+    let manifest = Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone());
+    Ok(Opened {
+        file_id,
+        manifest_id,
+        manifest,
+    })
+}
+
+/// Verifies and decrypts every chunk of `manifest` from `source` into `out`, through a
+/// temporary file beside it that is renamed into place (and the directory synced) only
+/// after every chunk passed. The one place a plaintext file is written, for `open` and for
+/// downloads.
+pub fn open_to_file<S: ChunkSource>(
+    manifest: Arc<Manifest>,
+    cipher: Arc<FileCipher>,
+    source: S,
+    out: &Path,
+    overwrite: bool,
+    workers: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), CodecError> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -497,10 +529,8 @@ pub fn open_dir(
         .suffix(".partial")
         .tempfile_in(parent)
         .map_err(CodecError::io("create a temporary file in", parent))?;
-    let manifest = Arc::new(manifest);
-    let file_id = cipher.file_id();
     let mut done = 0u64;
-    for chunk in open_stream(Arc::clone(&manifest), cipher, DirSource::new(dir), workers)? {
+    for chunk in open_stream(Arc::clone(&manifest), cipher, source, workers)? {
         let chunk = chunk?;
         tmp.write_all(chunk.plaintext())
             .map_err(CodecError::io("write", tmp.path()))?;
@@ -523,11 +553,5 @@ pub fn open_dir(
             source: e.error,
         })?;
     }
-    sync_dir(parent)?;
-    let manifest = Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone());
-    Ok(Opened {
-        file_id,
-        manifest_id,
-        manifest,
-    })
+    sync_dir(parent)
 }

@@ -1,6 +1,48 @@
-//! The network: tarpc control-plane services, the binary data plane for chunk bytes, signed
-//! temporary links and the proxy relay.
+//! The network: the binary data plane for chunk bytes (`wire`, `io`, `host`, `client`),
+//! the proxy relay (`proxy`), the host's configuration, state and metrics. Wire formats are
+//! documented byte by byte in `docs/wire.md`.
 //!
-//! Not built yet: this crate holds its place in the workspace. Its upload path will consume
-//! `engine::seal::seal_stream` directly, so an upload never writes an encrypted copy of the
-//! file. Invariant: no ledger rules here.
+//! Invariants: no ledger rules here; tokio is used here and in `tools`, never in `engine`
+//! or `proto`. The upload path consumes `engine::seal::seal_stream` directly, so an upload
+//! never writes an encrypted copy of the file.
+
+pub mod client;
+pub mod config;
+pub mod host;
+pub mod io;
+pub mod journal;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod wire;
+
+use proto::DecodeError;
+
+pub use wire::ErrorCode;
+
+/// Why a network operation failed. Each says what happened and, where it can, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error("refused ({}): {message}", code.name())]
+    Remote { code: ErrorCode, message: String },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("host state: {0}")]
+    State(String),
+    #[error("link: {0}")]
+    Link(#[from] proto::link::LinkError),
+    #[error("{0}")]
+    Codec(#[from] engine::CodecError),
+    #[error("upload journal {path}: {reason}")]
+    Journal { path: String, reason: String },
+}

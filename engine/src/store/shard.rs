@@ -221,6 +221,10 @@ enum Request {
         id: ChunkId,
         reply: Reply<bool>,
     },
+    Stat {
+        id: ChunkId,
+        reply: Reply<Option<u32>>,
+    },
     Compact(Reply<u64>),
     Checkpoint(Reply<()>),
     Stats(Reply<StoreStats>),
@@ -348,6 +352,12 @@ impl Engine {
             range: Some(range),
             reply,
         })
+    }
+
+    /// The length of chunk `id` if it is stored and not expired, from the index alone (no
+    /// disk read): what a resumed upload asks before re-sending.
+    pub fn stat(&self, id: ChunkId) -> Pending<Option<u32>> {
+        Self::ask(self.shard_of(&id), |reply| Request::Stat { id, reply })
     }
 
     /// The storage proof of leaf `leaf` (`proto::proof` format), checked against the id.
@@ -741,6 +751,9 @@ async fn run_shard<D: Disk>(
             } => spawn(async move {
                 let _ = reply.send(s.put(id, crc, data, expiry).await);
             }),
+            Request::Stat { id, reply } => {
+                let _ = reply.send(Ok(s.lookup(&id).ok().map(|loc| loc.payload)));
+            }
             Request::Get { id, range, reply } => spawn(async move {
                 let _ = reply.send(s.get(id, range).await);
             }),

@@ -1,0 +1,827 @@
+//! The client side of the data plane: connecting through proxies, presenting a link, and
+//! the two streaming paths of `mspace put` and `mspace get`.
+//!
+//! `put_file` reads, seals and uploads in one pass: chunks come from
+//! `engine::seal::seal_stream` (bounded memory, no encrypted copy on disk), each is
+//! journaled before it is sent, and puts are pipelined within the host's in-flight limit.
+//! `get_file` fetches the manifest and chunks in order with requests in flight, verifies
+//! and decrypts them with `engine::seal::open_stream`, and renames a temporary file into
+//! place only when every chunk passed.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use ed25519_consensus::SigningKey;
+use engine::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
+use engine::seal::{seal_stream, ChunkSource};
+use engine::sealed_dir::{build_envelope, open_envelope, open_to_file, Unlock};
+use engine::{ChunkFault, CodecError};
+use proto::link::{Grant, Link};
+use proto::{ChunkEntry, ChunkId, FileId, KdfParams, Manifest, ShareKey};
+use rand_core::RngCore;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::io::{read_reply, write_put};
+use crate::journal::{Journal, JournalHeader};
+use crate::wire::{hello_message, Receipt, Reply, Request, FRAME_BODY_MAX, HAVE_IDS_MAX};
+use crate::NetError;
+
+/// Byte counters of a connection, as the client's socket sees them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+}
+
+/// A stream that counts the bytes through it (for proxy receipts).
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters.down.fetch_add(n as u64, Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.up.fetch_add(*n as u64, Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One proxy on the way: where it is, its session, and the counters when it became a pipe.
+#[derive(Clone, Debug)]
+struct Hop {
+    addr: String,
+    session: [u8; 16],
+    up0: u64,
+    down0: u64,
+}
+
+type Rd = BufReader<ReadHalf<Counted<TcpStream>>>;
+type Wr = WriteHalf<Counted<TcpStream>>;
+
+/// An open, accepted connection to a host.
+#[derive(Debug)]
+pub struct Conn {
+    rd: Rd,
+    wr: Wr,
+    next: u32,
+    /// The address the host sees this client at (a proxy's, through proxies).
+    pub peer_seen: String,
+    pub upload_bytes_left: u64,
+    pub inflight_bytes_max: u64,
+    hops: Vec<Hop>,
+    counters: Arc<Counters>,
+}
+
+fn remote(reply: Reply) -> NetError {
+    match reply {
+        Reply::Error { code, message } => NetError::Remote { code, message },
+        other => NetError::Protocol(format!("unexpected reply {:#04x}", other.kind())),
+    }
+}
+
+impl Conn {
+    /// Connects to the link's host, through `via` proxies in order, and presents the link.
+    pub async fn open(link: &Link, via: &[String], key: &SigningKey) -> Result<Conn, NetError> {
+        let first = via.first().map_or(link.addr.as_str(), String::as_str);
+        let stream = TcpStream::connect(first)
+            .await
+            .map_err(|e| NetError::Protocol(format!("cannot connect to {first}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let counters = Arc::new(Counters::default());
+        let (rd, wr) = tokio::io::split(Counted {
+            inner: stream,
+            counters: Arc::clone(&counters),
+        });
+        let mut conn = Conn {
+            rd: BufReader::with_capacity(256 << 10, rd),
+            wr,
+            next: 1,
+            peer_seen: String::new(),
+            upload_bytes_left: 0,
+            inflight_bytes_max: 0,
+            hops: Vec::new(),
+            counters,
+        };
+        for (i, proxy) in via.iter().enumerate() {
+            let target = via.get(i + 1).map_or(link.addr.as_str(), String::as_str);
+            match conn
+                .call(Request::ProxyConnect {
+                    target: target.to_string(),
+                })
+                .await?
+            {
+                Reply::ProxyReady { session } => conn.hops.push(Hop {
+                    addr: proxy.clone(),
+                    session,
+                    up0: conn.counters.up.load(Relaxed),
+                    // Bytes read ahead past the reply came through the pipe already.
+                    down0: conn.counters.down.load(Relaxed) - conn.rd.buffer().len() as u64,
+                }),
+                other => return Err(remote(other)),
+            }
+        }
+        let (_, welcome) = read_reply(&mut conn.rd, 4096).await?;
+        let Reply::Welcome {
+            nonce,
+            peer,
+            frame_body_max,
+            inflight_bytes_max,
+        } = welcome
+        else {
+            return Err(remote(welcome));
+        };
+        if frame_body_max < proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36 {
+            return Err(NetError::Protocol(format!(
+                "the host takes frames of at most {frame_body_max} bytes, less than a chunk"
+            )));
+        }
+        conn.peer_seen = peer;
+        conn.inflight_bytes_max = inflight_bytes_max;
+        let bearer = link.bearer.map(|_| {
+            (
+                key.verification_key().to_bytes(),
+                key.sign(&hello_message(&nonce, &link.id)).to_bytes(),
+            )
+        });
+        match conn
+            .call(Request::Hello {
+                link: link.to_bytes(),
+                bearer,
+            })
+            .await?
+        {
+            Reply::Ready { upload_bytes_left } => conn.upload_bytes_left = upload_bytes_left,
+            other => return Err(remote(other)),
+        }
+        Ok(conn)
+    }
+
+    async fn send(&mut self, req: &Request) -> Result<u32, NetError> {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        self.wr.write_all(&req.to_frame(id)).await?;
+        Ok(id)
+    }
+
+    /// Sends one request and reads its reply; an error reply is an `Err`.
+    pub async fn call(&mut self, req: Request) -> Result<Reply, NetError> {
+        let id = self.send(&req).await?;
+        let (got, reply) = read_reply(&mut self.rd, FRAME_BODY_MAX).await?;
+        if got != id {
+            return Err(NetError::Protocol(format!(
+                "reply to request {got}, expected {id}"
+            )));
+        }
+        match reply {
+            Reply::Error { .. } => Err(remote(reply)),
+            r => Ok(r),
+        }
+    }
+
+    /// Which of `ids` the host has.
+    pub async fn have(&mut self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>, NetError> {
+        let mut out = HashSet::new();
+        for batch in ids.chunks(HAVE_IDS_MAX as usize) {
+            let Reply::HaveReply { bits } = self
+                .call(Request::Have {
+                    ids: batch.to_vec(),
+                })
+                .await?
+            else {
+                return Err(NetError::Protocol("expected a have reply".into()));
+            };
+            for (i, id) in batch.iter().enumerate() {
+                if bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0) {
+                    out.insert(*id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends the session: closes the sending side, reads what the host still sends, and
+    /// gives each proxy on the way a signed receipt of the bytes it relayed.
+    pub async fn finish(mut self, key: &SigningKey) -> Result<Vec<Receipt>, NetError> {
+        self.wr.shutdown().await?;
+        let mut sink = Vec::new();
+        let _ = self.rd.read_to_end(&mut sink).await;
+        let (up, down) = (
+            self.counters.up.load(Relaxed),
+            self.counters.down.load(Relaxed),
+        );
+        let mut receipts = Vec::new();
+        for hop in &self.hops {
+            let r = Receipt::sign(key, hop.session, up - hop.up0, down - hop.down0);
+            let mut s = TcpStream::connect(&hop.addr).await?;
+            s.write_all(&Request::ProxyReceipt(r.clone()).to_frame(1))
+                .await?;
+            let (_, reply) = read_reply(&mut s, 4096).await?;
+            match reply {
+                Reply::ReceiptOk => receipts.push(r),
+                other => return Err(remote(other)),
+            }
+        }
+        Ok(receipts)
+    }
+}
+
+/// What `put_file` needs.
+#[derive(Debug)]
+pub struct PutJob {
+    pub file: PathBuf,
+    pub link: Link,
+    pub via: Vec<String>,
+    pub key: SigningKey,
+    pub passphrase: zeroize::Zeroizing<Vec<u8>>,
+    pub chunk_bytes: u32,
+    pub workers: usize,
+    pub kdf: KdfParams,
+    /// Where the upload journal lives.
+    pub journal_dir: PathBuf,
+}
+
+/// What an upload did.
+#[derive(Debug)]
+pub struct PutDone {
+    pub file_id: FileId,
+    pub manifest_id: ChunkId,
+    pub share_key: ShareKey,
+    pub manifest: Manifest,
+    /// Chunks sent in this run, and those the host already had from an interrupted one.
+    pub sent_chunks: u64,
+    pub skipped_chunks: u64,
+    pub peer_seen: String,
+    pub receipts: Vec<Receipt>,
+}
+
+/// The journal file of one upload: per link and file path.
+pub fn journal_path(dir: &Path, link: &Link, file: &Path) -> PathBuf {
+    let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
+    let h = blake3::hash(abs.as_os_str().as_encoded_bytes());
+    dir.join(format!(
+        "put-{}-{}.journal",
+        data_encoding::HEXLOWER.encode(&link.id),
+        &h.to_hex()[..16]
+    ))
+}
+
+enum Sealed {
+    Chunk(engine::seal::SealedChunk),
+    Done {
+        manifest: Manifest,
+        envelope: Vec<u8>,
+        manifest_id: ChunkId,
+    },
+}
+
+/// Why an attempt stopped: a changed file restarts the upload with a fresh key.
+enum Attempt {
+    Done(Box<PutDone>),
+    Changed { index: u64 },
+}
+
+/// Uploads a file through `job.link`; `progress(done, total)` counts plaintext bytes
+/// acknowledged (or found on the host).
+pub async fn put_file(
+    job: &PutJob,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<PutDone, NetError> {
+    let Grant::Upload { .. } = job.link.grant else {
+        return Err(NetError::Protocol(
+            "this is a download link; `mspace put` needs an upload link".into(),
+        ));
+    };
+    match put_attempt(job, true, Arc::clone(&progress)).await? {
+        Attempt::Done(d) => Ok(*d),
+        Attempt::Changed { index } => {
+            tracing::warn!(index, "the file or passphrase changed since the interrupted upload: starting over with a fresh key");
+            match put_attempt(job, false, progress).await? {
+                Attempt::Done(d) => Ok(*d),
+                Attempt::Changed { .. } => Err(NetError::Protocol(
+                    "the file changed while it was being uploaded".into(),
+                )),
+            }
+        }
+    }
+}
+
+fn mtime_nanos(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+async fn put_attempt(
+    job: &PutJob,
+    resume: bool,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<Attempt, NetError> {
+    let file = std::fs::File::open(&job.file).map_err(|e| {
+        NetError::Codec(CodecError::Io {
+            op: "open",
+            path: job.file.clone(),
+            source: e,
+        })
+    })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(NetError::Protocol(format!(
+            "{} is not a regular file",
+            job.file.display()
+        )));
+    }
+    let (size, mtime) = (meta.len(), mtime_nanos(&meta));
+    if Manifest::chunk_count_for(size, job.chunk_bytes) > u64::from(proto::CHUNKS_PER_FILE_MAX) {
+        return Err(CodecError::TooManyChunks {
+            max_chunks: proto::CHUNKS_PER_FILE_MAX,
+            chunk_bytes: job.chunk_bytes,
+        }
+        .into());
+    }
+    let jpath = journal_path(&job.journal_dir, &job.link, &job.file);
+    let found = if resume {
+        Journal::find(&jpath, &job.link.id, size, mtime, job.chunk_bytes)
+    } else {
+        None
+    };
+    let (header, previous) = match found {
+        Some(f) => f,
+        None => {
+            let mut salt = [0u8; 16];
+            let mut id = [0u8; 16];
+            rand_core::OsRng.fill_bytes(&mut salt);
+            rand_core::OsRng.fill_bytes(&mut id);
+            (
+                JournalHeader {
+                    link: job.link.id,
+                    file_bytes: size,
+                    mtime_nanos: mtime,
+                    chunk_bytes: job.chunk_bytes,
+                    kdf: job.kdf,
+                    salt,
+                    file_id: FileId(id),
+                },
+                Vec::new(),
+            )
+        }
+    };
+    let master = derive_master_key(&job.passphrase, &header.salt, header.kdf)?;
+    let file_key = derive_file_key(&master, &header.file_id);
+    let cipher = FileCipher::new(&file_key, header.file_id);
+    let (kdf, salt, file_id) = (header.kdf, header.salt, header.file_id);
+    let mut journal = Journal::start(&jpath, header, previous)?;
+
+    let mut conn = Conn::open(&job.link, &job.via, &job.key).await?;
+    let sealed_total =
+        size + Manifest::chunk_count_for(size, job.chunk_bytes) * u64::from(proto::TAG_BYTES);
+    let present = conn.have(&journal.previous).await?;
+
+    if conn.upload_bytes_left
+        < sealed_total.saturating_sub(present.len() as u64 * u64::from(job.chunk_bytes))
+    {
+        return Err(NetError::Remote {
+            code: crate::ErrorCode::QuotaExceeded,
+            message: format!(
+                "the link allows {} more bytes; this file needs about {sealed_total}",
+                conn.upload_bytes_left
+            ),
+        });
+    }
+
+    // Sealing runs on its own threads; chunks come here through a small channel, so at most
+    // a few are in memory beyond the pipeline's own buffers.
+    let (tx, mut rx) = mpsc::channel::<Result<Sealed, CodecError>>(2);
+    let name = job
+        .file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
+    let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
+    let sealer = tokio::task::spawn_blocking(move || {
+        let result = (|| -> Result<(), CodecError> {
+            let mut stream = seal_stream(file, cipher, chunk_bytes, workers)?;
+            let mut builder = ManifestBuilder::new(chunk_bytes);
+            for chunk in stream.by_ref() {
+                let chunk = chunk?;
+                builder.push(chunk.entry);
+                if tx.blocking_send(Ok(Sealed::Chunk(chunk))).is_err() {
+                    return Ok(());
+                }
+            }
+            if builder.file_bytes() != size {
+                return Err(CodecError::InputChanged {
+                    expected: size,
+                    read: builder.file_bytes(),
+                });
+            }
+            let name = if proto::manifest::check_name(&name).is_ok() {
+                name
+            } else {
+                String::new()
+            };
+            let manifest = builder.finish(name)?;
+            let (envelope, manifest_id) = build_envelope(stream.cipher(), kdf, salt, &manifest);
+            let _ = tx.blocking_send(Ok(Sealed::Done {
+                manifest,
+                envelope,
+                manifest_id,
+            }));
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+
+    let result = upload_loop(&mut conn, &mut journal, &mut rx, &present, size, progress).await;
+    drop(rx);
+    let _ = sealer.await;
+    let (manifest, envelope, manifest_id, sent, skipped) = match result? {
+        LoopEnd::Changed(index) => {
+            drop(journal);
+            return Ok(Attempt::Changed { index });
+        }
+        LoopEnd::Sealed {
+            manifest,
+            envelope,
+            manifest_id,
+            sent,
+            skipped,
+        } => (manifest, envelope, manifest_id, sent, skipped),
+    };
+    let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    match conn
+        .call(Request::PutObject {
+            manifest: manifest_id,
+            chunks,
+            envelope,
+        })
+        .await?
+    {
+        Reply::Stored { .. } => {}
+        other => return Err(remote(other)),
+    }
+    journal.remove()?;
+    let peer_seen = conn.peer_seen.clone();
+    let receipts = conn.finish(&job.key).await?;
+    Ok(Attempt::Done(Box::new(PutDone {
+        file_id,
+        manifest_id,
+        share_key: ShareKey {
+            file_id,
+            manifest_id,
+            file_key,
+        },
+        manifest,
+        sent_chunks: sent,
+        skipped_chunks: skipped,
+        peer_seen,
+        receipts,
+    })))
+}
+
+enum LoopEnd {
+    Changed(u64),
+    Sealed {
+        manifest: Manifest,
+        envelope: Vec<u8>,
+        manifest_id: ChunkId,
+        sent: u64,
+        skipped: u64,
+    },
+}
+
+/// Sends sealed chunks with puts in flight up to half the host's in-flight byte limit,
+/// journaling each batch before its bytes go, and reads acknowledgements as they come.
+async fn upload_loop(
+    conn: &mut Conn,
+    journal: &mut Journal,
+    rx: &mut mpsc::Receiver<Result<Sealed, CodecError>>,
+    present: &HashSet<ChunkId>,
+    total: u64,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<LoopEnd, NetError> {
+    let budget = (conn.inflight_bytes_max / 2).max(u64::from(proto::CHUNK_BYTES_MAX) + 1024);
+    let mut outstanding: VecDeque<(u32, u64)> = VecDeque::new();
+    let mut in_flight = 0u64;
+    let mut done = 0u64;
+    let (mut sent, mut skipped) = (0u64, 0u64);
+    let previous = journal.previous.clone();
+    loop {
+        // Take what the sealer has ready (at least one), then journal the batch once.
+        let Some(first) = rx.recv().await else {
+            return Err(NetError::Protocol(
+                "the sealer stopped without a result".into(),
+            ));
+        };
+        let mut batch = vec![first?];
+        while batch.len() < 64 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m?),
+                Err(_) => break,
+            }
+        }
+        let mut to_send = Vec::new();
+        let mut end = None;
+        for m in batch {
+            match m {
+                Sealed::Chunk(c) => {
+                    let plain = u64::from(c.plain_bytes());
+                    if let Some(prev) = usize::try_from(c.index).ok().and_then(|i| previous.get(i))
+                    {
+                        if *prev != c.entry.id {
+                            return Ok(LoopEnd::Changed(c.index));
+                        }
+                        if present.contains(prev) {
+                            skipped += 1;
+                            done += plain;
+                            progress(done, total);
+                            continue;
+                        }
+                    }
+                    to_send.push(c);
+                }
+                Sealed::Done {
+                    manifest,
+                    envelope,
+                    manifest_id,
+                } => end = Some((manifest, envelope, manifest_id)),
+            }
+        }
+        let new: Vec<ChunkId> = to_send
+            .iter()
+            .filter(|c| c.index >= u64::from(journal.len()))
+            .map(|c| c.entry.id)
+            .collect();
+        if !new.is_empty() {
+            journal.append(&new)?;
+        }
+        for c in to_send {
+            let len = c.bytes().len() as u64;
+            // Wait for acknowledgements while the window is full.
+            while in_flight + len > budget && !outstanding.is_empty() {
+                done += ack(conn, &mut outstanding, &mut in_flight).await?;
+                progress(done, total);
+            }
+            let id = conn.next;
+            conn.next = conn.next.wrapping_add(1);
+            write_put(&mut conn.wr, id, &c.entry.id, c.entry.crc32c, c.bytes()).await?;
+            outstanding.push_back((id, len));
+            in_flight += len;
+            sent += 1;
+        }
+        if let Some((manifest, envelope, manifest_id)) = end {
+            while !outstanding.is_empty() {
+                done += ack(conn, &mut outstanding, &mut in_flight).await?;
+                progress(done, total);
+            }
+            return Ok(LoopEnd::Sealed {
+                manifest,
+                envelope,
+                manifest_id,
+                sent,
+                skipped,
+            });
+        }
+    }
+}
+
+/// Reads the acknowledgement of the oldest put; returns its plaintext bytes.
+async fn ack(
+    conn: &mut Conn,
+    outstanding: &mut VecDeque<(u32, u64)>,
+    in_flight: &mut u64,
+) -> Result<u64, NetError> {
+    let (want, len) = outstanding
+        .pop_front()
+        .ok_or(NetError::Protocol("no put in flight".into()))?;
+    let (got, reply) = read_reply(&mut conn.rd, FRAME_BODY_MAX).await?;
+    if got != want {
+        return Err(NetError::Protocol(format!(
+            "reply to request {got}, expected {want}"
+        )));
+    }
+    match reply {
+        Reply::Stored { .. } => {
+            *in_flight -= len;
+            Ok(len - u64::from(proto::TAG_BYTES))
+        }
+        other => Err(remote(other)),
+    }
+}
+
+/// How a download proves it may read the file.
+#[derive(Clone, Debug)]
+pub enum Key {
+    Passphrase(zeroize::Zeroizing<Vec<u8>>),
+    Share(Box<ShareKey>),
+}
+
+/// What `get_file` needs.
+#[derive(Debug)]
+pub struct GetJob {
+    pub link: Link,
+    pub via: Vec<String>,
+    pub key: SigningKey,
+    pub unlock: Key,
+    pub out: PathBuf,
+    pub overwrite: bool,
+    pub workers: usize,
+}
+
+#[derive(Debug)]
+pub struct GetDone {
+    pub file_id: FileId,
+    pub manifest_id: ChunkId,
+    pub manifest: Manifest,
+    pub peer_seen: String,
+    pub receipts: Vec<Receipt>,
+}
+
+/// Chunks as the fetch task delivers them, in order.
+struct NetSource {
+    rx: crossbeam_channel::Receiver<(u64, Result<Vec<u8>, NetError>)>,
+}
+
+impl ChunkSource for NetSource {
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+        let fault = |f| CodecError::Chunk {
+            index,
+            id: entry.id,
+            fault: f,
+        };
+        match self.rx.recv() {
+            Ok((i, Ok(bytes))) if i == index => {
+                buf.extend_from_slice(&bytes);
+                Ok(())
+            }
+            Ok((
+                _,
+                Err(NetError::Remote {
+                    code: crate::ErrorCode::NotFound,
+                    ..
+                }),
+            )) => Err(fault(ChunkFault::Missing)),
+            Ok((_, Err(e))) => Err(CodecError::Invalid(format!("fetching chunk {index}: {e}"))),
+            Ok((i, Ok(_))) => Err(CodecError::Invalid(format!(
+                "chunk {i} arrived when {index} was expected"
+            ))),
+            Err(_) => Err(CodecError::Invalid(format!(
+                "the download stopped before chunk {index}"
+            ))),
+        }
+    }
+}
+
+/// Downloads, verifies and decrypts the file a download link names into `job.out`.
+pub async fn get_file(
+    job: &GetJob,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<GetDone, NetError> {
+    let Grant::Download {
+        manifest: manifest_id,
+    } = job.link.grant
+    else {
+        return Err(NetError::Protocol(
+            "this is an upload link; `mspace get` needs a download link".into(),
+        ));
+    };
+    engine::sealed_dir::check_open_target(&job.out, job.overwrite)?;
+    let mut conn = Conn::open(&job.link, &job.via, &job.key).await?;
+    let Reply::Data(envelope) = conn.call(Request::GetObject).await? else {
+        return Err(NetError::Protocol("expected the manifest envelope".into()));
+    };
+    if ChunkId::of(&envelope) != manifest_id {
+        return Err(NetError::Protocol(
+            "the host sent a manifest that does not hash to the link's manifest id".into(),
+        ));
+    }
+    let (manifest, cipher) = match &job.unlock {
+        Key::Passphrase(p) => open_envelope(&envelope, manifest_id, Unlock::Passphrase(p))?,
+        Key::Share(s) => open_envelope(&envelope, manifest_id, Unlock::ShareKey(s))?,
+    };
+    let manifest = Arc::new(manifest);
+    let file_id = cipher.file_id();
+
+    // Fetching: requests in flight up to the window, replies in order into a channel.
+    let (ctx, crx) = crossbeam_channel::bounded(8);
+    let entries: Vec<ChunkEntry> = manifest.chunks.clone();
+    let window = (conn.inflight_bytes_max / 2).max(u64::from(proto::CHUNK_BYTES_MAX));
+    let fetch = async {
+        let mut next_send = 0usize;
+        let mut outstanding: VecDeque<(u32, u64, u64)> = VecDeque::new();
+        let mut in_flight = 0u64;
+        let mut next_recv = 0usize;
+        while next_recv < entries.len() {
+            while next_send < entries.len()
+                && outstanding.len() < 16
+                && (outstanding.is_empty()
+                    || in_flight + u64::from(entries[next_send].sealed_bytes) <= window)
+            {
+                let e = &entries[next_send];
+                let id = conn.send(&Request::Get { id: e.id }).await?;
+                outstanding.push_back((id, next_send as u64, u64::from(e.sealed_bytes)));
+                in_flight += u64::from(e.sealed_bytes);
+                next_send += 1;
+            }
+            let (want, index, len) = outstanding
+                .pop_front()
+                .ok_or(NetError::Protocol("nothing in flight".into()))?;
+            let (got, reply) = read_reply(&mut conn.rd, FRAME_BODY_MAX).await?;
+            if got != want {
+                return Err(NetError::Protocol(format!(
+                    "reply to request {got}, expected {want}"
+                )));
+            }
+            in_flight -= len;
+            let item = match reply {
+                Reply::Data(b) => Ok(b),
+                other => Err(remote(other)),
+            };
+            let failed = item.is_err();
+            let ctx = ctx.clone();
+            // The channel is bounded: waiting for room happens off the runtime's threads.
+            if tokio::task::spawn_blocking(move || ctx.send((index, item)))
+                .await
+                .map_or(true, |r| r.is_err())
+                || failed
+            {
+                break;
+            }
+            next_recv += 1;
+        }
+        Ok::<(), NetError>(())
+    };
+
+    let out = job.out.clone();
+    let overwrite = job.overwrite;
+    let workers = job.workers;
+    let open_manifest = Arc::clone(&manifest);
+    let opener = tokio::task::spawn_blocking(move || {
+        let total = open_manifest.file_bytes;
+        open_to_file(
+            Arc::clone(&open_manifest),
+            cipher,
+            NetSource { rx: crx },
+            &out,
+            overwrite,
+            workers,
+            &mut |done, _| progress(done, total),
+        )
+    });
+    let fetched = fetch.await;
+    let opened = opener
+        .await
+        .map_err(|e| NetError::Protocol(format!("the opener failed: {e}")))?;
+    // The opener's error says which chunk failed and why; the fetch's says why the network stopped.
+    match (opened, fetched) {
+        (Ok(()), _) => {}
+        (Err(e), _) => return Err(e.into()),
+    }
+    let peer_seen = conn.peer_seen.clone();
+    let receipts = conn.finish(&job.key).await?;
+    Ok(GetDone {
+        file_id,
+        manifest_id,
+        manifest: Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone()),
+        peer_seen,
+        receipts,
+    })
+}

@@ -1,0 +1,280 @@
+//! The host's configuration file (TOML), its commented default, and the host key file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ed25519_consensus::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::NetError;
+
+/// Named limits of the data plane. Every one bounds what a single peer can hold.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections served at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// Seconds a new connection has to present its link.
+    pub hello_secs: u64,
+    /// Seconds a connection may stay idle between requests.
+    pub idle_secs: u64,
+    /// A frame's body must arrive within `body_base_secs` plus its length at this rate
+    /// (bytes per second): slower peers are cut off.
+    pub min_body_rate: u64,
+    pub body_base_secs: u64,
+    /// Requests one connection may have in flight.
+    pub inflight_requests: usize,
+    /// Request bytes one connection may have in flight (bodies read but not yet answered).
+    pub inflight_bytes: u64,
+    /// Reads (whole chunks, ranges, proofs) one connection may have in flight: their replies
+    /// are up to a chunk each.
+    pub inflight_reads: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            hello_secs: 10,
+            idle_secs: 120,
+            min_body_rate: 256 << 10,
+            body_base_secs: 10,
+            inflight_requests: 64,
+            inflight_bytes: 256 << 20,
+            inflight_reads: 16,
+        }
+    }
+}
+
+impl Limits {
+    pub fn hello(&self) -> Duration {
+        Duration::from_secs(self.hello_secs)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs)
+    }
+}
+
+/// `mspace host --config <FILE>`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// One volume per directory (a disk each, ideally).
+    pub data_dirs: Vec<PathBuf>,
+    /// Where the data plane listens.
+    pub listen: String,
+    /// The address put into links, if clients reach the host by another name.
+    #[serde(default)]
+    pub public_addr: Option<String>,
+    /// Prometheus metrics (`GET /metrics`); none if unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    /// The host's ed25519 key (created by `mspace host init`).
+    pub key_file: PathBuf,
+    /// Link usage and uploaded files' chunk lists.
+    pub state_dir: PathBuf,
+    /// Engine shards: 0 for one per core.
+    #[serde(default)]
+    pub shards: usize,
+    /// Bytes the store may use in all, 0 for no limit but the disks'.
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Days a chunk uploaded with a link is kept (until deals set it).
+    #[serde(default = "default_retention")]
+    pub retention_days: u64,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_retention() -> u64 {
+    30
+}
+
+impl HostConfig {
+    /// Reads and checks a config file; relative paths in it are taken from its directory.
+    pub fn load(path: &Path) -> Result<HostConfig, NetError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| NetError::Config(format!("read {}: {e}", path.display())))?;
+        let mut cfg: HostConfig = toml::from_str(&text)
+            .map_err(|e| NetError::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        cfg.data_dirs.iter_mut().for_each(abs);
+        abs(&mut cfg.key_file);
+        abs(&mut cfg.state_dir);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    pub fn check(&self) -> Result<(), NetError> {
+        if self.data_dirs.is_empty() {
+            return Err(NetError::Config(
+                "data_dirs is empty: name at least one".into(),
+            ));
+        }
+        if self.data_dirs.len() > 255 {
+            return Err(NetError::Config("at most 255 data_dirs".into()));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0
+            || l.inflight_requests == 0
+            || l.inflight_reads == 0
+            || l.min_body_rate == 0
+            || l.hello_secs == 0
+            || l.idle_secs == 0
+            || l.inflight_bytes < u64::from(proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36)
+        {
+            return Err(NetError::Config(format!(
+                "limits must be positive, and inflight_bytes at least one largest chunk ({} bytes)",
+                proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36
+            )));
+        }
+        Ok(())
+    }
+
+    /// The address links name.
+    pub fn link_addr(&self) -> &str {
+        self.public_addr.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The commented default `mspace host init` writes.
+    pub fn default_text(data_dir: &Path, listen: &str) -> String {
+        format!(
+            r#"# Market.space host configuration (mspace host --config <this file>).
+# Relative paths are taken from this file's directory.
+
+# Where chunks live: one volume per directory, ideally one NVMe disk each.
+data_dirs = [{data:?}]
+
+# The data plane: clients and proxies connect here with links this host signed.
+listen = "{listen}"
+
+# The address written into links, if clients reach this host by another name
+# (a public DNS name, a NAT's address). Defaults to `listen`.
+# public_addr = "host.example.net:7400"
+
+# Prometheus metrics at http://<metrics_listen>/metrics. Keep it off the public interface.
+# metrics_listen = "127.0.0.1:9400"
+
+# The host's ed25519 key: links are signed with it. Keep it secret, keep a backup.
+key_file = "host.key"
+
+# Link usage and uploaded files' chunk lists.
+state_dir = "host-state"
+
+# Engine shards (threads, one per core): 0 for one per core.
+shards = 0
+
+# Bytes the store may use in all; 0 for the disks' own limit.
+capacity_bytes = 0
+
+# Days a chunk uploaded with a link is kept.
+retention_days = 30
+
+[limits]
+# Connections served at once.
+max_connections = 1024
+# Seconds a new connection has to present its link.
+hello_secs = 10
+# Seconds a connection may stay idle.
+idle_secs = 120
+# A frame's body must arrive within body_base_secs plus its length at min_body_rate
+# bytes per second; slower peers are disconnected.
+min_body_rate = 262144
+body_base_secs = 10
+# Per connection: requests, request bytes and reads in flight.
+inflight_requests = 64
+inflight_bytes = 268435456
+inflight_reads = 16
+"#,
+            data = data_dir.display().to_string(),
+        )
+    }
+}
+
+/// Reads a key file: the 32-byte ed25519 seed in hex, one line.
+pub fn read_key(path: &Path) -> Result<SigningKey, NetError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetError::Config(format!("read key {}: {e}", path.display())))?;
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.trim().as_bytes())
+        .map_err(|e| NetError::Config(format!("key {}: not hex: {e}", path.display())))?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        NetError::Config(format!(
+            "key {}: {} bytes, an ed25519 seed is 32",
+            path.display(),
+            b.len()
+        ))
+    })?;
+    Ok(SigningKey::from(seed))
+}
+
+/// Writes a new random key file readable only by its owner; refuses to replace one.
+pub fn write_new_key(path: &Path) -> Result<SigningKey, NetError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = SigningKey::new(rand_core::OsRng);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| NetError::Config(format!("create key {}: {e}", path.display())))?;
+    writeln!(f, "{}", data_encoding::HEXLOWER.encode(key.as_bytes()))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| NetError::Config(format!("write key {}: {e}", path.display())))?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_default_file_loads_and_bad_files_are_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("host.toml");
+        std::fs::write(
+            &p,
+            HostConfig::default_text(Path::new("data"), "127.0.0.1:7400"),
+        )
+        .unwrap();
+        let cfg = HostConfig::load(&p).unwrap();
+        assert_eq!(cfg.data_dirs, vec![dir.path().join("data")]);
+        assert_eq!(cfg.limits, Limits::default());
+        assert_eq!(cfg.link_addr(), "127.0.0.1:7400");
+
+        std::fs::write(&p, "listen = 3").unwrap();
+        assert!(HostConfig::load(&p).is_err());
+        let text =
+            HostConfig::default_text(Path::new("d"), "x:1").replace("shards = 0", "sharts = 0");
+        std::fs::write(&p, text).unwrap();
+        let e = HostConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("sharts"), "{e}");
+        let text = HostConfig::default_text(Path::new("d"), "x:1")
+            .replace("inflight_reads = 16", "inflight_reads = 0");
+        std::fs::write(&p, text).unwrap();
+        assert!(HostConfig::load(&p).is_err());
+    }
+
+    #[test]
+    fn keys_are_written_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let k = write_new_key(&p).unwrap();
+        assert_eq!(read_key(&p).unwrap().as_bytes(), k.as_bytes());
+        assert!(
+            write_new_key(&p).is_err(),
+            "an existing key is never replaced"
+        );
+        std::fs::write(&p, "abcd").unwrap();
+        assert!(read_key(&p).unwrap_err().to_string().contains("32"));
+        std::fs::write(&p, "zz").unwrap();
+        assert!(read_key(&p).is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! The proxy relay (`mspace proxy`): a client names a host (or the next proxy) in a
+//! `ProxyConnect` frame, the proxy connects to it from its own address and then relays bytes
+//! both ways unchanged, counting them. The host sees only the proxy's address. When the
+//! session ends, the client sends a `ProxyReceipt` on a new connection: its signed statement
+//! of the bytes relayed, which the proxy accepts only if it matches its own count (the
+//! basis of the proxy's pay later).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand_core::RngCore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tracing::{debug, info};
+
+use crate::config::Limits;
+use crate::io::{read_header, read_request_body, write_reply};
+use crate::wire::{kind, ErrorCode, Receipt, Reply, Request};
+use crate::NetError;
+
+/// Time to reach the target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a receipt waits for its session's relay to finish.
+const RECEIPT_WAIT: Duration = Duration::from_secs(30);
+/// Sessions whose receipts are kept in memory.
+const SESSIONS_MAX: usize = 100_000;
+
+/// A relayed session: the byte counts once the relay has ended.
+#[derive(Debug)]
+struct Session {
+    counts: watch::Receiver<Option<(u64, u64)>>,
+}
+
+/// A proxy's sessions and the receipts clients signed.
+#[derive(Debug, Default)]
+pub struct Proxy {
+    sessions: Mutex<HashMap<[u8; 16], Session>>,
+    receipts: Mutex<Vec<Receipt>>,
+    limits: Limits,
+}
+
+impl Proxy {
+    pub fn new(limits: Limits) -> Proxy {
+        Proxy {
+            limits,
+            ..Proxy::default()
+        }
+    }
+
+    /// Receipts accepted so far.
+    pub fn receipts(&self) -> Vec<Receipt> {
+        self.receipts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(proxy.limits.max_connections));
+    let local_ip = listener.local_addr().ok().map(|a| a.ip());
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            match connection(&proxy, stream, local_ip).await {
+                Ok(()) => debug!(%peer, "proxy connection done"),
+                Err(e) => info!(%peer, reason = %e, "proxy connection closed"),
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(
+    proxy: &Arc<Proxy>,
+    mut client: TcpStream,
+    local_ip: Option<std::net::IpAddr>,
+) -> Result<(), NetError> {
+    let first = tokio::time::timeout(proxy.limits.hello(), async {
+        let h = read_header(&mut client, 1024)
+            .await?
+            .ok_or(NetError::Closed)?;
+        if h.kind != kind::PROXY_CONNECT && h.kind != kind::PROXY_RECEIPT {
+            return Err(NetError::Protocol(format!(
+                "a proxy takes a connect or a receipt first, not kind {:#04x}",
+                h.kind
+            )));
+        }
+        Ok((h.request, read_request_body(&mut client, &h).await?))
+    })
+    .await
+    .map_err(|_| NetError::Timeout("proxy hello"))?;
+    let (request, req) = match first {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_reply(
+                &mut client,
+                0,
+                &Reply::error(ErrorCode::Malformed, e.to_string()),
+            )
+            .await;
+            return Err(e);
+        }
+    };
+    match req {
+        Request::ProxyConnect { target } => relay(proxy, client, request, &target, local_ip).await,
+        Request::ProxyReceipt(r) => {
+            let reply = check_receipt(proxy, r).await;
+            write_reply(&mut client, request, &reply).await?;
+            client.shutdown().await?;
+            Ok(())
+        }
+        _ => Err(NetError::Protocol("unreachable: kind checked".into())),
+    }
+}
+
+async fn connect_from(
+    target: &str,
+    local_ip: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for addr in addrs {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // Connect from the address the proxy listens on, when it is a specific one, so the
+        // host sees the proxy's public face.
+        if let Some(ip) =
+            local_ip.filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4())
+        {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn relay(
+    proxy: &Arc<Proxy>,
+    mut client: TcpStream,
+    request: u32,
+    target: &str,
+    local_ip: Option<std::net::IpAddr>,
+) -> Result<(), NetError> {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect_from(target, local_ip)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let msg = format!("cannot reach {target}: {e}");
+            let _ = write_reply(
+                &mut client,
+                request,
+                &Reply::error(ErrorCode::Unreachable, msg.clone()),
+            )
+            .await;
+            return Err(NetError::Protocol(msg));
+        }
+        Err(_) => {
+            let msg = format!("connecting to {target} timed out");
+            let _ = write_reply(
+                &mut client,
+                request,
+                &Reply::error(ErrorCode::Unreachable, msg.clone()),
+            )
+            .await;
+            return Err(NetError::Timeout("proxy connect"));
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let mut session = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut session);
+    let (done, counts) = watch::channel(None);
+    {
+        let mut s = proxy.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() >= SESSIONS_MAX {
+            // Oldest first would need an order; sessions without a receipt are dropped.
+            s.retain(|_, v| v.counts.borrow().is_none());
+        }
+        s.insert(session, Session { counts });
+    }
+    write_reply(&mut client, request, &Reply::ProxyReady { session }).await?;
+    let mut upstream = upstream;
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (up, down) = match &result {
+        Ok((a, b)) => (*a, *b),
+        Err(_) => (0, 0),
+    };
+    let _ = done.send(Some((up, down)));
+    info!(target, up, down, "relayed");
+    result.map(|_| ()).map_err(NetError::Io)
+}
+
+async fn check_receipt(proxy: &Proxy, r: Receipt) -> Reply {
+    if !r.verify() {
+        return Reply::error(
+            ErrorCode::BadReceipt,
+            "the receipt's signature does not verify",
+        );
+    }
+    let counts = {
+        let s = proxy.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.get(&r.session).map(|s| s.counts.clone())
+    };
+    let Some(mut counts) = counts else {
+        return Reply::error(ErrorCode::BadReceipt, "no such session here");
+    };
+    // The client may finish before this proxy has seen both directions close.
+    let ended = tokio::time::timeout(RECEIPT_WAIT, counts.wait_for(Option::is_some)).await;
+    let Ok(Ok(c)) = ended else {
+        return Reply::error(ErrorCode::BadReceipt, "the session has not ended");
+    };
+    let Some((up, down)) = *c else {
+        return Reply::error(ErrorCode::BadReceipt, "the session has not ended");
+    };
+    drop(c);
+    if (up, down) != (r.up_bytes, r.down_bytes) {
+        return Reply::error(
+            ErrorCode::BadReceipt,
+            format!(
+                "the receipt says {} up and {} down, this proxy relayed {up} and {down}",
+                r.up_bytes, r.down_bytes
+            ),
+        );
+    }
+    proxy
+        .sessions
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&r.session);
+    proxy
+        .receipts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(r);
+    Reply::ReceiptOk
+}

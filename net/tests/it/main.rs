@@ -1,0 +1,700 @@
+//! The data plane over loopback: a real host (engine on a temporary directory, glommio
+//! shards, tokio listener), real clients and proxies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_consensus::SigningKey;
+use engine::store::{Engine, EngineConfig};
+use net::client::{get_file, put_file, Conn, GetJob, Key, PutJob};
+use net::config::Limits;
+use net::host::{serve, Host};
+use net::proxy::Proxy;
+use net::state::HostState;
+use net::wire::{ErrorCode, Request};
+use net::NetError;
+use proto::link::{Grant, Link};
+use proto::{ChunkId, KdfParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Cheap key derivation: these tests are about the network, not Argon2.
+const KDF: KdfParams = KdfParams {
+    m_kib: 64,
+    t: 1,
+    p: 1,
+};
+const CHUNK: u32 = 64 << 10;
+
+struct TestHost {
+    _dir: tempfile::TempDir,
+    host: Arc<Host>,
+    key: SigningKey,
+    addr: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn start_host(limits: Limits) -> TestHost {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let engine = Engine::open(&EngineConfig::new(vec![data.clone()], 1)).unwrap();
+    let key = SigningKey::from([42u8; 32]);
+    let state = HostState::open(&dir.path().join("state")).unwrap();
+    let host = Arc::new(Host::new(
+        Arc::new(engine),
+        &key,
+        state,
+        limits,
+        3600,
+        vec![data],
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(serve(Arc::clone(&host), listener, rx));
+    TestHost {
+        _dir: dir,
+        host,
+        key,
+        addr,
+        _stop: stop,
+    }
+}
+
+impl TestHost {
+    fn link(&self, grant: Grant, bearer: Option<[u8; 32]>, ttl: i64) -> Link {
+        let expiry = now().saturating_add_signed(ttl);
+        Link::sign(
+            &self.key,
+            &self.addr.to_string(),
+            grant,
+            bearer,
+            expiry,
+            rand_id(),
+        )
+        .unwrap()
+    }
+
+    fn chunks(&self) -> u64 {
+        self.host.engine().stats().unwrap().chunks
+    }
+}
+
+fn rand_id() -> [u8; 16] {
+    use rand_core::RngCore;
+    let mut id = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut id);
+    id
+}
+
+fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn put_job(file: &Path, link: &Link, via: &[String], journal: &Path) -> PutJob {
+    PutJob {
+        file: file.to_owned(),
+        link: link.clone(),
+        via: via.to_vec(),
+        key: SigningKey::from([7u8; 32]),
+        passphrase: zeroize::Zeroizing::new(b"correct horse".to_vec()),
+        chunk_bytes: CHUNK,
+        workers: 2,
+        kdf: KDF,
+        journal_dir: journal.to_owned(),
+    }
+}
+
+fn get_job(link: &Link, via: &[String], unlock: Key, out: &Path) -> GetJob {
+    GetJob {
+        link: link.clone(),
+        via: via.to_vec(),
+        key: SigningKey::from([7u8; 32]),
+        unlock,
+        out: out.to_owned(),
+        overwrite: false,
+        workers: 2,
+    }
+}
+
+fn quiet() -> Arc<dyn Fn(u64, u64) + Send + Sync> {
+    Arc::new(|_, _| {})
+}
+
+fn code_of(e: &NetError) -> Option<ErrorCode> {
+    match e {
+        NetError::Remote { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_goes_to_the_host_and_back_byte_identical() {
+    let h = start_host(Limits::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "data.bin", 1_300_000, 1);
+    let up = h.link(
+        Grant::Upload {
+            bytes_max: 10 << 20,
+        },
+        None,
+        600,
+    );
+    let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    assert_eq!(done.manifest.chunks.len(), 20);
+    assert_eq!(done.sent_chunks, 20);
+    assert!(done.peer_seen.starts_with("127.0.0.1:"));
+    assert_eq!(h.chunks(), 21, "20 chunks and the manifest");
+
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let out = tmp.path().join("back.bin");
+    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
+    get_file(&get_job(&down, &[], pass, &out), quiet())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+
+    let out2 = tmp.path().join("shared.bin");
+    let share = Key::Share(Box::new(done.share_key.clone()));
+    get_file(&get_job(&down, &[], share, &out2), quiet())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out2).unwrap(), std::fs::read(&file).unwrap());
+
+    // A wrong passphrase opens nothing and leaves no file.
+    let out3 = tmp.path().join("wrong.bin");
+    let wrong = Key::Passphrase(zeroize::Zeroizing::new(b"wrong".to_vec()));
+    let e = get_file(&get_job(&down, &[], wrong, &out3), quiet())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("passphrase"), "{e}");
+    assert!(!out3.exists());
+    // 20 chunk puts; the manifest came as an object.
+    assert_eq!(h.host.metrics().puts.load(Relaxed), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_link_is_refused_and_changes_nothing() {
+    let h = start_host(Limits::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "f", 200_000, 2);
+    let client = SigningKey::from([7u8; 32]);
+    let good = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
+    let done = put_file(&put_job(&file, &good, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    let before = h.chunks();
+
+    let refused = |r: Result<Conn, NetError>| match r {
+        Ok(_) => panic!("a bad link was accepted"),
+        Err(e) => (code_of(&e), e.to_string()),
+    };
+    // Expired.
+    let expired = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, -1);
+    let (code, msg) = refused(Conn::open(&expired, &[], &client).await);
+    assert_eq!(code, Some(ErrorCode::LinkRefused));
+    assert!(msg.contains("expired"), "{msg}");
+    // Forged: the grant raised after signing.
+    let mut bytes = good.to_bytes();
+    let off = bytes.len() - 64 - 8;
+    bytes[off..off + 8].copy_from_slice(&(u64::MAX).to_le_bytes());
+    let forged = Link::from_bytes(&bytes).unwrap();
+    let (code, msg) = refused(Conn::open(&forged, &[], &client).await);
+    assert_eq!(code, Some(ErrorCode::LinkRefused));
+    assert!(msg.contains("signature"), "{msg}");
+    // Signed by another host.
+    let other = Link::sign(
+        &SigningKey::from([1u8; 32]),
+        &h.addr.to_string(),
+        Grant::Upload { bytes_max: 1 },
+        None,
+        now() + 60,
+        rand_id(),
+    )
+    .unwrap();
+    let (code, msg) = refused(Conn::open(&other, &[], &client).await);
+    assert_eq!(code, Some(ErrorCode::LinkRefused));
+    assert!(msg.contains("another host"), "{msg}");
+    // For another bearer: our key is not the one named.
+    let theirs = h.link(
+        Grant::Upload { bytes_max: 1 << 20 },
+        Some(SigningKey::from([9u8; 32]).verification_key().to_bytes()),
+        600,
+    );
+    let (code, msg) = refused(Conn::open(&theirs, &[], &client).await);
+    assert_eq!(code, Some(ErrorCode::LinkRefused));
+    assert!(msg.contains("bearer"), "{msg}");
+    // ... but the named bearer gets in.
+    let ours = h.link(
+        Grant::Upload { bytes_max: 1 << 20 },
+        Some(client.verification_key().to_bytes()),
+        600,
+    );
+    Conn::open(&ours, &[], &client).await.unwrap();
+    // A download link for a file this host never received.
+    let unknown = h.link(
+        Grant::Download {
+            manifest: ChunkId([5; 32]),
+        },
+        None,
+        600,
+    );
+    let (code, _) = refused(Conn::open(&unknown, &[], &client).await);
+    assert_eq!(code, Some(ErrorCode::NotFound));
+
+    // Wrong operation: uploading with a download link, reading with an upload link, and
+    // reading a chunk outside the download link's file.
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let mut c = Conn::open(&down, &[], &client).await.unwrap();
+    let bytes = vec![1u8; 4096];
+    let e = c
+        .call(Request::Put {
+            id: ChunkId::of(&bytes),
+            crc32c: engine::codec::crc32c(&bytes),
+            bytes,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
+    let e = c
+        .call(Request::Get {
+            id: ChunkId([6; 32]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
+    // The connection stays usable after a refused request.
+    let first = done.manifest.chunks[0];
+    c.call(Request::Get { id: first.id }).await.unwrap();
+    c.call(Request::Prove {
+        id: first.id,
+        leaf: 3,
+    })
+    .await
+    .unwrap();
+
+    let mut u = Conn::open(&good, &[], &client).await.unwrap();
+    let e = u.call(Request::Get { id: first.id }).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
+    // A put whose bytes do not match its id or CRC is refused and stores nothing.
+    let bytes = vec![3u8; 4096];
+    let e = u
+        .call(Request::Put {
+            id: ChunkId([0; 32]),
+            crc32c: engine::codec::crc32c(&bytes),
+            bytes: bytes.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::IdMismatch));
+    let e = u
+        .call(Request::Put {
+            id: ChunkId::of(&bytes),
+            crc32c: 1,
+            bytes,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::CrcMismatch));
+    // Over the link's allowance: refused before anything is written.
+    let small = h.link(Grant::Upload { bytes_max: 5000 }, None, 600);
+    let mut s = Conn::open(&small, &[], &client).await.unwrap();
+    assert_eq!(s.upload_bytes_left, 5000);
+    let big = vec![4u8; 8192];
+    let e = s
+        .call(Request::Put {
+            id: ChunkId::of(&big),
+            crc32c: engine::codec::crc32c(&big),
+            bytes: big,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::QuotaExceeded));
+    assert_eq!(h.chunks(), before, "refused requests stored nothing");
+    // The allowance holds across connections.
+    let used = vec![5u8; 4096];
+    s.call(Request::Put {
+        id: ChunkId::of(&used),
+        crc32c: engine::codec::crc32c(&used),
+        bytes: used,
+    })
+    .await
+    .unwrap();
+    let s2 = Conn::open(&small, &[], &client).await.unwrap();
+    assert_eq!(s2.upload_bytes_left, 5000 - 4096);
+}
+
+/// Binds a listener on a loopback address of its own (127.0.0.x), so that who connects
+/// from where is visible.
+async fn listen_on(ip: &str) -> TcpListener {
+    TcpListener::bind(format!("{ip}:0")).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_proxies_the_host_sees_only_the_last_proxy() {
+    let h = start_host(Limits::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "p", 700_000, 3);
+    let mut proxies = Vec::new();
+    let mut addrs = Vec::new();
+    let (_stop, rx) = watch::channel(false);
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let l = listen_on(ip).await;
+        addrs.push(l.local_addr().unwrap().to_string());
+        let p = Arc::new(Proxy::new(Limits::default()));
+        tokio::spawn(net::proxy::serve(Arc::clone(&p), l, rx.clone()));
+        proxies.push(p);
+    }
+    let up = h.link(
+        Grant::Upload {
+            bytes_max: 10 << 20,
+        },
+        None,
+        600,
+    );
+    // One proxy.
+    let done = put_file(&put_job(&file, &up, &addrs[..1], tmp.path()), quiet())
+        .await
+        .unwrap();
+    assert!(
+        done.peer_seen.starts_with("127.0.0.2:"),
+        "{}",
+        done.peer_seen
+    );
+    assert_eq!(done.receipts.len(), 1);
+    assert_eq!(proxies[0].receipts(), done.receipts);
+    assert!(done.receipts[0].up_bytes > 700_000);
+
+    // Two proxies, for the download.
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let out = tmp.path().join("out");
+    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
+    let got = get_file(&get_job(&down, &addrs, pass, &out), quiet())
+        .await
+        .unwrap();
+    assert!(got.peer_seen.starts_with("127.0.0.3:"), "{}", got.peer_seen);
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+    assert_eq!(got.receipts.len(), 2);
+    assert!(
+        got.receipts[0].down_bytes > got.receipts[1].down_bytes,
+        "the first hop relays the second's handshake too"
+    );
+    assert_eq!(proxies[1].receipts(), got.receipts[1..].to_vec());
+
+    // A receipt for more than was relayed is refused.
+    let client = SigningKey::from([7u8; 32]);
+    let mut r = got.receipts[0].clone();
+    r = net::wire::Receipt::sign(&client, r.session, r.up_bytes + 1, r.down_bytes);
+    let mut s = TcpStream::connect(&addrs[0]).await.unwrap();
+    s.write_all(&Request::ProxyReceipt(r).to_frame(1))
+        .await
+        .unwrap();
+    let (_, reply) = net::io::read_reply(&mut s, 4096).await.unwrap();
+    assert!(
+        matches!(
+            reply,
+            net::wire::Reply::Error {
+                code: ErrorCode::BadReceipt,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
+
+    // A proxy told to reach nothing says so.
+    let nowhere = Link::sign(
+        &h.key,
+        "127.0.0.1:1",
+        Grant::Upload { bytes_max: 1 },
+        None,
+        now() + 60,
+        rand_id(),
+    )
+    .unwrap();
+    let e = Conn::open(&nowhere, &addrs[..1], &client)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::Unreachable), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged() {
+    let h = start_host(Limits::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "big", 3_000_000, 4);
+    let up = h.link(
+        Grant::Upload {
+            bytes_max: 20 << 20,
+        },
+        None,
+        600,
+    );
+    let total_chunks = 3_000_000u64.div_ceil(u64::from(CHUNK));
+
+    // The first run is cut off (its task dropped, its connection closed) once a third of
+    // the file is acknowledged.
+    let acked = Arc::new(AtomicU64::new(0));
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let cut_tx = std::sync::Mutex::new(Some(cut_tx));
+    let a = Arc::clone(&acked);
+    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |done, _| {
+        a.store(done, Relaxed);
+        if done >= 1_000_000 {
+            if let Some(tx) = cut_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let job = put_job(&file, &up, &[], tmp.path());
+    let first = tokio::spawn(async move { put_file(&job, progress).await });
+    cut_rx.await.unwrap();
+    first.abort();
+    let _ = first.await;
+    let acked_chunks = acked.load(Relaxed) / u64::from(CHUNK);
+    assert!(
+        acked_chunks >= 15 && acked_chunks < total_chunks,
+        "{acked_chunks}"
+    );
+
+    let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    assert!(
+        done.skipped_chunks >= acked_chunks,
+        "{} skipped, {acked_chunks} were acknowledged",
+        done.skipped_chunks
+    );
+    assert_eq!(done.sent_chunks + done.skipped_chunks, total_chunks);
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let out = tmp.path().join("out");
+    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
+    get_file(&get_job(&down, &[], pass, &out), quiet())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+
+    assert!(
+        !net::client::journal_path(tmp.path(), &up, &file).exists(),
+        "a finished upload leaves no journal"
+    );
+
+    // A file changed behind an interrupted upload (same size and time stamp, so the
+    // journal still matches) is caught by its first re-sealed chunk and uploaded afresh
+    // under a new key, never under the old one.
+    let journal = tempfile::tempdir().unwrap();
+    let job = put_job(&file, &up, &[], journal.path());
+    let first = put_file(&job, quiet()).await.unwrap();
+    let jpath = net::client::journal_path(journal.path(), &up, &file);
+    let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let mut changed = std::fs::read(&file).unwrap();
+    changed[10] ^= 1;
+    std::fs::write(&file, &changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
+    // Leave the journal of the finished upload as an interrupted one would have it.
+    let mut j = net::journal::Journal::start(
+        &jpath,
+        net::journal::JournalHeader {
+            link: up.id,
+            file_bytes: 3_000_000,
+            mtime_nanos: u64::try_from(stamp.duration_since(UNIX_EPOCH).unwrap().as_nanos())
+                .unwrap(),
+            chunk_bytes: CHUNK,
+            kdf: KDF,
+            salt: [1; 16],
+            file_id: first.file_id,
+        },
+        Vec::new(),
+    )
+    .unwrap();
+    j.append(
+        &first
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    drop(j);
+    let again = put_file(&put_job(&file, &up, &[], journal.path()), quiet())
+        .await
+        .unwrap();
+    assert_ne!(again.file_id, first.file_id, "a fresh key, not the old one");
+    assert_eq!(again.skipped_chunks, 0);
+    let down = h.link(
+        Grant::Download {
+            manifest: again.manifest_id,
+        },
+        None,
+        600,
+    );
+    let out = tmp.path().join("changed");
+    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
+    get_file(&get_job(&down, &[], pass, &out), quiet())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
+    let limits = Limits {
+        hello_secs: 1,
+        body_base_secs: 1,
+        min_body_rate: 1 << 20,
+        ..Limits::default()
+    };
+    let h = start_host(limits).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "g", 2_000_000, 5);
+    let up = h.link(
+        Grant::Upload {
+            bytes_max: 10 << 20,
+        },
+        None,
+        600,
+    );
+    let addr = h.addr;
+
+    // Garbage: the host answers with an error and closes.
+    let garbage = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[0xAB; 64]).await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        all
+    });
+    // Silent: never presents a link.
+    let silent = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        all
+    });
+    // Slow-loris: a valid hello, then a put of 8 MiB trickled a byte at a time.
+    let slow_link = up.clone();
+    let slow = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut welcome = [0u8; 12];
+        s.read_exact(&mut welcome).await.unwrap();
+        let len = u32::from_le_bytes(welcome[8..12].try_into().unwrap());
+        let mut rest = vec![0u8; len as usize];
+        s.read_exact(&mut rest).await.unwrap();
+        s.write_all(
+            &Request::Hello {
+                link: slow_link.to_bytes(),
+                bearer: None,
+            }
+            .to_frame(1),
+        )
+        .await
+        .unwrap();
+        let head = net::wire::Header {
+            kind: net::wire::kind::PUT,
+            request: 2,
+            body_len: 1 << 20,
+        }
+        .encode();
+        s.write_all(&head).await.unwrap();
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if s.write_all(&[0u8; 16]).await.is_err() {
+                break;
+            }
+            sent += 16;
+            if sent > 1 << 20 {
+                panic!("the host kept reading a slow-loris body");
+            }
+        }
+    });
+    let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    assert_eq!(done.sent_chunks, 31);
+
+    let g = garbage.await.unwrap();
+    assert!(
+        !g.is_empty(),
+        "the garbage peer got an error frame before the close"
+    );
+    silent.await.unwrap();
+    slow.await.unwrap();
+    let m = h.host.metrics();
+    assert!(m.refused(ErrorCode::Malformed) >= 1);
+    assert!(
+        m.refused(ErrorCode::Timeout) >= 2,
+        "{}",
+        m.refused(ErrorCode::Timeout)
+    );
+    // The host still serves.
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let out = tmp.path().join("out");
+    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
+    get_file(&get_job(&down, &[], pass, &out), quiet())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+}
