@@ -575,8 +575,11 @@ async fn write_loop(
 
         match &reply {
             Reply::Error { code, .. } => metrics.refuse(*code),
-            Reply::Stored { .. } if q.is_put => {
+            Reply::Stored { existing } if q.is_put => {
                 metrics.puts.fetch_add(1, Relaxed);
+                if *existing {
+                    metrics.puts_existing.fetch_add(1, Relaxed);
+                }
                 metrics.put_latency.observe(elapsed);
             }
             Reply::Data(b) => {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_open: AtomicU64,
     pub puts: AtomicU64,
+    /// Puts of chunks the host already had (a resumed upload should send none).
+    pub puts_existing: AtomicU64,
     pub put_bytes: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
@@ -106,6 +108,12 @@ impl Metrics {
             "mspace_puts_total",
             "Chunks stored (new or already present).",
             self.puts.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "mspace_puts_existing_total",
+            "Puts of chunks already stored (nothing written).",
+            self.puts_existing.load(Relaxed),
         );
         counter(
             &mut out,

@@ -4,6 +4,7 @@
 //! Invariant: no business rules live here; binaries wire libraries together.
 
 pub mod diskbench;
+pub mod netcli;
 pub mod storebench;
 
 use std::io::IsTerminal;
@@ -14,6 +15,65 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Environment variable a passphrase may come from, for scripts.
 pub const PASSPHRASE_ENV: &str = "MSPACE_PASSPHRASE";
+
+/// One chunk in the JSON of `mspace seal` and `mspace put`.
+#[derive(serde::Serialize, Debug)]
+pub struct ChunkJson {
+    pub index: u64,
+    pub id: String,
+    pub bytes: u32,
+    pub plain_bytes: u32,
+    pub crc32c: u32,
+}
+
+/// The object `mspace seal --json` prints (and `mspace put --json` extends): ids, the share
+/// key, and every chunk's id, sizes and CRC32C.
+#[derive(serde::Serialize, Debug)]
+pub struct SealJson {
+    pub file_id: String,
+    pub manifest_id: String,
+    pub share_key: String,
+    pub name: String,
+    pub file_bytes: u64,
+    pub chunk_bytes: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<std::path::PathBuf>,
+    pub chunks: Vec<ChunkJson>,
+}
+
+impl SealJson {
+    pub fn new(
+        file_id: proto::FileId,
+        manifest_id: proto::ChunkId,
+        share_key: &proto::ShareKey,
+        m: &proto::Manifest,
+        dir: Option<std::path::PathBuf>,
+        manifest: Option<std::path::PathBuf>,
+    ) -> SealJson {
+        SealJson {
+            file_id: file_id.to_hex(),
+            manifest_id: manifest_id.to_hex(),
+            share_key: share_key.to_string(),
+            name: m.name.clone(),
+            file_bytes: m.file_bytes,
+            chunk_bytes: m.chunk_bytes,
+            dir,
+            manifest,
+            chunks: (0u64..)
+                .zip(&m.chunks)
+                .map(|(index, c)| ChunkJson {
+                    index,
+                    id: c.id.to_hex(),
+                    bytes: c.sealed_bytes,
+                    plain_bytes: c.sealed_bytes - proto::TAG_BYTES,
+                    crc32c: c.crc32c,
+                })
+                .collect(),
+        }
+    }
+}
 
 /// Parses a byte count: a plain number, or a number with a binary unit
 /// (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`, case-insensitive; `B` for bytes).

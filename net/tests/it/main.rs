@@ -107,7 +107,7 @@ fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> PathBuf {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x >> 24) as u8
+            x.to_le_bytes()[3]
         })
         .collect();
     let p = dir.join(name);

@@ -11,7 +11,8 @@ use engine::sealed_dir::{open_dir, seal_file, SealOptions, Sealed, Unlock};
 use proto::{KdfParams, ShareKey};
 use serde::Serialize;
 use tools::{
-    format_bytes, format_rate, parse_bytes, parse_chunk_size, progress_bar, read_passphrase,
+    format_bytes, format_rate, netcli, parse_bytes, parse_chunk_size, progress_bar,
+    read_passphrase, SealJson,
 };
 
 #[global_allocator]
@@ -41,6 +42,16 @@ enum Command {
     /// Seal a generated file and open it again, with the passphrase and with the share key,
     /// then show that a tampered chunk is refused. Needs nothing but this binary.
     Demo(DemoArgs),
+    /// Upload a file through a host's upload link: read, sealed and sent in one pass with
+    /// bounded memory, resumable after an interruption.
+    Put(netcli::PutArgs),
+    /// Download a file through a host's download link: fetched, verified and decrypted in
+    /// one pass into a temporary file renamed at the end.
+    Get(netcli::GetArgs),
+    /// Run a host (`--config F`), or `host init` / `host link`.
+    Host(netcli::HostArgs),
+    /// Relay data-plane connections so hosts never see the client's address.
+    Proxy(netcli::ProxyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,28 +117,6 @@ struct DemoArgs {
 }
 
 #[derive(Serialize)]
-struct ChunkJson {
-    index: u64,
-    id: String,
-    bytes: u32,
-    plain_bytes: u32,
-    crc32c: u32,
-}
-
-#[derive(Serialize)]
-struct SealJson {
-    file_id: String,
-    manifest_id: String,
-    share_key: String,
-    name: String,
-    file_bytes: u64,
-    chunk_bytes: u32,
-    dir: PathBuf,
-    manifest: PathBuf,
-    chunks: Vec<ChunkJson>,
-}
-
-#[derive(Serialize)]
 struct OpenJson {
     file_id: String,
     manifest_id: String,
@@ -143,6 +132,10 @@ fn main() {
         Command::Seal(args) => seal(args),
         Command::Open(args) => open(args),
         Command::Demo(args) => demo(args),
+        Command::Put(args) => netcli::put(args),
+        Command::Get(args) => netcli::get(args),
+        Command::Host(args) => netcli::host(args),
+        Command::Proxy(args) => netcli::proxy(args),
     };
     if let Err(e) = result {
         eprintln!("mspace: error: {e:#}");
@@ -195,27 +188,14 @@ fn seal(args: SealArgs) -> Result<()> {
 }
 
 fn seal_json(sealed: &Sealed, dir: &Path) -> SealJson {
-    let m = &sealed.manifest;
-    SealJson {
-        file_id: sealed.file_id.to_hex(),
-        manifest_id: sealed.manifest_id.to_hex(),
-        share_key: sealed.share_key.to_string(),
-        name: m.name.clone(),
-        file_bytes: m.file_bytes,
-        chunk_bytes: m.chunk_bytes,
-        dir: dir.to_owned(),
-        manifest: sealed.manifest_path.clone(),
-        chunks: (0u64..)
-            .zip(&m.chunks)
-            .map(|(index, c)| ChunkJson {
-                index,
-                id: c.id.to_hex(),
-                bytes: c.sealed_bytes,
-                plain_bytes: c.sealed_bytes - proto::TAG_BYTES,
-                crc32c: c.crc32c,
-            })
-            .collect(),
-    }
+    SealJson::new(
+        sealed.file_id,
+        sealed.manifest_id,
+        &sealed.share_key,
+        &sealed.manifest,
+        Some(dir.to_owned()),
+        Some(sealed.manifest_path.clone()),
+    )
 }
 
 fn print_seal_summary(sealed: &Sealed, dir: &Path, secs: f64) {

@@ -7,13 +7,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn mspace(args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(crate) fn mspace(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mspace"));
     cmd.args(args)
         .stdin(Stdio::null())
@@ -82,7 +82,7 @@ impl Fixture {
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     fs::read(a).unwrap() == fs::read(b).unwrap()
 }
 
@@ -302,3 +302,4 @@ fn demo_runs_end_to_end() {
     );
     assert!(run.stdout.ends_with("demo passed\n"), "{}", run.stdout);
 }
+mod net;

@@ -1,0 +1,599 @@
+//! The network commands of `mspace`: `host` (init, run, link), `proxy`, `put` and `get`.
+//! The only place the tokio runtime, the engine's shards and the network meet.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use ed25519_consensus::SigningKey;
+use engine::store::{Engine, EngineConfig};
+use net::client::{get_file, put_file, GetJob, Key, PutJob};
+use net::config::{read_key, write_new_key, HostConfig, Limits};
+use net::host::Host;
+use net::state::HostState;
+use proto::link::{Grant, Link};
+use proto::{ChunkId, KdfParams, ShareKey};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::{
+    format_bytes, format_rate, parse_bytes, parse_chunk_size, progress_bar, read_passphrase,
+};
+
+/// Where the client keeps its key and upload journals: `MSPACE_STATE_DIR`, else
+/// `$XDG_STATE_HOME/mspace`, else `~/.local/state/mspace`.
+pub fn state_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("MSPACE_STATE_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(d).join("mspace"));
+    }
+    let home = std::env::var_os("HOME").context("neither MSPACE_STATE_DIR nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/state/mspace"))
+}
+
+/// Parses a duration: a number and a unit, `s`, `m`, `h` or `d` (`90s`, `10m`, `7d`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 90s, 10m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: give a unit, s, m, h or d")),
+    };
+    let total = n
+        .checked_mul(secs)
+        .ok_or_else(|| format!("{s:?} is too long"))?;
+    if total == 0 {
+        return Err("a duration of zero grants nothing".into());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    action: Option<HostAction>,
+    /// The host's configuration file (written by `mspace host init`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum HostAction {
+    /// Write a commented default configuration, a new host key and the directories.
+    Init(HostInitArgs),
+    /// Mint a temporary link (printed alone): `--upload --bytes N` or `--download <MANIFEST_ID>`.
+    Link(LinkArgs),
+}
+
+#[derive(Args, Debug)]
+struct HostInitArgs {
+    /// The configuration file to write (refused if it exists).
+    #[arg(long)]
+    config: PathBuf,
+    /// Directory for chunks (created).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address the data plane listens on, host:port.
+    #[arg(long, default_value = "0.0.0.0:7400")]
+    listen: String,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["upload", "download"])))]
+struct LinkArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Grant uploading, up to --bytes.
+    #[arg(long, requires = "bytes")]
+    upload: bool,
+    /// Bytes the upload link allows in all (8GiB, 100MiB, ...).
+    #[arg(long, value_parser = parse_bytes)]
+    bytes: Option<u64>,
+    /// Grant reading the sealed file with this manifest id (hex).
+    #[arg(long, value_name = "MANIFEST_ID")]
+    download: Option<String>,
+    /// How long the link is valid: 90s, 10m, 24h, 7d.
+    #[arg(long, value_parser = parse_duration)]
+    ttl: Duration,
+    /// Only the holder of this ed25519 public key (hex) may use the link.
+    #[arg(long)]
+    bearer: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// Address to accept clients on; connections to hosts leave from this address too.
+    #[arg(long)]
+    listen: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// The file to upload: read, sealed and sent in one pass.
+    file: PathBuf,
+    /// An upload link from the host (mspace://...).
+    #[arg(long)]
+    link: String,
+    /// Relay through this proxy (host:port); repeat to chain proxies in order.
+    #[arg(long)]
+    via: Vec<String>,
+    /// Plaintext bytes per chunk: 4KiB to 64MiB, a multiple of 4KiB.
+    #[arg(long, default_value = "8MiB", value_parser = parse_chunk_size)]
+    chunk_size: u32,
+    /// Read the passphrase from this file; otherwise MSPACE_PASSPHRASE or a prompt.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Worker threads for sealing [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// The client's key file (proves a link's bearer, signs proxy receipts) [default: client.key in the state directory, created on first use].
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Print one JSON object: the object of `mspace seal --json` plus the upload's counts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    /// A download link from the host (mspace://...).
+    link: String,
+    /// The file to write; it appears only once every chunk has been verified.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, conflicts_with_all = ["share_key", "share_key_file"])]
+    passphrase_file: Option<PathBuf>,
+    /// Open with a share key (mss1-...); prefer --share-key-file or MSPACE_SHARE_KEY.
+    #[arg(long, env = "MSPACE_SHARE_KEY", hide_env_values = true)]
+    share_key: Option<String>,
+    #[arg(long, conflicts_with = "share_key")]
+    share_key_file: Option<PathBuf>,
+    /// Relay through this proxy; repeat to chain.
+    #[arg(long)]
+    via: Vec<String>,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    key: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MSPACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub fn host(args: HostArgs) -> Result<()> {
+    match args.action {
+        Some(HostAction::Init(a)) => host_init(&a),
+        Some(HostAction::Link(a)) => host_link(&a),
+        None => {
+            let Some(config) = args.config else {
+                bail!("give --config <FILE> (write one with `mspace host init`)");
+            };
+            host_run(&config)
+        }
+    }
+}
+
+fn host_init(a: &HostInitArgs) -> Result<()> {
+    if a.config.exists() {
+        bail!(
+            "{} exists: not replacing a configuration",
+            a.config.display()
+        );
+    }
+    let base = a
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
+    let data = std::path::absolute(&a.data_dir).context("resolve --data-dir")?;
+    std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    let text = HostConfig::default_text(&data, &a.listen);
+    // Check what we write loads, before writing anything.
+    toml::from_str::<HostConfig>(&text).context("the default configuration does not parse")?;
+    let key_path = base.join("host.key");
+    let key = write_new_key(&key_path)?;
+    std::fs::write(&a.config, text).with_context(|| format!("write {}", a.config.display()))?;
+    std::fs::create_dir_all(base.join("host-state")).context("create the state directory")?;
+    println!(
+        "wrote {} and the key {}",
+        a.config.display(),
+        key_path.display()
+    );
+    println!(
+        "host key {}",
+        data_encoding::HEXLOWER.encode(&key.verification_key().to_bytes())
+    );
+    println!("run it with: mspace host --config {}", a.config.display());
+    Ok(())
+}
+
+fn host_link(a: &LinkArgs) -> Result<()> {
+    let cfg = HostConfig::load(&a.config)?;
+    let key = read_key(&cfg.key_file)?;
+    let grant = match (&a.download, a.bytes) {
+        (Some(m), _) => Grant::Download {
+            manifest: m
+                .parse::<ChunkId>()
+                .map_err(|e| anyhow::anyhow!("--download: {e}"))?,
+        },
+        (None, Some(bytes)) => Grant::Upload { bytes_max: bytes },
+        (None, None) => bail!("--upload needs --bytes"),
+    };
+    let bearer = match &a.bearer {
+        None => None,
+        Some(hex) => Some(
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(hex.as_bytes())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .context("--bearer: a public key is 64 hex digits")?,
+        ),
+    };
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    let link = Link::sign(
+        &key,
+        cfg.link_addr(),
+        grant,
+        bearer,
+        now_secs() + a.ttl.as_secs(),
+        id,
+    )?;
+    println!("{link}");
+    Ok(())
+}
+
+fn host_run(config: &Path) -> Result<()> {
+    init_logs();
+    let cfg = HostConfig::load(config)?;
+    let key = read_key(&cfg.key_file)?;
+    for d in &cfg.data_dirs {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let shards = if cfg.shards == 0 {
+        engine::seal::default_workers()
+    } else {
+        cfg.shards
+    };
+    let mut ecfg = EngineConfig::new(cfg.data_dirs.clone(), shards);
+    ecfg.pin = cfg.shards == 0 && shards > 1;
+    if cfg.capacity_bytes > 0 {
+        ecfg.capacity_bytes = Some(cfg.capacity_bytes);
+    }
+    let started = Instant::now();
+    let engine = Arc::new(Engine::open(&ecfg).context("opening the chunk store")?);
+    let stats = engine.stats()?;
+    tracing::info!(
+        chunks = stats.chunks,
+        secs = started.elapsed().as_secs_f64(),
+        "store open"
+    );
+    let state = HostState::open(&cfg.state_dir)?;
+    let host = Arc::new(Host::new(
+        Arc::clone(&engine),
+        &key,
+        state,
+        cfg.limits.clone(),
+        cfg.retention_days.saturating_mul(86_400),
+        cfg.data_dirs.clone(),
+    ));
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let (stop, stopped) = watch::channel(false);
+        println!(
+            "host {} listening on {} (links name {})",
+            data_encoding::HEXLOWER.encode(&key.verification_key().to_bytes()),
+            listener.local_addr()?,
+            cfg.link_addr()
+        );
+        if let Some(m) = &cfg.metrics_listen {
+            let ml = TcpListener::bind(m)
+                .await
+                .with_context(|| format!("cannot listen on {m} for metrics"))?;
+            println!("metrics on http://{}/metrics", ml.local_addr()?);
+            tokio::spawn(net::metrics::serve_metrics(
+                ml,
+                Arc::clone(host.metrics()),
+                Arc::clone(&engine),
+                cfg.data_dirs.clone(),
+            ));
+        }
+        let server = tokio::spawn(net::host::serve(Arc::clone(&host), listener, stopped));
+        wait_for_signal().await;
+        tracing::info!("stopping: no new connections");
+        let _ = stop.send(true);
+        let _ = server.await;
+        anyhow::Ok(())
+    })?;
+    drop(rt);
+    drop(host);
+    match Arc::try_unwrap(engine) {
+        Ok(e) => e.shutdown().context("closing the store")?,
+        Err(_) => tracing::warn!("connections still hold the store; it closes as they end"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub fn proxy(args: ProxyArgs) -> Result<()> {
+    init_logs();
+    runtime()?.block_on(async {
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        println!("proxy listening on {}", listener.local_addr()?);
+        let (stop, stopped) = watch::channel(false);
+        let proxy = Arc::new(net::proxy::Proxy::new(Limits::default()));
+        let server = tokio::spawn(net::proxy::serve(Arc::clone(&proxy), listener, stopped));
+        wait_for_signal().await;
+        let _ = stop.send(true);
+        let _ = server.await;
+        tracing::info!(receipts = proxy.receipts().len(), "proxy stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// The client's key: `path`, or `client.key` in the state directory, created on first use.
+fn client_key(path: Option<&Path>) -> Result<SigningKey> {
+    if let Some(p) = path {
+        return Ok(read_key(p)?);
+    }
+    let dir = state_dir()?;
+    let p = dir.join("client.key");
+    if p.exists() {
+        return Ok(read_key(&p)?);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(write_new_key(&p)?)
+}
+
+fn workers(n: Option<usize>) -> Result<usize> {
+    match n {
+        Some(0) => bail!("--workers must be at least 1"),
+        Some(n) => Ok(n),
+        None => Ok(engine::seal::default_workers()),
+    }
+}
+
+fn bar_progress(bar: &indicatif::ProgressBar) -> Arc<dyn Fn(u64, u64) + Send + Sync> {
+    let bar = bar.clone();
+    Arc::new(move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+}
+
+#[derive(Serialize)]
+struct PutJson {
+    #[serde(flatten)]
+    sealed: crate::SealJson,
+    link_id: String,
+    sent_chunks: u64,
+    skipped_chunks: u64,
+    host_saw: String,
+    proxy_receipts: usize,
+}
+
+pub fn put(args: PutArgs) -> Result<()> {
+    let link = Link::parse(&args.link).context("reading --link")?;
+    if !matches!(link.grant, Grant::Upload { .. }) {
+        bail!("this is a download link; `mspace put` needs an upload link (mspace host link --upload)");
+    }
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", args.file.display());
+    }
+    let key = client_key(args.key.as_deref())?;
+    let passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
+    let job = PutJob {
+        file: args.file.clone(),
+        link: link.clone(),
+        via: args.via.clone(),
+        key,
+        passphrase,
+        chunk_bytes: args.chunk_size,
+        workers: workers(args.workers)?,
+        kdf: KdfParams::DEFAULT,
+        journal_dir: state_dir()?,
+    };
+    if !args.json {
+        init_logs();
+    }
+    let bar = progress_bar(meta.len(), !args.json, "uploading");
+    let started = Instant::now();
+    let done = runtime()?
+        .block_on(put_file(&job, bar_progress(&bar)))
+        .with_context(|| format!("uploading {} to {}", args.file.display(), link.addr))?;
+    bar.finish_and_clear();
+    let m = &done.manifest;
+    let sealed = crate::SealJson::new(
+        done.file_id,
+        done.manifest_id,
+        &done.share_key,
+        m,
+        None,
+        None,
+    );
+    if args.json {
+        let json = PutJson {
+            sealed,
+            link_id: data_encoding::HEXLOWER.encode(&link.id),
+            sent_chunks: done.sent_chunks,
+            skipped_chunks: done.skipped_chunks,
+            host_saw: done.peer_seen.clone(),
+            proxy_receipts: done.receipts.len(),
+        };
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "uploaded {} ({}, {} chunks: {} sent, {} already on the host) to {} in {secs:.2} s ({})",
+            if m.name.is_empty() { "file" } else { &m.name },
+            format_bytes(m.file_bytes),
+            m.chunks.len(),
+            done.sent_chunks,
+            done.skipped_chunks,
+            link.addr,
+            format_rate(m.file_bytes, secs)
+        );
+        println!("  manifest id  {}", done.manifest_id);
+        println!("  share key    {}", done.share_key);
+        println!(
+            "Ask the host for a download link to manifest {} to fetch it.",
+            done.manifest_id
+        );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct GetJson {
+    file_id: String,
+    manifest_id: String,
+    name: String,
+    file_bytes: u64,
+    chunks: usize,
+    out: PathBuf,
+    host_saw: String,
+}
+
+pub fn get(args: GetArgs) -> Result<()> {
+    let link = Link::parse(&args.link).context("reading the link")?;
+    if !matches!(link.grant, Grant::Download { .. }) {
+        bail!("this is an upload link; `mspace get` needs a download link (mspace host link --download <MANIFEST_ID>)");
+    }
+    engine::sealed_dir::check_open_target(&args.out, args.force)?;
+    let share_text = match (&args.share_key, &args.share_key_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(p)) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the share key file {}", p.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let unlock = match share_text {
+        Some(t) => Key::Share(Box::new(
+            t.trim()
+                .parse::<ShareKey>()
+                .context("reading the share key")?,
+        )),
+        None => Key::Passphrase(read_passphrase(args.passphrase_file.as_deref(), false)?),
+    };
+    let job = GetJob {
+        link: link.clone(),
+        via: args.via.clone(),
+        key: client_key(args.key.as_deref())?,
+        unlock,
+        out: args.out.clone(),
+        overwrite: args.force,
+        workers: workers(args.workers)?,
+    };
+    if !args.json {
+        init_logs();
+    }
+    let bar = progress_bar(0, !args.json, "downloading");
+    let started = Instant::now();
+    let done = runtime()?
+        .block_on(get_file(&job, bar_progress(&bar)))
+        .with_context(|| format!("downloading from {} into {}", link.addr, args.out.display()))?;
+    bar.finish_and_clear();
+    let m = &done.manifest;
+    if args.json {
+        let json = GetJson {
+            file_id: done.file_id.to_hex(),
+            manifest_id: done.manifest_id.to_hex(),
+            name: m.name.clone(),
+            file_bytes: m.file_bytes,
+            chunks: m.chunks.len(),
+            out: args.out.clone(),
+            host_saw: done.peer_seen,
+        };
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "downloaded {} ({}, {} chunks, all verified) into {} in {secs:.2} s ({})",
+            if m.name.is_empty() { "file" } else { &m.name },
+            format_bytes(m.file_bytes),
+            m.chunks.len(),
+            args.out.display(),
+            format_rate(m.file_bytes, secs)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_people_write_them() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["", "10", "m", "1w", "0s", "-5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

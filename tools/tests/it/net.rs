@@ -1,0 +1,303 @@
+//! The network commands as processes: `mspace host init/link`, a running host with its
+//! metrics, a client killed with SIGKILL mid-upload and resumed, a download through a
+//! proxy process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use super::mspace;
+
+/// A loopback port nobody listens on right now.
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mspace <args>` and waits for the line of its stdout that contains `ready`.
+fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mspace"));
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "mspace {args:?} exited before printing {ready:?}"
+        );
+        if line.contains(ready) {
+            break;
+        }
+    }
+    Proc(child)
+}
+
+fn metric(addr: &str, name: &str) -> u64 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+        .parse()
+        .unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn write_random(path: &Path, len: usize) {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..len / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+    let data_port = free_port("127.0.0.1");
+    let metrics_port = free_port("127.0.0.1");
+    let listen = format!("127.0.0.1:{data_port}");
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let cfg = d("host/host.toml");
+
+    let init = mspace(
+        &[
+            "host",
+            "init",
+            "--config",
+            &cfg,
+            "--data-dir",
+            &d("data"),
+            "--listen",
+            &listen,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let again = mspace(
+        &[
+            "host",
+            "init",
+            "--config",
+            &cfg,
+            "--data-dir",
+            &d("data"),
+            "--listen",
+            &listen,
+        ],
+        &[],
+    );
+    assert_ne!(again.code, 0, "an existing configuration is never replaced");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "# metrics_listen = \"127.0.0.1:9400\"",
+            &format!("metrics_listen = \"{metrics}\""),
+        ),
+    )
+    .unwrap();
+    let _host = start(&["host", "--config", &cfg], &[], "metrics on");
+
+    let link = mspace(
+        &[
+            "host", "link", "--config", &cfg, "--upload", "--bytes", "1GiB", "--ttl", "10m",
+        ],
+        &[],
+    );
+    assert_eq!(link.code, 0, "{}", link.stderr);
+    let up = link.stdout.trim().to_owned();
+    assert!(up.starts_with(&format!("mspace://{listen}/")), "{up}");
+    let bad = mspace(
+        &[
+            "host",
+            "link",
+            "--config",
+            &cfg,
+            "--download",
+            "xyz",
+            "--ttl",
+            "10m",
+        ],
+        &[],
+    );
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("--download"), "{}", bad.stderr);
+
+    // An upload killed with SIGKILL once the host has stored a hundred chunks.
+    let file = d("input.bin");
+    write_random(Path::new(&file), 96 << 20);
+    std::fs::write(d("pass"), "a long enough passphrase\n").unwrap();
+    let state = d("client-state");
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let put_args = [
+        "put",
+        file.as_str(),
+        "--link",
+        up.as_str(),
+        "--passphrase-file",
+        &d("pass"),
+        "--chunk-size",
+        "64KiB",
+        "--json",
+    ];
+    let mut first = Command::new(env!("CARGO_BIN_EXE_mspace"));
+    first
+        .args(put_args)
+        .env("MSPACE_STATE_DIR", &state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = Proc(first.spawn().unwrap());
+    while metric(&metrics, "mspace_puts_total") < 100 {
+        assert!(
+            first.0.try_wait().unwrap().is_none(),
+            "the upload ended before it could be killed"
+        );
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    // Whatever the host was still writing for the dead client is done once its
+    // connection is gone.
+    while metric(&metrics, "mspace_connections_open") > 0 {}
+    let stored_before = metric(&metrics, "mspace_puts_total");
+    assert!(
+        stored_before < 1536,
+        "the kill came after the upload finished"
+    );
+
+    let resumed = mspace(&put_args, &env);
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    let put = json(&resumed.stdout);
+    let chunks = put["chunks"].as_array().unwrap().len() as u64;
+    assert_eq!(chunks, 1536);
+    let skipped = put["skipped_chunks"].as_u64().unwrap();
+    let sent = put["sent_chunks"].as_u64().unwrap();
+    assert!(
+        skipped >= stored_before,
+        "{skipped} skipped, but the host had {stored_before}"
+    );
+    assert_eq!(sent + skipped, chunks);
+    assert_eq!(
+        metric(&metrics, "mspace_puts_existing_total"),
+        0,
+        "nothing the host already had was sent again"
+    );
+    assert_eq!(metric(&metrics, "mspace_puts_total"), stored_before + sent);
+
+    // The download, through a proxy on its own loopback address.
+    let proxy_addr = format!("127.0.0.7:{}", free_port("127.0.0.7"));
+    let _proxy = start(&["proxy", "--listen", &proxy_addr], &[], "proxy listening");
+    let manifest = put["manifest_id"].as_str().unwrap();
+    let link = mspace(
+        &[
+            "host",
+            "link",
+            "--config",
+            &cfg,
+            "--download",
+            manifest,
+            "--ttl",
+            "1m",
+        ],
+        &[],
+    );
+    let down = link.stdout.trim().to_owned();
+    let out = d("back.bin");
+    let got = mspace(
+        &[
+            "get",
+            &down,
+            "--out",
+            &out,
+            "--passphrase-file",
+            &d("pass"),
+            "--via",
+            &proxy_addr,
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    let got = json(&got.stdout);
+    assert!(
+        got["host_saw"].as_str().unwrap().starts_with("127.0.0.7:"),
+        "{got}"
+    );
+    assert!(super::same_file(Path::new(&file), Path::new(&out)));
+
+    // With the share key, directly; a second download refuses to overwrite.
+    let share = put["share_key"].as_str().unwrap();
+    let out2 = d("shared.bin");
+    let got = mspace(&["get", &down, "--out", &out2, "--share-key", share], &env);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(super::same_file(Path::new(&file), Path::new(&out2)));
+    let again = mspace(&["get", &down, "--out", &out2, "--share-key", share], &env);
+    assert_ne!(again.code, 0);
+    // Links used for the other operation are refused before any work.
+    let wrong = mspace(
+        &[
+            "put",
+            &file,
+            "--link",
+            &down,
+            "--passphrase-file",
+            &d("pass"),
+        ],
+        &env,
+    );
+    assert!(
+        wrong.stderr.contains("needs an upload link"),
+        "{}",
+        wrong.stderr
+    );
+    let wrong = mspace(
+        &[
+            "get",
+            &up,
+            "--out",
+            &d("x"),
+            "--passphrase-file",
+            &d("pass"),
+        ],
+        &env,
+    );
+    assert!(
+        wrong.stderr.contains("needs a download link"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(metric(&metrics, "mspace_store_chunks") >= 1537);
+}
