@@ -191,11 +191,25 @@ impl Conn {
         Ok(conn)
     }
 
-    async fn send(&mut self, req: &Request) -> Result<u32, NetError> {
+        /// Sends a request without waiting for its reply (pipelining); returns its request id.
+    pub async fn send(&mut self, req: &Request) -> Result<u32, NetError> {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
         self.wr.write_all(&req.to_frame(id)).await?;
         Ok(id)
+    }
+
+    /// Sends a put from where its bytes are, without waiting for the reply.
+    pub async fn send_put(&mut self, id: &ChunkId, crc32c: u32, bytes: &[u8]) -> Result<u32, NetError> {
+        let req = self.next;
+        self.next = self.next.wrapping_add(1);
+        write_put(&mut self.wr, req, id, crc32c, bytes).await?;
+        Ok(req)
+    }
+
+    /// Reads the next reply (replies come in request order).
+    pub async fn recv(&mut self) -> Result<(u32, Reply), NetError> {
+        read_reply(&mut self.rd, FRAME_BODY_MAX).await
     }
 
     /// Sends one request and reads its reply; an error reply is an `Err`.
@@ -600,9 +614,7 @@ async fn upload_loop(
                 done += ack(conn, &mut outstanding, &mut in_flight).await?;
                 progress(done, total);
             }
-            let id = conn.next;
-            conn.next = conn.next.wrapping_add(1);
-            write_put(&mut conn.wr, id, &c.entry.id, c.entry.crc32c, c.bytes()).await?;
+                        let id = conn.send_put(&c.entry.id, c.entry.crc32c, c.bytes()).await?;
             outstanding.push_back((id, len));
             in_flight += len;
             sent += 1;
@@ -632,11 +644,9 @@ async fn ack(
     let (want, len) = outstanding
         .pop_front()
         .ok_or(NetError::Protocol("no put in flight".into()))?;
-    let (got, reply) = read_reply(&mut conn.rd, FRAME_BODY_MAX).await?;
+        let (got, reply) = conn.recv().await?;
     if got != want {
-        return Err(NetError::Protocol(format!(
-            "reply to request {got}, expected {want}"
-        )));
+        return Err(NetError::Protocol(format!("reply to request {got}, expected {want}")));
     }
     match reply {
         Reply::Stored { .. } => {
@@ -764,11 +774,9 @@ pub async fn get_file(
             let (want, index, len) = outstanding
                 .pop_front()
                 .ok_or(NetError::Protocol("nothing in flight".into()))?;
-            let (got, reply) = read_reply(&mut conn.rd, FRAME_BODY_MAX).await?;
+                        let (got, reply) = conn.recv().await?;
             if got != want {
-                return Err(NetError::Protocol(format!(
-                    "reply to request {got}, expected {want}"
-                )));
+                return Err(NetError::Protocol(format!("reply to request {got}, expected {want}")));
             }
             in_flight -= len;
             let item = match reply {

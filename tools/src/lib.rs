@@ -4,6 +4,7 @@
 //! Invariant: no business rules live here; binaries wire libraries together.
 
 pub mod diskbench;
+pub mod netbench;
 pub mod netcli;
 pub mod storebench;
 

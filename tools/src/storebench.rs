@@ -53,7 +53,7 @@ const CHALLENGE_BATCH: usize = 128;
 /// the limit (the engine keeps clients × depth chunks in flight).
 const FIO_SEQ_DEPTH: u32 = 32;
 
-fn chunks(seed: u64, count: u64, bytes: u64) -> Vec<(ChunkId, u32, Vec<u8>)> {
+pub(crate) fn chunks(seed: u64, count: u64, bytes: u64) -> Vec<(ChunkId, u32, Vec<u8>)> {
     let len = usize::try_from(bytes).expect("chunk fits in memory");
     (0..count)
         .map(|i| {
@@ -71,7 +71,7 @@ fn chunks(seed: u64, count: u64, bytes: u64) -> Vec<(ChunkId, u32, Vec<u8>)> {
 /// Runs requests `0..n` from `threads` client threads, each keeping `depth` requests in
 /// flight (`submit` starts one, `check` looks at its answer); latency is from submission
 /// until the client takes the answer, in submission order.
-fn timed<T>(
+pub(crate) fn timed<T>(
     n: u64,
     threads: usize,
     depth: usize,

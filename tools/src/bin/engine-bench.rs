@@ -79,7 +79,33 @@ struct StoreArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Seal and open throughput in memory against the raw AES-256-GCM, CRC32C and BLAKE3.
-    Codec(CodecArgs),
+        Codec(CodecArgs),
+    /// The data plane over loopback (a host in this process, its clients on connections)
+    /// against the engine's local put and get on the same store, in the same run.
+    Net(NetArgs),
+}
+
+#[derive(Args, Debug)]
+struct NetArgs {
+    /// Directory for the store (created; removed after).
+    #[arg(long, default_value = "engine-bench.tmp")]
+    dir: PathBuf,
+    /// Bytes put (and then got) each way per chunk size.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    size: u64,
+    #[arg(long, value_delimiter = ',', default_value = "1MiB,8MiB", value_parser = parse_bytes)]
+    chunk_sizes: Vec<u64>,
+    /// Engine shards [default: the core count].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Client threads locally, connections over the network.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Requests each keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    depth: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -119,7 +145,8 @@ struct Row {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Codec(args)) => codec(args),
+                Some(Command::Codec(args)) => codec(args),
+        Some(Command::Net(args)) => net_bench(args),
         None => store(cli.store),
     }
 }
@@ -401,6 +428,40 @@ fn codec(args: CodecArgs) -> Result<()> {
     println!("bound = min(workers, cores) / (1/aes + 1/crc32c + 1/blake3), the primitives measured above on one thread");
     if args.file.is_some() {
         println!("seal-from-disk's bound is disk-read-dd: dd reading the same file, both from a cold page cache");
+    }
+    Ok(())
+}
+
+fn net_bench(args: NetArgs) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bench = tools::netbench::NetBench {
+        dir: args.dir.clone(),
+        size: args.size,
+        chunk_sizes: args.chunk_sizes,
+        shards: args.shards.unwrap_or(cores),
+        clients: args.clients.max(1),
+        depth: args.depth.max(1),
+    };
+    std::fs::create_dir_all(&bench.dir)?;
+    let started = Instant::now();
+    let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
+    let result = bench.run(&progress);
+    let _ = std::fs::remove_dir(&bench.dir);
+    let rows = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "machine: {} cores, {}; {} shards, {} clients × {} in flight, {} per chunk size, dir {}",
+            cores,
+            cpu_model(),
+            bench.shards,
+            bench.clients,
+            bench.depth,
+            tools::format_bytes(bench.size),
+            bench.dir.display()
+        );
+        tools::netbench::print_rows(&rows);
     }
     Ok(())
 }
