@@ -1,4 +1,4 @@
-//! What a host and a client read back from their own disks: the grants log, object records
+//! What a host and a client read back from their own disks: the grants and uploads logs, object records
 //! and the upload journal. None may panic on damaged bytes; what decodes encodes back.
 #![no_main]
 
@@ -11,6 +11,11 @@ fuzz_target!(|data: &[u8]| {
         for (link, reserved) in grants {
             let _ = state::encode_grant(&link, reserved);
         }
+    }
+    if let Ok((uploads, keep)) = state::decode_uploads(data) {
+        assert!(keep <= data.len());
+        let records: usize = uploads.values().map(|s| s.len()).sum();
+        assert!(records * 56 <= keep);
     }
     if let Ok((manifest, chunks)) = state::decode_object(data) {
         assert_eq!(state::encode_object(&manifest, &chunks), data);

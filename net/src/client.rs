@@ -10,10 +10,8 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use ed25519_consensus::SigningKey;
 use engine::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
@@ -23,63 +21,15 @@ use engine::{ChunkFault, CodecError};
 use proto::link::{Grant, Link};
 use proto::{ChunkEntry, ChunkId, FileId, KdfParams, Manifest, ShareKey};
 use rand_core::RngCore;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::io::{read_reply, write_put};
+use crate::io::{read_reply, write_put, Counted, Counters};
 use crate::journal::{Journal, JournalHeader};
 use crate::wire::{hello_message, Receipt, Reply, Request, FRAME_BODY_MAX, HAVE_IDS_MAX};
 use crate::NetError;
-
-/// Byte counters of a connection, as the client's socket sees them.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub up: AtomicU64,
-    pub down: AtomicU64,
-}
-
-/// A stream that counts the bytes through it (for proxy receipts).
-#[derive(Debug)]
-pub struct Counted<S> {
-    inner: S,
-    counters: Arc<Counters>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.counters.down.fetch_add(n as u64, Relaxed);
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.counters.up.fetch_add(*n as u64, Relaxed);
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
 
 /// One proxy on the way: where it is, its session, and the counters when it became a pipe.
 #[derive(Clone, Debug)]
@@ -103,8 +53,22 @@ pub struct Conn {
     pub peer_seen: String,
     pub upload_bytes_left: u64,
     pub inflight_bytes_max: u64,
+    pub inflight_requests_max: u32,
     hops: Vec<Hop>,
     counters: Arc<Counters>,
+}
+
+/// How long a client waits for any one reply (a durable put of a large chunk on a busy host
+/// included) or for a connection, before it gives up with an error.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+async fn timed<T>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    tokio::time::timeout(REPLY_TIMEOUT, f)
+        .await
+        .map_err(|_| NetError::Timeout(what))?
 }
 
 fn remote(reply: Reply) -> NetError {
@@ -118,15 +82,15 @@ impl Conn {
     /// Connects to the link's host, through `via` proxies in order, and presents the link.
     pub async fn open(link: &Link, via: &[String], key: &SigningKey) -> Result<Conn, NetError> {
         let first = via.first().map_or(link.addr.as_str(), String::as_str);
-        let stream = TcpStream::connect(first)
-            .await
-            .map_err(|e| NetError::Protocol(format!("cannot connect to {first}: {e}")))?;
+        let stream = timed("connecting", async {
+            TcpStream::connect(first)
+                .await
+                .map_err(|e| NetError::Protocol(format!("cannot connect to {first}: {e}")))
+        })
+        .await?;
         let _ = stream.set_nodelay(true);
         let counters = Arc::new(Counters::default());
-        let (rd, wr) = tokio::io::split(Counted {
-            inner: stream,
-            counters: Arc::clone(&counters),
-        });
+        let (rd, wr) = tokio::io::split(Counted::new(stream, Arc::clone(&counters)));
         let mut conn = Conn {
             rd: BufReader::with_capacity(256 << 10, rd),
             wr,
@@ -134,11 +98,15 @@ impl Conn {
             peer_seen: String::new(),
             upload_bytes_left: 0,
             inflight_bytes_max: 0,
+            inflight_requests_max: 0,
             hops: Vec::new(),
             counters,
         };
         for (i, proxy) in via.iter().enumerate() {
             let target = via.get(i + 1).map_or(link.addr.as_str(), String::as_str);
+            if target.is_empty() || target.len() > crate::wire::ADDR_MAX {
+                return Err(NetError::Protocol(format!("{target:?} is not host:port")));
+            }
             match conn
                 .call(Request::ProxyConnect {
                     target: target.to_string(),
@@ -155,12 +123,13 @@ impl Conn {
                 other => return Err(remote(other)),
             }
         }
-        let (_, welcome) = read_reply(&mut conn.rd, 4096).await?;
+        let (_, welcome) = timed("waiting for the host", read_reply(&mut conn.rd, 4096)).await?;
         let Reply::Welcome {
             nonce,
             peer,
             frame_body_max,
             inflight_bytes_max,
+            inflight_requests_max,
         } = welcome
         else {
             return Err(remote(welcome));
@@ -172,6 +141,7 @@ impl Conn {
         }
         conn.peer_seen = peer;
         conn.inflight_bytes_max = inflight_bytes_max;
+        conn.inflight_requests_max = inflight_requests_max.max(1);
         let bearer = link.bearer.map(|_| {
             (
                 key.verification_key().to_bytes(),
@@ -191,7 +161,7 @@ impl Conn {
         Ok(conn)
     }
 
-        /// Sends a request without waiting for its reply (pipelining); returns its request id.
+    /// Sends a request without waiting for its reply (pipelining); returns its request id.
     pub async fn send(&mut self, req: &Request) -> Result<u32, NetError> {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
@@ -200,31 +170,47 @@ impl Conn {
     }
 
     /// Sends a put from where its bytes are, without waiting for the reply.
-    pub async fn send_put(&mut self, id: &ChunkId, crc32c: u32, bytes: &[u8]) -> Result<u32, NetError> {
+    pub async fn send_put(
+        &mut self,
+        id: &ChunkId,
+        crc32c: u32,
+        bytes: &[u8],
+    ) -> Result<u32, NetError> {
         let req = self.next;
         self.next = self.next.wrapping_add(1);
         write_put(&mut self.wr, req, id, crc32c, bytes).await?;
         Ok(req)
     }
 
-    /// Reads the next reply (replies come in request order).
+    /// Reads the next reply (replies come in request order), within [`REPLY_TIMEOUT`].
     pub async fn recv(&mut self) -> Result<(u32, Reply), NetError> {
-        read_reply(&mut self.rd, FRAME_BODY_MAX).await
+        timed(
+            "waiting for a reply",
+            read_reply(&mut self.rd, FRAME_BODY_MAX),
+        )
+        .await
+    }
+
+    /// Reads the reply to request `want`: an error frame is an `Err` whatever request it
+    /// names (a host that ends the connection may answer request 0), any other reply must
+    /// be the one expected.
+    pub async fn reply_to(&mut self, want: u32) -> Result<Reply, NetError> {
+        let (got, reply) = self.recv().await?;
+        if let Reply::Error { .. } = reply {
+            return Err(remote(reply));
+        }
+        if got != want {
+            return Err(NetError::Protocol(format!(
+                "reply to request {got}, expected {want}"
+            )));
+        }
+        Ok(reply)
     }
 
     /// Sends one request and reads its reply; an error reply is an `Err`.
     pub async fn call(&mut self, req: Request) -> Result<Reply, NetError> {
         let id = self.send(&req).await?;
-        let (got, reply) = read_reply(&mut self.rd, FRAME_BODY_MAX).await?;
-        if got != id {
-            return Err(NetError::Protocol(format!(
-                "reply to request {got}, expected {id}"
-            )));
-        }
-        match reply {
-            Reply::Error { .. } => Err(remote(reply)),
-            r => Ok(r),
-        }
+        self.reply_to(id).await
     }
 
     /// Which of `ids` the host has.
@@ -248,30 +234,59 @@ impl Conn {
         Ok(out)
     }
 
-    /// Ends the session: closes the sending side, reads what the host still sends, and
-    /// gives each proxy on the way a signed receipt of the bytes it relayed.
-    pub async fn finish(mut self, key: &SigningKey) -> Result<Vec<Receipt>, NetError> {
-        self.wr.shutdown().await?;
-        let mut sink = Vec::new();
-        let _ = self.rd.read_to_end(&mut sink).await;
+    /// Ends the session: closes the sending side, reads what the host still sends (a
+    /// bounded amount, within [`REPLY_TIMEOUT`]), and gives each proxy on the way a signed
+    /// receipt of the bytes it relayed. The transfer is done either way: receipts that fail
+    /// come back as errors beside those accepted.
+    pub async fn finish(mut self, key: &SigningKey) -> Receipts {
+        let _ = self.wr.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let drained = tokio::time::timeout(REPLY_TIMEOUT, async {
+            let mut left = 1u64 << 20;
+            while left > 0 {
+                match self.rd.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n as u64),
+                }
+            }
+        })
+        .await;
         let (up, down) = (
             self.counters.up.load(Relaxed),
             self.counters.down.load(Relaxed),
         );
-        let mut receipts = Vec::new();
+        let mut out = Receipts::default();
+        if drained.is_err() {
+            out.errors.push("the host did not close the session".into());
+        }
         for hop in &self.hops {
             let r = Receipt::sign(key, hop.session, up - hop.up0, down - hop.down0);
-            let mut s = TcpStream::connect(&hop.addr).await?;
-            s.write_all(&Request::ProxyReceipt(r.clone()).to_frame(1))
-                .await?;
-            let (_, reply) = read_reply(&mut s, 4096).await?;
-            match reply {
-                Reply::ReceiptOk => receipts.push(r),
-                other => return Err(remote(other)),
+            let sent = timed("a proxy receipt", async {
+                let mut s = TcpStream::connect(&hop.addr).await?;
+                s.write_all(&Request::ProxyReceipt(r.clone()).to_frame(1))
+                    .await?;
+                let (_, reply) = read_reply(&mut s, 4096).await?;
+                match reply {
+                    Reply::ReceiptOk => Ok(()),
+                    other => Err(remote(other)),
+                }
+            })
+            .await;
+            match sent {
+                Ok(()) => out.accepted.push(r),
+                Err(e) => out.errors.push(format!("proxy {}: {e}", hop.addr)),
             }
         }
-        Ok(receipts)
+        out
     }
+}
+
+/// Receipts given to the proxies of a session, and those that failed (which do not undo
+/// the transfer).
+#[derive(Debug, Default, Clone)]
+pub struct Receipts {
+    pub accepted: Vec<Receipt>,
+    pub errors: Vec<String>,
 }
 
 /// What `put_file` needs.
@@ -300,7 +315,7 @@ pub struct PutDone {
     pub sent_chunks: u64,
     pub skipped_chunks: u64,
     pub peer_seen: String,
-    pub receipts: Vec<Receipt>,
+    pub receipts: Receipts,
 }
 
 /// The journal file of one upload: per link and file path.
@@ -389,6 +404,7 @@ async fn put_attempt(
         .into());
     }
     let jpath = journal_path(&job.journal_dir, &job.link, &job.file);
+    let _lock = Journal::lock(&jpath)?;
     let found = if resume {
         Journal::find(&jpath, &job.link.id, size, mtime, job.chunk_bytes)
     } else {
@@ -441,12 +457,12 @@ async fn put_attempt(
     // Sealing runs on its own threads; chunks come here through a small channel, so at most
     // a few are in memory beyond the pipeline's own buffers.
     let (tx, mut rx) = mpsc::channel::<Result<Sealed, CodecError>>(2);
-    let name = job
-        .file
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("")
-        .to_string();
+    // The name comes from the resolved path, as the journal does: a resumed upload through
+    // another name (a symlink) seals the same manifest, never another under the same key.
+    let name = std::fs::canonicalize(&job.file)
+        .ok()
+        .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .unwrap_or_default();
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let sealer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), CodecError> {
@@ -501,6 +517,7 @@ async fn put_attempt(
         } => (manifest, envelope, manifest_id, sent, skipped),
     };
     let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    let message = crate::wire::object_message(&manifest_id, &chunks);
     match conn
         .call(Request::PutObject {
             manifest: manifest_id,
@@ -509,12 +526,22 @@ async fn put_attempt(
         })
         .await?
     {
-        Reply::Stored { .. } => {}
+        // Signed by the host itself: no proxy on the way can fake that every chunk is there.
+        Reply::ObjectStored { signature } => {
+            let vk = ed25519_consensus::VerificationKey::try_from(job.link.host_key)
+                .map_err(|_| NetError::Protocol("the link's host key is not a valid key".into()))?;
+            vk.verify(&ed25519_consensus::Signature::from(signature), &message)
+                .map_err(|_| {
+                    NetError::Protocol(
+                        "the host's signature on the stored file does not verify".into(),
+                    )
+                })?;
+        }
         other => return Err(remote(other)),
     }
     journal.remove()?;
     let peer_seen = conn.peer_seen.clone();
-    let receipts = conn.finish(&job.key).await?;
+    let receipts = conn.finish(&job.key).await;
     Ok(Attempt::Done(Box::new(PutDone {
         file_id,
         manifest_id,
@@ -552,7 +579,9 @@ async fn upload_loop(
     total: u64,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
 ) -> Result<LoopEnd, NetError> {
-    let budget = (conn.inflight_bytes_max / 2).max(u64::from(proto::CHUNK_BYTES_MAX) + 1024);
+    // Half the host's limits, so replies never wait on requests the host cannot take yet.
+    let budget = conn.inflight_bytes_max / 2;
+    let max_count = (conn.inflight_requests_max as usize / 2).max(1);
     let mut outstanding: VecDeque<(u32, u64)> = VecDeque::new();
     let mut in_flight = 0u64;
     let mut done = 0u64;
@@ -610,11 +639,15 @@ async fn upload_loop(
         for c in to_send {
             let len = c.bytes().len() as u64;
             // Wait for acknowledgements while the window is full.
-            while in_flight + len > budget && !outstanding.is_empty() {
+            while (in_flight + len > budget || outstanding.len() >= max_count)
+                && !outstanding.is_empty()
+            {
                 done += ack(conn, &mut outstanding, &mut in_flight).await?;
                 progress(done, total);
             }
-                        let id = conn.send_put(&c.entry.id, c.entry.crc32c, c.bytes()).await?;
+            let id = conn
+                .send_put(&c.entry.id, c.entry.crc32c, c.bytes())
+                .await?;
             outstanding.push_back((id, len));
             in_flight += len;
             sent += 1;
@@ -644,11 +677,7 @@ async fn ack(
     let (want, len) = outstanding
         .pop_front()
         .ok_or(NetError::Protocol("no put in flight".into()))?;
-        let (got, reply) = conn.recv().await?;
-    if got != want {
-        return Err(NetError::Protocol(format!("reply to request {got}, expected {want}")));
-    }
-    match reply {
+    match conn.reply_to(want).await? {
         Reply::Stored { .. } => {
             *in_flight -= len;
             Ok(len - u64::from(proto::TAG_BYTES))
@@ -682,7 +711,7 @@ pub struct GetDone {
     pub manifest_id: ChunkId,
     pub manifest: Manifest,
     pub peer_seen: String,
-    pub receipts: Vec<Receipt>,
+    pub receipts: Receipts,
 }
 
 /// Chunks as the fetch task delivers them, in order.
@@ -753,15 +782,18 @@ pub async fn get_file(
     // Fetching: requests in flight up to the window, replies in order into a channel.
     let (ctx, crx) = crossbeam_channel::bounded(8);
     let entries: Vec<ChunkEntry> = manifest.chunks.clone();
-    let window = (conn.inflight_bytes_max / 2).max(u64::from(proto::CHUNK_BYTES_MAX));
+    let window = conn.inflight_bytes_max / 2;
+    let max_count = (conn.inflight_requests_max as usize / 2).clamp(1, 16);
     let fetch = async {
+        // Owned here: when fetching stops, for any reason, the opener sees the end.
+        let ctx = ctx;
         let mut next_send = 0usize;
         let mut outstanding: VecDeque<(u32, u64, u64)> = VecDeque::new();
         let mut in_flight = 0u64;
         let mut next_recv = 0usize;
         while next_recv < entries.len() {
             while next_send < entries.len()
-                && outstanding.len() < 16
+                && outstanding.len() < max_count
                 && (outstanding.is_empty()
                     || in_flight + u64::from(entries[next_send].sealed_bytes) <= window)
             {
@@ -774,19 +806,17 @@ pub async fn get_file(
             let (want, index, len) = outstanding
                 .pop_front()
                 .ok_or(NetError::Protocol("nothing in flight".into()))?;
-                        let (got, reply) = conn.recv().await?;
-            if got != want {
-                return Err(NetError::Protocol(format!("reply to request {got}, expected {want}")));
-            }
             in_flight -= len;
-            let item = match reply {
-                Reply::Data(b) => Ok(b),
-                other => Err(remote(other)),
+            let item = match conn.reply_to(want).await {
+                Ok(Reply::Data(b)) => Ok(b),
+                Ok(other) => Err(remote(other)),
+                Err(e @ NetError::Remote { .. }) => Err(e),
+                Err(e) => return Err(e),
             };
             let failed = item.is_err();
-            let ctx = ctx.clone();
+            let sender = ctx.clone();
             // The channel is bounded: waiting for room happens off the runtime's threads.
-            if tokio::task::spawn_blocking(move || ctx.send((index, item)))
+            if tokio::task::spawn_blocking(move || sender.send((index, item)))
                 .await
                 .map_or(true, |r| r.is_err())
                 || failed
@@ -818,13 +848,15 @@ pub async fn get_file(
     let opened = opener
         .await
         .map_err(|e| NetError::Protocol(format!("the opener failed: {e}")))?;
-    // The opener's error says which chunk failed and why; the fetch's says why the network stopped.
+    // The opener's error says which chunk failed and why; when the network stopped first,
+    // its error is the cause.
     match (opened, fetched) {
         (Ok(()), _) => {}
-        (Err(e), _) => return Err(e.into()),
+        (Err(_), Err(net)) => return Err(net),
+        (Err(e), Ok(())) => return Err(e.into()),
     }
     let peer_seen = conn.peer_seen.clone();
-    let receipts = conn.finish(&job.key).await?;
+    let receipts = conn.finish(&job.key).await;
     Ok(GetDone {
         file_id,
         manifest_id,

@@ -26,9 +26,11 @@ pub struct Limits {
     pub inflight_requests: usize,
     /// Request bytes one connection may have in flight (bodies read but not yet answered).
     pub inflight_bytes: u64,
-    /// Reads (whole chunks, ranges, proofs) one connection may have in flight: their replies
-    /// are up to a chunk each.
+    /// Reads (whole chunks, ranges, proofs) one connection may have in flight.
     pub inflight_reads: usize,
+    /// Bytes of request bodies and replies held by all connections together: the host's
+    /// memory bound for the data plane.
+    pub memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             inflight_requests: 64,
             inflight_bytes: 256 << 20,
             inflight_reads: 16,
+            memory_bytes: 2 << 30,
         }
     }
 }
@@ -127,9 +130,10 @@ impl HostConfig {
             || l.hello_secs == 0
             || l.idle_secs == 0
             || l.inflight_bytes < u64::from(proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36)
+            || l.memory_bytes < l.inflight_bytes
         {
             return Err(NetError::Config(format!(
-                "limits must be positive, and inflight_bytes at least one largest chunk ({} bytes)",
+                                "limits must be positive, inflight_bytes at least one largest chunk ({} bytes), memory_bytes at least inflight_bytes",
                 proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36
             )));
         }
@@ -190,6 +194,8 @@ body_base_secs = 10
 inflight_requests = 64
 inflight_bytes = 268435456
 inflight_reads = 16
+# All connections together: bytes of requests and replies in memory.
+memory_bytes = 2147483648
 "#,
             data = data_dir.display().to_string(),
         )

@@ -13,13 +13,13 @@
 //! peer can still read one); a refused request within a good connection (not granted, not
 //! found, over quota) is answered with an error and changes nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
@@ -36,20 +36,39 @@ use tracing::{debug, info, warn};
 use crate::config::Limits;
 use crate::io::{body_deadline, read_header, read_request_body, write_reply};
 use crate::metrics::Metrics;
-use crate::state::{HostState, QuotaError};
-use crate::wire::{hello_message, kind, ErrorCode, Reply, Request, FRAME_BODY_MAX};
+use crate::state::{HostState, ObjectOutcome, QuotaError};
+use crate::wire::{hello_message, kind, object_message, ErrorCode, Reply, Request, FRAME_BODY_MAX};
 use crate::NetError;
 
 /// Everything a host's connections share.
 #[derive(Debug)]
 pub struct Host {
     engine: Arc<Engine>,
-    key: VerificationKey,
+    key: SigningKey,
     state: HostState,
     limits: Limits,
     retention_secs: u64,
     metrics: Arc<Metrics>,
     data_dirs: Vec<PathBuf>,
+    /// The host-wide memory budget, in KiB.
+    memory: Arc<Semaphore>,
+    /// Chunk lists of files being downloaded, read once from the state directory.
+    objects: Mutex<HashMap<ChunkId, Arc<HashSet<ChunkId>>>>,
+}
+
+/// Cached chunk lists; the cache is cleared when it reaches this many files.
+const OBJECTS_CACHED: usize = 1024;
+/// Budget a proof reply is charged (a leaf and its sibling path).
+const PROOF_BYTES: u64 = 4096;
+
+fn kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+fn semaphore_kib(bytes: u64) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        usize::try_from(bytes.div_ceil(1024)).unwrap_or(usize::MAX >> 4),
+    ))
 }
 
 impl Host {
@@ -63,12 +82,14 @@ impl Host {
     ) -> Host {
         Host {
             engine,
-            key: key.verification_key(),
+            key: key.clone(),
             state,
+            memory: semaphore_kib(limits.memory_bytes),
             limits,
             retention_secs,
             metrics: Arc::new(Metrics::default()),
             data_dirs,
+            objects: Mutex::new(HashMap::new()),
         }
     }
 
@@ -91,6 +112,34 @@ impl Host {
     fn expiry(&self) -> u64 {
         now_secs().saturating_add(self.retention_secs)
     }
+
+    /// The chunk list of an uploaded file, from the cache or the state directory (read off
+    /// the runtime's threads).
+    async fn object(
+        self: &Arc<Self>,
+        manifest: ChunkId,
+    ) -> Result<Option<Arc<HashSet<ChunkId>>>, NetError> {
+        if let Some(o) = self
+            .objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&manifest)
+        {
+            return Ok(Some(Arc::clone(o)));
+        }
+        let h = Arc::clone(self);
+        let read = tokio::task::spawn_blocking(move || h.state.object(&manifest))
+            .await
+            .map_err(|e| NetError::State(e.to_string()))??;
+        let Some(set) = read else { return Ok(None) };
+        let set = Arc::new(set);
+        let mut cache = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= OBJECTS_CACHED {
+            cache.clear();
+        }
+        cache.insert(manifest, Arc::clone(&set));
+        Ok(Some(set))
+    }
 }
 
 fn now_secs() -> u64 {
@@ -104,17 +153,22 @@ fn now_secs() -> u64 {
 pub async fn serve(host: Arc<Host>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(host.limits.max_connections));
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = async {
+                let slot = Arc::clone(&slots).acquire_owned().await;
+                (slot, listener.accept().await)
+            } => a,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (Ok(slot), accepted) = accepted else {
+            return;
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
+                // Out of descriptors, most likely: let connections finish before the next try.
                 warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -140,7 +194,7 @@ enum Scope {
     },
     Download {
         manifest: ChunkId,
-        chunks: HashSet<ChunkId>,
+        chunks: Arc<HashSet<ChunkId>>,
     },
 }
 
@@ -151,15 +205,28 @@ impl Scope {
             Scope::Download { manifest, chunks } => id == manifest || chunks.contains(id),
         }
     }
+
+    /// Whether a request of this frame kind is within the link's operation.
+    fn allows(&self, kind: u8) -> bool {
+        match self {
+            Scope::Upload { .. } => matches!(kind, kind::PUT | kind::PUT_OBJECT | kind::HAVE),
+            Scope::Download { .. } => {
+                matches!(
+                    kind,
+                    kind::GET | kind::GET_RANGE | kind::PROVE | kind::GET_OBJECT
+                )
+            }
+        }
+    }
 }
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
-/// A request on its way to the writer.
+/// A request on its way to the writer, with the memory it holds until its reply is written.
 struct Queued {
     request: u32,
     reply: ReplyFuture,
-    permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+    permits: Vec<OwnedSemaphorePermit>,
     started: Instant,
     is_put: bool,
     /// The connection ends after this reply.
@@ -184,8 +251,35 @@ fn store_error(e: &StoreError) -> Reply {
     Reply::error(code, e.to_string())
 }
 
-async fn send_fatal(w: &mut OwnedWriteHalf, request: u32, code: ErrorCode, msg: String) {
-    let _ = write_reply(w, request, &Reply::error(code, msg)).await;
+/// Writes one reply within the time its length allows at the minimum rate.
+async fn write_timed(
+    w: &mut OwnedWriteHalf,
+    limits: &Limits,
+    request: u32,
+    reply: &Reply,
+) -> Result<(), NetError> {
+    let len = match reply {
+        Reply::Data(b) => u32::try_from(b.len()).unwrap_or(u32::MAX),
+        _ => 4096,
+    };
+    let deadline = body_deadline(
+        std::time::Duration::from_secs(limits.body_base_secs),
+        limits.min_body_rate,
+        len,
+    );
+    tokio::time::timeout(deadline, write_reply(w, request, reply))
+        .await
+        .map_err(|_| NetError::Timeout("writing a reply (the peer does not read)"))?
+}
+
+async fn send_fatal(
+    w: &mut OwnedWriteHalf,
+    limits: &Limits,
+    request: u32,
+    code: ErrorCode,
+    msg: String,
+) {
+    let _ = write_timed(w, limits, request, &Reply::error(code, msg)).await;
     let _ = w.shutdown().await;
 }
 
@@ -196,17 +290,14 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
     let mut rd = BufReader::with_capacity(64 << 10, rd);
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
-    write_reply(
-        &mut wr,
-        0,
-        &Reply::Welcome {
-            nonce,
-            peer: peer.to_string(),
-            frame_body_max: FRAME_BODY_MAX,
-            inflight_bytes_max: limits.inflight_bytes,
-        },
-    )
-    .await?;
+    let welcome = Reply::Welcome {
+        nonce,
+        peer: peer.to_string(),
+        frame_body_max: FRAME_BODY_MAX,
+        inflight_bytes_max: limits.inflight_bytes,
+        inflight_requests_max: u32::try_from(limits.inflight_requests).unwrap_or(u32::MAX),
+    };
+    write_timed(&mut wr, &limits, 0, &welcome).await?;
 
     // The link, within `hello_secs` of connecting.
     let hello = tokio::time::timeout(limits.hello(), async {
@@ -225,6 +316,7 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
             host.metrics.refuse(ErrorCode::Timeout);
             send_fatal(
                 &mut wr,
+                &limits,
                 0,
                 ErrorCode::Timeout,
                 "no link within the hello time".into(),
@@ -234,16 +326,16 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
         }
         Ok(Err(e)) => {
             host.metrics.refuse(ErrorCode::Malformed);
-            send_fatal(&mut wr, 0, ErrorCode::Malformed, e.to_string()).await;
+            send_fatal(&mut wr, &limits, 0, ErrorCode::Malformed, e.to_string()).await;
             return Err(e);
         }
         Ok(Ok(h)) => h,
     };
-    let scope = match check_hello(host, &nonce, hello) {
+    let scope = match check_hello(host, &nonce, hello).await {
         Ok(s) => s,
         Err((code, msg)) => {
             host.metrics.refuse(code);
-            send_fatal(&mut wr, hello_id, code, msg.clone()).await;
+            send_fatal(&mut wr, &limits, hello_id, code, msg.clone()).await;
             return Err(NetError::Remote { code, message: msg });
         }
     };
@@ -251,15 +343,32 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
         Scope::Upload { link, bytes_max } => bytes_max.saturating_sub(host.state.used(link)),
         Scope::Download { .. } => 0,
     };
-    write_reply(&mut wr, hello_id, &Reply::Ready { upload_bytes_left }).await?;
+    write_timed(
+        &mut wr,
+        &limits,
+        hello_id,
+        &Reply::Ready { upload_bytes_left },
+    )
+    .await?;
     let scope = Arc::new(scope);
 
     let (tx, rx) = mpsc::channel::<Queued>(limits.inflight_requests);
-    let writer = tokio::spawn(write_loop(wr, rx, Arc::clone(&host.metrics)));
-    let bytes = Arc::new(Semaphore::new(
-        usize::try_from(limits.inflight_bytes >> 10).unwrap_or(usize::MAX),
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        Arc::clone(&host.metrics),
+        limits.clone(),
     ));
+    let bytes = semaphore_kib(limits.inflight_bytes);
     let reads = Arc::new(Semaphore::new(limits.inflight_reads));
+    let fatal_reply = |request: u32, code: ErrorCode, msg: String| Queued {
+        request,
+        reply: ready(Reply::error(code, msg)),
+        permits: Vec::new(),
+        started: Instant::now(),
+        is_put: false,
+        fatal: true,
+    };
     let result: Result<(), NetError> = async {
         loop {
             let h = match tokio::time::timeout(limits.idle(), read_header(&mut rd, FRAME_BODY_MAX))
@@ -269,16 +378,41 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
                 Ok(Ok(None)) => return Ok(()),
                 Ok(Ok(Some(h))) => h,
                 Ok(Err(e)) => {
-                    let _ = tx.send(fatal(0, ErrorCode::Malformed, e.to_string())).await;
+                    let _ = tx
+                        .send(fatal_reply(0, ErrorCode::Malformed, e.to_string()))
+                        .await;
                     return Err(e);
                 }
             };
-            // Memory for the body is granted before it is read.
-            let kib = u32::try_from((u64::from(h.body_len) + 1023) >> 10).unwrap_or(u32::MAX);
-            let byte_permit = Arc::clone(&bytes)
-                .acquire_many_owned(kib)
-                .await
-                .map_err(|_| NetError::Closed)?;
+            // Refused before its body is read: a request outside the link's operation (the
+            // body is skipped only when small), or larger than this connection may hold.
+            if !scope.allows(h.kind)
+                && (h.body_len > 4096 || h.kind == kind::HELLO || h.kind >= 0x40)
+            {
+                let msg = format!(
+                    "frame kind {:#04x} is not allowed on this connection",
+                    h.kind
+                );
+                let _ = tx
+                    .send(fatal_reply(h.request, ErrorCode::NotGranted, msg.clone()))
+                    .await;
+                return Err(NetError::Protocol(msg));
+            }
+            if u64::from(h.body_len) > limits.inflight_bytes {
+                let msg = format!(
+                    "a {}-byte frame is over this host's in-flight limit",
+                    h.body_len
+                );
+                let _ = tx
+                    .send(fatal_reply(h.request, ErrorCode::Limit, msg.clone()))
+                    .await;
+                return Err(NetError::Protocol(msg));
+            }
+            // Memory for the body is granted, per connection and host-wide, before it is read.
+            let mut permits = Vec::with_capacity(3);
+            let need = kib(u64::from(h.body_len));
+            permits.push(acquire(&bytes, need, &limits).await?);
+            permits.push(acquire(&host.memory, need, &limits).await?);
             let deadline = body_deadline(
                 std::time::Duration::from_secs(limits.body_base_secs),
                 limits.min_body_rate,
@@ -292,47 +426,34 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
                 Ok(Err(e)) => {
                     if matches!(e, NetError::Decode(_)) {
                         let _ = tx
-                            .send(fatal(h.request, ErrorCode::Malformed, e.to_string()))
+                            .send(fatal_reply(h.request, ErrorCode::Malformed, e.to_string()))
                             .await;
                     }
                     return Err(e);
                 }
                 Ok(Ok(r)) => r,
             };
-            let is_read = matches!(
-                req,
-                Request::Get { .. }
-                    | Request::GetRange { .. }
-                    | Request::Prove { .. }
-                    | Request::GetObject
-            );
-            let read_permit = if is_read {
-                Some(
-                    Arc::clone(&reads)
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| NetError::Closed)?,
-                )
-            } else {
-                None
-            };
             let is_put = matches!(req, Request::Put { .. });
-            let Some(reply) = dispatch(host, &scope, req) else {
-                let _ = tx
-                    .send(fatal(
-                        h.request,
-                        ErrorCode::Malformed,
-                        format!("frame kind {:#04x} is not allowed after the hello", h.kind),
-                    ))
-                    .await;
-                return Err(NetError::Protocol(
-                    "a handshake frame after the hello".into(),
-                ));
+            if is_put {
+                host.metrics.put_requests.fetch_add(1, Relaxed);
+            }
+            let reply = if !scope.allows(h.kind) {
+                ready(Reply::error(
+                    ErrorCode::NotGranted,
+                    "this connection's link does not allow this request",
+                ))
+            } else {
+                // A read holds a slot and, host-wide, the memory of its reply.
+                if let Some(size) = reply_size(host, &scope, &req).await {
+                    permits.push(acquire(&reads, 1, &limits).await?);
+                    permits.push(acquire(&host.memory, kib(size), &limits).await?);
+                }
+                dispatch(host, &scope, req)
             };
             let q = Queued {
                 request: h.request,
                 reply,
-                permits: (Some(byte_permit), read_permit),
+                permits,
                 started: Instant::now(),
                 is_put,
                 fatal: false,
@@ -348,19 +469,45 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
     result.and(written)
 }
 
-fn fatal(request: u32, code: ErrorCode, msg: String) -> Queued {
-    Queued {
-        request,
-        reply: ready(Reply::error(code, msg)),
-        permits: (None, None),
-        started: Instant::now(),
-        is_put: false,
-        fatal: true,
+/// Waits for `n` permits of `sem`; a wait longer than the idle time means the writer
+/// cannot make progress, and the connection ends.
+async fn acquire(
+    sem: &Arc<Semaphore>,
+    n: u32,
+    limits: &Limits,
+) -> Result<OwnedSemaphorePermit, NetError> {
+    tokio::time::timeout(limits.idle(), Arc::clone(sem).acquire_many_owned(n))
+        .await
+        .map_err(|_| NetError::Timeout("waiting for memory"))?
+        .map_err(|_| NetError::Closed)
+}
+
+/// The bytes a read's reply will hold, for the memory budget: the chunk's length from the
+/// store's index, a range's length, a proof's bound. `None` for requests that are no reads.
+async fn reply_size(host: &Host, scope: &Scope, req: &Request) -> Option<u64> {
+    let stat = |id: ChunkId| async move {
+        host.engine
+            .stat(id)
+            .recv()
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, u64::from)
+    };
+    match req {
+        Request::Get { id } => Some(stat(*id).await),
+        Request::GetRange { len, .. } => Some(u64::from(*len)),
+        Request::Prove { .. } => Some(PROOF_BYTES),
+        Request::GetObject => match scope {
+            Scope::Download { manifest, .. } => Some(stat(*manifest).await),
+            Scope::Upload { .. } => None,
+        },
+        _ => None,
     }
 }
 
-fn check_hello(
-    host: &Host,
+async fn check_hello(
+    host: &Arc<Host>,
     nonce: &[u8; 32],
     hello: Request,
 ) -> Result<Scope, (ErrorCode, String)> {
@@ -385,14 +532,19 @@ fn check_hello(
             Some(key)
         }
     };
-    link.check(&host.key, now_secs(), &link.grant, proven.as_ref())
-        .map_err(|e| (ErrorCode::LinkRefused, e.to_string()))?;
+    link.check(
+        &host.key.verification_key(),
+        now_secs(),
+        &link.grant,
+        proven.as_ref(),
+    )
+    .map_err(|e| (ErrorCode::LinkRefused, e.to_string()))?;
     match link.grant {
         Grant::Upload { bytes_max } => Ok(Scope::Upload {
             link: link.id,
             bytes_max,
         }),
-        Grant::Download { manifest } => match host.state.object(&manifest) {
+        Grant::Download { manifest } => match host.object(manifest).await {
             Ok(Some(chunks)) => Ok(Scope::Download { manifest, chunks }),
             Ok(None) => Err((
                 ErrorCode::NotFound,
@@ -403,18 +555,22 @@ fn check_hello(
     }
 }
 
-/// Starts one request; `None` for a frame that has no place after the hello.
-fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> Option<ReplyFuture> {
+fn read_reply(p: engine::store::Pending<Vec<u8>>) -> ReplyFuture {
+    Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
+}
+
+/// Starts one request (already checked against the link's operation).
+fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
     let not_granted = |what: &str| {
         ready(Reply::error(
             ErrorCode::NotGranted,
             format!("this connection's link does not allow {what}"),
         ))
     };
-    Some(match req {
+    match req {
         Request::Put { id, crc32c, bytes } => {
             let Scope::Upload { link, bytes_max } = **scope else {
-                return Some(not_granted("uploading"));
+                return not_granted("uploading");
             };
             let len = bytes.len() as u64;
             if let Err(e) = host.state.reserve(&link, bytes_max, len) {
@@ -422,57 +578,48 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> Option<ReplyF
                     QuotaError::Exceeded { .. } => ErrorCode::QuotaExceeded,
                     QuotaError::Io(_) => ErrorCode::Internal,
                 };
-                return Some(ready(Reply::error(code, e.to_string())));
+                return ready(Reply::error(code, e.to_string()));
             }
             let pending = host.engine.put(id, crc32c, bytes, host.expiry());
             let host = Arc::clone(host);
             Box::pin(async move {
-                match pending.recv().await {
+                let existing = match pending.recv().await {
                     Ok(PutOutcome::Stored) => {
                         host.metrics.put_bytes.fetch_add(len, Relaxed);
-                        Reply::Stored { existing: false }
+                        false
                     }
                     Ok(PutOutcome::Existing) => {
                         host.state.release(&link, len);
-                        Reply::Stored { existing: true }
+                        true
                     }
                     Err(e) => {
                         host.state.release(&link, len);
-                        store_error(&e)
+                        return store_error(&e);
                     }
+                };
+                // The sender proved it holds the chunk by sending it: from now on the link
+                // may list it in a file.
+                match host.state.record_upload(link, id).await {
+                    Ok(()) => Reply::Stored { existing },
+                    Err(e) => Reply::error(ErrorCode::Internal, e),
                 }
             })
         }
-        Request::Get { id } => {
-            if !scope.may_read(&id) {
-                return Some(not_granted("reading this chunk"));
-            }
-            let p = host.engine.get(id);
-            Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
+        Request::Get { id } | Request::GetRange { id, .. } | Request::Prove { id, .. }
+            if !scope.may_read(&id) =>
+        {
+            not_granted("reading this chunk: it is not part of the link's file")
         }
-        Request::GetRange { id, start, len } => {
-            if !scope.may_read(&id) {
-                return Some(not_granted("reading this chunk"));
-            }
-            let p = host
-                .engine
-                .get_range(id, start..start.saturating_add(u64::from(len)));
-            Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
-        }
-        Request::Prove { id, leaf } => {
-            if !scope.may_read(&id) {
-                return Some(not_granted("proving this chunk"));
-            }
-            let p = host.engine.prove(id, leaf);
-            Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
-        }
-        Request::GetObject => {
-            let Scope::Download { manifest, .. } = &**scope else {
-                return Some(not_granted("downloading"));
-            };
-            let p = host.engine.get(*manifest);
-            Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
-        }
+        Request::Get { id } => read_reply(host.engine.get(id)),
+        Request::GetRange { id, start, len } => read_reply(
+            host.engine
+                .get_range(id, start..start.saturating_add(u64::from(len))),
+        ),
+        Request::Prove { id, leaf } => read_reply(host.engine.prove(id, leaf)),
+        Request::GetObject => match &**scope {
+            Scope::Download { manifest, .. } => read_reply(host.engine.get(*manifest)),
+            Scope::Upload { .. } => not_granted("downloading"),
+        },
         Request::Have { ids } => {
             let pending: Vec<_> = ids.iter().map(|id| host.engine.stat(*id)).collect();
             Box::pin(async move {
@@ -493,7 +640,7 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> Option<ReplyF
             envelope,
         } => {
             let Scope::Upload { link, bytes_max } = **scope else {
-                return Some(not_granted("uploading"));
+                return not_granted("uploading");
             };
             let host = Arc::clone(host);
             Box::pin(
@@ -501,12 +648,13 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> Option<ReplyF
             )
         }
         Request::Hello { .. } | Request::ProxyConnect { .. } | Request::ProxyReceipt(_) => {
-            return None
+            not_granted("a handshake after the hello")
         }
-    })
+    }
 }
 
-/// Stores a manifest envelope and records its chunk list, once every chunk is here.
+/// Stores a manifest envelope and records its chunk list: every chunk must be stored and
+/// have been sent under this same link. Answers with the host's signature.
 async fn put_object(
     host: &Arc<Host>,
     link: [u8; 16],
@@ -521,6 +669,16 @@ async fn put_object(
             "the envelope does not hash to the manifest id",
         );
     }
+    let unique: HashSet<ChunkId> = chunks.iter().copied().collect();
+    if unique.len() != chunks.len() {
+        return Reply::error(ErrorCode::Malformed, "the chunk list names a chunk twice");
+    }
+    if let Some(id) = host.state.not_uploaded(&link, &chunks) {
+        return Reply::error(
+            ErrorCode::NotGranted,
+            format!("chunk {id} was not uploaded with this link: upload it first"),
+        );
+    }
     let stats: Vec<_> = chunks.iter().map(|id| host.engine.stat(*id)).collect();
     for (id, p) in chunks.iter().zip(stats) {
         match p.recv().await {
@@ -528,51 +686,66 @@ async fn put_object(
             Ok(None) => {
                 return Reply::error(
                     ErrorCode::NotFound,
-                    format!("chunk {id} of this file is not stored here: upload it first"),
+                    format!("chunk {id} of this file is no longer stored here: upload it again"),
                 )
             }
             Err(e) => return store_error(&e),
         }
     }
-    let len = envelope.len() as u64;
+    // The envelope and the record both count against the link.
+    let len = envelope.len() as u64 + 48 + 32 * chunks.len() as u64;
     if let Err(e) = host.state.reserve(&link, bytes_max, len) {
         return Reply::error(ErrorCode::QuotaExceeded, e.to_string());
     }
     let crc = engine::codec::crc32c(&envelope);
-    let existing = match host
+    if let Err(e) = host
         .engine
         .put(manifest, crc, envelope, host.expiry())
         .recv()
         .await
     {
-        Ok(o) => o == PutOutcome::Existing,
-        Err(e) => {
-            host.state.release(&link, len);
-            return store_error(&e);
-        }
-    };
+        host.state.release(&link, len);
+        return store_error(&e);
+    }
     let h = Arc::clone(host);
-    let recorded =
-        tokio::task::spawn_blocking(move || h.state.put_object(&manifest, &chunks)).await;
+    let list = chunks.clone();
+    let recorded = tokio::task::spawn_blocking(move || h.state.put_object(&manifest, &list)).await;
     match recorded {
-        Ok(Ok(())) => Reply::Stored { existing },
-        Ok(Err(e)) => Reply::error(
-            ErrorCode::Internal,
-            format!("recording the file failed: {e}"),
-        ),
+        Ok(Ok(outcome)) => {
+            if outcome == ObjectOutcome::Existing {
+                host.state.release(&link, len);
+            }
+            Reply::ObjectStored {
+                signature: host
+                    .key
+                    .sign(&object_message(&manifest, &chunks))
+                    .to_bytes(),
+            }
+        }
+        Ok(Err(e)) => {
+            host.state.release(&link, len);
+            Reply::error(ErrorCode::NotGranted, e.to_string())
+        }
         Err(e) => Reply::error(ErrorCode::Internal, e.to_string()),
     }
 }
 
+/// Writes replies in request order. If writing fails (the peer is gone or does not read),
+/// the rest are still awaited, unwritten: every store operation already started finishes
+/// and gives back what it charged before the connection is counted closed.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Queued>,
     metrics: Arc<Metrics>,
+    limits: Limits,
 ) -> Result<(), NetError> {
+    let mut failed: Option<NetError> = None;
     while let Some(q) = rx.recv().await {
         let reply = q.reply.await;
+        if failed.is_some() {
+            continue;
+        }
         let elapsed = q.started.elapsed();
-
         match &reply {
             Reply::Error { code, .. } => metrics.refuse(*code),
             Reply::Stored { existing } if q.is_put => {
@@ -589,12 +762,21 @@ async fn write_loop(
             }
             _ => {}
         }
-        write_reply(&mut wr, q.request, &reply).await?;
+        if let Err(e) = write_timed(&mut wr, &limits, q.request, &reply).await {
+            // No more requests are taken; those queued are finished above, unwritten.
+            rx.close();
+            failed = Some(e);
+            continue;
+        }
         drop(q.permits);
         if q.fatal {
+            rx.close();
             break;
         }
     }
+    while let Some(q) = rx.recv().await {
+        let _ = q.reply.await;
+    }
     let _ = wr.shutdown().await;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }

@@ -5,7 +5,12 @@
 use std::time::Duration;
 
 use proto::ChunkId;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::wire::{Header, Reply, Request, HEADER_BYTES};
 use crate::NetError;
@@ -32,8 +37,15 @@ pub async fn read_header<R: AsyncRead + Unpin>(
 
 /// Reads `len` bytes into a new buffer.
 pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<Vec<u8>, NetError> {
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await?;
+    // Read into spare capacity: no pass to zero a buffer the socket overwrites anyway.
+    let len = len as usize;
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        let want = (len - body.len()) as u64;
+        if (&mut *r).take(want).read_buf(&mut body).await? == 0 {
+            return Err(NetError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
     Ok(body)
 }
 
@@ -115,4 +127,58 @@ pub async fn write_reply<W: AsyncWrite + Unpin>(
         w.write_all(&reply.to_frame(request)).await?;
     }
     Ok(())
+}
+
+/// Byte counters of a connection, as the client's socket sees them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub up: AtomicU64,
+    pub down: AtomicU64,
+}
+
+/// A stream that counts the bytes through it (proxy receipts, idle detection).
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, counters: Arc<Counters>) -> Self {
+        Counted { inner, counters }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counters.down.fetch_add(n as u64, Relaxed);
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counters.up.fetch_add(*n as u64, Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

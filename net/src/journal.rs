@@ -150,6 +150,32 @@ fn jerr(path: &Path, e: impl std::fmt::Display) -> crate::NetError {
 }
 
 impl Journal {
+    /// Takes the upload's lock (`<journal>.lock`, never renamed): one upload of a file through
+    /// a link at a time, so two runs never seal with the same key behind each other's back.
+    /// Held until the returned file is dropped.
+    pub fn lock(path: &Path) -> Result<File, crate::NetError> {
+        use std::os::fd::AsRawFd;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| jerr(path, e))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| jerr(&lock_path, e))?;
+        nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |_| {
+                jerr(
+                    path,
+                    "another `mspace put` of this file through this link is running",
+                )
+            },
+        )?;
+        Ok(f)
+    }
+
     /// Reads the journal at `path` if it exists and still describes this upload (same link,
     /// file size and modification time, chunk size); `None` otherwise.
     pub fn find(
@@ -183,7 +209,12 @@ impl Journal {
             bytes.extend_from_slice(&encode_entry(u32::try_from(i).unwrap_or(u32::MAX), id));
         }
         // Rewritten whole through a temporary file: a torn tail from the last run is gone.
-        let tmp = path.with_extension("journal.partial");
+        let mut suffix = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
+        let tmp = path.with_extension(format!(
+            "{}.partial",
+            data_encoding::HEXLOWER.encode(&suffix)
+        ));
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut f = OpenOptions::new()
@@ -197,7 +228,15 @@ impl Journal {
                 .and_then(|()| f.sync_all())
                 .map_err(|e| jerr(path, e))?;
         }
-        fs::rename(&tmp, path).map_err(|e| jerr(path, e))?;
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            jerr(path, e)
+        })?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| jerr(path, e))?;
+        }
         let file = OpenOptions::new()
             .append(true)
             .open(path)
@@ -236,7 +275,9 @@ impl Journal {
 
     /// The upload finished: the journal is no longer needed.
     pub fn remove(self) -> Result<(), crate::NetError> {
-        fs::remove_file(&self.path).map_err(|e| jerr(&self.path, e))
+        fs::remove_file(&self.path).map_err(|e| jerr(&self.path, e))?;
+        let _ = fs::remove_file(self.path.with_extension("lock"));
+        Ok(())
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub connections_open: AtomicU64,
     pub puts: AtomicU64,
+    /// Put frames read (before the store answers).
+    pub put_requests: AtomicU64,
     /// Puts of chunks the host already had (a resumed upload should send none).
     pub puts_existing: AtomicU64,
     pub put_bytes: AtomicU64,
@@ -108,6 +110,12 @@ impl Metrics {
             "mspace_puts_total",
             "Chunks stored (new or already present).",
             self.puts.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "mspace_put_requests_total",
+            "Put frames read, answered or not.",
+            self.put_requests.load(Relaxed),
         );
         counter(
             &mut out,

@@ -17,9 +17,10 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info};
 
 use crate::config::Limits;
-use crate::io::{read_header, read_request_body, write_reply};
+use crate::io::{read_header, read_request_body, write_reply, Counted, Counters};
 use crate::wire::{kind, ErrorCode, Receipt, Reply, Request};
 use crate::NetError;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// Time to reach the target.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,12 +41,41 @@ pub struct Proxy {
     sessions: Mutex<HashMap<[u8; 16], Session>>,
     receipts: Mutex<Vec<Receipt>>,
     limits: Limits,
+    allow_private: bool,
+}
+
+/// Whether `ip` is one a public relay must not reach for strangers: loopback, private,
+/// link-local, unspecified or broadcast (the relay would otherwise open the proxy's own
+/// network, its metrics port say, to anyone).
+fn private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| private(std::net::IpAddr::V4(v4)))
+        }
+    }
 }
 
 impl Proxy {
-    pub fn new(limits: Limits) -> Proxy {
+    /// A proxy with `limits`; `allow_private` lets it relay to loopback and private
+    /// addresses (a local test network), which a public proxy refuses.
+    pub fn new(limits: Limits, allow_private: bool) -> Proxy {
         Proxy {
             limits,
+            allow_private,
             ..Proxy::default()
         }
     }
@@ -64,14 +94,14 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut shutdown: watch
     let slots = Arc::new(Semaphore::new(proxy.limits.max_connections));
     let local_ip = listener.local_addr().ok().map(|a| a.ip());
     loop {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = async {
+                let slot = Arc::clone(&slots).acquire_owned().await;
+                (slot, listener.accept().await)
+            } => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let Ok((stream, peer)) = accepted else {
+        let (Ok(slot), Ok((stream, peer))) = accepted else {
             continue;
         };
         let proxy = Arc::clone(&proxy);
@@ -131,8 +161,15 @@ async fn connection(
 async fn connect_from(
     target: &str,
     local_ip: Option<std::net::IpAddr>,
+    allow_private: bool,
 ) -> std::io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+    if !allow_private && addrs.iter().any(|a| private(a.ip())) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "this proxy does not relay to loopback or private addresses",
+        ));
+    }
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
     for addr in addrs {
         let socket = if addr.is_ipv4() {
@@ -162,7 +199,11 @@ async fn relay(
     target: &str,
     local_ip: Option<std::net::IpAddr>,
 ) -> Result<(), NetError> {
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, connect_from(target, local_ip)).await
+    let upstream = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        connect_from(target, local_ip, proxy.allow_private),
+    )
+    .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -200,15 +241,33 @@ async fn relay(
         s.insert(session, Session { counts });
     }
     write_reply(&mut client, request, &Reply::ProxyReady { session }).await?;
+    // Counted as the bytes pass, so an error on either side still leaves the true count.
+    let counters = Arc::new(Counters::default());
+    let mut client = Counted::new(client, Arc::clone(&counters));
     let mut upstream = upstream;
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    let (up, down) = match &result {
-        Ok((a, b)) => (*a, *b),
-        Err(_) => (0, 0),
+    let idle = proxy.limits.idle();
+    let result = {
+        let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(relay);
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                r = &mut relay => break r.map(|_| ()).map_err(NetError::Io),
+                () = tokio::time::sleep(idle) => {
+                    let now = counters.up.load(Relaxed) + counters.down.load(Relaxed);
+                    if now == seen {
+                        break Err(NetError::Timeout("relay idle"));
+                    }
+                    seen = now;
+                }
+            }
+        }
     };
+    // From the client's side: bytes read from it went up, bytes written to it came down.
+    let (up, down) = (counters.down.load(Relaxed), counters.up.load(Relaxed));
     let _ = done.send(Some((up, down)));
     info!(target, up, down, "relayed");
-    result.map(|_| ()).map_err(NetError::Io)
+    result
 }
 
 async fn check_receipt(proxy: &Proxy, r: Receipt) -> Reply {

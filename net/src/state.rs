@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use proto::decode::{DecodeError, Reader};
 use proto::ChunkId;
@@ -24,7 +24,9 @@ use proto::ChunkId;
 /// Reservation step of the grants log.
 pub const RESERVE_STEP: u64 = 64 << 20;
 const GRANT_RECORD_BYTES: usize = 32;
+const UPLOAD_RECORD_BYTES: usize = 56;
 const GRANT_MAGIC: &[u8; 4] = b"MSGR";
+const UPLOAD_MAGIC: &[u8; 4] = b"MSUP";
 const OBJECT_MAGIC: &[u8; 4] = b"MSOB";
 const STATE_VERSION: u8 = 1;
 
@@ -34,41 +36,77 @@ fn check_of(bytes: &[u8]) -> [u8; 4] {
         .expect("4 bytes")
 }
 
-/// One grants-log record: `MSGR`, link id, reserved bytes, check (4 bytes of BLAKE3).
-pub fn encode_grant(link: &[u8; 16], reserved: u64) -> [u8; GRANT_RECORD_BYTES] {
-    let mut out = [0u8; GRANT_RECORD_BYTES];
-    out[..4].copy_from_slice(GRANT_MAGIC);
-    out[4..20].copy_from_slice(link);
-    out[20..28].copy_from_slice(&reserved.to_le_bytes());
-    let check = check_of(&out[..28]);
-    out[28..].copy_from_slice(&check);
+/// A record of `body` behind `magic`, with its check.
+fn record(magic: &[u8; 4], body: &[&[u8]]) -> Vec<u8> {
+    let mut out = magic.to_vec();
+    for b in body {
+        out.extend_from_slice(b);
+    }
+    let check = check_of(&out);
+    out.extend_from_slice(&check);
     out
 }
 
-/// Decodes a grants log: the highest reservation per link. A partial record at the end (a
-/// write cut by a crash) is ignored and reported as the length to keep; a damaged whole
-/// record is an error.
-pub fn decode_grants(bytes: &[u8]) -> Result<(HashMap<[u8; 16], u64>, usize), DecodeError> {
-    let mut out: HashMap<[u8; 16], u64> = HashMap::new();
-    let whole = bytes.len() / GRANT_RECORD_BYTES * GRANT_RECORD_BYTES;
-    for rec in bytes[..whole].chunks_exact(GRANT_RECORD_BYTES) {
-        let mut r = Reader::new("grants log record", rec);
-        r.magic(GRANT_MAGIC)?;
-        let link = r.array::<16>("link id")?;
-        let reserved = r.u64("reserved bytes")?;
-        let check = r.array::<4>("check")?;
-        r.finish()?;
-        if check != check_of(&rec[..28]) {
+/// The whole records of an append-only log of `len`-byte records, each checked; a partial
+/// record at the end (a crash mid-append) is left out and the length to keep returned.
+fn records<'a>(
+    what: &'static str,
+    bytes: &'a [u8],
+    len: usize,
+    magic: &[u8; 4],
+) -> Result<(Vec<&'a [u8]>, usize), DecodeError> {
+    let whole = bytes.len() / len * len;
+    let mut out = Vec::with_capacity(whole / len);
+    for (i, rec) in bytes[..whole].chunks_exact(len).enumerate() {
+        if &rec[..4] != magic || check_of(&rec[..len - 4]) != rec[len - 4..] {
             return Err(DecodeError::Invalid {
-                what: "grants log record",
-                field: "check",
-                reason: "does not match the record: the log is damaged".into(),
+                what,
+                field: "record",
+                reason: format!("record {i} is damaged"),
             });
         }
+        out.push(&rec[4..len - 4]);
+    }
+    Ok((out, whole))
+}
+
+/// One grants-log record: `MSGR`, link id, reserved bytes, check (4 bytes of BLAKE3).
+pub fn encode_grant(link: &[u8; 16], reserved: u64) -> Vec<u8> {
+    record(GRANT_MAGIC, &[link, &reserved.to_le_bytes()])
+}
+
+/// Decodes a grants log: the highest reservation per link, and the length to keep.
+pub fn decode_grants(bytes: &[u8]) -> Result<(HashMap<[u8; 16], u64>, usize), DecodeError> {
+    let (recs, keep) = records("grants log", bytes, GRANT_RECORD_BYTES, GRANT_MAGIC)?;
+    let mut out: HashMap<[u8; 16], u64> = HashMap::new();
+    for r in recs {
+        let link: [u8; 16] = r[..16].try_into().expect("16 bytes");
+        let reserved = u64::from_le_bytes(r[16..24].try_into().expect("8 bytes"));
         let e = out.entry(link).or_default();
         *e = (*e).max(reserved);
     }
-    Ok((out, whole))
+    Ok((out, keep))
+}
+
+/// One uploads-log record: `MSUP`, link id, chunk id, check: the chunk was sent under the link.
+pub fn encode_upload(link: &[u8; 16], chunk: &ChunkId) -> Vec<u8> {
+    record(UPLOAD_MAGIC, &[link, &chunk.0])
+}
+
+/// Decodes an uploads log: the chunks each link uploaded, and the length to keep.
+#[allow(clippy::type_complexity)]
+pub fn decode_uploads(
+    bytes: &[u8],
+) -> Result<(HashMap<[u8; 16], HashSet<ChunkId>>, usize), DecodeError> {
+    let (recs, keep) = records("uploads log", bytes, UPLOAD_RECORD_BYTES, UPLOAD_MAGIC)?;
+    let mut out: HashMap<[u8; 16], HashSet<ChunkId>> = HashMap::new();
+    for r in recs {
+        let link: [u8; 16] = r[..16].try_into().expect("16 bytes");
+        out.entry(link)
+            .or_default()
+            .insert(ChunkId(r[16..48].try_into().expect("32 bytes")));
+    }
+    Ok((out, keep))
 }
 
 /// An object record: `MSOB`, version, 3 reserved bytes, manifest id, chunk count, chunk ids,
@@ -125,11 +163,100 @@ struct LinkUse {
     reserved: u64,
 }
 
+/// An append-only log file and the length of its whole records (a failed append is cut
+/// back to it, so one error never misaligns the records after it).
+#[derive(Debug)]
+struct Log {
+    file: File,
+    len: u64,
+}
+
+impl Log {
+    /// Opens `path`, decodes it with `decode`, cuts a torn tail.
+    fn open<T>(
+        path: &Path,
+        decode: impl Fn(&[u8]) -> Result<(T, usize), DecodeError>,
+    ) -> Result<(Log, T), crate::NetError> {
+        let err =
+            |e: &dyn std::fmt::Display| crate::NetError::State(format!("{}: {e}", path.display()));
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(err(&e)),
+        };
+        let (value, keep) = decode(&bytes).map_err(|e| err(&e))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| err(&e))?;
+        if keep != bytes.len() {
+            file.set_len(keep as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| err(&e))?;
+        }
+        Ok((
+            Log {
+                file,
+                len: keep as u64,
+            },
+            value,
+        ))
+    }
+
+    /// Appends and syncs `bytes`; on failure the file is cut back to its last whole record.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let r = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
+        match r {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+}
+
+type Uploads = Arc<Mutex<HashMap<[u8; 16], HashSet<ChunkId>>>>;
+
+/// A chunk to record as uploaded under a link, and who waits for it to be durable.
+struct UploadJob {
+    link: [u8; 16],
+    chunk: ChunkId,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
 /// The host's state directory.
 #[derive(Debug)]
 pub struct HostState {
     dir: PathBuf,
-    grants: Mutex<(File, HashMap<[u8; 16], LinkUse>)>,
+    grants: Mutex<(Log, HashMap<[u8; 16], LinkUse>)>,
+    uploads: Uploads,
+    upload_jobs: Option<crossbeam_channel::Sender<UploadJob>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        self.upload_jobs.take();
+        if let Some(t) = self.committer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for UploadJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadJob")
+            .field("chunk", &self.chunk)
+            .finish()
+    }
 }
 
 /// Why a reservation failed.
@@ -145,31 +272,48 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Appends upload records for whoever asks, many per sync (group commit), and makes them
+/// visible in `uploads` only once durable.
+fn commit_uploads(mut log: Log, uploads: Uploads, jobs: crossbeam_channel::Receiver<UploadJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter().take(4095));
+        let mut bytes = Vec::with_capacity(batch.len() * UPLOAD_RECORD_BYTES);
+        for j in &batch {
+            bytes.extend_from_slice(&encode_upload(&j.link, &j.chunk));
+        }
+        let result = log
+            .append(&bytes)
+            .map_err(|e| format!("recording uploads: {e}"));
+        if result.is_ok() {
+            let mut u = uploads.lock().unwrap_or_else(|p| p.into_inner());
+            for j in &batch {
+                u.entry(j.link).or_default().insert(j.chunk);
+            }
+        }
+        for j in batch {
+            let _ = j.done.send(result.clone());
+        }
+    }
+}
+
+/// What recording an object did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ObjectOutcome {
+    Recorded,
+    /// The same list was already recorded.
+    Existing,
+}
+
 impl HostState {
-    /// Opens (or creates) the state directory, reading the grants log.
+    /// Opens (or creates) the state directory, reading its logs.
     pub fn open(dir: &Path) -> Result<HostState, crate::NetError> {
         let err = |what: &str, e: std::io::Error| {
             crate::NetError::State(format!("{what} {}: {e}", dir.display()))
         };
         fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
-        let path = dir.join("grants.log");
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(err("read grants log in", e)),
-        };
-        let (reserved, keep) = decode_grants(&bytes)
-            .map_err(|e| crate::NetError::State(format!("{}: {e}", path.display())))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| err("open grants log in", e))?;
-        if keep != bytes.len() {
-            file.set_len(keep as u64)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| err("truncate torn grants log in", e))?;
-        }
+        let (grants, reserved) = Log::open(&dir.join("grants.log"), decode_grants)?;
+        let (uploads_log, uploads) = Log::open(&dir.join("uploads.log"), decode_uploads)?;
         sync_dir(dir).map_err(|e| err("sync", e))?;
         let uses = reserved
             .into_iter()
@@ -183,9 +327,19 @@ impl HostState {
                 )
             })
             .collect();
+        let uploads: Uploads = Arc::new(Mutex::new(uploads));
+        let (tx, rx) = crossbeam_channel::bounded(1 << 16);
+        let u = Arc::clone(&uploads);
+        let committer = std::thread::Builder::new()
+            .name("mspace-uploads".into())
+            .spawn(move || commit_uploads(uploads_log, u, rx))
+            .map_err(|e| err("start the uploads log writer for", e))?;
         Ok(HostState {
             dir: dir.to_owned(),
-            grants: Mutex::new((file, uses)),
+            grants: Mutex::new((grants, uses)),
+            uploads,
+            upload_jobs: Some(tx),
+            committer: Some(committer),
         })
     }
 
@@ -196,10 +350,10 @@ impl HostState {
     }
 
     /// Charges `bytes` to link `id`, whose limit is `max`; durable before it returns `Ok`
-    /// whenever the count passes the last reservation.
+    /// whenever the count passes the last reservation (once per [`RESERVE_STEP`]).
     pub fn reserve(&self, id: &[u8; 16], max: u64, bytes: u64) -> Result<(), QuotaError> {
         let mut g = self.grants.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, uses) = &mut *g;
+        let (log, uses) = &mut *g;
         let u = uses.entry(*id).or_default();
         let left = max.saturating_sub(u.used);
         if bytes > left {
@@ -208,8 +362,7 @@ impl HostState {
         let used = u.used + bytes;
         if used > u.reserved {
             let reserved = used.saturating_add(RESERVE_STEP).min(max);
-            file.write_all(&encode_grant(id, reserved))?;
-            file.sync_data()?;
+            log.append(&encode_grant(id, reserved))?;
             u.reserved = reserved;
         }
         u.used = used;
@@ -224,20 +377,85 @@ impl HostState {
         }
     }
 
+    /// Records, durably, that `chunk` was sent under `link` (its bytes prove the sender
+    /// holds it): only such chunks may be listed in that link's objects.
+    pub async fn record_upload(&self, link: [u8; 16], chunk: ChunkId) -> Result<(), String> {
+        if self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&link)
+            .is_some_and(|s| s.contains(&chunk))
+        {
+            return Ok(());
+        }
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let jobs = self.upload_jobs.as_ref().ok_or("the host is stopping")?;
+        // The queue is bounded; a full one waits off the runtime's threads.
+        let jobs = jobs.clone();
+        tokio::task::spawn_blocking(move || jobs.send(UploadJob { link, chunk, done }))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the uploads log writer stopped".to_string())?;
+        wait.await
+            .map_err(|_| "the uploads log writer stopped".to_string())?
+    }
+
+    /// The first of `chunks` not uploaded under `link`, if any.
+    pub fn not_uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Option<ChunkId> {
+        let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let set = u.get(link);
+        chunks
+            .iter()
+            .find(|c| !set.is_some_and(|s| s.contains(c)))
+            .copied()
+    }
+
     fn object_path(&self, manifest: &ChunkId) -> PathBuf {
         self.dir.join("objects").join(manifest.to_hex())
     }
 
-    /// Records a sealed file's chunks under its manifest id, durably.
-    pub fn put_object(&self, manifest: &ChunkId, chunks: &[ChunkId]) -> std::io::Result<()> {
+    /// Records a sealed file's chunks under its manifest id, durably. A manifest already
+    /// recorded with another list is refused: the first list stands.
+    pub fn put_object(
+        &self,
+        manifest: &ChunkId,
+        chunks: &[ChunkId],
+    ) -> Result<ObjectOutcome, crate::NetError> {
+        if let Some(existing) = self.object(manifest)? {
+            let same =
+                existing.len() == chunks.len() && chunks.iter().all(|c| existing.contains(c));
+            return if same {
+                Ok(ObjectOutcome::Existing)
+            } else {
+                Err(crate::NetError::State(format!(
+                    "manifest {manifest} is already recorded with another chunk list"
+                )))
+            };
+        }
+        let io = |e: std::io::Error| {
+            crate::NetError::State(format!("recording manifest {manifest}: {e}"))
+        };
         let dir = self.dir.join("objects");
-        let path = self.object_path(manifest);
-        let tmp = dir.join(format!(".{}.partial", manifest.to_hex()));
-        let mut f = File::create(&tmp)?;
-        f.write_all(&encode_object(manifest, chunks))?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        sync_dir(&dir)
+        let mut suffix = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut suffix);
+        let tmp = dir.join(format!(
+            ".{}.{}.partial",
+            manifest.to_hex(),
+            data_encoding::HEXLOWER.encode(&suffix)
+        ));
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&encode_object(manifest, chunks))?;
+            f.sync_all()?;
+            fs::rename(&tmp, self.object_path(manifest))?;
+            sync_dir(&dir)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written.map_err(io)?;
+        Ok(ObjectOutcome::Recorded)
     }
 
     /// The chunks of a sealed file, if it was uploaded here.
@@ -293,7 +511,7 @@ mod tests {
     #[test]
     fn a_torn_grant_record_is_cut_and_a_damaged_one_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = encode_grant(&[2; 16], 77).to_vec();
+        let mut log = encode_grant(&[2; 16], 77);
         log.extend_from_slice(&encode_grant(&[2; 16], 99)[..10]);
         fs::write(dir.path().join("grants.log"), &log).unwrap();
         let st = HostState::open(dir.path()).unwrap();
@@ -309,6 +527,35 @@ mod tests {
         let mut bad = encode_grant(&[2; 16], 77);
         bad[0] = b'X';
         assert!(decode_grants(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn uploads_are_recorded_durably_per_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = HostState::open(dir.path()).unwrap();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let c = [ChunkId([7; 32]), ChunkId([8; 32])];
+        st.record_upload(a, c[0]).await.unwrap();
+        st.record_upload(a, c[1]).await.unwrap();
+        st.record_upload(b, c[1]).await.unwrap();
+        assert_eq!(st.not_uploaded(&a, &c), None);
+        assert_eq!(st.not_uploaded(&b, &c), Some(c[0]));
+        drop(st);
+        // A torn record at the end is cut; the whole ones are read back.
+        let log = dir.path().join("uploads.log");
+        let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(&encode_upload(&b, &c[0])[..20]).unwrap();
+        drop(f);
+        let st = HostState::open(dir.path()).unwrap();
+        assert_eq!(st.not_uploaded(&a, &c), None);
+        assert_eq!(st.not_uploaded(&b, &c), Some(c[0]));
+        drop(st);
+        assert_eq!(fs::read(&log).unwrap().len(), 3 * 56);
+        let mut bytes = fs::read(&log).unwrap();
+        bytes[60] ^= 1;
+        fs::write(&log, bytes).unwrap();
+        let e = HostState::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("record 1 is damaged"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub const ADDR_MAX: usize = 255;
 
 /// Domain separation of the bearer's proof in `Hello`.
 pub const HELLO_CONTEXT: &[u8] = b"market.space 2026-11 hello v1\0";
+/// Domain separation of the host's signature on a stored object.
+pub const OBJECT_CONTEXT: &[u8] = b"market.space 2026-11 object stored v1\0";
 /// Domain separation of a proxy receipt's signature.
 pub const RECEIPT_CONTEXT: &[u8] = b"market.space 2026-11 proxy receipt v1\0";
 
@@ -43,6 +45,7 @@ pub mod kind {
     pub const STORED: u8 = 0x83;
     pub const DATA: u8 = 0x84;
     pub const HAVE_REPLY: u8 = 0x85;
+    pub const OBJECT_STORED: u8 = 0x86;
     pub const PROXY_READY: u8 = 0xC1;
     pub const RECEIPT_OK: u8 = 0xC2;
     pub const ERROR: u8 = 0xFF;
@@ -268,6 +271,24 @@ impl Receipt {
     }
 }
 
+/// The message a host signs when it has recorded an object: the manifest id and its chunk
+/// list as sent, so a client (through any proxy) knows the host itself has every chunk.
+pub fn object_message(manifest: &ChunkId, chunks: &[ChunkId]) -> Vec<u8> {
+    let mut h = blake3::Hasher::new();
+    for c in chunks {
+        h.update(&c.0);
+    }
+    let mut m = OBJECT_CONTEXT.to_vec();
+    m.extend_from_slice(&manifest.0);
+    m.extend_from_slice(
+        &u32::try_from(chunks.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    m.extend_from_slice(h.finalize().as_bytes());
+    m
+}
+
 /// The message a link's bearer signs in `Hello`.
 pub fn hello_message(nonce: &[u8; 32], link_id: &[u8; 16]) -> Vec<u8> {
     [HELLO_CONTEXT, nonce, link_id].concat()
@@ -488,14 +509,19 @@ pub enum Reply {
         peer: String,
         frame_body_max: u32,
         inflight_bytes_max: u64,
+        inflight_requests_max: u32,
     },
     /// The link was accepted; for an upload link, the bytes it still allows.
     Ready {
         upload_bytes_left: u64,
     },
-    /// A put or object was stored (`existing`: it already was).
+    /// A put was stored (`existing`: it already was).
     Stored {
         existing: bool,
+    },
+    /// An object was recorded: the host's signature over [`object_message`].
+    ObjectStored {
+        signature: [u8; 64],
     },
     /// Chunk bytes, a range, a proof or a manifest envelope.
     Data(Vec<u8>),
@@ -519,6 +545,7 @@ impl Reply {
             Reply::Welcome { .. } => kind::WELCOME,
             Reply::Ready { .. } => kind::READY,
             Reply::Stored { .. } => kind::STORED,
+            Reply::ObjectStored { .. } => kind::OBJECT_STORED,
             Reply::Data(_) => kind::DATA,
             Reply::HaveReply { .. } => kind::HAVE_REPLY,
             Reply::ProxyReady { .. } => kind::PROXY_READY,
@@ -547,16 +574,19 @@ impl Reply {
                 peer,
                 frame_body_max,
                 inflight_bytes_max,
+                inflight_requests_max,
             } => {
                 out.extend_from_slice(nonce);
                 out.extend_from_slice(&frame_body_max.to_le_bytes());
                 out.extend_from_slice(&inflight_bytes_max.to_le_bytes());
+                out.extend_from_slice(&inflight_requests_max.to_le_bytes());
                 put_addr(&mut out, peer);
             }
             Reply::Ready { upload_bytes_left } => {
                 out.extend_from_slice(&upload_bytes_left.to_le_bytes())
             }
             Reply::Stored { existing } => out.push(u8::from(*existing)),
+            Reply::ObjectStored { signature } => out.extend_from_slice(signature),
             Reply::Data(bytes) => out.extend_from_slice(bytes),
             Reply::HaveReply { bits } => out.extend_from_slice(bits),
             Reply::ProxyReady { session } => out.extend_from_slice(session),
@@ -582,6 +612,7 @@ impl Reply {
             kind::WELCOME => "welcome",
             kind::READY => "ready",
             kind::STORED => "stored",
+            kind::OBJECT_STORED => "object stored",
             kind::HAVE_REPLY => "have reply",
             kind::PROXY_READY => "proxy ready",
             kind::RECEIPT_OK => "receipt ok",
@@ -600,6 +631,7 @@ impl Reply {
                 nonce: r.array("nonce")?,
                 frame_body_max: r.u32("frame body max")?,
                 inflight_bytes_max: r.u64("in-flight bytes max")?,
+                inflight_requests_max: r.u32("in-flight requests max")?,
                 peer: take_addr(&mut r, "peer")?,
             },
             kind::READY => Reply::Ready {
@@ -611,6 +643,9 @@ impl Reply {
                     1 => true,
                     v => return Err(r.invalid("existing", format!("{v}, not 0 or 1"))),
                 },
+            },
+            kind::OBJECT_STORED => Reply::ObjectStored {
+                signature: r.array("signature")?,
             },
             kind::HAVE_REPLY => Reply::HaveReply {
                 bits: r.take("bits", r.remaining())?.to_vec(),
@@ -696,7 +731,9 @@ mod tests {
                 peer: "10.0.0.1:5555".into(),
                 frame_body_max: FRAME_BODY_MAX,
                 inflight_bytes_max: 1 << 28,
+                inflight_requests_max: 64,
             },
+            Reply::ObjectStored { signature: [3; 64] },
             Reply::Ready {
                 upload_bytes_left: 99,
             },

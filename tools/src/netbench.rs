@@ -208,26 +208,37 @@ fn config(dir: &Path, shards: usize) -> EngineConfig {
 
 impl NetBench {
     pub fn run(&self, progress: &dyn Fn(&str)) -> Result<Vec<NetRow>> {
-                let mut rows = Vec::new();
+        let mut rows = Vec::new();
         for &cs in &self.chunk_sizes {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
             let n = (self.size / cs).max(1);
-                        let dir = self.dir.join(format!("net-{cs}"));
+            let dir = self.dir.join(format!("net-{cs}"));
             // A store left by an interrupted run would answer every put with "existing".
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("remove {}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir)?;
-            progress(&format!("{n} chunks of {}: generating", crate::format_bytes(cs)));
+            progress(&format!(
+                "{n} chunks of {}: generating",
+                crate::format_bytes(cs)
+            ));
             let local: Chunks = Arc::new(chunks(1, n, cs));
             let remote: Chunks = Arc::new(chunks(2, n, cs));
             let engine = Arc::new(Engine::open(&config(&dir.join("data"), self.shards))?);
             let key = SigningKey::from([9u8; 32]);
             let state = HostState::open(&dir.join("state"))?;
             let limits = Limits::default();
-            let host = Arc::new(Host::new(Arc::clone(&engine), &key, state, limits, 3600, Vec::new()));
+            let host = Arc::new(Host::new(
+                Arc::clone(&engine),
+                &key,
+                state,
+                limits,
+                3600,
+                Vec::new(),
+            ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let addr = rt.block_on(async {
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -236,18 +247,45 @@ impl NetBench {
                 anyhow::Ok(addr)
             })?;
             let expiry = u64::MAX / 2;
-            let up = Link::sign(&key, &addr.to_string(), Grant::Upload { bytes_max: u64::MAX }, None, expiry, [1; 16])?;
+            let up = Link::sign(
+                &key,
+                &addr.to_string(),
+                Grant::Upload {
+                    bytes_max: u64::MAX,
+                },
+                None,
+                expiry,
+                [1; 16],
+            )?;
 
             progress("local put");
-            let lp = timed(n, self.clients, self.depth, cs, |i| {
-                let (id, crc, d) = &local[usize::try_from(i)?];
-                Ok(engine.put(*id, *crc, d.clone(), 0))
-            }, |_| Ok(()))?;
+            let lp = timed(
+                n,
+                self.clients,
+                self.depth,
+                cs,
+                |i| {
+                    let (id, crc, d) = &local[usize::try_from(i)?];
+                    Ok(engine.put(*id, *crc, d.clone(), 0))
+                },
+                |_| Ok(()),
+            )?;
             let st = engine.stats()?;
-            progress(&format!("local put stored {} chunks, {} bytes live, {} syncs", st.chunks, st.live_bytes, st.syncs));
+            progress(&format!(
+                "local put stored {} chunks, {} bytes live, {} syncs",
+                st.chunks, st.live_bytes, st.syncs
+            ));
             progress("network put");
             let ids: Arc<Vec<ChunkId>> = Arc::new(remote.iter().map(|c| c.0).collect());
-            let np = rt.block_on(over_network(&up, self.clients, self.depth, n, cs, Some(Arc::clone(&remote)), Arc::clone(&ids)))?;
+            let np = rt.block_on(over_network(
+                &up,
+                self.clients,
+                self.depth,
+                n,
+                cs,
+                Some(Arc::clone(&remote)),
+                Arc::clone(&ids),
+            ))?;
             rows.push(row("local put (durable)", cs, &lp, None));
             rows.push(row("network put (durable)", cs, &np, Some(&lp)));
 
@@ -256,22 +294,53 @@ impl NetBench {
             let manifest = ChunkId::of(&envelope);
             rt.block_on(async {
                 let mut c = Conn::open(&up, &[], &key).await?;
-                c.call(Request::PutObject { manifest, chunks: ids.to_vec(), envelope }).await?;
+                c.call(Request::PutObject {
+                    manifest,
+                    chunks: ids.to_vec(),
+                    envelope,
+                })
+                .await?;
                 anyhow::Ok(())
             })?;
-            let down = Link::sign(&key, &addr.to_string(), Grant::Download { manifest }, None, expiry, [2; 16])?;
+            let down = Link::sign(
+                &key,
+                &addr.to_string(),
+                Grant::Download { manifest },
+                None,
+                expiry,
+                [2; 16],
+            )?;
             progress("local get");
-            let lg = timed(n, self.clients, self.depth, cs, |i| Ok(engine.get(local[usize::try_from(i)?].0)), |b| {
-                if b.len() as u64 == cs { Ok(()) } else { bail!("short get") }
-            })?;
+            let lg = timed(
+                n,
+                self.clients,
+                self.depth,
+                cs,
+                |i| Ok(engine.get(local[usize::try_from(i)?].0)),
+                |b| {
+                    if b.len() as u64 == cs {
+                        Ok(())
+                    } else {
+                        bail!("short get")
+                    }
+                },
+            )?;
             progress("network get");
-            let ng = rt.block_on(over_network(&down, self.clients, self.depth, n, cs, None, ids))?;
+            let ng = rt.block_on(over_network(
+                &down,
+                self.clients,
+                self.depth,
+                n,
+                cs,
+                None,
+                ids,
+            ))?;
             rows.push(row("local get (verified)", cs, &lg, None));
-                        rows.push(row("network get (verified)", cs, &ng, Some(&lg)));
+            rows.push(row("network get (verified)", cs, &ng, Some(&lg)));
             progress("raw loopback TCP");
             let raw = rt.block_on(raw_loopback(self.clients, n, cs))?;
             rows.push(row("raw loopback TCP", cs, &raw, None));
-                        let _ = stop.send(true);
+            let _ = stop.send(true);
             // Dropping the runtime ends every connection task, and with them every handle
             // on the store, which then shuts down cleanly.
             drop(rt);

@@ -118,6 +118,10 @@ pub struct ProxyArgs {
     /// Address to accept clients on; connections to hosts leave from this address too.
     #[arg(long)]
     listen: String,
+    /// Relay to loopback and private addresses too (a local test network). A public proxy
+    /// refuses them, so strangers cannot reach its own network through it.
+    #[arg(long)]
+    allow_private: bool,
 }
 
 #[derive(Args, Debug)]
@@ -274,7 +278,9 @@ fn host_link(a: &LinkArgs) -> Result<()> {
         cfg.link_addr(),
         grant,
         bearer,
-        now_secs() + a.ttl.as_secs(),
+        now_secs()
+            .checked_add(a.ttl.as_secs())
+            .context("--ttl is too long")?,
         id,
     )?;
     println!("{link}");
@@ -378,7 +384,10 @@ pub fn proxy(args: ProxyArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         println!("proxy listening on {}", listener.local_addr()?);
         let (stop, stopped) = watch::channel(false);
-        let proxy = Arc::new(net::proxy::Proxy::new(Limits::default()));
+        let proxy = Arc::new(net::proxy::Proxy::new(
+            Limits::default(),
+            args.allow_private,
+        ));
         let server = tokio::spawn(net::proxy::serve(Arc::clone(&proxy), listener, stopped));
         wait_for_signal().await;
         let _ = stop.send(true);
@@ -418,6 +427,13 @@ fn bar_progress(bar: &indicatif::ProgressBar) -> Arc<dyn Fn(u64, u64) + Send + S
     })
 }
 
+/// A proxy that refused its receipt does not undo the transfer: say so, and go on.
+fn warn_receipts(r: &net::client::Receipts) {
+    for e in &r.errors {
+        tracing::warn!("receipt not accepted: {e}");
+    }
+}
+
 #[derive(Serialize)]
 struct PutJson {
     #[serde(flatten)]
@@ -452,15 +468,14 @@ pub fn put(args: PutArgs) -> Result<()> {
         kdf: KdfParams::DEFAULT,
         journal_dir: state_dir()?,
     };
-    if !args.json {
-        init_logs();
-    }
+    init_logs();
     let bar = progress_bar(meta.len(), !args.json, "uploading");
     let started = Instant::now();
     let done = runtime()?
         .block_on(put_file(&job, bar_progress(&bar)))
         .with_context(|| format!("uploading {} to {}", args.file.display(), link.addr))?;
     bar.finish_and_clear();
+    warn_receipts(&done.receipts);
     let m = &done.manifest;
     let sealed = crate::SealJson::new(
         done.file_id,
@@ -477,7 +492,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             sent_chunks: done.sent_chunks,
             skipped_chunks: done.skipped_chunks,
             host_saw: done.peer_seen.clone(),
-            proxy_receipts: done.receipts.len(),
+            proxy_receipts: done.receipts.accepted.len(),
         };
         println!("{}", serde_json::to_string(&json)?);
     } else {
@@ -544,15 +559,14 @@ pub fn get(args: GetArgs) -> Result<()> {
         overwrite: args.force,
         workers: workers(args.workers)?,
     };
-    if !args.json {
-        init_logs();
-    }
+    init_logs();
     let bar = progress_bar(0, !args.json, "downloading");
     let started = Instant::now();
     let done = runtime()?
         .block_on(get_file(&job, bar_progress(&bar)))
         .with_context(|| format!("downloading from {} into {}", link.addr, args.out.display()))?;
     bar.finish_and_clear();
+    warn_receipts(&done.receipts);
     let m = &done.manifest;
     if args.json {
         let json = GetJson {

@@ -283,6 +283,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         None,
         600,
     );
+    // A put on a download link is refused before its body is read, and ends the connection.
     let mut c = Conn::open(&down, &[], &client).await.unwrap();
     let bytes = vec![1u8; 4096];
     let e = c
@@ -294,6 +295,11 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
+    assert!(
+        c.call(Request::GetObject).await.is_err(),
+        "the connection was closed"
+    );
+    let mut c = Conn::open(&down, &[], &client).await.unwrap();
     let e = c
         .call(Request::Get {
             id: ChunkId([6; 32]),
@@ -360,6 +366,46 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     .unwrap();
     let s2 = Conn::open(&small, &[], &client).await.unwrap();
     assert_eq!(s2.upload_bytes_left, 5000 - 4096);
+
+    // A file may list only chunks sent with the same link: another link's chunk (known by
+    // its id, as ids become public) is refused, and so is a second, different list for a
+    // manifest already recorded.
+    let envelope = b"a stand-in envelope".to_vec();
+    let manifest = ChunkId::of(&envelope);
+    let mut u = Conn::open(&good, &[], &client).await.unwrap();
+    let e = u
+        .call(Request::PutObject {
+            manifest,
+            chunks: vec![done.manifest.chunks[0].id, ChunkId::of(&vec![5u8; 4096])],
+            envelope: envelope.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::NotGranted), "{e}");
+    let mut s = Conn::open(&small, &[], &client).await.unwrap();
+    let e = s
+        .call(Request::PutObject {
+            manifest,
+            chunks: vec![done.manifest.chunks[0].id],
+            envelope: envelope.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code_of(&e),
+        Some(ErrorCode::NotGranted),
+        "another link's chunk: {e}"
+    );
+    let e = u
+        .call(Request::PutObject {
+            manifest: done.manifest_id,
+            chunks: vec![done.manifest.chunks[0].id],
+            envelope: envelope.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::IdMismatch), "{e}");
+    assert!(h.host.state().object(&manifest).unwrap().is_none());
 }
 
 /// Binds a listener on a loopback address of its own (127.0.0.x), so that who connects
@@ -379,7 +425,7 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
     for ip in ["127.0.0.2", "127.0.0.3"] {
         let l = listen_on(ip).await;
         addrs.push(l.local_addr().unwrap().to_string());
-        let p = Arc::new(Proxy::new(Limits::default()));
+        let p = Arc::new(Proxy::new(Limits::default(), true));
         tokio::spawn(net::proxy::serve(Arc::clone(&p), l, rx.clone()));
         proxies.push(p);
     }
@@ -399,9 +445,9 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
         "{}",
         done.peer_seen
     );
-    assert_eq!(done.receipts.len(), 1);
-    assert_eq!(proxies[0].receipts(), done.receipts);
-    assert!(done.receipts[0].up_bytes > 700_000);
+    assert_eq!(done.receipts.accepted.len(), 1);
+    assert_eq!(proxies[0].receipts(), done.receipts.accepted);
+    assert!(done.receipts.accepted[0].up_bytes > 700_000);
 
     // Two proxies, for the download.
     let down = h.link(
@@ -418,32 +464,56 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
         .unwrap();
     assert!(got.peer_seen.starts_with("127.0.0.3:"), "{}", got.peer_seen);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
-    assert_eq!(got.receipts.len(), 2);
+    assert_eq!(got.receipts.accepted.len(), 2);
     assert!(
-        got.receipts[0].down_bytes > got.receipts[1].down_bytes,
+        got.receipts.accepted[0].down_bytes > got.receipts.accepted[1].down_bytes,
         "the first hop relays the second's handshake too"
     );
-    assert_eq!(proxies[1].receipts(), got.receipts[1..].to_vec());
+    assert_eq!(proxies[1].receipts(), got.receipts.accepted[1..].to_vec());
 
-    // A receipt for more than was relayed is refused.
+    // A receipt for more than was relayed is refused; the true one is then accepted.
     let client = SigningKey::from([7u8; 32]);
-    let mut r = got.receipts[0].clone();
-    r = net::wire::Receipt::sign(&client, r.session, r.up_bytes + 1, r.down_bytes);
     let mut s = TcpStream::connect(&addrs[0]).await.unwrap();
-    s.write_all(&Request::ProxyReceipt(r).to_frame(1))
-        .await
-        .unwrap();
-    let (_, reply) = net::io::read_reply(&mut s, 4096).await.unwrap();
-    assert!(
-        matches!(
-            reply,
-            net::wire::Reply::Error {
-                code: ErrorCode::BadReceipt,
-                ..
-            }
-        ),
-        "{reply:?}"
-    );
+    s.write_all(
+        &Request::ProxyConnect {
+            target: h.addr.to_string(),
+        }
+        .to_frame(1),
+    )
+    .await
+    .unwrap();
+    let (_, ready) = net::io::read_reply(&mut s, 4096).await.unwrap();
+    let net::wire::Reply::ProxyReady { session } = ready else {
+        panic!("{ready:?}")
+    };
+    // The host's welcome comes through the pipe; then the client leaves.
+    let mut welcome = Vec::new();
+    s.shutdown().await.unwrap();
+    s.read_to_end(&mut welcome).await.unwrap();
+    let down = welcome.len() as u64;
+    assert!(down > 12);
+    let send = |r: net::wire::Receipt| {
+        let addr = addrs[0].clone();
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&Request::ProxyReceipt(r).to_frame(1))
+                .await
+                .unwrap();
+            net::io::read_reply(&mut s, 4096).await.unwrap().1
+        }
+    };
+    let reply = send(net::wire::Receipt::sign(&client, session, 1, down)).await;
+    match reply {
+        net::wire::Reply::Error {
+            code: ErrorCode::BadReceipt,
+            message,
+        } => {
+            assert!(message.contains("relayed 0"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let reply = send(net::wire::Receipt::sign(&client, session, 0, down)).await;
+    assert_eq!(reply, net::wire::Reply::ReceiptOk);
 
     // A proxy told to reach nothing says so.
     let nowhere = Link::sign(
@@ -461,9 +531,41 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
     assert_eq!(code_of(&e), Some(ErrorCode::Unreachable), "{e}");
 }
 
+/// Starts an upload and drops it (task aborted, connection closed) once `at` bytes are
+/// acknowledged; returns the chunks acknowledged by then.
+async fn cut_upload(file: &Path, link: &Link, journal: &Path, at: u64) -> u64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let cut_tx = std::sync::Mutex::new(Some(cut_tx));
+    let a = Arc::clone(&acked);
+    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |done, _| {
+        a.store(done, Relaxed);
+        if done >= at {
+            if let Some(tx) = cut_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let job = put_job(file, link, &[], journal);
+    let first = tokio::spawn(async move { put_file(&job, progress).await });
+    cut_rx.await.unwrap();
+    first.abort();
+    assert!(
+        first.await.is_err(),
+        "the upload was cut before it finished"
+    );
+    acked.load(Relaxed) / u64::from(CHUNK)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged() {
-    let h = start_host(Limits::default()).await;
+    // A small in-flight limit keeps the client's window at 8 chunks, so acknowledgements
+    // come back while most of the file is still unsent.
+    let h = start_host(Limits {
+        inflight_bytes: 1 << 20,
+        ..Limits::default()
+    })
+    .await;
     let tmp = tempfile::tempdir().unwrap();
     let file = random_file(tmp.path(), "big", 3_000_000, 4);
     let up = h.link(
@@ -475,31 +577,9 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
     );
     let total_chunks = 3_000_000u64.div_ceil(u64::from(CHUNK));
 
-    // The first run is cut off (its task dropped, its connection closed) once a third of
-    // the file is acknowledged.
-    let acked = Arc::new(AtomicU64::new(0));
-    let (cut_tx, cut_rx) = tokio::sync::oneshot::channel::<()>();
-    let cut_tx = std::sync::Mutex::new(Some(cut_tx));
-    let a = Arc::clone(&acked);
-    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |done, _| {
-        a.store(done, Relaxed);
-        if done >= 1_000_000 {
-            if let Some(tx) = cut_tx.lock().unwrap().take() {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let job = put_job(&file, &up, &[], tmp.path());
-    let first = tokio::spawn(async move { put_file(&job, progress).await });
-    cut_rx.await.unwrap();
-    first.abort();
-    let _ = first.await;
-    let acked_chunks = acked.load(Relaxed) / u64::from(CHUNK);
-    assert!(
-        acked_chunks >= 15 && acked_chunks < total_chunks,
-        "{acked_chunks}"
-    );
-
+    let acked_chunks = cut_upload(&file, &up, tmp.path(), 1_000_000).await;
+    assert!((15..30).contains(&acked_chunks), "{acked_chunks}");
+    let requests_before = h.host.metrics().put_requests.load(Relaxed);
     let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
         .await
         .unwrap();
@@ -509,6 +589,13 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
         done.skipped_chunks
     );
     assert_eq!(done.sent_chunks + done.skipped_chunks, total_chunks);
+    // Every chunk reached the host exactly once over both runs.
+    assert_eq!(
+        h.host.metrics().put_requests.load(Relaxed),
+        total_chunks,
+        "{requests_before} put frames in the first run, {} sent in the second",
+        done.sent_chunks
+    );
     let down = h.link(
         Grant::Download {
             manifest: done.manifest_id,
@@ -522,60 +609,34 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
         .await
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
-
     assert!(
         !net::client::journal_path(tmp.path(), &up, &file).exists(),
         "a finished upload leaves no journal"
     );
 
-    // A file changed behind an interrupted upload (same size and time stamp, so the
-    // journal still matches) is caught by its first re-sealed chunk and uploaded afresh
-    // under a new key, never under the old one.
+    // A file changed behind an interrupted upload, with its size and time stamp kept (so
+    // its journal still matches), is caught by the first re-sealed chunk: the upload starts
+    // over under a fresh key and nothing is sent under the old one.
+    let other = random_file(tmp.path(), "other", 3_000_000, 5);
     let journal = tempfile::tempdir().unwrap();
-    let job = put_job(&file, &up, &[], journal.path());
-    let first = put_file(&job, quiet()).await.unwrap();
-    let jpath = net::client::journal_path(journal.path(), &up, &file);
-    let stamp = std::fs::metadata(&file).unwrap().modified().unwrap();
-    let mut changed = std::fs::read(&file).unwrap();
+    cut_upload(&other, &up, journal.path(), 1_000_000).await;
+    let stamp = std::fs::metadata(&other).unwrap().modified().unwrap();
+    let mut changed = std::fs::read(&other).unwrap();
     changed[10] ^= 1;
-    std::fs::write(&file, &changed).unwrap();
+    std::fs::write(&other, &changed).unwrap();
     std::fs::File::options()
         .write(true)
-        .open(&file)
+        .open(&other)
         .unwrap()
         .set_modified(stamp)
         .unwrap();
-    // Leave the journal of the finished upload as an interrupted one would have it.
-    let mut j = net::journal::Journal::start(
-        &jpath,
-        net::journal::JournalHeader {
-            link: up.id,
-            file_bytes: 3_000_000,
-            mtime_nanos: u64::try_from(stamp.duration_since(UNIX_EPOCH).unwrap().as_nanos())
-                .unwrap(),
-            chunk_bytes: CHUNK,
-            kdf: KDF,
-            salt: [1; 16],
-            file_id: first.file_id,
-        },
-        Vec::new(),
-    )
-    .unwrap();
-    j.append(
-        &first
-            .manifest
-            .chunks
-            .iter()
-            .map(|c| c.id)
-            .collect::<Vec<_>>(),
-    )
-    .unwrap();
-    drop(j);
-    let again = put_file(&put_job(&file, &up, &[], journal.path()), quiet())
+    let again = put_file(&put_job(&other, &up, &[], journal.path()), quiet())
         .await
         .unwrap();
-    assert_ne!(again.file_id, first.file_id, "a fresh key, not the old one");
-    assert_eq!(again.skipped_chunks, 0);
+    assert_eq!(
+        again.skipped_chunks, 0,
+        "nothing of the old seal was reused"
+    );
     let down = h.link(
         Grant::Download {
             manifest: again.manifest_id,
@@ -611,13 +672,16 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
     );
     let addr = h.addr;
 
-    // Garbage: the host answers with an error and closes.
+    // Garbage: the host answers with a malformed-frame error after its welcome, and closes.
     let garbage = tokio::spawn(async move {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(&[0xAB; 64]).await.unwrap();
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).await.unwrap();
-        all
+        let (_, welcome) = net::io::read_reply(&mut s, 4096).await.unwrap();
+        assert!(matches!(welcome, net::wire::Reply::Welcome { .. }));
+        let (_, error) = net::io::read_reply(&mut s, 4096).await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        (error, rest)
     });
     // Silent: never presents a link.
     let silent = tokio::spawn(async move {
@@ -626,56 +690,71 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
         s.read_to_end(&mut all).await.unwrap();
         all
     });
-    // Slow-loris: a valid hello, then a put of 8 MiB trickled a byte at a time.
+    // Slow-loris: a valid hello, then a put of 1 MiB trickled 16 bytes at a time; the host
+    // must cut it within its body deadline (1 s + 1 MiB at 1 MiB/s), long before the 30 s
+    // this test allows.
     let slow_link = up.clone();
-    let slow = tokio::spawn(async move {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut welcome = [0u8; 12];
-        s.read_exact(&mut welcome).await.unwrap();
-        let len = u32::from_le_bytes(welcome[8..12].try_into().unwrap());
-        let mut rest = vec![0u8; len as usize];
-        s.read_exact(&mut rest).await.unwrap();
-        s.write_all(
-            &Request::Hello {
-                link: slow_link.to_bytes(),
-                bearer: None,
+    let slow = tokio::spawn(tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let mut welcome = [0u8; 12];
+            s.read_exact(&mut welcome).await.unwrap();
+            let len = u32::from_le_bytes(welcome[8..12].try_into().unwrap());
+            let mut rest = vec![0u8; len as usize];
+            s.read_exact(&mut rest).await.unwrap();
+            s.write_all(
+                &Request::Hello {
+                    link: slow_link.to_bytes(),
+                    bearer: None,
+                }
+                .to_frame(1),
+            )
+            .await
+            .unwrap();
+            let head = net::wire::Header {
+                kind: net::wire::kind::PUT,
+                request: 2,
+                body_len: 1 << 20,
             }
-            .to_frame(1),
-        )
-        .await
-        .unwrap();
-        let head = net::wire::Header {
-            kind: net::wire::kind::PUT,
-            request: 2,
-            body_len: 1 << 20,
-        }
-        .encode();
-        s.write_all(&head).await.unwrap();
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-        loop {
-            tick.tick().await;
-            if s.write_all(&[0u8; 16]).await.is_err() {
-                break;
+            .encode();
+            s.write_all(&head).await.unwrap();
+            let mut sent = 0u64;
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                if s.write_all(&[0u8; 16]).await.is_err() {
+                    break;
+                }
+                sent += 16;
+                assert!(sent < 1 << 20, "the host kept reading a slow-loris body");
             }
-            sent += 16;
-            if sent > 1 << 20 {
-                panic!("the host kept reading a slow-loris body");
-            }
-        }
-    });
+        },
+    ));
     let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
         .await
         .unwrap();
     assert_eq!(done.sent_chunks, 31);
 
-    let g = garbage.await.unwrap();
+    let (error, rest) = garbage.await.unwrap();
     assert!(
-        !g.is_empty(),
-        "the garbage peer got an error frame before the close"
+        matches!(
+            error,
+            net::wire::Reply::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        rest.is_empty(),
+        "nothing after the error: the connection closed"
     );
     silent.await.unwrap();
-    slow.await.unwrap();
+    slow.await
+        .unwrap()
+        .expect("the slow peer was cut off in time");
     let m = h.host.metrics();
     assert!(m.refused(ErrorCode::Malformed) >= 1);
     assert!(

@@ -79,7 +79,7 @@ struct StoreArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Seal and open throughput in memory against the raw AES-256-GCM, CRC32C and BLAKE3.
-        Codec(CodecArgs),
+    Codec(CodecArgs),
     /// The data plane over loopback (a host in this process, its clients on connections)
     /// against the engine's local put and get on the same store, in the same run.
     Net(NetArgs),
@@ -145,7 +145,7 @@ struct Row {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-                Some(Command::Codec(args)) => codec(args),
+        Some(Command::Codec(args)) => codec(args),
         Some(Command::Net(args)) => net_bench(args),
         None => store(cli.store),
     }
