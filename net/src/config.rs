@@ -72,6 +72,15 @@ pub struct HostConfig {
     /// Prometheus metrics (`GET /metrics`); none if unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// The control plane (tarpc): status, offers, link minting; none if unset.
+    #[serde(default)]
+    pub control_listen: Option<String>,
+    /// The secret that authorizes link minting over the control plane; none disables it.
+    #[serde(default)]
+    pub control_token: Option<String>,
+    /// The price this host asks, in MASPC base units per GiB per day.
+    #[serde(default = "default_price")]
+    pub price_per_gib_day: u64,
     /// The host's ed25519 key (created by `mspace host init`).
     pub key_file: PathBuf,
     /// Link usage and uploaded files' chunk lists.
@@ -91,6 +100,10 @@ pub struct HostConfig {
 
 fn default_retention() -> u64 {
     30
+}
+
+fn default_price() -> u64 {
+    10
 }
 
 impl HostConfig {
@@ -146,7 +159,12 @@ impl HostConfig {
     }
 
     /// The commented default `mspace host init` writes.
-    pub fn default_text(data_dir: &Path, listen: &str) -> String {
+    pub fn default_text(
+        data_dir: &Path,
+        listen: &str,
+        control_listen: &str,
+        control_token: &str,
+    ) -> String {
         format!(
             r#"# Market.space host configuration (mspace host --config <this file>).
 # Relative paths are taken from this file's directory.
@@ -163,6 +181,15 @@ listen = "{listen}"
 
 # Prometheus metrics at http://<metrics_listen>/metrics. Keep it off the public interface.
 # metrics_listen = "127.0.0.1:9400"
+
+# The control plane (tarpc): status, storage and download offers, and link minting for
+# whoever holds control_token. Keep both off the public interface.
+control_listen = "{control_listen}"
+control_token = "{control_token}"
+
+# The price this host asks, in MASPC base units per GiB per day.
+price_per_gib_day = 10
+
 
 # The host's ed25519 key: links are signed with it. Keep it secret, keep a backup.
 key_file = "host.key"
@@ -247,7 +274,7 @@ mod tests {
         let p = dir.path().join("host.toml");
         std::fs::write(
             &p,
-            HostConfig::default_text(Path::new("data"), "127.0.0.1:7400"),
+            HostConfig::default_text(Path::new("data"), "127.0.0.1:7400", "127.0.0.1:7401", "t"),
         )
         .unwrap();
         let cfg = HostConfig::load(&p).unwrap();
@@ -257,12 +284,12 @@ mod tests {
 
         std::fs::write(&p, "listen = 3").unwrap();
         assert!(HostConfig::load(&p).is_err());
-        let text =
-            HostConfig::default_text(Path::new("d"), "x:1").replace("shards = 0", "sharts = 0");
+        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "t")
+            .replace("shards = 0", "sharts = 0");
         std::fs::write(&p, text).unwrap();
         let e = HostConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("sharts"), "{e}");
-        let text = HostConfig::default_text(Path::new("d"), "x:1")
+        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "t")
             .replace("inflight_reads = 16", "inflight_reads = 0");
         std::fs::write(&p, text).unwrap();
         assert!(HostConfig::load(&p).is_err());

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod host;
 pub mod io;
 pub mod journal;

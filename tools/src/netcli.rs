@@ -76,6 +76,14 @@ enum HostAction {
     Init(HostInitArgs),
     /// Mint a temporary link (printed alone): `--upload --bytes N` or `--download <MANIFEST_ID>`.
     Link(LinkArgs),
+    /// Ask a running host for its status over its control plane (JSON).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +97,9 @@ struct HostInitArgs {
     /// Address the data plane listens on, host:port.
     #[arg(long, default_value = "0.0.0.0:7400")]
     listen: String,
+    /// Address of the control plane (status, offers, link minting); keep it private.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    control_listen: String,
 }
 
 #[derive(Args, Debug)]
@@ -205,6 +216,7 @@ pub fn host(args: HostArgs) -> Result<()> {
     match args.action {
         Some(HostAction::Init(a)) => host_init(&a),
         Some(HostAction::Link(a)) => host_link(&a),
+        Some(HostAction::Status(a)) => host_status(&a),
         None => {
             let Some(config) = args.config else {
                 bail!("give --config <FILE> (write one with `mspace host init`)");
@@ -229,7 +241,14 @@ fn host_init(a: &HostInitArgs) -> Result<()> {
     std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
     let data = std::path::absolute(&a.data_dir).context("resolve --data-dir")?;
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
-    let text = HostConfig::default_text(&data, &a.listen);
+    let mut token = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut token);
+    let text = HostConfig::default_text(
+        &data,
+        &a.listen,
+        &a.control_listen,
+        &data_encoding::HEXLOWER.encode(&token),
+    );
     // Check what we write loads, before writing anything.
     toml::from_str::<HostConfig>(&text).context("the default configuration does not parse")?;
     let key_path = base.join("host.key");
@@ -284,6 +303,21 @@ fn host_link(a: &LinkArgs) -> Result<()> {
         id,
     )?;
     println!("{link}");
+    Ok(())
+}
+
+fn host_status(a: &StatusArgs) -> Result<()> {
+    let cfg = HostConfig::load(&a.config)?;
+    let addr = cfg
+        .control_listen
+        .context("the configuration has no control_listen")?;
+    let status = runtime()?.block_on(async {
+        let client = net::control::host_client(&addr)
+            .await
+            .with_context(|| format!("cannot reach the host's control plane at {addr}"))?;
+        anyhow::Ok(client.status(tarpc::context::current()).await?)
+    })?;
+    println!("{}", serde_json::to_string(&status)?);
     Ok(())
 }
 
@@ -344,6 +378,26 @@ fn host_run(config: &Path) -> Result<()> {
                 Arc::clone(&engine),
                 cfg.data_dirs.clone(),
             ));
+        }
+        if let Some(c) = &cfg.control_listen {
+            let control = net::control::HostControl {
+                host: Arc::clone(&host),
+                key: key.clone(),
+                link_addr: cfg.link_addr().to_string(),
+                token: cfg.control_token.clone(),
+                price_per_gib_day: cfg.price_per_gib_day,
+            };
+            let (bound_tx, bound) = tokio::sync::oneshot::channel();
+            let addr = c.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net::control::serve_host_control(control, &addr, bound_tx).await {
+                    tracing::error!(error = %e, addr, "control plane stopped");
+                }
+            });
+            let bound = bound
+                .await
+                .with_context(|| format!("cannot listen on {c} for the control plane"))?;
+            println!("control plane on {bound}");
         }
         let server = tokio::spawn(net::host::serve(Arc::clone(&host), listener, stopped));
         wait_for_signal().await;

@@ -777,3 +777,74 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
+    use net::control::{host_client, HostControl, LinkGrant, LinkRequest, StorageRequest};
+    let h = start_host(Limits::default()).await;
+    let control = HostControl {
+        host: Arc::clone(&h.host),
+        key: h.key.clone(),
+        link_addr: h.addr.to_string(),
+        token: Some("s3cret".into()),
+        price_per_gib_day: 7,
+    };
+    let (bound_tx, bound) = tokio::sync::oneshot::channel();
+    tokio::spawn(net::control::serve_host_control(
+        control,
+        "127.0.0.1:0",
+        bound_tx,
+    ));
+    let addr = bound.await.unwrap().to_string();
+    let c = host_client(&addr).await.unwrap();
+    let ctx = tarpc::context::current;
+
+    let status = c.status(ctx()).await.unwrap();
+    assert_eq!(status.data_addr, h.addr.to_string());
+    assert_eq!(status.chunks, 0);
+    let offer = c
+        .offer(
+            ctx(),
+            StorageRequest {
+                bytes: 1 << 30,
+                days: 30,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(offer.accepted);
+    assert_eq!(offer.price_per_gib_day, 7);
+
+    let mut ask = LinkRequest {
+        token: "wrong".into(),
+        grant: LinkGrant::Upload {
+            bytes_max: 10 << 20,
+        },
+        ttl_secs: 600,
+        bearer: None,
+    };
+    let e = c.mint_link(ctx(), ask.clone()).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("token"), "{e}");
+    ask.token = "s3cret".into();
+    ask.ttl_secs = 0;
+    assert!(c.mint_link(ctx(), ask.clone()).await.unwrap().is_err());
+    ask.ttl_secs = 600;
+    let text = c.mint_link(ctx(), ask).await.unwrap().unwrap();
+    let up = Link::parse(&text).unwrap();
+
+    // The minted link works on the data plane; the file is then offered for download.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = random_file(tmp.path(), "c", 300_000, 9);
+    let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    let offer = c.download_offer(ctx(), done.manifest_id.0).await.unwrap();
+    assert!(offer.available);
+    assert_eq!(offer.chunks as usize, done.manifest.chunks.len());
+    let none = c.download_offer(ctx(), [1; 32]).await.unwrap();
+    assert!(!none.available);
+    assert_eq!(
+        c.status(ctx()).await.unwrap().chunks,
+        done.manifest.chunks.len() as u64 + 1
+    );
+}

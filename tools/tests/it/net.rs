@@ -89,6 +89,7 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
     let data_port = free_port("127.0.0.1");
     let metrics_port = free_port("127.0.0.1");
+    let control = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let listen = format!("127.0.0.1:{data_port}");
     let metrics = format!("127.0.0.1:{metrics_port}");
     let cfg = d("host/host.toml");
@@ -103,6 +104,8 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
             &d("data"),
             "--listen",
             &listen,
+            "--control-listen",
+            &control,
         ],
         &[],
     );
@@ -130,7 +133,10 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
         ),
     )
     .unwrap();
-    let _host = start(&["host", "--config", &cfg], &[], "metrics on");
+    let _host = start(&["host", "--config", &cfg], &[], "control plane on");
+    let status = mspace(&["host", "status", "--config", &cfg], &[]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(json(&status.stdout)["data_addr"], listen.as_str());
 
     let link = mspace(
         &[

@@ -1,0 +1,314 @@
+//! The control plane: tarpc services (bincode over TCP, length-delimited frames of at most
+//! [`CONTROL_FRAME_MAX`] bytes) for what the market's roles ask each other. Chunk bytes
+//! never travel here; they use the data plane.
+//!
+//! - [`HostApi`]: a host's status, storage and download offers, and link minting for an
+//!   operator or, later, an exchange (authorized by the host's control token). Implemented
+//!   here by [`HostControl`].
+//! - [`MinerApi`], [`ExchangeApi`], [`IndexApi`]: the definitions and their codecs, for the
+//!   chain, exchange and index work to implement.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_consensus::SigningKey;
+use futures::prelude::*;
+use proto::link::{Grant, Link};
+use proto::ChunkId;
+use serde::{Deserialize, Serialize};
+use tarpc::server::incoming::Incoming;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+
+use crate::host::Host;
+
+/// Largest control-plane frame either side accepts.
+pub const CONTROL_FRAME_MAX: usize = 1 << 20;
+/// Control connections served at once per peer address.
+pub const CONTROL_CHANNELS_PER_PEER: u32 = 8;
+/// Requests in flight per control connection.
+pub const CONTROL_REQUESTS_PER_CHANNEL: usize = 32;
+/// Longest link a host mints through the control plane.
+pub const LINK_TTL_MAX_SECS: u64 = 30 * 86_400;
+
+/// Why a control request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ControlError {
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("not available: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The host's ed25519 public key, hex.
+    pub key: String,
+    /// The data plane's address, as links name it.
+    pub data_addr: String,
+    pub chunks: u64,
+    pub live_bytes: u64,
+    /// Configured capacity (`u64::MAX` when unset).
+    pub capacity_bytes: u64,
+    pub connections_open: u64,
+    pub version: String,
+}
+
+/// What a sender asks of a host before paying (the seed's request, #1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageRequest {
+    pub bytes: u64,
+    pub days: u32,
+}
+
+/// A host's answer (#2): whether it takes the request and at what price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageOffer {
+    pub accepted: bool,
+    /// MASPC base units per GiB per day.
+    pub price_per_gib_day: u64,
+    /// Bytes the host can still take.
+    pub free_bytes: u64,
+}
+
+/// A host's answer to a download request (#6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadOffer {
+    /// Whether the host holds the file (its manifest and chunk list).
+    pub available: bool,
+    pub chunks: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkGrant {
+    Upload { bytes_max: u64 },
+    Download { manifest: [u8; 32] },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRequest {
+    /// The host's control token (from its configuration).
+    pub token: String,
+    pub grant: LinkGrant,
+    pub ttl_secs: u64,
+    /// Only this ed25519 key may use the link, if set.
+    pub bearer: Option<[u8; 32]>,
+}
+
+/// A host's control service.
+#[tarpc::service]
+pub trait HostApi {
+    async fn status() -> HostStatus;
+    async fn offer(request: StorageRequest) -> StorageOffer;
+    async fn download_offer(manifest: [u8; 32]) -> DownloadOffer;
+    /// A signed link in its text form (`mspace://...`).
+    async fn mint_link(request: LinkRequest) -> Result<String, ControlError>;
+}
+
+/// A miner's service: submitting transactions and reading the chain (the chain issue
+/// implements it). Transactions and answers are `proto` encodings.
+#[tarpc::service]
+pub trait MinerApi {
+    /// A transaction in its canonical encoding; the answer is its id (BLAKE3).
+    async fn submit_tx(tx: Vec<u8>) -> Result<[u8; 32], ControlError>;
+    async fn account(key: [u8; 32]) -> Result<Option<Vec<u8>>, ControlError>;
+    async fn deal(id: [u8; 32]) -> Result<Option<Vec<u8>>, ControlError>;
+    async fn block(height: u64) -> Result<Option<Vec<u8>>, ControlError>;
+}
+
+/// A request or offer held by an exchange, signed by its author (never on chain).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    pub author: [u8; 32],
+    pub body: Vec<u8>,
+    #[serde(with = "serde_sig")]
+    pub signature: [u8; 64],
+}
+
+mod serde_sig {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
+    }
+}
+
+/// An exchange's service (the market issue implements it).
+#[tarpc::service]
+pub trait ExchangeApi {
+    async fn post_request(request: Signed) -> Result<[u8; 32], ControlError>;
+    async fn post_offer(offer: Signed) -> Result<[u8; 32], ControlError>;
+    async fn offers(request: [u8; 32]) -> Result<Vec<Signed>, ControlError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeInfo {
+    pub key: [u8; 32],
+    pub addr: String,
+    pub region: String,
+}
+
+/// The index's service: where the exchanges are.
+#[tarpc::service]
+pub trait IndexApi {
+    async fn exchanges() -> Vec<ExchangeInfo>;
+    async fn nearest(region: String) -> Option<ExchangeInfo>;
+    async fn register(info: ExchangeInfo, signature: Vec<u8>) -> Result<(), ControlError>;
+}
+
+/// The host's implementation of [`HostApi`].
+#[derive(Clone, Debug)]
+pub struct HostControl {
+    pub host: Arc<Host>,
+    pub key: SigningKey,
+    pub link_addr: String,
+    /// Link minting needs this token; `None` disables it.
+    pub token: Option<String>,
+    pub price_per_gib_day: u64,
+}
+
+impl HostControl {
+    /// The store's figures, asked off the runtime's threads (the engine's call blocks).
+    async fn stats(&self) -> engine::store::StoreStats {
+        let h = Arc::clone(&self.host);
+        tokio::task::spawn_blocking(move || h.engine().stats().unwrap_or_default())
+            .await
+            .unwrap_or_default()
+    }
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    // Compared in time independent of where they differ.
+    let (a, b) = (blake3::hash(a.as_bytes()), blake3::hash(b.as_bytes()));
+    a == b
+}
+
+impl HostApi for HostControl {
+    async fn status(self, _: tarpc::context::Context) -> HostStatus {
+        let s = self.stats().await;
+        HostStatus {
+            key: data_encoding::HEXLOWER.encode(&self.key.verification_key().to_bytes()),
+            data_addr: self.link_addr.clone(),
+            chunks: s.chunks,
+            live_bytes: s.live_bytes,
+            capacity_bytes: s.capacity_bytes,
+            connections_open: self
+                .host
+                .metrics()
+                .connections_open
+                .load(std::sync::atomic::Ordering::Relaxed),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
+        let s = self.stats().await;
+        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+        StorageOffer {
+            accepted: request.bytes <= free && request.days > 0,
+            price_per_gib_day: self.price_per_gib_day,
+            free_bytes: free,
+        }
+    }
+
+    async fn download_offer(self, _: tarpc::context::Context, manifest: [u8; 32]) -> DownloadOffer {
+        let h = Arc::clone(&self.host);
+        let found = tokio::task::spawn_blocking(move || h.state().object(&ChunkId(manifest)))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        DownloadOffer {
+            available: found.is_some(),
+            chunks: found.map_or(0, |s| u32::try_from(s.len()).unwrap_or(u32::MAX)),
+        }
+    }
+
+    async fn mint_link(
+        self,
+        _: tarpc::context::Context,
+        request: LinkRequest,
+    ) -> Result<String, ControlError> {
+        let Some(token) = &self.token else {
+            return Err(ControlError::Unauthorized(
+                "this host mints no links over the control plane".into(),
+            ));
+        };
+        if !same_secret(token, &request.token) {
+            return Err(ControlError::Unauthorized("wrong control token".into()));
+        }
+        if request.ttl_secs == 0 || request.ttl_secs > LINK_TTL_MAX_SECS {
+            return Err(ControlError::Invalid(format!(
+                "ttl must be 1 to {LINK_TTL_MAX_SECS} seconds"
+            )));
+        }
+        let grant = match request.grant {
+            LinkGrant::Upload { bytes_max } => Grant::Upload { bytes_max },
+            LinkGrant::Download { manifest } => Grant::Download {
+                manifest: ChunkId(manifest),
+            },
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        Link::sign(
+            &self.key,
+            &self.link_addr,
+            grant,
+            request.bearer,
+            now + request.ttl_secs,
+            id,
+        )
+        .map(|l| l.to_string())
+        .map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+}
+
+/// Serves [`HostApi`] on `addr` until the task is dropped; returns the bound address once
+/// listening, through `bound`.
+pub async fn serve_host_control(
+    control: HostControl,
+    addr: &str,
+    bound: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+) -> std::io::Result<()> {
+    let mut listener = tarpc::serde_transport::tcp::listen(addr, Bincode::default).await?;
+    listener.config_mut().max_frame_length(CONTROL_FRAME_MAX);
+    let _ = bound.send(listener.local_addr());
+    listener
+        .filter_map(|r| future::ready(r.ok()))
+        .map(BaseChannel::with_defaults)
+        .max_channels_per_key(CONTROL_CHANNELS_PER_PEER, |t| {
+            t.transport()
+                .peer_addr()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+        })
+        .map(|channel| {
+            channel
+                .max_concurrent_requests(CONTROL_REQUESTS_PER_CHANNEL)
+                .execute(control.clone().serve())
+                .for_each(|response| async move {
+                    tokio::spawn(response);
+                })
+        })
+        .buffer_unordered(1024)
+        .for_each(|()| async {})
+        .await;
+    Ok(())
+}
+
+/// A client of a host's control plane.
+pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
+    let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
+    connect.config_mut().max_frame_length(CONTROL_FRAME_MAX);
+    Ok(HostApiClient::new(tarpc::client::Config::default(), connect.await?).spawn())
+}
