@@ -39,7 +39,7 @@ enum Command {
     /// CRC32C, BLAKE3 id, AES-GCM tag) before its bytes are written; the output appears only
     /// when all passed.
     Open(OpenArgs),
-        /// Seal a generated file and open it again, with the passphrase and with the share key,
+    /// Seal a generated file and open it again, with the passphrase and with the share key,
     /// show that a tampered chunk is refused, store the chunks in a local host store, then
     /// upload the file to a host on loopback and download it through a proxy. Needs nothing
     /// but this binary.
@@ -411,7 +411,7 @@ fn demo(args: DemoArgs) -> Result<()> {
         bytes[0] ^= 0x01;
         std::fs::write(&chunk_path, &bytes)?;
     }
-        store_round_trip(&dir, &sealed_dir, &sealed, pass, workers, &original)?;
+    store_round_trip(&dir, &sealed_dir, &sealed, pass, workers, &original)?;
     let mut step = 9;
     let downloaded = netcli::demo_network(&dir, &sample, pass, &mut step)?;
     if hash_file(&downloaded)? != original {
