@@ -647,25 +647,6 @@ pub fn get(args: GetArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn durations_parse_like_people_write_them() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86_400)
-        );
-        for bad in ["", "10", "m", "1w", "0s", "-5m", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// The demo's network steps: a host (its own store) and a proxy on loopback in this
 /// process, the sample uploaded through an upload link (sealed on the way), downloaded
 /// through the proxy with the share key, and compared. Returns the downloaded file.
@@ -762,4 +743,23 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
         e.shutdown()?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_people_write_them() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        for bad in ["", "10", "m", "1w", "0s", "-5m", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }
