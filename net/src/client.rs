@@ -165,7 +165,11 @@ impl Conn {
     pub async fn send(&mut self, req: &Request) -> Result<u32, NetError> {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
-        self.wr.write_all(&req.to_frame(id)).await?;
+        let frame = req.to_frame(id);
+        timed("sending a request", async {
+            Ok(self.wr.write_all(&frame).await?)
+        })
+        .await?;
         Ok(id)
     }
 
@@ -178,7 +182,11 @@ impl Conn {
     ) -> Result<u32, NetError> {
         let req = self.next;
         self.next = self.next.wrapping_add(1);
-        write_put(&mut self.wr, req, id, crc32c, bytes).await?;
+        timed(
+            "sending a chunk",
+            write_put(&mut self.wr, req, id, crc32c, bytes),
+        )
+        .await?;
         Ok(req)
     }
 
@@ -355,6 +363,8 @@ pub async fn put_file(
             "this is a download link; `mspace put` needs an upload link".into(),
         ));
     };
+    // Held across both attempts: no other run of this upload slips in between.
+    let _lock = Journal::lock(&journal_path(&job.journal_dir, &job.link, &job.file))?;
     match put_attempt(job, true, Arc::clone(&progress)).await? {
         Attempt::Done(d) => Ok(*d),
         Attempt::Changed { index } => {
@@ -404,7 +414,6 @@ async fn put_attempt(
         .into());
     }
     let jpath = journal_path(&job.journal_dir, &job.link, &job.file);
-    let _lock = Journal::lock(&jpath)?;
     let found = if resume {
         Journal::find(&jpath, &job.link.id, size, mtime, job.chunk_bytes)
     } else {

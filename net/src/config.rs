@@ -135,6 +135,11 @@ impl HostConfig {
         if self.data_dirs.len() > 255 {
             return Err(NetError::Config("at most 255 data_dirs".into()));
         }
+        if self.control_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(NetError::Config(
+                "control_token must be at least 16 characters (or absent, which disables link minting over the control plane)".into(),
+            ));
+        }
         let l = &self.limits;
         if l.max_connections == 0
             || l.inflight_requests == 0
@@ -146,7 +151,7 @@ impl HostConfig {
             || l.memory_bytes < l.inflight_bytes
         {
             return Err(NetError::Config(format!(
-                                "limits must be positive, inflight_bytes at least one largest chunk ({} bytes), memory_bytes at least inflight_bytes",
+                "limits must be positive, inflight_bytes at least one largest chunk ({} bytes), memory_bytes at least inflight_bytes",
                 proto::CHUNK_BYTES_MAX + proto::TAG_BYTES + 36
             )));
         }
@@ -274,7 +279,12 @@ mod tests {
         let p = dir.path().join("host.toml");
         std::fs::write(
             &p,
-            HostConfig::default_text(Path::new("data"), "127.0.0.1:7400", "127.0.0.1:7401", "t"),
+            HostConfig::default_text(
+                Path::new("data"),
+                "127.0.0.1:7400",
+                "127.0.0.1:7401",
+                "0123456789abcdef0123456789abcdef",
+            ),
         )
         .unwrap();
         let cfg = HostConfig::load(&p).unwrap();
@@ -282,15 +292,29 @@ mod tests {
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.link_addr(), "127.0.0.1:7400");
 
+        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "short");
+        std::fs::write(&p, text).unwrap();
+        let e = HostConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("control_token"), "{e}");
         std::fs::write(&p, "listen = 3").unwrap();
         assert!(HostConfig::load(&p).is_err());
-        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "t")
-            .replace("shards = 0", "sharts = 0");
+        let text = HostConfig::default_text(
+            Path::new("d"),
+            "x:1",
+            "x:2",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .replace("shards = 0", "sharts = 0");
         std::fs::write(&p, text).unwrap();
         let e = HostConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("sharts"), "{e}");
-        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "t")
-            .replace("inflight_reads = 16", "inflight_reads = 0");
+        let text = HostConfig::default_text(
+            Path::new("d"),
+            "x:1",
+            "x:2",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .replace("inflight_reads = 16", "inflight_reads = 0");
         std::fs::write(&p, text).unwrap();
         assert!(HostConfig::load(&p).is_err());
     }

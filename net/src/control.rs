@@ -220,12 +220,7 @@ impl HostApi for HostControl {
     }
 
     async fn download_offer(self, _: tarpc::context::Context, manifest: [u8; 32]) -> DownloadOffer {
-        let h = Arc::clone(&self.host);
-        let found = tokio::task::spawn_blocking(move || h.state().object(&ChunkId(manifest)))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
+        let found = self.host.object(ChunkId(manifest)).await.ok().flatten();
         DownloadOffer {
             available: found.is_some(),
             chunks: found.map_or(0, |s| u32::try_from(s.len()).unwrap_or(u32::MAX)),

@@ -56,6 +56,8 @@ pub struct Host {
     objects: Mutex<HashMap<ChunkId, Arc<HashSet<ChunkId>>>>,
 }
 
+/// How long a stopping host waits for open connections to finish their requests.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Cached chunk lists; the cache is cleared when it reaches this many files.
 const OBJECTS_CACHED: usize = 1024;
 /// Budget a proof reply is charged (a leaf and its sibling path).
@@ -115,7 +117,7 @@ impl Host {
 
     /// The chunk list of an uploaded file, from the cache or the state directory (read off
     /// the runtime's threads).
-    async fn object(
+    pub async fn object(
         self: &Arc<Self>,
         manifest: ChunkId,
     ) -> Result<Option<Arc<HashSet<ChunkId>>>, NetError> {
@@ -157,8 +159,14 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, mut shutdown: watch::
             a = async {
                 let slot = Arc::clone(&slots).acquire_owned().await;
                 (slot, listener.accept().await)
-            } => a,
-            _ = shutdown.wait_for(|s| *s) => return,
+            } => Some(a),
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let Some(accepted) = accepted else {
+            // Let the connections finish what they started, for a while.
+            let all = u32::try_from(host.limits.max_connections).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+            return;
         };
         let (Ok(slot), accepted) = accepted else {
             return;
@@ -199,6 +207,16 @@ enum Scope {
 }
 
 impl Scope {
+    /// Whether the link covers the chunk a read names (other requests: checked later).
+    fn may_access(&self, req: &Request) -> bool {
+        match req {
+            Request::Get { id } | Request::GetRange { id, .. } | Request::Prove { id, .. } => {
+                self.may_read(id)
+            }
+            _ => true,
+        }
+    }
+
     fn may_read(&self, id: &ChunkId) -> bool {
         match self {
             Scope::Upload { .. } => false,
@@ -437,30 +455,50 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
             if is_put {
                 host.metrics.put_requests.fetch_add(1, Relaxed);
             }
-            let reply = if !scope.allows(h.kind) {
+            // A place in the writer's queue first: once a request reaches the store its
+            // reply future is never dropped unawaited.
+            let slot = tx.reserve().await.map_err(|_| NetError::Closed)?;
+            let reply = if !scope.allows(h.kind) || !scope.may_access(&req) {
                 ready(Reply::error(
                     ErrorCode::NotGranted,
                     "this connection's link does not allow this request",
                 ))
-            } else {
-                // A read holds a slot and, host-wide, the memory of its reply.
-                if let Some(size) = reply_size(host, &scope, &req).await {
-                    permits.push(acquire(&reads, 1, &limits).await?);
-                    permits.push(acquire(&host.memory, kib(size), &limits).await?);
+            } else if let Some(size) = reply_size(host, &scope, &req).await {
+                // A read holds a slot and the memory of its reply, on this connection and
+                // host-wide; a host too busy to give it memory soon says so and goes on.
+                let kib_needed = kib(size);
+                let got = async {
+                    let r = acquire(&reads, 1, &limits).await?;
+                    let b = acquire(&bytes, kib_needed, &limits).await?;
+                    let m = tokio::time::timeout(
+                        std::time::Duration::from_secs(limits.body_base_secs),
+                        Arc::clone(&host.memory).acquire_many_owned(kib_needed),
+                    )
+                    .await;
+                    Ok::<_, NetError>((r, b, m))
                 }
+                .await?;
+                match got {
+                    (r, b, Ok(Ok(m))) => {
+                        permits.extend([r, b, m]);
+                        dispatch(host, &scope, req)
+                    }
+                    _ => ready(Reply::error(
+                        ErrorCode::Limit,
+                        "the host is out of memory for replies right now: try again",
+                    )),
+                }
+            } else {
                 dispatch(host, &scope, req)
             };
-            let q = Queued {
+            slot.send(Queued {
                 request: h.request,
                 reply,
                 permits,
                 started: Instant::now(),
                 is_put,
                 fatal: false,
-            };
-            if tx.send(q).await.is_err() {
-                return Err(NetError::Closed);
-            }
+            });
         }
     }
     .await;
@@ -494,9 +532,17 @@ async fn reply_size(host: &Host, scope: &Scope, req: &Request) -> Option<u64> {
             .flatten()
             .map_or(0, u64::from)
     };
+    let chunk_max = u64::from(proto::CHUNK_BYTES_MAX + proto::TAG_BYTES);
     match req {
         Request::Get { id } => Some(stat(*id).await),
-        Request::GetRange { len, .. } => Some(u64::from(*len)),
+        // What the range can really return, never the length the client chose.
+        Request::GetRange { id, start, len } => Some(
+            stat(*id)
+                .await
+                .saturating_sub(*start)
+                .min(u64::from(*len))
+                .min(chunk_max),
+        ),
         Request::Prove { .. } => Some(PROOF_BYTES),
         Request::GetObject => match scope {
             Scope::Download { manifest, .. } => Some(stat(*manifest).await),
@@ -621,10 +667,22 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
             Scope::Upload { .. } => not_granted("downloading"),
         },
         Request::Have { ids } => {
-            let pending: Vec<_> = ids.iter().map(|id| host.engine.stat(*id)).collect();
+            // For an upload link, "have" means stored *and* recorded as sent under this
+            // link: a chunk stored but not recorded (the host stopped in between) is sent
+            // again, or the file could never be listed.
+            let recorded = match **scope {
+                Scope::Upload { link, .. } => host.state.uploaded(&link, &ids),
+                Scope::Download { .. } => vec![true; ids.len()],
+            };
+            let pending: Vec<_> = ids
+                .iter()
+                .zip(recorded)
+                .map(|(id, r)| r.then(|| host.engine.stat(*id)))
+                .collect();
             Box::pin(async move {
                 let mut bits = vec![0u8; pending.len().div_ceil(8)];
                 for (i, p) in pending.into_iter().enumerate() {
+                    let Some(p) = p else { continue };
                     match p.recv().await {
                         Ok(Some(_)) => bits[i / 8] |= 1 << (i % 8),
                         Ok(None) => {}

@@ -275,9 +275,9 @@ impl Journal {
 
     /// The upload finished: the journal is no longer needed.
     pub fn remove(self) -> Result<(), crate::NetError> {
-        fs::remove_file(&self.path).map_err(|e| jerr(&self.path, e))?;
-        let _ = fs::remove_file(self.path.with_extension("lock"));
-        Ok(())
+        // The lock file stays: removing it while locked would let a second run lock a new
+        // file of the same name while this one still holds the old.
+        fs::remove_file(&self.path).map_err(|e| jerr(&self.path, e))
     }
 }
 

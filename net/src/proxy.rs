@@ -50,21 +50,29 @@ pub struct Proxy {
 fn private(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64) // shared address space (cloud metadata too)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18) // benchmarking
+                || a >= 224 // multicast and reserved
         }
         std::net::IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| private(std::net::IpAddr::V4(v4)))
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local
+                || (s[0] & 0xff00) == 0xff00 // multicast
+                || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64
+                || v6.to_ipv4_mapped().is_some_and(|v4| private(v4.into()))
+                || (s[..6] == [0; 6]) // IPv4-compatible ::a.b.c.d
         }
     }
 }
@@ -164,6 +172,18 @@ async fn connect_from(
     allow_private: bool,
 ) -> std::io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+    // Never itself: a pipe into its own listener loops, and its own address may reach
+    // services bound to every interface.
+    if addrs
+        .iter()
+        .any(|a| Some(a.ip()) == local_ip && !a.ip().is_unspecified())
+        && !allow_private
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "this proxy does not relay to its own address",
+        ));
+    }
     if !allow_private && addrs.iter().any(|a| private(a.ip())) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
@@ -240,7 +260,10 @@ async fn relay(
         }
         s.insert(session, Session { counts });
     }
-    write_reply(&mut client, request, &Reply::ProxyReady { session }).await?;
+    if let Err(e) = write_reply(&mut client, request, &Reply::ProxyReady { session }).await {
+        let _ = done.send(Some((0, 0)));
+        return Err(e);
+    }
     // Counted as the bytes pass, so an error on either side still leaves the true count.
     let counters = Arc::new(Counters::default());
     let mut client = Counted::new(client, Arc::clone(&counters));
@@ -313,4 +336,47 @@ async fn check_receipt(proxy: &Proxy, r: Receipt) -> Reply {
         .unwrap_or_else(|p| p.into_inner())
         .push(r);
     Reply::ReceiptOk
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private;
+
+    #[test]
+    fn private_and_special_addresses_are_recognized() {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "100.100.100.200",
+            "192.0.0.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "64:ff9b::a00:1",
+            "::ffff:10.0.0.1",
+            "::10.0.0.1",
+        ] {
+            assert!(private(a.parse().expect("an address")), "{a}");
+        }
+        for a in [
+            "8.8.8.8",
+            "203.0.113.5",
+            "100.128.0.1",
+            "2001:db8::1",
+            "2606:4700::1",
+        ] {
+            assert!(!private(a.parse().expect("an address")), "{a}");
+        }
+    }
 }

@@ -240,6 +240,7 @@ pub struct HostState {
     uploads: Uploads,
     upload_jobs: Option<crossbeam_channel::Sender<UploadJob>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    objects_lock: Mutex<()>,
 }
 
 impl Drop for HostState {
@@ -340,6 +341,7 @@ impl HostState {
             uploads,
             upload_jobs: Some(tx),
             committer: Some(committer),
+            objects_lock: Mutex::new(()),
         })
     }
 
@@ -401,6 +403,16 @@ impl HostState {
             .map_err(|_| "the uploads log writer stopped".to_string())?
     }
 
+    /// For each of `chunks`, whether it was recorded as sent under `link`.
+    pub fn uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Vec<bool> {
+        let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let set = u.get(link);
+        chunks
+            .iter()
+            .map(|c| set.is_some_and(|s| s.contains(c)))
+            .collect()
+    }
+
     /// The first of `chunks` not uploaded under `link`, if any.
     pub fn not_uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Option<ChunkId> {
         let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
@@ -422,9 +434,10 @@ impl HostState {
         manifest: &ChunkId,
         chunks: &[ChunkId],
     ) -> Result<ObjectOutcome, crate::NetError> {
-        if let Some(existing) = self.object(manifest)? {
-            let same =
-                existing.len() == chunks.len() && chunks.iter().all(|c| existing.contains(c));
+        // One at a time: the check and the rename must not interleave with another's.
+        let _one = self.objects_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = self.object_list(manifest)? {
+            let same = existing == chunks;
             return if same {
                 Ok(ObjectOutcome::Existing)
             } else {
@@ -460,6 +473,11 @@ impl HostState {
 
     /// The chunks of a sealed file, if it was uploaded here.
     pub fn object(&self, manifest: &ChunkId) -> Result<Option<HashSet<ChunkId>>, crate::NetError> {
+        Ok(self.object_list(manifest)?.map(|l| l.into_iter().collect()))
+    }
+
+    /// The chunk list of a sealed file as recorded, in order.
+    fn object_list(&self, manifest: &ChunkId) -> Result<Option<Vec<ChunkId>>, crate::NetError> {
         let path = self.object_path(manifest);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
@@ -479,7 +497,7 @@ impl HostState {
                 path.display()
             )));
         }
-        Ok(Some(chunks.into_iter().collect()))
+        Ok(Some(chunks))
     }
 }
 
@@ -564,9 +582,18 @@ mod tests {
         let st = HostState::open(dir.path()).unwrap();
         let m = ChunkId([9; 32]);
         assert!(st.object(&m).unwrap().is_none());
-        st.put_object(&m, &[ChunkId([1; 32]), ChunkId([2; 32])])
-            .unwrap();
+        let list = [ChunkId([1; 32]), ChunkId([2; 32])];
+        assert_eq!(st.put_object(&m, &list).unwrap(), ObjectOutcome::Recorded);
         assert_eq!(st.object(&m).unwrap().unwrap().len(), 2);
+        assert_eq!(st.put_object(&m, &list).unwrap(), ObjectOutcome::Existing);
+        assert!(
+            st.put_object(&m, &[list[1], list[0]]).is_err(),
+            "the same ids in another order"
+        );
+        assert!(
+            st.put_object(&m, &list[..1]).is_err(),
+            "the first list stands"
+        );
 
         let good = encode_object(&m, &[ChunkId([1; 32])]);
         assert!(decode_object(&good).is_ok());

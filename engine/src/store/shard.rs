@@ -1273,6 +1273,22 @@ impl<D: Disk> Shard<D> {
             let now = now_secs();
             let longer = loc.expiry == 0 || (expiry != 0 && loc.expiry >= expiry32(expiry));
             if !loc.expired(now) && longer {
+                // "Existing" vouches for the caller's bytes too: they are checked as a new
+                // chunk's would be, so an answer never stands for bytes nobody verified.
+                let (computed, computed_id) = crate::codec::checksums(&data);
+                if computed != crc {
+                    return Err(StoreError::CrcMismatch {
+                        id,
+                        expected: crc,
+                        computed,
+                    });
+                }
+                if computed_id != id {
+                    return Err(StoreError::IdMismatch {
+                        id,
+                        computed: computed_id,
+                    });
+                }
                 return Ok(PutOutcome::Existing);
             }
         }

@@ -70,6 +70,19 @@ fn put_get_range_prove_delete_on_real_disks() {
         assert_eq!(put(&e, ch).unwrap(), PutOutcome::Stored);
     }
     assert_eq!(put(&e, &chunks[0]).unwrap(), PutOutcome::Existing);
+    // "Existing" is no shortcut past the checks: other bytes under a stored id are refused.
+    let (id, crc, data) = &chunks[5];
+    let mut junk = data.clone();
+    junk[0] ^= 1;
+    let crc_junk = engine::codec::crc32c(&junk);
+    assert!(matches!(
+        e.put(*id, crc_junk, junk.clone(), 0).wait(),
+        Err(StoreError::IdMismatch { .. })
+    ));
+    assert!(matches!(
+        e.put(*id, *crc ^ 1, data.clone(), 0).wait(),
+        Err(StoreError::CrcMismatch { .. })
+    ));
     for (id, _, data) in &chunks {
         assert_eq!(&e.get(*id).wait().unwrap(), data);
         let len = data.len() as u64;

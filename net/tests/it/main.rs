@@ -307,8 +307,18 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
-    // The connection stays usable after a refused request.
+    // A range longer than the chunk is refused without holding the host's memory for it.
     let first = done.manifest.chunks[0];
+    let e = c
+        .call(Request::GetRange {
+            id: first.id,
+            start: 0,
+            len: u32::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::Range), "{e}");
+    // The connection stays usable after a refused request.
     c.call(Request::Get { id: first.id }).await.unwrap();
     c.call(Request::Prove {
         id: first.id,
@@ -320,6 +330,18 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     let mut u = Conn::open(&good, &[], &client).await.unwrap();
     let e = u.call(Request::Get { id: first.id }).await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
+    // Other bytes under the id of a chunk already stored are refused, not taken as "existing".
+    let stored = done.manifest.chunks[1].id;
+    let junk = vec![9u8; 1000];
+    let e = u
+        .call(Request::Put {
+            id: stored,
+            crc32c: engine::codec::crc32c(&junk),
+            bytes: junk,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::IdMismatch), "{e}");
     // A put whose bytes do not match its id or CRC is refused and stores nothing.
     let bytes = vec![3u8; 4096];
     let e = u
@@ -515,6 +537,17 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
     let reply = send(net::wire::Receipt::sign(&client, session, 0, down)).await;
     assert_eq!(reply, net::wire::Reply::ReceiptOk);
 
+    // A public proxy (the default) refuses loopback and private targets.
+    let strict_listener = listen_on("127.0.0.4").await;
+    let strict = strict_listener.local_addr().unwrap().to_string();
+    tokio::spawn(net::proxy::serve(
+        Arc::new(Proxy::new(Limits::default(), false)),
+        strict_listener,
+        rx.clone(),
+    ));
+    let e = Conn::open(&up, &[strict], &client).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::Unreachable), "{e}");
+    assert!(e.to_string().contains("private"), "{e}");
     // A proxy told to reach nothing says so.
     let nowhere = Link::sign(
         &h.key,
@@ -579,6 +612,16 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
 
     let acked_chunks = cut_upload(&file, &up, tmp.path(), 1_000_000).await;
     assert!((15..30).contains(&acked_chunks), "{acked_chunks}");
+    // The host finishes what the dead connection had started (stored and recorded) before
+    // it counts the connection closed; resuming after that, nothing it read is sent again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while h.host.metrics().connections_open.load(Relaxed) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead connection stayed open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let requests_before = h.host.metrics().put_requests.load(Relaxed);
     let done = put_file(&put_job(&file, &up, &[], tmp.path()), quiet())
         .await
