@@ -194,6 +194,70 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, mut shutdown: watch::
     }
 }
 
+/// The data plane as the host runs it: one acceptor thread per engine shard, each a
+/// single-threaded runtime pinned (with `pin`) to its shard's core, each with its own
+/// listening socket on `addr` (SO_REUSEPORT: the kernel spreads connections over them), so a
+/// connection is accepted and served on a shard's core; requests reach the shard owning
+/// each chunk over the engine's channels. Returns the bound address (a port of 0 is chosen
+/// once and shared) and the threads, which end when `shutdown` turns true.
+pub fn serve_on_cores(
+    host: &Arc<Host>,
+    addr: std::net::SocketAddr,
+    cores: usize,
+    pin: bool,
+    shutdown: &watch::Receiver<bool>,
+) -> std::io::Result<(std::net::SocketAddr, Vec<std::thread::JoinHandle<()>>)> {
+    let mut bound = addr;
+    let mut listeners = Vec::new();
+    for _ in 0..cores.max(1) {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(bound)?;
+        bound = socket.local_addr()?;
+        listeners.push(socket);
+    }
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::new();
+    for (core, socket) in listeners.into_iter().enumerate() {
+        let (host, shutdown) = (Arc::clone(host), shutdown.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("data-plane-{core}"))
+                .spawn(move || {
+                    if pin {
+                        let mut set = nix::sched::CpuSet::new();
+                        if set.set(core % online).is_ok() {
+                            let _ =
+                                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+                        }
+                    }
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            warn!(error = %e, core, "cannot start a data-plane runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        match socket.listen(1024) {
+                            Ok(l) => serve(host, l, shutdown).await,
+                            Err(e) => warn!(error = %e, core, "cannot listen"),
+                        }
+                    });
+                })?,
+        );
+    }
+    Ok((bound, threads))
+}
+
 /// What one connection may do, from its link.
 enum Scope {
     Upload {
@@ -645,7 +709,7 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 };
                 // The sender proved it holds the chunk by sending it: from now on the link
                 // may list it in a file.
-                match host.state.record_upload(link, id).await {
+                match host.state.record_upload(link, id) {
                     Ok(()) => Reply::Stored { existing },
                     Err(e) => Reply::error(ErrorCode::Internal, e),
                 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use proto::decode::{DecodeError, Reader};
 use proto::ChunkId;
@@ -94,12 +94,9 @@ pub fn encode_upload(link: &[u8; 16], chunk: &ChunkId) -> Vec<u8> {
 }
 
 /// Decodes an uploads log: the chunks each link uploaded, and the length to keep.
-#[allow(clippy::type_complexity)]
-pub fn decode_uploads(
-    bytes: &[u8],
-) -> Result<(HashMap<[u8; 16], HashSet<ChunkId>>, usize), DecodeError> {
+pub fn decode_uploads(bytes: &[u8]) -> Result<(UploadSets, usize), DecodeError> {
     let (recs, keep) = records("uploads log", bytes, UPLOAD_RECORD_BYTES, UPLOAD_MAGIC)?;
-    let mut out: HashMap<[u8; 16], HashSet<ChunkId>> = HashMap::new();
+    let mut out = UploadSets::new();
     for r in recs {
         let link: [u8; 16] = r[..16].try_into().expect("16 bytes");
         out.entry(link)
@@ -206,10 +203,20 @@ impl Log {
 
     /// Appends and syncs `bytes`; on failure the file is cut back to its last whole record.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        let r = self
-            .file
-            .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+        self.write(bytes, true)
+    }
+
+    fn write(&mut self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+        let r =
+            self.file.write_all(bytes).and_then(
+                |()| {
+                    if sync {
+                        self.file.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
         match r {
             Ok(()) => {
                 self.len += bytes.len() as u64;
@@ -223,41 +230,16 @@ impl Log {
     }
 }
 
-type Uploads = Arc<Mutex<HashMap<[u8; 16], HashSet<ChunkId>>>>;
-
-/// A chunk to record as uploaded under a link, and who waits for it to be durable.
-struct UploadJob {
-    link: [u8; 16],
-    chunk: ChunkId,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
+/// Chunks recorded as sent, per link.
+type UploadSets = HashMap<[u8; 16], HashSet<ChunkId>>;
 
 /// The host's state directory.
 #[derive(Debug)]
 pub struct HostState {
     dir: PathBuf,
     grants: Mutex<(Log, HashMap<[u8; 16], LinkUse>)>,
-    uploads: Uploads,
-    upload_jobs: Option<crossbeam_channel::Sender<UploadJob>>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    uploads: Mutex<(Log, UploadSets)>,
     objects_lock: Mutex<()>,
-}
-
-impl Drop for HostState {
-    fn drop(&mut self) {
-        self.upload_jobs.take();
-        if let Some(t) = self.committer.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl std::fmt::Debug for UploadJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UploadJob")
-            .field("chunk", &self.chunk)
-            .finish()
-    }
 }
 
 /// Why a reservation failed.
@@ -271,31 +253,6 @@ pub enum QuotaError {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Appends upload records for whoever asks, many per sync (group commit), and makes them
-/// visible in `uploads` only once durable.
-fn commit_uploads(mut log: Log, uploads: Uploads, jobs: crossbeam_channel::Receiver<UploadJob>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        batch.extend(jobs.try_iter().take(4095));
-        let mut bytes = Vec::with_capacity(batch.len() * UPLOAD_RECORD_BYTES);
-        for j in &batch {
-            bytes.extend_from_slice(&encode_upload(&j.link, &j.chunk));
-        }
-        let result = log
-            .append(&bytes)
-            .map_err(|e| format!("recording uploads: {e}"));
-        if result.is_ok() {
-            let mut u = uploads.lock().unwrap_or_else(|p| p.into_inner());
-            for j in &batch {
-                u.entry(j.link).or_default().insert(j.chunk);
-            }
-        }
-        for j in batch {
-            let _ = j.done.send(result.clone());
-        }
-    }
 }
 
 /// What recording an object did.
@@ -328,19 +285,10 @@ impl HostState {
                 )
             })
             .collect();
-        let uploads: Uploads = Arc::new(Mutex::new(uploads));
-        let (tx, rx) = crossbeam_channel::bounded(1 << 16);
-        let u = Arc::clone(&uploads);
-        let committer = std::thread::Builder::new()
-            .name("mspace-uploads".into())
-            .spawn(move || commit_uploads(uploads_log, u, rx))
-            .map_err(|e| err("start the uploads log writer for", e))?;
         Ok(HostState {
             dir: dir.to_owned(),
             grants: Mutex::new((grants, uses)),
-            uploads,
-            upload_jobs: Some(tx),
-            committer: Some(committer),
+            uploads: Mutex::new((uploads_log, uploads)),
             objects_lock: Mutex::new(()),
         })
     }
@@ -379,34 +327,27 @@ impl HostState {
         }
     }
 
-    /// Records, durably, that `chunk` was sent under `link` (its bytes prove the sender
-    /// holds it): only such chunks may be listed in that link's objects.
-    pub async fn record_upload(&self, link: [u8; 16], chunk: ChunkId) -> Result<(), String> {
-        if self
-            .uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&link)
-            .is_some_and(|s| s.contains(&chunk))
-        {
+    /// Records that `chunk` was sent under `link` (its verified bytes prove the sender holds
+    /// it): only such chunks may be listed in that link's objects. The record is written at
+    /// once and synced before any object is recorded ([`HostState::put_object`]); one lost
+    /// in a crash makes `Have` report the chunk missing to this link, whose client then
+    /// sends it again (answered "existing" after its bytes are checked), which records it.
+    pub fn record_upload(&self, link: [u8; 16], chunk: ChunkId) -> Result<(), String> {
+        let mut u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let (log, sets) = &mut *u;
+        if sets.get(&link).is_some_and(|s| s.contains(&chunk)) {
             return Ok(());
         }
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let jobs = self.upload_jobs.as_ref().ok_or("the host is stopping")?;
-        // The queue is bounded; a full one waits off the runtime's threads.
-        let jobs = jobs.clone();
-        tokio::task::spawn_blocking(move || jobs.send(UploadJob { link, chunk, done }))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "the uploads log writer stopped".to_string())?;
-        wait.await
-            .map_err(|_| "the uploads log writer stopped".to_string())?
+        log.write(&encode_upload(&link, &chunk), false)
+            .map_err(|e| format!("recording the upload: {e}"))?;
+        sets.entry(link).or_default().insert(chunk);
+        Ok(())
     }
 
     /// For each of `chunks`, whether it was recorded as sent under `link`.
     pub fn uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Vec<bool> {
         let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let set = u.get(link);
+        let set = u.1.get(link);
         chunks
             .iter()
             .map(|c| set.is_some_and(|s| s.contains(c)))
@@ -416,7 +357,7 @@ impl HostState {
     /// The first of `chunks` not uploaded under `link`, if any.
     pub fn not_uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Option<ChunkId> {
         let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let set = u.get(link);
+        let set = u.1.get(link);
         chunks
             .iter()
             .find(|c| !set.is_some_and(|s| s.contains(c)))
@@ -436,6 +377,14 @@ impl HostState {
     ) -> Result<ObjectOutcome, crate::NetError> {
         // One at a time: the check and the rename must not interleave with another's.
         let _one = self.objects_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The upload records this list relies on are durable before the list is.
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .file
+            .sync_data()
+            .map_err(|e| crate::NetError::State(format!("syncing the uploads log: {e}")))?;
         if let Some(existing) = self.object_list(manifest)? {
             let same = existing == chunks;
             return if same {
@@ -547,15 +496,15 @@ mod tests {
         assert!(decode_grants(&bad).is_err());
     }
 
-    #[tokio::test]
-    async fn uploads_are_recorded_durably_per_link() {
+    #[test]
+    fn uploads_are_recorded_per_link() {
         let dir = tempfile::tempdir().unwrap();
         let st = HostState::open(dir.path()).unwrap();
         let (a, b) = ([1u8; 16], [2u8; 16]);
         let c = [ChunkId([7; 32]), ChunkId([8; 32])];
-        st.record_upload(a, c[0]).await.unwrap();
-        st.record_upload(a, c[1]).await.unwrap();
-        st.record_upload(b, c[1]).await.unwrap();
+        st.record_upload(a, c[0]).unwrap();
+        st.record_upload(a, c[1]).unwrap();
+        st.record_upload(b, c[1]).unwrap();
         assert_eq!(st.not_uploaded(&a, &c), None);
         assert_eq!(st.not_uploaded(&b, &c), Some(c[0]));
         drop(st);

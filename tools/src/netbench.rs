@@ -203,6 +203,7 @@ async fn raw_loopback(conns: usize, n: u64, bytes_each: u64) -> Result<Timed> {
 fn config(dir: &Path, shards: usize) -> EngineConfig {
     let mut c = EngineConfig::new(vec![dir.to_path_buf()], shards);
     c.maintenance_every = None;
+    c.pin = true;
     c
 }
 
@@ -240,12 +241,15 @@ impl NetBench {
                 Vec::new(),
             ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let addr = rt.block_on(async {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let addr = l.local_addr()?;
-                tokio::spawn(net::host::serve(Arc::clone(&host), l, stopped));
-                anyhow::Ok(addr)
-            })?;
+            // As `mspace host` runs it: one acceptor per shard, on the shard's core.
+            let (addr, acceptors) = net::host::serve_on_cores(
+                &host,
+                "127.0.0.1:0".parse()?,
+                self.shards,
+                true,
+                &stopped,
+            )?;
+            drop(stopped);
             let expiry = u64::MAX / 2;
             let up = Link::sign(
                 &key,
@@ -341,9 +345,10 @@ impl NetBench {
             let raw = rt.block_on(raw_loopback(self.clients, n, cs))?;
             rows.push(row("raw loopback TCP", cs, &raw, None));
             let _ = stop.send(true);
-            // Dropping the runtime ends every connection task, and with them every handle
-            // on the store, which then shuts down cleanly.
             drop(rt);
+            for a in acceptors {
+                let _ = a.join();
+            }
             drop(host);
             match Arc::try_unwrap(engine) {
                 Ok(e) => e.shutdown()?,

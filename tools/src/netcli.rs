@@ -357,14 +357,18 @@ fn host_run(config: &Path) -> Result<()> {
     ));
     let rt = runtime()?;
     rt.block_on(async {
-        let listener = TcpListener::bind(&cfg.listen)
+        let addr = tokio::net::lookup_host(&cfg.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+            .with_context(|| format!("cannot resolve {}", cfg.listen))?
+            .next()
+            .with_context(|| format!("{} resolves to no address", cfg.listen))?;
         let (stop, stopped) = watch::channel(false);
+        // One acceptor per shard, on the shard's core.
+        let (bound, acceptors) = net::host::serve_on_cores(&host, addr, shards, ecfg.pin, &stopped)
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         println!(
-            "host {} listening on {} (links name {})",
+            "host {} listening on {bound} with {shards} acceptors (links name {})",
             data_encoding::HEXLOWER.encode(&key.verification_key().to_bytes()),
-            listener.local_addr()?,
             cfg.link_addr()
         );
         if let Some(m) = &cfg.metrics_listen {
@@ -399,11 +403,16 @@ fn host_run(config: &Path) -> Result<()> {
                 .with_context(|| format!("cannot listen on {c} for the control plane"))?;
             println!("control plane on {bound}");
         }
-        let server = tokio::spawn(net::host::serve(Arc::clone(&host), listener, stopped));
         wait_for_signal().await;
         tracing::info!("stopping: no new connections");
         let _ = stop.send(true);
-        let _ = server.await;
+        drop(stopped);
+        tokio::task::spawn_blocking(move || {
+            for a in acceptors {
+                let _ = a.join();
+            }
+        })
+        .await?;
         anyhow::Ok(())
     })?;
     drop(rt);

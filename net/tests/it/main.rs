@@ -12,7 +12,7 @@ use ed25519_consensus::SigningKey;
 use engine::store::{Engine, EngineConfig};
 use net::client::{get_file, put_file, Conn, GetJob, Key, PutJob};
 use net::config::Limits;
-use net::host::{serve, Host};
+use net::host::Host;
 use net::proxy::Proxy;
 use net::state::HostState;
 use net::wire::{ErrorCode, Request};
@@ -61,10 +61,10 @@ async fn start_host(limits: Limits) -> TestHost {
         3600,
         vec![data],
     ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    // As `mspace host` runs it: an acceptor per core, each listening on the same port.
     let (stop, rx) = watch::channel(false);
-    tokio::spawn(serve(Arc::clone(&host), listener, rx));
+    let (addr, _threads) =
+        net::host::serve_on_cores(&host, "127.0.0.1:0".parse().unwrap(), 2, false, &rx).unwrap();
     TestHost {
         _dir: dir,
         host,
