@@ -184,6 +184,46 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<zeroize::Ze
     Ok(zeroize::Zeroizing::new(pass))
 }
 
+/// How a reader proves it may open a file (`open`, `get`): a passphrase, or a share key.
+#[derive(clap::Args, Debug)]
+pub struct UnlockArgs {
+    /// Read the passphrase from this file. Without this or a share key, the passphrase comes
+    /// from MSPACE_PASSPHRASE or a prompt.
+    #[arg(long, conflicts_with_all = ["share_key", "share_key_file"])]
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// Open with a share key (mss1-...) printed by `mspace seal` instead of the passphrase.
+    /// It is a secret: prefer --share-key-file or MSPACE_SHARE_KEY, which stay out of `ps`.
+    #[arg(long, env = "MSPACE_SHARE_KEY", hide_env_values = true)]
+    pub share_key: Option<String>,
+    /// Read the share key from this file.
+    #[arg(long, conflicts_with = "share_key")]
+    pub share_key_file: Option<std::path::PathBuf>,
+}
+
+impl UnlockArgs {
+    /// The share key if one was given (argument, variable or file), else the passphrase
+    /// (file, variable or prompt).
+    pub fn read(&self) -> Result<net::client::Key> {
+        let text = match (&self.share_key, &self.share_key_file) {
+            (Some(t), _) => Some(zeroize::Zeroizing::new(t.clone())),
+            (None, Some(p)) => Some(zeroize::Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the share key file {}", p.display()))?,
+            )),
+            (None, None) => None,
+        };
+        Ok(match text {
+            Some(t) => net::client::Key::Share(Box::new(
+                t.trim().parse().context("reading the share key")?,
+            )),
+            None => net::client::Key::Passphrase(read_passphrase(
+                self.passphrase_file.as_deref(),
+                false,
+            )?),
+        })
+    }
+}
+
 /// A byte progress bar on stderr when it is a terminal and `enabled`; hidden otherwise.
 pub fn progress_bar(total: u64, enabled: bool, verb: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {

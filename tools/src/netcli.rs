@@ -14,7 +14,7 @@ use net::config::{read_key, write_new_key, HostConfig, Limits};
 use net::host::Host;
 use net::state::HostState;
 use proto::link::{Grant, Link};
-use proto::{ChunkId, KdfParams, ShareKey};
+use proto::{ChunkId, KdfParams};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -169,13 +169,8 @@ pub struct GetArgs {
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, conflicts_with_all = ["share_key", "share_key_file"])]
-    passphrase_file: Option<PathBuf>,
-    /// Open with a share key (mss1-...); prefer --share-key-file or MSPACE_SHARE_KEY.
-    #[arg(long, env = "MSPACE_SHARE_KEY", hide_env_values = true)]
-    share_key: Option<String>,
-    #[arg(long, conflicts_with = "share_key")]
-    share_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    unlock: crate::UnlockArgs,
     /// Relay through this proxy; repeat to chain.
     #[arg(long)]
     via: Vec<String>,
@@ -597,22 +592,7 @@ pub fn get(args: GetArgs) -> Result<()> {
         bail!("this is an upload link; `mspace get` needs a download link (mspace host link --download <MANIFEST_ID>)");
     }
     engine::sealed_dir::check_open_target(&args.out, args.force)?;
-    let share_text = match (&args.share_key, &args.share_key_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(p)) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the share key file {}", p.display()))?,
-        ),
-        (None, None) => None,
-    };
-    let unlock = match share_text {
-        Some(t) => Key::Share(Box::new(
-            t.trim()
-                .parse::<ShareKey>()
-                .context("reading the share key")?,
-        )),
-        None => Key::Passphrase(read_passphrase(args.passphrase_file.as_deref(), false)?),
-    };
+    let unlock = args.unlock.read()?;
     let job = GetJob {
         link: link.clone(),
         via: args.via.clone(),

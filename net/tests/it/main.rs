@@ -141,6 +141,25 @@ fn get_job(link: &Link, via: &[String], unlock: Key, out: &Path) -> GetJob {
     }
 }
 
+/// The passphrase every test file is sealed with.
+fn pass() -> Key {
+    Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()))
+}
+
+/// Downloads the file `manifest` names, through a fresh download link, into `out`.
+async fn download(
+    h: &TestHost,
+    manifest: ChunkId,
+    via: &[String],
+    unlock: Key,
+    out: &Path,
+) -> net::client::GetDone {
+    let link = h.link(Grant::Download { manifest }, None, 600);
+    get_file(&get_job(&link, via, unlock, out), quiet())
+        .await
+        .unwrap()
+}
+
 fn quiet() -> Arc<dyn Fn(u64, u64) + Send + Sync> {
     Arc::new(|_, _| {})
 }
@@ -639,18 +658,8 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
         "{requests_before} put frames in the first run, {} sent in the second",
         done.sent_chunks
     );
-    let down = h.link(
-        Grant::Download {
-            manifest: done.manifest_id,
-        },
-        None,
-        600,
-    );
     let out = tmp.path().join("out");
-    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
-    get_file(&get_job(&down, &[], pass, &out), quiet())
-        .await
-        .unwrap();
+    download(&h, done.manifest_id, &[], pass(), &out).await;
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
     assert!(
         !net::client::journal_path(tmp.path(), &up, &file).exists(),
@@ -680,18 +689,8 @@ async fn an_interrupted_upload_resumes_without_resending_what_was_acknowledged()
         again.skipped_chunks, 0,
         "nothing of the old seal was reused"
     );
-    let down = h.link(
-        Grant::Download {
-            manifest: again.manifest_id,
-        },
-        None,
-        600,
-    );
     let out = tmp.path().join("changed");
-    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
-    get_file(&get_job(&down, &[], pass, &out), quiet())
-        .await
-        .unwrap();
+    download(&h, again.manifest_id, &[], pass(), &out).await;
     assert_eq!(std::fs::read(&out).unwrap(), changed);
 }
 
@@ -806,18 +805,8 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
         m.refused(ErrorCode::Timeout)
     );
     // The host still serves.
-    let down = h.link(
-        Grant::Download {
-            manifest: done.manifest_id,
-        },
-        None,
-        600,
-    );
     let out = tmp.path().join("out");
-    let pass = Key::Passphrase(zeroize::Zeroizing::new(b"correct horse".to_vec()));
-    get_file(&get_job(&down, &[], pass, &out), quiet())
-        .await
-        .unwrap();
+    download(&h, done.manifest_id, &[], pass(), &out).await;
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
 }
 

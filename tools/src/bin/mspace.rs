@@ -8,7 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use engine::sealed_dir::{open_dir, seal_file, SealOptions, Sealed, Unlock};
-use proto::{KdfParams, ShareKey};
+use net::client::Key;
+use proto::KdfParams;
 use serde::Serialize;
 use tools::{
     format_bytes, format_rate, netcli, parse_bytes, parse_chunk_size, progress_bar,
@@ -86,17 +87,8 @@ struct OpenArgs {
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
-    /// Read the passphrase from this file. Without this or a share key, the passphrase comes
-    /// from MSPACE_PASSPHRASE or a prompt.
-    #[arg(long, conflicts_with_all = ["share_key", "share_key_file"])]
-    passphrase_file: Option<PathBuf>,
-    /// Open with a share key (mss1-...) printed by `mspace seal` instead of the passphrase.
-    /// It is a secret: prefer --share-key-file or MSPACE_SHARE_KEY, which stay out of `ps`.
-    #[arg(long, env = "MSPACE_SHARE_KEY", hide_env_values = true)]
-    share_key: Option<String>,
-    /// Read the share key from this file.
-    #[arg(long, conflicts_with = "share_key")]
-    share_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    unlock: tools::UnlockArgs,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -221,22 +213,10 @@ fn open(args: OpenArgs) -> Result<()> {
     engine::sealed_dir::check_open_target(&args.out, args.force)?;
     engine::sealed_dir::find_manifest(&args.dir)
         .with_context(|| format!("opening {}", args.dir.display()))?;
-    let share;
-    let pass;
-    let share_text = match (&args.share_key, &args.share_key_file) {
-        (Some(text), _) => Some(zeroize::Zeroizing::new(text.clone())),
-        (None, Some(path)) => Some(zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the share key file {}", path.display()))?,
-        )),
-        (None, None) => None,
-    };
-    let unlock = if let Some(text) = share_text {
-        share = text.parse::<ShareKey>().context("reading the share key")?;
-        Unlock::ShareKey(&share)
-    } else {
-        pass = read_passphrase(args.passphrase_file.as_deref(), false)?;
-        Unlock::Passphrase(&pass)
+    let key = args.unlock.read()?;
+    let unlock = match &key {
+        Key::Passphrase(p) => Unlock::Passphrase(p.as_slice()),
+        Key::Share(s) => Unlock::ShareKey(s),
     };
     let bar = progress_bar(0, !args.json, "opening");
     let started = Instant::now();
