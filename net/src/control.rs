@@ -269,6 +269,126 @@ impl HostApi for HostControl {
     }
 }
 
+/// tarpc's bincode codec behind a guard: tarpc 0.37 decodes a request's deadline as
+/// `Instant::now() + duration`, which panics when a peer sends a huge duration (found by
+/// the `control` fuzz target). Requests with a deadline over [`DEADLINE_MAX_SECS`] are
+/// refused before decoding ([`PreCheck`]), and any other panic while decoding is a decode
+/// error that ends that connection alone.
+#[derive(Debug)]
+pub struct SafeBincode<Item, SinkItem>(std::marker::PhantomData<fn() -> (Item, SinkItem)>);
+
+impl<Item, SinkItem> Default for SafeBincode<Item, SinkItem> {
+    fn default() -> Self {
+        SafeBincode(std::marker::PhantomData)
+    }
+}
+
+/// A check on a message's bytes before they are decoded.
+pub trait PreCheck {
+    fn check(_bytes: &[u8]) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// bincode's variable-length integer (its default options): one byte below 251, else a tag
+/// (251, 252, 253 for 2, 4, 8 little-endian bytes) then the value.
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let take = |n: usize| {
+        let v = rest.get(..n)?;
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(v);
+        Some((u64::from_le_bytes(b), &rest[n..]))
+    };
+    match tag {
+        0..=250 => Some((u64::from(tag), rest)),
+        251 => take(2),
+        252 => take(4),
+        253 => take(8),
+        _ => None,
+    }
+}
+
+/// Longest deadline a control request may carry.
+pub const DEADLINE_MAX_SECS: u64 = 86_400;
+
+/// A client's message starts (for a request, variant 0) with its context, whose first field
+/// is the deadline's seconds: refused when over [`DEADLINE_MAX_SECS`], before tarpc adds it
+/// to the clock and panics on overflow.
+impl<T> PreCheck for tarpc::ClientMessage<T> {
+    fn check(bytes: &[u8]) -> Result<(), &'static str> {
+        match varint(bytes) {
+            Some((0, rest)) => match varint(rest) {
+                Some((secs, _)) if secs <= DEADLINE_MAX_SECS => Ok(()),
+                _ => Err("a request deadline that is missing or too far away"),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<T> PreCheck for tarpc::Response<T> {}
+
+impl<Item, SinkItem> tarpc::tokio_serde::Deserializer<Item> for SafeBincode<Item, SinkItem>
+where
+    for<'a> Item: Deserialize<'a>,
+    Item: PreCheck,
+{
+    type Error = std::io::Error;
+
+    fn deserialize(
+        self: std::pin::Pin<&mut Self>,
+        src: &tarpc::tokio_util::bytes::BytesMut,
+    ) -> Result<Item, Self::Error> {
+        Item::check(src).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let codec = std::pin::pin!(Bincode::<Item, SinkItem>::default());
+            codec.deserialize(src)
+        }))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a control message that cannot be decoded",
+            ))
+        })
+    }
+}
+
+impl<Item, SinkItem: Serialize> tarpc::tokio_serde::Serializer<SinkItem>
+    for SafeBincode<Item, SinkItem>
+{
+    type Error = std::io::Error;
+
+    fn serialize(
+        self: std::pin::Pin<&mut Self>,
+        item: &SinkItem,
+    ) -> Result<tarpc::tokio_util::bytes::Bytes, Self::Error> {
+        let codec = std::pin::pin!(Bincode::<Item, SinkItem>::default());
+        codec.serialize(item)
+    }
+}
+
+/// A control-plane transport over `stream`: length-delimited frames of at most
+/// [`CONTROL_FRAME_MAX`] bytes, [`SafeBincode`] inside.
+pub fn transport<Item, SinkItem>(
+    stream: tokio::net::TcpStream,
+) -> tarpc::serde_transport::Transport<
+    tokio::net::TcpStream,
+    Item,
+    SinkItem,
+    SafeBincode<Item, SinkItem>,
+>
+where
+    for<'a> Item: Deserialize<'a>,
+    Item: PreCheck,
+    SinkItem: Serialize,
+{
+    let framed = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(CONTROL_FRAME_MAX)
+        .new_framed(stream);
+    tarpc::serde_transport::new(framed, SafeBincode::default())
+}
+
 /// Serves [`HostApi`] on `addr` until the task is dropped; returns the bound address once
 /// listening, through `bound`.
 pub async fn serve_host_control(
@@ -276,34 +396,89 @@ pub async fn serve_host_control(
     addr: &str,
     bound: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
-    let mut listener = tarpc::serde_transport::tcp::listen(addr, Bincode::default).await?;
-    listener.config_mut().max_frame_length(CONTROL_FRAME_MAX);
-    let _ = bound.send(listener.local_addr());
-    listener
-        .filter_map(|r| future::ready(r.ok()))
-        .map(BaseChannel::with_defaults)
-        .max_channels_per_key(CONTROL_CHANNELS_PER_PEER, |t| {
-            t.transport()
-                .peer_addr()
-                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
-        })
-        .map(|channel| {
-            channel
-                .max_concurrent_requests(CONTROL_REQUESTS_PER_CHANNEL)
-                .execute(control.clone().serve())
-                .for_each(|response| async move {
-                    tokio::spawn(response);
-                })
-        })
-        .buffer_unordered(1024)
-        .for_each(|()| async {})
-        .await;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let _ = bound.send(listener.local_addr()?);
+    futures::stream::unfold(listener, |l| async move {
+        let accepted = l.accept().await.ok().map(|(s, _)| s);
+        Some((accepted, l))
+    })
+    .filter_map(future::ready)
+    .map(|s| BaseChannel::with_defaults(transport(s)))
+    .max_channels_per_key(CONTROL_CHANNELS_PER_PEER, |t| {
+        t.transport()
+            .peer_addr()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+    })
+    .map(|channel| {
+        channel
+            .max_concurrent_requests(CONTROL_REQUESTS_PER_CHANNEL)
+            .execute(control.clone().serve())
+            .for_each(|response| async move {
+                tokio::spawn(response);
+            })
+    })
+    .buffer_unordered(1024)
+    .for_each(|()| async {})
+    .await;
     Ok(())
 }
 
 /// A client of a host's control plane.
 pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
-    let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
-    connect.config_mut().max_frame_length(CONTROL_FRAME_MAX);
-    Ok(HostApiClient::new(tarpc::client::Config::default(), connect.await?).spawn())
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    Ok(HostApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tarpc::tokio_serde::{Deserializer, Serializer};
+    use tarpc::{ClientMessage, Response};
+
+    type Server = SafeBincode<ClientMessage<HostApiRequest>, Response<HostApiResponse>>;
+
+    #[test]
+    fn a_huge_deadline_is_a_decode_error_not_a_panic() {
+        // The fuzz target's find: tarpc adds this duration to `Instant::now()`.
+        for b64 in [&b"AP3t/f0BAAABgUg="[..], b"AP39ANDQ0NDQ0NABSA=="] {
+            let bytes = data_encoding::BASE64.decode(b64).unwrap();
+            let mut codec = Server::default();
+            let r = std::pin::Pin::new(&mut codec).deserialize(&bytes[..].into());
+            assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        }
+        assert_eq!(varint(&[250]), Some((250, &[][..])));
+        assert_eq!(varint(&[251, 1, 2]), Some((0x201, &[][..])));
+        assert_eq!(varint(&[253, 1]), None);
+    }
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_refused() {
+        let msg: ClientMessage<HostApiRequest> = ClientMessage::Request(tarpc::Request {
+            context: tarpc::context::current(),
+            id: 7,
+            message: HostApiRequest::Offer {
+                request: StorageRequest {
+                    bytes: 1 << 30,
+                    days: 30,
+                },
+            },
+        });
+        let mut client =
+            SafeBincode::<Response<HostApiResponse>, ClientMessage<HostApiRequest>>::default();
+        let bytes = std::pin::Pin::new(&mut client).serialize(&msg).unwrap();
+        let mut server = Server::default();
+        let back = std::pin::Pin::new(&mut server)
+            .deserialize(&bytes[..].into())
+            .unwrap();
+        let ClientMessage::Request(r) = back else {
+            panic!("not a request")
+        };
+        assert_eq!(r.id, 7);
+        for bad in [&b""[..], &[0xff; 3], &bytes[..bytes.len() - 1]] {
+            assert!(std::pin::Pin::new(&mut server)
+                .deserialize(&bad.into())
+                .is_err());
+        }
+    }
 }
