@@ -54,6 +54,8 @@ pub struct Host {
     memory: Arc<Semaphore>,
     /// Chunk lists of files being downloaded, read once from the state directory.
     objects: Mutex<HashMap<ChunkId, Arc<HashSet<ChunkId>>>>,
+    /// Connections open, for whoever waits for the host to be idle.
+    open: watch::Sender<u64>,
 }
 
 /// How long a stopping host waits for open connections to finish their requests.
@@ -92,7 +94,14 @@ impl Host {
             metrics: Arc::new(Metrics::default()),
             data_dirs,
             objects: Mutex::new(HashMap::new()),
+            open: watch::channel(0).0,
         }
+    }
+
+    /// Returns once no connection is open: every request a closed connection had started
+    /// has finished (stored, recorded, charged or given back).
+    pub async fn until_idle(&self) {
+        let _ = self.open.subscribe().wait_for(|n| *n == 0).await;
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -184,11 +193,13 @@ pub async fn serve(host: Arc<Host>, listener: TcpListener, mut shutdown: watch::
         tokio::spawn(async move {
             host.metrics.connections.fetch_add(1, Relaxed);
             host.metrics.connections_open.fetch_add(1, Relaxed);
+            host.open.send_modify(|n| *n += 1);
             match connection(&host, stream, peer).await {
                 Ok(()) => debug!(%peer, "connection closed by the peer"),
                 Err(e) => info!(%peer, reason = %e, "connection closed"),
             }
             host.metrics.connections_open.fetch_sub(1, Relaxed);
+            host.open.send_modify(|n| *n -= 1);
             drop(slot);
         });
     }
