@@ -9,7 +9,6 @@
 //!   chain, exchange and index work to implement.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_consensus::SigningKey;
 use futures::prelude::*;
@@ -251,9 +250,7 @@ impl HostApi for HostControl {
                 manifest: ChunkId(manifest),
             },
         };
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::now_secs();
         let mut id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         Link::sign(

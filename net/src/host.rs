@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 use engine::store::{Engine, PutOutcome, StoreError};
@@ -121,7 +121,7 @@ impl Host {
     }
 
     fn expiry(&self) -> u64 {
-        now_secs().saturating_add(self.retention_secs)
+        crate::now_secs().saturating_add(self.retention_secs)
     }
 
     /// The chunk list of an uploaded file, from the cache or the state directory (read off
@@ -151,12 +151,6 @@ impl Host {
         cache.insert(manifest, Arc::clone(&set));
         Ok(Some(set))
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Accepts connections until `shutdown` turns true; at most `max_connections` are served at
@@ -655,7 +649,7 @@ async fn check_hello(
     };
     link.check(
         &host.key.verification_key(),
-        now_secs(),
+        crate::now_secs(),
         &link.grant,
         proven.as_ref(),
     )

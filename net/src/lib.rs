@@ -21,6 +21,13 @@ use proto::DecodeError;
 
 pub use wire::ErrorCode;
 
+/// Unix seconds now: link expiries and chunk retention are counted in these.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Why a network operation failed. Each says what happened and, where it can, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

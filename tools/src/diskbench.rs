@@ -310,6 +310,24 @@ pub struct Timed {
 }
 
 impl Timed {
+    /// The totals of `ops` operations of `bytes_each` bytes that started at `start`, when
+    /// the process had used `cpu0` CPU seconds (see [`cpu_seconds`]).
+    pub fn of_run(
+        ops: u64,
+        bytes_each: u64,
+        start: std::time::Instant,
+        cpu0: f64,
+        latencies_us: Vec<f64>,
+    ) -> Timed {
+        Timed {
+            bytes: ops * bytes_each,
+            ops,
+            seconds: start.elapsed().as_secs_f64(),
+            latencies_us,
+            cpu_s: cpu_seconds() - cpu0,
+        }
+    }
+
     /// Throughput in GB/s (10^9 bytes per second).
     pub fn gbps(&self) -> f64 {
         self.bytes as f64 / self.seconds / 1e9

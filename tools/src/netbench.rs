@@ -136,13 +136,7 @@ async fn over_network(
     for t in tasks {
         latencies_us.extend(t.await.context("bench task")??);
     }
-    Ok(Timed {
-        bytes: n * bytes_each,
-        ops: n,
-        seconds: start.elapsed().as_secs_f64(),
-        latencies_us,
-        cpu_s: diskbench::cpu_seconds() - cpu0,
-    })
+    Ok(Timed::of_run(n, bytes_each, start, cpu0, latencies_us))
 }
 
 /// The floor under both network rows: `conns` connections each writing its share of `n`
@@ -191,13 +185,7 @@ async fn raw_loopback(conns: usize, n: u64, bytes_each: u64) -> Result<Timed> {
         latencies_us.extend(w.await??);
     }
     sink.await??;
-    Ok(Timed {
-        bytes: n * bytes_each,
-        ops: n,
-        seconds: start.elapsed().as_secs_f64(),
-        latencies_us,
-        cpu_s: diskbench::cpu_seconds() - cpu0,
-    })
+    Ok(Timed::of_run(n, bytes_each, start, cpu0, latencies_us))
 }
 
 fn config(dir: &Path, shards: usize) -> EngineConfig {

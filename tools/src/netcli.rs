@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -201,12 +201,6 @@ fn init_logs() {
         .try_init();
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 pub fn host(args: HostArgs) -> Result<()> {
     match args.action {
         Some(HostAction::Init(a)) => host_init(&a),
@@ -292,7 +286,7 @@ fn host_link(a: &LinkArgs) -> Result<()> {
         cfg.link_addr(),
         grant,
         bearer,
-        now_secs()
+        net::now_secs()
             .checked_add(a.ttl.as_secs())
             .context("--ttl is too long")?,
         id,
@@ -669,7 +663,7 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
         let proxy_addr = proxy_listener.local_addr()?.to_string();
         let proxy = Arc::new(net::proxy::Proxy::new(Limits::default(), true));
         tokio::spawn(net::proxy::serve(Arc::clone(&proxy), proxy_listener, stopped));
-        let expiry = now_secs() + 600;
+        let expiry = net::now_secs() + 600;
         let mut id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         let up = Link::sign(&key, &host_addr, Grant::Upload { bytes_max: 64 << 30 }, None, expiry, id)?;

@@ -109,15 +109,8 @@ pub(crate) fn timed<T>(
             .map(|h| h.join().expect("bench thread"))
             .collect::<Result<Vec<_>>>()
     })?;
-    let seconds = start.elapsed().as_secs_f64();
     let latencies_us: Vec<f64> = lats.into_iter().flatten().collect();
-    Ok(Timed {
-        bytes: n * bytes_each,
-        ops: n,
-        seconds,
-        latencies_us,
-        cpu_s: diskbench::cpu_seconds() - cpu0,
-    })
+    Ok(Timed::of_run(n, bytes_each, start, cpu0, latencies_us))
 }
 
 fn row(workload: &str, chunk: u64, t: &Timed, iops_only: bool) -> Row {
