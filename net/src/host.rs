@@ -16,7 +16,6 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -49,7 +48,6 @@ pub struct Host {
     limits: Limits,
     retention_secs: u64,
     metrics: Arc<Metrics>,
-    data_dirs: Vec<PathBuf>,
     /// The host-wide memory budget, in KiB.
     memory: Arc<Semaphore>,
     /// Chunk lists of files being downloaded, read once from the state directory.
@@ -82,7 +80,6 @@ impl Host {
         state: HostState,
         limits: Limits,
         retention_secs: u64,
-        data_dirs: Vec<PathBuf>,
     ) -> Host {
         Host {
             engine,
@@ -92,7 +89,6 @@ impl Host {
             limits,
             retention_secs,
             metrics: Arc::new(Metrics::default()),
-            data_dirs,
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
         }
@@ -110,10 +106,6 @@ impl Host {
 
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
-    }
-
-    pub fn data_dirs(&self) -> &[PathBuf] {
-        &self.data_dirs
     }
 
     pub fn state(&self) -> &HostState {

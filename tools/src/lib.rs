@@ -184,6 +184,35 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<zeroize::Ze
     Ok(zeroize::Zeroizing::new(pass))
 }
 
+/// The object `mspace open --json` prints (and `mspace get --json` extends).
+#[derive(serde::Serialize, Debug)]
+pub struct OpenJson {
+    pub file_id: String,
+    pub manifest_id: String,
+    pub name: String,
+    pub file_bytes: u64,
+    pub chunks: usize,
+    pub out: std::path::PathBuf,
+}
+
+impl OpenJson {
+    pub fn new(
+        file_id: proto::FileId,
+        manifest_id: proto::ChunkId,
+        m: &proto::Manifest,
+        out: &std::path::Path,
+    ) -> OpenJson {
+        OpenJson {
+            file_id: file_id.to_hex(),
+            manifest_id: manifest_id.to_hex(),
+            name: m.name.clone(),
+            file_bytes: m.file_bytes,
+            chunks: m.chunks.len(),
+            out: out.to_owned(),
+        }
+    }
+}
+
 /// How a reader proves it may open a file (`open`, `get`): a passphrase, or a share key.
 #[derive(clap::Args, Debug)]
 pub struct UnlockArgs {

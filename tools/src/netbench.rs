@@ -220,14 +220,7 @@ impl NetBench {
             let key = SigningKey::from([9u8; 32]);
             let state = HostState::open(&dir.join("state"))?;
             let limits = Limits::default();
-            let host = Arc::new(Host::new(
-                Arc::clone(&engine),
-                &key,
-                state,
-                limits,
-                3600,
-                Vec::new(),
-            ));
+            let host = Arc::new(Host::new(Arc::clone(&engine), &key, state, limits, 3600));
             let (stop, stopped) = tokio::sync::watch::channel(false);
             // As `mspace host` runs it: one acceptor per shard, on the shard's core.
             let (addr, acceptors) = net::host::serve_on_cores(

@@ -342,7 +342,6 @@ fn host_run(config: &Path) -> Result<()> {
         state,
         cfg.limits.clone(),
         cfg.retention_days.saturating_mul(86_400),
-        cfg.data_dirs.clone(),
     ));
     let rt = runtime()?;
     rt.block_on(async {
@@ -571,12 +570,8 @@ pub fn put(args: PutArgs) -> Result<()> {
 
 #[derive(Serialize)]
 struct GetJson {
-    file_id: String,
-    manifest_id: String,
-    name: String,
-    file_bytes: u64,
-    chunks: usize,
-    out: PathBuf,
+    #[serde(flatten)]
+    opened: crate::OpenJson,
     host_saw: String,
 }
 
@@ -607,12 +602,7 @@ pub fn get(args: GetArgs) -> Result<()> {
     let m = &done.manifest;
     if args.json {
         let json = GetJson {
-            file_id: done.file_id.to_hex(),
-            manifest_id: done.manifest_id.to_hex(),
-            name: m.name.clone(),
-            file_bytes: m.file_bytes,
-            chunks: m.chunks.len(),
-            out: args.out.clone(),
+            opened: crate::OpenJson::new(done.file_id, done.manifest_id, m, &args.out),
             host_saw: done.peer_seen,
         };
         println!("{}", serde_json::to_string(&json)?);
@@ -647,7 +637,6 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
         state,
         Limits::default(),
         86_400,
-        vec![dir.join("host-data")],
     ));
     let out = dir.join("downloaded.bin");
     rt.block_on(async {

@@ -53,14 +53,7 @@ async fn start_host(limits: Limits) -> TestHost {
     let engine = Engine::open(&EngineConfig::new(vec![data.clone()], 1)).unwrap();
     let key = SigningKey::from([42u8; 32]);
     let state = HostState::open(&dir.path().join("state")).unwrap();
-    let host = Arc::new(Host::new(
-        Arc::new(engine),
-        &key,
-        state,
-        limits,
-        3600,
-        vec![data],
-    ));
+    let host = Arc::new(Host::new(Arc::new(engine), &key, state, limits, 3600));
     // As `mspace host` runs it: an acceptor per core, each listening on the same port.
     let (stop, rx) = watch::channel(false);
     let (addr, _threads) =

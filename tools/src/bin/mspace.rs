@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand};
 use engine::sealed_dir::{open_dir, seal_file, SealOptions, Sealed, Unlock};
 use net::client::Key;
 use proto::KdfParams;
-use serde::Serialize;
 use tools::{
     format_bytes, format_rate, netcli, parse_bytes, parse_chunk_size, progress_bar,
     read_passphrase, SealJson,
@@ -108,16 +107,6 @@ struct DemoArgs {
     /// Work in this directory (kept afterwards) instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-#[derive(Serialize)]
-struct OpenJson {
-    file_id: String,
-    manifest_id: String,
-    name: String,
-    file_bytes: u64,
-    chunks: usize,
-    out: PathBuf,
 }
 
 fn main() {
@@ -235,14 +224,7 @@ fn open(args: OpenArgs) -> Result<()> {
     bar.finish_and_clear();
     let m = &opened.manifest;
     if args.json {
-        let json = OpenJson {
-            file_id: opened.file_id.to_hex(),
-            manifest_id: opened.manifest_id.to_hex(),
-            name: m.name.clone(),
-            file_bytes: m.file_bytes,
-            chunks: m.chunks.len(),
-            out: args.out.clone(),
-        };
+        let json = tools::OpenJson::new(opened.file_id, opened.manifest_id, m, &args.out);
         println!("{}", serde_json::to_string(&json)?);
     } else {
         let secs = started.elapsed().as_secs_f64();
