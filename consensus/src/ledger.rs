@@ -22,10 +22,10 @@
 //!
 //! Not yet here (issue 5 continues): equivocation slashing, insurers' cover, block rewards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use proto::tx::{
-    verify_batch, AccountId, Asset, DealId, Role, SignedTx, TxBody, DEAL_CHUNKS_MAX,
+    verify_batch, AccountId, Asset, DealId, Role, SignedTx, TxBody, TxId, DEAL_CHUNKS_MAX,
     ENDPOINT_BYTES_MAX,
 };
 use proto::ChunkEntry;
@@ -668,6 +668,16 @@ impl State {
 
 /// Applies a block: all its transactions or none. Signatures are checked in one batch.
 pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), BlockError> {
+    apply_verified(state, block, &HashSet::new())
+}
+
+/// [`apply`], for a node that already checked the signatures of the transactions in
+/// `verified` (when its mempool admitted them): only the others are checked, in one batch.
+pub fn apply_verified(
+    state: &State,
+    block: &Block,
+    verified: &HashSet<TxId>,
+) -> Result<(State, Vec<Receipt>), BlockError> {
     if block.height != state.height + 1 {
         return Err(BlockError::WrongHeight {
             expected: state.height + 1,
@@ -680,9 +690,16 @@ pub fn apply(state: &State, block: &Block) -> Result<(State, Vec<Receipt>), Bloc
             found: block.timestamp_ms,
         });
     }
-    if verify_batch(&block.txs).is_err() {
+    let unchecked = || {
+        block
+            .txs
+            .iter()
+            .enumerate()
+            .filter(|(_, tx)| verified.is_empty() || !verified.contains(&tx.id()))
+    };
+    if verify_batch(unchecked().map(|(_, tx)| tx)).is_err() {
         // Find the culprit one by one; the batch only says that one exists.
-        for (index, tx) in block.txs.iter().enumerate() {
+        for (index, tx) in unchecked() {
             tx.verify()
                 .map_err(|error| BlockError::Signature { index, error })?;
         }
@@ -767,7 +784,7 @@ fn end_block(state: &mut State) {
             _ => unreachable!("only open deals have deadlines"),
         }
     }
-    if state.height % EPOCH_BLOCKS == 0 {
+    if state.height.is_multiple_of(EPOCH_BLOCKS) {
         let bonded = state.bonded_miners();
         // A chain without validators could never decide another block: if every miner is
         // unbonding, the current set stays until someone bonds again.

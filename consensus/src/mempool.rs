@@ -13,7 +13,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use proto::tx::{AccountId, SignedTx, TxId};
+use proto::tx::{verify_batch, AccountId, SignedTx, TxId};
 use thiserror::Error;
 
 use crate::ledger::{apply_tx, State, FEE_MIN};
@@ -140,6 +140,29 @@ impl Mempool {
     /// Admits a transaction against the committed `state`. Nothing changes unless it is
     /// admitted.
     pub fn insert(&mut self, tx: SignedTx, state: &State) -> Result<(), MempoolError> {
+        self.admit(tx, state, false)
+    }
+
+    /// Admits many transactions against `state`, checking their signatures in one batch
+    /// (one by one only when the batch fails, to find which). One result per transaction.
+    pub fn insert_batch(
+        &mut self,
+        txs: Vec<SignedTx>,
+        state: &State,
+    ) -> Vec<Result<TxId, MempoolError>> {
+        let batch_ok = verify_batch(&txs).is_ok();
+        txs.into_iter()
+            .map(|tx| {
+                let id = tx.id();
+                if !batch_ok {
+                    tx.verify()?;
+                }
+                self.admit(tx, state, true).map(|()| id)
+            })
+            .collect()
+    }
+
+    fn admit(&mut self, tx: SignedTx, state: &State, verified: bool) -> Result<(), MempoolError> {
         let id = tx.id();
         if self.ids.contains(&id) {
             return Err(MempoolError::Duplicate);
@@ -198,7 +221,9 @@ impl Mempool {
             });
         }
         // The signature last: it is the expensive check.
-        tx.verify()?;
+        if !verified {
+            tx.verify()?;
+        }
         let size = tx.bytes().len();
         let old_size = replacing.map_or(0, |o| o.bytes().len());
         let count_after = self.ids.len() + usize::from(replacing.is_none());

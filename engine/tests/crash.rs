@@ -69,7 +69,7 @@ fn child(dir: &Path, first: u64) {
         out.flush().unwrap();
         acked.push(i);
         count += 1;
-        if count % 7 == 0 {
+        if count.is_multiple_of(7) {
             let victim = acked.remove(acked.len() / 2);
             assert!(engine
                 .delete(chunk(victim).0)

@@ -5,18 +5,17 @@
 //! - [`HostApi`]: a host's status, storage and download offers, and link minting for an
 //!   operator or, later, an exchange (authorized by the host's control token). Implemented
 //!   here by [`HostControl`].
-//! - [`MinerApi`], [`ExchangeApi`], [`IndexApi`]: the definitions and their codecs, for the
-//!   chain, exchange and index work to implement.
+//! - [`MinerApi`]: submitting transactions to a miner and reading its chain; implemented by
+//!   the miner (`tools`), over `consensus::node`.
+//! - [`ExchangeApi`], [`IndexApi`]: the definitions and their codecs, for the exchange and
+//!   index work to implement.
 
 use std::sync::Arc;
 
 use ed25519_consensus::SigningKey;
-use futures::prelude::*;
 use proto::link::{Grant, Link};
 use proto::ChunkId;
 use serde::{Deserialize, Serialize};
-use tarpc::server::incoming::Incoming;
-use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
 
 use crate::host::Host;
@@ -106,15 +105,87 @@ pub trait HostApi {
     async fn mint_link(request: LinkRequest) -> Result<String, ControlError>;
 }
 
-/// A miner's service: submitting transactions and reading the chain (the chain issue
-/// implements it). Transactions and answers are `proto` encodings.
+/// A miner's service: submitting transactions and reading the chain. Implemented by the
+/// miner (`mspace miner`), over its running node.
 #[tarpc::service]
 pub trait MinerApi {
-    /// A transaction in its canonical encoding; the answer is its id (BLAKE3).
-    async fn submit_tx(tx: Vec<u8>) -> Result<[u8; 32], ControlError>;
-    async fn account(key: [u8; 32]) -> Result<Option<Vec<u8>>, ControlError>;
-    async fn deal(id: [u8; 32]) -> Result<Option<Vec<u8>>, ControlError>;
-    async fn block(height: u64) -> Result<Option<Vec<u8>>, ControlError>;
+    /// Signed transactions in their canonical encoding (`proto::tx`); one answer each, in
+    /// order: its id, or why the mempool refused it. Accepted ones are relayed to the other
+    /// miners.
+    async fn submit_txs(txs: Vec<Vec<u8>>) -> Result<Vec<Result<[u8; 32], String>>, ControlError>;
+    /// Like `submit_txs`, from another miner: admitted here, not relayed further.
+    async fn relay_txs(txs: Vec<Vec<u8>>) -> Result<(), ControlError>;
+    async fn status() -> Result<ChainStatus, ControlError>;
+    async fn account(key: [u8; 32]) -> Result<AccountView, ControlError>;
+    async fn deal(id: [u8; 32]) -> Result<Option<DealView>, ControlError>;
+    /// The decided block at `height`; if it is not decided yet, waits up to `wait_ms` for it.
+    async fn block(height: u64, wait_ms: u64) -> Result<Option<BlockView>, ControlError>;
+    /// The height of the block that holds transaction `id`, if it is committed.
+    async fn tx_height(id: [u8; 32]) -> Result<Option<u64>, ControlError>;
+}
+
+/// A miner's view of its chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub chain_id: u64,
+    /// This miner's validator key (hex).
+    pub validator: String,
+    /// Height of the last decided block.
+    pub height: u64,
+    /// Its id (hex).
+    pub tip: String,
+    pub timestamp_ms: u64,
+    /// (validator key hex, voting power) of the next height.
+    pub validators: Vec<(String, u64)>,
+    pub mempool_txs: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationView {
+    pub role: String,
+    pub deposit: u64,
+    pub endpoint: String,
+    pub since_height: u64,
+    pub unbonding_until: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub key: String,
+    pub masp: u64,
+    pub maspc: u64,
+    pub nonce: u64,
+    pub registrations: Vec<RegistrationView>,
+    /// The ledger's rating of this account as a contractor (0..=1000).
+    pub rating: u32,
+    /// At which height the answer was read.
+    pub height: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealView {
+    pub id: String,
+    pub sender: String,
+    pub host: String,
+    pub state: String,
+    pub storage_fee: u64,
+    pub download_fee: u64,
+    pub period_blocks: u64,
+    pub opened_height: u64,
+    pub escrow: u64,
+    pub chunks: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub height: u64,
+    pub id: String,
+    pub parent: String,
+    pub timestamp_ms: u64,
+    pub proposer: String,
+    /// Ids of its transactions, in order.
+    pub txs: Vec<[u8; 32]>,
+    pub bytes: usize,
 }
 
 /// A request or offer held by an exchange, signed by its author (never on chain).
@@ -393,37 +464,68 @@ pub async fn serve_host_control(
     addr: &str,
     bound: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let _ = bound.send(listener.local_addr()?);
-    futures::stream::unfold(listener, |l| async move {
-        let accepted = l.accept().await.ok().map(|(s, _)| s);
-        Some((accepted, l))
-    })
-    .filter_map(future::ready)
-    .map(|s| BaseChannel::with_defaults(transport(s)))
-    .max_channels_per_key(CONTROL_CHANNELS_PER_PEER, |t| {
-        t.transport()
-            .peer_addr()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
-    })
-    .map(|channel| {
-        channel
-            .max_concurrent_requests(CONTROL_REQUESTS_PER_CHANNEL)
-            .execute(control.clone().serve())
-            .for_each(|response| async move {
-                tokio::spawn(response);
+    crate::serve_control!(control.serve(), addr, bound).await
+}
+
+/// Serves a tarpc service on `addr` with the control plane's transport and limits
+/// ([`CONTROL_CHANNELS_PER_PEER`], [`CONTROL_REQUESTS_PER_CHANNEL`]) until the task is
+/// dropped; returns the bound address once listening, through `bound`. A macro, because
+/// tarpc's `Serve` cannot promise a `Send` response future to generic code.
+#[macro_export]
+macro_rules! serve_control {
+    ($service:expr, $addr:expr, $bound:expr) => {{
+        use $crate::control::__reexport::*;
+        async move {
+            let service = $service;
+            let listener = tokio::net::TcpListener::bind($addr).await?;
+            let _ = $bound.send(listener.local_addr()?);
+            futures::stream::unfold(listener, |l| async move {
+                let accepted = l.accept().await.ok().map(|(s, _)| s);
+                Some((accepted, l))
             })
-    })
-    .buffer_unordered(1024)
-    .for_each(|()| async {})
-    .await;
-    Ok(())
+            .filter_map(futures::future::ready)
+            .map(|s| BaseChannel::with_defaults($crate::control::transport(s)))
+            .max_channels_per_key($crate::control::CONTROL_CHANNELS_PER_PEER, |t| {
+                t.transport()
+                    .peer_addr()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+            })
+            .map(|channel| {
+                channel
+                    .max_concurrent_requests($crate::control::CONTROL_REQUESTS_PER_CHANNEL)
+                    .execute(service.clone())
+                    .for_each(|response| async move {
+                        tokio::spawn(response);
+                    })
+            })
+            .buffer_unordered(1024)
+            .for_each(|()| async {})
+            .await;
+            std::io::Result::Ok(())
+        }
+    }};
+}
+
+#[doc(hidden)]
+pub mod __reexport {
+    pub use futures::prelude::*;
+    pub use futures::{self, future};
+    pub use tarpc::server::incoming::Incoming;
+    pub use tarpc::server::{BaseChannel, Channel};
+    pub use tokio;
 }
 
 /// A client of a host's control plane.
 pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     Ok(HostApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn())
+}
+
+/// A client of a miner's control plane.
+pub async fn miner_client(addr: &str) -> std::io::Result<MinerApiClient> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(MinerApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn())
 }
 
 #[cfg(test)]

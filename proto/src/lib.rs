@@ -8,6 +8,7 @@
 //!
 //! Integers are little-endian everywhere unless a field says otherwise.
 
+pub mod block;
 pub mod decode;
 pub mod ids;
 pub mod kdf;
@@ -40,9 +41,9 @@ pub const TAG_BYTES: u32 = 16;
 /// receiver must hold in memory before it can verify anything. With 8 MiB chunks this is 8 TiB.
 pub const CHUNKS_PER_FILE_MAX: u32 = 1 << 20;
 
-const _: () = assert!(CHUNK_BYTES_MIN % SECTOR_BYTES == 0);
-const _: () = assert!(CHUNK_BYTES_MAX % SECTOR_BYTES == 0);
-const _: () = assert!(CHUNK_BYTES_DEFAULT % SECTOR_BYTES == 0);
+const _: () = assert!(CHUNK_BYTES_MIN.is_multiple_of(SECTOR_BYTES));
+const _: () = assert!(CHUNK_BYTES_MAX.is_multiple_of(SECTOR_BYTES));
+const _: () = assert!(CHUNK_BYTES_DEFAULT.is_multiple_of(SECTOR_BYTES));
 const _: () =
     assert!(CHUNK_BYTES_MIN <= CHUNK_BYTES_DEFAULT && CHUNK_BYTES_DEFAULT <= CHUNK_BYTES_MAX);
 // A sealed chunk (plaintext plus tag) must fit the u32 length fields of the manifest.
@@ -58,7 +59,7 @@ pub fn check_chunk_bytes(chunk_bytes: u32) -> Result<(), String> {
             CHUNK_BYTES_MAX / (1024 * 1024)
         ));
     }
-    if chunk_bytes % SECTOR_BYTES != 0 {
+    if !chunk_bytes.is_multiple_of(SECTOR_BYTES) {
         return Err(format!(
             "chunk size {chunk_bytes} bytes is not a multiple of {SECTOR_BYTES} bytes (one sector)"
         ));

@@ -3,6 +3,8 @@
 //!
 //! Invariant: no business rules live here; binaries wire libraries together.
 
+pub mod chainbench;
+pub mod chaincli;
 pub mod diskbench;
 pub mod netbench;
 pub mod netcli;

@@ -192,11 +192,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MSPACE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to stderr, filtered by MSPACE_LOG (default: info; malachite's and libp2p's chatter
+/// at warn).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MSPACE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,libp2p=warn,informalsystems_malachitebft=warn,malachitebft=warn",
+        )
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -159,7 +159,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let key = x % 30_000;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(index.remove(&key), model.remove(&key), "step {step}");
             } else {
                 assert_eq!(

@@ -11,7 +11,7 @@ use engine::sealed_dir::{open_dir, seal_file, SealOptions, Sealed, Unlock};
 use net::client::Key;
 use proto::KdfParams;
 use tools::{
-    format_bytes, format_rate, netcli, parse_bytes, parse_chunk_size, progress_bar,
+    chaincli, format_bytes, format_rate, netcli, parse_bytes, parse_chunk_size, progress_bar,
     read_passphrase, SealJson,
 };
 
@@ -54,6 +54,13 @@ enum Command {
     Host(netcli::HostArgs),
     /// Relay data-plane connections so hosts never see the client's address.
     Proxy(netcli::ProxyArgs),
+    /// Run a validator of the chain (`--config F`), or `miner init`.
+    Miner(chaincli::MinerArgs),
+    /// Start a local chain: N miner processes on loopback from a generated genesis, with a
+    /// funded client key. Runs until interrupted; started again on the same --dir it resumes.
+    Devnet(chaincli::DevnetArgs),
+    /// Talk to a miner: chain status, an account, a deal, a block, or sign a transfer.
+    Chain(chaincli::ChainArgs),
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +126,9 @@ fn main() {
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),
+        Command::Miner(args) => chaincli::miner(args),
+        Command::Devnet(args) => chaincli::devnet(args),
+        Command::Chain(args) => chaincli::chain(args),
     };
     if let Err(e) = result {
         eprintln!("mspace: error: {e:#}");

@@ -1,0 +1,408 @@
+//! Starts malachite around a [`NodeState`] and moves messages between the engine's
+//! channels and the state's methods. Nothing here decides anything.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ed25519_consensus::SigningKey;
+use malachitebft_app_channel::app::config::{
+    ConsensusConfig, NodeConfig as EngineNodeConfig, P2pConfig, ValueSyncConfig,
+};
+use malachitebft_app_channel::app::engine::host::Next;
+use malachitebft_app_channel::app::net::Multiaddr;
+use malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMessage};
+use malachitebft_app_channel::app::types::core::{Round, ValidatorSet as _};
+use malachitebft_app_channel::app::types::Keypair;
+use malachitebft_app_channel::{
+    AppMsg, Channels, ConsensusContext, EngineHandle, NetworkContext, NetworkIdentity, NetworkMsg,
+    RequestContext, SyncContext, WalContext,
+};
+use proto::tx::{SignedTx, TxId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use super::codec::BorshCodec;
+use super::state::{ChainParams, Committed, NodeError, NodeState};
+use super::types::{Height, ProposalPart};
+use crate::mempool::MempoolError;
+
+/// Where and how a miner runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub moniker: String,
+    /// Holds `chain.redb` and the engine's WAL (`wal/consensus.wal`).
+    pub dir: PathBuf,
+    /// libp2p listen address, e.g. `/ip4/127.0.0.1/tcp/27000`.
+    pub p2p_listen: Multiaddr,
+    /// The other validators' p2p addresses.
+    pub peers: Vec<Multiaddr>,
+    pub params: ChainParams,
+}
+
+#[derive(Clone, Debug)]
+struct EngineConfig {
+    moniker: String,
+    consensus: ConsensusConfig,
+    value_sync: ValueSyncConfig,
+}
+
+impl EngineNodeConfig for EngineConfig {
+    fn moniker(&self) -> &str {
+        &self.moniker
+    }
+
+    fn consensus(&self) -> &ConsensusConfig {
+        &self.consensus
+    }
+
+    fn consensus_mut(&mut self) -> &mut ConsensusConfig {
+        &mut self.consensus
+    }
+
+    fn value_sync(&self) -> &ValueSyncConfig {
+        &self.value_sync
+    }
+
+    fn value_sync_mut(&mut self) -> &mut ValueSyncConfig {
+        &mut self.value_sync
+    }
+}
+
+/// A question about the chain, answered on the node's task with the state at hand.
+pub type Query = Box<dyn FnOnce(&NodeState) + Send>;
+
+enum Command {
+    Submit(
+        Vec<SignedTx>,
+        oneshot::Sender<Vec<Result<TxId, MempoolError>>>,
+    ),
+    Query(Query),
+}
+
+/// What the rest of the miner (its control plane) holds to talk to the running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<CommandBox>,
+    committed: broadcast::Sender<Arc<Committed>>,
+}
+
+/// `Command` is not `Debug` (it holds closures); this wrapper is.
+struct CommandBox(Command);
+
+impl std::fmt::Debug for CommandBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the node has stopped")]
+pub struct Stopped;
+
+impl NodeHandle {
+    /// Admits transactions to this node's mempool; one result per transaction.
+    pub async fn submit(
+        &self,
+        txs: Vec<SignedTx>,
+    ) -> Result<Vec<Result<TxId, MempoolError>>, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(CommandBox(Command::Submit(txs, tx)))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Runs `f` on the node's state and returns what it returns.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&NodeState) -> T + Send + 'static,
+    ) -> Result<T, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.commands
+            .send(CommandBox(Command::Query(q)))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Every block this node commits from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
+        self.committed.subscribe()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// Opens the node's state, starts the engine (libp2p on `p2p_listen`, WAL, sync) and the
+/// loop that serves it. Returns once the engine runs; the loop ends with the engine.
+pub async fn start(
+    cfg: NodeConfig,
+    key: SigningKey,
+) -> Result<
+    (
+        NodeHandle,
+        EngineHandle,
+        tokio::task::JoinHandle<Result<(), String>>,
+    ),
+    String,
+> {
+    std::fs::create_dir_all(cfg.dir.join("wal"))
+        .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
+    let state =
+        NodeState::open(&cfg.dir, key.clone(), cfg.params.clone()).map_err(|e| e.to_string())?;
+    let address = state.address();
+    info!(
+        moniker = %cfg.moniker,
+        %address,
+        height = state.ledger().height,
+        validators = state.validator_set().count(),
+        "chain state rebuilt from the block store"
+    );
+    let keypair =
+        Keypair::ed25519_from_bytes(key.to_bytes()).map_err(|e| format!("network key: {e}"))?;
+    let consensus = ConsensusConfig {
+        p2p: P2pConfig {
+            listen_addr: cfg.p2p_listen.clone(),
+            persistent_peers: cfg.peers.clone(),
+            // Peers dial from ephemeral ports; the validator set, not the address, is what
+            // admits a peer's votes, so inbound connections are accepted.
+            persistent_peers_only: false,
+            // A block (at most BLOCK_BYTES_MAX) must fit one gossip message.
+            pubsub_max_size: bytesize::ByteSize::mib(8),
+            rpc_max_size: bytesize::ByteSize::mib(32),
+            ..P2pConfig::default()
+        },
+        ..ConsensusConfig::default()
+    };
+    let value_sync = ValueSyncConfig {
+        status_update_interval: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        max_response_size: bytesize::ByteSize::mib(24),
+        ..ValueSyncConfig::default()
+    };
+    let engine_cfg = EngineConfig {
+        moniker: cfg.moniker.clone(),
+        consensus,
+        value_sync,
+    };
+    let signer = state.signer().clone();
+    let (channels, engine) = malachitebft_app_channel::start_engine(
+        state.ctx,
+        engine_cfg,
+        WalContext::new(cfg.dir.join("wal").join("consensus.wal"), BorshCodec),
+        NetworkContext::new(
+            NetworkIdentity::new(cfg.moniker.clone(), keypair, Some(address.to_string())),
+            BorshCodec,
+        ),
+        ConsensusContext::new_validator(address, Box::new(signer.clone()), Box::new(signer)),
+        SyncContext::new(BorshCodec),
+        RequestContext::new(100),
+    )
+    .await
+    .map_err(|e| format!("cannot start the consensus engine: {e}"))?;
+    let (commands, rx) = mpsc::channel(1024);
+    let (committed, _) = broadcast::channel(1024);
+    let handle = NodeHandle {
+        commands,
+        committed: committed.clone(),
+    };
+    let task = tokio::spawn(serve(state, channels, rx, committed));
+    Ok((handle, engine, task))
+}
+
+fn stream_id(part: &ProposalPart) -> StreamId {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&part.height.0.to_be_bytes());
+    b.extend_from_slice(&part.round.as_i64().to_be_bytes());
+    StreamId::new(Bytes::from(b))
+}
+
+async fn publish(channels: &Channels<super::types::MsContext>, part: ProposalPart) {
+    let id = stream_id(&part);
+    for msg in [
+        StreamMessage::new(id.clone(), 0, StreamContent::Data(part)),
+        StreamMessage::new(id, 1, StreamContent::Fin),
+    ] {
+        if channels
+            .network
+            .send(NetworkMsg::PublishProposalPart(msg))
+            .await
+            .is_err()
+        {
+            warn!("the network actor is gone: proposal not published");
+        }
+    }
+}
+
+async fn serve(
+    mut state: NodeState,
+    mut channels: Channels<super::types::MsContext>,
+    mut commands: mpsc::Receiver<CommandBox>,
+    committed: broadcast::Sender<Arc<Committed>>,
+) -> Result<(), String> {
+    // Whether the last decision was committed: Finalized answers Start or Restart by it.
+    let mut last_commit: Result<(), String> = Ok(());
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(CommandBox(Command::Submit(txs, reply))) => {
+                    let _ = reply.send(state.submit(txs));
+                }
+                Some(CommandBox(Command::Query(q))) => q(&state),
+                // Every handle dropped: keep serving the engine.
+                None => commands = mpsc::channel(1).1,
+            },
+            msg = channels.consensus.recv() => {
+                let Some(msg) = msg else {
+                    info!("the consensus engine stopped");
+                    return Ok(());
+                };
+                if let Err(e) = on_app_msg(&mut state, &channels, msg, &committed, &mut last_commit).await {
+                    error!("{e}");
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+async fn on_app_msg(
+    state: &mut NodeState,
+    channels: &Channels<super::types::MsContext>,
+    msg: AppMsg<super::types::MsContext>,
+    committed: &broadcast::Sender<Arc<Committed>>,
+    last_commit: &mut Result<(), String>,
+) -> Result<(), NodeError> {
+    match msg {
+        AppMsg::ConsensusReady { reply } => {
+            info!(height = %state.next_height(), "consensus ready");
+            let _ = reply.send((state.next_height(), state.height_params()));
+        }
+        AppMsg::StartedRound {
+            height,
+            round,
+            reply_value,
+            ..
+        } => {
+            debug!(%height, %round, "round started");
+            let _ = reply_value.send(state.started_round(height, round, now_ms())?);
+        }
+        AppMsg::GetValue {
+            height,
+            round,
+            reply,
+            ..
+        } => {
+            let (value, part) = state.propose(height, round, now_ms())?;
+            debug!(%height, %round, id = %value.value.id, "proposing");
+            let _ = reply.send(value);
+            publish(channels, part).await;
+        }
+        AppMsg::ExtendVote { reply, .. } => {
+            let _ = reply.send(None);
+        }
+        AppMsg::VerifyVoteExtensions {
+            extensions, reply, ..
+        } => {
+            // Vote extensions are disabled on this chain: any that arrive are refused.
+            let verdicts = extensions
+                .into_iter()
+                .map(|(a, _)| {
+                    (
+                        a,
+                        Err(malachitebft_app_channel::app::consensus::VoteExtensionError::InvalidVoteExtension),
+                    )
+                })
+                .collect();
+            let _ = reply.send(verdicts);
+        }
+        AppMsg::RestreamProposal {
+            height,
+            round,
+            valid_round,
+            value_id,
+            ..
+        } => {
+            if let Some(mut part) = state.restream(&value_id) {
+                part.height = height;
+                part.round = round;
+                part.pol_round = valid_round;
+                part.proposer = state.address();
+                part.signature = state.signer().sign(&part.sign_bytes(state.ctx.chain_id));
+                publish(channels, part).await;
+            }
+        }
+        AppMsg::GetHistoryMinHeight { reply } => {
+            let _ = reply.send(state.history_min_height());
+        }
+        AppMsg::ReceivedProposalPart { part, reply, .. } => {
+            let out = match part.content {
+                StreamContent::Data(p) => state.received_part(p, now_ms())?,
+                StreamContent::Fin => None,
+            };
+            let _ = reply.send(out);
+        }
+        AppMsg::Decided {
+            certificate, reply, ..
+        } => {
+            match state.decided(&certificate) {
+                Ok(c) => {
+                    debug!(height = c.height, txs = c.txs.len(), "committed");
+                    let _ = committed.send(Arc::new(c));
+                    *last_commit = Ok(());
+                }
+                Err(e) => {
+                    error!(height = %certificate.height, "cannot commit the decided block: {e}");
+                    *last_commit = Err(e.to_string());
+                }
+            }
+            let _ = reply.send(());
+        }
+        AppMsg::Finalized {
+            reply, evidence, ..
+        } => {
+            if !evidence.is_empty() {
+                warn!("misbehavior seen at this height: {evidence:?}");
+            }
+            let next = match last_commit {
+                Ok(()) => Next::Start(state.next_height(), state.height_params()),
+                Err(_) => Next::Restart(state.next_height(), state.height_params()),
+            };
+            let _ = reply.send(next);
+        }
+        AppMsg::GetDecidedValues { range, reply } => {
+            let _ = reply.send(state.decided_values(range)?);
+        }
+        AppMsg::ProcessSyncedValue {
+            height,
+            round,
+            proposer,
+            value_bytes,
+            reply,
+        } => {
+            let _ = reply.send(state.synced_value(height, round, proposer, &value_bytes, now_ms()));
+        }
+    }
+    Ok(())
+}
+
+/// The round a height starts at.
+pub const FIRST_ROUND: Round = Round::Some(0);
+
+/// For logs: a height in the engine's terms.
+pub fn height(h: u64) -> Height {
+    Height(h)
+}

@@ -1,0 +1,522 @@
+//! What a miner does with each message of the engine, as plain synchronous methods on
+//! [`NodeState`]: build a proposal, judge a received or synced one, commit a decision,
+//! answer sync requests. The async loop in `run` only moves messages between the engine's
+//! channels and these methods, so everything here is tested without an engine or a socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_consensus::{SigningKey, VerificationKey};
+use malachitebft_app_channel::app::consensus::ProposedValue;
+use malachitebft_app_channel::app::engine::host::SyncedValueOutcome;
+use malachitebft_app_channel::app::types::core::{
+    CommitCertificate, ExtendedCommitCertificate, HeightParams, LinearTimeouts, Round,
+    ValidatorSet as _, Validity, VoteExtensions,
+};
+use malachitebft_app_channel::app::types::sync::RawDecidedValue;
+use malachitebft_app_channel::app::types::LocallyProposedValue;
+use proto::block::{BlockHeader, BlockId, EncodedBlock};
+use proto::tx::{SignedTx, TxId};
+
+use super::store::{Store, StoreError};
+use super::types::{
+    Address, BlockBytes, Height, MsContext, ProposalPart, SigningProvider, ValidatorSet, Value,
+    ValueId,
+};
+use crate::ledger::{self, Block, Genesis, Receipt, State};
+use crate::mempool::{Mempool, MempoolError, MempoolLimits};
+
+/// How far ahead of a validator's clock a proposed block's timestamp may be.
+pub const CLOCK_DRIFT_MAX_MS: u64 = 10_000;
+
+/// A miner's chain settings (the parts the engine does not own).
+#[derive(Clone, Debug)]
+pub struct ChainParams {
+    pub genesis: Genesis,
+    /// Blocks are paced to this interval when there is no load (the engine's target time).
+    pub block_time: Duration,
+    pub max_block_txs: usize,
+    pub max_block_bytes: usize,
+    pub mempool: MempoolLimits,
+    pub timeouts: LinearTimeouts,
+}
+
+impl ChainParams {
+    pub fn new(genesis: Genesis) -> ChainParams {
+        ChainParams {
+            genesis,
+            block_time: Duration::from_millis(500),
+            max_block_txs: 20_000,
+            max_block_bytes: proto::block::BLOCK_BYTES_MAX,
+            mempool: MempoolLimits::default(),
+            timeouts: LinearTimeouts {
+                propose: Duration::from_millis(1000),
+                propose_delta: Duration::from_millis(250),
+                prevote: Duration::from_millis(500),
+                prevote_delta: Duration::from_millis(250),
+                precommit: Duration::from_millis(500),
+                precommit_delta: Duration::from_millis(250),
+                rebroadcast: Duration::from_millis(2000),
+                max_timeout: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored block {height} does not apply to the state before it: {reason} (the block store does not belong to this genesis, or is corrupt)")]
+    Replay { height: u64, reason: String },
+    #[error("decided block {0} is unknown to this node")]
+    UnknownDecided(BlockId),
+    #[error("decided block {height} does not apply: {reason}")]
+    DecidedInvalid { height: u64, reason: String },
+}
+
+/// A block this node has seen proposed (or synced) for the next heights, by id.
+#[derive(Debug, Clone)]
+struct Seen {
+    part: ProposalPart,
+    block: EncodedBlock,
+}
+
+/// What a decision did, for subscribers (clients waiting for their transactions).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub height: u64,
+    pub id: BlockId,
+    pub timestamp_ms: u64,
+    pub txs: Vec<TxId>,
+    pub receipts: Vec<Receipt>,
+}
+
+#[derive(Debug)]
+pub struct NodeState {
+    pub ctx: MsContext,
+    params: ChainParams,
+    signer: SigningProvider,
+    /// The ledger after the last decided block.
+    ledger: State,
+    /// Id of the last decided block (zeros before the first).
+    tip: BlockId,
+    store: Store,
+    pub mempool: Mempool,
+    /// Blocks proposed or synced for heights above the tip, by id.
+    seen: HashMap<BlockId, Seen>,
+    /// Which block holds each committed transaction.
+    tx_heights: HashMap<TxId, u64>,
+    /// Signatures this node already checked (at admission), so a block's check skips them.
+    verified: std::collections::HashSet<TxId>,
+}
+
+impl NodeState {
+    /// Opens the block store under `dir` and rebuilds the ledger by applying every stored
+    /// block to the genesis state.
+    pub fn open(dir: &Path, key: SigningKey, params: ChainParams) -> Result<NodeState, NodeError> {
+        let chain_id = params.genesis.chain_id;
+        let store = Store::open(&dir.join("chain.redb"))?;
+        let mut ledger = State::genesis(&params.genesis);
+        let mut tip = BlockId::default();
+        let mut tx_heights = HashMap::new();
+        for (height, bytes) in store.blocks_from(1)? {
+            let replay = |reason: String| NodeError::Replay { height, reason };
+            let block = EncodedBlock::decode(&bytes).map_err(|e| replay(e.to_string()))?;
+            if block.header.parent != tip {
+                return Err(replay("its parent is not the block before it".into()));
+            }
+            let (next, _) =
+                ledger::apply(&ledger, &ledger_block(&block)).map_err(|e| replay(e.to_string()))?;
+            ledger = next;
+            tip = block.id();
+            for tx in &block.txs {
+                tx_heights.insert(tx.id(), height);
+            }
+        }
+        Ok(NodeState {
+            ctx: MsContext { chain_id },
+            signer: SigningProvider::new(chain_id, key),
+            mempool: Mempool::new(params.mempool),
+            params,
+            ledger,
+            tip,
+            store,
+            seen: HashMap::new(),
+            tx_heights,
+            verified: Default::default(),
+        })
+    }
+
+    pub fn address(&self) -> Address {
+        self.signer.address()
+    }
+
+    pub fn signer(&self) -> &SigningProvider {
+        &self.signer
+    }
+
+    pub fn ledger(&self) -> &State {
+        &self.ledger
+    }
+
+    pub fn tip(&self) -> (u64, BlockId) {
+        (self.ledger.height, self.tip)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tx_height(&self, id: &TxId) -> Option<u64> {
+        self.tx_heights.get(id).copied()
+    }
+
+    pub fn next_height(&self) -> Height {
+        Height(self.ledger.height + 1)
+    }
+
+    /// The validators of the next height, from the ledger's stake.
+    pub fn validator_set(&self) -> ValidatorSet {
+        ValidatorSet::from_stakes(&self.ledger.validators)
+    }
+
+    pub fn height_params(&self) -> HeightParams<MsContext> {
+        HeightParams::new(
+            self.validator_set(),
+            self.params.timeouts,
+            Some(self.params.block_time),
+        )
+    }
+
+    /// Admits clients' transactions, their signatures checked here in one batch, once for
+    /// this node (a block's check skips them). One result per transaction.
+    pub fn submit(&mut self, txs: Vec<SignedTx>) -> Vec<Result<TxId, MempoolError>> {
+        let (fresh, committed): (Vec<_>, Vec<_>) = txs
+            .into_iter()
+            .enumerate()
+            .partition(|(_, t)| !self.tx_heights.contains_key(&t.id()));
+        let (index, fresh): (Vec<usize>, Vec<SignedTx>) = fresh.into_iter().unzip();
+        let mut out: Vec<Option<Result<TxId, MempoolError>>> =
+            (0..index.len() + committed.len()).map(|_| None).collect();
+        for (i, _) in committed {
+            out[i] = Some(Err(MempoolError::Duplicate));
+        }
+        for (i, r) in index
+            .into_iter()
+            .zip(self.mempool.insert_batch(fresh, &self.ledger))
+        {
+            if let Ok(id) = &r {
+                self.verified.insert(*id);
+            }
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every slot filled"))
+            .collect()
+    }
+
+    /// Builds, signs and keeps this node's proposal for (height, round). After a restart
+    /// the proposal kept for that round is returned again, never a second, different one.
+    pub fn propose(
+        &mut self,
+        height: Height,
+        round: Round,
+        now_ms: u64,
+    ) -> Result<(LocallyProposedValue<MsContext>, ProposalPart), NodeError> {
+        let me = self.address();
+        if let Some(part) = self
+            .store
+            .pending(height)?
+            .into_iter()
+            .find(|p| p.round == round && p.proposer == me)
+        {
+            let block = part.block.decode().expect("kept blocks were encoded here");
+            let value = Value::of(&block);
+            self.seen.insert(
+                block.id(),
+                Seen {
+                    part: part.clone(),
+                    block,
+                },
+            );
+            return Ok((LocallyProposedValue::new(height, round, value), part));
+        }
+        assert_eq!(
+            height,
+            self.next_height(),
+            "the engine proposes at the next height"
+        );
+        let timestamp_ms = now_ms.max(self.ledger.timestamp_ms);
+        let txs = self.mempool.build(
+            &self.ledger,
+            height.0,
+            timestamp_ms,
+            self.params.max_block_txs,
+            self.params.max_block_bytes - proto::block::BLOCK_HEADER_BYTES,
+        );
+        let block = EncodedBlock::new(
+            BlockHeader {
+                chain_id: self.ctx.chain_id,
+                height: height.0,
+                timestamp_ms,
+                parent: self.tip,
+                proposer: me.account(),
+            },
+            txs,
+        );
+        let mut part = ProposalPart {
+            height,
+            round,
+            pol_round: Round::Nil,
+            proposer: me,
+            block: BlockBytes::new(&block),
+            signature: super::types::Sig([0; 64]),
+        };
+        part.signature = self.signer.sign(&part.sign_bytes(self.ctx.chain_id));
+        self.store.put_pending(&part, &block.id().0)?;
+        let value = Value::of(&block);
+        self.seen.insert(
+            block.id(),
+            Seen {
+                part: part.clone(),
+                block,
+            },
+        );
+        Ok((LocallyProposedValue::new(height, round, value), part))
+    }
+
+    /// Judges a proposal received from the network. `None`: not for this node to judge
+    /// (a forged or misattributed part, an old height); it is dropped.
+    pub fn received_part(
+        &mut self,
+        part: ProposalPart,
+        now_ms: u64,
+    ) -> Result<Option<ProposedValue<MsContext>>, NodeError> {
+        let next = self.next_height();
+        if part.height < next {
+            return Ok(None);
+        }
+        let Ok(block) = part.block.decode() else {
+            return Ok(None);
+        };
+        // The part must be signed by the validator it names; at the next height that must
+        // also be the round's proposer (future heights are checked when they come).
+        let Ok(key) = VerificationKey::try_from(part.proposer.0) else {
+            return Ok(None);
+        };
+        if !SigningProvider::verify(&part.sign_bytes(self.ctx.chain_id), &part.signature, &key) {
+            return Ok(None);
+        }
+        if part.height == next {
+            let set = self.validator_set();
+            if set.count() == 0 || self.ctx_proposer(&set, next, part.round) != part.proposer {
+                return Ok(None);
+            }
+        }
+        self.store.put_pending(&part, &block.id().0)?;
+        let validity = if part.height == next {
+            Validity::from_bool(self.check_block(&block, now_ms).is_ok())
+        } else {
+            Validity::Valid
+        };
+        let value = Value::of(&block);
+        let pv = ProposedValue {
+            height: part.height,
+            round: part.round,
+            valid_round: part.pol_round,
+            proposer: part.proposer,
+            value,
+            validity,
+        };
+        self.seen.insert(block.id(), Seen { part, block });
+        Ok(Some(pv))
+    }
+
+    fn ctx_proposer(&self, set: &ValidatorSet, height: Height, round: Round) -> Address {
+        set.validators()[MsContext::proposer_index(set, height, round)].address
+    }
+
+    /// The proposals this node kept for (height, round), judged again (after a restart).
+    pub fn started_round(
+        &mut self,
+        height: Height,
+        round: Round,
+        now_ms: u64,
+    ) -> Result<Vec<ProposedValue<MsContext>>, NodeError> {
+        let mut out = Vec::new();
+        for part in self.store.pending(height)? {
+            if part.round == round {
+                if let Some(pv) = self.received_part(part, now_ms)? {
+                    out.push(pv);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every rule a block must meet before this node votes for it: it extends our tip, its
+    /// time is sane, and the ledger applies it.
+    pub fn check_block(&self, block: &EncodedBlock, now_ms: u64) -> Result<(), String> {
+        let h = &block.header;
+        if h.chain_id != self.ctx.chain_id {
+            return Err(format!("block for chain {}", h.chain_id));
+        }
+        if h.height != self.ledger.height + 1 {
+            return Err(format!(
+                "height {} is not the next, {}",
+                h.height,
+                self.ledger.height + 1
+            ));
+        }
+        if h.parent != self.tip {
+            return Err("its parent is not our last block".into());
+        }
+        if h.timestamp_ms > now_ms.saturating_add(CLOCK_DRIFT_MAX_MS) {
+            return Err(format!("timestamp {} ms is in the future", h.timestamp_ms));
+        }
+        self.apply(block).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn apply(&self, block: &EncodedBlock) -> Result<(State, Vec<Receipt>), ledger::BlockError> {
+        ledger::apply_verified(&self.ledger, &ledger_block(block), &self.verified)
+    }
+
+    /// Commits a decided block: durable in the store first, then applied.
+    pub fn decided(&mut self, cert: &CommitCertificate<MsContext>) -> Result<Committed, NodeError> {
+        let id = cert.value_id.0;
+        let seen = match self.seen.get(&id) {
+            Some(s) => s.clone(),
+            None => {
+                let part = self
+                    .store
+                    .pending(cert.height)?
+                    .into_iter()
+                    .find(|p| BlockId::of(&p.block.0) == id)
+                    .ok_or(NodeError::UnknownDecided(id))?;
+                let block = part.block.decode().expect("kept blocks decode");
+                Seen { part, block }
+            }
+        };
+        self.commit(seen.block, cert)
+    }
+
+    fn commit(
+        &mut self,
+        block: EncodedBlock,
+        cert: &CommitCertificate<MsContext>,
+    ) -> Result<Committed, NodeError> {
+        let height = block.header.height;
+        let (next, receipts) = self.apply(&block).map_err(|e| NodeError::DecidedInvalid {
+            height,
+            reason: e.to_string(),
+        })?;
+        self.store
+            .put_decided(Height(height), block.bytes(), cert)?;
+        self.ledger = next;
+        self.tip = block.id();
+        let txs: Vec<TxId> = block.txs.iter().map(|t| t.id()).collect();
+        for id in &txs {
+            self.tx_heights.insert(*id, height);
+            self.verified.remove(id);
+        }
+        self.mempool.prune(&self.ledger);
+        self.seen.retain(|_, s| s.block.header.height > height);
+        Ok(Committed {
+            height,
+            id: block.id(),
+            timestamp_ms: block.header.timestamp_ms,
+            txs,
+            receipts,
+        })
+    }
+
+    /// Decided blocks with their certificates, for peers syncing.
+    pub fn decided_values(
+        &self,
+        range: RangeInclusive<Height>,
+    ) -> Result<Vec<RawDecidedValue<MsContext>>, NodeError> {
+        let mut out = Vec::new();
+        for h in range.start().0..=range.end().0 {
+            let (Some(block), Some(cert)) = (self.store.block(h)?, self.store.certificate(h)?)
+            else {
+                break;
+            };
+            out.push(RawDecidedValue::new(
+                Bytes::from(block),
+                ExtendedCommitCertificate::from_commit_certificate_and_extensions(
+                    cert,
+                    VoteExtensions::default(),
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Judges a block a peer sent in sync.
+    pub fn synced_value(
+        &mut self,
+        height: Height,
+        round: Round,
+        proposer: Address,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> SyncedValueOutcome<MsContext> {
+        let Ok(block) = EncodedBlock::decode(bytes) else {
+            return SyncedValueOutcome::PeerFault;
+        };
+        if block.header.height != height.0 || Address(block.header.proposer.0) != proposer {
+            return SyncedValueOutcome::PeerFault;
+        }
+        let validity = Validity::from_bool(self.check_block(&block, now_ms).is_ok());
+        let value = Value::of(&block);
+        let part = ProposalPart {
+            height,
+            round,
+            pol_round: Round::Nil,
+            proposer,
+            block: BlockBytes::new(&block),
+            signature: super::types::Sig([0; 64]),
+        };
+        self.seen.insert(block.id(), Seen { part, block });
+        SyncedValueOutcome::Verdict(ProposedValue {
+            height,
+            round,
+            valid_round: Round::Nil,
+            proposer,
+            value,
+            validity,
+        })
+    }
+
+    /// This node's part for a proposal it must stream again.
+    pub fn restream(&self, id: &ValueId) -> Option<ProposalPart> {
+        self.seen.get(&id.0).map(|s| s.part.clone())
+    }
+
+    /// Lowest height whose block this node can serve.
+    pub fn history_min_height(&self) -> Height {
+        Height(1)
+    }
+
+    /// The committed blocks' heights of the given transactions (for clients).
+    pub fn heights_of<'a>(&self, ids: impl IntoIterator<Item = &'a TxId>) -> BTreeMap<TxId, u64> {
+        ids.into_iter()
+            .filter_map(|id| self.tx_heights.get(id).map(|h| (*id, *h)))
+            .collect()
+    }
+}
+
+/// The ledger's view of a block: its seed is the parent's id, a hash of everything decided
+/// before it.
+pub fn ledger_block(block: &EncodedBlock) -> Block {
+    Block {
+        height: block.header.height,
+        timestamp_ms: block.header.timestamp_ms,
+        seed: block.header.parent.0,
+        txs: block.txs.clone(),
+    }
+}

@@ -1,0 +1,182 @@
+//! The miner's block store: decided blocks with their commit certificates, and the
+//! proposals seen but not yet decided, in one redb database (`chain.redb`).
+//!
+//! redb commits are durable when `commit` returns (fsync'd, copy-on-write pages with a
+//! checksummed root), so a crash at any point leaves either the whole of a decided block or
+//! none of it. The ledger state is not stored: it is a pure function of the genesis and the
+//! blocks, and is recomputed from them at start (docs/formats.md "Block store").
+//!
+//! Tables:
+//! - `blocks`:   height (u64) -> block bytes (`proto::block` encoding)
+//! - `certs`:    height (u64) -> commit certificate (borsh, `codec`)
+//! - `pending`:  height (u64) BE | round (u32) BE | block id [32] -> proposal part (borsh)
+
+use std::path::Path;
+
+use borsh::BorshDeserialize;
+use malachitebft_app_channel::app::types::core::{CommitCertificate, Round};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::types::{Height, MsContext, ProposalPart};
+
+const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+const CERTS: TableDefinition<u64, &[u8]> = TableDefinition::new("certs");
+const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("block store: {0}")]
+    Db(String),
+    #[error("block store: record at height {height} is corrupt: {reason}")]
+    Corrupt { height: u64, reason: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+fn pending_key(height: Height, round: Round, id: &[u8; 32]) -> [u8; 44] {
+    let mut k = [0u8; 44];
+    k[..8].copy_from_slice(&height.0.to_be_bytes());
+    // Round::Nil never keys a proposal; rounds are small non-negative numbers.
+    k[8..12].copy_from_slice(&round.as_u32().unwrap_or(u32::MAX).to_be_bytes());
+    k[12..].copy_from_slice(id);
+    k
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(BLOCKS)?;
+            tx.open_table(CERTS)?;
+            tx.open_table(PENDING)?;
+        }
+        tx.commit()?;
+        Ok(Store { db })
+    }
+
+    /// Height of the last stored block (0: none).
+    pub fn tip(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOCKS)?;
+        let last = t.last()?.map_or(0, |(k, _)| k.value());
+        Ok(last)
+    }
+
+    /// Stores a decided block and its certificate, and drops the pending proposals of that
+    /// height and below, in one durable transaction.
+    pub fn put_decided(
+        &self,
+        height: Height,
+        block: &[u8],
+        cert: &CommitCertificate<MsContext>,
+    ) -> Result<(), StoreError> {
+        let cert = borsh::to_vec(cert).map_err(|e| StoreError::Db(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(BLOCKS)?.insert(height.0, block)?;
+            tx.open_table(CERTS)?.insert(height.0, cert.as_slice())?;
+            let mut p = tx.open_table(PENDING)?;
+            let end = pending_key(Height(height.0 + 1), Round::new(0), &[0; 32]);
+            p.retain_in(..end.as_slice(), |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOCKS)?;
+        Ok(t.get(height)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn certificate(
+        &self,
+        height: u64,
+    ) -> Result<Option<CommitCertificate<MsContext>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CERTS)?;
+        let Some(v) = t.get(height)? else {
+            return Ok(None);
+        };
+        CommitCertificate::<MsContext>::try_from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                height,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Every stored block from `from` on, in order, for replay at start.
+    pub fn blocks_from(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOCKS)?;
+        let mut out = Vec::new();
+        for row in t.range(from..)? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn block_count(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(BLOCKS)?.len()?)
+    }
+
+    /// Keeps a proposal seen for (height, round), so it survives a restart and can be
+    /// restreamed or decided later.
+    pub fn put_pending(&self, part: &ProposalPart, id: &[u8; 32]) -> Result<(), StoreError> {
+        let bytes = borsh::to_vec(part).map_err(|e| StoreError::Db(e.to_string()))?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(PENDING)?.insert(
+            pending_key(part.height, part.round, id).as_slice(),
+            bytes.as_slice(),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The pending proposals of `height` (every round).
+    pub fn pending(&self, height: Height) -> Result<Vec<ProposalPart>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PENDING)?;
+        let start = pending_key(height, Round::new(0), &[0; 32]);
+        let end = pending_key(Height(height.0 + 1), Round::new(0), &[0; 32]);
+        let mut out = Vec::new();
+        for row in t.range(start.as_slice()..end.as_slice())? {
+            let (_, v) = row?;
+            match ProposalPart::try_from_slice(v.value()) {
+                Ok(p) => out.push(p),
+                Err(e) => {
+                    return Err(StoreError::Corrupt {
+                        height: height.0,
+                        reason: format!("pending proposal: {e}"),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,62 @@
+//! `chain-bench`: committed transactions per second and finality latency (submit to
+//! commit) of a local network of validators on loopback. See `tools::chainbench`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use tools::chainbench::{run, ChainBenchArgs};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chain-bench",
+    version,
+    about = "Throughput and finality of a local Market.space chain (validators on loopback)"
+)]
+struct Cli {
+    /// Validators (each a full node: malachite, libp2p on loopback, WAL, block store).
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Length of the measured window.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Offered load, transactions per second.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Funded accounts sending transfers (each sends its nonces in order).
+    #[arg(long, default_value_t = 5_000)]
+    accounts: usize,
+    /// The chain's target block time when idle, milliseconds.
+    #[arg(long, default_value_t = 50)]
+    block_time_ms: u64,
+    /// First p2p port (validator i listens on base+i, 127.0.0.1).
+    #[arg(long, default_value_t = 28_000)]
+    base_port: u16,
+    /// Print one JSON object: validators, tps, p50_ms, p99_ms, blocks, and more.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let r = run(&ChainBenchArgs {
+        validators: cli.validators,
+        seconds: cli.seconds,
+        rate: cli.rate,
+        accounts: cli.accounts,
+        block_time: Duration::from_millis(cli.block_time_ms),
+        base_port: cli.base_port,
+    })?;
+    if cli.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "validators {}  offered {} tx/s  committed {:.0} tx/s  finality p50 {:.1} ms  p99 {:.1} ms  blocks {}  ({:.0} tx/block, {:.1} CPU-us/tx on {} cores, {} refused)",
+            r.validators, r.offered_tps, r.tps, r.p50_ms, r.p99_ms, r.blocks, r.mean_block_txs, r.cpu_us_per_tx, r.cores, r.refused
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,1213 @@
+//! The chain's commands: `mspace miner` (a validator), `mspace devnet` (a local network of
+//! miner processes), and `mspace chain ...` (a client: status, account, deal, block,
+//! transfer). The miner wires `consensus::node` (malachite) to its control plane
+//! (`net::control::MinerApi`, tarpc).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use consensus::ledger::{rating, DealState, Genesis, State};
+use consensus::node::{ChainParams, NodeConfig, NodeHandle, NodeState};
+use ed25519_consensus::SigningKey;
+use net::config::{read_key, write_new_key};
+use net::control::{
+    miner_client, AccountView, BlockView, ChainStatus, ControlError, DealView, MinerApi,
+    MinerApiClient, RegistrationView,
+};
+use proto::block::EncodedBlock;
+use proto::tx::{AccountId, Asset, SignedTx, Tx, TxBody, TxId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Longest a client may ask a miner to wait for a block.
+pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
+
+// ---------------------------------------------------------------------------------------
+// Files: the miner's configuration and the genesis.
+
+/// `miner.toml`, written by `mspace miner init` (see [`MinerConfig::default_text`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinerConfig {
+    pub moniker: String,
+    pub data_dir: PathBuf,
+    pub key_file: PathBuf,
+    pub genesis_file: PathBuf,
+    pub p2p_listen: String,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub control_listen: String,
+    #[serde(default)]
+    pub relay_to: Vec<String>,
+    #[serde(default = "default_block_time_ms")]
+    pub block_time_ms: u64,
+}
+
+fn default_block_time_ms() -> u64 {
+    500
+}
+
+impl MinerConfig {
+    pub fn default_text(
+        moniker: &str,
+        data_dir: &Path,
+        genesis: &Path,
+        p2p_listen: &str,
+        control_listen: &str,
+        peers: &[String],
+        relay_to: &[String],
+    ) -> String {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            r#"# Market.space miner (validator). Written by `mspace miner init`; edit freely.
+
+# A name for logs and metrics.
+moniker = {moniker:?}
+# The block store (chain.redb) and the consensus write-ahead log (wal/) live here.
+data_dir = {data:?}
+# The validator's ed25519 key (32 bytes, hex), relative to this file. Keep it private:
+# whoever holds it votes with this miner's stake.
+key_file = "miner.key"
+# The chain's genesis: chain id, first balances and validators. Every miner of a chain
+# must have the same file.
+genesis_file = {genesis:?}
+# Consensus gossip with the other validators (libp2p, TCP).
+p2p_listen = {p2p_listen:?}
+# The other validators' p2p addresses, e.g. "/ip4/10.0.0.2/tcp/27000".
+peers = [{peers}]
+# The control plane: clients submit transactions and read the chain here (tarpc).
+control_listen = {control_listen:?}
+# Other miners' control planes: transactions accepted here are relayed to them, so
+# whichever validator proposes next can include them.
+relay_to = [{relay}]
+# Target time between blocks when there is no load, in milliseconds; under load a block
+# takes what the mempool holds, up to 4 MiB.
+block_time_ms = 500
+"#,
+            data = data_dir.display().to_string(),
+            genesis = genesis.display().to_string(),
+            peers = list(peers),
+            relay = list(relay_to),
+        )
+    }
+
+    pub fn load(path: &Path) -> Result<MinerConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let mut c: MinerConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid miner configuration", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.key_file, &mut c.genesis_file, &mut c.data_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if c.block_time_ms == 0 || c.block_time_ms > 60_000 {
+            bail!("{}: block_time_ms must be 1 to 60000", path.display());
+        }
+        Ok(c)
+    }
+}
+
+/// `genesis.toml`: the chain's first state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisFile {
+    pub chain_id: u64,
+    #[serde(default)]
+    pub accounts: Vec<GenesisAccount>,
+    pub validators: Vec<GenesisValidator>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisAccount {
+    /// ed25519 public key, hex.
+    pub key: String,
+    #[serde(default)]
+    pub masp: u64,
+    #[serde(default)]
+    pub maspc: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisValidator {
+    pub key: String,
+    /// MASP bonded as stake: the validator's voting power.
+    pub stake: u64,
+    /// Where its control plane is, for the registry.
+    pub endpoint: String,
+}
+
+pub fn parse_key_hex(s: &str) -> Result<AccountId> {
+    let b = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.trim().as_bytes())
+        .map_err(|e| anyhow!("key {s:?} is not hex: {e}"))?;
+    let b: [u8; 32] = b
+        .try_into()
+        .map_err(|b: Vec<u8>| anyhow!("a key is 32 bytes, {s:?} has {}", b.len()))?;
+    ed25519_consensus::VerificationKey::try_from(b)
+        .map_err(|e| anyhow!("key {s:?} is not an ed25519 public key: {e}"))?;
+    Ok(AccountId(b))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+impl GenesisFile {
+    pub fn load(path: &Path) -> Result<Genesis> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let g: GenesisFile = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid genesis", path.display()))?;
+        g.to_genesis()
+            .with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn to_genesis(&self) -> Result<Genesis> {
+        if self.validators.is_empty() {
+            bail!("a genesis needs at least one validator");
+        }
+        let mut accounts = Vec::new();
+        for a in &self.accounts {
+            accounts.push((parse_key_hex(&a.key)?, a.masp, a.maspc));
+        }
+        let mut validators = Vec::new();
+        for v in &self.validators {
+            let min = consensus::ledger::deposit_base(proto::tx::Role::Miner);
+            if v.stake < min {
+                bail!(
+                    "validator {}: stake {} is below the miner deposit of {min} MASP",
+                    v.key,
+                    v.stake
+                );
+            }
+            if v.endpoint.is_empty() || v.endpoint.len() > proto::tx::ENDPOINT_BYTES_MAX {
+                bail!(
+                    "validator {}: endpoint must be 1 to {} bytes",
+                    v.key,
+                    proto::tx::ENDPOINT_BYTES_MAX
+                );
+            }
+            validators.push((parse_key_hex(&v.key)?, v.stake, v.endpoint.clone()));
+        }
+        // Supplies must fit the ledger's u64 totals.
+        let mut masp = 0u64;
+        let mut maspc = 0u64;
+        for (_, a, c) in &accounts {
+            masp = masp
+                .checked_add(*a)
+                .ok_or_else(|| anyhow!("MASP supply overflows"))?;
+            maspc = maspc
+                .checked_add(*c)
+                .ok_or_else(|| anyhow!("MASPC supply overflows"))?;
+        }
+        for (_, s, _) in &validators {
+            masp = masp
+                .checked_add(*s)
+                .ok_or_else(|| anyhow!("MASP supply overflows"))?;
+        }
+        Ok(Genesis {
+            chain_id: self.chain_id,
+            accounts,
+            validators,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `mspace miner`
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MinerArgs {
+    #[command(subcommand)]
+    action: Option<MinerAction>,
+    /// The miner's configuration file (written by `mspace miner init`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum MinerAction {
+    /// Write a commented default configuration and a new validator key.
+    Init(MinerInitArgs),
+}
+
+#[derive(Args, Debug)]
+struct MinerInitArgs {
+    /// The configuration file to write (refused if it exists); the key goes beside it.
+    #[arg(long)]
+    config: PathBuf,
+    /// The chain's genesis file.
+    #[arg(long)]
+    genesis: PathBuf,
+    /// Directory for the block store and the WAL (created).
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "miner")]
+    moniker: String,
+    /// libp2p listen address.
+    #[arg(long, default_value = "/ip4/0.0.0.0/tcp/27000")]
+    p2p_listen: String,
+    /// Control-plane address (clients submit and query here).
+    #[arg(long, default_value = "127.0.0.1:27100")]
+    control_listen: String,
+    /// Another validator's p2p address (repeat).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Another miner's control address to relay transactions to (repeat).
+    #[arg(long = "relay-to")]
+    relay_to: Vec<String>,
+}
+
+pub fn miner(args: MinerArgs) -> Result<()> {
+    match args.action {
+        Some(MinerAction::Init(a)) => {
+            let key = miner_init(&a)?;
+            println!(
+                "wrote {} and its key; validator key (public): {}",
+                a.config.display(),
+                hex(&key.verification_key().to_bytes())
+            );
+            Ok(())
+        }
+        None => {
+            let Some(config) = args.config else {
+                bail!("give --config <FILE> (write one with `mspace miner init`)");
+            };
+            miner_run(&config)
+        }
+    }
+}
+
+fn miner_init(a: &MinerInitArgs) -> Result<SigningKey> {
+    if a.config.exists() {
+        bail!(
+            "{} exists: not replacing a configuration",
+            a.config.display()
+        );
+    }
+    let base = a
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
+    let data = std::path::absolute(&a.data_dir).context("resolve --data-dir")?;
+    let genesis = std::path::absolute(&a.genesis).context("resolve --genesis")?;
+    let text = MinerConfig::default_text(
+        &a.moniker,
+        &data,
+        &genesis,
+        &a.p2p_listen,
+        &a.control_listen,
+        &a.peers,
+        &a.relay_to,
+    );
+    toml::from_str::<MinerConfig>(&text).context("the default configuration does not parse")?;
+    for p in a.peers.iter().chain([&a.p2p_listen]) {
+        p.parse::<consensus::node::Multiaddr>()
+            .with_context(|| format!("{p:?} is not a p2p address like /ip4/127.0.0.1/tcp/27000"))?;
+    }
+    let key = write_new_key(&base.join("miner.key"))?;
+    std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
+    std::fs::write(&a.config, text).with_context(|| format!("write {}", a.config.display()))?;
+    Ok(key)
+}
+
+fn miner_run(config: &Path) -> Result<()> {
+    crate::netcli::init_logs();
+    let cfg = MinerConfig::load(config)?;
+    let genesis = GenesisFile::load(&cfg.genesis_file)?;
+    let key = read_key(&cfg.key_file)?;
+    let mut params = ChainParams::new(genesis);
+    params.block_time = Duration::from_millis(cfg.block_time_ms);
+    let node_cfg = NodeConfig {
+        moniker: cfg.moniker.clone(),
+        dir: cfg.data_dir.clone(),
+        p2p_listen: cfg
+            .p2p_listen
+            .parse()
+            .with_context(|| format!("p2p_listen {:?}", cfg.p2p_listen))?,
+        peers: cfg
+            .peers
+            .iter()
+            .map(|p| p.parse().with_context(|| format!("peer {p:?}")))
+            .collect::<Result<_>>()?,
+        params,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    rt.block_on(async move {
+        let (node, engine, task) = consensus::node::start(node_cfg, key)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let relay = Relay::start(cfg.relay_to.clone());
+        let service = MinerService { node, relay };
+        let listen = cfg.control_listen.clone();
+        let control = tokio::spawn(net::serve_control!(service.serve(), listen, bound_tx));
+        let bound = bound_rx
+            .await
+            .map_err(|_| anyhow!("cannot listen on {}", cfg.control_listen))?;
+        println!(
+            "miner {} running: p2p {} control {}",
+            cfg.moniker, cfg.p2p_listen, bound
+        );
+        tokio::select! {
+            r = task => match r {
+                Ok(Ok(())) => info!("node stopped"),
+                Ok(Err(e)) => bail!("node failed: {e}"),
+                Err(e) => bail!("node task: {e}"),
+            },
+            r = control => bail!("control plane stopped: {r:?}"),
+            () = shutdown_signal() => info!("stopping"),
+        }
+        engine.actor.stop(None);
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Sends accepted transactions on to other miners, one task per peer, best effort: a
+/// peer that is down or slow misses them (it still gets them inside blocks).
+#[derive(Clone, Debug)]
+struct Relay {
+    peers: Vec<mpsc::Sender<Arc<Vec<Vec<u8>>>>>,
+}
+
+impl Relay {
+    fn start(addrs: Vec<String>) -> Relay {
+        let peers = addrs
+            .into_iter()
+            .map(|addr| {
+                let (tx, mut rx) = mpsc::channel::<Arc<Vec<Vec<u8>>>>(256);
+                tokio::spawn(async move {
+                    let mut client: Option<MinerApiClient> = None;
+                    while let Some(batch) = rx.recv().await {
+                        if client.is_none() {
+                            client = miner_client(&addr).await.ok();
+                        }
+                        let Some(c) = &client else { continue };
+                        let r = c
+                            .relay_txs(tarpc::context::current(), batch.as_ref().clone())
+                            .await;
+                        if let Err(e) = r {
+                            warn!(%addr, "relay failed: {e}");
+                            client = None;
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Relay { peers }
+    }
+
+    fn send(&self, batch: Vec<Vec<u8>>) {
+        if batch.is_empty() {
+            return;
+        }
+        let batch = Arc::new(batch);
+        for p in &self.peers {
+            if p.try_send(Arc::clone(&batch)).is_err() {
+                warn!("relay queue full: a batch is not relayed");
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct MinerService {
+    node: NodeHandle,
+    relay: Relay,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ControlError {
+    ControlError::Unavailable(e.to_string())
+}
+
+impl MinerService {
+    async fn admit(
+        &self,
+        txs: Vec<Vec<u8>>,
+    ) -> Result<(Vec<Result<[u8; 32], String>>, Vec<Vec<u8>>), ControlError> {
+        if txs.len() > 50_000 {
+            return Err(ControlError::Invalid(
+                "at most 50000 transactions a call".into(),
+            ));
+        }
+        let mut decoded = Vec::with_capacity(txs.len());
+        let mut out: Vec<Result<[u8; 32], String>> = Vec::with_capacity(txs.len());
+        let mut slots = Vec::new();
+        for (i, raw) in txs.iter().enumerate() {
+            match SignedTx::decode(raw) {
+                Ok(t) => {
+                    decoded.push(t);
+                    slots.push(i);
+                    out.push(Ok([0; 32]));
+                }
+                Err(e) => out.push(Err(e.to_string())),
+            }
+        }
+        let results = self.node.submit(decoded).await.map_err(unavailable)?;
+        let mut accepted = Vec::new();
+        for (i, r) in slots.into_iter().zip(results) {
+            out[i] = match r {
+                Ok(id) => {
+                    accepted.push(txs[i].clone());
+                    Ok(id.0)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        Ok((out, accepted))
+    }
+}
+
+impl MinerApi for MinerService {
+    async fn submit_txs(
+        self,
+        _: tarpc::context::Context,
+        txs: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<[u8; 32], String>>, ControlError> {
+        let (out, accepted) = self.admit(txs).await?;
+        self.relay.send(accepted);
+        Ok(out)
+    }
+
+    async fn relay_txs(
+        self,
+        _: tarpc::context::Context,
+        txs: Vec<Vec<u8>>,
+    ) -> Result<(), ControlError> {
+        self.admit(txs).await.map(|_| ())
+    }
+
+    async fn status(self, _: tarpc::context::Context) -> Result<ChainStatus, ControlError> {
+        self.node
+            .query(|s: &NodeState| {
+                let l = s.ledger();
+                ChainStatus {
+                    chain_id: l.chain_id,
+                    validator: hex(&s.address().0),
+                    height: l.height,
+                    tip: s.tip().1.to_string(),
+                    timestamp_ms: l.timestamp_ms,
+                    validators: l.validators.iter().map(|(k, p)| (hex(&k.0), *p)).collect(),
+                    mempool_txs: s.mempool.len(),
+                }
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn account(
+        self,
+        _: tarpc::context::Context,
+        key: [u8; 32],
+    ) -> Result<AccountView, ControlError> {
+        self.node
+            .query(move |s: &NodeState| account_view(s.ledger(), AccountId(key)))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn deal(
+        self,
+        _: tarpc::context::Context,
+        id: [u8; 32],
+    ) -> Result<Option<DealView>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| {
+                s.ledger().deals.get(&TxId(id)).map(|d| DealView {
+                    id: hex(&id),
+                    sender: hex(&d.sender.0),
+                    host: hex(&d.host.0),
+                    state: match &d.state {
+                        DealState::AwaitingCompletion => "awaiting-completion".into(),
+                        DealState::Active { start_height } => {
+                            format!("active since {start_height}")
+                        }
+                        DealState::Mismatched { chunks } => {
+                            format!("mismatched at chunks {chunks:?}")
+                        }
+                        DealState::Expired => "expired".into(),
+                        DealState::Ended { end_height } => format!("ended at {end_height}"),
+                    },
+                    storage_fee: d.storage_fee,
+                    download_fee: d.download_fee,
+                    period_blocks: d.period_blocks,
+                    opened_height: d.opened_height,
+                    escrow: d.escrow,
+                    chunks: d.chunks.len(),
+                })
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn block(
+        self,
+        _: tarpc::context::Context,
+        height: u64,
+        wait_ms: u64,
+    ) -> Result<Option<BlockView>, ControlError> {
+        if height == 0 {
+            return Err(ControlError::Invalid("blocks start at height 1".into()));
+        }
+        // Subscribe before looking, so a block decided in between is not missed.
+        let mut sub = self.node.subscribe();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(BLOCK_WAIT_MAX_MS));
+        loop {
+            let found = self
+                .node
+                .query(move |s: &NodeState| s.store().block(height).ok().flatten())
+                .await
+                .map_err(unavailable)?;
+            if let Some(bytes) = found {
+                let b = EncodedBlock::decode(&bytes).map_err(unavailable)?;
+                return Ok(Some(block_view(&b)));
+            }
+            match tokio::time::timeout_at(deadline, sub.recv()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    return Err(unavailable("the node stopped"))
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn tx_height(
+        self,
+        _: tarpc::context::Context,
+        id: [u8; 32],
+    ) -> Result<Option<u64>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| s.tx_height(&TxId(id)))
+            .await
+            .map_err(unavailable)
+    }
+}
+
+pub fn account_view(l: &State, id: AccountId) -> AccountView {
+    let a = l.account(&id);
+    let registrations = l
+        .registrations
+        .range((id, proto::tx::Role::Host)..=(id, proto::tx::Role::Insurer))
+        .map(|((_, role), r)| RegistrationView {
+            role: format!("{role:?}").to_lowercase(),
+            deposit: r.deposit,
+            endpoint: r.endpoint.clone(),
+            since_height: r.since_height,
+            unbonding_until: r.unbonding_until,
+        })
+        .collect();
+    AccountView {
+        key: hex(&id.0),
+        masp: a.masp,
+        maspc: a.maspc,
+        nonce: a.nonce,
+        registrations,
+        rating: l.stats.get(&id).map_or(0, |st| rating(st, l.height)),
+        height: l.height,
+    }
+}
+
+pub fn block_view(b: &EncodedBlock) -> BlockView {
+    BlockView {
+        height: b.header.height,
+        id: b.id().to_string(),
+        parent: b.header.parent.to_string(),
+        timestamp_ms: b.header.timestamp_ms,
+        proposer: hex(&b.header.proposer.0),
+        txs: b.txs.iter().map(|t| t.id().0).collect(),
+        bytes: b.bytes().len(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// `mspace devnet`
+
+#[derive(Args, Debug)]
+pub struct DevnetArgs {
+    /// How many validators (miner processes).
+    #[arg(long, default_value_t = 4)]
+    pub validators: usize,
+    /// Directory for the network: genesis, one folder per miner, the client key. An
+    /// existing devnet there is started again as it was.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// First port: miner i listens on base+2i (p2p) and base+2i+1 (control), on 127.0.0.1.
+    #[arg(long, default_value_t = 27000)]
+    pub base_port: u16,
+    /// Target time between blocks when idle, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub block_time_ms: u64,
+}
+
+/// What `devnet` writes into its directory, and reads again on a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetLayout {
+    pub chain_id: u64,
+    pub genesis: PathBuf,
+    /// The funded client account's key file.
+    pub client_key: PathBuf,
+    pub miners: Vec<DevnetMiner>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetMiner {
+    pub config: PathBuf,
+    pub p2p: String,
+    pub control: String,
+    pub key: String,
+}
+
+/// Writes (or reads back) a devnet's files: a client key funded in the genesis, one key,
+/// configuration and data directory per validator, all on loopback.
+pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
+    let layout_path = a.dir.join("devnet.json");
+    if layout_path.exists() {
+        let text = std::fs::read_to_string(&layout_path)?;
+        let l: DevnetLayout = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a devnet layout", layout_path.display()))?;
+        if l.miners.len() != a.validators {
+            bail!(
+                "{} holds a devnet of {} validators, not {}",
+                a.dir.display(),
+                l.miners.len(),
+                a.validators
+            );
+        }
+        return Ok(l);
+    }
+    if !(1..=32).contains(&a.validators) {
+        bail!("--validators must be 1 to 32");
+    }
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
+    let dir = std::path::absolute(&a.dir)?;
+    let client_key_path = dir.join("client.key");
+    let client = write_new_key(&client_key_path)?;
+    let port = |i: usize, k: usize| -> Result<u16> {
+        u16::try_from(usize::from(a.base_port) + 2 * i + k).context("ports past 65535")
+    };
+    let mut miners = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..a.validators {
+        let mdir = dir.join(format!("miner{i}"));
+        std::fs::create_dir_all(&mdir)?;
+        let key = write_new_key(&mdir.join("miner.key"))?;
+        keys.push(key.verification_key().to_bytes());
+        miners.push(DevnetMiner {
+            config: mdir.join("miner.toml"),
+            p2p: format!("/ip4/127.0.0.1/tcp/{}", port(i, 0)?),
+            control: format!("127.0.0.1:{}", port(i, 1)?),
+            key: hex(&key.verification_key().to_bytes()),
+        });
+    }
+    let mut seed = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let chain_id = u64::from_le_bytes(seed) >> 16;
+    let genesis = GenesisFile {
+        chain_id,
+        accounts: std::iter::once(GenesisAccount {
+            key: hex(&client.verification_key().to_bytes()),
+            masp: 1_000_000,
+            maspc: 1_000_000_000,
+        })
+        .chain(keys.iter().map(|k| GenesisAccount {
+            key: hex(k),
+            masp: 0,
+            maspc: 1_000_000,
+        }))
+        .collect(),
+        validators: miners
+            .iter()
+            .map(|m| GenesisValidator {
+                key: m.key.clone(),
+                stake: 100_000,
+                endpoint: m.control.clone(),
+            })
+            .collect(),
+    };
+    let genesis_path = dir.join("genesis.toml");
+    std::fs::write(&genesis_path, toml::to_string(&genesis)?)?;
+    for (i, m) in miners.iter().enumerate() {
+        let others = |f: fn(&DevnetMiner) -> String| -> Vec<String> {
+            miners
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, o)| f(o))
+                .collect()
+        };
+        let mut text = MinerConfig::default_text(
+            &format!("miner{i}"),
+            &dir.join(format!("miner{i}")).join("data"),
+            &genesis_path,
+            &m.p2p,
+            &m.control,
+            &others(|o| o.p2p.clone()),
+            &others(|o| o.control.clone()),
+        );
+        text = text.replace(
+            "block_time_ms = 500",
+            &format!("block_time_ms = {}", a.block_time_ms),
+        );
+        std::fs::write(&m.config, text)?;
+        MinerConfig::load(&m.config)?;
+    }
+    let layout = DevnetLayout {
+        chain_id,
+        genesis: genesis_path,
+        client_key: client_key_path,
+        miners,
+    };
+    std::fs::write(&layout_path, serde_json::to_string_pretty(&layout)?)?;
+    Ok(layout)
+}
+
+/// Starts a devnet's miners as child processes and supervises them until interrupted.
+pub fn devnet(a: DevnetArgs) -> Result<()> {
+    let layout = devnet_layout(&a)?;
+    let exe = std::env::current_exe().context("find this binary")?;
+    let spawn = |m: &DevnetMiner| -> Result<std::process::Child> {
+        let log = m.config.with_file_name("miner.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("open {}", log.display()))?;
+        let child = std::process::Command::new(&exe)
+            .args(["miner", "--config"])
+            .arg(&m.config)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("start a miner")?;
+        std::fs::write(
+            m.config.with_file_name("miner.pid"),
+            format!("{}\n", child.id()),
+        )?;
+        Ok(child)
+    };
+    let mut children = layout
+        .miners
+        .iter()
+        .map(spawn)
+        .collect::<Result<Vec<_>>>()?;
+    // Ready when every miner's control plane accepts connections.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (i, m) in layout.miners.iter().enumerate() {
+        while std::net::TcpStream::connect(&m.control).is_err() {
+            if let Ok(Some(status)) = children[i].try_wait() {
+                bail!(
+                    "miner{i} exited ({status}) while starting; see {}",
+                    m.config.with_file_name("miner.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("miner{i} is not listening on {} after 60 s", m.control);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!(
+        "devnet: chain {} with {} validators in {}",
+        layout.chain_id,
+        layout.miners.len(),
+        a.dir.display()
+    );
+    for (i, m) in layout.miners.iter().enumerate() {
+        println!(
+            "  miner{i}: control {}  p2p {}  key {}  log {}",
+            m.control,
+            m.p2p,
+            &m.key[..16],
+            m.config.with_file_name("miner.log").display()
+        );
+    }
+    println!(
+        "client key (funded): {}\ntry: mspace chain status --miner {}",
+        layout.client_key.display(),
+        layout.miners[0].control
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Until interrupted. A miner that exits is reported and started again (its pid file
+    // is rewritten): it rebuilds its state from its block store and catches up by sync.
+    rt.block_on(async {
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        let mut started = vec![Instant::now(); children.len()];
+        let mut given_up = vec![false; children.len()];
+        loop {
+            tokio::select! {
+                () = shutdown_signal() => break,
+                _ = poll.tick() => {
+                    for (i, c) in children.iter_mut().enumerate() {
+                        if given_up[i] {
+                            continue;
+                        }
+                        if let Ok(Some(status)) = c.try_wait() {
+                            let m = &layout.miners[i];
+                            // A miner that fails on its own right after starting (a bad
+                            // configuration) would fail again; one killed by a signal is restarted.
+                            if status.code().is_some() && started[i].elapsed() < Duration::from_secs(3) {
+                                eprintln!("miner{i} exited ({status}) right after starting: not restarting it (log: {})", m.config.with_file_name("miner.log").display());
+                                given_up[i] = true;
+                                continue;
+                            }
+                            eprintln!("miner{i} exited ({status}); restarting it (log: {})", m.config.with_file_name("miner.log").display());
+                            match spawn(m) {
+                                Ok(new) => {
+                                    *c = new;
+                                    started[i] = Instant::now();
+                                }
+                                Err(e) => eprintln!("miner{i} cannot restart: {e:#}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    for c in &mut children {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(0)),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for c in &mut children {
+        let _ = c.wait();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// `mspace chain ...`: the client.
+
+#[derive(Args, Debug)]
+pub struct ChainArgs {
+    #[command(subcommand)]
+    action: ChainAction,
+    /// A miner's control address.
+    #[arg(long, global = true, default_value = "127.0.0.1:27001")]
+    miner: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChainAction {
+    /// The miner's view: height, tip, validators, mempool.
+    Status,
+    /// An account's balances, nonce, registrations and rating.
+    Account {
+        /// ed25519 public key, hex.
+        key: String,
+    },
+    /// A storage deal.
+    Deal {
+        /// The deal id (the id of the payment transaction that opened it), hex.
+        id: String,
+    },
+    /// A decided block (waits up to --wait for it).
+    Block {
+        height: u64,
+        #[arg(long, default_value = "0s", value_parser = crate::netcli::parse_duration)]
+        wait: Duration,
+    },
+    /// Sign and submit a transfer, then wait until a block holds it.
+    Transfer(TransferArgs),
+    /// Which block holds a transaction (by id, hex), if any.
+    Tx { id: String },
+}
+
+#[derive(Args, Debug)]
+struct TransferArgs {
+    /// The sender's key file (hex ed25519 seed).
+    #[arg(long)]
+    key: PathBuf,
+    /// The receiving account (public key, hex).
+    #[arg(long)]
+    to: String,
+    #[arg(long)]
+    amount: u64,
+    /// maspc (the coin) or masp (deposits and stake).
+    #[arg(long, default_value = "maspc")]
+    asset: String,
+    /// Fee in MASPC, burned.
+    #[arg(long, default_value_t = 1)]
+    fee: u64,
+    /// How long to wait for the transfer to be committed.
+    #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
+    wait: Duration,
+}
+
+#[derive(Debug, Serialize)]
+struct TxJson {
+    tx: String,
+    /// The height of the block holding it; absent while it is not committed.
+    height: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TransferJson {
+    tx: String,
+    height: u64,
+    block: String,
+    latency_ms: u64,
+}
+
+fn rpc_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("miner: {e}")
+}
+
+fn context_for(wait: Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + wait + Duration::from_secs(10);
+    ctx
+}
+
+pub fn chain(a: ChainArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let c = miner_client(&a.miner)
+            .await
+            .with_context(|| format!("connect to the miner at {}", a.miner))?;
+        let ctx = tarpc::context::current;
+        let print = |v: &dyn erased::Show, json: bool| v.show(json);
+        match a.action {
+            ChainAction::Status => {
+                let s = c.status(ctx()).await.map_err(rpc_err)?.map_err(rpc_err)?;
+                print(&s, a.json)
+            }
+            ChainAction::Account { key } => {
+                let k = parse_key_hex(&key)?;
+                let v = c
+                    .account(ctx(), k.0)
+                    .await
+                    .map_err(rpc_err)?
+                    .map_err(rpc_err)?;
+                print(&v, a.json)
+            }
+            ChainAction::Deal { id } => {
+                let id = parse_id(&id)?;
+                match c.deal(ctx(), id).await.map_err(rpc_err)?.map_err(rpc_err)? {
+                    Some(d) => print(&d, a.json),
+                    None => bail!("no deal {}", hex(&id)),
+                }
+            }
+            ChainAction::Block { height, wait } => {
+                // The miner waits at most BLOCK_WAIT_MAX_MS a call: ask again until --wait.
+                let deadline = Instant::now() + wait;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                    match c
+                        .block(context_for(left), height, ms.min(BLOCK_WAIT_MAX_MS))
+                        .await
+                        .map_err(rpc_err)?
+                        .map_err(rpc_err)?
+                    {
+                        Some(b) => return print(&BlockJson::from(b), a.json),
+                        None if left.is_zero() => bail!("block {height} is not decided yet"),
+                        None => {}
+                    }
+                }
+            }
+            ChainAction::Transfer(t) => {
+                let r = transfer(&c, &t).await?;
+                print(&r, a.json)
+            }
+            ChainAction::Tx { id } => {
+                let id = parse_id(&id)?;
+                let height = c
+                    .tx_height(ctx(), id)
+                    .await
+                    .map_err(rpc_err)?
+                    .map_err(rpc_err)?;
+                print(
+                    &TxJson {
+                        tx: hex(&id),
+                        height,
+                    },
+                    a.json,
+                )
+            }
+        }
+    })
+}
+
+/// A block for people: ids in hex.
+#[derive(Debug, Serialize)]
+struct BlockJson {
+    height: u64,
+    id: String,
+    parent: String,
+    timestamp_ms: u64,
+    proposer: String,
+    bytes: usize,
+    txs: Vec<String>,
+}
+
+impl From<BlockView> for BlockJson {
+    fn from(b: BlockView) -> Self {
+        BlockJson {
+            height: b.height,
+            id: b.id,
+            parent: b.parent,
+            timestamp_ms: b.timestamp_ms,
+            proposer: b.proposer,
+            bytes: b.bytes,
+            txs: b.txs.iter().map(|t| hex(t)).collect(),
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Result<[u8; 32]> {
+    let b = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.trim().as_bytes())
+        .map_err(|e| anyhow!("{s:?} is not hex: {e}"))?;
+    b.try_into()
+        .map_err(|b: Vec<u8>| anyhow!("an id is 32 bytes, this is {}", b.len()))
+}
+
+async fn transfer(c: &MinerApiClient, t: &TransferArgs) -> Result<TransferJson> {
+    let key = read_key(&t.key)?;
+    let me = AccountId(key.verification_key().to_bytes());
+    let to = parse_key_hex(&t.to)?;
+    let asset = match t.asset.as_str() {
+        "maspc" => Asset::Maspc,
+        "masp" => Asset::Masp,
+        other => bail!("--asset is maspc or masp, not {other:?}"),
+    };
+    let status = c
+        .status(tarpc::context::current())
+        .await
+        .map_err(rpc_err)?
+        .map_err(rpc_err)?;
+    let account = c
+        .account(tarpc::context::current(), me.0)
+        .await
+        .map_err(rpc_err)?
+        .map_err(rpc_err)?;
+    let have = match asset {
+        Asset::Maspc => account.maspc,
+        Asset::Masp => account.masp,
+    };
+    let need = t.amount + if asset == Asset::Maspc { t.fee } else { 0 };
+    if have < need || account.maspc < t.fee {
+        bail!(
+            "overdraft: the transfer needs {need} {} (and a fee of {} MASPC); the account holds {} MASP and {} MASPC",
+            t.asset, t.fee, account.masp, account.maspc
+        );
+    }
+    let tx = Tx {
+        chain_id: status.chain_id,
+        signer: me,
+        nonce: account.nonce,
+        fee: t.fee,
+        body: TxBody::Transfer {
+            to,
+            asset,
+            amount: t.amount,
+        },
+    }
+    .sign(&key);
+    let id = tx.id();
+    let start = Instant::now();
+    let r = c
+        .submit_txs(tarpc::context::current(), vec![tx.bytes().to_vec()])
+        .await
+        .map_err(rpc_err)?
+        .map_err(rpc_err)?;
+    match r.into_iter().next() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => bail!("the miner refused the transfer: {e}"),
+        None => bail!("the miner answered nothing"),
+    }
+    let deadline = Instant::now() + t.wait;
+    let mut next = status.height + 1;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "transfer {id} submitted but not committed within {:?}",
+                t.wait
+            );
+        }
+        let wait_ms = u64::try_from(left.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(BLOCK_WAIT_MAX_MS);
+        let Some(b) = c
+            .block(context_for(left), next, wait_ms)
+            .await
+            .map_err(rpc_err)?
+            .map_err(rpc_err)?
+        else {
+            continue;
+        };
+        if b.txs.contains(&id.0) {
+            return Ok(TransferJson {
+                tx: id.to_string(),
+                height: b.height,
+                block: b.id,
+                latency_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        next += 1;
+    }
+}
+
+/// Printing a view as text or JSON.
+mod erased {
+    use serde::Serialize;
+
+    pub trait Show {
+        fn show(&self, json: bool) -> anyhow::Result<()>;
+    }
+
+    impl<T: Serialize + std::fmt::Debug> Show for T {
+        fn show(&self, json: bool) -> anyhow::Result<()> {
+            if json {
+                println!("{}", serde_json::to_string(self)?);
+            } else {
+                println!(
+                    "{}",
+                    toml::to_string_pretty(self).unwrap_or_else(|_| format!("{self:#?}"))
+                );
+            }
+            Ok(())
+        }
+    }
+}
