@@ -9,7 +9,7 @@
 # fuzz/artifacts/TARGET with the command to replay them printed by libFuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(manifest share_key sealed_chunk tx ledger segment checkpoint link frame host_state control)
+targets=(manifest share_key sealed_chunk tx block ledger segment checkpoint link frame host_state control)
 target=${1:?usage: fuzz/run.sh TARGET|all [SECONDS]; targets: ${targets[*]}}
 seconds=${2:-60}
 if [ "$target" = all ]; then

@@ -17,10 +17,16 @@
 //! Storage proofs: an active deal is challenged once per proof period; an accepted proof
 //! pays that period's part of the escrow to the host, a missed one refunds it and slashes
 //! the host's deposit. The challenge derives from `Block::seed`, which the ledger takes as
-//! given: the replica must fill it with randomness no single proposer can choose or grind
-//! (design.md section 5), or a host that proposes could steer its own challenges.
+//! given. The replica (`node`) fills it with the parent block's id: committed by consensus,
+//! but known to the next proposer before anyone else, who could grind its own block's
+//! contents to steer the challenges it issues. Randomness no single proposer controls (a
+//! threshold signature or VRF over the commit) is not here yet (design.md section 5).
 //!
-//! Not yet here (issue 5 continues): equivocation slashing, insurers' cover, block rewards.
+//! Equivocation: a transaction carrying two conflicting votes signed by one validator for
+//! the same height, round and kind burns [`SLASH_EQUIVOCATION_PERCENT`] of its miner deposit,
+//! once per offence; its voting power drops at the next epoch boundary.
+//!
+//! Not yet here: insurers' cover, block rewards.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -56,6 +62,9 @@ pub const EPOCH_BLOCKS: u64 = 100;
 /// A validator's stake stays locked past the end of the epoch it validated in, so that it
 /// can still be slashed for what it signed there.
 const _: () = assert!(UNBONDING_BLOCKS > 2 * EPOCH_BLOCKS);
+/// A validator caught signing two different votes for one height, round and kind loses this
+/// share (percent, rounded up) of its miner deposit, burned.
+pub const SLASH_EQUIVOCATION_PERCENT: u64 = 10;
 /// Smallest complaint fee, in MASPC (burned): complaints must cost the complainer.
 pub const COMPLAINT_FEE_MIN: u64 = 10;
 /// Base deposit per role, in MASP.
@@ -286,6 +295,8 @@ pub struct State {
     pub deadlines: BTreeSet<(u64, DealId)>,
     pub genesis_supply: Supply,
     pub burned: Supply,
+    /// Equivocations already punished: (validator, height, round, vote kind).
+    pub equivocations: BTreeSet<(AccountId, u64, i64, u8)>,
 }
 
 /// A block as the ledger sees it; consensus metadata (proposer, votes) lives in the node.
@@ -293,8 +304,9 @@ pub struct State {
 pub struct Block {
     pub height: u64,
     pub timestamp_ms: u64,
-    /// Randomness committed by consensus (the previous block's hash): challenges issued in
-    /// this block derive from it, so a host cannot know them before the block is decided.
+    /// Committed by consensus (the replica puts the parent block's id here): challenges
+    /// issued in this block derive from it. Known to the proposer of this block before it
+    /// is decided (see the module documentation).
     pub seed: [u8; 32],
     pub txs: Vec<SignedTx>,
 }
@@ -323,6 +335,11 @@ pub enum Receipt {
     },
     HashRecorded {
         hash: [u8; 32],
+    },
+    /// A validator's equivocation was proven: `slashed` MASP of its miner deposit burned.
+    Slashed {
+        validator: AccountId,
+        slashed: u64,
     },
     /// A storage proof passed: `paid` MASPC of the escrow went to the host.
     ProofAccepted {
@@ -388,6 +405,10 @@ pub enum TxError {
     BadProof(String),
     #[error("this hash was first recorded at height {height}")]
     AlreadyRecorded { height: u64 },
+    #[error("not evidence of equivocation: {0}")]
+    BadEvidence(&'static str),
+    #[error("this equivocation was already punished")]
+    AlreadyPunished,
     #[error("complaint fee {found} is below the minimum {min}")]
     ComplaintFeeTooLow { min: u64, found: u64 },
 }
@@ -464,6 +485,7 @@ impl State {
             deadlines: BTreeSet::new(),
             genesis_supply: supply,
             burned: Supply::default(),
+            equivocations: BTreeSet::new(),
         };
         state.validators = state.bonded_miners();
         state
@@ -661,6 +683,13 @@ impl State {
             self.burned.maspc,
         ] {
             u(&mut h, v);
+        }
+        u(&mut h, self.equivocations.len() as u64);
+        for (who, height, round, kind) in &self.equivocations {
+            h.update(&who.0);
+            u(&mut h, *height);
+            h.update(&round.to_le_bytes());
+            h.update(&[*kind]);
         }
         *h.finalize().as_bytes()
     }
@@ -1238,6 +1267,51 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 deal: *deal,
                 period: *period,
                 paid: part,
+            }
+        }
+        TxBody::Equivocation { a, b } => {
+            let bad = TxError::BadEvidence;
+            if a.validator != b.validator {
+                return Err(bad("the votes are by different validators"));
+            }
+            if (a.kind, a.height, a.round) != (b.kind, b.height, b.round) {
+                return Err(bad("the votes are for different heights, rounds or kinds"));
+            }
+            if a.value == b.value {
+                return Err(bad("the votes are for the same value"));
+            }
+            if a.height > height + 1 {
+                return Err(bad("the votes are for a height not reached yet"));
+            }
+            if !a.verify(state.chain_id) || !b.verify(state.chain_id) {
+                return Err(bad("a vote's signature does not verify"));
+            }
+            let key = (a.validator, a.height, a.round, a.kind as u8);
+            if state.equivocations.contains(&key) {
+                return Err(TxError::AlreadyPunished);
+            }
+            let reg = state
+                .registrations
+                .get(&(a.validator, Role::Miner))
+                .ok_or(TxError::NotRegistered(Role::Miner))?;
+            let slashed = reg
+                .deposit
+                .saturating_mul(SLASH_EQUIVOCATION_PERCENT)
+                .div_ceil(100)
+                .min(reg.deposit);
+            let burned_masp = add(state.burned.masp, slashed)?;
+            state.accounts.insert(tx.signer, me);
+            state
+                .registrations
+                .get_mut(&(a.validator, Role::Miner))
+                .expect("checked above")
+                .deposit -= slashed;
+            state.burned.masp = burned_masp;
+            state.equivocations.insert(key);
+            state.stats_mut(a.validator).slashings += 1;
+            Receipt::Slashed {
+                validator: a.validator,
+                slashed,
             }
         }
         TxBody::Complaint { deal, fee } => {

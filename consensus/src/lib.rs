@@ -6,4 +6,5 @@
 
 pub mod ledger;
 pub mod mempool;
+#[cfg(feature = "node")]
 pub mod node;

@@ -125,6 +125,22 @@ impl Mempool {
         }
     }
 
+    /// The nonce `account`'s next transaction should carry: past the committed one and
+    /// every one waiting here in sequence.
+    pub fn next_nonce(&self, account: &AccountId, state: &State) -> u64 {
+        let mut n = state.account(account).nonce;
+        if let Some(q) = self.queues.get(account) {
+            while q.contains_key(&n) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn contains(&self, id: &TxId) -> bool {
+        self.ids.contains(id)
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

@@ -199,6 +199,86 @@ pub fn vote_sign_bytes(
     b
 }
 
+/// A validator's signed vote, as equivocation evidence carries it.
+/// Encoding (146 bytes): kind u8 (1 prevote, 2 precommit) | height u64 | round i64 |
+/// has_value u8 | block id [32] (zeros for nil) | validator [32] | signature [64].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedVote {
+    pub kind: VoteKind,
+    pub height: u64,
+    pub round: i64,
+    pub value: Option<BlockId>,
+    pub validator: AccountId,
+    pub signature: [u8; 64],
+}
+
+pub const SIGNED_VOTE_BYTES: usize = 1 + 8 + 8 + 1 + 32 + 32 + 64;
+
+impl SignedVote {
+    pub fn sign_bytes(&self, chain_id: u64) -> Vec<u8> {
+        vote_sign_bytes(
+            chain_id,
+            self.kind,
+            self.height,
+            self.round,
+            self.value,
+            &self.validator,
+        )
+    }
+
+    /// Whether the validator signed this vote for `chain_id` (ZIP-215 rules).
+    pub fn verify(&self, chain_id: u64) -> bool {
+        ed25519_consensus::VerificationKey::try_from(self.validator.0).is_ok_and(|k| {
+            k.verify(
+                &ed25519_consensus::Signature::from(self.signature),
+                &self.sign_bytes(chain_id),
+            )
+            .is_ok()
+        })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.height.to_le_bytes());
+        out.extend_from_slice(&self.round.to_le_bytes());
+        out.push(u8::from(self.value.is_some()));
+        out.extend_from_slice(&self.value.unwrap_or_default().0);
+        out.extend_from_slice(&self.validator.0);
+        out.extend_from_slice(&self.signature);
+    }
+
+    pub fn decode(r: &mut Reader<'_>) -> Result<SignedVote, DecodeError> {
+        let kind = match r.u8("vote kind")? {
+            1 => VoteKind::Prevote,
+            2 => VoteKind::Precommit,
+            k => {
+                return Err(r.invalid(
+                    "vote kind",
+                    format!("{k} is neither 1 (prevote) nor 2 (precommit)"),
+                ))
+            }
+        };
+        let height = r.u64("vote height")?;
+        let round = i64::from_le_bytes(r.array("vote round")?);
+        let has_value = r.u8("vote has_value")?;
+        let id = BlockId(r.array("vote value")?);
+        let value = match has_value {
+            0 if id == BlockId::default() => None,
+            0 => return Err(r.invalid("vote value", "a nil vote carries a zero id")),
+            1 => Some(id),
+            v => return Err(r.invalid("vote has_value", format!("{v} is neither 0 nor 1"))),
+        };
+        Ok(SignedVote {
+            kind,
+            height,
+            round,
+            value,
+            validator: AccountId(r.array("vote validator")?),
+            signature: r.array("vote signature")?,
+        })
+    }
+}
+
 /// The bytes a proposer signs for a proposal: domain | tag 2 | chain_id u64 | height u64 |
 /// round i64 | pol_round i64 (-1: none) | block id [32] | proposer [32].
 pub fn proposal_sign_bytes(

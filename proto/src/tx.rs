@@ -138,6 +138,12 @@ pub enum TxBody {
         period: u32,
         proof: Vec<u8>,
     },
+    /// Tag 12: evidence that a validator signed two different votes of one kind for the same
+    /// height and round; the ledger checks both signatures and slashes its miner deposit.
+    Equivocation {
+        a: Box<crate::block::SignedVote>,
+        b: Box<crate::block::SignedVote>,
+    },
 }
 
 /// An unsigned transaction.
@@ -331,6 +337,11 @@ impl Tx {
                 out.extend_from_slice(&len.to_le_bytes());
                 out.extend_from_slice(proof);
             }
+            TxBody::Equivocation { a, b } => {
+                out.push(12);
+                a.encode(&mut out);
+                b.encode(&mut out);
+            }
         }
         out
     }
@@ -461,10 +472,14 @@ impl Tx {
                     proof: r.take("proof", len)?.to_vec(),
                 }
             }
+            12 => TxBody::Equivocation {
+                a: Box::new(crate::block::SignedVote::decode(r)?),
+                b: Box::new(crate::block::SignedVote::decode(r)?),
+            },
             other => {
                 return Err(r.invalid(
                     "body tag",
-                    format!("{other} is not a transaction kind (1 to 11)"),
+                    format!("{other} is not a transaction kind (1 to 12)"),
                 ))
             }
         };
@@ -707,6 +722,24 @@ mod tests {
                 period: 2,
                 proof: vec![1, 2, 3],
             },
+            TxBody::Equivocation {
+                a: Box::new(crate::block::SignedVote {
+                    kind: crate::block::VoteKind::Prevote,
+                    height: 4,
+                    round: 1,
+                    value: Some(crate::block::BlockId([7; 32])),
+                    validator: AccountId([8; 32]),
+                    signature: [9; 64],
+                }),
+                b: Box::new(crate::block::SignedVote {
+                    kind: crate::block::VoteKind::Prevote,
+                    height: 4,
+                    round: 1,
+                    value: None,
+                    validator: AccountId([8; 32]),
+                    signature: [10; 64],
+                }),
+            },
         ]
     }
 
@@ -807,7 +840,7 @@ mod tests {
                 "tag",
                 {
                     let mut b = good.clone();
-                    b[57] = 12;
+                    b[57] = 13;
                     b
                 },
                 "transaction kind",

@@ -202,6 +202,12 @@ impl GenesisFile {
             }
             validators.push((parse_key_hex(&v.key)?, v.stake, v.endpoint.clone()));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (k, _, _) in &validators {
+            if !seen.insert(*k) {
+                bail!("validator {} is listed twice", hex(&k.0));
+            }
+        }
         // Supplies must fit the ledger's u64 totals.
         let mut masp = 0u64;
         let mut maspc = 0u64;

@@ -190,7 +190,8 @@ pub async fn start(
     let value_sync = ValueSyncConfig {
         status_update_interval: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
-        max_response_size: bytesize::ByteSize::mib(24),
+        // Under the codec's MESSAGE_BYTES_MAX (16 MiB), which the receiving side enforces.
+        max_response_size: bytesize::ByteSize::mib(12),
         ..ValueSyncConfig::default()
     };
     let engine_cfg = EngineConfig {
@@ -374,8 +375,19 @@ async fn on_app_msg(
         AppMsg::Finalized {
             reply, evidence, ..
         } => {
-            if !evidence.is_empty() {
-                warn!("misbehavior seen at this height: {evidence:?}");
+            for (offender, doubles) in &evidence.votes {
+                for (a, b) in doubles {
+                    match state.report_equivocation(a, b) {
+                        Ok(tx) => warn!(%offender, %tx, "equivocation: reported for slashing"),
+                        Err(e) => warn!(%offender, "equivocation seen, not reported: {e}"),
+                    }
+                }
+            }
+            if !evidence.proposals.is_empty() {
+                warn!(
+                    "conflicting proposals seen at this height: {:?}",
+                    evidence.proposals
+                );
             }
             let next = match last_commit {
                 Ok(()) => Next::Start(state.next_height(), state.height_params()),

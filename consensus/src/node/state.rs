@@ -13,18 +13,18 @@ use ed25519_consensus::{SigningKey, VerificationKey};
 use malachitebft_app_channel::app::consensus::ProposedValue;
 use malachitebft_app_channel::app::engine::host::SyncedValueOutcome;
 use malachitebft_app_channel::app::types::core::{
-    CommitCertificate, ExtendedCommitCertificate, HeightParams, LinearTimeouts, Round,
-    ValidatorSet as _, Validity, VoteExtensions,
+    CommitCertificate, ExtendedCommitCertificate, HeightParams, LinearTimeouts, NilOrVal, Round,
+    SignedMessage, ValidatorSet as _, Validity, VoteExtensions, VoteType,
 };
 use malachitebft_app_channel::app::types::sync::RawDecidedValue;
 use malachitebft_app_channel::app::types::LocallyProposedValue;
 use proto::block::{BlockHeader, BlockId, EncodedBlock};
-use proto::tx::{SignedTx, TxId};
+use proto::tx::{SignedTx, Tx, TxBody, TxId};
 
 use super::store::{Store, StoreError};
 use super::types::{
     Address, BlockBytes, Height, MsContext, ProposalPart, SigningProvider, ValidatorSet, Value,
-    ValueId,
+    ValueId, Vote,
 };
 use crate::ledger::{self, Block, Genesis, Receipt, State};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits};
@@ -83,6 +83,9 @@ pub enum NodeError {
 struct Seen {
     part: ProposalPart,
     block: EncodedBlock,
+    /// The ledger after this block, when it was judged valid on top of the current tip:
+    /// a decision then commits it without executing the block again.
+    applied: Option<Box<(State, Vec<Receipt>)>>,
 }
 
 /// What a decision did, for subscribers (clients waiting for their transactions).
@@ -112,6 +115,8 @@ pub struct NodeState {
     tx_heights: HashMap<TxId, u64>,
     /// Signatures this node already checked (at admission), so a block's check skips them.
     verified: std::collections::HashSet<TxId>,
+    /// Equivocations this node reported, so each is reported once.
+    reported: std::collections::HashSet<(proto::tx::AccountId, u64, i64, u8)>,
 }
 
 impl NodeState {
@@ -119,6 +124,8 @@ impl NodeState {
     /// block to the genesis state.
     pub fn open(dir: &Path, key: SigningKey, params: ChainParams) -> Result<NodeState, NodeError> {
         let chain_id = params.genesis.chain_id;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
         let store = Store::open(&dir.join("chain.redb"))?;
         let mut ledger = State::genesis(&params.genesis);
         let mut tip = BlockId::default();
@@ -148,6 +155,7 @@ impl NodeState {
             seen: HashMap::new(),
             tx_heights,
             verified: Default::default(),
+            reported: Default::default(),
         })
     }
 
@@ -241,6 +249,7 @@ impl NodeState {
                 Seen {
                     part: part.clone(),
                     block,
+                    applied: None,
                 },
             );
             return Ok((LocallyProposedValue::new(height, round, value), part));
@@ -284,6 +293,7 @@ impl NodeState {
             Seen {
                 part: part.clone(),
                 block,
+                applied: None,
             },
         );
         Ok((LocallyProposedValue::new(height, round, value), part))
@@ -318,10 +328,15 @@ impl NodeState {
             }
         }
         self.store.put_pending(&part, &block.id().0)?;
-        let validity = if part.height == next {
-            Validity::from_bool(self.check_block(&block, now_ms).is_ok())
-        } else {
-            Validity::Valid
+        if part.height > next {
+            // A later height's proposal cannot be judged yet (its parent is not decided
+            // here): it is kept, and given to the engine, judged, when that height's round
+            // starts (`started_round`). Answering now would be a verdict without a check.
+            return Ok(None);
+        }
+        let (validity, applied) = match self.judge(&block, now_ms) {
+            Ok(applied) => (Validity::Valid, Some(Box::new(applied))),
+            Err(_) => (Validity::Invalid, None),
         };
         let value = Value::of(&block);
         let pv = ProposedValue {
@@ -332,7 +347,14 @@ impl NodeState {
             value,
             validity,
         };
-        self.seen.insert(block.id(), Seen { part, block });
+        self.seen.insert(
+            block.id(),
+            Seen {
+                part,
+                block,
+                applied,
+            },
+        );
         Ok(Some(pv))
     }
 
@@ -361,6 +383,11 @@ impl NodeState {
     /// Every rule a block must meet before this node votes for it: it extends our tip, its
     /// time is sane, and the ledger applies it.
     pub fn check_block(&self, block: &EncodedBlock, now_ms: u64) -> Result<(), String> {
+        self.judge(block, now_ms).map(|_| ())
+    }
+
+    /// [`Self::check_block`], keeping what applying the block gives.
+    fn judge(&self, block: &EncodedBlock, now_ms: u64) -> Result<(State, Vec<Receipt>), String> {
         let h = &block.header;
         if h.chain_id != self.ctx.chain_id {
             return Err(format!("block for chain {}", h.chain_id));
@@ -378,7 +405,7 @@ impl NodeState {
         if h.timestamp_ms > now_ms.saturating_add(CLOCK_DRIFT_MAX_MS) {
             return Err(format!("timestamp {} ms is in the future", h.timestamp_ms));
         }
-        self.apply(block).map(|_| ()).map_err(|e| e.to_string())
+        self.apply(block).map_err(|e| e.to_string())
     }
 
     fn apply(&self, block: &EncodedBlock) -> Result<(State, Vec<Receipt>), ledger::BlockError> {
@@ -398,22 +425,31 @@ impl NodeState {
                     .find(|p| BlockId::of(&p.block.0) == id)
                     .ok_or(NodeError::UnknownDecided(id))?;
                 let block = part.block.decode().expect("kept blocks decode");
-                Seen { part, block }
+                Seen {
+                    part,
+                    block,
+                    applied: None,
+                }
             }
         };
-        self.commit(seen.block, cert)
+        self.commit(seen.block, seen.applied, cert)
     }
 
     fn commit(
         &mut self,
         block: EncodedBlock,
+        applied: Option<Box<(State, Vec<Receipt>)>>,
         cert: &CommitCertificate<MsContext>,
     ) -> Result<Committed, NodeError> {
         let height = block.header.height;
-        let (next, receipts) = self.apply(&block).map_err(|e| NodeError::DecidedInvalid {
-            height,
-            reason: e.to_string(),
-        })?;
+        // What was judged on top of the current tip is reused; anything else is applied now.
+        let (next, receipts) = match applied {
+            Some(a) if block.header.parent == self.tip && height == self.ledger.height + 1 => *a,
+            _ => self.apply(&block).map_err(|e| NodeError::DecidedInvalid {
+                height,
+                reason: e.to_string(),
+            })?,
+        };
         self.store
             .put_decided(Height(height), block.bytes(), cert)?;
         self.ledger = next;
@@ -421,9 +457,11 @@ impl NodeState {
         let txs: Vec<TxId> = block.txs.iter().map(|t| t.id()).collect();
         for id in &txs {
             self.tx_heights.insert(*id, height);
-            self.verified.remove(id);
         }
         self.mempool.prune(&self.ledger);
+        // Only what still waits keeps its checked signature.
+        let pool = &self.mempool;
+        self.verified.retain(|id| pool.contains(id));
         self.seen.retain(|_, s| s.block.header.height > height);
         Ok(Committed {
             height,
@@ -468,10 +506,15 @@ impl NodeState {
         let Ok(block) = EncodedBlock::decode(bytes) else {
             return SyncedValueOutcome::PeerFault;
         };
-        if block.header.height != height.0 || Address(block.header.proposer.0) != proposer {
+        // The header names who built the block; a later round's proposer may have proposed
+        // it again (a locked value), so only the height must match.
+        if block.header.height != height.0 {
             return SyncedValueOutcome::PeerFault;
         }
-        let validity = Validity::from_bool(self.check_block(&block, now_ms).is_ok());
+        let (validity, applied) = match self.judge(&block, now_ms) {
+            Ok(a) => (Validity::Valid, Some(Box::new(a))),
+            Err(_) => (Validity::Invalid, None),
+        };
         let value = Value::of(&block);
         let part = ProposalPart {
             height,
@@ -481,7 +524,14 @@ impl NodeState {
             block: BlockBytes::new(&block),
             signature: super::types::Sig([0; 64]),
         };
-        self.seen.insert(block.id(), Seen { part, block });
+        self.seen.insert(
+            block.id(),
+            Seen {
+                part,
+                block,
+                applied,
+            },
+        );
         SyncedValueOutcome::Verdict(ProposedValue {
             height,
             round,
@@ -497,6 +547,36 @@ impl NodeState {
         self.seen.get(&id.0).map(|s| s.part.clone())
     }
 
+    /// Turns two conflicting votes the engine caught into a ledger transaction, signed by
+    /// this miner and put in its own mempool: once in a block, the offender's deposit is
+    /// slashed (`ledger`, `TxBody::Equivocation`).
+    pub fn report_equivocation(
+        &mut self,
+        a: &SignedMessage<MsContext, Vote>,
+        b: &SignedMessage<MsContext, Vote>,
+    ) -> Result<TxId, MempoolError> {
+        let (va, vb) = (signed_vote(a), signed_vote(b));
+        let offence = (va.validator, va.height, va.round, va.kind as u8);
+        if self.ledger.equivocations.contains(&offence) || !self.reported.insert(offence) {
+            return Err(MempoolError::Duplicate);
+        }
+        let me = self.address().account();
+        let tx = Tx {
+            chain_id: self.ctx.chain_id,
+            signer: me,
+            nonce: self.mempool.next_nonce(&me, &self.ledger),
+            fee: ledger::FEE_MIN,
+            body: TxBody::Equivocation {
+                a: Box::new(va),
+                b: Box::new(vb),
+            },
+        }
+        .sign(self.signer.key());
+        let id = tx.id();
+        self.submit(vec![tx]).pop().expect("one result")?;
+        Ok(id)
+    }
+
     /// Lowest height whose block this node can serve.
     pub fn history_min_height(&self) -> Height {
         Height(1)
@@ -507,6 +587,24 @@ impl NodeState {
         ids.into_iter()
             .filter_map(|id| self.tx_heights.get(id).map(|h| (*id, *h)))
             .collect()
+    }
+}
+
+/// A vote and its signature as the ledger reads them.
+pub fn signed_vote(v: &SignedMessage<MsContext, Vote>) -> proto::block::SignedVote {
+    proto::block::SignedVote {
+        kind: match v.message.typ {
+            VoteType::Prevote => proto::block::VoteKind::Prevote,
+            VoteType::Precommit => proto::block::VoteKind::Precommit,
+        },
+        height: v.message.height.0,
+        round: v.message.round.as_i64(),
+        value: match v.message.value {
+            NilOrVal::Nil => None,
+            NilOrVal::Val(id) => Some(id.0),
+        },
+        validator: v.message.validator.account(),
+        signature: v.signature.0,
     }
 }
 

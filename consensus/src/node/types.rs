@@ -579,6 +579,10 @@ impl SigningProvider {
         Address(self.key.verification_key().to_bytes())
     }
 
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
     pub fn sign(&self, bytes: &[u8]) -> Sig {
         Sig(self.key.sign(bytes).to_bytes())
     }

@@ -1066,6 +1066,9 @@ fn validator_set_follows_miner_stake_at_epoch_boundaries() {
     assert!(c.state.validators_for(c.state.height + 2).is_none());
 }
 
+#[cfg(feature = "node")]
+mod node;
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -1417,4 +1420,82 @@ mod mempool {
         };
         assert_eq!(limited, 2);
     }
+}
+
+#[test]
+fn equivocation_evidence_slashes_a_validator_once_and_bad_evidence_is_refused() {
+    use proto::block::{BlockId, SignedVote, VoteKind};
+    let vote = |who: u8, chain: u64, round: i64, value: Option<BlockId>| {
+        let mut v = SignedVote {
+            kind: VoteKind::Prevote,
+            height: 1,
+            round,
+            value,
+            validator: id(who),
+            signature: [0; 64],
+        };
+        v.signature = key(who).sign(&v.sign_bytes(chain)).to_bytes();
+        v
+    };
+    let x = Some(BlockId([1; 32]));
+    let y = Some(BlockId([2; 32]));
+    let mut c = Chain::new();
+    let deposit = c.state.registrations[&(id(7), Role::Miner)].deposit;
+    let ev = |a: SignedVote, b: SignedVote| TxBody::Equivocation {
+        a: Box::new(a),
+        b: Box::new(b),
+    };
+
+    // What is not evidence changes nothing.
+    assert!(matches!(
+        c.err(0, ev(vote(7, CHAIN, 0, x), vote(7, CHAIN, 0, x))),
+        TxError::BadEvidence(_)
+    ));
+    assert!(matches!(
+        c.err(0, ev(vote(7, CHAIN, 0, x), vote(7, CHAIN, 1, y))),
+        TxError::BadEvidence(_)
+    ));
+    assert!(matches!(
+        c.err(0, ev(vote(7, CHAIN, 0, x), vote(6, CHAIN, 0, y))),
+        TxError::BadEvidence(_)
+    ));
+    assert!(matches!(
+        c.err(0, ev(vote(7, CHAIN, 0, x), vote(7, CHAIN + 1, 0, y))),
+        TxError::BadEvidence(_)
+    ));
+    let mut forged = vote(7, CHAIN, 0, y);
+    forged.signature[3] ^= 1;
+    assert!(matches!(
+        c.err(0, ev(vote(7, CHAIN, 0, x), forged)),
+        TxError::BadEvidence(_)
+    ));
+    // Two votes by an account that is no validator: nothing to slash.
+    assert_eq!(
+        c.err(0, ev(vote(2, CHAIN, 0, x), vote(2, CHAIN, 0, None))),
+        TxError::NotRegistered(Role::Miner)
+    );
+
+    // Real evidence (a value and nil also conflict): 10% of the deposit is burned, once.
+    let r = c.ok(0, ev(vote(7, CHAIN, 0, x), vote(7, CHAIN, 0, None)));
+    let slashed = deposit.div_ceil(10);
+    assert_eq!(
+        r,
+        Receipt::Slashed {
+            validator: id(7),
+            slashed
+        }
+    );
+    assert_eq!(
+        c.state.registrations[&(id(7), Role::Miner)].deposit,
+        deposit - slashed
+    );
+    assert_eq!(c.state.burned.masp, slashed);
+    assert_eq!(c.state.stats[&id(7)].slashings, 1);
+    assert_eq!(
+        c.err(1, ev(vote(7, CHAIN, 0, y), vote(7, CHAIN, 0, x))),
+        TxError::AlreadyPunished
+    );
+    // Another round is another offence.
+    c.ok(1, ev(vote(7, CHAIN, 2, y), vote(7, CHAIN, 2, x)));
+    assert_eq!(c.state.stats[&id(7)].slashings, 2);
 }
