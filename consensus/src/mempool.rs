@@ -13,7 +13,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-use proto::tx::{verify_batch, AccountId, SignedTx, TxId};
+use proto::tx::{AccountId, SignedTx, TxId};
 use thiserror::Error;
 
 use crate::ledger::{apply_tx, State, FEE_MIN};
@@ -159,23 +159,10 @@ impl Mempool {
         self.admit(tx, state, false)
     }
 
-    /// Admits many transactions against `state`, checking their signatures in one batch
-    /// (one by one only when the batch fails, to find which). One result per transaction.
-    pub fn insert_batch(
-        &mut self,
-        txs: Vec<SignedTx>,
-        state: &State,
-    ) -> Vec<Result<TxId, MempoolError>> {
-        let batch_ok = verify_batch(&txs).is_ok();
-        txs.into_iter()
-            .map(|tx| {
-                let id = tx.id();
-                if !batch_ok {
-                    tx.verify()?;
-                }
-                self.admit(tx, state, true).map(|()| id)
-            })
-            .collect()
+    /// Admits a transaction whose signature the caller has already checked
+    /// ([`SignedTx::verify`] or `proto::tx::verify_batch`); every other check is made here.
+    pub fn insert_verified(&mut self, tx: SignedTx, state: &State) -> Result<(), MempoolError> {
+        self.admit(tx, state, true)
     }
 
     fn admit(&mut self, tx: SignedTx, state: &State, verified: bool) -> Result<(), MempoolError> {
@@ -338,20 +325,24 @@ impl Mempool {
 
     /// Builds the transactions of block `height` on top of `state`: each account's
     /// transactions in nonce order, accounts interleaved by fee rate, each kept only if the
-    /// ledger accepts it. At most `max_txs` transactions and `max_bytes` bytes.
-    /// A transaction the ledger refuses is dropped from the pool (its successors stay, in
-    /// case a replacement for it arrives).
+    /// ledger accepts it on the state the block will see (its height, timestamp and seed:
+    /// storage challenges derive from the seed). At most `max_txs` transactions and
+    /// `max_bytes` bytes, counting each transaction's bytes plus the 4 bytes of its length
+    /// in a block ([`proto::block`]). A transaction the ledger refuses is dropped from the
+    /// pool (its successors stay, in case a replacement for it arrives).
     pub fn build(
         &mut self,
         state: &State,
         height: u64,
         timestamp_ms: u64,
+        seed: [u8; 32],
         max_txs: usize,
         max_bytes: usize,
     ) -> Vec<SignedTx> {
         let mut working = state.clone();
         working.height = height;
         working.timestamp_ms = timestamp_ms;
+        working.seed = seed;
         // Heap of each account's next candidate, best fee rate first; ties by account id.
         let mut heap: BinaryHeap<(FeeRate, std::cmp::Reverse<AccountId>, u64)> = BinaryHeap::new();
         for (account, queue) in &self.queues {
@@ -366,12 +357,13 @@ impl Mempool {
                 break;
             }
             let tx = &self.queues[&account][&nonce];
-            if bytes + tx.bytes().len() > max_bytes {
+            let size = tx.bytes().len() + 4;
+            if bytes + size > max_bytes {
                 continue;
             }
             // A refused transaction also strands the account's later nonces for this block.
             if apply_tx(&mut working, tx).is_ok() {
-                bytes += tx.bytes().len();
+                bytes += size;
                 out.push(tx.clone());
                 if let Some(next) = self.queues[&account].get(&(nonce + 1)) {
                     heap.push((FeeRate::of(next), std::cmp::Reverse(account), nonce + 1));

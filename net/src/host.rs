@@ -518,7 +518,19 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
             }
             // A place in the writer's queue first: once a request reaches the store its
             // reply future is never dropped unawaited.
-            let slot = tx.reserve().await.map_err(|_| NetError::Closed)?;
+            let slot = match tx.reserve().await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    // The writer stopped (the peer is gone or does not read). A put read
+                    // whole is still stored and recorded here, unanswered, as those queued
+                    // before it are by the writer, before the connection counts as closed:
+                    // its client journaled it as sent and, resuming, will not send it again.
+                    if is_put {
+                        let _ = dispatch(host, &scope, req).await;
+                    }
+                    return Err(NetError::Closed);
+                }
+            };
             let reply = if !scope.allows(h.kind) || !scope.may_access(&req) {
                 ready(Reply::error(
                     ErrorCode::NotGranted,

@@ -798,10 +798,36 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
     Ok(layout)
 }
 
+/// Stops the miners that still run: SIGTERM (they checkpoint and close), then waits.
+fn stop_children(children: &mut [std::process::Child]) {
+    for c in children.iter_mut() {
+        if let (Ok(None), Ok(pid)) = (c.try_wait(), i32::try_from(c.id())) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
 /// Starts a devnet's miners as child processes and supervises them until interrupted.
 pub fn devnet(a: DevnetArgs) -> Result<()> {
     let layout = devnet_layout(&a)?;
     let exe = std::env::current_exe().context("find this binary")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Signals are taken from here on, before any miner starts, so none is lost.
+    let (mut term, mut int) = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     let spawn = |m: &DevnetMiner| -> Result<std::process::Child> {
         let log = m.config.with_file_name("miner.log");
         let out = std::fs::OpenOptions::new()
@@ -816,29 +842,43 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             .stderr(out)
             .spawn()
             .context("start a miner")?;
-        std::fs::write(
-            m.config.with_file_name("miner.pid"),
-            format!("{}\n", child.id()),
-        )?;
+        // Written whole, then renamed: a reader never sees half a pid.
+        let pid = m.config.with_file_name("miner.pid");
+        let tmp = pid.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", child.id()))?;
+        std::fs::rename(&tmp, &pid)?;
         Ok(child)
     };
-    let mut children = layout
-        .miners
-        .iter()
-        .map(spawn)
-        .collect::<Result<Vec<_>>>()?;
+    let mut children = Vec::new();
+    for m in &layout.miners {
+        match spawn(m) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop_children(&mut children);
+                return Err(e);
+            }
+        }
+    }
     // Ready when every miner's control plane accepts connections.
     let deadline = Instant::now() + Duration::from_secs(60);
     for (i, m) in layout.miners.iter().enumerate() {
         while std::net::TcpStream::connect(&m.control).is_err() {
-            if let Ok(Some(status)) = children[i].try_wait() {
-                bail!(
+            let failed = if let Ok(Some(status)) = children[i].try_wait() {
+                Some(format!(
                     "miner{i} exited ({status}) while starting; see {}",
                     m.config.with_file_name("miner.log").display()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("miner{i} is not listening on {} after 60 s", m.control);
+                ))
+            } else if Instant::now() > deadline {
+                Some(format!(
+                    "miner{i} is not listening on {} after 60 s",
+                    m.control
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = failed {
+                stop_children(&mut children);
+                bail!(why);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -863,9 +903,6 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         layout.client_key.display(),
         layout.miners[0].control
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     // Until interrupted. A miner that exits is reported and started again (its pid file
     // is rewritten): it rebuilds its state from its block store and catches up by sync.
     rt.block_on(async {
@@ -874,7 +911,8 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         let mut given_up = vec![false; children.len()];
         loop {
             tokio::select! {
-                () = shutdown_signal() => break,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
                 _ = poll.tick() => {
                     for (i, c) in children.iter_mut().enumerate() {
                         if given_up[i] {
@@ -882,14 +920,15 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
                         }
                         if let Ok(Some(status)) = c.try_wait() {
                             let m = &layout.miners[i];
+                            let log = m.config.with_file_name("miner.log");
                             // A miner that fails on its own right after starting (a bad
                             // configuration) would fail again; one killed by a signal is restarted.
                             if status.code().is_some() && started[i].elapsed() < Duration::from_secs(3) {
-                                eprintln!("miner{i} exited ({status}) right after starting: not restarting it (log: {})", m.config.with_file_name("miner.log").display());
+                                eprintln!("miner{i} exited ({status}) right after starting: not restarting it (log: {})", log.display());
                                 given_up[i] = true;
                                 continue;
                             }
-                            eprintln!("miner{i} exited ({status}); restarting it (log: {})", m.config.with_file_name("miner.log").display());
+                            eprintln!("miner{i} exited ({status}); restarting it (log: {})", log.display());
                             match spawn(m) {
                                 Ok(new) => {
                                     *c = new;
@@ -903,15 +942,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             }
         }
     });
-    for c in &mut children {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(c.id()).unwrap_or(0)),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    for c in &mut children {
-        let _ = c.wait();
-    }
+    stop_children(&mut children);
     Ok(())
 }
 
@@ -1007,9 +1038,27 @@ pub fn chain(a: ChainArgs) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let c = miner_client(&a.miner)
-            .await
-            .with_context(|| format!("connect to the miner at {}", a.miner))?;
+        // `block --wait` also waits for a miner that is (re)starting to listen.
+        let patience = match &a.action {
+            ChainAction::Block { wait, .. } => *wait,
+            _ => Duration::ZERO,
+        };
+        let deadline = Instant::now() + patience;
+        let c = loop {
+            match miner_client(&a.miner).await {
+                Ok(c) => break c,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("connect to the miner at {}", a.miner)))
+                }
+            }
+        };
         let ctx = tarpc::context::current;
         let print = |v: &dyn erased::Show, json: bool| v.show(json);
         match a.action {
@@ -1216,4 +1265,151 @@ mod erased {
             Ok(())
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The demo's chain step.
+
+/// Starts four validators in this process (each a full node: malachite over libp2p on
+/// loopback, WAL, redb block store, under `dir`), commits a signed transfer, and checks
+/// that every validator holds the same block with it. Prints numbered steps from `step`.
+pub fn demo_chain(dir: &Path, step: &mut u32) -> Result<()> {
+    let keys: Vec<SigningKey> = (0..4).map(|_| SigningKey::new(rand_core::OsRng)).collect();
+    let client = SigningKey::new(rand_core::OsRng);
+    let me = AccountId(client.verification_key().to_bytes());
+    let to = AccountId(keys[0].verification_key().to_bytes());
+    let genesis = Genesis {
+        chain_id: 1,
+        accounts: vec![(me, 0, 1_000_000)],
+        validators: keys
+            .iter()
+            .map(|k| {
+                (
+                    AccountId(k.verification_key().to_bytes()),
+                    100_000,
+                    "demo".to_string(),
+                )
+            })
+            .collect(),
+    };
+    let mut params = ChainParams::new(genesis);
+    params.block_time = Duration::from_millis(200);
+    // Free loopback ports, asked of the kernel (released just before the nodes bind them).
+    let ports: Vec<u16> = (0..4)
+        .map(|_| {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        })
+        .collect::<std::io::Result<_>>()?;
+    let addr = |p: u16| -> Result<consensus::node::Multiaddr> {
+        format!("/ip4/127.0.0.1/tcp/{p}")
+            .parse()
+            .map_err(|e| anyhow!("{e}"))
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut nodes = Vec::new();
+        let mut engines = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let cfg = NodeConfig {
+                moniker: format!("demo-v{i}"),
+                dir: dir.join(format!("chain/v{i}")),
+                p2p_listen: addr(ports[i])?,
+                peers: ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| addr(*p))
+                    .collect::<Result<_>>()?,
+                params: params.clone(),
+            };
+            let (h, e, _) = consensus::node::start(cfg, k.clone())
+                .await
+                .map_err(|e| anyhow!(e))?;
+            nodes.push(h);
+            engines.push(e);
+        }
+        let mut blocks = nodes[0].subscribe();
+        let first = tokio::time::timeout(Duration::from_secs(60), blocks.recv())
+            .await
+            .context("the validators decided no block within 60 s")??;
+        println!(
+            "{step}. four validators on loopback (malachite over libp2p, WAL, redb) decided block {} after {:.2} s",
+            first.height,
+            start.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        let nonce = nodes[0]
+            .query(move |s: &NodeState| s.mempool.next_nonce(&me, s.ledger()))
+            .await?;
+        let tx = Tx {
+            chain_id: 1,
+            signer: me,
+            nonce,
+            fee: 1,
+            body: TxBody::Transfer {
+                to,
+                asset: Asset::Maspc,
+                amount: 10,
+            },
+        }
+        .sign(&client);
+        let id = tx.id();
+        let sent = Instant::now();
+        // Every validator gets it, as the miners' relay would deliver it.
+        for n in &nodes {
+            if let Some(Err(e)) = n.submit(vec![tx.clone()]).await?.pop() {
+                bail!("a validator refused the transfer: {e}");
+            }
+        }
+        let height = loop {
+            let c = tokio::time::timeout(Duration::from_secs(30), blocks.recv())
+                .await
+                .context("the transfer was not committed within 30 s")??;
+            if c.txs.contains(&id) {
+                break c.height;
+            }
+        };
+        let latency = sent.elapsed();
+        let mut ids = Vec::new();
+        for n in &nodes {
+            // A validator may trail the first by a block: wait for it to reach the height.
+            let mut sub = n.subscribe();
+            loop {
+                let (at, block) = n
+                    .query(move |s: &NodeState| (s.tx_height(&id), s.store().block(height).ok().flatten()))
+                    .await?;
+                if let (Some(at), Some(block)) = (at, block) {
+                    ids.push((at, proto::block::BlockId::of(&block)));
+                    break;
+                }
+                tokio::time::timeout(Duration::from_secs(30), sub.recv())
+                    .await
+                    .context("a validator did not reach the transfer's block")??;
+            }
+        }
+        if ids.iter().any(|x| *x != ids[0]) {
+            bail!("the validators disagree on block {height}: {ids:?}");
+        }
+        let balance = nodes[1]
+            .query(move |s: &NodeState| s.ledger().account(&to).maspc)
+            .await?;
+        if balance != 10 {
+            bail!("the receiver holds {balance} MASPC, not 10");
+        }
+        println!(
+            "{step}. a signed transfer was committed in block {height} {} ms after it was sent; all four validators hold the same block ({}) and the receiver's 10 MASPC",
+            latency.as_millis(),
+            &ids[0].1.to_string()[..16]
+        );
+        *step += 1;
+        for e in engines {
+            e.actor.stop(None);
+        }
+        Ok(())
+    })
 }

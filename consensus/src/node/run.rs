@@ -74,8 +74,9 @@ impl EngineNodeConfig for EngineConfig {
 pub type Query = Box<dyn FnOnce(&NodeState) + Send>;
 
 enum Command {
+    /// Transactions whose signatures were checked (`check_signatures`), each or its error.
     Submit(
-        Vec<SignedTx>,
+        Vec<Result<SignedTx, MempoolError>>,
         oneshot::Sender<Vec<Result<TxId, MempoolError>>>,
     ),
     Query(Query),
@@ -107,6 +108,11 @@ impl NodeHandle {
         &self,
         txs: Vec<SignedTx>,
     ) -> Result<Vec<Result<TxId, MempoolError>>, Stopped> {
+        // Signatures are checked here, on a blocking thread, not on the task that answers
+        // the engine: a flood of submissions cannot delay a vote.
+        let txs = tokio::task::spawn_blocking(move || super::state::check_signatures(txs))
+            .await
+            .map_err(|_| Stopped)?;
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(CommandBox(Command::Submit(txs, tx)))
@@ -254,24 +260,24 @@ async fn serve(
     mut commands: mpsc::Receiver<CommandBox>,
     committed: broadcast::Sender<Arc<Committed>>,
 ) -> Result<(), String> {
-    // Whether the last decision was committed: Finalized answers Start or Restart by it.
-    let mut last_commit: Result<(), String> = Ok(());
+    // Open while some handle exists; the engine is served either way.
+    let mut handles_open = true;
     loop {
         tokio::select! {
-            cmd = commands.recv() => match cmd {
+            cmd = commands.recv(), if handles_open => match cmd {
                 Some(CommandBox(Command::Submit(txs, reply))) => {
-                    let _ = reply.send(state.submit(txs));
+                    let _ = reply.send(state.submit_checked(txs));
                 }
                 Some(CommandBox(Command::Query(q))) => q(&state),
                 // Every handle dropped: keep serving the engine.
-                None => commands = mpsc::channel(1).1,
+                None => handles_open = false,
             },
             msg = channels.consensus.recv() => {
                 let Some(msg) = msg else {
                     info!("the consensus engine stopped");
                     return Ok(());
                 };
-                if let Err(e) = on_app_msg(&mut state, &channels, msg, &committed, &mut last_commit).await {
+                if let Err(e) = on_app_msg(&mut state, &channels, msg, &committed).await {
                     error!("{e}");
                     return Err(e.to_string());
                 }
@@ -285,7 +291,6 @@ async fn on_app_msg(
     channels: &Channels<super::types::MsContext>,
     msg: AppMsg<super::types::MsContext>,
     committed: &broadcast::Sender<Arc<Committed>>,
-    last_commit: &mut Result<(), String>,
 ) -> Result<(), NodeError> {
     match msg {
         AppMsg::ConsensusReady { reply } => {
@@ -334,16 +339,25 @@ async fn on_app_msg(
             height,
             round,
             valid_round,
+            address,
             value_id,
-            ..
         } => {
+            // Two cases in malachite: this node re-proposes a locked value in its own round
+            // (it signs the part anew, for this round and valid_round), or a validator that
+            // locked relays the original proposer's part as it was (its signature intact).
             if let Some(mut part) = state.restream(&value_id) {
-                part.height = height;
-                part.round = round;
-                part.pol_round = valid_round;
-                part.proposer = state.address();
-                part.signature = state.signer().sign(&part.sign_bytes(state.ctx.chain_id));
-                publish(channels, part).await;
+                if address == state.address() {
+                    part.height = height;
+                    part.round = round;
+                    part.pol_round = valid_round;
+                    part.proposer = address;
+                    part.signature = state.signer().sign(&part.sign_bytes(state.ctx.chain_id));
+                    publish(channels, part).await;
+                } else if part.proposer == address && part.height == height && part.round == round {
+                    publish(channels, part).await;
+                } else {
+                    debug!(%height, %round, "no original part to restream");
+                }
             }
         }
         AppMsg::GetHistoryMinHeight { reply } => {
@@ -363,11 +377,13 @@ async fn on_app_msg(
                 Ok(c) => {
                     debug!(height = c.height, txs = c.txs.len(), "committed");
                     let _ = committed.send(Arc::new(c));
-                    *last_commit = Ok(());
                 }
                 Err(e) => {
-                    error!(height = %certificate.height, "cannot commit the decided block: {e}");
-                    *last_commit = Err(e.to_string());
+                    // Fail-stop: restarting the height would wipe the engine's WAL and could
+                    // make this node sign what conflicts with its votes. Stopping keeps the
+                    // WAL; a restart rebuilds from the block store and syncs the block.
+                    error!(height = %certificate.height, "cannot commit the decided block: {e}; stopping");
+                    return Err(e);
                 }
             }
             let _ = reply.send(());
@@ -389,11 +405,7 @@ async fn on_app_msg(
                     evidence.proposals
                 );
             }
-            let next = match last_commit {
-                Ok(()) => Next::Start(state.next_height(), state.height_params()),
-                Err(_) => Next::Restart(state.next_height(), state.height_params()),
-            };
-            let _ = reply.send(next);
+            let _ = reply.send(Next::Start(state.next_height(), state.height_params()));
         }
         AppMsg::GetDecidedValues { range, reply } => {
             let _ = reply.send(state.decided_values(range)?);

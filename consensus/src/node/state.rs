@@ -29,6 +29,10 @@ use super::types::{
 use crate::ledger::{self, Block, Genesis, Receipt, State};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits};
 
+/// Proposals for at most this many heights past the next one are kept until their height
+/// comes (a peer slightly ahead); farther ones are dropped (sync brings those blocks).
+pub const FUTURE_HEIGHTS_KEPT: u64 = 4;
+
 /// How far ahead of a validator's clock a proposed block's timestamp may be.
 pub const CLOCK_DRIFT_MAX_MS: u64 = 10_000;
 
@@ -130,11 +134,11 @@ impl NodeState {
         let mut ledger = State::genesis(&params.genesis);
         let mut tip = BlockId::default();
         let mut tx_heights = HashMap::new();
-        for (height, bytes) in store.blocks_from(1)? {
+        store.for_each_block(1, |height, bytes| {
             let replay = |reason: String| NodeError::Replay { height, reason };
-            let block = EncodedBlock::decode(&bytes).map_err(|e| replay(e.to_string()))?;
-            if block.header.parent != tip {
-                return Err(replay("its parent is not the block before it".into()));
+            let block = EncodedBlock::decode(bytes).map_err(|e| replay(e.to_string()))?;
+            if block.header.height != height || block.header.parent != tip {
+                return Err(replay("it does not follow the block before it".into()));
             }
             let (next, _) =
                 ledger::apply(&ledger, &ledger_block(&block)).map_err(|e| replay(e.to_string()))?;
@@ -143,7 +147,8 @@ impl NodeState {
             for tx in &block.txs {
                 tx_heights.insert(tx.id(), height);
             }
-        }
+            Ok(())
+        })?;
         Ok(NodeState {
             ctx: MsContext { chain_id },
             signer: SigningProvider::new(chain_id, key),
@@ -203,27 +208,26 @@ impl NodeState {
     /// Admits clients' transactions, their signatures checked here in one batch, once for
     /// this node (a block's check skips them). One result per transaction.
     pub fn submit(&mut self, txs: Vec<SignedTx>) -> Vec<Result<TxId, MempoolError>> {
-        let (fresh, committed): (Vec<_>, Vec<_>) = txs
-            .into_iter()
-            .enumerate()
-            .partition(|(_, t)| !self.tx_heights.contains_key(&t.id()));
-        let (index, fresh): (Vec<usize>, Vec<SignedTx>) = fresh.into_iter().unzip();
-        let mut out: Vec<Option<Result<TxId, MempoolError>>> =
-            (0..index.len() + committed.len()).map(|_| None).collect();
-        for (i, _) in committed {
-            out[i] = Some(Err(MempoolError::Duplicate));
-        }
-        for (i, r) in index
-            .into_iter()
-            .zip(self.mempool.insert_batch(fresh, &self.ledger))
-        {
-            if let Ok(id) = &r {
-                self.verified.insert(*id);
-            }
-            out[i] = Some(r);
-        }
-        out.into_iter()
-            .map(|r| r.expect("every slot filled"))
+        self.submit_checked(check_signatures(txs))
+    }
+
+    /// Admits transactions whose signatures [`check_signatures`] checked (the node's task
+    /// has it done off the loop that answers the engine).
+    pub fn submit_checked(
+        &mut self,
+        txs: Vec<Result<SignedTx, MempoolError>>,
+    ) -> Vec<Result<TxId, MempoolError>> {
+        txs.into_iter()
+            .map(|t| {
+                let tx = t?;
+                let id = tx.id();
+                if self.tx_heights.contains_key(&id) {
+                    return Err(MempoolError::Duplicate);
+                }
+                self.mempool.insert_verified(tx, &self.ledger)?;
+                self.verified.insert(id);
+                Ok(id)
+            })
             .collect()
     }
 
@@ -238,9 +242,9 @@ impl NodeState {
         let me = self.address();
         if let Some(part) = self
             .store
-            .pending(height)?
+            .pending(height, round)?
             .into_iter()
-            .find(|p| p.round == round && p.proposer == me)
+            .find(|p| p.proposer == me)
         {
             let block = part.block.decode().expect("kept blocks were encoded here");
             let value = Value::of(&block);
@@ -260,23 +264,36 @@ impl NodeState {
             "the engine proposes at the next height"
         );
         let timestamp_ms = now_ms.max(self.ledger.timestamp_ms);
+        let header = BlockHeader {
+            chain_id: self.ctx.chain_id,
+            height: height.0,
+            timestamp_ms,
+            parent: self.tip,
+            proposer: me.account(),
+        };
         let txs = self.mempool.build(
             &self.ledger,
             height.0,
             timestamp_ms,
+            ledger_seed(&header),
             self.params.max_block_txs,
             self.params.max_block_bytes - proto::block::BLOCK_HEADER_BYTES,
         );
-        let block = EncodedBlock::new(
-            BlockHeader {
-                chain_id: self.ctx.chain_id,
-                height: height.0,
-                timestamp_ms,
-                parent: self.tip,
-                proposer: me.account(),
-            },
-            txs,
-        );
+        let block = EncodedBlock::new(header.clone(), txs);
+        // Never sign a block this node would refuse (the engine counts its own proposal as
+        // valid): if the builder and the ledger ever disagree, propose an empty block.
+        let (block, applied) = match self.judge(&block, timestamp_ms, true) {
+            Ok(a) => (block, Some(Box::new(a))),
+            Err(e) => {
+                tracing::error!(
+                    height = height.0,
+                    "the built block does not apply ({e}); proposing an empty block"
+                );
+                let empty = EncodedBlock::new(header, Vec::new());
+                let a = self.judge(&empty, timestamp_ms, true).ok().map(Box::new);
+                (empty, a)
+            }
+        };
         let mut part = ProposalPart {
             height,
             round,
@@ -286,14 +303,14 @@ impl NodeState {
             signature: super::types::Sig([0; 64]),
         };
         part.signature = self.signer.sign(&part.sign_bytes(self.ctx.chain_id));
-        self.store.put_pending(&part, &block.id().0)?;
+        self.store.put_pending(&part)?;
         let value = Value::of(&block);
         self.seen.insert(
             block.id(),
             Seen {
                 part: part.clone(),
                 block,
-                applied: None,
+                applied,
             },
         );
         Ok((LocallyProposedValue::new(height, round, value), part))
@@ -307,7 +324,8 @@ impl NodeState {
         now_ms: u64,
     ) -> Result<Option<ProposedValue<MsContext>>, NodeError> {
         let next = self.next_height();
-        if part.height < next {
+        // Old heights are done; far ones cannot be judged and would only fill the store.
+        if part.height < next || part.height.0 > next.0 + FUTURE_HEIGHTS_KEPT {
             return Ok(None);
         }
         let Ok(block) = part.block.decode() else {
@@ -321,20 +339,28 @@ impl NodeState {
         if !SigningProvider::verify(&part.sign_bytes(self.ctx.chain_id), &part.signature, &key) {
             return Ok(None);
         }
+        let set = self.validator_set();
         if part.height == next {
-            let set = self.validator_set();
             if set.count() == 0 || self.ctx_proposer(&set, next, part.round) != part.proposer {
                 return Ok(None);
             }
+        } else if set.get_by_address(&part.proposer).is_none() {
+            // A later height's proposer is checked when that height comes; until then only
+            // a current validator's part is kept, so strangers cannot fill the store.
+            return Ok(None);
         }
-        self.store.put_pending(&part, &block.id().0)?;
+        // A proposer that signs two blocks for one round gets its first one judged; the
+        // second is dropped (the engine holds the evidence of the conflict).
+        if self.store.put_pending(&part)? != part {
+            return Ok(None);
+        }
         if part.height > next {
             // A later height's proposal cannot be judged yet (its parent is not decided
             // here): it is kept, and given to the engine, judged, when that height's round
             // starts (`started_round`). Answering now would be a verdict without a check.
             return Ok(None);
         }
-        let (validity, applied) = match self.judge(&block, now_ms) {
+        let (validity, applied) = match self.judge(&block, now_ms, true) {
             Ok(applied) => (Validity::Valid, Some(Box::new(applied))),
             Err(_) => (Validity::Invalid, None),
         };
@@ -370,11 +396,9 @@ impl NodeState {
         now_ms: u64,
     ) -> Result<Vec<ProposedValue<MsContext>>, NodeError> {
         let mut out = Vec::new();
-        for part in self.store.pending(height)? {
-            if part.round == round {
-                if let Some(pv) = self.received_part(part, now_ms)? {
-                    out.push(pv);
-                }
+        for part in self.store.pending(height, round)? {
+            if let Some(pv) = self.received_part(part, now_ms)? {
+                out.push(pv);
             }
         }
         Ok(out)
@@ -383,11 +407,18 @@ impl NodeState {
     /// Every rule a block must meet before this node votes for it: it extends our tip, its
     /// time is sane, and the ledger applies it.
     pub fn check_block(&self, block: &EncodedBlock, now_ms: u64) -> Result<(), String> {
-        self.judge(block, now_ms).map(|_| ())
+        self.judge(block, now_ms, true).map(|_| ())
     }
 
-    /// [`Self::check_block`], keeping what applying the block gives.
-    fn judge(&self, block: &EncodedBlock, now_ms: u64) -> Result<(State, Vec<Receipt>), String> {
+    /// [`Self::check_block`], keeping what applying the block gives. `clock`: whether to
+    /// hold the timestamp against this node's clock (not for a block synced with its commit
+    /// certificate: it is decided already, and a slow local clock must not stall the node).
+    fn judge(
+        &self,
+        block: &EncodedBlock,
+        now_ms: u64,
+        clock: bool,
+    ) -> Result<(State, Vec<Receipt>), String> {
         let h = &block.header;
         if h.chain_id != self.ctx.chain_id {
             return Err(format!("block for chain {}", h.chain_id));
@@ -402,7 +433,7 @@ impl NodeState {
         if h.parent != self.tip {
             return Err("its parent is not our last block".into());
         }
-        if h.timestamp_ms > now_ms.saturating_add(CLOCK_DRIFT_MAX_MS) {
+        if clock && h.timestamp_ms > now_ms.saturating_add(CLOCK_DRIFT_MAX_MS) {
             return Err(format!("timestamp {} ms is in the future", h.timestamp_ms));
         }
         self.apply(block).map_err(|e| e.to_string())
@@ -418,12 +449,20 @@ impl NodeState {
         let seen = match self.seen.get(&id) {
             Some(s) => s.clone(),
             None => {
-                let part = self
-                    .store
-                    .pending(cert.height)?
-                    .into_iter()
-                    .find(|p| BlockId::of(&p.block.0) == id)
-                    .ok_or(NodeError::UnknownDecided(id))?;
+                // After a restart: the block was kept when it was proposed, in this round
+                // or an earlier one.
+                let mut found = None;
+                for r in 0..=cert.round.as_u32().unwrap_or(0) {
+                    found = self
+                        .store
+                        .pending(cert.height, Round::new(r))?
+                        .into_iter()
+                        .find(|p| BlockId::of(&p.block.0) == id);
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                let part = found.ok_or(NodeError::UnknownDecided(id))?;
                 let block = part.block.decode().expect("kept blocks decode");
                 Seen {
                     part,
@@ -511,7 +550,7 @@ impl NodeState {
         if block.header.height != height.0 {
             return SyncedValueOutcome::PeerFault;
         }
-        let (validity, applied) = match self.judge(&block, now_ms) {
+        let (validity, applied) = match self.judge(&block, now_ms, false) {
             Ok(a) => (Validity::Valid, Some(Box::new(a))),
             Err(_) => (Validity::Invalid, None),
         };
@@ -590,6 +629,20 @@ impl NodeState {
     }
 }
 
+/// Checks transactions' signatures in one batch (one by one only when the batch fails, to
+/// find which); a transaction whose signature fails becomes its error.
+pub fn check_signatures(txs: Vec<SignedTx>) -> Vec<Result<SignedTx, MempoolError>> {
+    let batch_ok = proto::tx::verify_batch(&txs).is_ok();
+    txs.into_iter()
+        .map(|t| {
+            if !batch_ok {
+                t.verify()?;
+            }
+            Ok(t)
+        })
+        .collect()
+}
+
 /// A vote and its signature as the ledger reads them.
 pub fn signed_vote(v: &SignedMessage<MsContext, Vote>) -> proto::block::SignedVote {
     proto::block::SignedVote {
@@ -614,7 +667,12 @@ pub fn ledger_block(block: &EncodedBlock) -> Block {
     Block {
         height: block.header.height,
         timestamp_ms: block.header.timestamp_ms,
-        seed: block.header.parent.0,
+        seed: ledger_seed(&block.header),
         txs: block.txs.clone(),
     }
+}
+
+/// The seed the ledger sees for a block: its parent's id.
+pub fn ledger_seed(header: &BlockHeader) -> [u8; 32] {
+    header.parent.0
 }

@@ -9,7 +9,8 @@
 //! Tables:
 //! - `blocks`:   height (u64) -> block bytes (`proto::block` encoding)
 //! - `certs`:    height (u64) -> commit certificate (borsh, `codec`)
-//! - `pending`:  height (u64) BE | round (u32) BE | block id [32] -> proposal part (borsh)
+//! - `pending`:  height (u64) BE | round (u32) BE | proposer [32] -> proposal part (borsh);
+//!   the first part of a (height, round, proposer) stands.
 
 use std::path::Path;
 
@@ -54,12 +55,12 @@ pub struct Store {
     db: Database,
 }
 
-fn pending_key(height: Height, round: Round, id: &[u8; 32]) -> [u8; 44] {
+fn pending_key(height: Height, round: Round, proposer: &[u8; 32]) -> [u8; 44] {
     let mut k = [0u8; 44];
     k[..8].copy_from_slice(&height.0.to_be_bytes());
     // Round::Nil never keys a proposal; rounds are small non-negative numbers.
     k[8..12].copy_from_slice(&round.as_u32().unwrap_or(u32::MAX).to_be_bytes());
-    k[12..].copy_from_slice(id);
+    k[12..].copy_from_slice(proposer);
     k
 }
 
@@ -128,16 +129,20 @@ impl Store {
             })
     }
 
-    /// Every stored block from `from` on, in order, for replay at start.
-    pub fn blocks_from(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(BLOCKS)?;
-        let mut out = Vec::new();
-        for row in t.range(from..)? {
-            let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
+    /// Calls `f` with every stored block from `from` on, in order (replay at start), one at
+    /// a time: memory stays one block whatever the chain's length.
+    pub fn for_each_block<E: From<StoreError>>(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let tx = self.db.begin_read().map_err(StoreError::from)?;
+        let t = tx.open_table(BLOCKS).map_err(StoreError::from)?;
+        for row in t.range(from..).map_err(StoreError::from)? {
+            let (k, v) = row.map_err(StoreError::from)?;
+            f(k.value(), v.value())?;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn block_count(&self) -> Result<u64, StoreError> {
@@ -145,27 +150,43 @@ impl Store {
         Ok(tx.open_table(BLOCKS)?.len()?)
     }
 
-    /// Keeps a proposal seen for (height, round), so it survives a restart and can be
-    /// restreamed or decided later.
-    pub fn put_pending(&self, part: &ProposalPart, id: &[u8; 32]) -> Result<(), StoreError> {
-        let bytes = borsh::to_vec(part).map_err(|e| StoreError::Db(e.to_string()))?;
+    /// Keeps a proposal seen for (height, round), durably, before the engine hears of it:
+    /// the engine's WAL may then hold votes for it, and after a crash the node must still
+    /// have the block it voted for (and its own proposal, which it must never change). The
+    /// first part of a (height, round, proposer) stands: returns the part kept, which is
+    /// `part` unless another was kept before.
+    pub fn put_pending(&self, part: &ProposalPart) -> Result<ProposalPart, StoreError> {
+        let key = pending_key(part.height, part.round, &part.proposer.0);
         let tx = self.db.begin_write()?;
-        tx.open_table(PENDING)?.insert(
-            pending_key(part.height, part.round, id).as_slice(),
-            bytes.as_slice(),
-        )?;
+        let kept = {
+            let mut t = tx.open_table(PENDING)?;
+            let existing = t.get(key.as_slice())?.map(|v| v.value().to_vec());
+            match existing {
+                Some(bytes) => {
+                    ProposalPart::try_from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        height: part.height.0,
+                        reason: format!("pending proposal: {e}"),
+                    })?
+                }
+                None => {
+                    let bytes = borsh::to_vec(part).map_err(|e| StoreError::Db(e.to_string()))?;
+                    t.insert(key.as_slice(), bytes.as_slice())?;
+                    part.clone()
+                }
+            }
+        };
         tx.commit()?;
-        Ok(())
+        Ok(kept)
     }
 
-    /// The pending proposals of `height` (every round).
-    pub fn pending(&self, height: Height) -> Result<Vec<ProposalPart>, StoreError> {
+    /// The pending proposals of (height, round).
+    pub fn pending(&self, height: Height, round: Round) -> Result<Vec<ProposalPart>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(PENDING)?;
-        let start = pending_key(height, Round::new(0), &[0; 32]);
-        let end = pending_key(Height(height.0 + 1), Round::new(0), &[0; 32]);
+        let start = pending_key(height, round, &[0; 32]);
+        let end = pending_key(height, round, &[0xff; 32]);
         let mut out = Vec::new();
-        for row in t.range(start.as_slice()..end.as_slice())? {
+        for row in t.range(start.as_slice()..=end.as_slice())? {
             let (_, v) = row?;
             match ProposalPart::try_from_slice(v.value()) {
                 Ok(p) => out.push(p),

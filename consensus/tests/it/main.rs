@@ -1342,7 +1342,8 @@ mod mempool {
         assert_eq!(pool.insert(bigger, &c.state), Err(MempoolError::Full));
         assert_eq!(pool.len(), 1);
         assert_eq!(
-            pool.build(&c.state, 1, 1000, 10, 1 << 20).len(),
+            pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 10, 1 << 20)
+                .len(),
             1,
             "the original is still there"
         );
@@ -1365,7 +1366,7 @@ mod mempool {
         pool.insert(transfer(2, 0, 4, 1), &c.state).unwrap();
         assert_eq!(pool.len(), 3);
         // Account 0's tail (nonce 1, fee 1) went, its head stayed.
-        let built = pool.build(&c.state, 1, 1000, 10, 1 << 20);
+        let built = pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 10, 1 << 20);
         let fees: Vec<u64> = built.iter().map(|t| t.tx().fee).collect();
         assert_eq!(fees, [5, 4, 3]);
     }
@@ -1383,7 +1384,7 @@ mod mempool {
         pool.insert(transfer(1, 1, 7, START * 2), &c.state).unwrap();
         pool.insert(transfer(1, 2, 7, 10), &c.state).unwrap();
         pool.insert(transfer(2, 1, 50, 10), &c.state).unwrap();
-        let built = pool.build(&c.state, 1, 1000, 100, 1 << 20);
+        let built = pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 100, 1 << 20);
         let picked: Vec<(AccountId, u64)> = built
             .iter()
             .map(|t| (t.tx().signer, t.tx().nonce))
@@ -1407,7 +1408,8 @@ mod mempool {
             "the refused transaction is dropped; the one it strands and account 2's wait"
         );
         assert_eq!(
-            pool.build(&c.state, 2, 2000, 1, 1 << 20).len(),
+            pool.build(&c.state, 2, 2000, c.block(vec![]).seed, 1, 1 << 20)
+                .len(),
             0,
             "account 1's next one overdraws; account 2 still has a gap"
         );
@@ -1416,7 +1418,8 @@ mod mempool {
             for n in 0..5 {
                 p.insert(transfer(3, n, 1, 1), &c.state).unwrap();
             }
-            p.build(&c.state, 2, 2000, 2, 1 << 20).len()
+            p.build(&c.state, 2, 2000, c.block(vec![]).seed, 2, 1 << 20)
+                .len()
         };
         assert_eq!(limited, 2);
     }

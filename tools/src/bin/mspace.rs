@@ -41,8 +41,8 @@ enum Command {
     Open(OpenArgs),
     /// Seal a generated file and open it again, with the passphrase and with the share key,
     /// show that a tampered chunk is refused, store the chunks in a local host store, then
-    /// upload the file to a host on loopback and download it through a proxy. Needs nothing
-    /// but this binary.
+    /// upload the file to a host on loopback and download it through a proxy, then start four
+    /// validators on loopback and commit a signed transfer. Needs nothing but this binary.
     Demo(DemoArgs),
     /// Upload a file through a host's upload link: read, sealed and sent in one pass with
     /// bounded memory, resumable after an interruption.
@@ -390,6 +390,8 @@ fn demo(args: DemoArgs) -> Result<()> {
         bail!("the downloaded file differs from the original");
     }
     println!("{step}. the downloaded file is byte-identical to the original");
+    step += 1;
+    chaincli::demo_chain(&dir, &mut step)?;
     println!("demo passed");
     Ok(())
 }
