@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use consensus::ledger::Genesis;
 use consensus::mempool::MempoolLimits;
-use consensus::node::{ChainParams, NodeConfig, NodeHandle};
+use consensus::node::ChainParams;
 use ed25519_consensus::SigningKey;
 use proto::tx::{AccountId, Asset, SignedTx, Tx, TxBody, TxId};
 use serde::Serialize;
 
+use crate::chaincli::{local_genesis, start_local};
 use crate::diskbench::cpu_seconds;
 
 #[derive(Clone, Debug)]
@@ -83,55 +83,24 @@ pub fn run(a: &ChainBenchArgs) -> Result<ChainBenchReport> {
     let chain_id = 0xbe9c;
     let vkeys: Vec<SigningKey> = (0..a.validators as u64).map(|i| key(i, 1)).collect();
     let ckeys: Vec<SigningKey> = (0..a.accounts as u64).map(|i| key(i, 2)).collect();
-    let genesis = Genesis {
-        chain_id,
-        accounts: ckeys
-            .iter()
-            .map(|k| (AccountId(k.verification_key().to_bytes()), 0, 1 << 40))
-            .collect(),
-        validators: vkeys
-            .iter()
-            .map(|k| {
-                (
-                    AccountId(k.verification_key().to_bytes()),
-                    100_000,
-                    "bench".to_string(),
-                )
-            })
-            .collect(),
-    };
-    let mut params = ChainParams::new(genesis);
+    let accounts = ckeys
+        .iter()
+        .map(|k| (AccountId(k.verification_key().to_bytes()), 0, 1 << 40))
+        .collect();
+    let mut params = ChainParams::new(local_genesis(chain_id, &vkeys, accounts));
     params.block_time = a.block_time;
     params.mempool = MempoolLimits {
         max_txs: 200_000,
         ..MempoolLimits::default()
     };
-    let addr = |i: usize| -> Result<consensus::node::Multiaddr> {
-        let port = usize::from(a.base_port) + i;
-        format!("/ip4/127.0.0.1/tcp/{port}")
-            .parse()
-            .map_err(|e| anyhow!("address: {e}"))
-    };
+    let ports = (0..a.validators)
+        .map(|i| u16::try_from(usize::from(a.base_port) + i).context("ports past 65535"))
+        .collect::<Result<Vec<u16>>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut nodes: Vec<NodeHandle> = Vec::new();
-        let mut engines = Vec::new();
-        for (i, k) in vkeys.iter().enumerate() {
-            let cfg = NodeConfig {
-                moniker: format!("v{i}"),
-                dir: dir.path().join(format!("v{i}")),
-                p2p_listen: addr(i)?,
-                peers: (0..a.validators).filter(|j| *j != i).map(addr).collect::<Result<_>>()?,
-                params: params.clone(),
-            };
-            let (h, e, _task) = consensus::node::start(cfg, k.clone())
-                .await
-                .map_err(|e| anyhow!(e))?;
-            nodes.push(h);
-            engines.push(e);
-        }
+        let (nodes, engines) = start_local(dir.path(), &vkeys, &ports, &params).await?;
         // Wait for the network to decide its first block before loading it.
         let mut committed = nodes[0].subscribe();
         tokio::time::timeout(Duration::from_secs(60), committed.recv())

@@ -299,18 +299,7 @@ pub fn miner(args: MinerArgs) -> Result<()> {
 }
 
 fn miner_init(a: &MinerInitArgs) -> Result<SigningKey> {
-    if a.config.exists() {
-        bail!(
-            "{} exists: not replacing a configuration",
-            a.config.display()
-        );
-    }
-    let base = a
-        .config
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
+    let base = crate::netcli::config_folder(&a.config)?;
     let data = std::path::absolute(&a.data_dir).context("resolve --data-dir")?;
     let genesis = std::path::absolute(&a.genesis).context("resolve --genesis")?;
     let text = MinerConfig::default_text(
@@ -1268,6 +1257,69 @@ mod erased {
 }
 
 // ---------------------------------------------------------------------------------------
+// A local network in this process (the demo and chain-bench).
+
+/// A genesis for a local network: these validators with 100,000 MASP staked each, and
+/// these funded accounts.
+pub fn local_genesis(
+    chain_id: u64,
+    validators: &[SigningKey],
+    accounts: Vec<(AccountId, u64, u64)>,
+) -> Genesis {
+    Genesis {
+        chain_id,
+        accounts,
+        validators: validators
+            .iter()
+            .map(|k| {
+                (
+                    AccountId(k.verification_key().to_bytes()),
+                    100_000,
+                    "local".to_string(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Starts one full node per key in this process (malachite over libp2p on `ports` of
+/// 127.0.0.1, each node's WAL and block store under `dir`), each peered with all others.
+pub async fn start_local(
+    dir: &Path,
+    keys: &[SigningKey],
+    ports: &[u16],
+    params: &ChainParams,
+) -> Result<(Vec<NodeHandle>, Vec<consensus::node::EngineHandle>)> {
+    let addr = |p: u16| -> Result<consensus::node::Multiaddr> {
+        format!("/ip4/127.0.0.1/tcp/{p}")
+            .parse()
+            .map_err(|e| anyhow!("address: {e}"))
+    };
+    let mut nodes = Vec::new();
+    let mut engines = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let cfg = NodeConfig {
+            moniker: format!("v{i}"),
+            dir: dir.join(format!("v{i}")),
+            p2p_listen: addr(ports[i])?,
+            peers: ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| addr(*p))
+                .collect::<Result<_>>()?,
+            params: params.clone(),
+        };
+        let (h, e, _) = consensus::node::start(cfg, k.clone())
+            .await
+            .map_err(|e| anyhow!(e))?;
+        nodes.push(h);
+        engines.push(e);
+    }
+    Ok((nodes, engines))
+}
+
+// ---------------------------------------------------------------------------------------
 // The demo's chain step.
 
 /// Starts four validators in this process (each a full node: malachite over libp2p on
@@ -1278,21 +1330,7 @@ pub fn demo_chain(dir: &Path, step: &mut u32) -> Result<()> {
     let client = SigningKey::new(rand_core::OsRng);
     let me = AccountId(client.verification_key().to_bytes());
     let to = AccountId(keys[0].verification_key().to_bytes());
-    let genesis = Genesis {
-        chain_id: 1,
-        accounts: vec![(me, 0, 1_000_000)],
-        validators: keys
-            .iter()
-            .map(|k| {
-                (
-                    AccountId(k.verification_key().to_bytes()),
-                    100_000,
-                    "demo".to_string(),
-                )
-            })
-            .collect(),
-    };
-    let mut params = ChainParams::new(genesis);
+    let mut params = ChainParams::new(local_genesis(1, &keys, vec![(me, 0, 1_000_000)]));
     params.block_time = Duration::from_millis(200);
     // Free loopback ports, asked of the kernel (released just before the nodes bind them).
     let ports: Vec<u16> = (0..4)
@@ -1302,37 +1340,12 @@ pub fn demo_chain(dir: &Path, step: &mut u32) -> Result<()> {
                 .port())
         })
         .collect::<std::io::Result<_>>()?;
-    let addr = |p: u16| -> Result<consensus::node::Multiaddr> {
-        format!("/ip4/127.0.0.1/tcp/{p}")
-            .parse()
-            .map_err(|e| anyhow!("{e}"))
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let start = Instant::now();
-        let mut nodes = Vec::new();
-        let mut engines = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            let cfg = NodeConfig {
-                moniker: format!("demo-v{i}"),
-                dir: dir.join(format!("chain/v{i}")),
-                p2p_listen: addr(ports[i])?,
-                peers: ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, p)| addr(*p))
-                    .collect::<Result<_>>()?,
-                params: params.clone(),
-            };
-            let (h, e, _) = consensus::node::start(cfg, k.clone())
-                .await
-                .map_err(|e| anyhow!(e))?;
-            nodes.push(h);
-            engines.push(e);
-        }
+        let (nodes, engines) = start_local(&dir.join("chain"), &keys, &ports, &params).await?;
         let mut blocks = nodes[0].subscribe();
         let first = tokio::time::timeout(Duration::from_secs(60), blocks.recv())
             .await

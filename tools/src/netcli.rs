@@ -221,19 +221,22 @@ pub fn host(args: HostArgs) -> Result<()> {
     }
 }
 
-fn host_init(a: &HostInitArgs) -> Result<()> {
-    if a.config.exists() {
-        bail!(
-            "{} exists: not replacing a configuration",
-            a.config.display()
-        );
+/// For `init` commands: refuses an existing configuration file, creates the folder it goes
+/// in (where its key goes too) and returns that folder.
+pub fn config_folder(config: &Path) -> Result<&Path> {
+    if config.exists() {
+        bail!("{} exists: not replacing a configuration", config.display());
     }
-    let base = a
-        .config
+    let base = config
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(base).with_context(|| format!("create {}", base.display()))?;
+    Ok(base)
+}
+
+fn host_init(a: &HostInitArgs) -> Result<()> {
+    let base = config_folder(&a.config)?;
     let data = std::path::absolute(&a.data_dir).context("resolve --data-dir")?;
     std::fs::create_dir_all(&data).with_context(|| format!("create {}", data.display()))?;
     let mut token = [0u8; 16];

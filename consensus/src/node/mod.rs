@@ -10,5 +10,6 @@ pub mod store;
 pub mod types;
 
 pub use malachitebft_app_channel::app::net::Multiaddr;
+pub use malachitebft_app_channel::EngineHandle;
 pub use run::{start, NodeConfig, NodeHandle};
 pub use state::{ChainParams, Committed, NodeState};

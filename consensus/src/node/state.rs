@@ -247,16 +247,7 @@ impl NodeState {
             .find(|p| p.proposer == me)
         {
             let block = part.block.decode().expect("kept blocks were encoded here");
-            let value = Value::of(&block);
-            self.seen.insert(
-                block.id(),
-                Seen {
-                    part: part.clone(),
-                    block,
-                    applied: None,
-                },
-            );
-            return Ok((LocallyProposedValue::new(height, round, value), part));
+            return Ok(self.keep_own(part, block, None));
         }
         assert_eq!(
             height,
@@ -304,7 +295,17 @@ impl NodeState {
         };
         part.signature = self.signer.sign(&part.sign_bytes(self.ctx.chain_id));
         self.store.put_pending(&part)?;
-        let value = Value::of(&block);
+        Ok(self.keep_own(part, block, applied))
+    }
+
+    /// Remembers this node's proposal (to commit or restream it) and returns it.
+    fn keep_own(
+        &mut self,
+        part: ProposalPart,
+        block: EncodedBlock,
+        applied: Option<Box<(State, Vec<Receipt>)>>,
+    ) -> (LocallyProposedValue<MsContext>, ProposalPart) {
+        let value = LocallyProposedValue::new(part.height, part.round, Value::of(&block));
         self.seen.insert(
             block.id(),
             Seen {
@@ -313,7 +314,7 @@ impl NodeState {
                 applied,
             },
         );
-        Ok((LocallyProposedValue::new(height, round, value), part))
+        (value, part)
     }
 
     /// Judges a proposal received from the network. `None`: not for this node to judge

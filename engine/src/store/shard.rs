@@ -296,11 +296,23 @@ impl Engine {
             threads.push(handle);
             ready.push(ready_rx);
         }
-        let engine = Engine { shards, threads };
+        let mut failed = None;
         for r in ready {
-            r.recv().unwrap_or(Err(StoreError::ShutDown))?;
+            if let Err(e) = r.recv().unwrap_or(Err(StoreError::ShutDown)) {
+                failed.get_or_insert(e);
+            }
         }
-        Ok(engine)
+        if let Some(e) = failed {
+            // A shard that gave up may not have dropped its queue yet: a request sent to it
+            // now (a shutdown) could wait forever. Closing every queue stops the shards that
+            // did open (their loops end), then they are joined.
+            drop(shards);
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(e);
+        }
+        Ok(Engine { shards, threads })
     }
 
     pub fn shards(&self) -> usize {
