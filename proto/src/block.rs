@@ -212,8 +212,6 @@ pub struct SignedVote {
     pub signature: [u8; 64],
 }
 
-pub const SIGNED_VOTE_BYTES: usize = 1 + 8 + 8 + 1 + 32 + 32 + 64;
-
 impl SignedVote {
     pub fn sign_bytes(&self, chain_id: u64) -> Vec<u8> {
         vote_sign_bytes(

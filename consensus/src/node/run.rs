@@ -13,7 +13,7 @@ use malachitebft_app_channel::app::config::{
 use malachitebft_app_channel::app::engine::host::Next;
 use malachitebft_app_channel::app::net::Multiaddr;
 use malachitebft_app_channel::app::streaming::{StreamContent, StreamId, StreamMessage};
-use malachitebft_app_channel::app::types::core::{Round, ValidatorSet as _};
+use malachitebft_app_channel::app::types::core::ValidatorSet as _;
 use malachitebft_app_channel::app::types::Keypair;
 use malachitebft_app_channel::{
     AppMsg, Channels, ConsensusContext, EngineHandle, NetworkContext, NetworkIdentity, NetworkMsg,
@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::codec::BorshCodec;
 use super::state::{ChainParams, Committed, NodeError, NodeState};
-use super::types::{Height, ProposalPart};
+use super::types::ProposalPart;
 use crate::mempool::MempoolError;
 
 /// Where and how a miner runs.
@@ -421,12 +421,4 @@ async fn on_app_msg(
         }
     }
     Ok(())
-}
-
-/// The round a height starts at.
-pub const FIRST_ROUND: Round = Round::Some(0);
-
-/// For logs: a height in the engine's terms.
-pub fn height(h: u64) -> Height {
-    Height(h)
 }

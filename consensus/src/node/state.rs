@@ -3,7 +3,7 @@
 //! answer sync requests. The async loop in `run` only moves messages between the engine's
 //! channels and these methods, so everything here is tested without an engine or a socket.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
@@ -109,6 +109,9 @@ pub struct NodeState {
     signer: SigningProvider,
     /// The ledger after the last decided block.
     ledger: State,
+    /// The next height's validators, as the engine takes them: built from the ledger's
+    /// stake when that changes (at epoch boundaries), not for every message.
+    validators: ValidatorSet,
     /// Id of the last decided block (zeros before the first).
     tip: BlockId,
     store: Store,
@@ -154,6 +157,7 @@ impl NodeState {
             signer: SigningProvider::new(chain_id, key),
             mempool: Mempool::new(params.mempool),
             params,
+            validators: ValidatorSet::from_stakes(&ledger.validators),
             ledger,
             tip,
             store,
@@ -194,7 +198,7 @@ impl NodeState {
 
     /// The validators of the next height, from the ledger's stake.
     pub fn validator_set(&self) -> ValidatorSet {
-        ValidatorSet::from_stakes(&self.ledger.validators)
+        self.validators.clone()
     }
 
     pub fn height_params(&self) -> HeightParams<MsContext> {
@@ -306,15 +310,25 @@ impl NodeState {
         applied: Option<Box<(State, Vec<Receipt>)>>,
     ) -> (LocallyProposedValue<MsContext>, ProposalPart) {
         let value = LocallyProposedValue::new(part.height, part.round, Value::of(&block));
+        self.remember(part.clone(), block, applied);
+        (value, part)
+    }
+
+    /// Keeps a block seen for a height above the tip, by id, for its decision or a restream.
+    fn remember(
+        &mut self,
+        part: ProposalPart,
+        block: EncodedBlock,
+        applied: Option<Box<(State, Vec<Receipt>)>>,
+    ) {
         self.seen.insert(
             block.id(),
             Seen {
-                part: part.clone(),
+                part,
                 block,
                 applied,
             },
         );
-        (value, part)
     }
 
     /// Judges a proposal received from the network. `None`: not for this node to judge
@@ -374,14 +388,7 @@ impl NodeState {
             value,
             validity,
         };
-        self.seen.insert(
-            block.id(),
-            Seen {
-                part,
-                block,
-                applied,
-            },
-        );
+        self.remember(part, block, applied);
         Ok(Some(pv))
     }
 
@@ -406,14 +413,10 @@ impl NodeState {
     }
 
     /// Every rule a block must meet before this node votes for it: it extends our tip, its
-    /// time is sane, and the ledger applies it.
-    pub fn check_block(&self, block: &EncodedBlock, now_ms: u64) -> Result<(), String> {
-        self.judge(block, now_ms, true).map(|_| ())
-    }
-
-    /// [`Self::check_block`], keeping what applying the block gives. `clock`: whether to
-    /// hold the timestamp against this node's clock (not for a block synced with its commit
-    /// certificate: it is decided already, and a slow local clock must not stall the node).
+    /// time is sane, and the ledger applies it; returns what applying it gives. `clock`:
+    /// whether to hold the timestamp against this node's clock (not for a block synced with
+    /// its commit certificate: it is decided already, and a slow local clock must not stall
+    /// the node).
     fn judge(
         &self,
         block: &EncodedBlock,
@@ -492,6 +495,9 @@ impl NodeState {
         };
         self.store
             .put_decided(Height(height), block.bytes(), cert)?;
+        if next.validators != self.ledger.validators {
+            self.validators = ValidatorSet::from_stakes(&next.validators);
+        }
         self.ledger = next;
         self.tip = block.id();
         let txs: Vec<TxId> = block.txs.iter().map(|t| t.id()).collect();
@@ -564,14 +570,7 @@ impl NodeState {
             block: BlockBytes::new(&block),
             signature: super::types::Sig([0; 64]),
         };
-        self.seen.insert(
-            block.id(),
-            Seen {
-                part,
-                block,
-                applied,
-            },
-        );
+        self.remember(part, block, applied);
         SyncedValueOutcome::Verdict(ProposedValue {
             height,
             round,
@@ -620,13 +619,6 @@ impl NodeState {
     /// Lowest height whose block this node can serve.
     pub fn history_min_height(&self) -> Height {
         Height(1)
-    }
-
-    /// The committed blocks' heights of the given transactions (for clients).
-    pub fn heights_of<'a>(&self, ids: impl IntoIterator<Item = &'a TxId>) -> BTreeMap<TxId, u64> {
-        ids.into_iter()
-            .filter_map(|id| self.tx_heights.get(id).map(|h| (*id, *h)))
-            .collect()
     }
 }
 

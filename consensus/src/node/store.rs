@@ -16,7 +16,7 @@ use std::path::Path;
 
 use borsh::BorshDeserialize;
 use malachitebft_app_channel::app::types::core::{CommitCertificate, Round};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 use super::types::{Height, MsContext, ProposalPart};
 
@@ -77,14 +77,6 @@ impl Store {
         Ok(Store { db })
     }
 
-    /// Height of the last stored block (0: none).
-    pub fn tip(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(BLOCKS)?;
-        let last = t.last()?.map_or(0, |(k, _)| k.value());
-        Ok(last)
-    }
-
     /// Stores a decided block and its certificate, and drops the pending proposals of that
     /// height and below, in one durable transaction.
     pub fn put_decided(
@@ -143,11 +135,6 @@ impl Store {
             f(k.value(), v.value())?;
         }
         Ok(())
-    }
-
-    pub fn block_count(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
-        Ok(tx.open_table(BLOCKS)?.len()?)
     }
 
     /// Keeps a proposal seen for (height, round), durably, before the engine hears of it:

@@ -397,6 +397,24 @@ pub struct Vote {
 }
 
 impl Vote {
+    /// A vote without an extension (extensions are disabled on this chain).
+    pub fn new(
+        typ: VoteType,
+        height: Height,
+        round: Round,
+        value: NilOrVal<ValueId>,
+        validator: Address,
+    ) -> Vote {
+        Vote {
+            typ,
+            height,
+            round,
+            value,
+            validator,
+            extension: None,
+        }
+    }
+
     pub fn sign_bytes(&self, chain_id: u64) -> Vec<u8> {
         vote_sign_bytes(
             chain_id,
@@ -529,14 +547,7 @@ impl Context for MsContext {
         value: NilOrVal<ValueId>,
         address: Address,
     ) -> Vote {
-        Vote {
-            typ: VoteType::Prevote,
-            height,
-            round,
-            value,
-            validator: address,
-            extension: None,
-        }
+        Vote::new(VoteType::Prevote, height, round, value, address)
     }
 
     fn new_precommit(
@@ -546,14 +557,7 @@ impl Context for MsContext {
         value: NilOrVal<ValueId>,
         address: Address,
     ) -> Vote {
-        Vote {
-            typ: VoteType::Precommit,
-            height,
-            round,
-            value,
-            validator: address,
-            extension: None,
-        }
+        Vote::new(VoteType::Precommit, height, round, value, address)
     }
 }
 

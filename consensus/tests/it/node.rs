@@ -329,14 +329,13 @@ fn a_caught_double_vote_becomes_a_slashing_transaction_in_the_next_block() {
     let p = proposer_of(&nodes, height);
     let offender = (p + 1) % 4;
     let vote = |n: &NodeState, id: u8| {
-        let v = Vote {
-            typ: VoteType::Prevote,
+        let v = Vote::new(
+            VoteType::Prevote,
             height,
-            round: Round::new(0),
-            value: NilOrVal::Val(ValueId(proto::block::BlockId([id; 32]))),
-            validator: n.address(),
-            extension: None,
-        };
+            Round::new(0),
+            NilOrVal::Val(ValueId(proto::block::BlockId([id; 32]))),
+            n.address(),
+        );
         let sig = n.signer().sign(&v.sign_bytes(CHAIN));
         SignedMessage::new(v, sig)
     };
