@@ -162,3 +162,33 @@ impl HasEncodedLen<sync::Response<MsContext>> for BorshCodec {
         borsh::object_length(&response_wire(msg)).map_err(|e| CodecError(e.to_string()))
     }
 }
+
+/// Decodes `bytes` as every message type this codec reads from the network or the WAL and
+/// panics if one that decodes does not encode back to the same bytes (or if decoding
+/// panics): the property the codec tests and the `consensus_msg` fuzz target check.
+pub fn check_roundtrip(bytes: &[u8]) {
+    let c = BorshCodec;
+    let b = Bytes::copy_from_slice(bytes);
+    macro_rules! check {
+        ($($t:ty),*) => {$(
+            if let Ok(v) = Codec::<$t>::decode(&c, b.clone()) {
+                let again = Codec::<$t>::encode(&c, &v).expect("a decoded message encodes");
+                assert_eq!(again.as_ref(), bytes, "{} is not canonical", stringify!($t));
+            }
+        )*};
+    }
+    check!(
+        Value,
+        ProposalPart,
+        StreamMessage<ProposalPart>,
+        SignedConsensusMsg<MsContext>,
+        LivenessMsg<MsContext>,
+        ProposedValue<MsContext>,
+        ValidatorProof<MsContext>,
+        PolkaCertificate<MsContext>,
+        CommitCertificate<MsContext>,
+        sync::Status<MsContext>,
+        sync::Request<MsContext>,
+        sync::Response<MsContext>
+    );
+}

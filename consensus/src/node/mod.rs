@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod run;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -42,7 +42,7 @@ pub struct NodeConfig {
 }
 
 #[derive(Clone, Debug)]
-struct EngineConfig {
+pub(crate) struct EngineConfig {
     moniker: String,
     consensus: ConsensusConfig,
     value_sync: ValueSyncConfig,
@@ -165,10 +165,7 @@ pub async fn start(
     ),
     String,
 > {
-    std::fs::create_dir_all(cfg.dir.join("wal"))
-        .map_err(|e| format!("cannot create {}: {e}", cfg.dir.display()))?;
-    let state =
-        NodeState::open(&cfg.dir, key.clone(), cfg.params.clone()).map_err(|e| e.to_string())?;
+    let state = open_state(&cfg.dir, key.clone(), cfg.params.clone())?;
     let address = state.address();
     info!(
         moniker = %cfg.moniker,
@@ -179,37 +176,28 @@ pub async fn start(
     );
     let keypair =
         Keypair::ed25519_from_bytes(key.to_bytes()).map_err(|e| format!("network key: {e}"))?;
-    let consensus = ConsensusConfig {
-        p2p: P2pConfig {
-            listen_addr: cfg.p2p_listen.clone(),
-            persistent_peers: cfg.peers.clone(),
-            // Peers dial from ephemeral ports; the validator set, not the address, is what
-            // admits a peer's votes, so inbound connections are accepted.
-            persistent_peers_only: false,
-            // A block (at most BLOCK_BYTES_MAX) must fit one gossip message.
-            pubsub_max_size: bytesize::ByteSize::mib(8),
-            rpc_max_size: bytesize::ByteSize::mib(32),
-            ..P2pConfig::default()
-        },
-        ..ConsensusConfig::default()
+    let p2p = P2pConfig {
+        listen_addr: cfg.p2p_listen.clone(),
+        persistent_peers: cfg.peers.clone(),
+        // Peers dial from ephemeral ports; the validator set, not the address, is what
+        // admits a peer's votes, so inbound connections are accepted.
+        persistent_peers_only: false,
+        // A block (at most BLOCK_BYTES_MAX) must fit one gossip message.
+        pubsub_max_size: bytesize::ByteSize::mib(8),
+        rpc_max_size: bytesize::ByteSize::mib(32),
+        ..P2pConfig::default()
     };
-    let value_sync = ValueSyncConfig {
-        status_update_interval: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
-        // Under the codec's MESSAGE_BYTES_MAX (16 MiB), which the receiving side enforces.
-        max_response_size: bytesize::ByteSize::mib(12),
-        ..ValueSyncConfig::default()
-    };
-    let engine_cfg = EngineConfig {
-        moniker: cfg.moniker.clone(),
-        consensus,
-        value_sync,
-    };
+    let engine_cfg = engine_config(
+        cfg.moniker.clone(),
+        p2p,
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    );
     let signer = state.signer().clone();
     let (channels, engine) = malachitebft_app_channel::start_engine(
         state.ctx,
         engine_cfg,
-        WalContext::new(cfg.dir.join("wal").join("consensus.wal"), BorshCodec),
+        WalContext::new(wal_path(&cfg.dir), BorshCodec),
         NetworkContext::new(
             NetworkIdentity::new(cfg.moniker.clone(), keypair, Some(address.to_string())),
             BorshCodec,
@@ -220,6 +208,56 @@ pub async fn start(
     )
     .await
     .map_err(|e| format!("cannot start the consensus engine: {e}"))?;
+    let (handle, task) = spawn_serve(state, channels);
+    Ok((handle, engine, task))
+}
+
+/// The engine's write-ahead log, beside `chain.redb`.
+pub(crate) fn wal_path(dir: &std::path::Path) -> PathBuf {
+    dir.join("wal").join("consensus.wal")
+}
+
+/// Creates the node's folders and rebuilds its state from the block store.
+pub(crate) fn open_state(
+    dir: &std::path::Path,
+    key: SigningKey,
+    params: super::state::ChainParams,
+) -> Result<NodeState, String> {
+    std::fs::create_dir_all(dir.join("wal"))
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    NodeState::open(dir, key, params).map_err(|e| e.to_string())
+}
+
+/// The engine's settings: the p2p ones (unused by an in-memory network) and how often
+/// value sync tells peers its tip.
+pub(crate) fn engine_config(
+    moniker: String,
+    p2p: P2pConfig,
+    status_interval: Duration,
+    request_timeout: Duration,
+) -> EngineConfig {
+    EngineConfig {
+        moniker,
+        consensus: ConsensusConfig {
+            p2p,
+            ..ConsensusConfig::default()
+        },
+        value_sync: ValueSyncConfig {
+            status_update_interval: status_interval,
+            request_timeout,
+            // Under the codec's MESSAGE_BYTES_MAX (16 MiB), which the receiving side enforces.
+            max_response_size: bytesize::ByteSize::mib(12),
+            ..ValueSyncConfig::default()
+        },
+    }
+}
+
+/// Starts the loop that answers the engine's `channels` with `state`, and the handle that
+/// talks to it.
+pub(crate) fn spawn_serve(
+    state: NodeState,
+    channels: Channels<super::types::MsContext>,
+) -> (NodeHandle, tokio::task::JoinHandle<Result<(), String>>) {
     let (commands, rx) = mpsc::channel(1024);
     let (committed, _) = broadcast::channel(1024);
     let handle = NodeHandle {
@@ -227,7 +265,7 @@ pub async fn start(
         committed: committed.clone(),
     };
     let task = tokio::spawn(serve(state, channels, rx, committed));
-    Ok((handle, engine, task))
+    (handle, task)
 }
 
 fn stream_id(part: &ProposalPart) -> StreamId {

@@ -96,6 +96,8 @@ struct Seen {
 #[derive(Debug, Clone)]
 pub struct Committed {
     pub height: u64,
+    /// The consensus round that decided it (0 when the first proposal went through).
+    pub round: i64,
     pub id: BlockId,
     pub timestamp_ms: u64,
     pub txs: Vec<TxId>,
@@ -511,6 +513,7 @@ impl NodeState {
         self.seen.retain(|_, s| s.block.header.height > height);
         Ok(Committed {
             height,
+            round: cert.round.as_i64(),
             id: block.id(),
             timestamp_ms: block.header.timestamp_ms,
             txs,

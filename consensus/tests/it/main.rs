@@ -1068,6 +1068,8 @@ fn validator_set_follows_miner_stake_at_epoch_boundaries() {
 
 #[cfg(feature = "node")]
 mod node;
+#[cfg(feature = "node")]
+mod sim;
 
 mod properties {
     use super::*;

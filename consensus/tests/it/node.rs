@@ -365,37 +365,12 @@ fn a_caught_double_vote_becomes_a_slashing_transaction_in_the_next_block() {
     assert_eq!(slashed, Some(before.div_ceil(10)));
 }
 
-/// No libFuzzer target builds malachite (the fuzz crate stays without the `node` feature, to
-/// keep fuzz builds fast), so the codec's robustness is checked here: random bytes and
-/// random mutations of valid messages decode to a value or an error, never a panic, and
-/// what decodes encodes back to the same bytes.
+/// The codec's robustness in every test run (the libFuzzer target `consensus_msg` is heavier:
+/// it builds malachite): random bytes and random mutations of valid messages decode to a
+/// value or an error, never a panic, and what decodes encodes back to the same bytes.
 mod codec_robustness {
     use super::*;
-    use malachitebft_app_channel::app::consensus::{LivenessMsg, SignedConsensusMsg};
-    use malachitebft_app_channel::app::types::core::ValidatorProof;
-    use malachitebft_app_channel::app::types::sync;
     use proptest::prelude::*;
-
-    fn decode_all(bytes: &[u8]) {
-        let c = BorshCodec;
-        let b = Bytes::copy_from_slice(bytes);
-        macro_rules! check {
-            ($t:ty) => {
-                if let Ok(v) = Codec::<$t>::decode(&c, b.clone()) {
-                    let again = Codec::<$t>::encode(&c, &v).unwrap();
-                    assert_eq!(again.as_ref(), bytes, "{} is not canonical", stringify!($t));
-                }
-            };
-        }
-        check!(StreamMessage<ProposalPart>);
-        check!(SignedConsensusMsg<MsContext>);
-        check!(LivenessMsg<MsContext>);
-        check!(ValidatorProof<MsContext>);
-        check!(CommitCertificate<MsContext>);
-        check!(sync::Status<MsContext>);
-        check!(sync::Request<MsContext>);
-        check!(sync::Response<MsContext>);
-    }
 
     fn valid_part() -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
@@ -416,7 +391,7 @@ mod codec_robustness {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            decode_all(&bytes);
+            consensus::node::codec::check_roundtrip(&bytes);
         }
     }
 
@@ -443,7 +418,7 @@ mod codec_robustness {
                     break;
                 }
             }
-            decode_all(&b);
+            consensus::node::codec::check_roundtrip(&b);
         }
     }
 }
