@@ -13,8 +13,9 @@
 //! What a run checks ([`run`]): no two nodes ever commit different blocks at one height
 //! (as they commit, and again over every stored block at the end); every phase with at
 //! most f of the power faulty reaches its heights before a deadline; after the last phase
-//! every node, restarted ones included, reaches the final height; and when the byzantine
-//! validator double-voted, a ledger transaction carrying its two votes slashed it.
+//! every node, restarted ones included, reaches the final height; a split without a quorum
+//! decides at most the height already under way; and when the byzantine validator
+//! double-voted, a ledger transaction carrying its two votes slashed it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -39,7 +40,7 @@ use malachitebft_sync::{InboundRequestId, OutboundRequestId};
 use proto::tx::{AccountId, Asset, Role, Tx, TxBody};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::codec::BorshCodec;
 use super::run::{engine_config, open_state, spawn_serve, wal_path, NodeHandle};
@@ -98,6 +99,15 @@ impl Rng {
     /// Uniform in `0..n` (`n > 0`).
     pub fn below_u32(&mut self, n: u32) -> u32 {
         u32::try_from(self.below(u64::from(n))).expect("below a u32")
+    }
+
+    /// 32 random bytes (keys, invented block ids).
+    pub fn bytes32(&mut self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        out
     }
 
     /// True with probability `per_mille / 1000`.
@@ -425,22 +435,25 @@ impl Hub {
                 st.rng.below(links.delay_max_ms + 1)
             };
             if delay == 0 {
-                for s in &st.peers[to].subscribers {
-                    s.send(event.clone());
-                }
+                Self::deliver(st, from, to, incarnation, &event);
             } else {
                 let hub = Arc::clone(self);
                 let event = event.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
-                    let st = hub.lock();
-                    let (src, dst) = (&st.peers[from], &st.peers[to]);
-                    if dst.up && dst.incarnation == incarnation && src.group == dst.group {
-                        for s in &dst.subscribers {
-                            s.send(event.clone());
-                        }
-                    }
+                    Self::deliver(&hub.lock(), from, to, incarnation, &event);
                 });
+            }
+        }
+    }
+
+    /// Hands `event` to `to`'s actors if it is still the incarnation the message was sent to
+    /// and still on the sender's side of any partition.
+    fn deliver(st: &HubState, from: usize, to: usize, incarnation: u64, event: &NetEvent) {
+        let (src, dst) = (&st.peers[from], &st.peers[to]);
+        if dst.up && dst.incarnation == incarnation && src.group == dst.group {
+            for s in &dst.subscribers {
+                s.send(event.clone());
             }
         }
     }
@@ -600,13 +613,7 @@ impl Hub {
     fn conflicting(&self, v: &SignedVote, rng: &mut Rng) -> SignedVote {
         let value = match v.message.value {
             NilOrVal::Val(_) => NilOrVal::Nil,
-            NilOrVal::Nil => {
-                let mut id = [0u8; 32];
-                for chunk in id.chunks_mut(8) {
-                    chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-                }
-                NilOrVal::Val(ValueId(proto::block::BlockId(id)))
-            }
+            NilOrVal::Nil => NilOrVal::Val(ValueId(proto::block::BlockId(rng.bytes32()))),
         };
         let vote = Vote::new(
             v.message.typ,
@@ -683,7 +690,7 @@ struct Progress {
     heights: Vec<u64>,
     /// The first block id committed at each height, by any node.
     decided: BTreeMap<u64, proto::block::BlockId>,
-    /// Conflicting commits: (height, node, its id, the first id).
+    /// Conflicting commits, described.
     conflicts: Vec<String>,
     /// Transactions committed, counted once per node that committed them.
     committed_txs: usize,
@@ -709,11 +716,9 @@ impl fmt::Debug for Sim {
 
 fn validator_key(seed: u64, i: usize) -> SigningKey {
     let mut rng = Rng::new(seed ^ 0x005E_ED0F_4B1D);
-    let mut k = [0u8; 32];
-    for _ in 0..=i {
-        for chunk in k.chunks_mut(8) {
-            chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
-        }
+    let mut k = rng.bytes32();
+    for _ in 0..i {
+        k = rng.bytes32();
     }
     SigningKey::from(k)
 }
@@ -875,9 +880,18 @@ impl Sim {
             ))
             .with_default_request(RequestContext::new(100))
             .build();
-        let (channels, engine) = bounded(format_args!("node {i}'s engine start"), build)
-            .await?
-            .map_err(|e| format!("cannot start node {i}'s engine: {e}"))?;
+        let started = bounded(format_args!("node {i}'s engine start"), build)
+            .await
+            .and_then(|r| r.map_err(|e| format!("cannot start node {i}'s engine: {e}")));
+        let (channels, engine) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Nothing of a failed start outlives it (a retry spawns its own).
+                net.stop(None);
+                forward.abort();
+                return Err(e);
+            }
+        };
         let (handle, serve) = spawn_serve(state, channels);
         let watcher = {
             let mut commits = handle.subscribe();
@@ -1039,8 +1053,8 @@ impl Sim {
         let mut admitted = 0;
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(r) = &node.running else { continue };
-            let client = self.clients[i].clone();
-            let me = account(&client);
+            let client = &self.clients[i];
+            let me = account(client);
             let query = r
                 .handle
                 .query(move |s| s.mempool.next_nonce(&me, s.ledger()));
@@ -1061,7 +1075,7 @@ impl Sim {
                             amount: 1 + rng.below(1000),
                         },
                     }
-                    .sign(&client)
+                    .sign(client)
                 })
                 .collect();
             if let Ok(Ok(results)) =
@@ -1249,7 +1263,7 @@ impl Sim {
         let stores = self
             .nodes
             .iter()
-            .map(|n| super::store::Store::open(&n.dir.join("chain.redb")))
+            .map(|n| super::store::Store::open(&super::store::Store::path_in(&n.dir)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("cannot reopen a block store: {e}"))?;
         let mut height = 1;
@@ -1275,7 +1289,7 @@ impl Sim {
                 report.blocks_compared, report.final_height
             ));
         }
-        warn!(blocks = report.blocks_compared, "stores agree");
+        debug!(blocks = report.blocks_compared, "stores agree");
         Ok(())
     }
 }

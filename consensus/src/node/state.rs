@@ -135,7 +135,7 @@ impl NodeState {
         let chain_id = params.genesis.chain_id;
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-        let store = Store::open(&dir.join("chain.redb"))?;
+        let store = Store::open(&Store::path_in(dir))?;
         let mut ledger = State::genesis(&params.genesis);
         let mut tip = BlockId::default();
         let mut tx_heights = HashMap::new();

@@ -65,6 +65,11 @@ fn pending_key(height: Height, round: Round, proposer: &[u8; 32]) -> [u8; 44] {
 }
 
 impl Store {
+    /// The block store's file in a node's folder.
+    pub fn path_in(dir: &Path) -> std::path::PathBuf {
+        dir.join("chain.redb")
+    }
+
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;
