@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 use crate::config::Limits;
 use crate::io::{body_deadline, read_header, read_request_body, write_reply};
 use crate::metrics::Metrics;
-use crate::state::{HostState, ObjectOutcome, QuotaError};
+use crate::state::{DeleteRefused, HostState, ObjectOutcome, QuotaError};
 use crate::wire::{hello_message, kind, object_message, ErrorCode, Reply, Request, FRAME_BODY_MAX};
 use crate::NetError;
 
@@ -220,8 +220,12 @@ pub fn serve_on_cores(
     }
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut threads = Vec::new();
+    // Each acceptor says when it listens: the address is returned only once a client
+    // connecting to it at once is not refused.
+    let (listening, up) = std::sync::mpsc::channel::<std::io::Result<()>>();
     for (core, socket) in listeners.into_iter().enumerate() {
         let (host, shutdown) = (Arc::clone(host), shutdown.clone());
+        let listening = listening.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("data-plane-{core}"))
@@ -239,18 +243,31 @@ pub fn serve_on_cores(
                     {
                         Ok(rt) => rt,
                         Err(e) => {
-                            warn!(error = %e, core, "cannot start a data-plane runtime");
+                            let _ = listening.send(Err(e));
                             return;
                         }
                     };
                     rt.block_on(async move {
                         match socket.listen(1024) {
-                            Ok(l) => serve(host, l, shutdown).await,
-                            Err(e) => warn!(error = %e, core, "cannot listen"),
+                            Ok(l) => {
+                                let _ = listening.send(Ok(()));
+                                serve(host, l, shutdown).await
+                            }
+                            Err(e) => {
+                                let _ = listening.send(Err(e));
+                            }
                         }
                     });
                 })?,
         );
+    }
+    drop(listening);
+    for _ in 0..threads.len() {
+        match up.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other("a data-plane acceptor died")),
+        }
     }
     Ok((bound, threads))
 }
@@ -288,7 +305,10 @@ impl Scope {
     /// Whether a request of this frame kind is within the link's operation.
     fn allows(&self, kind: u8) -> bool {
         match self {
-            Scope::Upload { .. } => matches!(kind, kind::PUT | kind::PUT_OBJECT | kind::HAVE),
+            Scope::Upload { .. } => matches!(
+                kind,
+                kind::PUT | kind::PUT_OBJECT | kind::HAVE | kind::DELETE
+            ),
             Scope::Download { .. } => {
                 matches!(
                     kind,
@@ -325,7 +345,7 @@ fn store_error(e: &StoreError) -> Reply {
         StoreError::Size(_) => ErrorCode::Malformed,
         StoreError::Full { .. } => ErrorCode::Full,
         StoreError::Range { .. } | StoreError::Leaf { .. } => ErrorCode::Range,
-        StoreError::Io(_) | StoreError::ShutDown => ErrorCode::Internal,
+        StoreError::Io(_) | StoreError::ShutDown | StoreError::InUse(_) => ErrorCode::Internal,
     };
     Reply::error(code, e.to_string())
 }
@@ -692,6 +712,10 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 return not_granted("uploading");
             };
             let len = bytes.len() as u64;
+            let busy = match Busy::put(host, id) {
+                Ok(b) => b,
+                Err(e) => return ready(Reply::error(ErrorCode::Busy, e.to_string())),
+            };
             if let Err(e) = host.state.reserve(&link, bytes_max, len) {
                 let code = match e {
                     QuotaError::Exceeded { .. } => ErrorCode::QuotaExceeded,
@@ -702,6 +726,8 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
             let pending = host.engine.put(id, crc32c, bytes, host.expiry());
             let host = Arc::clone(host);
             Box::pin(async move {
+                // Until this put is answered no delete of the chunk may start.
+                let _busy = busy;
                 let existing = match pending.recv().await {
                     Ok(PutOutcome::Stored) => {
                         host.metrics.put_bytes.fetch_add(len, Relaxed);
@@ -778,9 +804,85 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 async move { put_object(&host, link, bytes_max, manifest, chunks, envelope).await },
             )
         }
+        Request::Delete { id } => {
+            let Scope::Upload { link, .. } = **scope else {
+                return not_granted("deleting");
+            };
+            let host = Arc::clone(host);
+            Box::pin(async move { delete(&host, link, id).await })
+        }
         Request::Hello { .. } | Request::ProxyConnect { .. } | Request::ProxyReceipt(_) => {
             not_granted("a handshake after the hello")
         }
+    }
+}
+
+/// A put of one chunk under way, for [`HostState::begin_put`]; ended when dropped, on
+/// every path out of the put.
+struct Busy {
+    host: Arc<Host>,
+    id: ChunkId,
+}
+
+impl Busy {
+    fn put(host: &Arc<Host>, id: ChunkId) -> Result<Busy, DeleteRefused> {
+        host.state.begin_put(id)?;
+        Ok(Busy {
+            host: Arc::clone(host),
+            id,
+        })
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.host.state.end_put(self.id);
+    }
+}
+
+/// Chunks counted as listed by a file being recorded ([`HostState::list`]), uncounted
+/// when dropped unless the file was recorded.
+struct Listed {
+    host: Arc<Host>,
+    chunks: Vec<ChunkId>,
+    keep: bool,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.host.state.unlist(&self.chunks);
+        }
+    }
+}
+
+/// Withdraws a chunk from an upload link and, when no other link holds it, deletes its
+/// bytes: acknowledged only once the store's delete is durable.
+async fn delete(host: &Arc<Host>, link: [u8; 16], id: ChunkId) -> Reply {
+    let remove = match host.state.begin_delete(&link, id) {
+        Ok(remove) => remove,
+        Err(e) => {
+            let code = match e {
+                DeleteRefused::NotUploaded(_) | DeleteRefused::Listed(_) => ErrorCode::NotGranted,
+                DeleteRefused::Busy(_) => ErrorCode::Busy,
+            };
+            return Reply::error(code, e.to_string());
+        }
+    };
+    let removed = if remove {
+        match host.engine.delete(id).recv().await {
+            Ok(existed) => existed,
+            Err(e) => {
+                let _ = host.state.end_delete(&link, id, false);
+                return store_error(&e);
+            }
+        }
+    } else {
+        false
+    };
+    match host.state.end_delete(&link, id, true) {
+        Ok(()) => Reply::Deleted { removed },
+        Err(e) => Reply::error(ErrorCode::Internal, e),
     }
 }
 
@@ -810,6 +912,15 @@ async fn put_object(
             format!("chunk {id} was not uploaded with this link: upload it first"),
         );
     }
+    // From here no delete may take a chunk of the list; undone unless the file is recorded.
+    if let Err(e) = host.state.list(&chunks) {
+        return Reply::error(ErrorCode::Busy, e.to_string());
+    }
+    let listed = Listed {
+        host: Arc::clone(host),
+        chunks: chunks.clone(),
+        keep: false,
+    };
     let stats: Vec<_> = chunks.iter().map(|id| host.engine.stat(*id)).collect();
     for (id, p) in chunks.iter().zip(stats) {
         match p.recv().await {
@@ -843,6 +954,10 @@ async fn put_object(
     let recorded = tokio::task::spawn_blocking(move || h.state.put_object(&manifest, &list)).await;
     match recorded {
         Ok(Ok(outcome)) => {
+            // A recorded file lists its chunks for good; the same list recorded before
+            // already counts.
+            let mut listed = listed;
+            listed.keep = outcome == ObjectOutcome::Recorded;
             if outcome == ObjectOutcome::Existing {
                 host.state.release(&link, len);
             }

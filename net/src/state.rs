@@ -27,6 +27,8 @@ const GRANT_RECORD_BYTES: usize = 32;
 const UPLOAD_RECORD_BYTES: usize = 56;
 const GRANT_MAGIC: &[u8; 4] = b"MSGR";
 const UPLOAD_MAGIC: &[u8; 4] = b"MSUP";
+/// An uploads-log record withdrawing an earlier `MSUP` of the same link and chunk.
+const WITHDRAW_MAGIC: &[u8; 4] = b"MSUD";
 const OBJECT_MAGIC: &[u8; 4] = b"MSOB";
 const STATE_VERSION: u8 = 1;
 
@@ -47,25 +49,33 @@ fn record(magic: &[u8; 4], body: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// A log record's kind (the index of its magic in the list the log accepts) and body.
+type Rec<'a> = (usize, &'a [u8]);
+
 /// The whole records of an append-only log of `len`-byte records, each checked; a partial
 /// record at the end (a crash mid-append) is left out and the length to keep returned.
 fn records<'a>(
     what: &'static str,
     bytes: &'a [u8],
     len: usize,
-    magic: &[u8; 4],
-) -> Result<(Vec<&'a [u8]>, usize), DecodeError> {
+    magics: &[&[u8; 4]],
+) -> Result<(Vec<Rec<'a>>, usize), DecodeError> {
     let whole = bytes.len() / len * len;
     let mut out = Vec::with_capacity(whole / len);
     for (i, rec) in bytes[..whole].chunks_exact(len).enumerate() {
-        if &rec[..4] != magic || check_of(&rec[..len - 4]) != rec[len - 4..] {
-            return Err(DecodeError::Invalid {
-                what,
-                field: "record",
-                reason: format!("record {i} is damaged"),
-            });
+        let magic = magics.iter().position(|m| rec[..4] == m[..]);
+        match magic {
+            Some(m) if check_of(&rec[..len - 4]) == rec[len - 4..] => {
+                out.push((m, &rec[4..len - 4]))
+            }
+            _ => {
+                return Err(DecodeError::Invalid {
+                    what,
+                    field: "record",
+                    reason: format!("record {i} is damaged"),
+                })
+            }
         }
-        out.push(&rec[4..len - 4]);
     }
     Ok((out, whole))
 }
@@ -77,9 +87,9 @@ pub fn encode_grant(link: &[u8; 16], reserved: u64) -> Vec<u8> {
 
 /// Decodes a grants log: the highest reservation per link, and the length to keep.
 pub fn decode_grants(bytes: &[u8]) -> Result<(HashMap<[u8; 16], u64>, usize), DecodeError> {
-    let (recs, keep) = records("grants log", bytes, GRANT_RECORD_BYTES, GRANT_MAGIC)?;
+    let (recs, keep) = records("grants log", bytes, GRANT_RECORD_BYTES, &[GRANT_MAGIC])?;
     let mut out: HashMap<[u8; 16], u64> = HashMap::new();
-    for r in recs {
+    for (_, r) in recs {
         let link: [u8; 16] = r[..16].try_into().expect("16 bytes");
         let reserved = u64::from_le_bytes(r[16..24].try_into().expect("8 bytes"));
         let e = out.entry(link).or_default();
@@ -93,15 +103,32 @@ pub fn encode_upload(link: &[u8; 16], chunk: &ChunkId) -> Vec<u8> {
     record(UPLOAD_MAGIC, &[link, &chunk.0])
 }
 
-/// Decodes an uploads log: the chunks each link uploaded, and the length to keep.
+/// One uploads-log record withdrawing `chunk` from `link`: `MSUD`, link id, chunk id, check.
+pub fn encode_withdrawal(link: &[u8; 16], chunk: &ChunkId) -> Vec<u8> {
+    record(WITHDRAW_MAGIC, &[link, &chunk.0])
+}
+
+/// Decodes an uploads log: the chunks each link uploaded and did not withdraw, and the
+/// length to keep.
 pub fn decode_uploads(bytes: &[u8]) -> Result<(UploadSets, usize), DecodeError> {
-    let (recs, keep) = records("uploads log", bytes, UPLOAD_RECORD_BYTES, UPLOAD_MAGIC)?;
+    let (recs, keep) = records(
+        "uploads log",
+        bytes,
+        UPLOAD_RECORD_BYTES,
+        &[UPLOAD_MAGIC, WITHDRAW_MAGIC],
+    )?;
     let mut out = UploadSets::new();
-    for r in recs {
+    for (magic, r) in recs {
         let link: [u8; 16] = r[..16].try_into().expect("16 bytes");
-        out.entry(link)
-            .or_default()
-            .insert(ChunkId(r[16..48].try_into().expect("32 bytes")));
+        let chunk = ChunkId(r[16..48].try_into().expect("32 bytes"));
+        if magic == 0 {
+            out.entry(link).or_default().insert(chunk);
+        } else if let Some(set) = out.get_mut(&link) {
+            set.remove(&chunk);
+            if set.is_empty() {
+                out.remove(&link);
+            }
+        }
     }
     Ok((out, keep))
 }
@@ -233,13 +260,44 @@ impl Log {
 /// Chunks recorded as sent, per link.
 type UploadSets = HashMap<[u8; 16], HashSet<ChunkId>>;
 
+/// What a put or delete of one chunk has under way ([`HostState::begin_put`],
+/// [`HostState::begin_delete`]): the two never overlap, so a put acknowledged as stored
+/// (or "already stored") is never followed by a delete that decided before it.
+#[derive(Debug, Default)]
+struct Busy {
+    puts: u32,
+    deleting: bool,
+}
+
+/// The uploads log and what is decided under its lock.
+#[derive(Debug)]
+struct Uploads {
+    log: Log,
+    sets: UploadSets,
+    /// How many recorded files list each chunk: a listed chunk is never deleted through
+    /// the data plane (the file would lose it). Rebuilt from `objects/` at open.
+    listed: HashMap<ChunkId, u32>,
+    busy: HashMap<ChunkId, Busy>,
+}
+
 /// The host's state directory.
 #[derive(Debug)]
 pub struct HostState {
     dir: PathBuf,
     grants: Mutex<(Log, HashMap<[u8; 16], LinkUse>)>,
-    uploads: Mutex<(Log, UploadSets)>,
+    uploads: Mutex<Uploads>,
     objects_lock: Mutex<()>,
+}
+
+/// Why a delete through the data plane was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefused {
+    #[error("chunk {0} was not uploaded with this link (or was withdrawn already)")]
+    NotUploaded(ChunkId),
+    #[error("chunk {0} is part of a file recorded here: it cannot be deleted on its own")]
+    Listed(ChunkId),
+    #[error("chunk {0} has a put or delete under way: retry when it is answered")]
+    Busy(ChunkId),
 }
 
 /// Why a reservation failed.
@@ -263,8 +321,33 @@ pub enum ObjectOutcome {
     Existing,
 }
 
+/// How many recorded files list each chunk, from the object records in `dir`.
+fn listed_chunks(dir: &Path) -> Result<HashMap<ChunkId, u32>, crate::NetError> {
+    let err = |path: &Path, e: &dyn std::fmt::Display| {
+        crate::NetError::State(format!("{}: {e}", path.display()))
+    };
+    let mut listed: HashMap<ChunkId, u32> = HashMap::new();
+    for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
+        let path = entry.map_err(|e| err(dir, &e))?.path();
+        // Temporary files of an object being written start with a dot.
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'))
+        {
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(|e| err(&path, &e))?;
+        let (_, chunks) = decode_object(&bytes).map_err(|e| err(&path, &e))?;
+        for c in chunks {
+            *listed.entry(c).or_default() += 1;
+        }
+    }
+    Ok(listed)
+}
+
 impl HostState {
-    /// Opens (or creates) the state directory, reading its logs.
+    /// Opens (or creates) the state directory, reading its logs and object records.
     pub fn open(dir: &Path) -> Result<HostState, crate::NetError> {
         let err = |what: &str, e: std::io::Error| {
             crate::NetError::State(format!("{what} {}: {e}", dir.display()))
@@ -273,6 +356,7 @@ impl HostState {
         let (grants, reserved) = Log::open(&dir.join("grants.log"), decode_grants)?;
         let (uploads_log, uploads) = Log::open(&dir.join("uploads.log"), decode_uploads)?;
         sync_dir(dir).map_err(|e| err("sync", e))?;
+        let listed = listed_chunks(&dir.join("objects"))?;
         let uses = reserved
             .into_iter()
             .map(|(k, r)| {
@@ -288,7 +372,12 @@ impl HostState {
         Ok(HostState {
             dir: dir.to_owned(),
             grants: Mutex::new((grants, uses)),
-            uploads: Mutex::new((uploads_log, uploads)),
+            uploads: Mutex::new(Uploads {
+                log: uploads_log,
+                sets: uploads,
+                listed,
+                busy: HashMap::new(),
+            }),
             objects_lock: Mutex::new(()),
         })
     }
@@ -333,8 +422,8 @@ impl HostState {
     /// in a crash makes `Have` report the chunk missing to this link, whose client then
     /// sends it again (answered "existing" after its bytes are checked), which records it.
     pub fn record_upload(&self, link: [u8; 16], chunk: ChunkId) -> Result<(), String> {
-        let mut u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let (log, sets) = &mut *u;
+        let mut u = self.uploads();
+        let Uploads { log, sets, .. } = &mut *u;
         if sets.get(&link).is_some_and(|s| s.contains(&chunk)) {
             return Ok(());
         }
@@ -344,10 +433,14 @@ impl HostState {
         Ok(())
     }
 
+    fn uploads(&self) -> std::sync::MutexGuard<'_, Uploads> {
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// For each of `chunks`, whether it was recorded as sent under `link`.
     pub fn uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Vec<bool> {
-        let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let set = u.1.get(link);
+        let u = self.uploads();
+        let set = u.sets.get(link);
         chunks
             .iter()
             .map(|c| set.is_some_and(|s| s.contains(c)))
@@ -356,12 +449,111 @@ impl HostState {
 
     /// The first of `chunks` not uploaded under `link`, if any.
     pub fn not_uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Option<ChunkId> {
-        let u = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
-        let set = u.1.get(link);
+        let u = self.uploads();
+        let set = u.sets.get(link);
         chunks
             .iter()
             .find(|c| !set.is_some_and(|s| s.contains(c)))
             .copied()
+    }
+
+    /// A put of `chunk` starts; refused while a delete of it is under way. Every `Ok` is
+    /// matched by one [`HostState::end_put`] once the put is answered.
+    pub fn begin_put(&self, chunk: ChunkId) -> Result<(), DeleteRefused> {
+        let mut u = self.uploads();
+        let b = u.busy.entry(chunk).or_default();
+        if b.deleting {
+            return Err(DeleteRefused::Busy(chunk));
+        }
+        b.puts += 1;
+        Ok(())
+    }
+
+    pub fn end_put(&self, chunk: ChunkId) {
+        let mut u = self.uploads();
+        if let Some(b) = u.busy.get_mut(&chunk) {
+            b.puts = b.puts.saturating_sub(1);
+            if b.puts == 0 && !b.deleting {
+                u.busy.remove(&chunk);
+            }
+        }
+    }
+
+    /// A delete of `chunk` through `link` starts: the link must have uploaded it, no
+    /// recorded file may list it, and no put or delete of it may be under way. Returns
+    /// whether the chunk's bytes are to be removed from the store (no other link holds
+    /// it). Every `Ok` is matched by one [`HostState::end_delete`].
+    pub fn begin_delete(&self, link: &[u8; 16], chunk: ChunkId) -> Result<bool, DeleteRefused> {
+        let mut u = self.uploads();
+        if !u.sets.get(link).is_some_and(|s| s.contains(&chunk)) {
+            return Err(DeleteRefused::NotUploaded(chunk));
+        }
+        if u.listed.get(&chunk).is_some_and(|&n| n > 0) {
+            return Err(DeleteRefused::Listed(chunk));
+        }
+        let held_elsewhere = u.sets.iter().any(|(l, s)| l != link && s.contains(&chunk));
+        let b = u.busy.entry(chunk).or_default();
+        if b.deleting || b.puts > 0 {
+            return Err(DeleteRefused::Busy(chunk));
+        }
+        b.deleting = true;
+        Ok(!held_elsewhere)
+    }
+
+    /// Ends a delete begun with [`HostState::begin_delete`]; if `withdraw`, the link no
+    /// longer holds the chunk, recorded in the uploads log. The record is written after
+    /// the store's delete and not synced: lost in a crash, it leaves the link holding a
+    /// chunk that `Have` reports missing, and a second delete answers "not removed".
+    pub fn end_delete(
+        &self,
+        link: &[u8; 16],
+        chunk: ChunkId,
+        withdraw: bool,
+    ) -> Result<(), String> {
+        let mut u = self.uploads();
+        u.busy.remove(&chunk);
+        if !withdraw {
+            return Ok(());
+        }
+        u.log
+            .write(&encode_withdrawal(link, &chunk), false)
+            .map_err(|e| format!("recording the delete: {e}"))?;
+        if let Some(set) = u.sets.get_mut(link) {
+            set.remove(&chunk);
+            if set.is_empty() {
+                u.sets.remove(link);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `chunks` as listed by a file about to be recorded, so no delete removes
+    /// them meanwhile; refused if a delete of one is under way. Undone with
+    /// [`HostState::unlist`] unless the file is recorded.
+    pub fn list(&self, chunks: &[ChunkId]) -> Result<(), DeleteRefused> {
+        let mut u = self.uploads();
+        if let Some(c) = chunks
+            .iter()
+            .find(|c| u.busy.get(c).is_some_and(|b| b.deleting))
+        {
+            return Err(DeleteRefused::Busy(*c));
+        }
+        for c in chunks {
+            *u.listed.entry(*c).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    pub fn unlist(&self, chunks: &[ChunkId]) {
+        let mut u = self.uploads();
+        for c in chunks {
+            if let Some(n) = u.listed.get_mut(c) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    u.listed.remove(c);
+                }
+            }
+        }
     }
 
     fn object_path(&self, manifest: &ChunkId) -> PathBuf {
@@ -378,10 +570,8 @@ impl HostState {
         // One at a time: the check and the rename must not interleave with another's.
         let _one = self.objects_lock.lock().unwrap_or_else(|p| p.into_inner());
         // The upload records this list relies on are durable before the list is.
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
+        self.uploads()
+            .log
             .file
             .sync_data()
             .map_err(|e| crate::NetError::State(format!("syncing the uploads log: {e}")))?;
@@ -523,6 +713,66 @@ mod tests {
         fs::write(&log, bytes).unwrap();
         let e = HostState::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("record 1 is damaged"), "{e}");
+    }
+
+    #[test]
+    fn deletes_follow_the_rules_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = HostState::open(dir.path()).unwrap();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let c = [ChunkId([7; 32]), ChunkId([8; 32]), ChunkId([9; 32])];
+        for chunk in c {
+            st.record_upload(a, chunk).unwrap();
+        }
+        st.record_upload(b, c[1]).unwrap();
+        st.put_object(&ChunkId([1; 32]), &[c[2]]).unwrap();
+        st.list(&[c[2]]).unwrap();
+
+        // Only what the link sent, and only bytes nobody else holds are removed.
+        assert_eq!(
+            st.begin_delete(&b, c[0]),
+            Err(DeleteRefused::NotUploaded(c[0]))
+        );
+        assert_eq!(st.begin_delete(&a, c[2]), Err(DeleteRefused::Listed(c[2])));
+        assert_eq!(st.begin_delete(&a, c[1]), Ok(false), "b holds it too");
+        st.end_delete(&a, c[1], true).unwrap();
+        // A put and a delete of one chunk never overlap.
+        st.begin_put(c[0]).unwrap();
+        assert_eq!(st.begin_delete(&a, c[0]), Err(DeleteRefused::Busy(c[0])));
+        st.end_put(c[0]);
+        assert_eq!(st.begin_delete(&a, c[0]), Ok(true));
+        assert_eq!(st.begin_put(c[0]), Err(DeleteRefused::Busy(c[0])));
+        assert_eq!(st.list(&[c[0]]), Err(DeleteRefused::Busy(c[0])));
+        st.end_delete(&a, c[0], true).unwrap();
+        st.begin_put(c[0]).unwrap();
+        st.end_put(c[0]);
+        assert_eq!(
+            st.begin_delete(&a, c[0]),
+            Err(DeleteRefused::NotUploaded(c[0]))
+        );
+        drop(st);
+
+        // The withdrawals and the file's list hold across a restart.
+        let st = HostState::open(dir.path()).unwrap();
+        assert_eq!(st.uploaded(&a, &c), vec![false, false, true]);
+        assert_eq!(st.uploaded(&b, &c), vec![false, true, false]);
+        assert_eq!(st.begin_delete(&a, c[2]), Err(DeleteRefused::Listed(c[2])));
+        assert_eq!(st.begin_delete(&b, c[1]), Ok(true));
+        st.end_delete(&b, c[1], false).unwrap();
+        assert_eq!(
+            st.uploaded(&b, &c),
+            vec![false, true, false],
+            "not withdrawn"
+        );
+        drop(st);
+        // A withdrawal record with a bad check is damage, named.
+        let log = dir.path().join("uploads.log");
+        let mut bytes = fs::read(&log).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        fs::write(&log, bytes).unwrap();
+        let e = HostState::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("is damaged"), "{e}");
     }
 
     #[test]

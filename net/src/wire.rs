@@ -38,6 +38,7 @@ pub mod kind {
     pub const HAVE: u8 = 0x06;
     pub const PUT_OBJECT: u8 = 0x07;
     pub const GET_OBJECT: u8 = 0x08;
+    pub const DELETE: u8 = 0x09;
     pub const PROXY_CONNECT: u8 = 0x41;
     pub const PROXY_RECEIPT: u8 = 0x42;
     pub const WELCOME: u8 = 0x81;
@@ -46,6 +47,7 @@ pub mod kind {
     pub const DATA: u8 = 0x84;
     pub const HAVE_REPLY: u8 = 0x85;
     pub const OBJECT_STORED: u8 = 0x86;
+    pub const DELETED: u8 = 0x87;
     pub const PROXY_READY: u8 = 0xC1;
     pub const RECEIPT_OK: u8 = 0xC2;
     pub const ERROR: u8 = 0xFF;
@@ -129,6 +131,7 @@ pub enum ErrorCode {
     Timeout = 13,
     Unreachable = 14,
     BadReceipt = 15,
+    Busy = 16,
 }
 
 impl ErrorCode {
@@ -150,6 +153,7 @@ impl ErrorCode {
             13 => Timeout,
             14 => Unreachable,
             15 => BadReceipt,
+            16 => Busy,
             _ => return None,
         })
     }
@@ -173,6 +177,7 @@ impl ErrorCode {
             Timeout => "timeout",
             Unreachable => "unreachable",
             BadReceipt => "bad_receipt",
+            Busy => "busy",
         }
     }
 }
@@ -216,6 +221,10 @@ pub enum Request {
     },
     /// The manifest envelope of the download link's file.
     GetObject,
+    /// Withdraws a chunk sent under this upload link that no recorded file lists.
+    Delete {
+        id: ChunkId,
+    },
     ProxyConnect {
         target: String,
     },
@@ -338,6 +347,7 @@ impl Request {
             Request::Have { .. } => kind::HAVE,
             Request::PutObject { .. } => kind::PUT_OBJECT,
             Request::GetObject => kind::GET_OBJECT,
+            Request::Delete { .. } => kind::DELETE,
             Request::ProxyConnect { .. } => kind::PROXY_CONNECT,
             Request::ProxyReceipt(_) => kind::PROXY_RECEIPT,
         }
@@ -365,7 +375,7 @@ impl Request {
                 out.extend_from_slice(&crc32c.to_le_bytes());
                 out.extend_from_slice(bytes);
             }
-            Request::Get { id } => out.extend_from_slice(&id.0),
+            Request::Get { id } | Request::Delete { id } => out.extend_from_slice(&id.0),
             Request::GetRange { id, start, len } => {
                 out.extend_from_slice(&id.0);
                 out.extend_from_slice(&start.to_le_bytes());
@@ -432,6 +442,7 @@ impl Request {
             kind::HAVE => "have",
             kind::PUT_OBJECT => "put object",
             kind::GET_OBJECT => "get object",
+            kind::DELETE => "delete",
             kind::PROXY_CONNECT => "proxy connect",
             kind::PROXY_RECEIPT => "proxy receipt",
             k => {
@@ -483,6 +494,9 @@ impl Request {
                 }
             }
             kind::GET_OBJECT => Request::GetObject,
+            kind::DELETE => Request::Delete {
+                id: ChunkId(r.array("id")?),
+            },
             kind::PROXY_CONNECT => Request::ProxyConnect {
                 target: take_addr(&mut r, "target")?,
             },
@@ -523,6 +537,11 @@ pub enum Reply {
     ObjectStored {
         signature: [u8; 64],
     },
+    /// The link no longer holds the chunk (`removed`: its bytes were deleted from the
+    /// disk; otherwise another upload still holds them, or they were gone already).
+    Deleted {
+        removed: bool,
+    },
     /// Chunk bytes, a range, a proof or a manifest envelope.
     Data(Vec<u8>),
     /// One bit per id asked, in order, least significant bit first: set if stored.
@@ -546,6 +565,7 @@ impl Reply {
             Reply::Ready { .. } => kind::READY,
             Reply::Stored { .. } => kind::STORED,
             Reply::ObjectStored { .. } => kind::OBJECT_STORED,
+            Reply::Deleted { .. } => kind::DELETED,
             Reply::Data(_) => kind::DATA,
             Reply::HaveReply { .. } => kind::HAVE_REPLY,
             Reply::ProxyReady { .. } => kind::PROXY_READY,
@@ -586,6 +606,7 @@ impl Reply {
                 out.extend_from_slice(&upload_bytes_left.to_le_bytes())
             }
             Reply::Stored { existing } => out.push(u8::from(*existing)),
+            Reply::Deleted { removed } => out.push(u8::from(*removed)),
             Reply::ObjectStored { signature } => out.extend_from_slice(signature),
             Reply::Data(bytes) => out.extend_from_slice(bytes),
             Reply::HaveReply { bits } => out.extend_from_slice(bits),
@@ -613,6 +634,7 @@ impl Reply {
             kind::READY => "ready",
             kind::STORED => "stored",
             kind::OBJECT_STORED => "object stored",
+            kind::DELETED => "deleted",
             kind::HAVE_REPLY => "have reply",
             kind::PROXY_READY => "proxy ready",
             kind::RECEIPT_OK => "receipt ok",
@@ -646,6 +668,13 @@ impl Reply {
             },
             kind::OBJECT_STORED => Reply::ObjectStored {
                 signature: r.array("signature")?,
+            },
+            kind::DELETED => Reply::Deleted {
+                removed: match r.u8("removed")? {
+                    0 => false,
+                    1 => true,
+                    v => return Err(r.invalid("removed", format!("{v}, not 0 or 1"))),
+                },
             },
             kind::HAVE_REPLY => Reply::HaveReply {
                 bits: r.take("bits", r.remaining())?.to_vec(),
@@ -717,6 +746,7 @@ mod tests {
                 envelope: vec![1; 50],
             },
             Request::GetObject,
+            Request::Delete { id: id(9) },
             Request::ProxyConnect {
                 target: "127.0.0.1:7000".into(),
             },
@@ -738,6 +768,7 @@ mod tests {
                 upload_bytes_left: 99,
             },
             Reply::Stored { existing: true },
+            Reply::Deleted { removed: false },
             Reply::Data(vec![1, 2, 3]),
             Reply::HaveReply { bits: vec![0b101] },
             Reply::ProxyReady { session: [9; 16] },
@@ -859,6 +890,8 @@ mod tests {
             }
         }
         assert!(Reply::decode(kind::STORED, vec![2]).is_err());
+        assert!(Reply::decode(kind::DELETED, vec![2]).is_err());
+        assert!(Reply::decode(kind::DELETED, vec![]).is_err());
         assert!(
             Reply::decode(kind::ERROR, vec![99, 0]).is_err(),
             "unknown code"

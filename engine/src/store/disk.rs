@@ -6,11 +6,14 @@
 //! glommio executor, so the futures never cross threads and need not be `Send`.
 #![allow(async_fn_in_trait)]
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::io;
 use std::ops::Deref;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use proto::SECTOR_BYTES;
@@ -51,6 +54,13 @@ pub trait Disk: 'static {
     async fn prepare(&self) -> io::Result<()> {
         Ok(())
     }
+    /// Segments whose opening had to wait for writes a killed process left in flight
+    /// ([`DmaDisk`]'s fence); 0 where no other process can have written.
+    fn fence_waits(&self) -> u64 {
+        0
+    }
+    /// Lets another process open the directory (the shard is done with it).
+    fn close(&self) {}
 }
 
 /// A segment file. Offsets and lengths are multiples of [`SECTOR_BYTES`].
@@ -67,6 +77,9 @@ pub trait DiskFile: 'static {
     async fn sync(&self) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;
     async fn truncate(&self, len: u64) -> io::Result<()>;
+    /// Closes the file now (a file only dropped is closed at the runtime's next I/O cycle,
+    /// which a stopping shard never reaches).
+    async fn close(self) -> io::Result<()>;
 }
 
 /// Rounds `v` up to a whole sector.
@@ -79,18 +92,70 @@ pub fn align_down(v: u64) -> u64 {
     v - v % u64::from(SECTOR_BYTES)
 }
 
+/// Name of the file whose lock says a process has the volume open.
+pub const LOCK_FILE: &str = "LOCK";
+
 /// A directory on a real disk, through glommio (io_uring, O_DIRECT).
-#[derive(Clone, Debug)]
+///
+/// Two locks keep another process's writes out of a store this one has open, both `flock`s,
+/// which the kernel releases when the open file they belong to is released:
+/// - `LOCK`, held for as long as the disk exists: a second live process opening the same
+///   volume is refused at once instead of corrupting it.
+/// - every segment file this process opens or creates, held by that open file. A process
+///   killed with O_DIRECT writes submitted through io_uring does not take them back: each
+///   request holds a reference to the file until the device completes it, possibly after
+///   the process is gone and reaped. The file, and so its lock, is released only then.
+///   Opening a segment waits for that lock, so the recovery scan reads a segment only once
+///   no write of a dead process can still land in it (and cut a torn tail that a late write
+///   would then extend, or miss a late tombstone the next restart would find).
+#[derive(Debug)]
 pub struct DmaDisk {
     dir: PathBuf,
+    /// The directory lock, until [`Disk::close`].
+    lock: RefCell<Option<std::fs::File>>,
+    fence_waits: Cell<u64>,
+}
+
+/// How long opening a segment waits for another open file's lock on it before it gives up
+/// naming the segment. The writes of a killed process complete in milliseconds; a lock
+/// held longer is not one (a second store on the directory that bypassed `LOCK`).
+const FENCE_WAIT_MAX: Duration = Duration::from_secs(60);
+const FENCE_POLL: Duration = Duration::from_millis(1);
+
+/// Takes `flock(LOCK_EX | LOCK_NB)` on `fd`; `Ok(false)` when another open file holds it.
+fn try_lock(fd: RawFd) -> io::Result<bool> {
+    use nix::fcntl::{flock, FlockArg};
+    match flock(fd, FlockArg::LockExclusiveNonblock) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EWOULDBLOCK) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
 }
 
 impl DmaDisk {
-    /// Creates the directory if needed.
+    /// Creates the directory if needed and locks it; fails if another process has it open.
     pub fn new(dir: &Path) -> io::Result<DmaDisk> {
         std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(LOCK_FILE))?;
+        if !try_lock(lock.as_raw_fd())? {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another process (it holds the lock on {LOCK_FILE}): \
+                     stop it before opening the store here",
+                    dir.display()
+                ),
+            ));
+        }
         Ok(DmaDisk {
             dir: dir.to_path_buf(),
+            lock: RefCell::new(Some(lock)),
+            fence_waits: Cell::new(0),
         })
     }
 
@@ -99,6 +164,41 @@ impl DmaDisk {
         dir.sync().await?;
         dir.close().await?;
         Ok(())
+    }
+
+    /// Locks a segment this process just opened (see [`DmaDisk`]). While the directory
+    /// lock is ours, only writes a dead process left in flight hold it: the wait is
+    /// bounded by the device completing them, and checked every millisecond (a blocking
+    /// `flock` on another thread could not be abandoned safely: it would hold the file
+    /// descriptor's number past a timeout).
+    async fn fence(&self, name: &str, f: &DmaFile) -> io::Result<()> {
+        let fd = f.as_raw_fd();
+        if try_lock(fd)? {
+            return Ok(());
+        }
+        self.fence_waits.set(self.fence_waits.get() + 1);
+        eprintln!(
+            "engine: {}: waiting for writes a stopped process left in flight on {name}",
+            self.dir.display()
+        );
+        let start = Instant::now();
+        loop {
+            glommio::timer::sleep(FENCE_POLL).await;
+            if try_lock(fd)? {
+                return Ok(());
+            }
+            if start.elapsed() > FENCE_WAIT_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{}/{name} is still locked by another open file after {} s: \
+                         another process is writing to this store",
+                        self.dir.display(),
+                        FENCE_WAIT_MAX.as_secs()
+                    ),
+                ));
+            }
+        }
     }
 }
 
@@ -121,6 +221,8 @@ impl Disk for DmaDisk {
             .dma_open(self.dir.join(name))
             .await
             .map_err(io_err)?;
+        // A new file: nobody else has it, the lock is taken at once.
+        self.fence(name, &f).await?;
         self.sync_dir().await?;
         Ok(DmaSegment(f))
     }
@@ -132,7 +234,16 @@ impl Disk for DmaDisk {
             .dma_open(self.dir.join(name))
             .await
             .map_err(io_err)?;
+        self.fence(name, &f).await?;
         Ok(DmaSegment(f))
+    }
+
+    fn fence_waits(&self) -> u64 {
+        self.fence_waits.get()
+    }
+
+    fn close(&self) {
+        self.lock.borrow_mut().take();
     }
 
     /// glommio decides once per device whether reads may use the polled ring, by reading
@@ -230,6 +341,10 @@ impl DiskFile for DmaSegment {
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
         self.0.truncate(len).await.map_err(io_err)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        self.0.close().await.map_err(io_err)
     }
 }
 
@@ -580,5 +695,9 @@ impl DiskFile for MemFile {
             Ok(())
         })
         .await
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -121,6 +121,8 @@ pub enum StoreError {
     Io(String),
     #[error("the store is shut down")]
     ShutDown,
+    #[error("{0}")]
+    InUse(String),
 }
 
 fn io_error(what: &str) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -170,6 +172,9 @@ pub struct StoreStats {
     /// Bytes cut from torn tails at the last restart.
     pub truncated_bytes: u64,
     pub compacted_segments: u64,
+    /// Segments whose opening waited for writes a killed process left in flight (the
+    /// fence of `disk::DmaDisk`).
+    pub fence_waits: u64,
     /// Heap bytes of the in-memory index (its hash table).
     pub index_bytes: u64,
 }
@@ -246,8 +251,13 @@ impl Engine {
         for s in 0..cfg.shards {
             let mut vols = Vec::new();
             for dir in &cfg.dirs {
-                let d = DmaDisk::new(&dir.join(format!("shard-{s}")))
-                    .map_err(io_error("creating the shard directory"))?;
+                let d = DmaDisk::new(&dir.join(format!("shard-{s}"))).map_err(|e| {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        StoreError::InUse(e.to_string())
+                    } else {
+                        io_error("opening the shard directory")(e)
+                    }
+                })?;
                 vols.push(d);
             }
             disks.push(vols);
@@ -448,6 +458,7 @@ impl Engine {
             total.corrupt_reads += s.corrupt_reads;
             total.truncated_bytes += s.truncated_bytes;
             total.compacted_segments += s.compacted_segments;
+            total.fence_waits += s.fence_waits;
             total.index_bytes += s.index_bytes;
         }
         Ok(total)
@@ -716,6 +727,7 @@ async fn run_shard<D: Disk>(
     }
     for vol in &shard.vols {
         if let Err(e) = vol.disk.prepare().await {
+            shard.close().await;
             let _ = ready.send(Err(StoreError::Io(format!(
                 "shard {n}: preparing the disk: {e}"
             ))));
@@ -723,6 +735,7 @@ async fn run_shard<D: Disk>(
         }
     }
     if let Err(e) = shard.recover().await {
+        shard.close().await;
         let _ = ready.send(Err(StoreError::Io(format!("shard {n}: {e}"))));
         return;
     }
@@ -817,7 +830,12 @@ async fn run_shard<D: Disk>(
                 let _ = reply.send(Ok(s.stats()));
             }
             Request::Shutdown(reply) => {
-                let _ = reply.send(s.checkpoint_all().await);
+                // A compaction under way finishes first: it holds segment files open.
+                let permit = s.compacting.acquire_permit(1).await;
+                let result = s.checkpoint_all().await;
+                drop(permit);
+                s.close().await;
+                let _ = reply.send(result);
                 return;
             }
         }
@@ -1544,8 +1562,28 @@ impl<D: Disk> Shard<D> {
             s.capacity_bytes = s.capacity_bytes.saturating_add(st.capacity);
             s.segments += st.segs.len() as u64;
             s.live_bytes += st.segs.values().map(|g| g.live).sum::<u64>();
+            s.fence_waits += vol.disk.fence_waits();
         }
         s
+    }
+
+    /// Closes every segment file and unlocks the volumes, so the store can be opened again
+    /// (by this process or another) once the shard's thread is gone. The commit loops
+    /// keep the shard itself alive (they hold it and it holds their queues), so its files
+    /// are let go here rather than when it drops.
+    async fn close(&self) {
+        for vol in &self.vols {
+            let segs = std::mem::take(&mut vol.st.borrow_mut().segs);
+            for seg in segs.into_values() {
+                // A file another task still holds is closed when that task lets it go.
+                if let Ok(file) = Rc::try_unwrap(seg.file) {
+                    if let Err(e) = file.close().await {
+                        eprintln!("engine: closing a segment: {e}");
+                    }
+                }
+            }
+            vol.disk.close();
+        }
     }
 
     // ---- checkpoints, recovery, compaction ----

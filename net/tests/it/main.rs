@@ -868,3 +868,97 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         done.manifest.chunks.len() as u64 + 1
     );
 }
+
+/// A raw chunk put through `c`: the chunk's id and the host's reply.
+async fn put_raw(c: &mut Conn, bytes: &[u8]) -> (ChunkId, net::wire::Reply) {
+    let id = ChunkId::of(bytes);
+    let reply = c
+        .call(Request::Put {
+            id,
+            crc32c: engine::codec::crc32c(bytes),
+            bytes: bytes.to_vec(),
+        })
+        .await
+        .unwrap();
+    (id, reply)
+}
+
+fn refusal(r: Result<net::wire::Reply, NetError>) -> (ErrorCode, String) {
+    match r {
+        Err(e) => (code_of(&e).unwrap_or_else(|| panic!("{e}")), e.to_string()),
+        Ok(other) => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_withdraw_only_what_the_link_sent_and_no_file_lists() {
+    use net::wire::Reply;
+    let h = start_host(Limits::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let client = SigningKey::from([7u8; 32]);
+    let a = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
+    let b = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
+    let mut ca = Conn::open(&a, &[], &client).await.unwrap();
+    let mut cb = Conn::open(&b, &[], &client).await.unwrap();
+
+    // Only A sent x: A's delete removes its bytes, once.
+    let (x, r) = put_raw(&mut ca, &[1; 5000]).await;
+    assert_eq!(r, Reply::Stored { existing: false });
+    assert_eq!(
+        ca.call(Request::Delete { id: x }).await.unwrap(),
+        Reply::Deleted { removed: true }
+    );
+    assert_eq!(h.host.engine().stat(x).wait().unwrap(), None);
+    assert!(ca.have(&[x]).await.unwrap().is_empty());
+    let (code, msg) = refusal(ca.call(Request::Delete { id: x }).await);
+    assert_eq!(code, ErrorCode::NotGranted, "{msg}");
+    assert!(msg.contains("not uploaded with this link"), "{msg}");
+    // After the delete the chunk can be sent again, and is stored anew.
+    assert_eq!(
+        put_raw(&mut ca, &[1; 5000]).await.1,
+        Reply::Stored { existing: false }
+    );
+
+    // y sent by both links: A withdraws it, the bytes stay for B.
+    let (y, _) = put_raw(&mut ca, &[2; 7000]).await;
+    assert_eq!(
+        put_raw(&mut cb, &[2; 7000]).await.1,
+        Reply::Stored { existing: true }
+    );
+    assert_eq!(
+        ca.call(Request::Delete { id: y }).await.unwrap(),
+        Reply::Deleted { removed: false }
+    );
+    assert_eq!(cb.have(&[y]).await.unwrap().len(), 1, "B still holds y");
+    // B cannot delete what only A sent.
+    let (z, _) = put_raw(&mut ca, &[3; 3000]).await;
+    let (code, _) = refusal(cb.call(Request::Delete { id: z }).await);
+    assert_eq!(code, ErrorCode::NotGranted);
+    assert!(h.host.engine().stat(z).wait().unwrap().is_some());
+
+    // A chunk of a recorded file cannot be deleted on its own.
+    let file = random_file(tmp.path(), "f", 150_000, 9);
+    let c = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
+    let done = put_file(&put_job(&file, &c, &[], tmp.path()), quiet())
+        .await
+        .unwrap();
+    let first = done.manifest.chunks[0].id;
+    let mut cc = Conn::open(&c, &[], &client).await.unwrap();
+    let (code, msg) = refusal(cc.call(Request::Delete { id: first }).await);
+    assert_eq!(code, ErrorCode::NotGranted, "{msg}");
+    assert!(msg.contains("part of a file"), "{msg}");
+    assert!(h.host.engine().stat(first).wait().unwrap().is_some());
+
+    // A download link deletes nothing.
+    let down = h.link(
+        Grant::Download {
+            manifest: done.manifest_id,
+        },
+        None,
+        600,
+    );
+    let mut cd = Conn::open(&down, &[], &client).await.unwrap();
+    let (code, _) = refusal(cd.call(Request::Delete { id: first }).await);
+    assert_eq!(code, ErrorCode::NotGranted);
+    assert!(h.host.engine().stat(first).wait().unwrap().is_some());
+}

@@ -303,4 +303,5 @@ fn demo_runs_end_to_end() {
     assert!(run.stdout.ends_with("demo passed\n"), "{}", run.stdout);
 }
 mod chain;
+mod host_crash;
 mod net;

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use super::mspace;
 
 /// A loopback port nobody listens on right now.
-fn free_port(ip: &str) -> u16 {
+pub(crate) fn free_port(ip: &str) -> u16 {
     TcpListener::bind(format!("{ip}:0"))
         .unwrap()
         .local_addr()
@@ -19,7 +19,7 @@ fn free_port(ip: &str) -> u16 {
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -29,7 +29,7 @@ impl Drop for Proc {
 }
 
 /// Starts `mspace <args>` and waits for the line of its stdout that contains `ready`.
-fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
+pub(crate) fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mspace"));
     cmd.args(args)
         .stdin(Stdio::null())
@@ -51,6 +51,9 @@ fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
             break;
         }
     }
+    // What it prints later is read and dropped: a closed pipe would make its next line
+    // fail (and a Rust program panic).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     Proc(child)
 }
 
