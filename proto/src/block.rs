@@ -6,8 +6,9 @@
 //! Layout (docs/formats.md, "Block"):
 //!
 //! ```text
-//! magic "MSBK" | version u8 = 1 | chain_id u64 | height u64 | timestamp_ms u64
+//! magic "MSBK" | version u8 = 2 | chain_id u64 | height u64 | timestamp_ms u64
 //! | parent [32] (id of block height-1; zeros at height 1) | proposer [32] (ed25519 key)
+//! | state_root [32] (hash of the ledger state the block applies to)
 //! | tx_count u32 | tx_count x (len u32 | signed transaction bytes)
 //! ```
 
@@ -17,11 +18,12 @@ use crate::decode::{DecodeError, Reader};
 use crate::tx::{AccountId, SignedTx, TX_BYTES_MAX};
 
 pub const BLOCK_MAGIC: &[u8; 4] = b"MSBK";
-pub const BLOCK_VERSION: u8 = 1;
+/// 2: the header carries the state root (version 1 had none and is refused).
+pub const BLOCK_VERSION: u8 = 2;
 /// Largest encoded block: bounds what a validator holds and verifies per proposal.
 pub const BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of the header before the transactions.
-pub const BLOCK_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 8 + 32 + 32 + 4;
+pub const BLOCK_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 8 + 32 + 32 + 32 + 4;
 /// The BLAKE3 derive_key context of block ids.
 pub const BLOCK_ID_CONTEXT: &str = "market.space 2026-11 block id v1";
 
@@ -60,6 +62,10 @@ pub struct BlockHeader {
     pub timestamp_ms: u64,
     pub parent: BlockId,
     pub proposer: AccountId,
+    /// The hash of the ledger state after block `height - 1` (the genesis state's at height
+    /// 1): the state this block applies to. A validator whose own ledger hashes otherwise
+    /// refuses the block, so a diverging ledger is noticed at the next block.
+    pub state_root: [u8; 32],
 }
 
 /// A decoded block with the bytes it was decoded from (or encoded to).
@@ -87,6 +93,7 @@ impl EncodedBlock {
         b.extend_from_slice(&header.timestamp_ms.to_le_bytes());
         b.extend_from_slice(&header.parent.0);
         b.extend_from_slice(&header.proposer.0);
+        b.extend_from_slice(&header.state_root);
         let count = u32::try_from(txs.len()).expect("bounded by BLOCK_BYTES_MAX");
         b.extend_from_slice(&count.to_le_bytes());
         for tx in &txs {
@@ -121,6 +128,7 @@ impl EncodedBlock {
         let timestamp_ms = r.u64("timestamp_ms")?;
         let parent = BlockId(r.array("parent")?);
         let proposer = AccountId(r.array("proposer")?);
+        let state_root = r.array("state_root")?;
         let count = r.u32("tx_count")? as usize;
         // Every transaction takes at least its 4-byte length: a count the rest cannot hold
         // is refused before anything is allocated for it.
@@ -149,6 +157,7 @@ impl EncodedBlock {
                 timestamp_ms,
                 parent,
                 proposer,
+                state_root,
             },
             txs,
             bytes: bytes.to_vec(),
@@ -330,6 +339,7 @@ mod tests {
                 timestamp_ms: 1_700_000_000_000,
                 parent: BlockId([2; 32]),
                 proposer: AccountId([3; 32]),
+                state_root: [4; 32],
             },
             txs,
         )
@@ -373,7 +383,7 @@ mod tests {
             Err(DecodeError::BadMagic { .. })
         ));
         let mut version = good.clone();
-        version[4] = 2;
+        version[4] = 1;
         assert!(matches!(
             EncodedBlock::decode(&version),
             Err(DecodeError::UnsupportedVersion { .. })

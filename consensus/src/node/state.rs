@@ -111,6 +111,9 @@ pub struct NodeState {
     signer: SigningProvider,
     /// The ledger after the last decided block.
     ledger: State,
+    /// `ledger.hash()`, computed once per decided block: the state root the next block's
+    /// header must carry.
+    ledger_root: [u8; 32],
     /// The next height's validators, as the engine takes them: built from the ledger's
     /// stake when that changes (at epoch boundaries), not for every message.
     validators: ValidatorSet,
@@ -145,6 +148,11 @@ impl NodeState {
             if block.header.height != height || block.header.parent != tip {
                 return Err(replay("it does not follow the block before it".into()));
             }
+            // The chain agreed on this root: a ledger rebuilt otherwise (another build of
+            // the rules) must not go on as if it were the chain's.
+            if let Some(why) = root_mismatch(&block.header, &ledger.hash()) {
+                return Err(replay(why));
+            }
             let (next, _) =
                 ledger::apply(&ledger, &ledger_block(&block)).map_err(|e| replay(e.to_string()))?;
             ledger = next;
@@ -160,6 +168,7 @@ impl NodeState {
             mempool: Mempool::new(params.mempool),
             params,
             validators: ValidatorSet::from_stakes(&ledger.validators),
+            ledger_root: ledger.hash(),
             ledger,
             tip,
             store,
@@ -267,6 +276,7 @@ impl NodeState {
             timestamp_ms,
             parent: self.tip,
             proposer: me.account(),
+            state_root: self.ledger_root,
         };
         let txs = self.mempool.build(
             &self.ledger,
@@ -439,6 +449,9 @@ impl NodeState {
         if h.parent != self.tip {
             return Err("its parent is not our last block".into());
         }
+        if let Some(why) = root_mismatch(h, &self.ledger_root) {
+            return Err(why);
+        }
         if clock && h.timestamp_ms > now_ms.saturating_add(CLOCK_DRIFT_MAX_MS) {
             return Err(format!("timestamp {} ms is in the future", h.timestamp_ms));
         }
@@ -487,6 +500,14 @@ impl NodeState {
         cert: &CommitCertificate<MsContext>,
     ) -> Result<Committed, NodeError> {
         let height = block.header.height;
+        // A quorum decided this block on top of a state this node does not have: its ledger
+        // diverged, and it must stop rather than serve a ledger the chain does not hold.
+        if let Some(why) = root_mismatch(&block.header, &self.ledger_root) {
+            return Err(NodeError::DecidedInvalid {
+                height,
+                reason: format!("{why}: this node's ledger diverged from the chain's"),
+            });
+        }
         // What was judged on top of the current tip is reused; anything else is applied now.
         let (next, receipts) = match applied {
             Some(a) if block.header.parent == self.tip && height == self.ledger.height + 1 => *a,
@@ -501,6 +522,7 @@ impl NodeState {
             self.validators = ValidatorSet::from_stakes(&next.validators);
         }
         self.ledger = next;
+        self.ledger_root = self.ledger.hash();
         self.tip = block.id();
         let txs: Vec<TxId> = block.txs.iter().map(|t| t.id()).collect();
         for id in &txs {
@@ -666,6 +688,17 @@ pub fn ledger_block(block: &EncodedBlock) -> Block {
         seed: ledger_seed(&block.header),
         txs: block.txs.clone(),
     }
+}
+
+/// Why a block's state root is not `ours`, if it is not.
+fn root_mismatch(header: &BlockHeader, ours: &[u8; 32]) -> Option<String> {
+    (header.state_root != *ours).then(|| {
+        format!(
+            "its state root {} is not the hash of the ledger it applies to here, {}",
+            data_encoding::HEXLOWER.encode(&header.state_root[..8]),
+            data_encoding::HEXLOWER.encode(&ours[..8])
+        )
+    })
 }
 
 /// The seed the ledger sees for a block: its parent's id.

@@ -157,6 +157,7 @@ fn forged_misattributed_and_invalid_proposals_are_refused() {
             timestamp_ms: NOW,
             parent: proto::block::BlockId::default(),
             proposer: nodes[p].address().account(),
+            state_root: nodes[judge].ledger().hash(),
         },
         vec![transfer(5, 1)],
     );
@@ -421,4 +422,43 @@ mod codec_robustness {
             consensus::node::codec::check_roundtrip(&b);
         }
     }
+}
+
+#[test]
+fn a_block_built_on_another_ledger_state_is_refused_and_stops_a_node_it_is_decided_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeState> = (0..4).map(|i| open(dir.path(), i)).collect();
+    let height = Height(1);
+    let p = proposer_of(&nodes, height);
+    let judge = (p + 1) % 4;
+    let (_, part) = nodes[p].propose(height, Round::new(0), NOW).unwrap();
+    // Signed by the right proposer and applying cleanly, but its header names another
+    // state: the judge's ledger (or the proposer's) diverged.
+    let block = proto::block::EncodedBlock::new(
+        proto::block::BlockHeader {
+            chain_id: CHAIN,
+            height: 1,
+            timestamp_ms: NOW,
+            parent: proto::block::BlockId::default(),
+            proposer: nodes[p].address().account(),
+            state_root: [9; 32],
+        },
+        Vec::new(),
+    );
+    let mut diverged = ProposalPart {
+        block: consensus::node::types::BlockBytes::new(&block),
+        signature: Sig([0; 64]),
+        ..part
+    };
+    diverged.signature = nodes[p].signer().sign(&diverged.sign_bytes(CHAIN));
+    let pv = nodes[judge].received_part(diverged, NOW).unwrap().unwrap();
+    assert_eq!(pv.validity, Validity::Invalid);
+    // Decided all the same (by a quorum whose ledgers agree among themselves): this node's
+    // ledger is not the chain's, and it stops with that reason instead of going on.
+    let e = nodes[judge]
+        .decided(&cert(height, ValueId(block.id())))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("diverged"), "{e}");
+    assert_eq!(nodes[judge].tip().0, 0, "nothing was committed");
 }
