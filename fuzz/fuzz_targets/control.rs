@@ -1,5 +1,5 @@
 //! The control plane's decoder as a host runs it: a length-delimited frame's bytes decoded
-//! by `net::control::SafeBincode` into a client message for `HostApi`, and a client's view
+//! by `api::SafeBincode` into a client message for `HostApi`, and a client's view
 //! of a response. Neither may panic or allocate without bound on arbitrary bytes; what
 //! decodes encodes back to bytes that decode to the same value (but for the deadline,
 //! which is relative to the clock). (It found that tarpc's own
@@ -8,8 +8,8 @@
 
 use std::pin::Pin;
 
+use api::{HostApiRequest, HostApiResponse, SafeBincode};
 use libfuzzer_sys::fuzz_target;
-use net::control::{HostApiRequest, HostApiResponse, SafeBincode};
 use tarpc::tokio_serde::{Deserializer, Serializer};
 use tarpc::{ClientMessage, Response};
 

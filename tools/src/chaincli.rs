@@ -1,22 +1,22 @@
 //! The chain's commands: `mspace miner` (a validator), `mspace devnet` (a local network of
 //! miner processes), and `mspace chain ...` (a client: status, account, deal, block,
 //! transfer). The miner wires `consensus::node` (malachite) to its control plane
-//! (`net::control::MinerApi`, tarpc).
+//! (`api::MinerApi`, tarpc).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use api::{
+    miner_client, AccountView, BlockView, ChainStatus, ControlError, DealView, MinerApi,
+    MinerApiClient, RegistrationView,
+};
 use clap::{Args, Subcommand};
 use consensus::ledger::{rating, DealState, Genesis, State};
 use consensus::node::{ChainParams, NodeConfig, NodeHandle, NodeState};
 use ed25519_consensus::SigningKey;
 use net::config::{read_key, write_new_key};
-use net::control::{
-    miner_client, AccountView, BlockView, ChainStatus, ControlError, DealView, MinerApi,
-    MinerApiClient, RegistrationView,
-};
 use proto::block::EncodedBlock;
 use proto::tx::{AccountId, Asset, SignedTx, Tx, TxBody, TxId};
 use serde::{Deserialize, Serialize};
@@ -355,7 +355,7 @@ fn miner_run(config: &Path) -> Result<()> {
         let relay = Relay::start(cfg.relay_to.clone());
         let service = MinerService { node, relay };
         let listen = cfg.control_listen.clone();
-        let control = tokio::spawn(net::serve_control!(service.serve(), listen, bound_tx));
+        let control = tokio::spawn(api::serve_control!(service.serve(), listen, bound_tx));
         let bound = bound_rx
             .await
             .map_err(|_| anyhow!("cannot listen on {}", cfg.control_listen))?;
@@ -606,6 +606,10 @@ impl MinerApi for MinerService {
             .query(move |s: &NodeState| s.tx_height(&TxId(id)))
             .await
             .map_err(unavailable)
+    }
+
+    async fn api_version(self, _: tarpc::context::Context) -> u32 {
+        api::MINER_API_VERSION
     }
 }
 

@@ -310,7 +310,7 @@ fn host_status(a: &StatusArgs) -> Result<()> {
         .control_listen
         .context("the configuration has no control_listen")?;
     let status = runtime()?.block_on(async {
-        let client = net::control::host_client(&addr)
+        let client = api::host_client(&addr)
             .await
             .with_context(|| format!("cannot reach the host's control plane at {addr}"))?;
         anyhow::Ok(client.status(tarpc::context::current()).await?)

@@ -800,7 +800,8 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
-    use net::control::{host_client, HostControl, LinkGrant, LinkRequest, StorageRequest};
+    use api::{host_client, LinkGrant, LinkRequest, StorageRequest};
+    use net::control::HostControl;
     let h = start_host(Limits::default()).await;
     let control = HostControl {
         host: Arc::clone(&h.host),

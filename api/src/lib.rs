@@ -1,0 +1,529 @@
+//! The control plane's service definitions: tarpc services (bincode over TCP,
+//! length-delimited frames of at most [`CONTROL_FRAME_MAX`] bytes) for what the market's
+//! roles ask each other, their request and response types, and the codec that refuses
+//! hostile bytes ([`SafeBincode`]). Chunk bytes never travel here; they use the data plane
+//! (`net`). Byte-level framing: `docs/wire.md` section 5.
+//!
+//! - [`HostApi`]: a host's status, storage and download offers, and link minting for an
+//!   operator or, later, an exchange (authorized by the host's control token). Implemented
+//!   by `net::control::HostControl`.
+//! - [`MinerApi`]: submitting transactions to a miner and reading its chain; implemented by
+//!   the miner (`tools`), over `consensus::node`.
+//! - [`ExchangeApi`], [`IndexApi`]: the definitions, for the exchange and index work to
+//!   implement.
+//!
+//! Every service answers `api_version()` with its `*_API_VERSION`; the clients here ask it
+//! on connecting and refuse a peer speaking another version, naming both.
+//!
+//! Invariant: this crate has no I/O beyond the control plane's sockets and depends on no
+//! other crate of the workspace, so the exchange, the index, the gateway and the dashboard
+//! can speak to hosts and miners without the data plane, the engine or the ledger.
+
+use serde::{Deserialize, Serialize};
+use tarpc::tokio_serde::formats::Bincode;
+
+/// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
+pub const HOST_API_VERSION: u32 = 1;
+/// Version of [`MinerApi`].
+pub const MINER_API_VERSION: u32 = 1;
+/// Version of [`ExchangeApi`].
+pub const EXCHANGE_API_VERSION: u32 = 1;
+/// Version of [`IndexApi`].
+pub const INDEX_API_VERSION: u32 = 1;
+
+/// Largest control-plane frame either side accepts.
+pub const CONTROL_FRAME_MAX: usize = 1 << 20;
+/// Control connections served at once per peer address.
+pub const CONTROL_CHANNELS_PER_PEER: u32 = 8;
+/// Requests in flight per control connection.
+pub const CONTROL_REQUESTS_PER_CHANNEL: usize = 32;
+/// Longest link a host mints through the control plane.
+pub const LINK_TTL_MAX_SECS: u64 = 30 * 86_400;
+
+/// Why a control request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ControlError {
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("not available: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The host's ed25519 public key, hex.
+    pub key: String,
+    /// The data plane's address, as links name it.
+    pub data_addr: String,
+    pub chunks: u64,
+    pub live_bytes: u64,
+    /// Configured capacity (`u64::MAX` when unset).
+    pub capacity_bytes: u64,
+    pub connections_open: u64,
+    pub version: String,
+}
+
+/// What a sender asks of a host before paying (the seed's request, #1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageRequest {
+    pub bytes: u64,
+    pub days: u32,
+}
+
+/// A host's answer (#2): whether it takes the request and at what price.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageOffer {
+    pub accepted: bool,
+    /// MASPC base units per GiB per day.
+    pub price_per_gib_day: u64,
+    /// Bytes the host can still take.
+    pub free_bytes: u64,
+}
+
+/// A host's answer to a download request (#6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadOffer {
+    /// Whether the host holds the file (its manifest and chunk list).
+    pub available: bool,
+    pub chunks: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkGrant {
+    Upload { bytes_max: u64 },
+    Download { manifest: [u8; 32] },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRequest {
+    /// The host's control token (from its configuration).
+    pub token: String,
+    pub grant: LinkGrant,
+    pub ttl_secs: u64,
+    /// Only this ed25519 key may use the link, if set.
+    pub bearer: Option<[u8; 32]>,
+}
+
+/// A host's control service.
+#[tarpc::service]
+pub trait HostApi {
+    async fn status() -> HostStatus;
+    async fn offer(request: StorageRequest) -> StorageOffer;
+    async fn download_offer(manifest: [u8; 32]) -> DownloadOffer;
+    /// A signed link in its text form (`mspace://...`).
+    async fn mint_link(request: LinkRequest) -> Result<String, ControlError>;
+    /// [`HOST_API_VERSION`].
+    async fn api_version() -> u32;
+}
+
+/// A miner's service: submitting transactions and reading the chain. Implemented by the
+/// miner (`mspace miner`), over its running node.
+#[tarpc::service]
+pub trait MinerApi {
+    /// Signed transactions in their canonical encoding (`proto::tx`); one answer each, in
+    /// order: its id, or why the mempool refused it. Accepted ones are relayed to the other
+    /// miners.
+    async fn submit_txs(txs: Vec<Vec<u8>>) -> Result<Vec<Result<[u8; 32], String>>, ControlError>;
+    /// Like `submit_txs`, from another miner: admitted here, not relayed further.
+    async fn relay_txs(txs: Vec<Vec<u8>>) -> Result<(), ControlError>;
+    async fn status() -> Result<ChainStatus, ControlError>;
+    async fn account(key: [u8; 32]) -> Result<AccountView, ControlError>;
+    async fn deal(id: [u8; 32]) -> Result<Option<DealView>, ControlError>;
+    /// The decided block at `height`; if it is not decided yet, waits up to `wait_ms` for it.
+    async fn block(height: u64, wait_ms: u64) -> Result<Option<BlockView>, ControlError>;
+    /// The height of the block that holds transaction `id`, if it is committed.
+    async fn tx_height(id: [u8; 32]) -> Result<Option<u64>, ControlError>;
+    /// [`MINER_API_VERSION`].
+    async fn api_version() -> u32;
+}
+
+/// A miner's view of its chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainStatus {
+    pub chain_id: u64,
+    /// This miner's validator key (hex).
+    pub validator: String,
+    /// Height of the last decided block.
+    pub height: u64,
+    /// Its id (hex).
+    pub tip: String,
+    pub timestamp_ms: u64,
+    /// (validator key hex, voting power) of the next height.
+    pub validators: Vec<(String, u64)>,
+    pub mempool_txs: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationView {
+    pub role: String,
+    pub deposit: u64,
+    pub endpoint: String,
+    pub since_height: u64,
+    pub unbonding_until: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub key: String,
+    pub masp: u64,
+    pub maspc: u64,
+    pub nonce: u64,
+    pub registrations: Vec<RegistrationView>,
+    /// The ledger's rating of this account as a contractor (0..=1000).
+    pub rating: u32,
+    /// At which height the answer was read.
+    pub height: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealView {
+    pub id: String,
+    pub sender: String,
+    pub host: String,
+    pub state: String,
+    pub storage_fee: u64,
+    pub download_fee: u64,
+    pub period_blocks: u64,
+    pub opened_height: u64,
+    pub escrow: u64,
+    pub chunks: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    pub height: u64,
+    pub id: String,
+    pub parent: String,
+    pub timestamp_ms: u64,
+    pub proposer: String,
+    /// Ids of its transactions, in order.
+    pub txs: Vec<[u8; 32]>,
+    pub bytes: usize,
+}
+
+/// A request or offer held by an exchange, signed by its author (never on chain).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    pub author: [u8; 32],
+    pub body: Vec<u8>,
+    #[serde(with = "serde_sig")]
+    pub signature: [u8; 64],
+}
+
+mod serde_sig {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
+        let v: Vec<u8> = Deserialize::deserialize(d)?;
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
+    }
+}
+
+/// An exchange's service (the market issue implements it).
+#[tarpc::service]
+pub trait ExchangeApi {
+    async fn post_request(request: Signed) -> Result<[u8; 32], ControlError>;
+    async fn post_offer(offer: Signed) -> Result<[u8; 32], ControlError>;
+    async fn offers(request: [u8; 32]) -> Result<Vec<Signed>, ControlError>;
+    /// [`EXCHANGE_API_VERSION`].
+    async fn api_version() -> u32;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeInfo {
+    pub key: [u8; 32],
+    pub addr: String,
+    pub region: String,
+}
+
+/// The index's service: where the exchanges are.
+#[tarpc::service]
+pub trait IndexApi {
+    async fn exchanges() -> Vec<ExchangeInfo>;
+    async fn nearest(region: String) -> Option<ExchangeInfo>;
+    async fn register(info: ExchangeInfo, signature: Vec<u8>) -> Result<(), ControlError>;
+    /// [`INDEX_API_VERSION`].
+    async fn api_version() -> u32;
+}
+
+/// tarpc's bincode codec behind a guard: tarpc 0.37 decodes a request's deadline as
+/// `Instant::now() + duration`, which panics when a peer sends a huge duration (found by
+/// the `control` fuzz target). Requests with a deadline over [`DEADLINE_MAX_SECS`] are
+/// refused before decoding ([`PreCheck`]), and any other panic while decoding is a decode
+/// error that ends that connection alone.
+#[derive(Debug)]
+pub struct SafeBincode<Item, SinkItem>(std::marker::PhantomData<fn() -> (Item, SinkItem)>);
+
+impl<Item, SinkItem> Default for SafeBincode<Item, SinkItem> {
+    fn default() -> Self {
+        SafeBincode(std::marker::PhantomData)
+    }
+}
+
+/// A check on a message's bytes before they are decoded.
+pub trait PreCheck {
+    fn check(_bytes: &[u8]) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
+/// bincode's variable-length integer (its default options): one byte below 251, else a tag
+/// (251, 252, 253 for 2, 4, 8 little-endian bytes) then the value.
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let take = |n: usize| {
+        let v = rest.get(..n)?;
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(v);
+        Some((u64::from_le_bytes(b), &rest[n..]))
+    };
+    match tag {
+        0..=250 => Some((u64::from(tag), rest)),
+        251 => take(2),
+        252 => take(4),
+        253 => take(8),
+        _ => None,
+    }
+}
+
+/// Longest deadline a control request may carry.
+pub const DEADLINE_MAX_SECS: u64 = 86_400;
+
+/// A client's message starts (for a request, variant 0) with its context, whose first field
+/// is the deadline's seconds: refused when over [`DEADLINE_MAX_SECS`], before tarpc adds it
+/// to the clock and panics on overflow.
+impl<T> PreCheck for tarpc::ClientMessage<T> {
+    fn check(bytes: &[u8]) -> Result<(), &'static str> {
+        match varint(bytes) {
+            Some((0, rest)) => match varint(rest) {
+                Some((secs, _)) if secs <= DEADLINE_MAX_SECS => Ok(()),
+                _ => Err("a request deadline that is missing or too far away"),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<T> PreCheck for tarpc::Response<T> {}
+
+impl<Item, SinkItem> tarpc::tokio_serde::Deserializer<Item> for SafeBincode<Item, SinkItem>
+where
+    for<'a> Item: Deserialize<'a>,
+    Item: PreCheck,
+{
+    type Error = std::io::Error;
+
+    fn deserialize(
+        self: std::pin::Pin<&mut Self>,
+        src: &tarpc::tokio_util::bytes::BytesMut,
+    ) -> Result<Item, Self::Error> {
+        Item::check(src).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let codec = std::pin::pin!(Bincode::<Item, SinkItem>::default());
+            codec.deserialize(src)
+        }))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a control message that cannot be decoded",
+            ))
+        })
+    }
+}
+
+impl<Item, SinkItem: Serialize> tarpc::tokio_serde::Serializer<SinkItem>
+    for SafeBincode<Item, SinkItem>
+{
+    type Error = std::io::Error;
+
+    fn serialize(
+        self: std::pin::Pin<&mut Self>,
+        item: &SinkItem,
+    ) -> Result<tarpc::tokio_util::bytes::Bytes, Self::Error> {
+        let codec = std::pin::pin!(Bincode::<Item, SinkItem>::default());
+        codec.serialize(item)
+    }
+}
+
+/// A control-plane transport over `stream`: length-delimited frames of at most
+/// [`CONTROL_FRAME_MAX`] bytes, [`SafeBincode`] inside.
+pub fn transport<Item, SinkItem>(
+    stream: tokio::net::TcpStream,
+) -> tarpc::serde_transport::Transport<
+    tokio::net::TcpStream,
+    Item,
+    SinkItem,
+    SafeBincode<Item, SinkItem>,
+>
+where
+    for<'a> Item: Deserialize<'a>,
+    Item: PreCheck,
+    SinkItem: Serialize,
+{
+    let framed = tarpc::tokio_util::codec::LengthDelimitedCodec::builder()
+        .max_frame_length(CONTROL_FRAME_MAX)
+        .new_framed(stream);
+    tarpc::serde_transport::new(framed, SafeBincode::default())
+}
+
+/// Serves a tarpc service on `addr` with the control plane's transport and limits
+/// ([`CONTROL_CHANNELS_PER_PEER`], [`CONTROL_REQUESTS_PER_CHANNEL`]) until the task is
+/// dropped; returns the bound address once listening, through `bound`. A macro, because
+/// tarpc's `Serve` cannot promise a `Send` response future to generic code.
+#[macro_export]
+macro_rules! serve_control {
+    ($service:expr, $addr:expr, $bound:expr) => {{
+        use $crate::__reexport::*;
+        async move {
+            let service = $service;
+            let listener = tokio::net::TcpListener::bind($addr).await?;
+            let _ = $bound.send(listener.local_addr()?);
+            futures::stream::unfold(listener, |l| async move {
+                let accepted = l.accept().await.ok().map(|(s, _)| s);
+                Some((accepted, l))
+            })
+            .filter_map(futures::future::ready)
+            .map(|s| BaseChannel::with_defaults($crate::transport(s)))
+            .max_channels_per_key($crate::CONTROL_CHANNELS_PER_PEER, |t| {
+                t.transport()
+                    .peer_addr()
+                    .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+            })
+            .map(|channel| {
+                channel
+                    .max_concurrent_requests($crate::CONTROL_REQUESTS_PER_CHANNEL)
+                    .execute(service.clone())
+                    .for_each(|response| async move {
+                        tokio::spawn(response);
+                    })
+            })
+            .buffer_unordered(1024)
+            .for_each(|()| async {})
+            .await;
+            std::io::Result::Ok(())
+        }
+    }};
+}
+
+#[doc(hidden)]
+pub mod __reexport {
+    pub use futures::prelude::*;
+    pub use futures::{self, future};
+    pub use tarpc::server::incoming::Incoming;
+    pub use tarpc::server::{BaseChannel, Channel};
+    pub use tokio;
+}
+
+/// Refuses a peer whose service speaks another version than this build's.
+fn check_version(service: &str, addr: &str, theirs: u32, ours: u32) -> std::io::Result<()> {
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{addr} speaks {service} version {theirs}, this build speaks version {ours}: \
+                 upgrade the older side"
+            ),
+        ))
+    }
+}
+
+fn rpc_io(e: tarpc::client::RpcError) -> std::io::Error {
+    std::io::Error::other(format!("asking the version: {e}"))
+}
+
+/// A client of a host's control plane, after checking it speaks [`HOST_API_VERSION`].
+pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let c = HostApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    let v = c
+        .api_version(tarpc::context::current())
+        .await
+        .map_err(rpc_io)?;
+    check_version("HostApi", addr, v, HOST_API_VERSION)?;
+    Ok(c)
+}
+
+/// A client of a miner's control plane, after checking it speaks [`MINER_API_VERSION`].
+pub async fn miner_client(addr: &str) -> std::io::Result<MinerApiClient> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let c = MinerApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    let v = c
+        .api_version(tarpc::context::current())
+        .await
+        .map_err(rpc_io)?;
+    check_version("MinerApi", addr, v, MINER_API_VERSION)?;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use tarpc::tokio_serde::{Deserializer, Serializer};
+    use tarpc::{ClientMessage, Response};
+
+    type Server = SafeBincode<ClientMessage<HostApiRequest>, Response<HostApiResponse>>;
+
+    #[test]
+    fn a_huge_deadline_is_a_decode_error_not_a_panic() {
+        // The fuzz target's find: tarpc adds this duration to `Instant::now()`.
+        for b64 in [&b"AP3t/f0BAAABgUg="[..], b"AP39ANDQ0NDQ0NABSA=="] {
+            let bytes = data_encoding::BASE64.decode(b64).unwrap();
+            let mut codec = Server::default();
+            let r = std::pin::Pin::new(&mut codec).deserialize(&bytes[..].into());
+            assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        }
+        assert_eq!(varint(&[250]), Some((250, &[][..])));
+        assert_eq!(varint(&[251, 1, 2]), Some((0x201, &[][..])));
+        assert_eq!(varint(&[253, 1]), None);
+    }
+
+    #[test]
+    fn another_version_is_refused_naming_both() {
+        assert!(check_version("MinerApi", "m:1", 1, 1).is_ok());
+        let e = check_version("MinerApi", "m:1", 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2") && e.contains("version 1"), "{e}");
+    }
+
+    #[test]
+    fn requests_round_trip_and_garbage_is_refused() {
+        let msg: ClientMessage<HostApiRequest> = ClientMessage::Request(tarpc::Request {
+            context: tarpc::context::current(),
+            id: 7,
+            message: HostApiRequest::Offer {
+                request: StorageRequest {
+                    bytes: 1 << 30,
+                    days: 30,
+                },
+            },
+        });
+        let mut client =
+            SafeBincode::<Response<HostApiResponse>, ClientMessage<HostApiRequest>>::default();
+        let bytes = std::pin::Pin::new(&mut client).serialize(&msg).unwrap();
+        let mut server = Server::default();
+        let back = std::pin::Pin::new(&mut server)
+            .deserialize(&bytes[..].into())
+            .unwrap();
+        let ClientMessage::Request(r) = back else {
+            panic!("not a request")
+        };
+        assert_eq!(r.id, 7);
+        for bad in [&b""[..], &[0xff; 3], &bytes[..bytes.len() - 1]] {
+            assert!(std::pin::Pin::new(&mut server)
+                .deserialize(&bad.into())
+                .is_err());
+        }
+    }
+}
