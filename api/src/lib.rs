@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tarpc::tokio_serde::formats::Bincode;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 1;
+pub const HOST_API_VERSION: u32 = 2;
 /// Version of [`MinerApi`].
 pub const MINER_API_VERSION: u32 = 1;
 /// Version of [`ExchangeApi`].
@@ -72,10 +72,30 @@ pub struct StorageRequest {
     pub days: u32,
 }
 
+/// Why a host does not take a storage request: machine-readable, so a client (or an
+/// exchange) can tell a full host from one the chain does not back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OfferRefusal {
+    #[error("the request is not one a host can take: {0}")]
+    BadTerms(String),
+    #[error("the host has {free_bytes} bytes free")]
+    Full { free_bytes: u64 },
+    #[error("the host is not registered on the chain")]
+    NotRegistered,
+    #[error("the host's deposit is unbonding (until height {until}): it takes no new storage")]
+    Unbonding { until: u64 },
+    #[error("the host's deposit of {have} MASP backs less than it would store: {need} needed")]
+    DepositTooLow { have: u64, need: u64 },
+    #[error("the host cannot read its registration from the chain: {0}")]
+    ChainUnreachable(String),
+}
+
 /// A host's answer (#2): whether it takes the request and at what price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageOffer {
     pub accepted: bool,
+    /// Why not, when not accepted.
+    pub refusal: Option<OfferRefusal>,
     /// MASPC base units per GiB per day.
     pub price_per_gib_day: u64,
     /// Bytes the host can still take.

@@ -81,6 +81,10 @@ pub struct HostConfig {
     /// The price this host asks, in MASPC base units per GiB per day.
     #[serde(default = "default_price")]
     pub price_per_gib_day: u64,
+    /// Miners' control addresses: where the host submits its transactions and reads its
+    /// registration; none for a host off the chain.
+    #[serde(default)]
+    pub chain: Vec<String>,
     /// The host's ed25519 key (created by `mspace host init`).
     pub key_file: PathBuf,
     /// Link usage and uploaded files' chunk lists.
@@ -169,7 +173,13 @@ impl HostConfig {
         listen: &str,
         control_listen: &str,
         control_token: &str,
+        chain: &[String],
     ) -> String {
+        let chain = chain
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             r#"# Market.space host configuration (mspace host --config <this file>).
 # Relative paths are taken from this file's directory.
@@ -194,6 +204,11 @@ control_token = "{control_token}"
 
 # The price this host asks, in MASPC base units per GiB per day.
 price_per_gib_day = 10
+
+# Miners' control planes (host:port): `mspace host register` submits through the first
+# that answers, and the host reads its registration there before it offers storage.
+# Empty: the host is off the chain and offers on its own terms.
+chain = [{chain}]
 
 
 # The host's ed25519 key: links are signed with it. Keep it secret, keep a backup.
@@ -284,6 +299,7 @@ mod tests {
                 "127.0.0.1:7400",
                 "127.0.0.1:7401",
                 "0123456789abcdef0123456789abcdef",
+                &["127.0.0.1:27001".to_string()],
             ),
         )
         .unwrap();
@@ -292,7 +308,7 @@ mod tests {
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.link_addr(), "127.0.0.1:7400");
 
-        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "short");
+        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "short", &[]);
         std::fs::write(&p, text).unwrap();
         let e = HostConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("control_token"), "{e}");
@@ -303,6 +319,7 @@ mod tests {
             "x:1",
             "x:2",
             "0123456789abcdef0123456789abcdef",
+            &[],
         )
         .replace("shards = 0", "sharts = 0");
         std::fs::write(&p, text).unwrap();
@@ -313,6 +330,7 @@ mod tests {
             "x:1",
             "x:2",
             "0123456789abcdef0123456789abcdef",
+            &[],
         )
         .replace("inflight_reads = 16", "inflight_reads = 0");
         std::fs::write(&p, text).unwrap();

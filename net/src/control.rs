@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use api::{
-    ControlError, DownloadOffer, HostApi, HostStatus, LinkGrant, LinkRequest, StorageOffer,
-    StorageRequest, HOST_API_VERSION, LINK_TTL_MAX_SECS,
+    ControlError, DownloadOffer, HostApi, HostStatus, LinkGrant, LinkRequest, OfferRefusal,
+    StorageOffer, StorageRequest, HOST_API_VERSION, LINK_TTL_MAX_SECS,
 };
 use ed25519_consensus::SigningKey;
 use proto::link::{Grant, Link};
@@ -23,6 +23,12 @@ pub struct HostControl {
     /// Link minting needs this token; `None` disables it.
     pub token: Option<String>,
     pub price_per_gib_day: u64,
+    /// Miners' control addresses; empty for a host off the chain (it offers on its own
+    /// terms).
+    pub chain: Vec<String>,
+    /// The deposit (MASP) the chain requires of a host storing this many bytes: the
+    /// ledger's rule, handed in by whoever wires the host (net holds no ledger rules).
+    pub deposit_for: fn(u64) -> u64,
 }
 
 impl HostControl {
@@ -32,6 +38,51 @@ impl HostControl {
         tokio::task::spawn_blocking(move || h.engine().stats().unwrap_or_default())
             .await
             .unwrap_or_default()
+    }
+}
+
+impl HostControl {
+    /// Why the chain does not back this host storing `bytes` in all, if it does not: no
+    /// registration, a deposit unbonding, or one below what the ledger requires. Asked of
+    /// the first miner that answers.
+    async fn chain_refusal(&self, bytes: u64) -> Option<OfferRefusal> {
+        if self.chain.is_empty() {
+            return None;
+        }
+        let me = self.key.verification_key().to_bytes();
+        let mut last = String::new();
+        for addr in &self.chain {
+            let client = match api::miner_client(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let view = match client.account(tarpc::context::current(), me).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            let Some(reg) = view.registrations.iter().find(|r| r.role == "host") else {
+                return Some(OfferRefusal::NotRegistered);
+            };
+            if let Some(until) = reg.unbonding_until {
+                return Some(OfferRefusal::Unbonding { until });
+            }
+            let need = (self.deposit_for)(bytes);
+            return (reg.deposit < need).then_some(OfferRefusal::DepositTooLow {
+                have: reg.deposit,
+                need,
+            });
+        }
+        Some(OfferRefusal::ChainUnreachable(last))
     }
 }
 
@@ -62,8 +113,17 @@ impl HostApi for HostControl {
     async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
         let s = self.stats().await;
         let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+        let refusal = if request.days == 0 {
+            Some(OfferRefusal::BadTerms("days must be at least 1".into()))
+        } else if request.bytes > free {
+            Some(OfferRefusal::Full { free_bytes: free })
+        } else {
+            self.chain_refusal(s.live_bytes.saturating_add(request.bytes))
+                .await
+        };
         StorageOffer {
-            accepted: request.bytes <= free && request.days > 0,
+            accepted: refusal.is_none(),
+            refusal,
             price_per_gib_day: self.price_per_gib_day,
             free_bytes: free,
         }

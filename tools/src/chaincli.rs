@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use api::{miner_client, BlockView, MinerApi, MinerApiClient};
+use api::{miner_client, BlockView, MinerApi};
 use clap::{Args, Subcommand};
 use consensus::ledger::Genesis;
 use consensus::node::{ChainParams, NodeConfig, NodeHandle, NodeState};
 use ed25519_consensus::SigningKey;
+use miner::client::{ChainClient, Committed};
 use miner::{
     hex, parse_key_hex, GenesisAccount, GenesisFile, GenesisValidator, MinerConfig, MinerService,
     Relay, BLOCK_WAIT_MAX_MS,
@@ -20,6 +21,8 @@ use net::config::{read_key, write_new_key};
 use proto::tx::{AccountId, Asset, Tx, TxBody};
 use serde::{Deserialize, Serialize};
 use tracing::info;
+
+use crate::registry::Op;
 
 // ---------------------------------------------------------------------------------------
 // `mspace miner`
@@ -38,6 +41,13 @@ pub struct MinerArgs {
 enum MinerAction {
     /// Write a commented default configuration and a new validator key.
     Init(MinerInitArgs),
+    /// Register this miner's key as a validator with a stake (MASP); it votes from the next
+    /// epoch on.
+    Register(crate::registry::RegistryArgs),
+    /// Start unbonding this miner's stake (it stops voting at the next epoch).
+    Unbond(crate::registry::RegistryArgs),
+    /// Take back this miner's stake once unbonding is over.
+    Withdraw(crate::registry::RegistryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +88,9 @@ pub fn miner(args: MinerArgs) -> Result<()> {
             );
             Ok(())
         }
+        Some(MinerAction::Register(a)) => miner_registry(Op::Register, &a),
+        Some(MinerAction::Unbond(a)) => miner_registry(Op::Unbond, &a),
+        Some(MinerAction::Withdraw(a)) => miner_registry(Op::Withdraw, &a),
         None => {
             let Some(config) = args.config else {
                 bail!("give --config <FILE> (write one with `mspace miner init`)");
@@ -85,6 +98,22 @@ pub fn miner(args: MinerArgs) -> Result<()> {
             miner_run(&config)
         }
     }
+}
+
+/// `mspace miner register|unbond|withdraw`: the validator key signs, submitted through the
+/// miner's own control plane unless `--miner` names others; a register records that
+/// control address as the endpoint.
+fn miner_registry(op: Op, a: &crate::registry::RegistryArgs) -> Result<()> {
+    let cfg = MinerConfig::load(&a.config)?;
+    let key = read_key(&cfg.key_file)?;
+    crate::registry::run(
+        proto::tx::Role::Miner,
+        op,
+        &key,
+        &cfg.control_listen,
+        std::slice::from_ref(&cfg.control_listen),
+        a,
+    )
 }
 
 fn miner_init(a: &MinerInitArgs) -> Result<SigningKey> {
@@ -534,14 +563,6 @@ struct TxJson {
     height: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
-struct TransferJson {
-    tx: String,
-    height: u64,
-    block: String,
-    latency_ms: u64,
-}
-
 fn rpc_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("miner: {e}")
 }
@@ -620,7 +641,7 @@ pub fn chain(a: ChainArgs) -> Result<()> {
                 }
             }
             ChainAction::Transfer(t) => {
-                let r = transfer(&c, &t).await?;
+                let r = transfer(&a.miner, &t).await?;
                 print(&r, a.json)
             }
             ChainAction::Tx { id } => {
@@ -676,7 +697,7 @@ fn parse_id(s: &str) -> Result<[u8; 32]> {
         .map_err(|b: Vec<u8>| anyhow!("an id is 32 bytes, this is {}", b.len()))
 }
 
-async fn transfer(c: &MinerApiClient, t: &TransferArgs) -> Result<TransferJson> {
+async fn transfer(miner: &str, t: &TransferArgs) -> Result<Committed> {
     let key = read_key(&t.key)?;
     let me = AccountId(key.verification_key().to_bytes());
     let to = parse_key_hex(&t.to)?;
@@ -685,16 +706,8 @@ async fn transfer(c: &MinerApiClient, t: &TransferArgs) -> Result<TransferJson> 
         "masp" => Asset::Masp,
         other => bail!("--asset is maspc or masp, not {other:?}"),
     };
-    let status = c
-        .status(tarpc::context::current())
-        .await
-        .map_err(rpc_err)?
-        .map_err(rpc_err)?;
-    let account = c
-        .account(tarpc::context::current(), me.0)
-        .await
-        .map_err(rpc_err)?
-        .map_err(rpc_err)?;
+    let mut chain = ChainClient::connect(&[miner.to_string()]).await?;
+    let account = chain.account(me).await?;
     let have = match asset {
         Asset::Maspc => account.maspc,
         Asset::Masp => account.masp,
@@ -706,61 +719,12 @@ async fn transfer(c: &MinerApiClient, t: &TransferArgs) -> Result<TransferJson> 
             t.asset, t.fee, account.masp, account.maspc
         );
     }
-    let tx = Tx {
-        chain_id: status.chain_id,
-        signer: me,
-        nonce: account.nonce,
-        fee: t.fee,
-        body: TxBody::Transfer {
-            to,
-            asset,
-            amount: t.amount,
-        },
-    }
-    .sign(&key);
-    let id = tx.id();
-    let start = Instant::now();
-    let r = c
-        .submit_txs(tarpc::context::current(), vec![tx.bytes().to_vec()])
-        .await
-        .map_err(rpc_err)?
-        .map_err(rpc_err)?;
-    match r.into_iter().next() {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => bail!("the miner refused the transfer: {e}"),
-        None => bail!("the miner answered nothing"),
-    }
-    let deadline = Instant::now() + t.wait;
-    let mut next = status.height + 1;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!(
-                "transfer {id} submitted but not committed within {:?}",
-                t.wait
-            );
-        }
-        let wait_ms = u64::try_from(left.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(BLOCK_WAIT_MAX_MS);
-        let Some(b) = c
-            .block(context_for(left), next, wait_ms)
-            .await
-            .map_err(rpc_err)?
-            .map_err(rpc_err)?
-        else {
-            continue;
-        };
-        if b.txs.contains(&id.0) {
-            return Ok(TransferJson {
-                tx: id.to_string(),
-                height: b.height,
-                block: b.id,
-                latency_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
-            });
-        }
-        next += 1;
-    }
+    let body = TxBody::Transfer {
+        to,
+        asset,
+        amount: t.amount,
+    };
+    Ok(chain.submit(&key, body, t.fee, t.wait).await?)
 }
 
 /// Printing a view as text or JSON.

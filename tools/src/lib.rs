@@ -8,6 +8,7 @@ pub mod chaincli;
 pub mod diskbench;
 pub mod netbench;
 pub mod netcli;
+pub mod registry;
 pub mod storebench;
 
 use std::io::IsTerminal;

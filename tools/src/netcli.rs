@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::registry::Op;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use ed25519_consensus::SigningKey;
@@ -78,6 +79,12 @@ enum HostAction {
     Link(LinkArgs),
     /// Ask a running host for its status over its control plane (JSON).
     Status(StatusArgs),
+    /// Register this host on the chain with a deposit (MASP), from its key.
+    Register(crate::registry::RegistryArgs),
+    /// Start unbonding this host's deposit (it can be withdrawn after the unbonding period).
+    Unbond(crate::registry::RegistryArgs),
+    /// Take back this host's deposit once unbonding is over.
+    Withdraw(crate::registry::RegistryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -100,6 +107,10 @@ struct HostInitArgs {
     /// Address of the control plane (status, offers, link minting); keep it private.
     #[arg(long, default_value = "127.0.0.1:7401")]
     control_listen: String,
+    /// A miner's control address (host:port), for registering and for the chain's view of
+    /// this host (repeat: the first that answers is used).
+    #[arg(long = "chain")]
+    chain: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -212,6 +223,9 @@ pub fn host(args: HostArgs) -> Result<()> {
         Some(HostAction::Init(a)) => host_init(&a),
         Some(HostAction::Link(a)) => host_link(&a),
         Some(HostAction::Status(a)) => host_status(&a),
+        Some(HostAction::Register(a)) => host_registry(Op::Register, &a),
+        Some(HostAction::Unbond(a)) => host_registry(Op::Unbond, &a),
+        Some(HostAction::Withdraw(a)) => host_registry(Op::Withdraw, &a),
         None => {
             let Some(config) = args.config else {
                 bail!("give --config <FILE> (write one with `mspace host init`)");
@@ -219,6 +233,21 @@ pub fn host(args: HostArgs) -> Result<()> {
             host_run(&config)
         }
     }
+}
+
+/// `mspace host register|unbond|withdraw`: the host's key signs; a register records the
+/// address links name as the host's endpoint.
+fn host_registry(op: Op, a: &crate::registry::RegistryArgs) -> Result<()> {
+    let cfg = HostConfig::load(&a.config)?;
+    let key = read_key(&cfg.key_file)?;
+    crate::registry::run(
+        proto::tx::Role::Host,
+        op,
+        &key,
+        cfg.link_addr(),
+        &cfg.chain,
+        a,
+    )
 }
 
 /// For `init` commands: refuses an existing configuration file, creates the folder it goes
@@ -246,6 +275,7 @@ fn host_init(a: &HostInitArgs) -> Result<()> {
         &a.listen,
         &a.control_listen,
         &data_encoding::HEXLOWER.encode(&token),
+        &a.chain,
     );
     // Check what we write loads, before writing anything.
     toml::from_str::<HostConfig>(&text).context("the default configuration does not parse")?;
@@ -387,6 +417,8 @@ fn host_run(config: &Path) -> Result<()> {
                 link_addr: cfg.link_addr().to_string(),
                 token: cfg.control_token.clone(),
                 price_per_gib_day: cfg.price_per_gib_day,
+                chain: cfg.chain.clone(),
+                deposit_for: consensus::ledger::host_deposit_min,
             };
             let (bound_tx, bound) = tokio::sync::oneshot::channel();
             let addr = c.clone();

@@ -840,6 +840,10 @@ async fn run_shard<D: Disk>(
             }
         }
     }
+    // The queue closed without a shutdown (an open that failed on another shard): the
+    // files and the volume locks are let go all the same.
+    let _compaction_done = shard.compacting.acquire_permit(1).await;
+    shard.close().await;
 }
 
 fn spawn(f: impl std::future::Future<Output = ()> + 'static) {
@@ -1734,11 +1738,20 @@ impl<D: Disk> Shard<D> {
         let mut scanned = 0u64;
         let last = seqs.last().copied();
         for &seq in &seqs {
-            let file = vol
+            let opened = vol
                 .disk
                 .open(&seg_name(seq))
                 .await
                 .map_err(io_error("opening a segment"))?;
+            // In the volume's map from the start (sealed, empty until scanned), so an open
+            // that fails below still closes this file with the others (`Shard::close`).
+            let file = {
+                let mut st = vol.st.borrow_mut();
+                let seg = Seg::new(opened, 0, true);
+                let file = Rc::clone(&seg.file);
+                st.segs.insert(seq, seg);
+                file
+            };
             let mut size = file.size().await.map_err(io_error("sizing a segment"))?;
             if size % u64::from(SECTOR_BYTES) != 0 {
                 // Only damage from outside makes a segment end inside a sector; a whole
@@ -1751,7 +1764,7 @@ impl<D: Disk> Shard<D> {
             let start = covers.get(&seq).copied().unwrap_or(0);
             let mut walk = Walk::new(seq, start, size);
             while let Some((base, _bytes, found)) = walk
-                .next(&file)
+                .next(&*file)
                 .await
                 .map_err(io_error("scanning a segment"))?
             {
@@ -1818,9 +1831,8 @@ impl<D: Disk> Shard<D> {
                 }
             }
             let mut st = vol.st.borrow_mut();
-            let mut seg = Seg::new(file, kept, true);
-            seg.synced = readable;
-            st.segs.insert(seq, seg);
+            let seg = st.segs.get_mut(&seq).expect("inserted when opened");
+            (seg.reserved, seg.written, seg.synced) = (kept, kept, readable);
             st.used += kept;
             st.next_seq = st.next_seq.max(seq.saturating_add(1));
         }

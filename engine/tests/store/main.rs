@@ -665,7 +665,8 @@ fn a_carried_tombstone_never_deletes_a_later_put() {
 #[test]
 fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let c = cfg(&[dir.path()], 1);
+    // Two shards: shard 0 refuses to open, shard 1 opens and must let go of its files.
+    let c = cfg(&[dir.path()], 2);
     let kept = chunk(1, 5_000);
     let e = Engine::open(&c).unwrap();
     put(&e, &kept).unwrap();
@@ -678,6 +679,18 @@ fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     let err = Engine::open(&c).unwrap_err();
     assert!(err.to_string().contains("format version 2"), "{err}");
     assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing was cut");
+    // Once the record is gone the store opens again in this same process: the failed open
+    // left no volume locked and no segment held.
+    std::fs::write(&last, &bytes[..at]).unwrap();
+    let e = Engine::open(&c).unwrap();
+    assert_eq!(e.get(kept.0).wait().unwrap(), kept.2);
+    // While it is open, a second store on the same directories is refused by name.
+    let again = Engine::open(&c).unwrap_err();
+    assert!(
+        matches!(&again, StoreError::InUse(m) if m.contains("in use by another process")),
+        "{again}"
+    );
+    e.shutdown().unwrap();
 }
 
 /// The newest segment of shard 0 in `dir`, its bytes with a whole record of chunk

@@ -86,6 +86,15 @@ impl TestHost {
     }
 }
 
+/// A loopback port nobody listens on right now.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 fn rand_id() -> [u8; 16] {
     use rand_core::RngCore;
     let mut id = [0u8; 16];
@@ -800,7 +809,7 @@ async fn garbage_and_slow_peers_are_cut_off_while_a_good_client_uploads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
-    use api::{host_client, LinkGrant, LinkRequest, StorageRequest};
+    use api::{host_client, HostApi, LinkGrant, LinkRequest, OfferRefusal, StorageRequest};
     use net::control::HostControl;
     let h = start_host(Limits::default()).await;
     let control = HostControl {
@@ -809,7 +818,29 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         link_addr: h.addr.to_string(),
         token: Some("s3cret".into()),
         price_per_gib_day: 7,
+        chain: Vec::new(),
+        deposit_for: |bytes| 1_000 + bytes / 1000,
     };
+    // A host on a chain no miner of which answers refuses to offer, saying so; the chain
+    // is asked only for a request the host could otherwise take.
+    let off_chain = HostControl {
+        chain: vec![format!("127.0.0.1:{}", free_tcp_port())],
+        ..control.clone()
+    };
+    let ask = |bytes, days| StorageRequest { bytes, days };
+    let refused = |o: api::StorageOffer| {
+        assert!(!o.accepted);
+        o.refusal.unwrap()
+    };
+    let ctx0 = tarpc::context::current;
+    assert!(matches!(
+        refused(HostApi::offer(off_chain.clone(), ctx0(), ask(1 << 20, 30)).await),
+        OfferRefusal::ChainUnreachable(_)
+    ));
+    assert!(matches!(
+        refused(HostApi::offer(off_chain, ctx0(), ask(1 << 20, 0)).await),
+        OfferRefusal::BadTerms(_)
+    ));
     let (bound_tx, bound) = tokio::sync::oneshot::channel();
     tokio::spawn(net::control::serve_host_control(
         control,
@@ -834,6 +865,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         .await
         .unwrap();
     assert!(offer.accepted);
+    assert_eq!(offer.refusal, None);
     assert_eq!(offer.price_per_gib_day, 7);
 
     let mut ask = LinkRequest {

@@ -47,6 +47,54 @@ fn pid_of(dir: &Path, i: usize) -> i32 {
         .unwrap()
 }
 
+/// Starts `mspace devnet --validators n` in `d` (block time 200 ms) on eight ports a
+/// validator from a range picked by this process's id and `slot`, below the kernel's
+/// ephemeral range (32768 and up) so that no outgoing connection holds one of them; returns
+/// once every miner is started, with the first port.
+fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
+    let base = 20_000 + (std::process::id() % 350) * 32 + slot * 16;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
+        .args([
+            "devnet",
+            "--validators",
+            &n.to_string(),
+            "--dir",
+            d.to_str().unwrap(),
+            "--base-port",
+            &base.to_string(),
+            "--block-time-ms",
+            "200",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let net = Devnet {
+        child,
+        dir: d.to_path_buf(),
+    };
+    // The devnet prints its layout, then "try: ..." when every miner is started.
+    let mut out = BufReader::new(out);
+    let mut layout = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "devnet ended: {layout}"
+        );
+        layout.push_str(&line);
+        if line.starts_with("try:") {
+            break;
+        }
+    }
+    assert!(layout.contains(&format!("{n} validators")), "{layout}");
+    // What it prints later is read and dropped (a closed pipe would fail its next line).
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (net, base)
+}
+
 #[test]
 fn miner_init_writes_a_config_and_key_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,44 +176,7 @@ fn miner_init_writes_a_config_and_key_and_refuses_to_overwrite() {
 fn devnet_keeps_every_acknowledged_transfer_through_a_sigkilled_miner() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net");
-    // Eight ports from a range picked by this process's id, below the kernel's ephemeral
-    // range (32768 and up) so that no outgoing connection holds one of them.
-    let base = 20_000 + (std::process::id() % 700) * 16;
-    let base_s = base.to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
-        .args([
-            "devnet",
-            "--validators",
-            "4",
-            "--dir",
-            d.to_str().unwrap(),
-            "--base-port",
-            &base_s,
-            "--block-time-ms",
-            "200",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let net = Devnet {
-        child,
-        dir: d.clone(),
-    };
-    // The devnet prints its layout, then "try: ..." when every miner is started.
-    let mut lines = BufReader::new(out).lines();
-    let mut layout = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        layout.push_str(&line);
-        layout.push('\n');
-        if line.starts_with("try:") {
-            break;
-        }
-    }
-    assert!(layout.contains("4 validators"), "{layout}");
+    let (net, base) = start_devnet(&d, 4, 0);
     let control = |i: u32| format!("127.0.0.1:{}", base + 2 * i + 1);
     let m0 = control(0);
     // The first block, waited for on miner 0.
@@ -267,6 +278,222 @@ fn devnet_keeps_every_acknowledged_transfer_through_a_sigkilled_miner() {
         r.stderr.contains("refused") || r.stderr.contains("overdraft"),
         "{}",
         r.stderr
+    );
+    drop(net);
+}
+
+#[test]
+fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_while_backed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    let (net, base) = start_devnet(&d, 1, 1);
+    let m0 = format!("127.0.0.1:{}", base + 1);
+    let client = d.join("client.key");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+
+    // A host on this chain, running, with its control plane.
+    let cfg = dir.path().join("host/host.toml");
+    let control = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let listen = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "host",
+            "init",
+            "--config",
+            &s(&cfg),
+            "--data-dir",
+            &s(&dir.path().join("host/data")),
+            "--listen",
+            &listen,
+            "--control-listen",
+            &control,
+            "--chain",
+            &m0,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let _host = super::net::start(&["host", "--config", &s(&cfg)], &[], "control plane on");
+    let host_key = json(&["host", "status", "--config", &s(&cfg)])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let offer = |bytes: u64| {
+        rt.block_on(async {
+            let c = api::host_client(&control).await.unwrap();
+            c.offer(
+                tarpc::context::current(),
+                api::StorageRequest { bytes, days: 30 },
+            )
+            .await
+            .unwrap()
+        })
+    };
+    assert_eq!(
+        offer(1 << 30).refusal,
+        Some(api::OfferRefusal::NotRegistered)
+    );
+    // The client's MASP (for a deposit) and 100 MASPC (for fees) to an account.
+    let fund = |to: &str, masp: &str| {
+        for (asset, amount) in [("masp", masp), ("maspc", "100")] {
+            json(&[
+                "chain",
+                "transfer",
+                "--key",
+                &s(&client),
+                "--to",
+                to,
+                "--asset",
+                asset,
+                "--amount",
+                amount,
+                "--miner",
+                &m0,
+                "--wait",
+                "60s",
+                "--json",
+            ]);
+        }
+    };
+
+    // Registering needs MASP for the deposit and MASPC for the fee: the client pays both.
+    let r = mspace(
+        &[
+            "host",
+            "register",
+            "--config",
+            &s(&cfg),
+            "--deposit",
+            "1500",
+        ],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("holds 0 MASPC"), "{}", r.stderr);
+    fund(&host_key, "5000");
+    let low = mspace(
+        &["host", "register", "--config", &s(&cfg), "--deposit", "900"],
+        &[],
+    );
+    assert_ne!(low.code, 0);
+    assert!(low.stderr.contains("at least 1000 MASP"), "{}", low.stderr);
+    let reg = json(&[
+        "host",
+        "register",
+        "--config",
+        &s(&cfg),
+        "--deposit",
+        "1500",
+        "--json",
+    ]);
+    assert_eq!(reg["op"], "register");
+    assert_eq!(reg["registration"]["deposit"], 1500);
+    assert_eq!(reg["registration"]["endpoint"], listen.as_str());
+    assert_eq!(reg["masp"], 3500);
+    let again = mspace(
+        &[
+            "host",
+            "register",
+            "--config",
+            &s(&cfg),
+            "--deposit",
+            "1500",
+        ],
+        &[],
+    );
+    assert!(
+        again.stderr.contains("already registered"),
+        "{}",
+        again.stderr
+    );
+
+    // Backed: 1 GiB needs 1,010 MASP of deposit; 100 GiB needs 2,000, more than it holds.
+    let ok = offer(1 << 30);
+    assert!(ok.accepted, "{ok:?}");
+    assert_eq!(
+        offer(100 << 30).refusal,
+        Some(api::OfferRefusal::DepositTooLow {
+            have: 1500,
+            need: 2000
+        })
+    );
+
+    // Unbonding: no new storage; the deposit comes back only after the unbonding period.
+    let unbond = json(&["host", "unbond", "--config", &s(&cfg), "--json"]);
+    let until = unbond["registration"]["unbonding_until"].as_u64().unwrap();
+    assert!(until > unbond["height"].as_u64().unwrap());
+    assert_eq!(
+        offer(1 << 30).refusal,
+        Some(api::OfferRefusal::Unbonding { until })
+    );
+    let early = mspace(&["host", "withdraw", "--config", &s(&cfg)], &[]);
+    assert_ne!(early.code, 0);
+    assert!(
+        early
+            .stderr
+            .contains(&format!("unbonding until height {until}")),
+        "{}",
+        early.stderr
+    );
+
+    // A second validator: a new miner key registers with a stake, through miner 0.
+    let genesis = d.join("genesis.toml");
+    let mcfg = dir.path().join("m2/miner.toml");
+    let r = mspace(
+        &[
+            "miner",
+            "init",
+            "--config",
+            &s(&mcfg),
+            "--genesis",
+            &s(&genesis),
+            "--data-dir",
+            &s(&dir.path().join("m2/data")),
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/1",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let mkey = r.stdout.trim().rsplit(' ').next().unwrap().to_owned();
+    fund(&mkey, "20000");
+    let reg = json(&[
+        "miner",
+        "register",
+        "--config",
+        &s(&mcfg),
+        "--deposit",
+        "10000",
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert_eq!(reg["role"], "miner");
+    assert_eq!(reg["registration"]["deposit"], 10_000);
+    let acct = json(&["chain", "account", &mkey, "--miner", &m0, "--json"]);
+    assert_eq!(acct["registrations"][0]["role"], "miner");
+    let unbond = json(&[
+        "miner",
+        "unbond",
+        "--config",
+        &s(&mcfg),
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert!(unbond["registration"]["unbonding_until"].as_u64().is_some());
+    let early = mspace(
+        &["miner", "withdraw", "--config", &s(&mcfg), "--miner", &m0],
+        &[],
+    );
+    assert!(
+        early.stderr.contains("unbonding until height"),
+        "{}",
+        early.stderr
     );
     drop(net);
 }

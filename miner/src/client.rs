@@ -1,0 +1,193 @@
+//! A client of the chain for every role that submits transactions (a sender, a host, a
+//! miner registering itself): it talks to the first miner of a list that answers, moves to
+//! the next when one stops answering, signs a transaction with the account's next nonce,
+//! submits it, and follows the blocks until one holds it.
+
+use std::time::{Duration, Instant};
+
+use api::{miner_client, AccountView, ChainStatus, MinerApiClient};
+use ed25519_consensus::SigningKey;
+use proto::tx::{AccountId, Tx, TxBody, TxId};
+use serde::Serialize;
+
+use crate::service::BLOCK_WAIT_MAX_MS;
+
+/// Why talking to the chain failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("no miner answered (tried {tried}): {last}")]
+    Unreachable { tried: String, last: String },
+    #[error("the miner refused the transaction: {0}")]
+    Refused(String),
+    #[error("transaction {tx} was submitted but not committed within {secs} s")]
+    NotCommitted { tx: TxId, secs: u64 },
+    #[error("the miner at {addr}: {reason}")]
+    Miner { addr: String, reason: String },
+}
+
+/// A transaction a block holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Committed {
+    pub tx: String,
+    pub height: u64,
+    pub block: String,
+    pub latency_ms: u64,
+}
+
+/// Talks to one miner of `addrs` at a time, in order.
+#[derive(Debug)]
+pub struct ChainClient {
+    addrs: Vec<String>,
+    at: usize,
+    client: Option<MinerApiClient>,
+}
+
+fn context_for(wait: Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + wait + Duration::from_secs(5);
+    ctx
+}
+
+impl ChainClient {
+    /// Connects to the first of `addrs` that answers.
+    pub async fn connect(addrs: &[String]) -> Result<ChainClient, ChainError> {
+        assert!(!addrs.is_empty(), "a chain client needs a miner address");
+        let mut c = ChainClient {
+            addrs: addrs.to_vec(),
+            at: 0,
+            client: None,
+        };
+        c.client().await?;
+        Ok(c)
+    }
+
+    /// The connected miner, connecting (from the current one on, around the list) if
+    /// there is none.
+    async fn client(&mut self) -> Result<MinerApiClient, ChainError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let mut last = String::new();
+        for i in 0..self.addrs.len() {
+            let at = (self.at + i) % self.addrs.len();
+            match miner_client(&self.addrs[at]).await {
+                Ok(c) => {
+                    self.at = at;
+                    self.client = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) => last = format!("{}: {e}", self.addrs[at]),
+            }
+        }
+        Err(ChainError::Unreachable {
+            tried: self.addrs.join(", "),
+            last,
+        })
+    }
+
+    /// Calls `f` on the current miner; if the call itself fails (the miner is gone), moves
+    /// to the next miner and tries once more on each.
+    async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, ChainError>
+    where
+        F: Fn(MinerApiClient) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<Result<T, api::ControlError>, tarpc::client::RpcError>,
+        >,
+    {
+        let mut last = String::new();
+        for _ in 0..self.addrs.len() {
+            let c = self.client().await?;
+            match f(c).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    return Err(ChainError::Miner {
+                        addr: self.addrs[self.at].clone(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(e) => {
+                    last = format!("{}: {e}", self.addrs[self.at]);
+                    self.client = None;
+                    self.at = (self.at + 1) % self.addrs.len();
+                }
+            }
+        }
+        Err(ChainError::Unreachable {
+            tried: self.addrs.join(", "),
+            last,
+        })
+    }
+
+    pub async fn status(&mut self) -> Result<ChainStatus, ChainError> {
+        self.call(|c| async move { c.status(tarpc::context::current()).await })
+            .await
+    }
+
+    pub async fn account(&mut self, id: AccountId) -> Result<AccountView, ChainError> {
+        self.call(|c| async move { c.account(tarpc::context::current(), id.0).await })
+            .await
+    }
+
+    /// Signs `body` as `key`'s next transaction (nonce from the chain), submits it and
+    /// waits up to `wait` for a block that holds it.
+    pub async fn submit(
+        &mut self,
+        key: &SigningKey,
+        body: TxBody,
+        fee: u64,
+        wait: Duration,
+    ) -> Result<Committed, ChainError> {
+        let me = AccountId(key.verification_key().to_bytes());
+        let status = self.status().await?;
+        let account = self.account(me).await?;
+        let tx = Tx {
+            chain_id: status.chain_id,
+            signer: me,
+            nonce: account.nonce,
+            fee,
+            body,
+        }
+        .sign(key);
+        let id = tx.id();
+        let start = Instant::now();
+        let bytes = tx.bytes().to_vec();
+        let answers = self
+            .call(|c| {
+                let bytes = bytes.clone();
+                async move { c.submit_txs(tarpc::context::current(), vec![bytes]).await }
+            })
+            .await?;
+        match answers.into_iter().next() {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ChainError::Refused(e)),
+            None => return Err(ChainError::Refused("no answer for the transaction".into())),
+        }
+        let deadline = start + wait;
+        let mut next = status.height + 1;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ChainError::NotCommitted {
+                    tx: id,
+                    secs: wait.as_secs(),
+                });
+            }
+            let wait_ms = u64::try_from(left.as_millis())
+                .unwrap_or(u64::MAX)
+                .min(BLOCK_WAIT_MAX_MS);
+            let found = self
+                .call(|c| async move { c.block(context_for(left), next, wait_ms).await })
+                .await?;
+            let Some(b) = found else { continue };
+            if b.txs.contains(&id.0) {
+                return Ok(Committed {
+                    tx: id.to_string(),
+                    height: b.height,
+                    block: b.id,
+                    latency_ms: u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            next += 1;
+        }
+    }
+}
