@@ -90,14 +90,14 @@ pub enum OfferRefusal {
     ChainUnreachable(String),
 }
 
-/// A host's answer (#2): whether it takes the request and at what price.
+/// A host's answer (#2): its signed offer, or why it makes none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StorageOffer {
-    pub accepted: bool,
-    /// Why not, when not accepted.
+    /// The offer, `proto::offer::SignedOffer` bytes (`docs/formats.md` section 16), when
+    /// the host takes the request.
+    pub signed: Option<Vec<u8>>,
+    /// Why not, otherwise.
     pub refusal: Option<OfferRefusal>,
-    /// MASPC base units per GiB per day.
-    pub price_per_gib_day: u64,
     /// Bytes the host can still take.
     pub free_bytes: u64,
 }

@@ -81,6 +81,9 @@ pub struct HostConfig {
     /// The price this host asks, in MASPC base units per GiB per day.
     #[serde(default = "default_price")]
     pub price_per_gib_day: u64,
+    /// Longest storage the host offers, in days.
+    #[serde(default = "default_max_days")]
+    pub max_days: u64,
     /// Miners' control addresses: where the host submits its transactions and reads its
     /// registration; none for a host off the chain.
     #[serde(default)]
@@ -104,6 +107,10 @@ pub struct HostConfig {
 
 fn default_retention() -> u64 {
     30
+}
+
+fn default_max_days() -> u64 {
+    365
 }
 
 fn default_price() -> u64 {
@@ -204,6 +211,8 @@ control_token = "{control_token}"
 
 # The price this host asks, in MASPC base units per GiB per day.
 price_per_gib_day = 10
+# The longest storage it offers, in days.
+max_days = 365
 
 # Miners' control planes (host:port): `mspace host register` submits through the first
 # that answers, and the host reads its registration there before it offers storage.

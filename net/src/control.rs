@@ -10,6 +10,7 @@ use api::{
 };
 use ed25519_consensus::SigningKey;
 use proto::link::{Grant, Link};
+use proto::offer::Offer;
 use proto::ChunkId;
 
 use crate::host::Host;
@@ -23,6 +24,10 @@ pub struct HostControl {
     /// Link minting needs this token; `None` disables it.
     pub token: Option<String>,
     pub price_per_gib_day: u64,
+    /// Longest storage offered, in days.
+    pub max_days: u64,
+    /// Blocks between storage proofs on the chain (the ledger's), written into offers.
+    pub proof_period_blocks: u64,
     /// Miners' control addresses; empty for a host off the chain (it offers on its own
     /// terms).
     pub chain: Vec<String>,
@@ -41,13 +46,17 @@ impl HostControl {
     }
 }
 
+/// How long a signed offer stays valid.
+pub const OFFER_TTL_SECS: u64 = 600;
+
 impl HostControl {
-    /// Why the chain does not back this host storing `bytes` in all, if it does not: no
-    /// registration, a deposit unbonding, or one below what the ledger requires. Asked of
-    /// the first miner that answers.
-    async fn chain_refusal(&self, bytes: u64) -> Option<OfferRefusal> {
+    /// The chain's id and this host's deposit when the chain backs it storing `bytes` in
+    /// all; else why not: no registration, a deposit unbonding, or one below what the
+    /// ledger requires. Asked of the first miner that answers. A host off the chain offers
+    /// for chain 0 with no deposit.
+    async fn chain_backing(&self, bytes: u64) -> Result<(u64, u64), OfferRefusal> {
         if self.chain.is_empty() {
-            return None;
+            return Ok((0, 0));
         }
         let me = self.key.verification_key().to_bytes();
         let mut last = String::new();
@@ -59,30 +68,35 @@ impl HostControl {
                     continue;
                 }
             };
-            let view = match client.account(tarpc::context::current(), me).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    last = format!("{addr}: {e}");
-                    continue;
-                }
+            let ctx = tarpc::context::current;
+            let asked = async {
+                let status = client.status(ctx()).await??;
+                let view = client.account(ctx(), me).await??;
+                Ok::<_, Box<dyn std::error::Error>>((status.chain_id, view))
+            };
+            let (chain_id, view) = match asked.await {
+                Ok(v) => v,
                 Err(e) => {
                     last = format!("{addr}: {e}");
                     continue;
                 }
             };
             let Some(reg) = view.registrations.iter().find(|r| r.role == "host") else {
-                return Some(OfferRefusal::NotRegistered);
+                return Err(OfferRefusal::NotRegistered);
             };
             if let Some(until) = reg.unbonding_until {
-                return Some(OfferRefusal::Unbonding { until });
+                return Err(OfferRefusal::Unbonding { until });
             }
             let need = (self.deposit_for)(bytes);
-            return (reg.deposit < need).then_some(OfferRefusal::DepositTooLow {
-                have: reg.deposit,
-                need,
-            });
+            if reg.deposit < need {
+                return Err(OfferRefusal::DepositTooLow {
+                    have: reg.deposit,
+                    need,
+                });
+            }
+            return Ok((chain_id, reg.deposit));
         }
-        Some(OfferRefusal::ChainUnreachable(last))
+        Err(OfferRefusal::ChainUnreachable(last))
     }
 }
 
@@ -113,18 +127,39 @@ impl HostApi for HostControl {
     async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
         let s = self.stats().await;
         let free = s.capacity_bytes.saturating_sub(s.live_bytes);
-        let refusal = if request.days == 0 {
-            Some(OfferRefusal::BadTerms("days must be at least 1".into()))
+        let backing = if request.days == 0 || u64::from(request.days) > self.max_days {
+            Err(OfferRefusal::BadTerms(format!(
+                "days must be 1 to {}",
+                self.max_days
+            )))
         } else if request.bytes > free {
-            Some(OfferRefusal::Full { free_bytes: free })
+            Err(OfferRefusal::Full { free_bytes: free })
         } else {
-            self.chain_refusal(s.live_bytes.saturating_add(request.bytes))
+            self.chain_backing(s.live_bytes.saturating_add(request.bytes))
                 .await
         };
+        let (signed, refusal) = match backing {
+            Ok((chain_id, deposit)) => {
+                let mut id = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+                let offer = Offer {
+                    chain_id,
+                    host: self.key.verification_key().to_bytes(),
+                    id,
+                    price_per_gib_day: self.price_per_gib_day,
+                    proof_period_blocks: self.proof_period_blocks,
+                    max_days: self.max_days,
+                    bytes_max: free,
+                    deposit,
+                    expiry_unix_secs: crate::now_secs().saturating_add(OFFER_TTL_SECS),
+                };
+                (Some(offer.sign(&self.key).to_bytes()), None)
+            }
+            Err(r) => (None, Some(r)),
+        };
         StorageOffer {
-            accepted: refusal.is_none(),
+            signed,
             refusal,
-            price_per_gib_day: self.price_per_gib_day,
             free_bytes: free,
         }
     }

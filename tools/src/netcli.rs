@@ -349,6 +349,130 @@ fn host_status(a: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args, Debug)]
+pub struct OfferArgs {
+    /// The host's control address (host:port).
+    #[arg(long)]
+    host: String,
+    /// The host's public key (hex) the offer must be signed by [default: the key the host
+    /// states in its status].
+    #[arg(long)]
+    host_key: Option<String>,
+    /// A miner's control address: the offer must be for that chain [default: the chain the
+    /// offer names].
+    #[arg(long)]
+    miner: Option<String>,
+    /// Bytes to store (8GiB, 100MiB, ...).
+    #[arg(long, value_parser = parse_bytes)]
+    bytes: u64,
+    /// Days to store them.
+    #[arg(long)]
+    days: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct OfferJson {
+    host: String,
+    chain_id: u64,
+    id: String,
+    price_per_gib_day: u64,
+    proof_period_blocks: u64,
+    max_days: u64,
+    bytes_max: u64,
+    deposit: u64,
+    expiry_unix_secs: u64,
+    /// What storing the bytes asked for the days asked costs at this price (MASPC):
+    /// price x started GiB x days.
+    total_maspc: u64,
+    /// The signed offer (`docs/formats.md` section 16), hex.
+    offer: String,
+}
+
+/// `mspace offer`: asks a host's control plane for a signed offer and checks it.
+pub fn offer(a: OfferArgs) -> Result<()> {
+    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+    let out = runtime()?.block_on(async {
+        let host = api::host_client(&a.host)
+            .await
+            .with_context(|| format!("cannot reach the host's control plane at {}", a.host))?;
+        let ctx = tarpc::context::current;
+        let key = match &a.host_key {
+            Some(k) => k.clone(),
+            None => host.status(ctx()).await?.key,
+        };
+        let key = miner::parse_key_hex(&key)?.0;
+        let answer = host
+            .offer(
+                ctx(),
+                api::StorageRequest {
+                    bytes: a.bytes,
+                    days: a.days,
+                },
+            )
+            .await?;
+        let Some(bytes) = answer.signed else {
+            match answer.refusal {
+                Some(r) => bail!("the host makes no offer: {r}"),
+                None => bail!("the host makes no offer and says no reason"),
+            }
+        };
+        let signed = proto::offer::SignedOffer::from_bytes(&bytes)
+            .context("the host's offer does not decode")?;
+        let chain_id = match &a.miner {
+            Some(m) => {
+                let c = api::miner_client(m)
+                    .await
+                    .with_context(|| format!("cannot reach the miner at {m}"))?;
+                c.status(ctx())
+                    .await?
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .chain_id
+            }
+            None => signed.offer.chain_id,
+        };
+        let o = signed.check(&key, chain_id, net::now_secs(), a.bytes, u64::from(a.days))?;
+        let gib = a.bytes.div_ceil(1 << 30);
+        anyhow::Ok(OfferJson {
+            host: hex(&o.host),
+            chain_id: o.chain_id,
+            id: hex(&o.id),
+            price_per_gib_day: o.price_per_gib_day,
+            proof_period_blocks: o.proof_period_blocks,
+            max_days: o.max_days,
+            bytes_max: o.bytes_max,
+            deposit: o.deposit,
+            expiry_unix_secs: o.expiry_unix_secs,
+            total_maspc: o
+                .price_per_gib_day
+                .saturating_mul(gib)
+                .saturating_mul(u64::from(a.days)),
+            offer: hex(&bytes),
+        })
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        println!(
+            "host {} offers {} MASPC per GiB per day (this request: {} MASPC), proofs every {} \
+             blocks, up to {} days and {}, backed by a deposit of {} MASP on chain {}; valid \
+             until {} (Unix seconds)",
+            out.host,
+            out.price_per_gib_day,
+            out.total_maspc,
+            out.proof_period_blocks,
+            out.max_days,
+            format_bytes(out.bytes_max),
+            out.deposit,
+            out.chain_id,
+            out.expiry_unix_secs
+        );
+    }
+    Ok(())
+}
+
 fn host_run(config: &Path) -> Result<()> {
     init_logs();
     let cfg = HostConfig::load(config)?;
@@ -417,6 +541,8 @@ fn host_run(config: &Path) -> Result<()> {
                 link_addr: cfg.link_addr().to_string(),
                 token: cfg.control_token.clone(),
                 price_per_gib_day: cfg.price_per_gib_day,
+                max_days: cfg.max_days,
+                proof_period_blocks: consensus::ledger::PROOF_PERIOD_BLOCKS,
                 chain: cfg.chain.clone(),
                 deposit_for: consensus::ledger::host_deposit_min,
             };

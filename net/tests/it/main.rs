@@ -818,6 +818,8 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         link_addr: h.addr.to_string(),
         token: Some("s3cret".into()),
         price_per_gib_day: 7,
+        max_days: 90,
+        proof_period_blocks: 100,
         chain: Vec::new(),
         deposit_for: |bytes| 1_000 + bytes / 1000,
     };
@@ -829,7 +831,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
     };
     let ask = |bytes, days| StorageRequest { bytes, days };
     let refused = |o: api::StorageOffer| {
-        assert!(!o.accepted);
+        assert!(o.signed.is_none());
         o.refusal.unwrap()
     };
     let ctx0 = tarpc::context::current;
@@ -864,9 +866,24 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         )
         .await
         .unwrap();
-    assert!(offer.accepted);
     assert_eq!(offer.refusal, None);
-    assert_eq!(offer.price_per_gib_day, 7);
+    // Signed by the host, for no chain (this host is off the chain), with its terms.
+    let signed = proto::offer::SignedOffer::from_bytes(&offer.signed.unwrap()).unwrap();
+    let host_key = h.key.verification_key().to_bytes();
+    let terms = signed.check(&host_key, 0, now(), 1 << 30, 30).unwrap();
+    assert_eq!(
+        (terms.price_per_gib_day, terms.max_days, terms.deposit),
+        (7, 90, 0)
+    );
+    assert!(
+        signed.check(&host_key, 0, now(), 1 << 30, 91).is_err(),
+        "past max_days"
+    );
+    let long = c
+        .offer(ctx(), StorageRequest { bytes: 1, days: 91 })
+        .await
+        .unwrap();
+    assert!(matches!(long.refusal, Some(OfferRefusal::BadTerms(_))));
 
     let mut ask = LinkRequest {
         token: "wrong".into(),

@@ -54,6 +54,10 @@ enum Command {
     Host(netcli::HostArgs),
     /// Relay data-plane connections so hosts never see the client's address.
     Proxy(netcli::ProxyArgs),
+    /// Ask a host for a signed storage offer and check it: signed by the host, for the
+    /// chain, not expired, covering the bytes and days asked. Prints its terms, or why the
+    /// host makes none.
+    Offer(netcli::OfferArgs),
     /// Run a validator of the chain (`--config F`), or `miner init`.
     Miner(chaincli::MinerArgs),
     /// Start a local chain: N miner processes on loopback from a generated genesis, with a
@@ -126,6 +130,7 @@ fn main() {
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),
+        Command::Offer(args) => netcli::offer(args),
         Command::Miner(args) => chaincli::miner(args),
         Command::Devnet(args) => chaincli::devnet(args),
         Command::Chain(args) => chaincli::chain(args),

@@ -412,8 +412,40 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
     );
 
     // Backed: 1 GiB needs 1,010 MASP of deposit; 100 GiB needs 2,000, more than it holds.
+    // The offer is signed by the host, for this chain, backed by its deposit: what
+    // `mspace offer` checks and prints.
     let ok = offer(1 << 30);
-    assert!(ok.accepted, "{ok:?}");
+    assert!(ok.signed.is_some(), "{ok:?}");
+    let shown = json(&[
+        "offer", "--host", &control, "--miner", &m0, "--bytes", "1GiB", "--days", "30", "--json",
+    ]);
+    assert_eq!(shown["host"], host_key.as_str());
+    assert_eq!(shown["deposit"], 1500);
+    assert_eq!(shown["total_maspc"], 10 * 30);
+    let other = data_encoding::HEXLOWER.encode(
+        &ed25519_consensus::SigningKey::from([3u8; 32])
+            .verification_key()
+            .to_bytes(),
+    );
+    let wrong_key = mspace(
+        &[
+            "offer",
+            "--host",
+            &control,
+            "--host-key",
+            &other,
+            "--bytes",
+            "1GiB",
+            "--days",
+            "30",
+        ],
+        &[],
+    );
+    assert!(
+        wrong_key.stderr.contains("another host"),
+        "{}",
+        wrong_key.stderr
+    );
     assert_eq!(
         offer(100 << 30).refusal,
         Some(api::OfferRefusal::DepositTooLow {
