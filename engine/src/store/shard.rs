@@ -830,10 +830,10 @@ async fn run_shard<D: Disk>(
                 let _ = reply.send(Ok(s.stats()));
             }
             Request::Shutdown(reply) => {
-                // A compaction under way finishes first: it holds segment files open.
-                let permit = s.compacting.acquire_permit(1).await;
+                // A compaction under way finishes first (it holds segment files open), and
+                // none starts before the files are closed.
+                let _no_compaction = s.compacting.acquire_permit(1).await;
                 let result = s.checkpoint_all().await;
-                drop(permit);
                 s.close().await;
                 let _ = reply.send(result);
                 return;
