@@ -51,7 +51,8 @@ enum Known {
 }
 
 enum Event {
-    Put(u64),
+    /// Chunk `i`, its id and length, acknowledged as stored.
+    Put(u64, ChunkId, u64),
     Announce(u64),
     Delete(u64),
 }
@@ -74,24 +75,20 @@ async fn client(link: Link, first: u64, step: u64, events: mpsc::UnboundedSender
     let mut count = 0u64;
     loop {
         let (id, crc32c, bytes) = chunk(i);
+        let len = bytes.len() as u64;
         match c.call(Request::Put { id, crc32c, bytes }).await {
             Ok(Reply::Stored { existing: false }) => {}
             Ok(other) => panic!("chunk {i}: {other:?}"),
             Err(e) => return gone(e),
         }
-        let _ = events.send(Event::Put(i));
-        acked.push(i);
+        let _ = events.send(Event::Put(i, id, len));
+        acked.push((i, id));
         i += step;
         count += 1;
         if count.is_multiple_of(5) {
-            let victim = acked.remove(acked.len() / 2);
+            let (victim, id) = acked.remove(acked.len() / 2);
             let _ = events.send(Event::Announce(victim));
-            match c
-                .call(Request::Delete {
-                    id: chunk(victim).0,
-                })
-                .await
-            {
+            match c.call(Request::Delete { id }).await {
                 Ok(Reply::Deleted { removed: true }) => {}
                 Ok(other) => panic!("delete of chunk {victim}: {other:?}"),
                 Err(e) => return gone(e),
@@ -163,6 +160,8 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
         .unwrap();
 
     let mut known: BTreeMap<u64, Known> = BTreeMap::new();
+    // Each tracked chunk's id, kept rather than regenerated from its bytes every round.
+    let mut ids: BTreeMap<u64, ChunkId> = BTreeMap::new();
     let mut acked_bytes = 0u64;
     // Files recorded after each restart: a download link and the chunks it reads.
     let mut files: Vec<(Link, Vec<u64>)> = Vec::new();
@@ -178,13 +177,13 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
             charged >= acked_bytes,
             "round {round}: the link is charged {charged} bytes, {acked_bytes} were acknowledged"
         );
-        let ids: Vec<u64> = known.keys().copied().collect();
+        let tracked: Vec<u64> = known.keys().copied().collect();
         let present = rt
-            .block_on(c.have(&ids.iter().map(|&i| chunk(i).0).collect::<Vec<_>>()))
+            .block_on(c.have(&tracked.iter().map(|i| ids[i]).collect::<Vec<_>>()))
             .unwrap();
         let mut new_file = Vec::new();
-        for i in ids {
-            let here = present.contains(&chunk(i).0);
+        for i in tracked {
+            let here = present.contains(&ids[&i]);
             let k = known.get_mut(&i).unwrap();
             match (*k, here) {
                 (Known::Stored, true) => {}
@@ -215,7 +214,7 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
             let reply = rt
                 .block_on(c.call(Request::PutObject {
                     manifest,
-                    chunks: new_file.iter().map(|&i| chunk(i).0).collect(),
+                    chunks: new_file.iter().map(|i| ids[i]).collect(),
                     envelope,
                 }))
                 .unwrap();
@@ -284,9 +283,10 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
         rt.block_on(async {
             while let Some(ev) = rx.recv().await {
                 match ev {
-                    Event::Put(i) => {
+                    Event::Put(i, id, len) => {
                         known.insert(i, Known::Stored);
-                        acked_bytes += chunk(i).2.len() as u64;
+                        ids.insert(i, id);
+                        acked_bytes += len;
                     }
                     Event::Announce(i) => {
                         known.insert(i, Known::Announced);
