@@ -204,6 +204,17 @@ pub fn serve_on_cores(
     pin: bool,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<(std::net::SocketAddr, Vec<std::thread::JoinHandle<()>>)> {
+    // The acceptors share the port with SO_REUSEPORT, which would as well let a second
+    // host process share it and take half the connections: a plain bind first fails if
+    // anything listens there already.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("{addr} is taken ({e}): is another host running on it?"),
+            )
+        })?);
+    }
     let mut bound = addr;
     let mut listeners = Vec::new();
     for _ in 0..cores.max(1) {

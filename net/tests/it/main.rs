@@ -174,6 +174,14 @@ fn code_of(e: &NetError) -> Option<ErrorCode> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_the_same_port_is_refused() {
+    let h = start_host(Limits::default()).await;
+    let (_stop, rx) = watch::channel(false);
+    let e = net::host::serve_on_cores(&h.host, h.addr, 2, false, &rx).unwrap_err();
+    assert!(e.to_string().contains("another host"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_goes_to_the_host_and_back_byte_identical() {
     let h = start_host(Limits::default()).await;
     let tmp = tempfile::tempdir().unwrap();

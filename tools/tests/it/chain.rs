@@ -361,24 +361,24 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
     };
 
     // Registering needs MASP for the deposit and MASPC for the fee: the client pays both.
-    let r = mspace(
-        &[
-            "host",
-            "register",
-            "--config",
-            &s(&cfg),
-            "--deposit",
-            "1500",
-        ],
-        &[],
-    );
+    let register = |deposit: &str| {
+        mspace(
+            &[
+                "host",
+                "register",
+                "--config",
+                &s(&cfg),
+                "--deposit",
+                deposit,
+            ],
+            &[],
+        )
+    };
+    let r = register("1500");
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("holds 0 MASPC"), "{}", r.stderr);
     fund(&host_key, "5000");
-    let low = mspace(
-        &["host", "register", "--config", &s(&cfg), "--deposit", "900"],
-        &[],
-    );
+    let low = register("900");
     assert_ne!(low.code, 0);
     assert!(low.stderr.contains("at least 1000 MASP"), "{}", low.stderr);
     let reg = json(&[
@@ -394,17 +394,7 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
     assert_eq!(reg["registration"]["deposit"], 1500);
     assert_eq!(reg["registration"]["endpoint"], listen.as_str());
     assert_eq!(reg["masp"], 3500);
-    let again = mspace(
-        &[
-            "host",
-            "register",
-            "--config",
-            &s(&cfg),
-            "--deposit",
-            "1500",
-        ],
-        &[],
-    );
+    let again = register("1500");
     assert!(
         again.stderr.contains("already registered"),
         "{}",
