@@ -42,9 +42,11 @@ pub struct ChainClient {
     client: Option<MinerApiClient>,
 }
 
-fn context_for(wait: Duration) -> tarpc::context::Context {
+/// A call's context for a miner that may wait up to `wait` before answering: the deadline
+/// leaves it 10 s more.
+pub fn context_for(wait: Duration) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
-    ctx.deadline = Instant::now() + wait + Duration::from_secs(5);
+    ctx.deadline = Instant::now() + wait + Duration::from_secs(10);
     ctx
 }
 

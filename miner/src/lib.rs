@@ -14,4 +14,4 @@ pub use files::{
     hex, parse_key_hex, FileError, GenesisAccount, GenesisError, GenesisFile, GenesisValidator,
     MinerConfig,
 };
-pub use service::{account_view, block_view, MinerService, Relay, BLOCK_WAIT_MAX_MS};
+pub use service::{account_view, block_view, role_name, MinerService, Relay, BLOCK_WAIT_MAX_MS};

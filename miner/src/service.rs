@@ -252,13 +252,18 @@ impl MinerApi for MinerService {
     }
 }
 
+/// How a role is named in [`RegistrationView`]s: `host`, `miner`, ...
+pub fn role_name(role: proto::tx::Role) -> String {
+    format!("{role:?}").to_lowercase()
+}
+
 pub fn account_view(l: &State, id: AccountId) -> AccountView {
     let a = l.account(&id);
     let registrations = l
         .registrations
         .range((id, proto::tx::Role::Host)..=(id, proto::tx::Role::Insurer))
         .map(|((_, role), r)| RegistrationView {
-            role: format!("{role:?}").to_lowercase(),
+            role: role_name(*role),
             deposit: r.deposit,
             endpoint: r.endpoint.clone(),
             since_height: r.since_height,

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use consensus::ledger::Genesis;
 use consensus::node::{ChainParams, NodeConfig, NodeHandle, NodeState};
 use ed25519_consensus::SigningKey;
-use miner::client::{ChainClient, Committed};
+use miner::client::{context_for, ChainClient, Committed};
 use miner::{
     hex, parse_key_hex, GenesisAccount, GenesisFile, GenesisValidator, MinerConfig, MinerService,
     Relay, BLOCK_WAIT_MAX_MS,
@@ -565,12 +565,6 @@ struct TxJson {
 
 fn rpc_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("miner: {e}")
-}
-
-fn context_for(wait: Duration) -> tarpc::context::Context {
-    let mut ctx = tarpc::context::current();
-    ctx.deadline = Instant::now() + wait + Duration::from_secs(10);
-    ctx
 }
 
 pub fn chain(a: ChainArgs) -> Result<()> {

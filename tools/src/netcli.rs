@@ -393,7 +393,7 @@ struct OfferJson {
 
 /// `mspace offer`: asks a host's control plane for a signed offer and checks it.
 pub fn offer(a: OfferArgs) -> Result<()> {
-    let hex = |b: &[u8]| data_encoding::HEXLOWER.encode(b);
+    let hex = miner::hex;
     let out = runtime()?.block_on(async {
         let host = api::host_client(&a.host)
             .await

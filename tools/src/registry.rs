@@ -96,7 +96,7 @@ pub fn run(
             precheck(role, op, a, &chain.account(me).await?)?;
             let committed = chain.submit(key, body, a.fee, a.wait).await?;
             let account = chain.account(me).await?;
-            let name = format!("{role:?}").to_lowercase();
+            let name = miner::role_name(role);
             anyhow::Ok(RegistryJson {
                 registration: account.registrations.into_iter().find(|r| r.role == name),
                 role: name,
@@ -113,7 +113,7 @@ pub fn run(
         println!(
             "{} {}: committed at height {} (tx {}); registration now {:?}, {} MASP free",
             out.role,
-            serde_json::to_string(&out.op)?.trim_matches('"'),
+            format!("{:?}", out.op).to_lowercase(),
             out.committed.height,
             out.committed.tx,
             out.registration,
@@ -127,7 +127,7 @@ pub fn run(
 /// shows (the ledger stays the judge: this only spares waiting for a transaction that no
 /// block will take).
 fn precheck(role: Role, op: Op, a: &RegistryArgs, acct: &api::AccountView) -> Result<()> {
-    let name = format!("{role:?}").to_lowercase();
+    let name = miner::role_name(role);
     let reg = acct.registrations.iter().find(|r| r.role == name);
     if acct.maspc < a.fee {
         bail!(
