@@ -15,17 +15,27 @@
 //! Every service answers `api_version()` with its `*_API_VERSION`; the clients here ask it
 //! on connecting and refuse a peer speaking another version, naming both.
 //!
+//! [`chain::ChainClient`] is the client of the chain every role uses: failover among
+//! miners, signing with the account's next nonce, following blocks.
+//!
 //! Invariant: this crate has no I/O beyond the control plane's sockets and depends on no
-//! other crate of the workspace, so the exchange, the index, the gateway and the dashboard
-//! can speak to hosts and miners without the data plane, the engine or the ledger.
+//! other crate of the workspace but `proto` (identities and transactions), so the exchange,
+//! the index, the gateway and the dashboard can speak to hosts and miners without the data
+//! plane, the engine or the ledger.
 
 use serde::{Deserialize, Serialize};
 use tarpc::tokio_serde::formats::Bincode;
 
+pub mod chain;
+
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 2;
+pub const HOST_API_VERSION: u32 = 3;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 1;
+pub const MINER_API_VERSION: u32 = 2;
+/// Longest a client may ask a miner to wait for a block.
+pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
+/// Most deals one `deals_of` answer lists (the newest first).
+pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
 pub const EXCHANGE_API_VERSION: u32 = 1;
 /// Version of [`IndexApi`].
@@ -134,8 +144,15 @@ pub trait HostApi {
     async fn download_offer(manifest: [u8; 32]) -> DownloadOffer;
     /// A signed link in its text form (`mspace://...`).
     async fn mint_link(request: LinkRequest) -> Result<String, ControlError>;
-    /// [`HOST_API_VERSION`].
+    /// [`HOST_API_VERSION`]. Its method number (4) never changes, so that a peer of any
+    /// version can ask it; methods added later come after it.
     async fn api_version() -> u32;
+    /// A link for a deal on the chain whose host this is, usable only by the deal's sender:
+    /// to upload exactly the deal's bytes while it awaits completion (`download: false`),
+    /// or to read back its file (the deal's last chunk is the manifest) while it is
+    /// active. The host checks the deal on the chain; no token is needed, the payment is
+    /// the authorization.
+    async fn deal_link(deal: [u8; 32], download: bool) -> Result<String, ControlError>;
 }
 
 /// A miner's service: submitting transactions and reading the chain. Implemented by the
@@ -150,13 +167,18 @@ pub trait MinerApi {
     async fn relay_txs(txs: Vec<Vec<u8>>) -> Result<(), ControlError>;
     async fn status() -> Result<ChainStatus, ControlError>;
     async fn account(key: [u8; 32]) -> Result<AccountView, ControlError>;
+    /// A deal with its chunk list and open challenge.
     async fn deal(id: [u8; 32]) -> Result<Option<DealView>, ControlError>;
     /// The decided block at `height`; if it is not decided yet, waits up to `wait_ms` for it.
     async fn block(height: u64, wait_ms: u64) -> Result<Option<BlockView>, ControlError>;
     /// The height of the block that holds transaction `id`, if it is committed.
     async fn tx_height(id: [u8; 32]) -> Result<Option<u64>, ControlError>;
-    /// [`MINER_API_VERSION`].
+    /// [`MINER_API_VERSION`]. Its method number (7) never changes; methods added later
+    /// come after it.
     async fn api_version() -> u32;
+    /// Deals `key` is the sender or host of, newest first, at most [`DEALS_LISTED_MAX`],
+    /// without their chunk lists; `open`: only those awaiting completion or active.
+    async fn deals_of(key: [u8; 32], open: bool) -> Result<Vec<DealView>, ControlError>;
 }
 
 /// A miner's view of its chain.
@@ -173,6 +195,9 @@ pub struct ChainStatus {
     /// (validator key hex, voting power) of the next height.
     pub validators: Vec<(String, u64)>,
     pub mempool_txs: usize,
+    /// The chain's deal timings (its genesis parameters).
+    pub proof_period_blocks: u64,
+    pub completion_timeout_blocks: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,18 +222,119 @@ pub struct AccountView {
     pub height: u64,
 }
 
+/// Where a deal stands on the chain.
+///
+/// (Externally tagged in serde: bincode cannot carry an internally tagged enum.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DealStage {
+    /// Paid; the host has until `deadline` to complete it.
+    AwaitingCompletion {
+        deadline: u64,
+    },
+    /// The CRCs matched: storage runs from `start_height` to `end_height`.
+    Active {
+        start_height: u64,
+        end_height: u64,
+    },
+    /// The host's CRCs differed at these chunks: nothing was paid, the escrow went back.
+    Mismatched {
+        chunks: Vec<u32>,
+    },
+    /// Not completed in time: the escrow went back.
+    Expired,
+    Ended {
+        end_height: u64,
+    },
+}
+
+impl DealStage {
+    /// One word for the stage: `awaiting-completion`, `active`, `mismatched`, `expired`,
+    /// `ended`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DealStage::AwaitingCompletion { .. } => "awaiting-completion",
+            DealStage::Active { .. } => "active",
+            DealStage::Mismatched { .. } => "mismatched",
+            DealStage::Expired => "expired",
+            DealStage::Ended { .. } => "ended",
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self,
+            DealStage::AwaitingCompletion { .. } | DealStage::Active { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for DealStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DealStage::AwaitingCompletion { deadline } => {
+                write!(
+                    f,
+                    "paid, awaiting the host's completion until height {deadline}"
+                )
+            }
+            DealStage::Active {
+                start_height,
+                end_height,
+            } => write!(f, "active from height {start_height} to {end_height}"),
+            DealStage::Mismatched { chunks } => {
+                write!(f, "CRCs mismatched at chunks {chunks:?}: refunded")
+            }
+            DealStage::Expired => write!(f, "expired uncompleted: refunded"),
+            DealStage::Ended { end_height } => write!(f, "ended at height {end_height}"),
+        }
+    }
+}
+
+/// The open storage challenge of an active deal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeView {
+    pub period: u32,
+    /// Index of the chunk in the deal, its id, and the 1 KiB leaf to prove.
+    pub chunk: u32,
+    pub chunk_id: [u8; 32],
+    pub leaf: u64,
+    /// The last height a proof is accepted at.
+    pub due: u64,
+    pub answered: bool,
+}
+
+/// One chunk a deal covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealChunk {
+    pub id: [u8; 32],
+    pub sealed_bytes: u32,
+    pub crc32c: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DealView {
     pub id: String,
     pub sender: String,
     pub host: String,
-    pub state: String,
+    pub stage: DealStage,
     pub storage_fee: u64,
     pub download_fee: u64,
     pub period_blocks: u64,
     pub opened_height: u64,
+    /// MASPC still held for the host.
     pub escrow: u64,
+    /// Of the fee: paid to the host for proven periods, refunded to the sender.
+    pub paid: u64,
+    pub refunded: u64,
+    /// Proof periods in all, proven and missed so far.
+    pub parts: u32,
+    pub proven: u32,
+    pub missed: u32,
     pub chunks: usize,
+    pub bytes: u64,
+    pub challenge: Option<ChallengeView>,
+    /// The chunks, in deal order (empty in `deals_of` answers).
+    pub entries: Vec<DealChunk>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

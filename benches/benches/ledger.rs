@@ -22,6 +22,7 @@ fn setup(n: usize) -> (State, Vec<SignedTx>) {
         .collect();
     let genesis = Genesis {
         chain_id: 1,
+        params: Default::default(),
         accounts: ids.iter().map(|id| (*id, 1 << 40, 1 << 40)).collect(),
         validators: vec![],
     };

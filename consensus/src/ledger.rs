@@ -88,10 +88,38 @@ pub fn host_deposit_min(bytes: u64) -> u64 {
         .saturating_add(bytes.div_ceil(GIB).saturating_mul(HOST_DEPOSIT_PER_GIB))
 }
 
+/// The deal rules' timing, fixed at genesis: a public chain keeps the defaults
+/// ([`PROOF_PERIOD_BLOCKS`], [`COMPLETION_TIMEOUT_BLOCKS`]); a devnet shortens them so a
+/// whole deal fits in a demo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Blocks per proof period (at least 1).
+    pub proof_period_blocks: u64,
+    /// Blocks a host has to complete a paid deal (at least 1).
+    pub completion_timeout_blocks: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            proof_period_blocks: PROOF_PERIOD_BLOCKS,
+            completion_timeout_blocks: COMPLETION_TIMEOUT_BLOCKS,
+        }
+    }
+}
+
+impl Params {
+    /// Longest storage period a deal may ask for: 100,000 proof periods.
+    pub fn deal_period_blocks_max(&self) -> u64 {
+        self.proof_period_blocks.saturating_mul(100_000)
+    }
+}
+
 /// The chain's starting point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Genesis {
     pub chain_id: u64,
+    pub params: Params,
     /// (account, MASP, MASPC)
     pub accounts: Vec<(AccountId, u64, u64)>,
     /// The first validators: (account, stake in MASP, endpoint). Each becomes a miner
@@ -176,6 +204,12 @@ pub struct Deal {
     /// Proof periods of the storage period: ceil(period_blocks / PROOF_PERIOD_BLOCKS).
     pub parts: u32,
     pub challenge: Option<Challenge>,
+    /// Proof periods answered (paid to the host) and missed (refunded to the sender).
+    pub proven: u32,
+    pub missed: u32,
+    /// MASPC of the fee paid to the host so far, and refunded to the sender.
+    pub paid: u64,
+    pub refunded: u64,
 }
 
 impl Deal {
@@ -276,6 +310,7 @@ pub struct Supply {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     pub chain_id: u64,
+    pub params: Params,
     /// Height of the last applied block (0: genesis).
     pub height: u64,
     pub timestamp_ms: u64,
@@ -470,8 +505,13 @@ impl State {
                 "validator listed twice in genesis"
             );
         }
+        assert!(
+            g.params.proof_period_blocks > 0 && g.params.completion_timeout_blocks > 0,
+            "genesis deal timings must be positive"
+        );
         let mut state = State {
             chain_id: g.chain_id,
+            params: g.params,
             height: 0,
             timestamp_ms: 0,
             seed: [0; 32],
@@ -551,6 +591,8 @@ impl State {
             h.update(&v.to_le_bytes());
         };
         u(&mut h, self.chain_id);
+        u(&mut h, self.params.proof_period_blocks);
+        u(&mut h, self.params.completion_timeout_blocks);
         u(&mut h, self.height);
         u(&mut h, self.timestamp_ms);
         h.update(&self.seed);
@@ -587,6 +629,10 @@ impl State {
                 d.opened_height,
                 d.escrow,
                 u64::from(d.parts),
+                u64::from(d.proven),
+                u64::from(d.missed),
+                d.paid,
+                d.refunded,
                 d.chunks.len() as u64,
             ] {
                 u(&mut h, v);
@@ -768,6 +814,7 @@ fn end_block(state: &mut State) {
         state.deadlines.pop_first();
         let height = state.height;
         let seed = state.seed;
+        let period_len = state.params.proof_period_blocks;
         let deal = state
             .deals
             .get_mut(&deal_id)
@@ -776,6 +823,7 @@ fn end_block(state: &mut State) {
         match deal.state {
             DealState::AwaitingCompletion => {
                 let escrow = std::mem::take(&mut deal.escrow);
+                deal.refunded += escrow;
                 deal.state = DealState::Expired;
                 credit_maspc(state, sender, escrow);
                 state.stats_mut(host).deals_expired += 1;
@@ -788,6 +836,8 @@ fn end_block(state: &mut State) {
                     // deposit for the trouble.
                     let part = deal.part(c.period);
                     deal.escrow -= part;
+                    deal.refunded += part;
+                    deal.missed += 1;
                     credit_maspc(state, sender, part);
                     let slashed = slash_host(state, host, sender);
                     let st = state.stats_mut(host);
@@ -800,7 +850,7 @@ fn end_block(state: &mut State) {
                 let next_period = c.period + 1;
                 if next_period < deal.parts {
                     let end = start_height + deal.period_blocks;
-                    let due = (c.due + PROOF_PERIOD_BLOCKS).min(end);
+                    let due = (c.due + period_len).min(end);
                     deal.challenge = Some(issue_challenge(&seed, &deal_id, deal, next_period, due));
                     state.deadlines.insert((due, deal_id));
                 } else {
@@ -1059,8 +1109,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     .any(|c| c.sealed_bytes == 0 || u64::from(c.sealed_bytes) > chunk_max)
                 || *storage_fee == 0
                 || *period_blocks == 0
-                || *period_blocks > DEAL_PERIOD_BLOCKS_MAX
-                || *storage_fee < period_blocks.div_ceil(PROOF_PERIOD_BLOCKS)
+                || *period_blocks > state.params.deal_period_blocks_max()
+                || *storage_fee < period_blocks.div_ceil(state.params.proof_period_blocks)
             {
                 return Err(TxError::BadDealTerms);
             }
@@ -1081,12 +1131,10 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             }
             me.maspc = sub(me.maspc, *storage_fee, Asset::Maspc)?;
             // The period must fit: its end height is a deadline once the deal is active.
-            add(add(height, COMPLETION_TIMEOUT_BLOCKS)?, *period_blocks)
-                .map_err(|_| TxError::BadDealTerms)?;
+            let timeout = state.params.completion_timeout_blocks;
+            add(add(height, timeout)?, *period_blocks).map_err(|_| TxError::BadDealTerms)?;
             let deal_id = signed.id();
-            state
-                .deadlines
-                .insert((height + COMPLETION_TIMEOUT_BLOCKS, deal_id));
+            state.deadlines.insert((height + timeout, deal_id));
             state.accounts.insert(tx.signer, me);
             state.deals.insert(
                 deal_id,
@@ -1102,6 +1150,10 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     state: DealState::AwaitingCompletion,
                     parts: 0,
                     challenge: None,
+                    proven: 0,
+                    missed: 0,
+                    paid: 0,
+                    refunded: 0,
                 },
             );
             Receipt::DealOpened { deal: deal_id }
@@ -1126,7 +1178,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .map(|(i, _)| i)
                 .collect();
             let (sender, host, escrow) = (d.sender, d.host, d.escrow);
-            let (timeout, period) = (d.opened_height + COMPLETION_TIMEOUT_BLOCKS, d.period_blocks);
+            let timeout = d.opened_height + state.params.completion_timeout_blocks;
+            let (period, period_len) = (d.period_blocks, state.params.proof_period_blocks);
             let seed = state.seed;
             let refunded = if differing.is_empty() {
                 None
@@ -1143,9 +1196,9 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             match refunded {
                 None => {
                     // Fits: checked when the deal was paid, and height <= opened + timeout.
-                    let due = height + period.min(PROOF_PERIOD_BLOCKS);
-                    d.parts = u32::try_from(period.div_ceil(PROOF_PERIOD_BLOCKS))
-                        .expect("period_blocks <= DEAL_PERIOD_BLOCKS_MAX");
+                    let due = height + period.min(period_len);
+                    d.parts = u32::try_from(period.div_ceil(period_len))
+                        .expect("period_blocks <= deal_period_blocks_max");
                     d.challenge = Some(issue_challenge(&seed, deal, d, 0, due));
                     state.deadlines.insert((due, *deal));
                     d.state = DealState::Active {
@@ -1160,6 +1213,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     }
                 }
                 Some(refunded) => {
+                    d.refunded += d.escrow;
                     d.escrow = 0;
                     d.state = DealState::Mismatched {
                         chunks: differing.clone(),
@@ -1258,6 +1312,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             state.accounts.insert(tx.signer, me);
             let d = state.deals.get_mut(deal).expect("checked above");
             d.escrow -= part;
+            d.paid += part;
+            d.proven += 1;
             d.challenge = Some(Challenge {
                 answered: true,
                 ..c

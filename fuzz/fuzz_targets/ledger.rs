@@ -42,6 +42,11 @@ fuzz_target!(|data: &[u8]| {
     let validators = vec![(id(3), 20_000, "v3:1".to_string())];
     let genesis = State::genesis(&Genesis {
         chain_id: 1,
+        // Short deal timings, so a few blocks reach completion deadlines and proof periods.
+        params: consensus::ledger::Params {
+            proof_period_blocks: 2,
+            completion_timeout_blocks: 3,
+        },
         accounts,
         validators,
     });

@@ -133,6 +133,12 @@ block_time_ms = 500
 #[serde(deny_unknown_fields)]
 pub struct GenesisFile {
     pub chain_id: u64,
+    /// Blocks per proof period [default: the ledger's 100]; a devnet shortens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof_period_blocks: Option<u64>,
+    /// Blocks a host has to complete a paid deal [default: the ledger's 100].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timeout_blocks: Option<u64>,
     #[serde(default)]
     pub accounts: Vec<GenesisAccount>,
     pub validators: Vec<GenesisValidator>,
@@ -187,7 +193,23 @@ impl GenesisFile {
         g.to_genesis().map_err(|e| invalid(e.to_string()))
     }
 
+    /// The deal timings: the file's, else the ledger's defaults.
+    pub fn params(&self) -> consensus::ledger::Params {
+        let d = consensus::ledger::Params::default();
+        consensus::ledger::Params {
+            proof_period_blocks: self.proof_period_blocks.unwrap_or(d.proof_period_blocks),
+            completion_timeout_blocks: self
+                .completion_timeout_blocks
+                .unwrap_or(d.completion_timeout_blocks),
+        }
+    }
+
     pub fn to_genesis(&self) -> Result<Genesis, GenesisError> {
+        if self.proof_period_blocks == Some(0) || self.completion_timeout_blocks == Some(0) {
+            return Err(GenesisError(
+                "proof_period_blocks and completion_timeout_blocks must be at least 1".into(),
+            ));
+        }
         let bail = |m: String| Err(GenesisError(m));
         if self.validators.is_empty() {
             return bail("a genesis needs at least one validator".into());
@@ -238,6 +260,7 @@ impl GenesisFile {
         }
         Ok(Genesis {
             chain_id: self.chain_id,
+            params: self.params(),
             accounts,
             validators,
         })
@@ -268,6 +291,8 @@ mod tests {
         let min = consensus::ledger::deposit_base(proto::tx::Role::Miner);
         let good = GenesisFile {
             chain_id: 7,
+            proof_period_blocks: None,
+            completion_timeout_blocks: None,
             accounts: vec![GenesisAccount {
                 key: key(9),
                 masp: 5,
@@ -283,6 +308,13 @@ mod tests {
                     ..good.clone()
                 },
                 "at least one validator",
+            ),
+            (
+                GenesisFile {
+                    proof_period_blocks: Some(0),
+                    ..good.clone()
+                },
+                "must be at least 1",
             ),
             (
                 GenesisFile {

@@ -6,7 +6,6 @@
 //! Invariant: no ledger rule here (those are `consensus::ledger`'s); nothing here blocks a
 //! runtime thread.
 
-pub mod client;
 pub mod files;
 pub mod service;
 
@@ -14,4 +13,4 @@ pub use files::{
     hex, parse_key_hex, FileError, GenesisAccount, GenesisError, GenesisFile, GenesisValidator,
     MinerConfig,
 };
-pub use service::{account_view, block_view, role_name, MinerService, Relay, BLOCK_WAIT_MAX_MS};
+pub use service::{account_view, block_view, deal_view, role_name, MinerService, Relay};

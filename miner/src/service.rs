@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api::{
-    miner_client, AccountView, BlockView, ChainStatus, ControlError, DealView, MinerApi,
-    MinerApiClient, RegistrationView,
+    miner_client, AccountView, BlockView, ChainStatus, ChallengeView, ControlError, DealChunk,
+    DealStage, DealView, MinerApi, MinerApiClient, RegistrationView,
 };
-use consensus::ledger::{rating, DealState, State};
+use consensus::ledger::{rating, Deal, DealState, State};
 use consensus::node::{NodeHandle, NodeState};
 use proto::block::EncodedBlock;
 use proto::tx::{AccountId, SignedTx, TxId};
@@ -18,8 +18,6 @@ use tracing::warn;
 
 use crate::files::hex;
 
-/// Longest a client may ask a miner to wait for a block.
-pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most transactions one `submit_txs` call may carry.
 pub const SUBMIT_TXS_MAX: usize = 50_000;
 
@@ -152,6 +150,8 @@ impl MinerApi for MinerService {
                     timestamp_ms: l.timestamp_ms,
                     validators: l.validators.iter().map(|(k, p)| (hex(&k.0), *p)).collect(),
                     mempool_txs: s.mempool.len(),
+                    proof_period_blocks: l.params.proof_period_blocks,
+                    completion_timeout_blocks: l.params.completion_timeout_blocks,
                 }
             })
             .await
@@ -176,28 +176,35 @@ impl MinerApi for MinerService {
     ) -> Result<Option<DealView>, ControlError> {
         self.node
             .query(move |s: &NodeState| {
-                s.ledger().deals.get(&TxId(id)).map(|d| DealView {
-                    id: hex(&id),
-                    sender: hex(&d.sender.0),
-                    host: hex(&d.host.0),
-                    state: match &d.state {
-                        DealState::AwaitingCompletion => "awaiting-completion".into(),
-                        DealState::Active { start_height } => {
-                            format!("active since {start_height}")
-                        }
-                        DealState::Mismatched { chunks } => {
-                            format!("mismatched at chunks {chunks:?}")
-                        }
-                        DealState::Expired => "expired".into(),
-                        DealState::Ended { end_height } => format!("ended at {end_height}"),
-                    },
-                    storage_fee: d.storage_fee,
-                    download_fee: d.download_fee,
-                    period_blocks: d.period_blocks,
-                    opened_height: d.opened_height,
-                    escrow: d.escrow,
-                    chunks: d.chunks.len(),
-                })
+                let l = s.ledger();
+                l.deals
+                    .get(&TxId(id))
+                    .map(|d| deal_view(l, &TxId(id), d, true))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn deals_of(
+        self,
+        _: tarpc::context::Context,
+        key: [u8; 32],
+        open: bool,
+    ) -> Result<Vec<DealView>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| {
+                let l = s.ledger();
+                let who = AccountId(key);
+                let mut found: Vec<_> = l
+                    .deals
+                    .iter()
+                    .filter(|(_, d)| d.sender == who || d.host == who)
+                    .map(|(id, d)| deal_view(l, id, d, false))
+                    .filter(|v| !open || v.stage.is_open())
+                    .collect();
+                found.sort_by_key(|v| std::cmp::Reverse(v.opened_height));
+                found.truncate(api::DEALS_LISTED_MAX);
+                found
             })
             .await
             .map_err(unavailable)
@@ -214,8 +221,8 @@ impl MinerApi for MinerService {
         }
         // Subscribe before looking, so a block decided in between is not missed.
         let mut sub = self.node.subscribe();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(wait_ms.min(BLOCK_WAIT_MAX_MS));
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(wait_ms.min(api::BLOCK_WAIT_MAX_MS));
         loop {
             let found = self
                 .node
@@ -255,6 +262,64 @@ impl MinerApi for MinerService {
 /// How a role is named in [`RegistrationView`]s: `host`, `miner`, ...
 pub fn role_name(role: proto::tx::Role) -> String {
     format!("{role:?}").to_lowercase()
+}
+
+/// A deal as the control plane shows it; `entries`: with its chunk list.
+pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
+    let stage = match &d.state {
+        DealState::AwaitingCompletion => DealStage::AwaitingCompletion {
+            deadline: d.opened_height + l.params.completion_timeout_blocks,
+        },
+        DealState::Active { start_height } => DealStage::Active {
+            start_height: *start_height,
+            end_height: start_height + d.period_blocks,
+        },
+        DealState::Mismatched { chunks } => DealStage::Mismatched {
+            chunks: chunks.clone(),
+        },
+        DealState::Expired => DealStage::Expired,
+        DealState::Ended { end_height } => DealStage::Ended {
+            end_height: *end_height,
+        },
+    };
+    let chunk = |c: &proto::ChunkEntry| DealChunk {
+        id: c.id.0,
+        sealed_bytes: c.sealed_bytes,
+        crc32c: c.crc32c,
+    };
+    DealView {
+        id: hex(&id.0),
+        sender: hex(&d.sender.0),
+        host: hex(&d.host.0),
+        stage,
+        storage_fee: d.storage_fee,
+        download_fee: d.download_fee,
+        period_blocks: d.period_blocks,
+        opened_height: d.opened_height,
+        escrow: d.escrow,
+        paid: d.paid,
+        refunded: d.refunded,
+        parts: d.parts,
+        proven: d.proven,
+        missed: d.missed,
+        chunks: d.chunks.len(),
+        bytes: d.bytes(),
+        challenge: d.challenge.map(|c| ChallengeView {
+            period: c.period,
+            chunk: c.chunk,
+            chunk_id: d.chunks[usize::try_from(c.chunk).expect("a chunk of the deal")]
+                .id
+                .0,
+            leaf: c.leaf,
+            due: c.due,
+            answered: c.answered,
+        }),
+        entries: if entries {
+            d.chunks.iter().map(chunk).collect()
+        } else {
+            Vec::new()
+        },
+    }
 }
 
 pub fn account_view(l: &State, id: AccountId) -> AccountView {

@@ -310,6 +310,116 @@ pub struct PutJob {
     pub kdf: KdfParams,
     /// Where the upload journal lives.
     pub journal_dir: PathBuf,
+    /// For a paid deal: the sealing the payment was made for. The upload seals with its
+    /// salt and file id, and every chunk must come out as paid for; a file changed since
+    /// is an error, never a new key.
+    pub preset: Option<DealPlan>,
+}
+
+/// A file sealed once to learn what a deal must cover (the first of the paid upload's two
+/// passes): every chunk's id, size and CRC32C, and the manifest envelope's, computed with
+/// the ciphertext thrown away. The upload seals the file again with the same key and
+/// nonces, which gives the same bytes, and checks each chunk against this list.
+#[derive(Clone, Debug)]
+pub struct DealPlan {
+    pub salt: [u8; 16],
+    pub file_id: FileId,
+    pub kdf: KdfParams,
+    pub chunk_bytes: u32,
+    pub file_bytes: u64,
+    /// The file's chunks, in order.
+    pub chunks: Vec<ChunkEntry>,
+    /// The manifest envelope, as a chunk: the deal's last entry.
+    pub manifest: ChunkEntry,
+}
+
+impl DealPlan {
+    /// What the deal covers: the chunks, then the manifest envelope.
+    pub fn entries(&self) -> Vec<ChunkEntry> {
+        let mut e = self.chunks.clone();
+        e.push(self.manifest);
+        e
+    }
+}
+
+/// Seals `file` without keeping the ciphertext, for a [`DealPlan`]; blocking (call it off
+/// the runtime's threads). `progress(done, total)` counts plaintext bytes.
+pub fn plan_deal(
+    file: &Path,
+    passphrase: &[u8],
+    chunk_bytes: u32,
+    kdf: KdfParams,
+    workers: usize,
+    progress: &dyn Fn(u64, u64),
+) -> Result<DealPlan, NetError> {
+    let f = std::fs::File::open(file).map_err(|e| {
+        NetError::Codec(CodecError::Io {
+            op: "open",
+            path: file.to_owned(),
+            source: e,
+        })
+    })?;
+    let size = f.metadata()?.len();
+    if Manifest::chunk_count_for(size, chunk_bytes) > u64::from(proto::CHUNKS_PER_FILE_MAX) {
+        return Err(CodecError::TooManyChunks {
+            max_chunks: proto::CHUNKS_PER_FILE_MAX,
+            chunk_bytes,
+        }
+        .into());
+    }
+    let mut salt = [0u8; 16];
+    let mut id = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut salt);
+    rand_core::OsRng.fill_bytes(&mut id);
+    let file_id = FileId(id);
+    let master = derive_master_key(passphrase, &salt, kdf)?;
+    let cipher = FileCipher::new(&derive_file_key(&master, &file_id), file_id);
+    let mut stream = seal_stream(f, cipher, chunk_bytes, workers)?;
+    let mut builder = ManifestBuilder::new(chunk_bytes);
+    let mut done = 0u64;
+    for chunk in stream.by_ref() {
+        let chunk = chunk?;
+        done += u64::from(chunk.plain_bytes());
+        progress(done, size);
+        builder.push(chunk.entry);
+    }
+    if builder.file_bytes() != size {
+        return Err(CodecError::InputChanged {
+            expected: size,
+            read: builder.file_bytes(),
+        }
+        .into());
+    }
+    let manifest = builder.finish(file_name(file))?;
+    let (envelope, manifest_id) = build_envelope(stream.cipher(), kdf, salt, &manifest);
+    Ok(DealPlan {
+        salt,
+        file_id,
+        kdf,
+        chunk_bytes,
+        file_bytes: size,
+        chunks: manifest.chunks.clone(),
+        manifest: ChunkEntry {
+            id: manifest_id,
+            sealed_bytes: u32::try_from(envelope.len())
+                .map_err(|_| NetError::Protocol("the manifest envelope is over 4 GiB".into()))?,
+            crc32c: engine::codec::crc32c(&envelope),
+        },
+    })
+}
+
+/// The name a manifest records: from the resolved path, so a resumed upload through another
+/// name (a symlink) seals the same manifest, never another under the same key.
+fn file_name(file: &Path) -> String {
+    let name = std::fs::canonicalize(file)
+        .ok()
+        .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .unwrap_or_default();
+    if proto::manifest::check_name(&name).is_ok() {
+        name
+    } else {
+        String::new()
+    }
 }
 
 /// What an upload did.
@@ -367,6 +477,10 @@ pub async fn put_file(
     let _lock = Journal::lock(&journal_path(&job.journal_dir, &job.link, &job.file))?;
     match put_attempt(job, true, Arc::clone(&progress)).await? {
         Attempt::Done(d) => Ok(*d),
+        Attempt::Changed { index } if job.preset.is_some() => Err(NetError::Protocol(format!(
+            "chunk {index} of the file is not the one paid for: the file or passphrase changed \
+             since the payment"
+        ))),
         Attempt::Changed { index } => {
             tracing::warn!(index, "the file or passphrase changed since the interrupted upload: starting over with a fresh key");
             match put_attempt(job, false, progress).await? {
@@ -419,6 +533,27 @@ async fn put_attempt(
     } else {
         None
     };
+    let preset = job.preset.as_ref().map(|p| {
+        (
+            JournalHeader {
+                link: job.link.id,
+                file_bytes: size,
+                mtime_nanos: mtime,
+                chunk_bytes: p.chunk_bytes,
+                kdf: p.kdf,
+                salt: p.salt,
+                file_id: p.file_id,
+            },
+            p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+        )
+    });
+    if let Some(p) = &job.preset {
+        if p.file_bytes != size || p.chunk_bytes != job.chunk_bytes {
+            return Ok(Attempt::Changed { index: 0 });
+        }
+    }
+    // A paid upload always checks against what was paid for: every chunk is "previous".
+    let found = preset.or(found);
     let (header, previous) = match found {
         Some(f) => f,
         None => {
@@ -466,12 +601,7 @@ async fn put_attempt(
     // Sealing runs on its own threads; chunks come here through a small channel, so at most
     // a few are in memory beyond the pipeline's own buffers.
     let (tx, mut rx) = mpsc::channel::<Result<Sealed, CodecError>>(2);
-    // The name comes from the resolved path, as the journal does: a resumed upload through
-    // another name (a symlink) seals the same manifest, never another under the same key.
-    let name = std::fs::canonicalize(&job.file)
-        .ok()
-        .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
-        .unwrap_or_default();
+    let name = file_name(&job.file);
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let sealer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), CodecError> {
@@ -490,11 +620,6 @@ async fn put_attempt(
                     read: builder.file_bytes(),
                 });
             }
-            let name = if proto::manifest::check_name(&name).is_ok() {
-                name
-            } else {
-                String::new()
-            };
             let manifest = builder.finish(name)?;
             let (envelope, manifest_id) = build_envelope(stream.cipher(), kdf, salt, &manifest);
             let _ = tx.blocking_send(Ok(Sealed::Done {
@@ -525,6 +650,13 @@ async fn put_attempt(
             skipped,
         } => (manifest, envelope, manifest_id, sent, skipped),
     };
+    if let Some(p) = &job.preset {
+        if p.manifest.id != manifest_id {
+            return Err(NetError::Protocol(
+                "the manifest sealed now is not the one paid for".into(),
+            ));
+        }
+    }
     let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
     let message = crate::wire::object_message(&manifest_id, &chunks);
     match conn

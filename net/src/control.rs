@@ -26,7 +26,8 @@ pub struct HostControl {
     pub price_per_gib_day: u64,
     /// Longest storage offered, in days.
     pub max_days: u64,
-    /// Blocks between storage proofs on the chain (the ledger's), written into offers.
+    /// Blocks between storage proofs written into offers by a host off the chain (on a
+    /// chain, the chain's own period is written).
     pub proof_period_blocks: u64,
     /// Miners' control addresses; empty for a host off the chain (it offers on its own
     /// terms).
@@ -46,6 +47,9 @@ impl HostControl {
     }
 }
 
+/// How long a deal's link is valid (a client asks again for a fresh one to resume).
+pub const DEAL_LINK_TTL_SECS: u64 = 86_400;
+
 /// How long a signed offer stays valid.
 pub const OFFER_TTL_SECS: u64 = 600;
 
@@ -54,9 +58,9 @@ impl HostControl {
     /// all; else why not: no registration, a deposit unbonding, or one below what the
     /// ledger requires. Asked of the first miner that answers. A host off the chain offers
     /// for chain 0 with no deposit.
-    async fn chain_backing(&self, bytes: u64) -> Result<(u64, u64), OfferRefusal> {
+    async fn chain_backing(&self, bytes: u64) -> Result<(u64, u64, u64), OfferRefusal> {
         if self.chain.is_empty() {
-            return Ok((0, 0));
+            return Ok((0, 0, self.proof_period_blocks));
         }
         let me = self.key.verification_key().to_bytes();
         let mut last = String::new();
@@ -72,9 +76,9 @@ impl HostControl {
             let asked = async {
                 let status = client.status(ctx()).await??;
                 let view = client.account(ctx(), me).await??;
-                Ok::<_, Box<dyn std::error::Error>>((status.chain_id, view))
+                Ok::<_, Box<dyn std::error::Error>>((status, view))
             };
-            let (chain_id, view) = match asked.await {
+            let (status, view) = match asked.await {
                 Ok(v) => v,
                 Err(e) => {
                     last = format!("{addr}: {e}");
@@ -94,7 +98,7 @@ impl HostControl {
                     need,
                 });
             }
-            return Ok((chain_id, reg.deposit));
+            return Ok((status.chain_id, reg.deposit, status.proof_period_blocks));
         }
         Err(OfferRefusal::ChainUnreachable(last))
     }
@@ -139,7 +143,7 @@ impl HostApi for HostControl {
                 .await
         };
         let (signed, refusal) = match backing {
-            Ok((chain_id, deposit)) => {
+            Ok((chain_id, deposit, proof_period_blocks)) => {
                 let mut id = [0u8; 16];
                 rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
                 let offer = Offer {
@@ -147,7 +151,7 @@ impl HostApi for HostControl {
                     host: self.key.verification_key().to_bytes(),
                     id,
                     price_per_gib_day: self.price_per_gib_day,
-                    proof_period_blocks: self.proof_period_blocks,
+                    proof_period_blocks,
                     max_days: self.max_days,
                     bytes_max: free,
                     deposit,
@@ -205,6 +209,90 @@ impl HostApi for HostControl {
             grant,
             request.bearer,
             now + request.ttl_secs,
+            id,
+        )
+        .map(|l| l.to_string())
+        .map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+
+    async fn deal_link(
+        self,
+        _: tarpc::context::Context,
+        deal: [u8; 32],
+        download: bool,
+    ) -> Result<String, ControlError> {
+        if self.chain.is_empty() {
+            return Err(ControlError::Unavailable(
+                "this host is off the chain: it takes no deals".into(),
+            ));
+        }
+        let mut chain = api::chain::ChainClient::connect(&self.chain)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let view = chain
+            .deal(proto::tx::TxId(deal))
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?
+            .ok_or_else(|| {
+                ControlError::Invalid(format!(
+                    "no deal {} on the chain (yet: a payment is known once its block is decided)",
+                    data_encoding::HEXLOWER.encode(&deal)
+                ))
+            })?;
+        let me = data_encoding::HEXLOWER.encode(&self.key.verification_key().to_bytes());
+        if view.host != me {
+            return Err(ControlError::Invalid(format!(
+                "the deal is with host {}, not this one",
+                view.host
+            )));
+        }
+        let sender: [u8; 32] = data_encoding::HEXLOWER
+            .decode(view.sender.as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| ControlError::Unavailable("the miner sent a malformed deal".into()))?;
+        let (grant, ttl) = match (&view.stage, download) {
+            (api::DealStage::AwaitingCompletion { .. }, false) => {
+                // The deal's bytes, plus the file record its manifest upload writes.
+                let record = 48 + 32 * view.chunks as u64;
+                (
+                    Grant::Upload {
+                        bytes_max: view.bytes + record,
+                    },
+                    DEAL_LINK_TTL_SECS,
+                )
+            }
+            (api::DealStage::Active { .. }, true) => {
+                let manifest = view.entries.last().ok_or_else(|| {
+                    ControlError::Unavailable("the miner sent a deal without chunks".into())
+                })?;
+                (
+                    Grant::Download {
+                        manifest: ChunkId(manifest.id),
+                    },
+                    DEAL_LINK_TTL_SECS,
+                )
+            }
+            (stage, _) => {
+                return Err(ControlError::Invalid(format!(
+                    "the deal is {stage}: no {} link for it",
+                    if download { "download" } else { "upload" }
+                )))
+            }
+        };
+        // One link id per deal and direction: a resumed upload is counted against the same
+        // budget.
+        let half = if download { &deal[16..] } else { &deal[..16] };
+        let id: [u8; 16] = half.try_into().expect("16 bytes");
+        if !download {
+            self.host.deal_link(id);
+        }
+        Link::sign(
+            &self.key,
+            &self.link_addr,
+            grant,
+            Some(sender),
+            crate::now_secs() + ttl,
             id,
         )
         .map(|l| l.to_string())

@@ -54,6 +54,9 @@ pub struct Host {
     objects: Mutex<HashMap<ChunkId, Arc<HashSet<ChunkId>>>>,
     /// Connections open, for whoever waits for the host to be idle.
     open: watch::Sender<u64>,
+    /// Links minted for deals on the chain: what is uploaded under them is kept until the
+    /// host's agent releases it when the deal is over, not for the retention period.
+    deal_links: Mutex<HashSet<[u8; 16]>>,
 }
 
 /// How long a stopping host waits for open connections to finish their requests.
@@ -91,6 +94,7 @@ impl Host {
             metrics: Arc::new(Metrics::default()),
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
+            deal_links: Mutex::new(HashSet::new()),
         }
     }
 
@@ -112,8 +116,27 @@ impl Host {
         &self.state
     }
 
-    fn expiry(&self) -> u64 {
-        crate::now_secs().saturating_add(self.retention_secs)
+    /// The expiry of what is uploaded under `link`: never for a deal's link (the agent
+    /// deletes it when the deal is over), else the retention period from now.
+    fn expiry(&self, link: &[u8; 16]) -> u64 {
+        if self
+            .deal_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(link)
+        {
+            0
+        } else {
+            crate::now_secs().saturating_add(self.retention_secs)
+        }
+    }
+
+    /// Marks `link` as a deal's upload link (see [`Host::expiry`]).
+    pub fn deal_link(&self, link: [u8; 16]) {
+        self.deal_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link);
     }
 
     /// The chunk list of an uploaded file, from the cache or the state directory (read off
@@ -734,7 +757,7 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 };
                 return ready(Reply::error(code, e.to_string()));
             }
-            let pending = host.engine.put(id, crc32c, bytes, host.expiry());
+            let pending = host.engine.put(id, crc32c, bytes, host.expiry(&link));
             let host = Arc::clone(host);
             Box::pin(async move {
                 // Until this put is answered no delete of the chunk may start.
@@ -953,7 +976,7 @@ async fn put_object(
     let crc = engine::codec::crc32c(&envelope);
     if let Err(e) = host
         .engine
-        .put(manifest, crc, envelope, host.expiry())
+        .put(manifest, crc, envelope, host.expiry(&link))
         .recv()
         .await
     {

@@ -6,9 +6,11 @@
 //! or `proto`. The upload path consumes `engine::seal::seal_stream` directly, so an upload
 //! never writes an encrypted copy of the file.
 
+pub mod agent;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod deal;
 pub mod host;
 pub mod io;
 pub mod journal;

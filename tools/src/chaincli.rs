@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use api::chain::{context_for, ChainClient, Committed};
 use api::{miner_client, BlockView, MinerApi};
 use clap::{Args, Subcommand};
 use consensus::ledger::Genesis;
 use consensus::node::{ChainParams, NodeConfig, NodeHandle, NodeState};
 use ed25519_consensus::SigningKey;
-use miner::client::{context_for, ChainClient, Committed};
 use miner::{
     hex, parse_key_hex, GenesisAccount, GenesisFile, GenesisValidator, MinerConfig, MinerService,
-    Relay, BLOCK_WAIT_MAX_MS,
+    Relay,
 };
 use net::config::{read_key, write_new_key};
 use proto::tx::{AccountId, Asset, Tx, TxBody};
@@ -222,6 +222,10 @@ pub struct DevnetArgs {
     /// Target time between blocks when idle, in milliseconds.
     #[arg(long, default_value_t = 500)]
     pub block_time_ms: u64,
+    /// Blocks per storage proof period in this devnet's genesis [default: the ledger's
+    /// 100]. Short periods make a whole deal fit in a demo.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub proof_period_blocks: Option<u64>,
 }
 
 /// What `devnet` writes into its directory, and reads again on a restart.
@@ -289,6 +293,8 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
     let chain_id = u64::from_le_bytes(seed) >> 16;
     let genesis = GenesisFile {
         chain_id,
+        proof_period_blocks: a.proof_period_blocks,
+        completion_timeout_blocks: None,
         accounts: std::iter::once(GenesisAccount {
             key: hex(&client.verification_key().to_bytes()),
             masp: 1_000_000,
@@ -612,7 +618,11 @@ pub fn chain(a: ChainArgs) -> Result<()> {
             ChainAction::Deal { id } => {
                 let id = parse_id(&id)?;
                 match c.deal(ctx(), id).await.map_err(rpc_err)?.map_err(rpc_err)? {
-                    Some(d) => print(&d, a.json),
+                    Some(d) if a.json => print(&crate::dealcli::DealJson::from(&d), true),
+                    Some(d) => {
+                        crate::dealcli::print_deal(&d);
+                        Ok(())
+                    }
                     None => bail!("no deal {}", hex(&id)),
                 }
             }
@@ -623,7 +633,7 @@ pub fn chain(a: ChainArgs) -> Result<()> {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
                     match c
-                        .block(context_for(left), height, ms.min(BLOCK_WAIT_MAX_MS))
+                        .block(context_for(left), height, ms.min(api::BLOCK_WAIT_MAX_MS))
                         .await
                         .map_err(rpc_err)?
                         .map_err(rpc_err)?
@@ -756,6 +766,7 @@ pub fn local_genesis(
 ) -> Genesis {
     Genesis {
         chain_id,
+        params: Default::default(),
         accounts,
         validators: validators
             .iter()

@@ -5,6 +5,7 @@
 
 pub mod chainbench;
 pub mod chaincli;
+pub mod dealcli;
 pub mod diskbench;
 pub mod netbench;
 pub mod netcli;

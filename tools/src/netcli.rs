@@ -147,36 +147,63 @@ pub struct ProxyArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["link", "host"])))]
 pub struct PutArgs {
     /// The file to upload: read, sealed and sent in one pass.
-    file: PathBuf,
-    /// An upload link from the host (mspace://...).
+    pub(crate) file: PathBuf,
+    /// An upload link from the host (mspace://...), for an upload outside the chain.
     #[arg(long)]
-    link: String,
+    link: Option<String>,
+    /// Store the file as a paid deal with the host at this control address (host:port):
+    /// its signed offer is checked, the payment carrying every chunk's CRC32C and BLAKE3
+    /// root goes on chain, the host grants the deal's upload link, and the command returns
+    /// once the host's completion matched. Repeat for one copy (one deal) per host.
+    #[arg(long, requires_all = ["chain", "days"])]
+    pub(crate) host: Vec<String>,
+    /// A miner's control address to pay through (repeat: the first that answers is used).
+    #[arg(long)]
+    pub(crate) chain: Vec<String>,
+    /// Days of storage (with --host): the price is per GiB per day.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) days: Option<u32>,
+    /// Blocks of storage instead of days x 14,400 (a devnet with short proof periods).
+    #[arg(long, requires = "host", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) period_blocks: Option<u64>,
     /// Relay through this proxy (host:port); repeat to chain proxies in order.
     #[arg(long)]
-    via: Vec<String>,
+    pub(crate) via: Vec<String>,
     /// Plaintext bytes per chunk: 4KiB to 64MiB, a multiple of 4KiB.
     #[arg(long, default_value = "8MiB", value_parser = parse_chunk_size)]
-    chunk_size: u32,
+    pub(crate) chunk_size: u32,
     /// Read the passphrase from this file; otherwise MSPACE_PASSPHRASE or a prompt.
     #[arg(long)]
-    passphrase_file: Option<PathBuf>,
+    pub(crate) passphrase_file: Option<PathBuf>,
     /// Worker threads for sealing [default: one per core].
     #[arg(long)]
-    workers: Option<usize>,
-    /// The client's key file (proves a link's bearer, signs proxy receipts) [default: client.key in the state directory, created on first use].
+    pub(crate) workers: Option<usize>,
+    /// The client's key file: its account pays for deals, it proves a link's bearer and
+    /// signs proxy receipts [default: client.key in the state directory, created on first
+    /// use].
     #[arg(long)]
-    key: Option<PathBuf>,
-    /// Print one JSON object: the object of `mspace seal --json` plus the upload's counts.
+    pub(crate) key: Option<PathBuf>,
+    /// Print one JSON object: the object of `mspace seal --json` plus the upload's counts
+    /// (and the deals, with --host).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["link", "deal"])))]
 pub struct GetArgs {
     /// A download link from the host (mspace://...).
-    link: String,
+    link: Option<String>,
+    /// Or the id of a deal of yours (hex): the download link comes from the deal's host,
+    /// at the control address --host, and only your --key can use it.
+    #[arg(long, requires = "host")]
+    deal: Option<String>,
+    /// The deal's host's control address (host:port).
+    #[arg(long, requires = "deal")]
+    host: Option<String>,
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
@@ -196,7 +223,7 @@ pub struct GetArgs {
     json: bool,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -558,6 +585,17 @@ fn host_run(config: &Path) -> Result<()> {
                 .with_context(|| format!("cannot listen on {c} for the control plane"))?;
             println!("control plane on {bound}");
         }
+        if !cfg.chain.is_empty() {
+            let (stats, _) = watch::channel(net::agent::AgentStats::default());
+            tokio::spawn(net::agent::run(
+                Arc::clone(&host),
+                key.clone(),
+                cfg.chain.clone(),
+                stats,
+                stopped.clone(),
+            ));
+            println!("agent following the chain through {}", cfg.chain.join(", "));
+        }
         wait_for_signal().await;
         tracing::info!("stopping: no new connections");
         let _ = stop.send(true);
@@ -616,7 +654,7 @@ pub fn proxy(args: ProxyArgs) -> Result<()> {
 }
 
 /// The client's key: `path`, or `client.key` in the state directory, created on first use.
-fn client_key(path: Option<&Path>) -> Result<SigningKey> {
+pub(crate) fn client_key(path: Option<&Path>) -> Result<SigningKey> {
     if let Some(p) = path {
         return Ok(read_key(p)?);
     }
@@ -629,7 +667,7 @@ fn client_key(path: Option<&Path>) -> Result<SigningKey> {
     Ok(write_new_key(&p)?)
 }
 
-fn workers(n: Option<usize>) -> Result<usize> {
+pub(crate) fn workers(n: Option<usize>) -> Result<usize> {
     match n {
         Some(0) => bail!("--workers must be at least 1"),
         Some(n) => Ok(n),
@@ -637,7 +675,7 @@ fn workers(n: Option<usize>) -> Result<usize> {
     }
 }
 
-fn bar_progress(bar: &indicatif::ProgressBar) -> Arc<dyn Fn(u64, u64) + Send + Sync> {
+pub(crate) fn bar_progress(bar: &indicatif::ProgressBar) -> Arc<dyn Fn(u64, u64) + Send + Sync> {
     let bar = bar.clone();
     Arc::new(move |done, total| {
         bar.set_length(total);
@@ -664,7 +702,10 @@ struct PutJson {
 }
 
 pub fn put(args: PutArgs) -> Result<()> {
-    let link = Link::parse(&args.link).context("reading --link")?;
+    let Some(link) = &args.link else {
+        return crate::dealcli::put(args);
+    };
+    let link = Link::parse(link).context("reading --link")?;
     if !matches!(link.grant, Grant::Upload { .. }) {
         bail!("this is a download link; `mspace put` needs an upload link (mspace host link --upload)");
     }
@@ -685,6 +726,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         workers: workers(args.workers)?,
         kdf: KdfParams::DEFAULT,
         journal_dir: state_dir()?,
+        preset: None,
     };
     init_logs();
     let bar = progress_bar(meta.len(), !args.json, "uploading");
@@ -735,6 +777,23 @@ pub fn put(args: PutArgs) -> Result<()> {
     Ok(())
 }
 
+/// A deal's download link, from its host's control plane.
+fn deal_download_link(deal: &str, host: &str) -> Result<String> {
+    let id: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(deal.trim().as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("--deal {deal:?} is not a 32-byte id in hex"))?;
+    runtime()?.block_on(async {
+        let c = api::host_client(host)
+            .await
+            .with_context(|| format!("cannot reach the host's control plane at {host}"))?;
+        c.deal_link(tarpc::context::current(), id, true)
+            .await?
+            .map_err(|e| anyhow::anyhow!("the host gives no download link for the deal: {e}"))
+    })
+}
+
 #[derive(Serialize)]
 struct GetJson {
     #[serde(flatten)]
@@ -743,7 +802,12 @@ struct GetJson {
 }
 
 pub fn get(args: GetArgs) -> Result<()> {
-    let link = Link::parse(&args.link).context("reading the link")?;
+    let text = match (&args.link, &args.deal, &args.host) {
+        (Some(l), _, _) => l.clone(),
+        (None, Some(deal), Some(host)) => deal_download_link(deal, host)?,
+        _ => bail!("give a link, or --deal and --host"),
+    };
+    let link = Link::parse(&text).context("reading the link")?;
     if !matches!(link.grant, Grant::Download { .. }) {
         bail!("this is an upload link; `mspace get` needs a download link (mspace host link --download <MANIFEST_ID>)");
     }
@@ -838,6 +902,7 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
             workers: engine::seal::default_workers(),
             kdf: KdfParams::DEFAULT,
             journal_dir: dir.join("client-state"),
+            preset: None,
         };
         let done = put_file(&job, Arc::new(|_, _| {})).await?;
         let secs = t.elapsed().as_secs_f64();

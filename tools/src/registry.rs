@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
+use api::chain::{ChainClient, Committed};
 use clap::Args;
 use ed25519_consensus::SigningKey;
-use miner::client::{ChainClient, Committed};
 use proto::tx::{AccountId, Role, TxBody};
 use serde::Serialize;
 

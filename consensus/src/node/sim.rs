@@ -756,6 +756,7 @@ impl Sim {
             .collect();
         let genesis = Genesis {
             chain_id: SIM_CHAIN_ID,
+            params: Default::default(),
             accounts: keys
                 .iter()
                 .map(|k| (account(k), 0, 1_000_000))

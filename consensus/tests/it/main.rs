@@ -35,6 +35,7 @@ impl Chain {
         Chain {
             state: State::genesis(&Genesis {
                 chain_id: CHAIN,
+                params: Default::default(),
                 accounts,
                 validators,
             }),

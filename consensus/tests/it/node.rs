@@ -32,6 +32,7 @@ fn acct(k: &SigningKey) -> AccountId {
 fn genesis() -> Genesis {
     Genesis {
         chain_id: CHAIN,
+        params: Default::default(),
         accounts: std::iter::once((acct(&client()), 0, 1_000_000))
             .chain((0..4).map(|i| (acct(&vkey(i)), 0, 1_000)))
             .collect(),

@@ -128,6 +128,7 @@ fn put_job(file: &Path, link: &Link, via: &[String], journal: &Path) -> PutJob {
         workers: 2,
         kdf: KDF,
         journal_dir: journal.to_owned(),
+        preset: None,
     }
 }
 

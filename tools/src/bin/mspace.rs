@@ -44,9 +44,14 @@ enum Command {
     /// upload the file to a host on loopback and download it through a proxy, then start four
     /// validators on loopback and commit a signed transfer. Needs nothing but this binary.
     Demo(DemoArgs),
-    /// Upload a file through a host's upload link: read, sealed and sent in one pass with
-    /// bounded memory, resumable after an interruption.
+    /// Upload a file: as a paid deal with hosts (`--host ADDR --chain MINER --days D`:
+    /// offer checked, payment with every chunk's CRC on chain, upload, the host's matching
+    /// completion), or through an upload link (`--link`). Sealed with bounded memory, no
+    /// encrypted copy on disk, resumable after an interruption.
     Put(netcli::PutArgs),
+    /// List an account's deals (as sender or host): stage, periods proven and missed,
+    /// paid, refunded and still in escrow.
+    Deals(tools::dealcli::DealsArgs),
     /// Download a file through a host's download link: fetched, verified and decrypted in
     /// one pass into a temporary file renamed at the end.
     Get(netcli::GetArgs),
@@ -127,6 +132,7 @@ fn main() {
         Command::Open(args) => open(args),
         Command::Demo(args) => demo(args),
         Command::Put(args) => netcli::put(args),
+        Command::Deals(args) => tools::dealcli::deals(args),
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),

@@ -10,7 +10,7 @@ use super::mspace;
 
 /// The devnet process; on drop it is asked to stop (it stops its miners), and any miner
 /// still running is killed through its pid file.
-struct Devnet {
+pub(crate) struct Devnet {
     child: Child,
     dir: std::path::PathBuf,
 }
@@ -33,7 +33,7 @@ impl Drop for Devnet {
     }
 }
 
-fn json(args: &[&str]) -> serde_json::Value {
+pub(crate) fn json(args: &[&str]) -> serde_json::Value {
     let r = mspace(args, &[]);
     assert_eq!(r.code, 0, "mspace {args:?}: {}", r.stderr);
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
@@ -47,12 +47,58 @@ fn pid_of(dir: &Path, i: usize) -> i32 {
         .unwrap()
 }
 
+/// `mspace host init` with its data in `data`, loopback ports and `chain` as its miner,
+/// then `mspace host`; returns its control and data addresses, the process and its key.
+pub(crate) fn start_chain_host(
+    cfg: &Path,
+    data: &Path,
+    chain: &str,
+) -> (String, String, super::net::Proc, String) {
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let control = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let listen = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "host",
+            "init",
+            "--config",
+            &s(cfg),
+            "--data-dir",
+            &s(data),
+            "--listen",
+            &listen,
+            "--control-listen",
+            &control,
+            "--chain",
+            chain,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    // A host on a chain prints this line last, once its control plane and agent run.
+    let proc = super::net::start(
+        &["host", "--config", &s(cfg)],
+        &[],
+        "agent following the chain",
+    );
+    let key = json(&["host", "status", "--config", &s(cfg)])["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (control, listen, proc, key)
+}
+
 /// Starts `mspace devnet --validators n` in `d` (block time 200 ms) on eight ports a
 /// validator from a range picked by this process's id and `slot`, below the kernel's
 /// ephemeral range (32768 and up) so that no outgoing connection holds one of them; returns
 /// once every miner is started, with the first port.
 fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
-    let base = 20_000 + (std::process::id() % 350) * 32 + slot * 16;
+    start_devnet_with(d, n, slot, &["--block-time-ms", "200"])
+}
+
+/// [`start_devnet`] with these options (block time, proof period).
+pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
+    let base = 20_000 + (std::process::id() % 250) * 48 + slot * 16;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
         .args([
             "devnet",
@@ -62,9 +108,8 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
             d.to_str().unwrap(),
             "--base-port",
             &base.to_string(),
-            "--block-time-ms",
-            "200",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -293,31 +338,8 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
 
     // A host on this chain, running, with its control plane.
     let cfg = dir.path().join("host/host.toml");
-    let control = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let listen = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let init = mspace(
-        &[
-            "host",
-            "init",
-            "--config",
-            &s(&cfg),
-            "--data-dir",
-            &s(&dir.path().join("host/data")),
-            "--listen",
-            &listen,
-            "--control-listen",
-            &control,
-            "--chain",
-            &m0,
-        ],
-        &[],
-    );
-    assert_eq!(init.code, 0, "{}", init.stderr);
-    let _host = super::net::start(&["host", "--config", &s(&cfg)], &[], "control plane on");
-    let host_key = json(&["host", "status", "--config", &s(&cfg)])["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (control, listen, _host, host_key) =
+        start_chain_host(&cfg, &dir.path().join("host/data"), &m0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -303,5 +303,6 @@ fn demo_runs_end_to_end() {
     assert!(run.stdout.ends_with("demo passed\n"), "{}", run.stdout);
 }
 mod chain;
+mod deal;
 mod host_crash;
 mod net;

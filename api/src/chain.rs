@@ -5,12 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use api::{miner_client, AccountView, ChainStatus, MinerApiClient};
 use ed25519_consensus::SigningKey;
-use proto::tx::{AccountId, Tx, TxBody, TxId};
+use proto::tx::{AccountId, SignedTx, Tx, TxBody, TxId};
 use serde::Serialize;
 
-use crate::service::BLOCK_WAIT_MAX_MS;
+use crate::{
+    miner_client, AccountView, BlockView, ChainStatus, DealView, MinerApiClient, BLOCK_WAIT_MAX_MS,
+};
 
 /// Why talking to the chain failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +94,7 @@ impl ChainClient {
     where
         F: Fn(MinerApiClient) -> Fut,
         Fut: std::future::Future<
-            Output = Result<Result<T, api::ControlError>, tarpc::client::RpcError>,
+            Output = Result<Result<T, crate::ControlError>, tarpc::client::RpcError>,
         >,
     {
         let mut last = String::new();
@@ -128,6 +129,51 @@ impl ChainClient {
     pub async fn account(&mut self, id: AccountId) -> Result<AccountView, ChainError> {
         self.call(|c| async move { c.account(tarpc::context::current(), id.0).await })
             .await
+    }
+
+    pub async fn deal(&mut self, id: TxId) -> Result<Option<DealView>, ChainError> {
+        self.call(|c| async move { c.deal(tarpc::context::current(), id.0).await })
+            .await
+    }
+
+    /// The deals `who` is the sender or the host of (`open`: only those paid and not
+    /// completed yet, or active), without their chunk lists.
+    pub async fn deals_of(
+        &mut self,
+        who: AccountId,
+        open: bool,
+    ) -> Result<Vec<DealView>, ChainError> {
+        self.call(|c| async move { c.deals_of(tarpc::context::current(), who.0, open).await })
+            .await
+    }
+
+    /// The block at `height`, waiting up to `wait` for it to be decided.
+    pub async fn block(
+        &mut self,
+        height: u64,
+        wait: Duration,
+    ) -> Result<Option<BlockView>, ChainError> {
+        let ms = u64::try_from(wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(BLOCK_WAIT_MAX_MS);
+        self.call(|c| async move { c.block(context_for(wait), height, ms).await })
+            .await
+    }
+
+    /// Submits signed transactions without waiting for a block: one answer each, its id or
+    /// why the miner refused it.
+    pub async fn submit_signed(
+        &mut self,
+        txs: &[SignedTx],
+    ) -> Result<Vec<Result<TxId, String>>, ChainError> {
+        let bytes: Vec<Vec<u8>> = txs.iter().map(|t| t.bytes().to_vec()).collect();
+        let answers = self
+            .call(|c| {
+                let bytes = bytes.clone();
+                async move { c.submit_txs(tarpc::context::current(), bytes).await }
+            })
+            .await?;
+        Ok(answers.into_iter().map(|a| a.map(TxId)).collect())
     }
 
     /// Signs `body` as `key`'s next transaction (nonce from the chain), submits it and

@@ -1,0 +1,411 @@
+//! The host agent's decisions. At every block the agent lists its open deals on the chain
+//! and asks [`Agent::plan`] what to do; it carries the actions out and reports back
+//! ([`Agent::learned`], [`Agent::submitted`], [`Agent::closed`]).
+//!
+//! The plan is level-triggered: it is computed from the chain's state and the store's
+//! contents, not from events, so an agent that restarts, misses blocks or moves to another
+//! miner just plans again from what it sees. What it remembers is only what saves work:
+//! the chunk lists of deals (fetched once), and which transactions it sent at which height
+//! (not sent again before [`RESEND_AFTER_BLOCKS`] unless the chain has moved past them).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::Id;
+
+/// Blocks after which a completion or proof that has not landed is sent again (a miner
+/// that lost it, a mempool that dropped it).
+pub const RESEND_AFTER_BLOCKS: u64 = 5;
+
+/// An open deal of this host, as the chain lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenDeal {
+    pub id: Id,
+    pub stage: Stage,
+    /// Its open storage challenge, if active.
+    pub challenge: Option<Challenge>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Paid; the completion is accepted up to this height.
+    Awaiting {
+        deadline: u64,
+    },
+    Active,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub period: u32,
+    pub chunk: Id,
+    pub leaf: u64,
+    /// The last height a proof is accepted at.
+    pub due: u64,
+    pub answered: bool,
+}
+
+/// What the agent should do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Read the deal's chunk list from the chain, then [`Agent::learned`].
+    FetchChunks { deal: Id },
+    /// Every chunk of this paid deal is stored: read each back, compute its CRC32C, and
+    /// submit the completion.
+    Complete { deal: Id, chunks: Vec<Id> },
+    /// Answer this challenge from the store. The agent sends all of a block's proofs
+    /// together.
+    Prove {
+        deal: Id,
+        period: u32,
+        chunk: Id,
+        leaf: u64,
+    },
+    /// The deal is no longer listed open: ask the chain whether it is over, then
+    /// [`Agent::closed`] (or, if a lagging miner still has it open, nothing).
+    CheckClosed { deal: Id },
+}
+
+/// What a submitted transaction was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Sent {
+    Completion(Id),
+    Proof(Id, u32),
+}
+
+/// The agent's memory between blocks.
+#[derive(Debug, Default)]
+pub struct Agent {
+    /// Chunk lists of the deals seen open.
+    chunks: BTreeMap<Id, Vec<Id>>,
+    /// What was submitted, at which height.
+    sent: BTreeMap<Sent, u64>,
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        Agent::default()
+    }
+
+    /// What to do at `height`, given the host's open deals and which chunks its store
+    /// holds.
+    pub fn plan(
+        &mut self,
+        height: u64,
+        open: &[OpenDeal],
+        stored: impl Fn(&Id) -> bool,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let listed: BTreeSet<Id> = open.iter().map(|d| d.id).collect();
+        for deal in self.chunks.keys().filter(|d| !listed.contains(*d)) {
+            actions.push(Action::CheckClosed { deal: *deal });
+        }
+        let due_again = |sent: &BTreeMap<Sent, u64>, what: Sent| match sent.get(&what) {
+            None => true,
+            Some(at) => height >= at.saturating_add(RESEND_AFTER_BLOCKS),
+        };
+        for d in open {
+            let Some(chunks) = self.chunks.get(&d.id) else {
+                actions.push(Action::FetchChunks { deal: d.id });
+                continue;
+            };
+            match d.stage {
+                Stage::Awaiting { deadline } => {
+                    if height <= deadline
+                        && chunks.iter().all(&stored)
+                        && due_again(&self.sent, Sent::Completion(d.id))
+                    {
+                        actions.push(Action::Complete {
+                            deal: d.id,
+                            chunks: chunks.clone(),
+                        });
+                    }
+                }
+                Stage::Active => {
+                    if let Some(c) = d.challenge {
+                        if !c.answered
+                            && height <= c.due
+                            && due_again(&self.sent, Sent::Proof(d.id, c.period))
+                        {
+                            actions.push(Action::Prove {
+                                deal: d.id,
+                                period: c.period,
+                                chunk: c.chunk,
+                                leaf: c.leaf,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        // What was sent for deals no longer open, or periods past, is forgotten.
+        self.sent.retain(|s, _| match s {
+            Sent::Completion(d) => open
+                .iter()
+                .any(|o| o.id == *d && matches!(o.stage, Stage::Awaiting { .. })),
+            Sent::Proof(d, p) => open
+                .iter()
+                .any(|o| o.id == *d && o.challenge.is_some_and(|c| c.period == *p)),
+        });
+        actions
+    }
+
+    /// The chunk list of `deal`, read from the chain.
+    pub fn learned(&mut self, deal: Id, chunks: Vec<Id>) {
+        self.chunks.insert(deal, chunks);
+    }
+
+    /// `action`'s transaction was submitted at `height`.
+    pub fn submitted(&mut self, action: &Action, height: u64) {
+        let what = match action {
+            Action::Complete { deal, .. } => Sent::Completion(*deal),
+            Action::Prove { deal, period, .. } => Sent::Proof(*deal, *period),
+            Action::FetchChunks { .. } | Action::CheckClosed { .. } => return,
+        };
+        self.sent.insert(what, height);
+    }
+
+    /// The chain says `deal` is over (ended, expired or refused): returns its chunks that
+    /// no other deal of this host still covers, which the host may delete.
+    pub fn closed(&mut self, deal: &Id) -> Vec<Id> {
+        let Some(chunks) = self.chunks.remove(deal) else {
+            return Vec::new();
+        };
+        let kept: BTreeSet<&Id> = self.chunks.values().flatten().collect();
+        let mut free: Vec<Id> = chunks.into_iter().filter(|c| !kept.contains(c)).collect();
+        free.sort_unstable();
+        free.dedup();
+        free
+    }
+
+    /// The chunk list of `deal`, if known.
+    pub fn chunks_of(&self, deal: &Id) -> Vec<Id> {
+        self.chunks.get(deal).cloned().unwrap_or_default()
+    }
+
+    /// Deals whose chunk lists the agent holds.
+    pub fn known(&self) -> usize {
+        self.chunks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> Id {
+        [b; 32]
+    }
+
+    fn awaiting(d: u8, deadline: u64) -> OpenDeal {
+        OpenDeal {
+            id: id(d),
+            stage: Stage::Awaiting { deadline },
+            challenge: None,
+        }
+    }
+
+    fn active(d: u8, period: u32, due: u64, answered: bool) -> OpenDeal {
+        OpenDeal {
+            id: id(d),
+            stage: Stage::Active,
+            challenge: Some(Challenge {
+                period,
+                chunk: id(100 + d),
+                leaf: 7,
+                due,
+                answered,
+            }),
+        }
+    }
+
+    fn prove(d: u8, period: u32) -> Action {
+        Action::Prove {
+            deal: id(d),
+            period,
+            chunk: id(100 + d),
+            leaf: 7,
+        }
+    }
+
+    #[test]
+    fn a_table_of_situations_and_the_plan_for_each() {
+        // (deals open, chunks stored, sent before (action, height), height) -> plan
+        type Case = (
+            &'static str,
+            Vec<OpenDeal>,
+            Vec<u8>,
+            Vec<(Action, u64)>,
+            u64,
+            Vec<Action>,
+        );
+        let complete = |d: u8| Action::Complete {
+            deal: id(d),
+            chunks: vec![id(d + 10), id(d + 20)],
+        };
+        let cases: Vec<Case> = vec![
+            ("nothing open", vec![], vec![], vec![], 10, vec![]),
+            (
+                "paid, nothing uploaded yet: wait",
+                vec![awaiting(1, 50)],
+                vec![],
+                vec![],
+                10,
+                vec![],
+            ),
+            (
+                "paid, half uploaded: wait",
+                vec![awaiting(1, 50)],
+                vec![11],
+                vec![],
+                10,
+                vec![],
+            ),
+            (
+                "paid and all uploaded: complete",
+                vec![awaiting(1, 50)],
+                vec![11, 21],
+                vec![],
+                10,
+                vec![complete(1)],
+            ),
+            (
+                "completion sent 2 blocks ago: not again yet",
+                vec![awaiting(1, 50)],
+                vec![11, 21],
+                vec![(complete(1), 8)],
+                10,
+                vec![],
+            ),
+            (
+                "completion sent 5 blocks ago and still awaiting: again",
+                vec![awaiting(1, 50)],
+                vec![11, 21],
+                vec![(complete(1), 5)],
+                10,
+                vec![complete(1)],
+            ),
+            (
+                "past the completion deadline: nothing (the chain refunds)",
+                vec![awaiting(1, 9)],
+                vec![11, 21],
+                vec![],
+                10,
+                vec![],
+            ),
+            (
+                "open challenge: prove",
+                vec![active(2, 0, 20, false)],
+                vec![],
+                vec![],
+                10,
+                vec![prove(2, 0)],
+            ),
+            (
+                "challenge answered: nothing",
+                vec![active(2, 0, 20, true)],
+                vec![],
+                vec![],
+                10,
+                vec![],
+            ),
+            (
+                "proof sent last block: not again",
+                vec![active(2, 0, 20, false)],
+                vec![],
+                vec![(prove(2, 0), 9)],
+                10,
+                vec![],
+            ),
+            (
+                "proof for the last period sent, a new period opened: prove it",
+                vec![active(2, 1, 40, false)],
+                vec![],
+                vec![(prove(2, 0), 9)],
+                10,
+                vec![prove(2, 1)],
+            ),
+            (
+                "challenge past due: nothing (missed)",
+                vec![active(2, 0, 9, false)],
+                vec![],
+                vec![],
+                10,
+                vec![],
+            ),
+            (
+                "several deals: each planned",
+                vec![
+                    awaiting(1, 50),
+                    active(2, 3, 20, false),
+                    active(3, 0, 20, true),
+                ],
+                vec![11, 21],
+                vec![],
+                10,
+                vec![complete(1), prove(2, 3)],
+            ),
+        ];
+        for (name, open, stored, sent, height, want) in cases {
+            let mut a = Agent::new();
+            for d in &open {
+                let n = d.id[0];
+                a.learned(d.id, vec![id(n + 10), id(n + 20)]);
+            }
+            for (action, at) in &sent {
+                a.submitted(action, *at);
+            }
+            let stored: Vec<Id> = stored.into_iter().map(id).collect();
+            let got = a.plan(height, &open, |c| stored.contains(c));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_deal_seen_for_the_first_time_is_fetched_and_one_gone_is_checked() {
+        let mut a = Agent::new();
+        assert_eq!(
+            a.plan(1, &[awaiting(1, 50)], |_| true),
+            vec![Action::FetchChunks { deal: id(1) }]
+        );
+        a.learned(id(1), vec![id(11)]);
+        assert_eq!(
+            a.plan(2, &[awaiting(1, 50)], |_| true),
+            vec![Action::Complete {
+                deal: id(1),
+                chunks: vec![id(11)]
+            }]
+        );
+        // Gone from the open list: checked every block until the chain says it is over.
+        assert_eq!(
+            a.plan(3, &[], |_| true),
+            vec![Action::CheckClosed { deal: id(1) }]
+        );
+        assert_eq!(
+            a.plan(4, &[], |_| true),
+            vec![Action::CheckClosed { deal: id(1) }]
+        );
+        assert_eq!(a.closed(&id(1)), vec![id(11)]);
+        assert_eq!(a.plan(5, &[], |_| true), vec![]);
+        assert_eq!(a.known(), 0);
+    }
+
+    #[test]
+    fn a_closed_deal_releases_only_chunks_no_other_deal_covers() {
+        let mut a = Agent::new();
+        a.learned(id(1), vec![id(11), id(12), id(13)]);
+        a.learned(id(2), vec![id(12), id(14)]);
+        assert_eq!(a.closed(&id(1)), vec![id(11), id(13)]);
+        assert_eq!(a.closed(&id(1)), Vec::<Id>::new(), "released once");
+        assert_eq!(a.closed(&id(2)), vec![id(12), id(14)]);
+    }
+
+    #[test]
+    fn what_was_sent_is_forgotten_once_the_chain_moves_on() {
+        let mut a = Agent::new();
+        a.learned(id(2), vec![id(102)]);
+        a.submitted(&prove(2, 0), 10);
+        // Period 0 answered and period 1 open: the record of period 0 goes.
+        let _ = a.plan(11, &[active(2, 1, 40, false)], |_| true);
+        assert!(!a.sent.contains_key(&Sent::Proof(id(2), 0)));
+    }
+}

@@ -1,0 +1,20 @@
+//! The deal flow's decisions, as pure functions and state machines: they are given what the
+//! chain and the local store say, and return what to do. The host's agent (`net::agent`)
+//! and the sender's client (`tools`) are thin shells that read the chain, call these, and
+//! carry the actions out; everything here is tested without sockets, disks or clocks.
+//!
+//! - [`terms`]: what a deal costs and how long it runs, from an offer's price.
+//! - [`host`]: the host agent's plan at each block: which paid deals to complete, which
+//!   challenges to prove, which chunks to release once their deals are over, and when a
+//!   submitted transaction that did not land is sent again.
+//! - [`sender`]: what a sender does once it has paid and uploaded: wait, upload again
+//!   after a CRC mismatch (bounded), or stop.
+//!
+//! Invariant: nothing here performs I/O or reads a clock; heights are the only time.
+
+pub mod host;
+pub mod sender;
+pub mod terms;
+
+/// A chunk or deal id: 32 bytes (BLAKE3 roots, transaction ids).
+pub type Id = [u8; 32];

@@ -1,0 +1,320 @@
+//! The host's agent: follows the chain and carries out what `market::host::Agent` plans
+//! for this host's deals. At every decided block it lists its open deals (from the first
+//! miner of its list that answers; a miner that stops answering is left for the next), and
+//! for each block:
+//!
+//! - a paid deal whose chunks are all in the store is completed: every chunk is read back
+//!   through the engine (verified against its id) and its CRC32C computed here, so the
+//!   completion states what the host holds, not what the sender declared;
+//! - every open storage challenge is answered from the store (`Engine::prove_many`), and
+//!   the block's proofs go in one `submit_txs` call, signed with consecutive nonces;
+//! - a deal that left the open list is looked up, and once the chain says it is over, its
+//!   chunks no other deal covers are reported as releasable.
+//!
+//! Upload links for paid deals are granted by the control plane (`HostApi::deal_link`),
+//! which checks the deal on the chain itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::chain::{ChainClient, ChainError};
+use api::{DealStage, DealView};
+use ed25519_consensus::SigningKey;
+use market::host::{Action, Agent, Challenge, OpenDeal, Stage};
+use proto::tx::{AccountId, SignedTx, Tx, TxBody, TxId};
+use proto::ChunkId;
+use tokio::sync::watch;
+
+use crate::host::Host;
+
+/// Fee the agent pays per transaction (MASPC).
+pub const AGENT_FEE: u64 = 1;
+/// Longest the agent waits for the next block before listing its deals again.
+const BLOCK_WAIT: Duration = Duration::from_secs(5);
+/// Pause after the whole miner list failed, before trying it again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the agent has done, for logs and tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStats {
+    pub height: u64,
+    pub completions_sent: u64,
+    pub proofs_sent: u64,
+    pub deals_closed: u64,
+    /// Chunks of closed deals that no open deal covers.
+    pub chunks_releasable: u64,
+}
+
+/// Runs the agent until `stop` turns true. `stats` is updated after every block.
+pub async fn run(
+    host: Arc<Host>,
+    key: SigningKey,
+    miners: Vec<String>,
+    stats: watch::Sender<AgentStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = AccountId(key.verification_key().to_bytes());
+    let mut agent = Agent::new();
+    let mut chain: Option<ChainClient> = None;
+    while !*stop.borrow() {
+        let c = match chain.as_mut() {
+            Some(c) => c,
+            None => match ChainClient::connect(&miners).await {
+                Ok(c) => chain.insert(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "agent: no miner answers; trying again");
+                    pause(&mut stop, RETRY_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let height = match step(&host, &key, me, c, &mut agent, &stats).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent: chain call failed; trying again");
+                chain = None;
+                pause(&mut stop, RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        // Wait for the next block (or stop); a timeout just plans again.
+        let next = height + 1;
+        tokio::select! {
+            _ = stop.changed() => {}
+            r = c_block(chain.as_mut(), next) => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "agent: following the chain failed");
+                    chain = None;
+                }
+            }
+        }
+    }
+}
+
+async fn c_block(chain: Option<&mut ChainClient>, height: u64) -> Result<(), ChainError> {
+    if let Some(c) = chain {
+        c.block(height, BLOCK_WAIT).await?;
+    }
+    Ok(())
+}
+
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
+    let _ = tokio::time::timeout(d, stop.changed()).await;
+}
+
+fn open_deal(v: &DealView) -> Option<OpenDeal> {
+    let id = parse_id(&v.id)?;
+    let stage = match v.stage {
+        DealStage::AwaitingCompletion { deadline } => Stage::Awaiting { deadline },
+        DealStage::Active { .. } => Stage::Active,
+        _ => return None,
+    };
+    Some(OpenDeal {
+        id,
+        stage,
+        challenge: v.challenge.map(|c| Challenge {
+            period: c.period,
+            chunk: c.chunk_id,
+            leaf: c.leaf,
+            due: c.due,
+            answered: c.answered,
+        }),
+    })
+}
+
+fn parse_id(hex: &str) -> Option<[u8; 32]> {
+    data_encoding::HEXLOWER
+        .decode(hex.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
+/// One round: list, plan, act. Returns the height the plan was made at.
+async fn step(
+    host: &Arc<Host>,
+    key: &SigningKey,
+    me: AccountId,
+    chain: &mut ChainClient,
+    agent: &mut Agent,
+    stats: &watch::Sender<AgentStats>,
+) -> Result<u64, ChainError> {
+    let status = chain.status().await?;
+    let height = status.height;
+    let views = chain.deals_of(me, true).await?;
+    let open: Vec<OpenDeal> = views
+        .iter()
+        .filter(|v| v.host == hex(&me.0))
+        .filter_map(open_deal)
+        .collect();
+    // Which chunks of awaiting deals the store holds (from its index: no disk read).
+    let mut stored: HashMap<[u8; 32], bool> = HashMap::new();
+    let mut actions = agent.plan(height, &open, |_| false);
+    // Fetch chunk lists first, then plan again with the store's answers.
+    let mut fetched = false;
+    for a in &actions {
+        match a {
+            Action::FetchChunks { deal } => {
+                if let Some(v) = chain.deal(TxId(*deal)).await? {
+                    agent.learned(*deal, v.entries.iter().map(|e| e.id).collect());
+                    fetched = true;
+                }
+            }
+            Action::CheckClosed { deal } => match chain.deal(TxId(*deal)).await? {
+                Some(v) if v.stage.is_open() => {}
+                _ => {
+                    let free = agent.closed(deal);
+                    tracing::info!(
+                        deal = hex(deal),
+                        releasable = free.len(),
+                        "deal over: its chunks are no longer under contract"
+                    );
+                    stats.send_modify(|s| {
+                        s.deals_closed += 1;
+                        s.chunks_releasable += free.len() as u64;
+                    });
+                }
+            },
+            _ => {}
+        }
+    }
+    if fetched
+        || actions
+            .iter()
+            .any(|a| matches!(a, Action::CheckClosed { .. }))
+    {
+        actions = agent.plan(height, &open, |_| false);
+    }
+    // The store's answers for the chunks of awaiting deals.
+    let awaiting: Vec<[u8; 32]> = open
+        .iter()
+        .filter(|d| matches!(d.stage, Stage::Awaiting { .. }))
+        .map(|d| d.id)
+        .collect();
+    if !awaiting.is_empty() {
+        for deal in &awaiting {
+            for c in agent.chunks_of(deal) {
+                if let std::collections::hash_map::Entry::Vacant(e) = stored.entry(c) {
+                    let have = matches!(host.engine().stat(ChunkId(c)).recv().await, Ok(Some(_)));
+                    e.insert(have);
+                }
+            }
+        }
+        actions = agent.plan(height, &open, |c| stored.get(c).copied().unwrap_or(false));
+    }
+
+    let mut bodies: Vec<(Action, TxBody)> = Vec::new();
+    let proofs: Vec<&Action> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Prove { .. }))
+        .collect();
+    if !proofs.is_empty() {
+        let challenges: Vec<(ChunkId, u64)> = proofs
+            .iter()
+            .filter_map(|a| match a {
+                Action::Prove { chunk, leaf, .. } => Some((ChunkId(*chunk), *leaf)),
+                _ => None,
+            })
+            .collect();
+        let engine = Arc::clone(host.engine());
+        let answers = tokio::task::spawn_blocking(move || engine.prove_many(&challenges))
+            .await
+            .map_err(|e| ChainError::Refused(format!("the proving task failed: {e}")))?;
+        match answers {
+            Ok(answers) => {
+                for (a, answer) in proofs.into_iter().zip(answers) {
+                    let Action::Prove { deal, period, .. } = a else {
+                        continue;
+                    };
+                    match answer.proof {
+                        Ok(proof) => bodies.push((
+                            a.clone(),
+                            TxBody::StorageProof {
+                                deal: TxId(*deal),
+                                period: *period,
+                                proof,
+                            },
+                        )),
+                        Err(e) => tracing::error!(
+                            deal = hex(deal),
+                            period,
+                            error = %e,
+                            "cannot prove a challenged chunk: this period will be missed"
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the store cannot answer challenges"),
+        }
+    }
+    for a in &actions {
+        if let Action::Complete { deal, chunks } = a {
+            match crcs_of(host, chunks).await {
+                Ok(crcs) => bodies.push((
+                    a.clone(),
+                    TxBody::UploadCompletion {
+                        deal: TxId(*deal),
+                        crcs,
+                    },
+                )),
+                Err(e) => tracing::error!(
+                    deal = hex(deal),
+                    error = %e,
+                    "cannot read back a paid deal's chunks to complete it"
+                ),
+            }
+        }
+    }
+    if !bodies.is_empty() {
+        let account = chain.account(me).await?;
+        let txs: Vec<SignedTx> = bodies
+            .iter()
+            .zip(account.nonce..)
+            .map(|((_, body), nonce)| {
+                Tx {
+                    chain_id: status.chain_id,
+                    signer: me,
+                    nonce,
+                    fee: AGENT_FEE,
+                    body: body.clone(),
+                }
+                .sign(key)
+            })
+            .collect();
+        let answers = chain.submit_signed(&txs).await?;
+        for ((action, _), answer) in bodies.iter().zip(answers) {
+            match answer {
+                Ok(_) => {
+                    agent.submitted(action, height);
+                    stats.send_modify(|s| match action {
+                        Action::Complete { .. } => s.completions_sent += 1,
+                        _ => s.proofs_sent += 1,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(?action, error = %e, "the miner refused the agent's transaction")
+                }
+            }
+        }
+    }
+    stats.send_modify(|s| s.height = height);
+    Ok(height)
+}
+
+/// Reads each chunk back from the store (verified against its id) and computes its CRC32C.
+async fn crcs_of(
+    host: &Arc<Host>,
+    chunks: &[[u8; 32]],
+) -> Result<Vec<u32>, engine::store::StoreError> {
+    let mut crcs = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let bytes = host.engine().get(ChunkId(*c)).recv().await?;
+        crcs.push(engine::codec::crc32c(&bytes));
+    }
+    Ok(crcs)
+}
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}

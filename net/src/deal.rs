@@ -1,0 +1,327 @@
+//! The sender's side of a storage deal (the seed's table 2, with the host reached
+//! directly): ask each host for a signed offer and check it, seal the file once to learn
+//! every chunk's CRC32C and BLAKE3 root ([`client::plan_deal`]), pay each host with an
+//! `UploadPayment` carrying them, ask the host for the deal's upload link, upload (sealing
+//! again: no encrypted copy on disk, see `DealPlan`), and follow the chain until the host's
+//! completion matched (storage runs) or did not (pay again, bounded by
+//! `market::sender::ATTEMPTS_MAX`).
+//!
+//! The decisions (terms, what to do after an upload) are `market`'s; this is the shell
+//! that talks to hosts and miners.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::chain::ChainClient;
+use api::{DealStage, HostApiClient, StorageRequest};
+use ed25519_consensus::SigningKey;
+use market::sender::{after_upload, Next, Seen};
+use proto::link::Link;
+use proto::offer::{Offer, SignedOffer};
+use proto::tx::{AccountId, TxBody, TxId};
+use proto::{KdfParams, ShareKey};
+
+use crate::client::{plan_deal, put_file, DealPlan, PutJob};
+use crate::NetError;
+
+/// Fee of the payment transaction (MASPC).
+pub const PAYMENT_FEE: u64 = 1;
+/// How long a payment may take to be committed.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// How many blocks the sender waits for a host to see a committed payment before its
+/// link request is given up (a host's miner may be a block or two behind).
+const LINK_TRIES: u32 = 20;
+
+/// What a paid upload needs.
+#[derive(Debug)]
+pub struct DealJob {
+    pub file: PathBuf,
+    /// Hosts' control addresses: one copy (one deal) on each.
+    pub hosts: Vec<String>,
+    /// Miners' control addresses.
+    pub chain: Vec<String>,
+    pub days: u32,
+    /// Blocks of storage, instead of `days` x `market::terms::BLOCKS_PER_DAY` (devnets).
+    pub period_blocks: Option<u64>,
+    /// The sender's key: its account pays, and it is the links' bearer.
+    pub key: SigningKey,
+    pub passphrase: zeroize::Zeroizing<Vec<u8>>,
+    pub chunk_bytes: u32,
+    pub workers: usize,
+    pub journal_dir: PathBuf,
+    pub via: Vec<String>,
+}
+
+/// One copy placed.
+#[derive(Clone, Debug)]
+pub struct Placed {
+    pub host_addr: String,
+    pub host: [u8; 32],
+    pub deal: TxId,
+    pub storage_fee: u64,
+    pub period_blocks: u64,
+    pub start_height: u64,
+    /// Deals paid for this copy (more than one after CRC mismatches).
+    pub attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct DealDone {
+    pub plan: DealPlan,
+    pub share_key: ShareKey,
+    pub placed: Vec<Placed>,
+}
+
+/// What the sender reports as it goes (for a progress line).
+pub type Report = Arc<dyn Fn(&str) + Send + Sync>;
+
+fn chain_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Protocol(format!("chain: {e}"))
+}
+
+fn rpc_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Protocol(format!("host control plane: {e}"))
+}
+
+/// Asks `host` for an offer covering `bytes` for `days` and checks it.
+async fn checked_offer(
+    client: &HostApiClient,
+    chain_id: u64,
+    bytes: u64,
+    days: u32,
+) -> Result<Offer, NetError> {
+    let ctx = tarpc::context::current;
+    let status = client.status(ctx()).await.map_err(rpc_err)?;
+    let key: [u8; 32] = data_encoding::HEXLOWER
+        .decode(status.key.as_bytes())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(|| NetError::Protocol("the host states a malformed key".into()))?;
+    let answer = client
+        .offer(ctx(), StorageRequest { bytes, days })
+        .await
+        .map_err(rpc_err)?;
+    let Some(signed) = answer.signed else {
+        return Err(NetError::Protocol(match answer.refusal {
+            Some(r) => format!("the host makes no offer: {r}"),
+            None => "the host makes no offer and says no reason".into(),
+        }));
+    };
+    let signed = SignedOffer::from_bytes(&signed)
+        .map_err(|e| NetError::Protocol(format!("the host's offer: {e}")))?;
+    let offer = *signed
+        .check(&key, chain_id, crate::now_secs(), bytes, u64::from(days))
+        .map_err(|e| NetError::Protocol(format!("the host's offer is refused: {e}")))?;
+    Ok(offer)
+}
+
+/// Stores `job.file` as one deal per host; `progress(done, total)` counts plaintext bytes
+/// of the current pass, `report` says what happens.
+pub async fn store(
+    job: &DealJob,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    report: Report,
+) -> Result<DealDone, NetError> {
+    if job.hosts.is_empty() || job.chain.is_empty() {
+        return Err(NetError::Config(
+            "a deal needs a host and a miner to pay through".into(),
+        ));
+    }
+    let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
+    let status = chain.status().await.map_err(chain_err)?;
+    let size = std::fs::metadata(&job.file)?.len();
+    let sealed_estimate = size
+        + proto::Manifest::chunk_count_for(size, job.chunk_bytes) * u64::from(proto::TAG_BYTES)
+        + 4096;
+    // Offers first: nothing is sealed for hosts that will not take the file.
+    let mut hosts = Vec::new();
+    for addr in &job.hosts {
+        let client = api::host_client(addr)
+            .await
+            .map_err(|e| NetError::Protocol(format!("cannot reach the host at {addr}: {e}")))?;
+        let offer = checked_offer(&client, status.chain_id, sealed_estimate, job.days)
+            .await
+            .map_err(|e| NetError::Protocol(format!("{addr}: {e}")))?;
+        report(&format!(
+            "{addr}: offer {} MASPC per GiB per day, deposit {} MASP",
+            offer.price_per_gib_day, offer.deposit
+        ));
+        hosts.push((addr.clone(), client, offer));
+    }
+    let (file, pass) = (job.file.clone(), job.passphrase.clone());
+    let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
+    let p = Arc::clone(&progress);
+    let plan = tokio::task::spawn_blocking(move || {
+        plan_deal(&file, &pass, chunk_bytes, KdfParams::DEFAULT, workers, &*p)
+    })
+    .await
+    .map_err(|e| NetError::Protocol(format!("the sealing task failed: {e}")))??;
+    let entries = plan.entries();
+    if entries.len() > proto::tx::DEAL_CHUNKS_MAX as usize {
+        return Err(NetError::Config(format!(
+            "the file seals into {} chunks and its manifest; a deal covers at most {}: use a \
+             larger --chunk-size",
+            entries.len() - 1,
+            proto::tx::DEAL_CHUNKS_MAX
+        )));
+    }
+    let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
+    report(&format!(
+        "sealed {} chunks and the manifest: {bytes} bytes under deal",
+        plan.chunks.len()
+    ));
+    let mut placed = Vec::new();
+    let mut share_key = None;
+    for (addr, client, offer) in &hosts {
+        let terms = market::terms::terms(
+            offer.price_per_gib_day,
+            bytes,
+            u64::from(job.days),
+            job.period_blocks,
+            status.proof_period_blocks,
+        )
+        .map_err(|e| NetError::Config(e.to_string()))?;
+        let mut attempt = 1u32;
+        loop {
+            let body = TxBody::UploadPayment {
+                host: AccountId(offer.host),
+                storage_fee: terms.storage_fee,
+                download_fee: 0,
+                period_blocks: terms.period_blocks,
+                chunks: entries.clone(),
+            };
+            let committed = chain
+                .submit(&job.key, body, PAYMENT_FEE, COMMIT_WAIT)
+                .await
+                .map_err(|e| NetError::Protocol(format!("paying {addr}: {e}")))?;
+            let deal = parse_tx(&committed.tx)?;
+            report(&format!(
+                "{addr}: paid {} MASPC into escrow for {} blocks: deal {} at height {}",
+                terms.storage_fee, terms.period_blocks, committed.tx, committed.height
+            ));
+            let link = deal_link(&mut chain, client, &deal, committed.height).await?;
+            let put = PutJob {
+                file: job.file.clone(),
+                link,
+                via: job.via.clone(),
+                key: job.key.clone(),
+                passphrase: job.passphrase.clone(),
+                chunk_bytes: job.chunk_bytes,
+                workers: job.workers,
+                kdf: plan.kdf,
+                journal_dir: job.journal_dir.clone(),
+                preset: Some(plan.clone()),
+            };
+            let done = put_file(&put, Arc::clone(&progress)).await?;
+            report(&format!(
+                "{addr}: uploaded ({} chunks sent, {} already there); waiting for the host's completion",
+                done.sent_chunks, done.skipped_chunks
+            ));
+            share_key = Some(done.share_key);
+            match wait_completion(&mut chain, &deal, attempt).await? {
+                Next::Placed { start_height } => {
+                    report(&format!(
+                        "{addr}: the host's CRCs match: storage runs from height {start_height}"
+                    ));
+                    placed.push(Placed {
+                        host_addr: addr.clone(),
+                        host: offer.host,
+                        deal,
+                        storage_fee: terms.storage_fee,
+                        period_blocks: terms.period_blocks,
+                        start_height,
+                        attempts: attempt,
+                    });
+                    break;
+                }
+                Next::PayAgain { chunks } => {
+                    report(&format!(
+                        "{addr}: the host's CRCs differ at chunks {chunks:?}: refunded; paying again"
+                    ));
+                    attempt += 1;
+                }
+                Next::GiveUp(why) => return Err(NetError::Protocol(format!("{addr}: {why}"))),
+                Next::Wait => unreachable!("wait_completion returns a decision"),
+            }
+        }
+    }
+    Ok(DealDone {
+        plan,
+        share_key: share_key.expect("at least one host"),
+        placed,
+    })
+}
+
+fn parse_tx(hex: &str) -> Result<TxId, NetError> {
+    data_encoding::HEXLOWER
+        .decode(hex.as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .map(TxId)
+        .ok_or_else(|| NetError::Protocol(format!("malformed transaction id {hex}")))
+}
+
+/// The deal's upload link from its host, asked again at each block while the host's
+/// miner has not seen the payment yet.
+async fn deal_link(
+    chain: &mut ChainClient,
+    host: &HostApiClient,
+    deal: &TxId,
+    paid_at: u64,
+) -> Result<Link, NetError> {
+    let mut last = String::new();
+    for i in 0..u64::from(LINK_TRIES) {
+        match host
+            .deal_link(tarpc::context::current(), deal.0, false)
+            .await
+            .map_err(rpc_err)?
+        {
+            Ok(text) => return Link::parse(&text).map_err(NetError::from),
+            Err(api::ControlError::Invalid(e)) if e.starts_with("no deal") => last = e,
+            Err(e) => {
+                return Err(NetError::Protocol(format!(
+                    "the host refuses the link: {e}"
+                )))
+            }
+        }
+        chain
+            .block(paid_at + 1 + i, Duration::from_secs(5))
+            .await
+            .map_err(chain_err)?;
+    }
+    Err(NetError::Protocol(format!(
+        "the host did not see the payment within {LINK_TRIES} blocks: {last}"
+    )))
+}
+
+/// Follows the chain until the deal leaves its completion stage; returns the decision.
+async fn wait_completion(
+    chain: &mut ChainClient,
+    deal: &TxId,
+    attempt: u32,
+) -> Result<Next, NetError> {
+    loop {
+        let view =
+            chain.deal(*deal).await.map_err(chain_err)?.ok_or_else(|| {
+                NetError::Protocol("the paid deal vanished from the chain".into())
+            })?;
+        let seen = match view.stage {
+            DealStage::AwaitingCompletion { .. } => Seen::Awaiting,
+            DealStage::Active { start_height, .. } => Seen::Active { start_height },
+            DealStage::Mismatched { chunks } => Seen::Mismatched { chunks },
+            DealStage::Expired => Seen::Expired,
+            DealStage::Ended { .. } => Seen::Ended,
+        };
+        match after_upload(&seen, attempt) {
+            Next::Wait => {
+                let height = chain.status().await.map_err(chain_err)?.height;
+                chain
+                    .block(height + 1, Duration::from_secs(5))
+                    .await
+                    .map_err(chain_err)?;
+            }
+            decided => return Ok(decided),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The deal commands: `mspace put --host` (a file stored as paid deals, `net::deal`),
+//! `mspace deals` (a sender's or host's deals), and how a deal is shown.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use api::chain::ChainClient;
+use api::DealView;
+use clap::Args;
+use net::deal::{store, DealJob};
+use proto::tx::AccountId;
+use serde::Serialize;
+
+use crate::netcli::{bar_progress, client_key, runtime, state_dir, workers, PutArgs};
+use crate::{format_bytes, progress_bar, read_passphrase};
+
+#[derive(Serialize)]
+struct PlacedJson {
+    host: String,
+    host_addr: String,
+    deal: String,
+    storage_fee: u64,
+    period_blocks: u64,
+    start_height: u64,
+    attempts: u32,
+}
+
+#[derive(Serialize)]
+struct DealPutJson {
+    file_id: String,
+    manifest_id: String,
+    share_key: String,
+    chunks: usize,
+    file_bytes: u64,
+    deals: Vec<PlacedJson>,
+}
+
+/// `mspace put FILE --host ADDR --chain MINER --days D`.
+pub fn put(args: PutArgs) -> Result<()> {
+    let meta = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", args.file.display());
+    }
+    let key = client_key(args.key.as_deref())?;
+    let passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
+    let job = DealJob {
+        file: args.file.clone(),
+        hosts: args.host.clone(),
+        chain: args.chain.clone(),
+        days: args.days.context("--days is required with --host")?,
+        period_blocks: args.period_blocks,
+        key,
+        passphrase,
+        chunk_bytes: args.chunk_size,
+        workers: workers(args.workers)?,
+        journal_dir: state_dir()?,
+        via: args.via.clone(),
+    };
+    crate::netcli::init_logs();
+    let bar = progress_bar(meta.len(), !args.json, "sealing and uploading");
+    let quiet = args.json;
+    let b = bar.clone();
+    let report: net::deal::Report = Arc::new(move |line: &str| {
+        if !quiet {
+            b.println(line);
+        }
+    });
+    let started = Instant::now();
+    let done = runtime()?
+        .block_on(store(&job, bar_progress(&bar), report))
+        .with_context(|| format!("storing {} as a deal", args.file.display()))?;
+    bar.finish_and_clear();
+    let hex = miner::hex;
+    let json = DealPutJson {
+        file_id: done.plan.file_id.to_hex(),
+        manifest_id: done.plan.manifest.id.to_hex(),
+        share_key: done.share_key.to_string(),
+        chunks: done.plan.chunks.len(),
+        file_bytes: done.plan.file_bytes,
+        deals: done
+            .placed
+            .iter()
+            .map(|p| PlacedJson {
+                host: hex(&p.host),
+                host_addr: p.host_addr.clone(),
+                deal: hex(&p.deal.0),
+                storage_fee: p.storage_fee,
+                period_blocks: p.period_blocks,
+                start_height: p.start_height,
+                attempts: p.attempts,
+            })
+            .collect(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        println!(
+            "stored {} ({}, {} chunks) as {} deal(s) in {:.2} s:",
+            args.file.display(),
+            format_bytes(json.file_bytes),
+            json.chunks,
+            json.deals.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for d in &json.deals {
+            println!(
+                "  deal {} with host {} ({}): {} MASPC in escrow for {} blocks from height {}",
+                d.deal, d.host, d.host_addr, d.storage_fee, d.period_blocks, d.start_height
+            );
+        }
+        println!("  manifest id  {}", json.manifest_id);
+        println!("  share key    {}", json.share_key);
+        println!("Follow them with `mspace deals --chain {}`.", job.chain[0]);
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct DealsArgs {
+    /// The account's key file [default: the client key in the state directory].
+    #[arg(long)]
+    key: Option<std::path::PathBuf>,
+    /// Or the account's public key, hex (a host's, a sender's).
+    #[arg(long, conflicts_with = "key")]
+    account: Option<String>,
+    /// A miner's control address (repeat: the first that answers is used).
+    #[arg(long, default_value = "127.0.0.1:27001")]
+    chain: Vec<String>,
+    /// Only the deals awaiting completion or active.
+    #[arg(long)]
+    open: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A deal for people and scripts: ids in hex, the stage in words and as data.
+#[derive(Debug, Serialize)]
+pub struct DealJson {
+    pub id: String,
+    pub sender: String,
+    pub host: String,
+    /// One word: awaiting-completion, active, mismatched, expired, ended.
+    pub state: &'static str,
+    /// The stage in words.
+    pub stage: String,
+    pub detail: api::DealStage,
+    pub storage_fee: u64,
+    pub escrow: u64,
+    pub paid: u64,
+    pub refunded: u64,
+    /// MASPC still to be paid out or refunded (the escrow).
+    pub owed: u64,
+    pub periods: u32,
+    pub proven: u32,
+    pub missed: u32,
+    pub period_blocks: u64,
+    pub opened_height: u64,
+    pub chunks: usize,
+    pub bytes: u64,
+    pub challenge: Option<String>,
+}
+
+impl From<&DealView> for DealJson {
+    fn from(v: &DealView) -> Self {
+        DealJson {
+            id: v.id.clone(),
+            sender: v.sender.clone(),
+            host: v.host.clone(),
+            state: v.stage.name(),
+            stage: v.stage.to_string(),
+            detail: v.stage.clone(),
+            storage_fee: v.storage_fee,
+            escrow: v.escrow,
+            paid: v.paid,
+            refunded: v.refunded,
+            owed: v.escrow,
+            periods: v.parts,
+            proven: v.proven,
+            missed: v.missed,
+            period_blocks: v.period_blocks,
+            opened_height: v.opened_height,
+            chunks: v.chunks,
+            bytes: v.bytes,
+            challenge: v.challenge.map(|c| {
+                format!(
+                    "period {}: chunk {} leaf {}, due at height {}{}",
+                    c.period,
+                    c.chunk,
+                    c.leaf,
+                    c.due,
+                    if c.answered { ", proven" } else { ", open" }
+                )
+            }),
+        }
+    }
+}
+
+/// Prints a deal in a few lines.
+pub fn print_deal(v: &DealView) {
+    let d = DealJson::from(v);
+    println!("deal {}", d.id);
+    println!("  sender {}  host {}", d.sender, d.host);
+    println!("  {} (opened at height {})", d.stage, d.opened_height);
+    println!(
+        "  fee {} MASPC: {} paid to the host, {} refunded, {} in escrow",
+        d.storage_fee, d.paid, d.refunded, d.escrow
+    );
+    println!(
+        "  {} periods of {} blocks: {} proven, {} missed",
+        d.periods,
+        if d.periods == 0 {
+            d.period_blocks
+        } else {
+            d.period_blocks.div_ceil(u64::from(d.periods))
+        },
+        d.proven,
+        d.missed
+    );
+    println!("  {} chunks, {}", d.chunks, format_bytes(d.bytes));
+    if let Some(c) = &d.challenge {
+        println!("  challenge: {c}");
+    }
+}
+
+/// `mspace deals`.
+pub fn deals(a: DealsArgs) -> Result<()> {
+    let who = match &a.account {
+        Some(k) => miner::parse_key_hex(k)?,
+        None => AccountId(client_key(a.key.as_deref())?.verification_key().to_bytes()),
+    };
+    let views = runtime()?.block_on(async {
+        let mut c = ChainClient::connect(&a.chain).await?;
+        c.deals_of(who, a.open).await
+    })?;
+    if a.json {
+        let all: Vec<DealJson> = views.iter().map(DealJson::from).collect();
+        println!("{}", serde_json::to_string(&all)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!("no deals for {}", miner::hex(&who.0));
+    }
+    for v in &views {
+        let role = if v.host == miner::hex(&who.0) {
+            "as host"
+        } else {
+            "as sender"
+        };
+        println!("({role})");
+        print_deal(v);
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! A storage deal as processes run it: a devnet (one miner, 100 ms blocks, 20-block proof
+//! periods), two registered hosts whose agents follow the chain, and `mspace put --host`
+//! paying both, uploading, and returning once both completions matched. Both hosts prove
+//! three periods and are paid; one is killed, misses its next proofs, is slashed and the
+//! sender refunded; the file is downloaded from the other, byte-identical; balances are
+//! asserted exactly once both deals are over.
+
+use std::path::Path;
+
+use super::chain::{json, start_chain_host, start_devnet_with};
+use super::mspace;
+use super::net::Proc;
+
+const PROOF_PERIOD: u64 = 20;
+const PERIODS: u64 = 6;
+const HOST_DEPOSIT: u64 = 2000;
+const HOST_MASPC: u64 = 100;
+
+struct Host {
+    cfg: String,
+    control: String,
+    key: String,
+    proc: Option<Proc>,
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn deal(m: &str, id: &str) -> serde_json::Value {
+    json(&["chain", "deal", id, "--miner", m, "--json"])
+}
+
+fn account(m: &str, key: &str) -> serde_json::Value {
+    json(&["chain", "account", key, "--miner", m, "--json"])
+}
+
+/// Follows the chain block by block until `done` holds of the deal (or 600 blocks pass).
+fn wait_deal(
+    m: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut height = json(&["chain", "status", "--miner", m, "--json"])["height"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..600 {
+        let d = deal(m, id);
+        if done(&d) {
+            return d;
+        }
+        height += 1;
+        json(&[
+            "chain",
+            "block",
+            &height.to_string(),
+            "--wait",
+            "30s",
+            "--miner",
+            m,
+            "--json",
+        ]);
+    }
+    panic!("deal {id} never {what}: {}", deal(m, id));
+}
+
+#[test]
+fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    let period = PROOF_PERIOD.to_string();
+    let (_net, base) = start_devnet_with(
+        &d,
+        1,
+        2,
+        &["--block-time-ms", "100", "--proof-period-blocks", &period],
+    );
+    let m0 = format!("127.0.0.1:{}", base + 1);
+    let client = s(&d.join("client.key"));
+    let client_pub = json(&["chain", "status", "--miner", &m0, "--json"]);
+    assert_eq!(client_pub["proof_period_blocks"], PROOF_PERIOD);
+
+    let transfer = |to: &str, asset: &str, amount: u64| {
+        json(&[
+            "chain",
+            "transfer",
+            "--key",
+            &client,
+            "--to",
+            to,
+            "--asset",
+            asset,
+            "--amount",
+            &amount.to_string(),
+            "--miner",
+            &m0,
+            "--wait",
+            "60s",
+            "--json",
+        ]);
+    };
+    let mut hosts: Vec<Host> = Vec::new();
+    for i in 0..2 {
+        let cfg = s(&dir.path().join(format!("host{i}/host.toml")));
+        let data = dir.path().join(format!("host{i}/data"));
+        let (control, _, proc, key) = start_chain_host(Path::new(&cfg), &data, &m0);
+        transfer(&key, "masp", HOST_DEPOSIT);
+        transfer(&key, "maspc", HOST_MASPC);
+        json(&[
+            "host",
+            "register",
+            "--config",
+            &cfg,
+            "--deposit",
+            &HOST_DEPOSIT.to_string(),
+            "--json",
+        ]);
+        hosts.push(Host {
+            cfg,
+            control,
+            key,
+            proc: Some(proc),
+        });
+    }
+    let client_key = {
+        let k = std::fs::read_to_string(&client).unwrap();
+        let seed: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(k.trim().as_bytes())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        data_encoding::HEXLOWER.encode(
+            &ed25519_consensus::SigningKey::from(seed)
+                .verification_key()
+                .to_bytes(),
+        )
+    };
+    let before = account(&m0, &client_key);
+
+    // The file: 3 chunks of 64 KiB and a short one.
+    let file = dir.path().join("photo.bin");
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).to_le_bytes()[0])
+        .collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple").unwrap();
+    let state = s(&dir.path().join("client-state"));
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let put = mspace(
+        &[
+            "put",
+            &s(&file),
+            "--host",
+            &hosts[0].control,
+            "--host",
+            &hosts[1].control,
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--period-blocks",
+            &blocks,
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &client,
+            "--passphrase-file",
+            &s(&pass),
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let out: serde_json::Value = serde_json::from_str(&put.stdout).unwrap();
+    let deals: Vec<String> = out["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deal"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deals.len(), 2, "{out}");
+    assert_eq!(out["chunks"], 4);
+    for (d, h) in deals.iter().zip(&hosts) {
+        let v = deal(&m0, d);
+        assert_eq!(v["host"], h.key.as_str());
+        assert_eq!(v["sender"], client_key.as_str());
+        assert_eq!(v["state"], "active", "{v}");
+        assert_eq!(v["chunks"], 5, "four chunks and the manifest");
+        assert_eq!(v["periods"], PERIODS);
+    }
+    let fee = out["deals"][0]["storage_fee"].as_u64().unwrap();
+    assert_eq!(fee, 10, "price 10 x 1 started GiB x 1 day");
+
+    // Three periods proven and paid on both.
+    for d in &deals {
+        let v = wait_deal(&m0, d, "proved three periods", |v| {
+            v["proven"].as_u64() >= Some(3)
+        });
+        assert_eq!(v["missed"], 0, "{v}");
+        // Each of the first five periods pays fee / 6 = 1 MASPC, the last the remainder.
+        assert!(v["paid"].as_u64().unwrap() >= 3, "{v}");
+    }
+    // `mspace deals` lists both for the sender.
+    let listed = json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+
+    // Host 1 dies: its next challenge goes unanswered.
+    drop(hosts[1].proc.take());
+    let lost = wait_deal(&m0, &deals[1], "missed a proof", |v| {
+        v["missed"].as_u64() >= Some(1)
+    });
+    assert!(lost["refunded"].as_u64().unwrap() >= 1, "{lost}");
+
+    // The file comes back from the surviving host, through the deal's download link.
+    let back = dir.path().join("back.bin");
+    let get = mspace(
+        &[
+            "get",
+            "--deal",
+            &deals[0],
+            "--host",
+            &hosts[0].control,
+            "--out",
+            &s(&back),
+            "--key",
+            &client,
+            "--passphrase-file",
+            &s(&pass),
+        ],
+        &env,
+    );
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+
+    // Both deals run out; then the chain is quiet and every balance is exact.
+    let ended = |v: &serde_json::Value| v["state"] == "ended";
+    let kept = wait_deal(&m0, &deals[0], "ended", ended);
+    let lost = wait_deal(&m0, &deals[1], "ended", ended);
+    assert_eq!(kept["proven"], PERIODS);
+    assert_eq!(kept["paid"], fee);
+    let missed = lost["missed"].as_u64().unwrap();
+    assert_eq!(lost["proven"].as_u64().unwrap() + missed, PERIODS);
+    assert_eq!(
+        lost["paid"].as_u64().unwrap() + lost["refunded"].as_u64().unwrap(),
+        fee
+    );
+
+    let after = account(&m0, &client_key);
+    let nonce = |a: &serde_json::Value| a["nonce"].as_u64().unwrap();
+    let sent_txs = nonce(&after) - nonce(&before);
+    assert_eq!(sent_txs, 2, "one payment per host");
+    assert_eq!(
+        after["maspc"].as_u64().unwrap(),
+        before["maspc"].as_u64().unwrap() - 2 * fee - sent_txs + lost["refunded"].as_u64().unwrap()
+    );
+    assert_eq!(
+        after["masp"].as_u64().unwrap(),
+        before["masp"].as_u64().unwrap() + 100 * missed,
+        "each missed proof moves 100 MASP of the host's deposit to the sender"
+    );
+    for (h, v) in hosts.iter().zip([&kept, &lost]) {
+        let a = account(&m0, &h.key);
+        // Every transaction the host sent cost 1 MASPC: registration, completion, proofs.
+        assert_eq!(
+            a["maspc"].as_u64().unwrap(),
+            HOST_MASPC - nonce(&a) + v["paid"].as_u64().unwrap(),
+            "{a}"
+        );
+        let missed = v["missed"].as_u64().unwrap();
+        assert_eq!(
+            a["registrations"][0]["deposit"].as_u64().unwrap(),
+            HOST_DEPOSIT - 100 * missed,
+            "{a}"
+        );
+        let _ = &h.cfg;
+    }
+}
