@@ -10,7 +10,8 @@ use proto::tx::{AccountId, SignedTx, Tx, TxBody, TxId};
 use serde::Serialize;
 
 use crate::{
-    miner_client, AccountView, BlockView, ChainStatus, DealView, MinerApiClient, BLOCK_WAIT_MAX_MS,
+    miner_client, AccountView, BlockView, ChainStatus, ChallengeView, DealView, MinerApiClient,
+    BLOCK_WAIT_MAX_MS,
 };
 
 /// Why talking to the chain failed.
@@ -144,6 +145,15 @@ impl ChainClient {
         open: bool,
     ) -> Result<Vec<DealView>, ChainError> {
         self.call(|c| async move { c.deals_of(tarpc::context::current(), who.0, open).await })
+            .await
+    }
+
+    /// `host`'s challenge for the current proof period.
+    pub async fn challenge(
+        &mut self,
+        host: AccountId,
+    ) -> Result<Option<ChallengeView>, ChainError> {
+        self.call(|c| async move { c.challenge(tarpc::context::current(), host.0).await })
             .await
     }
 

@@ -150,8 +150,8 @@ pub trait HostApi {
     /// A link for a deal on the chain whose host this is, usable only by the deal's sender:
     /// to upload exactly the deal's bytes while it awaits completion (`download: false`),
     /// or to read back its file (the deal's last chunk is the manifest) while it is
-    /// active. The host checks the deal on the chain; no token is needed, the payment is
-    /// the authorization.
+    /// active or ended (while the host still holds it). The host checks the deal on the
+    /// chain; no token is needed, the payment is the authorization.
     async fn deal_link(deal: [u8; 32], download: bool) -> Result<String, ControlError>;
 }
 
@@ -167,7 +167,7 @@ pub trait MinerApi {
     async fn relay_txs(txs: Vec<Vec<u8>>) -> Result<(), ControlError>;
     async fn status() -> Result<ChainStatus, ControlError>;
     async fn account(key: [u8; 32]) -> Result<AccountView, ControlError>;
-    /// A deal with its chunk list and open challenge.
+    /// A deal with its chunk list.
     async fn deal(id: [u8; 32]) -> Result<Option<DealView>, ControlError>;
     /// The decided block at `height`; if it is not decided yet, waits up to `wait_ms` for it.
     async fn block(height: u64, wait_ms: u64) -> Result<Option<BlockView>, ControlError>;
@@ -179,6 +179,8 @@ pub trait MinerApi {
     /// Deals `key` is the sender or host of, newest first, at most [`DEALS_LISTED_MAX`],
     /// without their chunk lists; `open`: only those awaiting completion or active.
     async fn deals_of(key: [u8; 32], open: bool) -> Result<Vec<DealView>, ControlError>;
+    /// The host's storage challenge for the current proof period, if it has one.
+    async fn challenge(host: [u8; 32]) -> Result<Option<ChallengeView>, ControlError>;
 }
 
 /// A miner's view of its chain.
@@ -290,17 +292,27 @@ impl std::fmt::Display for DealStage {
     }
 }
 
-/// The open storage challenge of an active deal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A host's storage challenge for the current proof period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeView {
-    pub period: u32,
-    /// Index of the chunk in the deal, its id, and the 1 KiB leaf to prove.
-    pub chunk: u32,
-    pub chunk_id: [u8; 32],
-    pub leaf: u64,
+    /// The chain's period number.
+    pub period: u64,
     /// The last height a proof is accepted at.
     pub due: u64,
     pub answered: bool,
+    /// Deals the period covers.
+    pub deals: u32,
+    /// The leaves to prove, in order: one proof each in the `StorageProofs` transaction.
+    pub samples: Vec<SampleView>,
+}
+
+/// One sampled leaf: the deal, the chunk's index in it and its id, the 1 KiB leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleView {
+    pub deal: [u8; 32],
+    pub chunk: u32,
+    pub chunk_id: [u8; 32],
+    pub leaf: u64,
 }
 
 /// One chunk a deal covers.
@@ -332,7 +344,8 @@ pub struct DealView {
     pub missed: u32,
     pub chunks: usize,
     pub bytes: u64,
-    pub challenge: Option<ChallengeView>,
+    /// The first proof period the deal is covered in (0 before its completion).
+    pub first_period: u64,
     /// The chunks, in deal order (empty in `deals_of` answers).
     pub entries: Vec<DealChunk>,
 }

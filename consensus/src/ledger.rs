@@ -14,10 +14,15 @@
 //! block whose height is a multiple of [`EPOCH_BLOCKS`] and applies from the next block, so
 //! every node knows the set of a height before it votes on it.
 //!
-//! Storage proofs: an active deal is challenged once per proof period; an accepted proof
-//! pays that period's part of the escrow to the host, a missed one refunds it and slashes
-//! the host's deposit. The challenge derives from `Block::seed`, which the ledger takes as
-//! given. The replica (`node`) fills it with the parent block's id: committed by consensus,
+//! Storage proofs are per host, not per deal: the chain's heights are cut into proof
+//! periods of `Params::proof_period_blocks`; at the start of each period every host with
+//! active deals is challenged on [`CHALLENGE_SAMPLES`] leaves drawn uniformly over all the
+//! chunks of those deals, and answers them all in one `StorageProofs` transaction. When the
+//! period closes, each covered deal pays its part of the escrow to the host if the answer
+//! came, or refunds it to its sender and moves [`SLASH_PER_MISSED_PROOF`] of the host's
+//! deposit to the sender if not. The chain's proof bytes and work per period thus grow
+//! with the number of hosts, not with the chunks they store. The sample derives from
+//! `Block::seed`, which the ledger takes as given. The replica (`node`) fills it with the parent block's id: committed by consensus,
 //! but known to the next proposer before anyone else, who could grind its own block's
 //! contents to steer the challenges it issues. Randomness no single proposer controls (a
 //! threshold signature or VRF over the commit) is not here yet (design.md section 5).
@@ -47,16 +52,21 @@ pub const UNBONDING_BLOCKS: u64 = 1000;
 /// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
 /// lock either side's coins or the host's deposit for long.
 pub const COMPLETION_TIMEOUT_BLOCKS: u64 = 100;
-/// Blocks per proof period: each active deal is challenged once per period, and paid one
-/// part of its fee per answered challenge.
+/// Blocks per proof period: each host with active deals is challenged once per period, and
+/// each of its deals paid one part of its fee per answered challenge.
 pub const PROOF_PERIOD_BLOCKS: u64 = 100;
+/// Leaves sampled per host and period. A host that lost a fraction f of its chunks is
+/// caught in one period with probability 1 - (1 - f)^16: 15% for f = 1%, 81% for 10%,
+/// 99% for 25%; over 30 periods, 99.2% for f = 1%.
+pub const CHALLENGE_SAMPLES: usize = 16;
 /// Longest storage period a deal may ask for (about 1.9 years of 6-second blocks); keeps
 /// the number of proof periods within a u32.
 pub const DEAL_PERIOD_BLOCKS_MAX: u64 = PROOF_PERIOD_BLOCKS * 100_000;
-/// MASP taken from a host's deposit, and given to the sender, per missed proof.
+/// MASP taken from a host's deposit, and given to the sender, per deal covered by a missed
+/// challenge.
 pub const SLASH_PER_MISSED_PROOF: u64 = 100;
 /// BLAKE3 `derive_key` context of challenge derivation.
-pub const CHALLENGE_CONTEXT: &str = "market.space 2026-11 storage challenge v1";
+pub const CHALLENGE_CONTEXT: &str = "market.space 2026-12 storage challenge v2";
 /// Blocks per epoch: the validator set changes only at these boundaries.
 pub const EPOCH_BLOCKS: u64 = 100;
 /// A validator's stake stays locked past the end of the epoch it validated in, so that it
@@ -176,16 +186,26 @@ pub enum DealState {
     Ended { end_height: u64 },
 }
 
-/// The open storage challenge of an active deal (design.md section 5).
+/// One sampled leaf of a host's challenge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Challenge {
-    /// Proof period, from 0.
-    pub period: u32,
-    /// Which chunk of the deal, and which 1 KiB leaf of it, the host must prove.
+pub struct Sample {
+    pub deal: DealId,
+    /// Which chunk of the deal, and which 1 KiB leaf of it.
     pub chunk: u32,
     pub leaf: u64,
-    /// The height at whose end the period closes: unanswered by then, it is missed.
+}
+
+/// A host's storage challenge for one proof period (design.md section 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostChallenge {
+    /// The chain's period number: heights `period x P` to `(period + 1) x P - 1`.
+    pub period: u64,
+    /// The last height a proof is accepted at: the period's last block.
     pub due: u64,
+    /// The deals the period covers (active at its start), in id order: each is paid, or
+    /// refunded, one part when the period closes.
+    pub deals: Vec<DealId>,
+    pub samples: Vec<Sample>,
     pub answered: bool,
 }
 
@@ -201,9 +221,11 @@ pub struct Deal {
     /// MASPC held for the host; paid out one part per proven period.
     pub escrow: u64,
     pub state: DealState,
-    /// Proof periods of the storage period: ceil(period_blocks / PROOF_PERIOD_BLOCKS).
+    /// Proof periods of the storage period: ceil(period_blocks / proof_period_blocks).
     pub parts: u32,
-    pub challenge: Option<Challenge>,
+    /// The first proof period the deal is covered in (the one after its completion); it
+    /// ends with period `first_period + parts - 1`.
+    pub first_period: u64,
     /// Proof periods answered (paid to the host) and missed (refunded to the sender).
     pub proven: u32,
     pub missed: u32,
@@ -325,9 +347,10 @@ pub struct State {
     pub stats: BTreeMap<AccountId, Stats>,
     /// Validators for the blocks after `height`, with their voting power (stake).
     pub validators: BTreeMap<AccountId, u64>,
-    /// When each open deal next changes by itself: (height, deal). A deal awaiting
-    /// completion expires; an active one closes its proof period (and ends after the last).
+    /// When each deal awaiting completion expires: (height, deal).
     pub deadlines: BTreeSet<(u64, DealId)>,
+    /// The open challenge of each host with active deals, for the current proof period.
+    pub challenges: BTreeMap<AccountId, HostChallenge>,
     pub genesis_supply: Supply,
     pub burned: Supply,
     /// Equivocations already punished: (validator, height, round, vote kind).
@@ -376,11 +399,12 @@ pub enum Receipt {
         validator: AccountId,
         slashed: u64,
     },
-    /// A storage proof passed: `paid` MASPC of the escrow went to the host.
-    ProofAccepted {
-        deal: DealId,
-        period: u32,
-        paid: u64,
+    /// A host answered its challenge: its `deals` are paid their part when the period
+    /// closes.
+    ProofsAccepted {
+        host: AccountId,
+        period: u64,
+        deals: usize,
     },
 }
 
@@ -434,8 +458,8 @@ pub enum TxError {
     DealNotActive,
     #[error("an exchange part is paid, but no exchange is named")]
     ExchangePartWithoutExchange,
-    #[error("no open storage challenge for proof period {period} of this deal")]
-    NoOpenChallenge { period: u32 },
+    #[error("no open storage challenge of this host for proof period {period}")]
+    NoOpenChallenge { period: u64 },
     #[error("the storage proof is invalid: {0}")]
     BadProof(String),
     #[error("this hash was first recorded at height {height}")]
@@ -523,6 +547,7 @@ impl State {
             stats: BTreeMap::new(),
             validators: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            challenges: BTreeMap::new(),
             genesis_supply: supply,
             burned: Supply::default(),
             equivocations: BTreeSet::new(),
@@ -629,6 +654,7 @@ impl State {
                 d.opened_height,
                 d.escrow,
                 u64::from(d.parts),
+                d.first_period,
                 u64::from(d.proven),
                 u64::from(d.missed),
                 d.paid,
@@ -636,21 +662,6 @@ impl State {
                 d.chunks.len() as u64,
             ] {
                 u(&mut h, v);
-            }
-            match &d.challenge {
-                None => u(&mut h, 0),
-                Some(c) => {
-                    u(&mut h, 1);
-                    for v in [
-                        u64::from(c.period),
-                        u64::from(c.chunk),
-                        c.leaf,
-                        c.due,
-                        u64::from(c.answered),
-                    ] {
-                        u(&mut h, v);
-                    }
-                }
             }
             for c in &d.chunks {
                 h.update(&c.id.0);
@@ -690,6 +701,27 @@ impl State {
         for (at, deal) in &self.deadlines {
             u(&mut h, *at);
             h.update(&deal.0);
+        }
+        u(&mut h, self.challenges.len() as u64);
+        for (host, c) in &self.challenges {
+            h.update(&host.0);
+            for v in [
+                c.period,
+                c.due,
+                u64::from(c.answered),
+                c.deals.len() as u64,
+                c.samples.len() as u64,
+            ] {
+                u(&mut h, v);
+            }
+            for d in &c.deals {
+                h.update(&d.0);
+            }
+            for smp in &c.samples {
+                h.update(&smp.deal.0);
+                u(&mut h, u64::from(smp.chunk));
+                u(&mut h, smp.leaf);
+            }
         }
         u(&mut h, self.validators.len() as u64);
         for (id, power) in &self.validators {
@@ -802,66 +834,38 @@ pub fn apply_verified(
     Ok((next, receipts))
 }
 
-/// What happens at the end of every block, after its transactions: deals reaching their
-/// deadline expire (refund) or close a proof period (a missed proof refunds its part and
-/// slashes the host; the last period ends the deal), and at an epoch boundary the
-/// validator set is recomputed.
+/// What happens at the end of every block, after its transactions: deals awaiting
+/// completion past their deadline expire (refund); at the last block of a proof period
+/// every host's challenge closes (its covered deals paid, or refunded with a slash; deals
+/// at their last part end) and the next period's challenges are issued; at an epoch
+/// boundary the validator set is recomputed.
 fn end_block(state: &mut State) {
     while let Some(&(at, deal_id)) = state.deadlines.first() {
         if at > state.height {
             break;
         }
         state.deadlines.pop_first();
-        let height = state.height;
-        let seed = state.seed;
-        let period_len = state.params.proof_period_blocks;
         let deal = state
             .deals
             .get_mut(&deal_id)
             .expect("a deadline names an existing deal");
+        assert_eq!(
+            deal.state,
+            DealState::AwaitingCompletion,
+            "only deals awaiting completion have deadlines"
+        );
         let (sender, host) = (deal.sender, deal.host);
-        match deal.state {
-            DealState::AwaitingCompletion => {
-                let escrow = std::mem::take(&mut deal.escrow);
-                deal.refunded += escrow;
-                deal.state = DealState::Expired;
-                credit_maspc(state, sender, escrow);
-                state.stats_mut(host).deals_expired += 1;
-            }
-            DealState::Active { start_height } => {
-                let c = deal.challenge.expect("an active deal has a challenge");
-                let missed = !c.answered;
-                if missed {
-                    // The period's part goes back to the sender, with a slice of the host's
-                    // deposit for the trouble.
-                    let part = deal.part(c.period);
-                    deal.escrow -= part;
-                    deal.refunded += part;
-                    deal.missed += 1;
-                    credit_maspc(state, sender, part);
-                    let slashed = slash_host(state, host, sender);
-                    let st = state.stats_mut(host);
-                    st.proofs_missed += 1;
-                    if slashed > 0 {
-                        st.slashings += 1;
-                    }
-                }
-                let deal = state.deals.get_mut(&deal_id).expect("still there");
-                let next_period = c.period + 1;
-                if next_period < deal.parts {
-                    let end = start_height + deal.period_blocks;
-                    let due = (c.due + period_len).min(end);
-                    deal.challenge = Some(issue_challenge(&seed, &deal_id, deal, next_period, due));
-                    state.deadlines.insert((due, deal_id));
-                } else {
-                    assert_eq!(deal.escrow, 0, "every part of an ended deal is paid out");
-                    deal.state = DealState::Ended { end_height: height };
-                    deal.challenge = None;
-                    state.stats_mut(host).deals_ended += 1;
-                }
-            }
-            _ => unreachable!("only open deals have deadlines"),
-        }
+        let escrow = std::mem::take(&mut deal.escrow);
+        deal.refunded += escrow;
+        deal.state = DealState::Expired;
+        credit_maspc(state, sender, escrow);
+        state.stats_mut(host).deals_expired += 1;
+    }
+    let p = state.params.proof_period_blocks;
+    if (state.height + 1).is_multiple_of(p) {
+        let period = state.height / p;
+        close_period(state, period);
+        issue_challenges(state, period + 1);
     }
     if state.height.is_multiple_of(EPOCH_BLOCKS) {
         let bonded = state.bonded_miners();
@@ -870,6 +874,74 @@ fn end_block(state: &mut State) {
         if !bonded.is_empty() {
             state.validators = bonded;
         }
+    }
+}
+
+/// Closes proof period `period`: each host's covered deals get their part, to the host if
+/// it answered, else back to the sender with a slash; a deal paid its last part ends.
+fn close_period(state: &mut State, period: u64) {
+    let height = state.height;
+    let challenges = std::mem::take(&mut state.challenges);
+    for (host, c) in challenges {
+        debug_assert_eq!(c.period, period, "challenges live one period");
+        let mut slashed_any = false;
+        for deal_id in &c.deals {
+            let deal = state.deals.get_mut(deal_id).expect("a covered deal exists");
+            let k = deal.proven + deal.missed;
+            let part = deal.part(k);
+            deal.escrow -= part;
+            let sender = deal.sender;
+            if c.answered {
+                deal.paid += part;
+                deal.proven += 1;
+                credit_maspc(state, host, part);
+            } else {
+                deal.refunded += part;
+                deal.missed += 1;
+                credit_maspc(state, sender, part);
+                slashed_any |= slash_host(state, host, sender) > 0;
+            }
+            let deal = state.deals.get_mut(deal_id).expect("still there");
+            if deal.proven + deal.missed == deal.parts {
+                assert_eq!(deal.escrow, 0, "every part of an ended deal is paid out");
+                deal.state = DealState::Ended { end_height: height };
+                state.stats_mut(host).deals_ended += 1;
+            }
+        }
+        let st = state.stats_mut(host);
+        if c.answered {
+            st.proofs_passed += 1;
+        } else {
+            st.proofs_missed += 1;
+            if slashed_any {
+                st.slashings += 1;
+            }
+        }
+    }
+}
+
+/// Issues the challenges of proof period `period` to every host with deals covered in it,
+/// from the seed of the block that ends the previous period.
+fn issue_challenges(state: &mut State, period: u64) {
+    let p = state.params.proof_period_blocks;
+    let mut per_host: BTreeMap<AccountId, Vec<DealId>> = BTreeMap::new();
+    for (id, d) in &state.deals {
+        if matches!(d.state, DealState::Active { .. }) && d.first_period <= period {
+            per_host.entry(d.host).or_default().push(*id);
+        }
+    }
+    for (host, deals) in per_host {
+        let samples = sample(&state.seed, &host, period, &deals, &state.deals);
+        state.challenges.insert(
+            host,
+            HostChallenge {
+                period,
+                due: (period + 1) * p - 1,
+                deals,
+                samples,
+                answered: false,
+            },
+        );
     }
 }
 
@@ -898,43 +970,53 @@ fn slash_host(state: &mut State, host: AccountId, to: AccountId) -> u64 {
     slashed
 }
 
-/// The chunk and leaf a host must prove for `period` of a deal, from the committed seed of
-/// the block that opens the period: BLAKE3-derive_key(CHALLENGE_CONTEXT, seed || deal ||
-/// period (u32 LE)); the first 8 bytes (u64 LE) modulo the chunk count pick the chunk, the
-/// next 8 modulo its leaf count pick the leaf.
-pub fn challenge_for(
+/// The leaves a host must prove in `period`: [`CHALLENGE_SAMPLES`] draws, each uniform over
+/// every chunk of `deals` (in the given order) and then over the chunk's leaves. Draw i is
+/// BLAKE3-derive_key(CHALLENGE_CONTEXT, seed || host || period (u64 LE) || i (u32 LE)):
+/// its first 8 bytes (u64 LE) modulo the chunk count pick the chunk, the next 8 modulo the
+/// chunk's leaf count pick the leaf.
+pub fn sample(
     seed: &[u8; 32],
-    deal_id: &DealId,
-    chunks: &[ChunkEntry],
-    period: u32,
-) -> (u32, u64) {
-    let mut h = blake3::Hasher::new_derive_key(CHALLENGE_CONTEXT);
-    h.update(seed);
-    h.update(&deal_id.0);
-    h.update(&period.to_le_bytes());
-    let out = h.finalize();
-    let word = |i: usize| u64::from_le_bytes(out.as_bytes()[i..i + 8].try_into().expect("8 bytes"));
-    let chunk = word(0) % chunks.len() as u64;
-    let entry = &chunks[usize::try_from(chunk).expect("below the chunk count")];
-    let leaf = word(8) % proto::proof::leaf_count(u64::from(entry.sealed_bytes));
-    (u32::try_from(chunk).expect("at most DEAL_CHUNKS_MAX"), leaf)
-}
-
-fn issue_challenge(
-    seed: &[u8; 32],
-    deal_id: &DealId,
-    deal: &Deal,
-    period: u32,
-    due: u64,
-) -> Challenge {
-    let (chunk, leaf) = challenge_for(seed, deal_id, &deal.chunks, period);
-    Challenge {
-        period,
-        chunk,
-        leaf,
-        due,
-        answered: false,
+    host: &AccountId,
+    period: u64,
+    deals: &[DealId],
+    all: &BTreeMap<DealId, Deal>,
+) -> Vec<Sample> {
+    let mut ends = Vec::with_capacity(deals.len());
+    let mut total = 0u64;
+    for d in deals {
+        total += all[d].chunks.len() as u64;
+        ends.push(total);
     }
+    if total == 0 {
+        return Vec::new();
+    }
+    (0u32..)
+        .take(CHALLENGE_SAMPLES)
+        .map(|i| {
+            let mut h = blake3::Hasher::new_derive_key(CHALLENGE_CONTEXT);
+            h.update(seed);
+            h.update(&host.0);
+            h.update(&period.to_le_bytes());
+            h.update(&i.to_le_bytes());
+            let out = h.finalize();
+            let word = |k: usize| {
+                u64::from_le_bytes(out.as_bytes()[k..k + 8].try_into().expect("8 bytes"))
+            };
+            let x = word(0) % total;
+            let at = ends.partition_point(|&e| e <= x);
+            let before = if at == 0 { 0 } else { ends[at - 1] };
+            let deal = deals[at];
+            let chunk = usize::try_from(x - before).expect("below a deal's chunk count");
+            let entry = &all[&deal].chunks[chunk];
+            let leaf = word(8) % proto::proof::leaf_count(u64::from(entry.sealed_bytes));
+            Sample {
+                deal,
+                chunk: u32::try_from(chunk).expect("at most DEAL_CHUNKS_MAX"),
+                leaf,
+            }
+        })
+        .collect()
 }
 
 /// Sealed bytes of a list of chunks (at most DEAL_CHUNKS_MAX x 64 MiB: no overflow).
@@ -1149,7 +1231,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     escrow: *storage_fee,
                     state: DealState::AwaitingCompletion,
                     parts: 0,
-                    challenge: None,
+                    first_period: 0,
                     proven: 0,
                     missed: 0,
                     paid: 0,
@@ -1180,7 +1262,6 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             let (sender, host, escrow) = (d.sender, d.host, d.escrow);
             let timeout = d.opened_height + state.params.completion_timeout_blocks;
             let (period, period_len) = (d.period_blocks, state.params.proof_period_blocks);
-            let seed = state.seed;
             let refunded = if differing.is_empty() {
                 None
             } else {
@@ -1195,12 +1276,10 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             let d = state.deals.get_mut(deal).expect("checked above");
             match refunded {
                 None => {
-                    // Fits: checked when the deal was paid, and height <= opened + timeout.
-                    let due = height + period.min(period_len);
+                    // Covered from the next proof period on, for `parts` periods.
                     d.parts = u32::try_from(period.div_ceil(period_len))
                         .expect("period_blocks <= deal_period_blocks_max");
-                    d.challenge = Some(issue_challenge(&seed, deal, d, 0, due));
-                    state.deadlines.insert((due, *deal));
+                    d.first_period = height / period_len + 1;
                     d.state = DealState::Active {
                         start_height: height,
                     };
@@ -1291,38 +1370,36 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             );
             Receipt::HashRecorded { hash: *hash }
         }
-        TxBody::StorageProof {
-            deal,
-            period,
-            proof,
-        } => {
-            let d = state.deals.get(deal).ok_or(TxError::UnknownDeal(*deal))?;
-            if d.host != tx.signer {
-                return Err(TxError::NotDealHost);
+        TxBody::StorageProofs { period, proofs } => {
+            let c = state
+                .challenges
+                .get(&tx.signer)
+                .filter(|c| c.period == *period && !c.answered)
+                .ok_or(TxError::NoOpenChallenge { period: *period })?;
+            if proofs.len() != c.samples.len() {
+                return Err(TxError::BadProof(format!(
+                    "{} proofs for the {} sampled leaves",
+                    proofs.len(),
+                    c.samples.len()
+                )));
             }
-            let c = match (&d.state, d.challenge) {
-                (DealState::Active { .. }, Some(c)) if c.period == *period && !c.answered => c,
-                _ => return Err(TxError::NoOpenChallenge { period: *period }),
-            };
-            let entry = &d.chunks[usize::try_from(c.chunk).expect("a chunk index of the deal")];
-            proto::proof::verify(&entry.id, u64::from(entry.sealed_bytes), c.leaf, proof)
-                .map_err(|e| TxError::BadProof(e.to_string()))?;
-            let part = d.part(c.period);
-            me.maspc = add(me.maspc, part)?;
+            for (i, (smp, proof)) in c.samples.iter().zip(proofs).enumerate() {
+                let d = &state.deals[&smp.deal];
+                let entry = &d.chunks[usize::try_from(smp.chunk).expect("a chunk index")];
+                proto::proof::verify(&entry.id, u64::from(entry.sealed_bytes), smp.leaf, proof)
+                    .map_err(|e| TxError::BadProof(format!("sample {i}: {e}")))?;
+            }
+            let deals = c.deals.len();
             state.accounts.insert(tx.signer, me);
-            let d = state.deals.get_mut(deal).expect("checked above");
-            d.escrow -= part;
-            d.paid += part;
-            d.proven += 1;
-            d.challenge = Some(Challenge {
-                answered: true,
-                ..c
-            });
-            state.stats_mut(tx.signer).proofs_passed += 1;
-            Receipt::ProofAccepted {
-                deal: *deal,
+            state
+                .challenges
+                .get_mut(&tx.signer)
+                .expect("checked above")
+                .answered = true;
+            Receipt::ProofsAccepted {
+                host: tx.signer,
                 period: *period,
-                paid: part,
+                deals,
             }
         }
         TxBody::Equivocation { a, b } => {

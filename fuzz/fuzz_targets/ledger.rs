@@ -121,10 +121,10 @@ fuzz_target!(|data: &[u8]| {
                     .get(..len.min(input.0.len()))
                     .unwrap_or_default()
                     .to_vec();
-                TxBody::StorageProof {
-                    deal,
-                    period: u32::from(arg % 3),
-                    proof,
+                let _ = deal;
+                TxBody::StorageProofs {
+                    period: u64::from(arg % 3),
+                    proofs: vec![proof; usize::from(arg % 3)],
                 }
             }
         };

@@ -21,8 +21,6 @@ pub const RESEND_AFTER_BLOCKS: u64 = 5;
 pub struct OpenDeal {
     pub id: Id,
     pub stage: Stage,
-    /// Its open storage challenge, if active.
-    pub challenge: Option<Challenge>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +32,13 @@ pub enum Stage {
     Active,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The host's challenge for the current proof period: one proof per sampled leaf, all in
+/// one transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Challenge {
-    pub period: u32,
-    pub chunk: Id,
-    pub leaf: u64,
+    pub period: u64,
+    /// (chunk, leaf) in order.
+    pub samples: Vec<(Id, u64)>,
     /// The last height a proof is accepted at.
     pub due: u64,
     pub answered: bool,
@@ -52,13 +52,11 @@ pub enum Action {
     /// Every chunk of this paid deal is stored: read each back, compute its CRC32C, and
     /// submit the completion.
     Complete { deal: Id, chunks: Vec<Id> },
-    /// Answer this challenge from the store. The agent sends all of a block's proofs
-    /// together.
+    /// Answer the host's challenge from the store: one proof per sample, in order, in
+    /// one transaction.
     Prove {
-        deal: Id,
-        period: u32,
-        chunk: Id,
-        leaf: u64,
+        period: u64,
+        samples: Vec<(Id, u64)>,
     },
     /// The deal is no longer listed open: ask the chain whether it is over, then
     /// [`Agent::closed`] (or, if a lagging miner still has it open, nothing).
@@ -69,7 +67,7 @@ pub enum Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Sent {
     Completion(Id),
-    Proof(Id, u32),
+    Proofs(u64),
 }
 
 /// The agent's memory between blocks.
@@ -86,12 +84,13 @@ impl Agent {
         Agent::default()
     }
 
-    /// What to do at `height`, given the host's open deals and which chunks its store
-    /// holds.
+    /// What to do at `height`, given the host's open deals, its challenge and which chunks
+    /// its store holds.
     pub fn plan(
         &mut self,
         height: u64,
         open: &[OpenDeal],
+        challenge: Option<&Challenge>,
         stored: impl Fn(&Id) -> bool,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
@@ -120,21 +119,19 @@ impl Agent {
                         });
                     }
                 }
-                Stage::Active => {
-                    if let Some(c) = d.challenge {
-                        if !c.answered
-                            && height <= c.due
-                            && due_again(&self.sent, Sent::Proof(d.id, c.period))
-                        {
-                            actions.push(Action::Prove {
-                                deal: d.id,
-                                period: c.period,
-                                chunk: c.chunk,
-                                leaf: c.leaf,
-                            });
-                        }
-                    }
-                }
+                Stage::Active => {}
+            }
+        }
+        if let Some(c) = challenge {
+            if !c.answered
+                && height <= c.due
+                && !c.samples.is_empty()
+                && due_again(&self.sent, Sent::Proofs(c.period))
+            {
+                actions.push(Action::Prove {
+                    period: c.period,
+                    samples: c.samples.clone(),
+                });
             }
         }
         // What was sent for deals no longer open, or periods past, is forgotten.
@@ -142,9 +139,7 @@ impl Agent {
             Sent::Completion(d) => open
                 .iter()
                 .any(|o| o.id == *d && matches!(o.stage, Stage::Awaiting { .. })),
-            Sent::Proof(d, p) => open
-                .iter()
-                .any(|o| o.id == *d && o.challenge.is_some_and(|c| c.period == *p)),
+            Sent::Proofs(p) => challenge.is_some_and(|c| c.period == *p),
         });
         actions
     }
@@ -158,7 +153,7 @@ impl Agent {
     pub fn submitted(&mut self, action: &Action, height: u64) {
         let what = match action {
             Action::Complete { deal, .. } => Sent::Completion(*deal),
-            Action::Prove { deal, period, .. } => Sent::Proof(*deal, *period),
+            Action::Prove { period, .. } => Sent::Proofs(*period),
             Action::FetchChunks { .. } | Action::CheckClosed { .. } => return,
         };
         self.sent.insert(what, height);
@@ -200,39 +195,39 @@ mod tests {
         OpenDeal {
             id: id(d),
             stage: Stage::Awaiting { deadline },
-            challenge: None,
         }
     }
 
-    fn active(d: u8, period: u32, due: u64, answered: bool) -> OpenDeal {
+    fn active(d: u8) -> OpenDeal {
         OpenDeal {
             id: id(d),
             stage: Stage::Active,
-            challenge: Some(Challenge {
-                period,
-                chunk: id(100 + d),
-                leaf: 7,
-                due,
-                answered,
-            }),
         }
     }
 
-    fn prove(d: u8, period: u32) -> Action {
-        Action::Prove {
-            deal: id(d),
+    fn challenge(period: u64, due: u64, answered: bool) -> Challenge {
+        Challenge {
             period,
-            chunk: id(100 + d),
-            leaf: 7,
+            samples: vec![(id(102), 7), (id(103), 9)],
+            due,
+            answered,
+        }
+    }
+
+    fn prove(period: u64) -> Action {
+        Action::Prove {
+            period,
+            samples: vec![(id(102), 7), (id(103), 9)],
         }
     }
 
     #[test]
     fn a_table_of_situations_and_the_plan_for_each() {
-        // (deals open, chunks stored, sent before (action, height), height) -> plan
+        // (deals open, challenge, chunks stored, sent before (action, height), height) -> plan
         type Case = (
             &'static str,
             Vec<OpenDeal>,
+            Option<Challenge>,
             Vec<u8>,
             Vec<(Action, u64)>,
             u64,
@@ -243,10 +238,11 @@ mod tests {
             chunks: vec![id(d + 10), id(d + 20)],
         };
         let cases: Vec<Case> = vec![
-            ("nothing open", vec![], vec![], vec![], 10, vec![]),
+            ("nothing open", vec![], None, vec![], vec![], 10, vec![]),
             (
                 "paid, nothing uploaded yet: wait",
                 vec![awaiting(1, 50)],
+                None,
                 vec![],
                 vec![],
                 10,
@@ -255,6 +251,7 @@ mod tests {
             (
                 "paid, half uploaded: wait",
                 vec![awaiting(1, 50)],
+                None,
                 vec![11],
                 vec![],
                 10,
@@ -263,6 +260,7 @@ mod tests {
             (
                 "paid and all uploaded: complete",
                 vec![awaiting(1, 50)],
+                None,
                 vec![11, 21],
                 vec![],
                 10,
@@ -271,6 +269,7 @@ mod tests {
             (
                 "completion sent 2 blocks ago: not again yet",
                 vec![awaiting(1, 50)],
+                None,
                 vec![11, 21],
                 vec![(complete(1), 8)],
                 10,
@@ -279,6 +278,7 @@ mod tests {
             (
                 "completion sent 5 blocks ago and still awaiting: again",
                 vec![awaiting(1, 50)],
+                None,
                 vec![11, 21],
                 vec![(complete(1), 5)],
                 10,
@@ -287,65 +287,68 @@ mod tests {
             (
                 "past the completion deadline: nothing (the chain refunds)",
                 vec![awaiting(1, 9)],
+                None,
                 vec![11, 21],
                 vec![],
                 10,
                 vec![],
             ),
             (
-                "open challenge: prove",
-                vec![active(2, 0, 20, false)],
+                "open challenge: prove every sample at once",
+                vec![active(2)],
+                Some(challenge(0, 20, false)),
                 vec![],
                 vec![],
                 10,
-                vec![prove(2, 0)],
+                vec![prove(0)],
             ),
             (
                 "challenge answered: nothing",
-                vec![active(2, 0, 20, true)],
+                vec![active(2)],
+                Some(challenge(0, 20, true)),
                 vec![],
                 vec![],
                 10,
                 vec![],
             ),
             (
-                "proof sent last block: not again",
-                vec![active(2, 0, 20, false)],
+                "proofs sent last block: not again",
+                vec![active(2)],
+                Some(challenge(0, 20, false)),
                 vec![],
-                vec![(prove(2, 0), 9)],
+                vec![(prove(0), 9)],
                 10,
                 vec![],
             ),
             (
-                "proof for the last period sent, a new period opened: prove it",
-                vec![active(2, 1, 40, false)],
+                "proofs for the last period sent, a new period opened: prove it",
+                vec![active(2)],
+                Some(challenge(1, 40, false)),
                 vec![],
-                vec![(prove(2, 0), 9)],
+                vec![(prove(0), 9)],
                 10,
-                vec![prove(2, 1)],
+                vec![prove(1)],
             ),
             (
                 "challenge past due: nothing (missed)",
-                vec![active(2, 0, 9, false)],
+                vec![active(2)],
+                Some(challenge(0, 9, false)),
                 vec![],
                 vec![],
                 10,
                 vec![],
             ),
             (
-                "several deals: each planned",
-                vec![
-                    awaiting(1, 50),
-                    active(2, 3, 20, false),
-                    active(3, 0, 20, true),
-                ],
+                "a deal to complete and a challenge: both",
+                vec![awaiting(1, 50), active(2), active(3)],
+                Some(challenge(3, 20, false)),
                 vec![11, 21],
                 vec![],
                 10,
-                vec![complete(1), prove(2, 3)],
+                vec![complete(1), prove(3)],
             ),
         ];
-        for (name, open, stored, sent, height, want) in cases {
+        for (name, open, ch, stored, sent, height, want) in cases {
             let mut a = Agent::new();
             for d in &open {
                 let n = d.id[0];
@@ -355,7 +358,7 @@ mod tests {
                 a.submitted(action, *at);
             }
             let stored: Vec<Id> = stored.into_iter().map(id).collect();
-            let got = a.plan(height, &open, |c| stored.contains(c));
+            let got = a.plan(height, &open, ch.as_ref(), |c| stored.contains(c));
             assert_eq!(got, want, "{name}");
         }
     }
@@ -364,28 +367,23 @@ mod tests {
     fn a_deal_seen_for_the_first_time_is_fetched_and_one_gone_is_checked() {
         let mut a = Agent::new();
         assert_eq!(
-            a.plan(1, &[awaiting(1, 50)], |_| true),
+            a.plan(1, &[awaiting(1, 50)], None, |_| true),
             vec![Action::FetchChunks { deal: id(1) }]
         );
         a.learned(id(1), vec![id(11)]);
         assert_eq!(
-            a.plan(2, &[awaiting(1, 50)], |_| true),
+            a.plan(2, &[awaiting(1, 50)], None, |_| true),
             vec![Action::Complete {
                 deal: id(1),
                 chunks: vec![id(11)]
             }]
         );
         // Gone from the open list: checked every block until the chain says it is over.
-        assert_eq!(
-            a.plan(3, &[], |_| true),
-            vec![Action::CheckClosed { deal: id(1) }]
-        );
-        assert_eq!(
-            a.plan(4, &[], |_| true),
-            vec![Action::CheckClosed { deal: id(1) }]
-        );
+        let gone = vec![Action::CheckClosed { deal: id(1) }];
+        assert_eq!(a.plan(3, &[], None, |_| true), gone);
+        assert_eq!(a.plan(4, &[], None, |_| true), gone);
         assert_eq!(a.closed(&id(1)), vec![id(11)]);
-        assert_eq!(a.plan(5, &[], |_| true), vec![]);
+        assert_eq!(a.plan(5, &[], None, |_| true), vec![]);
         assert_eq!(a.known(), 0);
     }
 
@@ -403,9 +401,8 @@ mod tests {
     fn what_was_sent_is_forgotten_once_the_chain_moves_on() {
         let mut a = Agent::new();
         a.learned(id(2), vec![id(102)]);
-        a.submitted(&prove(2, 0), 10);
-        // Period 0 answered and period 1 open: the record of period 0 goes.
-        let _ = a.plan(11, &[active(2, 1, 40, false)], |_| true);
-        assert!(!a.sent.contains_key(&Sent::Proof(id(2), 0)));
+        a.submitted(&prove(0), 10);
+        let _ = a.plan(11, &[active(2)], Some(&challenge(1, 40, false)), |_| true);
+        assert!(!a.sent.contains_key(&Sent::Proofs(0)));
     }
 }

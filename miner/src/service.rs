@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use api::{
     miner_client, AccountView, BlockView, ChainStatus, ChallengeView, ControlError, DealChunk,
-    DealStage, DealView, MinerApi, MinerApiClient, RegistrationView,
+    DealStage, DealView, MinerApi, MinerApiClient, RegistrationView, SampleView,
 };
 use consensus::ledger::{rating, Deal, DealState, State};
 use consensus::node::{NodeHandle, NodeState};
@@ -210,6 +210,22 @@ impl MinerApi for MinerService {
             .map_err(unavailable)
     }
 
+    async fn challenge(
+        self,
+        _: tarpc::context::Context,
+        host: [u8; 32],
+    ) -> Result<Option<ChallengeView>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| {
+                let l = s.ledger();
+                l.challenges
+                    .get(&AccountId(host))
+                    .map(|c| challenge_view(l, c))
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn block(
         self,
         _: tarpc::context::Context,
@@ -264,15 +280,39 @@ pub fn role_name(role: proto::tx::Role) -> String {
     format!("{role:?}").to_lowercase()
 }
 
+/// A host's challenge as the control plane shows it.
+pub fn challenge_view(l: &State, c: &consensus::ledger::HostChallenge) -> ChallengeView {
+    ChallengeView {
+        period: c.period,
+        due: c.due,
+        answered: c.answered,
+        deals: u32::try_from(c.deals.len()).unwrap_or(u32::MAX),
+        samples: c
+            .samples
+            .iter()
+            .map(|smp| SampleView {
+                deal: smp.deal.0,
+                chunk: smp.chunk,
+                chunk_id: l.deals[&smp.deal].chunks
+                    [usize::try_from(smp.chunk).expect("a chunk of the deal")]
+                .id
+                .0,
+                leaf: smp.leaf,
+            })
+            .collect(),
+    }
+}
+
 /// A deal as the control plane shows it; `entries`: with its chunk list.
 pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
     let stage = match &d.state {
         DealState::AwaitingCompletion => DealStage::AwaitingCompletion {
             deadline: d.opened_height + l.params.completion_timeout_blocks,
         },
+        // Its last covered period ends at this height.
         DealState::Active { start_height } => DealStage::Active {
             start_height: *start_height,
-            end_height: start_height + d.period_blocks,
+            end_height: (d.first_period + u64::from(d.parts)) * l.params.proof_period_blocks - 1,
         },
         DealState::Mismatched { chunks } => DealStage::Mismatched {
             chunks: chunks.clone(),
@@ -304,16 +344,7 @@ pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
         missed: d.missed,
         chunks: d.chunks.len(),
         bytes: d.bytes(),
-        challenge: d.challenge.map(|c| ChallengeView {
-            period: c.period,
-            chunk: c.chunk,
-            chunk_id: d.chunks[usize::try_from(c.chunk).expect("a chunk of the deal")]
-                .id
-                .0,
-            leaf: c.leaf,
-            due: c.due,
-            answered: c.answered,
-        }),
+        first_period: d.first_period,
         entries: if entries {
             d.chunks.iter().map(chunk).collect()
         } else {

@@ -6,8 +6,10 @@
 //! - a paid deal whose chunks are all in the store is completed: every chunk is read back
 //!   through the engine (verified against its id) and its CRC32C computed here, so the
 //!   completion states what the host holds, not what the sender declared;
-//! - every open storage challenge is answered from the store (`Engine::prove_many`), and
-//!   the block's proofs go in one `submit_txs` call, signed with consecutive nonces;
+//! - the host's challenge for the current proof period (the chain samples a few leaves
+//!   over all its deals) is answered from the store (`Engine::prove_many`) in one
+//!   `StorageProofs` transaction; a block's transactions go in one `submit_txs` call,
+//!   signed with consecutive nonces;
 //! - a deal that left the open list is looked up, and once the chain says it is over, its
 //!   chunks no other deal covers are reported as releasable.
 //!
@@ -110,17 +112,7 @@ fn open_deal(v: &DealView) -> Option<OpenDeal> {
         DealStage::Active { .. } => Stage::Active,
         _ => return None,
     };
-    Some(OpenDeal {
-        id,
-        stage,
-        challenge: v.challenge.map(|c| Challenge {
-            period: c.period,
-            chunk: c.chunk_id,
-            leaf: c.leaf,
-            due: c.due,
-            answered: c.answered,
-        }),
-    })
+    Some(OpenDeal { id, stage })
 }
 
 fn parse_id(hex: &str) -> Option<[u8; 32]> {
@@ -148,9 +140,16 @@ async fn step(
         .filter(|v| v.host == hex(&me.0))
         .filter_map(open_deal)
         .collect();
+    let challenge = chain.challenge(me).await?.map(|c| Challenge {
+        period: c.period,
+        samples: c.samples.iter().map(|s| (s.chunk_id, s.leaf)).collect(),
+        due: c.due,
+        answered: c.answered,
+    });
+    let challenge = challenge.as_ref();
     // Which chunks of awaiting deals the store holds (from its index: no disk read).
     let mut stored: HashMap<[u8; 32], bool> = HashMap::new();
-    let mut actions = agent.plan(height, &open, |_| false);
+    let mut actions = agent.plan(height, &open, challenge, |_| false);
     // Fetch chunk lists first, then plan again with the store's answers.
     let mut fetched = false;
     for a in &actions {
@@ -184,7 +183,7 @@ async fn step(
             .iter()
             .any(|a| matches!(a, Action::CheckClosed { .. }))
     {
-        actions = agent.plan(height, &open, |_| false);
+        actions = agent.plan(height, &open, challenge, |_| false);
     }
     // The store's answers for the chunks of awaiting deals.
     let awaiting: Vec<[u8; 32]> = open
@@ -201,51 +200,42 @@ async fn step(
                 }
             }
         }
-        actions = agent.plan(height, &open, |c| stored.get(c).copied().unwrap_or(false));
+        actions = agent.plan(height, &open, challenge, |c| {
+            stored.get(c).copied().unwrap_or(false)
+        });
     }
 
     let mut bodies: Vec<(Action, TxBody)> = Vec::new();
-    let proofs: Vec<&Action> = actions
-        .iter()
-        .filter(|a| matches!(a, Action::Prove { .. }))
-        .collect();
-    if !proofs.is_empty() {
-        let challenges: Vec<(ChunkId, u64)> = proofs
-            .iter()
-            .filter_map(|a| match a {
-                Action::Prove { chunk, leaf, .. } => Some((ChunkId(*chunk), *leaf)),
-                _ => None,
-            })
-            .collect();
+    for a in &actions {
+        let Action::Prove { period, samples } = a else {
+            continue;
+        };
+        let challenges: Vec<(ChunkId, u64)> =
+            samples.iter().map(|(c, l)| (ChunkId(*c), *l)).collect();
         let engine = Arc::clone(host.engine());
         let answers = tokio::task::spawn_blocking(move || engine.prove_many(&challenges))
             .await
             .map_err(|e| ChainError::Refused(format!("the proving task failed: {e}")))?;
-        match answers {
-            Ok(answers) => {
-                for (a, answer) in proofs.into_iter().zip(answers) {
-                    let Action::Prove { deal, period, .. } = a else {
-                        continue;
-                    };
-                    match answer.proof {
-                        Ok(proof) => bodies.push((
-                            a.clone(),
-                            TxBody::StorageProof {
-                                deal: TxId(*deal),
-                                period: *period,
-                                proof,
-                            },
-                        )),
-                        Err(e) => tracing::error!(
-                            deal = hex(deal),
-                            period,
-                            error = %e,
-                            "cannot prove a challenged chunk: this period will be missed"
-                        ),
-                    }
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "the store cannot answer challenges"),
+        let proofs: Result<Vec<Vec<u8>>, String> = match answers {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|a| a.proof.map_err(|e| e.to_string()))
+                .collect(),
+            Err(e) => Err(e.to_string()),
+        };
+        match proofs {
+            Ok(proofs) => bodies.push((
+                a.clone(),
+                TxBody::StorageProofs {
+                    period: *period,
+                    proofs,
+                },
+            )),
+            Err(e) => tracing::error!(
+                period,
+                error = %e,
+                "cannot prove a challenged chunk: this period will be missed"
+            ),
         }
     }
     for a in &actions {

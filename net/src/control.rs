@@ -262,7 +262,8 @@ impl HostApi for HostControl {
                     DEAL_LINK_TTL_SECS,
                 )
             }
-            (api::DealStage::Active { .. }, true) => {
+            // After the end, while the host still holds the chunks (until it releases them).
+            (api::DealStage::Active { .. } | api::DealStage::Ended { .. }, true) => {
                 let manifest = view.entries.last().ok_or_else(|| {
                     ControlError::Unavailable("the miner sent a deal without chunks".into())
                 })?;

@@ -25,6 +25,10 @@ pub const TX_BYTES_MAX: usize = 256 * 1024;
 /// Most chunks one upload deal commits to: 4096 x 40-byte entries stays under
 /// [`TX_BYTES_MAX`]; with 8 MiB chunks a deal covers 32 GiB, larger files take several deals.
 pub const DEAL_CHUNKS_MAX: u32 = 4096;
+/// Most proofs one `StorageProofs` transaction carries: the chain samples fewer per host
+/// and period (`consensus::ledger::CHALLENGE_SAMPLES`); the bound keeps the transaction
+/// within `TX_BYTES_MAX`.
+pub const PROOFS_PER_TX_MAX: usize = 32;
 /// Longest contractor endpoint (host:port or URL) in bytes.
 pub const ENDPOINT_BYTES_MAX: usize = 255;
 const WHAT: &str = "transaction";
@@ -131,13 +135,11 @@ pub enum TxBody {
     RecordHash { hash: [u8; 32] },
     /// Tag 10: a party to `deal` complains about the other, paying (burning) `fee` MASPC.
     Complaint { deal: DealId, fee: u64 },
-    /// Tag 11: the host answers the storage challenge of `deal` for proof period `period`
-    /// with a verified slice of the challenged leaf (see [`crate::proof`]).
-    StorageProof {
-        deal: DealId,
-        period: u32,
-        proof: Vec<u8>,
-    },
+    /// Tag 11: a host answers its storage challenge for proof period `period` (the
+    /// chain's period number: heights `period x P` to `(period + 1) x P - 1`): one verified
+    /// slice per sampled leaf, in the challenge's order (see [`crate::proof`]). One such
+    /// transaction covers all of the host's deals, whatever their number of chunks.
+    StorageProofs { period: u64, proofs: Vec<Vec<u8>> },
     /// Tag 12: evidence that a validator signed two different votes of one kind for the same
     /// height and round; the ledger checks both signatures and slashes its miner deposit.
     Equivocation {
@@ -321,21 +323,27 @@ impl Tx {
                 out.extend_from_slice(&deal.0);
                 put_u64(&mut out, *fee);
             }
-            TxBody::StorageProof {
-                deal,
-                period,
-                proof,
-            } => {
+            TxBody::StorageProofs { period, proofs } => {
                 assert!(
-                    proof.len() <= crate::proof::PROOF_BYTES_MAX,
-                    "proof longer than PROOF_BYTES_MAX"
+                    proofs.len() <= PROOFS_PER_TX_MAX,
+                    "more than PROOFS_PER_TX_MAX proofs"
                 );
                 out.push(11);
-                out.extend_from_slice(&deal.0);
-                put_u32(&mut out, *period);
-                let len = u16::try_from(proof.len()).expect("at most PROOF_BYTES_MAX");
-                out.extend_from_slice(&len.to_le_bytes());
-                out.extend_from_slice(proof);
+                put_u64(&mut out, *period);
+                out.extend_from_slice(
+                    &u16::try_from(proofs.len())
+                        .expect("at most PROOFS_PER_TX_MAX")
+                        .to_le_bytes(),
+                );
+                for proof in proofs {
+                    assert!(
+                        proof.len() <= crate::proof::PROOF_BYTES_MAX,
+                        "proof longer than PROOF_BYTES_MAX"
+                    );
+                    let len = u16::try_from(proof.len()).expect("at most PROOF_BYTES_MAX");
+                    out.extend_from_slice(&len.to_le_bytes());
+                    out.extend_from_slice(proof);
+                }
             }
             TxBody::Equivocation { a, b } => {
                 out.push(12);
@@ -454,23 +462,29 @@ impl Tx {
                 fee: r.u64("fee")?,
             },
             11 => {
-                let deal = TxId(r.array("deal")?);
-                let period = r.u32("period")?;
-                let len = usize::from(r.u16("proof length")?);
-                if len > crate::proof::PROOF_BYTES_MAX {
+                let period = r.u64("period")?;
+                let count = usize::from(r.u16("proof count")?);
+                if count == 0 || count > PROOFS_PER_TX_MAX {
                     return Err(r.invalid(
-                        "proof length",
-                        format!(
-                            "{len} bytes, the limit is {}",
-                            crate::proof::PROOF_BYTES_MAX
-                        ),
+                        "proof count",
+                        format!("{count}: 1 to {PROOFS_PER_TX_MAX} proofs"),
                     ));
                 }
-                TxBody::StorageProof {
-                    deal,
-                    period,
-                    proof: r.take("proof", len)?.to_vec(),
+                let mut proofs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let len = usize::from(r.u16("proof length")?);
+                    if len > crate::proof::PROOF_BYTES_MAX {
+                        return Err(r.invalid(
+                            "proof length",
+                            format!(
+                                "{len} bytes, the limit is {}",
+                                crate::proof::PROOF_BYTES_MAX
+                            ),
+                        ));
+                    }
+                    proofs.push(r.take("proof", len)?.to_vec());
                 }
+                TxBody::StorageProofs { period, proofs }
             }
             12 => TxBody::Equivocation {
                 a: Box::new(crate::block::SignedVote::decode(r)?),
@@ -717,10 +731,9 @@ mod tests {
             },
             TxBody::RecordHash { hash: [6; 32] },
             TxBody::Complaint { deal, fee: 10 },
-            TxBody::StorageProof {
-                deal,
+            TxBody::StorageProofs {
                 period: 2,
-                proof: vec![1, 2, 3],
+                proofs: vec![vec![1, 2, 3], vec![4]],
             },
             TxBody::Equivocation {
                 a: Box::new(crate::block::SignedVote {

@@ -159,7 +159,8 @@ pub struct DealJson {
     pub opened_height: u64,
     pub chunks: usize,
     pub bytes: u64,
-    pub challenge: Option<String>,
+    /// The first proof period the deal is covered in.
+    pub first_period: u64,
 }
 
 impl From<&DealView> for DealJson {
@@ -183,16 +184,7 @@ impl From<&DealView> for DealJson {
             opened_height: v.opened_height,
             chunks: v.chunks,
             bytes: v.bytes,
-            challenge: v.challenge.map(|c| {
-                format!(
-                    "period {}: chunk {} leaf {}, due at height {}{}",
-                    c.period,
-                    c.chunk,
-                    c.leaf,
-                    c.due,
-                    if c.answered { ", proven" } else { ", open" }
-                )
-            }),
+            first_period: v.first_period,
         }
     }
 }
@@ -208,20 +200,10 @@ pub fn print_deal(v: &DealView) {
         d.storage_fee, d.paid, d.refunded, d.escrow
     );
     println!(
-        "  {} periods of {} blocks: {} proven, {} missed",
-        d.periods,
-        if d.periods == 0 {
-            d.period_blocks
-        } else {
-            d.period_blocks.div_ceil(u64::from(d.periods))
-        },
-        d.proven,
-        d.missed
+        "  {} proof periods from period {}: {} proven, {} missed",
+        d.periods, d.first_period, d.proven, d.missed
     );
     println!("  {} chunks, {}", d.chunks, format_bytes(d.bytes));
-    if let Some(c) = &d.challenge {
-        println!("  challenge: {c}");
-    }
 }
 
 /// `mspace deals`.

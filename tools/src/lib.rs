@@ -9,6 +9,7 @@ pub mod dealcli;
 pub mod diskbench;
 pub mod netbench;
 pub mod netcli;
+pub mod proofbench;
 pub mod registry;
 pub mod storebench;
 

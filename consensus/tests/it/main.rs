@@ -75,6 +75,16 @@ impl Chain {
         receipts.remove(0)
     }
 
+    /// Applies empty blocks until the chain is at `height` (proof periods close and open
+    /// on the way, as on a running chain).
+    fn advance_to(&mut self, height: u64) {
+        while self.state.height < height {
+            let (next, _) =
+                apply(&self.state, &self.block(vec![])).unwrap_or_else(|e| panic!("{e}"));
+            self.state = next;
+        }
+    }
+
     /// Applies one transaction and expects this rejection. `apply_tx` itself must leave the
     /// state exactly as it was (it checks before it writes), which is what lets a block
     /// builder try transactions one by one on a single working state.
@@ -124,19 +134,31 @@ fn chunks(n: u32, bytes: u32) -> Vec<ChunkEntry> {
         .collect()
 }
 
-/// The host's answer to the open challenge of `deal`: a proof over the challenged chunk.
-fn proof_for(c: &Chain, deal: DealId) -> TxBody {
-    let d = &c.state.deals[&deal];
-    let ch = d.challenge.expect("an open challenge");
-    let entry = d.chunks[usize::try_from(ch.chunk).unwrap()];
-    let data = chunk_data(ch.chunk, entry.sealed_bytes);
-    assert_eq!(ChunkId::of(&data), entry.id);
-    let proof = proto::proof::prove(&data, ch.leaf).unwrap();
-    TxBody::StorageProof {
-        deal,
+/// Host `host`'s answer to its open challenge: a proof over each sampled leaf.
+fn proofs_for(c: &Chain, host: u8) -> TxBody {
+    let ch = &c.state.challenges[&id(host)];
+    let proofs = ch
+        .samples
+        .iter()
+        .map(|smp| {
+            let entry = c.state.deals[&smp.deal].chunks[usize::try_from(smp.chunk).unwrap()];
+            let data = chunk_data(smp.chunk, entry.sealed_bytes);
+            assert_eq!(ChunkId::of(&data), entry.id);
+            proto::proof::prove(&data, smp.leaf).unwrap()
+        })
+        .collect();
+    TxBody::StorageProofs {
         period: ch.period,
-        proof,
+        proofs,
     }
+}
+
+/// Advances to the first block of the deal's first proof period: its host's challenge is
+/// open.
+fn to_first_period(c: &mut Chain, deal: DealId) -> u64 {
+    let first = c.state.deals[&deal].first_period;
+    c.advance_to(first * c.state.params.proof_period_blocks);
+    first
 }
 
 /// Registers account 1 as a host and opens a deal from account 0 with `n` chunks.
@@ -733,15 +755,17 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
         c.err(1, TxBody::Unbond { role: Role::Host }),
         TxError::HasOpenDeals(1)
     );
-    // One proof period (50 blocks): the answered challenge pays the whole fee.
-    let proof = proof_for(&c, deal);
+    // One proof period (50 blocks, covered from the next period on): the answered
+    // challenge pays the whole fee when the period closes.
+    assert!(start < c.state.deals[&deal].first_period * 100);
+    let first = to_first_period(&mut c, deal);
+    let proof = proofs_for(&c, 1);
     c.ok(1, proof);
-    c.state.height = start + 49;
-    c.ok(2, TxBody::RecordHash { hash: [9; 32] });
+    c.advance_to((first + 1) * 100 - 1);
     assert_eq!(
         c.state.deals[&deal].state,
         DealState::Ended {
-            end_height: start + 50
+            end_height: (first + 1) * 100 - 1
         }
     );
     assert_eq!(
@@ -809,7 +833,8 @@ fn ratings_follow_the_chain_metrics() {
             crcs: vec![1000],
         },
     );
-    let proof = proof_for(&c, served);
+    let first = to_first_period(&mut c, served);
+    let proof = proofs_for(&c, 1);
     c.ok(1, proof);
     let pay = |period| TxBody::UploadPayment {
         host: id(1),
@@ -836,7 +861,7 @@ fn ratings_follow_the_chain_metrics() {
             fee: COMPLAINT_FEE_MIN,
         },
     );
-    c.state.height += 200;
+    c.advance_to((first + 2) * 100);
     c.ok(2, TxBody::RecordHash { hash: [5; 32] });
     let host = c.state.stats[&id(1)];
     assert_eq!(
@@ -862,7 +887,7 @@ fn ratings_follow_the_chain_metrics() {
 
 #[test]
 fn storage_proofs_pay_per_period_and_missed_ones_slash() {
-    use consensus::ledger::{PROOF_PERIOD_BLOCKS, SLASH_PER_MISSED_PROOF};
+    use consensus::ledger::{CHALLENGE_SAMPLES, PROOF_PERIOD_BLOCKS as P, SLASH_PER_MISSED_PROOF};
     let mut c = Chain::new();
     c.ok(
         1,
@@ -872,7 +897,7 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
             endpoint: "h:1".into(),
         },
     );
-    // 250 blocks: three proof periods (100, 100, 50) paying 100, 100 and 101.
+    // 250 blocks: three proof periods paying 100, 100 and 101.
     let body = TxBody::UploadPayment {
         host: id(1),
         storage_fee: 301,
@@ -890,34 +915,56 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
             crcs: vec![1000, 1001, 1002],
         },
     );
-    let start = c.state.height;
     assert_eq!(c.state.deals[&deal].parts, 3);
-    let good = proof_for(&c, deal);
+    assert!(
+        c.state.challenges.is_empty(),
+        "covered from the next period"
+    );
+    let first = to_first_period(&mut c, deal);
+    let ch = c.state.challenges[&id(1)].clone();
+    assert_eq!(
+        (ch.period, ch.due, ch.deals.clone()),
+        (first, (first + 1) * P - 1, vec![deal])
+    );
+    assert_eq!(ch.samples.len(), CHALLENGE_SAMPLES);
+    let good = proofs_for(&c, 1);
 
-    // Refusals: not the host, the wrong period, a proof that does not verify.
-    assert_eq!(c.err(2, good.clone()), TxError::NotDealHost);
-    let TxBody::StorageProof { proof, .. } = &good else {
+    // Refusals: a host without a challenge, the wrong period, a proof that does not
+    // verify, too few proofs.
+    assert_eq!(
+        c.err(2, good.clone()),
+        TxError::NoOpenChallenge { period: first }
+    );
+    let TxBody::StorageProofs { proofs, .. } = &good else {
         unreachable!()
     };
-    let wrong_period = TxBody::StorageProof {
-        deal,
-        period: 1,
-        proof: proof.clone(),
+    let wrong_period = TxBody::StorageProofs {
+        period: first + 1,
+        proofs: proofs.clone(),
     };
     assert_eq!(
         c.err(1, wrong_period),
-        TxError::NoOpenChallenge { period: 1 }
+        TxError::NoOpenChallenge { period: first + 1 }
     );
-    let mut forged = proof.clone();
-    let last = forged.len() - 1;
-    forged[last] ^= 1;
+    let mut forged = proofs.clone();
+    let last = forged[3].len() - 1;
+    forged[3][last] ^= 1;
+    let TxError::BadProof(why) = c.err(
+        1,
+        TxBody::StorageProofs {
+            period: first,
+            proofs: forged,
+        },
+    ) else {
+        panic!("a forged proof must be refused as such")
+    };
+    assert!(why.starts_with("sample 3:"), "{why}");
     assert!(matches!(
         c.err(
             1,
-            TxBody::StorageProof {
-                deal,
-                period: 0,
-                proof: forged
+            TxBody::StorageProofs {
+                period: first,
+                proofs: proofs[1..].to_vec()
             }
         ),
         TxError::BadProof(_)
@@ -926,22 +973,23 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
     let host_maspc = c.bal(1).1;
     assert_eq!(
         c.ok(1, good.clone()),
-        Receipt::ProofAccepted {
-            deal,
-            period: 0,
-            paid: 100
+        Receipt::ProofsAccepted {
+            host: id(1),
+            period: first,
+            deals: 1
         }
     );
-    assert_eq!(c.bal(1).1, host_maspc + 100 - 1);
-    assert_eq!(c.err(1, good), TxError::NoOpenChallenge { period: 0 });
+    assert_eq!(c.err(1, good), TxError::NoOpenChallenge { period: first });
+    // Paid when the period closes.
+    c.advance_to((first + 1) * P - 2);
+    assert_eq!(c.bal(1).1, host_maspc - 1);
+    c.advance_to((first + 1) * P - 1);
+    assert_eq!(c.bal(1).1, host_maspc - 1 + 100);
 
-    // Period 1 goes unanswered: its part goes back to the sender, with a slice of deposit.
-    c.state.height = start + PROOF_PERIOD_BLOCKS - 1;
-    c.ok(2, TxBody::RecordHash { hash: [1; 32] });
-    assert_eq!(c.state.deals[&deal].challenge.unwrap().period, 1);
+    // Period 2 goes unanswered: its part goes back to the sender, with a slice of deposit.
     let (sender_masp, sender_maspc) = c.bal(0);
-    c.state.height = start + 2 * PROOF_PERIOD_BLOCKS - 1;
-    c.ok(2, TxBody::RecordHash { hash: [2; 32] });
+    assert_eq!(c.state.challenges[&id(1)].period, first + 1);
+    c.advance_to((first + 2) * P - 1);
     assert_eq!(
         c.bal(0),
         (sender_masp + SLASH_PER_MISSED_PROOF, sender_maspc + 100)
@@ -956,29 +1004,99 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
         (1, 1, 1)
     );
 
-    // The last, shorter period is answered: it pays the remainder, and the deal ends.
-    let last = proof_for(&c, deal);
-    assert_eq!(
-        c.ok(1, last),
-        Receipt::ProofAccepted {
-            deal,
-            period: 2,
-            paid: 101
-        }
-    );
-    c.state.height = start + 250 - 1;
-    c.ok(2, TxBody::RecordHash { hash: [3; 32] });
+    // The last period is answered: it pays the remainder, and the deal ends.
+    c.advance_to((first + 2) * P);
+    let last = proofs_for(&c, 1);
+    c.ok(1, last);
+    c.advance_to((first + 3) * P - 1);
     let d = &c.state.deals[&deal];
     assert_eq!(
-        (d.escrow, d.state.clone()),
+        (
+            d.escrow,
+            d.paid,
+            d.refunded,
+            d.proven,
+            d.missed,
+            d.state.clone()
+        ),
         (
             0,
+            201,
+            100,
+            2,
+            1,
             DealState::Ended {
-                end_height: start + 250
+                end_height: (first + 3) * P - 1
             }
         )
     );
     assert_eq!(c.state.stats[&id(1)].deals_ended, 1);
+    assert!(
+        c.state.challenges.is_empty(),
+        "no active deal: no challenge"
+    );
+}
+
+#[test]
+fn one_challenge_covers_every_deal_of_a_host_and_samples_across_them() {
+    use consensus::ledger::PROOF_PERIOD_BLOCKS as P;
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 50_000,
+            endpoint: "h:1".into(),
+        },
+    );
+    // Five deals of 40 chunks each; one challenge per period samples over all 200 chunks.
+    let mut deals = Vec::new();
+    for _ in 0..5 {
+        let Receipt::DealOpened { deal } = c.ok(
+            0,
+            TxBody::UploadPayment {
+                host: id(1),
+                storage_fee: 1000,
+                download_fee: 0,
+                period_blocks: 10 * P,
+                chunks: chunks(40, 4096),
+            },
+        ) else {
+            panic!()
+        };
+        c.ok(
+            1,
+            TxBody::UploadCompletion {
+                deal,
+                crcs: (1000..1040).collect(),
+            },
+        );
+        deals.push(deal);
+    }
+    let first = to_first_period(&mut c, deals[0]);
+    let mut seen = std::collections::BTreeSet::new();
+    for period in first..first + 6 {
+        c.advance_to(period * P);
+        let ch = &c.state.challenges[&id(1)];
+        assert_eq!(ch.deals.len(), 5, "one challenge for all five deals");
+        seen.extend(ch.samples.iter().map(|s| s.deal));
+        let proof = proofs_for(&c, 1);
+        let TxBody::StorageProofs { proofs, .. } = &proof else {
+            unreachable!()
+        };
+        let bytes: usize = proofs.iter().map(Vec::len).sum();
+        assert!(bytes < 16 * 5120, "one transaction of {bytes} proof bytes");
+        c.ok(1, proof);
+    }
+    c.advance_to((first + 6) * P - 1);
+    assert_eq!(
+        seen.len(),
+        5,
+        "over six periods the samples reached every deal"
+    );
+    for d in &deals {
+        assert_eq!((c.state.deals[d].proven, c.state.deals[d].paid), (6, 600));
+    }
 }
 
 #[test]

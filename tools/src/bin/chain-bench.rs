@@ -1,11 +1,13 @@
 //! `chain-bench`: committed transactions per second and finality latency (submit to
-//! commit) of a local network of validators on loopback. See `tools::chainbench`.
+//! commit) of a local network of validators on loopback (`tools::chainbench`), or, with
+//! `--workload proofs`, what a proof period costs one miner (`tools::proofbench`).
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
 use tools::chainbench::{run, ChainBenchArgs};
+use tools::proofbench::ProofBenchArgs;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,6 +19,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Throughput and finality of a local Market.space chain (validators on loopback)"
 )]
 struct Cli {
+    /// transfers: signed transfers through validators on loopback. proofs: storage proofs
+    /// of --hosts hosts with --chunks-per-host chunks each, applied by one miner's ledger.
+    #[arg(long, default_value = "transfers", value_parser = ["transfers", "proofs"])]
+    workload: String,
+    /// (proofs) Hosts with deals under proof.
+    #[arg(long, default_value_t = 10)]
+    hosts: usize,
+    /// (proofs) Chunks each host holds under active deals.
+    #[arg(long, default_value_t = 100_000)]
+    chunks_per_host: u64,
+    /// (proofs) Sealed bytes of each chunk (8 MiB + 16: the default chunk size).
+    #[arg(long, default_value_t = 8 * 1024 * 1024 + 16)]
+    chunk_bytes: u32,
+    /// (proofs) Proof periods measured; the figures are medians.
+    #[arg(long, default_value_t = 5)]
+    periods: usize,
     /// Validators (each a full node: malachite, libp2p on loopback, WAL, block store).
     #[arg(long, default_value_t = 4)]
     validators: usize,
@@ -42,6 +60,23 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.workload == "proofs" {
+        let r = tools::proofbench::run(&ProofBenchArgs {
+            hosts: cli.hosts,
+            chunks_per_host: cli.chunks_per_host,
+            chunk_bytes: cli.chunk_bytes,
+            periods: cli.periods,
+        })?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{} hosts x {} chunks ({} deals): one proof transaction per host of {} bytes ({} samples), {} hosts per block; proofs block {:.2} ms ({:.0} us per host, {:.0} us per sample); period boundary {:.2} ms; state copy per block {:.2} ms",
+                r.hosts, r.chunks_per_host, r.deals, r.proof_tx_bytes, r.samples_per_host, r.hosts_per_block, r.proofs_block_ms, r.us_per_host, r.us_per_sample, r.boundary_ms, r.state_copy_ms
+            );
+        }
+        return Ok(());
+    }
     let r = run(&ChainBenchArgs {
         validators: cli.validators,
         seconds: cli.seconds,

@@ -12,7 +12,7 @@ use super::mspace;
 use super::net::Proc;
 
 const PROOF_PERIOD: u64 = 20;
-const PERIODS: u64 = 6;
+const PERIODS: u64 = 8;
 const HOST_DEPOSIT: u64 = 2000;
 const HOST_MASPC: u64 = 100;
 
@@ -200,7 +200,7 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
             v["proven"].as_u64() >= Some(3)
         });
         assert_eq!(v["missed"], 0, "{v}");
-        // Each of the first five periods pays fee / 6 = 1 MASPC, the last the remainder.
+        // Each period but the last pays fee / 8 = 1 MASPC, the last the remainder.
         assert!(v["paid"].as_u64().unwrap() >= 3, "{v}");
     }
     // `mspace deals` lists both for the sender.
