@@ -181,6 +181,8 @@ pub trait MinerApi {
     async fn deals_of(key: [u8; 32], open: bool) -> Result<Vec<DealView>, ControlError>;
     /// The host's storage challenge for the current proof period, if it has one.
     async fn challenge(host: [u8; 32]) -> Result<Option<ChallengeView>, ControlError>;
+    /// Where a hash was recorded on the chain (proof of existence), if it was.
+    async fn hash_record(hash: [u8; 32]) -> Result<Option<HashRecordView>, ControlError>;
 }
 
 /// A miner's view of its chain.
@@ -313,6 +315,17 @@ pub struct SampleView {
     pub chunk: u32,
     pub chunk_id: [u8; 32],
     pub leaf: u64,
+}
+
+/// A hash recorded on the chain: by whom, in which block, at what time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashRecordView {
+    pub hash: String,
+    pub height: u64,
+    /// The recording block's timestamp (ms since the Unix epoch, as its proposer set it).
+    pub timestamp_ms: u64,
+    /// The signer of the recording transaction (hex).
+    pub by: String,
 }
 
 /// One chunk a deal covers.

@@ -226,6 +226,24 @@ impl MinerApi for MinerService {
             .map_err(unavailable)
     }
 
+    async fn hash_record(
+        self,
+        _: tarpc::context::Context,
+        hash: [u8; 32],
+    ) -> Result<Option<api::HashRecordView>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| {
+                s.ledger().hashes.get(&hash).map(|r| api::HashRecordView {
+                    hash: hex(&hash),
+                    height: r.height,
+                    timestamp_ms: r.timestamp_ms,
+                    by: hex(&r.by.0),
+                })
+            })
+            .await
+            .map_err(unavailable)
+    }
+
     async fn block(
         self,
         _: tarpc::context::Context,

@@ -539,6 +539,54 @@ enum ChainAction {
     Transfer(TransferArgs),
     /// Which block holds a transaction (by id, hex), if any.
     Tx { id: String },
+    /// Proof of existence: record a file's BLAKE3 hash (or a given hash) on the chain,
+    /// signed with --key; with --verify, show where and when it was recorded, and by whom.
+    Record(RecordArgs),
+    /// File a complaint about a deal you are the sender or host of (the fee is burned).
+    Complain(ComplainArgs),
+}
+
+#[derive(Args, Debug)]
+struct RecordArgs {
+    /// A file (its BLAKE3 hash is recorded) or a 32-byte hash in hex.
+    what: String,
+    /// Look the hash up instead of recording it.
+    #[arg(long)]
+    verify: bool,
+    /// The recording account's key file (needed to record).
+    #[arg(long, required_unless_present = "verify")]
+    key: Option<PathBuf>,
+    #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
+    wait: Duration,
+}
+
+#[derive(Args, Debug)]
+struct ComplainArgs {
+    /// The deal id (hex).
+    #[arg(long)]
+    deal: String,
+    /// The complaining party's key file: the deal's sender or host.
+    #[arg(long)]
+    key: PathBuf,
+    /// Complaint fee in MASPC, burned (at least the ledger's 10).
+    #[arg(long, default_value_t = consensus::ledger::COMPLAINT_FEE_MIN)]
+    fee: u64,
+    #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
+    wait: Duration,
+}
+
+/// The hash `what` names: a file's BLAKE3, or the hex of a 32-byte hash (a path wins).
+fn hash_of(what: &str) -> Result<[u8; 32]> {
+    let path = Path::new(what);
+    if path.exists() {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(
+            std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?,
+        )
+        .with_context(|| format!("read {}", path.display()))?;
+        return Ok(*h.finalize().as_bytes());
+    }
+    parse_id(what).with_context(|| format!("{what:?} is neither a file nor a 32-byte hash in hex"))
 }
 
 #[derive(Args, Debug)]
@@ -646,6 +694,69 @@ pub fn chain(a: ChainArgs) -> Result<()> {
             }
             ChainAction::Transfer(t) => {
                 let r = transfer(&a.miner, &t).await?;
+                print(&r, a.json)
+            }
+            ChainAction::Record(r) => {
+                let hash = hash_of(&r.what)?;
+                let existing = c.hash_record(ctx(), hash).await.map_err(rpc_err)?.map_err(rpc_err)?;
+                if let (false, Some(v)) = (r.verify, &existing) {
+                    bail!(
+                        "{} was already recorded at height {} by {}: the first record stands",
+                        v.hash,
+                        v.height,
+                        v.by
+                    );
+                }
+                if !r.verify {
+                    let key = read_key(r.key.as_deref().context("--key is needed to record")?)?;
+                    let mut chain = ChainClient::connect(std::slice::from_ref(&a.miner)).await?;
+                    chain
+                        .submit(&key, TxBody::RecordHash { hash }, 1, r.wait)
+                        .await
+                        .map_err(|e| anyhow!("recording {}: {e}", hex(&hash)))?;
+                }
+                match c.hash_record(ctx(), hash).await.map_err(rpc_err)?.map_err(rpc_err)? {
+                    Some(v) if a.json => print(&v, true),
+                    Some(v) => {
+                        println!(
+                            "{} recorded at height {}, block time {} ms since the Unix epoch, by {}",
+                            v.hash, v.height, v.timestamp_ms, v.by
+                        );
+                        Ok(())
+                    }
+                    None => bail!("{} is not recorded on this chain", hex(&hash)),
+                }
+            }
+            ChainAction::Complain(k) => {
+                let deal = parse_id(&k.deal)?;
+                let key = read_key(&k.key)?;
+                // What the ledger would refuse is refused here, with the reason.
+                let me = hex(&key.verification_key().to_bytes());
+                let Some(d) = c.deal(ctx(), deal).await.map_err(rpc_err)?.map_err(rpc_err)? else {
+                    bail!("no deal {} on this chain", hex(&deal));
+                };
+                if d.sender != me && d.host != me {
+                    bail!("only the deal's sender ({}) or host ({}) may complain", d.sender, d.host);
+                }
+                if k.fee < consensus::ledger::COMPLAINT_FEE_MIN {
+                    bail!(
+                        "a complaint's fee is at least {} MASPC",
+                        consensus::ledger::COMPLAINT_FEE_MIN
+                    );
+                }
+                let mut chain = ChainClient::connect(std::slice::from_ref(&a.miner)).await?;
+                let r = chain
+                    .submit(
+                        &key,
+                        TxBody::Complaint {
+                            deal: proto::tx::TxId(deal),
+                            fee: k.fee,
+                        },
+                        1,
+                        k.wait,
+                    )
+                    .await
+                    .map_err(|e| anyhow!("complaining about deal {}: {e}", hex(&deal)))?;
                 print(&r, a.json)
             }
             ChainAction::Tx { id } => {

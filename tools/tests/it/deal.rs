@@ -15,6 +15,7 @@ const PROOF_PERIOD: u64 = 20;
 const PERIODS: u64 = 8;
 const HOST_DEPOSIT: u64 = 2000;
 const HOST_MASPC: u64 = 100;
+const COMPLAINT_FEE: u64 = 10;
 
 struct Host {
     cfg: String,
@@ -203,6 +204,63 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
         // Each period but the last pays fee / 8 = 1 MASPC, the last the remainder.
         assert!(v["paid"].as_u64().unwrap() >= 3, "{v}");
     }
+    // Proof of existence: the file's hash recorded by the client, found again; a second
+    // record is refused. A complaint by a party of the deal is taken, by a stranger not.
+    let rec = json(&[
+        "chain",
+        "record",
+        &s(&file),
+        "--key",
+        &client,
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert_eq!(rec["by"], client_key.as_str());
+    assert_eq!(rec["hash"], blake3::hash(&bytes).to_hex().as_str());
+    let again = json(&[
+        "chain",
+        "record",
+        "--verify",
+        &s(&file),
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert_eq!(again, rec);
+    let twice = mspace(
+        &[
+            "chain",
+            "record",
+            &s(&file),
+            "--key",
+            &client,
+            "--miner",
+            &m0,
+        ],
+        &[],
+    );
+    assert!(
+        twice.stderr.contains("already recorded"),
+        "{}",
+        twice.stderr
+    );
+    let stranger = s(&dir.path().join("host0/host.key"));
+    let refused = mspace(
+        &[
+            "chain", "complain", "--deal", &deals[1], "--key", &stranger, "--miner", &m0,
+        ],
+        &[],
+    );
+    assert!(
+        refused.stderr.contains("only the deal's sender"),
+        "{}",
+        refused.stderr
+    );
+    json(&[
+        "chain", "complain", "--deal", &deals[1], "--key", &client, "--miner", &m0, "--json",
+    ]);
+
     // `mspace deals` lists both for the sender.
     let listed = json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
@@ -251,10 +309,11 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
     let after = account(&m0, &client_key);
     let nonce = |a: &serde_json::Value| a["nonce"].as_u64().unwrap();
     let sent_txs = nonce(&after) - nonce(&before);
-    assert_eq!(sent_txs, 2, "one payment per host");
+    assert_eq!(sent_txs, 4, "one payment per host, a record, a complaint");
     assert_eq!(
         after["maspc"].as_u64().unwrap(),
-        before["maspc"].as_u64().unwrap() - 2 * fee - sent_txs + lost["refunded"].as_u64().unwrap()
+        before["maspc"].as_u64().unwrap() - 2 * fee - sent_txs - COMPLAINT_FEE
+            + lost["refunded"].as_u64().unwrap()
     );
     assert_eq!(
         after["masp"].as_u64().unwrap(),
