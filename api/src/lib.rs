@@ -202,6 +202,14 @@ pub struct ChainStatus {
     /// The chain's deal timings (its genesis parameters).
     pub proof_period_blocks: u64,
     pub completion_timeout_blocks: u64,
+    /// [MASP, MASPC]: what exists now (balances + deposits + escrow + burned), what the
+    /// genesis created (equal, or the ledger is broken), and of it: held in deposits, held
+    /// in deals' escrow, burned by fees.
+    pub supply: [u64; 2],
+    pub genesis_supply: [u64; 2],
+    pub deposits: [u64; 2],
+    pub escrow: [u64; 2],
+    pub burned: [u64; 2],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -152,6 +152,11 @@ impl MinerApi for MinerService {
                     mempool_txs: s.mempool.len(),
                     proof_period_blocks: l.params.proof_period_blocks,
                     completion_timeout_blocks: l.params.completion_timeout_blocks,
+                    supply: [l.total_supply().masp, l.total_supply().maspc],
+                    genesis_supply: [l.genesis_supply.masp, l.genesis_supply.maspc],
+                    deposits: [l.registrations.values().map(|r| r.deposit).sum(), 0],
+                    escrow: [0, l.deals.values().map(|d| d.escrow).sum()],
+                    burned: [l.burned.masp, l.burned.maspc],
                 }
             })
             .await

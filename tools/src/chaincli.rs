@@ -226,6 +226,12 @@ pub struct DevnetArgs {
     /// 100]. Short periods make a whole deal fit in a demo.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub proof_period_blocks: Option<u64>,
+    /// Hosts to run beside the miners (0 to 16): each an `mspace host` process with its
+    /// own store, key and ports (after the miners'), funded from the client key, registered
+    /// with a deposit of 10,000 MASP, its agent following the miners. A host that exits is
+    /// not restarted.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub hosts: u16,
 }
 
 /// What `devnet` writes into its directory, and reads again on a restart.
@@ -236,6 +242,8 @@ pub struct DevnetLayout {
     /// The funded client account's key file.
     pub client_key: PathBuf,
     pub miners: Vec<DevnetMiner>,
+    #[serde(default)]
+    pub hosts: Vec<crate::devhosts::DevnetHost>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -347,6 +355,7 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
         genesis: genesis_path,
         client_key: client_key_path,
         miners,
+        hosts: Vec::new(),
     };
     std::fs::write(&layout_path, serde_json::to_string_pretty(&layout)?)?;
     Ok(layout)
@@ -369,8 +378,35 @@ fn stop_children(children: &mut [std::process::Child]) {
 
 /// Starts a devnet's miners as child processes and supervises them until interrupted.
 pub fn devnet(a: DevnetArgs) -> Result<()> {
-    let layout = devnet_layout(&a)?;
+    let mut layout = devnet_layout(&a)?;
     let exe = std::env::current_exe().context("find this binary")?;
+    let hosts_wanted = usize::from(a.hosts);
+    if layout.hosts.len() > hosts_wanted {
+        bail!(
+            "{} holds a devnet with {} hosts, not {hosts_wanted}",
+            a.dir.display(),
+            layout.hosts.len()
+        );
+    }
+    if layout.hosts.len() < hosts_wanted {
+        let controls: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
+        let dir = layout
+            .genesis
+            .parent()
+            .context("the devnet directory")?
+            .to_owned();
+        for i in layout.hosts.len()..hosts_wanted {
+            let port = u16::try_from(usize::from(a.base_port) + 2 * layout.miners.len() + 2 * i)
+                .context("ports past 65535")?;
+            layout
+                .hosts
+                .push(crate::devhosts::init_host(&exe, &dir, i, port, &controls)?);
+        }
+        std::fs::write(
+            dir.join("devnet.json"),
+            serde_json::to_string_pretty(&layout)?,
+        )?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -437,10 +473,37 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // The hosts: started, then funded and registered once the chain decides blocks.
+    let mut hosts: Vec<std::process::Child> = Vec::new();
+    let started_hosts = (|| -> Result<()> {
+        for (i, h) in layout.hosts.iter().enumerate() {
+            let mut c = crate::devhosts::spawn_host(&exe, h)?;
+            let waited =
+                crate::devhosts::wait_listening(&h.control, &mut c, &format!("host{i}"), &h.log());
+            hosts.push(c);
+            waited?;
+        }
+        if !layout.hosts.is_empty() {
+            let client = read_key(&layout.client_key)?;
+            let controls: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
+            rt.block_on(crate::devhosts::fund_and_register(
+                &layout.hosts,
+                &client,
+                &controls,
+            ))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = started_hosts {
+        stop_children(&mut hosts);
+        stop_children(&mut children);
+        return Err(e);
+    }
     println!(
-        "devnet: chain {} with {} validators in {}",
+        "devnet: chain {} with {} validators and {} hosts in {}",
         layout.chain_id,
         layout.miners.len(),
+        layout.hosts.len(),
         a.dir.display()
     );
     for (i, m) in layout.miners.iter().enumerate() {
@@ -450,6 +513,24 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             m.p2p,
             &m.key[..16],
             m.config.with_file_name("miner.log").display()
+        );
+    }
+    for (i, h) in layout.hosts.iter().enumerate() {
+        println!(
+            "  host{i}: data {}  control {}  key {}  deposit {} MASP  log {}",
+            h.listen,
+            h.control,
+            &h.key[..16],
+            crate::devhosts::HOST_DEPOSIT,
+            h.log().display()
+        );
+    }
+    if let Some(h) = layout.hosts.first() {
+        println!(
+            "store a file as a deal: mspace put FILE --host {} --chain {} --days 1 --key {}",
+            h.control,
+            layout.miners[0].control,
+            layout.client_key.display()
         );
     }
     println!(
@@ -463,11 +544,20 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         let mut poll = tokio::time::interval(Duration::from_millis(200));
         let mut started = vec![Instant::now(); children.len()];
         let mut given_up = vec![false; children.len()];
+        let mut hosts_gone = vec![false; hosts.len()];
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = poll.tick() => {
+                    for (i, c) in hosts.iter_mut().enumerate() {
+                        if !hosts_gone[i] {
+                            if let Ok(Some(status)) = c.try_wait() {
+                                eprintln!("host{i} exited ({status}); hosts are not restarted (log: {})", layout.hosts[i].log().display());
+                                hosts_gone[i] = true;
+                            }
+                        }
+                    }
                     for (i, c) in children.iter_mut().enumerate() {
                         if given_up[i] {
                             continue;
@@ -496,6 +586,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             }
         }
     });
+    stop_children(&mut hosts);
     stop_children(&mut children);
     Ok(())
 }

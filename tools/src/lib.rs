@@ -6,6 +6,8 @@
 pub mod chainbench;
 pub mod chaincli;
 pub mod dealcli;
+pub mod demodeal;
+pub mod devhosts;
 pub mod diskbench;
 pub mod netbench;
 pub mod netcli;

@@ -235,7 +235,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MSPACE_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,libp2p=warn,informalsystems_malachitebft=warn,malachitebft=warn",
+            "info,tarpc=warn,libp2p=warn,informalsystems_malachitebft=warn,malachitebft=warn",
         )
     });
     let _ = tracing_subscriber::fmt()

@@ -42,7 +42,10 @@ enum Command {
     /// Seal a generated file and open it again, with the passphrase and with the share key,
     /// show that a tampered chunk is refused, store the chunks in a local host store, then
     /// upload the file to a host on loopback and download it through a proxy, then start four
-    /// validators on loopback and commit a signed transfer. Needs nothing but this binary.
+    /// validators on loopback and commit a signed transfer, then run a local market (a
+    /// devnet of four miners and three hosts): the file stored as a deal on two hosts,
+    /// three proof periods paid, one host killed and slashed, the file downloaded from the
+    /// other. Needs nothing but this binary.
     Demo(DemoArgs),
     /// Upload a file: as a paid deal with hosts (`--host ADDR --chain MINER --days D`:
     /// offer checked, payment with every chunk's CRC on chain, upload, the host's matching
@@ -403,6 +406,11 @@ fn demo(args: DemoArgs) -> Result<()> {
     println!("{step}. the downloaded file is byte-identical to the original");
     step += 1;
     chaincli::demo_chain(&dir, &mut step)?;
+    let stored = tools::demodeal::demo_market(&dir, &sample, pass, &mut step)?;
+    if hash_file(&stored)? != original {
+        bail!("the file downloaded from the deal's host differs from the original");
+    }
+    println!("{step}. the file downloaded from the deal is byte-identical to the original");
     println!("demo passed");
     Ok(())
 }

@@ -300,6 +300,26 @@ fn demo_runs_end_to_end() {
         "{}",
         run.stdout
     );
+    // The market: a deal on two hosts, proofs paid, a killed host slashed, supply kept.
+    for said in [
+        "both hosts' own CRCs matched on chain",
+        "three proof periods",
+        "moved 100 MASP of host1's deposit to the sender",
+        "the file downloaded from the deal is byte-identical",
+    ] {
+        assert!(
+            run.stdout.contains(said),
+            "{said:?} missing:\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("NOT CONSERVED"), "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches(": conserved").count(),
+        4,
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.ends_with("demo passed\n"), "{}", run.stdout);
 }
 mod chain;

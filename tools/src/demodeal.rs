@@ -1,0 +1,258 @@
+//! The market steps of `mspace demo`: a devnet of four miners and three hosts as processes
+//! (`mspace devnet --hosts 3`, short proof periods), a file stored as a deal on two hosts,
+//! three proof periods proven and paid, one host killed (its next challenge missed: its
+//! deposit slashed, the sender refunded), the file downloaded from the surviving host, and
+//! the balances of the sender, the hosts and the chain's totals printed at each step.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use api::chain::ChainClient;
+use api::DealView;
+use ed25519_consensus::SigningKey;
+use net::client::{get_file, GetJob, Key};
+use net::config::read_key;
+use net::deal::{store, DealJob};
+use proto::tx::{AccountId, TxId};
+
+use crate::chaincli::DevnetLayout;
+
+const PROOF_PERIOD: u64 = 20;
+const PERIODS: u64 = 6;
+
+/// The devnet child; stopped (SIGTERM: it stops its miners and hosts) when dropped.
+struct Devnet(Child);
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A first port with `n` free ports after it on 127.0.0.1, below the ephemeral range.
+fn free_ports(n: u16) -> Result<u16> {
+    let start = 21_000 + u16::try_from(std::process::id() % 400).unwrap_or(0) * 25;
+    for base in (start..30_000).step_by(usize::from(n)) {
+        let free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("no {n} free ports on 127.0.0.1 below 30000")
+}
+
+fn start_devnet(dir: &Path) -> Result<(Devnet, DevnetLayout)> {
+    let exe = std::env::current_exe().context("find this binary")?;
+    let base = free_ports(14)?;
+    let mut child = Command::new(exe)
+        .args(["devnet", "--validators", "4", "--hosts", "3", "--dir"])
+        .arg(dir)
+        .args(["--base-port", &base.to_string(), "--block-time-ms", "100"])
+        .args(["--proof-period-blocks", &PROOF_PERIOD.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start mspace devnet")?;
+    let out = child.stdout.take().context("the devnet's output")?;
+    let net = Devnet(child);
+    let mut out = BufReader::new(out);
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line)? == 0 {
+            bail!(
+                "the devnet stopped while starting (logs in {})",
+                dir.display()
+            );
+        }
+        if line.starts_with("try:") {
+            break;
+        }
+    }
+    // What it prints later is read and dropped.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let layout: DevnetLayout =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("devnet.json"))?)?;
+    Ok((net, layout))
+}
+
+fn key_of(hex: &str) -> Result<AccountId> {
+    miner::parse_key_hex(hex).map_err(anyhow::Error::msg)
+}
+
+/// Balances of the sender and the hosts, and the chain's totals, in two lines.
+async fn balances(chain: &mut ChainClient, sender: AccountId, hosts: &[AccountId]) -> Result<()> {
+    let s = chain.account(sender).await?;
+    let mut line = format!("   sender {} MASP {} MASPC", s.masp, s.maspc);
+    for (i, h) in hosts.iter().enumerate() {
+        let a = chain.account(*h).await?;
+        let deposit = a
+            .registrations
+            .iter()
+            .find(|r| r.role == "host")
+            .map_or(0, |r| r.deposit);
+        line += &format!(" | host{i} {} MASPC, deposit {deposit} MASP", a.maspc);
+    }
+    let st = chain.status().await?;
+    println!("{line}");
+    println!(
+        "   chain at height {}: supply {} MASP {} MASPC (genesis {} / {}), deposits {} MASP, escrow {} MASPC, burned {} MASPC{}",
+        st.height,
+        st.supply[0],
+        st.supply[1],
+        st.genesis_supply[0],
+        st.genesis_supply[1],
+        st.deposits[0],
+        st.escrow[1],
+        st.burned[1],
+        if st.supply == st.genesis_supply { ": conserved" } else { ": NOT CONSERVED" }
+    );
+    if st.supply != st.genesis_supply {
+        bail!("the chain's supply is not conserved");
+    }
+    Ok(())
+}
+
+/// Follows the chain until `done` holds of the deal.
+async fn wait_deal(
+    chain: &mut ChainClient,
+    deal: TxId,
+    what: &str,
+    done: impl Fn(&DealView) -> bool,
+) -> Result<DealView> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v = chain.deal(deal).await?.context("the deal vanished")?;
+        if done(&v) {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("deal {deal} never {what} within 10 minutes");
+        }
+        let h = chain.status().await?.height;
+        chain.block(h + 1, Duration::from_secs(10)).await?;
+    }
+}
+
+/// Runs the market steps from `step` on; `sample` is the file to store, `pass` its
+/// passphrase; returns the downloaded copy.
+pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Result<PathBuf> {
+    let t = Instant::now();
+    let (net, layout) = start_devnet(&dir.join("devnet"))?;
+    let miners: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
+    println!(
+        "{step}. `mspace devnet --validators 4 --hosts 3`: four miner and three host processes, each host funded and registered with a deposit of {} MASP, its agent following the chain; proof periods of {PROOF_PERIOD} blocks ({:.1} s)",
+        crate::devhosts::HOST_DEPOSIT,
+        t.elapsed().as_secs_f64()
+    );
+    *step += 1;
+    let client: SigningKey = read_key(&layout.client_key)?;
+    let sender = AccountId(client.verification_key().to_bytes());
+    let hosts: Vec<AccountId> = layout
+        .hosts
+        .iter()
+        .map(|h| key_of(&h.key))
+        .collect::<Result<_>>()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let out = rt.block_on(async {
+        let mut chain = ChainClient::connect(&miners).await?;
+        balances(&mut chain, sender, &hosts).await?;
+
+        let t = Instant::now();
+        let job = DealJob {
+            file: sample.to_owned(),
+            hosts: layout.hosts[..2].iter().map(|h| h.control.clone()).collect(),
+            chain: miners.clone(),
+            // Priced as 30 days (the host's 10 MASPC per GiB per day: 300 MASPC, 50 per
+            // period), run as six short periods.
+            days: 30,
+            period_blocks: Some(PROOF_PERIOD * PERIODS),
+            key: client.clone(),
+            passphrase: zeroize::Zeroizing::new(pass.to_vec()),
+            chunk_bytes: proto::CHUNK_BYTES_DEFAULT,
+            workers: engine::seal::default_workers(),
+            journal_dir: dir.join("client-state"),
+            via: Vec::new(),
+        };
+        let done = store(&job, Arc::new(|_, _| {}), Arc::new(|_: &str| {})).await?;
+        println!(
+            "{step}. `mspace put --host host0 --host host1`: offers checked, the file sealed once for its {} chunks' CRC32C and BLAKE3 roots, paid into escrow on chain ({} MASPC per deal), uploaded through each host's deal link, and both hosts' own CRCs matched on chain ({:.1} s)",
+            done.plan.chunks.len() + 1,
+            done.placed[0].storage_fee,
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        balances(&mut chain, sender, &hosts).await?;
+        let deals: Vec<TxId> = done.placed.iter().map(|p| p.deal).collect();
+
+        let t = Instant::now();
+        let mut paid = Vec::new();
+        for d in &deals {
+            let v = wait_deal(&mut chain, *d, "proved three periods", |v| v.proven >= 3).await?;
+            paid.push(v.paid);
+        }
+        println!(
+            "{step}. three proof periods: each host answered the chain's 16 sampled leaves per period in one transaction, and each period paid its part of the escrow: {} and {} MASPC paid so far ({:.1} s)",
+            paid[0],
+            paid[1],
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        balances(&mut chain, sender, &hosts).await?;
+
+        let victim = &layout.hosts[1];
+        let pid: i32 = std::fs::read_to_string(victim.pid_file())?.trim().parse()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        let t = Instant::now();
+        let lost = wait_deal(&mut chain, deals[1], "missed a proof", |v| v.missed >= 1).await?;
+        println!(
+            "{step}. host1 killed (SIGKILL): its next challenge went unanswered; the chain refunded that period's part to the sender ({} MASPC so far) and moved {} MASP of host1's deposit to the sender ({:.1} s)",
+            lost.refunded,
+            100 * u64::from(lost.missed),
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        balances(&mut chain, sender, &hosts).await?;
+
+        let t = Instant::now();
+        let host0 = api::host_client(&layout.hosts[0].control).await?;
+        let link = host0
+            .deal_link(tarpc::context::current(), deals[0].0, true)
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let out = dir.join("downloaded-from-deal.bin");
+        get_file(
+            &GetJob {
+                link: proto::link::Link::parse(&link)?,
+                via: Vec::new(),
+                key: client.clone(),
+                unlock: Key::Share(Box::new(done.share_key)),
+                out: out.clone(),
+                overwrite: true,
+                workers: engine::seal::default_workers(),
+            },
+            Arc::new(|_, _| {}),
+        )
+        .await?;
+        println!(
+            "{step}. `mspace get --deal`: downloaded from the surviving host0 through its deal's download link (bound to the sender's key), verified and decrypted ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        anyhow::Ok(out)
+    })?;
+    drop(net);
+    Ok(out)
+}

@@ -1,0 +1,164 @@
+//! The hosts of `mspace devnet --hosts N`: each its own `mspace host` process with its own
+//! store directory and key, funded from the devnet's client key, registered on the chain
+//! with a deposit, its agent following the devnet's miners.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use api::chain::ChainClient;
+use ed25519_consensus::SigningKey;
+use net::config::{read_key, HostConfig};
+use proto::tx::{AccountId, Asset, Role, TxBody};
+use serde::{Deserialize, Serialize};
+
+/// Each devnet host's deposit (MASP) and fee money (MASPC), from the client key.
+pub const HOST_DEPOSIT: u64 = 10_000;
+pub const HOST_FEES: u64 = 10_000;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetHost {
+    pub config: PathBuf,
+    /// Data plane and control plane, on 127.0.0.1.
+    pub listen: String,
+    pub control: String,
+    pub key: String,
+}
+
+impl DevnetHost {
+    pub fn log(&self) -> PathBuf {
+        self.config.with_file_name("host.log")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.config.with_file_name("host.pid")
+    }
+}
+
+/// Writes host `i`'s folder under `dir` with `mspace host init` (ports `port` and
+/// `port + 1`, the miners as its chain).
+pub fn init_host(
+    exe: &Path,
+    dir: &Path,
+    i: usize,
+    port: u16,
+    miners: &[String],
+) -> Result<DevnetHost> {
+    let hdir = dir.join(format!("host{i}"));
+    let config = hdir.join("host.toml");
+    let listen = format!("127.0.0.1:{port}");
+    let control = format!("127.0.0.1:{}", port + 1);
+    let mut cmd = Command::new(exe);
+    cmd.args(["host", "init", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(hdir.join("data"))
+        .args(["--listen", &listen, "--control-listen", &control]);
+    for m in miners {
+        cmd.args(["--chain", m]);
+    }
+    let out = cmd.output().context("run mspace host init")?;
+    if !out.status.success() {
+        bail!(
+            "host{i}: mspace host init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cfg = HostConfig::load(&config)?;
+    let key = read_key(&cfg.key_file)?;
+    Ok(DevnetHost {
+        config,
+        listen,
+        control,
+        key: miner::hex(&key.verification_key().to_bytes()),
+    })
+}
+
+/// Starts `mspace host --config` with its output appended to `host.log` and its pid in
+/// `host.pid`.
+pub fn spawn_host(exe: &Path, h: &DevnetHost) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(h.log())
+        .with_context(|| format!("open {}", h.log().display()))?;
+    let child = Command::new(exe)
+        .args(["host", "--config"])
+        .arg(&h.config)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("start a host")?;
+    let tmp = h.pid_file().with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", child.id()))?;
+    std::fs::rename(&tmp, h.pid_file())?;
+    Ok(child)
+}
+
+/// Waits up to 60 s for `addr` to accept connections while `child` runs.
+pub fn wait_listening(addr: &str, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{what} exited ({status}) while starting; see {}",
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("{what} is not listening on {addr} after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Funds each host not yet registered from `client` and registers it with
+/// [`HOST_DEPOSIT`]; a host already registered is left as it is.
+pub async fn fund_and_register(
+    hosts: &[DevnetHost],
+    client: &SigningKey,
+    miners: &[String],
+) -> Result<()> {
+    let mut chain = ChainClient::connect(miners).await?;
+    let wait = Duration::from_secs(60);
+    for (i, h) in hosts.iter().enumerate() {
+        let cfg = HostConfig::load(&h.config)?;
+        let key = read_key(&cfg.key_file)?;
+        let me = AccountId(key.verification_key().to_bytes());
+        let view = chain.account(me).await?;
+        if view.registrations.iter().any(|r| r.role == "host") {
+            continue;
+        }
+        for (asset, amount) in [(Asset::Masp, HOST_DEPOSIT), (Asset::Maspc, HOST_FEES)] {
+            chain
+                .submit(
+                    client,
+                    TxBody::Transfer {
+                        to: me,
+                        asset,
+                        amount,
+                    },
+                    1,
+                    wait,
+                )
+                .await
+                .with_context(|| format!("funding host{i}"))?;
+        }
+        chain
+            .submit(
+                &key,
+                TxBody::Register {
+                    role: Role::Host,
+                    deposit: HOST_DEPOSIT,
+                    endpoint: h.listen.clone(),
+                },
+                1,
+                wait,
+            )
+            .await
+            .with_context(|| format!("registering host{i}"))?;
+    }
+    Ok(())
+}
