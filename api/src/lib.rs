@@ -349,6 +349,8 @@ pub struct DealView {
     pub id: String,
     pub sender: String,
     pub host: String,
+    /// The id of the host's offer the payment cited.
+    pub offer: [u8; 16],
     pub stage: DealStage,
     pub storage_fee: u64,
     pub download_fee: u64,

@@ -213,6 +213,8 @@ pub struct HostChallenge {
 pub struct Deal {
     pub sender: AccountId,
     pub host: AccountId,
+    /// The id of the host's offer the payment cited.
+    pub offer: [u8; 16],
     pub storage_fee: u64,
     pub download_fee: u64,
     pub period_blocks: u64,
@@ -351,6 +353,9 @@ pub struct State {
     pub deadlines: BTreeSet<(u64, DealId)>,
     /// The open challenge of each host with active deals, for the current proof period.
     pub challenges: BTreeMap<AccountId, HostChallenge>,
+    /// Offers a payment has cited, with their expiry (Unix seconds): each is taken once,
+    /// and forgotten once the chain's time is past its expiry (it could not be cited again).
+    pub offers_used: BTreeMap<(AccountId, [u8; 16]), u64>,
     pub genesis_supply: Supply,
     pub burned: Supply,
     /// Equivocations already punished: (validator, height, round, vote kind).
@@ -440,6 +445,10 @@ pub enum TxError {
     StillUnbonding { until: u64 },
     #[error("the host still holds {0} deals")]
     HasOpenDeals(usize),
+    #[error("the host's offer expired at {expiry} (Unix seconds); this block's time is {now}: ask the host for a new offer")]
+    OfferExpired { expiry: u64, now: u64 },
+    #[error("this offer of the host was already paid for: an offer is taken once")]
+    OfferUsed,
     #[error("host {0} is not a registered, bonded host")]
     NotAHost(AccountId),
     #[error("a deal needs 1 to {DEAL_CHUNKS_MAX} chunks, a positive storage fee and period")]
@@ -548,6 +557,7 @@ impl State {
             validators: BTreeMap::new(),
             deadlines: BTreeSet::new(),
             challenges: BTreeMap::new(),
+            offers_used: BTreeMap::new(),
             genesis_supply: supply,
             burned: Supply::default(),
             equivocations: BTreeSet::new(),
@@ -647,6 +657,7 @@ impl State {
             h.update(&id.0);
             h.update(&d.sender.0);
             h.update(&d.host.0);
+            h.update(&d.offer);
             for v in [
                 d.storage_fee,
                 d.download_fee,
@@ -722,6 +733,12 @@ impl State {
                 u(&mut h, u64::from(smp.chunk));
                 u(&mut h, smp.leaf);
             }
+        }
+        u(&mut h, self.offers_used.len() as u64);
+        for ((host, offer), expiry) in &self.offers_used {
+            h.update(&host.0);
+            h.update(offer);
+            u(&mut h, *expiry);
         }
         u(&mut h, self.validators.len() as u64);
         for (id, power) in &self.validators {
@@ -861,6 +878,8 @@ fn end_block(state: &mut State) {
         credit_maspc(state, sender, escrow);
         state.stats_mut(host).deals_expired += 1;
     }
+    let now = state.timestamp_ms / 1000;
+    state.offers_used.retain(|_, expiry| *expiry >= now);
     let p = state.params.proof_period_blocks;
     if (state.height + 1).is_multiple_of(p) {
         let period = state.height / p;
@@ -1178,11 +1197,23 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
         }
         TxBody::UploadPayment {
             host,
+            offer,
+            offer_expiry_unix_secs,
             storage_fee,
             download_fee,
             period_blocks,
             chunks,
         } => {
+            let now = state.timestamp_ms / 1000;
+            if *offer_expiry_unix_secs < now {
+                return Err(TxError::OfferExpired {
+                    expiry: *offer_expiry_unix_secs,
+                    now,
+                });
+            }
+            if state.offers_used.contains_key(&(*host, *offer)) {
+                return Err(TxError::OfferUsed);
+            }
             let chunk_max = u64::from(proto::CHUNK_BYTES_MAX + proto::TAG_BYTES);
             if chunks.is_empty()
                 || chunks.len() > DEAL_CHUNKS_MAX as usize
@@ -1217,12 +1248,16 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             add(add(height, timeout)?, *period_blocks).map_err(|_| TxError::BadDealTerms)?;
             let deal_id = signed.id();
             state.deadlines.insert((height + timeout, deal_id));
+            state
+                .offers_used
+                .insert((*host, *offer), *offer_expiry_unix_secs);
             state.accounts.insert(tx.signer, me);
             state.deals.insert(
                 deal_id,
                 Deal {
                     sender: tx.signer,
                     host: *host,
+                    offer: *offer,
                     storage_fee: *storage_fee,
                     download_fee: *download_fee,
                     period_blocks: *period_blocks,

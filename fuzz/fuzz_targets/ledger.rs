@@ -92,6 +92,9 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 TxBody::UploadPayment {
                     host: other,
+                    // Few distinct offers, some expired: replays and expiry get exercised.
+                    offer: [arg % 4; 16],
+                    offer_expiry_unix_secs: u64::from(kind),
                     storage_fee: amount,
                     download_fee: amount / 7,
                     period_blocks: 10,

@@ -377,6 +377,8 @@ proptest! {
                         .collect();
                     let body = TxBody::UploadPayment {
                         host: id(host),
+                        offer: w.next_chunk.to_le_bytes().repeat(4).try_into().unwrap(),
+                        offer_expiry_unix_secs: u64::MAX,
                         storage_fee: 10 * u64::from(parts),
                         download_fee: 0,
                         period_blocks: P * u64::from(parts),

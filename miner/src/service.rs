@@ -354,6 +354,7 @@ pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
         id: hex(&id.0),
         sender: hex(&d.sender.0),
         host: hex(&d.host.0),
+        offer: d.offer,
         stage,
         storage_fee: d.storage_fee,
         download_fee: d.download_fee,

@@ -104,6 +104,45 @@ impl HostControl {
     }
 }
 
+/// A deal's payment must cite an offer this host made, and meet its terms: no more bytes
+/// than offered, no longer than the days asked, and at least the offer's price for them.
+fn check_offer_terms(
+    issued: Option<crate::host::IssuedOffer>,
+    view: &api::DealView,
+) -> Result<(), ControlError> {
+    let o = issued.ok_or_else(|| {
+        ControlError::Invalid(
+            "the payment cites an offer this host did not make (or made before it restarted): \
+             it will not be completed, and the escrow returns to the sender at the deadline"
+                .into(),
+        )
+    })?;
+    if view.bytes > o.bytes_max {
+        return Err(ControlError::Invalid(format!(
+            "the deal covers {} bytes; the offer, {}",
+            view.bytes, o.bytes_max
+        )));
+    }
+    let days = u64::from(o.days);
+    if view.period_blocks > days.saturating_mul(market::terms::BLOCKS_PER_DAY) {
+        return Err(ControlError::Invalid(format!(
+            "the deal runs {} blocks; the offer was for {days} days",
+            view.period_blocks
+        )));
+    }
+    let need = o
+        .price_per_gib_day
+        .saturating_mul(view.bytes.div_ceil(market::terms::GIB))
+        .saturating_mul(days);
+    if view.storage_fee < need {
+        return Err(ControlError::Invalid(format!(
+            "the deal pays {} MASPC; the offer asks {need} for these bytes and days",
+            view.storage_fee
+        )));
+    }
+    Ok(())
+}
+
 fn same_secret(a: &str, b: &str) -> bool {
     // Compared in time independent of where they differ.
     let (a, b) = (blake3::hash(a.as_bytes()), blake3::hash(b.as_bytes()));
@@ -157,6 +196,15 @@ impl HostApi for HostControl {
                     deposit,
                     expiry_unix_secs: crate::now_secs().saturating_add(OFFER_TTL_SECS),
                 };
+                self.host.remember_offer(
+                    id,
+                    crate::host::IssuedOffer {
+                        price_per_gib_day: offer.price_per_gib_day,
+                        days: request.days,
+                        bytes_max: offer.bytes_max,
+                        expiry_unix_secs: offer.expiry_unix_secs,
+                    },
+                );
                 (Some(offer.sign(&self.key).to_bytes()), None)
             }
             Err(r) => (None, Some(r)),
@@ -251,6 +299,9 @@ impl HostApi for HostControl {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| ControlError::Unavailable("the miner sent a malformed deal".into()))?;
+        if !download {
+            check_offer_terms(self.host.issued_offer(&view.offer), &view)?;
+        }
         let (grant, ttl) = match (&view.stage, download) {
             (api::DealStage::AwaitingCompletion { .. }, false) => {
                 // The deal's bytes, plus the file record its manifest upload writes.
@@ -313,4 +364,74 @@ pub async fn serve_host_control(
     bound: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
     api::serve_control!(control.serve(), addr, bound).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::IssuedOffer;
+
+    fn view(bytes: u64, period_blocks: u64, fee: u64) -> api::DealView {
+        api::DealView {
+            id: String::new(),
+            sender: String::new(),
+            host: String::new(),
+            offer: [1; 16],
+            stage: api::DealStage::AwaitingCompletion { deadline: 100 },
+            storage_fee: fee,
+            download_fee: 0,
+            period_blocks,
+            opened_height: 1,
+            escrow: fee,
+            paid: 0,
+            refunded: 0,
+            parts: 0,
+            proven: 0,
+            missed: 0,
+            chunks: 1,
+            bytes,
+            first_period: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_deal_link_needs_an_offer_of_this_host_and_its_terms() {
+        let offer = IssuedOffer {
+            price_per_gib_day: 10,
+            days: 30,
+            bytes_max: 5 << 30,
+            expiry_unix_secs: u64::MAX,
+        };
+        let day = market::terms::BLOCKS_PER_DAY;
+        // (offer known, bytes, blocks, fee) -> refusal containing
+        let cases: [(bool, u64, u64, u64, Option<&str>); 6] = [
+            (true, 1 << 30, 30 * day, 300, None),
+            (true, 2 << 30, 120, 600, None),
+            (false, 1 << 30, 30 * day, 300, Some("did not make")),
+            (
+                true,
+                6 << 30,
+                30 * day,
+                10_000,
+                Some("the offer, 5368709120"),
+            ),
+            (true, 1 << 30, 31 * day, 310, Some("was for 30 days")),
+            (
+                true,
+                (1 << 30) + 1,
+                30 * day,
+                300,
+                Some("the offer asks 600"),
+            ),
+        ];
+        for (known, bytes, blocks, fee, want) in cases {
+            let got = check_offer_terms(known.then_some(offer), &view(bytes, blocks, fee));
+            match (got, want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{e} lacks {w:?}"),
+                (got, want) => panic!("{bytes} {blocks} {fee}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
 }

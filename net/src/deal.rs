@@ -186,6 +186,8 @@ pub async fn store(
         loop {
             let body = TxBody::UploadPayment {
                 host: AccountId(offer.host),
+                offer: offer.id,
+                offer_expiry_unix_secs: offer.expiry_unix_secs,
                 storage_fee: terms.storage_fee,
                 download_fee: 0,
                 period_blocks: terms.period_blocks,

@@ -57,6 +57,18 @@ pub struct Host {
     /// Links minted for deals on the chain: what is uploaded under them is kept until the
     /// host's agent releases it when the deal is over, not for the retention period.
     deal_links: Mutex<HashSet<[u8; 16]>>,
+    /// Offers this host signed and that have not expired: a deal's link is granted only
+    /// for a payment that cites one of them, on its terms.
+    offers: Mutex<HashMap<[u8; 16], IssuedOffer>>,
+}
+
+/// The terms of an offer this host made, as the sender asked them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IssuedOffer {
+    pub price_per_gib_day: u64,
+    pub days: u32,
+    pub bytes_max: u64,
+    pub expiry_unix_secs: u64,
 }
 
 /// How long a stopping host waits for open connections to finish their requests.
@@ -95,6 +107,7 @@ impl Host {
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
             deal_links: Mutex::new(HashSet::new()),
+            offers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,6 +142,23 @@ impl Host {
         } else {
             crate::now_secs().saturating_add(self.retention_secs)
         }
+    }
+
+    /// Remembers an offer made (expired ones are forgotten).
+    pub fn remember_offer(&self, id: [u8; 16], offer: IssuedOffer) {
+        let now = crate::now_secs();
+        let mut o = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+        o.retain(|_, v| v.expiry_unix_secs >= now);
+        o.insert(id, offer);
+    }
+
+    /// The terms of offer `id`, if this host made it (since it started).
+    pub fn issued_offer(&self, id: &[u8; 16]) -> Option<IssuedOffer> {
+        self.offers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
     }
 
     /// Marks `link` as a deal's upload link (see [`Host::expiry`]).

@@ -114,8 +114,12 @@ pub enum TxBody {
     Withdraw { role: Role },
     /// Tag 6, the seed's transaction #3: the sender escrows `storage_fee` MASPC for `host` to
     /// keep `chunks` for `period_blocks`, and names the fee receivers pay it per download.
+    /// It cites the host's signed offer (`crate::offer`) by id and expiry: the chain takes
+    /// one payment per offer, before the offer expires.
     UploadPayment {
         host: AccountId,
+        offer: [u8; 16],
+        offer_expiry_unix_secs: u64,
         storage_fee: u64,
         download_fee: u64,
         period_blocks: u64,
@@ -257,6 +261,8 @@ impl Tx {
             TxBody::Withdraw { role } => out.extend_from_slice(&[5, *role as u8]),
             TxBody::UploadPayment {
                 host,
+                offer,
+                offer_expiry_unix_secs,
                 storage_fee,
                 download_fee,
                 period_blocks,
@@ -264,6 +270,8 @@ impl Tx {
             } => {
                 out.push(6);
                 out.extend_from_slice(&host.0);
+                out.extend_from_slice(offer);
+                put_u64(&mut out, *offer_expiry_unix_secs);
                 put_u64(&mut out, *storage_fee);
                 put_u64(&mut out, *download_fee);
                 put_u64(&mut out, *period_blocks);
@@ -397,6 +405,8 @@ impl Tx {
             },
             6 => {
                 let host = AccountId(r.array("host")?);
+                let offer = r.array("offer")?;
+                let offer_expiry_unix_secs = r.u64("offer_expiry_unix_secs")?;
                 let storage_fee = r.u64("storage_fee")?;
                 let download_fee = r.u64("download_fee")?;
                 let period_blocks = r.u64("period_blocks")?;
@@ -414,6 +424,8 @@ impl Tx {
                 }
                 TxBody::UploadPayment {
                     host,
+                    offer,
+                    offer_expiry_unix_secs,
                     storage_fee,
                     download_fee,
                     period_blocks,
@@ -704,6 +716,8 @@ mod tests {
             },
             TxBody::UploadPayment {
                 host: AccountId([2; 32]),
+                offer: [5; 16],
+                offer_expiry_unix_secs: 1_800_000_000,
                 storage_fee: 10,
                 download_fee: 1,
                 period_blocks: 100,
@@ -937,6 +951,8 @@ mod tests {
             .contains("no exchange"));
         let deal = signed(TxBody::UploadPayment {
             host: AccountId([2; 32]),
+            offer: [0; 16],
+            offer_expiry_unix_secs: 0,
             storage_fee: 1,
             download_fee: 0,
             period_blocks: 1,

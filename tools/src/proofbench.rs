@@ -141,6 +141,7 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
                 Deal {
                     sender,
                     host,
+                    offer: id[..16].try_into()?,
                     storage_fee: fee,
                     download_fee: 0,
                     period_blocks: u64::from(parts) * p,

@@ -114,6 +114,15 @@ impl Chain {
     }
 }
 
+/// A new offer id each call (each payment cites its own offer).
+fn fresh_offer() -> [u8; 16] {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_le_bytes());
+    id
+}
+
 /// The sealed bytes of test chunk `i` (the ledger never sees them; storage proofs do).
 fn chunk_data(i: u32, bytes: u32) -> Vec<u8> {
     let mut out = vec![0u8; usize::try_from(bytes).unwrap()];
@@ -173,6 +182,8 @@ fn with_deal(c: &mut Chain, n: u32) -> DealId {
     );
     let body = TxBody::UploadPayment {
         host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: 500,
         download_fee: 30,
         period_blocks: 100,
@@ -552,6 +563,8 @@ fn deal_terms_and_host_capacity_are_enforced() {
     let mut c = Chain::new();
     let pay = |host, chunks, fee| TxBody::UploadPayment {
         host,
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: fee,
         download_fee: 0,
         period_blocks: 10,
@@ -734,6 +747,8 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
 
     let body = TxBody::UploadPayment {
         host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: 700,
         download_fee: 0,
         period_blocks: 50,
@@ -838,6 +853,8 @@ fn ratings_follow_the_chain_metrics() {
     c.ok(1, proof);
     let pay = |period| TxBody::UploadPayment {
         host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: 5,
         download_fee: 0,
         period_blocks: period,
@@ -900,6 +917,8 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
     // 250 blocks: three proof periods paying 100, 100 and 101.
     let body = TxBody::UploadPayment {
         host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: 301,
         download_fee: 0,
         period_blocks: 250,
@@ -1056,6 +1075,8 @@ fn one_challenge_covers_every_deal_of_a_host_and_samples_across_them() {
             0,
             TxBody::UploadPayment {
                 host: id(1),
+                offer: fresh_offer(),
+                offer_expiry_unix_secs: u64::MAX,
                 storage_fee: 1000,
                 download_fee: 0,
                 period_blocks: 10 * P,
@@ -1622,4 +1643,54 @@ fn equivocation_evidence_slashes_a_validator_once_and_bad_evidence_is_refused() 
     // Another round is another offence.
     c.ok(1, ev(vote(7, CHAIN, 2, y), vote(7, CHAIN, 2, x)));
     assert_eq!(c.state.stats[&id(7)].slashings, 2);
+}
+
+#[test]
+fn a_payment_cites_an_unexpired_offer_once() {
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 5_000,
+            endpoint: "h:1".into(),
+        },
+    );
+    let pay = |offer: [u8; 16], expiry: u64| TxBody::UploadPayment {
+        host: id(1),
+        offer,
+        offer_expiry_unix_secs: expiry,
+        storage_fee: 10,
+        download_fee: 0,
+        period_blocks: 100,
+        chunks: chunks(1, 4096),
+    };
+    c.ok(0, pay([1; 16], u64::MAX));
+    // Replayed, by the same sender or another: refused.
+    assert_eq!(c.err(0, pay([1; 16], u64::MAX)), TxError::OfferUsed);
+    assert_eq!(c.err(2, pay([1; 16], u64::MAX)), TxError::OfferUsed);
+    // Past its expiry (the block's time, in seconds): refused, naming both times.
+    let now = c.state.height + 1;
+    assert_eq!(
+        c.err(0, pay([2; 16], now - 1)),
+        TxError::OfferExpired {
+            expiry: now - 1,
+            now
+        }
+    );
+    // An offer is remembered until its expiry passes, then forgotten (it could not be
+    // cited again anyway).
+    c.ok(0, pay([3; 16], now + 2));
+    assert!(c.state.offers_used.contains_key(&(id(1), [3; 16])));
+    c.advance_to(c.state.height + 3);
+    assert!(!c.state.offers_used.contains_key(&(id(1), [3; 16])));
+    assert!(c.state.offers_used.contains_key(&(id(1), [1; 16])));
+    assert_eq!(
+        c.state
+            .deals
+            .values()
+            .filter(|d| d.offer == [3; 16])
+            .count(),
+        1
+    );
 }
