@@ -1,7 +1,8 @@
 //! The market steps of `mspace demo`: a devnet of four miners and three hosts as processes
 //! (`mspace devnet --hosts 3`, short proof periods), a file stored as a deal on two hosts,
 //! three proof periods proven and paid, one host killed (its next challenge missed: its
-//! deposit slashed, the sender refunded), the file downloaded from the surviving host, and
+//! deposit slashed, the sender refunded), a miner killed under the agents that follow it
+//! (they move on and keep proving), the file downloaded from the surviving host, and
 //! the balances of the sender, the hosts and the chain's totals printed at each step.
 
 use std::io::{BufRead, BufReader};
@@ -22,7 +23,7 @@ use proto::tx::{AccountId, TxId};
 use crate::chaincli::DevnetLayout;
 
 const PROOF_PERIOD: u64 = 20;
-const PERIODS: u64 = 6;
+const PERIODS: u64 = 8;
 
 /// The devnet child; stopped (SIGTERM: it stops its miners and hosts) when dropped.
 struct Devnet(Child);
@@ -175,8 +176,8 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             file: sample.to_owned(),
             hosts: layout.hosts[..2].iter().map(|h| h.control.clone()).collect(),
             chain: miners.clone(),
-            // Priced as 30 days (the host's 10 MASPC per GiB per day: 300 MASPC, 50 per
-            // period), run as six short periods.
+            // Priced as 30 days (the host's 10 MASPC per GiB per day: 300 MASPC, 37 or 38
+            // per period), run as eight short periods.
             days: 30,
             period_blocks: Some(PROOF_PERIOD * PERIODS),
             key: client.clone(),
@@ -225,6 +226,23 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         );
         *step += 1;
         balances(&mut chain, sender, &hosts).await?;
+
+        // A miner dies under the agents and clients that follow it: they move on.
+        let t = Instant::now();
+        let before = chain.deal(deals[0]).await?.context("the deal vanished")?.proven;
+        let miner0 = layout.miners[0].config.with_file_name("miner.pid");
+        let pid: i32 = std::fs::read_to_string(&miner0)?.trim().parse()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        let after = wait_deal(&mut chain, deals[0], "proved another period", |v| {
+            v.proven > before
+        })
+        .await?;
+        println!(
+            "{step}. miner0 killed (SIGKILL; the devnet restarts it): the agents and this client lost their miner, went on with the next one that answered, and host0 had {} periods proven ({:.1} s)",
+            after.proven,
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
 
         let t = Instant::now();
         let host0 = api::host_client(&layout.hosts[0].control).await?;

@@ -305,6 +305,7 @@ fn demo_runs_end_to_end() {
         "both hosts' own CRCs matched on chain",
         "three proof periods",
         "moved 100 MASP of host1's deposit to the sender",
+        "miner0 killed",
         "the file downloaded from the deal is byte-identical",
     ] {
         assert!(
