@@ -11,7 +11,7 @@
 //!   `StorageProofs` transaction; a block's transactions go in one `submit_txs` call,
 //!   signed with consecutive nonces;
 //! - a deal that left the open list is looked up, and once the chain says it is over, its
-//!   chunks no other deal covers are reported as releasable.
+//!   file record and the chunks no other deal covers are released (`Host::release`).
 //!
 //! Upload links for paid deals are granted by the control plane (`HostApi::deal_link`),
 //! which checks the deal on the chain itself.
@@ -44,8 +44,8 @@ pub struct AgentStats {
     pub completions_sent: u64,
     pub proofs_sent: u64,
     pub deals_closed: u64,
-    /// Chunks of closed deals that no open deal covers.
-    pub chunks_releasable: u64,
+    /// Chunks of closed deals removed from the store (no open deal covered them).
+    pub chunks_released: u64,
 }
 
 /// Runs the agent until `stop` turns true. `stats` is updated after every block.
@@ -163,16 +163,30 @@ async fn step(
             Action::CheckClosed { deal } => match chain.deal(TxId(*deal)).await? {
                 Some(v) if v.stage.is_open() => {}
                 _ => {
+                    // The deal's last chunk is its file's manifest.
+                    let manifest = agent.chunks_of(deal).last().copied();
                     let free = agent.closed(deal);
-                    tracing::info!(
-                        deal = hex(deal),
-                        releasable = free.len(),
-                        "deal over: its chunks are no longer under contract"
-                    );
-                    stats.send_modify(|s| {
-                        s.deals_closed += 1;
-                        s.chunks_releasable += free.len() as u64;
-                    });
+                    let manifest = manifest.filter(|m| free.contains(m)).map(ChunkId);
+                    let ids: Vec<ChunkId> = free.iter().map(|c| ChunkId(*c)).collect();
+                    let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
+                    match host.release(link, manifest, &ids).await {
+                        Ok(removed) => {
+                            tracing::info!(
+                                deal = hex(deal),
+                                removed,
+                                "deal over: its chunks released"
+                            );
+                            stats.send_modify(|s| {
+                                s.deals_closed += 1;
+                                s.chunks_released += removed;
+                            });
+                        }
+                        Err(e) => tracing::error!(
+                            deal = hex(deal),
+                            error = %e,
+                            "deal over, but its chunks could not be released"
+                        ),
+                    }
                 }
             },
             _ => {}

@@ -950,6 +950,48 @@ async fn delete(host: &Arc<Host>, link: [u8; 16], id: ChunkId) -> Reply {
     }
 }
 
+impl Host {
+    /// Releases what a deal that is over held: the file record of `manifest` (if given:
+    /// no other open deal covers it) and the bytes of `chunks` that the deal's upload link
+    /// `link` sent and that no other link or recorded file holds. Returns the chunks
+    /// removed from the store.
+    pub async fn release(
+        self: &Arc<Self>,
+        link: [u8; 16],
+        manifest: Option<ChunkId>,
+        chunks: &[ChunkId],
+    ) -> Result<u64, NetError> {
+        let mut removed = 0u64;
+        if let Some(m) = manifest {
+            let h = Arc::clone(self);
+            let recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&m))
+                .await
+                .map_err(|e| NetError::State(e.to_string()))??;
+            self.objects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&m);
+            // The envelope was stored by the file's record, not by a put under the link.
+            if recorded
+                && self
+                    .engine
+                    .delete(m)
+                    .recv()
+                    .await
+                    .map_err(|e| NetError::State(e.to_string()))?
+            {
+                removed += 1;
+            }
+        }
+        for id in chunks.iter().filter(|c| Some(**c) != manifest) {
+            if let Reply::Deleted { removed: true } = delete(self, link, *id).await {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// Stores a manifest envelope and records its chunk list: every chunk must be stored and
 /// have been sent under this same link. Answers with the host's signature.
 async fn put_object(

@@ -610,6 +610,22 @@ impl HostState {
         Ok(ObjectOutcome::Recorded)
     }
 
+    /// Removes a sealed file's record (its chunks are no longer listed by it), durably;
+    /// `false` if it was not recorded.
+    pub fn remove_object(&self, manifest: &ChunkId) -> Result<bool, crate::NetError> {
+        let _one = self.objects_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(chunks) = self.object_list(manifest)? else {
+            return Ok(false);
+        };
+        let io = |e: std::io::Error| {
+            crate::NetError::State(format!("removing manifest {manifest}: {e}"))
+        };
+        fs::remove_file(self.object_path(manifest)).map_err(io)?;
+        sync_dir(&self.dir.join("objects")).map_err(io)?;
+        self.unlist(&chunks);
+        Ok(true)
+    }
+
     /// The chunks of a sealed file, if it was uploaded here.
     pub fn object(&self, manifest: &ChunkId) -> Result<Option<HashSet<ChunkId>>, crate::NetError> {
         Ok(self.object_list(manifest)?.map(|l| l.into_iter().collect()))
@@ -773,6 +789,24 @@ mod tests {
         fs::write(&log, bytes).unwrap();
         let e = HostState::open(dir.path()).unwrap_err().to_string();
         assert!(e.contains("is damaged"), "{e}");
+    }
+
+    #[test]
+    fn a_removed_object_no_longer_lists_its_chunks_even_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = HostState::open(dir.path()).unwrap();
+        let (link, m, c) = ([4u8; 16], ChunkId([9; 32]), ChunkId([1; 32]));
+        st.record_upload(link, c).unwrap();
+        st.list(&[c]).unwrap();
+        st.put_object(&m, &[c]).unwrap();
+        assert_eq!(st.begin_delete(&link, c), Err(DeleteRefused::Listed(c)));
+        assert!(st.remove_object(&m).unwrap());
+        assert!(!st.remove_object(&m).unwrap(), "removed once");
+        assert!(st.object(&m).unwrap().is_none());
+        drop(st);
+        let st = HostState::open(dir.path()).unwrap();
+        assert_eq!(st.begin_delete(&link, c), Ok(true), "no longer listed");
+        st.end_delete(&link, c, true).unwrap();
     }
 
     #[test]

@@ -306,6 +306,38 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
         fee
     );
 
+    // The surviving host's agent sees its deal over and releases the file: its record
+    // and every chunk leave the store.
+    let mut height = json(&["chain", "status", "--miner", &m0, "--json"])["height"]
+        .as_u64()
+        .unwrap();
+    let stored = |cfg: &str| {
+        json(&["host", "status", "--config", cfg])["chunks"]
+            .as_u64()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if stored(&hosts[0].cfg) == 0 {
+            break;
+        }
+        height += 1;
+        json(&[
+            "chain",
+            "block",
+            &height.to_string(),
+            "--wait",
+            "30s",
+            "--miner",
+            &m0,
+            "--json",
+        ]);
+    }
+    assert_eq!(
+        stored(&hosts[0].cfg),
+        0,
+        "host0 still stores the ended deal's chunks"
+    );
+
     let after = account(&m0, &client_key);
     let nonce = |a: &serde_json::Value| a["nonce"].as_u64().unwrap();
     let sent_txs = nonce(&after) - nonce(&before);
@@ -334,6 +366,5 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
             HOST_DEPOSIT - 100 * missed,
             "{a}"
         );
-        let _ = &h.cfg;
     }
 }
