@@ -334,6 +334,16 @@ pub struct DealPlan {
 }
 
 impl DealPlan {
+    /// The share key of the planned file (it opens this file only).
+    pub fn share_key(&self, passphrase: &[u8]) -> Result<ShareKey, NetError> {
+        let master = derive_master_key(passphrase, &self.salt, self.kdf)?;
+        Ok(ShareKey {
+            file_id: self.file_id,
+            manifest_id: self.manifest.id,
+            file_key: derive_file_key(&master, &self.file_id),
+        })
+    }
+
     /// What the deal covers: the chunks, then the manifest envelope.
     pub fn entries(&self) -> Vec<ChunkEntry> {
         let mut e = self.chunks.clone();
@@ -352,6 +362,20 @@ pub fn plan_deal(
     workers: usize,
     progress: &dyn Fn(u64, u64),
 ) -> Result<DealPlan, NetError> {
+    plan_deal_with(file, passphrase, chunk_bytes, kdf, workers, progress, None)
+}
+
+/// [`plan_deal`] with a given salt and file id (a plan journaled before an interrupted
+/// payment), else fresh ones.
+pub fn plan_deal_with(
+    file: &Path,
+    passphrase: &[u8],
+    chunk_bytes: u32,
+    kdf: KdfParams,
+    workers: usize,
+    progress: &dyn Fn(u64, u64),
+    keys: Option<([u8; 16], FileId)>,
+) -> Result<DealPlan, NetError> {
     let f = std::fs::File::open(file).map_err(|e| {
         NetError::Codec(CodecError::Io {
             op: "open",
@@ -367,11 +391,13 @@ pub fn plan_deal(
         }
         .into());
     }
-    let mut salt = [0u8; 16];
-    let mut id = [0u8; 16];
-    rand_core::OsRng.fill_bytes(&mut salt);
-    rand_core::OsRng.fill_bytes(&mut id);
-    let file_id = FileId(id);
+    let (salt, file_id) = keys.unwrap_or_else(|| {
+        let mut salt = [0u8; 16];
+        let mut id = [0u8; 16];
+        rand_core::OsRng.fill_bytes(&mut salt);
+        rand_core::OsRng.fill_bytes(&mut id);
+        (salt, FileId(id))
+    });
     let master = derive_master_key(passphrase, &salt, kdf)?;
     let cipher = FileCipher::new(&derive_file_key(&master, &file_id), file_id);
     let mut stream = seal_stream(f, cipher, chunk_bytes, workers)?;
@@ -438,14 +464,25 @@ pub struct PutDone {
 
 /// The journal file of one upload: per link and file path.
 pub fn journal_path(dir: &Path, link: &Link, file: &Path) -> PathBuf {
+    journal_path_for(dir, &link.id, file)
+}
+
+/// The journal file of an upload under link id `id` (or a pending deal's plan, whose id
+/// is [`PENDING_DEAL_ID`]).
+pub fn journal_path_for(dir: &Path, id: &[u8; 16], file: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_owned());
     let h = blake3::hash(abs.as_os_str().as_encoded_bytes());
     dir.join(format!(
         "put-{}-{}.journal",
-        data_encoding::HEXLOWER.encode(&link.id),
+        data_encoding::HEXLOWER.encode(id),
         &h.to_hex()[..16]
     ))
 }
+
+/// The "link id" under which a paid upload's plan (its salt and file id) is journaled
+/// before the payment goes out, so that a run killed after paying seals the same chunks
+/// again and finds its deals instead of paying twice.
+pub const PENDING_DEAL_ID: [u8; 16] = *b"pending deal \0\0\0";
 
 enum Sealed {
     Chunk(engine::seal::SealedChunk),
@@ -493,7 +530,7 @@ pub async fn put_file(
     }
 }
 
-fn mtime_nanos(meta: &std::fs::Metadata) -> u64 {
+pub(crate) fn mtime_nanos(meta: &std::fs::Metadata) -> u64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

@@ -22,7 +22,10 @@ use proto::offer::{Offer, SignedOffer};
 use proto::tx::{AccountId, TxBody, TxId};
 use proto::{KdfParams, ShareKey};
 
-use crate::client::{plan_deal, put_file, DealPlan, PutJob};
+use crate::client::{
+    journal_path_for, mtime_nanos, plan_deal_with, put_file, DealPlan, PutJob, PENDING_DEAL_ID,
+};
+use crate::journal::{Journal, JournalHeader};
 use crate::NetError;
 
 /// Fee of the payment transaction (MASPC).
@@ -149,14 +152,45 @@ pub async fn store(
         ));
         hosts.push((addr.clone(), client, offer));
     }
+    // The plan is journaled before any payment: a run killed after paying seals the
+    // same chunks again and finds its deals on the chain instead of paying twice.
+    let pending = journal_path_for(&job.journal_dir, &PENDING_DEAL_ID, &job.file);
+    let _one_run = Journal::lock(&pending)?;
+    let mtime = mtime_nanos(&std::fs::metadata(&job.file)?);
+    let found = Journal::find(&pending, &PENDING_DEAL_ID, size, mtime, job.chunk_bytes)
+        .map(|(h, _)| (h.salt, h.file_id));
     let (file, pass) = (job.file.clone(), job.passphrase.clone());
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let p = Arc::clone(&progress);
     let plan = tokio::task::spawn_blocking(move || {
-        plan_deal(&file, &pass, chunk_bytes, KdfParams::DEFAULT, workers, &*p)
+        plan_deal_with(
+            &file,
+            &pass,
+            chunk_bytes,
+            KdfParams::DEFAULT,
+            workers,
+            &*p,
+            found,
+        )
     })
     .await
     .map_err(|e| NetError::Protocol(format!("the sealing task failed: {e}")))??;
+    let pending = Journal::start(
+        &pending,
+        JournalHeader {
+            link: PENDING_DEAL_ID,
+            file_bytes: size,
+            mtime_nanos: mtime,
+            chunk_bytes: plan.chunk_bytes,
+            kdf: plan.kdf,
+            salt: plan.salt,
+            file_id: plan.file_id,
+        },
+        Vec::new(),
+    )?;
+    if found.is_some() {
+        report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
+    }
     let entries = plan.entries();
     if entries.len() > proto::tx::DEAL_CHUNKS_MAX as usize {
         return Err(NetError::Config(format!(
@@ -171,6 +205,24 @@ pub async fn store(
         "sealed {} chunks and the manifest: {bytes} bytes under deal",
         plan.chunks.len()
     ));
+    // Deals an interrupted run paid for this very plan: open, with this sender.
+    let me = AccountId(job.key.verification_key().to_bytes());
+    let mut earlier: Vec<(String, TxId, DealStage)> = Vec::new();
+    if found.is_some() {
+        for v in chain.deals_of(me, true).await.map_err(chain_err)? {
+            let id = parse_tx(&v.id)?;
+            let Some(full) = chain.deal(id).await.map_err(chain_err)? else {
+                continue;
+            };
+            let same = full.entries.len() == entries.len()
+                && full.entries.iter().zip(&entries).all(|(a, b)| {
+                    (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
+                });
+            if same {
+                earlier.push((full.host, id, full.stage));
+            }
+        }
+    }
     let mut placed = Vec::new();
     let mut share_key = None;
     for (addr, client, offer) in &hosts {
@@ -182,27 +234,38 @@ pub async fn store(
             status.proof_period_blocks,
         )
         .map_err(|e| NetError::Config(e.to_string()))?;
+        let host_hex = data_encoding::HEXLOWER.encode(&offer.host);
+        let mut resume = earlier
+            .iter()
+            .find(|(h, _, _)| *h == host_hex)
+            .map(|(_, id, stage)| (*id, stage.clone()));
         let mut attempt = 1u32;
         loop {
-            let body = TxBody::UploadPayment {
-                host: AccountId(offer.host),
-                offer: offer.id,
-                offer_expiry_unix_secs: offer.expiry_unix_secs,
-                storage_fee: terms.storage_fee,
-                download_fee: 0,
-                period_blocks: terms.period_blocks,
-                chunks: entries.clone(),
+            let (deal, paid_at) = match resume.take() {
+                Some((deal, stage)) => {
+                    report(&format!(
+                        "{addr}: deal {deal} was paid by an interrupted run ({stage}): not paying again"
+                    ));
+                    (deal, chain.status().await.map_err(chain_err)?.height)
+                }
+                None => pay(&mut chain, job, addr, offer, &entries, &terms, &report).await?,
             };
-            let committed = chain
-                .submit(&job.key, body, PAYMENT_FEE, COMMIT_WAIT)
-                .await
-                .map_err(|e| NetError::Protocol(format!("paying {addr}: {e}")))?;
-            let deal = parse_tx(&committed.tx)?;
-            report(&format!(
-                "{addr}: paid {} MASPC into escrow for {} blocks: deal {} at height {}",
-                terms.storage_fee, terms.period_blocks, committed.tx, committed.height
-            ));
-            let link = deal_link(&mut chain, client, &deal, committed.height).await?;
+            if let Some(start_height) = active_since(&mut chain, &deal).await? {
+                report(&format!(
+                    "{addr}: storage already runs from height {start_height}"
+                ));
+                placed.push(Placed {
+                    host_addr: addr.clone(),
+                    host: offer.host,
+                    deal,
+                    storage_fee: terms.storage_fee,
+                    period_blocks: terms.period_blocks,
+                    start_height,
+                    attempts: attempt,
+                });
+                break;
+            }
+            let link = deal_link(&mut chain, client, &deal, paid_at).await?;
             let put = PutJob {
                 file: job.file.clone(),
                 link,
@@ -248,11 +311,59 @@ pub async fn store(
             }
         }
     }
+    // Every copy is placed: nothing to resume any more.
+    pending.remove()?;
+    let share_key = match share_key {
+        Some(k) => k,
+        None => plan.share_key(&job.passphrase)?,
+    };
     Ok(DealDone {
         plan,
-        share_key: share_key.expect("at least one host"),
+        share_key,
         placed,
     })
+}
+
+/// Pays `offer`'s host for `entries` on `terms`; returns the deal and the height it was
+/// committed at.
+async fn pay(
+    chain: &mut ChainClient,
+    job: &DealJob,
+    addr: &str,
+    offer: &Offer,
+    entries: &[proto::ChunkEntry],
+    terms: &market::terms::Terms,
+    report: &Report,
+) -> Result<(TxId, u64), NetError> {
+    let body = TxBody::UploadPayment {
+        host: AccountId(offer.host),
+        offer: offer.id,
+        offer_expiry_unix_secs: offer.expiry_unix_secs,
+        storage_fee: terms.storage_fee,
+        download_fee: 0,
+        period_blocks: terms.period_blocks,
+        chunks: entries.to_vec(),
+    };
+    let committed = chain
+        .submit(&job.key, body, PAYMENT_FEE, COMMIT_WAIT)
+        .await
+        .map_err(|e| NetError::Protocol(format!("paying {addr}: {e}")))?;
+    let deal = parse_tx(&committed.tx)?;
+    report(&format!(
+        "{addr}: paid {} MASPC into escrow for {} blocks: deal {} at height {}",
+        terms.storage_fee, terms.period_blocks, committed.tx, committed.height
+    ));
+    Ok((deal, committed.height))
+}
+
+/// The deal's start height if storage already runs.
+async fn active_since(chain: &mut ChainClient, deal: &TxId) -> Result<Option<u64>, NetError> {
+    Ok(
+        match chain.deal(*deal).await.map_err(chain_err)?.map(|v| v.stage) {
+            Some(DealStage::Active { start_height, .. }) => Some(start_height),
+            _ => None,
+        },
+    )
 }
 
 fn parse_tx(hex: &str) -> Result<TxId, NetError> {

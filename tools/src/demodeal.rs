@@ -40,16 +40,23 @@ impl Drop for Devnet {
     }
 }
 
-/// A first port with `n` free ports after it on 127.0.0.1, below the ephemeral range.
+/// A first port with `n` free ports after it on 127.0.0.1, between 10000 and 20000: below
+/// the kernel's ephemeral range, and below the ports the tests' devnets take (20000 up).
+/// The search starts at a place drawn from the process id, so that demos run side by side
+/// do not race for the same ports, and wraps around to try every candidate once.
 fn free_ports(n: u16) -> Result<u16> {
-    let start = 21_000 + u16::try_from(std::process::id() % 400).unwrap_or(0) * 25;
-    for base in (start..30_000).step_by(usize::from(n)) {
+    const LOW: u16 = 10_000;
+    const HIGH: u16 = 20_000;
+    let slots = (HIGH - LOW) / n.max(1);
+    let first = u16::try_from(std::process::id() % u32::from(slots)).unwrap_or(0);
+    for k in 0..slots {
+        let base = LOW + ((first + k) % slots) * n;
         let free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
         if free {
             return Ok(base);
         }
     }
-    bail!("no {n} free ports on 127.0.0.1 below 30000")
+    bail!("no {n} consecutive free ports on 127.0.0.1 between {LOW} and {HIGH}")
 }
 
 fn start_devnet(dir: &Path) -> Result<(Devnet, DevnetLayout)> {

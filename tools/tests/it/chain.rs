@@ -98,7 +98,7 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
 
 /// [`start_devnet`] with these options (block time, proof period).
 pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
-    let base = 20_000 + (std::process::id() % 250) * 48 + slot * 16;
+    let base = 20_000 + (std::process::id() % 180) * 64 + slot * 16;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
         .args([
             "devnet",

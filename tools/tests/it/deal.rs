@@ -368,3 +368,142 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
         );
     }
 }
+
+#[test]
+fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    let period = PROOF_PERIOD.to_string();
+    let (_net, base) = start_devnet_with(
+        &d,
+        1,
+        3,
+        &["--block-time-ms", "100", "--proof-period-blocks", &period],
+    );
+    let m0 = format!("127.0.0.1:{}", base + 1);
+    let client = s(&d.join("client.key"));
+    let cfg = dir.path().join("host/host.toml");
+    let (control, _, _host, key) = start_chain_host(&cfg, &dir.path().join("host/data"), &m0);
+    for (asset, amount) in [("masp", HOST_DEPOSIT), ("maspc", HOST_MASPC)] {
+        json(&[
+            "chain",
+            "transfer",
+            "--key",
+            &client,
+            "--to",
+            &key,
+            "--asset",
+            asset,
+            "--amount",
+            &amount.to_string(),
+            "--miner",
+            &m0,
+            "--wait",
+            "60s",
+            "--json",
+        ]);
+    }
+    json(&[
+        "host",
+        "register",
+        "--config",
+        &s(&cfg),
+        "--deposit",
+        &HOST_DEPOSIT.to_string(),
+        "--json",
+    ]);
+
+    // 96 MiB in 1 MiB chunks: the upload outlasts the payment by long enough to be killed.
+    let file = dir.path().join("big.bin");
+    let mut bytes = vec![0u8; 96 << 20];
+    blake3::Hasher::new()
+        .update(b"resume")
+        .finalize_xof()
+        .fill(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple").unwrap();
+    let state = s(&dir.path().join("client-state"));
+    let args = [
+        "put",
+        &s(&file),
+        "--host",
+        &control,
+        "--chain",
+        &m0,
+        "--days",
+        "1",
+        "--period-blocks",
+        "400",
+        "--chunk-size",
+        "1MiB",
+        "--key",
+        &client,
+        "--passphrase-file",
+        &s(&pass),
+        "--json",
+    ];
+    let deals = || json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_mspace"))
+        .args(args)
+        .env("MSPACE_STATE_DIR", &state)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed as soon as its payment is on chain.
+    let paid = loop {
+        let list = deals();
+        if let Some(d) = list.as_array().unwrap().first() {
+            break d["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "put ended before paying"
+        );
+    };
+    first.kill().unwrap();
+    let status = first.wait().unwrap();
+    assert!(
+        status.code().is_none(),
+        "put finished before it was killed: {status}"
+    );
+    let nonce = |k: &str| {
+        json(&["chain", "account", k, "--miner", &m0, "--json"])["nonce"]
+            .as_u64()
+            .unwrap()
+    };
+    let sender = deals()[0]["sender"].as_str().unwrap().to_owned();
+    let paid_nonce = nonce(&sender);
+
+    // The same command again: the same sealing, the same deal, no second payment.
+    let again = mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let out: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(out["deals"][0]["deal"], paid.as_str(), "{out}");
+    assert_eq!(nonce(&sender), paid_nonce, "no second payment");
+    let listed = deals();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["state"], "active");
+    // And the file comes back.
+    let back = dir.path().join("back.bin");
+    let get = mspace(
+        &[
+            "get",
+            "--deal",
+            &paid,
+            "--host",
+            &control,
+            "--out",
+            &s(&back),
+            "--key",
+            &client,
+            "--passphrase-file",
+            &s(&pass),
+        ],
+        &[("MSPACE_STATE_DIR", state.as_str())],
+    );
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert!(std::fs::read(&back).unwrap() == bytes);
+}
