@@ -24,7 +24,7 @@ fn setup(n: usize) -> (State, Vec<SignedTx>) {
         chain_id: 1,
         params: Default::default(),
         accounts: ids.iter().map(|id| (*id, 1 << 40, 1 << 40)).collect(),
-        validators: vec![],
+        validators: vec![(AccountId([7; 32]), 20_000, "v".into())],
     };
     let mut nonces = vec![0u64; keys.len()];
     let txs = (0..n)
@@ -53,12 +53,7 @@ fn ledger(c: &mut Criterion) {
     let mut group = c.benchmark_group("ledger");
     for n in [1000usize, 5000] {
         let (state, txs) = setup(n);
-        let block = Block {
-            height: 1,
-            timestamp_ms: 1,
-            seed: [7; 32],
-            txs: txs.clone(),
-        };
+        let block = Block::build(&state, AccountId([7; 32]), &[0x5E; 32], 1, txs.clone());
         group.throughput(Throughput::Elements(n as u64));
         group.sample_size(10);
         group.bench_with_input(

@@ -21,11 +21,18 @@
 //! period closes, each covered deal pays its part of the escrow to the host if the answer
 //! came, or refunds it to its sender and moves [`SLASH_PER_MISSED_PROOF`] of the host's
 //! deposit to the sender if not. The chain's proof bytes and work per period thus grow
-//! with the number of hosts, not with the chunks they store. The sample derives from
-//! `Block::seed`, which the ledger takes as given. The replica (`node`) fills it with the parent block's id: committed by consensus,
-//! but known to the next proposer before anyone else, who could grind its own block's
-//! contents to steer the challenges it issues. Randomness no single proposer controls (a
-//! threshold signature or VRF over the commit) is not here yet (design.md section 5).
+//! with the number of hosts, not with the chunks they store.
+//!
+//! Randomness: the sample derives from the chain's seed, which every block moves on with
+//! a value its proposer committed to in its previous block (commit-reveal, [`next_seed`]).
+//! A proposer cannot choose what it reveals (the ledger refuses a reveal that does not
+//! hash to its commitment) and the seed does not depend on a block's contents, so no one
+//! can grind transactions, timestamps or reveals to steer challenges. What remains is the
+//! bias of every commit-reveal beacon: the proposer of the block that closes a period
+//! knows the next seed before it proposes and may withhold its block; the next round's
+//! proposer then reveals another value. Withholding costs it the round and gives a
+//! colluding host a second draw of its challenges, not a chosen one (docs/formats.md,
+//! section 8, works out what that is worth to a cheating host).
 //!
 //! Equivocation: a transaction carrying two conflicting votes signed by one validator for
 //! the same height, round and kind burns [`SLASH_EQUIVOCATION_PERCENT`] of its miner deposit,
@@ -67,6 +74,15 @@ pub const DEAL_PERIOD_BLOCKS_MAX: u64 = PROOF_PERIOD_BLOCKS * 100_000;
 pub const SLASH_PER_MISSED_PROOF: u64 = 100;
 /// BLAKE3 `derive_key` context of challenge derivation.
 pub const CHALLENGE_CONTEXT: &str = "market.space 2026-12 storage challenge v2";
+/// BLAKE3 `derive_key` context of the chain's seed chain ([`next_seed`]).
+pub const SEED_CONTEXT: &str = "market.space 2026-12 block seed v1";
+/// BLAKE3 `derive_key` context of a validator's reveals ([`reveal_share`]).
+pub const REVEAL_CONTEXT: &str = "market.space 2026-12 seed reveal v1";
+/// BLAKE3 `derive_key` context of the commitment to a reveal ([`seed_commitment`]).
+pub const COMMIT_CONTEXT: &str = "market.space 2026-12 seed commitment v1";
+/// BLAKE3 `derive_key` context of a validator's reveal secret, derived from its signing key
+/// ([`reveal_secret`]).
+pub const SECRET_CONTEXT: &str = "market.space 2026-12 seed secret v1";
 /// Blocks per epoch: the validator set changes only at these boundaries.
 pub const EPOCH_BLOCKS: u64 = 100;
 /// A validator's stake stays locked past the end of the epoch it validated in, so that it
@@ -360,18 +376,122 @@ pub struct State {
     pub burned: Supply,
     /// Equivocations already punished: (validator, height, round, vote kind).
     pub equivocations: BTreeSet<(AccountId, u64, i64, u8)>,
+    /// Each proposer's commitment to the value its next block must reveal.
+    pub seed_commits: BTreeMap<AccountId, SeedCommit>,
 }
 
-/// A block as the ledger sees it; consensus metadata (proposer, votes) lives in the node.
+/// What a proposer's next block must reveal: a value whose [`seed_commitment`] is `commit`,
+/// the proposer's `next`-th reveal (honest nodes derive it, [`reveal_share`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedCommit {
+    pub commit: [u8; 32],
+    pub next: u64,
+}
+
+/// A block as the ledger sees it; consensus metadata (votes, rounds, signatures) lives in
+/// the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
     pub height: u64,
     pub timestamp_ms: u64,
-    /// Committed by consensus (the replica puts the parent block's id here): challenges
-    /// issued in this block derive from it. Known to the proposer of this block before it
-    /// is decided (see the module documentation).
-    pub seed: [u8; 32],
+    /// The validator that built the block: one of the validators of this height.
+    pub proposer: AccountId,
+    /// The value the proposer committed to in its previous block (zeros in its first).
+    pub reveal: [u8; 32],
+    /// The proposer's commitment to the value its next block will reveal.
+    pub commit: [u8; 32],
     pub txs: Vec<SignedTx>,
+}
+
+impl Block {
+    /// The block `proposer` builds on `state`, revealing and committing from `secret` as an
+    /// honest proposer does ([`State::entropy`]).
+    pub fn build(
+        state: &State,
+        proposer: AccountId,
+        secret: &[u8; 32],
+        timestamp_ms: u64,
+        txs: Vec<SignedTx>,
+    ) -> Block {
+        let (reveal, commit) = state.entropy(&proposer, secret);
+        Block {
+            height: state.height + 1,
+            timestamp_ms,
+            proposer,
+            reveal,
+            commit,
+            txs,
+        }
+    }
+}
+
+/// A validator's secret for its reveals: derived from its signing key, so that a node that
+/// restarts reveals exactly what it committed to, with nothing more to keep on disk.
+pub fn reveal_secret(signing_key: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(SECRET_CONTEXT, signing_key)
+}
+
+/// A validator's `n`-th reveal: BLAKE3-derive_key(REVEAL_CONTEXT, secret || n (u64 LE)).
+pub fn reveal_share(secret: &[u8; 32], n: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(REVEAL_CONTEXT);
+    h.update(secret);
+    h.update(&n.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// The commitment a block carries to its proposer's next reveal:
+/// BLAKE3-derive_key(COMMIT_CONTEXT, reveal).
+pub fn seed_commitment(reveal: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(COMMIT_CONTEXT, reveal)
+}
+
+/// The seed after `block` on `state`, and the proposer's commitment record after it; or
+/// why the block's proposer or reveal is refused. The seed is
+/// BLAKE3-derive_key(SEED_CONTEXT, previous seed || height (u64 LE) || proposer || reveal):
+/// a function of the previous seed and a value the proposer committed to before that seed
+/// was known, and of nothing the proposer chooses while building the block. A proposer's
+/// first block (no commitment on chain yet) must reveal zeros: it only commits.
+pub fn next_seed(state: &State, block: &Block) -> Result<([u8; 32], SeedCommit), BlockError> {
+    if !state.validators.contains_key(&block.proposer) {
+        return Err(BlockError::NotAValidator {
+            proposer: block.proposer,
+        });
+    }
+    let next = match state.seed_commits.get(&block.proposer) {
+        Some(c) => {
+            if seed_commitment(&block.reveal) != c.commit {
+                return Err(BlockError::Reveal {
+                    proposer: block.proposer,
+                    reason: format!(
+                        "it does not match the commitment of the proposer's block before (reveal {})",
+                        c.next
+                    ),
+                });
+            }
+            c.next + 1
+        }
+        None => {
+            if block.reveal != [0; 32] {
+                return Err(BlockError::Reveal {
+                    proposer: block.proposer,
+                    reason: "a proposer's first block commits and reveals zeros".into(),
+                });
+            }
+            0
+        }
+    };
+    let mut h = blake3::Hasher::new_derive_key(SEED_CONTEXT);
+    h.update(&state.seed);
+    h.update(&block.height.to_le_bytes());
+    h.update(&block.proposer.0);
+    h.update(&block.reveal);
+    Ok((
+        *h.finalize().as_bytes(),
+        SeedCommit {
+            commit: block.commit,
+            next,
+        },
+    ))
 }
 
 /// What applying a transaction did, for the parties to read.
@@ -498,9 +618,26 @@ pub enum BlockError {
         id: proto::tx::TxId,
         error: TxError,
     },
+    #[error("the block's proposer {proposer} is not a validator of its height")]
+    NotAValidator { proposer: AccountId },
+    #[error("the seed reveal of proposer {proposer} is refused: {reason}")]
+    Reveal { proposer: AccountId, reason: String },
 }
 
 impl State {
+    /// What `proposer`'s next block reveals and commits to, for a proposer whose reveal
+    /// secret is `secret` ([`reveal_secret`]): its next share and the commitment to the one
+    /// after (a first block reveals zeros and commits to share 0).
+    pub fn entropy(&self, proposer: &AccountId, secret: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+        match self.seed_commits.get(proposer) {
+            Some(c) => (
+                reveal_share(secret, c.next),
+                seed_commitment(&reveal_share(secret, c.next + 1)),
+            ),
+            None => ([0; 32], seed_commitment(&reveal_share(secret, 0))),
+        }
+    }
+
     pub fn genesis(g: &Genesis) -> State {
         let mut accounts = BTreeMap::new();
         let mut supply = Supply::default();
@@ -558,6 +695,7 @@ impl State {
             deadlines: BTreeSet::new(),
             challenges: BTreeMap::new(),
             offers_used: BTreeMap::new(),
+            seed_commits: BTreeMap::new(),
             genesis_supply: supply,
             burned: Supply::default(),
             equivocations: BTreeSet::new(),
@@ -621,7 +759,7 @@ impl State {
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("market.space 2026-11 ledger state v1");
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v2");
         let u = |h: &mut blake3::Hasher, v: u64| {
             h.update(&v.to_le_bytes());
         };
@@ -786,6 +924,12 @@ impl State {
             h.update(&round.to_le_bytes());
             h.update(&[*kind]);
         }
+        u(&mut h, self.seed_commits.len() as u64);
+        for (who, c) in &self.seed_commits {
+            h.update(&who.0);
+            h.update(&c.commit);
+            u(&mut h, c.next);
+        }
         *h.finalize().as_bytes()
     }
 }
@@ -814,6 +958,7 @@ pub fn apply_verified(
             found: block.timestamp_ms,
         });
     }
+    let (seed, commit) = next_seed(state, block)?;
     let unchecked = || {
         block
             .txs
@@ -831,7 +976,8 @@ pub fn apply_verified(
     let mut next = state.clone();
     next.height = block.height;
     next.timestamp_ms = block.timestamp_ms;
-    next.seed = block.seed;
+    next.seed = seed;
+    next.seed_commits.insert(block.proposer, commit);
     let mut receipts = Vec::with_capacity(block.txs.len());
     for (index, tx) in block.txs.iter().enumerate() {
         let receipt = apply_tx(&mut next, tx).map_err(|error| BlockError::Tx {

@@ -325,8 +325,7 @@ impl Mempool {
 
     /// Builds the transactions of block `height` on top of `state`: each account's
     /// transactions in nonce order, accounts interleaved by fee rate, each kept only if the
-    /// ledger accepts it on the state the block will see (its height, timestamp and seed:
-    /// storage challenges derive from the seed). At most `max_txs` transactions and
+    /// ledger accepts it on the state the block will see (its height and timestamp). At most `max_txs` transactions and
     /// `max_bytes` bytes, counting each transaction's bytes plus the 4 bytes of its length
     /// in a block ([`proto::block`]). A transaction the ledger refuses is dropped from the
     /// pool (its successors stay, in case a replacement for it arrives).
@@ -335,14 +334,12 @@ impl Mempool {
         state: &State,
         height: u64,
         timestamp_ms: u64,
-        seed: [u8; 32],
         max_txs: usize,
         max_bytes: usize,
     ) -> Vec<SignedTx> {
         let mut working = state.clone();
         working.height = height;
         working.timestamp_ms = timestamp_ms;
-        working.seed = seed;
         // Heap of each account's next candidate, best fee rate first; ties by account id.
         let mut heap: BinaryHeap<(FeeRate, std::cmp::Reverse<AccountId>, u64)> = BinaryHeap::new();
         for (account, queue) in &self.queues {

@@ -145,15 +145,22 @@ fuzz_target!(|data: &[u8]| {
             body,
         }
         .sign(&key(who));
-        let block = Block {
-            height: state.height + 1,
-            timestamp_ms: state.height * 1000,
-            seed: [7; 32],
-            txs: vec![tx.clone()],
-        };
+        let mut block = Block::build(
+            &state,
+            id(3),
+            &[0x5E; 32],
+            state.height * 1000,
+            vec![tx.clone()],
+        );
+        // Now and then a reveal the proposer did not commit to: always refused.
+        let forged_reveal = arg % 17 == 16;
+        if forged_reveal {
+            block.reveal[0] ^= 1;
+        }
         let before = state.hash();
         match apply(&state, &block) {
             Ok((next, receipts)) => {
+                assert!(!forged_reveal, "a reveal not committed to was accepted");
                 assert_eq!(
                     nonce,
                     nonces[usize::from(who)],

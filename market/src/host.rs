@@ -84,12 +84,16 @@ impl Agent {
         Agent::default()
     }
 
-    /// What to do at `height`, given the host's open deals, its challenge and which chunks
-    /// its store holds.
+    /// What to do at `height`, given the host's open deals, the deals its store still
+    /// holds data for (`held`: granted and not yet released, as recorded on its disk), its
+    /// challenge and which chunks its store holds. A held deal that is not open (it ended
+    /// while the host was down, or before this agent started) has its chunk list fetched,
+    /// then is checked and released like any other deal that closed.
     pub fn plan(
         &mut self,
         height: u64,
         open: &[OpenDeal],
+        held: &[Id],
         challenge: Option<&Challenge>,
         stored: impl Fn(&Id) -> bool,
     ) -> Vec<Action> {
@@ -97,6 +101,11 @@ impl Agent {
         let listed: BTreeSet<Id> = open.iter().map(|d| d.id).collect();
         for deal in self.chunks.keys().filter(|d| !listed.contains(*d)) {
             actions.push(Action::CheckClosed { deal: *deal });
+        }
+        for deal in held {
+            if !listed.contains(deal) && !self.chunks.contains_key(deal) {
+                actions.push(Action::FetchChunks { deal: *deal });
+            }
         }
         let due_again = |sent: &BTreeMap<Sent, u64>, what: Sent| match sent.get(&what) {
             None => true,
@@ -358,7 +367,7 @@ mod tests {
                 a.submitted(action, *at);
             }
             let stored: Vec<Id> = stored.into_iter().map(id).collect();
-            let got = a.plan(height, &open, ch.as_ref(), |c| stored.contains(c));
+            let got = a.plan(height, &open, &[], ch.as_ref(), |c| stored.contains(c));
             assert_eq!(got, want, "{name}");
         }
     }
@@ -367,12 +376,12 @@ mod tests {
     fn a_deal_seen_for_the_first_time_is_fetched_and_one_gone_is_checked() {
         let mut a = Agent::new();
         assert_eq!(
-            a.plan(1, &[awaiting(1, 50)], None, |_| true),
+            a.plan(1, &[awaiting(1, 50)], &[], None, |_| true),
             vec![Action::FetchChunks { deal: id(1) }]
         );
         a.learned(id(1), vec![id(11)]);
         assert_eq!(
-            a.plan(2, &[awaiting(1, 50)], None, |_| true),
+            a.plan(2, &[awaiting(1, 50)], &[], None, |_| true),
             vec![Action::Complete {
                 deal: id(1),
                 chunks: vec![id(11)]
@@ -380,11 +389,37 @@ mod tests {
         );
         // Gone from the open list: checked every block until the chain says it is over.
         let gone = vec![Action::CheckClosed { deal: id(1) }];
-        assert_eq!(a.plan(3, &[], None, |_| true), gone);
-        assert_eq!(a.plan(4, &[], None, |_| true), gone);
+        assert_eq!(a.plan(3, &[], &[], None, |_| true), gone);
+        assert_eq!(a.plan(4, &[], &[], None, |_| true), gone);
         assert_eq!(a.closed(&id(1)), vec![id(11)]);
-        assert_eq!(a.plan(5, &[], None, |_| true), vec![]);
+        assert_eq!(a.plan(5, &[], &[], None, |_| true), vec![]);
         assert_eq!(a.known(), 0);
+    }
+
+    #[test]
+    fn a_held_deal_that_closed_while_the_host_was_down_is_fetched_checked_and_released() {
+        // A fresh agent (the host restarted): deal 1 is still held on disk but no longer
+        // open; deal 2 is open and shares a chunk with it.
+        let mut a = Agent::new();
+        let held = [id(1), id(2)];
+        assert_eq!(
+            a.plan(7, &[active(2)], &held, None, |_| true),
+            vec![
+                Action::FetchChunks { deal: id(1) },
+                Action::FetchChunks { deal: id(2) }
+            ]
+        );
+        a.learned(id(2), vec![id(12), id(14)]);
+        a.learned(id(1), vec![id(11), id(12)]);
+        assert_eq!(
+            a.plan(7, &[active(2)], &held, None, |_| true),
+            vec![Action::CheckClosed { deal: id(1) }]
+        );
+        assert_eq!(a.closed(&id(1)), vec![id(11)]);
+        // Released: the host no longer holds it, and nothing more is planned for it.
+        assert_eq!(a.plan(8, &[active(2)], &[id(2)], None, |_| true), vec![]);
+        // Held and open (a deal granted and paid): nothing more than for any open deal.
+        assert_eq!(a.plan(9, &[active(2)], &[id(2)], None, |_| true), vec![]);
     }
 
     #[test]
@@ -402,7 +437,13 @@ mod tests {
         let mut a = Agent::new();
         a.learned(id(2), vec![id(102)]);
         a.submitted(&prove(0), 10);
-        let _ = a.plan(11, &[active(2)], Some(&challenge(1, 40, false)), |_| true);
+        let _ = a.plan(
+            11,
+            &[active(2)],
+            &[],
+            Some(&challenge(1, 40, false)),
+            |_| true,
+        );
         assert!(!a.sent.contains_key(&Sent::Proofs(0)));
     }
 }

@@ -152,12 +152,13 @@ impl World {
         for i in 0..HOSTS + SENDERS {
             self.nonces.insert(i, working.account(&id(i)).nonce);
         }
-        let b = Block {
-            height: self.state.height + 1,
-            timestamp_ms: (self.state.height + 1) * 1000,
-            seed: *blake3::hash(&self.state.height.to_le_bytes()).as_bytes(),
+        let b = Block::build(
+            &self.state,
+            AccountId([9; 32]),
+            &[0x5E; 32],
+            (self.state.height + 1) * 1000,
             txs,
-        };
+        );
         for tx in &b.txs {
             if let TxBody::StorageProofs { period, .. } = tx.tx().body {
                 let h = (0..HOSTS).find(|h| id(*h) == tx.tx().signer).unwrap();
@@ -227,9 +228,11 @@ impl World {
                 due: c.due,
                 answered: c.answered,
             });
+            // What a host holds is what it took: the deals its agent follows.
+            let held: Vec<[u8; 32]> = open.iter().map(|d| d.id).collect();
             let store = &self.stores[usize::from(h)];
             let mut actions =
-                self.agents[usize::from(h)].plan(height, &open, challenge.as_ref(), |c| {
+                self.agents[usize::from(h)].plan(height, &open, &held, challenge.as_ref(), |c| {
                     store.contains_key(&ChunkId(*c))
                 });
             // Chunk lists fetched from the chain, then planned again.
@@ -250,9 +253,10 @@ impl World {
                 }
             }
             let store = &self.stores[usize::from(h)];
-            actions = self.agents[usize::from(h)].plan(height, &open, challenge.as_ref(), |c| {
-                store.contains_key(&ChunkId(*c))
-            });
+            actions =
+                self.agents[usize::from(h)].plan(height, &open, &held, challenge.as_ref(), |c| {
+                    store.contains_key(&ChunkId(*c))
+                });
             for a in actions {
                 let body = match &a {
                     Action::Complete { deal, chunks } => TxBody::UploadCompletion {

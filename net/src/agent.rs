@@ -11,7 +11,9 @@
 //!   `StorageProofs` transaction; a block's transactions go in one `submit_txs` call,
 //!   signed with consecutive nonces;
 //! - a deal that left the open list is looked up, and once the chain says it is over, its
-//!   file record and the chunks no other deal covers are released (`Host::release`).
+//!   file record and the chunks no other deal covers are released (`Host::release`);
+//!   the deals the host holds are recorded on its disk (`HostState::hold_deal`), so a
+//!   deal that ended while the host was down is released when it starts again.
 //!
 //! Upload links for paid deals are granted by the control plane (`HostApi::deal_link`),
 //! which checks the deal on the chain itself.
@@ -147,9 +149,12 @@ async fn step(
         answered: c.answered,
     });
     let challenge = challenge.as_ref();
+    // The deals this host still holds data for (on its disk): one that is not open any
+    // more is released even if it ended while the host was down.
+    let held = host.state().deals();
     // Which chunks of awaiting deals the store holds (from its index: no disk read).
     let mut stored: HashMap<[u8; 32], bool> = HashMap::new();
-    let mut actions = agent.plan(height, &open, challenge, |_| false);
+    let mut actions = agent.plan(height, &open, &held, challenge, |_| false);
     // Fetch chunk lists first, then plan again with the store's answers.
     let mut fetched = false;
     for a in &actions {
@@ -161,15 +166,17 @@ async fn step(
                 }
             }
             Action::CheckClosed { deal } => match chain.deal(TxId(*deal)).await? {
+                // Still open (a lagging miner's list), or unknown to this miner (one
+                // behind the chain): only a deal the chain says is over is released.
                 Some(v) if v.stage.is_open() => {}
-                _ => {
+                None => {}
+                Some(_) => {
                     // The deal's last chunk is its file's manifest.
                     let manifest = agent.chunks_of(deal).last().copied();
                     let free = agent.closed(deal);
                     let manifest = manifest.filter(|m| free.contains(m)).map(ChunkId);
                     let ids: Vec<ChunkId> = free.iter().map(|c| ChunkId(*c)).collect();
-                    let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
-                    match host.release(link, manifest, &ids).await {
+                    match host.release(*deal, manifest, &ids).await {
                         Ok(removed) => {
                             tracing::info!(
                                 deal = hex(deal),
@@ -197,7 +204,7 @@ async fn step(
             .iter()
             .any(|a| matches!(a, Action::CheckClosed { .. }))
     {
-        actions = agent.plan(height, &open, challenge, |_| false);
+        actions = agent.plan(height, &open, &held, challenge, |_| false);
     }
     // The store's answers for the chunks of awaiting deals.
     let awaiting: Vec<[u8; 32]> = open
@@ -214,7 +221,7 @@ async fn step(
                 }
             }
         }
-        actions = agent.plan(height, &open, challenge, |c| {
+        actions = agent.plan(height, &open, &held, challenge, |c| {
             stored.get(c).copied().unwrap_or(false)
         });
     }

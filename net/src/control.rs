@@ -104,6 +104,32 @@ impl HostControl {
     }
 }
 
+/// BLAKE3 `derive_key` context of the key a host authenticates its offer ids with.
+pub const OFFER_ID_CONTEXT: &str = "market.space 2026-12 host offer id v1";
+
+/// A fresh offer id: 8 random bytes, then the first 8 bytes of BLAKE3 keyed with the
+/// host's offer key over them. A host that restarted (and forgot the offers it made) still
+/// knows an id it made from one it did not.
+fn new_offer_id(key: &SigningKey) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id[..8]);
+    let tag = offer_id_tag(key, &id[..8]);
+    id[8..].copy_from_slice(&tag);
+    id
+}
+
+fn offer_id_tag(key: &SigningKey, nonce: &[u8]) -> [u8; 8] {
+    let k = blake3::derive_key(OFFER_ID_CONTEXT, &key.to_bytes());
+    blake3::keyed_hash(&k, nonce).as_bytes()[..8]
+        .try_into()
+        .expect("8 bytes")
+}
+
+/// Whether this host's key made offer id `id`.
+fn made_offer_id(key: &SigningKey, id: &[u8; 16]) -> bool {
+    offer_id_tag(key, &id[..8])[..] == id[8..]
+}
+
 /// A deal's payment must cite an offer this host made, and meet its terms: no more bytes
 /// than offered, no longer than the days asked, and at least the offer's price for them.
 fn check_offer_terms(
@@ -112,8 +138,8 @@ fn check_offer_terms(
 ) -> Result<(), ControlError> {
     let o = issued.ok_or_else(|| {
         ControlError::Invalid(
-            "the payment cites an offer this host did not make (or made before it restarted): \
-             it will not be completed, and the escrow returns to the sender at the deadline"
+            "the payment cites an offer this host did not make: it will not be completed, \
+             and the escrow returns to the sender at the deadline"
                 .into(),
         )
     })?;
@@ -183,8 +209,7 @@ impl HostApi for HostControl {
         };
         let (signed, refusal) = match backing {
             Ok((chain_id, deposit, proof_period_blocks)) => {
-                let mut id = [0u8; 16];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+                let id = new_offer_id(&self.key);
                 let offer = Offer {
                     chain_id,
                     host: self.key.verification_key().to_bytes(),
@@ -300,7 +325,22 @@ impl HostApi for HostControl {
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| ControlError::Unavailable("the miner sent a malformed deal".into()))?;
         if !download {
-            check_offer_terms(self.host.issued_offer(&view.offer), &view)?;
+            // The terms of the offer as made; after a restart (offers are kept in memory),
+            // an offer id this host made is held to its terms as they stand now.
+            let issued = match self.host.issued_offer(&view.offer) {
+                Some(o) => Some(o),
+                None if made_offer_id(&self.key, &view.offer) => {
+                    let s = self.stats().await;
+                    Some(crate::host::IssuedOffer {
+                        price_per_gib_day: self.price_per_gib_day,
+                        days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
+                        bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
+                        expiry_unix_secs: 0,
+                    })
+                }
+                None => None,
+            };
+            check_offer_terms(issued, &view)?;
         }
         let (grant, ttl) = match (&view.stage, download) {
             (api::DealStage::AwaitingCompletion { .. }, false) => {
@@ -337,7 +377,9 @@ impl HostApi for HostControl {
         let half = if download { &deal[16..] } else { &deal[..16] };
         let id: [u8; 16] = half.try_into().expect("16 bytes");
         if !download {
-            self.host.deal_link(id);
+            self.host
+                .hold_deal(&deal)
+                .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         }
         Link::sign(
             &self.key,
@@ -425,6 +467,18 @@ mod tests {
                 Some("the offer asks 600"),
             ),
         ];
+        // Offer ids carry the host's tag: this host's are known after a restart, another
+        // key's (or a made-up id) are not.
+        let key = SigningKey::from([3; 32]);
+        let id = new_offer_id(&key);
+        assert!(made_offer_id(&key, &id));
+        assert!(!made_offer_id(&SigningKey::from([4; 32]), &id));
+        for bit in 0..128 {
+            let mut forged = id;
+            forged[bit / 8] ^= 1 << (bit % 8);
+            assert!(!made_offer_id(&key, &forged), "bit {bit}");
+        }
+        assert_ne!(new_offer_id(&key), id, "a fresh nonce per offer");
         for (known, bytes, blocks, fee, want) in cases {
             let got = check_offer_terms(known.then_some(offer), &view(bytes, blocks, fee));
             match (got, want) {

@@ -54,9 +54,6 @@ pub struct Host {
     objects: Mutex<HashMap<ChunkId, Arc<HashSet<ChunkId>>>>,
     /// Connections open, for whoever waits for the host to be idle.
     open: watch::Sender<u64>,
-    /// Links minted for deals on the chain: what is uploaded under them is kept until the
-    /// host's agent releases it when the deal is over, not for the retention period.
-    deal_links: Mutex<HashSet<[u8; 16]>>,
     /// Offers this host signed and that have not expired: a deal's link is granted only
     /// for a payment that cites one of them, on its terms.
     offers: Mutex<HashMap<[u8; 16], IssuedOffer>>,
@@ -106,7 +103,6 @@ impl Host {
             metrics: Arc::new(Metrics::default()),
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
-            deal_links: Mutex::new(HashSet::new()),
             offers: Mutex::new(HashMap::new()),
         }
     }
@@ -129,15 +125,10 @@ impl Host {
         &self.state
     }
 
-    /// The expiry of what is uploaded under `link`: never for a deal's link (the agent
+    /// The expiry of what is uploaded under `link`: never for a held deal's link (the agent
     /// deletes it when the deal is over), else the retention period from now.
     fn expiry(&self, link: &[u8; 16]) -> u64 {
-        if self
-            .deal_links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(link)
-        {
+        if self.state.is_deal_link(link) {
             0
         } else {
             crate::now_secs().saturating_add(self.retention_secs)
@@ -161,12 +152,10 @@ impl Host {
             .copied()
     }
 
-    /// Marks `link` as a deal's upload link (see [`Host::expiry`]).
-    pub fn deal_link(&self, link: [u8; 16]) {
-        self.deal_links
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(link);
+    /// Records, durably, that this host holds `deal`: what is uploaded under its link is
+    /// kept until [`Host::release`] (see [`Host::expiry`]), across restarts.
+    pub fn hold_deal(&self, deal: &[u8; 32]) -> Result<(), NetError> {
+        self.state.hold_deal(deal)
     }
 
     /// The chunk list of an uploaded file, from the cache or the state directory (read off
@@ -953,14 +942,16 @@ async fn delete(host: &Arc<Host>, link: [u8; 16], id: ChunkId) -> Reply {
 impl Host {
     /// Releases what a deal that is over held: the file record of `manifest` (if given:
     /// no other open deal covers it) and the bytes of `chunks` that the deal's upload link
-    /// `link` sent and that no other link or recorded file holds. Returns the chunks
-    /// removed from the store.
+    /// sent and that no other link or recorded file holds; then forgets the deal. Returns
+    /// the chunks removed from the store. A chunk that could not be released yet (a put
+    /// or delete under way) fails the call and the deal stays held, for a later try.
     pub async fn release(
         self: &Arc<Self>,
-        link: [u8; 16],
+        deal: [u8; 32],
         manifest: Option<ChunkId>,
         chunks: &[ChunkId],
     ) -> Result<u64, NetError> {
+        let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
         let mut removed = 0u64;
         if let Some(m) = manifest {
             let h = Arc::clone(self);
@@ -984,10 +975,19 @@ impl Host {
             }
         }
         for id in chunks.iter().filter(|c| Some(**c) != manifest) {
-            if let Reply::Deleted { removed: true } = delete(self, link, *id).await {
-                removed += 1;
+            match delete(self, link, *id).await {
+                Reply::Deleted { removed: true } => removed += 1,
+                Reply::Deleted { removed: false } => {}
+                // Not sent under this link, or part of a file recorded here: not the
+                // deal's to delete.
+                Reply::Error {
+                    code: ErrorCode::NotGranted,
+                    ..
+                } => {}
+                other => return Err(NetError::State(format!("releasing chunk {id}: {other:?}"))),
             }
         }
+        self.state.drop_deal(&deal)?;
         Ok(removed)
     }
 }

@@ -9,8 +9,14 @@
 //! - `objects/<manifest id hex>`: for each sealed file uploaded, the ids of its chunks,
 //!   which a download link for that manifest allows reading.
 //!
-//! Both are written with the temporary-file, sync, rename, directory-sync pattern or
-//! appended and synced, and both decoders reject damage with an error naming the file.
+//! - `deals/<deal id hex>`: an empty file per storage deal whose upload link this host
+//!   granted: what is uploaded under that link (the deal id's first 16 bytes) is kept until
+//!   the agent releases the deal, not for the retention period, and an agent that starts
+//!   again finds the deals it must still release.
+//!
+//! They are written with the temporary-file, sync, rename, directory-sync pattern,
+//! appended and synced, or created and their directory synced; the decoders reject damage
+//! with an error naming the file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -287,6 +293,8 @@ pub struct HostState {
     grants: Mutex<(Log, HashMap<[u8; 16], LinkUse>)>,
     uploads: Mutex<Uploads>,
     objects_lock: Mutex<()>,
+    /// The deals held (`deals/`), by id.
+    deals: Mutex<HashSet<[u8; 32]>>,
 }
 
 /// Why a delete through the data plane was refused.
@@ -321,6 +329,25 @@ pub enum ObjectOutcome {
     Existing,
 }
 
+/// The deals recorded in `dir` (`deals/`): each file's name is a deal id in lowercase hex.
+fn held_deals(dir: &Path) -> Result<HashSet<[u8; 32]>, crate::NetError> {
+    let err = |path: &Path, e: &dyn std::fmt::Display| {
+        crate::NetError::State(format!("{}: {e}", path.display()))
+    };
+    let mut held = HashSet::new();
+    for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
+        let path = entry.map_err(|e| err(dir, &e))?.path();
+        let id = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| data_encoding::HEXLOWER.decode(n.as_bytes()).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| err(&path, &"not a deal id (64 lowercase hex digits)"))?;
+        held.insert(id);
+    }
+    Ok(held)
+}
+
 /// How many recorded files list each chunk, from the object records in `dir`.
 fn listed_chunks(dir: &Path) -> Result<HashMap<ChunkId, u32>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
@@ -353,10 +380,12 @@ impl HostState {
             crate::NetError::State(format!("{what} {}: {e}", dir.display()))
         };
         fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
+        fs::create_dir_all(dir.join("deals")).map_err(|e| err("create", e))?;
         let (grants, reserved) = Log::open(&dir.join("grants.log"), decode_grants)?;
         let (uploads_log, uploads) = Log::open(&dir.join("uploads.log"), decode_uploads)?;
         sync_dir(dir).map_err(|e| err("sync", e))?;
         let listed = listed_chunks(&dir.join("objects"))?;
+        let deals = held_deals(&dir.join("deals"))?;
         let uses = reserved
             .into_iter()
             .map(|(k, r)| {
@@ -379,7 +408,61 @@ impl HostState {
                 busy: HashMap::new(),
             }),
             objects_lock: Mutex::new(()),
+            deals: Mutex::new(deals),
         })
+    }
+
+    /// Records, durably, that this host granted the upload link of `deal`: what comes
+    /// under it is kept until [`HostState::drop_deal`].
+    pub fn hold_deal(&self, deal: &[u8; 32]) -> Result<(), crate::NetError> {
+        let mut held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains(deal) {
+            return Ok(());
+        }
+        let dir = self.dir.join("deals");
+        let path = dir.join(data_encoding::HEXLOWER.encode(deal));
+        (|| {
+            File::create(&path)?.sync_all()?;
+            sync_dir(&dir)
+        })()
+        .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))?;
+        held.insert(*deal);
+        Ok(())
+    }
+
+    /// Forgets a released deal, durably.
+    pub fn drop_deal(&self, deal: &[u8; 32]) -> Result<(), crate::NetError> {
+        let mut held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self.dir.join("deals");
+        let path = dir.join(data_encoding::HEXLOWER.encode(deal));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(crate::NetError::State(format!(
+                    "removing {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        sync_dir(&dir)
+            .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))?;
+        held.remove(deal);
+        Ok(())
+    }
+
+    /// The deals held, in id order.
+    pub fn deals(&self) -> Vec<[u8; 32]> {
+        let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<[u8; 32]> = held.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether `link` is the upload link of a deal held (its id's first 16 bytes).
+    pub fn is_deal_link(&self, link: &[u8; 16]) -> bool {
+        let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().any(|d| d[..16] == link[..])
     }
 
     /// Bytes link `id` has used (counting a crash's lost reservation as used).
@@ -841,5 +924,33 @@ mod tests {
         assert!(decode_object(&long).is_err());
         fs::write(dir.path().join("objects").join(m.to_hex()), &good[..20]).unwrap();
         assert!(st.object(&m).is_err());
+    }
+
+    #[test]
+    fn held_deals_survive_a_restart_and_a_stray_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ([0xA1; 32], [0xB2; 32]);
+        {
+            let st = HostState::open(dir.path()).unwrap();
+            assert!(!st.is_deal_link(&[0xA1; 16]));
+            st.hold_deal(&a).unwrap();
+            st.hold_deal(&b).unwrap();
+            st.hold_deal(&a).unwrap();
+            st.drop_deal(&b).unwrap();
+            st.drop_deal(&b).unwrap();
+        }
+        let st = HostState::open(dir.path()).unwrap();
+        assert_eq!(st.deals(), vec![a]);
+        assert!(st.is_deal_link(&[0xA1; 16]));
+        assert!(!st.is_deal_link(&[0xB2; 16]));
+        drop(st);
+        for stray in ["notes.txt", "a1a1", &"A1".repeat(32)] {
+            let path = dir.path().join("deals").join(stray);
+            fs::write(&path, b"").unwrap();
+            let e = HostState::open(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(stray) && e.contains("not a deal id"), "{e}");
+            fs::remove_file(&path).unwrap();
+        }
+        assert_eq!(HostState::open(dir.path()).unwrap().deals(), vec![a]);
     }
 }

@@ -6,9 +6,10 @@
 //! Layout (docs/formats.md, "Block"):
 //!
 //! ```text
-//! magic "MSBK" | version u8 = 2 | chain_id u64 | height u64 | timestamp_ms u64
+//! magic "MSBK" | version u8 = 3 | chain_id u64 | height u64 | timestamp_ms u64
 //! | parent [32] (id of block height-1; zeros at height 1) | proposer [32] (ed25519 key)
 //! | state_root [32] (hash of the ledger state the block applies to)
+//! | reveal [32] | commit [32] (the proposer's seed reveal and next commitment)
 //! | tx_count u32 | tx_count x (len u32 | signed transaction bytes)
 //! ```
 
@@ -18,12 +19,13 @@ use crate::decode::{DecodeError, Reader};
 use crate::tx::{AccountId, SignedTx, TX_BYTES_MAX};
 
 pub const BLOCK_MAGIC: &[u8; 4] = b"MSBK";
-/// 2: the header carries the state root (version 1 had none and is refused).
-pub const BLOCK_VERSION: u8 = 2;
+/// 3: the header carries the proposer's seed reveal and commitment (version 2 had none,
+/// version 1 no state root either; both are refused).
+pub const BLOCK_VERSION: u8 = 3;
 /// Largest encoded block: bounds what a validator holds and verifies per proposal.
 pub const BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of the header before the transactions.
-pub const BLOCK_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 8 + 32 + 32 + 32 + 4;
+pub const BLOCK_HEADER_BYTES: usize = 4 + 1 + 8 + 8 + 8 + 32 + 32 + 32 + 32 + 32 + 4;
 /// The BLAKE3 derive_key context of block ids.
 pub const BLOCK_ID_CONTEXT: &str = "market.space 2026-11 block id v1";
 
@@ -66,6 +68,11 @@ pub struct BlockHeader {
     /// 1): the state this block applies to. A validator whose own ledger hashes otherwise
     /// refuses the block, so a diverging ledger is noticed at the next block.
     pub state_root: [u8; 32],
+    /// The value the proposer committed to in its previous block (zeros in its first): the
+    /// chain's seed moves on with it (`consensus::ledger::next_seed`).
+    pub reveal: [u8; 32],
+    /// The proposer's commitment to what its next block will reveal.
+    pub commit: [u8; 32],
 }
 
 /// A decoded block with the bytes it was decoded from (or encoded to).
@@ -94,6 +101,8 @@ impl EncodedBlock {
         b.extend_from_slice(&header.parent.0);
         b.extend_from_slice(&header.proposer.0);
         b.extend_from_slice(&header.state_root);
+        b.extend_from_slice(&header.reveal);
+        b.extend_from_slice(&header.commit);
         let count = u32::try_from(txs.len()).expect("bounded by BLOCK_BYTES_MAX");
         b.extend_from_slice(&count.to_le_bytes());
         for tx in &txs {
@@ -129,6 +138,8 @@ impl EncodedBlock {
         let parent = BlockId(r.array("parent")?);
         let proposer = AccountId(r.array("proposer")?);
         let state_root = r.array("state_root")?;
+        let reveal = r.array("reveal")?;
+        let commit = r.array("commit")?;
         let count = r.u32("tx_count")? as usize;
         // Every transaction takes at least its 4-byte length: a count the rest cannot hold
         // is refused before anything is allocated for it.
@@ -158,6 +169,8 @@ impl EncodedBlock {
                 parent,
                 proposer,
                 state_root,
+                reveal,
+                commit,
             },
             txs,
             bytes: bytes.to_vec(),
@@ -340,6 +353,8 @@ mod tests {
                 parent: BlockId([2; 32]),
                 proposer: AccountId([3; 32]),
                 state_root: [4; 32],
+                reveal: [5; 32],
+                commit: [6; 32],
             },
             txs,
         )
@@ -382,12 +397,14 @@ mod tests {
             EncodedBlock::decode(&magic),
             Err(DecodeError::BadMagic { .. })
         ));
-        let mut version = good.clone();
-        version[4] = 1;
-        assert!(matches!(
-            EncodedBlock::decode(&version),
-            Err(DecodeError::UnsupportedVersion { .. })
-        ));
+        for older in [1, 2] {
+            let mut version = good.clone();
+            version[4] = older;
+            assert!(matches!(
+                EncodedBlock::decode(&version),
+                Err(DecodeError::UnsupportedVersion { .. })
+            ));
+        }
         let mut zero_height = good.clone();
         zero_height[13..21].copy_from_slice(&0u64.to_le_bytes());
         assert!(EncodedBlock::decode(&zero_height).is_err());

@@ -160,11 +160,14 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
             deals += 1;
         }
     }
-    let block = |s: &State, txs: Vec<SignedTx>| Block {
-        height: s.height + 1,
-        timestamp_ms: (s.height + 1) * 1000,
-        seed: *blake3::hash(&s.height.to_le_bytes()).as_bytes(),
-        txs,
+    let block = |s: &State, txs: Vec<SignedTx>| {
+        Block::build(
+            s,
+            AccountId([0x77; 32]),
+            &[0x5E; 32],
+            (s.height + 1) * 1000,
+            txs,
+        )
     };
     let mut nonces: BTreeMap<usize, u64> = BTreeMap::new();
     let (mut proofs_ms, mut boundary_ms, mut empty_ms, mut verify_ms) =

@@ -109,6 +109,8 @@ pub struct NodeState {
     pub ctx: MsContext,
     params: ChainParams,
     signer: SigningProvider,
+    /// The secret this node's seed reveals derive from (`ledger::reveal_secret` of its key).
+    reveal_secret: [u8; 32],
     /// The ledger after the last decided block.
     ledger: State,
     /// `ledger.hash()`, computed once per decided block: the state root the next block's
@@ -164,6 +166,7 @@ impl NodeState {
         })?;
         Ok(NodeState {
             ctx: MsContext { chain_id },
+            reveal_secret: ledger::reveal_secret(&key.to_bytes()),
             signer: SigningProvider::new(chain_id, key),
             mempool: Mempool::new(params.mempool),
             params,
@@ -270,6 +273,7 @@ impl NodeState {
             "the engine proposes at the next height"
         );
         let timestamp_ms = now_ms.max(self.ledger.timestamp_ms);
+        let (reveal, commit) = self.ledger.entropy(&me.account(), &self.reveal_secret);
         let header = BlockHeader {
             chain_id: self.ctx.chain_id,
             height: height.0,
@@ -277,12 +281,13 @@ impl NodeState {
             parent: self.tip,
             proposer: me.account(),
             state_root: self.ledger_root,
+            reveal,
+            commit,
         };
         let txs = self.mempool.build(
             &self.ledger,
             height.0,
             timestamp_ms,
-            ledger_seed(&header),
             self.params.max_block_txs,
             self.params.max_block_bytes - proto::block::BLOCK_HEADER_BYTES,
         );
@@ -364,6 +369,14 @@ impl NodeState {
             return Ok(None);
         };
         if !SigningProvider::verify(&part.sign_bytes(self.ctx.chain_id), &part.signature, &key) {
+            return Ok(None);
+        }
+        // A new proposal's header must name the validator that signed it: its seed reveal
+        // is checked against that validator's commitment, and no one may reveal (or commit)
+        // in another's name. A re-proposal of a value locked in an earlier round (pol_round
+        // set) keeps its builder's header; the engine takes it only with the polka of that
+        // round, which honest validators gave when the builder's own part came.
+        if part.pol_round == Round::Nil && block.header.proposer != part.proposer.account() {
             return Ok(None);
         }
         let set = self.validator_set();
@@ -679,13 +692,15 @@ pub fn signed_vote(v: &SignedMessage<MsContext, Vote>) -> proto::block::SignedVo
     }
 }
 
-/// The ledger's view of a block: its seed is the parent's id, a hash of everything decided
-/// before it.
+/// The ledger's view of a block: its height, time, proposer, seed reveal and commitment,
+/// and transactions.
 pub fn ledger_block(block: &EncodedBlock) -> Block {
     Block {
         height: block.header.height,
         timestamp_ms: block.header.timestamp_ms,
-        seed: ledger_seed(&block.header),
+        proposer: block.header.proposer,
+        reveal: block.header.reveal,
+        commit: block.header.commit,
         txs: block.txs.clone(),
     }
 }
@@ -699,9 +714,4 @@ fn root_mismatch(header: &BlockHeader, ours: &[u8; 32]) -> Option<String> {
             data_encoding::HEXLOWER.encode(&ours[..8])
         )
     })
-}
-
-/// The seed the ledger sees for a block: its parent's id.
-pub fn ledger_seed(header: &BlockHeader) -> [u8; 32] {
-    header.parent.0
 }

@@ -14,6 +14,8 @@ use proto::{ChunkEntry, ChunkId};
 const CHAIN: u64 = 7;
 /// Accounts 0..4 start with this much of each asset.
 const START: u64 = 1_000_000;
+/// The reveal secret of the genesis validator, id 7.
+const VALIDATOR_SECRET: [u8; 32] = [0x5E; 32];
 
 fn key(i: u8) -> SigningKey {
     SigningKey::from([i + 1; 32])
@@ -55,13 +57,15 @@ impl Chain {
         .sign(&key(who))
     }
 
+    /// The next block, built by the genesis validator (id 7) as an honest proposer would.
     fn block(&self, txs: Vec<SignedTx>) -> Block {
-        Block {
-            height: self.state.height + 1,
-            timestamp_ms: self.state.height * 1000 + 1000,
-            seed: *blake3::hash(&self.state.height.to_le_bytes()).as_bytes(),
+        Block::build(
+            &self.state,
+            id(7),
+            &VALIDATOR_SECRET,
+            self.state.height * 1000 + 1000,
             txs,
-        }
+        )
     }
 
     /// Applies one transaction in its own block and expects success.
@@ -366,7 +370,9 @@ fn blocks_apply_whole_or_not_at_all() {
             &Block {
                 height: 5,
                 timestamp_ms: 1,
-                seed: [7; 32],
+                proposer: id(7),
+                reveal: [0; 32],
+                commit: [0; 32],
                 txs: vec![]
             }
         ),
@@ -382,12 +388,90 @@ fn blocks_apply_whole_or_not_at_all() {
             &Block {
                 height: 1,
                 timestamp_ms: 9_999,
-                seed: [7; 32],
+                proposer: id(7),
+                reveal: [0; 32],
+                commit: [0; 32],
                 txs: vec![]
             }
         ),
         Err(BlockError::TimeWentBack { .. })
     ));
+}
+
+#[test]
+fn the_seed_moves_only_with_committed_reveals_of_validators() {
+    let mut c = Chain::new();
+    // A proposer's first block commits and reveals nothing.
+    let first = c.block(vec![]);
+    assert_eq!(first.reveal, [0; 32]);
+    let mut revealing = first.clone();
+    revealing.reveal = [1; 32];
+    assert!(matches!(
+        apply(&c.state, &revealing),
+        Err(BlockError::Reveal { proposer, .. }) if proposer == id(7)
+    ));
+    // Only a validator of the height may propose.
+    let mut stranger = first.clone();
+    stranger.proposer = id(0);
+    assert!(matches!(
+        apply(&c.state, &stranger),
+        Err(BlockError::NotAValidator { proposer }) if proposer == id(0)
+    ));
+    c.state = apply(&c.state, &first).unwrap().0;
+    let commit = c.state.seed_commits[&id(7)];
+    assert_eq!(commit.commit, first.commit);
+    assert_eq!(commit.next, 0);
+
+    // From then on each block must open the previous commitment: no other value will do,
+    // so the proposer cannot pick the seed by picking its reveal.
+    let honest = c.block(vec![]);
+    assert_eq!(
+        honest.reveal,
+        consensus::ledger::reveal_share(&VALIDATOR_SECRET, 0)
+    );
+    assert_eq!(
+        consensus::ledger::seed_commitment(&honest.reveal),
+        first.commit
+    );
+    for forged in [
+        [0u8; 32],
+        consensus::ledger::reveal_share(&VALIDATOR_SECRET, 1),
+        [9; 32],
+    ] {
+        let mut b = honest.clone();
+        b.reveal = forged;
+        let e = apply(&c.state, &b).unwrap_err();
+        assert!(matches!(e, BlockError::Reveal { .. }), "{e}");
+        assert!(e.to_string().contains("commitment"), "{e}");
+    }
+    // The seed does not depend on what the block carries, so grinding transactions or
+    // timestamps changes nothing: the same reveal on another body gives the same seed.
+    let tx = c.tx(0, TxBody::RecordHash { hash: [4; 32] });
+    let mut other_body = honest.clone();
+    other_body.txs = vec![tx];
+    other_body.timestamp_ms += 777;
+    let (a, _) = apply(&c.state, &honest).unwrap();
+    let (b, _) = apply(&c.state, &other_body).unwrap();
+    assert_eq!(a.seed, b.seed);
+    assert_ne!(a.seed, c.state.seed);
+    // The commitment may be anything the proposer chooses, but it is fixed before the
+    // seed it will move is known; the chain keeps it for the proposer's next block.
+    let mut recommitted = honest.clone();
+    recommitted.commit = [3; 32];
+    let (r, _) = apply(&c.state, &recommitted).unwrap();
+    assert_eq!(r.seed, a.seed);
+    assert_eq!(r.seed_commits[&id(7)].commit, [3; 32]);
+    assert_eq!(r.seed_commits[&id(7)].next, 1);
+    assert_ne!(r.hash(), a.hash(), "commitments are part of the state root");
+    c.state = a;
+    // An honest proposer goes on: reveal 1 opens the commitment of block 2.
+    let third = c.block(vec![]);
+    assert_eq!(
+        third.reveal,
+        consensus::ledger::reveal_share(&VALIDATOR_SECRET, 1)
+    );
+    c.state = apply(&c.state, &third).unwrap().0;
+    assert_eq!(c.state.seed_commits[&id(7)].next, 2);
 }
 
 #[test]
@@ -1484,8 +1568,7 @@ mod mempool {
         assert_eq!(pool.insert(bigger, &c.state), Err(MempoolError::Full));
         assert_eq!(pool.len(), 1);
         assert_eq!(
-            pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 10, 1 << 20)
-                .len(),
+            pool.build(&c.state, 1, 1000, 10, 1 << 20).len(),
             1,
             "the original is still there"
         );
@@ -1508,7 +1591,7 @@ mod mempool {
         pool.insert(transfer(2, 0, 4, 1), &c.state).unwrap();
         assert_eq!(pool.len(), 3);
         // Account 0's tail (nonce 1, fee 1) went, its head stayed.
-        let built = pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 10, 1 << 20);
+        let built = pool.build(&c.state, 1, 1000, 10, 1 << 20);
         let fees: Vec<u64> = built.iter().map(|t| t.tx().fee).collect();
         assert_eq!(fees, [5, 4, 3]);
     }
@@ -1526,7 +1609,7 @@ mod mempool {
         pool.insert(transfer(1, 1, 7, START * 2), &c.state).unwrap();
         pool.insert(transfer(1, 2, 7, 10), &c.state).unwrap();
         pool.insert(transfer(2, 1, 50, 10), &c.state).unwrap();
-        let built = pool.build(&c.state, 1, 1000, c.block(vec![]).seed, 100, 1 << 20);
+        let built = pool.build(&c.state, 1, 1000, 100, 1 << 20);
         let picked: Vec<(AccountId, u64)> = built
             .iter()
             .map(|t| (t.tx().signer, t.tx().nonce))
@@ -1534,12 +1617,7 @@ mod mempool {
         assert_eq!(picked, [(id(1), 0), (id(0), 0), (id(0), 1), (id(0), 2)]);
         let (next, _) = apply(
             &c.state,
-            &Block {
-                height: 1,
-                timestamp_ms: 1000,
-                seed: [7; 32],
-                txs: built,
-            },
+            &Block::build(&c.state, id(7), &VALIDATOR_SECRET, 1000, built),
         )
         .unwrap();
         c.state = next;
@@ -1550,8 +1628,7 @@ mod mempool {
             "the refused transaction is dropped; the one it strands and account 2's wait"
         );
         assert_eq!(
-            pool.build(&c.state, 2, 2000, c.block(vec![]).seed, 1, 1 << 20)
-                .len(),
+            pool.build(&c.state, 2, 2000, 1, 1 << 20).len(),
             0,
             "account 1's next one overdraws; account 2 still has a gap"
         );
@@ -1560,8 +1637,7 @@ mod mempool {
             for n in 0..5 {
                 p.insert(transfer(3, n, 1, 1), &c.state).unwrap();
             }
-            p.build(&c.state, 2, 2000, c.block(vec![]).seed, 2, 1 << 20)
-                .len()
+            p.build(&c.state, 2, 2000, 2, 1 << 20).len()
         };
         assert_eq!(limited, 2);
     }

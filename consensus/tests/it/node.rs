@@ -149,6 +149,24 @@ fn forged_misattributed_and_invalid_proposals_are_refused() {
     wrong.signature = nodes[other].signer().sign(&wrong.sign_bytes(CHAIN));
     assert!(nodes[judge].received_part(wrong, NOW).unwrap().is_none());
 
+    // Signed by the right proposer, but its header names another validator as the block's
+    // builder: it would reveal and commit the seed in that validator's name.
+    let mut header = part.block.decode().unwrap().header;
+    header.proposer = nodes[other].address().account();
+    let mut in_another_name = ProposalPart {
+        block: consensus::node::types::BlockBytes::new(&proto::block::EncodedBlock::new(
+            header,
+            Vec::new(),
+        )),
+        signature: Sig([0; 64]),
+        ..part.clone()
+    };
+    in_another_name.signature = nodes[p].signer().sign(&in_another_name.sign_bytes(CHAIN));
+    assert!(nodes[judge]
+        .received_part(in_another_name, NOW)
+        .unwrap()
+        .is_none());
+
     // Signed by the right proposer, but the block does not apply: a transfer whose nonce
     // the ledger has not reached.
     let bad_block = proto::block::EncodedBlock::new(
@@ -159,6 +177,8 @@ fn forged_misattributed_and_invalid_proposals_are_refused() {
             parent: proto::block::BlockId::default(),
             proposer: nodes[p].address().account(),
             state_root: nodes[judge].ledger().hash(),
+            reveal: [0; 32],
+            commit: [0; 32],
         },
         vec![transfer(5, 1)],
     );
@@ -443,6 +463,8 @@ fn a_block_built_on_another_ledger_state_is_refused_and_stops_a_node_it_is_decid
             parent: proto::block::BlockId::default(),
             proposer: nodes[p].address().account(),
             state_root: [9; 32],
+            reveal: [0; 32],
+            commit: [0; 32],
         },
         Vec::new(),
     );

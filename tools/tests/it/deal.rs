@@ -37,19 +37,15 @@ fn account(m: &str, key: &str) -> serde_json::Value {
 }
 
 /// Follows the chain block by block until `done` holds of the deal (or 600 blocks pass).
-fn wait_deal(
-    m: &str,
-    id: &str,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+/// Checks `done` at every block (waiting for each in turn), at most `blocks` times;
+/// whether it came true.
+fn until(m: &str, blocks: usize, mut done: impl FnMut() -> bool) -> bool {
     let mut height = json(&["chain", "status", "--miner", m, "--json"])["height"]
         .as_u64()
         .unwrap();
-    for _ in 0..600 {
-        let d = deal(m, id);
-        if done(&d) {
-            return d;
+    for _ in 0..blocks {
+        if done() {
+            return true;
         }
         height += 1;
         json(&[
@@ -63,7 +59,23 @@ fn wait_deal(
             "--json",
         ]);
     }
-    panic!("deal {id} never {what}: {}", deal(m, id));
+    done()
+}
+
+fn wait_deal(
+    m: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    if until(m, 600, || {
+        last = deal(m, id);
+        done(&last)
+    }) {
+        return last;
+    }
+    panic!("deal {id} never {what}: {last}");
 }
 
 #[test]
@@ -308,35 +320,34 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
 
     // The surviving host's agent sees its deal over and releases the file: its record
     // and every chunk leave the store.
-    let mut height = json(&["chain", "status", "--miner", &m0, "--json"])["height"]
-        .as_u64()
-        .unwrap();
     let stored = |cfg: &str| {
         json(&["host", "status", "--config", cfg])["chunks"]
             .as_u64()
             .unwrap()
     };
-    for _ in 0..100 {
-        if stored(&hosts[0].cfg) == 0 {
-            break;
-        }
-        height += 1;
-        json(&[
-            "chain",
-            "block",
-            &height.to_string(),
-            "--wait",
-            "30s",
-            "--miner",
-            &m0,
-            "--json",
-        ]);
-    }
+    until(&m0, 100, || stored(&hosts[0].cfg) == 0);
     assert_eq!(
         stored(&hosts[0].cfg),
         0,
         "host0 still stores the ended deal's chunks"
     );
+    // Host 1 was down when its deal ended: it still holds the chunks, and releases them
+    // when it starts again (its held deals are on its disk).
+    let held = dir.path().join("host1/host-state/deals");
+    let held_count = || std::fs::read_dir(&held).unwrap().count();
+    assert_eq!(held_count(), 1, "host1 holds its deal on disk");
+    hosts[1].proc = Some(super::net::start(
+        &["host", "--config", &hosts[1].cfg],
+        &[],
+        "agent following the chain",
+    ));
+    until(&m0, 100, || held_count() == 0 && stored(&hosts[1].cfg) == 0);
+    assert_eq!(
+        stored(&hosts[1].cfg),
+        0,
+        "host1 kept the chunks of a deal that ended while it was down"
+    );
+    assert_eq!(held_count(), 0, "host1 forgot the released deal");
 
     let after = account(&m0, &client_key);
     let nonce = |a: &serde_json::Value| a["nonce"].as_u64().unwrap();
