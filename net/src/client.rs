@@ -353,21 +353,9 @@ impl DealPlan {
 }
 
 /// Seals `file` without keeping the ciphertext, for a [`DealPlan`]; blocking (call it off
-/// the runtime's threads). `progress(done, total)` counts plaintext bytes.
+/// the runtime's threads). `progress(done, total)` counts plaintext bytes. `keys`: the salt
+/// and file id of a plan journaled before an interrupted payment, else fresh ones are drawn.
 pub fn plan_deal(
-    file: &Path,
-    passphrase: &[u8],
-    chunk_bytes: u32,
-    kdf: KdfParams,
-    workers: usize,
-    progress: &dyn Fn(u64, u64),
-) -> Result<DealPlan, NetError> {
-    plan_deal_with(file, passphrase, chunk_bytes, kdf, workers, progress, None)
-}
-
-/// [`plan_deal`] with a given salt and file id (a plan journaled before an interrupted
-/// payment), else fresh ones.
-pub fn plan_deal_with(
     file: &Path,
     passphrase: &[u8],
     chunk_bytes: u32,

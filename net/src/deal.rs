@@ -23,7 +23,7 @@ use proto::tx::{AccountId, TxBody, TxId};
 use proto::{KdfParams, ShareKey};
 
 use crate::client::{
-    journal_path_for, mtime_nanos, plan_deal_with, put_file, DealPlan, PutJob, PENDING_DEAL_ID,
+    journal_path_for, mtime_nanos, plan_deal, put_file, DealPlan, PutJob, PENDING_DEAL_ID,
 };
 use crate::journal::{Journal, JournalHeader};
 use crate::NetError;
@@ -163,7 +163,7 @@ pub async fn store(
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let p = Arc::clone(&progress);
     let plan = tokio::task::spawn_blocking(move || {
-        plan_deal_with(
+        plan_deal(
             &file,
             &pass,
             chunk_bytes,
@@ -250,19 +250,20 @@ pub async fn store(
                 }
                 None => pay(&mut chain, job, addr, offer, &entries, &terms, &report).await?,
             };
+            let placed_at = |start_height| Placed {
+                host_addr: addr.clone(),
+                host: offer.host,
+                deal,
+                storage_fee: terms.storage_fee,
+                period_blocks: terms.period_blocks,
+                start_height,
+                attempts: attempt,
+            };
             if let Some(start_height) = active_since(&mut chain, &deal).await? {
                 report(&format!(
                     "{addr}: storage already runs from height {start_height}"
                 ));
-                placed.push(Placed {
-                    host_addr: addr.clone(),
-                    host: offer.host,
-                    deal,
-                    storage_fee: terms.storage_fee,
-                    period_blocks: terms.period_blocks,
-                    start_height,
-                    attempts: attempt,
-                });
+                placed.push(placed_at(start_height));
                 break;
             }
             let link = deal_link(&mut chain, client, &deal, paid_at).await?;
@@ -289,15 +290,7 @@ pub async fn store(
                     report(&format!(
                         "{addr}: the host's CRCs match: storage runs from height {start_height}"
                     ));
-                    placed.push(Placed {
-                        host_addr: addr.clone(),
-                        host: offer.host,
-                        deal,
-                        storage_fee: terms.storage_fee,
-                        period_blocks: terms.period_blocks,
-                        start_height,
-                        attempts: attempt,
-                    });
+                    placed.push(placed_at(start_height));
                     break;
                 }
                 Next::PayAgain { chunks } => {
