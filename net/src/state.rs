@@ -293,8 +293,9 @@ pub struct HostState {
     grants: Mutex<(Log, HashMap<[u8; 16], LinkUse>)>,
     uploads: Mutex<Uploads>,
     objects_lock: Mutex<()>,
-    /// The deals held (`deals/`), by id.
-    deals: Mutex<HashSet<[u8; 32]>>,
+    /// The deals held (`deals/`), by their upload link's id (the deal id's first 16
+    /// bytes): every put asks whether its link is one.
+    deals: Mutex<HashMap<[u8; 16], [u8; 32]>>,
 }
 
 /// Why a delete through the data plane was refused.
@@ -329,12 +330,17 @@ pub enum ObjectOutcome {
     Existing,
 }
 
+/// A deal's upload link id: the first 16 bytes of the deal id.
+fn link_of(deal: &[u8; 32]) -> [u8; 16] {
+    deal[..16].try_into().expect("16 bytes")
+}
+
 /// The deals recorded in `dir` (`deals/`): each file's name is a deal id in lowercase hex.
-fn held_deals(dir: &Path) -> Result<HashSet<[u8; 32]>, crate::NetError> {
+fn held_deals(dir: &Path) -> Result<HashMap<[u8; 16], [u8; 32]>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
         crate::NetError::State(format!("{}: {e}", path.display()))
     };
-    let mut held = HashSet::new();
+    let mut held = HashMap::new();
     for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
         let path = entry.map_err(|e| err(dir, &e))?.path();
         let id = path
@@ -343,7 +349,7 @@ fn held_deals(dir: &Path) -> Result<HashSet<[u8; 32]>, crate::NetError> {
             .and_then(|n| data_encoding::HEXLOWER.decode(n.as_bytes()).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| err(&path, &"not a deal id (64 lowercase hex digits)"))?;
-        held.insert(id);
+        held.insert(link_of(&id), id);
     }
     Ok(held)
 }
@@ -416,7 +422,7 @@ impl HostState {
     /// under it is kept until [`HostState::drop_deal`].
     pub fn hold_deal(&self, deal: &[u8; 32]) -> Result<(), crate::NetError> {
         let mut held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        if held.contains(deal) {
+        if held.contains_key(&link_of(deal)) {
             return Ok(());
         }
         let dir = self.dir.join("deals");
@@ -426,7 +432,7 @@ impl HostState {
             sync_dir(&dir)
         })()
         .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))?;
-        held.insert(*deal);
+        held.insert(link_of(deal), *deal);
         Ok(())
     }
 
@@ -447,14 +453,14 @@ impl HostState {
         }
         sync_dir(&dir)
             .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))?;
-        held.remove(deal);
+        held.remove(&link_of(deal));
         Ok(())
     }
 
     /// The deals held, in id order.
     pub fn deals(&self) -> Vec<[u8; 32]> {
         let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<[u8; 32]> = held.iter().copied().collect();
+        let mut v: Vec<[u8; 32]> = held.values().copied().collect();
         v.sort_unstable();
         v
     }
@@ -462,7 +468,7 @@ impl HostState {
     /// Whether `link` is the upload link of a deal held (its id's first 16 bytes).
     pub fn is_deal_link(&self, link: &[u8; 16]) -> bool {
         let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        held.iter().any(|d| d[..16] == link[..])
+        held.contains_key(link)
     }
 
     /// Bytes link `id` has used (counting a crash's lost reservation as used).
