@@ -56,6 +56,8 @@ impl SealedChunk {
 pub struct SealStream {
     chunks: Ordered<(ChunkId, u32), CodecError>,
     cipher: Arc<FileCipher>,
+    /// The index of the stream's first chunk in its file (see [`seal_stream_range`]).
+    first: u64,
 }
 
 impl SealStream {
@@ -69,6 +71,7 @@ impl Iterator for SealStream {
     type Item = Result<SealedChunk, CodecError>;
     fn next(&mut self) -> Option<Self::Item> {
         let (index, result) = self.chunks.next()?;
+        let index = self.first + index;
         Some(result.map(|((id, crc32c), bytes)| {
             let sealed_bytes =
                 u32::try_from(bytes.len()).expect("a chunk is at most CHUNK_BYTES_MAX + TAG_BYTES");
@@ -101,18 +104,37 @@ pub fn seal_stream<R>(
 where
     R: Read + Send + 'static,
 {
+    seal_stream_range(reader, cipher, chunk_bytes, workers, 0, u64::MAX)
+}
+
+/// Seals chunks `first ..` (at most `count` of them) of a file whose reader is positioned
+/// at chunk `first` (byte `first` x `chunk_bytes`): each chunk is sealed with its index in
+/// the file, so the bytes are those [`seal_stream`] gives for the same chunks. For an upload
+/// that sends one part of a file (a deal covers at most `DEAL_CHUNKS_MAX` chunks).
+pub fn seal_stream_range<R>(
+    reader: R,
+    cipher: FileCipher,
+    chunk_bytes: u32,
+    workers: usize,
+    first: u64,
+    count: u64,
+) -> Result<SealStream, CodecError>
+where
+    R: Read + Send + 'static,
+{
     check_chunk_bytes(chunk_bytes).map_err(CodecError::Invalid)?;
     if workers == 0 {
         return Err(CodecError::Invalid("at least one worker is needed".into()));
     }
     let want = chunk_bytes as usize;
     let mut reader = reader;
-    let mut offset = 0u64;
+    let mut offset = first.saturating_mul(u64::from(chunk_bytes));
     let mut at_end = false;
     let source = move |index: u64, buf: &mut Vec<u8>| -> Result<bool, CodecError> {
-        if at_end {
+        if at_end || index >= count {
             return Ok(false);
         }
+        let index = first.saturating_add(index);
         // `take` + `read_to_end` fills the spare capacity without zeroing it first, and
         // retries interrupted reads; the pooled buffer already has room for a whole chunk.
         let n = (&mut reader)
@@ -137,13 +159,17 @@ where
     let cipher = Arc::new(cipher);
     let worker_cipher = Arc::clone(&cipher);
     let work = move |index: u64, buf: &mut Vec<u8>| -> Result<(ChunkId, u32), CodecError> {
-        worker_cipher.seal_chunk(index, buf);
+        worker_cipher.seal_chunk(first + index, buf);
         let (crc, id) = checksums(buf);
         Ok((id, crc))
     };
     let capacity = want + TAG_BYTES as usize;
     let chunks = pipeline::run(buffers_for(workers), capacity, workers, source, work);
-    Ok(SealStream { chunks, cipher })
+    Ok(SealStream {
+        chunks,
+        cipher,
+        first,
+    })
 }
 
 /// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
@@ -325,6 +351,37 @@ mod tests {
                     "len {len}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_range_seals_the_same_chunks_as_the_whole_file() {
+        let cb = 4096u32;
+        let data: Vec<u8> = (0..10 * 4096 + 100)
+            .map(|i: usize| u8::try_from(i * 7 % 251).unwrap())
+            .collect();
+        let whole: Vec<(u64, ChunkEntry, Vec<u8>)> =
+            seal_stream(std::io::Cursor::new(data.clone()), test_cipher(), cb, 2)
+                .unwrap()
+                .map(|c| {
+                    let c = c.unwrap();
+                    (c.index, c.entry, c.bytes().to_vec())
+                })
+                .collect();
+        assert_eq!(whole.len(), 11);
+        // A middle range, a range running past the end, a range starting past the end.
+        for (first, count, want) in [(3u64, 4u64, 3..7), (8, 100, 8..11), (11, 5, 11..11)] {
+            let mut reader = std::io::Cursor::new(data.clone());
+            reader.set_position(first * u64::from(cb));
+            let part: Vec<(u64, ChunkEntry, Vec<u8>)> =
+                seal_stream_range(reader, test_cipher(), cb, 3, first, count)
+                    .unwrap()
+                    .map(|c| {
+                        let c = c.unwrap();
+                        (c.index, c.entry, c.bytes().to_vec())
+                    })
+                    .collect();
+            assert_eq!(part, whole[want.clone()], "chunks {want:?}");
         }
     }
 

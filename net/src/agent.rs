@@ -8,8 +8,9 @@
 //!   completion states what the host holds, not what the sender declared;
 //! - the host's challenge for the current proof period (the chain samples a few leaves
 //!   over all its deals) is answered from the store (`Engine::prove_many`) in one
-//!   `StorageProofs` transaction; a block's transactions go in one `submit_txs` call,
-//!   signed with consecutive nonces;
+//!   `StorageProofs` transaction, submitted before any completion is read back (so a
+//!   large deal's completion never makes a period's answer late); a block's transactions
+//!   are signed with consecutive nonces;
 //! - a deal that left the open list is looked up, and once the chain says it is over, its
 //!   file record and the chunks no other deal covers are released (`Host::release`);
 //!   the deals the host holds are recorded on its disk (`HostState::hold_deal`), so a
@@ -177,16 +178,27 @@ async fn step(
                     let manifest = manifest.filter(|m| free.contains(m)).map(ChunkId);
                     let ids: Vec<ChunkId> = free.iter().map(|c| ChunkId(*c)).collect();
                     match host.release(*deal, manifest, &ids).await {
-                        Ok(removed) => {
+                        Ok(r) if r.done() => {
                             tracing::info!(
                                 deal = hex(deal),
-                                removed,
+                                removed = r.removed,
                                 "deal over: its chunks released"
                             );
                             stats.send_modify(|s| {
                                 s.deals_closed += 1;
-                                s.chunks_released += removed;
+                                s.chunks_released += r.removed;
                             });
+                        }
+                        // A part of a file whose record goes with a later part: held
+                        // until then, and released again at a later block.
+                        Ok(r) => {
+                            tracing::debug!(
+                                deal = hex(deal),
+                                removed = r.removed,
+                                listed = r.deferred,
+                                "deal over; chunks a recorded file lists wait for its release"
+                            );
+                            stats.send_modify(|s| s.chunks_released += r.removed);
                         }
                         Err(e) => tracing::error!(
                             deal = hex(deal),
@@ -213,13 +225,20 @@ async fn step(
         .map(|d| d.id)
         .collect();
     if !awaiting.is_empty() {
+        // Every lookup is sent to the engine first, then the answers are read: one round
+        // trip to the shards, not one per chunk.
+        let mut asked = Vec::new();
         for deal in &awaiting {
             for c in agent.chunks_of(deal) {
                 if let std::collections::hash_map::Entry::Vacant(e) = stored.entry(c) {
-                    let have = matches!(host.engine().stat(ChunkId(c)).recv().await, Ok(Some(_)));
-                    e.insert(have);
+                    e.insert(false);
+                    asked.push((c, host.engine().stat(ChunkId(c))));
                 }
             }
+        }
+        for (c, pending) in asked {
+            let have = matches!(pending.recv().await, Ok(Some(_)));
+            stored.insert(c, have);
         }
         actions = agent.plan(height, &open, &held, challenge, |c| {
             stored.get(c).copied().unwrap_or(false)
@@ -259,6 +278,17 @@ async fn step(
             ),
         }
     }
+    // Proofs go first, on their own: reading back a large deal for its completion must
+    // not make a period's answer late.
+    let mut out = Outbox {
+        chain_id: status.chain_id,
+        key,
+        me,
+        height,
+        nonce: None,
+    };
+    out.submit(chain, agent, stats, bodies).await?;
+    let mut bodies: Vec<(Action, TxBody)> = Vec::new();
     for a in &actions {
         if let Action::Complete { deal, chunks } = a {
             match crcs_of(host, chunks).await {
@@ -277,27 +307,58 @@ async fn step(
             }
         }
     }
-    if !bodies.is_empty() {
-        let account = chain.account(me).await?;
+    out.submit(chain, agent, stats, bodies).await?;
+    stats.send_modify(|s| s.height = height);
+    Ok(height)
+}
+
+/// What the agent signs with in one step; `nonce` carries on between its submissions.
+struct Outbox<'a> {
+    chain_id: u64,
+    key: &'a SigningKey,
+    me: AccountId,
+    height: u64,
+    nonce: Option<u64>,
+}
+
+impl Outbox<'_> {
+    /// Signs `bodies` with consecutive nonces (from the account's, the first time) and
+    /// submits them in one call.
+    async fn submit(
+        &mut self,
+        chain: &mut ChainClient,
+        agent: &mut Agent,
+        stats: &watch::Sender<AgentStats>,
+        bodies: Vec<(Action, TxBody)>,
+    ) -> Result<(), ChainError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        let first = match self.nonce {
+            Some(n) => n,
+            None => chain.account(self.me).await?.nonce,
+        };
         let txs: Vec<SignedTx> = bodies
             .iter()
-            .zip(account.nonce..)
+            .zip(first..)
             .map(|((_, body), nonce)| {
                 Tx {
-                    chain_id: status.chain_id,
-                    signer: me,
+                    chain_id: self.chain_id,
+                    signer: self.me,
                     nonce,
                     fee: AGENT_FEE,
                     body: body.clone(),
                 }
-                .sign(key)
+                .sign(self.key)
             })
             .collect();
         let answers = chain.submit_signed(&txs).await?;
+        let mut next = first;
         for ((action, _), answer) in bodies.iter().zip(answers) {
             match answer {
                 Ok(_) => {
-                    agent.submitted(action, height);
+                    next += 1;
+                    agent.submitted(action, self.height);
                     stats.send_modify(|s| match action {
                         Action::Complete { .. } => s.completions_sent += 1,
                         _ => s.proofs_sent += 1,
@@ -308,19 +369,33 @@ async fn step(
                 }
             }
         }
+        self.nonce = Some(next);
+        Ok(())
     }
-    stats.send_modify(|s| s.height = height);
-    Ok(height)
 }
 
-/// Reads each chunk back from the store (verified against its id) and computes its CRC32C.
+/// Reads in flight at once while a deal is read back: bounded, since a chunk may be
+/// 64 MiB.
+const READ_BACK_WINDOW: usize = 8;
+
+/// Reads each chunk back from the store (verified against its id) and computes its CRC32C,
+/// a few reads in flight at a time.
 async fn crcs_of(
     host: &Arc<Host>,
     chunks: &[[u8; 32]],
 ) -> Result<Vec<u32>, engine::store::StoreError> {
     let mut crcs = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        let bytes = host.engine().get(ChunkId(*c)).recv().await?;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = chunks.iter();
+    loop {
+        while in_flight.len() < READ_BACK_WINDOW {
+            let Some(c) = next.next() else { break };
+            in_flight.push_back(host.engine().get(ChunkId(*c)));
+        }
+        let Some(pending) = in_flight.pop_front() else {
+            break;
+        };
+        let bytes = pending.recv().await?;
         crcs.push(engine::codec::crc32c(&bytes));
     }
     Ok(crcs)

@@ -9,13 +9,15 @@
 //! place only when every chunk passed.
 
 use std::collections::{HashSet, VecDeque};
+use std::io::Seek;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use ed25519_consensus::SigningKey;
 use engine::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
-use engine::seal::{seal_stream, ChunkSource};
+use engine::seal::{seal_stream, seal_stream_range, ChunkSource};
 use engine::sealed_dir::{build_envelope, open_envelope, open_to_file, Unlock};
 use engine::{ChunkFault, CodecError};
 use proto::link::{Grant, Link};
@@ -310,10 +312,31 @@ pub struct PutJob {
     pub kdf: KdfParams,
     /// Where the upload journal lives.
     pub journal_dir: PathBuf,
-    /// For a paid deal: the sealing the payment was made for. The upload seals with its
-    /// salt and file id, and every chunk must come out as paid for; a file changed since
-    /// is an error, never a new key.
-    pub preset: Option<DealPlan>,
+    /// For a paid deal: the sealing the payment was made for and the part of the file the
+    /// deal covers. The upload seals that part with the plan's salt and file id, and every
+    /// chunk must come out as paid for; a file changed since is an error, never a new key.
+    pub preset: Option<Preset>,
+}
+
+/// What one paid deal of a [`DealPlan`] uploads: the plan's entries `entries` (see
+/// [`DealPlan::parts`]); the part holding the manifest envelope also records the file.
+#[derive(Clone, Debug)]
+pub struct Preset {
+    pub plan: DealPlan,
+    pub entries: Range<usize>,
+}
+
+impl Preset {
+    /// The chunk indices the part sends.
+    fn chunks(&self) -> Range<usize> {
+        let n = self.plan.chunks.len();
+        self.entries.start.min(n)..self.entries.end.min(n)
+    }
+
+    /// Whether the part holds the manifest envelope (the plan's last entry).
+    fn has_manifest(&self) -> bool {
+        self.entries.end > self.plan.chunks.len()
+    }
 }
 
 /// A file sealed once to learn what a deal must cover (the first of the paid upload's two
@@ -344,11 +367,22 @@ impl DealPlan {
         })
     }
 
-    /// What the deal covers: the chunks, then the manifest envelope.
+    /// What the deals cover: the chunks, then the manifest envelope.
     pub fn entries(&self) -> Vec<ChunkEntry> {
         let mut e = self.chunks.clone();
         e.push(self.manifest);
         e
+    }
+
+    /// The deals the file is paid as, as ranges of [`DealPlan::entries`]: one deal covers
+    /// at most `DEAL_CHUNKS_MAX` entries, so a larger file is paid in consecutive parts,
+    /// the last of which ends with the manifest envelope.
+    pub fn parts(&self) -> Vec<Range<usize>> {
+        let n = self.chunks.len() + 1;
+        let max = proto::tx::DEAL_CHUNKS_MAX as usize;
+        (0..n.div_ceil(max))
+            .map(|k| k * max..((k + 1) * max).min(n))
+            .collect()
     }
 }
 
@@ -558,7 +592,7 @@ async fn put_attempt(
     } else {
         None
     };
-    let preset = job.preset.as_ref().map(|p| {
+    let preset = job.preset.as_ref().map(|Preset { plan: p, .. }| {
         (
             JournalHeader {
                 link: job.link.id,
@@ -572,7 +606,7 @@ async fn put_attempt(
             p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
         )
     });
-    if let Some(p) = &job.preset {
+    if let Some(Preset { plan: p, .. }) = &job.preset {
         if p.file_bytes != size || p.chunk_bytes != job.chunk_bytes {
             return Ok(Attempt::Changed { index: 0 });
         }
@@ -607,17 +641,45 @@ async fn put_attempt(
     let mut journal = Journal::start(&jpath, header, previous)?;
 
     let mut conn = Conn::open(&job.link, &job.via, &job.key).await?;
-    let sealed_total =
-        size + Manifest::chunk_count_for(size, job.chunk_bytes) * u64::from(proto::TAG_BYTES);
-    let present = conn.have(&journal.previous).await?;
+    // What this upload sends: the whole file, or the part of a plan a deal covers.
+    let (range, part) = match &job.preset {
+        Some(p) => {
+            let r = p.chunks();
+            let entries = p.plan.chunks[r.clone()].to_vec();
+            (Some(r.start as u64..r.end as u64), Some(entries))
+        }
+        None => (None, None),
+    };
+    let (present, sealed_left, plain_total) = match &part {
+        Some(entries) => {
+            let ids: Vec<ChunkId> = entries.iter().map(|e| e.id).collect();
+            let present = conn.have(&ids).await?;
+            let left: u64 = entries
+                .iter()
+                .filter(|e| !present.contains(&e.id))
+                .map(|e| u64::from(e.sealed_bytes))
+                .sum();
+            let plain: u64 = entries
+                .iter()
+                .map(|e| u64::from(e.sealed_bytes - proto::TAG_BYTES))
+                .sum();
+            (present, left, plain)
+        }
+        None => {
+            let sealed_total = size
+                + Manifest::chunk_count_for(size, job.chunk_bytes) * u64::from(proto::TAG_BYTES);
+            let present = conn.have(&journal.previous).await?;
+            let left =
+                sealed_total.saturating_sub(present.len() as u64 * u64::from(job.chunk_bytes));
+            (present, left, size)
+        }
+    };
 
-    if conn.upload_bytes_left
-        < sealed_total.saturating_sub(present.len() as u64 * u64::from(job.chunk_bytes))
-    {
+    if conn.upload_bytes_left < sealed_left {
         return Err(NetError::Remote {
             code: crate::ErrorCode::QuotaExceeded,
             message: format!(
-                "the link allows {} more bytes; this file needs about {sealed_total}",
+                "the link allows {} more bytes; this upload needs about {sealed_left}",
                 conn.upload_bytes_left
             ),
         });
@@ -628,15 +690,42 @@ async fn put_attempt(
     let (tx, mut rx) = mpsc::channel::<Result<Sealed, CodecError>>(2);
     let name = file_name(&job.file);
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
+    let planned = job.preset.as_ref().map(|p| p.plan.chunks.clone());
     let sealer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), CodecError> {
-            let mut stream = seal_stream(file, cipher, chunk_bytes, workers)?;
             let mut builder = ManifestBuilder::new(chunk_bytes);
+            let mut stream = match &range {
+                None => seal_stream(file, cipher, chunk_bytes, workers)?,
+                Some(r) => {
+                    let mut file = file;
+                    let at = r.start * u64::from(chunk_bytes);
+                    file.seek(std::io::SeekFrom::Start(at))
+                        .map_err(|source| CodecError::Read { offset: at, source })?;
+                    seal_stream_range(file, cipher, chunk_bytes, workers, r.start, r.end - r.start)?
+                }
+            };
+            let mut sealed = 0u64;
             for chunk in stream.by_ref() {
                 let chunk = chunk?;
-                builder.push(chunk.entry);
+                sealed += 1;
+                if planned.is_none() {
+                    builder.push(chunk.entry);
+                }
                 if tx.blocking_send(Ok(Sealed::Chunk(chunk))).is_err() {
                     return Ok(());
+                }
+            }
+            // A part's chunks are checked against the plan one by one (by the upload
+            // loop); the manifest is the plan's.
+            if let (Some(r), Some(planned)) = (&range, planned) {
+                if sealed != r.end - r.start {
+                    return Err(CodecError::InputChanged {
+                        expected: size,
+                        read: (r.start + sealed) * u64::from(chunk_bytes),
+                    });
+                }
+                for e in planned {
+                    builder.push(e);
                 }
             }
             if builder.file_bytes() != size {
@@ -659,7 +748,15 @@ async fn put_attempt(
         }
     });
 
-    let result = upload_loop(&mut conn, &mut journal, &mut rx, &present, size, progress).await;
+    let result = upload_loop(
+        &mut conn,
+        &mut journal,
+        &mut rx,
+        &present,
+        plain_total,
+        progress,
+    )
+    .await;
     drop(rx);
     let _ = sealer.await;
     let (manifest, envelope, manifest_id, sent, skipped) = match result? {
@@ -676,34 +773,15 @@ async fn put_attempt(
         } => (manifest, envelope, manifest_id, sent, skipped),
     };
     if let Some(p) = &job.preset {
-        if p.manifest.id != manifest_id {
+        if p.plan.manifest.id != manifest_id {
             return Err(NetError::Protocol(
                 "the manifest sealed now is not the one paid for".into(),
             ));
         }
     }
-    let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
-    let message = crate::wire::object_message(&manifest_id, &chunks);
-    match conn
-        .call(Request::PutObject {
-            manifest: manifest_id,
-            chunks,
-            envelope,
-        })
-        .await?
-    {
-        // Signed by the host itself: no proxy on the way can fake that every chunk is there.
-        Reply::ObjectStored { signature } => {
-            let vk = ed25519_consensus::VerificationKey::try_from(job.link.host_key)
-                .map_err(|_| NetError::Protocol("the link's host key is not a valid key".into()))?;
-            vk.verify(&ed25519_consensus::Signature::from(signature), &message)
-                .map_err(|_| {
-                    NetError::Protocol(
-                        "the host's signature on the stored file does not verify".into(),
-                    )
-                })?;
-        }
-        other => return Err(remote(other)),
+    // A part before the last stores its chunks only: the file is recorded with the last.
+    if job.preset.as_ref().is_none_or(Preset::has_manifest) {
+        record_file(&mut conn, &job.link, &manifest, manifest_id, envelope).await?;
     }
     journal.remove()?;
     let peer_seen = conn.peer_seen.clone();
@@ -722,6 +800,40 @@ async fn put_attempt(
         peer_seen,
         receipts,
     })))
+}
+
+/// Records the uploaded file on the host (`PutObject`) and checks the host's signature.
+async fn record_file(
+    conn: &mut Conn,
+    link: &Link,
+    manifest: &Manifest,
+    manifest_id: ChunkId,
+    envelope: Vec<u8>,
+) -> Result<(), NetError> {
+    let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    let message = crate::wire::object_message(&manifest_id, &chunks);
+    match conn
+        .call(Request::PutObject {
+            manifest: manifest_id,
+            chunks,
+            envelope,
+        })
+        .await?
+    {
+        // Signed by the host itself: no proxy on the way can fake that every chunk is there.
+        Reply::ObjectStored { signature } => {
+            let vk = ed25519_consensus::VerificationKey::try_from(link.host_key)
+                .map_err(|_| NetError::Protocol("the link's host key is not a valid key".into()))?;
+            vk.verify(&ed25519_consensus::Signature::from(signature), &message)
+                .map_err(|_| {
+                    NetError::Protocol(
+                        "the host's signature on the stored file does not verify".into(),
+                    )
+                })?;
+        }
+        other => return Err(remote(other)),
+    }
+    Ok(())
 }
 
 enum LoopEnd {
@@ -1030,4 +1142,58 @@ pub async fn get_file(
         peer_seen,
         receipts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(chunks: usize) -> DealPlan {
+        let entry = |i: usize| ChunkEntry {
+            id: ChunkId(blake3::hash(&i.to_le_bytes()).into()),
+            sealed_bytes: 4096 + proto::TAG_BYTES,
+            crc32c: 0,
+        };
+        DealPlan {
+            salt: [0; 16],
+            file_id: FileId([0; 16]),
+            kdf: KdfParams::DEFAULT,
+            chunk_bytes: 4096,
+            file_bytes: chunks as u64 * 4096,
+            chunks: (0..chunks).map(entry).collect(),
+            manifest: entry(usize::MAX),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn a_plan_is_paid_in_parts_of_at_most_one_deals_entries() {
+        let max = proto::tx::DEAL_CHUNKS_MAX as usize;
+        for (chunks, want) in [
+            (0, vec![0..1]),
+            (1, vec![0..2]),
+            (max - 1, vec![0..max]),
+            // The manifest alone in a second deal.
+            (max, vec![0..max, max..max + 1]),
+            (8_300, vec![0..max, max..2 * max, 2 * max..8_301]),
+        ] {
+            let p = plan(chunks);
+            let parts = p.parts();
+            assert_eq!(parts, want, "{chunks} chunks");
+            // Every entry in exactly one part, in order; only the last has the manifest.
+            assert_eq!(
+                parts.iter().map(ExactSizeIterator::len).sum::<usize>(),
+                chunks + 1
+            );
+            for (i, r) in parts.iter().enumerate() {
+                let preset = Preset {
+                    plan: p.clone(),
+                    entries: r.clone(),
+                };
+                assert_eq!(preset.has_manifest(), i + 1 == parts.len());
+                assert_eq!(preset.chunks().start, r.start);
+                assert!(preset.chunks().end <= chunks);
+            }
+        }
+    }
 }

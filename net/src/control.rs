@@ -330,10 +330,22 @@ impl HostApi for HostControl {
             let issued = match self.host.issued_offer(&view.offer) {
                 Some(o) => Some(o),
                 None if made_offer_id(&self.key, &view.offer) => {
+                    // The days the offer was asked for are lost: the deal's own length
+                    // (in started days) is what it must pay for, within this host's limit.
+                    let days = view
+                        .period_blocks
+                        .div_ceil(market::terms::BLOCKS_PER_DAY)
+                        .max(1);
+                    if days > self.max_days {
+                        return Err(ControlError::Invalid(format!(
+                            "the deal runs {days} days; this host takes at most {}",
+                            self.max_days
+                        )));
+                    }
                     let s = self.stats().await;
                     Some(crate::host::IssuedOffer {
                         price_per_gib_day: self.price_per_gib_day,
-                        days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
+                        days: u32::try_from(days).unwrap_or(u32::MAX),
                         bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
                         expiry_unix_secs: 0,
                     })
@@ -378,8 +390,10 @@ impl HostApi for HostControl {
         let id: [u8; 16] = half.try_into().expect("16 bytes");
         if !download {
             self.host
-                .hold_deal(&deal)
+                .hold_deal(&deal, &sender)
                 .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+            self.host
+                .allow_deal_chunks(&deal, view.entries.iter().map(|e| ChunkId(e.id)).collect());
         }
         Link::sign(
             &self.key,

@@ -23,7 +23,7 @@ use proto::tx::{AccountId, TxBody, TxId};
 use proto::{KdfParams, ShareKey};
 
 use crate::client::{
-    journal_path_for, mtime_nanos, plan_deal, put_file, DealPlan, PutJob, PENDING_DEAL_ID,
+    journal_path_for, mtime_nanos, plan_deal, put_file, DealPlan, Preset, PutJob, PENDING_DEAL_ID,
 };
 use crate::journal::{Journal, JournalHeader};
 use crate::NetError;
@@ -61,11 +61,17 @@ pub struct DealJob {
 pub struct Placed {
     pub host_addr: String,
     pub host: [u8; 32],
+    /// The deal holding the file's manifest (its last part): the one to download by.
     pub deal: TxId,
+    /// Every deal of this copy, in file order (one unless the file has more chunks than
+    /// one deal covers, `DEAL_CHUNKS_MAX`); `deal` is the last.
+    pub parts: Vec<TxId>,
+    /// Paid into escrow over all parts.
     pub storage_fee: u64,
     pub period_blocks: u64,
+    /// When storage started, for the last part to start.
     pub start_height: u64,
-    /// Deals paid for this copy (more than one after CRC mismatches).
+    /// Deals paid for this copy (more than its parts after CRC mismatches).
     pub attempts: u32,
 }
 
@@ -192,117 +198,92 @@ pub async fn store(
         report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
     }
     let entries = plan.entries();
-    if entries.len() > proto::tx::DEAL_CHUNKS_MAX as usize {
-        return Err(NetError::Config(format!(
-            "the file seals into {} chunks and its manifest; a deal covers at most {}: use a \
-             larger --chunk-size",
-            entries.len() - 1,
-            proto::tx::DEAL_CHUNKS_MAX
-        )));
-    }
+    let parts = plan.parts();
     let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
     report(&format!(
-        "sealed {} chunks and the manifest: {bytes} bytes under deal",
-        plan.chunks.len()
+        "sealed {} chunks and the manifest: {bytes} bytes under deal{}",
+        plan.chunks.len(),
+        if parts.len() > 1 {
+            format!(
+                ", paid as {} deals per copy (a deal covers at most {} chunks)",
+                parts.len(),
+                proto::tx::DEAL_CHUNKS_MAX
+            )
+        } else {
+            String::new()
+        }
     ));
-    // Deals an interrupted run paid for this very plan: open, with this sender.
+    // Deals an interrupted run paid for this very plan: open, with this sender, each
+    // covering exactly one part's entries.
     let me = AccountId(job.key.verification_key().to_bytes());
-    let mut earlier: Vec<(String, TxId, DealStage)> = Vec::new();
+    let mut earlier: Vec<Earlier> = Vec::new();
     if found.is_some() {
         for v in chain.deals_of(me, true).await.map_err(chain_err)? {
             let id = parse_tx(&v.id)?;
             let Some(full) = chain.deal(id).await.map_err(chain_err)? else {
                 continue;
             };
-            let same = full.entries.len() == entries.len()
-                && full.entries.iter().zip(&entries).all(|(a, b)| {
-                    (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
+            let same = |part: &std::ops::Range<usize>| {
+                let want = &entries[part.clone()];
+                full.entries.len() == want.len()
+                    && full.entries.iter().zip(want).all(|(a, b)| {
+                        (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
+                    })
+            };
+            if let Some(part) = parts.iter().position(same) {
+                earlier.push(Earlier {
+                    host: full.host,
+                    part,
+                    deal: id,
+                    stage: full.stage,
                 });
-            if same {
-                earlier.push((full.host, id, full.stage));
             }
         }
     }
     let mut placed = Vec::new();
     let mut share_key = None;
-    for (addr, client, offer) in &hosts {
-        let terms = market::terms::terms(
-            offer.price_per_gib_day,
-            bytes,
-            u64::from(job.days),
-            job.period_blocks,
-            status.proof_period_blocks,
-        )
-        .map_err(|e| NetError::Config(e.to_string()))?;
-        let host_hex = data_encoding::HEXLOWER.encode(&offer.host);
-        let mut resume = earlier
-            .iter()
-            .find(|(h, _, _)| *h == host_hex)
-            .map(|(_, id, stage)| (*id, stage.clone()));
-        let mut attempt = 1u32;
-        loop {
-            let (deal, paid_at) = match resume.take() {
-                Some((deal, stage)) => {
-                    report(&format!(
-                        "{addr}: deal {deal} was paid by an interrupted run ({stage}): not paying again"
-                    ));
-                    (deal, chain.status().await.map_err(chain_err)?.height)
-                }
-                None => pay(&mut chain, job, addr, offer, &entries, &terms, &report).await?,
+    for (addr, client, first_offer) in &hosts {
+        let host_hex = data_encoding::HEXLOWER.encode(&first_offer.host);
+        let mut copy: Option<Placed> = None;
+        for (k, part) in parts.iter().enumerate() {
+            let name = if parts.len() > 1 {
+                format!("{addr} (part {} of {})", k + 1, parts.len())
+            } else {
+                addr.clone()
             };
-            let placed_at = |start_height| Placed {
-                host_addr: addr.clone(),
-                host: offer.host,
-                deal,
-                storage_fee: terms.storage_fee,
-                period_blocks: terms.period_blocks,
-                start_height,
-                attempts: attempt,
+            let part_entries = &entries[part.clone()];
+            let preset = Preset {
+                plan: plan.clone(),
+                entries: part.clone(),
             };
-            if let Some(start_height) = active_since(&mut chain, &deal).await? {
-                report(&format!(
-                    "{addr}: storage already runs from height {start_height}"
-                ));
-                placed.push(placed_at(start_height));
-                break;
+            let ctx = PartCtx {
+                name: &name,
+                addr,
+                client,
+                entries: part_entries,
+                resume: earlier.iter().find(|e| e.part == k && e.host == host_hex),
+                preset,
+                chain_id: status.chain_id,
+                proof_period_blocks: status.proof_period_blocks,
+                host: first_offer.host,
+            };
+            let (one, key) = place_part(&mut chain, job, &ctx, &progress, &report).await?;
+            if key.is_some() {
+                share_key = key;
             }
-            let link = deal_link(&mut chain, client, &deal, paid_at).await?;
-            let put = PutJob {
-                file: job.file.clone(),
-                link,
-                via: job.via.clone(),
-                key: job.key.clone(),
-                passphrase: job.passphrase.clone(),
-                chunk_bytes: job.chunk_bytes,
-                workers: job.workers,
-                kdf: plan.kdf,
-                journal_dir: job.journal_dir.clone(),
-                preset: Some(plan.clone()),
-            };
-            let done = put_file(&put, Arc::clone(&progress)).await?;
-            report(&format!(
-                "{addr}: uploaded ({} chunks sent, {} already there); waiting for the host's completion",
-                done.sent_chunks, done.skipped_chunks
-            ));
-            share_key = Some(done.share_key);
-            match wait_completion(&mut chain, &deal, attempt).await? {
-                Next::Placed { start_height } => {
-                    report(&format!(
-                        "{addr}: the host's CRCs match: storage runs from height {start_height}"
-                    ));
-                    placed.push(placed_at(start_height));
-                    break;
-                }
-                Next::PayAgain { chunks } => {
-                    report(&format!(
-                        "{addr}: the host's CRCs differ at chunks {chunks:?}: refunded; paying again"
-                    ));
-                    attempt += 1;
-                }
-                Next::GiveUp(why) => return Err(NetError::Protocol(format!("{addr}: {why}"))),
-                Next::Wait => unreachable!("wait_completion returns a decision"),
-            }
+            copy = Some(match copy {
+                None => one,
+                Some(c) => Placed {
+                    deal: one.deal,
+                    parts: [c.parts, one.parts].concat(),
+                    storage_fee: c.storage_fee + one.storage_fee,
+                    start_height: one.start_height.max(c.start_height),
+                    attempts: c.attempts + one.attempts,
+                    ..c
+                },
+            });
         }
+        placed.push(copy.expect("a plan has at least one part"));
     }
     // Every copy is placed: nothing to resume any more.
     pending.remove()?;
@@ -315,6 +296,135 @@ pub async fn store(
         share_key,
         placed,
     })
+}
+
+/// A deal an interrupted run paid for a part of this plan.
+struct Earlier {
+    /// The host's key, hex.
+    host: String,
+    /// Which part of [`DealPlan::parts`].
+    part: usize,
+    deal: TxId,
+    stage: DealStage,
+}
+
+/// One part of the file on one host.
+struct PartCtx<'a> {
+    /// For messages: the host's address, and the part if there are several.
+    name: &'a str,
+    addr: &'a str,
+    client: &'a HostApiClient,
+    host: [u8; 32],
+    entries: &'a [proto::ChunkEntry],
+    resume: Option<&'a Earlier>,
+    preset: Preset,
+    chain_id: u64,
+    proof_period_blocks: u64,
+}
+
+/// Places one part on one host: pays it (unless an interrupted run did), uploads it and
+/// follows the chain until the host's completion matched; on a mismatch pays again, on a
+/// fresh offer, up to `market::sender::ATTEMPTS_MAX` deals. Returns the part as placed,
+/// and the file's share key if this run uploaded.
+async fn place_part(
+    chain: &mut ChainClient,
+    job: &DealJob,
+    part: &PartCtx<'_>,
+    progress: &Arc<dyn Fn(u64, u64) + Send + Sync>,
+    report: &Report,
+) -> Result<(Placed, Option<ShareKey>), NetError> {
+    let name = part.name;
+    let bytes: u64 = part.entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
+    let mut resume = part.resume.map(|e| (e.deal, e.stage.clone()));
+    let mut share_key = None;
+    let mut attempt = 1u32;
+    loop {
+        let (deal, paid_at, fee, period_blocks) = match resume.take() {
+            Some((deal, stage)) => {
+                report(&format!(
+                    "{name}: deal {deal} was paid by an interrupted run ({stage}): not paying again"
+                ));
+                let view = chain.deal(deal).await.map_err(chain_err)?.ok_or_else(|| {
+                    NetError::Protocol("the paid deal vanished from the chain".into())
+                })?;
+                let height = chain.status().await.map_err(chain_err)?.height;
+                (deal, height, view.storage_fee, view.period_blocks)
+            }
+            None => {
+                // A fresh offer for every payment: the chain takes an offer once.
+                let offer = checked_offer(part.client, part.chain_id, bytes, job.days)
+                    .await
+                    .map_err(|e| NetError::Protocol(format!("{name}: {e}")))?;
+                if offer.host != part.host {
+                    return Err(NetError::Protocol(format!(
+                        "{name}: the host's key changed since its first offer"
+                    )));
+                }
+                let terms = market::terms::terms(
+                    offer.price_per_gib_day,
+                    bytes,
+                    u64::from(job.days),
+                    job.period_blocks,
+                    part.proof_period_blocks,
+                )
+                .map_err(|e| NetError::Config(e.to_string()))?;
+                let (deal, at) =
+                    pay(chain, job, name, &offer, part.entries, &terms, report).await?;
+                (deal, at, terms.storage_fee, terms.period_blocks)
+            }
+        };
+        let placed_at = |start_height| Placed {
+            host_addr: part.addr.to_owned(),
+            host: part.host,
+            deal,
+            parts: vec![deal],
+            storage_fee: fee,
+            period_blocks,
+            start_height,
+            attempts: attempt,
+        };
+        if let Some(start_height) = active_since(chain, &deal).await? {
+            report(&format!(
+                "{name}: storage already runs from height {start_height}"
+            ));
+            return Ok((placed_at(start_height), share_key));
+        }
+        let link = deal_link(chain, part.client, &deal, paid_at).await?;
+        let put = PutJob {
+            file: job.file.clone(),
+            link,
+            via: job.via.clone(),
+            key: job.key.clone(),
+            passphrase: job.passphrase.clone(),
+            chunk_bytes: job.chunk_bytes,
+            workers: job.workers,
+            kdf: part.preset.plan.kdf,
+            journal_dir: job.journal_dir.clone(),
+            preset: Some(part.preset.clone()),
+        };
+        let done = put_file(&put, Arc::clone(progress)).await?;
+        report(&format!(
+            "{name}: uploaded ({} chunks sent, {} already there); waiting for the host's completion",
+            done.sent_chunks, done.skipped_chunks
+        ));
+        share_key = Some(done.share_key);
+        match wait_completion(chain, &deal, attempt).await? {
+            Next::Placed { start_height } => {
+                report(&format!(
+                    "{name}: the host's CRCs match: storage runs from height {start_height}"
+                ));
+                return Ok((placed_at(start_height), share_key));
+            }
+            Next::PayAgain { chunks } => {
+                report(&format!(
+                    "{name}: the host's CRCs differ at chunks {chunks:?}: refunded; paying again"
+                ));
+                attempt += 1;
+            }
+            Next::GiveUp(why) => return Err(NetError::Protocol(format!("{name}: {why}"))),
+            Next::Wait => unreachable!("wait_completion returns a decision"),
+        }
+    }
 }
 
 /// Pays `offer`'s host for `entries` on `terms`; returns the deal and the height it was

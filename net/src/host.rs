@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 use engine::store::{Engine, PutOutcome, StoreError};
+use futures::StreamExt;
 use proto::link::{Grant, Link};
 use proto::ChunkId;
 use rand_core::RngCore;
@@ -57,6 +58,10 @@ pub struct Host {
     /// Offers this host signed and that have not expired: a deal's link is granted only
     /// for a payment that cites one of them, on its terms.
     offers: Mutex<HashMap<[u8; 16], IssuedOffer>>,
+    /// The chunks each held deal's upload link may send (the deal's chunk list, read from
+    /// the chain when the link is granted), by link id. In memory only: after a restart a
+    /// deal's link is asked for again before it uploads.
+    deal_chunks: Mutex<HashMap<[u8; 16], Arc<HashSet<ChunkId>>>>,
 }
 
 /// The terms of an offer this host made, as the sender asked them.
@@ -104,6 +109,7 @@ impl Host {
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
             offers: Mutex::new(HashMap::new()),
+            deal_chunks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -152,10 +158,28 @@ impl Host {
             .copied()
     }
 
-    /// Records, durably, that this host holds `deal`: what is uploaded under its link is
-    /// kept until [`Host::release`] (see [`Host::expiry`]), across restarts.
-    pub fn hold_deal(&self, deal: &[u8; 32]) -> Result<(), NetError> {
-        self.state.hold_deal(deal)
+    /// Records, durably, that this host holds `deal`, paid by `sender`: what is uploaded
+    /// under its link is kept until [`Host::release`] (see [`Host::expiry`]), across
+    /// restarts.
+    pub fn hold_deal(&self, deal: &[u8; 32], sender: &[u8; 32]) -> Result<(), NetError> {
+        self.state.hold_deal(deal, sender)
+    }
+
+    /// The chunks `deal`'s upload link may send: exactly the deal's (see [`Scope::Upload`]).
+    pub fn allow_deal_chunks(&self, deal: &[u8; 32], chunks: HashSet<ChunkId>) {
+        let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
+        self.deal_chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(link, Arc::new(chunks));
+    }
+
+    fn deal_chunks(&self, link: &[u8; 16]) -> Option<Arc<HashSet<ChunkId>>> {
+        self.deal_chunks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(link)
+            .cloned()
     }
 
     /// The chunk list of an uploaded file, from the cache or the state directory (read off
@@ -327,9 +351,13 @@ pub fn serve_on_cores(
 
 /// What one connection may do, from its link.
 enum Scope {
+    /// An upload link. A deal's (`deal`: its chunk list) sends exactly the deal's chunks
+    /// and is not charged by the byte: what it may store is what was paid for. Any other
+    /// is charged every byte against `bytes_max`.
     Upload {
         link: [u8; 16],
         bytes_max: u64,
+        deal: Option<Arc<HashSet<ChunkId>>>,
     },
     Download {
         manifest: ChunkId,
@@ -492,7 +520,14 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
         }
     };
     let upload_bytes_left = match &scope {
-        Scope::Upload { link, bytes_max } => bytes_max.saturating_sub(host.state.used(link)),
+        Scope::Upload {
+            deal: Some(_),
+            bytes_max,
+            ..
+        } => *bytes_max,
+        Scope::Upload {
+            link, bytes_max, ..
+        } => bytes_max.saturating_sub(host.state.used(link)),
         Scope::Download { .. } => 0,
     };
     write_timed(
@@ -732,10 +767,25 @@ async fn check_hello(
     )
     .map_err(|e| (ErrorCode::LinkRefused, e.to_string()))?;
     match link.grant {
-        Grant::Upload { bytes_max } => Ok(Scope::Upload {
-            link: link.id,
-            bytes_max,
-        }),
+        Grant::Upload { bytes_max } => {
+            let deal = if host.state.is_deal_link(&link.id) {
+                Some(host.deal_chunks(&link.id).ok_or_else(|| {
+                    (
+                        ErrorCode::LinkRefused,
+                        "this deal's link was granted before the host restarted: ask the host \
+                         for the deal's link again"
+                            .to_string(),
+                    )
+                })?)
+            } else {
+                None
+            };
+            Ok(Scope::Upload {
+                link: link.id,
+                bytes_max,
+                deal,
+            })
+        }
         Grant::Download { manifest } => match host.object(manifest).await {
             Ok(Some(chunks)) => Ok(Scope::Download { manifest, chunks }),
             Ok(None) => Err((
@@ -761,15 +811,32 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
     };
     match req {
         Request::Put { id, crc32c, bytes } => {
-            let Scope::Upload { link, bytes_max } = **scope else {
+            let Scope::Upload {
+                link,
+                bytes_max,
+                ref deal,
+            } = **scope
+            else {
                 return not_granted("uploading");
+            };
+            // A deal's link: the deal's chunks only, each of the size paid for (its id is
+            // the hash of its bytes); any other link: every byte charged.
+            let charged = match deal {
+                Some(chunks) if !chunks.contains(&id) => {
+                    return ready(Reply::error(
+                        ErrorCode::NotGranted,
+                        format!("chunk {id} is not one of the deal's chunks"),
+                    ))
+                }
+                Some(_) => 0,
+                None => bytes.len() as u64,
             };
             let len = bytes.len() as u64;
             let busy = match Busy::put(host, id) {
                 Ok(b) => b,
                 Err(e) => return ready(Reply::error(ErrorCode::Busy, e.to_string())),
             };
-            if let Err(e) = host.state.reserve(&link, bytes_max, len) {
+            if let Err(e) = host.state.reserve(&link, bytes_max, charged) {
                 let code = match e {
                     QuotaError::Exceeded { .. } => ErrorCode::QuotaExceeded,
                     QuotaError::Io(_) => ErrorCode::Internal,
@@ -787,11 +854,11 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                         false
                     }
                     Ok(PutOutcome::Existing) => {
-                        host.state.release(&link, len);
+                        host.state.release(&link, charged);
                         true
                     }
                     Err(e) => {
-                        host.state.release(&link, len);
+                        host.state.release(&link, charged);
                         return store_error(&e);
                     }
                 };
@@ -849,12 +916,28 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
             chunks,
             envelope,
         } => {
-            let Scope::Upload { link, bytes_max } = **scope else {
+            let Scope::Upload {
+                link,
+                bytes_max,
+                ref deal,
+            } = **scope
+            else {
                 return not_granted("uploading");
+            };
+            // A deal's file is recorded by the deal whose last chunk is its manifest.
+            let quota = match deal {
+                Some(d) if !d.contains(&manifest) => {
+                    return ready(Reply::error(
+                        ErrorCode::NotGranted,
+                        format!("manifest {manifest} is not one of the deal's chunks"),
+                    ))
+                }
+                Some(_) => None,
+                None => Some(bytes_max),
             };
             let host = Arc::clone(host);
             Box::pin(
-                async move { put_object(&host, link, bytes_max, manifest, chunks, envelope).await },
+                async move { put_object(&host, link, quota, manifest, chunks, envelope).await },
             )
         }
         Request::Delete { id } => {
@@ -942,20 +1025,25 @@ async fn delete(host: &Arc<Host>, link: [u8; 16], id: ChunkId) -> Reply {
 impl Host {
     /// Releases what a deal that is over held: the file record of `manifest` (if given:
     /// no other open deal covers it) and the bytes of `chunks` that the deal's upload link
-    /// sent and that no other link or recorded file holds; then forgets the deal. Returns
-    /// the chunks removed from the store. A chunk that could not be released yet (a put
-    /// or delete under way) fails the call and the deal stays held, for a later try.
+    /// sent and that no other link holds; then forgets the deal. A chunk that could not be
+    /// released yet (a put or delete under way) fails the call and the deal stays held,
+    /// for a later try. A chunk still listed by a recorded file (a part of a file paid as
+    /// several deals, whose record goes with its last part) is left in place and the deal
+    /// stays held, to be released again once that record is gone.
     pub async fn release(
         self: &Arc<Self>,
         deal: [u8; 32],
         manifest: Option<ChunkId>,
         chunks: &[ChunkId],
-    ) -> Result<u64, NetError> {
+    ) -> Result<Released, NetError> {
         let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
         let mut removed = 0u64;
+        // The manifest named is the deal's last chunk; in a part of a file paid as several
+        // deals that is a plain chunk with no record, released like the others.
+        let mut recorded = false;
         if let Some(m) = manifest {
             let h = Arc::clone(self);
-            let recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&m))
+            recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&m))
                 .await
                 .map_err(|e| NetError::State(e.to_string()))??;
             self.objects
@@ -974,30 +1062,83 @@ impl Host {
                 removed += 1;
             }
         }
-        for id in chunks.iter().filter(|c| Some(**c) != manifest) {
-            match delete(self, link, *id).await {
+        let mut deferred = 0u64;
+        let envelope = manifest.filter(|_| recorded);
+        // Deletes in flight together: each is durable before it is answered, so one at a
+        // time would cost a deal of thousands of chunks thousands of syncs in a row.
+        let ids: Vec<ChunkId> = chunks
+            .iter()
+            .copied()
+            .filter(|c| Some(*c) != envelope)
+            .collect();
+        let host = Arc::clone(self);
+        let mut answers = futures::stream::iter(ids)
+            .map(move |id| {
+                let host = Arc::clone(&host);
+                async move { (id, delete(&host, link, id).await) }
+            })
+            .buffer_unordered(RELEASE_WINDOW);
+        let mut failed: Option<String> = None;
+        while let Some((id, answer)) = answers.next().await {
+            match answer {
                 Reply::Deleted { removed: true } => removed += 1,
                 Reply::Deleted { removed: false } => {}
-                // Not sent under this link, or part of a file recorded here: not the
-                // deal's to delete.
+                // Listed by a file recorded here: deleted once that record is removed.
+                Reply::Error {
+                    code: ErrorCode::NotGranted,
+                    ..
+                } if self.state.is_listed(&link, &id) => deferred += 1,
+                // Not sent under this link: not the deal's to delete.
                 Reply::Error {
                     code: ErrorCode::NotGranted,
                     ..
                 } => {}
-                other => return Err(NetError::State(format!("releasing chunk {id}: {other:?}"))),
+                // Every delete under way is still awaited: one dropped between its start
+                // and its end would leave its chunk marked as being deleted.
+                other => {
+                    failed.get_or_insert_with(|| format!("releasing chunk {id}: {other:?}"));
+                }
             }
         }
-        self.state.drop_deal(&deal)?;
-        Ok(removed)
+        if let Some(e) = failed {
+            return Err(NetError::State(e));
+        }
+        if deferred == 0 {
+            self.state.drop_deal(&deal)?;
+            self.deal_chunks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&link);
+        }
+        Ok(Released { removed, deferred })
+    }
+}
+
+/// Chunk deletes a release keeps in flight.
+const RELEASE_WINDOW: usize = 64;
+
+/// What [`Host::release`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// Chunks removed from the store.
+    pub removed: u64,
+    /// Chunks left in place because a recorded file still lists them: the deal stays held.
+    pub deferred: u64,
+}
+
+impl Released {
+    pub fn done(&self) -> bool {
+        self.deferred == 0
     }
 }
 
 /// Stores a manifest envelope and records its chunk list: every chunk must be stored and
-/// have been sent under this same link. Answers with the host's signature.
+/// have been sent under this same link (or the link of another held deal of the same
+/// sender: a file paid in parts). Answers with the host's signature.
 async fn put_object(
     host: &Arc<Host>,
     link: [u8; 16],
-    bytes_max: u64,
+    bytes_max: Option<u64>,
     manifest: ChunkId,
     chunks: Vec<ChunkId>,
     envelope: Vec<u8>,
@@ -1040,9 +1181,16 @@ async fn put_object(
             Err(e) => return store_error(&e),
         }
     }
-    // The envelope and the record both count against the link.
-    let len = envelope.len() as u64 + 48 + 32 * chunks.len() as u64;
-    if let Err(e) = host.state.reserve(&link, bytes_max, len) {
+    // The envelope and the record both count against a plain link; a deal's link is not
+    // charged (its envelope is a chunk of the deal, paid for).
+    let len = match bytes_max {
+        Some(_) => envelope.len() as u64 + 48 + 32 * chunks.len() as u64,
+        None => 0,
+    };
+    if let Err(e) = host
+        .state
+        .reserve(&link, bytes_max.unwrap_or(u64::MAX), len)
+    {
         return Reply::error(ErrorCode::QuotaExceeded, e.to_string());
     }
     let crc = engine::codec::crc32c(&envelope);

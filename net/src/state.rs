@@ -295,7 +295,16 @@ pub struct HostState {
     objects_lock: Mutex<()>,
     /// The deals held (`deals/`), by their upload link's id (the deal id's first 16
     /// bytes): every put asks whether its link is one.
-    deals: Mutex<HashMap<[u8; 16], [u8; 32]>>,
+    deals: Mutex<HashMap<[u8; 16], Held>>,
+}
+
+/// A deal the host holds data for, as recorded in `deals/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    deal: [u8; 32],
+    /// The deal's sender (the file's content); `None` in a record written before senders
+    /// were recorded (an empty file).
+    sender: Option<[u8; 32]>,
 }
 
 /// Why a delete through the data plane was refused.
@@ -335,23 +344,47 @@ fn link_of(deal: &[u8; 32]) -> [u8; 16] {
     deal[..16].try_into().expect("16 bytes")
 }
 
-/// The deals recorded in `dir` (`deals/`): each file's name is a deal id in lowercase hex.
-fn held_deals(dir: &Path) -> Result<HashMap<[u8; 16], [u8; 32]>, crate::NetError> {
+/// The deals recorded in `dir` (`deals/`): each file's name is a deal id in lowercase hex,
+/// its content the deal sender's 32-byte key (or nothing, in records of earlier versions).
+fn held_deals(dir: &Path) -> Result<HashMap<[u8; 16], Held>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
         crate::NetError::State(format!("{}: {e}", path.display()))
     };
     let mut held = HashMap::new();
     for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
         let path = entry.map_err(|e| err(dir, &e))?.path();
+        // A record being written when the host stopped: its deal's link was not granted.
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
+            fs::remove_file(&path).map_err(|e| err(&path, &e))?;
+            continue;
+        }
         let id = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| data_encoding::HEXLOWER.decode(n.as_bytes()).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .ok_or_else(|| err(&path, &"not a deal id (64 lowercase hex digits)"))?;
-        held.insert(link_of(&id), id);
+        let content = fs::read(&path).map_err(|e| err(&path, &e))?;
+        let sender = decode_deal_record(&content).map_err(|e| err(&path, &e))?;
+        held.insert(link_of(&id), Held { deal: id, sender });
     }
     Ok(held)
+}
+
+/// The content of a `deals/` record: the sender's 32-byte key, or nothing (a record of a
+/// version before senders were recorded).
+pub fn decode_deal_record(content: &[u8]) -> Result<Option<[u8; 32]>, String> {
+    match content.len() {
+        0 => Ok(None),
+        32 => Ok(Some(content.try_into().expect("32 bytes"))),
+        n => Err(format!(
+            "{n} bytes: a deal record holds its sender's 32-byte key"
+        )),
+    }
 }
 
 /// How many recorded files list each chunk, from the object records in `dir`.
@@ -418,21 +451,29 @@ impl HostState {
         })
     }
 
-    /// Records, durably, that this host granted the upload link of `deal`: what comes
-    /// under it is kept until [`HostState::drop_deal`].
-    pub fn hold_deal(&self, deal: &[u8; 32]) -> Result<(), crate::NetError> {
+    /// Records, durably, that this host granted the upload link of `deal`, paid by
+    /// `sender`: what comes under it is kept until [`HostState::drop_deal`].
+    pub fn hold_deal(&self, deal: &[u8; 32], sender: &[u8; 32]) -> Result<(), crate::NetError> {
         let mut held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        if held.contains_key(&link_of(deal)) {
+        let record = Held {
+            deal: *deal,
+            sender: Some(*sender),
+        };
+        if held.get(&link_of(deal)) == Some(&record) {
             return Ok(());
         }
         let dir = self.dir.join("deals");
         let path = dir.join(data_encoding::HEXLOWER.encode(deal));
+        let tmp = dir.join(format!(".{}.partial", data_encoding::HEXLOWER.encode(deal)));
         (|| {
-            File::create(&path)?.sync_all()?;
+            let mut f = File::create(&tmp)?;
+            f.write_all(sender)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
             sync_dir(&dir)
         })()
         .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))?;
-        held.insert(link_of(deal), *deal);
+        held.insert(link_of(deal), record);
         Ok(())
     }
 
@@ -460,7 +501,7 @@ impl HostState {
     /// The deals held, in id order.
     pub fn deals(&self) -> Vec<[u8; 32]> {
         let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<[u8; 32]> = held.values().copied().collect();
+        let mut v: Vec<[u8; 32]> = held.values().map(|h| h.deal).collect();
         v.sort_unstable();
         v
     }
@@ -536,14 +577,39 @@ impl HostState {
             .collect()
     }
 
-    /// The first of `chunks` not uploaded under `link`, if any.
+    /// The first of `chunks` not uploaded under `link`, if any. A chunk uploaded under
+    /// the link of another held deal of the same sender counts as uploaded: a file too
+    /// large for one deal is paid as several, each part uploaded under its own deal's
+    /// link, and its record (under the last part's link) lists them all.
     pub fn not_uploaded(&self, link: &[u8; 16], chunks: &[ChunkId]) -> Option<ChunkId> {
+        let siblings: Vec<[u8; 16]> = {
+            let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
+            match held.get(link).and_then(|h| h.sender) {
+                Some(sender) => held
+                    .iter()
+                    .filter(|(l, h)| *l != link && h.sender == Some(sender))
+                    .map(|(l, _)| *l)
+                    .collect(),
+                None => Vec::new(),
+            }
+        };
         let u = self.uploads();
-        let set = u.sets.get(link);
+        let sets: Vec<&HashSet<ChunkId>> = std::iter::once(link)
+            .chain(&siblings)
+            .filter_map(|l| u.sets.get(l))
+            .collect();
         chunks
             .iter()
-            .find(|c| !set.is_some_and(|s| s.contains(c)))
+            .find(|c| !sets.iter().any(|s| s.contains(c)))
             .copied()
+    }
+
+    /// Whether `chunk`, uploaded under `link`, is listed by a recorded file (so a delete
+    /// through the link is refused until that file's record is removed).
+    pub fn is_listed(&self, link: &[u8; 16], chunk: &ChunkId) -> bool {
+        let u = self.uploads();
+        u.sets.get(link).is_some_and(|s| s.contains(chunk))
+            && u.listed.get(chunk).is_some_and(|&n| n > 0)
     }
 
     /// A put of `chunk` starts; refused while a delete of it is under way. Every `Ok` is
@@ -939,9 +1005,9 @@ mod tests {
         {
             let st = HostState::open(dir.path()).unwrap();
             assert!(!st.is_deal_link(&[0xA1; 16]));
-            st.hold_deal(&a).unwrap();
-            st.hold_deal(&b).unwrap();
-            st.hold_deal(&a).unwrap();
+            st.hold_deal(&a, &[1; 32]).unwrap();
+            st.hold_deal(&b, &[1; 32]).unwrap();
+            st.hold_deal(&a, &[1; 32]).unwrap();
             st.drop_deal(&b).unwrap();
             st.drop_deal(&b).unwrap();
         }
@@ -957,6 +1023,59 @@ mod tests {
             assert!(e.contains(stray) && e.contains("not a deal id"), "{e}");
             fs::remove_file(&path).unwrap();
         }
+        // A record cut short is named; a record being written when the host stopped is
+        // removed (its link was never granted).
+        let rec = dir.path().join("deals").join("a1".repeat(32));
+        fs::write(&rec, [1; 31]).unwrap();
+        let e = HostState::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("31 bytes"), "{e}");
+        fs::write(&rec, [1; 32]).unwrap();
+        let partial = dir
+            .path()
+            .join("deals")
+            .join(format!(".{}.partial", "c3".repeat(32)));
+        fs::write(&partial, [1; 5]).unwrap();
         assert_eq!(HostState::open(dir.path()).unwrap().deals(), vec![a]);
+        assert!(!partial.exists());
+    }
+
+    #[test]
+    fn a_record_may_list_chunks_of_the_same_senders_other_deals_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = HostState::open(dir.path()).unwrap();
+        let (alice, bob) = ([0xAA; 32], [0xBB; 32]);
+        // Alice's file in two parts (deals 1 and 2), Bob's deal 3, a plain link 4.
+        let deal = |b: u8| [b; 32];
+        st.hold_deal(&deal(1), &alice).unwrap();
+        st.hold_deal(&deal(2), &alice).unwrap();
+        st.hold_deal(&deal(3), &bob).unwrap();
+        let link = |b: u8| [b; 16];
+        let c = |b: u8| ChunkId([b; 32]);
+        st.record_upload(link(1), c(10)).unwrap();
+        st.record_upload(link(2), c(20)).unwrap();
+        st.record_upload(link(3), c(30)).unwrap();
+        st.record_upload(link(4), c(40)).unwrap();
+        assert_eq!(st.not_uploaded(&link(2), &[c(10), c(20)]), None);
+        assert_eq!(
+            st.not_uploaded(&link(2), &[c(20), c(30)]),
+            Some(c(30)),
+            "Bob's"
+        );
+        assert_eq!(
+            st.not_uploaded(&link(2), &[c(40)]),
+            Some(c(40)),
+            "a plain link's"
+        );
+        assert_eq!(st.not_uploaded(&link(4), &[c(40), c(10)]), Some(c(10)));
+        assert_eq!(st.not_uploaded(&link(3), &[c(10)]), Some(c(10)));
+        // Once a part is released, its chunks no longer count.
+        st.drop_deal(&deal(1)).unwrap();
+        assert_eq!(st.not_uploaded(&link(2), &[c(10), c(20)]), Some(c(10)));
+        // Listed: uploaded under the link and named by a recorded file.
+        assert!(!st.is_listed(&link(2), &c(20)));
+        st.list(&[c(20)]).unwrap();
+        st.put_object(&c(99), &[c(20)]).unwrap();
+        assert!(st.is_listed(&link(2), &c(20)));
+        assert!(!st.is_listed(&link(1), &c(20)));
     }
 }

@@ -226,6 +226,10 @@ pub struct DevnetArgs {
     /// 100]. Short periods make a whole deal fit in a demo.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub proof_period_blocks: Option<u64>,
+    /// Blocks a host has to complete a paid deal in this devnet's genesis [default: the
+    /// ledger's 100]. With short blocks, a longer window leaves time for large uploads.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub completion_timeout_blocks: Option<u64>,
     /// Hosts to run beside the miners (0 to 16): each an `mspace host` process with its
     /// own store, key and ports (after the miners'), funded from the client key, registered
     /// with a deposit of 10,000 MASP, its agent following the miners. A host that exits is
@@ -302,7 +306,7 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
     let genesis = GenesisFile {
         chain_id,
         proof_period_blocks: a.proof_period_blocks,
-        completion_timeout_blocks: None,
+        completion_timeout_blocks: a.completion_timeout_blocks,
         accounts: std::iter::once(GenesisAccount {
             key: hex(&client.verification_key().to_bytes()),
             masp: 1_000_000,

@@ -19,7 +19,10 @@ use crate::{format_bytes, progress_bar, read_passphrase};
 struct PlacedJson {
     host: String,
     host_addr: String,
+    /// The deal holding the manifest: `mspace get --deal` takes this one.
     deal: String,
+    /// Every deal of this copy in file order (several for a file over one deal's limit).
+    parts: Vec<String>,
     storage_fee: u64,
     period_blocks: u64,
     start_height: u64,
@@ -86,6 +89,7 @@ pub fn put(args: PutArgs) -> Result<()> {
                 host: hex(&p.host),
                 host_addr: p.host_addr.clone(),
                 deal: hex(&p.deal.0),
+                parts: p.parts.iter().map(|d| hex(&d.0)).collect(),
                 storage_fee: p.storage_fee,
                 period_blocks: p.period_blocks,
                 start_height: p.start_height,
@@ -97,11 +101,12 @@ pub fn put(args: PutArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&json)?);
     } else {
         println!(
-            "stored {} ({}, {} chunks) as {} deal(s) in {:.2} s:",
+            "stored {} ({}, {} chunks) as {} cop{} in {:.2} s:",
             args.file.display(),
             format_bytes(json.file_bytes),
             json.chunks,
             json.deals.len(),
+            if json.deals.len() == 1 { "y" } else { "ies" },
             started.elapsed().as_secs_f64()
         );
         for d in &json.deals {
@@ -109,6 +114,14 @@ pub fn put(args: PutArgs) -> Result<()> {
                 "  deal {} with host {} ({}): {} MASPC in escrow for {} blocks from height {}",
                 d.deal, d.host, d.host_addr, d.storage_fee, d.period_blocks, d.start_height
             );
+            if d.parts.len() > 1 {
+                println!(
+                    "    the file is paid as {} deals on this host (a deal covers at most {} chunks): {}",
+                    d.parts.len(),
+                    proto::tx::DEAL_CHUNKS_MAX,
+                    d.parts.join(", ")
+                );
+            }
         }
         println!("  manifest id  {}", json.manifest_id);
         println!("  share key    {}", json.share_key);

@@ -1021,3 +1021,61 @@ async fn deletes_withdraw_only_what_the_link_sent_and_no_file_lists() {
     assert_eq!(code, ErrorCode::NotGranted);
     assert!(h.host.engine().stat(first).wait().unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deals_link_takes_exactly_the_deals_chunks_uncharged() {
+    use net::wire::Reply;
+    let h = start_host(Limits::default()).await;
+    let client = SigningKey::from([7u8; 32]);
+    let (x, y) = (vec![1u8; 5000], vec![2u8; 5000]);
+    let deal = [0xD1; 32];
+    h.host
+        .hold_deal(&deal, &client.verification_key().to_bytes())
+        .unwrap();
+    // A budget of one byte: a deal's link is bounded by the deal's chunks, not by bytes.
+    let link = Link::sign(
+        &h.key,
+        &h.addr.to_string(),
+        Grant::Upload { bytes_max: 1 },
+        None,
+        now() + 600,
+        deal[..16].try_into().unwrap(),
+    )
+    .unwrap();
+    // The chunk list is not known (the host restarted since it granted the link).
+    let e = Conn::open(&link, &[], &client).await.unwrap_err();
+    assert_eq!(code_of(&e), Some(ErrorCode::LinkRefused), "{e}");
+    assert!(e.to_string().contains("ask the host"), "{e}");
+
+    h.host
+        .allow_deal_chunks(&deal, [ChunkId::of(&x)].into_iter().collect());
+    let mut c = Conn::open(&link, &[], &client).await.unwrap();
+    assert_eq!(c.upload_bytes_left, 1);
+    assert_eq!(
+        put_raw(&mut c, &x).await.1,
+        Reply::Stored { existing: false }
+    );
+    let refused = c
+        .call(Request::Put {
+            id: ChunkId::of(&y),
+            crc32c: engine::codec::crc32c(&y),
+            bytes: y.clone(),
+        })
+        .await;
+    let (code, msg) = refusal(refused);
+    assert_eq!(code, ErrorCode::NotGranted, "{msg}");
+    assert!(msg.contains("not one of the deal's chunks"), "{msg}");
+    assert_eq!(h.host.engine().stat(ChunkId::of(&y)).wait().unwrap(), None);
+    // Nor may it record a file whose manifest is not the deal's.
+    let envelope = vec![3u8; 300];
+    let refused = c
+        .call(Request::PutObject {
+            manifest: ChunkId::of(&envelope),
+            chunks: vec![ChunkId::of(&x)],
+            envelope,
+        })
+        .await;
+    let (code, msg) = refusal(refused);
+    assert_eq!(code, ErrorCode::NotGranted, "{msg}");
+    assert!(msg.contains("not one of the deal's chunks"), "{msg}");
+}

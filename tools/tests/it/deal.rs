@@ -62,38 +62,27 @@ fn until(m: &str, blocks: usize, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
-fn wait_deal(
-    m: &str,
-    id: &str,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    if until(m, 600, || {
-        last = deal(m, id);
-        done(&last)
-    }) {
-        return last;
-    }
-    panic!("deal {id} never {what}: {last}");
+/// A devnet of one miner (100 ms blocks, 20-block proof periods) and `hosts` registered,
+/// funded hosts whose agents follow it; `slot` picks the devnet's ports, `extra` adds
+/// `mspace devnet` options.
+struct Market {
+    _net: super::chain::Devnet,
+    m0: String,
+    /// The client's key file (the devnet's funded account).
+    client: String,
+    hosts: Vec<Host>,
 }
 
-#[test]
-fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_the_survivor() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("net");
+fn start_market(dir: &Path, slot: u32, hosts: usize, extra: &[&str]) -> Market {
+    let d = dir.join("net");
     let period = PROOF_PERIOD.to_string();
-    let (_net, base) = start_devnet_with(
-        &d,
-        1,
-        2,
-        &["--block-time-ms", "100", "--proof-period-blocks", &period],
-    );
+    let mut args = vec!["--block-time-ms", "100", "--proof-period-blocks", &period];
+    args.extend_from_slice(extra);
+    let (net, base) = start_devnet_with(&d, 1, slot, &args);
     let m0 = format!("127.0.0.1:{}", base + 1);
     let client = s(&d.join("client.key"));
-    let client_pub = json(&["chain", "status", "--miner", &m0, "--json"]);
-    assert_eq!(client_pub["proof_period_blocks"], PROOF_PERIOD);
-
+    let status = json(&["chain", "status", "--miner", &m0, "--json"]);
+    assert_eq!(status["proof_period_blocks"], PROOF_PERIOD);
     let transfer = |to: &str, asset: &str, amount: u64| {
         json(&[
             "chain",
@@ -113,42 +102,86 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
             "--json",
         ]);
     };
-    let mut hosts: Vec<Host> = Vec::new();
-    for i in 0..2 {
-        let cfg = s(&dir.path().join(format!("host{i}/host.toml")));
-        let data = dir.path().join(format!("host{i}/data"));
-        let (control, _, proc, key) = start_chain_host(Path::new(&cfg), &data, &m0);
-        transfer(&key, "masp", HOST_DEPOSIT);
-        transfer(&key, "maspc", HOST_MASPC);
-        json(&[
-            "host",
-            "register",
-            "--config",
-            &cfg,
-            "--deposit",
-            &HOST_DEPOSIT.to_string(),
-            "--json",
-        ]);
-        hosts.push(Host {
-            cfg,
-            control,
-            key,
-            proc: Some(proc),
-        });
+    let hosts = (0..hosts)
+        .map(|i| {
+            let cfg = s(&dir.join(format!("host{i}/host.toml")));
+            let data = dir.join(format!("host{i}/data"));
+            let (control, _, proc, key) = start_chain_host(Path::new(&cfg), &data, &m0);
+            transfer(&key, "masp", HOST_DEPOSIT);
+            transfer(&key, "maspc", HOST_MASPC);
+            json(&[
+                "host",
+                "register",
+                "--config",
+                &cfg,
+                "--deposit",
+                &HOST_DEPOSIT.to_string(),
+                "--json",
+            ]);
+            Host {
+                cfg,
+                control,
+                key,
+                proc: Some(proc),
+            }
+        })
+        .collect();
+    Market {
+        _net: net,
+        m0,
+        client,
+        hosts,
     }
-    let client_key = {
-        let k = std::fs::read_to_string(&client).unwrap();
-        let seed: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
-            .decode(k.trim().as_bytes())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        data_encoding::HEXLOWER.encode(
-            &ed25519_consensus::SigningKey::from(seed)
-                .verification_key()
-                .to_bytes(),
-        )
-    };
+}
+
+/// Chunks a host's store holds.
+fn stored(cfg: &str) -> u64 {
+    json(&["host", "status", "--config", cfg])["chunks"]
+        .as_u64()
+        .unwrap()
+}
+
+/// The public key (hex) of a key file.
+fn pubkey(key_file: &str) -> String {
+    let k = std::fs::read_to_string(key_file).unwrap();
+    let seed: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(k.trim().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    data_encoding::HEXLOWER.encode(
+        &ed25519_consensus::SigningKey::from(seed)
+            .verification_key()
+            .to_bytes(),
+    )
+}
+
+fn wait_deal(
+    m: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    if until(m, 600, || {
+        last = deal(m, id);
+        done(&last)
+    }) {
+        return last;
+    }
+    panic!("deal {id} never {what}: {last}");
+}
+
+#[test]
+fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 2, 2, &[]);
+    let client_key = pubkey(&client);
     let before = account(&m0, &client_key);
 
     // The file: 3 chunks of 64 KiB and a short one.
@@ -320,11 +353,6 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
 
     // The surviving host's agent sees its deal over and releases the file: its record
     // and every chunk leave the store.
-    let stored = |cfg: &str| {
-        json(&["host", "status", "--config", cfg])["chunks"]
-            .as_u64()
-            .unwrap()
-    };
     until(&m0, 100, || stored(&hosts[0].cfg) == 0);
     assert_eq!(
         stored(&hosts[0].cfg),
@@ -380,53 +408,35 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
     }
 }
 
+/// A file too large for one deal (8,300 chunks of 4 KiB: three deals of at most 4,096
+/// entries) whose `put` is killed as soon as its first part is paid; the same command again
+/// loses its host (killed mid-upload); once the host is back, the command a third time
+/// pays only the parts not paid yet, uploads every part under its own deal's link
+/// (resuming what the host has), and records the file with the last. The file comes back
+/// whole through the last part's deal, and once the three deals are over the host's store
+/// is empty: the parts before the last wait for the file's record to go before their
+/// chunks do.
 #[test]
-fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
+fn a_file_paid_in_parts_survives_a_killed_put_and_a_killed_host_and_is_released_whole() {
+    const CHUNKS: usize = 8_300;
+    const PARTS: usize = 3;
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("net");
-    let period = PROOF_PERIOD.to_string();
-    let (_net, base) = start_devnet_with(
-        &d,
-        1,
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(
+        dir.path(),
         3,
-        &["--block-time-ms", "100", "--proof-period-blocks", &period],
+        1,
+        // 4,096 chunks uploaded and read back per part take more than the default 100
+        // blocks (10 s here) on a loaded two-core machine.
+        &["--completion-timeout-blocks", "1000"],
     );
-    let m0 = format!("127.0.0.1:{}", base + 1);
-    let client = s(&d.join("client.key"));
-    let cfg = dir.path().join("host/host.toml");
-    let (control, _, _host, key) = start_chain_host(&cfg, &dir.path().join("host/data"), &m0);
-    for (asset, amount) in [("masp", HOST_DEPOSIT), ("maspc", HOST_MASPC)] {
-        json(&[
-            "chain",
-            "transfer",
-            "--key",
-            &client,
-            "--to",
-            &key,
-            "--asset",
-            asset,
-            "--amount",
-            &amount.to_string(),
-            "--miner",
-            &m0,
-            "--wait",
-            "60s",
-            "--json",
-        ]);
-    }
-    json(&[
-        "host",
-        "register",
-        "--config",
-        &s(&cfg),
-        "--deposit",
-        &HOST_DEPOSIT.to_string(),
-        "--json",
-    ]);
 
-    // 96 MiB in 1 MiB chunks: the upload outlasts the payment by long enough to be killed.
     let file = dir.path().join("big.bin");
-    let mut bytes = vec![0u8; 96 << 20];
+    let mut bytes = vec![0u8; CHUNKS * 4096 - 1000];
     blake3::Hasher::new()
         .update(b"resume")
         .finalize_xof()
@@ -435,6 +445,7 @@ fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
     let pass = dir.path().join("pass");
     std::fs::write(&pass, "correct horse battery staple").unwrap();
     let state = s(&dir.path().join("client-state"));
+    let control = hosts[0].control.clone();
     let args = [
         "put",
         &s(&file),
@@ -447,7 +458,7 @@ fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
         "--period-blocks",
         "400",
         "--chunk-size",
-        "1MiB",
+        "4KiB",
         "--key",
         &client,
         "--passphrase-file",
@@ -455,57 +466,124 @@ fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
         "--json",
     ];
     let deals = || json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
-    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_mspace"))
-        .args(args)
-        .env("MSPACE_STATE_DIR", &state)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed as soon as its payment is on chain.
-    let paid = loop {
-        let list = deals();
-        if let Some(d) = list.as_array().unwrap().first() {
-            break d["id"].as_str().unwrap().to_owned();
+    let nonce = |k: &str| {
+        json(&["chain", "account", k, "--miner", &m0, "--json"])["nonce"]
+            .as_u64()
+            .unwrap()
+    };
+    let sender = pubkey(&client);
+    let nonce_before = nonce(&sender);
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mspace"))
+            .args(args)
+            .env("MSPACE_STATE_DIR", &state)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    // Killed as soon as its first payment is on chain.
+    loop {
+        if !deals().as_array().unwrap().is_empty() {
+            break;
         }
         assert!(
             first.try_wait().unwrap().is_none(),
             "put ended before paying"
         );
-    };
+    }
     first.kill().unwrap();
     let status = first.wait().unwrap();
     assert!(
         status.code().is_none(),
         "put finished before it was killed: {status}"
     );
-    let nonce = |k: &str| {
-        json(&["chain", "account", k, "--miner", &m0, "--json"])["nonce"]
-            .as_u64()
-            .unwrap()
-    };
-    let sender = deals()[0]["sender"].as_str().unwrap().to_owned();
-    let paid_nonce = nonce(&sender);
+    // A payment the killed run had in flight is committed by the next block.
+    until(&m0, 2, || false);
+    let paid_before: Vec<String> = deals()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(paid_before.len() < PARTS, "{paid_before:?}");
 
-    // The same command again: the same sealing, the same deal, no second payment.
+    // The same command again; its host is killed once it stored a thousand chunks more.
+    let cfg = hosts[0].cfg.clone();
+    let at_start = stored(&cfg);
+    let mut second = spawn();
+    while stored(&cfg) < at_start + 1000 {
+        assert!(
+            second.try_wait().unwrap().is_none(),
+            "put ended before the host was killed"
+        );
+    }
+    drop(hosts[0].proc.take());
+    let lost = second.wait_with_output().unwrap();
+    assert_ne!(
+        lost.status.code(),
+        Some(0),
+        "put succeeded without its host"
+    );
+    let why = String::from_utf8_lossy(&lost.stderr);
+    assert!(why.contains("storing"), "{why}");
+    hosts[0].proc = Some(super::net::start(
+        &["host", "--config", &cfg],
+        &[],
+        "agent following the chain",
+    ));
+    let host = &hosts[0];
+
+    // A third time, with the host back: the same sealing, the parts already paid taken as
+    // they are, what the host holds not sent again.
     let again = mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())]);
     assert_eq!(again.code, 0, "{}", again.stderr);
     let out: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
-    assert_eq!(out["deals"][0]["deal"], paid.as_str(), "{out}");
-    assert_eq!(nonce(&sender), paid_nonce, "no second payment");
+    assert_eq!(out["chunks"], CHUNKS);
+    let parts: Vec<String> = out["deals"][0]["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(parts.len(), PARTS, "{out}");
+    assert_eq!(out["deals"][0]["deal"], parts[PARTS - 1].as_str());
+    for p in &paid_before {
+        assert!(parts.contains(p), "the rerun paid {p} again: {out}");
+    }
+    assert_eq!(
+        nonce(&sender) - nonce_before,
+        PARTS as u64,
+        "each part is paid once over the three runs"
+    );
     let listed = deals();
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    assert_eq!(listed[0]["state"], "active");
-    // And the file comes back.
+    assert_eq!(listed.as_array().unwrap().len(), PARTS, "{listed}");
+    let mut covered = 0;
+    for (i, id) in parts.iter().enumerate() {
+        let v = deal(&m0, id);
+        assert_eq!(v["state"], "active", "{v}");
+        covered += v["chunks"].as_u64().unwrap();
+        if i + 1 < PARTS {
+            assert_eq!(v["chunks"], 4096, "{v}");
+        }
+    }
+    assert_eq!(
+        covered,
+        CHUNKS as u64 + 1,
+        "every chunk and the manifest, once"
+    );
+
+    // The file comes back through the deal holding its manifest.
     let back = dir.path().join("back.bin");
     let get = mspace(
         &[
             "get",
             "--deal",
-            &paid,
+            &parts[PARTS - 1],
             "--host",
-            &control,
+            &host.control,
             "--out",
             &s(&back),
             "--key",
@@ -517,4 +595,17 @@ fn a_put_killed_after_paying_resumes_its_deal_without_paying_again() {
     );
     assert_eq!(get.code, 0, "{}", get.stderr);
     assert!(std::fs::read(&back).unwrap() == bytes);
+
+    // All three end; the host releases the file's record and every chunk of every part.
+    for id in &parts {
+        let v = wait_deal(&m0, id, "ended", |v| v["state"] == "ended");
+        // No part was active while the host was down: every period proven and paid.
+        assert_eq!(v["missed"], 0, "{v}");
+        assert_eq!(v["paid"], v["storage_fee"], "{v}");
+    }
+    let held = dir.path().join("host0/host-state/deals");
+    let held_count = || std::fs::read_dir(&held).unwrap().count();
+    until(&m0, 300, || held_count() == 0 && stored(&host.cfg) == 0);
+    assert_eq!(stored(&host.cfg), 0, "chunks of ended parts are left");
+    assert_eq!(held_count(), 0, "ended parts are still held");
 }
