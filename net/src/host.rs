@@ -376,6 +376,28 @@ impl Scope {
         }
     }
 
+    /// For a put or a file record of `id` (a chunk or a manifest): the upload link's id and
+    /// its byte limit, `None` for a deal's link (bounded by its chunk list instead), or the
+    /// refusal.
+    fn upload(&self, id: &ChunkId, what: &str) -> Result<([u8; 16], Option<u64>), Reply> {
+        match self {
+            Scope::Upload {
+                deal: Some(chunks), ..
+            } if !chunks.contains(id) => Err(Reply::error(
+                ErrorCode::NotGranted,
+                format!("{what} {id} is not one of the deal's chunks"),
+            )),
+            Scope::Upload { link, deal, .. } if deal.is_some() => Ok((*link, None)),
+            Scope::Upload {
+                link, bytes_max, ..
+            } => Ok((*link, Some(*bytes_max))),
+            Scope::Download { .. } => Err(Reply::error(
+                ErrorCode::NotGranted,
+                "this connection's link does not allow uploading",
+            )),
+        }
+    }
+
     fn may_read(&self, id: &ChunkId) -> bool {
         match self {
             Scope::Upload { .. } => false,
@@ -811,32 +833,22 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
     };
     match req {
         Request::Put { id, crc32c, bytes } => {
-            let Scope::Upload {
-                link,
-                bytes_max,
-                ref deal,
-            } = **scope
-            else {
-                return not_granted("uploading");
-            };
             // A deal's link: the deal's chunks only, each of the size paid for (its id is
             // the hash of its bytes); any other link: every byte charged.
-            let charged = match deal {
-                Some(chunks) if !chunks.contains(&id) => {
-                    return ready(Reply::error(
-                        ErrorCode::NotGranted,
-                        format!("chunk {id} is not one of the deal's chunks"),
-                    ))
-                }
-                Some(_) => 0,
-                None => bytes.len() as u64,
+            let (link, quota) = match scope.upload(&id, "chunk") {
+                Ok(u) => u,
+                Err(refused) => return ready(refused),
             };
             let len = bytes.len() as u64;
+            let charged = if quota.is_some() { len } else { 0 };
             let busy = match Busy::put(host, id) {
                 Ok(b) => b,
                 Err(e) => return ready(Reply::error(ErrorCode::Busy, e.to_string())),
             };
-            if let Err(e) = host.state.reserve(&link, bytes_max, charged) {
+            if let Err(e) = host
+                .state
+                .reserve(&link, quota.unwrap_or(u64::MAX), charged)
+            {
                 let code = match e {
                     QuotaError::Exceeded { .. } => ErrorCode::QuotaExceeded,
                     QuotaError::Io(_) => ErrorCode::Internal,
@@ -916,24 +928,10 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
             chunks,
             envelope,
         } => {
-            let Scope::Upload {
-                link,
-                bytes_max,
-                ref deal,
-            } = **scope
-            else {
-                return not_granted("uploading");
-            };
             // A deal's file is recorded by the deal whose last chunk is its manifest.
-            let quota = match deal {
-                Some(d) if !d.contains(&manifest) => {
-                    return ready(Reply::error(
-                        ErrorCode::NotGranted,
-                        format!("manifest {manifest} is not one of the deal's chunks"),
-                    ))
-                }
-                Some(_) => None,
-                None => Some(bytes_max),
+            let (link, quota) = match scope.upload(&manifest, "manifest") {
+                Ok(u) => u,
+                Err(refused) => return ready(refused),
             };
             let host = Arc::clone(host);
             Box::pin(
