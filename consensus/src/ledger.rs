@@ -59,6 +59,11 @@ pub const UNBONDING_BLOCKS: u64 = 1000;
 /// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
 /// lock either side's coins or the host's deposit for long.
 pub const COMPLETION_TIMEOUT_BLOCKS: u64 = 100;
+/// Sealed bytes of upload a deal is granted one more block for, on top of the fixed
+/// completion timeout (see [`completion_deadline`]): 32 MiB a block is about 5.6 MB/s at
+/// 6-second blocks, so a full 32 GiB deal has 1,124 blocks (under two hours) instead of
+/// asking for 55 MB/s, while a small deal keeps the fixed timeout.
+pub const COMPLETION_BYTES_PER_BLOCK: u64 = 32 << 20;
 /// Blocks per proof period: each host with active deals is challenged once per period, and
 /// each of its deals paid one part of its fee per answered challenge.
 pub const PROOF_PERIOD_BLOCKS: u64 = 100;
@@ -112,6 +117,20 @@ const GIB: u64 = 1 << 30;
 pub fn host_deposit_min(bytes: u64) -> u64 {
     deposit_base(Role::Host)
         .saturating_add(bytes.div_ceil(GIB).saturating_mul(HOST_DEPOSIT_PER_GIB))
+}
+
+/// The last height at which a deal opened at `opened_height` over `chunks` can still be
+/// completed: the fixed timeout plus one block per whole [`COMPLETION_BYTES_PER_BLOCK`] of
+/// the deal's sealed bytes. At the end of that block an uncompleted deal expires.
+/// `None` on overflow (a deal whose deadline would not fit is refused).
+pub fn completion_deadline(
+    params: &Params,
+    opened_height: u64,
+    chunks: &[ChunkEntry],
+) -> Option<u64> {
+    opened_height
+        .checked_add(params.completion_timeout_blocks)?
+        .checked_add(entries_bytes(chunks) / COMPLETION_BYTES_PER_BLOCK)
 }
 
 /// The deal rules' timing, fixed at genesis: a public chain keeps the defaults
@@ -1389,11 +1408,12 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 });
             }
             me.maspc = sub(me.maspc, *storage_fee, Asset::Maspc)?;
-            // The period must fit: its end height is a deadline once the deal is active.
-            let timeout = state.params.completion_timeout_blocks;
-            add(add(height, timeout)?, *period_blocks).map_err(|_| TxError::BadDealTerms)?;
+            // The period must fit after the completion deadline.
+            let deadline =
+                completion_deadline(&state.params, height, chunks).ok_or(TxError::BadDealTerms)?;
+            add(deadline, *period_blocks).map_err(|_| TxError::BadDealTerms)?;
             let deal_id = signed.id();
-            state.deadlines.insert((height + timeout, deal_id));
+            state.deadlines.insert((deadline, deal_id));
             state
                 .offers_used
                 .insert((*host, *offer), *offer_expiry_unix_secs);
@@ -1441,7 +1461,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .map(|(i, _)| i)
                 .collect();
             let (sender, host, escrow) = (d.sender, d.host, d.escrow);
-            let timeout = d.opened_height + state.params.completion_timeout_blocks;
+            let timeout = completion_deadline(&state.params, d.opened_height, &d.chunks)
+                .expect("checked when the deal was paid");
             let (period, period_len) = (d.period_blocks, state.params.proof_period_blocks);
             let refunded = if differing.is_empty() {
                 None

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use consensus::ledger::{apply, Block, DealState, Genesis, Params, State};
+use consensus::ledger::{apply, completion_deadline, Block, DealState, Genesis, Params, State};
 use ed25519_consensus::SigningKey;
 use market::host::{Action, Agent, Challenge, OpenDeal, Stage};
 use proptest::prelude::*;
@@ -207,7 +207,12 @@ impl World {
                 .filter_map(|(id, d)| {
                     let stage = match d.state {
                         DealState::AwaitingCompletion => Stage::Awaiting {
-                            deadline: d.opened_height + 3 * P,
+                            deadline: completion_deadline(
+                                &self.state.params,
+                                d.opened_height,
+                                &d.chunks,
+                            )
+                            .expect("checked at payment"),
                         },
                         DealState::Active { .. } => Stage::Active,
                         _ => return None,

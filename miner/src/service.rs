@@ -9,7 +9,7 @@ use api::{
     miner_client, AccountView, BlockView, ChainStatus, ChallengeView, ControlError, DealChunk,
     DealStage, DealView, MinerApi, MinerApiClient, RegistrationView, SampleView,
 };
-use consensus::ledger::{rating, Deal, DealState, State};
+use consensus::ledger::{completion_deadline, rating, Deal, DealState, State};
 use consensus::node::{NodeHandle, NodeState};
 use proto::block::EncodedBlock;
 use proto::tx::{AccountId, SignedTx, TxId};
@@ -330,7 +330,8 @@ pub fn challenge_view(l: &State, c: &consensus::ledger::HostChallenge) -> Challe
 pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
     let stage = match &d.state {
         DealState::AwaitingCompletion => DealStage::AwaitingCompletion {
-            deadline: d.opened_height + l.params.completion_timeout_blocks,
+            deadline: completion_deadline(&l.params, d.opened_height, &d.chunks)
+                .expect("checked when the deal was paid"),
         },
         // Its last covered period ends at this height.
         DealState::Active { start_height } => DealStage::Active {

@@ -878,6 +878,49 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
 }
 
 #[test]
+fn a_larger_deal_gets_a_longer_completion_window() {
+    use consensus::ledger::{
+        completion_deadline, COMPLETION_BYTES_PER_BLOCK, COMPLETION_TIMEOUT_BLOCKS,
+    };
+    let mut c = Chain::new();
+    with_deal(&mut c, 1);
+    // 8 chunks of 64 MiB (ids never checked before a proof): 16 blocks more than a small deal.
+    let big: Vec<ChunkEntry> = (0..8u8)
+        .map(|i| ChunkEntry {
+            id: ChunkId([i; 32]),
+            sealed_bytes: proto::CHUNK_BYTES_MAX,
+            crc32c: u32::from(i),
+        })
+        .collect();
+    assert_eq!(
+        8 * u64::from(proto::CHUNK_BYTES_MAX) / COMPLETION_BYTES_PER_BLOCK,
+        16
+    );
+    let body = TxBody::UploadPayment {
+        host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
+        storage_fee: 100,
+        download_fee: 0,
+        period_blocks: 100,
+        chunks: big.clone(),
+    };
+    let Receipt::DealOpened { deal } = c.ok(0, body) else {
+        panic!("no deal")
+    };
+    let opened = c.state.height;
+    let deadline = completion_deadline(&c.state.params, opened, &big).unwrap();
+    assert_eq!(deadline, opened + COMPLETION_TIMEOUT_BLOCKS + 16);
+    // Still open past a small deal's deadline (which has expired the first deal), and
+    // expired at the end of its own deadline's block.
+    c.advance_to(deadline - 1);
+    assert_eq!(c.state.deals[&deal].state, DealState::AwaitingCompletion);
+    c.advance_to(deadline);
+    assert_eq!(c.state.deals[&deal].state, DealState::Expired);
+    assert_eq!(c.state.deals[&deal].refunded, 100);
+}
+
+#[test]
 fn ratings_follow_the_chain_metrics() {
     use consensus::ledger::{rating, Stats};
     let fresh = Stats {

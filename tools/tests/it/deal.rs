@@ -609,3 +609,199 @@ fn a_file_paid_in_parts_survives_a_killed_put_and_a_killed_host_and_is_released_
     assert_eq!(stored(&host.cfg), 0, "chunks of ended parts are left");
     assert_eq!(held_count(), 0, "ended parts are still held");
 }
+
+/// A sender that lies: it pays for its chunks with a wrong CRC32C on chunk 1 (library
+/// calls, as a modified client would), then uploads the true chunks through the deal's
+/// link. The host's agent completes with the CRCs it computed itself; the chain names
+/// chunk 1 to both sides, refunds the whole escrow, pays the host nothing and leaves its
+/// deposit alone; the host then drops the chunks it holds for nothing.
+#[test]
+fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_and_names_the_chunk() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    const DAYS: u32 = 1;
+    const PERIOD_BLOCKS: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        hosts,
+    } = start_market(dir.path(), 4, 1, &[]);
+    let host = &hosts[0];
+    let file = dir.path().join("lie.bin");
+    let mut bytes = vec![0u8; 3 * 65_536 - 100];
+    blake3::Hasher::new()
+        .update(b"lie")
+        .finalize_xof()
+        .fill(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = b"correct horse battery staple".to_vec();
+    let seed: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(std::fs::read_to_string(&client).unwrap().trim().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let key = ed25519_consensus::SigningKey::from(seed);
+    let sender = pubkey(&client);
+    let sender_before = account(&m0, &sender)["maspc"].as_u64().unwrap();
+    let host_before = account(&m0, &host.key);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deal_id = rt.block_on(async {
+        let ctx = tarpc::context::current;
+        let plan = net::client::plan_deal(
+            &file,
+            &pass,
+            65_536,
+            proto::KdfParams::DEFAULT,
+            1,
+            &|_, _| {},
+            None,
+        )
+        .unwrap();
+        let mut entries = plan.entries();
+        assert_eq!(entries.len(), 4, "three chunks and the manifest");
+        entries[1].crc32c ^= 1;
+        let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
+        let mut chain = api::chain::ChainClient::connect(std::slice::from_ref(&m0))
+            .await
+            .unwrap();
+        let chain_id = chain.status().await.unwrap().chain_id;
+        let hc = api::host_client(&host.control).await.unwrap();
+        let host_key: [u8; 32] = data_encoding::HEXLOWER
+            .decode(hc.status(ctx()).await.unwrap().key.as_bytes())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let answer = hc
+            .offer(ctx(), api::StorageRequest { bytes, days: DAYS })
+            .await
+            .unwrap();
+        let signed = proto::offer::SignedOffer::from_bytes(&answer.signed.unwrap()).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let offer = *signed
+            .check(&host_key, chain_id, now, bytes, u64::from(DAYS))
+            .unwrap();
+        let terms = market::terms::terms(
+            offer.price_per_gib_day,
+            bytes,
+            u64::from(DAYS),
+            Some(PERIOD_BLOCKS),
+            PROOF_PERIOD,
+        )
+        .unwrap();
+        let body = proto::tx::TxBody::UploadPayment {
+            host: proto::tx::AccountId(offer.host),
+            offer: offer.id,
+            offer_expiry_unix_secs: offer.expiry_unix_secs,
+            storage_fee: terms.storage_fee,
+            download_fee: 0,
+            period_blocks: terms.period_blocks,
+            chunks: entries,
+        };
+        let paid = chain
+            .submit(&key, body, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let deal: [u8; 32] = data_encoding::HEXLOWER
+            .decode(paid.tx.as_bytes())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        // The host grants the link once its agent has seen the payment.
+        let mut height = paid.height;
+        let link = loop {
+            match hc.deal_link(ctx(), deal, false).await.unwrap() {
+                Ok(text) => break proto::link::Link::parse(&text).unwrap(),
+                Err(e) => assert!(e.to_string().contains("no deal"), "{e}"),
+            }
+            height += 1;
+            assert!(height < paid.height + 100, "the host never saw the payment");
+            chain.block(height, Duration::from_secs(5)).await.unwrap();
+        };
+        let n = plan.entries().len();
+        let put = net::client::PutJob {
+            file: file.clone(),
+            link,
+            via: Vec::new(),
+            key: key.clone(),
+            passphrase: zeroize::Zeroizing::new(pass.clone()),
+            chunk_bytes: 65_536,
+            workers: 1,
+            kdf: plan.kdf,
+            journal_dir: dir.path().join("journal"),
+            preset: Some(net::client::Preset {
+                plan,
+                entries: 0..n,
+            }),
+        };
+        let done = net::client::put_file(&put, Arc::new(|_, _| {}))
+            .await
+            .unwrap();
+        assert_eq!(done.sent_chunks, 3);
+        (paid.tx, terms.storage_fee)
+    });
+    let (deal_id, fee) = deal_id;
+
+    let v = wait_deal(&m0, &deal_id, "mismatched", |v| {
+        v["state"] != "awaiting-completion"
+    });
+    assert_eq!(v["state"], "mismatched", "{v}");
+    assert_eq!(
+        v["detail"]["Mismatched"]["chunks"],
+        serde_json::json!([1]),
+        "{v}"
+    );
+    assert_eq!(
+        (v["refunded"].as_u64(), v["paid"].as_u64()),
+        (Some(fee), Some(0)),
+        "{v}"
+    );
+    // Both sides see it: the sender's and the host's deal lists, and `chain deal` in words.
+    for who in [&sender, &host.key] {
+        let listed = json(&["deals", "--account", who, "--chain", &m0, "--json"]);
+        let mine = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == deal_id.as_str())
+            .unwrap_or_else(|| panic!("{who} does not list the deal: {listed}"));
+        assert_eq!(
+            mine["detail"]["Mismatched"]["chunks"],
+            serde_json::json!([1])
+        );
+    }
+    let words = mspace(&["chain", "deal", &deal_id, "--miner", &m0], &[]);
+    assert_eq!(words.code, 0, "{}", words.stderr);
+    assert!(
+        words.stdout.contains("mismatched at chunks [1]"),
+        "{}",
+        words.stdout
+    );
+    // The sender paid only the payment's fee; the host got nothing and lost no deposit
+    // (its own completion's fee aside).
+    assert_eq!(
+        account(&m0, &sender)["maspc"].as_u64().unwrap(),
+        sender_before - 1
+    );
+    let host_after = account(&m0, &host.key);
+    assert_eq!(
+        host_after["registrations"][0]["deposit"],
+        host_before["registrations"][0]["deposit"]
+    );
+    assert_eq!(
+        host_after["maspc"].as_u64().unwrap(),
+        host_before["maspc"].as_u64().unwrap() - 1,
+        "the host paid its completion's fee and was paid nothing"
+    );
+    // The host keeps nothing it is not paid for.
+    assert!(
+        until(&m0, 100, || stored(&host.cfg) == 0),
+        "the host still holds {} chunks of a refunded deal",
+        stored(&host.cfg)
+    );
+}
