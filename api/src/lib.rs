@@ -9,8 +9,8 @@
 //!   by `net::control::HostControl`.
 //! - [`MinerApi`]: submitting transactions to a miner and reading its chain; implemented by
 //!   the miner (`tools`), over `consensus::node`.
-//! - [`ExchangeApi`], [`IndexApi`]: the definitions, for the exchange and index work to
-//!   implement.
+//! - [`ExchangeApi`]: an exchange's book (the `exchange` crate); [`IndexApi`]: the
+//!   definition, for the index work to implement.
 //!
 //! Every service answers `api_version()` with its `*_API_VERSION`; the clients here ask it
 //! on connecting and refuse a peer speaking another version, naming both.
@@ -37,7 +37,7 @@ pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
 pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
-pub const EXCHANGE_API_VERSION: u32 = 1;
+pub const EXCHANGE_API_VERSION: u32 = 2;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 1;
 
@@ -385,37 +385,59 @@ pub struct BlockView {
     pub bytes: usize,
 }
 
-/// A request or offer held by an exchange, signed by its author (never on chain).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signed {
-    pub author: [u8; 32],
-    pub body: Vec<u8>,
-    #[serde(with = "serde_sig")]
-    pub signature: [u8; 64],
-}
-
-mod serde_sig {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        let v: Vec<u8> = Deserialize::deserialize(d)?;
-        v.try_into()
-            .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))
-    }
-}
-
-/// An exchange's service (the market issue implements it).
+/// An exchange's service (`exchange::Exchange`): hosts post standing asks, senders post
+/// requests and are answered with the hosts they are matched to. Asks and requests are
+/// signed messages in their own encoding (`proto::market`, `docs/formats.md` section 17),
+/// carried here as bytes; nothing of them goes on chain.
 #[tarpc::service]
 pub trait ExchangeApi {
-    async fn post_request(request: Signed) -> Result<[u8; 32], ControlError>;
-    async fn post_offer(offer: Signed) -> Result<[u8; 32], ControlError>;
-    async fn offers(request: [u8; 32]) -> Result<Vec<Signed>, ControlError>;
+    /// A host's `SignedAsk`: on the book until it expires or the host posts a newer one.
+    async fn post_ask(ask: Vec<u8>) -> Result<(), ControlError>;
+    /// A sender's `SignedRequest`: the hosts it is matched to, best first (at most its
+    /// copies; fewer, or none, when fewer asks qualify).
+    async fn request(request: Vec<u8>) -> Result<Vec<ExchangeMatch>, ControlError>;
+    async fn status() -> ExchangeStatus;
     /// [`EXCHANGE_API_VERSION`].
     async fn api_version() -> u32;
+}
+
+/// A host a request was matched to: where to ask it for its signed offer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeMatch {
+    /// The host's key (its ask was signed by it; its offer must be too).
+    pub host: [u8; 32],
+    /// Its control-plane address.
+    pub addr: String,
+    pub price_per_gib_day: u64,
+    /// Its rating on the chain (0..=1000).
+    pub rating: u32,
+    pub region: String,
+    /// Its deposit on the chain (MASP) when it asked.
+    pub deposit: u64,
+}
+
+/// What an exchange takes (seed 4.3: each exchange states its own usage profile); every
+/// request outside it is refused, saying which term.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeProfile {
+    /// Smallest request, in bytes (0: any; a request whose size is not yet known passes).
+    pub min_bytes: u64,
+    pub min_days: u32,
+    pub max_days: u32,
+    /// Regions it serves (empty: any).
+    pub regions: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeStatus {
+    pub chain_id: u64,
+    pub profile: ExchangeProfile,
+    /// Asks on the book now.
+    pub asks: Vec<ExchangeMatch>,
+    pub requests_matched: u64,
+    /// Requests refused, by reason.
+    pub refused: Vec<(String, u64)>,
+    pub version: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -631,6 +653,18 @@ pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
         .await
         .map_err(rpc_io)?;
     check_version("HostApi", addr, v, HOST_API_VERSION)?;
+    Ok(c)
+}
+
+/// A client of an exchange, after checking it speaks [`EXCHANGE_API_VERSION`].
+pub async fn exchange_client(addr: &str) -> std::io::Result<ExchangeApiClient> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let c = ExchangeApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    let v = c
+        .api_version(tarpc::context::current())
+        .await
+        .map_err(rpc_io)?;
+    check_version("ExchangeApi", addr, v, EXCHANGE_API_VERSION)?;
     Ok(c)
 }
 

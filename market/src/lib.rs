@@ -9,9 +9,13 @@
 //!   submitted transaction that did not land is sent again.
 //! - [`sender`]: what a sender does once it has paid and uploaded: wait, upload again
 //!   after a CRC mismatch (bounded), or stop.
+//! - [`book`]: an exchange's order book: hosts' standing asks, and which hosts a sender's
+//!   request is matched to.
 //!
-//! Invariant: nothing here performs I/O or reads a clock; heights are the only time.
+//! Invariant: nothing here performs I/O or reads a clock; heights, and the Unix seconds a
+//! caller passes in, are the only time.
 
+pub mod book;
 pub mod host;
 pub mod sender;
 pub mod terms;

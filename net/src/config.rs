@@ -88,6 +88,18 @@ pub struct HostConfig {
     /// registration; none for a host off the chain.
     #[serde(default)]
     pub chain: Vec<String>,
+    /// Exchanges' control addresses: the host keeps a standing ask on each (its price,
+    /// room, days and region, signed) so senders matched there come to it. Needs `chain`
+    /// and `control_listen` (senders ask the control plane for the signed offer).
+    #[serde(default)]
+    pub exchanges: Vec<String>,
+    /// Where the host is, as its asks say (lowercase letters, digits, '-'); empty: unsaid.
+    #[serde(default)]
+    pub region: String,
+    /// The control address written into asks, if senders reach the control plane by
+    /// another name than `control_listen` (a public name, a NAT's address).
+    #[serde(default)]
+    pub public_control_addr: Option<String>,
     /// The host's ed25519 key (created by `mspace host init`).
     pub key_file: PathBuf,
     /// Link usage and uploaded files' chunk lists.
@@ -151,6 +163,36 @@ impl HostConfig {
                 "control_token must be at least 16 characters (or absent, which disables link minting over the control plane)".into(),
             ));
         }
+        if !proto::market::region_ok(&self.region) {
+            return Err(NetError::Config(format!(
+                "region {:?}: at most {} lowercase letters, digits and '-'",
+                self.region,
+                proto::market::REGION_MAX
+            )));
+        }
+        if !self.exchanges.is_empty() && (self.chain.is_empty() || self.control_listen.is_none()) {
+            return Err(NetError::Config(
+                "exchanges need chain (asks are backed by the host's deposit) and control_listen (where matched senders ask for offers)".into(),
+            ));
+        }
+        let ask_addr = self
+            .public_control_addr
+            .as_deref()
+            .or(self.control_listen.as_deref())
+            .unwrap_or("");
+        if ask_addr.len() > proto::market::ADDR_MAX {
+            return Err(NetError::Config(format!(
+                "the control address asks carry is longer than {} bytes",
+                proto::market::ADDR_MAX
+            )));
+        }
+        if self.max_days == 0 || self.max_days > u64::from(u32::MAX) {
+            return Err(NetError::Config(format!(
+                "max_days {}: 1 to {}",
+                self.max_days,
+                u32::MAX
+            )));
+        }
         let l = &self.limits;
         if l.max_connections == 0
             || l.inflight_requests == 0
@@ -181,12 +223,16 @@ impl HostConfig {
         control_listen: &str,
         control_token: &str,
         chain: &[String],
+        exchanges: &[String],
+        price_per_gib_day: u64,
     ) -> String {
-        let chain = chain
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (chain, exchanges) = (list(chain), list(exchanges));
         format!(
             r#"# Market.space host configuration (mspace host --config <this file>).
 # Relative paths are taken from this file's directory.
@@ -210,7 +256,7 @@ control_listen = "{control_listen}"
 control_token = "{control_token}"
 
 # The price this host asks, in MASPC base units per GiB per day.
-price_per_gib_day = 10
+price_per_gib_day = {price_per_gib_day}
 # The longest storage it offers, in days.
 max_days = 365
 
@@ -219,6 +265,14 @@ max_days = 365
 # Empty: the host is off the chain and offers on its own terms.
 chain = [{chain}]
 
+# Exchanges (host:port) the host keeps a standing ask on (price, room, days, region;
+# signed, re-posted every 15 s), so senders matched there come to its control plane.
+exchanges = [{exchanges}]
+# Where the host is, as its asks say (e.g. "eu-west"); empty: unsaid.
+region = ""
+# The control address the asks give senders, if they reach it by another name than
+# control_listen (which must then listen where they can reach it).
+# public_control_addr = "host.example.net:7401"
 
 # The host's ed25519 key: links are signed with it. Keep it secret, keep a backup.
 key_file = "host.key"
@@ -309,6 +363,8 @@ mod tests {
                 "127.0.0.1:7401",
                 "0123456789abcdef0123456789abcdef",
                 &["127.0.0.1:27001".to_string()],
+                &["127.0.0.1:28001".to_string()],
+                12,
             ),
         )
         .unwrap();
@@ -316,8 +372,31 @@ mod tests {
         assert_eq!(cfg.data_dirs, vec![dir.path().join("data")]);
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.link_addr(), "127.0.0.1:7400");
+        assert_eq!(
+            (cfg.exchanges.as_slice(), cfg.price_per_gib_day),
+            (&["127.0.0.1:28001".to_string()][..], 12)
+        );
+        // Asks need the chain behind them, and a region is a plain name.
+        for (from, to, says) in [
+            (
+                "chain = [\"127.0.0.1:27001\"]",
+                "chain = []",
+                "exchanges need chain",
+            ),
+            (
+                "region = \"\"",
+                "region = \"EU West\"",
+                "region \"EU West\"",
+            ),
+        ] {
+            let text = std::fs::read_to_string(&p).unwrap().replace(from, to);
+            let q = dir.path().join("bad.toml");
+            std::fs::write(&q, text).unwrap();
+            let e = HostConfig::load(&q).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
 
-        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "short", &[]);
+        let text = HostConfig::default_text(Path::new("d"), "x:1", "x:2", "short", &[], &[], 10);
         std::fs::write(&p, text).unwrap();
         let e = HostConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("control_token"), "{e}");
@@ -329,6 +408,8 @@ mod tests {
             "x:2",
             "0123456789abcdef0123456789abcdef",
             &[],
+            &[],
+            10,
         )
         .replace("shards = 0", "sharts = 0");
         std::fs::write(&p, text).unwrap();
@@ -340,6 +421,8 @@ mod tests {
             "x:2",
             "0123456789abcdef0123456789abcdef",
             &[],
+            &[],
+            10,
         )
         .replace("inflight_reads = 16", "inflight_reads = 0");
         std::fs::write(&p, text).unwrap();

@@ -104,6 +104,37 @@ impl HostControl {
     }
 }
 
+impl HostControl {
+    /// This host's standing ask for an exchange, signed: its price, its room now, 1 to
+    /// `max_days` days, its deposit on the chain; `seq` orders it after earlier asks. None
+    /// (and why) when the chain does not back the host (not registered, unbonding, deposit
+    /// too low for what it stores, no miner answers).
+    pub async fn ask(
+        &self,
+        seq: u64,
+        addr: &str,
+        region: &str,
+        life_secs: u64,
+    ) -> Result<proto::market::SignedAsk, OfferRefusal> {
+        let s = self.stats().await;
+        let (chain_id, deposit, _) = self.chain_backing(s.live_bytes).await?;
+        let ask = proto::market::Ask {
+            chain_id,
+            host: self.key.verification_key().to_bytes(),
+            seq,
+            price_per_gib_day: self.price_per_gib_day,
+            free_bytes: s.capacity_bytes.saturating_sub(s.live_bytes),
+            min_days: 1,
+            max_days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
+            deposit,
+            expiry_unix_secs: crate::now_secs().saturating_add(life_secs),
+            region: region.to_owned(),
+            addr: addr.to_owned(),
+        };
+        Ok(proto::market::Signed::sign(ask, &self.key))
+    }
+}
+
 /// BLAKE3 `derive_key` context of the key a host authenticates its offer ids with.
 pub const OFFER_ID_CONTEXT: &str = "market.space 2026-12 host offer id v1";
 

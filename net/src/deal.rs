@@ -54,6 +54,93 @@ pub struct DealJob {
     pub workers: usize,
     pub journal_dir: PathBuf,
     pub via: Vec<String>,
+    /// The key each host in `hosts` must answer with (an exchange matched these), in the
+    /// same order; empty: whatever key each host states.
+    pub host_keys: Vec<[u8; 32]>,
+    /// The most the sender pays, MASPC per GiB per day: a dearer offer is refused.
+    pub max_price_per_gib_day: Option<u64>,
+}
+
+/// What a sender asks an exchange for.
+#[derive(Clone, Debug)]
+pub struct MarketAsk {
+    /// Exchanges' control addresses, tried in order until one answers.
+    pub exchanges: Vec<String>,
+    pub copies: u8,
+    /// The most the sender pays, MASPC per GiB per day.
+    pub max_price_per_gib_day: u64,
+    /// Hosts wanted in this region (empty: any).
+    pub region: String,
+}
+
+/// How long a sender's request lives on an exchange.
+pub const REQUEST_LIFE_SECS: u64 = 120;
+
+/// Sealed bytes of `file_bytes` in chunks of `chunk_bytes`, with its manifest (an upper
+/// bound: what offers and requests are asked for before sealing).
+pub fn sealed_estimate(file_bytes: u64, chunk_bytes: u32) -> u64 {
+    file_bytes
+        + proto::Manifest::chunk_count_for(file_bytes, chunk_bytes) * u64::from(proto::TAG_BYTES)
+        + 4096
+}
+
+/// Asks the first exchange that answers to match a signed request for `job`'s file: the
+/// hosts matched, best first. Refused requests (outside the exchange's profile, a sender
+/// with no account) and an answer with fewer hosts than copies are errors saying so; an
+/// exchange that does not answer is passed over for the next.
+pub async fn match_on_exchange(
+    job: &DealJob,
+    ask: &MarketAsk,
+) -> Result<Vec<api::ExchangeMatch>, NetError> {
+    let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
+    let chain_id = chain.status().await.map_err(chain_err)?.chain_id;
+    let size = std::fs::metadata(&job.file)?.len();
+    let mut nonce = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let request = proto::market::Request {
+        chain_id,
+        sender: job.key.verification_key().to_bytes(),
+        nonce,
+        bytes: sealed_estimate(size, job.chunk_bytes),
+        days: job.days,
+        copies: ask.copies,
+        max_price_per_gib_day: ask.max_price_per_gib_day,
+        download_fee: 0,
+        expiry_unix_secs: crate::now_secs() + REQUEST_LIFE_SECS,
+        region: ask.region.clone(),
+    };
+    let signed = proto::market::Signed::sign(request, &job.key).to_bytes();
+    let mut unreachable = Vec::new();
+    for ex in &ask.exchanges {
+        let answer = match api::exchange_client(ex).await {
+            Ok(c) => c.request(tarpc::context::current(), signed.clone()).await,
+            Err(e) => {
+                unreachable.push(format!("{ex}: {e}"));
+                continue;
+            }
+        };
+        let matched = match answer {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(NetError::Protocol(format!("exchange {ex} refuses: {e}"))),
+            Err(e) => {
+                unreachable.push(format!("{ex}: {e}"));
+                continue;
+            }
+        };
+        if matched.len() < usize::from(ask.copies) {
+            return Err(NetError::Protocol(format!(
+                "exchange {ex} matched {} host(s) for {} copies at {} MASPC per GiB per day at most: raise --max-price, ask for fewer copies or try later",
+                matched.len(),
+                ask.copies,
+                ask.max_price_per_gib_day
+            )));
+        }
+        return Ok(matched);
+    }
+    Err(NetError::Protocol(format!(
+        "no exchange answers: {}",
+        unreachable.join("; ")
+    )))
 }
 
 /// One copy placed.
@@ -140,18 +227,33 @@ pub async fn store(
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let status = chain.status().await.map_err(chain_err)?;
     let size = std::fs::metadata(&job.file)?.len();
-    let sealed_estimate = size
-        + proto::Manifest::chunk_count_for(size, job.chunk_bytes) * u64::from(proto::TAG_BYTES)
-        + 4096;
+    let sealed_estimate = sealed_estimate(size, job.chunk_bytes);
     // Offers first: nothing is sealed for hosts that will not take the file.
     let mut hosts = Vec::new();
-    for addr in &job.hosts {
+    for (i, addr) in job.hosts.iter().enumerate() {
         let client = api::host_client(addr)
             .await
             .map_err(|e| NetError::Protocol(format!("cannot reach the host at {addr}: {e}")))?;
         let offer = checked_offer(&client, status.chain_id, sealed_estimate, job.days)
             .await
             .map_err(|e| NetError::Protocol(format!("{addr}: {e}")))?;
+        if let Some(k) = job.host_keys.get(i) {
+            if offer.host != *k {
+                return Err(NetError::Protocol(format!(
+                    "{addr}: the exchange matched host {} there, but host {} answers",
+                    data_encoding::HEXLOWER.encode(k),
+                    data_encoding::HEXLOWER.encode(&offer.host)
+                )));
+            }
+        }
+        if let Some(most) = job.max_price_per_gib_day {
+            if offer.price_per_gib_day > most {
+                return Err(NetError::Protocol(format!(
+                    "{addr}: the host's offer asks {} MASPC per GiB per day, more than the {most} at most this sender pays",
+                    offer.price_per_gib_day
+                )));
+            }
+        }
         report(&format!(
             "{addr}: offer {} MASPC per GiB per day, deposit {} MASP",
             offer.price_per_gib_day, offer.deposit
@@ -296,6 +398,47 @@ pub async fn store(
         share_key,
         placed,
     })
+}
+
+/// Places one part of `preset.plan` on the host at `job.hosts[0]` as [`store`] places each
+/// part (a fresh offer for every payment, upload through the deal's link, the chain followed
+/// until the host's completion matched, paid again after a mismatch up to
+/// `market::sender::ATTEMPTS_MAX` deals), paying for `entries` as the chunk list. [`store`]
+/// passes exactly the plan's entries of the part; a list that differs from the sealing is
+/// what a lying or broken client would send, and what the chain's CRC comparison exists to
+/// catch (the process tests play such a client through this).
+pub async fn place_entries(
+    job: &DealJob,
+    preset: Preset,
+    entries: &[proto::ChunkEntry],
+    report: Report,
+) -> Result<Placed, NetError> {
+    let addr = job
+        .hosts
+        .first()
+        .ok_or_else(|| NetError::Config("a deal needs a host".into()))?;
+    let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
+    let status = chain.status().await.map_err(chain_err)?;
+    let client = api::host_client(addr)
+        .await
+        .map_err(|e| NetError::Protocol(format!("cannot reach the host at {addr}: {e}")))?;
+    let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
+    let first = checked_offer(&client, status.chain_id, bytes, job.days).await?;
+    let ctx = PartCtx {
+        name: addr,
+        addr,
+        client: &client,
+        host: first.host,
+        entries,
+        resume: None,
+        preset,
+        chain_id: status.chain_id,
+        proof_period_blocks: status.proof_period_blocks,
+    };
+    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(|_, _| {});
+    Ok(place_part(&mut chain, job, &ctx, &progress, &report)
+        .await?
+        .0)
 }
 
 /// A deal an interrupted run paid for a part of this plan.

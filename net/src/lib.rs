@@ -7,6 +7,7 @@
 //! never writes an encrypted copy of the file.
 
 pub mod agent;
+pub mod bidder;
 pub mod client;
 pub mod config;
 pub mod control;

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod kdf;
 pub mod link;
 pub mod manifest;
+pub mod market;
 pub mod offer;
 pub mod proof;
 pub mod share;

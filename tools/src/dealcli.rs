@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use api::chain::ChainClient;
 use api::DealView;
 use clap::Args;
-use net::deal::{store, DealJob};
+use net::deal::{match_on_exchange, store, DealJob, MarketAsk};
 use proto::tx::AccountId;
 use serde::Serialize;
 
@@ -29,6 +29,19 @@ struct PlacedJson {
     attempts: u32,
 }
 
+/// The most a sender pays through an exchange unless it says (`--max-price`): MASPC per
+/// GiB per day.
+pub const EXCHANGE_MAX_PRICE_DEFAULT: u64 = 1000;
+
+/// A host an exchange matched, as `put --exchange --dry-run --json` prints it.
+#[derive(Serialize)]
+struct MatchJson {
+    #[serde(flatten)]
+    ask: crate::exchangecli::AskJson,
+    /// MASPC for the whole storage at this price (an estimate before sealing).
+    estimated_fee: u64,
+}
+
 #[derive(Serialize)]
 struct DealPutJson {
     file_id: String,
@@ -47,21 +60,92 @@ pub fn put(args: PutArgs) -> Result<()> {
         anyhow::bail!("{} is not a regular file", args.file.display());
     }
     let key = client_key(args.key.as_deref())?;
-    let passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
-    let job = DealJob {
+    let mut job = DealJob {
         file: args.file.clone(),
         hosts: args.host.clone(),
         chain: args.chain.clone(),
         days: args.days.context("--days is required with --host")?,
         period_blocks: args.period_blocks,
         key,
-        passphrase,
+        passphrase: zeroize::Zeroizing::new(Vec::new()),
         chunk_bytes: args.chunk_size,
         workers: workers(args.workers)?,
         journal_dir: state_dir()?,
         via: args.via.clone(),
+        host_keys: Vec::new(),
+        max_price_per_gib_day: args.max_price,
     };
     crate::netcli::init_logs();
+    if !args.exchange.is_empty() {
+        let ask = MarketAsk {
+            exchanges: args.exchange.clone(),
+            copies: args.copies,
+            max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
+            region: args.region.clone(),
+        };
+        job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
+        let matched = runtime()?
+            .block_on(match_on_exchange(&job, &ask))
+            .context("finding hosts through an exchange")?;
+        let bytes = net::deal::sealed_estimate(meta.len(), job.chunk_bytes);
+        let rows: Vec<MatchJson> = matched
+            .iter()
+            .map(|m| MatchJson {
+                ask: m.into(),
+                // The fee's rule (market::terms) before its one-MASPC-per-period floor.
+                estimated_fee: m
+                    .price_per_gib_day
+                    .saturating_mul(bytes.div_ceil(1 << 30))
+                    .saturating_mul(u64::from(job.days)),
+            })
+            .collect();
+        if args.dry_run {
+            if args.json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!(
+                    "{} host(s) matched for {} copies of {} for {} days (nothing paid):",
+                    rows.len(),
+                    args.copies,
+                    format_bytes(bytes),
+                    job.days
+                );
+                println!(
+                    "  {:<64}  {:<21}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
+                    "host", "address", "price", "rating", "region", "deposit", "fee"
+                );
+                for r in &rows {
+                    println!(
+                        "  {:<64}  {:<21}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
+                        r.ask.host,
+                        r.ask.addr,
+                        r.ask.price_per_gib_day,
+                        r.ask.rating,
+                        if r.ask.region.is_empty() {
+                            "-"
+                        } else {
+                            &r.ask.region
+                        },
+                        r.ask.deposit,
+                        r.estimated_fee
+                    );
+                }
+                println!("  (price: MASPC per GiB per day; deposit: MASP; fee: MASPC for the whole storage)");
+            }
+            return Ok(());
+        }
+        if !args.json {
+            for r in &rows {
+                println!(
+                    "matched host {} at {}: {} MASPC per GiB per day, rating {}",
+                    r.ask.host, r.ask.addr, r.ask.price_per_gib_day, r.ask.rating
+                );
+            }
+        }
+        job.hosts = matched.iter().map(|m| m.addr.clone()).collect();
+        job.host_keys = matched.iter().map(|m| m.host).collect();
+    }
+    job.passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
     let bar = progress_bar(meta.len(), !args.json, "sealing and uploading");
     let quiet = args.json;
     let b = bar.clone();

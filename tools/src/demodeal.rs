@@ -193,6 +193,8 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             workers: engine::seal::default_workers(),
             journal_dir: dir.join("client-state"),
             via: Vec::new(),
+            host_keys: Vec::new(),
+            max_price_per_gib_day: None,
         };
         let done = store(&job, Arc::new(|_, _| {}), Arc::new(|_: &str| {})).await?;
         println!(

@@ -9,6 +9,7 @@ pub mod dealcli;
 pub mod demodeal;
 pub mod devhosts;
 pub mod diskbench;
+pub mod exchangecli;
 pub mod netbench;
 pub mod netcli;
 pub mod proofbench;

@@ -111,6 +111,13 @@ struct HostInitArgs {
     /// this host (repeat: the first that answers is used).
     #[arg(long = "chain")]
     chain: Vec<String>,
+    /// An exchange's control address (host:port) to keep a standing ask on (repeat for
+    /// several; needs --chain).
+    #[arg(long = "exchange", requires = "chain")]
+    exchange: Vec<String>,
+    /// The price to ask, in MASPC base units per GiB per day.
+    #[arg(long, default_value_t = 10)]
+    price: u64,
 }
 
 #[derive(Args, Debug)]
@@ -147,7 +154,8 @@ pub struct ProxyArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("to").required(true).args(["link", "host"])))]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["link", "host", "exchange"])))]
+#[command(group(clap::ArgGroup::new("market").args(["host", "exchange"])))]
 pub struct PutArgs {
     /// The file to upload: read, sealed and sent in one pass.
     pub(crate) file: PathBuf,
@@ -158,8 +166,28 @@ pub struct PutArgs {
     /// its signed offer is checked, the payment carrying every chunk's CRC32C and BLAKE3
     /// root goes on chain, the host grants the deal's upload link, and the command returns
     /// once the host's completion matched. Repeat for one copy (one deal) per host.
-    #[arg(long, requires_all = ["chain", "days"])]
+    #[arg(long, requires_all = ["chain", "days"], conflicts_with = "exchange")]
     pub(crate) host: Vec<String>,
+    /// Or find hosts through an exchange (host:port; repeat: the first that answers is
+    /// used): a signed request for --copies copies at --max-price at most, matched against
+    /// the hosts' standing asks; each matched host's own signed offer is then checked and
+    /// paid as with --host.
+    #[arg(long, requires_all = ["chain", "days"])]
+    pub(crate) exchange: Vec<String>,
+    /// Copies wanted through --exchange, each on another host.
+    #[arg(long, default_value_t = 1, requires = "exchange", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub(crate) copies: u8,
+    /// The most to pay, MASPC per GiB per day: a dearer offer is refused [default: any
+    /// price with --host, 1000 with --exchange].
+    #[arg(long)]
+    pub(crate) max_price: Option<u64>,
+    /// Hosts in this region only, through --exchange (e.g. eu-west).
+    #[arg(long, requires = "exchange", default_value = "")]
+    pub(crate) region: String,
+    /// With --exchange: print the hosts matched (price, rating, region, deposit, the
+    /// estimated fee) and stop, paying nothing.
+    #[arg(long, requires = "exchange")]
+    pub(crate) dry_run: bool,
     /// A miner's control address to pay through (repeat: the first that answers is used).
     #[arg(long)]
     pub(crate) chain: Vec<String>,
@@ -167,7 +195,7 @@ pub struct PutArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) days: Option<u32>,
     /// Blocks of storage instead of days x 14,400 (a devnet with short proof periods).
-    #[arg(long, requires = "host", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, requires = "market", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) period_blocks: Option<u64>,
     /// Relay through this proxy (host:port); repeat to chain proxies in order.
     #[arg(long)]
@@ -303,6 +331,8 @@ fn host_init(a: &HostInitArgs) -> Result<()> {
         &a.control_listen,
         &data_encoding::HEXLOWER.encode(&token),
         &a.chain,
+        &a.exchange,
+        a.price,
     );
     // Check what we write loads, before writing anything.
     toml::from_str::<HostConfig>(&text).context("the default configuration does not parse")?;
@@ -575,6 +605,12 @@ fn host_run(config: &Path) -> Result<()> {
             };
             let (bound_tx, bound) = tokio::sync::oneshot::channel();
             let addr = c.clone();
+            let bidder = net::bidder::Bidder {
+                control: control.clone(),
+                exchanges: cfg.exchanges.clone(),
+                addr: cfg.public_control_addr.clone().unwrap_or_else(|| c.clone()),
+                region: cfg.region.clone(),
+            };
             tokio::spawn(async move {
                 if let Err(e) = net::control::serve_host_control(control, &addr, bound_tx).await {
                     tracing::error!(error = %e, addr, "control plane stopped");
@@ -584,6 +620,14 @@ fn host_run(config: &Path) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {c} for the control plane"))?;
             println!("control plane on {bound}");
+            if !bidder.exchanges.is_empty() {
+                println!(
+                    "asking {} MASPC per GiB per day on exchanges {}",
+                    cfg.price_per_gib_day,
+                    bidder.exchanges.join(", ")
+                );
+                tokio::spawn(net::bidder::run(bidder, stopped.clone()));
+            }
         }
         if !cfg.chain.is_empty() {
             let (stats, _) = watch::channel(net::agent::AgentStats::default());
@@ -617,7 +661,7 @@ fn host_run(config: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

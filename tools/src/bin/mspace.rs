@@ -73,6 +73,9 @@ enum Command {
     Devnet(chaincli::DevnetArgs),
     /// Talk to a miner: chain status, an account, a deal, a block, or sign a transfer.
     Chain(chaincli::ChainArgs),
+    /// Run an exchange (`exchange init`, `exchange run`, `exchange status`): hosts keep
+    /// signed standing asks on its book, senders' signed requests are matched to hosts.
+    Exchange(tools::exchangecli::ExchangeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +139,7 @@ fn main() {
         Command::Demo(args) => demo(args),
         Command::Put(args) => netcli::put(args),
         Command::Deals(args) => tools::dealcli::deals(args),
+        Command::Exchange(args) => tools::exchangecli::exchange(args),
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),

@@ -610,17 +610,17 @@ fn a_file_paid_in_parts_survives_a_killed_put_and_a_killed_host_and_is_released_
     assert_eq!(held_count(), 0, "ended parts are still held");
 }
 
-/// A sender that lies: it pays for its chunks with a wrong CRC32C on chunk 1 (library
-/// calls, as a modified client would), then uploads the true chunks through the deal's
-/// link. The host's agent completes with the CRCs it computed itself; the chain names
-/// chunk 1 to both sides, refunds the whole escrow, pays the host nothing and leaves its
-/// deposit alone; the host then drops the chunks it holds for nothing.
+/// A sender that lies: its payments state a wrong CRC32C for chunk 1 (the client's own
+/// deal code, handed a doctored chunk list as a modified client would send), and it uploads
+/// the true chunks through each deal's link. The host's agent completes with the CRCs it
+/// computed itself; the chain names chunk 1 to both sides and refunds the escrow, the host
+/// is paid nothing and keeps its deposit; the client pays again on a fresh offer, twice, and
+/// then gives up naming the chunk; the host drops the chunks it holds for nothing.
 #[test]
-fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_and_names_the_chunk() {
-    use std::sync::Arc;
-    use std::time::Duration;
-    const DAYS: u32 = 1;
+fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up() {
+    use std::sync::{Arc, Mutex};
     const PERIOD_BLOCKS: u64 = 40;
+    const CHUNK: u32 = 65_536;
     let dir = tempfile::tempdir().unwrap();
     let Market {
         _net,
@@ -630,7 +630,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_and_names_the_chunk() 
     } = start_market(dir.path(), 4, 1, &[]);
     let host = &hosts[0];
     let file = dir.path().join("lie.bin");
-    let mut bytes = vec![0u8; 3 * 65_536 - 100];
+    let mut bytes = vec![0u8; 3 * CHUNK as usize - 100];
     blake3::Hasher::new()
         .update(b"lie")
         .finalize_xof()
@@ -642,151 +642,95 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_and_names_the_chunk() 
         .unwrap()
         .try_into()
         .unwrap();
-    let key = ed25519_consensus::SigningKey::from(seed);
     let sender = pubkey(&client);
     let sender_before = account(&m0, &sender)["maspc"].as_u64().unwrap();
     let host_before = account(&m0, &host.key);
 
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let deal_id = rt.block_on(async {
-        let ctx = tarpc::context::current;
-        let plan = net::client::plan_deal(
-            &file,
-            &pass,
-            65_536,
-            proto::KdfParams::DEFAULT,
-            1,
-            &|_, _| {},
-            None,
-        )
-        .unwrap();
-        let mut entries = plan.entries();
-        assert_eq!(entries.len(), 4, "three chunks and the manifest");
-        entries[1].crc32c ^= 1;
-        let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
-        let mut chain = api::chain::ChainClient::connect(std::slice::from_ref(&m0))
-            .await
-            .unwrap();
-        let chain_id = chain.status().await.unwrap().chain_id;
-        let hc = api::host_client(&host.control).await.unwrap();
-        let host_key: [u8; 32] = data_encoding::HEXLOWER
-            .decode(hc.status(ctx()).await.unwrap().key.as_bytes())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let answer = hc
-            .offer(ctx(), api::StorageRequest { bytes, days: DAYS })
-            .await
-            .unwrap();
-        let signed = proto::offer::SignedOffer::from_bytes(&answer.signed.unwrap()).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let offer = *signed
-            .check(&host_key, chain_id, now, bytes, u64::from(DAYS))
-            .unwrap();
-        let terms = market::terms::terms(
-            offer.price_per_gib_day,
-            bytes,
-            u64::from(DAYS),
-            Some(PERIOD_BLOCKS),
-            PROOF_PERIOD,
-        )
-        .unwrap();
-        let body = proto::tx::TxBody::UploadPayment {
-            host: proto::tx::AccountId(offer.host),
-            offer: offer.id,
-            offer_expiry_unix_secs: offer.expiry_unix_secs,
-            storage_fee: terms.storage_fee,
-            download_fee: 0,
-            period_blocks: terms.period_blocks,
-            chunks: entries,
-        };
-        let paid = chain
-            .submit(&key, body, 1, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let deal: [u8; 32] = data_encoding::HEXLOWER
-            .decode(paid.tx.as_bytes())
-            .unwrap()
-            .try_into()
-            .unwrap();
-        // The host grants the link once its agent has seen the payment.
-        let mut height = paid.height;
-        let link = loop {
-            match hc.deal_link(ctx(), deal, false).await.unwrap() {
-                Ok(text) => break proto::link::Link::parse(&text).unwrap(),
-                Err(e) => assert!(e.to_string().contains("no deal"), "{e}"),
-            }
-            height += 1;
-            assert!(height < paid.height + 100, "the host never saw the payment");
-            chain.block(height, Duration::from_secs(5)).await.unwrap();
-        };
-        let n = plan.entries().len();
-        let put = net::client::PutJob {
-            file: file.clone(),
-            link,
-            via: Vec::new(),
-            key: key.clone(),
-            passphrase: zeroize::Zeroizing::new(pass.clone()),
-            chunk_bytes: 65_536,
-            workers: 1,
-            kdf: plan.kdf,
-            journal_dir: dir.path().join("journal"),
-            preset: Some(net::client::Preset {
-                plan,
-                entries: 0..n,
-            }),
-        };
-        let done = net::client::put_file(&put, Arc::new(|_, _| {}))
-            .await
-            .unwrap();
-        assert_eq!(done.sent_chunks, 3);
-        (paid.tx, terms.storage_fee)
-    });
-    let (deal_id, fee) = deal_id;
+    let job = net::deal::DealJob {
+        file: file.clone(),
+        hosts: vec![host.control.clone()],
+        chain: vec![m0.clone()],
+        days: 1,
+        period_blocks: Some(PERIOD_BLOCKS),
+        key: ed25519_consensus::SigningKey::from(seed),
+        passphrase: zeroize::Zeroizing::new(pass.clone()),
+        chunk_bytes: CHUNK,
+        workers: 1,
+        journal_dir: dir.path().join("journal"),
+        via: Vec::new(),
+        host_keys: Vec::new(),
+        max_price_per_gib_day: None,
+    };
+    let plan = net::client::plan_deal(
+        &file,
+        &pass,
+        CHUNK,
+        proto::KdfParams::DEFAULT,
+        1,
+        &|_, _| {},
+        None,
+    )
+    .unwrap();
+    let mut entries = plan.entries();
+    assert_eq!(entries.len(), 4, "three chunks and the manifest");
+    entries[1].crc32c ^= 1;
+    let preset = net::client::Preset {
+        plan,
+        entries: 0..entries.len(),
+    };
+    let said = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = Arc::clone(&said);
+    let report: net::deal::Report = Arc::new(move |m: &str| log.lock().unwrap().push(m.to_owned()));
+    let err = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(net::deal::place_entries(&job, preset, &entries, report))
+        .expect_err("a lying sender's deal was placed")
+        .to_string();
+    let said = said.lock().unwrap().join("\n");
+    assert!(
+        err.contains("the host's CRCs differed from ours at chunks [1] in 3 deals"),
+        "{err}\n{said}"
+    );
+    assert_eq!(
+        said.matches("differ at chunks [1]: refunded; paying again")
+            .count(),
+        2,
+        "{said}"
+    );
 
-    let v = wait_deal(&m0, &deal_id, "mismatched", |v| {
-        v["state"] != "awaiting-completion"
-    });
-    assert_eq!(v["state"], "mismatched", "{v}");
-    assert_eq!(
-        v["detail"]["Mismatched"]["chunks"],
-        serde_json::json!([1]),
-        "{v}"
-    );
-    assert_eq!(
-        (v["refunded"].as_u64(), v["paid"].as_u64()),
-        (Some(fee), Some(0)),
-        "{v}"
-    );
-    // Both sides see it: the sender's and the host's deal lists, and `chain deal` in words.
-    for who in [&sender, &host.key] {
-        let listed = json(&["deals", "--account", who, "--chain", &m0, "--json"]);
-        let mine = listed
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["id"] == deal_id.as_str())
-            .unwrap_or_else(|| panic!("{who} does not list the deal: {listed}"));
+    // Both sides see each deal's outcome: the sender's and the host's lists, `chain deal`.
+    let listed = json(&["deals", "--account", &sender, "--chain", &m0, "--json"]);
+    let deals = listed.as_array().unwrap();
+    assert_eq!(deals.len(), 3, "{listed}");
+    for d in deals {
+        assert_eq!(d["state"], "mismatched", "{d}");
         assert_eq!(
-            mine["detail"]["Mismatched"]["chunks"],
-            serde_json::json!([1])
+            d["detail"]["Mismatched"]["chunks"],
+            serde_json::json!([1]),
+            "{d}"
+        );
+        assert_eq!(d["refunded"], d["storage_fee"], "{d}");
+        assert_eq!(
+            (d["paid"].as_u64(), d["escrow"].as_u64()),
+            (Some(0), Some(0)),
+            "{d}"
         );
     }
-    let words = mspace(&["chain", "deal", &deal_id, "--miner", &m0], &[]);
+    let host_listed = json(&["deals", "--account", &host.key, "--chain", &m0, "--json"]);
+    assert_eq!(host_listed, listed);
+    let id = deals[0]["id"].as_str().unwrap();
+    let words = mspace(&["chain", "deal", id, "--miner", &m0], &[]);
     assert_eq!(words.code, 0, "{}", words.stderr);
     assert!(
         words.stdout.contains("mismatched at chunks [1]"),
         "{}",
         words.stdout
     );
-    // The sender paid only the payment's fee; the host got nothing and lost no deposit
-    // (its own completion's fee aside).
+    // The sender paid only the three payments' fees; the host got nothing and lost no
+    // deposit, its three completions' fees aside.
     assert_eq!(
         account(&m0, &sender)["maspc"].as_u64().unwrap(),
-        sender_before - 1
+        sender_before - 3 * net::deal::PAYMENT_FEE
     );
     let host_after = account(&m0, &host.key);
     assert_eq!(
@@ -795,13 +739,188 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_and_names_the_chunk() 
     );
     assert_eq!(
         host_after["maspc"].as_u64().unwrap(),
-        host_before["maspc"].as_u64().unwrap() - 1,
-        "the host paid its completion's fee and was paid nothing"
+        host_before["maspc"].as_u64().unwrap() - 3,
+        "the host paid its completions' fees and was paid nothing"
     );
     // The host keeps nothing it is not paid for.
     assert!(
         until(&m0, 100, || stored(&host.cfg) == 0),
-        "the host still holds {} chunks of a refunded deal",
+        "the host still holds {} chunks of refunded deals",
         stored(&host.cfg)
+    );
+}
+
+/// The market's first step as processes: an exchange; three registered hosts asking 30, 10
+/// and 20 MASPC per GiB per day on it (each through its own bidder, signed); a sender's
+/// `put --exchange --copies 2` matched to the two cheapest, shown first with `--dry-run`,
+/// then paid, uploaded and completed on each; requests outside the exchange's profile,
+/// from a key with no account on chain, or above every ask's price, refused by name.
+#[test]
+fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
+    const PRICES: [u64; 3] = [30, 10, 20];
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 5, 3, &[]);
+    let ex_cfg = s(&dir.path().join("exchange/exchange.toml"));
+    let ex = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "exchange",
+            "init",
+            "--config",
+            &ex_cfg,
+            "--listen",
+            &ex,
+            "--chain",
+            &m0,
+            "--max-days",
+            "365",
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let _exchange = super::net::start(
+        &["exchange", "run", "--config", &ex_cfg],
+        &[],
+        "exchange listening on",
+    );
+    // Each operator points its host at the exchange with its price, and restarts it.
+    for (h, price) in hosts.iter_mut().zip(PRICES) {
+        drop(h.proc.take());
+        let text = std::fs::read_to_string(&h.cfg)
+            .unwrap()
+            .replace("exchanges = []", &format!("exchanges = [{ex:?}]"))
+            .replace(
+                "price_per_gib_day = 10",
+                &format!("price_per_gib_day = {price}"),
+            );
+        std::fs::write(&h.cfg, text).unwrap();
+        h.proc = Some(super::net::start(
+            &["host", "--config", &h.cfg],
+            &[],
+            "agent following the chain",
+        ));
+    }
+    let status = || json(&["exchange", "status", "--exchange", &ex, "--json"]);
+    assert!(
+        until(&m0, 200, || status()["asks"].as_array().unwrap().len() == 3),
+        "the hosts' asks never reached the book: {}",
+        status()
+    );
+
+    let file = dir.path().join("market.bin");
+    let mut bytes = vec![0u8; 300_000];
+    blake3::Hasher::new()
+        .update(b"market")
+        .finalize_xof()
+        .fill(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple").unwrap();
+    let state = s(&dir.path().join("client-state"));
+    let put = |extra: &[&str], key: &str| {
+        let mut args = vec![
+            "put",
+            file.to_str().unwrap(),
+            "--exchange",
+            &ex,
+            "--chain",
+            &m0,
+            "--copies",
+            "2",
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            key,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--json",
+        ];
+        if !extra.contains(&"--days") {
+            args.extend_from_slice(&["--days", "1"]);
+        }
+        args.extend_from_slice(extra);
+        mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())])
+    };
+    let cheapest = [hosts[1].key.clone(), hosts[2].key.clone()];
+
+    let dry = put(&["--dry-run"], &client);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    let picked: Vec<(&str, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap(),
+                r["price_per_gib_day"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        picked,
+        vec![(cheapest[0].as_str(), 10), (cheapest[1].as_str(), 20)]
+    );
+    assert_eq!(
+        json(&["deals", "--key", &client, "--chain", &m0, "--json"]),
+        serde_json::json!([])
+    );
+
+    let paid = put(&["--period-blocks", "40"], &client);
+    assert_eq!(paid.code, 0, "{}", paid.stderr);
+    let out: serde_json::Value = serde_json::from_str(&paid.stdout).unwrap();
+    let placed: Vec<&str> = out["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        placed,
+        vec![cheapest[0].as_str(), cheapest[1].as_str()],
+        "{out}"
+    );
+    for d in out["deals"].as_array().unwrap() {
+        let v = deal(&m0, d["deal"].as_str().unwrap());
+        assert_eq!(v["state"], "active", "{v}");
+    }
+
+    // Refusals, each naming why; nothing paid for any.
+    let nobody = dir.path().join("nobody.key");
+    std::fs::write(&nobody, "07".repeat(32)).unwrap();
+    for (extra, key, says) in [
+        (
+            &["--days", "400"][..],
+            client.as_str(),
+            "takes storage of 1 to 365 days",
+        ),
+        (&[][..], nobody.to_str().unwrap(), "no account on the chain"),
+        (
+            &["--max-price", "5"][..],
+            client.as_str(),
+            "matched 0 host(s) for 2 copies",
+        ),
+    ] {
+        let mut args = vec!["--dry-run"];
+        args.extend_from_slice(extra);
+        let r = put(&args, key);
+        assert_ne!(r.code, 0, "{args:?} was not refused");
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+    }
+    let st = status();
+    assert_eq!(st["refused"]["outside the profile"], 1, "{st}");
+    assert_eq!(st["refused"]["no account"], 1, "{st}");
+    assert_eq!(st["requests_matched"], 3, "{st}");
+    assert_eq!(
+        json(&["deals", "--key", &client, "--chain", &m0, "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
 }

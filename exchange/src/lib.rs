@@ -1,0 +1,422 @@
+//! An exchange (the seed's 4.3, 4.4): hosts post signed standing asks, senders post signed
+//! storage requests and are answered with the hosts they are matched to. Nothing here goes
+//! on chain: the sender then asks each matched host for its signed offer and pays it on
+//! chain as without an exchange (`net::deal`).
+//!
+//! The server ([`Exchange`], serving `api::ExchangeApi`) checks what the book cannot: each
+//! message's signature, chain, expiry and life ([`proto::market`]); that an asking host is
+//! registered on the chain with a deposit (its rating is read there too); that a request's
+//! sender has an account on the chain (seed 4.4: "requests from non-existing addresses are
+//! rejected"); that a request fits this exchange's usage profile ([`profile_refusal`]);
+//! that a request is answered once. The book and its matching are `market::book`'s.
+//!
+//! Not yet: flood control, commission, replication (openraft), the index (issue 15).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use api::chain::ChainClient;
+use api::{ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus};
+use market::book::{Book, Match};
+use proto::market::{region_ok, Request, SignedAsk, SignedRequest};
+use proto::tx::AccountId;
+use serde::{Deserialize, Serialize};
+
+/// Longest an ask may live from the moment it is posted: a host re-posts well before.
+pub const ASK_LIFE_MAX_SECS: u64 = 600;
+/// Longest a request may live.
+pub const REQUEST_LIFE_MAX_SECS: u64 = 600;
+
+/// `exchange.toml`: `docs/formats.md` section 17.3.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Control-plane address the exchange serves `ExchangeApi` on.
+    pub listen: String,
+    /// Miners' control addresses (the first that answers is used).
+    pub chain: Vec<String>,
+    #[serde(default)]
+    pub profile: Profile,
+}
+
+/// The usage profile in `exchange.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Profile {
+    pub min_bytes: u64,
+    pub min_days: u32,
+    pub max_days: u32,
+    pub regions: Vec<String>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            min_bytes: 0,
+            min_days: 1,
+            max_days: 36_500,
+            regions: Vec::new(),
+        }
+    }
+}
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        c.check().map_err(|reason| ConfigError::Invalid {
+            path: shown,
+            reason,
+        })?;
+        Ok(c)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        if self.chain.is_empty() {
+            return Err("chain: name at least one miner".into());
+        }
+        let p = &self.profile;
+        if p.min_days == 0 || p.min_days > p.max_days {
+            return Err(format!(
+                "profile: days {}..={}: an empty range",
+                p.min_days, p.max_days
+            ));
+        }
+        if let Some(r) = p.regions.iter().find(|r| r.is_empty() || !region_ok(r)) {
+            return Err(format!(
+                "profile.regions: {r:?} is not a region (lowercase letters, digits, '-')"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config serializes")
+    }
+}
+
+impl Profile {
+    pub fn view(&self) -> ExchangeProfile {
+        ExchangeProfile {
+            min_bytes: self.min_bytes,
+            min_days: self.min_days,
+            max_days: self.max_days,
+            regions: self.regions.clone(),
+        }
+    }
+}
+
+/// Why `req` falls outside `profile`, naming the term; `None` if it fits.
+pub fn profile_refusal(profile: &Profile, req: &Request) -> Option<String> {
+    if req.bytes != 0 && req.bytes < profile.min_bytes {
+        return Some(format!(
+            "this exchange takes requests of at least {} bytes; this one is for {}",
+            profile.min_bytes, req.bytes
+        ));
+    }
+    if !(profile.min_days..=profile.max_days).contains(&req.days) {
+        return Some(format!(
+            "this exchange takes storage of {} to {} days; this request is for {}",
+            profile.min_days, profile.max_days, req.days
+        ));
+    }
+    if !profile.regions.is_empty()
+        && !req.region.is_empty()
+        && !profile.regions.contains(&req.region)
+    {
+        return Some(format!(
+            "this exchange serves regions {:?}; this request asks for {:?}",
+            profile.regions, req.region
+        ));
+    }
+    None
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    matched: u64,
+    refused: BTreeMap<String, u64>,
+}
+
+/// A request's (sender, nonce).
+type RequestKey = ([u8; 32], [u8; 16]);
+
+#[derive(Debug)]
+struct Inner {
+    chain_id: u64,
+    profile: Profile,
+    book: Mutex<Book>,
+    /// (sender, nonce) of the requests answered, until their expiry: each is answered once.
+    answered: Mutex<BTreeMap<RequestKey, u64>>,
+    chain: tokio::sync::Mutex<ChainClient>,
+    counters: Mutex<Counters>,
+}
+
+/// The exchange's `ExchangeApi` service: serve it with `api::serve_control!`.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    inner: Arc<Inner>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn view(m: &Match) -> ExchangeMatch {
+    ExchangeMatch {
+        host: m.host,
+        addr: m.addr.clone(),
+        price_per_gib_day: m.price_per_gib_day,
+        rating: m.rating,
+        region: m.region.clone(),
+        deposit: m.deposit,
+    }
+}
+
+impl Exchange {
+    /// An exchange serving `profile` for the chain `chain` follows.
+    pub async fn new(profile: Profile, mut chain: ChainClient) -> Result<Exchange, String> {
+        let chain_id = chain
+            .status()
+            .await
+            .map_err(|e| format!("the chain: {e}"))?
+            .chain_id;
+        Ok(Exchange {
+            inner: Arc::new(Inner {
+                chain_id,
+                profile,
+                book: Mutex::new(Book::new()),
+                answered: Mutex::new(BTreeMap::new()),
+                chain: tokio::sync::Mutex::new(chain),
+                counters: Mutex::new(Counters::default()),
+            }),
+        })
+    }
+
+    fn refuse(&self, reason: &str, e: ControlError) -> ControlError {
+        *lock(&self.inner.counters)
+            .refused
+            .entry(reason.to_owned())
+            .or_default() += 1;
+        e
+    }
+
+    async fn account(&self, who: [u8; 32]) -> Result<api::AccountView, ControlError> {
+        self.inner
+            .chain
+            .lock()
+            .await
+            .account(AccountId(who))
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))
+    }
+
+    async fn take_ask(&self, bytes: Vec<u8>) -> Result<(), ControlError> {
+        let i = &self.inner;
+        let now = now_secs();
+        let signed = SignedAsk::open(&bytes, i.chain_id, now, ASK_LIFE_MAX_SECS)
+            .map_err(|e| self.refuse("bad ask", ControlError::Invalid(format!("the ask: {e}"))))?;
+        let ask = signed.msg;
+        let account = self.account(ask.host).await?;
+        let registered = account
+            .registrations
+            .iter()
+            .any(|r| r.role == "host" && r.unbonding_until.is_none() && r.deposit > 0);
+        if !registered {
+            return Err(self.refuse(
+                "host not registered",
+                ControlError::Unauthorized(
+                    "the asking host is not registered on the chain with a deposit".into(),
+                ),
+            ));
+        }
+        lock(&i.book)
+            .post(ask, account.rating, now)
+            .map_err(|e| self.refuse("stale ask", ControlError::Invalid(e.to_string())))
+    }
+
+    async fn take_request(&self, bytes: Vec<u8>) -> Result<Vec<ExchangeMatch>, ControlError> {
+        let i = &self.inner;
+        let now = now_secs();
+        let signed =
+            SignedRequest::open(&bytes, i.chain_id, now, REQUEST_LIFE_MAX_SECS).map_err(|e| {
+                self.refuse(
+                    "bad request",
+                    ControlError::Invalid(format!("the request: {e}")),
+                )
+            })?;
+        let req = signed.msg;
+        if let Some(why) = profile_refusal(&i.profile, &req) {
+            return Err(self.refuse("outside the profile", ControlError::Invalid(why)));
+        }
+        let account = self.account(req.sender).await?;
+        if account.nonce == 0 && account.masp == 0 && account.maspc == 0 {
+            return Err(self.refuse(
+                "no account",
+                ControlError::Unauthorized(
+                    "the sender has no account on the chain: requests from non-existing addresses are refused".into(),
+                ),
+            ));
+        }
+        {
+            let mut answered = lock(&i.answered);
+            answered.retain(|_, expiry| *expiry > now);
+            if answered
+                .insert((req.sender, req.nonce), req.expiry_unix_secs)
+                .is_some()
+            {
+                return Err(self.refuse(
+                    "replayed request",
+                    ControlError::Invalid("this request was answered already".into()),
+                ));
+            }
+        }
+        let got = {
+            let mut book = lock(&i.book);
+            book.expire(now);
+            book.take(&req, now)
+        };
+        lock(&i.counters).matched += 1;
+        Ok(got.iter().map(view).collect())
+    }
+}
+
+impl ExchangeApi for Exchange {
+    async fn post_ask(self, _: tarpc::context::Context, ask: Vec<u8>) -> Result<(), ControlError> {
+        self.take_ask(ask).await
+    }
+
+    async fn request(
+        self,
+        _: tarpc::context::Context,
+        request: Vec<u8>,
+    ) -> Result<Vec<ExchangeMatch>, ControlError> {
+        self.take_request(request).await
+    }
+
+    async fn status(self, _: tarpc::context::Context) -> ExchangeStatus {
+        let i = &self.inner;
+        let now = now_secs();
+        let asks = {
+            let mut book = lock(&i.book);
+            book.expire(now);
+            book.asks().map(|e| view(&e.to_match())).collect()
+        };
+        let c = lock(&i.counters);
+        ExchangeStatus {
+            chain_id: i.chain_id,
+            profile: i.profile.view(),
+            asks,
+            requests_matched: c.matched,
+            refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    async fn api_version(self, _: tarpc::context::Context) -> u32 {
+        api::EXCHANGE_API_VERSION
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn req(bytes: u64, days: u32, region: &str) -> Request {
+        Request {
+            chain_id: 1,
+            sender: [1; 32],
+            nonce: [0; 16],
+            bytes,
+            days,
+            copies: 1,
+            max_price_per_gib_day: 10,
+            download_fee: 0,
+            expiry_unix_secs: 10,
+            region: region.into(),
+        }
+    }
+
+    #[test]
+    fn the_profile_refuses_each_term_by_name() {
+        let p = Profile {
+            min_bytes: 1 << 30,
+            min_days: 30,
+            max_days: 365,
+            regions: vec!["eu".into()],
+        };
+        let cases = [
+            (req(2 << 30, 30, "eu"), None),
+            (req(0, 30, ""), None),
+            (req(1 << 20, 30, "eu"), Some("at least 1073741824 bytes")),
+            (
+                req(2 << 30, 7, "eu"),
+                Some("30 to 365 days; this request is for 7"),
+            ),
+            (req(2 << 30, 400, "eu"), Some("is for 400")),
+            (req(2 << 30, 30, "us"), Some("asks for \"us\"")),
+        ];
+        for (r, want) in cases {
+            let got = profile_refusal(&p, &r);
+            match want {
+                None => assert_eq!(got, None),
+                Some(w) => assert!(got.as_deref().unwrap().contains(w), "{got:?} lacks {w:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_by_name() {
+        let ok = Config {
+            listen: "127.0.0.1:0".into(),
+            chain: vec!["127.0.0.1:1".into()],
+            profile: Profile::default(),
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let back: Config = toml::from_str(&ok.to_toml()).unwrap();
+        assert_eq!(back, ok);
+        let mut no_chain = ok.clone();
+        no_chain.chain.clear();
+        let mut empty = ok.clone();
+        empty.profile.min_days = 9;
+        empty.profile.max_days = 8;
+        let mut region = ok.clone();
+        region.profile.regions = vec!["EU".into()];
+        for (c, says) in [
+            (no_chain, "name at least one miner"),
+            (empty, "an empty range"),
+            (region, "\"EU\" is not a region"),
+        ] {
+            let e = c.check().unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
+        assert!(toml::from_str::<Config>("listen = \"x\"\nchain = []\nprice = 3\n").is_err());
+    }
+}

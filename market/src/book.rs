@@ -1,0 +1,292 @@
+//! An exchange's order book (the seed's 4.3, 4.4): hosts' standing asks, and the matching
+//! of a sender's request against them. Pure: the exchange's server checks signatures,
+//! accounts and rates, and feeds this the checked messages with the time and each host's
+//! rating read from the chain; replicas fed the same sequence hold the same book.
+//!
+//! Matching rule: an ask qualifies if it has not expired, its price is at most the
+//! request's, the request's days fall within its range, it has room for the request's
+//! bytes, its region is the one asked (or any, if the request names none) and it is not the
+//! sender's own. Qualifying asks are ranked by price (lowest first), then rating (highest
+//! first), then time on the book (earliest first), then host key, so the order is total and
+//! every replica picks the same hosts; the first `copies` are matched, one copy per host.
+//! Taking a match reserves the request's bytes from the ask's free bytes, so an ask is never
+//! matched beyond the room it stated.
+
+use std::collections::BTreeMap;
+
+use proto::market::{Ask, Request};
+
+/// An ask as the book holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ask: Ask,
+    /// The host's rating from the chain (0..=1000) when the ask was posted.
+    pub rating: u32,
+    /// Arrival order on this book: time priority.
+    pub posted: u64,
+}
+
+impl Entry {
+    /// The ask as a match names it.
+    pub fn to_match(&self) -> Match {
+        Match {
+            host: self.ask.host,
+            addr: self.ask.addr.clone(),
+            price_per_gib_day: self.ask.price_per_gib_day,
+            rating: self.rating,
+            region: self.ask.region.clone(),
+            deposit: self.ask.deposit,
+        }
+    }
+}
+
+/// A host matched to a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    pub host: [u8; 32],
+    pub addr: String,
+    pub price_per_gib_day: u64,
+    pub rating: u32,
+    pub region: String,
+    pub deposit: u64,
+}
+
+/// Why the book refuses an ask.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BookError {
+    #[error("ask {got} is not newer than the host's ask {held} on this book (a replay?)")]
+    Stale { held: u64, got: u64 },
+    #[error("the ask expired at {expiry} (now {now})")]
+    Expired { expiry: u64, now: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Book {
+    asks: BTreeMap<[u8; 32], Entry>,
+    /// Highest `seq` seen per host, kept after its ask is withdrawn or expires so that an
+    /// old ask cannot be replayed onto the book.
+    seqs: BTreeMap<[u8; 32], u64>,
+    next: u64,
+}
+
+impl Book {
+    pub fn new() -> Book {
+        Book::default()
+    }
+
+    /// Puts `ask` on the book, replacing its host's earlier ask (the new one queues behind
+    /// the asks already there).
+    pub fn post(&mut self, ask: Ask, rating: u32, now_unix_secs: u64) -> Result<(), BookError> {
+        if now_unix_secs >= ask.expiry_unix_secs {
+            return Err(BookError::Expired {
+                expiry: ask.expiry_unix_secs,
+                now: now_unix_secs,
+            });
+        }
+        if let Some(&held) = self.seqs.get(&ask.host) {
+            if ask.seq <= held {
+                return Err(BookError::Stale { held, got: ask.seq });
+            }
+        }
+        self.seqs.insert(ask.host, ask.seq);
+        let posted = self.next;
+        self.next += 1;
+        self.asks.insert(
+            ask.host,
+            Entry {
+                ask,
+                rating,
+                posted,
+            },
+        );
+        Ok(())
+    }
+
+    /// Takes the host's ask off the book; whether it had one.
+    pub fn withdraw(&mut self, host: &[u8; 32]) -> bool {
+        self.asks.remove(host).is_some()
+    }
+
+    /// Drops the asks expired at `now_unix_secs`; how many.
+    pub fn expire(&mut self, now_unix_secs: u64) -> usize {
+        let before = self.asks.len();
+        self.asks
+            .retain(|_, e| now_unix_secs < e.ask.expiry_unix_secs);
+        before - self.asks.len()
+    }
+
+    pub fn asks(&self) -> impl Iterator<Item = &Entry> {
+        self.asks.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.asks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.asks.is_empty()
+    }
+
+    /// Whether `e` qualifies for `req` at `now_unix_secs` (the module's rule).
+    pub fn qualifies(e: &Entry, req: &Request, now_unix_secs: u64) -> bool {
+        let a = &e.ask;
+        now_unix_secs < a.expiry_unix_secs
+            && a.price_per_gib_day <= req.max_price_per_gib_day
+            && (a.min_days..=a.max_days).contains(&req.days)
+            && a.free_bytes >= req.bytes
+            && (req.region.is_empty() || a.region == req.region)
+            && a.host != req.sender
+            && a.chain_id == req.chain_id
+    }
+
+    /// The hosts `req` would be matched to now, best first, at most `req.copies`.
+    pub fn matches(&self, req: &Request, now_unix_secs: u64) -> Vec<Match> {
+        let mut fit: Vec<&Entry> = self
+            .asks
+            .values()
+            .filter(|e| Book::qualifies(e, req, now_unix_secs))
+            .collect();
+        fit.sort_by(|a, b| {
+            (
+                a.ask.price_per_gib_day,
+                std::cmp::Reverse(a.rating),
+                a.posted,
+                a.ask.host,
+            )
+                .cmp(&(
+                    b.ask.price_per_gib_day,
+                    std::cmp::Reverse(b.rating),
+                    b.posted,
+                    b.ask.host,
+                ))
+        });
+        fit.into_iter()
+            .take(usize::from(req.copies))
+            .map(Entry::to_match)
+            .collect()
+    }
+
+    /// [`Book::matches`], reserving the request's bytes from each matched ask.
+    pub fn take(&mut self, req: &Request, now_unix_secs: u64) -> Vec<Match> {
+        let got = self.matches(req, now_unix_secs);
+        for m in &got {
+            let e = self.asks.get_mut(&m.host).expect("matched from the book");
+            e.ask.free_bytes -= req.bytes;
+        }
+        got
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn ask(host: u8, price: u64) -> Ask {
+        Ask {
+            chain_id: 1,
+            host: [host; 32],
+            seq: 1,
+            price_per_gib_day: price,
+            free_bytes: 100,
+            min_days: 1,
+            max_days: 30,
+            deposit: 1000,
+            expiry_unix_secs: 100,
+            region: "eu".into(),
+            addr: format!("h{host}:1"),
+        }
+    }
+
+    fn req() -> Request {
+        Request {
+            chain_id: 1,
+            sender: [0xee; 32],
+            nonce: [0; 16],
+            bytes: 40,
+            days: 10,
+            copies: 2,
+            max_price_per_gib_day: 10,
+            download_fee: 0,
+            expiry_unix_secs: 100,
+            region: String::new(),
+        }
+    }
+
+    /// A change to the test request.
+    type Change = fn(&mut Request);
+
+    fn hosts(m: &[Match]) -> Vec<u8> {
+        m.iter().map(|m| m.host[0]).collect()
+    }
+
+    #[test]
+    fn each_term_of_a_request_filters_and_ranks_as_documented() {
+        let mut b = Book::new();
+        for (h, price, rating) in [
+            (1, 5, 500),
+            (2, 3, 500),
+            (3, 5, 900),
+            (4, 11, 999),
+            (5, 3, 500),
+        ] {
+            b.post(ask(h, price), rating, 0).unwrap();
+        }
+        // Price, then rating, then time on the book; 4 is too dear.
+        let mut r = req();
+        r.copies = 16;
+        assert_eq!(hosts(&b.matches(&r, 0)), vec![2, 5, 3, 1]);
+        let cases: Vec<(&str, Change, Vec<u8>)> = vec![
+            ("two copies", |_| {}, vec![2, 5]),
+            ("cheaper", |r| r.max_price_per_gib_day = 4, vec![2, 5]),
+            ("too long", |r| r.days = 31, vec![]),
+            ("too big", |r| r.bytes = 101, vec![]),
+            ("other region", |r| r.region = "us".into(), vec![]),
+            ("same region", |r| r.region = "eu".into(), vec![2, 5]),
+            ("own ask", |r| r.sender = [2; 32], vec![5, 3]),
+            ("other chain", |r| r.chain_id = 2, vec![]),
+        ];
+        for (what, change, want) in cases {
+            let mut r = req();
+            change(&mut r);
+            assert_eq!(hosts(&b.matches(&r, 0)), want, "{what}");
+        }
+        // Expired asks match nothing, and go.
+        assert!(b.matches(&req(), 100).is_empty());
+        assert_eq!(b.expire(100), 5);
+    }
+
+    #[test]
+    fn taking_reserves_room_and_stale_asks_are_refused() {
+        let mut b = Book::new();
+        b.post(ask(1, 1), 0, 0).unwrap();
+        b.post(ask(2, 2), 0, 0).unwrap();
+        let mut r = req();
+        r.copies = 1;
+        assert_eq!(hosts(&b.take(&r, 0)), vec![1]);
+        assert_eq!(hosts(&b.take(&r, 0)), vec![1]);
+        // Host 1 has 20 bytes left: the third goes to host 2.
+        assert_eq!(hosts(&b.take(&r, 0)), vec![2]);
+        assert_eq!(
+            b.post(ask(1, 1), 0, 0),
+            Err(BookError::Stale { held: 1, got: 1 })
+        );
+        // A newer ask replaces the old one and queues behind host 2's.
+        let mut newer = ask(1, 2);
+        newer.seq = 2;
+        b.post(newer, 0, 0).unwrap();
+        r.copies = 2;
+        assert_eq!(hosts(&b.matches(&r, 0)), vec![2, 1]);
+        assert!(b.withdraw(&[1; 32]));
+        let mut old = ask(1, 2);
+        old.seq = 2;
+        assert!(matches!(b.post(old, 0, 0), Err(BookError::Stale { .. })));
+        assert_eq!(
+            b.post(ask(3, 1), 0, 100),
+            Err(BookError::Expired {
+                expiry: 100,
+                now: 100
+            })
+        );
+    }
+}

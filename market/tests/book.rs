@@ -1,0 +1,169 @@
+//! The order book under random sequences of asks, withdrawals, expiries and requests: no
+//! match outside a request's terms, no host twice in one answer, no ask matched beyond the
+//! room it stated, every qualifying ask better than a matched one is matched too, and two
+//! books fed the same sequence answer the same (what lets replicas agree).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use market::book::{Book, Match};
+use proptest::prelude::*;
+use proto::market::{Ask, Request};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Post {
+        host: u8,
+        price: u64,
+        free: u64,
+        min_days: u32,
+        span: u32,
+        life: u64,
+        region: bool,
+        rating: u32,
+    },
+    Withdraw(u8),
+    Tick(u64),
+    Request {
+        sender: u8,
+        bytes: u64,
+        days: u32,
+        copies: u8,
+        max_price: u64,
+        region: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (
+            0u8..6,
+            1u64..20,
+            0u64..200,
+            1u32..20,
+            0u32..40,
+            1u64..50,
+            any::<bool>(),
+            0u32..1000
+        )
+            .prop_map(
+                |(host, price, free, min_days, span, life, region, rating)| Op::Post {
+                    host,
+                    price,
+                    free,
+                    min_days,
+                    span,
+                    life,
+                    region,
+                    rating,
+                }
+            ),
+        (0u8..6).prop_map(Op::Withdraw),
+        (1u64..10).prop_map(Op::Tick),
+        (0u8..8, 0u64..120, 1u32..40, 1u8..5, 1u64..20, any::<bool>()).prop_map(
+            |(sender, bytes, days, copies, max_price, region)| Op::Request {
+                sender,
+                bytes,
+                days,
+                copies,
+                max_price,
+                region,
+            }
+        ),
+    ]
+}
+
+fn region(eu: bool) -> String {
+    if eu {
+        "eu".into()
+    } else {
+        "us".into()
+    }
+}
+
+proptest! {
+    #[test]
+    fn matches_keep_every_request_and_ask_term(ops in proptest::collection::vec(op(), 1..120)) {
+        let (mut a, mut b) = (Book::new(), Book::new());
+        let mut now = 0u64;
+        let mut seq = BTreeMap::<u8, u64>::new();
+        // Room each host stated in its latest ask, and what was taken from it since.
+        let mut room = BTreeMap::<u8, (u64, u64)>::new();
+        for op in ops {
+            match op {
+                Op::Post { host, price, free, min_days, span, life, region: eu, rating } => {
+                    let s = seq.entry(host).or_default();
+                    *s += 1;
+                    let ask = Ask {
+                        chain_id: 1,
+                        host: [host; 32],
+                        seq: *s,
+                        price_per_gib_day: price,
+                        free_bytes: free,
+                        min_days,
+                        max_days: min_days + span,
+                        deposit: 0,
+                        expiry_unix_secs: now + life,
+                        region: region(eu),
+                        addr: format!("h{host}"),
+                    };
+                    a.post(ask.clone(), rating, now).unwrap();
+                    b.post(ask, rating, now).unwrap();
+                    room.insert(host, (free, 0));
+                }
+                Op::Withdraw(h) => {
+                    prop_assert_eq!(a.withdraw(&[h; 32]), b.withdraw(&[h; 32]));
+                    room.remove(&h);
+                }
+                Op::Tick(dt) => {
+                    now += dt;
+                    prop_assert_eq!(a.expire(now), b.expire(now));
+                }
+                Op::Request { sender, bytes, days, copies, max_price, region: eu } => {
+                    let req = Request {
+                        chain_id: 1,
+                        sender: [sender; 32],
+                        nonce: [0; 16],
+                        bytes,
+                        days,
+                        copies,
+                        max_price_per_gib_day: max_price,
+                        download_fee: 0,
+                        expiry_unix_secs: now + 10,
+                        region: if sender % 2 == 0 { region(eu) } else { String::new() },
+                    };
+                    let before: Vec<_> = a.asks().cloned().collect();
+                    let got: Vec<Match> = a.take(&req, now);
+                    prop_assert_eq!(&got, &b.take(&req, now), "replicas agree");
+                    prop_assert!(got.len() <= usize::from(copies));
+                    let mut seen = std::collections::BTreeSet::new();
+                    for m in &got {
+                        prop_assert!(seen.insert(m.host), "a host twice in one answer");
+                        let e = before.iter().find(|e| e.ask.host == m.host).unwrap();
+                        prop_assert!(Book::qualifies(e, &req, now), "outside the terms: {:?}", e);
+                        let r = room.get_mut(&m.host[0]).unwrap();
+                        r.1 += bytes;
+                        prop_assert!(r.1 <= r.0, "host {} matched beyond its room", m.host[0]);
+                    }
+                    // Nothing qualifying but left out ranks above a matched ask, and nothing
+                    // qualifying is left out while copies are wanted.
+                    let left: Vec<_> = before
+                        .iter()
+                        .filter(|e| Book::qualifies(e, &req, now))
+                        .filter(|e| !seen.contains(&e.ask.host))
+                        .collect();
+                    if got.len() < usize::from(copies) {
+                        prop_assert!(left.is_empty());
+                    }
+                    if let Some(worst) = got.last() {
+                        for e in left {
+                            prop_assert!(e.ask.price_per_gib_day >= worst.price_per_gib_day);
+                        }
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(a, b);
+    }
+}

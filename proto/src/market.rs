@@ -1,0 +1,499 @@
+//! What an exchange holds (the seed's 4.4): a host's standing ask and a sender's storage
+//! request, each signed by its author so the exchange cannot forge or alter one, and never
+//! put on chain. Layouts in `docs/formats.md` section 17.
+//!
+//! An exchange accepts either only through its `check`: a valid signature by the key the
+//! message names, for the exchange's chain, not expired, its expiry within the longest life
+//! the exchange allows.
+
+use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+
+use crate::decode::{DecodeError, Reader};
+
+pub const ASK_MAGIC: &[u8; 4] = b"MSAK";
+pub const REQUEST_MAGIC: &[u8; 4] = b"MSRQ";
+pub const MARKET_VERSION: u8 = 1;
+/// Longest region name: lowercase ASCII letters, digits and `-`.
+pub const REGION_MAX: usize = 32;
+/// Longest host control address in an ask.
+pub const ADDR_MAX: usize = 255;
+/// Most copies one request asks for.
+pub const COPIES_MAX: u8 = 16;
+const ASK_CONTEXT: &[u8] = b"market.space 2026-12 exchange ask v1\0";
+const REQUEST_CONTEXT: &[u8] = b"market.space 2026-12 storage request v1\0";
+
+/// A host's standing ask on an exchange's book: the terms on which it takes new storage
+/// until `expiry_unix_secs`. A later ask of the same host (higher `seq`) replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub chain_id: u64,
+    /// The host's key: its account on the chain.
+    pub host: [u8; 32],
+    /// Strictly increasing per host: an exchange keeps the highest and refuses replays.
+    pub seq: u64,
+    /// MASPC base units per GiB per day.
+    pub price_per_gib_day: u64,
+    /// Bytes the host can still take.
+    pub free_bytes: u64,
+    /// Shortest and longest storage it takes, in days.
+    pub min_days: u32,
+    pub max_days: u32,
+    /// Its deposit on the chain when it asked (MASP).
+    pub deposit: u64,
+    pub expiry_unix_secs: u64,
+    /// Where the host is (empty: unsaid).
+    pub region: String,
+    /// The host's control-plane address, where a sender asks it for a signed offer.
+    pub addr: String,
+}
+
+/// A sender's storage request: what it wants stored, for how long, at most at what price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub chain_id: u64,
+    /// The sender's key: its account on the chain pays.
+    pub sender: [u8; 32],
+    /// Random: names the request.
+    pub nonce: [u8; 16],
+    /// Sealed bytes to store; 0: not yet known.
+    pub bytes: u64,
+    pub days: u32,
+    /// Full copies wanted, each on another host (1..=16).
+    pub copies: u8,
+    /// The most it pays, MASPC per GiB per day.
+    pub max_price_per_gib_day: u64,
+    /// What a receiver will pay the sender per download (0: free).
+    pub download_fee: u64,
+    pub expiry_unix_secs: u64,
+    /// Hosts wanted in this region (empty: any).
+    pub region: String,
+}
+
+/// A message and its author's signature over it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed<T> {
+    pub msg: T,
+    signature: [u8; 64],
+}
+
+pub type SignedAsk = Signed<Ask>;
+pub type SignedRequest = Signed<Request>;
+
+/// Why an exchange refuses an ask or a request; each names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarketMsgError {
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("the signature does not verify: it was altered or not made by the key it names")]
+    Forged,
+    #[error("it is for chain {found}, this exchange serves chain {expected}")]
+    OtherChain { expected: u64, found: u64 },
+    #[error("it expired at {expiry} (Unix seconds; now {now})")]
+    Expired { expiry: u64, now: u64 },
+    #[error("it lives until {expiry}, more than {max_secs} s from now ({now}): ask for less")]
+    TooLong {
+        expiry: u64,
+        now: u64,
+        max_secs: u64,
+    },
+}
+
+impl From<DecodeError> for MarketMsgError {
+    fn from(e: DecodeError) -> Self {
+        MarketMsgError::Malformed(e.to_string())
+    }
+}
+
+/// The fields an exchange checks on either message.
+pub trait Authored {
+    const CONTEXT: &'static [u8];
+    fn author(&self) -> [u8; 32];
+    fn chain_id(&self) -> u64;
+    fn expiry_unix_secs(&self) -> u64;
+    /// The encoding without the signature.
+    fn body(&self) -> Vec<u8>;
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError>
+    where
+        Self: Sized;
+    const WHAT: &'static str;
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    b.push(u8::try_from(s.len()).expect("checked lengths fit a u8"));
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn get_str(r: &mut Reader<'_>, field: &'static str, max: usize) -> Result<String, DecodeError> {
+    let n = usize::from(r.u8(field)?);
+    if n > max {
+        return Err(r.invalid(field, format!("{n} bytes, at most {max}")));
+    }
+    let raw = r.take(field, n)?;
+    let s = std::str::from_utf8(raw).map_err(|_| r.invalid(field, "not UTF-8"))?;
+    Ok(s.to_owned())
+}
+
+/// Whether `region` is a valid region name (empty, or lowercase letters, digits and `-`).
+pub fn region_ok(region: &str) -> bool {
+    region.len() <= REGION_MAX
+        && region
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+fn get_region(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let region = get_str(r, "region", REGION_MAX)?;
+    if !region_ok(&region) {
+        return Err(r.invalid("region", "only lowercase letters, digits and '-'"));
+    }
+    Ok(region)
+}
+
+impl Authored for Ask {
+    const CONTEXT: &'static [u8] = ASK_CONTEXT;
+    const WHAT: &'static str = "host's ask";
+
+    fn author(&self) -> [u8; 32] {
+        self.host
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn expiry_unix_secs(&self) -> u64 {
+        self.expiry_unix_secs
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(128 + self.addr.len());
+        b.extend_from_slice(ASK_MAGIC);
+        b.push(MARKET_VERSION);
+        b.extend_from_slice(&self.chain_id.to_le_bytes());
+        b.extend_from_slice(&self.host);
+        for v in [self.seq, self.price_per_gib_day, self.free_bytes] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&self.min_days.to_le_bytes());
+        b.extend_from_slice(&self.max_days.to_le_bytes());
+        b.extend_from_slice(&self.deposit.to_le_bytes());
+        b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
+        put_str(&mut b, &self.region);
+        put_str(&mut b, &self.addr);
+        b
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Ask, DecodeError> {
+        r.magic(ASK_MAGIC)?;
+        r.version(MARKET_VERSION)?;
+        let chain_id = r.u64("chain_id")?;
+        let host = r.array("host")?;
+        let seq = r.u64("seq")?;
+        let price_per_gib_day = r.u64("price_per_gib_day")?;
+        let free_bytes = r.u64("free_bytes")?;
+        let min_days = r.u32("min_days")?;
+        let max_days = r.u32("max_days")?;
+        if min_days == 0 || min_days > max_days {
+            return Err(r.invalid(
+                "max_days",
+                format!("days {min_days}..={max_days}: an empty range"),
+            ));
+        }
+        let deposit = r.u64("deposit")?;
+        let expiry_unix_secs = r.u64("expiry_unix_secs")?;
+        let region = get_region(r)?;
+        let addr = get_str(r, "addr", ADDR_MAX)?;
+        if addr.is_empty() {
+            return Err(r.invalid("addr", "empty: a sender could not reach the host"));
+        }
+        Ok(Ask {
+            chain_id,
+            host,
+            seq,
+            price_per_gib_day,
+            free_bytes,
+            min_days,
+            max_days,
+            deposit,
+            expiry_unix_secs,
+            region,
+            addr,
+        })
+    }
+}
+
+impl Authored for Request {
+    const CONTEXT: &'static [u8] = REQUEST_CONTEXT;
+    const WHAT: &'static str = "storage request";
+
+    fn author(&self) -> [u8; 32] {
+        self.sender
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn expiry_unix_secs(&self) -> u64 {
+        self.expiry_unix_secs
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(128);
+        b.extend_from_slice(REQUEST_MAGIC);
+        b.push(MARKET_VERSION);
+        b.extend_from_slice(&self.chain_id.to_le_bytes());
+        b.extend_from_slice(&self.sender);
+        b.extend_from_slice(&self.nonce);
+        b.extend_from_slice(&self.bytes.to_le_bytes());
+        b.extend_from_slice(&self.days.to_le_bytes());
+        b.push(self.copies);
+        b.extend_from_slice(&self.max_price_per_gib_day.to_le_bytes());
+        b.extend_from_slice(&self.download_fee.to_le_bytes());
+        b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
+        put_str(&mut b, &self.region);
+        b
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
+        r.magic(REQUEST_MAGIC)?;
+        r.version(MARKET_VERSION)?;
+        let chain_id = r.u64("chain_id")?;
+        let sender = r.array("sender")?;
+        let nonce = r.array("nonce")?;
+        let bytes = r.u64("bytes")?;
+        let days = r.u32("days")?;
+        if days == 0 {
+            return Err(r.invalid("days", "0: storage lasts at least a day"));
+        }
+        let copies = r.u8("copies")?;
+        if copies == 0 || copies > COPIES_MAX {
+            return Err(r.invalid("copies", format!("{copies}: 1 to {COPIES_MAX}")));
+        }
+        let max_price_per_gib_day = r.u64("max_price_per_gib_day")?;
+        let download_fee = r.u64("download_fee")?;
+        let expiry_unix_secs = r.u64("expiry_unix_secs")?;
+        let region = get_region(r)?;
+        Ok(Request {
+            chain_id,
+            sender,
+            nonce,
+            bytes,
+            days,
+            copies,
+            max_price_per_gib_day,
+            download_fee,
+            expiry_unix_secs,
+            region,
+        })
+    }
+}
+
+impl<T: Authored> Signed<T> {
+    /// Signs `msg` with `key`, which must be its author's.
+    ///
+    /// # Panics
+    /// If `key` is not the author's, or a string field is longer than its format allows
+    /// (callers build messages from checked configuration).
+    pub fn sign(msg: T, key: &SigningKey) -> Signed<T> {
+        assert_eq!(
+            key.verification_key().to_bytes(),
+            msg.author(),
+            "a {} is signed by its author",
+            T::WHAT
+        );
+        let signature = key.sign(&[T::CONTEXT, &msg.body()].concat()).to_bytes();
+        Signed { msg, signature }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.msg.body();
+        b.extend_from_slice(&self.signature);
+        b
+    }
+
+    /// Decodes; the signature is checked by [`Signed::check`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Signed<T>, DecodeError> {
+        let mut r = Reader::new(T::WHAT, bytes);
+        let msg = T::decode(&mut r)?;
+        let signature = r.array("signature")?;
+        r.finish()?;
+        Ok(Signed { msg, signature })
+    }
+
+    /// Decodes and checks in one step: see [`Signed::check`].
+    pub fn open(
+        bytes: &[u8],
+        chain_id: u64,
+        now_unix_secs: u64,
+        life_max_secs: u64,
+    ) -> Result<Signed<T>, MarketMsgError> {
+        let s = Signed::from_bytes(bytes)?;
+        s.check(chain_id, now_unix_secs, life_max_secs)?;
+        Ok(s)
+    }
+
+    /// Accepts the message only if its author signed it, for `chain_id`, it has not expired
+    /// at `now_unix_secs` and does not live more than `life_max_secs` from now.
+    pub fn check(
+        &self,
+        chain_id: u64,
+        now_unix_secs: u64,
+        life_max_secs: u64,
+    ) -> Result<&T, MarketMsgError> {
+        let m = &self.msg;
+        let key = VerificationKey::try_from(m.author()).map_err(|_| MarketMsgError::Forged)?;
+        key.verify(
+            &Signature::from(self.signature),
+            &[T::CONTEXT, &m.body()].concat(),
+        )
+        .map_err(|_| MarketMsgError::Forged)?;
+        if m.chain_id() != chain_id {
+            return Err(MarketMsgError::OtherChain {
+                expected: chain_id,
+                found: m.chain_id(),
+            });
+        }
+        let expiry = m.expiry_unix_secs();
+        if now_unix_secs >= expiry {
+            return Err(MarketMsgError::Expired {
+                expiry,
+                now: now_unix_secs,
+            });
+        }
+        if expiry - now_unix_secs > life_max_secs {
+            return Err(MarketMsgError::TooLong {
+                expiry,
+                now: now_unix_secs,
+                max_secs: life_max_secs,
+            });
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn key(i: u8) -> SigningKey {
+        SigningKey::from([i; 32])
+    }
+
+    fn ask() -> Ask {
+        Ask {
+            chain_id: 9,
+            host: key(1).verification_key().to_bytes(),
+            seq: 3,
+            price_per_gib_day: 12,
+            free_bytes: 1 << 40,
+            min_days: 1,
+            max_days: 365,
+            deposit: 2000,
+            expiry_unix_secs: 1_060,
+            region: "eu-west".into(),
+            addr: "10.0.0.7:7001".into(),
+        }
+    }
+
+    fn request() -> Request {
+        Request {
+            chain_id: 9,
+            sender: key(2).verification_key().to_bytes(),
+            nonce: [7; 16],
+            bytes: 5 << 30,
+            days: 30,
+            copies: 2,
+            max_price_per_gib_day: 20,
+            download_fee: 0,
+            expiry_unix_secs: 1_030,
+            region: String::new(),
+        }
+    }
+
+    #[test]
+    fn both_round_trip_and_check_only_as_signed() {
+        let a = Signed::sign(ask(), &key(1));
+        let back = SignedAsk::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.check(9, 1_000, 120).unwrap(), &ask());
+        let q = Signed::sign(request(), &key(2));
+        let back = SignedRequest::open(&q.to_bytes(), 9, 1_000, 60).unwrap();
+        assert_eq!(back.msg, request());
+
+        let mut altered = a.to_bytes();
+        altered[30] ^= 1;
+        let altered = SignedAsk::from_bytes(&altered).unwrap();
+        let cases: Vec<(Result<&Ask, MarketMsgError>, &str)> = vec![
+            (altered.check(9, 1_000, 120), "does not verify"),
+            (
+                a.check(8, 1_000, 120),
+                "chain 9, this exchange serves chain 8",
+            ),
+            (a.check(9, 1_060, 120), "expired at 1060"),
+            (a.check(9, 1_000, 30), "more than 30 s from now"),
+        ];
+        for (got, says) in cases {
+            let e = got.unwrap_err().to_string();
+            assert!(e.contains(says), "{e:?} does not say {says:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_with_the_field_named() {
+        let a = Signed::sign(ask(), &key(1)).to_bytes();
+        let q = Signed::sign(request(), &key(2)).to_bytes();
+        let region_at = 4 + 1 + 8 + 32 + 8 * 3 + 4 + 4 + 8 + 8;
+        let copies_at = 4 + 1 + 8 + 32 + 16 + 8 + 4;
+        let mut bad_region = a.clone();
+        bad_region[region_at + 1] = b'E';
+        let mut no_copies = q.clone();
+        no_copies[copies_at] = 0;
+        let mut many_copies = q.clone();
+        many_copies[copies_at] = 17;
+        let mut long_region = q.clone();
+        long_region[q.len() - 65] = 33;
+        let mut empty_days = a.clone();
+        empty_days[4 + 1 + 8 + 32 + 24..][..4].copy_from_slice(&400u32.to_le_bytes());
+        let cases: Vec<(Result<(), DecodeError>, &str)> = vec![
+            (
+                SignedAsk::from_bytes(&a[..a.len() - 1]).map(drop),
+                "truncated at signature",
+            ),
+            (
+                SignedAsk::from_bytes(&[a.clone(), vec![0]].concat()).map(drop),
+                "unexpected bytes",
+            ),
+            (SignedAsk::from_bytes(&q).map(drop), "not a host's ask"),
+            (
+                SignedAsk::from_bytes(&bad_region).map(drop),
+                "invalid region",
+            ),
+            (
+                SignedAsk::from_bytes(&empty_days).map(drop),
+                "an empty range",
+            ),
+            (
+                SignedRequest::from_bytes(&no_copies).map(drop),
+                "invalid copies: 0",
+            ),
+            (
+                SignedRequest::from_bytes(&many_copies).map(drop),
+                "invalid copies: 17",
+            ),
+            (
+                SignedRequest::from_bytes(&long_region).map(drop),
+                "33 bytes, at most 32",
+            ),
+            (
+                SignedRequest::from_bytes(&[]).map(drop),
+                "truncated at magic",
+            ),
+        ];
+        for (got, says) in cases {
+            let e = got.unwrap_err().to_string();
+            assert!(e.contains(says), "{e:?} does not say {says:?}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! `mspace exchange init|run|status`: wiring for the `exchange` crate.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use exchange::{Config, Exchange};
+
+use crate::netcli::{init_logs, runtime, wait_for_signal};
+
+#[derive(Args, Debug)]
+pub struct ExchangeArgs {
+    #[command(subcommand)]
+    action: ExchangeAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum ExchangeAction {
+    /// Write a commented default configuration (refused if the file exists).
+    Init(InitArgs),
+    /// Run the exchange: hosts post their asks, senders' requests are matched.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ask a running exchange for its profile, its book and its counters.
+    Status {
+        /// The exchange's address (host:port).
+        #[arg(long)]
+        exchange: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Address to serve hosts and senders on.
+    #[arg(long, default_value = "127.0.0.1:7500")]
+    listen: String,
+    /// A miner's control address (repeat: the first that answers is used).
+    #[arg(long, required = true)]
+    chain: Vec<String>,
+    /// The usage profile: smallest request taken, in bytes.
+    #[arg(long, default_value_t = 0)]
+    min_bytes: u64,
+    #[arg(long, default_value_t = 1)]
+    min_days: u32,
+    #[arg(long, default_value_t = 36_500)]
+    max_days: u32,
+    /// A region served (repeat; none: any).
+    #[arg(long)]
+    region: Vec<String>,
+}
+
+pub fn exchange(args: ExchangeArgs) -> Result<()> {
+    match args.action {
+        ExchangeAction::Init(a) => init(&a),
+        ExchangeAction::Run { config } => run(&config),
+        ExchangeAction::Status { exchange, json } => status(&exchange, json),
+    }
+}
+
+fn init(a: &InitArgs) -> Result<()> {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        r#"# Market.space exchange configuration (mspace exchange run --config <this file>).
+
+# Hosts post their asks and senders their requests here (ExchangeApi, tarpc).
+listen = "{listen}"
+
+# Miners' control addresses: asking hosts must be registered there, senders must have an
+# account there.
+chain = [{chain}]
+
+# The usage profile: every request outside it is refused, naming the term.
+[profile]
+# Smallest request taken, in bytes (0: any).
+min_bytes = {min_bytes}
+# Storage lengths taken, in days.
+min_days = {min_days}
+max_days = {max_days}
+# Regions served (empty: any).
+regions = [{regions}]
+"#,
+        listen = a.listen,
+        chain = list(&a.chain),
+        min_bytes = a.min_bytes,
+        min_days = a.min_days,
+        max_days = a.max_days,
+        regions = list(&a.region),
+    );
+    let parsed: Config =
+        toml::from_str(&text).context("the configuration written does not parse")?;
+    parsed.check().map_err(anyhow::Error::msg)?;
+    crate::netcli::config_folder(&a.config)?;
+    std::fs::write(&a.config, text).with_context(|| format!("write {}", a.config.display()))?;
+    println!("wrote {}", a.config.display());
+    println!(
+        "run it with: mspace exchange run --config {}",
+        a.config.display()
+    );
+    Ok(())
+}
+
+fn run(config: &std::path::Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    init_logs();
+    runtime()?.block_on(async {
+        let chain = api::chain::ChainClient::connect(&cfg.chain)
+            .await
+            .with_context(|| format!("no miner answers at {}", cfg.chain.join(", ")))?;
+        let ex = Exchange::new(cfg.profile.clone(), chain)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let (bound_tx, bound) = tokio::sync::oneshot::channel();
+        let listen = cfg.listen.clone();
+        let serve = tokio::spawn(api::serve_control!(
+            api::ExchangeApi::serve(ex),
+            listen,
+            bound_tx
+        ));
+        let Ok(bound) = bound.await else {
+            let e = serve.await?;
+            return Err(anyhow::anyhow!("cannot listen on {}: {e:?}", cfg.listen));
+        };
+        println!("exchange listening on {bound}");
+        wait_for_signal().await;
+        anyhow::Ok(())
+    })
+}
+
+fn status(addr: &str, json: bool) -> Result<()> {
+    let s = runtime()?.block_on(async {
+        let c = api::exchange_client(addr)
+            .await
+            .with_context(|| format!("cannot reach the exchange at {addr}"))?;
+        anyhow::Ok(c.status(tarpc::context::current()).await?)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&StatusJson::from(&s))?);
+        return Ok(());
+    }
+    let p = &s.profile;
+    println!(
+        "exchange {addr} (version {}), chain {}",
+        s.version, s.chain_id
+    );
+    println!(
+        "profile: requests of at least {} bytes, {} to {} days, regions {}",
+        p.min_bytes,
+        p.min_days,
+        p.max_days,
+        if p.regions.is_empty() {
+            "any".to_owned()
+        } else {
+            p.regions.join(", ")
+        }
+    );
+    println!("{} ask(s) on the book:", s.asks.len());
+    for a in &s.asks {
+        println!(
+            "  {} at {}: {} MASPC per GiB per day, rating {}, region {}, deposit {} MASP",
+            miner::hex(&a.host),
+            a.addr,
+            a.price_per_gib_day,
+            a.rating,
+            if a.region.is_empty() { "-" } else { &a.region },
+            a.deposit
+        );
+    }
+    println!("requests matched: {}", s.requests_matched);
+    for (why, n) in &s.refused {
+        println!("refused ({why}): {n}");
+    }
+    Ok(())
+}
+
+/// A host on an exchange's book, or matched there, for people and scripts.
+#[derive(serde::Serialize)]
+pub(crate) struct AskJson {
+    pub host: String,
+    pub addr: String,
+    pub price_per_gib_day: u64,
+    pub rating: u32,
+    pub region: String,
+    pub deposit: u64,
+}
+
+impl From<&api::ExchangeMatch> for AskJson {
+    fn from(a: &api::ExchangeMatch) -> Self {
+        AskJson {
+            host: miner::hex(&a.host),
+            addr: a.addr.clone(),
+            price_per_gib_day: a.price_per_gib_day,
+            rating: a.rating,
+            region: a.region.clone(),
+            deposit: a.deposit,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatusJson {
+    chain_id: u64,
+    version: String,
+    min_bytes: u64,
+    min_days: u32,
+    max_days: u32,
+    regions: Vec<String>,
+    asks: Vec<AskJson>,
+    requests_matched: u64,
+    refused: std::collections::BTreeMap<String, u64>,
+}
+
+impl From<&api::ExchangeStatus> for StatusJson {
+    fn from(s: &api::ExchangeStatus) -> Self {
+        StatusJson {
+            chain_id: s.chain_id,
+            version: s.version.clone(),
+            min_bytes: s.profile.min_bytes,
+            min_days: s.profile.min_days,
+            max_days: s.profile.max_days,
+            regions: s.profile.regions.clone(),
+            asks: s.asks.iter().map(AskJson::from).collect(),
+            requests_matched: s.requests_matched,
+            refused: s.refused.iter().cloned().collect(),
+        }
+    }
+}
