@@ -10,7 +10,11 @@
 //! rejected"); that a request fits this exchange's usage profile ([`profile_refusal`]);
 //! that a request is answered once. The book and its matching are `market::book`'s.
 //!
-//! Not yet: flood control, commission, replication (openraft), the index (issue 15).
+//! Flood control ([`market::flood`]): requests per minute per address (counted before the
+//! signature is checked) and per key, and a ban for a key whose answered requests are
+//! followed by no deal with the hosts matched (read from the chain at its next request).
+//!
+//! Not yet: commission, replication (openraft), the index (issue 15).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use api::chain::ChainClient;
 use api::{ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus};
 use market::book::{Book, Match};
+use market::flood::{Flood, FloodPolicy, FloodRefusal};
 use proto::market::{region_ok, Request, SignedAsk, SignedRequest};
 use proto::tx::AccountId;
 use serde::{Deserialize, Serialize};
@@ -38,6 +43,41 @@ pub struct Config {
     pub chain: Vec<String>,
     #[serde(default)]
     pub profile: Profile,
+    #[serde(default)]
+    pub flood: FloodConfig,
+}
+
+/// `[flood]` in `exchange.toml`: `market::flood::FloodPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    pub per_key_per_min: u32,
+    pub per_addr_per_min: u32,
+    pub strikes_to_ban: u32,
+    pub ban_secs: u64,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        let p = FloodPolicy::default();
+        FloodConfig {
+            per_key_per_min: p.per_key_per_min,
+            per_addr_per_min: p.per_addr_per_min,
+            strikes_to_ban: p.strikes_to_ban,
+            ban_secs: p.ban_secs,
+        }
+    }
+}
+
+impl FloodConfig {
+    pub fn policy(&self) -> FloodPolicy {
+        FloodPolicy {
+            per_key_per_min: self.per_key_per_min,
+            per_addr_per_min: self.per_addr_per_min,
+            strikes_to_ban: self.strikes_to_ban,
+            ban_secs: self.ban_secs,
+        }
+    }
 }
 
 /// The usage profile in `exchange.toml`.
@@ -101,6 +141,10 @@ impl Config {
                 "profile: days {}..={}: an empty range",
                 p.min_days, p.max_days
             ));
+        }
+        let f = &self.flood;
+        if f.per_key_per_min == 0 || f.per_addr_per_min == 0 || f.strikes_to_ban == 0 {
+            return Err("flood: the rates and strikes_to_ban must be at least 1".into());
         }
         if let Some(r) = p.regions.iter().find(|r| r.is_empty() || !region_ok(r)) {
             return Err(format!(
@@ -170,12 +214,15 @@ struct Inner {
     answered: Mutex<BTreeMap<RequestKey, u64>>,
     chain: tokio::sync::Mutex<ChainClient>,
     counters: Mutex<Counters>,
+    flood: Mutex<Flood>,
 }
 
 /// The exchange's `ExchangeApi` service: serve it with `api::serve_control!`.
 #[derive(Clone, Debug)]
 pub struct Exchange {
     inner: Arc<Inner>,
+    /// The connection's peer, for the per-address limit ([`serve`] sets it).
+    peer: Option<std::net::IpAddr>,
 }
 
 fn now_secs() -> u64 {
@@ -186,6 +233,14 @@ fn now_secs() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn hex(b: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    b.iter()
+        .flat_map(|x| [DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 15)]])
+        .map(char::from)
+        .collect()
 }
 
 fn view(m: &Match) -> ExchangeMatch {
@@ -201,7 +256,11 @@ fn view(m: &Match) -> ExchangeMatch {
 
 impl Exchange {
     /// An exchange serving `profile` for the chain `chain` follows.
-    pub async fn new(profile: Profile, mut chain: ChainClient) -> Result<Exchange, String> {
+    pub async fn new(
+        profile: Profile,
+        flood: FloodPolicy,
+        mut chain: ChainClient,
+    ) -> Result<Exchange, String> {
         let chain_id = chain
             .status()
             .await
@@ -215,8 +274,41 @@ impl Exchange {
                 answered: Mutex::new(BTreeMap::new()),
                 chain: tokio::sync::Mutex::new(chain),
                 counters: Mutex::new(Counters::default()),
+                flood: Mutex::new(Flood::new(flood)),
             }),
+            peer: None,
         })
+    }
+
+    /// The same exchange, serving a connection from `peer`.
+    pub fn for_peer(&self, peer: std::net::IpAddr) -> Exchange {
+        Exchange {
+            inner: Arc::clone(&self.inner),
+            peer: Some(peer),
+        }
+    }
+
+    fn flooded(&self, e: &FloodRefusal) -> ControlError {
+        let err = match e {
+            FloodRefusal::Banned { .. } => ControlError::Unauthorized(e.to_string()),
+            FloodRefusal::KeyRate { .. } | FloodRefusal::AddrRate { .. } => {
+                ControlError::Unavailable(e.to_string())
+            }
+        };
+        self.refuse(e.reason(), err)
+    }
+
+    /// Counts a request or ask from this connection's address.
+    fn admit_peer(&self, now: u64) -> Result<(), ControlError> {
+        let Some(ip) = self.peer else {
+            return Ok(());
+        };
+        let addr = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let admitted = lock(&self.inner.flood).admit_addr(addr, now);
+        admitted.map_err(|e| self.flooded(&e))
     }
 
     fn refuse(&self, reason: &str, e: ControlError) -> ControlError {
@@ -240,6 +332,7 @@ impl Exchange {
     async fn take_ask(&self, bytes: Vec<u8>) -> Result<(), ControlError> {
         let i = &self.inner;
         let now = now_secs();
+        self.admit_peer(now)?;
         let signed = SignedAsk::open(&bytes, i.chain_id, now, ASK_LIFE_MAX_SECS)
             .map_err(|e| self.refuse("bad ask", ControlError::Invalid(format!("the ask: {e}"))))?;
         let ask = signed.msg;
@@ -264,6 +357,7 @@ impl Exchange {
     async fn take_request(&self, bytes: Vec<u8>) -> Result<Vec<ExchangeMatch>, ControlError> {
         let i = &self.inner;
         let now = now_secs();
+        self.admit_peer(now)?;
         let signed =
             SignedRequest::open(&bytes, i.chain_id, now, REQUEST_LIFE_MAX_SECS).map_err(|e| {
                 self.refuse(
@@ -272,6 +366,8 @@ impl Exchange {
                 )
             })?;
         let req = signed.msg;
+        let admitted = lock(&i.flood).admit_key(req.sender, now);
+        admitted.map_err(|e| self.flooded(&e))?;
         if let Some(why) = profile_refusal(&i.profile, &req) {
             return Err(self.refuse("outside the profile", ControlError::Invalid(why)));
         }
@@ -283,6 +379,24 @@ impl Exchange {
                     "the sender has no account on the chain: requests from non-existing addresses are refused".into(),
                 ),
             ));
+        }
+        // The key's last answer: did a deal with one of its hosts follow?
+        let outstanding = lock(&i.flood).outstanding(&req.sender).cloned();
+        if let Some((height, hosts)) = outstanding {
+            let deals = self
+                .inner
+                .chain
+                .lock()
+                .await
+                .deals_of(AccountId(req.sender), false)
+                .await
+                .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
+            let hosts: Vec<String> = hosts.iter().map(hex).collect();
+            let dealt = deals
+                .iter()
+                .any(|d| d.opened_height >= height && hosts.contains(&d.host));
+            let settled = lock(&i.flood).settle(req.sender, dealt, now);
+            settled.map_err(|e| self.flooded(&e))?;
         }
         {
             let mut answered = lock(&i.answered);
@@ -302,8 +416,55 @@ impl Exchange {
             book.expire(now);
             book.take(&req, now)
         };
+        lock(&i.flood).answered(
+            req.sender,
+            account.height,
+            got.iter().map(|m| m.host).collect(),
+        );
         lock(&i.counters).matched += 1;
         Ok(got.iter().map(view).collect())
+    }
+}
+
+/// Serves `ex` on `listener` until the task ends: one tarpc channel per connection, each
+/// served by [`Exchange::for_peer`] with its peer's address (for the per-address limit), at
+/// most `api::CONTROL_CHANNELS_PER_PEER` connections per address and
+/// `api::CONTROL_REQUESTS_PER_CHANNEL` requests in flight on each.
+pub async fn serve(ex: Exchange, listener: tokio::net::TcpListener) {
+    use futures::StreamExt;
+    use tarpc::server::{BaseChannel, Channel};
+    let open: Arc<Mutex<BTreeMap<std::net::IpAddr, u32>>> = Arc::default();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let ip = peer.ip();
+        {
+            let mut o = lock(&open);
+            let n = o.entry(ip).or_default();
+            if *n >= api::CONTROL_CHANNELS_PER_PEER {
+                continue;
+            }
+            *n += 1;
+        }
+        let service = ex.for_peer(ip);
+        let open = Arc::clone(&open);
+        tokio::spawn(async move {
+            BaseChannel::with_defaults(api::transport(stream))
+                .max_concurrent_requests(api::CONTROL_REQUESTS_PER_CHANNEL)
+                .execute(service.serve())
+                .for_each(|response| async move {
+                    tokio::spawn(response);
+                })
+                .await;
+            let mut o = lock(&open);
+            if let Some(n) = o.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    o.remove(&ip);
+                }
+            }
+        });
     }
 }
 
@@ -398,6 +559,7 @@ mod tests {
             listen: "127.0.0.1:0".into(),
             chain: vec!["127.0.0.1:1".into()],
             profile: Profile::default(),
+            flood: FloodConfig::default(),
         };
         assert_eq!(ok.check(), Ok(()));
         let back: Config = toml::from_str(&ok.to_toml()).unwrap();
@@ -409,10 +571,13 @@ mod tests {
         empty.profile.max_days = 8;
         let mut region = ok.clone();
         region.profile.regions = vec!["EU".into()];
+        let mut no_strikes = ok.clone();
+        no_strikes.flood.strikes_to_ban = 0;
         for (c, says) in [
             (no_chain, "name at least one miner"),
             (empty, "an empty range"),
             (region, "\"EU\" is not a region"),
+            (no_strikes, "at least 1"),
         ] {
             let e = c.check().unwrap_err();
             assert!(e.contains(says), "{e}");

@@ -11,11 +11,14 @@
 //!   after a CRC mismatch (bounded), or stop.
 //! - [`book`]: an exchange's order book: hosts' standing asks, and which hosts a sender's
 //!   request is matched to.
+//! - [`flood`]: an exchange's flood control: rates per key and per address, bans for keys
+//!   that ask and never deal.
 //!
 //! Invariant: nothing here performs I/O or reads a clock; heights, and the Unix seconds a
 //! caller passes in, are the only time.
 
 pub mod book;
+pub mod flood;
 pub mod host;
 pub mod sender;
 pub mod terms;

@@ -89,6 +89,15 @@ min_days = {min_days}
 max_days = {max_days}
 # Regions served (empty: any).
 regions = [{regions}]
+
+# Flood control: requests a minute per key and per address (more are refused until the
+# minute is over), and a ban of ban_secs for a key whose last strikes_to_ban answered
+# requests in a row were followed by no deal with the hosts matched.
+[flood]
+per_key_per_min = 60
+per_addr_per_min = 240
+strikes_to_ban = 20
+ban_secs = 3600
 "#,
         listen = a.listen,
         chain = list(&a.chain),
@@ -117,20 +126,14 @@ fn run(config: &std::path::Path) -> Result<()> {
         let chain = api::chain::ChainClient::connect(&cfg.chain)
             .await
             .with_context(|| format!("no miner answers at {}", cfg.chain.join(", ")))?;
-        let ex = Exchange::new(cfg.profile.clone(), chain)
+        let ex = Exchange::new(cfg.profile.clone(), cfg.flood.policy(), chain)
             .await
             .map_err(anyhow::Error::msg)?;
-        let (bound_tx, bound) = tokio::sync::oneshot::channel();
-        let listen = cfg.listen.clone();
-        let serve = tokio::spawn(api::serve_control!(
-            api::ExchangeApi::serve(ex),
-            listen,
-            bound_tx
-        ));
-        let Ok(bound) = bound.await else {
-            let e = serve.await?;
-            return Err(anyhow::anyhow!("cannot listen on {}: {e:?}", cfg.listen));
-        };
+        let listener = tokio::net::TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(exchange::serve(ex, listener));
         println!("exchange listening on {bound}");
         wait_for_signal().await;
         anyhow::Ok(())

@@ -754,7 +754,8 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
 /// and 20 MASPC per GiB per day on it (each through its own bidder, signed); a sender's
 /// `put --exchange --copies 2` matched to the two cheapest, shown first with `--dry-run`,
 /// then paid, uploaded and completed on each; requests outside the exchange's profile,
-/// from a key with no account on chain, or above every ask's price, refused by name.
+/// from a key with no account on chain, or above every ask's price, refused by name; a key
+/// that keeps asking without dealing, banned.
 #[test]
 fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     const PRICES: [u64; 3] = [30, 10, 20];
@@ -783,6 +784,14 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         &[],
     );
     assert_eq!(init.code, 0, "{}", init.stderr);
+    // Two answered requests in a row with no deal after them ban a key.
+    let text = std::fs::read_to_string(&ex_cfg).unwrap();
+    assert!(text.contains("strikes_to_ban = 20"), "{text}");
+    std::fs::write(
+        &ex_cfg,
+        text.replace("strikes_to_ban = 20", "strikes_to_ban = 2"),
+    )
+    .unwrap();
     let _exchange = super::net::start(
         &["exchange", "run", "--config", &ex_cfg],
         &[],
@@ -912,10 +921,27 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         assert_ne!(r.code, 0, "{args:?} was not refused");
         assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
     }
+    // Flood control: the dry run before the paid put was one strike, the deals after it
+    // cleared it; now three dry runs in a row: the third finds two answers with no deal
+    // after them, and the key is banned, saying until when.
+    for i in 0..2 {
+        let r = put(&["--dry-run"], &client);
+        assert_eq!(r.code, 0, "dry run {i}: {}", r.stderr);
+    }
+    for _ in 0..2 {
+        let r = put(&["--dry-run"], &client);
+        assert_ne!(r.code, 0, "a key asking without dealing was not banned");
+        assert!(
+            r.stderr.contains("this key is banned until"),
+            "{}",
+            r.stderr
+        );
+    }
     let st = status();
     assert_eq!(st["refused"]["outside the profile"], 1, "{st}");
     assert_eq!(st["refused"]["no account"], 1, "{st}");
-    assert_eq!(st["requests_matched"], 3, "{st}");
+    assert_eq!(st["refused"]["banned"], 2, "{st}");
+    assert_eq!(st["requests_matched"], 5, "{st}");
     assert_eq!(
         json(&["deals", "--key", &client, "--chain", &m0, "--json"])
             .as_array()
