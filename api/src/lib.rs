@@ -44,7 +44,11 @@ pub const INDEX_API_VERSION: u32 = 1;
 /// Largest control-plane frame either side accepts.
 pub const CONTROL_FRAME_MAX: usize = 1 << 20;
 /// Control connections served at once per peer address.
-pub const CONTROL_CHANNELS_PER_PEER: u32 = 8;
+/// (32: one machine may run a host's agent, its bidder, its control plane's chain lookups,
+/// an exchange and clients at once, all from one address; 8 was exceeded on a loaded
+/// two-core machine running a market on loopback, and a refused connection reads as a
+/// broken channel to its client.)
+pub const CONTROL_CHANNELS_PER_PEER: u32 = 32;
 /// Requests in flight per control connection.
 pub const CONTROL_REQUESTS_PER_CHANNEL: usize = 32;
 /// Longest link a host mints through the control plane.

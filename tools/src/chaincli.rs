@@ -236,6 +236,12 @@ pub struct DevnetArgs {
     /// not restarted.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=16))]
     pub hosts: u16,
+    /// Exchanges to run (0 to 4): each an `mspace exchange run` process on its own port
+    /// (after the hosts' range); every host keeps an ask on each (host i asks 10 + i MASPC
+    /// per GiB per day). Set when the devnet is made: its hosts are written for them. An
+    /// exchange that exits is not restarted.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4))]
+    pub exchanges: u16,
 }
 
 /// What `devnet` writes into its directory, and reads again on a restart.
@@ -248,6 +254,8 @@ pub struct DevnetLayout {
     pub miners: Vec<DevnetMiner>,
     #[serde(default)]
     pub hosts: Vec<crate::devhosts::DevnetHost>,
+    #[serde(default)]
+    pub exchanges: Vec<crate::devhosts::DevnetExchange>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -360,6 +368,7 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
         client_key: client_key_path,
         miners,
         hosts: Vec::new(),
+        exchanges: Vec::new(),
     };
     std::fs::write(&layout_path, serde_json::to_string_pretty(&layout)?)?;
     Ok(layout)
@@ -385,6 +394,16 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     let mut layout = devnet_layout(&a)?;
     let exe = std::env::current_exe().context("find this binary")?;
     let hosts_wanted = usize::from(a.hosts);
+    let exchanges_wanted = usize::from(a.exchanges);
+    if layout.exchanges.len() != exchanges_wanted
+        && (!layout.exchanges.is_empty() || !layout.hosts.is_empty())
+    {
+        bail!(
+            "{} holds a devnet with {} exchanges, not {exchanges_wanted} (its hosts were written for them)",
+            a.dir.display(),
+            layout.exchanges.len()
+        );
+    }
     if layout.hosts.len() > hosts_wanted {
         bail!(
             "{} holds a devnet with {} hosts, not {hosts_wanted}",
@@ -392,19 +411,27 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             layout.hosts.len()
         );
     }
-    if layout.hosts.len() < hosts_wanted {
+    if layout.hosts.len() < hosts_wanted || layout.exchanges.len() < exchanges_wanted {
         let controls: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
         let dir = layout
             .genesis
             .parent()
             .context("the devnet directory")?
             .to_owned();
+        // Ports: the miners', then 16 hosts' pairs, then the exchanges'.
+        let after_miners = usize::from(a.base_port) + 2 * layout.miners.len();
+        for i in layout.exchanges.len()..exchanges_wanted {
+            let port = u16::try_from(after_miners + 32 + i).context("ports past 65535")?;
+            layout.exchanges.push(crate::devhosts::init_exchange(
+                &exe, &dir, i, port, &controls,
+            )?);
+        }
+        let exchanges: Vec<String> = layout.exchanges.iter().map(|e| e.listen.clone()).collect();
         for i in layout.hosts.len()..hosts_wanted {
-            let port = u16::try_from(usize::from(a.base_port) + 2 * layout.miners.len() + 2 * i)
-                .context("ports past 65535")?;
-            layout
-                .hosts
-                .push(crate::devhosts::init_host(&exe, &dir, i, port, &controls)?);
+            let port = u16::try_from(after_miners + 2 * i).context("ports past 65535")?;
+            layout.hosts.push(crate::devhosts::init_host(
+                &exe, &dir, i, port, &controls, &exchanges,
+            )?);
         }
         std::fs::write(
             dir.join("devnet.json"),
@@ -477,9 +504,22 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    // The hosts: started, then funded and registered once the chain decides blocks.
+    // The exchanges, then the hosts: started, then funded and registered once the chain
+    // decides blocks (their bidders keep asking until they are).
     let mut hosts: Vec<std::process::Child> = Vec::new();
+    let mut exchanges: Vec<std::process::Child> = Vec::new();
     let started_hosts = (|| -> Result<()> {
+        for (i, e) in layout.exchanges.iter().enumerate() {
+            let mut c = crate::devhosts::spawn_exchange(&exe, e)?;
+            let waited = crate::devhosts::wait_listening(
+                &e.listen,
+                &mut c,
+                &format!("exchange{i}"),
+                &e.log(),
+            );
+            exchanges.push(c);
+            waited?;
+        }
         for (i, h) in layout.hosts.iter().enumerate() {
             let mut c = crate::devhosts::spawn_host(&exe, h)?;
             let waited =
@@ -500,14 +540,16 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     })();
     if let Err(e) = started_hosts {
         stop_children(&mut hosts);
+        stop_children(&mut exchanges);
         stop_children(&mut children);
         return Err(e);
     }
     println!(
-        "devnet: chain {} with {} validators and {} hosts in {}",
+        "devnet: chain {} with {} validators, {} hosts and {} exchanges in {}",
         layout.chain_id,
         layout.miners.len(),
         layout.hosts.len(),
+        layout.exchanges.len(),
         a.dir.display()
     );
     for (i, m) in layout.miners.iter().enumerate() {
@@ -529,6 +571,19 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             h.log().display()
         );
     }
+    for (i, e) in layout.exchanges.iter().enumerate() {
+        println!("  exchange{i}: {}  log {}", e.listen, e.log().display());
+    }
+    if let Some(e) = layout.exchanges.first() {
+        if !layout.hosts.is_empty() {
+            println!(
+                "find hosts through an exchange: mspace put FILE --exchange {} --copies 2 --chain {} --days 1 --key {}",
+                e.listen,
+                layout.miners[0].control,
+                layout.client_key.display()
+            );
+        }
+    }
     if let Some(h) = layout.hosts.first() {
         println!(
             "store a file as a deal: mspace put FILE --host {} --chain {} --days 1 --key {}",
@@ -549,11 +604,20 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         let mut started = vec![Instant::now(); children.len()];
         let mut given_up = vec![false; children.len()];
         let mut hosts_gone = vec![false; hosts.len()];
+        let mut exchanges_gone = vec![false; exchanges.len()];
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = poll.tick() => {
+                    for (i, c) in exchanges.iter_mut().enumerate() {
+                        if !exchanges_gone[i] {
+                            if let Ok(Some(status)) = c.try_wait() {
+                                eprintln!("exchange{i} exited ({status}); exchanges are not restarted (log: {})", layout.exchanges[i].log().display());
+                                exchanges_gone[i] = true;
+                            }
+                        }
+                    }
                     for (i, c) in hosts.iter_mut().enumerate() {
                         if !hosts_gone[i] {
                             if let Ok(Some(status)) = c.try_wait() {
@@ -591,6 +655,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
         }
     });
     stop_children(&mut hosts);
+    stop_children(&mut exchanges);
     stop_children(&mut children);
     Ok(())
 }

@@ -1,5 +1,7 @@
-//! The market steps of `mspace demo`: a devnet of four miners and three hosts as processes
-//! (`mspace devnet --hosts 3`, short proof periods), a file stored as a deal on two hosts,
+//! The market steps of `mspace demo`: a devnet of four miners, three hosts and two
+//! exchanges as processes (`mspace devnet --hosts 3 --exchanges 2`, short proof periods),
+//! the hosts' asks on both exchanges, one exchange killed and the sender's request matched
+//! by the other to the two cheapest hosts, the file stored as a deal on those two,
 //! three proof periods proven and paid, one host killed (its next challenge missed: its
 //! deposit slashed, the sender refunded), a miner killed under the agents that follow it
 //! (they move on and keep proving), the file downloaded from the surviving host, and
@@ -17,7 +19,7 @@ use api::DealView;
 use ed25519_consensus::SigningKey;
 use net::client::{get_file, GetJob, Key};
 use net::config::read_key;
-use net::deal::{store, DealJob};
+use net::deal::{match_on_exchange, store, DealJob, MarketAsk};
 use proto::tx::{AccountId, TxId};
 
 use crate::chaincli::DevnetLayout;
@@ -61,9 +63,19 @@ fn free_ports(n: u16) -> Result<u16> {
 
 fn start_devnet(dir: &Path) -> Result<(Devnet, DevnetLayout)> {
     let exe = std::env::current_exe().context("find this binary")?;
-    let base = free_ports(14)?;
+    // Four miners' pairs, the hosts' range (16 pairs), two exchanges.
+    let base = free_ports(8 + 32 + 2)?;
     let mut child = Command::new(exe)
-        .args(["devnet", "--validators", "4", "--hosts", "3", "--dir"])
+        .args([
+            "devnet",
+            "--validators",
+            "4",
+            "--hosts",
+            "3",
+            "--exchanges",
+            "2",
+            "--dir",
+        ])
         .arg(dir)
         .args(["--base-port", &base.to_string(), "--block-time-ms", "100"])
         .args(["--proof-period-blocks", &PROOF_PERIOD.to_string()])
@@ -159,7 +171,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
     let (net, layout) = start_devnet(&dir.join("devnet"))?;
     let miners: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
     println!(
-        "{step}. `mspace devnet --validators 4 --hosts 3`: four miner and three host processes, each host funded and registered with a deposit of {} MASP, its agent following the chain; proof periods of {PROOF_PERIOD} blocks ({:.1} s)",
+        "{step}. `mspace devnet --validators 4 --hosts 3 --exchanges 2`: four miner, three host and two exchange processes, each host funded and registered with a deposit of {} MASP, its agent following the chain, its bidder asking 10, 11 or 12 MASPC per GiB per day on both exchanges; proof periods of {PROOF_PERIOD} blocks ({:.1} s)",
         crate::devhosts::HOST_DEPOSIT,
         t.elapsed().as_secs_f64()
     );
@@ -178,13 +190,29 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let mut chain = ChainClient::connect(&miners).await?;
         balances(&mut chain, sender, &hosts).await?;
 
+        // The hosts' asks reach the book once they are registered; then one exchange dies
+        // and the sender's request goes to the other.
         let t = Instant::now();
-        let job = DealJob {
+        let exchanges: Vec<String> = layout.exchanges.iter().map(|e| e.listen.clone()).collect();
+        let ex1 = api::exchange_client(&exchanges[1]).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ex1.status(tarpc::context::current()).await?.asks.len() < layout.hosts.len() {
+            if Instant::now() > deadline {
+                bail!("the hosts' asks did not reach exchange1 within a minute");
+            }
+            let h = chain.status().await?.height;
+            chain.block(h + 1, Duration::from_secs(10)).await?;
+        }
+        let pid: i32 = std::fs::read_to_string(layout.exchanges[0].pid_file())?
+            .trim()
+            .parse()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        let mut job = DealJob {
             file: sample.to_owned(),
-            hosts: layout.hosts[..2].iter().map(|h| h.control.clone()).collect(),
+            hosts: Vec::new(),
             chain: miners.clone(),
-            // Priced as 30 days (the host's 10 MASPC per GiB per day: 300 MASPC, 37 or 38
-            // per period), run as eight short periods.
+            // Priced as 30 days (10 or 11 MASPC per GiB per day: 300 or 330 MASPC, 37 to
+            // 42 per period), run as eight short periods.
             days: 30,
             period_blocks: Some(PROOF_PERIOD * PERIODS),
             key: client.clone(),
@@ -196,11 +224,46 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             host_keys: Vec::new(),
             max_price_per_gib_day: None,
         };
+        let matched = match_on_exchange(
+            &job,
+            &MarketAsk {
+                exchanges,
+                copies: 2,
+                max_price_per_gib_day: 20,
+                region: String::new(),
+            },
+        )
+        .await?;
+        let named: Vec<String> = matched
+            .iter()
+            .map(|m| {
+                let i = layout.hosts.iter().position(|h| h.key == miner::hex(&m.host));
+                format!(
+                    "host{} at {} MASPC",
+                    i.map_or("?".to_owned(), |i| i.to_string()),
+                    m.price_per_gib_day
+                )
+            })
+            .collect();
+        println!(
+            "{step}. exchange0 killed (SIGKILL); `mspace put --exchange exchange0 --exchange exchange1 --copies 2`: the signed request went on to exchange1, which matched the two cheapest of three asks: {} ({:.1} s)",
+            named.join(" and "),
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        if matched.iter().map(|m| miner::hex(&m.host)).ne(layout.hosts[..2].iter().map(|h| h.key.clone())) {
+            bail!("exchange1 did not match host0 and host1, the two cheapest: {named:?}");
+        }
+        job.hosts = matched.iter().map(|m| m.addr.clone()).collect();
+        job.host_keys = matched.iter().map(|m| m.host).collect();
+        job.max_price_per_gib_day = Some(20);
+        let t = Instant::now();
         let done = store(&job, Arc::new(|_, _| {}), Arc::new(|_: &str| {})).await?;
         println!(
-            "{step}. `mspace put --host host0 --host host1`: offers checked, the file sealed once for its {} chunks' CRC32C and BLAKE3 roots, paid into escrow on chain ({} MASPC per deal), uploaded through each host's deal link, and both hosts' own CRCs matched on chain ({:.1} s)",
+            "{step}. `mspace put` to the matched hosts: offers checked against the keys matched, the file sealed once for its {} chunks' CRC32C and BLAKE3 roots, paid into escrow on chain ({} and {} MASPC), uploaded through each host's deal link, and both hosts' own CRCs matched on chain ({:.1} s)",
             done.plan.chunks.len() + 1,
             done.placed[0].storage_fee,
+            done.placed[1].storage_fee,
             t.elapsed().as_secs_f64()
         );
         *step += 1;

@@ -1,6 +1,8 @@
-//! The hosts of `mspace devnet --hosts N`: each its own `mspace host` process with its own
-//! store directory and key, funded from the devnet's client key, registered on the chain
-//! with a deposit, its agent following the devnet's miners.
+//! The hosts and exchanges of `mspace devnet --hosts N --exchanges M`: each host its own
+//! `mspace host` process with its own store directory and key, funded from the devnet's
+//! client key, registered on the chain with a deposit, its agent following the devnet's
+//! miners and its bidder asking on every exchange; each exchange its own `mspace exchange
+//! run` process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -26,6 +28,95 @@ pub struct DevnetHost {
     pub key: String,
 }
 
+/// What a devnet host asks on the exchanges: host `i` asks 10 + i MASPC per GiB per day,
+/// so that an exchange's ranking shows (host0 is the cheapest).
+pub fn host_price(i: usize) -> u64 {
+    10 + u64::try_from(i).unwrap_or(u64::MAX - 10)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetExchange {
+    pub config: PathBuf,
+    pub listen: String,
+}
+
+impl DevnetExchange {
+    pub fn log(&self) -> PathBuf {
+        self.config.with_file_name("exchange.log")
+    }
+
+    pub fn pid_file(&self) -> PathBuf {
+        self.config.with_file_name("exchange.pid")
+    }
+}
+
+/// Writes exchange `i`'s folder under `dir` with `mspace exchange init` (port `port`).
+pub fn init_exchange(
+    exe: &Path,
+    dir: &Path,
+    i: usize,
+    port: u16,
+    miners: &[String],
+) -> Result<DevnetExchange> {
+    let config = dir.join(format!("exchange{i}")).join("exchange.toml");
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = Command::new(exe);
+    cmd.args(["exchange", "init", "--config"])
+        .arg(&config)
+        .args(["--listen", &listen]);
+    for m in miners {
+        cmd.args(["--chain", m]);
+    }
+    let out = cmd.output().context("run mspace exchange init")?;
+    if !out.status.success() {
+        bail!(
+            "exchange{i}: mspace exchange init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(DevnetExchange { config, listen })
+}
+
+/// Starts `mspace <args>` with its output appended to `log` and its pid in `pid_file`
+/// (written whole, then renamed: a reader never sees half a pid).
+fn spawn_logged(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    pid_file: &Path,
+) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("start mspace {:?}", args.first()))?;
+    let tmp = pid_file.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", child.id()))?;
+    std::fs::rename(&tmp, pid_file)?;
+    Ok(child)
+}
+
+/// Starts `mspace exchange run --config` (log `exchange.log`, pid `exchange.pid`).
+pub fn spawn_exchange(exe: &Path, e: &DevnetExchange) -> Result<Child> {
+    spawn_logged(
+        exe,
+        &[
+            "exchange".as_ref(),
+            "run".as_ref(),
+            "--config".as_ref(),
+            e.config.as_os_str(),
+        ],
+        &e.log(),
+        &e.pid_file(),
+    )
+}
+
 impl DevnetHost {
     pub fn log(&self) -> PathBuf {
         self.config.with_file_name("host.log")
@@ -37,13 +128,14 @@ impl DevnetHost {
 }
 
 /// Writes host `i`'s folder under `dir` with `mspace host init` (ports `port` and
-/// `port + 1`, the miners as its chain).
+/// `port + 1`, the miners as its chain, asking [`host_price`] on `exchanges`).
 pub fn init_host(
     exe: &Path,
     dir: &Path,
     i: usize,
     port: u16,
     miners: &[String],
+    exchanges: &[String],
 ) -> Result<DevnetHost> {
     let hdir = dir.join(format!("host{i}"));
     let config = hdir.join("host.toml");
@@ -58,6 +150,10 @@ pub fn init_host(
     for m in miners {
         cmd.args(["--chain", m]);
     }
+    for e in exchanges {
+        cmd.args(["--exchange", e]);
+    }
+    cmd.args(["--price", &host_price(i).to_string()]);
     let out = cmd.output().context("run mspace host init")?;
     if !out.status.success() {
         bail!(
@@ -78,22 +174,12 @@ pub fn init_host(
 /// Starts `mspace host --config` with its output appended to `host.log` and its pid in
 /// `host.pid`.
 pub fn spawn_host(exe: &Path, h: &DevnetHost) -> Result<Child> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(h.log())
-        .with_context(|| format!("open {}", h.log().display()))?;
-    let child = Command::new(exe)
-        .args(["host", "--config"])
-        .arg(&h.config)
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("start a host")?;
-    let tmp = h.pid_file().with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", child.id()))?;
-    std::fs::rename(&tmp, h.pid_file())?;
-    Ok(child)
+    spawn_logged(
+        exe,
+        &["host".as_ref(), "--config".as_ref(), h.config.as_os_str()],
+        &h.log(),
+        &h.pid_file(),
+    )
 }
 
 /// Waits up to 60 s for `addr` to accept connections while `child` runs.

@@ -43,7 +43,8 @@ enum Command {
     /// show that a tampered chunk is refused, store the chunks in a local host store, then
     /// upload the file to a host on loopback and download it through a proxy, then start four
     /// validators on loopback and commit a signed transfer, then run a local market (a
-    /// devnet of four miners and three hosts): the file stored as a deal on two hosts,
+    /// devnet of four miners, three hosts and two exchanges): one exchange killed, the
+    /// other matching the two cheapest hosts, the file stored as a deal on them,
     /// three proof periods paid, one host killed and slashed, the file downloaded from the
     /// other. Needs nothing but this binary.
     Demo(DemoArgs),
