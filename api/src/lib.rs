@@ -9,8 +9,8 @@
 //!   by `net::control::HostControl`.
 //! - [`MinerApi`]: submitting transactions to a miner and reading its chain; implemented by
 //!   the miner (`tools`), over `consensus::node`.
-//! - [`ExchangeApi`]: an exchange's book (the `exchange` crate); [`IndexApi`]: the
-//!   definition, for the index work to implement.
+//! - [`ExchangeApi`]: an exchange's book; [`IndexApi`]: the index of live exchanges (both in
+//!   the `exchange` crate).
 //!
 //! Every service answers `api_version()` with its `*_API_VERSION`; the clients here ask it
 //! on connecting and refuse a peer speaking another version, naming both.
@@ -39,7 +39,7 @@ pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
 pub const EXCHANGE_API_VERSION: u32 = 2;
 /// Version of [`IndexApi`].
-pub const INDEX_API_VERSION: u32 = 1;
+pub const INDEX_API_VERSION: u32 = 2;
 
 /// Largest control-plane frame either side accepts.
 pub const CONTROL_FRAME_MAX: usize = 1 << 20;
@@ -444,19 +444,27 @@ pub struct ExchangeStatus {
     pub version: String,
 }
 
+/// A live exchange as an index lists it (from its signed listing).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExchangeInfo {
+    /// The exchange's key (registered on the chain as an exchange).
     pub key: [u8; 32],
+    /// Its `ExchangeApi` address.
     pub addr: String,
     pub region: String,
+    /// Its listing lapses at this Unix second unless renewed.
+    pub expiry_unix_secs: u64,
 }
 
-/// The index's service: where the exchanges are.
+/// An index's service (`exchange::index::Index`): which exchanges are alive and where.
+/// Senders measure the round trip to each themselves and take the nearest.
 #[tarpc::service]
 pub trait IndexApi {
+    /// An exchange's `SignedListing` (`proto::market`): listed until it expires or the
+    /// exchange posts a newer one.
+    async fn post_listing(listing: Vec<u8>) -> Result<(), ControlError>;
+    /// The live exchanges, in key order.
     async fn exchanges() -> Vec<ExchangeInfo>;
-    async fn nearest(region: String) -> Option<ExchangeInfo>;
-    async fn register(info: ExchangeInfo, signature: Vec<u8>) -> Result<(), ControlError>;
     /// [`INDEX_API_VERSION`].
     async fn api_version() -> u32;
 }
@@ -669,6 +677,18 @@ pub async fn exchange_client(addr: &str) -> std::io::Result<ExchangeApiClient> {
         .await
         .map_err(rpc_io)?;
     check_version("ExchangeApi", addr, v, EXCHANGE_API_VERSION)?;
+    Ok(c)
+}
+
+/// A client of an index, after checking it speaks [`INDEX_API_VERSION`].
+pub async fn index_client(addr: &str) -> std::io::Result<IndexApiClient> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let c = IndexApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
+    let v = c
+        .api_version(tarpc::context::current())
+        .await
+        .map_err(rpc_io)?;
+    check_version("IndexApi", addr, v, INDEX_API_VERSION)?;
     Ok(c)
 }
 

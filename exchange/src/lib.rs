@@ -14,7 +14,12 @@
 //! signature is checked) and per key, and a ban for a key whose answered requests are
 //! followed by no deal with the hosts matched (read from the chain at its next request).
 //!
-//! Not yet: commission, replication (openraft), the index (issue 15).
+//! [`lister`] keeps the exchange listed on its indexes; [`index`] is the index itself.
+//!
+//! Not yet: commission, replication (openraft) (issue 15).
+
+pub mod index;
+pub mod lister;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,6 +46,20 @@ pub struct Config {
     pub listen: String,
     /// Miners' control addresses (the first that answers is used).
     pub chain: Vec<String>,
+    /// The exchange's ed25519 key (written by `mspace exchange init`): its account on the
+    /// chain, registered as an exchange, and the signer of its listings.
+    #[serde(default = "default_key_file")]
+    pub key_file: std::path::PathBuf,
+    /// Indexes to keep a listing on, so senders find this exchange.
+    #[serde(default)]
+    pub indexes: Vec<String>,
+    /// The address the listings give senders, if they reach the exchange by another name
+    /// than `listen`.
+    #[serde(default)]
+    pub public_addr: Option<String>,
+    /// Where the exchange is (lowercase letters, digits, '-'); empty: unsaid.
+    #[serde(default)]
+    pub region: String,
     #[serde(default)]
     pub profile: Profile,
     #[serde(default)]
@@ -78,6 +97,10 @@ impl FloodConfig {
             ban_secs: self.ban_secs,
         }
     }
+}
+
+fn default_key_file() -> std::path::PathBuf {
+    "exchange.key".into()
 }
 
 /// The usage profile in `exchange.toml`.
@@ -120,10 +143,13 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        let c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let mut c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
+        if c.key_file.is_relative() {
+            c.key_file = path.parent().unwrap_or(Path::new(".")).join(&c.key_file);
+        }
         c.check().map_err(|reason| ConfigError::Invalid {
             path: shown,
             reason,
@@ -146,12 +172,26 @@ impl Config {
         if f.per_key_per_min == 0 || f.per_addr_per_min == 0 || f.strikes_to_ban == 0 {
             return Err("flood: the rates and strikes_to_ban must be at least 1".into());
         }
+        if !region_ok(&self.region) {
+            return Err(format!(
+                "region {:?}: lowercase letters, digits and '-'",
+                self.region
+            ));
+        }
+        if self.listed_addr().len() > proto::market::ADDR_MAX {
+            return Err("the address listings carry is longer than 255 bytes".into());
+        }
         if let Some(r) = p.regions.iter().find(|r| r.is_empty() || !region_ok(r)) {
             return Err(format!(
                 "profile.regions: {r:?} is not a region (lowercase letters, digits, '-')"
             ));
         }
         Ok(())
+    }
+
+    /// The address listings give senders.
+    pub fn listed_addr(&self) -> &str {
+        self.public_addr.as_deref().unwrap_or(&self.listen)
     }
 
     pub fn to_toml(&self) -> String {
@@ -309,6 +349,11 @@ impl Exchange {
         };
         let admitted = lock(&self.inner.flood).admit_addr(addr, now);
         admitted.map_err(|e| self.flooded(&e))
+    }
+
+    /// The chain this exchange serves.
+    pub fn chain_id(&self) -> u64 {
+        self.inner.chain_id
     }
 
     fn refuse(&self, reason: &str, e: ControlError) -> ControlError {
@@ -558,6 +603,10 @@ mod tests {
         let ok = Config {
             listen: "127.0.0.1:0".into(),
             chain: vec!["127.0.0.1:1".into()],
+            key_file: default_key_file(),
+            indexes: Vec::new(),
+            public_addr: None,
+            region: String::new(),
             profile: Profile::default(),
             flood: FloodConfig::default(),
         };

@@ -1,10 +1,11 @@
-//! The exchange's message decoders (`proto::market`: a host's ask, a sender's request).
+//! The market's message decoders (`proto::market`: a host's ask, a sender's request, an
+//! exchange's listing).
 //! They may not panic; a message that decodes encodes back to the same bytes, and checking
 //! it (for its own chain, so the signature is what decides) never panics either.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proto::market::{Authored, SignedAsk, SignedRequest};
+use proto::market::{Authored, SignedAsk, SignedListing, SignedRequest};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(ask) = SignedAsk::from_bytes(data) {
@@ -14,5 +15,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = SignedRequest::from_bytes(data) {
         assert_eq!(req.to_bytes(), data);
         let _ = req.check(req.msg.chain_id(), 0, u64::MAX);
+    }
+    if let Ok(l) = SignedListing::from_bytes(data) {
+        assert_eq!(l.to_bytes(), data);
+        let _ = l.check(l.msg.chain_id(), 0, u64::MAX);
     }
 });

@@ -84,6 +84,53 @@ pub fn sealed_estimate(file_bytes: u64, chunk_bytes: u32) -> u64 {
         + 4096
 }
 
+/// How long a sender waits for an exchange's answer when it measures the round trip.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The exchanges the first index that answers lists, nearest first by the round trip
+/// measured from here (connecting and asking the exchange's version, within
+/// [`PROBE_TIMEOUT`]); one that does not answer is left out.
+pub async fn nearest_exchanges(
+    indexes: &[String],
+) -> Result<Vec<(api::ExchangeInfo, Duration)>, NetError> {
+    let mut unreachable = Vec::new();
+    let mut listed = None;
+    for ix in indexes {
+        let answer = match api::index_client(ix).await {
+            Ok(c) => c.exchanges(tarpc::context::current()).await,
+            Err(e) => {
+                unreachable.push(format!("{ix}: {e}"));
+                continue;
+            }
+        };
+        match answer {
+            Ok(list) => {
+                listed = Some(list);
+                break;
+            }
+            Err(e) => unreachable.push(format!("{ix}: {e}")),
+        }
+    }
+    let Some(listed) = listed else {
+        return Err(NetError::Protocol(format!(
+            "no index answers: {}",
+            unreachable.join("; ")
+        )));
+    };
+    let probes = listed.into_iter().map(|e| async move {
+        let t = std::time::Instant::now();
+        let ok = tokio::time::timeout(PROBE_TIMEOUT, api::exchange_client(&e.addr)).await;
+        matches!(ok, Ok(Ok(_))).then(|| (e, t.elapsed()))
+    });
+    let mut alive: Vec<(api::ExchangeInfo, Duration)> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    alive.sort_by_key(|(e, rtt)| (*rtt, e.key));
+    Ok(alive)
+}
+
 /// Asks the first exchange that answers to match a signed request for `job`'s file: the
 /// hosts matched, best first. Refused requests (outside the exchange's profile, a sender
 /// with no account) and an answer with fewer hosts than copies are errors saying so; an

@@ -1,6 +1,7 @@
 //! What an exchange holds (the seed's 4.4): a host's standing ask and a sender's storage
-//! request, each signed by its author so the exchange cannot forge or alter one, and never
-//! put on chain. Layouts in `docs/formats.md` section 17.
+//! request; and what an index holds: an exchange's listing (where it is). Each is signed by
+//! its author so that whoever passes it on cannot forge or alter it, and none goes on
+//! chain. Layouts in `docs/formats.md` section 17.
 //!
 //! An exchange accepts either only through its `check`: a valid signature by the key the
 //! message names, for the exchange's chain, not expired, its expiry within the longest life
@@ -12,6 +13,7 @@ use crate::decode::{DecodeError, Reader};
 
 pub const ASK_MAGIC: &[u8; 4] = b"MSAK";
 pub const REQUEST_MAGIC: &[u8; 4] = b"MSRQ";
+pub const LISTING_MAGIC: &[u8; 4] = b"MSEX";
 pub const MARKET_VERSION: u8 = 1;
 /// Longest region name: lowercase ASCII letters, digits and `-`.
 pub const REGION_MAX: usize = 32;
@@ -21,6 +23,7 @@ pub const ADDR_MAX: usize = 255;
 pub const COPIES_MAX: u8 = 16;
 const ASK_CONTEXT: &[u8] = b"market.space 2026-12 exchange ask v1\0";
 const REQUEST_CONTEXT: &[u8] = b"market.space 2026-12 storage request v1\0";
+const LISTING_CONTEXT: &[u8] = b"market.space 2026-12 exchange listing v1\0";
 
 /// A host's standing ask on an exchange's book: the terms on which it takes new storage
 /// until `expiry_unix_secs`. A later ask of the same host (higher `seq`) replaces it.
@@ -69,6 +72,21 @@ pub struct Request {
     pub region: String,
 }
 
+/// An exchange's listing on an index: where senders reach it, renewed before it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    pub chain_id: u64,
+    /// The exchange's key: its account on the chain (registered as an exchange).
+    pub exchange: [u8; 32],
+    /// Strictly increasing per exchange (Unix milliseconds).
+    pub seq: u64,
+    pub expiry_unix_secs: u64,
+    /// Where it is (empty: unsaid).
+    pub region: String,
+    /// Its `ExchangeApi` address.
+    pub addr: String,
+}
+
 /// A message and its author's signature over it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed<T> {
@@ -78,6 +96,7 @@ pub struct Signed<T> {
 
 pub type SignedAsk = Signed<Ask>;
 pub type SignedRequest = Signed<Request>;
+pub type SignedListing = Signed<Listing>;
 
 /// Why an exchange refuses an ask or a request; each names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -289,6 +308,58 @@ impl Authored for Request {
     }
 }
 
+impl Authored for Listing {
+    const CONTEXT: &'static [u8] = LISTING_CONTEXT;
+    const WHAT: &'static str = "exchange listing";
+
+    fn author(&self) -> [u8; 32] {
+        self.exchange
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn expiry_unix_secs(&self) -> u64 {
+        self.expiry_unix_secs
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(96 + self.addr.len());
+        b.extend_from_slice(LISTING_MAGIC);
+        b.push(MARKET_VERSION);
+        b.extend_from_slice(&self.chain_id.to_le_bytes());
+        b.extend_from_slice(&self.exchange);
+        b.extend_from_slice(&self.seq.to_le_bytes());
+        b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
+        put_str(&mut b, &self.region);
+        put_str(&mut b, &self.addr);
+        b
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Listing, DecodeError> {
+        r.magic(LISTING_MAGIC)?;
+        r.version(MARKET_VERSION)?;
+        let chain_id = r.u64("chain_id")?;
+        let exchange = r.array("exchange")?;
+        let seq = r.u64("seq")?;
+        let expiry_unix_secs = r.u64("expiry_unix_secs")?;
+        let region = get_region(r)?;
+        let addr = get_str(r, "addr", ADDR_MAX)?;
+        if addr.is_empty() {
+            return Err(r.invalid("addr", "empty: no one could reach the exchange"));
+        }
+        Ok(Listing {
+            chain_id,
+            exchange,
+            seq,
+            expiry_unix_secs,
+            region,
+            addr,
+        })
+    }
+}
+
 impl<T: Authored> Signed<T> {
     /// Signs `msg` with `key`, which must be its author's.
     ///
@@ -438,6 +509,39 @@ mod tests {
             let e = got.unwrap_err().to_string();
             assert!(e.contains(says), "{e:?} does not say {says:?}");
         }
+    }
+
+    #[test]
+    fn a_listing_round_trips_and_is_refused_altered_or_empty() {
+        let l = Listing {
+            chain_id: 9,
+            exchange: key(3).verification_key().to_bytes(),
+            seq: 5,
+            expiry_unix_secs: 1_030,
+            region: "eu".into(),
+            addr: "10.0.0.9:7500".into(),
+        };
+        let s = Signed::sign(l.clone(), &key(3));
+        let bytes = s.to_bytes();
+        assert_eq!(bytes.len(), 4 + 1 + 8 + 32 + 8 + 8 + 3 + 14 + 64);
+        assert_eq!(SignedListing::open(&bytes, 9, 1_000, 60).unwrap().msg, l);
+        let mut altered = bytes.clone();
+        altered[50] ^= 1;
+        let e = SignedListing::open(&altered, 9, 1_000, 60)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not verify"), "{e}");
+        let mut no_addr = l;
+        no_addr.addr.clear();
+        let body = no_addr.body();
+        let e = SignedListing::from_bytes(&[body, vec![0; 64]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid addr: empty"), "{e}");
+        let e = SignedListing::from_bytes(&bytes[..40])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated at exchange"), "{e}");
     }
 
     #[test]

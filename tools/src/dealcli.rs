@@ -76,9 +76,33 @@ pub fn put(args: PutArgs) -> Result<()> {
         max_price_per_gib_day: args.max_price,
     };
     crate::netcli::init_logs();
-    if !args.exchange.is_empty() {
+    if !args.exchange.is_empty() || !args.index.is_empty() {
+        let mut exchanges = Vec::new();
+        if !args.index.is_empty() {
+            let near = runtime()?
+                .block_on(net::deal::nearest_exchanges(&args.index))
+                .context("finding exchanges through an index")?;
+            if !args.json {
+                let shown: Vec<String> = near
+                    .iter()
+                    .map(|(e, rtt)| format!("{} ({:.1} ms)", e.addr, rtt.as_secs_f64() * 1e3))
+                    .collect();
+                println!(
+                    "the index lists {} live exchange(s) that answer, nearest first: {}",
+                    near.len(),
+                    shown.join(", ")
+                );
+            }
+            exchanges.extend(near.into_iter().map(|(e, _)| e.addr));
+        }
+        exchanges.extend(args.exchange.iter().cloned());
+        if exchanges.is_empty() {
+            anyhow::bail!(
+                "the index lists no exchange that answers: try later, or name one with --exchange"
+            );
+        }
         let ask = MarketAsk {
-            exchanges: args.exchange.clone(),
+            exchanges,
             copies: args.copies,
             max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
             region: args.region.clone(),

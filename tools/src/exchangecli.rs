@@ -1,4 +1,5 @@
-//! `mspace exchange init|run|status`: wiring for the `exchange` crate.
+//! `mspace exchange init|run|status|register|unbond|withdraw` and `mspace index run|status`:
+//! wiring for the `exchange` crate.
 
 use std::path::PathBuf;
 
@@ -23,6 +24,13 @@ enum ExchangeAction {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Register this exchange on the chain with a deposit (MASP), from its key: indexes
+    /// list only registered exchanges.
+    Register(crate::registry::RegistryArgs),
+    /// Start unbonding this exchange's deposit.
+    Unbond(crate::registry::RegistryArgs),
+    /// Take back this exchange's deposit once unbonding is over.
+    Withdraw(crate::registry::RegistryArgs),
     /// Ask a running exchange for its profile, its book and its counters.
     Status {
         /// The exchange's address (host:port).
@@ -53,6 +61,9 @@ struct InitArgs {
     /// A region served (repeat; none: any).
     #[arg(long)]
     region: Vec<String>,
+    /// An index to keep this exchange listed on (repeat).
+    #[arg(long)]
+    index: Vec<String>,
 }
 
 pub fn exchange(args: ExchangeArgs) -> Result<()> {
@@ -60,7 +71,23 @@ pub fn exchange(args: ExchangeArgs) -> Result<()> {
         ExchangeAction::Init(a) => init(&a),
         ExchangeAction::Run { config } => run(&config),
         ExchangeAction::Status { exchange, json } => status(&exchange, json),
+        ExchangeAction::Register(a) => registry(crate::registry::Op::Register, &a),
+        ExchangeAction::Unbond(a) => registry(crate::registry::Op::Unbond, &a),
+        ExchangeAction::Withdraw(a) => registry(crate::registry::Op::Withdraw, &a),
     }
+}
+
+fn registry(op: crate::registry::Op, a: &crate::registry::RegistryArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let key = net::config::read_key(&cfg.key_file)?;
+    crate::registry::run(
+        proto::tx::Role::Exchange,
+        op,
+        &key,
+        cfg.listed_addr(),
+        &cfg.chain,
+        a,
+    )
 }
 
 fn init(a: &InitArgs) -> Result<()> {
@@ -79,6 +106,17 @@ listen = "{listen}"
 # Miners' control addresses: asking hosts must be registered there, senders must have an
 # account there.
 chain = [{chain}]
+
+# The exchange's key: its account on the chain (`mspace exchange register`), and the
+# signer of its listings on indexes. Keep it secret, keep a backup.
+key_file = "exchange.key"
+
+# Indexes to keep this exchange listed on (re-listed every 10 s), so senders find it.
+indexes = [{indexes}]
+# Where the exchange is (e.g. "eu-west"); empty: unsaid.
+region = ""
+# The address its listings give, if senders reach it by another name than `listen`.
+# public_addr = "exchange.example.net:7500"
 
 # The usage profile: every request outside it is refused, naming the term.
 [profile]
@@ -105,13 +143,23 @@ ban_secs = 3600
         min_days = a.min_days,
         max_days = a.max_days,
         regions = list(&a.region),
+        indexes = list(&a.index),
     );
     let parsed: Config =
         toml::from_str(&text).context("the configuration written does not parse")?;
     parsed.check().map_err(anyhow::Error::msg)?;
-    crate::netcli::config_folder(&a.config)?;
+    let base = crate::netcli::config_folder(&a.config)?;
+    let key = net::config::write_new_key(&base.join("exchange.key"))?;
     std::fs::write(&a.config, text).with_context(|| format!("write {}", a.config.display()))?;
-    println!("wrote {}", a.config.display());
+    println!(
+        "wrote {} and the key {}",
+        a.config.display(),
+        base.join("exchange.key").display()
+    );
+    println!(
+        "exchange key {}",
+        miner::hex(&key.verification_key().to_bytes())
+    );
     println!(
         "run it with: mspace exchange run --config {}",
         a.config.display()
@@ -133,6 +181,15 @@ fn run(config: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let bound = listener.local_addr()?;
+        if !cfg.indexes.is_empty() {
+            tokio::spawn(exchange::lister::run(exchange::lister::Lister {
+                key: net::config::read_key(&cfg.key_file)?,
+                chain_id: ex.chain_id(),
+                addr: cfg.listed_addr().to_owned(),
+                region: cfg.region.clone(),
+                indexes: cfg.indexes.clone(),
+            }));
+        }
         tokio::spawn(exchange::serve(ex, listener));
         println!("exchange listening on {bound}");
         wait_for_signal().await;
@@ -235,6 +292,103 @@ impl From<&api::ExchangeStatus> for StatusJson {
             asks: s.asks.iter().map(AskJson::from).collect(),
             requests_matched: s.requests_matched,
             refused: s.refused.iter().cloned().collect(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    action: IndexAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum IndexAction {
+    /// Run an index: exchanges registered on the chain list themselves here (signed,
+    /// renewed), senders ask which are alive.
+    Run {
+        /// Address to serve exchanges and senders on.
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: String,
+        /// A miner's control address (repeat: the first that answers is used).
+        #[arg(long, required = true)]
+        chain: Vec<String>,
+    },
+    /// The live exchanges an index lists.
+    Status {
+        #[arg(long)]
+        index: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn index(args: IndexArgs) -> Result<()> {
+    match args.action {
+        IndexAction::Run { listen, chain } => {
+            init_logs();
+            runtime()?.block_on(async {
+                let c = api::chain::ChainClient::connect(&chain)
+                    .await
+                    .with_context(|| format!("no miner answers at {}", chain.join(", ")))?;
+                let ix = exchange::index::Index::new(c)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                let (bound_tx, bound) = tokio::sync::oneshot::channel();
+                let l = listen.clone();
+                let serve =
+                    tokio::spawn(api::serve_control!(api::IndexApi::serve(ix), l, bound_tx));
+                let Ok(bound) = bound.await else {
+                    let e = serve.await?;
+                    return Err(anyhow::anyhow!("cannot listen on {listen}: {e:?}"));
+                };
+                println!("index listening on {bound}");
+                wait_for_signal().await;
+                anyhow::Ok(())
+            })
+        }
+        IndexAction::Status { index, json } => {
+            let list = runtime()?.block_on(async {
+                let c = api::index_client(&index)
+                    .await
+                    .with_context(|| format!("cannot reach the index at {index}"))?;
+                anyhow::Ok(c.exchanges(tarpc::context::current()).await?)
+            })?;
+            let rows: Vec<ListedJson> = list.iter().map(ListedJson::from).collect();
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                println!("{} live exchange(s) on {index}:", rows.len());
+                for r in &rows {
+                    println!(
+                        "  {} at {} (region {}), listed until {}",
+                        r.key,
+                        r.addr,
+                        if r.region.is_empty() { "-" } else { &r.region },
+                        r.expiry_unix_secs
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ListedJson {
+    key: String,
+    addr: String,
+    region: String,
+    expiry_unix_secs: u64,
+}
+
+impl From<&api::ExchangeInfo> for ListedJson {
+    fn from(e: &api::ExchangeInfo) -> Self {
+        ListedJson {
+            key: miner::hex(&e.key),
+            addr: e.addr.clone(),
+            region: e.region.clone(),
+            expiry_unix_secs: e.expiry_unix_secs,
         }
     }
 }

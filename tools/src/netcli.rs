@@ -154,8 +154,9 @@ pub struct ProxyArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("to").required(true).args(["link", "host", "exchange"])))]
-#[command(group(clap::ArgGroup::new("market").args(["host", "exchange"])))]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["link", "host", "exchange", "index"])))]
+#[command(group(clap::ArgGroup::new("market").multiple(true).args(["host", "exchange", "index"])))]
+#[command(group(clap::ArgGroup::new("find").multiple(true).args(["exchange", "index"])))]
 pub struct PutArgs {
     /// The file to upload: read, sealed and sent in one pass.
     pub(crate) file: PathBuf,
@@ -166,7 +167,7 @@ pub struct PutArgs {
     /// its signed offer is checked, the payment carrying every chunk's CRC32C and BLAKE3
     /// root goes on chain, the host grants the deal's upload link, and the command returns
     /// once the host's completion matched. Repeat for one copy (one deal) per host.
-    #[arg(long, requires_all = ["chain", "days"], conflicts_with = "exchange")]
+    #[arg(long, requires_all = ["chain", "days"], conflicts_with = "find")]
     pub(crate) host: Vec<String>,
     /// Or find hosts through an exchange (host:port; repeat: the first that answers is
     /// used): a signed request for --copies copies at --max-price at most, matched against
@@ -174,19 +175,24 @@ pub struct PutArgs {
     /// paid as with --host.
     #[arg(long, requires_all = ["chain", "days"])]
     pub(crate) exchange: Vec<String>,
+    /// Or ask an index (host:port; repeat: the first that answers) which exchanges are
+    /// alive, and use them nearest first (round trip measured from here), then any
+    /// --exchange given.
+    #[arg(long, requires_all = ["chain", "days"])]
+    pub(crate) index: Vec<String>,
     /// Copies wanted through --exchange, each on another host.
-    #[arg(long, default_value_t = 1, requires = "exchange", value_parser = clap::value_parser!(u8).range(1..=16))]
+    #[arg(long, default_value_t = 1, requires = "find", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub(crate) copies: u8,
     /// The most to pay, MASPC per GiB per day: a dearer offer is refused [default: any
     /// price with --host, 1000 with --exchange].
     #[arg(long)]
     pub(crate) max_price: Option<u64>,
     /// Hosts in this region only, through --exchange (e.g. eu-west).
-    #[arg(long, requires = "exchange", default_value = "")]
+    #[arg(long, requires = "find", default_value = "")]
     pub(crate) region: String,
     /// With --exchange: print the hosts matched (price, rating, region, deposit, the
     /// estimated fee) and stop, paying nothing.
-    #[arg(long, requires = "exchange")]
+    #[arg(long, requires = "find")]
     pub(crate) dry_run: bool,
     /// A miner's control address to pay through (repeat: the first that answers is used).
     #[arg(long)]

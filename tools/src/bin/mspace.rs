@@ -77,6 +77,8 @@ enum Command {
     /// Run an exchange (`exchange init`, `exchange run`, `exchange status`): hosts keep
     /// signed standing asks on its book, senders' signed requests are matched to hosts.
     Exchange(tools::exchangecli::ExchangeArgs),
+    /// Run an index of live exchanges (`index run`), or ask one (`index status`).
+    Index(tools::exchangecli::IndexArgs),
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +143,7 @@ fn main() {
         Command::Put(args) => netcli::put(args),
         Command::Deals(args) => tools::dealcli::deals(args),
         Command::Exchange(args) => tools::exchangecli::exchange(args),
+        Command::Index(args) => tools::exchangecli::index(args),
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),

@@ -750,12 +750,14 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
     );
 }
 
-/// The market's first step as processes: an exchange; three registered hosts asking 30, 10
-/// and 20 MASPC per GiB per day on it (each through its own bidder, signed); a sender's
-/// `put --exchange --copies 2` matched to the two cheapest, shown first with `--dry-run`,
+/// The market's first steps as processes: an index; an exchange registered on the chain
+/// and listed there by its lister; three registered hosts asking 30, 10 and 20 MASPC per
+/// GiB per day on it (each through its own bidder, signed); a sender's `put --index`
+/// (`--dry-run`) and `put --exchange --copies 2` matched to the two cheapest,
 /// then paid, uploaded and completed on each; requests outside the exchange's profile,
 /// from a key with no account on chain, or above every ask's price, refused by name; a key
-/// that keeps asking without dealing, banned.
+/// that keeps asking without dealing, banned; the exchange killed, and a sender going
+/// through the index told that no exchange answers.
 #[test]
 fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     const PRICES: [u64; 3] = [30, 10, 20];
@@ -766,6 +768,12 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         client,
         mut hosts,
     } = start_market(dir.path(), 5, 3, &[]);
+    let ix = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let _index = super::net::start(
+        &["index", "run", "--listen", &ix, "--chain", &m0],
+        &[],
+        "index listening on",
+    );
     let ex_cfg = s(&dir.path().join("exchange/exchange.toml"));
     let ex = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
     let init = mspace(
@@ -780,10 +788,18 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             &m0,
             "--max-days",
             "365",
+            "--index",
+            &ix,
         ],
         &[],
     );
     assert_eq!(init.code, 0, "{}", init.stderr);
+    let ex_key = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("exchange key "))
+        .unwrap()
+        .to_owned();
     // Two answered requests in a row with no deal after them ban a key.
     let text = std::fs::read_to_string(&ex_cfg).unwrap();
     assert!(text.contains("strikes_to_ban = 20"), "{text}");
@@ -792,7 +808,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         text.replace("strikes_to_ban = 20", "strikes_to_ban = 2"),
     )
     .unwrap();
-    let _exchange = super::net::start(
+    let ex_proc = super::net::start(
         &["exchange", "run", "--config", &ex_cfg],
         &[],
         "exchange listening on",
@@ -814,6 +830,31 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             "agent following the chain",
         ));
     }
+    // The exchange registers on the chain (funded by the client), and its lister gets it
+    // listed on the index.
+    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", &client, "--to", &ex_key, "--asset", asset, "--amount",
+            amount, "--miner", &m0, "--wait", "60s", "--json",
+        ]);
+    }
+    json(&[
+        "exchange",
+        "register",
+        "--config",
+        &ex_cfg,
+        "--deposit",
+        "1000",
+        "--json",
+    ]);
+    let listed = || json(&["index", "status", "--index", &ix, "--json"]);
+    assert!(
+        until(&m0, 200, || listed().as_array().unwrap().len() == 1),
+        "the exchange was never listed: {}",
+        listed()
+    );
+    assert_eq!(listed()[0]["key"], ex_key.as_str());
+    assert_eq!(listed()[0]["addr"], ex.as_str());
     let status = || json(&["exchange", "status", "--exchange", &ex, "--json"]);
     assert!(
         until(&m0, 200, || status()["asks"].as_array().unwrap().len() == 3),
@@ -831,12 +872,13 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     let pass = dir.path().join("pass");
     std::fs::write(&pass, "correct horse battery staple").unwrap();
     let state = s(&dir.path().join("client-state"));
-    let put = |extra: &[&str], key: &str| {
+    // Through the exchange by name, or through the index.
+    let put_via = |via: [&str; 2], extra: &[&str], key: &str| {
         let mut args = vec![
             "put",
             file.to_str().unwrap(),
-            "--exchange",
-            &ex,
+            via[0],
+            via[1],
             "--chain",
             &m0,
             "--copies",
@@ -855,9 +897,10 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         args.extend_from_slice(extra);
         mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())])
     };
+    let put = |extra: &[&str], key: &str| put_via(["--exchange", &ex], extra, key);
     let cheapest = [hosts[1].key.clone(), hosts[2].key.clone()];
 
-    let dry = put(&["--dry-run"], &client);
+    let dry = put_via(["--index", &ix], &["--dry-run"], &client);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     let rows: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
     let picked: Vec<(&str, u64)> = rows
@@ -942,6 +985,18 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     assert_eq!(st["refused"]["no account"], 1, "{st}");
     assert_eq!(st["refused"]["banned"], 2, "{st}");
     assert_eq!(st["requests_matched"], 5, "{st}");
+
+    // The exchange dies: the index still lists it until its listing lapses, but a sender
+    // probing it finds no exchange that answers, and says so.
+    drop(ex_proc);
+    let r = put_via(["--index", &ix], &["--dry-run"], &client);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("the index lists no exchange that answers"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         json(&["deals", "--key", &client, "--chain", &m0, "--json"])
             .as_array()
