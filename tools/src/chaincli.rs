@@ -256,6 +256,9 @@ pub struct DevnetLayout {
     pub hosts: Vec<crate::devhosts::DevnetHost>,
     #[serde(default)]
     pub exchanges: Vec<crate::devhosts::DevnetExchange>,
+    /// With exchanges: the index they list themselves on.
+    #[serde(default)]
+    pub index: Option<crate::devhosts::DevnetIndex>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -369,6 +372,7 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
         miners,
         hosts: Vec::new(),
         exchanges: Vec::new(),
+        index: None,
     };
     std::fs::write(&layout_path, serde_json::to_string_pretty(&layout)?)?;
     Ok(layout)
@@ -418,12 +422,24 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             .parent()
             .context("the devnet directory")?
             .to_owned();
-        // Ports: the miners', then 16 hosts' pairs, then the exchanges'.
+        // Ports: the miners', then 16 hosts' pairs, then 4 exchanges', then the index.
         let after_miners = usize::from(a.base_port) + 2 * layout.miners.len();
+        if exchanges_wanted > 0 && layout.index.is_none() {
+            let port = u16::try_from(after_miners + 36).context("ports past 65535")?;
+            layout.index = Some(crate::devhosts::DevnetIndex {
+                listen: format!("127.0.0.1:{port}"),
+                dir: dir.join("index"),
+            });
+        }
+        let index = layout
+            .index
+            .as_ref()
+            .map(|ix| ix.listen.clone())
+            .unwrap_or_default();
         for i in layout.exchanges.len()..exchanges_wanted {
             let port = u16::try_from(after_miners + 32 + i).context("ports past 65535")?;
             layout.exchanges.push(crate::devhosts::init_exchange(
-                &exe, &dir, i, port, &controls,
+                &exe, &dir, i, port, &controls, &index,
             )?);
         }
         let exchanges: Vec<String> = layout.exchanges.iter().map(|e| e.listen.clone()).collect();
@@ -508,7 +524,20 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     // decides blocks (their bidders keep asking until they are).
     let mut hosts: Vec<std::process::Child> = Vec::new();
     let mut exchanges: Vec<std::process::Child> = Vec::new();
+    let mut index_proc: Vec<std::process::Child> = Vec::new();
     let started_hosts = (|| -> Result<()> {
+        let controls: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
+        if let Some(ix) = &layout.index {
+            let mut c = crate::devhosts::spawn_index(&exe, ix, &controls)?;
+            let waited = crate::devhosts::wait_listening(
+                &ix.listen,
+                &mut c,
+                "the index",
+                &ix.dir.join("index.log"),
+            );
+            index_proc.push(c);
+            waited?;
+        }
         for (i, e) in layout.exchanges.iter().enumerate() {
             let mut c = crate::devhosts::spawn_exchange(&exe, e)?;
             let waited = crate::devhosts::wait_listening(
@@ -527,11 +556,11 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             hosts.push(c);
             waited?;
         }
-        if !layout.hosts.is_empty() {
+        if !layout.hosts.is_empty() || !layout.exchanges.is_empty() {
             let client = read_key(&layout.client_key)?;
-            let controls: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
             rt.block_on(crate::devhosts::fund_and_register(
                 &layout.hosts,
+                &layout.exchanges,
                 &client,
                 &controls,
             ))?;
@@ -541,6 +570,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     if let Err(e) = started_hosts {
         stop_children(&mut hosts);
         stop_children(&mut exchanges);
+        stop_children(&mut index_proc);
         stop_children(&mut children);
         return Err(e);
     }
@@ -571,14 +601,26 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
             h.log().display()
         );
     }
-    for (i, e) in layout.exchanges.iter().enumerate() {
-        println!("  exchange{i}: {}  log {}", e.listen, e.log().display());
+    if let Some(ix) = &layout.index {
+        println!(
+            "  index: {}  log {}",
+            ix.listen,
+            ix.dir.join("index.log").display()
+        );
     }
-    if let Some(e) = layout.exchanges.first() {
+    for (i, e) in layout.exchanges.iter().enumerate() {
+        println!(
+            "  exchange{i}: {}  deposit {} MASP  log {}",
+            e.listen,
+            crate::devhosts::EXCHANGE_DEPOSIT,
+            e.log().display()
+        );
+    }
+    if let Some(ix) = &layout.index {
         if !layout.hosts.is_empty() {
             println!(
-                "find hosts through an exchange: mspace put FILE --exchange {} --copies 2 --chain {} --days 1 --key {}",
-                e.listen,
+                "find hosts through the index: mspace put FILE --index {} --copies 2 --chain {} --days 1 --key {}",
+                ix.listen,
                 layout.miners[0].control,
                 layout.client_key.display()
             );
@@ -656,6 +698,7 @@ pub fn devnet(a: DevnetArgs) -> Result<()> {
     });
     stop_children(&mut hosts);
     stop_children(&mut exchanges);
+    stop_children(&mut index_proc);
     stop_children(&mut children);
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The market steps of `mspace demo`: a devnet of four miners, three hosts and two
-//! exchanges as processes (`mspace devnet --hosts 3 --exchanges 2`, short proof periods),
-//! the hosts' asks on both exchanges, one exchange killed and the sender's request matched
-//! by the other to the two cheapest hosts, the file stored as a deal on those two,
+//! exchanges as processes (`mspace devnet --hosts 3 --exchanges 2`, short proof periods,
+//! an index), the hosts' asks on both exchanges, one exchange killed, the sender finding
+//! the other through the index and matched by it to the two cheapest hosts, the file
+//! stored as a deal on those two,
 //! three proof periods proven and paid, one host killed (its next challenge missed: its
 //! deposit slashed, the sender refunded), a miner killed under the agents that follow it
 //! (they move on and keep proving), the file downloaded from the surviving host, and
@@ -19,7 +20,7 @@ use api::DealView;
 use ed25519_consensus::SigningKey;
 use net::client::{get_file, GetJob, Key};
 use net::config::read_key;
-use net::deal::{match_on_exchange, store, DealJob, MarketAsk};
+use net::deal::{match_on_exchange, nearest_exchanges, store, DealJob, MarketAsk};
 use proto::tx::{AccountId, TxId};
 
 use crate::chaincli::DevnetLayout;
@@ -63,8 +64,8 @@ fn free_ports(n: u16) -> Result<u16> {
 
 fn start_devnet(dir: &Path) -> Result<(Devnet, DevnetLayout)> {
     let exe = std::env::current_exe().context("find this binary")?;
-    // Four miners' pairs, the hosts' range (16 pairs), two exchanges.
-    let base = free_ports(8 + 32 + 2)?;
+    // Four miners' pairs, the hosts' range (16 pairs), the exchanges' (4), the index.
+    let base = free_ports(8 + 32 + 4 + 1)?;
     let mut child = Command::new(exe)
         .args([
             "devnet",
@@ -171,7 +172,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
     let (net, layout) = start_devnet(&dir.join("devnet"))?;
     let miners: Vec<String> = layout.miners.iter().map(|m| m.control.clone()).collect();
     println!(
-        "{step}. `mspace devnet --validators 4 --hosts 3 --exchanges 2`: four miner, three host and two exchange processes, each host funded and registered with a deposit of {} MASP, its agent following the chain, its bidder asking 10, 11 or 12 MASPC per GiB per day on both exchanges; proof periods of {PROOF_PERIOD} blocks ({:.1} s)",
+        "{step}. `mspace devnet --validators 4 --hosts 3 --exchanges 2`: four miner, three host and two exchange processes and an index, each exchange registered on the chain and listed on the index, each host funded and registered with a deposit of {} MASP, its agent following the chain, its bidder asking 10, 11 or 12 MASPC per GiB per day on both exchanges; proof periods of {PROOF_PERIOD} blocks ({:.1} s)",
         crate::devhosts::HOST_DEPOSIT,
         t.elapsed().as_secs_f64()
     );
@@ -190,15 +191,23 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let mut chain = ChainClient::connect(&miners).await?;
         balances(&mut chain, sender, &hosts).await?;
 
-        // The hosts' asks reach the book once they are registered; then one exchange dies
-        // and the sender's request goes to the other.
+        // Once registered, the exchanges are listed on the index and the hosts' asks reach
+        // both books; then one exchange dies and the sender goes through the index.
         let t = Instant::now();
-        let exchanges: Vec<String> = layout.exchanges.iter().map(|e| e.listen.clone()).collect();
-        let ex1 = api::exchange_client(&exchanges[1]).await?;
+        let index = layout
+            .index
+            .as_ref()
+            .context("the devnet has no index")?
+            .listen
+            .clone();
+        let ix = api::index_client(&index).await?;
+        let ex1 = api::exchange_client(&layout.exchanges[1].listen).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ex1.status(tarpc::context::current()).await?.asks.len() < layout.hosts.len() {
+        while ex1.status(tarpc::context::current()).await?.asks.len() < layout.hosts.len()
+            || ix.exchanges(tarpc::context::current()).await?.len() < layout.exchanges.len()
+        {
             if Instant::now() > deadline {
-                bail!("the hosts' asks did not reach exchange1 within a minute");
+                bail!("the exchanges were not listed, or the hosts' asks did not reach exchange1, within a minute");
             }
             let h = chain.status().await?.height;
             chain.block(h + 1, Duration::from_secs(10)).await?;
@@ -224,6 +233,12 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             host_keys: Vec::new(),
             max_price_per_gib_day: None,
         };
+        let listed = ix.exchanges(tarpc::context::current()).await?.len();
+        let near = nearest_exchanges(std::slice::from_ref(&index)).await?;
+        let exchanges: Vec<String> = near.iter().map(|(e, _)| e.addr.clone()).collect();
+        if exchanges != [layout.exchanges[1].listen.clone()] {
+            bail!("the killed exchange0 answered, or exchange1 did not: {exchanges:?}");
+        }
         let matched = match_on_exchange(
             &job,
             &MarketAsk {
@@ -246,7 +261,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             })
             .collect();
         println!(
-            "{step}. exchange0 killed (SIGKILL); `mspace put --exchange exchange0 --exchange exchange1 --copies 2`: the signed request went on to exchange1, which matched the two cheapest of three asks: {} ({:.1} s)",
+            "{step}. exchange0 killed (SIGKILL); `mspace put --index --copies 2`: the index listed {listed} exchanges, exchange0 did not answer the client's probe, so the signed request went on to exchange1, which matched the two cheapest of three asks: {} ({:.1} s)",
             named.join(" and "),
             t.elapsed().as_secs_f64()
         );

@@ -2,7 +2,8 @@
 //! `mspace host` process with its own store directory and key, funded from the devnet's
 //! client key, registered on the chain with a deposit, its agent following the devnet's
 //! miners and its bidder asking on every exchange; each exchange its own `mspace exchange
-//! run` process.
+//! run` process, registered on the chain too and listed on the devnet's index (one `mspace
+//! index run` process).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -50,20 +51,22 @@ impl DevnetExchange {
     }
 }
 
-/// Writes exchange `i`'s folder under `dir` with `mspace exchange init` (port `port`).
+/// Writes exchange `i`'s folder under `dir` with `mspace exchange init` (port `port`,
+/// listed on `index`).
 pub fn init_exchange(
     exe: &Path,
     dir: &Path,
     i: usize,
     port: u16,
     miners: &[String],
+    index: &str,
 ) -> Result<DevnetExchange> {
     let config = dir.join(format!("exchange{i}")).join("exchange.toml");
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(exe);
     cmd.args(["exchange", "init", "--config"])
         .arg(&config)
-        .args(["--listen", &listen]);
+        .args(["--listen", &listen, "--index", index]);
     for m in miners {
         cmd.args(["--chain", m]);
     }
@@ -100,6 +103,35 @@ fn spawn_logged(
     std::fs::write(&tmp, format!("{}\n", child.id()))?;
     std::fs::rename(&tmp, pid_file)?;
     Ok(child)
+}
+
+/// The devnet's index (with exchanges): `mspace index run` on `listen`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DevnetIndex {
+    pub listen: String,
+    /// Its folder: `index.log`, `index.pid`.
+    pub dir: PathBuf,
+}
+
+/// Starts `mspace index run` for `ix` over `miners`.
+pub fn spawn_index(exe: &Path, ix: &DevnetIndex, miners: &[String]) -> Result<Child> {
+    std::fs::create_dir_all(&ix.dir)?;
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "index".as_ref(),
+        "run".as_ref(),
+        "--listen".as_ref(),
+        ix.listen.as_ref(),
+    ];
+    for m in miners {
+        args.push("--chain".as_ref());
+        args.push(m.as_ref());
+    }
+    spawn_logged(
+        exe,
+        &args,
+        &ix.dir.join("index.log"),
+        &ix.dir.join("index.pid"),
+    )
 }
 
 /// Starts `mspace exchange run --config` (log `exchange.log`, pid `exchange.pid`).
@@ -200,51 +232,97 @@ pub fn wait_listening(addr: &str, child: &mut Child, what: &str, log: &Path) -> 
     Ok(())
 }
 
-/// Funds each host not yet registered from `client` and registers it with
-/// [`HOST_DEPOSIT`]; a host already registered is left as it is.
-pub async fn fund_and_register(
-    hosts: &[DevnetHost],
+/// A devnet exchange's deposit (MASP, the role's minimum) and fee money (MASPC).
+pub const EXCHANGE_DEPOSIT: u64 = 1_000;
+pub const EXCHANGE_FEES: u64 = 1_000;
+
+/// Funds `key` from `client` with `deposit` MASP and `fees` MASPC and registers it in `role`
+/// with that deposit and `endpoint`, unless it is registered in `role` already.
+async fn fund_and_register_one(
+    chain: &mut ChainClient,
     client: &SigningKey,
-    miners: &[String],
+    key: &SigningKey,
+    role: Role,
+    (deposit, fees): (u64, u64),
+    endpoint: &str,
 ) -> Result<()> {
-    let mut chain = ChainClient::connect(miners).await?;
     let wait = Duration::from_secs(60);
-    for (i, h) in hosts.iter().enumerate() {
-        let cfg = HostConfig::load(&h.config)?;
-        let key = read_key(&cfg.key_file)?;
-        let me = AccountId(key.verification_key().to_bytes());
-        let view = chain.account(me).await?;
-        if view.registrations.iter().any(|r| r.role == "host") {
-            continue;
-        }
-        for (asset, amount) in [(Asset::Masp, HOST_DEPOSIT), (Asset::Maspc, HOST_FEES)] {
-            chain
-                .submit(
-                    client,
-                    TxBody::Transfer {
-                        to: me,
-                        asset,
-                        amount,
-                    },
-                    1,
-                    wait,
-                )
-                .await
-                .with_context(|| format!("funding host{i}"))?;
-        }
+    let me = AccountId(key.verification_key().to_bytes());
+    let view = chain.account(me).await?;
+    if view
+        .registrations
+        .iter()
+        .any(|r| r.role == miner::role_name(role))
+    {
+        return Ok(());
+    }
+    for (asset, amount) in [(Asset::Masp, deposit), (Asset::Maspc, fees)] {
         chain
             .submit(
-                &key,
-                TxBody::Register {
-                    role: Role::Host,
-                    deposit: HOST_DEPOSIT,
-                    endpoint: h.listen.clone(),
+                client,
+                TxBody::Transfer {
+                    to: me,
+                    asset,
+                    amount,
                 },
                 1,
                 wait,
             )
             .await
-            .with_context(|| format!("registering host{i}"))?;
+            .context("funding")?;
+    }
+    chain
+        .submit(
+            key,
+            TxBody::Register {
+                role,
+                deposit,
+                endpoint: endpoint.to_owned(),
+            },
+            1,
+            wait,
+        )
+        .await
+        .context("registering")?;
+    Ok(())
+}
+
+/// Funds each host and exchange not yet registered from `client` and registers it
+/// ([`HOST_DEPOSIT`], [`EXCHANGE_DEPOSIT`]); one already registered is left as it is.
+pub async fn fund_and_register(
+    hosts: &[DevnetHost],
+    exchanges: &[DevnetExchange],
+    client: &SigningKey,
+    miners: &[String],
+) -> Result<()> {
+    let mut chain = ChainClient::connect(miners).await?;
+    for (i, e) in exchanges.iter().enumerate() {
+        let cfg = exchange::Config::load(&e.config)?;
+        let key = read_key(&cfg.key_file)?;
+        fund_and_register_one(
+            &mut chain,
+            client,
+            &key,
+            Role::Exchange,
+            (EXCHANGE_DEPOSIT, EXCHANGE_FEES),
+            &e.listen,
+        )
+        .await
+        .with_context(|| format!("exchange{i}"))?;
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        let cfg = HostConfig::load(&h.config)?;
+        let key = read_key(&cfg.key_file)?;
+        fund_and_register_one(
+            &mut chain,
+            client,
+            &key,
+            Role::Host,
+            (HOST_DEPOSIT, HOST_FEES),
+            &h.listen,
+        )
+        .await
+        .with_context(|| format!("host{i}"))?;
     }
     Ok(())
 }

@@ -303,7 +303,7 @@ fn demo_runs_end_to_end() {
     // The market: a deal on two hosts, proofs paid, a killed host slashed, supply kept.
     for said in [
         "exchange0 killed",
-        "went on to exchange1, which matched the two cheapest of three asks: host0 at 10 MASPC and host1 at 11 MASPC",
+        "the index listed 2 exchanges, exchange0 did not answer the client's probe, so the signed request went on to exchange1, which matched the two cheapest of three asks: host0 at 10 MASPC and host1 at 11 MASPC",
         "both hosts' own CRCs matched on chain",
         "three proof periods",
         "moved 100 MASP of host1's deposit to the sender",
