@@ -565,6 +565,7 @@ mod tests {
             copies: 1,
             max_price_per_gib_day: 10,
             download_fee: 0,
+            min_rating: 0,
             expiry_unix_secs: 10,
             region: region.into(),
         }

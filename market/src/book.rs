@@ -5,16 +5,43 @@
 //!
 //! Matching rule: an ask qualifies if it has not expired, its price is at most the
 //! request's, the request's days fall within its range, it has room for the request's
-//! bytes, its region is the one asked (or any, if the request names none) and it is not the
-//! sender's own. Qualifying asks are ranked by price (lowest first), then rating (highest
-//! first), then time on the book (earliest first), then host key, so the order is total and
-//! every replica picks the same hosts; the first `copies` are matched, one copy per host.
+//! bytes, its region is the one asked (or any, if the request names none), its host's
+//! rating is at least the request's floor, and it is not the sender's own. Qualifying asks
+//! are ranked by price (lowest first), then rating (highest first), then time on the book
+//! (earliest first), then host key, so the order is total and every replica picks the same
+//! hosts; going down that order, an ask is matched unless one already matched is on the
+//! same network ([`network`]: one copy per /24), until `copies` are matched.
 //! Taking a match reserves the request's bytes from the ask's free bytes, so an ask is never
 //! matched beyond the room it stated.
 
 use std::collections::BTreeMap;
 
 use proto::market::{Ask, Request};
+
+/// The failure domain of a host's address, for "one copy per network": a public or private
+/// IPv4 address's /24, an IPv6 address's /48, a name itself (lowercased), and a loopback
+/// address with its port (a local test network: each host its own domain).
+pub fn network(addr: &str) -> String {
+    use std::net::{IpAddr, SocketAddr};
+    match addr.parse::<SocketAddr>() {
+        Ok(sa) if sa.ip().is_loopback() => format!("loopback {sa}"),
+        Ok(SocketAddr::V4(v4)) => {
+            let o = v4.ip().octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        Ok(SocketAddr::V6(v6)) => {
+            let s = v6.ip().segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+        Err(_) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            match host.parse::<IpAddr>() {
+                Ok(ip) => network(&SocketAddr::new(ip, 0).to_string()),
+                Err(_) => host.to_ascii_lowercase(),
+            }
+        }
+    }
+}
 
 /// An ask as the book holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +164,7 @@ impl Book {
             && (req.region.is_empty() || a.region == req.region)
             && a.host != req.sender
             && a.chain_id == req.chain_id
+            && e.rating >= u32::from(req.min_rating)
     }
 
     /// The hosts `req` would be matched to now, best first, at most `req.copies`.
@@ -160,7 +188,9 @@ impl Book {
                     b.ask.host,
                 ))
         });
+        let mut used = std::collections::BTreeSet::new();
         fit.into_iter()
+            .filter(|e| used.insert(network(&e.ask.addr)))
             .take(usize::from(req.copies))
             .map(Entry::to_match)
             .collect()
@@ -208,6 +238,7 @@ mod tests {
             copies: 2,
             max_price_per_gib_day: 10,
             download_fee: 0,
+            min_rating: 0,
             expiry_unix_secs: 100,
             region: String::new(),
         }
@@ -244,6 +275,7 @@ mod tests {
             ("other region", |r| r.region = "us".into(), vec![]),
             ("same region", |r| r.region = "eu".into(), vec![2, 5]),
             ("own ask", |r| r.sender = [2; 32], vec![5, 3]),
+            ("rated 900 or more", |r| r.min_rating = 900, vec![3]),
             ("other chain", |r| r.chain_id = 2, vec![]),
         ];
         for (what, change, want) in cases {
@@ -254,6 +286,32 @@ mod tests {
         // Expired asks match nothing, and go.
         assert!(b.matches(&req(), 100).is_empty());
         assert_eq!(b.expire(100), 5);
+    }
+
+    #[test]
+    fn one_copy_per_network() {
+        let cases = [
+            ("203.0.113.7:7401", "203.0.113.0/24"),
+            ("10.1.2.3:1", "10.1.2.0/24"),
+            ("[2001:db8:1:2::5]:7401", "2001:db8:1::/48"),
+            ("Host.Example.NET:7401", "host.example.net"),
+            ("127.0.0.1:7401", "loopback 127.0.0.1:7401"),
+        ];
+        for (addr, net) in cases {
+            assert_eq!(network(addr), net, "{addr}");
+        }
+        let mut b = Book::new();
+        for (h, price, addr) in [
+            (1, 1, "203.0.113.7:1"),
+            (2, 2, "203.0.113.9:1"),
+            (3, 3, "198.51.100.1:1"),
+        ] {
+            let mut a = ask(h, price);
+            a.addr = addr.into();
+            b.post(a, 0, 0).unwrap();
+        }
+        // Host 2 shares host 1's /24: the second copy goes to host 3.
+        assert_eq!(hosts(&b.matches(&req(), 0)), vec![1, 3]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   after a CRC mismatch (bounded), or stop.
 //! - [`book`]: an exchange's order book: hosts' standing asks, and which hosts a sender's
 //!   request is matched to.
+//! - [`pricing`]: a host's price from its policy and how full it is.
 //! - [`flood`]: an exchange's flood control: rates per key and per address, bans for keys
 //!   that ask and never deal.
 //!
@@ -20,6 +21,7 @@
 pub mod book;
 pub mod flood;
 pub mod host;
+pub mod pricing;
 pub mod sender;
 pub mod terms;
 

@@ -32,6 +32,7 @@ enum Op {
         copies: u8,
         max_price: u64,
         region: bool,
+        min_rating: u16,
     },
 }
 
@@ -61,16 +62,26 @@ fn op() -> impl Strategy<Value = Op> {
             ),
         (0u8..6).prop_map(Op::Withdraw),
         (1u64..10).prop_map(Op::Tick),
-        (0u8..8, 0u64..120, 1u32..40, 1u8..5, 1u64..20, any::<bool>()).prop_map(
-            |(sender, bytes, days, copies, max_price, region)| Op::Request {
-                sender,
-                bytes,
-                days,
-                copies,
-                max_price,
-                region,
-            }
-        ),
+        (
+            0u8..8,
+            0u64..120,
+            1u32..40,
+            1u8..5,
+            1u64..20,
+            any::<bool>(),
+            0u16..1000
+        )
+            .prop_map(
+                |(sender, bytes, days, copies, max_price, region, min_rating)| Op::Request {
+                    sender,
+                    bytes,
+                    days,
+                    copies,
+                    max_price,
+                    region,
+                    min_rating,
+                }
+            ),
     ]
 }
 
@@ -120,7 +131,7 @@ proptest! {
                     now += dt;
                     prop_assert_eq!(a.expire(now), b.expire(now));
                 }
-                Op::Request { sender, bytes, days, copies, max_price, region: eu } => {
+                Op::Request { sender, bytes, days, copies, max_price, region: eu, min_rating } => {
                     let req = Request {
                         chain_id: 1,
                         sender: [sender; 32],
@@ -130,6 +141,7 @@ proptest! {
                         copies,
                         max_price_per_gib_day: max_price,
                         download_fee: 0,
+                        min_rating,
                         expiry_unix_secs: now + 10,
                         region: if sender % 2 == 0 { region(eu) } else { String::new() },
                     };

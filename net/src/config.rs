@@ -81,6 +81,13 @@ pub struct HostConfig {
     /// The price this host asks, in MASPC base units per GiB per day.
     #[serde(default = "default_price")]
     pub price_per_gib_day: u64,
+    /// The least it asks whatever its fill.
+    #[serde(default)]
+    pub price_floor: u64,
+    /// How much dearer it is when full than when empty, in percent of the base price
+    /// (`market::pricing`; needs `capacity_bytes`).
+    #[serde(default)]
+    pub price_surge_percent: u64,
     /// Longest storage the host offers, in days.
     #[serde(default = "default_max_days")]
     pub max_days: u64,
@@ -211,6 +218,15 @@ impl HostConfig {
         Ok(())
     }
 
+    /// The pricing policy of these keys.
+    pub fn pricing(&self) -> market::pricing::Pricing {
+        market::pricing::Pricing {
+            base: self.price_per_gib_day,
+            floor: self.price_floor,
+            surge_percent: self.price_surge_percent,
+        }
+    }
+
     /// The address links name.
     pub fn link_addr(&self) -> &str {
         self.public_addr.as_deref().unwrap_or(&self.listen)
@@ -255,8 +271,12 @@ listen = "{listen}"
 control_listen = "{control_listen}"
 control_token = "{control_token}"
 
-# The price this host asks, in MASPC base units per GiB per day.
+# The price this host asks, in MASPC base units per GiB per day, when empty; it rises by
+# up to price_surge_percent as the store fills (out of capacity_bytes), and never goes
+# below price_floor.
 price_per_gib_day = {price_per_gib_day}
+price_floor = 0
+price_surge_percent = 0
 # The longest storage it offers, in days.
 max_days = 365
 

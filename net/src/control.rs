@@ -23,7 +23,8 @@ pub struct HostControl {
     pub link_addr: String,
     /// Link minting needs this token; `None` disables it.
     pub token: Option<String>,
-    pub price_per_gib_day: u64,
+    /// What it asks per GiB per day (its offers and its exchange asks).
+    pub pricing: market::pricing::Pricing,
     /// Longest storage offered, in days.
     pub max_days: u64,
     /// Blocks between storage proofs written into offers by a host off the chain (on a
@@ -122,7 +123,7 @@ impl HostControl {
             chain_id,
             host: self.key.verification_key().to_bytes(),
             seq,
-            price_per_gib_day: self.price_per_gib_day,
+            price_per_gib_day: self.pricing.price(s.live_bytes, s.capacity_bytes),
             free_bytes: s.capacity_bytes.saturating_sub(s.live_bytes),
             min_days: 1,
             max_days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
@@ -245,7 +246,7 @@ impl HostApi for HostControl {
                     chain_id,
                     host: self.key.verification_key().to_bytes(),
                     id,
-                    price_per_gib_day: self.price_per_gib_day,
+                    price_per_gib_day: self.pricing.price(s.live_bytes, s.capacity_bytes),
                     proof_period_blocks,
                     max_days: self.max_days,
                     bytes_max: free,
@@ -374,8 +375,9 @@ impl HostApi for HostControl {
                         )));
                     }
                     let s = self.stats().await;
+                    // Whatever its fill then, it asked at least its lowest price.
                     Some(crate::host::IssuedOffer {
-                        price_per_gib_day: self.price_per_gib_day,
+                        price_per_gib_day: self.pricing.lowest(),
                         days: u32::try_from(days).unwrap_or(u32::MAX),
                         bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
                         expiry_unix_secs: 0,

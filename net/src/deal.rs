@@ -71,6 +71,8 @@ pub struct MarketAsk {
     pub max_price_per_gib_day: u64,
     /// Hosts wanted in this region (empty: any).
     pub region: String,
+    /// Only hosts rated at least this on the chain (0..=1000).
+    pub min_rating: u16,
 }
 
 /// How long a sender's request lives on an exchange.
@@ -153,6 +155,7 @@ pub async fn match_on_exchange(
         copies: ask.copies,
         max_price_per_gib_day: ask.max_price_per_gib_day,
         download_fee: 0,
+        min_rating: ask.min_rating,
         expiry_unix_secs: crate::now_secs() + REQUEST_LIFE_SECS,
         region: ask.region.clone(),
     };

@@ -19,6 +19,8 @@ pub const MARKET_VERSION: u8 = 1;
 pub const REGION_MAX: usize = 32;
 /// Longest host control address in an ask.
 pub const ADDR_MAX: usize = 255;
+/// The highest rating the chain gives (`consensus::ledger::rating`).
+pub const RATING_MAX: u16 = 1000;
 /// Most copies one request asks for.
 pub const COPIES_MAX: u8 = 16;
 const ASK_CONTEXT: &[u8] = b"market.space 2026-12 exchange ask v1\0";
@@ -67,6 +69,8 @@ pub struct Request {
     pub max_price_per_gib_day: u64,
     /// What a receiver will pay the sender per download (0: free).
     pub download_fee: u64,
+    /// Only hosts rated at least this on the chain (0..=1000).
+    pub min_rating: u16,
     pub expiry_unix_secs: u64,
     /// Hosts wanted in this region (empty: any).
     pub region: String,
@@ -269,6 +273,7 @@ impl Authored for Request {
         b.push(self.copies);
         b.extend_from_slice(&self.max_price_per_gib_day.to_le_bytes());
         b.extend_from_slice(&self.download_fee.to_le_bytes());
+        b.extend_from_slice(&self.min_rating.to_le_bytes());
         b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
         put_str(&mut b, &self.region);
         b
@@ -291,6 +296,13 @@ impl Authored for Request {
         }
         let max_price_per_gib_day = r.u64("max_price_per_gib_day")?;
         let download_fee = r.u64("download_fee")?;
+        let min_rating = r.u16("min_rating")?;
+        if min_rating > RATING_MAX {
+            return Err(r.invalid(
+                "min_rating",
+                format!("{min_rating}: ratings run 0 to {RATING_MAX}"),
+            ));
+        }
         let expiry_unix_secs = r.u64("expiry_unix_secs")?;
         let region = get_region(r)?;
         Ok(Request {
@@ -302,6 +314,7 @@ impl Authored for Request {
             copies,
             max_price_per_gib_day,
             download_fee,
+            min_rating,
             expiry_unix_secs,
             region,
         })
@@ -478,6 +491,7 @@ mod tests {
             copies: 2,
             max_price_per_gib_day: 20,
             download_fee: 0,
+            min_rating: 0,
             expiry_unix_secs: 1_030,
             region: String::new(),
         }
@@ -556,6 +570,8 @@ mod tests {
         no_copies[copies_at] = 0;
         let mut many_copies = q.clone();
         many_copies[copies_at] = 17;
+        let mut high_rating = q.clone();
+        high_rating[copies_at + 17..][..2].copy_from_slice(&1001u16.to_le_bytes());
         let mut long_region = q.clone();
         long_region[q.len() - 65] = 33;
         let mut empty_days = a.clone();
@@ -581,6 +597,10 @@ mod tests {
             (
                 SignedRequest::from_bytes(&no_copies).map(drop),
                 "invalid copies: 0",
+            ),
+            (
+                SignedRequest::from_bytes(&high_rating).map(drop),
+                "invalid min_rating: 1001",
             ),
             (
                 SignedRequest::from_bytes(&many_copies).map(drop),

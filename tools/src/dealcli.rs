@@ -106,6 +106,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             copies: args.copies,
             max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
             region: args.region.clone(),
+            min_rating: args.min_rating,
         };
         job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
         let matched = runtime()?

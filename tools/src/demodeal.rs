@@ -246,6 +246,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
                 copies: 2,
                 max_price_per_gib_day: 20,
                 region: String::new(),
+                min_rating: 0,
             },
         )
         .await?;

@@ -187,6 +187,9 @@ pub struct PutArgs {
     /// price with --host, 1000 with --exchange].
     #[arg(long)]
     pub(crate) max_price: Option<u64>,
+    /// Only hosts rated at least this on the chain (0 to 1000), through --exchange/--index.
+    #[arg(long, default_value_t = 0, requires = "find", value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub(crate) min_rating: u16,
     /// Hosts in this region only, through --exchange (e.g. eu-west).
     #[arg(long, requires = "find", default_value = "")]
     pub(crate) region: String,
@@ -603,7 +606,7 @@ fn host_run(config: &Path) -> Result<()> {
                 key: key.clone(),
                 link_addr: cfg.link_addr().to_string(),
                 token: cfg.control_token.clone(),
-                price_per_gib_day: cfg.price_per_gib_day,
+                pricing: cfg.pricing(),
                 max_days: cfg.max_days,
                 proof_period_blocks: consensus::ledger::PROOF_PERIOD_BLOCKS,
                 chain: cfg.chain.clone(),

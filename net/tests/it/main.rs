@@ -826,7 +826,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         key: h.key.clone(),
         link_addr: h.addr.to_string(),
         token: Some("s3cret".into()),
-        price_per_gib_day: 7,
+        pricing: market::pricing::Pricing::flat(7),
         max_days: 90,
         proof_period_blocks: 100,
         chain: Vec::new(),

@@ -957,6 +957,12 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             client.as_str(),
             "matched 0 host(s) for 2 copies",
         ),
+        // New hosts are rated below the top of the scale.
+        (
+            &["--min-rating", "1000"][..],
+            client.as_str(),
+            "matched 0 host(s) for 2 copies",
+        ),
     ] {
         let mut args = vec!["--dry-run"];
         args.extend_from_slice(extra);
@@ -984,7 +990,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     assert_eq!(st["refused"]["outside the profile"], 1, "{st}");
     assert_eq!(st["refused"]["no account"], 1, "{st}");
     assert_eq!(st["refused"]["banned"], 2, "{st}");
-    assert_eq!(st["requests_matched"], 5, "{st}");
+    assert_eq!(st["requests_matched"], 6, "{st}");
 
     // The exchange dies: the index still lists it until its listing lapses, but a sender
     // probing it finds no exchange that answers, and says so.
