@@ -14,7 +14,7 @@
 //! Taking a match reserves the request's bytes from the ask's free bytes, so an ask is never
 //! matched beyond the room it stated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proto::market::{Ask, Request};
 
@@ -94,6 +94,22 @@ pub struct Book {
     /// old ask cannot be replayed onto the book.
     seqs: BTreeMap<[u8; 32], u64>,
     next: u64,
+    /// Every ask's rank key, in matching order: a request walks it from the cheapest and
+    /// stops past its price, instead of sorting the book.
+    order: BTreeSet<Rank>,
+}
+
+/// An ask's place in matching order: price, then rating (highest first), then time on the
+/// book, then host.
+type Rank = (u64, std::cmp::Reverse<u32>, u64, [u8; 32]);
+
+fn rank(e: &Entry) -> Rank {
+    (
+        e.ask.price_per_gib_day,
+        std::cmp::Reverse(e.rating),
+        e.posted,
+        e.ask.host,
+    )
 }
 
 impl Book {
@@ -118,28 +134,38 @@ impl Book {
         self.seqs.insert(ask.host, ask.seq);
         let posted = self.next;
         self.next += 1;
-        self.asks.insert(
-            ask.host,
-            Entry {
-                ask,
-                rating,
-                posted,
-            },
-        );
+        let e = Entry {
+            ask,
+            rating,
+            posted,
+        };
+        self.order.insert(rank(&e));
+        if let Some(old) = self.asks.insert(e.ask.host, e) {
+            self.order.remove(&rank(&old));
+        }
         Ok(())
     }
 
     /// Takes the host's ask off the book; whether it had one.
     pub fn withdraw(&mut self, host: &[u8; 32]) -> bool {
-        self.asks.remove(host).is_some()
+        match self.asks.remove(host) {
+            Some(e) => self.order.remove(&rank(&e)),
+            None => false,
+        }
     }
 
     /// Drops the asks expired at `now_unix_secs`; how many.
     pub fn expire(&mut self, now_unix_secs: u64) -> usize {
-        let before = self.asks.len();
-        self.asks
-            .retain(|_, e| now_unix_secs < e.ask.expiry_unix_secs);
-        before - self.asks.len()
+        let gone: Vec<[u8; 32]> = self
+            .asks
+            .values()
+            .filter(|e| now_unix_secs >= e.ask.expiry_unix_secs)
+            .map(|e| e.ask.host)
+            .collect();
+        for h in &gone {
+            self.withdraw(h);
+        }
+        gone.len()
     }
 
     pub fn asks(&self) -> impl Iterator<Item = &Entry> {
@@ -169,27 +195,12 @@ impl Book {
 
     /// The hosts `req` would be matched to now, best first, at most `req.copies`.
     pub fn matches(&self, req: &Request, now_unix_secs: u64) -> Vec<Match> {
-        let mut fit: Vec<&Entry> = self
-            .asks
-            .values()
+        let mut used = BTreeSet::new();
+        self.order
+            .iter()
+            .take_while(|r| r.0 <= req.max_price_per_gib_day)
+            .map(|r| &self.asks[&r.3])
             .filter(|e| Book::qualifies(e, req, now_unix_secs))
-            .collect();
-        fit.sort_by(|a, b| {
-            (
-                a.ask.price_per_gib_day,
-                std::cmp::Reverse(a.rating),
-                a.posted,
-                a.ask.host,
-            )
-                .cmp(&(
-                    b.ask.price_per_gib_day,
-                    std::cmp::Reverse(b.rating),
-                    b.posted,
-                    b.ask.host,
-                ))
-        });
-        let mut used = std::collections::BTreeSet::new();
-        fit.into_iter()
             .filter(|e| used.insert(network(&e.ask.addr)))
             .take(usize::from(req.copies))
             .map(Entry::to_match)

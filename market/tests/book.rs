@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use market::book::{Book, Match};
+use market::book::{network, Book, Entry, Match};
 use proptest::prelude::*;
 use proto::market::{Ask, Request};
 
@@ -85,6 +85,29 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// The documented rule written plainly: every qualifying ask sorted, one per network,
+/// the first `copies`. The book walks an ordered index instead; both must agree.
+fn reference(asks: &[Entry], req: &Request, now: u64) -> Vec<Match> {
+    let mut fit: Vec<&Entry> = asks
+        .iter()
+        .filter(|e| Book::qualifies(e, req, now))
+        .collect();
+    fit.sort_by_key(|e| {
+        (
+            e.ask.price_per_gib_day,
+            std::cmp::Reverse(e.rating),
+            e.posted,
+            e.ask.host,
+        )
+    });
+    let mut used = std::collections::BTreeSet::new();
+    fit.into_iter()
+        .filter(|e| used.insert(network(&e.ask.addr)))
+        .take(usize::from(req.copies))
+        .map(Entry::to_match)
+        .collect()
+}
+
 fn region(eu: bool) -> String {
     if eu {
         "eu".into()
@@ -117,7 +140,7 @@ proptest! {
                         deposit: 0,
                         expiry_unix_secs: now + life,
                         region: region(eu),
-                        addr: format!("h{host}"),
+                        addr: format!("10.0.{}.{host}:1", host % 3),
                     };
                     a.post(ask.clone(), rating, now).unwrap();
                     b.post(ask, rating, now).unwrap();
@@ -146,6 +169,7 @@ proptest! {
                         region: if sender % 2 == 0 { region(eu) } else { String::new() },
                     };
                     let before: Vec<_> = a.asks().cloned().collect();
+                    prop_assert_eq!(a.matches(&req, now), reference(&before, &req, now));
                     let got: Vec<Match> = a.take(&req, now);
                     prop_assert_eq!(&got, &b.take(&req, now), "replicas agree");
                     prop_assert!(got.len() <= usize::from(copies));
@@ -158,12 +182,17 @@ proptest! {
                         r.1 += bytes;
                         prop_assert!(r.1 <= r.0, "host {} matched beyond its room", m.host[0]);
                     }
-                    // Nothing qualifying but left out ranks above a matched ask, and nothing
-                    // qualifying is left out while copies are wanted.
+                    // One copy per network; nothing qualifying on a network not yet used but
+                    // left out ranks above a matched ask, and nothing such is left out while
+                    // copies are wanted.
+                    let nets: std::collections::BTreeSet<String> =
+                        got.iter().map(|m| network(&m.addr)).collect();
+                    prop_assert_eq!(nets.len(), got.len(), "two copies on one network");
                     let left: Vec<_> = before
                         .iter()
                         .filter(|e| Book::qualifies(e, &req, now))
                         .filter(|e| !seen.contains(&e.ask.host))
+                        .filter(|e| !nets.contains(&network(&e.ask.addr)))
                         .collect();
                     if got.len() < usize::from(copies) {
                         prop_assert!(left.is_empty());
