@@ -6,6 +6,8 @@
 //!
 //!     cargo bench -p benches --bench exchange
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 use market::book::Book;
