@@ -238,6 +238,16 @@ pub struct AccountView {
     pub height: u64,
 }
 
+impl AccountView {
+    /// Whether the account holds a registration in `role` (`host`, `exchange`, ...) with a
+    /// deposit, not unbonding.
+    pub fn bonded(&self, role: &str) -> bool {
+        self.registrations
+            .iter()
+            .any(|r| r.role == role && r.unbonding_until.is_none() && r.deposit > 0)
+    }
+}
+
 /// Where a deal stands on the chain.
 ///
 /// (Externally tagged in serde: bincode cannot carry an internally tagged enum.)
@@ -656,54 +666,43 @@ fn rpc_io(e: tarpc::client::RpcError) -> std::io::Error {
     std::io::Error::other(format!("asking the version: {e}"))
 }
 
-/// A client of a host's control plane, after checking it speaks [`HOST_API_VERSION`].
-pub async fn host_client(addr: &str) -> std::io::Result<HostApiClient> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let c = HostApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
-    let v = c
-        .api_version(tarpc::context::current())
-        .await
-        .map_err(rpc_io)?;
-    check_version("HostApi", addr, v, HOST_API_VERSION)?;
-    Ok(c)
+/// `pub async fn $name(addr) -> io::Result<$client>`: connects, asks the peer's version and
+/// refuses another than `$version`, naming both.
+macro_rules! versioned_client {
+    ($(#[$doc:meta])* $name:ident, $client:ident, $service:literal, $version:ident, nodelay: $nodelay:expr) => {
+        $(#[$doc])*
+        pub async fn $name(addr: &str) -> std::io::Result<$client> {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            if $nodelay {
+                stream.set_nodelay(true)?;
+            }
+            let c = $client::new(tarpc::client::Config::default(), transport(stream)).spawn();
+            let v = c
+                .api_version(tarpc::context::current())
+                .await
+                .map_err(rpc_io)?;
+            check_version($service, addr, v, $version)?;
+            Ok(c)
+        }
+    };
 }
 
-/// A client of an exchange, after checking it speaks [`EXCHANGE_API_VERSION`].
-pub async fn exchange_client(addr: &str) -> std::io::Result<ExchangeApiClient> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let c = ExchangeApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
-    let v = c
-        .api_version(tarpc::context::current())
-        .await
-        .map_err(rpc_io)?;
-    check_version("ExchangeApi", addr, v, EXCHANGE_API_VERSION)?;
-    Ok(c)
-}
-
-/// A client of an index, after checking it speaks [`INDEX_API_VERSION`].
-pub async fn index_client(addr: &str) -> std::io::Result<IndexApiClient> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let c = IndexApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
-    let v = c
-        .api_version(tarpc::context::current())
-        .await
-        .map_err(rpc_io)?;
-    check_version("IndexApi", addr, v, INDEX_API_VERSION)?;
-    Ok(c)
-}
-
-/// A client of a miner's control plane, after checking it speaks [`MINER_API_VERSION`].
-pub async fn miner_client(addr: &str) -> std::io::Result<MinerApiClient> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let c = MinerApiClient::new(tarpc::client::Config::default(), transport(stream)).spawn();
-    let v = c
-        .api_version(tarpc::context::current())
-        .await
-        .map_err(rpc_io)?;
-    check_version("MinerApi", addr, v, MINER_API_VERSION)?;
-    Ok(c)
-}
+versioned_client!(
+    /// A client of a host's control plane, after checking it speaks [`HOST_API_VERSION`].
+    host_client, HostApiClient, "HostApi", HOST_API_VERSION, nodelay: false
+);
+versioned_client!(
+    /// A client of an exchange, after checking it speaks [`EXCHANGE_API_VERSION`].
+    exchange_client, ExchangeApiClient, "ExchangeApi", EXCHANGE_API_VERSION, nodelay: false
+);
+versioned_client!(
+    /// A client of an index, after checking it speaks [`INDEX_API_VERSION`].
+    index_client, IndexApiClient, "IndexApi", INDEX_API_VERSION, nodelay: false
+);
+versioned_client!(
+    /// A client of a miner's control plane, after checking it speaks [`MINER_API_VERSION`].
+    miner_client, MinerApiClient, "MinerApi", MINER_API_VERSION, nodelay: true
+);
 
 #[cfg(test)]
 mod tests {

@@ -104,11 +104,7 @@ impl Index {
             .account(AccountId(l.exchange))
             .await
             .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
-        let registered = account
-            .registrations
-            .iter()
-            .any(|r| r.role == "exchange" && r.unbonding_until.is_none() && r.deposit > 0);
-        if !registered {
+        if !account.bonded("exchange") {
             return Err(ControlError::Unauthorized(
                 "the exchange is not registered on the chain with a deposit".into(),
             ));

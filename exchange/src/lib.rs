@@ -275,14 +275,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn hex(b: &[u8; 32]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    b.iter()
-        .flat_map(|x| [DIGITS[usize::from(x >> 4)], DIGITS[usize::from(x & 15)]])
-        .map(char::from)
-        .collect()
-}
-
 fn view(m: &Match) -> ExchangeMatch {
     ExchangeMatch {
         host: m.host,
@@ -382,11 +374,7 @@ impl Exchange {
             .map_err(|e| self.refuse("bad ask", ControlError::Invalid(format!("the ask: {e}"))))?;
         let ask = signed.msg;
         let account = self.account(ask.host).await?;
-        let registered = account
-            .registrations
-            .iter()
-            .any(|r| r.role == "host" && r.unbonding_until.is_none() && r.deposit > 0);
-        if !registered {
+        if !account.bonded("host") {
             return Err(self.refuse(
                 "host not registered",
                 ControlError::Unauthorized(
@@ -436,7 +424,10 @@ impl Exchange {
                 .deals_of(AccountId(req.sender), false)
                 .await
                 .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
-            let hosts: Vec<String> = hosts.iter().map(hex).collect();
+            let hosts: Vec<String> = hosts
+                .iter()
+                .map(|h| data_encoding::HEXLOWER.encode(h))
+                .collect();
             let dealt = deals
                 .iter()
                 .any(|d| d.opened_height >= height && hosts.contains(&d.host));
