@@ -29,15 +29,15 @@ use tarpc::tokio_serde::formats::Bincode;
 pub mod chain;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 3;
+pub const HOST_API_VERSION: u32 = 4;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 2;
+pub const MINER_API_VERSION: u32 = 3;
 /// Longest a client may ask a miner to wait for a block.
 pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
 pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
-pub const EXCHANGE_API_VERSION: u32 = 2;
+pub const EXCHANGE_API_VERSION: u32 = 3;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 2;
 
@@ -84,6 +84,10 @@ pub struct HostStatus {
 pub struct StorageRequest {
     pub bytes: u64,
     pub days: u32,
+    /// The exchange that matched the sender to this host, if one did: the host's offer
+    /// then names it and the commission the host pays it (a host refuses an exchange it
+    /// does not ask at).
+    pub via: Option<[u8; 32]>,
 }
 
 /// Why a host does not take a storage request: machine-readable, so a client (or an
@@ -372,9 +376,15 @@ pub struct DealView {
     pub opened_height: u64,
     /// MASPC still held for the host.
     pub escrow: u64,
-    /// Of the fee: paid to the host for proven periods, refunded to the sender.
+    /// Of the fee: paid to the host for proven periods (after the commission), refunded to
+    /// the sender.
     pub paid: u64,
     pub refunded: u64,
+    /// The exchange that matched the deal (hex) and the host's commission to it, in
+    /// thousandths of each part the host earns; what it was paid so far.
+    pub exchange: Option<String>,
+    pub commission_permille: u16,
+    pub commission_paid: u64,
     /// Proof periods in all, proven and missed so far.
     pub parts: u32,
     pub proven: u32,
@@ -413,6 +423,9 @@ pub trait ExchangeApi {
     async fn status() -> ExchangeStatus;
     /// [`EXCHANGE_API_VERSION`].
     async fn api_version() -> u32;
+    /// Who the exchange is and what it charges: a host reads it before posting an ask.
+    /// (Appended after `api_version`, whose method number never changes.)
+    async fn terms() -> ExchangeTerms;
 }
 
 /// A host a request was matched to: where to ask it for its signed offer.
@@ -440,10 +453,23 @@ pub struct ExchangeProfile {
     pub max_days: u32,
     /// Regions it serves (empty: any).
     pub regions: Vec<String>,
+    /// What a host matched here pays the exchange: thousandths of each part of a deal's
+    /// fee the host earns, carried in the deal's payment and paid by the ledger.
+    pub commission_permille: u16,
+}
+
+/// An exchange's key, chain and terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeTerms {
+    /// Its key: its account on the chain, where its commission is paid.
+    pub key: [u8; 32],
+    pub chain_id: u64,
+    pub profile: ExchangeProfile,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExchangeStatus {
+    pub key: [u8; 32],
     pub chain_id: u64,
     pub profile: ExchangeProfile,
     /// Asks on the book now.
@@ -745,6 +771,7 @@ mod tests {
                 request: StorageRequest {
                     bytes: 1 << 30,
                     days: 30,
+                    via: Some([7; 32]),
                 },
             },
         });

@@ -19,8 +19,9 @@
 //! active deals is challenged on [`CHALLENGE_SAMPLES`] leaves drawn uniformly over all the
 //! chunks of those deals, and answers them all in one `StorageProofs` transaction. When the
 //! period closes, each covered deal pays its part of the escrow to the host if the answer
-//! came, or refunds it to its sender and moves [`SLASH_PER_MISSED_PROOF`] of the host's
-//! deposit to the sender if not. The chain's proof bytes and work per period thus grow
+//! came (less the commission of the exchange that matched the deal, if its payment named
+//! one, paid to that exchange), or refunds it to its sender and moves
+//! [`SLASH_PER_MISSED_PROOF`] of the host's deposit to the sender if not. The chain's proof bytes and work per period thus grow
 //! with the number of hosts, not with the chunks they store.
 //!
 //! Randomness: the sample derives from the chain's seed, which every block moves on with
@@ -43,8 +44,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use proto::tx::{
-    verify_batch, AccountId, Asset, DealId, Role, SignedTx, TxBody, TxId, DEAL_CHUNKS_MAX,
-    ENDPOINT_BYTES_MAX,
+    verify_batch, AccountId, Asset, Broker, DealId, Role, SignedTx, TxBody, TxId,
+    COMMISSION_PERMILLE_MAX, DEAL_CHUNKS_MAX, ENDPOINT_BYTES_MAX,
 };
 use proto::ChunkEntry;
 use thiserror::Error;
@@ -269,6 +270,11 @@ pub struct Deal {
     /// MASPC of the fee paid to the host so far, and refunded to the sender.
     pub paid: u64,
     pub refunded: u64,
+    /// The exchange that matched the deal and the host's commission to it.
+    pub broker: Option<Broker>,
+    /// MASPC of the fee paid to the exchange so far: its commission on each part the host
+    /// earned (`paid` is the host's share after it).
+    pub commission_paid: u64,
 }
 
 impl Deal {
@@ -590,6 +596,8 @@ pub enum TxError {
     OfferUsed,
     #[error("host {0} is not a registered, bonded host")]
     NotAHost(AccountId),
+    #[error("{0} is not a registered, bonded exchange (or its commission is over 1000 permille)")]
+    NotAnExchange(AccountId),
     #[error("a deal needs 1 to {DEAL_CHUNKS_MAX} chunks, a positive storage fee and period")]
     BadDealTerms,
     #[error("deal {0} does not exist")]
@@ -778,7 +786,7 @@ impl State {
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v2");
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v3");
         let u = |h: &mut blake3::Hasher, v: u64| {
             h.update(&v.to_le_bytes());
         };
@@ -827,9 +835,18 @@ impl State {
                 u64::from(d.missed),
                 d.paid,
                 d.refunded,
+                d.commission_paid,
                 d.chunks.len() as u64,
             ] {
                 u(&mut h, v);
+            }
+            match &d.broker {
+                None => u(&mut h, 0),
+                Some(b) => {
+                    u(&mut h, 1);
+                    h.update(&b.exchange.0);
+                    u(&mut h, u64::from(b.commission_permille));
+                }
             }
             for c in &d.chunks {
                 h.update(&c.id.0);
@@ -1076,9 +1093,15 @@ fn close_period(state: &mut State, period: u64) {
             deal.escrow -= part;
             let sender = deal.sender;
             if c.answered {
-                deal.paid += part;
+                let commission = deal.broker.map(|b| (b.exchange, b.commission(part)));
+                let to_exchange = commission.map_or(0, |(_, c)| c);
+                deal.paid += part - to_exchange;
+                deal.commission_paid += to_exchange;
                 deal.proven += 1;
-                credit_maspc(state, host, part);
+                credit_maspc(state, host, part - to_exchange);
+                if let Some((exchange, c)) = commission {
+                    credit_maspc(state, exchange, c);
+                }
             } else {
                 deal.refunded += part;
                 deal.missed += 1;
@@ -1367,6 +1390,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             storage_fee,
             download_fee,
             period_blocks,
+            broker,
             chunks,
         } => {
             let now = state.timestamp_ms / 1000;
@@ -1398,6 +1422,16 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .ok_or(TxError::NotAHost(*host))?;
             if reg.unbonding_until.is_some() || *host == tx.signer {
                 return Err(TxError::NotAHost(*host));
+            }
+            if let Some(b) = broker {
+                // Checked by the decoder too; the ledger does not rely on it.
+                let bonded = state
+                    .registrations
+                    .get(&(b.exchange, Role::Exchange))
+                    .is_some_and(|r| r.unbonding_until.is_none());
+                if !bonded || b.commission_permille > COMMISSION_PERMILLE_MAX {
+                    return Err(TxError::NotAnExchange(b.exchange));
+                }
             }
             let bytes = entries_bytes(chunks);
             let need = host_deposit_min(add(state.host_committed_bytes(host), bytes)?);
@@ -1437,6 +1471,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     missed: 0,
                     paid: 0,
                     refunded: 0,
+                    broker: *broker,
+                    commission_paid: 0,
                 },
             );
             Receipt::DealOpened { deal: deal_id }

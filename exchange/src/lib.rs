@@ -16,7 +16,12 @@
 //!
 //! [`lister`] keeps the exchange listed on its indexes; [`index`] is the index itself.
 //!
-//! Not yet: commission, replication (openraft) (issue 15).
+//! Commission: the profile's `commission_permille`, which a host reads ([`ExchangeApi::terms`])
+//! before it asks here and then names in each offer it makes to a sender matched here; the
+//! sender's payment carries it and the ledger pays it to the exchange from each part of the
+//! fee the host earns. Nothing is trusted to the exchange: it is paid by the chain.
+//!
+//! Not yet: replication (openraft) (issue 15).
 
 pub mod index;
 pub mod lister;
@@ -26,7 +31,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use api::chain::ChainClient;
-use api::{ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus};
+use api::{
+    ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus, ExchangeTerms,
+};
 use market::book::{Book, Match};
 use market::flood::{Flood, FloodPolicy, FloodRefusal};
 use proto::market::{region_ok, Request, SignedAsk, SignedRequest};
@@ -111,7 +118,12 @@ pub struct Profile {
     pub min_days: u32,
     pub max_days: u32,
     pub regions: Vec<String>,
+    /// Thousandths of each part of a matched deal's fee its host pays this exchange.
+    pub commission_permille: u16,
 }
+
+/// The commission an exchange asks unless its config says otherwise: 2%.
+pub const COMMISSION_PERMILLE_DEFAULT: u16 = 20;
 
 impl Default for Profile {
     fn default() -> Self {
@@ -120,6 +132,7 @@ impl Default for Profile {
             min_days: 1,
             max_days: 36_500,
             regions: Vec::new(),
+            commission_permille: COMMISSION_PERMILLE_DEFAULT,
         }
     }
 }
@@ -168,6 +181,12 @@ impl Config {
                 p.min_days, p.max_days
             ));
         }
+        if p.commission_permille > proto::tx::COMMISSION_PERMILLE_MAX {
+            return Err(format!(
+                "profile.commission_permille {}: at most 1000 (all of the fee)",
+                p.commission_permille
+            ));
+        }
         let f = &self.flood;
         if f.per_key_per_min == 0 || f.per_addr_per_min == 0 || f.strikes_to_ban == 0 {
             return Err("flood: the rates and strikes_to_ban must be at least 1".into());
@@ -206,6 +225,7 @@ impl Profile {
             min_days: self.min_days,
             max_days: self.max_days,
             regions: self.regions.clone(),
+            commission_permille: self.commission_permille,
         }
     }
 }
@@ -247,6 +267,8 @@ type RequestKey = ([u8; 32], [u8; 16]);
 
 #[derive(Debug)]
 struct Inner {
+    /// The exchange's key: its account, where commissions are paid.
+    key: [u8; 32],
     chain_id: u64,
     profile: Profile,
     book: Mutex<Book>,
@@ -287,8 +309,9 @@ fn view(m: &Match) -> ExchangeMatch {
 }
 
 impl Exchange {
-    /// An exchange serving `profile` for the chain `chain` follows.
+    /// An exchange with account `key` serving `profile` for the chain `chain` follows.
     pub async fn new(
+        key: [u8; 32],
         profile: Profile,
         flood: FloodPolicy,
         mut chain: ChainClient,
@@ -300,6 +323,7 @@ impl Exchange {
             .chain_id;
         Ok(Exchange {
             inner: Arc::new(Inner {
+                key,
                 chain_id,
                 profile,
                 book: Mutex::new(Book::new()),
@@ -527,12 +551,21 @@ impl ExchangeApi for Exchange {
         };
         let c = lock(&i.counters);
         ExchangeStatus {
+            key: i.key,
             chain_id: i.chain_id,
             profile: i.profile.view(),
             asks,
             requests_matched: c.matched,
             refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    async fn terms(self, _: tarpc::context::Context) -> ExchangeTerms {
+        ExchangeTerms {
+            key: self.inner.key,
+            chain_id: self.inner.chain_id,
+            profile: self.inner.profile.view(),
         }
     }
 
@@ -569,6 +602,7 @@ mod tests {
             min_days: 30,
             max_days: 365,
             regions: vec!["eu".into()],
+            commission_permille: 20,
         };
         let cases = [
             (req(2 << 30, 30, "eu"), None),
@@ -614,11 +648,14 @@ mod tests {
         region.profile.regions = vec!["EU".into()];
         let mut no_strikes = ok.clone();
         no_strikes.flood.strikes_to_ban = 0;
+        let mut greedy = ok.clone();
+        greedy.profile.commission_permille = 1001;
         for (c, says) in [
             (no_chain, "name at least one miner"),
             (empty, "an empty range"),
             (region, "\"EU\" is not a region"),
             (no_strikes, "at least 1"),
+            (greedy, "commission_permille 1001"),
         ] {
             let e = c.check().unwrap_err();
             assert!(e.contains(says), "{e}");

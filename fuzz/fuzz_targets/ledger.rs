@@ -98,6 +98,12 @@ fuzz_target!(|data: &[u8]| {
                     storage_fee: amount,
                     download_fee: amount / 7,
                     period_blocks: 10,
+                    // Now and then through an "exchange" (registered or not), at any
+                    // commission: the split must conserve the supply.
+                    broker: (arg % 3 == 0).then(|| proto::tx::Broker {
+                        exchange: id(kind % ACCOUNTS),
+                        commission_permille: u16::try_from(amount % 1001).expect("<= 1000"),
+                    }),
                     chunks,
                 }
             }

@@ -391,6 +391,7 @@ proptest! {
                         storage_fee: 10 * u64::from(parts),
                         download_fee: 0,
                         period_blocks: P * u64::from(parts),
+                        broker: None,
                         chunks: entries,
                     };
                     let tx = w.tx(HOSTS + sender, body);

@@ -5,6 +5,12 @@
 //! [`REPOST_SECS`] (sooner, every [`RETRY_SECS`], while an exchange or the chain refuses or
 //! does not answer, e.g. before the host is registered). An ask the host can no longer
 //! honour (room gone, deposit unbonding) is replaced at the next post or lapses.
+//!
+//! Before each post the bidder reads the exchange's terms: its key and the commission it
+//! charges. An exchange charging more than the host's `commission_max_permille` gets no ask
+//! (and offers through it are refused); the others are recorded in the host's
+//! [`crate::control::Brokers`], so an offer to a sender matched there names the exchange
+//! and its commission, which the payment must carry.
 
 use std::time::Duration;
 
@@ -41,15 +47,19 @@ async fn post_all(b: &Bidder, seq: u64) -> bool {
     };
     let mut all = true;
     for ex in &b.exchanges {
-        let posted = match api::exchange_client(ex).await {
-            Ok(c) => match c.post_ask(tarpc::context::current(), signed.clone()).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
+        let posted = async {
+            let c = api::exchange_client(ex).await.map_err(|e| e.to_string())?;
+            let ctx = tarpc::context::current;
+            let terms = c.terms(ctx()).await.map_err(|e| e.to_string())?;
+            b.control
+                .brokers
+                .accept(terms.key, terms.profile.commission_permille)?;
+            c.post_ask(ctx(), signed.clone())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
         };
-        if let Err(e) = posted {
+        if let Err(e) = posted.await {
             tracing::warn!(exchange = %ex, error = %e, "bidder: ask not posted");
             all = false;
         } else {

@@ -107,6 +107,10 @@ pub struct HostConfig {
     /// another name than `control_listen` (a public name, a NAT's address).
     #[serde(default)]
     pub public_control_addr: Option<String>,
+    /// The most commission the host pays an exchange that matched a sender to it, in
+    /// thousandths of what it earns from the deal: exchanges asking more get no ask.
+    #[serde(default = "default_commission_max")]
+    pub commission_max_permille: u16,
     /// The host's ed25519 key (created by `mspace host init`).
     pub key_file: PathBuf,
     /// Link usage and uploaded files' chunk lists.
@@ -122,6 +126,10 @@ pub struct HostConfig {
     pub retention_days: u64,
     #[serde(default)]
     pub limits: Limits,
+}
+
+fn default_commission_max() -> u16 {
+    100
 }
 
 fn default_retention() -> u64 {
@@ -191,6 +199,12 @@ impl HostConfig {
             return Err(NetError::Config(format!(
                 "the control address asks carry is longer than {} bytes",
                 proto::market::ADDR_MAX
+            )));
+        }
+        if self.commission_max_permille > proto::tx::COMMISSION_PERMILLE_MAX {
+            return Err(NetError::Config(format!(
+                "commission_max_permille {}: at most 1000 (all of what the host earns)",
+                self.commission_max_permille
             )));
         }
         if self.max_days == 0 || self.max_days > u64::from(u32::MAX) {
@@ -293,6 +307,10 @@ region = ""
 # The control address the asks give senders, if they reach it by another name than
 # control_listen (which must then listen where they can reach it).
 # public_control_addr = "host.example.net:7401"
+# The most commission this host pays an exchange that matched a sender to it, in
+# thousandths of what it earns from the deal (the exchange states its own; one asking
+# more gets no ask). The sender's payment carries it and the chain pays it.
+commission_max_permille = 100
 
 # The host's ed25519 key: links are signed with it. Keep it secret, keep a backup.
 key_file = "host.key"

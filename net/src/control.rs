@@ -2,7 +2,8 @@
 //! running [`Host`], and [`serve_host_control`] serves it. The service definitions, their
 //! types and codec live in the `api` crate.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use api::{
     ControlError, DownloadOffer, HostApi, HostStatus, LinkGrant, LinkRequest, OfferRefusal,
@@ -11,6 +12,7 @@ use api::{
 use ed25519_consensus::SigningKey;
 use proto::link::{Grant, Link};
 use proto::offer::Offer;
+use proto::tx::{AccountId, Broker};
 use proto::ChunkId;
 
 use crate::host::Host;
@@ -36,6 +38,60 @@ pub struct HostControl {
     /// The deposit (MASP) the chain requires of a host storing this many bytes: the
     /// ledger's rule, handed in by whoever wires the host (net holds no ledger rules).
     pub deposit_for: fn(u64) -> u64,
+    /// The exchanges this host asks at and the commission it pays each.
+    pub brokers: Brokers,
+}
+
+/// The exchanges a host asks at, each with the commission it charges (as the bidder read
+/// it before posting there), and the most commission the host agrees to pay. An offer
+/// asked for through an exchange names it and its commission; through one not here, the
+/// host makes none.
+#[derive(Clone, Debug, Default)]
+pub struct Brokers {
+    max_permille: u16,
+    known: Arc<Mutex<HashMap<[u8; 32], u16>>>,
+}
+
+impl Brokers {
+    /// No exchange known yet; at most `max_permille` will be paid to any.
+    pub fn new(max_permille: u16) -> Brokers {
+        Brokers {
+            max_permille,
+            known: Arc::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], u16>> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records that this host asks at `exchange`, which charges `permille`; refused (and
+    /// forgotten) if that is more than the host pays.
+    pub fn accept(&self, exchange: [u8; 32], permille: u16) -> Result<(), String> {
+        if permille > self.max_permille {
+            self.known().remove(&exchange);
+            return Err(format!(
+                "the exchange charges a commission of {permille} per mille; this host pays at most {} (commission_max_permille)",
+                self.max_permille
+            ));
+        }
+        self.known().insert(exchange, permille);
+        Ok(())
+    }
+
+    /// What an offer through `exchange` names: `None` if this host does not ask there.
+    pub fn through(&self, exchange: [u8; 32]) -> Option<Broker> {
+        self.known().get(&exchange).map(|&c| Broker {
+            exchange: AccountId(exchange),
+            commission_permille: c,
+        })
+    }
+
+    pub fn max_permille(&self) -> u16 {
+        self.max_permille
+    }
 }
 
 impl HostControl {
@@ -198,6 +254,29 @@ fn check_offer_terms(
             view.storage_fee
         )));
     }
+    // The commission the offer named, to the exchange it named: no more, and no less
+    // (the host promised it to the exchange that brought the sender).
+    let named = view
+        .exchange
+        .as_ref()
+        .map(|x| (x.clone(), view.commission_permille));
+    let offered = o.broker.map(|b| {
+        (
+            data_encoding::HEXLOWER.encode(&b.exchange.0),
+            b.commission_permille,
+        )
+    });
+    if named != offered {
+        let say = |b: &Option<(String, u16)>| match b {
+            None => "no exchange".to_owned(),
+            Some((x, c)) => format!("exchange {x} at {c} per mille"),
+        };
+        return Err(ControlError::Invalid(format!(
+            "the deal names {}; the offer, {}",
+            say(&named),
+            say(&offered)
+        )));
+    }
     Ok(())
 }
 
@@ -228,7 +307,13 @@ impl HostApi for HostControl {
     async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
         let s = self.stats().await;
         let free = s.capacity_bytes.saturating_sub(s.live_bytes);
-        let backing = if request.days == 0 || u64::from(request.days) > self.max_days {
+        let broker = request.via.map(|x| (x, self.brokers.through(x)));
+        let backing = if let Some((x, None)) = broker {
+            Err(OfferRefusal::BadTerms(format!(
+                "this host does not ask at exchange {}: ask it without one, or through an exchange it asks at",
+                data_encoding::HEXLOWER.encode(&x)
+            )))
+        } else if request.days == 0 || u64::from(request.days) > self.max_days {
             Err(OfferRefusal::BadTerms(format!(
                 "days must be 1 to {}",
                 self.max_days
@@ -252,6 +337,7 @@ impl HostApi for HostControl {
                     bytes_max: free,
                     deposit,
                     expiry_unix_secs: crate::now_secs().saturating_add(OFFER_TTL_SECS),
+                    broker: broker.and_then(|(_, b)| b),
                 };
                 self.host.remember_offer(
                     id,
@@ -260,6 +346,7 @@ impl HostApi for HostControl {
                         days: request.days,
                         bytes_max: offer.bytes_max,
                         expiry_unix_secs: offer.expiry_unix_secs,
+                        broker: offer.broker,
                     },
                 );
                 (Some(offer.sign(&self.key).to_bytes()), None)
@@ -375,12 +462,39 @@ impl HostApi for HostControl {
                         )));
                     }
                     let s = self.stats().await;
-                    // Whatever its fill then, it asked at least its lowest price.
+                    // Whatever its fill then, it asked at least its lowest price; the
+                    // exchange it named is lost too: any within what this host pays.
+                    let broker = match (&view.exchange, view.commission_permille) {
+                        (None, _) => None,
+                        (Some(x), c) if c <= self.brokers.max_permille() => {
+                            let exchange = data_encoding::HEXLOWER
+                                .decode(x.as_bytes())
+                                .ok()
+                                .and_then(|b| b.try_into().ok())
+                                .map(AccountId)
+                                .ok_or_else(|| {
+                                    ControlError::Unavailable(
+                                        "the miner sent a malformed exchange key".into(),
+                                    )
+                                })?;
+                            Some(Broker {
+                                exchange,
+                                commission_permille: c,
+                            })
+                        }
+                        (Some(_), c) => {
+                            return Err(ControlError::Invalid(format!(
+                                "the deal pays a commission of {c} per mille; this host pays at most {}",
+                                self.brokers.max_permille()
+                            )))
+                        }
+                    };
                     Some(crate::host::IssuedOffer {
                         price_per_gib_day: self.pricing.lowest(),
                         days: u32::try_from(days).unwrap_or(u32::MAX),
                         bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
                         expiry_unix_secs: 0,
+                        broker,
                     })
                 }
                 None => None,
@@ -474,6 +588,9 @@ mod tests {
             escrow: fee,
             paid: 0,
             refunded: 0,
+            exchange: None,
+            commission_permille: 0,
+            commission_paid: 0,
             parts: 0,
             proven: 0,
             missed: 0,
@@ -491,6 +608,7 @@ mod tests {
             days: 30,
             bytes_max: 5 << 30,
             expiry_unix_secs: u64::MAX,
+            broker: None,
         };
         let day = market::terms::BLOCKS_PER_DAY;
         // (offer known, bytes, blocks, fee) -> refusal containing
@@ -534,5 +652,52 @@ mod tests {
                 (got, want) => panic!("{bytes} {blocks} {fee}: {got:?}, wanted {want:?}"),
             }
         }
+        // The exchange and commission named must be the offer's, exactly.
+        let x = [9u8; 32];
+        let brokered = IssuedOffer {
+            broker: Some(Broker {
+                exchange: AccountId(x),
+                commission_permille: 20,
+            }),
+            ..offer
+        };
+        let paid = |exchange: Option<[u8; 32]>, commission_permille| api::DealView {
+            exchange: exchange.map(|x| data_encoding::HEXLOWER.encode(&x)),
+            commission_permille,
+            ..view(1 << 30, 30 * day, 300)
+        };
+        let cases = [
+            (brokered, paid(Some(x), 20), None),
+            (
+                brokered,
+                paid(None, 0),
+                Some("names no exchange; the offer, exchange 0909"),
+            ),
+            (
+                brokered,
+                paid(Some(x), 10),
+                Some("at 10 per mille; the offer, exchange"),
+            ),
+            (
+                brokered,
+                paid(Some([8; 32]), 20),
+                Some("names exchange 0808"),
+            ),
+            (offer, paid(Some(x), 20), Some("the offer, no exchange")),
+        ];
+        for (o, v, want) in cases {
+            match (check_offer_terms(Some(o), &v), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{e} lacks {w:?}"),
+                (got, want) => panic!("{got:?}, wanted {want:?}"),
+            }
+        }
+        let b = Brokers::new(50);
+        assert!(b.accept(x, 51).unwrap_err().contains("at most 50"));
+        assert_eq!(b.through(x), None);
+        b.accept(x, 50).unwrap();
+        assert_eq!(b.through(x).map(|b| b.commission_permille), Some(50));
+        assert!(b.accept(x, 60).is_err());
+        assert_eq!(b.through(x), None, "a raised commission is no longer paid");
     }
 }

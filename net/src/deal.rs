@@ -59,6 +59,21 @@ pub struct DealJob {
     pub host_keys: Vec<[u8; 32]>,
     /// The most the sender pays, MASPC per GiB per day: a dearer offer is refused.
     pub max_price_per_gib_day: Option<u64>,
+    /// The key of the exchange that matched `hosts`: each host's offer must name it (with
+    /// the commission the host pays it), and the payment carries it to the chain.
+    pub exchange: Option<[u8; 32]>,
+}
+
+/// What an exchange answered a request with.
+#[derive(Clone, Debug)]
+pub struct Matched {
+    /// The exchange's address and key (its account on the chain).
+    pub addr: String,
+    pub key: [u8; 32],
+    /// What a host matched there pays it, in thousandths of what it earns.
+    pub commission_permille: u16,
+    /// The hosts matched, best first.
+    pub hosts: Vec<api::ExchangeMatch>,
 }
 
 /// What a sender asks an exchange for.
@@ -137,10 +152,7 @@ pub async fn nearest_exchanges(
 /// hosts matched, best first. Refused requests (outside the exchange's profile, a sender
 /// with no account) and an answer with fewer hosts than copies are errors saying so; an
 /// exchange that does not answer is passed over for the next.
-pub async fn match_on_exchange(
-    job: &DealJob,
-    ask: &MarketAsk,
-) -> Result<Vec<api::ExchangeMatch>, NetError> {
+pub async fn match_on_exchange(job: &DealJob, ask: &MarketAsk) -> Result<Matched, NetError> {
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let chain_id = chain.status().await.map_err(chain_err)?.chain_id;
     let size = std::fs::metadata(&job.file)?.len();
@@ -162,14 +174,27 @@ pub async fn match_on_exchange(
     let signed = proto::market::Signed::sign(request, &job.key).to_bytes();
     let mut unreachable = Vec::new();
     for ex in &ask.exchanges {
+        let ctx = tarpc::context::current;
         let answer = match api::exchange_client(ex).await {
-            Ok(c) => c.request(tarpc::context::current(), signed.clone()).await,
+            Ok(c) => match c.terms(ctx()).await {
+                Ok(t) if t.chain_id != chain_id => {
+                    return Err(NetError::Protocol(format!(
+                        "exchange {ex} serves chain {}, not this client's {chain_id}",
+                        t.chain_id
+                    )))
+                }
+                Ok(t) => c
+                    .request(ctx(), signed.clone())
+                    .await
+                    .map(|m| m.map(|m| (t, m))),
+                Err(e) => Err(e),
+            },
             Err(e) => {
                 unreachable.push(format!("{ex}: {e}"));
                 continue;
             }
         };
-        let matched = match answer {
+        let (terms, matched) = match answer {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(NetError::Protocol(format!("exchange {ex} refuses: {e}"))),
             Err(e) => {
@@ -185,7 +210,12 @@ pub async fn match_on_exchange(
                 ask.max_price_per_gib_day
             )));
         }
-        return Ok(matched);
+        return Ok(Matched {
+            addr: ex.clone(),
+            key: terms.key,
+            commission_permille: terms.profile.commission_permille,
+            hosts: matched,
+        });
     }
     Err(NetError::Protocol(format!(
         "no exchange answers: {}",
@@ -230,12 +260,14 @@ fn rpc_err(e: impl std::fmt::Display) -> NetError {
     NetError::Protocol(format!("host control plane: {e}"))
 }
 
-/// Asks `host` for an offer covering `bytes` for `days` and checks it.
+/// Asks `host` for an offer covering `bytes` for `days` (through exchange `via`, if one
+/// matched the host) and checks it: the offer must name exactly that exchange.
 async fn checked_offer(
     client: &HostApiClient,
     chain_id: u64,
     bytes: u64,
     days: u32,
+    via: Option<[u8; 32]>,
 ) -> Result<Offer, NetError> {
     let ctx = tarpc::context::current;
     let status = client.status(ctx()).await.map_err(rpc_err)?;
@@ -245,7 +277,7 @@ async fn checked_offer(
         .and_then(|k| k.try_into().ok())
         .ok_or_else(|| NetError::Protocol("the host states a malformed key".into()))?;
     let answer = client
-        .offer(ctx(), StorageRequest { bytes, days })
+        .offer(ctx(), StorageRequest { bytes, days, via })
         .await
         .map_err(rpc_err)?;
     let Some(signed) = answer.signed else {
@@ -259,6 +291,19 @@ async fn checked_offer(
     let offer = *signed
         .check(&key, chain_id, crate::now_secs(), bytes, u64::from(days))
         .map_err(|e| NetError::Protocol(format!("the host's offer is refused: {e}")))?;
+    let named = offer.broker.map(|b| b.exchange.0);
+    if named != via {
+        let say = |x: Option<[u8; 32]>| {
+            x.map_or("no exchange".to_owned(), |k| {
+                format!("exchange {}", data_encoding::HEXLOWER.encode(&k))
+            })
+        };
+        return Err(NetError::Protocol(format!(
+            "the host's offer names {}, but this sender came through {}",
+            say(named),
+            say(via)
+        )));
+    }
     Ok(offer)
 }
 
@@ -284,9 +329,15 @@ pub async fn store(
         let client = api::host_client(addr)
             .await
             .map_err(|e| NetError::Protocol(format!("cannot reach the host at {addr}: {e}")))?;
-        let offer = checked_offer(&client, status.chain_id, sealed_estimate, job.days)
-            .await
-            .map_err(|e| NetError::Protocol(format!("{addr}: {e}")))?;
+        let offer = checked_offer(
+            &client,
+            status.chain_id,
+            sealed_estimate,
+            job.days,
+            job.exchange,
+        )
+        .await
+        .map_err(|e| NetError::Protocol(format!("{addr}: {e}")))?;
         if let Some(k) = job.host_keys.get(i) {
             if offer.host != *k {
                 return Err(NetError::Protocol(format!(
@@ -305,8 +356,13 @@ pub async fn store(
             }
         }
         report(&format!(
-            "{addr}: offer {} MASPC per GiB per day, deposit {} MASP",
-            offer.price_per_gib_day, offer.deposit
+            "{addr}: offer {} MASPC per GiB per day, deposit {} MASP{}",
+            offer.price_per_gib_day,
+            offer.deposit,
+            offer.broker.map_or(String::new(), |b| format!(
+                ", commission {} per mille to the exchange",
+                b.commission_permille
+            ))
         ));
         hosts.push((addr.clone(), client, offer));
     }
@@ -473,7 +529,7 @@ pub async fn place_entries(
         .await
         .map_err(|e| NetError::Protocol(format!("cannot reach the host at {addr}: {e}")))?;
     let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
-    let first = checked_offer(&client, status.chain_id, bytes, job.days).await?;
+    let first = checked_offer(&client, status.chain_id, bytes, job.days, job.exchange).await?;
     let ctx = PartCtx {
         name: addr,
         addr,
@@ -545,9 +601,10 @@ async fn place_part(
             }
             None => {
                 // A fresh offer for every payment: the chain takes an offer once.
-                let offer = checked_offer(part.client, part.chain_id, bytes, job.days)
-                    .await
-                    .map_err(|e| NetError::Protocol(format!("{name}: {e}")))?;
+                let offer =
+                    checked_offer(part.client, part.chain_id, bytes, job.days, job.exchange)
+                        .await
+                        .map_err(|e| NetError::Protocol(format!("{name}: {e}")))?;
                 if offer.host != part.host {
                     return Err(NetError::Protocol(format!(
                         "{name}: the host's key changed since its first offer"
@@ -638,6 +695,7 @@ async fn pay(
         storage_fee: terms.storage_fee,
         download_fee: 0,
         period_blocks: terms.period_blocks,
+        broker: offer.broker,
         chunks: entries.to_vec(),
     };
     let committed = chain

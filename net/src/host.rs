@@ -71,6 +71,8 @@ pub struct IssuedOffer {
     pub days: u32,
     pub bytes_max: u64,
     pub expiry_unix_secs: u64,
+    /// The exchange the offer named and the commission it promised it.
+    pub broker: Option<proto::tx::Broker>,
 }
 
 /// How long a stopping host waits for open connections to finish their requests.

@@ -8,11 +8,13 @@
 use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 
 use crate::decode::{DecodeError, Reader};
+use crate::tx::{AccountId, Broker, COMMISSION_PERMILLE_MAX};
 
 pub const OFFER_MAGIC: &[u8; 4] = b"MSOF";
-pub const OFFER_VERSION: u8 = 1;
+/// Version 2 added the exchange and its commission; version 1 offers are refused.
+pub const OFFER_VERSION: u8 = 2;
 /// Bytes of an encoded offer: the fields, then the signature.
-pub const OFFER_BYTES: usize = 4 + 1 + 8 + 32 + 16 + 8 * 6 + 64;
+pub const OFFER_BYTES: usize = 4 + 1 + 8 + 32 + 16 + 8 * 6 + 32 + 2 + 64;
 /// Domain separation: nothing else a host signs can be an offer.
 const SIGNING_CONTEXT: &[u8] = b"market.space 2026-12 storage offer v1\0";
 const WHAT: &str = "storage offer";
@@ -38,6 +40,10 @@ pub struct Offer {
     pub deposit: u64,
     /// The offer is void after this Unix second.
     pub expiry_unix_secs: u64,
+    /// The exchange the sender was matched through and the commission the host pays it:
+    /// the payment must name exactly this (`crate::tx::TxBody::UploadPayment`). Encoded as
+    /// the exchange's key (32 zero bytes: none) and the commission in thousandths.
+    pub broker: Option<Broker>,
 }
 
 /// An offer and the host's signature over it.
@@ -94,6 +100,19 @@ impl Offer {
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
+        let (exchange, commission) = self
+            .broker
+            .map_or(([0; 32], 0), |x| (x.exchange.0, x.commission_permille));
+        assert!(
+            exchange != [0; 32] || self.broker.is_none(),
+            "no exchange has the all-zero key"
+        );
+        assert!(
+            commission <= COMMISSION_PERMILLE_MAX,
+            "a commission is at most all"
+        );
+        b.extend_from_slice(&exchange);
+        b.extend_from_slice(&commission.to_le_bytes());
         b
     }
 
@@ -141,6 +160,24 @@ impl SignedOffer {
         let bytes_max = r.u64("bytes_max")?;
         let deposit = r.u64("deposit")?;
         let expiry_unix_secs = r.u64("expiry_unix_secs")?;
+        let exchange: [u8; 32] = r.array("exchange")?;
+        let commission_permille = r.u16("commission_permille")?;
+        let broker = if exchange == [0; 32] {
+            if commission_permille != 0 {
+                return Err(r.invalid("commission_permille", "must be 0 when no exchange is named"));
+            }
+            None
+        } else if commission_permille > COMMISSION_PERMILLE_MAX {
+            return Err(r.invalid(
+                "commission_permille",
+                format!("{commission_permille} is over {COMMISSION_PERMILLE_MAX} (all of the fee)"),
+            ));
+        } else {
+            Some(Broker {
+                exchange: AccountId(exchange),
+                commission_permille,
+            })
+        };
         let signature = r.array("signature")?;
         r.finish()?;
         Ok(SignedOffer {
@@ -154,6 +191,7 @@ impl SignedOffer {
                 bytes_max,
                 deposit,
                 expiry_unix_secs,
+                broker,
             },
             signature,
         })
@@ -224,6 +262,10 @@ mod tests {
             bytes_max: 1 << 40,
             deposit: 1500,
             expiry_unix_secs: 1_000,
+            broker: Some(Broker {
+                exchange: AccountId([3; 32]),
+                commission_permille: 20,
+            }),
         }
     }
 
@@ -274,8 +316,20 @@ mod tests {
         magic[0] = b'X';
         assert!(SignedOffer::from_bytes(&magic).is_err());
         let mut version = good.clone();
-        version[4] = 2;
+        version[4] = 1;
         assert!(SignedOffer::from_bytes(&version).is_err());
+        // The broker: none is all-zero with no commission; a commission is at most 1000.
+        let at = 4 + 1 + 8 + 32 + 16 + 48;
+        let mut none = good.clone();
+        none[at..at + 32].fill(0);
+        let e = SignedOffer::from_bytes(&none).unwrap_err().to_string();
+        assert!(e.contains("no exchange"), "{e}");
+        none[at + 32..at + 34].fill(0);
+        assert_eq!(SignedOffer::from_bytes(&none).unwrap().offer.broker, None);
+        let mut over = good.clone();
+        over[at + 32..at + 34].copy_from_slice(&1001u16.to_le_bytes());
+        let e = SignedOffer::from_bytes(&over).unwrap_err().to_string();
+        assert!(e.contains("commission_permille"), "{e}");
         let mut period = good.clone();
         period[69..77].copy_from_slice(&0u64.to_le_bytes());
         let e = SignedOffer::from_bytes(&period).unwrap_err().to_string();

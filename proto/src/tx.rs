@@ -75,6 +75,27 @@ pub enum Role {
 /// A deal is named by the id of the payment transaction that opened it.
 pub type DealId = TxId;
 
+/// Most a commission can be, in thousandths: all of what the host is paid.
+pub const COMMISSION_PERMILLE_MAX: u16 = 1000;
+
+/// The exchange that matched a deal and the commission its host agreed to pay it (in its
+/// signed offer, `crate::offer`): this many thousandths of each part of the storage fee the
+/// host earns go to the exchange instead (`docs/formats.md` section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Broker {
+    pub exchange: AccountId,
+    /// 0 to [`COMMISSION_PERMILLE_MAX`].
+    pub commission_permille: u16,
+}
+
+impl Broker {
+    /// The exchange's share of `part` (rounded down: the host keeps the remainder).
+    pub fn commission(&self, part: u64) -> u64 {
+        let c = u128::from(part) * u128::from(self.commission_permille) / 1000;
+        u64::try_from(c).expect("at most part")
+    }
+}
+
 /// BLAKE3 of a signed transaction's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxId(pub [u8; 32]);
@@ -115,7 +136,8 @@ pub enum TxBody {
     /// Tag 6, the seed's transaction #3: the sender escrows `storage_fee` MASPC for `host` to
     /// keep `chunks` for `period_blocks`, and names the fee receivers pay it per download.
     /// It cites the host's signed offer (`crate::offer`) by id and expiry: the chain takes
-    /// one payment per offer, before the offer expires.
+    /// one payment per offer, before the offer expires. `broker` names the exchange that
+    /// matched the deal and the commission the host's offer agreed to pay it.
     UploadPayment {
         host: AccountId,
         offer: [u8; 16],
@@ -123,6 +145,7 @@ pub enum TxBody {
         storage_fee: u64,
         download_fee: u64,
         period_blocks: u64,
+        broker: Option<Broker>,
         chunks: Vec<ChunkEntry>,
     },
     /// Tag 7, the seed's transaction #4: the host's CRC32C of every chunk it received, in order.
@@ -266,6 +289,7 @@ impl Tx {
                 storage_fee,
                 download_fee,
                 period_blocks,
+                broker,
                 chunks,
             } => {
                 out.push(6);
@@ -275,6 +299,18 @@ impl Tx {
                 put_u64(&mut out, *storage_fee);
                 put_u64(&mut out, *download_fee);
                 put_u64(&mut out, *period_blocks);
+                match broker {
+                    None => out.push(0),
+                    Some(b) => {
+                        assert!(
+                            b.commission_permille <= COMMISSION_PERMILLE_MAX,
+                            "a commission is at most COMMISSION_PERMILLE_MAX"
+                        );
+                        out.push(1);
+                        out.extend_from_slice(&b.exchange.0);
+                        out.extend_from_slice(&b.commission_permille.to_le_bytes());
+                    }
+                }
                 assert!(
                     chunks.len() <= DEAL_CHUNKS_MAX as usize,
                     "more than DEAL_CHUNKS_MAX entries"
@@ -410,6 +446,28 @@ impl Tx {
                 let storage_fee = r.u64("storage_fee")?;
                 let download_fee = r.u64("download_fee")?;
                 let period_blocks = r.u64("period_blocks")?;
+                let broker = match r.u8("broker present")? {
+                    0 => None,
+                    1 => {
+                        let exchange = AccountId(r.array("exchange")?);
+                        let commission_permille = r.u16("commission_permille")?;
+                        if commission_permille > COMMISSION_PERMILLE_MAX {
+                            return Err(r.invalid(
+                                "commission_permille",
+                                format!(
+                                    "{commission_permille} is over {COMMISSION_PERMILLE_MAX} (all of the fee)"
+                                ),
+                            ));
+                        }
+                        Some(Broker {
+                            exchange,
+                            commission_permille,
+                        })
+                    }
+                    other => {
+                        return Err(r.invalid("broker present", format!("{other} is not 0 or 1")))
+                    }
+                };
                 let count = counted(r, "chunk count", 40)?;
                 if count == 0 {
                     return Err(r.invalid("chunk count", "a deal has at least one chunk"));
@@ -429,6 +487,7 @@ impl Tx {
                     storage_fee,
                     download_fee,
                     period_blocks,
+                    broker,
                     chunks,
                 }
             }
@@ -721,6 +780,24 @@ mod tests {
                 storage_fee: 10,
                 download_fee: 1,
                 period_blocks: 100,
+                broker: None,
+                chunks: vec![ChunkEntry {
+                    id: ChunkId([3; 32]),
+                    sealed_bytes: 4112,
+                    crc32c: 9,
+                }],
+            },
+            TxBody::UploadPayment {
+                host: AccountId([2; 32]),
+                offer: [5; 16],
+                offer_expiry_unix_secs: 1_800_000_000,
+                storage_fee: 10,
+                download_fee: 1,
+                period_blocks: 100,
+                broker: Some(Broker {
+                    exchange: AccountId([4; 32]),
+                    commission_permille: 25,
+                }),
                 chunks: vec![ChunkEntry {
                     id: ChunkId([3; 32]),
                     sealed_bytes: 4112,
@@ -956,12 +1033,52 @@ mod tests {
             storage_fee: 1,
             download_fee: 0,
             period_blocks: 1,
+            broker: None,
             chunks: vec![],
         });
         assert!(SignedTx::decode(deal.bytes())
             .unwrap_err()
             .to_string()
             .contains("at least one chunk"));
+        // The broker: a flag of 0 or 1, and a commission of at most all of the fee.
+        let brokered = signed(TxBody::UploadPayment {
+            host: AccountId([2; 32]),
+            offer: [0; 16],
+            offer_expiry_unix_secs: 0,
+            storage_fee: 1,
+            download_fee: 0,
+            period_blocks: 1,
+            broker: Some(Broker {
+                exchange: AccountId([3; 32]),
+                commission_permille: 1000,
+            }),
+            chunks: vec![ChunkEntry {
+                id: ChunkId([3; 32]),
+                sealed_bytes: 4112,
+                crc32c: 9,
+            }],
+        });
+        let good = brokered.bytes().to_vec();
+        SignedTx::decode(&good).expect("a commission of 1000 permille is whole");
+        // Header and tag 58, host 32, offer 16, four u64: the flag.
+        let flag_at = 58 + 32 + 16 + 32;
+        assert_eq!(good[flag_at], 1);
+        let mut b = good.clone();
+        b[flag_at] = 2;
+        let err = SignedTx::decode(&b).unwrap_err().to_string();
+        assert!(err.contains("broker present"), "{err}");
+        let mut b = good.clone();
+        b[flag_at + 33..flag_at + 35].copy_from_slice(&1001u16.to_le_bytes());
+        let err = SignedTx::decode(&b).unwrap_err().to_string();
+        assert!(err.contains("commission_permille"), "{err}");
+        assert_eq!(
+            Broker {
+                exchange: AccountId([0; 32]),
+                commission_permille: 25
+            }
+            .commission(999),
+            24
+        );
     }
 
     proptest::proptest! {

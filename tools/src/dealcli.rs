@@ -74,6 +74,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         via: args.via.clone(),
         host_keys: Vec::new(),
         max_price_per_gib_day: args.max_price,
+        exchange: None,
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
@@ -114,6 +115,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             .context("finding hosts through an exchange")?;
         let bytes = net::deal::sealed_estimate(meta.len(), job.chunk_bytes);
         let rows: Vec<MatchJson> = matched
+            .hosts
             .iter()
             .map(|m| MatchJson {
                 ask: m.into(),
@@ -156,6 +158,12 @@ pub fn put(args: PutArgs) -> Result<()> {
                     );
                 }
                 println!("  (price: MASPC per GiB per day; deposit: MASP; fee: MASPC for the whole storage)");
+                println!(
+                    "  matched by exchange {} at {}: each host pays it {} per mille of what it earns",
+                    miner::hex(&matched.key),
+                    matched.addr,
+                    matched.commission_permille
+                );
             }
             return Ok(());
         }
@@ -167,8 +175,9 @@ pub fn put(args: PutArgs) -> Result<()> {
                 );
             }
         }
-        job.hosts = matched.iter().map(|m| m.addr.clone()).collect();
-        job.host_keys = matched.iter().map(|m| m.host).collect();
+        job.hosts = matched.hosts.iter().map(|m| m.addr.clone()).collect();
+        job.host_keys = matched.hosts.iter().map(|m| m.host).collect();
+        job.exchange = Some(matched.key);
     }
     job.passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
     let bar = progress_bar(meta.len(), !args.json, "sealing and uploading");
@@ -272,6 +281,11 @@ pub struct DealJson {
     pub escrow: u64,
     pub paid: u64,
     pub refunded: u64,
+    /// The exchange that matched the deal (hex), the host's commission to it in
+    /// thousandths of each part it earns, and what it was paid so far.
+    pub exchange: Option<String>,
+    pub commission_permille: u16,
+    pub commission_paid: u64,
     /// MASPC still to be paid out or refunded (the escrow).
     pub owed: u64,
     pub periods: u32,
@@ -298,6 +312,9 @@ impl From<&DealView> for DealJson {
             escrow: v.escrow,
             paid: v.paid,
             refunded: v.refunded,
+            exchange: v.exchange.clone(),
+            commission_permille: v.commission_permille,
+            commission_paid: v.commission_paid,
             owed: v.escrow,
             periods: v.parts,
             proven: v.proven,
@@ -321,6 +338,12 @@ pub fn print_deal(v: &DealView) {
         "  fee {} MASPC: {} paid to the host, {} refunded, {} in escrow",
         d.storage_fee, d.paid, d.refunded, d.escrow
     );
+    if let Some(x) = &d.exchange {
+        println!(
+            "  matched by exchange {x}: {} per mille of the host's earnings, {} MASPC paid to it",
+            d.commission_permille, d.commission_paid
+        );
+    }
     println!(
         "  {} proof periods from period {}: {} proven, {} missed",
         d.periods, d.first_period, d.proven, d.missed

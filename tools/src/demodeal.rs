@@ -232,6 +232,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             via: Vec::new(),
             host_keys: Vec::new(),
             max_price_per_gib_day: None,
+            exchange: None,
         };
         let listed = ix.exchanges(tarpc::context::current()).await?.len();
         let near = nearest_exchanges(std::slice::from_ref(&index)).await?;
@@ -251,6 +252,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         )
         .await?;
         let named: Vec<String> = matched
+            .hosts
             .iter()
             .map(|m| {
                 let i = layout.hosts.iter().position(|h| h.key == miner::hex(&m.host));
@@ -267,11 +269,12 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             t.elapsed().as_secs_f64()
         );
         *step += 1;
-        if matched.iter().map(|m| miner::hex(&m.host)).ne(layout.hosts[..2].iter().map(|h| h.key.clone())) {
+        if matched.hosts.iter().map(|m| miner::hex(&m.host)).ne(layout.hosts[..2].iter().map(|h| h.key.clone())) {
             bail!("exchange1 did not match host0 and host1, the two cheapest: {named:?}");
         }
-        job.hosts = matched.iter().map(|m| m.addr.clone()).collect();
-        job.host_keys = matched.iter().map(|m| m.host).collect();
+        job.hosts = matched.hosts.iter().map(|m| m.addr.clone()).collect();
+        job.host_keys = matched.hosts.iter().map(|m| m.host).collect();
+        job.exchange = Some(matched.key);
         job.max_price_per_gib_day = Some(20);
         let t = Instant::now();
         let done = store(&job, Arc::new(|_, _| {}), Arc::new(|_: &str| {})).await?;
@@ -288,14 +291,25 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
 
         let t = Instant::now();
         let mut paid = Vec::new();
+        let mut commission = Vec::new();
         for d in &deals {
             let v = wait_deal(&mut chain, *d, "proved three periods", |v| v.proven >= 3).await?;
+            if v.exchange.as_deref() != Some(&miner::hex(&matched.key)) {
+                bail!("deal {d} does not name exchange1: {:?}", v.exchange);
+            }
+            if v.commission_paid == 0 {
+                bail!("deal {d} paid exchange1 no commission in three periods: {v:?}");
+            }
             paid.push(v.paid);
+            commission.push((v.commission_paid, v.commission_permille));
         }
         println!(
-            "{step}. three proof periods: each host answered the chain's 16 sampled leaves per period in one transaction, and each period paid its part of the escrow: {} and {} MASPC paid so far ({:.1} s)",
+            "{step}. three proof periods: each host answered the chain's 16 sampled leaves per period in one transaction, and each period paid its part of the escrow: {} and {} MASPC to the hosts so far, and {} and {} MASPC to exchange1, the commission ({} per mille) each host's offer promised it and each payment carried ({:.1} s)",
             paid[0],
             paid[1],
+            commission[0].0,
+            commission[1].0,
+            commission[0].1,
             t.elapsed().as_secs_f64()
         );
         *step += 1;

@@ -51,6 +51,10 @@ impl DevnetExchange {
     }
 }
 
+/// What a devnet exchange charges a matched host: 10% (the most a host pays by default),
+/// so the demo's small fees still show a commission.
+pub const DEVNET_COMMISSION_PERMILLE: u16 = 100;
+
 /// Writes exchange `i`'s folder under `dir` with `mspace exchange init` (port `port`,
 /// listed on `index`).
 pub fn init_exchange(
@@ -66,7 +70,11 @@ pub fn init_exchange(
     let mut cmd = Command::new(exe);
     cmd.args(["exchange", "init", "--config"])
         .arg(&config)
-        .args(["--listen", &listen, "--index", index]);
+        .args(["--listen", &listen, "--index", index])
+        .args([
+            "--commission-permille",
+            &DEVNET_COMMISSION_PERMILLE.to_string(),
+        ]);
     for m in miners {
         cmd.args(["--chain", m]);
     }

@@ -61,6 +61,10 @@ struct InitArgs {
     /// A region served (repeat; none: any).
     #[arg(long)]
     region: Vec<String>,
+    /// The commission hosts matched here pay, in thousandths of what they earn from each
+    /// deal (paid to the exchange's account by the chain).
+    #[arg(long, default_value_t = exchange::COMMISSION_PERMILLE_DEFAULT)]
+    commission_permille: u16,
     /// An index to keep this exchange listed on (repeat).
     #[arg(long)]
     index: Vec<String>,
@@ -127,6 +131,10 @@ min_days = {min_days}
 max_days = {max_days}
 # Regions served (empty: any).
 regions = [{regions}]
+# The commission a host matched here pays, in thousandths of each part of the deal's fee
+# it earns: the host's offer names it, the sender's payment carries it, the chain pays it
+# to this exchange's account.
+commission_permille = {commission_permille}
 
 # Flood control: requests a minute per key and per address (more are refused until the
 # minute is over), and a ban of ban_secs for a key whose last strikes_to_ban answered
@@ -138,6 +146,7 @@ strikes_to_ban = 20
 ban_secs = 3600
 "#,
         listen = a.listen,
+        commission_permille = a.commission_permille,
         chain = list(&a.chain),
         min_bytes = a.min_bytes,
         min_days = a.min_days,
@@ -174,16 +183,22 @@ fn run(config: &std::path::Path) -> Result<()> {
         let chain = api::chain::ChainClient::connect(&cfg.chain)
             .await
             .with_context(|| format!("no miner answers at {}", cfg.chain.join(", ")))?;
-        let ex = Exchange::new(cfg.profile.clone(), cfg.flood.policy(), chain)
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let key = net::config::read_key(&cfg.key_file)?;
+        let ex = Exchange::new(
+            key.verification_key().to_bytes(),
+            cfg.profile.clone(),
+            cfg.flood.policy(),
+            chain,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let bound = listener.local_addr()?;
         if !cfg.indexes.is_empty() {
             tokio::spawn(exchange::lister::run(exchange::lister::Lister {
-                key: net::config::read_key(&cfg.key_file)?,
+                key,
                 chain_id: ex.chain_id(),
                 addr: cfg.listed_addr().to_owned(),
                 region: cfg.region.clone(),
@@ -210,8 +225,10 @@ fn status(addr: &str, json: bool) -> Result<()> {
     }
     let p = &s.profile;
     println!(
-        "exchange {addr} (version {}), chain {}",
-        s.version, s.chain_id
+        "exchange {addr} (version {}), chain {}, key {}",
+        s.version,
+        s.chain_id,
+        miner::hex(&s.key)
     );
     println!(
         "profile: requests of at least {} bytes, {} to {} days, regions {}",
@@ -223,6 +240,10 @@ fn status(addr: &str, json: bool) -> Result<()> {
         } else {
             p.regions.join(", ")
         }
+    );
+    println!(
+        "commission: {} per mille of what a matched host earns",
+        p.commission_permille
     );
     println!("{} ask(s) on the book:", s.asks.len());
     for a in &s.asks {
@@ -269,12 +290,14 @@ impl From<&api::ExchangeMatch> for AskJson {
 
 #[derive(serde::Serialize)]
 struct StatusJson {
+    key: String,
     chain_id: u64,
     version: String,
     min_bytes: u64,
     min_days: u32,
     max_days: u32,
     regions: Vec<String>,
+    commission_permille: u16,
     asks: Vec<AskJson>,
     requests_matched: u64,
     refused: std::collections::BTreeMap<String, u64>,
@@ -283,12 +306,14 @@ struct StatusJson {
 impl From<&api::ExchangeStatus> for StatusJson {
     fn from(s: &api::ExchangeStatus) -> Self {
         StatusJson {
+            key: miner::hex(&s.key),
             chain_id: s.chain_id,
             version: s.version.clone(),
             min_bytes: s.profile.min_bytes,
             min_days: s.profile.min_days,
             max_days: s.profile.max_days,
             regions: s.profile.regions.clone(),
+            commission_permille: s.profile.commission_permille,
             asks: s.asks.iter().map(AskJson::from).collect(),
             requests_matched: s.requests_matched,
             refused: s.refused.iter().cloned().collect(),

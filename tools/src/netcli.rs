@@ -476,6 +476,7 @@ pub fn offer(a: OfferArgs) -> Result<()> {
                 api::StorageRequest {
                     bytes: a.bytes,
                     days: a.days,
+                    via: None,
                 },
             )
             .await?;
@@ -611,6 +612,7 @@ fn host_run(config: &Path) -> Result<()> {
                 proof_period_blocks: consensus::ledger::PROOF_PERIOD_BLOCKS,
                 chain: cfg.chain.clone(),
                 deposit_for: consensus::ledger::host_deposit_min,
+                brokers: net::control::Brokers::new(cfg.commission_max_permille),
             };
             let (bound_tx, bound) = tokio::sync::oneshot::channel();
             let addr = c.clone();

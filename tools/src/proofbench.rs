@@ -155,6 +155,8 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
                     missed: 0,
                     paid: 0,
                     refunded: 0,
+                    broker: None,
+                    commission_paid: 0,
                 },
             );
             deals += 1;

@@ -191,6 +191,7 @@ fn with_deal(c: &mut Chain, n: u32) -> DealId {
         storage_fee: 500,
         download_fee: 30,
         period_blocks: 100,
+        broker: None,
         chunks: chunks(n, 1 << 20),
     };
     match c.ok(0, body) {
@@ -652,6 +653,7 @@ fn deal_terms_and_host_capacity_are_enforced() {
         storage_fee: fee,
         download_fee: 0,
         period_blocks: 10,
+        broker: None,
         chunks,
     };
     assert_eq!(
@@ -836,6 +838,7 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
         storage_fee: 700,
         download_fee: 0,
         period_blocks: 50,
+        broker: None,
         chunks: chunks(2, 4096),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -903,6 +906,7 @@ fn a_larger_deal_gets_a_longer_completion_window() {
         storage_fee: 100,
         download_fee: 0,
         period_blocks: 100,
+        broker: None,
         chunks: big.clone(),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -985,6 +989,7 @@ fn ratings_follow_the_chain_metrics() {
         storage_fee: 5,
         download_fee: 0,
         period_blocks: period,
+        broker: None,
         chunks: chunks(1, 10),
     };
     let Receipt::DealOpened { deal: bad } = c.ok(0, pay(10)) else {
@@ -1049,6 +1054,7 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
         storage_fee: 301,
         download_fee: 0,
         period_blocks: 250,
+        broker: None,
         chunks: chunks(3, 5000),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -1184,6 +1190,87 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
 }
 
 #[test]
+fn an_exchanges_commission_is_paid_from_each_part_the_host_earns() {
+    use consensus::ledger::PROOF_PERIOD_BLOCKS as P;
+    use proto::tx::Broker;
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 5_000,
+            endpoint: "h:1".into(),
+        },
+    );
+    c.ok(
+        2,
+        TxBody::Register {
+            role: Role::Exchange,
+            deposit: 1_000,
+            endpoint: "x:1".into(),
+        },
+    );
+    let pay = |exchange: u8, commission_permille| TxBody::UploadPayment {
+        host: id(1),
+        offer: fresh_offer(),
+        offer_expiry_unix_secs: u64::MAX,
+        storage_fee: 301,
+        download_fee: 0,
+        period_blocks: 250,
+        broker: Some(Broker {
+            exchange: id(exchange),
+            commission_permille,
+        }),
+        chunks: chunks(3, 5000),
+    };
+    // Only a bonded exchange can be named.
+    assert_eq!(c.err(0, pay(3, 50)), TxError::NotAnExchange(id(3)));
+    let Receipt::DealOpened { deal } = c.ok(0, pay(2, 50)) else {
+        panic!()
+    };
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001, 1002],
+        },
+    );
+    let first = to_first_period(&mut c, deal);
+    let (host0, exchange0) = (c.bal(1).1, c.bal(2).1);
+    // Period 1 proven: 100, of which 5% to the exchange (the host paid 1 for its proof).
+    let proof = proofs_for(&c, 1);
+    c.ok(1, proof);
+    c.advance_to((first + 1) * P - 1);
+    assert_eq!((c.bal(1).1, c.bal(2).1), (host0 - 1 + 95, exchange0 + 5));
+    // Period 2 missed: the part goes back to the sender whole; the exchange gets nothing.
+    c.advance_to((first + 2) * P - 1);
+    assert_eq!(c.bal(2).1, exchange0 + 5);
+    // Period 3 proven: 101, commission rounded down (5), the host keeps the rest.
+    c.advance_to((first + 2) * P);
+    let proof = proofs_for(&c, 1);
+    c.ok(1, proof);
+    c.advance_to((first + 3) * P - 1);
+    assert_eq!(
+        (c.bal(1).1, c.bal(2).1),
+        (host0 - 2 + 95 + 96, exchange0 + 10)
+    );
+    let d = &c.state.deals[&deal];
+    assert_eq!(
+        (d.paid, d.commission_paid, d.refunded, d.escrow),
+        (191, 10, 100, 0)
+    );
+    assert!(matches!(d.state, DealState::Ended { .. }));
+    // An exchange that is leaving takes no new deals.
+    c.ok(
+        2,
+        TxBody::Unbond {
+            role: Role::Exchange,
+        },
+    );
+    assert_eq!(c.err(0, pay(2, 50)), TxError::NotAnExchange(id(2)));
+}
+
+#[test]
 fn one_challenge_covers_every_deal_of_a_host_and_samples_across_them() {
     use consensus::ledger::PROOF_PERIOD_BLOCKS as P;
     let mut c = Chain::new();
@@ -1207,6 +1294,7 @@ fn one_challenge_covers_every_deal_of_a_host_and_samples_across_them() {
                 storage_fee: 1000,
                 download_fee: 0,
                 period_blocks: 10 * P,
+                broker: None,
                 chunks: chunks(40, 4096),
             },
         ) else {
@@ -1782,6 +1870,7 @@ fn a_payment_cites_an_unexpired_offer_once() {
         storage_fee: 10,
         download_fee: 0,
         period_blocks: 100,
+        broker: None,
         chunks: chunks(1, 4096),
     };
     c.ok(0, pay([1; 16], u64::MAX));

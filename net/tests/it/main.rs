@@ -831,6 +831,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         proof_period_blocks: 100,
         chain: Vec::new(),
         deposit_for: |bytes| 1_000 + bytes / 1000,
+        brokers: net::control::Brokers::new(100),
     };
     // A host on a chain no miner of which answers refuses to offer, saying so; the chain
     // is asked only for a request the host could otherwise take.
@@ -838,7 +839,11 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         chain: vec![format!("127.0.0.1:{}", free_tcp_port())],
         ..control.clone()
     };
-    let ask = |bytes, days| StorageRequest { bytes, days };
+    let ask = |bytes, days| StorageRequest {
+        bytes,
+        days,
+        via: None,
+    };
     let refused = |o: api::StorageOffer| {
         assert!(o.signed.is_none());
         o.refusal.unwrap()
@@ -852,6 +857,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         refused(HostApi::offer(off_chain, ctx0(), ask(1 << 20, 0)).await),
         OfferRefusal::BadTerms(_)
     ));
+    let brokers = control.brokers.clone();
     let (bound_tx, bound) = tokio::sync::oneshot::channel();
     tokio::spawn(net::control::serve_host_control(
         control,
@@ -871,6 +877,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
             StorageRequest {
                 bytes: 1 << 30,
                 days: 30,
+                via: None,
             },
         )
         .await
@@ -888,8 +895,33 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         signed.check(&host_key, 0, now(), 1 << 30, 91).is_err(),
         "past max_days"
     );
+    assert_eq!(terms.broker, None, "asked directly: no exchange named");
+    // Through an exchange: only one this host asks at (the bidder records each, with the
+    // commission it charges), named in the offer with that commission.
+    let through = |via| StorageRequest {
+        bytes: 1 << 30,
+        days: 30,
+        via: Some(via),
+    };
+    let unknown = c.offer(ctx(), through([9; 32])).await.unwrap();
+    assert!(
+        matches!(&unknown.refusal, Some(OfferRefusal::BadTerms(why)) if why.contains("does not ask at exchange 0909")),
+        "{unknown:?}"
+    );
+    brokers.accept([9; 32], 30).unwrap();
+    let brokered = c.offer(ctx(), through([9; 32])).await.unwrap();
+    let brokered = proto::offer::SignedOffer::from_bytes(&brokered.signed.unwrap()).unwrap();
+    let b = brokered.offer.broker.unwrap();
+    assert_eq!((b.exchange.0, b.commission_permille), ([9; 32], 30));
     let long = c
-        .offer(ctx(), StorageRequest { bytes: 1, days: 91 })
+        .offer(
+            ctx(),
+            StorageRequest {
+                bytes: 1,
+                days: 91,
+                via: None,
+            },
+        )
         .await
         .unwrap();
     assert!(matches!(long.refusal, Some(OfferRefusal::BadTerms(_))));

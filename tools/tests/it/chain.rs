@@ -349,7 +349,11 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
             let c = api::host_client(&control).await.unwrap();
             c.offer(
                 tarpc::context::current(),
-                api::StorageRequest { bytes, days: 30 },
+                api::StorageRequest {
+                    bytes,
+                    days: 30,
+                    via: None,
+                },
             )
             .await
             .unwrap()

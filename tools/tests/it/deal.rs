@@ -660,6 +660,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         via: Vec::new(),
         host_keys: Vec::new(),
         max_price_per_gib_day: None,
+        exchange: None,
     };
     let plan = net::client::plan_deal(
         &file,
@@ -788,6 +789,8 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             &m0,
             "--max-days",
             "365",
+            "--commission-permille",
+            "100",
             "--index",
             &ix,
         ],
@@ -923,7 +926,16 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         serde_json::json!([])
     );
 
-    let paid = put(&["--period-blocks", "40"], &client);
+    let st = status();
+    assert_eq!(
+        (st["key"].as_str(), st["commission_permille"].as_u64()),
+        (Some(ex_key.as_str()), Some(100)),
+        "{st}"
+    );
+    let ex_maspc = || account(&m0, &ex_key)["maspc"].as_u64().unwrap();
+    let ex_before = ex_maspc();
+    // Priced as 30 days (300 and 600 MASPC), run as two proof periods.
+    let paid = put(&["--days", "30", "--period-blocks", "40"], &client);
     assert_eq!(paid.code, 0, "{}", paid.stderr);
     let out: serde_json::Value = serde_json::from_str(&paid.stdout).unwrap();
     let placed: Vec<&str> = out["deals"]
@@ -937,10 +949,42 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         vec![cheapest[0].as_str(), cheapest[1].as_str()],
         "{out}"
     );
-    for d in out["deals"].as_array().unwrap() {
-        let v = deal(&m0, d["deal"].as_str().unwrap());
+    // Each payment names the exchange and the commission the host's offer promised it;
+    // the chain pays it 10% of each part the host earns, and the host the rest.
+    let ids: Vec<String> = out["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deal"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        let v = deal(&m0, id);
         assert_eq!(v["state"], "active", "{v}");
+        assert_eq!(v["exchange"], ex_key.as_str(), "{v}");
+        assert_eq!(v["commission_permille"], 100, "{v}");
     }
+    assert!(
+        until(&m0, 400, || ids
+            .iter()
+            .all(|id| deal(&m0, id)["state"] == "ended")),
+        "the deals did not run their two periods"
+    );
+    let mut commissions = 0;
+    for (id, fee) in ids.iter().zip([300, 600]) {
+        let v = deal(&m0, id);
+        assert_eq!(
+            (
+                v["storage_fee"].as_u64(),
+                v["proven"].as_u64(),
+                v["commission_paid"].as_u64(),
+                v["paid"].as_u64()
+            ),
+            (Some(fee), Some(2), Some(fee / 10), Some(fee - fee / 10)),
+            "{v}"
+        );
+        commissions += fee / 10;
+    }
+    assert_eq!(ex_maspc(), ex_before + commissions);
 
     // Refusals, each naming why; nothing paid for any.
     let nobody = dir.path().join("nobody.key");

@@ -306,6 +306,7 @@ fn demo_runs_end_to_end() {
         "the index listed 2 exchanges, exchange0 did not answer the client's probe, so the signed request went on to exchange1, which matched the two cheapest of three asks: host0 at 10 MASPC and host1 at 11 MASPC",
         "both hosts' own CRCs matched on chain",
         "three proof periods",
+        "MASPC to exchange1, the commission (100 per mille) each host's offer promised it",
         "moved 100 MASP of host1's deposit to the sender",
         "miner0 killed",
         "the file downloaded from the deal is byte-identical",
