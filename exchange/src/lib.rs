@@ -44,6 +44,10 @@ use serde::{Deserialize, Serialize};
 pub const ASK_LIFE_MAX_SECS: u64 = 600;
 /// Longest a request may live.
 pub const REQUEST_LIFE_MAX_SECS: u64 = 600;
+/// Fault injection for tests: with this variable set to `exit-on-request`, the exchange
+/// process exits the moment a request reaches it, before answering: an exchange dying
+/// while a sender negotiates, at a point a test can name.
+pub const FAULT_ENV: &str = "MSPACE_EXCHANGE_FAULT";
 
 /// `exchange.toml`: `docs/formats.md` section 17.3.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +281,8 @@ struct Inner {
     chain: tokio::sync::Mutex<ChainClient>,
     counters: Mutex<Counters>,
     flood: Mutex<Flood>,
+    /// [`FAULT_ENV`] was set: exit on the first request.
+    exit_on_request: bool,
 }
 
 /// The exchange's `ExchangeApi` service: serve it with `api::serve_control!`.
@@ -331,6 +337,7 @@ impl Exchange {
                 chain: tokio::sync::Mutex::new(chain),
                 counters: Mutex::new(Counters::default()),
                 flood: Mutex::new(Flood::new(flood)),
+                exit_on_request: std::env::var(FAULT_ENV).is_ok_and(|v| v == "exit-on-request"),
             }),
             peer: None,
         })
@@ -413,6 +420,10 @@ impl Exchange {
 
     async fn take_request(&self, bytes: Vec<u8>) -> Result<Vec<ExchangeMatch>, ControlError> {
         let i = &self.inner;
+        if i.exit_on_request {
+            eprintln!("{FAULT_ENV}=exit-on-request: exiting with a request unanswered");
+            std::process::exit(3);
+        }
         let now = now_secs();
         self.admit_peer(now)?;
         let signed =

@@ -148,11 +148,139 @@ pub async fn nearest_exchanges(
     Ok(alive)
 }
 
+/// How an attempt on a list of exchanges ended.
+enum Tried {
+    Matched(Matched),
+    /// An exchange answered with a refusal, or too few hosts: final, whatever the others
+    /// would say (a sender does not shop its request around refusals).
+    Refused(NetError),
+    /// None answered: why, for each.
+    Unanswered(Vec<String>),
+}
+
 /// Asks the first exchange that answers to match a signed request for `job`'s file: the
 /// hosts matched, best first. Refused requests (outside the exchange's profile, a sender
 /// with no account) and an answer with fewer hosts than copies are errors saying so; an
-/// exchange that does not answer is passed over for the next.
-pub async fn match_on_exchange(job: &DealJob, ask: &MarketAsk) -> Result<Matched, NetError> {
+/// exchange that does not answer, or dies before it has answered, is passed over for the
+/// next (`report` says so).
+pub async fn match_on_exchange(
+    job: &DealJob,
+    ask: &MarketAsk,
+    report: &Report,
+) -> Result<Matched, NetError> {
+    match try_exchanges(job, ask, &ask.exchanges, report).await? {
+        Tried::Matched(m) => Ok(m),
+        Tried::Refused(e) => Err(e),
+        Tried::Unanswered(why) => Err(NetError::Protocol(format!(
+            "no exchange answers: {}",
+            why.join("; ")
+        ))),
+    }
+}
+
+/// Exchanges at most that [`match_through_index`] tries through the indexes.
+pub const INDEX_ATTEMPTS: usize = 4;
+
+/// Matches through the exchanges the indexes list: the nearest one not tried yet
+/// ([`nearest_exchanges`], asking the indexes in the order given and passing to the next
+/// when one does not answer or lists nothing untried). When that exchange does not answer,
+/// or dies before it has answered, asks the indexes again (the listing may have changed)
+/// and goes on with the next nearest, up to [`INDEX_ATTEMPTS`] exchanges; last tries
+/// those in `ask.exchanges` (named by the sender) not tried yet.
+pub async fn match_through_index(
+    job: &DealJob,
+    ask: &MarketAsk,
+    indexes: &[String],
+    report: &Report,
+) -> Result<Matched, NetError> {
+    let mut tried: Vec<String> = Vec::new();
+    let mut why = Vec::new();
+    let mut any_index = false;
+    for attempt in 0..INDEX_ATTEMPTS {
+        if attempt > 0 {
+            report("asking the index again for an exchange not tried yet");
+        }
+        let mut next = None;
+        for ix in indexes {
+            let near = match nearest_exchanges(std::slice::from_ref(ix)).await {
+                Ok(near) => near,
+                Err(e) => {
+                    report(&format!("{e}: trying the next index"));
+                    continue;
+                }
+            };
+            any_index = true;
+            let fresh: Vec<_> = near
+                .into_iter()
+                .filter(|(e, _)| !tried.contains(&e.addr))
+                .collect();
+            let shown: Vec<String> = fresh
+                .iter()
+                .map(|(e, rtt)| format!("{} ({:.1} ms)", e.addr, rtt.as_secs_f64() * 1e3))
+                .collect();
+            report(&format!(
+                "index {ix} lists {} live exchange(s) that answer{}, nearest first: {}",
+                shown.len(),
+                if tried.is_empty() {
+                    ""
+                } else {
+                    " not tried yet"
+                },
+                if shown.is_empty() {
+                    "none".to_owned()
+                } else {
+                    shown.join(", ")
+                }
+            ));
+            if let Some((e, _)) = fresh.into_iter().next() {
+                next = Some(e.addr);
+                break;
+            }
+        }
+        let Some(ex) = next else { break };
+        tried.push(ex.clone());
+        match try_exchanges(job, ask, std::slice::from_ref(&ex), report).await? {
+            Tried::Matched(m) => return Ok(m),
+            Tried::Refused(e) => return Err(e),
+            Tried::Unanswered(w) => why.extend(w),
+        }
+    }
+    if !any_index && ask.exchanges.is_empty() {
+        return Err(NetError::Protocol(format!(
+            "no index answers ({}): try later, or name an exchange with --exchange",
+            indexes.join(", ")
+        )));
+    }
+    let named: Vec<String> = ask
+        .exchanges
+        .iter()
+        .filter(|a| !tried.contains(a))
+        .cloned()
+        .collect();
+    if !named.is_empty() {
+        match try_exchanges(job, ask, &named, report).await? {
+            Tried::Matched(m) => return Ok(m),
+            Tried::Refused(e) => return Err(e),
+            Tried::Unanswered(w) => why.extend(w),
+        }
+    }
+    Err(NetError::Protocol(if why.is_empty() {
+        "the index lists no exchange that answers: try later, or name one with --exchange"
+            .to_owned()
+    } else {
+        format!(
+            "the index lists no exchange that answers: {}",
+            why.join("; ")
+        )
+    }))
+}
+
+async fn try_exchanges(
+    job: &DealJob,
+    ask: &MarketAsk,
+    exchanges: &[String],
+    report: &Report,
+) -> Result<Tried, NetError> {
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let chain_id = chain.status().await.map_err(chain_err)?.chain_id;
     let size = std::fs::metadata(&job.file)?.len();
@@ -173,15 +301,15 @@ pub async fn match_on_exchange(job: &DealJob, ask: &MarketAsk) -> Result<Matched
     };
     let signed = proto::market::Signed::sign(request, &job.key).to_bytes();
     let mut unreachable = Vec::new();
-    for ex in &ask.exchanges {
+    for ex in exchanges {
         let ctx = tarpc::context::current;
         let answer = match api::exchange_client(ex).await {
             Ok(c) => match c.terms(ctx()).await {
                 Ok(t) if t.chain_id != chain_id => {
-                    return Err(NetError::Protocol(format!(
+                    return Ok(Tried::Refused(NetError::Protocol(format!(
                         "exchange {ex} serves chain {}, not this client's {chain_id}",
                         t.chain_id
-                    )))
+                    ))))
                 }
                 Ok(t) => c
                     .request(ctx(), signed.clone())
@@ -190,37 +318,47 @@ pub async fn match_on_exchange(job: &DealJob, ask: &MarketAsk) -> Result<Matched
                 Err(e) => Err(e),
             },
             Err(e) => {
+                report(&format!(
+                    "exchange {ex} does not answer ({e}): trying the next"
+                ));
                 unreachable.push(format!("{ex}: {e}"));
                 continue;
             }
         };
         let (terms, matched) = match answer {
             Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(NetError::Protocol(format!("exchange {ex} refuses: {e}"))),
+            Ok(Err(e)) => {
+                return Ok(Tried::Refused(NetError::Protocol(format!(
+                    "exchange {ex} refuses: {e}"
+                ))))
+            }
             Err(e) => {
+                // Connected, then lost before the answer: the exchange died or hung
+                // while negotiating. The request is signed with a fresh nonce per
+                // attempt list, so the next exchange takes it as new.
+                report(&format!(
+                    "exchange {ex} stopped answering while negotiating ({e}): trying the next"
+                ));
                 unreachable.push(format!("{ex}: {e}"));
                 continue;
             }
         };
         if matched.len() < usize::from(ask.copies) {
-            return Err(NetError::Protocol(format!(
+            return Ok(Tried::Refused(NetError::Protocol(format!(
                 "exchange {ex} matched {} host(s) for {} copies at {} MASPC per GiB per day at most: raise --max-price, ask for fewer copies or try later",
                 matched.len(),
                 ask.copies,
                 ask.max_price_per_gib_day
-            )));
+            ))));
         }
-        return Ok(Matched {
+        return Ok(Tried::Matched(Matched {
             addr: ex.clone(),
             key: terms.key,
             commission_permille: terms.profile.commission_permille,
             hosts: matched,
-        });
+        }));
     }
-    Err(NetError::Protocol(format!(
-        "no exchange answers: {}",
-        unreachable.join("; ")
-    )))
+    Ok(Tried::Unanswered(unreachable))
 }
 
 /// One copy placed.

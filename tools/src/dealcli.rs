@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use api::chain::ChainClient;
 use api::DealView;
 use clap::Args;
-use net::deal::{match_on_exchange, store, DealJob, MarketAsk};
+use net::deal::{match_on_exchange, match_through_index, store, DealJob, MarketAsk};
 use proto::tx::AccountId;
 use serde::Serialize;
 
@@ -78,41 +78,26 @@ pub fn put(args: PutArgs) -> Result<()> {
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
-        let mut exchanges = Vec::new();
-        if !args.index.is_empty() {
-            let near = runtime()?
-                .block_on(net::deal::nearest_exchanges(&args.index))
-                .context("finding exchanges through an index")?;
-            if !args.json {
-                let shown: Vec<String> = near
-                    .iter()
-                    .map(|(e, rtt)| format!("{} ({:.1} ms)", e.addr, rtt.as_secs_f64() * 1e3))
-                    .collect();
-                println!(
-                    "the index lists {} live exchange(s) that answer, nearest first: {}",
-                    near.len(),
-                    shown.join(", ")
-                );
+        let quiet = args.json;
+        let say: net::deal::Report = Arc::new(move |line: &str| {
+            if !quiet {
+                println!("{line}");
             }
-            exchanges.extend(near.into_iter().map(|(e, _)| e.addr));
-        }
-        exchanges.extend(args.exchange.iter().cloned());
-        if exchanges.is_empty() {
-            anyhow::bail!(
-                "the index lists no exchange that answers: try later, or name one with --exchange"
-            );
-        }
+        });
         let ask = MarketAsk {
-            exchanges,
+            exchanges: args.exchange.clone(),
             copies: args.copies,
             max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
             region: args.region.clone(),
             min_rating: args.min_rating,
         };
         job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
-        let matched = runtime()?
-            .block_on(match_on_exchange(&job, &ask))
-            .context("finding hosts through an exchange")?;
+        let matched = if args.index.is_empty() {
+            runtime()?.block_on(match_on_exchange(&job, &ask, &say))
+        } else {
+            runtime()?.block_on(match_through_index(&job, &ask, &args.index, &say))
+        }
+        .context("finding hosts through an exchange")?;
         let bytes = net::deal::sealed_estimate(meta.len(), job.chunk_bytes);
         let rows: Vec<MatchJson> = matched
             .hosts

@@ -249,6 +249,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
                 region: String::new(),
                 min_rating: 0,
             },
+            &(Arc::new(|_: &str| {}) as net::deal::Report),
         )
         .await?;
         let named: Vec<String> = matched

@@ -1014,13 +1014,101 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         assert_ne!(r.code, 0, "{args:?} was not refused");
         assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
     }
-    // Flood control: the dry run before the paid put was one strike, the deals after it
-    // cleared it; now three dry runs in a row: the third finds two answers with no deal
-    // after them, and the key is banned, saying until when.
-    for i in 0..2 {
-        let r = put(&["--dry-run"], &client);
-        assert_eq!(r.code, 0, "dry run {i}: {}", r.stderr);
+    // An exchange that dies while the sender negotiates: exchange B, registered on the
+    // chain and listed on a second index (the only exchange there), answers the client's
+    // probe and its first call (its terms), then exits as the signed request reaches it
+    // (fault injection). The sender, given both indexes, asks the indexes again: the
+    // second lists nothing it has not tried, the first lists exchange A, which matches.
+    let ix_b = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let _index_b = super::net::start(
+        &["index", "run", "--listen", &ix_b, "--chain", &m0],
+        &[],
+        "index listening on",
+    );
+    let exb_cfg = s(&dir.path().join("exchange-b/exchange.toml"));
+    let exb = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "exchange", "init", "--config", &exb_cfg, "--listen", &exb, "--chain", &m0, "--index",
+            &ix_b,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let exb_key = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("exchange key "))
+        .unwrap()
+        .to_owned();
+    let mut exb_proc = super::net::start(
+        &["exchange", "run", "--config", &exb_cfg],
+        &[(exchange::FAULT_ENV, "exit-on-request")],
+        "exchange listening on",
+    );
+    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", &client, "--to", &exb_key, "--asset", asset, "--amount",
+            amount, "--miner", &m0, "--wait", "60s", "--json",
+        ]);
     }
+    json(&[
+        "exchange",
+        "register",
+        "--config",
+        &exb_cfg,
+        "--deposit",
+        "1000",
+        "--json",
+    ]);
+    let listed_b = || json(&["index", "status", "--index", &ix_b, "--json"]);
+    assert!(
+        until(&m0, 200, || listed_b().as_array().unwrap().len() == 1),
+        "exchange B was never listed: {}",
+        listed_b()
+    );
+    let r = mspace(
+        &[
+            "put",
+            file.to_str().unwrap(),
+            "--index",
+            &ix_b,
+            "--index",
+            &ix,
+            "--chain",
+            &m0,
+            "--copies",
+            "2",
+            "--days",
+            "1",
+            "--key",
+            &client,
+            "--dry-run",
+        ],
+        &[("MSPACE_STATE_DIR", state.as_str())],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    for says in [
+        format!("exchange {exb} stopped answering while negotiating"),
+        "asking the index again for an exchange not tried yet".to_owned(),
+        format!("index {ix_b} lists 0 live exchange(s) that answer not tried yet"),
+        format!("index {ix} lists 1 live exchange(s) that answer not tried yet"),
+        "2 host(s) matched".to_owned(),
+        format!("matched by exchange {ex_key} at {ex}"),
+    ] {
+        assert!(r.stdout.contains(&says), "no {says:?} in:\n{}", r.stdout);
+    }
+    assert_eq!(
+        exb_proc.0.wait().unwrap().code(),
+        Some(3),
+        "exchange B exited by its fault injection"
+    );
+    // Flood control: the dry run before the paid put was one strike, the deals after it
+    // cleared it; the dry run just answered (after exchange B died) is another, then two
+    // more dry runs in a row: the second finds two answers with no deal after them, and
+    // the key is banned, saying until when.
+    let r = put(&["--dry-run"], &client);
+    assert_eq!(r.code, 0, "{}", r.stderr);
     for _ in 0..2 {
         let r = put(&["--dry-run"], &client);
         assert_ne!(r.code, 0, "a key asking without dealing was not banned");
