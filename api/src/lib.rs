@@ -37,7 +37,7 @@ pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
 pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
-pub const EXCHANGE_API_VERSION: u32 = 3;
+pub const EXCHANGE_API_VERSION: u32 = 4;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 2;
 
@@ -426,6 +426,35 @@ pub trait ExchangeApi {
     /// Who the exchange is and what it charges: a host reads it before posting an ask.
     /// (Appended after `api_version`, whose method number never changes.)
     async fn terms() -> ExchangeTerms;
+    /// A host that bids request by request (registered on the chain with a deposit) waits
+    /// here for the requests the exchange forwards: those still open for bids with a
+    /// `seq` above `after`, answered at once if there are any, else when one arrives or
+    /// after [`WATCH_WAIT_SECS`] (then possibly none). Asking keeps the host a watcher for
+    /// [`WATCHER_LIFE_SECS`]: each request waits for every watcher's bid or pass, for at
+    /// most the profile's `bid_window_ms`.
+    async fn watch_requests(
+        host: [u8; 32],
+        after: u64,
+    ) -> Result<Vec<ForwardedRequest>, ControlError>;
+    /// A host's `SignedBid` (`proto::market`) on a forwarded request still open: a price
+    /// for that request alone, or a pass.
+    async fn bid(bid: Vec<u8>) -> Result<(), ControlError>;
+}
+
+/// Longest [`ExchangeApi::watch_requests`] waits before answering with nothing (under
+/// tarpc's default deadline of 10 s).
+pub const WATCH_WAIT_SECS: u64 = 5;
+/// How long after its last [`ExchangeApi::watch_requests`] a host counts as watching.
+pub const WATCHER_LIFE_SECS: u64 = 15;
+
+/// A request an exchange forwards to the hosts that bid by themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedRequest {
+    /// Its place in the exchange's forwarding order (from 1).
+    pub seq: u64,
+    /// The sender's `SignedRequest`, as sent: `proto::market::request_id` of these bytes
+    /// names it in a bid.
+    pub request: Vec<u8>,
 }
 
 /// A host a request was matched to: where to ask it for its signed offer.
@@ -456,6 +485,9 @@ pub struct ExchangeProfile {
     /// What a host matched here pays the exchange: thousandths of each part of a deal's
     /// fee the host earns, carried in the deal's payment and paid by the ledger.
     pub commission_permille: u16,
+    /// How long a request waits for the bids of hosts that bid by themselves, in
+    /// milliseconds (0: requests are not forwarded; matched on the standing asks alone).
+    pub bid_window_ms: u64,
 }
 
 /// An exchange's key, chain and terms.
@@ -475,6 +507,13 @@ pub struct ExchangeStatus {
     /// Asks on the book now.
     pub asks: Vec<ExchangeMatch>,
     pub requests_matched: u64,
+    /// Hosts watching for forwarded requests now.
+    pub watchers: u32,
+    /// Requests forwarded to them; bids and passes received; hosts matched by a bid.
+    pub requests_forwarded: u64,
+    pub bids: u64,
+    pub passes: u64,
+    pub bids_matched: u64,
     /// Requests refused, by reason.
     pub refused: Vec<(String, u64)>,
     pub version: String,

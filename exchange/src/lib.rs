@@ -21,22 +21,32 @@
 //! sender's payment carries it and the ledger pays it to the exchange from each part of the
 //! fee the host earns. Nothing is trusted to the exchange: it is paid by the chain.
 //!
+//! Hosts that bid by themselves ([`ExchangeApi::watch_requests`], [`ExchangeApi::bid`]): a
+//! host registered on the chain watches for requests; each request that passes the checks
+//! above is forwarded to the hosts watching (not its sender) and waits for every watcher's
+//! signed bid or pass, for at most the profile's `bid_window_ms`; then it is matched over
+//! the book and the bids together (`market::book::Book::take_with`), a bid counting for that
+//! request alone. A watcher is a host key that asked in the last `WATCHER_LIFE_SECS`:
+//! anyone can watch under a registered host's key (a watch is not signed), which can only
+//! make requests wait the whole window for a bid that does not come; bids are signed.
+//!
 //! Not yet: replication (openraft) (issue 15).
 
 pub mod index;
 pub mod lister;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use api::chain::ChainClient;
 use api::{
     ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus, ExchangeTerms,
+    ForwardedRequest,
 };
-use market::book::{Book, Match};
+use market::book::{bid_entry, Book, Entry, Match};
 use market::flood::{Flood, FloodPolicy, FloodRefusal};
-use proto::market::{region_ok, Request, SignedAsk, SignedRequest};
+use proto::market::{region_ok, request_id, Request, SignedAsk, SignedBid, SignedRequest};
 use proto::tx::AccountId;
 use serde::{Deserialize, Serialize};
 
@@ -124,10 +134,19 @@ pub struct Profile {
     pub regions: Vec<String>,
     /// Thousandths of each part of a matched deal's fee its host pays this exchange.
     pub commission_permille: u16,
+    /// How long a request waits for the bids of hosts watching for requests, in
+    /// milliseconds (0: none forwarded). It waits only while a watcher has not answered.
+    pub bid_window_ms: u64,
 }
 
 /// The commission an exchange asks unless its config says otherwise: 2%.
 pub const COMMISSION_PERMILLE_DEFAULT: u16 = 20;
+/// How long a request waits for bids unless the config says otherwise.
+pub const BID_WINDOW_MS_DEFAULT: u64 = 500;
+/// The longest bid window a config may set.
+pub const BID_WINDOW_MS_MAX: u64 = 5_000;
+/// How often a watching host's registration and rating are read again from the chain.
+pub const WATCHER_RECHECK_SECS: u64 = 30;
 
 impl Default for Profile {
     fn default() -> Self {
@@ -137,6 +156,7 @@ impl Default for Profile {
             max_days: 36_500,
             regions: Vec::new(),
             commission_permille: COMMISSION_PERMILLE_DEFAULT,
+            bid_window_ms: BID_WINDOW_MS_DEFAULT,
         }
     }
 }
@@ -191,6 +211,12 @@ impl Config {
                 p.commission_permille
             ));
         }
+        if p.bid_window_ms > BID_WINDOW_MS_MAX {
+            return Err(format!(
+                "profile.bid_window_ms {}: at most {BID_WINDOW_MS_MAX} (a sender waits it out)",
+                p.bid_window_ms
+            ));
+        }
         let f = &self.flood;
         if f.per_key_per_min == 0 || f.per_addr_per_min == 0 || f.strikes_to_ban == 0 {
             return Err("flood: the rates and strikes_to_ban must be at least 1".into());
@@ -230,6 +256,7 @@ impl Profile {
             max_days: self.max_days,
             regions: self.regions.clone(),
             commission_permille: self.commission_permille,
+            bid_window_ms: self.bid_window_ms,
         }
     }
 }
@@ -263,7 +290,52 @@ pub fn profile_refusal(profile: &Profile, req: &Request) -> Option<String> {
 #[derive(Debug, Default)]
 struct Counters {
     matched: u64,
+    forwarded: u64,
+    bids: u64,
+    passes: u64,
+    bids_matched: u64,
     refused: BTreeMap<String, u64>,
+}
+
+/// A host watching for forwarded requests.
+#[derive(Debug, Clone, Copy)]
+struct Watcher {
+    /// Its last `watch_requests`.
+    seen: u64,
+    /// When its registration was last read, and its rating then.
+    checked: u64,
+    rating: u32,
+}
+
+/// A request open for bids.
+#[derive(Debug)]
+struct Open {
+    seq: u64,
+    /// As the sender sent it (forwarded as is).
+    bytes: Vec<u8>,
+    req: Request,
+    /// The watchers it waits for, and those that answered.
+    waiting: BTreeSet<[u8; 32]>,
+    answered: BTreeSet<[u8; 32]>,
+    bids: Vec<Entry>,
+}
+
+/// Forwarding to the hosts that bid by themselves.
+#[derive(Debug, Default)]
+struct Forward {
+    seq: u64,
+    watchers: BTreeMap<[u8; 32], Watcher>,
+    /// Requests open for bids, by `request_id`.
+    open: BTreeMap<[u8; 32], Open>,
+}
+
+impl Forward {
+    fn live_watchers(&self, now: u64) -> impl Iterator<Item = &[u8; 32]> {
+        self.watchers
+            .iter()
+            .filter(move |(_, w)| w.seen + api::WATCHER_LIFE_SECS > now)
+            .map(|(k, _)| k)
+    }
 }
 
 /// A request's (sender, nonce).
@@ -283,6 +355,11 @@ struct Inner {
     flood: Mutex<Flood>,
     /// [`FAULT_ENV`] was set: exit on the first request.
     exit_on_request: bool,
+    forward: Mutex<Forward>,
+    /// The last forwarded request's `seq`: watchers wait for it to change.
+    forwarded: tokio::sync::watch::Sender<u64>,
+    /// Bids and passes received: an open request waits for it to change.
+    answers: tokio::sync::watch::Sender<u64>,
 }
 
 /// The exchange's `ExchangeApi` service: serve it with `api::serve_control!`.
@@ -338,6 +415,9 @@ impl Exchange {
                 counters: Mutex::new(Counters::default()),
                 flood: Mutex::new(Flood::new(flood)),
                 exit_on_request: std::env::var(FAULT_ENV).is_ok_and(|v| v == "exit-on-request"),
+                forward: Mutex::new(Forward::default()),
+                forwarded: tokio::sync::watch::channel(0).0,
+                answers: tokio::sync::watch::channel(0).0,
             }),
             peer: None,
         })
@@ -482,18 +562,207 @@ impl Exchange {
                 ));
             }
         }
+        let bids = self.collect_bids(&bytes, &req, now).await;
         let got = {
             let mut book = lock(&i.book);
             book.expire(now);
-            book.take(&req, now)
+            book.take_with(&req, &bids, now)
         };
         lock(&i.flood).answered(
             req.sender,
             account.height,
-            got.iter().map(|m| m.host).collect(),
+            got.iter().map(|(m, _)| m.host).collect(),
         );
-        lock(&i.counters).matched += 1;
-        Ok(got.iter().map(view).collect())
+        {
+            let mut c = lock(&i.counters);
+            c.matched += 1;
+            c.bids_matched += got.iter().filter(|(_, on_book)| !on_book).count() as u64;
+        }
+        Ok(got.iter().map(|(m, _)| view(m)).collect())
+    }
+
+    /// Forwards the request to the hosts watching (if the profile has a bid window and any
+    /// watch), and waits until each has answered or the window closes: the bids made.
+    async fn collect_bids(&self, bytes: &[u8], req: &Request, now: u64) -> Vec<Entry> {
+        let i = &self.inner;
+        let window = std::time::Duration::from_millis(i.profile.bid_window_ms);
+        if window.is_zero() {
+            return Vec::new();
+        }
+        let id = request_id(bytes);
+        let seq = {
+            let mut f = lock(&i.forward);
+            let waiting: BTreeSet<[u8; 32]> = f
+                .live_watchers(now)
+                .filter(|k| **k != req.sender)
+                .copied()
+                .collect();
+            if waiting.is_empty() {
+                return Vec::new();
+            }
+            f.seq += 1;
+            let seq = f.seq;
+            f.open.insert(
+                id,
+                Open {
+                    seq,
+                    bytes: bytes.to_vec(),
+                    req: req.clone(),
+                    waiting,
+                    answered: BTreeSet::new(),
+                    bids: Vec::new(),
+                },
+            );
+            seq
+        };
+        lock(&i.counters).forwarded += 1;
+        let mut answers = i.answers.subscribe();
+        i.forwarded.send_replace(seq);
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            answers.borrow_and_update();
+            let all = lock(&i.forward)
+                .open
+                .get(&id)
+                .is_none_or(|o| o.waiting.is_subset(&o.answered));
+            if all {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, answers.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+        lock(&i.forward)
+            .open
+            .remove(&id)
+            .map(|o| o.bids)
+            .unwrap_or_default()
+    }
+
+    /// Records `host` as watching, reading its registration from the chain when first seen
+    /// or not read for [`WATCHER_RECHECK_SECS`].
+    async fn watching(&self, host: [u8; 32], now: u64) -> Result<(), ControlError> {
+        let known = lock(&self.inner.forward).watchers.get(&host).copied();
+        let fresh = known.filter(|w| w.checked + WATCHER_RECHECK_SECS > now);
+        let (checked, rating) = match fresh {
+            Some(w) => (w.checked, w.rating),
+            None => {
+                let account = self.account(host).await?;
+                if !account.bonded("host") {
+                    lock(&self.inner.forward).watchers.remove(&host);
+                    return Err(self.refuse(
+                        "host not registered",
+                        ControlError::Unauthorized(
+                            "the watching host is not registered on the chain with a deposit"
+                                .into(),
+                        ),
+                    ));
+                }
+                (now, account.rating)
+            }
+        };
+        let mut f = lock(&self.inner.forward);
+        f.watchers
+            .retain(|_, w| w.seen + api::WATCHER_LIFE_SECS > now);
+        f.watchers.insert(
+            host,
+            Watcher {
+                seen: now,
+                checked,
+                rating,
+            },
+        );
+        Ok(())
+    }
+
+    /// The requests open for bids after `after`, not `host`'s own.
+    fn open_after(&self, host: &[u8; 32], after: u64) -> Vec<ForwardedRequest> {
+        let f = lock(&self.inner.forward);
+        let mut out: Vec<ForwardedRequest> = f
+            .open
+            .values()
+            .filter(|o| o.seq > after && o.req.sender != *host && o.waiting.contains(host))
+            .map(|o| ForwardedRequest {
+                seq: o.seq,
+                request: o.bytes.clone(),
+            })
+            .collect();
+        out.sort_by_key(|r| r.seq);
+        out
+    }
+
+    async fn watch(
+        &self,
+        host: [u8; 32],
+        after: u64,
+    ) -> Result<Vec<ForwardedRequest>, ControlError> {
+        self.watching(host, now_secs()).await?;
+        let mut forwarded = self.inner.forwarded.subscribe();
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(api::WATCH_WAIT_SECS);
+        loop {
+            forwarded.borrow_and_update();
+            let open = self.open_after(&host, after);
+            if !open.is_empty() {
+                return Ok(open);
+            }
+            match tokio::time::timeout_at(deadline, forwarded.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn take_bid(&self, bytes: &[u8]) -> Result<(), ControlError> {
+        let i = &self.inner;
+        let now = now_secs();
+        let signed = SignedBid::open(bytes, i.chain_id, now, REQUEST_LIFE_MAX_SECS)
+            .map_err(|e| self.refuse("bad bid", ControlError::Invalid(format!("the bid: {e}"))))?;
+        let bid = signed.msg;
+        let mut f = lock(&i.forward);
+        let Some(rating) = f.watchers.get(&bid.host).map(|w| w.rating) else {
+            drop(f);
+            return Err(self.refuse(
+                "bid from no watcher",
+                ControlError::Unauthorized(
+                    "this host is not watching for requests here: watch_requests first".into(),
+                ),
+            ));
+        };
+        let Some(open) = f.open.get_mut(&bid.request) else {
+            drop(f);
+            return Err(self.refuse(
+                "bid on no open request",
+                ControlError::Invalid(
+                    "the request this bid answers is not open for bids here (its window closed, or it was never forwarded)".into(),
+                ),
+            ));
+        };
+        if !open.answered.insert(bid.host) {
+            drop(f);
+            return Err(self.refuse(
+                "bid twice",
+                ControlError::Invalid("this host answered this request already".into()),
+            ));
+        }
+        let entry = {
+            let mut book = lock(&i.book);
+            bid_entry(&bid, &open.req, rating, book.stamp())
+        };
+        let passed = entry.is_none();
+        open.bids.extend(entry);
+        drop(f);
+        {
+            let mut c = lock(&i.counters);
+            if passed {
+                c.passes += 1;
+            } else {
+                c.bids += 1;
+            }
+        }
+        i.answers.send_modify(|n| *n += 1);
+        Ok(())
     }
 }
 
@@ -567,6 +836,12 @@ impl ExchangeApi for Exchange {
             profile: i.profile.view(),
             asks,
             requests_matched: c.matched,
+            watchers: u32::try_from(lock(&i.forward).live_watchers(now).count())
+                .unwrap_or(u32::MAX),
+            requests_forwarded: c.forwarded,
+            bids: c.bids,
+            passes: c.passes,
+            bids_matched: c.bids_matched,
             refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
@@ -582,6 +857,19 @@ impl ExchangeApi for Exchange {
 
     async fn api_version(self, _: tarpc::context::Context) -> u32 {
         api::EXCHANGE_API_VERSION
+    }
+
+    async fn watch_requests(
+        self,
+        _: tarpc::context::Context,
+        host: [u8; 32],
+        after: u64,
+    ) -> Result<Vec<ForwardedRequest>, ControlError> {
+        self.watch(host, after).await
+    }
+
+    async fn bid(self, _: tarpc::context::Context, bid: Vec<u8>) -> Result<(), ControlError> {
+        self.take_bid(&bid)
     }
 }
 
@@ -614,6 +902,7 @@ mod tests {
             max_days: 365,
             regions: vec!["eu".into()],
             commission_permille: 20,
+            bid_window_ms: 0,
         };
         let cases = [
             (req(2 << 30, 30, "eu"), None),
@@ -661,12 +950,15 @@ mod tests {
         no_strikes.flood.strikes_to_ban = 0;
         let mut greedy = ok.clone();
         greedy.profile.commission_permille = 1001;
+        let mut slow = ok.clone();
+        slow.profile.bid_window_ms = 5_001;
         for (c, says) in [
             (no_chain, "name at least one miner"),
             (empty, "an empty range"),
             (region, "\"EU\" is not a region"),
             (no_strikes, "at least 1"),
             (greedy, "commission_permille 1001"),
+            (slow, "bid_window_ms 5001"),
         ] {
             let e = c.check().unwrap_err();
             assert!(e.contains(says), "{e}");

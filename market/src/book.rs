@@ -13,10 +13,17 @@
 //! same network ([`network`]: one copy per /24), until `copies` are matched.
 //! Taking a match reserves the request's bytes from the ask's free bytes, so an ask is never
 //! matched beyond the room it stated.
+//!
+//! Bids: a host may also answer one forwarded request with a bid ([`proto::market::Bid`]);
+//! the exchange turns each into an entry for exactly that request ([`bid_entry`]: room for
+//! its bytes, its days only) stamped on the book's clock ([`Book::stamp`]), and matching
+//! ([`Book::matches_with`]) walks the asks and the bids together in the same order, a host
+//! matched at most once (by its better-ranked entry). A bid reserves nothing: it is for
+//! that request alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use proto::market::{Ask, Request};
+use proto::market::{Ask, Bid, Request};
 
 /// The failure domain of a host's address, for "one copy per network": a public or private
 /// IPv4 address's /24, an IPv6 address's /48, a name itself (lowercased), and a loopback
@@ -65,6 +72,29 @@ impl Entry {
             deposit: self.ask.deposit,
         }
     }
+}
+
+/// A bid on `req` as an entry that qualifies for exactly that request (`None` for a pass),
+/// with the bidding host's `rating` and the time `posted` ([`Book::stamp`]).
+pub fn bid_entry(bid: &Bid, req: &Request, rating: u32, posted: u64) -> Option<Entry> {
+    let price = bid.price_per_gib_day?;
+    Some(Entry {
+        ask: Ask {
+            chain_id: bid.chain_id,
+            host: bid.host,
+            seq: 0,
+            price_per_gib_day: price,
+            free_bytes: req.bytes,
+            min_days: req.days,
+            max_days: req.days,
+            deposit: bid.deposit,
+            expiry_unix_secs: bid.expiry_unix_secs,
+            region: bid.region.clone(),
+            addr: bid.addr.clone(),
+        },
+        rating,
+        posted,
+    })
 }
 
 /// A host matched to a request.
@@ -193,26 +223,85 @@ impl Book {
             && e.rating >= u32::from(req.min_rating)
     }
 
+    /// The next arrival time on this book, for a bid ([`bid_entry`]).
+    pub fn stamp(&mut self) -> u64 {
+        let t = self.next;
+        self.next += 1;
+        t
+    }
+
     /// The hosts `req` would be matched to now, best first, at most `req.copies`.
     pub fn matches(&self, req: &Request, now_unix_secs: u64) -> Vec<Match> {
-        let mut used = BTreeSet::new();
-        self.order
+        self.matches_with(req, &[], now_unix_secs)
+    }
+
+    /// [`Book::matches`] over the asks and `bids` (entries from [`bid_entry`] for `req`)
+    /// together: each in rank order, a host matched once.
+    pub fn matches_with(&self, req: &Request, bids: &[Entry], now_unix_secs: u64) -> Vec<Match> {
+        self.walk(req, bids, now_unix_secs)
+            .into_iter()
+            .map(|(e, _)| e.to_match())
+            .collect()
+    }
+
+    /// The entries matched, best first, and whether each is a standing ask on the book.
+    fn walk<'a>(
+        &'a self,
+        req: &Request,
+        bids: &'a [Entry],
+        now_unix_secs: u64,
+    ) -> Vec<(&'a Entry, bool)> {
+        let mut bids: Vec<&Entry> = bids.iter().collect();
+        bids.sort_by_key(|e| rank(e));
+        let mut bids = bids.into_iter().peekable();
+        let mut asks = self
+            .order
             .iter()
             .take_while(|r| r.0 <= req.max_price_per_gib_day)
             .map(|r| &self.asks[&r.3])
-            .filter(|e| Book::qualifies(e, req, now_unix_secs))
-            .filter(|e| used.insert(network(&e.ask.addr)))
+            .peekable();
+        let merged = std::iter::from_fn(|| match (asks.peek(), bids.peek()) {
+            (Some(a), Some(b)) if rank(b) < rank(a) => bids.next().map(|b| (b, false)),
+            (Some(_), _) => asks.next().map(|a| (a, true)),
+            (None, _) => bids.next().map(|b| (b, false)),
+        });
+        let mut hosts = BTreeSet::new();
+        let mut nets = BTreeSet::new();
+        merged
+            .filter(|(e, _)| Book::qualifies(e, req, now_unix_secs))
+            .filter(|(e, _)| hosts.insert(e.ask.host))
+            .filter(|(e, _)| nets.insert(network(&e.ask.addr)))
             .take(usize::from(req.copies))
-            .map(Entry::to_match)
             .collect()
     }
 
     /// [`Book::matches`], reserving the request's bytes from each matched ask.
     pub fn take(&mut self, req: &Request, now_unix_secs: u64) -> Vec<Match> {
-        let got = self.matches(req, now_unix_secs);
-        for m in &got {
-            let e = self.asks.get_mut(&m.host).expect("matched from the book");
-            e.ask.free_bytes -= req.bytes;
+        self.take_with(req, &[], now_unix_secs)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect()
+    }
+
+    /// [`Book::matches_with`], reserving the request's bytes from each standing ask matched
+    /// (a bid reserves nothing); with each match, whether it was a standing ask (else a
+    /// bid).
+    pub fn take_with(
+        &mut self,
+        req: &Request,
+        bids: &[Entry],
+        now_unix_secs: u64,
+    ) -> Vec<(Match, bool)> {
+        let got: Vec<(Match, bool)> = self
+            .walk(req, bids, now_unix_secs)
+            .into_iter()
+            .map(|(e, on_book)| (e.to_match(), on_book))
+            .collect();
+        for (m, on_book) in &got {
+            if *on_book {
+                let e = self.asks.get_mut(&m.host).expect("matched from the book");
+                e.ask.free_bytes -= req.bytes;
+            }
         }
         got
     }
@@ -323,6 +412,68 @@ mod tests {
         }
         // Host 2 shares host 1's /24: the second copy goes to host 3.
         assert_eq!(hosts(&b.matches(&req(), 0)), vec![1, 3]);
+    }
+
+    fn bid(host: u8, price: Option<u64>) -> Bid {
+        Bid {
+            chain_id: 1,
+            host: [host; 32],
+            request: [0; 32],
+            price_per_gib_day: price,
+            deposit: 1000,
+            expiry_unix_secs: 100,
+            region: "eu".into(),
+            addr: format!("h{host}:1"),
+        }
+    }
+
+    #[test]
+    fn bids_rank_among_the_asks_once_per_host_and_reserve_nothing() {
+        let mut b = Book::new();
+        for (h, price) in [(1, 5), (2, 3), (3, 7)] {
+            b.post(ask(h, price), 500, 0).unwrap();
+        }
+        let r = {
+            let mut r = req();
+            r.copies = 4;
+            r
+        };
+        let entry = |b: &mut Book, h, price, rating| {
+            let t = b.stamp();
+            bid_entry(&bid(h, price), &r, rating, t)
+        };
+        // Host 4 bids 4 (between 3 and 5); host 1 bids 2 under its own ask of 5, and is
+        // matched once, at its bid; host 5 passes; host 6 bids over the price; host 7 bids
+        // 3 like host 2's ask, rated higher, so first of the two.
+        let bids: Vec<Entry> = [
+            entry(&mut b, 4, Some(4), 500),
+            entry(&mut b, 1, Some(2), 500),
+            entry(&mut b, 5, None, 500),
+            entry(&mut b, 6, Some(11), 900),
+            entry(&mut b, 7, Some(3), 600),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert_eq!(bids.len(), 4, "a pass is no entry");
+        let got = b.matches_with(&r, &bids, 0);
+        assert_eq!(hosts(&got), vec![1, 7, 2, 4]);
+        assert_eq!(got[0].price_per_gib_day, 2);
+        // A bid is for its request's terms alone: not for more bytes or other days.
+        let mut bigger = r.clone();
+        bigger.bytes += 1;
+        assert_eq!(hosts(&b.matches_with(&bigger, &bids, 0)), vec![2, 1, 3]);
+        let mut longer = r.clone();
+        longer.days += 1;
+        assert_eq!(hosts(&b.matches_with(&longer, &bids, 0)), vec![2, 1, 3]);
+        // Taking reserves room on the asks matched (host 2's), not on a bid's host's ask.
+        let mut two = r.clone();
+        two.copies = 3;
+        let taken = b.take_with(&two, &bids, 0);
+        let by: Vec<(u8, bool)> = taken.iter().map(|(m, a)| (m.host[0], *a)).collect();
+        assert_eq!(by, vec![(1, false), (7, false), (2, true)]);
+        let room: Vec<u64> = b.asks().map(|e| e.ask.free_bytes).collect();
+        assert_eq!(room, vec![100, 60, 100]);
     }
 
     #[test]

@@ -1,15 +1,16 @@
 //! The order book under random sequences of asks, withdrawals, expiries and requests: no
 //! match outside a request's terms, no host twice in one answer, no ask matched beyond the
 //! room it stated, every qualifying ask better than a matched one is matched too, and two
-//! books fed the same sequence answer the same (what lets replicas agree).
+//! books fed the same sequence answer the same (what lets replicas agree). Requests come
+//! with random bids (and passes) from hosts with or without an ask on the book.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 
-use market::book::{network, Book, Entry, Match};
+use market::book::{bid_entry, network, Book, Entry, Match};
 use proptest::prelude::*;
-use proto::market::{Ask, Request};
+use proto::market::{Ask, Bid, Request};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -33,6 +34,8 @@ enum Op {
         max_price: u64,
         region: bool,
         min_rating: u16,
+        /// (host, price or a pass, rating).
+        bids: Vec<(u8, Option<u64>, u32)>,
     },
 }
 
@@ -69,30 +72,37 @@ fn op() -> impl Strategy<Value = Op> {
             1u8..5,
             1u64..20,
             any::<bool>(),
-            0u16..1000
+            0u16..1000,
+            proptest::collection::vec((0u8..8, proptest::option::of(1u64..20), 0u32..1000), 0..4)
         )
             .prop_map(
-                |(sender, bytes, days, copies, max_price, region, min_rating)| Op::Request {
-                    sender,
-                    bytes,
-                    days,
-                    copies,
-                    max_price,
-                    region,
-                    min_rating,
+                |(sender, bytes, days, copies, max_price, region, min_rating, bids)| {
+                    Op::Request {
+                        sender,
+                        bytes,
+                        days,
+                        copies,
+                        max_price,
+                        region,
+                        min_rating,
+                        bids,
+                    }
                 }
             ),
     ]
 }
 
-/// The documented rule written plainly: every qualifying ask sorted, one per network,
-/// the first `copies`. The book walks an ordered index instead; both must agree.
-fn reference(asks: &[Entry], req: &Request, now: u64) -> Vec<Match> {
-    let mut fit: Vec<&Entry> = asks
+/// The documented rule written plainly: every qualifying ask and bid sorted, one per host,
+/// one per network, the first `copies`; whether each came from the book. The book walks an
+/// ordered index instead; both must agree.
+fn reference(asks: &[Entry], bids: &[Entry], req: &Request, now: u64) -> Vec<(Match, bool)> {
+    let mut fit: Vec<(&Entry, bool)> = asks
         .iter()
-        .filter(|e| Book::qualifies(e, req, now))
+        .map(|e| (e, true))
+        .chain(bids.iter().map(|e| (e, false)))
+        .filter(|(e, _)| Book::qualifies(e, req, now))
         .collect();
-    fit.sort_by_key(|e| {
+    fit.sort_by_key(|(e, _)| {
         (
             e.ask.price_per_gib_day,
             std::cmp::Reverse(e.rating),
@@ -100,11 +110,13 @@ fn reference(asks: &[Entry], req: &Request, now: u64) -> Vec<Match> {
             e.ask.host,
         )
     });
+    let mut hosts = std::collections::BTreeSet::new();
     let mut used = std::collections::BTreeSet::new();
     fit.into_iter()
-        .filter(|e| used.insert(network(&e.ask.addr)))
+        .filter(|(e, _)| hosts.insert(e.ask.host))
+        .filter(|(e, _)| used.insert(network(&e.ask.addr)))
         .take(usize::from(req.copies))
-        .map(Entry::to_match)
+        .map(|(e, on_book)| (e.to_match(), on_book))
         .collect()
 }
 
@@ -154,7 +166,7 @@ proptest! {
                     now += dt;
                     prop_assert_eq!(a.expire(now), b.expire(now));
                 }
-                Op::Request { sender, bytes, days, copies, max_price, region: eu, min_rating } => {
+                Op::Request { sender, bytes, days, copies, max_price, region: eu, min_rating, bids } => {
                     let req = Request {
                         chain_id: 1,
                         sender: [sender; 32],
@@ -168,28 +180,54 @@ proptest! {
                         expiry_unix_secs: now + 10,
                         region: if sender % 2 == 0 { region(eu) } else { String::new() },
                     };
+                    let mut entries = Vec::new();
+                    let mut bidders = std::collections::BTreeSet::new();
+                    // One answer per host, as an exchange takes them.
+                    for (host, price, rating) in bids {
+                        if !bidders.insert(host) {
+                            continue;
+                        }
+                        let bid = Bid {
+                            chain_id: 1,
+                            host: [host; 32],
+                            request: [0; 32],
+                            price_per_gib_day: price,
+                            deposit: 0,
+                            expiry_unix_secs: now + 5,
+                            region: region(host % 2 == 0),
+                            addr: format!("10.0.{}.{host}:1", host % 3),
+                        };
+                        let t = a.stamp();
+                        prop_assert_eq!(t, b.stamp());
+                        entries.extend(bid_entry(&bid, &req, rating, t));
+                    }
                     let before: Vec<_> = a.asks().cloned().collect();
-                    prop_assert_eq!(a.matches(&req, now), reference(&before, &req, now));
-                    let got: Vec<Match> = a.take(&req, now);
-                    prop_assert_eq!(&got, &b.take(&req, now), "replicas agree");
+                    let want = reference(&before, &entries, &req, now);
+                    let got = a.take_with(&req, &entries, now);
+                    prop_assert_eq!(&got, &want);
+                    prop_assert_eq!(&got, &b.take_with(&req, &entries, now), "replicas agree");
                     prop_assert!(got.len() <= usize::from(copies));
                     let mut seen = std::collections::BTreeSet::new();
-                    for m in &got {
+                    for (m, on_book) in &want {
                         prop_assert!(seen.insert(m.host), "a host twice in one answer");
-                        let e = before.iter().find(|e| e.ask.host == m.host).unwrap();
+                        let from = if *on_book { &before } else { &entries };
+                        let e = from.iter().find(|e| e.ask.host == m.host).unwrap();
                         prop_assert!(Book::qualifies(e, &req, now), "outside the terms: {:?}", e);
-                        let r = room.get_mut(&m.host[0]).unwrap();
-                        r.1 += bytes;
-                        prop_assert!(r.1 <= r.0, "host {} matched beyond its room", m.host[0]);
+                        if *on_book {
+                            let r = room.get_mut(&m.host[0]).unwrap();
+                            r.1 += bytes;
+                            prop_assert!(r.1 <= r.0, "host {} matched beyond its room", m.host[0]);
+                        }
                     }
                     // One copy per network; nothing qualifying on a network not yet used but
                     // left out ranks above a matched ask, and nothing such is left out while
                     // copies are wanted.
                     let nets: std::collections::BTreeSet<String> =
-                        got.iter().map(|m| network(&m.addr)).collect();
+                        got.iter().map(|(m, _)| network(&m.addr)).collect();
                     prop_assert_eq!(nets.len(), got.len(), "two copies on one network");
                     let left: Vec<_> = before
                         .iter()
+                        .chain(&entries)
                         .filter(|e| Book::qualifies(e, &req, now))
                         .filter(|e| !seen.contains(&e.ask.host))
                         .filter(|e| !nets.contains(&network(&e.ask.addr)))
@@ -197,7 +235,7 @@ proptest! {
                     if got.len() < usize::from(copies) {
                         prop_assert!(left.is_empty());
                     }
-                    if let Some(worst) = got.last() {
+                    if let Some((worst, _)) = got.last() {
                         for e in left {
                             prop_assert!(e.ask.price_per_gib_day >= worst.price_per_gib_day);
                         }

@@ -11,6 +11,12 @@
 //! (and offers through it are refused); the others are recorded in the host's
 //! [`crate::control::Brokers`], so an offer to a sender matched there names the exchange
 //! and its commission, which the payment must carry.
+//!
+//! A host may also bid request by request (`bid_on_requests`, with or without standing
+//! asks: `post_asks`): it watches each exchange for the requests it forwards
+//! (`ExchangeApi::watch_requests`, a long poll) and answers each with a signed bid at its
+//! policy's price, or a pass when it would not offer on those terms
+//! ([`HostControl::bid`]).
 
 use std::time::Duration;
 
@@ -34,6 +40,10 @@ pub struct Bidder {
     /// The host's control-plane address as senders reach it (written into the asks).
     pub addr: String,
     pub region: String,
+    /// Keep a standing ask on each exchange.
+    pub post_asks: bool,
+    /// Watch each exchange for forwarded requests and bid on them one by one.
+    pub bid_on_requests: bool,
 }
 
 /// Posts to every exchange; whether each took the ask.
@@ -70,7 +80,26 @@ async fn post_all(b: &Bidder, seq: u64) -> bool {
 }
 
 /// Runs until `stop` turns true.
-pub async fn run(b: Bidder, mut stop: watch::Receiver<bool>) {
+pub async fn run(b: Bidder, stop: watch::Receiver<bool>) {
+    let mut watchers = Vec::new();
+    if b.bid_on_requests {
+        for ex in &b.exchanges {
+            watchers.push(tokio::spawn(watch_exchange(
+                b.clone(),
+                ex.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    if b.post_asks {
+        post_asks(&b, stop).await;
+    }
+    for w in watchers {
+        let _ = w.await;
+    }
+}
+
+async fn post_asks(b: &Bidder, mut stop: watch::Receiver<bool>) {
     // Asks are ordered by time in milliseconds, so a restarted host's asks still come
     // after its earlier ones.
     let mut seq = 0u64;
@@ -79,7 +108,7 @@ pub async fn run(b: Bidder, mut stop: watch::Receiver<bool>) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         seq = (seq + 1).max(now_ms);
-        let wait = if post_all(&b, seq).await {
+        let wait = if post_all(b, seq).await {
             REPOST_SECS
         } else {
             RETRY_SECS
@@ -87,6 +116,65 @@ pub async fn run(b: Bidder, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.changed() => {}
             () = tokio::time::sleep(Duration::from_secs(wait)) => {}
+        }
+    }
+}
+
+/// Watches `ex` for forwarded requests and answers each, until `stop`; reconnects after
+/// [`RETRY_SECS`] when the exchange refuses or goes away.
+async fn watch_exchange(b: Bidder, ex: String, mut stop: watch::Receiver<bool>) {
+    let me = b.control.key.verification_key().to_bytes();
+    while !*stop.borrow() {
+        let served = async {
+            let ctx = tarpc::context::current;
+            let c = api::exchange_client(&ex).await.map_err(|e| e.to_string())?;
+            let terms = c.terms(ctx()).await.map_err(|e| e.to_string())?;
+            b.control
+                .brokers
+                .accept(terms.key, terms.profile.commission_permille)?;
+            tracing::info!(exchange = %ex, "bidder: watching for requests");
+            let mut after = 0;
+            loop {
+                let forwarded = c
+                    .watch_requests(ctx(), me, after)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                for f in forwarded {
+                    after = after.max(f.seq);
+                    let bid = match b
+                        .control
+                        .bid(&f.request, terms.chain_id, &b.addr, &b.region)
+                        .await
+                    {
+                        Ok(bid) => bid,
+                        Err(why) => {
+                            tracing::warn!(exchange = %ex, %why, "bidder: request not answered");
+                            continue;
+                        }
+                    };
+                    let price = bid.msg.price_per_gib_day;
+                    match c.bid(ctx(), bid.to_bytes()).await {
+                        Ok(Ok(())) => tracing::debug!(exchange = %ex, ?price, "bidder: answered"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(exchange = %ex, error = %e, "bidder: bid refused");
+                        }
+                        Err(e) => return Err::<(), String>(e.to_string()),
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.changed() => break,
+            r = served => {
+                if let Err(e) = r {
+                    tracing::warn!(exchange = %ex, error = %e, "bidder: not watching");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(RETRY_SECS)) => {}
         }
     }
 }

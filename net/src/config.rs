@@ -100,6 +100,13 @@ pub struct HostConfig {
     /// and `control_listen` (senders ask the control plane for the signed offer).
     #[serde(default)]
     pub exchanges: Vec<String>,
+    /// Keep a standing ask on each of `exchanges`.
+    #[serde(default = "default_true")]
+    pub post_asks: bool,
+    /// Also watch each of `exchanges` for the requests it forwards and bid on each one
+    /// (or pass) at the pricing policy's price.
+    #[serde(default)]
+    pub bid_on_requests: bool,
     /// Where the host is, as its asks say (lowercase letters, digits, '-'); empty: unsaid.
     #[serde(default)]
     pub region: String,
@@ -138,6 +145,10 @@ fn default_retention() -> u64 {
 
 fn default_max_days() -> u64 {
     365
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_price() -> u64 {
@@ -184,6 +195,11 @@ impl HostConfig {
                 self.region,
                 proto::market::REGION_MAX
             )));
+        }
+        if !self.exchanges.is_empty() && !self.post_asks && !self.bid_on_requests {
+            return Err(NetError::Config(
+                "exchanges: with post_asks and bid_on_requests both false the host takes no part there".into(),
+            ));
         }
         if !self.exchanges.is_empty() && (self.chain.is_empty() || self.control_listen.is_none()) {
             return Err(NetError::Config(
@@ -302,6 +318,11 @@ chain = [{chain}]
 # Exchanges (host:port) the host keeps a standing ask on (price, room, days, region;
 # signed, re-posted every 15 s), so senders matched there come to its control plane.
 exchanges = [{exchanges}]
+# Keep a standing ask on each (true), and/or watch each for the requests it forwards and
+# bid on them one by one, or pass (bid_on_requests; the exchange waits up to its
+# bid_window_ms for the bids of the hosts watching).
+post_asks = true
+bid_on_requests = false
 # Where the host is, as its asks say (e.g. "eu-west"); empty: unsaid.
 region = ""
 # The control address the asks give senders, if they reach it by another name than

@@ -192,6 +192,60 @@ impl HostControl {
     }
 }
 
+impl HostControl {
+    /// This host's signed answer to a request an exchange forwarded (`signed_request`, as
+    /// forwarded): a bid at its policy's price now if it would offer on those terms (room
+    /// for the bytes, days it takes, the region asked, a price within the sender's, the
+    /// chain backing it for what it would then store, not its own request), else a pass.
+    /// An error if the request itself is malformed, forged, for another chain or expired.
+    pub async fn bid(
+        &self,
+        signed_request: &[u8],
+        chain_id: u64,
+        addr: &str,
+        region: &str,
+    ) -> Result<proto::market::SignedBid, String> {
+        let now = crate::now_secs();
+        let me = self.key.verification_key().to_bytes();
+        let signed = proto::market::SignedRequest::open(signed_request, chain_id, now, 3_600)
+            .map_err(|e| format!("the forwarded request: {e}"))?;
+        let req = &signed.msg;
+        let s = self.stats().await;
+        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+        let price = self.pricing.price(s.live_bytes, s.capacity_bytes);
+        let fits = req.sender != me
+            && req.bytes <= free
+            && u64::from(req.days) <= self.max_days
+            && (req.region.is_empty() || req.region == region)
+            && price <= req.max_price_per_gib_day;
+        let backing = if fits {
+            self.chain_backing(s.live_bytes.saturating_add(req.bytes))
+                .await
+                .ok()
+        } else {
+            None
+        };
+        let bid = proto::market::Bid {
+            chain_id,
+            host: me,
+            request: proto::market::request_id(signed_request),
+            price_per_gib_day: backing.map(|_| price),
+            deposit: backing.map_or(0, |(_, deposit, _)| deposit),
+            expiry_unix_secs: now.saturating_add(BID_LIFE_SECS),
+            region: region.to_owned(),
+            addr: if backing.is_some() {
+                addr.to_owned()
+            } else {
+                String::new()
+            },
+        };
+        Ok(proto::market::Signed::sign(bid, &self.key))
+    }
+}
+
+/// How long a host's bid stays valid (it counts only while its request is open).
+pub const BID_LIFE_SECS: u64 = 60;
+
 /// BLAKE3 `derive_key` context of the key a host authenticates its offer ids with.
 pub const OFFER_ID_CONTEXT: &str = "market.space 2026-12 host offer id v1";
 

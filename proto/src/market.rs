@@ -14,6 +14,7 @@ use crate::decode::{DecodeError, Reader};
 pub const ASK_MAGIC: &[u8; 4] = b"MSAK";
 pub const REQUEST_MAGIC: &[u8; 4] = b"MSRQ";
 pub const LISTING_MAGIC: &[u8; 4] = b"MSEX";
+pub const BID_MAGIC: &[u8; 4] = b"MSBD";
 pub const MARKET_VERSION: u8 = 1;
 /// Longest region name: lowercase ASCII letters, digits and `-`.
 pub const REGION_MAX: usize = 32;
@@ -26,6 +27,7 @@ pub const COPIES_MAX: u8 = 16;
 const ASK_CONTEXT: &[u8] = b"market.space 2026-12 exchange ask v1\0";
 const REQUEST_CONTEXT: &[u8] = b"market.space 2026-12 storage request v1\0";
 const LISTING_CONTEXT: &[u8] = b"market.space 2026-12 exchange listing v1\0";
+const BID_CONTEXT: &[u8] = b"market.space 2026-12 host bid v1\0";
 
 /// A host's standing ask on an exchange's book: the terms on which it takes new storage
 /// until `expiry_unix_secs`. A later ask of the same host (higher `seq`) replaces it.
@@ -91,6 +93,33 @@ pub struct Listing {
     pub addr: String,
 }
 
+/// A host's answer to one request an exchange forwarded to it (a host that bids request by
+/// request rather than, or as well as, keeping a standing ask): a price for exactly that
+/// request's bytes and days, or a pass (`price_per_gib_day` `None`: it will not take it).
+/// Bound to the request by its id ([`request_id`]), so it cannot be replayed onto another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bid {
+    pub chain_id: u64,
+    /// The host's key: its account on the chain.
+    pub host: [u8; 32],
+    /// [`request_id`] of the signed request it answers.
+    pub request: [u8; 32],
+    /// MASPC base units per GiB per day; `None`: a pass.
+    pub price_per_gib_day: Option<u64>,
+    /// Its deposit on the chain when it bid (MASP).
+    pub deposit: u64,
+    pub expiry_unix_secs: u64,
+    pub region: String,
+    /// The host's control-plane address (empty only in a pass).
+    pub addr: String,
+}
+
+/// A request's id: BLAKE3 of the signed request's bytes as the sender sent them (body and
+/// signature), which is what an exchange forwards.
+pub fn request_id(signed_request: &[u8]) -> [u8; 32] {
+    *blake3::hash(signed_request).as_bytes()
+}
+
 /// A message and its author's signature over it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed<T> {
@@ -101,6 +130,7 @@ pub struct Signed<T> {
 pub type SignedAsk = Signed<Ask>;
 pub type SignedRequest = Signed<Request>;
 pub type SignedListing = Signed<Listing>;
+pub type SignedBid = Signed<Bid>;
 
 /// Why an exchange refuses an ask or a request; each names what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -373,6 +403,77 @@ impl Authored for Listing {
     }
 }
 
+impl Authored for Bid {
+    const CONTEXT: &'static [u8] = BID_CONTEXT;
+    const WHAT: &'static str = "host's bid";
+
+    fn author(&self) -> [u8; 32] {
+        self.host
+    }
+
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn expiry_unix_secs(&self) -> u64 {
+        self.expiry_unix_secs
+    }
+
+    fn body(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(128 + self.addr.len());
+        b.extend_from_slice(BID_MAGIC);
+        b.push(MARKET_VERSION);
+        b.extend_from_slice(&self.chain_id.to_le_bytes());
+        b.extend_from_slice(&self.host);
+        b.extend_from_slice(&self.request);
+        match self.price_per_gib_day {
+            None => b.extend_from_slice(&[0; 9]),
+            Some(p) => {
+                b.push(1);
+                b.extend_from_slice(&p.to_le_bytes());
+            }
+        }
+        b.extend_from_slice(&self.deposit.to_le_bytes());
+        b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
+        put_str(&mut b, &self.region);
+        put_str(&mut b, &self.addr);
+        b
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Bid, DecodeError> {
+        r.magic(BID_MAGIC)?;
+        r.version(MARKET_VERSION)?;
+        let chain_id = r.u64("chain_id")?;
+        let host = r.array("host")?;
+        let request = r.array("request")?;
+        let flag = r.u8("bids")?;
+        let price = r.u64("price_per_gib_day")?;
+        let price_per_gib_day = match flag {
+            0 if price == 0 => None,
+            0 => return Err(r.invalid("price_per_gib_day", "a pass carries no price")),
+            1 => Some(price),
+            f => return Err(r.invalid("bids", format!("{f}: 0 (a pass) or 1 (a bid)"))),
+        };
+        let deposit = r.u64("deposit")?;
+        let expiry_unix_secs = r.u64("expiry_unix_secs")?;
+        let region = get_region(r)?;
+        let addr = get_str(r, "addr", ADDR_MAX)?;
+        if addr.is_empty() && price_per_gib_day.is_some() {
+            return Err(r.invalid("addr", "empty: a sender could not reach the host"));
+        }
+        Ok(Bid {
+            chain_id,
+            host,
+            request,
+            price_per_gib_day,
+            deposit,
+            expiry_unix_secs,
+            region,
+            addr,
+        })
+    }
+}
+
 impl<T: Authored> Signed<T> {
     /// Signs `msg` with `key`, which must be its author's.
     ///
@@ -556,6 +657,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("truncated at exchange"), "{e}");
+    }
+
+    #[test]
+    fn a_bid_round_trips_is_bound_to_its_request_and_refuses_bad_flags() {
+        let q = Signed::sign(request(), &key(2)).to_bytes();
+        let bid = Bid {
+            chain_id: 9,
+            host: key(1).verification_key().to_bytes(),
+            request: request_id(&q),
+            price_per_gib_day: Some(12),
+            deposit: 2000,
+            expiry_unix_secs: 1_030,
+            region: "eu".into(),
+            addr: "10.0.0.7:7001".into(),
+        };
+        let bytes = Signed::sign(bid.clone(), &key(1)).to_bytes();
+        assert_eq!(bytes.len(), 4 + 1 + 8 + 32 + 32 + 9 + 8 + 8 + 3 + 14 + 64);
+        assert_eq!(SignedBid::open(&bytes, 9, 1_000, 60).unwrap().msg, bid);
+        assert_ne!(request_id(&q), request_id(&q[..q.len() - 1]));
+        let pass = Bid {
+            price_per_gib_day: None,
+            addr: String::new(),
+            ..bid.clone()
+        };
+        let p = Signed::sign(pass.clone(), &key(1)).to_bytes();
+        assert_eq!(SignedBid::open(&p, 9, 1_000, 60).unwrap().msg, pass);
+        let flag_at = 4 + 1 + 8 + 32 + 32;
+        let mut bad_flag = bytes.clone();
+        bad_flag[flag_at] = 2;
+        let mut priced_pass = p.clone();
+        priced_pass[flag_at + 1] = 1;
+        let no_addr = Bid {
+            addr: String::new(),
+            ..bid
+        };
+        let no_addr = [no_addr.body(), vec![0; 64]].concat();
+        let mut altered = bytes.clone();
+        altered[flag_at + 1] ^= 1;
+        for (got, says) in [
+            (SignedBid::open(&bad_flag, 9, 1_000, 60), "invalid bids: 2"),
+            (
+                SignedBid::open(&priced_pass, 9, 1_000, 60),
+                "a pass carries no price",
+            ),
+            (
+                SignedBid::open(&no_addr, 9, 1_000, 60),
+                "invalid addr: empty",
+            ),
+            (SignedBid::open(&altered, 9, 1_000, 60), "does not verify"),
+            (SignedBid::open(&q, 9, 1_000, 60), "not a host's bid"),
+        ] {
+            let e = got.unwrap_err().to_string();
+            assert!(e.contains(says), "{e:?} does not say {says:?}");
+        }
     }
 
     #[test]

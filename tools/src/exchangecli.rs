@@ -65,6 +65,10 @@ struct InitArgs {
     /// deal (paid to the exchange's account by the chain).
     #[arg(long, default_value_t = exchange::COMMISSION_PERMILLE_DEFAULT)]
     commission_permille: u16,
+    /// How long a request waits for the bids of hosts that bid request by request, in
+    /// milliseconds (0: requests are matched on the standing asks alone).
+    #[arg(long, default_value_t = exchange::BID_WINDOW_MS_DEFAULT)]
+    bid_window_ms: u64,
     /// An index to keep this exchange listed on (repeat).
     #[arg(long)]
     index: Vec<String>,
@@ -135,6 +139,10 @@ regions = [{regions}]
 # it earns: the host's offer names it, the sender's payment carries it, the chain pays it
 # to this exchange's account.
 commission_permille = {commission_permille}
+# How long a request waits for the bids of the hosts watching for requests here (each
+# answers with a bid or a pass; it waits only until all have), in milliseconds; 0: none
+# forwarded, matched on the standing asks alone.
+bid_window_ms = {bid_window_ms}
 
 # Flood control: requests a minute per key and per address (more are refused until the
 # minute is over), and a ban of ban_secs for a key whose last strikes_to_ban answered
@@ -147,6 +155,7 @@ ban_secs = 3600
 "#,
         listen = a.listen,
         commission_permille = a.commission_permille,
+        bid_window_ms = a.bid_window_ms,
         chain = list(&a.chain),
         min_bytes = a.min_bytes,
         min_days = a.min_days,
@@ -258,6 +267,10 @@ fn status(addr: &str, json: bool) -> Result<()> {
         );
     }
     println!("requests matched: {}", s.requests_matched);
+    println!(
+        "bidding request by request: {} host(s) watching, bid window {} ms, {} request(s) forwarded, {} bid(s), {} pass(es), {} host(s) matched by a bid",
+        s.watchers, p.bid_window_ms, s.requests_forwarded, s.bids, s.passes, s.bids_matched
+    );
     for (why, n) in &s.refused {
         println!("refused ({why}): {n}");
     }
@@ -298,8 +311,14 @@ struct StatusJson {
     max_days: u32,
     regions: Vec<String>,
     commission_permille: u16,
+    bid_window_ms: u64,
     asks: Vec<AskJson>,
     requests_matched: u64,
+    watchers: u32,
+    requests_forwarded: u64,
+    bids: u64,
+    passes: u64,
+    bids_matched: u64,
     refused: std::collections::BTreeMap<String, u64>,
 }
 
@@ -314,8 +333,14 @@ impl From<&api::ExchangeStatus> for StatusJson {
             max_days: s.profile.max_days,
             regions: s.profile.regions.clone(),
             commission_permille: s.profile.commission_permille,
+            bid_window_ms: s.profile.bid_window_ms,
             asks: s.asks.iter().map(AskJson::from).collect(),
             requests_matched: s.requests_matched,
+            watchers: s.watchers,
+            requests_forwarded: s.requests_forwarded,
+            bids: s.bids,
+            passes: s.passes,
+            bids_matched: s.bids_matched,
             refused: s.refused.iter().cloned().collect(),
         }
     }

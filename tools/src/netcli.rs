@@ -621,6 +621,8 @@ fn host_run(config: &Path) -> Result<()> {
                 exchanges: cfg.exchanges.clone(),
                 addr: cfg.public_control_addr.clone().unwrap_or_else(|| c.clone()),
                 region: cfg.region.clone(),
+                post_asks: cfg.post_asks,
+                bid_on_requests: cfg.bid_on_requests,
             };
             tokio::spawn(async move {
                 if let Err(e) = net::control::serve_host_control(control, &addr, bound_tx).await {
@@ -632,8 +634,13 @@ fn host_run(config: &Path) -> Result<()> {
                 .with_context(|| format!("cannot listen on {c} for the control plane"))?;
             println!("control plane on {bound}");
             if !bidder.exchanges.is_empty() {
+                let how = match (cfg.post_asks, cfg.bid_on_requests) {
+                    (true, true) => "asking and bidding on requests at",
+                    (false, true) => "bidding on requests at",
+                    _ => "asking",
+                };
                 println!(
-                    "asking {} MASPC per GiB per day on exchanges {}",
+                    "{how} {} MASPC per GiB per day on exchanges {}",
                     cfg.price_per_gib_day,
                     bidder.exchanges.join(", ")
                 );

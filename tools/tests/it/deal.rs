@@ -1143,3 +1143,182 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         2
     );
 }
+
+/// Hosts that bid request by request: host 0 keeps a standing ask at 20 MASPC per GiB per
+/// day, host 1 posts no ask and watches the exchange for forwarded requests, bidding 10.
+/// A sender's put through the exchange is matched to host 1 by its bid, paid (naming the
+/// exchange) and stored there; a request host 1 would not take (under its price) gets a
+/// signed pass and matches nothing; two copies go to the bid and the ask, best first.
+#[test]
+fn a_host_bidding_request_by_request_is_matched_paid_and_stores_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 6, 2, &[]);
+    let ex_cfg = s(&dir.path().join("exchange/exchange.toml"));
+    let ex = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "exchange", "init", "--config", &ex_cfg, "--listen", &ex, "--chain", &m0,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    assert!(
+        std::fs::read_to_string(&ex_cfg)
+            .unwrap()
+            .contains("bid_window_ms = 500"),
+        "the default bid window"
+    );
+    let ex_key = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("exchange key "))
+        .unwrap()
+        .to_owned();
+    let _ex_proc = super::net::start(
+        &["exchange", "run", "--config", &ex_cfg],
+        &[],
+        "exchange listening on",
+    );
+    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", &client, "--to", &ex_key, "--asset", asset, "--amount",
+            amount, "--miner", &m0, "--wait", "60s", "--json",
+        ]);
+    }
+    json(&[
+        "exchange",
+        "register",
+        "--config",
+        &ex_cfg,
+        "--deposit",
+        "1000",
+        "--json",
+    ]);
+    for (i, h) in hosts.iter_mut().enumerate() {
+        drop(h.proc.take());
+        let mut text = std::fs::read_to_string(&h.cfg)
+            .unwrap()
+            .replace("exchanges = []", &format!("exchanges = [{ex:?}]"));
+        if i == 1 {
+            assert!(text.contains("post_asks = true\nbid_on_requests = false"));
+            text = text
+                .replace("post_asks = true", "post_asks = false")
+                .replace("bid_on_requests = false", "bid_on_requests = true");
+        } else {
+            text = text.replace("price_per_gib_day = 10", "price_per_gib_day = 20");
+        }
+        std::fs::write(&h.cfg, text).unwrap();
+        h.proc = Some(super::net::start(
+            &["host", "--config", &h.cfg],
+            &[],
+            "agent following the chain",
+        ));
+    }
+    let status = || json(&["exchange", "status", "--exchange", &ex, "--json"]);
+    assert!(
+        until(&m0, 200, || {
+            let st = status();
+            st["asks"].as_array().unwrap().len() == 1 && st["watchers"] == 1
+        }),
+        "host 0's ask and host 1's watch never reached the exchange: {}",
+        status()
+    );
+    assert_eq!(status()["asks"][0]["host"], hosts[0].key.as_str());
+
+    let file = dir.path().join("bid.bin");
+    let mut bytes = vec![0u8; 200_000];
+    blake3::Hasher::new()
+        .update(b"bid")
+        .finalize_xof()
+        .fill(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "correct horse battery staple").unwrap();
+    let state = s(&dir.path().join("client-state"));
+    let put = |extra: &[&str]| {
+        let mut args = vec![
+            "put",
+            file.to_str().unwrap(),
+            "--exchange",
+            &ex,
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &client,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())])
+    };
+    let r = put(&["--copies", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let placed = &out["deals"][0];
+    assert_eq!(placed["host"], hosts[1].key.as_str(), "{out}");
+    let v = wait_deal(
+        &m0,
+        placed["deal"].as_str().unwrap(),
+        "became active",
+        |v| v["state"] == "active",
+    );
+    assert_eq!(v["exchange"], ex_key.as_str(), "{v}");
+    assert_eq!(v["commission_permille"], 20, "{v}");
+    assert!(stored(&hosts[1].cfg) > 0, "host 1 stored nothing");
+    let st = status();
+    assert_eq!(
+        (
+            st["requests_forwarded"].as_u64(),
+            st["bids"].as_u64(),
+            st["bids_matched"].as_u64(),
+            st["asks"].as_array().unwrap().len()
+        ),
+        (Some(1), Some(1), Some(1), 1),
+        "{st}"
+    );
+
+    // Under host 1's price: it passes, host 0's ask is dearer too; nothing matches.
+    let r = put(&["--copies", "1", "--max-price", "5", "--dry-run"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("matched 0 host(s) for 1 copies"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(status()["passes"], 1);
+    // Two copies: the bid (10) first, then the ask (20).
+    let r = put(&["--copies", "2", "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let picked: Vec<(&str, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap(),
+                r["price_per_gib_day"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        picked,
+        vec![(hosts[1].key.as_str(), 10), (hosts[0].key.as_str(), 20)]
+    );
+    let st = status();
+    assert_eq!(
+        (st["bids"].as_u64(), st["bids_matched"].as_u64()),
+        (Some(2), Some(2)),
+        "{st}"
+    );
+}
