@@ -8,7 +8,7 @@
 //! and decrypts them with `engine::seal::open_stream`, and renames a temporary file into
 //! place only when every chunk passed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io::Seek;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -974,7 +974,9 @@ pub enum Key {
 /// What `get_file` needs.
 #[derive(Debug)]
 pub struct GetJob {
-    pub link: Link,
+    /// Download links to the same file, one per host holding a copy: chunks are fetched
+    /// from all of them at once, and a host that fails is left for the others.
+    pub links: Vec<Link>,
     pub via: Vec<String>,
     pub key: SigningKey,
     pub unlock: Key,
@@ -990,6 +992,10 @@ pub struct GetDone {
     pub manifest: Manifest,
     pub peer_seen: String,
     pub receipts: Receipts,
+    /// Chunks each host sent (by its link's address), in the links' order.
+    pub served: Vec<(String, u64)>,
+    /// Hosts left out, and why: unreachable at the start, or failed while sending.
+    pub lost: Vec<String>,
 }
 
 /// Chunks as the fetch task delivers them, in order.
@@ -1027,83 +1033,343 @@ impl ChunkSource for NetSource {
     }
 }
 
-/// Downloads, verifies and decrypts the file a download link names into `job.out`.
+/// What the hosts of one download share: which chunks wait to be fetched, how far the
+/// opener has taken them, which hosts said they lack a chunk, which are still alive.
+struct Fetching {
+    /// Chunk indexes not asked of any host now, lowest first.
+    pending: BTreeSet<usize>,
+    /// Every chunk below this went to the opener; hosts fetch at most `lookahead` past it.
+    delivered: usize,
+    lookahead: usize,
+    /// Hosts (by position) that answered "not found" for a chunk.
+    missing: HashMap<usize, Vec<usize>>,
+    alive: Vec<bool>,
+    /// Why each host that failed failed.
+    failures: Vec<(usize, NetError)>,
+    served: Vec<u64>,
+    /// Set when the download is over (done, or failed): the hosts' tasks end.
+    over: bool,
+}
+
+impl Fetching {
+    /// Chunks every live host said it lacks: to the opener as missing (it names them).
+    fn unfetchable(&mut self) -> Vec<usize> {
+        let alive = &self.alive;
+        let dead: Vec<usize> = self
+            .pending
+            .iter()
+            .copied()
+            .filter(|i| {
+                self.missing
+                    .get(i)
+                    .is_some_and(|m| alive.iter().enumerate().all(|(h, a)| !*a || m.contains(&h)))
+            })
+            .collect();
+        for i in &dead {
+            self.pending.remove(i);
+        }
+        dead
+    }
+}
+
+type Shared = Arc<(std::sync::Mutex<Fetching>, tokio::sync::Notify)>;
+type Fetched = (usize, Result<Vec<u8>, NetError>);
+
+fn fetching(sh: &Shared) -> std::sync::MutexGuard<'_, Fetching> {
+    sh.0.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn not_found(index: usize) -> NetError {
+    NetError::Remote {
+        code: crate::ErrorCode::NotFound,
+        message: format!("no host holding the file has chunk {index}"),
+    }
+}
+
+/// One host's part of a download: asks it for the lowest chunks waiting (as many in flight
+/// as its session allows, never past the lookahead), hands what arrives to `out`, and puts
+/// a chunk it lacks back for the other hosts. On any other failure its chunks in flight go
+/// back too and it stops; the connection is returned if it lasted to the end.
+async fn fetch_from(
+    me: usize,
+    mut conn: Conn,
+    entries: Arc<Vec<ChunkEntry>>,
+    sh: Shared,
+    out: mpsc::UnboundedSender<Fetched>,
+) -> Option<Conn> {
+    let window = conn.inflight_bytes_max / 2;
+    let max_count = (conn.inflight_requests_max as usize / 2).clamp(1, 16);
+    let mut outstanding: VecDeque<(u32, usize, u64)> = VecDeque::new();
+    let mut in_flight = 0u64;
+    let failed = |e: NetError, outstanding: &VecDeque<(u32, usize, u64)>| {
+        let mut f = fetching(&sh);
+        f.alive[me] = false;
+        f.pending.extend(outstanding.iter().map(|o| o.1));
+        f.failures.push((me, e));
+        for i in f.unfetchable() {
+            let _ = out.send((i, Err(not_found(i))));
+        }
+        drop(f);
+        sh.1.notify_waiters();
+    };
+    loop {
+        // Ask for more while the session and the lookahead allow.
+        while outstanding.len() < max_count {
+            let pick = {
+                let mut f = fetching(&sh);
+                if f.over {
+                    return Some(conn);
+                }
+                let limit = f.delivered + f.lookahead;
+                let pick = f
+                    .pending
+                    .iter()
+                    .copied()
+                    .take_while(|&i| i < limit)
+                    .find(|&i| {
+                        !f.missing.get(&i).is_some_and(|m| m.contains(&me))
+                            && (outstanding.is_empty()
+                                || in_flight + u64::from(entries[i].sealed_bytes) <= window)
+                    });
+                if let Some(i) = pick {
+                    f.pending.remove(&i);
+                }
+                pick
+            };
+            let Some(i) = pick else { break };
+            match conn.send(&Request::Get { id: entries[i].id }).await {
+                Ok(id) => {
+                    let len = u64::from(entries[i].sealed_bytes);
+                    outstanding.push_back((id, i, len));
+                    in_flight += len;
+                }
+                Err(e) => {
+                    fetching(&sh).pending.insert(i);
+                    failed(e, &outstanding);
+                    return None;
+                }
+            }
+        }
+        let Some(&(want, i, len)) = outstanding.front() else {
+            // Nothing to ask for now: wait until the opener moves on, a chunk comes back
+            // from a failed host, or the download is over.
+            let woken = sh.1.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            {
+                let f = fetching(&sh);
+                if f.over {
+                    return Some(conn);
+                }
+                let limit = f.delivered + f.lookahead;
+                let ready = f
+                    .pending
+                    .iter()
+                    .copied()
+                    .take_while(|&i| i < limit)
+                    .any(|i| !f.missing.get(&i).is_some_and(|m| m.contains(&me)));
+                if ready {
+                    continue;
+                }
+            }
+            woken.await;
+            continue;
+        };
+        match conn.reply_to(want).await {
+            Ok(Reply::Data(bytes)) => {
+                outstanding.pop_front();
+                in_flight -= len;
+                fetching(&sh).served[me] += 1;
+                if out.send((i, Ok(bytes))).is_err() {
+                    return Some(conn);
+                }
+            }
+            Err(NetError::Remote {
+                code: crate::ErrorCode::NotFound,
+                ..
+            }) => {
+                outstanding.pop_front();
+                in_flight -= len;
+                let mut f = fetching(&sh);
+                f.missing.entry(i).or_default().push(me);
+                f.pending.insert(i);
+                for i in f.unfetchable() {
+                    let _ = out.send((i, Err(not_found(i))));
+                }
+                drop(f);
+                sh.1.notify_waiters();
+            }
+            Ok(other) => {
+                failed(remote(other), &outstanding);
+                return None;
+            }
+            Err(e) => {
+                failed(e, &outstanding);
+                return None;
+            }
+        }
+    }
+}
+
+/// Downloads, verifies and decrypts the file the download links name (one link per host
+/// holding a copy, all for the same manifest) into `job.out`, fetching from every host that
+/// answers at once; a host that fails while sending leaves its chunks to the others.
 pub async fn get_file(
     job: &GetJob,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
 ) -> Result<GetDone, NetError> {
+    let Some(first) = job.links.first() else {
+        return Err(NetError::Protocol("no download link given".into()));
+    };
     let Grant::Download {
         manifest: manifest_id,
-    } = job.link.grant
+    } = first.grant
     else {
         return Err(NetError::Protocol(
             "this is an upload link; `mspace get` needs a download link".into(),
         ));
     };
-    engine::sealed_dir::check_open_target(&job.out, job.overwrite)?;
-    let mut conn = Conn::open(&job.link, &job.via, &job.key).await?;
-    let Reply::Data(envelope) = conn.call(Request::GetObject).await? else {
-        return Err(NetError::Protocol("expected the manifest envelope".into()));
-    };
-    if ChunkId::of(&envelope) != manifest_id {
-        return Err(NetError::Protocol(
-            "the host sent a manifest that does not hash to the link's manifest id".into(),
-        ));
+    if let Some(other) = job.links.iter().find(|l| l.grant != first.grant) {
+        return Err(NetError::Protocol(format!(
+            "the links are not for one file: {} grants another than {}",
+            other.addr, first.addr
+        )));
     }
+    engine::sealed_dir::check_open_target(&job.out, job.overwrite)?;
+    let opened =
+        futures::future::join_all(job.links.iter().map(|l| Conn::open(l, &job.via, &job.key)))
+            .await;
+    let mut lost = Vec::new();
+    let mut conns = Vec::new();
+    let mut first_error = None;
+    for (l, c) in job.links.iter().zip(opened) {
+        match c {
+            Ok(c) => conns.push((l.addr.clone(), c)),
+            Err(e) => {
+                lost.push(format!("{}: {e}", l.addr));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if conns.is_empty() {
+        return Err(match (job.links.len(), first_error) {
+            (1, Some(e)) => e,
+            _ => NetError::Protocol(format!(
+                "no host holding the file answers: {}",
+                lost.join("; ")
+            )),
+        });
+    }
+    // The manifest from the first host that has it whole.
+    let mut envelope = None;
+    let mut envelope_error = None;
+    // A host that fails here is dropped, and the next one (now first) asked.
+    while let Some((_, conn)) = conns.first_mut() {
+        let got = match conn.call(Request::GetObject).await {
+            Ok(Reply::Data(env)) if ChunkId::of(&env) == manifest_id => Ok(env),
+            Ok(Reply::Data(_)) => Err(NetError::Protocol(
+                "the host sent a manifest that does not hash to the link's manifest id".into(),
+            )),
+            Ok(_) => Err(NetError::Protocol("expected the manifest envelope".into())),
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(env) => {
+                envelope = Some(env);
+                break;
+            }
+            Err(e) => {
+                let (addr, _) = conns.remove(0);
+                lost.push(format!("{addr}: {e}"));
+                envelope_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some(envelope) = envelope else {
+        return Err(match (job.links.len(), envelope_error) {
+            (1, Some(e)) => e,
+            _ => NetError::Protocol(format!(
+                "no host holding the file sends its manifest: {}",
+                lost.join("; ")
+            )),
+        });
+    };
     let (manifest, cipher) = match &job.unlock {
         Key::Passphrase(p) => open_envelope(&envelope, manifest_id, Unlock::Passphrase(p))?,
         Key::Share(s) => open_envelope(&envelope, manifest_id, Unlock::ShareKey(s))?,
     };
     let manifest = Arc::new(manifest);
     let file_id = cipher.file_id();
+    let peer_seen = conns[0].1.peer_seen.clone();
+    let entries: Arc<Vec<ChunkEntry>> = Arc::new(manifest.chunks.clone());
+    let total = entries.len();
 
-    // Fetching: requests in flight up to the window, replies in order into a channel.
+    // Every host fetches from one list of waiting chunks, at most `lookahead` past what the
+    // opener has taken, so chunks held out of order are bounded.
+    let per_host: usize = conns
+        .iter()
+        .map(|(_, c)| (c.inflight_requests_max as usize / 2).clamp(1, 16))
+        .sum();
+    let sh: Shared = Arc::new((
+        std::sync::Mutex::new(Fetching {
+            pending: (0..total).collect(),
+            delivered: 0,
+            lookahead: per_host.max(1),
+            missing: HashMap::new(),
+            alive: vec![true; conns.len()],
+            failures: Vec::new(),
+            served: vec![0; conns.len()],
+            over: false,
+        }),
+        tokio::sync::Notify::new(),
+    ));
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Fetched>();
+    let addrs: Vec<String> = conns.iter().map(|(a, _)| a.clone()).collect();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(me, (_, conn))| {
+            tokio::spawn(fetch_from(
+                me,
+                conn,
+                Arc::clone(&entries),
+                Arc::clone(&sh),
+                out_tx.clone(),
+            ))
+        })
+        .collect();
+    drop(out_tx);
+
+    // Chunks go to the opener in order, through a bounded channel.
     let (ctx, crx) = crossbeam_channel::bounded(8);
-    let entries: Vec<ChunkEntry> = manifest.chunks.clone();
-    let window = conn.inflight_bytes_max / 2;
-    let max_count = (conn.inflight_requests_max as usize / 2).clamp(1, 16);
-    let fetch = async {
-        // Owned here: when fetching stops, for any reason, the opener sees the end.
+    let deliver = async {
+        // Owned here: when delivering stops, for any reason, the opener sees the end.
         let ctx = ctx;
-        let mut next_send = 0usize;
-        let mut outstanding: VecDeque<(u32, u64, u64)> = VecDeque::new();
-        let mut in_flight = 0u64;
-        let mut next_recv = 0usize;
-        while next_recv < entries.len() {
-            while next_send < entries.len()
-                && outstanding.len() < max_count
-                && (outstanding.is_empty()
-                    || in_flight + u64::from(entries[next_send].sealed_bytes) <= window)
-            {
-                let e = &entries[next_send];
-                let id = conn.send(&Request::Get { id: e.id }).await?;
-                outstanding.push_back((id, next_send as u64, u64::from(e.sealed_bytes)));
-                in_flight += u64::from(e.sealed_bytes);
-                next_send += 1;
-            }
-            let (want, index, len) = outstanding
-                .pop_front()
-                .ok_or(NetError::Protocol("nothing in flight".into()))?;
-            in_flight -= len;
-            let item = match conn.reply_to(want).await {
-                Ok(Reply::Data(b)) => Ok(b),
-                Ok(other) => Err(remote(other)),
-                Err(e @ NetError::Remote { .. }) => Err(e),
-                Err(e) => return Err(e),
-            };
-            let failed = item.is_err();
-            let sender = ctx.clone();
-            // The channel is bounded: waiting for room happens off the runtime's threads.
-            if tokio::task::spawn_blocking(move || sender.send((index, item)))
-                .await
-                .map_or(true, |r| r.is_err())
-                || failed
-            {
+        let mut held: BTreeMap<usize, Result<Vec<u8>, NetError>> = BTreeMap::new();
+        let mut next = 0usize;
+        while next < total {
+            let Some((i, item)) = out_rx.recv().await else {
                 break;
+            };
+            held.insert(i, item);
+            while let Some(item) = held.remove(&next) {
+                let failed = item.is_err();
+                let sender = ctx.clone();
+                let index = next as u64;
+                // Waiting for room happens off the runtime's threads.
+                let gone = tokio::task::spawn_blocking(move || sender.send((index, item)))
+                    .await
+                    .map_or(true, |r| r.is_err());
+                next += 1;
+                fetching(&sh).delivered = next;
+                sh.1.notify_waiters();
+                if gone || failed {
+                    return next;
+                }
             }
-            next_recv += 1;
         }
-        Ok::<(), NetError>(())
+        next
     };
 
     let out = job.out.clone();
@@ -1122,25 +1388,52 @@ pub async fn get_file(
             &mut |done, _| progress(done, total),
         )
     });
-    let fetched = fetch.await;
+    let delivered = deliver.await;
+    fetching(&sh).over = true;
+    sh.1.notify_waiters();
     let opened = opener
         .await
         .map_err(|e| NetError::Protocol(format!("the opener failed: {e}")))?;
-    // The opener's error says which chunk failed and why; when the network stopped first,
-    // its error is the cause.
-    match (opened, fetched) {
-        (Ok(()), _) => {}
-        (Err(_), Err(net)) => return Err(net),
-        (Err(e), Ok(())) => return Err(e.into()),
+    let mut receipts = Receipts::default();
+    for t in tasks {
+        if let Ok(Some(conn)) = t.await {
+            let r = conn.finish(&job.key).await;
+            receipts.accepted.extend(r.accepted);
+            receipts.errors.extend(r.errors);
+        }
     }
-    let peer_seen = conn.peer_seen.clone();
-    let receipts = conn.finish(&job.key).await;
+    let mut f = fetching(&sh);
+    let failures = std::mem::take(&mut f.failures);
+    let served: Vec<(String, u64)> = addrs.iter().cloned().zip(f.served.clone()).collect();
+    drop(f);
+    for (h, e) in &failures {
+        lost.push(format!("{}: {e}", addrs[*h]));
+    }
+    // The opener's error says which chunk failed and why; when every host stopped first,
+    // their errors are the cause.
+    match opened {
+        Ok(()) => {}
+        Err(e) if delivered < total => {
+            let mut failures = failures;
+            return Err(match (job.links.len(), failures.pop()) {
+                (1, Some((_, net))) => net,
+                (_, Some(_)) => NetError::Protocol(format!(
+                    "every host holding the file stopped before chunk {delivered}: {}",
+                    lost.join("; ")
+                )),
+                (_, None) => e.into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(GetDone {
         file_id,
         manifest_id,
         manifest: Arc::try_unwrap(manifest).unwrap_or_else(|m| (*m).clone()),
         peer_seen,
         receipts,
+        served,
+        lost,
     })
 }
 

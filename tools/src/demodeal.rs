@@ -356,7 +356,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let out = dir.join("downloaded-from-deal.bin");
         get_file(
             &GetJob {
-                link: proto::link::Link::parse(&link)?,
+                links: vec![proto::link::Link::parse(&link)?],
                 via: Vec::new(),
                 key: client.clone(),
                 unlock: Key::Share(Box::new(done.share_key)),

@@ -232,15 +232,19 @@ pub struct PutArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("from").required(true).args(["link", "deal"])))]
 pub struct GetArgs {
-    /// A download link from the host (mspace://...).
-    link: Option<String>,
+    /// A download link from the host (mspace://...); several links to copies of one file
+    /// on several hosts: chunks are fetched from all at once, and a host that fails is
+    /// left to the others.
+    link: Vec<String>,
     /// Or the id of a deal of yours (hex): the download link comes from the deal's host,
-    /// at the control address --host, and only your --key can use it.
+    /// at the control address --host, and only your --key can use it. Repeat --deal and
+    /// --host in pairs (the first --deal with the first --host, ...) to fetch from every
+    /// host holding a copy at once.
     #[arg(long, requires = "host")]
-    deal: Option<String>,
-    /// The deal's host's control address (host:port).
+    deal: Vec<String>,
+    /// The deal's host's control address (host:port), one per --deal.
     #[arg(long, requires = "deal")]
-    host: Option<String>,
+    host: Vec<String>,
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
@@ -861,22 +865,62 @@ struct GetJson {
     #[serde(flatten)]
     opened: crate::OpenJson,
     host_saw: String,
+    /// Chunks each host sent, by address.
+    served: Vec<ServedJson>,
+    /// Hosts left out (unreachable, or failed while sending), with why.
+    lost: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ServedJson {
+    host: String,
+    chunks: u64,
 }
 
 pub fn get(args: GetArgs) -> Result<()> {
-    let text = match (&args.link, &args.deal, &args.host) {
-        (Some(l), _, _) => l.clone(),
-        (None, Some(deal), Some(host)) => deal_download_link(deal, host)?,
-        _ => bail!("give a link, or --deal and --host"),
-    };
-    let link = Link::parse(&text).context("reading the link")?;
+    if args.deal.len() != args.host.len() {
+        bail!(
+            "{} --deal but {} --host: give one --host (the deal's host's control address) per --deal",
+            args.deal.len(),
+            args.host.len()
+        );
+    }
+    if args.link.is_empty() && args.deal.is_empty() {
+        bail!("give a link, or --deal and --host");
+    }
+    let mut texts = args.link.clone();
+    let mut unreachable = Vec::new();
+    for (deal, host) in args.deal.iter().zip(&args.host) {
+        match deal_download_link(deal, host) {
+            Ok(t) => texts.push(t),
+            // With other copies to fetch from, a host that gives no link is left out.
+            Err(e) if args.deal.len() + args.link.len() > 1 => {
+                unreachable.push(format!("{host}: {e:#}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if texts.is_empty() {
+        bail!(
+            "no host of the deals gives a download link: {}",
+            unreachable.join("; ")
+        );
+    }
+    for u in &unreachable {
+        eprintln!("left out {u}");
+    }
+    let links = texts
+        .iter()
+        .map(|t| Link::parse(t).context("reading the link"))
+        .collect::<Result<Vec<Link>>>()?;
+    let link = links[0].clone();
     if !matches!(link.grant, Grant::Download { .. }) {
         bail!("this is an upload link; `mspace get` needs a download link (mspace host link --download <MANIFEST_ID>)");
     }
     engine::sealed_dir::check_open_target(&args.out, args.force)?;
     let unlock = args.unlock.read()?;
     let job = GetJob {
-        link: link.clone(),
+        links,
         via: args.via.clone(),
         key: client_key(args.key.as_deref())?,
         unlock,
@@ -889,7 +933,14 @@ pub fn get(args: GetArgs) -> Result<()> {
     let started = Instant::now();
     let done = runtime()?
         .block_on(get_file(&job, bar_progress(&bar)))
-        .with_context(|| format!("downloading from {} into {}", link.addr, args.out.display()))?;
+        .with_context(|| {
+            let from: Vec<&str> = job.links.iter().map(|l| l.addr.as_str()).collect();
+            format!(
+                "downloading from {} into {}",
+                from.join(", "),
+                args.out.display()
+            )
+        })?;
     bar.finish_and_clear();
     warn_receipts(&done.receipts);
     let m = &done.manifest;
@@ -897,6 +948,15 @@ pub fn get(args: GetArgs) -> Result<()> {
         let json = GetJson {
             opened: crate::OpenJson::new(done.file_id, done.manifest_id, m, &args.out),
             host_saw: done.peer_seen,
+            served: done
+                .served
+                .iter()
+                .map(|(h, n)| ServedJson {
+                    host: h.clone(),
+                    chunks: *n,
+                })
+                .collect(),
+            lost: unreachable.iter().cloned().chain(done.lost).collect(),
         };
         println!("{}", serde_json::to_string(&json)?);
     } else {
@@ -909,6 +969,17 @@ pub fn get(args: GetArgs) -> Result<()> {
             args.out.display(),
             format_rate(m.file_bytes, secs)
         );
+        if done.served.len() > 1 {
+            let from: Vec<String> = done
+                .served
+                .iter()
+                .map(|(h, n)| format!("{n} from {h}"))
+                .collect();
+            println!("  chunks: {}", from.join(", "));
+        }
+        for l in &done.lost {
+            println!("  left out {l}");
+        }
     }
     Ok(())
 }
@@ -980,7 +1051,7 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
         let down = Link::sign(&key, &host_addr, Grant::Download { manifest: done.manifest_id }, None, expiry, id)?;
         let t = Instant::now();
         let job = GetJob {
-            link: down,
+            links: vec![down],
             via: vec![proxy_addr.clone()],
             key: client,
             unlock: Key::Share(Box::new(done.share_key.clone())),

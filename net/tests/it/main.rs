@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_consensus::SigningKey;
 use engine::store::{Engine, EngineConfig};
-use net::client::{get_file, put_file, Conn, GetJob, Key, PutJob};
+use net::client::{get_file, plan_deal, put_file, Conn, GetJob, Key, Preset, PutJob};
 use net::config::Limits;
 use net::host::Host;
 use net::proxy::Proxy;
@@ -134,7 +134,7 @@ fn put_job(file: &Path, link: &Link, via: &[String], journal: &Path) -> PutJob {
 
 fn get_job(link: &Link, via: &[String], unlock: Key, out: &Path) -> GetJob {
     GetJob {
-        link: link.clone(),
+        links: vec![link.clone()],
         via: via.to_vec(),
         key: SigningKey::from([7u8; 32]),
         unlock,
@@ -1110,4 +1110,134 @@ async fn a_deals_link_takes_exactly_the_deals_chunks_uncharged() {
     let (code, msg) = refusal(refused);
     assert_eq!(code, ErrorCode::NotGranted, "{msg}");
     assert!(msg.contains("not one of the deal's chunks"), "{msg}");
+}
+
+/// A relay in front of a host that passes at most `limit` bytes from the host, then cuts
+/// the connection both ways: a host dying in the middle of sending, at a byte count the
+/// test names.
+async fn cutting_relay(host: SocketAddr, limit: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(upstream) = TcpStream::connect(host).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut hr, mut hw) = upstream.into_split();
+                let up = tokio::io::copy(&mut cr, &mut hw);
+                let down = async {
+                    let mut buf = [0u8; 16 << 10];
+                    let mut sent = 0;
+                    while sent < limit {
+                        let n = hr.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        let n = n.min(limit - sent);
+                        cw.write_all(&buf[..n]).await?;
+                        sent += n;
+                    }
+                    Ok::<(), std::io::Error>(())
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+                // Both streams drop here: the client sees the connection end.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
+    let (a, b) = (
+        start_host(Limits::default()).await,
+        start_host(Limits::default()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = random_file(dir.path(), "two.bin", 100 * CHUNK as usize, 11);
+    // The same sealed file on both hosts, as a deal's copies are: one plan, uploaded twice.
+    let plan = plan_deal(&file, b"correct horse", CHUNK, KDF, 2, &|_, _| {}, None).unwrap();
+    let all = 0..plan.chunks.len() + 1;
+    for (h, journal) in [(&a, "ja"), (&b, "jb")] {
+        let up = h.link(
+            Grant::Upload {
+                bytes_max: 64 << 20,
+            },
+            None,
+            600,
+        );
+        let mut job = put_job(&file, &up, &[], &dir.path().join(journal));
+        job.preset = Some(Preset {
+            plan: plan.clone(),
+            entries: all.clone(),
+        });
+        put_file(&job, quiet()).await.unwrap();
+    }
+    let manifest = plan.manifest.id;
+    assert_eq!(a.chunks(), b.chunks());
+    // Host b is reached through a relay that cuts it off after about four chunks.
+    let relay = cutting_relay(b.addr, 300_000).await;
+    let expiry = now() + 600;
+    let to_b = Link::sign(
+        &b.key,
+        &relay.to_string(),
+        Grant::Download { manifest },
+        None,
+        expiry,
+        rand_id(),
+    )
+    .unwrap();
+    let to_a = a.link(Grant::Download { manifest }, None, 600);
+    let out = dir.path().join("two.out");
+    let mut job = get_job(&to_a, &[], pass(), &out);
+    job.links.push(to_b);
+    let got = get_file(&job, quiet()).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&file).unwrap());
+    let (from_a, from_b) = (got.served[0].1, got.served[1].1);
+    assert_eq!(got.served[1].0, relay.to_string());
+    assert_eq!(from_a + from_b, 100, "{:?}", got.served);
+    assert!(
+        from_b > 0 && from_b < 5,
+        "host b sent {from_b} chunks before the cut"
+    );
+    assert_eq!(got.lost.len(), 1, "{:?}", got.lost);
+    assert!(
+        got.lost[0].starts_with(&relay.to_string()),
+        "{:?}",
+        got.lost
+    );
+
+    // Both hosts unreachable: the error names each.
+    let dead = format!("127.0.0.1:{}", free_tcp_port());
+    let gone = |addr: &str| {
+        Link::sign(
+            &a.key,
+            addr,
+            Grant::Download { manifest },
+            None,
+            expiry,
+            rand_id(),
+        )
+        .unwrap()
+    };
+    let mut job = get_job(&gone(&dead), &[], pass(), &dir.path().join("none.out"));
+    job.links.push(gone(&dead));
+    let e = get_file(&job, quiet()).await.unwrap_err().to_string();
+    assert!(e.contains("no host holding the file answers"), "{e}");
+    // Links to two files are refused before anything is fetched.
+    let mut job = get_job(&to_a, &[], pass(), &dir.path().join("mixed.out"));
+    job.links.push(a.link(
+        Grant::Download {
+            manifest: ChunkId([9; 32]),
+        },
+        None,
+        600,
+    ));
+    let e = get_file(&job, quiet()).await.unwrap_err().to_string();
+    assert!(e.contains("not for one file"), "{e}");
 }

@@ -317,11 +317,17 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
     });
     assert!(lost["refunded"].as_u64().unwrap() >= 1, "{lost}");
 
-    // The file comes back from the surviving host, through the deal's download link.
+    // The file comes back from the surviving host, through the deal's download link: the
+    // get names both deals and their hosts, leaves out the dead one and fetches every
+    // chunk from the other.
     let back = dir.path().join("back.bin");
     let get = mspace(
         &[
             "get",
+            "--deal",
+            &deals[1],
+            "--host",
+            &hosts[1].control,
             "--deal",
             &deals[0],
             "--host",
@@ -332,11 +338,21 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
             &client,
             "--passphrase-file",
             &s(&pass),
+            "--json",
         ],
         &env,
     );
     assert_eq!(get.code, 0, "{}", get.stderr);
     assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    let got: serde_json::Value = serde_json::from_str(&get.stdout).unwrap();
+    assert_eq!(got["served"].as_array().unwrap().len(), 1, "{got}");
+    assert!(
+        got["lost"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(hosts[1].control.as_str()),
+        "{got}"
+    );
 
     // Both deals run out; then the chain is quiet and every balance is exact.
     let ended = |v: &serde_json::Value| v["state"] == "ended";
