@@ -29,7 +29,7 @@ use tarpc::tokio_serde::formats::Bincode;
 pub mod chain;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 4;
+pub const HOST_API_VERSION: u32 = 5;
 /// Version of [`MinerApi`].
 pub const MINER_API_VERSION: u32 = 3;
 /// Longest a client may ask a miner to wait for a block.
@@ -161,6 +161,12 @@ pub trait HostApi {
     /// active or ended (while the host still holds it). The host checks the deal on the
     /// chain; no token is needed, the payment is the authorization.
     async fn deal_link(deal: [u8; 32], download: bool) -> Result<String, ControlError>;
+    /// An emergency link for an active deal of this host: a download link as
+    /// `deal_link(deal, true)` gives, for the deal's sender only, but valid for the deal's
+    /// whole nominal length and a day more. The sender keeps it with its record of the file,
+    /// so the file comes back through the host's data plane alone, when no exchange, index,
+    /// miner or control plane answers.
+    async fn emergency_link(deal: [u8; 32]) -> Result<String, ControlError>;
 }
 
 /// A miner's service: submitting transactions and reading the chain. Implemented by the

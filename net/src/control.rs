@@ -467,6 +467,34 @@ impl HostApi for HostControl {
         deal: [u8; 32],
         download: bool,
     ) -> Result<String, ControlError> {
+        self.link_for_deal(deal, download, false).await
+    }
+
+    async fn emergency_link(
+        self,
+        _: tarpc::context::Context,
+        deal: [u8; 32],
+    ) -> Result<String, ControlError> {
+        self.link_for_deal(deal, true, true).await
+    }
+
+    async fn api_version(self, _: tarpc::context::Context) -> u32 {
+        HOST_API_VERSION
+    }
+}
+
+/// Nominal seconds per block (`market::terms::BLOCKS_PER_DAY` a day).
+const SECS_PER_BLOCK: u64 = 86_400 / market::terms::BLOCKS_PER_DAY;
+
+impl HostControl {
+    /// `deal_link`'s work; an emergency link (a download link only) lives the deal's whole
+    /// nominal length and a day more instead of [`DEAL_LINK_TTL_SECS`].
+    async fn link_for_deal(
+        &self,
+        deal: [u8; 32],
+        download: bool,
+        emergency: bool,
+    ) -> Result<String, ControlError> {
         if self.chain.is_empty() {
             return Err(ControlError::Unavailable(
                 "this host is off the chain: it takes no deals".into(),
@@ -596,20 +624,26 @@ impl HostApi for HostControl {
             self.host
                 .allow_deal_chunks(&deal, view.entries.iter().map(|e| ChunkId(e.id)).collect());
         }
+        let ttl = if emergency {
+            let blocks = view
+                .period_blocks
+                .saturating_mul(u64::from(view.parts.max(1)));
+            blocks
+                .saturating_mul(SECS_PER_BLOCK)
+                .saturating_add(DEAL_LINK_TTL_SECS)
+        } else {
+            ttl
+        };
         Link::sign(
             &self.key,
             &self.link_addr,
             grant,
             Some(sender),
-            crate::now_secs() + ttl,
+            crate::now_secs().saturating_add(ttl),
             id,
         )
         .map(|l| l.to_string())
         .map_err(|e| ControlError::Invalid(e.to_string()))
-    }
-
-    async fn api_version(self, _: tarpc::context::Context) -> u32 {
-        HOST_API_VERSION
     }
 }
 

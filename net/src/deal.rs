@@ -387,6 +387,21 @@ pub struct DealDone {
     pub placed: Vec<Placed>,
 }
 
+/// Asks each copy's host for its emergency link (`HostApi::emergency_link`): the link's
+/// text, or why there is none, per copy in order.
+pub async fn emergency_links(placed: &[Placed]) -> Vec<Result<String, String>> {
+    let asks = placed.iter().map(|p| async move {
+        let c = api::host_client(&p.host_addr)
+            .await
+            .map_err(|e| format!("{}: {e}", p.host_addr))?;
+        c.emergency_link(tarpc::context::current(), p.deal.0)
+            .await
+            .map_err(|e| format!("{}: {e}", p.host_addr))?
+            .map_err(|e| format!("{}: {e}", p.host_addr))
+    });
+    futures::future::join_all(asks).await
+}
+
 /// What the sender reports as it goes (for a progress line).
 pub type Report = Arc<dyn Fn(&str) + Send + Sync>;
 

@@ -50,6 +50,10 @@ struct DealPutJson {
     chunks: usize,
     file_bytes: u64,
     deals: Vec<PlacedJson>,
+    /// The file's record (deals, hosts, emergency links) under the state directory.
+    record: String,
+    /// Hosts that gave an emergency link.
+    emergency_links: usize,
 }
 
 /// `mspace put FILE --host ADDR --chain MINER --days D`.
@@ -179,7 +183,37 @@ pub fn put(args: PutArgs) -> Result<()> {
         .with_context(|| format!("storing {} as a deal", args.file.display()))?;
     bar.finish_and_clear();
     let hex = miner::hex;
+    // The record of the file, with each host's emergency link: `mspace get --file` reads it.
+    let links = runtime()?.block_on(net::deal::emergency_links(&done.placed));
+    let record = net::record::FileRecord {
+        version: net::record::RECORD_VERSION,
+        manifest_id: done.plan.manifest.id.to_hex(),
+        name: args
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        file_bytes: done.plan.file_bytes,
+        copies: done
+            .placed
+            .iter()
+            .zip(&links)
+            .map(|(p, l)| net::record::CopyRecord {
+                host: hex(&p.host),
+                host_addr: p.host_addr.clone(),
+                deal: hex(&p.deal.0),
+                link: l.as_ref().ok().cloned(),
+                link_error: l.as_ref().err().cloned(),
+            })
+            .collect(),
+    };
+    let state = state_dir()?;
+    let record_path = record
+        .save(&state)
+        .with_context(|| format!("writing the file's record under {}", state.display()))?;
     let json = DealPutJson {
+        record: record_path.display().to_string(),
+        emergency_links: links.iter().filter(|l| l.is_ok()).count(),
         file_id: done.plan.file_id.to_hex(),
         manifest_id: done.plan.manifest.id.to_hex(),
         share_key: done.share_key.to_string(),
@@ -228,7 +262,16 @@ pub fn put(args: PutArgs) -> Result<()> {
         }
         println!("  manifest id  {}", json.manifest_id);
         println!("  share key    {}", json.share_key);
-        println!("Follow them with `mspace deals --chain {}`.", job.chain[0]);
+        println!(
+            "  record       {} (emergency links from {} of {} hosts)",
+            json.record,
+            json.emergency_links,
+            json.deals.len()
+        );
+        for e in links.iter().filter_map(|l| l.as_ref().err()) {
+            println!("  no emergency link from {e}");
+        }
+        println!("Follow them with `mspace deals --chain {}`; get the file back with `mspace get --file {}` (every copy at once, through the emergency links alone).", job.chain[0], json.manifest_id);
     }
     Ok(())
 }

@@ -230,7 +230,7 @@ pub struct PutArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("from").required(true).args(["link", "deal"])))]
+#[command(group(clap::ArgGroup::new("from").required(true).multiple(true).args(["link", "deal", "file"])))]
 pub struct GetArgs {
     /// A download link from the host (mspace://...); several links to copies of one file
     /// on several hosts: chunks are fetched from all at once, and a host that fails is
@@ -245,6 +245,11 @@ pub struct GetArgs {
     /// The deal's host's control address (host:port), one per --deal.
     #[arg(long, requires = "deal")]
     host: Vec<String>,
+    /// Or the manifest id of a file you stored as deals (`mspace put`'s "manifest id"):
+    /// every copy its record lists is fetched at once through the hosts' emergency links,
+    /// with no exchange, index, miner or host control plane asked.
+    #[arg(long)]
+    file: Option<String>,
     /// The file to write; it appears only once every chunk has been verified.
     #[arg(long)]
     out: PathBuf,
@@ -885,11 +890,25 @@ pub fn get(args: GetArgs) -> Result<()> {
             args.host.len()
         );
     }
-    if args.link.is_empty() && args.deal.is_empty() {
-        bail!("give a link, or --deal and --host");
+    if args.link.is_empty() && args.deal.is_empty() && args.file.is_none() {
+        bail!("give a link, --deal and --host, or --file");
     }
     let mut texts = args.link.clone();
     let mut unreachable = Vec::new();
+    if let Some(manifest) = &args.file {
+        let state = state_dir()?;
+        let record = net::record::FileRecord::load(&state, manifest.trim())?;
+        for c in &record.copies {
+            match &c.link {
+                Some(l) => texts.push(l.clone()),
+                None => unreachable.push(format!(
+                    "{}: no emergency link ({})",
+                    c.host_addr,
+                    c.link_error.as_deref().unwrap_or("none recorded")
+                )),
+            }
+        }
+    }
     for (deal, host) in args.deal.iter().zip(&args.host) {
         match deal_download_link(deal, host) {
             Ok(t) => texts.push(t),

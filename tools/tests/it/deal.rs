@@ -1162,11 +1162,13 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
 
 /// Hosts that bid request by request: host 0 keeps a standing ask at 20 MASPC per GiB per
 /// day, host 1 posts no ask and watches the exchange for forwarded requests, bidding 10.
-/// A sender's put through the exchange is matched to host 1 by its bid, paid (naming the
-/// exchange) and stored there; a request host 1 would not take (under its price) gets a
-/// signed pass and matches nothing; two copies go to the bid and the ask, best first.
+/// A sender's put of two copies through the exchange is matched to host 1 by its bid and
+/// host 0 by its ask, paid (naming the exchange) and stored; a request host 1 would not
+/// take (under its price) gets a signed pass and matches nothing. Then the exchange dies
+/// and the file comes back with `get --file` through the emergency links its record keeps,
+/// from both hosts, and from one when the other dies.
 #[test]
-fn a_host_bidding_request_by_request_is_matched_paid_and_stores_the_file() {
+fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emergency_links() {
     let dir = tempfile::tempdir().unwrap();
     let Market {
         _net,
@@ -1195,7 +1197,7 @@ fn a_host_bidding_request_by_request_is_matched_paid_and_stores_the_file() {
         .find_map(|l| l.strip_prefix("exchange key "))
         .unwrap()
         .to_owned();
-    let _ex_proc = super::net::start(
+    let ex_proc = super::net::start(
         &["exchange", "run", "--config", &ex_cfg],
         &[],
         "exchange listening on",
@@ -1277,10 +1279,14 @@ fn a_host_bidding_request_by_request_is_matched_paid_and_stores_the_file() {
         args.extend_from_slice(extra);
         mspace(&args, &[("MSPACE_STATE_DIR", state.as_str())])
     };
-    let r = put(&["--copies", "1"]);
+    // Two copies: host 1 by its bid (10), host 0 by its ask (20).
+    let r = put(&["--copies", "2"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let placed = &out["deals"][0];
+    assert_eq!(out["deals"][1]["host"], hosts[0].key.as_str(), "{out}");
+    assert_eq!(out["emergency_links"], 2, "{out}");
+    let manifest = out["manifest_id"].as_str().unwrap().to_owned();
     assert_eq!(placed["host"], hosts[1].key.as_str(), "{out}");
     let v = wait_deal(
         &m0,
@@ -1337,4 +1343,41 @@ fn a_host_bidding_request_by_request_is_matched_paid_and_stores_the_file() {
         (Some(2), Some(2)),
         "{st}"
     );
+    // The exchange is gone; the file comes back from both copies through the emergency
+    // links its record keeps (no exchange, index, miner or control plane asked), and
+    // from one when the other host dies.
+    drop(ex_proc);
+    let get = |out: &Path| {
+        let r = mspace(
+            &[
+                "get",
+                "--file",
+                &manifest,
+                "--out",
+                &s(out),
+                "--key",
+                &client,
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+                "--json",
+            ],
+            &[("MSPACE_STATE_DIR", state.as_str())],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(std::fs::read(out).unwrap(), bytes);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let got = get(&dir.path().join("back1.bin"));
+    let served: u64 = got["served"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["chunks"].as_u64().unwrap())
+        .sum();
+    assert_eq!(got["served"].as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(served, out["chunks"].as_u64().unwrap(), "{got}");
+    drop(hosts[0].proc.take());
+    let got = get(&dir.path().join("back2.bin"));
+    assert_eq!(got["served"].as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(got["lost"].as_array().unwrap().len(), 1, "{got}");
 }
