@@ -505,9 +505,23 @@ pub fn open_dir(
     })
 }
 
+/// The process's file-creation mask, read from `/proc/self/status` (setting it to read it
+/// would race with other threads); 0o022 where it cannot be read.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+        & 0o777
+}
+
 /// Verifies and decrypts every chunk of `manifest` from `source` into `out`, through a
-/// temporary file beside it that is renamed into place (and the directory synced) only
-/// after every chunk passed. The one place a plaintext file is written, for `open` and for
+/// temporary file beside it (mode 0600 until then) that is renamed into place (and the
+/// directory synced) only after every chunk passed. The one place a plaintext file is written, for `open` and for
 /// downloads.
 pub fn open_to_file<S: ChunkSource>(
     manifest: Arc<Manifest>,
@@ -522,9 +536,11 @@ pub fn open_to_file<S: ChunkSource>(
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    // 0666 less the umask, like any file a program creates (tempfile's default is 0600).
+    // Owner-only while it holds the plaintext of chunks that passed before all have: a
+    // killed open leaves it behind, readable by no one else. It takes 0666 less the
+    // umask, like any file a program creates, only once every chunk passed.
     let mut tmp = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .prefix(".mspace-open-")
         .suffix(".partial")
         .tempfile_in(parent)
@@ -537,6 +553,11 @@ pub fn open_to_file<S: ChunkSource>(
         done += chunk.plaintext().len() as u64;
         progress(done, manifest.file_bytes);
     }
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            0o666 & !umask(),
+        ))
+        .map_err(CodecError::io("set the permissions of", tmp.path()))?;
     tmp.as_file()
         .sync_all()
         .map_err(CodecError::io("sync", tmp.path()))?;

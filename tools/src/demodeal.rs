@@ -289,6 +289,16 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         *step += 1;
         balances(&mut chain, sender, &hosts).await?;
         let deals: Vec<TxId> = done.placed.iter().map(|p| p.deal).collect();
+        // What `mspace put` keeps in the file's record: each host's emergency link.
+        let emergency = net::deal::emergency_links(&done.placed).await;
+        let links = emergency
+            .iter()
+            .map(|l| {
+                l.as_ref()
+                    .map_err(|e| anyhow::anyhow!("no emergency link: {e}"))
+                    .and_then(|t| Ok(proto::link::Link::parse(t)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
 
         let t = Instant::now();
         let mut paid = Vec::new();
@@ -348,15 +358,10 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         *step += 1;
 
         let t = Instant::now();
-        let host0 = api::host_client(&layout.hosts[0].control).await?;
-        let link = host0
-            .deal_link(tarpc::context::current(), deals[0].0, true)
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let out = dir.join("downloaded-from-deal.bin");
-        get_file(
+        let got = get_file(
             &GetJob {
-                links: vec![proto::link::Link::parse(&link)?],
+                links,
                 via: Vec::new(),
                 key: client.clone(),
                 unlock: Key::Share(Box::new(done.share_key)),
@@ -367,8 +372,12 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             Arc::new(|_, _| {}),
         )
         .await?;
+        if got.served.first().map(|s| s.1) != Some(got.manifest.chunks.len() as u64) || got.lost.len() != 1 {
+            bail!("the get did not come from host0 alone with host1 left out: {:?}, {:?}", got.served, got.lost);
+        }
         println!(
-            "{step}. `mspace get --deal`: downloaded from the surviving host0 through its deal's download link (bound to the sender's key), verified and decrypted ({:.1} s)",
+            "{step}. `mspace get --file`: both copies' emergency links from the file's record (download links bound to the sender's key, valid for the deal's length, used with no exchange, index, miner or control plane asked): host1 is dead and left out, all {} chunks came from host0, verified and decrypted ({:.1} s)",
+            got.manifest.chunks.len(),
             t.elapsed().as_secs_f64()
         );
         *step += 1;

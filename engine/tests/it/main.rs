@@ -455,3 +455,40 @@ fn a_failed_seal_removes_what_it_wrote() {
     );
     assert_eq!(fs::read_dir(&out).unwrap().count(), 0);
 }
+
+/// While an open runs, the temporary file holding the plaintext of the chunks that passed
+/// is its owner's alone; the output gets the usual 0666 less the umask.
+#[test]
+fn the_partial_plaintext_is_owner_only_and_the_output_takes_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let case = Case::new(5 * 4096 + 7, 4096);
+    let mut modes = Vec::new();
+    let parent = case.tmp.path().to_owned();
+    open_dir(
+        &case.dir(),
+        Unlock::Passphrase(PASS),
+        &case.out(),
+        true,
+        2,
+        &mut |_, _| {
+            for e in fs::read_dir(&parent).unwrap() {
+                let e = e.unwrap();
+                if e.file_name().to_string_lossy().starts_with(".mspace-open-") {
+                    modes.push(e.metadata().unwrap().permissions().mode() & 0o777);
+                }
+            }
+        },
+    )
+    .unwrap();
+    assert_eq!(modes.len(), 6, "the partial file, seen after each chunk");
+    assert!(modes.iter().all(|m| *m == 0o600), "{modes:?}");
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    let out = fs::metadata(case.out()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(out, 0o666 & !umask);
+    assert_eq!(fs::read(case.out()).unwrap(), case.data);
+}

@@ -309,6 +309,7 @@ fn demo_runs_end_to_end() {
         "MASPC to exchange1, the commission (100 per mille) each host's offer promised it",
         "moved 100 MASP of host1's deposit to the sender",
         "miner0 killed",
+        "host1 is dead and left out, all",
         "the file downloaded from the deal is byte-identical",
     ] {
         assert!(
