@@ -132,6 +132,15 @@ impl ChainClient {
             .await
     }
 
+    /// The chain's record of `hash` (`TxBody::RecordHash`), if any.
+    pub async fn hash_record(
+        &mut self,
+        hash: [u8; 32],
+    ) -> Result<Option<crate::HashRecordView>, ChainError> {
+        self.call(|c| async move { c.hash_record(tarpc::context::current(), hash).await })
+            .await
+    }
+
     pub async fn deal(&mut self, id: TxId) -> Result<Option<DealView>, ChainError> {
         self.call(|c| async move { c.deal(tarpc::context::current(), id.0).await })
             .await

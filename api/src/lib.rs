@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 use tarpc::tokio_serde::formats::Bincode;
 
+pub mod certificate;
 pub mod chain;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.

@@ -3,6 +3,7 @@
 //!
 //! Invariant: no business rules live here; binaries wire libraries together.
 
+pub mod certifycli;
 pub mod chainbench;
 pub mod chaincli;
 pub mod dealcli;

@@ -79,6 +79,10 @@ enum Command {
     Exchange(tools::exchangecli::ExchangeArgs),
     /// Run an index of live exchanges (`index run`), or ask one (`index status`).
     Index(tools::exchangecli::IndexArgs),
+    /// Record a file's BLAKE3 on the chain (proof of existence) and write a certificate
+    /// (`FILE.cert.json` and `.txt`: hash, block, time, key); `--verify CERT [FILE]` checks
+    /// one against any miner.
+    Certify(tools::certifycli::CertifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +155,7 @@ fn main() {
         Command::Miner(args) => chaincli::miner(args),
         Command::Devnet(args) => chaincli::devnet(args),
         Command::Chain(args) => chaincli::chain(args),
+        Command::Certify(args) => tools::certifycli::certify(args),
     };
     if let Err(e) = result {
         eprintln!("mspace: error: {e:#}");

@@ -1381,3 +1381,104 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
     assert_eq!(got["served"].as_array().unwrap().len(), 1, "{got}");
     assert_eq!(got["lost"].as_array().unwrap().len(), 1, "{got}");
 }
+
+/// Proof of existence: `mspace certify FILE` records the file's BLAKE3 on the chain and
+/// writes its certificate (JSON and text); `--verify` checks it against a miner, with and
+/// without the file; certifying again with the same key states the same record, another
+/// key is refused (the first record stands); an altered certificate, one of another file,
+/// one of a hash never recorded, and garbage are all refused, each saying why.
+#[test]
+fn a_certificate_verifies_against_the_chain_and_a_forged_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    let (_net, base) = start_devnet_with(&d, 1, 7, &["--block-time-ms", "100"]);
+    let m0 = format!("127.0.0.1:{}", base + 1);
+    let client = s(&d.join("client.key"));
+    let file = dir.path().join("song.flac");
+    std::fs::write(&file, b"the first recording of this song").unwrap();
+    let f = s(&file);
+    let made = mspace(
+        &["certify", &f, "--key", &client, "--chain", &m0, "--json"],
+        &[],
+    );
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let cert: serde_json::Value = serde_json::from_str(&made.stdout).unwrap();
+    assert_eq!(
+        cert["hash"],
+        blake3::hash(b"the first recording of this song")
+            .to_hex()
+            .as_str()
+    );
+    assert_eq!(cert["by"], pubkey(&client).as_str());
+    let cert_path = s(&dir.path().join("song.flac.cert.json"));
+    let text = std::fs::read_to_string(dir.path().join("song.flac.cert.txt")).unwrap();
+    assert!(text.contains("Market.space proof of existence"), "{text}");
+    assert!(
+        text.contains(&format!("block {}", cert["height"])),
+        "{text}"
+    );
+    let verify = |cert: &str, file: Option<&str>| {
+        let mut args = vec!["certify", "--verify", cert];
+        args.extend(file);
+        args.extend(["--chain", &m0]);
+        mspace(&args, &[])
+    };
+    for file in [Some(f.as_str()), None] {
+        let ok = verify(&cert_path, file);
+        assert_eq!(ok.code, 0, "{}", ok.stderr);
+        assert!(ok.stdout.starts_with("valid:"), "{}", ok.stdout);
+    }
+    // The same key again: the same record, no second transaction.
+    let again = mspace(
+        &["certify", &f, "--key", &client, "--chain", &m0, "--json"],
+        &[],
+    );
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(again["height"], cert["height"]);
+    // Another key: refused, naming the first record.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "09".repeat(32)).unwrap();
+    let r = mspace(&["certify", &f, "--key", &s(&other), "--chain", &m0], &[]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("already recorded at height"),
+        "{}",
+        r.stderr
+    );
+
+    let forged = |change: &dyn Fn(&mut serde_json::Value), name: &str| {
+        let mut c = cert.clone();
+        change(&mut c);
+        let p = dir.path().join(name);
+        std::fs::write(&p, serde_json::to_string(&c).unwrap()).unwrap();
+        s(&p)
+    };
+    let later = forged(
+        &|c| c["height"] = serde_json::json!(c["height"].as_u64().unwrap() + 1),
+        "later.json",
+    );
+    let stolen = forged(
+        &|c| c["by"] = serde_json::json!("09".repeat(32)),
+        "stolen.json",
+    );
+    let never = forged(
+        &|c| c["hash"] = serde_json::json!("0f".repeat(32)),
+        "never.json",
+    );
+    let garbage = s(&dir.path().join("garbage.json"));
+    std::fs::write(&garbage, b"{\"version\": 1}").unwrap();
+    let changed = dir.path().join("changed.flac");
+    std::fs::write(&changed, b"a later recording of this song").unwrap();
+    for (cert, file, says) in [
+        (later.as_str(), None, "it was altered"),
+        (stolen.as_str(), None, "it was altered"),
+        (never.as_str(), None, "this chain has no record"),
+        (garbage.as_str(), None, "not a certificate"),
+        (cert_path.as_str(), Some(s(&changed)), "the file's BLAKE3"),
+    ] {
+        let r = verify(cert, file.as_deref());
+        assert_ne!(r.code, 0, "{cert} verified");
+        assert!(r.stderr.contains(says), "{cert}: {}", r.stderr);
+    }
+}
