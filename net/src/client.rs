@@ -1052,6 +1052,17 @@ struct Fetching {
 }
 
 impl Fetching {
+    /// The waiting chunks host `me` may ask for now, lowest first: within the lookahead,
+    /// and not one it said it lacks.
+    fn open_to(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
+        let limit = self.delivered + self.lookahead;
+        self.pending
+            .iter()
+            .copied()
+            .take_while(move |&i| i < limit)
+            .filter(move |i| !self.missing.get(i).is_some_and(|m| m.contains(&me)))
+    }
+
     /// Chunks every live host said it lacks: to the opener as missing (it names them).
     fn unfetchable(&mut self) -> Vec<usize> {
         let alive = &self.alive;
@@ -1121,17 +1132,10 @@ async fn fetch_from(
                 if f.over {
                     return Some(conn);
                 }
-                let limit = f.delivered + f.lookahead;
-                let pick = f
-                    .pending
-                    .iter()
-                    .copied()
-                    .take_while(|&i| i < limit)
-                    .find(|&i| {
-                        !f.missing.get(&i).is_some_and(|m| m.contains(&me))
-                            && (outstanding.is_empty()
-                                || in_flight + u64::from(entries[i].sealed_bytes) <= window)
-                    });
+                let pick = f.open_to(me).find(|&i| {
+                    outstanding.is_empty()
+                        || in_flight + u64::from(entries[i].sealed_bytes) <= window
+                });
                 if let Some(i) = pick {
                     f.pending.remove(&i);
                 }
@@ -1162,14 +1166,7 @@ async fn fetch_from(
                 if f.over {
                     return Some(conn);
                 }
-                let limit = f.delivered + f.lookahead;
-                let ready = f
-                    .pending
-                    .iter()
-                    .copied()
-                    .take_while(|&i| i < limit)
-                    .any(|i| !f.missing.get(&i).is_some_and(|m| m.contains(&me)));
-                if ready {
+                if f.open_to(me).next().is_some() {
                     continue;
                 }
             }

@@ -134,6 +134,64 @@ fn start_market(dir: &Path, slot: u32, hosts: usize, extra: &[&str]) -> Market {
     }
 }
 
+/// An exchange on a market's devnet.
+struct Exchange {
+    addr: String,
+    key: String,
+    proc: Proc,
+}
+
+/// `mspace exchange init` under `dir/name` with `extra` options, its config passed through
+/// `edit`, run with `env`, then funded by the client (1,000 MASP, 10 MASPC) and registered
+/// on the chain with a deposit of 1,000.
+fn start_exchange(
+    dir: &Path,
+    name: &str,
+    m0: &str,
+    client: &str,
+    extra: &[&str],
+    edit: impl FnOnce(String) -> String,
+    env: &[(&str, &str)],
+) -> Exchange {
+    let cfg = s(&dir.join(name).join("exchange.toml"));
+    let addr = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let mut args = vec![
+        "exchange", "init", "--config", &cfg, "--listen", &addr, "--chain", m0,
+    ];
+    args.extend_from_slice(extra);
+    let init = mspace(&args, &[]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let key = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("exchange key "))
+        .unwrap()
+        .to_owned();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, edit(text)).unwrap();
+    let proc = super::net::start(
+        &["exchange", "run", "--config", &cfg],
+        env,
+        "exchange listening on",
+    );
+    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", client, "--to", &key, "--asset", asset, "--amount",
+            amount, "--miner", m0, "--wait", "60s", "--json",
+        ]);
+    }
+    json(&[
+        "exchange",
+        "register",
+        "--config",
+        &cfg,
+        "--deposit",
+        "1000",
+        "--json",
+    ]);
+    Exchange { addr, key, proc }
+}
+
 /// Chunks a host's store holds.
 fn stored(cfg: &str) -> u64 {
     json(&["host", "status", "--config", cfg])["chunks"]
@@ -791,18 +849,19 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         &[],
         "index listening on",
     );
-    let ex_cfg = s(&dir.path().join("exchange/exchange.toml"));
-    let ex = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let init = mspace(
+    // Two answered requests in a row with no deal after them ban a key. The exchange
+    // registers on the chain (funded by the client), and its lister gets it listed on the
+    // index.
+    let Exchange {
+        addr: ex,
+        key: ex_key,
+        proc: ex_proc,
+    } = start_exchange(
+        dir.path(),
+        "exchange",
+        &m0,
+        &client,
         &[
-            "exchange",
-            "init",
-            "--config",
-            &ex_cfg,
-            "--listen",
-            &ex,
-            "--chain",
-            &m0,
             "--max-days",
             "365",
             "--commission-permille",
@@ -810,27 +869,11 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             "--index",
             &ix,
         ],
+        |text| {
+            assert!(text.contains("strikes_to_ban = 20"), "{text}");
+            text.replace("strikes_to_ban = 20", "strikes_to_ban = 2")
+        },
         &[],
-    );
-    assert_eq!(init.code, 0, "{}", init.stderr);
-    let ex_key = init
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("exchange key "))
-        .unwrap()
-        .to_owned();
-    // Two answered requests in a row with no deal after them ban a key.
-    let text = std::fs::read_to_string(&ex_cfg).unwrap();
-    assert!(text.contains("strikes_to_ban = 20"), "{text}");
-    std::fs::write(
-        &ex_cfg,
-        text.replace("strikes_to_ban = 20", "strikes_to_ban = 2"),
-    )
-    .unwrap();
-    let ex_proc = super::net::start(
-        &["exchange", "run", "--config", &ex_cfg],
-        &[],
-        "exchange listening on",
     );
     // Each operator points its host at the exchange with its price, and restarts it.
     for (h, price) in hosts.iter_mut().zip(PRICES) {
@@ -849,23 +892,6 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
             "agent following the chain",
         ));
     }
-    // The exchange registers on the chain (funded by the client), and its lister gets it
-    // listed on the index.
-    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
-        json(&[
-            "chain", "transfer", "--key", &client, "--to", &ex_key, "--asset", asset, "--amount",
-            amount, "--miner", &m0, "--wait", "60s", "--json",
-        ]);
-    }
-    json(&[
-        "exchange",
-        "register",
-        "--config",
-        &ex_cfg,
-        "--deposit",
-        "1000",
-        "--json",
-    ]);
     let listed = || json(&["index", "status", "--index", &ix, "--json"]);
     assert!(
         until(&m0, 200, || listed().as_array().unwrap().len() == 1),
@@ -1041,42 +1067,19 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         &[],
         "index listening on",
     );
-    let exb_cfg = s(&dir.path().join("exchange-b/exchange.toml"));
-    let exb = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let init = mspace(
-        &[
-            "exchange", "init", "--config", &exb_cfg, "--listen", &exb, "--chain", &m0, "--index",
-            &ix_b,
-        ],
-        &[],
-    );
-    assert_eq!(init.code, 0, "{}", init.stderr);
-    let exb_key = init
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("exchange key "))
-        .unwrap()
-        .to_owned();
-    let mut exb_proc = super::net::start(
-        &["exchange", "run", "--config", &exb_cfg],
+    let Exchange {
+        addr: exb,
+        proc: mut exb_proc,
+        ..
+    } = start_exchange(
+        dir.path(),
+        "exchange-b",
+        &m0,
+        &client,
+        &["--index", &ix_b],
+        |t| t,
         &[(exchange::FAULT_ENV, "exit-on-request")],
-        "exchange listening on",
     );
-    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
-        json(&[
-            "chain", "transfer", "--key", &client, "--to", &exb_key, "--asset", asset, "--amount",
-            amount, "--miner", &m0, "--wait", "60s", "--json",
-        ]);
-    }
-    json(&[
-        "exchange",
-        "register",
-        "--config",
-        &exb_cfg,
-        "--deposit",
-        "1000",
-        "--json",
-    ]);
     let listed_b = || json(&["index", "status", "--index", &ix_b, "--json"]);
     assert!(
         until(&m0, 200, || listed_b().as_array().unwrap().len() == 1),
@@ -1176,47 +1179,25 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
         client,
         mut hosts,
     } = start_market(dir.path(), 6, 2, &[]);
-    let ex_cfg = s(&dir.path().join("exchange/exchange.toml"));
-    let ex = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let init = mspace(
-        &[
-            "exchange", "init", "--config", &ex_cfg, "--listen", &ex, "--chain", &m0,
-        ],
-        &[],
-    );
-    assert_eq!(init.code, 0, "{}", init.stderr);
-    assert!(
-        std::fs::read_to_string(&ex_cfg)
-            .unwrap()
-            .contains("bid_window_ms = 500"),
-        "the default bid window"
-    );
-    let ex_key = init
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("exchange key "))
-        .unwrap()
-        .to_owned();
-    let ex_proc = super::net::start(
-        &["exchange", "run", "--config", &ex_cfg],
-        &[],
-        "exchange listening on",
-    );
-    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
-        json(&[
-            "chain", "transfer", "--key", &client, "--to", &ex_key, "--asset", asset, "--amount",
-            amount, "--miner", &m0, "--wait", "60s", "--json",
-        ]);
-    }
-    json(&[
+    let Exchange {
+        addr: ex,
+        key: ex_key,
+        proc: ex_proc,
+    } = start_exchange(
+        dir.path(),
         "exchange",
-        "register",
-        "--config",
-        &ex_cfg,
-        "--deposit",
-        "1000",
-        "--json",
-    ]);
+        &m0,
+        &client,
+        &[],
+        |text| {
+            assert!(
+                text.contains("bid_window_ms = 500"),
+                "the default bid window"
+            );
+            text
+        },
+        &[],
+    );
     for (i, h) in hosts.iter_mut().enumerate() {
         drop(h.proc.take());
         let mut text = std::fs::read_to_string(&h.cfg)
