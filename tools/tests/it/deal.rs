@@ -192,6 +192,21 @@ fn start_exchange(
     Exchange { addr, key, proc }
 }
 
+/// The hosts a `put --dry-run --json` matched, with their prices, best first.
+fn picked(stdout: &str) -> Vec<(String, u64)> {
+    let rows: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_owned(),
+                r["price_per_gib_day"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// Chunks a host's store holds.
 fn stored(cfg: &str) -> u64 {
     json(&["host", "status", "--config", cfg])["chunks"]
@@ -947,21 +962,9 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
 
     let dry = put_via(["--index", &ix], &["--dry-run"], &client);
     assert_eq!(dry.code, 0, "{}", dry.stderr);
-    let rows: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
-    let picked: Vec<(&str, u64)> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["host"].as_str().unwrap(),
-                r["price_per_gib_day"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        picked,
-        vec![(cheapest[0].as_str(), 10), (cheapest[1].as_str(), 20)]
+        picked(dry.stdout.as_str()),
+        vec![(cheapest[0].clone(), 10), (cheapest[1].clone(), 20)]
     );
     assert_eq!(
         json(&["deals", "--key", &client, "--chain", &m0, "--json"]),
@@ -1302,21 +1305,9 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
     // Two copies: the bid (10) first, then the ask (20).
     let r = put(&["--copies", "2", "--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let picked: Vec<(&str, u64)> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["host"].as_str().unwrap(),
-                r["price_per_gib_day"].as_u64().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        picked,
-        vec![(hosts[1].key.as_str(), 10), (hosts[0].key.as_str(), 20)]
+        picked(r.stdout.as_str()),
+        vec![(hosts[1].key.clone(), 10), (hosts[0].key.clone(), 20)]
     );
     let st = status();
     assert_eq!(
