@@ -141,6 +141,15 @@ impl ChainClient {
             .await
     }
 
+    /// A download payment within its claim window (`TxBody::DownloadPayment`).
+    pub async fn download(
+        &mut self,
+        payment: TxId,
+    ) -> Result<Option<crate::DownloadView>, ChainError> {
+        self.call(|c| async move { c.download(tarpc::context::current(), payment.0).await })
+            .await
+    }
+
     pub async fn deal(&mut self, id: TxId) -> Result<Option<DealView>, ChainError> {
         self.call(|c| async move { c.deal(tarpc::context::current(), id.0).await })
             .await

@@ -30,9 +30,9 @@ pub mod certificate;
 pub mod chain;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 5;
+pub const HOST_API_VERSION: u32 = 6;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 3;
+pub const MINER_API_VERSION: u32 = 4;
 /// Longest a client may ask a miner to wait for a block.
 pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
@@ -121,6 +121,47 @@ pub struct StorageOffer {
     pub free_bytes: u64,
 }
 
+/// A host's price for one download of a deal's file (#6 of the seed's flow): what the
+/// receiver's `DownloadPayment` must carry. The sender's fee is the deal's as the chain
+/// states it now; `host_part` is the host's egress price for the deal's bytes. Signed by
+/// the host over [`download_terms_message`], so a receiver can show what it was quoted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadTerms {
+    pub deal: [u8; 32],
+    /// The file the deal holds (its last chunk): what the link will grant.
+    pub manifest: [u8; 32],
+    pub bytes: u64,
+    pub download_fee: u64,
+    pub host_part: u64,
+    /// The quote stands until then (Unix seconds).
+    pub expiry_unix_secs: u64,
+    /// ed25519 by the deal's host (64 bytes).
+    pub signature: Vec<u8>,
+}
+
+/// Domain of a download quote's signature.
+pub const DOWNLOAD_TERMS_CONTEXT: &[u8] = b"market.space download terms v1";
+
+impl DownloadTerms {
+    /// The receiver pays this in all (fee + host part), if not free.
+    pub fn total(&self) -> u64 {
+        self.download_fee.saturating_add(self.host_part)
+    }
+}
+
+/// The bytes a host signs for [`DownloadTerms`]: the context (30 bytes), deal (32),
+/// manifest (32), then bytes, download_fee, host_part and expiry as u64 little-endian.
+pub fn download_terms_message(t: &DownloadTerms) -> Vec<u8> {
+    let mut m = Vec::with_capacity(DOWNLOAD_TERMS_CONTEXT.len() + 96);
+    m.extend_from_slice(DOWNLOAD_TERMS_CONTEXT);
+    m.extend_from_slice(&t.deal);
+    m.extend_from_slice(&t.manifest);
+    for v in [t.bytes, t.download_fee, t.host_part, t.expiry_unix_secs] {
+        m.extend_from_slice(&v.to_le_bytes());
+    }
+    m
+}
+
 /// A host's answer to a download request (#6).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadOffer {
@@ -168,6 +209,18 @@ pub trait HostApi {
     /// so the file comes back through the host's data plane alone, when no exchange, index,
     /// miner or control plane answers.
     async fn emergency_link(deal: [u8; 32]) -> Result<String, ControlError>;
+    /// What one download of an active deal's file costs here (a signed quote).
+    async fn download_terms(deal: [u8; 32]) -> Result<DownloadTerms, ControlError>;
+    /// A download link for the deal's file bound to `receiver`'s key: for `payment`, a
+    /// `DownloadPayment` of that receiver for this deal on the chain, within its claim
+    /// window, carrying at least this host's price (the host then claims it); with no
+    /// payment, only for a file whose download is free here. Asking again for the same
+    /// payment gives the same link's id again (a resumed download).
+    async fn download_link(
+        deal: [u8; 32],
+        receiver: [u8; 32],
+        payment: Option<[u8; 32]>,
+    ) -> Result<String, ControlError>;
 }
 
 /// A miner's service: submitting transactions and reading the chain. Implemented by the
@@ -198,6 +251,25 @@ pub trait MinerApi {
     async fn challenge(host: [u8; 32]) -> Result<Option<ChallengeView>, ControlError>;
     /// Where a hash was recorded on the chain (proof of existence), if it was.
     async fn hash_record(hash: [u8; 32]) -> Result<Option<HashRecordView>, ControlError>;
+    /// A download payment within its claim window, claimed or not.
+    async fn download(payment: [u8; 32]) -> Result<Option<DownloadView>, ControlError>;
+}
+
+/// A receiver's download payment as the chain holds it (`consensus::ledger::Download`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadView {
+    pub payment: String,
+    pub deal: String,
+    pub receiver: String,
+    pub fee: u64,
+    pub host_part: u64,
+    pub exchange: Option<String>,
+    pub exchange_part: u64,
+    pub paid_height: u64,
+    /// The last height the host may claim it at; unclaimed, it goes back to the receiver
+    /// at the end of that block.
+    pub deadline: u64,
+    pub claimed: bool,
 }
 
 /// A miner's view of its chain.
@@ -392,6 +464,9 @@ pub struct DealView {
     pub exchange: Option<String>,
     pub commission_permille: u16,
     pub commission_paid: u64,
+    /// Download payments the host claimed, and the fees they paid the sender.
+    pub downloads: u64,
+    pub download_income: u64,
     /// Proof periods in all, proven and missed so far.
     pub parts: u32,
     pub proven: u32,

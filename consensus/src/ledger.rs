@@ -275,6 +275,35 @@ pub struct Deal {
     /// MASPC of the fee paid to the exchange so far: its commission on each part the host
     /// earned (`paid` is the host's share after it).
     pub commission_paid: u64,
+    /// Download payments the host claimed, and the download fees they paid the sender.
+    pub downloads: u64,
+    pub download_income: u64,
+}
+
+/// A receiver's download payment, held until the deal's host claims it or the claim
+/// window closes. It stays listed (claimed or not) until then, so that a host can still
+/// show a receiver the link it paid for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Download {
+    pub deal: DealId,
+    pub receiver: AccountId,
+    /// The deal's download fee at the time of payment (for its sender).
+    pub fee: u64,
+    pub host_part: u64,
+    pub exchange: Option<AccountId>,
+    pub exchange_part: u64,
+    pub paid_height: u64,
+    /// The last height at which the host may claim it; at the end of that block an
+    /// unclaimed payment goes back to the receiver and the record is dropped.
+    pub deadline: u64,
+    pub claimed: bool,
+}
+
+impl Download {
+    /// What the receiver paid: held while unclaimed.
+    pub fn total(&self) -> u64 {
+        self.fee + self.host_part + self.exchange_part
+    }
 }
 
 impl Deal {
@@ -392,6 +421,9 @@ pub struct State {
     pub validators: BTreeMap<AccountId, u64>,
     /// When each deal awaiting completion expires: (height, deal).
     pub deadlines: BTreeSet<(u64, DealId)>,
+    /// Download payments within their claim window, by payment id; with their deadlines.
+    pub downloads: BTreeMap<TxId, Download>,
+    pub download_deadlines: BTreeSet<(u64, TxId)>,
     /// The open challenge of each host with active deals, for the current proof period.
     pub challenges: BTreeMap<AccountId, HostChallenge>,
     /// Offers a payment has cited, with their expiry (Unix seconds): each is taken once,
@@ -549,6 +581,12 @@ pub enum Receipt {
         validator: AccountId,
         slashed: u64,
     },
+    /// A receiver's download payment is held for the deal's host to claim until
+    /// `deadline` (a height).
+    DownloadPaid {
+        payment: TxId,
+        deadline: u64,
+    },
     /// A host answered its challenge: its `deals` are paid their part when the period
     /// closes.
     ProofsAccepted {
@@ -606,6 +644,12 @@ pub enum TxError {
     NotDealHost,
     #[error("only the deal's sender or host may do this")]
     NotDealParty,
+    #[error("only the deal's sender may do this")]
+    NotDealSender,
+    #[error("no download payment {0} within its claim window (never made, or refunded)")]
+    UnknownDownload(TxId),
+    #[error("this download payment was already claimed")]
+    AlreadyClaimed,
     #[error("the deal is not waiting for its completion (completed already, or failed)")]
     NotAwaitingCompletion,
     #[error("the completion lists {found} CRCs, the deal has {expected} chunks")]
@@ -720,6 +764,8 @@ impl State {
             stats: BTreeMap::new(),
             validators: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            downloads: BTreeMap::new(),
+            download_deadlines: BTreeSet::new(),
             challenges: BTreeMap::new(),
             offers_used: BTreeMap::new(),
             seed_commits: BTreeMap::new(),
@@ -781,12 +827,18 @@ impl State {
         }
         s.masp += self.registrations.values().map(|r| r.deposit).sum::<u64>();
         s.maspc += self.deals.values().map(|d| d.escrow).sum::<u64>();
+        s.maspc += self
+            .downloads
+            .values()
+            .filter(|d| !d.claimed)
+            .map(Download::total)
+            .sum::<u64>();
         s
     }
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v3");
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v4");
         let u = |h: &mut blake3::Hasher, v: u64| {
             h.update(&v.to_le_bytes());
         };
@@ -836,6 +888,8 @@ impl State {
                 d.paid,
                 d.refunded,
                 d.commission_paid,
+                d.downloads,
+                d.download_income,
                 d.chunks.len() as u64,
             ] {
                 u(&mut h, v);
@@ -886,6 +940,34 @@ impl State {
         for (at, deal) in &self.deadlines {
             u(&mut h, *at);
             h.update(&deal.0);
+        }
+        u(&mut h, self.downloads.len() as u64);
+        for (id, d) in &self.downloads {
+            h.update(&id.0);
+            h.update(&d.deal.0);
+            h.update(&d.receiver.0);
+            match &d.exchange {
+                None => u(&mut h, 0),
+                Some(x) => {
+                    u(&mut h, 1);
+                    h.update(&x.0);
+                }
+            }
+            for v in [
+                d.fee,
+                d.host_part,
+                d.exchange_part,
+                d.paid_height,
+                d.deadline,
+                u64::from(d.claimed),
+            ] {
+                u(&mut h, v);
+            }
+        }
+        u(&mut h, self.download_deadlines.len() as u64);
+        for (at, id) in &self.download_deadlines {
+            u(&mut h, *at);
+            h.update(&id.0);
         }
         u(&mut h, self.challenges.len() as u64);
         for (host, c) in &self.challenges {
@@ -1059,6 +1141,19 @@ fn end_block(state: &mut State) {
         deal.state = DealState::Expired;
         credit_maspc(state, sender, escrow);
         state.stats_mut(host).deals_expired += 1;
+    }
+    while let Some(&(at, id)) = state.download_deadlines.first() {
+        if at > state.height {
+            break;
+        }
+        state.download_deadlines.pop_first();
+        let d = state
+            .downloads
+            .remove(&id)
+            .expect("a download deadline names a held payment");
+        if !d.claimed {
+            credit_maspc(state, d.receiver, d.total());
+        }
     }
     let now = state.timestamp_ms / 1000;
     state.offers_used.retain(|_, expiry| *expiry >= now);
@@ -1473,6 +1568,8 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     refunded: 0,
                     broker: *broker,
                     commission_paid: 0,
+                    downloads: 0,
+                    download_income: 0,
                 },
             );
             Receipt::DealOpened { deal: deal_id }
@@ -1559,38 +1656,85 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             if exchange.is_none() && *exchange_part != 0 {
                 return Err(TxError::ExchangePartWithoutExchange);
             }
-            let total = add(add(d.download_fee, *host_part)?, *exchange_part)?;
+            let fee = d.download_fee;
+            let total = add(add(fee, *host_part)?, *exchange_part)?;
+            if total == 0 {
+                return Err(TxError::ZeroAmount);
+            }
             me.maspc = sub(me.maspc, total, Asset::Maspc)?;
-            // Payees may coincide with each other or the payer: credit through one map so
-            // that no write is lost.
-            let mut credits: BTreeMap<AccountId, u64> = BTreeMap::new();
+            let deadline = height
+                .checked_add(state.params.completion_timeout_blocks)
+                .ok_or(TxError::Overflow)?;
+            let id = signed.id();
+            state.accounts.insert(tx.signer, me);
+            state.downloads.insert(
+                id,
+                Download {
+                    deal: *deal,
+                    receiver: tx.signer,
+                    fee,
+                    host_part: *host_part,
+                    exchange: *exchange,
+                    exchange_part: *exchange_part,
+                    paid_height: height,
+                    deadline,
+                    claimed: false,
+                },
+            );
+            state.download_deadlines.insert((deadline, id));
+            Receipt::DownloadPaid {
+                payment: id,
+                deadline,
+            }
+        }
+        TxBody::DownloadClaim { payment } => {
+            let p = *state
+                .downloads
+                .get(payment)
+                .ok_or(TxError::UnknownDownload(*payment))?;
+            let d = state
+                .deals
+                .get_mut(&p.deal)
+                .expect("a download names an existing deal");
+            if d.host != tx.signer {
+                return Err(TxError::NotDealHost);
+            }
+            if p.claimed {
+                return Err(TxError::AlreadyClaimed);
+            }
+            d.downloads += 1;
+            d.download_income = add(d.download_income, p.fee)?;
+            let sender = d.sender;
+            state.accounts.insert(tx.signer, me);
             for (who, amount) in [
-                (Some(d.sender), d.download_fee),
-                (Some(d.host), *host_part),
-                (*exchange, *exchange_part),
+                (Some(sender), p.fee),
+                (Some(tx.signer), p.host_part),
+                (p.exchange, p.exchange_part),
             ] {
                 if let (Some(who), true) = (who, amount > 0) {
-                    let c = credits.entry(who).or_default();
-                    *c = add(*c, amount)?;
+                    credit_maspc(state, who, amount);
                 }
             }
-            let mut updated = vec![(tx.signer, me)];
-            for (who, amount) in credits {
-                let mut a = if who == tx.signer {
-                    me
-                } else {
-                    state.account(&who)
-                };
-                a.maspc = add(a.maspc, amount)?;
-                if who == tx.signer {
-                    updated[0].1 = a;
-                } else {
-                    updated.push((who, a));
-                }
+            state
+                .downloads
+                .get_mut(payment)
+                .expect("checked above")
+                .claimed = true;
+            Receipt::Applied
+        }
+        TxBody::SetDownloadFee { deal, download_fee } => {
+            let d = state
+                .deals
+                .get_mut(deal)
+                .ok_or(TxError::UnknownDeal(*deal))?;
+            if d.sender != tx.signer {
+                return Err(TxError::NotDealSender);
             }
-            for (who, a) in updated {
-                state.accounts.insert(who, a);
+            if !d.holds_host_capacity() {
+                return Err(TxError::DealNotActive);
             }
+            d.download_fee = *download_fee;
+            state.accounts.insert(tx.signer, me);
             Receipt::Applied
         }
         TxBody::RecordHash { hash } => {

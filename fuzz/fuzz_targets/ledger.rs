@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     let mut state = genesis.clone();
     let mut nonces = [0u64; ACCOUNTS as usize];
     let mut deals: Vec<TxId> = Vec::new();
+    let mut payments: Vec<TxId> = Vec::new();
     let mut accepted = Vec::new();
     let mut input = Input(data);
     while let (Some(kind), Some(who), Some(arg)) = (input.byte(), input.byte(), input.byte()) {
@@ -64,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             .copied()
             .unwrap_or(TxId([arg; 32]));
         let Some(amount) = input.amount() else { break };
-        let body = match kind % 11 {
+        let body = match kind % 13 {
             0 => TxBody::Transfer {
                 to: other,
                 asset: if arg % 2 == 0 {
@@ -121,6 +122,16 @@ fuzz_target!(|data: &[u8]| {
             },
             8 => TxBody::RecordHash { hash: [arg; 32] },
             9 => TxBody::Complaint { deal, fee: amount },
+            10 => TxBody::DownloadClaim {
+                payment: payments
+                    .get(usize::from(arg))
+                    .copied()
+                    .unwrap_or(TxId([arg; 32])),
+            },
+            11 => TxBody::SetDownloadFee {
+                deal,
+                download_fee: amount,
+            },
             // A storage proof made of input bytes: it must never verify by accident, and a
             // refused one must leave the state alone.
             _ => {
@@ -173,8 +184,12 @@ fuzz_target!(|data: &[u8]| {
                     "a wrong nonce was accepted"
                 );
                 nonces[usize::from(who)] += 1;
-                if let Some(consensus::ledger::Receipt::DealOpened { deal }) = receipts.first() {
-                    deals.push(*deal);
+                match receipts.first() {
+                    Some(consensus::ledger::Receipt::DealOpened { deal }) => deals.push(*deal),
+                    Some(consensus::ledger::Receipt::DownloadPaid { payment, .. }) => {
+                        payments.push(*payment)
+                    }
+                    _ => {}
                 }
                 state = next;
                 accepted.push(block);

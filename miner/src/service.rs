@@ -296,6 +296,33 @@ impl MinerApi for MinerService {
     async fn api_version(self, _: tarpc::context::Context) -> u32 {
         api::MINER_API_VERSION
     }
+
+    async fn download(
+        self,
+        _: tarpc::context::Context,
+        payment: [u8; 32],
+    ) -> Result<Option<api::DownloadView>, ControlError> {
+        self.node
+            .query(move |s: &NodeState| {
+                s.ledger()
+                    .downloads
+                    .get(&TxId(payment))
+                    .map(|d| api::DownloadView {
+                        payment: hex(&payment),
+                        deal: hex(&d.deal.0),
+                        receiver: hex(&d.receiver.0),
+                        fee: d.fee,
+                        host_part: d.host_part,
+                        exchange: d.exchange.map(|x| hex(&x.0)),
+                        exchange_part: d.exchange_part,
+                        paid_height: d.paid_height,
+                        deadline: d.deadline,
+                        claimed: d.claimed,
+                    })
+            })
+            .await
+            .map_err(unavailable)
+    }
 }
 
 /// How a role is named in [`RegistrationView`]s: `host`, `miner`, ...
@@ -367,6 +394,8 @@ pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
         exchange: d.broker.map(|b| hex(&b.exchange.0)),
         commission_permille: d.broker.map_or(0, |b| b.commission_permille),
         commission_paid: d.commission_paid,
+        downloads: d.downloads,
+        download_income: d.download_income,
         parts: d.parts,
         proven: d.proven,
         missed: d.missed,

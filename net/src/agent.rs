@@ -17,7 +17,9 @@
 //!   deal that ended while the host was down is released when it starts again.
 //!
 //! Upload links for paid deals are granted by the control plane (`HostApi::deal_link`),
-//! which checks the deal on the chain itself.
+//! which checks the deal on the chain itself. Download links for paid downloads too
+//! (`HostApi::download_link`): the control plane queues the payment (`Host::queue_claim`)
+//! and the agent claims it at the next block (`DownloadClaim`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct AgentStats {
     pub deals_closed: u64,
     /// Chunks of closed deals removed from the store (no open deal covered them).
     pub chunks_released: u64,
+    /// Download payments claimed (`DownloadClaim` transactions accepted by a miner).
+    pub claims_sent: u64,
 }
 
 /// Runs the agent until `stop` turns true. `stats` is updated after every block.
@@ -245,7 +249,7 @@ async fn step(
         });
     }
 
-    let mut bodies: Vec<(Action, TxBody)> = Vec::new();
+    let mut bodies: Vec<(Option<Action>, TxBody)> = Vec::new();
     for a in &actions {
         let Action::Prove { period, samples } = a else {
             continue;
@@ -265,7 +269,7 @@ async fn step(
         };
         match proofs {
             Ok(proofs) => bodies.push((
-                a.clone(),
+                Some(a.clone()),
                 TxBody::StorageProofs {
                     period: *period,
                     proofs,
@@ -288,12 +292,12 @@ async fn step(
         nonce: None,
     };
     out.submit(chain, agent, stats, bodies).await?;
-    let mut bodies: Vec<(Action, TxBody)> = Vec::new();
+    let mut bodies: Vec<(Option<Action>, TxBody)> = Vec::new();
     for a in &actions {
         if let Action::Complete { deal, chunks } = a {
             match crcs_of(host, chunks).await {
                 Ok(crcs) => bodies.push((
-                    a.clone(),
+                    Some(a.clone()),
                     TxBody::UploadCompletion {
                         deal: TxId(*deal),
                         crcs,
@@ -308,6 +312,21 @@ async fn step(
         }
     }
     out.submit(chain, agent, stats, bodies).await?;
+    // Download payments whose links the control plane gave out: claimed now; queued again
+    // if the miner could not be reached.
+    let claims = host.take_claims();
+    if !claims.is_empty() {
+        let bodies = claims
+            .iter()
+            .map(|p| (None, TxBody::DownloadClaim { payment: TxId(*p) }))
+            .collect();
+        if let Err(e) = out.submit(chain, agent, stats, bodies).await {
+            for p in claims {
+                host.queue_claim(p);
+            }
+            return Err(e);
+        }
+    }
     stats.send_modify(|s| s.height = height);
     Ok(height)
 }
@@ -329,7 +348,7 @@ impl Outbox<'_> {
         chain: &mut ChainClient,
         agent: &mut Agent,
         stats: &watch::Sender<AgentStats>,
-        bodies: Vec<(Action, TxBody)>,
+        bodies: Vec<(Option<Action>, TxBody)>,
     ) -> Result<(), ChainError> {
         if bodies.is_empty() {
             return Ok(());
@@ -358,10 +377,13 @@ impl Outbox<'_> {
             match answer {
                 Ok(_) => {
                     next += 1;
-                    agent.submitted(action, self.height);
+                    if let Some(action) = action {
+                        agent.submitted(action, self.height);
+                    }
                     stats.send_modify(|s| match action {
-                        Action::Complete { .. } => s.completions_sent += 1,
-                        _ => s.proofs_sent += 1,
+                        Some(Action::Complete { .. }) => s.completions_sent += 1,
+                        Some(_) => s.proofs_sent += 1,
+                        None => s.claims_sent += 1,
                     });
                 }
                 Err(e) => {

@@ -88,6 +88,10 @@ pub struct HostConfig {
     /// (`market::pricing`; needs `capacity_bytes`).
     #[serde(default)]
     pub price_surge_percent: u64,
+    /// What a receiver pays this host per download, in MASPC per started GiB of the
+    /// file's sealed bytes (on top of the sender's download fee).
+    #[serde(default = "default_egress_price")]
+    pub egress_price_per_gib: u64,
     /// Longest storage the host offers, in days.
     #[serde(default = "default_max_days")]
     pub max_days: u64,
@@ -153,6 +157,10 @@ fn default_true() -> bool {
 
 fn default_price() -> u64 {
     10
+}
+
+fn default_egress_price() -> u64 {
+    1
 }
 
 impl HostConfig {
@@ -307,6 +315,9 @@ control_token = "{control_token}"
 price_per_gib_day = {price_per_gib_day}
 price_floor = 0
 price_surge_percent = 0
+# What a receiver pays this host to download a file, in MASPC per started GiB (on top of
+# the download fee the file's sender set); 0 makes files whose sender asks no fee free.
+egress_price_per_gib = 1
 # The longest storage it offers, in days.
 max_days = 365
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use api::{
-    ControlError, DownloadOffer, HostApi, HostStatus, LinkGrant, LinkRequest, OfferRefusal,
-    StorageOffer, StorageRequest, HOST_API_VERSION, LINK_TTL_MAX_SECS,
+    ControlError, DownloadOffer, DownloadTerms, HostApi, HostStatus, LinkGrant, LinkRequest,
+    OfferRefusal, StorageOffer, StorageRequest, HOST_API_VERSION, LINK_TTL_MAX_SECS,
 };
 use ed25519_consensus::SigningKey;
 use proto::link::{Grant, Link};
@@ -40,6 +40,9 @@ pub struct HostControl {
     pub deposit_for: fn(u64) -> u64,
     /// The exchanges this host asks at and the commission it pays each.
     pub brokers: Brokers,
+    /// What it asks a receiver for sending a file, in MASPC per started GiB of the deal's
+    /// sealed bytes (0: its downloads cost only the sender's fee).
+    pub egress_price_per_gib: u64,
 }
 
 /// The exchanges a host asks at, each with the commission it charges (as the bidder read
@@ -481,20 +484,179 @@ impl HostApi for HostControl {
     async fn api_version(self, _: tarpc::context::Context) -> u32 {
         HOST_API_VERSION
     }
+
+    async fn download_terms(
+        self,
+        _: tarpc::context::Context,
+        deal: [u8; 32],
+    ) -> Result<DownloadTerms, ControlError> {
+        let (_, view) = self.deal_of_mine(deal).await?;
+        if !matches!(view.stage, api::DealStage::Active { .. }) {
+            return Err(ControlError::Invalid(format!(
+                "the deal is {}: downloads are paid for active deals only",
+                view.stage
+            )));
+        }
+        let mut terms = DownloadTerms {
+            deal,
+            manifest: deal_manifest(&view)?,
+            bytes: view.bytes,
+            download_fee: view.download_fee,
+            host_part: self.egress_price(view.bytes),
+            expiry_unix_secs: crate::now_secs() + DOWNLOAD_TERMS_SECS,
+            signature: Vec::new(),
+        };
+        terms.signature = self
+            .key
+            .sign(&api::download_terms_message(&terms))
+            .to_bytes()
+            .to_vec();
+        Ok(terms)
+    }
+
+    async fn download_link(
+        self,
+        _: tarpc::context::Context,
+        deal: [u8; 32],
+        receiver: [u8; 32],
+        payment: Option<[u8; 32]>,
+    ) -> Result<String, ControlError> {
+        if std::env::var(FAULT_ENV).as_deref() == Ok("exit-on-download-link") {
+            tracing::error!("{FAULT_ENV}=exit-on-download-link: exiting as told");
+            std::process::exit(3);
+        }
+        let (mut chain, view) = self.deal_of_mine(deal).await?;
+        if !matches!(
+            view.stage,
+            api::DealStage::Active { .. } | api::DealStage::Ended { .. }
+        ) {
+            return Err(ControlError::Invalid(format!(
+                "the deal is {}: its file is not here to download",
+                view.stage
+            )));
+        }
+        let manifest = deal_manifest(&view)?;
+        let price = self.egress_price(view.bytes);
+        let id: [u8; 16] = match payment {
+            None => {
+                if view.download_fee != 0 || price != 0 {
+                    return Err(ControlError::Invalid(format!(
+                        "a download of this file costs {} MASPC ({} to its sender, {price} to \
+                         this host): pay it (DownloadPayment) and ask again with the payment",
+                        view.download_fee.saturating_add(price),
+                        view.download_fee
+                    )));
+                }
+                let mut h = blake3::Hasher::new_derive_key("market.space free download link id v1");
+                h.update(&deal);
+                h.update(&receiver);
+                h.finalize().as_bytes()[..16].try_into().expect("16 bytes")
+            }
+            Some(p) => {
+                let unavailable =
+                    |e: api::chain::ChainError| ControlError::Unavailable(e.to_string());
+                let paid = chain
+                    .download(proto::tx::TxId(p))
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        ControlError::Invalid(format!(
+                            "no download payment {} within its claim window on the chain \
+                             (not decided yet, refunded, or never made)",
+                            hex(&p)
+                        ))
+                    })?;
+                if paid.deal != hex(&deal) {
+                    return Err(ControlError::Invalid(format!(
+                        "payment {} is for deal {}, not this one",
+                        hex(&p),
+                        paid.deal
+                    )));
+                }
+                if paid.receiver != hex(&receiver) {
+                    return Err(ControlError::Invalid(format!(
+                        "payment {} was made by {}: its link is for that key only",
+                        hex(&p),
+                        paid.receiver
+                    )));
+                }
+                if !paid.claimed {
+                    if paid.host_part < price {
+                        return Err(ControlError::Invalid(format!(
+                            "the payment carries {} MASPC for this host, which asks {price}: \
+                             it is not claimed and goes back to its payer after height {}",
+                            paid.host_part, paid.deadline
+                        )));
+                    }
+                    // The agent claims it at the next block: that block must still be in
+                    // the window.
+                    let height = chain.status().await.map_err(unavailable)?.height;
+                    if height + CLAIM_MARGIN_BLOCKS > paid.deadline {
+                        return Err(ControlError::Invalid(format!(
+                            "the payment's claim window closes at height {} (now {height}): \
+                             too late to serve it; it goes back to its payer",
+                            paid.deadline
+                        )));
+                    }
+                    self.host.queue_claim(p);
+                }
+                p[..16].try_into().expect("16 bytes")
+            }
+        };
+        Link::sign(
+            &self.key,
+            &self.link_addr,
+            Grant::Download {
+                manifest: ChunkId(manifest),
+            },
+            Some(receiver),
+            crate::now_secs().saturating_add(DEAL_LINK_TTL_SECS),
+            id,
+        )
+        .map(|l| l.to_string())
+        .map_err(|e| ControlError::Invalid(e.to_string()))
+    }
+}
+
+/// For tests of what a receiver does when a host dies: set to `exit-on-download-link`,
+/// the host exits when asked for a download link (after the receiver paid).
+pub const FAULT_ENV: &str = "MSPACE_HOST_FAULT";
+
+/// Seconds a download quote stands.
+pub const DOWNLOAD_TERMS_SECS: u64 = 600;
+/// Blocks left in a payment's claim window that a host needs to serve it: the agent
+/// claims at the next block.
+const CLAIM_MARGIN_BLOCKS: u64 = 2;
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// The deal's file: its last chunk is the manifest.
+fn deal_manifest(view: &api::DealView) -> Result<[u8; 32], ControlError> {
+    view.entries
+        .last()
+        .map(|e| e.id)
+        .ok_or_else(|| ControlError::Unavailable("the miner sent a deal without chunks".into()))
 }
 
 /// Nominal seconds per block (`market::terms::BLOCKS_PER_DAY` a day).
 const SECS_PER_BLOCK: u64 = 86_400 / market::terms::BLOCKS_PER_DAY;
 
 impl HostControl {
-    /// `deal_link`'s work; an emergency link (a download link only) lives the deal's whole
-    /// nominal length and a day more instead of [`DEAL_LINK_TTL_SECS`].
-    async fn link_for_deal(
+    /// What a receiver pays this host to send `bytes`: the egress price per started GiB.
+    fn egress_price(&self, bytes: u64) -> u64 {
+        let gib = 1u128 << 30;
+        let price = (u128::from(bytes) * u128::from(self.egress_price_per_gib)).div_ceil(gib);
+        u64::try_from(price).unwrap_or(u64::MAX)
+    }
+
+    /// The deal `deal` as the chain states it, if this host is its host; with the miner
+    /// connection it was read through.
+    async fn deal_of_mine(
         &self,
         deal: [u8; 32],
-        download: bool,
-        emergency: bool,
-    ) -> Result<String, ControlError> {
+    ) -> Result<(api::chain::ChainClient, api::DealView), ControlError> {
         if self.chain.is_empty() {
             return Err(ControlError::Unavailable(
                 "this host is off the chain: it takes no deals".into(),
@@ -520,6 +682,18 @@ impl HostControl {
                 view.host
             )));
         }
+        Ok((chain, view))
+    }
+
+    /// `deal_link`'s work; an emergency link (a download link only) lives the deal's whole
+    /// nominal length and a day more instead of [`DEAL_LINK_TTL_SECS`].
+    async fn link_for_deal(
+        &self,
+        deal: [u8; 32],
+        download: bool,
+        emergency: bool,
+    ) -> Result<String, ControlError> {
+        let (_, view) = self.deal_of_mine(deal).await?;
         let sender: [u8; 32] = data_encoding::HEXLOWER
             .decode(view.sender.as_bytes())
             .ok()
@@ -679,6 +853,8 @@ mod tests {
             exchange: None,
             commission_permille: 0,
             commission_paid: 0,
+            downloads: 0,
+            download_income: 0,
             parts: 0,
             proven: 0,
             missed: 0,

@@ -62,6 +62,8 @@ pub struct DealJob {
     /// The key of the exchange that matched `hosts`: each host's offer must name it (with
     /// the commission the host pays it), and the payment carries it to the chain.
     pub exchange: Option<[u8; 32]>,
+    /// MASPC each receiver pays the sender per download (`mspace share`); 0: free.
+    pub download_fee: u64,
 }
 
 /// What an exchange answered a request with.
@@ -294,7 +296,7 @@ async fn try_exchanges(
         days: job.days,
         copies: ask.copies,
         max_price_per_gib_day: ask.max_price_per_gib_day,
-        download_fee: 0,
+        download_fee: job.download_fee,
         min_rating: ask.min_rating,
         expiry_unix_secs: crate::now_secs() + REQUEST_LIFE_SECS,
         region: ask.region.clone(),
@@ -846,7 +848,7 @@ async fn pay(
         offer: offer.id,
         offer_expiry_unix_secs: offer.expiry_unix_secs,
         storage_fee: terms.storage_fee,
-        download_fee: 0,
+        download_fee: job.download_fee,
         period_blocks: terms.period_blocks,
         broker: offer.broker,
         chunks: entries.to_vec(),
@@ -873,7 +875,7 @@ async fn active_since(chain: &mut ChainClient, deal: &TxId) -> Result<Option<u64
     )
 }
 
-fn parse_tx(hex: &str) -> Result<TxId, NetError> {
+pub(crate) fn parse_tx(hex: &str) -> Result<TxId, NetError> {
     data_encoding::HEXLOWER
         .decode(hex.as_bytes())
         .ok()

@@ -17,6 +17,7 @@ pub mod io;
 pub mod journal;
 pub mod metrics;
 pub mod proxy;
+pub mod receive;
 pub mod record;
 pub mod state;
 pub mod wire;

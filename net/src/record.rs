@@ -31,6 +31,10 @@ pub struct FileRecord {
     pub name: String,
     pub file_bytes: u64,
     pub copies: Vec<CopyRecord>,
+    /// The file's share key (`mss1-...`), for `mspace share`: a secret, which is why the
+    /// record is written readable by its owner only. Absent in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_key: Option<String>,
 }
 
 /// One copy: a deal with a host.
@@ -97,6 +101,18 @@ impl FileRecord {
                 "{} copies, at most {RECORD_COPIES_MAX}",
                 r.copies.len()
             )));
+        }
+        if let Some(text) = &r.share_key {
+            let key: proto::ShareKey = text
+                .parse()
+                .map_err(|e| RecordError::Malformed(format!("share_key: {e}")))?;
+            if key.manifest_id != manifest {
+                return Err(RecordError::Malformed(format!(
+                    "share_key is for manifest {}, the record for {}",
+                    key.manifest_id.to_hex(),
+                    r.manifest_id
+                )));
+            }
         }
         for (i, c) in r.copies.iter().enumerate() {
             hex32(&format!("copies[{i}].host"), &c.host)?;
@@ -214,7 +230,17 @@ mod tests {
                     link_error: Some("connection refused".into()),
                 },
             ],
+            share_key: Some(share_key(manifest)),
         }
+    }
+
+    fn share_key(manifest: ChunkId) -> String {
+        proto::ShareKey {
+            file_id: proto::FileId([4; 16]),
+            manifest_id: manifest,
+            file_key: proto::FileKey([5; 32]),
+        }
+        .to_string()
     }
 
     #[test]
@@ -225,6 +251,13 @@ mod tests {
         assert!(path.ends_with(format!("files/{}.json", r.manifest_id)));
         assert_eq!(FileRecord::load(dir.path(), &r.manifest_id).unwrap(), r);
         assert_eq!(r.links().len(), 1);
+        // It holds the share key: its owner alone reads it.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        let mut old = r.clone();
+        old.share_key = None;
+        assert!(!old.to_json().contains("share_key"));
         let e = FileRecord::load(dir.path(), &"00".repeat(32)).unwrap_err();
         assert!(matches!(e, RecordError::Missing(_)), "{e}");
     }
@@ -235,12 +268,17 @@ mod tests {
         let json = |r: &FileRecord| r.to_json().into_bytes();
         let mut other_file = good.clone();
         other_file.manifest_id = "08".repeat(32);
+        other_file.share_key = None;
         let mut upper = good.clone();
         upper.copies[0].deal = "CD".repeat(32);
         let mut bad_link = good.clone();
         bad_link.copies[0].link = Some("mspace://nothing".into());
         let mut version = good.clone();
         version.version = 2;
+        let mut bad_key = good.clone();
+        bad_key.share_key = Some("mss1-AAAA".into());
+        let mut other_key = good.clone();
+        other_key.share_key = Some(share_key(ChunkId([9; 32])));
         let mut many = good.clone();
         many.copies = vec![good.copies[1].clone(); RECORD_COPIES_MAX + 1];
         let extra = String::from_utf8(json(&good))
@@ -252,6 +290,8 @@ mod tests {
             (json(&upper), "copies[0].deal"),
             (json(&bad_link), "copies[0].link"),
             (json(&version), "version 2"),
+            (json(&bad_key), "share_key: "),
+            (json(&other_key), "share_key is for manifest"),
             (json(&many), "at most 256"),
             (extra, "unknown field `surprise`"),
             (b"{".to_vec(), "EOF"),

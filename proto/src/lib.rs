@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod decode;
+pub mod fileshare;
 pub mod ids;
 pub mod kdf;
 pub mod link;

@@ -150,8 +150,11 @@ pub enum TxBody {
     },
     /// Tag 7, the seed's transaction #4: the host's CRC32C of every chunk it received, in order.
     UploadCompletion { deal: DealId, crcs: Vec<u32> },
-    /// Tag 8, the seed's transaction #7: a receiver pays the deal's download fee to its
-    /// sender, `host_part` to its host, and `exchange_part` to `exchange` if there is one.
+    /// Tag 8, the seed's transaction #7: a receiver pays the deal's download fee for its
+    /// sender, `host_part` for its host, and `exchange_part` for `exchange` if there is one.
+    /// The ledger holds the sum until the deal's host claims it (`DownloadClaim`, which pays
+    /// the three parts out) or, unclaimed, gives it back to the receiver when the claim
+    /// window closes.
     DownloadPayment {
         deal: DealId,
         host_part: u64,
@@ -173,6 +176,12 @@ pub enum TxBody {
         a: Box<crate::block::SignedVote>,
         b: Box<crate::block::SignedVote>,
     },
+    /// Tag 13: the deal's host claims a download payment (by the payment's transaction
+    /// id) it is serving: the parts held for it are paid out.
+    DownloadClaim { payment: TxId },
+    /// Tag 14: the deal's sender changes the fee receivers pay it per download from now on
+    /// (payments already made keep the fee they paid).
+    SetDownloadFee { deal: DealId, download_fee: u64 },
 }
 
 /// An unsigned transaction.
@@ -394,6 +403,15 @@ impl Tx {
                 a.encode(&mut out);
                 b.encode(&mut out);
             }
+            TxBody::DownloadClaim { payment } => {
+                out.push(13);
+                out.extend_from_slice(&payment.0);
+            }
+            TxBody::SetDownloadFee { deal, download_fee } => {
+                out.push(14);
+                out.extend_from_slice(&deal.0);
+                put_u64(&mut out, *download_fee);
+            }
         }
         out
     }
@@ -561,10 +579,17 @@ impl Tx {
                 a: Box::new(crate::block::SignedVote::decode(r)?),
                 b: Box::new(crate::block::SignedVote::decode(r)?),
             },
+            13 => TxBody::DownloadClaim {
+                payment: TxId(r.array("payment")?),
+            },
+            14 => TxBody::SetDownloadFee {
+                deal: TxId(r.array("deal")?),
+                download_fee: r.u64("download_fee")?,
+            },
             other => {
                 return Err(r.invalid(
                     "body tag",
-                    format!("{other} is not a transaction kind (1 to 12)"),
+                    format!("{other} is not a transaction kind (1 to 14)"),
                 ))
             }
         };
@@ -822,6 +847,13 @@ mod tests {
             },
             TxBody::RecordHash { hash: [6; 32] },
             TxBody::Complaint { deal, fee: 10 },
+            TxBody::DownloadClaim {
+                payment: TxId([8; 32]),
+            },
+            TxBody::SetDownloadFee {
+                deal,
+                download_fee: 0,
+            },
             TxBody::StorageProofs {
                 period: 2,
                 proofs: vec![vec![1, 2, 3], vec![4]],
@@ -944,7 +976,7 @@ mod tests {
                 "tag",
                 {
                     let mut b = good.clone();
-                    b[57] = 13;
+                    b[57] = 15;
                     b
                 },
                 "transaction kind",

@@ -79,6 +79,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         host_keys: Vec::new(),
         max_price_per_gib_day: args.max_price,
         exchange: None,
+        download_fee: args.download_fee,
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
@@ -206,6 +207,7 @@ pub fn put(args: PutArgs) -> Result<()> {
                 link_error: l.as_ref().err().cloned(),
             })
             .collect(),
+        share_key: Some(done.share_key.to_string()),
     };
     let state = state_dir()?;
     let record_path = record
@@ -325,6 +327,11 @@ pub struct DealJson {
     pub bytes: u64,
     /// The first proof period the deal is covered in.
     pub first_period: u64,
+    /// What each receiver pays the sender per download; downloads paid and claimed by
+    /// the host, and the fees they brought the sender.
+    pub download_fee: u64,
+    pub downloads: u64,
+    pub download_income: u64,
 }
 
 impl From<&DealView> for DealJson {
@@ -352,6 +359,9 @@ impl From<&DealView> for DealJson {
             chunks: v.chunks,
             bytes: v.bytes,
             first_period: v.first_period,
+            download_fee: v.download_fee,
+            downloads: v.downloads,
+            download_income: v.download_income,
         }
     }
 }
@@ -377,6 +387,10 @@ pub fn print_deal(v: &DealView) {
         d.periods, d.first_period, d.proven, d.missed
     );
     println!("  {} chunks, {}", d.chunks, format_bytes(d.bytes));
+    println!(
+        "  downloads at {} MASPC each to the sender: {} paid, {} MASPC earned",
+        d.download_fee, d.downloads, d.download_income
+    );
 }
 
 /// `mspace deals`.

@@ -5,8 +5,10 @@
 //! stored as a deal on those two,
 //! three proof periods proven and paid, one host killed (its next challenge missed: its
 //! deposit slashed, the sender refunded), a miner killed under the agents that follow it
-//! (they move on and keep proving), the file downloaded from the surviving host, and
-//! the balances of the sender, the hosts and the chain's totals printed at each step.
+//! (they move on and keep proving), the file downloaded from the surviving host, a
+//! receiver buying a download with the sender's share (`net::receive::buy`: the dead copy
+//! left out before paying, the other host paid and claiming), and the balances of the
+//! sender, the hosts and the chain's totals printed at each step.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,9 @@ impl Drop for Devnet {
 /// the kernel's ephemeral range, and below the ports the tests' devnets take (20000 up).
 /// The search starts at a place drawn from the process id, so that demos run side by side
 /// do not race for the same ports, and wraps around to try every candidate once.
+/// What the demo's receivers pay the sender per download.
+const DOWNLOAD_FEE: u64 = 5;
+
 fn free_ports(n: u16) -> Result<u16> {
     const LOW: u16 = 10_000;
     const HIGH: u16 = 20_000;
@@ -233,6 +238,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             host_keys: Vec::new(),
             max_price_per_gib_day: None,
             exchange: None,
+            download_fee: DOWNLOAD_FEE,
         };
         let listed = ix.exchanges(tarpc::context::current()).await?.len();
         let near = nearest_exchanges(std::slice::from_ref(&index)).await?;
@@ -364,7 +370,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
                 links,
                 via: Vec::new(),
                 key: client.clone(),
-                unlock: Key::Share(Box::new(done.share_key)),
+                unlock: Key::Share(Box::new(done.share_key.clone())),
                 out: out.clone(),
                 overwrite: true,
                 workers: engine::seal::default_workers(),
@@ -381,6 +387,86 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             t.elapsed().as_secs_f64()
         );
         *step += 1;
+
+        // A receiver buys a download through the sender's share; the dead host's copy
+        // comes first and is left out before anything is paid.
+        let t = Instant::now();
+        let receiver = SigningKey::new(rand_core::OsRng);
+        let receiver_id = AccountId(receiver.verification_key().to_bytes());
+        let funding = proto::tx::TxBody::Transfer {
+            to: receiver_id,
+            asset: proto::tx::Asset::Maspc,
+            amount: 100,
+        };
+        chain.submit(&client, funding, 1, Duration::from_secs(60)).await?;
+        let copies = done
+            .placed
+            .iter()
+            .rev()
+            .map(|p| proto::fileshare::ShareCopy {
+                deal: p.deal,
+                host_addr: p.host_addr.clone(),
+            })
+            .collect();
+        let share = proto::fileshare::FileShare::new(done.share_key.clone(), copies)
+            .map_err(anyhow::Error::msg)?;
+        let quiet: net::deal::Report = Arc::new(|_: &str| {});
+        let mut skipped = 0;
+        let mut bought = None;
+        let purchase = net::receive::Purchase {
+            share: &share,
+            chain: &miners,
+            key: &receiver,
+            max_total: 100,
+            report: &quiet,
+        };
+        for copy in &share.copies {
+            let attempt = net::receive::buy(&purchase, copy).await;
+            match attempt.link {
+                Ok(link) => {
+                    bought = Some((link, attempt.terms, attempt.payment));
+                    break;
+                }
+                Err(_) if attempt.payment.is_none() => skipped += 1,
+                Err(e) => bail!("the receiver paid and got no link: {e}"),
+            }
+        }
+        let Some((link, Some(terms), Some(payment))) = bought else {
+            bail!("no copy sold the receiver a download");
+        };
+        let bought_file = dir.join("bought.bin");
+        get_file(
+            &GetJob {
+                links: vec![link],
+                via: Vec::new(),
+                key: receiver.clone(),
+                unlock: Key::Share(Box::new(share.key.clone())),
+                out: bought_file.clone(),
+                overwrite: true,
+                workers: engine::seal::default_workers(),
+            },
+            Arc::new(|_, _| {}),
+        )
+        .await?;
+        if std::fs::read(&bought_file)? != std::fs::read(&out)? {
+            bail!("the receiver's download differs from the file");
+        }
+        let claimed = wait_deal(&mut chain, deals[0], "had the download claimed", |v| {
+            v.downloads >= 1
+        })
+        .await?;
+        println!(
+            "{step}. `mspace share` / `mspace get msf1-...`: a receiver (a new key, funded with 100 MASPC) bought a download with the sender's share: {skipped} dead copy left out before paying, host0 quoted {} MASPC to the sender and {} to itself (signed), the receiver paid {} MASPC on chain (payment {}), host0 bound a link to the receiver's key and its agent claimed the payment; the file came back byte-identical and the sender's deal shows {} download, {} MASPC earned ({:.1} s)",
+            terms.download_fee,
+            terms.host_part,
+            payment.total,
+            payment.id,
+            claimed.downloads,
+            claimed.download_income,
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+        balances(&mut chain, sender, &hosts).await?;
         anyhow::Ok(out)
     })?;
     drop(net);

@@ -15,6 +15,7 @@ pub mod netbench;
 pub mod netcli;
 pub mod proofbench;
 pub mod registry;
+pub mod sharecli;
 pub mod storebench;
 
 use std::io::IsTerminal;

@@ -203,6 +203,11 @@ pub struct PutArgs {
     /// Days of storage (with --host): the price is per GiB per day.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) days: Option<u32>,
+    /// MASPC each receiver of the file pays you per download (`mspace share` prints what
+    /// they need; `mspace share --set-fee` changes it later) [default: 0, free but for the
+    /// host's egress price].
+    #[arg(long, default_value_t = 0, requires = "market")]
+    pub(crate) download_fee: u64,
     /// Blocks of storage instead of days x 14,400 (a devnet with short proof periods).
     #[arg(long, requires = "market", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) period_blocks: Option<u64>,
@@ -234,7 +239,9 @@ pub struct PutArgs {
 pub struct GetArgs {
     /// A download link from the host (mspace://...); several links to copies of one file
     /// on several hosts: chunks are fetched from all at once, and a host that fails is
-    /// left to the others.
+    /// left to the others. Or a file share (msf1-..., from `mspace share`): the download
+    /// is bought from a copy's host, paid on --chain with --key unless it is free, and
+    /// opened with the share's key; a copy whose host fails is left for the next.
     link: Vec<String>,
     /// Or the id of a deal of yours (hex): the download link comes from the deal's host,
     /// at the control address --host, and only your --key can use it. Repeat --deal and
@@ -265,6 +272,14 @@ pub struct GetArgs {
     workers: Option<usize>,
     #[arg(long)]
     key: Option<PathBuf>,
+    /// With a share: a miner's control address to pay through (repeat: the first that
+    /// answers is used).
+    #[arg(long, default_value = "127.0.0.1:27001")]
+    chain: Vec<String>,
+    /// With a share: the most to pay for one download, MASPC (the sender's fee and the
+    /// host's price together); a dearer copy is refused before anything is paid.
+    #[arg(long, default_value_t = 100)]
+    max_fee: u64,
     #[arg(long)]
     json: bool,
 }
@@ -622,6 +637,7 @@ fn host_run(config: &Path) -> Result<()> {
                 chain: cfg.chain.clone(),
                 deposit_for: consensus::ledger::host_deposit_min,
                 brokers: net::control::Brokers::new(cfg.commission_max_permille),
+                egress_price_per_gib: cfg.egress_price_per_gib,
             };
             let (bound_tx, bound) = tokio::sync::oneshot::channel();
             let addr = c.clone();
@@ -883,6 +899,29 @@ struct ServedJson {
 }
 
 pub fn get(args: GetArgs) -> Result<()> {
+    if let Some(first) = args.link.first() {
+        if first
+            .trim()
+            .starts_with(proto::fileshare::FILE_SHARE_PREFIX)
+        {
+            if args.link.len() > 1 || !args.deal.is_empty() || args.file.is_some() {
+                bail!("a share is given alone (it names every copy of the file)");
+            }
+            engine::sealed_dir::check_open_target(&args.out, args.force)?;
+            init_logs();
+            return crate::sharecli::get_shared(&crate::sharecli::SharedGet {
+                share: first.parse().context("reading the share")?,
+                out: args.out.clone(),
+                force: args.force,
+                key: client_key(args.key.as_deref())?,
+                chain: args.chain.clone(),
+                max_fee: args.max_fee,
+                workers: workers(args.workers)?,
+                via: args.via.clone(),
+                json: args.json,
+            });
+        }
+    }
     if args.deal.len() != args.host.len() {
         bail!(
             "{} --deal but {} --host: give one --host (the deal's host's control address) per --deal",

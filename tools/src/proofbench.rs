@@ -157,6 +157,8 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
                     refunded: 0,
                     broker: None,
                     commission_paid: 0,
+                    downloads: 0,
+                    download_income: 0,
                 },
             );
             deals += 1;

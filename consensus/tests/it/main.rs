@@ -706,7 +706,7 @@ fn deal_terms_and_host_capacity_are_enforced() {
 }
 
 #[test]
-fn download_payment_pays_sender_host_and_exchange() {
+fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_deadline() {
     let mut c = Chain::new();
     let deal = with_deal(&mut c, 2);
     let pay = TxBody::DownloadPayment {
@@ -723,31 +723,103 @@ fn download_payment_pays_sender_host_and_exchange() {
             crcs: vec![1000, 1001],
         },
     );
-    let (s, h, x, r) = (c.bal(0).1, c.bal(1).1, c.bal(3).1, c.bal(2).1);
-    c.ok(2, pay);
+    let bals = |c: &Chain| (c.bal(0).1, c.bal(1).1, c.bal(3).1, c.bal(2).1);
+    let (s, h, x, r) = bals(&c);
+    let Receipt::DownloadPaid { payment, deadline } = c.ok(2, pay) else {
+        panic!("a download payment is held")
+    };
     assert_eq!(
-        (c.bal(0).1, c.bal(1).1, c.bal(3).1, c.bal(2).1),
-        (s + 30, h + 5, x + 2, r - 37 - 1)
+        deadline,
+        c.state.height + c.state.params.completion_timeout_blocks
     );
-    // The sender downloading its own file pays itself the fee: only the rest leaves.
-    c.ok(
-        0,
+    // Held by the ledger: it left the receiver and reached nobody yet.
+    assert_eq!(bals(&c), (s, h, x, r - 37 - 1));
+    let conserved = |c: &Chain| {
+        assert_eq!(c.state.total_supply(), c.state.genesis_supply);
+    };
+    conserved(&c);
+    // Only the deal's host claims it, once; the claim pays the three parts.
+    let claim = TxBody::DownloadClaim { payment };
+    assert_eq!(c.err(0, claim.clone()), TxError::NotDealHost);
+    c.ok(1, claim.clone());
+    assert_eq!(bals(&c), (s + 30, h + 5 - 1, x + 2, r - 38));
+    assert_eq!(c.err(1, claim), TxError::AlreadyClaimed);
+    let d = &c.state.deals[&deal];
+    assert_eq!((d.downloads, d.download_income), (1, 30));
+    conserved(&c);
+
+    // The sender alone changes its fee; payments made later pay the new one.
+    let fee = |f| TxBody::SetDownloadFee {
+        deal,
+        download_fee: f,
+    };
+    assert_eq!(c.err(1, fee(7)), TxError::NotDealSender);
+    c.ok(0, fee(7));
+    let Receipt::DownloadPaid {
+        payment: unclaimed,
+        deadline: late,
+    } = c.ok(
+        3,
         TxBody::DownloadPayment {
             deal,
-            host_part: 1,
+            host_part: 5,
             exchange: None,
             exchange_part: 0,
         },
+    )
+    else {
+        panic!("held")
+    };
+    assert_eq!(c.state.downloads[&unclaimed].fee, 7);
+    // A free download is no payment.
+    c.ok(0, fee(0));
+    assert_eq!(
+        c.err(
+            2,
+            TxBody::DownloadPayment {
+                deal,
+                host_part: 0,
+                exchange: None,
+                exchange_part: 0
+            }
+        ),
+        TxError::ZeroAmount
     );
-    assert_eq!(c.bal(0).1, s + 30 - 1 - 1);
+    // Unclaimed, it stays held through its deadline's block and comes back whole after.
+    let r3 = c.bal(3).1;
+    c.advance_to(late - 1);
+    assert_eq!(c.bal(3).1, r3);
+    assert!(c.state.downloads.contains_key(&unclaimed));
+    c.advance_to(late);
+    assert_eq!(c.bal(3).1, r3 + 12);
+    assert!(
+        c.state.downloads.is_empty(),
+        "the claimed one is dropped at its deadline too"
+    );
+    assert_eq!(
+        c.err(1, TxBody::DownloadClaim { payment: unclaimed }),
+        TxError::UnknownDownload(unclaimed)
+    );
+    assert_eq!(c.state.deals[&deal].downloads, 1);
+    conserved(&c);
     assert_eq!(
         c.err(
             2,
             TxBody::DownloadPayment {
                 deal: TxId([9; 32]),
-                host_part: 0,
+                host_part: 1,
                 exchange: None,
                 exchange_part: 0
+            }
+        ),
+        TxError::UnknownDeal(TxId([9; 32]))
+    );
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::SetDownloadFee {
+                deal: TxId([9; 32]),
+                download_fee: 1
             }
         ),
         TxError::UnknownDeal(TxId([9; 32]))

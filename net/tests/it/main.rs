@@ -831,6 +831,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         chain: Vec::new(),
         deposit_for: |bytes| 1_000 + bytes / 1000,
         brokers: net::control::Brokers::new(100),
+        egress_price_per_gib: 1,
     };
     // A host on a chain no miner of which answers refuses to offer, saying so; the chain
     // is asked only for a request the host could otherwise take.

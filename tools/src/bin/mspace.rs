@@ -83,6 +83,10 @@ enum Command {
     /// (`FILE.cert.json` and `.txt`: hash, block, time, key); `--verify CERT [FILE]` checks
     /// one against any miner.
     Certify(tools::certifycli::CertifyArgs),
+    /// Print what a receiver needs to download a file you stored as deals (its share key
+    /// and each copy's deal and host, as one string); `--set-fee N` first sets what each
+    /// receiver pays you per download.
+    Share(tools::sharecli::ShareArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +160,7 @@ fn main() {
         Command::Devnet(args) => chaincli::devnet(args),
         Command::Chain(args) => chaincli::chain(args),
         Command::Certify(args) => tools::certifycli::certify(args),
+        Command::Share(args) => tools::sharecli::share(args),
     };
     if let Err(e) = result {
         eprintln!("mspace: error: {e:#}");

@@ -96,9 +96,12 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
     start_devnet_with(d, n, slot, &["--block-time-ms", "200"])
 }
 
-/// [`start_devnet`] with these options (block time, proof period).
+/// [`start_devnet`] with these options (block time, proof period). Each process takes a
+/// range of 16 slots x 16 ports (slots 0 to 15, one per test: chain.rs takes 0 and 1,
+/// deal.rs 2 to 8), so two test processes whose ids differ modulo 48 never share a port.
 pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
-    let base = 20_000 + (std::process::id() % 180) * 64 + slot * 16;
+    assert!(slot < 16, "slots 0 to 15");
+    let base = 20_000 + (std::process::id() % 48) * 256 + slot * 16;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
         .args([
             "devnet",

@@ -5,7 +5,7 @@
 //! sender refunded; the file is downloaded from the other, byte-identical; balances are
 //! asserted exactly once both deals are over.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::chain::{json, start_chain_host, start_devnet_with};
 use super::mspace;
@@ -750,6 +750,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         host_keys: Vec::new(),
         max_price_per_gib_day: None,
         exchange: None,
+        download_fee: 0,
     };
     let plan = net::client::plan_deal(
         &file,
@@ -922,16 +923,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         status()
     );
 
-    let file = dir.path().join("market.bin");
-    let mut bytes = vec![0u8; 300_000];
-    blake3::Hasher::new()
-        .update(b"market")
-        .finalize_xof()
-        .fill(&mut bytes);
-    std::fs::write(&file, &bytes).unwrap();
-    let pass = dir.path().join("pass");
-    std::fs::write(&pass, "correct horse battery staple").unwrap();
-    let state = s(&dir.path().join("client-state"));
+    let (file, _, pass, state) = client_files(dir.path(), "market", 300_000);
     // Through the exchange by name, or through the index.
     let put_via = |via: [&str; 2], extra: &[&str], key: &str| {
         let mut args = vec![
@@ -1232,16 +1224,7 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
     );
     assert_eq!(status()["asks"][0]["host"], hosts[0].key.as_str());
 
-    let file = dir.path().join("bid.bin");
-    let mut bytes = vec![0u8; 200_000];
-    blake3::Hasher::new()
-        .update(b"bid")
-        .finalize_xof()
-        .fill(&mut bytes);
-    std::fs::write(&file, &bytes).unwrap();
-    let pass = dir.path().join("pass");
-    std::fs::write(&pass, "correct horse battery staple").unwrap();
-    let state = s(&dir.path().join("client-state"));
+    let (file, bytes, pass, state) = client_files(dir.path(), "bid", 200_000);
     let put = |extra: &[&str]| {
         let mut args = vec![
             "put",
@@ -1453,4 +1436,290 @@ fn a_certificate_verifies_against_the_chain_and_a_forged_one_does_not() {
         assert_ne!(r.code, 0, "{cert} verified");
         assert!(r.stderr.contains(says), "{cert}: {}", r.stderr);
     }
+}
+
+/// A sender's files under `dir`: `<tag>.bin` of `len` bytes drawn from the tag (its path
+/// and bytes), a passphrase file, and the client's state directory (as text).
+fn client_files(dir: &Path, tag: &str, len: usize) -> (PathBuf, Vec<u8>, PathBuf, String) {
+    let file = dir.join(format!("{tag}.bin"));
+    let mut bytes = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(tag.as_bytes())
+        .finalize_xof()
+        .fill(&mut bytes);
+    std::fs::write(&file, &bytes).unwrap();
+    let pass = dir.join("pass");
+    std::fs::write(&pass, "correct horse battery staple").unwrap();
+    (file, bytes, pass, s(&dir.join("client-state")))
+}
+
+/// A key file (hex seed) for a receiver, funded by the client with `maspc`.
+fn funded_receiver(dir: &Path, name: &str, m0: &str, client: &str, maspc: u64) -> (String, String) {
+    let file = s(&dir.join(format!("{name}.key")));
+    let seed = blake3::hash(name.as_bytes());
+    std::fs::write(&file, data_encoding::HEXLOWER.encode(seed.as_bytes())).unwrap();
+    let key = pubkey(&file);
+    json(&[
+        "chain",
+        "transfer",
+        "--key",
+        client,
+        "--to",
+        &key,
+        "--asset",
+        "maspc",
+        "--amount",
+        &maspc.to_string(),
+        "--miner",
+        m0,
+        "--wait",
+        "60s",
+        "--json",
+    ]);
+    (file, key)
+}
+
+#[test]
+fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_back() {
+    const FEE: u64 = 5;
+    const FUNDS: u64 = 100;
+    const WINDOW: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(
+        dir.path(),
+        8,
+        2,
+        &["--completion-timeout-blocks", &WINDOW.to_string()],
+    );
+    // Host 1 asks nothing for egress: its downloads cost the sender's fee alone.
+    drop(hosts[1].proc.take());
+    let text = std::fs::read_to_string(&hosts[1].cfg).unwrap();
+    assert!(
+        text.contains("egress_price_per_gib = 1\n"),
+        "the default egress price"
+    );
+    std::fs::write(
+        &hosts[1].cfg,
+        text.replace("egress_price_per_gib = 1\n", "egress_price_per_gib = 0\n"),
+    )
+    .unwrap();
+    hosts[1].proc = Some(super::net::start(
+        &["host", "--config", &hosts[1].cfg],
+        &[],
+        "agent following the chain",
+    ));
+
+    let (file, bytes, pass, state) = client_files(dir.path(), "song", 150_000);
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let r = mspace(
+        &[
+            "put",
+            file.to_str().unwrap(),
+            "--host",
+            &hosts[0].control,
+            "--host",
+            &hosts[1].control,
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &client,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+            "--download-fee",
+            &FEE.to_string(),
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let put: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let manifest = put["manifest_id"].as_str().unwrap().to_owned();
+    let deals: Vec<String> = (0..2)
+        .map(|i| put["deals"][i]["deal"].as_str().unwrap().to_owned())
+        .collect();
+
+    // The sender's share names both copies, at the fee it set.
+    let shared = |extra: &[&str]| {
+        let mut args = vec![
+            "share", &manifest, "--chain", &m0, "--key", &client, "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = mspace(&args, &env);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let sh = shared(&[]);
+    let share = sh["share"].as_str().unwrap().to_owned();
+    assert!(share.starts_with("msf1-"), "{sh}");
+    for (i, c) in sh["copies"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(c["deal"], deals[i].as_str(), "{sh}");
+        assert_eq!(c["download_fee"], FEE, "{sh}");
+    }
+    // A deal id finds the same file.
+    let by_deal = mspace(&["share", &deals[1], "--chain", &m0, "--json"], &env);
+    let by_deal: serde_json::Value = serde_json::from_str(&by_deal.stdout).unwrap();
+    assert_eq!(by_deal["share"], share.as_str());
+
+    let run_get = |key: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "get",
+            &share,
+            "--out",
+            out.to_str().unwrap(),
+            "--key",
+            key,
+            "--chain",
+            &m0,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        mspace(&args, &[])
+    };
+    let get = |key: &str, out: &Path| {
+        let r = run_get(key, out, &[]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            std::fs::read(out).unwrap(),
+            bytes,
+            "the file came back different"
+        );
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let maspc = |key: &str| account(&m0, key)["maspc"].as_u64().unwrap();
+    // Two receivers buy it from the first copy: the sender's fee and host 0's egress
+    // price (1 MASPC for a started GiB), and the payment transaction's own fee.
+    for name in ["alice", "bob"] {
+        let (file_key, key) = funded_receiver(dir.path(), name, &m0, &client, FUNDS);
+        let got = get(&file_key, &dir.path().join(format!("{name}.bin")));
+        let paid = got["payments"].as_array().unwrap();
+        assert_eq!(paid.len(), 1, "{got}");
+        assert_eq!(
+            (&paid[0]["deal"], &paid[0]["total"], &paid[0]["served"]),
+            (
+                &serde_json::json!(deals[0]),
+                &serde_json::json!(FEE + 1),
+                &serde_json::json!(true)
+            ),
+            "{got}"
+        );
+        assert_eq!(maspc(&key), FUNDS - (FEE + 1) - 1);
+    }
+    // A receiver that allows less than the price pays nothing and gets nothing.
+    let (erin_file, erin) = funded_receiver(dir.path(), "erin", &m0, &client, FUNDS);
+    let r = run_get(
+        &erin_file,
+        &dir.path().join("erin.bin"),
+        &["--max-fee", "4"],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("more than the 4 allowed"), "{}", r.stderr);
+    assert!(!dir.path().join("erin.bin").exists());
+    assert_eq!(maspc(&erin), FUNDS);
+    // Host 0's agent claims both: the sender sees them in `mspace deals`.
+    let v = wait_deal(&m0, &deals[0], "had its downloads claimed", |v| {
+        v["downloads"] == 2
+    });
+    assert_eq!(v["download_income"], 2 * FEE, "{v}");
+    let listed = mspace(&["deals", "--key", &client, "--chain", &m0, "--json"], &[]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == deals[0].as_str())
+        .unwrap();
+    assert_eq!(
+        (&mine["downloads"], &mine["download_income"]),
+        (&serde_json::json!(2), &serde_json::json!(2 * FEE))
+    );
+
+    // Host 0 now dies once a receiver has paid it: the receiver goes on to the second copy
+    // and pays there (the sender's fee alone), and the first payment, never claimed, comes
+    // back when its window closes.
+    drop(hosts[0].proc.take());
+    hosts[0].proc = Some(super::net::start(
+        &["host", "--config", &hosts[0].cfg],
+        &[("MSPACE_HOST_FAULT", "exit-on-download-link")],
+        "agent following the chain",
+    ));
+    let (carol_file, carol) = funded_receiver(dir.path(), "carol", &m0, &client, FUNDS);
+    let got = get(&carol_file, &dir.path().join("carol.bin"));
+    let paid = got["payments"].as_array().unwrap();
+    assert_eq!(paid.len(), 2, "{got}");
+    assert_eq!(
+        (&paid[0]["deal"], &paid[0]["served"]),
+        (&serde_json::json!(deals[0]), &serde_json::json!(false)),
+        "{got}"
+    );
+    assert_eq!(
+        (&paid[1]["deal"], &paid[1]["total"], &paid[1]["served"]),
+        (
+            &serde_json::json!(deals[1]),
+            &serde_json::json!(FEE),
+            &serde_json::json!(true)
+        ),
+        "{got}"
+    );
+    assert_eq!(got["deal"], deals[1].as_str());
+    let deadline = paid[0]["deadline"].as_u64().unwrap();
+    let after_both = FUNDS - (FEE + 1) - FEE - 2;
+    assert_eq!(maspc(&carol), after_both);
+    assert!(
+        until(&m0, 2 * usize::try_from(WINDOW).unwrap(), || maspc(&carol)
+            == after_both + FEE + 1),
+        "the unserved payment never came back (deadline {deadline}): {}",
+        maspc(&carol)
+    );
+    let status = json(&["chain", "status", "--miner", &m0, "--json"]);
+    // Given back at the end of the deadline's own block, not before.
+    assert!(status["height"].as_u64().unwrap() >= deadline, "{status}");
+    wait_deal(&m0, &deals[1], "had carol's download claimed", |v| {
+        v["downloads"] == 1
+    });
+    assert_eq!(
+        deal(&m0, &deals[0])["downloads"],
+        2,
+        "the dead host claimed nothing more"
+    );
+
+    // The sender makes it free: host 1 (no egress price) then gives a link without any
+    // payment; host 0, dead, is left out.
+    let sh = shared(&["--set-fee", "0"]);
+    assert!(
+        sh["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["download_fee"] == 0),
+        "{sh}"
+    );
+    let (dave_file, dave) = funded_receiver(dir.path(), "dave", &m0, &client, FUNDS);
+    let got = get(&dave_file, &dir.path().join("dave.bin"));
+    assert_eq!(got["payments"], serde_json::json!([]), "{got}");
+    assert_eq!(got["failed"].as_array().unwrap().len(), 1, "{got}");
+    assert_eq!(maspc(&dave), FUNDS);
+
+    // A share cut short is refused before anything is asked.
+    let r = mspace(
+        &[
+            "get",
+            &share[..share.len() - 4],
+            "--out",
+            "x",
+            "--chain",
+            &m0,
+        ],
+        &[],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("file share"), "{}", r.stderr);
 }

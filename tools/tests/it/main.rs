@@ -311,6 +311,8 @@ fn demo_runs_end_to_end() {
         "miner0 killed",
         "host1 is dead and left out, all",
         "the file downloaded from the deal is byte-identical",
+        "1 dead copy left out before paying, host0 quoted 5 MASPC to the sender and 1 to itself",
+        "the sender's deal shows 1 download, 5 MASPC earned",
     ] {
         assert!(
             run.stdout.contains(said),
@@ -321,7 +323,7 @@ fn demo_runs_end_to_end() {
     assert!(!run.stdout.contains("NOT CONSERVED"), "{}", run.stdout);
     assert_eq!(
         run.stdout.matches(": conserved").count(),
-        4,
+        5,
         "{}",
         run.stdout
     );

@@ -1,0 +1,282 @@
+//! The receiver's side of a shared file (`proto::fileshare`): for one copy, read its deal
+//! on the chain (the file it holds, its host), ask the host for a download's price
+//! (`HostApi::download_terms`, signed by the host), pay it on chain unless it is free
+//! (`DownloadPayment`: held by the ledger until the host claims it, given back when the
+//! claim window closes unclaimed), and take the download link the host then binds to the
+//! receiver's key (`HostApi::download_link`). The download itself is `client::get_file`.
+
+use std::time::Duration;
+
+use api::chain::ChainClient;
+use api::{DealStage, DownloadTerms};
+use ed25519_consensus::SigningKey;
+use proto::fileshare::{FileShare, ShareCopy};
+use proto::link::{Grant, Link};
+use proto::tx::{TxBody, TxId};
+
+use crate::deal::{Report, PAYMENT_FEE};
+use crate::NetError;
+
+/// Longest a receiver waits for its payment's block.
+const COMMIT_WAIT: Duration = Duration::from_secs(60);
+/// Blocks a receiver waits for the host's miner to see its payment.
+const LINK_TRIES: u64 = 20;
+
+/// An attempt to buy a download from one copy's host: what was quoted and paid, whatever
+/// happened after (a payment whose host then fails stays the receiver's to know of).
+#[derive(Debug)]
+pub struct Attempt {
+    pub terms: Option<DownloadTerms>,
+    /// The payment, if one was made (none for a free download).
+    pub payment: Option<Payment>,
+    /// The download link, bound to the receiver's key, or why there is none.
+    pub link: Result<Link, NetError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    pub id: TxId,
+    pub total: u64,
+    pub height: u64,
+    /// The last height its host may claim it; unclaimed, it comes back after it.
+    pub deadline: u64,
+}
+
+fn chain_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Protocol(format!("chain: {e}"))
+}
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// What a receiver buys with, whichever copy it tries.
+#[derive(Clone, Copy)]
+#[allow(missing_debug_implementations)] // `report` is a closure
+pub struct Purchase<'a> {
+    pub share: &'a FileShare,
+    /// Miners' control addresses (the first that answers is used).
+    pub chain: &'a [String],
+    /// The receiver's key: its account pays, and the link is bound to it.
+    pub key: &'a SigningKey,
+    /// The most it pays for one download, MASPC (fee and host part together).
+    pub max_total: u64,
+    /// Hears each step.
+    pub report: &'a Report,
+}
+
+/// Buys one download of the shared file from `copy`'s host.
+pub async fn buy(p: &Purchase<'_>, copy: &ShareCopy) -> Attempt {
+    let mut terms = None;
+    let mut payment = None;
+    let link = buy_link(p, copy, &mut terms, &mut payment).await;
+    Attempt {
+        terms,
+        payment,
+        link,
+    }
+}
+
+async fn buy_link(
+    p: &Purchase<'_>,
+    copy: &ShareCopy,
+    quoted: &mut Option<DownloadTerms>,
+    paid: &mut Option<Payment>,
+) -> Result<Link, NetError> {
+    let Purchase {
+        share,
+        chain: chain_addrs,
+        key,
+        max_total,
+        report,
+    } = *p;
+    let me = key.verification_key().to_bytes();
+    let mut chain = ChainClient::connect(chain_addrs).await.map_err(chain_err)?;
+    let view = chain
+        .deal(copy.deal)
+        .await
+        .map_err(chain_err)?
+        .ok_or_else(|| NetError::Protocol(format!("no deal {} on the chain", copy.deal)))?;
+    if !matches!(view.stage, DealStage::Active { .. }) {
+        return Err(NetError::Protocol(format!(
+            "deal {} is {}: its file is not for sale",
+            copy.deal, view.stage
+        )));
+    }
+    let manifest = share.key.manifest_id.0;
+    if view.entries.last().map(|e| e.id) != Some(manifest) {
+        return Err(NetError::Protocol(format!(
+            "deal {} does not hold the shared file (manifest {})",
+            copy.deal,
+            share.key.manifest_id.to_hex()
+        )));
+    }
+    let host_key: [u8; 32] = data_encoding::HEXLOWER
+        .decode(view.host.as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| NetError::Protocol("the miner sent a malformed host key".into()))?;
+    let host = api::host_client(&copy.host_addr)
+        .await
+        .map_err(|e| NetError::Protocol(format!("host {}: {e}", copy.host_addr)))?;
+    let rpc = |e: &dyn std::fmt::Display| {
+        NetError::Protocol(format!("host {} control plane: {e}", copy.host_addr))
+    };
+    let terms = host
+        .download_terms(tarpc::context::current(), copy.deal.0)
+        .await
+        .map_err(|e| rpc(&e))?
+        .map_err(|e| rpc(&e))?;
+    check_terms(&terms, &host_key, &copy.deal, &manifest, view.download_fee)?;
+    let total = terms.total();
+    *quoted = Some(terms.clone());
+    if total > max_total {
+        return Err(NetError::Protocol(format!(
+            "a download from host {} costs {total} MASPC ({} to the sender, {} to the host), \
+             more than the {max_total} allowed",
+            copy.host_addr, terms.download_fee, terms.host_part
+        )));
+    }
+    let payment = if total == 0 {
+        report(&format!(
+            "the file is free to download from host {}",
+            copy.host_addr
+        ));
+        None
+    } else {
+        let body = TxBody::DownloadPayment {
+            deal: copy.deal,
+            host_part: terms.host_part,
+            exchange: None,
+            exchange_part: 0,
+        };
+        let committed = chain
+            .submit(key, body, PAYMENT_FEE, COMMIT_WAIT)
+            .await
+            .map_err(chain_err)?;
+        let id = crate::deal::parse_tx(&committed.tx)?;
+        let held = chain.download(id).await.map_err(chain_err)?;
+        let deadline = held.map_or(committed.height, |d| d.deadline);
+        report(&format!(
+            "paid {total} MASPC for the download ({} to the sender, {} to host {}): payment {} \
+             at height {}, held until the host claims it; unclaimed, it comes back after height {deadline}",
+            terms.download_fee, terms.host_part, copy.host_addr, id, committed.height
+        ));
+        Some(Payment {
+            id,
+            total,
+            height: committed.height,
+            deadline,
+        })
+    };
+    paid.clone_from(&payment);
+    let text = link_for(
+        &mut chain,
+        &host,
+        copy,
+        me,
+        payment.as_ref().map(|p| (p.id, p.height)),
+    )
+    .await?;
+    let link = Link::parse(&text)?;
+    if link.grant
+        != (Grant::Download {
+            manifest: share.key.manifest_id,
+        })
+        || link.bearer != Some(me)
+    {
+        return Err(NetError::Protocol(
+            "the host's link is not a download of the shared file bound to this key".into(),
+        ));
+    }
+    if link.host_key != host_key {
+        return Err(NetError::Protocol(
+            "the link is signed by another key than the deal's host".into(),
+        ));
+    }
+    Ok(link)
+}
+
+/// The host's quote must be signed by the deal's host, for this deal and file, and carry
+/// the fee the chain states (the ledger charges that one, whatever a quote says).
+fn check_terms(
+    t: &DownloadTerms,
+    host_key: &[u8; 32],
+    deal: &TxId,
+    manifest: &[u8; 32],
+    chain_fee: u64,
+) -> Result<(), NetError> {
+    let bad = |why: &str| NetError::Protocol(format!("the host's download terms: {why}"));
+    let vk = ed25519_consensus::VerificationKey::try_from(*host_key)
+        .map_err(|_| bad("the deal's host key is not a valid key"))?;
+    let sig: [u8; 64] = t
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("the signature is not 64 bytes"))?;
+    vk.verify(
+        &ed25519_consensus::Signature::from(sig),
+        &api::download_terms_message(t),
+    )
+    .map_err(|_| bad("not signed by the deal's host"))?;
+    if t.deal != deal.0 || t.manifest != *manifest {
+        return Err(bad("they are for another deal or file"));
+    }
+    if t.download_fee != chain_fee {
+        return Err(bad(&format!(
+            "they state a fee of {}, the chain {chain_fee}",
+            t.download_fee
+        )));
+    }
+    if t.expiry_unix_secs < crate::now_secs() {
+        return Err(bad("they expired"));
+    }
+    Ok(())
+}
+
+/// The host's link for the payment (or a free one), asked again at each block while the
+/// host's miner has not seen the payment yet.
+async fn link_for(
+    chain: &mut ChainClient,
+    host: &api::HostApiClient,
+    copy: &ShareCopy,
+    me: [u8; 32],
+    payment: Option<(TxId, u64)>,
+) -> Result<String, NetError> {
+    let mut last = String::new();
+    let paid_at = payment.map_or(0, |(_, h)| h);
+    for i in 0..LINK_TRIES {
+        match host
+            .download_link(
+                tarpc::context::current(),
+                copy.deal.0,
+                me,
+                payment.map(|(id, _)| id.0),
+            )
+            .await
+            .map_err(|e| NetError::Protocol(format!("host {}: {e}", copy.host_addr)))?
+        {
+            Ok(text) => return Ok(text),
+            Err(api::ControlError::Invalid(e))
+                if payment.is_some() && e.starts_with("no download payment") =>
+            {
+                last = e;
+            }
+            Err(e) => {
+                return Err(NetError::Protocol(format!(
+                    "host {} refuses the link: {e}",
+                    copy.host_addr
+                )))
+            }
+        }
+        chain
+            .block(paid_at + 1 + i, Duration::from_secs(5))
+            .await
+            .map_err(chain_err)?;
+    }
+    Err(NetError::Protocol(format!(
+        "host {} did not see the payment within {LINK_TRIES} blocks: {last} (payment {})",
+        copy.host_addr,
+        payment.map(|(id, _)| hex(&id.0)).unwrap_or_default()
+    )))
+}
