@@ -15,6 +15,7 @@ pub mod error;
 pub mod pipeline;
 pub mod seal;
 pub mod sealed_dir;
+pub mod sealed_to;
 pub mod store;
 
 pub use error::{ChunkFault, CodecError};

@@ -42,6 +42,46 @@ pub struct Payment {
     pub deadline: u64,
 }
 
+/// Text prefix of a share sealed to its receiver's key (formats.md section 19).
+pub const BOUND_SHARE_PREFIX: &str = "msb1-";
+
+/// A share only `receiver`'s key opens: `msb1-` and the base64url of the share's bytes
+/// sealed to that key (`engine::sealed_to`). Whoever else holds the text learns nothing
+/// of the file, its key or its copies.
+pub fn bind_share(share: &FileShare, receiver: &[u8; 32]) -> Result<String, NetError> {
+    let sealed = engine::sealed_to::seal_to(receiver, &share.to_bytes())
+        .map_err(|e| NetError::Protocol(e.to_string()))?;
+    Ok(format!(
+        "{BOUND_SHARE_PREFIX}{}",
+        data_encoding::BASE64URL_NOPAD.encode(&sealed)
+    ))
+}
+
+/// Opens a bound share with the receiver's key; refuses one sealed to another key, altered,
+/// or not a share.
+pub fn open_bound_share(text: &str, key: &SigningKey) -> Result<FileShare, NetError> {
+    let bad = |why: String| NetError::Protocol(format!("bound share: {why}"));
+    let body = text
+        .trim()
+        .strip_prefix(BOUND_SHARE_PREFIX)
+        .ok_or_else(|| bad(format!("it starts with {BOUND_SHARE_PREFIX:?}")))?;
+    let sealed = data_encoding::BASE64URL_NOPAD
+        .decode(body.as_bytes())
+        .map_err(|e| bad(format!("not canonical base64url: {e}")))?;
+    let to = engine::sealed_to::sealed_recipient(&sealed).map_err(|e| bad(e.to_string()))?;
+    let me = key.verification_key().to_bytes();
+    if to != me {
+        return Err(bad(format!(
+            "it is for key {}, not for this one ({}): give --key the receiver's key",
+            hex(&to),
+            hex(&me)
+        )));
+    }
+    let bytes =
+        engine::sealed_to::open_from(key.as_bytes(), &sealed).map_err(|e| bad(e.to_string()))?;
+    FileShare::from_bytes(&bytes).map_err(|e| bad(e.to_string()))
+}
+
 fn chain_err(e: impl std::fmt::Display) -> NetError {
     NetError::Protocol(format!("chain: {e}"))
 }
@@ -279,4 +319,65 @@ async fn link_for(
         copy.host_addr,
         payment.map(|(id, _)| hex(&id.0)).unwrap_or_default()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share() -> FileShare {
+        FileShare::new(
+            proto::ShareKey {
+                file_id: proto::FileId([1; 16]),
+                manifest_id: proto::ChunkId([2; 32]),
+                file_key: proto::FileKey([3; 32]),
+            },
+            vec![ShareCopy {
+                deal: TxId([4; 32]),
+                host_addr: "127.0.0.1:7401".into(),
+            }],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bound_share_opens_with_its_receivers_key_only() {
+        let receiver = SigningKey::from([5; 32]);
+        let text = bind_share(&share(), &receiver.verification_key().to_bytes()).unwrap();
+        assert!(text.starts_with(BOUND_SHARE_PREFIX));
+        assert_eq!(open_bound_share(&text, &receiver).unwrap(), share());
+        let other = SigningKey::from([6; 32]);
+        let e = open_bound_share(&text, &other).unwrap_err().to_string();
+        assert!(e.contains("not for this one"), "{e}");
+        // Altered anywhere past the recipient: refused, not misread.
+        let mut bytes = data_encoding::BASE64URL_NOPAD
+            .decode(&text.as_bytes()[BOUND_SHARE_PREFIX.len()..])
+            .unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let altered = format!(
+            "{BOUND_SHARE_PREFIX}{}",
+            data_encoding::BASE64URL_NOPAD.encode(&bytes)
+        );
+        let e = open_bound_share(&altered, &receiver)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("altered or damaged"), "{e}");
+        for (input, says) in [
+            ("msf1-AAAA", "starts with"),
+            ("msb1-!!", "base64url"),
+            ("msb1-AAAA", "shorter"),
+        ] {
+            let e = open_bound_share(input, &receiver).unwrap_err().to_string();
+            assert!(e.contains(says), "{input}: {e}");
+        }
+        // Sealed to the receiver but not a share.
+        let junk =
+            engine::sealed_to::seal_to(&receiver.verification_key().to_bytes(), b"junk").unwrap();
+        let junk = format!(
+            "{BOUND_SHARE_PREFIX}{}",
+            data_encoding::BASE64URL_NOPAD.encode(&junk)
+        );
+        assert!(open_bound_share(&junk, &receiver).is_err());
+    }
 }

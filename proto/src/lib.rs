@@ -12,6 +12,7 @@ pub mod block;
 pub mod decode;
 pub mod fileshare;
 pub mod ids;
+pub mod invoice;
 pub mod kdf;
 pub mod link;
 pub mod manifest;

@@ -11,6 +11,7 @@ pub mod demodeal;
 pub mod devhosts;
 pub mod diskbench;
 pub mod exchangecli;
+pub mod invoicecli;
 pub mod netbench;
 pub mod netcli;
 pub mod proofbench;

@@ -900,20 +900,25 @@ struct ServedJson {
 
 pub fn get(args: GetArgs) -> Result<()> {
     if let Some(first) = args.link.first() {
-        if first
-            .trim()
-            .starts_with(proto::fileshare::FILE_SHARE_PREFIX)
-        {
+        let text = first.trim();
+        let bound = text.starts_with(net::receive::BOUND_SHARE_PREFIX);
+        if bound || text.starts_with(proto::fileshare::FILE_SHARE_PREFIX) {
             if args.link.len() > 1 || !args.deal.is_empty() || args.file.is_some() {
                 bail!("a share is given alone (it names every copy of the file)");
             }
             engine::sealed_dir::check_open_target(&args.out, args.force)?;
             init_logs();
+            let key = client_key(args.key.as_deref())?;
+            let share = if bound {
+                net::receive::open_bound_share(text, &key)?
+            } else {
+                text.parse().context("reading the share")?
+            };
             return crate::sharecli::get_shared(&crate::sharecli::SharedGet {
-                share: first.parse().context("reading the share")?,
+                share,
                 out: args.out.clone(),
                 force: args.force,
-                key: client_key(args.key.as_deref())?,
+                key,
                 chain: args.chain.clone(),
                 max_fee: args.max_fee,
                 workers: workers(args.workers)?,

@@ -30,6 +30,10 @@ pub struct ShareArgs {
     /// The sender's key file [default: the client key in the state directory].
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Seal the share to this receiver's public key (hex): only its key opens it
+    /// (`msb1-...`), so whoever else sees the text learns nothing of the file.
+    #[arg(long)]
+    to: Option<String>,
     /// How long to wait for each fee change's block.
     #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
     wait: Duration,
@@ -152,8 +156,12 @@ pub fn share(a: ShareArgs) -> Result<()> {
         }
         Ok(fees)
     })?;
+    let text = match &a.to {
+        None => share.to_string(),
+        Some(k) => net::receive::bind_share(&share, &miner::parse_key_hex(k).context("--to")?.0)?,
+    };
     let json = ShareJson {
-        share: share.to_string(),
+        share: text,
         manifest_id: record.manifest_id.clone(),
         name: record.name.clone(),
         copies: copies

@@ -87,6 +87,10 @@ enum Command {
     /// and each copy's deal and host, as one string); `--set-fee N` first sets what each
     /// receiver pays you per download.
     Share(tools::sharecli::ShareArgs),
+    /// Invoices: `create --to PAYER --amount N --memo ... [--attach FILE]` writes a signed
+    /// invoice sealed to the payer and records it on the chain; `show` and `pay` check it
+    /// (signature, record) and `pay` pays exactly its amount to exactly its issuer.
+    Invoice(tools::invoicecli::InvoiceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +165,7 @@ fn main() {
         Command::Chain(args) => chaincli::chain(args),
         Command::Certify(args) => tools::certifycli::certify(args),
         Command::Share(args) => tools::sharecli::share(args),
+        Command::Invoice(args) => tools::invoicecli::invoice(args),
     };
     if let Err(e) = result {
         eprintln!("mspace: error: {e:#}");

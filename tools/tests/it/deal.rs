@@ -1569,10 +1569,10 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     let by_deal: serde_json::Value = serde_json::from_str(&by_deal.stdout).unwrap();
     assert_eq!(by_deal["share"], share.as_str());
 
-    let run_get = |key: &str, out: &Path, extra: &[&str]| {
+    let run_share = |text: &str, key: &str, out: &Path, extra: &[&str]| {
         let mut args = vec![
             "get",
-            &share,
+            text,
             "--out",
             out.to_str().unwrap(),
             "--key",
@@ -1584,6 +1584,7 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
         args.extend_from_slice(extra);
         mspace(&args, &[])
     };
+    let run_get = |key: &str, out: &Path, extra: &[&str]| run_share(&share, key, out, extra);
     let get = |key: &str, out: &Path| {
         let r = run_get(key, out, &[]);
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -1597,9 +1598,19 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     let maspc = |key: &str| account(&m0, key)["maspc"].as_u64().unwrap();
     // Two receivers buy it from the first copy: the sender's fee and host 0's egress
     // price (1 MASPC for a started GiB), and the payment transaction's own fee.
-    for name in ["alice", "bob"] {
-        let (file_key, key) = funded_receiver(dir.path(), name, &m0, &client, FUNDS);
-        let got = get(&file_key, &dir.path().join(format!("{name}.bin")));
+    // Three receivers buy it from the first copy: the sender's fee and host 0's egress
+    // price (1 MASPC for a started GiB), and the payment transaction's own fee. The
+    // sender's balance rises by exactly three fees once host 0 claims them.
+    let buyers: Vec<(String, String)> = ["alice", "bob", "frank"]
+        .iter()
+        .map(|n| funded_receiver(dir.path(), n, &m0, &client, FUNDS))
+        .collect();
+    let (erin_file, erin) = funded_receiver(dir.path(), "erin", &m0, &client, FUNDS);
+    let sender = pubkey(&client);
+    let sender_before = maspc(&sender);
+    let mut first_payment = String::new();
+    for (i, (file_key, key)) in buyers.iter().enumerate() {
+        let got = get(file_key, &dir.path().join(format!("buyer{i}.bin")));
         let paid = got["payments"].as_array().unwrap();
         assert_eq!(paid.len(), 1, "{got}");
         assert_eq!(
@@ -1611,10 +1622,12 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
             ),
             "{got}"
         );
-        assert_eq!(maspc(&key), FUNDS - (FEE + 1) - 1);
+        assert_eq!(maspc(key), FUNDS - (FEE + 1) - 1);
+        if i == 0 {
+            first_payment = paid[0]["payment"].as_str().unwrap().to_owned();
+        }
     }
     // A receiver that allows less than the price pays nothing and gets nothing.
-    let (erin_file, erin) = funded_receiver(dir.path(), "erin", &m0, &client, FUNDS);
     let r = run_get(
         &erin_file,
         &dir.path().join("erin.bin"),
@@ -1624,11 +1637,40 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     assert!(r.stderr.contains("more than the 4 allowed"), "{}", r.stderr);
     assert!(!dir.path().join("erin.bin").exists());
     assert_eq!(maspc(&erin), FUNDS);
-    // Host 0's agent claims both: the sender sees them in `mspace deals`.
+    // The host itself gives no link without a payment, nor for another key's payment.
+    let ask_link = |receiver: &str, payment: Option<&str>| -> String {
+        let id = |h: &str| -> [u8; 32] {
+            data_encoding::HEXLOWER
+                .decode(h.as_bytes())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        };
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let c = api::host_client(&hosts[0].control).await.unwrap();
+            c.download_link(
+                tarpc::context::current(),
+                id(&deals[0]),
+                id(receiver),
+                payment.map(id),
+            )
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string()
+        })
+    };
+    let e = ask_link(&erin, None);
+    assert!(e.contains("costs 6 MASPC (5 to its sender, 1 to"), "{e}");
+    let e = ask_link(&erin, Some(&first_payment));
+    assert!(e.contains("its link is for that key only"), "{e}");
+    // Host 0's agent claims the three: the sender sees them in `mspace deals`, and in its
+    // balance.
     let v = wait_deal(&m0, &deals[0], "had its downloads claimed", |v| {
-        v["downloads"] == 2
+        v["downloads"] == 3
     });
-    assert_eq!(v["download_income"], 2 * FEE, "{v}");
+    assert_eq!(v["download_income"], 3 * FEE, "{v}");
+    assert_eq!(maspc(&sender), sender_before + 3 * FEE);
     let listed = mspace(&["deals", "--key", &client, "--chain", &m0, "--json"], &[]);
     let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     let mine = listed
@@ -1639,7 +1681,7 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
         .unwrap();
     assert_eq!(
         (&mine["downloads"], &mine["download_income"]),
-        (&serde_json::json!(2), &serde_json::json!(2 * FEE))
+        (&serde_json::json!(3), &serde_json::json!(3 * FEE))
     );
 
     // Host 0 now dies once a receiver has paid it: the receiver goes on to the second copy
@@ -1687,7 +1729,7 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     });
     assert_eq!(
         deal(&m0, &deals[0])["downloads"],
-        2,
+        3,
         "the dead host claimed nothing more"
     );
 
@@ -1707,6 +1749,17 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     assert_eq!(got["payments"], serde_json::json!([]), "{got}");
     assert_eq!(got["failed"].as_array().unwrap().len(), 1, "{got}");
     assert_eq!(maspc(&dave), FUNDS);
+    // A share bound to dave's key: dave opens it, erin (holding the same text) cannot, and
+    // the text shows neither the file's key nor its copies.
+    let bound = shared(&["--to", &dave]);
+    let bound = bound["share"].as_str().unwrap().to_owned();
+    assert!(bound.starts_with("msb1-"), "{bound}");
+    let r = run_share(&bound, &dave_file, &dir.path().join("dave2.bin"), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(dir.path().join("dave2.bin")).unwrap(), bytes);
+    let r = run_share(&bound, &erin_file, &dir.path().join("erin2.bin"), &[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("not for this one"), "{}", r.stderr);
 
     // A share cut short is refused before anything is asked.
     let r = mspace(
@@ -1722,4 +1775,156 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     );
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("file share"), "{}", r.stderr);
+}
+
+/// The seed in a key file.
+fn seed_of(key_file: &str) -> [u8; 32] {
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(std::fs::read_to_string(key_file).unwrap().trim().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+#[test]
+fn an_invoice_is_paid_exactly_once_to_its_issuer_and_an_altered_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net, m0, client, ..
+    } = start_market(dir.path(), 9, 0, &[]);
+    let payer = pubkey(&client);
+    let (issuer_file, issuer) = funded_receiver(dir.path(), "studio", &m0, &client, 10);
+    let (other_file, _) = funded_receiver(dir.path(), "other", &m0, &client, 10);
+    let maspc = |key: &str| account(&m0, key)["maspc"].as_u64().unwrap();
+    let pdf = dir.path().join("mastering.pdf");
+    std::fs::write(&pdf, b"%PDF-1.7 track 4").unwrap();
+    let inv = dir.path().join("track4.msi");
+    let created = json(&[
+        "invoice",
+        "create",
+        "--to",
+        &payer,
+        "--amount",
+        "250",
+        "--memo",
+        "Mastering, track 4",
+        "--attach",
+        pdf.to_str().unwrap(),
+        "--key",
+        &issuer_file,
+        "--chain",
+        &m0,
+        "--out",
+        inv.to_str().unwrap(),
+        "--json",
+    ]);
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["issuer"], issuer.as_str());
+    // Sealed to the payer: another key cannot read it.
+    let state = s(&dir.path().join("payer-state"));
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let open = |verb: &str, file: &Path, key: &str, extra: &[&str]| {
+        let mut args = vec![
+            "invoice",
+            verb,
+            file.to_str().unwrap(),
+            "--key",
+            key,
+            "--chain",
+            &m0,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        mspace(&args, &env)
+    };
+    let r = open("show", &inv, &other_file, &[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("sealed to key"), "{}", r.stderr);
+    let out = dir.path().join("got.pdf");
+    let r = open(
+        "show",
+        &inv,
+        &client,
+        &["--attachment-out", out.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (
+            &shown["id"],
+            &shown["amount"],
+            &shown["memo"],
+            &shown["paid_tx"]
+        ),
+        (
+            &serde_json::json!(id),
+            &serde_json::json!(250),
+            &serde_json::json!("Mastering, track 4"),
+            &serde_json::Value::Null
+        )
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"%PDF-1.7 track 4");
+
+    // Altered in transit: a flipped byte, or an amount changed and sealed again to the
+    // payer (the issuer's signature no longer holds); and one the issuer never recorded.
+    let sealed = std::fs::read(&inv).unwrap();
+    let mut flipped = sealed.clone();
+    let n = flipped.len() - 20;
+    flipped[n] ^= 1;
+    let payer_seed = seed_of(&client);
+    let mut plain = engine::sealed_to::open_from(&payer_seed, &sealed).unwrap();
+    plain[77] ^= 0x10; // the amount's low byte: 250 becomes 234
+    let forged = engine::sealed_to::seal_to(&seed_pub(&payer_seed), &plain).unwrap();
+    let unrecorded = proto::invoice::Invoice {
+        chain_id: json(&["chain", "status", "--miner", &m0, "--json"])["chain_id"]
+            .as_u64()
+            .unwrap(),
+        issuer: seed_pub(&seed_of(&issuer_file)),
+        payer: seed_pub(&payer_seed),
+        amount: 5,
+        created_unix_secs: 1,
+        nonce: [9; 16],
+        memo: String::new(),
+        attachment: None,
+    }
+    .sign(&ed25519_consensus::SigningKey::from(seed_of(&issuer_file)))
+    .unwrap();
+    let unrecorded =
+        engine::sealed_to::seal_to(&seed_pub(&payer_seed), unrecorded.as_bytes()).unwrap();
+    let before = (maspc(&payer), maspc(&issuer));
+    for (name, bytes, says) in [
+        ("flipped", flipped, "altered or damaged"),
+        ("forged", forged, "signature"),
+        ("unrecorded", unrecorded, "never stood by it"),
+    ] {
+        let f = dir.path().join(format!("{name}.msi"));
+        std::fs::write(&f, bytes).unwrap();
+        let r = open("pay", &f, &client, &[]);
+        assert_ne!(r.code, 0, "{name} was paid");
+        assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
+    }
+    assert_eq!(
+        (maspc(&payer), maspc(&issuer)),
+        before,
+        "a refused invoice moved coins"
+    );
+
+    // Paid: exactly its amount to exactly its issuer (and the payer's fee); once.
+    let r = open("pay", &inv, &client, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let paid: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(paid["paid_height"].as_u64().is_some(), "{paid}");
+    assert_eq!(maspc(&issuer), before.1 + 250);
+    assert_eq!(maspc(&payer), before.0 - 250 - 1);
+    let r = open("pay", &inv, &client, &[]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("already paid"), "{}", r.stderr);
+    assert_eq!(maspc(&issuer), before.1 + 250);
+}
+
+/// The public key of a seed.
+fn seed_pub(seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_consensus::SigningKey::from(*seed)
+        .verification_key()
+        .to_bytes()
 }
