@@ -972,7 +972,7 @@ pub enum Key {
 }
 
 /// What `get_file` needs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct GetJob {
     /// Download links to the same file, one per host holding a copy: chunks are fetched
     /// from all of them at once, and a host that fails is left for the others.

@@ -165,6 +165,33 @@ impl HostControl {
 }
 
 impl HostControl {
+    /// Whether this host would take `bytes` for `days` now, as its offers and bids both
+    /// decide: 1 to `max_days` days, room in the store, and the chain backing it for what
+    /// it would then hold (`chain_backing`). With the store's figures it read (the price
+    /// follows from them).
+    async fn would_take(
+        &self,
+        bytes: u64,
+        days: u64,
+    ) -> (
+        engine::store::StoreStats,
+        Result<(u64, u64, u64), OfferRefusal>,
+    ) {
+        let s = self.stats().await;
+        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+        let backing = if days == 0 || days > self.max_days {
+            Err(OfferRefusal::BadTerms(format!(
+                "days must be 1 to {}",
+                self.max_days
+            )))
+        } else if bytes > free {
+            Err(OfferRefusal::Full { free_bytes: free })
+        } else {
+            self.chain_backing(s.live_bytes.saturating_add(bytes)).await
+        };
+        (s, backing)
+    }
+
     /// This host's standing ask for an exchange, signed: its price, its room now, 1 to
     /// `max_days` days, its deposit on the chain; `seq` orders it after earlier asks. None
     /// (and why) when the chain does not back the host (not registered, unbonding, deposit
@@ -213,21 +240,16 @@ impl HostControl {
         let signed = proto::market::SignedRequest::open(signed_request, chain_id, now, 3_600)
             .map_err(|e| format!("the forwarded request: {e}"))?;
         let req = &signed.msg;
-        let s = self.stats().await;
-        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
-        let price = self.pricing.price(s.live_bytes, s.capacity_bytes);
-        let fits = req.sender != me
-            && req.bytes <= free
-            && u64::from(req.days) <= self.max_days
-            && (req.region.is_empty() || req.region == region)
-            && price <= req.max_price_per_gib_day;
-        let backing = if fits {
-            self.chain_backing(s.live_bytes.saturating_add(req.bytes))
-                .await
-                .ok()
+        let (s, backing) = if req.sender != me && (req.region.is_empty() || req.region == region) {
+            self.would_take(req.bytes, u64::from(req.days)).await
         } else {
-            None
+            (
+                self.stats().await,
+                Err(OfferRefusal::BadTerms("not for this host".into())),
+            )
         };
+        let price = self.pricing.price(s.live_bytes, s.capacity_bytes);
+        let backing = backing.ok().filter(|_| price <= req.max_price_per_gib_day);
         let bid = proto::market::Bid {
             chain_id,
             host: me,
@@ -362,25 +384,20 @@ impl HostApi for HostControl {
     }
 
     async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
-        let s = self.stats().await;
-        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
         let broker = request.via.map(|x| (x, self.brokers.through(x)));
-        let backing = if let Some((x, None)) = broker {
-            Err(OfferRefusal::BadTerms(format!(
-                "this host does not ask at exchange {}: ask it without one, or through an exchange it asks at",
-                data_encoding::HEXLOWER.encode(&x)
-            )))
-        } else if request.days == 0 || u64::from(request.days) > self.max_days {
-            Err(OfferRefusal::BadTerms(format!(
-                "days must be 1 to {}",
-                self.max_days
-            )))
-        } else if request.bytes > free {
-            Err(OfferRefusal::Full { free_bytes: free })
+        let (s, backing) = if let Some((x, None)) = broker {
+            (
+                self.stats().await,
+                Err(OfferRefusal::BadTerms(format!(
+                    "this host does not ask at exchange {}: ask it without one, or through an exchange it asks at",
+                    data_encoding::HEXLOWER.encode(&x)
+                ))),
+            )
         } else {
-            self.chain_backing(s.live_bytes.saturating_add(request.bytes))
+            self.would_take(request.bytes, u64::from(request.days))
                 .await
         };
+        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
         let (signed, refusal) = match backing {
             Ok((chain_id, deposit, proof_period_blocks)) => {
                 let id = new_offer_id(&self.key);

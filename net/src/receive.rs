@@ -321,6 +321,70 @@ async fn link_for(
     )))
 }
 
+/// What trying one copy came to.
+#[derive(Debug)]
+pub struct Tried {
+    pub copy: ShareCopy,
+    pub terms: Option<DownloadTerms>,
+    pub payment: Option<Payment>,
+    /// Why this copy did not serve the file; `None` for the one that did.
+    pub error: Option<String>,
+}
+
+/// A shared file downloaded: from the last copy tried, after the others.
+#[derive(Debug)]
+pub struct Fetched {
+    pub done: crate::client::GetDone,
+    pub tried: Vec<Tried>,
+}
+
+/// Buys and downloads the shared file from its copies in order until one serves it: a
+/// copy whose host gives no link (before or after payment) or fails while sending is left
+/// for the next. `job` is the download's settings; its links are set per copy, and its key
+/// must be the purchase's. On failure, every copy tried and why (with what was paid).
+pub async fn fetch_shared(
+    p: &Purchase<'_>,
+    job: &crate::client::GetJob,
+    progress: std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> Result<Fetched, Vec<Tried>> {
+    let mut tried = Vec::new();
+    for copy in &p.share.copies {
+        let attempt = buy(p, copy).await;
+        let mut t = Tried {
+            copy: copy.clone(),
+            terms: attempt.terms,
+            payment: attempt.payment,
+            error: None,
+        };
+        let link = match attempt.link {
+            Ok(l) => l,
+            Err(e) => {
+                (p.report)(&format!("copy at {} left out: {e}", copy.host_addr));
+                t.error = Some(e.to_string());
+                tried.push(t);
+                continue;
+            }
+        };
+        let mut this = job.clone();
+        this.links = vec![link];
+        match crate::client::get_file(&this, std::sync::Arc::clone(&progress)).await {
+            Ok(done) => {
+                tried.push(t);
+                return Ok(Fetched { done, tried });
+            }
+            Err(e) => {
+                (p.report)(&format!(
+                    "copy at {} failed while downloading: {e}",
+                    copy.host_addr
+                ));
+                t.error = Some(e.to_string());
+                tried.push(t);
+            }
+        }
+    }
+    Err(tried)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -411,8 +411,6 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let share = proto::fileshare::FileShare::new(done.share_key.clone(), copies)
             .map_err(anyhow::Error::msg)?;
         let quiet: net::deal::Report = Arc::new(|_: &str| {});
-        let mut skipped = 0;
-        let mut bought = None;
         let purchase = net::receive::Purchase {
             share: &share,
             chain: &miners,
@@ -420,34 +418,28 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             max_total: 100,
             report: &quiet,
         };
-        for copy in &share.copies {
-            let attempt = net::receive::buy(&purchase, copy).await;
-            match attempt.link {
-                Ok(link) => {
-                    bought = Some((link, attempt.terms, attempt.payment));
-                    break;
-                }
-                Err(_) if attempt.payment.is_none() => skipped += 1,
-                Err(e) => bail!("the receiver paid and got no link: {e}"),
-            }
-        }
-        let Some((link, Some(terms), Some(payment))) = bought else {
-            bail!("no copy sold the receiver a download");
-        };
         let bought_file = dir.join("bought.bin");
-        get_file(
-            &GetJob {
-                links: vec![link],
-                via: Vec::new(),
-                key: receiver.clone(),
-                unlock: Key::Share(Box::new(share.key.clone())),
-                out: bought_file.clone(),
-                overwrite: true,
-                workers: engine::seal::default_workers(),
-            },
-            Arc::new(|_, _| {}),
-        )
-        .await?;
+        let job = GetJob {
+            links: Vec::new(),
+            via: Vec::new(),
+            key: receiver.clone(),
+            unlock: Key::Share(Box::new(share.key.clone())),
+            out: bought_file.clone(),
+            overwrite: true,
+            workers: engine::seal::default_workers(),
+        };
+        let fetched = net::receive::fetch_shared(&purchase, &job, Arc::new(|_, _| {}))
+            .await
+            .map_err(|tried| anyhow::anyhow!("no copy sold the receiver a download: {tried:?}"))?;
+        // The dead copies were left out before anything was paid to them.
+        let (served, skipped) = fetched.tried.split_last().expect("a copy served it");
+        if skipped.iter().any(|t| t.payment.is_some()) {
+            bail!("the receiver paid a copy that did not serve it: {skipped:?}");
+        }
+        let skipped = skipped.len();
+        let (Some(terms), Some(payment)) = (&served.terms, &served.payment) else {
+            bail!("the download was not paid: {served:?}");
+        };
         if std::fs::read(&bought_file)? != std::fs::read(&out)? {
             bail!("the receiver's download differs from the file");
         }

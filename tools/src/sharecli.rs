@@ -245,7 +245,8 @@ struct PaymentJson {
     served: bool,
 }
 
-/// Buys and downloads the shared file from its copies in turn, until one serves it.
+/// Buys and downloads the shared file from its copies in turn, until one serves it
+/// (`net::receive::fetch_shared`), and says what was paid to whom.
 pub fn get_shared(g: &SharedGet) -> Result<()> {
     let quiet = g.json;
     let report: net::deal::Report = std::sync::Arc::new(move |line: &str| {
@@ -253,9 +254,6 @@ pub fn get_shared(g: &SharedGet) -> Result<()> {
             eprintln!("{line}");
         }
     });
-    let rt = runtime()?;
-    let mut payments: Vec<PaymentJson> = Vec::new();
-    let mut failed = Vec::new();
     let purchase = net::receive::Purchase {
         share: &g.share,
         chain: &g.chain,
@@ -263,88 +261,83 @@ pub fn get_shared(g: &SharedGet) -> Result<()> {
         max_total: g.max_fee,
         report: &report,
     };
-    for copy in &g.share.copies {
-        let attempt = rt.block_on(net::receive::buy(&purchase, copy));
-        if let (Some(p), Some(t)) = (&attempt.payment, &attempt.terms) {
-            payments.push(PaymentJson {
-                deal: copy.deal.to_string(),
+    let job = net::client::GetJob {
+        links: Vec::new(),
+        via: g.via.clone(),
+        key: g.key.clone(),
+        unlock: net::client::Key::Share(Box::new(g.share.key.clone())),
+        out: g.out.clone(),
+        overwrite: g.force,
+        workers: g.workers,
+    };
+    let bar = crate::progress_bar(0, !g.json, "downloading");
+    let started = std::time::Instant::now();
+    let result = runtime()?.block_on(net::receive::fetch_shared(
+        &purchase,
+        &job,
+        crate::netcli::bar_progress(&bar),
+    ));
+    bar.finish_and_clear();
+    let (done, tried) = match result {
+        Ok(f) => (Some(f.done), f.tried),
+        Err(tried) => (None, tried),
+    };
+    let payments: Vec<PaymentJson> = tried
+        .iter()
+        .filter_map(|t| {
+            let (p, terms) = (t.payment.as_ref()?, t.terms.as_ref()?);
+            Some(PaymentJson {
+                deal: t.copy.deal.to_string(),
                 payment: p.id.to_string(),
                 total: p.total,
-                download_fee: t.download_fee,
-                host_part: t.host_part,
+                download_fee: terms.download_fee,
+                host_part: terms.host_part,
                 height: p.height,
                 deadline: p.deadline,
-                served: false,
-            });
-        }
-        let link = match attempt.link {
-            Ok(l) => l,
-            Err(e) => {
-                report(&format!("copy at {} left out: {e}", copy.host_addr));
-                failed.push(format!("{}: {e}", copy.host_addr));
-                continue;
-            }
+                served: t.error.is_none(),
+            })
+        })
+        .collect();
+    let failed: Vec<String> = tried
+        .iter()
+        .filter_map(|t| {
+            t.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", t.copy.host_addr))
+        })
+        .collect();
+    let Some(done) = done else {
+        unserved_note(&payments);
+        bail!(
+            "no copy of the shared file could be downloaded: {}",
+            failed.join("; ")
+        )
+    };
+    let copy = &tried.last().expect("the copy that served it").copy;
+    let m = &done.manifest;
+    if g.json {
+        let json = SharedGetJson {
+            opened: crate::OpenJson::new(done.file_id, done.manifest_id, m, &g.out),
+            deal: copy.deal.to_string(),
+            host_addr: copy.host_addr.clone(),
+            payments,
+            failed,
         };
-        let job = net::client::GetJob {
-            links: vec![link],
-            via: g.via.clone(),
-            key: g.key.clone(),
-            unlock: net::client::Key::Share(Box::new(g.share.key.clone())),
-            out: g.out.clone(),
-            overwrite: g.force,
-            workers: g.workers,
-        };
-        let bar = crate::progress_bar(0, !g.json, "downloading");
-        let started = std::time::Instant::now();
-        match rt.block_on(net::client::get_file(
-            &job,
-            crate::netcli::bar_progress(&bar),
-        )) {
-            Ok(done) => {
-                bar.finish_and_clear();
-                if let Some(p) = payments.last_mut().filter(|_| attempt.payment.is_some()) {
-                    p.served = true;
-                }
-                let m = &done.manifest;
-                if g.json {
-                    let json = SharedGetJson {
-                        opened: crate::OpenJson::new(done.file_id, done.manifest_id, m, &g.out),
-                        deal: copy.deal.to_string(),
-                        host_addr: copy.host_addr.clone(),
-                        payments,
-                        failed,
-                    };
-                    println!("{}", serde_json::to_string(&json)?);
-                } else {
-                    let secs = started.elapsed().as_secs_f64();
-                    println!(
-                        "downloaded {} ({}, {} chunks, all verified) into {} in {secs:.2} s ({}) from host {}",
-                        if m.name.is_empty() { "file" } else { &m.name },
-                        crate::format_bytes(m.file_bytes),
-                        m.chunks.len(),
-                        g.out.display(),
-                        crate::format_rate(m.file_bytes, secs),
-                        copy.host_addr
-                    );
-                    unserved_note(&payments);
-                }
-                return Ok(());
-            }
-            Err(e) => {
-                bar.finish_and_clear();
-                report(&format!(
-                    "copy at {} failed while downloading: {e}",
-                    copy.host_addr
-                ));
-                failed.push(format!("{}: {e}", copy.host_addr));
-            }
-        }
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "downloaded {} ({}, {} chunks, all verified) into {} in {secs:.2} s ({}) from host {}",
+            if m.name.is_empty() { "file" } else { &m.name },
+            crate::format_bytes(m.file_bytes),
+            m.chunks.len(),
+            g.out.display(),
+            crate::format_rate(m.file_bytes, secs),
+            copy.host_addr
+        );
+        unserved_note(&payments);
     }
-    unserved_note(&payments);
-    bail!(
-        "no copy of the shared file could be downloaded: {}",
-        failed.join("; ")
-    )
+    Ok(())
 }
 
 /// Says what happens to payments whose host did not serve the file.
