@@ -1,5 +1,5 @@
 //! What a host and a client read back from their own disks: the grants and uploads logs, object records,
-//! deal records and the upload journal. None may panic on damaged bytes; what decodes encodes back.
+//! deal and claim records and the upload journal. None may panic on damaged bytes; what decodes encodes back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(sender) = state::decode_deal_record(data) {
         assert_eq!(sender.map_or(0, |_| 32), data.len());
+    }
+    if let Ok(deadline) = state::decode_claim_record(data) {
+        assert_eq!(deadline.to_le_bytes(), data);
     }
     if let Ok((manifest, chunks)) = state::decode_object(data) {
         assert_eq!(state::encode_object(&manifest, &chunks), data);

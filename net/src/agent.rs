@@ -18,8 +18,10 @@
 //!
 //! Upload links for paid deals are granted by the control plane (`HostApi::deal_link`),
 //! which checks the deal on the chain itself. Download links for paid downloads too
-//! (`HostApi::download_link`): the control plane queues the payment (`Host::queue_claim`)
-//! and the agent claims it at the next block (`DownloadClaim`).
+//! (`HostApi::download_link`): the control plane records the payment on disk
+//! (`Host::queue_claim`) before it gives the link, and the agent claims it at the next
+//! block (`DownloadClaim`), again after a restart, until the chain shows it claimed or its
+//! window closed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +41,8 @@ use crate::host::Host;
 pub const AGENT_FEE: u64 = 1;
 /// Longest the agent waits for the next block before listing its deals again.
 const BLOCK_WAIT: Duration = Duration::from_secs(5);
+/// Blocks a submitted download claim is given to land before it is sent again.
+const CLAIM_RESEND_BLOCKS: u64 = 5;
 /// Pause after the whole miner list failed, before trying it again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -65,6 +69,8 @@ pub async fn run(
 ) {
     let me = AccountId(key.verification_key().to_bytes());
     let mut agent = Agent::new();
+    // Download claims submitted, by payment, with the height they were sent at.
+    let mut claims_sent: HashMap<[u8; 32], u64> = HashMap::new();
     let mut chain: Option<ChainClient> = None;
     while !*stop.borrow() {
         let c = match chain.as_mut() {
@@ -78,7 +84,7 @@ pub async fn run(
                 }
             },
         };
-        let height = match step(&host, &key, me, c, &mut agent, &stats).await {
+        let height = match step(&host, &key, me, c, &mut agent, &mut claims_sent, &stats).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "agent: chain call failed; trying again");
@@ -137,6 +143,7 @@ async fn step(
     me: AccountId,
     chain: &mut ChainClient,
     agent: &mut Agent,
+    claims_sent: &mut HashMap<[u8; 32], u64>,
     stats: &watch::Sender<AgentStats>,
 ) -> Result<u64, ChainError> {
     let status = chain.status().await?;
@@ -312,21 +319,39 @@ async fn step(
         }
     }
     out.submit(chain, agent, stats, bodies).await?;
-    // Download payments whose links the control plane gave out: claimed now; queued again
-    // if the miner could not be reached.
-    let claims = host.take_claims();
-    if !claims.is_empty() {
-        let bodies = claims
-            .iter()
-            .map(|p| (None, TxBody::DownloadClaim { payment: TxId(*p) }))
-            .collect();
-        if let Err(e) = out.submit(chain, agent, stats, bodies).await {
-            for p in claims {
-                host.queue_claim(p);
+    // Download payments whose links the control plane gave out (recorded on disk before
+    // each link): claimed, unless the chain shows one claimed or its window closed, then
+    // forgotten; a claim submitted recently is given a few blocks to land first.
+    let mut bodies: Vec<(Option<Action>, TxBody)> = Vec::new();
+    let recorded = host
+        .state()
+        .claims()
+        .map_err(|e| ChainError::Refused(format!("reading the host's claims: {e}")))?;
+    claims_sent.retain(|p, _| recorded.iter().any(|(r, _)| r == p));
+    for (p, deadline) in recorded {
+        let settled = match chain.download(TxId(p)).await? {
+            Some(d) => d.claimed,
+            // Unknown to this miner: settled once past the deadline (refunded); before,
+            // a miner behind the one the control plane read it from.
+            None => height > deadline,
+        };
+        if settled {
+            if let Err(e) = host.state().drop_claim(&p) {
+                tracing::error!(payment = hex(&p), error = %e, "cannot forget a settled claim");
             }
-            return Err(e);
+            claims_sent.remove(&p);
+            continue;
         }
+        if claims_sent
+            .get(&p)
+            .is_some_and(|at| height < at + CLAIM_RESEND_BLOCKS)
+        {
+            continue;
+        }
+        claims_sent.insert(p, height);
+        bodies.push((None, TxBody::DownloadClaim { payment: TxId(p) }));
     }
+    out.submit(chain, agent, stats, bodies).await?;
     stats.send_modify(|s| s.height = height);
     Ok(height)
 }

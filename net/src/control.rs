@@ -615,7 +615,9 @@ impl HostApi for HostControl {
                             paid.deadline
                         )));
                     }
-                    self.host.queue_claim(p);
+                    self.host
+                        .queue_claim(p, paid.deadline)
+                        .map_err(|e| ControlError::Unavailable(e.to_string()))?;
                 }
                 p[..16].try_into().expect("16 bytes")
             }

@@ -62,10 +62,6 @@ pub struct Host {
     /// the chain when the link is granted), by link id. In memory only: after a restart a
     /// deal's link is asked for again before it uploads.
     deal_chunks: Mutex<HashMap<[u8; 16], Arc<HashSet<ChunkId>>>>,
-    /// Download payments this host gave a receiver its link for, waiting for the agent to
-    /// claim them on the chain. In memory only: a payment lost in a crash is not claimed
-    /// and goes back to its receiver when its claim window closes.
-    claims: Mutex<std::collections::BTreeSet<[u8; 32]>>,
 }
 
 /// The terms of an offer this host made, as the sender asked them.
@@ -116,24 +112,13 @@ impl Host {
             open: watch::channel(0).0,
             offers: Mutex::new(HashMap::new()),
             deal_chunks: Mutex::new(HashMap::new()),
-            claims: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
-    /// Queues download payment `payment` for the agent to claim.
-    pub fn queue_claim(&self, payment: [u8; 32]) {
-        self.claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(payment);
-    }
-
-    /// The download payments queued for claiming, taken (the agent queues again those it
-    /// could not submit).
-    pub fn take_claims(&self) -> Vec<[u8; 32]> {
-        std::mem::take(&mut *self.claims.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect()
+    /// Records download payment `payment` for the agent to claim, durably, before the
+    /// receiver's link is given (`HostState::add_claim`).
+    pub fn queue_claim(&self, payment: [u8; 32], deadline: u64) -> Result<(), NetError> {
+        self.state.add_claim(&payment, deadline)
     }
 
     /// Returns once no connection is open: every request a closed connection had started

@@ -387,6 +387,46 @@ pub fn decode_deal_record(content: &[u8]) -> Result<Option<[u8; 32]>, String> {
     }
 }
 
+/// The download payments recorded in `dir` (`claims/`): each file's name is a payment id
+/// in lowercase hex, its content the payment's claim deadline (a height, u64
+/// little-endian). A temporary file (a dot name) is removed: its link was never given.
+fn read_claims(dir: &Path) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
+    let err = |path: &Path, e: &dyn std::fmt::Display| {
+        crate::NetError::State(format!("{}: {e}", path.display()))
+    };
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
+        let path = entry.map_err(|e| err(dir, &e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            fs::remove_file(&path).map_err(|e| err(&path, &e))?;
+            continue;
+        }
+        let id = data_encoding::HEXLOWER
+            .decode(name.as_bytes())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| err(&path, &"not a payment id (64 lowercase hex digits)"))?;
+        let content = fs::read(&path).map_err(|e| err(&path, &e))?;
+        let deadline = decode_claim_record(&content).map_err(|e| err(&path, &e))?;
+        found.push((id, deadline));
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// The content of a `claims/` record: the payment's claim deadline, u64 little-endian.
+pub fn decode_claim_record(content: &[u8]) -> Result<u64, String> {
+    <[u8; 8]>::try_from(content)
+        .map(u64::from_le_bytes)
+        .map_err(|_| {
+            format!(
+                "{} bytes: a claim record holds its 8-byte deadline",
+                content.len()
+            )
+        })
+}
+
 /// How many recorded files list each chunk, from the object records in `dir`.
 fn listed_chunks(dir: &Path) -> Result<HashMap<ChunkId, u32>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
@@ -420,11 +460,14 @@ impl HostState {
         };
         fs::create_dir_all(dir.join("objects")).map_err(|e| err("create", e))?;
         fs::create_dir_all(dir.join("deals")).map_err(|e| err("create", e))?;
+        fs::create_dir_all(dir.join("claims")).map_err(|e| err("create", e))?;
         let (grants, reserved) = Log::open(&dir.join("grants.log"), decode_grants)?;
         let (uploads_log, uploads) = Log::open(&dir.join("uploads.log"), decode_uploads)?;
         sync_dir(dir).map_err(|e| err("sync", e))?;
         let listed = listed_chunks(&dir.join("objects"))?;
         let deals = held_deals(&dir.join("deals"))?;
+        // Checked now, so that a damaged record stops the host at start, not its agent.
+        read_claims(&dir.join("claims"))?;
         let uses = reserved
             .into_iter()
             .map(|(k, r)| {
@@ -496,6 +539,50 @@ impl HostState {
             .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))?;
         held.remove(&link_of(deal));
         Ok(())
+    }
+
+    /// Records, durably, a download payment this host is about to serve (before it gives
+    /// the receiver its link): the agent claims it, also after a restart, and forgets it
+    /// once the chain shows it claimed or its window closed ([`HostState::drop_claim`]).
+    pub fn add_claim(&self, payment: &[u8; 32], deadline: u64) -> Result<(), crate::NetError> {
+        let dir = self.dir.join("claims");
+        let name = data_encoding::HEXLOWER.encode(payment);
+        let path = dir.join(&name);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{name}.partial"));
+        (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&deadline.to_le_bytes())?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(&dir)
+        })()
+        .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))
+    }
+
+    /// Forgets a download payment, durably.
+    pub fn drop_claim(&self, payment: &[u8; 32]) -> Result<(), crate::NetError> {
+        let dir = self.dir.join("claims");
+        let path = dir.join(data_encoding::HEXLOWER.encode(payment));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(crate::NetError::State(format!(
+                    "removing {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        sync_dir(&dir)
+            .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))
+    }
+
+    /// The download payments recorded and not forgotten, with their deadlines, in id order.
+    pub fn claims(&self) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
+        read_claims(&self.dir.join("claims"))
     }
 
     /// The deals held, in id order.
@@ -996,6 +1083,44 @@ mod tests {
         assert!(decode_object(&long).is_err());
         fs::write(dir.path().join("objects").join(m.to_hex()), &good[..20]).unwrap();
         assert!(st.object(&m).is_err());
+    }
+
+    #[test]
+    fn download_claims_survive_a_restart_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = ([0xA1; 32], [0xB2; 32]);
+        {
+            let st = HostState::open(dir.path()).unwrap();
+            assert!(st.claims().unwrap().is_empty());
+            st.add_claim(&b, 90).unwrap();
+            st.add_claim(&a, 70).unwrap();
+            st.add_claim(&a, 70).unwrap();
+        }
+        let st = HostState::open(dir.path()).unwrap();
+        assert_eq!(st.claims().unwrap(), vec![(a, 70), (b, 90)]);
+        st.drop_claim(&b).unwrap();
+        st.drop_claim(&b).unwrap();
+        drop(st);
+        // One being written when the host stopped is removed (its link was not given); a
+        // record of another shape stops the host, named.
+        let partial = dir
+            .path()
+            .join("claims")
+            .join(format!(".{}.partial", "c3".repeat(32)));
+        fs::write(&partial, []).unwrap();
+        assert_eq!(
+            HostState::open(dir.path()).unwrap().claims().unwrap(),
+            vec![(a, 70)]
+        );
+        assert!(!partial.exists());
+        let short = dir.path().join("claims").join("d4".repeat(32));
+        fs::write(&short, [1; 3]).unwrap();
+        let e = HostState::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("8-byte deadline"), "{e}");
+        fs::remove_file(&short).unwrap();
+        fs::write(dir.path().join("claims").join("zz"), [0; 8]).unwrap();
+        let e = HostState::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not a payment id"), "{e}");
     }
 
     #[test]

@@ -422,3 +422,72 @@ pub fn deals(a: DealsArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// What an account earned from its deals, as the chain states it (`mspace earnings`).
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct EarningsJson {
+    pub account: String,
+    /// As a sender: download fees its receivers paid (claimed by the hosts), and how many.
+    pub download_income: u64,
+    pub downloads: u64,
+    /// As a sender: storage fees refunded to it for periods its hosts missed.
+    pub refunded: u64,
+    /// As a host: storage fees paid to it for proven periods (after commissions), still
+    /// in escrow for it, and downloads it served (claimed).
+    pub storage_paid: u64,
+    pub storage_escrow: u64,
+    pub downloads_served: u64,
+    /// Deals counted (the newest 1,000 at most).
+    pub deals_as_sender: usize,
+    pub deals_as_host: usize,
+}
+
+/// Sums an account's deals.
+pub fn earnings_of(account: &str, views: &[DealView]) -> EarningsJson {
+    let mut e = EarningsJson {
+        account: account.to_owned(),
+        ..EarningsJson::default()
+    };
+    for v in views {
+        if v.sender == account {
+            e.deals_as_sender += 1;
+            e.download_income += v.download_income;
+            e.downloads += v.downloads;
+            e.refunded += v.refunded;
+        }
+        if v.host == account {
+            e.deals_as_host += 1;
+            e.storage_paid += v.paid;
+            e.storage_escrow += v.escrow;
+            e.downloads_served += v.downloads;
+        }
+    }
+    e
+}
+
+/// `mspace earnings`.
+pub fn earnings(a: DealsArgs) -> Result<()> {
+    let who = match &a.account {
+        Some(k) => miner::parse_key_hex(k)?,
+        None => AccountId(client_key(a.key.as_deref())?.verification_key().to_bytes()),
+    };
+    let views = runtime()?.block_on(async {
+        let mut c = ChainClient::connect(&a.chain).await?;
+        c.deals_of(who, a.open).await
+    })?;
+    let e = earnings_of(&miner::hex(&who.0), &views);
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+        return Ok(());
+    }
+    println!("earnings of {}", e.account);
+    println!(
+        "  as a sender ({} deals): {} MASPC from {} paid downloads, {} MASPC of storage refunded",
+        e.deals_as_sender, e.download_income, e.downloads, e.refunded
+    );
+    println!(
+        "  as a host ({} deals): {} MASPC of storage paid, {} MASPC still in escrow, {} downloads served",
+        e.deals_as_host, e.storage_paid, e.storage_escrow, e.downloads_served
+    );
+    Ok(())
+}

@@ -56,6 +56,9 @@ enum Command {
     /// List an account's deals (as sender or host): stage, periods proven and missed,
     /// paid, refunded and still in escrow.
     Deals(tools::dealcli::DealsArgs),
+    /// What an account earned from its deals: download fees and storage refunds as a
+    /// sender, storage paid and downloads served as a host.
+    Earnings(tools::dealcli::DealsArgs),
     /// Download a file through a host's download link: fetched, verified and decrypted in
     /// one pass into a temporary file renamed at the end.
     Get(netcli::GetArgs),
@@ -154,6 +157,7 @@ fn main() {
         Command::Demo(args) => demo(args),
         Command::Put(args) => netcli::put(args),
         Command::Deals(args) => tools::dealcli::deals(args),
+        Command::Earnings(args) => tools::dealcli::earnings(args),
         Command::Exchange(args) => tools::exchangecli::exchange(args),
         Command::Index(args) => tools::exchangecli::index(args),
         Command::Get(args) => netcli::get(args),

@@ -1727,6 +1727,22 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
     wait_deal(&m0, &deals[1], "had carol's download claimed", |v| {
         v["downloads"] == 1
     });
+    // The sender's earnings: four paid downloads, one fee each.
+    let earned = json(&["earnings", "--key", &client, "--chain", &m0, "--json"]);
+    assert_eq!(
+        (&earned["downloads"], &earned["download_income"]),
+        (&serde_json::json!(4), &serde_json::json!(4 * FEE)),
+        "{earned}"
+    );
+    let host_earned = json(&[
+        "earnings",
+        "--account",
+        &hosts[0].key,
+        "--chain",
+        &m0,
+        "--json",
+    ]);
+    assert_eq!(host_earned["downloads_served"], 3, "{host_earned}");
     assert_eq!(
         deal(&m0, &deals[0])["downloads"],
         3,
