@@ -141,6 +141,12 @@ impl ChainClient {
             .await
     }
 
+    /// The height of the block holding transaction `id`, if it is committed.
+    pub async fn tx_height(&mut self, id: TxId) -> Result<Option<u64>, ChainError> {
+        self.call(|c| async move { c.tx_height(tarpc::context::current(), id.0).await })
+            .await
+    }
+
     /// A download payment within its claim window (`TxBody::DownloadPayment`).
     pub async fn download(
         &mut self,

@@ -116,6 +116,8 @@ fuzz_target!(|data: &[u8]| {
             },
             7 => TxBody::DownloadPayment {
                 deal,
+                // Mostly a fee a deal could have (its own at payment is amount / 7).
+                fee: if arg % 4 == 0 { amount } else { amount / 7 },
                 host_part: amount / 3,
                 exchange: (arg % 2 == 1).then_some(other),
                 exchange_part: amount / 5,

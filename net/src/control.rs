@@ -554,7 +554,16 @@ impl HostApi for HostControl {
         }
         let manifest = deal_manifest(&view)?;
         let price = self.egress_price(view.bytes);
+        // A new download (free, or a payment not claimed yet) only while the deal is active:
+        // once it ended, its chunks are released. A claimed payment's link is given again.
+        let active = matches!(view.stage, api::DealStage::Active { .. });
         let id: [u8; 16] = match payment {
+            None if !active => {
+                return Err(ControlError::Invalid(format!(
+                    "the deal is {}: no new download of its file",
+                    view.stage
+                )))
+            }
             None => {
                 if view.download_fee != 0 || price != 0 {
                     return Err(ControlError::Invalid(format!(
@@ -598,6 +607,13 @@ impl HostApi for HostControl {
                     )));
                 }
                 if !paid.claimed {
+                    if !active {
+                        return Err(ControlError::Invalid(format!(
+                            "the deal is {}: its file is not served any more; the payment \
+                             is not claimed and goes back to its payer after height {}",
+                            view.stage, paid.deadline
+                        )));
+                    }
                     if paid.host_part < price {
                         return Err(ControlError::Invalid(format!(
                             "the payment carries {} MASPC for this host, which asks {price}: \

@@ -186,6 +186,7 @@ async fn buy_link(
     } else {
         let body = TxBody::DownloadPayment {
             deal: copy.deal,
+            fee: terms.download_fee,
             host_part: terms.host_part,
             exchange: None,
             exchange_part: 0,

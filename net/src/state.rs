@@ -389,8 +389,9 @@ pub fn decode_deal_record(content: &[u8]) -> Result<Option<[u8; 32]>, String> {
 
 /// The download payments recorded in `dir` (`claims/`): each file's name is a payment id
 /// in lowercase hex, its content the payment's claim deadline (a height, u64
-/// little-endian). A temporary file (a dot name) is removed: its link was never given.
-fn read_claims(dir: &Path) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
+/// little-endian). A temporary file (a dot name) is one being written (skipped), or, at
+/// start (`remove_partial`), one whose link was never given (removed).
+fn read_claims(dir: &Path, remove_partial: bool) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
         crate::NetError::State(format!("{}: {e}", path.display()))
     };
@@ -399,7 +400,9 @@ fn read_claims(dir: &Path) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
         let path = entry.map_err(|e| err(dir, &e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with('.') {
-            fs::remove_file(&path).map_err(|e| err(&path, &e))?;
+            if remove_partial {
+                fs::remove_file(&path).map_err(|e| err(&path, &e))?;
+            }
             continue;
         }
         let id = data_encoding::HEXLOWER
@@ -467,7 +470,7 @@ impl HostState {
         let listed = listed_chunks(&dir.join("objects"))?;
         let deals = held_deals(&dir.join("deals"))?;
         // Checked now, so that a damaged record stops the host at start, not its agent.
-        read_claims(&dir.join("claims"))?;
+        read_claims(&dir.join("claims"), true)?;
         let uses = reserved
             .into_iter()
             .map(|(k, r)| {
@@ -582,7 +585,7 @@ impl HostState {
 
     /// The download payments recorded and not forgotten, with their deadlines, in id order.
     pub fn claims(&self) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
-        read_claims(&self.dir.join("claims"))
+        read_claims(&self.dir.join("claims"), false)
     }
 
     /// The deals held, in id order.

@@ -157,6 +157,9 @@ pub enum TxBody {
     /// window closes.
     DownloadPayment {
         deal: DealId,
+        /// The deal's download fee the receiver was quoted and agrees to: the ledger refuses
+        /// the payment if the deal's fee is another by then (`FeeChanged`).
+        fee: u64,
         host_part: u64,
         exchange: Option<AccountId>,
         exchange_part: u64,
@@ -351,12 +354,14 @@ impl Tx {
             }
             TxBody::DownloadPayment {
                 deal,
+                fee,
                 host_part,
                 exchange,
                 exchange_part,
             } => {
                 out.push(8);
                 out.extend_from_slice(&deal.0);
+                put_u64(&mut out, *fee);
                 put_u64(&mut out, *host_part);
                 match exchange {
                     None => out.push(0),
@@ -520,6 +525,7 @@ impl Tx {
             }
             8 => {
                 let deal = TxId(r.array("deal")?);
+                let fee = r.u64("fee")?;
                 let host_part = r.u64("host_part")?;
                 let exchange = match r.u8("exchange present")? {
                     0 => None,
@@ -537,6 +543,7 @@ impl Tx {
                     }
                     TxBody::DownloadPayment {
                         deal,
+                        fee,
                         host_part,
                         exchange,
                         exchange_part,
@@ -835,12 +842,14 @@ mod tests {
             },
             TxBody::DownloadPayment {
                 deal,
+                fee: 2,
                 host_part: 3,
                 exchange: Some(AccountId([4; 32])),
                 exchange_part: 1,
             },
             TxBody::DownloadPayment {
                 deal,
+                fee: 2,
                 host_part: 3,
                 exchange: None,
                 exchange_part: 0,
@@ -1047,6 +1056,7 @@ mod tests {
     fn non_canonical_bodies_are_refused() {
         let pay = signed(TxBody::DownloadPayment {
             deal: TxId([1; 32]),
+            fee: 0,
             host_part: 0,
             exchange: None,
             exchange_part: 0,

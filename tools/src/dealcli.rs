@@ -394,7 +394,8 @@ pub fn print_deal(v: &DealView) {
 }
 
 /// `mspace deals`.
-pub fn deals(a: DealsArgs) -> Result<()> {
+/// The account `a` names (its key file, its public key, or the client's) and its deals.
+fn deals_of(a: &DealsArgs) -> Result<(AccountId, Vec<DealView>)> {
     let who = match &a.account {
         Some(k) => miner::parse_key_hex(k)?,
         None => AccountId(client_key(a.key.as_deref())?.verification_key().to_bytes()),
@@ -403,6 +404,11 @@ pub fn deals(a: DealsArgs) -> Result<()> {
         let mut c = ChainClient::connect(&a.chain).await?;
         c.deals_of(who, a.open).await
     })?;
+    Ok((who, views))
+}
+
+pub fn deals(a: DealsArgs) -> Result<()> {
+    let (who, views) = deals_of(&a)?;
     if a.json {
         let all: Vec<DealJson> = views.iter().map(DealJson::from).collect();
         println!("{}", serde_json::to_string(&all)?);
@@ -467,14 +473,7 @@ pub fn earnings_of(account: &str, views: &[DealView]) -> EarningsJson {
 
 /// `mspace earnings`.
 pub fn earnings(a: DealsArgs) -> Result<()> {
-    let who = match &a.account {
-        Some(k) => miner::parse_key_hex(k)?,
-        None => AccountId(client_key(a.key.as_deref())?.verification_key().to_bytes()),
-    };
-    let views = runtime()?.block_on(async {
-        let mut c = ChainClient::connect(&a.chain).await?;
-        c.deals_of(who, a.open).await
-    })?;
+    let (who, views) = deals_of(&a)?;
     let e = earnings_of(&miner::hex(&who.0), &views);
     if a.json {
         println!("{}", serde_json::to_string(&e)?);

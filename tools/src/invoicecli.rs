@@ -10,7 +10,7 @@ use api::chain::ChainClient;
 use clap::{Args, Subcommand};
 use engine::sealed_to::{open_from, seal_to, sealed_recipient, SEALED_TO_MAX, SEALED_TO_OVERHEAD};
 use proto::invoice::{Attachment, Invoice, SignedInvoice};
-use proto::tx::{AccountId, Asset, TxBody};
+use proto::tx::{AccountId, Asset, SignedTx, Tx, TxBody};
 use serde::Serialize;
 
 use crate::netcli::{client_key, runtime, state_dir};
@@ -207,6 +207,36 @@ fn create(c: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Submits `tx` unless the chain holds it already (the mempool holding it is fine) and
+/// follows the blocks until one holds it, for at most `wait`; its height.
+async fn wait_committed(chain: &mut ChainClient, tx: &SignedTx, wait: Duration) -> Result<u64> {
+    if let Some(h) = chain.tx_height(tx.id()).await? {
+        return Ok(h);
+    }
+    match chain.submit_signed(std::slice::from_ref(tx)).await?.first() {
+        Some(Err(e)) if !e.contains("already in the mempool") => {
+            bail!("the miner refused the payment: {e}")
+        }
+        _ => {}
+    }
+    let deadline = std::time::Instant::now() + wait;
+    let mut next = chain.status().await?.height + 1;
+    loop {
+        if let Some(h) = chain.tx_height(tx.id()).await? {
+            return Ok(h);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "payment {} was not committed within {} s: run `mspace invoice pay` again (it sends this same transaction, never a second payment)",
+                tx.id(),
+                wait.as_secs()
+            );
+        }
+        chain.block(next, Duration::from_secs(5)).await?;
+        next += 1;
+    }
+}
+
 /// Writes through a temporary file, synced, renamed over `path`.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
@@ -310,21 +340,53 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
                 text.trim()
             );
         }
-        let body = TxBody::Transfer {
-            to: AccountId(inv.issuer),
-            asset: Asset::Maspc,
-            amount: inv.amount,
+        let dir = paid.parent().expect("a folder").to_owned();
+        std::fs::create_dir_all(&dir)?;
+        // The transfer is written down before it is sent: a run that did not see it
+        // committed sends that same transaction again (one nonce: it lands once), never a
+        // second payment.
+        let paying = dir.join(format!("{}.paying", hex(&id)));
+        let earlier = match std::fs::read(&paying) {
+            Ok(b) => Some(SignedTx::decode(&b).context("the earlier payment's record")?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
         };
-        let done = rt
-            .block_on(chain.submit(&key, body, 1, o.wait))
-            .context("paying the invoice")?;
-        std::fs::create_dir_all(paid.parent().expect("a folder"))?;
+        let me_id = AccountId(me);
+        let next_nonce = rt.block_on(chain.account(me_id))?.nonce;
+        let tx = match earlier {
+            Some(t)
+                if t.tx().nonce >= next_nonce
+                    || rt.block_on(chain.tx_height(t.id()))?.is_some() =>
+            {
+                t
+            }
+            // Its nonce went to another transaction and it is not on the chain: it can
+            // never land, so a new one is made.
+            _ => {
+                let t = Tx {
+                    chain_id,
+                    signer: me_id,
+                    nonce: next_nonce,
+                    fee: 1,
+                    body: TxBody::Transfer {
+                        to: AccountId(inv.issuer),
+                        asset: Asset::Maspc,
+                        amount: inv.amount,
+                    },
+                }
+                .sign(&key);
+                write_durably(&paying, t.bytes())?;
+                t
+            }
+        };
+        let height = rt.block_on(wait_committed(&mut chain, &tx, o.wait))?;
         write_durably(
             &paid,
-            format!("transaction {} at height {}\n", done.tx, done.height).as_bytes(),
+            format!("transaction {} at height {height}\n", tx.id()).as_bytes(),
         )?;
-        json.paid_tx = Some(done.tx);
-        json.paid_height = Some(done.height);
+        let _ = std::fs::remove_file(&paying);
+        json.paid_tx = Some(tx.id().to_string());
+        json.paid_height = Some(height);
     }
     if o.json {
         println!("{}", serde_json::to_string(&json)?);

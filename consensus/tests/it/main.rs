@@ -711,6 +711,7 @@ fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_dead
     let deal = with_deal(&mut c, 2);
     let pay = TxBody::DownloadPayment {
         deal,
+        fee: 30,
         host_part: 5,
         exchange: Some(id(3)),
         exchange_part: 2,
@@ -755,6 +756,20 @@ fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_dead
     };
     assert_eq!(c.err(1, fee(7)), TxError::NotDealSender);
     c.ok(0, fee(7));
+    // A payment made on the old quote is refused, not charged the new fee.
+    assert_eq!(
+        c.err(
+            3,
+            TxBody::DownloadPayment {
+                deal,
+                fee: 30,
+                host_part: 5,
+                exchange: None,
+                exchange_part: 0,
+            }
+        ),
+        TxError::FeeChanged { agreed: 30, now: 7 }
+    );
     let Receipt::DownloadPaid {
         payment: unclaimed,
         deadline: late,
@@ -762,6 +777,7 @@ fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_dead
         3,
         TxBody::DownloadPayment {
             deal,
+            fee: 7,
             host_part: 5,
             exchange: None,
             exchange_part: 0,
@@ -778,6 +794,7 @@ fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_dead
             2,
             TxBody::DownloadPayment {
                 deal,
+                fee: 0,
                 host_part: 0,
                 exchange: None,
                 exchange_part: 0
@@ -807,6 +824,7 @@ fn a_download_payment_is_held_until_the_host_claims_it_or_comes_back_at_its_dead
             2,
             TxBody::DownloadPayment {
                 deal: TxId([9; 32]),
+                fee: 0,
                 host_part: 1,
                 exchange: None,
                 exchange_part: 0
@@ -1420,6 +1438,7 @@ fn an_exchange_part_needs_an_exchange() {
     );
     let body = TxBody::DownloadPayment {
         deal,
+        fee: 30,
         host_part: 0,
         exchange: None,
         exchange_part: 1000,
