@@ -133,6 +133,10 @@ pub struct DownloadTerms {
     pub bytes: u64,
     pub download_fee: u64,
     pub host_part: u64,
+    /// The exchange that matched the deal and its commission on the host's price, when
+    /// the deal names one: the receiver pays it to the exchange (the host gets the rest).
+    pub exchange: Option<[u8; 32]>,
+    pub exchange_part: u64,
     /// The quote stands until then (Unix seconds).
     pub expiry_unix_secs: u64,
     /// ed25519 by the deal's host (64 bytes).
@@ -145,12 +149,15 @@ pub const DOWNLOAD_TERMS_CONTEXT: &[u8] = b"market.space download terms v1";
 impl DownloadTerms {
     /// The receiver pays this in all (fee + host part), if not free.
     pub fn total(&self) -> u64 {
-        self.download_fee.saturating_add(self.host_part)
+        self.download_fee
+            .saturating_add(self.host_part)
+            .saturating_add(self.exchange_part)
     }
 }
 
 /// The bytes a host signs for [`DownloadTerms`]: the context (30 bytes), deal (32),
-/// manifest (32), then bytes, download_fee, host_part and expiry as u64 little-endian.
+/// manifest (32), then bytes, download_fee, host_part and expiry as u64 little-endian,
+/// then the exchange: 0, or 1 and its key (32), and exchange_part (u64).
 pub fn download_terms_message(t: &DownloadTerms) -> Vec<u8> {
     let mut m = Vec::with_capacity(DOWNLOAD_TERMS_CONTEXT.len() + 96);
     m.extend_from_slice(DOWNLOAD_TERMS_CONTEXT);
@@ -159,6 +166,14 @@ pub fn download_terms_message(t: &DownloadTerms) -> Vec<u8> {
     for v in [t.bytes, t.download_fee, t.host_part, t.expiry_unix_secs] {
         m.extend_from_slice(&v.to_le_bytes());
     }
+    match &t.exchange {
+        None => m.push(0),
+        Some(x) => {
+            m.push(1);
+            m.extend_from_slice(x);
+        }
+    }
+    m.extend_from_slice(&t.exchange_part.to_le_bytes());
     m
 }
 

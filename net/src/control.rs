@@ -519,10 +519,14 @@ impl HostApi for HostControl {
             manifest: deal_manifest(&view)?,
             bytes: view.bytes,
             download_fee: view.download_fee,
-            host_part: self.egress_price(view.bytes),
+            host_part: 0,
+            exchange: None,
+            exchange_part: 0,
             expiry_unix_secs: crate::now_secs() + DOWNLOAD_TERMS_SECS,
             signature: Vec::new(),
         };
+        let split = self.egress_split(&view)?;
+        (terms.host_part, terms.exchange, terms.exchange_part) = split;
         terms.signature = self
             .key
             .sign(&api::download_terms_message(&terms))
@@ -607,6 +611,19 @@ impl HostApi for HostControl {
                     )));
                 }
                 if !paid.claimed {
+                    let (host_part, exchange, exchange_part) = self.egress_split(&view)?;
+                    let exchange = exchange.map(|x| hex(&x));
+                    if paid.exchange_part < exchange_part
+                        || (exchange_part > 0 && paid.exchange != exchange)
+                    {
+                        return Err(ControlError::Invalid(format!(
+                            "the payment carries {} MASPC for exchange {:?}; the deal's exchange \
+                             {exchange:?} is owed {exchange_part}: it is not claimed and goes back \
+                             to its payer after height {}",
+                            paid.exchange_part, paid.exchange, paid.deadline
+                        )));
+                    }
+                    let price = host_part;
                     if !active {
                         return Err(ControlError::Invalid(format!(
                             "the deal is {}: its file is not served any more; the payment \
@@ -679,6 +696,29 @@ fn deal_manifest(view: &api::DealView) -> Result<[u8; 32], ControlError> {
 const SECS_PER_BLOCK: u64 = 86_400 / market::terms::BLOCKS_PER_DAY;
 
 impl HostControl {
+    /// A download's egress price for the deal, split between this host and the exchange
+    /// that matched the deal (its commission, rounded down): (host part, exchange, its
+    /// part).
+    fn egress_split(
+        &self,
+        view: &api::DealView,
+    ) -> Result<(u64, Option<[u8; 32]>, u64), ControlError> {
+        let price = self.egress_price(view.bytes);
+        let Some(x) = &view.exchange else {
+            return Ok((price, None, 0));
+        };
+        let exchange: [u8; 32] = data_encoding::HEXLOWER
+            .decode(x.as_bytes())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| {
+                ControlError::Unavailable("the miner sent a malformed exchange key".into())
+            })?;
+        let part = u64::try_from(u128::from(price) * u128::from(view.commission_permille) / 1000)
+            .unwrap_or(price);
+        Ok((price - part, Some(exchange), part))
+    }
+
     /// What a receiver pays this host to send `bytes`: the egress price per started GiB.
     fn egress_price(&self, bytes: u64) -> u64 {
         let gib = 1u128 << 30;

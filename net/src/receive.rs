@@ -168,6 +168,13 @@ async fn buy_link(
         .map_err(|e| rpc(&e))?
         .map_err(|e| rpc(&e))?;
     check_terms(&terms, &host_key, &copy.deal, &manifest, view.download_fee)?;
+    // An exchange's part goes only to the exchange the deal names (the chain's record).
+    let named = terms.exchange.map(|x| hex(&x));
+    if (named.is_some() && named != view.exchange) || (named.is_none() && terms.exchange_part > 0) {
+        return Err(NetError::Protocol(
+            "the host's download terms pay another exchange than the deal's".into(),
+        ));
+    }
     let total = terms.total();
     *quoted = Some(terms.clone());
     if total > max_total {
@@ -188,8 +195,8 @@ async fn buy_link(
             deal: copy.deal,
             fee: terms.download_fee,
             host_part: terms.host_part,
-            exchange: None,
-            exchange_part: 0,
+            exchange: terms.exchange.map(proto::tx::AccountId),
+            exchange_part: terms.exchange_part,
         };
         let committed = chain
             .submit(key, body, PAYMENT_FEE, COMMIT_WAIT)

@@ -1200,9 +1200,15 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
             .replace("exchanges = []", &format!("exchanges = [{ex:?}]"));
         if i == 1 {
             assert!(text.contains("post_asks = true\nbid_on_requests = false"));
+            // A dear egress price, so that the exchange's commission on a download shows.
             text = text
                 .replace("post_asks = true", "post_asks = false")
-                .replace("bid_on_requests = false", "bid_on_requests = true");
+                .replace("bid_on_requests = false", "bid_on_requests = true")
+                .replace(
+                    "egress_price_per_gib = 1\n",
+                    // 2^30 per GiB: one MASPC per byte.
+                    "egress_price_per_gib = 1073741824\n",
+                );
         } else {
             text = text.replace("price_per_gib_day = 10", "price_per_gib_day = 20");
         }
@@ -1264,6 +1270,51 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
     assert_eq!(v["exchange"], ex_key.as_str(), "{v}");
     assert_eq!(v["commission_permille"], 20, "{v}");
     assert!(stored(&hosts[1].cfg) > 0, "host 1 stored nothing");
+
+    // A receiver buys a download of the deal the exchange matched: of host 1's 1,000 MASPC
+    // price, the exchange is paid its 20 per mille by the chain when the host claims.
+    let deal_id = placed["deal"].as_str().unwrap().to_owned();
+    let ex_maspc = || account(&m0, &ex_key)["maspc"].as_u64().unwrap();
+    // What the exchange earns apart from this download: its storage commissions.
+    let storage_commission = || {
+        (0..2)
+            .map(|i| {
+                deal(&m0, out["deals"][i]["deal"].as_str().unwrap())["commission_paid"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum::<u64>()
+    };
+    let before = ex_maspc() - storage_commission();
+    let share = mspace(
+        &["share", &manifest, "--chain", &m0, "--json"],
+        &[("MSPACE_STATE_DIR", state.as_str())],
+    );
+    assert_eq!(share.code, 0, "{}", share.stderr);
+    let share: serde_json::Value = serde_json::from_str(&share.stdout).unwrap();
+    let price = deal(&m0, &deal_id)["bytes"].as_u64().unwrap();
+    let commission = price * 20 / 1000;
+    let (buyer, _) = funded_receiver(dir.path(), "buyer", &m0, &client, price + 1);
+    let got = json(&[
+        "get",
+        share["share"].as_str().unwrap(),
+        "--out",
+        dir.path().join("bought.bin").to_str().unwrap(),
+        "--key",
+        &buyer,
+        "--chain",
+        &m0,
+        "--max-fee",
+        &price.to_string(),
+        "--json",
+    ]);
+    assert_eq!(got["payments"][0]["deal"], deal_id.as_str(), "{got}");
+    assert_eq!(got["payments"][0]["total"], price, "{got}");
+    assert_eq!(got["payments"][0]["host_part"], price - commission, "{got}");
+    wait_deal(&m0, &deal_id, "had its download claimed", |v| {
+        v["downloads"] == 1
+    });
+    assert_eq!(ex_maspc() - storage_commission(), before + commission);
     let st = status();
     assert_eq!(
         (
