@@ -323,10 +323,7 @@ async fn step(
     // each link): claimed, unless the chain shows one claimed or its window closed, then
     // forgotten; a claim submitted recently is given a few blocks to land first.
     let mut bodies: Vec<(Option<Action>, TxBody)> = Vec::new();
-    let recorded = host
-        .state()
-        .claims()
-        .map_err(|e| ChainError::Refused(format!("reading the host's claims: {e}")))?;
+    let recorded = host.state().claims();
     claims_sent.retain(|p, _| recorded.iter().any(|(r, _)| r == p));
     for (p, deadline) in recorded {
         let settled = match chain.download(TxId(p)).await? {

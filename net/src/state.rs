@@ -18,7 +18,7 @@
 //! appended and synced, or created and their directory synced; the decoders reject damage
 //! with an error naming the file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -296,6 +296,9 @@ pub struct HostState {
     /// The deals held (`deals/`), by their upload link's id (the deal id's first 16
     /// bytes): every put asks whether its link is one.
     deals: Mutex<HashMap<[u8; 16], Held>>,
+    /// The download payments recorded (`claims/`), with their deadlines: read once at
+    /// start, then kept with the files as they are added and removed.
+    claims: Mutex<BTreeMap<[u8; 32], u64>>,
 }
 
 /// A deal the host holds data for, as recorded in `deals/`.
@@ -387,22 +390,20 @@ pub fn decode_deal_record(content: &[u8]) -> Result<Option<[u8; 32]>, String> {
     }
 }
 
-/// The download payments recorded in `dir` (`claims/`): each file's name is a payment id
-/// in lowercase hex, its content the payment's claim deadline (a height, u64
-/// little-endian). A temporary file (a dot name) is one being written (skipped), or, at
-/// start (`remove_partial`), one whose link was never given (removed).
-fn read_claims(dir: &Path, remove_partial: bool) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
+/// The download payments recorded in `dir` (`claims/`), read at start: each file's name is
+/// a payment id in lowercase hex, its content the payment's claim deadline (a height, u64
+/// little-endian). A temporary file (a dot name) is one whose link was never given: it is
+/// removed.
+fn read_claims(dir: &Path) -> Result<BTreeMap<[u8; 32], u64>, crate::NetError> {
     let err = |path: &Path, e: &dyn std::fmt::Display| {
         crate::NetError::State(format!("{}: {e}", path.display()))
     };
-    let mut found = Vec::new();
+    let mut found = BTreeMap::new();
     for entry in fs::read_dir(dir).map_err(|e| err(dir, &e))? {
         let path = entry.map_err(|e| err(dir, &e))?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.starts_with('.') {
-            if remove_partial {
-                fs::remove_file(&path).map_err(|e| err(&path, &e))?;
-            }
+            fs::remove_file(&path).map_err(|e| err(&path, &e))?;
             continue;
         }
         let id = data_encoding::HEXLOWER
@@ -412,9 +413,8 @@ fn read_claims(dir: &Path, remove_partial: bool) -> Result<Vec<([u8; 32], u64)>,
             .ok_or_else(|| err(&path, &"not a payment id (64 lowercase hex digits)"))?;
         let content = fs::read(&path).map_err(|e| err(&path, &e))?;
         let deadline = decode_claim_record(&content).map_err(|e| err(&path, &e))?;
-        found.push((id, deadline));
+        found.insert(id, deadline);
     }
-    found.sort_unstable();
     Ok(found)
 }
 
@@ -469,8 +469,7 @@ impl HostState {
         sync_dir(dir).map_err(|e| err("sync", e))?;
         let listed = listed_chunks(&dir.join("objects"))?;
         let deals = held_deals(&dir.join("deals"))?;
-        // Checked now, so that a damaged record stops the host at start, not its agent.
-        read_claims(&dir.join("claims"), true)?;
+        let claims = read_claims(&dir.join("claims"))?;
         let uses = reserved
             .into_iter()
             .map(|(k, r)| {
@@ -494,6 +493,7 @@ impl HostState {
             }),
             objects_lock: Mutex::new(()),
             deals: Mutex::new(deals),
+            claims: Mutex::new(claims),
         })
     }
 
@@ -548,12 +548,13 @@ impl HostState {
     /// the receiver its link): the agent claims it, also after a restart, and forgets it
     /// once the chain shows it claimed or its window closed ([`HostState::drop_claim`]).
     pub fn add_claim(&self, payment: &[u8; 32], deadline: u64) -> Result<(), crate::NetError> {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        if claims.contains_key(payment) {
+            return Ok(());
+        }
         let dir = self.dir.join("claims");
         let name = data_encoding::HEXLOWER.encode(payment);
         let path = dir.join(&name);
-        if path.exists() {
-            return Ok(());
-        }
         let tmp = dir.join(format!(".{name}.partial"));
         (|| {
             let mut f = File::create(&tmp)?;
@@ -562,16 +563,22 @@ impl HostState {
             fs::rename(&tmp, &path)?;
             sync_dir(&dir)
         })()
-        .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))
+        .map_err(|e| crate::NetError::State(format!("recording {}: {e}", path.display())))?;
+        claims.insert(*payment, deadline);
+        Ok(())
     }
 
     /// Forgets a download payment, durably.
     pub fn drop_claim(&self, payment: &[u8; 32]) -> Result<(), crate::NetError> {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         let dir = self.dir.join("claims");
         let path = dir.join(data_encoding::HEXLOWER.encode(payment));
         match fs::remove_file(&path) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                claims.remove(payment);
+                return Ok(());
+            }
             Err(e) => {
                 return Err(crate::NetError::State(format!(
                     "removing {}: {e}",
@@ -580,12 +587,15 @@ impl HostState {
             }
         }
         sync_dir(&dir)
-            .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))
+            .map_err(|e| crate::NetError::State(format!("syncing {}: {e}", dir.display())))?;
+        claims.remove(payment);
+        Ok(())
     }
 
     /// The download payments recorded and not forgotten, with their deadlines, in id order.
-    pub fn claims(&self) -> Result<Vec<([u8; 32], u64)>, crate::NetError> {
-        read_claims(&self.dir.join("claims"), false)
+    pub fn claims(&self) -> Vec<([u8; 32], u64)> {
+        let claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        claims.iter().map(|(p, d)| (*p, *d)).collect()
     }
 
     /// The deals held, in id order.
@@ -1094,13 +1104,13 @@ mod tests {
         let (a, b) = ([0xA1; 32], [0xB2; 32]);
         {
             let st = HostState::open(dir.path()).unwrap();
-            assert!(st.claims().unwrap().is_empty());
+            assert!(st.claims().is_empty());
             st.add_claim(&b, 90).unwrap();
             st.add_claim(&a, 70).unwrap();
             st.add_claim(&a, 70).unwrap();
         }
         let st = HostState::open(dir.path()).unwrap();
-        assert_eq!(st.claims().unwrap(), vec![(a, 70), (b, 90)]);
+        assert_eq!(st.claims(), vec![(a, 70), (b, 90)]);
         st.drop_claim(&b).unwrap();
         st.drop_claim(&b).unwrap();
         drop(st);
@@ -1111,10 +1121,7 @@ mod tests {
             .join("claims")
             .join(format!(".{}.partial", "c3".repeat(32)));
         fs::write(&partial, []).unwrap();
-        assert_eq!(
-            HostState::open(dir.path()).unwrap().claims().unwrap(),
-            vec![(a, 70)]
-        );
+        assert_eq!(HostState::open(dir.path()).unwrap().claims(), vec![(a, 70)]);
         assert!(!partial.exists());
         let short = dir.path().join("claims").join("d4".repeat(32));
         fs::write(&short, [1; 3]).unwrap();
