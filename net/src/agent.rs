@@ -36,6 +36,7 @@ use proto::ChunkId;
 use tokio::sync::watch;
 
 use crate::host::Host;
+use crate::{hex, parse_hex32};
 
 /// Fee the agent pays per transaction (MASPC).
 pub const AGENT_FEE: u64 = 1;
@@ -119,21 +120,13 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) {
 }
 
 fn open_deal(v: &DealView) -> Option<OpenDeal> {
-    let id = parse_id(&v.id)?;
+    let id = parse_hex32(&v.id)?;
     let stage = match v.stage {
         DealStage::AwaitingCompletion { deadline } => Stage::Awaiting { deadline },
         DealStage::Active { .. } => Stage::Active,
         _ => return None,
     };
     Some(OpenDeal { id, stage })
-}
-
-fn parse_id(hex: &str) -> Option<[u8; 32]> {
-    data_encoding::HEXLOWER
-        .decode(hex.as_bytes())
-        .ok()?
-        .try_into()
-        .ok()
 }
 
 /// One round: list, plan, act. Returns the height the plan was made at.
@@ -443,8 +436,4 @@ async fn crcs_of(
         crcs.push(engine::codec::crc32c(&bytes));
     }
     Ok(crcs)
-}
-
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
 }

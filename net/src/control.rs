@@ -16,6 +16,7 @@ use proto::tx::{AccountId, Broker};
 use proto::ChunkId;
 
 use crate::host::Host;
+use crate::{hex, parse_hex32};
 
 /// The host's implementation of [`HostApi`].
 #[derive(Clone, Debug)]
@@ -680,10 +681,6 @@ pub const DOWNLOAD_TERMS_SECS: u64 = 600;
 /// claims at the next block.
 const CLAIM_MARGIN_BLOCKS: u64 = 2;
 
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
-}
-
 /// The deal's file: its last chunk is the manifest.
 fn deal_manifest(view: &api::DealView) -> Result<[u8; 32], ControlError> {
     view.entries
@@ -707,13 +704,9 @@ impl HostControl {
         let Some(x) = &view.exchange else {
             return Ok((price, None, 0));
         };
-        let exchange: [u8; 32] = data_encoding::HEXLOWER
-            .decode(x.as_bytes())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| {
-                ControlError::Unavailable("the miner sent a malformed exchange key".into())
-            })?;
+        let exchange = parse_hex32(x).ok_or_else(|| {
+            ControlError::Unavailable("the miner sent a malformed exchange key".into())
+        })?;
         let part = u64::try_from(u128::from(price) * u128::from(view.commission_permille) / 1000)
             .unwrap_or(price);
         Ok((price - part, Some(exchange), part))
@@ -750,7 +743,7 @@ impl HostControl {
                     data_encoding::HEXLOWER.encode(&deal)
                 ))
             })?;
-        let me = data_encoding::HEXLOWER.encode(&self.key.verification_key().to_bytes());
+        let me = hex(&self.key.verification_key().to_bytes());
         if view.host != me {
             return Err(ControlError::Invalid(format!(
                 "the deal is with host {}, not this one",
@@ -769,10 +762,7 @@ impl HostControl {
         emergency: bool,
     ) -> Result<String, ControlError> {
         let (_, view) = self.deal_of_mine(deal).await?;
-        let sender: [u8; 32] = data_encoding::HEXLOWER
-            .decode(view.sender.as_bytes())
-            .ok()
-            .and_then(|b| b.try_into().ok())
+        let sender = parse_hex32(&view.sender)
             .ok_or_else(|| ControlError::Unavailable("the miner sent a malformed deal".into()))?;
         if !download {
             // The terms of the offer as made; after a restart (offers are kept in memory),
@@ -798,10 +788,7 @@ impl HostControl {
                     let broker = match (&view.exchange, view.commission_permille) {
                         (None, _) => None,
                         (Some(x), c) if c <= self.brokers.max_permille() => {
-                            let exchange = data_encoding::HEXLOWER
-                                .decode(x.as_bytes())
-                                .ok()
-                                .and_then(|b| b.try_into().ok())
+                            let exchange = parse_hex32(x)
                                 .map(AccountId)
                                 .ok_or_else(|| {
                                     ControlError::Unavailable(

@@ -27,6 +27,21 @@ use proto::DecodeError;
 pub use wire::ErrorCode;
 
 /// Unix seconds now: link expiries and chunk retention are counted in these.
+/// Lowercase hex, as the chain's views write ids and keys.
+pub(crate) fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}
+
+/// A 32-byte id or key from lowercase hex (as the chain's views write them); `None` if it
+/// is not one.
+pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    data_encoding::HEXLOWER
+        .decode(s.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -16,6 +16,7 @@ use proto::tx::{TxBody, TxId};
 
 use crate::deal::{Report, PAYMENT_FEE};
 use crate::NetError;
+use crate::{hex, parse_hex32};
 
 /// Longest a receiver waits for its payment's block.
 const COMMIT_WAIT: Duration = Duration::from_secs(60);
@@ -86,10 +87,6 @@ fn chain_err(e: impl std::fmt::Display) -> NetError {
     NetError::Protocol(format!("chain: {e}"))
 }
 
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
-}
-
 /// What a receiver buys with, whichever copy it tries.
 #[derive(Clone, Copy)]
 #[allow(missing_debug_implementations)] // `report` is a closure
@@ -151,10 +148,7 @@ async fn buy_link(
             share.key.manifest_id.to_hex()
         )));
     }
-    let host_key: [u8; 32] = data_encoding::HEXLOWER
-        .decode(view.host.as_bytes())
-        .ok()
-        .and_then(|b| b.try_into().ok())
+    let host_key = parse_hex32(&view.host)
         .ok_or_else(|| NetError::Protocol("the miner sent a malformed host key".into()))?;
     let host = api::host_client(&copy.host_addr)
         .await
@@ -167,14 +161,7 @@ async fn buy_link(
         .await
         .map_err(|e| rpc(&e))?
         .map_err(|e| rpc(&e))?;
-    check_terms(&terms, &host_key, &copy.deal, &manifest, view.download_fee)?;
-    // An exchange's part goes only to the exchange the deal names (the chain's record).
-    let named = terms.exchange.map(|x| hex(&x));
-    if (named.is_some() && named != view.exchange) || (named.is_none() && terms.exchange_part > 0) {
-        return Err(NetError::Protocol(
-            "the host's download terms pay another exchange than the deal's".into(),
-        ));
-    }
+    check_terms(&terms, &view, &host_key, &copy.deal, &manifest)?;
     let total = terms.total();
     *quoted = Some(terms.clone());
     if total > max_total {
@@ -245,15 +232,17 @@ async fn buy_link(
     Ok(link)
 }
 
-/// The host's quote must be signed by the deal's host, for this deal and file, and carry
-/// the fee the chain states (the ledger charges that one, whatever a quote says).
+/// The host's quote must be signed by the deal's host (`host_key`, from `view`), for this
+/// deal and file, carry the fee the chain states (the ledger refuses any other), and pay an
+/// exchange's part only to the exchange the deal names.
 fn check_terms(
     t: &DownloadTerms,
+    view: &api::DealView,
     host_key: &[u8; 32],
     deal: &TxId,
     manifest: &[u8; 32],
-    chain_fee: u64,
 ) -> Result<(), NetError> {
+    let chain_fee = view.download_fee;
     let bad = |why: &str| NetError::Protocol(format!("the host's download terms: {why}"));
     let vk = ed25519_consensus::VerificationKey::try_from(*host_key)
         .map_err(|_| bad("the deal's host key is not a valid key"))?;
@@ -278,6 +267,10 @@ fn check_terms(
     }
     if t.expiry_unix_secs < crate::now_secs() {
         return Err(bad("they expired"));
+    }
+    let named = t.exchange.map(|x| hex(&x));
+    if (named.is_some() && named != view.exchange) || (named.is_none() && t.exchange_part > 0) {
+        return Err(bad("they pay another exchange than the deal's"));
     }
     Ok(())
 }

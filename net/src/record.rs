@@ -66,6 +66,21 @@ pub enum RecordError {
     Malformed(String),
 }
 
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a
+/// mix: a temporary file in the same folder (readable by its owner only), synced, renamed
+/// over `path`, the folder synced.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 fn hex32(field: &str, s: &str) -> Result<[u8; 32], RecordError> {
     let ok = s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
     ok.then(|| data_encoding::HEXLOWER.decode(s.as_bytes()).ok())
@@ -149,13 +164,8 @@ impl FileRecord {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?);
         let path = FileRecord::path(state, &manifest);
-        let dir = path.parent().expect("a record path has a folder");
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::io::Write::write_all(&mut tmp, self.to_json().as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::create_dir_all(path.parent().expect("a record path has a folder"))?;
+        write_durably(&path, self.to_json().as_bytes())?;
         Ok(path)
     }
 

@@ -2,7 +2,7 @@
 //! request), `engine::sealed_to` (sealed to the payer's key) and the chain (the issuer
 //! records the invoice's id, the payer checks that record and pays with a transfer).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +14,7 @@ use proto::tx::{AccountId, Asset, SignedTx, Tx, TxBody};
 use serde::Serialize;
 
 use crate::netcli::{client_key, runtime, state_dir};
+use miner::hex;
 
 #[derive(Args, Debug)]
 pub struct InvoiceArgs {
@@ -102,10 +103,6 @@ struct InvoiceJson {
     paid_height: Option<u64>,
 }
 
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
-}
-
 pub fn invoice(a: InvoiceArgs) -> Result<()> {
     match a.action {
         InvoiceAction::Create(c) => create(&c),
@@ -176,7 +173,7 @@ fn create(c: &CreateArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("invoice-{}.msi", &hex(&id)[..16])));
-    write_durably(&out, &sealed)?;
+    net::record::write_durably(&out, &sealed)?;
     let json = InvoiceJson {
         id: hex(&id),
         issuer: hex(&signed.invoice.issuer),
@@ -235,19 +232,6 @@ async fn wait_committed(chain: &mut ChainClient, tx: &SignedTx, wait: Duration) 
         chain.block(next, Duration::from_secs(5)).await?;
         next += 1;
     }
-}
-
-/// Writes through a temporary file, synced, renamed over `path`.
-fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 fn open(o: &OpenArgs, pay: bool) -> Result<()> {
@@ -312,7 +296,7 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
         );
     }
     if let (Some(a), Some(out)) = (&inv.attachment, &o.attachment_out) {
-        write_durably(out, rest)
+        net::record::write_durably(out, rest)
             .with_context(|| format!("writing {} to {}", a.name, out.display()))?;
     }
     let mut json = InvoiceJson {
@@ -375,12 +359,12 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
                     },
                 }
                 .sign(&key);
-                write_durably(&paying, t.bytes())?;
+                net::record::write_durably(&paying, t.bytes())?;
                 t
             }
         };
         let height = rt.block_on(wait_committed(&mut chain, &tx, o.wait))?;
-        write_durably(
+        net::record::write_durably(
             &paid,
             format!("transaction {} at height {height}\n", tx.id()).as_bytes(),
         )?;
