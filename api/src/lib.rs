@@ -28,11 +28,12 @@ use tarpc::tokio_serde::formats::Bincode;
 
 pub mod certificate;
 pub mod chain;
+pub mod config;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
 pub const HOST_API_VERSION: u32 = 6;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 4;
+pub const MINER_API_VERSION: u32 = 5;
 /// Longest a client may ask a miner to wait for a block.
 pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
@@ -41,6 +42,8 @@ pub const DEALS_LISTED_MAX: usize = 1000;
 pub const EXCHANGE_API_VERSION: u32 = 4;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 2;
+/// Version of [`InsurerApi`].
+pub const INSURER_API_VERSION: u32 = 1;
 
 /// Largest control-plane frame either side accepts.
 pub const CONTROL_FRAME_MAX: usize = 1 << 20;
@@ -321,6 +324,8 @@ pub struct RegistrationView {
     pub endpoint: String,
     pub since_height: u64,
     pub unbonding_until: Option<u64>,
+    /// An insurer's cover of running deals, MASP (bounded by its deposit); 0 otherwise.
+    pub exposure: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -482,6 +487,8 @@ pub struct DealView {
     /// Download payments the host claimed, and the fees they paid the sender.
     pub downloads: u64,
     pub download_income: u64,
+    /// The insurer's cover the sender bought with the payment.
+    pub insurance: Option<InsuranceView>,
     /// Proof periods in all, proven and missed so far.
     pub parts: u32,
     pub proven: u32,
@@ -492,6 +499,20 @@ pub struct DealView {
     pub first_period: u64,
     /// The chunks, in deal order (empty in `deals_of` answers).
     pub entries: Vec<DealChunk>,
+}
+
+/// An insurer's cover of a deal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsuranceView {
+    /// The insurer's key (hex).
+    pub insurer: String,
+    /// MASPC the sender paid; MASP the insurer pays at the deal's first missed proof.
+    pub premium: u64,
+    pub cover: u64,
+    /// "pending" (until the completion), "running", "paid_out" or "lapsed".
+    pub state: String,
+    /// MASP paid out to the sender.
+    pub paid: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -639,6 +660,78 @@ pub trait IndexApi {
     async fn exchanges() -> Vec<ExchangeInfo>;
     /// [`INDEX_API_VERSION`].
     async fn api_version() -> u32;
+}
+
+/// An insurer's service (`insurer::Insurer`, `mspace insure run`): quotes for the cover of
+/// a deal a sender is about to pay, priced from the host's rating and deposit on the chain
+/// and refused beyond what the insurer's deposit can still cover.
+#[tarpc::service]
+pub trait InsurerApi {
+    /// A signed quote (`proto::tx::Insurance`) for the payment described, or the reason
+    /// there is none.
+    async fn quote(request: QuoteRequest) -> Result<Quote, ControlError>;
+    async fn status() -> InsurerStatus;
+    /// [`INSURER_API_VERSION`].
+    async fn api_version() -> u32;
+}
+
+/// The payment a sender is about to make and the cover it wants (MASP).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteRequest {
+    pub sender: [u8; 32],
+    pub host: [u8; 32],
+    pub offer: [u8; 16],
+    pub storage_fee: u64,
+    pub period_blocks: u64,
+    pub cover: u64,
+}
+
+/// An insurer's signed quote: the sender puts it in its payment as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    pub insurer: [u8; 32],
+    pub premium: u64,
+    pub cover: u64,
+    pub quote_expiry_unix_secs: u64,
+    /// 64 bytes: the insurer's signature over `proto::tx::Insurance::message`.
+    pub signature: Vec<u8>,
+}
+
+impl Quote {
+    /// The quote as a payment carries it (`None` if the signature is not 64 bytes).
+    pub fn insurance(&self) -> Option<proto::tx::Insurance> {
+        Some(proto::tx::Insurance {
+            insurer: proto::tx::AccountId(self.insurer),
+            premium: self.premium,
+            cover: self.cover,
+            quote_expiry_unix_secs: self.quote_expiry_unix_secs,
+            signature: self.signature.as_slice().try_into().ok()?,
+        })
+    }
+}
+
+/// How an insurer prices and bounds its cover (`insurer.toml`'s `[policy]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsurerPolicyView {
+    pub rate_ppm_per_day: u64,
+    pub min_rating: u32,
+    pub max_cover_per_deal: u64,
+    pub quote_life_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsurerStatus {
+    pub key: [u8; 32],
+    pub chain_id: u64,
+    /// On the chain: its deposit, the cover of running deals, what it can still cover.
+    pub deposit: u64,
+    pub exposure: u64,
+    pub free: u64,
+    pub policy: InsurerPolicyView,
+    pub quoted: u64,
+    /// Quotes refused, by reason.
+    pub refused: Vec<(String, u64)>,
+    pub version: String,
 }
 
 /// tarpc's bincode codec behind a guard: tarpc 0.37 decodes a request's deadline as
@@ -860,6 +953,10 @@ versioned_client!(
 versioned_client!(
     /// A client of an index, after checking it speaks [`INDEX_API_VERSION`].
     index_client, IndexApiClient, "IndexApi", INDEX_API_VERSION, nodelay: false
+);
+versioned_client!(
+    /// A client of an insurer, after checking it speaks [`INSURER_API_VERSION`].
+    insurer_client, InsurerApiClient, "InsurerApi", INSURER_API_VERSION, nodelay: false
 );
 versioned_client!(
     /// A client of a miner's control plane, after checking it speaks [`MINER_API_VERSION`].

@@ -39,7 +39,13 @@
 //! the same height, round and kind burns [`SLASH_EQUIVOCATION_PERCENT`] of its miner deposit,
 //! once per offence; its voting power drops at the next epoch boundary.
 //!
-//! Not yet here: insurers' cover, block rewards.
+//! Insurance: a payment may carry an insurer's signed quote ([`proto::tx::Insurance`]); the
+//! sender pays its premium with the fee (held until the completion matches, then the
+//! insurer's; back to the sender if the deal never starts), the insurer's exposure grows by
+//! the cover (never beyond its deposit; it cannot unbond while any runs), and the deal's
+//! first missed proof pays the cover from the insurer's deposit to the sender.
+//!
+//! Not yet here: block rewards.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -205,6 +211,9 @@ pub struct Registration {
     pub since_height: u64,
     /// Set by `Unbond`: from this height on, `Withdraw` returns the deposit.
     pub unbonding_until: Option<u64>,
+    /// An insurer's exposure: MASP of cover it sold on deals still running (it may sell
+    /// cover only up to its deposit, and cannot unbond while any runs). 0 for other roles.
+    pub exposure: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,6 +287,32 @@ pub struct Deal {
     /// Download payments the host claimed, and the download fees they paid the sender.
     pub downloads: u64,
     pub download_income: u64,
+    /// The insurer's cover the sender bought with the payment, if any.
+    pub insurance: Option<Policy>,
+}
+
+/// An insurer's cover of one deal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub insurer: AccountId,
+    /// MASPC the sender paid: held with the deal until its completion matches (then the
+    /// insurer's), back to the sender if it never does.
+    pub premium: u64,
+    /// MASP the insurer pays the sender, once, at the deal's first missed proof.
+    pub cover: u64,
+    pub state: PolicyState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyState {
+    /// Paid for, the deal not yet complete: the premium is held, the cover reserved.
+    Pending,
+    /// The deal runs: a missed proof pays out.
+    Running,
+    /// Paid out `paid` MASP (the cover, or what was left of the insurer's deposit).
+    PaidOut { paid: u64 },
+    /// The deal ended (or never started) without a claim: the cover is released.
+    Lapsed,
 }
 
 /// A receiver's download payment, held until the deal's host claims it or the claim
@@ -628,6 +663,18 @@ pub enum TxError {
     StillUnbonding { until: u64 },
     #[error("the host still holds {0} deals")]
     HasOpenDeals(usize),
+    #[error("the insurer still covers {0} MASP of running deals")]
+    StillCovering(u64),
+    #[error("{0} is not a registered, bonded insurer")]
+    NotAnInsurer(AccountId),
+    #[error("the insurer's quote expired at {expiry} (Unix seconds); this block's time is {now}: ask for a new quote")]
+    QuoteExpired { expiry: u64, now: u64 },
+    #[error("the insurer's signature does not cover this payment's terms")]
+    BadQuote,
+    #[error(
+        "the insurer can cover {free} MASP more, not {cover}: its deposit bounds its exposure"
+    )]
+    CoverExceeded { free: u64, cover: u64 },
     #[error("the host's offer expired at {expiry} (Unix seconds); this block's time is {now}: ask the host for a new offer")]
     OfferExpired { expiry: u64, now: u64 },
     #[error("this offer of the host was already paid for: an offer is taken once")]
@@ -742,6 +789,7 @@ impl State {
                 endpoint: endpoint.clone(),
                 since_height: 0,
                 unbonding_until: None,
+                exposure: 0,
             };
             assert!(
                 registrations.insert((*id, Role::Miner), reg).is_none(),
@@ -830,6 +878,13 @@ impl State {
         s.masp += self.registrations.values().map(|r| r.deposit).sum::<u64>();
         s.maspc += self.deals.values().map(|d| d.escrow).sum::<u64>();
         s.maspc += self
+            .deals
+            .values()
+            .filter_map(|d| d.insurance)
+            .filter(|p| p.state == PolicyState::Pending)
+            .map(|p| p.premium)
+            .sum::<u64>();
+        s.maspc += self
             .downloads
             .values()
             .filter(|d| !d.claimed)
@@ -840,7 +895,7 @@ impl State {
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v4");
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v5");
         let u = |h: &mut blake3::Hasher, v: u64| {
             h.update(&v.to_le_bytes());
         };
@@ -865,6 +920,7 @@ impl State {
                 r.deposit,
                 r.since_height,
                 r.unbonding_until.map_or(0, |x| x + 1),
+                r.exposure,
                 r.endpoint.len() as u64,
             ] {
                 u(&mut h, v);
@@ -902,6 +958,22 @@ impl State {
                     u(&mut h, 1);
                     h.update(&b.exchange.0);
                     u(&mut h, u64::from(b.commission_permille));
+                }
+            }
+            match &d.insurance {
+                None => u(&mut h, 0),
+                Some(p) => {
+                    u(&mut h, 1);
+                    h.update(&p.insurer.0);
+                    let (state, paid) = match p.state {
+                        PolicyState::Pending => (0, 0),
+                        PolicyState::Running => (1, 0),
+                        PolicyState::PaidOut { paid } => (2, paid),
+                        PolicyState::Lapsed => (3, 0),
+                    };
+                    for v in [p.premium, p.cover, state, paid] {
+                        u(&mut h, v);
+                    }
                 }
             }
             for c in &d.chunks {
@@ -1142,6 +1214,7 @@ fn end_block(state: &mut State) {
         deal.refunded += escrow;
         deal.state = DealState::Expired;
         credit_maspc(state, sender, escrow);
+        end_cover(state, &deal_id);
         state.stats_mut(host).deals_expired += 1;
     }
     while let Some(&(at, id)) = state.download_deadlines.first() {
@@ -1204,11 +1277,13 @@ fn close_period(state: &mut State, period: u64) {
                 deal.missed += 1;
                 credit_maspc(state, sender, part);
                 slashed_any |= slash_host(state, host, sender) > 0;
+                pay_cover(state, deal_id);
             }
             let deal = state.deals.get_mut(deal_id).expect("still there");
             if deal.proven + deal.missed == deal.parts {
                 assert_eq!(deal.escrow, 0, "every part of an ended deal is paid out");
                 deal.state = DealState::Ended { end_height: height };
+                end_cover(state, deal_id);
                 state.stats_mut(host).deals_ended += 1;
             }
         }
@@ -1257,6 +1332,113 @@ fn credit_maspc(state: &mut State, who: AccountId, amount: u64) {
         .maspc
         .checked_add(amount)
         .expect("balances are bounded by the supply");
+}
+
+/// Checks an insurer's quote carried by a payment: a bonded insurer, unexpired, signed
+/// for exactly these terms, within what the insurer's deposit can still cover.
+fn check_cover(
+    state: &State,
+    i: &proto::tx::Insurance,
+    deal: &proto::tx::InsuredDeal,
+    now: u64,
+) -> Result<(), TxError> {
+    let reg = state
+        .registrations
+        .get(&(i.insurer, Role::Insurer))
+        .filter(|r| r.unbonding_until.is_none())
+        .ok_or(TxError::NotAnInsurer(i.insurer))?;
+    if i.quote_expiry_unix_secs < now {
+        return Err(TxError::QuoteExpired {
+            expiry: i.quote_expiry_unix_secs,
+            now,
+        });
+    }
+    if !i.verify(deal) {
+        return Err(TxError::BadQuote);
+    }
+    let free = reg.deposit.saturating_sub(reg.exposure);
+    if i.cover > free {
+        return Err(TxError::CoverExceeded {
+            free,
+            cover: i.cover,
+        });
+    }
+    Ok(())
+}
+
+/// A deal's completion matched: its premium goes to the insurer and the cover runs.
+fn start_cover(state: &mut State, deal: &DealId) {
+    let d = state.deals.get_mut(deal).expect("a started deal exists");
+    let Some(p) = d.insurance.as_mut() else {
+        return;
+    };
+    debug_assert_eq!(p.state, PolicyState::Pending);
+    p.state = PolicyState::Running;
+    let (insurer, premium) = (p.insurer, p.premium);
+    credit_maspc(state, insurer, premium);
+}
+
+/// A deal ended, expired or failed: a cover not paid out lapses and stops counting against
+/// the insurer's deposit; a premium still held (the deal never started) goes back to the
+/// sender.
+fn end_cover(state: &mut State, deal: &DealId) {
+    let d = state.deals.get_mut(deal).expect("an ending deal exists");
+    let sender = d.sender;
+    let Some(p) = d.insurance.as_mut() else {
+        return;
+    };
+    let refund = match p.state {
+        PolicyState::Pending => p.premium,
+        PolicyState::Running => 0,
+        PolicyState::PaidOut { .. } | PolicyState::Lapsed => return,
+    };
+    p.state = PolicyState::Lapsed;
+    let (insurer, cover) = (p.insurer, p.cover);
+    release_exposure(state, insurer, cover);
+    credit_maspc(state, sender, refund);
+}
+
+/// The deal's host missed a proof: a running cover pays the sender (from the insurer's
+/// deposit, at most what is left of it), once.
+fn pay_cover(state: &mut State, deal: &DealId) {
+    let d = state.deals.get_mut(deal).expect("a covered deal exists");
+    let sender = d.sender;
+    let Some(p) = d.insurance.as_mut() else {
+        return;
+    };
+    if p.state != PolicyState::Running {
+        return;
+    }
+    let (insurer, cover) = (p.insurer, p.cover);
+    let reg = state
+        .registrations
+        .get_mut(&(insurer, Role::Insurer))
+        .expect("an insurer with exposure cannot withdraw");
+    let paid = reg.deposit.min(cover);
+    reg.deposit -= paid;
+    state
+        .deals
+        .get_mut(deal)
+        .and_then(|d| d.insurance.as_mut())
+        .expect("checked above")
+        .state = PolicyState::PaidOut { paid };
+    release_exposure(state, insurer, cover);
+    let a = state.accounts.entry(sender).or_default();
+    a.masp = a
+        .masp
+        .checked_add(paid)
+        .expect("balances are bounded by the supply");
+}
+
+fn release_exposure(state: &mut State, insurer: AccountId, cover: u64) {
+    let reg = state
+        .registrations
+        .get_mut(&(insurer, Role::Insurer))
+        .expect("an insurer with exposure cannot withdraw");
+    reg.exposure = reg
+        .exposure
+        .checked_sub(cover)
+        .expect("exposure counts every running cover");
 }
 
 /// Moves up to [`SLASH_PER_MISSED_PROOF`] MASP from the host's deposit to `to`; returns it.
@@ -1426,6 +1608,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 endpoint: endpoint.clone(),
                 since_height: height,
                 unbonding_until: None,
+                exposure: 0,
             };
             state.registrations.insert((tx.signer, *role), reg);
             state.stats_mut(tx.signer);
@@ -1460,6 +1643,9 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     return Err(TxError::HasOpenDeals(open));
                 }
             }
+            if reg.exposure > 0 {
+                return Err(TxError::StillCovering(reg.exposure));
+            }
             let until = add(height, UNBONDING_BLOCKS)?;
             state.accounts.insert(tx.signer, me);
             state
@@ -1489,6 +1675,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             period_blocks,
             broker,
             chunks,
+            insurance,
         } => {
             let now = state.timestamp_ms / 1000;
             if *offer_expiry_unix_secs < now {
@@ -1538,7 +1725,28 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     have: reg.deposit,
                 });
             }
-            me.maspc = sub(me.maspc, *storage_fee, Asset::Maspc)?;
+            let policy = match insurance {
+                None => None,
+                Some(i) => {
+                    let insured = proto::tx::InsuredDeal {
+                        chain_id: state.chain_id,
+                        sender: tx.signer,
+                        host: *host,
+                        offer: *offer,
+                        storage_fee: *storage_fee,
+                        period_blocks: *period_blocks,
+                    };
+                    check_cover(state, i, &insured, now)?;
+                    Some(Policy {
+                        insurer: i.insurer,
+                        premium: i.premium,
+                        cover: i.cover,
+                        state: PolicyState::Pending,
+                    })
+                }
+            };
+            let premium = policy.map_or(0, |p| p.premium);
+            me.maspc = sub(me.maspc, add(*storage_fee, premium)?, Asset::Maspc)?;
             // The period must fit after the completion deadline.
             let deadline =
                 completion_deadline(&state.params, height, chunks).ok_or(TxError::BadDealTerms)?;
@@ -1549,6 +1757,13 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .offers_used
                 .insert((*host, *offer), *offer_expiry_unix_secs);
             state.accounts.insert(tx.signer, me);
+            if let Some(p) = policy {
+                state
+                    .registrations
+                    .get_mut(&(p.insurer, Role::Insurer))
+                    .expect("checked by check_cover")
+                    .exposure += p.cover;
+            }
             state.deals.insert(
                 deal_id,
                 Deal {
@@ -1572,6 +1787,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     commission_paid: 0,
                     downloads: 0,
                     download_income: 0,
+                    insurance: policy,
                 },
             );
             Receipt::DealOpened { deal: deal_id }
@@ -1620,6 +1836,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     d.state = DealState::Active {
                         start_height: height,
                     };
+                    start_cover(state, deal);
                     state.stats_mut(host).deals_taken += 1;
                     Receipt::DealMatched {
                         deal: *deal,
@@ -1635,6 +1852,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                         chunks: differing.clone(),
                     };
                     state.accounts.insert(sender, refunded);
+                    end_cover(state, deal);
                     state.stats_mut(host).mismatches += 1;
                     Receipt::DealMismatch {
                         deal: *deal,

@@ -161,37 +161,21 @@ impl Default for Profile {
     }
 }
 
-/// Why a configuration is refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Invalid { path: String, reason: String },
+pub use api::config::ConfigError;
+
+impl api::config::RoleConfig for Config {
+    fn key_file_mut(&mut self) -> &mut std::path::PathBuf {
+        &mut self.key_file
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Config::check(self)
+    }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: shown.clone(),
-            source,
-        })?;
-        let mut c: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        if c.key_file.is_relative() {
-            c.key_file = path.parent().unwrap_or(Path::new(".")).join(&c.key_file);
-        }
-        c.check().map_err(|reason| ConfigError::Invalid {
-            path: shown,
-            reason,
-        })?;
-        Ok(c)
+        api::config::load(path)
     }
 
     pub fn check(&self) -> Result<(), String> {

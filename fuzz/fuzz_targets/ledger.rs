@@ -105,6 +105,25 @@ fuzz_target!(|data: &[u8]| {
                         exchange: id(kind % ACCOUNTS),
                         commission_permille: u16::try_from(amount % 1001).expect("<= 1000"),
                     }),
+                    // Now and then insured by an "insurer" (registered or not) for any
+                    // cover: premiums held and paid, exposure and payouts must conserve it.
+                    insurance: (arg % 5 == 1).then(|| {
+                        let terms = proto::tx::InsuredDeal {
+                            chain_id: 1,
+                            sender: id(who),
+                            host: other,
+                            offer: [arg % 4; 16],
+                            storage_fee: amount,
+                            period_blocks: 10,
+                        };
+                        proto::tx::Insurance::sign(
+                            &key(kind % ACCOUNTS),
+                            &terms,
+                            amount / 11,
+                            amount / 2 + 1,
+                            u64::from(kind) * 3,
+                        )
+                    }),
                     chunks,
                 }
             }

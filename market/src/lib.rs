@@ -14,6 +14,7 @@
 //! - [`pricing`]: a host's price from its policy and how full it is.
 //! - [`flood`]: an exchange's flood control: rates per key and per address, bans for keys
 //!   that ask and never deal.
+//! - [`insurance`]: an insurer's premium for a deal's cover, and when it refuses.
 //!
 //! Invariant: nothing here performs I/O or reads a clock; heights, and the Unix seconds a
 //! caller passes in, are the only time.
@@ -21,6 +22,7 @@
 pub mod book;
 pub mod flood;
 pub mod host;
+pub mod insurance;
 pub mod pricing;
 pub mod sender;
 pub mod terms;

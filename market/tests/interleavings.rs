@@ -392,6 +392,7 @@ proptest! {
                         download_fee: 0,
                         period_blocks: P * u64::from(parts),
                         broker: None,
+                        insurance: None,
                         chunks: entries,
                     };
                     let tx = w.tx(HOSTS + sender, body);

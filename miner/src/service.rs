@@ -9,7 +9,7 @@ use api::{
     miner_client, AccountView, BlockView, ChainStatus, ChallengeView, ControlError, DealChunk,
     DealStage, DealView, MinerApi, MinerApiClient, RegistrationView, SampleView,
 };
-use consensus::ledger::{completion_deadline, rating, Deal, DealState, State};
+use consensus::ledger::{completion_deadline, rating, Deal, DealState, PolicyState, State};
 use consensus::node::{NodeHandle, NodeState};
 use proto::block::EncodedBlock;
 use proto::tx::{AccountId, SignedTx, TxId};
@@ -396,6 +396,21 @@ pub fn deal_view(l: &State, id: &TxId, d: &Deal, entries: bool) -> DealView {
         commission_paid: d.commission_paid,
         downloads: d.downloads,
         download_income: d.download_income,
+        insurance: d.insurance.map(|p| {
+            let (state, paid) = match p.state {
+                PolicyState::Pending => ("pending", 0),
+                PolicyState::Running => ("running", 0),
+                PolicyState::PaidOut { paid } => ("paid_out", paid),
+                PolicyState::Lapsed => ("lapsed", 0),
+            };
+            api::InsuranceView {
+                insurer: hex(&p.insurer.0),
+                premium: p.premium,
+                cover: p.cover,
+                state: state.into(),
+                paid,
+            }
+        }),
         parts: d.parts,
         proven: d.proven,
         missed: d.missed,
@@ -421,6 +436,7 @@ pub fn account_view(l: &State, id: AccountId) -> AccountView {
             endpoint: r.endpoint.clone(),
             since_height: r.since_height,
             unbonding_until: r.unbonding_until,
+            exposure: r.exposure,
         })
         .collect();
     AccountView {

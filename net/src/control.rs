@@ -917,6 +917,7 @@ mod tests {
             commission_paid: 0,
             downloads: 0,
             download_income: 0,
+            insurance: None,
             parts: 0,
             proven: 0,
             missed: 0,

@@ -64,6 +64,20 @@ pub struct DealJob {
     pub exchange: Option<[u8; 32]>,
     /// MASPC each receiver pays the sender per download (`mspace share`); 0: free.
     pub download_fee: u64,
+    /// Cover to buy from an insurer with each deal's payment.
+    pub insurance: Option<Cover>,
+}
+
+/// The cover a sender buys with each payment: the insurer's quote is asked for just before
+/// paying and carried in the payment; a dearer or missing quote stops the deal unpaid.
+#[derive(Clone, Debug)]
+pub struct Cover {
+    /// The insurer's control address.
+    pub insurer: String,
+    /// MASP the insurer pays the sender if the host misses a proof of the deal.
+    pub cover: u64,
+    /// The most the sender pays for it, MASPC.
+    pub max_premium: u64,
 }
 
 /// What an exchange answered a request with.
@@ -843,6 +857,10 @@ async fn pay(
     terms: &market::terms::Terms,
     report: &Report,
 ) -> Result<(TxId, u64), NetError> {
+    let insurance = match &job.insurance {
+        None => None,
+        Some(c) => Some(insure(chain, job, c, offer, terms, report).await?),
+    };
     let body = TxBody::UploadPayment {
         host: AccountId(offer.host),
         offer: offer.id,
@@ -852,6 +870,7 @@ async fn pay(
         period_blocks: terms.period_blocks,
         broker: offer.broker,
         chunks: entries.to_vec(),
+        insurance,
     };
     let committed = chain
         .submit(&job.key, body, PAYMENT_FEE, COMMIT_WAIT)
@@ -863,6 +882,66 @@ async fn pay(
         terms.storage_fee, terms.period_blocks, committed.tx, committed.height
     ));
     Ok((deal, committed.height))
+}
+
+/// The insurer's signed quote for paying `offer` on `terms`, checked: for these terms
+/// and this chain, the cover asked for, at most the premium the sender accepts.
+async fn insure(
+    chain: &mut ChainClient,
+    job: &DealJob,
+    c: &Cover,
+    offer: &Offer,
+    terms: &market::terms::Terms,
+    report: &Report,
+) -> Result<proto::tx::Insurance, NetError> {
+    let fail = |why: String| NetError::Protocol(format!("insurer {}: {why}", c.insurer));
+    let chain_id = chain.status().await.map_err(chain_err)?.chain_id;
+    let sender = job.key.verification_key().to_bytes();
+    let client = api::insurer_client(&c.insurer)
+        .await
+        .map_err(|e| fail(format!("cannot reach it: {e}")))?;
+    let quote = client
+        .quote(
+            tarpc::context::current(),
+            api::QuoteRequest {
+                sender,
+                host: offer.host,
+                offer: offer.id,
+                storage_fee: terms.storage_fee,
+                period_blocks: terms.period_blocks,
+                cover: c.cover,
+            },
+        )
+        .await
+        .map_err(rpc_err)?
+        .map_err(|e| fail(format!("no quote: {e}")))?;
+    let i = quote
+        .insurance()
+        .ok_or_else(|| fail("a signature that is not 64 bytes".into()))?;
+    let insured = proto::tx::InsuredDeal {
+        chain_id,
+        sender: AccountId(sender),
+        host: AccountId(offer.host),
+        offer: offer.id,
+        storage_fee: terms.storage_fee,
+        period_blocks: terms.period_blocks,
+    };
+    if i.cover != c.cover || !i.verify(&insured) {
+        return Err(fail(
+            "its quote is not signed for these terms (another chain, or altered)".into(),
+        ));
+    }
+    if i.premium > c.max_premium {
+        return Err(fail(format!(
+            "asks a premium of {} MASPC, over the {} accepted (--max-premium)",
+            i.premium, c.max_premium
+        )));
+    }
+    report(&format!(
+        "insurer {}: covers {} MASP for a premium of {} MASPC, paid with the fee",
+        c.insurer, i.cover, i.premium
+    ));
+    Ok(i)
 }
 
 /// The deal's start height if storage already runs.

@@ -96,6 +96,96 @@ impl Broker {
     }
 }
 
+/// Domain separation of an insurer's signed quote.
+pub const INSURANCE_CONTEXT: &[u8] = b"market.space 2026-12 insurance quote v1\0";
+
+/// Cover an insurer sold for a deal (the seed's 4.0 and 5.2): the sender pays `premium`
+/// MASPC with the deal's payment, and if the host misses a storage proof of the deal the
+/// ledger pays the sender `cover` MASP from the insurer's deposit, once. The insurer's
+/// signature over [`Insurance::message`] binds the quote to this chain, sender, host,
+/// offer and terms, so it cannot be used for another deal (`docs/formats.md` section 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Insurance {
+    pub insurer: AccountId,
+    /// MASPC, from the sender.
+    pub premium: u64,
+    /// MASP, from the insurer's deposit.
+    pub cover: u64,
+    /// The quote is good until this Unix second (the block's time).
+    pub quote_expiry_unix_secs: u64,
+    pub signature: [u8; 64],
+}
+
+/// What an insurer's quote covers: the deal's payment as the sender will send it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsuredDeal {
+    pub chain_id: u64,
+    pub sender: AccountId,
+    pub host: AccountId,
+    pub offer: [u8; 16],
+    pub storage_fee: u64,
+    pub period_blocks: u64,
+}
+
+impl Insurance {
+    /// The bytes the insurer signs: [`INSURANCE_CONTEXT`], chain id (u64), insurer (32),
+    /// sender (32), host (32), offer (16), storage_fee, period_blocks, premium, cover,
+    /// quote_expiry (u64 each, little-endian).
+    pub fn message(
+        deal: &InsuredDeal,
+        insurer: &AccountId,
+        premium: u64,
+        cover: u64,
+        expiry: u64,
+    ) -> Vec<u8> {
+        let mut m = INSURANCE_CONTEXT.to_vec();
+        m.extend_from_slice(&deal.chain_id.to_le_bytes());
+        m.extend_from_slice(&insurer.0);
+        m.extend_from_slice(&deal.sender.0);
+        m.extend_from_slice(&deal.host.0);
+        m.extend_from_slice(&deal.offer);
+        for v in [deal.storage_fee, deal.period_blocks, premium, cover, expiry] {
+            m.extend_from_slice(&v.to_le_bytes());
+        }
+        m
+    }
+
+    /// The insurer's quote for `deal`.
+    pub fn sign(
+        key: &SigningKey,
+        deal: &InsuredDeal,
+        premium: u64,
+        cover: u64,
+        quote_expiry_unix_secs: u64,
+    ) -> Insurance {
+        let insurer = AccountId(key.verification_key().to_bytes());
+        let m = Self::message(deal, &insurer, premium, cover, quote_expiry_unix_secs);
+        Insurance {
+            insurer,
+            premium,
+            cover,
+            quote_expiry_unix_secs,
+            signature: key.sign(&m).to_bytes(),
+        }
+    }
+
+    /// Whether the insurer signed this quote for `deal` (and its key is usable).
+    pub fn verify(&self, deal: &InsuredDeal) -> bool {
+        if check_signer(&self.insurer).is_err() {
+            return false;
+        }
+        let m = Self::message(
+            deal,
+            &self.insurer,
+            self.premium,
+            self.cover,
+            self.quote_expiry_unix_secs,
+        );
+        VerificationKey::try_from(self.insurer.0)
+            .is_ok_and(|vk| vk.verify(&Signature::from(self.signature), &m).is_ok())
+    }
+}
+
 /// BLAKE3 of a signed transaction's bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TxId(pub [u8; 32]);
@@ -137,7 +227,8 @@ pub enum TxBody {
     /// keep `chunks` for `period_blocks`, and names the fee receivers pay it per download.
     /// It cites the host's signed offer (`crate::offer`) by id and expiry: the chain takes
     /// one payment per offer, before the offer expires. `broker` names the exchange that
-    /// matched the deal and the commission the host's offer agreed to pay it.
+    /// matched the deal and the commission the host's offer agreed to pay it; `insurance`
+    /// the insurer's signed quote the sender accepts, whose premium it pays with the fee.
     UploadPayment {
         host: AccountId,
         offer: [u8; 16],
@@ -147,6 +238,7 @@ pub enum TxBody {
         period_blocks: u64,
         broker: Option<Broker>,
         chunks: Vec<ChunkEntry>,
+        insurance: Option<Insurance>,
     },
     /// Tag 7, the seed's transaction #4: the host's CRC32C of every chunk it received, in order.
     UploadCompletion { deal: DealId, crcs: Vec<u32> },
@@ -303,6 +395,7 @@ impl Tx {
                 period_blocks,
                 broker,
                 chunks,
+                insurance,
             } => {
                 out.push(6);
                 out.extend_from_slice(&host.0);
@@ -335,6 +428,17 @@ impl Tx {
                     out.extend_from_slice(&c.id.0);
                     put_u32(&mut out, c.sealed_bytes);
                     put_u32(&mut out, c.crc32c);
+                }
+                match insurance {
+                    None => out.push(0),
+                    Some(i) => {
+                        out.push(1);
+                        out.extend_from_slice(&i.insurer.0);
+                        put_u64(&mut out, i.premium);
+                        put_u64(&mut out, i.cover);
+                        put_u64(&mut out, i.quote_expiry_unix_secs);
+                        out.extend_from_slice(&i.signature);
+                    }
                 }
             }
             TxBody::UploadCompletion { deal, crcs } => {
@@ -503,6 +607,27 @@ impl Tx {
                         crc32c: r.u32("crc32c")?,
                     });
                 }
+                let insurance = match r.u8("insurance present")? {
+                    0 => None,
+                    1 => {
+                        let insurer = AccountId(r.array("insurer")?);
+                        let premium = r.u64("premium")?;
+                        let cover = r.u64("cover")?;
+                        if cover == 0 {
+                            return Err(r.invalid("cover", "insurance covers a positive amount"));
+                        }
+                        Some(Insurance {
+                            insurer,
+                            premium,
+                            cover,
+                            quote_expiry_unix_secs: r.u64("quote_expiry")?,
+                            signature: r.array("insurer signature")?,
+                        })
+                    }
+                    other => {
+                        return Err(r.invalid("insurance present", format!("{other} is not 0 or 1")))
+                    }
+                };
                 TxBody::UploadPayment {
                     host,
                     offer,
@@ -512,6 +637,7 @@ impl Tx {
                     period_blocks,
                     broker,
                     chunks,
+                    insurance,
                 }
             }
             7 => {
@@ -813,6 +939,7 @@ mod tests {
                 download_fee: 1,
                 period_blocks: 100,
                 broker: None,
+                insurance: None,
                 chunks: vec![ChunkEntry {
                     id: ChunkId([3; 32]),
                     sealed_bytes: 4112,
@@ -830,6 +957,7 @@ mod tests {
                     exchange: AccountId([4; 32]),
                     commission_permille: 25,
                 }),
+                insurance: None,
                 chunks: vec![ChunkEntry {
                     id: ChunkId([3; 32]),
                     sealed_bytes: 4112,
@@ -1076,6 +1204,7 @@ mod tests {
             download_fee: 0,
             period_blocks: 1,
             broker: None,
+            insurance: None,
             chunks: vec![],
         });
         assert!(SignedTx::decode(deal.bytes())
@@ -1094,6 +1223,7 @@ mod tests {
                 exchange: AccountId([3; 32]),
                 commission_permille: 1000,
             }),
+            insurance: None,
             chunks: vec![ChunkEntry {
                 id: ChunkId([3; 32]),
                 sealed_bytes: 4112,
@@ -1121,6 +1251,60 @@ mod tests {
             .commission(999),
             24
         );
+    }
+
+    #[test]
+    fn an_insured_payment_round_trips_and_bad_insurance_is_refused() {
+        let insurer = SigningKey::from([9; 32]);
+        let terms = InsuredDeal {
+            chain_id: 1,
+            sender: signer(),
+            host: AccountId([2; 32]),
+            offer: [4; 16],
+            storage_fee: 10,
+            period_blocks: 100,
+        };
+        let quote = Insurance::sign(&insurer, &terms, 3, 500, 77);
+        assert!(quote.verify(&terms));
+        assert!(!quote.verify(&InsuredDeal {
+            period_blocks: 99,
+            ..terms
+        }));
+        let paid = signed(TxBody::UploadPayment {
+            host: terms.host,
+            offer: terms.offer,
+            offer_expiry_unix_secs: 0,
+            storage_fee: 10,
+            download_fee: 0,
+            period_blocks: 100,
+            broker: None,
+            chunks: vec![ChunkEntry {
+                id: ChunkId([3; 32]),
+                sealed_bytes: 4112,
+                crc32c: 9,
+            }],
+            insurance: Some(quote),
+        });
+        let good = paid.bytes().to_vec();
+        assert_eq!(SignedTx::decode(&good).unwrap(), paid);
+        // The insurance follows the chunk list: flag (1), insurer (32), premium, cover,
+        // expiry (u64 each), signature (64), then the transaction's signature (64).
+        let flag_at = good.len() - 64 - 64 - 24 - 32 - 1;
+        assert_eq!(good[flag_at], 1);
+        let mut b = good.clone();
+        b[flag_at] = 2;
+        let err = SignedTx::decode(&b).unwrap_err().to_string();
+        assert!(err.contains("insurance present"), "{err}");
+        let mut b = good.clone();
+        let cover_at = flag_at + 1 + 32 + 8;
+        b[cover_at..cover_at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let err = SignedTx::decode(&b).unwrap_err().to_string();
+        assert!(err.contains("cover"), "{err}");
+        // Cut short inside the insurer's signature.
+        let err = SignedTx::decode(&good[..good.len() - 80])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.is_empty());
     }
 
     proptest::proptest! {

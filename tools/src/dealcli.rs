@@ -80,6 +80,11 @@ pub fn put(args: PutArgs) -> Result<()> {
         max_price_per_gib_day: args.max_price,
         exchange: None,
         download_fee: args.download_fee,
+        insurance: args.insurer.clone().map(|insurer| net::deal::Cover {
+            insurer,
+            cover: args.cover.unwrap_or_default(),
+            max_premium: args.max_premium,
+        }),
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
@@ -332,6 +337,9 @@ pub struct DealJson {
     pub download_fee: u64,
     pub downloads: u64,
     pub download_income: u64,
+    /// The insurer's cover bought with the payment: premium, cover, its state and what
+    /// it paid out.
+    pub insurance: Option<api::InsuranceView>,
 }
 
 impl From<&DealView> for DealJson {
@@ -362,6 +370,7 @@ impl From<&DealView> for DealJson {
             download_fee: v.download_fee,
             downloads: v.downloads,
             download_income: v.download_income,
+            insurance: v.insurance.clone(),
         }
     }
 }
@@ -391,6 +400,12 @@ pub fn print_deal(v: &DealView) {
         "  downloads at {} MASPC each to the sender: {} paid, {} MASPC earned",
         d.download_fee, d.downloads, d.download_income
     );
+    if let Some(i) = &d.insurance {
+        println!(
+            "  insured by {} for {} MASP (premium {} MASPC): {}, {} MASP paid out",
+            i.insurer, i.cover, i.premium, i.state, i.paid
+        );
+    }
 }
 
 /// `mspace deals`.

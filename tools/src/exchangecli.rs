@@ -166,23 +166,15 @@ ban_secs = 3600
     let parsed: Config =
         toml::from_str(&text).context("the configuration written does not parse")?;
     parsed.check().map_err(anyhow::Error::msg)?;
-    let base = crate::netcli::config_folder(&a.config)?;
-    let key = net::config::write_new_key(&base.join("exchange.key"))?;
-    std::fs::write(&a.config, text).with_context(|| format!("write {}", a.config.display()))?;
-    println!(
-        "wrote {} and the key {}",
-        a.config.display(),
-        base.join("exchange.key").display()
-    );
-    println!(
-        "exchange key {}",
-        miner::hex(&key.verification_key().to_bytes())
-    );
-    println!(
-        "run it with: mspace exchange run --config {}",
-        a.config.display()
-    );
-    Ok(())
+    crate::registry::write_config(
+        &a.config,
+        "exchange",
+        &text,
+        &format!(
+            "run it with: mspace exchange run --config {}",
+            a.config.display()
+        ),
+    )
 }
 
 fn run(config: &std::path::Path) -> Result<()> {

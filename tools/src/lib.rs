@@ -11,6 +11,7 @@ pub mod demodeal;
 pub mod devhosts;
 pub mod diskbench;
 pub mod exchangecli;
+pub mod insurecli;
 pub mod invoicecli;
 pub mod netbench;
 pub mod netcli;

@@ -208,6 +208,18 @@ pub struct PutArgs {
     /// host's egress price].
     #[arg(long, default_value_t = 0, requires = "market")]
     pub(crate) download_fee: u64,
+    /// Insure each deal with the insurer at this control address (host:port): its quote
+    /// for --cover is asked for before paying, and its premium paid with the fee; if the
+    /// host then misses a proof, the chain pays you the cover from the insurer's deposit.
+    #[arg(long, requires_all = ["market", "cover"])]
+    pub(crate) insurer: Option<String>,
+    /// MASP of cover per deal, with --insurer.
+    #[arg(long, requires = "insurer", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) cover: Option<u64>,
+    /// The most to pay an insurer per deal, MASPC: a dearer quote stops the put before
+    /// anything is paid.
+    #[arg(long, requires = "insurer", default_value_t = 100)]
+    pub(crate) max_premium: u64,
     /// Blocks of storage instead of days x 14,400 (a devnet with short proof periods).
     #[arg(long, requires = "market", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) period_blocks: Option<u64>,

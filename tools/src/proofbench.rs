@@ -123,6 +123,7 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
                 endpoint: format!("h{h}"),
                 since_height: 0,
                 unbonding_until: None,
+                exposure: 0,
             },
         );
         let mut left = a.chunks_per_host;
@@ -159,6 +160,7 @@ pub fn run(a: &ProofBenchArgs) -> Result<ProofBenchReport> {
                     commission_paid: 0,
                     downloads: 0,
                     download_income: 0,
+                    insurance: None,
                 },
             );
             deals += 1;

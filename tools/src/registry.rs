@@ -172,3 +172,23 @@ fn precheck(role: Role, op: Op, a: &RegistryArgs, acct: &api::AccountView) -> Re
     }
     Ok(())
 }
+
+/// Writes a role's configuration `text` at `config` and a new key `<role>.key` beside it,
+/// then prints both paths, `<role> key <hex>` (what scripts read) and `next`.
+pub fn write_config(config: &std::path::Path, role: &str, text: &str, next: &str) -> Result<()> {
+    let base = crate::netcli::config_folder(config)?;
+    let key_file = base.join(format!("{role}.key"));
+    let key = net::config::write_new_key(&key_file)?;
+    std::fs::write(config, text).with_context(|| format!("write {}", config.display()))?;
+    println!(
+        "wrote {} and the key {}",
+        config.display(),
+        key_file.display()
+    );
+    println!(
+        "{role} key {}",
+        miner::hex(&key.verification_key().to_bytes())
+    );
+    println!("{next}");
+    Ok(())
+}

@@ -192,6 +192,7 @@ fn with_deal(c: &mut Chain, n: u32) -> DealId {
         download_fee: 30,
         period_blocks: 100,
         broker: None,
+        insurance: None,
         chunks: chunks(n, 1 << 20),
     };
     match c.ok(0, body) {
@@ -654,6 +655,7 @@ fn deal_terms_and_host_capacity_are_enforced() {
         download_fee: 0,
         period_blocks: 10,
         broker: None,
+        insurance: None,
         chunks,
     };
     assert_eq!(
@@ -929,6 +931,7 @@ fn unanswered_deals_expire_and_finished_deals_pay_the_host() {
         download_fee: 0,
         period_blocks: 50,
         broker: None,
+        insurance: None,
         chunks: chunks(2, 4096),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -997,6 +1000,7 @@ fn a_larger_deal_gets_a_longer_completion_window() {
         download_fee: 0,
         period_blocks: 100,
         broker: None,
+        insurance: None,
         chunks: big.clone(),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -1080,6 +1084,7 @@ fn ratings_follow_the_chain_metrics() {
         download_fee: 0,
         period_blocks: period,
         broker: None,
+        insurance: None,
         chunks: chunks(1, 10),
     };
     let Receipt::DealOpened { deal: bad } = c.ok(0, pay(10)) else {
@@ -1145,6 +1150,7 @@ fn storage_proofs_pay_per_period_and_missed_ones_slash() {
         download_fee: 0,
         period_blocks: 250,
         broker: None,
+        insurance: None,
         chunks: chunks(3, 5000),
     };
     let Receipt::DealOpened { deal } = c.ok(0, body) else {
@@ -1311,6 +1317,7 @@ fn an_exchanges_commission_is_paid_from_each_part_the_host_earns() {
             exchange: id(exchange),
             commission_permille,
         }),
+        insurance: None,
         chunks: chunks(3, 5000),
     };
     // Only a bonded exchange can be named.
@@ -1385,6 +1392,7 @@ fn one_challenge_covers_every_deal_of_a_host_and_samples_across_them() {
                 download_fee: 0,
                 period_blocks: 10 * P,
                 broker: None,
+                insurance: None,
                 chunks: chunks(40, 4096),
             },
         ) else {
@@ -1962,6 +1970,7 @@ fn a_payment_cites_an_unexpired_offer_once() {
         download_fee: 0,
         period_blocks: 100,
         broker: None,
+        insurance: None,
         chunks: chunks(1, 4096),
     };
     c.ok(0, pay([1; 16], u64::MAX));
@@ -1991,5 +2000,183 @@ fn a_payment_cites_an_unexpired_offer_once() {
             .filter(|d| d.offer == [3; 16])
             .count(),
         1
+    );
+}
+
+#[test]
+fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_proof() {
+    use consensus::ledger::{PolicyState, SLASH_PER_MISSED_PROOF};
+    use proto::tx::{Insurance, InsuredDeal};
+    let mut c = Chain::new();
+    c.ok(
+        1,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 5_000,
+            endpoint: "h:1".into(),
+        },
+    );
+    // Account 2 insures, with a deposit of 10,000 MASP.
+    c.ok(
+        2,
+        TxBody::Register {
+            role: Role::Insurer,
+            deposit: 10_000,
+            endpoint: "i:1".into(),
+        },
+    );
+    let offer = fresh_offer();
+    let terms = InsuredDeal {
+        chain_id: CHAIN,
+        sender: id(0),
+        host: id(1),
+        offer,
+        storage_fee: 301,
+        period_blocks: 250,
+    };
+    let pay = |insurance| TxBody::UploadPayment {
+        host: id(1),
+        offer,
+        offer_expiry_unix_secs: u64::MAX,
+        storage_fee: 301,
+        download_fee: 0,
+        period_blocks: 250,
+        broker: None,
+        insurance: Some(insurance),
+        chunks: chunks(3, 5000),
+    };
+    let quote = |cover, expiry| Insurance::sign(&key(2), &terms, 40, cover, expiry);
+    // Refusals: cover beyond the deposit, an expired quote, a quote for other terms or
+    // altered in transit, a quote from someone who is not an insurer.
+    assert_eq!(
+        c.err(0, pay(quote(10_001, u64::MAX))),
+        TxError::CoverExceeded {
+            free: 10_000,
+            cover: 10_001
+        }
+    );
+    assert!(matches!(
+        c.err(0, pay(quote(6_000, 1))),
+        TxError::QuoteExpired { expiry: 1, .. }
+    ));
+    let mut cheaper = quote(6_000, u64::MAX);
+    cheaper.premium = 1;
+    assert_eq!(c.err(0, pay(cheaper)), TxError::BadQuote);
+    let other_terms = Insurance::sign(
+        &key(2),
+        &InsuredDeal {
+            storage_fee: 300,
+            ..terms
+        },
+        40,
+        6_000,
+        u64::MAX,
+    );
+    assert_eq!(c.err(0, pay(other_terms)), TxError::BadQuote);
+    let stranger = Insurance::sign(&key(3), &terms, 40, 6_000, u64::MAX);
+    assert_eq!(c.err(0, pay(stranger)), TxError::NotAnInsurer(id(3)));
+
+    // Paid: the fee and the premium leave the sender; the premium is held until the
+    // completion, the cover counts against the insurer's deposit at once.
+    let (_, maspc0) = c.bal(0);
+    let Receipt::DealOpened { deal } = c.ok(0, pay(quote(6_000, u64::MAX))) else {
+        panic!()
+    };
+    assert_eq!(c.bal(0).1, maspc0 - 301 - 40 - 1);
+    let exposure = |c: &Chain| c.state.registrations[&(id(2), Role::Insurer)].exposure;
+    assert_eq!(exposure(&c), 6_000);
+    assert_eq!(
+        c.state.deals[&deal].insurance.unwrap().state,
+        PolicyState::Pending
+    );
+    // No more cover than what is left, and no unbonding while covering.
+    assert_eq!(
+        c.err(
+            2,
+            TxBody::Unbond {
+                role: Role::Insurer
+            }
+        ),
+        TxError::StillCovering(6_000)
+    );
+    let insurer_maspc = c.bal(2).1;
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001, 1002],
+        },
+    );
+    assert_eq!(
+        c.bal(2).1,
+        insurer_maspc + 40,
+        "the premium is the insurer's"
+    );
+    assert_eq!(
+        c.state.deals[&deal].insurance.unwrap().state,
+        PolicyState::Running
+    );
+
+    // The host misses its first proof: the sender gets the cover from the insurer's
+    // deposit (and the host's slash), once; the next miss pays no second cover.
+    let first = to_first_period(&mut c, deal);
+    let (masp0, _) = c.bal(0);
+    c.advance_to((first + 1) * c.state.params.proof_period_blocks);
+    assert_eq!(c.state.deals[&deal].missed, 1);
+    assert_eq!(c.bal(0).0, masp0 + 6_000 + SLASH_PER_MISSED_PROOF);
+    let insurer = &c.state.registrations[&(id(2), Role::Insurer)];
+    assert_eq!((insurer.deposit, insurer.exposure), (4_000, 0));
+    assert_eq!(
+        c.state.deals[&deal].insurance.unwrap().state,
+        PolicyState::PaidOut { paid: 6_000 }
+    );
+    c.advance_to((first + 2) * c.state.params.proof_period_blocks);
+    assert_eq!(c.state.deals[&deal].missed, 2);
+    assert_eq!(c.bal(0).0, masp0 + 6_000 + 2 * SLASH_PER_MISSED_PROOF);
+
+    // A deal that never starts gives the premium back and frees the cover.
+    let offer = fresh_offer();
+    let terms = InsuredDeal { offer, ..terms };
+    let quote = Insurance::sign(&key(2), &terms, 40, 1_000, u64::MAX);
+    let (_, before) = c.bal(0);
+    let Receipt::DealOpened { deal } = c.ok(
+        0,
+        TxBody::UploadPayment {
+            host: id(1),
+            offer,
+            offer_expiry_unix_secs: u64::MAX,
+            storage_fee: 301,
+            download_fee: 0,
+            period_blocks: 250,
+            broker: None,
+            insurance: Some(quote),
+            chunks: chunks(3, 5000),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(exposure(&c), 1_000);
+    c.ok(
+        1,
+        TxBody::UploadCompletion {
+            deal,
+            crcs: vec![1000, 1001, 7],
+        },
+    );
+    assert_eq!(
+        c.bal(0).1,
+        before - 1,
+        "fee and premium back; the payment's fee burned"
+    );
+    assert_eq!(exposure(&c), 0);
+    assert_eq!(
+        c.state.deals[&deal].insurance.unwrap().state,
+        PolicyState::Lapsed
+    );
+    c.ok(
+        2,
+        TxBody::Unbond {
+            role: Role::Insurer,
+        },
     );
 }

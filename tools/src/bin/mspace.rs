@@ -82,6 +82,10 @@ enum Command {
     Exchange(tools::exchangecli::ExchangeArgs),
     /// Run an index of live exchanges (`index run`), or ask one (`index status`).
     Index(tools::exchangecli::IndexArgs),
+    /// Run an insurer (`insure init`, `register`, `run`, `status`): it quotes the cover of
+    /// deals (`mspace put --insurer ADDR --cover N`), the chain pays the premium to it and a
+    /// claim from its deposit when an insured deal's host misses a proof.
+    Insure(tools::insurecli::InsureArgs),
     /// Record a file's BLAKE3 on the chain (proof of existence) and write a certificate
     /// (`FILE.cert.json` and `.txt`: hash, block, time, key); `--verify CERT [FILE]` checks
     /// one against any miner.
@@ -160,6 +164,7 @@ fn main() {
         Command::Earnings(args) => tools::dealcli::earnings(args),
         Command::Exchange(args) => tools::exchangecli::exchange(args),
         Command::Index(args) => tools::exchangecli::index(args),
+        Command::Insure(args) => tools::insurecli::insure(args),
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),
         Command::Proxy(args) => netcli::proxy(args),

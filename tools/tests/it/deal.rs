@@ -751,6 +751,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         max_price_per_gib_day: None,
         exchange: None,
         download_fee: 0,
+        insurance: None,
     };
     let plan = net::client::plan_deal(
         &file,
@@ -1994,4 +1995,180 @@ fn seed_pub(seed: &[u8; 32]) -> [u8; 32] {
     ed25519_consensus::SigningKey::from(*seed)
         .verification_key()
         .to_bytes()
+}
+
+/// The insurer's side (issue 16): `mspace insure init|register|run`; a put that asks for
+/// more cover than the insurer's deposit, or for a dearer premium than the sender accepts,
+/// stops before anything is paid; an insured put pays the premium with the fee; its host
+/// is killed, misses a proof, and the chain pays the sender the cover from the insurer's
+/// deposit, once.
+#[test]
+fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insurers_deposit() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 10, 1, &[]);
+    let client_key = pubkey(&client);
+
+    // The insurer: a key, a config, 10,000 MASP of deposit on the chain.
+    let cfg = s(&dir.path().join("insurer/insurer.toml"));
+    let addr = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "insure", "init", "--config", &cfg, "--listen", &addr, "--chain", &m0,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let insurer = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("insurer key "))
+        .unwrap()
+        .to_owned();
+    for (asset, amount) in [("masp", "10000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", &client, "--to", &insurer, "--asset", asset, "--amount",
+            amount, "--miner", &m0, "--wait", "60s", "--json",
+        ]);
+    }
+    json(&[
+        "insure",
+        "register",
+        "--config",
+        &cfg,
+        "--deposit",
+        "10000",
+        "--json",
+    ]);
+    let _proc = super::net::start(
+        &["insure", "run", "--config", &cfg],
+        &[],
+        "insurer listening on",
+    );
+    let status = json(&["insure", "status", "--insurer", &addr, "--json"]);
+    assert_eq!(
+        (&status["deposit"], &status["exposure"], &status["free"]),
+        (&10_000.into(), &0.into(), &10_000.into()),
+        "{status}"
+    );
+
+    let (file, _, pass, state) = client_files(dir.path(), "insured", 100_000);
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let put = |cover: &str, max_premium: &str| {
+        mspace(
+            &[
+                "put",
+                &s(&file),
+                "--host",
+                &hosts[0].control,
+                "--chain",
+                &m0,
+                "--days",
+                "1",
+                "--period-blocks",
+                &blocks,
+                "--chunk-size",
+                "64KiB",
+                "--key",
+                &client,
+                "--passphrase-file",
+                &s(&pass),
+                "--insurer",
+                &addr,
+                "--cover",
+                cover,
+                "--max-premium",
+                max_premium,
+                "--json",
+            ],
+            &env,
+        )
+    };
+    let nonce = || account(&m0, &client_key)["nonce"].as_u64().unwrap();
+    let nonce0 = nonce();
+    // Refused before paying: more cover than the deposit; a premium over the limit.
+    let beyond = put("10001", "100");
+    assert_ne!(beyond.code, 0);
+    assert!(
+        beyond
+            .stderr
+            .contains("can cover 10000 MASP more, not 10001"),
+        "{}",
+        beyond.stderr
+    );
+    // 6,000 x 100 ppm x 1 day x 1.5 (rated 500) x 1.5 (host deposit 2,000 < cover) =
+    // 1.35: 2 MASPC.
+    let dear = put("6000", "1");
+    assert_ne!(dear.code, 0);
+    assert!(
+        dear.stderr
+            .contains("asks a premium of 2 MASPC, over the 1 accepted"),
+        "{}",
+        dear.stderr
+    );
+    assert_eq!(nonce(), nonce0, "nothing was paid");
+
+    let before = account(&m0, &client_key);
+    let ok = put("6000", "2");
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let out: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
+    let id = out["deals"][0]["deal"].as_str().unwrap().to_owned();
+    let fee = out["deals"][0]["storage_fee"].as_u64().unwrap();
+    let v = deal(&m0, &id);
+    assert_eq!(v["insurance"]["insurer"], insurer.as_str(), "{v}");
+    assert_eq!(
+        (&v["insurance"]["cover"], &v["insurance"]["premium"]),
+        (&6000.into(), &2.into())
+    );
+    assert_eq!(v["insurance"]["state"], "running", "{v}");
+    let after = account(&m0, &client_key);
+    assert_eq!(
+        after["maspc"].as_u64().unwrap(),
+        before["maspc"].as_u64().unwrap() - fee - 2 - 1,
+        "the fee, the premium and the payment's fee"
+    );
+    let ins = account(&m0, &insurer);
+    assert_eq!(
+        ins["maspc"],
+        10 - 1 + 2,
+        "the premium is the insurer's: {ins}"
+    );
+    assert_eq!(ins["registrations"][0]["exposure"], 6000, "{ins}");
+    let status = json(&["insure", "status", "--insurer", &addr, "--json"]);
+    assert_eq!(status["exposure"], 6000, "{status}");
+    assert_eq!(status["quoted"], 2, "{status}");
+    assert_eq!(status["refused"]["exposure"], 1, "{status}");
+    // The rest of the deposit cannot cover another 6,000.
+    let more = put("6000", "100");
+    assert!(
+        more.stderr.contains("can cover 4000 MASP more, not 6000"),
+        "{}",
+        more.stderr
+    );
+
+    // The host dies; its next proof is missed; the cover is paid, once.
+    drop(hosts[0].proc.take());
+    let masp = |a: &serde_json::Value| a["masp"].as_u64().unwrap();
+    let paid = wait_deal(&m0, &id, "missed a proof", |v| {
+        v["missed"].as_u64() >= Some(1)
+    });
+    assert_eq!(paid["insurance"]["state"], "paid_out", "{paid}");
+    assert_eq!(paid["insurance"]["paid"], 6000, "{paid}");
+    let missed = paid["missed"].as_u64().unwrap();
+    let now = account(&m0, &client_key);
+    assert_eq!(
+        masp(&now),
+        masp(&after) + 6000 + 100 * missed,
+        "the cover, and 100 MASP of the host's deposit per missed proof"
+    );
+    let ins = account(&m0, &insurer);
+    assert_eq!(ins["registrations"][0]["deposit"], 4000, "{ins}");
+    assert_eq!(ins["registrations"][0]["exposure"], 0, "{ins}");
+    let listed = json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
+    assert_eq!(listed[0]["insurance"]["state"], "paid_out", "{listed}");
 }
