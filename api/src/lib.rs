@@ -681,6 +681,8 @@ pub struct QuoteRequest {
     pub sender: [u8; 32],
     pub host: [u8; 32],
     pub offer: [u8; 16],
+    /// The offer's expiry as the payment will state it: the quote expires no later.
+    pub offer_expiry_unix_secs: u64,
     pub storage_fee: u64,
     pub period_blocks: u64,
     pub cover: u64,

@@ -41,9 +41,11 @@
 //!
 //! Insurance: a payment may carry an insurer's signed quote ([`proto::tx::Insurance`]); the
 //! sender pays its premium with the fee (held until the completion matches, then the
-//! insurer's; back to the sender if the deal never starts), the insurer's exposure grows by
-//! the cover (never beyond its deposit; it cannot unbond while any runs), and the deal's
-//! first missed proof pays the cover from the insurer's deposit to the sender.
+//! insurer's; back to the sender if the deal never starts), the exposure of the insurer and
+//! of the host grows by the cover (never beyond either's deposit; an insurer cannot unbond
+//! while any runs), and the deal's first missed proof pays the cover from the insurer's
+//! deposit to the sender, the insurer recovering it from the host's deposit. A sender and
+//! a host that collude against an insurer thus gain nothing the host does not lose.
 //!
 //! Not yet here: block rewards.
 
@@ -675,6 +677,8 @@ pub enum TxError {
         "the insurer can cover {free} MASP more, not {cover}: its deposit bounds its exposure"
     )]
     CoverExceeded { free: u64, cover: u64 },
+    #[error("the host's deposit backs {free} MASP more of cover, not {cover}")]
+    HostCoverExceeded { free: u64, cover: u64 },
     #[error("the host's offer expired at {expiry} (Unix seconds); this block's time is {now}: ask the host for a new offer")]
     OfferExpired { expiry: u64, now: u64 },
     #[error("this offer of the host was already paid for: an offer is taken once")]
@@ -876,21 +880,28 @@ impl State {
             s.maspc += a.maspc;
         }
         s.masp += self.registrations.values().map(|r| r.deposit).sum::<u64>();
-        s.maspc += self.deals.values().map(|d| d.escrow).sum::<u64>();
-        s.maspc += self
+        s.maspc += self.held_maspc();
+        s
+    }
+
+    /// MASPC the ledger holds for others: deals' escrow and premiums awaiting their
+    /// completion, unclaimed download payments.
+    pub fn held_maspc(&self) -> u64 {
+        let escrow = self.deals.values().map(|d| d.escrow).sum::<u64>();
+        let premiums = self
             .deals
             .values()
             .filter_map(|d| d.insurance)
             .filter(|p| p.state == PolicyState::Pending)
             .map(|p| p.premium)
             .sum::<u64>();
-        s.maspc += self
+        let downloads = self
             .downloads
             .values()
             .filter(|d| !d.claimed)
             .map(Download::total)
             .sum::<u64>();
-        s
+        escrow + premiums + downloads
     }
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
@@ -1334,8 +1345,9 @@ fn credit_maspc(state: &mut State, who: AccountId, amount: u64) {
         .expect("balances are bounded by the supply");
 }
 
-/// Checks an insurer's quote carried by a payment: a bonded insurer, unexpired, signed
-/// for exactly these terms, within what the insurer's deposit can still cover.
+/// Checks an insurer's quote carried by a payment: a bonded insurer, unexpired and
+/// expiring no later than the offer, signed for exactly these terms, within what the
+/// insurer's deposit can still cover and what the host's deposit still backs.
 fn check_cover(
     state: &State,
     i: &proto::tx::Insurance,
@@ -1353,13 +1365,24 @@ fn check_cover(
             now,
         });
     }
-    if !i.verify(deal) {
+    if i.quote_expiry_unix_secs > deal.offer_expiry_unix_secs || !i.verify(deal) {
         return Err(TxError::BadQuote);
     }
     let free = reg.deposit.saturating_sub(reg.exposure);
     if i.cover > free {
         return Err(TxError::CoverExceeded {
             free,
+            cover: i.cover,
+        });
+    }
+    let host = state
+        .registrations
+        .get(&(deal.host, Role::Host))
+        .ok_or(TxError::NotAHost(deal.host))?;
+    let backed = host.deposit.saturating_sub(host.exposure);
+    if i.cover > backed {
+        return Err(TxError::HostCoverExceeded {
+            free: backed,
             cover: i.cover,
         });
     }
@@ -1393,16 +1416,18 @@ fn end_cover(state: &mut State, deal: &DealId) {
         PolicyState::PaidOut { .. } | PolicyState::Lapsed => return,
     };
     p.state = PolicyState::Lapsed;
-    let (insurer, cover) = (p.insurer, p.cover);
-    release_exposure(state, insurer, cover);
+    let (insurer, cover, host) = (p.insurer, p.cover, d.host);
+    release_exposure(state, (insurer, Role::Insurer), cover);
+    release_exposure(state, (host, Role::Host), cover);
     credit_maspc(state, sender, refund);
 }
 
-/// The deal's host missed a proof: a running cover pays the sender (from the insurer's
-/// deposit, at most what is left of it), once.
+/// The deal's host missed a proof: a running cover pays the sender from the insurer's
+/// deposit (at most what is left of it), once, and the insurer recovers the cover from the
+/// host's deposit (at most what is left of it), which backed it.
 fn pay_cover(state: &mut State, deal: &DealId) {
     let d = state.deals.get_mut(deal).expect("a covered deal exists");
-    let sender = d.sender;
+    let (sender, host) = (d.sender, d.host);
     let Some(p) = d.insurance.as_mut() else {
         return;
     };
@@ -1422,7 +1447,21 @@ fn pay_cover(state: &mut State, deal: &DealId) {
         .and_then(|d| d.insurance.as_mut())
         .expect("checked above")
         .state = PolicyState::PaidOut { paid };
-    release_exposure(state, insurer, cover);
+    release_exposure(state, (insurer, Role::Insurer), cover);
+    release_exposure(state, (host, Role::Host), cover);
+    let recovered = state
+        .registrations
+        .get_mut(&(host, Role::Host))
+        .map_or(0, |h| {
+            let r = h.deposit.min(cover);
+            h.deposit -= r;
+            r
+        });
+    state
+        .registrations
+        .get_mut(&(insurer, Role::Insurer))
+        .expect("still registered")
+        .deposit += recovered;
     let a = state.accounts.entry(sender).or_default();
     a.masp = a
         .masp
@@ -1430,11 +1469,11 @@ fn pay_cover(state: &mut State, deal: &DealId) {
         .expect("balances are bounded by the supply");
 }
 
-fn release_exposure(state: &mut State, insurer: AccountId, cover: u64) {
+fn release_exposure(state: &mut State, who: (AccountId, Role), cover: u64) {
     let reg = state
         .registrations
-        .get_mut(&(insurer, Role::Insurer))
-        .expect("an insurer with exposure cannot withdraw");
+        .get_mut(&who)
+        .expect("an insurer or host with exposure cannot withdraw");
     reg.exposure = reg
         .exposure
         .checked_sub(cover)
@@ -1733,6 +1772,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                         sender: tx.signer,
                         host: *host,
                         offer: *offer,
+                        offer_expiry_unix_secs: *offer_expiry_unix_secs,
                         storage_fee: *storage_fee,
                         period_blocks: *period_blocks,
                     };
@@ -1758,11 +1798,13 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 .insert((*host, *offer), *offer_expiry_unix_secs);
             state.accounts.insert(tx.signer, me);
             if let Some(p) = policy {
-                state
-                    .registrations
-                    .get_mut(&(p.insurer, Role::Insurer))
-                    .expect("checked by check_cover")
-                    .exposure += p.cover;
+                for who in [(p.insurer, Role::Insurer), (*host, Role::Host)] {
+                    state
+                        .registrations
+                        .get_mut(&who)
+                        .expect("checked by check_cover")
+                        .exposure += p.cover;
+                }
             }
             state.deals.insert(
                 deal_id,

@@ -113,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
                             sender: id(who),
                             host: other,
                             offer: [arg % 4; 16],
+                            offer_expiry_unix_secs: u64::from(kind),
                             storage_fee: amount,
                             period_blocks: 10,
                         };

@@ -5,14 +5,12 @@
 //! cover to the sender from the insurer's deposit. Nothing is trusted to this process after
 //! it signs.
 //!
-//! A quote is priced by `market::insurance::premium` from the host's rating and deposit as
-//! the chain shows them. It is refused beyond what the insurer can still cover: its deposit,
-//! less the cover of running deals (its exposure on the chain), less the cover of the quotes
-//! it gave that have not expired (a quote may be paid until then; one that was paid counts
-//! twice until it expires, which errs on the safe side; a sender's new quote for the same
-//! host replaces its last). The ledger checks the same bound
-//! at the payment, so an insurer whose quotes outrun its deposit only sees payments
-//! refused.
+//! A quote is priced by `market::insurance::premium` from the host's rating and its deposit
+//! as the chain shows them. It is refused beyond what the insurer's deposit can still cover
+//! (its deposit less its exposure on the chain) and beyond what the host's deposit still
+//! backs. Quotes reserve nothing: two quotes may both fit now and not together; the ledger
+//! checks the bounds at each payment and refuses the one that does not fit, before
+//! anything is paid.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,7 +28,7 @@ pub const QUOTE_LIFE_SECS_DEFAULT: u64 = 120;
 /// The longest quote life a config may set.
 pub const QUOTE_LIFE_SECS_MAX: u64 = 3600;
 
-/// `insurer.toml`: `docs/formats.md` section 22.
+/// `insurer.toml`: `docs/formats.md` section 17.5.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -141,17 +139,12 @@ struct Counters {
     refused: BTreeMap<String, u64>,
 }
 
-/// Quotes given and not yet expired, by (sender, host): their cover is reserved. A
-/// sender's newer quote for the same host replaces the older (it pays one of them).
-type Outstanding = BTreeMap<([u8; 32], [u8; 32]), (u64, u64)>;
-
 #[derive(Debug)]
 struct Inner {
     key: SigningKey,
     chain_id: u64,
     policy: PolicyConfig,
     chain: tokio::sync::Mutex<ChainClient>,
-    outstanding: Mutex<Outstanding>,
     counters: Mutex<Counters>,
 }
 
@@ -197,7 +190,6 @@ impl Insurer {
                 chain_id,
                 policy,
                 chain: tokio::sync::Mutex::new(chain),
-                outstanding: Mutex::new(BTreeMap::new()),
                 counters: Mutex::new(Counters::default()),
             }),
         })
@@ -225,15 +217,10 @@ impl Insurer {
         e
     }
 
-    /// This insurer's (deposit, exposure) on the chain, and the cover of its unexpired
-    /// quotes other than `except`'s.
-    async fn books(
-        &self,
-        now: u64,
-        except: Option<([u8; 32], [u8; 32])>,
-    ) -> Result<(u64, u64, u64), ControlError> {
+    /// This insurer's (deposit, exposure) on the chain.
+    async fn books(&self) -> Result<(u64, u64), ControlError> {
         let me = self.account(self.account_id()).await?;
-        let (deposit, exposure) = bonded(&me, "insurer").ok_or_else(|| {
+        bonded(&me, "insurer").ok_or_else(|| {
             self.refuse(
                 "not_registered",
                 ControlError::Unavailable(
@@ -242,32 +229,30 @@ impl Insurer {
                         .into(),
                 ),
             )
-        })?;
-        let mut out = lock(&self.inner.outstanding);
-        out.retain(|_, (_, expiry)| *expiry >= now);
-        let quoted = out
-            .iter()
-            .filter(|(k, _)| Some(**k) != except)
-            .map(|(_, (cover, _))| *cover)
-            .sum::<u64>();
-        Ok((deposit, exposure, quoted))
+        })
     }
 
     async fn quote_for(&self, r: QuoteRequest) -> Result<Quote, ControlError> {
         let now = now_secs();
-        let (deposit, exposure, quoted) = self.books(now, Some((r.sender, r.host))).await?;
-        let free = deposit.saturating_sub(exposure).saturating_sub(quoted);
+        if r.offer_expiry_unix_secs <= now {
+            return Err(self.refuse(
+                "offer_expired",
+                ControlError::Invalid("the host's offer has expired: ask it for a new one".into()),
+            ));
+        }
+        let (deposit, exposure) = self.books().await?;
+        let free = deposit.saturating_sub(exposure);
         let host = self.account(r.host).await?;
         let standing = match bonded(&host, "host") {
-            Some((deposit, _)) => HostStanding {
+            Some((deposit, exposure)) => HostStanding {
                 bonded: true,
                 rating: host.rating,
-                deposit,
+                free_deposit: deposit.saturating_sub(exposure),
             },
             None => HostStanding {
                 bonded: false,
                 rating: host.rating,
-                deposit: 0,
+                free_deposit: 0,
             },
         };
         let premium = premium(
@@ -279,22 +264,25 @@ impl Insurer {
         )
         .map_err(|e| {
             let err = match e {
-                QuoteRefusal::Exposure { .. } => ControlError::Unavailable(e.to_string()),
+                QuoteRefusal::Exposure { .. } | QuoteRefusal::HostDepositTooLow { .. } => {
+                    ControlError::Unavailable(e.to_string())
+                }
                 _ => ControlError::Invalid(e.to_string()),
             };
             self.refuse(e.reason(), err)
         })?;
-        let expiry = now + self.inner.policy.quote_life_secs;
+        // No later than the offer: the chain forgets a taken offer once it expires.
+        let expiry = (now + self.inner.policy.quote_life_secs).min(r.offer_expiry_unix_secs);
         let deal = InsuredDeal {
             chain_id: self.inner.chain_id,
             sender: AccountId(r.sender),
             host: AccountId(r.host),
             offer: r.offer,
+            offer_expiry_unix_secs: r.offer_expiry_unix_secs,
             storage_fee: r.storage_fee,
             period_blocks: r.period_blocks,
         };
         let i = Insurance::sign(&self.inner.key, &deal, premium, r.cover, expiry);
-        lock(&self.inner.outstanding).insert((r.sender, r.host), (r.cover, expiry));
         lock(&self.inner.counters).quoted += 1;
         tracing::info!(
             host = %data_encoding::HEXLOWER.encode(&r.host),
@@ -327,8 +315,7 @@ impl InsurerApi for Insurer {
     }
 
     async fn status(self, _: tarpc::context::Context) -> InsurerStatus {
-        let (deposit, exposure, quoted_cover) =
-            self.books(now_secs(), None).await.unwrap_or_default();
+        let (deposit, exposure) = self.books().await.unwrap_or_default();
         let p = self.inner.policy;
         let c = lock(&self.inner.counters);
         InsurerStatus {
@@ -336,9 +323,7 @@ impl InsurerApi for Insurer {
             chain_id: self.inner.chain_id,
             deposit,
             exposure,
-            free: deposit
-                .saturating_sub(exposure)
-                .saturating_sub(quoted_cover),
+            free: deposit.saturating_sub(exposure),
             policy: InsurerPolicyView {
                 rate_ppm_per_day: p.rate_ppm_per_day,
                 min_rating: p.min_rating,

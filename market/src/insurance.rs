@@ -3,10 +3,11 @@
 //!
 //! The premium is `cover x rate_ppm_per_day x started days / 10^6`, scaled by the host's
 //! risk: x (2000 - rating) / 1000 (a host rated 1000 pays the base rate, a host rated 0
-//! twice it), and x 1.5 more when the host's own deposit is smaller than the cover (a
-//! missed proof then costs the host less than it costs the insurer). Rounded up, at least
-//! one. MASPC of premium and MASP of cover are priced one for one: the chain has no rate
-//! between them.
+//! twice it). Rounded up, at least one. MASPC of premium and MASP of cover are priced one
+//! for one: the chain has no rate between them. Cover is never more than the host's
+//! deposit still backs (its deposit less the cover already sold on its deals): the chain
+//! recovers a claim from the host's deposit, so that is the insurer's bound on a host
+//! that colludes with its sender.
 
 use crate::terms::BLOCKS_PER_DAY;
 
@@ -37,8 +38,8 @@ pub struct HostStanding {
     /// Registered as a host and not unbonding.
     pub bonded: bool,
     pub rating: u32,
-    /// MASP of its host deposit.
-    pub deposit: u64,
+    /// MASP of its host deposit not yet backing cover (deposit less exposure).
+    pub free_deposit: u64,
 }
 
 /// Why a quote is refused; [`QuoteRefusal::reason`] is the machine-readable name.
@@ -53,6 +54,11 @@ pub enum QuoteRefusal {
     RatingTooLow {
         rating: u32,
         min: u32,
+    },
+    /// The host's deposit backs only `free` more MASP of cover.
+    HostDepositTooLow {
+        free: u64,
+        cover: u64,
     },
     /// The insurer's deposit, less the cover it sold and quoted, leaves `free`.
     Exposure {
@@ -69,6 +75,7 @@ impl QuoteRefusal {
             QuoteRefusal::CoverTooLarge { .. } => "cover_too_large",
             QuoteRefusal::HostNotBonded => "host_not_bonded",
             QuoteRefusal::RatingTooLow { .. } => "rating_too_low",
+            QuoteRefusal::HostDepositTooLow { .. } => "host_deposit",
             QuoteRefusal::Exposure { .. } => "exposure",
             QuoteRefusal::Overflow => "overflow",
         }
@@ -88,6 +95,10 @@ impl std::fmt::Display for QuoteRefusal {
             QuoteRefusal::RatingTooLow { rating, min } => write!(
                 f,
                 "the host's rating {rating} is under the {min} this insurer covers"
+            ),
+            QuoteRefusal::HostDepositTooLow { free, cover } => write!(
+                f,
+                "the host's deposit backs {free} MASP more of cover, not {cover}"
             ),
             QuoteRefusal::Exposure { free, cover } => write!(
                 f,
@@ -126,14 +137,17 @@ pub fn premium(
             min: policy.min_rating,
         });
     }
+    if cover > host.free_deposit {
+        return Err(QuoteRefusal::HostDepositTooLow {
+            free: host.free_deposit,
+            cover,
+        });
+    }
     if cover > free {
         return Err(QuoteRefusal::Exposure { free, cover });
     }
     let days = u128::from(period_blocks.div_ceil(BLOCKS_PER_DAY));
-    let mut risk = 2000 - u128::from(host.rating.min(1000));
-    if host.deposit < cover {
-        risk = risk * 3 / 2;
-    }
+    let risk = 2000 - u128::from(host.rating.min(1000));
     let scaled = u128::from(cover)
         .checked_mul(u128::from(policy.rate_ppm_per_day))
         .and_then(|v| v.checked_mul(days))
@@ -150,7 +164,7 @@ mod tests {
     const HOST: HostStanding = HostStanding {
         bonded: true,
         rating: 1000,
-        deposit: 1_000_000,
+        free_deposit: 10_000_000,
     };
 
     #[test]
@@ -168,17 +182,15 @@ mod tests {
             premium(&p, &HOST, 1_000_000, year + 1, u64::MAX),
             Ok(36_600)
         );
-        // Rated 500: x 1.5; and a host deposit under the cover: x 1.5 again.
+        // Rated 500: x 1.5; rated 0: x 2.
         let mid = HostStanding {
             rating: 500,
             ..HOST
         };
         assert_eq!(premium(&p, &mid, 1_000_000, year, u64::MAX), Ok(54_750));
-        let thin = HostStanding {
-            deposit: 999_999,
-            ..mid
-        };
-        assert_eq!(premium(&p, &thin, 1_000_000, year, u64::MAX), Ok(82_125));
+        let worst = HostStanding { rating: 0, ..HOST };
+        let any = InsurancePolicy { min_rating: 0, ..p };
+        assert_eq!(premium(&any, &worst, 1_000_000, year, u64::MAX), Ok(73_000));
         // Tiny covers still cost one.
         assert_eq!(premium(&p, &HOST, 1, 1, u64::MAX), Ok(1));
     }
@@ -199,6 +211,17 @@ mod tests {
             })
         );
         assert!(premium(&p, &HOST, 5_000, 10, 5_000).is_ok());
+        let thin = HostStanding {
+            free_deposit: 4_000,
+            ..HOST
+        };
+        assert_eq!(
+            premium(&p, &thin, 5_000, 10, u64::MAX),
+            Err(QuoteRefusal::HostDepositTooLow {
+                free: 4_000,
+                cover: 5_000
+            })
+        );
         let unbonded = HostStanding {
             bonded: false,
             ..HOST
@@ -221,7 +244,10 @@ mod tests {
                     max_cover_per_deal: u64::MAX,
                     ..p
                 },
-                &HOST,
+                &HostStanding {
+                    free_deposit: u64::MAX,
+                    ..HOST
+                },
                 u64::MAX,
                 u64::MAX,
                 u64::MAX

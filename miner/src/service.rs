@@ -155,7 +155,7 @@ impl MinerApi for MinerService {
                     supply: [l.total_supply().masp, l.total_supply().maspc],
                     genesis_supply: [l.genesis_supply.masp, l.genesis_supply.maspc],
                     deposits: [l.registrations.values().map(|r| r.deposit).sum(), 0],
-                    escrow: [0, l.deals.values().map(|d| d.escrow).sum()],
+                    escrow: [0, l.held_maspc()],
                     burned: [l.burned.masp, l.burned.maspc],
                 }
             })

@@ -907,6 +907,7 @@ async fn insure(
                 sender,
                 host: offer.host,
                 offer: offer.id,
+                offer_expiry_unix_secs: offer.expiry_unix_secs,
                 storage_fee: terms.storage_fee,
                 period_blocks: terms.period_blocks,
                 cover: c.cover,
@@ -923,6 +924,7 @@ async fn insure(
         sender: AccountId(sender),
         host: AccountId(offer.host),
         offer: offer.id,
+        offer_expiry_unix_secs: offer.expiry_unix_secs,
         storage_fee: terms.storage_fee,
         period_blocks: terms.period_blocks,
     };

@@ -123,14 +123,17 @@ pub struct InsuredDeal {
     pub sender: AccountId,
     pub host: AccountId,
     pub offer: [u8; 16],
+    /// The offer's expiry as the payment states it: a quote must expire no later, so that
+    /// the chain still remembers the offer as taken while the quote could be used again.
+    pub offer_expiry_unix_secs: u64,
     pub storage_fee: u64,
     pub period_blocks: u64,
 }
 
 impl Insurance {
     /// The bytes the insurer signs: [`INSURANCE_CONTEXT`], chain id (u64), insurer (32),
-    /// sender (32), host (32), offer (16), storage_fee, period_blocks, premium, cover,
-    /// quote_expiry (u64 each, little-endian).
+    /// sender (32), host (32), offer (16), offer_expiry, storage_fee, period_blocks,
+    /// premium, cover, quote_expiry (u64 each, little-endian).
     pub fn message(
         deal: &InsuredDeal,
         insurer: &AccountId,
@@ -144,7 +147,14 @@ impl Insurance {
         m.extend_from_slice(&deal.sender.0);
         m.extend_from_slice(&deal.host.0);
         m.extend_from_slice(&deal.offer);
-        for v in [deal.storage_fee, deal.period_blocks, premium, cover, expiry] {
+        for v in [
+            deal.offer_expiry_unix_secs,
+            deal.storage_fee,
+            deal.period_blocks,
+            premium,
+            cover,
+            expiry,
+        ] {
             m.extend_from_slice(&v.to_le_bytes());
         }
         m
@@ -1261,6 +1271,7 @@ mod tests {
             sender: signer(),
             host: AccountId([2; 32]),
             offer: [4; 16],
+            offer_expiry_unix_secs: 0,
             storage_fee: 10,
             period_blocks: 100,
         };

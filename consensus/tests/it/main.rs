@@ -2012,7 +2012,7 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
         1,
         TxBody::Register {
             role: Role::Host,
-            deposit: 5_000,
+            deposit: 20_000,
             endpoint: "h:1".into(),
         },
     );
@@ -2031,6 +2031,7 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
         sender: id(0),
         host: id(1),
         offer,
+        offer_expiry_unix_secs: u64::MAX,
         storage_fee: 301,
         period_blocks: 250,
     };
@@ -2075,6 +2076,30 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
     assert_eq!(c.err(0, pay(other_terms)), TxError::BadQuote);
     let stranger = Insurance::sign(&key(3), &terms, 40, 6_000, u64::MAX);
     assert_eq!(c.err(0, pay(stranger)), TxError::NotAnInsurer(id(3)));
+    // A quote that outlives the offer could be used again once the chain forgets the
+    // offer: refused.
+    let short_offer = InsuredDeal {
+        offer_expiry_unix_secs: 1_000_000,
+        ..terms
+    };
+    let outliving = Insurance::sign(&key(2), &short_offer, 40, 6_000, 1_000_001);
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::UploadPayment {
+                host: id(1),
+                offer,
+                offer_expiry_unix_secs: 1_000_000,
+                storage_fee: 301,
+                download_fee: 0,
+                period_blocks: 250,
+                broker: None,
+                insurance: Some(outliving),
+                chunks: chunks(3, 5000),
+            }
+        ),
+        TxError::BadQuote
+    );
 
     // Paid: the fee and the premium leave the sender; the premium is held until the
     // completion, the cover counts against the insurer's deposit at once.
@@ -2084,7 +2109,13 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
     };
     assert_eq!(c.bal(0).1, maspc0 - 301 - 40 - 1);
     let exposure = |c: &Chain| c.state.registrations[&(id(2), Role::Insurer)].exposure;
+    let host_exposure = |c: &Chain| c.state.registrations[&(id(1), Role::Host)].exposure;
     assert_eq!(exposure(&c), 6_000);
+    assert_eq!(
+        host_exposure(&c),
+        6_000,
+        "the host's deposit backs the cover"
+    );
     assert_eq!(
         c.state.deals[&deal].insurance.unwrap().state,
         PolicyState::Pending
@@ -2125,7 +2156,12 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
     assert_eq!(c.state.deals[&deal].missed, 1);
     assert_eq!(c.bal(0).0, masp0 + 6_000 + SLASH_PER_MISSED_PROOF);
     let insurer = &c.state.registrations[&(id(2), Role::Insurer)];
-    assert_eq!((insurer.deposit, insurer.exposure), (4_000, 0));
+    assert_eq!((insurer.deposit, insurer.exposure), (10_000, 0));
+    let host = &c.state.registrations[&(id(1), Role::Host)];
+    assert_eq!(
+        (host.deposit, host.exposure),
+        (20_000 - SLASH_PER_MISSED_PROOF - 6_000, 0)
+    );
     assert_eq!(
         c.state.deals[&deal].insurance.unwrap().state,
         PolicyState::PaidOut { paid: 6_000 }
@@ -2155,7 +2191,7 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
     ) else {
         panic!()
     };
-    assert_eq!(exposure(&c), 1_000);
+    assert_eq!((exposure(&c), host_exposure(&c)), (1_000, 1_000));
     c.ok(
         1,
         TxBody::UploadCompletion {
@@ -2168,10 +2204,47 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
         before - 1,
         "fee and premium back; the payment's fee burned"
     );
-    assert_eq!(exposure(&c), 0);
+    assert_eq!((exposure(&c), host_exposure(&c)), (0, 0));
     assert_eq!(
         c.state.deals[&deal].insurance.unwrap().state,
         PolicyState::Lapsed
+    );
+
+    // A host's deposit backs no more cover than it holds: a host with 1,500 MASP cannot
+    // be insured for 2,000 (the insurer would recover only three quarters).
+    c.ok(
+        3,
+        TxBody::Register {
+            role: Role::Host,
+            deposit: 1_500,
+            endpoint: "h:3".into(),
+        },
+    );
+    let offer = fresh_offer();
+    let thin = InsuredDeal {
+        host: id(3),
+        offer,
+        ..terms
+    };
+    assert_eq!(
+        c.err(
+            0,
+            TxBody::UploadPayment {
+                host: id(3),
+                offer,
+                offer_expiry_unix_secs: u64::MAX,
+                storage_fee: 301,
+                download_fee: 0,
+                period_blocks: 250,
+                broker: None,
+                insurance: Some(Insurance::sign(&key(2), &thin, 40, 2_000, u64::MAX)),
+                chunks: chunks(1, 5000),
+            }
+        ),
+        TxError::HostCoverExceeded {
+            free: 1_500,
+            cover: 2_000
+        }
     );
     c.ok(
         2,

@@ -2091,30 +2091,30 @@ fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insur
     };
     let nonce = || account(&m0, &client_key)["nonce"].as_u64().unwrap();
     let nonce0 = nonce();
-    // Refused before paying: more cover than the deposit; a premium over the limit.
-    let beyond = put("10001", "100");
+    // Refused before paying: more cover than the host's deposit backs (the insurer
+    // recovers a claim from it); a premium over the limit.
+    let beyond = put("2001", "100");
     assert_ne!(beyond.code, 0);
     assert!(
         beyond
             .stderr
-            .contains("can cover 10000 MASP more, not 10001"),
+            .contains("the host's deposit backs 2000 MASP more of cover, not 2001"),
         "{}",
         beyond.stderr
     );
-    // 6,000 x 100 ppm x 1 day x 1.5 (rated 500) x 1.5 (host deposit 2,000 < cover) =
-    // 1.35: 2 MASPC.
-    let dear = put("6000", "1");
+    // 1,500 x 100 ppm x 1 day x 1.5 (rated 500) = 0.225: 1 MASPC.
+    let dear = put("1500", "0");
     assert_ne!(dear.code, 0);
     assert!(
         dear.stderr
-            .contains("asks a premium of 2 MASPC, over the 1 accepted"),
+            .contains("asks a premium of 1 MASPC, over the 0 accepted"),
         "{}",
         dear.stderr
     );
     assert_eq!(nonce(), nonce0, "nothing was paid");
 
     let before = account(&m0, &client_key);
-    let ok = put("6000", "2");
+    let ok = put("1500", "1");
     assert_eq!(ok.code, 0, "{}", ok.stderr);
     let out: serde_json::Value = serde_json::from_str(&ok.stdout).unwrap();
     let id = out["deals"][0]["deal"].as_str().unwrap().to_owned();
@@ -2123,30 +2123,37 @@ fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insur
     assert_eq!(v["insurance"]["insurer"], insurer.as_str(), "{v}");
     assert_eq!(
         (&v["insurance"]["cover"], &v["insurance"]["premium"]),
-        (&6000.into(), &2.into())
+        (&1500.into(), &1.into())
     );
     assert_eq!(v["insurance"]["state"], "running", "{v}");
     let after = account(&m0, &client_key);
     assert_eq!(
         after["maspc"].as_u64().unwrap(),
-        before["maspc"].as_u64().unwrap() - fee - 2 - 1,
+        before["maspc"].as_u64().unwrap() - fee - 1 - 1,
         "the fee, the premium and the payment's fee"
     );
     let ins = account(&m0, &insurer);
     assert_eq!(
         ins["maspc"],
-        10 - 1 + 2,
+        10 - 1 + 1,
         "the premium is the insurer's: {ins}"
     );
-    assert_eq!(ins["registrations"][0]["exposure"], 6000, "{ins}");
+    assert_eq!(ins["registrations"][0]["exposure"], 1500, "{ins}");
+    let host = account(&m0, &hosts[0].key);
+    assert_eq!(host["registrations"][0]["exposure"], 1500, "{host}");
     let status = json(&["insure", "status", "--insurer", &addr, "--json"]);
-    assert_eq!(status["exposure"], 6000, "{status}");
+    assert_eq!(
+        (&status["exposure"], &status["free"]),
+        (&1500.into(), &8500.into()),
+        "{status}"
+    );
     assert_eq!(status["quoted"], 2, "{status}");
-    assert_eq!(status["refused"]["exposure"], 1, "{status}");
-    // The rest of the deposit cannot cover another 6,000.
-    let more = put("6000", "100");
+    assert_eq!(status["refused"]["host_deposit"], 1, "{status}");
+    // What is left of the host's deposit backs 500 more.
+    let more = put("1000", "100");
     assert!(
-        more.stderr.contains("can cover 4000 MASP more, not 6000"),
+        more.stderr
+            .contains("backs 500 MASP more of cover, not 1000"),
         "{}",
         more.stderr
     );
@@ -2158,17 +2165,30 @@ fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insur
         v["missed"].as_u64() >= Some(1)
     });
     assert_eq!(paid["insurance"]["state"], "paid_out", "{paid}");
-    assert_eq!(paid["insurance"]["paid"], 6000, "{paid}");
-    let missed = paid["missed"].as_u64().unwrap();
-    let now = account(&m0, &client_key);
+    assert_eq!(paid["insurance"]["paid"], 1500, "{paid}");
+    // Read between two equal views of the sender's and the host's MASP: no period closed
+    // between.
+    let view = || {
+        let (a, h) = (account(&m0, &client_key), account(&m0, &hosts[0].key));
+        (masp(&a), h["registrations"][0]["deposit"].as_u64().unwrap())
+    };
+    let (now, host_deposit, missed) = loop {
+        let a = view();
+        let missed = deal(&m0, &id)["missed"].as_u64().unwrap();
+        if view() == a {
+            break (a.0, a.1, missed);
+        }
+    };
     assert_eq!(
-        masp(&now),
-        masp(&after) + 6000 + 100 * missed,
+        now,
+        masp(&after) + 1500 + 100 * missed,
         "the cover, and 100 MASP of the host's deposit per missed proof"
     );
+    // The insurer recovered the cover from the host's deposit.
     let ins = account(&m0, &insurer);
-    assert_eq!(ins["registrations"][0]["deposit"], 4000, "{ins}");
+    assert_eq!(ins["registrations"][0]["deposit"], 10_000, "{ins}");
     assert_eq!(ins["registrations"][0]["exposure"], 0, "{ins}");
+    assert_eq!(host_deposit, HOST_DEPOSIT - 1500 - 100 * missed);
     let listed = json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
     assert_eq!(listed[0]["insurance"]["state"], "paid_out", "{listed}");
 }
