@@ -194,6 +194,45 @@ impl ChainClient {
             .await
     }
 
+    /// Whether `tx`, signed earlier and written down before it was sent, may still be
+    /// committed: the chain holds it, or its nonce is not used yet. If not (its nonce went
+    /// to another transaction), it never will be and a new one must be made.
+    pub async fn may_land(&mut self, tx: &SignedTx) -> Result<bool, ChainError> {
+        let next = self.account(tx.tx().signer).await?.nonce;
+        Ok(tx.tx().nonce >= next || self.tx_height(tx.id()).await?.is_some())
+    }
+
+    /// Submits `tx` unless the chain holds it already (one the mempool holds is fine) and
+    /// follows the blocks until one holds it, for at most `wait`; its height. Sending the
+    /// same signed transaction again is how a caller that lost track of it retries: one
+    /// nonce, so it lands once.
+    pub async fn send_once(&mut self, tx: &SignedTx, wait: Duration) -> Result<u64, ChainError> {
+        if let Some(h) = self.tx_height(tx.id()).await? {
+            return Ok(h);
+        }
+        match self.submit_signed(std::slice::from_ref(tx)).await?.first() {
+            Some(Err(e)) if !e.contains("already in the mempool") => {
+                return Err(ChainError::Refused(e.clone()))
+            }
+            _ => {}
+        }
+        let deadline = Instant::now() + wait;
+        let mut next = self.status().await?.height + 1;
+        loop {
+            if let Some(h) = self.tx_height(tx.id()).await? {
+                return Ok(h);
+            }
+            if Instant::now() > deadline {
+                return Err(ChainError::NotCommitted {
+                    tx: tx.id(),
+                    secs: wait.as_secs(),
+                });
+            }
+            self.block(next, Duration::from_secs(5)).await?;
+            next += 1;
+        }
+    }
+
     /// Submits signed transactions without waiting for a block: one answer each, its id or
     /// why the miner refused it.
     pub async fn submit_signed(

@@ -335,6 +335,10 @@ pub struct AccountView {
     pub maspc: u64,
     pub nonce: u64,
     pub registrations: Vec<RegistrationView>,
+    /// MASPC locked for proxies (their receipts are paid from it), and the height at whose
+    /// end what is left returns, once released.
+    pub allowance: u64,
+    pub allowance_release_at: Option<u64>,
     /// The ledger's rating of this account as a contractor (0..=1000).
     pub rating: u32,
     /// At which height the answer was read.

@@ -64,6 +64,9 @@ pub const FEE_MIN: u64 = 1;
 /// Blocks a deposit stays locked after `Unbond`: long enough for misbehaviour discovered
 /// late to still be slashed.
 pub const UNBONDING_BLOCKS: u64 = 1000;
+/// Blocks between a `ReleaseAllowance` and the allowance's return: the proxies that relayed
+/// for the client have this long to redeem its receipts.
+pub const ALLOWANCE_RELEASE_BLOCKS: u64 = 100;
 /// Blocks a host has to complete (#4) a paid deal; after that the escrow goes back to the
 /// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
 /// lock either side's coins or the host's deposit for long.
@@ -466,12 +469,29 @@ pub struct State {
     /// Offers a payment has cited, with their expiry (Unix seconds): each is taken once,
     /// and forgotten once the chain's time is past its expiry (it could not be cited again).
     pub offers_used: BTreeMap<(AccountId, [u8; 16]), u64>,
+    /// Each client's proxy allowance: MASPC that pays the receipts proxies redeem.
+    pub allowances: BTreeMap<AccountId, Allowance>,
+    /// Allowances being released: (the height at whose end what is left returns, client).
+    pub allowance_releases: BTreeSet<(u64, AccountId)>,
+    /// Receipts redeemed, by (client, session), with their expiry (Unix seconds): each is
+    /// paid once, and forgotten once the chain's time is past its expiry (it could not be
+    /// redeemed again).
+    pub receipts_redeemed: BTreeMap<(AccountId, [u8; 16]), u64>,
     pub genesis_supply: Supply,
     pub burned: Supply,
     /// Equivocations already punished: (validator, height, round, vote kind).
     pub equivocations: BTreeSet<(AccountId, u64, i64, u8)>,
     /// Each proposer's commitment to the value its next block must reveal.
     pub seed_commits: BTreeMap<AccountId, SeedCommit>,
+}
+
+/// A client's proxy allowance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allowance {
+    /// MASPC left.
+    pub amount: u64,
+    /// Set by `ReleaseAllowance`: at the end of this height what is left goes back.
+    pub release_at: Option<u64>,
 }
 
 /// What a proposer's next block must reveal: a value whose [`seed_commitment`] is `commit`,
@@ -592,6 +612,13 @@ pub fn next_seed(state: &State, block: &Block) -> Result<([u8; 32], SeedCommit),
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Receipt {
     Applied,
+    /// A proxy was paid `paid` MASPC for `receipts` receipts (less than they state when a
+    /// client's allowance ran out).
+    ReceiptsRedeemed {
+        proxy: AccountId,
+        receipts: usize,
+        paid: u64,
+    },
     DealOpened {
         deal: DealId,
     },
@@ -665,6 +692,14 @@ pub enum TxError {
     StillUnbonding { until: u64 },
     #[error("the host still holds {0} deals")]
     HasOpenDeals(usize),
+    #[error("no proxy allowance to release")]
+    NoAllowance,
+    #[error("the allowance is already being released (at the end of height {at})")]
+    AllowanceReleasing { at: u64 },
+    #[error("receipt {index}: {reason}")]
+    BadReceipt { index: usize, reason: &'static str },
+    #[error("receipt {index} was already redeemed")]
+    ReceiptRedeemed { index: usize },
     #[error("the insurer still covers {0} MASP of running deals")]
     StillCovering(u64),
     #[error("{0} is not a registered, bonded insurer")]
@@ -822,6 +857,9 @@ impl State {
             download_deadlines: BTreeSet::new(),
             challenges: BTreeMap::new(),
             offers_used: BTreeMap::new(),
+            allowances: BTreeMap::new(),
+            allowance_releases: BTreeSet::new(),
+            receipts_redeemed: BTreeMap::new(),
             seed_commits: BTreeMap::new(),
             genesis_supply: supply,
             burned: Supply::default(),
@@ -885,7 +923,7 @@ impl State {
     }
 
     /// MASPC the ledger holds for others: deals' escrow and premiums awaiting their
-    /// completion, unclaimed download payments.
+    /// completion, unclaimed download payments, proxy allowances.
     pub fn held_maspc(&self) -> u64 {
         let escrow = self.deals.values().map(|d| d.escrow).sum::<u64>();
         let premiums = self
@@ -901,12 +939,13 @@ impl State {
             .filter(|d| !d.claimed)
             .map(Download::total)
             .sum::<u64>();
-        escrow + premiums + downloads
+        let allowances = self.allowances.values().map(|a| a.amount).sum::<u64>();
+        escrow + premiums + downloads + allowances
     }
 
     /// A hash of the whole state, equal on every node that applied the same blocks.
     pub fn hash(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v5");
+        let mut h = blake3::Hasher::new_derive_key("market.space 2026-12 ledger state v6");
         let u = |h: &mut blake3::Hasher, v: u64| {
             h.update(&v.to_le_bytes());
         };
@@ -1081,6 +1120,23 @@ impl State {
             h.update(offer);
             u(&mut h, *expiry);
         }
+        u(&mut h, self.allowances.len() as u64);
+        for (id, a) in &self.allowances {
+            h.update(&id.0);
+            u(&mut h, a.amount);
+            u(&mut h, a.release_at.map_or(0, |x| x + 1));
+        }
+        u(&mut h, self.allowance_releases.len() as u64);
+        for (at, id) in &self.allowance_releases {
+            u(&mut h, *at);
+            h.update(&id.0);
+        }
+        u(&mut h, self.receipts_redeemed.len() as u64);
+        for ((client, session), expiry) in &self.receipts_redeemed {
+            h.update(&client.0);
+            h.update(session);
+            u(&mut h, *expiry);
+        }
         u(&mut h, self.validators.len() as u64);
         for (id, power) in &self.validators {
             h.update(&id.0);
@@ -1243,6 +1299,18 @@ fn end_block(state: &mut State) {
     }
     let now = state.timestamp_ms / 1000;
     state.offers_used.retain(|_, expiry| *expiry >= now);
+    state.receipts_redeemed.retain(|_, expiry| *expiry >= now);
+    while let Some(&(at, who)) = state.allowance_releases.first() {
+        if at > state.height {
+            break;
+        }
+        state.allowance_releases.pop_first();
+        let a = state
+            .allowances
+            .remove(&who)
+            .expect("a release names an allowance");
+        credit_maspc(state, who, a.amount);
+    }
     let p = state.params.proof_period_blocks;
     if (state.height + 1).is_multiple_of(p) {
         let period = state.height / p;
@@ -2006,6 +2074,93 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             d.download_fee = *download_fee;
             state.accounts.insert(tx.signer, me);
             Receipt::Applied
+        }
+        TxBody::LockAllowance { amount } => {
+            if *amount == 0 {
+                return Err(TxError::ZeroAmount);
+            }
+            me.maspc = sub(me.maspc, *amount, Asset::Maspc)?;
+            let mut a = state
+                .allowances
+                .get(&tx.signer)
+                .copied()
+                .unwrap_or_default();
+            a.amount = add(a.amount, *amount)?;
+            if let Some(at) = a.release_at.take() {
+                state.allowance_releases.remove(&(at, tx.signer));
+            }
+            state.accounts.insert(tx.signer, me);
+            state.allowances.insert(tx.signer, a);
+            Receipt::Applied
+        }
+        TxBody::ReleaseAllowance => {
+            let a = state
+                .allowances
+                .get(&tx.signer)
+                .copied()
+                .ok_or(TxError::NoAllowance)?;
+            if let Some(at) = a.release_at {
+                return Err(TxError::AllowanceReleasing { at });
+            }
+            let at = add(height, ALLOWANCE_RELEASE_BLOCKS)?;
+            state.accounts.insert(tx.signer, me);
+            state.allowance_releases.insert((at, tx.signer));
+            state
+                .allowances
+                .get_mut(&tx.signer)
+                .expect("checked above")
+                .release_at = Some(at);
+            Receipt::Applied
+        }
+        TxBody::RedeemReceipts { receipts } => {
+            let now = state.timestamp_ms / 1000;
+            let mut seen = BTreeSet::new();
+            let mut left: BTreeMap<AccountId, u64> = BTreeMap::new();
+            let mut paid = 0u64;
+            for (index, r) in receipts.iter().enumerate() {
+                let bad = |reason| TxError::BadReceipt { index, reason };
+                if r.proxy != tx.signer {
+                    return Err(bad("it names another proxy"));
+                }
+                if r.chain_id != state.chain_id {
+                    return Err(bad("it is for another chain"));
+                }
+                if r.expiry_unix_secs < now {
+                    return Err(bad("it expired"));
+                }
+                let id = (r.client, r.session);
+                if state.receipts_redeemed.contains_key(&id) || !seen.insert(id) {
+                    return Err(TxError::ReceiptRedeemed { index });
+                }
+                if !r.verify() {
+                    return Err(bad("its client's signature does not verify"));
+                }
+                let have = left
+                    .entry(r.client)
+                    .or_insert_with(|| state.allowances.get(&r.client).map_or(0, |a| a.amount));
+                // What is left of the allowance, if less: the proxy's risk.
+                let pay = r.amount().min(*have);
+                *have -= pay;
+                paid = add(paid, pay)?;
+            }
+            // Every check has passed: write.
+            me.maspc = add(me.maspc, paid)?;
+            state.accounts.insert(tx.signer, me);
+            for (client, amount) in left {
+                if let Some(a) = state.allowances.get_mut(&client) {
+                    a.amount = amount;
+                }
+            }
+            for r in receipts {
+                state
+                    .receipts_redeemed
+                    .insert((r.client, r.session), r.expiry_unix_secs);
+            }
+            Receipt::ReceiptsRedeemed {
+                proxy: tx.signer,
+                receipts: receipts.len(),
+                paid,
+            }
         }
         TxBody::RecordHash { hash } => {
             if let Some(rec) = state.hashes.get(hash) {

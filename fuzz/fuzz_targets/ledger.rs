@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
             .copied()
             .unwrap_or(TxId([arg; 32]));
         let Some(amount) = input.amount() else { break };
-        let body = match kind % 13 {
+        let body = match kind % 16 {
             0 => TxBody::Transfer {
                 to: other,
                 asset: if arg % 2 == 0 {
@@ -153,6 +153,29 @@ fuzz_target!(|data: &[u8]| {
             11 => TxBody::SetDownloadFee {
                 deal,
                 download_fee: amount,
+            },
+            12 => TxBody::LockAllowance { amount },
+            13 => TxBody::ReleaseAllowance,
+            // Receipts from a client to a proxy, for any bytes and price, some expired,
+            // some for another chain, a few sessions only: replays and allowances running
+            // out get exercised.
+            14 => TxBody::RedeemReceipts {
+                receipts: (0..1 + arg % 3)
+                    .map(|i| {
+                        proto::receipt::ProxyReceipt::sign(
+                            &key(kind % ACCOUNTS),
+                            &proto::receipt::Relayed {
+                                chain_id: 1 + u64::from(arg % 7 == 0),
+                                proxy: id(who),
+                                session: [arg.wrapping_add(i) % 5; 16],
+                                up_bytes: amount << 20,
+                                down_bytes: amount << 10,
+                                price_per_gib: u64::from(arg),
+                                expiry_unix_secs: u64::from(kind) * 5,
+                            },
+                        )
+                    })
+                    .collect(),
             },
             // A storage proof made of input bytes: it must never verify by accident, and a
             // refused one must leave the state alone.

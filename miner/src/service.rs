@@ -445,6 +445,8 @@ pub fn account_view(l: &State, id: AccountId) -> AccountView {
         maspc: a.maspc,
         nonce: a.nonce,
         registrations,
+        allowance: l.allowances.get(&id).map_or(0, |x| x.amount),
+        allowance_release_at: l.allowances.get(&id).and_then(|x| x.release_at),
         rating: l.stats.get(&id).map_or(0, |st| rating(st, l.height)),
         height: l.height,
     }

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::io::{read_reply, write_put, Counted, Counters};
 use crate::journal::{Journal, JournalHeader};
-use crate::wire::{hello_message, Receipt, Reply, Request, FRAME_BODY_MAX, HAVE_IDS_MAX};
+use crate::wire::{hello_message, ProxyReceipt, Reply, Request, FRAME_BODY_MAX, HAVE_IDS_MAX};
 use crate::NetError;
 
 /// One proxy on the way: where it is, its session, and the counters when it became a pipe.
@@ -38,9 +38,16 @@ use crate::NetError;
 struct Hop {
     addr: String,
     session: [u8; 16],
+    /// The proxy's key, chain and price, from its `ProxyReady`: what the receipt states.
+    proxy: [u8; 32],
+    chain_id: u64,
+    price_per_gib: u64,
     up0: u64,
     down0: u64,
 }
+
+/// The most a client pays a proxy, MASPC per GiB relayed, unless told otherwise.
+pub const PROXY_PRICE_MAX_DEFAULT: u64 = 10;
 
 type Rd = BufReader<ReadHalf<Counted<TcpStream>>>;
 type Wr = WriteHalf<Counted<TcpStream>>;
@@ -82,7 +89,14 @@ fn remote(reply: Reply) -> NetError {
 
 impl Conn {
     /// Connects to the link's host, through `via` proxies in order, and presents the link.
-    pub async fn open(link: &Link, via: &[String], key: &SigningKey) -> Result<Conn, NetError> {
+    /// A proxy asking more than `max_proxy_price` (MASPC per GiB relayed) is refused
+    /// before anything is relayed.
+    pub async fn open(
+        link: &Link,
+        via: &[String],
+        key: &SigningKey,
+        max_proxy_price: u64,
+    ) -> Result<Conn, NetError> {
         let first = via.first().map_or(link.addr.as_str(), String::as_str);
         let stream = timed("connecting", async {
             TcpStream::connect(first)
@@ -115,13 +129,28 @@ impl Conn {
                 })
                 .await?
             {
-                Reply::ProxyReady { session } => conn.hops.push(Hop {
-                    addr: proxy.clone(),
+                Reply::ProxyReady {
                     session,
-                    up0: conn.counters.up.load(Relaxed),
-                    // Bytes read ahead past the reply came through the pipe already.
-                    down0: conn.counters.down.load(Relaxed) - conn.rd.buffer().len() as u64,
-                }),
+                    proxy: proxy_key,
+                    chain_id,
+                    price_per_gib,
+                } => {
+                    if price_per_gib > max_proxy_price {
+                        return Err(NetError::Protocol(format!(
+                            "proxy {proxy} asks {price_per_gib} MASPC per GiB relayed, over the {max_proxy_price} accepted (--max-proxy-price)"
+                        )));
+                    }
+                    conn.hops.push(Hop {
+                        addr: proxy.clone(),
+                        session,
+                        proxy: proxy_key,
+                        chain_id,
+                        price_per_gib,
+                        up0: conn.counters.up.load(Relaxed),
+                        // Bytes read ahead past the reply came through the pipe already.
+                        down0: conn.counters.down.load(Relaxed) - conn.rd.buffer().len() as u64,
+                    });
+                }
                 other => return Err(remote(other)),
             }
         }
@@ -270,7 +299,18 @@ impl Conn {
             out.errors.push("the host did not close the session".into());
         }
         for hop in &self.hops {
-            let r = Receipt::sign(key, hop.session, up - hop.up0, down - hop.down0);
+            let r = ProxyReceipt::sign(
+                key,
+                &proto::receipt::Relayed {
+                    chain_id: hop.chain_id,
+                    proxy: proto::tx::AccountId(hop.proxy),
+                    session: hop.session,
+                    up_bytes: up - hop.up0,
+                    down_bytes: down - hop.down0,
+                    price_per_gib: hop.price_per_gib,
+                    expiry_unix_secs: crate::now_secs() + proto::receipt::RECEIPT_LIFE_SECS,
+                },
+            );
             let sent = timed("a proxy receipt", async {
                 let mut s = TcpStream::connect(&hop.addr).await?;
                 s.write_all(&Request::ProxyReceipt(r.clone()).to_frame(1))
@@ -295,7 +335,7 @@ impl Conn {
 /// the transfer).
 #[derive(Debug, Default, Clone)]
 pub struct Receipts {
-    pub accepted: Vec<Receipt>,
+    pub accepted: Vec<ProxyReceipt>,
     pub errors: Vec<String>,
 }
 
@@ -305,6 +345,8 @@ pub struct PutJob {
     pub file: PathBuf,
     pub link: Link,
     pub via: Vec<String>,
+    /// The most a proxy of `via` may charge, MASPC per GiB relayed.
+    pub max_proxy_price: u64,
     pub key: SigningKey,
     pub passphrase: zeroize::Zeroizing<Vec<u8>>,
     pub chunk_bytes: u32,
@@ -640,7 +682,7 @@ async fn put_attempt(
     let (kdf, salt, file_id) = (header.kdf, header.salt, header.file_id);
     let mut journal = Journal::start(&jpath, header, previous)?;
 
-    let mut conn = Conn::open(&job.link, &job.via, &job.key).await?;
+    let mut conn = Conn::open(&job.link, &job.via, &job.key, job.max_proxy_price).await?;
     // What this upload sends: the whole file, or the part of a plan a deal covers.
     let (range, part) = match &job.preset {
         Some(p) => {
@@ -978,6 +1020,8 @@ pub struct GetJob {
     /// from all of them at once, and a host that fails is left for the others.
     pub links: Vec<Link>,
     pub via: Vec<String>,
+    /// The most a proxy of `via` may charge, MASPC per GiB relayed.
+    pub max_proxy_price: u64,
     pub key: SigningKey,
     pub unlock: Key,
     pub out: PathBuf,
@@ -1234,9 +1278,12 @@ pub async fn get_file(
         )));
     }
     engine::sealed_dir::check_open_target(&job.out, job.overwrite)?;
-    let opened =
-        futures::future::join_all(job.links.iter().map(|l| Conn::open(l, &job.via, &job.key)))
-            .await;
+    let opened = futures::future::join_all(
+        job.links
+            .iter()
+            .map(|l| Conn::open(l, &job.via, &job.key, job.max_proxy_price)),
+    )
+    .await;
     let mut lost = Vec::new();
     let mut conns = Vec::new();
     let mut first_error = None;

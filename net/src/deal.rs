@@ -54,6 +54,8 @@ pub struct DealJob {
     pub workers: usize,
     pub journal_dir: PathBuf,
     pub via: Vec<String>,
+    /// The most a proxy of `via` may charge, MASPC per GiB relayed.
+    pub max_proxy_price: u64,
     /// The key each host in `hosts` must answer with (an exchange matched these), in the
     /// same order; empty: whatever key each host states.
     pub host_keys: Vec<[u8; 32]>,
@@ -813,6 +815,7 @@ async fn place_part(
             file: job.file.clone(),
             link,
             via: job.via.clone(),
+            max_proxy_price: job.max_proxy_price,
             key: job.key.clone(),
             passphrase: job.passphrase.clone(),
             chunk_bytes: job.chunk_bytes,

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod receive;
 pub mod record;
+pub mod redeem;
 pub mod state;
 pub mod wire;
 
@@ -26,7 +27,6 @@ use proto::DecodeError;
 
 pub use wire::ErrorCode;
 
-/// Unix seconds now: link expiries and chunk retention are counted in these.
 /// Lowercase hex, as the chain's views write ids and keys.
 pub(crate) fn hex(b: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(b)
@@ -42,6 +42,7 @@ pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
         .ok()
 }
 
+/// Unix seconds now: link expiries and chunk retention are counted in these.
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -2,8 +2,10 @@
 //! `ProxyConnect` frame, the proxy connects to it from its own address and then relays bytes
 //! both ways unchanged, counting them. The host sees only the proxy's address. When the
 //! session ends, the client sends a `ProxyReceipt` on a new connection: its signed statement
-//! of the bytes relayed, which the proxy accepts only if it matches its own count (the
-//! basis of the proxy's pay later).
+//! of the bytes relayed, at the price and to the key the proxy stated in its `ProxyReady`,
+//! which the proxy accepts only if it matches its own count and statement. With a store,
+//! an accepted receipt is on disk before it is acknowledged, and `crate::redeem` has the
+//! chain pay it from the client's allowance.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,7 +20,8 @@ use tracing::{debug, info};
 
 use crate::config::Limits;
 use crate::io::{read_header, read_request_body, write_reply, Counted, Counters};
-use crate::wire::{kind, ErrorCode, Receipt, Reply, Request};
+use crate::redeem::ReceiptStore;
+use crate::wire::{kind, ErrorCode, ProxyReceipt, Reply, Request};
 use crate::NetError;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -35,13 +38,35 @@ struct Session {
     counts: watch::Receiver<Option<(u64, u64)>>,
 }
 
+/// Who a proxy is to its clients: the key its receipts pay, the chain they are paid on
+/// and its price, MASPC per GiB relayed (both ways).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub key: ed25519_consensus::SigningKey,
+    pub chain_id: u64,
+    pub price_per_gib: u64,
+}
+
+impl Identity {
+    /// A new key, no chain, free: receipts are checked and kept but not paid.
+    pub fn unpaid() -> Identity {
+        Identity {
+            key: ed25519_consensus::SigningKey::new(rand_core::OsRng),
+            chain_id: 0,
+            price_per_gib: 0,
+        }
+    }
+}
+
 /// A proxy's sessions and the receipts clients signed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Proxy {
     sessions: Mutex<HashMap<[u8; 16], Session>>,
-    receipts: Mutex<Vec<Receipt>>,
+    receipts: Mutex<Vec<ProxyReceipt>>,
     limits: Limits,
     allow_private: bool,
+    identity: Identity,
+    store: Option<ReceiptStore>,
 }
 
 /// Whether `ip` is one a public relay must not reach for strangers: loopback, private,
@@ -80,16 +105,31 @@ fn private(ip: std::net::IpAddr) -> bool {
 impl Proxy {
     /// A proxy with `limits`; `allow_private` lets it relay to loopback and private
     /// addresses (a local test network), which a public proxy refuses.
+    /// Its receipts are checked and kept in memory, not paid ([`Identity::unpaid`]).
     pub fn new(limits: Limits, allow_private: bool) -> Proxy {
+        Proxy::paid(limits, allow_private, Identity::unpaid(), None)
+    }
+
+    /// A proxy that states `identity` to its clients and, with a `store`, keeps each
+    /// receipt on disk before it acknowledges it.
+    pub fn paid(
+        limits: Limits,
+        allow_private: bool,
+        identity: Identity,
+        store: Option<ReceiptStore>,
+    ) -> Proxy {
         Proxy {
+            sessions: Mutex::default(),
+            receipts: Mutex::default(),
             limits,
             allow_private,
-            ..Proxy::default()
+            identity,
+            store,
         }
     }
 
-    /// Receipts accepted so far.
-    pub fn receipts(&self) -> Vec<Receipt> {
+    /// Receipts accepted since it started.
+    pub fn receipts(&self) -> Vec<ProxyReceipt> {
         self.receipts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -260,7 +300,13 @@ async fn relay(
         }
         s.insert(session, Session { counts });
     }
-    if let Err(e) = write_reply(&mut client, request, &Reply::ProxyReady { session }).await {
+    let ready = Reply::ProxyReady {
+        session,
+        proxy: proxy.identity.key.verification_key().to_bytes(),
+        chain_id: proxy.identity.chain_id,
+        price_per_gib: proxy.identity.price_per_gib,
+    };
+    if let Err(e) = write_reply(&mut client, request, &ready).await {
         let _ = done.send(Some((0, 0)));
         return Err(e);
     }
@@ -293,11 +339,35 @@ async fn relay(
     result
 }
 
-async fn check_receipt(proxy: &Proxy, r: Receipt) -> Reply {
+async fn check_receipt(proxy: &Proxy, r: ProxyReceipt) -> Reply {
     if !r.verify() {
         return Reply::error(
             ErrorCode::BadReceipt,
             "the receipt's signature does not verify",
+        );
+    }
+    let me = &proxy.identity;
+    if r.proxy.0 != me.key.verification_key().to_bytes()
+        || r.chain_id != me.chain_id
+        || r.price_per_gib != me.price_per_gib
+    {
+        return Reply::error(
+            ErrorCode::BadReceipt,
+            format!(
+                "the receipt names another proxy, chain or price than this proxy's (chain {}, {} MASPC per GiB)",
+                me.chain_id, me.price_per_gib
+            ),
+        );
+    }
+    let life = proto::receipt::RECEIPT_LIFE_SECS;
+    let now = crate::now_secs();
+    if r.expiry_unix_secs < now + life / 2 || r.expiry_unix_secs > now + 2 * life {
+        return Reply::error(
+            ErrorCode::BadReceipt,
+            format!(
+                "the receipt expires at {}: redeemable for about {life} s from now, please",
+                r.expiry_unix_secs
+            ),
         );
     }
     let counts = {
@@ -324,6 +394,12 @@ async fn check_receipt(proxy: &Proxy, r: Receipt) -> Reply {
                 r.up_bytes, r.down_bytes
             ),
         );
+    }
+    if let Some(store) = &proxy.store {
+        if let Err(e) = store.keep(&r) {
+            tracing::warn!(reason = %e, "cannot keep a receipt");
+            return Reply::error(ErrorCode::Internal, "the proxy cannot keep the receipt now");
+        }
     }
     proxy
         .sessions

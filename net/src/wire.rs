@@ -24,8 +24,6 @@ pub const ADDR_MAX: usize = 255;
 pub const HELLO_CONTEXT: &[u8] = b"market.space 2026-11 hello v1\0";
 /// Domain separation of the host's signature on a stored object.
 pub const OBJECT_CONTEXT: &[u8] = b"market.space 2026-11 object stored v1\0";
-/// Domain separation of a proxy receipt's signature.
-pub const RECEIPT_CONTEXT: &[u8] = b"market.space 2026-11 proxy receipt v1\0";
 
 /// Frame kinds. Client requests are below 0x40, proxy requests 0x40..0x7f, replies have the
 /// high bit set.
@@ -228,57 +226,10 @@ pub enum Request {
     ProxyConnect {
         target: String,
     },
-    ProxyReceipt(Receipt),
+    ProxyReceipt(ProxyReceipt),
 }
 
-/// A client's signed statement of the bytes a proxy relayed for it in one session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Receipt {
-    pub session: [u8; 16],
-    /// Bytes from the client towards the host, and back, after the proxy's `ProxyReady`.
-    pub up_bytes: u64,
-    pub down_bytes: u64,
-    pub client_key: [u8; 32],
-    pub signature: [u8; 64],
-}
-
-impl Receipt {
-    /// The message the client signs.
-    pub fn message(session: &[u8; 16], up_bytes: u64, down_bytes: u64) -> Vec<u8> {
-        let mut m = RECEIPT_CONTEXT.to_vec();
-        m.extend_from_slice(session);
-        m.extend_from_slice(&up_bytes.to_le_bytes());
-        m.extend_from_slice(&down_bytes.to_le_bytes());
-        m
-    }
-
-    pub fn sign(
-        key: &ed25519_consensus::SigningKey,
-        session: [u8; 16],
-        up_bytes: u64,
-        down_bytes: u64,
-    ) -> Receipt {
-        Receipt {
-            session,
-            up_bytes,
-            down_bytes,
-            client_key: key.verification_key().to_bytes(),
-            signature: key
-                .sign(&Self::message(&session, up_bytes, down_bytes))
-                .to_bytes(),
-        }
-    }
-
-    pub fn verify(&self) -> bool {
-        ed25519_consensus::VerificationKey::try_from(self.client_key).is_ok_and(|vk| {
-            vk.verify(
-                &ed25519_consensus::Signature::from(self.signature),
-                &Self::message(&self.session, self.up_bytes, self.down_bytes),
-            )
-            .is_ok()
-        })
-    }
-}
+pub use proto::receipt::ProxyReceipt;
 
 /// The message a host signs when it has recorded an object: the manifest id and its chunk
 /// list as sent, so a client (through any proxy) knows the host itself has every chunk.
@@ -397,13 +348,7 @@ impl Request {
             }
             Request::GetObject => {}
             Request::ProxyConnect { target } => put_addr(&mut out, target),
-            Request::ProxyReceipt(r) => {
-                out.extend_from_slice(&r.session);
-                out.extend_from_slice(&r.up_bytes.to_le_bytes());
-                out.extend_from_slice(&r.down_bytes.to_le_bytes());
-                out.extend_from_slice(&r.client_key);
-                out.extend_from_slice(&r.signature);
-            }
+            Request::ProxyReceipt(r) => r.encode(&mut out),
         }
         out
     }
@@ -500,13 +445,7 @@ impl Request {
             kind::PROXY_CONNECT => Request::ProxyConnect {
                 target: take_addr(&mut r, "target")?,
             },
-            _ => Request::ProxyReceipt(Receipt {
-                session: r.array("session")?,
-                up_bytes: r.u64("up bytes")?,
-                down_bytes: r.u64("down bytes")?,
-                client_key: r.array("client key")?,
-                signature: r.array("signature")?,
-            }),
+            _ => Request::ProxyReceipt(ProxyReceipt::read(&mut r)?),
         };
         r.finish()?;
         Ok(req)
@@ -548,8 +487,13 @@ pub enum Reply {
     HaveReply {
         bits: Vec<u8>,
     },
+    /// The relay is open: the session's id, and who the proxy is and what it charges, for
+    /// the client's receipt.
     ProxyReady {
         session: [u8; 16],
+        proxy: [u8; 32],
+        chain_id: u64,
+        price_per_gib: u64,
     },
     ReceiptOk,
     Error {
@@ -610,7 +554,17 @@ impl Reply {
             Reply::ObjectStored { signature } => out.extend_from_slice(signature),
             Reply::Data(bytes) => out.extend_from_slice(bytes),
             Reply::HaveReply { bits } => out.extend_from_slice(bits),
-            Reply::ProxyReady { session } => out.extend_from_slice(session),
+            Reply::ProxyReady {
+                session,
+                proxy,
+                chain_id,
+                price_per_gib,
+            } => {
+                out.extend_from_slice(session);
+                out.extend_from_slice(proxy);
+                out.extend_from_slice(&chain_id.to_le_bytes());
+                out.extend_from_slice(&price_per_gib.to_le_bytes());
+            }
             Reply::ReceiptOk => {}
             Reply::Error { code, message } => {
                 out.extend_from_slice(&(*code as u16).to_le_bytes());
@@ -681,6 +635,9 @@ impl Reply {
             },
             kind::PROXY_READY => Reply::ProxyReady {
                 session: r.array("session")?,
+                proxy: r.array("proxy")?,
+                chain_id: r.u64("chain_id")?,
+                price_per_gib: r.u64("price_per_gib")?,
             },
             kind::RECEIPT_OK => Reply::ReceiptOk,
             _ => {
@@ -750,7 +707,7 @@ mod tests {
             Request::ProxyConnect {
                 target: "127.0.0.1:7000".into(),
             },
-            Request::ProxyReceipt(Receipt::sign(&key, [3; 16], 10, 20)),
+            Request::ProxyReceipt(receipt(&key)),
         ]
     }
 
@@ -771,7 +728,12 @@ mod tests {
             Reply::Deleted { removed: false },
             Reply::Data(vec![1, 2, 3]),
             Reply::HaveReply { bits: vec![0b101] },
-            Reply::ProxyReady { session: [9; 16] },
+            Reply::ProxyReady {
+                session: [9; 16],
+                proxy: [4; 32],
+                chain_id: 2,
+                price_per_gib: 7,
+            },
             Reply::ReceiptOk,
             Reply::error(ErrorCode::NotGranted, "not in this link"),
         ]
@@ -796,10 +758,25 @@ mod tests {
         }
     }
 
+    fn receipt(key: &ed25519_consensus::SigningKey) -> ProxyReceipt {
+        ProxyReceipt::sign(
+            key,
+            &proto::receipt::Relayed {
+                chain_id: 1,
+                proxy: proto::tx::AccountId([4; 32]),
+                session: [3; 16],
+                up_bytes: 10,
+                down_bytes: 20,
+                price_per_gib: 5,
+                expiry_unix_secs: 1000,
+            },
+        )
+    }
+
     #[test]
     fn receipts_verify_only_as_signed() {
         let key = ed25519_consensus::SigningKey::from([7u8; 32]);
-        let r = Receipt::sign(&key, [3; 16], 10, 20);
+        let r = receipt(&key);
         assert!(r.verify());
         let mut more = r.clone();
         more.up_bytes += 1;
@@ -807,6 +784,11 @@ mod tests {
             !more.verify(),
             "a receipt claiming more bytes must not verify"
         );
+        // A receipt frame cut short names the field.
+        let frame = Request::ProxyReceipt(r).to_frame(1);
+        let (h, body) = split(&frame);
+        let err = Request::decode(h.kind, body[..body.len() - 1].to_vec()).unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod market;
 pub mod offer;
 pub mod proof;
+pub mod receipt;
 pub mod share;
 pub mod tx;
 

@@ -13,6 +13,7 @@ use ed25519_consensus::{Signature, SigningKey, VerificationKey};
 
 use crate::decode::{DecodeError, Reader};
 use crate::ids::ChunkId;
+use crate::receipt::ProxyReceipt;
 use crate::ChunkEntry;
 
 pub const TX_VERSION: u8 = 1;
@@ -287,7 +288,19 @@ pub enum TxBody {
     /// Tag 14: the deal's sender changes the fee receivers pay it per download from now on
     /// (payments already made keep the fee they paid).
     SetDownloadFee { deal: DealId, download_fee: u64 },
+    /// Tag 15: lock `amount` MASPC more in the signer's proxy allowance, which pays the
+    /// proxies that relay for it (and cancel a release under way).
+    LockAllowance { amount: u64 },
+    /// Tag 16: give back the signer's allowance: what is left of it returns at the end of
+    /// the block `ALLOWANCE_RELEASE_BLOCKS` after this one (receipts are paid until then).
+    ReleaseAllowance,
+    /// Tag 17: a proxy redeems receipts its clients signed to it: each is paid once, from
+    /// its client's allowance (as much as is left).
+    RedeemReceipts { receipts: Vec<ProxyReceipt> },
 }
+
+/// Most receipts one `RedeemReceipts` carries (about 94 KB).
+pub const RECEIPTS_PER_TX_MAX: usize = 512;
 
 /// An unsigned transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -531,6 +544,23 @@ impl Tx {
                 out.extend_from_slice(&deal.0);
                 put_u64(&mut out, *download_fee);
             }
+            TxBody::LockAllowance { amount } => {
+                out.push(15);
+                put_u64(&mut out, *amount);
+            }
+            TxBody::ReleaseAllowance => out.push(16),
+            TxBody::RedeemReceipts { receipts } => {
+                assert!(
+                    !receipts.is_empty() && receipts.len() <= RECEIPTS_PER_TX_MAX,
+                    "1 to RECEIPTS_PER_TX_MAX receipts"
+                );
+                out.push(17);
+                let n = u16::try_from(receipts.len()).expect("at most RECEIPTS_PER_TX_MAX");
+                out.extend_from_slice(&n.to_le_bytes());
+                for r in receipts {
+                    r.encode(&mut out);
+                }
+            }
         }
         out
     }
@@ -729,6 +759,29 @@ impl Tx {
                 deal: TxId(r.array("deal")?),
                 download_fee: r.u64("download_fee")?,
             },
+            15 => TxBody::LockAllowance {
+                amount: r.u64("amount")?,
+            },
+            16 => TxBody::ReleaseAllowance,
+            17 => {
+                let n = usize::from(r.u16("receipt count")?);
+                if n == 0 || n > RECEIPTS_PER_TX_MAX {
+                    return Err(
+                        r.invalid("receipt count", format!("{n}: 1 to {RECEIPTS_PER_TX_MAX}"))
+                    );
+                }
+                if r.remaining() < n * crate::receipt::RECEIPT_BYTES {
+                    return Err(r.invalid(
+                        "receipt count",
+                        format!("{n} receipts do not fit in {} bytes", r.remaining()),
+                    ));
+                }
+                let mut receipts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    receipts.push(ProxyReceipt::read(r)?);
+                }
+                TxBody::RedeemReceipts { receipts }
+            }
             other => {
                 return Err(r.invalid(
                     "body tag",
@@ -868,7 +921,7 @@ impl SignedTx {
 /// Refuses signer keys that are not points of the curve or are of small order. ZIP-215
 /// verification accepts small-order keys, and for those anyone can forge a signature
 /// (pick s, let R = sB): an account whose key is, say, all zeros would be anyone's.
-fn check_signer(signer: &AccountId) -> Result<(), SignatureError> {
+pub(crate) fn check_signer(signer: &AccountId) -> Result<(), SignatureError> {
     let point = curve25519_dalek_ng::edwards::CompressedEdwardsY(signer.0).decompress();
     match point {
         Some(p) if !p.is_small_order() => Ok(()),
@@ -997,6 +1050,22 @@ mod tests {
             TxBody::DownloadClaim {
                 payment: TxId([8; 32]),
             },
+            TxBody::LockAllowance { amount: 50 },
+            TxBody::ReleaseAllowance,
+            TxBody::RedeemReceipts {
+                receipts: vec![crate::receipt::ProxyReceipt::sign(
+                    &key(),
+                    &crate::receipt::Relayed {
+                        chain_id: 1,
+                        proxy: AccountId([4; 32]),
+                        session: [6; 16],
+                        up_bytes: 10,
+                        down_bytes: 20,
+                        price_per_gib: 3,
+                        expiry_unix_secs: 1000,
+                    },
+                )],
+            },
             TxBody::SetDownloadFee {
                 deal,
                 download_fee: 0,
@@ -1123,7 +1192,7 @@ mod tests {
                 "tag",
                 {
                     let mut b = good.clone();
-                    b[57] = 15;
+                    b[57] = 18;
                     b
                 },
                 "transaction kind",

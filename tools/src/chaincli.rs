@@ -747,6 +747,10 @@ enum ChainAction {
     Record(RecordArgs),
     /// File a complaint about a deal you are the sender or host of (the fee is burned).
     Complain(ComplainArgs),
+    /// Your proxy allowance: `--lock N` MASPC more for the proxies that relay for you
+    /// (`--via`; each redeems your signed receipts from it), or `--release` what is left
+    /// (back after 100 blocks, while proxies may still redeem).
+    Allowance(AllowanceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -759,6 +763,22 @@ struct RecordArgs {
     /// The recording account's key file (needed to record).
     #[arg(long, required_unless_present = "verify")]
     key: Option<PathBuf>,
+    #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
+    wait: Duration,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("op").required(true).args(["lock", "release"])))]
+struct AllowanceArgs {
+    /// The client's key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// MASPC to lock.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    lock: Option<u64>,
+    /// Start giving back what is left.
+    #[arg(long)]
+    release: bool,
     #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
     wait: Duration,
 }
@@ -961,6 +981,33 @@ pub fn chain(a: ChainArgs) -> Result<()> {
                     .await
                     .map_err(|e| anyhow!("complaining about deal {}: {e}", hex(&deal)))?;
                 print(&r, a.json)
+            }
+            ChainAction::Allowance(l) => {
+                let key = read_key(&l.key)?;
+                let body = match l.lock {
+                    Some(amount) => TxBody::LockAllowance { amount },
+                    None => TxBody::ReleaseAllowance,
+                };
+                let mut chain = ChainClient::connect(std::slice::from_ref(&a.miner)).await?;
+                chain
+                    .submit(&key, body, 1, l.wait)
+                    .await
+                    .map_err(|e| anyhow!("the allowance: {e}"))?;
+                let v = chain
+                    .account(proto::tx::AccountId(key.verification_key().to_bytes()))
+                    .await?;
+                if a.json {
+                    print(&v, true)
+                } else {
+                    match v.allowance_release_at {
+                        Some(h) => println!(
+                            "proxy allowance {} MASPC, returning at the end of height {h}",
+                            v.allowance
+                        ),
+                        None => println!("proxy allowance {} MASPC", v.allowance),
+                    }
+                    Ok(())
+                }
             }
             ChainAction::Tx { id } => {
                 let id = parse_id(&id)?;

@@ -76,6 +76,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         workers: workers(args.workers)?,
         journal_dir: state_dir()?,
         via: args.via.clone(),
+        max_proxy_price: args.max_proxy_price,
         host_keys: Vec::new(),
         max_price_per_gib_day: args.max_price,
         exchange: None,

@@ -235,6 +235,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             workers: engine::seal::default_workers(),
             journal_dir: dir.join("client-state"),
             via: Vec::new(),
+            max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
             host_keys: Vec::new(),
             max_price_per_gib_day: None,
             exchange: None,
@@ -370,6 +371,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             &GetJob {
                 links,
                 via: Vec::new(),
+                max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
                 key: client.clone(),
                 unlock: Key::Share(Box::new(done.share_key.clone())),
                 out: out.clone(),
@@ -423,6 +425,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let job = GetJob {
             links: Vec::new(),
             via: Vec::new(),
+            max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
             key: receiver.clone(),
             unlock: Key::Share(Box::new(share.key.clone())),
             out: bought_file.clone(),

@@ -204,36 +204,6 @@ fn create(c: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Submits `tx` unless the chain holds it already (the mempool holding it is fine) and
-/// follows the blocks until one holds it, for at most `wait`; its height.
-async fn wait_committed(chain: &mut ChainClient, tx: &SignedTx, wait: Duration) -> Result<u64> {
-    if let Some(h) = chain.tx_height(tx.id()).await? {
-        return Ok(h);
-    }
-    match chain.submit_signed(std::slice::from_ref(tx)).await?.first() {
-        Some(Err(e)) if !e.contains("already in the mempool") => {
-            bail!("the miner refused the payment: {e}")
-        }
-        _ => {}
-    }
-    let deadline = std::time::Instant::now() + wait;
-    let mut next = chain.status().await?.height + 1;
-    loop {
-        if let Some(h) = chain.tx_height(tx.id()).await? {
-            return Ok(h);
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "payment {} was not committed within {} s: run `mspace invoice pay` again (it sends this same transaction, never a second payment)",
-                tx.id(),
-                wait.as_secs()
-            );
-        }
-        chain.block(next, Duration::from_secs(5)).await?;
-        next += 1;
-    }
-}
-
 fn open(o: &OpenArgs, pay: bool) -> Result<()> {
     let key = client_key(o.key.as_deref())?;
     let me = key.verification_key().to_bytes();
@@ -338,12 +308,7 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
         let me_id = AccountId(me);
         let next_nonce = rt.block_on(chain.account(me_id))?.nonce;
         let tx = match earlier {
-            Some(t)
-                if t.tx().nonce >= next_nonce
-                    || rt.block_on(chain.tx_height(t.id()))?.is_some() =>
-            {
-                t
-            }
+            Some(t) if rt.block_on(chain.may_land(&t))? => t,
             // Its nonce went to another transaction and it is not on the chain: it can
             // never land, so a new one is made.
             _ => {
@@ -363,7 +328,13 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
                 t
             }
         };
-        let height = rt.block_on(wait_committed(&mut chain, &tx, o.wait))?;
+        let height = match rt.block_on(chain.send_once(&tx, o.wait)) {
+            Ok(h) => h,
+            Err(api::chain::ChainError::NotCommitted { tx, secs }) => bail!(
+                "payment {tx} was not committed within {secs} s: run `mspace invoice pay` again (it sends this same transaction, never a second payment)"
+            ),
+            Err(e) => bail!("the payment: {e}"),
+        };
         net::record::write_durably(
             &paid,
             format!("transaction {} at height {height}\n", tx.id()).as_bytes(),

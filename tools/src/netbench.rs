@@ -94,7 +94,7 @@ async fn over_network(
     let key = SigningKey::from([1u8; 32]);
     let mut opened = Vec::new();
     for _ in 0..conns {
-        opened.push(Conn::open(link, &[], &key).await?);
+        opened.push(Conn::open(link, &[], &key, 0).await?);
     }
     let cpu0 = diskbench::cpu_seconds();
     let start = Instant::now();
@@ -278,7 +278,7 @@ impl NetBench {
             let envelope = b"engine-bench net: a stand-in manifest envelope".to_vec();
             let manifest = ChunkId::of(&envelope);
             rt.block_on(async {
-                let mut c = Conn::open(&up, &[], &key).await?;
+                let mut c = Conn::open(&up, &[], &key, 0).await?;
                 c.call(Request::PutObject {
                     manifest,
                     chunks: ids.to_vec(),

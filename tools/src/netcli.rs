@@ -151,6 +151,25 @@ pub struct ProxyArgs {
     /// refuses them, so strangers cannot reach its own network through it.
     #[arg(long)]
     allow_private: bool,
+    /// The proxy's key file (hex seed; created if missing): the account its clients'
+    /// receipts pay. Without it the proxy relays for free.
+    #[arg(long, requires_all = ["chain", "state"])]
+    key: Option<PathBuf>,
+    /// A miner's control address (repeat: the first that answers): the chain the receipts
+    /// are paid on, redeemed there in batches.
+    #[arg(long, requires = "key")]
+    chain: Vec<String>,
+    /// What the proxy charges, MASPC per GiB relayed (both ways), from each client's
+    /// allowance; clients refuse more than their --max-proxy-price.
+    #[arg(long, default_value_t = 0, requires = "key")]
+    price_per_gib: u64,
+    /// Where accepted receipts are kept (pending/, redeemed/, rejected/): each is on disk
+    /// before the client is told it was accepted.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Seconds between rounds of redeeming the pending receipts.
+    #[arg(long, default_value_t = 60, requires = "key", value_parser = clap::value_parser!(u64).range(1..))]
+    redeem_every: u64,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +245,10 @@ pub struct PutArgs {
     /// Relay through this proxy (host:port); repeat to chain proxies in order.
     #[arg(long)]
     pub(crate) via: Vec<String>,
+    /// The most a --via proxy may charge, MASPC per GiB relayed (paid from your proxy
+    /// allowance, `mspace chain allowance`): a dearer proxy is refused before any byte.
+    #[arg(long, default_value_t = net::client::PROXY_PRICE_MAX_DEFAULT)]
+    pub(crate) max_proxy_price: u64,
     /// Plaintext bytes per chunk: 4KiB to 64MiB, a multiple of 4KiB.
     #[arg(long, default_value = "8MiB", value_parser = parse_chunk_size)]
     pub(crate) chunk_size: u32,
@@ -277,6 +300,10 @@ pub struct GetArgs {
     /// Relay through this proxy; repeat to chain.
     #[arg(long)]
     via: Vec<String>,
+    /// The most a --via proxy may charge, MASPC per GiB relayed (paid from your proxy
+    /// allowance, `mspace chain allowance`): a dearer proxy is refused before any byte.
+    #[arg(long, default_value_t = net::client::PROXY_PRICE_MAX_DEFAULT)]
+    max_proxy_price: u64,
     /// Replace --out if it exists.
     #[arg(long)]
     force: bool,
@@ -737,16 +764,65 @@ pub fn proxy(args: ProxyArgs) -> Result<()> {
         let listener = TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        println!("proxy listening on {}", listener.local_addr()?);
         let (stop, stopped) = watch::channel(false);
-        let proxy = Arc::new(net::proxy::Proxy::new(
+        let store = match &args.state {
+            Some(d) => Some(
+                net::redeem::ReceiptStore::open(d)
+                    .with_context(|| format!("cannot use {} for receipts", d.display()))?,
+            ),
+            None => None,
+        };
+        let mut redeemer = None;
+        let identity = match &args.key {
+            None => net::proxy::Identity::unpaid(),
+            Some(path) => {
+                let key = if path.exists() {
+                    read_key(path)?
+                } else {
+                    write_new_key(path)?
+                };
+                let mut chain = api::chain::ChainClient::connect(&args.chain)
+                    .await
+                    .with_context(|| format!("no miner answers at {}", args.chain.join(", ")))?;
+                let chain_id = chain.status().await?.chain_id;
+                redeemer = Some(net::redeem::Redeemer::new(
+                    key.clone(),
+                    chain,
+                    store.clone().context("--key needs --state")?,
+                ));
+                net::proxy::Identity {
+                    key,
+                    chain_id,
+                    price_per_gib: args.price_per_gib,
+                }
+            }
+        };
+        println!(
+            "proxy {} on chain {} at {} MASPC per GiB",
+            miner::hex(&identity.key.verification_key().to_bytes()),
+            identity.chain_id,
+            identity.price_per_gib
+        );
+        let proxy = Arc::new(net::proxy::Proxy::paid(
             Limits::default(),
             args.allow_private,
+            identity,
+            store,
         ));
+        let redeeming = redeemer.map(|r| {
+            tokio::spawn(r.run(
+                std::time::Duration::from_secs(args.redeem_every),
+                stopped.clone(),
+            ))
+        });
+        println!("proxy listening on {}", listener.local_addr()?);
         let server = tokio::spawn(net::proxy::serve(Arc::clone(&proxy), listener, stopped));
         wait_for_signal().await;
         let _ = stop.send(true);
         let _ = server.await;
+        if let Some(r) = redeeming {
+            let _ = r.await;
+        }
         tracing::info!(receipts = proxy.receipts().len(), "proxy stopped");
         anyhow::Ok(())
     })
@@ -819,6 +895,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         file: args.file.clone(),
         link: link.clone(),
         via: args.via.clone(),
+        max_proxy_price: args.max_proxy_price,
         key,
         passphrase,
         chunk_bytes: args.chunk_size,
@@ -935,6 +1012,7 @@ pub fn get(args: GetArgs) -> Result<()> {
                 max_fee: args.max_fee,
                 workers: workers(args.workers)?,
                 via: args.via.clone(),
+                max_proxy_price: args.max_proxy_price,
                 json: args.json,
             });
         }
@@ -997,6 +1075,7 @@ pub fn get(args: GetArgs) -> Result<()> {
     let job = GetJob {
         links,
         via: args.via.clone(),
+        max_proxy_price: args.max_proxy_price,
         key: client_key(args.key.as_deref())?,
         unlock,
         out: args.out.clone(),
@@ -1104,6 +1183,7 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
             file: sample.to_owned(),
             link: up,
             via: Vec::new(),
+            max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
             key: client.clone(),
             passphrase: zeroize::Zeroizing::new(pass.to_vec()),
             chunk_bytes: proto::CHUNK_BYTES_DEFAULT,
@@ -1128,6 +1208,7 @@ pub fn demo_network(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> R
         let job = GetJob {
             links: vec![down],
             via: vec![proxy_addr.clone()],
+            max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
             key: client,
             unlock: Key::Share(Box::new(done.share_key.clone())),
             out: out.clone(),

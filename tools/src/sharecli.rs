@@ -216,6 +216,7 @@ pub struct SharedGet {
     pub max_fee: u64,
     pub workers: usize,
     pub via: Vec<String>,
+    pub max_proxy_price: u64,
     pub json: bool,
 }
 
@@ -264,6 +265,7 @@ pub fn get_shared(g: &SharedGet) -> Result<()> {
     let job = net::client::GetJob {
         links: Vec::new(),
         via: g.via.clone(),
+        max_proxy_price: g.max_proxy_price,
         key: g.key.clone(),
         unlock: net::client::Key::Share(Box::new(g.share.key.clone())),
         out: g.out.clone(),

@@ -2253,3 +2253,133 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
         },
     );
 }
+
+#[test]
+fn a_proxy_redeems_receipts_once_from_its_clients_allowance() {
+    use consensus::ledger::ALLOWANCE_RELEASE_BLOCKS;
+    use proto::receipt::{ProxyReceipt, Relayed};
+    let mut c = Chain::new();
+    // Account 0 locks an allowance of 100; account 2 is the proxy.
+    assert_eq!(
+        c.err(0, TxBody::LockAllowance { amount: 0 }),
+        TxError::ZeroAmount
+    );
+    assert_eq!(c.err(0, TxBody::ReleaseAllowance), TxError::NoAllowance);
+    let (_, maspc0) = c.bal(0);
+    c.ok(0, TxBody::LockAllowance { amount: 100 });
+    assert_eq!(c.bal(0).1, maspc0 - 100 - 1);
+    assert_eq!(c.state.allowances[&id(0)].amount, 100);
+    let relayed = |session: u8, bytes: u64| Relayed {
+        chain_id: CHAIN,
+        proxy: id(2),
+        session: [session; 16],
+        up_bytes: bytes,
+        down_bytes: bytes,
+        price_per_gib: 10,
+        expiry_unix_secs: u64::MAX,
+    };
+    // 2 GiB at 10 per GiB: 20; 1 GiB + 2 bytes: 11.
+    let a = ProxyReceipt::sign(&key(0), &relayed(1, 1 << 30));
+    let b = ProxyReceipt::sign(&key(0), &relayed(2, (1 << 29) + 1));
+    let redeem = |rs: Vec<ProxyReceipt>| TxBody::RedeemReceipts { receipts: rs };
+    // Refusals, each naming the receipt: for another proxy, another chain, expired,
+    // forged, twice in one batch.
+    assert_eq!(
+        c.err(3, redeem(vec![a.clone()])),
+        TxError::BadReceipt {
+            index: 0,
+            reason: "it names another proxy"
+        }
+    );
+    let other_chain = ProxyReceipt::sign(
+        &key(0),
+        &Relayed {
+            chain_id: CHAIN + 1,
+            ..relayed(3, 5)
+        },
+    );
+    assert_eq!(
+        c.err(2, redeem(vec![a.clone(), other_chain])),
+        TxError::BadReceipt {
+            index: 1,
+            reason: "it is for another chain"
+        }
+    );
+    let expired = ProxyReceipt::sign(
+        &key(0),
+        &Relayed {
+            expiry_unix_secs: 0,
+            ..relayed(3, 5)
+        },
+    );
+    assert!(matches!(
+        c.err(2, redeem(vec![expired])),
+        TxError::BadReceipt { index: 0, .. }
+    ));
+    let mut forged = b.clone();
+    forged.up_bytes *= 4;
+    assert_eq!(
+        c.err(2, redeem(vec![forged])),
+        TxError::BadReceipt {
+            index: 0,
+            reason: "its client's signature does not verify"
+        }
+    );
+    assert_eq!(
+        c.err(2, redeem(vec![a.clone(), a.clone()])),
+        TxError::ReceiptRedeemed { index: 1 }
+    );
+    // Paid once: 20 + 11 from the allowance to the proxy.
+    let (_, proxy0) = c.bal(2);
+    assert_eq!(
+        c.ok(2, redeem(vec![a.clone(), b.clone()])),
+        Receipt::ReceiptsRedeemed {
+            proxy: id(2),
+            receipts: 2,
+            paid: 31
+        }
+    );
+    assert_eq!(c.bal(2).1, proxy0 + 31 - 1);
+    assert_eq!(c.state.allowances[&id(0)].amount, 69);
+    assert_eq!(
+        c.err(2, redeem(vec![b.clone()])),
+        TxError::ReceiptRedeemed { index: 0 }
+    );
+    // A receipt beyond what is left is paid what is left.
+    let big = ProxyReceipt::sign(&key(0), &relayed(4, 10 << 30));
+    assert_eq!(
+        c.ok(2, redeem(vec![big])),
+        Receipt::ReceiptsRedeemed {
+            proxy: id(2),
+            receipts: 1,
+            paid: 69
+        }
+    );
+    assert_eq!(c.state.allowances[&id(0)].amount, 0);
+
+    // Release: what is left returns ALLOWANCE_RELEASE_BLOCKS later; receipts are paid
+    // until then; locking more cancels the release.
+    c.ok(0, TxBody::LockAllowance { amount: 50 });
+    c.ok(0, TxBody::ReleaseAllowance);
+    let at = c.state.height + ALLOWANCE_RELEASE_BLOCKS;
+    assert_eq!(
+        c.err(0, TxBody::ReleaseAllowance),
+        TxError::AllowanceReleasing { at }
+    );
+    c.ok(
+        2,
+        redeem(vec![ProxyReceipt::sign(&key(0), &relayed(5, 1 << 29))]),
+    );
+    assert_eq!(c.state.allowances[&id(0)].amount, 40);
+    let (_, before) = c.bal(0);
+    c.advance_to(at - 1);
+    assert_eq!(c.state.allowances[&id(0)].amount, 40);
+    c.advance_to(at);
+    assert!(!c.state.allowances.contains_key(&id(0)));
+    assert_eq!(c.bal(0).1, before + 40);
+    c.ok(0, TxBody::LockAllowance { amount: 5 });
+    c.ok(0, TxBody::ReleaseAllowance);
+    c.ok(0, TxBody::LockAllowance { amount: 5 });
+    assert_eq!(c.state.allowances[&id(0)].release_at, None);
+    assert!(c.state.allowance_releases.is_empty());
+}

@@ -122,6 +122,7 @@ fn put_job(file: &Path, link: &Link, via: &[String], journal: &Path) -> PutJob {
         file: file.to_owned(),
         link: link.clone(),
         via: via.to_vec(),
+        max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
         key: SigningKey::from([7u8; 32]),
         passphrase: zeroize::Zeroizing::new(b"correct horse".to_vec()),
         chunk_bytes: CHUNK,
@@ -136,6 +137,7 @@ fn get_job(link: &Link, via: &[String], unlock: Key, out: &Path) -> GetJob {
     GetJob {
         links: vec![link.clone()],
         via: via.to_vec(),
+        max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
         key: SigningKey::from([7u8; 32]),
         unlock,
         out: out.to_owned(),
@@ -253,7 +255,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     };
     // Expired.
     let expired = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, -1);
-    let (code, msg) = refused(Conn::open(&expired, &[], &client).await);
+    let (code, msg) = refused(Conn::open(&expired, &[], &client, 0).await);
     assert_eq!(code, Some(ErrorCode::LinkRefused));
     assert!(msg.contains("expired"), "{msg}");
     // Forged: the grant raised after signing.
@@ -261,7 +263,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     let off = bytes.len() - 64 - 8;
     bytes[off..off + 8].copy_from_slice(&(u64::MAX).to_le_bytes());
     let forged = Link::from_bytes(&bytes).unwrap();
-    let (code, msg) = refused(Conn::open(&forged, &[], &client).await);
+    let (code, msg) = refused(Conn::open(&forged, &[], &client, 0).await);
     assert_eq!(code, Some(ErrorCode::LinkRefused));
     assert!(msg.contains("signature"), "{msg}");
     // Signed by another host.
@@ -274,7 +276,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         rand_id(),
     )
     .unwrap();
-    let (code, msg) = refused(Conn::open(&other, &[], &client).await);
+    let (code, msg) = refused(Conn::open(&other, &[], &client, 0).await);
     assert_eq!(code, Some(ErrorCode::LinkRefused));
     assert!(msg.contains("another host"), "{msg}");
     // For another bearer: our key is not the one named.
@@ -283,7 +285,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         Some(SigningKey::from([9u8; 32]).verification_key().to_bytes()),
         600,
     );
-    let (code, msg) = refused(Conn::open(&theirs, &[], &client).await);
+    let (code, msg) = refused(Conn::open(&theirs, &[], &client, 0).await);
     assert_eq!(code, Some(ErrorCode::LinkRefused));
     assert!(msg.contains("bearer"), "{msg}");
     // ... but the named bearer gets in.
@@ -292,7 +294,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         Some(client.verification_key().to_bytes()),
         600,
     );
-    Conn::open(&ours, &[], &client).await.unwrap();
+    Conn::open(&ours, &[], &client, 0).await.unwrap();
     // A download link for a file this host never received.
     let unknown = h.link(
         Grant::Download {
@@ -301,7 +303,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         None,
         600,
     );
-    let (code, _) = refused(Conn::open(&unknown, &[], &client).await);
+    let (code, _) = refused(Conn::open(&unknown, &[], &client, 0).await);
     assert_eq!(code, Some(ErrorCode::NotFound));
 
     // Wrong operation: uploading with a download link, reading with an upload link, and
@@ -314,7 +316,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         600,
     );
     // A put on a download link is refused before its body is read, and ends the connection.
-    let mut c = Conn::open(&down, &[], &client).await.unwrap();
+    let mut c = Conn::open(&down, &[], &client, 0).await.unwrap();
     let bytes = vec![1u8; 4096];
     let e = c
         .call(Request::Put {
@@ -329,7 +331,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         c.call(Request::GetObject).await.is_err(),
         "the connection was closed"
     );
-    let mut c = Conn::open(&down, &[], &client).await.unwrap();
+    let mut c = Conn::open(&down, &[], &client, 0).await.unwrap();
     let e = c
         .call(Request::Get {
             id: ChunkId([6; 32]),
@@ -357,7 +359,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     .await
     .unwrap();
 
-    let mut u = Conn::open(&good, &[], &client).await.unwrap();
+    let mut u = Conn::open(&good, &[], &client, 0).await.unwrap();
     let e = u.call(Request::Get { id: first.id }).await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::NotGranted));
     // Other bytes under the id of a chunk already stored are refused, not taken as "existing".
@@ -394,7 +396,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     assert_eq!(code_of(&e), Some(ErrorCode::CrcMismatch));
     // Over the link's allowance: refused before anything is written.
     let small = h.link(Grant::Upload { bytes_max: 5000 }, None, 600);
-    let mut s = Conn::open(&small, &[], &client).await.unwrap();
+    let mut s = Conn::open(&small, &[], &client, 0).await.unwrap();
     assert_eq!(s.upload_bytes_left, 5000);
     let big = vec![4u8; 8192];
     let e = s
@@ -416,7 +418,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     })
     .await
     .unwrap();
-    let s2 = Conn::open(&small, &[], &client).await.unwrap();
+    let s2 = Conn::open(&small, &[], &client, 0).await.unwrap();
     assert_eq!(s2.upload_bytes_left, 5000 - 4096);
 
     // A file may list only chunks sent with the same link: another link's chunk (known by
@@ -424,7 +426,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
     // manifest already recorded.
     let envelope = b"a stand-in envelope".to_vec();
     let manifest = ChunkId::of(&envelope);
-    let mut u = Conn::open(&good, &[], &client).await.unwrap();
+    let mut u = Conn::open(&good, &[], &client, 0).await.unwrap();
     let e = u
         .call(Request::PutObject {
             manifest,
@@ -434,7 +436,7 @@ async fn every_bad_link_is_refused_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::NotGranted), "{e}");
-    let mut s = Conn::open(&small, &[], &client).await.unwrap();
+    let mut s = Conn::open(&small, &[], &client, 0).await.unwrap();
     let e = s
         .call(Request::PutObject {
             manifest,
@@ -535,8 +537,28 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
     .await
     .unwrap();
     let (_, ready) = net::io::read_reply(&mut s, 4096).await.unwrap();
-    let net::wire::Reply::ProxyReady { session } = ready else {
+    let net::wire::Reply::ProxyReady {
+        session,
+        proxy,
+        chain_id,
+        price_per_gib,
+    } = ready
+    else {
         panic!("{ready:?}")
+    };
+    let receipt = |up_bytes, down_bytes| {
+        net::wire::ProxyReceipt::sign(
+            &client,
+            &proto::receipt::Relayed {
+                chain_id,
+                proxy: proto::tx::AccountId(proxy),
+                session,
+                up_bytes,
+                down_bytes,
+                price_per_gib,
+                expiry_unix_secs: net::now_secs() + proto::receipt::RECEIPT_LIFE_SECS,
+            },
+        )
     };
     // The host's welcome comes through the pipe; then the client leaves.
     let mut welcome = Vec::new();
@@ -544,7 +566,7 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
     s.read_to_end(&mut welcome).await.unwrap();
     let down = welcome.len() as u64;
     assert!(down > 12);
-    let send = |r: net::wire::Receipt| {
+    let send = |r: net::wire::ProxyReceipt| {
         let addr = addrs[0].clone();
         async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -554,7 +576,7 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
             net::io::read_reply(&mut s, 4096).await.unwrap().1
         }
     };
-    let reply = send(net::wire::Receipt::sign(&client, session, 1, down)).await;
+    let reply = send(receipt(1, down)).await;
     match reply {
         net::wire::Reply::Error {
             code: ErrorCode::BadReceipt,
@@ -564,8 +586,51 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
         }
         other => panic!("{other:?}"),
     }
-    let reply = send(net::wire::Receipt::sign(&client, session, 0, down)).await;
+    // One naming another price, or expiring too soon for the proxy to be paid, is refused.
+    let mut dearer = receipt(0, down);
+    dearer.price_per_gib += 1;
+    let dearer = net::wire::ProxyReceipt::sign(
+        &client,
+        &proto::receipt::Relayed {
+            chain_id,
+            proxy: dearer.proxy,
+            session,
+            up_bytes: 0,
+            down_bytes: down,
+            price_per_gib: dearer.price_per_gib,
+            expiry_unix_secs: dearer.expiry_unix_secs,
+        },
+    );
+    let reply = send(dearer).await;
+    assert!(
+        matches!(&reply, net::wire::Reply::Error { code: ErrorCode::BadReceipt, message } if message.contains("price")),
+        "{reply:?}"
+    );
+    let reply = send(receipt(0, down)).await;
     assert_eq!(reply, net::wire::Reply::ReceiptOk);
+
+    // A proxy dearer than the client accepts is refused before anything is relayed.
+    let priced_listener = listen_on("127.0.0.5").await;
+    let priced = priced_listener.local_addr().unwrap().to_string();
+    tokio::spawn(net::proxy::serve(
+        Arc::new(Proxy::paid(
+            Limits::default(),
+            true,
+            net::proxy::Identity {
+                key: SigningKey::from([9u8; 32]),
+                chain_id: 1,
+                price_per_gib: 11,
+            },
+            None,
+        )),
+        priced_listener,
+        rx.clone(),
+    ));
+    let e = Conn::open(&up, std::slice::from_ref(&priced), &client, 10)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("asks 11 MASPC per GiB"), "{e}");
+    assert!(Conn::open(&up, &[priced], &client, 11).await.is_ok());
 
     // A public proxy (the default) refuses loopback and private targets.
     let strict_listener = listen_on("127.0.0.4").await;
@@ -575,7 +640,7 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
         strict_listener,
         rx.clone(),
     ));
-    let e = Conn::open(&up, &[strict], &client).await.unwrap_err();
+    let e = Conn::open(&up, &[strict], &client, 0).await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::Unreachable), "{e}");
     assert!(e.to_string().contains("private"), "{e}");
     // A proxy told to reach nothing says so.
@@ -588,7 +653,7 @@ async fn through_proxies_the_host_sees_only_the_last_proxy() {
         rand_id(),
     )
     .unwrap();
-    let e = Conn::open(&nowhere, &addrs[..1], &client)
+    let e = Conn::open(&nowhere, &addrs[..1], &client, 0)
         .await
         .unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::Unreachable), "{e}");
@@ -989,8 +1054,8 @@ async fn deletes_withdraw_only_what_the_link_sent_and_no_file_lists() {
     let client = SigningKey::from([7u8; 32]);
     let a = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
     let b = h.link(Grant::Upload { bytes_max: 1 << 20 }, None, 600);
-    let mut ca = Conn::open(&a, &[], &client).await.unwrap();
-    let mut cb = Conn::open(&b, &[], &client).await.unwrap();
+    let mut ca = Conn::open(&a, &[], &client, 0).await.unwrap();
+    let mut cb = Conn::open(&b, &[], &client, 0).await.unwrap();
 
     // Only A sent x: A's delete removes its bytes, once.
     let (x, r) = put_raw(&mut ca, &[1; 5000]).await;
@@ -1034,7 +1099,7 @@ async fn deletes_withdraw_only_what_the_link_sent_and_no_file_lists() {
         .await
         .unwrap();
     let first = done.manifest.chunks[0].id;
-    let mut cc = Conn::open(&c, &[], &client).await.unwrap();
+    let mut cc = Conn::open(&c, &[], &client, 0).await.unwrap();
     let (code, msg) = refusal(cc.call(Request::Delete { id: first }).await);
     assert_eq!(code, ErrorCode::NotGranted, "{msg}");
     assert!(msg.contains("part of a file"), "{msg}");
@@ -1048,7 +1113,7 @@ async fn deletes_withdraw_only_what_the_link_sent_and_no_file_lists() {
         None,
         600,
     );
-    let mut cd = Conn::open(&down, &[], &client).await.unwrap();
+    let mut cd = Conn::open(&down, &[], &client, 0).await.unwrap();
     let (code, _) = refusal(cd.call(Request::Delete { id: first }).await);
     assert_eq!(code, ErrorCode::NotGranted);
     assert!(h.host.engine().stat(first).wait().unwrap().is_some());
@@ -1075,13 +1140,13 @@ async fn a_deals_link_takes_exactly_the_deals_chunks_uncharged() {
     )
     .unwrap();
     // The chunk list is not known (the host restarted since it granted the link).
-    let e = Conn::open(&link, &[], &client).await.unwrap_err();
+    let e = Conn::open(&link, &[], &client, 0).await.unwrap_err();
     assert_eq!(code_of(&e), Some(ErrorCode::LinkRefused), "{e}");
     assert!(e.to_string().contains("ask the host"), "{e}");
 
     h.host
         .allow_deal_chunks(&deal, [ChunkId::of(&x)].into_iter().collect());
-    let mut c = Conn::open(&link, &[], &client).await.unwrap();
+    let mut c = Conn::open(&link, &[], &client, 0).await.unwrap();
     assert_eq!(c.upload_bytes_left, 1);
     assert_eq!(
         put_raw(&mut c, &x).await.1,

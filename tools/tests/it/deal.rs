@@ -747,6 +747,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         workers: 1,
         journal_dir: dir.path().join("journal"),
         via: Vec::new(),
+        max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
         host_keys: Vec::new(),
         max_price_per_gib_day: None,
         exchange: None,
@@ -1997,6 +1998,40 @@ fn seed_pub(seed: &[u8; 32]) -> [u8; 32] {
         .to_bytes()
 }
 
+/// `mspace put` of a test file (its path, passphrase file and client state directory) as a
+/// deal of 64 KiB chunks for `PERIODS` proof periods on `host`, with `extra` options.
+fn put_on(
+    (file, pass, state): (&Path, &Path, &str),
+    host: &str,
+    m0: &str,
+    client: &str,
+    extra: &[&str],
+) -> super::Run {
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let (file, pass) = (s(file), s(pass));
+    let mut args = vec![
+        "put",
+        &file,
+        "--host",
+        host,
+        "--chain",
+        m0,
+        "--days",
+        "1",
+        "--period-blocks",
+        &blocks,
+        "--chunk-size",
+        "64KiB",
+        "--key",
+        client,
+        "--passphrase-file",
+        &pass,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    mspace(&args, &[("MSPACE_STATE_DIR", state)])
+}
+
 /// The insurer's side (issue 16): `mspace insure init|register|run`; a put that asks for
 /// more cover than the insurer's deposit, or for a dearer premium than the sender accepts,
 /// stops before anything is paid; an insured put pays the premium with the fee; its host
@@ -2057,36 +2092,20 @@ fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insur
     );
 
     let (file, _, pass, state) = client_files(dir.path(), "insured", 100_000);
-    let env = [("MSPACE_STATE_DIR", state.as_str())];
-    let blocks = (PROOF_PERIOD * PERIODS).to_string();
     let put = |cover: &str, max_premium: &str| {
-        mspace(
+        put_on(
+            (&file, &pass, &state),
+            &hosts[0].control,
+            &m0,
+            &client,
             &[
-                "put",
-                &s(&file),
-                "--host",
-                &hosts[0].control,
-                "--chain",
-                &m0,
-                "--days",
-                "1",
-                "--period-blocks",
-                &blocks,
-                "--chunk-size",
-                "64KiB",
-                "--key",
-                &client,
-                "--passphrase-file",
-                &s(&pass),
                 "--insurer",
                 &addr,
                 "--cover",
                 cover,
                 "--max-premium",
                 max_premium,
-                "--json",
             ],
-            &env,
         )
     };
     let nonce = || account(&m0, &client_key)["nonce"].as_u64().unwrap();
@@ -2191,4 +2210,142 @@ fn an_insured_deal_whose_host_is_killed_pays_the_sender_the_cover_from_the_insur
     assert_eq!(host_deposit, HOST_DEPOSIT - 1500 - 100 * missed);
     let listed = json(&["deals", "--key", &client, "--chain", &m0, "--json"]);
     assert_eq!(listed[0]["insurance"]["state"], "paid_out", "{listed}");
+}
+
+/// Proxies paid per byte (issue 16): the client locks an allowance, uploads through a
+/// priced proxy, signs a receipt at the proxy's price; the proxy keeps it on disk and
+/// redeems it on the chain. The proxy is made to exit right after its batch is committed
+/// and before it records that (the worst moment); restarted, it finds the batch on the
+/// chain and is not paid twice. The allowance pays exactly what the receipts state.
+#[test]
+fn a_proxy_is_paid_its_receipts_from_the_clients_allowance_once_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        hosts,
+    } = start_market(dir.path(), 11, 1, &[]);
+    let client_key = pubkey(&client);
+    let allowance = json(&[
+        "chain",
+        "allowance",
+        "--key",
+        &client,
+        "--lock",
+        "1000",
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert_eq!(allowance["allowance"], 1000, "{allowance}");
+    let (proxy_file, proxy_key) = funded_receiver(dir.path(), "proxy", &m0, &client, 10);
+    let state = dir.path().join("proxy-state");
+    let addr = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    // A million MASPC per GiB: a few hundred KiB relayed cost a few hundred.
+    let proxy_args = [
+        "proxy",
+        "--listen",
+        &addr,
+        "--allow-private",
+        "--key",
+        &proxy_file,
+        "--chain",
+        &m0,
+        "--state",
+        &s(&state),
+        "--price-per-gib",
+        "1000000",
+        "--redeem-every",
+        "1",
+    ];
+    let mut proxy = super::net::start(
+        &proxy_args,
+        &[("MSPACE_PROXY_FAULT", "exit-after-redeem")],
+        "proxy listening on",
+    );
+
+    let (file, bytes, pass, cstate) = client_files(dir.path(), "relayed", 300_000);
+    let put = put_on(
+        (&file, &pass, &cstate),
+        &hosts[0].control,
+        &m0,
+        &client,
+        &["--via", &addr, "--max-proxy-price", "1000000"],
+    );
+    assert_eq!(put.code, 0, "{}", put.stderr);
+
+    // The proxy redeems, is committed, and exits before it moves the receipts.
+    let status = proxy.0.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the proxy exits where it was told to"
+    );
+    let pending = |sub: &str| -> Vec<proto::receipt::ProxyReceipt> {
+        let mut v: Vec<_> = std::fs::read_dir(state.join(sub))
+            .unwrap()
+            .map(|e| {
+                proto::receipt::ProxyReceipt::from_bytes(&std::fs::read(e.unwrap().path()).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        v.sort_by_key(|r| r.session);
+        v
+    };
+    let receipts = pending("pending");
+    assert_eq!(receipts.len(), 1, "one session through the proxy");
+    let r = &receipts[0];
+    assert_eq!(r.client.0, seed_pub(&seed_of(&client)));
+    assert!(
+        r.up_bytes > bytes.len() as u64,
+        "the upload went through the proxy: {r:?}"
+    );
+    let owed = r.amount();
+    assert!(owed > 200 && owed < 1000, "{owed}");
+    assert!(state.join("batch").exists(), "the batch it did not finish");
+    let paid = account(&m0, &proxy_key);
+    assert_eq!(
+        paid["maspc"].as_u64().unwrap(),
+        10 + owed - 1,
+        "paid once, less the fee: {paid}"
+    );
+    assert_eq!(account(&m0, &client_key)["allowance"], 1000 - owed);
+
+    // Restarted, it finds its batch on the chain: the receipt moves to redeemed/ and
+    // nothing is paid twice.
+    let _proxy = super::net::start(&proxy_args, &[], "proxy listening on");
+    until(&m0, 100, || {
+        !state.join("batch").exists() && pending("pending").is_empty()
+    });
+    assert!(!state.join("batch").exists());
+    assert_eq!(pending("redeemed"), receipts);
+    // A few more rounds: still paid once.
+    let h = json(&["chain", "status", "--miner", &m0, "--json"])["height"]
+        .as_u64()
+        .unwrap();
+    until(&m0, 30, || {
+        json(&["chain", "status", "--miner", &m0, "--json"])["height"]
+            .as_u64()
+            .unwrap()
+            >= h + 20
+    });
+    assert_eq!(account(&m0, &proxy_key)["maspc"], 10 + owed - 1);
+    assert_eq!(account(&m0, &client_key)["allowance"], 1000 - owed);
+
+    // The rest of the allowance comes back once released.
+    let released = json(&[
+        "chain",
+        "allowance",
+        "--key",
+        &client,
+        "--release",
+        "--miner",
+        &m0,
+        "--json",
+    ]);
+    assert!(
+        released["allowance_release_at"].as_u64().is_some(),
+        "{released}"
+    );
 }

@@ -62,7 +62,7 @@ enum Event {
 /// A refusal from a live host is a failure of the test, not an end.
 async fn client(link: Link, first: u64, step: u64, events: mpsc::UnboundedSender<Event>) {
     let key = SigningKey::from([7u8; 32]);
-    let Ok(mut c) = Conn::open(&link, &[], &key).await else {
+    let Ok(mut c) = Conn::open(&link, &[], &key, 0).await else {
         return;
     };
     let gone = |e: NetError| {
@@ -171,7 +171,7 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
         let mut host = start(&["host", "--config", &cfg], &[], "listening on");
 
         // Check what the killed host acknowledged.
-        let mut c = rt.block_on(Conn::open(&up, &[], &key)).unwrap();
+        let mut c = rt.block_on(Conn::open(&up, &[], &key, 0)).unwrap();
         let charged = LINK_BYTES - c.upload_bytes_left;
         assert!(
             charged >= acked_bytes,
@@ -255,7 +255,7 @@ fn a_host_killed_at_random_points_keeps_every_acknowledged_chunk() {
             }
         }
         for (n, chunks) in picks {
-            let mut down = rt.block_on(Conn::open(&files[n].0, &[], &key)).unwrap();
+            let mut down = rt.block_on(Conn::open(&files[n].0, &[], &key, 0)).unwrap();
             for i in chunks {
                 let (id, _, data) = chunk(i);
                 match rt.block_on(down.call(Request::Get { id })) {
