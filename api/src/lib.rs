@@ -33,7 +33,7 @@ pub mod config;
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
 pub const HOST_API_VERSION: u32 = 6;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 5;
+pub const MINER_API_VERSION: u32 = 6;
 /// Longest a client may ask a miner to wait for a block.
 pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
@@ -335,8 +335,8 @@ pub struct AccountView {
     pub maspc: u64,
     pub nonce: u64,
     pub registrations: Vec<RegistrationView>,
-    /// MASPC locked for proxies (their receipts are paid from it), and the height at whose
-    /// end what is left returns, once released.
+    /// MASPC locked for proxies (their receipts are paid from it), and the Unix second
+    /// from which what is left returns, once released.
     pub allowance: u64,
     pub allowance_release_at: Option<u64>,
     /// The ledger's rating of this account as a contractor (0..=1000).

@@ -64,9 +64,12 @@ pub const FEE_MIN: u64 = 1;
 /// Blocks a deposit stays locked after `Unbond`: long enough for misbehaviour discovered
 /// late to still be slashed.
 pub const UNBONDING_BLOCKS: u64 = 1000;
-/// Blocks between a `ReleaseAllowance` and the allowance's return: the proxies that relayed
-/// for the client have this long to redeem its receipts.
-pub const ALLOWANCE_RELEASE_BLOCKS: u64 = 100;
+/// Seconds (of block time) between a `ReleaseAllowance` and the allowance's return: twice
+/// a receipt's life, so every receipt the client signed before it can still be redeemed.
+pub const ALLOWANCE_RELEASE_SECS: u64 = 2 * proto::receipt::RECEIPT_LIFE_SECS;
+/// The furthest a redeemed receipt's expiry may be from the block's time: the ledger
+/// remembers each redeemed receipt until its expiry, so this bounds that memory.
+pub const RECEIPT_EXPIRY_MAX_SECS: u64 = 2 * proto::receipt::RECEIPT_LIFE_SECS;
 /// Blocks a host has to complete (#4) a paid deal; after that the escrow goes back to the
 /// sender and the host's capacity is free again, so an unanswered or unwanted deal cannot
 /// lock either side's coins or the host's deposit for long.
@@ -471,12 +474,13 @@ pub struct State {
     pub offers_used: BTreeMap<(AccountId, [u8; 16]), u64>,
     /// Each client's proxy allowance: MASPC that pays the receipts proxies redeem.
     pub allowances: BTreeMap<AccountId, Allowance>,
-    /// Allowances being released: (the height at whose end what is left returns, client).
+    /// Allowances being released: (the Unix second from which the first block returns
+    /// what is left, client).
     pub allowance_releases: BTreeSet<(u64, AccountId)>,
-    /// Receipts redeemed, by (client, session), with their expiry (Unix seconds): each is
-    /// paid once, and forgotten once the chain's time is past its expiry (it could not be
-    /// redeemed again).
-    pub receipts_redeemed: BTreeMap<(AccountId, [u8; 16]), u64>,
+    /// Receipts redeemed, by (proxy, client, session), with their expiry (Unix seconds):
+    /// each is paid once, and forgotten once the chain's time is past its expiry (it could
+    /// not be redeemed again).
+    pub receipts_redeemed: BTreeMap<(AccountId, AccountId, [u8; 16]), u64>,
     pub genesis_supply: Supply,
     pub burned: Supply,
     /// Equivocations already punished: (validator, height, round, vote kind).
@@ -490,7 +494,8 @@ pub struct State {
 pub struct Allowance {
     /// MASPC left.
     pub amount: u64,
-    /// Set by `ReleaseAllowance`: at the end of this height what is left goes back.
+    /// Set by `ReleaseAllowance`: the first block whose time (Unix seconds) is at least
+    /// this gives back what is left.
     pub release_at: Option<u64>,
 }
 
@@ -612,8 +617,8 @@ pub fn next_seed(state: &State, block: &Block) -> Result<([u8; 32], SeedCommit),
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Receipt {
     Applied,
-    /// A proxy was paid `paid` MASPC for `receipts` receipts (less than they state when a
-    /// client's allowance ran out).
+    /// A proxy was paid `paid` MASPC for `receipts` receipts of its batch (less than they
+    /// state when a client's allowance ran out; stale receipts are not counted).
     ReceiptsRedeemed {
         proxy: AccountId,
         receipts: usize,
@@ -694,12 +699,10 @@ pub enum TxError {
     HasOpenDeals(usize),
     #[error("no proxy allowance to release")]
     NoAllowance,
-    #[error("the allowance is already being released (at the end of height {at})")]
+    #[error("the allowance is already being released (from Unix second {at})")]
     AllowanceReleasing { at: u64 },
     #[error("receipt {index}: {reason}")]
     BadReceipt { index: usize, reason: &'static str },
-    #[error("receipt {index} was already redeemed")]
-    ReceiptRedeemed { index: usize },
     #[error("the insurer still covers {0} MASP of running deals")]
     StillCovering(u64),
     #[error("{0} is not a registered, bonded insurer")]
@@ -1132,7 +1135,8 @@ impl State {
             h.update(&id.0);
         }
         u(&mut h, self.receipts_redeemed.len() as u64);
-        for ((client, session), expiry) in &self.receipts_redeemed {
+        for ((proxy, client, session), expiry) in &self.receipts_redeemed {
+            h.update(&proxy.0);
             h.update(&client.0);
             h.update(session);
             u(&mut h, *expiry);
@@ -1301,7 +1305,7 @@ fn end_block(state: &mut State) {
     state.offers_used.retain(|_, expiry| *expiry >= now);
     state.receipts_redeemed.retain(|_, expiry| *expiry >= now);
     while let Some(&(at, who)) = state.allowance_releases.first() {
-        if at > state.height {
+        if at > now {
             break;
         }
         state.allowance_releases.pop_first();
@@ -2102,7 +2106,7 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             if let Some(at) = a.release_at {
                 return Err(TxError::AllowanceReleasing { at });
             }
-            let at = add(height, ALLOWANCE_RELEASE_BLOCKS)?;
+            let at = add(state.timestamp_ms / 1000, ALLOWANCE_RELEASE_SECS)?;
             state.accounts.insert(tx.signer, me);
             state.allowance_releases.insert((at, tx.signer));
             state
@@ -2113,10 +2117,9 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
             Receipt::Applied
         }
         TxBody::RedeemReceipts { receipts } => {
+            // What only the proxy can get wrong refuses the batch: it checked each receipt
+            // when it took it.
             let now = state.timestamp_ms / 1000;
-            let mut seen = BTreeSet::new();
-            let mut left: BTreeMap<AccountId, u64> = BTreeMap::new();
-            let mut paid = 0u64;
             for (index, r) in receipts.iter().enumerate() {
                 let bad = |reason| TxError::BadReceipt { index, reason };
                 if r.proxy != tx.signer {
@@ -2125,23 +2128,45 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                 if r.chain_id != state.chain_id {
                     return Err(bad("it is for another chain"));
                 }
-                if r.expiry_unix_secs < now {
-                    return Err(bad("it expired"));
+                if r.expiry_unix_secs > now.saturating_add(RECEIPT_EXPIRY_MAX_SECS) {
+                    return Err(bad("it expires too far ahead"));
                 }
-                let id = (r.client, r.session);
-                if state.receipts_redeemed.contains_key(&id) || !seen.insert(id) {
-                    return Err(TxError::ReceiptRedeemed { index });
-                }
-                if !r.verify() {
-                    return Err(bad("its client's signature does not verify"));
+            }
+            if !proto::receipt::verify_all(receipts) {
+                let index = receipts.iter().position(|r| !r.verify()).unwrap_or(0);
+                return Err(TxError::BadReceipt {
+                    index,
+                    reason: "its client's signature does not verify",
+                });
+            }
+            // What time can make stale is skipped, so the rest of the batch is paid: a
+            // receipt expired, redeemed already (or twice in the batch), or whose client's
+            // allowance is empty (it stays redeemable if the client locks more).
+            let mut seen = BTreeSet::new();
+            let mut left: BTreeMap<AccountId, u64> = BTreeMap::new();
+            let mut paid = 0u64;
+            let mut taken = Vec::new();
+            for r in receipts {
+                let id = (r.proxy, r.client, r.session);
+                if r.expiry_unix_secs < now
+                    || state.receipts_redeemed.contains_key(&id)
+                    || seen.contains(&id)
+                {
+                    continue;
                 }
                 let have = left
                     .entry(r.client)
                     .or_insert_with(|| state.allowances.get(&r.client).map_or(0, |a| a.amount));
+                let owed = r.amount();
+                if owed > 0 && *have == 0 {
+                    continue;
+                }
                 // What is left of the allowance, if less: the proxy's risk.
-                let pay = r.amount().min(*have);
+                let pay = owed.min(*have);
                 *have -= pay;
                 paid = add(paid, pay)?;
+                seen.insert(id);
+                taken.push((id, r.expiry_unix_secs));
             }
             // Every check has passed: write.
             me.maspc = add(me.maspc, paid)?;
@@ -2151,14 +2176,11 @@ pub fn apply_tx(state: &mut State, signed: &SignedTx) -> Result<Receipt, TxError
                     a.amount = amount;
                 }
             }
-            for r in receipts {
-                state
-                    .receipts_redeemed
-                    .insert((r.client, r.session), r.expiry_unix_secs);
-            }
+            let count = taken.len();
+            state.receipts_redeemed.extend(taken);
             Receipt::ReceiptsRedeemed {
                 proxy: tx.signer,
-                receipts: receipts.len(),
+                receipts: count,
                 paid,
             }
         }

@@ -332,6 +332,15 @@ pub struct Tried {
     pub error: Option<String>,
 }
 
+impl Tried {
+    /// "host: why" for a copy that did not serve the file.
+    pub fn failure(&self) -> Option<String> {
+        self.error
+            .as_ref()
+            .map(|e| format!("{}: {e}", self.copy.host_addr))
+    }
+}
+
 /// A shared file downloaded: from the last copy tried, after the others.
 #[derive(Debug)]
 pub struct Fetched {

@@ -6,8 +6,13 @@
 //! batch is signed and written to `batch` before it is sent; after a crash that same
 //! transaction is sent again (one nonce: it lands once) unless its nonce went to another
 //! transaction. Once the chain holds it, its receipts move to `redeemed/` (kept as a record
-//! of what was paid) and `batch` is removed. Receipts past their expiry, or that a batch
-//! could not land with three times, move to `rejected/`.
+//! of what was taken) and `batch` is removed. Receipts near or past their expiry move to
+//! `rejected/`. A batch the miners refuse (the proxy's account unknown or unfunded) or
+//! cannot be reached for stays and is sent again next round; one submitted that no block
+//! took in three rounds is dropped and its receipts checked again one by one: those the
+//! chain would refuse (another proxy or chain, a bad signature) go to `rejected/`, the
+//! others stay pending for the next batch. The chain skips, rather than refuses, receipts
+//! time made stale (expired, already redeemed), so one never blocks a batch.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,15 +25,18 @@ use tracing::{info, warn};
 
 use crate::NetError;
 
-/// Fee of a redeeming transaction (MASPC).
-pub const REDEEM_FEE: u64 = 1;
+/// Fee of a redeeming transaction of `n` receipts (MASPC): one, and one more per 64
+/// receipts (about 12 KB), so a large batch does not bid less per byte than a transfer.
+pub fn redeem_fee(n: usize) -> u64 {
+    1 + (n / 64) as u64
+}
 /// How long a batch may take to be committed before the next round tries again.
 const COMMIT_WAIT: Duration = Duration::from_secs(30);
 /// Fault injection for tests: with this variable set to `exit-after-redeem`, the process
 /// exits right after a batch is committed, before its receipts are moved: the moment a
 /// crash would otherwise pay a proxy twice.
 pub const FAULT_ENV: &str = "MSPACE_PROXY_FAULT";
-/// Rounds a batch may fail to land before its receipts are set aside.
+/// Rounds a submitted batch may go without landing before it is dropped and rebuilt.
 const BATCH_TRIES: u32 = 3;
 /// A receipt closer than this to its expiry is not sent (it could expire in the mempool).
 const EXPIRY_MARGIN_SECS: u64 = 60;
@@ -181,7 +189,7 @@ impl Redeemer {
                     chain_id,
                     signer: me,
                     nonce,
-                    fee: REDEEM_FEE,
+                    fee: redeem_fee(receipts.len()),
                     body: TxBody::RedeemReceipts { receipts },
                 }
                 .sign(&self.key);
@@ -210,18 +218,26 @@ impl Redeemer {
                 round.redeemed = receipts.len();
                 round.height = Some(height);
             }
-            Err(e) => {
+            Err(e @ api::chain::ChainError::NotCommitted { .. }) => {
                 self.tries += 1;
                 warn!(tries = self.tries, reason = %e, "a batch of receipts did not land");
                 if self.tries >= BATCH_TRIES {
+                    let me = self.key.verification_key().to_bytes();
+                    let chain_id = tx.tx().chain_id;
                     for r in receipts {
-                        self.store.moved(r, "rejected").map_err(io)?;
+                        if !r.verify() || r.proxy.0 != me || r.chain_id != chain_id {
+                            warn!(session = %crate::hex(&r.session), "a receipt the chain refuses, set aside");
+                            self.store.moved(r, "rejected").map_err(io)?;
+                            round.rejected += 1;
+                        }
                     }
-                    round.rejected += receipts.len();
                     std::fs::remove_file(self.store.batch_path()).map_err(io)?;
                     self.tries = 0;
                 }
             }
+            // Refused by the miners (say, the proxy's account cannot pay the fee yet) or
+            // not reached: the batch stays, sent again next round.
+            Err(e) => warn!(reason = %e, "a batch of receipts was not taken; next round"),
         }
         Ok(round)
     }

@@ -6,8 +6,9 @@
 use proto::decode::{DecodeError, Reader};
 use proto::ChunkId;
 
-/// The protocol version every frame header carries.
-pub const WIRE_VERSION: u8 = 1;
+/// The protocol version every frame header carries. 2: `ProxyReady` states the proxy's
+/// key, chain and price, and a `ProxyReceipt` is a `proto::receipt::ProxyReceipt`.
+pub const WIRE_VERSION: u8 = 2;
 /// Bytes of a frame header.
 pub const HEADER_BYTES: usize = 12;
 /// The largest body of any frame: an object (manifest id, a million chunk ids and the
@@ -795,7 +796,7 @@ mod tests {
     fn malformed_frames_are_refused_with_the_field_named() {
         let good = Request::Get { id: id(1) }.to_frame(1);
         let mut h: [u8; HEADER_BYTES] = good[..HEADER_BYTES].try_into().unwrap();
-        h[1] = 2;
+        h[1] = 3;
         assert!(Header::decode(&h, FRAME_BODY_MAX)
             .unwrap_err()
             .to_string()

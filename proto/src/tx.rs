@@ -291,11 +291,11 @@ pub enum TxBody {
     /// Tag 15: lock `amount` MASPC more in the signer's proxy allowance, which pays the
     /// proxies that relay for it (and cancel a release under way).
     LockAllowance { amount: u64 },
-    /// Tag 16: give back the signer's allowance: what is left of it returns at the end of
-    /// the block `ALLOWANCE_RELEASE_BLOCKS` after this one (receipts are paid until then).
+    /// Tag 16: give back the signer's allowance: what is left of it returns with the first
+    /// block `ALLOWANCE_RELEASE_SECS` of block time later (receipts are paid until then).
     ReleaseAllowance,
     /// Tag 17: a proxy redeems receipts its clients signed to it: each is paid once, from
-    /// its client's allowance (as much as is left).
+    /// its client's allowance (as much as is left); stale ones are skipped.
     RedeemReceipts { receipts: Vec<ProxyReceipt> },
 }
 

@@ -749,7 +749,7 @@ enum ChainAction {
     Complain(ComplainArgs),
     /// Your proxy allowance: `--lock N` MASPC more for the proxies that relay for you
     /// (`--via`; each redeems your signed receipts from it), or `--release` what is left
-    /// (back after 100 blocks, while proxies may still redeem).
+    /// (back after 14 days, twice a receipt's life, while proxies may still redeem).
     Allowance(AllowanceArgs),
 }
 
@@ -1000,8 +1000,8 @@ pub fn chain(a: ChainArgs) -> Result<()> {
                     print(&v, true)
                 } else {
                     match v.allowance_release_at {
-                        Some(h) => println!(
-                            "proxy allowance {} MASPC, returning at the end of height {h}",
+                        Some(t) => println!(
+                            "proxy allowance {} MASPC, returning with the first block from Unix second {t} (proxies redeem your receipts until then)",
                             v.allowance
                         ),
                         None => println!("proxy allowance {} MASPC", v.allowance),

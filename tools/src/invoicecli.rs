@@ -1,8 +1,12 @@
 //! `mspace invoice create|show|pay`: wiring for `proto::invoice` (a signed payment
 //! request), `engine::sealed_to` (sealed to the payer's key) and the chain (the issuer
 //! records the invoice's id, the payer checks that record and pays with a transfer).
+//! Delivered through the system, the sealed invoice is stored as a small deal
+//! (`net::deal::store`) and the payer is given a share bound to its key
+//! (`net::receive::bind_share`), which `show` and `pay` fetch (`net::receive::fetch_shared`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -58,6 +62,17 @@ struct CreateArgs {
     /// Where to write the sealed invoice [default: invoice-<first 16 hex digits of its id>.msi].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Deliver it through the system: store the sealed invoice as a small deal (paid by
+    /// you) with the host at this control address (repeat: one copy per host), and print
+    /// a share sealed to the payer's key (`msb1-...`) for `mspace invoice pay`.
+    #[arg(long)]
+    host: Vec<String>,
+    /// Days the delivered invoice is kept.
+    #[arg(long, default_value_t = 30, requires = "host", value_parser = clap::value_parser!(u32).range(1..))]
+    days: u32,
+    /// Blocks of storage instead of days x 14,400 (a devnet).
+    #[arg(long, requires = "host", value_parser = clap::value_parser!(u64).range(1..))]
+    period_blocks: Option<u64>,
     /// How long to wait for the recording block.
     #[arg(long, default_value = "30s", value_parser = crate::netcli::parse_duration)]
     wait: Duration,
@@ -67,8 +82,12 @@ struct CreateArgs {
 
 #[derive(Args, Debug)]
 struct OpenArgs {
-    /// The sealed invoice (`.msi`).
-    invoice: PathBuf,
+    /// The sealed invoice (`.msi`), or the share of one delivered through the system
+    /// (`msb1-...`, bound to your key): it is fetched first.
+    invoice: String,
+    /// With a share: the most to pay to download the invoice, MASPC (the host's price).
+    #[arg(long, default_value_t = 10)]
+    max_fee: u64,
     /// The payer's key file [default: the client key in the state directory].
     #[arg(long)]
     key: Option<PathBuf>,
@@ -98,6 +117,10 @@ struct InvoiceJson {
     recorded_height: u64,
     recorded_ms: u64,
     file: Option<String>,
+    /// Delivered through the system: the share bound to the payer's key, and the deals
+    /// holding the invoice.
+    delivery: Option<String>,
+    deals: Vec<String>,
     /// With `pay`: the transfer's id and block.
     paid_tx: Option<String>,
     paid_height: Option<u64>,
@@ -174,6 +197,14 @@ fn create(c: &CreateArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("invoice-{}.msi", &hex(&id)[..16])));
     net::record::write_durably(&out, &sealed)?;
+    let (delivery, deals) = if c.host.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (share, deals) = rt
+            .block_on(deliver(&key, &out, c, &payer))
+            .context("delivering the invoice as a deal")?;
+        (Some(share), deals)
+    };
     let json = InvoiceJson {
         id: hex(&id),
         issuer: hex(&signed.invoice.issuer),
@@ -185,6 +216,8 @@ fn create(c: &CreateArgs) -> Result<()> {
         recorded_height: recorded.height,
         recorded_ms: record.timestamp_ms,
         file: Some(out.display().to_string()),
+        delivery,
+        deals,
         paid_tx: None,
         paid_height: None,
     };
@@ -204,19 +237,115 @@ fn create(c: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Stores the sealed invoice at `file` as a deal with each of `c.host`, paid by `key`;
+/// the share bound to `payer` and the deals.
+async fn deliver(
+    key: &ed25519_consensus::SigningKey,
+    file: &Path,
+    c: &CreateArgs,
+    payer: &[u8; 32],
+) -> Result<(String, Vec<String>)> {
+    // The file key comes from a passphrase no one keeps: the share carries the key.
+    let mut pass = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut pass);
+    let job = net::deal::DealJob {
+        file: file.to_owned(),
+        hosts: c.host.clone(),
+        chain: c.chain.clone(),
+        days: c.days,
+        period_blocks: c.period_blocks,
+        key: key.clone(),
+        passphrase: zeroize::Zeroizing::new(hex(&pass).into_bytes()),
+        chunk_bytes: 64 << 10,
+        workers: 1,
+        journal_dir: state_dir()?,
+        via: Vec::new(),
+        max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
+        host_keys: Vec::new(),
+        max_price_per_gib_day: None,
+        exchange: None,
+        download_fee: 0,
+        insurance: None,
+    };
+    let quiet: net::deal::Report = Arc::new(|_: &str| {});
+    let done = net::deal::store(&job, Arc::new(|_, _| {}), quiet).await?;
+    let copies = done
+        .placed
+        .iter()
+        .map(|p| proto::fileshare::ShareCopy {
+            deal: p.deal,
+            host_addr: p.host_addr.clone(),
+        })
+        .collect();
+    let share =
+        proto::fileshare::FileShare::new(done.share_key, copies).map_err(anyhow::Error::msg)?;
+    let deals = done.placed.iter().map(|p| p.deal.to_string()).collect();
+    Ok((net::receive::bind_share(&share, payer)?, deals))
+}
+
+/// The sealed invoice `o.invoice` names: a file, or a share fetched into the state
+/// directory first (paying at most `o.max_fee` for the download).
+fn invoice_file(o: &OpenArgs, key: &ed25519_consensus::SigningKey) -> Result<PathBuf> {
+    let text = o.invoice.trim();
+    if !text.starts_with(net::receive::BOUND_SHARE_PREFIX) {
+        return Ok(PathBuf::from(&o.invoice));
+    }
+    let share = net::receive::open_bound_share(text, key)?;
+    let dir = state_dir()?.join("invoices");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!(
+        "received-{}.msi",
+        &blake3::hash(text.as_bytes()).to_hex()[..16]
+    ));
+    if out.exists() {
+        // Fetched by an earlier run: not bought twice (it is checked as any invoice is).
+        return Ok(out);
+    }
+    let quiet: net::deal::Report = Arc::new(|_: &str| {});
+    let purchase = net::receive::Purchase {
+        share: &share,
+        chain: &o.chain,
+        key,
+        max_total: o.max_fee,
+        report: &quiet,
+    };
+    let job = net::client::GetJob {
+        links: Vec::new(),
+        via: Vec::new(),
+        max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
+        key: key.clone(),
+        unlock: net::client::Key::Share(Box::new(share.key.clone())),
+        out: out.clone(),
+        overwrite: true,
+        workers: 1,
+    };
+    runtime()?
+        .block_on(net::receive::fetch_shared(
+            &purchase,
+            &job,
+            Arc::new(|_, _| {}),
+        ))
+        .map_err(|tried| {
+            let why: Vec<String> = tried.iter().filter_map(|t| t.failure()).collect();
+            anyhow::anyhow!(
+                "the delivered invoice could not be fetched: {}",
+                why.join("; ")
+            )
+        })?;
+    Ok(out)
+}
+
 fn open(o: &OpenArgs, pay: bool) -> Result<()> {
     let key = client_key(o.key.as_deref())?;
     let me = key.verification_key().to_bytes();
-    let len = std::fs::metadata(&o.invoice)
-        .with_context(|| format!("reading {}", o.invoice.display()))?
+    let path = invoice_file(o, &key)?;
+    let len = std::fs::metadata(&path)
+        .with_context(|| format!("reading {}", path.display()))?
         .len();
     if len > (SEALED_TO_MAX + SEALED_TO_OVERHEAD) as u64 {
-        bail!(
-            "{}: {len} bytes, larger than any invoice",
-            o.invoice.display()
-        );
+        bail!("{}: {len} bytes, larger than any invoice", path.display());
     }
-    let sealed = std::fs::read(&o.invoice)?;
+    let sealed = std::fs::read(&path)?;
     let to = sealed_recipient(&sealed).context("reading the invoice")?;
     if to != me {
         bail!(
@@ -279,7 +408,9 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
         attachment: inv.attachment.as_ref().map(|a| a.name.clone()),
         recorded_height: record.height,
         recorded_ms: record.timestamp_ms,
-        file: None,
+        file: Some(path.display().to_string()),
+        delivery: None,
+        deals: Vec::new(),
         paid_tx: None,
         paid_height: None,
     };
@@ -364,10 +495,7 @@ fn open(o: &OpenArgs, pay: bool) -> Result<()> {
             "paid: {} MASPC to {} (transaction {tx}, height {h})",
             json.amount, json.issuer
         ),
-        _ => println!(
-            "not paid: `mspace invoice pay {}` pays it",
-            o.invoice.display()
-        ),
+        _ => println!("not paid: `mspace invoice pay {}` pays it", path.display()),
     }
     Ok(())
 }

@@ -300,14 +300,7 @@ pub fn get_shared(g: &SharedGet) -> Result<()> {
             })
         })
         .collect();
-    let failed: Vec<String> = tried
-        .iter()
-        .filter_map(|t| {
-            t.error
-                .as_ref()
-                .map(|e| format!("{}: {e}", t.copy.host_addr))
-        })
-        .collect();
+    let failed: Vec<String> = tried.iter().filter_map(|t| t.failure()).collect();
     let Some(done) = done else {
         unserved_note(&payments);
         bail!(

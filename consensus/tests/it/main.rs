@@ -2256,7 +2256,7 @@ fn an_insured_deal_pays_its_cover_from_the_insurers_deposit_at_the_first_missed_
 
 #[test]
 fn a_proxy_redeems_receipts_once_from_its_clients_allowance() {
-    use consensus::ledger::ALLOWANCE_RELEASE_BLOCKS;
+    use consensus::ledger::ALLOWANCE_RELEASE_SECS;
     use proto::receipt::{ProxyReceipt, Relayed};
     let mut c = Chain::new();
     // Account 0 locks an allowance of 100; account 2 is the proxy.
@@ -2276,20 +2276,24 @@ fn a_proxy_redeems_receipts_once_from_its_clients_allowance() {
         up_bytes: bytes,
         down_bytes: bytes,
         price_per_gib: 10,
-        expiry_unix_secs: u64::MAX,
+        expiry_unix_secs: 1_000_000,
     };
     // 2 GiB at 10 per GiB: 20; 1 GiB + 2 bytes: 11.
     let a = ProxyReceipt::sign(&key(0), &relayed(1, 1 << 30));
     let b = ProxyReceipt::sign(&key(0), &relayed(2, (1 << 29) + 1));
     let redeem = |rs: Vec<ProxyReceipt>| TxBody::RedeemReceipts { receipts: rs };
-    // Refusals, each naming the receipt: for another proxy, another chain, expired,
-    // forged, twice in one batch.
+    let redeemed = |receipts, paid| Receipt::ReceiptsRedeemed {
+        proxy: id(2),
+        receipts,
+        paid,
+    };
+    // What the proxy should have caught refuses the batch, naming the receipt: one for
+    // another proxy, another chain, expiring too far ahead (the ledger remembers redeemed
+    // receipts until they expire), or forged.
+    let bad = |index, reason| TxError::BadReceipt { index, reason };
     assert_eq!(
         c.err(3, redeem(vec![a.clone()])),
-        TxError::BadReceipt {
-            index: 0,
-            reason: "it names another proxy"
-        }
+        bad(0, "it names another proxy")
     );
     let other_chain = ProxyReceipt::sign(
         &key(0),
@@ -2300,11 +2304,27 @@ fn a_proxy_redeems_receipts_once_from_its_clients_allowance() {
     );
     assert_eq!(
         c.err(2, redeem(vec![a.clone(), other_chain])),
-        TxError::BadReceipt {
-            index: 1,
-            reason: "it is for another chain"
-        }
+        bad(1, "it is for another chain")
     );
+    let forever = ProxyReceipt::sign(
+        &key(0),
+        &Relayed {
+            expiry_unix_secs: u64::MAX,
+            ..relayed(3, 5)
+        },
+    );
+    assert_eq!(
+        c.err(2, redeem(vec![forever])),
+        bad(0, "it expires too far ahead")
+    );
+    let mut forged = b.clone();
+    forged.up_bytes *= 4;
+    assert_eq!(
+        c.err(2, redeem(vec![a.clone(), forged])),
+        bad(1, "its client's signature does not verify")
+    );
+    // What time makes stale is skipped and the rest paid: an expired receipt, one twice
+    // in the batch. 20 + 11 from the allowance to the proxy.
     let expired = ProxyReceipt::sign(
         &key(0),
         &Relayed {
@@ -2312,74 +2332,55 @@ fn a_proxy_redeems_receipts_once_from_its_clients_allowance() {
             ..relayed(3, 5)
         },
     );
-    assert!(matches!(
-        c.err(2, redeem(vec![expired])),
-        TxError::BadReceipt { index: 0, .. }
-    ));
-    let mut forged = b.clone();
-    forged.up_bytes *= 4;
-    assert_eq!(
-        c.err(2, redeem(vec![forged])),
-        TxError::BadReceipt {
-            index: 0,
-            reason: "its client's signature does not verify"
-        }
-    );
-    assert_eq!(
-        c.err(2, redeem(vec![a.clone(), a.clone()])),
-        TxError::ReceiptRedeemed { index: 1 }
-    );
-    // Paid once: 20 + 11 from the allowance to the proxy.
     let (_, proxy0) = c.bal(2);
     assert_eq!(
-        c.ok(2, redeem(vec![a.clone(), b.clone()])),
-        Receipt::ReceiptsRedeemed {
-            proxy: id(2),
-            receipts: 2,
-            paid: 31
-        }
+        c.ok(2, redeem(vec![expired, a.clone(), a.clone(), b.clone()])),
+        redeemed(2, 31)
     );
     assert_eq!(c.bal(2).1, proxy0 + 31 - 1);
     assert_eq!(c.state.allowances[&id(0)].amount, 69);
-    assert_eq!(
-        c.err(2, redeem(vec![b.clone()])),
-        TxError::ReceiptRedeemed { index: 0 }
-    );
-    // A receipt beyond what is left is paid what is left.
+    // Never twice.
+    assert_eq!(c.ok(2, redeem(vec![b.clone()])), redeemed(0, 0));
+    // A receipt beyond what is left is paid what is left; one with nothing left to pay
+    // it stays redeemable, and is paid once the client locks more.
     let big = ProxyReceipt::sign(&key(0), &relayed(4, 10 << 30));
-    assert_eq!(
-        c.ok(2, redeem(vec![big])),
-        Receipt::ReceiptsRedeemed {
-            proxy: id(2),
-            receipts: 1,
-            paid: 69
-        }
-    );
+    assert_eq!(c.ok(2, redeem(vec![big])), redeemed(1, 69));
     assert_eq!(c.state.allowances[&id(0)].amount, 0);
-
-    // Release: what is left returns ALLOWANCE_RELEASE_BLOCKS later; receipts are paid
-    // until then; locking more cancels the release.
+    let late = ProxyReceipt::sign(&key(0), &relayed(5, 1 << 29));
+    assert_eq!(c.ok(2, redeem(vec![late.clone()])), redeemed(0, 0));
     c.ok(0, TxBody::LockAllowance { amount: 50 });
+    assert_eq!(c.ok(2, redeem(vec![late.clone()])), redeemed(1, 10));
+    assert_eq!(c.ok(2, redeem(vec![late])), redeemed(0, 0));
+    assert_eq!(c.state.allowances[&id(0)].amount, 40);
+
+    // Locking more cancels a release under way.
     c.ok(0, TxBody::ReleaseAllowance);
-    let at = c.state.height + ALLOWANCE_RELEASE_BLOCKS;
+    c.ok(0, TxBody::LockAllowance { amount: 5 });
+    assert_eq!(c.state.allowances[&id(0)].release_at, None);
+    assert!(c.state.allowance_releases.is_empty());
+    // Release: what is left returns ALLOWANCE_RELEASE_SECS of block time later (twice a
+    // receipt's life); receipts are paid until then.
+    c.ok(0, TxBody::ReleaseAllowance);
+    let at = c.state.timestamp_ms / 1000 + ALLOWANCE_RELEASE_SECS;
     assert_eq!(
         c.err(0, TxBody::ReleaseAllowance),
         TxError::AllowanceReleasing { at }
     );
     c.ok(
         2,
-        redeem(vec![ProxyReceipt::sign(&key(0), &relayed(5, 1 << 29))]),
+        redeem(vec![ProxyReceipt::sign(&key(0), &relayed(6, 1 << 29))]),
     );
-    assert_eq!(c.state.allowances[&id(0)].amount, 40);
+    assert_eq!(c.state.allowances[&id(0)].amount, 35);
     let (_, before) = c.bal(0);
-    c.advance_to(at - 1);
-    assert_eq!(c.state.allowances[&id(0)].amount, 40);
-    c.advance_to(at);
+    let at_time = |c: &mut Chain, secs: u64| {
+        let block = Block::build(&c.state, id(7), &VALIDATOR_SECRET, secs * 1000, vec![]);
+        c.state = apply(&c.state, &block).unwrap_or_else(|e| panic!("{e}")).0;
+    };
+    at_time(&mut c, at - 1);
+    assert_eq!(c.state.allowances[&id(0)].amount, 35);
+    at_time(&mut c, at);
     assert!(!c.state.allowances.contains_key(&id(0)));
-    assert_eq!(c.bal(0).1, before + 40);
-    c.ok(0, TxBody::LockAllowance { amount: 5 });
-    c.ok(0, TxBody::ReleaseAllowance);
-    c.ok(0, TxBody::LockAllowance { amount: 5 });
-    assert_eq!(c.state.allowances[&id(0)].release_at, None);
     assert!(c.state.allowance_releases.is_empty());
+    assert_eq!(c.bal(0).1, before + 35);
+    assert_eq!(c.state.total_supply(), c.state.genesis_supply);
 }

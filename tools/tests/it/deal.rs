@@ -1859,10 +1859,13 @@ fn seed_of(key_file: &str) -> [u8; 32] {
 fn an_invoice_is_paid_exactly_once_to_its_issuer_and_an_altered_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let Market {
-        _net, m0, client, ..
-    } = start_market(dir.path(), 9, 0, &[]);
+        _net,
+        m0,
+        client,
+        hosts,
+    } = start_market(dir.path(), 9, 1, &[]);
     let payer = pubkey(&client);
-    let (issuer_file, issuer) = funded_receiver(dir.path(), "studio", &m0, &client, 10);
+    let (issuer_file, issuer) = funded_receiver(dir.path(), "studio", &m0, &client, 100);
     let (other_file, _) = funded_receiver(dir.path(), "other", &m0, &client, 10);
     let maspc = |key: &str| account(&m0, key)["maspc"].as_u64().unwrap();
     let pdf = dir.path().join("mastering.pdf");
@@ -1989,6 +1992,65 @@ fn an_invoice_is_paid_exactly_once_to_its_issuer_and_an_altered_one_is_refused()
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("already paid"), "{}", r.stderr);
     assert_eq!(maspc(&issuer), before.1 + 250);
+
+    // Delivered through the system: the sealed invoice stored as a small deal paid by the
+    // issuer, and a share only the payer's key opens; `pay` fetches it (the host's egress
+    // price, 1 MASPC, and the download payment's fee), checks it and pays it.
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let track5 = dir.path().join("track5.msi");
+    let delivered = json(&[
+        "invoice",
+        "create",
+        "--to",
+        &payer,
+        "--amount",
+        "40",
+        "--memo",
+        "Mastering, track 5",
+        "--key",
+        &issuer_file,
+        "--chain",
+        &m0,
+        "--out",
+        track5.to_str().unwrap(),
+        "--host",
+        &hosts[0].control,
+        "--days",
+        "1",
+        "--period-blocks",
+        &blocks,
+        "--json",
+    ]);
+    let share = delivered["delivery"].as_str().unwrap().to_owned();
+    assert!(share.starts_with("msb1-"), "{delivered}");
+    let d = deal(&m0, delivered["deals"][0].as_str().unwrap());
+    assert_eq!(d["state"], "active", "{d}");
+    assert_eq!(d["sender"], issuer.as_str());
+    let by_share = |verb: &str, key: &str| {
+        mspace(
+            &[
+                "invoice", verb, &share, "--key", key, "--chain", &m0, "--json",
+            ],
+            &env,
+        )
+    };
+    let r = by_share("show", &other_file);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("not for this one"), "{}", r.stderr);
+    let before = (maspc(&payer), maspc(&issuer));
+    let r = by_share("pay", &client);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let paid: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(paid["memo"], "Mastering, track 5", "{paid}");
+    assert!(paid["paid_height"].as_u64().is_some(), "{paid}");
+    assert_eq!(maspc(&issuer), before.1 + 40);
+    assert_eq!(
+        maspc(&payer),
+        before.0 - 40 - 1 - 1 - 1,
+        "the amount and its fee, the download and its fee"
+    );
+    let r = by_share("pay", &client);
+    assert!(r.stderr.contains("already paid"), "{}", r.stderr);
 }
 
 /// The public key of a seed.
