@@ -145,6 +145,10 @@ pub const COMMISSION_PERMILLE_DEFAULT: u16 = 20;
 pub const BID_WINDOW_MS_DEFAULT: u64 = 500;
 /// The longest bid window a config may set.
 pub const BID_WINDOW_MS_MAX: u64 = 5_000;
+/// How long a sender's account read from the chain is taken as current.
+pub const SENDER_CACHE_SECS: u64 = 10;
+/// Most senders remembered (the oldest reads are dropped first).
+const SENDERS_CACHED_MAX: usize = 100_000;
 /// How often a watching host's registration and rating are read again from the chain.
 pub const WATCHER_RECHECK_SECS: u64 = 30;
 
@@ -325,6 +329,32 @@ impl Forward {
 /// A request's (sender, nonce).
 type RequestKey = ([u8; 32], [u8; 16]);
 
+/// The requests answered, until their expiry, with an index by expiry so that forgetting
+/// the expired ones costs only what expired (not a scan of every request at each one).
+#[derive(Debug, Default)]
+struct Answered {
+    keys: BTreeSet<RequestKey>,
+    by_expiry: BTreeSet<(u64, RequestKey)>,
+}
+
+impl Answered {
+    /// Records a request answered now; false if it was answered already.
+    fn insert(&mut self, key: RequestKey, expiry: u64, now: u64) -> bool {
+        while let Some(&(at, k)) = self.by_expiry.first() {
+            if at > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.keys.remove(&k);
+        }
+        if !self.keys.insert(key) {
+            return false;
+        }
+        self.by_expiry.insert((expiry, key));
+        true
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     /// The exchange's key: its account, where commissions are paid.
@@ -333,8 +363,12 @@ struct Inner {
     profile: Profile,
     book: Mutex<Book>,
     /// (sender, nonce) of the requests answered, until their expiry: each is answered once.
-    answered: Mutex<BTreeMap<RequestKey, u64>>,
+    answered: Mutex<Answered>,
     chain: tokio::sync::Mutex<ChainClient>,
+    /// Senders seen with an account on the chain, and when it was read: an account, once
+    /// it exists, does not stop existing, so a request from one is not a chain read each
+    /// time (re-read after [`SENDER_CACHE_SECS`], for the height the flood check uses).
+    senders: Mutex<BTreeMap<[u8; 32], (api::AccountView, u64)>>,
     counters: Mutex<Counters>,
     flood: Mutex<Flood>,
     /// [`FAULT_ENV`] was set: exit on the first request.
@@ -394,8 +428,9 @@ impl Exchange {
                 chain_id,
                 profile,
                 book: Mutex::new(Book::new()),
-                answered: Mutex::new(BTreeMap::new()),
+                answered: Mutex::new(Answered::default()),
                 chain: tokio::sync::Mutex::new(chain),
+                senders: Mutex::new(BTreeMap::new()),
                 counters: Mutex::new(Counters::default()),
                 flood: Mutex::new(Flood::new(flood)),
                 exit_on_request: std::env::var(FAULT_ENV).is_ok_and(|v| v == "exit-on-request"),
@@ -461,6 +496,32 @@ impl Exchange {
             .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))
     }
 
+    /// A request's sender as the chain shows it: read there unless an account was read in
+    /// the last [`SENDER_CACHE_SECS`] (a key with no account is read each time: it may
+    /// be funded any moment).
+    async fn sender_account(
+        &self,
+        who: [u8; 32],
+        now: u64,
+    ) -> Result<api::AccountView, ControlError> {
+        if let Some((view, at)) = lock(&self.inner.senders).get(&who) {
+            if now < at + SENDER_CACHE_SECS {
+                return Ok(view.clone());
+            }
+        }
+        let view = self.account(who).await?;
+        if view.nonce > 0 || view.masp > 0 || view.maspc > 0 {
+            let mut cache = lock(&self.inner.senders);
+            if cache.len() >= SENDERS_CACHED_MAX {
+                cache.retain(|_, (_, at)| now < *at + SENDER_CACHE_SECS);
+            }
+            if cache.len() < SENDERS_CACHED_MAX {
+                cache.insert(who, (view.clone(), now));
+            }
+        }
+        Ok(view)
+    }
+
     async fn take_ask(&self, bytes: Vec<u8>) -> Result<(), ControlError> {
         let i = &self.inner;
         let now = now_secs();
@@ -503,7 +564,7 @@ impl Exchange {
         if let Some(why) = profile_refusal(&i.profile, &req) {
             return Err(self.refuse("outside the profile", ControlError::Invalid(why)));
         }
-        let account = self.account(req.sender).await?;
+        let account = self.sender_account(req.sender, now).await?;
         if account.nonce == 0 && account.masp == 0 && account.maspc == 0 {
             return Err(self.refuse(
                 "no account",
@@ -534,12 +595,7 @@ impl Exchange {
             settled.map_err(|e| self.flooded(&e))?;
         }
         {
-            let mut answered = lock(&i.answered);
-            answered.retain(|_, expiry| *expiry > now);
-            if answered
-                .insert((req.sender, req.nonce), req.expiry_unix_secs)
-                .is_some()
-            {
+            if !lock(&i.answered).insert((req.sender, req.nonce), req.expiry_unix_secs, now) {
                 return Err(self.refuse(
                     "replayed request",
                     ControlError::Invalid("this request was answered already".into()),
@@ -861,6 +917,21 @@ impl ExchangeApi for Exchange {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_request_is_answered_once_until_it_expires() {
+        let mut a = Answered::default();
+        let k = |n: u8| ([n; 32], [n; 16]);
+        assert!(a.insert(k(1), 100, 10));
+        assert!(!a.insert(k(1), 100, 50), "a replay before its expiry");
+        assert!(a.insert(k(2), 200, 50));
+        // At its expiry it is forgotten (it could not be answered again anyway).
+        assert!(a.insert(k(1), 300, 100));
+        assert!(!a.insert(k(2), 200, 150));
+        assert_eq!((a.keys.len(), a.by_expiry.len()), (2, 2));
+        assert!(a.insert(k(3), 400, 1000));
+        assert_eq!((a.keys.len(), a.by_expiry.len()), (1, 1));
+    }
 
     fn req(bytes: u64, days: u32, region: &str) -> Request {
         Request {

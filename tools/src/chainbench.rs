@@ -55,14 +55,14 @@ pub struct ChainBenchReport {
     pub cores: usize,
 }
 
-fn key(i: u64, tag: u8) -> SigningKey {
+pub(crate) fn key(i: u64, tag: u8) -> SigningKey {
     let mut seed = [0u8; 32];
     seed[0] = tag;
     seed[8..16].copy_from_slice(&i.to_le_bytes());
     SigningKey::from(*blake3::hash(&seed).as_bytes())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

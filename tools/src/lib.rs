@@ -10,6 +10,7 @@ pub mod dealcli;
 pub mod demodeal;
 pub mod devhosts;
 pub mod diskbench;
+pub mod exchangebench;
 pub mod exchangecli;
 pub mod insurecli;
 pub mod invoicecli;

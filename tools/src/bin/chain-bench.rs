@@ -21,8 +21,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     /// transfers: signed transfers through validators on loopback. proofs: storage proofs
     /// of --hosts hosts with --chunks-per-host chunks each, applied by one miner's ledger.
-    #[arg(long, default_value = "transfers", value_parser = ["transfers", "proofs"])]
+    /// exchange: signed storage requests admitted and matched by one exchange on loopback
+    /// (--hosts standing asks, --clients connections).
+    #[arg(long, default_value = "transfers", value_parser = ["transfers", "proofs", "exchange"])]
     workload: String,
+    /// (exchange) Connections sending requests, one in flight each (an exchange serves at
+    /// most 32 connections from one address).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=31))]
+    clients: u64,
+    /// (exchange) Requests signed before the run (it stops early if it uses them all).
+    #[arg(long, default_value_t = 200_000)]
+    requests: usize,
     /// (proofs) Hosts with deals under proof.
     #[arg(long, default_value_t = 10)]
     hosts: usize,
@@ -60,6 +69,24 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.workload == "exchange" {
+        let r = tools::exchangebench::run(&tools::exchangebench::ExchangeBenchArgs {
+            hosts: cli.hosts,
+            clients: usize::try_from(cli.clients)?,
+            senders: cli.accounts,
+            requests: cli.requests,
+            seconds: cli.seconds,
+        })?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "one exchange, {} asks, {} connections, {} senders: {} requests matched in {:.1} s ({:.0}/s, {} refused), p50 {:.2} ms, p99 {:.2} ms; one core checking their signatures alone: {:.0}/s (ratio {:.2})",
+                r.hosts, r.clients, r.senders, r.matched, r.seconds, r.per_sec, r.refused, r.p50_ms, r.p99_ms, r.verify_per_sec, r.ratio_to_one_core_verify
+            );
+        }
+        return Ok(());
+    }
     if cli.workload == "proofs" {
         let r = tools::proofbench::run(&ProofBenchArgs {
             hosts: cli.hosts,

@@ -1649,8 +1649,6 @@ fn a_shared_file_is_sold_to_receivers_and_a_payment_its_host_never_served_comes_
         serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
     };
     let maspc = |key: &str| account(&m0, key)["maspc"].as_u64().unwrap();
-    // Two receivers buy it from the first copy: the sender's fee and host 0's egress
-    // price (1 MASPC for a started GiB), and the payment transaction's own fee.
     // Three receivers buy it from the first copy: the sender's fee and host 0's egress
     // price (1 MASPC for a started GiB), and the payment transaction's own fee. The
     // sender's balance rises by exactly three fees once host 0 claims them.
