@@ -367,7 +367,8 @@ struct Inner {
     chain: tokio::sync::Mutex<ChainClient>,
     /// Senders seen with an account on the chain, and when it was read: an account, once
     /// it exists, does not stop existing, so a request from one is not a chain read each
-    /// time (re-read after [`SENDER_CACHE_SECS`], for the height the flood check uses).
+    /// time (re-read after [`SENDER_CACHE_SECS`]). Nothing that must be current is taken
+    /// from it: the flood check reads the sender's deals afresh.
     senders: Mutex<BTreeMap<[u8; 32], (api::AccountView, u64)>>,
     counters: Mutex<Counters>,
     flood: Mutex<Flood>,
@@ -496,6 +497,29 @@ impl Exchange {
             .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))
     }
 
+    /// The deals `who` has open or active on the chain now, as (deal id, host).
+    async fn deals_of(&self, who: [u8; 32]) -> Result<Vec<([u8; 32], [u8; 32])>, ControlError> {
+        let deals = self
+            .inner
+            .chain
+            .lock()
+            .await
+            .deals_of(AccountId(who), false)
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
+        let hex32 = |s: &str| -> Option<[u8; 32]> {
+            data_encoding::HEXLOWER
+                .decode(s.as_bytes())
+                .ok()?
+                .try_into()
+                .ok()
+        };
+        Ok(deals
+            .iter()
+            .filter_map(|d| Some((hex32(&d.id)?, hex32(&d.host)?)))
+            .collect())
+    }
+
     /// A request's sender as the chain shows it: read there unless an account was read in
     /// the last [`SENDER_CACHE_SECS`] (a key with no account is read each time: it may
     /// be funded any moment).
@@ -573,24 +597,14 @@ impl Exchange {
                 ),
             ));
         }
-        // The key's last answer: did a deal with one of its hosts follow?
+        // The key's last answer: did a deal with one of its hosts follow? The key's deals
+        // are read now (not from a cache), and those it had when answered do not count.
         let outstanding = lock(&i.flood).outstanding(&req.sender).cloned();
-        if let Some((height, hosts)) = outstanding {
-            let deals = self
-                .inner
-                .chain
-                .lock()
-                .await
-                .deals_of(AccountId(req.sender), false)
-                .await
-                .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
-            let hosts: Vec<String> = hosts
-                .iter()
-                .map(|h| data_encoding::HEXLOWER.encode(h))
-                .collect();
-            let dealt = deals
-                .iter()
-                .any(|d| d.opened_height >= height && hosts.contains(&d.host));
+        let mut deals = None;
+        if let Some(o) = outstanding {
+            let now_deals = self.deals_of(req.sender).await?;
+            let dealt = o.followed_by(now_deals.iter().map(|(id, host)| (id, host)));
+            deals = Some(now_deals);
             let settled = lock(&i.flood).settle(req.sender, dealt, now);
             settled.map_err(|e| self.flooded(&e))?;
         }
@@ -608,11 +622,19 @@ impl Exchange {
             book.expire(now);
             book.take_with(&req, &bids, now)
         };
-        lock(&i.flood).answered(
-            req.sender,
-            account.height,
-            got.iter().map(|(m, _)| m.host).collect(),
-        );
+        let hosts: Vec<[u8; 32]> = got.iter().map(|(m, _)| m.host).collect();
+        if !hosts.is_empty() {
+            let deals = match deals {
+                Some(d) => d,
+                None => self.deals_of(req.sender).await?,
+            };
+            let known = deals
+                .into_iter()
+                .filter(|(_, host)| hosts.contains(host))
+                .map(|(id, _)| id)
+                .collect();
+            lock(&i.flood).answered(req.sender, hosts, known);
+        }
         {
             let mut c = lock(&i.counters);
             c.matched += 1;

@@ -1,7 +1,8 @@
 //! An exchange's flood control (the seed's 4.4, point 10): how many requests a key and an
 //! address may make a minute, and a ban for a key that keeps asking without ever taking
 //! what it is offered. Pure: the exchange passes the time, the peer's address and whether a
-//! deal followed the key's last answered request (it reads that from the chain).
+//! deal followed the key's last answered request (it reads that from the chain: the key's
+//! deals when the request was answered, and now).
 //!
 //! Rules: each key and each address has a fixed one-minute window (starting at its first
 //! request in the window) of at most `per_key_per_min` / `per_addr_per_min` requests; one
@@ -88,9 +89,26 @@ struct KeyState {
     window: Window,
     strikes: u32,
     banned_until: u64,
-    /// The last answered request that matched hosts, not yet settled: (the chain's height
-    /// when it was answered, the hosts matched).
-    outstanding: Option<(u64, Vec<[u8; 32]>)>,
+    /// The last answered request that matched hosts, not yet settled.
+    outstanding: Option<Outstanding>,
+}
+
+/// An answered request that matched hosts: a deal with one of `hosts` that is not among
+/// `known_deals` (the key's deals with them when it was answered) settles it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    pub hosts: Vec<[u8; 32]>,
+    pub known_deals: Vec<[u8; 32]>,
+}
+
+impl Outstanding {
+    /// Whether a deal `(id, host)` of the key now is one that followed the answer.
+    pub fn followed_by<'a>(
+        &self,
+        mut deals: impl Iterator<Item = (&'a [u8; 32], &'a [u8; 32])>,
+    ) -> bool {
+        deals.any(|(id, host)| self.hosts.contains(host) && !self.known_deals.contains(id))
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,8 +156,8 @@ impl Flood {
             .map_err(|retry_at| FloodRefusal::KeyRate { limit, retry_at })
     }
 
-    /// The key's outstanding answer, if any: (the height it was answered at, the hosts).
-    pub fn outstanding(&self, key: &[u8; 32]) -> Option<&(u64, Vec<[u8; 32]>)> {
+    /// The key's outstanding answer, if any.
+    pub fn outstanding(&self, key: &[u8; 32]) -> Option<&Outstanding> {
         self.keys.get(key).and_then(|k| k.outstanding.as_ref())
     }
 
@@ -166,10 +184,12 @@ impl Flood {
         Ok(())
     }
 
-    /// Records an answered request that matched `hosts` at chain height `height`.
-    pub fn answered(&mut self, key: [u8; 32], height: u64, hosts: Vec<[u8; 32]>) {
+    /// Records an answered request that matched `hosts`, when the key's deals with them
+    /// were `known_deals`.
+    pub fn answered(&mut self, key: [u8; 32], hosts: Vec<[u8; 32]>, known_deals: Vec<[u8; 32]>) {
         if !hosts.is_empty() {
-            self.keys.entry(key).or_default().outstanding = Some((height, hosts));
+            self.keys.entry(key).or_default().outstanding =
+                Some(Outstanding { hosts, known_deals });
         }
     }
 
@@ -204,6 +224,19 @@ mod tests {
             strikes_to_ban: 2,
             ban_secs: 100,
         }
+    }
+
+    #[test]
+    fn only_a_new_deal_with_a_matched_host_follows_an_answer() {
+        let o = Outstanding {
+            hosts: vec![[7; 32], [8; 32]],
+            known_deals: vec![[1; 32]],
+        };
+        // The deal the key had with host 7 when it was answered does not count, however
+        // recently it was opened; a new one with host 8 does; one with another host not.
+        assert!(!o.followed_by([(&[1; 32], &[7; 32])].into_iter()));
+        assert!(!o.followed_by([(&[2; 32], &[9; 32])].into_iter()));
+        assert!(o.followed_by([(&[1; 32], &[7; 32]), (&[3; 32], &[8; 32])].into_iter()));
     }
 
     #[test]
@@ -250,16 +283,22 @@ mod tests {
         // Nothing outstanding: nothing to settle.
         f.settle(k, false, 0).unwrap();
         // An answer that matched nothing is not outstanding.
-        f.answered(k, 5, Vec::new());
+        f.answered(k, Vec::new(), Vec::new());
         assert_eq!(f.outstanding(&k), None);
-        f.answered(k, 5, host.clone());
-        assert_eq!(f.outstanding(&k), Some(&(5, host.clone())));
+        f.answered(k, host.clone(), vec![[5; 32]]);
+        assert_eq!(
+            f.outstanding(&k),
+            Some(&Outstanding {
+                hosts: host.clone(),
+                known_deals: vec![[5; 32]]
+            })
+        );
         f.settle(k, false, 10).unwrap(); // strike 1
-        f.answered(k, 6, host.clone());
+        f.answered(k, host.clone(), Vec::new());
         f.settle(k, true, 11).unwrap(); // a deal: forgiven
-        f.answered(k, 7, host.clone());
+        f.answered(k, host.clone(), Vec::new());
         f.settle(k, false, 12).unwrap(); // strike 1
-        f.answered(k, 8, host.clone());
+        f.answered(k, host.clone(), Vec::new());
         let ban = f.settle(k, false, 13).unwrap_err(); // strike 2: banned
         assert_eq!(
             ban,
@@ -274,7 +313,7 @@ mod tests {
         // Memory: an idle key without strikes goes; one with strikes stays.
         f.prune(1000);
         assert_eq!(f.len(), (1, 0));
-        f.answered(k, 9, host);
+        f.answered(k, host, Vec::new());
         f.settle(k, true, 1001).unwrap();
         f.prune(2000);
         assert_eq!(f.len(), (0, 0));

@@ -21,6 +21,7 @@ pub mod offer;
 pub mod proof;
 pub mod receipt;
 pub mod share;
+pub mod sig;
 pub mod tx;
 
 pub use decode::DecodeError;

@@ -4,7 +4,7 @@
 //! client's proxy allowance (`TxBody::RedeemReceipts`). `docs/wire.md` section 2 and
 //! `docs/formats.md` section 6.
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_consensus::SigningKey;
 
 use crate::decode::{DecodeError, Reader};
 use crate::tx::AccountId;
@@ -103,10 +103,7 @@ impl ProxyReceipt {
         if crate::tx::check_signer(&self.client).is_err() {
             return false;
         }
-        VerificationKey::try_from(self.client.0).is_ok_and(|vk| {
-            vk.verify(&Signature::from(self.signature), &self.message())
-                .is_ok()
-        })
+        crate::sig::verify(&self.client.0, &self.signature, &self.message())
     }
 
     /// The message the client signs.
@@ -169,16 +166,11 @@ pub fn verify_all(receipts: &[ProxyReceipt]) -> bool {
     {
         return false;
     }
-    let messages: Vec<Vec<u8>> = receipts.iter().map(ProxyReceipt::message).collect();
-    let mut batch = ed25519_consensus::batch::Verifier::new();
-    for (r, m) in receipts.iter().zip(&messages) {
-        batch.queue((
-            ed25519_consensus::VerificationKeyBytes::from(r.client.0),
-            Signature::from(r.signature),
-            m.as_slice(),
-        ));
+    let mut batch = crate::sig::Batch::new();
+    for r in receipts {
+        batch.queue(&r.client.0, &r.signature, &r.message());
     }
-    batch.verify(rand_core::OsRng).is_ok()
+    batch.verify()
 }
 
 #[cfg(test)]

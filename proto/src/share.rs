@@ -156,6 +156,37 @@ mod tests {
         assert!(ShareKey::from_bytes(&bytes).is_err());
     }
 
+    #[test]
+    fn only_the_canonical_base64url_text_is_a_key() {
+        // formats.md 4: no padding, the URL-safe alphabet only, zero trailing bits; each
+        // non-canonical spelling of the same bytes is refused, not decoded.
+        let good = sample().to_string();
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = *good.as_bytes().last().unwrap();
+        let value = ALPHABET.iter().position(|&c| c == last).unwrap();
+        assert_eq!(value & 0x0f, 0, "85 bytes leave 4 trailing bits, all zero");
+        let mut trailing = good.clone();
+        trailing.pop();
+        trailing.push(char::from(ALPHABET[value | 1]));
+        let mut standard = good.clone().into_bytes();
+        standard[10] = b'+';
+        let mut slash = good.clone().into_bytes();
+        slash[11] = b'/';
+        let cases = [
+            format!("{good}="),
+            format!("{good}=="),
+            String::from_utf8(standard).unwrap(),
+            String::from_utf8(slash).unwrap(),
+            trailing,
+            format!("{good}AAA"),
+            format!("{} {}", &good[..20], &good[20..]),
+        ];
+        for input in &cases {
+            let err = input.parse::<ShareKey>().expect_err(input).to_string();
+            assert!(err.contains("base64url"), "{input:?}: {err:?}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn decoder_never_panics(s in "\\PC{0,200}") {

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_consensus::SigningKey;
 
 use crate::decode::{DecodeError, Reader};
 use crate::ids::ChunkId;
@@ -192,8 +192,7 @@ impl Insurance {
             self.cover,
             self.quote_expiry_unix_secs,
         );
-        VerificationKey::try_from(self.insurer.0)
-            .is_ok_and(|vk| vk.verify(&Signature::from(self.signature), &m).is_ok())
+        crate::sig::verify(&self.insurer.0, &self.signature, &m)
     }
 }
 
@@ -908,24 +907,25 @@ impl SignedTx {
     /// Checks the signature against the signer's key (ZIP-215 rules).
     pub fn verify(&self) -> Result<(), SignatureError> {
         check_signer(&self.tx.signer)?;
-        let vk = VerificationKey::try_from(self.tx.signer.0)
-            .map_err(|_| SignatureError::BadKey(self.tx.signer))?;
-        vk.verify(
-            &Signature::from(self.signature),
+        if crate::sig::verify(
+            &self.tx.signer.0,
+            &self.signature,
             &signing_message(self.unsigned()),
-        )
-        .map_err(|_| SignatureError::BadSignature(self.id()))
+        ) {
+            Ok(())
+        } else {
+            Err(SignatureError::BadSignature(self.id()))
+        }
     }
 }
 
-/// Refuses signer keys that are not points of the curve or are of small order. ZIP-215
-/// verification accepts small-order keys, and for those anyone can forge a signature
-/// (pick s, let R = sB): an account whose key is, say, all zeros would be anyone's.
+/// Refuses signer keys that are not points of the curve or are of small order
+/// ([`crate::sig::usable_key`]).
 pub(crate) fn check_signer(signer: &AccountId) -> Result<(), SignatureError> {
-    let point = curve25519_dalek_ng::edwards::CompressedEdwardsY(signer.0).decompress();
-    match point {
-        Some(p) if !p.is_small_order() => Ok(()),
-        _ => Err(SignatureError::BadKey(*signer)),
+    if crate::sig::usable_key(&signer.0) {
+        Ok(())
+    } else {
+        Err(SignatureError::BadKey(*signer))
     }
 }
 
@@ -943,22 +943,20 @@ pub enum SignatureError {
 /// signature than one by one). All valid gives `Ok`; otherwise check them one by one to
 /// find the culprit.
 pub fn verify_batch<'a>(txs: impl IntoIterator<Item = &'a SignedTx>) -> Result<(), SignatureError> {
-    let mut batch = ed25519_consensus::batch::Verifier::new();
+    let mut batch = crate::sig::Batch::new();
     for tx in txs {
         check_signer(&tx.tx.signer)?;
-        let key = ed25519_consensus::VerificationKeyBytes::from(tx.tx.signer.0);
-        batch.queue((
-            key,
-            Signature::from(tx.signature),
-            signing_message(tx.unsigned()).as_slice(),
-        ));
+        batch.queue(
+            &tx.tx.signer.0,
+            &tx.signature,
+            &signing_message(tx.unsigned()),
+        );
     }
-    batch.verify(ring_rng()).map_err(|_| SignatureError::Batch)
-}
-
-/// Batch verification needs randomness only to weight the equations; any CSPRNG will do.
-fn ring_rng() -> impl rand_core::RngCore + rand_core::CryptoRng {
-    rand_core::OsRng
+    if batch.verify() {
+        Ok(())
+    } else {
+        Err(SignatureError::Batch)
+    }
 }
 
 #[cfg(test)]

@@ -127,6 +127,24 @@ pub fn parse_chunk_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// A file name from a manifest, fit for a terminal: the sender chose it, and a name may hold
+/// any character but `/` and NUL (formats.md 3.2), escape sequences included. Control
+/// characters are shown escaped (`\u{1b}`), and an empty name reads "file".
+pub fn shown_name(name: &str) -> String {
+    if name.is_empty() {
+        return "file".into();
+    }
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Formats bytes with a binary unit, two decimals.
 pub fn format_bytes(n: u64) -> String {
     if n < 1024 {
@@ -281,6 +299,15 @@ pub fn progress_bar(total: u64, enabled: bool, verb: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_from_manifests_cannot_drive_the_terminal() {
+        assert_eq!(shown_name(""), "file");
+        assert_eq!(shown_name("photo 1.jpg"), "photo 1.jpg");
+        assert_eq!(shown_name("été"), "été");
+        assert_eq!(shown_name("a\u{1b}[2Jb\r\n"), "a\\u{1b}[2Jb\\r\\n");
+        assert!(!shown_name("\u{7}\u{9b}x").chars().any(char::is_control));
+    }
 
     #[test]
     fn sizes_parse_like_people_write_them() {

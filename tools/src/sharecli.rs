@@ -323,7 +323,7 @@ pub fn get_shared(g: &SharedGet) -> Result<()> {
         let secs = started.elapsed().as_secs_f64();
         println!(
             "downloaded {} ({}, {} chunks, all verified) into {} in {secs:.2} s ({}) from host {}",
-            if m.name.is_empty() { "file" } else { &m.name },
+            crate::shown_name(&m.name),
             crate::format_bytes(m.file_bytes),
             m.chunks.len(),
             g.out.display(),

@@ -286,7 +286,7 @@ fn open(args: OpenArgs) -> Result<()> {
         let secs = started.elapsed().as_secs_f64();
         println!(
             "opened {} ({}, {} chunks, all verified) into {} in {secs:.2} s ({})",
-            if m.name.is_empty() { "file" } else { &m.name },
+            tools::shown_name(&m.name),
             format_bytes(m.file_bytes),
             m.chunks.len(),
             args.out.display(),

@@ -1,0 +1,133 @@
+//! Signature checks, the chain's largest cost: the ledger's checks (`proto::sig`,
+//! ed25519-zebra on curve25519-dalek 4) against ed25519-consensus's (what the ledger used
+//! before, on curve25519-dalek-ng's serial backend) on the same signatures in the same run,
+//! in batches and one by one, with every signer distinct and with 100 signers sharing the
+//! load (a batch coalesces a key's terms). Messages are 150 bytes, about a transfer's.
+//!
+//!     cargo bench -p benches --bench signatures
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ed25519_consensus::SigningKey;
+
+struct Signed {
+    key: [u8; 32],
+    signature: [u8; 64],
+    message: Vec<u8>,
+}
+
+fn setup(n: usize, signers: usize) -> Vec<Signed> {
+    let keys: Vec<SigningKey> = (0..signers)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            SigningKey::from(seed)
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let k = &keys[i % signers];
+            let mut message = vec![0x5A; 150];
+            message[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            Signed {
+                key: k.verification_key().to_bytes(),
+                signature: k.sign(&message).to_bytes(),
+                message,
+            }
+        })
+        .collect()
+}
+
+fn consensus_batch(set: &[Signed]) -> bool {
+    let mut batch = ed25519_consensus::batch::Verifier::new();
+    for s in set {
+        batch.queue((
+            ed25519_consensus::VerificationKeyBytes::from(s.key),
+            ed25519_consensus::Signature::from(s.signature),
+            s.message.as_slice(),
+        ));
+    }
+    batch.verify(rand_core::OsRng).is_ok()
+}
+
+fn sig_batch(set: &[Signed]) -> bool {
+    let mut batch = proto::sig::Batch::new();
+    for s in set {
+        batch.queue(&s.key, &s.signature, &s.message);
+    }
+    batch.verify()
+}
+
+fn signatures(c: &mut Criterion) {
+    let mut group = c.benchmark_group("signatures");
+    group.sample_size(10);
+    for (n, signers) in [(1000usize, 1000usize), (1000, 100)] {
+        let set = setup(n, signers);
+        assert!(consensus_batch(&set) && sig_batch(&set));
+        group.throughput(Throughput::Elements(n as u64));
+        let case = format!("{n} from {signers} keys");
+        group.bench_with_input(
+            BenchmarkId::new("ed25519-consensus batch (baseline)", &case),
+            &set,
+            |b, set| b.iter(|| assert!(consensus_batch(set))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("proto::sig batch", &case),
+            &set,
+            |b, set| b.iter(|| assert!(sig_batch(set))),
+        );
+        if signers == n {
+            group.bench_with_input(
+                BenchmarkId::new("ed25519-consensus one by one", &case),
+                &set,
+                |b, set| {
+                    b.iter(|| {
+                        assert!(set.iter().all(|s| {
+                            ed25519_consensus::VerificationKey::try_from(s.key).is_ok_and(|vk| {
+                                vk.verify(
+                                    &ed25519_consensus::Signature::from(s.signature),
+                                    &s.message,
+                                )
+                                .is_ok()
+                            })
+                        }))
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new("proto::sig one by one", &case),
+                &set,
+                |b, set| {
+                    b.iter(|| {
+                        assert!(set.iter().all(|s| proto::sig::verify(
+                            &s.key,
+                            &s.signature,
+                            &s.message
+                        )))
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new("signer key check, cached", &case),
+                &set,
+                |b, set| b.iter(|| assert!(set.iter().all(|s| proto::sig::usable_key(&s.key)))),
+            );
+            group.bench_with_input(
+                BenchmarkId::new("signer key check, decompressed (before)", &case),
+                &set,
+                |b, set| {
+                    b.iter(|| {
+                        assert!(set.iter().all(|s| {
+                            curve25519_dalek_ng::edwards::CompressedEdwardsY(s.key)
+                                .decompress()
+                                .is_some_and(|p| !p.is_small_order())
+                        }))
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, signatures);
+criterion_main!(benches);
