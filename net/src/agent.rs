@@ -236,7 +236,7 @@ async fn step(
             for c in agent.chunks_of(deal) {
                 if let std::collections::hash_map::Entry::Vacant(e) = stored.entry(c) {
                     e.insert(false);
-                    asked.push((c, host.engine().stat(ChunkId(c))));
+                    asked.push((c, host.engine().stat_async(ChunkId(c)).await));
                 }
             }
         }
@@ -427,7 +427,7 @@ async fn crcs_of(
     loop {
         while in_flight.len() < READ_BACK_WINDOW {
             let Some(c) = next.next() else { break };
-            in_flight.push_back(host.engine().get(ChunkId(*c)));
+            in_flight.push_back(host.engine().get_async(ChunkId(*c)).await);
         }
         let Some(pending) = in_flight.pop_front() else {
             break;

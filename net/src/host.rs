@@ -664,7 +664,7 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
                     // before it are by the writer, before the connection counts as closed:
                     // its client journaled it as sent and, resuming, will not send it again.
                     if is_put {
-                        let _ = dispatch(host, &scope, req).await;
+                        let _ = dispatch(host, &scope, req).await.await;
                     }
                     return Err(NetError::Closed);
                 }
@@ -692,7 +692,7 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
                 match got {
                     (r, b, Ok(Ok(m))) => {
                         permits.extend([r, b, m]);
-                        dispatch(host, &scope, req)
+                        dispatch(host, &scope, req).await
                     }
                     _ => ready(Reply::error(
                         ErrorCode::Limit,
@@ -700,7 +700,7 @@ async fn connection(host: &Arc<Host>, stream: TcpStream, peer: SocketAddr) -> Re
                     )),
                 }
             } else {
-                dispatch(host, &scope, req)
+                dispatch(host, &scope, req).await
             };
             slot.send(Queued {
                 request: h.request,
@@ -831,8 +831,11 @@ fn read_reply(p: engine::store::Pending<Vec<u8>>) -> ReplyFuture {
     Box::pin(async move { p.recv().await.map_or_else(|e| store_error(&e), Reply::Data) })
 }
 
-/// Starts one request (already checked against the link's operation).
-fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
+/// Starts one request (already checked against the link's operation). It returns once the
+/// request is in the store's queue, so a connection reads no further request while the
+/// store has no room (the store's back-pressure, `EngineConfig::queue_depth`); the reply
+/// future finishes it.
+async fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
     let not_granted = |what: &str| {
         ready(Reply::error(
             ErrorCode::NotGranted,
@@ -863,7 +866,10 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 };
                 return ready(Reply::error(code, e.to_string()));
             }
-            let pending = host.engine.put(id, crc32c, bytes, host.expiry(&link));
+            let pending = host
+                .engine
+                .put_async(id, crc32c, bytes, host.expiry(&link))
+                .await;
             let host = Arc::clone(host);
             Box::pin(async move {
                 // Until this put is answered no delete of the chunk may start.
@@ -895,14 +901,15 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
         {
             not_granted("reading this chunk: it is not part of the link's file")
         }
-        Request::Get { id } => read_reply(host.engine.get(id)),
+        Request::Get { id } => read_reply(host.engine.get_async(id).await),
         Request::GetRange { id, start, len } => read_reply(
             host.engine
-                .get_range(id, start..start.saturating_add(u64::from(len))),
+                .get_range_async(id, start..start.saturating_add(u64::from(len)))
+                .await,
         ),
-        Request::Prove { id, leaf } => read_reply(host.engine.prove(id, leaf)),
+        Request::Prove { id, leaf } => read_reply(host.engine.prove_async(id, leaf).await),
         Request::GetObject => match &**scope {
-            Scope::Download { manifest, .. } => read_reply(host.engine.get(*manifest)),
+            Scope::Download { manifest, .. } => read_reply(host.engine.get_async(*manifest).await),
             Scope::Upload { .. } => not_granted("downloading"),
         },
         Request::Have { ids } => {
@@ -913,11 +920,14 @@ fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFuture {
                 Scope::Upload { link, .. } => host.state.uploaded(&link, &ids),
                 Scope::Download { .. } => vec![true; ids.len()],
             };
-            let pending: Vec<_> = ids
-                .iter()
-                .zip(recorded)
-                .map(|(id, r)| r.then(|| host.engine.stat(*id)))
-                .collect();
+            let mut pending = Vec::with_capacity(ids.len());
+            for (id, r) in ids.iter().zip(recorded) {
+                pending.push(if r {
+                    Some(host.engine.stat_async(*id).await)
+                } else {
+                    None
+                });
+            }
             Box::pin(async move {
                 let mut bits = vec![0u8; pending.len().div_ceil(8)];
                 for (i, p) in pending.into_iter().enumerate() {
@@ -1012,7 +1022,7 @@ async fn delete(host: &Arc<Host>, link: [u8; 16], id: ChunkId) -> Reply {
         }
     };
     let removed = if remove {
-        match host.engine.delete(id).recv().await {
+        match host.engine.delete_async(id).await.recv().await {
             Ok(existed) => existed,
             Err(e) => {
                 let _ = host.state.end_delete(&link, id, false);
@@ -1174,7 +1184,10 @@ async fn put_object(
         chunks: chunks.clone(),
         keep: false,
     };
-    let stats: Vec<_> = chunks.iter().map(|id| host.engine.stat(*id)).collect();
+    let mut stats = Vec::with_capacity(chunks.len());
+    for id in &chunks {
+        stats.push(host.engine.stat_async(*id).await);
+    }
     for (id, p) in chunks.iter().zip(stats) {
         match p.recv().await {
             Ok(Some(_)) => {}

@@ -190,7 +190,26 @@ impl Metrics {
                 "Records that failed their checks when read (never served).",
                 s.corrupt_reads,
             );
+            counter(
+                &mut out,
+                "mspace_store_held_back_total",
+                "Requests a shard took only after waiting for room (its callers waited).",
+                s.held_back,
+            );
         }
+        let load = engine.load();
+        gauge(
+            &mut out,
+            "mspace_store_queued_requests",
+            "Requests waiting in the shards' queues.",
+            load.queued,
+        );
+        gauge(
+            &mut out,
+            "mspace_store_in_flight_requests",
+            "Requests the shards are working on.",
+            load.in_flight,
+        );
         let _ = writeln!(out, "# HELP mspace_dir_free_bytes Free bytes on each data directory's file system.\n# TYPE mspace_dir_free_bytes gauge");
         for d in dirs {
             if let Ok(st) = nix::sys::statvfs::statvfs(d) {

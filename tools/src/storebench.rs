@@ -34,6 +34,9 @@ pub struct StoreBench {
     pub restart_chunks: u64,
     /// Skip fio and the naive store (engine rows only, no ratios).
     pub engine_only: bool,
+    /// The engine's per-shard limits (`EngineConfig`): queue depth, requests in flight,
+    /// put bytes in flight; `None` keeps the default.
+    pub limits: (Option<usize>, Option<usize>, Option<u64>),
 }
 
 /// The restart measurement.
@@ -141,11 +144,17 @@ fn fio_row(workload: &str, block: u64, f: &diskbench::FioResult, iops_only: bool
     }
 }
 
-fn config(dir: &Path, shards: usize) -> EngineConfig {
-    let mut c = EngineConfig::new(vec![dir.to_path_buf()], shards);
-    c.maintenance_every = None;
-    c.pin = true;
-    c
+impl StoreBench {
+    fn config(&self, dir: &Path) -> EngineConfig {
+        let mut c = EngineConfig::new(vec![dir.to_path_buf()], self.shards);
+        c.maintenance_every = None;
+        c.pin = true;
+        let (queue, in_flight, put_bytes) = self.limits;
+        c.queue_depth = queue.unwrap_or(c.queue_depth).max(1);
+        c.in_flight_max = in_flight.unwrap_or(c.in_flight_max).max(1);
+        c.put_bytes_in_flight = put_bytes.unwrap_or(c.put_bytes_in_flight).max(1);
+        c
+    }
 }
 
 impl StoreBench {
@@ -217,7 +226,7 @@ impl StoreBench {
             }
             let store_dir = self.dir.join("engine");
             let _ = std::fs::remove_dir_all(&store_dir);
-            let cfg = config(&store_dir, self.shards);
+            let cfg = self.config(&store_dir);
             let ids: Vec<(ChunkId, u32)> = data.iter().map(|c| (c.0, c.1)).collect();
             let slots: Vec<std::sync::Mutex<Option<Vec<u8>>>> = data
                 .into_iter()
@@ -359,7 +368,7 @@ impl StoreBench {
         progress(&format!("restart: putting {n} chunks of 64 bytes"));
         let dir = self.dir.join("restart");
         let _ = std::fs::remove_dir_all(&dir);
-        let cfg = config(&dir, self.shards);
+        let cfg = self.config(&dir);
         let engine = Engine::open(&cfg).map_err(anyhow::Error::msg)?;
         let t0 = Instant::now();
         timed(

@@ -372,6 +372,14 @@ struct MemState {
     /// Total bytes the disk holds; writes past it fail with ENOSPC.
     capacity: Option<u64>,
     syncs: u64,
+    /// While its [`SyncHold`] lives, every sync waits.
+    sync_gate: Option<flume::Receiver<()>>,
+}
+
+/// Holds every sync of a [`MemDisk`] until dropped ([`MemDisk::hold_syncs`]).
+#[derive(Debug)]
+pub struct SyncHold {
+    _open: flume::Sender<()>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -443,6 +451,14 @@ impl MemDisk {
     /// The disk holds `bytes` in all; writes beyond fail with ENOSPC.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.state().capacity = bytes;
+    }
+
+    /// Every sync from now on waits until the returned hold is dropped: writes go on,
+    /// nothing becomes durable, so nothing waiting for durability finishes.
+    pub fn hold_syncs(&self) -> SyncHold {
+        let (tx, rx) = flume::bounded(1);
+        self.state().sync_gate = Some(rx);
+        SyncHold { _open: tx }
     }
 
     /// Clears every armed fault.
@@ -656,6 +672,11 @@ impl DiskFile for MemFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        let gate = self.disk.state().sync_gate.clone();
+        if let Some(gate) = gate {
+            // Nothing is ever sent: this returns when the hold is dropped.
+            let _ = gate.recv_async().await;
+        }
         self.with(|s, ino| {
             s.syncs += 1;
             if let Some(left) = s.syncs_left.as_mut() {

@@ -18,4 +18,4 @@ pub mod record;
 mod shard;
 pub mod tree;
 
-pub use shard::{Answer, Engine, EngineConfig, Pending, PutOutcome, StoreError, StoreStats};
+pub use shard::{Answer, Engine, EngineConfig, Load, Pending, PutOutcome, StoreError, StoreStats};

@@ -4,7 +4,9 @@
 //! when asked). A chunk lives on the shard its id picks (`id[0..8] mod shards`) and, within
 //! it, on the volume `id[8..16] mod volumes`; a shard owns one directory per data directory
 //! (a "volume": `<dir>/shard-<n>/`) and nothing is shared between shards: callers talk to
-//! a shard over a channel, so the data path takes no lock.
+//! a shard over a channel, so the data path takes no lock. The channel is bounded and a
+//! shard takes a request from it only when it has room for it (requests and put bytes in
+//! flight, `EngineConfig`), so a flood of requests waits in its callers.
 //!
 //! A volume is a series of append-only segment files of records (`record`), the last
 //! one active. `put` verifies the chunk's CRC32C and BLAKE3 id while building its record in
@@ -30,6 +32,8 @@ use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -72,6 +76,18 @@ pub struct EngineConfig {
     /// How often each shard sweeps expired chunks and compacts in the background;
     /// `None` for only when asked ([`Engine::compact`]).
     pub maintenance_every: Option<Duration>,
+    /// Requests each shard's queue holds. A caller whose request finds it full waits for
+    /// room ([`Engine::put`] blocks, [`Engine::put_async`] awaits), so a flood of requests
+    /// waits in its callers instead of in the store.
+    pub queue_depth: usize,
+    /// Requests each shard works on at once; it takes the next from its queue only when
+    /// one of them is done.
+    pub in_flight_max: usize,
+    /// Bytes of put payloads each shard holds at once (a larger put takes all of them).
+    /// With the two above this bounds the store's memory for requests: per shard, at
+    /// most `queue_depth + in_flight_max + 1` requests, and of the puts among them at most
+    /// `put_bytes_in_flight` plus `queue_depth + 1` chunks' bytes.
+    pub put_bytes_in_flight: u64,
 }
 
 impl EngineConfig {
@@ -85,6 +101,9 @@ impl EngineConfig {
             checkpoint_every_bytes: 1 << 30,
             capacity_bytes: None,
             maintenance_every: Some(Duration::from_secs(30)),
+            queue_depth: 16,
+            in_flight_max: 256,
+            put_bytes_in_flight: 256 << 20,
         }
     }
 }
@@ -177,6 +196,15 @@ pub struct StoreStats {
     pub fence_waits: u64,
     /// Heap bytes of the in-memory index (its hash table).
     pub index_bytes: u64,
+    /// Requests a shard took from its queue only after waiting for one in flight to
+    /// finish ([`EngineConfig::in_flight_max`], [`EngineConfig::put_bytes_in_flight`]):
+    /// how often callers were held back.
+    pub held_back: u64,
+    /// The most requests one shard has had in flight at once (the largest over shards).
+    pub in_flight_peak: u64,
+    /// The most put payload bytes one shard has held in flight at once (the largest over
+    /// shards).
+    pub put_bytes_peak: u64,
 }
 
 /// A request in flight; [`Pending::wait`] blocks for the answer, [`Pending::recv`] awaits
@@ -236,11 +264,33 @@ enum Request {
     Shutdown(Reply<()>),
 }
 
+impl Request {
+    fn put(
+        id: ChunkId,
+        crc: u32,
+        data: Vec<u8>,
+        expiry: u64,
+    ) -> impl FnOnce(Reply<PutOutcome>) -> Request {
+        move |reply| Request::Put {
+            id,
+            crc,
+            data,
+            expiry,
+            reply,
+        }
+    }
+
+    fn get(id: ChunkId, range: Option<Range<u64>>) -> impl FnOnce(Reply<Vec<u8>>) -> Request {
+        move |reply| Request::Get { id, range, reply }
+    }
+}
+
 /// The running store: a handle to its shards. Dropping it shuts them down cleanly
 /// (final checkpoints), as [`Engine::shutdown`] does.
 #[derive(Debug)]
 pub struct Engine {
     shards: Vec<flume::Sender<Request>>,
+    loads: Vec<Arc<ShardLoad>>,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -282,13 +332,18 @@ impl Engine {
             (64 << 10..=SEGMENT_BYTES_MAX).contains(&cfg.segment_bytes),
             "segment_bytes must be 64 KiB to 1 TiB"
         );
+        assert!(
+            cfg.queue_depth >= 1 && cfg.in_flight_max >= 1 && cfg.put_bytes_in_flight >= 1,
+            "queues and in-flight limits of at least 1"
+        );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let io_memory = io_memory_per_shard(cfg.shards);
         let mut shards = Vec::new();
+        let mut loads = Vec::new();
         let mut threads = Vec::new();
         let mut ready = Vec::new();
         for (n, vols) in disks.into_iter().enumerate() {
-            let (tx, rx) = flume::unbounded();
+            let (tx, rx) = flume::bounded(cfg.queue_depth);
             let (ready_tx, ready_rx) = flume::bounded(1);
             let placement = if cfg.pin {
                 Placement::Fixed(n % cores)
@@ -297,11 +352,16 @@ impl Engine {
             };
             let cfg = cfg.clone();
             let n32 = u32::try_from(n).expect("few shards");
-            let handle = LocalExecutorBuilder::new(placement)
-                .name(&format!("shard-{n}"))
-                .io_memory(io_memory)
-                .spawn(move || async move { run_shard(n32, cfg, vols, rx, ready_tx).await })
-                .map_err(|e| StoreError::Io(format!("starting shard {n}: {e}")))?;
+            let shard_load = Arc::new(ShardLoad::default());
+            loads.push(Arc::clone(&shard_load));
+            let handle =
+                LocalExecutorBuilder::new(placement)
+                    .name(&format!("shard-{n}"))
+                    .io_memory(io_memory)
+                    .spawn(move || async move {
+                        run_shard(n32, cfg, vols, rx, ready_tx, shard_load).await
+                    })
+                    .map_err(|e| StoreError::Io(format!("starting shard {n}: {e}")))?;
             shards.push(tx);
             threads.push(handle);
             ready.push(ready_rx);
@@ -322,11 +382,28 @@ impl Engine {
             }
             return Err(e);
         }
-        Ok(Engine { shards, threads })
+        Ok(Engine {
+            shards,
+            loads,
+            threads,
+        })
     }
 
     pub fn shards(&self) -> usize {
         self.shards.len()
+    }
+
+    /// What the shards are working on and have queued now, read without asking them (it
+    /// answers while they are too busy to).
+    pub fn load(&self) -> Load {
+        let mut l = Load::default();
+        for (queue, s) in self.shards.iter().zip(&self.loads) {
+            l.queued += queue.len() as u64;
+            l.in_flight += s.in_flight.load(Ordering::Relaxed);
+            l.put_bytes += s.put_bytes.load(Ordering::Relaxed);
+            l.full_shards += u64::from(s.full.load(Ordering::Relaxed));
+        }
+        l
     }
 
     fn shard_index(&self, id: &ChunkId) -> usize {
@@ -338,48 +415,70 @@ impl Engine {
         &self.shards[self.shard_index(id)]
     }
 
+    /// Sends a request to its shard, blocking while the shard's queue is full (a shard
+    /// that has stopped drops it: the answer is then `ShutDown`).
     fn ask<T>(to: &flume::Sender<Request>, make: impl FnOnce(Reply<T>) -> Request) -> Pending<T> {
         let (tx, rx) = flume::bounded(1);
-        if let Err(flume::SendError(req)) = to.send(make(tx)) {
-            drop(req);
-        }
+        let _ = to.send(make(tx));
+        Pending(rx)
+    }
+
+    /// [`Engine::ask`] for async callers: awaits room in the queue instead of blocking.
+    async fn ask_async<T>(
+        to: &flume::Sender<Request>,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Pending<T> {
+        let (tx, rx) = flume::bounded(1);
+        let _ = to.send_async(make(tx)).await;
         Pending(rx)
     }
 
     /// Stores a sealed chunk. `crc` is the CRC32C the sender declared (the manifest's and
     /// the deal's); the store checks it and the id. `expiry` is Unix seconds, 0 for never.
+    ///
+    /// This and the other requests block while the shard's queue is full
+    /// ([`EngineConfig::queue_depth`]); async code uses the `_async` twins, which await
+    /// room instead (a twin dropped before it returns has not made its request).
     pub fn put(&self, id: ChunkId, crc: u32, data: Vec<u8>, expiry: u64) -> Pending<PutOutcome> {
-        Self::ask(self.shard_of(&id), |reply| Request::Put {
-            id,
-            crc,
-            data,
-            expiry,
-            reply,
-        })
+        Self::ask(self.shard_of(&id), Request::put(id, crc, data, expiry))
+    }
+
+    pub async fn put_async(
+        &self,
+        id: ChunkId,
+        crc: u32,
+        data: Vec<u8>,
+        expiry: u64,
+    ) -> Pending<PutOutcome> {
+        Self::ask_async(self.shard_of(&id), Request::put(id, crc, data, expiry)).await
     }
 
     /// The whole chunk, verified.
     pub fn get(&self, id: ChunkId) -> Pending<Vec<u8>> {
-        Self::ask(self.shard_of(&id), |reply| Request::Get {
-            id,
-            range: None,
-            reply,
-        })
+        Self::ask(self.shard_of(&id), Request::get(id, None))
+    }
+
+    pub async fn get_async(&self, id: ChunkId) -> Pending<Vec<u8>> {
+        Self::ask_async(self.shard_of(&id), Request::get(id, None)).await
     }
 
     /// Bytes `range` of the chunk, verified against the chunk's tree.
     pub fn get_range(&self, id: ChunkId, range: Range<u64>) -> Pending<Vec<u8>> {
-        Self::ask(self.shard_of(&id), |reply| Request::Get {
-            id,
-            range: Some(range),
-            reply,
-        })
+        Self::ask(self.shard_of(&id), Request::get(id, Some(range)))
+    }
+
+    pub async fn get_range_async(&self, id: ChunkId, range: Range<u64>) -> Pending<Vec<u8>> {
+        Self::ask_async(self.shard_of(&id), Request::get(id, Some(range))).await
     }
 
     /// The length of chunk `id` if it is stored and not expired, from the index alone (no
     /// disk read): what a resumed upload asks before re-sending.
     pub fn stat(&self, id: ChunkId) -> Pending<Option<u32>> {
         Self::ask(self.shard_of(&id), |reply| Request::Stat { id, reply })
+    }
+
+    pub async fn stat_async(&self, id: ChunkId) -> Pending<Option<u32>> {
+        Self::ask_async(self.shard_of(&id), |reply| Request::Stat { id, reply }).await
     }
 
     /// The storage proof of leaf `leaf` (`proto::proof` format), checked against the id.
@@ -389,6 +488,15 @@ impl Engine {
             leaf,
             reply,
         })
+    }
+
+    pub async fn prove_async(&self, id: ChunkId, leaf: u64) -> Pending<Vec<u8>> {
+        Self::ask_async(self.shard_of(&id), |reply| Request::Prove {
+            id,
+            leaf,
+            reply,
+        })
+        .await
     }
 
     /// Answers many challenges at once (the chain issues a period's challenges together):
@@ -427,6 +535,10 @@ impl Engine {
         Self::ask(self.shard_of(&id), |reply| Request::Delete { id, reply })
     }
 
+    pub async fn delete_async(&self, id: ChunkId) -> Pending<bool> {
+        Self::ask_async(self.shard_of(&id), |reply| Request::Delete { id, reply }).await
+    }
+
     fn all<T>(&self, make: impl Fn(Reply<T>) -> Request) -> Result<Vec<T>, StoreError> {
         let pending: Vec<Pending<T>> = self.shards.iter().map(|s| Self::ask(s, &make)).collect();
         pending.into_iter().map(Pending::wait).collect()
@@ -460,6 +572,9 @@ impl Engine {
             total.compacted_segments += s.compacted_segments;
             total.fence_waits += s.fence_waits;
             total.index_bytes += s.index_bytes;
+            total.held_back += s.held_back;
+            total.in_flight_peak = total.in_flight_peak.max(s.in_flight_peak);
+            total.put_bytes_peak = total.put_bytes_peak.max(s.put_bytes_peak);
         }
         Ok(total)
     }
@@ -652,6 +767,9 @@ struct Counters {
     corrupt_reads: u64,
     truncated_bytes: u64,
     compacted_segments: u64,
+    held_back: u64,
+    in_flight_peak: u64,
+    put_bytes_peak: u64,
 }
 
 struct Shard<D: Disk> {
@@ -687,6 +805,7 @@ async fn run_shard<D: Disk>(
     disks: Vec<D>,
     rx: flume::Receiver<Request>,
     ready: flume::Sender<Result<(), StoreError>>,
+    load: Arc<ShardLoad>,
 ) {
     let capacity = cfg
         .capacity_bytes
@@ -764,8 +883,26 @@ async fn run_shard<D: Disk>(
             t.detach();
         }
     }
+    // Back-pressure: a request that works on the disk takes a place in flight (and a put
+    // its payload's bytes) before it starts, and the loop takes nothing more from the
+    // queue until it has them; the queue fills and callers wait in their `Pending`s.
+    let room = Room {
+        requests: Rc::new(glommio::sync::Semaphore::new(
+            shard.cfg.in_flight_max as u64,
+        )),
+        put_bytes: Rc::new(glommio::sync::Semaphore::new(shard.cfg.put_bytes_in_flight)),
+        load,
+    };
     while let Ok(req) = rx.recv_async().await {
         let s = shard.clone();
+        let in_flight = match &req {
+            Request::Stat { .. }
+            | Request::Stats(_)
+            | Request::Compact(_)
+            | Request::Shutdown(_) => None,
+            Request::Put { data, .. } => Some(shard.admit(&room, data.len() as u64).await),
+            _ => Some(shard.admit(&room, 0).await),
+        };
         match req {
             Request::Put {
                 id,
@@ -774,18 +911,22 @@ async fn run_shard<D: Disk>(
                 expiry,
                 reply,
             } => spawn(async move {
+                let _in_flight = in_flight;
                 let _ = reply.send(s.put(id, crc, data, expiry).await);
             }),
             Request::Stat { id, reply } => {
                 let _ = reply.send(Ok(s.lookup(&id).ok().map(|loc| loc.payload)));
             }
             Request::Get { id, range, reply } => spawn(async move {
+                let _in_flight = in_flight;
                 let _ = reply.send(s.get(id, range).await);
             }),
             Request::Prove { id, leaf, reply } => spawn(async move {
+                let _in_flight = in_flight;
                 let _ = reply.send(s.prove(id, leaf).await);
             }),
             Request::ProveMany { challenges, reply } => spawn(async move {
+                let _in_flight = in_flight;
                 let tasks: Vec<_> = challenges
                     .into_iter()
                     .map(|(k, id, leaf)| {
@@ -810,6 +951,7 @@ async fn run_shard<D: Disk>(
                 let _ = reply.send(Ok(out));
             }),
             Request::Delete { id, reply } => spawn(async move {
+                let _in_flight = in_flight;
                 let _ = reply.send(s.delete(id).await);
             }),
             Request::Compact(reply) => {
@@ -824,6 +966,7 @@ async fn run_shard<D: Disk>(
                 }
             }
             Request::Checkpoint(reply) => spawn(async move {
+                let _in_flight = in_flight;
                 let _ = reply.send(s.checkpoint_all().await);
             }),
             Request::Stats(reply) => {
@@ -848,6 +991,89 @@ async fn run_shard<D: Disk>(
 
 fn spawn(f: impl std::future::Future<Output = ()> + 'static) {
     glommio::spawn_local(f).detach();
+}
+
+/// What a shard lets run at once: requests, and bytes of put payloads
+/// ([`EngineConfig::in_flight_max`], [`EngineConfig::put_bytes_in_flight`]), and what it
+/// runs now.
+struct Room {
+    requests: Rc<glommio::sync::Semaphore>,
+    put_bytes: Rc<glommio::sync::Semaphore>,
+    load: Arc<ShardLoad>,
+}
+
+/// A request's place in flight, given back when it is done.
+struct InFlight {
+    _request: Option<glommio::sync::StaticPermit>,
+    _bytes: Option<glommio::sync::StaticPermit>,
+    load: Arc<ShardLoad>,
+    bytes: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.load.put_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What one shard is working on now, kept by the shard and read by [`Engine::load`] from
+/// any thread without asking the shard.
+#[derive(Debug, Default)]
+struct ShardLoad {
+    in_flight: AtomicU64,
+    put_bytes: AtomicU64,
+    /// Waiting for a request in flight to finish before taking the next.
+    full: AtomicBool,
+}
+
+/// What the store is working on now, over all shards ([`Engine::load`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Requests waiting in the shards' queues.
+    pub queued: u64,
+    /// Requests being worked on.
+    pub in_flight: u64,
+    /// Put payload bytes being worked on.
+    pub put_bytes: u64,
+    /// Shards waiting for room before they take their next request: while one is, its
+    /// queue fills and callers wait.
+    pub full_shards: u64,
+}
+
+impl<D: Disk> Shard<D> {
+    /// Takes a place in flight for a request with `bytes` of put payload (a put larger
+    /// than the whole allowance takes all of it), waiting while there is none.
+    async fn admit(&self, room: &Room, bytes: u64) -> InFlight {
+        let bytes = bytes.min(self.cfg.put_bytes_in_flight);
+        let mut request = room.requests.try_acquire_static_permit(1).ok();
+        let mut bytes_permit = (bytes > 0)
+            .then(|| room.put_bytes.try_acquire_static_permit(bytes).ok())
+            .flatten();
+        let wait = request.is_none() || (bytes > 0 && bytes_permit.is_none());
+        if wait {
+            room.load.full.store(true, Ordering::Relaxed);
+            if request.is_none() {
+                request = room.requests.acquire_static_permit(1).await.ok();
+            }
+            if bytes > 0 && bytes_permit.is_none() {
+                bytes_permit = room.put_bytes.acquire_static_permit(bytes).await.ok();
+            }
+            room.load.full.store(false, Ordering::Relaxed);
+        }
+        let in_flight = room.load.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        let put_bytes = room.load.put_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let mut c = self.counters.borrow_mut();
+        c.held_back += u64::from(wait);
+        c.in_flight_peak = c.in_flight_peak.max(in_flight);
+        c.put_bytes_peak = c.put_bytes_peak.max(put_bytes);
+        InFlight {
+            _request: request,
+            _bytes: bytes_permit,
+            load: Arc::clone(&room.load),
+            bytes,
+        }
+    }
 }
 
 /// Bytes read from whole sectors: the buffer, and where the asked bytes lie in it.
@@ -1558,6 +1784,9 @@ impl<D: Disk> Shard<D> {
             truncated_bytes: c.truncated_bytes,
             compacted_segments: c.compacted_segments,
             index_bytes: index.heap_bytes(),
+            held_back: c.held_back,
+            in_flight_peak: c.in_flight_peak,
+            put_bytes_peak: c.put_bytes_peak,
             ..StoreStats::default()
         };
         for vol in &self.vols {

@@ -13,7 +13,7 @@ use std::path::Path;
 use engine::codec::crc32c;
 use engine::store::disk::{MemDisk, Rng};
 use engine::store::record::{encode_record, RecordHeader, RecordKind};
-use engine::store::{Engine, EngineConfig, PutOutcome, StoreError};
+use engine::store::{Engine, EngineConfig, Load, PutOutcome, StoreError};
 use proto::{proof, ChunkId};
 
 /// A deterministic chunk: its id, CRC32C and bytes.
@@ -174,6 +174,77 @@ fn put_get_range_prove_delete_on_real_disks() {
         }
         e.shutdown().unwrap();
     }
+}
+
+/// Waits (a bounded time) until the store's load is `want`.
+fn until_load(e: &Engine, want: Load) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while e.load() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load stayed {:?}, not {want:?}",
+            e.load()
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_flood_of_puts_waits_in_its_callers_not_in_the_store() {
+    use futures_lite::future::{block_on, poll_once};
+    let disk = MemDisk::new();
+    let mut c = mem_cfg(1);
+    c.queue_depth = 2;
+    c.in_flight_max = 5;
+    c.put_bytes_in_flight = 3 * 4096;
+    let e = open_mem(&c, std::slice::from_ref(&disk));
+    let chunks: Vec<_> = (0..40).map(|i| chunk(1000 + i, 4096)).collect();
+    let put = |ch: &(ChunkId, u32, Vec<u8>)| e.put(ch.0, ch.1, ch.2.clone(), 0).wait();
+    // With every sync held no put can finish. Of 39 callers, the shard takes 3 puts (their
+    // bytes bind before the count), takes a fourth and waits for room, 2 more fill its
+    // queue, and the other 33 callers wait to send theirs.
+    let hold = disk.hold_syncs();
+    std::thread::scope(|s| {
+        let callers: Vec<_> = chunks[..39]
+            .iter()
+            .map(|ch| s.spawn(move || put(ch)))
+            .collect();
+        let saturated = Load {
+            queued: 2,
+            in_flight: 3,
+            put_bytes: 3 * 4096,
+            full_shards: 1,
+        };
+        until_load(&e, saturated);
+        // Async callers wait too, whatever the request; one that gives up before it is
+        // sent has not made it.
+        let (id, crc, data) = chunks[39].clone();
+        assert!(block_on(poll_once(e.put_async(id, crc, data, 0))).is_none());
+        assert!(block_on(poll_once(e.stat_async(chunks[0].0))).is_none());
+        assert_eq!(e.load(), saturated);
+        drop(hold);
+        for c in callers {
+            assert_eq!(c.join().unwrap().unwrap(), PutOutcome::Stored);
+        }
+    });
+    let st = e.stats().unwrap();
+    assert_eq!(st.chunks, 39);
+    assert_eq!(st.in_flight_peak, 3, "{st:?}");
+    assert_eq!(st.put_bytes_peak, 3 * 4096, "{st:?}");
+    assert!(st.held_back >= 1, "{st:?}");
+    assert_eq!(e.stat(chunks[39].0).wait().unwrap(), None);
+    assert_eq!(
+        block_on(block_on(e.stat_async(chunks[0].0)).recv()).unwrap(),
+        Some(4096)
+    );
+    // Reads are held back by the count alone.
+    let gets: Vec<_> = chunks[..39].iter().map(|ch| e.get(ch.0)).collect();
+    for (g, ch) in gets.into_iter().zip(&chunks) {
+        assert_eq!(g.wait().unwrap(), ch.2);
+    }
+    assert!(e.stats().unwrap().in_flight_peak <= 5);
+    // A request leaves the count just after its answer is sent.
+    until_load(&e, Load::default());
 }
 
 #[test]

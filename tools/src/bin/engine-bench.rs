@@ -71,6 +71,15 @@ struct StoreArgs {
     /// Only the engine's rows: no fio, no naive store, no ratios.
     #[arg(long)]
     engine_only: bool,
+    /// Requests each shard's queue holds before callers wait [default: the engine's, 16].
+    #[arg(long)]
+    queue_depth: Option<usize>,
+    /// Requests each shard works on at once [default: the engine's, 256].
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// Put payload bytes each shard holds at once [default: the engine's, 256MiB].
+    #[arg(long, value_parser = parse_bytes)]
+    put_bytes_in_flight: Option<u64>,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -480,6 +489,7 @@ fn store(args: StoreArgs) -> Result<()> {
         random_secs: args.random_secs.max(1),
         restart_chunks: args.restart_chunks,
         engine_only: args.engine_only,
+        limits: (args.queue_depth, args.in_flight, args.put_bytes_in_flight),
     };
     let started = Instant::now();
     let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
