@@ -5,12 +5,18 @@
 //! encryption and checksums on `workers` threads, results handed back in order. At most
 //! [`buffers_for`]`(workers)` chunk buffers exist at once, whatever the file size.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::sync::Arc;
 
-use proto::{check_chunk_bytes, ChunkEntry, ChunkId, Manifest, CHUNKS_PER_FILE_MAX, TAG_BYTES};
+use proto::{
+    check_chunk_bytes, ChunkEntry, ChunkId, FileId, FileKey, KdfParams, Manifest,
+    CHUNKS_PER_FILE_MAX, TAG_BYTES,
+};
 
-use crate::codec::{checksums, verify_and_open, FileCipher};
+use crate::codec::{
+    checksums, derive_file_key, derive_master_key, verify_and_open, FileCipher, ManifestBuilder,
+};
 use crate::error::CodecError;
 use crate::pipeline::{self, Ordered, PooledBuf};
 
@@ -86,6 +92,217 @@ impl Iterator for SealStream {
             }
         }))
     }
+}
+
+/// What a file's key comes from besides the passphrase: the salt and cost of the
+/// passphrase's KDF, and the file's id. Stored in the manifest envelope's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileKeys {
+    pub kdf: KdfParams,
+    pub salt: [u8; 16],
+    pub file_id: FileId,
+}
+
+impl FileKeys {
+    /// A fresh salt and file id, for a new seal.
+    pub fn fresh(kdf: KdfParams) -> Result<FileKeys, CodecError> {
+        let rng = ring::rand::SystemRandom::new();
+        let mut salt = [0u8; 16];
+        let mut id = [0u8; 16];
+        for buf in [&mut salt, &mut id] {
+            ring::rand::SecureRandom::fill(&rng, buf).map_err(|_| {
+                CodecError::Invalid("the system random number generator failed".into())
+            })?;
+        }
+        Ok(FileKeys {
+            kdf,
+            salt,
+            file_id: FileId(id),
+        })
+    }
+
+    /// The file's key from the passphrase (Argon2id, slow by design: derive it once).
+    pub fn file_key(&self, passphrase: &[u8]) -> Result<FileKey, CodecError> {
+        let master = derive_master_key(passphrase, &self.salt, self.kdf)?;
+        Ok(derive_file_key(&master, &self.file_id))
+    }
+}
+
+/// A file sealed from its key to its manifest envelope: iterate for the sealed chunks, in
+/// order (drop each once it is written or sent, as with [`SealStream`]), then
+/// [`FileSeal::finish`] checks the file did not change and builds the manifest and its
+/// envelope. Every path that seals a file (`sealed_dir::seal_reader`, a deal's plan and
+/// its upload) goes through it.
+#[derive(Debug)]
+pub struct FileSeal {
+    stream: SealStream,
+    keys: FileKeys,
+    builder: ManifestBuilder,
+    chunk_bytes: u32,
+    /// The plaintext's size when known: a file that grew or shrank is refused.
+    expected: Option<u64>,
+    /// Sealing chunks `range` only, of a file whose entries were planned before.
+    part: Option<(Range<u64>, Vec<ChunkEntry>)>,
+    sealed: u64,
+    plain: u64,
+}
+
+/// A part of a planned file, for [`FileSeal::part`]: one deal's chunks of a file larger
+/// than a deal holds.
+#[derive(Clone, Debug)]
+pub struct PartOf {
+    /// The file's size now: it must still be the plan's.
+    pub size: u64,
+    /// The chunks to seal.
+    pub range: Range<u64>,
+    /// The whole file's entries, as planned.
+    pub planned: Vec<ChunkEntry>,
+}
+
+/// What [`FileSeal::finish`] gives: the manifest, its envelope and the envelope's id.
+#[derive(Debug)]
+pub struct SealedFile {
+    pub manifest: Manifest,
+    pub envelope: Vec<u8>,
+    pub manifest_id: ChunkId,
+}
+
+impl FileSeal {
+    /// Seals all of `reader` with `key` (from `keys`); `expected` is its size when known.
+    pub fn whole<R: Read + Send + 'static>(
+        reader: R,
+        key: &FileKey,
+        keys: FileKeys,
+        chunk_bytes: u32,
+        workers: usize,
+        expected: Option<u64>,
+    ) -> Result<FileSeal, CodecError> {
+        if let Some(size) = expected {
+            check_chunk_count(size, chunk_bytes)?;
+        }
+        let cipher = FileCipher::new(key, keys.file_id);
+        let stream = seal_stream(reader, cipher, chunk_bytes, workers)?;
+        Ok(FileSeal::over(stream, keys, chunk_bytes, expected, None))
+    }
+
+    /// Seals one part of a file planned before with the same key ([`PartOf`]). Each chunk
+    /// is checked against its planned entry by the caller; the manifest is the plan's.
+    pub fn part<R: Read + Seek + Send + 'static>(
+        mut file: R,
+        key: &FileKey,
+        keys: FileKeys,
+        chunk_bytes: u32,
+        workers: usize,
+        of: PartOf,
+    ) -> Result<FileSeal, CodecError> {
+        let PartOf {
+            size,
+            range,
+            planned,
+        } = of;
+        check_chunk_count(size, chunk_bytes)?;
+        let at = range.start * u64::from(chunk_bytes);
+        file.seek(SeekFrom::Start(at))
+            .map_err(|source| CodecError::Read { offset: at, source })?;
+        let cipher = FileCipher::new(key, keys.file_id);
+        let count = range.end.saturating_sub(range.start);
+        let stream = seal_stream_range(file, cipher, chunk_bytes, workers, range.start, count)?;
+        Ok(FileSeal::over(
+            stream,
+            keys,
+            chunk_bytes,
+            Some(size),
+            Some((range, planned)),
+        ))
+    }
+
+    fn over(
+        stream: SealStream,
+        keys: FileKeys,
+        chunk_bytes: u32,
+        expected: Option<u64>,
+        part: Option<(Range<u64>, Vec<ChunkEntry>)>,
+    ) -> FileSeal {
+        FileSeal {
+            stream,
+            keys,
+            builder: ManifestBuilder::new(chunk_bytes),
+            chunk_bytes,
+            expected,
+            part,
+            sealed: 0,
+            plain: 0,
+        }
+    }
+
+    /// Plaintext bytes sealed so far.
+    pub fn plain_bytes(&self) -> u64 {
+        self.plain
+    }
+
+    /// The manifest (named `name`, empty for none) and its envelope, once every chunk is
+    /// out; refused if the file's size was not what was expected.
+    pub fn finish(mut self, name: String) -> Result<SealedFile, CodecError> {
+        if let Some((range, planned)) = self.part.take() {
+            let want = range.end.saturating_sub(range.start);
+            if self.sealed != want {
+                return Err(CodecError::InputChanged {
+                    expected: self.expected.unwrap_or(0),
+                    read: (range.start + self.sealed) * u64::from(self.chunk_bytes),
+                });
+            }
+            for e in planned {
+                self.builder.push(e);
+            }
+        }
+        if let Some(expected) = self.expected {
+            if self.builder.file_bytes() != expected {
+                return Err(CodecError::InputChanged {
+                    expected,
+                    read: self.builder.file_bytes(),
+                });
+            }
+        }
+        let manifest = self.builder.finish(name)?;
+        let (envelope, manifest_id) = crate::sealed_dir::build_envelope(
+            self.stream.cipher(),
+            self.keys.kdf,
+            self.keys.salt,
+            &manifest,
+        );
+        Ok(SealedFile {
+            manifest,
+            envelope,
+            manifest_id,
+        })
+    }
+}
+
+impl Iterator for FileSeal {
+    type Item = Result<SealedChunk, CodecError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let chunk = self.stream.next()?;
+        if let Ok(c) = &chunk {
+            self.sealed += 1;
+            self.plain += u64::from(c.plain_bytes());
+            if self.part.is_none() {
+                self.builder.push(c.entry);
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// Refuses a file of more chunks than a manifest holds, before any is sealed.
+pub fn check_chunk_count(size: u64, chunk_bytes: u32) -> Result<(), CodecError> {
+    check_chunk_bytes(chunk_bytes).map_err(CodecError::Invalid)?;
+    if Manifest::chunk_count_for(size, chunk_bytes) > u64::from(CHUNKS_PER_FILE_MAX) {
+        return Err(CodecError::TooManyChunks {
+            max_chunks: CHUNKS_PER_FILE_MAX,
+            chunk_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Reads `reader` once, in chunks of `chunk_bytes`, and seals them on `workers` threads.
@@ -383,6 +600,85 @@ mod tests {
                     .collect();
             assert_eq!(part, whole[want.clone()], "chunks {want:?}");
         }
+    }
+
+    #[test]
+    fn a_file_seal_and_its_parts_give_one_manifest_and_refuse_a_changed_file() {
+        let cb = 4096u32;
+        let data: Vec<u8> = (0..10 * 4096 + 100)
+            .map(|i: usize| u8::try_from(i * 13 % 251).unwrap())
+            .collect();
+        let keys = FileKeys {
+            kdf: KdfParams::DEFAULT,
+            salt: [1; 16],
+            file_id: FileId([2; 16]),
+        };
+        let key = FileKey([3; 32]);
+        let size = data.len() as u64;
+        let cursor = || std::io::Cursor::new(data.clone());
+        let mut whole = FileSeal::whole(cursor(), &key, keys, cb, 2, Some(size)).unwrap();
+        // Each chunk is dropped once looked at: the pipeline's buffers come back.
+        let entries: Vec<ChunkEntry> = whole.by_ref().map(|c| c.unwrap().entry).collect();
+        assert_eq!(whole.plain_bytes(), size);
+        let sealed = whole.finish("f".into()).unwrap();
+        assert_eq!(sealed.manifest.chunks, entries);
+        assert_eq!(sealed.manifest_id, ChunkId::of(&sealed.envelope));
+        // The same key again: the same chunks, and a part of the plan gives the same
+        // envelope, hence the same manifest id the deal paid for.
+        for range in [0..4u64, 4..11] {
+            let mut part = FileSeal::part(
+                cursor(),
+                &key,
+                keys,
+                cb,
+                3,
+                PartOf {
+                    size,
+                    range: range.clone(),
+                    planned: entries.clone(),
+                },
+            )
+            .unwrap();
+            let got: Vec<ChunkEntry> = part.by_ref().map(|c| c.unwrap().entry).collect();
+            let want = usize::try_from(range.start).unwrap()..usize::try_from(range.end).unwrap();
+            assert_eq!(got, entries[want]);
+            assert_eq!(
+                part.finish("f".into()).unwrap().manifest_id,
+                sealed.manifest_id
+            );
+        }
+        // A file that is not the size it was: refused at the end, whole or in part.
+        let mut grew = FileSeal::whole(cursor(), &key, keys, cb, 2, Some(size - 1)).unwrap();
+        grew.by_ref().for_each(|c| drop(c.unwrap()));
+        assert!(matches!(
+            grew.finish(String::new()),
+            Err(CodecError::InputChanged { .. })
+        ));
+        let short = std::io::Cursor::new(data[..5 * 4096].to_vec());
+        let mut part = FileSeal::part(
+            short,
+            &key,
+            keys,
+            cb,
+            2,
+            PartOf {
+                size,
+                range: 4..11,
+                planned: entries.clone(),
+            },
+        )
+        .unwrap();
+        part.by_ref().for_each(|c| drop(c.unwrap()));
+        assert!(matches!(
+            part.finish(String::new()),
+            Err(CodecError::InputChanged { .. })
+        ));
+        // More chunks than a manifest holds: refused before anything is sealed.
+        let huge = u64::from(CHUNKS_PER_FILE_MAX) * u64::from(cb) + 1;
+        assert!(matches!(
+            FileSeal::whole(cursor(), &key, keys, cb, 2, Some(huge)),
+            Err(CodecError::TooManyChunks { .. })
+        ));
     }
 
     #[test]

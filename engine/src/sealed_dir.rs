@@ -16,11 +16,10 @@ use proto::{
     ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey,
     CHUNKS_PER_FILE_MAX, TAG_BYTES,
 };
-use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
+use crate::codec::{derive_file_key, derive_master_key, FileCipher};
 use crate::error::{ChunkFault, CodecError};
-use crate::seal::{open_stream, seal_stream, ChunkSource};
+use crate::seal::{open_stream, ChunkSource, FileKeys, FileSeal, SealedFile};
 
 pub const MANIFEST_SUFFIX: &str = ".manifest";
 /// Largest manifest envelope a reader accepts, checked before reading it.
@@ -151,13 +150,6 @@ fn sync_dir(dir: &Path) -> Result<(), CodecError> {
         .map_err(CodecError::io("sync directory", dir))
 }
 
-fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], CodecError> {
-    let mut out = [0u8; N];
-    rng.fill(&mut out)
-        .map_err(|_| CodecError::Invalid("the system random number generator failed".into()))?;
-    Ok(out)
-}
-
 /// Seals the file `input` into `out_dir` (created if missing, and otherwise required to be
 /// empty). `progress(done, total)` is called with plaintext bytes after each chunk is written.
 pub fn seal_file(
@@ -232,13 +224,18 @@ pub fn seal_reader<R: Read + Send + 'static>(
         armed: true,
     };
 
-    let salt: [u8; 16] = random(&SystemRandom::new())?;
-    let (cipher, file_key) = FileCipher::fresh(&derive_master_key(passphrase, &salt, opts.kdf)?)?;
-    let file_id = cipher.file_id();
-
-    let mut builder = ManifestBuilder::new(opts.chunk_bytes);
-    let mut stream = seal_stream(reader, cipher, opts.chunk_bytes, opts.workers)?;
-    for chunk in stream.by_ref() {
+    let keys = FileKeys::fresh(opts.kdf)?;
+    let file_key = keys.file_key(passphrase)?;
+    let file_id = keys.file_id;
+    let mut seal = FileSeal::whole(
+        reader,
+        &file_key,
+        keys,
+        opts.chunk_bytes,
+        opts.workers,
+        expected_bytes,
+    )?;
+    while let Some(chunk) = seal.next() {
         let chunk = chunk?;
         let path = out_dir.join(chunk.entry.id.to_hex());
         let mut f = File::options()
@@ -251,20 +248,13 @@ pub fn seal_reader<R: Read + Send + 'static>(
             .map_err(CodecError::io("write chunk file", &path))?;
         f.sync_data()
             .map_err(CodecError::io("sync chunk file", &path))?;
-        builder.push(chunk.entry);
-        progress(builder.file_bytes(), expected_bytes.unwrap_or(0));
+        progress(seal.plain_bytes(), expected_bytes.unwrap_or(0));
     }
-    if let Some(expected) = expected_bytes {
-        if builder.file_bytes() != expected {
-            return Err(CodecError::InputChanged {
-                expected,
-                read: builder.file_bytes(),
-            });
-        }
-    }
-    let manifest = builder.finish(name)?;
-    let (envelope, manifest_id) = build_envelope(stream.cipher(), opts.kdf, salt, &manifest);
-    drop(stream);
+    let SealedFile {
+        manifest,
+        envelope,
+        manifest_id,
+    } = seal.finish(name)?;
 
     // The manifest goes last, through a temporary name, so that its presence means the seal
     // is complete and every chunk before it is on disk, names included.

@@ -9,16 +9,14 @@
 //! place only when every chunk passed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::io::Seek;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use ed25519_consensus::SigningKey;
-use engine::codec::{derive_file_key, derive_master_key, FileCipher, ManifestBuilder};
-use engine::seal::{seal_stream, seal_stream_range, ChunkSource};
-use engine::sealed_dir::{build_envelope, open_envelope, open_to_file, Unlock};
+use engine::seal::{ChunkSource, FileKeys, FileSeal, PartOf, SealedFile};
+use engine::sealed_dir::{open_envelope, open_to_file, Unlock};
 use engine::{ChunkFault, CodecError};
 use proto::link::{Grant, Link};
 use proto::{ChunkEntry, ChunkId, FileId, KdfParams, Manifest, ShareKey};
@@ -401,11 +399,15 @@ pub struct DealPlan {
 impl DealPlan {
     /// The share key of the planned file (it opens this file only).
     pub fn share_key(&self, passphrase: &[u8]) -> Result<ShareKey, NetError> {
-        let master = derive_master_key(passphrase, &self.salt, self.kdf)?;
+        let keys = FileKeys {
+            kdf: self.kdf,
+            salt: self.salt,
+            file_id: self.file_id,
+        };
         Ok(ShareKey {
             file_id: self.file_id,
             manifest_id: self.manifest.id,
-            file_key: derive_file_key(&master, &self.file_id),
+            file_key: keys.file_key(passphrase)?,
         })
     }
 
@@ -448,40 +450,24 @@ pub fn plan_deal(
         })
     })?;
     let size = f.metadata()?.len();
-    if Manifest::chunk_count_for(size, chunk_bytes) > u64::from(proto::CHUNKS_PER_FILE_MAX) {
-        return Err(CodecError::TooManyChunks {
-            max_chunks: proto::CHUNKS_PER_FILE_MAX,
-            chunk_bytes,
-        }
-        .into());
+    // Before the passphrase's slow derivation.
+    engine::seal::check_chunk_count(size, chunk_bytes)?;
+    let keys = match keys {
+        Some((salt, file_id)) => FileKeys { kdf, salt, file_id },
+        None => FileKeys::fresh(kdf)?,
+    };
+    let key = keys.file_key(passphrase)?;
+    let mut seal = FileSeal::whole(f, &key, keys, chunk_bytes, workers, Some(size))?;
+    while let Some(chunk) = seal.next() {
+        chunk?;
+        progress(seal.plain_bytes(), size);
     }
-    let (salt, file_id) = keys.unwrap_or_else(|| {
-        let mut salt = [0u8; 16];
-        let mut id = [0u8; 16];
-        rand_core::OsRng.fill_bytes(&mut salt);
-        rand_core::OsRng.fill_bytes(&mut id);
-        (salt, FileId(id))
-    });
-    let master = derive_master_key(passphrase, &salt, kdf)?;
-    let cipher = FileCipher::new(&derive_file_key(&master, &file_id), file_id);
-    let mut stream = seal_stream(f, cipher, chunk_bytes, workers)?;
-    let mut builder = ManifestBuilder::new(chunk_bytes);
-    let mut done = 0u64;
-    for chunk in stream.by_ref() {
-        let chunk = chunk?;
-        done += u64::from(chunk.plain_bytes());
-        progress(done, size);
-        builder.push(chunk.entry);
-    }
-    if builder.file_bytes() != size {
-        return Err(CodecError::InputChanged {
-            expected: size,
-            read: builder.file_bytes(),
-        }
-        .into());
-    }
-    let manifest = builder.finish(file_name(file))?;
-    let (envelope, manifest_id) = build_envelope(stream.cipher(), kdf, salt, &manifest);
+    let SealedFile {
+        manifest,
+        envelope,
+        manifest_id,
+    } = seal.finish(file_name(file))?;
+    let (salt, file_id) = (keys.salt, keys.file_id);
     Ok(DealPlan {
         salt,
         file_id,
@@ -676,10 +662,12 @@ async fn put_attempt(
             )
         }
     };
-    let master = derive_master_key(&job.passphrase, &header.salt, header.kdf)?;
-    let file_key = derive_file_key(&master, &header.file_id);
-    let cipher = FileCipher::new(&file_key, header.file_id);
-    let (kdf, salt, file_id) = (header.kdf, header.salt, header.file_id);
+    let keys = FileKeys {
+        kdf: header.kdf,
+        salt: header.salt,
+        file_id: header.file_id,
+    };
+    let file_key = keys.file_key(&job.passphrase)?;
     let mut journal = Journal::start(&jpath, header, previous)?;
 
     let mut conn = Conn::open(&job.link, &job.via, &job.key, job.max_proxy_price).await?;
@@ -733,51 +721,36 @@ async fn put_attempt(
     let name = file_name(&job.file);
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let planned = job.preset.as_ref().map(|p| p.plan.chunks.clone());
+    let seal_key = file_key.clone();
     let sealer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), CodecError> {
-            let mut builder = ManifestBuilder::new(chunk_bytes);
-            let mut stream = match &range {
-                None => seal_stream(file, cipher, chunk_bytes, workers)?,
-                Some(r) => {
-                    let mut file = file;
-                    let at = r.start * u64::from(chunk_bytes);
-                    file.seek(std::io::SeekFrom::Start(at))
-                        .map_err(|source| CodecError::Read { offset: at, source })?;
-                    seal_stream_range(file, cipher, chunk_bytes, workers, r.start, r.end - r.start)?
-                }
+            // A part's chunks are checked against the plan one by one (by the upload
+            // loop); its manifest is the plan's.
+            let mut seal = match (range, planned) {
+                (Some(r), Some(planned)) => FileSeal::part(
+                    file,
+                    &seal_key,
+                    keys,
+                    chunk_bytes,
+                    workers,
+                    PartOf {
+                        size,
+                        range: r,
+                        planned,
+                    },
+                )?,
+                _ => FileSeal::whole(file, &seal_key, keys, chunk_bytes, workers, Some(size))?,
             };
-            let mut sealed = 0u64;
-            for chunk in stream.by_ref() {
-                let chunk = chunk?;
-                sealed += 1;
-                if planned.is_none() {
-                    builder.push(chunk.entry);
-                }
-                if tx.blocking_send(Ok(Sealed::Chunk(chunk))).is_err() {
+            for chunk in seal.by_ref() {
+                if tx.blocking_send(Ok(Sealed::Chunk(chunk?))).is_err() {
                     return Ok(());
                 }
             }
-            // A part's chunks are checked against the plan one by one (by the upload
-            // loop); the manifest is the plan's.
-            if let (Some(r), Some(planned)) = (&range, planned) {
-                if sealed != r.end - r.start {
-                    return Err(CodecError::InputChanged {
-                        expected: size,
-                        read: (r.start + sealed) * u64::from(chunk_bytes),
-                    });
-                }
-                for e in planned {
-                    builder.push(e);
-                }
-            }
-            if builder.file_bytes() != size {
-                return Err(CodecError::InputChanged {
-                    expected: size,
-                    read: builder.file_bytes(),
-                });
-            }
-            let manifest = builder.finish(name)?;
-            let (envelope, manifest_id) = build_envelope(stream.cipher(), kdf, salt, &manifest);
+            let SealedFile {
+                manifest,
+                envelope,
+                manifest_id,
+            } = seal.finish(name)?;
             let _ = tx.blocking_send(Ok(Sealed::Done {
                 manifest,
                 envelope,
@@ -828,6 +801,7 @@ async fn put_attempt(
     journal.remove()?;
     let peer_seen = conn.peer_seen.clone();
     let receipts = conn.finish(&job.key).await;
+    let file_id = keys.file_id;
     Ok(Attempt::Done(Box::new(PutDone {
         file_id,
         manifest_id,

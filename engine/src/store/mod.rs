@@ -1,11 +1,13 @@
-//! The host chunk store's on-disk layout, as pure functions over bytes.
+//! The host chunk store.
 //!
-//! The store itself (thread-per-core shards on glommio, O_DIRECT segment files, group
-//! commit, compaction) is the host-engine issue's; what is here is the part every shard
-//! runtime will share and that must be right first: the record format
-//! ([`record`]), how a segment is scanned after a crash, where a torn tail ends
-//! ([`record::scan`]), and the index checkpoint format ([`checkpoint`]). None of it does
-//! I/O: the runtime reads bytes, these functions say what they mean.
+//! `shard` is the store: thread-per-core shards on glommio, O_DIRECT segment files, group
+//! commit, an in-memory index with checkpoints, compaction. The rest are the parts it is
+//! built from, most of them pure functions over bytes so they are tested without a disk:
+//! the record format ([`record`]) and how a segment is scanned after a crash, where a torn
+//! tail ends ([`record::scan`]); the index checkpoint format ([`checkpoint`]); the chunk's
+//! hash tree and outboard for proofs ([`tree`]); the in-memory index (`index`); and the disk
+//! every byte goes through ([`disk`]: glommio's O_DIRECT files, or the in-memory twin the
+//! tests crash).
 //!
 //! Invariant: a record is accepted only if its header checksum, its segment sequence and
 //! (where asked) its payload CRC32C all match; anything else ends the scan, and the scan

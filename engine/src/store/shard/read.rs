@@ -1,0 +1,177 @@
+//! The read path: records read whole or in part, verified, and storage proofs.
+
+use super::*;
+
+/// Bytes read from whole sectors: the buffer, and where the asked bytes lie in it.
+struct Span<R> {
+    buf: R,
+    at: usize,
+    len: usize,
+}
+
+impl<R: std::ops::Deref<Target = [u8]>> std::ops::Deref for Span<R> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
+impl<D: Disk> Shard<D> {
+    /// Bytes `at..at + len` of a segment, read as the whole sectors that hold them.
+    async fn read(
+        &self,
+        id: &ChunkId,
+        file: &D::File,
+        at: u64,
+        len: u64,
+    ) -> Result<Span<<D::File as DiskFile>::Read>, StoreError> {
+        let start = align_down(at);
+        let n = usize::try_from(align_up(at + len) - start).expect("reads fit in memory");
+        let buf = file
+            .read_at(start, n)
+            .await
+            .map_err(io_error("reading a record"))?;
+        if (buf.len() as u64) < at + len - start {
+            return Err(self.corrupt(*id, "the segment ends inside the record"));
+        }
+        Ok(Span {
+            buf,
+            at: usize::try_from(at - start).expect("within a sector"),
+            len: usize::try_from(len).expect("reads fit in memory"),
+        })
+    }
+
+    /// Payload bytes `range` of the record at `loc`, and its outboard: two reads at once.
+    async fn read_with_outboard(
+        &self,
+        id: &ChunkId,
+        loc: &Loc,
+        file: &D::File,
+        range: Range<u64>,
+    ) -> Result<
+        (
+            Span<<D::File as DiskFile>::Read>,
+            Span<<D::File as DiskFile>::Read>,
+        ),
+        StoreError,
+    > {
+        let base = loc.offset() + HEADER_BYTES as u64;
+        let (data, outboard) = futures_lite::future::zip(
+            self.read(id, file, base + range.start, range.end - range.start),
+            self.read(
+                id,
+                file,
+                base + u64::from(loc.payload),
+                u64::from(outboard_bytes(loc.payload)),
+            ),
+        )
+        .await;
+        Ok((data?, outboard?))
+    }
+
+    /// Reads and checks a whole small-or-full record: header, payload CRC, outboard.
+    async fn read_whole(
+        &self,
+        id: &ChunkId,
+        loc: &Loc,
+        file: &D::File,
+    ) -> Result<Span<<D::File as DiskFile>::Read>, StoreError> {
+        let len = HEADER_BYTES as u64 + u64::from(loc.payload);
+        let bytes = self.read(id, file, loc.offset(), len).await?;
+        let head: &[u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("64 bytes");
+        let header =
+            RecordHeader::decode(head, loc.seq).map_err(|e| self.corrupt(*id, e.to_string()))?;
+        if header.id != *id
+            || header.kind != RecordKind::Chunk
+            || header.payload_bytes != loc.payload
+        {
+            return Err(self.corrupt(*id, "the record at its place is another chunk's"));
+        }
+        let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
+        verify_record(&header, payload, &[]).map_err(|e| self.corrupt(*id, e.to_string()))?;
+        Ok(bytes)
+    }
+
+    pub(super) async fn get(
+        &self,
+        id: ChunkId,
+        range: Option<Range<u64>>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let loc = self.lookup(&id)?;
+        let file = self.file(&loc).ok_or(StoreError::NotFound(id))?;
+        self.counters.borrow_mut().gets += 1;
+        let len = u64::from(loc.payload);
+        let Some(range) = range else {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            return Ok(bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize].to_vec());
+        };
+        if range.start > range.end || range.end > len {
+            return Err(StoreError::Range {
+                id,
+                start: range.start,
+                end: range.end,
+                len,
+            });
+        }
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ob = u64::from(outboard_bytes(loc.payload));
+        if ob == 0 {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            if blake3::hash(&bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize]).as_bytes()
+                != &id.0
+            {
+                return Err(self.corrupt(id, "payload does not hash to the id"));
+            }
+            let (s, e) = (
+                usize::try_from(range.start).expect("small"),
+                usize::try_from(range.end).expect("small"),
+            );
+            return Ok(bytes[HEADER_BYTES + s..HEADER_BYTES + e].to_vec());
+        }
+        // Read the groups the range covers and the outboard; check each group, with the
+        // outboard's siblings on its path, against the id.
+        let (g0, first) = group_of(range.start, len);
+        let (_, last) = group_of(range.end - 1, len);
+        let (data, outboard) = self
+            .read_with_outboard(&id, &loc, &file, first.start..last.end)
+            .await?;
+        let tree = Tree::new(len, &outboard, None);
+        for (g, group) in (g0..).zip(data.chunks(GROUP_BYTES)) {
+            if tree.group_root(g, group).as_bytes() != &id.0 {
+                return Err(self.corrupt(
+                    id,
+                    format!("group {g} and the outboard do not hash to the id"),
+                ));
+            }
+        }
+        let s = usize::try_from(range.start - first.start).expect("small");
+        let e = usize::try_from(range.end - first.start).expect("small");
+        Ok(data[s..e].to_vec())
+    }
+
+    pub(super) async fn prove(&self, id: ChunkId, leaf: u64) -> Result<Vec<u8>, StoreError> {
+        let loc = self.lookup(&id)?;
+        let file = self.file(&loc).ok_or(StoreError::NotFound(id))?;
+        let len = u64::from(loc.payload);
+        if leaf >= proto::proof::leaf_count(len) {
+            return Err(StoreError::Leaf { id, leaf, len });
+        }
+        self.counters.borrow_mut().proofs += 1;
+        let (g, group) = group_of(leaf * proto::proof::LEAF_BYTES, len);
+        let (proof, root) = if outboard_bytes(loc.payload) == 0 {
+            let bytes = self.read_whole(&id, &loc, &file).await?;
+            let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
+            Tree::new(len, &[], Some((0, payload))).prove(leaf)
+        } else {
+            let (bytes, outboard) = self.read_with_outboard(&id, &loc, &file, group).await?;
+            Tree::new(len, &outboard, Some((g, &bytes))).prove(leaf)
+        };
+        if root.as_bytes() != &id.0 {
+            return Err(self.corrupt(id, "the proof does not hash to the id"));
+        }
+        Ok(proof)
+    }
+}
