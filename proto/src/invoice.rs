@@ -178,13 +178,13 @@ impl SignedInvoice {
         let rest = &bytes[signed_len + 64..];
         let mut msg = SIGN_CONTEXT.to_vec();
         msg.extend_from_slice(&bytes[..signed_len]);
-        ed25519_consensus::VerificationKey::try_from(issuer)
-            .and_then(|vk| vk.verify(&ed25519_consensus::Signature::from(signature), &msg))
-            .map_err(|_| DecodeError::Invalid {
+        if !crate::sig::usable_key(&issuer) || !crate::sig::verify(&issuer, &signature, &msg) {
+            return Err(DecodeError::Invalid {
                 what: WHAT,
                 field: "signature",
                 reason: "not the issuer's signature over these fields (altered, or forged)".into(),
-            })?;
+            });
+        }
         Ok((
             SignedInvoice {
                 invoice,

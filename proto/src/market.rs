@@ -7,9 +7,10 @@
 //! message names, for the exchange's chain, not expired, its expiry within the longest life
 //! the exchange allows.
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_consensus::SigningKey;
 
 use crate::decode::{DecodeError, Reader};
+use crate::sig;
 
 pub const ASK_MAGIC: &[u8; 4] = b"MSAK";
 pub const REQUEST_MAGIC: &[u8; 4] = b"MSRQ";
@@ -527,12 +528,11 @@ impl<T: Authored> Signed<T> {
         life_max_secs: u64,
     ) -> Result<&T, MarketMsgError> {
         let m = &self.msg;
-        let key = VerificationKey::try_from(m.author()).map_err(|_| MarketMsgError::Forged)?;
-        key.verify(
-            &Signature::from(self.signature),
-            &[T::CONTEXT, &m.body()].concat(),
-        )
-        .map_err(|_| MarketMsgError::Forged)?;
+        // A small-order key would let anyone sign in its name: refused like a forgery.
+        let message = [T::CONTEXT, &m.body()].concat();
+        if !sig::usable_key(&m.author()) || !sig::verify(&m.author(), &self.signature, &message) {
+            return Err(MarketMsgError::Forged);
+        }
         if m.chain_id() != chain_id {
             return Err(MarketMsgError::OtherChain {
                 expected: chain_id,
@@ -596,6 +596,28 @@ mod tests {
             expiry_unix_secs: 1_030,
             region: String::new(),
         }
+    }
+
+    #[test]
+    fn a_small_order_author_is_refused_though_its_signature_verifies() {
+        // The identity point as the key and (R = identity, s = 0) as the signature satisfy
+        // the ZIP-215 equation for every message: anyone could sign as that key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut signature = [0u8; 64];
+        signature[0] = 1;
+        let mut r = request();
+        r.sender = identity;
+        let message = [Request::CONTEXT, &r.body()].concat();
+        assert!(ed25519_consensus::VerificationKey::try_from(identity)
+            .unwrap()
+            .verify(&ed25519_consensus::Signature::from(signature), &message)
+            .is_ok());
+        let forged = Signed { msg: r, signature };
+        assert!(matches!(
+            forged.check(9, 1_000, 60),
+            Err(MarketMsgError::Forged)
+        ));
     }
 
     #[test]

@@ -5,9 +5,10 @@
 //! A client accepts an offer only through [`SignedOffer::check`]: signed by the host it
 //! asked, for the chain it uses, not expired, covering the bytes and days it wants.
 
-use ed25519_consensus::{Signature, SigningKey, VerificationKey};
+use ed25519_consensus::SigningKey;
 
 use crate::decode::{DecodeError, Reader};
+use crate::sig;
 use crate::tx::{AccountId, Broker, COMMISSION_PERMILLE_MAX};
 
 pub const OFFER_MAGIC: &[u8; 4] = b"MSOF";
@@ -211,9 +212,10 @@ impl SignedOffer {
         if o.host != *host {
             return Err(OfferError::OtherHost(hex(&o.host)));
         }
-        let key = VerificationKey::try_from(o.host).map_err(|_| OfferError::Forged)?;
-        key.verify(&Signature::from(self.signature), &Offer::message(&o.body()))
-            .map_err(|_| OfferError::Forged)?;
+        let message = Offer::message(&o.body());
+        if !sig::usable_key(&o.host) || !sig::verify(&o.host, &self.signature, &message) {
+            return Err(OfferError::Forged);
+        }
         if o.chain_id != chain_id {
             return Err(OfferError::OtherChain {
                 expected: chain_id,

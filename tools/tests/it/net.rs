@@ -9,13 +9,25 @@ use std::process::{Child, Command, Stdio};
 
 use super::mspace;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a child process to bind. Taken below
+/// the kernel's ephemeral range (32768 and up) and the devnets' slots (20000 to 32287): a
+/// port the kernel picked (bind to port 0) could be handed to another test's outgoing
+/// connection before the child binds it, and the child would fail to start. Each test
+/// process counts up through its own block of ports, so none is given out twice.
 pub(crate) fn free_port(ip: &str) -> u16 {
-    TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const PORTS: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 50) * 200;
+    for _ in 0..PORTS {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (start + n) % PORTS).unwrap();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in {FIRST}..{}", FIRST + PORTS);
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
@@ -34,19 +46,40 @@ pub(crate) fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
+    // Its stderr is drained all along (a full pipe would stall it); the last of it is
+    // kept to say why, should it stop before it is ready.
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let mut err = child.stderr.take().unwrap();
+    let keep = std::sync::Arc::clone(&tail);
+    let drained = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut t = keep.lock().unwrap();
+            t.extend_from_slice(&buf[..n]);
+            let over = t.len().saturating_sub(4096);
+            t.drain(..over);
+        }
+    });
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(
-            out.read_line(&mut line).unwrap() > 0,
-            "mspace {args:?} exited before printing {ready:?}"
-        );
+        if out.read_line(&mut line).unwrap() == 0 {
+            let _ = child.wait();
+            let _ = drained.join();
+            panic!(
+                "mspace {args:?} exited before printing {ready:?}; its stderr ended with:\n{}",
+                String::from_utf8_lossy(&tail.lock().unwrap())
+            );
+        }
         if line.contains(ready) {
             break;
         }
