@@ -478,8 +478,10 @@ impl NodeState {
     /// Commits a decided block: durable in the store first, then applied.
     pub fn decided(&mut self, cert: &CommitCertificate<MsContext>) -> Result<Committed, NodeError> {
         let id = cert.value_id.0;
-        let seen = match self.seen.get(&id) {
-            Some(s) => s.clone(),
+        // Taken, not cloned (it holds the block and the state it gives): committing drops
+        // every kept block at this height anyway.
+        let seen = match self.seen.remove(&id) {
+            Some(s) => s,
             None => {
                 // After a restart: the block was kept when it was proposed, in this round
                 // or an earlier one.
