@@ -969,10 +969,35 @@ versioned_client!(
     miner_client, MinerApiClient, "MinerApi", MINER_API_VERSION, nodelay: true
 );
 
+/// A 32-byte id or key from lowercase hex, as the chain's views ([`chain`], `MinerApi`)
+/// write them; `None` if it is not one.
+pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    data_encoding::HEXLOWER
+        .decode(s.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn only_64_lowercase_hex_digits_are_an_id() {
+        let id = [0xab; 32];
+        assert_eq!(parse_hex32(&"ab".repeat(32)), Some(id));
+        for bad in [
+            "AB".repeat(32),
+            "ab".repeat(31),
+            "ab".repeat(33),
+            format!("{}zz", "ab".repeat(31)),
+            String::new(),
+        ] {
+            assert_eq!(parse_hex32(&bad), None, "{bad}");
+        }
+    }
     use tarpc::tokio_serde::{Deserializer, Serializer};
     use tarpc::{ClientMessage, Response};
 

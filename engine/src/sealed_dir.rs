@@ -13,13 +13,12 @@ use std::sync::Arc;
 
 use proto::manifest::{BODY_BYTES_MAX, ENVELOPE_HEADER_BYTES};
 use proto::{
-    ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey,
-    CHUNKS_PER_FILE_MAX, TAG_BYTES,
+    ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey, TAG_BYTES,
 };
 
 use crate::codec::{derive_file_key, derive_master_key, FileCipher};
 use crate::error::{ChunkFault, CodecError};
-use crate::seal::{open_stream, ChunkSource, FileKeys, FileSeal, SealedFile};
+use crate::seal::{check_chunk_count, open_stream, ChunkSource, FileKeys, FileSeal, SealedFile};
 
 pub const MANIFEST_SUFFIX: &str = ".manifest";
 /// Largest manifest envelope a reader accepts, checked before reading it.
@@ -202,12 +201,7 @@ pub fn seal_reader<R: Read + Send + 'static>(
         return Err(CodecError::Invalid("the passphrase is empty".into()));
     }
     if let Some(len) = expected_bytes {
-        if Manifest::chunk_count_for(len, opts.chunk_bytes) > u64::from(CHUNKS_PER_FILE_MAX) {
-            return Err(CodecError::TooManyChunks {
-                max_chunks: CHUNKS_PER_FILE_MAX,
-                chunk_bytes: opts.chunk_bytes,
-            });
-        }
+        check_chunk_count(len, opts.chunk_bytes)?;
     }
     // The name is informational: one that a manifest cannot hold is dropped, not fatal.
     let name = if proto::manifest::check_name(name).is_ok() {

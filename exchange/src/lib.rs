@@ -507,16 +507,9 @@ impl Exchange {
             .deals_of(AccountId(who), false)
             .await
             .map_err(|e| ControlError::Unavailable(format!("the chain: {e}")))?;
-        let hex32 = |s: &str| -> Option<[u8; 32]> {
-            data_encoding::HEXLOWER
-                .decode(s.as_bytes())
-                .ok()?
-                .try_into()
-                .ok()
-        };
         Ok(deals
             .iter()
-            .filter_map(|d| Some((hex32(&d.id)?, hex32(&d.host)?)))
+            .filter_map(|d| Some((api::parse_hex32(&d.id)?, api::parse_hex32(&d.host)?)))
             .collect())
     }
 
@@ -603,7 +596,7 @@ impl Exchange {
         let mut deals = None;
         if let Some(o) = outstanding {
             let now_deals = self.deals_of(req.sender).await?;
-            let dealt = o.followed_by(now_deals.iter().map(|(id, host)| (id, host)));
+            let dealt = o.followed_by(&now_deals);
             deals = Some(now_deals);
             let settled = lock(&i.flood).settle(req.sender, dealt, now);
             settled.map_err(|e| self.flooded(&e))?;

@@ -103,11 +103,10 @@ pub struct Outstanding {
 
 impl Outstanding {
     /// Whether a deal `(id, host)` of the key now is one that followed the answer.
-    pub fn followed_by<'a>(
-        &self,
-        mut deals: impl Iterator<Item = (&'a [u8; 32], &'a [u8; 32])>,
-    ) -> bool {
-        deals.any(|(id, host)| self.hosts.contains(host) && !self.known_deals.contains(id))
+    pub fn followed_by(&self, deals: &[([u8; 32], [u8; 32])]) -> bool {
+        deals
+            .iter()
+            .any(|(id, host)| self.hosts.contains(host) && !self.known_deals.contains(id))
     }
 }
 
@@ -234,9 +233,9 @@ mod tests {
         };
         // The deal the key had with host 7 when it was answered does not count, however
         // recently it was opened; a new one with host 8 does; one with another host not.
-        assert!(!o.followed_by([(&[1; 32], &[7; 32])].into_iter()));
-        assert!(!o.followed_by([(&[2; 32], &[9; 32])].into_iter()));
-        assert!(o.followed_by([(&[1; 32], &[7; 32]), (&[3; 32], &[8; 32])].into_iter()));
+        assert!(!o.followed_by(&[([1; 32], [7; 32])]));
+        assert!(!o.followed_by(&[([2; 32], [9; 32])]));
+        assert!(o.followed_by(&[([1; 32], [7; 32]), ([3; 32], [8; 32])]));
     }
 
     #[test]

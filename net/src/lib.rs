@@ -32,15 +32,7 @@ pub(crate) fn hex(b: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(b)
 }
 
-/// A 32-byte id or key from lowercase hex (as the chain's views write them); `None` if it
-/// is not one.
-pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    data_encoding::HEXLOWER
-        .decode(s.as_bytes())
-        .ok()?
-        .try_into()
-        .ok()
-}
+pub(crate) use api::parse_hex32;
 
 /// Unix seconds now: link expiries and chunk retention are counted in these.
 pub fn now_secs() -> u64 {

@@ -178,7 +178,7 @@ impl SignedInvoice {
         let rest = &bytes[signed_len + 64..];
         let mut msg = SIGN_CONTEXT.to_vec();
         msg.extend_from_slice(&bytes[..signed_len]);
-        if !crate::sig::usable_key(&issuer) || !crate::sig::verify(&issuer, &signature, &msg) {
+        if !crate::sig::signed_by(&issuer, &signature, &msg) {
             return Err(DecodeError::Invalid {
                 what: WHAT,
                 field: "signature",

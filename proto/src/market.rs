@@ -530,7 +530,7 @@ impl<T: Authored> Signed<T> {
         let m = &self.msg;
         // A small-order key would let anyone sign in its name: refused like a forgery.
         let message = [T::CONTEXT, &m.body()].concat();
-        if !sig::usable_key(&m.author()) || !sig::verify(&m.author(), &self.signature, &message) {
+        if !sig::signed_by(&m.author(), &self.signature, &message) {
             return Err(MarketMsgError::Forged);
         }
         if m.chain_id() != chain_id {

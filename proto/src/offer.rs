@@ -213,7 +213,7 @@ impl SignedOffer {
             return Err(OfferError::OtherHost(hex(&o.host)));
         }
         let message = Offer::message(&o.body());
-        if !sig::usable_key(&o.host) || !sig::verify(&o.host, &self.signature, &message) {
+        if !sig::signed_by(&o.host, &self.signature, &message) {
             return Err(OfferError::Forged);
         }
         if o.chain_id != chain_id {

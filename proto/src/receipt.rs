@@ -100,10 +100,7 @@ impl ProxyReceipt {
 
     /// Whether the client signed it (and its key is usable).
     pub fn verify(&self) -> bool {
-        if crate::tx::check_signer(&self.client).is_err() {
-            return false;
-        }
-        crate::sig::verify(&self.client.0, &self.signature, &self.message())
+        crate::sig::signed_by(&self.client.0, &self.signature, &self.message())
     }
 
     /// The message the client signs.

@@ -1,5 +1,5 @@
-//! Signature checks for what the ledger verifies in bulk: transactions, insurers' quotes and
-//! proxies' receipts.
+//! Signature checks: what the ledger verifies in bulk (transactions, insurers' quotes,
+//! proxies' receipts) and single signed messages (market messages, offers, invoices).
 //!
 //! Keys sign with `ed25519-consensus` (deterministic RFC 8032 signatures, as malachite's
 //! validator keys do); the checks run on `ed25519-zebra` 4. Both apply the ZIP-215 rules, so
@@ -53,6 +53,12 @@ pub fn verify(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> bool {
         vk.verify(&ed25519_zebra::Signature::from_bytes(signature), message)
             .is_ok()
     })
+}
+
+/// Whether `key` may sign ([`usable_key`]) and signed `message` with `signature`: the
+/// check for a single signed message whose author is named by its key.
+pub fn signed_by(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> bool {
+    usable_key(key) && verify(key, signature, message)
 }
 
 /// Many signatures checked at once: several times cheaper per signature than one by one

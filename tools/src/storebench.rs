@@ -155,9 +155,7 @@ impl StoreBench {
         c.put_bytes_in_flight = put_bytes.unwrap_or(c.put_bytes_in_flight).max(1);
         c
     }
-}
 
-impl StoreBench {
     /// Runs everything; returns the table's rows and the restart figures.
     pub fn run(&self, progress: &dyn Fn(&str)) -> Result<(Vec<Row>, Option<Restart>)> {
         std::fs::create_dir_all(&self.dir)
