@@ -12,6 +12,7 @@ pub mod devhosts;
 pub mod diskbench;
 pub mod exchangebench;
 pub mod exchangecli;
+pub mod gatewaycli;
 pub mod insurecli;
 pub mod invoicecli;
 pub mod netbench;

@@ -82,6 +82,9 @@ enum Command {
     Exchange(tools::exchangecli::ExchangeArgs),
     /// Run an index of live exchanges (`index run`), or ask one (`index status`).
     Index(tools::exchangecli::IndexArgs),
+    /// Run an S3 gateway (`gateway init`, `gateway run`): S3 clients (aws, boto3, rclone)
+    /// put and get objects; each is sealed on this machine and stored on a host.
+    Gateway(tools::gatewaycli::GatewayArgs),
     /// Run an insurer (`insure init`, `register`, `run`, `status`): it quotes the cover of
     /// deals (`mspace put --insurer ADDR --cover N`), the chain pays the premium to it and a
     /// claim from its deposit when an insured deal's host misses a proof.
@@ -164,6 +167,7 @@ fn main() {
         Command::Earnings(args) => tools::dealcli::earnings(args),
         Command::Exchange(args) => tools::exchangecli::exchange(args),
         Command::Index(args) => tools::exchangecli::index(args),
+        Command::Gateway(args) => tools::gatewaycli::gateway(args),
         Command::Insure(args) => tools::insurecli::insure(args),
         Command::Get(args) => netcli::get(args),
         Command::Host(args) => netcli::host(args),

@@ -331,5 +331,6 @@ fn demo_runs_end_to_end() {
 }
 mod chain;
 mod deal;
+mod gateway;
 mod host_crash;
 mod net;

@@ -30,6 +30,26 @@ pub(crate) fn free_port(ip: &str) -> u16 {
     panic!("no free port on {ip} in {FIRST}..{}", FIRST + PORTS);
 }
 
+/// `mspace host init` of a host on loopback with a control plane; fails the test if refused.
+pub(crate) fn init_host(cfg: &str, data: &str, listen: &str, control: &str) {
+    let init = mspace(
+        &[
+            "host",
+            "init",
+            "--config",
+            cfg,
+            "--data-dir",
+            data,
+            "--listen",
+            listen,
+            "--control-listen",
+            control,
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+}
+
 /// A child process killed when dropped, so a failing test leaves nothing running.
 pub(crate) struct Proc(pub(crate) Child);
 
@@ -130,22 +150,7 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let cfg = d("host/host.toml");
 
-    let init = mspace(
-        &[
-            "host",
-            "init",
-            "--config",
-            &cfg,
-            "--data-dir",
-            &d("data"),
-            "--listen",
-            &listen,
-            "--control-listen",
-            &control,
-        ],
-        &[],
-    );
-    assert_eq!(init.code, 0, "{}", init.stderr);
+    init_host(&cfg, &d("data"), &listen, &control);
     let again = mspace(
         &[
             "host",

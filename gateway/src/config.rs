@@ -1,0 +1,146 @@
+//! `gateway.toml`: where the gateway listens, its S3 credentials, the host it stores on
+//! and its limits. Paths are relative to the configuration's folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration `mspace gateway init` writes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// `host:port` of the S3 endpoint. Keep it on loopback or a private network: the
+    /// gateway holds the keys of everything it stores.
+    pub listen: String,
+    /// The S3 access key id clients sign with.
+    pub access_key: String,
+    /// A file holding the S3 secret key (one line).
+    pub secret_key_file: PathBuf,
+    /// The gateway's ed25519 key: the links it asks the host for are bound to it.
+    pub key_file: PathBuf,
+    /// The object index (redb).
+    #[serde(default = "default_index")]
+    pub index: PathBuf,
+    /// Where bodies are spooled while they are sealed, parts of multipart uploads kept,
+    /// and downloads verified.
+    #[serde(default = "default_spool")]
+    pub spool_dir: PathBuf,
+    /// The largest object one PUT may carry, bytes (S3: 5 GiB).
+    #[serde(default = "default_object_max")]
+    pub max_object_bytes: u64,
+    /// The largest part of a multipart upload, bytes (S3: 5 GiB).
+    #[serde(default = "default_object_max")]
+    pub max_part_bytes: u64,
+    /// Requests served at once; more are answered 503 SlowDown (S3 clients retry).
+    #[serde(default = "default_requests")]
+    pub max_requests: usize,
+    /// How long a request may take until its answer starts, seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, seconds.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    pub host: HostSection,
+}
+
+/// The host objects are stored on (until the gateway stores through deals).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Its control plane, `host:port`.
+    pub control: String,
+    /// Its control token (`control_token` in its host.toml).
+    pub token: String,
+    /// Sealed chunk size, bytes.
+    #[serde(default = "default_chunk")]
+    pub chunk_bytes: u32,
+}
+
+fn default_index() -> PathBuf {
+    "gateway-index.redb".into()
+}
+fn default_spool() -> PathBuf {
+    "spool".into()
+}
+fn default_object_max() -> u64 {
+    5 << 30
+}
+fn default_requests() -> usize {
+    64
+}
+fn default_request_timeout() -> u64 {
+    3600
+}
+fn default_header_timeout() -> u64 {
+    30
+}
+fn default_chunk() -> u32 {
+    8 << 20
+}
+
+impl api::config::RoleConfig for GatewayConfig {
+    fn key_file_mut(&mut self) -> &mut PathBuf {
+        &mut self.key_file
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.access_key.len() < 3 || !self.access_key.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err("access_key: 3 or more ASCII letters and digits".into());
+        }
+        if self.max_requests == 0 {
+            return Err("max_requests: at least 1".into());
+        }
+        if self.request_timeout_secs == 0 || self.header_timeout_secs == 0 {
+            return Err("timeouts: at least 1 second".into());
+        }
+        proto::check_chunk_bytes(self.host.chunk_bytes)
+            .map_err(|e| format!("host.chunk_bytes: {e}"))?;
+        Ok(())
+    }
+}
+
+impl GatewayConfig {
+    /// Reads and checks `path`; relative paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<GatewayConfig, api::config::ConfigError> {
+        let mut c: GatewayConfig = api::config::load(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut c.secret_key_file, &mut c.index, &mut c.spool_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(c)
+    }
+
+    /// The configuration `mspace gateway init` writes (the key and secret files beside
+    /// it).
+    pub fn default_text(listen: &str, access_key: &str, control: &str, token: &str) -> String {
+        format!(
+            r#"# Market.space S3 gateway (mspace gateway run --config THIS_FILE).
+# The gateway seals every object on this machine and stores it on the host below; the
+# keys that open the objects stay in its index. Keep it on loopback or a private network.
+listen = "{listen}"
+# S3 credentials: clients sign with this access key id and the secret in secret_key_file.
+access_key = "{access_key}"
+secret_key_file = "gateway.secret"
+key_file = "gateway.key"
+index = "gateway-index.redb"
+spool_dir = "spool"
+# Limits: the largest PUT and part (bytes), requests at once (more get 503 SlowDown),
+# seconds until an answer starts, seconds to send the headers.
+max_object_bytes = 5368709120
+max_part_bytes = 5368709120
+max_requests = 64
+request_timeout_secs = 3600
+header_timeout_secs = 30
+
+[host]
+# The host's control plane and its control token (control_token in its host.toml).
+control = "{control}"
+token = "{token}"
+chunk_bytes = 8388608
+"#
+        )
+    }
+}

@@ -1,0 +1,450 @@
+//! What the gateway's index keeps per object, per multipart upload and per uploaded part,
+//! in a versioned binary encoding (docs/formats.md section 23). The index is a file on
+//! the customer's disk: every decoder here refuses what it did not write, with the field
+//! that was wrong.
+
+/// The one version written so far.
+pub const RECORD_VERSION: u8 = 1;
+/// An ETag as kept (without its quotes): 32 hex digits, then `-N` for a multipart object.
+pub const ETAG_MAX: usize = 64;
+pub const CONTENT_TYPE_MAX: usize = 256;
+/// A host's control address (`host:port`).
+pub const ADDR_MAX: usize = 256;
+/// A share key's text (`mss1-...`).
+pub const SHARE_MAX: usize = 512;
+/// An object key (S3's own limit).
+pub const KEY_MAX: usize = 1024;
+/// A bucket name (S3's own limit).
+pub const BUCKET_MAX: usize = 63;
+/// User metadata, keys and values together (S3's own limit: 2 KB).
+pub const META_BYTES_MAX: usize = 2048;
+
+/// Why a record read from the index is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("the record ends inside its {0}")]
+    Truncated(&'static str),
+    #[error("record version {0} is not one this gateway reads (it reads {RECORD_VERSION})")]
+    Version(u8),
+    #[error("the record's {what} is {len} bytes, more than {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("the record's {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("the record's flags {0:#04x} set unknown bits")]
+    Flags(u8),
+    #[error("{0} bytes follow the record's end")]
+    Trailing(usize),
+}
+
+/// Where an object's bytes are: a sealed file on one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The sealed file's manifest id (what a download link grants).
+    pub manifest: [u8; 32],
+    /// The host's key, as its upload link was signed: a download link must be signed by it.
+    pub host_key: [u8; 32],
+    /// The host's control plane, where download links are minted.
+    pub host: String,
+    /// The file's share key (`mss1-...`): it opens the sealed file. It never leaves this
+    /// machine.
+    pub share_key: String,
+}
+
+/// An object as listed and served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRecord {
+    pub size: u64,
+    /// Milliseconds since the Unix epoch.
+    pub modified_ms: u64,
+    /// Without quotes.
+    pub etag: String,
+    /// 0 for an object from one PUT; the part count for a multipart object.
+    pub parts: u32,
+    /// Empty when the client gave none.
+    pub content_type: String,
+    /// User metadata (`x-amz-meta-*`), sorted by key.
+    pub metadata: Vec<(String, String)>,
+    /// None for an empty object: nothing to store.
+    pub stored: Option<Stored>,
+}
+
+/// A multipart upload in progress; its bucket and key are in the index's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadRecord {
+    pub bucket: String,
+    pub key: String,
+    pub created_ms: u64,
+    pub content_type: String,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// One uploaded part (its bytes are a file in the gateway's spool folder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartRecord {
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub modified_ms: u64,
+}
+
+const FLAG_STORED: u8 = 1;
+
+struct W(Vec<u8>);
+
+impl W {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A string of at most `u16::MAX` bytes (every caller's limit is below it).
+    fn str16(&mut self, s: &str) {
+        let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&n.to_le_bytes());
+        self.0.extend_from_slice(&s.as_bytes()[..usize::from(n)]);
+    }
+    fn metadata(&mut self, m: &[(String, String)]) {
+        let n = u16::try_from(m.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&n.to_le_bytes());
+        for (k, v) in m.iter().take(usize::from(n)) {
+            self.str16(k);
+            self.str16(v);
+        }
+    }
+}
+
+struct R<'a>(&'a [u8]);
+
+impl<'a> R<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], RecordError> {
+        if self.0.len() < n {
+            return Err(RecordError::Truncated(what));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, RecordError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn arr<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], RecordError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, RecordError> {
+        Ok(u16::from_le_bytes(self.arr(what)?))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, RecordError> {
+        Ok(u32::from_le_bytes(self.arr(what)?))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, RecordError> {
+        Ok(u64::from_le_bytes(self.arr(what)?))
+    }
+    fn str16(&mut self, what: &'static str, max: usize) -> Result<String, RecordError> {
+        let n = usize::from(self.u16(what)?);
+        if n > max {
+            return Err(RecordError::TooLong { what, len: n, max });
+        }
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| RecordError::NotUtf8(what))
+    }
+    fn metadata(&mut self) -> Result<Vec<(String, String)>, RecordError> {
+        let n = usize::from(self.u16("metadata count")?);
+        let mut total = 0usize;
+        let mut m = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let k = self.str16("metadata key", META_BYTES_MAX)?;
+            let v = self.str16("metadata value", META_BYTES_MAX)?;
+            total += k.len() + v.len();
+            if total > META_BYTES_MAX {
+                return Err(RecordError::TooLong {
+                    what: "metadata",
+                    len: total,
+                    max: META_BYTES_MAX,
+                });
+            }
+            m.push((k, v));
+        }
+        Ok(m)
+    }
+    fn version(&mut self) -> Result<(), RecordError> {
+        match self.u8("version")? {
+            RECORD_VERSION => Ok(()),
+            v => Err(RecordError::Version(v)),
+        }
+    }
+    fn end(self) -> Result<(), RecordError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(RecordError::Trailing(self.0.len()))
+        }
+    }
+}
+
+/// The byte count of user metadata as S3 counts it (keys and values).
+pub fn metadata_bytes(m: &[(String, String)]) -> usize {
+    m.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+impl ObjectRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(160));
+        w.u8(RECORD_VERSION);
+        w.u8(if self.stored.is_some() {
+            FLAG_STORED
+        } else {
+            0
+        });
+        w.u64(self.size);
+        w.u64(self.modified_ms);
+        w.u32(self.parts);
+        w.str16(&self.etag);
+        w.str16(&self.content_type);
+        w.metadata(&self.metadata);
+        if let Some(s) = &self.stored {
+            w.0.extend_from_slice(&s.manifest);
+            w.0.extend_from_slice(&s.host_key);
+            w.str16(&s.host);
+            w.str16(&s.share_key);
+        }
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = R(bytes);
+        r.version()?;
+        let flags = r.u8("flags")?;
+        if flags & !FLAG_STORED != 0 {
+            return Err(RecordError::Flags(flags));
+        }
+        let size = r.u64("size")?;
+        let modified_ms = r.u64("modification time")?;
+        let parts = r.u32("part count")?;
+        let etag = r.str16("etag", ETAG_MAX)?;
+        let content_type = r.str16("content type", CONTENT_TYPE_MAX)?;
+        let metadata = r.metadata()?;
+        let stored = if flags & FLAG_STORED != 0 {
+            Some(Stored {
+                manifest: r.arr("manifest id")?,
+                host_key: r.arr("host key")?,
+                host: r.str16("host address", ADDR_MAX)?,
+                share_key: r.str16("share key", SHARE_MAX)?,
+            })
+        } else {
+            None
+        };
+        r.end()?;
+        Ok(ObjectRecord {
+            size,
+            modified_ms,
+            etag,
+            parts,
+            content_type,
+            metadata,
+            stored,
+        })
+    }
+}
+
+impl UploadRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(96));
+        w.u8(RECORD_VERSION);
+        w.str16(&self.bucket);
+        w.str16(&self.key);
+        w.u64(self.created_ms);
+        w.str16(&self.content_type);
+        w.metadata(&self.metadata);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = R(bytes);
+        r.version()?;
+        let bucket = r.str16("bucket", BUCKET_MAX)?;
+        let key = r.str16("key", KEY_MAX)?;
+        let created_ms = r.u64("creation time")?;
+        let content_type = r.str16("content type", CONTENT_TYPE_MAX)?;
+        let metadata = r.metadata()?;
+        r.end()?;
+        Ok(UploadRecord {
+            bucket,
+            key,
+            created_ms,
+            content_type,
+            metadata,
+        })
+    }
+}
+
+impl PartRecord {
+    /// Always 33 bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = W(Vec::with_capacity(33));
+        w.u8(RECORD_VERSION);
+        w.u64(self.size);
+        w.0.extend_from_slice(&self.md5);
+        w.u64(self.modified_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = R(bytes);
+        r.version()?;
+        let size = r.u64("size")?;
+        let md5 = r.arr("md5")?;
+        let modified_ms = r.u64("modification time")?;
+        r.end()?;
+        Ok(PartRecord {
+            size,
+            md5,
+            modified_ms,
+        })
+    }
+}
+
+/// Decodes bytes as each record kind in turn (the fuzz target's entry point): never
+/// panics, whatever the bytes.
+pub fn decode_any(bytes: &[u8]) {
+    if let Ok(o) = ObjectRecord::decode(bytes) {
+        assert_eq!(ObjectRecord::decode(&o.encode()).as_ref(), Ok(&o));
+    }
+    if let Ok(u) = UploadRecord::decode(bytes) {
+        assert_eq!(UploadRecord::decode(&u.encode()).as_ref(), Ok(&u));
+    }
+    if let Ok(p) = PartRecord::decode(bytes) {
+        assert_eq!(p.encode(), bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object() -> ObjectRecord {
+        ObjectRecord {
+            size: 5 << 20,
+            modified_ms: 1_796_000_000_000,
+            etag: "9e107d9d372bb6826bd81d3542a419d6-2".into(),
+            parts: 2,
+            content_type: "text/plain".into(),
+            metadata: vec![("colour".into(), "blue".into())],
+            stored: Some(Stored {
+                manifest: [7; 32],
+                host_key: [9; 32],
+                host: "127.0.0.1:7001".into(),
+                share_key: "msk1-abc".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let o = object();
+        assert_eq!(ObjectRecord::decode(&o.encode()), Ok(o.clone()));
+        let empty = ObjectRecord {
+            stored: None,
+            size: 0,
+            parts: 0,
+            metadata: vec![],
+            ..o
+        };
+        assert_eq!(ObjectRecord::decode(&empty.encode()), Ok(empty));
+        let u = UploadRecord {
+            bucket: "b".into(),
+            key: "a/b/c".into(),
+            created_ms: 3,
+            content_type: String::new(),
+            metadata: vec![("k".into(), "v".into())],
+        };
+        assert_eq!(UploadRecord::decode(&u.encode()), Ok(u));
+        let p = PartRecord {
+            size: 1,
+            md5: [1; 16],
+            modified_ms: 2,
+        };
+        assert_eq!(p.encode().len(), 33);
+        assert_eq!(PartRecord::decode(&p.encode()), Ok(p));
+    }
+
+    /// The fuzz target's seeds are the records formats.md section 23 spells out.
+    #[test]
+    fn the_fuzz_seeds_are_these_records() {
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/gateway_record/");
+        let read = |n: &str| std::fs::read(format!("{seeds}{n}")).unwrap();
+        assert_eq!(ObjectRecord::decode(&read("object")), Ok(object()));
+        let u = UploadRecord::decode(&read("upload")).unwrap();
+        assert_eq!(
+            (u.bucket.as_str(), u.key.as_str(), u.created_ms),
+            ("bucket", "a/key", 3)
+        );
+        let p = PartRecord::decode(&read("part")).unwrap();
+        assert_eq!((p.size, p.md5[15], p.modified_ms), (5 << 20, 15, 9));
+    }
+
+    #[test]
+    fn bad_records_are_refused_with_what_was_wrong() {
+        let good = object().encode();
+        for n in 0..good.len() {
+            assert!(
+                matches!(
+                    ObjectRecord::decode(&good[..n]),
+                    Err(RecordError::Truncated(_))
+                ),
+                "cut at {n}"
+            );
+        }
+        let mut v = good.clone();
+        v[0] = 2;
+        assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Version(2)));
+        let mut v = good.clone();
+        v[1] = 0x81;
+        assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Flags(0x81)));
+        let mut v = good.clone();
+        v.push(0);
+        assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Trailing(1)));
+        // The etag's length field (after version, flags, size, time and part count).
+        let mut v = good.clone();
+        v[22..24].copy_from_slice(&1000u16.to_le_bytes());
+        assert_eq!(
+            ObjectRecord::decode(&v),
+            Err(RecordError::TooLong {
+                what: "etag",
+                len: 1000,
+                max: ETAG_MAX
+            })
+        );
+        let mut v = good;
+        v[24] = 0xff;
+        assert_eq!(ObjectRecord::decode(&v), Err(RecordError::NotUtf8("etag")));
+        // Metadata over S3's 2 KB, in pieces each within it.
+        let u = UploadRecord {
+            bucket: "b".into(),
+            key: "k".into(),
+            created_ms: 0,
+            content_type: String::new(),
+            metadata: vec![
+                ("a".into(), "x".repeat(1500)),
+                ("b".into(), "y".repeat(1500)),
+            ],
+        };
+        assert!(matches!(
+            UploadRecord::decode(&u.encode()),
+            Err(RecordError::TooLong {
+                what: "metadata",
+                ..
+            })
+        ));
+        assert!(PartRecord::decode(&[1; 32]).is_err());
+        assert!(PartRecord::decode(&[]).is_err());
+    }
+}

@@ -1,0 +1,1151 @@
+//! The S3 operations, on s3s: s3s parses and authenticates each request (SigV4, streaming
+//! payloads, presigned URLs) and writes the XML; this file decides. An object's bytes are
+//! spooled to the gateway's disk (bounded memory whatever the size), sealed and uploaded
+//! to the host, and only then recorded in the index, in one durable transaction: a gateway
+//! killed at any point leaves either the whole object visible or nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+use tokio::io::AsyncWriteExt;
+
+use crate::index::{BucketGone, Condition, Index, IndexError, Listing, Written};
+use crate::record::{self, ObjectRecord, PartRecord, UploadRecord};
+use crate::store::HostStore;
+
+/// S3's smallest part, but for the last.
+pub const PART_MIN_BYTES: u64 = 5 << 20;
+/// S3's most parts per upload.
+pub const PARTS_MAX: i32 = 10_000;
+/// S3's most keys per listing page.
+const LIST_MAX: i32 = 1000;
+
+/// Per-request limits (s3s has none of its own for object bodies).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The largest object one PUT may carry (S3: 5 GiB).
+    pub object_bytes_max: u64,
+    /// The largest part (S3: 5 GiB).
+    pub part_bytes_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            object_bytes_max: 5 << 30,
+            part_bytes_max: 5 << 30,
+        }
+    }
+}
+
+/// The gateway's S3 service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    index: Arc<Index>,
+    store: Arc<HostStore>,
+    spool: PathBuf,
+    limits: Limits,
+}
+
+/// A file in the spool, removed when dropped (an error path leaves nothing behind).
+struct Spooled(PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn timestamp(ms: u64) -> Timestamp {
+    Timestamp::from(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// Seconds since the epoch of an HTTP date (the granularity Last-Modified has).
+fn secs_of(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    data_encoding::HEXLOWER.encode(&b)
+}
+
+fn internal(e: impl std::fmt::Display) -> S3Error {
+    tracing::error!("{e}");
+    S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
+}
+
+fn sorted_metadata(m: Option<Metadata>) -> S3Result<Vec<(String, String)>> {
+    let mut v: Vec<(String, String)> = m.unwrap_or_default().into_iter().collect();
+    v.sort();
+    if record::metadata_bytes(&v) > record::META_BYTES_MAX {
+        return Err(s3_error!(
+            MetadataTooLarge,
+            "user metadata over {} bytes",
+            record::META_BYTES_MAX
+        ));
+    }
+    Ok(v)
+}
+
+fn metadata_map(v: &[(String, String)]) -> Option<Metadata> {
+    (!v.is_empty()).then(|| v.iter().cloned().collect::<HashMap<_, _>>())
+}
+
+fn check_content_type(ct: Option<ContentType>) -> S3Result<String> {
+    let ct = ct.unwrap_or_default();
+    if ct.len() > record::CONTENT_TYPE_MAX {
+        return Err(s3_error!(
+            InvalidArgument,
+            "Content-Type over {} bytes",
+            record::CONTENT_TYPE_MAX
+        ));
+    }
+    Ok(ct)
+}
+
+fn parse_upload_id(id: &str) -> S3Result<[u8; 16]> {
+    data_encoding::HEXLOWER
+        .decode(id.as_bytes())
+        .ok()
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(|| s3_error!(NoSuchUpload))
+}
+
+fn etag(e: &str) -> ETag {
+    ETag::Strong(e.to_owned())
+}
+
+/// A PUT's `If-None-Match` / `If-Match` as an index condition.
+fn put_condition(none: Option<IfNoneMatch>, any: Option<IfMatch>) -> S3Result<Condition> {
+    let absent = match none {
+        None => false,
+        Some(ETagCondition::Any) => true,
+        Some(ETagCondition::ETag(_)) => {
+            return Err(s3_error!(
+                NotImplemented,
+                "If-None-Match on a write takes only *"
+            ))
+        }
+    };
+    let etag = any.map(|c| match c {
+        ETagCondition::Any => "*".to_owned(),
+        ETagCondition::ETag(e) => e.value().to_owned(),
+    });
+    Ok(Condition { absent, etag })
+}
+
+/// The read conditions of GET and HEAD (RFC 9110 section 13.2.2's order).
+struct ReadConditions {
+    if_match: Option<IfMatch>,
+    if_unmodified_since: Option<IfUnmodifiedSince>,
+    if_none_match: Option<IfNoneMatch>,
+    if_modified_since: Option<IfModifiedSince>,
+}
+
+/// The read conditions of a GET's or HEAD's input (the same four fields).
+macro_rules! read_conditions {
+    ($input:ident) => {
+        ReadConditions {
+            if_match: $input.if_match,
+            if_unmodified_since: $input.if_unmodified_since,
+            if_none_match: $input.if_none_match,
+            if_modified_since: $input.if_modified_since,
+        }
+    };
+}
+
+/// A GET's or HEAD's output with the object's headers, and `extra` fields.
+macro_rules! object_output {
+    ($t:ident, $rec:expr, { $($f:ident: $v:expr),* $(,)? }) => {
+        $t {
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(etag(&$rec.etag)),
+            last_modified: Some(timestamp($rec.modified_ms)),
+            content_type: (!$rec.content_type.is_empty()).then(|| $rec.content_type.clone()),
+            metadata: metadata_map(&$rec.metadata),
+            parts_count: ($rec.parts > 0).then(|| i32::try_from($rec.parts).unwrap_or(i32::MAX)),
+            $($f: $v,)*
+            ..Default::default()
+        }
+    };
+}
+
+impl ReadConditions {
+    fn check(&self, rec: &ObjectRecord) -> S3Result<()> {
+        let modified = i64::try_from(rec.modified_ms / 1000).unwrap_or(i64::MAX);
+        let matches = |c: &ETagCondition| match c {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(e) => e.value() == rec.etag,
+        };
+        if let Some(c) = &self.if_match {
+            if !matches(c) {
+                return Err(s3_error!(PreconditionFailed, "If-Match: the ETag differs"));
+            }
+        } else if let Some(t) = &self.if_unmodified_since {
+            if modified > secs_of(t) {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "If-Unmodified-Since: modified since"
+                ));
+            }
+        }
+        if let Some(c) = &self.if_none_match {
+            if matches(c) {
+                return Err(s3_error!(NotModified));
+            }
+        } else if let Some(t) = &self.if_modified_since {
+            if modified <= secs_of(t) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Percent-encodes a key for `encoding-type=url` (all but unreserved characters and `/`).
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A listing's continuation token: the key (or common prefix) it resumes after, in hex.
+fn token_of(after: &str) -> String {
+    data_encoding::HEXLOWER.encode(after.as_bytes())
+}
+
+fn after_of(token: &str) -> S3Result<String> {
+    data_encoding::HEXLOWER
+        .decode(token.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            s3_error!(
+                InvalidArgument,
+                "the continuation token is not one this gateway gave"
+            )
+        })
+}
+
+fn max_keys(m: Option<MaxKeys>) -> S3Result<usize> {
+    match m {
+        None => Ok(LIST_MAX as usize),
+        Some(n) if n < 0 => Err(s3_error!(InvalidArgument, "max-keys is negative")),
+        Some(n) => Ok(usize::try_from(n.min(LIST_MAX)).unwrap_or(0)),
+    }
+}
+
+/// A listing page in S3's terms.
+struct Page {
+    objects: Vec<Object>,
+    prefixes: Vec<CommonPrefix>,
+    next: Option<String>,
+    max_keys: i32,
+    /// `encoding-type=url` was asked for.
+    url: bool,
+}
+
+/// A key, prefix or marker as a page shows it.
+fn enc(url: bool, s: Option<String>) -> Option<String> {
+    if url {
+        s.map(|s| url_encode(&s))
+    } else {
+        s
+    }
+}
+
+fn listed(l: &Listing, url: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
+    let enc = |s: &str| if url { url_encode(s) } else { s.to_owned() };
+    let objects = l
+        .objects
+        .iter()
+        .map(|(k, r)| Object {
+            key: Some(enc(k)),
+            size: Some(i64::try_from(r.size).unwrap_or(i64::MAX)),
+            e_tag: Some(etag(&r.etag)),
+            last_modified: Some(timestamp(r.modified_ms)),
+            storage_class: Some(ObjectStorageClass::from_static(
+                ObjectStorageClass::STANDARD,
+            )),
+            ..Default::default()
+        })
+        .collect();
+    let prefixes = l
+        .prefixes
+        .iter()
+        .map(|p| CommonPrefix {
+            prefix: Some(enc(p)),
+        })
+        .collect();
+    (objects, prefixes)
+}
+
+impl Gateway {
+    /// The service over an open index; removes what a killed gateway left in the spool
+    /// (downloads and uploads in progress, parts of uploads the index no longer has).
+    pub fn new(
+        index: Arc<Index>,
+        store: Arc<HostStore>,
+        spool: PathBuf,
+        limits: Limits,
+    ) -> Result<Gateway, IndexError> {
+        let live: std::collections::HashSet<String> = index
+            .uploads()?
+            .into_iter()
+            .map(|(id, _)| data_encoding::HEXLOWER.encode(&id))
+            .collect();
+        let uploads = spool.join("uploads");
+        std::fs::create_dir_all(&uploads)
+            .map_err(|e| IndexError::Db(format!("{}: {e}", uploads.display())))?;
+        for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for entry in std::fs::read_dir(&uploads).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(Gateway {
+            index,
+            store,
+            spool,
+            limits,
+        })
+    }
+
+    /// Runs an index operation off the async workers (a commit waits for the disk).
+    async fn db<T, F>(&self, f: F) -> S3Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Index) -> Result<T, IndexError> + Send + 'static,
+    {
+        let index = Arc::clone(&self.index);
+        tokio::task::spawn_blocking(move || f(&index))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    async fn need_bucket(&self, bucket: &str) -> S3Result<()> {
+        let b = bucket.to_owned();
+        if self.db(move |i| i.bucket_exists(&b)).await? {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
+    }
+
+    async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        match self.db(move |i| i.object(&b, &k)).await? {
+            Some(r) => Ok(r),
+            None => {
+                self.need_bucket(bucket).await?;
+                Err(s3_error!(NoSuchKey))
+            }
+        }
+    }
+
+    /// Writes a request body to `path`, at most `max` bytes; its size and MD5.
+    async fn spool_body(
+        &self,
+        body: Option<StreamingBlob>,
+        path: &Path,
+        max: u64,
+        durable: bool,
+    ) -> S3Result<(u64, [u8; 16])> {
+        let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
+        let mut md5 = Md5::new();
+        let mut n = 0u64;
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string())
+                })?;
+                n += chunk.len() as u64;
+                if n > max {
+                    return Err(s3_error!(EntityTooLarge, "more than {max} bytes"));
+                }
+                md5.update(&chunk);
+                f.write_all(&chunk).await.map_err(internal)?;
+            }
+        }
+        f.flush().await.map_err(internal)?;
+        if durable {
+            f.sync_all().await.map_err(internal)?;
+        }
+        Ok((n, md5.finalize().into()))
+    }
+
+    /// Stores a spooled file (nothing for an empty one).
+    async fn store_file(&self, path: &Path, size: u64) -> S3Result<Option<record::Stored>> {
+        if size == 0 {
+            return Ok(None);
+        }
+        self.store
+            .put(path, size)
+            .await
+            .map(Some)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()))
+    }
+
+    /// The object's bytes `range` as a body, read from its host chunk by chunk.
+    async fn body(
+        &self,
+        rec: &ObjectRecord,
+        range: std::ops::Range<u64>,
+    ) -> S3Result<StreamingBlob> {
+        let Some(stored) = &rec.stored else {
+            return Ok(StreamingBlob::wrap(futures::stream::empty::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()));
+        };
+        if range.is_empty() {
+            return Ok(StreamingBlob::wrap(futures::stream::empty::<
+                Result<bytes::Bytes, std::io::Error>,
+            >()));
+        }
+        let reading =
+            self.store.read(stored, range).await.map_err(|e| {
+                S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+            })?;
+        let stream = futures::stream::unfold(reading, |mut r| async move {
+            r.next().await.map(|item| (item, r))
+        });
+        Ok(StreamingBlob::wrap(stream))
+    }
+
+    /// One page of a listing, as ListObjects v1 and v2 both answer it.
+    async fn page(
+        &self,
+        bucket: &str,
+        prefix: Option<String>,
+        delimiter: Option<String>,
+        after: Option<String>,
+        max_keys: Option<MaxKeys>,
+        encoding: Option<&EncodingType>,
+    ) -> S3Result<Page> {
+        self.need_bucket(bucket).await?;
+        let max = self::max_keys(max_keys)?;
+        let b = bucket.to_owned();
+        let l = self
+            .db(move |i| {
+                i.list(
+                    &b,
+                    prefix.as_deref().unwrap_or_default(),
+                    delimiter.as_deref(),
+                    after.as_deref(),
+                    max,
+                )
+            })
+            .await?;
+        let url = encoding.is_some_and(|e| e.as_str() == EncodingType::URL);
+        let (objects, prefixes) = listed(&l, url);
+        Ok(Page {
+            objects,
+            prefixes,
+            next: l.next,
+            max_keys: i32::try_from(max).unwrap_or(LIST_MAX),
+            url,
+        })
+    }
+
+    fn spool_path(&self) -> Spooled {
+        Spooled(self.spool.join(format!("tmp-{}", random_hex(8))))
+    }
+
+    fn upload_dir(&self, id: &[u8; 16]) -> PathBuf {
+        self.spool
+            .join("uploads")
+            .join(data_encoding::HEXLOWER.encode(id))
+    }
+
+    async fn write_object(
+        &self,
+        bucket: String,
+        key: String,
+        rec: ObjectRecord,
+        cond: Condition,
+    ) -> S3Result<()> {
+        match self
+            .db(move |i| i.put_object(&bucket, &key, &rec, &cond))
+            .await?
+        {
+            Written::Done => Ok(()),
+            Written::NoBucket => Err(s3_error!(NoSuchBucket)),
+            Written::ConditionFailed => Err(s3_error!(
+                PreconditionFailed,
+                "the object's current state does not meet the condition"
+            )),
+        }
+    }
+}
+
+fn check_key(key: &str) -> S3Result<()> {
+    if key.len() > record::KEY_MAX {
+        return Err(s3_error!(KeyTooLongError));
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl S3 for Gateway {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self.db(|i| i.buckets()).await?;
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(
+                buckets
+                    .into_iter()
+                    .map(|(name, ms)| Bucket {
+                        name: Some(name),
+                        creation_date: Some(timestamp(ms)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let name = req.input.bucket;
+        if name.len() > record::BUCKET_MAX {
+            return Err(s3_error!(InvalidBucketName));
+        }
+        let n = name.clone();
+        if self.db(move |i| i.create_bucket(&n, now_ms())).await? {
+            Ok(S3Response::new(CreateBucketOutput {
+                location: Some(format!("/{name}")),
+            }))
+        } else {
+            Err(s3_error!(BucketAlreadyOwnedByYou))
+        }
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.need_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.need_bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let name = req.input.bucket;
+        match self.db(move |i| i.delete_bucket(&name)).await? {
+            BucketGone::Deleted => Ok(S3Response::new(DeleteBucketOutput::default())),
+            BucketGone::NotFound => Err(s3_error!(NoSuchBucket)),
+            BucketGone::NotEmpty => Err(s3_error!(BucketNotEmpty)),
+        }
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        check_key(&input.key)?;
+        let max = self.limits.object_bytes_max;
+        if input
+            .content_length
+            .is_some_and(|n| u64::try_from(n).unwrap_or(0) > max)
+        {
+            return Err(s3_error!(EntityTooLarge, "more than {max} bytes"));
+        }
+        let metadata = sorted_metadata(input.metadata)?;
+        let content_type = check_content_type(input.content_type)?;
+        let cond = put_condition(input.if_none_match, input.if_match)?;
+        // Checked before the upload, so a create-only PUT of an existing key costs
+        // nothing; checked again when it is recorded.
+        let (b, k) = (input.bucket.clone(), input.key.clone());
+        let current = self.db(move |i| i.object(&b, &k)).await?;
+        if current.is_none() {
+            self.need_bucket(&input.bucket).await?;
+        }
+        if (cond.absent || cond.etag.is_some()) && !cond.holds(current.as_ref()) {
+            return Err(s3_error!(
+                PreconditionFailed,
+                "the object's current state does not meet the condition"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let file = self.spool_path();
+        let (size, md5) = self.spool_body(input.body, &file.0, max, false).await?;
+        if let Some(want) = &input.content_md5 {
+            if data_encoding::BASE64.encode(&md5) != *want {
+                return Err(s3_error!(BadDigest));
+            }
+        }
+        let spooled = started.elapsed();
+        let stored = self.store_file(&file.0, size).await?;
+        drop(file);
+        tracing::info!(
+            bucket = %input.bucket,
+            key = %input.key,
+            size,
+            receive_ms = spooled.as_millis(),
+            store_ms = (started.elapsed() - spooled).as_millis(),
+            "object stored"
+        );
+        let rec = ObjectRecord {
+            size,
+            modified_ms: now_ms(),
+            etag: data_encoding::HEXLOWER.encode(&md5),
+            parts: 0,
+            content_type,
+            metadata,
+            stored,
+        };
+        let tag = rec.etag.clone();
+        self.write_object(input.bucket, input.key, rec, cond)
+            .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(etag(&tag)),
+            size: Some(i64::try_from(size).unwrap_or(i64::MAX)),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let rec = self.object(&input.bucket, &input.key).await?;
+        read_conditions!(input).check(&rec)?;
+        if input.part_number.is_some() {
+            return Err(s3_error!(NotImplemented, "GET by part number"));
+        }
+        let (range, content_range) = match input.range {
+            None => (0..rec.size, None),
+            Some(r) => {
+                let got = r
+                    .check(rec.size)
+                    .map_err(|_| s3_error!(InvalidRange, "the object has {} bytes", rec.size))?;
+                let shown = format!("bytes {}-{}/{}", got.start, got.end - 1, rec.size);
+                (got, Some(shown))
+            }
+        };
+        let len = range.end - range.start;
+        let body = self.body(&rec, range).await?;
+        Ok(S3Response::new(object_output!(GetObjectOutput, rec, {
+            body: Some(body),
+            content_length: Some(i64::try_from(len).unwrap_or(i64::MAX)),
+            content_range: content_range,
+        })))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let rec = self.object(&input.bucket, &input.key).await?;
+        read_conditions!(input).check(&rec)?;
+        Ok(S3Response::new(object_output!(HeadObjectOutput, rec, {
+            content_length: Some(i64::try_from(rec.size).unwrap_or(i64::MAX)),
+        })))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        self.need_bucket(&input.bucket).await?;
+        let (b, k) = (input.bucket, input.key);
+        self.db(move |i| i.delete_object(&b, &k)).await?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        self.need_bucket(&input.bucket).await?;
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        for o in input.delete.objects {
+            let (b, k) = (input.bucket.clone(), o.key.clone());
+            self.db(move |i| i.delete_object(&b, &k)).await?;
+            if !quiet {
+                deleted.push(DeletedObject {
+                    key: Some(o.key),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        check_key(&input.key)?;
+        let CopySource::Bucket {
+            bucket: src_bucket,
+            key: src_key,
+            version_id,
+        } = &input.copy_source
+        else {
+            return Err(s3_error!(NotImplemented, "copying from an access point"));
+        };
+        if version_id.is_some() {
+            return Err(s3_error!(NotImplemented, "versions"));
+        }
+        let src = self.object(src_bucket, src_key).await?;
+        if let Some(c) = &input.copy_source_if_match {
+            let ok = match c {
+                ETagCondition::Any => true,
+                ETagCondition::ETag(e) => e.value() == src.etag,
+            };
+            if !ok {
+                return Err(s3_error!(PreconditionFailed, "x-amz-copy-source-if-match"));
+            }
+        }
+        if let Some(c) = &input.copy_source_if_none_match {
+            let hit = match c {
+                ETagCondition::Any => true,
+                ETagCondition::ETag(e) => e.value() == src.etag,
+            };
+            if hit {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "x-amz-copy-source-if-none-match"
+                ));
+            }
+        }
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let same = input.bucket == **src_bucket && input.key == **src_key;
+        if same && !replace {
+            return Err(s3_error!(
+                InvalidRequest,
+                "copying an object onto itself changes nothing; give x-amz-metadata-directive: REPLACE"
+            ));
+        }
+        // Objects never change once sealed: the copy names the same sealed file.
+        let rec = ObjectRecord {
+            modified_ms: now_ms(),
+            content_type: if replace {
+                check_content_type(input.content_type)?
+            } else {
+                src.content_type.clone()
+            },
+            metadata: if replace {
+                sorted_metadata(input.metadata)?
+            } else {
+                src.metadata.clone()
+            },
+            ..src
+        };
+        let (tag, ms) = (rec.etag.clone(), rec.modified_ms);
+        self.write_object(input.bucket, input.key, rec, Condition::default())
+            .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&tag)),
+                last_modified: Some(timestamp(ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let after = match (&input.continuation_token, &input.start_after) {
+            (Some(t), _) => Some(after_of(t)?),
+            (None, Some(s)) => Some(s.clone()),
+            (None, None) => None,
+        };
+        let p = self
+            .page(
+                &input.bucket,
+                input.prefix.clone(),
+                input.delimiter.clone(),
+                after,
+                input.max_keys,
+                input.encoding_type.as_ref(),
+            )
+            .await?;
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            key_count: Some(i32::try_from(p.objects.len() + p.prefixes.len()).unwrap_or(i32::MAX)),
+            max_keys: Some(p.max_keys),
+            is_truncated: Some(p.next.is_some()),
+            next_continuation_token: p.next.as_deref().map(token_of),
+            continuation_token: input.continuation_token,
+            contents: Some(p.objects),
+            common_prefixes: Some(p.prefixes),
+            prefix: enc(p.url, input.prefix),
+            delimiter: enc(p.url, input.delimiter),
+            start_after: enc(p.url, input.start_after),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let p = self
+            .page(
+                &input.bucket,
+                input.prefix.clone(),
+                input.delimiter.clone(),
+                input.marker.clone(),
+                input.max_keys,
+                input.encoding_type.as_ref(),
+            )
+            .await?;
+        Ok(S3Response::new(ListObjectsOutput {
+            name: Some(input.bucket),
+            max_keys: Some(p.max_keys),
+            is_truncated: Some(p.next.is_some()),
+            next_marker: enc(p.url, p.next.clone()),
+            marker: enc(p.url, input.marker),
+            contents: Some(p.objects),
+            common_prefixes: Some(p.prefixes),
+            prefix: enc(p.url, input.prefix),
+            delimiter: enc(p.url, input.delimiter),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        check_key(&input.key)?;
+        let up = UploadRecord {
+            bucket: input.bucket.clone(),
+            key: input.key.clone(),
+            created_ms: now_ms(),
+            content_type: check_content_type(input.content_type)?,
+            metadata: sorted_metadata(input.metadata)?,
+        };
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        tokio::fs::create_dir_all(self.upload_dir(&id))
+            .await
+            .map_err(internal)?;
+        if !self.db(move |i| i.create_upload(&id, &up)).await? {
+            let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
+            return Err(s3_error!(NoSuchBucket));
+        }
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(data_encoding::HEXLOWER.encode(&id)),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let id = parse_upload_id(&input.upload_id)?;
+        if !(1..=PARTS_MAX).contains(&input.part_number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers are 1 to {PARTS_MAX}"
+            ));
+        }
+        let part = u32::try_from(input.part_number).unwrap_or(0);
+        let up = self
+            .db(move |i| i.upload(&id))
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        if up.bucket != input.bucket || up.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let max = self.limits.part_bytes_max;
+        let dir = self.upload_dir(&id);
+        let tmp = Spooled(dir.join(format!("tmp-{part}-{}", random_hex(4))));
+        let (size, md5) = self.spool_body(input.body, &tmp.0, max, true).await?;
+        if let Some(want) = &input.content_md5 {
+            if data_encoding::BASE64.encode(&md5) != *want {
+                return Err(s3_error!(BadDigest));
+            }
+        }
+        tokio::fs::rename(&tmp.0, dir.join(format!("part-{part}")))
+            .await
+            .map_err(internal)?;
+        let rec = PartRecord {
+            size,
+            md5,
+            modified_ms: now_ms(),
+        };
+        if !self.db(move |i| i.put_part(&id, part, &rec)).await? {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&data_encoding::HEXLOWER.encode(&md5))),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        let id = parse_upload_id(&input.upload_id)?;
+        self.db(move |i| i.upload(&id))
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        let all = self.db(move |i| i.parts(&id)).await?;
+        let marker = u32::try_from(input.part_number_marker.unwrap_or(0)).unwrap_or(0);
+        let max =
+            usize::try_from(input.max_parts.unwrap_or(LIST_MAX).clamp(0, LIST_MAX)).unwrap_or(0);
+        let after: Vec<_> = all.into_iter().filter(|(n, _)| *n > marker).collect();
+        let truncated = after.len() > max;
+        let page: Vec<Part> = after
+            .iter()
+            .take(max)
+            .map(|(n, p)| Part {
+                part_number: Some(i32::try_from(*n).unwrap_or(i32::MAX)),
+                size: Some(i64::try_from(p.size).unwrap_or(i64::MAX)),
+                e_tag: Some(etag(&data_encoding::HEXLOWER.encode(&p.md5))),
+                last_modified: Some(timestamp(p.modified_ms)),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            is_truncated: Some(truncated),
+            next_part_number_marker: page.last().and_then(|p| p.part_number),
+            max_parts: Some(i32::try_from(max).unwrap_or(LIST_MAX)),
+            parts: Some(page),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let id = parse_upload_id(&req.input.upload_id)?;
+        if !self.db(move |i| i.abort_upload(&id)).await? {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let id = parse_upload_id(&input.upload_id)?;
+        let up = self
+            .db(move |i| i.upload(&id))
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchUpload))?;
+        if up.bucket != input.bucket || up.key != input.key {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        let cond = put_condition(input.if_none_match, input.if_match)?;
+        let have: HashMap<u32, PartRecord> =
+            self.db(move |i| i.parts(&id)).await?.into_iter().collect();
+        let asked = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default();
+        if asked.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts named"));
+        }
+        let mut chosen = Vec::with_capacity(asked.len());
+        let mut last = 0u32;
+        for (i, p) in asked.iter().enumerate() {
+            let n = p
+                .part_number
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| s3_error!(InvalidPart, "a part without a number"))?;
+            if n <= last {
+                return Err(s3_error!(InvalidPartOrder));
+            }
+            last = n;
+            let rec = have
+                .get(&n)
+                .ok_or_else(|| s3_error!(InvalidPart, "part {n} was not uploaded"))?;
+            let tag = data_encoding::HEXLOWER.encode(&rec.md5);
+            if p.e_tag.as_ref().is_some_and(|e| e.value() != tag) {
+                return Err(s3_error!(InvalidPart, "part {n}'s ETag differs"));
+            }
+            if i + 1 < asked.len() && rec.size < PART_MIN_BYTES {
+                return Err(s3_error!(
+                    EntityTooSmall,
+                    "part {n} has {} bytes; all but the last need {PART_MIN_BYTES}",
+                    rec.size
+                ));
+            }
+            chosen.push((n, *rec));
+        }
+        // The parts in order into one file (copy_file_range: the kernel copies, within
+        // the page cache), then sealed and stored as one object.
+        let started = std::time::Instant::now();
+        let dir = self.upload_dir(&id);
+        let whole = self.spool_path();
+        let (into, from, parts) = (whole.0.clone(), dir.clone(), chosen.clone());
+        let size = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+            let mut out = std::fs::File::create(&into).map_err(|e| e.to_string())?;
+            let mut size = 0u64;
+            for (n, rec) in &parts {
+                let mut part = std::fs::File::open(from.join(format!("part-{n}")))
+                    .map_err(|e| format!("part {n}: {e}"))?;
+                let copied = std::io::copy(&mut part, &mut out).map_err(|e| e.to_string())?;
+                if copied != rec.size {
+                    return Err(format!(
+                        "part {n} has {copied} bytes on disk, {} recorded",
+                        rec.size
+                    ));
+                }
+                size += copied;
+            }
+            Ok(size)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let mut md5s = Md5::new();
+        for (_, rec) in &chosen {
+            md5s.update(rec.md5);
+        }
+        let joined = started.elapsed();
+        let stored = self.store_file(&whole.0, size).await?;
+        drop(whole);
+        tracing::info!(
+            bucket = %up.bucket,
+            key = %up.key,
+            size,
+            join_ms = joined.as_millis(),
+            store_ms = (started.elapsed() - joined).as_millis(),
+            "multipart upload completed"
+        );
+        let count = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
+        let rec = ObjectRecord {
+            size,
+            modified_ms: now_ms(),
+            etag: format!(
+                "{}-{count}",
+                data_encoding::HEXLOWER.encode(&md5s.finalize())
+            ),
+            parts: count,
+            content_type: up.content_type.clone(),
+            metadata: up.metadata.clone(),
+            stored,
+        };
+        let tag = rec.etag.clone();
+        let (bucket, key) = (up.bucket.clone(), up.key.clone());
+        let written = self
+            .db(move |i| i.finish_upload(&id, &up, &rec, &cond))
+            .await?;
+        match written {
+            Written::Done => {}
+            Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
+            Written::ConditionFailed => {
+                return Err(s3_error!(
+                    PreconditionFailed,
+                    "the object's current state does not meet the condition"
+                ))
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(bucket),
+            key: Some(key),
+            e_tag: Some(etag(&tag)),
+            ..Default::default()
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_url_encoded_as_s3_does() {
+        assert_eq!(url_encode("a b/c+d~_.-é"), "a%20b/c%2Bd~_.-%C3%A9");
+        assert_eq!(after_of(&token_of("a/b c")).unwrap(), "a/b c");
+        assert!(after_of("zz").is_err());
+        assert!(after_of("ff").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn upload_ids_are_32_hex_digits() {
+        assert!(parse_upload_id(&"ab".repeat(16)).is_ok());
+        for bad in [
+            "",
+            "ab",
+            &"AB".repeat(16),
+            &"zz".repeat(16),
+            &"ab".repeat(17),
+        ] {
+            assert!(parse_upload_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! `mspace gateway init|run`: wiring for the `gateway` crate (an S3 endpoint that seals
+//! objects on this machine and stores them on a host).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use gateway::GatewayConfig;
+
+use crate::netcli::{init_logs, runtime, wait_for_signal};
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    #[command(subcommand)]
+    action: GatewayAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum GatewayAction {
+    /// Write a commented default configuration, a key and an S3 secret (refused if the
+    /// configuration exists), and print the credentials for S3 clients.
+    Init(InitArgs),
+    /// Serve S3 (path-style, SigV4) until interrupted.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct InitArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Address to serve S3 on.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: String,
+    /// The host's control address (`control_listen` in its host.toml).
+    #[arg(long)]
+    host_control: String,
+    /// The host's control token (`control_token` in its host.toml).
+    #[arg(long, env = "MSPACE_HOST_TOKEN")]
+    host_token: String,
+}
+
+pub fn gateway(args: GatewayArgs) -> Result<()> {
+    match args.action {
+        GatewayAction::Init(a) => init(&a),
+        GatewayAction::Run { config } => run(&config),
+    }
+}
+
+fn random(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b
+}
+
+fn init(a: &InitArgs) -> Result<()> {
+    if a.config.exists() {
+        anyhow::bail!("{} exists; it is never replaced", a.config.display());
+    }
+    let base = crate::netcli::config_folder(&a.config)?;
+    let access = format!("MS{}", data_encoding::BASE32_NOPAD.encode(&random(10)));
+    let secret = data_encoding::BASE64URL_NOPAD.encode(&random(30));
+    let text = GatewayConfig::default_text(&a.listen, &access, &a.host_control, &a.host_token);
+    let parsed: GatewayConfig =
+        toml::from_str(&text).context("the configuration written does not parse")?;
+    api::config::RoleConfig::check(&parsed).map_err(anyhow::Error::msg)?;
+    let secret_file = base.join("gateway.secret");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_file)
+        .with_context(|| format!("create {}", secret_file.display()))?;
+    writeln!(f, "{secret}").with_context(|| format!("write {}", secret_file.display()))?;
+    crate::registry::write_config(
+        &a.config,
+        "gateway",
+        &text,
+        &format!(
+            "S3 credentials: access key {access}, secret in {}\nrun it with: mspace gateway run --config {}",
+            secret_file.display(),
+            a.config.display()
+        ),
+    )
+}
+
+fn run(config: &std::path::Path) -> Result<()> {
+    let cfg = GatewayConfig::load(config)?;
+    init_logs();
+    runtime()?.block_on(async {
+        let gw = gateway::Gateway::open(&cfg).await?;
+        let addr = gw.local_addr()?;
+        println!(
+            "S3 gateway on http://{addr} (access key {}), storing on the host at {}",
+            cfg.access_key, cfg.host.control
+        );
+        let serve = tokio::spawn(gw.serve());
+        tokio::select! {
+            r = serve => r?.context("serving S3")?,
+            () = wait_for_signal() => {}
+        }
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,186 @@
+//! `mspace gateway` as S3 clients use it: a host and a gateway as processes, then boto3,
+//! the AWS CLI and rclone (installed by scripts/s3-clients.sh) through every operation
+//! and its S3 error codes (scripts/s3-check.py prints the table); then the gateway killed
+//! with SIGKILL in the middle of a PUT and started again: what was acknowledged is there,
+//! the torn PUT left nothing visible and nothing in the spool, a multipart upload goes on.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::mspace;
+use super::net::{free_port, init_host, start, Proc};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The python that has boto3 and the AWS CLI beside it (installed once, then reused).
+fn s3_python() -> String {
+    let out = Command::new(repo().join("scripts/s3-clients.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/s3-clients.sh failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn spool_leftovers(spool: &Path) -> Vec<String> {
+    std::fs::read_dir(spool)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect()
+}
+
+#[test]
+fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
+    let python = s3_python();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+    let control = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let host_cfg = d("host/host.toml");
+    init_host(&host_cfg, &d("data"), &listen, &control);
+    let text = std::fs::read_to_string(&host_cfg).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("control_token = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .to_owned();
+    let _host = start(&["host", "--config", &host_cfg], &[], "control plane on");
+
+    let gw_cfg = d("gw/gateway.toml");
+    let s3 = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let init = mspace(
+        &[
+            "gateway",
+            "init",
+            "--config",
+            &gw_cfg,
+            "--listen",
+            &s3,
+            "--host-control",
+            &control,
+        ],
+        &[("MSPACE_HOST_TOKEN", token.as_str())],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let access = init
+        .stdout
+        .split("access key ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_owned();
+    let again = mspace(
+        &[
+            "gateway",
+            "init",
+            "--config",
+            &gw_cfg,
+            "--host-control",
+            &control,
+            "--host-token",
+            &token,
+        ],
+        &[],
+    );
+    assert_ne!(again.code, 0, "an existing configuration is never replaced");
+    let endpoint = format!("http://{s3}");
+    let secret = d("gw/gateway.secret");
+    let check = |phase: &str, extra: &[&str]| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(repo().join("scripts/s3-check.py"))
+            .args(["--endpoint", &endpoint, "--access-key", &access])
+            .args([
+                "--secret-file",
+                &secret,
+                "--work",
+                &d("work"),
+                "--phase",
+                phase,
+            ])
+            .args(extra);
+        cmd
+    };
+
+    let mut gw = start(
+        &["gateway", "run", "--config", &gw_cfg],
+        &[],
+        "S3 gateway on",
+    );
+    let table = check("table", &["--big-mib", "24"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&table.stdout);
+    println!("{shown}");
+    assert!(
+        table.status.success(),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(shown.contains("checks, 0 differ from S3"), "{shown}");
+    // Every row of the table was a check that ran (no client skipped).
+    assert!(shown.lines().filter(|l| l.starts_with("ok ")).count() >= 60);
+
+    // A PUT torn by SIGKILL.
+    let mut before = check("crash-before", &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(before.stdout.take().unwrap()).lines();
+    let mut upload = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(id) = line.strip_prefix("UPLOAD ") {
+            upload = Some(id.to_owned());
+        }
+        if line == "MID-PUT" {
+            break;
+        }
+    }
+    let upload = upload.expect("the crash phase printed its upload id");
+    // The gateway is spooling the PUT's body when it is killed.
+    let spool = PathBuf::from(d("gw/spool"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&spool).unwrap().flatten().any(|e| {
+        e.file_name().to_string_lossy().starts_with("tmp-")
+            && e.metadata().is_ok_and(|m| m.len() > 0)
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never spooled the PUT"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = gw.0.kill();
+    let _ = gw.0.wait();
+    drop(before.stdin.take());
+    let _ = before.kill();
+    let _ = before.wait();
+    drop(gw);
+    let _gw: Proc = start(
+        &["gateway", "run", "--config", &gw_cfg],
+        &[],
+        "S3 gateway on",
+    );
+    assert!(
+        spool_leftovers(&spool).is_empty(),
+        "the restarted gateway cleans its spool: {:?}",
+        spool_leftovers(&spool)
+    );
+    let after = check("crash-after", &["--upload", &upload])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&after.stdout);
+    println!("{shown}");
+    assert!(
+        after.status.success(),
+        "{shown}\n{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert!(shown.contains("5 checks, 0 differ from S3"), "{shown}");
+}
