@@ -31,7 +31,7 @@ pub mod chain;
 pub mod config;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 6;
+pub const HOST_API_VERSION: u32 = 7;
 /// Version of [`MinerApi`].
 pub const MINER_API_VERSION: u32 = 6;
 /// Longest a client may ask a miner to wait for a block.
@@ -81,6 +81,23 @@ pub struct HostStatus {
     pub capacity_bytes: u64,
     pub connections_open: u64,
     pub version: String,
+    /// The alerts that hold now (the host's `[alerts]`), most severe first.
+    pub alerts: Vec<AlertView>,
+}
+
+/// One alert a host raises.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertView {
+    /// `chain_unreachable`, `deposit_low`, `proof_missed`, `proof_due`, `capacity_high`,
+    /// `disk_full`, `data_dir_failing`, `clock_skew`.
+    pub kind: String,
+    /// `warning` or `critical`.
+    pub severity: String,
+    /// A data directory or a deal id, or empty.
+    pub subject: String,
+    pub message: String,
+    /// Raised at (ms since the Unix epoch).
+    pub since_ms: u64,
 }
 
 /// What a sender asks of a host before paying (the seed's request, #1).

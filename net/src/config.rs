@@ -75,6 +75,9 @@ pub struct HostConfig {
     /// The control plane (tarpc): status, offers, link minting; none if unset.
     #[serde(default)]
     pub control_listen: Option<String>,
+    /// Where the dashboard is served (read-only HTML), if anywhere.
+    #[serde(default)]
+    pub dashboard_listen: Option<String>,
     /// The secret that authorizes link minting over the control plane; none disables it.
     #[serde(default)]
     pub control_token: Option<String>,
@@ -137,6 +140,47 @@ pub struct HostConfig {
     pub retention_days: u64,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub alerts: AlertConfig,
+}
+
+/// `[alerts]` of host.toml: how often the host looks, its thresholds, and where it posts.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// Seconds between looks (the store, each data directory's probe, the chain).
+    pub every_secs: u64,
+    /// `http://host:port/path` each raised and cleared alert is POSTed to as JSON.
+    pub webhook: Option<String>,
+    /// Capacity or disk fill that raises a warning, in thousandths.
+    pub fill_permille: u64,
+    /// Blocks before an unanswered challenge closes that raise an alert.
+    pub proof_due_blocks: u64,
+    /// Clock difference against the chain's block times that raises a warning, ms.
+    pub clock_skew_ms: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        let r = crate::alerts::Rules::default();
+        AlertConfig {
+            every_secs: 10,
+            webhook: None,
+            fill_permille: r.fill_permille,
+            proof_due_blocks: r.proof_due_blocks,
+            clock_skew_ms: r.clock_skew_ms,
+        }
+    }
+}
+
+impl AlertConfig {
+    pub fn rules(&self) -> crate::alerts::Rules {
+        crate::alerts::Rules {
+            fill_permille: self.fill_permille,
+            proof_due_blocks: self.proof_due_blocks,
+            clock_skew_ms: self.clock_skew_ms,
+        }
+    }
 }
 
 fn default_commission_max() -> u16 {
@@ -195,6 +239,21 @@ impl HostConfig {
         if self.control_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(NetError::Config(
                 "control_token must be at least 16 characters (or absent, which disables link minting over the control plane)".into(),
+            ));
+        }
+        if self.alerts.every_secs == 0 || self.alerts.fill_permille > 1000 {
+            return Err(NetError::Config(
+                "[alerts]: every_secs at least 1, fill_permille at most 1000".into(),
+            ));
+        }
+        if self
+            .alerts
+            .webhook
+            .as_ref()
+            .is_some_and(|w| !w.starts_with("http://"))
+        {
+            return Err(NetError::Config(
+                "[alerts] webhook: an http:// URL (put a local relay in front of https)".into(),
             ));
         }
         if !proto::market::region_ok(&self.region) {
@@ -270,6 +329,14 @@ impl HostConfig {
         self.public_addr.as_deref().unwrap_or(&self.listen)
     }
 
+    /// `text` (a [`HostConfig::default_text`]) with the dashboard served on `addr`.
+    pub fn with_dashboard(text: &str, addr: &str) -> String {
+        text.replace(
+            "# dashboard_listen = \"127.0.0.1:9401\"",
+            &format!("dashboard_listen = {addr:?}"),
+        )
+    }
+
     /// The commented default `mspace host init` writes.
     pub fn default_text(
         data_dir: &Path,
@@ -303,6 +370,10 @@ listen = "{listen}"
 
 # Prometheus metrics at http://<metrics_listen>/metrics. Keep it off the public interface.
 # metrics_listen = "127.0.0.1:9400"
+
+# The dashboard (a web page: storage, traffic, deals, earnings, deposit, proofs, alerts;
+# read-only). Keep it off the public interface.
+# dashboard_listen = "127.0.0.1:9401"
 
 # The control plane (tarpc): status, storage and download offers, and link minting for
 # whoever holds control_token. Keep both off the public interface.
@@ -376,6 +447,17 @@ inflight_bytes = 268435456
 inflight_reads = 16
 # All connections together: bytes of requests and replies in memory.
 memory_bytes = 2147483648
+
+[alerts]
+# The host raises alerts before money is at risk (deposit below what its deals need, a
+# proof missed or about to close unanswered, the chain unreachable, a data directory
+# failing or full, capacity over fill_permille, clock skew against the chain): in
+# `mspace host status`, on /metrics (mspace_host_alert) and POSTed here as JSON.
+every_secs = 10
+# webhook = "http://127.0.0.1:9900/alerts"
+fill_permille = 900
+proof_due_blocks = 5
+clock_skew_ms = 30000
 "#,
             data = data_dir.display().to_string(),
         )
@@ -440,6 +522,15 @@ mod tests {
         .unwrap();
         let cfg = HostConfig::load(&p).unwrap();
         assert_eq!(cfg.data_dirs, vec![dir.path().join("data")]);
+        assert_eq!(cfg.alerts, AlertConfig::default());
+        assert_eq!(cfg.dashboard_listen, None);
+        let with = HostConfig::with_dashboard(&std::fs::read_to_string(&p).unwrap(), "127.0.0.1:1");
+        let q = dir.path().join("dash.toml");
+        std::fs::write(&q, with).unwrap();
+        assert_eq!(
+            HostConfig::load(&q).unwrap().dashboard_listen.as_deref(),
+            Some("127.0.0.1:1")
+        );
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.link_addr(), "127.0.0.1:7400");
         assert_eq!(
@@ -457,6 +548,16 @@ mod tests {
                 "region = \"\"",
                 "region = \"EU West\"",
                 "region \"EU West\"",
+            ),
+            (
+                "# webhook = \"http://127.0.0.1:9900/alerts\"",
+                "webhook = \"https://example.net/hook\"",
+                "webhook: an http:// URL",
+            ),
+            (
+                "fill_permille = 900",
+                "fill_permille = 1001",
+                "fill_permille",
             ),
         ] {
             let text = std::fs::read_to_string(&p).unwrap().replace(from, to);

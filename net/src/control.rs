@@ -366,6 +366,24 @@ fn same_secret(a: &str, b: &str) -> bool {
     a == b
 }
 
+impl HostControl {
+    /// The active alerts, critical first.
+    pub fn alert_views(&self) -> Vec<api::AlertView> {
+        let mut active = self.host.watch().active();
+        active.sort_by_key(|a| std::cmp::Reverse(a.severity));
+        active
+            .into_iter()
+            .map(|a| api::AlertView {
+                kind: a.kind.name().into(),
+                severity: a.severity.name().into(),
+                subject: a.subject,
+                message: a.message,
+                since_ms: a.since_ms,
+            })
+            .collect()
+    }
+}
+
 impl HostApi for HostControl {
     async fn status(self, _: tarpc::context::Context) -> HostStatus {
         let s = self.stats().await;
@@ -381,6 +399,7 @@ impl HostApi for HostControl {
                 .connections_open
                 .load(std::sync::atomic::Ordering::Relaxed),
             version: env!("CARGO_PKG_VERSION").into(),
+            alerts: self.alert_views(),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct Host {
     limits: Limits,
     retention_secs: u64,
     metrics: Arc<Metrics>,
+    /// What its watcher saw: alerts, the chain, samples (`crate::alerts::run`).
+    watch: Arc<crate::alerts::Watch>,
     /// The host-wide memory budget, in KiB.
     memory: Arc<Semaphore>,
     /// Chunk lists of files being downloaded, read once from the state directory.
@@ -108,6 +110,7 @@ impl Host {
             limits,
             retention_secs,
             metrics: Arc::new(Metrics::default()),
+            watch: Arc::default(),
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
             offers: Mutex::new(HashMap::new()),
@@ -129,6 +132,10 @@ impl Host {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn watch(&self) -> &Arc<crate::alerts::Watch> {
+        &self.watch
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

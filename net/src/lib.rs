@@ -7,10 +7,12 @@
 //! never writes an encrypted copy of the file.
 
 pub mod agent;
+pub mod alerts;
 pub mod bidder;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod dashboard;
 pub mod deal;
 pub mod host;
 pub mod io;

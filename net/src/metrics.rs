@@ -212,8 +212,7 @@ impl Metrics {
         );
         let _ = writeln!(out, "# HELP mspace_dir_free_bytes Free bytes on each data directory's file system.\n# TYPE mspace_dir_free_bytes gauge");
         for d in dirs {
-            if let Ok(st) = nix::sys::statvfs::statvfs(d) {
-                let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if let Ok((_, free)) = crate::alerts::fs_space(d) {
                 let _ = writeln!(
                     out,
                     "mspace_dir_free_bytes{{dir=\"{}\"}} {free}",
@@ -232,12 +231,18 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     engine: Arc<Engine>,
     dirs: Vec<PathBuf>,
+    alerts: Arc<crate::alerts::Watch>,
 ) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, engine, dirs) = (metrics.clone(), engine.clone(), dirs.clone());
+        let (metrics, engine, dirs, alerts) = (
+            metrics.clone(),
+            engine.clone(),
+            dirs.clone(),
+            alerts.clone(),
+        );
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let mut n = 0;
@@ -260,9 +265,13 @@ pub async fn serve_metrics(
             }
             let ok = buf[..n].starts_with(b"GET /metrics ");
             let (status, body) = if ok {
-                let body = tokio::task::spawn_blocking(move || metrics.render(&engine, &dirs))
-                    .await
-                    .unwrap_or_default();
+                let body = tokio::task::spawn_blocking(move || {
+                    let mut body = metrics.render(&engine, &dirs);
+                    alerts.render_metrics(&mut body);
+                    body
+                })
+                .await
+                .unwrap_or_default();
                 ("200 OK", body)
             } else {
                 (

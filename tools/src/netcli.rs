@@ -118,6 +118,10 @@ struct HostInitArgs {
     /// The price to ask, in MASPC base units per GiB per day.
     #[arg(long, default_value_t = 10)]
     price: u64,
+    /// Serve the dashboard (a read-only web page) on this address, host:port; keep it
+    /// private.
+    #[arg(long)]
+    dashboard_listen: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +410,10 @@ fn host_init(a: &HostInitArgs) -> Result<()> {
         &a.exchange,
         a.price,
     );
+    let text = match &a.dashboard_listen {
+        Some(addr) => HostConfig::with_dashboard(&text, addr),
+        None => text,
+    };
     // Check what we write loads, before writing anything.
     toml::from_str::<HostConfig>(&text).context("the default configuration does not parse")?;
     let key_path = base.join("host.key");
@@ -662,8 +670,46 @@ fn host_run(config: &Path) -> Result<()> {
                 Arc::clone(host.metrics()),
                 Arc::clone(&engine),
                 cfg.data_dirs.clone(),
+                Arc::clone(host.watch()),
             ));
         }
+        if let Some(addr) = &cfg.dashboard_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the dashboard"))?;
+            println!("dashboard on http://{}/", l.local_addr()?);
+            let d = net::dashboard::Dashboard {
+                engine: Arc::clone(&engine),
+                metrics: Arc::clone(host.metrics()),
+                watch: Arc::clone(host.watch()),
+                dirs: cfg.data_dirs.clone(),
+                key: data_encoding::HEXLOWER.encode(&key.verification_key().to_bytes()),
+                data_addr: cfg.link_addr().to_string(),
+                follows_chain: !cfg.chain.is_empty(),
+                slash_per_deal: consensus::ledger::SLASH_PER_MISSED_PROOF,
+                started_ms: net::alerts::now_ms(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = net::dashboard::serve(l, d).await {
+                    tracing::error!(error = %e, "the dashboard stopped");
+                }
+            });
+        }
+        tokio::spawn(net::alerts::run(
+            net::alerts::Watcher {
+                engine: Arc::clone(&engine),
+                dirs: cfg.data_dirs.clone(),
+                chain: cfg.chain.clone(),
+                host_key: key.verification_key().to_bytes(),
+                watch: Arc::clone(host.watch()),
+                metrics: Arc::clone(host.metrics()),
+                webhook: cfg.alerts.webhook.clone(),
+                every: std::time::Duration::from_secs(cfg.alerts.every_secs),
+                rules: cfg.alerts.rules(),
+                deposit_for: consensus::ledger::host_deposit_min,
+            },
+            stopped.clone(),
+        ));
         if let Some(c) = &cfg.control_listen {
             let control = net::control::HostControl {
                 host: Arc::clone(&host),

@@ -71,10 +71,15 @@ pub(crate) fn start_chain_host(
             &control,
             "--chain",
             chain,
+            "--dashboard-listen",
+            &format!("127.0.0.1:{}", super::net::free_port("127.0.0.1")),
         ],
         &[],
     );
     assert_eq!(init.code, 0, "{}", init.stderr);
+    // Its watcher (alerts, the dashboard's figures) looks every second.
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, text.replace("every_secs = 10", "every_secs = 1")).unwrap();
     // A host on a chain prints this line last, once its control plane and agent run.
     let proc = super::net::start(
         &["host", "--config", &s(cfg)],

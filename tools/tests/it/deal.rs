@@ -6,6 +6,7 @@
 //! asserted exactly once both deals are over.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::chain::{json, start_chain_host, start_devnet_with};
 use super::mspace;
@@ -215,6 +216,17 @@ fn stored(cfg: &str) -> u64 {
 }
 
 /// The public key (hex) of a key file.
+/// The dashboard address a host's configuration names.
+fn dashboard_of(cfg: &str) -> String {
+    std::fs::read_to_string(cfg)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("dashboard_listen = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the host serves a dashboard")
+        .to_owned()
+}
+
 fn pubkey(key_file: &str) -> String {
     let k = std::fs::read_to_string(key_file).unwrap();
     let seed: [u8; 32] = data_encoding::HEXLOWER_PERMISSIVE
@@ -495,6 +507,34 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
             "{a}"
         );
     }
+
+    // Host 0's dashboard in a real browser: its deal, proofs and earnings, refreshed live
+    // (the deal has ended by now: what it earned and proved stays).
+    let python = super::gateway::installed("scripts/browser.sh");
+    let shot =
+        std::env::var("MSPACE_SCREENSHOT").unwrap_or_else(|_| s(&dir.path().join("dashboard.png")));
+    let url = format!("http://{}/", dashboard_of(&hosts[0].cfg));
+    let check = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dashboard-check.py"))
+        .args(["--url", &url, "--key", &hosts[0].key, "--min-deals", "1"])
+        .args([
+            "--min-proven",
+            "3",
+            "--min-earned",
+            "3",
+            "--screenshot",
+            &shot,
+        ])
+        .output()
+        .unwrap();
+    let seen = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{seen}\n{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    println!("the dashboard showed {seen}");
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
 }
 
 /// A file too large for one deal (8,300 chunks of 4 KiB: three deals of at most 4,096

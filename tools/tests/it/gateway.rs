@@ -16,13 +16,14 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The python that has boto3 and the AWS CLI beside it (installed once, then reused).
-fn s3_python() -> String {
-    let out = Command::new(repo().join("scripts/s3-clients.sh"))
+/// The python an installer script of the repo prints (scripts/s3-clients.sh: boto3 and
+/// the AWS CLI; scripts/browser.sh: selenium and Chromium), installed once, then reused.
+pub(crate) fn installed(script: &str) -> String {
+    let out = Command::new(repo().join(script))
         .stderr(Stdio::inherit())
         .output()
         .unwrap();
-    assert!(out.status.success(), "scripts/s3-clients.sh failed");
+    assert!(out.status.success(), "{script} failed");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -37,13 +38,13 @@ fn spool_leftovers(spool: &Path) -> Vec<String> {
 
 #[test]
 fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
-    let python = s3_python();
+    let python = installed("scripts/s3-clients.sh");
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
     let control = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let host_cfg = d("host/host.toml");
-    init_host(&host_cfg, &d("data"), &listen, &control);
+    init_host(&host_cfg, &d("data"), &listen, &control, &[]);
     let text = std::fs::read_to_string(&host_cfg).unwrap();
     let token = text
         .lines()

@@ -31,22 +31,22 @@ pub(crate) fn free_port(ip: &str) -> u16 {
 }
 
 /// `mspace host init` of a host on loopback with a control plane; fails the test if refused.
-pub(crate) fn init_host(cfg: &str, data: &str, listen: &str, control: &str) {
-    let init = mspace(
-        &[
-            "host",
-            "init",
-            "--config",
-            cfg,
-            "--data-dir",
-            data,
-            "--listen",
-            listen,
-            "--control-listen",
-            control,
-        ],
-        &[],
-    );
+/// `extra` adds options.
+pub(crate) fn init_host(cfg: &str, data: &str, listen: &str, control: &str, extra: &[&str]) {
+    let mut args = vec![
+        "host",
+        "init",
+        "--config",
+        cfg,
+        "--data-dir",
+        data,
+        "--listen",
+        listen,
+        "--control-listen",
+        control,
+    ];
+    args.extend_from_slice(extra);
+    let init = mspace(&args, &[]);
     assert_eq!(init.code, 0, "{}", init.stderr);
 }
 
@@ -150,7 +150,7 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
     let metrics = format!("127.0.0.1:{metrics_port}");
     let cfg = d("host/host.toml");
 
-    init_host(&cfg, &d("data"), &listen, &control);
+    init_host(&cfg, &d("data"), &listen, &control, &[]);
     let again = mspace(
         &[
             "host",
@@ -358,4 +358,143 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
         wrong.stderr
     );
     assert!(metric(&metrics, "mspace_store_chunks") >= 1537);
+}
+
+/// Receives the webhook's POSTs on a loopback port: each body, as JSON, down the channel.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let listener = TcpListener::bind(("127.0.0.1", free_port("127.0.0.1"))).unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let mut r = BufReader::new(s);
+            let mut len = 0usize;
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; len];
+            if r.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+/// Waits for the webhook's event raising alert `kind`.
+fn raised(rx: &std::sync::mpsc::Receiver<serde_json::Value>, kind: &str) -> serde_json::Value {
+    loop {
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {kind} alert posted in 60 s"));
+        if e["alert"]["kind"] == kind && e["state"] == "raised" {
+            return e;
+        }
+    }
+}
+
+#[test]
+fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+    let listen = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let control = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    // A miner address nobody answers on.
+    let chain = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let cfg = d("host/host.toml");
+    init_host(&cfg, &d("data"), &listen, &control, &["--chain", &chain]);
+    let (hook, events) = webhook_receiver();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text
+        .replace(
+            "# metrics_listen = \"127.0.0.1:9400\"",
+            &format!("metrics_listen = \"{metrics}\""),
+        )
+        .replace("every_secs = 10", "every_secs = 1")
+        .replace(
+            "# webhook = \"http://127.0.0.1:9900/alerts\"",
+            &format!("webhook = \"{hook}\""),
+        )
+        // A store one thousandth full raises the capacity alert (and any data directory's
+        // file system is fuller than that: the disk alert too).
+        .replace("fill_permille = 900", "fill_permille = 1")
+        .replace("capacity_bytes = 0", "capacity_bytes = 1073741824");
+    std::fs::write(&cfg, text).unwrap();
+    let _host = start(&["host", "--config", &cfg], &[], "control plane on");
+
+    let e = raised(&events, "chain_unreachable");
+    assert_eq!(e["alert"]["severity"], "critical");
+    assert_eq!(e["host"].as_str().unwrap().len(), 64);
+    let status = mspace(&["host", "status", "--config", &cfg], &[]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    let alerts = json(&status.stdout)["alerts"].clone();
+    let shown: Vec<(&str, &str)> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["kind"].as_str().unwrap(), a["severity"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("chain_unreachable", "critical"), ("disk_full", "warning")]
+    );
+    assert_eq!(alerts[1]["subject"].as_str(), Some(d("data").as_str()));
+    assert!(alerts[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no configured miner answers"));
+    let gauge = |kind: &str, severity: &str| {
+        metric(
+            &metrics,
+            &format!("mspace_host_alert{{kind=\"{kind}\",severity=\"{severity}\"}}"),
+        )
+    };
+    assert_eq!(gauge("chain_unreachable", "critical"), 1);
+    assert_eq!(gauge("capacity_high", "warning"), 0);
+
+    // Stored bytes past the threshold raise the capacity alert.
+    let link = mspace(
+        &[
+            "host", "link", "--config", &cfg, "--upload", "--bytes", "64MiB", "--ttl", "10m",
+        ],
+        &[],
+    );
+    assert_eq!(link.code, 0, "{}", link.stderr);
+    let file = d("input.bin");
+    write_random(Path::new(&file), 4 << 20);
+    std::fs::write(d("pass"), "a long enough passphrase\n").unwrap();
+    let put = mspace(
+        &[
+            "put",
+            &file,
+            "--link",
+            link.stdout.trim(),
+            "--passphrase-file",
+            &d("pass"),
+        ],
+        &[("MSPACE_STATE_DIR", d("client-state").as_str())],
+    );
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let e = raised(&events, "capacity_high");
+    assert_eq!(e["alert"]["severity"], "warning");
+    assert!(e["alert"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("of its capacity"));
+    assert_eq!(gauge("capacity_high", "warning"), 1);
 }

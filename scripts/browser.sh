@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs what the dashboard's browser test drives: Debian's Chromium and ChromeDriver,
+# and selenium (PyPI) in a virtual environment. Prints the environment's python.
+# Usage: scripts/browser.sh [VENV]   (default: target/browser)
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${1:-$here/target/browser}
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2 ||
+            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2
+    fi
+fi
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import selenium' 2>/dev/null; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'selenium>=4.20,<5' >&2
+fi
+echo "$venv/bin/python"
