@@ -29,6 +29,7 @@ use tarpc::tokio_serde::formats::Bincode;
 pub mod certificate;
 pub mod chain;
 pub mod config;
+pub mod metrics;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
 pub const HOST_API_VERSION: u32 = 7;

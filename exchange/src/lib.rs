@@ -81,6 +81,9 @@ pub struct Config {
     /// Where the exchange is (lowercase letters, digits, '-'); empty: unsaid.
     #[serde(default)]
     pub region: String,
+    /// Where `/metrics` is served (Prometheus text), if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub profile: Profile,
     #[serde(default)]
@@ -411,6 +414,80 @@ fn view(m: &Match) -> ExchangeMatch {
 }
 
 impl Exchange {
+    /// The book, the counters and the profile now (what `status` answers).
+    pub fn snapshot(&self) -> ExchangeStatus {
+        let i = &self.inner;
+        let now = now_secs();
+        let asks = {
+            let mut book = lock(&i.book);
+            book.expire(now);
+            book.asks().map(|e| view(&e.to_match())).collect()
+        };
+        let c = lock(&i.counters);
+        ExchangeStatus {
+            key: i.key,
+            chain_id: i.chain_id,
+            profile: i.profile.view(),
+            asks,
+            requests_matched: c.matched,
+            watchers: u32::try_from(lock(&i.forward).live_watchers(now).count())
+                .unwrap_or(u32::MAX),
+            requests_forwarded: c.forwarded,
+            bids: c.bids,
+            passes: c.passes,
+            bids_matched: c.bids_matched,
+            refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// The exchange's metrics in the Prometheus text format (`metrics_listen`).
+    pub fn render_metrics(&self) -> String {
+        let st = self.snapshot();
+        let mut e = api::metrics::Exposition::default();
+        e.gauge(
+            "mspace_exchange_asks",
+            "Standing asks on the book now.",
+            st.asks.len() as u64,
+        );
+        e.gauge(
+            "mspace_exchange_watchers",
+            "Hosts watching for forwarded requests now.",
+            u64::from(st.watchers),
+        );
+        e.counter(
+            "mspace_exchange_requests_matched_total",
+            "Requests answered with matched hosts.",
+            st.requests_matched,
+        );
+        e.counter(
+            "mspace_exchange_requests_forwarded_total",
+            "Requests forwarded to watching hosts.",
+            st.requests_forwarded,
+        );
+        e.counter("mspace_exchange_bids_total", "Bids received.", st.bids);
+        e.counter(
+            "mspace_exchange_passes_total",
+            "Passes received.",
+            st.passes,
+        );
+        e.counter(
+            "mspace_exchange_bids_matched_total",
+            "Hosts matched through a bid.",
+            st.bids_matched,
+        );
+        e.family(
+            "mspace_exchange_refused_total",
+            "Requests and asks refused, by reason.",
+            "counter",
+            &st.refused
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+                .collect::<Vec<_>>(),
+        );
+        e.finish()
+    }
+
     /// An exchange with account `key` serving `profile` for the chain `chain` follows.
     pub async fn new(
         key: [u8; 32],
@@ -877,29 +954,7 @@ impl ExchangeApi for Exchange {
     }
 
     async fn status(self, _: tarpc::context::Context) -> ExchangeStatus {
-        let i = &self.inner;
-        let now = now_secs();
-        let asks = {
-            let mut book = lock(&i.book);
-            book.expire(now);
-            book.asks().map(|e| view(&e.to_match())).collect()
-        };
-        let c = lock(&i.counters);
-        ExchangeStatus {
-            key: i.key,
-            chain_id: i.chain_id,
-            profile: i.profile.view(),
-            asks,
-            requests_matched: c.matched,
-            watchers: u32::try_from(lock(&i.forward).live_watchers(now).count())
-                .unwrap_or(u32::MAX),
-            requests_forwarded: c.forwarded,
-            bids: c.bids,
-            passes: c.passes,
-            bids_matched: c.bids_matched,
-            refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        }
+        self.snapshot()
     }
 
     async fn terms(self, _: tarpc::context::Context) -> ExchangeTerms {
@@ -1003,6 +1058,7 @@ mod tests {
             indexes: Vec::new(),
             public_addr: None,
             region: String::new(),
+            metrics_listen: Some("127.0.0.1:9403".into()),
             profile: Profile::default(),
             flood: FloodConfig::default(),
         };

@@ -18,6 +18,9 @@ pub struct GatewayConfig {
     pub secret_key_file: PathBuf,
     /// The gateway's ed25519 key: the links it asks the host for are bound to it.
     pub key_file: PathBuf,
+    /// Where `/metrics` is served (Prometheus text), if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// The object index (redb).
     #[serde(default = "default_index")]
     pub index: PathBuf,
@@ -125,6 +128,8 @@ listen = "{listen}"
 access_key = "{access_key}"
 secret_key_file = "gateway.secret"
 key_file = "gateway.key"
+# Prometheus metrics at http://<metrics_listen>/metrics.
+# metrics_listen = "127.0.0.1:9402"
 index = "gateway-index.redb"
 spool_dir = "spool"
 # Limits: the largest PUT and part (bytes), requests at once (more get 503 SlowDown),

@@ -10,11 +10,13 @@
 
 pub mod config;
 pub mod index;
+pub mod metrics;
 pub mod record;
 pub mod s3;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ pub struct Gateway {
     limits: Arc<Semaphore>,
     request_timeout: Duration,
     header_timeout: Duration,
+    metrics: Arc<metrics::Metrics>,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -77,6 +81,50 @@ impl s3s::auth::S3Auth for OneKey {
             ))
         }
     }
+}
+
+fn content_length(h: &hyper::HeaderMap) -> u64 {
+    h.get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One request through the limits and s3s.
+async fn answer(
+    service: &s3s::service::S3Service,
+    limits: &Arc<Semaphore>,
+    timeout: Duration,
+    m: &metrics::Metrics,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<s3s::HttpResponse, s3s::HttpError> {
+    let Ok(_permit) = Arc::clone(limits).try_acquire_owned() else {
+        m.slowed_down.fetch_add(1, Relaxed);
+        return Ok(refusal(
+            hyper::StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "the gateway serves as many requests as it is allowed to; retry",
+        ));
+    };
+    m.received_bytes
+        .fetch_add(content_length(req.headers()), Relaxed);
+    m.in_flight.fetch_add(1, Relaxed);
+    let started = std::time::Instant::now();
+    let call = hyper::service::Service::call(service, req);
+    let answer = match tokio::time::timeout(timeout, call).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            m.timed_out.fetch_add(1, Relaxed);
+            Ok(refusal(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                "RequestTimeout",
+                "the request took longer than request_timeout_secs",
+            ))
+        }
+    };
+    m.latency.observe(started.elapsed());
+    m.in_flight.fetch_sub(1, Relaxed);
+    answer
 }
 
 /// The body of an S3 error answered outside s3s (limits and timeouts).
@@ -119,6 +167,7 @@ impl Gateway {
             workers: engine::seal::default_workers(),
             spool: cfg.spool_dir.clone(),
         });
+        let metrics = Arc::new(metrics::Metrics::default());
         let s3 = s3::Gateway::new(
             index,
             store,
@@ -127,6 +176,7 @@ impl Gateway {
                 object_bytes_max: cfg.max_object_bytes,
                 part_bytes_max: cfg.max_part_bytes,
             },
+            Arc::clone(&metrics),
         )?;
         let mut b = S3ServiceBuilder::new(s3);
         b.set_auth(OneKey {
@@ -140,12 +190,27 @@ impl Gateway {
                     addr: cfg.listen.clone(),
                     source,
                 })?;
+        let metrics_listener = match &cfg.metrics_listen {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| GatewayError::Listen {
+                            addr: addr.clone(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         Ok(Gateway {
             service: b.build(),
             listener,
             limits: Arc::new(Semaphore::new(cfg.max_requests)),
             request_timeout: Duration::from_secs(cfg.request_timeout_secs),
             header_timeout: Duration::from_secs(cfg.header_timeout_secs),
+            metrics,
+            metrics_listener,
         })
     }
 
@@ -153,8 +218,25 @@ impl Gateway {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until the task is dropped.
-    pub async fn serve(self) -> std::io::Result<()> {
+    pub async fn serve(mut self) -> std::io::Result<()> {
+        if let Some(l) = self.metrics_listener.take() {
+            let m = Arc::clone(&self.metrics);
+            tokio::spawn(api::metrics::serve(
+                l,
+                Arc::new(move || {
+                    let text = m.render();
+                    Box::pin(async move { text })
+                }),
+            ));
+        }
         loop {
             let (stream, peer) = match self.listener.accept().await {
                 Ok(s) => s,
@@ -170,27 +252,20 @@ impl Gateway {
             let limits = Arc::clone(&self.limits);
             let timeout = self.request_timeout;
             let header_timeout = self.header_timeout;
+            let metrics = Arc::clone(&self.metrics);
             tokio::spawn(async move {
                 let handle = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let service = service.clone();
                     let limits = Arc::clone(&limits);
+                    let m = Arc::clone(&metrics);
                     async move {
-                        let Ok(_permit) = limits.try_acquire_owned() else {
-                            return Ok::<_, s3s::HttpError>(refusal(
-                                hyper::StatusCode::SERVICE_UNAVAILABLE,
-                                "SlowDown",
-                                "the gateway serves as many requests as it is allowed to; retry",
-                            ));
-                        };
-                        let call = hyper::service::Service::call(&service, req);
-                        match tokio::time::timeout(timeout, call).await {
-                            Ok(answer) => answer,
-                            Err(_) => Ok(refusal(
-                                hyper::StatusCode::SERVICE_UNAVAILABLE,
-                                "RequestTimeout",
-                                "the request took longer than request_timeout_secs",
-                            )),
+                        let method = req.method().as_str().to_owned();
+                        let answer = answer(&service, &limits, timeout, &m, req).await;
+                        if let Ok(r) = &answer {
+                            m.answered(&method, r.status().as_u16());
+                            m.sent_bytes.fetch_add(content_length(r.headers()), Relaxed);
                         }
+                        answer
                     }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()

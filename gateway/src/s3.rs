@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,6 +52,7 @@ pub struct Gateway {
     store: Arc<HostStore>,
     spool: PathBuf,
     limits: Limits,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A file in the spool, removed when dropped (an error path leaves nothing behind).
@@ -308,6 +310,7 @@ impl Gateway {
         store: Arc<HostStore>,
         spool: PathBuf,
         limits: Limits,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Gateway, IndexError> {
         let live: std::collections::HashSet<String> = index
             .uploads()?
@@ -334,6 +337,7 @@ impl Gateway {
             store,
             spool,
             limits,
+            metrics,
         })
     }
 
@@ -403,14 +407,16 @@ impl Gateway {
 
     /// Stores a spooled file (nothing for an empty one).
     async fn store_file(&self, path: &Path, size: u64) -> S3Result<Option<record::Stored>> {
+        self.metrics.stored_objects.fetch_add(1, Relaxed);
         if size == 0 {
             return Ok(None);
         }
-        self.store
-            .put(path, size)
-            .await
-            .map(Some)
-            .map_err(|e| S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()))
+        let stored =
+            self.store.put(path, size).await.map_err(|e| {
+                S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+            })?;
+        self.metrics.stored_bytes.fetch_add(size, Relaxed);
+        Ok(Some(stored))
     }
 
     /// The object's bytes `range` as a body, read from its host chunk by chunk.
@@ -433,8 +439,16 @@ impl Gateway {
             self.store.read(stored, range).await.map_err(|e| {
                 S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
             })?;
-        let stream = futures::stream::unfold(reading, |mut r| async move {
-            r.next().await.map(|item| (item, r))
+        let metrics = Arc::clone(&self.metrics);
+        let stream = futures::stream::unfold(reading, move |mut r| {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                let item = r.next().await?;
+                if let Ok(b) = &item {
+                    metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
+                }
+                Some((item, r))
+            }
         });
         Ok(StreamingBlob::wrap(stream))
     }

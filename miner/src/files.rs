@@ -47,6 +47,9 @@ pub struct MinerConfig {
     #[serde(default)]
     pub peers: Vec<String>,
     pub control_listen: String,
+    /// Where `/metrics` is served (Prometheus text), if anywhere.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub relay_to: Vec<String>,
     #[serde(default = "default_block_time_ms")]
@@ -95,6 +98,9 @@ control_listen = {control_listen:?}
 # Other miners' control planes: transactions accepted here are relayed to them, so
 # whichever validator proposes next can include them.
 relay_to = [{relay}]
+# Prometheus metrics at http://<metrics_listen>/metrics (height, mempool, validators,
+# supply). Keep it off the public interface.
+# metrics_listen = "127.0.0.1:9404"
 # Target time between blocks when there is no load, in milliseconds; under load a block
 # takes what the mempool holds, up to 4 MiB.
 block_time_ms = 500

@@ -119,6 +119,102 @@ impl MinerService {
     }
 }
 
+impl MinerService {
+    /// The miner's metrics in the Prometheus text format (`metrics_listen`): the chain as
+    /// this node holds it.
+    pub async fn render_metrics(&self) -> String {
+        let got = self
+            .node
+            .query(|s: &NodeState| {
+                let l = s.ledger();
+                let me = s.address();
+                let power = l
+                    .validators
+                    .iter()
+                    .find(|(k, _)| k.0 == me.0)
+                    .map_or(0, |(_, p)| *p);
+                (
+                    l.height,
+                    l.timestamp_ms,
+                    s.mempool.len() as u64,
+                    l.validators.len() as u64,
+                    l.validators.values().sum::<u64>(),
+                    power,
+                    [l.total_supply().masp, l.total_supply().maspc],
+                    [l.burned.masp, l.burned.maspc],
+                    l.registrations.values().map(|r| r.deposit).sum::<u64>(),
+                    l.held_maspc(),
+                )
+            })
+            .await;
+        let Ok((height, ts, mempool, validators, total, power, supply, burned, deposits, escrow)) =
+            got
+        else {
+            return String::new();
+        };
+        let mut e = api::metrics::Exposition::default();
+        e.gauge(
+            "mspace_miner_height",
+            "Height of the last decided block.",
+            height,
+        );
+        e.gauge_f64(
+            "mspace_miner_last_block_timestamp_seconds",
+            "The last decided block's timestamp (Unix seconds, as its proposer set it).",
+            ts as f64 / 1000.0,
+        );
+        e.gauge(
+            "mspace_miner_mempool_transactions",
+            "Transactions waiting in this node's mempool.",
+            mempool,
+        );
+        e.gauge(
+            "mspace_miner_validators",
+            "Validators of the next height.",
+            validators,
+        );
+        e.gauge(
+            "mspace_miner_voting_power",
+            "Voting power of the next height's validators in all.",
+            total,
+        );
+        e.gauge(
+            "mspace_miner_own_voting_power",
+            "This node's voting power at the next height (0: not a validator).",
+            power,
+        );
+        e.family(
+            "mspace_miner_supply",
+            "What exists of each asset (balances, deposits, escrow, burned).",
+            "gauge",
+            &[
+                (vec![("asset", "masp")], supply[0]),
+                (vec![("asset", "maspc")], supply[1]),
+            ],
+        );
+        e.family(
+            "mspace_miner_burned",
+            "Burned by fees, per asset.",
+            "gauge",
+            &[
+                (vec![("asset", "masp")], burned[0]),
+                (vec![("asset", "maspc")], burned[1]),
+            ],
+        );
+        e.gauge(
+            "mspace_miner_deposits_masp",
+            "MASP held in registrations' deposits.",
+            deposits,
+        );
+        e.gauge(
+            "mspace_miner_escrow_maspc",
+            "MASPC held in deals' escrow.",
+            escrow,
+        );
+        e.finish()
+    }
+}
+
 impl MinerApi for MinerService {
     async fn submit_txs(
         self,

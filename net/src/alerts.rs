@@ -442,21 +442,24 @@ impl Watch {
     /// The `mspace_host_alert` gauge: 1 for each active alert, 0 for every kind not
     /// active, labelled by kind and severity.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         let active = self.active();
-        let _ = writeln!(
-            out,
-            "# HELP mspace_host_alert Alerts the host raises (1 while active), by kind and severity.\n# TYPE mspace_host_alert gauge"
+        let samples: Vec<(Vec<(&str, &str)>, u64)> = Kind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    vec![("kind", k.name()), ("severity", k.severity().name())],
+                    u64::from(active.iter().any(|a| a.kind == *k)),
+                )
+            })
+            .collect();
+        let mut e = api::metrics::Exposition::default();
+        e.family(
+            "mspace_host_alert",
+            "Alerts the host raises (1 while active), by kind and severity.",
+            "gauge",
+            &samples,
         );
-        for kind in Kind::ALL {
-            let _ = writeln!(
-                out,
-                "mspace_host_alert{{kind=\"{}\",severity=\"{}\"}} {}",
-                kind.name(),
-                kind.severity().name(),
-                u8::from(active.iter().any(|a| a.kind == kind))
-            );
-        }
+        out.push_str(&e.finish());
     }
 }
 

@@ -1,58 +1,18 @@
 //! The host's Prometheus metrics: counters and latency histograms kept with atomics on the
-//! data path, rendered in the text exposition format on `GET /metrics` of a separate
-//! listener.
+//! data path, rendered in the text exposition format (`api::metrics`) on `GET /metrics` of
+//! a separate listener.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
 
+use api::metrics::Exposition;
 use engine::store::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::wire::ErrorCode;
 
-/// Upper bounds of the latency buckets, seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|b| s <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cum = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            cum += self.counts[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}\n{name}_count {cum}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-    }
-}
+pub use api::metrics::Histogram;
 
 /// Every counter the data plane keeps.
 #[derive(Debug, Default)]
@@ -83,149 +43,135 @@ impl Metrics {
 
     /// The text exposition, with the store's figures and each data directory's free space.
     pub fn render(&self, engine: &Engine, dirs: &[PathBuf]) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        counter(
-            &mut out,
+        let mut e = Exposition::default();
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        e.counter(
             "mspace_connections_total",
             "Data-plane connections accepted.",
-            self.connections.load(Relaxed),
+            l(&self.connections),
         );
-        gauge(
-            &mut out,
+        e.gauge(
             "mspace_connections_open",
             "Data-plane connections open now.",
-            self.connections_open.load(Relaxed),
+            l(&self.connections_open),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_puts_total",
             "Chunks stored (new or already present).",
-            self.puts.load(Relaxed),
+            l(&self.puts),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_put_requests_total",
             "Put frames read, answered or not.",
-            self.put_requests.load(Relaxed),
+            l(&self.put_requests),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_puts_existing_total",
             "Puts of chunks already stored (nothing written).",
-            self.puts_existing.load(Relaxed),
+            l(&self.puts_existing),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_put_bytes_total",
             "Chunk bytes received in accepted puts.",
-            self.put_bytes.load(Relaxed),
+            l(&self.put_bytes),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_gets_total",
             "Chunks, ranges, proofs and manifests served.",
-            self.gets.load(Relaxed),
+            l(&self.gets),
         );
-        counter(
-            &mut out,
+        e.counter(
             "mspace_get_bytes_total",
             "Bytes served.",
-            self.get_bytes.load(Relaxed),
+            l(&self.get_bytes),
         );
-        let _ = writeln!(out, "# HELP mspace_refused_total Requests refused, by reason.\n# TYPE mspace_refused_total counter");
-        for code in 1..16u16 {
-            if let Some(c) = ErrorCode::from_u16(code) {
-                let _ = writeln!(
-                    out,
-                    "mspace_refused_total{{reason=\"{}\"}} {}",
-                    c.name(),
-                    self.refused(c)
-                );
-            }
-        }
-        self.put_latency.render(
-            &mut out,
+        let refused: Vec<(String, u64)> = (1..16u16)
+            .filter_map(ErrorCode::from_u16)
+            .map(|c| (c.name().to_owned(), self.refused(c)))
+            .collect();
+        e.family(
+            "mspace_refused_total",
+            "Requests refused, by reason.",
+            "counter",
+            &refused
+                .iter()
+                .map(|(r, n)| (vec![("reason", r.as_str())], *n))
+                .collect::<Vec<_>>(),
+        );
+        e.histogram(
             "mspace_put_seconds",
             "Time from a put's last byte to its durable acknowledgement.",
+            &self.put_latency,
         );
-        self.get_latency.render(
-            &mut out,
+        e.histogram(
             "mspace_get_seconds",
             "Time from a read request to its reply's bytes being ready.",
+            &self.get_latency,
         );
         if let Ok(s) = engine.stats() {
-            gauge(&mut out, "mspace_store_chunks", "Chunks stored.", s.chunks);
-            gauge(
-                &mut out,
+            e.gauge("mspace_store_chunks", "Chunks stored.", s.chunks);
+            e.gauge(
                 "mspace_store_live_bytes",
                 "Bytes of live records.",
                 s.live_bytes,
             );
-            gauge(
-                &mut out,
+            e.gauge(
                 "mspace_store_used_bytes",
                 "Bytes of segment files.",
                 s.used_bytes,
             );
             if s.capacity_bytes != u64::MAX {
-                gauge(
-                    &mut out,
+                e.gauge(
                     "mspace_store_capacity_bytes",
                     "Configured capacity.",
                     s.capacity_bytes,
                 );
             }
-            counter(
-                &mut out,
+            e.counter(
                 "mspace_store_corrupt_reads_total",
                 "Records that failed their checks when read (never served).",
                 s.corrupt_reads,
             );
-            counter(
-                &mut out,
+            e.counter(
                 "mspace_store_held_back_total",
                 "Requests a shard took only after waiting for room (its callers waited).",
                 s.held_back,
             );
         }
         let load = engine.load();
-        gauge(
-            &mut out,
+        e.gauge(
             "mspace_store_queued_requests",
             "Requests waiting in the shards' queues.",
             load.queued,
         );
-        gauge(
-            &mut out,
+        e.gauge(
             "mspace_store_in_flight_requests",
             "Requests the shards are working on.",
             load.in_flight,
         );
-        let _ = writeln!(out, "# HELP mspace_dir_free_bytes Free bytes on each data directory's file system.\n# TYPE mspace_dir_free_bytes gauge");
-        for d in dirs {
-            if let Ok((_, free)) = crate::alerts::fs_space(d) {
-                let _ = writeln!(
-                    out,
-                    "mspace_dir_free_bytes{{dir=\"{}\"}} {free}",
-                    d.display().to_string().replace('"', "'")
-                );
-            }
-        }
-        out
+        let free: Vec<(String, u64)> = dirs
+            .iter()
+            .filter_map(|d| {
+                crate::alerts::fs_space(d)
+                    .ok()
+                    .map(|(_, free)| (d.display().to_string(), free))
+            })
+            .collect();
+        e.family(
+            "mspace_dir_free_bytes",
+            "Free bytes on each data directory's file system.",
+            "gauge",
+            &free
+                .iter()
+                .map(|(d, f)| (vec![("dir", d.as_str())], *f))
+                .collect::<Vec<_>>(),
+        );
+        e.finish()
     }
 }
 
-/// Serves `GET /metrics` until the task is dropped. Anything else gets 404; a request
-/// larger than 8 KiB or slower than 5 seconds is dropped.
+/// Serves `GET /metrics` (`api::metrics::serve`) until the task is dropped: the data
+/// plane's and the store's figures, and the alerts' gauge.
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
@@ -233,59 +179,26 @@ pub async fn serve_metrics(
     dirs: Vec<PathBuf>,
     alerts: Arc<crate::alerts::Watch>,
 ) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let (metrics, engine, dirs, alerts) = (
-            metrics.clone(),
-            engine.clone(),
-            dirs.clone(),
-            alerts.clone(),
-        );
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while n < buf.len() {
-                    let k = s.read(&mut buf[n..]).await.ok()?;
-                    if k == 0 {
-                        return None;
-                    }
-                    n += k;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        return Some(());
-                    }
-                }
-                None
-            })
-            .await;
-            if !matches!(read, Ok(Some(()))) {
-                return;
-            }
-            let ok = buf[..n].starts_with(b"GET /metrics ");
-            let (status, body) = if ok {
-                let body = tokio::task::spawn_blocking(move || {
+    api::metrics::serve(
+        listener,
+        Arc::new(move || {
+            let (metrics, engine, dirs, alerts) = (
+                Arc::clone(&metrics),
+                Arc::clone(&engine),
+                dirs.clone(),
+                Arc::clone(&alerts),
+            );
+            Box::pin(async move {
+                // The store's figures and statvfs block: off the async workers.
+                tokio::task::spawn_blocking(move || {
                     let mut body = metrics.render(&engine, &dirs);
                     alerts.render_metrics(&mut body);
                     body
                 })
                 .await
-                .unwrap_or_default();
-                ("200 OK", body)
-            } else {
-                (
-                    "404 Not Found",
-                    "only /metrics is served here\n".to_string(),
-                )
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
-    }
+                .unwrap_or_default()
+            })
+        }),
+    )
+    .await;
 }

@@ -172,6 +172,17 @@ fn miner_run(config: &Path) -> Result<()> {
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let relay = Relay::start(cfg.relay_to.clone());
         let service = MinerService { node, relay };
+        if let Some(m) = &cfg.metrics_listen {
+            let s = service.clone();
+            crate::netcli::serve_metrics_on(
+                m,
+                std::sync::Arc::new(move || {
+                    let s = s.clone();
+                    Box::pin(async move { s.render_metrics().await })
+                }),
+            )
+            .await?;
+        }
         let listen = cfg.control_listen.clone();
         let control = tokio::spawn(api::serve_control!(service.serve(), listen, bound_tx));
         let bound = bound_rx
@@ -242,6 +253,10 @@ pub struct DevnetArgs {
     /// exchange that exits is not restarted.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4))]
     pub exchanges: u16,
+    /// Serve each miner's /metrics: miner i on 127.0.0.1:(this + i). Set when the devnet
+    /// is made.
+    #[arg(long)]
+    pub metrics_base: Option<u16>,
 }
 
 /// What `devnet` writes into its directory, and reads again on a restart.
@@ -362,6 +377,13 @@ pub fn devnet_layout(a: &DevnetArgs) -> Result<DevnetLayout> {
             "block_time_ms = 500",
             &format!("block_time_ms = {}", a.block_time_ms),
         );
+        if let Some(base) = a.metrics_base {
+            let port = u16::try_from(usize::from(base) + i).context("ports past 65535")?;
+            text = text.replace(
+                "# metrics_listen = \"127.0.0.1:9404\"",
+                &format!("metrics_listen = \"127.0.0.1:{port}\""),
+            );
+        }
         std::fs::write(&m.config, text)?;
         MinerConfig::load(&m.config)?;
     }

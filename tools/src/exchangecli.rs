@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use exchange::{Config, Exchange};
@@ -125,6 +127,8 @@ indexes = [{indexes}]
 region = ""
 # The address its listings give, if senders reach it by another name than `listen`.
 # public_addr = "exchange.example.net:7500"
+# Prometheus metrics at http://<metrics_listen>/metrics (the book, matches, refusals).
+# metrics_listen = "127.0.0.1:9403"
 
 # The usage profile: every request outside it is refused, naming the term.
 [profile]
@@ -205,6 +209,17 @@ fn run(config: &std::path::Path) -> Result<()> {
                 region: cfg.region.clone(),
                 indexes: cfg.indexes.clone(),
             }));
+        }
+        if let Some(m) = &cfg.metrics_listen {
+            let ex = ex.clone();
+            crate::netcli::serve_metrics_on(
+                m,
+                Arc::new(move || {
+                    let text = ex.render_metrics();
+                    Box::pin(async move { text })
+                }),
+            )
+            .await?;
         }
         tokio::spawn(exchange::serve(ex, listener));
         println!("exchange listening on {bound}");

@@ -94,6 +94,9 @@ fn run(config: &std::path::Path) -> Result<()> {
     runtime()?.block_on(async {
         let gw = gateway::Gateway::open(&cfg).await?;
         let addr = gw.local_addr()?;
+        if let Some(m) = gw.metrics_addr() {
+            println!("metrics on http://{m}/metrics");
+        }
         println!(
             "S3 gateway on http://{addr} (access key {}), storing on the host at {}",
             cfg.access_key, cfg.host.control

@@ -789,6 +789,16 @@ fn host_run(config: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Binds `addr` and serves `/metrics` there (`api::metrics::serve`) from a task; says where.
+pub(crate) async fn serve_metrics_on(addr: &str, render: api::metrics::Render) -> Result<()> {
+    let l = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+    println!("metrics on http://{}/metrics", l.local_addr()?);
+    tokio::spawn(api::metrics::serve(l, render));
+    Ok(())
+}
+
 pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {

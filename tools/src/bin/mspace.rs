@@ -101,6 +101,14 @@ enum Command {
     /// invoice sealed to the payer and records it on the chain; `show` and `pay` check it
     /// (signature, record) and `pay` pays exactly its amount to exactly its issuer.
     Invoice(tools::invoicecli::InvoiceArgs),
+    /// Print a shell completion script: `mspace completions bash > /etc/bash_completion.d/mspace`
+    /// (also zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (mspace.1 and one per subcommand, mspace-host.1, ...) into a folder.
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +164,28 @@ struct DemoArgs {
     dir: Option<PathBuf>,
 }
 
+/// mspace.1 and a page per subcommand, named as man(1) finds them (`man -l`, or MANPATH).
+fn man_pages(out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut written = 0;
+    let mut write = |name: &str, c: clap::Command| -> Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(c).render(&mut page)?;
+        let path = out.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
+        written += 1;
+        Ok(())
+    };
+    write("mspace", cmd.clone())?;
+    for sub in cmd.get_subcommands() {
+        let name = format!("mspace-{}", sub.get_name());
+        write(&name, sub.clone().name(name.clone()))?;
+    }
+    println!("wrote {written} man pages into {}", out.display());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -178,6 +208,16 @@ fn main() {
         Command::Chain(args) => chaincli::chain(args),
         Command::Certify(args) => tools::certifycli::certify(args),
         Command::Share(args) => tools::sharecli::share(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "mspace",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man { out } => man_pages(&out),
         Command::Invoice(args) => tools::invoicecli::invoice(args),
     };
     if let Err(e) = result {

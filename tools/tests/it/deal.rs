@@ -139,6 +139,8 @@ fn start_market(dir: &Path, slot: u32, hosts: usize, extra: &[&str]) -> Market {
 struct Exchange {
     addr: String,
     key: String,
+    /// Its `/metrics` address.
+    metrics: String,
     proc: Proc,
 }
 
@@ -168,7 +170,11 @@ fn start_exchange(
         .find_map(|l| l.strip_prefix("exchange key "))
         .unwrap()
         .to_owned();
-    let text = std::fs::read_to_string(&cfg).unwrap();
+    let metrics = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "# metrics_listen = \"127.0.0.1:9403\"",
+        &format!("metrics_listen = \"{metrics}\""),
+    );
     std::fs::write(&cfg, edit(text)).unwrap();
     let proc = super::net::start(
         &["exchange", "run", "--config", &cfg],
@@ -190,7 +196,12 @@ fn start_exchange(
         "1000",
         "--json",
     ]);
-    Exchange { addr, key, proc }
+    Exchange {
+        addr,
+        key,
+        proc,
+        metrics,
+    }
 }
 
 /// The hosts a `put --dry-run --json` matched, with their prices, best first.
@@ -260,12 +271,13 @@ fn wait_deal(
 #[test]
 fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_the_survivor() {
     let dir = tempfile::tempdir().unwrap();
+    let miner_metrics = super::net::free_port("127.0.0.1").to_string();
     let Market {
         _net,
         m0,
         client,
         mut hosts,
-    } = start_market(dir.path(), 2, 2, &[]);
+    } = start_market(dir.path(), 2, 2, &["--metrics-base", &miner_metrics]);
     let client_key = pubkey(&client);
     let before = account(&m0, &client_key);
 
@@ -535,6 +547,17 @@ fn a_deal_on_two_hosts_is_proven_paid_slashed_after_a_kill_and_downloaded_from_t
     );
     println!("the dashboard showed {seen}");
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+
+    // The miner's metrics, as Prometheus and its Grafana dashboard read them.
+    let m = super::net::check_metrics("miner", &format!("127.0.0.1:{miner_metrics}"));
+    let height: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("mspace_miner_height "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(height > PROOF_PERIOD * PERIODS, "{m}");
+    assert!(m.contains("mspace_miner_validators 1\n"), "{m}");
 }
 
 /// A file too large for one deal (8,300 chunks of 4 KiB: three deals of at most 4,096
@@ -914,6 +937,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         addr: ex,
         key: ex_key,
         proc: ex_proc,
+        metrics: ex_metrics,
     } = start_exchange(
         dir.path(),
         "exchange",
@@ -1179,6 +1203,15 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     assert_eq!(st["refused"]["no account"], 1, "{st}");
     assert_eq!(st["refused"]["banned"], 2, "{st}");
     assert_eq!(st["requests_matched"], 6, "{st}");
+    let m = super::net::check_metrics("exchange", &ex_metrics);
+    assert!(
+        m.contains("mspace_exchange_requests_matched_total 6\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("mspace_exchange_refused_total{reason=\"banned\"} 2\n"),
+        "{m}"
+    );
 
     // The exchange dies: the index still lists it until its listing lapses, but a sender
     // probing it finds no exchange that answers, and says so.
@@ -1220,6 +1253,7 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
         addr: ex,
         key: ex_key,
         proc: ex_proc,
+        ..
     } = start_exchange(
         dir.path(),
         "exchange",

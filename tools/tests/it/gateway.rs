@@ -91,6 +91,16 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
         &[],
     );
     assert_ne!(again.code, 0, "an existing configuration is never replaced");
+    let metrics = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let text = std::fs::read_to_string(&gw_cfg).unwrap();
+    std::fs::write(
+        &gw_cfg,
+        text.replace(
+            "# metrics_listen = \"127.0.0.1:9402\"",
+            &format!("metrics_listen = \"{metrics}\""),
+        ),
+    )
+    .unwrap();
     let endpoint = format!("http://{s3}");
     let secret = d("gw/gateway.secret");
     let check = |phase: &str, extra: &[&str]| {
@@ -125,6 +135,32 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     assert!(shown.contains("checks, 0 differ from S3"), "{shown}");
     // Every row of the table was a check that ran (no client skipped).
     assert!(shown.lines().filter(|l| l.starts_with("ok ")).count() >= 60);
+
+    // What the gateway counted, as Prometheus and its Grafana dashboard read it.
+    let m = super::net::check_metrics("gateway", &metrics);
+    for (line, why) in [
+        (
+            "mspace_gateway_requests_total{method=\"PUT\",code=\"200\"}",
+            "PUTs answered",
+        ),
+        (
+            "mspace_gateway_requests_total{method=\"GET\",code=\"404\"}",
+            "NoSuchKey",
+        ),
+        (
+            "mspace_gateway_requests_total{method=\"PUT\",code=\"412\"}",
+            "PreconditionFailed",
+        ),
+        ("mspace_gateway_stored_objects_total ", "objects stored"),
+        ("mspace_gateway_read_bytes_total ", "bytes read"),
+    ] {
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "{why}: {line} missing or 0 in\n{m}");
+    }
 
     // A PUT torn by SIGKILL.
     let mut before = check("crash-before", &[])

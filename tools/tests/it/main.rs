@@ -334,3 +334,93 @@ mod deal;
 mod gateway;
 mod host_crash;
 mod net;
+
+/// The systemd units in deploy/systemd start this binary and pass `systemd-analyze verify`
+/// with nothing to say (an unknown key is only a warning there, so any output fails).
+#[test]
+fn the_deploy_units_verify() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for e in fs::read_dir(&units).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        let text = fs::read_to_string(&p)
+            .unwrap()
+            .replace("/usr/local/bin/mspace", env!("CARGO_BIN_EXE_mspace"));
+        // Each starts `mspace <role> ...` with a subcommand this binary has.
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap();
+        let role: Vec<&str> = exec.split_whitespace().skip(1).take(2).collect();
+        let help = mspace(&[role[0], "--help"], &[]);
+        assert_eq!(help.code, 0, "{name}: mspace {} does not exist", role[0]);
+        fs::write(tmp.path().join(&name), text).unwrap();
+        names.push(tmp.path().join(&name));
+    }
+    assert_eq!(names.len(), 4, "host, miner, exchange, gateway");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(&names)
+        .output()
+        .expect("systemd-analyze (Debian's systemd) runs");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `mspace completions SHELL` prints a script the shell parses; `mspace man --out DIR`
+/// writes a page per subcommand.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bash = mspace(&["completions", "bash"], &[]);
+    assert_eq!(bash.code, 0, "{}", bash.stderr);
+    assert!(
+        bash.stdout.contains("complete -F _mspace"),
+        "{}",
+        bash.stdout
+    );
+    assert!(
+        bash.stdout.contains("gateway"),
+        "every subcommand is completed"
+    );
+    let script = tmp.path().join("mspace.bash");
+    fs::write(&script, &bash.stdout).unwrap();
+    let parsed = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        parsed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let bad = mspace(&["completions", "tcsh"], &[]);
+    assert_ne!(bad.code, 0);
+    let man = mspace(
+        &["man", "--out", tmp.path().join("man").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(man.code, 0, "{}", man.stderr);
+    let pages: Vec<String> = fs::read_dir(tmp.path().join("man"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "mspace.1",
+        "mspace-host.1",
+        "mspace-gateway.1",
+        "mspace-put.1",
+    ] {
+        assert!(pages.iter().any(|p| p == want), "{want} in {pages:?}");
+    }
+    let page = fs::read_to_string(tmp.path().join("man/mspace-gateway.1")).unwrap();
+    assert!(page.contains(".TH mspace-gateway"), "{page}");
+}

@@ -124,6 +124,81 @@ fn metric(addr: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// A role's `/metrics` on `addr`, checked: `promtool check metrics` (scripts/promtool.sh
+/// installs it) finds nothing to say, and every metric the role's Grafana dashboard
+/// (deploy/grafana/ROLE.json) graphs is declared. The text, for more checks.
+pub(crate) fn check_metrics(role: &str, addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let text = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap();
+    let promtool = super::gateway::installed("scripts/promtool.sh");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool on the {role}'s metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let board = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../deploy/grafana/{role}.json")),
+    )
+    .unwrap();
+    let board: serde_json::Value = serde_json::from_str(&board).unwrap();
+    let mut exprs = Vec::new();
+    for p in board["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    let declared: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut graphed = 0;
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("mspace_") {
+                continue;
+            }
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|x| word.strip_suffix(x))
+                .filter(|b| declared.contains(b))
+                .unwrap_or(word);
+            assert!(
+                declared.contains(&base),
+                "deploy/grafana/{role}.json graphs {word}, which the {role} does not export"
+            );
+            graphed += 1;
+        }
+    }
+    assert!(
+        graphed >= exprs.len(),
+        "every panel graphs a metric of the {role}"
+    );
+    text
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -497,4 +572,5 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
         .unwrap()
         .contains("of its capacity"));
     assert_eq!(gauge("capacity_high", "warning"), 1);
+    check_metrics("host", &metrics);
 }
