@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--secret-file", required=True)
     ap.add_argument("--big-mib", type=int, default=24)
     ap.add_argument("--work")
-    ap.add_argument("--phase", choices=["table", "crash-before", "crash-after"], default="table")
+    ap.add_argument("--phase", choices=["table", "crash-before", "crash-after", "deal-put", "deal-get"],
+                    default="table")
     ap.add_argument("--upload")
     a = ap.parse_args()
     secret = open(a.secret_file).read().strip()
@@ -68,8 +69,10 @@ def main():
                             aws_secret_access_key=sk, region_name="us-east-1", config=cfg)
 
     s3 = client()
-    if a.phase != "table":
+    if a.phase.startswith("crash"):
         return crash(a, s3)
+    if a.phase.startswith("deal"):
+        return deals(a, s3)
     B = "alpha"
     # Buckets.
     row("boto3", "CreateBucket alpha", "ok", code(lambda: s3.create_bucket(Bucket=B)))
@@ -327,6 +330,37 @@ def main():
 def seeded(seed, n):
     import random
     return random.Random(seed).randbytes(n)
+
+
+def deals(a, s3):
+    """A gateway storing as deals: deal-put stores an object and a multipart one, deal-get
+    reads them back (after the caller killed one of the hosts)."""
+    MiB = 1 << 20
+    B = "dealt"
+    small, big = seeded(4, 300_001), seeded(5, 11 * MiB)
+    if a.phase == "deal-put":
+        row("boto3", "CreateBucket", "ok", code(lambda: s3.create_bucket(Bucket=B)))
+        row("boto3", "PutObject as deals", "ok",
+            code(lambda: s3.put_object(Bucket=B, Key="small", Body=small)))
+        uid = s3.create_multipart_upload(Bucket=B, Key="big")["UploadId"]
+        parts = []
+        for n, at in enumerate(range(0, len(big), 5 * MiB), 1):
+            e = s3.upload_part(Bucket=B, Key="big", UploadId=uid, PartNumber=n,
+                               Body=big[at:at + 5 * MiB])["ETag"]
+            parts.append({"PartNumber": n, "ETag": e})
+        row("boto3", "CompleteMultipartUpload as deals", "ok",
+            code(lambda: s3.complete_multipart_upload(Bucket=B, Key="big", UploadId=uid,
+                                                      MultipartUpload={"Parts": parts})))
+    else:
+        row("boto3", "GetObject of a dealt object", True,
+            s3.get_object(Bucket=B, Key="small")["Body"].read() == small)
+        row("boto3", "ranged GetObject of a dealt object", small[1000:2000],
+            s3.get_object(Bucket=B, Key="small", Range="bytes=1000-1999")["Body"].read())
+        row("boto3", "GetObject of a dealt multipart object", True,
+            s3.get_object(Bucket=B, Key="big")["Body"].read() == big)
+    bad = [r for r in ROWS if not r[4]]
+    print(f"{len(ROWS)} checks, {len(bad)} differ from S3")
+    sys.exit(1 if bad else 0)
 
 
 def crash(a, s3):

@@ -43,10 +43,16 @@ pub struct GatewayConfig {
     /// How long a client may take to send a request's headers, seconds.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
-    pub host: HostSection,
+    /// Sealed chunk size, bytes.
+    #[serde(default = "default_chunk")]
+    pub chunk_bytes: u32,
+    /// One host that mints links for its control token; or
+    pub host: Option<HostSection>,
+    /// paid storage deals on the chain, a copy on each host.
+    pub deals: Option<DealSection>,
 }
 
-/// The host objects are stored on (until the gateway stores through deals).
+/// A host objects are uploaded to through links it mints for its control token.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSection {
@@ -54,9 +60,24 @@ pub struct HostSection {
     pub control: String,
     /// Its control token (`control_token` in its host.toml).
     pub token: String,
-    /// Sealed chunk size, bytes.
-    #[serde(default = "default_chunk")]
-    pub chunk_bytes: u32,
+}
+
+/// Objects stored as deals: the gateway's key pays each host through the chain.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DealSection {
+    /// Miners' control addresses.
+    pub chain: Vec<String>,
+    /// Hosts' control addresses: one copy (one deal) on each.
+    pub hosts: Vec<String>,
+    /// How long each object is stored, days.
+    pub days: u32,
+    /// Blocks of storage instead of days (a devnet with short proof periods).
+    #[serde(default)]
+    pub period_blocks: Option<u64>,
+    /// The most paid, MASPC per GiB per day: a dearer host's offer is refused.
+    #[serde(default)]
+    pub max_price_per_gib_day: Option<u64>,
 }
 
 fn default_index() -> PathBuf {
@@ -97,8 +118,25 @@ impl api::config::RoleConfig for GatewayConfig {
         if self.request_timeout_secs == 0 || self.header_timeout_secs == 0 {
             return Err("timeouts: at least 1 second".into());
         }
-        proto::check_chunk_bytes(self.host.chunk_bytes)
-            .map_err(|e| format!("host.chunk_bytes: {e}"))?;
+        proto::check_chunk_bytes(self.chunk_bytes).map_err(|e| format!("chunk_bytes: {e}"))?;
+        match (&self.host, &self.deals) {
+            (Some(_), None) => {}
+            (None, Some(d)) => {
+                if d.chain.is_empty() || d.hosts.is_empty() {
+                    return Err("[deals]: chain and hosts need an address each at least".into());
+                }
+                if d.hosts.len() > crate::record::COPIES_MAX {
+                    return Err(format!(
+                        "[deals]: at most {} hosts",
+                        crate::record::COPIES_MAX
+                    ));
+                }
+                if d.days == 0 {
+                    return Err("[deals]: days at least 1".into());
+                }
+            }
+            _ => return Err("name either [host] (links) or [deals] (paid deals), not both".into()),
+        }
         Ok(())
     }
 }
@@ -117,8 +155,9 @@ impl GatewayConfig {
     }
 
     /// The configuration `mspace gateway init` writes (the key and secret files beside
-    /// it).
-    pub fn default_text(listen: &str, access_key: &str, control: &str, token: &str) -> String {
+    /// it); `store` is its `[host]` or `[deals]` table ([`GatewayConfig::host_table`],
+    /// [`GatewayConfig::deals_table`]).
+    pub fn default_text(listen: &str, access_key: &str, store: &str) -> String {
         format!(
             r#"# Market.space S3 gateway (mspace gateway run --config THIS_FILE).
 # The gateway seals every object on this machine and stores it on the host below; the
@@ -139,13 +178,46 @@ max_part_bytes = 5368709120
 max_requests = 64
 request_timeout_secs = 3600
 header_timeout_secs = 30
+# Plaintext bytes per sealed chunk.
+chunk_bytes = 8388608
 
+{store}"#
+        )
+    }
+
+    /// A `[host]` table: one host minting links for its control token.
+    pub fn host_table(control: &str, token: &str) -> String {
+        format!(
+            r#"# Objects go to this host, through links its control plane mints for its control
+# token (control_token in its host.toml). Nothing is paid on chain.
 [host]
-# The host's control plane and its control token (control_token in its host.toml).
 control = "{control}"
 token = "{token}"
-chunk_bytes = 8388608
 "#
+        )
+    }
+
+    /// A `[deals]` table: each object a paid deal on each host.
+    pub fn deals_table(chain: &[String], hosts: &[String], days: u32) -> String {
+        let list = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            r#"# Each object is a storage deal on each host (one copy each), paid from this
+# gateway's key (gateway.key: fund its account with MASPC) through the chain; a PUT
+# returns once every host's CRCs matched on chain.
+[deals]
+chain = [{}]
+hosts = [{}]
+days = {days}
+# period_blocks = 1000
+# max_price_per_gib_day = 100
+"#,
+            list(chain),
+            list(hosts)
         )
     }
 }

@@ -159,11 +159,28 @@ impl Gateway {
         std::fs::create_dir_all(&cfg.spool_dir)
             .map_err(|e| GatewayError::Setup(format!("create {}: {e}", cfg.spool_dir.display())))?;
         let index = Arc::new(index::Index::open(&cfg.index)?);
+        let placement = match (&cfg.host, &cfg.deals) {
+            (Some(h), _) => store::Placement::Links {
+                control: h.control.clone(),
+                token: h.token.clone(),
+            },
+            (None, Some(d)) => store::Placement::Deals {
+                chain: d.chain.clone(),
+                hosts: d.hosts.clone(),
+                days: d.days,
+                period_blocks: d.period_blocks,
+                max_price_per_gib_day: d.max_price_per_gib_day,
+            },
+            (None, None) => {
+                return Err(GatewayError::Setup(
+                    "the configuration names neither [host] nor [deals]".into(),
+                ))
+            }
+        };
         let store = Arc::new(store::HostStore {
-            control: cfg.host.control.clone(),
-            token: cfg.host.token.clone(),
+            placement,
             key,
-            chunk_bytes: cfg.host.chunk_bytes,
+            chunk_bytes: cfg.chunk_bytes,
             workers: engine::seal::default_workers(),
             spool: cfg.spool_dir.clone(),
         });

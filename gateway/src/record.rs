@@ -38,17 +38,30 @@ pub enum RecordError {
     Flags(u8),
     #[error("{0} bytes follow the record's end")]
     Trailing(usize),
+    #[error("the record lists {0} copies (1 to {COPIES_MAX})")]
+    Copies(usize),
 }
 
-/// Where an object's bytes are: a sealed file on one host.
+/// One copy of an object's sealed file: on which host, and under which deal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replica {
+    /// The host's key, as it signed the upload link or the deal: a download link must be
+    /// signed by it.
+    pub host_key: [u8; 32],
+    /// The host's control plane, where download links are asked for.
+    pub host: String,
+    /// The deal holding the file's manifest, when the copy was paid for on chain; None when
+    /// it was uploaded through a link the host minted with its control token.
+    pub deal: Option<[u8; 32]>,
+}
+
+/// Where an object's bytes are: one sealed file, in one or more copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     /// The sealed file's manifest id (what a download link grants).
     pub manifest: [u8; 32],
-    /// The host's key, as its upload link was signed: a download link must be signed by it.
-    pub host_key: [u8; 32],
-    /// The host's control plane, where download links are minted.
-    pub host: String,
+    /// At least one; all of them with a deal, or one without.
+    pub copies: Vec<Replica>,
     /// The file's share key (`mss1-...`): it opens the sealed file. It never leaves this
     /// machine.
     pub share_key: String,
@@ -91,6 +104,10 @@ pub struct PartRecord {
 }
 
 const FLAG_STORED: u8 = 1;
+/// Set with [`FLAG_STORED`] when the copies were paid for as deals.
+const FLAG_DEALS: u8 = 2;
+/// Copies of one object at most (one per host).
+pub const COPIES_MAX: usize = 16;
 
 struct W(Vec<u8>);
 
@@ -199,10 +216,14 @@ impl ObjectRecord {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = W(Vec::with_capacity(160));
         w.u8(RECORD_VERSION);
-        w.u8(if self.stored.is_some() {
-            FLAG_STORED
-        } else {
-            0
+        let deals = self
+            .stored
+            .as_ref()
+            .is_some_and(|s| !s.copies.is_empty() && s.copies.iter().all(|c| c.deal.is_some()));
+        w.u8(match (&self.stored, deals) {
+            (None, _) => 0,
+            (Some(_), false) => FLAG_STORED,
+            (Some(_), true) => FLAG_STORED | FLAG_DEALS,
         });
         w.u64(self.size);
         w.u64(self.modified_ms);
@@ -212,8 +233,17 @@ impl ObjectRecord {
         w.metadata(&self.metadata);
         if let Some(s) = &self.stored {
             w.0.extend_from_slice(&s.manifest);
-            w.0.extend_from_slice(&s.host_key);
-            w.str16(&s.host);
+            if deals {
+                w.u8(u8::try_from(s.copies.len()).unwrap_or(u8::MAX));
+                for c in &s.copies {
+                    w.0.extend_from_slice(&c.host_key);
+                    w.0.extend_from_slice(&c.deal.unwrap_or_default());
+                    w.str16(&c.host);
+                }
+            } else if let Some(c) = s.copies.first() {
+                w.0.extend_from_slice(&c.host_key);
+                w.str16(&c.host);
+            }
             w.str16(&s.share_key);
         }
         w.0
@@ -223,7 +253,7 @@ impl ObjectRecord {
         let mut r = R(bytes);
         r.version()?;
         let flags = r.u8("flags")?;
-        if flags & !FLAG_STORED != 0 {
+        if flags & !(FLAG_STORED | FLAG_DEALS) != 0 || flags == FLAG_DEALS {
             return Err(RecordError::Flags(flags));
         }
         let size = r.u64("size")?;
@@ -233,10 +263,33 @@ impl ObjectRecord {
         let content_type = r.str16("content type", CONTENT_TYPE_MAX)?;
         let metadata = r.metadata()?;
         let stored = if flags & FLAG_STORED != 0 {
+            let manifest = r.arr("manifest id")?;
+            let copies = if flags & FLAG_DEALS != 0 {
+                let n = usize::from(r.u8("copy count")?);
+                if n == 0 || n > COPIES_MAX {
+                    return Err(RecordError::Copies(n));
+                }
+                let mut copies = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let host_key = r.arr("host key")?;
+                    let deal = r.arr("deal id")?;
+                    copies.push(Replica {
+                        host_key,
+                        deal: Some(deal),
+                        host: r.str16("host address", ADDR_MAX)?,
+                    });
+                }
+                copies
+            } else {
+                vec![Replica {
+                    host_key: r.arr("host key")?,
+                    host: r.str16("host address", ADDR_MAX)?,
+                    deal: None,
+                }]
+            };
             Some(Stored {
-                manifest: r.arr("manifest id")?,
-                host_key: r.arr("host key")?,
-                host: r.str16("host address", ADDR_MAX)?,
+                manifest,
+                copies,
                 share_key: r.str16("share key", SHARE_MAX)?,
             })
         } else {
@@ -340,8 +393,11 @@ mod tests {
             metadata: vec![("colour".into(), "blue".into())],
             stored: Some(Stored {
                 manifest: [7; 32],
-                host_key: [9; 32],
-                host: "127.0.0.1:7001".into(),
+                copies: vec![Replica {
+                    host_key: [9; 32],
+                    host: "127.0.0.1:7001".into(),
+                    deal: None,
+                }],
                 share_key: "msk1-abc".into(),
             }),
         }
@@ -351,6 +407,30 @@ mod tests {
     fn records_round_trip() {
         let o = object();
         assert_eq!(ObjectRecord::decode(&o.encode()), Ok(o.clone()));
+        let mut dealt = o.clone();
+        let copy = |k: u8| Replica {
+            host_key: [k; 32],
+            host: format!("127.0.0.1:70{k:02}"),
+            deal: Some([k + 100; 32]),
+        };
+        if let Some(s) = &mut dealt.stored {
+            s.copies = vec![copy(1), copy(2)];
+        }
+        let bytes = dealt.encode();
+        assert_eq!(bytes[1], FLAG_STORED | FLAG_DEALS);
+        assert_eq!(ObjectRecord::decode(&bytes), Ok(dealt.clone()));
+        // The copy count is the byte after the manifest id.
+        let at = bytes.len() - (2 * (32 + 32 + 2 + 14)) - 2 - "msk1-abc".len() - 1;
+        assert_eq!(bytes[at], 2);
+        let mut none = bytes.clone();
+        none[at] = 0;
+        assert_eq!(ObjectRecord::decode(&none), Err(RecordError::Copies(0)));
+        let mut flags = bytes;
+        flags[1] = FLAG_DEALS;
+        assert_eq!(
+            ObjectRecord::decode(&flags),
+            Err(RecordError::Flags(FLAG_DEALS))
+        );
         let empty = ObjectRecord {
             stored: None,
             size: 0,

@@ -324,6 +324,8 @@ impl Gateway {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("tmp-") {
                 let _ = std::fs::remove_file(entry.path());
+            } else if name.starts_with("j-") {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
         for entry in std::fs::read_dir(&uploads).into_iter().flatten().flatten() {

@@ -1,7 +1,10 @@
-//! Where the gateway puts objects: sealed on this machine and uploaded to a configured
-//! host through links its control plane mints (with the host's control token), the same
-//! data plane `mspace put --link` uses. Each object is its own sealed file with a fresh
-//! random key; the share key that opens it stays in the gateway's index.
+//! Where the gateway puts objects. Each object is its own sealed file with a fresh random
+//! key, sealed on this machine; the share key that opens it stays in the gateway's index.
+//! Two placements ([`Placement`]): paid storage deals on the chain, one copy per
+//! configured host (`net::deal::store`, as `mspace put --host --chain` does: the gateway's
+//! key pays, the chain compares the CRCs, the hosts prove it every period), or one host
+//! that mints upload links for the gateway with its control token (the data plane alone, as
+//! `mspace put --link`).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -18,7 +21,7 @@ use proto::link::Link;
 use proto::{ChunkEntry, ChunkId, KdfParams, ShareKey};
 use rand_core::RngCore;
 
-use crate::record::Stored;
+use crate::record::{Replica, Stored};
 
 /// The key derivation for the gateway's objects: each object's passphrase is 32 random
 /// bytes, so a memory-hard KDF would add nothing but time; this is Argon2's minimum.
@@ -39,63 +42,122 @@ pub enum StoreError {
     Transfer { addr: String, reason: String },
     #[error("the host's link is not signed by the host that holds the object")]
     OtherHost,
+    #[error("storing as deals: {0}")]
+    Deal(String),
 }
 
-/// The configured host, and how objects are sealed for it.
+/// How objects reach hosts.
+#[derive(Clone, Debug)]
+pub enum Placement {
+    /// One host whose control plane mints links for its control token.
+    Links { control: String, token: String },
+    /// A storage deal on each host, paid through the chain.
+    Deals {
+        chain: Vec<String>,
+        hosts: Vec<String>,
+        days: u32,
+        /// Blocks of storage instead of days (devnets with short periods).
+        period_blocks: Option<u64>,
+        max_price_per_gib_day: Option<u64>,
+    },
+}
+
+/// The hosts objects go to, and how they are sealed for them.
 pub struct HostStore {
-    /// Its control plane (`host:port`).
-    pub control: String,
-    /// Its control token (the host's configuration holds it).
-    pub token: String,
-    /// The gateway's key: links are bound to it.
+    pub placement: Placement,
+    /// The gateway's key: links are bound to it, and with deals its account pays.
     pub key: SigningKey,
     pub chunk_bytes: u32,
     pub workers: usize,
-    /// Where upload journals and downloads in progress live.
+    /// Where each upload's journals live while it runs (a `j-*` folder each).
     pub spool: PathBuf,
 }
 
 impl std::fmt::Debug for HostStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostStore")
-            .field("control", &self.control)
+            .field("placement", &self.placement)
             .field("chunk_bytes", &self.chunk_bytes)
             .finish_non_exhaustive()
     }
 }
 
-impl HostStore {
-    async fn mint(&self, grant: api::LinkGrant) -> Result<Link, StoreError> {
-        let control = |reason: String| StoreError::Control {
-            addr: self.control.clone(),
-            reason,
-        };
-        let c = api::host_client(&self.control)
-            .await
-            .map_err(|e| control(e.to_string()))?;
-        let text = c
-            .mint_link(
+/// A link from a host's control plane: minted with its token (`deal: None`) or asked for
+/// a deal this gateway paid (`deal_link`, the payment is the authorization).
+async fn host_link(
+    control: &str,
+    token: &str,
+    key: &SigningKey,
+    grant: api::LinkGrant,
+    deal: Option<[u8; 32]>,
+) -> Result<Link, StoreError> {
+    let fail = |reason: String| StoreError::Control {
+        addr: control.to_owned(),
+        reason,
+    };
+    let c = api::host_client(control)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let text = match deal {
+        Some(d) => c.deal_link(tarpc::context::current(), d, true).await,
+        None => {
+            c.mint_link(
                 tarpc::context::current(),
                 api::LinkRequest {
-                    token: self.token.clone(),
+                    token: token.to_owned(),
                     grant,
                     ttl_secs: LINK_TTL.as_secs(),
-                    bearer: Some(self.key.verification_key().to_bytes()),
+                    bearer: Some(key.verification_key().to_bytes()),
                 },
             )
             .await
-            .map_err(|e| control(e.to_string()))?
-            .map_err(|e| control(e.to_string()))?;
-        Link::parse(&text)
-            .map_err(|e| control(format!("it minted a link that does not parse: {e}")))
+        }
+    }
+    .map_err(|e| fail(e.to_string()))?
+    .map_err(|e| fail(e.to_string()))?;
+    Link::parse(&text).map_err(|e| fail(format!("it gave a link that does not parse: {e}")))
+}
+
+impl HostStore {
+    /// Seals the file at `path` (of `size` bytes, more than 0) and stores it: a deal on
+    /// each host, or an upload through a minted link.
+    pub async fn put(&self, path: &Path, size: u64) -> Result<Stored, StoreError> {
+        // The upload's journals and locks live in a folder of their own, gone after it:
+        // an object is never resumed (a restarted gateway has dropped its spooled body).
+        let mut id = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut id);
+        let journals = self
+            .spool
+            .join(format!("j-{}", data_encoding::HEXLOWER.encode(&id)));
+        let stored = match &self.placement {
+            Placement::Links { control, token } => {
+                self.put_link(path, size, control, token, &journals).await
+            }
+            Placement::Deals { .. } => self.put_deals(path, &journals).await,
+        };
+        let _ = std::fs::remove_dir_all(&journals);
+        stored
     }
 
-    /// Seals the file at `path` (of `size` bytes, more than 0) and uploads it.
-    pub async fn put(&self, path: &Path, size: u64) -> Result<Stored, StoreError> {
+    async fn put_link(
+        &self,
+        path: &Path,
+        size: u64,
+        control: &str,
+        token: &str,
+        journals: &Path,
+    ) -> Result<Stored, StoreError> {
         let chunks = proto::Manifest::chunk_count_for(size, self.chunk_bytes);
         // The sealed bytes and the manifest (a few dozen bytes per chunk), with room.
         let bytes_max = net::deal::sealed_estimate(size, self.chunk_bytes) + chunks * 128 + 65536;
-        let link = self.mint(api::LinkGrant::Upload { bytes_max }).await?;
+        let link = host_link(
+            control,
+            token,
+            &self.key,
+            api::LinkGrant::Upload { bytes_max },
+            None,
+        )
+        .await?;
         let mut passphrase = zeroize::Zeroizing::new(vec![0u8; 32]);
         rand_core::OsRng.fill_bytes(&mut passphrase);
         let job = PutJob {
@@ -108,7 +170,7 @@ impl HostStore {
             chunk_bytes: self.chunk_bytes,
             workers: self.workers,
             kdf: OBJECT_KDF,
-            journal_dir: self.spool.clone(),
+            journal_dir: journals.to_owned(),
             preset: None,
         };
         let done = put_file(&job, Arc::new(|_, _| {}))
@@ -119,10 +181,94 @@ impl HostStore {
             })?;
         Ok(Stored {
             manifest: done.manifest_id.0,
-            host_key: link.host_key,
-            host: self.control.clone(),
+            copies: vec![Replica {
+                host_key: link.host_key,
+                host: control.to_owned(),
+                deal: None,
+            }],
             share_key: done.share_key.to_string(),
         })
+    }
+
+    /// One paid deal per configured host (`net::deal::store`): returns once every host's
+    /// CRCs matched on chain and storage time runs.
+    async fn put_deals(&self, path: &Path, journals: &Path) -> Result<Stored, StoreError> {
+        let Placement::Deals {
+            chain,
+            hosts,
+            days,
+            period_blocks,
+            max_price_per_gib_day,
+        } = &self.placement
+        else {
+            return Err(StoreError::OtherHost);
+        };
+        let mut passphrase = zeroize::Zeroizing::new(vec![0u8; 32]);
+        rand_core::OsRng.fill_bytes(&mut passphrase);
+        let job = net::deal::DealJob {
+            file: path.to_owned(),
+            hosts: hosts.clone(),
+            chain: chain.clone(),
+            days: *days,
+            period_blocks: *period_blocks,
+            key: self.key.clone(),
+            passphrase,
+            kdf: OBJECT_KDF,
+            chunk_bytes: self.chunk_bytes,
+            workers: self.workers,
+            journal_dir: journals.to_owned(),
+            via: Vec::new(),
+            max_proxy_price: 0,
+            host_keys: Vec::new(),
+            max_price_per_gib_day: *max_price_per_gib_day,
+            exchange: None,
+            download_fee: 0,
+            insurance: None,
+        };
+        let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
+        let done = net::deal::store(&job, Arc::new(|_, _| {}), quiet)
+            .await
+            .map_err(|e| StoreError::Deal(e.to_string()))?;
+        Ok(Stored {
+            manifest: done.plan.manifest.id.0,
+            copies: done
+                .placed
+                .iter()
+                .map(|p| Replica {
+                    host_key: p.host,
+                    host: p.host_addr.clone(),
+                    deal: Some(p.deal.0),
+                })
+                .collect(),
+            share_key: done.share_key.to_string(),
+        })
+    }
+
+    /// A download link for `stored` from the first copy's host that gives one.
+    async fn download_link(&self, stored: &Stored) -> Result<Link, StoreError> {
+        let token = match &self.placement {
+            Placement::Links { token, .. } => token.as_str(),
+            Placement::Deals { .. } => "",
+        };
+        let mut last = StoreError::OtherHost;
+        for c in &stored.copies {
+            match host_link(
+                &c.host,
+                token,
+                &self.key,
+                api::LinkGrant::Download {
+                    manifest: stored.manifest,
+                },
+                c.deal,
+            )
+            .await
+            {
+                Ok(link) if link.host_key == c.host_key => return Ok(link),
+                Ok(_) => last = StoreError::OtherHost,
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Bytes `range` of a stored object, as a stream of verified plaintext: only the
@@ -130,14 +276,7 @@ impl HostStore {
     /// [`READ_AHEAD_BYTES`] of sealed chunks in flight), each checked against its BLAKE3 id
     /// and decrypted before any of it is given out. Nothing touches the disk here.
     pub async fn read(&self, stored: &Stored, range: Range<u64>) -> Result<Reading, StoreError> {
-        let link = self
-            .mint(api::LinkGrant::Download {
-                manifest: stored.manifest,
-            })
-            .await?;
-        if link.host_key != stored.host_key {
-            return Err(StoreError::OtherHost);
-        }
+        let link = self.download_link(stored).await?;
         let transfer = |reason: String| StoreError::Transfer {
             addr: link.addr.clone(),
             reason,

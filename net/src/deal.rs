@@ -50,6 +50,9 @@ pub struct DealJob {
     /// The sender's key: its account pays, and it is the links' bearer.
     pub key: SigningKey,
     pub passphrase: zeroize::Zeroizing<Vec<u8>>,
+    /// How the passphrase becomes the file's key (`KdfParams::DEFAULT` for a person's
+    /// passphrase; a program with a random one may use Argon2's minimum).
+    pub kdf: KdfParams,
     pub chunk_bytes: u32,
     pub workers: usize,
     pub journal_dir: PathBuf,
@@ -544,19 +547,11 @@ pub async fn store(
     let mtime = mtime_nanos(&std::fs::metadata(&job.file)?);
     let found = Journal::find(&pending, &PENDING_DEAL_ID, size, mtime, job.chunk_bytes)
         .map(|(h, _)| (h.salt, h.file_id));
-    let (file, pass) = (job.file.clone(), job.passphrase.clone());
+    let (file, pass, kdf) = (job.file.clone(), job.passphrase.clone(), job.kdf);
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let p = Arc::clone(&progress);
     let plan = tokio::task::spawn_blocking(move || {
-        plan_deal(
-            &file,
-            &pass,
-            chunk_bytes,
-            KdfParams::DEFAULT,
-            workers,
-            &*p,
-            found,
-        )
+        plan_deal(&file, &pass, chunk_bytes, kdf, workers, &*p, found)
     })
     .await
     .map_err(|e| NetError::Protocol(format!("the sealing task failed: {e}")))??;

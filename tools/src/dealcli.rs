@@ -72,6 +72,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         period_blocks: args.period_blocks,
         key,
         passphrase: zeroize::Zeroizing::new(Vec::new()),
+        kdf: proto::KdfParams::DEFAULT,
         chunk_bytes: args.chunk_size,
         workers: workers(args.workers)?,
         journal_dir: state_dir()?,

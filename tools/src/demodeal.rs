@@ -231,6 +231,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             period_blocks: Some(PROOF_PERIOD * PERIODS),
             key: client.clone(),
             passphrase: zeroize::Zeroizing::new(pass.to_vec()),
+            kdf: proto::KdfParams::DEFAULT,
             chunk_bytes: proto::CHUNK_BYTES_DEFAULT,
             workers: engine::seal::default_workers(),
             journal_dir: dir.join("client-state"),

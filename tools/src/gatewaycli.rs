@@ -36,12 +36,24 @@ struct InitArgs {
     /// Address to serve S3 on.
     #[arg(long, default_value = "127.0.0.1:9000")]
     listen: String,
-    /// The host's control address (`control_listen` in its host.toml).
-    #[arg(long)]
-    host_control: String,
+    /// Store on one host through links it mints: its control address (`control_listen`
+    /// in its host.toml).
+    #[arg(long, requires = "host_token", conflicts_with_all = ["chain", "deal_host"])]
+    host_control: Option<String>,
     /// The host's control token (`control_token` in its host.toml).
-    #[arg(long, env = "MSPACE_HOST_TOKEN")]
-    host_token: String,
+    #[arg(long, env = "MSPACE_HOST_TOKEN", hide_env_values = true)]
+    host_token: Option<String>,
+    /// Store as paid deals instead: a miner's control address (repeat: the first that
+    /// answers is used).
+    #[arg(long, requires_all = ["deal_host", "days"])]
+    chain: Vec<String>,
+    /// With --chain: a host's control address to keep one copy of each object on (repeat
+    /// for more copies).
+    #[arg(long)]
+    deal_host: Vec<String>,
+    /// With --chain: days each object is stored.
+    #[arg(long)]
+    days: Option<u32>,
 }
 
 pub fn gateway(args: GatewayArgs) -> Result<()> {
@@ -64,7 +76,16 @@ fn init(a: &InitArgs) -> Result<()> {
     let base = crate::netcli::config_folder(&a.config)?;
     let access = format!("MS{}", data_encoding::BASE32_NOPAD.encode(&random(10)));
     let secret = data_encoding::BASE64URL_NOPAD.encode(&random(30));
-    let text = GatewayConfig::default_text(&a.listen, &access, &a.host_control, &a.host_token);
+    let store = match (&a.host_control, &a.host_token, a.days) {
+        (Some(c), Some(t), _) => GatewayConfig::host_table(c, t),
+        (None, _, Some(days)) if !a.chain.is_empty() && !a.deal_host.is_empty() => {
+            GatewayConfig::deals_table(&a.chain, &a.deal_host, days)
+        }
+        _ => anyhow::bail!(
+            "name where objects go: --host-control ADDR --host-token TOKEN (one host, through links), or --chain MINER --deal-host HOST --days D (paid deals)"
+        ),
+    };
+    let text = GatewayConfig::default_text(&a.listen, &access, &store);
     let parsed: GatewayConfig =
         toml::from_str(&text).context("the configuration written does not parse")?;
     api::config::RoleConfig::check(&parsed).map_err(anyhow::Error::msg)?;
@@ -97,9 +118,19 @@ fn run(config: &std::path::Path) -> Result<()> {
         if let Some(m) = gw.metrics_addr() {
             println!("metrics on http://{m}/metrics");
         }
+        let placement = match (&cfg.host, &cfg.deals) {
+            (Some(h), _) => format!("on the host at {}", h.control),
+            (None, Some(d)) => format!(
+                "as deals of {} days on {} (paid through {})",
+                d.days,
+                d.hosts.join(", "),
+                d.chain.join(", ")
+            ),
+            (None, None) => String::new(),
+        };
         println!(
-            "S3 gateway on http://{addr} (access key {}), storing on the host at {}",
-            cfg.access_key, cfg.host.control
+            "S3 gateway on http://{addr} (access key {}), storing {placement}",
+            cfg.access_key
         );
         let serve = tokio::spawn(gw.serve());
         tokio::select! {

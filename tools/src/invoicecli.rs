@@ -256,6 +256,7 @@ async fn deliver(
         period_blocks: c.period_blocks,
         key: key.clone(),
         passphrase: zeroize::Zeroizing::new(hex(&pass).into_bytes()),
+        kdf: proto::KdfParams::DEFAULT,
         chunk_bytes: 64 << 10,
         workers: 1,
         journal_dir: state_dir()?,

@@ -806,6 +806,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         period_blocks: Some(PERIOD_BLOCKS),
         key: ed25519_consensus::SigningKey::from(seed),
         passphrase: zeroize::Zeroizing::new(pass.clone()),
+        kdf: proto::KdfParams::DEFAULT,
         chunk_bytes: CHUNK,
         workers: 1,
         journal_dir: dir.path().join("journal"),
@@ -2482,4 +2483,110 @@ fn a_proxy_is_paid_its_receipts_from_the_clients_allowance_once_across_a_crash()
         released["allowance_release_at"].as_u64().is_some(),
         "{released}"
     );
+}
+
+/// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
+/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
+/// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
+/// reads it back through the deals' links; with one host killed, every object still comes
+/// back, from the other copy.
+#[test]
+fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 12, 2, &[]);
+    let python = super::gateway::installed("scripts/s3-clients.sh");
+    let cfg = s(&dir.path().join("gw/gateway.toml"));
+    let s3 = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let init = mspace(
+        &[
+            "gateway",
+            "init",
+            "--config",
+            &cfg,
+            "--listen",
+            &s3,
+            "--chain",
+            &m0,
+            "--deal-host",
+            &hosts[0].control,
+            "--deal-host",
+            &hosts[1].control,
+            "--days",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let access = super::gateway::access_key(&init.stdout);
+    let gw_key = init
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway key "))
+        .unwrap()
+        .to_owned();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "# period_blocks = 1000",
+            &format!("period_blocks = {blocks}"),
+        ),
+    )
+    .unwrap();
+    json(&[
+        "chain", "transfer", "--key", &client, "--to", &gw_key, "--asset", "maspc", "--amount",
+        "500", "--miner", &m0, "--wait", "60s", "--json",
+    ]);
+    let _gw = super::net::start(&["gateway", "run", "--config", &cfg], &[], "S3 gateway on");
+    let check = |phase: &str| {
+        let out = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-check.py"))
+            .args([
+                "--endpoint",
+                &format!("http://{s3}"),
+                "--access-key",
+                &access,
+            ])
+            .args(["--secret-file", &s(&dir.path().join("gw/gateway.secret"))])
+            .args(["--work", &s(&dir.path().join("work")), "--phase", phase])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{shown}");
+        assert!(
+            out.status.success(),
+            "{shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown
+    };
+    assert!(check("deal-put").contains("3 checks, 0 differ from S3"));
+    // Two objects, two copies each: four deals of the gateway's key, active, one per host
+    // and object.
+    let listed = json(&[
+        "deals",
+        "--key",
+        &s(&dir.path().join("gw/gateway.key")),
+        "--chain",
+        &m0,
+        "--json",
+    ]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for h in &hosts {
+        let on: Vec<_> = listed
+            .iter()
+            .filter(|d| d["host"] == h.key.as_str())
+            .collect();
+        assert_eq!(on.len(), 2, "{listed:?}");
+        assert!(on.iter().all(|d| d["state"] == "active"), "{listed:?}");
+    }
+    drop(hosts[0].proc.take());
+    assert!(check("deal-get").contains("3 checks, 0 differ from S3"));
 }

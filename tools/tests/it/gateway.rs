@@ -27,6 +27,32 @@ pub(crate) fn installed(script: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The S3 access key `mspace gateway init` printed.
+pub(crate) fn access_key(init_stdout: &str) -> String {
+    init_stdout
+        .split("access key ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap()
+        .to_owned()
+}
+
+/// scripts/s3-check.py against a gateway, in `phase`.
+pub(crate) fn s3_check(
+    python: &str,
+    endpoint: &str,
+    access: &str,
+    secret: &str,
+    work: &str,
+    phase: &str,
+) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("scripts/s3-check.py"))
+        .args(["--endpoint", endpoint, "--access-key", access])
+        .args(["--secret-file", secret, "--work", work, "--phase", phase]);
+    cmd
+}
+
 fn spool_leftovers(spool: &Path) -> Vec<String> {
     std::fs::read_dir(spool)
         .unwrap()
@@ -70,13 +96,7 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
         &[("MSPACE_HOST_TOKEN", token.as_str())],
     );
     assert_eq!(init.code, 0, "{}", init.stderr);
-    let access = init
-        .stdout
-        .split("access key ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap()
-        .to_owned();
+    let access = access_key(&init.stdout);
     let again = mspace(
         &[
             "gateway",
@@ -104,18 +124,8 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     let endpoint = format!("http://{s3}");
     let secret = d("gw/gateway.secret");
     let check = |phase: &str, extra: &[&str]| {
-        let mut cmd = Command::new(&python);
-        cmd.arg(repo().join("scripts/s3-check.py"))
-            .args(["--endpoint", &endpoint, "--access-key", &access])
-            .args([
-                "--secret-file",
-                &secret,
-                "--work",
-                &d("work"),
-                "--phase",
-                phase,
-            ])
-            .args(extra);
+        let mut cmd = s3_check(&python, &endpoint, &access, &secret, &d("work"), phase);
+        cmd.args(extra);
         cmd
     };
 
