@@ -37,7 +37,7 @@ def main():
     o.binary_location = "/usr/bin/chromium"
     for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1000", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
+                 "--window-size=1200,1150", f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
         o.add_argument(flag)
     d = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=o)
     seen = {}

@@ -59,6 +59,17 @@ pub enum Kind {
     ClockSkew,
 }
 
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kind, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("no alert kind {s:?}"))
+    }
+}
+
 impl Kind {
     pub const ALL: [Kind; 8] = [
         Kind::ChainUnreachable,
@@ -348,6 +359,9 @@ pub struct ChainSnapshot {
 #[derive(Debug, Default)]
 struct State {
     active: Vec<Alert>,
+    /// Active alerts the operator dismissed from the dashboard (kind, subject): hidden
+    /// there until they clear (raised again, they show again).
+    dismissed: std::collections::BTreeSet<(Kind, String)>,
     events: VecDeque<Event>,
     chain: Option<ChainSnapshot>,
     samples: VecDeque<Sample>,
@@ -399,6 +413,12 @@ impl Watch {
             next.push(f);
         }
         s.active = next;
+        let still: std::collections::BTreeSet<(Kind, String)> = s
+            .active
+            .iter()
+            .map(|a| (a.kind, a.subject.clone()))
+            .collect();
+        s.dismissed.retain(|d| still.contains(d));
         for e in &events {
             if s.events.len() == EVENTS_KEPT {
                 s.events.pop_front();
@@ -410,6 +430,23 @@ impl Watch {
 
     pub fn active(&self) -> Vec<Alert> {
         self.lock().active.clone()
+    }
+
+    /// Hides an active alert from the dashboard until it clears; false if none is active.
+    pub fn dismiss(&self, kind: Kind, subject: &str) -> bool {
+        let mut s = self.lock();
+        let active = s
+            .active
+            .iter()
+            .any(|a| a.kind == kind && a.subject == subject);
+        if active {
+            s.dismissed.insert((kind, subject.to_owned()));
+        }
+        active
+    }
+
+    pub fn is_dismissed(&self, a: &Alert) -> bool {
+        self.lock().dismissed.contains(&(a.kind, a.subject.clone()))
     }
 
     pub fn set_chain(&self, c: ChainSnapshot) {
@@ -879,6 +916,14 @@ mod tests {
         assert_eq!((e[0].state.as_str(), e[0].at_ms), ("cleared", 30));
         assert!(a.active().is_empty());
         let states: Vec<String> = a.events().into_iter().map(|e| e.state).collect();
+        // Dismissed while active; forgotten once cleared, so a new raise shows again.
+        a.update(found("95%"), 40);
+        assert!(a.dismiss(Kind::DiskFull, "/d"));
+        assert!(!a.dismiss(Kind::ClockSkew, ""));
+        assert!(a.is_dismissed(&a.active()[0]));
+        a.update(vec![], 50);
+        a.update(found("96%"), 60);
+        assert!(!a.is_dismissed(&a.active()[0]));
         assert_eq!(states, ["cleared", "raised"]);
     }
 }

@@ -210,7 +210,7 @@ impl HostControl {
             chain_id,
             host: self.key.verification_key().to_bytes(),
             seq,
-            price_per_gib_day: self.pricing.price(s.live_bytes, s.capacity_bytes),
+            price_per_gib_day: self.pricing_now().price(s.live_bytes, s.capacity_bytes),
             free_bytes: s.capacity_bytes.saturating_sub(s.live_bytes),
             min_days: 1,
             max_days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
@@ -249,7 +249,7 @@ impl HostControl {
                 Err(OfferRefusal::BadTerms("not for this host".into())),
             )
         };
-        let price = self.pricing.price(s.live_bytes, s.capacity_bytes);
+        let price = self.pricing_now().price(s.live_bytes, s.capacity_bytes);
         let backing = backing.ok().filter(|_| price <= req.max_price_per_gib_day);
         let bid = proto::market::Bid {
             chain_id,
@@ -367,6 +367,17 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 impl HostControl {
+    /// The pricing policy now: the configuration's, with the base price the operator set
+    /// from the dashboard, if any.
+    pub fn pricing_now(&self) -> market::pricing::Pricing {
+        let mut p = self.pricing;
+        if let Some(base) = self.host.price_override() {
+            p.base = base;
+            p.floor = p.floor.min(base);
+        }
+        p
+    }
+
     /// The active alerts, critical first.
     pub fn alert_views(&self) -> Vec<api::AlertView> {
         let mut active = self.host.watch().active();
@@ -425,7 +436,7 @@ impl HostApi for HostControl {
                     chain_id,
                     host: self.key.verification_key().to_bytes(),
                     id,
-                    price_per_gib_day: self.pricing.price(s.live_bytes, s.capacity_bytes),
+                    price_per_gib_day: self.pricing_now().price(s.live_bytes, s.capacity_bytes),
                     proof_period_blocks,
                     max_days: self.max_days,
                     bytes_max: free,
@@ -827,7 +838,7 @@ impl HostControl {
                         }
                     };
                     Some(crate::host::IssuedOffer {
-                        price_per_gib_day: self.pricing.lowest(),
+                        price_per_gib_day: self.pricing_now().lowest(),
                         days: u32::try_from(days).unwrap_or(u32::MAX),
                         bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
                         expiry_unix_secs: 0,

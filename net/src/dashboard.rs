@@ -1,17 +1,22 @@
 //! The host's dashboard: one server-rendered page (axum, askama) an operator reads at a
 //! glance, its live part refreshed every 5 s by htmx (vendored in net/assets, embedded in
-//! the binary), and the same figures as JSON. Read-only: it shows what the store, the
-//! data plane's counters and the watcher ([`crate::alerts`]) know, and changes nothing.
+//! the binary), and the same figures as JSON. It shows what the store, the data plane's
+//! counters and the watcher ([`crate::alerts`]) know. Two actions, each refused without
+//! the host's control token in the form: dismiss an alert (hidden here until it clears)
+//! and set the base price (kept in the state directory's `price` file, read again at
+//! start); with no control token configured there are none.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use std::collections::HashMap;
+
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use engine::store::Engine;
 use serde::Serialize;
 
@@ -24,6 +29,13 @@ const HTMX: &str = include_str!("../assets/htmx.min.js");
 /// What the dashboard reads.
 #[derive(Clone)]
 pub struct Dashboard {
+    pub host: Arc<crate::host::Host>,
+    /// The control token the actions need; None: no actions.
+    pub token: Option<String>,
+    /// Where a price set here is kept (`<state_dir>/price`).
+    pub price_file: PathBuf,
+    /// The base price of the configuration (MASPC per GiB per day).
+    pub price_configured: u64,
     pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub watch: Arc<Watch>,
@@ -50,6 +62,7 @@ impl std::fmt::Debug for Dashboard {
 pub struct AlertRow {
     pub severity: String,
     pub kind: String,
+    pub subject: String,
     pub message: String,
     pub since: String,
 }
@@ -130,6 +143,13 @@ pub struct Page {
     pub refused: Vec<(String, u64)>,
     pub follows_chain: bool,
     pub chain: Option<ChainPart>,
+    /// The base price asked now, whether it was set here (over the configuration's), and
+    /// whether the actions are on (a control token is configured).
+    pub price: u64,
+    pub price_set_here: bool,
+    pub actions: bool,
+    /// Active alerts dismissed here (not in `alerts`).
+    pub dismissed: usize,
     /// Inline SVG charts (numbers only: nothing from outside the host goes into them).
     #[serde(skip)]
     pub stored_chart: String,
@@ -362,6 +382,9 @@ impl Dashboard {
             .collect();
         let mut alerts = self.watch.active();
         alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
+        let all = alerts.len();
+        alerts.retain(|a| !self.watch.is_dismissed(a));
+        let dismissed = all - alerts.len();
         let refused = (1..16u16)
             .filter_map(ErrorCode::from_u16)
             .map(|c| (c.name().to_owned(), self.metrics.refused(c)))
@@ -379,6 +402,7 @@ impl Dashboard {
                 .map(|a| AlertRow {
                     severity: a.severity.name().into(),
                     kind: a.kind.name().into(),
+                    subject: a.subject,
                     message: a.message,
                     since: ago(now.saturating_sub(a.since_ms)),
                 })
@@ -410,14 +434,92 @@ impl Dashboard {
             refused,
             follows_chain: self.follows_chain,
             chain: chain_part(self, now),
+            price: self.host.price_override().unwrap_or(self.price_configured),
+            price_set_here: self.host.price_override().is_some(),
+            actions: self.token.is_some(),
+            dismissed,
             stored_chart,
             traffic_chart,
         }
     }
 
+    /// Whether `given` is the control token (compared in constant time).
+    fn token_ok(&self, given: Option<&String>) -> bool {
+        match (&self.token, given) {
+            (Some(t), Some(g)) => {
+                t.len() == g.len()
+                    && t.bytes()
+                        .zip(g.bytes())
+                        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                        == 0
+            }
+            _ => false,
+        }
+    }
+
+    /// POST /price: `token`, `price` (MASPC per GiB per day; empty: back to the
+    /// configuration's).
+    fn set_price(&self, form: &HashMap<String, String>) -> Response {
+        if !self.token_ok(form.get("token")) {
+            return refused();
+        }
+        let wanted = match form.get("price").map(|p| p.trim()) {
+            None | Some("") => None,
+            Some(p) => match p.parse::<u64>() {
+                Ok(v) if v < u64::MAX => Some(v),
+                _ => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        format!("price {p:?} is not a whole number of MASPC"),
+                    )
+                        .into_response()
+                }
+            },
+        };
+        let kept = match wanted {
+            Some(v) => std::fs::write(&self.price_file, format!("{v}\n")),
+            None => match std::fs::remove_file(&self.price_file) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            },
+        };
+        if let Err(e) = kept {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "cannot keep the price in {}: {e}",
+                    self.price_file.display()
+                ),
+            )
+                .into_response();
+        }
+        self.host.set_price_override(wanted);
+        tracing::info!(price = ?wanted, "base price set from the dashboard");
+        Redirect::to("/").into_response()
+    }
+
+    /// POST /alerts/dismiss: `token`, `kind`, `subject`.
+    fn dismiss(&self, form: &HashMap<String, String>) -> Response {
+        if !self.token_ok(form.get("token")) {
+            return refused();
+        }
+        let kind = match form.get("kind").map(|k| k.parse::<crate::alerts::Kind>()) {
+            Some(Ok(k)) => k,
+            Some(Err(e)) => return (StatusCode::BAD_REQUEST, e).into_response(),
+            None => return (StatusCode::BAD_REQUEST, "no kind").into_response(),
+        };
+        let subject = form.get("subject").map_or("", String::as_str);
+        if self.watch.dismiss(kind, subject) {
+            Redirect::to("/").into_response()
+        } else {
+            (StatusCode::NOT_FOUND, "no such alert is active").into_response()
+        }
+    }
+
     pub fn router(self) -> Router {
         let d = Arc::new(self);
-        let (a, b, c) = (Arc::clone(&d), Arc::clone(&d), d);
+        let (a, b, c) = (Arc::clone(&d), Arc::clone(&d), Arc::clone(&d));
+        let (e, f) = (Arc::clone(&d), d);
         Router::new()
             .route(
                 "/",
@@ -432,6 +534,18 @@ impl Dashboard {
                 get(move || async move { axum::Json(c.page()) }),
             )
             .route(
+                "/price",
+                post(move |Form(form): Form<HashMap<String, String>>| async move {
+                    e.set_price(&form)
+                }),
+            )
+            .route(
+                "/alerts/dismiss",
+                post(move |Form(form): Form<HashMap<String, String>>| async move {
+                    f.dismiss(&form)
+                }),
+            )
+            .route(
                 "/htmx.min.js",
                 get(|| async {
                     (
@@ -444,6 +558,14 @@ impl Dashboard {
                 }),
             )
     }
+}
+
+fn refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the control token (control_token in host.toml) is missing or wrong",
+    )
+        .into_response()
 }
 
 fn render(t: &impl Template) -> Response {
@@ -489,6 +611,7 @@ mod tests {
             alerts: vec![AlertRow {
                 severity: "critical".into(),
                 kind: "data_dir_failing".into(),
+                subject: "/d".into(),
                 message: "/d/<script>alert(1)</script> fails".into(),
                 since: "1 s".into(),
             }],
@@ -525,6 +648,10 @@ mod tests {
                 challenge: "period 2: proven".into(),
                 deals: vec![],
             }),
+            price: 12,
+            price_set_here: true,
+            actions: true,
+            dismissed: 1,
             stored_chart: chart("s", &[], 10, 10),
             traffic_chart: chart("t", &[], 10, 10),
         }
@@ -544,6 +671,9 @@ mod tests {
             "hx-get=\"/live\"",
             "<script src=\"/htmx.min.js\"></script>",
             "NotFound",
+            "action=\"/alerts/dismiss\"",
+            "<b id=\"price\">12</b>",
+            "1 dismissed",
         ] {
             assert!(html.contains(want), "{want} missing");
         }

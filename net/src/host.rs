@@ -51,6 +51,9 @@ pub struct Host {
     metrics: Arc<Metrics>,
     /// What its watcher saw: alerts, the chain, samples (`crate::alerts::run`).
     watch: Arc<crate::alerts::Watch>,
+    /// The base price the operator set from the dashboard (`u64::MAX`: none; the
+    /// configuration's applies).
+    price_override: std::sync::atomic::AtomicU64,
     /// The host-wide memory budget, in KiB.
     memory: Arc<Semaphore>,
     /// Chunk lists of files being downloaded, read once from the state directory.
@@ -111,6 +114,7 @@ impl Host {
             retention_secs,
             metrics: Arc::new(Metrics::default()),
             watch: Arc::default(),
+            price_override: std::sync::atomic::AtomicU64::new(u64::MAX),
             objects: Mutex::new(HashMap::new()),
             open: watch::channel(0).0,
             offers: Mutex::new(HashMap::new()),
@@ -136,6 +140,24 @@ impl Host {
 
     pub fn watch(&self) -> &Arc<crate::alerts::Watch> {
         &self.watch
+    }
+
+    /// The base price (MASPC per GiB per day) set over the configuration's, if any.
+    pub fn price_override(&self) -> Option<u64> {
+        match self
+            .price_override
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            u64::MAX => None,
+            p => Some(p),
+        }
+    }
+
+    pub fn set_price_override(&self, base: Option<u64>) {
+        self.price_override.store(
+            base.unwrap_or(u64::MAX).min(u64::MAX - 1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

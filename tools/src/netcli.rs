@@ -644,6 +644,23 @@ fn host_run(config: &Path) -> Result<()> {
         cfg.limits.clone(),
         cfg.retention_days.saturating_mul(86_400),
     ));
+    // A base price set from the dashboard outlives restarts (delete the file, or set an
+    // empty price there, to go back to host.toml's).
+    let price_file = cfg.state_dir.join("price");
+    match std::fs::read_to_string(&price_file) {
+        Ok(t) => {
+            let p: u64 = t.trim().parse().with_context(|| {
+                format!(
+                    "{}: not a price (delete it to use host.toml's)",
+                    price_file.display()
+                )
+            })?;
+            host.set_price_override(Some(p));
+            tracing::info!(price = p, "base price set from the dashboard earlier");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read {}", price_file.display())),
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let addr = tokio::net::lookup_host(&cfg.listen)
@@ -679,6 +696,10 @@ fn host_run(config: &Path) -> Result<()> {
                 .with_context(|| format!("cannot listen on {addr} for the dashboard"))?;
             println!("dashboard on http://{}/", l.local_addr()?);
             let d = net::dashboard::Dashboard {
+                host: Arc::clone(&host),
+                token: cfg.control_token.clone(),
+                price_file: cfg.state_dir.join("price"),
+                price_configured: cfg.price_per_gib_day,
                 engine: Arc::clone(&engine),
                 metrics: Arc::clone(host.metrics()),
                 watch: Arc::clone(host.watch()),

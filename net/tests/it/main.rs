@@ -936,17 +936,7 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
     let status = c.status(ctx()).await.unwrap();
     assert_eq!(status.data_addr, h.addr.to_string());
     assert_eq!(status.chunks, 0);
-    let offer = c
-        .offer(
-            ctx(),
-            StorageRequest {
-                bytes: 1 << 30,
-                days: 30,
-                via: None,
-            },
-        )
-        .await
-        .unwrap();
+    let offer = c.offer(ctx(), ask(1 << 30, 30)).await.unwrap();
     assert_eq!(offer.refusal, None);
     // Signed by the host, for no chain (this host is off the chain), with its terms.
     let signed = proto::offer::SignedOffer::from_bytes(&offer.signed.unwrap()).unwrap();
@@ -956,6 +946,13 @@ async fn the_control_plane_answers_and_mints_links_only_for_the_token() {
         (terms.price_per_gib_day, terms.max_days, terms.deposit),
         (7, 90, 0)
     );
+    // A base price set from the dashboard is what the next offer asks.
+    h.host.set_price_override(Some(25));
+    let dearer = c.offer(ctx(), ask(1 << 30, 30)).await.unwrap();
+    let dearer = proto::offer::SignedOffer::from_bytes(&dearer.signed.unwrap()).unwrap();
+    let dearer = dearer.check(&host_key, 0, now(), 1 << 30, 30).unwrap();
+    assert_eq!(dearer.price_per_gib_day, 25);
+    h.host.set_price_override(None);
     assert!(
         signed.check(&host_key, 0, now(), 1 << 30, 91).is_err(),
         "past max_days"

@@ -492,7 +492,14 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
     // A miner address nobody answers on.
     let chain = format!("127.0.0.1:{}", free_port("127.0.0.1"));
     let cfg = d("host/host.toml");
-    init_host(&cfg, &d("data"), &listen, &control, &["--chain", &chain]);
+    let dashboard = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    init_host(
+        &cfg,
+        &d("data"),
+        &listen,
+        &control,
+        &["--chain", &chain, "--dashboard-listen", &dashboard],
+    );
     let (hook, events) = webhook_receiver();
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text = text
@@ -573,4 +580,76 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
         .contains("of its capacity"));
     assert_eq!(gauge("capacity_high", "warning"), 1);
     check_metrics("host", &metrics);
+
+    // The dashboard's actions need the control token: a wrong one changes nothing.
+    let token = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("control_token = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .to_owned();
+    let page = || -> serde_json::Value {
+        let answer = http(&dashboard, "GET", "/status.json", "");
+        json(answer.split_once("\r\n\r\n").unwrap().1)
+    };
+    assert_eq!(page()["price"], 10);
+    let wrong = http(&dashboard, "POST", "/price", "token=nope&price=25");
+    assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+    let set = http(
+        &dashboard,
+        "POST",
+        "/price",
+        &format!("token={token}&price=25"),
+    );
+    assert!(set.starts_with("HTTP/1.1 303"), "{set}");
+    assert_eq!(
+        (page()["price"].as_u64(), page()["price_set_here"].as_bool()),
+        (Some(25), Some(true))
+    );
+    let dir = d("data");
+    let body = format!(
+        "token={token}&kind=disk_full&subject={}",
+        dir.replace('/', "%2F")
+    );
+    let dismissed = http(&dashboard, "POST", "/alerts/dismiss", &body);
+    assert!(dismissed.starts_with("HTTP/1.1 303"), "{dismissed}");
+    let p = page();
+    let kinds: Vec<&str> = p["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"disk_full"), "{p}");
+    assert_eq!(p["dismissed"], 1, "{p}");
+    // Dismissed on the dashboard only: the status and the metrics still say it.
+    let status = json(&mspace(&["host", "status", "--config", &cfg], &[]).stdout);
+    assert!(status["alerts"].to_string().contains("disk_full"));
+    assert_eq!(gauge("disk_full", "warning"), 1);
+    let again = http(
+        &dashboard,
+        "POST",
+        "/alerts/dismiss",
+        &format!("token={token}&kind=clock_skew&subject="),
+    );
+    assert!(again.starts_with("HTTP/1.1 404"), "{again}");
+
+    // The price outlives a restart.
+    drop(_host);
+    let _host = start(&["host", "--config", &cfg], &[], "control plane on");
+    assert_eq!(page()["price"], 25);
+}
+
+/// One HTTP/1.1 request on `addr`; the whole answer (status line, headers, body).
+fn http(addr: &str, method: &str, path: &str, form: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
 }
