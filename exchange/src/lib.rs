@@ -171,6 +171,8 @@ impl Default for Profile {
 pub use api::config::ConfigError;
 
 impl api::config::RoleConfig for Config {
+    const ROLE: &'static str = "exchange";
+
     fn key_file_mut(&mut self) -> &mut std::path::PathBuf {
         &mut self.key_file
     }

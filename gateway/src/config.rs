@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     /// How long a request may take until its answer starts, seconds.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// Seconds between sweeps that delete what buckets' lifecycle rules expired.
+    #[serde(default = "default_lifecycle")]
+    pub lifecycle_every_secs: u64,
     /// How long a client may take to send a request's headers, seconds.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
@@ -98,11 +101,16 @@ fn default_request_timeout() -> u64 {
 fn default_header_timeout() -> u64 {
     30
 }
+fn default_lifecycle() -> u64 {
+    3600
+}
 fn default_chunk() -> u32 {
     8 << 20
 }
 
 impl api::config::RoleConfig for GatewayConfig {
+    const ROLE: &'static str = "gateway";
+
     fn key_file_mut(&mut self) -> &mut PathBuf {
         &mut self.key_file
     }
@@ -115,7 +123,10 @@ impl api::config::RoleConfig for GatewayConfig {
         if self.max_requests == 0 {
             return Err("max_requests: at least 1".into());
         }
-        if self.request_timeout_secs == 0 || self.header_timeout_secs == 0 {
+        if self.request_timeout_secs == 0
+            || self.header_timeout_secs == 0
+            || self.lifecycle_every_secs == 0
+        {
             return Err("timeouts: at least 1 second".into());
         }
         proto::check_chunk_bytes(self.chunk_bytes).map_err(|e| format!("chunk_bytes: {e}"))?;
@@ -178,6 +189,8 @@ max_part_bytes = 5368709120
 max_requests = 64
 request_timeout_secs = 3600
 header_timeout_secs = 30
+# Seconds between sweeps deleting what buckets' lifecycle rules expired.
+lifecycle_every_secs = 3600
 # Plaintext bytes per sealed chunk.
 chunk_bytes = 8388608
 

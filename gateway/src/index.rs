@@ -17,6 +17,8 @@ const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads");
 /// Upload id then the part number (big-endian u32) to a [`PartRecord`].
 const PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parts");
+/// Bucket name to its lifecycle rules ([`crate::record::encode_rules`]).
+const LIFECYCLE: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle");
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -127,6 +129,7 @@ impl Index {
             tx.open_table(OBJECTS)?;
             tx.open_table(UPLOADS)?;
             tx.open_table(PARTS)?;
+            tx.open_table(LIFECYCLE)?;
         }
         tx.commit()?;
         Ok(Index { db })
@@ -181,12 +184,66 @@ impl Index {
                     BucketGone::NotEmpty
                 } else {
                     t.remove(name)?;
+                    tx.open_table(LIFECYCLE)?.remove(name)?;
                     BucketGone::Deleted
                 }
             }
         };
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// Sets (`Some`) or removes a bucket's lifecycle rules; false if there is no bucket.
+    pub fn set_lifecycle(
+        &self,
+        bucket: &str,
+        rules: Option<&[crate::record::LifecycleRule]>,
+    ) -> Result<bool, IndexError> {
+        let tx = self.db.begin_write()?;
+        let found = tx.open_table(BUCKETS)?.get(bucket)?.is_some();
+        if found {
+            let mut t = tx.open_table(LIFECYCLE)?;
+            match rules {
+                Some(r) => {
+                    t.insert(bucket, crate::record::encode_rules(r).as_slice())?;
+                }
+                None => {
+                    t.remove(bucket)?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    pub fn lifecycle(
+        &self,
+        bucket: &str,
+    ) -> Result<Option<Vec<crate::record::LifecycleRule>>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(LIFECYCLE)?;
+        let got = t.get(bucket)?;
+        Ok(match got {
+            Some(v) => Some(crate::record::decode_rules(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Every bucket's lifecycle rules.
+    pub fn lifecycles(
+        &self,
+    ) -> Result<Vec<(String, Vec<crate::record::LifecycleRule>)>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(LIFECYCLE)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (k, v) = e?;
+            out.push((
+                k.value().to_owned(),
+                crate::record::decode_rules(v.value())?,
+            ));
+        }
+        Ok(out)
     }
 
     pub fn object(&self, bucket: &str, key: &str) -> Result<Option<ObjectRecord>, IndexError> {

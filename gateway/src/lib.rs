@@ -52,6 +52,9 @@ pub struct Gateway {
     header_timeout: Duration,
     metrics: Arc<metrics::Metrics>,
     metrics_listener: Option<TcpListener>,
+    /// The S3 side again, for the lifecycle sweeps.
+    sweeper: s3::Gateway,
+    lifecycle_every: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -195,6 +198,7 @@ impl Gateway {
             },
             Arc::clone(&metrics),
         )?;
+        let sweeper = s3.clone();
         let mut b = S3ServiceBuilder::new(s3);
         b.set_auth(OneKey {
             access: cfg.access_key.clone(),
@@ -228,6 +232,8 @@ impl Gateway {
             header_timeout: Duration::from_secs(cfg.header_timeout_secs),
             metrics,
             metrics_listener,
+            sweeper,
+            lifecycle_every: Duration::from_secs(cfg.lifecycle_every_secs),
         })
     }
 
@@ -244,6 +250,18 @@ impl Gateway {
 
     /// Serves until the task is dropped.
     pub async fn serve(mut self) -> std::io::Result<()> {
+        let (sweeper, every) = (self.sweeper.clone(), self.lifecycle_every);
+        tokio::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if let Err(e) = sweeper.sweep(now).await {
+                    tracing::warn!("lifecycle sweep: {e:?}");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
         if let Some(l) = self.metrics_listener.take() {
             let m = Arc::clone(&self.metrics);
             tokio::spawn(api::metrics::serve(

@@ -40,6 +40,8 @@ pub enum RecordError {
     Trailing(usize),
     #[error("the record lists {0} copies (1 to {COPIES_MAX})")]
     Copies(usize),
+    #[error("an expiry of {0} days does not fit")]
+    Expiry(u64),
 }
 
 /// One copy of an object's sealed file: on which host, and under which deal.
@@ -365,6 +367,87 @@ impl PartRecord {
     }
 }
 
+/// A bucket's lifecycle rule: objects under `prefix` expire (are deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LifecycleRule {
+    pub id: String,
+    pub enabled: bool,
+    pub prefix: String,
+    pub expiry: Expiry,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// This many days after the object was written.
+    Days(u32),
+    /// At this Unix second (objects written later expire at once).
+    Date(u64),
+}
+
+/// Rules of one bucket at most (S3's limit).
+pub const RULES_MAX: usize = 1000;
+/// A rule's id (S3's limit).
+pub const RULE_ID_MAX: usize = 255;
+
+/// A bucket's lifecycle rules.
+pub fn encode_rules(rules: &[LifecycleRule]) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(16 + rules.len() * 32));
+    w.u8(RECORD_VERSION);
+    w.0.extend_from_slice(&u16::try_from(rules.len()).unwrap_or(u16::MAX).to_le_bytes());
+    for r in rules {
+        w.str16(&r.id);
+        w.u8(u8::from(r.enabled));
+        w.str16(&r.prefix);
+        match r.expiry {
+            Expiry::Days(d) => {
+                w.u8(1);
+                w.u64(u64::from(d));
+            }
+            Expiry::Date(t) => {
+                w.u8(2);
+                w.u64(t);
+            }
+        }
+    }
+    w.0
+}
+
+pub fn decode_rules(bytes: &[u8]) -> Result<Vec<LifecycleRule>, RecordError> {
+    let mut r = R(bytes);
+    r.version()?;
+    let n = usize::from(r.u16("rule count")?);
+    if n > RULES_MAX {
+        return Err(RecordError::TooLong {
+            what: "rule list",
+            len: n,
+            max: RULES_MAX,
+        });
+    }
+    let mut rules = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.str16("rule id", RULE_ID_MAX)?;
+        let enabled = match r.u8("rule status")? {
+            0 => false,
+            1 => true,
+            f => return Err(RecordError::Flags(f)),
+        };
+        let prefix = r.str16("rule prefix", KEY_MAX)?;
+        let expiry = match (r.u8("expiry kind")?, r.u64("expiry")?) {
+            (1, d) => Expiry::Days(u32::try_from(d).map_err(|_| RecordError::Expiry(d))?),
+            (2, t) => Expiry::Date(t),
+            (k, _) => return Err(RecordError::Flags(k)),
+        };
+        rules.push(LifecycleRule {
+            id,
+            enabled,
+            prefix,
+            expiry,
+        });
+    }
+    r.end()?;
+    Ok(rules)
+}
+
 /// Decodes bytes as each record kind in turn (the fuzz target's entry point): never
 /// panics, whatever the bytes.
 pub fn decode_any(bytes: &[u8]) {
@@ -376,6 +459,9 @@ pub fn decode_any(bytes: &[u8]) {
     }
     if let Ok(p) = PartRecord::decode(bytes) {
         assert_eq!(p.encode(), bytes);
+    }
+    if let Ok(rules) = decode_rules(bytes) {
+        assert_eq!(decode_rules(&encode_rules(&rules)).as_ref(), Ok(&rules));
     }
 }
 
@@ -467,8 +553,50 @@ mod tests {
             (u.bucket.as_str(), u.key.as_str(), u.created_ms),
             ("bucket", "a/key", 3)
         );
+        let rules = decode_rules(&read("lifecycle")).unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            (rules[0].prefix.as_str(), rules[0].expiry, rules[1].expiry),
+            ("logs/", Expiry::Days(30), Expiry::Date(1_577_836_800))
+        );
         let p = PartRecord::decode(&read("part")).unwrap();
         assert_eq!((p.size, p.md5[15], p.modified_ms), (5 << 20, 15, 9));
+    }
+
+    #[test]
+    fn lifecycle_rules_round_trip_and_bad_ones_are_refused() {
+        let rules = vec![
+            LifecycleRule {
+                id: "old".into(),
+                enabled: true,
+                prefix: "logs/".into(),
+                expiry: Expiry::Days(30),
+            },
+            LifecycleRule {
+                id: String::new(),
+                enabled: false,
+                prefix: String::new(),
+                expiry: Expiry::Date(1_577_836_800),
+            },
+        ];
+        let bytes = encode_rules(&rules);
+        assert_eq!(decode_rules(&bytes), Ok(rules));
+        for n in 0..bytes.len() {
+            assert!(decode_rules(&bytes[..n]).is_err(), "cut at {n}");
+        }
+        // The first rule's status byte (after version, count and the 2 + 3 byte id).
+        let mut bad = bytes.clone();
+        bad[8] = 7;
+        assert_eq!(decode_rules(&bad), Err(RecordError::Flags(7)));
+        let mut big = bytes;
+        big[1..3].copy_from_slice(&2000u16.to_le_bytes());
+        assert!(matches!(
+            decode_rules(&big),
+            Err(RecordError::TooLong {
+                what: "rule list",
+                ..
+            })
+        ));
     }
 
     #[test]

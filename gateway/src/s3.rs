@@ -408,13 +408,18 @@ impl Gateway {
     }
 
     /// Stores a spooled file (nothing for an empty one).
-    async fn store_file(&self, path: &Path, size: u64) -> S3Result<Option<record::Stored>> {
+    async fn store_file(
+        &self,
+        path: &Path,
+        size: u64,
+        days: Option<u32>,
+    ) -> S3Result<Option<record::Stored>> {
         self.metrics.stored_objects.fetch_add(1, Relaxed);
         if size == 0 {
             return Ok(None);
         }
         let stored =
-            self.store.put(path, size).await.map_err(|e| {
+            self.store.put(path, size, days).await.map_err(|e| {
                 S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
             })?;
         self.metrics.stored_bytes.fetch_add(size, Relaxed);
@@ -453,6 +458,49 @@ impl Gateway {
             }
         });
         Ok(StreamingBlob::wrap(stream))
+    }
+
+    /// Deletes every object its bucket's lifecycle rules expired by `now_secs`; how many.
+    pub async fn sweep(&self, now_secs: u64) -> S3Result<u64> {
+        let all = self.db(|i| i.lifecycles()).await?;
+        let mut gone = 0;
+        for (bucket, rules) in all {
+            let mut after: Option<String> = None;
+            loop {
+                let (b, a) = (bucket.clone(), after.clone());
+                let page = self
+                    .db(move |i| i.list(&b, "", None, a.as_deref(), 1000))
+                    .await?;
+                for (key, rec) in &page.objects {
+                    if expires_at(&rules, key, rec.modified_ms).is_some_and(|t| t <= now_secs) {
+                        let (b, k) = (bucket.clone(), key.clone());
+                        if self.db(move |i| i.delete_object(&b, &k)).await?.is_some() {
+                            tracing::info!(bucket, key, "expired by the bucket's lifecycle");
+                            gone += 1;
+                        }
+                    }
+                }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Days an object written now under `key` lives by its bucket's lifecycle, if a rule
+    /// covers it (at least 1): what a deal for it is paid for.
+    async fn lifetime_days(&self, bucket: &str, key: &str) -> S3Result<Option<u32>> {
+        let b = bucket.to_owned();
+        let Some(rules) = self.db(move |i| i.lifecycle(&b)).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        Ok(expires_at(&rules, key, now).map(|t| {
+            let secs = t.saturating_sub(now / 1000);
+            u32::try_from(secs.div_ceil(86_400).max(1)).unwrap_or(u32::MAX)
+        }))
     }
 
     /// One page of a listing, as ListObjects v1 and v2 both answer it.
@@ -519,6 +567,112 @@ impl Gateway {
             )),
         }
     }
+}
+
+/// An S3 lifecycle rule as the gateway keeps it: an expiration (days or a date) for a
+/// prefix; what needs versions, storage classes, tags or sizes is refused.
+fn lifecycle_rule(r: &LifecycleRule) -> S3Result<record::LifecycleRule> {
+    let not = |what: &str| s3_error!(NotImplemented, "lifecycle rules with {what}");
+    if r.transitions.as_ref().is_some_and(|t| !t.is_empty())
+        || r.noncurrent_version_expiration.is_some()
+        || r.noncurrent_version_transitions
+            .as_ref()
+            .is_some_and(|t| !t.is_empty())
+    {
+        return Err(not(
+            "transitions or versions (this gateway keeps one version)",
+        ));
+    }
+    let prefix = match &r.filter {
+        Some(f) => {
+            if f.and.is_some()
+                || f.tag.is_some()
+                || f.object_size_greater_than.is_some()
+                || f.object_size_less_than.is_some()
+            {
+                return Err(not("tag, size or combined filters"));
+            }
+            f.prefix.clone().unwrap_or_default()
+        }
+        None => r.prefix.clone().unwrap_or_default(),
+    };
+    let e = r
+        .expiration
+        .as_ref()
+        .ok_or_else(|| s3_error!(InvalidArgument, "a rule needs an Expiration"))?;
+    let expiry = match (e.days, &e.date) {
+        (Some(d), None) if d > 0 => record::Expiry::Days(u32::try_from(d).unwrap_or(u32::MAX)),
+        (None, Some(t)) => record::Expiry::Date(
+            u64::try_from(secs_of(t))
+                .map_err(|_| s3_error!(InvalidArgument, "a date before 1970"))?,
+        ),
+        _ => {
+            return Err(s3_error!(
+                InvalidArgument,
+                "an Expiration takes Days (1 or more) or a Date"
+            ))
+        }
+    };
+    let id = r.id.clone().unwrap_or_default();
+    if id.len() > record::RULE_ID_MAX || prefix.len() > record::KEY_MAX {
+        return Err(s3_error!(
+            InvalidArgument,
+            "a rule's ID or prefix is too long"
+        ));
+    }
+    Ok(record::LifecycleRule {
+        id,
+        enabled: r.status.as_str() == ExpirationStatus::ENABLED,
+        prefix,
+        expiry,
+    })
+}
+
+fn s3_rule(r: &record::LifecycleRule) -> LifecycleRule {
+    let (days, date) = match r.expiry {
+        record::Expiry::Days(d) => (Some(i32::try_from(d).unwrap_or(i32::MAX)), None),
+        record::Expiry::Date(t) => (
+            None,
+            Some(Timestamp::from(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(t),
+            )),
+        ),
+    };
+    LifecycleRule {
+        id: (!r.id.is_empty()).then(|| r.id.clone()),
+        status: ExpirationStatus::from_static(if r.enabled {
+            ExpirationStatus::ENABLED
+        } else {
+            ExpirationStatus::DISABLED
+        }),
+        filter: Some(LifecycleRuleFilter {
+            prefix: Some(r.prefix.clone()),
+            ..Default::default()
+        }),
+        expiration: Some(LifecycleExpiration {
+            days,
+            date,
+            ..Default::default()
+        }),
+        abort_incomplete_multipart_upload: None,
+        noncurrent_version_expiration: None,
+        noncurrent_version_transitions: None,
+        prefix: None,
+        transitions: None,
+    }
+}
+
+/// When an object written at `modified_ms` under `key` expires by `rules` (Unix seconds),
+/// if any enabled rule covers it: the earliest.
+pub fn expires_at(rules: &[record::LifecycleRule], key: &str, modified_ms: u64) -> Option<u64> {
+    rules
+        .iter()
+        .filter(|r| r.enabled && key.starts_with(&r.prefix))
+        .map(|r| match r.expiry {
+            record::Expiry::Days(d) => (modified_ms / 1000).saturating_add(u64::from(d) * 86_400),
+            record::Expiry::Date(t) => t,
+        })
+        .min()
 }
 
 fn check_key(key: &str) -> S3Result<()> {
@@ -634,7 +788,8 @@ impl S3 for Gateway {
             }
         }
         let spooled = started.elapsed();
-        let stored = self.store_file(&file.0, size).await?;
+        let days = self.lifetime_days(&input.bucket, &input.key).await?;
+        let stored = self.store_file(&file.0, size, days).await?;
         drop(file);
         tracing::info!(
             bucket = %input.bucket,
@@ -815,6 +970,60 @@ impl S3 for Gateway {
             }),
             ..Default::default()
         }))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let input = req.input;
+        let rules = input
+            .lifecycle_configuration
+            .map(|c| c.rules)
+            .unwrap_or_default();
+        if rules.is_empty() || rules.len() > record::RULES_MAX {
+            return Err(s3_error!(MalformedXML, "1 to {} rules", record::RULES_MAX));
+        }
+        let rules = rules
+            .iter()
+            .map(lifecycle_rule)
+            .collect::<S3Result<Vec<_>>>()?;
+        let b = input.bucket;
+        if self.db(move |i| i.set_lifecycle(&b, Some(&rules))).await? {
+            Ok(S3Response::new(
+                PutBucketLifecycleConfigurationOutput::default(),
+            ))
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        let b = req.input.bucket.clone();
+        self.need_bucket(&b).await?;
+        let rules = self
+            .db(move |i| i.lifecycle(&b))
+            .await?
+            .ok_or_else(|| s3_error!(NoSuchLifecycleConfiguration))?;
+        Ok(S3Response::new(GetBucketLifecycleConfigurationOutput {
+            rules: Some(rules.iter().map(s3_rule).collect()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        let b = req.input.bucket;
+        if self.db(move |i| i.set_lifecycle(&b, None)).await? {
+            Ok(S3Response::new(DeleteBucketLifecycleOutput::default()))
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
     }
 
     async fn list_objects_v2(
@@ -1091,7 +1300,8 @@ impl S3 for Gateway {
             md5s.update(rec.md5);
         }
         let joined = started.elapsed();
-        let stored = self.store_file(&whole.0, size).await?;
+        let days = self.lifetime_days(&up.bucket, &up.key).await?;
+        let stored = self.store_file(&whole.0, size, days).await?;
         drop(whole);
         tracing::info!(
             bucket = %up.bucket,

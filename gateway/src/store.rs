@@ -120,8 +120,14 @@ async fn host_link(
 
 impl HostStore {
     /// Seals the file at `path` (of `size` bytes, more than 0) and stores it: a deal on
-    /// each host, or an upload through a minted link.
-    pub async fn put(&self, path: &Path, size: u64) -> Result<Stored, StoreError> {
+    /// each host (for `days` if given and shorter than the configured days: the bucket's
+    /// lifecycle), or an upload through a minted link.
+    pub async fn put(
+        &self,
+        path: &Path,
+        size: u64,
+        days: Option<u32>,
+    ) -> Result<Stored, StoreError> {
         // The upload's journals and locks live in a folder of their own, gone after it:
         // an object is never resumed (a restarted gateway has dropped its spooled body).
         let mut id = [0u8; 8];
@@ -133,7 +139,7 @@ impl HostStore {
             Placement::Links { control, token } => {
                 self.put_link(path, size, control, token, &journals).await
             }
-            Placement::Deals { .. } => self.put_deals(path, &journals).await,
+            Placement::Deals { .. } => self.put_deals(path, &journals, days).await,
         };
         let _ = std::fs::remove_dir_all(&journals);
         stored
@@ -192,7 +198,12 @@ impl HostStore {
 
     /// One paid deal per configured host (`net::deal::store`): returns once every host's
     /// CRCs matched on chain and storage time runs.
-    async fn put_deals(&self, path: &Path, journals: &Path) -> Result<Stored, StoreError> {
+    async fn put_deals(
+        &self,
+        path: &Path,
+        journals: &Path,
+        lifetime: Option<u32>,
+    ) -> Result<Stored, StoreError> {
         let Placement::Deals {
             chain,
             hosts,
@@ -209,7 +220,7 @@ impl HostStore {
             file: path.to_owned(),
             hosts: hosts.clone(),
             chain: chain.clone(),
-            days: *days,
+            days: lifetime.map_or(*days, |l| l.min(*days)),
             period_blocks: *period_blocks,
             key: self.key.clone(),
             passphrase,

@@ -87,6 +87,8 @@ fn default_key_file() -> std::path::PathBuf {
 pub use api::config::ConfigError;
 
 impl api::config::RoleConfig for Config {
+    const ROLE: &'static str = "insurer";
+
     fn key_file_mut(&mut self) -> &mut std::path::PathBuf {
         &mut self.key_file
     }

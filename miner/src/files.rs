@@ -114,10 +114,11 @@ block_time_ms = 500
 
     pub fn load(path: &Path) -> Result<MinerConfig, FileError> {
         let text = std::fs::read_to_string(path).map_err(|e| FileError::read(path, e))?;
-        let mut c: MinerConfig = toml::from_str(&text).map_err(|e| FileError::Invalid {
-            path: path.to_owned(),
-            reason: format!("invalid miner configuration: {e}"),
-        })?;
+        let mut c: MinerConfig =
+            api::config::parse_with_env(&text, "miner").map_err(|e| FileError::Invalid {
+                path: path.to_owned(),
+                reason: format!("invalid miner configuration: {e}"),
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut c.key_file, &mut c.genesis_file, &mut c.data_dir] {
             if p.is_relative() {

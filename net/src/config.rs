@@ -212,7 +212,7 @@ impl HostConfig {
     pub fn load(path: &Path) -> Result<HostConfig, NetError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| NetError::Config(format!("read {}: {e}", path.display())))?;
-        let mut cfg: HostConfig = toml::from_str(&text)
+        let mut cfg: HostConfig = api::config::parse_with_env(&text, "host")
             .map_err(|e| NetError::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: &mut PathBuf| {

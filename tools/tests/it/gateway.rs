@@ -129,9 +129,11 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
         cmd
     };
 
+    // Lifecycle sweeps every second (from the environment, over gateway.toml's hour).
+    let sweep = [("MSPACE_GATEWAY__LIFECYCLE_EVERY_SECS", "1")];
     let mut gw = start(
         &["gateway", "run", "--config", &gw_cfg],
-        &[],
+        &sweep,
         "S3 gateway on",
     );
     let table = check("table", &["--big-mib", "24"]).output().unwrap();
@@ -211,7 +213,7 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     drop(gw);
     let _gw: Proc = start(
         &["gateway", "run", "--config", &gw_cfg],
-        &[],
+        &sweep,
         "S3 gateway on",
     );
     assert!(
