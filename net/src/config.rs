@@ -75,7 +75,7 @@ pub struct HostConfig {
     /// The control plane (tarpc): status, offers, link minting; none if unset.
     #[serde(default)]
     pub control_listen: Option<String>,
-    /// Where the dashboard is served (read-only HTML), if anywhere.
+    /// Where the dashboard is served (HTML; its actions need `control_token`), if anywhere.
     #[serde(default)]
     pub dashboard_listen: Option<String>,
     /// The secret that authorizes link minting over the control plane; none disables it.
@@ -372,7 +372,8 @@ listen = "{listen}"
 # metrics_listen = "127.0.0.1:9400"
 
 # The dashboard (a web page: storage, traffic, deals, earnings, deposit, proofs, alerts;
-# read-only). Keep it off the public interface.
+# setting the price and dismissing an alert need control_token). Keep it off the public
+# interface.
 # dashboard_listen = "127.0.0.1:9401"
 
 # The control plane (tarpc): status, storage and download offers, and link minting for

@@ -118,8 +118,8 @@ struct HostInitArgs {
     /// The price to ask, in MASPC base units per GiB per day.
     #[arg(long, default_value_t = 10)]
     price: u64,
-    /// Serve the dashboard (a read-only web page) on this address, host:port; keep it
-    /// private.
+    /// Serve the dashboard (a web page; its two actions need the control token) on this
+    /// address, host:port; keep it private.
     #[arg(long)]
     dashboard_listen: Option<String>,
 }
