@@ -167,13 +167,13 @@ impl Gateway {
                 control: h.control.clone(),
                 token: h.token.clone(),
             },
-            (None, Some(d)) => store::Placement::Deals {
+            (None, Some(d)) => store::Placement::Deals(store::DealTerms {
                 chain: d.chain.clone(),
                 hosts: d.hosts.clone(),
                 days: d.days,
                 period_blocks: d.period_blocks,
                 max_price_per_gib_day: d.max_price_per_gib_day,
-            },
+            }),
             (None, None) => {
                 return Err(GatewayError::Setup(
                     "the configuration names neither [host] nor [deals]".into(),
@@ -253,10 +253,7 @@ impl Gateway {
         let (sweeper, every) = (self.sweeper.clone(), self.lifecycle_every);
         tokio::spawn(async move {
             loop {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                if let Err(e) = sweeper.sweep(now).await {
+                if let Err(e) = sweeper.sweep(net::now_secs()).await {
                     tracing::warn!("lifecycle sweep: {e:?}");
                 }
                 tokio::time::sleep(every).await;

@@ -186,13 +186,18 @@ macro_rules! object_output {
     };
 }
 
+/// Whether an If-Match / If-None-Match condition names the object with `etag`.
+fn etag_matches(c: &ETagCondition, etag: &str) -> bool {
+    match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    }
+}
+
 impl ReadConditions {
     fn check(&self, rec: &ObjectRecord) -> S3Result<()> {
         let modified = i64::try_from(rec.modified_ms / 1000).unwrap_or(i64::MAX);
-        let matches = |c: &ETagCondition| match c {
-            ETagCondition::Any => true,
-            ETagCondition::ETag(e) => e.value() == rec.etag,
-        };
+        let matches = |c: &ETagCondition| etag_matches(c, &rec.etag);
         if let Some(c) = &self.if_match {
             if !matches(c) {
                 return Err(s3_error!(PreconditionFailed, "If-Match: the ETag differs"));
@@ -913,20 +918,12 @@ impl S3 for Gateway {
         }
         let src = self.object(src_bucket, src_key).await?;
         if let Some(c) = &input.copy_source_if_match {
-            let ok = match c {
-                ETagCondition::Any => true,
-                ETagCondition::ETag(e) => e.value() == src.etag,
-            };
-            if !ok {
+            if !etag_matches(c, &src.etag) {
                 return Err(s3_error!(PreconditionFailed, "x-amz-copy-source-if-match"));
             }
         }
         if let Some(c) = &input.copy_source_if_none_match {
-            let hit = match c {
-                ETagCondition::Any => true,
-                ETagCondition::ETag(e) => e.value() == src.etag,
-            };
-            if hit {
+            if etag_matches(c, &src.etag) {
                 return Err(s3_error!(
                     PreconditionFailed,
                     "x-amz-copy-source-if-none-match"

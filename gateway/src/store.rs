@@ -52,14 +52,18 @@ pub enum Placement {
     /// One host whose control plane mints links for its control token.
     Links { control: String, token: String },
     /// A storage deal on each host, paid through the chain.
-    Deals {
-        chain: Vec<String>,
-        hosts: Vec<String>,
-        days: u32,
-        /// Blocks of storage instead of days (devnets with short periods).
-        period_blocks: Option<u64>,
-        max_price_per_gib_day: Option<u64>,
-    },
+    Deals(DealTerms),
+}
+
+/// What the gateway's deals are.
+#[derive(Clone, Debug)]
+pub struct DealTerms {
+    pub chain: Vec<String>,
+    pub hosts: Vec<String>,
+    pub days: u32,
+    /// Blocks of storage instead of days (devnets with short periods).
+    pub period_blocks: Option<u64>,
+    pub max_price_per_gib_day: Option<u64>,
 }
 
 /// The hosts objects go to, and how they are sealed for them.
@@ -139,7 +143,7 @@ impl HostStore {
             Placement::Links { control, token } => {
                 self.put_link(path, size, control, token, &journals).await
             }
-            Placement::Deals { .. } => self.put_deals(path, &journals, days).await,
+            Placement::Deals(terms) => self.put_deals(terms, path, &journals, days).await,
         };
         let _ = std::fs::remove_dir_all(&journals);
         stored
@@ -200,28 +204,19 @@ impl HostStore {
     /// CRCs matched on chain and storage time runs.
     async fn put_deals(
         &self,
+        terms: &DealTerms,
         path: &Path,
         journals: &Path,
         lifetime: Option<u32>,
     ) -> Result<Stored, StoreError> {
-        let Placement::Deals {
-            chain,
-            hosts,
-            days,
-            period_blocks,
-            max_price_per_gib_day,
-        } = &self.placement
-        else {
-            return Err(StoreError::OtherHost);
-        };
         let mut passphrase = zeroize::Zeroizing::new(vec![0u8; 32]);
         rand_core::OsRng.fill_bytes(&mut passphrase);
         let job = net::deal::DealJob {
             file: path.to_owned(),
-            hosts: hosts.clone(),
-            chain: chain.clone(),
-            days: lifetime.map_or(*days, |l| l.min(*days)),
-            period_blocks: *period_blocks,
+            hosts: terms.hosts.clone(),
+            chain: terms.chain.clone(),
+            days: lifetime.map_or(terms.days, |l| l.min(terms.days)),
+            period_blocks: terms.period_blocks,
             key: self.key.clone(),
             passphrase,
             kdf: OBJECT_KDF,
@@ -231,7 +226,7 @@ impl HostStore {
             via: Vec::new(),
             max_proxy_price: 0,
             host_keys: Vec::new(),
-            max_price_per_gib_day: *max_price_per_gib_day,
+            max_price_per_gib_day: terms.max_price_per_gib_day,
             exchange: None,
             download_fee: 0,
             insurance: None,
@@ -259,7 +254,7 @@ impl HostStore {
     async fn download_link(&self, stored: &Stored) -> Result<Link, StoreError> {
         let token = match &self.placement {
             Placement::Links { token, .. } => token.as_str(),
-            Placement::Deals { .. } => "",
+            Placement::Deals(_) => "",
         };
         let mut last = StoreError::OtherHost;
         for c in &stored.copies {

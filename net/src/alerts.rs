@@ -222,8 +222,9 @@ fn over(part: u64, whole: u64, permille: u64) -> bool {
     whole > 0 && u128::from(part) * 1000 > u128::from(whole) * u128::from(permille)
 }
 
-fn percent(part: u64, whole: u64) -> u64 {
-    if whole == 0 {
+/// `part` in percent of `whole`; 0 for no whole (0, or `u64::MAX`: no limit set).
+pub(crate) fn percent(part: u64, whole: u64) -> u64 {
+    if whole == 0 || whole == u64::MAX {
         return 0;
     }
     u64::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(u64::MAX)

@@ -360,7 +360,7 @@ fn check_offer_terms(
     Ok(())
 }
 
-fn same_secret(a: &str, b: &str) -> bool {
+pub(crate) fn same_secret(a: &str, b: &str) -> bool {
     // Compared in time independent of where they differ.
     let (a, b) = (blake3::hash(a.as_bytes()), blake3::hash(b.as_bytes()));
     a == b

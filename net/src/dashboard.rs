@@ -20,7 +20,7 @@ use axum::{Form, Router};
 use engine::store::Engine;
 use serde::Serialize;
 
-use crate::alerts::{Sample, Watch};
+use crate::alerts::{percent, Sample, Watch};
 use crate::metrics::Metrics;
 use crate::wire::ErrorCode;
 
@@ -196,13 +196,6 @@ fn ago(ms: u64) -> String {
         3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
     }
-}
-
-fn percent(part: u64, whole: u64) -> u64 {
-    if whole == 0 || whole == u64::MAX {
-        return 0;
-    }
-    u64::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(100)
 }
 
 /// A line chart of `series` (oldest first) as inline SVG, `w` x `h` pixels, labelled with
@@ -443,16 +436,10 @@ impl Dashboard {
         }
     }
 
-    /// Whether `given` is the control token (compared in constant time).
+    /// Whether `given` is the control token (compared as the control plane does).
     fn token_ok(&self, given: Option<&String>) -> bool {
         match (&self.token, given) {
-            (Some(t), Some(g)) => {
-                t.len() == g.len()
-                    && t.bytes()
-                        .zip(g.bytes())
-                        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                        == 0
-            }
+            (Some(t), Some(g)) => crate::control::same_secret(t, g),
             _ => false,
         }
     }

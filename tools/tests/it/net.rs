@@ -608,6 +608,28 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
     assert_eq!(page()["price"], 10);
     let wrong = http(&dashboard, "POST", "/price", "token=nope&price=25");
     assert!(wrong.starts_with("HTTP/1.1 403"), "{wrong}");
+    // Garbage with the right token: refused, saying why, and nothing changes.
+    for (path, form, says) in [
+        (
+            "/price",
+            format!("token={token}&price=abc"),
+            "not a whole number",
+        ),
+        (
+            "/price",
+            format!("token={token}&price=-3"),
+            "not a whole number",
+        ),
+        (
+            "/alerts/dismiss",
+            format!("token={token}&kind=nonsense&subject="),
+            "no alert kind",
+        ),
+    ] {
+        let r = http(&dashboard, "POST", path, &form);
+        assert!(r.starts_with("HTTP/1.1 400") && r.contains(says), "{r}");
+    }
+    assert_eq!(page()["price"], 10);
     let set = http(
         &dashboard,
         "POST",
@@ -647,8 +669,16 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
     );
     assert!(again.starts_with("HTTP/1.1 404"), "{again}");
 
-    // The price outlives a restart.
+    // The price outlives a restart; a price file that is not one stops the host at start,
+    // naming it, and is left as it was.
     drop(_host);
+    let price_file = Path::new(&d("host")).join("host-state/price");
+    std::fs::write(&price_file, "twenty\n").unwrap();
+    let bad = mspace(&["host", "--config", &cfg], &[]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("not a price"), "{}", bad.stderr);
+    assert_eq!(std::fs::read_to_string(&price_file).unwrap(), "twenty\n");
+    std::fs::write(&price_file, "25\n").unwrap();
     let _host = start(&["host", "--config", &cfg], &every, "control plane on");
     assert_eq!(page()["price"], 25);
 }
