@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 use tarpc::tokio_serde::formats::Bincode;
 
+pub mod alerts;
 pub mod certificate;
 pub mod chain;
 pub mod config;
@@ -34,7 +35,7 @@ pub mod metrics;
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
 pub const HOST_API_VERSION: u32 = 7;
 /// Version of [`MinerApi`].
-pub const MINER_API_VERSION: u32 = 6;
+pub const MINER_API_VERSION: u32 = 7;
 /// Longest a client may ask a miner to wait for a block.
 pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
@@ -89,8 +90,9 @@ pub struct HostStatus {
 /// One alert a host raises.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertView {
-    /// `chain_unreachable`, `deposit_low`, `proof_missed`, `proof_due`, `capacity_high`,
-    /// `disk_full`, `data_dir_failing`, `clock_skew`.
+    /// A host's: `chain_unreachable`, `deposit_low`, `proof_missed`, `proof_due`,
+    /// `capacity_high`, `disk_full`, `data_dir_failing`, `clock_skew`. A miner's:
+    /// `falling_behind`, `no_new_blocks`, `peers_lost`, `missed_votes`.
     pub kind: String,
     /// `warning` or `critical`.
     pub severity: String,
@@ -333,6 +335,8 @@ pub struct ChainStatus {
     pub deposits: [u64; 2],
     pub escrow: [u64; 2],
     pub burned: [u64; 2],
+    /// The miner's alerts that hold now (its `[alerts]`), most severe first.
+    pub alerts: Vec<AlertView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

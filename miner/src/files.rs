@@ -54,6 +54,8 @@ pub struct MinerConfig {
     pub relay_to: Vec<String>,
     #[serde(default = "default_block_time_ms")]
     pub block_time_ms: u64,
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 fn default_block_time_ms() -> u64 {
@@ -104,6 +106,18 @@ relay_to = [{relay}]
 # Target time between blocks when there is no load, in milliseconds; under load a block
 # takes what the mempool holds, up to 4 MiB.
 block_time_ms = 500
+
+[alerts]
+# The miner raises alerts when it stops earning for its stake: another miner (relay_to)
+# is behind_blocks ahead, no new block for stall_secs, fewer peers connected than
+# configured, or its signature missing from more than missed_votes of the last 100
+# commits. Shown by `mspace chain status`, on /metrics (mspace_miner_alert) and POSTed
+# here as JSON.
+every_secs = 10
+# webhook = "http://127.0.0.1:9900/alerts"
+behind_blocks = 10
+stall_secs = 30
+missed_votes = 10
 "#,
             data = data_dir.display().to_string(),
             genesis = genesis.display().to_string(),
@@ -125,6 +139,10 @@ block_time_ms = 500
                 *p = base.join(&*p);
             }
         }
+        c.alerts.check().map_err(|reason| FileError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })?;
         if c.block_time_ms == 0 || c.block_time_ms > 60_000 {
             return Err(FileError::Invalid {
                 path: path.to_owned(),

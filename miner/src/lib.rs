@@ -6,6 +6,7 @@
 //! Invariant: no ledger rule here (those are `consensus::ledger`'s); nothing here blocks a
 //! runtime thread.
 
+pub mod alerts;
 pub mod files;
 pub mod service;
 

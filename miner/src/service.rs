@@ -75,6 +75,8 @@ impl Relay {
 pub struct MinerService {
     pub node: NodeHandle,
     pub relay: Relay,
+    /// What its watcher raised (`crate::alerts::run`).
+    pub alerts: Arc<api::alerts::Tracker<crate::alerts::Kind>>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ControlError {
@@ -144,14 +146,27 @@ impl MinerService {
                     [l.burned.masp, l.burned.maspc],
                     l.registrations.values().map(|r| r.deposit).sum::<u64>(),
                     l.held_maspc(),
+                    s.votes(),
                 )
             })
             .await;
-        let Ok((height, ts, mempool, validators, total, power, supply, burned, deposits, escrow)) =
-            got
+        let Ok((
+            height,
+            ts,
+            mempool,
+            validators,
+            total,
+            power,
+            supply,
+            burned,
+            deposits,
+            escrow,
+            votes,
+        )) = got
         else {
             return String::new();
         };
+        let peers = self.node.connected_peers().await;
         let mut e = api::metrics::Exposition::default();
         e.gauge(
             "mspace_miner_height",
@@ -211,7 +226,30 @@ impl MinerService {
             "MASPC held in deals' escrow.",
             escrow,
         );
-        e.finish()
+        if let Some(p) = peers {
+            e.gauge(
+                "mspace_miner_connected_peers",
+                "Peers this node's network is connected to.",
+                p.len() as u64,
+            );
+        }
+        e.gauge(
+            "mspace_miner_recent_heights_as_validator",
+            "Of the last 100 heights, those this node was a validator at.",
+            votes.heights,
+        );
+        e.gauge(
+            "mspace_miner_missed_votes",
+            "Of those heights, the ones whose commit certificate lacks this node's signature.",
+            votes.missed,
+        );
+        let mut out = e.finish();
+        self.alerts.render_metrics(
+            "mspace_miner_alert",
+            "Alerts the miner raises (1 while active), by kind and severity.",
+            &mut out,
+        );
+        out
     }
 }
 
@@ -235,6 +273,7 @@ impl MinerApi for MinerService {
     }
 
     async fn status(self, _: tarpc::context::Context) -> Result<ChainStatus, ControlError> {
+        let alerts = self.alerts.views();
         self.node
             .query(|s: &NodeState| {
                 let l = s.ledger();
@@ -253,6 +292,7 @@ impl MinerApi for MinerService {
                     deposits: [l.registrations.values().map(|r| r.deposit).sum(), 0],
                     escrow: [0, l.held_maspc()],
                     burned: [l.burned.masp, l.burned.maspc],
+                    alerts,
                 }
             })
             .await

@@ -13,30 +13,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api::alerts::over;
 use api::chain::ChainClient;
 use engine::store::Engine;
 use proto::tx::AccountId;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Money is not at risk yet; it will be if nothing is done.
-    Warning,
-    /// Money is at risk now (a proof can be missed, a deposit slashed).
-    Critical,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+pub use api::alerts::{now_ms, percent, AlertKind, Severity};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,15 +47,12 @@ impl std::str::FromStr for Kind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Kind, String> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| format!("no alert kind {s:?}"))
+        Kind::parse(s)
     }
 }
 
-impl Kind {
-    pub const ALL: [Kind; 8] = [
+impl AlertKind for Kind {
+    const ALL: &'static [Kind] = &[
         Kind::ChainUnreachable,
         Kind::DepositLow,
         Kind::ProofMissed,
@@ -82,16 +63,14 @@ impl Kind {
         Kind::ClockSkew,
     ];
 
-    /// Each kind has one severity (so the gauge's labels never change).
-    pub fn severity(self) -> Severity {
+    fn severity(self) -> Severity {
         match self {
             Kind::CapacityHigh | Kind::DiskFull | Kind::ClockSkew => Severity::Warning,
             _ => Severity::Critical,
         }
     }
 
-    /// The label value in metrics and the key in JSON.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Kind::ChainUnreachable => "chain_unreachable",
             Kind::DepositLow => "deposit_low",
@@ -105,26 +84,10 @@ impl Kind {
     }
 }
 
-/// One alert that holds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Alert {
-    pub kind: Kind,
-    pub severity: Severity,
-    /// What it is about (a data directory, a deal id), or empty for the host as a whole.
-    pub subject: String,
-    pub message: String,
-    /// When it was raised (ms since the Unix epoch); 0 until [`Alerts::update`] sets it.
-    pub since_ms: u64,
-}
-
-/// An alert raised or cleared.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// "raised" or "cleared".
-    pub state: String,
-    pub at_ms: u64,
-    pub alert: Alert,
-}
+/// One alert of the host.
+pub type Alert = api::alerts::Alert<Kind>;
+/// A host's alert raised or cleared.
+pub type Event = api::alerts::Event<Kind>;
 
 /// One data directory as the probe saw it.
 #[derive(Clone, Debug, Default)]
@@ -208,26 +171,7 @@ impl Default for Rules {
 }
 
 fn alert(kind: Kind, subject: &str, message: String) -> Alert {
-    Alert {
-        kind,
-        severity: kind.severity(),
-        subject: subject.to_owned(),
-        message,
-        since_ms: 0,
-    }
-}
-
-/// Whether `part` is more than `permille` thousandths of `whole`.
-fn over(part: u64, whole: u64, permille: u64) -> bool {
-    whole > 0 && u128::from(part) * 1000 > u128::from(whole) * u128::from(permille)
-}
-
-/// `part` in percent of `whole`; 0 for no whole (0, or `u64::MAX`: no limit set).
-pub(crate) fn percent(part: u64, whole: u64) -> u64 {
-    if whole == 0 || whole == u64::MAX {
-        return 0;
-    }
-    u64::try_from(u128::from(part) * 100 / u128::from(whole)).unwrap_or(u64::MAX)
+    Alert::new(kind, subject, message)
 }
 
 /// The alerts that hold for `o`, in [`Kind`] order.
@@ -328,9 +272,6 @@ pub fn evaluate(o: &Observation, rules: &Rules) -> Vec<Alert> {
     out
 }
 
-/// Events kept for the dashboard.
-const EVENTS_KEPT: usize = 100;
-
 /// Samples kept for the dashboard's charts (at one a look, 10 s apart by default: 4 hours).
 const SAMPLES_KEPT: usize = 1440;
 
@@ -359,20 +300,16 @@ pub struct ChainSnapshot {
 
 #[derive(Debug, Default)]
 struct State {
-    active: Vec<Alert>,
-    /// Active alerts the operator dismissed from the dashboard (kind, subject): hidden
-    /// there until they clear (raised again, they show again).
-    dismissed: std::collections::BTreeSet<(Kind, String)>,
-    events: VecDeque<Event>,
     chain: Option<ChainSnapshot>,
     samples: VecDeque<Sample>,
 }
 
-/// What the watcher saw: the active alerts and the recent events, the chain's view of the
-/// host and the samples, shared by the watcher, the control plane, the metrics and the
-/// dashboard.
+/// What the watcher saw: the alerts (active, dismissed, recent events), the chain's view
+/// of the host and the samples, shared by the watcher, the control plane, the metrics and
+/// the dashboard.
 #[derive(Debug, Default)]
 pub struct Watch {
+    pub alerts: api::alerts::Tracker<Kind>,
     state: Mutex<State>,
 }
 
@@ -383,71 +320,22 @@ impl Watch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Replaces the active set with `found` (an alert that held before keeps its
-    /// `since_ms` and takes the new message); the events this makes.
+    /// See [`api::alerts::Tracker::update`].
     pub fn update(&self, found: Vec<Alert>, now_ms: u64) -> Vec<Event> {
-        let mut s = self.lock();
-        let same = |a: &Alert, b: &Alert| a.kind == b.kind && a.subject == b.subject;
-        let mut events = Vec::new();
-        for old in &s.active {
-            if !found.iter().any(|f| same(f, old)) {
-                events.push(Event {
-                    state: "cleared".into(),
-                    at_ms: now_ms,
-                    alert: old.clone(),
-                });
-            }
-        }
-        let mut next = Vec::with_capacity(found.len());
-        for mut f in found {
-            match s.active.iter().find(|old| same(old, &f)) {
-                Some(old) => f.since_ms = old.since_ms,
-                None => {
-                    f.since_ms = now_ms;
-                    events.push(Event {
-                        state: "raised".into(),
-                        at_ms: now_ms,
-                        alert: f.clone(),
-                    });
-                }
-            }
-            next.push(f);
-        }
-        s.active = next;
-        let still: std::collections::BTreeSet<(Kind, String)> = s
-            .active
-            .iter()
-            .map(|a| (a.kind, a.subject.clone()))
-            .collect();
-        s.dismissed.retain(|d| still.contains(d));
-        for e in &events {
-            if s.events.len() == EVENTS_KEPT {
-                s.events.pop_front();
-            }
-            s.events.push_back(e.clone());
-        }
-        events
+        self.alerts.update(found, now_ms)
     }
 
     pub fn active(&self) -> Vec<Alert> {
-        self.lock().active.clone()
+        self.alerts.active()
     }
 
     /// Hides an active alert from the dashboard until it clears; false if none is active.
     pub fn dismiss(&self, kind: Kind, subject: &str) -> bool {
-        let mut s = self.lock();
-        let active = s
-            .active
-            .iter()
-            .any(|a| a.kind == kind && a.subject == subject);
-        if active {
-            s.dismissed.insert((kind, subject.to_owned()));
-        }
-        active
+        self.alerts.dismiss(kind, subject)
     }
 
     pub fn is_dismissed(&self, a: &Alert) -> bool {
-        self.lock().dismissed.contains(&(a.kind, a.subject.clone()))
+        self.alerts.is_dismissed(a)
     }
 
     pub fn set_chain(&self, c: ChainSnapshot) {
@@ -474,37 +362,18 @@ impl Watch {
 
     /// The recent events, newest first.
     pub fn events(&self) -> Vec<Event> {
-        self.lock().events.iter().rev().cloned().collect()
+        self.alerts.events()
     }
 
     /// The `mspace_host_alert` gauge: 1 for each active alert, 0 for every kind not
     /// active, labelled by kind and severity.
     pub fn render_metrics(&self, out: &mut String) {
-        let active = self.active();
-        let samples: Vec<(Vec<(&str, &str)>, u64)> = Kind::ALL
-            .iter()
-            .map(|k| {
-                (
-                    vec![("kind", k.name()), ("severity", k.severity().name())],
-                    u64::from(active.iter().any(|a| a.kind == *k)),
-                )
-            })
-            .collect();
-        let mut e = api::metrics::Exposition::default();
-        e.family(
+        self.alerts.render_metrics(
             "mspace_host_alert",
             "Alerts the host raises (1 while active), by kind and severity.",
-            "gauge",
-            &samples,
+            out,
         );
-        out.push_str(&e.finish());
     }
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What [`run`] watches and where it reports.
@@ -653,56 +522,6 @@ async fn observe_chain(
     seen
 }
 
-/// Posts `event` as JSON to an `http://` URL; the status line's code.
-pub async fn post_event(url: &str, host: &str, event: &Event) -> Result<u16, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("the webhook must be an http:// URL (put a local relay in front of https)")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    #[derive(Serialize)]
-    struct Body<'a> {
-        host: &'a str,
-        #[serde(flatten)]
-        event: &'a Event,
-    }
-    let body = serde_json::to_string(&Body { host, event }).map_err(|e| e.to_string())?;
-    let post = async {
-        let mut s = tokio::net::TcpStream::connect(authority)
-            .await
-            .map_err(|e| format!("connect {authority}: {e}"))?;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(body.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !answer.windows(2).any(|w| w == b"\r\n") && answer.len() < 8192 {
-            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&answer);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("no HTTP status in the answer {:?}", line.lines().next()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), post)
-        .await
-        .map_err(|_| "no answer in 10 s".to_string())?
-}
-
 /// Observes every `w.every` until `stop` turns true; updates `w.alerts` and posts each
 /// raise and clear to the webhook (a failed post is logged, not retried).
 pub async fn run(w: Watcher, mut stop: watch::Receiver<bool>) {
@@ -747,31 +566,8 @@ pub async fn run(w: Watcher, mut stop: watch::Receiver<bool>) {
             chain,
         };
         let events = w.watch.update(evaluate(&o, &w.rules), now_ms());
-        for e in &events {
-            match e.alert.severity {
-                Severity::Critical if e.state == "raised" => {
-                    tracing::error!(kind = e.alert.kind.name(), "alert: {}", e.alert.message)
-                }
-                _ => tracing::warn!(
-                    kind = e.alert.kind.name(),
-                    state = e.state,
-                    "alert: {}",
-                    e.alert.message
-                ),
-            }
-            if let Some(url) = &w.webhook {
-                match post_event(url, &host_hex, e).await {
-                    Ok(code) if (200..300).contains(&code) => {}
-                    Ok(code) => tracing::warn!(url, code, "the alert webhook refused an event"),
-                    Err(why) => tracing::warn!(url, "the alert webhook: {why}"),
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(w.every) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
+        api::alerts::report(&events, w.webhook.as_deref(), "host", &host_hex).await;
+        if !api::alerts::next_look(w.every, &mut stop).await {
             return;
         }
     }
@@ -899,32 +695,13 @@ mod tests {
     }
 
     #[test]
-    fn alerts_keep_their_start_and_events_say_raised_and_cleared() {
-        let a = Watch::default();
-        let found = |msg: &str| vec![alert(Kind::DiskFull, "/d", msg.to_owned())];
-        let e = a.update(found("91%"), 10);
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].state, "raised");
-        assert!(a.update(found("92%"), 20).is_empty());
-        assert_eq!(a.active()[0].since_ms, 10);
-        assert_eq!(a.active()[0].message, "92%");
+    fn the_gauge_names_every_host_kind() {
+        let w = Watch::default();
+        w.update(vec![alert(Kind::DiskFull, "/d", "91%".into())], 10);
         let mut m = String::new();
-        a.render_metrics(&mut m);
+        w.render_metrics(&mut m);
         assert!(m.contains("mspace_host_alert{kind=\"disk_full\",severity=\"warning\"} 1"));
         assert!(m.contains("mspace_host_alert{kind=\"chain_unreachable\",severity=\"critical\"} 0"));
-        let e = a.update(vec![], 30);
-        assert_eq!(e.len(), 1);
-        assert_eq!((e[0].state.as_str(), e[0].at_ms), ("cleared", 30));
-        assert!(a.active().is_empty());
-        let states: Vec<String> = a.events().into_iter().map(|e| e.state).collect();
-        // Dismissed while active; forgotten once cleared, so a new raise shows again.
-        a.update(found("95%"), 40);
-        assert!(a.dismiss(Kind::DiskFull, "/d"));
-        assert!(!a.dismiss(Kind::ClockSkew, ""));
-        assert!(a.is_dismissed(&a.active()[0]));
-        a.update(vec![], 50);
-        a.update(found("96%"), 60);
-        assert!(!a.is_dismissed(&a.active()[0]));
-        assert_eq!(states, ["cleared", "raised"]);
+        assert_eq!(m.matches("mspace_host_alert{").count(), Kind::ALL.len());
     }
 }

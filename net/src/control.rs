@@ -380,18 +380,7 @@ impl HostControl {
 
     /// The active alerts, critical first.
     pub fn alert_views(&self) -> Vec<api::AlertView> {
-        let mut active = self.host.watch().active();
-        active.sort_by_key(|a| std::cmp::Reverse(a.severity));
-        active
-            .into_iter()
-            .map(|a| api::AlertView {
-                kind: a.kind.name().into(),
-                severity: a.severity.name().into(),
-                subject: a.subject,
-                message: a.message,
-                since_ms: a.since_ms,
-            })
-            .collect()
+        self.host.watch().alerts.views()
     }
 }
 

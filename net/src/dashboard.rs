@@ -20,7 +20,7 @@ use axum::{Form, Router};
 use engine::store::Engine;
 use serde::Serialize;
 
-use crate::alerts::{percent, Sample, Watch};
+use crate::alerts::{percent, AlertKind, Sample, Watch};
 use crate::metrics::Metrics;
 use crate::wire::ErrorCode;
 

@@ -166,12 +166,29 @@ fn miner_run(config: &Path) -> Result<()> {
         .build()
         .context("start the runtime")?;
     rt.block_on(async move {
-        let (node, engine, task) = consensus::node::start(node_cfg, key)
+        let (node, engine, task) = consensus::node::start(node_cfg, key.clone())
             .await
             .map_err(|e| anyhow!(e))?;
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let relay = Relay::start(cfg.relay_to.clone());
-        let service = MinerService { node, relay };
+        let alerts = std::sync::Arc::new(api::alerts::Tracker::default());
+        let (_stop_alerts, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(miner::alerts::run(
+            miner::alerts::Watcher {
+                node: node.clone(),
+                alerts: alerts.clone(),
+                peers_configured: cfg.peers.len(),
+                others: cfg.relay_to.clone(),
+                config: cfg.alerts.clone(),
+                key_hex: miner::hex(&key.verification_key().to_bytes()),
+            },
+            stop_rx,
+        ));
+        let service = MinerService {
+            node,
+            relay,
+            alerts,
+        };
         if let Some(m) = &cfg.metrics_listen {
             let s = service.clone();
             crate::netcli::serve_metrics_on(

@@ -103,6 +103,7 @@ impl MinerApi for StandIn {
             deposits: [0; 2],
             escrow: [0; 2],
             burned: [0; 2],
+            alerts: Vec::new(),
         })
     }
     async fn account(self, _: Ctx, key: [u8; 32]) -> Result<AccountView, ControlError> {

@@ -91,6 +91,9 @@ enum HostAction {
 struct StatusArgs {
     #[arg(long)]
     config: PathBuf,
+    /// Print the status as one JSON object (`api::HostStatus`) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -482,8 +485,46 @@ fn host_status(a: &StatusArgs) -> Result<()> {
             .with_context(|| format!("cannot reach the host's control plane at {addr}"))?;
         anyhow::Ok(client.status(tarpc::context::current()).await?)
     })?;
-    println!("{}", serde_json::to_string(&status)?);
+    if a.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print!("{}", status_text(&status));
+    }
     Ok(())
+}
+
+/// `mspace host status` for a person: what is stored, then each alert, critical first.
+fn status_text(s: &api::HostStatus) -> String {
+    use crate::format_bytes;
+    let stored = if s.capacity_bytes == u64::MAX {
+        format!("{} (no capacity limit)", format_bytes(s.live_bytes))
+    } else {
+        format!(
+            "{} of {} ({}%)",
+            format_bytes(s.live_bytes),
+            format_bytes(s.capacity_bytes),
+            api::alerts::percent(s.live_bytes, s.capacity_bytes)
+        )
+    };
+    let mut out = format!(
+        "host {} (mspace {})\ndata plane   {}\nstored       {} in {} chunks\nconnections  {} open\n",
+        s.key, s.version, s.data_addr, stored, s.chunks, s.connections_open
+    );
+    if s.alerts.is_empty() {
+        out.push_str("alerts       none\n");
+    } else {
+        out.push_str(&format!("alerts       {}\n", s.alerts.len()));
+        for a in &s.alerts {
+            let since = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(a.since_ms),
+            );
+            out.push_str(&format!(
+                "  {:<8} {} since {since}: {}\n",
+                a.severity, a.kind, a.message
+            ));
+        }
+    }
+    out
 }
 
 #[derive(Args, Debug)]

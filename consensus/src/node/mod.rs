@@ -13,4 +13,4 @@ pub mod types;
 pub use malachitebft_app_channel::app::net::Multiaddr;
 pub use malachitebft_app_channel::EngineHandle;
 pub use run::{start, NodeConfig, NodeHandle};
-pub use state::{ChainParams, Committed, NodeState};
+pub use state::{ChainParams, Committed, NodeState, Votes, VOTES_KEPT};

@@ -17,7 +17,7 @@ use malachitebft_app_channel::app::types::core::ValidatorSet as _;
 use malachitebft_app_channel::app::types::Keypair;
 use malachitebft_app_channel::{
     AppMsg, Channels, ConsensusContext, EngineHandle, NetworkContext, NetworkIdentity, NetworkMsg,
-    RequestContext, SyncContext, WalContext,
+    NetworkRequest, RequestContext, SyncContext, WalContext,
 };
 use proto::tx::{SignedTx, TxId};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -87,6 +87,8 @@ enum Command {
 pub struct NodeHandle {
     commands: mpsc::Sender<CommandBox>,
     committed: broadcast::Sender<Arc<Committed>>,
+    /// The network layer's requests (its state: the connected peers).
+    net_requests: mpsc::Sender<NetworkRequest>,
 }
 
 /// `Command` is not `Debug` (it holds closures); this wrapper is.
@@ -140,6 +142,21 @@ impl NodeHandle {
     /// Every block this node commits from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Committed>> {
         self.committed.subscribe()
+    }
+
+    /// The monikers of the peers this node's network is connected to now, sorted; None
+    /// when the network layer does not answer within 5 s.
+    pub async fn connected_peers(&self) -> Option<Vec<String>> {
+        let dump = tokio::time::timeout(
+            Duration::from_secs(5),
+            NetworkRequest::dump_state(&self.net_requests),
+        )
+        .await
+        .ok()?
+        .ok()??;
+        let mut names: Vec<String> = dump.peers.values().map(|p| p.moniker.clone()).collect();
+        names.sort();
+        Some(names)
     }
 }
 
@@ -263,6 +280,7 @@ pub(crate) fn spawn_serve(
     let handle = NodeHandle {
         commands,
         committed: committed.clone(),
+        net_requests: channels.net_requests.clone(),
     };
     let task = tokio::spawn(serve(state, channels, rx, committed));
     (handle, task)

@@ -104,6 +104,21 @@ pub struct Committed {
     pub receipts: Vec<Receipt>,
 }
 
+/// Heights this node was a validator at, the last of which [`NodeState::votes`] looks at.
+pub const VOTES_KEPT: usize = 100;
+
+/// This node's votes over the last heights it was a validator at (at most [`VOTES_KEPT`]):
+/// a vote is missed when the height's commit certificate does not carry this node's
+/// signature (it was down, behind, or its precommit came after the quorum's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Votes {
+    /// Heights looked at.
+    pub heights: u64,
+    pub missed: u64,
+    /// The last height whose certificate lacks this node's signature.
+    pub last_missed: Option<u64>,
+}
+
 #[derive(Debug)]
 pub struct NodeState {
     pub ctx: MsContext,
@@ -131,6 +146,9 @@ pub struct NodeState {
     verified: std::collections::HashSet<TxId>,
     /// Equivocations this node reported, so each is reported once.
     reported: std::collections::HashSet<(proto::tx::AccountId, u64, i64, u8)>,
+    /// (height, signed) for the last [`VOTES_KEPT`] heights this node was a validator at:
+    /// whether that height's commit certificate carries its signature.
+    votes: std::collections::VecDeque<(u64, bool)>,
 }
 
 impl NodeState {
@@ -144,6 +162,9 @@ impl NodeState {
         let mut ledger = State::genesis(&params.genesis);
         let mut tip = BlockId::default();
         let mut tx_heights = HashMap::new();
+        let me = proto::tx::AccountId(key.verification_key().to_bytes());
+        // The last heights this node was a validator at; their certificates are read after.
+        let mut voted = std::collections::VecDeque::with_capacity(VOTES_KEPT);
         store.for_each_block(1, |height, bytes| {
             let replay = |reason: String| NodeError::Replay { height, reason };
             let block = EncodedBlock::decode(bytes).map_err(|e| replay(e.to_string()))?;
@@ -155,6 +176,12 @@ impl NodeState {
             if let Some(why) = root_mismatch(&block.header, &ledger.hash()) {
                 return Err(replay(why));
             }
+            if ledger.validators.contains_key(&me) {
+                if voted.len() == VOTES_KEPT {
+                    voted.pop_front();
+                }
+                voted.push_back(height);
+            }
             let (next, _) =
                 ledger::apply(&ledger, &ledger_block(&block)).map_err(|e| replay(e.to_string()))?;
             ledger = next;
@@ -164,6 +191,13 @@ impl NodeState {
             }
             Ok(())
         })?;
+        let mut votes = std::collections::VecDeque::with_capacity(VOTES_KEPT);
+        for height in voted {
+            let signed = store
+                .certificate(height)?
+                .is_some_and(|c| c.commit_signatures.iter().any(|s| s.address.0 == me.0));
+            votes.push_back((height, signed));
+        }
         Ok(NodeState {
             ctx: MsContext { chain_id },
             reveal_secret: ledger::reveal_secret(&key.to_bytes()),
@@ -179,7 +213,22 @@ impl NodeState {
             tx_heights,
             verified: Default::default(),
             reported: Default::default(),
+            votes,
         })
+    }
+
+    /// This node's votes over the last heights it was a validator at.
+    pub fn votes(&self) -> Votes {
+        Votes {
+            heights: self.votes.len() as u64,
+            missed: self.votes.iter().filter(|(_, signed)| !signed).count() as u64,
+            last_missed: self
+                .votes
+                .iter()
+                .rev()
+                .find(|(_, signed)| !signed)
+                .map(|(h, _)| *h),
+        }
     }
 
     pub fn address(&self) -> Address {
@@ -533,6 +582,18 @@ impl NodeState {
         };
         self.store
             .put_decided(Height(height), block.bytes(), cert)?;
+        let me = self.address();
+        if self
+            .ledger
+            .validators
+            .contains_key(&proto::tx::AccountId(me.0))
+        {
+            if self.votes.len() == VOTES_KEPT {
+                self.votes.pop_front();
+            }
+            let signed = cert.commit_signatures.iter().any(|s| s.address == me);
+            self.votes.push_back((height, signed));
+        }
         if next.validators != self.ledger.validators {
             self.validators = ValidatorSet::from_stakes(&next.validators);
         }

@@ -485,3 +485,42 @@ fn a_block_built_on_another_ledger_state_is_refused_and_stops_a_node_it_is_decid
     assert!(e.contains("diverged"), "{e}");
     assert_eq!(nodes[judge].tip().0, 0, "nothing was committed");
 }
+
+#[test]
+fn votes_missing_from_commit_certificates_are_counted_and_survive_a_restart() {
+    use malachitebft_app_channel::app::types::core::CommitSignature;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeState> = (0..4).map(|i| open(dir.path(), i)).collect();
+    let signers: Vec<_> = nodes.iter().take(3).map(NodeState::address).collect();
+    for h in 1..=3u64 {
+        let height = Height(h);
+        let p = proposer_of(&nodes, height);
+        let (value, part) = nodes[p].propose(height, Round::new(0), NOW + h).unwrap();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if i != p {
+                n.received_part(part.clone(), NOW + h).unwrap();
+            }
+            // Nodes 0 to 2 signed every commit; node 3 signed only height 2's.
+            let mut by = signers.clone();
+            if h == 2 {
+                by.push(n.address());
+            }
+            n.decided(&CommitCertificate {
+                commit_signatures: by
+                    .into_iter()
+                    .map(|a| CommitSignature::new(a, Sig([7; 64])))
+                    .collect(),
+                ..cert(height, value.value.id)
+            })
+            .unwrap();
+        }
+    }
+    let v = nodes[0].votes();
+    assert_eq!((v.heights, v.missed, v.last_missed), (3, 0, None));
+    let v = nodes[3].votes();
+    assert_eq!((v.heights, v.missed, v.last_missed), (3, 2, Some(3)));
+    // Rebuilt from the block store's certificates on a restart.
+    drop(nodes);
+    let again = open(dir.path(), 3);
+    assert_eq!(again.votes(), v);
+}

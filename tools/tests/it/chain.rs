@@ -86,7 +86,7 @@ pub(crate) fn start_chain_host(
         &[],
         "agent following the chain",
     );
-    let key = json(&["host", "status", "--config", &s(cfg)])["key"]
+    let key = json(&["host", "status", "--config", &s(cfg), "--json"])["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -102,9 +102,21 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
 }
 
 /// [`start_devnet`] with these options (block time, proof period). Each process takes a
-/// range of 16 slots x 16 ports (slots 0 to 15, one per test: chain.rs takes 0 and 1,
-/// deal.rs 2 to 10), so two test processes whose ids differ modulo 48 never share a port.
+/// range of 16 slots x 16 ports (slots 0 to 15, one per test: chain.rs takes 0, 1 and 13,
+/// deal.rs 2 to 12), so two test processes whose ids differ modulo 48 never share a port.
 pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
+    start_devnet_env(d, n, slot, extra, &[])
+}
+
+/// [`start_devnet_with`] with these variables in the devnet's environment (its miners
+/// inherit them: `MSPACE_MINER__...` overrides).
+fn start_devnet_env(
+    d: &Path,
+    n: u32,
+    slot: u32,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> (Devnet, u32) {
     assert!(slot < 16, "slots 0 to 15");
     let base = 20_000 + (std::process::id() % 48) * 256 + slot * 16;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
@@ -118,6 +130,7 @@ pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> 
             &base.to_string(),
         ])
         .args(extra)
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -551,5 +564,201 @@ fn contractors_register_unbond_and_withdraw_on_a_devnet_and_a_host_offers_only_w
         "{}",
         early.stderr
     );
+    drop(net);
+}
+
+/// Waits (60 s at most) for the webhook's event that `want` accepts.
+fn posted(
+    rx: &std::sync::mpsc::Receiver<serde_json::Value>,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no event {what} posted in 60 s"));
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+/// The kinds of the alerts `mspace chain status` shows for the miner at `control`.
+fn alert_kinds(control: &str) -> Vec<String> {
+    let s = json(&["chain", "status", "--miner", control, "--json"]);
+    s["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Asks `mspace chain status` until `done` holds for the miner's alert kinds (60 s at
+/// most); the last kinds.
+fn alerts_until(control: &str, what: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let kinds = alert_kinds(control);
+        if done(&kinds) {
+            return kinds;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still {kinds:?} after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_miner_cut_off_from_its_peers_raises_alerts_and_clears_them_once_it_caught_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net");
+    // Every miner looks every second (an override from the environment).
+    let every = [("MSPACE_MINER__ALERTS__EVERY_SECS", "1")];
+    let base = 20_000 + (std::process::id() % 48) * 256 + 13 * 16;
+    let metrics_base = (base + 8).to_string();
+    let (net, base) = start_devnet_env(
+        &d,
+        4,
+        13,
+        &["--block-time-ms", "200", "--metrics-base", &metrics_base],
+        &every,
+    );
+    let control = |i: u32| format!("127.0.0.1:{}", base + 2 * i + 1);
+    json(&[
+        "chain",
+        "block",
+        "3",
+        "--wait",
+        "60s",
+        "--miner",
+        &control(0),
+        "--json",
+    ]);
+    // A healthy network: no alerts anywhere.
+    for i in 0..4 {
+        alerts_until(
+            &control(i),
+            &format!("miner {i} healthy"),
+            <[String]>::is_empty,
+        );
+    }
+
+    // Miner 3 restarts on another p2p port and dials ports nobody listens on: cut off
+    // from the others, whose heights it still reads on their control planes.
+    let (hook, events) = super::net::webhook_receiver();
+    let cfg3 = d.join("miner3/miner.toml");
+    let healthy = std::fs::read_to_string(&cfg3)
+        .unwrap()
+        .replace(
+            "# webhook = \"http://127.0.0.1:9900/alerts\"",
+            &format!("webhook = \"{hook}\""),
+        )
+        .replace("behind_blocks = 10", "behind_blocks = 3")
+        .replace("missed_votes = 10", "missed_votes = 1");
+    let p2p3 = format!("/ip4/127.0.0.1/tcp/{}", base + 6);
+    let nowhere = |i: u32| format!("/ip4/127.0.0.1/tcp/{}", base + 12 + i);
+    let mut cut = healthy.replace(&p2p3, &nowhere(3));
+    for i in 0..3 {
+        cut = cut.replace(&format!("/ip4/127.0.0.1/tcp/{}", base + 2 * i), &nowhere(i));
+    }
+    assert_ne!(
+        cut, healthy,
+        "the p2p addresses were not found in miner3.toml"
+    );
+    std::fs::write(&cfg3, &cut).unwrap();
+    let key3 = json(&["chain", "status", "--miner", &control(3), "--json"])["validator"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kill3 = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid_of(&d, 3)),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    kill3();
+    let from3 = |kind: &'static str, state: &'static str| {
+        let key3 = key3.clone();
+        move |e: &serde_json::Value| {
+            e["miner"] == key3.as_str() && e["alert"]["kind"] == kind && e["state"] == state
+        }
+    };
+    let e = posted(
+        &events,
+        "falling_behind raised",
+        from3("falling_behind", "raised"),
+    );
+    assert_eq!(e["alert"]["severity"], "critical");
+    assert!(
+        e["alert"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("block(s) behind the miner at 127.0.0.1:"),
+        "{e}"
+    );
+    let kinds = alerts_until(&control(3), "miner 3 cut off", |k| {
+        k.contains(&"falling_behind".to_string()) && k.contains(&"peers_lost".to_string())
+    });
+    println!("miner 3 cut off: {kinds:?}");
+    // The others see one peer gone: in their status and their metrics.
+    alerts_until(&control(0), "miner 0 without miner 3", |k| {
+        k.contains(&"peers_lost".to_string())
+    });
+    let m0 = super::net::check_metrics("miner", &format!("127.0.0.1:{metrics_base}"));
+    assert!(
+        m0.contains("mspace_miner_alert{kind=\"peers_lost\",severity=\"warning\"} 1\n"),
+        "{m0}"
+    );
+    assert!(
+        m0.contains("mspace_miner_alert{kind=\"falling_behind\",severity=\"critical\"} 0\n"),
+        "{m0}"
+    );
+    assert!(m0.contains("mspace_miner_connected_peers 2\n"), "{m0}");
+    let s0 = json(&["chain", "status", "--miner", &control(0), "--json"]);
+    let lost = s0["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "peers_lost")
+        .unwrap()
+        .clone();
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("connected to 2 of 3 configured peers"),
+        "{lost}"
+    );
+
+    // Back on its own port: it syncs the blocks it missed, its alerts clear, and its
+    // signature is missing from those blocks' commits.
+    std::fs::write(&cfg3, &healthy).unwrap();
+    kill3();
+    posted(
+        &events,
+        "falling_behind cleared",
+        from3("falling_behind", "cleared"),
+    );
+    let kinds = alerts_until(&control(3), "miner 3 caught up", |k| {
+        k == ["missed_votes".to_string()]
+    });
+    assert_eq!(kinds, ["missed_votes"]);
+    let s3 = json(&["chain", "status", "--miner", &control(3), "--json"]);
+    let missed = s3["alerts"][0]["message"].as_str().unwrap().to_owned();
+    assert!(
+        missed.contains("this validator's signature is missing from"),
+        "{missed}"
+    );
+    alerts_until(&control(0), "miner 0 with miner 3 again", |k| {
+        !k.contains(&"peers_lost".to_string())
+    });
+    // The human form shows the alerts too.
+    let human = mspace(&["chain", "status", "--miner", &control(3)], &[]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("missed_votes"), "{}", human.stdout);
     drop(net);
 }

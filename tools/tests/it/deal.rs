@@ -221,7 +221,7 @@ fn picked(stdout: &str) -> Vec<(String, u64)> {
 
 /// Chunks a host's store holds.
 fn stored(cfg: &str) -> u64 {
-    json(&["host", "status", "--config", cfg])["chunks"]
+    json(&["host", "status", "--config", cfg, "--json"])["chunks"]
         .as_u64()
         .unwrap()
 }

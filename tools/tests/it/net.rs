@@ -250,9 +250,17 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
     )
     .unwrap();
     let _host = start(&["host", "--config", &cfg], &[], "control plane on");
-    let status = mspace(&["host", "status", "--config", &cfg], &[]);
+    let status = mspace(&["host", "status", "--config", &cfg, "--json"], &[]);
     assert_eq!(status.code, 0, "{}", status.stderr);
     assert_eq!(json(&status.stdout)["data_addr"], listen.as_str());
+    let text = mspace(&["host", "status", "--config", &cfg], &[]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert!(
+        text.stdout.contains(&format!("data plane   {listen}\n"))
+            && text.stdout.contains("alerts       none\n"),
+        "{}",
+        text.stdout
+    );
 
     let link = mspace(
         &[
@@ -436,7 +444,7 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
 }
 
 /// Receives the webhook's POSTs on a loopback port: each body, as JSON, down the channel.
-fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
+pub(crate) fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<serde_json::Value>) {
     let listener = TcpListener::bind(("127.0.0.1", free_port("127.0.0.1"))).unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -534,7 +542,13 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
     let e = raised(&events, "chain_unreachable");
     assert_eq!(e["alert"]["severity"], "critical");
     assert_eq!(e["host"].as_str().unwrap().len(), 64);
-    let status = mspace(&["host", "status", "--config", &cfg], &[]);
+    let text = mspace(&["host", "status", "--config", &cfg], &[]);
+    assert!(
+        text.stdout.contains("  critical chain_unreachable since "),
+        "{}",
+        text.stdout
+    );
+    let status = mspace(&["host", "status", "--config", &cfg, "--json"], &[]);
     assert_eq!(status.code, 0, "{}", status.stderr);
     let alerts = json(&status.stdout)["alerts"].clone();
     let shown: Vec<(&str, &str)> = alerts
@@ -658,7 +672,7 @@ fn a_host_raises_alerts_in_its_status_its_metrics_and_to_its_webhook() {
     assert!(!kinds.contains(&"disk_full"), "{p}");
     assert_eq!(p["dismissed"], 1, "{p}");
     // Dismissed on the dashboard only: the status and the metrics still say it.
-    let status = json(&mspace(&["host", "status", "--config", &cfg], &[]).stdout);
+    let status = json(&mspace(&["host", "status", "--config", &cfg, "--json"], &[]).stdout);
     assert!(status["alerts"].to_string().contains("disk_full"));
     assert_eq!(gauge("disk_full", "warning"), 1);
     let again = http(
