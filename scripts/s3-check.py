@@ -282,6 +282,75 @@ def main():
         code(lambda: s3.get_bucket_lifecycle_configuration(Bucket=B)))
     s3.delete_object(Bucket=B, Key="keep/b")
 
+    # Versioning: every write kept, a delete marker in front, versions read, listed and
+    # removed one by one.
+    V = "versioned"
+    s3.create_bucket(Bucket=V)
+    row("boto3", "GetBucketVersioning never enabled", None,
+        s3.get_bucket_versioning(Bucket=V).get("Status"))
+    s3.put_object(Bucket=V, Key="k", Body=b"before")
+    row("boto3", "PutBucketVersioning Enabled", "ok",
+        code(lambda: s3.put_bucket_versioning(Bucket=V, VersioningConfiguration={"Status": "Enabled"})))
+    row("boto3", "GetBucketVersioning", "Enabled", s3.get_bucket_versioning(Bucket=V).get("Status"))
+    row("boto3", "PutBucketVersioning of a missing bucket", "NoSuchBucket",
+        code(lambda: s3.put_bucket_versioning(Bucket="missing",
+                                              VersioningConfiguration={"Status": "Enabled"})))
+    v1 = s3.put_object(Bucket=V, Key="k", Body=b"one")["VersionId"]
+    v2 = s3.put_object(Bucket=V, Key="k", Body=b"two")["VersionId"]
+    row("boto3", "PutObject gives each write its version id", True, v1 != v2 and "null" not in (v1, v2))
+    row("boto3", "GetObject is the newest", (b"two", v2),
+        (lambda g: (g["Body"].read(), g["VersionId"]))(s3.get_object(Bucket=V, Key="k")))
+    row("boto3", "GetObject VersionId", b"one", s3.get_object(Bucket=V, Key="k", VersionId=v1)["Body"].read())
+    row("boto3", "GetObject VersionId null (written before)", b"before",
+        s3.get_object(Bucket=V, Key="k", VersionId="null")["Body"].read())
+    row("boto3", "HeadObject VersionId", 3, s3.head_object(Bucket=V, Key="k", VersionId=v1)["ContentLength"])
+    row("boto3", "GetObject unknown VersionId", "NoSuchVersion",
+        code(lambda: s3.get_object(Bucket=V, Key="k", VersionId="00000000000fffff")))
+    row("boto3", "GetObject malformed VersionId", "InvalidArgument",
+        code(lambda: s3.get_object(Bucket=V, Key="k", VersionId="x")))
+    d = s3.delete_object(Bucket=V, Key="k")
+    marker = d.get("VersionId")
+    row("boto3", "DeleteObject makes a delete marker", True, d.get("DeleteMarker") is True and bool(marker))
+    row("boto3", "GetObject behind a delete marker", "NoSuchKey", code(lambda: s3.get_object(Bucket=V, Key="k")))
+    row("boto3", "GetObject of the delete marker's version", "MethodNotAllowed",
+        code(lambda: s3.get_object(Bucket=V, Key="k", VersionId=marker)))
+    row("boto3", "ListObjectsV2 hides a deleted key", 0, s3.list_objects_v2(Bucket=V).get("KeyCount"))
+    row("boto3", "GetObject an old version behind the marker", b"two",
+        s3.get_object(Bucket=V, Key="k", VersionId=v2)["Body"].read())
+    lv = s3.list_object_versions(Bucket=V)
+    row("boto3", "ListObjectVersions: versions newest first", [(v2, False), (v1, False), ("null", False)],
+        [(x["VersionId"], x["IsLatest"]) for x in lv.get("Versions", [])])
+    row("boto3", "ListObjectVersions: the delete marker is latest", [(marker, True)],
+        [(x["VersionId"], x["IsLatest"]) for x in lv.get("DeleteMarkers", [])])
+    p1 = s3.list_object_versions(Bucket=V, MaxKeys=2)
+    p2 = s3.list_object_versions(Bucket=V, MaxKeys=2, KeyMarker=p1["NextKeyMarker"],
+                                 VersionIdMarker=p1["NextVersionIdMarker"])
+    paged = [x["VersionId"] for p in (p1, p2) for x in p.get("DeleteMarkers", []) + p.get("Versions", [])]
+    row("boto3", "ListObjectVersions in pages of 2", sorted([marker, v2, v1, "null"]), sorted(paged))
+    row("boto3", "ListObjectVersions: page 1 truncated, page 2 not", (True, False),
+        (p1["IsTruncated"], p2["IsTruncated"]))
+    row("boto3", "DeleteObject of the delete marker's version", "ok",
+        code(lambda: s3.delete_object(Bucket=V, Key="k", VersionId=marker)))
+    row("boto3", "GetObject after removing the marker", b"two", s3.get_object(Bucket=V, Key="k")["Body"].read())
+    row("boto3", "DeleteObject VersionId of the current version", v2,
+        s3.delete_object(Bucket=V, Key="k", VersionId=v2).get("VersionId"))
+    row("boto3", "GetObject: the next newest became current", b"one",
+        s3.get_object(Bucket=V, Key="k")["Body"].read())
+    c = s3.copy_object(Bucket=V, Key="copied", CopySource={"Bucket": V, "Key": "k", "VersionId": "null"})
+    row("boto3", "CopyObject of a version", ("null", b"before"),
+        (c.get("CopySourceVersionId", "null"), s3.get_object(Bucket=V, Key="copied")["Body"].read()))
+    row("boto3", "PutBucketVersioning Suspended", "ok",
+        code(lambda: s3.put_bucket_versioning(Bucket=V, VersioningConfiguration={"Status": "Suspended"})))
+    s3.put_object(Bucket=V, Key="k", Body=b"three")
+    ids = [x["VersionId"] for x in s3.list_object_versions(Bucket=V, Prefix="k")["Versions"]]
+    row("boto3", "while suspended a write replaces the null version", ["null", v1], ids)
+    everything = s3.list_object_versions(Bucket=V)
+    gone = [{"Key": x["Key"], "VersionId": x["VersionId"]}
+            for x in everything.get("Versions", []) + everything.get("DeleteMarkers", [])]
+    d = s3.delete_objects(Bucket=V, Delete={"Objects": gone})
+    row("boto3", "DeleteObjects by version", len(gone), len(d.get("Deleted", [])))
+    row("boto3", "DeleteBucket once every version is gone", "ok", code(lambda: s3.delete_bucket(Bucket=V)))
+
     # Deleting.
     row("boto3", "DeleteObject", "ok", code(lambda: s3.delete_object(Bucket=B, Key="copy.bin")))
     row("boto3", "HeadObject after DeleteObject", "404",

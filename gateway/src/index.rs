@@ -1,7 +1,13 @@
 //! The gateway's object index in redb: buckets, objects (bucket and key to where the
-//! sealed object lives), multipart uploads and their parts. Every change is one redb
-//! write transaction committed durably before the client hears of it, so a gateway killed
-//! at any point has either recorded an object whole or not at all.
+//! sealed object lives), their older versions, multipart uploads and their parts. Every
+//! change is one redb write transaction committed durably before the client hears of it,
+//! so a gateway killed at any point has either recorded an object whole or not at all.
+//!
+//! Versions (S3's bucket versioning): `objects` holds each key's current record (an
+//! object or a delete marker); `versions` holds the noncurrent ones, newest first per key.
+//! Every key with noncurrent versions has a current record (deleting the current version
+//! promotes the newest noncurrent one), so a bucket is empty when `objects` has nothing
+//! under it.
 
 use std::path::Path;
 
@@ -19,6 +25,52 @@ const UPLOADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("uploads");
 const PARTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("parts");
 /// Bucket name to its lifecycle rules ([`crate::record::encode_rules`]).
 const LIFECYCLE: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle");
+/// `bucket 0x00 key 0x00 (u64::MAX - seq, big-endian)` to a noncurrent [`ObjectRecord`]:
+/// a key's versions newest first, after its current record in listing order.
+const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
+/// Bucket name to its versioning (1 enabled, 2 suspended); absent: never enabled.
+const VERSIONING: TableDefinition<&str, u8> = TableDefinition::new("versioning");
+/// `seq`: the last sequence number given to an object record.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// A bucket's versioning, as S3 has it: once enabled, it can be suspended but not turned
+/// off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versioning {
+    Off,
+    Enabled,
+    Suspended,
+}
+
+/// A version id as a request names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionId {
+    Null,
+    Seq(u64),
+}
+
+impl VersionId {
+    /// `null`, or the 16 hex digits [`ObjectRecord::version_id`] writes.
+    pub fn parse(s: &str) -> Option<VersionId> {
+        if s == "null" {
+            return Some(VersionId::Null);
+        }
+        if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u64::from_str_radix(s, 16)
+            .ok()
+            .filter(|n| *n != 0)
+            .map(VersionId::Seq)
+    }
+
+    fn names(self, r: &ObjectRecord) -> bool {
+        match self {
+            VersionId::Null => r.version_id() == "null",
+            VersionId::Seq(n) => r.seq == n && !r.null_version,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -48,7 +100,8 @@ db_errors!(
 /// What a conditional write found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Written {
-    Done,
+    /// Recorded; its version id when the bucket's versioning is on or suspended.
+    Done(Option<String>),
     NoBucket,
     /// The object's current state does not meet the request's condition.
     ConditionFailed,
@@ -64,8 +117,10 @@ pub struct Condition {
 }
 
 impl Condition {
-    /// Whether the condition holds for the key's current object.
+    /// Whether the condition holds for the key's current object (a delete marker is no
+    /// object).
     pub fn holds(&self, current: Option<&ObjectRecord>) -> bool {
+        let current = current.filter(|c| !c.delete_marker);
         if self.absent && current.is_some() {
             return false;
         }
@@ -82,6 +137,26 @@ pub enum BucketGone {
     Deleted,
     NotFound,
     NotEmpty,
+}
+
+/// What a delete did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Records gone for good (their sealed files are no longer named by the index).
+    pub removed: Vec<ObjectRecord>,
+    /// The delete marker it made (versioning on or suspended, no version named).
+    pub marker: Option<ObjectRecord>,
+}
+
+/// One page of a version listing: per key, newest first.
+#[derive(Debug, Default)]
+pub struct VersionListing {
+    /// (key, record, whether it is the key's current one).
+    pub versions: Vec<(String, ObjectRecord, bool)>,
+    pub prefixes: Vec<String>,
+    /// Where the next page starts: after this key, and after this version of it (None:
+    /// after the whole key or common prefix).
+    pub next: Option<(String, Option<String>)>,
 }
 
 /// One page of a listing.
@@ -104,6 +179,127 @@ fn object_key(bucket: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// Where a key's noncurrent versions start in `versions`.
+fn versions_of(bucket: &str, key: &str) -> Vec<u8> {
+    let mut k = object_key(bucket, key);
+    k.push(0);
+    k
+}
+
+fn version_key(bucket: &str, key: &str, seq: u64) -> Vec<u8> {
+    let mut k = versions_of(bucket, key);
+    k.extend_from_slice(&(u64::MAX - seq).to_be_bytes());
+    k
+}
+
+fn decode_opt(v: Option<redb::AccessGuard<'_, &[u8]>>) -> Result<Option<ObjectRecord>, IndexError> {
+    Ok(match v {
+        Some(v) => Some(ObjectRecord::decode(v.value())?),
+        None => None,
+    })
+}
+
+fn versioning_in(tx: &redb::WriteTransaction, bucket: &str) -> Result<Versioning, IndexError> {
+    Ok(
+        match tx.open_table(VERSIONING)?.get(bucket)?.map(|v| v.value()) {
+            Some(1) => Versioning::Enabled,
+            Some(2) => Versioning::Suspended,
+            Some(v) => {
+                return Err(IndexError::Db(format!(
+                    "bucket {bucket}: versioning state {v}"
+                )))
+            }
+            None => Versioning::Off,
+        },
+    )
+}
+
+/// The key's noncurrent versions, newest first: (table key, record).
+fn noncurrent(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    bucket: &str,
+    key: &str,
+) -> Result<Vec<(Vec<u8>, ObjectRecord)>, IndexError> {
+    let from = versions_of(bucket, key);
+    let mut out = Vec::new();
+    for e in t.range(from.as_slice()..)? {
+        let (k, v) = e?;
+        let k = k.value();
+        if !k.starts_with(&from) || k.len() != from.len() + 8 {
+            break;
+        }
+        out.push((k.to_vec(), ObjectRecord::decode(v.value())?));
+    }
+    Ok(out)
+}
+
+/// Makes `rec` the key's current record under the bucket's versioning, giving it the next
+/// sequence number: the record it replaces (`current`) becomes a noncurrent version when
+/// it has a version id of its own and versioning is on or suspended, else it is gone; a
+/// `null` record replaces the key's other `null` version. What is gone is returned.
+fn install(
+    tx: &redb::WriteTransaction,
+    bucket: &str,
+    key: &str,
+    rec: &mut ObjectRecord,
+    current: Option<ObjectRecord>,
+) -> Result<(Versioning, Vec<ObjectRecord>), IndexError> {
+    let state = versioning_in(tx, bucket)?;
+    {
+        let mut c = tx.open_table(COUNTERS)?;
+        let seq = c.get("seq")?.map_or(0, |v| v.value()) + 1;
+        c.insert("seq", seq)?;
+        rec.seq = seq;
+    }
+    rec.null_version = state != Versioning::Enabled;
+    let mut gone = Vec::new();
+    let mut versions = tx.open_table(VERSIONS)?;
+    if rec.null_version {
+        for (k, old) in noncurrent(&versions, bucket, key)? {
+            if old.version_id() == "null" {
+                versions.remove(k.as_slice())?;
+                gone.push(old);
+            }
+        }
+    }
+    if let Some(cur) = current {
+        if state == Versioning::Off || (rec.null_version && cur.version_id() == "null") {
+            gone.push(cur);
+        } else {
+            versions.insert(
+                version_key(bucket, key, cur.seq).as_slice(),
+                cur.encode().as_slice(),
+            )?;
+        }
+    }
+    tx.open_table(OBJECTS)?
+        .insert(object_key(bucket, key).as_slice(), rec.encode().as_slice())?;
+    Ok((state, gone))
+}
+
+/// Where a listing of `prefix` resuming after `marker` starts in `objects`.
+fn listing_start(bucket: &str, prefix: &str, marker: Option<&str>) -> Vec<u8> {
+    match marker {
+        Some(m) if m > prefix => object_key(bucket, m),
+        _ => object_key(bucket, prefix),
+    }
+}
+
+/// The object key of an `objects` key whose bucket part is `head` bytes.
+fn key_in(k: &[u8], head: usize) -> Result<&str, IndexError> {
+    std::str::from_utf8(&k[head..]).map_err(|_| IndexError::Db("an object key is not UTF-8".into()))
+}
+
+/// The common prefix `key` rolls up into: up to and including the delimiter's first
+/// occurrence after `prefix`, if there is one.
+fn rolled_up(key: &str, prefix: &str, delimiter: Option<&str>) -> Option<String> {
+    delimiter.and_then(|d| {
+        key[prefix.len()..]
+            .find(d)
+            .map(|i| key[..prefix.len() + i + d.len()].to_owned())
+    })
 }
 
 fn part_key(upload: &[u8; 16], part: u32) -> [u8; 20] {
@@ -130,6 +326,9 @@ impl Index {
             tx.open_table(UPLOADS)?;
             tx.open_table(PARTS)?;
             tx.open_table(LIFECYCLE)?;
+            tx.open_table(VERSIONS)?;
+            tx.open_table(VERSIONING)?;
+            tx.open_table(COUNTERS)?;
         }
         tx.commit()?;
         Ok(Index { db })
@@ -185,12 +384,44 @@ impl Index {
                 } else {
                     t.remove(name)?;
                     tx.open_table(LIFECYCLE)?.remove(name)?;
+                    tx.open_table(VERSIONING)?.remove(name)?;
                     BucketGone::Deleted
                 }
             }
         };
         tx.commit()?;
         Ok(gone)
+    }
+
+    /// A bucket's versioning; None if there is no bucket.
+    pub fn versioning(&self, bucket: &str) -> Result<Option<Versioning>, IndexError> {
+        let tx = self.db.begin_write()?;
+        let got = if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
+            None
+        } else {
+            Some(versioning_in(&tx, bucket)?)
+        };
+        tx.abort()?;
+        Ok(got)
+    }
+
+    /// Turns a bucket's versioning on or suspends it (`Off` is refused: S3 cannot turn
+    /// it off); false if there is no bucket.
+    pub fn set_versioning(&self, bucket: &str, v: Versioning) -> Result<bool, IndexError> {
+        let code = match v {
+            Versioning::Enabled => 1,
+            Versioning::Suspended => 2,
+            Versioning::Off => {
+                return Err(IndexError::Db("versioning cannot be turned off".into()))
+            }
+        };
+        let tx = self.db.begin_write()?;
+        let found = tx.open_table(BUCKETS)?.get(bucket)?.is_some();
+        if found {
+            tx.open_table(VERSIONING)?.insert(bucket, code)?;
+        }
+        tx.commit()?;
+        Ok(found)
     }
 
     /// Sets (`Some`) or removes a bucket's lifecycle rules; false if there is no bucket.
@@ -256,6 +487,28 @@ impl Index {
         })
     }
 
+    /// The version `v` of a key (current or not), if it exists.
+    pub fn object_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        v: VersionId,
+    ) -> Result<Option<ObjectRecord>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let current = decode_opt(
+            tx.open_table(OBJECTS)?
+                .get(object_key(bucket, key).as_slice())?,
+        )?;
+        if let Some(c) = current.filter(|c| v.names(c)) {
+            return Ok(Some(c));
+        }
+        let t = tx.open_table(VERSIONS)?;
+        Ok(noncurrent(&t, bucket, key)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .find(|r| v.names(r)))
+    }
+
     /// Records an object, replacing the key's current one, if `cond` holds for it.
     pub fn put_object(
         &self,
@@ -280,27 +533,24 @@ impl Index {
             if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
                 Written::NoBucket
             } else {
-                let mut t = tx.open_table(OBJECTS)?;
                 let k = object_key(bucket, key);
-                let current = match t.get(k.as_slice())? {
-                    Some(v) => Some(ObjectRecord::decode(v.value())?),
-                    None => None,
-                };
+                let current = decode_opt(tx.open_table(OBJECTS)?.get(k.as_slice())?)?;
                 if cond.holds(current.as_ref()) {
-                    t.insert(k.as_slice(), rec.encode().as_slice())?;
+                    let mut rec = rec.clone();
+                    let (state, _) = install(&tx, bucket, key, &mut rec, current)?;
                     if let Some(id) = finishing {
                         tx.open_table(UPLOADS)?.remove(id.as_slice())?;
                         let mut parts = tx.open_table(PARTS)?;
                         let (from, to) = (part_key(id, 0), part_key(id, u32::MAX));
                         parts.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
                     }
-                    Written::Done
+                    Written::Done((state != Versioning::Off).then(|| rec.version_id()))
                 } else {
                     Written::ConditionFailed
                 }
             }
         };
-        if written == Written::Done {
+        if matches!(written, Written::Done(_)) {
             tx.commit()?;
         } else {
             tx.abort()?;
@@ -308,23 +558,70 @@ impl Index {
         Ok(written)
     }
 
-    /// Removes an object; the removed record, if there was one.
+    /// Deletes as S3 does: with no version named, removes the current object (versioning
+    /// off) or puts a delete marker in front of it (made at `now_ms`); with a version,
+    /// removes that version for good (the newest other one becomes current if it was).
     pub fn delete_object(
         &self,
         bucket: &str,
         key: &str,
-    ) -> Result<Option<ObjectRecord>, IndexError> {
+        version: Option<VersionId>,
+        now_ms: u64,
+    ) -> Result<Deleted, IndexError> {
         let tx = self.db.begin_write()?;
-        let old = {
-            let mut t = tx.open_table(OBJECTS)?;
-            let removed = t.remove(object_key(bucket, key).as_slice())?;
-            match removed {
-                Some(v) => Some(ObjectRecord::decode(v.value())?),
-                None => None,
+        let mut out = Deleted::default();
+        {
+            let k = object_key(bucket, key);
+            let current = decode_opt(tx.open_table(OBJECTS)?.get(k.as_slice())?)?;
+            match version {
+                None => {
+                    if versioning_in(&tx, bucket)? == Versioning::Off {
+                        if let Some(c) = decode_opt(tx.open_table(OBJECTS)?.remove(k.as_slice())?)?
+                        {
+                            out.removed.push(c);
+                        }
+                    } else {
+                        let mut marker = ObjectRecord {
+                            size: 0,
+                            modified_ms: now_ms,
+                            etag: String::new(),
+                            parts: 0,
+                            content_type: String::new(),
+                            metadata: Vec::new(),
+                            stored: None,
+                            seq: 0,
+                            null_version: false,
+                            delete_marker: true,
+                        };
+                        let (_, gone) = install(&tx, bucket, key, &mut marker, current)?;
+                        out.removed = gone;
+                        out.marker = Some(marker);
+                    }
+                }
+                Some(v) => {
+                    let mut versions = tx.open_table(VERSIONS)?;
+                    if let Some(c) = current.filter(|c| v.names(c)) {
+                        let mut objects = tx.open_table(OBJECTS)?;
+                        objects.remove(k.as_slice())?;
+                        if let Some((vk, newest)) =
+                            noncurrent(&versions, bucket, key)?.into_iter().next()
+                        {
+                            versions.remove(vk.as_slice())?;
+                            objects.insert(k.as_slice(), newest.encode().as_slice())?;
+                        }
+                        out.removed.push(c);
+                    } else if let Some((vk, old)) = noncurrent(&versions, bucket, key)?
+                        .into_iter()
+                        .find(|(_, r)| v.names(r))
+                    {
+                        versions.remove(vk.as_slice())?;
+                        out.removed.push(old);
+                    }
+                }
             }
-        };
+        }
         tx.commit()?;
-        Ok(old)
+        Ok(out)
     }
 
     /// Up to `max` objects and common prefixes of `bucket` under `prefix`, in key order,
@@ -342,10 +639,7 @@ impl Index {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(OBJECTS)?;
         let base = object_key(bucket, prefix);
-        let start = match after {
-            Some(a) if a > prefix => object_key(bucket, a),
-            _ => base.clone(),
-        };
+        let start = listing_start(bucket, prefix, after);
         let head = bucket.len() + 1;
         let mut out = Listing::default();
         let mut last: Option<String> = None;
@@ -356,17 +650,16 @@ impl Index {
             if !k.starts_with(&base) {
                 break;
             }
-            let Ok(key) = std::str::from_utf8(&k[head..]) else {
-                return Err(IndexError::Db("an object key is not UTF-8".into()));
-            };
+            let key = key_in(k, head)?;
             if after.is_some_and(|a| key <= a) {
                 continue;
             }
-            let rolled = delimiter.and_then(|d| {
-                key[prefix.len()..]
-                    .find(d)
-                    .map(|i| key[..prefix.len() + i + d.len()].to_owned())
-            });
+            let rec = ObjectRecord::decode(v.value())?;
+            // A key whose current record is a delete marker is not listed (nor rolled up).
+            if rec.delete_marker {
+                continue;
+            }
+            let rolled = rolled_up(key, prefix, delimiter);
             let name = match &rolled {
                 Some(cp) => {
                     if last.as_deref() == Some(cp) || after.is_some_and(|a| cp.as_str() <= a) {
@@ -382,11 +675,88 @@ impl Index {
             }
             match rolled {
                 Some(cp) => out.prefixes.push(cp),
-                None => out
-                    .objects
-                    .push((key.to_owned(), ObjectRecord::decode(v.value())?)),
+                None => out.objects.push((key.to_owned(), rec)),
             }
             last = Some(name);
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` versions (delete markers too) and common prefixes of `bucket` under
+    /// `prefix`, in key order and newest first per key, after `key_marker` (the whole key,
+    /// or with `version_marker` only its versions up to that one).
+    pub fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        key_marker: Option<&str>,
+        version_marker: Option<VersionId>,
+        max: usize,
+    ) -> Result<VersionListing, IndexError> {
+        let tx = self.db.begin_read()?;
+        let objects = tx.open_table(OBJECTS)?;
+        let versions = tx.open_table(VERSIONS)?;
+        let base = object_key(bucket, prefix);
+        let start = listing_start(bucket, prefix, key_marker);
+        let head = bucket.len() + 1;
+        let delimiter = delimiter.filter(|d| !d.is_empty());
+        let mut out = VersionListing::default();
+        let mut last: Option<(String, Option<String>)> = None;
+        let mut count = 0usize;
+        for e in objects.range(start.as_slice()..)? {
+            let (k, v) = e?;
+            let k = k.value();
+            if !k.starts_with(&base) {
+                break;
+            }
+            let key = key_in(k, head)?;
+            if key_marker.is_some_and(|m| key < m) {
+                continue;
+            }
+            let rolled = rolled_up(key, prefix, delimiter);
+            if let Some(cp) = rolled {
+                let seen = last.as_ref().is_some_and(|(l, v)| v.is_none() && *l == cp);
+                if seen || key_marker.is_some_and(|m| cp.as_str() <= m) {
+                    continue;
+                }
+                if count == max {
+                    out.next = last;
+                    return Ok(out);
+                }
+                out.prefixes.push(cp.clone());
+                count += 1;
+                last = Some((cp, None));
+                continue;
+            }
+            let mut all = vec![(ObjectRecord::decode(v.value())?, true)];
+            all.extend(
+                noncurrent(&versions, bucket, key)?
+                    .into_iter()
+                    .map(|(_, r)| (r, false)),
+            );
+            let skip = if key_marker == Some(key) {
+                match version_marker {
+                    None => continue,
+                    Some(VersionId::Seq(n)) => all.iter().take_while(|(r, _)| r.seq >= n).count(),
+                    Some(VersionId::Null) => all
+                        .iter()
+                        .position(|(r, _)| r.version_id() == "null")
+                        .map_or(0, |i| i + 1),
+                }
+            } else {
+                0
+            };
+            for (rec, latest) in all.into_iter().skip(skip) {
+                if count == max {
+                    out.next = last;
+                    return Ok(out);
+                }
+                let id = rec.version_id();
+                out.versions.push((key.to_owned(), rec, latest));
+                count += 1;
+                last = Some((key.to_owned(), Some(id)));
+            }
         }
         Ok(out)
     }
@@ -499,6 +869,9 @@ mod tests {
             content_type: String::new(),
             metadata: vec![],
             stored: None,
+            seq: 0,
+            null_version: false,
+            delete_marker: false,
         }
     }
 
@@ -518,7 +891,7 @@ mod tests {
             assert_eq!(
                 i.put_object("b", k, &rec(k), &Condition::default())
                     .unwrap(),
-                Written::Done
+                Written::Done(None)
             );
         }
         i.put_object("c", "a/9", &rec("x"), &Condition::default())
@@ -575,7 +948,7 @@ mod tests {
         i.create_bucket("b", 1).unwrap();
         assert_eq!(
             i.put_object("b", "k", &rec("1"), &absent).unwrap(),
-            Written::Done
+            Written::Done(None)
         );
         assert_eq!(
             i.put_object("b", "k", &rec("2"), &absent).unwrap(),
@@ -591,7 +964,7 @@ mod tests {
         );
         assert_eq!(
             i.put_object("b", "k", &rec("2"), &if_match("1")).unwrap(),
-            Written::Done
+            Written::Done(None)
         );
         assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "2");
 
@@ -617,13 +990,141 @@ mod tests {
         assert_eq!(
             i.finish_upload(&id, &up, &rec("m"), &Condition::default())
                 .unwrap(),
-            Written::Done
+            Written::Done(None)
         );
         assert!(i.upload(&id).unwrap().is_none());
         assert!(i.parts(&id).unwrap().is_empty());
         assert_eq!(i.object("b", "m").unwrap().unwrap().etag, "m");
         assert!(!i.abort_upload(&id).unwrap());
-        assert!(i.delete_object("b", "m").unwrap().is_some());
-        assert!(i.delete_object("b", "m").unwrap().is_none());
+        assert_eq!(i.delete_object("b", "m", None, 9).unwrap().removed.len(), 1);
+        assert_eq!(
+            i.delete_object("b", "m", None, 9).unwrap(),
+            Deleted::default()
+        );
+    }
+
+    #[test]
+    fn versions_are_kept_listed_newest_first_and_deleted_as_s3_does() {
+        let (_d, i) = index();
+        i.create_bucket("b", 1).unwrap();
+        assert_eq!(i.versioning("b").unwrap(), Some(Versioning::Off));
+        assert_eq!(i.versioning("zz").unwrap(), None);
+        let put = |k: &str, e: &str| match i
+            .put_object("b", k, &rec(e), &Condition::default())
+            .unwrap()
+        {
+            Written::Done(v) => v,
+            other => panic!("{other:?}"),
+        };
+        // Off: a PUT replaces, and the replaced record is gone.
+        assert_eq!(put("k", "0"), None);
+        assert!(i.set_versioning("b", Versioning::Enabled).unwrap());
+        assert!(!i.set_versioning("zz", Versioning::Enabled).unwrap());
+        let v1 = put("k", "1").unwrap();
+        let v2 = put("k", "2").unwrap();
+        assert_ne!(v1, v2);
+        assert_eq!(
+            VersionId::parse(&v1).map(|v| matches!(v, VersionId::Seq(_))),
+            Some(true)
+        );
+        for bad in [
+            "",
+            "NULL",
+            "00000000000000000",
+            "000000000000000g",
+            "0000000000000000",
+        ] {
+            assert_eq!(VersionId::parse(bad), None, "{bad:?}");
+        }
+        let get = |v: &str| {
+            i.object_version("b", "k", VersionId::parse(v).unwrap())
+                .unwrap()
+                .map(|r| r.etag)
+        };
+        assert_eq!(get(&v1).as_deref(), Some("1"));
+        assert_eq!(
+            get("null").as_deref(),
+            Some("0"),
+            "the record from before is the null version"
+        );
+        assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "2");
+        // A delete marker hides the key from GET's current record and from listings.
+        let d = i.delete_object("b", "k", None, 5).unwrap();
+        let marker = d.marker.unwrap();
+        assert!(marker.delete_marker && d.removed.is_empty());
+        assert!(i.object("b", "k").unwrap().unwrap().delete_marker);
+        assert!(i.list("b", "", None, None, 10).unwrap().objects.is_empty());
+        let vl = put("l", "x").unwrap();
+        let names = |l: &VersionListing| -> Vec<String> {
+            l.versions
+                .iter()
+                .map(|(k, r, latest)| {
+                    let what = if r.delete_marker {
+                        "marker".into()
+                    } else {
+                        r.etag.clone()
+                    };
+                    format!("{k}:{what}{}", if *latest { "*" } else { "" })
+                })
+                .collect()
+        };
+        let all = i.list_versions("b", "", None, None, None, 100).unwrap();
+        assert_eq!(names(&all), ["k:marker*", "k:2", "k:1", "k:0", "l:x*"]);
+        assert!(all.next.is_none());
+        // Pages of two, resumed from (key, version) markers.
+        let mut seen = Vec::new();
+        let (mut km, mut vm): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let p = i
+                .list_versions(
+                    "b",
+                    "",
+                    None,
+                    km.as_deref(),
+                    vm.as_deref().map(|v| VersionId::parse(v).unwrap()),
+                    2,
+                )
+                .unwrap();
+            seen.extend(names(&p));
+            match p.next {
+                Some((k, v)) => (km, vm) = (Some(k), v),
+                None => break,
+            }
+        }
+        assert_eq!(seen, names(&all));
+        // Deleting the marker by its version id brings the object back; deleting a
+        // version removes it for good; the newest other becomes current.
+        let d = i
+            .delete_object(
+                "b",
+                "k",
+                Some(VersionId::parse(&marker.version_id()).unwrap()),
+                6,
+            )
+            .unwrap();
+        assert_eq!(d.removed.len(), 1);
+        assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "2");
+        i.delete_object("b", "k", VersionId::parse(&v2), 7).unwrap();
+        assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "1");
+        assert_eq!(
+            names(&i.list_versions("b", "k", None, None, None, 100).unwrap()),
+            ["k:1*", "k:0"]
+        );
+        // Suspended: PUTs write the null version, replacing the old null one.
+        i.set_versioning("b", Versioning::Suspended).unwrap();
+        assert_eq!(put("k", "3").as_deref(), Some("null"));
+        assert_eq!(
+            names(&i.list_versions("b", "k", None, None, None, 100).unwrap()),
+            ["k:3*", "k:1"]
+        );
+        assert!(matches!(
+            i.delete_bucket("b").unwrap(),
+            BucketGone::NotEmpty
+        ));
+        for v in ["null".to_string(), v1] {
+            i.delete_object("b", "k", VersionId::parse(&v), 8).unwrap();
+        }
+        i.delete_object("b", "l", VersionId::parse(&vl), 8).unwrap();
+        assert!(matches!(i.delete_bucket("b").unwrap(), BucketGone::Deleted));
     }
 }

@@ -83,8 +83,28 @@ pub struct ObjectRecord {
     pub content_type: String,
     /// User metadata (`x-amz-meta-*`), sorted by key.
     pub metadata: Vec<(String, String)>,
-    /// None for an empty object: nothing to store.
+    /// None for an empty object (or a delete marker): nothing to store.
     pub stored: Option<Stored>,
+    /// Where the record stands among its key's versions: the index's counter when it was
+    /// written, larger for later writes (0: written before the index counted).
+    pub seq: u64,
+    /// Its version id is `null` (written while the bucket's versioning was off or
+    /// suspended) rather than the hex of `seq`.
+    pub null_version: bool,
+    /// A delete marker: no bytes; while current, the key answers NoSuchKey and is not
+    /// listed.
+    pub delete_marker: bool,
+}
+
+impl ObjectRecord {
+    /// Its version id as S3 clients see it: `null`, or `seq` as 16 hex digits.
+    pub fn version_id(&self) -> String {
+        if self.null_version || self.seq == 0 {
+            "null".into()
+        } else {
+            format!("{:016x}", self.seq)
+        }
+    }
 }
 
 /// A multipart upload in progress; its bucket and key are in the index's key.
@@ -108,6 +128,14 @@ pub struct PartRecord {
 const FLAG_STORED: u8 = 1;
 /// Set with [`FLAG_STORED`] when the copies were paid for as deals.
 const FLAG_DEALS: u8 = 2;
+/// A sequence number (u64) follows the flags.
+const FLAG_SEQ: u8 = 4;
+/// The version id is `null`.
+const FLAG_NULL_VERSION: u8 = 8;
+/// A delete marker (never with [`FLAG_STORED`]).
+const FLAG_DELETE_MARKER: u8 = 16;
+const FLAGS_KNOWN: u8 =
+    FLAG_STORED | FLAG_DEALS | FLAG_SEQ | FLAG_NULL_VERSION | FLAG_DELETE_MARKER;
 /// Copies of one object at most (one per host).
 pub const COPIES_MAX: usize = 16;
 
@@ -222,11 +250,24 @@ impl ObjectRecord {
             .stored
             .as_ref()
             .is_some_and(|s| !s.copies.is_empty() && s.copies.iter().all(|c| c.deal.is_some()));
-        w.u8(match (&self.stored, deals) {
+        let mut flags = match (&self.stored, deals) {
             (None, _) => 0,
             (Some(_), false) => FLAG_STORED,
             (Some(_), true) => FLAG_STORED | FLAG_DEALS,
-        });
+        };
+        if self.seq != 0 {
+            flags |= FLAG_SEQ;
+        }
+        if self.null_version {
+            flags |= FLAG_NULL_VERSION;
+        }
+        if self.delete_marker {
+            flags |= FLAG_DELETE_MARKER;
+        }
+        w.u8(flags);
+        if self.seq != 0 {
+            w.u64(self.seq);
+        }
         w.u64(self.size);
         w.u64(self.modified_ms);
         w.u32(self.parts);
@@ -255,9 +296,21 @@ impl ObjectRecord {
         let mut r = R(bytes);
         r.version()?;
         let flags = r.u8("flags")?;
-        if flags & !(FLAG_STORED | FLAG_DEALS) != 0 || flags == FLAG_DEALS {
+        let stored_bits = flags & (FLAG_STORED | FLAG_DEALS);
+        if flags & !FLAGS_KNOWN != 0
+            || stored_bits == FLAG_DEALS
+            || (flags & FLAG_DELETE_MARKER != 0 && stored_bits != 0)
+        {
             return Err(RecordError::Flags(flags));
         }
+        let seq = if flags & FLAG_SEQ != 0 {
+            match r.u64("sequence number")? {
+                0 => return Err(RecordError::Flags(flags)),
+                n => n,
+            }
+        } else {
+            0
+        };
         let size = r.u64("size")?;
         let modified_ms = r.u64("modification time")?;
         let parts = r.u32("part count")?;
@@ -306,6 +359,9 @@ impl ObjectRecord {
             content_type,
             metadata,
             stored,
+            seq,
+            null_version: flags & FLAG_NULL_VERSION != 0,
+            delete_marker: flags & FLAG_DELETE_MARKER != 0,
         })
     }
 }
@@ -486,6 +542,9 @@ mod tests {
                 }],
                 share_key: "msk1-abc".into(),
             }),
+            seq: 0,
+            null_version: false,
+            delete_marker: false,
         }
     }
 
@@ -561,6 +620,43 @@ mod tests {
         );
         let p = PartRecord::decode(&read("part")).unwrap();
         assert_eq!((p.size, p.md5[15], p.modified_ms), (5 << 20, 15, 9));
+        let m = ObjectRecord::decode(&read("delete-marker")).unwrap();
+        assert!(m.delete_marker && !m.null_version && m.stored.is_none());
+        assert_eq!((m.seq, m.version_id().as_str()), (42, "000000000000002a"));
+    }
+
+    #[test]
+    fn versions_and_delete_markers_round_trip_and_bad_flags_are_refused() {
+        let mut o = object();
+        o.seq = 7;
+        let bytes = o.encode();
+        assert_eq!(bytes[1], FLAG_STORED | FLAG_SEQ);
+        assert_eq!(bytes[2..10], 7u64.to_le_bytes());
+        assert_eq!(ObjectRecord::decode(&bytes), Ok(o.clone()));
+        assert_eq!(o.version_id(), "0000000000000007");
+        o.null_version = true;
+        assert_eq!(ObjectRecord::decode(&o.encode()), Ok(o.clone()));
+        assert_eq!(o.version_id(), "null");
+        assert_eq!(
+            object().version_id(),
+            "null",
+            "a record from before versions"
+        );
+        // A sequence flag with a zero sequence, and a delete marker with bytes, are refused.
+        let mut zero = bytes.clone();
+        zero[2..10].copy_from_slice(&[0; 8]);
+        assert_eq!(
+            ObjectRecord::decode(&zero),
+            Err(RecordError::Flags(FLAG_STORED | FLAG_SEQ))
+        );
+        let mut marked = bytes;
+        marked[1] |= FLAG_DELETE_MARKER;
+        assert_eq!(
+            ObjectRecord::decode(&marked),
+            Err(RecordError::Flags(
+                FLAG_STORED | FLAG_SEQ | FLAG_DELETE_MARKER
+            ))
+        );
     }
 
     #[test]
@@ -617,6 +713,8 @@ mod tests {
         let mut v = good.clone();
         v[1] = 0x81;
         assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Flags(0x81)));
+        v[1] = 0x20 | FLAG_STORED;
+        assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Flags(0x21)));
         let mut v = good.clone();
         v.push(0);
         assert_eq!(ObjectRecord::decode(&v), Err(RecordError::Trailing(1)));

@@ -16,7 +16,10 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 use tokio::io::AsyncWriteExt;
 
-use crate::index::{BucketGone, Condition, Index, IndexError, Listing, Written};
+use crate::index::{
+    BucketGone, Condition, Index, IndexError, Listing, VersionId, VersionListing, Versioning,
+    Written,
+};
 use crate::record::{self, ObjectRecord, PartRecord, UploadRecord};
 use crate::store::HostStore;
 
@@ -127,6 +130,17 @@ fn parse_upload_id(id: &str) -> S3Result<[u8; 16]> {
         .ok_or_else(|| s3_error!(NoSuchUpload))
 }
 
+/// A request's version id: `null` or one this gateway gave.
+fn parse_version(v: &str) -> S3Result<VersionId> {
+    VersionId::parse(v).ok_or_else(|| s3_error!(InvalidArgument, "Invalid version id specified"))
+}
+
+/// The version id a response names: a real one, or `null` for an object written while
+/// versioning was suspended (None: never versioned, so no header).
+fn shown_version(rec: &ObjectRecord) -> Option<String> {
+    (rec.seq != 0 && !rec.null_version).then(|| rec.version_id())
+}
+
 fn etag(e: &str) -> ETag {
     ETag::Strong(e.to_owned())
 }
@@ -180,6 +194,7 @@ macro_rules! object_output {
             content_type: (!$rec.content_type.is_empty()).then(|| $rec.content_type.clone()),
             metadata: metadata_map(&$rec.metadata),
             parts_count: ($rec.parts > 0).then(|| i32::try_from($rec.parts).unwrap_or(i32::MAX)),
+            version_id: shown_version(&$rec),
             $($f: $v,)*
             ..Default::default()
         }
@@ -370,13 +385,36 @@ impl Gateway {
         }
     }
 
-    async fn object(&self, bucket: &str, key: &str) -> S3Result<ObjectRecord> {
+    /// The key's current object, or the version a request names: NoSuchKey when there
+    /// is none or the current one is a delete marker, NoSuchVersion for an unknown
+    /// version, MethodNotAllowed for a version that is a delete marker (as S3 answers).
+    async fn object(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> S3Result<ObjectRecord> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
-        match self.db(move |i| i.object(&b, &k)).await? {
-            Some(r) => Ok(r),
+        let got = match version {
+            None => self.db(move |i| i.object(&b, &k)).await?,
+            Some(v) => {
+                let v = parse_version(v)?;
+                self.db(move |i| i.object_version(&b, &k, v)).await?
+            }
+        };
+        match got {
+            Some(r) if !r.delete_marker => Ok(r),
+            Some(_) if version.is_some() => Err(s3_error!(
+                MethodNotAllowed,
+                "the version is a delete marker"
+            )),
+            Some(_) => Err(s3_error!(NoSuchKey)),
             None => {
                 self.need_bucket(bucket).await?;
-                Err(s3_error!(NoSuchKey))
+                Err(match version {
+                    Some(_) => s3_error!(NoSuchVersion),
+                    None => s3_error!(NoSuchKey),
+                })
             }
         }
     }
@@ -479,7 +517,9 @@ impl Gateway {
                 for (key, rec) in &page.objects {
                     if expires_at(&rules, key, rec.modified_ms).is_some_and(|t| t <= now_secs) {
                         let (b, k) = (bucket.clone(), key.clone());
-                        if self.db(move |i| i.delete_object(&b, &k)).await?.is_some() {
+                        let now = now_secs.saturating_mul(1000);
+                        let d = self.db(move |i| i.delete_object(&b, &k, None, now)).await?;
+                        if !d.removed.is_empty() || d.marker.is_some() {
                             tracing::info!(bucket, key, "expired by the bucket's lifecycle");
                             gone += 1;
                         }
@@ -559,12 +599,12 @@ impl Gateway {
         key: String,
         rec: ObjectRecord,
         cond: Condition,
-    ) -> S3Result<()> {
+    ) -> S3Result<Option<String>> {
         match self
             .db(move |i| i.put_object(&bucket, &key, &rec, &cond))
             .await?
         {
-            Written::Done => Ok(()),
+            Written::Done(v) => Ok(v),
             Written::NoBucket => Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => Err(s3_error!(
                 PreconditionFailed,
@@ -684,7 +724,32 @@ fn check_key(key: &str) -> S3Result<()> {
     if key.len() > record::KEY_MAX {
         return Err(s3_error!(KeyTooLongError));
     }
+    // The index separates a key from its versions with a 0 byte (and XML cannot carry it).
+    if key.contains('\0') {
+        return Err(s3_error!(
+            InvalidArgument,
+            "an object key cannot hold U+0000"
+        ));
+    }
     Ok(())
+}
+
+/// A DeleteObject's answer: the delete marker it made, or the version it removed (and
+/// whether that was a delete marker).
+fn deleted_output(d: &crate::index::Deleted, asked: Option<String>) -> DeleteObjectOutput {
+    match (&d.marker, asked) {
+        (Some(m), _) => DeleteObjectOutput {
+            delete_marker: Some(true),
+            version_id: Some(m.version_id()),
+            ..Default::default()
+        },
+        (None, Some(v)) => DeleteObjectOutput {
+            delete_marker: d.removed.first().map(|r| r.delete_marker),
+            version_id: Some(v),
+            ..Default::default()
+        },
+        (None, None) => DeleteObjectOutput::default(),
+    }
 }
 
 #[async_trait::async_trait]
@@ -774,7 +839,10 @@ impl S3 for Gateway {
         // Checked before the upload, so a create-only PUT of an existing key costs
         // nothing; checked again when it is recorded.
         let (b, k) = (input.bucket.clone(), input.key.clone());
-        let current = self.db(move |i| i.object(&b, &k)).await?;
+        let current = self
+            .db(move |i| i.object(&b, &k))
+            .await?
+            .filter(|c| !c.delete_marker);
         if current.is_none() {
             self.need_bucket(&input.bucket).await?;
         }
@@ -812,13 +880,18 @@ impl S3 for Gateway {
             content_type,
             metadata,
             stored,
+            seq: 0,
+            null_version: false,
+            delete_marker: false,
         };
         let tag = rec.etag.clone();
-        self.write_object(input.bucket, input.key, rec, cond)
+        let version_id = self
+            .write_object(input.bucket, input.key, rec, cond)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&tag)),
             size: Some(i64::try_from(size).unwrap_or(i64::MAX)),
+            version_id,
             ..Default::default()
         }))
     }
@@ -828,7 +901,9 @@ impl S3 for Gateway {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let rec = self.object(&input.bucket, &input.key).await?;
+        let rec = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         read_conditions!(input).check(&rec)?;
         if input.part_number.is_some() {
             return Err(s3_error!(NotImplemented, "GET by part number"));
@@ -857,7 +932,9 @@ impl S3 for Gateway {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let rec = self.object(&input.bucket, &input.key).await?;
+        let rec = self
+            .object(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
         read_conditions!(input).check(&rec)?;
         Ok(S3Response::new(object_output!(HeadObjectOutput, rec, {
             content_length: Some(i64::try_from(rec.size).unwrap_or(i64::MAX)),
@@ -870,9 +947,12 @@ impl S3 for Gateway {
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let input = req.input;
         self.need_bucket(&input.bucket).await?;
+        let version = input.version_id.as_deref().map(parse_version).transpose()?;
         let (b, k) = (input.bucket, input.key);
-        self.db(move |i| i.delete_object(&b, &k)).await?;
-        Ok(S3Response::new(DeleteObjectOutput::default()))
+        let d = self
+            .db(move |i| i.delete_object(&b, &k, version, now_ms()))
+            .await?;
+        Ok(S3Response::new(deleted_output(&d, input.version_id)))
     }
 
     async fn delete_objects(
@@ -883,18 +963,38 @@ impl S3 for Gateway {
         self.need_bucket(&input.bucket).await?;
         let quiet = input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
+        let mut errors = Vec::new();
         for o in input.delete.objects {
+            let version = match o.version_id.as_deref().map(VersionId::parse) {
+                None => None,
+                Some(Some(v)) => Some(v),
+                Some(None) => {
+                    errors.push(Error {
+                        code: Some("NoSuchVersion".into()),
+                        key: Some(o.key),
+                        message: Some("Invalid version id specified".into()),
+                        version_id: o.version_id,
+                    });
+                    continue;
+                }
+            };
             let (b, k) = (input.bucket.clone(), o.key.clone());
-            self.db(move |i| i.delete_object(&b, &k)).await?;
+            let d = self
+                .db(move |i| i.delete_object(&b, &k, version, now_ms()))
+                .await?;
             if !quiet {
+                let out = deleted_output(&d, o.version_id.clone());
                 deleted.push(DeletedObject {
                     key: Some(o.key),
-                    ..Default::default()
+                    version_id: o.version_id,
+                    delete_marker: out.delete_marker,
+                    delete_marker_version_id: d.marker.as_ref().map(ObjectRecord::version_id),
                 });
             }
         }
         Ok(S3Response::new(DeleteObjectsOutput {
             deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
             ..Default::default()
         }))
     }
@@ -913,10 +1013,10 @@ impl S3 for Gateway {
         else {
             return Err(s3_error!(NotImplemented, "copying from an access point"));
         };
-        if version_id.is_some() {
-            return Err(s3_error!(NotImplemented, "versions"));
-        }
-        let src = self.object(src_bucket, src_key).await?;
+        let src = self
+            .object(src_bucket, src_key, version_id.as_deref())
+            .await?;
+        let src_version = shown_version(&src);
         if let Some(c) = &input.copy_source_if_match {
             if !etag_matches(c, &src.etag) {
                 return Err(s3_error!(PreconditionFailed, "x-amz-copy-source-if-match"));
@@ -957,7 +1057,8 @@ impl S3 for Gateway {
             ..src
         };
         let (tag, ms) = (rec.etag.clone(), rec.modified_ms);
-        self.write_object(input.bucket, input.key, rec, Condition::default())
+        let version_id = self
+            .write_object(input.bucket, input.key, rec, Condition::default())
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -965,6 +1066,8 @@ impl S3 for Gateway {
                 last_modified: Some(timestamp(ms)),
                 ..Default::default()
             }),
+            copy_source_version_id: src_version,
+            version_id,
             ..Default::default()
         }))
     }
@@ -1021,6 +1124,148 @@ impl S3 for Gateway {
         } else {
             Err(s3_error!(NoSuchBucket))
         }
+    }
+
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let b = req.input.bucket;
+        let status = match self.db(move |i| i.versioning(&b)).await? {
+            None => return Err(s3_error!(NoSuchBucket)),
+            Some(Versioning::Off) => None,
+            Some(Versioning::Enabled) => Some(BucketVersioningStatus::ENABLED),
+            Some(Versioning::Suspended) => Some(BucketVersioningStatus::SUSPENDED),
+        };
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            status: status.map(BucketVersioningStatus::from_static),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let input = req.input;
+        let c = input.versioning_configuration;
+        if c.mfa_delete
+            .as_ref()
+            .is_some_and(|m| m.as_str() == MFADelete::ENABLED)
+        {
+            return Err(s3_error!(NotImplemented, "MFA delete"));
+        }
+        let v = match c.status.as_ref().map(BucketVersioningStatus::as_str) {
+            Some(BucketVersioningStatus::ENABLED) => Versioning::Enabled,
+            Some(BucketVersioningStatus::SUSPENDED) => Versioning::Suspended,
+            _ => {
+                return Err(s3_error!(
+                    MalformedXML,
+                    "the status must be Enabled or Suspended"
+                ))
+            }
+        };
+        let b = input.bucket;
+        if self.db(move |i| i.set_versioning(&b, v)).await? {
+            Ok(S3Response::new(PutBucketVersioningOutput::default()))
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        self.need_bucket(&input.bucket).await?;
+        let max = self::max_keys(input.max_keys)?;
+        let version_marker = match (&input.key_marker, input.version_id_marker.as_deref()) {
+            (_, None | Some("")) => None,
+            (None, Some(_)) => {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "a version-id-marker needs a key-marker"
+                ))
+            }
+            (Some(_), Some(v)) => Some(parse_version(v)?),
+        };
+        let (b, prefix, delimiter, key_marker) = (
+            input.bucket.clone(),
+            input.prefix.clone(),
+            input.delimiter.clone(),
+            input.key_marker.clone(),
+        );
+        let l: VersionListing = self
+            .db(move |i| {
+                i.list_versions(
+                    &b,
+                    prefix.as_deref().unwrap_or_default(),
+                    delimiter.as_deref(),
+                    key_marker.as_deref(),
+                    version_marker,
+                    max,
+                )
+            })
+            .await?;
+        let url = input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let enc1 = |s: &str| if url { url_encode(s) } else { s.to_owned() };
+        let mut versions = Vec::new();
+        let mut markers = Vec::new();
+        for (key, r, latest) in &l.versions {
+            if r.delete_marker {
+                markers.push(DeleteMarkerEntry {
+                    is_latest: Some(*latest),
+                    key: Some(enc1(key)),
+                    last_modified: Some(timestamp(r.modified_ms)),
+                    version_id: Some(r.version_id()),
+                    ..Default::default()
+                });
+            } else {
+                versions.push(ObjectVersion {
+                    e_tag: Some(etag(&r.etag)),
+                    is_latest: Some(*latest),
+                    key: Some(enc1(key)),
+                    last_modified: Some(timestamp(r.modified_ms)),
+                    size: Some(i64::try_from(r.size).unwrap_or(i64::MAX)),
+                    storage_class: Some(ObjectVersionStorageClass::from_static(
+                        ObjectVersionStorageClass::STANDARD,
+                    )),
+                    version_id: Some(r.version_id()),
+                    ..Default::default()
+                });
+            }
+        }
+        let prefixes = l
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(enc1(p)),
+            })
+            .collect();
+        let (next_key, next_version) = match l.next {
+            Some((k, v)) => (Some(enc1(&k)), v),
+            None => (None, None),
+        };
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            max_keys: Some(i32::try_from(max).unwrap_or(LIST_MAX)),
+            is_truncated: Some(next_key.is_some()),
+            next_key_marker: next_key,
+            next_version_id_marker: next_version,
+            key_marker: enc(url, input.key_marker),
+            version_id_marker: input.version_id_marker,
+            versions: Some(versions),
+            delete_markers: Some(markers),
+            common_prefixes: Some(prefixes),
+            prefix: enc(url, input.prefix),
+            delimiter: enc(url, input.delimiter),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
     }
 
     async fn list_objects_v2(
@@ -1320,14 +1565,17 @@ impl S3 for Gateway {
             content_type: up.content_type.clone(),
             metadata: up.metadata.clone(),
             stored,
+            seq: 0,
+            null_version: false,
+            delete_marker: false,
         };
         let tag = rec.etag.clone();
         let (bucket, key) = (up.bucket.clone(), up.key.clone());
         let written = self
             .db(move |i| i.finish_upload(&id, &up, &rec, &cond))
             .await?;
-        match written {
-            Written::Done => {}
+        let version_id = match written {
+            Written::Done(v) => v,
             Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => {
                 return Err(s3_error!(
@@ -1335,12 +1583,13 @@ impl S3 for Gateway {
                     "the object's current state does not meet the condition"
                 ))
             }
-        }
+        };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
             key: Some(key),
             e_tag: Some(etag(&tag)),
+            version_id,
             ..Default::default()
         }))
     }

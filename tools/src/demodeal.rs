@@ -402,7 +402,25 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             asset: proto::tx::Asset::Maspc,
             amount: 100,
         };
-        chain.submit(&client, funding, 1, Duration::from_secs(60)).await?;
+        let funded = chain
+            .submit(&client, funding, 1, Duration::from_secs(60))
+            .await?;
+        // Every miner holds the funding block before the receiver's client picks one: the
+        // miner restarted in the step before may still be syncing, and would not know the
+        // receiver's account yet.
+        for m in &miners {
+            let mut one = ChainClient::connect(std::slice::from_ref(m)).await?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while one
+                .block(funded.height, Duration::from_secs(10))
+                .await?
+                .is_none()
+            {
+                if Instant::now() >= deadline {
+                    bail!("miner {m} has not reached height {} in 60 s", funded.height);
+                }
+            }
+        }
         let copies = done
             .placed
             .iter()
