@@ -19,6 +19,7 @@ import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 
@@ -41,9 +42,17 @@ def main():
         o.add_argument(flag)
     d = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=o)
     seen = {}
+    STALE = "the live part was swapped while it was read"
 
     def read():
-        """What the page shows now, and what differs from what is expected."""
+        """What the page shows now, and what differs from what is expected; a read that
+        htmx's swap of the live part overtook is one more thing to read again."""
+        try:
+            return read_page()
+        except StaleElementReferenceException:
+            return [STALE]
+
+    def read_page():
         text = lambda css: d.find_element(By.CSS_SELECTOR, css).text.strip()
         bad = []
         seen["title"] = d.title
@@ -96,6 +105,8 @@ def main():
                 break
             time.sleep(0.25)
             bad = read()
+            if bad == [STALE]:
+                bad = []
     finally:
         d.quit()
     print(json.dumps(seen))

@@ -71,8 +71,26 @@ pub struct HostSection {
 pub struct DealSection {
     /// Miners' control addresses.
     pub chain: Vec<String>,
-    /// Hosts' control addresses: one copy (one deal) on each.
+    /// Hosts' control addresses: one copy (one deal) on each. Or, left empty, the hosts
+    /// are matched per object through `index` or `exchanges`.
+    #[serde(default)]
     pub hosts: Vec<String>,
+    /// Indexes of exchanges: for each object the nearest live exchange matches `copies`
+    /// hosts from its book (as `mspace put --index`).
+    #[serde(default)]
+    pub index: Vec<String>,
+    /// Exchanges asked directly, in order (after the indexes' ones, if any).
+    #[serde(default)]
+    pub exchanges: Vec<String>,
+    /// Copies (hosts) per object when matched through the market.
+    #[serde(default = "default_copies")]
+    pub copies: u8,
+    /// Only hosts in this region, when matched (empty: any).
+    #[serde(default)]
+    pub region: String,
+    /// Only hosts rated at least this on the chain (0 to 1000), when matched.
+    #[serde(default)]
+    pub min_rating: u16,
     /// How long each object is stored, days.
     pub days: u32,
     /// Blocks of storage instead of days (a devnet with short proof periods).
@@ -81,6 +99,10 @@ pub struct DealSection {
     /// The most paid, MASPC per GiB per day: a dearer host's offer is refused.
     #[serde(default)]
     pub max_price_per_gib_day: Option<u64>,
+}
+
+fn default_copies() -> u8 {
+    1
 }
 
 fn default_index() -> PathBuf {
@@ -133,14 +155,32 @@ impl api::config::RoleConfig for GatewayConfig {
         match (&self.host, &self.deals) {
             (Some(_), None) => {}
             (None, Some(d)) => {
-                if d.chain.is_empty() || d.hosts.is_empty() {
-                    return Err("[deals]: chain and hosts need an address each at least".into());
+                let market = !d.index.is_empty() || !d.exchanges.is_empty();
+                if d.chain.is_empty() {
+                    return Err("[deals]: chain needs a miner's address at least".into());
                 }
-                if d.hosts.len() > crate::record::COPIES_MAX {
+                if d.hosts.is_empty() != market {
+                    return Err(
+                        "[deals]: name either hosts (fixed) or index/exchanges (matched per object), not both"
+                            .into(),
+                    );
+                }
+                let copies = if market {
+                    usize::from(d.copies)
+                } else {
+                    d.hosts.len()
+                };
+                if copies == 0 || copies > crate::record::COPIES_MAX {
                     return Err(format!(
-                        "[deals]: at most {} hosts",
+                        "[deals]: 1 to {} hosts or copies",
                         crate::record::COPIES_MAX
                     ));
+                }
+                if d.min_rating > 1000 || !proto::market::region_ok(&d.region) {
+                    return Err(
+                        "[deals]: min_rating at most 1000, region lowercase letters, digits and '-'"
+                            .into(),
+                    );
                 }
                 if d.days == 0 {
                     return Err("[deals]: days at least 1".into());
@@ -210,13 +250,35 @@ token = "{token}"
         )
     }
 
-    /// A `[deals]` table: each object a paid deal on each host.
-    pub fn deals_table(chain: &[String], hosts: &[String], days: u32) -> String {
+    /// A `[deals]` table: each object a paid deal on each host, or on `copies` hosts
+    /// matched through the indexes (`index`) when `hosts` is empty.
+    pub fn deals_table(
+        chain: &[String],
+        hosts: &[String],
+        index: &[String],
+        copies: u8,
+        days: u32,
+    ) -> String {
         let list = |v: &[String]| {
             v.iter()
                 .map(|s| format!("{s:?}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        let whom = if hosts.is_empty() {
+            format!(
+                r#"# For each object the nearest live exchange an index lists matches `copies` hosts
+# from its book (cheapest first, at most max_price_per_gib_day, one per host and /24),
+# as `mspace put --index` does.
+index = [{}]
+# exchanges = []
+copies = {copies}
+# region = ""
+# min_rating = 0"#,
+                list(index)
+            )
+        } else {
+            format!("hosts = [{}]", list(hosts))
         };
         format!(
             r#"# Each object is a storage deal on each host (one copy each), paid from this
@@ -224,13 +286,67 @@ token = "{token}"
 # returns once every host's CRCs matched on chain.
 [deals]
 chain = [{}]
-hosts = [{}]
+{whom}
 days = {days}
 # period_blocks = 1000
 # max_price_per_gib_day = 100
 "#,
             list(chain),
-            list(hosts)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::config::RoleConfig;
+
+    fn parsed(store: &str) -> GatewayConfig {
+        toml::from_str(&GatewayConfig::default_text(
+            "127.0.0.1:9000",
+            "MSKEY",
+            store,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn each_placement_init_writes_is_checked_and_mixed_ones_are_refused() {
+        let chain = ["127.0.0.1:1".to_string()];
+        let fixed = parsed(&GatewayConfig::deals_table(
+            &chain,
+            &["127.0.0.1:2".into()],
+            &[],
+            1,
+            30,
+        ));
+        assert_eq!(fixed.check(), Ok(()));
+        let market = parsed(&GatewayConfig::deals_table(
+            &chain,
+            &[],
+            &["127.0.0.1:3".into()],
+            2,
+            30,
+        ));
+        assert_eq!(market.check(), Ok(()));
+        let d = market.deals.clone().unwrap();
+        assert_eq!((d.copies, d.index.len(), d.hosts.len()), (2, 1, 0));
+        assert_eq!(
+            parsed(&GatewayConfig::host_table("127.0.0.1:4", "t")).check(),
+            Ok(())
+        );
+
+        let with = |f: &dyn Fn(&mut DealSection)| {
+            let mut c = market.clone();
+            f(c.deals.as_mut().unwrap());
+            c.check().unwrap_err()
+        };
+        assert!(with(&|d| d.hosts = vec!["127.0.0.1:2".into()]).contains("not both"));
+        assert!(with(&|d| d.index.clear()).contains("not both"));
+        assert!(with(&|d| d.copies = 0).contains("copies"));
+        assert!(with(&|d| d.copies = 17).contains("copies"));
+        assert!(with(&|d| d.min_rating = 1001).contains("min_rating"));
+        assert!(with(&|d| d.region = "Bad Region".into()).contains("region"));
+        assert!(with(&|d| d.chain.clear()).contains("chain"));
     }
 }

@@ -170,6 +170,13 @@ impl Gateway {
             (None, Some(d)) => store::Placement::Deals(store::DealTerms {
                 chain: d.chain.clone(),
                 hosts: d.hosts.clone(),
+                market: (d.hosts.is_empty()).then(|| store::MarketTerms {
+                    index: d.index.clone(),
+                    exchanges: d.exchanges.clone(),
+                    copies: d.copies,
+                    region: d.region.clone(),
+                    min_rating: d.min_rating,
+                }),
                 days: d.days,
                 period_blocks: d.period_blocks,
                 max_price_per_gib_day: d.max_price_per_gib_day,

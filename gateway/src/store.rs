@@ -44,6 +44,8 @@ pub enum StoreError {
     OtherHost,
     #[error("storing as deals: {0}")]
     Deal(String),
+    #[error("finding hosts through the market: {0}")]
+    Market(String),
 }
 
 /// How objects reach hosts.
@@ -59,12 +61,31 @@ pub enum Placement {
 #[derive(Clone, Debug)]
 pub struct DealTerms {
     pub chain: Vec<String>,
+    /// Fixed hosts, one copy each; empty when `market` matches them per object.
     pub hosts: Vec<String>,
+    /// Hosts matched per object through the market.
+    pub market: Option<MarketTerms>,
     pub days: u32,
     /// Blocks of storage instead of days (devnets with short periods).
     pub period_blocks: Option<u64>,
     pub max_price_per_gib_day: Option<u64>,
 }
+
+/// Where the market is asked, and for what.
+#[derive(Clone, Debug)]
+pub struct MarketTerms {
+    /// Indexes listing the exchanges (the nearest live one is asked first).
+    pub index: Vec<String>,
+    /// Exchanges asked by address (alone, or after the indexes' ones).
+    pub exchanges: Vec<String>,
+    pub copies: u8,
+    pub region: String,
+    pub min_rating: u16,
+}
+
+/// The price cap of a market match when the configuration sets none, MASPC per GiB per
+/// day (as `mspace put --exchange` without `--max-price`).
+pub const MARKET_MAX_PRICE_DEFAULT: u64 = 1000;
 
 /// The hosts objects go to, and how they are sealed for them.
 pub struct HostStore {
@@ -211,7 +232,7 @@ impl HostStore {
     ) -> Result<Stored, StoreError> {
         let mut passphrase = zeroize::Zeroizing::new(vec![0u8; 32]);
         rand_core::OsRng.fill_bytes(&mut passphrase);
-        let job = net::deal::DealJob {
+        let mut job = net::deal::DealJob {
             file: path.to_owned(),
             hosts: terms.hosts.clone(),
             chain: terms.chain.clone(),
@@ -232,6 +253,32 @@ impl HostStore {
             insurance: None,
         };
         let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
+        if let Some(m) = &terms.market {
+            let ask = net::deal::MarketAsk {
+                exchanges: m.exchanges.clone(),
+                copies: m.copies,
+                max_price_per_gib_day: terms
+                    .max_price_per_gib_day
+                    .unwrap_or(MARKET_MAX_PRICE_DEFAULT),
+                region: m.region.clone(),
+                min_rating: m.min_rating,
+            };
+            job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
+            let matched = if m.index.is_empty() {
+                net::deal::match_on_exchange(&job, &ask, &quiet).await
+            } else {
+                net::deal::match_through_index(&job, &ask, &m.index, &quiet).await
+            }
+            .map_err(|e| StoreError::Market(e.to_string()))?;
+            tracing::info!(
+                exchange = %matched.addr,
+                hosts = ?matched.hosts.iter().map(|h| h.addr.as_str()).collect::<Vec<_>>(),
+                "hosts matched for an object"
+            );
+            job.hosts = matched.hosts.iter().map(|h| h.addr.clone()).collect();
+            job.host_keys = matched.hosts.iter().map(|h| h.host).collect();
+            job.exchange = Some(matched.key);
+        }
         let done = net::deal::store(&job, Arc::new(|_, _| {}), quiet)
             .await
             .map_err(|e| StoreError::Deal(e.to_string()))?;

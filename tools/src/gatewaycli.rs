@@ -45,12 +45,19 @@ struct InitArgs {
     host_token: Option<String>,
     /// Store as paid deals instead: a miner's control address (repeat: the first that
     /// answers is used).
-    #[arg(long, requires_all = ["deal_host", "days"])]
+    #[arg(long, requires = "days")]
     chain: Vec<String>,
     /// With --chain: a host's control address to keep one copy of each object on (repeat
     /// for more copies).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "deal_index")]
     deal_host: Vec<String>,
+    /// With --chain, instead of --deal-host: an index of exchanges (repeat for more); each
+    /// object's hosts are matched on the nearest live exchange it lists.
+    #[arg(long)]
+    deal_index: Vec<String>,
+    /// With --deal-index: copies (hosts) per object.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    copies: u8,
     /// With --chain: days each object is stored.
     #[arg(long)]
     days: Option<u32>,
@@ -78,11 +85,13 @@ fn init(a: &InitArgs) -> Result<()> {
     let secret = data_encoding::BASE64URL_NOPAD.encode(&random(30));
     let store = match (&a.host_control, &a.host_token, a.days) {
         (Some(c), Some(t), _) => GatewayConfig::host_table(c, t),
-        (None, _, Some(days)) if !a.chain.is_empty() && !a.deal_host.is_empty() => {
-            GatewayConfig::deals_table(&a.chain, &a.deal_host, days)
+        (None, _, Some(days))
+            if !a.chain.is_empty() && (!a.deal_host.is_empty() || !a.deal_index.is_empty()) =>
+        {
+            GatewayConfig::deals_table(&a.chain, &a.deal_host, &a.deal_index, a.copies, days)
         }
         _ => anyhow::bail!(
-            "name where objects go: --host-control ADDR --host-token TOKEN (one host, through links), or --chain MINER --deal-host HOST --days D (paid deals)"
+            "name where objects go: --host-control ADDR --host-token TOKEN (one host, through links), or --chain MINER --days D with --deal-host HOST (paid deals on these hosts) or --deal-index INDEX [--copies N] (hosts matched per object)"
         ),
     };
     let text = GatewayConfig::default_text(&a.listen, &access, &store);
@@ -120,6 +129,19 @@ fn run(config: &std::path::Path) -> Result<()> {
         }
         let placement = match (&cfg.host, &cfg.deals) {
             (Some(h), _) => format!("on the host at {}", h.control),
+            (None, Some(d)) if d.hosts.is_empty() => format!(
+                "as deals of {} days, {} cop{} each on hosts matched through {} (paid through {})",
+                d.days,
+                d.copies,
+                if d.copies == 1 { "y" } else { "ies" },
+                d.index
+                    .iter()
+                    .map(|i| format!("index {i}"))
+                    .chain(d.exchanges.iter().map(|x| format!("exchange {x}")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                d.chain.join(", ")
+            ),
             (None, Some(d)) => format!(
                 "as deals of {} days on {} (paid through {})",
                 d.days,

@@ -103,7 +103,7 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
 
 /// [`start_devnet`] with these options (block time, proof period). Each process takes a
 /// range of 16 slots x 16 ports (slots 0 to 15, one per test: chain.rs takes 0, 1 and 13,
-/// deal.rs 2 to 12), so two test processes whose ids differ modulo 48 never share a port.
+/// deal.rs 2 to 12 and 14), so two test processes whose ids differ modulo 48 never share a port.
 pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
     start_devnet_env(d, n, slot, extra, &[])
 }

@@ -204,6 +204,56 @@ fn start_exchange(
     }
 }
 
+/// `mspace index run` on a free loopback port, following the chain at `m0`.
+fn start_index(m0: &str) -> (String, Proc) {
+    let ix = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let proc = super::net::start(
+        &["index", "run", "--listen", &ix, "--chain", m0],
+        &[],
+        "index listening on",
+    );
+    (ix, proc)
+}
+
+/// Each operator points its host at the exchange `ex` with its price, and restarts it.
+fn ask_on(hosts: &mut [Host], ex: &str, prices: &[u64]) {
+    for (h, price) in hosts.iter_mut().zip(prices) {
+        drop(h.proc.take());
+        let text = std::fs::read_to_string(&h.cfg)
+            .unwrap()
+            .replace("exchanges = []", &format!("exchanges = [{ex:?}]"))
+            .replace(
+                "price_per_gib_day = 10",
+                &format!("price_per_gib_day = {price}"),
+            );
+        std::fs::write(&h.cfg, text).unwrap();
+        h.proc = Some(super::net::start(
+            &["host", "--config", &h.cfg],
+            &[],
+            "agent following the chain",
+        ));
+    }
+}
+
+/// Follows the chain until the index at `ix` lists one exchange and the exchange at `ex`
+/// holds `asks` asks; the index's listing.
+fn wait_listed(m0: &str, ix: &str, ex: &str, asks: usize) -> serde_json::Value {
+    let listed = || json(&["index", "status", "--index", ix, "--json"]);
+    assert!(
+        until(m0, 200, || listed().as_array().unwrap().len() == 1),
+        "the exchange was never listed: {}",
+        listed()
+    );
+    let status = || json(&["exchange", "status", "--exchange", ex, "--json"]);
+    assert!(
+        until(m0, 200, || status()["asks"].as_array().unwrap().len()
+            == asks),
+        "the hosts' asks never reached the book: {}",
+        status()
+    );
+    listed()
+}
+
 /// The hosts a `put --dry-run --json` matched, with their prices, best first.
 fn picked(stdout: &str) -> Vec<(String, u64)> {
     let rows: serde_json::Value = serde_json::from_str(stdout).unwrap();
@@ -925,12 +975,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         client,
         mut hosts,
     } = start_market(dir.path(), 5, 3, &[]);
-    let ix = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
-    let _index = super::net::start(
-        &["index", "run", "--listen", &ix, "--chain", &m0],
-        &[],
-        "index listening on",
-    );
+    let (ix, _index) = start_index(&m0);
     // Two answered requests in a row with no deal after them ban a key. The exchange
     // registers on the chain (funded by the client), and its lister gets it listed on the
     // index.
@@ -958,37 +1003,11 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         },
         &[],
     );
-    // Each operator points its host at the exchange with its price, and restarts it.
-    for (h, price) in hosts.iter_mut().zip(PRICES) {
-        drop(h.proc.take());
-        let text = std::fs::read_to_string(&h.cfg)
-            .unwrap()
-            .replace("exchanges = []", &format!("exchanges = [{ex:?}]"))
-            .replace(
-                "price_per_gib_day = 10",
-                &format!("price_per_gib_day = {price}"),
-            );
-        std::fs::write(&h.cfg, text).unwrap();
-        h.proc = Some(super::net::start(
-            &["host", "--config", &h.cfg],
-            &[],
-            "agent following the chain",
-        ));
-    }
-    let listed = || json(&["index", "status", "--index", &ix, "--json"]);
-    assert!(
-        until(&m0, 200, || listed().as_array().unwrap().len() == 1),
-        "the exchange was never listed: {}",
-        listed()
-    );
-    assert_eq!(listed()[0]["key"], ex_key.as_str());
-    assert_eq!(listed()[0]["addr"], ex.as_str());
+    ask_on(&mut hosts, &ex, &PRICES);
+    let listed = wait_listed(&m0, &ix, &ex, PRICES.len());
+    assert_eq!(listed[0]["key"], ex_key.as_str());
+    assert_eq!(listed[0]["addr"], ex.as_str());
     let status = || json(&["exchange", "status", "--exchange", &ex, "--json"]);
-    assert!(
-        until(&m0, 200, || status()["asks"].as_array().unwrap().len() == 3),
-        "the hosts' asks never reached the book: {}",
-        status()
-    );
 
     let (file, _, pass, state) = client_files(dir.path(), "market", 300_000);
     // Through the exchange by name, or through the index.
@@ -2485,43 +2504,61 @@ fn a_proxy_is_paid_its_receipts_from_the_clients_allowance_once_across_a_crash()
     );
 }
 
-/// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
-/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
-/// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
-/// reads it back through the deals' links; with one host killed, every object still comes
-/// back, from the other copy.
-#[test]
-fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy() {
-    let dir = tempfile::tempdir().unwrap();
-    let Market {
-        _net,
-        m0,
-        client,
-        mut hosts,
-    } = start_market(dir.path(), 12, 2, &[]);
+/// A gateway storing as paid deals on the devnet at `m0` (`where_to`: `--deal-host`s or
+/// `--deal-index` and `--copies`), its key funded with 500 MASPC by `client`, running.
+struct DealGateway {
+    _proc: Proc,
+    s3: String,
+    access: String,
+    dir: std::path::PathBuf,
+    python: String,
+    key_file: String,
+}
+
+impl DealGateway {
+    /// scripts/s3-check.py's `phase` against it; its table.
+    fn check(&self, phase: &str) -> String {
+        let out = Command::new(&self.python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-check.py"))
+            .args([
+                "--endpoint",
+                &format!("http://{}", self.s3),
+                "--access-key",
+                &self.access,
+            ])
+            .args(["--secret-file", &s(&self.dir.join("gw/gateway.secret"))])
+            .args(["--work", &s(&self.dir.join("work")), "--phase", phase])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        println!("{shown}");
+        assert!(
+            out.status.success(),
+            "{shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown
+    }
+
+    /// The deals the gateway's key paid for.
+    fn deals(&self, m0: &str) -> Vec<serde_json::Value> {
+        json(&["deals", "--key", &self.key_file, "--chain", m0, "--json"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+fn start_deal_gateway(dir: &Path, m0: &str, client: &str, where_to: &[&str]) -> DealGateway {
     let python = super::gateway::installed("scripts/s3-clients.sh");
-    let cfg = s(&dir.path().join("gw/gateway.toml"));
+    let cfg = s(&dir.join("gw/gateway.toml"));
     let s3 = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
     let blocks = (PROOF_PERIOD * PERIODS).to_string();
-    let init = mspace(
-        &[
-            "gateway",
-            "init",
-            "--config",
-            &cfg,
-            "--listen",
-            &s3,
-            "--chain",
-            &m0,
-            "--deal-host",
-            &hosts[0].control,
-            "--deal-host",
-            &hosts[1].control,
-            "--days",
-            "1",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "gateway", "init", "--config", &cfg, "--listen", &s3, "--chain", m0, "--days", "1",
+    ];
+    args.extend_from_slice(where_to);
+    let init = mspace(&args, &[]);
     assert_eq!(init.code, 0, "{}", init.stderr);
     let access = super::gateway::access_key(&init.stdout);
     let gw_key = init
@@ -2540,44 +2577,50 @@ fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy
     )
     .unwrap();
     json(&[
-        "chain", "transfer", "--key", &client, "--to", &gw_key, "--asset", "maspc", "--amount",
-        "500", "--miner", &m0, "--wait", "60s", "--json",
+        "chain", "transfer", "--key", client, "--to", &gw_key, "--asset", "maspc", "--amount",
+        "500", "--miner", m0, "--wait", "60s", "--json",
     ]);
-    let _gw = super::net::start(&["gateway", "run", "--config", &cfg], &[], "S3 gateway on");
-    let check = |phase: &str| {
-        let out = Command::new(&python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3-check.py"))
-            .args([
-                "--endpoint",
-                &format!("http://{s3}"),
-                "--access-key",
-                &access,
-            ])
-            .args(["--secret-file", &s(&dir.path().join("gw/gateway.secret"))])
-            .args(["--work", &s(&dir.path().join("work")), "--phase", phase])
-            .output()
-            .unwrap();
-        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
-        println!("{shown}");
-        assert!(
-            out.status.success(),
-            "{shown}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        shown
-    };
+    let proc = super::net::start(&["gateway", "run", "--config", &cfg], &[], "S3 gateway on");
+    DealGateway {
+        _proc: proc,
+        s3,
+        access,
+        dir: dir.to_path_buf(),
+        python,
+        key_file: s(&dir.join("gw/gateway.key")),
+    }
+}
+
+/// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
+/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
+/// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
+/// reads it back through the deals' links; with one host killed, every object still comes
+/// back, from the other copy.
+#[test]
+fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 12, 2, &[]);
+    let gw = start_deal_gateway(
+        dir.path(),
+        &m0,
+        &client,
+        &[
+            "--deal-host",
+            &hosts[0].control,
+            "--deal-host",
+            &hosts[1].control,
+        ],
+    );
+    let check = |phase: &str| gw.check(phase);
     assert!(check("deal-put").contains("3 checks, 0 differ from S3"));
     // Two objects, two copies each: four deals of the gateway's key, active, one per host
     // and object.
-    let listed = json(&[
-        "deals",
-        "--key",
-        &s(&dir.path().join("gw/gateway.key")),
-        "--chain",
-        &m0,
-        "--json",
-    ]);
-    let listed = listed.as_array().unwrap();
+    let listed = gw.deals(&m0);
     assert_eq!(listed.len(), 4, "{listed:?}");
     for h in &hosts {
         let on: Vec<_> = listed
@@ -2589,4 +2632,45 @@ fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy
     }
     drop(hosts[0].proc.take());
     assert!(check("deal-get").contains("3 checks, 0 differ from S3"));
+}
+
+/// A gateway with no hosts of its own: each object's two hosts are matched through the
+/// index on the exchange it lists, the two cheapest of three asks, and paid as deals that
+/// name the exchange; the objects read back through the deals' links.
+#[test]
+fn a_gateway_matches_each_objects_hosts_through_an_index() {
+    const PRICES: [u64; 3] = [30, 10, 20];
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 14, 3, &[]);
+    let (ix, _index) = start_index(&m0);
+    let ex = start_exchange(
+        dir.path(),
+        "exchange",
+        &m0,
+        &client,
+        &["--max-days", "365", "--index", &ix],
+        |text| text,
+        &[],
+    );
+    ask_on(&mut hosts, &ex.addr, &PRICES);
+    wait_listed(&m0, &ix, &ex.addr, PRICES.len());
+    let gw = start_deal_gateway(
+        dir.path(),
+        &m0,
+        &client,
+        &["--deal-index", &ix, "--copies", "2"],
+    );
+    assert!(gw.check("deal-put").contains("3 checks, 0 differ from S3"));
+    let deals = gw.deals(&m0);
+    assert_eq!(deals.len(), 4, "{deals:?}");
+    for (h, price) in hosts.iter().zip(PRICES) {
+        let on = deals.iter().filter(|d| d["host"] == h.key.as_str()).count();
+        assert_eq!(on, if price == 30 { 0 } else { 2 }, "{deals:?}");
+    }
+    assert!(gw.check("deal-get").contains("3 checks, 0 differ from S3"));
 }
