@@ -63,6 +63,8 @@ pub struct Conn {
     pub inflight_requests_max: u32,
     hops: Vec<Hop>,
     counters: Arc<Counters>,
+    /// When the first chunk went out on this connection.
+    pub first_put: Option<std::time::Instant>,
 }
 
 /// How long a client waits for any one reply (a durable put of a large chunk on a busy host
@@ -115,6 +117,7 @@ impl Conn {
             inflight_requests_max: 0,
             hops: Vec::new(),
             counters,
+            first_put: None,
         };
         for (i, proxy) in via.iter().enumerate() {
             let target = via.get(i + 1).map_or(link.addr.as_str(), String::as_str);
@@ -211,6 +214,7 @@ impl Conn {
     ) -> Result<u32, NetError> {
         let req = self.next;
         self.next = self.next.wrapping_add(1);
+        self.first_put.get_or_insert_with(std::time::Instant::now);
         timed(
             "sending a chunk",
             write_put(&mut self.wr, req, id, crc32c, bytes),
@@ -510,6 +514,8 @@ pub struct PutDone {
     pub skipped_chunks: u64,
     pub peer_seen: String,
     pub receipts: Receipts,
+    /// When its first chunk went out (None: the host had every chunk already).
+    pub first_sent: Option<std::time::Instant>,
 }
 
 /// The journal file of one upload: per link and file path.
@@ -800,6 +806,7 @@ async fn put_attempt(
     }
     journal.remove()?;
     let peer_seen = conn.peer_seen.clone();
+    let first_sent = conn.first_put;
     let receipts = conn.finish(&job.key).await;
     let file_id = keys.file_id;
     Ok(Attempt::Done(Box::new(PutDone {
@@ -815,6 +822,7 @@ async fn put_attempt(
         skipped_chunks: skipped,
         peer_seen,
         receipts,
+        first_sent,
     })))
 }
 

@@ -399,6 +399,8 @@ pub struct Placed {
     pub start_height: u64,
     /// Deals paid for this copy (more than its parts after CRC mismatches).
     pub attempts: u32,
+    /// When this run sent the copy's first chunk (None: nothing sent in this run).
+    pub first_sent: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -653,6 +655,7 @@ pub async fn store(
                     storage_fee: c.storage_fee + one.storage_fee,
                     start_height: one.start_height.max(c.start_height),
                     attempts: c.attempts + one.attempts,
+                    first_sent: c.first_sent.or(one.first_sent),
                     ..c
                 },
             });
@@ -753,6 +756,7 @@ async fn place_part(
     let mut resume = part.resume.map(|e| (e.deal, e.stage.clone()));
     let mut share_key = None;
     let mut attempt = 1u32;
+    let mut first_sent: Option<std::time::Instant> = None;
     loop {
         let (deal, paid_at, fee, period_blocks) = match resume.take() {
             Some((deal, stage)) => {
@@ -798,6 +802,7 @@ async fn place_part(
             period_blocks,
             start_height,
             attempts: attempt,
+            first_sent: None,
         };
         if let Some(start_height) = active_since(chain, &deal).await? {
             report(&format!(
@@ -820,6 +825,7 @@ async fn place_part(
             preset: Some(part.preset.clone()),
         };
         let done = put_file(&put, Arc::clone(progress)).await?;
+        first_sent = first_sent.or(done.first_sent);
         report(&format!(
             "{name}: uploaded ({} chunks sent, {} already there); waiting for the host's completion",
             done.sent_chunks, done.skipped_chunks
@@ -830,7 +836,13 @@ async fn place_part(
                 report(&format!(
                     "{name}: the host's CRCs match: storage runs from height {start_height}"
                 ));
-                return Ok((placed_at(start_height), share_key));
+                return Ok((
+                    Placed {
+                        first_sent,
+                        ..placed_at(start_height)
+                    },
+                    share_key,
+                ));
             }
             Next::PayAgain { chunks } => {
                 report(&format!(

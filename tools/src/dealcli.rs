@@ -54,10 +54,13 @@ struct DealPutJson {
     record: String,
     /// Hosts that gave an emergency link.
     emergency_links: usize,
+    timings: crate::PutTimings,
 }
 
 /// `mspace put FILE --host ADDR --chain MINER --days D`.
 pub fn put(args: PutArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let mut matched_at = None;
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     if !meta.is_file() {
@@ -175,6 +178,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         job.hosts = matched.hosts.iter().map(|m| m.addr.clone()).collect();
         job.host_keys = matched.hosts.iter().map(|m| m.host).collect();
         job.exchange = Some(matched.key);
+        matched_at = Some(Instant::now());
     }
     job.passphrase = read_passphrase(args.passphrase_file.as_deref(), true)?;
     let bar = progress_bar(meta.len(), !args.json, "sealing and uploading");
@@ -190,6 +194,11 @@ pub fn put(args: PutArgs) -> Result<()> {
         .block_on(store(&job, bar_progress(&bar), report))
         .with_context(|| format!("storing {} as a deal", args.file.display()))?;
     bar.finish_and_clear();
+    let timings = crate::PutTimings::new(
+        t0,
+        matched_at,
+        done.placed.iter().filter_map(|p| p.first_sent).min(),
+    );
     let hex = miner::hex;
     // The record of the file, with each host's emergency link: `mspace get --file` reads it.
     let links = runtime()?.block_on(net::deal::emergency_links(&done.placed));
@@ -223,6 +232,7 @@ pub fn put(args: PutArgs) -> Result<()> {
     let json = DealPutJson {
         record: record_path.display().to_string(),
         emergency_links: links.iter().filter(|l| l.is_ok()).count(),
+        timings,
         file_id: done.plan.file_id.to_hex(),
         manifest_id: done.plan.manifest.id.to_hex(),
         share_key: done.share_key.to_string(),

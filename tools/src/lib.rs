@@ -286,6 +286,33 @@ impl UnlockArgs {
 }
 
 /// A byte progress bar on stderr when it is a terminal and `enabled`; hidden otherwise.
+/// How long a `mspace put` took to reach its milestones, ms from the command's start.
+#[derive(Debug, serde::Serialize)]
+pub struct PutTimings {
+    /// Hosts matched on an exchange (market puts only).
+    pub matched_ms: Option<u64>,
+    /// The first chunk sent to a host (None: every host had every chunk already).
+    pub first_byte_ms: Option<u64>,
+    pub total_ms: u64,
+}
+
+impl PutTimings {
+    pub fn new(
+        t0: std::time::Instant,
+        matched: Option<std::time::Instant>,
+        first_byte: Option<std::time::Instant>,
+    ) -> PutTimings {
+        let ms = |t: std::time::Instant| {
+            u64::try_from(t.saturating_duration_since(t0).as_millis()).unwrap_or(u64::MAX)
+        };
+        PutTimings {
+            matched_ms: matched.map(ms),
+            first_byte_ms: first_byte.map(ms),
+            total_ms: ms(std::time::Instant::now()),
+        }
+    }
+}
+
 pub fn progress_bar(total: u64, enabled: bool, verb: &str) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();

@@ -992,6 +992,7 @@ struct PutJson {
     skipped_chunks: u64,
     host_saw: String,
     proxy_receipts: usize,
+    timings: crate::PutTimings,
 }
 
 pub fn put(args: PutArgs) -> Result<()> {
@@ -1025,6 +1026,7 @@ pub fn put(args: PutArgs) -> Result<()> {
     init_logs();
     let bar = progress_bar(meta.len(), !args.json, "uploading");
     let started = Instant::now();
+    let t0 = started;
     let done = runtime()?
         .block_on(put_file(&job, bar_progress(&bar)))
         .with_context(|| format!("uploading {} to {}", args.file.display(), link.addr))?;
@@ -1047,6 +1049,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             skipped_chunks: done.skipped_chunks,
             host_saw: done.peer_seen.clone(),
             proxy_receipts: done.receipts.accepted.len(),
+            timings: crate::PutTimings::new(t0, None, done.first_sent),
         };
         println!("{}", serde_json::to_string(&json)?);
     } else {

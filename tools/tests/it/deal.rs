@@ -1061,6 +1061,13 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     let paid = put(&["--days", "30", "--period-blocks", "40"], &client);
     assert_eq!(paid.code, 0, "{}", paid.stderr);
     let out: serde_json::Value = serde_json::from_str(&paid.stdout).unwrap();
+    // Its milestones: matched, then the first chunk out, then done.
+    let t = &out["timings"];
+    let ms = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("no {k} in {t}"));
+    assert!(
+        ms("matched_ms") <= ms("first_byte_ms") && ms("first_byte_ms") <= ms("total_ms"),
+        "{t}"
+    );
     let placed: Vec<&str> = out["deals"]
         .as_array()
         .unwrap()

@@ -351,6 +351,13 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
         "{skipped} skipped, but the host had {stored_before}"
     );
     assert_eq!(sent + skipped, chunks);
+    // A resumed upload still sends (the chunks the host lacked): a first byte, no match.
+    let t = &put["timings"];
+    assert!(t["matched_ms"].is_null(), "{t}");
+    assert!(
+        t["first_byte_ms"].as_u64().unwrap() <= t["total_ms"].as_u64().unwrap(),
+        "{t}"
+    );
     // Every chunk reached the host exactly once over both runs: a chunk acknowledged (or
     // stored) before the kill and sent again would be counted twice.
     assert_eq!(metric(&metrics, "mspace_put_requests_total"), chunks);
