@@ -55,7 +55,8 @@ def main():
     ap.add_argument("--secret-file", required=True)
     ap.add_argument("--big-mib", type=int, default=24)
     ap.add_argument("--work")
-    ap.add_argument("--phase", choices=["table", "crash-before", "crash-after", "deal-put", "deal-get"],
+    ap.add_argument("--phase", choices=["table", "crash-before", "crash-after", "deal-put", "deal-get",
+                                        "drop-put", "drop-delete-a", "drop-delete-b"],
                     default="table")
     ap.add_argument("--upload")
     a = ap.parse_args()
@@ -73,6 +74,8 @@ def main():
         return crash(a, s3)
     if a.phase.startswith("deal"):
         return deals(a, s3)
+    if a.phase.startswith("drop"):
+        return drops(a, s3)
     B = "alpha"
     # Buckets.
     row("boto3", "CreateBucket alpha", "ok", code(lambda: s3.create_bucket(Bucket=B)))
@@ -458,6 +461,28 @@ def deals(a, s3):
             s3.get_object(Bucket=B, Key="small", Range="bytes=1000-1999")["Body"].read())
         row("boto3", "GetObject of a dealt multipart object", True,
             s3.get_object(Bucket=B, Key="big")["Body"].read() == big)
+    bad = [r for r in ROWS if not r[4]]
+    print(f"{len(ROWS)} checks, {len(bad)} differ from S3")
+    sys.exit(1 if bad else 0)
+
+
+def drops(a, s3):
+    """Deleting frees the host: drop-put stores an object and a copy of it (one sealed
+    file, named twice), drop-delete-a deletes the object, drop-delete-b the copy; the caller
+    counts the host's chunks in between."""
+    B = "dropped"
+    if a.phase == "drop-put":
+        row("boto3", "CreateBucket", "ok", code(lambda: s3.create_bucket(Bucket=B)))
+        row("boto3", "PutObject", "ok", code(lambda: s3.put_object(Bucket=B, Key="a", Body=seeded(6, 20 << 20))))
+        row("boto3", "CopyObject", "ok",
+            code(lambda: s3.copy_object(Bucket=B, Key="b", CopySource={"Bucket": B, "Key": "a"})))
+    elif a.phase == "drop-delete-a":
+        row("boto3", "DeleteObject a", "ok", code(lambda: s3.delete_object(Bucket=B, Key="a")))
+        row("boto3", "GetObject b: the copy still reads", True,
+            s3.get_object(Bucket=B, Key="b")["Body"].read() == seeded(6, 20 << 20))
+    else:
+        row("boto3", "DeleteObject b", "ok", code(lambda: s3.delete_object(Bucket=B, Key="b")))
+        row("boto3", "DeleteBucket", "ok", code(lambda: s3.delete_bucket(Bucket=B)))
     bad = [r for r in ROWS if not r[4]]
     print(f"{len(ROWS)} checks, {len(bad)} differ from S3")
     sys.exit(1 if bad else 0)

@@ -33,7 +33,7 @@ pub mod config;
 pub mod metrics;
 
 /// Version of [`HostApi`]'s requests and responses: bumped on any change to them.
-pub const HOST_API_VERSION: u32 = 7;
+pub const HOST_API_VERSION: u32 = 8;
 /// Version of [`MinerApi`].
 pub const MINER_API_VERSION: u32 = 7;
 /// Longest a client may ask a miner to wait for a block.
@@ -259,6 +259,11 @@ pub trait HostApi {
         receiver: [u8; 32],
         payment: Option<[u8; 32]>,
     ) -> Result<String, ControlError>;
+    /// Removes a file uploaded through links minted for the control `token`: its record,
+    /// its envelope and every chunk no other link or recorded file holds; the chunks
+    /// removed. Refused (Invalid) for a file a held deal paid for, which stays until the
+    /// deal ends; Invalid with "no file" when none is recorded.
+    async fn drop_object(token: String, manifest: [u8; 32]) -> Result<u64, ControlError>;
 }
 
 /// A miner's service: submitting transactions and reading the chain. Implemented by the

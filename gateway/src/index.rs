@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::record::{ObjectRecord, PartRecord, RecordError, UploadRecord};
 
@@ -30,8 +30,34 @@ const LIFECYCLE: TableDefinition<&str, &[u8]> = TableDefinition::new("lifecycle"
 const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
 /// Bucket name to its versioning (1 enabled, 2 suspended); absent: never enabled.
 const VERSIONING: TableDefinition<&str, u8> = TableDefinition::new("versioning");
-/// `seq`: the last sequence number given to an object record.
+/// `seq`: the last sequence number given to an object record; `refs`: 1 once `refs` was
+/// built from the records.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// A sealed file's manifest id to the number of records (current or not) naming it.
+const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
+/// A sealed file no record names any more, to the last record that named it: to be
+/// removed from its host (when it can be), then forgotten.
+const ORPHANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("orphans");
+
+/// Counts `rec`'s sealed file as named once more (`up`) or once less; a file no record
+/// names any more becomes an orphan.
+fn refer(tx: &redb::WriteTransaction, rec: &ObjectRecord, up: bool) -> Result<(), IndexError> {
+    let Some(s) = &rec.stored else {
+        return Ok(());
+    };
+    let mut refs = tx.open_table(REFS)?;
+    let n = refs.get(s.manifest.as_slice())?.map_or(0, |v| v.value());
+    if up {
+        refs.insert(s.manifest.as_slice(), n + 1)?;
+    } else if n <= 1 {
+        refs.remove(s.manifest.as_slice())?;
+        tx.open_table(ORPHANS)?
+            .insert(s.manifest.as_slice(), rec.encode().as_slice())?;
+    } else {
+        refs.insert(s.manifest.as_slice(), n - 1)?;
+    }
+    Ok(())
+}
 
 /// A bucket's versioning, as S3 has it: once enabled, it can be suspended but not turned
 /// off.
@@ -254,6 +280,7 @@ fn install(
         rec.seq = seq;
     }
     rec.null_version = state != Versioning::Enabled;
+    refer(tx, rec, true)?;
     let mut gone = Vec::new();
     let mut versions = tx.open_table(VERSIONS)?;
     if rec.null_version {
@@ -276,6 +303,9 @@ fn install(
     }
     tx.open_table(OBJECTS)?
         .insert(object_key(bucket, key).as_slice(), rec.encode().as_slice())?;
+    for g in &gone {
+        refer(tx, g, false)?;
+    }
     Ok((state, gone))
 }
 
@@ -329,6 +359,23 @@ impl Index {
             tx.open_table(VERSIONS)?;
             tx.open_table(VERSIONING)?;
             tx.open_table(COUNTERS)?;
+            tx.open_table(ORPHANS)?;
+            // Counted once, from the records an older gateway wrote without counting.
+            if tx.open_table(COUNTERS)?.get("refs")?.is_none() {
+                let mut counts: std::collections::HashMap<[u8; 32], u64> = Default::default();
+                for table in [OBJECTS, VERSIONS] {
+                    for e in tx.open_table(table)?.iter()? {
+                        if let Some(s) = ObjectRecord::decode(e?.1.value())?.stored {
+                            *counts.entry(s.manifest).or_default() += 1;
+                        }
+                    }
+                }
+                let mut refs = tx.open_table(REFS)?;
+                for (m, n) in counts {
+                    refs.insert(m.as_slice(), n)?;
+                }
+                tx.open_table(COUNTERS)?.insert("refs", 1)?;
+            }
         }
         tx.commit()?;
         Ok(Index { db })
@@ -558,6 +605,30 @@ impl Index {
         Ok(written)
     }
 
+    /// Sealed files no record names any more, with the last record that named each.
+    pub fn orphans(&self) -> Result<Vec<ObjectRecord>, IndexError> {
+        let tx = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for e in tx.open_table(ORPHANS)?.iter()? {
+            out.push(ObjectRecord::decode(e?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn orphan_count(&self) -> Result<u64, IndexError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(ORPHANS)?.len()?)
+    }
+
+    /// Forgets an orphan: its file was removed from its host, or stays there until its
+    /// deals end.
+    pub fn forget_orphan(&self, manifest: &[u8; 32]) -> Result<(), IndexError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(ORPHANS)?.remove(manifest.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Deletes as S3 does: with no version named, removes the current object (versioning
     /// off) or puts a delete marker in front of it (made at `now_ms`); with a version,
     /// removes that version for good (the newest other one becomes current if it was).
@@ -578,6 +649,7 @@ impl Index {
                     if versioning_in(&tx, bucket)? == Versioning::Off {
                         if let Some(c) = decode_opt(tx.open_table(OBJECTS)?.remove(k.as_slice())?)?
                         {
+                            refer(&tx, &c, false)?;
                             out.removed.push(c);
                         }
                     } else {
@@ -609,12 +681,14 @@ impl Index {
                             versions.remove(vk.as_slice())?;
                             objects.insert(k.as_slice(), newest.encode().as_slice())?;
                         }
+                        refer(&tx, &c, false)?;
                         out.removed.push(c);
                     } else if let Some((vk, old)) = noncurrent(&versions, bucket, key)?
                         .into_iter()
                         .find(|(_, r)| v.names(r))
                     {
                         versions.remove(vk.as_slice())?;
+                        refer(&tx, &old, false)?;
                         out.removed.push(old);
                     }
                 }
@@ -1126,5 +1200,61 @@ mod tests {
         }
         i.delete_object("b", "l", VersionId::parse(&vl), 8).unwrap();
         assert!(matches!(i.delete_bucket("b").unwrap(), BucketGone::Deleted));
+    }
+
+    #[test]
+    fn a_sealed_file_is_an_orphan_once_no_record_names_it() {
+        let (_d, i) = index();
+        i.create_bucket("b", 1).unwrap();
+        let named = |m: u8| ObjectRecord {
+            stored: Some(crate::record::Stored {
+                manifest: [m; 32],
+                copies: vec![crate::record::Replica {
+                    host_key: [9; 32],
+                    host: "127.0.0.1:1".into(),
+                    deal: None,
+                }],
+                share_key: "mss1-x".into(),
+            }),
+            ..rec("e")
+        };
+        let put = |k: &str, r: &ObjectRecord| {
+            i.put_object("b", k, r, &Condition::default()).unwrap();
+        };
+        let orphans = || -> Vec<u8> {
+            i.orphans()
+                .unwrap()
+                .iter()
+                .map(|r| r.stored.as_ref().unwrap().manifest[0])
+                .collect()
+        };
+        // A copy names the same file: it is no orphan until both are gone.
+        put("a", &named(1));
+        put("copy", &named(1));
+        i.delete_object("b", "a", None, 2).unwrap();
+        assert!(orphans().is_empty());
+        i.delete_object("b", "copy", None, 2).unwrap();
+        assert_eq!(orphans(), [1]);
+        i.forget_orphan(&[1; 32]).unwrap();
+        assert!(orphans().is_empty());
+        // Overwritten with versioning off: the old file goes.
+        put("k", &named(2));
+        put("k", &named(3));
+        assert_eq!(orphans(), [2]);
+        i.forget_orphan(&[2; 32]).unwrap();
+        // With versioning on, an overwritten or deleted object is still a version; its file
+        // goes with its last version.
+        i.set_versioning("b", Versioning::Enabled).unwrap();
+        put("k", &named(4));
+        i.delete_object("b", "k", None, 3).unwrap();
+        assert!(orphans().is_empty());
+        let all = i.list_versions("b", "k", None, None, None, 100).unwrap();
+        for (_, r, _) in &all.versions {
+            let v = VersionId::parse(&r.version_id()).unwrap();
+            i.delete_object("b", "k", Some(v), 4).unwrap();
+        }
+        let mut gone = orphans();
+        gone.sort_unstable();
+        assert_eq!(gone, [3, 4]);
     }
 }

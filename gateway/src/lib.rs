@@ -257,6 +257,8 @@ impl Gateway {
 
     /// Serves until the task is dropped.
     pub async fn serve(mut self) -> std::io::Result<()> {
+        let (collector, every) = (self.sweeper.clone(), self.lifecycle_every);
+        tokio::spawn(async move { collector.collect_orphans(every).await });
         let (sweeper, every) = (self.sweeper.clone(), self.lifecycle_every);
         tokio::spawn(async move {
             loop {
@@ -268,10 +270,11 @@ impl Gateway {
         });
         if let Some(l) = self.metrics_listener.take() {
             let m = Arc::clone(&self.metrics);
+            let s3 = self.sweeper.clone();
             tokio::spawn(api::metrics::serve(
                 l,
                 Arc::new(move || {
-                    let text = m.render();
+                    let text = m.render(s3.orphan_count());
                     Box::pin(async move { text })
                 }),
             ));

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub stored_bytes: AtomicU64,
     /// Plaintext bytes read back from the host for GETs.
     pub read_bytes: AtomicU64,
+    /// Sealed files removed from their host after their last object was deleted.
+    pub dropped_files: AtomicU64,
 }
 
 impl Metrics {
@@ -35,7 +37,9 @@ impl Metrics {
         *r.entry((method.to_owned(), code)).or_default() += 1;
     }
 
-    pub fn render(&self) -> String {
+    /// The text of `/metrics`; `orphans`: the sealed files the index holds as named by no
+    /// object, waiting to be removed from their host.
+    pub fn render(&self, orphans: u64) -> String {
         let mut e = Exposition::default();
         let requests: Vec<((String, String), u64)> = self
             .requests
@@ -98,6 +102,16 @@ impl Metrics {
             "mspace_gateway_read_bytes_total",
             "Plaintext bytes read back from the host, verified, for GETs.",
             l(&self.read_bytes),
+        );
+        e.gauge(
+            "mspace_gateway_orphan_files",
+            "Sealed files no object names any more, waiting to be removed from their host.",
+            orphans,
+        );
+        e.counter(
+            "mspace_gateway_dropped_files_total",
+            "Sealed files removed from their host after their last object was deleted.",
+            l(&self.dropped_files),
         );
         e.finish()
     }

@@ -56,6 +56,8 @@ pub struct Gateway {
     spool: PathBuf,
     limits: Limits,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Woken after a write or delete that may have left a sealed file unnamed.
+    orphaned: Arc<tokio::sync::Notify>,
 }
 
 /// A file in the spool, removed when dropped (an error path leaves nothing behind).
@@ -360,7 +362,64 @@ impl Gateway {
             spool,
             limits,
             metrics,
+            orphaned: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Sealed files the index holds as named by no object (0 if it cannot be read).
+    pub fn orphan_count(&self) -> u64 {
+        self.index.orphan_count().unwrap_or(0)
+    }
+
+    /// Removes from their host the sealed files no record names any more (see
+    /// [`HostStore::drop_file`]), then forgets them; one that fails stays for the next
+    /// pass. Runs at start, after each write or delete that may have unnamed a file, and
+    /// every `every` in any case.
+    pub async fn collect_orphans(&self, every: Duration) {
+        loop {
+            let orphans = match self.db(|i| i.orphans()).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!("reading the orphaned files: {e:?}");
+                    Vec::new()
+                }
+            };
+            let mut left = 0u64;
+            for rec in orphans {
+                let Some(stored) = &rec.stored else { continue };
+                let manifest = stored.manifest;
+                match self.store.drop_file(stored).await {
+                    Ok(done) => {
+                        match done {
+                            Some(n) => {
+                                self.metrics.dropped_files.fetch_add(1, Relaxed);
+                                tracing::info!(
+                                    manifest = %data_encoding::HEXLOWER.encode(&manifest),
+                                    chunks = n,
+                                    "removed from its host: no object names it any more"
+                                );
+                            }
+                            None => tracing::info!(
+                                manifest = %data_encoding::HEXLOWER.encode(&manifest),
+                                "no object names it any more; it stays on its hosts until its deals end"
+                            ),
+                        }
+                        if let Err(e) = self.db(move |i| i.forget_orphan(&manifest)).await {
+                            tracing::warn!("forgetting an orphaned file: {e:?}");
+                            left += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("removing an orphaned file from its host: {e}");
+                        left += 1;
+                    }
+                }
+            }
+            if left > 0 {
+                tracing::warn!(left, "orphaned files left for the next pass");
+            }
+            let _ = tokio::time::timeout(every, self.orphaned.notified()).await;
+        }
     }
 
     /// Runs an index operation off the async workers (a commit waits for the disk).
@@ -519,6 +578,7 @@ impl Gateway {
                         let (b, k) = (bucket.clone(), key.clone());
                         let now = now_secs.saturating_mul(1000);
                         let d = self.db(move |i| i.delete_object(&b, &k, None, now)).await?;
+                        self.orphaned.notify_one();
                         if !d.removed.is_empty() || d.marker.is_some() {
                             tracing::info!(bucket, key, "expired by the bucket's lifecycle");
                             gone += 1;
@@ -604,7 +664,10 @@ impl Gateway {
             .db(move |i| i.put_object(&bucket, &key, &rec, &cond))
             .await?
         {
-            Written::Done(v) => Ok(v),
+            Written::Done(v) => {
+                self.orphaned.notify_one();
+                Ok(v)
+            }
             Written::NoBucket => Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => Err(s3_error!(
                 PreconditionFailed,
@@ -952,6 +1015,7 @@ impl S3 for Gateway {
         let d = self
             .db(move |i| i.delete_object(&b, &k, version, now_ms()))
             .await?;
+        self.orphaned.notify_one();
         Ok(S3Response::new(deleted_output(&d, input.version_id)))
     }
 
@@ -992,6 +1056,7 @@ impl S3 for Gateway {
                 });
             }
         }
+        self.orphaned.notify_one();
         Ok(S3Response::new(DeleteObjectsOutput {
             deleted: Some(deleted),
             errors: (!errors.is_empty()).then_some(errors),
@@ -1575,7 +1640,10 @@ impl S3 for Gateway {
             .db(move |i| i.finish_upload(&id, &up, &rec, &cond))
             .await?;
         let version_id = match written {
-            Written::Done(v) => v,
+            Written::Done(v) => {
+                self.orphaned.notify_one();
+                v
+            }
             Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => {
                 return Err(s3_error!(

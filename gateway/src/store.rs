@@ -297,6 +297,37 @@ impl HostStore {
         })
     }
 
+    /// Removes a sealed file that no record names any more from its host, where the
+    /// gateway may: a file uploaded through links its `[host]` token minted. A file paid
+    /// as deals stays on its hosts until the deals end (`Ok(None)`: nothing to do).
+    /// The chunks removed.
+    pub async fn drop_file(&self, stored: &Stored) -> Result<Option<u64>, StoreError> {
+        let Placement::Links { token, .. } = &self.placement else {
+            return Ok(None);
+        };
+        let mut removed = 0;
+        for c in stored.copies.iter().filter(|c| c.deal.is_none()) {
+            let fail = |reason: String| StoreError::Control {
+                addr: c.host.clone(),
+                reason,
+            };
+            let client = api::host_client(&c.host)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            match client
+                .drop_object(tarpc::context::current(), token.clone(), stored.manifest)
+                .await
+                .map_err(|e| fail(e.to_string()))?
+            {
+                Ok(n) => removed += n,
+                // Gone already (an earlier try that was not recorded as done).
+                Err(api::ControlError::Invalid(why)) if why.starts_with("no file") => {}
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        Ok(Some(removed))
+    }
+
     /// A download link for `stored` from the first copy's host that gives one.
     async fn download_link(&self, stored: &Stored) -> Result<Link, StoreError> {
         let token = match &self.placement {

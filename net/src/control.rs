@@ -522,6 +522,30 @@ impl HostApi for HostControl {
         HOST_API_VERSION
     }
 
+    async fn drop_object(
+        self,
+        _: tarpc::context::Context,
+        token: String,
+        manifest: [u8; 32],
+    ) -> Result<u64, ControlError> {
+        match &self.token {
+            Some(t) if same_secret(t, &token) => {}
+            Some(_) => return Err(ControlError::Unauthorized("wrong control token".into())),
+            None => {
+                return Err(ControlError::Unauthorized(
+                    "this host takes no control token".into(),
+                ))
+            }
+        }
+        match self.host.drop_object(ChunkId(manifest)).await {
+            Ok(removed) => Ok(removed),
+            Err(e @ crate::host::DropRefused::Failed(_)) => {
+                Err(ControlError::Unavailable(e.to_string()))
+            }
+            Err(e) => Err(ControlError::Invalid(e.to_string())),
+        }
+    }
+
     async fn download_terms(
         self,
         _: tarpc::context::Context,

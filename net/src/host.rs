@@ -1162,6 +1162,82 @@ impl Host {
 /// Chunk deletes a release keeps in flight.
 const RELEASE_WINDOW: usize = 64;
 
+/// Why [`Host::drop_object`] kept a file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DropRefused {
+    #[error("no file with manifest {0} is recorded here")]
+    NotFound(ChunkId),
+    #[error("the file is paid for by deal {0}: it is released when the deal ends")]
+    UnderDeal(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Host {
+    /// Removes a file uploaded through links this host minted (for its control token):
+    /// its record, its envelope, and the bytes of every chunk that no other link or
+    /// recorded file holds. A file any chunk of which a held deal paid for is refused.
+    /// Returns the chunks removed from the store.
+    pub async fn drop_object(self: &Arc<Self>, manifest: ChunkId) -> Result<u64, DropRefused> {
+        let failed = |e: NetError| DropRefused::Failed(e.to_string());
+        let Some(chunks) = self.state.object(&manifest).map_err(failed)? else {
+            return Err(DropRefused::NotFound(manifest));
+        };
+        let mut links: Vec<([u8; 16], ChunkId)> = Vec::new();
+        for c in chunks.iter().chain(std::iter::once(&manifest)) {
+            for l in self.state.links_holding(c) {
+                if let Some(deal) = self.state.held_deal(&l) {
+                    return Err(DropRefused::UnderDeal(
+                        data_encoding::HEXLOWER.encode(&deal),
+                    ));
+                }
+                links.push((l, *c));
+            }
+        }
+        let h = Arc::clone(self);
+        let recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&manifest))
+            .await
+            .map_err(|e| DropRefused::Failed(e.to_string()))?
+            .map_err(failed)?;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&manifest);
+        let mut removed = 0u64;
+        if recorded
+            && self
+                .engine
+                .delete(manifest)
+                .recv()
+                .await
+                .map_err(|e| DropRefused::Failed(e.to_string()))?
+        {
+            removed += 1;
+        }
+        let host = Arc::clone(self);
+        let mut answers = futures::stream::iter(links.into_iter().filter(|(_, c)| *c != manifest))
+            .map(move |(link, id)| {
+                let host = Arc::clone(&host);
+                async move { delete(&host, link, id).await }
+            })
+            .buffer_unordered(RELEASE_WINDOW);
+        while let Some(answer) = answers.next().await {
+            match answer {
+                Reply::Deleted { removed: true } => removed += 1,
+                // Gone already, or listed by another recorded file (which keeps it).
+                Reply::Deleted { removed: false }
+                | Reply::Error {
+                    code: ErrorCode::NotGranted,
+                    ..
+                } => {}
+                Reply::Error { message, .. } => return Err(DropRefused::Failed(message)),
+                other => return Err(DropRefused::Failed(format!("{other:?}"))),
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// What [`Host::release`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released {

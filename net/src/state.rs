@@ -706,6 +706,25 @@ impl HostState {
 
     /// Whether `chunk`, uploaded under `link`, is listed by a recorded file (so a delete
     /// through the link is refused until that file's record is removed).
+    /// The upload links `chunk` was sent under.
+    pub fn links_holding(&self, chunk: &ChunkId) -> Vec<[u8; 16]> {
+        self.uploads()
+            .sets
+            .iter()
+            .filter(|(_, s)| s.contains(chunk))
+            .map(|(l, _)| *l)
+            .collect()
+    }
+
+    /// The deal whose upload link is `link`, if it is held.
+    pub fn held_deal(&self, link: &[u8; 16]) -> Option<[u8; 32]> {
+        self.deals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(link)
+            .map(|h| h.deal)
+    }
+
     pub fn is_listed(&self, link: &[u8; 16], chunk: &ChunkId) -> bool {
         let u = self.uploads();
         u.sets.get(link).is_some_and(|s| s.contains(chunk))

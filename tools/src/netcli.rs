@@ -77,14 +77,26 @@ enum HostAction {
     Init(HostInitArgs),
     /// Mint a temporary link (printed alone): `--upload --bytes N` or `--download <MANIFEST_ID>`.
     Link(LinkArgs),
-    /// Ask a running host for its status over its control plane (JSON).
+    /// Ask a running host for its status over its control plane.
     Status(StatusArgs),
+    /// Remove a file uploaded through links minted for the control token (its record and
+    /// the chunks nothing else holds) from a running host. A file a deal paid for is
+    /// refused: it stays until the deal ends.
+    Drop(DropArgs),
     /// Register this host on the chain with a deposit (MASP), from its key.
     Register(crate::registry::RegistryArgs),
     /// Start unbonding this host's deposit (it can be withdrawn after the unbonding period).
     Unbond(crate::registry::RegistryArgs),
     /// Take back this host's deposit once unbonding is over.
     Withdraw(crate::registry::RegistryArgs),
+}
+
+#[derive(Args, Debug)]
+struct DropArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// The file's manifest id (hex).
+    manifest: String,
 }
 
 #[derive(Args, Debug)]
@@ -357,6 +369,7 @@ pub fn host(args: HostArgs) -> Result<()> {
         Some(HostAction::Init(a)) => host_init(&a),
         Some(HostAction::Link(a)) => host_link(&a),
         Some(HostAction::Status(a)) => host_status(&a),
+        Some(HostAction::Drop(a)) => host_drop(&a),
         Some(HostAction::Register(a)) => host_registry(Op::Register, &a),
         Some(HostAction::Unbond(a)) => host_registry(Op::Unbond, &a),
         Some(HostAction::Withdraw(a)) => host_registry(Op::Withdraw, &a),
@@ -471,6 +484,31 @@ fn host_link(a: &LinkArgs) -> Result<()> {
         id,
     )?;
     println!("{link}");
+    Ok(())
+}
+
+fn host_drop(a: &DropArgs) -> Result<()> {
+    let cfg = HostConfig::load(&a.config)?;
+    let manifest = a
+        .manifest
+        .parse::<ChunkId>()
+        .map_err(|e| anyhow::anyhow!("the manifest id: {e}"))?;
+    let addr = cfg
+        .control_listen
+        .context("the configuration has no control_listen")?;
+    let token = cfg
+        .control_token
+        .context("the configuration has no control_token: nothing was uploaded for it")?;
+    let removed = runtime()?.block_on(async {
+        let client = api::host_client(&addr)
+            .await
+            .with_context(|| format!("cannot reach the host's control plane at {addr}"))?;
+        client
+            .drop_object(tarpc::context::current(), token, manifest.0)
+            .await?
+            .map_err(|e| anyhow::anyhow!("the host keeps manifest {manifest}: {e}"))
+    })?;
+    println!("removed manifest {manifest} and {removed} chunk(s) nothing else held");
     Ok(())
 }
 

@@ -1373,6 +1373,12 @@ fn a_host_bidding_request_by_request_is_matched_and_the_file_comes_back_by_emerg
     assert_eq!(v["exchange"], ex_key.as_str(), "{v}");
     assert_eq!(v["commission_permille"], 20, "{v}");
     assert!(stored(&hosts[1].cfg) > 0, "host 1 stored nothing");
+    // Its operator cannot drop a file a deal paid for (it stays until the deal ends).
+    let before = stored(&hosts[1].cfg);
+    let kept = mspace(&["host", "drop", "--config", &hosts[1].cfg, &manifest], &[]);
+    assert_ne!(kept.code, 0);
+    assert!(kept.stderr.contains("paid for by deal"), "{}", kept.stderr);
+    assert_eq!(stored(&hosts[1].cfg), before);
 
     // A receiver buys a download of the deal the exchange matched: of host 1's 1,000 MASPC
     // price, the exchange is paid its 20 per mille by the chain when the host claims.

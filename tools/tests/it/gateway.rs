@@ -174,6 +174,57 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
         assert!(n > 0, "{why}: {line} missing or 0 in\n{m}");
     }
 
+    // Deleting an object removes its sealed file from the host once no object (a copy, a
+    // version) names it any more.
+    let chunks = || {
+        let s = mspace(&["host", "status", "--config", &host_cfg, "--json"], &[]);
+        assert_eq!(s.code, 0, "{}", s.stderr);
+        serde_json::from_str::<serde_json::Value>(&s.stdout).unwrap()["chunks"]
+            .as_u64()
+            .unwrap()
+    };
+    let phase = |p: &str| {
+        let out = check(p, &[]).output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{shown}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown
+    };
+    // Once the index holds no orphaned file, every one was removed from the host.
+    let settled = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !super::net::check_metrics("gateway", &metrics)
+            .contains("mspace_gateway_orphan_files 0\n")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: files still wait to be removed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        chunks()
+    };
+    let before = settled("after the table");
+    phase("drop-put");
+    let stored = chunks();
+    // 20 MiB in 8 MiB chunks: three chunks and the manifest.
+    assert_eq!(stored, before + 4);
+    phase("drop-delete-a");
+    assert_eq!(
+        settled("after deleting the object"),
+        stored,
+        "the copy still names the file"
+    );
+    phase("drop-delete-b");
+    assert_eq!(
+        settled("after deleting the copy"),
+        before,
+        "the host kept the deleted file"
+    );
+
     // A PUT torn by SIGKILL.
     let mut before = check("crash-before", &[])
         .stdin(Stdio::piped())
