@@ -68,6 +68,54 @@ struct Inner {
     chain: tokio::sync::Mutex<ChainClient>,
 }
 
+/// `index.toml`, written by `mspace index init`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// Where exchanges and senders reach it (`host:port`).
+    pub listen: String,
+    /// Miners' control addresses: the first that answers tells which exchanges are
+    /// registered.
+    pub chain: Vec<String>,
+}
+
+impl IndexConfig {
+    /// The commented file `mspace index init` writes.
+    pub fn default_text(listen: &str, chain: &[String]) -> String {
+        let chain = chain
+            .iter()
+            .map(|c| format!("{c:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"# Market.space index (mspace index run --config THIS_FILE). Exchanges registered on the
+# chain list themselves here (signed listings, renewed); senders ask which are alive and
+# measure which is nearest. An index holds no money and no key: run several, anywhere.
+listen = {listen:?}
+# Miners' control addresses: the first that answers is asked who is registered.
+chain = [{chain}]
+"#
+        )
+    }
+
+    /// Parses `text` with `MSPACE_INDEX__<KEY>` environment overrides, and checks it.
+    pub fn parse(text: &str) -> Result<IndexConfig, String> {
+        let c: IndexConfig = api::config::parse_with_env(text, "index")?;
+        if c.chain.is_empty() {
+            return Err("chain: at least one miner's control address".into());
+        }
+        if c.listen.parse::<std::net::SocketAddr>().is_err() && !c.listen.contains(':') {
+            return Err(format!("listen: {:?} is not host:port", c.listen));
+        }
+        Ok(c)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<IndexConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        IndexConfig::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
 /// The index's `IndexApi` service: serve it with `api::serve_control!`.
 #[derive(Clone, Debug)]
 pub struct Index {
@@ -171,5 +219,19 @@ mod tests {
         moved.addr = "y2:1".into();
         d.post(moved, 20).unwrap();
         assert_eq!(d.live(20)[1].addr, "y2:1");
+    }
+
+    #[test]
+    fn the_file_init_writes_parses_and_bad_ones_are_refused() {
+        let text = IndexConfig::default_text("127.0.0.1:7600", &["127.0.0.1:27001".into()]);
+        let c = IndexConfig::parse(&text).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7600");
+        assert_eq!(c.chain, ["127.0.0.1:27001"]);
+        let none = text.replace("chain = [\"127.0.0.1:27001\"]", "chain = []");
+        assert!(IndexConfig::parse(&none).unwrap_err().contains("chain"));
+        let typo = format!("{text}\nlisen = \"x\"\n");
+        assert!(IndexConfig::parse(&typo).unwrap_err().contains("lisen"));
+        let bad = text.replace("127.0.0.1:7600", "nowhere");
+        assert!(IndexConfig::parse(&bad).unwrap_err().contains("listen"));
     }
 }

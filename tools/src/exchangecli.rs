@@ -361,14 +361,28 @@ pub struct IndexArgs {
 
 #[derive(Subcommand, Debug)]
 enum IndexAction {
-    /// Run an index: exchanges registered on the chain list themselves here (signed,
-    /// renewed), senders ask which are alive.
-    Run {
+    /// Write a commented configuration (refused if the file exists).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
         /// Address to serve exchanges and senders on.
         #[arg(long, default_value = "127.0.0.1:7600")]
         listen: String,
         /// A miner's control address (repeat: the first that answers is used).
         #[arg(long, required = true)]
+        chain: Vec<String>,
+    },
+    /// Run an index: exchanges registered on the chain list themselves here (signed,
+    /// renewed), senders ask which are alive. From `--config` (with `MSPACE_INDEX__*`
+    /// overrides), or from `--listen` and `--chain`.
+    Run {
+        #[arg(long, conflicts_with_all = ["listen", "chain"])]
+        config: Option<PathBuf>,
+        /// Address to serve exchanges and senders on [default: 127.0.0.1:7600].
+        #[arg(long)]
+        listen: Option<String>,
+        /// A miner's control address (repeat: the first that answers is used).
+        #[arg(long)]
         chain: Vec<String>,
     },
     /// The live exchanges an index lists.
@@ -382,7 +396,38 @@ enum IndexAction {
 
 pub fn index(args: IndexArgs) -> Result<()> {
     match args.action {
-        IndexAction::Run { listen, chain } => {
+        IndexAction::Init {
+            config,
+            listen,
+            chain,
+        } => {
+            crate::netcli::config_folder(&config)?;
+            let text = exchange::index::IndexConfig::default_text(&listen, &chain);
+            exchange::index::IndexConfig::parse(&text).map_err(anyhow::Error::msg)?;
+            std::fs::write(&config, text).with_context(|| format!("write {}", config.display()))?;
+            println!("wrote {}", config.display());
+            println!(
+                "run it with: mspace index run --config {}",
+                config.display()
+            );
+            Ok(())
+        }
+        IndexAction::Run {
+            config,
+            listen,
+            chain,
+        } => {
+            let (listen, chain) = match config {
+                Some(path) => {
+                    let c =
+                        exchange::index::IndexConfig::load(&path).map_err(anyhow::Error::msg)?;
+                    (c.listen, c.chain)
+                }
+                None if chain.is_empty() => {
+                    anyhow::bail!("give --config FILE (mspace index init), or --chain MINER")
+                }
+                None => (listen.unwrap_or_else(|| "127.0.0.1:7600".into()), chain),
+            };
             init_logs();
             runtime()?.block_on(async {
                 let c = api::chain::ChainClient::connect(&chain)

@@ -204,13 +204,20 @@ fn start_exchange(
     }
 }
 
-/// `mspace index run` on a free loopback port, following the chain at `m0`.
-fn start_index(m0: &str) -> (String, Proc) {
+/// `mspace index init` under `dir/index` and `mspace index run --config` on a free
+/// loopback port (an environment override of the file's `listen`), following the chain
+/// at `m0`.
+fn start_index(dir: &Path, m0: &str) -> (String, Proc) {
+    let cfg = s(&dir.join("index/index.toml"));
+    let init = mspace(&["index", "init", "--config", &cfg, "--chain", m0], &[]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let again = mspace(&["index", "init", "--config", &cfg, "--chain", m0], &[]);
+    assert_ne!(again.code, 0, "an existing configuration is never replaced");
     let ix = format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
     let proc = super::net::start(
-        &["index", "run", "--listen", &ix, "--chain", m0],
-        &[],
-        "index listening on",
+        &["index", "run", "--config", &cfg],
+        &[("MSPACE_INDEX__LISTEN", ix.as_str())],
+        &format!("index listening on {ix}"),
     );
     (ix, proc)
 }
@@ -975,7 +982,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         client,
         mut hosts,
     } = start_market(dir.path(), 5, 3, &[]);
-    let (ix, _index) = start_index(&m0);
+    let (ix, _index) = start_index(dir.path(), &m0);
     // Two answered requests in a row with no deal after them ban a key. The exchange
     // registers on the chain (funded by the client), and its lister gets it listed on the
     // index.
@@ -2660,7 +2667,7 @@ fn a_gateway_matches_each_objects_hosts_through_an_index() {
         client,
         mut hosts,
     } = start_market(dir.path(), 14, 3, &[]);
-    let (ix, _index) = start_index(&m0);
+    let (ix, _index) = start_index(dir.path(), &m0);
     let ex = start_exchange(
         dir.path(),
         "exchange",

@@ -359,7 +359,7 @@ fn the_deploy_units_verify() {
         fs::write(tmp.path().join(&name), text).unwrap();
         names.push(tmp.path().join(&name));
     }
-    assert_eq!(names.len(), 4, "host, miner, exchange, gateway");
+    assert_eq!(names.len(), 5, "host, miner, exchange, index, gateway");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg("--man=no")
