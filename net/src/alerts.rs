@@ -283,6 +283,9 @@ pub struct Sample {
     /// Totals since the host started.
     pub put_bytes: u64,
     pub get_bytes: u64,
+    /// MASPC its deals paid it so far (storage and downloads), as the chain said at the
+    /// last look that reached it.
+    pub earned_maspc: u64,
 }
 
 /// The chain's view of this host at the last look that reached it.
@@ -538,6 +541,15 @@ pub async fn run(w: Watcher, mut stop: watch::Receiver<bool>) {
         let dirs = tokio::task::spawn_blocking(move || dirs.iter().map(|d| probe_dir(d)).collect())
             .await
             .unwrap_or_default();
+        let chain = observe_chain(
+            &mut client,
+            &w.chain,
+            key,
+            &mut last_tip,
+            w.deposit_for,
+            &w.watch,
+        )
+        .await;
         w.watch.push_sample(Sample {
             at_ms: now_ms(),
             live_bytes,
@@ -549,16 +561,10 @@ pub async fn run(w: Watcher, mut stop: watch::Receiver<bool>) {
                 .metrics
                 .get_bytes
                 .load(std::sync::atomic::Ordering::Relaxed),
+            earned_maspc: w.watch.chain().map_or(0, |c| {
+                c.deals.iter().map(|d| d.paid + d.download_income).sum()
+            }),
         });
-        let chain = observe_chain(
-            &mut client,
-            &w.chain,
-            key,
-            &mut last_tip,
-            w.deposit_for,
-            &w.watch,
-        )
-        .await;
         let o = Observation {
             live_bytes,
             capacity_bytes,

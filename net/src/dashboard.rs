@@ -155,6 +155,8 @@ pub struct Page {
     pub stored_chart: String,
     #[serde(skip)]
     pub traffic_chart: String,
+    /// MASPC earned over time: each proven period's payments as a step.
+    pub earnings_chart: String,
 }
 
 /// The whole page.
@@ -244,8 +246,9 @@ pub fn chart(title: &str, series: &[(String, Vec<f64>, &str)], w: u32, h: u32) -
     svg
 }
 
-/// The charts: bytes stored, and bytes per second in and out between samples.
-fn charts(samples: &[Sample]) -> (String, String) {
+/// The charts: bytes stored, bytes per second in and out between samples, and MASPC
+/// earned.
+fn charts(samples: &[Sample]) -> (String, String, String) {
     let stored: Vec<u64> = samples.iter().map(|s| s.live_bytes).collect();
     let rate = |f: fn(&Sample) -> u64| -> Vec<u64> {
         samples
@@ -282,7 +285,18 @@ fn charts(samples: &[Sample]) -> (String, String) {
         520,
         120,
     );
-    (stored_chart, traffic_chart)
+    let earned: Vec<u64> = samples.iter().map(|s| s.earned_maspc).collect();
+    let earnings_chart = chart(
+        "MASPC earned (storage and downloads)",
+        &[(
+            format!("earned: {} MASPC", last(&earned)),
+            f(&earned),
+            "#6b46c1",
+        )],
+        520,
+        120,
+    );
+    (stored_chart, traffic_chart, earnings_chart)
 }
 
 fn chain_part(d: &Dashboard, now: u64) -> Option<ChainPart> {
@@ -383,7 +397,7 @@ impl Dashboard {
             .map(|c| (c.name().to_owned(), self.metrics.refused(c)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        let (stored_chart, traffic_chart) = charts(&self.watch.samples());
+        let (stored_chart, traffic_chart, earnings_chart) = charts(&self.watch.samples());
         Page {
             key: self.key.clone(),
             data_addr: self.data_addr.clone(),
@@ -433,6 +447,7 @@ impl Dashboard {
             dismissed,
             stored_chart,
             traffic_chart,
+            earnings_chart,
         }
     }
 
@@ -641,6 +656,7 @@ mod tests {
             dismissed: 1,
             stored_chart: chart("s", &[], 10, 10),
             traffic_chart: chart("t", &[], 10, 10),
+            earnings_chart: chart("e", &[], 10, 10),
         }
     }
 
@@ -695,21 +711,24 @@ mod tests {
         );
         let empty = chart("t", &[("a".into(), vec![], "#000")], 100, 50);
         assert!(!empty.contains("polyline"));
-        let (s, t) = charts(&[
+        let (s, t, e) = charts(&[
             Sample {
                 at_ms: 0,
                 live_bytes: 0,
                 put_bytes: 0,
                 get_bytes: 0,
+                earned_maspc: 0,
             },
             Sample {
                 at_ms: 2000,
                 live_bytes: 4096,
                 put_bytes: 4096,
                 get_bytes: 0,
+                earned_maspc: 33,
             },
         ]);
         assert!(s.contains("stored: 4.0 KiB"), "{s}");
         assert!(t.contains("in: 2.0 KiB/s"), "{t}");
+        assert!(e.contains("earned: 33 MASPC"), "{e}");
     }
 }
