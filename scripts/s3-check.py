@@ -342,11 +342,15 @@ def main():
     c = s3.copy_object(Bucket=V, Key="copied", CopySource={"Bucket": V, "Key": "k", "VersionId": "null"})
     row("boto3", "CopyObject of a version", ("null", b"before"),
         (c.get("CopySourceVersionId", "null"), s3.get_object(Bucket=V, Key="copied")["Body"].read()))
+    restored = s3.copy_object(Bucket=V, Key="k", CopySource={"Bucket": V, "Key": "k", "VersionId": "null"})
+    v3 = restored.get("VersionId")
+    row("boto3", "CopyObject of an older version onto its key restores it", (True, b"before"),
+        (v3 not in (None, "null", v1, v2), s3.get_object(Bucket=V, Key="k")["Body"].read()))
     row("boto3", "PutBucketVersioning Suspended", "ok",
         code(lambda: s3.put_bucket_versioning(Bucket=V, VersioningConfiguration={"Status": "Suspended"})))
     s3.put_object(Bucket=V, Key="k", Body=b"three")
     ids = [x["VersionId"] for x in s3.list_object_versions(Bucket=V, Prefix="k")["Versions"]]
-    row("boto3", "while suspended a write replaces the null version", ["null", v1], ids)
+    row("boto3", "while suspended a write replaces the null version", ["null", v3, v1], ids)
     everything = s3.list_object_versions(Bucket=V)
     gone = [{"Key": x["Key"], "VersionId": x["VersionId"]}
             for x in everything.get("Versions", []) + everything.get("DeleteMarkers", [])]

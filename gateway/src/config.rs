@@ -43,6 +43,10 @@ pub struct GatewayConfig {
     /// Seconds between sweeps that delete what buckets' lifecycle rules expired.
     #[serde(default = "default_lifecycle")]
     pub lifecycle_every_secs: u64,
+    /// Seconds a sealed file no object names any more waits before it is removed from its
+    /// host: a GET that began before the delete finishes reading it.
+    #[serde(default = "default_orphan_grace")]
+    pub orphan_grace_secs: u64,
     /// How long a client may take to send a request's headers, seconds.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
@@ -122,6 +126,9 @@ fn default_request_timeout() -> u64 {
 }
 fn default_header_timeout() -> u64 {
     30
+}
+fn default_orphan_grace() -> u64 {
+    900
 }
 fn default_lifecycle() -> u64 {
     3600
@@ -231,6 +238,9 @@ request_timeout_secs = 3600
 header_timeout_secs = 30
 # Seconds between sweeps deleting what buckets' lifecycle rules expired.
 lifecycle_every_secs = 3600
+# Seconds a sealed file that no object, copy or version names any more waits before it is
+# removed from the host (reads that began before its delete finish first).
+orphan_grace_secs = 900
 # Plaintext bytes per sealed chunk.
 chunk_bytes = 8388608
 

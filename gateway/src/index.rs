@@ -131,6 +131,9 @@ pub enum Written {
     NoBucket,
     /// The object's current state does not meet the request's condition.
     ConditionFailed,
+    /// A copy's source file is no longer named by any record (deleted meanwhile): it may
+    /// be gone from its host already.
+    SourceGone,
 }
 
 /// A write's condition on the object it replaces (S3's If-None-Match / If-Match on PUT).
@@ -564,9 +567,25 @@ impl Index {
         rec: &ObjectRecord,
         cond: &Condition,
     ) -> Result<Written, IndexError> {
-        self.write_object(bucket, key, rec, cond, None)
+        self.write_object(bucket, key, rec, cond, None, false)
     }
 
+    /// Records a copy: `rec` names the sealed file of an existing record, which must still
+    /// be named by some record when the copy is written ([`Written::SourceGone`] if not:
+    /// a delete in between may have had it removed from its host).
+    pub fn copy_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        rec: &ObjectRecord,
+        cond: &Condition,
+    ) -> Result<Written, IndexError> {
+        self.write_object(bucket, key, rec, cond, None, true)
+    }
+
+    /// Writes `rec` as the key's current record if `cond` holds. A new sealed file (not a
+    /// copy) that cannot be recorded (no bucket, a failed condition) becomes an orphan in
+    /// the same transaction, so that it is removed from its host.
     fn write_object(
         &self,
         bucket: &str,
@@ -574,10 +593,24 @@ impl Index {
         rec: &ObjectRecord,
         cond: &Condition,
         finishing: Option<&[u8; 16]>,
+        copying: bool,
     ) -> Result<Written, IndexError> {
         let tx = self.db.begin_write()?;
+        let named = |m: &[u8; 32]| -> Result<bool, IndexError> {
+            Ok(tx
+                .open_table(REFS)?
+                .get(m.as_slice())?
+                .is_some_and(|n| n.value() > 0))
+        };
         let written = {
-            if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
+            if copying
+                && rec
+                    .stored
+                    .as_ref()
+                    .is_some_and(|s| !named(&s.manifest).unwrap_or(false))
+            {
+                Written::SourceGone
+            } else if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
                 Written::NoBucket
             } else {
                 let k = object_key(bucket, key);
@@ -597,10 +630,14 @@ impl Index {
                 }
             }
         };
-        if matches!(written, Written::Done(_)) {
-            tx.commit()?;
-        } else {
-            tx.abort()?;
+        match (&written, &rec.stored) {
+            (Written::Done(_), _) => tx.commit()?,
+            (Written::NoBucket | Written::ConditionFailed, Some(s)) if !copying => {
+                tx.open_table(ORPHANS)?
+                    .insert(s.manifest.as_slice(), rec.encode().as_slice())?;
+                tx.commit()?;
+            }
+            _ => tx.abort()?,
         }
         Ok(written)
     }
@@ -639,11 +676,41 @@ impl Index {
         version: Option<VersionId>,
         now_ms: u64,
     ) -> Result<Deleted, IndexError> {
+        Ok(self
+            .delete_inner(bucket, key, version, now_ms, None)?
+            .unwrap_or_default())
+    }
+
+    /// Deletes the key's current object (as [`Index::delete_object`] with no version)
+    /// only if it is still `listed`: a lifecycle sweep must not expire an object written
+    /// after it listed the key. None when it changed.
+    pub fn expire(
+        &self,
+        bucket: &str,
+        key: &str,
+        listed: &ObjectRecord,
+        now_ms: u64,
+    ) -> Result<Option<Deleted>, IndexError> {
+        self.delete_inner(bucket, key, None, now_ms, Some(listed))
+    }
+
+    fn delete_inner(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<VersionId>,
+        now_ms: u64,
+        only_if: Option<&ObjectRecord>,
+    ) -> Result<Option<Deleted>, IndexError> {
         let tx = self.db.begin_write()?;
         let mut out = Deleted::default();
         {
             let k = object_key(bucket, key);
             let current = decode_opt(tx.open_table(OBJECTS)?.get(k.as_slice())?)?;
+            if only_if.is_some() && current.as_ref() != only_if {
+                tx.abort()?;
+                return Ok(None);
+            }
             match version {
                 None => {
                     if versioning_in(&tx, bucket)? == Versioning::Off {
@@ -695,7 +762,7 @@ impl Index {
             }
         }
         tx.commit()?;
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// Up to `max` objects and common prefixes of `bucket` under `prefix`, in key order,
@@ -912,7 +979,7 @@ impl Index {
         rec: &ObjectRecord,
         cond: &Condition,
     ) -> Result<Written, IndexError> {
-        self.write_object(&up.bucket, &up.key, rec, cond, Some(id))
+        self.write_object(&up.bucket, &up.key, rec, cond, Some(id), false)
     }
 
     /// Forgets an upload and its parts; false if there was none.
@@ -1256,5 +1323,55 @@ mod tests {
         let mut gone = orphans();
         gone.sort_unstable();
         assert_eq!(gone, [3, 4]);
+        for m in [3, 4] {
+            i.forget_orphan(&[m; 32]).unwrap();
+        }
+        // A copy whose source was deleted meanwhile is refused: its file may be gone.
+        i.set_versioning("b", Versioning::Suspended).unwrap();
+        put("src", &named(5));
+        i.delete_object("b", "src", Some(VersionId::Null), 5)
+            .unwrap();
+        assert_eq!(orphans(), [5]);
+        assert_eq!(
+            i.copy_object("b", "dst", &named(5), &Condition::default())
+                .unwrap(),
+            Written::SourceGone
+        );
+        assert!(i.object("b", "dst").unwrap().is_none());
+        i.forget_orphan(&[5; 32]).unwrap();
+        // A new file that cannot be recorded is an orphan at once.
+        assert_eq!(
+            i.put_object("nobucket", "k", &named(6), &Condition::default())
+                .unwrap(),
+            Written::NoBucket
+        );
+        let absent = Condition {
+            absent: true,
+            etag: None,
+        };
+        put("taken", &named(7));
+        assert_eq!(
+            i.put_object("b", "taken", &named(8), &absent).unwrap(),
+            Written::ConditionFailed
+        );
+        let mut gone = orphans();
+        gone.sort_unstable();
+        assert_eq!(gone, [6, 8]);
+    }
+
+    #[test]
+    fn a_sweep_expires_only_the_record_it_listed() {
+        let (_d, i) = index();
+        i.create_bucket("b", 1).unwrap();
+        i.put_object("b", "k", &rec("old"), &Condition::default())
+            .unwrap();
+        let listed = i.object("b", "k").unwrap().unwrap();
+        i.put_object("b", "k", &rec("new"), &Condition::default())
+            .unwrap();
+        assert_eq!(i.expire("b", "k", &listed, 9).unwrap(), None);
+        assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "new");
+        let now = i.object("b", "k").unwrap().unwrap();
+        assert_eq!(i.expire("b", "k", &now, 9).unwrap().unwrap().removed, [now]);
+        assert!(i.object("b", "k").unwrap().is_none());
     }
 }

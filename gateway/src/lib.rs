@@ -55,6 +55,7 @@ pub struct Gateway {
     /// The S3 side again, for the lifecycle sweeps.
     sweeper: s3::Gateway,
     lifecycle_every: Duration,
+    orphan_grace: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -241,6 +242,7 @@ impl Gateway {
             metrics_listener,
             sweeper,
             lifecycle_every: Duration::from_secs(cfg.lifecycle_every_secs),
+            orphan_grace: Duration::from_secs(cfg.orphan_grace_secs),
         })
     }
 
@@ -257,8 +259,12 @@ impl Gateway {
 
     /// Serves until the task is dropped.
     pub async fn serve(mut self) -> std::io::Result<()> {
-        let (collector, every) = (self.sweeper.clone(), self.lifecycle_every);
-        tokio::spawn(async move { collector.collect_orphans(every).await });
+        let (collector, every, grace) = (
+            self.sweeper.clone(),
+            self.lifecycle_every,
+            self.orphan_grace,
+        );
+        tokio::spawn(async move { collector.collect_orphans(every, grace).await });
         let (sweeper, every) = (self.sweeper.clone(), self.lifecycle_every);
         tokio::spawn(async move {
             loop {

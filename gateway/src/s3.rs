@@ -372,10 +372,12 @@ impl Gateway {
     }
 
     /// Removes from their host the sealed files no record names any more (see
-    /// [`HostStore::drop_file`]), then forgets them; one that fails stays for the next
-    /// pass. Runs at start, after each write or delete that may have unnamed a file, and
-    /// every `every` in any case.
-    pub async fn collect_orphans(&self, every: Duration) {
+    /// [`HostStore::drop_file`]), once each has been an orphan for `grace` (a GET that
+    /// began before the delete reads on), then forgets them; one that fails stays for the
+    /// next pass. Runs at start, after each write or delete that may have unnamed a file,
+    /// when the next orphan's grace ends, and every `every` in any case.
+    pub async fn collect_orphans(&self, every: Duration, grace: Duration) {
+        let mut first_seen: HashMap<[u8; 32], std::time::Instant> = HashMap::new();
         loop {
             let orphans = match self.db(|i| i.orphans()).await {
                 Ok(o) => o,
@@ -385,9 +387,23 @@ impl Gateway {
                 }
             };
             let mut left = 0u64;
+            let now = std::time::Instant::now();
+            let mut next_due: Option<Duration> = None;
+            first_seen.retain(|m, _| {
+                orphans
+                    .iter()
+                    .any(|r| r.stored.as_ref().is_some_and(|s| s.manifest == *m))
+            });
             for rec in orphans {
                 let Some(stored) = &rec.stored else { continue };
                 let manifest = stored.manifest;
+                let waited =
+                    now.saturating_duration_since(*first_seen.entry(manifest).or_insert(now));
+                if waited < grace {
+                    let due = grace - waited;
+                    next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                    continue;
+                }
                 match self.store.drop_file(stored).await {
                     Ok(done) => {
                         match done {
@@ -418,7 +434,8 @@ impl Gateway {
             if left > 0 {
                 tracing::warn!(left, "orphaned files left for the next pass");
             }
-            let _ = tokio::time::timeout(every, self.orphaned.notified()).await;
+            let wait = next_due.map_or(every, |d| d.min(every));
+            let _ = tokio::time::timeout(wait, self.orphaned.notified()).await;
         }
     }
 
@@ -577,7 +594,11 @@ impl Gateway {
                     if expires_at(&rules, key, rec.modified_ms).is_some_and(|t| t <= now_secs) {
                         let (b, k) = (bucket.clone(), key.clone());
                         let now = now_secs.saturating_mul(1000);
-                        let d = self.db(move |i| i.delete_object(&b, &k, None, now)).await?;
+                        let listed = rec.clone();
+                        let d = self
+                            .db(move |i| i.expire(&b, &k, &listed, now))
+                            .await?
+                            .unwrap_or_default();
                         self.orphaned.notify_one();
                         if !d.removed.is_empty() || d.marker.is_some() {
                             tracing::info!(bucket, key, "expired by the bucket's lifecycle");
@@ -653,25 +674,37 @@ impl Gateway {
             .join(data_encoding::HEXLOWER.encode(id))
     }
 
+    /// Records `rec` (a copy's when `copying`): its version id, or S3's error. Whatever
+    /// happens, the collector is woken: a write replaces a record, and a new file that
+    /// could not be recorded is an orphan.
     async fn write_object(
         &self,
         bucket: String,
         key: String,
         rec: ObjectRecord,
         cond: Condition,
+        copying: bool,
     ) -> S3Result<Option<String>> {
-        match self
-            .db(move |i| i.put_object(&bucket, &key, &rec, &cond))
-            .await?
-        {
-            Written::Done(v) => {
-                self.orphaned.notify_one();
-                Ok(v)
-            }
+        let written = self
+            .db(move |i| {
+                if copying {
+                    i.copy_object(&bucket, &key, &rec, &cond)
+                } else {
+                    i.put_object(&bucket, &key, &rec, &cond)
+                }
+            })
+            .await?;
+        self.orphaned.notify_one();
+        match written {
+            Written::Done(v) => Ok(v),
             Written::NoBucket => Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => Err(s3_error!(
                 PreconditionFailed,
                 "the object's current state does not meet the condition"
+            )),
+            Written::SourceGone => Err(s3_error!(
+                NoSuchKey,
+                "the copy's source was deleted while it was copied"
             )),
         }
     }
@@ -949,7 +982,7 @@ impl S3 for Gateway {
         };
         let tag = rec.etag.clone();
         let version_id = self
-            .write_object(input.bucket, input.key, rec, cond)
+            .write_object(input.bucket, input.key, rec, cond, false)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&tag)),
@@ -1099,7 +1132,8 @@ impl S3 for Gateway {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let same = input.bucket == **src_bucket && input.key == **src_key;
+        // Onto itself is a no-op, but for restoring an older version (S3's way to undo).
+        let same = input.bucket == **src_bucket && input.key == **src_key && version_id.is_none();
         if same && !replace {
             return Err(s3_error!(
                 InvalidRequest,
@@ -1123,7 +1157,7 @@ impl S3 for Gateway {
         };
         let (tag, ms) = (rec.etag.clone(), rec.modified_ms);
         let version_id = self
-            .write_object(input.bucket, input.key, rec, Condition::default())
+            .write_object(input.bucket, input.key, rec, Condition::default(), true)
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -1644,12 +1678,19 @@ impl S3 for Gateway {
                 self.orphaned.notify_one();
                 v
             }
-            Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
+            Written::NoBucket => {
+                self.orphaned.notify_one();
+                return Err(s3_error!(NoSuchBucket));
+            }
             Written::ConditionFailed => {
+                self.orphaned.notify_one();
                 return Err(s3_error!(
                     PreconditionFailed,
                     "the object's current state does not meet the condition"
-                ))
+                ));
+            }
+            Written::SourceGone => {
+                return Err(internal("a multipart completion is no copy"));
             }
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;

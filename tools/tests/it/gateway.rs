@@ -130,7 +130,11 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     };
 
     // Lifecycle sweeps every second (from the environment, over gateway.toml's hour).
-    let sweep = [("MSPACE_GATEWAY__LIFECYCLE_EVERY_SECS", "1")];
+    // Orphaned files go at once (no grace for reads in flight: none is).
+    let sweep = [
+        ("MSPACE_GATEWAY__LIFECYCLE_EVERY_SECS", "1"),
+        ("MSPACE_GATEWAY__ORPHAN_GRACE_SECS", "0"),
+    ];
     let mut gw = start(
         &["gateway", "run", "--config", &gw_cfg],
         &sweep,
