@@ -1,7 +1,8 @@
 //! A client of the chain for every role that submits transactions (a sender, a host, a
-//! miner registering itself): it talks to the first miner of a list that answers, moves to
-//! the next when one stops answering, signs a transaction with the account's next nonce,
-//! submits it, and follows the blocks until one holds it.
+//! miner registering itself): it talks to the first miner of a list that answers and is
+//! not behind the others by its own alerts, moves to the next when one stops answering,
+//! signs a transaction with the account's next nonce, submits it, and follows the blocks
+//! until one holds it.
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,20 @@ pub fn context_for(wait: Duration) -> tarpc::context::Context {
     ctx
 }
 
+/// Whether a miner says (by its alerts, within 2 s) that it is behind the chain: it would
+/// answer with an old state.
+async fn lagging(c: &MinerApiClient) -> bool {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + Duration::from_secs(2);
+    match c.status(ctx).await {
+        Ok(Ok(s)) => s
+            .alerts
+            .iter()
+            .any(|a| a.kind == "falling_behind" || a.kind == "no_new_blocks"),
+        _ => false,
+    }
+}
+
 impl ChainClient {
     /// Connects to the first of `addrs` that answers.
     pub async fn connect(addrs: &[String]) -> Result<ChainClient, ChainError> {
@@ -66,22 +81,36 @@ impl ChainClient {
     }
 
     /// The connected miner, connecting (from the current one on, around the list) if
-    /// there is none.
+    /// there is none. With more than one address, a miner whose status carries a
+    /// `falling_behind` or `no_new_blocks` alert (restarted and still syncing, or cut off)
+    /// is passed over for the next that answers without one; when every miner that
+    /// answers has such an alert, the first of them is used.
     async fn client(&mut self) -> Result<MinerApiClient, ChainError> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
         let mut last = String::new();
-        for i in 0..self.addrs.len() {
-            let at = (self.at + i) % self.addrs.len();
+        let mut behind: Option<(usize, MinerApiClient)> = None;
+        let n = self.addrs.len();
+        for i in 0..n {
+            let at = (self.at + i) % n;
             match miner_client(&self.addrs[at]).await {
                 Ok(c) => {
+                    if n > 1 && lagging(&c).await {
+                        behind.get_or_insert((at, c));
+                        continue;
+                    }
                     self.at = at;
                     self.client = Some(c.clone());
                     return Ok(c);
                 }
                 Err(e) => last = format!("{}: {e}", self.addrs[at]),
             }
+        }
+        if let Some((at, c)) = behind {
+            self.at = at;
+            self.client = Some(c.clone());
+            return Ok(c);
         }
         Err(ChainError::Unreachable {
             tried: self.addrs.join(", "),
@@ -310,5 +339,138 @@ impl ChainClient {
             }
             next += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        AlertView, ControlError, DownloadView, HashRecordView, MinerApi, MINER_API_VERSION,
+    };
+
+    /// A miner that answers `status` only: its validator name, and an alert if `behind`.
+    #[derive(Clone)]
+    struct Fake {
+        name: &'static str,
+        behind: bool,
+    }
+
+    fn none<T>() -> Result<T, ControlError> {
+        Err(ControlError::Unavailable("a fake miner".into()))
+    }
+
+    type Ctx = tarpc::context::Context;
+
+    impl MinerApi for Fake {
+        async fn submit_txs(
+            self,
+            _: Ctx,
+            _: Vec<Vec<u8>>,
+        ) -> Result<Vec<Result<[u8; 32], String>>, ControlError> {
+            none()
+        }
+        async fn relay_txs(self, _: Ctx, _: Vec<Vec<u8>>) -> Result<(), ControlError> {
+            none()
+        }
+        async fn status(self, _: Ctx) -> Result<ChainStatus, ControlError> {
+            Ok(ChainStatus {
+                chain_id: 1,
+                validator: self.name.into(),
+                height: 1,
+                tip: String::new(),
+                timestamp_ms: 0,
+                validators: Vec::new(),
+                mempool_txs: 0,
+                proof_period_blocks: 1,
+                completion_timeout_blocks: 1,
+                supply: [0; 2],
+                genesis_supply: [0; 2],
+                deposits: [0; 2],
+                escrow: [0; 2],
+                burned: [0; 2],
+                alerts: if self.behind {
+                    vec![AlertView {
+                        kind: "falling_behind".into(),
+                        severity: "critical".into(),
+                        subject: String::new(),
+                        message: "behind".into(),
+                        since_ms: 1,
+                    }]
+                } else {
+                    Vec::new()
+                },
+            })
+        }
+        async fn account(self, _: Ctx, _: [u8; 32]) -> Result<AccountView, ControlError> {
+            none()
+        }
+        async fn deal(self, _: Ctx, _: [u8; 32]) -> Result<Option<DealView>, ControlError> {
+            none()
+        }
+        async fn block(self, _: Ctx, _: u64, _: u64) -> Result<Option<BlockView>, ControlError> {
+            none()
+        }
+        async fn tx_height(self, _: Ctx, _: [u8; 32]) -> Result<Option<u64>, ControlError> {
+            none()
+        }
+        async fn api_version(self, _: Ctx) -> u32 {
+            MINER_API_VERSION
+        }
+        async fn deals_of(
+            self,
+            _: Ctx,
+            _: [u8; 32],
+            _: bool,
+        ) -> Result<Vec<DealView>, ControlError> {
+            none()
+        }
+        async fn challenge(
+            self,
+            _: Ctx,
+            _: [u8; 32],
+        ) -> Result<Option<ChallengeView>, ControlError> {
+            none()
+        }
+        async fn hash_record(
+            self,
+            _: Ctx,
+            _: [u8; 32],
+        ) -> Result<Option<HashRecordView>, ControlError> {
+            none()
+        }
+        async fn download(self, _: Ctx, _: [u8; 32]) -> Result<Option<DownloadView>, ControlError> {
+            none()
+        }
+    }
+
+    async fn serve(name: &'static str, behind: bool) -> String {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(crate::serve_control!(
+            Fake { name, behind }.serve(),
+            "127.0.0.1:0",
+            tx
+        ));
+        rx.await.unwrap().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_miner_behind_the_chain_is_passed_over_while_another_answers() {
+        let (lagging, current) = (serve("lagging", true).await, serve("current", false).await);
+        let mut c = ChainClient::connect(&[lagging.clone(), current.clone()])
+            .await
+            .unwrap();
+        assert_eq!(c.status().await.unwrap().validator, "current");
+        // Every miner behind: the first that answers is used all the same.
+        let other = serve("also lagging", true).await;
+        let mut c = ChainClient::connect(&[lagging.clone(), other])
+            .await
+            .unwrap();
+        assert_eq!(c.status().await.unwrap().validator, "lagging");
+        // One address: no question asked.
+        let mut c = ChainClient::connect(std::slice::from_ref(&lagging))
+            .await
+            .unwrap();
+        assert_eq!(c.status().await.unwrap().validator, "lagging");
     }
 }
