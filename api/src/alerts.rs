@@ -34,6 +34,12 @@ impl Severity {
     }
 }
 
+/// The miner's alert kind for a miner behind the others (`miner::alerts`); a chain client
+/// passes such a miner over.
+pub const FALLING_BEHIND: &str = "falling_behind";
+/// The miner's alert kind for a miner that saw no new block for a while.
+pub const NO_NEW_BLOCKS: &str = "no_new_blocks";
+
 /// A role's alert kinds: each has one severity, so the gauge's labels never change.
 pub trait AlertKind: Copy + Ord + std::fmt::Debug + Send + 'static {
     /// Every kind, in the order alerts are listed.

@@ -59,10 +59,9 @@ async fn lagging(c: &MinerApiClient) -> bool {
     let mut ctx = tarpc::context::current();
     ctx.deadline = Instant::now() + Duration::from_secs(2);
     match c.status(ctx).await {
-        Ok(Ok(s)) => s
-            .alerts
-            .iter()
-            .any(|a| a.kind == "falling_behind" || a.kind == "no_new_blocks"),
+        Ok(Ok(s)) => s.alerts.iter().any(|a| {
+            a.kind == crate::alerts::FALLING_BEHIND || a.kind == crate::alerts::NO_NEW_BLOCKS
+        }),
         _ => false,
     }
 }

@@ -40,8 +40,8 @@ impl AlertKind for Kind {
 
     fn name(self) -> &'static str {
         match self {
-            Kind::FallingBehind => "falling_behind",
-            Kind::NoNewBlocks => "no_new_blocks",
+            Kind::FallingBehind => api::alerts::FALLING_BEHIND,
+            Kind::NoNewBlocks => api::alerts::NO_NEW_BLOCKS,
             Kind::PeersLost => "peers_lost",
             Kind::MissedVotes => "missed_votes",
         }

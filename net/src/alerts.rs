@@ -323,24 +323,6 @@ impl Watch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// See [`api::alerts::Tracker::update`].
-    pub fn update(&self, found: Vec<Alert>, now_ms: u64) -> Vec<Event> {
-        self.alerts.update(found, now_ms)
-    }
-
-    pub fn active(&self) -> Vec<Alert> {
-        self.alerts.active()
-    }
-
-    /// Hides an active alert from the dashboard until it clears; false if none is active.
-    pub fn dismiss(&self, kind: Kind, subject: &str) -> bool {
-        self.alerts.dismiss(kind, subject)
-    }
-
-    pub fn is_dismissed(&self, a: &Alert) -> bool {
-        self.alerts.is_dismissed(a)
-    }
-
     pub fn set_chain(&self, c: ChainSnapshot) {
         self.lock().chain = Some(c);
     }
@@ -361,11 +343,6 @@ impl Watch {
     /// Oldest first.
     pub fn samples(&self) -> Vec<Sample> {
         self.lock().samples.iter().copied().collect()
-    }
-
-    /// The recent events, newest first.
-    pub fn events(&self) -> Vec<Event> {
-        self.alerts.events()
     }
 
     /// The `mspace_host_alert` gauge: 1 for each active alert, 0 for every kind not
@@ -571,7 +548,7 @@ pub async fn run(w: Watcher, mut stop: watch::Receiver<bool>) {
             dirs,
             chain,
         };
-        let events = w.watch.update(evaluate(&o, &w.rules), now_ms());
+        let events = w.watch.alerts.update(evaluate(&o, &w.rules), now_ms());
         api::alerts::report(&events, w.webhook.as_deref(), "host", &host_hex).await;
         if !api::alerts::next_look(w.every, &mut stop).await {
             return;
@@ -703,7 +680,8 @@ mod tests {
     #[test]
     fn the_gauge_names_every_host_kind() {
         let w = Watch::default();
-        w.update(vec![alert(Kind::DiskFull, "/d", "91%".into())], 10);
+        w.alerts
+            .update(vec![alert(Kind::DiskFull, "/d", "91%".into())], 10);
         let mut m = String::new();
         w.render_metrics(&mut m);
         assert!(m.contains("mspace_host_alert{kind=\"disk_full\",severity=\"warning\"} 1"));

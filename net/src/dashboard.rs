@@ -387,10 +387,10 @@ impl Dashboard {
                 }
             })
             .collect();
-        let mut alerts = self.watch.active();
+        let mut alerts = self.watch.alerts.active();
         alerts.sort_by_key(|a| std::cmp::Reverse(a.severity));
         let all = alerts.len();
-        alerts.retain(|a| !self.watch.is_dismissed(a));
+        alerts.retain(|a| !self.watch.alerts.is_dismissed(a));
         let dismissed = all - alerts.len();
         let refused = (1..16u16)
             .filter_map(ErrorCode::from_u16)
@@ -416,6 +416,7 @@ impl Dashboard {
                 .collect(),
             events: self
                 .watch
+                .alerts
                 .events()
                 .into_iter()
                 .take(10)
@@ -511,7 +512,7 @@ impl Dashboard {
             None => return (StatusCode::BAD_REQUEST, "no kind").into_response(),
         };
         let subject = form.get("subject").map_or("", String::as_str);
-        if self.watch.dismiss(kind, subject) {
+        if self.watch.alerts.dismiss(kind, subject) {
             Redirect::to("/").into_response()
         } else {
             (StatusCode::NOT_FOUND, "no such alert is active").into_response()

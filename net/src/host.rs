@@ -1082,49 +1082,21 @@ impl Host {
         chunks: &[ChunkId],
     ) -> Result<Released, NetError> {
         let link: [u8; 16] = deal[..16].try_into().expect("16 bytes");
-        let mut removed = 0u64;
         // The manifest named is the deal's last chunk; in a part of a file paid as several
         // deals that is a plain chunk with no record, released like the others.
-        let mut recorded = false;
-        if let Some(m) = manifest {
-            let h = Arc::clone(self);
-            recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&m))
-                .await
-                .map_err(|e| NetError::State(e.to_string()))??;
-            self.objects
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&m);
-            // The envelope was stored by the file's record, not by a put under the link.
-            if recorded
-                && self
-                    .engine
-                    .delete(m)
-                    .recv()
-                    .await
-                    .map_err(|e| NetError::State(e.to_string()))?
-            {
-                removed += 1;
-            }
-        }
+        let (recorded, mut removed) = match manifest {
+            Some(m) => self.unrecord(m).await?,
+            None => (false, 0),
+        };
         let mut deferred = 0u64;
         let envelope = manifest.filter(|_| recorded);
-        // Deletes in flight together: each is durable before it is answered, so one at a
-        // time would cost a deal of thousands of chunks thousands of syncs in a row.
-        let ids: Vec<ChunkId> = chunks
+        let ids: Vec<([u8; 16], ChunkId)> = chunks
             .iter()
-            .copied()
-            .filter(|c| Some(*c) != envelope)
+            .filter(|c| Some(**c) != envelope)
+            .map(|c| (link, *c))
             .collect();
-        let host = Arc::clone(self);
-        let mut answers = futures::stream::iter(ids)
-            .map(move |id| {
-                let host = Arc::clone(&host);
-                async move { (id, delete(&host, link, id).await) }
-            })
-            .buffer_unordered(RELEASE_WINDOW);
         let mut failed: Option<String> = None;
-        while let Some((id, answer)) = answers.next().await {
+        for ((_, id), answer) in self.delete_all(ids).await {
             match answer {
                 Reply::Deleted { removed: true } => removed += 1,
                 Reply::Deleted { removed: false } => {}
@@ -1138,8 +1110,6 @@ impl Host {
                     code: ErrorCode::NotGranted,
                     ..
                 } => {}
-                // Every delete under way is still awaited: one dropped between its start
-                // and its end would leave its chunk marked as being deleted.
                 other => {
                     failed.get_or_insert_with(|| format!("releasing chunk {id}: {other:?}"));
                 }
@@ -1194,34 +1164,12 @@ impl Host {
                 links.push((l, *c));
             }
         }
-        let h = Arc::clone(self);
-        let recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&manifest))
+        let (_, mut removed) = self.unrecord(manifest).await.map_err(failed)?;
+        let mut failure = None;
+        for ((_, id), answer) in self
+            .delete_all(links.into_iter().filter(|(_, c)| *c != manifest).collect())
             .await
-            .map_err(|e| DropRefused::Failed(e.to_string()))?
-            .map_err(failed)?;
-        self.objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&manifest);
-        let mut removed = 0u64;
-        if recorded
-            && self
-                .engine
-                .delete(manifest)
-                .recv()
-                .await
-                .map_err(|e| DropRefused::Failed(e.to_string()))?
         {
-            removed += 1;
-        }
-        let host = Arc::clone(self);
-        let mut answers = futures::stream::iter(links.into_iter().filter(|(_, c)| *c != manifest))
-            .map(move |(link, id)| {
-                let host = Arc::clone(&host);
-                async move { delete(&host, link, id).await }
-            })
-            .buffer_unordered(RELEASE_WINDOW);
-        while let Some(answer) = answers.next().await {
             match answer {
                 Reply::Deleted { removed: true } => removed += 1,
                 // Gone already, or listed by another recorded file (which keeps it).
@@ -1230,11 +1178,57 @@ impl Host {
                     code: ErrorCode::NotGranted,
                     ..
                 } => {}
-                Reply::Error { message, .. } => return Err(DropRefused::Failed(message)),
-                other => return Err(DropRefused::Failed(format!("{other:?}"))),
+                other => {
+                    failure.get_or_insert_with(|| format!("removing chunk {id}: {other:?}"));
+                }
             }
         }
-        Ok(removed)
+        match failure {
+            Some(e) => Err(DropRefused::Failed(e)),
+            None => Ok(removed),
+        }
+    }
+
+    /// Removes `manifest`'s file record, if there is one, and then its envelope (stored by
+    /// the record, not by a put under a link): whether it was recorded, and the chunks
+    /// removed from the store (0 or 1).
+    async fn unrecord(self: &Arc<Self>, manifest: ChunkId) -> Result<(bool, u64), NetError> {
+        let h = Arc::clone(self);
+        let recorded = tokio::task::spawn_blocking(move || h.state.remove_object(&manifest))
+            .await
+            .map_err(|e| NetError::State(e.to_string()))??;
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&manifest);
+        let removed = recorded
+            && self
+                .engine
+                .delete(manifest)
+                .recv()
+                .await
+                .map_err(|e| NetError::State(e.to_string()))?;
+        Ok((recorded, u64::from(removed)))
+    }
+
+    /// Deletes each chunk under its link ([`delete`]'s rules), [`RELEASE_WINDOW`] at once:
+    /// each is durable before it is answered, so one at a time would cost a file of
+    /// thousands of chunks thousands of syncs in a row. Every delete is awaited, failed or
+    /// not: one dropped between its start and its end would leave its chunk marked as
+    /// being deleted. Each chunk with its answer.
+    async fn delete_all(
+        self: &Arc<Self>,
+        chunks: Vec<([u8; 16], ChunkId)>,
+    ) -> Vec<(([u8; 16], ChunkId), Reply)> {
+        let host = Arc::clone(self);
+        futures::stream::iter(chunks)
+            .map(move |(link, id)| {
+                let host = Arc::clone(&host);
+                async move { ((link, id), delete(&host, link, id).await) }
+            })
+            .buffer_unordered(RELEASE_WINDOW)
+            .collect()
+            .await
     }
 }
 

@@ -608,8 +608,7 @@ impl HostState {
 
     /// Whether `link` is the upload link of a deal held (its id's first 16 bytes).
     pub fn is_deal_link(&self, link: &[u8; 16]) -> bool {
-        let held = self.deals.lock().unwrap_or_else(|p| p.into_inner());
-        held.contains_key(link)
+        self.held_deal(link).is_some()
     }
 
     /// Bytes link `id` has used (counting a crash's lost reservation as used).
