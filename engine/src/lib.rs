@@ -1,10 +1,12 @@
 //! The storage side of Market.space.
 //!
-//! Today this crate holds the chunk codec: how a file becomes encrypted, verifiable chunks
-//! and a manifest, in parallel and with bounded memory (`seal`, `pipeline`), the
-//! cryptography of one chunk (`codec`), and the sealed-directory layout that `mspace seal`
-//! and `mspace open` read and write (`sealed_dir`). The thread-per-core host store on
-//! glommio joins it with the host-engine work.
+//! The chunk codec: how a file becomes encrypted, verifiable chunks and a manifest, in
+//! parallel and with bounded memory (`seal`, `pipeline`), the cryptography of one chunk
+//! (`codec`), and the sealed-directory layout that `mspace seal` and `mspace open` read and
+//! write (`sealed_dir`). These are what a client or a gateway builds. The host's
+//! thread-per-core chunk store on glommio (`store`) is the `store` feature (on by default
+//! in this crate, off in the workspace's dependency: the host's crates ask for it), so a
+//! client never builds glommio.
 //!
 //! Invariant: this crate never imports tokio, the consensus crate or the network crate; the
 //! network's upload path consumes [`seal::seal_stream`] directly, so an upload never writes

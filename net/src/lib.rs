@@ -1,29 +1,43 @@
 //! The network: the binary data plane for chunk bytes (`wire`, `io`, `host`, `client`),
 //! the proxy relay (`proxy`), the host's configuration, state and metrics. Wire formats are
-//! documented byte by byte in `docs/wire.md`.
+//! documented byte by byte in `docs/wire.md`. The host's modules are the `host` feature;
+//! without it the crate is the client side and does not build the engine's store.
 //!
 //! Invariants: no ledger rules here; tokio is used here and in `tools`, never in `engine`
 //! or `proto`. The upload path consumes `engine::seal::seal_stream` directly, so an upload
 //! never writes an encrypted copy of the file.
 
-pub mod agent;
-pub mod alerts;
-pub mod bidder;
+// The client side, which a gateway or any customer's program builds.
 pub mod client;
 pub mod config;
-pub mod control;
-pub mod dashboard;
 pub mod deal;
-pub mod host;
 pub mod io;
 pub mod journal;
-pub mod metrics;
 pub mod proxy;
 pub mod receive;
 pub mod record;
 pub mod redeem;
-pub mod state;
 pub mod wire;
+
+// The host (feature `host`): it alone builds the engine's store, and with it glommio.
+#[cfg(feature = "host")]
+pub mod agent;
+#[cfg(feature = "host")]
+pub mod alerts;
+#[cfg(feature = "host")]
+pub mod bidder;
+#[cfg(feature = "host")]
+pub mod control;
+#[cfg(feature = "host")]
+pub mod dashboard;
+#[cfg(feature = "host")]
+pub mod host;
+#[cfg(feature = "host")]
+pub mod host_config;
+#[cfg(feature = "host")]
+pub mod metrics;
+#[cfg(feature = "host")]
+pub mod state;
 
 use proto::DecodeError;
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use api::chain::ChainClient;
 use ed25519_consensus::SigningKey;
-use net::config::{read_key, HostConfig};
+use net::config::read_key;
+use net::host_config::HostConfig;
 use proto::tx::{AccountId, Asset, Role, TxBody};
 use serde::{Deserialize, Serialize};
 

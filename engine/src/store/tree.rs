@@ -18,7 +18,11 @@
 //! other group per challenge (512 for an 8 MiB chunk), which measured 2.6 times slower
 //! challenges on 8 MiB chunks than 64 KiB ones.
 //!
+//! Without the `store` feature only the outboard's construction (for the record format) is
+//! used; proving is the store's.
+//!
 //! Chunks of one group or less (16 KiB) have no outboard: the id alone verifies them.
+#![cfg_attr(not(feature = "store"), allow(dead_code))]
 
 use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
 use blake3::hazmat::{ChainingValue, HasherExt, Mode};
