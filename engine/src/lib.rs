@@ -13,6 +13,7 @@
 //! an encrypted copy of the file.
 
 pub mod codec;
+pub mod erasure;
 pub mod error;
 pub mod pipeline;
 pub mod seal;

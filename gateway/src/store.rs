@@ -251,6 +251,7 @@ impl HostStore {
             exchange: None,
             download_fee: 0,
             insurance: None,
+            erasure: None,
         };
         let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
         if let Some(m) = &terms.market {

@@ -18,6 +18,7 @@ use ed25519_consensus::SigningKey;
 use engine::seal::{ChunkSource, FileKeys, FileSeal, PartOf, SealedFile};
 use engine::sealed_dir::{open_envelope, open_to_file, Unlock};
 use engine::{ChunkFault, CodecError};
+use proto::erasure::Scheme;
 use proto::link::{Grant, Link};
 use proto::{ChunkEntry, ChunkId, FileId, KdfParams, Manifest, ShareKey};
 use rand_core::RngCore;
@@ -368,6 +369,9 @@ pub struct PutJob {
 pub struct Preset {
     pub plan: DealPlan,
     pub entries: Range<usize>,
+    /// For a plan with erasure shares: which share of each chunk this host stores (the
+    /// upload sends that share instead of the chunk).
+    pub share: Option<u8>,
 }
 
 impl Preset {
@@ -375,6 +379,11 @@ impl Preset {
     fn chunks(&self) -> Range<usize> {
         let n = self.plan.chunks.len();
         self.entries.start.min(n)..self.entries.end.min(n)
+    }
+
+    /// What this host stores of every chunk of the file, in order: the chunk, or its share.
+    fn stored(&self) -> Vec<ChunkEntry> {
+        self.plan.stored_by(self.share)
     }
 
     /// Whether the part holds the manifest envelope (the plan's last entry).
@@ -398,9 +407,52 @@ pub struct DealPlan {
     pub chunks: Vec<ChunkEntry>,
     /// The manifest envelope, as a chunk: the deal's last entry.
     pub manifest: ChunkEntry,
+    /// With an erasure scheme: each chunk's shares, stored one per host instead of the chunk.
+    pub erasure: Option<ErasurePlan>,
+}
+
+/// The shares of a planned file (docs/formats.md section 24): host `i` of the file stores
+/// share `i` of every chunk, and the manifest envelope whole.
+#[derive(Clone, Debug)]
+pub struct ErasurePlan {
+    pub scheme: Scheme,
+    /// `shares[j][i]`: share `i` of chunk `j`, as a chunk the host stores.
+    pub shares: Vec<Vec<ChunkEntry>>,
+}
+
+/// A share as the chunk a host stores: its id, length and CRC32C.
+fn share_entry(share: &[u8]) -> Result<ChunkEntry, CodecError> {
+    let (crc32c, id) = engine::codec::checksums(share);
+    Ok(ChunkEntry {
+        id,
+        sealed_bytes: u32::try_from(share.len())
+            .map_err(|_| CodecError::Invalid("a share over 4 GiB".into()))?,
+        crc32c,
+    })
+}
+
+fn erasure_error(e: engine::erasure::ErasureError) -> CodecError {
+    CodecError::Invalid(format!("erasure coding: {e}"))
 }
 
 impl DealPlan {
+    /// What host `share` of the file stores of every chunk, in order: the chunk itself
+    /// (`None`: a full copy), or its share.
+    pub fn stored_by(&self, share: Option<u8>) -> Vec<ChunkEntry> {
+        match (share, &self.erasure) {
+            (Some(i), Some(e)) => e.shares.iter().map(|s| s[usize::from(i)]).collect(),
+            _ => self.chunks.clone(),
+        }
+    }
+
+    /// What the deals of host `share` cover: what it stores of every chunk, then the
+    /// manifest envelope ([`DealPlan::entries`] for a full copy).
+    pub fn entries_of(&self, share: Option<u8>) -> Vec<ChunkEntry> {
+        let mut e = self.stored_by(share);
+        e.push(self.manifest);
+        e
+    }
+
     /// The share key of the planned file (it opens this file only).
     pub fn share_key(&self, passphrase: &[u8]) -> Result<ShareKey, NetError> {
         let keys = FileKeys {
@@ -437,6 +489,8 @@ impl DealPlan {
 /// Seals `file` without keeping the ciphertext, for a [`DealPlan`]; blocking (call it off
 /// the runtime's threads). `progress(done, total)` counts plaintext bytes. `keys`: the salt
 /// and file id of a plan journaled before an interrupted payment, else fresh ones are drawn.
+/// `erasure`: also code each sealed chunk into that scheme's shares (thrown away too).
+#[allow(clippy::too_many_arguments)] // the sealing's own knobs, then the plan's two choices
 pub fn plan_deal(
     file: &Path,
     passphrase: &[u8],
@@ -445,6 +499,7 @@ pub fn plan_deal(
     workers: usize,
     progress: &dyn Fn(u64, u64),
     keys: Option<([u8; 16], FileId)>,
+    erasure: Option<Scheme>,
 ) -> Result<DealPlan, NetError> {
     let f = std::fs::File::open(file).map_err(|e| {
         NetError::Codec(CodecError::Io {
@@ -462,8 +517,22 @@ pub fn plan_deal(
     };
     let key = keys.file_key(passphrase)?;
     let mut seal = FileSeal::whole(f, &key, keys, chunk_bytes, workers, Some(size))?;
+    let mut coder = erasure.map(engine::erasure::Encoder::new);
+    let mut shares = Vec::new();
     while let Some(chunk) = seal.next() {
-        chunk?;
+        let chunk = chunk?;
+        if let Some(coder) = &mut coder {
+            let of_chunk = coder
+                .shares(chunk.entry.id, chunk.bytes())
+                .map_err(erasure_error)?;
+            shares.push(
+                of_chunk
+                    .iter()
+                    .map(|s| share_entry(s))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+        }
+        drop(chunk);
         progress(seal.plain_bytes(), size);
     }
     let SealedFile {
@@ -485,6 +554,7 @@ pub fn plan_deal(
                 .map_err(|_| NetError::Protocol("the manifest envelope is over 4 GiB".into()))?,
             crc32c: engine::codec::crc32c(&envelope),
         },
+        erasure: erasure.map(|scheme| ErasurePlan { scheme, shares }),
     })
 }
 
@@ -540,8 +610,33 @@ pub fn journal_path_for(dir: &Path, id: &[u8; 16], file: &Path) -> PathBuf {
 /// again and finds its deals instead of paying twice.
 pub const PENDING_DEAL_ID: [u8; 16] = *b"pending deal \0\0\0";
 
-enum Sealed {
+/// What an upload sends for one chunk of the file: the sealed chunk, or one of its shares.
+struct Piece {
+    /// The chunk's index in the file.
+    index: u64,
+    /// What the host stores: the chunk's entry, or the share's.
+    entry: ChunkEntry,
+    /// The chunk's plaintext bytes (progress counts these).
+    plain: u32,
+    bytes: PieceBytes,
+}
+
+enum PieceBytes {
     Chunk(engine::seal::SealedChunk),
+    Share(Vec<u8>),
+}
+
+impl Piece {
+    fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            PieceBytes::Chunk(c) => c.bytes(),
+            PieceBytes::Share(s) => s,
+        }
+    }
+}
+
+enum Sealed {
+    Chunk(Piece),
     Done {
         manifest: Manifest,
         envelope: Vec<u8>,
@@ -637,7 +732,13 @@ async fn put_attempt(
                 salt: p.salt,
                 file_id: p.file_id,
             },
-            p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(),
+            job.preset
+                .as_ref()
+                .map(Preset::stored)
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>(),
         )
     });
     if let Some(Preset { plan: p, .. }) = &job.preset {
@@ -681,7 +782,7 @@ async fn put_attempt(
     let (range, part) = match &job.preset {
         Some(p) => {
             let r = p.chunks();
-            let entries = p.plan.chunks[r.clone()].to_vec();
+            let entries = p.stored()[r.clone()].to_vec();
             (Some(r.start as u64..r.end as u64), Some(entries))
         }
         None => (None, None),
@@ -695,10 +796,12 @@ async fn put_attempt(
                 .filter(|e| !present.contains(&e.id))
                 .map(|e| u64::from(e.sealed_bytes))
                 .sum();
-            let plain: u64 = entries
-                .iter()
-                .map(|e| u64::from(e.sealed_bytes - proto::TAG_BYTES))
-                .sum();
+            let plain: u64 = job.preset.as_ref().map_or(0, |p| {
+                p.plan.chunks[p.chunks()]
+                    .iter()
+                    .map(|e| u64::from(e.sealed_bytes - proto::TAG_BYTES))
+                    .sum()
+            });
             (present, left, plain)
         }
         None => {
@@ -727,6 +830,12 @@ async fn put_attempt(
     let name = file_name(&job.file);
     let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
     let planned = job.preset.as_ref().map(|p| p.plan.chunks.clone());
+    // With a share index: the scheme, to send that share of each chunk instead of it.
+    let sharing = job.preset.as_ref().and_then(|p| {
+        p.share
+            .zip(p.plan.erasure.as_ref().map(|e| e.scheme))
+            .map(|(i, scheme)| (usize::from(i), engine::erasure::Encoder::new(scheme)))
+    });
     let seal_key = file_key.clone();
     let sealer = tokio::task::spawn_blocking(move || {
         let result = (|| -> Result<(), CodecError> {
@@ -747,8 +856,30 @@ async fn put_attempt(
                 )?,
                 _ => FileSeal::whole(file, &seal_key, keys, chunk_bytes, workers, Some(size))?,
             };
+            let mut sharing = sharing;
             for chunk in seal.by_ref() {
-                if tx.blocking_send(Ok(Sealed::Chunk(chunk?))).is_err() {
+                let chunk = chunk?;
+                let piece = match &mut sharing {
+                    None => Piece {
+                        index: chunk.index,
+                        entry: chunk.entry,
+                        plain: chunk.plain_bytes(),
+                        bytes: PieceBytes::Chunk(chunk),
+                    },
+                    Some((i, coder)) => {
+                        let mut shares = coder
+                            .shares(chunk.entry.id, chunk.bytes())
+                            .map_err(erasure_error)?;
+                        let share = shares.swap_remove(*i);
+                        Piece {
+                            index: chunk.index,
+                            entry: share_entry(&share)?,
+                            plain: chunk.plain_bytes(),
+                            bytes: PieceBytes::Share(share),
+                        }
+                    }
+                };
+                if tx.blocking_send(Ok(Sealed::Chunk(piece))).is_err() {
                     return Ok(());
                 }
             }
@@ -802,7 +933,11 @@ async fn put_attempt(
     }
     // A part before the last stores its chunks only: the file is recorded with the last.
     if job.preset.as_ref().is_none_or(Preset::has_manifest) {
-        record_file(&mut conn, &job.link, &manifest, manifest_id, envelope).await?;
+        let chunks: Vec<ChunkId> = match &job.preset {
+            Some(p) => p.stored().iter().map(|c| c.id).collect(),
+            None => manifest.chunks.iter().map(|c| c.id).collect(),
+        };
+        record_file(&mut conn, &job.link, manifest_id, chunks, envelope).await?;
     }
     journal.remove()?;
     let peer_seen = conn.peer_seen.clone();
@@ -830,11 +965,10 @@ async fn put_attempt(
 async fn record_file(
     conn: &mut Conn,
     link: &Link,
-    manifest: &Manifest,
     manifest_id: ChunkId,
+    chunks: Vec<ChunkId>,
     envelope: Vec<u8>,
 ) -> Result<(), NetError> {
-    let chunks: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
     let message = crate::wire::object_message(&manifest_id, &chunks);
     match conn
         .call(Request::PutObject {
@@ -884,7 +1018,8 @@ async fn upload_loop(
     // Half the host's limits, so replies never wait on requests the host cannot take yet.
     let budget = conn.inflight_bytes_max / 2;
     let max_count = (conn.inflight_requests_max as usize / 2).max(1);
-    let mut outstanding: VecDeque<(u32, u64)> = VecDeque::new();
+    // Each put in flight: its request id, its bytes, the chunk's plaintext bytes.
+    let mut outstanding: VecDeque<(u32, u64, u64)> = VecDeque::new();
     let mut in_flight = 0u64;
     let mut done = 0u64;
     let (mut sent, mut skipped) = (0u64, 0u64);
@@ -908,7 +1043,7 @@ async fn upload_loop(
         for m in batch {
             match m {
                 Sealed::Chunk(c) => {
-                    let plain = u64::from(c.plain_bytes());
+                    let plain = u64::from(c.plain);
                     if let Some(prev) = usize::try_from(c.index).ok().and_then(|i| previous.get(i))
                     {
                         if *prev != c.entry.id {
@@ -950,7 +1085,7 @@ async fn upload_loop(
             let id = conn
                 .send_put(&c.entry.id, c.entry.crc32c, c.bytes())
                 .await?;
-            outstanding.push_back((id, len));
+            outstanding.push_back((id, len, u64::from(c.plain)));
             in_flight += len;
             sent += 1;
         }
@@ -970,19 +1105,19 @@ async fn upload_loop(
     }
 }
 
-/// Reads the acknowledgement of the oldest put; returns its plaintext bytes.
+/// Reads the acknowledgement of the oldest put; returns its chunk's plaintext bytes.
 async fn ack(
     conn: &mut Conn,
-    outstanding: &mut VecDeque<(u32, u64)>,
+    outstanding: &mut VecDeque<(u32, u64, u64)>,
     in_flight: &mut u64,
 ) -> Result<u64, NetError> {
-    let (want, len) = outstanding
+    let (want, len, plain) = outstanding
         .pop_front()
         .ok_or(NetError::Protocol("no put in flight".into()))?;
     match conn.reply_to(want).await? {
         Reply::Stored { .. } => {
             *in_flight -= len;
-            Ok(len - u64::from(proto::TAG_BYTES))
+            Ok(plain)
         }
         other => Err(remote(other)),
     }
@@ -1109,6 +1244,22 @@ impl Fetching {
     }
 }
 
+/// A host's task with nothing to ask for: unless `state()` (over, work waiting) says the
+/// download is over or there is work already, waits for the shared state to change (the
+/// opener moving on, a host failing, a chunk completing). Returns whether it is over.
+async fn idle(notify: &tokio::sync::Notify, state: impl Fn() -> (bool, bool)) -> bool {
+    let woken = notify.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    match state() {
+        (true, _) => return true,
+        (false, true) => return false,
+        (false, false) => {}
+    }
+    woken.await;
+    false
+}
+
 type Shared = Arc<(std::sync::Mutex<Fetching>, tokio::sync::Notify)>;
 type Fetched = (usize, Result<Vec<u8>, NetError>);
 
@@ -1184,19 +1335,15 @@ async fn fetch_from(
         let Some(&(want, i, len)) = outstanding.front() else {
             // Nothing to ask for now: wait until the opener moves on, a chunk comes back
             // from a failed host, or the download is over.
-            let woken = sh.1.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            {
+            let over = idle(&sh.1, || {
                 let f = fetching(&sh);
-                if f.over {
-                    return Some(conn);
-                }
-                if f.open_to(me).next().is_some() {
-                    continue;
-                }
+                let work = f.open_to(me).next().is_some();
+                (f.over, work)
+            })
+            .await;
+            if over {
+                return Some(conn);
             }
-            woken.await;
             continue;
         };
         match conn.reply_to(want).await {
@@ -1230,6 +1377,413 @@ async fn fetch_from(
             Err(e) => {
                 failed(e, &outstanding);
                 return None;
+            }
+        }
+    }
+}
+
+/// What the hosts of a download from erasure shares share: for each chunk within the
+/// lookahead, which hosts were asked for their share of it and what came back.
+struct ShareFetching {
+    /// Shares that rebuild a chunk.
+    k: usize,
+    total: usize,
+    /// Every chunk below this went to the opener; hosts fetch at most `lookahead` past it.
+    delivered: usize,
+    lookahead: usize,
+    gathering: BTreeMap<usize, Gather>,
+    alive: Vec<bool>,
+    failures: Vec<(usize, NetError)>,
+    served: Vec<u64>,
+    over: bool,
+}
+
+/// One chunk's shares being gathered.
+#[derive(Default)]
+struct Gather {
+    /// Hosts asked (each at most once), answered or not.
+    asked: Vec<usize>,
+    in_flight: usize,
+    /// The distinct shares received, by share index.
+    shares: BTreeMap<u8, Vec<u8>>,
+    /// Sent on, rebuilt or as a failure.
+    done: bool,
+}
+
+impl ShareFetching {
+    /// Whether host `me` can help rebuild chunk `j`: not asked of it yet, and not already
+    /// covered by the shares received or in flight.
+    fn wants(&self, j: usize, me: usize) -> bool {
+        self.gathering.get(&j).is_none_or(|g| {
+            !g.done && !g.asked.contains(&me) && g.shares.len() + g.in_flight < self.k
+        })
+    }
+
+    /// The chunks within the lookahead that host `me` can help rebuild, lowest first.
+    fn open_to(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
+        let end = (self.delivered + self.lookahead).min(self.total);
+        (self.delivered..end).filter(move |&j| self.wants(j, me))
+    }
+
+    /// Host `me` is asked for its share of chunk `j`.
+    fn ask(&mut self, j: usize, me: usize) {
+        let g = self.gathering.entry(j).or_default();
+        g.asked.push(me);
+        g.in_flight += 1;
+    }
+
+    /// Chunks within the lookahead that can no longer get K shares (too few live hosts not
+    /// asked yet): marked done, to be sent on as failures.
+    fn unfetchable(&mut self) -> Vec<(usize, usize)> {
+        let end = (self.delivered + self.lookahead).min(self.total);
+        let mut dead = Vec::new();
+        for j in self.delivered..end {
+            let g = self.gathering.entry(j).or_default();
+            if g.done {
+                continue;
+            }
+            let untried = (0..self.alive.len())
+                .filter(|h| self.alive[*h] && !g.asked.contains(h))
+                .count();
+            if g.shares.len() + g.in_flight + untried < self.k {
+                g.done = true;
+                dead.push((j, g.shares.len()));
+            }
+        }
+        dead
+    }
+}
+
+type SharedShares = Arc<(std::sync::Mutex<ShareFetching>, tokio::sync::Notify)>;
+
+fn share_fetching(sh: &SharedShares) -> std::sync::MutexGuard<'_, ShareFetching> {
+    sh.0.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sends on the chunks that can no longer be rebuilt, saying how many shares are left.
+fn fail_unfetchable(f: &mut ShareFetching, out: &mpsc::UnboundedSender<Fetched>) {
+    let k = f.k;
+    for (j, got) in f.unfetchable() {
+        let _ = out.send((
+            j,
+            Err(NetError::Protocol(format!(
+                "chunk {j}: only {got} of the {k} erasure shares that rebuild it can be had from the hosts left"
+            ))),
+        ));
+    }
+}
+
+/// What one host stores of one chunk, checked before it counts: its id is the one the host
+/// recorded for that chunk, and its header names that chunk and the scheme of the others.
+fn check_share(
+    bytes: &[u8],
+    want: &ChunkId,
+    chunk: &ChunkId,
+    scheme: Scheme,
+) -> Result<u8, String> {
+    if ChunkId::of(bytes) != *want {
+        return Err("the share sent does not hash to the id the host recorded".into());
+    }
+    let (h, _) = proto::erasure::ShareHeader::split(bytes).map_err(|e| e.to_string())?;
+    if h.chunk != *chunk || h.scheme != scheme {
+        return Err(format!(
+            "the share is of chunk {} in scheme {}, not of chunk {chunk} in {scheme}",
+            h.chunk, h.scheme
+        ));
+    }
+    Ok(h.index)
+}
+
+/// One host's part of a download from erasure shares: asks it for its share of the lowest
+/// chunks that need one (as many in flight as its session allows, within the lookahead);
+/// once a chunk has K distinct shares it is rebuilt off the runtime's threads and handed to
+/// `out`. A share the host lacks, or sends wrong, is left to the other hosts; any other
+/// failure ends this host's part, its requests in flight going back to the others.
+#[allow(clippy::too_many_arguments)] // one host's part: its connection, ids, and the shared state
+async fn fetch_shares_from(
+    me: usize,
+    mut conn: Conn,
+    ids: Arc<Vec<ChunkId>>,
+    entries: Arc<Vec<ChunkEntry>>,
+    scheme: Scheme,
+    sh: SharedShares,
+    out: mpsc::UnboundedSender<Fetched>,
+) -> Option<Conn> {
+    let max_count = (conn.inflight_requests_max as usize / 2).clamp(1, 16);
+    let window = conn.inflight_bytes_max / 2;
+    let share_len = |j: usize| u64::from(scheme.share_bytes(entries[j].sealed_bytes));
+    let mut outstanding: VecDeque<(u32, usize)> = VecDeque::new();
+    let mut in_flight = 0u64;
+    let failed = |e: NetError, outstanding: &VecDeque<(u32, usize)>| {
+        let mut f = share_fetching(&sh);
+        f.alive[me] = false;
+        for (_, j) in outstanding {
+            if let Some(g) = f.gathering.get_mut(j) {
+                g.in_flight -= 1;
+            }
+        }
+        f.failures.push((me, e));
+        fail_unfetchable(&mut f, &out);
+        drop(f);
+        sh.1.notify_waiters();
+    };
+    loop {
+        while outstanding.len() < max_count {
+            let pick = {
+                let mut f = share_fetching(&sh);
+                if f.over {
+                    return Some(conn);
+                }
+                let pick = f
+                    .open_to(me)
+                    .find(|&j| outstanding.is_empty() || in_flight + share_len(j) <= window);
+                if let Some(j) = pick {
+                    f.ask(j, me);
+                }
+                pick
+            };
+            let Some(j) = pick else { break };
+            match conn.send(&Request::Get { id: ids[j] }).await {
+                Ok(id) => {
+                    outstanding.push_back((id, j));
+                    in_flight += share_len(j);
+                }
+                Err(e) => {
+                    if let Some(g) = share_fetching(&sh).gathering.get_mut(&j) {
+                        g.in_flight -= 1;
+                    }
+                    failed(e, &outstanding);
+                    return None;
+                }
+            }
+        }
+        let Some(&(want, j)) = outstanding.front() else {
+            let over = idle(&sh.1, || {
+                let f = share_fetching(&sh);
+                let work = f.open_to(me).next().is_some();
+                (f.over, work)
+            })
+            .await;
+            if over {
+                return Some(conn);
+            }
+            continue;
+        };
+        let reply = conn.reply_to(want).await;
+        let (bytes, fault) = match reply {
+            Ok(Reply::Data(bytes)) => match check_share(&bytes, &ids[j], &entries[j].id, scheme) {
+                Ok(index) => (Some((index, bytes)), None),
+                Err(why) => (None, Some(why)),
+            },
+            Err(NetError::Remote {
+                code: crate::ErrorCode::NotFound,
+                ..
+            }) => (None, None),
+            Ok(other) => {
+                failed(remote(other), &outstanding);
+                return None;
+            }
+            Err(e) => {
+                failed(e, &outstanding);
+                return None;
+            }
+        };
+        outstanding.pop_front();
+        in_flight -= share_len(j);
+        let mut f = share_fetching(&sh);
+        if let Some(why) = fault {
+            f.failures.push((
+                me,
+                NetError::Protocol(format!("its share of chunk {j}: {why}")),
+            ));
+        }
+        let k = f.k;
+        if bytes.is_some() {
+            f.served[me] += 1;
+        }
+        let complete = match (f.gathering.get_mut(&j), bytes) {
+            (Some(g), Some((index, bytes))) => {
+                g.in_flight -= 1;
+                g.shares.entry(index).or_insert(bytes);
+                if !g.done && g.shares.len() >= k {
+                    g.done = true;
+                    Some(std::mem::take(&mut g.shares))
+                } else {
+                    None
+                }
+            }
+            (Some(g), None) => {
+                g.in_flight -= 1;
+                None
+            }
+            (None, _) => None,
+        };
+        fail_unfetchable(&mut f, &out);
+        drop(f);
+        sh.1.notify_waiters();
+        if let Some(shares) = complete {
+            let out = out.clone();
+            tokio::spawn(async move {
+                let rebuilt = tokio::task::spawn_blocking(move || {
+                    let refs: Vec<&[u8]> = shares.values().map(Vec::as_slice).collect();
+                    engine::erasure::rebuild(&refs)
+                })
+                .await;
+                let item = match rebuilt {
+                    Ok(Ok((_, chunk))) => Ok(chunk),
+                    Ok(Err(e)) => Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
+                    Err(e) => Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
+                };
+                let _ = out.send((j, item));
+            });
+        } else if out.is_closed() {
+            return Some(conn);
+        }
+    }
+}
+
+/// What the download's hosts hold: whole chunks (copies), or one erasure share of each.
+enum Holding {
+    Copies,
+    Shares {
+        scheme: Scheme,
+        /// Per host (in the order of the connections kept), its share of each chunk.
+        ids: Vec<Arc<Vec<ChunkId>>>,
+    },
+}
+
+/// Asks each host what it holds of the file (`GetObjectChunks`): the manifest's chunks, or
+/// a share of each. Hosts that fail, or hold something else, are dropped into `lost`.
+/// Shares win: with any host holding shares, hosts with full copies are left out.
+async fn holdings(
+    conns: &mut Vec<(String, Conn)>,
+    manifest: &Manifest,
+    lost: &mut Vec<String>,
+) -> Result<Holding, NetError> {
+    let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
+    let mut kept = Vec::new();
+    let mut shares = Vec::new();
+    for (addr, mut conn) in std::mem::take(conns) {
+        let list = match conn.call(Request::GetObjectChunks).await {
+            Ok(Reply::Data(b)) => crate::wire::decode_object_chunks(&b).map_err(NetError::from),
+            Ok(other) => Err(remote(other)),
+            Err(e) => Err(e),
+        };
+        match list {
+            Ok(l) if l == chunk_ids => kept.push((addr, conn, None)),
+            Ok(l) if l.len() == chunk_ids.len() => {
+                shares.push(kept.len());
+                kept.push((addr, conn, Some(l)));
+            }
+            Ok(l) => lost.push(format!(
+                "{addr}: it holds {} pieces of a file of {} chunks",
+                l.len(),
+                chunk_ids.len()
+            )),
+            Err(e) => lost.push(format!("{addr}: {e}")),
+        }
+    }
+    if shares.is_empty() {
+        conns.extend(kept.into_iter().map(|(a, c, _)| (a, c)));
+        return Ok(Holding::Copies);
+    }
+    // The scheme, from a share of the first chunk.
+    let mut scheme = None;
+    let mut ids = Vec::new();
+    for (addr, mut conn, list) in kept {
+        let Some(list) = list else {
+            lost.push(format!(
+                "{addr}: it holds a full copy, left out of this download from erasure shares"
+            ));
+            continue;
+        };
+        if scheme.is_none() {
+            let got = match conn.call(Request::Get { id: list[0] }).await {
+                Ok(Reply::Data(b)) if ChunkId::of(&b) == list[0] => {
+                    proto::erasure::ShareHeader::split(&b)
+                        .map_err(NetError::from)
+                        .and_then(|(h, _)| {
+                            if h.chunk == chunk_ids[0] {
+                                Ok(h.scheme)
+                            } else {
+                                Err(NetError::Protocol(
+                                    "its first share is of another chunk".into(),
+                                ))
+                            }
+                        })
+                }
+                Ok(Reply::Data(_)) => Err(NetError::Protocol(
+                    "its first share does not hash to its id".into(),
+                )),
+                Ok(other) => Err(remote(other)),
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(s) => scheme = Some(s),
+                Err(e) => {
+                    lost.push(format!("{addr}: {e}"));
+                    continue;
+                }
+            }
+        }
+        conns.push((addr, conn));
+        ids.push(Arc::new(list));
+    }
+    let Some(scheme) = scheme else {
+        return Err(NetError::Protocol(format!(
+            "the hosts hold erasure shares, and none sends a share to read the scheme from: {}",
+            lost.join("; ")
+        )));
+    };
+    Ok(Holding::Shares { scheme, ids })
+}
+
+/// A download's shared state: fetching whole chunks from copies, or shares to rebuild them.
+enum Fetch {
+    Copies(Shared),
+    /// With the sender of rebuilt chunks, for chunks that turn out unfetchable as the
+    /// lookahead moves.
+    Shares(SharedShares, mpsc::UnboundedSender<Fetched>),
+}
+
+impl Fetch {
+    /// The opener has taken every chunk below `n`.
+    fn delivered(&self, n: usize) {
+        match self {
+            Fetch::Copies(sh) => {
+                fetching(sh).delivered = n;
+                sh.1.notify_waiters();
+            }
+            Fetch::Shares(sh, out) => {
+                let mut f = share_fetching(sh);
+                f.delivered = n;
+                f.gathering.retain(|j, _| *j >= n);
+                fail_unfetchable(&mut f, out);
+                drop(f);
+                sh.1.notify_waiters();
+            }
+        }
+    }
+
+    /// Ends the hosts' tasks; returns why hosts failed and what each served.
+    fn finish(self) -> (Vec<(usize, NetError)>, Vec<u64>) {
+        match self {
+            Fetch::Copies(sh) => {
+                let mut f = fetching(&sh);
+                f.over = true;
+                let out = (std::mem::take(&mut f.failures), f.served.clone());
+                drop(f);
+                sh.1.notify_waiters();
+                out
+            }
+            Fetch::Shares(sh, _) => {
+                let mut f = share_fetching(&sh);
+                f.over = true;
+                let out = (std::mem::take(&mut f.failures), f.served.clone());
+                drop(f);
+                sh.1.notify_waiters();
+                out
             }
         }
     }
@@ -1330,6 +1884,13 @@ pub async fn get_file(
     let peer_seen = conns[0].1.peer_seen.clone();
     let entries: Arc<Vec<ChunkEntry>> = Arc::new(manifest.chunks.clone());
     let total = entries.len();
+    let holding = holdings(&mut conns, &manifest, &mut lost).await?;
+    if conns.is_empty() {
+        return Err(NetError::Protocol(format!(
+            "no host holding the file says what it holds: {}",
+            lost.join("; ")
+        )));
+    }
 
     // Every host fetches from one list of waiting chunks, at most `lookahead` past what the
     // opener has taken, so chunks held out of order are bounded.
@@ -1337,34 +1898,78 @@ pub async fn get_file(
         .iter()
         .map(|(_, c)| (c.inflight_requests_max as usize / 2).clamp(1, 16))
         .sum();
-    let sh: Shared = Arc::new((
-        std::sync::Mutex::new(Fetching {
-            pending: (0..total).collect(),
-            delivered: 0,
-            lookahead: per_host.max(1),
-            missing: HashMap::new(),
-            alive: vec![true; conns.len()],
-            failures: Vec::new(),
-            served: vec![0; conns.len()],
-            over: false,
-        }),
-        tokio::sync::Notify::new(),
-    ));
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Fetched>();
     let addrs: Vec<String> = conns.iter().map(|(a, _)| a.clone()).collect();
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(me, (_, conn))| {
-            tokio::spawn(fetch_from(
-                me,
-                conn,
-                Arc::clone(&entries),
-                Arc::clone(&sh),
-                out_tx.clone(),
-            ))
-        })
-        .collect();
+    let (fetch, tasks): (Fetch, Vec<_>) = match holding {
+        Holding::Copies => {
+            let sh: Shared = Arc::new((
+                std::sync::Mutex::new(Fetching {
+                    pending: (0..total).collect(),
+                    delivered: 0,
+                    lookahead: per_host.max(1),
+                    missing: HashMap::new(),
+                    alive: vec![true; conns.len()],
+                    failures: Vec::new(),
+                    served: vec![0; conns.len()],
+                    over: false,
+                }),
+                tokio::sync::Notify::new(),
+            ));
+            let tasks = conns
+                .into_iter()
+                .enumerate()
+                .map(|(me, (_, conn))| {
+                    tokio::spawn(fetch_from(
+                        me,
+                        conn,
+                        Arc::clone(&entries),
+                        Arc::clone(&sh),
+                        out_tx.clone(),
+                    ))
+                })
+                .collect();
+            (Fetch::Copies(sh), tasks)
+        }
+        Holding::Shares { scheme, ids } => {
+            let k = usize::from(scheme.k());
+            // K shares per chunk: the lookahead counts chunks, so it covers K requests each.
+            let sh: SharedShares = Arc::new((
+                std::sync::Mutex::new(ShareFetching {
+                    k,
+                    total,
+                    delivered: 0,
+                    lookahead: per_host.div_ceil(k).max(2),
+                    gathering: BTreeMap::new(),
+                    alive: vec![true; conns.len()],
+                    failures: Vec::new(),
+                    served: vec![0; conns.len()],
+                    over: false,
+                }),
+                tokio::sync::Notify::new(),
+            ));
+            if conns.len() < k {
+                let mut f = share_fetching(&sh);
+                fail_unfetchable(&mut f, &out_tx);
+            }
+            let tasks = conns
+                .into_iter()
+                .zip(ids)
+                .enumerate()
+                .map(|(me, ((_, conn), ids))| {
+                    tokio::spawn(fetch_shares_from(
+                        me,
+                        conn,
+                        ids,
+                        Arc::clone(&entries),
+                        scheme,
+                        Arc::clone(&sh),
+                        out_tx.clone(),
+                    ))
+                })
+                .collect();
+            (Fetch::Shares(sh, out_tx.clone()), tasks)
+        }
+    };
     drop(out_tx);
 
     // Chunks go to the opener in order, through a bounded channel.
@@ -1388,8 +1993,7 @@ pub async fn get_file(
                     .await
                     .map_or(true, |r| r.is_err());
                 next += 1;
-                fetching(&sh).delivered = next;
-                sh.1.notify_waiters();
+                fetch.delivered(next);
                 if gone || failed {
                     return next;
                 }
@@ -1415,8 +2019,7 @@ pub async fn get_file(
         )
     });
     let delivered = deliver.await;
-    fetching(&sh).over = true;
-    sh.1.notify_waiters();
+    let (failures, served) = fetch.finish();
     let opened = opener
         .await
         .map_err(|e| NetError::Protocol(format!("the opener failed: {e}")))?;
@@ -1428,10 +2031,7 @@ pub async fn get_file(
             receipts.errors.extend(r.errors);
         }
     }
-    let mut f = fetching(&sh);
-    let failures = std::mem::take(&mut f.failures);
-    let served: Vec<(String, u64)> = addrs.iter().cloned().zip(f.served.clone()).collect();
-    drop(f);
+    let served: Vec<(String, u64)> = addrs.iter().cloned().zip(served).collect();
     for (h, e) in &failures {
         lost.push(format!("{}: {e}", addrs[*h]));
     }
@@ -1481,6 +2081,7 @@ mod tests {
             file_bytes: chunks as u64 * 4096,
             chunks: (0..chunks).map(entry).collect(),
             manifest: entry(usize::MAX),
+            erasure: None,
         }
     }
 
@@ -1508,6 +2109,7 @@ mod tests {
                 let preset = Preset {
                     plan: p.clone(),
                     entries: r.clone(),
+                    share: None,
                 };
                 assert_eq!(preset.has_manifest(), i + 1 == parts.len());
                 assert_eq!(preset.chunks().start, r.start);

@@ -71,6 +71,9 @@ pub struct DealJob {
     pub download_fee: u64,
     /// Cover to buy from an insurer with each deal's payment.
     pub insurance: Option<Cover>,
+    /// Store N erasure shares of each chunk, one per host (`hosts` has N, all distinct),
+    /// of which any K rebuild it, instead of a full copy on each host.
+    pub erasure: Option<proto::erasure::Scheme>,
 }
 
 /// The cover a sender buys with each payment: the insurer's quote is asked for just before
@@ -120,6 +123,21 @@ pub fn sealed_estimate(file_bytes: u64, chunk_bytes: u32) -> u64 {
     file_bytes
         + proto::Manifest::chunk_count_for(file_bytes, chunk_bytes) * u64::from(proto::TAG_BYTES)
         + 4096
+}
+
+/// What each host stores of the file (an upper bound, as [`sealed_estimate`]): the sealed
+/// file, or with an erasure scheme one share of each chunk and the manifest.
+pub fn stored_estimate(
+    file_bytes: u64,
+    chunk_bytes: u32,
+    erasure: Option<proto::erasure::Scheme>,
+) -> u64 {
+    let Some(scheme) = erasure else {
+        return sealed_estimate(file_bytes, chunk_bytes);
+    };
+    let chunks = proto::Manifest::chunk_count_for(file_bytes, chunk_bytes);
+    let full = u64::from(scheme.share_bytes(chunk_bytes + proto::TAG_BYTES));
+    chunks * full + 4096
 }
 
 /// How long a sender waits for an exchange's answer when it measures the round trip.
@@ -311,7 +329,7 @@ async fn try_exchanges(
         chain_id,
         sender: job.key.verification_key().to_bytes(),
         nonce,
-        bytes: sealed_estimate(size, job.chunk_bytes),
+        bytes: stored_estimate(size, job.chunk_bytes, job.erasure),
         days: job.days,
         copies: ask.copies,
         max_price_per_gib_day: ask.max_price_per_gib_day,
@@ -498,7 +516,16 @@ pub async fn store(
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let status = chain.status().await.map_err(chain_err)?;
     let size = std::fs::metadata(&job.file)?.len();
-    let sealed_estimate = sealed_estimate(size, job.chunk_bytes);
+    if let Some(scheme) = job.erasure {
+        if job.hosts.len() != usize::from(scheme.n()) {
+            return Err(NetError::Config(format!(
+                "erasure {scheme} stores one share of each chunk on each of {} hosts; {} given",
+                scheme.n(),
+                job.hosts.len()
+            )));
+        }
+    }
+    let sealed_estimate = stored_estimate(size, job.chunk_bytes, job.erasure);
     // Offers first: nothing is sealed for hosts that will not take the file.
     let mut hosts = Vec::new();
     for (i, addr) in job.hosts.iter().enumerate() {
@@ -540,6 +567,16 @@ pub async fn store(
                 b.commission_permille
             ))
         ));
+        if job.erasure.is_some()
+            && hosts
+                .iter()
+                .any(|(_, _, o): &(_, _, Offer)| o.host == offer.host)
+        {
+            return Err(NetError::Protocol(format!(
+                "{addr}: host {} holds another share already: erasure shares go to distinct hosts",
+                data_encoding::HEXLOWER.encode(&offer.host)
+            )));
+        }
         hosts.push((addr.clone(), client, offer));
     }
     // The plan is journaled before any payment: a run killed after paying seals the
@@ -550,10 +587,10 @@ pub async fn store(
     let found = Journal::find(&pending, &PENDING_DEAL_ID, size, mtime, job.chunk_bytes)
         .map(|(h, _)| (h.salt, h.file_id));
     let (file, pass, kdf) = (job.file.clone(), job.passphrase.clone(), job.kdf);
-    let (chunk_bytes, workers) = (job.chunk_bytes, job.workers);
+    let (chunk_bytes, workers, erasure) = (job.chunk_bytes, job.workers, job.erasure);
     let p = Arc::clone(&progress);
     let plan = tokio::task::spawn_blocking(move || {
-        plan_deal(&file, &pass, chunk_bytes, kdf, workers, &*p, found)
+        plan_deal(&file, &pass, chunk_bytes, kdf, workers, &*p, found, erasure)
     })
     .await
     .map_err(|e| NetError::Protocol(format!("the sealing task failed: {e}")))??;
@@ -573,12 +610,28 @@ pub async fn store(
     if found.is_some() {
         report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
     }
-    let entries = plan.entries();
+    // Each host's share index, with an erasure scheme: host `i` stores share `i`.
+    let share_of = |i: usize| job.erasure.map(|_| u8::try_from(i).expect("n <= 32"));
+    let host_entries: Vec<Vec<proto::ChunkEntry>> = (0..hosts.len())
+        .map(|i| plan.entries_of(share_of(i)))
+        .collect();
     let parts = plan.parts();
-    let bytes: u64 = entries.iter().map(|e| u64::from(e.sealed_bytes)).sum();
+    let bytes: u64 = host_entries
+        .iter()
+        .flatten()
+        .map(|e| u64::from(e.sealed_bytes))
+        .sum();
     report(&format!(
-        "sealed {} chunks and the manifest: {bytes} bytes under deal{}",
+        "sealed {} chunks and the manifest{}: {bytes} bytes under deal{}",
         plan.chunks.len(),
+        match job.erasure {
+            Some(s) => format!(
+                " as erasure {s} shares (any {} of the {} hosts rebuild the file)",
+                s.k(),
+                s.n()
+            ),
+            None => String::new(),
+        },
         if parts.len() > 1 {
             format!(
                 ", paid as {} deals per copy (a deal covers at most {} chunks)",
@@ -597,6 +650,14 @@ pub async fn store(
         for v in chain.deals_of(me, true).await.map_err(chain_err)? {
             let id = parse_tx(&v.id)?;
             let Some(full) = chain.deal(id).await.map_err(chain_err)? else {
+                continue;
+            };
+            // The entries the deal's host would have been paid for.
+            let Some(entries) = hosts
+                .iter()
+                .position(|(_, _, o)| data_encoding::HEXLOWER.encode(&o.host) == full.host)
+                .map(|i| &host_entries[i])
+            else {
                 continue;
             };
             let same = |part: &std::ops::Range<usize>| {
@@ -618,8 +679,9 @@ pub async fn store(
     }
     let mut placed = Vec::new();
     let mut share_key = None;
-    for (addr, client, first_offer) in &hosts {
+    for (h, (addr, client, first_offer)) in hosts.iter().enumerate() {
         let host_hex = data_encoding::HEXLOWER.encode(&first_offer.host);
+        let entries = &host_entries[h];
         let mut copy: Option<Placed> = None;
         for (k, part) in parts.iter().enumerate() {
             let name = if parts.len() > 1 {
@@ -631,6 +693,7 @@ pub async fn store(
             let preset = Preset {
                 plan: plan.clone(),
                 entries: part.clone(),
+                share: share_of(h),
             };
             let ctx = PartCtx {
                 name: &name,

@@ -452,7 +452,11 @@ impl Scope {
             Scope::Download { .. } => {
                 matches!(
                     kind,
-                    kind::GET | kind::GET_RANGE | kind::PROVE | kind::GET_OBJECT
+                    kind::GET
+                        | kind::GET_RANGE
+                        | kind::PROVE
+                        | kind::GET_OBJECT
+                        | kind::GET_OBJECT_CHUNKS
                 )
             }
         }
@@ -788,6 +792,10 @@ async fn reply_size(host: &Host, scope: &Scope, req: &Request) -> Option<u64> {
             Scope::Download { manifest, .. } => Some(stat(*manifest).await),
             Scope::Upload { .. } => None,
         },
+        Request::GetObjectChunks => match scope {
+            Scope::Download { chunks, .. } => Some(32 * chunks.len() as u64),
+            Scope::Upload { .. } => None,
+        },
         _ => None,
     }
 }
@@ -939,6 +947,25 @@ async fn dispatch(host: &Arc<Host>, scope: &Arc<Scope>, req: Request) -> ReplyFu
         Request::Prove { id, leaf } => read_reply(host.engine.prove_async(id, leaf).await),
         Request::GetObject => match &**scope {
             Scope::Download { manifest, .. } => read_reply(host.engine.get_async(*manifest).await),
+            Scope::Upload { .. } => not_granted("downloading"),
+        },
+        Request::GetObjectChunks => match &**scope {
+            Scope::Download { manifest, .. } => {
+                let (host, manifest) = (Arc::clone(host), *manifest);
+                Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || host.state.object_chunks(&manifest))
+                        .await
+                    {
+                        Ok(Ok(Some(ids))) => Reply::Data(ids.iter().flat_map(|i| i.0).collect()),
+                        Ok(Ok(None)) => Reply::error(
+                            ErrorCode::NotFound,
+                            format!("file {manifest} is not recorded here"),
+                        ),
+                        Ok(Err(e)) => Reply::error(ErrorCode::Internal, e.to_string()),
+                        Err(e) => Reply::error(ErrorCode::Internal, e.to_string()),
+                    }
+                })
+            }
             Scope::Upload { .. } => not_granted("downloading"),
         },
         Request::Have { ids } => {

@@ -35,6 +35,10 @@ pub struct FileRecord {
     /// record is written readable by its owner only. Absent in records written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_key: Option<String>,
+    /// With `mspace put --erasure K/N`: the scheme, `K/N`; each of the N copies is then the
+    /// host holding one share of each chunk (share `i` on `copies[i]`), not a full copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<String>,
 }
 
 /// One copy: a deal with a host.
@@ -126,6 +130,18 @@ impl FileRecord {
                     "share_key is for manifest {}, the record for {}",
                     key.manifest_id.to_hex(),
                     r.manifest_id
+                )));
+            }
+        }
+        if let Some(text) = &r.erasure {
+            let scheme: proto::erasure::Scheme = text
+                .parse()
+                .map_err(|e| RecordError::Malformed(format!("erasure: {e}")))?;
+            if r.copies.len() != usize::from(scheme.n()) {
+                return Err(RecordError::Malformed(format!(
+                    "erasure {scheme} has {} hosts, the record lists {}",
+                    scheme.n(),
+                    r.copies.len()
                 )));
             }
         }
@@ -241,6 +257,7 @@ mod tests {
                 },
             ],
             share_key: Some(share_key(manifest)),
+            erasure: None,
         }
     }
 
@@ -268,6 +285,14 @@ mod tests {
         let mut old = r.clone();
         old.share_key = None;
         assert!(!old.to_json().contains("share_key"));
+        assert!(!old.to_json().contains("erasure"));
+        let mut shares = r.clone();
+        shares.erasure = Some("1/2".into());
+        shares.save(dir.path()).unwrap();
+        assert_eq!(
+            FileRecord::load(dir.path(), &r.manifest_id).unwrap(),
+            shares
+        );
         let e = FileRecord::load(dir.path(), &"00".repeat(32)).unwrap_err();
         assert!(matches!(e, RecordError::Missing(_)), "{e}");
     }
@@ -289,6 +314,10 @@ mod tests {
         bad_key.share_key = Some("mss1-AAAA".into());
         let mut other_key = good.clone();
         other_key.share_key = Some(share_key(ChunkId([9; 32])));
+        let mut bad_scheme = good.clone();
+        bad_scheme.erasure = Some("3/2".into());
+        let mut wrong_n = good.clone();
+        wrong_n.erasure = Some("2/3".into());
         let mut many = good.clone();
         many.copies = vec![good.copies[1].clone(); RECORD_COPIES_MAX + 1];
         let extra = String::from_utf8(json(&good))
@@ -303,6 +332,8 @@ mod tests {
             (json(&bad_key), "share_key: "),
             (json(&other_key), "share_key is for manifest"),
             (json(&many), "at most 256"),
+            (json(&bad_scheme), "erasure: "),
+            (json(&wrong_n), "has 3 hosts, the record lists 2"),
             (extra, "unknown field `surprise`"),
             (b"{".to_vec(), "EOF"),
             (vec![b' '; RECORD_BYTES_MAX + 1], "at most 1048576"),

@@ -904,6 +904,15 @@ impl HostState {
         Ok(self.object_list(manifest)?.map(|l| l.into_iter().collect()))
     }
 
+    /// The chunk list of a sealed file as recorded, in order (its erasure shares, for a
+    /// file stored as shares).
+    pub fn object_chunks(
+        &self,
+        manifest: &ChunkId,
+    ) -> Result<Option<Vec<ChunkId>>, crate::NetError> {
+        self.object_list(manifest)
+    }
+
     /// The chunk list of a sealed file as recorded, in order.
     fn object_list(&self, manifest: &ChunkId) -> Result<Option<Vec<ChunkId>>, crate::NetError> {
         let path = self.object_path(manifest);

@@ -38,6 +38,7 @@ pub mod kind {
     pub const PUT_OBJECT: u8 = 0x07;
     pub const GET_OBJECT: u8 = 0x08;
     pub const DELETE: u8 = 0x09;
+    pub const GET_OBJECT_CHUNKS: u8 = 0x0A;
     pub const PROXY_CONNECT: u8 = 0x41;
     pub const PROXY_RECEIPT: u8 = 0x42;
     pub const WELCOME: u8 = 0x81;
@@ -220,6 +221,11 @@ pub enum Request {
     },
     /// The manifest envelope of the download link's file.
     GetObject,
+    /// The ids of what the host holds of the download link's file, in the order its upload
+    /// recorded them (`PutObject`): the manifest's chunks for a full copy, this host's
+    /// erasure shares of each chunk (docs/formats.md section 24) otherwise. Answered with
+    /// [`Reply::Data`] holding the ids, 32 bytes each ([`decode_object_chunks`]).
+    GetObjectChunks,
     /// Withdraws a chunk sent under this upload link that no recorded file lists.
     Delete {
         id: ChunkId,
@@ -253,6 +259,33 @@ pub fn object_message(manifest: &ChunkId, chunks: &[ChunkId]) -> Vec<u8> {
 /// The message a link's bearer signs in `Hello`.
 pub fn hello_message(nonce: &[u8; 32], link_id: &[u8; 16]) -> Vec<u8> {
     [HELLO_CONTEXT, nonce, link_id].concat()
+}
+
+/// Reads the ids a [`Request::GetObjectChunks`] is answered with: 32 bytes each, at most
+/// `proto::CHUNKS_PER_FILE_MAX` of them.
+pub fn decode_object_chunks(bytes: &[u8]) -> Result<Vec<ChunkId>, DecodeError> {
+    let invalid = |reason: String| DecodeError::Invalid {
+        what: "object chunks",
+        field: "ids",
+        reason,
+    };
+    if !bytes.len().is_multiple_of(32) {
+        return Err(invalid(format!(
+            "{} bytes, not a whole number of 32-byte ids",
+            bytes.len()
+        )));
+    }
+    if bytes.len() / 32 > proto::CHUNKS_PER_FILE_MAX as usize {
+        return Err(invalid(format!(
+            "{} ids, over the {} a file may have",
+            bytes.len() / 32,
+            proto::CHUNKS_PER_FILE_MAX
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| ChunkId(c.try_into().expect("32 bytes")))
+        .collect())
 }
 
 fn put_ids(out: &mut Vec<u8>, ids: &[ChunkId]) {
@@ -299,6 +332,7 @@ impl Request {
             Request::Have { .. } => kind::HAVE,
             Request::PutObject { .. } => kind::PUT_OBJECT,
             Request::GetObject => kind::GET_OBJECT,
+            Request::GetObjectChunks => kind::GET_OBJECT_CHUNKS,
             Request::Delete { .. } => kind::DELETE,
             Request::ProxyConnect { .. } => kind::PROXY_CONNECT,
             Request::ProxyReceipt(_) => kind::PROXY_RECEIPT,
@@ -347,7 +381,7 @@ impl Request {
                 put_ids(&mut out, chunks);
                 out.extend_from_slice(envelope);
             }
-            Request::GetObject => {}
+            Request::GetObject | Request::GetObjectChunks => {}
             Request::ProxyConnect { target } => put_addr(&mut out, target),
             Request::ProxyReceipt(r) => r.encode(&mut out),
         }
@@ -388,6 +422,7 @@ impl Request {
             kind::HAVE => "have",
             kind::PUT_OBJECT => "put object",
             kind::GET_OBJECT => "get object",
+            kind::GET_OBJECT_CHUNKS => "get object chunks",
             kind::DELETE => "delete",
             kind::PROXY_CONNECT => "proxy connect",
             kind::PROXY_RECEIPT => "proxy receipt",
@@ -440,6 +475,7 @@ impl Request {
                 }
             }
             kind::GET_OBJECT => Request::GetObject,
+            kind::GET_OBJECT_CHUNKS => Request::GetObjectChunks,
             kind::DELETE => Request::Delete {
                 id: ChunkId(r.array("id")?),
             },
@@ -704,6 +740,7 @@ mod tests {
                 envelope: vec![1; 50],
             },
             Request::GetObject,
+            Request::GetObjectChunks,
             Request::Delete { id: id(9) },
             Request::ProxyConnect {
                 target: "127.0.0.1:7000".into(),
@@ -901,5 +938,18 @@ mod tests {
             Reply::error(ErrorCode::Internal, message).encode_body()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn object_chunk_lists_decode_and_ragged_or_huge_ones_are_refused() {
+        let ids = [id(1), id(2), id(3)];
+        let bytes: Vec<u8> = ids.iter().flat_map(|i| i.0).collect();
+        assert_eq!(decode_object_chunks(&bytes).unwrap(), ids);
+        assert_eq!(decode_object_chunks(&[]).unwrap(), Vec::<ChunkId>::new());
+        let e = decode_object_chunks(&bytes[..95]).unwrap_err().to_string();
+        assert!(e.contains("not a whole number"), "{e}");
+        let huge = vec![0u8; (proto::CHUNKS_PER_FILE_MAX as usize + 1) * 32];
+        let e = decode_object_chunks(&huge).unwrap_err().to_string();
+        assert!(e.contains("over the"), "{e}");
     }
 }

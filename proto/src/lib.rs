@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod decode;
+pub mod erasure;
 pub mod fileshare;
 pub mod ids;
 pub mod invoice;

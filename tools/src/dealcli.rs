@@ -49,6 +49,9 @@ struct DealPutJson {
     share_key: String,
     chunks: usize,
     file_bytes: u64,
+    /// The erasure scheme K/N (absent: each deal holds a full copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    erasure: Option<String>,
     deals: Vec<PlacedJson>,
     /// The file's record (deals, hosts, emergency links) under the state directory.
     record: String,
@@ -90,6 +93,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             cover: args.cover.unwrap_or_default(),
             max_premium: args.max_premium,
         }),
+        erasure: args.erasure,
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
@@ -101,7 +105,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         });
         let ask = MarketAsk {
             exchanges: args.exchange.clone(),
-            copies: args.copies,
+            copies: args.erasure.map_or(args.copies, |s| s.n()),
             max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
             region: args.region.clone(),
             min_rating: args.min_rating,
@@ -113,7 +117,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             runtime()?.block_on(match_through_index(&job, &ask, &args.index, &say))
         }
         .context("finding hosts through an exchange")?;
-        let bytes = net::deal::sealed_estimate(meta.len(), job.chunk_bytes);
+        let bytes = net::deal::stored_estimate(meta.len(), job.chunk_bytes, job.erasure);
         let rows: Vec<MatchJson> = matched
             .hosts
             .iter()
@@ -131,9 +135,12 @@ pub fn put(args: PutArgs) -> Result<()> {
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!(
-                    "{} host(s) matched for {} copies of {} for {} days (nothing paid):",
+                    "{} host(s) matched for {} of {} for {} days (nothing paid):",
                     rows.len(),
-                    args.copies,
+                    match job.erasure {
+                        Some(s) => format!("erasure {s} shares, one per host,"),
+                        None => format!("{} copies", args.copies),
+                    },
                     format_bytes(bytes),
                     job.days
                 );
@@ -224,6 +231,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             })
             .collect(),
         share_key: Some(done.share_key.to_string()),
+        erasure: job.erasure.map(|s| s.to_string()),
     };
     let state = state_dir()?;
     let record_path = record
@@ -238,6 +246,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         share_key: done.share_key.to_string(),
         chunks: done.plan.chunks.len(),
         file_bytes: done.plan.file_bytes,
+        erasure: job.erasure.map(|s| s.to_string()),
         deals: done
             .placed
             .iter()
@@ -257,12 +266,19 @@ pub fn put(args: PutArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&json)?);
     } else {
         println!(
-            "stored {} ({}, {} chunks) as {} cop{} in {:.2} s:",
+            "stored {} ({}, {} chunks) as {} in {:.2} s:",
             args.file.display(),
             format_bytes(json.file_bytes),
             json.chunks,
-            json.deals.len(),
-            if json.deals.len() == 1 { "y" } else { "ies" },
+            match job.erasure {
+                Some(s) => format!(
+                    "erasure {s} shares on {} hosts (any {} rebuild it)",
+                    json.deals.len(),
+                    s.k()
+                ),
+                None if json.deals.len() == 1 => "1 copy".to_owned(),
+                None => format!("{} copies", json.deals.len()),
+            },
             started.elapsed().as_secs_f64()
         );
         for d in &json.deals {

@@ -267,6 +267,7 @@ async fn deliver(
         exchange: None,
         download_fee: 0,
         insurance: None,
+        erasure: None,
     };
     let quiet: net::deal::Report = Arc::new(|_: &str| {});
     let done = net::deal::store(&job, Arc::new(|_, _| {}), quiet).await?;

@@ -222,6 +222,13 @@ pub struct PutArgs {
     /// Copies wanted through --exchange, each on another host.
     #[arg(long, default_value_t = 1, requires = "find", value_parser = clap::value_parser!(u8).range(1..=16))]
     pub(crate) copies: u8,
+    /// Instead of full copies: erasure shares K/N (e.g. 4/6). Each chunk's ciphertext
+    /// becomes N shares, one on each of N distinct hosts (N --host, or N matched through
+    /// --exchange/--index), of which any K rebuild it: each host stores and is paid for
+    /// about 1/K of the file, and the file survives the loss of N-K hosts. `mspace get`
+    /// rebuilds from whichever hosts answer.
+    #[arg(long, requires = "market", conflicts_with = "copies")]
+    pub(crate) erasure: Option<proto::erasure::Scheme>,
     /// The most to pay, MASPC per GiB per day: a dearer offer is refused [default: any
     /// price with --host, 1000 with --exchange].
     #[arg(long)]

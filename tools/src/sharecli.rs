@@ -108,6 +108,14 @@ pub fn share(a: ShareArgs) -> Result<()> {
             record.manifest_id
         );
     };
+    if let Some(scheme) = &record.erasure {
+        bail!(
+            "{} is stored as erasure shares ({scheme}): a receiver would have to buy a download \
+             from K hosts, which `mspace share` does not do yet; share a file stored as full \
+             copies",
+            record.manifest_id
+        );
+    }
     let key: proto::ShareKey = key_text.parse().context("the record's share key")?;
     let mut copies = Vec::new();
     for c in &record.copies {

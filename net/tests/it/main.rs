@@ -1215,6 +1215,121 @@ async fn cutting_relay(host: SocketAddr, limit: usize) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
+    let hosts = [
+        start_host(Limits::default()).await,
+        start_host(Limits::default()).await,
+        start_host(Limits::default()).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = 30usize;
+    // The last chunk short, so a share's padding is exercised.
+    let file = random_file(dir.path(), "shares.bin", chunks * CHUNK as usize - 1000, 12);
+    let scheme: proto::erasure::Scheme = "2/3".parse().unwrap();
+    let plan = plan_deal(
+        &file,
+        b"correct horse",
+        CHUNK,
+        KDF,
+        2,
+        &|_, _| {},
+        None,
+        Some(scheme),
+    )
+    .unwrap();
+    let all = 0..plan.chunks.len() + 1;
+    for (i, h) in hosts.iter().enumerate() {
+        let up = h.link(
+            Grant::Upload {
+                bytes_max: 64 << 20,
+            },
+            None,
+            600,
+        );
+        let mut job = put_job(&file, &up, &[], &dir.path().join(format!("j{i}")));
+        job.preset = Some(Preset {
+            plan: plan.clone(),
+            entries: all.clone(),
+            share: Some(u8::try_from(i).unwrap()),
+        });
+        put_file(&job, quiet()).await.unwrap();
+        // Its share of every chunk and the manifest; about half the sealed file.
+        let stats = h.host.engine().stats().unwrap();
+        assert_eq!(stats.chunks, chunks as u64 + 1);
+        let sealed: u64 = plan.chunks.iter().map(|c| u64::from(c.sealed_bytes)).sum();
+        let payload: u64 = plan
+            .stored_by(Some(u8::try_from(i).unwrap()))
+            .iter()
+            .map(|c| u64::from(c.sealed_bytes))
+            .sum();
+        assert!(
+            payload < sealed / 2 + sealed / 50,
+            "host {i} stores {payload} of {sealed} sealed bytes"
+        );
+    }
+    let manifest = plan.manifest.id;
+    let original = std::fs::read(&file).unwrap();
+    let download = |h: &TestHost| h.link(Grant::Download { manifest }, None, 600);
+    let get = |links: Vec<Link>, name: &str| {
+        let mut job = get_job(&links[0], &[], pass(), &dir.path().join(name));
+        job.links = links;
+        job
+    };
+
+    // All three: rebuilt from data shares, byte-identical.
+    let job = get(hosts.iter().map(download).collect(), "all.out");
+    let got = get_file(&job, quiet()).await.unwrap();
+    assert_eq!(std::fs::read(&job.out).unwrap(), original);
+    let served: u64 = got.served.iter().map(|s| s.1).sum();
+    assert!(
+        served >= 2 * chunks as u64,
+        "two shares a chunk at least: {:?}",
+        got.served
+    );
+    assert!(got.lost.is_empty(), "{:?}", got.lost);
+
+    // Any two, so every pair of shares: the recovery share rebuilds a data share.
+    for pair in [[0, 1], [0, 2], [1, 2]] {
+        let job = get(
+            pair.iter().map(|&i| download(&hosts[i])).collect(),
+            &format!("pair{}{}.out", pair[0], pair[1]),
+        );
+        get_file(&job, quiet()).await.unwrap();
+        assert_eq!(std::fs::read(&job.out).unwrap(), original, "{pair:?}");
+    }
+
+    // Host 0 reached through a relay that cuts it off after a few shares: the others go on.
+    let relay = cutting_relay(hosts[0].addr, 200_000).await;
+    let cut = Link::sign(
+        &hosts[0].key,
+        &relay.to_string(),
+        Grant::Download { manifest },
+        None,
+        now() + 600,
+        rand_id(),
+    )
+    .unwrap();
+    let job = get(
+        vec![cut, download(&hosts[1]), download(&hosts[2])],
+        "cut.out",
+    );
+    let got = get_file(&job, quiet()).await.unwrap();
+    assert_eq!(std::fs::read(&job.out).unwrap(), original);
+    assert_eq!(got.lost.len(), 1, "{:?}", got.lost);
+    assert!(
+        got.lost[0].starts_with(&relay.to_string()),
+        "{:?}",
+        got.lost
+    );
+
+    // One host alone cannot rebuild anything; nothing is written.
+    let job = get(vec![download(&hosts[2])], "one.out");
+    let e = get_file(&job, quiet()).await.unwrap_err().to_string();
+    assert!(e.contains("of the 2 erasure shares"), "{e}");
+    assert!(!job.out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
     let (a, b) = (
         start_host(Limits::default()).await,
@@ -1223,7 +1338,17 @@ async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
     let dir = tempfile::tempdir().unwrap();
     let file = random_file(dir.path(), "two.bin", 100 * CHUNK as usize, 11);
     // The same sealed file on both hosts, as a deal's copies are: one plan, uploaded twice.
-    let plan = plan_deal(&file, b"correct horse", CHUNK, KDF, 2, &|_, _| {}, None).unwrap();
+    let plan = plan_deal(
+        &file,
+        b"correct horse",
+        CHUNK,
+        KDF,
+        2,
+        &|_, _| {},
+        None,
+        None,
+    )
+    .unwrap();
     let all = 0..plan.chunks.len() + 1;
     for (h, journal) in [(&a, "ja"), (&b, "jb")] {
         let up = h.link(
@@ -1237,6 +1362,7 @@ async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
         job.preset = Some(Preset {
             plan: plan.clone(),
             entries: all.clone(),
+            share: None,
         });
         put_file(&job, quiet()).await.unwrap();
     }

@@ -874,6 +874,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         exchange: None,
         download_fee: 0,
         insurance: None,
+        erasure: None,
     };
     let plan = net::client::plan_deal(
         &file,
@@ -883,6 +884,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         1,
         &|_, _| {},
         None,
+        None,
     )
     .unwrap();
     let mut entries = plan.entries();
@@ -891,6 +893,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
     let preset = net::client::Preset {
         plan,
         entries: 0..entries.len(),
+        share: None,
     };
     let said = Arc::new(Mutex::new(Vec::<String>::new()));
     let log = Arc::clone(&said);
@@ -1050,6 +1053,36 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     assert_eq!(
         picked(dry.stdout.as_str()),
         vec![(cheapest[0].clone(), 10), (cheapest[1].clone(), 20)]
+    );
+    // Erasure shares 2/3 ask the exchange for three distinct hosts, each for half the file
+    // (from another funded key: this exchange bans a key after two requests with no deal).
+    let (asker, _) = funded_receiver(dir.path(), "asker", &m0, &client, 10);
+    let dry = mspace(
+        &[
+            "put",
+            file.to_str().unwrap(),
+            "--index",
+            &ix,
+            "--erasure",
+            "2/3",
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &asker,
+            "--dry-run",
+        ],
+        &[("MSPACE_STATE_DIR", state.as_str())],
+    );
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("3 host(s) matched for erasure 2/3 shares, one per host, of 164.55 KiB"),
+        "{}",
+        dry.stdout
     );
     assert_eq!(
         json(&["deals", "--key", &client, "--chain", &m0, "--json"]),
@@ -1236,10 +1269,11 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
     assert_eq!(st["refused"]["outside the profile"], 1, "{st}");
     assert_eq!(st["refused"]["no account"], 1, "{st}");
     assert_eq!(st["refused"]["banned"], 2, "{st}");
-    assert_eq!(st["requests_matched"], 6, "{st}");
+    // Six from the client, one from the erasure asker.
+    assert_eq!(st["requests_matched"], 7, "{st}");
     let m = super::net::check_metrics("exchange", &ex_metrics);
     assert!(
-        m.contains("mspace_exchange_requests_matched_total 6\n"),
+        m.contains("mspace_exchange_requests_matched_total 7\n"),
         "{m}"
     );
     assert!(
@@ -2693,4 +2727,131 @@ fn a_gateway_matches_each_objects_hosts_through_an_index() {
         assert_eq!(on, if price == 30 { 0 } else { 2 }, "{deals:?}");
     }
     assert!(gw.check("deal-get").contains("3 checks, 0 differ from S3"));
+}
+
+#[test]
+fn erasure_shares_on_three_hosts_are_paid_proven_and_the_file_comes_back_from_any_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 15, 3, &[]);
+    let (file, bytes, pass, state) = client_files(dir.path(), "shares", 300_000);
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let mut args = vec!["put".to_owned(), s(&file), "--erasure".into(), "2/3".into()];
+    for h in &hosts {
+        args.extend(["--host".to_owned(), h.control.clone()]);
+    }
+    args.extend(
+        [
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--period-blocks",
+            &blocks,
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &client,
+            "--passphrase-file",
+            &s(&pass),
+            "--json",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let put = mspace(&args, &env);
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let out: serde_json::Value = serde_json::from_str(&put.stdout).unwrap();
+    assert_eq!(out["erasure"], "2/3", "{out}");
+    assert_eq!(out["chunks"], 5);
+    let deals: Vec<String> = out["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deal"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(deals.len(), 3, "{out}");
+    // Each host is paid for one share of each chunk and the manifest: about half the
+    // sealed file (2/3: each share is half a chunk).
+    let sealed = 300_000 + 5 * 16;
+    for (d, h) in deals.iter().zip(&hosts) {
+        let v = deal(&m0, d);
+        assert_eq!(v["host"], h.key.as_str());
+        assert_eq!(v["state"], "active", "{v}");
+        assert_eq!(v["chunks"], 6, "five shares and the manifest");
+        let paid_for = v["bytes"].as_u64().unwrap();
+        assert!(
+            paid_for > sealed / 2 && paid_for < sealed / 2 + 8_000,
+            "deal {d} covers {paid_for} bytes of a {sealed}-byte sealed file"
+        );
+    }
+
+    // Selling downloads needs a full copy per receiver's host: refused, saying why.
+    let manifest = out["manifest_id"].as_str().unwrap();
+    let shared = mspace(&["share", manifest, "--chain", &m0], &env);
+    assert_ne!(shared.code, 0);
+    assert!(
+        shared.stderr.contains("stored as erasure shares (2/3)"),
+        "{}",
+        shared.stderr
+    );
+
+    // The hosts prove their shares like any chunks.
+    for d in &deals {
+        let v = wait_deal(&m0, d, "proved a period", |v| {
+            v["proven"].as_u64() >= Some(1)
+        });
+        assert_eq!(v["missed"], 0, "{v}");
+    }
+
+    // One host killed: the file comes back from the two others, by the deals and by the
+    // record's emergency links alike.
+    drop(hosts[2].proc.take());
+    let get = |how: &[&str], name: &str| {
+        let back = dir.path().join(name);
+        let mut a = vec!["get"];
+        a.extend_from_slice(how);
+        let back_s = s(&back);
+        let pass_s = s(&pass);
+        a.extend_from_slice(&[
+            "--out",
+            &back_s,
+            "--key",
+            &client,
+            "--passphrase-file",
+            &pass_s,
+            "--json",
+        ]);
+        (mspace(&a, &env), back)
+    };
+    let controls: Vec<String> = hosts.iter().map(|h| h.control.clone()).collect();
+    let by_deals: Vec<&str> = deals
+        .iter()
+        .zip(&controls)
+        .flat_map(|(d, c)| ["--deal", d.as_str(), "--host", c.as_str()])
+        .collect();
+    let (got, back) = get(&by_deals, "by-deals.bin");
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    let (got, back) = get(&["--file", manifest], "by-record.bin");
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    let g: serde_json::Value = serde_json::from_str(&got.stdout).unwrap();
+    assert_eq!(g["lost"].as_array().unwrap().len(), 1, "{g}");
+
+    // A second host gone: one share of each chunk is not enough, and nothing is written.
+    drop(hosts[1].proc.take());
+    let (got, back) = get(&by_deals, "one-left.bin");
+    assert_ne!(got.code, 0);
+    assert!(
+        got.stderr.contains("of the 2 erasure shares"),
+        "{}",
+        got.stderr
+    );
+    assert!(!back.exists());
 }
