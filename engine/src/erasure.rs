@@ -110,6 +110,8 @@ impl Encoder {
 /// Rebuilds a sealed chunk from its shares: any K distinct ones of the same chunk (more are
 /// allowed; duplicates count once). Every share's header is checked, and the rebuilt chunk
 /// must hash to the id the shares name; the caller still checks it against the manifest.
+/// Given more than K, a corrupt share is outvoted: sets of K (data shares first) are tried
+/// until one hashes to the id, at most [`SUBSETS_TRIED`].
 pub fn rebuild(shares: &[&[u8]]) -> Result<(ChunkId, Vec<u8>), ErasureError> {
     let mut first: Option<ShareHeader> = None;
     let mut by_index: Vec<Option<&[u8]>> = Vec::new();
@@ -153,11 +155,62 @@ pub fn rebuild(shares: &[&[u8]]) -> Result<(ChunkId, Vec<u8>), ErasureError> {
             need: k,
         });
     }
-    let len = h.sealed_bytes as usize;
+    // K of the shares, data shares first; with more than K given and a corrupt one among
+    // them, other sets of K are tried until one hashes to the chunk id.
+    let given: Vec<usize> = (0..n).filter(|&i| by_index[i].is_some()).collect();
+    for pick in subsets(&given, k).take(SUBSETS_TRIED) {
+        let chosen: Vec<Option<&[u8]>> = (0..n)
+            .map(|i| by_index[i].filter(|_| pick.contains(&i)))
+            .collect();
+        let out = from_shares(&chosen, h, k, n)?;
+        if ChunkId::of(&out) == h.chunk {
+            return Ok((h.chunk, out));
+        }
+    }
+    Err(ErasureError::Rebuilt { chunk: h.chunk })
+}
+
+/// Sets of K share indexes [`rebuild`] tries when shares disagree, at most.
+pub const SUBSETS_TRIED: usize = 64;
+
+/// The `k`-element subsets of `items` (sorted), in lexicographic order.
+fn subsets(items: &[usize], k: usize) -> impl Iterator<Item = Vec<usize>> + '_ {
+    let mut at: Option<Vec<usize>> = (k <= items.len()).then(|| (0..k).collect());
+    std::iter::from_fn(move || {
+        let cur = at.clone()?;
+        let out = cur.iter().map(|&i| items[i]).collect();
+        // Next: the rightmost position that can move right, and everything after it.
+        let n = items.len();
+        let mut next = cur;
+        let mut i = k;
+        at = loop {
+            if i == 0 {
+                break None;
+            }
+            i -= 1;
+            if next[i] < n - k + i {
+                next[i] += 1;
+                for j in i + 1..k {
+                    next[j] = next[j - 1] + 1;
+                }
+                break Some(next);
+            }
+        };
+        Some(out)
+    })
+}
+
+/// The chunk from exactly K shares (`chosen`: at most K set), cut to its length.
+fn from_shares(
+    chosen: &[Option<&[u8]>],
+    h: ShareHeader,
+    k: usize,
+    n: usize,
+) -> Result<Vec<u8>, ErasureError> {
     let shard = h.scheme.shard_bytes(h.sealed_bytes) as usize;
     let mut out = Vec::with_capacity(k * shard);
-    if by_index[..k].iter().all(Option::is_some) {
-        for s in by_index[..k].iter().flatten() {
+    if chosen[..k].iter().all(Option::is_some) {
+        for s in chosen[..k].iter().flatten() {
             out.extend_from_slice(s);
         }
     } else {
@@ -169,14 +222,11 @@ pub fn rebuild(shares: &[&[u8]]) -> Result<(ChunkId, Vec<u8>), ErasureError> {
                 }
                 None => kept.insert(ReedSolomonDecoder::new(k, n - k, shard)?),
             };
-            decode_into(rs, &by_index, k, &mut out)
+            decode_into(rs, chosen, k, &mut out)
         })?;
     }
-    out.truncate(len);
-    if ChunkId::of(&out) != h.chunk {
-        return Err(ErasureError::Rebuilt { chunk: h.chunk });
-    }
-    Ok((h.chunk, out))
+    out.truncate(h.sealed_bytes as usize);
+    Ok(out)
 }
 
 thread_local! {
@@ -235,7 +285,7 @@ mod tests {
             (2u8, 3u8, 17usize),
             (4, 6, 1 << 20 | 16),
             (3, 5, 4112),
-            (1, 2, 100),
+            (2, 5, 100),
         ] {
             let scheme = Scheme::new(k, n).unwrap();
             let (id, sealed) = chunk(len);
@@ -260,6 +310,24 @@ mod tests {
                 assert_eq!((got_id, &got), (id, &sealed), "{k}/{n} mask {mask:b}");
             }
         }
+    }
+
+    #[test]
+    fn subsets_come_in_order_and_all_of_them() {
+        let all: Vec<Vec<usize>> = subsets(&[1, 3, 4, 7], 2).collect();
+        assert_eq!(
+            all,
+            vec![
+                vec![1, 3],
+                vec![1, 4],
+                vec![1, 7],
+                vec![3, 4],
+                vec![3, 7],
+                vec![4, 7]
+            ]
+        );
+        assert_eq!(subsets(&[1, 2], 3).count(), 0);
+        assert_eq!(subsets(&[5], 1).collect::<Vec<_>>(), vec![vec![5]]);
     }
 
     #[test]
@@ -300,6 +368,11 @@ mod tests {
             let e = rebuild(&pick).unwrap_err();
             assert!(matches!(e, ErasureError::Rebuilt { .. }), "{e}");
         }
+        // With one share more than K, a corrupt one is outvoted.
+        let mut bad = shares[1].clone();
+        bad[SHARE_HEADER_BYTES + 9] ^= 1;
+        let (got_id, got) = rebuild(&[refs[0], &bad, refs[2], refs[3]]).unwrap();
+        assert_eq!((got_id, got), (id, sealed.clone()));
         // A malformed header.
         let e = rebuild(&[&shares[0][..40]]).unwrap_err();
         assert!(e.to_string().contains("truncated"), "{e}");

@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(&h.encode()[..], &data[..SHARE_HEADER_BYTES]);
         assert_eq!(shard.len(), h.scheme.shard_bytes(h.sealed_bytes) as usize);
     }
+    if let Ok(h) = ShareHeader::head(data) {
+        assert_eq!(&h.encode()[..], data);
+    }
     let Some((&pick, forged)) = data.split_first() else {
         return;
     };

@@ -103,6 +103,21 @@ pub struct DealSection {
     /// The most paid, MASPC per GiB per day: a dearer host's offer is refused.
     #[serde(default)]
     pub max_price_per_gib_day: Option<u64>,
+    /// `K/N`: store erasure shares instead of copies, one share of every chunk on each of N
+    /// hosts (`hosts` lists N, or N are matched: `copies` is then ignored), any K of which
+    /// rebuild the object.
+    #[serde(default)]
+    pub erasure: Option<String>,
+}
+
+impl DealSection {
+    /// The erasure scheme, if any.
+    pub fn scheme(&self) -> Result<Option<proto::erasure::Scheme>, String> {
+        self.erasure
+            .as_deref()
+            .map(|e| e.parse().map_err(|why| format!("[deals] erasure: {why}")))
+            .transpose()
+    }
 }
 
 fn default_copies() -> u8 {
@@ -172,11 +187,18 @@ impl api::config::RoleConfig for GatewayConfig {
                             .into(),
                     );
                 }
-                let copies = if market {
-                    usize::from(d.copies)
-                } else {
-                    d.hosts.len()
+                let scheme = d.scheme()?;
+                let copies = match (market, scheme) {
+                    (true, Some(e)) => usize::from(e.n()),
+                    (true, None) => usize::from(d.copies),
+                    (false, _) => d.hosts.len(),
                 };
+                if let Some(e) = scheme.filter(|e| usize::from(e.n()) != copies) {
+                    return Err(format!(
+                        "[deals] erasure {e} puts one share on each of {} hosts; hosts lists {copies}",
+                        e.n()
+                    ));
+                }
                 if copies == 0 || copies > crate::record::COPIES_MAX {
                     return Err(format!(
                         "[deals]: 1 to {} hosts or copies",
@@ -268,6 +290,7 @@ token = "{token}"
         index: &[String],
         copies: u8,
         days: u32,
+        erasure: Option<proto::erasure::Scheme>,
     ) -> String {
         let list = |v: &[String]| {
             v.iter()
@@ -300,8 +323,15 @@ chain = [{}]
 days = {days}
 # period_blocks = 1000
 # max_price_per_gib_day = 100
+# Erasure shares K/N instead of copies: each chunk coded into N shares, one on each of N
+# hosts (hosts lists N, or N are matched), any K of which rebuild the object.
+{erasure}
 "#,
             list(chain),
+            erasure = match erasure {
+                Some(e) => format!("erasure = \"{e}\""),
+                None => "# erasure = \"2/3\"".to_owned(),
+            },
         )
     }
 }
@@ -329,14 +359,44 @@ mod tests {
             &[],
             1,
             30,
+            None,
         ));
         assert_eq!(fixed.check(), Ok(()));
+        // Erasure shares: as many fixed hosts as shares, else refused.
+        let three = ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"].map(String::from);
+        let scheme = Some("2/3".parse().unwrap());
+        let shares = parsed(&GatewayConfig::deals_table(
+            &chain,
+            &three,
+            &[],
+            1,
+            30,
+            scheme,
+        ));
+        assert_eq!(shares.check(), Ok(()));
+        assert_eq!(shares.deals.as_ref().unwrap().scheme(), Ok(scheme));
+        let short = parsed(&GatewayConfig::deals_table(
+            &chain,
+            &three[..2],
+            &[],
+            1,
+            30,
+            scheme,
+        ));
+        assert!(short
+            .check()
+            .unwrap_err()
+            .contains("one share on each of 3 hosts"));
+        let mut bad = shares.clone();
+        bad.deals.as_mut().unwrap().erasure = Some("3/3".into());
+        assert!(bad.check().unwrap_err().contains("[deals] erasure: "));
         let market = parsed(&GatewayConfig::deals_table(
             &chain,
             &[],
             &["127.0.0.1:3".into()],
             2,
             30,
+            None,
         ));
         assert_eq!(market.check(), Ok(()));
         let d = market.deals.clone().unwrap();

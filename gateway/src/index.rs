@@ -1282,6 +1282,7 @@ mod tests {
                     deal: None,
                 }],
                 share_key: "mss1-x".into(),
+                erasure: None,
             }),
             ..rec("e")
         };

@@ -181,6 +181,7 @@ impl Gateway {
                 days: d.days,
                 period_blocks: d.period_blocks,
                 max_price_per_gib_day: d.max_price_per_gib_day,
+                erasure: d.scheme().map_err(GatewayError::Setup)?,
             }),
             (None, None) => {
                 return Err(GatewayError::Setup(

@@ -42,6 +42,8 @@ pub enum RecordError {
     Copies(usize),
     #[error("an expiry of {0} days does not fit")]
     Expiry(u64),
+    #[error("the record's erasure scheme: {0}")]
+    Erasure(String),
 }
 
 /// One copy of an object's sealed file: on which host, and under which deal.
@@ -67,6 +69,9 @@ pub struct Stored {
     /// The file's share key (`mss1-...`): it opens the sealed file. It never leaves this
     /// machine.
     pub share_key: String,
+    /// With deals only: the copies hold erasure shares of this scheme (copy `i` holds share
+    /// `i` of every chunk; N is the number of copies), not full copies.
+    pub erasure: Option<proto::erasure::Scheme>,
 }
 
 /// An object as listed and served.
@@ -134,8 +139,10 @@ const FLAG_SEQ: u8 = 4;
 const FLAG_NULL_VERSION: u8 = 8;
 /// A delete marker (never with [`FLAG_STORED`]).
 const FLAG_DELETE_MARKER: u8 = 16;
+/// Set with [`FLAG_DEALS`] when the copies hold erasure shares: K follows the copy count.
+const FLAG_ERASURE: u8 = 32;
 const FLAGS_KNOWN: u8 =
-    FLAG_STORED | FLAG_DEALS | FLAG_SEQ | FLAG_NULL_VERSION | FLAG_DELETE_MARKER;
+    FLAG_STORED | FLAG_DEALS | FLAG_SEQ | FLAG_NULL_VERSION | FLAG_DELETE_MARKER | FLAG_ERASURE;
 /// Copies of one object at most (one per host).
 pub const COPIES_MAX: usize = 16;
 
@@ -264,6 +271,14 @@ impl ObjectRecord {
         if self.delete_marker {
             flags |= FLAG_DELETE_MARKER;
         }
+        let erasure = self
+            .stored
+            .as_ref()
+            .and_then(|s| s.erasure)
+            .filter(|_| deals);
+        if erasure.is_some() {
+            flags |= FLAG_ERASURE;
+        }
         w.u8(flags);
         if self.seq != 0 {
             w.u64(self.seq);
@@ -278,6 +293,9 @@ impl ObjectRecord {
             w.0.extend_from_slice(&s.manifest);
             if deals {
                 w.u8(u8::try_from(s.copies.len()).unwrap_or(u8::MAX));
+                if let Some(e) = erasure {
+                    w.u8(e.k());
+                }
                 for c in &s.copies {
                     w.0.extend_from_slice(&c.host_key);
                     w.0.extend_from_slice(&c.deal.unwrap_or_default());
@@ -300,6 +318,7 @@ impl ObjectRecord {
         if flags & !FLAGS_KNOWN != 0
             || stored_bits == FLAG_DEALS
             || (flags & FLAG_DELETE_MARKER != 0 && stored_bits != 0)
+            || (flags & FLAG_ERASURE != 0 && flags & FLAG_DEALS == 0)
         {
             return Err(RecordError::Flags(flags));
         }
@@ -317,12 +336,22 @@ impl ObjectRecord {
         let etag = r.str16("etag", ETAG_MAX)?;
         let content_type = r.str16("content type", CONTENT_TYPE_MAX)?;
         let metadata = r.metadata()?;
+        let mut erasure = None;
         let stored = if flags & FLAG_STORED != 0 {
             let manifest = r.arr("manifest id")?;
             let copies = if flags & FLAG_DEALS != 0 {
                 let n = usize::from(r.u8("copy count")?);
                 if n == 0 || n > COPIES_MAX {
                     return Err(RecordError::Copies(n));
+                }
+                if flags & FLAG_ERASURE != 0 {
+                    let k = r.u8("erasure k")?;
+                    let scheme = u8::try_from(n)
+                        .map_err(|_| RecordError::Copies(n))
+                        .and_then(|n| {
+                            proto::erasure::Scheme::new(k, n).map_err(RecordError::Erasure)
+                        })?;
+                    erasure = Some(scheme);
                 }
                 let mut copies = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -346,6 +375,7 @@ impl ObjectRecord {
                 manifest,
                 copies,
                 share_key: r.str16("share key", SHARE_MAX)?,
+                erasure,
             })
         } else {
             None
@@ -541,6 +571,7 @@ mod tests {
                     deal: None,
                 }],
                 share_key: "msk1-abc".into(),
+                erasure: None,
             }),
             seq: 0,
             null_version: false,
@@ -575,6 +606,28 @@ mod tests {
         assert_eq!(
             ObjectRecord::decode(&flags),
             Err(RecordError::Flags(FLAG_DEALS))
+        );
+        // Erasure shares 2/3 on three deals' hosts: K follows the copy count.
+        let mut shares = dealt.clone();
+        if let Some(s) = &mut shares.stored {
+            s.copies.push(copy(3));
+            s.erasure = Some("2/3".parse().unwrap());
+        }
+        let bytes = shares.encode();
+        assert_eq!(bytes[1], FLAG_STORED | FLAG_DEALS | FLAG_ERASURE);
+        assert_eq!((bytes[at], bytes[at + 1]), (3, 2));
+        assert_eq!(ObjectRecord::decode(&bytes), Ok(shares.clone()));
+        let mut bad_k = bytes.clone();
+        bad_k[at + 1] = 3;
+        assert!(matches!(
+            ObjectRecord::decode(&bad_k),
+            Err(RecordError::Erasure(_))
+        ));
+        let mut no_deals = bytes;
+        no_deals[1] = FLAG_STORED | FLAG_ERASURE;
+        assert_eq!(
+            ObjectRecord::decode(&no_deals),
+            Err(RecordError::Flags(FLAG_STORED | FLAG_ERASURE))
         );
         let empty = ObjectRecord {
             stored: None,

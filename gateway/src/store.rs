@@ -17,6 +17,7 @@ use engine::codec::FileCipher;
 use engine::sealed_dir::{open_envelope, Unlock};
 use net::client::{put_file, Conn, PutJob};
 use net::wire::{Reply, Request};
+use proto::erasure::Scheme;
 use proto::link::Link;
 use proto::{ChunkEntry, ChunkId, KdfParams, ShareKey};
 use rand_core::RngCore;
@@ -46,6 +47,8 @@ pub enum StoreError {
     Deal(String),
     #[error("finding hosts through the market: {0}")]
     Market(String),
+    #[error("reading erasure shares: {0}")]
+    Shares(String),
 }
 
 /// How objects reach hosts.
@@ -69,6 +72,9 @@ pub struct DealTerms {
     /// Blocks of storage instead of days (devnets with short periods).
     pub period_blocks: Option<u64>,
     pub max_price_per_gib_day: Option<u64>,
+    /// Erasure shares instead of copies: N hosts (fixed, or matched), share `i` of every
+    /// chunk on host `i`, any K of which rebuild the object.
+    pub erasure: Option<proto::erasure::Scheme>,
 }
 
 /// Where the market is asked, and for what.
@@ -218,6 +224,7 @@ impl HostStore {
                 deal: None,
             }],
             share_key: done.share_key.to_string(),
+            erasure: None,
         })
     }
 
@@ -251,13 +258,13 @@ impl HostStore {
             exchange: None,
             download_fee: 0,
             insurance: None,
-            erasure: None,
+            erasure: terms.erasure,
         };
         let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
         if let Some(m) = &terms.market {
             let ask = net::deal::MarketAsk {
                 exchanges: m.exchanges.clone(),
-                copies: m.copies,
+                copies: terms.erasure.map_or(m.copies, |e| e.n()),
                 max_price_per_gib_day: terms
                     .max_price_per_gib_day
                     .unwrap_or(MARKET_MAX_PRICE_DEFAULT),
@@ -295,6 +302,7 @@ impl HostStore {
                 })
                 .collect(),
             share_key: done.share_key.to_string(),
+            erasure: job.erasure,
         })
     }
 
@@ -329,27 +337,35 @@ impl HostStore {
         Ok(Some(removed))
     }
 
-    /// A download link for `stored` from the first copy's host that gives one.
-    async fn download_link(&self, stored: &Stored) -> Result<Link, StoreError> {
+    /// A download link for `copy` of `stored`, signed by that copy's host.
+    async fn link_of(&self, stored: &Stored, copy: &Replica) -> Result<Link, StoreError> {
         let token = match &self.placement {
             Placement::Links { token, .. } => token.as_str(),
             Placement::Deals(_) => "",
         };
+        let link = host_link(
+            &copy.host,
+            token,
+            &self.key,
+            api::LinkGrant::Download {
+                manifest: stored.manifest,
+            },
+            copy.deal,
+        )
+        .await?;
+        if link.host_key == copy.host_key {
+            Ok(link)
+        } else {
+            Err(StoreError::OtherHost)
+        }
+    }
+
+    /// A download link for `stored` from the first copy's host that gives one.
+    async fn download_link(&self, stored: &Stored) -> Result<Link, StoreError> {
         let mut last = StoreError::OtherHost;
         for c in &stored.copies {
-            match host_link(
-                &c.host,
-                token,
-                &self.key,
-                api::LinkGrant::Download {
-                    manifest: stored.manifest,
-                },
-                c.deal,
-            )
-            .await
-            {
-                Ok(link) if link.host_key == c.host_key => return Ok(link),
-                Ok(_) => last = StoreError::OtherHost,
+            match self.link_of(stored, c).await {
+                Ok(link) => return Ok(link),
                 Err(e) => last = e,
             }
         }
@@ -359,63 +375,186 @@ impl HostStore {
     /// Bytes `range` of a stored object, as a stream of verified plaintext: only the
     /// chunks that cover the range are fetched, a few at a time (at most
     /// [`READ_AHEAD_BYTES`] of sealed chunks in flight), each checked against its BLAKE3 id
-    /// and decrypted before any of it is given out. Nothing touches the disk here.
+    /// and decrypted before any of it is given out. Nothing touches the disk here. An
+    /// object stored as erasure shares is read from K of its hosts at once, each chunk
+    /// rebuilt from their shares ([`read_shares`](Self::read_shares)).
     pub async fn read(&self, stored: &Stored, range: Range<u64>) -> Result<Reading, StoreError> {
+        if let Some(scheme) = stored.erasure {
+            return self.read_shares(stored, scheme, range).await;
+        }
         let link = self.download_link(stored).await?;
-        let transfer = |reason: String| StoreError::Transfer {
-            addr: link.addr.clone(),
-            reason,
-        };
-        let share: ShareKey = stored
-            .share_key
-            .parse()
-            .map_err(|e| transfer(format!("the index's share key does not parse: {e}")))?;
-        let manifest_id = ChunkId(stored.manifest);
         let mut conn = Conn::open(&link, &[], &self.key, 0)
             .await
-            .map_err(|e| transfer(e.to_string()))?;
-        let envelope = match conn.call(Request::GetObject).await {
-            Ok(Reply::Data(env)) if ChunkId::of(&env) == manifest_id => env,
-            Ok(Reply::Data(_)) => {
-                return Err(transfer(
-                    "it sent a manifest that is not the stored one".into(),
-                ))
-            }
-            Ok(_) => return Err(transfer("it answered the manifest request oddly".into())),
-            Err(e) => return Err(transfer(e.to_string())),
-        };
-        let (manifest, cipher) = open_envelope(&envelope, manifest_id, Unlock::ShareKey(&share))
-            .map_err(|e| transfer(format!("the manifest does not open: {e}")))?;
-        let cb = u64::from(manifest.chunk_bytes);
-        if range.end > manifest.file_bytes || range.start >= range.end || cb == 0 {
-            return Err(transfer(format!(
-                "bytes {range:?} are not within the sealed file's {}",
-                manifest.file_bytes
-            )));
-        }
-        let first = usize::try_from(range.start / cb).unwrap_or(usize::MAX);
-        let end = usize::try_from((range.end - 1) / cb + 1).unwrap_or(usize::MAX);
-        if end > manifest.chunks.len() {
-            return Err(transfer(
-                "the manifest lists fewer chunks than its size needs".into(),
-            ));
-        }
+            .map_err(|e| transfer(&link.addr, e.to_string()))?;
+        let (manifest, cipher) = manifest_of(&mut conn, stored, &link.addr).await?;
+        let (first, end) = chunks_of(&manifest, &range).map_err(|e| transfer(&link.addr, e))?;
         let window = conn.inflight_bytes_max.clamp(1, READ_AHEAD_BYTES);
-        Ok(Reading {
+        let source = Source::Copy {
             conn,
-            cipher,
-            chunks: manifest.chunks,
-            chunk_bytes: cb,
             next_ask: first,
-            next_give: first,
-            end,
             asked: VecDeque::new(),
             in_flight: 0,
             window,
+        };
+        Ok(Reading::new(
+            source,
+            manifest,
+            cipher,
+            first..end,
             range,
-            addr: link.addr,
-        })
+            link.addr,
+        ))
     }
+
+    /// [`read`](Self::read) of an object stored as erasure shares: a connection to every
+    /// copy's host that answers, each host's share list (`GetObjectChunks`), then per chunk
+    /// K shares asked of K hosts at once, a host that fails left for the next.
+    async fn read_shares(
+        &self,
+        stored: &Stored,
+        scheme: Scheme,
+        range: Range<u64>,
+    ) -> Result<Reading, StoreError> {
+        let mut hosts = Vec::new();
+        let mut why = Vec::new();
+        for c in &stored.copies {
+            let opened = async {
+                let link = self.link_of(stored, c).await?;
+                let conn = Conn::open(&link, &[], &self.key, 0)
+                    .await
+                    .map_err(|e| transfer(&link.addr, e.to_string()))?;
+                Ok::<_, StoreError>((link.addr, conn))
+            };
+            match opened.await {
+                Ok(h) => hosts.push(h),
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        if hosts.len() < usize::from(scheme.k()) {
+            return Err(StoreError::Shares(format!(
+                "{} of the {} hosts holding erasure {scheme} shares answer, {} needed: {}",
+                hosts.len(),
+                stored.copies.len(),
+                scheme.k(),
+                why.join("; ")
+            )));
+        }
+        // The manifest from the first host that sends it.
+        let mut opened = None;
+        for (addr, conn) in &mut hosts {
+            match manifest_of(conn, stored, addr).await {
+                Ok(m) => {
+                    opened = Some(m);
+                    break;
+                }
+                Err(e) => why.push(e.to_string()),
+            }
+        }
+        let Some((manifest, cipher)) = opened else {
+            return Err(StoreError::Shares(format!(
+                "no host sends the manifest: {}",
+                why.join("; ")
+            )));
+        };
+        let mut with_ids = Vec::new();
+        for (addr, mut conn) in hosts {
+            let ids = match conn.call(Request::GetObjectChunks).await {
+                Ok(Reply::Data(b)) => {
+                    net::wire::decode_object_chunks(&b).map_err(|e| e.to_string())
+                }
+                Ok(_) => Err("it answered the chunk list request oddly".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            match ids {
+                Ok(ids) if ids.len() == manifest.chunks.len() => with_ids.push(ShareHost {
+                    addr,
+                    conn: Some(conn),
+                    ids,
+                }),
+                Ok(ids) => why.push(format!(
+                    "{addr}: it lists {} pieces of {} chunks",
+                    ids.len(),
+                    manifest.chunks.len()
+                )),
+                Err(e) => why.push(format!("{addr}: {e}")),
+            }
+        }
+        let (first, end) = chunks_of(&manifest, &range).map_err(StoreError::Shares)?;
+        let addr = with_ids
+            .iter()
+            .map(|h| h.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let source = Source::Shares {
+            hosts: with_ids,
+            scheme,
+        };
+        Ok(Reading::new(
+            source,
+            manifest,
+            cipher,
+            first..end,
+            range,
+            addr,
+        ))
+    }
+}
+
+fn transfer(addr: &str, reason: String) -> StoreError {
+    StoreError::Transfer {
+        addr: addr.to_owned(),
+        reason,
+    }
+}
+
+/// The manifest of `stored` from the host at the other end of `conn`, opened with the
+/// object's share key.
+async fn manifest_of(
+    conn: &mut Conn,
+    stored: &Stored,
+    addr: &str,
+) -> Result<(proto::Manifest, Arc<FileCipher>), StoreError> {
+    let share: ShareKey = stored
+        .share_key
+        .parse()
+        .map_err(|e| transfer(addr, format!("the index's share key does not parse: {e}")))?;
+    let manifest_id = ChunkId(stored.manifest);
+    let envelope = match conn.call(Request::GetObject).await {
+        Ok(Reply::Data(env)) if ChunkId::of(&env) == manifest_id => env,
+        Ok(Reply::Data(_)) => {
+            return Err(transfer(
+                addr,
+                "it sent a manifest that is not the stored one".into(),
+            ))
+        }
+        Ok(_) => {
+            return Err(transfer(
+                addr,
+                "it answered the manifest request oddly".into(),
+            ))
+        }
+        Err(e) => return Err(transfer(addr, e.to_string())),
+    };
+    let (manifest, cipher) = open_envelope(&envelope, manifest_id, Unlock::ShareKey(&share))
+        .map_err(|e| transfer(addr, format!("the manifest does not open: {e}")))?;
+    Ok((manifest, cipher))
+}
+
+/// The chunks `[first, end)` that hold bytes `range` of the file `manifest` describes.
+fn chunks_of(manifest: &proto::Manifest, range: &Range<u64>) -> Result<(usize, usize), String> {
+    let cb = u64::from(manifest.chunk_bytes);
+    if range.end > manifest.file_bytes || range.start >= range.end || cb == 0 {
+        return Err(format!(
+            "bytes {range:?} are not within the sealed file's {}",
+            manifest.file_bytes
+        ));
+    }
+    let first = usize::try_from(range.start / cb).unwrap_or(usize::MAX);
+    let end = usize::try_from((range.end - 1) / cb + 1).unwrap_or(usize::MAX);
+    if end > manifest.chunks.len() {
+        return Err("the manifest lists fewer chunks than its size needs".into());
+    }
+    Ok((first, end))
 }
 
 /// Sealed bytes a read keeps asked for ahead of what it has given out.
@@ -423,18 +562,41 @@ pub const READ_AHEAD_BYTES: u64 = 32 << 20;
 
 /// A read in progress (see [`HostStore::read`]).
 pub struct Reading {
-    conn: Conn,
+    source: Source,
     cipher: Arc<FileCipher>,
     chunks: Vec<ChunkEntry>,
     chunk_bytes: u64,
-    next_ask: usize,
     next_give: usize,
     end: usize,
-    asked: VecDeque<(u32, u64)>,
-    in_flight: u64,
-    window: u64,
     range: Range<u64>,
+    /// The host (or hosts) read from, for errors.
     addr: String,
+}
+
+/// Where a read's chunks come from.
+enum Source {
+    /// One host's full copy, requests pipelined within `window` bytes.
+    Copy {
+        conn: Conn,
+        next_ask: usize,
+        asked: VecDeque<(u32, u64)>,
+        in_flight: u64,
+        window: u64,
+    },
+    /// Erasure shares on several hosts, in share order (data shares first).
+    Shares {
+        hosts: Vec<ShareHost>,
+        scheme: Scheme,
+    },
+}
+
+/// A host holding one erasure share of each chunk.
+struct ShareHost {
+    addr: String,
+    /// `None` once it failed: left out for the rest of the read.
+    conn: Option<Conn>,
+    /// Its share of each chunk, in chunk order.
+    ids: Vec<ChunkId>,
 }
 
 impl std::fmt::Debug for Reading {
@@ -448,6 +610,27 @@ impl std::fmt::Debug for Reading {
 }
 
 impl Reading {
+    /// A read of bytes `range`, which chunks `chunks` of the file `manifest` hold.
+    fn new(
+        source: Source,
+        manifest: proto::Manifest,
+        cipher: Arc<FileCipher>,
+        chunks: Range<usize>,
+        range: Range<u64>,
+        addr: String,
+    ) -> Reading {
+        Reading {
+            source,
+            cipher,
+            chunks: manifest.chunks,
+            chunk_bytes: u64::from(manifest.chunk_bytes),
+            next_give: chunks.start,
+            end: chunks.end,
+            range,
+            addr,
+        }
+    }
+
     /// The next verified piece of the range; `None` at its end.
     pub async fn next(&mut self) -> Option<Result<bytes::Bytes, std::io::Error>> {
         if self.next_give >= self.end {
@@ -462,31 +645,41 @@ impl Reading {
     }
 
     async fn step(&mut self) -> Result<bytes::Bytes, String> {
-        while self.next_ask < self.end {
-            let len = u64::from(self.chunks[self.next_ask].sealed_bytes);
-            if !self.asked.is_empty() && self.in_flight + len > self.window {
-                break;
-            }
-            let id = self
-                .conn
-                .send(&Request::Get {
-                    id: self.chunks[self.next_ask].id,
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            self.asked.push_back((id, len));
-            self.in_flight += len;
-            self.next_ask += 1;
-        }
-        let Some((want, len)) = self.asked.pop_front() else {
-            return Err("nothing asked".into());
-        };
-        self.in_flight -= len;
         let i = self.next_give;
-        let mut buf = match self.conn.reply_to(want).await {
-            Ok(Reply::Data(b)) => b,
-            Ok(_) => return Err(format!("chunk {i}: an unexpected answer")),
-            Err(e) => return Err(format!("chunk {i}: {e}")),
+        let mut buf = match &mut self.source {
+            Source::Copy {
+                conn,
+                next_ask,
+                asked,
+                in_flight,
+                window,
+            } => {
+                while *next_ask < self.end {
+                    let len = u64::from(self.chunks[*next_ask].sealed_bytes);
+                    if !asked.is_empty() && *in_flight + len > *window {
+                        break;
+                    }
+                    let id = conn
+                        .send(&Request::Get {
+                            id: self.chunks[*next_ask].id,
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    asked.push_back((id, len));
+                    *in_flight += len;
+                    *next_ask += 1;
+                }
+                let Some((want, len)) = asked.pop_front() else {
+                    return Err("nothing asked".into());
+                };
+                *in_flight -= len;
+                match conn.reply_to(want).await {
+                    Ok(Reply::Data(b)) => b,
+                    Ok(_) => return Err(format!("chunk {i}: an unexpected answer")),
+                    Err(e) => return Err(format!("chunk {i}: {e}")),
+                }
+            }
+            Source::Shares { hosts, scheme } => rebuilt(hosts, *scheme, i, &self.chunks[i]).await?,
         };
         if ChunkId::of(&buf) != self.chunks[i].id {
             return Err(format!("chunk {i} is not the one sealed (BLAKE3 differs)"));
@@ -506,5 +699,83 @@ impl Reading {
             return Err(format!("chunk {i} is shorter than the manifest says"));
         }
         Ok(bytes::Bytes::from(buf).slice(lo..hi))
+    }
+}
+
+/// Chunk `i` rebuilt from K shares: asked of the first K live hosts at once, then of the
+/// next ones for what is still missing; a host whose connection fails is left out of the
+/// rest of the read, one that lacks the share or sends a wrong one only for this chunk.
+/// Shares that do not rebuild the chunk (a corrupt one that still hashed to its listed id)
+/// are kept and one more is asked for, so the corrupt one is outvoted.
+async fn rebuilt(
+    hosts: &mut [ShareHost],
+    scheme: Scheme,
+    i: usize,
+    chunk: &ChunkEntry,
+) -> Result<Vec<u8>, String> {
+    let mut need = usize::from(scheme.k());
+    let mut shares: std::collections::BTreeMap<u8, Vec<u8>> = Default::default();
+    let mut tried = vec![false; hosts.len()];
+    let mut faults = Vec::new();
+    loop {
+        while shares.len() < need {
+            let pick: Vec<usize> = (0..hosts.len())
+                .filter(|&h| !tried[h] && hosts[h].conn.is_some())
+                .take(need - shares.len())
+                .collect();
+            if pick.is_empty() {
+                return Err(format!(
+                    "chunk {i}: only {} of the {need} erasure shares needed to rebuild it could be had: {}",
+                    shares.len(),
+                    faults.join("; ")
+                ));
+            }
+            let asks = hosts
+                .iter_mut()
+                .enumerate()
+                .filter(|(h, _)| pick.contains(h))
+                .map(|(h, host)| async move {
+                    let id = host.ids[i];
+                    let conn = host.conn.as_mut().expect("picked live hosts");
+                    (h, conn.call(Request::Get { id }).await)
+                });
+            for (h, got) in futures::future::join_all(asks).await {
+                tried[h] = true;
+                match got {
+                    Ok(Reply::Data(bytes)) => {
+                        match net::client::check_share(&bytes, &hosts[h].ids[i], chunk, scheme) {
+                            Ok(index) => {
+                                shares.entry(index).or_insert(bytes);
+                            }
+                            Err(why) => faults.push(format!("{}: {why}", hosts[h].addr)),
+                        }
+                    }
+                    Ok(other) => faults.push(format!("{}: {other:?}", hosts[h].addr)),
+                    Err(net::NetError::Remote { message, .. }) => {
+                        faults.push(format!("{}: {message}", hosts[h].addr));
+                    }
+                    Err(e) => {
+                        faults.push(format!("{}: {e}", hosts[h].addr));
+                        hosts[h].conn = None;
+                    }
+                }
+            }
+        }
+        let (result, back) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = shares.values().map(Vec::as_slice).collect();
+            let r = engine::erasure::rebuild(&refs).map(|(_, chunk)| chunk);
+            (r, shares)
+        })
+        .await
+        .map_err(|e| format!("chunk {i}: {e}"))?;
+        match result {
+            Ok(chunk) => return Ok(chunk),
+            Err(engine::erasure::ErasureError::Rebuilt { .. }) => {
+                faults.push(format!("chunk {i}: {need} shares did not rebuild it"));
+                shares = back;
+                need += 1;
+            }
+            Err(e) => return Err(format!("chunk {i}: {e}")),
+        }
     }
 }

@@ -1399,14 +1399,16 @@ struct ShareFetching {
 }
 
 /// One chunk's shares being gathered.
-#[derive(Default)]
 struct Gather {
     /// Hosts asked (each at most once), answered or not.
     asked: Vec<usize>,
     in_flight: usize,
     /// The distinct shares received, by share index.
     shares: BTreeMap<u8, Vec<u8>>,
-    /// Sent on, rebuilt or as a failure.
+    /// Shares to gather before rebuilding: K, and one more each time the shares gathered
+    /// did not rebuild the chunk (a corrupt share among them is then outvoted).
+    need: usize,
+    /// Being rebuilt, or sent on (rebuilt, or as a failure).
     done: bool,
 }
 
@@ -1415,7 +1417,19 @@ impl ShareFetching {
     /// covered by the shares received or in flight.
     fn wants(&self, j: usize, me: usize) -> bool {
         self.gathering.get(&j).is_none_or(|g| {
-            !g.done && !g.asked.contains(&me) && g.shares.len() + g.in_flight < self.k
+            !g.done && !g.asked.contains(&me) && g.shares.len() + g.in_flight < g.need
+        })
+    }
+
+    /// Chunk `j`'s gathering, started with K shares needed.
+    fn gather(&mut self, j: usize) -> &mut Gather {
+        let k = self.k;
+        self.gathering.entry(j).or_insert_with(|| Gather {
+            asked: Vec::new(),
+            in_flight: 0,
+            shares: BTreeMap::new(),
+            need: k,
+            done: false,
         })
     }
 
@@ -1427,7 +1441,7 @@ impl ShareFetching {
 
     /// Host `me` is asked for its share of chunk `j`.
     fn ask(&mut self, j: usize, me: usize) {
-        let g = self.gathering.entry(j).or_default();
+        let g = self.gather(j);
         g.asked.push(me);
         g.in_flight += 1;
     }
@@ -1438,14 +1452,15 @@ impl ShareFetching {
         let end = (self.delivered + self.lookahead).min(self.total);
         let mut dead = Vec::new();
         for j in self.delivered..end {
-            let g = self.gathering.entry(j).or_default();
+            let alive = self.alive.clone();
+            let g = self.gather(j);
             if g.done {
                 continue;
             }
-            let untried = (0..self.alive.len())
-                .filter(|h| self.alive[*h] && !g.asked.contains(h))
+            let untried = (0..alive.len())
+                .filter(|h| alive[*h] && !g.asked.contains(h))
                 .count();
-            if g.shares.len() + g.in_flight + untried < self.k {
+            if g.shares.len() + g.in_flight + untried < g.need {
                 g.done = true;
                 dead.push((j, g.shares.len()));
             }
@@ -1475,21 +1490,22 @@ fn fail_unfetchable(f: &mut ShareFetching, out: &mpsc::UnboundedSender<Fetched>)
 }
 
 /// What one host stores of one chunk, checked before it counts: its id is the one the host
-/// recorded for that chunk, and its header names that chunk and the scheme of the others.
-fn check_share(
+/// recorded for that chunk, and its header names that chunk, its length and the scheme of
+/// the others. Its share index. (The gateway reads shares with it too.)
+pub fn check_share(
     bytes: &[u8],
     want: &ChunkId,
-    chunk: &ChunkId,
+    chunk: &ChunkEntry,
     scheme: Scheme,
 ) -> Result<u8, String> {
     if ChunkId::of(bytes) != *want {
         return Err("the share sent does not hash to the id the host recorded".into());
     }
     let (h, _) = proto::erasure::ShareHeader::split(bytes).map_err(|e| e.to_string())?;
-    if h.chunk != *chunk || h.scheme != scheme {
+    if h.chunk != chunk.id || h.scheme != scheme || h.sealed_bytes != chunk.sealed_bytes {
         return Err(format!(
-            "the share is of chunk {} in scheme {}, not of chunk {chunk} in {scheme}",
-            h.chunk, h.scheme
+            "the share is of chunk {} ({} bytes) in scheme {}, not of chunk {} ({} bytes) in {scheme}",
+            h.chunk, h.sealed_bytes, h.scheme, chunk.id, chunk.sealed_bytes
         ));
     }
     Ok(h.index)
@@ -1571,15 +1587,26 @@ async fn fetch_shares_from(
             continue;
         };
         let reply = conn.reply_to(want).await;
-        let (bytes, fault) = match reply {
-            Ok(Reply::Data(bytes)) => match check_share(&bytes, &ids[j], &entries[j].id, scheme) {
-                Ok(index) => (Some((index, bytes)), None),
-                Err(why) => (None, Some(why)),
+        let share = match reply {
+            Ok(Reply::Data(bytes)) => match check_share(&bytes, &ids[j], &entries[j], scheme) {
+                Ok(index) => Some((index, bytes)),
+                Err(why) => {
+                    // A host that sends a wrong share is left out of the rest.
+                    outstanding.pop_front();
+                    if let Some(g) = share_fetching(&sh).gathering.get_mut(&j) {
+                        g.in_flight -= 1;
+                    }
+                    failed(
+                        NetError::Protocol(format!("its share of chunk {j}: {why}")),
+                        &outstanding,
+                    );
+                    return None;
+                }
             },
             Err(NetError::Remote {
                 code: crate::ErrorCode::NotFound,
                 ..
-            }) => (None, None),
+            }) => None,
             Ok(other) => {
                 failed(remote(other), &outstanding);
                 return None;
@@ -1592,53 +1619,77 @@ async fn fetch_shares_from(
         outstanding.pop_front();
         in_flight -= share_len(j);
         let mut f = share_fetching(&sh);
-        if let Some(why) = fault {
-            f.failures.push((
-                me,
-                NetError::Protocol(format!("its share of chunk {j}: {why}")),
-            ));
-        }
-        let k = f.k;
-        if bytes.is_some() {
+        if share.is_some() {
             f.served[me] += 1;
         }
-        let complete = match (f.gathering.get_mut(&j), bytes) {
-            (Some(g), Some((index, bytes))) => {
+        let complete = match f.gathering.get_mut(&j) {
+            Some(g) => {
                 g.in_flight -= 1;
-                g.shares.entry(index).or_insert(bytes);
-                if !g.done && g.shares.len() >= k {
+                if let Some((index, bytes)) = share {
+                    g.shares.entry(index).or_insert(bytes);
+                }
+                if !g.done && g.shares.len() >= g.need {
                     g.done = true;
                     Some(std::mem::take(&mut g.shares))
                 } else {
                     None
                 }
             }
-            (Some(g), None) => {
-                g.in_flight -= 1;
-                None
-            }
-            (None, _) => None,
+            None => None,
         };
         fail_unfetchable(&mut f, &out);
         drop(f);
         sh.1.notify_waiters();
         if let Some(shares) = complete {
-            let out = out.clone();
-            tokio::spawn(async move {
-                let rebuilt = tokio::task::spawn_blocking(move || {
-                    let refs: Vec<&[u8]> = shares.values().map(Vec::as_slice).collect();
-                    engine::erasure::rebuild(&refs)
-                })
-                .await;
-                let item = match rebuilt {
-                    Ok(Ok((_, chunk))) => Ok(chunk),
-                    Ok(Err(e)) => Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
-                    Err(e) => Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
-                };
-                let _ = out.send((j, item));
-            });
+            tokio::spawn(rebuild_chunk(j, shares, Arc::clone(&sh), out.clone()));
         } else if out.is_closed() {
             return Some(conn);
+        }
+    }
+}
+
+/// Rebuilds chunk `j` from the shares gathered, off the runtime's threads, and hands it to
+/// `out`. When they do not rebuild it (a host sent a corrupt share that still hashed to
+/// the id it listed), the shares go back to the gathering with one more needed, so another
+/// host is asked and the corrupt one is outvoted; when no host is left, the chunk fails.
+async fn rebuild_chunk(
+    j: usize,
+    shares: BTreeMap<u8, Vec<u8>>,
+    sh: SharedShares,
+    out: mpsc::UnboundedSender<Fetched>,
+) {
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&[u8]> = shares.values().map(Vec::as_slice).collect();
+        let r = engine::erasure::rebuild(&refs).map(|(_, chunk)| chunk);
+        r.map_err(|e| (e, shares))
+    })
+    .await;
+    match rebuilt {
+        Ok(Ok(chunk)) => {
+            let _ = out.send((j, Ok(chunk)));
+        }
+        Ok(Err((engine::erasure::ErasureError::Rebuilt { .. }, shares))) => {
+            let mut f = share_fetching(&sh);
+            if let Some(g) = f.gathering.get_mut(&j) {
+                g.shares = shares;
+                g.need += 1;
+                g.done = false;
+            }
+            fail_unfetchable(&mut f, &out);
+            drop(f);
+            sh.1.notify_waiters();
+        }
+        Ok(Err((e, _))) => {
+            let _ = out.send((
+                j,
+                Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
+            ));
+        }
+        Err(e) => {
+            let _ = out.send((
+                j,
+                Err(NetError::Protocol(format!("rebuilding chunk {j}: {e}"))),
+            ));
         }
     }
 }
@@ -1654,16 +1705,20 @@ enum Holding {
 }
 
 /// Asks each host what it holds of the file (`GetObjectChunks`): the manifest's chunks, or
-/// a share of each. Hosts that fail, or hold something else, are dropped into `lost`.
+/// a share of each. Hosts that fail, or hold something else, are dropped into `lost`. A
+/// host from before `GetObjectChunks` closes the connection on it as malformed: it is
+/// connected to again and taken as a full copy. The scheme is the one most share holders'
+/// first share header states (48 bytes asked of each); a host stating another is left out.
 /// Shares win: with any host holding shares, hosts with full copies are left out.
 async fn holdings(
     conns: &mut Vec<(String, Conn)>,
+    job: &GetJob,
     manifest: &Manifest,
     lost: &mut Vec<String>,
 ) -> Result<Holding, NetError> {
     let chunk_ids: Vec<ChunkId> = manifest.chunks.iter().map(|c| c.id).collect();
     let mut kept = Vec::new();
-    let mut shares = Vec::new();
+    let mut shares = 0;
     for (addr, mut conn) in std::mem::take(conns) {
         let list = match conn.call(Request::GetObjectChunks).await {
             Ok(Reply::Data(b)) => crate::wire::decode_object_chunks(&b).map_err(NetError::from),
@@ -1673,7 +1728,7 @@ async fn holdings(
         match list {
             Ok(l) if l == chunk_ids => kept.push((addr, conn, None)),
             Ok(l) if l.len() == chunk_ids.len() => {
-                shares.push(kept.len());
+                shares += 1;
                 kept.push((addr, conn, Some(l)));
             }
             Ok(l) => lost.push(format!(
@@ -1681,16 +1736,29 @@ async fn holdings(
                 l.len(),
                 chunk_ids.len()
             )),
+            Err(NetError::Remote {
+                code: crate::ErrorCode::Malformed,
+                ..
+            }) => {
+                // A host older than the request: it holds the file whole.
+                let again = match job.links.iter().find(|l| l.addr == addr) {
+                    Some(link) => Conn::open(link, &job.via, &job.key, job.max_proxy_price).await,
+                    None => Err(NetError::Protocol("no link to it".into())),
+                };
+                match again {
+                    Ok(conn) => kept.push((addr, conn, None)),
+                    Err(e) => lost.push(format!("{addr}: {e}")),
+                }
+            }
             Err(e) => lost.push(format!("{addr}: {e}")),
         }
     }
-    if shares.is_empty() {
+    if shares == 0 {
         conns.extend(kept.into_iter().map(|(a, c, _)| (a, c)));
         return Ok(Holding::Copies);
     }
-    // The scheme, from a share of the first chunk.
-    let mut scheme = None;
-    let mut ids = Vec::new();
+    // Each share holder's scheme, from the header of its share of the first chunk.
+    let mut holders = Vec::new();
     for (addr, mut conn, list) in kept {
         let Some(list) = list else {
             lost.push(format!(
@@ -1698,44 +1766,64 @@ async fn holdings(
             ));
             continue;
         };
-        if scheme.is_none() {
-            let got = match conn.call(Request::Get { id: list[0] }).await {
-                Ok(Reply::Data(b)) if ChunkId::of(&b) == list[0] => {
-                    proto::erasure::ShareHeader::split(&b)
-                        .map_err(NetError::from)
-                        .and_then(|(h, _)| {
-                            if h.chunk == chunk_ids[0] {
-                                Ok(h.scheme)
-                            } else {
-                                Err(NetError::Protocol(
-                                    "its first share is of another chunk".into(),
-                                ))
-                            }
-                        })
-                }
-                Ok(Reply::Data(_)) => Err(NetError::Protocol(
-                    "its first share does not hash to its id".into(),
-                )),
-                Ok(other) => Err(remote(other)),
-                Err(e) => Err(e),
-            };
-            match got {
-                Ok(s) => scheme = Some(s),
-                Err(e) => {
-                    lost.push(format!("{addr}: {e}"));
-                    continue;
-                }
-            }
+        let head = match conn
+            .call(Request::GetRange {
+                id: list[0],
+                start: 0,
+                len: u32::try_from(proto::erasure::SHARE_HEADER_BYTES).expect("48 bytes"),
+            })
+            .await
+        {
+            Ok(Reply::Data(b)) => proto::erasure::ShareHeader::head(&b)
+                .map_err(NetError::from)
+                .and_then(|h| {
+                    if h.chunk == chunk_ids[0] && h.sealed_bytes == manifest.chunks[0].sealed_bytes
+                    {
+                        Ok(Some(h.scheme))
+                    } else {
+                        Err(NetError::Protocol(
+                            "its first share is of another chunk".into(),
+                        ))
+                    }
+                }),
+            // It lacks that one share: it may still hold the others.
+            Err(NetError::Remote {
+                code: crate::ErrorCode::NotFound,
+                ..
+            }) => Ok(None),
+            Ok(other) => Err(remote(other)),
+            Err(e) => Err(e),
+        };
+        match head {
+            Ok(scheme) => holders.push((addr, conn, Arc::new(list), scheme)),
+            Err(e) => lost.push(format!("{addr}: {e}")),
         }
-        conns.push((addr, conn));
-        ids.push(Arc::new(list));
     }
-    let Some(scheme) = scheme else {
+    let mut votes: Vec<(Scheme, usize)> = Vec::new();
+    for s in holders.iter().filter_map(|h| h.3) {
+        match votes.iter_mut().find(|v| v.0 == s) {
+            Some(v) => v.1 += 1,
+            None => votes.push((s, 1)),
+        }
+    }
+    let Some(&(scheme, _)) = votes.iter().max_by_key(|v| v.1) else {
         return Err(NetError::Protocol(format!(
-            "the hosts hold erasure shares, and none sends a share to read the scheme from: {}",
+            "the hosts hold erasure shares, and none sends a share header to read the scheme from: {}",
             lost.join("; ")
         )));
     };
+    let mut ids = Vec::new();
+    for (addr, conn, list, stated) in holders {
+        match stated {
+            Some(s) if s != scheme => lost.push(format!(
+                "{addr}: its shares are of scheme {s}, the others' of {scheme}"
+            )),
+            _ => {
+                conns.push((addr, conn));
+                ids.push(list);
+            }
+        }
+    }
     Ok(Holding::Shares { scheme, ids })
 }
 
@@ -1743,8 +1831,9 @@ async fn holdings(
 enum Fetch {
     Copies(Shared),
     /// With the sender of rebuilt chunks, for chunks that turn out unfetchable as the
-    /// lookahead moves.
-    Shares(SharedShares, mpsc::UnboundedSender<Fetched>),
+    /// lookahead moves: weak, so that the channel closes (and the delivery ends) once the
+    /// hosts' tasks are all gone, however they ended.
+    Shares(SharedShares, mpsc::WeakUnboundedSender<Fetched>),
 }
 
 impl Fetch {
@@ -1759,7 +1848,9 @@ impl Fetch {
                 let mut f = share_fetching(sh);
                 f.delivered = n;
                 f.gathering.retain(|j, _| *j >= n);
-                fail_unfetchable(&mut f, out);
+                if let Some(out) = out.upgrade() {
+                    fail_unfetchable(&mut f, &out);
+                }
                 drop(f);
                 sh.1.notify_waiters();
             }
@@ -1884,7 +1975,7 @@ pub async fn get_file(
     let peer_seen = conns[0].1.peer_seen.clone();
     let entries: Arc<Vec<ChunkEntry>> = Arc::new(manifest.chunks.clone());
     let total = entries.len();
-    let holding = holdings(&mut conns, &manifest, &mut lost).await?;
+    let holding = holdings(&mut conns, job, &manifest, &mut lost).await?;
     if conns.is_empty() {
         return Err(NetError::Protocol(format!(
             "no host holding the file says what it holds: {}",
@@ -1967,7 +2058,7 @@ pub async fn get_file(
                     ))
                 })
                 .collect();
-            (Fetch::Shares(sh, out_tx.clone()), tasks)
+            (Fetch::Shares(sh, out_tx.downgrade()), tasks)
         }
     };
     drop(out_tx);

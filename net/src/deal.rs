@@ -37,7 +37,7 @@ const COMMIT_WAIT: Duration = Duration::from_secs(60);
 const LINK_TRIES: u32 = 20;
 
 /// What a paid upload needs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DealJob {
     pub file: PathBuf,
     /// Hosts' control addresses: one copy (one deal) on each.
@@ -610,15 +610,75 @@ pub async fn store(
     if found.is_some() {
         report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
     }
-    // Each host's share index, with an erasure scheme: host `i` stores share `i`.
-    let share_of = |i: usize| job.erasure.map(|_| u8::try_from(i).expect("n <= 32"));
-    let host_entries: Vec<Vec<proto::ChunkEntry>> = (0..hosts.len())
-        .map(|i| plan.entries_of(share_of(i)))
-        .collect();
+    // What a host may be paid for: the whole file (every copy alike), or with an erasure
+    // scheme one share of each chunk, `candidates[i]` for share `i`.
+    let candidates: Vec<Vec<proto::ChunkEntry>> = match job.erasure {
+        Some(scheme) => (0..scheme.n()).map(|i| plan.entries_of(Some(i))).collect(),
+        None => vec![plan.entries_of(None)],
+    };
     let parts = plan.parts();
-    let bytes: u64 = host_entries
+    // Deals an interrupted run paid for this very plan: open, with this sender, each
+    // covering exactly one part's entries. With shares, a host keeps the share its earlier
+    // deal covers, whatever its place among the hosts now (an exchange may list them in
+    // another order): that share is not paid for again.
+    let me = AccountId(job.key.verification_key().to_bytes());
+    let mut earlier: Vec<Earlier> = Vec::new();
+    let mut assigned: Vec<Option<usize>> = vec![None; hosts.len()];
+    if found.is_some() {
+        for v in chain.deals_of(me, true).await.map_err(chain_err)? {
+            let id = parse_tx(&v.id)?;
+            let Some(full) = chain.deal(id).await.map_err(chain_err)? else {
+                continue;
+            };
+            let Some(h) = hosts
+                .iter()
+                .position(|(_, _, o)| data_encoding::HEXLOWER.encode(&o.host) == full.host)
+            else {
+                continue;
+            };
+            let same = |entries: &[proto::ChunkEntry], part: &std::ops::Range<usize>| {
+                let want = &entries[part.clone()];
+                full.entries.len() == want.len()
+                    && full.entries.iter().zip(want).all(|(a, b)| {
+                        (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
+                    })
+            };
+            let found = candidates.iter().enumerate().find_map(|(c, entries)| {
+                // A share already kept by another host is not this host's.
+                let free = job.erasure.is_none()
+                    || assigned[h] == Some(c)
+                    || (assigned[h].is_none() && !assigned.contains(&Some(c)));
+                let part = parts.iter().position(|p| same(entries, p))?;
+                free.then_some((c, part))
+            });
+            if let Some((c, part)) = found {
+                assigned[h] = Some(c);
+                earlier.push(Earlier {
+                    host: full.host,
+                    part,
+                    deal: id,
+                    stage: full.stage,
+                });
+            }
+        }
+    }
+    // The other hosts take the shares left, in order.
+    for h in 0..hosts.len() {
+        if assigned[h].is_none() {
+            let free = (0..candidates.len())
+                .find(|c| job.erasure.is_none() || !assigned.contains(&Some(*c)))
+                .expect("as many shares as hosts");
+            assigned[h] = Some(free);
+        }
+    }
+    let assigned: Vec<usize> = assigned.into_iter().flatten().collect();
+    let share_of = |h: usize| {
+        job.erasure
+            .map(|_| u8::try_from(assigned[h]).expect("n <= 32"))
+    };
+    let bytes: u64 = assigned
         .iter()
-        .flatten()
+        .flat_map(|&c| &candidates[c])
         .map(|e| u64::from(e.sealed_bytes))
         .sum();
     report(&format!(
@@ -642,46 +702,11 @@ pub async fn store(
             String::new()
         }
     ));
-    // Deals an interrupted run paid for this very plan: open, with this sender, each
-    // covering exactly one part's entries.
-    let me = AccountId(job.key.verification_key().to_bytes());
-    let mut earlier: Vec<Earlier> = Vec::new();
-    if found.is_some() {
-        for v in chain.deals_of(me, true).await.map_err(chain_err)? {
-            let id = parse_tx(&v.id)?;
-            let Some(full) = chain.deal(id).await.map_err(chain_err)? else {
-                continue;
-            };
-            // The entries the deal's host would have been paid for.
-            let Some(entries) = hosts
-                .iter()
-                .position(|(_, _, o)| data_encoding::HEXLOWER.encode(&o.host) == full.host)
-                .map(|i| &host_entries[i])
-            else {
-                continue;
-            };
-            let same = |part: &std::ops::Range<usize>| {
-                let want = &entries[part.clone()];
-                full.entries.len() == want.len()
-                    && full.entries.iter().zip(want).all(|(a, b)| {
-                        (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
-                    })
-            };
-            if let Some(part) = parts.iter().position(same) {
-                earlier.push(Earlier {
-                    host: full.host,
-                    part,
-                    deal: id,
-                    stage: full.stage,
-                });
-            }
-        }
-    }
     let mut placed = Vec::new();
     let mut share_key = None;
     for (h, (addr, client, first_offer)) in hosts.iter().enumerate() {
         let host_hex = data_encoding::HEXLOWER.encode(&first_offer.host);
-        let entries = &host_entries[h];
+        let entries = &candidates[assigned[h]];
         let mut copy: Option<Placed> = None;
         for (k, part) in parts.iter().enumerate() {
             let name = if parts.len() > 1 {

@@ -287,7 +287,8 @@ mod tests {
         assert!(!old.to_json().contains("share_key"));
         assert!(!old.to_json().contains("erasure"));
         let mut shares = r.clone();
-        shares.erasure = Some("1/2".into());
+        shares.copies.push(r.copies[1].clone());
+        shares.erasure = Some("2/3".into());
         shares.save(dir.path()).unwrap();
         assert_eq!(
             FileRecord::load(dir.path(), &r.manifest_id).unwrap(),

@@ -34,12 +34,14 @@ pub struct Scheme {
 }
 
 impl Scheme {
-    /// `1 <= k < n <= SHARES_MAX`: at least one recovery share (K = N would be a split with
-    /// no redundancy), at most [`SHARES_MAX`] hosts.
+    /// `2 <= k < n <= SHARES_MAX`: at least one recovery share (K = N would be a split
+    /// with no redundancy), at most [`SHARES_MAX`] hosts, and at least two data shares (K = 1
+    /// is a full copy on each host: `--copies`; its share would also outgrow the largest
+    /// chunk a host takes).
     pub fn new(k: u8, n: u8) -> Result<Scheme, String> {
-        if k == 0 || k >= n || n > SHARES_MAX {
+        if k < 2 || k >= n || n > SHARES_MAX {
             return Err(format!(
-                "an erasure scheme K/N needs 1 <= K < N <= {SHARES_MAX}, not {k}/{n}"
+                "an erasure scheme K/N needs 2 <= K < N <= {SHARES_MAX}, not {k}/{n} (for full copies use --copies)"
             ));
         }
         Ok(Scheme { k, n })
@@ -122,6 +124,25 @@ impl ShareHeader {
     /// the shard has exactly the length the header implies.
     pub fn split(share: &[u8]) -> Result<(ShareHeader, &[u8]), DecodeError> {
         let mut r = Reader::new("erasure share", share);
+        let header = Self::read(&mut r)?;
+        let shard = r.take(
+            "shard",
+            header.scheme.shard_bytes(header.sealed_bytes) as usize,
+        )?;
+        r.finish()?;
+        Ok((header, shard))
+    }
+
+    /// The header alone, from a share's first [`SHARE_HEADER_BYTES`] (what a reader asks
+    /// for to learn a file's scheme without fetching a whole share), every field checked.
+    pub fn head(bytes: &[u8]) -> Result<ShareHeader, DecodeError> {
+        let mut r = Reader::new("erasure share header", bytes);
+        let header = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(header)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<ShareHeader, DecodeError> {
         r.magic(SHARE_MAGIC)?;
         r.version(SHARE_VERSION)?;
         let k = r.u8("k")?;
@@ -144,18 +165,12 @@ impl ShareHeader {
         }
         r.reserved("reserved", 4)?;
         let chunk = ChunkId(r.array("chunk")?);
-        let shard_len = scheme.shard_bytes(sealed_bytes) as usize;
-        let shard = r.take("shard", shard_len)?;
-        r.finish()?;
-        Ok((
-            ShareHeader {
-                scheme,
-                index,
-                sealed_bytes,
-                chunk,
-            },
-            shard,
-        ))
+        Ok(ShareHeader {
+            scheme,
+            index,
+            sealed_bytes,
+            chunk,
+        })
     }
 }
 
@@ -179,7 +194,7 @@ mod tests {
         assert_eq!((s.k(), s.n()), (4, 6));
         assert_eq!(s.to_string(), "4/6");
         for bad in [
-            "4", "6/4", "4/4", "0/3", "4/33", "a/6", "4/6/8", " 4/6", "-1/3",
+            "4", "6/4", "4/4", "0/3", "1/2", "4/33", "a/6", "4/6/8", " 4/6", "-1/3",
         ] {
             let e = bad.parse::<Scheme>().unwrap_err();
             assert!(e.contains("K/N"), "{bad}: {e}");
@@ -195,7 +210,10 @@ mod tests {
         assert_eq!(s.shard_bytes(257), 128);
         assert_eq!(s.shard_bytes(1 << 20 | 16), 262_208);
         assert_eq!(s.share_bytes(256), 48 + 64);
-        assert_eq!(Scheme::new(1, 2).unwrap().shard_bytes(4112), 4160);
+        assert_eq!(Scheme::new(2, 3).unwrap().shard_bytes(4112), 2112);
+        // The largest share stays within the largest chunk a host takes.
+        let top = CHUNK_BYTES_MAX + TAG_BYTES;
+        assert!(Scheme::new(2, 32).unwrap().share_bytes(top) <= top);
     }
 
     #[test]
@@ -218,9 +236,9 @@ mod tests {
         };
         assert!(bad(0, b'X').contains("magic"));
         assert!(bad(4, 2).contains("version 2"));
-        assert!(bad(5, 0).contains("1 <= K < N"));
-        assert!(bad(5, 3).contains("1 <= K < N"));
-        assert!(bad(6, 33).contains("1 <= K < N"));
+        assert!(bad(5, 1).contains("2 <= K < N"));
+        assert!(bad(5, 3).contains("2 <= K < N"));
+        assert!(bad(6, 33).contains("2 <= K < N"));
         assert!(bad(7, 3).contains("index"));
         assert!(bad(12, 1).contains("reserved"));
         let mut b = s.clone();
@@ -246,6 +264,13 @@ mod tests {
             .contains("unexpected bytes"));
         for n in 0..SHARE_HEADER_BYTES {
             assert!(ShareHeader::split(&s[..n]).is_err());
+            assert!(ShareHeader::head(&s[..n]).is_err());
         }
+        // The header alone: the first 48 bytes, no more.
+        assert_eq!(ShareHeader::head(&s[..SHARE_HEADER_BYTES]).unwrap(), h);
+        assert!(ShareHeader::head(&s[..SHARE_HEADER_BYTES + 1])
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected bytes"));
     }
 }

@@ -2,10 +2,11 @@
 //! exchanges as processes (`mspace devnet --hosts 3 --exchanges 2`, short proof periods,
 //! an index), the hosts' asks on both exchanges, one exchange killed, the sender finding
 //! the other through the index and matched by it to the two cheapest hosts, the file
-//! stored as a deal on those two,
+//! stored as a deal on those two, and again as erasure shares 2/3 on all three hosts,
 //! three proof periods proven and paid, one host killed (its next challenge missed: its
 //! deposit slashed, the sender refunded), a miner killed under the agents that follow it
-//! (they move on and keep proving), the file downloaded from the surviving host, a
+//! (they move on and keep proving), the file downloaded from the surviving host and
+//! rebuilt from the two live hosts' shares, a
 //! receiver buying a download with the sender's share (`net::receive::buy`: the dead copy
 //! left out before paying, the other host paid and claiming), and the balances of the
 //! sender, the hosts and the chain's totals printed at each step.
@@ -299,6 +300,48 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         *step += 1;
         balances(&mut chain, sender, &hosts).await?;
         let deals: Vec<TxId> = done.placed.iter().map(|p| p.deal).collect();
+
+        // The same file again, as erasure shares 2/3 on all three hosts.
+        let t = Instant::now();
+        let scheme: proto::erasure::Scheme = "2/3".parse().map_err(anyhow::Error::msg)?;
+        let shares_job = DealJob {
+            hosts: layout.hosts.iter().map(|h| h.control.clone()).collect(),
+            host_keys: Vec::new(),
+            exchange: None,
+            download_fee: 0,
+            erasure: Some(scheme),
+            ..job.clone()
+        };
+        let sharing = store(&shares_job, Arc::new(|_, _| {}), Arc::new(|_: &str| {})).await?;
+        let share_links = net::deal::emergency_links(&sharing.placed)
+            .await
+            .into_iter()
+            .map(|l| {
+                l.map_err(|e| anyhow::anyhow!("no emergency link: {e}"))
+                    .and_then(|t| Ok(proto::link::Link::parse(&t)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shared_bytes: Vec<String> = sharing
+            .plan
+            .erasure
+            .iter()
+            .flat_map(|e| (0..e.scheme.n()).map(|i| sharing.plan.stored_by(Some(i))))
+            .map(|s| crate::format_bytes(s.iter().map(|c| u64::from(c.sealed_bytes)).sum()))
+            .collect();
+        println!(
+            "{step}. `mspace put --erasure 2/3` on host0, host1 and host2: each sealed chunk coded into three Reed-Solomon shares, any two of which rebuild it; each host paid for and storing one share of every chunk ({}) where a copy is {} ({:.1} s)",
+            shared_bytes.join(", "),
+            crate::format_bytes(
+                sharing
+                    .plan
+                    .chunks
+                    .iter()
+                    .map(|c| u64::from(c.sealed_bytes))
+                    .sum()
+            ),
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
         // What `mspace put` keeps in the file's record: each host's emergency link.
         let emergency = net::deal::emergency_links(&done.placed).await;
         let links = emergency
@@ -342,7 +385,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         let t = Instant::now();
         let lost = wait_deal(&mut chain, deals[1], "missed a proof", |v| v.missed >= 1).await?;
         println!(
-            "{step}. host1 killed (SIGKILL): its next challenge went unanswered; the chain refunded that period's part to the sender ({} MASPC so far) and moved {} MASP of host1's deposit to the sender ({:.1} s)",
+            "{step}. host1 killed (SIGKILL): its next challenge went unanswered; for its copy's deal the chain refunded that period's part to the sender ({} MASPC so far) and moved {} MASP of host1's deposit to the sender (its erasure share's deal is slashed the same way) ({:.1} s)",
             lost.refunded,
             100 * u64::from(lost.missed),
             t.elapsed().as_secs_f64()
@@ -389,6 +432,34 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
         println!(
             "{step}. `mspace get --file`: both copies' emergency links from the file's record (download links bound to the sender's key, valid for the deal's length, used with no exchange, index, miner or control plane asked): host1 is dead and left out, all {} chunks came from host0, verified and decrypted ({:.1} s)",
             got.manifest.chunks.len(),
+            t.elapsed().as_secs_f64()
+        );
+        *step += 1;
+
+        // The erasure shares come back from the two live hosts: host1's are rebuilt.
+        let t = Instant::now();
+        let rebuilt = dir.join("downloaded-from-shares.bin");
+        let got = get_file(
+            &GetJob {
+                links: share_links,
+                via: Vec::new(),
+                max_proxy_price: net::client::PROXY_PRICE_MAX_DEFAULT,
+                key: client.clone(),
+                unlock: Key::Share(Box::new(sharing.share_key.clone())),
+                out: rebuilt.clone(),
+                overwrite: true,
+                workers: engine::seal::default_workers(),
+            },
+            Arc::new(|_, _| {}),
+        )
+        .await?;
+        if std::fs::read(&rebuilt)? != std::fs::read(&out)? || got.lost.len() != 1 {
+            bail!("the file did not come back from the two live hosts' shares: {:?}", got.lost);
+        }
+        println!(
+            "{step}. `mspace get --file` of the erasure-coded copy: host1 is dead and left out; host0 and host2 sent {} and {} shares, every chunk rebuilt from two shares, verified and decrypted, byte-identical ({:.1} s)",
+            got.served[0].1,
+            got.served[1].1,
             t.elapsed().as_secs_f64()
         );
         *step += 1;

@@ -58,6 +58,10 @@ struct InitArgs {
     /// With --deal-index: copies (hosts) per object.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
     copies: u8,
+    /// With --chain: erasure shares K/N instead of copies (N --deal-host, or N hosts
+    /// matched through --deal-index): any K of the N hosts rebuild each object.
+    #[arg(long, requires = "chain", conflicts_with = "copies")]
+    erasure: Option<proto::erasure::Scheme>,
     /// With --chain: days each object is stored.
     #[arg(long)]
     days: Option<u32>,
@@ -88,7 +92,14 @@ fn init(a: &InitArgs) -> Result<()> {
         (None, _, Some(days))
             if !a.chain.is_empty() && (!a.deal_host.is_empty() || !a.deal_index.is_empty()) =>
         {
-            GatewayConfig::deals_table(&a.chain, &a.deal_host, &a.deal_index, a.copies, days)
+            GatewayConfig::deals_table(
+                &a.chain,
+                &a.deal_host,
+                &a.deal_index,
+                a.copies,
+                days,
+                a.erasure,
+            )
         }
         _ => anyhow::bail!(
             "name where objects go: --host-control ADDR --host-token TOKEN (one host, through links), or --chain MINER --days D with --deal-host HOST (paid deals on these hosts) or --deal-index INDEX [--copies N] (hosts matched per object)"
@@ -130,10 +141,13 @@ fn run(config: &std::path::Path) -> Result<()> {
         let placement = match (&cfg.host, &cfg.deals) {
             (Some(h), _) => format!("on the host at {}", h.control),
             (None, Some(d)) if d.hosts.is_empty() => format!(
-                "as deals of {} days, {} cop{} each on hosts matched through {} (paid through {})",
+                "as deals of {} days, {} each on hosts matched through {} (paid through {})",
                 d.days,
-                d.copies,
-                if d.copies == 1 { "y" } else { "ies" },
+                match &d.erasure {
+                    Some(e) => format!("erasure {e} shares"),
+                    None if d.copies == 1 => "1 copy".to_owned(),
+                    None => format!("{} copies", d.copies),
+                },
                 d.index
                     .iter()
                     .map(|i| format!("index {i}"))
@@ -143,9 +157,12 @@ fn run(config: &std::path::Path) -> Result<()> {
                 d.chain.join(", ")
             ),
             (None, Some(d)) => format!(
-                "as deals of {} days on {} (paid through {})",
+                "as deals of {} days on {}{} (paid through {})",
                 d.days,
                 d.hosts.join(", "),
+                d.erasure
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(", erasure {e} shares")),
                 d.chain.join(", ")
             ),
             (None, None) => String::new(),

@@ -104,6 +104,14 @@ fn start_devnet(d: &Path, n: u32, slot: u32) -> (Devnet, u32) {
 /// [`start_devnet`] with these options (block time, proof period). Each process takes a
 /// range of 16 slots x 16 ports (slots 0 to 15, one per test: chain.rs takes 0, 1 and 13,
 /// deal.rs 2 to 12 and 14), so two test processes whose ids differ modulo 48 never share a port.
+/// The first of the 16 ports of devnet slot `slot` (0 to 31) for this test process: the
+/// slots of one process never overlap, and processes (by pid) take other ranges, all
+/// above the 10,000-20,000 that `free_port` hands out.
+fn slot_base(slot: u32) -> u32 {
+    assert!(slot < 32, "slots 0 to 31");
+    20_000 + (std::process::id() % 24) * 512 + slot * 16
+}
+
 pub(crate) fn start_devnet_with(d: &Path, n: u32, slot: u32, extra: &[&str]) -> (Devnet, u32) {
     start_devnet_env(d, n, slot, extra, &[])
 }
@@ -117,8 +125,7 @@ fn start_devnet_env(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> (Devnet, u32) {
-    assert!(slot < 16, "slots 0 to 15");
-    let base = 20_000 + (std::process::id() % 48) * 256 + slot * 16;
+    let base = slot_base(slot);
     let mut child = Command::new(env!("CARGO_BIN_EXE_mspace"))
         .args([
             "devnet",
@@ -617,7 +624,7 @@ fn a_miner_cut_off_from_its_peers_raises_alerts_and_clears_them_once_it_caught_u
     let d = dir.path().join("net");
     // Every miner looks every second (an override from the environment).
     let every = [("MSPACE_MINER__ALERTS__EVERY_SECS", "1")];
-    let base = 20_000 + (std::process::id() % 48) * 256 + 13 * 16;
+    let base = slot_base(13);
     let metrics_base = (base + 8).to_string();
     let (net, base) = start_devnet_env(
         &d,

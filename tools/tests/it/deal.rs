@@ -2645,38 +2645,29 @@ fn start_deal_gateway(dir: &Path, m0: &str, client: &str, where_to: &[&str]) -> 
     }
 }
 
-/// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
-/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
-/// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
-/// reads it back through the deals' links; with one host killed, every object still comes
-/// back, from the other copy.
-#[test]
-fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy() {
+/// A gateway paying each object as deals on `hosts` hosts (`--deal-host` each, and `extra`
+/// init options) stores the S3 table's two objects, then reads them back with host
+/// `killed` dead: each object is `per_object` deals, one per host, all active.
+fn gateway_deals_survive_a_killed_host(slot: u32, hosts: usize, extra: &[&str], killed: usize) {
     let dir = tempfile::tempdir().unwrap();
     let Market {
         _net,
         m0,
         client,
-        mut hosts,
-    } = start_market(dir.path(), 12, 2, &[]);
-    let gw = start_deal_gateway(
-        dir.path(),
-        &m0,
-        &client,
-        &[
-            "--deal-host",
-            &hosts[0].control,
-            "--deal-host",
-            &hosts[1].control,
-        ],
-    );
+        hosts: mut running,
+    } = start_market(dir.path(), slot, hosts, &[]);
+    let mut args: Vec<&str> = running
+        .iter()
+        .flat_map(|h| ["--deal-host", h.control.as_str()])
+        .collect();
+    args.extend_from_slice(extra);
+    let gw = start_deal_gateway(dir.path(), &m0, &client, &args);
     let check = |phase: &str| gw.check(phase);
     assert!(check("deal-put").contains("3 checks, 0 differ from S3"));
-    // Two objects, two copies each: four deals of the gateway's key, active, one per host
-    // and object.
+    // Two objects: a deal for each on each host, active.
     let listed = gw.deals(&m0);
-    assert_eq!(listed.len(), 4, "{listed:?}");
-    for h in &hosts {
+    assert_eq!(listed.len(), 2 * hosts, "{listed:?}");
+    for h in &running {
         let on: Vec<_> = listed
             .iter()
             .filter(|d| d["host"] == h.key.as_str())
@@ -2684,8 +2675,26 @@ fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy
         assert_eq!(on.len(), 2, "{listed:?}");
         assert!(on.iter().all(|d| d["state"] == "active"), "{listed:?}");
     }
-    drop(hosts[0].proc.take());
+    drop(running[killed].proc.take());
     assert!(check("deal-get").contains("3 checks, 0 differ from S3"));
+}
+
+/// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
+/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
+/// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
+/// reads it back through the deals' links; with one host killed, every object still comes
+/// back, from the other copy.
+#[test]
+fn a_gateway_stores_objects_as_paid_deals_and_reads_them_from_the_surviving_copy() {
+    gateway_deals_survive_a_killed_host(12, 2, &[], 0);
+}
+
+/// The gateway storing each object as erasure shares 2/3 (`mspace gateway init --erasure
+/// 2/3` with three --deal-host): three deals an object, each host paid for about half of
+/// it; with one host killed every object still reads back, rebuilt from the other two.
+#[test]
+fn a_gateway_stores_objects_as_erasure_shares_and_rebuilds_them_without_a_host() {
+    gateway_deals_survive_a_killed_host(16, 3, &["--erasure", "2/3"], 1);
 }
 
 /// A gateway with no hosts of its own: each object's two hosts are matched through the

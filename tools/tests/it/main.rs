@@ -310,6 +310,8 @@ fn demo_runs_end_to_end() {
         "moved 100 MASP of host1's deposit to the sender",
         "miner0 killed",
         "host1 is dead and left out, all",
+        "`mspace put --erasure 2/3` on host0, host1 and host2",
+        "every chunk rebuilt from two shares, verified and decrypted, byte-identical",
         "the file downloaded from the deal is byte-identical",
         "1 dead copy left out before paying, host0 quoted 5 MASPC to the sender and 1 to itself",
         "the sender's deal shows 1 download, 5 MASPC earned",
