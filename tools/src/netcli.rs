@@ -712,6 +712,7 @@ fn host_run(config: &Path) -> Result<()> {
     };
     let mut ecfg = EngineConfig::new(cfg.data_dirs.clone(), shards);
     ecfg.pin = cfg.shards == 0 && shards > 1;
+    ecfg.outboard_cache_bytes = cfg.outboard_cache_mib.saturating_mul(1 << 20);
     if cfg.capacity_bytes > 0 {
         ecfg.capacity_bytes = Some(cfg.capacity_bytes);
     }

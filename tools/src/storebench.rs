@@ -37,6 +37,9 @@ pub struct StoreBench {
     /// The engine's per-shard limits (`EngineConfig`): queue depth, requests in flight,
     /// put bytes in flight; `None` keeps the default.
     pub limits: (Option<usize>, Option<usize>, Option<u64>),
+    /// Bytes of outboards each shard keeps in memory (`EngineConfig::outboard_cache_bytes`;
+    /// `None`: the engine's default).
+    pub outboard_cache: Option<u64>,
 }
 
 /// The restart measurement.
@@ -153,6 +156,7 @@ impl StoreBench {
         c.queue_depth = queue.unwrap_or(c.queue_depth).max(1);
         c.in_flight_max = in_flight.unwrap_or(c.in_flight_max).max(1);
         c.put_bytes_in_flight = put_bytes.unwrap_or(c.put_bytes_in_flight).max(1);
+        c.outboard_cache_bytes = self.outboard_cache.unwrap_or(c.outboard_cache_bytes);
         c
     }
 

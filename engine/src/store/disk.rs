@@ -372,6 +372,8 @@ struct MemState {
     /// Total bytes the disk holds; writes past it fail with ENOSPC.
     capacity: Option<u64>,
     syncs: u64,
+    /// Reads served.
+    reads: u64,
     /// While its [`SyncHold`] lives, every sync waits.
     sync_gate: Option<flume::Receiver<()>>,
 }
@@ -467,6 +469,11 @@ impl MemDisk {
         s.syncs_left = None;
         s.writes_left = None;
         s.capacity = None;
+    }
+
+    /// Reads served so far.
+    pub fn reads(&self) -> u64 {
+        self.state().reads
     }
 
     pub fn syncs(&self) -> u64 {
@@ -663,6 +670,7 @@ impl DiskFile for MemFile {
 
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
         self.with(|s, ino| {
+            s.reads += 1;
             let f = inode(s, ino);
             let start = usize::try_from(pos).expect("small").min(f.live.len());
             let end = (start + len).min(f.live.len());

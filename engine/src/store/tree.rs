@@ -7,9 +7,10 @@
 //! first, then the left subtree's parents, then the right's), its two children's chaining
 //! values, 64 bytes. A chunk of `g` groups has `g - 1` such parents: 64 bytes per 16 KiB,
 //! 0.4% of the payload. Then:
-//! - a challenge for one leaf reads that leaf's group and the outboard, hashes the 16 KiB
-//!   group, and takes each sibling above it from the outboard: one lookup per level, no
-//!   other hashing; the root it implies is compared with the id before the proof leaves;
+//! - a challenge for one leaf reads that leaf's group and the outboard (or only the group,
+//!   when the shard keeps the chunk's outboard in memory), hashes the 16 KiB group, and
+//!   takes each sibling above it from the outboard: one lookup per level, no other
+//!   hashing; the root it implies is compared with the id before the proof leaves;
 //! - a range read checks each group it covers the same way.
 //!
 //! The trade-off against the alternatives: recomputing the tree per challenge reads and

@@ -341,7 +341,9 @@ fn torn_writes_never_lose_an_acknowledged_chunk() {
 #[test]
 fn flipped_bits_are_reported_as_corruption_never_served() {
     let disk = MemDisk::new();
-    let c = mem_cfg(1);
+    // Every read from the disk: no outboard kept in memory.
+    let mut c = mem_cfg(1);
+    c.outboard_cache_bytes = 0;
     let e = open_mem(&c, std::slice::from_ref(&disk));
     let big = chunk(1, 100_000); // 7 groups: 6 parents, an outboard of 384 bytes
     let small = chunk(2, 3000);
@@ -392,6 +394,71 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         Err(StoreError::Corrupt { .. })
     ));
     assert!(e.stats().unwrap().corrupt_reads >= 6);
+}
+
+#[test]
+fn a_kept_outboard_makes_a_challenge_one_read_and_a_damaged_one_is_never_kept() {
+    let disk = MemDisk::new();
+    let e = open_mem(&mem_cfg(1), std::slice::from_ref(&disk));
+    let big = chunk(1, 100_000); // 7 groups, an outboard of 384 bytes after the payload
+    let other = chunk(2, 100_000);
+    put(&e, &big).unwrap();
+    put(&e, &other).unwrap();
+    let reads = |f: &dyn Fn()| {
+        let before = disk.reads();
+        f();
+        disk.reads() - before
+    };
+    // The first challenge reads the group and the outboard; later ones the group alone,
+    // and the proofs are the same.
+    let first = reads(&|| {
+        assert_eq!(
+            e.prove(big.0, 3).wait().unwrap(),
+            proof::prove(&big.2, 3).unwrap()
+        );
+    });
+    assert_eq!(first, 2);
+    for leaf in [3, 50, 97] {
+        let n = reads(&|| {
+            assert_eq!(
+                e.prove(big.0, leaf).wait().unwrap(),
+                proof::prove(&big.2, leaf).unwrap()
+            );
+        });
+        assert_eq!(n, 1, "leaf {leaf}");
+    }
+    // A range read uses the kept outboard too.
+    let n = reads(&|| {
+        assert_eq!(
+            e.get_range(big.0, 40_000..50_000).wait().unwrap(),
+            big.2[40_000..50_000]
+        );
+    });
+    assert_eq!(n, 1);
+    // The other chunk's outboard damaged on disk, in the root pair's right half (the
+    // sibling of every leaf of the left half): a challenge of the right half (leaf 70)
+    // still verifies, but the outboard is not kept, so each challenge reads it again, and
+    // one of the left half (leaf 60) is refused.
+    let seg = disk
+        .file_names()
+        .into_iter()
+        .find(|n| n.ends_with(".msd") && disk.file_len(n).unwrap() > 0)
+        .unwrap();
+    let other_at = 25 * 4096; // record_span(100_000): 25 sectors
+    disk.flip_bit(&seg, other_at + 64 + 100_000 + 40, 0); // the root pair's right half
+    for _ in 0..2 {
+        let n = reads(&|| {
+            assert_eq!(
+                e.prove(other.0, 70).wait().unwrap(),
+                proof::prove(&other.2, 70).unwrap()
+            );
+        });
+        assert_eq!(n, 2, "a damaged outboard is read every time, never kept");
+    }
+    assert!(matches!(
+        e.prove(other.0, 60).wait(),
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 #[test]

@@ -80,6 +80,11 @@ struct StoreArgs {
     /// Put payload bytes each shard holds at once [default: the engine's, 256MiB].
     #[arg(long, value_parser = parse_bytes)]
     put_bytes_in_flight: Option<u64>,
+    /// Bytes of chunk outboards each shard keeps in memory, so a challenge reads only its
+    /// leaf's group (0: every challenge also reads the outboard) [default: the engine's,
+    /// 64MiB].
+    #[arg(long, value_parser = parse_bytes)]
+    outboard_cache: Option<u64>,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -490,6 +495,7 @@ fn store(args: StoreArgs) -> Result<()> {
         restart_chunks: args.restart_chunks,
         engine_only: args.engine_only,
         limits: (args.queue_depth, args.in_flight, args.put_bytes_in_flight),
+        outboard_cache: args.outboard_cache,
     };
     let started = Instant::now();
     let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());

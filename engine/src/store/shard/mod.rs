@@ -63,6 +63,7 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 40;
 
 mod compact;
 mod handle;
+mod outboards;
 mod read;
 mod recover;
 mod serve;
@@ -246,6 +247,8 @@ struct Shard<D: Disk> {
     /// (volume, segment) that compaction found damaged: not tried again until a restart
     /// (each try would carry its tombstones forward once more).
     damaged: RefCell<HashSet<(usize, u32)>>,
+    /// Outboards kept in memory: a challenge of such a chunk reads only its group.
+    outboards: RefCell<outboards::Outboards>,
 }
 
 /// Holds an id against concurrent puts, deletes and compaction copies; released on drop.

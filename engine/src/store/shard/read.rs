@@ -42,23 +42,24 @@ impl<D: Disk> Shard<D> {
         })
     }
 
-    /// Payload bytes `range` of the record at `loc`, and its outboard: two reads at once.
+    /// Payload bytes `range` of the record at `loc`, and its outboard: one read when the
+    /// shard keeps the outboard in memory (`outboards`), else two at once. The caller keeps
+    /// the outboard ([`Shard::keep_outboard`]) once it has checked it against the id.
     async fn read_with_outboard(
         &self,
         id: &ChunkId,
         loc: &Loc,
         file: &D::File,
         range: Range<u64>,
-    ) -> Result<
-        (
-            Span<<D::File as DiskFile>::Read>,
-            Span<<D::File as DiskFile>::Read>,
-        ),
-        StoreError,
-    > {
+    ) -> Result<(Span<<D::File as DiskFile>::Read>, Rc<[u8]>), StoreError> {
         let base = loc.offset() + HEADER_BYTES as u64;
+        let data = self.read(id, file, base + range.start, range.end - range.start);
+        let kept = self.outboards.borrow_mut().get(id);
+        if let Some(outboard) = kept {
+            return Ok((data.await?, outboard));
+        }
         let (data, outboard) = futures_lite::future::zip(
-            self.read(id, file, base + range.start, range.end - range.start),
+            data,
             self.read(
                 id,
                 file,
@@ -67,7 +68,19 @@ impl<D: Disk> Shard<D> {
             ),
         )
         .await;
-        Ok((data?, outboard?))
+        Ok((data?, Rc::from(&*outboard?)))
+    }
+
+    /// Keeps a chunk's outboard in memory after a read that checked it, if the whole of it
+    /// (every parent against its children, the top against the id) holds: a proof checks
+    /// only its own path, and a kept outboard serves every later one.
+    fn keep_outboard(&self, id: ChunkId, len: u64, outboard: Rc<[u8]>) {
+        if !self.outboards.borrow().wants(&id, outboard.len()) {
+            return;
+        }
+        if Tree::new(len, &outboard, None).root().as_bytes() == &id.0 {
+            self.outboards.borrow_mut().insert(id, outboard);
+        }
     }
 
     /// Reads and checks a whole small-or-full record: header, payload CRC, outboard.
@@ -147,6 +160,7 @@ impl<D: Disk> Shard<D> {
                 ));
             }
         }
+        self.keep_outboard(id, len, outboard);
         let s = usize::try_from(range.start - first.start).expect("small");
         let e = usize::try_from(range.end - first.start).expect("small");
         Ok(data[s..e].to_vec())
@@ -167,7 +181,11 @@ impl<D: Disk> Shard<D> {
             Tree::new(len, &[], Some((0, payload))).prove(leaf)
         } else {
             let (bytes, outboard) = self.read_with_outboard(&id, &loc, &file, group).await?;
-            Tree::new(len, &outboard, Some((g, &bytes))).prove(leaf)
+            let proved = Tree::new(len, &outboard, Some((g, &bytes))).prove(leaf);
+            if proved.1.as_bytes() == &id.0 {
+                self.keep_outboard(id, len, outboard);
+            }
+            proved
         };
         if root.as_bytes() != &id.0 {
             return Err(self.corrupt(id, "the proof does not hash to the id"));

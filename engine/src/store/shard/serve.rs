@@ -36,8 +36,10 @@ pub(super) async fn run_shard<D: Disk>(
             }
         })
         .collect();
+    let outboards = RefCell::new(super::outboards::Outboards::new(cfg.outboard_cache_bytes));
     let shard = Rc::new(Shard {
         cfg,
+        outboards,
         vols,
         index: RefCell::new(Index::new()),
         counters: RefCell::new(Counters::default()),
