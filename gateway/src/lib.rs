@@ -309,10 +309,12 @@ impl Gateway {
                     let m = Arc::clone(&metrics);
                     async move {
                         let method = req.method().as_str().to_owned();
+                        let path = req.uri().path().to_owned();
                         let answer = answer(&service, &limits, timeout, &m, req).await;
                         if let Ok(r) = &answer {
                             m.answered(&method, r.status().as_u16());
                             m.sent_bytes.fetch_add(content_length(r.headers()), Relaxed);
+                            tracing::debug!(%peer, %method, path, status = r.status().as_u16(), "answered");
                         }
                         answer
                     }

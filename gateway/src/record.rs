@@ -69,8 +69,9 @@ pub struct Stored {
     /// The file's share key (`mss1-...`): it opens the sealed file. It never leaves this
     /// machine.
     pub share_key: String,
-    /// With deals only: the copies hold erasure shares of this scheme (copy `i` holds share
-    /// `i` of every chunk; N is the number of copies), not full copies.
+    /// With deals only: the copies hold erasure shares of this scheme (each copy's host
+    /// holds one share of every chunk, the shares naming their index; N is the number of
+    /// copies), not full copies.
     pub erasure: Option<proto::erasure::Scheme>,
 }
 

@@ -479,6 +479,14 @@ impl HostStore {
                 Err(e) => why.push(format!("{addr}: {e}")),
             }
         }
+        if with_ids.len() < usize::from(scheme.k()) {
+            return Err(StoreError::Shares(format!(
+                "{} hosts list their erasure {scheme} shares, {} needed: {}",
+                with_ids.len(),
+                scheme.k(),
+                why.join("; ")
+            )));
+        }
         let (first, end) = chunks_of(&manifest, &range).map_err(StoreError::Shares)?;
         let addr = with_ids
             .iter()

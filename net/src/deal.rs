@@ -624,6 +624,11 @@ pub async fn store(
     let me = AccountId(job.key.verification_key().to_bytes());
     let mut earlier: Vec<Earlier> = Vec::new();
     let mut assigned: Vec<Option<usize>> = vec![None; hosts.len()];
+    // A part holding only the manifest envelope (a file of a multiple of DEAL_CHUNKS_MAX
+    // chunks) is the same for every share: it says nothing of the host's share, and is
+    // matched to the host once its share is known.
+    let manifest_only = |p: &std::ops::Range<usize>| p.start >= plan.chunks.len();
+    let mut envelopes: Vec<Earlier> = Vec::new();
     if found.is_some() {
         for v in chain.deals_of(me, true).await.map_err(chain_err)? {
             let id = parse_tx(&v.id)?;
@@ -643,12 +648,26 @@ pub async fn store(
                         (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
                     })
             };
+            if let Some(part) = parts
+                .iter()
+                .position(|p| manifest_only(p) && same(&candidates[0], p))
+            {
+                envelopes.push(Earlier {
+                    host: full.host,
+                    part,
+                    deal: id,
+                    stage: full.stage,
+                });
+                continue;
+            }
             let found = candidates.iter().enumerate().find_map(|(c, entries)| {
                 // A share already kept by another host is not this host's.
                 let free = job.erasure.is_none()
                     || assigned[h] == Some(c)
                     || (assigned[h].is_none() && !assigned.contains(&Some(c)));
-                let part = parts.iter().position(|p| same(entries, p))?;
+                let part = parts
+                    .iter()
+                    .position(|p| !manifest_only(p) && same(entries, p))?;
                 free.then_some((c, part))
             });
             if let Some((c, part)) = found {
@@ -672,6 +691,7 @@ pub async fn store(
         }
     }
     let assigned: Vec<usize> = assigned.into_iter().flatten().collect();
+    earlier.extend(envelopes);
     let share_of = |h: usize| {
         job.erasure
             .map(|_| u8::try_from(assigned[h]).expect("n <= 32"))

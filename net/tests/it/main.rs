@@ -1298,8 +1298,11 @@ async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
         assert_eq!(std::fs::read(&job.out).unwrap(), original, "{pair:?}");
     }
 
-    // Host 0 reached through a relay that cuts it off after a few shares: the others go on.
-    let relay = cutting_relay(hosts[0].addr, 200_000).await;
+    // Host 0 reached through a relay that cuts it off after 8,000 bytes: past its welcome,
+    // the manifest, its share list and a share header, inside its first share (33 KB).
+    // Host 1 and 2 alone cannot keep the lookahead's shares in flight (16 requests each
+    // for 2 x 24), so host 0 is asked, cut off mid-download, and the others go on.
+    let relay = cutting_relay(hosts[0].addr, 8_000).await;
     let cut = Link::sign(
         &hosts[0].key,
         &relay.to_string(),

@@ -134,6 +134,8 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     let sweep = [
         ("MSPACE_GATEWAY__LIFECYCLE_EVERY_SECS", "1"),
         ("MSPACE_GATEWAY__ORPHAN_GRACE_SECS", "0"),
+        // Each answer logged (method, path, status, peer): a check that fails shows them.
+        ("MSPACE_LOG", "info,gateway=debug"),
     ];
     let mut gw = start(
         &["gateway", "run", "--config", &gw_cfg],
@@ -145,8 +147,13 @@ fn s3_clients_get_s3_answers_and_a_killed_gateway_loses_nothing_acknowledged() {
     println!("{shown}");
     assert!(
         table.status.success(),
-        "{shown}\n{}",
-        String::from_utf8_lossy(&table.stderr)
+        "{shown}\n{}\nthe gateway's answers other than 2xx, and its connection errors:\n{}",
+        String::from_utf8_lossy(&table.stderr),
+        gw.stderr_tail()
+            .lines()
+            .filter(|l| !l.contains("status=2") || l.contains("connection"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(shown.contains("checks, 0 differ from S3"), "{shown}");
     // Every row of the table was a check that ran (no client skipped).

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use super::mspace;
 
@@ -51,7 +52,15 @@ pub(crate) fn init_host(cfg: &str, data: &str, listen: &str, control: &str, extr
 }
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
-pub(crate) struct Proc(pub(crate) Child);
+/// A child process, killed when dropped, with the last MiB of its stderr (read all along).
+pub(crate) struct Proc(pub(crate) Child, Arc<Mutex<Vec<u8>>>);
+
+impl Proc {
+    /// The last MiB of what it wrote to stderr so far.
+    pub(crate) fn stderr_tail(&self) -> String {
+        String::from_utf8_lossy(&self.1.lock().unwrap()).into_owned()
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -84,7 +93,7 @@ pub(crate) fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
             }
             let mut t = keep.lock().unwrap();
             t.extend_from_slice(&buf[..n]);
-            let over = t.len().saturating_sub(4096);
+            let over = t.len().saturating_sub(1 << 20);
             t.drain(..over);
         }
     });
@@ -107,7 +116,7 @@ pub(crate) fn start(args: &[&str], env: &[(&str, &str)], ready: &str) -> Proc {
     // What it prints later is read and dropped: a closed pipe would make its next line
     // fail (and a Rust program panic).
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    Proc(child)
+    Proc(child, tail)
 }
 
 fn metric(addr: &str, name: &str) -> u64 {
@@ -311,7 +320,7 @@ fn a_host_a_killed_and_resumed_upload_and_a_download_through_a_proxy() {
         .env("MSPACE_STATE_DIR", &state)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut first = Proc(first.spawn().unwrap());
+    let mut first = Proc(first.spawn().unwrap(), Arc::default());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while metric(&metrics, "mspace_puts_total") < 100 {
         assert!(

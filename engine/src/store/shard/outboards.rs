@@ -15,6 +15,10 @@ use std::rc::Rc;
 
 use proto::ChunkId;
 
+/// What one kept outboard costs beyond its bytes: its map and order entries and the `Rc`'s
+/// header, counted against the budget with the bytes.
+const ENTRY_OVERHEAD: u64 = 160;
+
 /// Outboards by chunk id, within a byte budget, least recently used out first.
 pub(super) struct Outboards {
     budget: u64,
@@ -49,7 +53,7 @@ impl Outboards {
     /// Keeps a chunk's outboard, dropping the least recently used ones to make room; one
     /// larger than the whole budget is not kept.
     pub(super) fn insert(&mut self, id: ChunkId, bytes: Rc<[u8]>) {
-        let len = bytes.len() as u64;
+        let len = bytes.len() as u64 + ENTRY_OVERHEAD;
         if len > self.budget || self.entries.contains_key(&id) {
             return;
         }
@@ -58,7 +62,7 @@ impl Outboards {
                 break;
             };
             if let Some((b, _)) = self.entries.remove(&old) {
-                self.used -= b.len() as u64;
+                self.used -= b.len() as u64 + ENTRY_OVERHEAD;
             }
         }
         self.tick += 1;
@@ -70,7 +74,7 @@ impl Outboards {
     /// Whether an outboard of `len` bytes for this chunk would be kept: it is not kept
     /// yet, and it fits the budget (its use not counted).
     pub(super) fn wants(&self, id: &ChunkId, len: usize) -> bool {
-        len as u64 <= self.budget && !self.entries.contains_key(id)
+        len as u64 + ENTRY_OVERHEAD <= self.budget && !self.entries.contains_key(id)
     }
 
     /// Bytes kept.
@@ -94,27 +98,32 @@ mod tests {
 
     #[test]
     fn the_least_recently_used_go_first_and_the_budget_holds() {
-        let mut c = Outboards::new(300);
+        // Each entry counts its bytes and ENTRY_OVERHEAD.
+        let e = |n: u64| n + ENTRY_OVERHEAD;
+        let mut c = Outboards::new(3 * e(100));
         c.insert(id(1), bytes(100));
         c.insert(id(2), bytes(100));
         c.insert(id(3), bytes(100));
-        assert_eq!(c.used(), 300);
+        assert_eq!(c.used(), 3 * e(100));
         // 1 is used again: 2 is now the oldest and goes for 4.
         assert!(c.get(&id(1)).is_some());
         c.insert(id(4), bytes(100));
         assert!(c.get(&id(2)).is_none());
         assert!(c.get(&id(1)).is_some() && c.get(&id(3)).is_some() && c.get(&id(4)).is_some());
-        assert_eq!(c.used(), 300);
+        assert_eq!(c.used(), 3 * e(100));
         // A large one makes room for itself; one over the budget is never kept.
-        c.insert(id(5), bytes(250));
-        assert_eq!(c.used(), 250);
+        let large = usize::try_from(3 * e(100) - ENTRY_OVERHEAD - 10).unwrap();
+        c.insert(id(5), bytes(large));
+        assert_eq!(c.used(), e(large as u64));
         assert!(c.get(&id(5)).is_some());
-        c.insert(id(6), bytes(301));
+        assert!(!c.wants(&id(6), large + 11));
+        c.insert(id(6), bytes(large + 11));
         assert!(c.get(&id(6)).is_none());
-        assert_eq!(c.used(), 250);
+        assert_eq!(c.used(), e(large as u64));
         // The same id twice is kept once.
-        c.insert(id(5), bytes(250));
-        assert_eq!(c.used(), 250);
+        assert!(!c.wants(&id(5), large));
+        c.insert(id(5), bytes(large));
+        assert_eq!(c.used(), e(large as u64));
         let mut none = Outboards::new(0);
         none.insert(id(1), bytes(1));
         assert!(none.get(&id(1)).is_none());

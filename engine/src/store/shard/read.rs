@@ -54,8 +54,9 @@ impl<D: Disk> Shard<D> {
     ) -> Result<(Span<<D::File as DiskFile>::Read>, Rc<[u8]>), StoreError> {
         let base = loc.offset() + HEADER_BYTES as u64;
         let data = self.read(id, file, base + range.start, range.end - range.start);
+        let want = outboard_bytes(loc.payload) as usize;
         let kept = self.outboards.borrow_mut().get(id);
-        if let Some(outboard) = kept {
+        if let Some(outboard) = kept.filter(|o| o.len() == want) {
             return Ok((data.await?, outboard));
         }
         let (data, outboard) = futures_lite::future::zip(
