@@ -149,33 +149,64 @@ fn jerr(path: &Path, e: impl std::fmt::Display) -> crate::NetError {
     }
 }
 
+/// An upload's lock ([`Journal::lock`]): removes its file when dropped, before letting go.
+#[derive(Debug)]
+pub struct JournalLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl Drop for JournalLock {
+    fn drop(&mut self) {
+        // Still locked here: the file goes first, the lock when `_file` closes after.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 impl Journal {
     /// Takes the upload's lock (`<journal>.lock`, never renamed): one upload of a file through
     /// a link at a time, so two runs never seal with the same key behind each other's back.
-    /// Held until the returned file is dropped.
-    pub fn lock(path: &Path) -> Result<File, crate::NetError> {
+    /// Held until the returned lock is dropped, which removes the lock file (so they do not
+    /// pile up, one per link, in the state directory) while it still holds it.
+    pub fn lock(path: &Path) -> Result<JournalLock, crate::NetError> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| jerr(path, e))?;
         }
         let lock_path = path.with_extension("lock");
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|e| jerr(&lock_path, e))?;
-        nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-            |_| {
-                jerr(
-                    path,
-                    "another `mspace put` of this file through this link is running",
-                )
-            },
-        )?;
-        Ok(f)
+        let busy = || {
+            jerr(
+                path,
+                "another `mspace put` of this file through this link is running",
+            )
+        };
+        // A run that held the lock removes the file as it lets go: one that opened the file
+        // before that and locks it afterwards holds a lock on a file no longer there, which
+        // a third run would not see. So the lock counts only if the path still names the
+        // file locked; else the file is opened again.
+        for _ in 0..8 {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)
+                .map_err(|e| jerr(&lock_path, e))?;
+            nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock)
+                .map_err(|_| busy())?;
+            let held = f.metadata().map_err(|e| jerr(&lock_path, e))?.ino();
+            match fs::metadata(&lock_path) {
+                Ok(m) if m.ino() == held => {
+                    return Ok(JournalLock {
+                        path: lock_path,
+                        _file: f,
+                    })
+                }
+                _ => continue,
+            }
+        }
+        Err(busy())
     }
-
     /// Reads the journal at `path` if it exists and still describes this upload (same link,
     /// file size and modification time, chunk size); `None` otherwise.
     pub fn find(
@@ -320,6 +351,24 @@ mod tests {
         assert_eq!(j.len(), 2);
         j.remove().unwrap();
         assert!(!p.exists());
+    }
+
+    #[test]
+    fn one_lock_at_a_time_and_its_file_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("put-x.journal");
+        let lock_file = p.with_extension("lock");
+        let held = Journal::lock(&p).unwrap();
+        assert!(lock_file.exists());
+        let e = Journal::lock(&p).unwrap_err().to_string();
+        assert!(e.contains("another `mspace put`"), "{e}");
+        drop(held);
+        assert!(!lock_file.exists(), "a released lock leaves no file behind");
+        // A lock file a killed run left (no one holds it) is taken over.
+        std::fs::write(&lock_file, b"").unwrap();
+        let again = Journal::lock(&p).unwrap();
+        drop(again);
+        assert!(!lock_file.exists());
     }
 
     #[test]
