@@ -458,14 +458,7 @@ impl HostStore {
         };
         let mut with_ids = Vec::new();
         for (addr, mut conn) in hosts {
-            let ids = match conn.call(Request::GetObjectChunks).await {
-                Ok(Reply::Data(b)) => {
-                    net::wire::decode_object_chunks(&b).map_err(|e| e.to_string())
-                }
-                Ok(_) => Err("it answered the chunk list request oddly".to_owned()),
-                Err(e) => Err(e.to_string()),
-            };
-            match ids {
+            match conn.object_chunks().await {
                 Ok(ids) if ids.len() == manifest.chunks.len() => with_ids.push(ShareHost {
                     addr,
                     conn: Some(conn),
@@ -681,17 +674,20 @@ impl Reading {
                     return Err("nothing asked".into());
                 };
                 *in_flight -= len;
-                match conn.reply_to(want).await {
+                let buf = match conn.reply_to(want).await {
                     Ok(Reply::Data(b)) => b,
                     Ok(_) => return Err(format!("chunk {i}: an unexpected answer")),
                     Err(e) => return Err(format!("chunk {i}: {e}")),
+                };
+                if ChunkId::of(&buf) != self.chunks[i].id {
+                    return Err(format!("chunk {i} is not the one sealed (BLAKE3 differs)"));
                 }
+                buf
             }
+            // Rebuilt only if it hashes to the id its shares name, which `check_share`
+            // held to this chunk's.
             Source::Shares { hosts, scheme } => rebuilt(hosts, *scheme, i, &self.chunks[i]).await?,
         };
-        if ChunkId::of(&buf) != self.chunks[i].id {
-            return Err(format!("chunk {i} is not the one sealed (BLAKE3 differs)"));
-        }
         self.cipher
             .open_chunk(i as u64, &mut buf)
             .map_err(|e| format!("chunk {i} does not open: {e:?}"))?;

@@ -255,6 +255,15 @@ impl Conn {
         self.reply_to(id).await
     }
 
+    /// What the host recorded the download link's file with (`GetObjectChunks`): the
+    /// manifest's chunk ids for a full copy, else its erasure share of each chunk.
+    pub async fn object_chunks(&mut self) -> Result<Vec<ChunkId>, NetError> {
+        match self.call(Request::GetObjectChunks).await? {
+            Reply::Data(b) => Ok(crate::wire::decode_object_chunks(&b)?),
+            other => Err(remote(other)),
+        }
+    }
+
     /// Which of `ids` the host has.
     pub async fn have(&mut self, ids: &[ChunkId]) -> Result<HashSet<ChunkId>, NetError> {
         let mut out = HashSet::new();
@@ -445,8 +454,8 @@ impl DealPlan {
         }
     }
 
-    /// What the deals of host `share` cover: what it stores of every chunk, then the
-    /// manifest envelope ([`DealPlan::entries`] for a full copy).
+    /// What the deals of host `share` cover: what it stores of every chunk (`None`: the
+    /// chunks, a full copy), then the manifest envelope.
     pub fn entries_of(&self, share: Option<u8>) -> Vec<ChunkEntry> {
         let mut e = self.stored_by(share);
         e.push(self.manifest);
@@ -467,14 +476,7 @@ impl DealPlan {
         })
     }
 
-    /// What the deals cover: the chunks, then the manifest envelope.
-    pub fn entries(&self) -> Vec<ChunkEntry> {
-        let mut e = self.chunks.clone();
-        e.push(self.manifest);
-        e
-    }
-
-    /// The deals the file is paid as, as ranges of [`DealPlan::entries`]: one deal covers
+    /// The deals the file is paid as, as ranges of [`DealPlan::entries_of`]: one deal covers
     /// at most `DEAL_CHUNKS_MAX` entries, so a larger file is paid in consecutive parts,
     /// the last of which ends with the manifest envelope.
     pub fn parts(&self) -> Vec<Range<usize>> {
@@ -721,26 +723,27 @@ async fn put_attempt(
     } else {
         None
     };
-    let preset = job.preset.as_ref().map(|Preset { plan: p, .. }| {
-        (
-            JournalHeader {
-                link: job.link.id,
-                file_bytes: size,
-                mtime_nanos: mtime,
-                chunk_bytes: p.chunk_bytes,
-                kdf: p.kdf,
-                salt: p.salt,
-                file_id: p.file_id,
-            },
-            job.preset
-                .as_ref()
-                .map(Preset::stored)
-                .unwrap_or_default()
-                .iter()
-                .map(|c| c.id)
-                .collect::<Vec<_>>(),
-        )
-    });
+    // For a paid part: what this host stores of every chunk of the plan (the chunk, or
+    // its share), the ids the journal checks and the file is recorded with.
+    let stored: Option<Vec<ChunkEntry>> = job.preset.as_ref().map(Preset::stored);
+    let preset =
+        job.preset
+            .as_ref()
+            .zip(stored.as_ref())
+            .map(|(Preset { plan: p, .. }, stored)| {
+                (
+                    JournalHeader {
+                        link: job.link.id,
+                        file_bytes: size,
+                        mtime_nanos: mtime,
+                        chunk_bytes: p.chunk_bytes,
+                        kdf: p.kdf,
+                        salt: p.salt,
+                        file_id: p.file_id,
+                    },
+                    stored.iter().map(|c| c.id).collect::<Vec<_>>(),
+                )
+            });
     if let Some(Preset { plan: p, .. }) = &job.preset {
         if p.file_bytes != size || p.chunk_bytes != job.chunk_bytes {
             return Ok(Attempt::Changed { index: 0 });
@@ -779,13 +782,13 @@ async fn put_attempt(
 
     let mut conn = Conn::open(&job.link, &job.via, &job.key, job.max_proxy_price).await?;
     // What this upload sends: the whole file, or the part of a plan a deal covers.
-    let (range, part) = match &job.preset {
-        Some(p) => {
+    let (range, part) = match (&job.preset, &stored) {
+        (Some(p), Some(stored)) => {
             let r = p.chunks();
-            let entries = p.stored()[r.clone()].to_vec();
+            let entries = stored[r.clone()].to_vec();
             (Some(r.start as u64..r.end as u64), Some(entries))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let (present, sealed_left, plain_total) = match &part {
         Some(entries) => {
@@ -933,10 +936,12 @@ async fn put_attempt(
     }
     // A part before the last stores its chunks only: the file is recorded with the last.
     if job.preset.as_ref().is_none_or(Preset::has_manifest) {
-        let chunks: Vec<ChunkId> = match &job.preset {
-            Some(p) => p.stored().iter().map(|c| c.id).collect(),
-            None => manifest.chunks.iter().map(|c| c.id).collect(),
-        };
+        let chunks: Vec<ChunkId> = stored
+            .as_ref()
+            .unwrap_or(&manifest.chunks)
+            .iter()
+            .map(|c| c.id)
+            .collect();
         record_file(&mut conn, &job.link, manifest_id, chunks, envelope).await?;
     }
     journal.remove()?;
@@ -1720,12 +1725,7 @@ async fn holdings(
     let mut kept = Vec::new();
     let mut shares = 0;
     for (addr, mut conn) in std::mem::take(conns) {
-        let list = match conn.call(Request::GetObjectChunks).await {
-            Ok(Reply::Data(b)) => crate::wire::decode_object_chunks(&b).map_err(NetError::from),
-            Ok(other) => Err(remote(other)),
-            Err(e) => Err(e),
-        };
-        match list {
+        match conn.object_chunks().await {
             Ok(l) if l == chunk_ids => kept.push((addr, conn, None)),
             Ok(l) if l.len() == chunk_ids.len() => {
                 shares += 1;

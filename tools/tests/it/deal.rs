@@ -887,7 +887,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         None,
     )
     .unwrap();
-    let mut entries = plan.entries();
+    let mut entries = plan.entries_of(None);
     assert_eq!(entries.len(), 4, "three chunks and the manifest");
     entries[1].crc32c ^= 1;
     let preset = net::client::Preset {
