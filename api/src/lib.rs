@@ -41,7 +41,7 @@ pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
 pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
-pub const EXCHANGE_API_VERSION: u32 = 4;
+pub const EXCHANGE_API_VERSION: u32 = 5;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 2;
 /// Version of [`InsurerApi`].
@@ -666,6 +666,21 @@ pub struct ExchangeStatus {
     /// Requests refused, by reason.
     pub refused: Vec<(String, u64)>,
     pub version: String,
+    /// This process's place among the exchange's replicas, if it is one.
+    pub replica: Option<ExchangeReplica>,
+}
+
+/// One replica of an exchange run as several (`exchange::replica`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExchangeReplica {
+    pub id: u64,
+    /// The replica leading now, as this one knows (none during an election).
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// The last log index applied to this replica's state.
+    pub last_applied: Option<u64>,
+    /// Every replica's id.
+    pub replicas: Vec<u64>,
 }
 
 /// A live exchange as an index lists it (from its signed listing).

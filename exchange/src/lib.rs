@@ -30,10 +30,20 @@
 //! anyone can watch under a registered host's key (a watch is not signed), which can only
 //! make requests wait the whole window for a bid that does not come; bids are signed.
 //!
-//! Not yet: replication (openraft) (issue 15).
+//! Replicas ([`replica`]): one exchange may run as 3 (or 5) replicas of one operator, its
+//! state ([`state::State`]: the book, the requests answered, the flood control's keys) a
+//! Raft log's commands applied in order, so that it survives the loss of a minority of
+//! them. Without `[replication]` in its config, an exchange applies the same commands to
+//! its state alone. What stays with each replica: the per-address rate, the senders read
+//! from the chain, the hosts watching for requests and the requests open for their bids
+//! (a host watches the replica it names; a request reaching another replica is not
+//! forwarded to it), and the counters.
 
+pub mod codec;
 pub mod index;
 pub mod lister;
+pub mod replica;
+pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,11 +54,12 @@ use api::{
     ControlError, ExchangeApi, ExchangeMatch, ExchangeProfile, ExchangeStatus, ExchangeTerms,
     ForwardedRequest,
 };
-use market::book::{bid_entry, Book, Entry, Match};
+use market::book::Match;
 use market::flood::{Flood, FloodPolicy, FloodRefusal};
-use proto::market::{region_ok, request_id, Request, SignedAsk, SignedBid, SignedRequest};
+use proto::market::{region_ok, request_id, Bid, Request, SignedAsk, SignedBid, SignedRequest};
 use proto::tx::AccountId;
 use serde::{Deserialize, Serialize};
+use state::{Command, Outcome, State};
 
 /// Longest an ask may live from the moment it is posted: a host re-posts well before.
 pub const ASK_LIFE_MAX_SECS: u64 = 600;
@@ -59,7 +70,7 @@ pub const REQUEST_LIFE_MAX_SECS: u64 = 600;
 /// while a sender negotiates, at a point a test can name.
 pub const FAULT_ENV: &str = "MSPACE_EXCHANGE_FAULT";
 
-/// `exchange.toml`: `docs/formats.md` section 17.3.
+/// `exchange.toml`: `docs/formats.md` section 17.4.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -88,6 +99,9 @@ pub struct Config {
     pub profile: Profile,
     #[serde(default)]
     pub flood: FloodConfig,
+    /// Run as one of several replicas of this exchange (absent: alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<replica::ReplicationConfig>,
 }
 
 /// `[flood]` in `exchange.toml`: `market::flood::FloodPolicy`.
@@ -184,7 +198,13 @@ impl api::config::RoleConfig for Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        api::config::load(path)
+        let mut c: Config = api::config::load(path)?;
+        if let Some(r) = &mut c.replication {
+            if r.raft_file.is_relative() {
+                r.raft_file = path.parent().unwrap_or(Path::new(".")).join(&r.raft_file);
+            }
+        }
+        Ok(c)
     }
 
     pub fn check(&self) -> Result<(), String> {
@@ -227,6 +247,9 @@ impl Config {
             return Err(format!(
                 "profile.regions: {r:?} is not a region (lowercase letters, digits, '-')"
             ));
+        }
+        if let Some(r) = &self.replication {
+            r.check()?;
         }
         Ok(())
     }
@@ -310,7 +333,8 @@ struct Open {
     /// The watchers it waits for, and those that answered.
     waiting: BTreeSet<[u8; 32]>,
     answered: BTreeSet<[u8; 32]>,
-    bids: Vec<Entry>,
+    /// The bids made (not the passes), each with its host's rating.
+    bids: Vec<(Bid, u32)>,
 }
 
 /// Forwarding to the hosts that bid by themselves.
@@ -331,33 +355,11 @@ impl Forward {
     }
 }
 
-/// A request's (sender, nonce).
-type RequestKey = ([u8; 32], [u8; 16]);
-
-/// The requests answered, until their expiry, with an index by expiry so that forgetting
-/// the expired ones costs only what expired (not a scan of every request at each one).
-#[derive(Debug, Default)]
-struct Answered {
-    keys: BTreeSet<RequestKey>,
-    by_expiry: BTreeSet<(u64, RequestKey)>,
-}
-
-impl Answered {
-    /// Records a request answered now; false if it was answered already.
-    fn insert(&mut self, key: RequestKey, expiry: u64, now: u64) -> bool {
-        while let Some(&(at, k)) = self.by_expiry.first() {
-            if at > now {
-                break;
-            }
-            self.by_expiry.pop_first();
-            self.keys.remove(&k);
-        }
-        if !self.keys.insert(key) {
-            return false;
-        }
-        self.by_expiry.insert((expiry, key));
-        true
-    }
+/// Where the exchange's state lives: here alone, or in a replicated log.
+#[derive(Debug)]
+enum Backend {
+    Alone(Mutex<State>),
+    Replicated(replica::Replica),
 }
 
 #[derive(Debug)]
@@ -366,9 +368,8 @@ struct Inner {
     key: [u8; 32],
     chain_id: u64,
     profile: Profile,
-    book: Mutex<Book>,
-    /// (sender, nonce) of the requests answered, until their expiry: each is answered once.
-    answered: Mutex<Answered>,
+    /// The book, the requests answered (each is answered once) and the keys' flood state.
+    backend: Backend,
     chain: tokio::sync::Mutex<ChainClient>,
     /// Senders seen with an account on the chain, and when it was read: an account, once
     /// it exists, does not stop existing, so a request from one is not a chain read each
@@ -376,7 +377,8 @@ struct Inner {
     /// from it: the flood check reads the sender's deals afresh.
     senders: Mutex<BTreeMap<[u8; 32], (api::AccountView, u64)>>,
     counters: Mutex<Counters>,
-    flood: Mutex<Flood>,
+    /// The per-address rate (this process's connections; only its `admit_addr` is used).
+    addr_flood: Mutex<Flood>,
     /// [`FAULT_ENV`] was set: exit on the first request.
     exit_on_request: bool,
     forward: Mutex<Forward>,
@@ -420,11 +422,13 @@ impl Exchange {
     pub fn snapshot(&self) -> ExchangeStatus {
         let i = &self.inner;
         let now = now_secs();
-        let asks = {
-            let mut book = lock(&i.book);
-            book.expire(now);
-            book.asks().map(|e| view(&e.to_match())).collect()
-        };
+        let asks = self.read(|s| {
+            s.book()
+                .asks()
+                .filter(|e| now < e.ask.expiry_unix_secs)
+                .map(|e| view(&e.to_match()))
+                .collect()
+        });
         let c = lock(&i.counters);
         ExchangeStatus {
             key: i.key,
@@ -440,6 +444,10 @@ impl Exchange {
             bids_matched: c.bids_matched,
             refused: c.refused.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            replica: match &i.backend {
+                Backend::Alone(_) => None,
+                Backend::Replicated(r) => Some(r.view()),
+            },
         }
     }
 
@@ -490,12 +498,37 @@ impl Exchange {
         e.finish()
     }
 
-    /// An exchange with account `key` serving `profile` for the chain `chain` follows.
+    /// An exchange with account `key` serving `profile` for the chain `chain` follows,
+    /// alone.
     pub async fn new(
         key: [u8; 32],
         profile: Profile,
         flood: FloodPolicy,
+        chain: ChainClient,
+    ) -> Result<Exchange, String> {
+        let alone = Backend::Alone(Mutex::new(State::new(flood)));
+        Exchange::with_backend(key, profile, flood, chain, alone).await
+    }
+
+    /// [`Exchange::new`] as one of the exchange's replicas (started with the same flood
+    /// policy as `flood`).
+    pub async fn replicated(
+        key: [u8; 32],
+        profile: Profile,
+        flood: FloodPolicy,
+        chain: ChainClient,
+        replica: replica::Replica,
+    ) -> Result<Exchange, String> {
+        let backend = Backend::Replicated(replica);
+        Exchange::with_backend(key, profile, flood, chain, backend).await
+    }
+
+    async fn with_backend(
+        key: [u8; 32],
+        profile: Profile,
+        flood: FloodPolicy,
         mut chain: ChainClient,
+        backend: Backend,
     ) -> Result<Exchange, String> {
         let chain_id = chain
             .status()
@@ -507,12 +540,11 @@ impl Exchange {
                 key,
                 chain_id,
                 profile,
-                book: Mutex::new(Book::new()),
-                answered: Mutex::new(Answered::default()),
+                backend,
                 chain: tokio::sync::Mutex::new(chain),
                 senders: Mutex::new(BTreeMap::new()),
                 counters: Mutex::new(Counters::default()),
-                flood: Mutex::new(Flood::new(flood)),
+                addr_flood: Mutex::new(Flood::new(flood)),
                 exit_on_request: std::env::var(FAULT_ENV).is_ok_and(|v| v == "exit-on-request"),
                 forward: Mutex::new(Forward::default()),
                 forwarded: tokio::sync::watch::channel(0).0,
@@ -549,13 +581,42 @@ impl Exchange {
             std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             std::net::IpAddr::V6(v6) => v6.octets(),
         };
-        let admitted = lock(&self.inner.flood).admit_addr(addr, now);
+        let admitted = lock(&self.inner.addr_flood).admit_addr(addr, now);
         admitted.map_err(|e| self.flooded(&e))
     }
 
     /// The chain this exchange serves.
     pub fn chain_id(&self) -> u64 {
         self.inner.chain_id
+    }
+
+    /// This exchange's replica, if it is one.
+    pub fn replica(&self) -> Option<&replica::Replica> {
+        match &self.inner.backend {
+            Backend::Alone(_) => None,
+            Backend::Replicated(r) => Some(r),
+        }
+    }
+
+    /// Reads the exchange's state (a replica's own applied copy).
+    fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        match &self.inner.backend {
+            Backend::Alone(s) => f(&lock(s)),
+            Backend::Replicated(r) => r.read(f),
+        }
+    }
+
+    /// Applies `cmd`: here, or through the replicas' log.
+    async fn submit(&self, cmd: Command) -> Result<Outcome, ControlError> {
+        match &self.inner.backend {
+            Backend::Alone(s) => Ok(lock(s).apply(cmd)),
+            Backend::Replicated(r) => r.propose(cmd).await.map_err(|e| {
+                self.refuse(
+                    "replicas unavailable",
+                    ControlError::Unavailable(format!("the exchange's replicas: {e}")),
+                )
+            }),
+        }
     }
 
     fn refuse(&self, reason: &str, e: ControlError) -> ControlError {
@@ -634,9 +695,16 @@ impl Exchange {
                 ),
             ));
         }
-        lock(&i.book)
-            .post(ask, account.rating, now)
-            .map_err(|e| self.refuse("stale ask", ControlError::Invalid(e.to_string())))
+        let cmd = Command::Ask {
+            ask,
+            rating: account.rating,
+            now,
+        };
+        match self.submit(cmd).await? {
+            Outcome::Posted => Ok(()),
+            Outcome::AskRefused(e) => Err(self.refuse("stale ask", ControlError::Invalid(e))),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn take_request(&self, bytes: Vec<u8>) -> Result<Vec<ExchangeMatch>, ControlError> {
@@ -655,8 +723,10 @@ impl Exchange {
                 )
             })?;
         let req = signed.msg;
-        let admitted = lock(&i.flood).admit_key(req.sender, now);
-        admitted.map_err(|e| self.flooded(&e))?;
+        // The key's rate and ban as this replica's state has them (the log's answer is the
+        // one that counts), before anything is read from the chain for it.
+        let checked = self.read(|s| s.flood().check_key(&req.sender, now));
+        checked.map_err(|e| self.flooded(&e))?;
         if let Some(why) = profile_refusal(&i.profile, &req) {
             return Err(self.refuse("outside the profile", ControlError::Invalid(why)));
         }
@@ -669,44 +739,25 @@ impl Exchange {
                 ),
             ));
         }
-        // The key's last answer: did a deal with one of its hosts follow? The key's deals
-        // are read now (not from a cache), and those it had when answered do not count.
-        let outstanding = lock(&i.flood).outstanding(&req.sender).cloned();
-        let mut deals = None;
-        if let Some(o) = outstanding {
-            let now_deals = self.deals_of(req.sender).await?;
-            let dealt = o.followed_by(&now_deals);
-            deals = Some(now_deals);
-            let settled = lock(&i.flood).settle(req.sender, dealt, now);
-            settled.map_err(|e| self.flooded(&e))?;
+        if self.read(|s| s.answered().holds(&(req.sender, req.nonce), now)) {
+            return Err(self.replayed());
         }
-        {
-            if !lock(&i.answered).insert((req.sender, req.nonce), req.expiry_unix_secs, now) {
-                return Err(self.refuse(
-                    "replayed request",
-                    ControlError::Invalid("this request was answered already".into()),
-                ));
-            }
-        }
+        // The key's deals now (not from a cache): they settle its last answer, and those it
+        // has when this one is answered do not count for the next.
+        let deals = self.deals_of(req.sender).await?;
         let bids = self.collect_bids(&bytes, &req, now).await;
-        let got = {
-            let mut book = lock(&i.book);
-            book.expire(now);
-            book.take_with(&req, &bids, now)
+        let cmd = Command::Request {
+            req,
+            now,
+            deals,
+            bids,
         };
-        let hosts: Vec<[u8; 32]> = got.iter().map(|(m, _)| m.host).collect();
-        if !hosts.is_empty() {
-            let deals = match deals {
-                Some(d) => d,
-                None => self.deals_of(req.sender).await?,
-            };
-            let known = deals
-                .into_iter()
-                .filter(|(_, host)| hosts.contains(host))
-                .map(|(id, _)| id)
-                .collect();
-            lock(&i.flood).answered(req.sender, hosts, known);
-        }
+        let got = match self.submit(cmd).await? {
+            Outcome::Matched(got) => got,
+            Outcome::Flooded(e) => return Err(self.flooded(&e)),
+            Outcome::Replayed => return Err(self.replayed()),
+            other => return Err(unexpected(&other)),
+        };
         {
             let mut c = lock(&i.counters);
             c.matched += 1;
@@ -715,9 +766,16 @@ impl Exchange {
         Ok(got.iter().map(|(m, _)| view(m)).collect())
     }
 
+    fn replayed(&self) -> ControlError {
+        self.refuse(
+            "replayed request",
+            ControlError::Invalid("this request was answered already".into()),
+        )
+    }
+
     /// Forwards the request to the hosts watching (if the profile has a bid window and any
     /// watch), and waits until each has answered or the window closes: the bids made.
-    async fn collect_bids(&self, bytes: &[u8], req: &Request, now: u64) -> Vec<Entry> {
+    async fn collect_bids(&self, bytes: &[u8], req: &Request, now: u64) -> Vec<(Bid, u32)> {
         let i = &self.inner;
         let window = std::time::Duration::from_millis(i.profile.bid_window_ms);
         if window.is_zero() {
@@ -880,12 +938,10 @@ impl Exchange {
                 ControlError::Invalid("this host answered this request already".into()),
             ));
         }
-        let entry = {
-            let mut book = lock(&i.book);
-            bid_entry(&bid, &open.req, rating, book.stamp())
-        };
-        let passed = entry.is_none();
-        open.bids.extend(entry);
+        let passed = bid.price_per_gib_day.is_none();
+        if !passed {
+            open.bids.push((bid, rating));
+        }
         drop(f);
         {
             let mut c = lock(&i.counters);
@@ -942,6 +998,11 @@ pub async fn serve(ex: Exchange, listener: tokio::net::TcpListener) {
     }
 }
 
+/// An outcome that does not answer the command given (a bug, not the caller's fault).
+fn unexpected(o: &Outcome) -> ControlError {
+    ControlError::Unavailable(format!("the exchange's state answered {o:?}"))
+}
+
 impl ExchangeApi for Exchange {
     async fn post_ask(self, _: tarpc::context::Context, ask: Vec<u8>) -> Result<(), ControlError> {
         self.take_ask(ask).await
@@ -989,21 +1050,6 @@ impl ExchangeApi for Exchange {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn a_request_is_answered_once_until_it_expires() {
-        let mut a = Answered::default();
-        let k = |n: u8| ([n; 32], [n; 16]);
-        assert!(a.insert(k(1), 100, 10));
-        assert!(!a.insert(k(1), 100, 50), "a replay before its expiry");
-        assert!(a.insert(k(2), 200, 50));
-        // At its expiry it is forgotten (it could not be answered again anyway).
-        assert!(a.insert(k(1), 300, 100));
-        assert!(!a.insert(k(2), 200, 150));
-        assert_eq!((a.keys.len(), a.by_expiry.len()), (2, 2));
-        assert!(a.insert(k(3), 400, 1000));
-        assert_eq!((a.keys.len(), a.by_expiry.len()), (1, 1));
-    }
 
     fn req(bytes: u64, days: u32, region: &str) -> Request {
         Request {
@@ -1063,6 +1109,7 @@ mod tests {
             metrics_listen: Some("127.0.0.1:9403".into()),
             profile: Profile::default(),
             flood: FloodConfig::default(),
+            replication: None,
         };
         assert_eq!(ok.check(), Ok(()));
         let back: Config = toml::from_str(&ok.to_toml()).unwrap();

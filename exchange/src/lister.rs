@@ -55,6 +55,22 @@ async fn post_all(l: &Lister, seq: u64) -> bool {
     all
 }
 
+/// Runs [`run`] while `leading` is true: the replicas of one exchange share its key, so
+/// only the one leading lists itself (a new leader's listing replaces the old one's, its
+/// `seq` being later).
+pub async fn run_while_leading(l: Lister, mut leading: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tracing::info!("lister: this replica leads: listing it");
+        tokio::select! {
+            () = run(l.clone()) => {}
+            _ = leading.wait_for(|l| !*l) => {}
+        }
+    }
+}
+
 /// Runs until the task is dropped.
 pub async fn run(l: Lister) {
     let mut seq = 0u64;

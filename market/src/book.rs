@@ -51,7 +51,7 @@ pub fn network(addr: &str) -> String {
 }
 
 /// An ask as the book holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
     pub ask: Ask,
     /// The host's rating from the chain (0..=1000) when the ask was posted.
@@ -98,7 +98,7 @@ pub fn bid_entry(bid: &Bid, req: &Request, rating: u32, posted: u64) -> Option<E
 }
 
 /// A host matched to a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Match {
     pub host: [u8; 32],
     pub addr: String,
@@ -117,7 +117,7 @@ pub enum BookError {
     Expired { expiry: u64, now: u64 },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Book {
     asks: BTreeMap<[u8; 32], Entry>,
     /// Highest `seq` seen per host, kept after its ask is withdrawn or expires so that an
@@ -196,6 +196,30 @@ impl Book {
             self.withdraw(h);
         }
         gone.len()
+    }
+
+    /// Whether the book holds together (as one read from elsewhere must): each ask under
+    /// its host, in matching order once, its `seq` the highest held for the host, and every
+    /// arrival time before the next.
+    pub fn check(&self) -> Result<(), String> {
+        for (host, e) in &self.asks {
+            if e.ask.host != *host {
+                return Err("an ask under another host's key".into());
+            }
+            if self.seqs.get(host).is_none_or(|held| *held < e.ask.seq) {
+                return Err("an ask newer than its host's highest seq".into());
+            }
+            if e.posted >= self.next {
+                return Err("an ask posted after the book's clock".into());
+            }
+            if !self.order.contains(&rank(e)) {
+                return Err("an ask missing from matching order".into());
+            }
+        }
+        if self.order.len() != self.asks.len() {
+            return Err("matching order names asks the book does not hold".into());
+        }
+        Ok(())
     }
 
     pub fn asks(&self) -> impl Iterator<Item = &Entry> {
@@ -349,6 +373,40 @@ mod tests {
 
     fn hosts(m: &[Match]) -> Vec<u8> {
         m.iter().map(|m| m.host[0]).collect()
+    }
+
+    #[test]
+    fn a_book_that_contradicts_itself_is_found_out() {
+        let mut b = Book::new();
+        assert_eq!(b.check(), Ok(()));
+        b.post(
+            Ask {
+                chain_id: 1,
+                host: [1; 32],
+                seq: 3,
+                price_per_gib_day: 5,
+                free_bytes: 1,
+                min_days: 1,
+                max_days: 1,
+                deposit: 1,
+                expiry_unix_secs: 10,
+                region: String::new(),
+                addr: "10.0.0.1:1".into(),
+            },
+            1,
+            0,
+        )
+        .unwrap();
+        assert_eq!(b.check(), Ok(()));
+        let mut unordered = b.clone();
+        unordered.order.clear();
+        assert!(unordered.check().unwrap_err().contains("matching order"));
+        let mut replayable = b.clone();
+        replayable.seqs.insert([1; 32], 2);
+        assert!(replayable.check().unwrap_err().contains("highest seq"));
+        let mut early = b.clone();
+        early.next = 0;
+        assert!(early.check().unwrap_err().contains("clock"));
     }
 
     #[test]

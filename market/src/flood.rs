@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 /// The limits; `exchange.toml`'s `[flood]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FloodPolicy {
     pub per_key_per_min: u32,
     pub per_addr_per_min: u32,
@@ -36,7 +36,7 @@ impl Default for FloodPolicy {
 }
 
 /// Why a request is refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum FloodRefusal {
     #[error("this key is banned until {until} (Unix seconds): {strikes} requests in a row were answered and no deal followed")]
     Banned { until: u64, strikes: u32 },
@@ -59,7 +59,7 @@ impl FloodRefusal {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Window {
     start: u64,
     count: u32,
@@ -84,7 +84,7 @@ impl Window {
 }
 
 /// A key's standing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct KeyState {
     window: Window,
     strikes: u32,
@@ -95,7 +95,7 @@ struct KeyState {
 
 /// An answered request that matched hosts: a deal with one of `hosts` that is not among
 /// `known_deals` (the key's deals with them when it was answered) settles it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Outstanding {
     pub hosts: Vec<[u8; 32]>,
     pub known_deals: Vec<[u8; 32]>,
@@ -110,7 +110,7 @@ impl Outstanding {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Flood {
     policy: FloodPolicy,
     keys: BTreeMap<[u8; 32], KeyState>,
@@ -156,6 +156,26 @@ impl Flood {
     }
 
     /// The key's outstanding answer, if any.
+    /// What [`Flood::admit_key`] would answer at `now`, changing nothing: a replica checks
+    /// a request against its copy of the state before reading the chain for it, and the
+    /// replicated log then admits it for good.
+    pub fn check_key(&self, key: &[u8; 32], now: u64) -> Result<(), FloodRefusal> {
+        let Some(k) = self.keys.get(key) else {
+            return Ok(());
+        };
+        if now < k.banned_until {
+            return Err(FloodRefusal::Banned {
+                until: k.banned_until,
+                strikes: k.strikes,
+            });
+        }
+        let limit = self.policy.per_key_per_min;
+        let mut window = k.window;
+        window
+            .take(now, limit)
+            .map_err(|retry_at| FloodRefusal::KeyRate { limit, retry_at })
+    }
+
     pub fn outstanding(&self, key: &[u8; 32]) -> Option<&Outstanding> {
         self.keys.get(key).and_then(|k| k.outstanding.as_ref())
     }
@@ -243,8 +263,12 @@ mod tests {
         let mut f = Flood::new(policy());
         let (a, b) = ([1; 32], [2; 32]);
         for _ in 0..3 {
+            // A check changes nothing: checked any number of times, still admitted once.
+            f.check_key(&a, 1000).unwrap();
+            f.check_key(&a, 1000).unwrap();
             f.admit_key(a, 1000).unwrap();
         }
+        assert_eq!(f.check_key(&a, 1010), f.admit_key(a, 1010));
         assert_eq!(
             f.admit_key(a, 1010),
             Err(FloodRefusal::KeyRate {

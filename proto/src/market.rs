@@ -32,7 +32,7 @@ const BID_CONTEXT: &[u8] = b"market.space 2026-12 host bid v1\0";
 
 /// A host's standing ask on an exchange's book: the terms on which it takes new storage
 /// until `expiry_unix_secs`. A later ask of the same host (higher `seq`) replaces it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ask {
     pub chain_id: u64,
     /// The host's key: its account on the chain.
@@ -56,7 +56,7 @@ pub struct Ask {
 }
 
 /// A sender's storage request: what it wants stored, for how long, at most at what price.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub chain_id: u64,
     /// The sender's key: its account on the chain pays.
@@ -98,7 +98,7 @@ pub struct Listing {
 /// request rather than, or as well as, keeping a standing ask): a price for exactly that
 /// request's bytes and days, or a pass (`price_per_gib_day` `None`: it will not take it).
 /// Bound to the request by its id ([`request_id`]), so it cannot be replayed onto another.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bid {
     pub chain_id: u64,
     /// The host's key: its account on the chain.

@@ -10,6 +10,12 @@
 //! each sender's account is read once. Flood limits are lifted (one address sends
 //! everything). The baseline measured in the same run is one core checking the same
 //! requests' signatures alone, the floor of admission.
+//!
+//! With `replicas` above 1, the exchange runs as that many replicas in this process
+//! (`exchange::replica`: Raft over loopback, each with its raft file in a temporary
+//! directory on this machine's disk, fsynced), the clients all connected to the leader (the
+//! replica that keeps the exchange listed on indexes, where senders find it): each request
+//! is answered once its command is committed by a majority and applied.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,10 +48,13 @@ pub struct ExchangeBenchArgs {
     /// Requests signed before the run (the run stops early if it uses them all).
     pub requests: usize,
     pub seconds: f64,
+    /// 1: one exchange alone; 3 or 5: its replicas.
+    pub replicas: usize,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ExchangeBenchResult {
+    pub replicas: usize,
     pub hosts: usize,
     pub clients: usize,
     pub senders: usize,
@@ -250,27 +259,7 @@ pub fn run(a: &ExchangeBenchArgs) -> Result<ExchangeBenchResult> {
             .await
             .context("the stand-in chain did not start")?
             .to_string();
-        let chain = api::chain::ChainClient::connect(&[miner]).await?;
-        let ex = exchange::Exchange::new(
-            key(0, 3).verification_key().to_bytes(),
-            exchange::Profile {
-                bid_window_ms: 0,
-                ..exchange::Profile::default()
-            },
-            exchange::FloodConfig {
-                per_key_per_min: u32::MAX,
-                per_addr_per_min: u32::MAX,
-                strikes_to_ban: u32::MAX,
-                ban_secs: 1,
-            }
-            .policy(),
-            chain,
-        )
-        .await
-        .map_err(anyhow::Error::msg)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        tokio::spawn(exchange::serve(ex, listener));
+        let (addr, _replicas) = start_exchanges(&miner, a.replicas).await?;
         let c = api::exchange_client(&addr).await?;
         for ask in asks {
             c.post_ask(tarpc::context::current(), ask)
@@ -324,6 +313,7 @@ pub fn run(a: &ExchangeBenchArgs) -> Result<ExchangeBenchResult> {
         #[allow(clippy::cast_precision_loss)]
         let per_sec = l.len() as f64 / seconds;
         anyhow::Ok(ExchangeBenchResult {
+            replicas: a.replicas,
             hosts: a.hosts,
             clients: a.clients,
             senders: a.senders,
@@ -337,4 +327,83 @@ pub fn run(a: &ExchangeBenchArgs) -> Result<ExchangeBenchResult> {
             ratio_to_one_core_verify: per_sec / verify_per_sec,
         })
     })
+}
+
+/// The exchange (alone, or as `replicas` replicas) following the chain at `miner`, served on
+/// loopback: the address of the one alone or of the leader, and what to keep while they run
+/// (the replicas and the directory of their raft files, removed when dropped).
+async fn start_exchanges(
+    miner: &str,
+    replicas: usize,
+) -> Result<(String, (Vec<exchange::replica::Replica>, tempfile::TempDir))> {
+    let exchange_key = key(0, 3);
+    let profile = exchange::Profile {
+        bid_window_ms: 0,
+        ..exchange::Profile::default()
+    };
+    let flood = exchange::FloodConfig {
+        per_key_per_min: u32::MAX,
+        per_addr_per_min: u32::MAX,
+        strikes_to_ban: u32::MAX,
+        ban_secs: 1,
+    }
+    .policy();
+    let public = exchange_key.verification_key().to_bytes();
+    let mut replica_set = Vec::new();
+    if replicas > 1 {
+        for id in 1..=replicas as u64 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            replica_set.push(exchange::replica::ReplicaAddr {
+                id,
+                raft: format!("127.0.0.1:{port}"),
+            });
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let mut addrs = Vec::new();
+    let mut started = Vec::new();
+    for r in 0..replicas {
+        let chain = api::chain::ChainClient::connect(&[miner.to_owned()]).await?;
+        let ex = if replicas == 1 {
+            exchange::Exchange::new(public, profile.clone(), flood, chain).await
+        } else {
+            let cfg = exchange::replica::ReplicationConfig {
+                id: r as u64 + 1,
+                raft_file: dir.path().join(format!("raft-{r}.redb")),
+                replicas: replica_set.clone(),
+            };
+            let replica = exchange::replica::Replica::start(
+                &cfg,
+                &cfg.raft_file,
+                flood,
+                &exchange_key.to_bytes(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            started.push(replica.clone());
+            exchange::Exchange::replicated(public, profile.clone(), flood, chain, replica).await
+        }
+        .map_err(anyhow::Error::msg)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        addrs.push(listener.local_addr()?.to_string());
+        tokio::spawn(exchange::serve(ex, listener));
+    }
+    let mut leader = 0;
+    if let Some(r) = started.first() {
+        let mut m = r.metrics();
+        let elected = tokio::time::timeout(Duration::from_secs(30), async {
+            m.wait_for(|m| m.current_leader.is_some())
+                .await
+                .map(|m| m.current_leader)
+        })
+        .await;
+        let id = elected
+            .context("no leader elected in 30 s")?
+            .context("a replica stopped")?
+            .context("no leader")?;
+        leader = usize::try_from(id - 1)?;
+    }
+    Ok((addrs.swap_remove(leader), (started, dir)))
 }

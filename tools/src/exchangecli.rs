@@ -74,6 +74,13 @@ struct InitArgs {
     /// An index to keep this exchange listed on (repeat).
     #[arg(long)]
     index: Vec<String>,
+    /// Run as one of the exchange's replicas: every replica as ID=IP:PORT, the address
+    /// replicas reach it on (repeat, 3 or 5 times; the same list for every replica).
+    #[arg(long, value_name = "ID=IP:PORT", requires = "replica_id")]
+    replica: Vec<String>,
+    /// This replica's ID among --replica.
+    #[arg(long, requires = "replica")]
+    replica_id: Option<u64>,
 }
 
 pub fn exchange(args: ExchangeArgs) -> Result<()> {
@@ -166,7 +173,7 @@ ban_secs = 3600
         max_days = a.max_days,
         regions = list(&a.region),
         indexes = list(&a.index),
-    );
+    ) + &replication_text(a)?;
     let parsed: Config =
         toml::from_str(&text).context("the configuration written does not parse")?;
     parsed.check().map_err(anyhow::Error::msg)?;
@@ -181,6 +188,39 @@ ban_secs = 3600
     )
 }
 
+/// The `[replication]` section `init` writes for `--replica`, if any.
+fn replication_text(a: &InitArgs) -> Result<String> {
+    let Some(id) = a.replica_id else {
+        return Ok(String::new());
+    };
+    let mut rows = String::new();
+    for r in &a.replica {
+        let (rid, addr) = r
+            .split_once('=')
+            .with_context(|| format!("--replica {r}: write ID=IP:PORT"))?;
+        let rid: u64 = rid
+            .parse()
+            .with_context(|| format!("--replica {r}: the ID is a number"))?;
+        rows.push_str(&format!(
+            "[[replication.replicas]]\nid = {rid}\nraft = {addr:?}\n\n"
+        ));
+    }
+    Ok(format!(
+        r#"
+# This exchange runs as several replicas (Raft, among machines you run): its book, the
+# requests it answered and its bans survive the loss of a minority of them. Every replica
+# holds the same key_file (copy it), lists the same replicas and has its own id; only the
+# leader keeps the exchange listed on the indexes. Keep the raft addresses on your own
+# network: replicas trust each other.
+[replication]
+id = {id}
+# This replica's Raft log, vote and snapshot.
+raft_file = "exchange-raft.redb"
+
+{rows}"#
+    ))
+}
+
 fn run(config: &std::path::Path) -> Result<()> {
     let cfg = Config::load(config)?;
     init_logs();
@@ -189,26 +229,45 @@ fn run(config: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("no miner answers at {}", cfg.chain.join(", ")))?;
         let key = net::config::read_key(&cfg.key_file)?;
-        let ex = Exchange::new(
-            key.verification_key().to_bytes(),
-            cfg.profile.clone(),
-            cfg.flood.policy(),
-            chain,
-        )
-        .await
+        let public = key.verification_key().to_bytes();
+        let ex = match &cfg.replication {
+            None => Exchange::new(public, cfg.profile.clone(), cfg.flood.policy(), chain).await,
+            Some(r) => {
+                let replica = exchange::replica::Replica::start(
+                    r,
+                    &r.raft_file,
+                    cfg.flood.policy(),
+                    &key.to_bytes(),
+                )
+                .await
+                .map_err(anyhow::Error::msg)?;
+                println!(
+                    "exchange replica {} of {:?}, raft on {}",
+                    r.id,
+                    r.replicas.iter().map(|r| r.id).collect::<Vec<_>>(),
+                    r.own_addr()
+                );
+                let (profile, flood) = (cfg.profile.clone(), cfg.flood.policy());
+                Exchange::replicated(public, profile, flood, chain, replica).await
+            }
+        }
         .map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let bound = listener.local_addr()?;
         if !cfg.indexes.is_empty() {
-            tokio::spawn(exchange::lister::run(exchange::lister::Lister {
+            let lister = exchange::lister::Lister {
                 key,
                 chain_id: ex.chain_id(),
                 addr: cfg.listed_addr().to_owned(),
                 region: cfg.region.clone(),
                 indexes: cfg.indexes.clone(),
-            }));
+            };
+            match ex.replica() {
+                None => tokio::spawn(exchange::lister::run(lister)),
+                Some(r) => tokio::spawn(exchange::lister::run_while_leading(lister, r.leading())),
+            };
         }
         if let Some(m) = &cfg.metrics_listen {
             let ex = ex.clone();
@@ -221,9 +280,12 @@ fn run(config: &std::path::Path) -> Result<()> {
             )
             .await?;
         }
-        tokio::spawn(exchange::serve(ex, listener));
+        tokio::spawn(exchange::serve(ex.clone(), listener));
         println!("exchange listening on {bound}");
         wait_for_signal().await;
+        if let Some(r) = ex.replica() {
+            r.shutdown().await;
+        }
         anyhow::Ok(())
     })
 }
@@ -281,6 +343,18 @@ fn status(addr: &str, json: bool) -> Result<()> {
     for (why, n) in &s.refused {
         println!("refused ({why}): {n}");
     }
+    if let Some(r) = &s.replica {
+        println!(
+            "replica {} of {:?}: leader {}, term {}, log applied through {}",
+            r.id,
+            r.replicas,
+            r.leader
+                .map_or_else(|| "unknown (an election?)".to_owned(), |l| l.to_string()),
+            r.term,
+            r.last_applied
+                .map_or_else(|| "-".to_owned(), |i| i.to_string())
+        );
+    }
     Ok(())
 }
 
@@ -327,6 +401,8 @@ struct StatusJson {
     passes: u64,
     bids_matched: u64,
     refused: std::collections::BTreeMap<String, u64>,
+    /// This process's place among the exchange's replicas (null: it runs alone).
+    replica: Option<api::ExchangeReplica>,
 }
 
 impl From<&api::ExchangeStatus> for StatusJson {
@@ -349,6 +425,7 @@ impl From<&api::ExchangeStatus> for StatusJson {
             passes: s.passes,
             bids_matched: s.bids_matched,
             refused: s.refused.iter().cloned().collect(),
+            replica: s.replica.clone(),
         }
     }
 }

@@ -29,6 +29,10 @@ struct Cli {
     /// most 32 connections from one address).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=31))]
     clients: u64,
+    /// (exchange) 1: one exchange alone; 3 or 5: the exchange as that many replicas (Raft
+    /// on loopback, raft files on this disk), the connections spread over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    replicas: u64,
     /// (exchange) Requests signed before the run (it stops early if it uses them all).
     #[arg(long, default_value_t = 200_000)]
     requests: usize,
@@ -76,13 +80,14 @@ fn main() -> Result<()> {
             senders: cli.accounts,
             requests: cli.requests,
             seconds: cli.seconds,
+            replicas: usize::try_from(cli.replicas)?,
         })?;
         if cli.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "one exchange, {} asks, {} connections, {} senders: {} requests matched in {:.1} s ({:.0}/s, {} refused), p50 {:.2} ms, p99 {:.2} ms; one core checking their signatures alone: {:.0}/s (ratio {:.2})",
-                r.hosts, r.clients, r.senders, r.matched, r.seconds, r.per_sec, r.refused, r.p50_ms, r.p99_ms, r.verify_per_sec, r.ratio_to_one_core_verify
+                "one exchange ({} replica(s)), {} asks, {} connections, {} senders: {} requests matched in {:.1} s ({:.0}/s, {} refused), p50 {:.2} ms, p99 {:.2} ms; one core checking their signatures alone: {:.0}/s (ratio {:.2})",
+                r.replicas, r.hosts, r.clients, r.senders, r.matched, r.seconds, r.per_sec, r.refused, r.p50_ms, r.p99_ms, r.verify_per_sec, r.ratio_to_one_core_verify
             );
         }
         return Ok(());

@@ -2864,3 +2864,184 @@ fn erasure_shares_on_three_hosts_are_paid_proven_and_the_file_comes_back_from_an
     );
     assert!(!back.exists());
 }
+
+/// One exchange run as three replicas (`mspace exchange init --replica ...`), each its own
+/// process with its own raft file: hosts ask at a follower, every replica's book shows the
+/// asks; the leader is killed, and a put's request at the other follower is matched on the
+/// book the survivors kept (after they elected a new leader); the killed replica, run
+/// again, catches up from its raft file and the new leader, and matches too.
+#[test]
+fn an_exchange_of_three_replicas_keeps_its_book_when_its_leader_dies() {
+    const PRICES: [u64; 3] = [30, 10, 20];
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 17, 3, &[]);
+    let free = || format!("127.0.0.1:{}", super::net::free_port("127.0.0.1"));
+    let rafts: Vec<String> = (0..3).map(|_| free()).collect();
+    let addrs: Vec<String> = (0..3).map(|_| free()).collect();
+    let set: Vec<String> = rafts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{}={r}", i + 1))
+        .collect();
+    let mut cfgs = Vec::new();
+    let mut key = String::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let cfg = s(&dir.path().join(format!("ex{i}/exchange.toml")));
+        let id = (i + 1).to_string();
+        let mut args = vec![
+            "exchange",
+            "init",
+            "--config",
+            &cfg,
+            "--listen",
+            addr,
+            "--chain",
+            &m0,
+            "--replica-id",
+            &id,
+        ];
+        for r in &set {
+            args.extend_from_slice(&["--replica", r]);
+        }
+        let init = mspace(&args, &[]);
+        assert_eq!(init.code, 0, "{}", init.stderr);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        assert!(
+            text.contains(&format!("[replication]\nid = {id}")),
+            "{text}"
+        );
+        if i == 0 {
+            key = init
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("exchange key "))
+                .unwrap()
+                .to_owned();
+        } else {
+            // Every replica holds the exchange's one key.
+            std::fs::copy(
+                dir.path().join("ex0/exchange.key"),
+                dir.path().join(format!("ex{i}/exchange.key")),
+            )
+            .unwrap();
+        }
+        cfgs.push(cfg);
+    }
+    // A replica set of two is refused by name.
+    let two = mspace(
+        &[
+            "exchange",
+            "init",
+            "--config",
+            &s(&dir.path().join("two/exchange.toml")),
+            "--chain",
+            &m0,
+            "--replica-id",
+            "1",
+            "--replica",
+            &set[0],
+            "--replica",
+            &set[1],
+        ],
+        &[],
+    );
+    assert_ne!(two.code, 0);
+    assert!(two.stderr.contains("from 3"), "{}", two.stderr);
+    let run = |i: usize| {
+        super::net::start(
+            &["exchange", "run", "--config", &cfgs[i]],
+            &[],
+            "exchange listening on",
+        )
+    };
+    let mut procs: Vec<Option<Proc>> = (0..3).map(|i| Some(run(i))).collect();
+    for (asset, amount) in [("masp", "1000"), ("maspc", "10")] {
+        json(&[
+            "chain", "transfer", "--key", &client, "--to", &key, "--asset", asset, "--amount",
+            amount, "--miner", &m0, "--wait", "60s", "--json",
+        ]);
+    }
+    json(&[
+        "exchange",
+        "register",
+        "--config",
+        &cfgs[0],
+        "--deposit",
+        "1000",
+        "--json",
+    ]);
+    let status = |i: usize| json(&["exchange", "status", "--exchange", &addrs[i], "--json"]);
+    let leader_of = |i: usize| status(i)["replica"]["leader"].as_u64();
+    assert!(
+        until(&m0, 100, || leader_of(0).is_some()),
+        "no leader: {}",
+        status(0)
+    );
+    let leader = usize::try_from(leader_of(0).unwrap() - 1).unwrap();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    for i in 0..3 {
+        assert_eq!(status(i)["key"], key.as_str());
+        assert_eq!(status(i)["replica"]["id"], i as u64 + 1);
+    }
+    ask_on(&mut hosts, &addrs[follower], &PRICES);
+    let asks = |i: usize| status(i)["asks"].as_array().unwrap().len();
+    assert!(
+        until(&m0, 200, || (0..3).all(|i| asks(i) == PRICES.len())),
+        "the asks did not reach every replica's book: {} {} {}",
+        status(0),
+        status(1),
+        status(2)
+    );
+
+    // The leader dies; the request at the other follower waits out the election.
+    drop(procs[leader].take());
+    let (file, _, pass, state) = client_files(dir.path(), "replicas", 100_000);
+    let dry = |at: usize| {
+        let put = mspace(
+            &[
+                "put",
+                file.to_str().unwrap(),
+                "--exchange",
+                &addrs[at],
+                "--chain",
+                &m0,
+                "--copies",
+                "2",
+                "--days",
+                "1",
+                "--key",
+                &client,
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+                "--dry-run",
+                "--json",
+            ],
+            &[("MSPACE_STATE_DIR", state.as_str())],
+        );
+        assert_eq!(put.code, 0, "{}", put.stderr);
+        picked(&put.stdout)
+    };
+    let cheapest = vec![(hosts[1].key.clone(), 10), (hosts[2].key.clone(), 20)];
+    assert_eq!(dry(other), cheapest);
+    let now_leading = leader_of(other).expect("a leader among the survivors");
+    assert_ne!(now_leading, leader as u64 + 1, "{}", status(other));
+
+    // The killed replica comes back: from its raft file and the new leader it holds the
+    // same book, and answers.
+    procs[leader] = Some(run(leader));
+    let applied = |i: usize| status(i)["replica"]["last_applied"].as_u64();
+    let target = applied(other).unwrap();
+    assert!(
+        until(&m0, 100, || applied(leader).is_some_and(|a| a >= target)
+            && asks(leader) == PRICES.len()),
+        "the restarted replica did not catch up: {}",
+        status(leader)
+    );
+    assert_eq!(dry(leader), cheapest);
+}
