@@ -148,7 +148,9 @@ impl Book {
     }
 
     /// Puts `ask` on the book, replacing its host's earlier ask (the new one queues behind
-    /// the asks already there).
+    /// the asks already there). The very ask on the book posted again (a host that names
+    /// several replicas of one exchange, or retries) changes nothing, not even the room
+    /// matches took from it; another ask under a number already seen is a replay.
     pub fn post(&mut self, ask: Ask, rating: u32, now_unix_secs: u64) -> Result<(), BookError> {
         if now_unix_secs >= ask.expiry_unix_secs {
             return Err(BookError::Expired {
@@ -157,6 +159,17 @@ impl Book {
             });
         }
         if let Some(&held) = self.seqs.get(&ask.host) {
+            // The room matches took is the one field the book changes on its copy.
+            let same = |e: &Entry| {
+                e.ask.free_bytes <= ask.free_bytes
+                    && Ask {
+                        free_bytes: e.ask.free_bytes,
+                        ..ask.clone()
+                    } == e.ask
+            };
+            if self.asks.get(&ask.host).is_some_and(same) {
+                return Ok(());
+            }
             if ask.seq <= held {
                 return Err(BookError::Stale { held, got: ask.seq });
             }
@@ -543,12 +556,15 @@ mod tests {
         r.copies = 1;
         assert_eq!(hosts(&b.take(&r, 0)), vec![1]);
         assert_eq!(hosts(&b.take(&r, 0)), vec![1]);
-        // Host 1 has 20 bytes left: the third goes to host 2.
-        assert_eq!(hosts(&b.take(&r, 0)), vec![2]);
+        // Posted again, the ask on the book gets no room back: host 1 has 20 bytes left,
+        // the third goes to host 2.
+        assert_eq!(b.post(ask(1, 1), 0, 0), Ok(()));
+        // Another ask under the same number is a replay.
         assert_eq!(
-            b.post(ask(1, 1), 0, 0),
+            b.post(ask(1, 5), 0, 0),
             Err(BookError::Stale { held: 1, got: 1 })
         );
+        assert_eq!(hosts(&b.take(&r, 0)), vec![2]);
         // A newer ask replaces the old one and queues behind host 2's.
         let mut newer = ask(1, 2);
         newer.seq = 2;
@@ -558,6 +574,12 @@ mod tests {
         assert!(b.withdraw(&[1; 32]));
         let mut old = ask(1, 2);
         old.seq = 2;
+        // Once withdrawn, the same ask is a replay.
+        assert_eq!(
+            b.post(old.clone(), 0, 0),
+            Err(BookError::Stale { held: 2, got: 2 })
+        );
+        old.seq = 1;
         assert!(matches!(b.post(old, 0, 0), Err(BookError::Stale { .. })));
         assert_eq!(
             b.post(ask(3, 1), 0, 100),

@@ -222,13 +222,14 @@ fn start_index(dir: &Path, m0: &str) -> (String, Proc) {
     (ix, proc)
 }
 
-/// Each operator points its host at the exchange `ex` with its price, and restarts it.
-fn ask_on(hosts: &mut [Host], ex: &str, prices: &[u64]) {
+/// Each operator points its host at the exchange `ex` (or its replicas) with its price,
+/// and restarts it.
+fn ask_on(hosts: &mut [Host], ex: &[&str], prices: &[u64]) {
     for (h, price) in hosts.iter_mut().zip(prices) {
         drop(h.proc.take());
         let text = std::fs::read_to_string(&h.cfg)
             .unwrap()
-            .replace("exchanges = []", &format!("exchanges = [{ex:?}]"))
+            .replace("exchanges = []", &format!("exchanges = {ex:?}"))
             .replace(
                 "price_per_gib_day = 10",
                 &format!("price_per_gib_day = {price}"),
@@ -1013,7 +1014,7 @@ fn an_exchange_matches_a_put_to_the_cheapest_hosts_asking_there() {
         },
         &[],
     );
-    ask_on(&mut hosts, &ex, &PRICES);
+    ask_on(&mut hosts, &[&ex], &PRICES);
     let listed = wait_listed(&m0, &ix, &ex, PRICES.len());
     assert_eq!(listed[0]["key"], ex_key.as_str());
     assert_eq!(listed[0]["addr"], ex.as_str());
@@ -2720,7 +2721,7 @@ fn a_gateway_matches_each_objects_hosts_through_an_index() {
         |text| text,
         &[],
     );
-    ask_on(&mut hosts, &ex.addr, &PRICES);
+    ask_on(&mut hosts, &[&ex.addr], &PRICES);
     wait_listed(&m0, &ix, &ex.addr, PRICES.len());
     let gw = start_deal_gateway(
         dir.path(),
@@ -2866,8 +2867,8 @@ fn erasure_shares_on_three_hosts_are_paid_proven_and_the_file_comes_back_from_an
 }
 
 /// One exchange run as three replicas (`mspace exchange init --replica ...`), each its own
-/// process with its own raft file: hosts ask at a follower, every replica's book shows the
-/// asks; the leader is killed, and a put's request at the other follower is matched on the
+/// process with its own raft file: hosts ask at every replica, every replica's book shows
+/// each ask once; the leader is killed, and a put's request at a follower is matched on the
 /// book the survivors kept (after they elected a new leader); the killed replica, run
 /// again, catches up from its raft file and the new leader, and matches too.
 #[test]
@@ -2983,13 +2984,15 @@ fn an_exchange_of_three_replicas_keeps_its_book_when_its_leader_dies() {
         status(0)
     );
     let leader = usize::try_from(leader_of(0).unwrap() - 1).unwrap();
-    let follower = (leader + 1) % 3;
-    let other = (leader + 2) % 3;
+    let other = (leader + 1) % 3;
     for i in 0..3 {
         assert_eq!(status(i)["key"], key.as_str());
         assert_eq!(status(i)["replica"]["id"], i as u64 + 1);
     }
-    ask_on(&mut hosts, &addrs[follower], &PRICES);
+    // The hosts name every replica: each ask, posted through all three, is on the book
+    // once (the same signed ask again is no refusal).
+    let every: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    ask_on(&mut hosts, &every, &PRICES);
     let asks = |i: usize| status(i)["asks"].as_array().unwrap().len();
     assert!(
         until(&m0, 200, || (0..3).all(|i| asks(i) == PRICES.len())),
@@ -2998,8 +3001,12 @@ fn an_exchange_of_three_replicas_keeps_its_book_when_its_leader_dies() {
         status(1),
         status(2)
     );
+    for i in 0..3 {
+        let refused = status(i)["refused"].clone();
+        assert!(refused.get("stale ask").is_none(), "{refused}");
+    }
 
-    // The leader dies; the request at the other follower waits out the election.
+    // The leader dies; the request at a follower waits out the election.
     drop(procs[leader].take());
     let (file, _, pass, state) = client_files(dir.path(), "replicas", 100_000);
     let dry = |at: usize| {
