@@ -41,7 +41,7 @@ pub const BLOCK_WAIT_MAX_MS: u64 = 10_000;
 /// Most deals one `deals_of` answer lists (the newest first).
 pub const DEALS_LISTED_MAX: usize = 1000;
 /// Version of [`ExchangeApi`].
-pub const EXCHANGE_API_VERSION: u32 = 5;
+pub const EXCHANGE_API_VERSION: u32 = 6;
 /// Version of [`IndexApi`].
 pub const INDEX_API_VERSION: u32 = 2;
 /// Version of [`InsurerApi`].
@@ -619,6 +619,10 @@ pub struct ExchangeMatch {
     pub region: String,
     /// Its deposit on the chain (MASP) when it asked.
     pub deposit: u64,
+    /// In a request's answer, what the host holds of it: the request's bytes (a whole
+    /// copy), or with batches allowed its batch and the overhead. In the book's listing
+    /// (`status`): the room left on its ask.
+    pub bytes: u64,
 }
 
 /// What an exchange takes (seed 4.3: each exchange states its own usage profile); every

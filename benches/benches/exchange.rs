@@ -59,6 +59,7 @@ fn requests() -> Vec<Vec<u8>> {
                 min_rating: 0,
                 expiry_unix_secs: 1_500,
                 region: String::new(),
+                spread: None,
             };
             Signed::sign(req, &key).to_bytes()
         })

@@ -414,6 +414,7 @@ fn view(m: &Match) -> ExchangeMatch {
         rating: m.rating,
         region: m.region.clone(),
         deposit: m.deposit,
+        bytes: m.bytes,
     }
 }
 
@@ -426,7 +427,7 @@ impl Exchange {
             s.book()
                 .asks()
                 .filter(|e| now < e.ask.expiry_unix_secs)
-                .map(|e| view(&e.to_match()))
+                .map(|e| view(&e.to_match(e.ask.free_bytes)))
                 .collect()
         });
         let c = lock(&i.counters);
@@ -1064,6 +1065,7 @@ mod tests {
             min_rating: 0,
             expiry_unix_secs: 10,
             region: region.into(),
+            spread: None,
         }
     }
 

@@ -286,6 +286,7 @@ mod tests {
             min_rating: 0,
             expiry_unix_secs: 5_000,
             region: String::new(),
+            spread: None,
         }
     }
 

@@ -62,6 +62,7 @@ fn request(sender: u8, nonce: u8) -> Command {
             min_rating: 0,
             expiry_unix_secs: u64::MAX,
             region: String::new(),
+            spread: None,
         },
         now: 200,
         deals: Vec::new(),

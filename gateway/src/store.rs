@@ -259,6 +259,7 @@ impl HostStore {
             download_fee: 0,
             insurance: None,
             erasure: terms.erasure,
+            batches: Vec::new(),
         };
         let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
         if let Some(m) = &terms.market {
@@ -270,6 +271,7 @@ impl HostStore {
                     .unwrap_or(MARKET_MAX_PRICE_DEFAULT),
                 region: m.region.clone(),
                 min_rating: m.min_rating,
+                spread: false,
             };
             job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
             let matched = if m.index.is_empty() {

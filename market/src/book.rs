@@ -14,6 +14,16 @@
 //! Taking a match reserves the request's bytes from the ask's free bytes, so an ask is never
 //! matched beyond the room it stated.
 //!
+//! Batches (per-batch offers): a request with a [`proto::market::Spread`] lets a copy be
+//! spread over several hosts. An ask then qualifies with room for one batch (a whole chunk
+//! after the overhead every batch holds, or the whole copy if that is smaller) instead of
+//! the whole copy; going down the same order, each ask matched takes the largest batch its
+//! room allows of what is left of the current copy ([`proto::market::Spread::batch_of`]),
+//! and a copy is complete when nothing of it is left, the next ask starting the next copy.
+//! Only complete copies are matched: the hosts of a copy the book cannot finish are left
+//! out, and reserve nothing. A match states the bytes it holds (its batch and the
+//! overhead), and taking it reserves those.
+//!
 //! Bids: a host may also answer one forwarded request with a bid ([`proto::market::Bid`]);
 //! the exchange turns each into an entry for exactly that request ([`bid_entry`]: room for
 //! its bytes, its days only) stamped on the book's clock ([`Book::stamp`]), and matching
@@ -61,8 +71,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The ask as a match names it.
-    pub fn to_match(&self) -> Match {
+    /// The ask as a match names it, holding `bytes` of the request.
+    pub fn to_match(&self, bytes: u64) -> Match {
         Match {
             host: self.ask.host,
             addr: self.ask.addr.clone(),
@@ -70,6 +80,7 @@ impl Entry {
             rating: self.rating,
             region: self.ask.region.clone(),
             deposit: self.ask.deposit,
+            bytes,
         }
     }
 }
@@ -106,6 +117,9 @@ pub struct Match {
     pub rating: u32,
     pub region: String,
     pub deposit: u64,
+    /// What the host holds of the request: its bytes (a whole copy), or with a spread
+    /// request its batch and the overhead.
+    pub bytes: u64,
 }
 
 /// Why the book refuses an ask.
@@ -253,11 +267,21 @@ impl Book {
         now_unix_secs < a.expiry_unix_secs
             && a.price_per_gib_day <= req.max_price_per_gib_day
             && (a.min_days..=a.max_days).contains(&req.days)
-            && a.free_bytes >= req.bytes
+            && Book::room_for(a.free_bytes, req) > 0
             && (req.region.is_empty() || a.region == req.region)
             && a.host != req.sender
             && a.chain_id == req.chain_id
             && e.rating >= u32::from(req.min_rating)
+    }
+
+    /// What an ask with `room` free bytes can take of a fresh copy of `req` (its bytes, or
+    /// with a spread request the first batch without the overhead); 0: it cannot.
+    pub fn room_for(room: u64, req: &Request) -> u64 {
+        match req.spread {
+            None if room >= req.bytes => req.bytes,
+            None => 0,
+            Some(sp) => sp.batch_of(room, sp.chunk_bytes_of(req.bytes)),
+        }
     }
 
     /// The next arrival time on this book, for a bid ([`bid_entry`]).
@@ -277,17 +301,18 @@ impl Book {
     pub fn matches_with(&self, req: &Request, bids: &[Entry], now_unix_secs: u64) -> Vec<Match> {
         self.walk(req, bids, now_unix_secs)
             .into_iter()
-            .map(|(e, _)| e.to_match())
+            .map(|(e, _, bytes)| e.to_match(bytes))
             .collect()
     }
 
-    /// The entries matched, best first, and whether each is a standing ask on the book.
+    /// The entries matched, best first, whether each is a standing ask on the book, and the
+    /// bytes each holds.
     fn walk<'a>(
         &'a self,
         req: &Request,
         bids: &'a [Entry],
         now_unix_secs: u64,
-    ) -> Vec<(&'a Entry, bool)> {
+    ) -> Vec<(&'a Entry, bool, u64)> {
         let mut bids: Vec<&Entry> = bids.iter().collect();
         bids.sort_by_key(|e| rank(e));
         let mut bids = bids.into_iter().peekable();
@@ -304,12 +329,34 @@ impl Book {
         });
         let mut hosts = BTreeSet::new();
         let mut nets = BTreeSet::new();
-        merged
+        let fit = merged
             .filter(|(e, _)| Book::qualifies(e, req, now_unix_secs))
             .filter(|(e, _)| hosts.insert(e.ask.host))
-            .filter(|(e, _)| nets.insert(network(&e.ask.addr)))
-            .take(usize::from(req.copies))
-            .collect()
+            .filter(|(e, _)| nets.insert(network(&e.ask.addr)));
+        let Some(sp) = req.spread else {
+            return fit
+                .take(usize::from(req.copies))
+                .map(|(e, on_book)| (e, on_book, req.bytes))
+                .collect();
+        };
+        let whole = sp.chunk_bytes_of(req.bytes);
+        let overhead = u64::from(sp.overhead_bytes);
+        let (mut done, mut copy, mut left, mut copies) = (Vec::new(), Vec::new(), whole, 0);
+        for (e, on_book) in fit {
+            if copies == req.copies {
+                break;
+            }
+            // Never 0: an ask that qualifies takes at least a unit, or all that is left.
+            let batch = sp.batch_of(e.ask.free_bytes, left);
+            copy.push((e, on_book, batch + overhead));
+            left -= batch;
+            if left == 0 {
+                done.append(&mut copy);
+                left = whole;
+                copies += 1;
+            }
+        }
+        done
     }
 
     /// [`Book::matches`], reserving the request's bytes from each matched ask.
@@ -320,7 +367,7 @@ impl Book {
             .collect()
     }
 
-    /// [`Book::matches_with`], reserving the request's bytes from each standing ask matched
+    /// [`Book::matches_with`], reserving the bytes each holds from each standing ask matched
     /// (a bid reserves nothing); with each match, whether it was a standing ask (else a
     /// bid).
     pub fn take_with(
@@ -332,12 +379,12 @@ impl Book {
         let got: Vec<(Match, bool)> = self
             .walk(req, bids, now_unix_secs)
             .into_iter()
-            .map(|(e, on_book)| (e.to_match(), on_book))
+            .map(|(e, on_book, bytes)| (e.to_match(bytes), on_book))
             .collect();
         for (m, on_book) in &got {
             if *on_book {
                 let e = self.asks.get_mut(&m.host).expect("matched from the book");
-                e.ask.free_bytes -= req.bytes;
+                e.ask.free_bytes -= m.bytes;
             }
         }
         got
@@ -378,6 +425,7 @@ mod tests {
             min_rating: 0,
             expiry_unix_secs: 100,
             region: String::new(),
+            spread: None,
         }
     }
 
@@ -386,6 +434,43 @@ mod tests {
 
     fn hosts(m: &[Match]) -> Vec<u8> {
         m.iter().map(|m| m.host[0]).collect()
+    }
+
+    #[test]
+    fn a_spread_copy_fills_batches_in_whole_units_down_the_order() {
+        // Hosts 1..=5 at prices 1..=5 with room 25, 100, 14, 15, 60; chunks of at most 10
+        // bytes, 5 bytes of overhead per batch, a copy of 45 chunk bytes (50 on one host).
+        let mut b = Book::new();
+        for (h, room) in [(1, 25), (2, 100), (3, 14), (4, 15), (5, 60)] {
+            let mut a = ask(h, u64::from(h));
+            a.free_bytes = room;
+            b.post(a, 0, 0).unwrap();
+        }
+        let mut r = req();
+        r.bytes = 50;
+        r.copies = 1;
+        let held = |m: &[Match]| m.iter().map(|m| (m.host[0], m.bytes)).collect::<Vec<_>>();
+        // Whole copies: host 1 has no room for 50 bytes, host 2 does.
+        assert_eq!(held(&b.matches(&r, 0)), vec![(2, 50)]);
+        r.spread = Some(proto::market::Spread {
+            unit_bytes: 10,
+            overhead_bytes: 5,
+        });
+        // Host 1 takes 2 units (20 + 5), host 2 the 25 left (+ 5).
+        assert_eq!(held(&b.matches(&r, 0)), vec![(1, 25), (2, 30)]);
+        // Two copies: host 3 has no room for a unit after the overhead; the second copy
+        // starts on host 4 (one unit), host 5 takes the 35 left.
+        r.copies = 2;
+        let took = b.take(&r, 0);
+        assert_eq!(held(&took), vec![(1, 25), (2, 30), (4, 15), (5, 40)]);
+        let room: Vec<u64> = b.asks().map(|e| e.ask.free_bytes).collect();
+        assert_eq!(room, vec![0, 70, 14, 0, 20]);
+        // What is left (host 2: 70, host 5: 20) makes one copy more, not two: the hosts
+        // of the copy the book cannot finish are not matched and reserve nothing.
+        let took = b.take(&r, 0);
+        assert_eq!(held(&took), vec![(2, 50)]);
+        let room: Vec<u64> = b.asks().map(|e| e.ask.free_bytes).collect();
+        assert_eq!(room, vec![0, 20, 14, 0, 20]);
     }
 
     #[test]

@@ -36,6 +36,8 @@ enum Op {
         min_rating: u16,
         /// (host, price or a pass, rating).
         bids: Vec<(u8, Option<u64>, u32)>,
+        /// Batches allowed: (unit, overhead).
+        spread: Option<(u32, u32)>,
     },
 }
 
@@ -73,10 +75,11 @@ fn op() -> impl Strategy<Value = Op> {
             1u64..20,
             any::<bool>(),
             0u16..1000,
-            proptest::collection::vec((0u8..8, proptest::option::of(1u64..20), 0u32..1000), 0..4)
+            proptest::collection::vec((0u8..8, proptest::option::of(1u64..20), 0u32..1000), 0..4),
+            proptest::option::of((1u32..40, 0u32..10))
         )
             .prop_map(
-                |(sender, bytes, days, copies, max_price, region, min_rating, bids)| {
+                |(sender, bytes, days, copies, max_price, region, min_rating, bids, spread)| {
                     Op::Request {
                         sender,
                         bytes,
@@ -86,6 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
                         region,
                         min_rating,
                         bids,
+                        spread,
                     }
                 }
             ),
@@ -93,8 +97,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// The documented rule written plainly: every qualifying ask and bid sorted, one per host,
-/// one per network, the first `copies`; whether each came from the book. The book walks an
-/// ordered index instead; both must agree.
+/// one per network, the first `copies` (or with batches, the first that fill `copies`
+/// copies, each taking what its room allows of what is left of its copy); whether each came
+/// from the book. The book walks an ordered index instead; both must agree.
 fn reference(asks: &[Entry], bids: &[Entry], req: &Request, now: u64) -> Vec<(Match, bool)> {
     let mut fit: Vec<(&Entry, bool)> = asks
         .iter()
@@ -112,11 +117,48 @@ fn reference(asks: &[Entry], bids: &[Entry], req: &Request, now: u64) -> Vec<(Ma
     });
     let mut hosts = std::collections::BTreeSet::new();
     let mut used = std::collections::BTreeSet::new();
-    fit.into_iter()
+    let fit: Vec<(&Entry, bool)> = fit
+        .into_iter()
         .filter(|(e, _)| hosts.insert(e.ask.host))
         .filter(|(e, _)| used.insert(network(&e.ask.addr)))
+        .collect();
+    let Some(sp) = req.spread else {
+        return fit
+            .into_iter()
+            .take(usize::from(req.copies))
+            .map(|(e, on_book)| (e.to_match(req.bytes), on_book))
+            .collect();
+    };
+    let (unit, overhead) = (u64::from(sp.unit_bytes), u64::from(sp.overhead_bytes));
+    let whole = req.bytes - overhead;
+    let mut copies: Vec<Vec<(Match, bool)>> = vec![Vec::new()];
+    let mut left = whole;
+    for (e, on_book) in fit {
+        if copies.len() > usize::from(req.copies) {
+            break;
+        }
+        let fits = e.ask.free_bytes - overhead;
+        let batch = if fits >= left {
+            left
+        } else {
+            fits / unit * unit
+        };
+        assert!(batch > 0, "a qualifying ask takes something");
+        copies
+            .last_mut()
+            .unwrap()
+            .push((e.to_match(batch + overhead), on_book));
+        left -= batch;
+        if left == 0 {
+            copies.push(Vec::new());
+            left = whole;
+        }
+    }
+    copies.pop();
+    copies
+        .into_iter()
         .take(usize::from(req.copies))
-        .map(|(e, on_book)| (e.to_match(), on_book))
+        .flatten()
         .collect()
 }
 
@@ -166,7 +208,10 @@ proptest! {
                     now += dt;
                     prop_assert_eq!(a.expire(now), b.expire(now));
                 }
-                Op::Request { sender, bytes, days, copies, max_price, region: eu, min_rating, bids } => {
+                Op::Request { sender, bytes, days, copies, max_price, region: eu, min_rating, bids, spread } => {
+                    let spread = spread
+                        .map(|(unit, overhead)| proto::market::Spread { unit_bytes: unit, overhead_bytes: overhead })
+                        .filter(|sp| bytes > u64::from(sp.overhead_bytes));
                     let req = Request {
                         chain_id: 1,
                         sender: [sender; 32],
@@ -179,6 +224,7 @@ proptest! {
                         min_rating,
                         expiry_unix_secs: now + 10,
                         region: if sender % 2 == 0 { region(eu) } else { String::new() },
+                        spread,
                     };
                     let mut entries = Vec::new();
                     let mut bidders = std::collections::BTreeSet::new();
@@ -206,7 +252,32 @@ proptest! {
                     let got = a.take_with(&req, &entries, now);
                     prop_assert_eq!(&got, &want);
                     prop_assert_eq!(&got, &b.take_with(&req, &entries, now), "replicas agree");
-                    prop_assert!(got.len() <= usize::from(copies));
+                    // Whole copies: one match each. Batches: the matches fill whole copies in
+                    // turn, each batch within its match's bytes, whole units but a copy's last.
+                    match spread {
+                        None => {
+                            prop_assert!(got.len() <= usize::from(copies));
+                            prop_assert!(got.iter().all(|(m, _)| m.bytes == bytes));
+                        }
+                        Some(sp) => {
+                            let overhead = u64::from(sp.overhead_bytes);
+                            let mut left = bytes - overhead;
+                            let mut filled = 0;
+                            for (m, _) in &got {
+                                prop_assert!(m.bytes > overhead, "an empty batch");
+                                let batch = m.bytes - overhead;
+                                prop_assert!(batch <= left, "a batch beyond its copy");
+                                prop_assert!(batch == left || batch % u64::from(sp.unit_bytes) == 0);
+                                left -= batch;
+                                if left == 0 {
+                                    filled += 1;
+                                    left = bytes - overhead;
+                                }
+                            }
+                            prop_assert_eq!(left, bytes - overhead, "a copy left unfinished");
+                            prop_assert!(filled <= copies);
+                        }
+                    }
                     let mut seen = std::collections::BTreeSet::new();
                     for (m, on_book) in &want {
                         prop_assert!(seen.insert(m.host), "a host twice in one answer");
@@ -215,7 +286,7 @@ proptest! {
                         prop_assert!(Book::qualifies(e, &req, now), "outside the terms: {:?}", e);
                         if *on_book {
                             let r = room.get_mut(&m.host[0]).unwrap();
-                            r.1 += bytes;
+                            r.1 += m.bytes;
                             prop_assert!(r.1 <= r.0, "host {} matched beyond its room", m.host[0]);
                         }
                     }
@@ -232,7 +303,7 @@ proptest! {
                         .filter(|e| !seen.contains(&e.ask.host))
                         .filter(|e| !nets.contains(&network(&e.ask.addr)))
                         .collect();
-                    if got.len() < usize::from(copies) {
+                    if got.len() < usize::from(copies) && spread.is_none() {
                         prop_assert!(left.is_empty());
                     }
                     if let Some((worst, _)) = got.last() {

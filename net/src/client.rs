@@ -381,18 +381,57 @@ pub struct Preset {
     /// For a plan with erasure shares: which share of each chunk this host stores (the
     /// upload sends that share instead of the chunk).
     pub share: Option<u8>,
+    /// For a host holding a batch of the file's chunks (a copy spread over several hosts):
+    /// those chunks. The part's chunks are `entries` within it, and the file is recorded
+    /// on the host with these chunks only.
+    pub batch: Option<Range<usize>>,
 }
 
 impl Preset {
+    /// Part `part` ([`DealPlan::parts_of`]) of the deals of a host holding `batch` of the
+    /// plan's chunks (all of them: a full copy, or a share of each) and the manifest.
+    pub fn of_batch(
+        plan: DealPlan,
+        batch: Range<usize>,
+        part: Range<usize>,
+        share: Option<u8>,
+    ) -> Preset {
+        let n = plan.chunks.len();
+        let end = if part.end > batch.len() {
+            n + 1
+        } else {
+            batch.start + part.end
+        };
+        Preset {
+            entries: batch.start + part.start..end,
+            batch: (batch != (0..n)).then_some(batch),
+            plan,
+            share,
+        }
+    }
+
     /// The chunk indices the part sends.
     fn chunks(&self) -> Range<usize> {
-        let n = self.plan.chunks.len();
+        let n = self
+            .batch
+            .as_ref()
+            .map_or(self.plan.chunks.len(), |b| b.end);
         self.entries.start.min(n)..self.entries.end.min(n)
     }
 
     /// What this host stores of every chunk of the file, in order: the chunk, or its share.
     fn stored(&self) -> Vec<ChunkEntry> {
         self.plan.stored_by(self.share)
+    }
+
+    /// The chunks the file is recorded with on this host: what it stores of every chunk, or
+    /// of its batch.
+    fn listed(&self, stored: &[ChunkEntry]) -> Vec<ChunkId> {
+        let all = 0..stored.len();
+        stored[self.batch.clone().unwrap_or(all)]
+            .iter()
+            .map(|c| c.id)
+            .collect()
     }
 
     /// Whether the part holds the manifest envelope (the plan's last entry).
@@ -480,7 +519,13 @@ impl DealPlan {
     /// at most `DEAL_CHUNKS_MAX` entries, so a larger file is paid in consecutive parts,
     /// the last of which ends with the manifest envelope.
     pub fn parts(&self) -> Vec<Range<usize>> {
-        let n = self.chunks.len() + 1;
+        self.parts_of(0..self.chunks.len())
+    }
+
+    /// [`DealPlan::parts`] of a host holding `batch` of the chunks and the manifest: ranges
+    /// of its entries (the batch's, then the envelope), for [`Preset::of_batch`].
+    pub fn parts_of(&self, batch: Range<usize>) -> Vec<Range<usize>> {
+        let n = batch.len() + 1;
         let max = proto::tx::DEAL_CHUNKS_MAX as usize;
         (0..n.div_ceil(max))
             .map(|k| k * max..((k + 1) * max).min(n))
@@ -936,12 +981,10 @@ async fn put_attempt(
     }
     // A part before the last stores its chunks only: the file is recorded with the last.
     if job.preset.as_ref().is_none_or(Preset::has_manifest) {
-        let chunks: Vec<ChunkId> = stored
-            .as_ref()
-            .unwrap_or(&manifest.chunks)
-            .iter()
-            .map(|c| c.id)
-            .collect();
+        let chunks: Vec<ChunkId> = match (&job.preset, &stored) {
+            (Some(p), Some(stored)) => p.listed(stored),
+            _ => manifest.chunks.iter().map(|c| c.id).collect(),
+        };
         record_file(&mut conn, &job.link, manifest_id, chunks, envelope).await?;
     }
     journal.remove()?;
@@ -1209,6 +1252,9 @@ struct Fetching {
     lookahead: usize,
     /// Hosts (by position) that answered "not found" for a chunk.
     missing: HashMap<usize, Vec<usize>>,
+    /// Per host, the chunks it holds: `None` all, or a batch (it is never asked for
+    /// others).
+    held: Vec<Option<Range<usize>>>,
     alive: Vec<bool>,
     /// Why each host that failed failed.
     failures: Vec<(usize, NetError)>,
@@ -1218,28 +1264,34 @@ struct Fetching {
 }
 
 impl Fetching {
+    /// Whether host `h` lacks chunk `i`: outside its batch, or it said so.
+    fn lacks(&self, h: usize, i: usize) -> bool {
+        self.held[h].as_ref().is_some_and(|r| !r.contains(&i))
+            || self.missing.get(&i).is_some_and(|m| m.contains(&h))
+    }
+
     /// The waiting chunks host `me` may ask for now, lowest first: within the lookahead,
-    /// and not one it said it lacks.
+    /// and not one it lacks.
     fn open_to(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
         let limit = self.delivered + self.lookahead;
         self.pending
             .iter()
             .copied()
             .take_while(move |&i| i < limit)
-            .filter(move |i| !self.missing.get(i).is_some_and(|m| m.contains(&me)))
+            .filter(move |&i| !self.lacks(me, i))
     }
 
-    /// Chunks every live host said it lacks: to the opener as missing (it names them).
+    /// Chunks every live host lacks, some host lacking it (with every host lost, the
+    /// download fails with why instead): to the opener as missing (it names them).
     fn unfetchable(&mut self) -> Vec<usize> {
-        let alive = &self.alive;
+        let hosts = 0..self.alive.len();
         let dead: Vec<usize> = self
             .pending
             .iter()
             .copied()
-            .filter(|i| {
-                self.missing
-                    .get(i)
-                    .is_some_and(|m| alive.iter().enumerate().all(|(h, a)| !*a || m.contains(&h)))
+            .filter(|&i| {
+                hosts.clone().any(|h| self.lacks(h, i))
+                    && hosts.clone().all(|h| !self.alive[h] || self.lacks(h, i))
             })
             .collect();
         for i in &dead {
@@ -1699,9 +1751,30 @@ async fn rebuild_chunk(
     }
 }
 
-/// What the download's hosts hold: whole chunks (copies), or one erasure share of each.
+/// What one host says it holds of a file.
+enum Held {
+    Whole,
+    Batch(Range<usize>),
+    Shares(Vec<ChunkId>),
+}
+
+/// Where `list` runs within `chunks`, if it is a non-empty run of consecutive chunks of it
+/// (what a host holding a batch of a spread copy lists).
+fn batch_of(list: &[ChunkId], chunks: &[ChunkId]) -> Option<Range<usize>> {
+    let first = list.first()?;
+    let start = chunks.iter().position(|c| c == first)?;
+    let r = start..start.checked_add(list.len())?;
+    (chunks.get(r.clone())? == list).then_some(r)
+}
+
+/// What the download's hosts hold: whole chunks (copies, or batches of a copy spread over
+/// several hosts), or one erasure share of each.
 enum Holding {
-    Copies,
+    Copies {
+        /// Per host (in the order of the connections kept), the chunks it holds: `None`
+        /// all of them, or a batch.
+        held: Vec<Option<Range<usize>>>,
+    },
     Shares {
         scheme: Scheme,
         /// Per host (in the order of the connections kept), its share of each chunk.
@@ -1709,12 +1782,14 @@ enum Holding {
     },
 }
 
-/// Asks each host what it holds of the file (`GetObjectChunks`): the manifest's chunks, or
-/// a share of each. Hosts that fail, or hold something else, are dropped into `lost`. A
+/// Asks each host what it holds of the file (`GetObjectChunks`): the manifest's chunks, a
+/// batch of them (a run of consecutive chunks), or a share of each. Hosts that fail, or
+/// hold something else, are dropped into `lost`. A
 /// host from before `GetObjectChunks` closes the connection on it as malformed: it is
 /// connected to again and taken as a full copy. The scheme is the one most share holders'
 /// first share header states (48 bytes asked of each); a host stating another is left out.
-/// Shares win: with any host holding shares, hosts with full copies are left out.
+/// Shares win: with any host holding shares, hosts with full copies or batches are left
+/// out.
 async fn holdings(
     conns: &mut Vec<(String, Conn)>,
     job: &GetJob,
@@ -1726,10 +1801,14 @@ async fn holdings(
     let mut shares = 0;
     for (addr, mut conn) in std::mem::take(conns) {
         match conn.object_chunks().await {
-            Ok(l) if l == chunk_ids => kept.push((addr, conn, None)),
+            Ok(l) if l == chunk_ids => kept.push((addr, conn, Held::Whole)),
+            Ok(l) if batch_of(&l, &chunk_ids).is_some() => {
+                let r = batch_of(&l, &chunk_ids).expect("just found");
+                kept.push((addr, conn, Held::Batch(r)));
+            }
             Ok(l) if l.len() == chunk_ids.len() => {
                 shares += 1;
-                kept.push((addr, conn, Some(l)));
+                kept.push((addr, conn, Held::Shares(l)));
             }
             Ok(l) => lost.push(format!(
                 "{addr}: it holds {} pieces of a file of {} chunks",
@@ -1746,7 +1825,7 @@ async fn holdings(
                     None => Err(NetError::Protocol("no link to it".into())),
                 };
                 match again {
-                    Ok(conn) => kept.push((addr, conn, None)),
+                    Ok(conn) => kept.push((addr, conn, Held::Whole)),
                     Err(e) => lost.push(format!("{addr}: {e}")),
                 }
             }
@@ -1754,17 +1833,34 @@ async fn holdings(
         }
     }
     if shares == 0 {
-        conns.extend(kept.into_iter().map(|(a, c, _)| (a, c)));
-        return Ok(Holding::Copies);
+        let mut held = Vec::new();
+        for (a, c, h) in kept {
+            held.push(match h {
+                Held::Batch(r) => Some(r),
+                _ => None,
+            });
+            conns.push((a, c));
+        }
+        return Ok(Holding::Copies { held });
     }
     // Each share holder's scheme, from the header of its share of the first chunk.
     let mut holders = Vec::new();
-    for (addr, mut conn, list) in kept {
-        let Some(list) = list else {
-            lost.push(format!(
-                "{addr}: it holds a full copy, left out of this download from erasure shares"
-            ));
-            continue;
+    for (addr, mut conn, held) in kept {
+        let list = match held {
+            Held::Shares(list) => list,
+            Held::Whole => {
+                lost.push(format!(
+                    "{addr}: it holds a full copy, left out of this download from erasure shares"
+                ));
+                continue;
+            }
+            Held::Batch(r) => {
+                lost.push(format!(
+                    "{addr}: it holds chunks {}..{} of a copy, left out of this download from erasure shares",
+                    r.start, r.end
+                ));
+                continue;
+            }
         };
         let head = match conn
             .call(Request::GetRange {
@@ -1992,13 +2088,14 @@ pub async fn get_file(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Fetched>();
     let addrs: Vec<String> = conns.iter().map(|(a, _)| a.clone()).collect();
     let (fetch, tasks): (Fetch, Vec<_>) = match holding {
-        Holding::Copies => {
+        Holding::Copies { held } => {
             let sh: Shared = Arc::new((
                 std::sync::Mutex::new(Fetching {
                     pending: (0..total).collect(),
                     delivered: 0,
                     lookahead: per_host.max(1),
                     missing: HashMap::new(),
+                    held,
                     alive: vec![true; conns.len()],
                     failures: Vec::new(),
                     served: vec![0; conns.len()],
@@ -2006,6 +2103,11 @@ pub async fn get_file(
                 }),
                 tokio::sync::Notify::new(),
             ));
+            // Chunks no host's batch holds (a batch's host lost before it was asked): to
+            // the opener as missing now.
+            for i in fetching(&sh).unfetchable() {
+                let _ = out_tx.send((i, Err(not_found(i))));
+            }
             let tasks = conns
                 .into_iter()
                 .enumerate()
@@ -2177,6 +2279,33 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_is_paid_in_parts_of_its_chunks_and_the_manifest() {
+        let p = plan(8_300);
+        let max = proto::tx::DEAL_CHUNKS_MAX as usize;
+        let batch = 100..4_200;
+        let parts = p.parts_of(batch.clone());
+        assert_eq!(parts, vec![0..max, max..4_101]);
+        let first = Preset::of_batch(p.clone(), batch.clone(), parts[0].clone(), None);
+        assert_eq!(
+            (first.chunks(), first.has_manifest()),
+            (100..100 + max, false)
+        );
+        let last = Preset::of_batch(p.clone(), batch.clone(), parts[1].clone(), None);
+        assert_eq!(
+            (last.chunks(), last.has_manifest()),
+            (100 + max..4_200, true)
+        );
+        let listed = last.listed(&last.stored());
+        let want: Vec<ChunkId> = p.chunks[batch].iter().map(|c| c.id).collect();
+        assert_eq!(listed, want, "the host records its batch only");
+        // The whole file is no batch: the same as DealPlan::parts.
+        let whole = Preset::of_batch(p.clone(), 0..8_300, p.parts()[2].clone(), None);
+        assert_eq!(whole.batch, None);
+        assert_eq!(whole.entries, p.parts()[2]);
+        assert_eq!(whole.listed(&whole.stored()).len(), 8_300);
+    }
+
+    #[test]
     #[allow(clippy::single_range_in_vec_init)]
     fn a_plan_is_paid_in_parts_of_at_most_one_deals_entries() {
         let max = proto::tx::DEAL_CHUNKS_MAX as usize;
@@ -2201,6 +2330,7 @@ mod tests {
                     plan: p.clone(),
                     entries: r.clone(),
                     share: None,
+                    batch: None,
                 };
                 assert_eq!(preset.has_manifest(), i + 1 == parts.len());
                 assert_eq!(preset.chunks().start, r.start);

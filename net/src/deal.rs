@@ -18,6 +18,7 @@ use api::{DealStage, HostApiClient, StorageRequest};
 use ed25519_consensus::SigningKey;
 use market::sender::{after_upload, Next, Seen};
 use proto::link::Link;
+use proto::market::Spread;
 use proto::offer::{Offer, SignedOffer};
 use proto::tx::{AccountId, TxBody, TxId};
 use proto::{KdfParams, ShareKey};
@@ -74,6 +75,10 @@ pub struct DealJob {
     /// Store N erasure shares of each chunk, one per host (`hosts` has N, all distinct),
     /// of which any K rebuild it, instead of a full copy on each host.
     pub erasure: Option<proto::erasure::Scheme>,
+    /// Copies spread over several hosts: for each host of `hosts`, the bytes it holds
+    /// (a batch of consecutive chunks and the manifest envelope), copy after copy as an
+    /// exchange matched them ([`copies_of`]); empty: a full copy on each host.
+    pub batches: Vec<u64>,
 }
 
 /// The cover a sender buys with each payment: the insurer's quote is asked for just before
@@ -96,8 +101,10 @@ pub struct Matched {
     pub key: [u8; 32],
     /// What a host matched there pays it, in thousandths of what it earns.
     pub commission_permille: u16,
-    /// The hosts matched, best first.
+    /// The hosts matched, best first (with batches, copy after copy).
     pub hosts: Vec<api::ExchangeMatch>,
+    /// The request's batches, if it allowed copies spread over several hosts.
+    pub spread: Option<Spread>,
 }
 
 /// What a sender asks an exchange for.
@@ -112,6 +119,9 @@ pub struct MarketAsk {
     pub region: String,
     /// Only hosts rated at least this on the chain (0..=1000).
     pub min_rating: u16,
+    /// Let a copy be spread over several hosts, each holding a batch of its chunks (hosts
+    /// with room for part of the file take part in it); full copies only otherwise.
+    pub spread: bool,
 }
 
 /// How long a sender's request lives on an exchange.
@@ -120,9 +130,56 @@ pub const REQUEST_LIFE_SECS: u64 = 120;
 /// Sealed bytes of `file_bytes` in chunks of `chunk_bytes`, with its manifest (an upper
 /// bound: what offers and requests are asked for before sealing).
 pub fn sealed_estimate(file_bytes: u64, chunk_bytes: u32) -> u64 {
-    file_bytes
-        + proto::Manifest::chunk_count_for(file_bytes, chunk_bytes) * u64::from(proto::TAG_BYTES)
-        + 4096
+    let chunks = proto::Manifest::chunk_count_for(file_bytes, chunk_bytes);
+    file_bytes + chunks * u64::from(proto::TAG_BYTES) + proto::Manifest::envelope_bytes_max(chunks)
+}
+
+/// The batches a request for `file_bytes` in chunks of `chunk_bytes` allows: whole sealed
+/// chunks, and the largest manifest envelope each batch host also stores; `None` for an
+/// empty file (nothing to spread).
+pub fn spread_for(file_bytes: u64, chunk_bytes: u32) -> Option<Spread> {
+    let chunks = proto::Manifest::chunk_count_for(file_bytes, chunk_bytes);
+    (chunks > 0).then(|| Spread {
+        unit_bytes: chunk_bytes + proto::TAG_BYTES,
+        overhead_bytes: u32::try_from(proto::Manifest::envelope_bytes_max(chunks))
+            .expect("a manifest of at most 2^20 chunks is under 4 GiB"),
+    })
+}
+
+/// Groups the hosts an exchange matched into copies: with batches, consecutive hosts whose
+/// batches (their bytes less the overhead) add up to the copy's chunks, each within the
+/// request's terms; without, a host a copy. An answer that does not add up (an exchange
+/// that broke the rule) is an error; a copy left unfinished at the end is not counted.
+pub fn copies_of(
+    hosts: &[api::ExchangeMatch],
+    bytes: u64,
+    spread: Option<Spread>,
+) -> Result<Vec<std::ops::Range<usize>>, NetError> {
+    let Some(sp) = spread else {
+        return Ok((0..hosts.len()).map(|i| i..i + 1).collect());
+    };
+    let whole = sp.chunk_bytes_of(bytes);
+    let overhead = u64::from(sp.overhead_bytes);
+    let (mut copies, mut start, mut left) = (Vec::new(), 0, whole);
+    for (i, m) in hosts.iter().enumerate() {
+        let batch = m
+            .bytes
+            .checked_sub(overhead)
+            .filter(|b| *b > 0 && *b <= left);
+        let Some(batch) = batch else {
+            return Err(NetError::Protocol(format!(
+                "the exchange matched host {} for {} bytes, not a batch of the {left} bytes left of its copy and the {overhead} every batch holds",
+                m.addr, m.bytes
+            )));
+        };
+        left -= batch;
+        if left == 0 {
+            copies.push(start..i + 1);
+            start = i + 1;
+            left = whole;
+        }
+    }
+    Ok(copies)
 }
 
 /// What each host stores of the file (an upper bound, as [`sealed_estimate`]): the sealed
@@ -325,11 +382,17 @@ async fn try_exchanges(
     let size = std::fs::metadata(&job.file)?.len();
     let mut nonce = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let spread = if ask.spread && job.erasure.is_none() {
+        spread_for(size, job.chunk_bytes)
+    } else {
+        None
+    };
+    let bytes = stored_estimate(size, job.chunk_bytes, job.erasure);
     let request = proto::market::Request {
         chain_id,
         sender: job.key.verification_key().to_bytes(),
         nonce,
-        bytes: stored_estimate(size, job.chunk_bytes, job.erasure),
+        bytes,
         days: job.days,
         copies: ask.copies,
         max_price_per_gib_day: ask.max_price_per_gib_day,
@@ -337,6 +400,7 @@ async fn try_exchanges(
         min_rating: ask.min_rating,
         expiry_unix_secs: crate::now_secs() + REQUEST_LIFE_SECS,
         region: ask.region.clone(),
+        spread,
     };
     let signed = proto::market::Signed::sign(request, &job.key).to_bytes();
     let mut unreachable = Vec::new();
@@ -382,19 +446,33 @@ async fn try_exchanges(
                 continue;
             }
         };
-        if matched.len() < usize::from(ask.copies) {
+        let copies = match copies_of(&matched, bytes, spread) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Tried::Refused(NetError::Protocol(format!(
+                    "exchange {ex}: {e}"
+                ))))
+            }
+        };
+        if copies.len() < usize::from(ask.copies) {
             return Ok(Tried::Refused(NetError::Protocol(format!(
-                "exchange {ex} matched {} host(s) for {} copies at {} MASPC per GiB per day at most: raise --max-price, ask for fewer copies or try later",
-                matched.len(),
+                "exchange {ex} matched {} for {} copies at {} MASPC per GiB per day at most: raise --max-price, ask for fewer copies{} or try later",
+                match spread {
+                    None => format!("{} host(s)", matched.len()),
+                    Some(_) => format!("{} copies (spread or whole)", copies.len()),
+                },
                 ask.copies,
-                ask.max_price_per_gib_day
+                ask.max_price_per_gib_day,
+                if spread.is_some() { "" } else { ", allow --spread" }
             ))));
         }
+        let used = copies.last().map_or(0, |c| c.end);
         return Ok(Tried::Matched(Matched {
             addr: ex.clone(),
             key: terms.key,
             commission_permille: terms.profile.commission_permille,
-            hosts: matched,
+            hosts: matched[..used].to_vec(),
+            spread,
         }));
     }
     Ok(Tried::Unanswered(unreachable))
@@ -516,6 +594,19 @@ pub async fn store(
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let status = chain.status().await.map_err(chain_err)?;
     let size = std::fs::metadata(&job.file)?.len();
+    let batched = !job.batches.is_empty();
+    if batched && (job.batches.len() != job.hosts.len() || job.erasure.is_some()) {
+        return Err(NetError::Config(format!(
+            "batches are given for {} of {} hosts{}: one each, full copies only",
+            job.batches.len(),
+            job.hosts.len(),
+            if job.erasure.is_some() {
+                " with erasure shares"
+            } else {
+                ""
+            }
+        )));
+    }
     if let Some(scheme) = job.erasure {
         if job.hosts.len() != usize::from(scheme.n()) {
             return Err(NetError::Config(format!(
@@ -535,7 +626,7 @@ pub async fn store(
         let offer = checked_offer(
             &client,
             status.chain_id,
-            sealed_estimate,
+            job.batches.get(i).copied().unwrap_or(sealed_estimate),
             job.days,
             job.exchange,
         )
@@ -567,14 +658,15 @@ pub async fn store(
                 b.commission_permille
             ))
         ));
-        if job.erasure.is_some()
+        if (job.erasure.is_some() || batched)
             && hosts
                 .iter()
                 .any(|(_, _, o): &(_, _, Offer)| o.host == offer.host)
         {
             return Err(NetError::Protocol(format!(
-                "{addr}: host {} holds another share already: erasure shares go to distinct hosts",
-                data_encoding::HEXLOWER.encode(&offer.host)
+                "{addr}: host {} holds another {} already: they go to distinct hosts",
+                data_encoding::HEXLOWER.encode(&offer.host),
+                if batched { "batch" } else { "share" }
             )));
         }
         hosts.push((addr.clone(), client, offer));
@@ -610,10 +702,21 @@ pub async fn store(
     if found.is_some() {
         report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
     }
-    // What a host may be paid for: the whole file (every copy alike), or with an erasure
-    // scheme one share of each chunk, `candidates[i]` for share `i`.
+    // The chunks each host holds: all of them, or with batches its batch.
+    let objects: Vec<std::ops::Range<usize>> = if batched {
+        batch_ranges(&plan, &job.batches)?
+    } else {
+        vec![0..plan.chunks.len(); hosts.len()]
+    };
+    // What a host may be paid for: the whole file (every copy alike), with an erasure
+    // scheme one share of each chunk, `candidates[i]` for share `i`, or with batches host
+    // `i`'s batch and the manifest envelope, `candidates[i]`.
     let candidates: Vec<Vec<proto::ChunkEntry>> = match job.erasure {
         Some(scheme) => (0..scheme.n()).map(|i| plan.entries_of(Some(i))).collect(),
+        None if batched => objects
+            .iter()
+            .map(|r| [&plan.chunks[r.clone()], &[plan.manifest][..]].concat())
+            .collect(),
         None => vec![plan.entries_of(None)],
     };
     let parts = plan.parts();
@@ -623,7 +726,11 @@ pub async fn store(
     // another order): that share is not paid for again.
     let me = AccountId(job.key.verification_key().to_bytes());
     let mut earlier: Vec<Earlier> = Vec::new();
-    let mut assigned: Vec<Option<usize>> = vec![None; hosts.len()];
+    let mut assigned: Vec<Option<usize>> = if batched {
+        (0..hosts.len()).map(Some).collect()
+    } else {
+        vec![None; hosts.len()]
+    };
     // A part holding only the manifest envelope (a file of a multiple of DEAL_CHUNKS_MAX
     // chunks) is the same for every share: it says nothing of the host's share, and is
     // matched to the host once its share is known.
@@ -648,6 +755,19 @@ pub async fn store(
                         (a.id, a.sealed_bytes, a.crc32c) == (b.id.0, b.sealed_bytes, b.crc32c)
                     })
             };
+            if batched {
+                // A host's earlier deal counts if it covers a part of its batch now.
+                let mine = plan.parts_of(objects[h].clone());
+                if let Some(part) = mine.iter().position(|p| same(&candidates[h], p)) {
+                    earlier.push(Earlier {
+                        host: full.host,
+                        part,
+                        deal: id,
+                        stage: full.stage,
+                    });
+                }
+                continue;
+            }
             if let Some(part) = parts
                 .iter()
                 .position(|p| manifest_only(p) && same(&candidates[0], p))
@@ -701,6 +821,18 @@ pub async fn store(
         .flat_map(|&c| &candidates[c])
         .map(|e| u64::from(e.sealed_bytes))
         .sum();
+    if batched {
+        let said: Vec<String> = hosts
+            .iter()
+            .zip(&objects)
+            .map(|((addr, _, _), r)| format!("{addr} chunks {}..{}", r.start, r.end))
+            .collect();
+        report(&format!(
+            "copies spread over {} hosts in batches (each with the manifest): {}",
+            hosts.len(),
+            said.join(", ")
+        ));
+    }
     report(&format!(
         "sealed {} chunks and the manifest{}: {bytes} bytes under deal{}",
         plan.chunks.len(),
@@ -728,18 +860,16 @@ pub async fn store(
         let host_hex = data_encoding::HEXLOWER.encode(&first_offer.host);
         let entries = &candidates[assigned[h]];
         let mut copy: Option<Placed> = None;
-        for (k, part) in parts.iter().enumerate() {
-            let name = if parts.len() > 1 {
-                format!("{addr} (part {} of {})", k + 1, parts.len())
+        let host_parts = plan.parts_of(objects[h].clone());
+        for (k, part) in host_parts.iter().enumerate() {
+            let name = if host_parts.len() > 1 {
+                format!("{addr} (part {} of {})", k + 1, host_parts.len())
             } else {
                 addr.clone()
             };
             let part_entries = &entries[part.clone()];
-            let preset = Preset {
-                plan: plan.clone(),
-                entries: part.clone(),
-                share: share_of(h),
-            };
+            let preset =
+                Preset::of_batch(plan.clone(), objects[h].clone(), part.clone(), share_of(h));
             let ctx = PartCtx {
                 name: &name,
                 addr,
@@ -781,6 +911,46 @@ pub async fn store(
         share_key,
         placed,
     })
+}
+
+/// The chunks each host holds when copies are spread in `batches` (the bytes each host
+/// holds, copy after copy, as [`copies_of`] groups them): consecutive chunks while they and
+/// the manifest envelope fit its bytes, the next host going on where it stopped, and a copy
+/// ending with the file's last chunk. A host whose bytes hold no chunk, or a last copy left
+/// short, is an error (the exchange's batches were computed on the sealed estimate, which
+/// the sealing never exceeds).
+pub fn batch_ranges(
+    plan: &DealPlan,
+    batches: &[u64],
+) -> Result<Vec<std::ops::Range<usize>>, NetError> {
+    let n = plan.chunks.len();
+    let envelope = u64::from(plan.manifest.sealed_bytes);
+    let (mut out, mut i) = (Vec::new(), 0);
+    for (h, &bytes) in batches.iter().enumerate() {
+        let room = bytes.saturating_sub(envelope);
+        let (start, mut used) = (i, 0u64);
+        while i < n && used + u64::from(plan.chunks[i].sealed_bytes) <= room {
+            used += u64::from(plan.chunks[i].sealed_bytes);
+            i += 1;
+        }
+        if i == start {
+            return Err(NetError::Protocol(format!(
+                "host {} of the batches holds {bytes} bytes: not chunk {i} ({} bytes) and the manifest envelope ({envelope} bytes)",
+                h + 1,
+                plan.chunks.get(i).map_or(0, |c| c.sealed_bytes)
+            )));
+        }
+        out.push(start..i);
+        if i == n {
+            i = 0;
+        }
+    }
+    if i != 0 {
+        return Err(NetError::Protocol(format!(
+            "the batches hold chunks up to {i} of the last copy, of {n}"
+        )));
+    }
+    Ok(out)
 }
 
 /// Places one part of `preset.plan` on the host at `job.hosts[0]` as [`store`] places each
@@ -1143,6 +1313,91 @@ async fn wait_completion(
                     .map_err(chain_err)?;
             }
             decided => return Ok(decided),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proto::{ChunkEntry, ChunkId, FileId};
+
+    /// A plan of `chunks` chunks of 10 sealed bytes (the last 4) and an envelope of 3.
+    fn plan(chunks: usize) -> DealPlan {
+        let entry = |i: usize, len: u32| ChunkEntry {
+            id: ChunkId(blake3::hash(&i.to_le_bytes()).into()),
+            sealed_bytes: len,
+            crc32c: 0,
+        };
+        DealPlan {
+            salt: [0; 16],
+            file_id: FileId([0; 16]),
+            kdf: KdfParams::DEFAULT,
+            chunk_bytes: 10,
+            file_bytes: 0,
+            chunks: (0..chunks)
+                .map(|i| entry(i, if i + 1 == chunks { 4 } else { 10 }))
+                .collect(),
+            manifest: entry(usize::MAX, 3),
+            erasure: None,
+        }
+    }
+
+    fn matched(bytes: &[u64]) -> Vec<api::ExchangeMatch> {
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| api::ExchangeMatch {
+                host: [u8::try_from(i).unwrap(); 32],
+                addr: format!("h{i}:1"),
+                price_per_gib_day: 1,
+                rating: 0,
+                region: String::new(),
+                deposit: 0,
+                bytes: b,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_cover_each_copy_in_order_and_a_short_one_is_refused() {
+        // Chunks of 10, 10, 10, 4 bytes and an envelope of 3: 37 bytes on one host.
+        let p = plan(4);
+        let got = batch_ranges(&p, &[23, 17, 37]).unwrap();
+        assert_eq!(
+            got,
+            vec![0..2, 2..4, 0..4],
+            "two hosts make a copy, the third one"
+        );
+        // A host whose bytes hold no chunk beside the envelope.
+        let e = batch_ranges(&p, &[12, 40]).unwrap_err().to_string();
+        assert!(e.contains("not chunk 0"), "{e}");
+        // The last copy left short.
+        let e = batch_ranges(&p, &[37, 23]).unwrap_err().to_string();
+        assert!(e.contains("up to 2 of the last copy, of 4"), "{e}");
+    }
+
+    #[test]
+    fn an_exchange_answer_is_grouped_into_copies_and_one_that_does_not_add_up_refused() {
+        let sp = Some(Spread {
+            unit_bytes: 10,
+            overhead_bytes: 3,
+        });
+        // A copy of 34 chunk bytes (37 on one host).
+        let got = copies_of(&matched(&[23, 17, 37, 13]), 37, sp).unwrap();
+        assert_eq!(
+            got,
+            vec![0..2, 2..3],
+            "the unfinished third copy is not counted"
+        );
+        assert_eq!(
+            copies_of(&matched(&[37, 37]), 37, None).unwrap(),
+            vec![0..1, 1..2]
+        );
+        for bad in [&[3u64][..], &[2], &[23, 38]] {
+            let e = copies_of(&matched(bad), 37, sp).unwrap_err().to_string();
+            assert!(e.contains("not a batch"), "{bad:?}: {e}");
         }
     }
 }

@@ -39,6 +39,11 @@ pub struct FileRecord {
     /// host holding one share of each chunk (share `i` on `copies[i]`), not a full copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erasure: Option<String>,
+    /// With `mspace put --spread`, when a copy was spread over several hosts: how many
+    /// copies the hosts make; each entry of `copies` is then a host holding a batch of
+    /// consecutive chunks (or a whole copy), not necessarily a full copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_copies: Option<u32>,
 }
 
 /// One copy: a deal with a host.
@@ -142,6 +147,19 @@ impl FileRecord {
                     "erasure {scheme} has {} hosts, the record lists {}",
                     scheme.n(),
                     r.copies.len()
+                )));
+            }
+        }
+        if let Some(n) = r.spread_copies {
+            if n == 0 || n as usize > r.copies.len() || r.erasure.is_some() {
+                return Err(RecordError::Malformed(format!(
+                    "spread_copies {n} with {} hosts{}: 1 to the hosts, full copies only",
+                    r.copies.len(),
+                    if r.erasure.is_some() {
+                        " and erasure shares"
+                    } else {
+                        ""
+                    }
                 )));
             }
         }
@@ -258,6 +276,7 @@ mod tests {
             ],
             share_key: Some(share_key(manifest)),
             erasure: None,
+            spread_copies: None,
         }
     }
 
@@ -321,6 +340,18 @@ mod tests {
         wrong_n.erasure = Some("2/3".into());
         let mut many = good.clone();
         many.copies = vec![good.copies[1].clone(); RECORD_COPIES_MAX + 1];
+        let mut no_copies = good.clone();
+        no_copies.spread_copies = Some(0);
+        let mut more_copies = good.clone();
+        more_copies.spread_copies = Some(3);
+        let mut spread_shares = good.clone();
+        spread_shares.erasure = Some("2/3".into());
+        spread_shares.copies.push(good.copies[0].clone());
+        spread_shares.spread_copies = Some(1);
+        // A copy spread over the two hosts reads back.
+        let mut spread = good.clone();
+        spread.spread_copies = Some(1);
+        assert_eq!(FileRecord::from_json(&json(&spread)).unwrap(), spread);
         let extra = String::from_utf8(json(&good))
             .unwrap()
             .replacen('{', "{\"surprise\": 1,", 1)
@@ -334,6 +365,9 @@ mod tests {
             (json(&other_key), "share_key is for manifest"),
             (json(&many), "at most 256"),
             (json(&bad_scheme), "erasure: "),
+            (json(&no_copies), "spread_copies 0 with 2 hosts"),
+            (json(&more_copies), "spread_copies 3 with 2 hosts"),
+            (json(&spread_shares), "and erasure shares"),
             (json(&wrong_n), "has 3 hosts, the record lists 2"),
             (extra, "unknown field `surprise`"),
             (b"{".to_vec(), "EOF"),

@@ -52,6 +52,14 @@ impl Manifest {
         file_bytes.div_ceil(u64::from(chunk_bytes))
     }
 
+    /// The largest manifest envelope of a file of `chunks` chunks (its name as long as a
+    /// name may be): the header, the body and the body's tag.
+    pub fn envelope_bytes_max(chunks: u64) -> u64 {
+        (ENVELOPE_HEADER_BYTES + BODY_FIXED_BYTES + NAME_BYTES_MAX) as u64
+            + ENTRY_BYTES as u64 * chunks
+            + u64::from(TAG_BYTES)
+    }
+
     /// Plaintext length of chunk `index`: `chunk_bytes` except for the last one.
     pub fn plain_len(&self, index: u64) -> u32 {
         let start = index * u64::from(self.chunk_bytes);

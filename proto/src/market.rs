@@ -77,6 +77,43 @@ pub struct Request {
     pub expiry_unix_secs: u64,
     /// Hosts wanted in this region (empty: any).
     pub region: String,
+    /// `None`: each copy whole on one host. `Some`: a copy may be spread over several
+    /// hosts, each holding a batch of whole chunks (see [`Spread`]).
+    pub spread: Option<Spread>,
+}
+
+/// How a sender lets a copy be spread over several hosts (per-batch offers): a host with
+/// room for part of the copy holds a batch of consecutive chunks, each at most
+/// `unit_bytes`, plus `overhead_bytes` that every batch holds whole (the file's manifest
+/// envelope, so that each batch host can serve the file's manifest). The request's `bytes`
+/// is what one host holding the whole copy stores: the chunks and one overhead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Spread {
+    /// The largest chunk as stored (sealed): batches come in multiples of it.
+    pub unit_bytes: u32,
+    /// What every batch host stores beyond its chunks.
+    pub overhead_bytes: u32,
+}
+
+impl Spread {
+    /// The chunks' bytes of a copy of `bytes` (the request's): what the batches share out.
+    pub fn chunk_bytes_of(&self, bytes: u64) -> u64 {
+        bytes.saturating_sub(u64::from(self.overhead_bytes))
+    }
+
+    /// What a host with `room` free bytes can take of a copy with `left` chunk bytes still
+    /// unplaced: whole units (the last one, `left` itself, may be short), after the
+    /// overhead; 0 if not even one unit fits. The bytes it holds are this plus the
+    /// overhead.
+    pub fn batch_of(&self, room: u64, left: u64) -> u64 {
+        let unit = u64::from(self.unit_bytes.max(1));
+        let fits = room.saturating_sub(u64::from(self.overhead_bytes));
+        if fits >= left {
+            left
+        } else {
+            fits / unit * unit
+        }
+    }
 }
 
 /// An exchange's listing on an index: where senders reach it, renewed before it expires.
@@ -307,6 +344,14 @@ impl Authored for Request {
         b.extend_from_slice(&self.min_rating.to_le_bytes());
         b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
         put_str(&mut b, &self.region);
+        match self.spread {
+            None => b.push(0),
+            Some(sp) => {
+                b.push(1);
+                b.extend_from_slice(&sp.unit_bytes.to_le_bytes());
+                b.extend_from_slice(&sp.overhead_bytes.to_le_bytes());
+            }
+        }
         b
     }
 
@@ -336,6 +381,27 @@ impl Authored for Request {
         }
         let expiry_unix_secs = r.u64("expiry_unix_secs")?;
         let region = get_region(r)?;
+        let spread = match r.u8("spread")? {
+            0 => None,
+            1 => {
+                let unit_bytes = r.u32("spread.unit_bytes")?;
+                if unit_bytes == 0 {
+                    return Err(r.invalid("spread.unit_bytes", "0: a batch holds whole chunks"));
+                }
+                let overhead_bytes = r.u32("spread.overhead_bytes")?;
+                if bytes <= u64::from(overhead_bytes) {
+                    return Err(r.invalid(
+                        "spread.overhead_bytes",
+                        format!("{overhead_bytes}: not below the request's {bytes} bytes, nothing to spread"),
+                    ));
+                }
+                Some(Spread {
+                    unit_bytes,
+                    overhead_bytes,
+                })
+            }
+            n => return Err(r.invalid("spread", format!("{n}: 0 (whole copies) or 1"))),
+        };
         Ok(Request {
             chain_id,
             sender,
@@ -348,6 +414,7 @@ impl Authored for Request {
             min_rating,
             expiry_unix_secs,
             region,
+            spread,
         })
     }
 }
@@ -595,6 +662,7 @@ mod tests {
             min_rating: 0,
             expiry_unix_secs: 1_030,
             region: String::new(),
+            spread: None,
         }
     }
 
@@ -736,6 +804,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_takes_whole_units_after_the_overhead() {
+        let sp = Spread {
+            unit_bytes: 10,
+            overhead_bytes: 5,
+        };
+        assert_eq!(sp.chunk_bytes_of(105), 100);
+        // (room, left) -> batch
+        for (room, left, batch) in [
+            (4, 100, 0),
+            (14, 100, 0),
+            (15, 100, 10),
+            (39, 100, 30),
+            (105, 100, 100),
+            (1000, 7, 7),
+            (11, 7, 0),
+            (12, 7, 7),
+        ] {
+            assert_eq!(sp.batch_of(room, left), batch, "room {room} left {left}");
+        }
+    }
+
+    #[test]
     fn malformed_messages_are_refused_with_the_field_named() {
         let a = Signed::sign(ask(), &key(1)).to_bytes();
         let q = Signed::sign(request(), &key(2)).to_bytes();
@@ -750,7 +840,26 @@ mod tests {
         let mut high_rating = q.clone();
         high_rating[copies_at + 17..][..2].copy_from_slice(&1001u16.to_le_bytes());
         let mut long_region = q.clone();
-        long_region[q.len() - 65] = 33;
+        long_region[q.len() - 66] = 33;
+        // The spread flag is the last byte before the signature.
+        let mut bad_flag = q.clone();
+        bad_flag[q.len() - 65] = 2;
+        let spread = |unit: u32, overhead: u32| {
+            let mut r = request();
+            r.spread = Some(Spread {
+                unit_bytes: unit,
+                overhead_bytes: overhead,
+            });
+            Signed::sign(r, &key(2)).to_bytes()
+        };
+        let (no_unit, all_overhead) = (spread(0, 10), spread(1 << 20, u32::MAX));
+        let mut r = request();
+        r.bytes = 4096;
+        r.spread = Some(Spread {
+            unit_bytes: 1,
+            overhead_bytes: 4096,
+        });
+        let nothing_left = Signed::sign(r, &key(2)).to_bytes();
         let mut empty_days = a.clone();
         empty_days[4 + 1 + 8 + 32 + 24..][..4].copy_from_slice(&400u32.to_le_bytes());
         let cases: Vec<(Result<(), DecodeError>, &str)> = vec![
@@ -791,7 +900,28 @@ mod tests {
                 SignedRequest::from_bytes(&[]).map(drop),
                 "truncated at magic",
             ),
+            (
+                SignedRequest::from_bytes(&bad_flag).map(drop),
+                "invalid spread: 2",
+            ),
+            (
+                SignedRequest::from_bytes(&no_unit).map(drop),
+                "invalid spread.unit_bytes: 0",
+            ),
+            (
+                SignedRequest::from_bytes(&nothing_left).map(drop),
+                "nothing to spread",
+            ),
         ];
+        // A request spread over batches round-trips.
+        let q = SignedRequest::from_bytes(&all_overhead).unwrap();
+        assert_eq!(
+            q.msg.spread,
+            Some(Spread {
+                unit_bytes: 1 << 20,
+                overhead_bytes: u32::MAX
+            })
+        );
         for (got, says) in cases {
             let e = got.unwrap_err().to_string();
             assert!(e.contains(says), "{e:?} does not say {says:?}");

@@ -38,6 +38,10 @@ pub const EXCHANGE_MAX_PRICE_DEFAULT: u64 = 1000;
 struct MatchJson {
     #[serde(flatten)]
     ask: crate::exchangecli::AskJson,
+    /// Which copy the host holds (from 1); with --spread several hosts may share one.
+    copy: usize,
+    /// What it holds: the whole estimate, or its batch and the manifest.
+    bytes: u64,
     /// MASPC for the whole storage at this price (an estimate before sealing).
     estimated_fee: u64,
 }
@@ -52,6 +56,10 @@ struct DealPutJson {
     /// The erasure scheme K/N (absent: each deal holds a full copy).
     #[serde(skip_serializing_if = "Option::is_none")]
     erasure: Option<String>,
+    /// With copies spread in batches (`--spread`): how many copies the deals make (each
+    /// deal then holds a batch of consecutive chunks and the manifest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spread_copies: Option<usize>,
     deals: Vec<PlacedJson>,
     /// The file's record (deals, hosts, emergency links) under the state directory.
     record: String,
@@ -64,6 +72,8 @@ struct DealPutJson {
 pub fn put(args: PutArgs) -> Result<()> {
     let t0 = Instant::now();
     let mut matched_at = None;
+    // With copies spread in batches: how many copies the hosts make.
+    let mut spread_copies = None;
     let meta = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     if !meta.is_file() {
@@ -94,6 +104,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             max_premium: args.max_premium,
         }),
         erasure: args.erasure,
+        batches: Vec::new(),
     };
     crate::netcli::init_logs();
     if !args.exchange.is_empty() || !args.index.is_empty() {
@@ -109,6 +120,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             max_price_per_gib_day: args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT),
             region: args.region.clone(),
             min_rating: args.min_rating,
+            spread: args.spread,
         };
         job.max_price_per_gib_day = Some(ask.max_price_per_gib_day);
         let matched = if args.index.is_empty() {
@@ -118,15 +130,22 @@ pub fn put(args: PutArgs) -> Result<()> {
         }
         .context("finding hosts through an exchange")?;
         let bytes = net::deal::stored_estimate(meta.len(), job.chunk_bytes, job.erasure);
+        let copies = net::deal::copies_of(&matched.hosts, bytes, matched.spread)?;
         let rows: Vec<MatchJson> = matched
             .hosts
             .iter()
-            .map(|m| MatchJson {
+            .enumerate()
+            .map(|(i, m)| MatchJson {
                 ask: m.into(),
+                copy: copies
+                    .iter()
+                    .position(|c| c.contains(&i))
+                    .map_or(0, |c| c + 1),
+                bytes: m.bytes,
                 // The fee's rule (market::terms) before its one-MASPC-per-period floor.
                 estimated_fee: m
                     .price_per_gib_day
-                    .saturating_mul(bytes.div_ceil(1 << 30))
+                    .saturating_mul(m.bytes.div_ceil(1 << 30))
                     .saturating_mul(u64::from(job.days)),
             })
             .collect();
@@ -139,20 +158,33 @@ pub fn put(args: PutArgs) -> Result<()> {
                     rows.len(),
                     match job.erasure {
                         Some(s) => format!("erasure {s} shares, one per host,"),
+                        None if matched.spread.is_some() => {
+                            format!("{} copies, each whole or spread in batches,", args.copies)
+                        }
                         None => format!("{} copies", args.copies),
                     },
                     format_bytes(bytes),
                     job.days
                 );
                 println!(
-                    "  {:<64}  {:<21}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
-                    "host", "address", "price", "rating", "region", "deposit", "fee"
+                    "  {:<64}  {:<21}  {:>4}  {:>10}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
+                    "host",
+                    "address",
+                    "copy",
+                    "holds",
+                    "price",
+                    "rating",
+                    "region",
+                    "deposit",
+                    "fee"
                 );
                 for r in &rows {
                     println!(
-                        "  {:<64}  {:<21}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
+                        "  {:<64}  {:<21}  {:>4}  {:>10}  {:>9}  {:>6}  {:<10}  {:>9}  {:>9}",
                         r.ask.host,
                         r.ask.addr,
+                        r.copy,
+                        format_bytes(r.bytes),
                         r.ask.price_per_gib_day,
                         r.ask.rating,
                         if r.ask.region.is_empty() {
@@ -177,13 +209,25 @@ pub fn put(args: PutArgs) -> Result<()> {
         if !args.json {
             for r in &rows {
                 println!(
-                    "matched host {} at {}: {} MASPC per GiB per day, rating {}",
-                    r.ask.host, r.ask.addr, r.ask.price_per_gib_day, r.ask.rating
+                    "matched host {} at {}: {} MASPC per GiB per day, rating {}{}",
+                    r.ask.host,
+                    r.ask.addr,
+                    r.ask.price_per_gib_day,
+                    r.ask.rating,
+                    if matched.spread.is_some() {
+                        format!(", copy {}, holding {}", r.copy, format_bytes(r.bytes))
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
         job.hosts = matched.hosts.iter().map(|m| m.addr.clone()).collect();
         job.host_keys = matched.hosts.iter().map(|m| m.host).collect();
+        if matched.spread.is_some() && copies.iter().any(|c| c.len() > 1) {
+            job.batches = matched.hosts.iter().map(|m| m.bytes).collect();
+            spread_copies = Some(copies.len());
+        }
         job.exchange = Some(matched.key);
         matched_at = Some(Instant::now());
     }
@@ -232,6 +276,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             .collect(),
         share_key: Some(done.share_key.to_string()),
         erasure: job.erasure.map(|s| s.to_string()),
+        spread_copies: spread_copies.and_then(|n| u32::try_from(n).ok()),
     };
     let state = state_dir()?;
     let record_path = record
@@ -247,6 +292,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         chunks: done.plan.chunks.len(),
         file_bytes: done.plan.file_bytes,
         erasure: job.erasure.map(|s| s.to_string()),
+        spread_copies,
         deals: done
             .placed
             .iter()
@@ -275,6 +321,12 @@ pub fn put(args: PutArgs) -> Result<()> {
                     "erasure {s} shares on {} hosts (any {} rebuild it)",
                     json.deals.len(),
                     s.k()
+                ),
+                None if spread_copies.is_some() => format!(
+                    "{} cop{} spread over {} hosts in batches (each host a deal of its chunks and the manifest)",
+                    spread_copies.unwrap_or_default(),
+                    if spread_copies == Some(1) { "y" } else { "ies" },
+                    json.deals.len()
                 ),
                 None if json.deals.len() == 1 => "1 copy".to_owned(),
                 None => format!("{} copies", json.deals.len()),

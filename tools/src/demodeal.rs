@@ -244,6 +244,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             download_fee: DOWNLOAD_FEE,
             insurance: None,
             erasure: None,
+            batches: Vec::new(),
         };
         let listed = ix.exchanges(tarpc::context::current()).await?.len();
         let near = nearest_exchanges(std::slice::from_ref(&index)).await?;
@@ -259,6 +260,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
                 max_price_per_gib_day: 20,
                 region: String::new(),
                 min_rating: 0,
+                spread: false,
             },
             &(Arc::new(|_: &str| {}) as net::deal::Report),
         )

@@ -226,6 +226,7 @@ pub fn run(a: &ExchangeBenchArgs) -> Result<ExchangeBenchResult> {
                     min_rating: 0,
                     expiry_unix_secs: now + 590,
                     region: String::new(),
+                    spread: None,
                 },
                 k,
             )

@@ -326,13 +326,14 @@ fn status(addr: &str, json: bool) -> Result<()> {
     println!("{} ask(s) on the book:", s.asks.len());
     for a in &s.asks {
         println!(
-            "  {} at {}: {} MASPC per GiB per day, rating {}, region {}, deposit {} MASP",
+            "  {} at {}: {} MASPC per GiB per day, rating {}, region {}, deposit {} MASP, room {}",
             miner::hex(&a.host),
             a.addr,
             a.price_per_gib_day,
             a.rating,
             if a.region.is_empty() { "-" } else { &a.region },
-            a.deposit
+            a.deposit,
+            crate::format_bytes(a.bytes)
         );
     }
     println!("requests matched: {}", s.requests_matched);
@@ -382,6 +383,15 @@ impl From<&api::ExchangeMatch> for AskJson {
     }
 }
 
+/// An ask on the book, as `exchange status --json` prints it.
+#[derive(serde::Serialize)]
+struct BookAskJson {
+    #[serde(flatten)]
+    ask: AskJson,
+    /// The room left on it: what the host stated, less what matches took since.
+    free_bytes: u64,
+}
+
 #[derive(serde::Serialize)]
 struct StatusJson {
     key: String,
@@ -393,7 +403,7 @@ struct StatusJson {
     regions: Vec<String>,
     commission_permille: u16,
     bid_window_ms: u64,
-    asks: Vec<AskJson>,
+    asks: Vec<BookAskJson>,
     requests_matched: u64,
     watchers: u32,
     requests_forwarded: u64,
@@ -417,7 +427,14 @@ impl From<&api::ExchangeStatus> for StatusJson {
             regions: s.profile.regions.clone(),
             commission_permille: s.profile.commission_permille,
             bid_window_ms: s.profile.bid_window_ms,
-            asks: s.asks.iter().map(AskJson::from).collect(),
+            asks: s
+                .asks
+                .iter()
+                .map(|a| BookAskJson {
+                    ask: a.into(),
+                    free_bytes: a.bytes,
+                })
+                .collect(),
             requests_matched: s.requests_matched,
             watchers: s.watchers,
             requests_forwarded: s.requests_forwarded,

@@ -229,6 +229,13 @@ pub struct PutArgs {
     /// rebuilds from whichever hosts answer.
     #[arg(long, requires = "market", conflicts_with = "copies")]
     pub(crate) erasure: Option<proto::erasure::Scheme>,
+    /// Through --exchange/--index: let each copy be spread over several hosts, each
+    /// holding a batch of consecutive chunks and the file's manifest, so that hosts with
+    /// room for part of the file take part in it (per-batch offers). Each batch is a deal
+    /// of its own, proven and paid like a copy; `mspace get` fetches every chunk from the
+    /// host of its batch, and a copy is whole only while all its hosts are.
+    #[arg(long, requires = "find", conflicts_with = "erasure")]
+    pub(crate) spread: bool,
     /// The most to pay, MASPC per GiB per day: a dearer offer is refused [default: any
     /// price with --host, 1000 with --exchange].
     #[arg(long)]

@@ -116,6 +116,16 @@ pub fn share(a: ShareArgs) -> Result<()> {
             record.manifest_id
         );
     }
+    if let Some(n) = record.spread_copies {
+        bail!(
+            "{} is stored as {n} cop{} spread over {} hosts in batches: a receiver would have to buy \
+             a download from every host of a copy, which `mspace share` does not do yet; share a \
+             file stored as full copies",
+            record.manifest_id,
+            if n == 1 { "y" } else { "ies" },
+            record.copies.len()
+        );
+    }
     let key: proto::ShareKey = key_text.parse().context("the record's share key")?;
     let mut copies = Vec::new();
     for c in &record.copies {

@@ -1251,6 +1251,7 @@ async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
             plan: plan.clone(),
             entries: all.clone(),
             share: Some(u8::try_from(i).unwrap()),
+            batch: None,
         });
         put_file(&job, quiet()).await.unwrap();
         // Its share of every chunk and the manifest; about half the sealed file.
@@ -1333,6 +1334,76 @@ async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_batches_on_two_hosts_comes_back_each_chunk_from_its_batch() {
+    let (a, b, c) = (
+        start_host(Limits::default()).await,
+        start_host(Limits::default()).await,
+        start_host(Limits::default()).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = random_file(dir.path(), "spread.bin", 50 * CHUNK as usize + 77, 12);
+    let plan = plan_deal(
+        &file,
+        b"correct horse",
+        CHUNK,
+        KDF,
+        2,
+        &|_, _| {},
+        None,
+        None,
+    )
+    .unwrap();
+    let n = plan.chunks.len();
+    // Host a holds chunks 0..20, host b 20..n, each with the manifest; host c a full copy.
+    for (h, batch, journal) in [(&a, 0..20, "ja"), (&b, 20..n, "jb"), (&c, 0..n, "jc")] {
+        let up = h.link(
+            Grant::Upload {
+                bytes_max: 64 << 20,
+            },
+            None,
+            600,
+        );
+        let mut job = put_job(&file, &up, &[], &dir.path().join(journal));
+        let whole = 0..batch.len() + 1;
+        job.preset = Some(Preset::of_batch(plan.clone(), batch, whole, None));
+        put_file(&job, quiet()).await.unwrap();
+    }
+    assert_eq!((a.chunks(), b.chunks()), (20 + 1, n as u64 - 20 + 1));
+    let manifest = plan.manifest.id;
+    let link = |h: &TestHost| h.link(Grant::Download { manifest }, None, 600);
+    let get = |links: Vec<Link>, out: &str| {
+        let mut job = get_job(&links[0], &[], pass(), &dir.path().join(out));
+        job.links = links;
+        job
+    };
+    // The two batches make the file; each host is asked only for its own chunks.
+    let job = get(vec![link(&b), link(&a)], "ab.out");
+    let got = get_file(&job, quiet()).await.unwrap();
+    assert_eq!(
+        std::fs::read(&job.out).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    let served: Vec<u64> = got.served.iter().map(|s| s.1).collect();
+    assert_eq!(served, vec![n as u64 - 20, 20], "{:?}", got.served);
+    assert!(got.lost.is_empty(), "{:?}", got.lost);
+    // A batch and a full copy: the full copy fills in whatever the batch lacks.
+    let job = get(vec![link(&a), link(&c)], "ac.out");
+    get_file(&job, quiet()).await.unwrap();
+    assert_eq!(
+        std::fs::read(&job.out).unwrap(),
+        std::fs::read(&file).unwrap()
+    );
+    // One batch alone: the first chunk outside it is named, nothing is written.
+    let job = get(vec![link(&a)], "a.out");
+    let e = get_file(&job, quiet()).await.unwrap_err().to_string();
+    assert!(
+        e.contains("chunk 20 (id") && e.contains("is missing"),
+        "{e}"
+    );
+    assert!(!job.out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
     let (a, b) = (
         start_host(Limits::default()).await,
@@ -1366,6 +1437,7 @@ async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
             plan: plan.clone(),
             entries: all.clone(),
             share: None,
+            batch: None,
         });
         put_file(&job, quiet()).await.unwrap();
     }

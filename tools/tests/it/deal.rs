@@ -876,6 +876,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         download_fee: 0,
         insurance: None,
         erasure: None,
+        batches: Vec::new(),
     };
     let plan = net::client::plan_deal(
         &file,
@@ -895,6 +896,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         plan,
         entries: 0..entries.len(),
         share: None,
+        batch: None,
     };
     let said = Arc::new(Mutex::new(Vec::<String>::new()));
     let log = Arc::clone(&said);
@@ -2860,6 +2862,203 @@ fn erasure_shares_on_three_hosts_are_paid_proven_and_the_file_comes_back_from_an
     assert_ne!(got.code, 0);
     assert!(
         got.stderr.contains("of the 2 erasure shares"),
+        "{}",
+        got.stderr
+    );
+    assert!(!back.exists());
+}
+
+/// Hosts with room for part of a file only (`capacity_bytes`): a put asking for a whole copy
+/// is matched to none, and the refusal says to allow `--spread`; with `--spread` the
+/// exchange fills one copy with batches down its order (two chunks on each of the two
+/// cheapest hosts, the last chunk on the third), each batch its own deal, paid, proven and
+/// recorded with its chunks only; `get --file` fetches each chunk from its batch's host,
+/// and with one batch's host gone names the chunk no host holds and writes nothing.
+#[test]
+fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batches() {
+    const PRICES: [u64; 3] = [30, 10, 20];
+    let dir = tempfile::tempdir().unwrap();
+    let Market {
+        _net,
+        m0,
+        client,
+        mut hosts,
+    } = start_market(dir.path(), 18, 3, &[]);
+    let ex = start_exchange(dir.path(), "exchange", &m0, &client, &[], |t| t, &[]);
+    // Room for two 64 KiB chunks and the manifest, not three; one shard, since the
+    // engine divides the capacity among its shards and chunks go to them by their id.
+    for h in &hosts {
+        let text = std::fs::read_to_string(&h.cfg).unwrap();
+        assert!(text.contains("\ncapacity_bytes = 0\n"), "{text}");
+        assert!(text.contains("\nshards = 0\n"), "{text}");
+        let text = text
+            .replace("\ncapacity_bytes = 0\n", "\ncapacity_bytes = 163840\n")
+            .replace("\nshards = 0\n", "\nshards = 1\n");
+        std::fs::write(&h.cfg, text).unwrap();
+    }
+    ask_on(&mut hosts, &[&ex.addr], &PRICES);
+    let book = || json(&["exchange", "status", "--exchange", &ex.addr, "--json"]);
+    assert!(
+        until(&m0, 200, || book()["asks"].as_array().unwrap().len() == 3),
+        "the hosts' asks never reached the book: {}",
+        book()
+    );
+    let (file, bytes, pass, state) = client_files(dir.path(), "spread", 300_000);
+    let env = [("MSPACE_STATE_DIR", state.as_str())];
+    let blocks = (PROOF_PERIOD * PERIODS).to_string();
+    let put = |extra: &[&str]| {
+        let mut args = vec![
+            "put",
+            file.to_str().unwrap(),
+            "--exchange",
+            &ex.addr,
+            "--copies",
+            "1",
+            "--chain",
+            &m0,
+            "--days",
+            "1",
+            "--period-blocks",
+            &blocks,
+            "--chunk-size",
+            "64KiB",
+            "--key",
+            &client,
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        mspace(&args, &env)
+    };
+    let whole = put(&["--json"]);
+    assert_ne!(whole.code, 0);
+    assert!(
+        whole.stderr.contains("matched 0 host(s) for 1 copies")
+            && whole.stderr.contains("allow --spread"),
+        "{}",
+        whole.stderr
+    );
+    let dry = put(&["--spread", "--dry-run", "--json"]);
+    assert_eq!(dry.code, 0, "{}\n{}", dry.stderr, book());
+    let rows: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    let by_price = [&hosts[1], &hosts[2], &hosts[0]];
+    let unit = 64 * 1024 + 16;
+    let envelope = 64 + 24 + 255 + 40 * 5 + 16;
+    let last = 300_000 - 4 * 64 * 1024 + 16;
+    let want: Vec<(String, u64, u64)> = by_price
+        .iter()
+        .zip([2 * unit + envelope, 2 * unit + envelope, last + envelope])
+        .map(|(h, b)| (h.key.clone(), 1, b))
+        .collect();
+    let got: Vec<(String, u64, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_owned(),
+                r["copy"].as_u64().unwrap(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{rows}");
+    // The dry run's request took that room on the book like any request; the hosts' next
+    // asks (posted every 15 s) state their room again.
+    let full = || {
+        book()["asks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["free_bytes"] == 163_840)
+    };
+    assert!(!full(), "{}", book());
+    assert!(
+        until(&m0, 400, full),
+        "the asks never stated their room again: {}",
+        book()
+    );
+
+    let stored = put(&["--spread", "--json"]);
+    assert_eq!(stored.code, 0, "{}", stored.stderr);
+    let out: serde_json::Value = serde_json::from_str(&stored.stdout).unwrap();
+    let deals: Vec<String> = out["deals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["deal"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        (deals.len(), out["spread_copies"].as_u64()),
+        (3, Some(1)),
+        "{out}"
+    );
+    // Each batch is a deal of its chunks and the manifest envelope, with its host.
+    for ((d, h), chunks) in deals.iter().zip(by_price).zip([3, 3, 2]) {
+        let v = deal(&m0, d);
+        assert_eq!(v["host"], h.key.as_str(), "{v}");
+        assert_eq!(v["state"], "active", "{v}");
+        assert_eq!(v["chunks"], chunks, "{v}");
+    }
+    for d in &deals {
+        let v = wait_deal(&m0, d, "proved a period", |v| {
+            v["proven"].as_u64() >= Some(1)
+        });
+        assert_eq!(v["missed"], 0, "{v}");
+    }
+
+    let manifest = out["manifest_id"].as_str().unwrap();
+    // Selling downloads needs a full copy on each host a receiver buys from: refused.
+    let shared = mspace(&["share", manifest, "--chain", &m0], &env);
+    assert_ne!(shared.code, 0);
+    assert!(
+        shared
+            .stderr
+            .contains("1 copy spread over 3 hosts in batches"),
+        "{}",
+        shared.stderr
+    );
+    let get = |name: &str| {
+        let back = dir.path().join(name);
+        let got = mspace(
+            &[
+                "get",
+                "--file",
+                manifest,
+                "--out",
+                back.to_str().unwrap(),
+                "--key",
+                &client,
+                "--passphrase-file",
+                pass.to_str().unwrap(),
+                "--json",
+            ],
+            &env,
+        );
+        (got, back)
+    };
+    let (got, back) = get("back.bin");
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), bytes);
+    let g: serde_json::Value = serde_json::from_str(&got.stdout).unwrap();
+    let served: Vec<u64> = g["served"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["chunks"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        served,
+        vec![2, 2, 1],
+        "each chunk from its batch's host: {g}"
+    );
+
+    // The last batch's host gone: its chunk is named missing, nothing is written.
+    drop(hosts[0].proc.take());
+    let (got, back) = get("short.bin");
+    assert_ne!(got.code, 0);
+    assert!(
+        got.stderr.contains("chunk 4 (id") && got.stderr.contains("is missing"),
         "{}",
         got.stderr
     );
