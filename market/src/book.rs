@@ -86,7 +86,8 @@ impl Entry {
 }
 
 /// A bid on `req` as an entry that qualifies for exactly that request (`None` for a pass),
-/// with the bidding host's `rating` and the time `posted` ([`Book::stamp`]).
+/// with the bidding host's `rating` and the time `posted` ([`Book::stamp`]): room for the
+/// bytes the bid offers, at most the request's (with a spread request, less is a batch).
 pub fn bid_entry(bid: &Bid, req: &Request, rating: u32, posted: u64) -> Option<Entry> {
     let price = bid.price_per_gib_day?;
     Some(Entry {
@@ -95,7 +96,7 @@ pub fn bid_entry(bid: &Bid, req: &Request, rating: u32, posted: u64) -> Option<E
             host: bid.host,
             seq: 0,
             price_per_gib_day: price,
-            free_bytes: req.bytes,
+            free_bytes: bid.free_bytes.min(req.bytes),
             min_days: req.days,
             max_days: req.days,
             deposit: bid.deposit,
@@ -580,6 +581,7 @@ mod tests {
             expiry_unix_secs: 100,
             region: "eu".into(),
             addr: format!("h{host}:1"),
+            free_bytes: if price.is_some() { 1 << 20 } else { 0 },
         }
     }
 

@@ -34,8 +34,8 @@ enum Op {
         max_price: u64,
         region: bool,
         min_rating: u16,
-        /// (host, price or a pass, rating).
-        bids: Vec<(u8, Option<u64>, u32)>,
+        /// (host, price or a pass, rating, room offered).
+        bids: Vec<(u8, Option<u64>, u32, u64)>,
         /// Batches allowed: (unit, overhead).
         spread: Option<(u32, u32)>,
     },
@@ -75,7 +75,15 @@ fn op() -> impl Strategy<Value = Op> {
             1u64..20,
             any::<bool>(),
             0u16..1000,
-            proptest::collection::vec((0u8..8, proptest::option::of(1u64..20), 0u32..1000), 0..4),
+            proptest::collection::vec(
+                (
+                    0u8..8,
+                    proptest::option::of(1u64..20),
+                    0u32..1000,
+                    1u64..200
+                ),
+                0..4
+            ),
             proptest::option::of((1u32..40, 0u32..10))
         )
             .prop_map(
@@ -229,7 +237,7 @@ proptest! {
                     let mut entries = Vec::new();
                     let mut bidders = std::collections::BTreeSet::new();
                     // One answer per host, as an exchange takes them.
-                    for (host, price, rating) in bids {
+                    for (host, price, rating, room) in bids {
                         if !bidders.insert(host) {
                             continue;
                         }
@@ -242,6 +250,7 @@ proptest! {
                             expiry_unix_secs: now + 5,
                             region: region(host % 2 == 0),
                             addr: format!("10.0.{}.{host}:1", host % 3),
+                            free_bytes: if price.is_some() { room } else { 0 },
                         };
                         let t = a.stamp();
                         prop_assert_eq!(t, b.stamp());

@@ -241,8 +241,21 @@ impl HostControl {
         let signed = proto::market::SignedRequest::open(signed_request, chain_id, now, 3_600)
             .map_err(|e| format!("the forwarded request: {e}"))?;
         let req = &signed.msg;
+        // The bytes it offers to hold: the request's, or with a spread request and less room
+        // than that, the batch its room holds (beside the overhead).
+        let want = match req.spread {
+            Some(sp) => {
+                let s = self.stats().await;
+                let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+                match sp.batch_of(free, sp.chunk_bytes_of(req.bytes)) {
+                    0 => req.bytes,
+                    batch => batch + u64::from(sp.overhead_bytes),
+                }
+            }
+            None => req.bytes,
+        };
         let (s, backing) = if req.sender != me && (req.region.is_empty() || req.region == region) {
-            self.would_take(req.bytes, u64::from(req.days)).await
+            self.would_take(want, u64::from(req.days)).await
         } else {
             (
                 self.stats().await,
@@ -264,6 +277,7 @@ impl HostControl {
             } else {
                 String::new()
             },
+            free_bytes: backing.map_or(0, |_| want),
         };
         Ok(proto::market::Signed::sign(bid, &self.key))
     }

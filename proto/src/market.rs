@@ -132,8 +132,9 @@ pub struct Listing {
 }
 
 /// A host's answer to one request an exchange forwarded to it (a host that bids request by
-/// request rather than, or as well as, keeping a standing ask): a price for exactly that
-/// request's bytes and days, or a pass (`price_per_gib_day` `None`: it will not take it).
+/// request rather than, or as well as, keeping a standing ask): a price for that request's
+/// days and the bytes it holds of it (all of them, or with a spread request a batch), or a
+/// pass (`price_per_gib_day` `None`: it will not take it).
 /// Bound to the request by its id ([`request_id`]), so it cannot be replayed onto another.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bid {
@@ -150,6 +151,9 @@ pub struct Bid {
     pub region: String,
     /// The host's control-plane address (empty only in a pass).
     pub addr: String,
+    /// The room it offers the request (0 in a pass): at least its bytes for a whole copy;
+    /// with the request's spread, less is a batch ([`Spread::batch_of`] of it).
+    pub free_bytes: u64,
 }
 
 /// A request's id: BLAKE3 of the signed request's bytes as the sender sent them (body and
@@ -505,6 +509,7 @@ impl Authored for Bid {
         b.extend_from_slice(&self.expiry_unix_secs.to_le_bytes());
         put_str(&mut b, &self.region);
         put_str(&mut b, &self.addr);
+        b.extend_from_slice(&self.free_bytes.to_le_bytes());
         b
     }
 
@@ -529,6 +534,13 @@ impl Authored for Bid {
         if addr.is_empty() && price_per_gib_day.is_some() {
             return Err(r.invalid("addr", "empty: a sender could not reach the host"));
         }
+        let free_bytes = r.u64("free_bytes")?;
+        if (free_bytes == 0) == price_per_gib_day.is_some() {
+            return Err(r.invalid(
+                "free_bytes",
+                format!("{free_bytes}: a bid offers room, a pass none"),
+            ));
+        }
         Ok(Bid {
             chain_id,
             host,
@@ -538,6 +550,7 @@ impl Authored for Bid {
             expiry_unix_secs,
             region,
             addr,
+            free_bytes,
         })
     }
 }
@@ -761,14 +774,19 @@ mod tests {
             expiry_unix_secs: 1_030,
             region: "eu".into(),
             addr: "10.0.0.7:7001".into(),
+            free_bytes: 5 << 30,
         };
         let bytes = Signed::sign(bid.clone(), &key(1)).to_bytes();
-        assert_eq!(bytes.len(), 4 + 1 + 8 + 32 + 32 + 9 + 8 + 8 + 3 + 14 + 64);
+        assert_eq!(
+            bytes.len(),
+            4 + 1 + 8 + 32 + 32 + 9 + 8 + 8 + 3 + 14 + 8 + 64
+        );
         assert_eq!(SignedBid::open(&bytes, 9, 1_000, 60).unwrap().msg, bid);
         assert_ne!(request_id(&q), request_id(&q[..q.len() - 1]));
         let pass = Bid {
             price_per_gib_day: None,
             addr: String::new(),
+            free_bytes: 0,
             ..bid.clone()
         };
         let p = Signed::sign(pass.clone(), &key(1)).to_bytes();
@@ -783,6 +801,11 @@ mod tests {
             ..bid
         };
         let no_addr = [no_addr.body(), vec![0; 64]].concat();
+        let room_at = bytes.len() - 64 - 8;
+        let mut roomless = bytes.clone();
+        roomless[room_at..room_at + 8].fill(0);
+        let mut roomy_pass = p.clone();
+        roomy_pass[p.len() - 64 - 8] = 1;
         let mut altered = bytes.clone();
         altered[flag_at + 1] ^= 1;
         for (got, says) in [
@@ -796,6 +819,14 @@ mod tests {
                 "invalid addr: empty",
             ),
             (SignedBid::open(&altered, 9, 1_000, 60), "does not verify"),
+            (
+                SignedBid::open(&roomless, 9, 1_000, 60),
+                "invalid free_bytes: 0: a bid offers room",
+            ),
+            (
+                SignedBid::open(&roomy_pass, 9, 1_000, 60),
+                "invalid free_bytes: 1",
+            ),
             (SignedBid::open(&q, 9, 1_000, 60), "not a host's bid"),
         ] {
             let e = got.unwrap_err().to_string();

@@ -2871,7 +2871,8 @@ fn erasure_shares_on_three_hosts_are_paid_proven_and_the_file_comes_back_from_an
 /// Hosts with room for part of a file only (`capacity_bytes`): a put asking for a whole copy
 /// is matched to none, and the refusal says to allow `--spread`; with `--spread` the
 /// exchange fills one copy with batches down its order (two chunks on each of the two
-/// cheapest hosts, the last chunk on the third), each batch its own deal, paid, proven and
+/// cheapest hosts, one by its standing ask and one by its bid on the forwarded request, the
+/// last chunk on the third), each batch its own deal, paid, proven and
 /// recorded with its chunks only; `get --file` fetches each chunk from its batch's host,
 /// and with one batch's host gone names the chunk no host holds and writes nothing.
 #[test]
@@ -2891,16 +2892,26 @@ fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batch
         let text = std::fs::read_to_string(&h.cfg).unwrap();
         assert!(text.contains("\ncapacity_bytes = 0\n"), "{text}");
         assert!(text.contains("\nshards = 0\n"), "{text}");
-        let text = text
+        let mut text = text
             .replace("\ncapacity_bytes = 0\n", "\ncapacity_bytes = 163840\n")
             .replace("\nshards = 0\n", "\nshards = 1\n");
+        // Host 2 bids request by request instead of keeping an ask.
+        if h.cfg == hosts[2].cfg {
+            assert!(text.contains("post_asks = true\nbid_on_requests = false"));
+            text = text
+                .replace("post_asks = true", "post_asks = false")
+                .replace("bid_on_requests = false", "bid_on_requests = true");
+        }
         std::fs::write(&h.cfg, text).unwrap();
     }
     ask_on(&mut hosts, &[&ex.addr], &PRICES);
     let book = || json(&["exchange", "status", "--exchange", &ex.addr, "--json"]);
     assert!(
-        until(&m0, 200, || book()["asks"].as_array().unwrap().len() == 3),
-        "the hosts' asks never reached the book: {}",
+        until(&m0, 200, || {
+            let b = book();
+            b["asks"].as_array().unwrap().len() == 2 && b["watchers"] == 1
+        }),
+        "hosts 0 and 1's asks and host 2's watch never reached the exchange: {}",
         book()
     );
     let (file, bytes, pass, state) = client_files(dir.path(), "spread", 300_000);
