@@ -259,7 +259,7 @@ impl HostStore {
             download_fee: 0,
             insurance: None,
             erasure: terms.erasure,
-            batches: Vec::new(),
+            batches: None,
         };
         let quiet: net::deal::Report = Arc::new(|line: &str| tracing::debug!("{line}"));
         if let Some(m) = &terms.market {

@@ -268,20 +268,20 @@ impl Book {
         now_unix_secs < a.expiry_unix_secs
             && a.price_per_gib_day <= req.max_price_per_gib_day
             && (a.min_days..=a.max_days).contains(&req.days)
-            && Book::room_for(a.free_bytes, req) > 0
+            && Book::has_room(a.free_bytes, req)
             && (req.region.is_empty() || a.region == req.region)
             && a.host != req.sender
             && a.chain_id == req.chain_id
             && e.rating >= u32::from(req.min_rating)
     }
 
-    /// What an ask with `room` free bytes can take of a fresh copy of `req` (its bytes, or
-    /// with a spread request the first batch without the overhead); 0: it cannot.
-    pub fn room_for(room: u64, req: &Request) -> u64 {
+    /// Whether an ask with `room` free bytes has room for `req`: for its bytes (a request
+    /// of unknown size, 0 bytes, fits any), or with a spread request for a batch of a fresh
+    /// copy.
+    pub fn has_room(room: u64, req: &Request) -> bool {
         match req.spread {
-            None if room >= req.bytes => req.bytes,
-            None => 0,
-            Some(sp) => sp.batch_of(room, sp.chunk_bytes_of(req.bytes)),
+            None => room >= req.bytes,
+            Some(sp) => sp.batch_of(room, sp.chunk_bytes_of(req.bytes)) > 0,
         }
     }
 
@@ -472,6 +472,10 @@ mod tests {
         assert_eq!(held(&took), vec![(2, 50)]);
         let room: Vec<u64> = b.asks().map(|e| e.ask.free_bytes).collect();
         assert_eq!(room, vec![0, 20, 14, 0, 20]);
+        // A request of unknown size (0 bytes) fits any ask, an empty one too.
+        let mut unknown = req();
+        (unknown.bytes, unknown.copies) = (0, 1);
+        assert_eq!(held(&b.matches(&unknown, 0)), vec![(1, 0)]);
     }
 
     #[test]

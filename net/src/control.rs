@@ -277,7 +277,8 @@ impl HostControl {
             } else {
                 String::new()
             },
-            free_bytes: backing.map_or(0, |_| want),
+            // Never 0 in a bid (a request of unknown size asks for no bytes).
+            free_bytes: backing.map_or(0, |_| want.max(1)),
         };
         Ok(proto::market::Signed::sign(bid, &self.key))
     }

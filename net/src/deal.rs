@@ -75,10 +75,21 @@ pub struct DealJob {
     /// Store N erasure shares of each chunk, one per host (`hosts` has N, all distinct),
     /// of which any K rebuild it, instead of a full copy on each host.
     pub erasure: Option<proto::erasure::Scheme>,
-    /// Copies spread over several hosts: for each host of `hosts`, the bytes it holds
-    /// (a batch of consecutive chunks and the manifest envelope), copy after copy as an
-    /// exchange matched them ([`copies_of`]); empty: a full copy on each host.
-    pub batches: Vec<u64>,
+    /// Copies spread over several hosts, as an exchange matched them; `None`: a full copy
+    /// on each host.
+    pub batches: Option<Batches>,
+}
+
+/// Copies spread in batches: what each host of [`DealJob::hosts`] holds, and which hosts
+/// make each copy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Batches {
+    /// The request's terms: the unit (a sealed chunk) and the overhead (the envelope).
+    pub spread: Spread,
+    /// For each host, the bytes it holds: a batch of consecutive chunks and the envelope.
+    pub bytes: Vec<u64>,
+    /// Each copy's hosts (consecutive, in order), as [`copies_of`] grouped them.
+    pub copies: Vec<std::ops::Range<usize>>,
 }
 
 /// The cover a sender buys with each payment: the insurer's quote is asked for just before
@@ -124,6 +135,72 @@ pub struct MarketAsk {
     pub spread: bool,
 }
 
+/// Fault injection for the process tests: `exit-after-payment` ends the process as soon as
+/// a deal's payment is committed (a put killed mid-way, deterministically).
+pub const FAULT_ENV: &str = "MSPACE_DEAL_FAULT";
+
+/// What an exchange matched for a paid put, kept beside the put's pending journal
+/// (`<journal>.match`, JSON) from before its first payment until every copy is placed: a
+/// rerun after a kill places the file on the same hosts and batches instead of asking the
+/// exchange again (which would match other batches, the hosts' room having changed), so the
+/// deals the killed run paid are found and not paid twice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedMatch {
+    /// The exchange's key (hex): the offers name it.
+    pub exchange: String,
+    pub hosts: Vec<String>,
+    /// The keys the exchange matched, hex, one per host.
+    pub host_keys: Vec<String>,
+    pub batches: Option<Batches>,
+}
+
+fn match_path(job: &DealJob) -> PathBuf {
+    let mut p = journal_path_for(&job.journal_dir, &PENDING_DEAL_ID, &job.file).into_os_string();
+    p.push(".match");
+    PathBuf::from(p)
+}
+
+/// The match an interrupted put of `job.file` was placing, if its pending journal still
+/// stands for the file as it is now (same size, modification time and chunk size) and the
+/// match was kept with it.
+pub fn saved_match(job: &DealJob) -> Option<SavedMatch> {
+    let file = std::fs::metadata(&job.file).ok()?;
+    let pending = journal_path_for(&job.journal_dir, &PENDING_DEAL_ID, &job.file);
+    Journal::find(
+        &pending,
+        &PENDING_DEAL_ID,
+        file.len(),
+        mtime_nanos(&file),
+        job.chunk_bytes,
+    )?;
+    let bytes = std::fs::read(match_path(job)).ok()?;
+    let saved: SavedMatch = serde_json::from_slice(&bytes).ok()?;
+    let consistent = saved.hosts.len() == saved.host_keys.len()
+        && saved.host_keys.iter().all(|k| hex32(k).is_some())
+        && hex32(&saved.exchange).is_some()
+        && saved
+            .batches
+            .as_ref()
+            .is_none_or(|b| b.bytes.len() == saved.hosts.len());
+    consistent.then_some(saved)
+}
+
+/// `job` with the hosts, keys, exchange and batches of `saved`.
+pub fn resume_match(job: &mut DealJob, saved: &SavedMatch) {
+    job.hosts = saved.hosts.clone();
+    job.host_keys = saved.host_keys.iter().filter_map(|k| hex32(k)).collect();
+    job.exchange = hex32(&saved.exchange);
+    job.batches = saved.batches.clone();
+}
+
+fn hex32(text: &str) -> Option<[u8; 32]> {
+    data_encoding::HEXLOWER
+        .decode(text.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()
+}
+
 /// How long a sender's request lives on an exchange.
 pub const REQUEST_LIFE_SECS: u64 = 120;
 
@@ -139,17 +216,19 @@ pub fn sealed_estimate(file_bytes: u64, chunk_bytes: u32) -> u64 {
 /// empty file (nothing to spread).
 pub fn spread_for(file_bytes: u64, chunk_bytes: u32) -> Option<Spread> {
     let chunks = proto::Manifest::chunk_count_for(file_bytes, chunk_bytes);
+    // A file over the chunk limit (refused when it is sealed) has no batches either.
+    let overhead = u32::try_from(proto::Manifest::envelope_bytes_max(chunks)).ok()?;
     (chunks > 0).then(|| Spread {
         unit_bytes: chunk_bytes + proto::TAG_BYTES,
-        overhead_bytes: u32::try_from(proto::Manifest::envelope_bytes_max(chunks))
-            .expect("a manifest of at most 2^20 chunks is under 4 GiB"),
+        overhead_bytes: overhead,
     })
 }
 
 /// Groups the hosts an exchange matched into copies: with batches, consecutive hosts whose
-/// batches (their bytes less the overhead) add up to the copy's chunks, each within the
-/// request's terms; without, a host a copy. An answer that does not add up (an exchange
-/// that broke the rule) is an error; a copy left unfinished at the end is not counted.
+/// batches (their bytes less the overhead) add up to the copy's chunks, each a whole number
+/// of units but a copy's last; without, a host a copy. An answer that does not add up (an
+/// exchange that broke the rule) is an error; a copy left unfinished at the end is not
+/// counted.
 pub fn copies_of(
     hosts: &[api::ExchangeMatch],
     bytes: u64,
@@ -162,13 +241,14 @@ pub fn copies_of(
     let overhead = u64::from(sp.overhead_bytes);
     let (mut copies, mut start, mut left) = (Vec::new(), 0, whole);
     for (i, m) in hosts.iter().enumerate() {
+        let unit = u64::from(sp.unit_bytes);
         let batch = m
             .bytes
             .checked_sub(overhead)
-            .filter(|b| *b > 0 && *b <= left);
+            .filter(|b| *b > 0 && (*b == left || (*b < left && unit > 0 && *b % unit == 0)));
         let Some(batch) = batch else {
             return Err(NetError::Protocol(format!(
-                "the exchange matched host {} for {} bytes, not a batch of the {left} bytes left of its copy and the {overhead} every batch holds",
+                "the exchange matched host {} for {} bytes, not a batch of whole {unit}-byte units (or the {left} bytes left of its copy) and the {overhead} every batch holds",
                 m.addr, m.bytes
             )));
         };
@@ -466,7 +546,16 @@ async fn try_exchanges(
                 if spread.is_some() { "" } else { ", allow --spread" }
             ))));
         }
-        let used = copies.last().map_or(0, |c| c.end);
+        // Copies beyond those asked for are not used (nor paid).
+        let used = copies[..usize::from(ask.copies)]
+            .last()
+            .map_or(0, |c| c.end);
+        if used > crate::record::RECORD_COPIES_MAX {
+            return Ok(Tried::Refused(NetError::Protocol(format!(
+                "exchange {ex} spread the copies over {used} hosts, more than the {} a file's record lists: ask for fewer copies, or try when hosts with more room ask there",
+                crate::record::RECORD_COPIES_MAX
+            ))));
+        }
         return Ok(Tried::Matched(Matched {
             addr: ex.clone(),
             key: terms.key,
@@ -594,11 +683,11 @@ pub async fn store(
     let mut chain = ChainClient::connect(&job.chain).await.map_err(chain_err)?;
     let status = chain.status().await.map_err(chain_err)?;
     let size = std::fs::metadata(&job.file)?.len();
-    let batched = !job.batches.is_empty();
-    if batched && (job.batches.len() != job.hosts.len() || job.erasure.is_some()) {
+    let batched = job.batches.is_some();
+    let batch_hosts = job.batches.as_ref().map_or(0, |b| b.bytes.len());
+    if batched && (batch_hosts != job.hosts.len() || job.erasure.is_some()) {
         return Err(NetError::Config(format!(
-            "batches are given for {} of {} hosts{}: one each, full copies only",
-            job.batches.len(),
+            "batches are given for {batch_hosts} of {} hosts{}: one each, full copies only",
             job.hosts.len(),
             if job.erasure.is_some() {
                 " with erasure shares"
@@ -626,7 +715,10 @@ pub async fn store(
         let offer = checked_offer(
             &client,
             status.chain_id,
-            job.batches.get(i).copied().unwrap_or(sealed_estimate),
+            job.batches
+                .as_ref()
+                .and_then(|b| b.bytes.get(i).copied())
+                .unwrap_or(sealed_estimate),
             job.days,
             job.exchange,
         )
@@ -702,11 +794,24 @@ pub async fn store(
     if found.is_some() {
         report("resuming an interrupted paid upload: the same sealing; its deals are looked up on chain");
     }
+    // What an exchange matched is kept with the journal, before any payment.
+    let saved = match_path(job);
+    if let Some(exchange) = job.exchange {
+        let hex = |k: &[u8; 32]| data_encoding::HEXLOWER.encode(k);
+        let m = SavedMatch {
+            exchange: hex(&exchange),
+            hosts: job.hosts.clone(),
+            host_keys: job.host_keys.iter().map(hex).collect(),
+            batches: job.batches.clone(),
+        };
+        let text = serde_json::to_vec(&m)
+            .map_err(|e| NetError::Protocol(format!("encoding the match: {e}")))?;
+        crate::record::write_durably(&saved, &text)?;
+    }
     // The chunks each host holds: all of them, or with batches its batch.
-    let objects: Vec<std::ops::Range<usize>> = if batched {
-        batch_ranges(&plan, &job.batches)?
-    } else {
-        vec![0..plan.chunks.len(); hosts.len()]
+    let objects: Vec<std::ops::Range<usize>> = match &job.batches {
+        Some(b) => batch_ranges(&plan, b)?,
+        None => vec![0..plan.chunks.len(); hosts.len()],
     };
     // What a host may be paid for: the whole file (every copy alike), with an erasure
     // scheme one share of each chunk, `candidates[i]` for share `i`, or with batches host
@@ -901,6 +1006,10 @@ pub async fn store(
         placed.push(copy.expect("a plan has at least one part"));
     }
     // Every copy is placed: nothing to resume any more.
+    match std::fs::remove_file(&saved) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     pending.remove()?;
     let share_key = match share_key {
         Some(k) => k,
@@ -913,41 +1022,65 @@ pub async fn store(
     })
 }
 
-/// The chunks each host holds when copies are spread in `batches` (the bytes each host
-/// holds, copy after copy, as [`copies_of`] groups them): consecutive chunks while they and
-/// the manifest envelope fit its bytes, the next host going on where it stopped, and a copy
-/// ending with the file's last chunk. A host whose bytes hold no chunk, or a last copy left
-/// short, is an error (the exchange's batches were computed on the sealed estimate, which
-/// the sealing never exceeds).
+/// The chunks each host holds when copies are spread in `batches`: in each copy, a host
+/// before the last holds as many consecutive chunks as its batch has units (each chunk but
+/// the file's last is exactly a unit), the next going on where it stopped, and the copy's
+/// last host the rest, which must fit its bytes beside the manifest envelope. Batches that
+/// end a copy early, or leave the last host more than it holds, are an error (an exchange
+/// that broke the rule; the sealing never exceeds the estimate an honest one matched).
 pub fn batch_ranges(
     plan: &DealPlan,
-    batches: &[u64],
+    batches: &Batches,
 ) -> Result<Vec<std::ops::Range<usize>>, NetError> {
     let n = plan.chunks.len();
+    let unit = u64::from(batches.spread.unit_bytes).max(1);
+    let overhead = u64::from(batches.spread.overhead_bytes);
     let envelope = u64::from(plan.manifest.sealed_bytes);
-    let (mut out, mut i) = (Vec::new(), 0);
-    for (h, &bytes) in batches.iter().enumerate() {
-        let room = bytes.saturating_sub(envelope);
-        let (start, mut used) = (i, 0u64);
-        while i < n && used + u64::from(plan.chunks[i].sealed_bytes) <= room {
-            used += u64::from(plan.chunks[i].sealed_bytes);
-            i += 1;
-        }
-        if i == start {
+    let mut out = vec![0..0; batches.bytes.len()];
+    let mut next = 0;
+    for copy in &batches.copies {
+        if copy.start != next || copy.is_empty() || copy.end > batches.bytes.len() {
             return Err(NetError::Protocol(format!(
-                "host {} of the batches holds {bytes} bytes: not chunk {i} ({} bytes) and the manifest envelope ({envelope} bytes)",
-                h + 1,
-                plan.chunks.get(i).map_or(0, |c| c.sealed_bytes)
+                "the batches' copies do not list the {} hosts in order",
+                batches.bytes.len()
             )));
         }
-        out.push(start..i);
-        if i == n {
-            i = 0;
+        next = copy.end;
+        let mut i = 0;
+        let last = copy.end - 1;
+        for (h, (held, range)) in batches.bytes[copy.start..last]
+            .iter()
+            .zip(&mut out[copy.start..last])
+            .enumerate()
+        {
+            let k = usize::try_from(held.saturating_sub(overhead) / unit).unwrap_or(usize::MAX);
+            if k == 0 || k >= n - i {
+                return Err(NetError::Protocol(format!(
+                    "host {} of the batches holds {held} bytes: {k} chunks from chunk {i} of {n}, which does not leave the copy's last host a chunk",
+                    copy.start + h + 1,
+                )));
+            }
+            *range = i..i + k;
+            i += k;
         }
+        let need: u64 = plan.chunks[i..]
+            .iter()
+            .map(|c| u64::from(c.sealed_bytes))
+            .sum::<u64>()
+            + envelope;
+        if need > batches.bytes[last] {
+            return Err(NetError::Protocol(format!(
+                "host {} of the batches holds {} bytes, short of the {need} of chunks {i}..{n} and the manifest envelope",
+                last + 1,
+                batches.bytes[last]
+            )));
+        }
+        out[last] = i..n;
     }
-    if i != 0 {
+    if next != batches.bytes.len() {
         return Err(NetError::Protocol(format!(
-            "the batches hold chunks up to {i} of the last copy, of {n}"
+            "the batches' copies name {next} of the {} hosts",
+            batches.bytes.len()
         )));
     }
     Ok(out)
@@ -1068,6 +1201,10 @@ async fn place_part(
                 .map_err(|e| NetError::Config(e.to_string()))?;
                 let (deal, at) =
                     pay(chain, job, name, &offer, part.entries, &terms, report).await?;
+                if std::env::var(FAULT_ENV).as_deref() == Ok("exit-after-payment") {
+                    // Fault injection for the process tests: a put killed with a deal paid.
+                    std::process::exit(3);
+                }
                 (deal, at, terms.storage_fee, terms.period_blocks)
             }
         };
@@ -1323,8 +1460,8 @@ mod tests {
     use super::*;
     use proto::{ChunkEntry, ChunkId, FileId};
 
-    /// A plan of `chunks` chunks of 10 sealed bytes (the last 4) and an envelope of 3.
-    fn plan(chunks: usize) -> DealPlan {
+    /// A plan of `chunks` chunks of 10 sealed bytes (the last `last`) and an envelope of 3.
+    fn plan(chunks: usize, last: u32) -> DealPlan {
         let entry = |i: usize, len: u32| ChunkEntry {
             id: ChunkId(blake3::hash(&i.to_le_bytes()).into()),
             sealed_bytes: len,
@@ -1337,10 +1474,24 @@ mod tests {
             chunk_bytes: 10,
             file_bytes: 0,
             chunks: (0..chunks)
-                .map(|i| entry(i, if i + 1 == chunks { 4 } else { 10 }))
+                .map(|i| entry(i, if i + 1 == chunks { last } else { 10 }))
                 .collect(),
             manifest: entry(usize::MAX, 3),
             erasure: None,
+        }
+    }
+
+    /// Units of 10 bytes and an overhead of 5 (above the envelope's 3, as the bound is).
+    const SPREAD: Spread = Spread {
+        unit_bytes: 10,
+        overhead_bytes: 5,
+    };
+
+    fn batches(bytes: &[u64], copies: &[std::ops::Range<usize>]) -> Batches {
+        Batches {
+            spread: SPREAD,
+            bytes: bytes.to_vec(),
+            copies: copies.to_vec(),
         }
     }
 
@@ -1361,21 +1512,45 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a copy of hosts 0..2
     fn batches_cover_each_copy_in_order_and_a_short_one_is_refused() {
-        // Chunks of 10, 10, 10, 4 bytes and an envelope of 3: 37 bytes on one host.
-        let p = plan(4);
-        let got = batch_ranges(&p, &[23, 17, 37]).unwrap();
+        // Chunks of 10, 10, 10, 4 bytes: a copy of 34 chunk bytes.
+        let p = plan(4, 4);
+        let b = batches(&[25, 19, 39], &[0..2, 2..3]);
+        let got = batch_ranges(&p, &b).unwrap();
         assert_eq!(
             got,
             vec![0..2, 2..4, 0..4],
             "two hosts make a copy, the third one"
         );
-        // A host whose bytes hold no chunk beside the envelope.
-        let e = batch_ranges(&p, &[12, 40]).unwrap_err().to_string();
-        assert!(e.contains("not chunk 0"), "{e}");
-        // The last copy left short.
-        let e = batch_ranges(&p, &[37, 23]).unwrap_err().to_string();
-        assert!(e.contains("up to 2 of the last copy, of 4"), "{e}");
+        // A short last chunk that would fit beside the real envelope in the bound's spare
+        // bytes stays with the copy's last host, as the exchange matched it.
+        let p1 = plan(4, 1);
+        let got = batch_ranges(&p1, &batches(&[35, 6], &[0..2])).unwrap();
+        assert_eq!(got, vec![0..3, 3..4]);
+        for (b, says) in [
+            // A host before the last that would take every chunk.
+            (
+                batches(&[45, 9], &[0..2]),
+                "does not leave the copy's last host",
+            ),
+            // A host before the last with room for no unit.
+            (batches(&[14, 40], &[0..2]), "0 chunks from chunk 0"),
+            // The last host short of the rest.
+            (
+                batches(&[25, 16], &[0..2]),
+                "short of the 17 of chunks 2..4",
+            ),
+            // Copies that skip or leave out hosts.
+            (
+                batches(&[39, 39], &[1..2]),
+                "do not list the 2 hosts in order",
+            ),
+            (batches(&[39, 39], &[0..1]), "name 1 of the 2 hosts"),
+        ] {
+            let e = batch_ranges(&p, &b).unwrap_err().to_string();
+            assert!(e.contains(says), "{b:?}: {e}");
+        }
     }
 
     #[test]
@@ -1395,9 +1570,13 @@ mod tests {
             copies_of(&matched(&[37, 37]), 37, None).unwrap(),
             vec![0..1, 1..2]
         );
-        for bad in [&[3u64][..], &[2], &[23, 38]] {
+        // Nothing held, less than the overhead, more than is left, part of a unit.
+        for bad in [&[3u64][..], &[2], &[23, 38], &[18, 19]] {
             let e = copies_of(&matched(bad), 37, sp).unwrap_err().to_string();
-            assert!(e.contains("not a batch"), "{bad:?}: {e}");
+            assert!(
+                e.contains("not a batch of whole 10-byte units"),
+                "{bad:?}: {e}"
+            );
         }
     }
 }

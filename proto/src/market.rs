@@ -17,6 +17,10 @@ pub const REQUEST_MAGIC: &[u8; 4] = b"MSRQ";
 pub const LISTING_MAGIC: &[u8; 4] = b"MSEX";
 pub const BID_MAGIC: &[u8; 4] = b"MSBD";
 pub const MARKET_VERSION: u8 = 1;
+/// A request's layout version: 2 added `spread`.
+pub const REQUEST_VERSION: u8 = 2;
+/// A bid's layout version: 2 added `free_bytes`.
+pub const BID_VERSION: u8 = 2;
 /// Longest region name: lowercase ASCII letters, digits and `-`.
 pub const REGION_MAX: usize = 32;
 /// Longest host control address in an ask.
@@ -336,7 +340,7 @@ impl Authored for Request {
     fn body(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(128);
         b.extend_from_slice(REQUEST_MAGIC);
-        b.push(MARKET_VERSION);
+        b.push(REQUEST_VERSION);
         b.extend_from_slice(&self.chain_id.to_le_bytes());
         b.extend_from_slice(&self.sender);
         b.extend_from_slice(&self.nonce);
@@ -361,7 +365,7 @@ impl Authored for Request {
 
     fn decode(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         r.magic(REQUEST_MAGIC)?;
-        r.version(MARKET_VERSION)?;
+        r.version(REQUEST_VERSION)?;
         let chain_id = r.u64("chain_id")?;
         let sender = r.array("sender")?;
         let nonce = r.array("nonce")?;
@@ -494,7 +498,7 @@ impl Authored for Bid {
     fn body(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(128 + self.addr.len());
         b.extend_from_slice(BID_MAGIC);
-        b.push(MARKET_VERSION);
+        b.push(BID_VERSION);
         b.extend_from_slice(&self.chain_id.to_le_bytes());
         b.extend_from_slice(&self.host);
         b.extend_from_slice(&self.request);
@@ -515,7 +519,7 @@ impl Authored for Bid {
 
     fn decode(r: &mut Reader<'_>) -> Result<Bid, DecodeError> {
         r.magic(BID_MAGIC)?;
-        r.version(MARKET_VERSION)?;
+        r.version(BID_VERSION)?;
         let chain_id = r.u64("chain_id")?;
         let host = r.array("host")?;
         let request = r.array("request")?;

@@ -104,10 +104,28 @@ pub fn put(args: PutArgs) -> Result<()> {
             max_premium: args.max_premium,
         }),
         erasure: args.erasure,
-        batches: Vec::new(),
+        batches: None,
     };
     crate::netcli::init_logs();
-    if !args.exchange.is_empty() || !args.index.is_empty() {
+    let market = !args.exchange.is_empty() || !args.index.is_empty();
+    // A put killed after its exchange matched goes on with that match (its deals are found
+    // on the chain), not with a new one.
+    let saved = (market && !args.dry_run)
+        .then(|| net::deal::saved_match(&job))
+        .flatten();
+    if let Some(saved) = &saved {
+        net::deal::resume_match(&mut job, saved);
+        job.max_price_per_gib_day = Some(args.max_price.unwrap_or(EXCHANGE_MAX_PRICE_DEFAULT));
+        spread_copies = saved.batches.as_ref().map(|b| b.copies.len());
+        if !args.json {
+            println!(
+                "resuming an interrupted put: the {} host(s) exchange {} matched for it before (not asked again)",
+                job.hosts.len(),
+                saved.exchange
+            );
+        }
+        matched_at = Some(Instant::now());
+    } else if market {
         let quiet = args.json;
         let say: net::deal::Report = Arc::new(move |line: &str| {
             if !quiet {
@@ -224,8 +242,15 @@ pub fn put(args: PutArgs) -> Result<()> {
         }
         job.hosts = matched.hosts.iter().map(|m| m.addr.clone()).collect();
         job.host_keys = matched.hosts.iter().map(|m| m.host).collect();
-        if matched.spread.is_some() && copies.iter().any(|c| c.len() > 1) {
-            job.batches = matched.hosts.iter().map(|m| m.bytes).collect();
+        if let Some(spread) = matched
+            .spread
+            .filter(|_| copies.iter().any(|c| c.len() > 1))
+        {
+            job.batches = Some(net::deal::Batches {
+                spread,
+                bytes: matched.hosts.iter().map(|m| m.bytes).collect(),
+                copies: copies.clone(),
+            });
             spread_copies = Some(copies.len());
         }
         job.exchange = Some(matched.key);

@@ -244,7 +244,7 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             download_fee: DOWNLOAD_FEE,
             insurance: None,
             erasure: None,
-            batches: Vec::new(),
+            batches: None,
         };
         let listed = ix.exchanges(tarpc::context::current()).await?.len();
         let near = nearest_exchanges(std::slice::from_ref(&index)).await?;

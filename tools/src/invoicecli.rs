@@ -268,7 +268,7 @@ async fn deliver(
         download_fee: 0,
         insurance: None,
         erasure: None,
-        batches: Vec::new(),
+        batches: None,
     };
     let quiet: net::deal::Report = Arc::new(|_: &str| {});
     let done = net::deal::store(&job, Arc::new(|_, _| {}), quiet).await?;

@@ -876,7 +876,7 @@ fn a_payment_whose_crcs_differ_from_the_hosts_is_refunded_retried_and_given_up()
         download_fee: 0,
         insurance: None,
         erasure: None,
-        batches: Vec::new(),
+        batches: None,
     };
     let plan = net::client::plan_deal(
         &file,
@@ -2917,7 +2917,7 @@ fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batch
     let (file, bytes, pass, state) = client_files(dir.path(), "spread", 300_000);
     let env = [("MSPACE_STATE_DIR", state.as_str())];
     let blocks = (PROOF_PERIOD * PERIODS).to_string();
-    let put = |extra: &[&str]| {
+    let put_with = |extra: &[&str], fault: &[(&str, &str)]| {
         let mut args = vec![
             "put",
             file.to_str().unwrap(),
@@ -2939,8 +2939,10 @@ fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batch
             pass.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
+        let env: Vec<(&str, &str)> = env.iter().chain(fault).copied().collect();
         mspace(&args, &env)
     };
+    let put = |extra: &[&str]| put_with(extra, &[]);
     let whole = put(&["--json"]);
     assert_ne!(whole.code, 0);
     assert!(
@@ -2990,8 +2992,27 @@ fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batch
         book()
     );
 
+    // A put killed as soon as its first batch is paid; run again, it goes on with the
+    // batches the exchange matched before (the hosts' room has changed since), finds that
+    // deal on the chain and pays the other two only.
+    let killed = put_with(
+        &["--spread", "--json"],
+        &[(net::deal::FAULT_ENV, "exit-after-payment")],
+    );
+    assert_eq!(killed.code, 3, "{}", killed.stderr);
+    let paid = || -> Vec<String> {
+        json(&["deals", "--key", &client, "--chain", &m0, "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = paid();
+    assert_eq!(first.len(), 1, "{first:?}");
     let stored = put(&["--spread", "--json"]);
     assert_eq!(stored.code, 0, "{}", stored.stderr);
+    assert_eq!(paid().len(), 3, "no batch paid twice");
     let out: serde_json::Value = serde_json::from_str(&stored.stdout).unwrap();
     let deals: Vec<String> = out["deals"]
         .as_array()
@@ -3003,6 +3024,10 @@ fn a_copy_spread_over_hosts_with_room_for_part_of_it_comes_back_from_their_batch
         (deals.len(), out["spread_copies"].as_u64()),
         (3, Some(1)),
         "{out}"
+    );
+    assert_eq!(
+        deals[0], first[0],
+        "the killed run's deal is the first batch's: {out}"
     );
     // Each batch is a deal of its chunks and the manifest envelope, with its host.
     for ((d, h), chunks) in deals.iter().zip(by_price).zip([3, 3, 2]) {
