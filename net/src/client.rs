@@ -1255,6 +1255,10 @@ struct Fetching {
     /// Per host, the chunks it holds: `None` all, or a batch (it is never asked for
     /// others).
     held: Vec<Option<Range<usize>>>,
+    /// Per host, the requests it may have in flight: a batch's host fetches up to this
+    /// many chunks from its batch's start even before the opener gets there, so the hosts
+    /// of a spread copy work at once (held out of order: at most `lookahead` and these).
+    window: Vec<usize>,
     alive: Vec<bool>,
     /// Why each host that failed failed.
     failures: Vec<(usize, NetError)>,
@@ -1270,14 +1274,18 @@ impl Fetching {
             || self.missing.get(&i).is_some_and(|m| m.contains(&h))
     }
 
-    /// The waiting chunks host `me` may ask for now, lowest first: within the lookahead,
-    /// and not one it lacks.
+    /// The waiting chunks host `me` may ask for now, lowest first: within the lookahead
+    /// (or, for a batch's host, within its window from the batch's start), and not one it
+    /// lacks.
     fn open_to(&self, me: usize) -> impl Iterator<Item = usize> + '_ {
-        let limit = self.delivered + self.lookahead;
+        let ahead = self.delivered + self.lookahead;
+        let (from, limit) = match &self.held[me] {
+            Some(r) => (r.start, ahead.max(r.start + self.window[me]).min(r.end)),
+            None => (0, ahead),
+        };
         self.pending
-            .iter()
+            .range(from..limit.max(from))
             .copied()
-            .take_while(move |&i| i < limit)
             .filter(move |&i| !self.lacks(me, i))
     }
 
@@ -2081,10 +2089,11 @@ pub async fn get_file(
 
     // Every host fetches from one list of waiting chunks, at most `lookahead` past what the
     // opener has taken, so chunks held out of order are bounded.
-    let per_host: usize = conns
+    let windows: Vec<usize> = conns
         .iter()
         .map(|(_, c)| (c.inflight_requests_max as usize / 2).clamp(1, 16))
-        .sum();
+        .collect();
+    let per_host: usize = windows.iter().sum();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Fetched>();
     let addrs: Vec<String> = conns.iter().map(|(a, _)| a.clone()).collect();
     let (fetch, tasks): (Fetch, Vec<_>) = match holding {
@@ -2096,6 +2105,7 @@ pub async fn get_file(
                     lookahead: per_host.max(1),
                     missing: HashMap::new(),
                     held,
+                    window: windows,
                     alive: vec![true; conns.len()],
                     failures: Vec::new(),
                     served: vec![0; conns.len()],
@@ -2276,6 +2286,29 @@ mod tests {
             manifest: entry(usize::MAX),
             erasure: None,
         }
+    }
+
+    #[test]
+    fn the_hosts_of_a_spread_copy_fetch_from_their_batches_at_once() {
+        let f = Fetching {
+            pending: (0..50).collect(),
+            delivered: 0,
+            lookahead: 4,
+            missing: HashMap::new(),
+            held: vec![Some(0..20), Some(20..48), Some(48..50), None],
+            window: vec![2, 2, 3, 2],
+            alive: vec![true; 4],
+            failures: Vec::new(),
+            served: vec![0; 4],
+            over: false,
+        };
+        let open = |h: usize| f.open_to(h).collect::<Vec<_>>();
+        // The first batch's host within the lookahead; the others from their batches'
+        // starts, within their windows (and their batches); a full copy as before.
+        assert_eq!(open(0), vec![0, 1, 2, 3]);
+        assert_eq!(open(1), vec![20, 21]);
+        assert_eq!(open(2), vec![48, 49]);
+        assert_eq!(open(3), vec![0, 1, 2, 3]);
     }
 
     #[test]
