@@ -29,7 +29,10 @@ use proto::tx::{AccountId, TxId};
 use crate::chaincli::DevnetLayout;
 
 const PROOF_PERIOD: u64 = 20;
-const PERIODS: u64 = 8;
+/// The deals' length in proof periods: long enough that the last steps (the emergency
+/// links, the paid download) still find the deals running on a slow machine. With 8, a CI
+/// run found its deal ended just before the paid download.
+const PERIODS: u64 = 16;
 
 /// The devnet child; stopped (SIGTERM: it stops its miners and hosts) when dropped.
 struct Devnet(Child);
@@ -226,8 +229,8 @@ pub fn demo_market(dir: &Path, sample: &Path, pass: &[u8], step: &mut u32) -> Re
             file: sample.to_owned(),
             hosts: Vec::new(),
             chain: miners.clone(),
-            // Priced as 30 days (10 or 11 MASPC per GiB per day: 300 or 330 MASPC, 37 to
-            // 42 per period), run as eight short periods.
+            // Priced as 30 days (10 or 11 MASPC per GiB per day: 300 or 330 MASPC, 18 to
+            // 21 per period), run as sixteen short periods.
             days: 30,
             period_blocks: Some(PROOF_PERIOD * PERIODS),
             key: client.clone(),
