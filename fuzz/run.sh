@@ -9,7 +9,7 @@
 # fuzz/artifacts/TARGET with the command to replay them printed by libFuzzer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(manifest share_key sealed_chunk erasure_share tx block ledger segment checkpoint link offer market_msg frame host_state control file_record certificate file_share sealed_to invoice proxy_receipt gateway_record exchange_raft)
+targets=(manifest share_key sealed_chunk erasure_share tx block ledger segment checkpoint link offer market_msg frame host_state control file_record certificate file_share sealed_to invoice proxy_receipt gateway_record exchange_raft saved_match)
 # Built with the `node` feature (malachite, libp2p): minutes more to build, so `all` leaves
 # it out; run it by name.
 heavy=(consensus_msg)

@@ -1810,19 +1810,18 @@ async fn holdings(
     for (addr, mut conn) in std::mem::take(conns) {
         match conn.object_chunks().await {
             Ok(l) if l == chunk_ids => kept.push((addr, conn, Held::Whole)),
-            Ok(l) if batch_of(&l, &chunk_ids).is_some() => {
-                let r = batch_of(&l, &chunk_ids).expect("just found");
-                kept.push((addr, conn, Held::Batch(r)));
-            }
-            Ok(l) if l.len() == chunk_ids.len() => {
-                shares += 1;
-                kept.push((addr, conn, Held::Shares(l)));
-            }
-            Ok(l) => lost.push(format!(
-                "{addr}: it holds {} pieces of a file of {} chunks",
-                l.len(),
-                chunk_ids.len()
-            )),
+            Ok(l) => match batch_of(&l, &chunk_ids) {
+                Some(r) => kept.push((addr, conn, Held::Batch(r))),
+                None if l.len() == chunk_ids.len() => {
+                    shares += 1;
+                    kept.push((addr, conn, Held::Shares(l)));
+                }
+                None => lost.push(format!(
+                    "{addr}: it holds {} pieces of a file of {} chunks",
+                    l.len(),
+                    chunk_ids.len()
+                )),
+            },
             Err(NetError::Remote {
                 code: crate::ErrorCode::Malformed,
                 ..

@@ -165,22 +165,23 @@ impl HostControl {
     }
 }
 
+/// The room a host states (asks, offers, bids): its capacity less what it stores.
+fn free_bytes(s: &engine::store::StoreStats) -> u64 {
+    s.capacity_bytes.saturating_sub(s.live_bytes)
+}
+
 impl HostControl {
-    /// Whether this host would take `bytes` for `days` now, as its offers and bids both
-    /// decide: 1 to `max_days` days, room in the store, and the chain backing it for what
-    /// it would then hold (`chain_backing`). With the store's figures it read (the price
-    /// follows from them).
+    /// Whether this host, its store at `s`, would take `bytes` for `days` now, as its
+    /// offers and bids both decide: 1 to `max_days` days, room in the store, and the chain
+    /// backing it for what it would then hold (`chain_backing`).
     async fn would_take(
         &self,
+        s: &engine::store::StoreStats,
         bytes: u64,
         days: u64,
-    ) -> (
-        engine::store::StoreStats,
-        Result<(u64, u64, u64), OfferRefusal>,
-    ) {
-        let s = self.stats().await;
-        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
-        let backing = if days == 0 || days > self.max_days {
+    ) -> Result<(u64, u64, u64), OfferRefusal> {
+        let free = free_bytes(s);
+        if days == 0 || days > self.max_days {
             Err(OfferRefusal::BadTerms(format!(
                 "days must be 1 to {}",
                 self.max_days
@@ -189,8 +190,7 @@ impl HostControl {
             Err(OfferRefusal::Full { free_bytes: free })
         } else {
             self.chain_backing(s.live_bytes.saturating_add(bytes)).await
-        };
-        (s, backing)
+        }
     }
 
     /// This host's standing ask for an exchange, signed: its price, its room now, 1 to
@@ -211,7 +211,7 @@ impl HostControl {
             host: self.key.verification_key().to_bytes(),
             seq,
             price_per_gib_day: self.pricing_now().price(s.live_bytes, s.capacity_bytes),
-            free_bytes: s.capacity_bytes.saturating_sub(s.live_bytes),
+            free_bytes: free_bytes(&s),
             min_days: 1,
             max_days: u32::try_from(self.max_days).unwrap_or(u32::MAX),
             deposit,
@@ -241,26 +241,20 @@ impl HostControl {
         let signed = proto::market::SignedRequest::open(signed_request, chain_id, now, 3_600)
             .map_err(|e| format!("the forwarded request: {e}"))?;
         let req = &signed.msg;
+        let s = self.stats().await;
         // The bytes it offers to hold: the request's, or with a spread request and less room
         // than that, the batch its room holds (beside the overhead).
         let want = match req.spread {
-            Some(sp) => {
-                let s = self.stats().await;
-                let free = s.capacity_bytes.saturating_sub(s.live_bytes);
-                match sp.batch_of(free, sp.chunk_bytes_of(req.bytes)) {
-                    0 => req.bytes,
-                    batch => batch + u64::from(sp.overhead_bytes),
-                }
-            }
+            Some(sp) => match sp.batch_of(free_bytes(&s), sp.chunk_bytes_of(req.bytes)) {
+                0 => req.bytes,
+                batch => batch + u64::from(sp.overhead_bytes),
+            },
             None => req.bytes,
         };
-        let (s, backing) = if req.sender != me && (req.region.is_empty() || req.region == region) {
-            self.would_take(want, u64::from(req.days)).await
+        let backing = if req.sender != me && (req.region.is_empty() || req.region == region) {
+            self.would_take(&s, want, u64::from(req.days)).await
         } else {
-            (
-                self.stats().await,
-                Err(OfferRefusal::BadTerms("not for this host".into())),
-            )
+            Err(OfferRefusal::BadTerms("not for this host".into()))
         };
         let price = self.pricing_now().price(s.live_bytes, s.capacity_bytes);
         let backing = backing.ok().filter(|_| price <= req.max_price_per_gib_day);
@@ -420,19 +414,17 @@ impl HostApi for HostControl {
 
     async fn offer(self, _: tarpc::context::Context, request: StorageRequest) -> StorageOffer {
         let broker = request.via.map(|x| (x, self.brokers.through(x)));
-        let (s, backing) = if let Some((x, None)) = broker {
-            (
-                self.stats().await,
-                Err(OfferRefusal::BadTerms(format!(
-                    "this host does not ask at exchange {}: ask it without one, or through an exchange it asks at",
-                    data_encoding::HEXLOWER.encode(&x)
-                ))),
-            )
+        let s = self.stats().await;
+        let backing = if let Some((x, None)) = broker {
+            Err(OfferRefusal::BadTerms(format!(
+                "this host does not ask at exchange {}: ask it without one, or through an exchange it asks at",
+                data_encoding::HEXLOWER.encode(&x)
+            )))
         } else {
-            self.would_take(request.bytes, u64::from(request.days))
+            self.would_take(&s, request.bytes, u64::from(request.days))
                 .await
         };
-        let free = s.capacity_bytes.saturating_sub(s.live_bytes);
+        let free = free_bytes(&s);
         let (signed, refusal) = match backing {
             Ok((chain_id, deposit, proof_period_blocks)) => {
                 let id = new_offer_id(&self.key);
@@ -868,7 +860,7 @@ impl HostControl {
                     Some(crate::host::IssuedOffer {
                         price_per_gib_day: self.pricing_now().lowest(),
                         days: u32::try_from(days).unwrap_or(u32::MAX),
-                        bytes_max: s.capacity_bytes.saturating_sub(s.live_bytes),
+                        bytes_max: free_bytes(&s),
                         expiry_unix_secs: 0,
                         broker,
                     })

@@ -27,7 +27,7 @@ use crate::client::{
     journal_path_for, mtime_nanos, plan_deal, put_file, DealPlan, Preset, PutJob, PENDING_DEAL_ID,
 };
 use crate::journal::{Journal, JournalHeader};
-use crate::NetError;
+use crate::{hex, parse_hex32, NetError};
 
 /// Fee of the payment transaction (MASPC).
 pub const PAYMENT_FEE: u64 = 1;
@@ -116,6 +116,8 @@ pub struct Matched {
     pub hosts: Vec<api::ExchangeMatch>,
     /// The request's batches, if it allowed copies spread over several hosts.
     pub spread: Option<Spread>,
+    /// Each copy's hosts in `hosts` ([`copies_of`]): one each without batches.
+    pub copies: Vec<std::ops::Range<usize>>,
 }
 
 /// What a sender asks an exchange for.
@@ -173,32 +175,45 @@ pub fn saved_match(job: &DealJob) -> Option<SavedMatch> {
         mtime_nanos(&file),
         job.chunk_bytes,
     )?;
-    let bytes = std::fs::read(match_path(job)).ok()?;
-    let saved: SavedMatch = serde_json::from_slice(&bytes).ok()?;
-    let consistent = saved.hosts.len() == saved.host_keys.len()
-        && saved.host_keys.iter().all(|k| hex32(k).is_some())
-        && hex32(&saved.exchange).is_some()
-        && saved
-            .batches
-            .as_ref()
-            .is_none_or(|b| b.bytes.len() == saved.hosts.len());
-    consistent.then_some(saved)
+    SavedMatch::from_json(&std::fs::read(match_path(job)).ok()?)
+}
+
+impl SavedMatch {
+    /// The match as it is kept (JSON).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("strings, numbers and lists encode")
+    }
+
+    /// A kept match read back: at most [`crate::record::RECORD_BYTES_MAX`] bytes of JSON
+    /// whose lists agree in length and whose keys are 32-byte hex; `None` for anything else
+    /// (the put then asks an exchange again, as a new one would). The batches are checked
+    /// again against the sealing when the file is placed ([`batch_ranges`]).
+    pub fn from_json(bytes: &[u8]) -> Option<SavedMatch> {
+        if bytes.len() > crate::record::RECORD_BYTES_MAX {
+            return None;
+        }
+        let saved: SavedMatch = serde_json::from_slice(bytes).ok()?;
+        let consistent = saved.hosts.len() == saved.host_keys.len()
+            && saved.host_keys.iter().all(|k| parse_hex32(k).is_some())
+            && parse_hex32(&saved.exchange).is_some()
+            && saved
+                .batches
+                .as_ref()
+                .is_none_or(|b| b.bytes.len() == saved.hosts.len());
+        consistent.then_some(saved)
+    }
 }
 
 /// `job` with the hosts, keys, exchange and batches of `saved`.
 pub fn resume_match(job: &mut DealJob, saved: &SavedMatch) {
     job.hosts = saved.hosts.clone();
-    job.host_keys = saved.host_keys.iter().filter_map(|k| hex32(k)).collect();
-    job.exchange = hex32(&saved.exchange);
+    job.host_keys = saved
+        .host_keys
+        .iter()
+        .filter_map(|k| parse_hex32(k))
+        .collect();
+    job.exchange = parse_hex32(&saved.exchange);
     job.batches = saved.batches.clone();
-}
-
-fn hex32(text: &str) -> Option<[u8; 32]> {
-    data_encoding::HEXLOWER
-        .decode(text.as_bytes())
-        .ok()?
-        .try_into()
-        .ok()
 }
 
 /// How long a sender's request lives on an exchange.
@@ -239,9 +254,9 @@ pub fn copies_of(
     };
     let whole = sp.chunk_bytes_of(bytes);
     let overhead = u64::from(sp.overhead_bytes);
+    let unit = u64::from(sp.unit_bytes);
     let (mut copies, mut start, mut left) = (Vec::new(), 0, whole);
     for (i, m) in hosts.iter().enumerate() {
-        let unit = u64::from(sp.unit_bytes);
         let batch = m
             .bytes
             .checked_sub(overhead)
@@ -547,9 +562,9 @@ async fn try_exchanges(
             ))));
         }
         // Copies beyond those asked for are not used (nor paid).
-        let used = copies[..usize::from(ask.copies)]
-            .last()
-            .map_or(0, |c| c.end);
+        let mut copies = copies;
+        copies.truncate(usize::from(ask.copies));
+        let used = copies.last().map_or(0, |c| c.end);
         if used > crate::record::RECORD_COPIES_MAX {
             return Ok(Tried::Refused(NetError::Protocol(format!(
                 "exchange {ex} spread the copies over {used} hosts, more than the {} a file's record lists: ask for fewer copies, or try when hosts with more room ask there",
@@ -562,6 +577,7 @@ async fn try_exchanges(
             commission_permille: terms.profile.commission_permille,
             hosts: matched[..used].to_vec(),
             spread,
+            copies,
         }));
     }
     Ok(Tried::Unanswered(unreachable))
@@ -797,16 +813,13 @@ pub async fn store(
     // What an exchange matched is kept with the journal, before any payment.
     let saved = match_path(job);
     if let Some(exchange) = job.exchange {
-        let hex = |k: &[u8; 32]| data_encoding::HEXLOWER.encode(k);
         let m = SavedMatch {
             exchange: hex(&exchange),
             hosts: job.hosts.clone(),
-            host_keys: job.host_keys.iter().map(hex).collect(),
+            host_keys: job.host_keys.iter().map(|k| hex(k)).collect(),
             batches: job.batches.clone(),
         };
-        let text = serde_json::to_vec(&m)
-            .map_err(|e| NetError::Protocol(format!("encoding the match: {e}")))?;
-        crate::record::write_durably(&saved, &text)?;
+        crate::record::write_durably(&saved, &m.to_json())?;
     }
     // The chunks each host holds: all of them, or with batches its batch.
     let objects: Vec<std::ops::Range<usize>> = match &job.batches {
@@ -1509,6 +1522,45 @@ mod tests {
                 bytes: b,
             })
             .collect()
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a copy of hosts 0..2
+    fn a_kept_match_reads_back_and_anything_else_is_ignored() {
+        let good = SavedMatch {
+            exchange: "ab".repeat(32),
+            hosts: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            host_keys: vec!["01".repeat(32), "02".repeat(32)],
+            batches: Some(batches(&[25, 19], &[0..2])),
+        };
+        let json = SavedMatch::to_json;
+        assert_eq!(SavedMatch::from_json(&json(&good)), Some(good.clone()));
+        let mut short_keys = good.clone();
+        short_keys.host_keys.pop();
+        let mut bad_key = good.clone();
+        bad_key.host_keys[1] = "zz".repeat(32);
+        let mut bad_exchange = good.clone();
+        bad_exchange.exchange = "ab".repeat(31);
+        let mut short_batches = good.clone();
+        short_batches.batches = Some(batches(&[25], &[0..1]));
+        let huge = [b" ".repeat(crate::record::RECORD_BYTES_MAX), json(&good)].concat();
+        for bad in [
+            json(&short_keys),
+            json(&bad_key),
+            json(&bad_exchange),
+            json(&short_batches),
+            huge,
+            b"{".to_vec(),
+            b"\xff\xfe".to_vec(),
+            b"{\"exchange\": 1}".to_vec(),
+        ] {
+            assert_eq!(
+                SavedMatch::from_json(&bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(&bad)
+            );
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ pub fn put(args: PutArgs) -> Result<()> {
         }
         .context("finding hosts through an exchange")?;
         let bytes = net::deal::stored_estimate(meta.len(), job.chunk_bytes, job.erasure);
-        let copies = net::deal::copies_of(&matched.hosts, bytes, matched.spread)?;
+        let copies = &matched.copies;
         let rows: Vec<MatchJson> = matched
             .hosts
             .iter()
@@ -249,7 +249,7 @@ pub fn put(args: PutArgs) -> Result<()> {
             job.batches = Some(net::deal::Batches {
                 spread,
                 bytes: matched.hosts.iter().map(|m| m.bytes).collect(),
-                copies: copies.clone(),
+                copies: copies.to_vec(),
             });
             spread_copies = Some(copies.len());
         }

@@ -1214,6 +1214,35 @@ async fn cutting_relay(host: SocketAddr, limit: usize) -> SocketAddr {
     addr
 }
 
+/// A deal's plan of `file` (its sealing, thrown away), as `net::deal::store` makes it.
+fn plan_of(file: &Path, erasure: Option<proto::erasure::Scheme>) -> net::client::DealPlan {
+    plan_deal(
+        file,
+        b"correct horse",
+        CHUNK,
+        KDF,
+        2,
+        &|_, _| {},
+        None,
+        erasure,
+    )
+    .unwrap()
+}
+
+/// Uploads `preset`'s part of `file` to `h` through an upload link, as a paid part is.
+async fn put_preset(h: &TestHost, file: &Path, journal: &Path, preset: Preset) {
+    let up = h.link(
+        Grant::Upload {
+            bytes_max: 64 << 20,
+        },
+        None,
+        600,
+    );
+    let mut job = put_job(file, &up, &[], journal);
+    job.preset = Some(preset);
+    put_file(&job, quiet()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
     let hosts = [
@@ -1226,34 +1255,16 @@ async fn erasure_shares_on_three_hosts_rebuild_the_file_from_any_two() {
     // The last chunk short, so a share's padding is exercised.
     let file = random_file(dir.path(), "shares.bin", chunks * CHUNK as usize - 1000, 12);
     let scheme: proto::erasure::Scheme = "2/3".parse().unwrap();
-    let plan = plan_deal(
-        &file,
-        b"correct horse",
-        CHUNK,
-        KDF,
-        2,
-        &|_, _| {},
-        None,
-        Some(scheme),
-    )
-    .unwrap();
+    let plan = plan_of(&file, Some(scheme));
     let all = 0..plan.chunks.len() + 1;
     for (i, h) in hosts.iter().enumerate() {
-        let up = h.link(
-            Grant::Upload {
-                bytes_max: 64 << 20,
-            },
-            None,
-            600,
-        );
-        let mut job = put_job(&file, &up, &[], &dir.path().join(format!("j{i}")));
-        job.preset = Some(Preset {
+        let preset = Preset {
             plan: plan.clone(),
             entries: all.clone(),
             share: Some(u8::try_from(i).unwrap()),
             batch: None,
-        });
-        put_file(&job, quiet()).await.unwrap();
+        };
+        put_preset(h, &file, &dir.path().join(format!("j{i}")), preset).await;
         // Its share of every chunk and the manifest; about half the sealed file.
         let stats = h.host.engine().stats().unwrap();
         assert_eq!(stats.chunks, chunks as u64 + 1);
@@ -1342,31 +1353,13 @@ async fn a_copy_in_batches_on_two_hosts_comes_back_each_chunk_from_its_batch() {
     );
     let dir = tempfile::tempdir().unwrap();
     let file = random_file(dir.path(), "spread.bin", 50 * CHUNK as usize + 77, 12);
-    let plan = plan_deal(
-        &file,
-        b"correct horse",
-        CHUNK,
-        KDF,
-        2,
-        &|_, _| {},
-        None,
-        None,
-    )
-    .unwrap();
+    let plan = plan_of(&file, None);
     let n = plan.chunks.len();
     // Host a holds chunks 0..20, host b 20..n, each with the manifest; host c a full copy.
     for (h, batch, journal) in [(&a, 0..20, "ja"), (&b, 20..n, "jb"), (&c, 0..n, "jc")] {
-        let up = h.link(
-            Grant::Upload {
-                bytes_max: 64 << 20,
-            },
-            None,
-            600,
-        );
-        let mut job = put_job(&file, &up, &[], &dir.path().join(journal));
         let whole = 0..batch.len() + 1;
-        job.preset = Some(Preset::of_batch(plan.clone(), batch, whole, None));
-        put_file(&job, quiet()).await.unwrap();
+        let preset = Preset::of_batch(plan.clone(), batch, whole, None);
+        put_preset(h, &file, &dir.path().join(journal), preset).await;
     }
     assert_eq!((a.chunks(), b.chunks()), (20 + 1, n as u64 - 20 + 1));
     let manifest = plan.manifest.id;
@@ -1412,34 +1405,16 @@ async fn a_download_from_two_hosts_goes_on_when_one_dies_midway() {
     let dir = tempfile::tempdir().unwrap();
     let file = random_file(dir.path(), "two.bin", 100 * CHUNK as usize, 11);
     // The same sealed file on both hosts, as a deal's copies are: one plan, uploaded twice.
-    let plan = plan_deal(
-        &file,
-        b"correct horse",
-        CHUNK,
-        KDF,
-        2,
-        &|_, _| {},
-        None,
-        None,
-    )
-    .unwrap();
+    let plan = plan_of(&file, None);
     let all = 0..plan.chunks.len() + 1;
     for (h, journal) in [(&a, "ja"), (&b, "jb")] {
-        let up = h.link(
-            Grant::Upload {
-                bytes_max: 64 << 20,
-            },
-            None,
-            600,
-        );
-        let mut job = put_job(&file, &up, &[], &dir.path().join(journal));
-        job.preset = Some(Preset {
+        let preset = Preset {
             plan: plan.clone(),
             entries: all.clone(),
             share: None,
             batch: None,
-        });
-        put_file(&job, quiet()).await.unwrap();
+        };
+        put_preset(h, &file, &dir.path().join(journal), preset).await;
     }
     let manifest = plan.manifest.id;
     assert_eq!(a.chunks(), b.chunks());
