@@ -3,7 +3,7 @@
 //! re-encode to the bytes it was read from.
 #![no_main]
 
-use engine::store::record::{record_span, scan, RecordHeader, HEADER_BYTES};
+use engine::store::record::{scan, RecordHeader, HEADER_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,6 +18,6 @@ fuzz_target!(|data: &[u8]| {
             .expect("HEADER_BYTES long");
         assert_eq!(RecordHeader::decode(head, 7).as_ref(), Ok(&located.header));
         assert_eq!(&located.header.encode(), head);
-        at += record_span(located.header.payload_bytes);
+        at += located.header.layout.span(located.header.payload_bytes);
     }
 });

@@ -85,7 +85,7 @@ pub struct HostConfig {
     #[serde(default)]
     pub capacity_bytes: u64,
     /// MiB of chunk outboards each shard keeps in memory, so that a storage challenge reads
-    /// only its leaf's group (`EngineConfig::outboard_cache_bytes`): about 4,000 MiB cover
+    /// only its leaf's group (`EngineConfig::outboard_cache_bytes`): about 16,000 MiB cover
     /// every outboard of 1 TB of chunks.
     #[serde(default = "default_outboard_cache_mib")]
     pub outboard_cache_mib: u64,
@@ -386,9 +386,9 @@ shards = 0
 # Bytes the store may use in all; 0 for the disks' own limit.
 capacity_bytes = 0
 
-# MiB of chunk outboards (0.39% of each chunk) each shard keeps in memory, so that a
-# storage challenge reads only its leaf's group: one disk read instead of two. About
-# 4,000 MiB cover every outboard of 1 TB of chunks.
+# MiB of chunk outboards (1.56% of each chunk) each shard keeps in memory, so that a
+# storage challenge reads only its leaf's 4 KiB group: one disk read instead of two.
+# About 16,000 MiB cover every outboard of 1 TB of chunks.
 # outboard_cache_mib = 64
 
 # Days a chunk uploaded with a link is kept.

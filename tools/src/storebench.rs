@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use engine::codec::crc32c;
@@ -40,6 +40,8 @@ pub struct StoreBench {
     /// Bytes of outboards each shard keeps in memory (`EngineConfig::outboard_cache_bytes`;
     /// `None`: the engine's default).
     pub outboard_cache: Option<u64>,
+    /// The layout new records are written in (`EngineConfig::record_layout`).
+    pub record_layout: engine::store::Layout,
 }
 
 /// The restart measurement.
@@ -52,8 +54,9 @@ pub struct Restart {
     pub index_bytes_per_chunk: f64,
 }
 
-/// Challenges per `prove_many` call: 64 per shard in flight, fio's random-read depth × 2.
-const CHALLENGE_BATCH: usize = 128;
+/// fio's queue depth for its 4 KiB random reads (one job per shard), and the engine's
+/// challenges in flight per client thread, one thread per shard.
+const FIO_RANDREAD_DEPTH: u32 = 32;
 
 /// fio's queue depth for 1 MiB sequential I/O: deep enough that fio, not the queue, is
 /// the limit (the engine keeps clients × depth chunks in flight).
@@ -87,27 +90,33 @@ pub(crate) fn timed<T>(
 ) -> Result<Timed> {
     let cpu0 = diskbench::cpu_seconds();
     let start = Instant::now();
-    let lats: Vec<Vec<f64>> = std::thread::scope(|s| {
+    let latencies_us = per_thread(threads, |t| {
+        let mut lat = Vec::new();
+        let mut inflight = std::collections::VecDeque::new();
+        let mut i = t;
+        loop {
+            while inflight.len() < depth.max(1) && i < n {
+                inflight.push_back((Instant::now(), submit(i)?));
+                i += threads as u64;
+            }
+            let Some((t0, p)) = inflight.pop_front() else {
+                break;
+            };
+            check(p.wait()?)?;
+            lat.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(lat)
+    })?;
+    Ok(Timed::of_run(n, bytes_each, start, cpu0, latencies_us))
+}
+
+/// Runs `client(t)` on threads `t = 0..threads` at once; their latencies, together.
+fn per_thread(threads: usize, client: impl Fn(u64) -> Result<Vec<f64>> + Sync) -> Result<Vec<f64>> {
+    let lats = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads as u64)
             .map(|t| {
-                let (submit, check) = (&submit, &check);
-                s.spawn(move || -> Result<Vec<f64>> {
-                    let mut lat = Vec::new();
-                    let mut inflight = std::collections::VecDeque::new();
-                    let mut i = t;
-                    loop {
-                        while inflight.len() < depth.max(1) && i < n {
-                            inflight.push_back((Instant::now(), submit(i)?));
-                            i += threads as u64;
-                        }
-                        let Some((t0, p)) = inflight.pop_front() else {
-                            break;
-                        };
-                        check(p.wait()?)?;
-                        lat.push(t0.elapsed().as_secs_f64() * 1e6);
-                    }
-                    Ok(lat)
-                })
+                let client = &client;
+                s.spawn(move || client(t))
             })
             .collect();
         handles
@@ -115,8 +124,44 @@ pub(crate) fn timed<T>(
             .map(|h| h.join().expect("bench thread"))
             .collect::<Result<Vec<_>>>()
     })?;
-    let latencies_us: Vec<f64> = lats.into_iter().flatten().collect();
-    Ok(Timed::of_run(n, bytes_each, start, cpu0, latencies_us))
+    Ok(lats.into_iter().flatten().collect())
+}
+
+/// Storage challenges for `seconds` from `threads` client threads (one per fio job), each
+/// asking [`Engine::prove_many`] for batches of [`FIO_RANDREAD_DEPTH`] challenges per
+/// shard, as a host answers a proof period's challenges. While one thread waits for the
+/// last proofs of its batch the others' are in flight, so the store sees between fio's
+/// depth and twice it. Challenge `i` is `challenge(i)`; latency is each proof's own time
+/// on its shard.
+fn challenges_for(
+    seconds: u32,
+    threads: usize,
+    challenge: impl Fn(u64) -> (ChunkId, u64) + Sync,
+    engine: &Engine,
+) -> Result<Timed> {
+    let cpu0 = diskbench::cpu_seconds();
+    let start = Instant::now();
+    let until = start + Duration::from_secs(u64::from(seconds));
+    let batch = FIO_RANDREAD_DEPTH as usize * threads;
+    let latencies_us = per_thread(threads, |t| {
+        let mut lat = Vec::new();
+        let mut i = t;
+        while Instant::now() < until {
+            let asked: Vec<(ChunkId, u64)> = (0..batch)
+                .map(|_| {
+                    i += threads as u64;
+                    challenge(i)
+                })
+                .collect();
+            for a in engine.prove_many(&asked)? {
+                anyhow::ensure!(!a.proof?.is_empty(), "empty proof");
+                lat.push(a.micros as f64);
+            }
+        }
+        Ok(lat)
+    })?;
+    let ops = latencies_us.len() as u64;
+    Ok(Timed::of_run(ops, 0, start, cpu0, latencies_us))
 }
 
 fn row(workload: &str, chunk: u64, t: &Timed, iops_only: bool) -> Row {
@@ -157,6 +202,7 @@ impl StoreBench {
         c.in_flight_max = in_flight.unwrap_or(c.in_flight_max).max(1);
         c.put_bytes_in_flight = put_bytes.unwrap_or(c.put_bytes_in_flight).max(1);
         c.outboard_cache_bytes = self.outboard_cache.unwrap_or(c.outboard_cache_bytes);
+        c.record_layout = self.record_layout;
         c
     }
 
@@ -200,7 +246,7 @@ impl StoreBench {
                 self.shards,
                 per_job,
                 4096,
-                32,
+                FIO_RANDREAD_DEPTH,
                 self.random_secs,
             )?;
             diskbench::cleanup_fio(&self.dir)?;
@@ -291,27 +337,19 @@ impl StoreBench {
             rows.push(r);
             progress("engine challenges");
             let leaves = proto::proof::leaf_count(cb);
-            // A period's challenges arrive together: batches of random (chunk, leaf), each
-            // answered with one message per shard; latency is each proof's own, on its shard.
-            let t0 = Instant::now();
-            let cpu0 = diskbench::cpu_seconds();
-            let mut rng = Rng(cb ^ 0xc4a1);
-            let mut all = Timed::default();
-            while t0.elapsed().as_secs() < u64::from(self.random_secs) {
-                let batch: Vec<(ChunkId, u64)> = (0..CHALLENGE_BATCH)
-                    .map(|_| {
-                        let c = usize::try_from(rng.below(ids.len() as u64)).unwrap_or(0);
-                        (ids[c].0, rng.below(leaves))
-                    })
-                    .collect();
-                for a in engine.prove_many(&batch)? {
-                    anyhow::ensure!(!a.proof?.is_empty(), "empty proof");
-                    all.latencies_us.push(a.micros as f64);
-                    all.ops += 1;
-                }
-            }
-            all.seconds = t0.elapsed().as_secs_f64();
-            all.cpu_s = diskbench::cpu_seconds() - cpu0;
+            // Random (chunk, leaf) challenges, each answered by its shard, with fio's
+            // random-read queue shape: one client thread per fio job, each keeping fio's
+            // depth in flight. Latency is from submission to the proof's arrival.
+            let all = challenges_for(
+                self.random_secs,
+                self.shards,
+                |i| {
+                    let mut rng = Rng(cb ^ 0xc4a1 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    let c = usize::try_from(rng.below(ids.len() as u64)).unwrap_or(0);
+                    (ids[c].0, rng.below(leaves))
+                },
+                &engine,
+            )?;
             let mut r = row("engine challenge (1 KiB leaf proof)", cb, &all, true);
             r.ratio_fio = fio_rr.map(|f| all.iops() / f);
             rows.push(r);

@@ -6,13 +6,16 @@ use proto::{ChunkId, SECTOR_BYTES};
 use thiserror::Error;
 
 use crate::codec::crc32c;
-use crate::store::record::{record_span, PAYLOAD_BYTES_MAX};
+use crate::store::record::{Layout, PAYLOAD_BYTES_MAX};
 
 pub const CHECKPOINT_MAGIC: [u8; 4] = *b"MSIX";
-pub const CHECKPOINT_VERSION: u8 = 1;
+/// Version 2 adds each entry's record layout; version 1 (every record in layout 1) is
+/// still read.
+pub const CHECKPOINT_VERSION: u8 = 2;
 const FIXED_BYTES: usize = 24;
 const SEGMENT_BYTES: usize = 16;
-const ENTRY_BYTES: usize = 56;
+const ENTRY_BYTES_V1: usize = 56;
+const ENTRY_BYTES: usize = 64;
 const TRAILER_BYTES: usize = 4;
 /// Most segments one shard may have: bounds the checkpoint's segment table.
 pub const SEGMENTS_MAX: u32 = 1 << 20;
@@ -34,6 +37,8 @@ pub struct Entry {
     /// Offset of the record (its header) in the segment.
     pub offset: u64,
     pub expiry_unix_secs: u64,
+    /// The layout of the record (its header's version).
+    pub layout: Layout,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +96,7 @@ impl Checkpoint {
             out.extend_from_slice(&e.payload_bytes.to_le_bytes());
             out.extend_from_slice(&e.offset.to_le_bytes());
             out.extend_from_slice(&e.expiry_unix_secs.to_le_bytes());
+            out.extend_from_slice(&[e.layout.version(), 0, 0, 0, 0, 0, 0, 0]);
         }
         let sum = crc32c(&out);
         out.extend_from_slice(&sum.to_le_bytes());
@@ -143,7 +149,7 @@ impl Checkpoint {
                     e.id, e.payload_bytes
                 ));
             }
-            let end = e.offset.checked_add(record_span(e.payload_bytes));
+            let end = e.offset.checked_add(e.layout.span(e.payload_bytes));
             if e.offset % sector != 0 || end.is_none_or(|end| end > self.segments[i].covered_end) {
                 return Err(format!(
                     "chunk {} at offset {} is outside the covered part of segment {}",
@@ -164,9 +170,11 @@ impl Checkpoint {
         if bytes[..4] != CHECKPOINT_MAGIC {
             return Err(CheckpointError::BadMagic(bytes[..4].to_vec()));
         }
-        if bytes[4] != CHECKPOINT_VERSION {
-            return Err(CheckpointError::Version(bytes[4]));
-        }
+        let entry_bytes = match bytes[4] {
+            1 => ENTRY_BYTES_V1,
+            CHECKPOINT_VERSION => ENTRY_BYTES,
+            other => return Err(CheckpointError::Version(other)),
+        };
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let segment_count = u32_at(12);
@@ -174,7 +182,7 @@ impl Checkpoint {
         // Exact length before anything is allocated or read past the header.
         let expected = FIXED_BYTES as u128
             + SEGMENT_BYTES as u128 * u128::from(segment_count)
-            + ENTRY_BYTES as u128 * u128::from(entry_count)
+            + entry_bytes as u128 * u128::from(entry_count)
             + TRAILER_BYTES as u128;
         if bytes.len() as u128 != expected {
             return Err(CheckpointError::Length {
@@ -213,14 +221,31 @@ impl Checkpoint {
         for _ in 0..entry_count {
             let mut id = [0u8; 32];
             id.copy_from_slice(&bytes[at..at + 32]);
+            let layout = if entry_bytes == ENTRY_BYTES_V1 {
+                Layout::V1
+            } else {
+                if bytes[at + 57..at + 64] != [0; 7] {
+                    return Err(CheckpointError::Invalid(
+                        "reserved entry bytes are not zero".into(),
+                    ));
+                }
+                Layout::of_version(bytes[at + 56]).ok_or_else(|| {
+                    CheckpointError::Invalid(format!(
+                        "chunk {} has record version {}",
+                        ChunkId(id),
+                        bytes[at + 56]
+                    ))
+                })?
+            };
             entries.push(Entry {
                 id: ChunkId(id),
                 seq: u32_at(at + 32),
                 payload_bytes: u32_at(at + 36),
                 offset: u64_at(at + 40),
                 expiry_unix_secs: u64_at(at + 48),
+                layout,
             });
-            at += ENTRY_BYTES;
+            at += entry_bytes;
         }
         let cp = Checkpoint {
             shard: u32_at(8),
@@ -256,6 +281,7 @@ mod tests {
                     payload_bytes: 5000,
                     offset: 0,
                     expiry_unix_secs: 0,
+                    layout: Layout::V2,
                 },
                 Entry {
                     id: ChunkId([2; 32]),
@@ -263,6 +289,7 @@ mod tests {
                     payload_bytes: 4000,
                     offset: 4096,
                     expiry_unix_secs: 9,
+                    layout: Layout::V1,
                 },
                 Entry {
                     id: ChunkId([3; 32]),
@@ -270,6 +297,7 @@ mod tests {
                     payload_bytes: 100,
                     offset: 8192,
                     expiry_unix_secs: 1,
+                    layout: Layout::V2,
                 },
             ],
         }
@@ -285,6 +313,26 @@ mod tests {
             entries: vec![],
         };
         assert_eq!(Checkpoint::decode(&empty.encode()), Ok(empty));
+    }
+
+    /// A version-1 checkpoint (written before record layout 2): 56-byte entries, every
+    /// record in layout 1.
+    #[test]
+    fn version_1_checkpoints_are_read_with_layout_1_records() {
+        let mut cp = sample();
+        for e in &mut cp.entries {
+            e.layout = Layout::V1;
+        }
+        let v2 = cp.encode();
+        let mut v1 = v2[..FIXED_BYTES + SEGMENT_BYTES * cp.segments.len()].to_vec();
+        v1[4] = 1;
+        let entries = &v2[v1.len()..v2.len() - TRAILER_BYTES];
+        for e in entries.chunks(ENTRY_BYTES) {
+            v1.extend_from_slice(&e[..ENTRY_BYTES_V1]);
+        }
+        let sum = crc32c(&v1);
+        v1.extend_from_slice(&sum.to_le_bytes());
+        assert_eq!(Checkpoint::decode(&v1), Ok(cp));
     }
 
     #[test]
@@ -311,10 +359,28 @@ mod tests {
                 "version",
                 {
                     let mut b = good.clone();
-                    b[4] = 2;
+                    b[4] = 3;
                     b
                 },
                 "version",
+            ),
+            (
+                "record version",
+                {
+                    let mut b = good.clone();
+                    b[24 + 32 + 56] = 3;
+                    reseal(b)
+                },
+                "record version 3",
+            ),
+            (
+                "reserved entry byte",
+                {
+                    let mut b = good.clone();
+                    b[24 + 32 + 63] = 1;
+                    reseal(b)
+                },
+                "reserved entry",
             ),
             (
                 "flipped entry",
@@ -359,7 +425,7 @@ mod tests {
                 "beyond cover",
                 {
                     let mut b = good.clone();
-                    let e = 24 + 32 + 56 + 40;
+                    let e = 24 + 32 + 64 + 40;
                     b[e..e + 8].copy_from_slice(&8192u64.to_le_bytes());
                     reseal(b)
                 },

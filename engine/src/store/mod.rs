@@ -27,5 +27,6 @@ pub mod record;
 mod shard;
 pub mod tree;
 
+pub use record::Layout;
 #[cfg(feature = "store")]
 pub use shard::{Answer, Engine, EngineConfig, Load, Pending, PutOutcome, StoreError, StoreStats};

@@ -1,20 +1,86 @@
-//! Records in segment files: a 64-byte header, the payload (a sealed chunk), zero padding to
-//! the next 4 KiB sector. Every record starts on a sector boundary, so O_DIRECT reads and
-//! writes never straddle two records' sectors. Layout in `docs/formats.md` section 7.
+//! Records in segment files: a 64-byte header, the payload (a sealed chunk), its outboard,
+//! zero padding to the next 4 KiB sector. Every record starts on a sector boundary, so
+//! O_DIRECT reads and writes never straddle two records' sectors. The header's version names
+//! the [`Layout`]: where the payload starts and the outboard's group size. Layout in
+//! `docs/formats.md` section 7.
 
 use proto::{ChunkId, CHUNK_BYTES_MAX, SECTOR_BYTES, TAG_BYTES};
 use thiserror::Error;
 
 use crate::codec::crc32c;
-use crate::store::tree::{outboard_bytes, Tree};
+use crate::store::tree::{self, Tree};
 
 pub const RECORD_MAGIC: [u8; 4] = *b"MSRC";
-pub const RECORD_VERSION: u8 = 1;
 pub const HEADER_BYTES: usize = 64;
 /// Largest payload: a sealed chunk of the largest size.
 pub const PAYLOAD_BYTES_MAX: u32 = CHUNK_BYTES_MAX + TAG_BYTES;
 
 const _: () = assert!(HEADER_BYTES <= SECTOR_BYTES as usize);
+
+/// How a record lays out its payload and outboard: the header's version byte. A store
+/// writes [`Layout::V2`] and reads both; compaction copies a record as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Version 1: the payload right after the header (byte 64), the outboard over 16 KiB
+    /// groups. A group then spans five sectors, and a storage challenge reads 20 KiB.
+    V1,
+    /// Version 2: zeros after the header to the sector's end, the payload from byte 4096,
+    /// the outboard over 4 KiB groups: every group is one sector of its own, and a storage
+    /// challenge reads exactly one sector.
+    #[default]
+    V2,
+}
+
+impl Layout {
+    pub const fn version(self) -> u8 {
+        match self {
+            Layout::V1 => 1,
+            Layout::V2 => 2,
+        }
+    }
+
+    pub const fn of_version(version: u8) -> Option<Layout> {
+        match version {
+            1 => Some(Layout::V1),
+            2 => Some(Layout::V2),
+            _ => None,
+        }
+    }
+
+    /// Bytes of payload per group of the outboard (the leaves a challenge reads and hashes).
+    pub const fn group_bytes(self) -> u64 {
+        match self {
+            Layout::V1 => tree::GROUP_V1,
+            Layout::V2 => tree::GROUP_V2,
+        }
+    }
+
+    /// Where the payload starts, from the record's first byte.
+    pub const fn payload_offset(self) -> u64 {
+        match self {
+            Layout::V1 => HEADER_BYTES as u64,
+            Layout::V2 => SECTOR_BYTES as u64,
+        }
+    }
+
+    /// Outboard bytes after a payload of `payload_bytes`.
+    pub fn outboard_bytes(self, payload_bytes: u32) -> u32 {
+        tree::outboard_bytes(self.group_bytes(), payload_bytes)
+    }
+
+    /// Bytes a record with `payload_bytes` occupies in its segment: header (and, in
+    /// version 2, zeros to the sector), payload, outboard ([`tree`]) and padding to the
+    /// next sector. A tombstone (no payload) is one sector in either layout.
+    pub fn span(self, payload_bytes: u32) -> u64 {
+        if payload_bytes == 0 {
+            return u64::from(SECTOR_BYTES);
+        }
+        (self.payload_offset()
+            + u64::from(payload_bytes)
+            + u64::from(self.outboard_bytes(payload_bytes)))
+        .next_multiple_of(u64::from(SECTOR_BYTES))
+    }
+}
 
 /// What a record says about its chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +102,8 @@ pub struct RecordHeader {
     /// tombstone: the sequence of the segment holding the record it deletes, so compaction
     /// keeps the tombstone exactly as long as that segment exists.
     pub expiry_unix_secs: u64,
+    /// The record's layout (its version byte).
+    pub layout: Layout,
     /// The sequence number of the segment the record was written to: a record read from a
     /// segment with another sequence is stale (left from a reused file) and rejected.
     pub segment_seq: u32,
@@ -58,7 +126,7 @@ pub enum RecordError {
     Length(u32),
     #[error("record belongs to segment {found}, this is segment {expected} (stale data)")]
     WrongSegment { expected: u32, found: u32 },
-    #[error("record payload is cut short: {needed} bytes needed, {available} present")]
+    #[error("record is cut short: {needed} bytes from its start needed, {available} present")]
     Truncated { needed: u64, available: u64 },
     #[error("record payload fails its CRC32C (stored {stored:#010x}, computed {computed:#010x})")]
     PayloadChecksum { stored: u32, computed: u32 },
@@ -66,18 +134,11 @@ pub enum RecordError {
     Outboard,
 }
 
-/// Bytes a record with `payload_bytes` occupies in its segment: header, payload, outboard
-/// ([`tree`](crate::store::tree)) and padding to the next sector.
-pub fn record_span(payload_bytes: u32) -> u64 {
-    (HEADER_BYTES as u64 + u64::from(payload_bytes) + u64::from(outboard_bytes(payload_bytes)))
-        .next_multiple_of(u64::from(SECTOR_BYTES))
-}
-
 impl RecordHeader {
     pub fn encode(&self) -> [u8; HEADER_BYTES] {
         let mut h = [0u8; HEADER_BYTES];
         h[0..4].copy_from_slice(&RECORD_MAGIC);
-        h[4] = RECORD_VERSION;
+        h[4] = self.layout.version();
         h[5] = self.kind as u8;
         h[8..40].copy_from_slice(&self.id.0);
         h[40..44].copy_from_slice(&self.payload_bytes.to_le_bytes());
@@ -109,9 +170,9 @@ impl RecordHeader {
         if stored != computed {
             return Err(RecordError::HeaderChecksum { stored, computed });
         }
-        if bytes[4] != RECORD_VERSION {
+        let Some(layout) = Layout::of_version(bytes[4]) else {
             return Err(RecordError::Version(bytes[4]));
-        }
+        };
         if bytes[6] != 0 || bytes[7] != 0 {
             // Covered by the checksum, so only a writer bug gets here; still refuse it.
             return Err(RecordError::Version(bytes[4]));
@@ -140,6 +201,7 @@ impl RecordHeader {
             payload_bytes,
             payload_crc32c: field(44),
             expiry_unix_secs: u64::from_le_bytes(expiry),
+            layout,
             segment_seq: found,
         })
     }
@@ -168,7 +230,8 @@ pub fn verify_record(
         });
     }
     if !outboard.is_empty() {
-        let root = Tree::new(payload.len() as u64, outboard, None).root();
+        let group = header.layout.group_bytes();
+        let root = Tree::new(group, payload.len() as u64, outboard, None).root();
         if root.as_bytes() != &header.id.0 {
             return Err(RecordError::Outboard);
         }
@@ -176,8 +239,9 @@ pub fn verify_record(
     Ok(())
 }
 
-/// Appends a whole record (header, payload, outboard, zero padding) to `out`. The stores
-/// writes records in place in DMA buffers; this is the same layout for tests and tools.
+/// Appends a whole record (header, payload, outboard, zero padding, in its header's layout)
+/// to `out`. The store writes records in place in DMA buffers; this is the same layout for
+/// tests and tools.
 pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
     assert_eq!(
         payload.len() as u64,
@@ -189,15 +253,20 @@ pub fn encode_record(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
         header.payload_crc32c,
         "payload CRC differs from its header"
     );
+    let layout = header.layout;
     let start = out.len();
     out.extend_from_slice(&header.encode());
+    out.resize(
+        start + usize::try_from(layout.payload_offset()).expect("small"),
+        0,
+    );
     out.extend_from_slice(payload);
     let at = out.len();
-    out.resize(at + outboard_bytes(header.payload_bytes) as usize, 0);
+    out.resize(at + layout.outboard_bytes(header.payload_bytes) as usize, 0);
     if header.kind == RecordKind::Chunk {
-        crate::store::tree::hash_with_outboard(payload, &mut out[at..]);
+        tree::hash_with_outboard(layout.group_bytes(), payload, &mut out[at..]);
     }
-    let span = usize::try_from(record_span(header.payload_bytes)).expect("a record fits in memory");
+    let span = usize::try_from(layout.span(header.payload_bytes)).expect("a record fits in memory");
     out.resize(start + span, 0);
 }
 
@@ -264,13 +333,14 @@ pub fn scan(
             Err(RecordError::Zero) => return (found, ScanEnd::Clean { offset }),
             Err(error) => return (found, ScanEnd::Torn { offset, error }),
         };
-        let payload_start = offset + HEADER_BYTES as u64;
+        let layout = header.layout;
+        let payload_start = offset + layout.payload_offset();
         let payload_end = payload_start + u64::from(header.payload_bytes);
-        let outboard_end = payload_end + u64::from(outboard_bytes(header.payload_bytes));
+        let outboard_end = payload_end + u64::from(layout.outboard_bytes(header.payload_bytes));
         if outboard_end > len {
             let error = RecordError::Truncated {
-                needed: outboard_end - payload_start,
-                available: len - payload_start,
+                needed: outboard_end - offset,
+                available: len - offset,
             };
             return (found, ScanEnd::Torn { offset, error });
         }
@@ -284,7 +354,7 @@ pub fn scan(
             }
         }
         found.push(Located { offset, header });
-        offset += record_span(header.payload_bytes);
+        offset += layout.span(header.payload_bytes);
         if offset > len {
             // The record is whole but the file ends inside its padding (cut after the
             // payload): the next record still goes at the next boundary.
@@ -304,6 +374,7 @@ mod tests {
             payload_bytes: u32::try_from(payload.len()).unwrap(),
             payload_crc32c: crc32c(payload),
             expiry_unix_secs: 1_900_000_000,
+            layout: Layout::V1,
             segment_seq: 7,
         }
     }
@@ -424,7 +495,13 @@ mod tests {
             h[60..].copy_from_slice(&sum.to_le_bytes());
             RecordHeader::decode(&h, 7)
         };
-        assert_eq!(resealed(&|h| h[4] = 2), Err(RecordError::Version(2)));
+        assert_eq!(resealed(&|h| h[4] = 0), Err(RecordError::Version(0)));
+        assert_eq!(resealed(&|h| h[4] = 3), Err(RecordError::Version(3)));
+        let v2 = RecordHeader {
+            layout: Layout::V2,
+            ..good
+        };
+        assert_eq!(RecordHeader::decode(&v2.encode(), 7), Ok(v2));
         assert_eq!(resealed(&|h| h[5] = 9), Err(RecordError::Kind(9)));
         assert_eq!(
             resealed(&|h| h[40..44].copy_from_slice(&0u32.to_le_bytes())),
@@ -442,7 +519,79 @@ mod tests {
             ..good
         };
         assert_eq!(RecordHeader::decode(&tomb.encode(), 7), Ok(tomb));
-        assert_eq!(record_span(0), 4096);
+        assert_eq!(Layout::V1.span(0), 4096);
+        assert_eq!(Layout::V2.span(0), 4096);
+    }
+
+    #[test]
+    fn layout_2_puts_each_payload_group_on_a_sector_of_its_own() {
+        let sizes = [100usize, 4096, 4097, 10_000, 20_000];
+        // Header sector, payload, outboard (64 bytes per 4 KiB group past the first).
+        let spans = [8192u64, 8192, 12288, 16384, 24576];
+        let mut seg = Vec::new();
+        let mut offsets = Vec::new();
+        for (i, &n) in (0u8..).zip(&sizes) {
+            let p: Vec<u8> = (0..n).map(|b| u8::try_from(b % 251).unwrap() ^ i).collect();
+            offsets.push(seg.len() as u64);
+            let h = RecordHeader {
+                layout: Layout::V2,
+                id: ChunkId(*blake3::hash(&p).as_bytes()),
+                ..header(i, &p)
+            };
+            encode_record(&h, &p, &mut seg);
+            let at = usize::try_from(offsets[usize::from(i)]).unwrap();
+            assert_eq!(
+                &seg[at + 4096..at + 4096 + n],
+                &p[..],
+                "payload {n} on its sector"
+            );
+            assert!(seg[at + 64..at + 4096].iter().all(|&b| b == 0));
+            assert_eq!(
+                Layout::V2.span(u32::try_from(n).unwrap()),
+                spans[usize::from(i)]
+            );
+        }
+        // A layout-1 record between them.
+        offsets.push(seg.len() as u64);
+        encode_record(&header(9, &[9u8; 5000]), &[9u8; 5000], &mut seg);
+        let (found, end) = scan(&seg, 7, 0, true);
+        assert_eq!(
+            end,
+            ScanEnd::Clean {
+                offset: seg.len() as u64
+            }
+        );
+        assert_eq!(found.iter().map(|l| l.offset).collect::<Vec<_>>(), offsets);
+        let layouts: Vec<Layout> = found.iter().map(|l| l.header.layout).collect();
+        assert_eq!(
+            layouts,
+            [[Layout::V2; 5].as_slice(), &[Layout::V1]].concat()
+        );
+        // Cut inside a layout-2 header's sector, inside its payload, inside its outboard:
+        // the scan stops at that record, never past the bytes.
+        let last_v2 = usize::try_from(offsets[4]).unwrap();
+        for cut in [
+            last_v2 + 100,
+            last_v2 + 4096 + 10,
+            last_v2 + 4096 + 20_000 + 100,
+        ] {
+            let (found, end) = scan(&seg[..cut], 7, 0, true);
+            assert_eq!(found.len(), 4, "cut at {cut}");
+            assert!(
+                matches!(end, ScanEnd::Torn { offset, error: RecordError::Truncated { .. } } if offset == offsets[4]),
+                "cut at {cut}: {end:?}"
+            );
+        }
+        // A flipped outboard byte is caught by the payload check.
+        let mut bad = seg.clone();
+        bad[last_v2 + 4096 + 20_000 + 5] ^= 1;
+        assert!(matches!(
+            scan(&bad, 7, 0, true).1,
+            ScanEnd::Torn {
+                error: RecordError::Outboard,
+                ..
+            }
+        ));
     }
 
     proptest::proptest! {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use engine::codec::crc32c;
 use engine::store::disk::{MemDisk, Rng};
-use engine::store::record::{encode_record, RecordHeader, RecordKind};
+use engine::store::record::{encode_record, Layout, RecordHeader, RecordKind};
 use engine::store::{Engine, EngineConfig, Load, PutOutcome, StoreError};
 use proto::{proof, ChunkId};
 
@@ -257,7 +257,7 @@ fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
         put(&e, ch).unwrap();
     }
     e.shutdown().unwrap();
-    // The active segment (the newest) ends in a record cut after two of its eight sectors,
+    // The active segment (the newest) ends in a record cut after two of its nine sectors,
     // as a crash mid-write leaves it.
     let (last, mut torn, at) = with_record_appended(dir.path(), 66, 30_000);
     torn.truncate(at + 8192);
@@ -277,6 +277,37 @@ fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
     assert_eq!(e.stats().unwrap().truncated_bytes, 0);
 }
 
+/// Puts `chunks` with `depth` in flight and crashes `disk` once `crash_after` of them are
+/// acknowledged: the crash image, and which chunks were acknowledged (the engine is gone).
+fn puts_until_crash(
+    e: Engine,
+    disk: &MemDisk,
+    chunks: &[(ChunkId, u32, Vec<u8>)],
+    depth: usize,
+    crash_after: usize,
+    rng: &mut Rng,
+) -> (MemDisk, Vec<usize>) {
+    let mut pending = std::collections::VecDeque::new();
+    let mut acked = Vec::new();
+    let mut next = 0;
+    let image = loop {
+        while pending.len() < depth && next < chunks.len() {
+            let (id, crc, data) = chunks[next].clone();
+            pending.push_back((next, e.put(id, crc, data, 0)));
+            next += 1;
+        }
+        let (i, p) = pending.pop_front().unwrap();
+        p.wait().unwrap();
+        acked.push(i);
+        if acked.len() == crash_after {
+            break disk.crash(rng);
+        }
+    };
+    drop(pending);
+    drop(e);
+    (image, acked)
+}
+
 /// Puts, many in flight at once, with the twin crashing at a random instant: every
 /// chunk acknowledged before the crash reads back intact afterwards, and nothing else
 /// reads back wrong.
@@ -294,24 +325,7 @@ fn torn_writes_never_lose_an_acknowledged_chunk() {
             .map(|i| chunk(round * 1000 + i, 1 + rng.below(70_000) as usize))
             .collect();
         // Keep many puts in flight; crash after `crash_after` acknowledgements.
-        let mut pending = std::collections::VecDeque::new();
-        let mut acked = Vec::new();
-        let mut next = 0;
-        let image = loop {
-            while pending.len() < 16 && next < chunks.len() {
-                let (id, crc, data) = chunks[next].clone();
-                pending.push_back((next, e.put(id, crc, data, 0)));
-                next += 1;
-            }
-            let (i, p) = pending.pop_front().unwrap();
-            p.wait().unwrap();
-            acked.push(i);
-            if acked.len() == crash_after {
-                break disk.crash(&mut rng);
-            }
-        };
-        drop(pending);
-        drop(e);
+        let (image, acked) = puts_until_crash(e, &disk, &chunks, 16, crash_after, &mut rng);
         let e = open_mem(&c, std::slice::from_ref(&image));
         for (i, (id, _, data)) in chunks.iter().enumerate() {
             match e.get(*id).wait() {
@@ -345,7 +359,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
     let mut c = mem_cfg(1);
     c.outboard_cache_bytes = 0;
     let e = open_mem(&c, std::slice::from_ref(&disk));
-    let big = chunk(1, 100_000); // 7 groups: 6 parents, an outboard of 384 bytes
+    let big = chunk(1, 100_000); // 25 groups of 4 KiB: 24 parents, an outboard of 1,536 bytes
     let small = chunk(2, 3000);
     put(&e, &big).unwrap();
     put(&e, &small).unwrap();
@@ -354,8 +368,8 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         .into_iter()
         .find(|n| n.ends_with(".msd") && disk.file_len(n).unwrap() > 0)
         .unwrap();
-    // big's record is first at offset 0: header 64 bytes, payload, outboard.
-    disk.flip_bit(&seg, 64 + 20_000, 3); // payload, group 1
+    // big's record is first at offset 0: header sector, payload from 4096, outboard.
+    disk.flip_bit(&seg, 4096 + 20_000, 3); // payload, group 4
     assert!(matches!(
         e.get(big.0).wait(),
         Err(StoreError::Corrupt { .. })
@@ -378,7 +392,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         proof::prove(&big.2, 60).unwrap()
     );
     // The outboard (the root pair.s right half: the sibling of every left-side leaf), then a header.
-    disk.flip_bit(&seg, 64 + 100_000 + 40, 0);
+    disk.flip_bit(&seg, 4096 + 100_000 + 40, 0);
     assert!(matches!(
         e.prove(big.0, 60).wait(),
         Err(StoreError::Corrupt { .. })
@@ -387,7 +401,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
         e.get_range(big.0, 40_000..50_000).wait(),
         Err(StoreError::Corrupt { .. })
     ));
-    let small_at = 25 * 4096; // record_span(100_000): 64 + 100_000 + 384 bytes, 25 sectors
+    let small_at = 26 * 4096; // Layout::V2.span(100_000): 4096 + 100_000 + 1,536 bytes, 26 sectors
     disk.flip_bit(&seg, small_at + 45, 1);
     assert!(matches!(
         e.get(small.0).wait(),
@@ -400,7 +414,7 @@ fn flipped_bits_are_reported_as_corruption_never_served() {
 fn a_kept_outboard_makes_a_challenge_one_read_and_a_damaged_one_is_never_kept() {
     let disk = MemDisk::new();
     let e = open_mem(&mem_cfg(1), std::slice::from_ref(&disk));
-    let big = chunk(1, 100_000); // 7 groups, an outboard of 384 bytes after the payload
+    let big = chunk(1, 100_000); // 25 groups, an outboard of 1,536 bytes after the payload
     let other = chunk(2, 100_000);
     put(&e, &big).unwrap();
     put(&e, &other).unwrap();
@@ -444,8 +458,8 @@ fn a_kept_outboard_makes_a_challenge_one_read_and_a_damaged_one_is_never_kept() 
         .into_iter()
         .find(|n| n.ends_with(".msd") && disk.file_len(n).unwrap() > 0)
         .unwrap();
-    let other_at = 25 * 4096; // record_span(100_000): 25 sectors
-    disk.flip_bit(&seg, other_at + 64 + 100_000 + 40, 0); // the root pair's right half
+    let other_at = 26 * 4096; // Layout::V2.span(100_000): 26 sectors
+    disk.flip_bit(&seg, other_at + 4096 + 100_000 + 40, 0); // the root pair's right half
     for _ in 0..2 {
         let n = reads(&|| {
             assert_eq!(
@@ -634,6 +648,100 @@ fn compaction_under_load_and_crash_keeps_live_and_deleted_apart() {
     }
 }
 
+/// A store of layout-1 records (16 KiB groups, written before layout 2) opened by an
+/// engine that writes layout 2: both kinds read, range-read and prove alike, through puts
+/// torn by a crash, a compaction that copies old records next to new ones, and restarts
+/// from the checkpoint and by a full scan.
+#[test]
+fn a_store_of_layout_1_records_goes_on_in_layout_2_across_crashes_and_compaction() {
+    let check = |e: &Engine, ch: &(ChunkId, u32, Vec<u8>), what: &str| {
+        assert_eq!(e.get(ch.0).wait().unwrap(), ch.2, "{what}");
+        let len = ch.2.len();
+        assert_eq!(
+            e.get_range(ch.0, (len / 3) as u64..len as u64)
+                .wait()
+                .unwrap(),
+            ch.2[len / 3..],
+            "{what}"
+        );
+        let leaves = proof::leaf_count(len as u64);
+        for leaf in [0, leaves / 2, leaves - 1] {
+            assert_eq!(
+                e.prove(ch.0, leaf).wait().unwrap(),
+                proof::prove(&ch.2, leaf).unwrap(),
+                "{what}: leaf {leaf}"
+            );
+        }
+    };
+    for round in 0..3u64 {
+        let disk = MemDisk::new();
+        let mut old = mem_cfg(1);
+        old.record_layout = Layout::V1;
+        old.segment_bytes = 256 * 1024;
+        old.checkpoint_every_bytes = 300 * 1024;
+        let mut rng = Rng(round + 40);
+        let sizes = |rng: &mut Rng| 1 + rng.below(90_000) as usize;
+        let v1: Vec<_> = (0..30)
+            .map(|i| chunk(round * 1000 + i, sizes(&mut rng)))
+            .collect();
+        let e = open_mem(&old, std::slice::from_ref(&disk));
+        for ch in &v1 {
+            put(&e, ch).unwrap();
+        }
+        let image = disk.crash(&mut rng);
+        drop(e);
+        // The upgraded engine: the old records read as they are.
+        let mut new = old.clone();
+        new.record_layout = Layout::V2;
+        let e = open_mem(&new, std::slice::from_ref(&image));
+        for (i, ch) in v1.iter().enumerate() {
+            check(&e, ch, &format!("round {round}: layout-1 chunk {i}"));
+        }
+        // New puts, many in flight, torn by a crash after some acknowledgements.
+        let v2: Vec<_> = (0..30)
+            .map(|i| chunk(round * 1000 + 500 + i, sizes(&mut rng)))
+            .collect();
+        let crash_after = 5 + rng.below(20) as usize;
+        let (image, acked) = puts_until_crash(e, &image, &v2, 8, crash_after, &mut rng);
+        let e = open_mem(&new, std::slice::from_ref(&image));
+        for &i in &acked {
+            check(&e, &v2[i], &format!("round {round}: layout-2 chunk {i}"));
+        }
+        // Half of the old chunks deleted, then compaction copies the rest beside new
+        // records; a crash, then restarts from the checkpoint and by a full scan.
+        let mut deleted = BTreeSet::new();
+        for i in (0..v1.len()).filter(|i| i % 2 == 0) {
+            assert!(e.delete(v1[i].0).wait().unwrap());
+            deleted.insert(i);
+        }
+        let extra = chunk(round * 1000 + 999, 50_000);
+        put(&e, &extra).unwrap();
+        assert!(e.compact().unwrap() > 0, "round {round}: nothing compacted");
+        let image = image.crash(&mut rng);
+        drop(e);
+        let bare = image.crash(&mut rng);
+        bare.remove_file("index.msix");
+        for (how, img) in [("checkpoint", image), ("full scan", bare)] {
+            let e = open_mem(&new, &[img]);
+            for (i, ch) in v1.iter().enumerate() {
+                if deleted.contains(&i) {
+                    assert_eq!(e.get(ch.0).wait(), Err(StoreError::NotFound(ch.0)));
+                } else {
+                    check(&e, ch, &format!("round {round} {how}: layout-1 chunk {i}"));
+                }
+            }
+            for &i in &acked {
+                check(
+                    &e,
+                    &v2[i],
+                    &format!("round {round} {how}: layout-2 chunk {i}"),
+                );
+            }
+            check(&e, &extra, &format!("round {round} {how}: extra"));
+        }
+    }
+}
+
 #[test]
 fn the_index_costs_few_bytes_per_chunk() {
     let disk = MemDisk::new();
@@ -810,12 +918,12 @@ fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     put(&e, &kept).unwrap();
     e.shutdown().unwrap();
     let (last, mut bytes, at) = with_record_appended(dir.path(), 2, 5_000);
-    bytes[at + 4] = 2; // a version 2 header, checksum made valid again
+    bytes[at + 4] = 3; // a version 3 header, checksum made valid again
     let sum = crc32c(&bytes[at..at + 60]);
     bytes[at + 60..at + 64].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&last, &bytes).unwrap();
     let err = Engine::open(&c).unwrap_err();
-    assert!(err.to_string().contains("format version 2"), "{err}");
+    assert!(err.to_string().contains("format version 3"), "{err}");
     assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing was cut");
     // Once the record is gone the store opens again in this same process: the failed open
     // left no volume locked and no segment held.
@@ -851,6 +959,7 @@ fn with_record_appended(dir: &Path, seed: u64, len: usize) -> (std::path::PathBu
         payload_bytes: u32::try_from(len).unwrap(),
         payload_crc32c: crc,
         expiry_unix_secs: 0,
+        layout: Layout::V2,
         segment_seq: seq,
     };
     let mut bytes = std::fs::read(&last).unwrap();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use engine::codec::{crc32c, FileCipher};
 use engine::seal::{open_stream, seal_stream, ChunkSource};
@@ -85,6 +85,11 @@ struct StoreArgs {
     /// 64MiB].
     #[arg(long, value_parser = parse_bytes)]
     outboard_cache: Option<u64>,
+    /// The record layout chunks are written in: 2 (the payload on its own sectors, 4 KiB
+    /// groups: a challenge reads one sector) or 1 (the layout before it: 16 KiB groups
+    /// after a 64-byte header, a challenge reads 20 KiB), to compare the two.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    record_layout: u8,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -496,6 +501,8 @@ fn store(args: StoreArgs) -> Result<()> {
         engine_only: args.engine_only,
         limits: (args.queue_depth, args.in_flight, args.put_bytes_in_flight),
         outboard_cache: args.outboard_cache,
+        record_layout: engine::store::Layout::of_version(args.record_layout)
+            .context("record layout 1 or 2")?,
     };
     let started = Instant::now();
     let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());

@@ -91,7 +91,7 @@ impl<D: Disk> Shard<D> {
                 let h = l.header;
                 let sector =
                     u32::try_from((base + l.offset) / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX);
-                let span = usize::try_from(record_span(h.payload_bytes)).expect("fits");
+                let span = usize::try_from(h.layout.span(h.payload_bytes)).expect("fits");
                 let from_at = usize::try_from(l.offset).expect("window");
                 let copy = |file: &D::File| {
                     let mut buf = file.alloc(span);

@@ -38,10 +38,14 @@ pub struct EngineConfig {
     pub put_bytes_in_flight: u64,
     /// Bytes of chunk outboards each shard keeps in memory (least recently used out
     /// first): a storage challenge of a chunk whose outboard is kept reads only the leaf's
-    /// group, one device read instead of two. An outboard is 0.39% of its chunk: every
-    /// outboard of 1 TB of chunks takes about 4 GB; the default, 64 MiB, holds those of
-    /// about 16 GiB of chunks per shard. 0 keeps none.
+    /// group, one device read instead of two. In record layout 2 an outboard is 1.56% of
+    /// its chunk (64 bytes per 4 KiB group): every outboard of 1 TB of chunks takes about
+    /// 16 GB; the default, 64 MiB, holds those of about 4 GiB of chunks per shard. 0 keeps
+    /// none.
     pub outboard_cache_bytes: u64,
+    /// The layout new records are written in ([`Layout::V2`] unless a benchmark compares
+    /// against the old one); records already stored are read in their own.
+    pub record_layout: Layout,
 }
 
 impl EngineConfig {
@@ -59,6 +63,7 @@ impl EngineConfig {
             in_flight_max: 256,
             put_bytes_in_flight: 256 << 20,
             outboard_cache_bytes: 64 << 20,
+            record_layout: Layout::default(),
         }
     }
 }

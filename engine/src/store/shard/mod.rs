@@ -51,10 +51,10 @@ use crate::store::checkpoint::{Checkpoint, Entry, SegmentCover};
 use crate::store::disk::{align_down, align_up, Disk, DiskFile, DmaDisk, WriteBuf};
 use crate::store::index::Index;
 use crate::store::record::{
-    record_span, scan, verify_record, Located, RecordError, RecordHeader, RecordKind, ScanEnd,
+    scan, verify_record, Layout, Located, RecordError, RecordHeader, RecordKind, ScanEnd,
     HEADER_BYTES, PAYLOAD_BYTES_MAX,
 };
-use crate::store::tree::{group_of, hash_with_outboard, outboard_bytes, Tree, GROUP_BYTES};
+use crate::store::tree::{group_of, hash_with_outboard, Tree};
 
 const CHECKPOINT_FILE: &str = "index.msix";
 const WINDOW_BYTES: usize = 32 << 20;
@@ -104,6 +104,8 @@ fn seg_seq(name: &str) -> Option<u32> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     vol: u8,
+    /// The record's layout (its header's version).
+    layout: Layout,
     seq: u32,
     /// Offset of the record in sectors.
     sector: u32,
@@ -118,7 +120,12 @@ impl Loc {
     }
 
     fn span(&self) -> u64 {
-        record_span(self.payload)
+        self.layout.span(self.payload)
+    }
+
+    /// Where the payload starts in the segment.
+    fn payload_at(&self) -> u64 {
+        self.offset() + self.layout.payload_offset()
     }
 
     fn expired(&self, now: u64) -> bool {

@@ -2,11 +2,12 @@
 //! outboard is here reads only the leaf's group from the disk: one device read instead of
 //! two (the group, and the outboard after the payload).
 //!
-//! An outboard is 64 bytes per 16 KiB group of a chunk's payload (0.39%): every outboard
-//! of a terabyte of chunks takes about 4 GB. The shard keeps as many as its budget
+//! An outboard is 64 bytes per group of a chunk's payload: in record layout 2, groups of
+//! 4 KiB (1.56%), so every outboard of a terabyte of chunks takes about 16 GB; in layout
+//! 1, 16 KiB (0.39%, about 4 GB per terabyte). The shard keeps as many as its budget
 //! (`EngineConfig::outboard_cache_bytes`) allows, least recently used out first. Entries
-//! never go stale: a chunk's outboard is a function of its bytes, and its id names those
-//! bytes, so the same id always has the same outboard (a chunk deleted and stored again,
+//! never go stale: a chunk's outboard is a function of its bytes and its record's layout,
+//! and its id names those bytes, so the same id and layout always have the same outboard (a chunk deleted and stored again,
 //! or moved by compaction, keeps it); and every proof still checks the root it implies
 //! against the id, so a damaged entry gives an error, never a wrong proof.
 
@@ -14,6 +15,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use proto::ChunkId;
+
+use crate::store::record::Layout;
+
+/// An outboard is a function of the chunk's bytes and its record's layout (the group size).
+pub(super) type Key = (ChunkId, Layout);
 
 /// What one kept outboard costs beyond its bytes: its map and order entries and the `Rc`'s
 /// header, counted against the budget with the bytes.
@@ -24,9 +30,9 @@ pub(super) struct Outboards {
     budget: u64,
     used: u64,
     tick: u64,
-    entries: HashMap<ChunkId, (Rc<[u8]>, u64)>,
+    entries: HashMap<Key, (Rc<[u8]>, u64)>,
     /// Entries by last use, oldest first.
-    order: BTreeMap<u64, ChunkId>,
+    order: BTreeMap<u64, Key>,
 }
 
 impl Outboards {
@@ -41,7 +47,7 @@ impl Outboards {
     }
 
     /// The chunk's outboard, if kept; it becomes the most recently used.
-    pub(super) fn get(&mut self, id: &ChunkId) -> Option<Rc<[u8]>> {
+    pub(super) fn get(&mut self, id: &Key) -> Option<Rc<[u8]>> {
         self.tick += 1;
         let (bytes, used) = self.entries.get_mut(id)?;
         self.order.remove(used);
@@ -52,7 +58,7 @@ impl Outboards {
 
     /// Keeps a chunk's outboard, dropping the least recently used ones to make room; one
     /// larger than the whole budget is not kept.
-    pub(super) fn insert(&mut self, id: ChunkId, bytes: Rc<[u8]>) {
+    pub(super) fn insert(&mut self, id: Key, bytes: Rc<[u8]>) {
         let len = bytes.len() as u64 + ENTRY_OVERHEAD;
         if len > self.budget || self.entries.contains_key(&id) {
             return;
@@ -73,7 +79,7 @@ impl Outboards {
 
     /// Whether an outboard of `len` bytes for this chunk would be kept: it is not kept
     /// yet, and it fits the budget (its use not counted).
-    pub(super) fn wants(&self, id: &ChunkId, len: usize) -> bool {
+    pub(super) fn wants(&self, id: &Key, len: usize) -> bool {
         len as u64 + ENTRY_OVERHEAD <= self.budget && !self.entries.contains_key(id)
     }
 
@@ -88,8 +94,8 @@ impl Outboards {
 mod tests {
     use super::*;
 
-    fn id(b: u8) -> ChunkId {
-        ChunkId([b; 32])
+    fn id(b: u8) -> Key {
+        (ChunkId([b; 32]), Layout::V2)
     }
 
     fn bytes(n: usize) -> Rc<[u8]> {
@@ -124,6 +130,8 @@ mod tests {
         assert!(!c.wants(&id(5), large));
         c.insert(id(5), bytes(large));
         assert_eq!(c.used(), e(large as u64));
+        // The same chunk in the other layout is another outboard.
+        assert!(c.wants(&(id(5).0, Layout::V1), 10));
         let mut none = Outboards::new(0);
         none.insert(id(1), bytes(1));
         assert!(none.get(&id(1)).is_none());

@@ -17,6 +17,19 @@ impl<R: std::ops::Deref<Target = [u8]>> std::ops::Deref for Span<R> {
     }
 }
 
+/// A record read from its header to its payload's end.
+struct Whole<R> {
+    bytes: Span<R>,
+    /// Where the payload starts (the layout's payload offset).
+    at: usize,
+}
+
+impl<R: std::ops::Deref<Target = [u8]>> Whole<R> {
+    fn payload(&self) -> &[u8] {
+        &self.bytes[self.at..]
+    }
+}
+
 impl<D: Disk> Shard<D> {
     /// Bytes `at..at + len` of a segment, read as the whole sectors that hold them.
     async fn read(
@@ -52,21 +65,16 @@ impl<D: Disk> Shard<D> {
         file: &D::File,
         range: Range<u64>,
     ) -> Result<(Span<<D::File as DiskFile>::Read>, Rc<[u8]>), StoreError> {
-        let base = loc.offset() + HEADER_BYTES as u64;
+        let base = loc.payload_at();
         let data = self.read(id, file, base + range.start, range.end - range.start);
-        let want = outboard_bytes(loc.payload) as usize;
-        let kept = self.outboards.borrow_mut().get(id);
-        if let Some(outboard) = kept.filter(|o| o.len() == want) {
+        let want = loc.layout.outboard_bytes(loc.payload);
+        let kept = self.outboards.borrow_mut().get(&(*id, loc.layout));
+        if let Some(outboard) = kept.filter(|o| o.len() == want as usize) {
             return Ok((data.await?, outboard));
         }
         let (data, outboard) = futures_lite::future::zip(
             data,
-            self.read(
-                id,
-                file,
-                base + u64::from(loc.payload),
-                u64::from(outboard_bytes(loc.payload)),
-            ),
+            self.read(id, file, base + u64::from(loc.payload), u64::from(want)),
         )
         .await;
         Ok((data?, Rc::from(&*outboard?)))
@@ -75,23 +83,32 @@ impl<D: Disk> Shard<D> {
     /// Keeps a chunk's outboard in memory after a read that checked it, if the whole of it
     /// (every parent against its children, the top against the id) holds: a proof checks
     /// only its own path, and a kept outboard serves every later one.
-    fn keep_outboard(&self, id: ChunkId, len: u64, outboard: Rc<[u8]>) {
-        if !self.outboards.borrow().wants(&id, outboard.len()) {
+    fn keep_outboard(&self, id: ChunkId, loc: &Loc, outboard: Rc<[u8]>) {
+        let key = (id, loc.layout);
+        if !self.outboards.borrow().wants(&key, outboard.len()) {
             return;
         }
-        if Tree::new(len, &outboard, None).root().as_bytes() == &id.0 {
-            self.outboards.borrow_mut().insert(id, outboard);
+        let tree = Tree::new(
+            loc.layout.group_bytes(),
+            loc.payload.into(),
+            &outboard,
+            None,
+        );
+        if tree.root().as_bytes() == &id.0 {
+            self.outboards.borrow_mut().insert(key, outboard);
         }
     }
 
-    /// Reads and checks a whole small-or-full record: header, payload CRC, outboard.
+    /// Reads and checks a whole record but its outboard: header, payload CRC. Returns the
+    /// record's bytes from its header to its payload's end ([`Whole::payload`]).
     async fn read_whole(
         &self,
         id: &ChunkId,
         loc: &Loc,
         file: &D::File,
-    ) -> Result<Span<<D::File as DiskFile>::Read>, StoreError> {
-        let len = HEADER_BYTES as u64 + u64::from(loc.payload);
+    ) -> Result<Whole<<D::File as DiskFile>::Read>, StoreError> {
+        let at = usize::try_from(loc.layout.payload_offset()).expect("small");
+        let len = at as u64 + u64::from(loc.payload);
         let bytes = self.read(id, file, loc.offset(), len).await?;
         let head: &[u8; HEADER_BYTES] = bytes[..HEADER_BYTES].try_into().expect("64 bytes");
         let header =
@@ -102,9 +119,13 @@ impl<D: Disk> Shard<D> {
         {
             return Err(self.corrupt(*id, "the record at its place is another chunk's"));
         }
-        let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
-        verify_record(&header, payload, &[]).map_err(|e| self.corrupt(*id, e.to_string()))?;
-        Ok(bytes)
+        if header.layout != loc.layout {
+            return Err(self.corrupt(*id, "the record's layout is not the one indexed"));
+        }
+        let whole = Whole { bytes, at };
+        verify_record(&header, whole.payload(), &[])
+            .map_err(|e| self.corrupt(*id, e.to_string()))?;
+        Ok(whole)
     }
 
     pub(super) async fn get(
@@ -117,8 +138,8 @@ impl<D: Disk> Shard<D> {
         self.counters.borrow_mut().gets += 1;
         let len = u64::from(loc.payload);
         let Some(range) = range else {
-            let bytes = self.read_whole(&id, &loc, &file).await?;
-            return Ok(bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize].to_vec());
+            let whole = self.read_whole(&id, &loc, &file).await?;
+            return Ok(whole.payload().to_vec());
         };
         if range.start > range.end || range.end > len {
             return Err(StoreError::Range {
@@ -131,29 +152,29 @@ impl<D: Disk> Shard<D> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        let ob = u64::from(outboard_bytes(loc.payload));
-        if ob == 0 {
-            let bytes = self.read_whole(&id, &loc, &file).await?;
-            if blake3::hash(&bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize]).as_bytes()
-                != &id.0
-            {
+        let group_bytes = loc.layout.group_bytes();
+        if loc.layout.outboard_bytes(loc.payload) == 0 {
+            let whole = self.read_whole(&id, &loc, &file).await?;
+            let payload = whole.payload();
+            if blake3::hash(payload).as_bytes() != &id.0 {
                 return Err(self.corrupt(id, "payload does not hash to the id"));
             }
             let (s, e) = (
                 usize::try_from(range.start).expect("small"),
                 usize::try_from(range.end).expect("small"),
             );
-            return Ok(bytes[HEADER_BYTES + s..HEADER_BYTES + e].to_vec());
+            return Ok(payload[s..e].to_vec());
         }
         // Read the groups the range covers and the outboard; check each group, with the
         // outboard's siblings on its path, against the id.
-        let (g0, first) = group_of(range.start, len);
-        let (_, last) = group_of(range.end - 1, len);
+        let (g0, first) = group_of(group_bytes, range.start, len);
+        let (_, last) = group_of(group_bytes, range.end - 1, len);
         let (data, outboard) = self
             .read_with_outboard(&id, &loc, &file, first.start..last.end)
             .await?;
-        let tree = Tree::new(len, &outboard, None);
-        for (g, group) in (g0..).zip(data.chunks(GROUP_BYTES)) {
+        let tree = Tree::new(group_bytes, len, &outboard, None);
+        let per_group = usize::try_from(group_bytes).expect("small");
+        for (g, group) in (g0..).zip(data.chunks(per_group)) {
             if tree.group_root(g, group).as_bytes() != &id.0 {
                 return Err(self.corrupt(
                     id,
@@ -161,7 +182,7 @@ impl<D: Disk> Shard<D> {
                 ));
             }
         }
-        self.keep_outboard(id, len, outboard);
+        self.keep_outboard(id, &loc, outboard);
         let s = usize::try_from(range.start - first.start).expect("small");
         let e = usize::try_from(range.end - first.start).expect("small");
         Ok(data[s..e].to_vec())
@@ -175,16 +196,16 @@ impl<D: Disk> Shard<D> {
             return Err(StoreError::Leaf { id, leaf, len });
         }
         self.counters.borrow_mut().proofs += 1;
-        let (g, group) = group_of(leaf * proto::proof::LEAF_BYTES, len);
-        let (proof, root) = if outboard_bytes(loc.payload) == 0 {
-            let bytes = self.read_whole(&id, &loc, &file).await?;
-            let payload = &bytes[HEADER_BYTES..HEADER_BYTES + loc.payload as usize];
-            Tree::new(len, &[], Some((0, payload))).prove(leaf)
+        let group_bytes = loc.layout.group_bytes();
+        let (g, group) = group_of(group_bytes, leaf * proto::proof::LEAF_BYTES, len);
+        let (proof, root) = if loc.layout.outboard_bytes(loc.payload) == 0 {
+            let whole = self.read_whole(&id, &loc, &file).await?;
+            Tree::new(group_bytes, len, &[], Some((0, whole.payload()))).prove(leaf)
         } else {
             let (bytes, outboard) = self.read_with_outboard(&id, &loc, &file, group).await?;
-            let proved = Tree::new(len, &outboard, Some((g, &bytes))).prove(leaf);
+            let proved = Tree::new(group_bytes, len, &outboard, Some((g, &bytes))).prove(leaf);
             if proved.1.as_bytes() == &id.0 {
-                self.keep_outboard(id, len, outboard);
+                self.keep_outboard(id, &loc, outboard);
             }
             proved
         };

@@ -115,6 +115,7 @@ impl<D: Disk> Shard<D> {
                 payload_bytes: l.payload,
                 offset: l.offset(),
                 expiry_unix_secs: u64::from(l.expiry),
+                layout: l.layout,
             })
             .collect();
         let bytes = glommio::executor()
@@ -205,6 +206,7 @@ impl<D: Disk> Shard<D> {
                 }
                 let loc = Loc {
                     vol: vno,
+                    layout: e.layout,
                     seq: e.seq,
                     sector: u32::try_from(e.offset / u64::from(SECTOR_BYTES)).unwrap_or(u32::MAX),
                     payload: e.payload_bytes,
@@ -267,8 +269,9 @@ impl<D: Disk> Shard<D> {
                 // this engine cannot read, not a torn write. Cutting it would destroy it.
                 return Err(StoreError::Io(format!(
                     "segment {seq} holds a record of format version {found} at byte {offset}; \
-                     this engine reads version {}: refusing to open the store",
-                    crate::store::record::RECORD_VERSION
+                     this engine reads versions {} and {}: refusing to open the store",
+                    Layout::V1.version(),
+                    Layout::V2.version()
                 )));
             }
             scanned += end.offset().saturating_sub(start);
@@ -333,6 +336,7 @@ impl<D: Disk> Shard<D> {
             RecordKind::Chunk => {
                 let loc = Loc {
                     vol: vno,
+                    layout: h.layout,
                     seq,
                     sector,
                     payload: h.payload_bytes,

@@ -79,7 +79,7 @@ impl<D: Disk> Shard<D> {
         mut buf: <D::File as DiskFile>::Buf,
         then: Then,
     ) -> Result<Loc, StoreError> {
-        let span = record_span(header.payload_bytes);
+        let span = header.layout.span(header.payload_bytes);
         // Deletes and compaction free space, so a full volume still takes them.
         let over = !matches!(then, Then::Put);
         let (seq, at, file) = self.reserve(v, span, over).await?;
@@ -87,6 +87,7 @@ impl<D: Disk> Shard<D> {
         buf.bytes_mut()[..HEADER_BYTES].copy_from_slice(&header.encode());
         let loc = Loc {
             vol: Self::vol_no(v),
+            layout: header.layout,
             seq,
             sector: u32::try_from(at / u64::from(SECTOR_BYTES))
                 .expect("segments are at most SEGMENT_BYTES_MAX"),
@@ -298,12 +299,16 @@ impl<D: Disk> Shard<D> {
             }
         }
         let v = self.volume_of(&id);
-        let span = usize::try_from(record_span(n)).expect("records fit in memory");
-        let ob = outboard_bytes(n) as usize;
+        let layout = self.cfg.record_layout;
+        let span = usize::try_from(layout.span(n)).expect("records fit in memory");
+        let ob = layout.outboard_bytes(n) as usize;
         let len = data.len();
         let mut buf = self.any_file(v).alloc(span);
         let b = buf.bytes_mut();
-        let (payload, rest) = b[HEADER_BYTES..].split_at_mut(len);
+        let at = usize::try_from(layout.payload_offset()).expect("small");
+        // The header goes in when the record's place is known; zeros up to the payload.
+        b[HEADER_BYTES..at].fill(0);
+        let (payload, rest) = b[at..].split_at_mut(len);
         payload.copy_from_slice(&data);
         drop(data);
         let computed = crc32c(payload);
@@ -314,7 +319,7 @@ impl<D: Disk> Shard<D> {
                 computed,
             });
         }
-        let root = hash_with_outboard(payload, &mut rest[..ob]);
+        let root = hash_with_outboard(layout.group_bytes(), payload, &mut rest[..ob]);
         if root.as_bytes() != &id.0 {
             return Err(StoreError::IdMismatch {
                 id,
@@ -328,6 +333,7 @@ impl<D: Disk> Shard<D> {
             payload_bytes: n,
             payload_crc32c: crc,
             expiry_unix_secs: expiry,
+            layout,
             segment_seq: 0,
         };
         self.append(v, header, buf, Then::Put).await?;
@@ -336,7 +342,7 @@ impl<D: Disk> Shard<D> {
 
     async fn write_tombstone(&self, id: ChunkId, target: Loc) -> Result<(), StoreError> {
         let v = usize::from(target.vol);
-        let span = usize::try_from(record_span(0)).expect("one sector");
+        let span = usize::try_from(self.cfg.record_layout.span(0)).expect("one sector");
         let mut buf = self.any_file(v).alloc(span);
         buf.bytes_mut().fill(0);
         let header = RecordHeader {
@@ -345,6 +351,7 @@ impl<D: Disk> Shard<D> {
             payload_bytes: 0,
             payload_crc32c: crc32c(&[]),
             expiry_unix_secs: tomb_target(&target),
+            layout: self.cfg.record_layout,
             segment_seq: 0,
         };
         self.append(v, header, buf, Then::Tomb { target })
