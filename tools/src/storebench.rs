@@ -128,11 +128,11 @@ fn per_thread(threads: usize, client: impl Fn(u64) -> Result<Vec<f64>> + Sync) -
 }
 
 /// Storage challenges for `seconds` from `threads` client threads (one per fio job), each
-/// asking [`Engine::prove_many`] for batches of [`FIO_RANDREAD_DEPTH`] challenges per
-/// shard, as a host answers a proof period's challenges. While one thread waits for the
-/// last proofs of its batch the others' are in flight, so the store sees between fio's
-/// depth and twice it. Challenge `i` is `challenge(i)`; latency is each proof's own time
-/// on its shard.
+/// asking [`Engine::prove_many`] for batches of twice fio's per-job depth, as a host
+/// answers a proof period's challenges. A thread has its whole batch in flight, then fewer
+/// as its last proofs come back, then none until it asks its next batch: at most twice
+/// fio's depth is in flight, less while threads wait on their batches' tails. Challenge
+/// `i` is `challenge(i)`; latency is each proof's own time on its shard.
 fn challenges_for(
     seconds: u32,
     threads: usize,
@@ -142,7 +142,7 @@ fn challenges_for(
     let cpu0 = diskbench::cpu_seconds();
     let start = Instant::now();
     let until = start + Duration::from_secs(u64::from(seconds));
-    let batch = FIO_RANDREAD_DEPTH as usize * threads;
+    let batch = 2 * FIO_RANDREAD_DEPTH as usize;
     let latencies_us = per_thread(threads, |t| {
         let mut lat = Vec::new();
         let mut i = t;
@@ -337,9 +337,8 @@ impl StoreBench {
             rows.push(r);
             progress("engine challenges");
             let leaves = proto::proof::leaf_count(cb);
-            // Random (chunk, leaf) challenges, each answered by its shard, with fio's
-            // random-read queue shape: one client thread per fio job, each keeping fio's
-            // depth in flight. Latency is from submission to the proof's arrival.
+            // Random (chunk, leaf) challenges in batches, one client thread per fio job
+            // (`challenges_for`); latency is each proof's time on its shard.
             let all = challenges_for(
                 self.random_secs,
                 self.shards,

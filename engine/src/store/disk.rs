@@ -493,6 +493,22 @@ impl MemDisk {
         self.state().named(name).map(|f| f.live.len() as u64)
     }
 
+    /// A file's bytes as reads see them.
+    pub fn file_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.state().named(name).map(|f| f.live.clone())
+    }
+
+    /// Puts `bytes` under `name`, durable at once, in place of any file of that name (a
+    /// test writing a checkpoint of an older version, say).
+    pub fn replace_file(&self, name: &str, bytes: Vec<u8>) {
+        let file = MemFileState {
+            live: bytes.clone(),
+            durable: bytes,
+            unsynced: Vec::new(),
+        };
+        self.state().insert(name, file);
+    }
+
     /// Flips one bit of a file, in what reads see and in what survives a crash.
     pub fn flip_bit(&self, name: &str, byte: u64, bit: u8) {
         let mut s = self.state();

@@ -120,6 +120,8 @@ pub enum RecordError {
     HeaderChecksum { stored: u32, computed: u32 },
     #[error("record version {0} is not supported")]
     Version(u8),
+    #[error("record header (version {0}) has non-zero reserved bytes")]
+    Reserved(u8),
     #[error("record kind {0} is unknown")]
     Kind(u8),
     #[error("record payload length {0} is invalid for its kind")]
@@ -174,8 +176,9 @@ impl RecordHeader {
             return Err(RecordError::Version(bytes[4]));
         };
         if bytes[6] != 0 || bytes[7] != 0 {
-            // Covered by the checksum, so only a writer bug gets here; still refuse it.
-            return Err(RecordError::Version(bytes[4]));
+            // Covered by the checksum, so a writer of another format (or a bug) put them
+            // there: not a torn write.
+            return Err(RecordError::Reserved(bytes[4]));
         }
         let payload_bytes = field(40);
         let kind = match bytes[5] {
@@ -497,6 +500,7 @@ mod tests {
         };
         assert_eq!(resealed(&|h| h[4] = 0), Err(RecordError::Version(0)));
         assert_eq!(resealed(&|h| h[4] = 3), Err(RecordError::Version(3)));
+        assert_eq!(resealed(&|h| h[7] = 1), Err(RecordError::Reserved(1)));
         let v2 = RecordHeader {
             layout: Layout::V2,
             ..good

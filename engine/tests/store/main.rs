@@ -277,6 +277,22 @@ fn a_torn_tail_on_a_real_disk_is_truncated_at_restart() {
     assert_eq!(e.stats().unwrap().truncated_bytes, 0);
 }
 
+/// The same index checkpoint in version 1 (56-byte entries, no record layouts), as an
+/// engine before record layout 2 wrote it. Every entry must be of layout 1.
+fn checkpoint_as_version_1(v2: &[u8]) -> Vec<u8> {
+    let segments = u32::from_le_bytes(v2[12..16].try_into().unwrap()) as usize;
+    let head = 24 + 16 * segments;
+    let mut v1 = v2[..head].to_vec();
+    v1[4] = 1;
+    for entry in v2[head..v2.len() - 4].chunks(64) {
+        assert_eq!(entry[56], 1, "an entry of layout 2");
+        v1.extend_from_slice(&entry[..56]);
+    }
+    let sum = crc32c(&v1);
+    v1.extend_from_slice(&sum.to_le_bytes());
+    v1
+}
+
 /// Puts `chunks` with `depth` in flight and crashes `disk` once `crash_after` of them are
 /// acknowledged: the crash image, and which chunks were acknowledged (the engine is gone).
 fn puts_until_crash(
@@ -684,18 +700,46 @@ fn a_store_of_layout_1_records_goes_on_in_layout_2_across_crashes_and_compaction
         let v1: Vec<_> = (0..30)
             .map(|i| chunk(round * 1000 + i, sizes(&mut rng)))
             .collect();
+        // Every third chunk until 2096, to be stored again, for longer, in layout 2.
+        let until = |i: usize| {
+            if i.is_multiple_of(3) {
+                4_000_000_000
+            } else {
+                0
+            }
+        };
         let e = open_mem(&old, std::slice::from_ref(&disk));
-        for ch in &v1 {
-            put(&e, ch).unwrap();
+        for (i, (id, crc, data)) in v1.iter().enumerate() {
+            e.put(*id, *crc, data.clone(), until(i)).wait().unwrap();
         }
         let image = disk.crash(&mut rng);
         drop(e);
+        // What an engine before layout 2 left: its checkpoint in version 1.
+        let cp = image
+            .file_bytes("index.msix")
+            .expect("a checkpoint was written");
+        assert_eq!(cp[4], 2);
+        image.replace_file("index.msix", checkpoint_as_version_1(&cp));
         // The upgraded engine: the old records read as they are.
         let mut new = old.clone();
         new.record_layout = Layout::V2;
         let e = open_mem(&new, std::slice::from_ref(&image));
+        assert!(
+            e.stats().unwrap().checkpoint_entries > 0,
+            "the version-1 checkpoint is read"
+        );
         for (i, ch) in v1.iter().enumerate() {
             check(&e, ch, &format!("round {round}: layout-1 chunk {i}"));
+        }
+        // Stored again for ever: a new record, in layout 2, for the same bytes (its
+        // layout-1 outboard is kept in memory by the checks above, and must not serve it).
+        for (i, ch) in v1.iter().enumerate().filter(|(i, _)| until(*i) != 0) {
+            assert_eq!(put(&e, ch).unwrap(), PutOutcome::Stored);
+            check(
+                &e,
+                ch,
+                &format!("round {round}: chunk {i} again, in layout 2"),
+            );
         }
         // New puts, many in flight, torn by a crash after some acknowledgements.
         let v2: Vec<_> = (0..30)
@@ -923,7 +967,13 @@ fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     bytes[at + 60..at + 64].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&last, &bytes).unwrap();
     let err = Engine::open(&c).unwrap_err();
-    assert!(err.to_string().contains("format version 3"), "{err}");
+    assert!(
+        err.to_string().contains("another format at byte")
+            && err
+                .to_string()
+                .contains("record version 3 is not supported"),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing was cut");
     // Once the record is gone the store opens again in this same process: the failed open
     // left no volume locked and no segment held.

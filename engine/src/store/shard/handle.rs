@@ -140,6 +140,9 @@ pub struct StoreStats {
     pub corrupt_reads: u64,
     /// Bytes cut from torn tails at the last restart.
     pub truncated_bytes: u64,
+    /// Index entries the last restart took from index checkpoints (the rest came from
+    /// scanning segments).
+    pub checkpoint_entries: u64,
     pub compacted_segments: u64,
     /// Segments whose opening waited for writes a killed process left in flight (the
     /// fence of `disk::DmaDisk`).
@@ -519,6 +522,7 @@ impl Engine {
             total.syncs += s.syncs;
             total.corrupt_reads += s.corrupt_reads;
             total.truncated_bytes += s.truncated_bytes;
+            total.checkpoint_entries += s.checkpoint_entries;
             total.compacted_segments += s.compacted_segments;
             total.fence_waits += s.fence_waits;
             total.index_bytes += s.index_bytes;

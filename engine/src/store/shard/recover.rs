@@ -216,6 +216,7 @@ impl<D: Disk> Shard<D> {
                     loaded.push((e.id, loc));
                 }
             }
+            self.counters.borrow_mut().checkpoint_entries += cp.entries.len() as u64;
             // Sorted by id and unique: the checkpoint's own invariants, checked on decode.
             self.index.borrow_mut().load_sorted(loaded);
             // New segments must sort after every one the checkpoint knew, or the next
@@ -262,14 +263,15 @@ impl<D: Disk> Shard<D> {
             let end = walk.end.take().unwrap_or(ScanEnd::Clean { offset: size });
             if let ScanEnd::Torn {
                 offset,
-                error: RecordError::Version(found),
+                error: error @ (RecordError::Version(_) | RecordError::Reserved(_)),
             } = &end
             {
-                // A whole header (its checksum passed) of another format version: data
-                // this engine cannot read, not a torn write. Cutting it would destroy it.
+                // A whole header (its checksum passed) of another format: data this engine
+                // cannot read, not a torn write. Cutting it would destroy it.
                 return Err(StoreError::Io(format!(
-                    "segment {seq} holds a record of format version {found} at byte {offset}; \
-                     this engine reads versions {} and {}: refusing to open the store",
+                    "segment {seq} holds a record of another format at byte {offset} \
+                     ({error}); this engine reads record versions {} and {}: refusing to \
+                     open the store",
                     Layout::V1.version(),
                     Layout::V2.version()
                 )));
