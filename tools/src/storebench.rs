@@ -42,6 +42,8 @@ pub struct StoreBench {
     pub outboard_cache: Option<u64>,
     /// The layout new records are written in (`EngineConfig::record_layout`).
     pub record_layout: engine::store::Layout,
+    /// Reserve new segments' blocks (`EngineConfig::preallocate`).
+    pub preallocate: bool,
 }
 
 /// The restart measurement.
@@ -203,6 +205,7 @@ impl StoreBench {
         c.put_bytes_in_flight = put_bytes.unwrap_or(c.put_bytes_in_flight).max(1);
         c.outboard_cache_bytes = self.outboard_cache.unwrap_or(c.outboard_cache_bytes);
         c.record_layout = self.record_layout;
+        c.preallocate = self.preallocate;
         c
     }
 

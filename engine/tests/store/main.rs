@@ -12,7 +12,7 @@ use std::path::Path;
 
 use engine::codec::crc32c;
 use engine::store::disk::{MemDisk, Rng};
-use engine::store::record::{encode_record, Layout, RecordHeader, RecordKind};
+use engine::store::record::{encode_record, scan, Layout, RecordHeader, RecordKind};
 use engine::store::{Engine, EngineConfig, Load, PutOutcome, StoreError};
 use proto::{proof, ChunkId};
 
@@ -989,8 +989,8 @@ fn a_record_of_another_format_version_stops_the_open_and_is_kept() {
     e.shutdown().unwrap();
 }
 
-/// The newest segment of shard 0 in `dir`, its bytes with a whole record of chunk
-/// `(seed, len)` appended (not written back), and where that record starts.
+/// The newest segment of shard 0 in `dir`, its bytes up to its last record with a whole
+/// record of chunk `(seed, len)` appended (not written back), and where that record starts.
 fn with_record_appended(dir: &Path, seed: u64, len: usize) -> (std::path::PathBuf, Vec<u8>, usize) {
     let mut segs: Vec<_> = std::fs::read_dir(dir.join("shard-0"))
         .unwrap()
@@ -1012,8 +1012,10 @@ fn with_record_appended(dir: &Path, seed: u64, len: usize) -> (std::path::PathBu
         layout: Layout::V2,
         segment_seq: seq,
     };
+    // After the last record: the segment's blocks are reserved ahead (zeros past it).
     let mut bytes = std::fs::read(&last).unwrap();
-    let at = bytes.len();
+    let at = usize::try_from(scan(&bytes, seq, 0, true).1.offset()).unwrap();
+    bytes.truncate(at);
     encode_record(&header, &data, &mut bytes);
     (last, bytes, at)
 }

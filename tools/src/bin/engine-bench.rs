@@ -90,6 +90,10 @@ struct StoreArgs {
     /// after a 64-byte header, a challenge reads 20 KiB), to compare the two.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
     record_layout: u8,
+    /// Do not reserve each new segment's blocks when it is created (fallocate), to measure
+    /// what the reservation saves.
+    #[arg(long)]
+    no_preallocate: bool,
     /// Print the rows as a JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -503,6 +507,7 @@ fn store(args: StoreArgs) -> Result<()> {
         outboard_cache: args.outboard_cache,
         record_layout: engine::store::Layout::of_version(args.record_layout)
             .context("record layout 1 or 2")?,
+        preallocate: !args.no_preallocate,
     };
     let started = Instant::now();
     let progress = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());

@@ -46,6 +46,9 @@ pub struct EngineConfig {
     /// The layout new records are written in ([`Layout::V2`] unless a benchmark compares
     /// against the old one); records already stored are read in their own.
     pub record_layout: Layout,
+    /// Reserve each new segment's blocks when it is created (fallocate), so appends need
+    /// no block allocation; off only to measure what it saves.
+    pub preallocate: bool,
 }
 
 impl EngineConfig {
@@ -64,6 +67,7 @@ impl EngineConfig {
             put_bytes_in_flight: 256 << 20,
             outboard_cache_bytes: 64 << 20,
             record_layout: Layout::default(),
+            preallocate: true,
         }
     }
 }

@@ -289,14 +289,19 @@ impl<D: Disk> Shard<D> {
             } else if end.offset() < size {
                 // Past what the checkpoint covers, a tail that is not whole records is
                 // writes that were never acknowledged (every acknowledged record has every
-                // record before it in its segment durable): torn by the crash. Cut it.
+                // record before it in its segment durable): torn by the crash. Cut it. A
+                // clean end (zeros: the segment's reserved blocks never written) is cut
+                // too, giving the blocks back, since the segment is sealed now; it is not
+                // counted as torn.
                 file.truncate(end.offset())
                     .await
                     .map_err(io_error("truncating a torn tail"))?;
                 file.sync()
                     .await
                     .map_err(io_error("syncing a truncated segment"))?;
-                self.counters.borrow_mut().truncated_bytes += size - end.offset();
+                if matches!(end, ScanEnd::Torn { .. }) {
+                    self.counters.borrow_mut().truncated_bytes += size - end.offset();
+                }
                 kept = end.offset();
             }
             let readable = kept.min(end.offset());

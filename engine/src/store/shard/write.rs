@@ -64,6 +64,27 @@ impl<D: Disk> Shard<D> {
             .create(&seg_name(seq))
             .await
             .map_err(io_error("creating a segment"))?;
+        // The segment's blocks reserved at once: appending O_DIRECT writes then need no
+        // block allocation or size change, which the filesystem serializes per file (fio
+        // on this VM: 72 KiB sequential writes 1.7 GB/s into a preallocated file, 1.0 GB/s
+        // extending one). A disk too full for it still takes the writes that fit.
+        // No more than the volume may still take: a host whose capacity is below one
+        // segment reserves what it can fill.
+        let reserve = {
+            let st = vol.st.borrow();
+            align_down(
+                self.cfg
+                    .segment_bytes
+                    .min(st.capacity.saturating_sub(st.used)),
+            )
+        };
+        if self.cfg.preallocate && reserve > 0 {
+            if let Err(e) = file.allocate(reserve).await {
+                if e.raw_os_error() != Some(28) {
+                    return Err(io_error("reserving a segment's blocks")(e));
+                }
+            }
+        }
         let mut st = vol.st.borrow_mut();
         st.segs.insert(seq, Seg::new(file, 0, false));
         st.active = seq;
