@@ -56,8 +56,8 @@ pub struct Restart {
     pub index_bytes_per_chunk: f64,
 }
 
-/// fio's queue depth for its 4 KiB random reads (one job per shard), and the engine's
-/// challenges in flight per client thread, one thread per shard.
+/// fio's queue depth for its 4 KiB random reads (one job per shard); the engine's
+/// challenge threads, one per shard, ask for batches of twice it (`challenges_for`).
 const FIO_RANDREAD_DEPTH: u32 = 32;
 
 /// fio's queue depth for 1 MiB sequential I/O: deep enough that fio, not the queue, is

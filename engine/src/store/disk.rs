@@ -405,6 +405,16 @@ struct MemFileState {
 }
 
 impl MemFileState {
+    /// A file holding `bytes`, all of them durable.
+    fn synced(bytes: Vec<u8>) -> MemFileState {
+        MemFileState {
+            live: bytes.clone(),
+            durable: bytes,
+            unsynced: Vec::new(),
+            allocated: 0,
+        }
+    }
+
     fn len(&self) -> usize {
         self.live.len().max(self.allocated)
     }
@@ -524,13 +534,7 @@ impl MemDisk {
     /// Puts `bytes` under `name`, durable at once, in place of any file of that name (a
     /// test writing a checkpoint of an older version, say).
     pub fn replace_file(&self, name: &str, bytes: Vec<u8>) {
-        let file = MemFileState {
-            live: bytes.clone(),
-            durable: bytes,
-            unsynced: Vec::new(),
-            allocated: 0,
-        };
-        self.state().insert(name, file);
+        self.state().insert(name, MemFileState::synced(bytes));
     }
 
     /// Flips one bit of a file, in what reads see and in what survives a crash.
@@ -575,10 +579,8 @@ impl MemDisk {
             out.insert(
                 name,
                 MemFileState {
-                    live: bytes.clone(),
-                    durable: bytes,
-                    unsynced: Vec::new(),
                     allocated: f.allocated,
+                    ..MemFileState::synced(bytes)
                 },
             );
         }
@@ -659,15 +661,7 @@ impl Disk for MemDisk {
                 return Err(io::Error::from_raw_os_error(28)); // ENOSPC
             }
         }
-        s.insert(
-            name,
-            MemFileState {
-                live: bytes.clone(),
-                durable: bytes,
-                unsynced: Vec::new(),
-                allocated: 0,
-            },
-        );
+        s.insert(name, MemFileState::synced(bytes));
         Ok(())
     }
 

@@ -72,9 +72,6 @@ impl Layout {
     /// version 2, zeros to the sector), payload, outboard ([`tree`]) and padding to the
     /// next sector. A tombstone (no payload) is one sector in either layout.
     pub fn span(self, payload_bytes: u32) -> u64 {
-        if payload_bytes == 0 {
-            return u64::from(SECTOR_BYTES);
-        }
         (self.payload_offset()
             + u64::from(payload_bytes)
             + u64::from(self.outboard_bytes(payload_bytes)))

@@ -67,9 +67,9 @@ impl<D: Disk> Shard<D> {
         // The segment's blocks reserved at once: appending O_DIRECT writes then need no
         // block allocation or size change, which the filesystem serializes per file (fio
         // on this VM: 72 KiB sequential writes 1.7 GB/s into a preallocated file, 1.0 GB/s
-        // extending one). A disk too full for it still takes the writes that fit.
-        // No more than the volume may still take: a host whose capacity is below one
-        // segment reserves what it can fill.
+        // extending one). No more than the volume may still take (a host whose capacity
+        // is below one segment reserves what it can fill); a disk too full for it still
+        // takes the writes that fit.
         let reserve = {
             let st = vol.st.borrow();
             align_down(
