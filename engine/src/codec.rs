@@ -7,6 +7,7 @@ use proto::{ChunkEntry, ChunkId, FileId, FileKey, KdfParams, Manifest, TAG_BYTES
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroize;
 
+use crate::buf::InPlace;
 use crate::error::{ChunkFault, CodecError};
 
 /// BLAKE3 `derive_key` context that turns a master key and a file id into a file key.
@@ -123,21 +124,29 @@ impl FileCipher {
     }
 
     /// Encrypts `buf` (plaintext) in place and appends the tag.
-    pub fn seal_chunk(&self, index: u64, buf: &mut Vec<u8>) {
+    pub fn seal_chunk<B: InPlace>(&self, index: u64, buf: &mut B) {
         let aad = chunk_aad(&self.file_id, index);
         let tag = self
             .key
-            .seal_in_place_separate_tag(nonce(NONCE_KIND_CHUNK, index), Aad::from(&aad), buf)
+            .seal_in_place_separate_tag(
+                nonce(NONCE_KIND_CHUNK, index),
+                Aad::from(&aad),
+                &mut buf[..],
+            )
             .expect("ring fails only for inputs over 64 GiB, far above CHUNK_BYTES_MAX");
         buf.extend_from_slice(tag.as_ref());
     }
 
     /// Authenticates and decrypts `buf` (sealed chunk) in place, leaving the plaintext.
-    pub fn open_chunk(&self, index: u64, buf: &mut Vec<u8>) -> Result<(), ChunkFault> {
+    pub fn open_chunk<B: InPlace>(&self, index: u64, buf: &mut B) -> Result<(), ChunkFault> {
         let aad = chunk_aad(&self.file_id, index);
         let plain_len = self
             .key
-            .open_in_place(nonce(NONCE_KIND_CHUNK, index), Aad::from(&aad), buf)
+            .open_in_place(
+                nonce(NONCE_KIND_CHUNK, index),
+                Aad::from(&aad),
+                &mut buf[..],
+            )
             .map_err(|_| ChunkFault::Tag)?
             .len();
         buf.truncate(plain_len);
@@ -185,11 +194,11 @@ pub fn checksums(bytes: &[u8]) -> (u32, ChunkId) {
 
 /// Checks a sealed chunk against its manifest entry (length, CRC32C, BLAKE3 id), then
 /// decrypts it in place. Nothing of a chunk that fails is returned.
-pub fn verify_and_open(
+pub fn verify_and_open<B: InPlace>(
     cipher: &FileCipher,
     index: u64,
     entry: &ChunkEntry,
-    buf: &mut Vec<u8>,
+    buf: &mut B,
 ) -> Result<(), CodecError> {
     let fail = |fault| CodecError::Chunk {
         index,
@@ -202,7 +211,7 @@ pub fn verify_and_open(
             found: buf.len() as u64,
         }));
     }
-    let (crc, id) = checksums(buf);
+    let (crc, id) = checksums(&buf[..]);
     if crc != entry.crc32c {
         return Err(fail(ChunkFault::Crc {
             expected: entry.crc32c,

@@ -1,48 +1,93 @@
 //! An ordered, bounded, parallel pipeline over a fixed pool of chunk buffers.
 //!
-//! One feeder thread produces items in index order into pooled buffers; `workers` threads
-//! transform them; the consumer receives them back in index order. Memory is bounded by the
-//! pool: the feeder blocks until a buffer comes home, which happens when the consumer drops
-//! what it was given. Sealing and opening are both this pipeline with different closures.
+//! Items are numbered from 0; `workers` threads transform them; the consumer receives them
+//! back in index order. Two ways to fill a buffer with item `index`:
+//! - [`run`]: one feeder thread produces items in index order (a stream read once, in
+//!   order: a pipe, or chunks that arrive in order);
+//! - [`run_at`]: each worker fills its own buffer (a source read by position: a file or
+//!   memory), so reading scales with the workers instead of one thread's copy.
+//!
+//! Memory is bounded by the pool: a thread takes a buffer before it takes an index, and a
+//! buffer comes home when the consumer drops what it was given. Sealing and opening are
+//! both this pipeline with different closures.
 //!
 //! Invariant: the pool never grows, so peak memory is `buffers x buffer capacity` plus
 //! what the closures allocate.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 
+use crate::buf::ChunkBuf;
+
 /// A buffer on loan from a pipeline's pool; it goes home when dropped.
 #[derive(Debug)]
 pub struct PooledBuf {
-    buf: Vec<u8>,
-    home: Sender<Vec<u8>>,
+    buf: Option<ChunkBuf>,
+    home: Sender<ChunkBuf>,
 }
 
 impl PooledBuf {
     pub fn as_slice(&self) -> &[u8] {
-        &self.buf
+        self
+    }
+
+    fn get_mut(&mut self) -> &mut ChunkBuf {
+        self.buf
+            .as_mut()
+            .expect("a pooled buffer is held until it is dropped")
     }
 }
 
 impl Deref for PooledBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.buf
+        self.buf
+            .as_ref()
+            .expect("a pooled buffer is held until it is dropped")
     }
 }
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        // The pool is gone only when the whole pipeline is; then the buffer is simply freed.
-        let _ = self.home.send(buf);
+        if let Some(mut buf) = self.buf.take() {
+            buf.clear();
+            // The pool is gone only when the whole pipeline is; then the buffer is simply
+            // freed.
+            let _ = self.home.send(buf);
+        }
     }
+}
+
+/// The pool of a pipeline: `buffers` buffers of `capacity` bytes each.
+fn pool(buffers: usize, capacity: usize) -> (Sender<ChunkBuf>, Receiver<ChunkBuf>) {
+    let (pool_tx, pool_rx) = bounded::<ChunkBuf>(buffers);
+    for _ in 0..buffers {
+        pool_tx
+            .send(ChunkBuf::with_capacity(capacity))
+            .expect("the pool has room for every buffer");
+    }
+    (pool_tx, pool_rx)
+}
+
+/// Takes a buffer from the pool, or `None` once the consumer is gone.
+fn take(
+    pool_rx: &Receiver<ChunkBuf>,
+    stop_rx: &Receiver<()>,
+    home: &Sender<ChunkBuf>,
+) -> Option<PooledBuf> {
+    let raw = select! {
+        recv(pool_rx) -> raw => raw.ok(),
+        recv(stop_rx) -> _ => None,
+    }?;
+    Some(PooledBuf {
+        buf: Some(raw),
+        home: home.clone(),
+    })
 }
 
 /// What the feeder and workers send the consumer.
@@ -97,19 +142,14 @@ pub fn run<T, E, S, W>(
 where
     T: Send + 'static,
     E: Send + 'static,
-    S: FnMut(u64, &mut Vec<u8>) -> Result<bool, E> + Send + 'static,
-    W: Fn(u64, &mut Vec<u8>) -> Result<T, E> + Send + Sync + 'static,
+    S: FnMut(u64, &mut ChunkBuf) -> Result<bool, E> + Send + 'static,
+    W: Fn(u64, &mut ChunkBuf) -> Result<T, E> + Send + Sync + 'static,
 {
     assert!(
         workers >= 1 && buffers >= 1,
         "a pipeline needs a worker and a buffer"
     );
-    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(buffers);
-    for _ in 0..buffers {
-        pool_tx
-            .send(Vec::with_capacity(buf_capacity))
-            .expect("the pool has room for every buffer");
-    }
+    let (pool_tx, pool_rx) = pool(buffers, buf_capacity);
     let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(workers);
     let (out_tx, out_rx) = bounded::<Msg<T, E>>(buffers);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -127,19 +167,13 @@ where
                     role: "feeder",
                 };
                 for index in 0u64.. {
-                    let raw = select! {
-                        recv(pool_rx) -> raw => raw.ok(),
-                        recv(stop_rx) -> _ => None,
+                    let Some(mut buf) = take(&pool_rx, &stop_rx, &pool_tx) else {
+                        break;
                     };
-                    let Some(raw) = raw else { break };
                     if feeder_cancel.load(Ordering::Relaxed) {
                         break;
                     }
-                    let mut buf = PooledBuf {
-                        buf: raw,
-                        home: pool_tx.clone(),
-                    };
-                    match source(index, &mut buf.buf) {
+                    match source(index, buf.get_mut()) {
                         Ok(true) => {
                             if job_tx.send((index, buf)).is_err() {
                                 break;
@@ -156,12 +190,38 @@ where
             .expect("spawning the pipeline feeder"),
     );
 
+    spawn_workers(&mut threads, workers, &job_rx, &out_tx, &cancel, work);
+    Ordered {
+        rx: out_rx,
+        pending: BTreeMap::new(),
+        next: 0,
+        done: false,
+        cancel,
+        stop: Some(stop_tx),
+        threads,
+    }
+}
+
+/// Starts `workers` threads that transform the jobs of `job_rx` with `work` and send the
+/// results to the consumer.
+fn spawn_workers<T, E, W>(
+    threads: &mut Vec<JoinHandle<()>>,
+    workers: usize,
+    job_rx: &Receiver<(u64, PooledBuf)>,
+    out_tx: &Sender<Msg<T, E>>,
+    cancel: &Arc<AtomicBool>,
+    work: W,
+) where
+    T: Send + 'static,
+    E: Send + 'static,
+    W: Fn(u64, &mut ChunkBuf) -> Result<T, E> + Send + Sync + 'static,
+{
     let work = Arc::new(work);
     for _ in 0..workers {
         let job_rx = job_rx.clone();
         let out_tx = out_tx.clone();
         let work = Arc::clone(&work);
-        let cancel = Arc::clone(&cancel);
+        let cancel = Arc::clone(cancel);
         threads.push(
             thread::Builder::new()
                 .name("pipeline-work".into())
@@ -174,7 +234,7 @@ where
                         if cancel.load(Ordering::Relaxed) {
                             break;
                         }
-                        let result = work(index, &mut buf.buf).map(|meta| (meta, buf));
+                        let result = work(index, buf.get_mut()).map(|meta| (meta, buf));
                         if out_tx.send(Msg::Item(index, result)).is_err() {
                             break;
                         }
@@ -183,6 +243,80 @@ where
                 .expect("spawning a pipeline worker"),
         );
     }
+}
+
+/// Starts a pipeline of `count` items read by position: `readers` threads each take a
+/// buffer from the pool, then the next index, and fill the buffer with `fill(index, buf)`
+/// (an empty pooled buffer); `workers` threads transform them with `work(index, buf)`.
+/// Reading runs on as many threads as asked instead of one feeder's, and a reader that
+/// waits for the disk leaves its core to the workers. After the first error no further
+/// index is taken.
+pub fn run_at<T, E, F, W>(
+    buffers: usize,
+    buf_capacity: usize,
+    (readers, workers): (usize, usize),
+    count: u64,
+    fill: F,
+    work: W,
+) -> Ordered<T, E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    F: Fn(u64, &mut ChunkBuf) -> Result<(), E> + Send + Sync + 'static,
+    W: Fn(u64, &mut ChunkBuf) -> Result<T, E> + Send + Sync + 'static,
+{
+    assert!(
+        readers >= 1 && workers >= 1 && buffers >= 1,
+        "a pipeline needs a reader, a worker and a buffer"
+    );
+    let (pool_tx, pool_rx) = pool(buffers, buf_capacity);
+    let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(workers);
+    let (out_tx, out_rx) = bounded::<Msg<T, E>>(buffers);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = bounded::<()>(0);
+    let next = Arc::new(AtomicU64::new(0));
+    let fill = Arc::new(fill);
+    let mut threads = Vec::with_capacity(readers + workers);
+    for _ in 0..readers {
+        let (pool_tx, pool_rx, stop_rx) = (pool_tx.clone(), pool_rx.clone(), stop_rx.clone());
+        let (job_tx, out_tx) = (job_tx.clone(), out_tx.clone());
+        let (cancel, next, fill) = (Arc::clone(&cancel), Arc::clone(&next), Arc::clone(&fill));
+        threads.push(
+            thread::Builder::new()
+                .name("pipeline-read".into())
+                .spawn(move || {
+                    let _guard = PanicGuard {
+                        tx: out_tx.clone(),
+                        role: "reader",
+                    };
+                    // The buffer first, then the index: every index taken has its buffer,
+                    // so the consumer never waits for an item that waits for a buffer.
+                    while let Some(mut buf) = take(&pool_rx, &stop_rx, &pool_tx) {
+                        if cancel.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= count {
+                            break;
+                        }
+                        let sent = match fill(index, buf.get_mut()) {
+                            Ok(()) => job_tx.send((index, buf)).is_ok(),
+                            Err(e) => {
+                                // Later indexes are not wanted: the consumer stops here.
+                                next.store(count, Ordering::Relaxed);
+                                out_tx.send(Msg::Item(index, Err(e))).is_ok()
+                            }
+                        };
+                        if !sent {
+                            break;
+                        }
+                    }
+                })
+                .expect("spawning a pipeline reader"),
+        );
+    }
+    drop(job_tx);
+    spawn_workers(&mut threads, workers, &job_rx, &out_tx, &cancel, work);
     Ordered {
         rx: out_rx,
         pending: BTreeMap::new(),
@@ -265,7 +399,7 @@ mod tests {
             4,
             8,
             3,
-            move |i, buf: &mut Vec<u8>| {
+            move |i, buf: &mut ChunkBuf| {
                 if i == produced {
                     return Ok::<_, String>(false);
                 }
@@ -299,7 +433,7 @@ mod tests {
             3,
             8,
             2,
-            |i, _buf: &mut Vec<u8>| {
+            |i, _buf: &mut ChunkBuf| {
                 if i < 50 {
                     Ok(true)
                 } else {
@@ -328,7 +462,7 @@ mod tests {
             2,
             8,
             2,
-            |i, _: &mut Vec<u8>| Ok::<_, ()>(i < 100),
+            |i, _: &mut ChunkBuf| Ok::<_, ()>(i < 100),
             |i, _| {
                 assert!(i != 3, "injected bug at item 3");
                 Ok(i)
@@ -346,7 +480,7 @@ mod tests {
             2,
             8,
             2,
-            move |_, _: &mut Vec<u8>| Ok::<_, ()>(Arc::strong_count(&in_source) > 0),
+            move |_, _: &mut ChunkBuf| Ok::<_, ()>(Arc::strong_count(&in_source) > 0),
             move |i, _| Ok((i, Arc::strong_count(&in_work))),
         );
         let (first, held) = out.next().unwrap();
@@ -355,6 +489,137 @@ mod tests {
         drop(out);
         drop(held);
         // Every thread has ended, so the closures holding the token are gone.
+        assert_eq!(Arc::strong_count(&token), 1);
+    }
+
+    #[test]
+    fn by_position_every_item_comes_once_in_order_and_the_first_error_ends_it() {
+        let count = 1000u64;
+        // The buffers filled, by address: the pool's four, never a new one.
+        let seen_bufs = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let fill_bufs = Arc::clone(&seen_bufs);
+        let out = run_at(
+            4,
+            8,
+            (2, 3),
+            count,
+            move |i, buf: &mut ChunkBuf| {
+                fill_bufs
+                    .lock()
+                    .unwrap()
+                    .insert(buf.spare_mut().as_ptr() as usize);
+                buf.extend_from_slice(&i.to_le_bytes());
+                Ok::<_, String>(())
+            },
+            |i, buf| {
+                if i % 7 == 0 {
+                    std::thread::yield_now();
+                }
+                buf.reverse();
+                Ok(i * 2)
+            },
+        );
+        let mut seen = 0;
+        for (i, r) in out {
+            let (meta, buf) = r.unwrap();
+            assert_eq!((i, meta), (seen, seen * 2));
+            let mut bytes = seen.to_le_bytes();
+            bytes.reverse();
+            assert_eq!(buf.as_slice(), &bytes);
+            seen += 1;
+        }
+        assert_eq!(seen, count);
+        assert!(seen_bufs.lock().unwrap().len() <= 4);
+
+        let out = run_at(
+            3,
+            8,
+            (2, 2),
+            100,
+            |i, _: &mut ChunkBuf| {
+                if i == 30 {
+                    Err(format!("fill {i}"))
+                } else {
+                    Ok(())
+                }
+            },
+            |i, _| {
+                if i == 20 {
+                    Err(format!("work {i}"))
+                } else {
+                    Ok(i)
+                }
+            },
+        );
+        let results: Vec<Result<u64, String>> =
+            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        assert_eq!(results.len(), 21);
+        assert_eq!(results[20], Err("work 20".to_string()));
+        // A fill error alone: everything before it, then it, then nothing.
+        let out = run_at(
+            3,
+            8,
+            (2, 2),
+            100,
+            |i, _: &mut ChunkBuf| {
+                if i == 30 {
+                    Err(format!("fill {i}"))
+                } else {
+                    Ok(())
+                }
+            },
+            |i, _| Ok(i),
+        );
+        let results: Vec<Result<u64, String>> =
+            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        assert_eq!(results.len(), 31);
+        assert_eq!(results[..30], (0..30).map(Ok).collect::<Vec<_>>());
+        assert_eq!(results[30], Err("fill 30".to_string()));
+        // No items at all: the stream is empty.
+        let mut none = run_at(
+            2,
+            8,
+            (1, 2),
+            0,
+            |_, _: &mut ChunkBuf| Ok::<_, ()>(()),
+            |i, _| Ok(i),
+        );
+        assert!(none.next().is_none());
+    }
+
+    #[test]
+    fn by_position_a_panic_surfaces_and_an_early_drop_ends_every_thread() {
+        let out = run_at(
+            2,
+            8,
+            (2, 2),
+            100,
+            |i, _: &mut ChunkBuf| {
+                assert!(i != 3, "injected bug at item 3");
+                Ok::<_, ()>(())
+            },
+            |i, _| Ok(i),
+        );
+        let consumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| out.count()));
+        assert!(consumed.is_err());
+
+        let token = Arc::new(());
+        let in_fill = Arc::clone(&token);
+        let mut out = run_at(
+            2,
+            8,
+            (2, 2),
+            u64::MAX,
+            move |_, _: &mut ChunkBuf| {
+                let _ = &in_fill;
+                Ok::<_, ()>(())
+            },
+            |i, _| Ok(i),
+        );
+        let (first, held) = out.next().unwrap();
+        assert_eq!(first, 0);
+        drop(out);
+        drop(held);
         assert_eq!(Arc::strong_count(&token), 1);
     }
 }

@@ -5,7 +5,8 @@
 //! encryption and checksums on `workers` threads, results handed back in order. At most
 //! [`buffers_for`]`(workers)` chunk buffers exist at once, whatever the file size.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::{self, Read};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -14,21 +15,32 @@ use proto::{
     CHUNKS_PER_FILE_MAX, TAG_BYTES,
 };
 
+use crate::buf::ChunkBuf;
 use crate::codec::{
     checksums, derive_file_key, derive_master_key, verify_and_open, FileCipher, ManifestBuilder,
 };
 use crate::error::CodecError;
 use crate::pipeline::{self, Ordered, PooledBuf};
+use crate::plain::{PlainFile, ReadAt};
 
-/// Buffers a pipeline of `workers` workers uses: one being filled, one per worker at work,
-/// one per worker queued for the consumer, one held by the consumer.
+/// Buffers a pipeline of `workers` workers uses, at most: enough for one per worker at
+/// work, one per worker queued for the consumer, one being filled and one held by the
+/// consumer. Readers beyond that wait for a buffer to come back.
 pub fn buffers_for(workers: usize) -> usize {
     2 * workers + 2
 }
 
-/// The documented bound on chunk memory of a seal or open: buffers times their capacity.
+/// The documented bound on chunk memory of a seal or open: buffers times their capacity
+/// (a chunk and its tag, rounded up to whole 4 KiB sectors).
 pub fn pipeline_bytes(workers: usize, chunk_bytes: u32) -> u64 {
-    buffers_for(workers) as u64 * u64::from(chunk_bytes + TAG_BYTES)
+    buffers_for(workers) as u64 * crate::buf::align_up((chunk_bytes + TAG_BYTES) as usize) as u64
+}
+
+/// Reader threads of a seal by position: twice the workers, so that while the workers
+/// seal, reads wait on the disk (a reader in a read takes no CPU). The pool's buffers
+/// still bound them: readers beyond it wait for one.
+pub fn readers_for(workers: usize) -> usize {
+    2 * workers
 }
 
 /// Workers to use when the caller does not say: one per core.
@@ -62,7 +74,7 @@ impl SealedChunk {
 pub struct SealStream {
     chunks: Ordered<(ChunkId, u32), CodecError>,
     cipher: Arc<FileCipher>,
-    /// The index of the stream's first chunk in its file (see [`seal_stream_range`]).
+    /// The index of the stream's first chunk in its file (see [`seal_at`]).
     first: u64,
 }
 
@@ -147,6 +159,43 @@ pub struct FileSeal {
     plain: u64,
 }
 
+/// What a seal reads: a stream read once, in order, by one feeder thread (a pipe, standard
+/// input), or a source read by position, by several reader threads at once (a file: see
+/// [`crate::plain`]; bytes in memory).
+pub enum Plaintext {
+    Stream(Box<dyn Read + Send>),
+    At(Arc<dyn ReadAt>),
+}
+
+impl Plaintext {
+    /// A regular file by position ([`PlainFile`]: O_DIRECT where the pages are not
+    /// cached); anything else (a pipe, a device) as a stream.
+    pub fn file(file: File) -> io::Result<Plaintext> {
+        Ok(if file.metadata()?.is_file() {
+            Plaintext::At(Arc::new(PlainFile::new(file)))
+        } else {
+            Plaintext::Stream(Box::new(file))
+        })
+    }
+
+    pub fn stream(reader: impl Read + Send + 'static) -> Plaintext {
+        Plaintext::Stream(Box::new(reader))
+    }
+
+    pub fn memory(bytes: Arc<[u8]>) -> Plaintext {
+        Plaintext::At(Arc::new(bytes))
+    }
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Plaintext::Stream(_) => "Plaintext::Stream",
+            Plaintext::At(_) => "Plaintext::At",
+        })
+    }
+}
+
 /// A part of a planned file, for [`FileSeal::part`]: one deal's chunks of a file larger
 /// than a deal holds.
 #[derive(Clone, Debug)]
@@ -168,9 +217,9 @@ pub struct SealedFile {
 }
 
 impl FileSeal {
-    /// Seals all of `reader` with `key` (from `keys`); `expected` is its size when known.
-    pub fn whole<R: Read + Send + 'static>(
-        reader: R,
+    /// Seals all of `input` with `key` (from `keys`); `expected` is its size when known.
+    pub fn whole(
+        input: Plaintext,
         key: &FileKey,
         keys: FileKeys,
         chunk_bytes: u32,
@@ -181,14 +230,29 @@ impl FileSeal {
             check_chunk_count(size, chunk_bytes)?;
         }
         let cipher = FileCipher::new(key, keys.file_id);
-        let stream = seal_stream(reader, cipher, chunk_bytes, workers)?;
+        let stream = match input {
+            Plaintext::Stream(reader) => seal_stream(reader, cipher, chunk_bytes, workers)?,
+            Plaintext::At(source) => {
+                let size = source.size().map_err(|e| CodecError::Read {
+                    offset: 0,
+                    source: e,
+                })?;
+                if let Some(expected) = expected.filter(|&e| e != size) {
+                    return Err(CodecError::InputChanged {
+                        expected,
+                        read: size,
+                    });
+                }
+                seal_at(source, size, cipher, chunk_bytes, workers, 0..u64::MAX)?
+            }
+        };
         Ok(FileSeal::over(stream, keys, chunk_bytes, expected, None))
     }
 
     /// Seals one part of a file planned before with the same key ([`PartOf`]). Each chunk
     /// is checked against its planned entry by the caller; the manifest is the plan's.
-    pub fn part<R: Read + Seek + Send + 'static>(
-        mut file: R,
+    pub fn part(
+        file: Arc<dyn ReadAt>,
         key: &FileKey,
         keys: FileKeys,
         chunk_bytes: u32,
@@ -201,12 +265,8 @@ impl FileSeal {
             planned,
         } = of;
         check_chunk_count(size, chunk_bytes)?;
-        let at = range.start * u64::from(chunk_bytes);
-        file.seek(SeekFrom::Start(at))
-            .map_err(|source| CodecError::Read { offset: at, source })?;
         let cipher = FileCipher::new(key, keys.file_id);
-        let count = range.end.saturating_sub(range.start);
-        let stream = seal_stream_range(file, cipher, chunk_bytes, workers, range.start, count)?;
+        let stream = seal_at(file, size, cipher, chunk_bytes, workers, range.clone())?;
         Ok(FileSeal::over(
             stream,
             keys,
@@ -321,42 +381,20 @@ pub fn seal_stream<R>(
 where
     R: Read + Send + 'static,
 {
-    seal_stream_range(reader, cipher, chunk_bytes, workers, 0, u64::MAX)
-}
-
-/// Seals chunks `first ..` (at most `count` of them) of a file whose reader is positioned
-/// at chunk `first` (byte `first` x `chunk_bytes`): each chunk is sealed with its index in
-/// the file, so the bytes are those [`seal_stream`] gives for the same chunks. For an upload
-/// that sends one part of a file (a deal covers at most `DEAL_CHUNKS_MAX` chunks).
-pub fn seal_stream_range<R>(
-    reader: R,
-    cipher: FileCipher,
-    chunk_bytes: u32,
-    workers: usize,
-    first: u64,
-    count: u64,
-) -> Result<SealStream, CodecError>
-where
-    R: Read + Send + 'static,
-{
     check_chunk_bytes(chunk_bytes).map_err(CodecError::Invalid)?;
     if workers == 0 {
         return Err(CodecError::Invalid("at least one worker is needed".into()));
     }
     let want = chunk_bytes as usize;
     let mut reader = reader;
-    let mut offset = first.saturating_mul(u64::from(chunk_bytes));
+    let mut offset = 0u64;
     let mut at_end = false;
-    let source = move |index: u64, buf: &mut Vec<u8>| -> Result<bool, CodecError> {
-        if at_end || index >= count {
+    let source = move |index: u64, buf: &mut ChunkBuf| -> Result<bool, CodecError> {
+        if at_end {
             return Ok(false);
         }
-        let index = first.saturating_add(index);
-        // `take` + `read_to_end` fills the spare capacity without zeroing it first, and
-        // retries interrupted reads; the pooled buffer already has room for a whole chunk.
-        let n = (&mut reader)
-            .take(want as u64)
-            .read_to_end(buf)
+        let n = buf
+            .read_from(&mut reader, want)
             .map_err(|source| CodecError::Read { offset, source })?;
         offset += n as u64;
         if n < want {
@@ -375,13 +413,91 @@ where
     };
     let cipher = Arc::new(cipher);
     let worker_cipher = Arc::clone(&cipher);
-    let work = move |index: u64, buf: &mut Vec<u8>| -> Result<(ChunkId, u32), CodecError> {
-        worker_cipher.seal_chunk(first + index, buf);
-        let (crc, id) = checksums(buf);
-        Ok((id, crc))
+    let work = move |index: u64, buf: &mut ChunkBuf| -> Result<(ChunkId, u32), CodecError> {
+        worker_cipher.seal_chunk(index, buf);
+        Ok(checksums_of(buf))
     };
     let capacity = want + TAG_BYTES as usize;
     let chunks = pipeline::run(buffers_for(workers), capacity, workers, source, work);
+    Ok(SealStream {
+        chunks,
+        cipher,
+        first: 0,
+    })
+}
+
+/// Seals chunks `chunks` of `source`, a plaintext of `size` bytes (its size when the seal
+/// began), read by [`readers_for`]`(workers)` reader threads at once (see
+/// [`pipeline::run_at`]). Each chunk is
+/// sealed with its index in the file, so the bytes are those [`seal_stream`] gives for the
+/// same chunks: for an upload that sends one part of a file (a deal covers at most
+/// `DEAL_CHUNKS_MAX` chunks). A source that is shorter than `size` when a chunk is read, or
+/// of another size once its last chunk is read, is [`CodecError::InputChanged`].
+pub fn seal_at(
+    source: Arc<dyn ReadAt>,
+    size: u64,
+    cipher: FileCipher,
+    chunk_bytes: u32,
+    workers: usize,
+    chunks: Range<u64>,
+) -> Result<SealStream, CodecError> {
+    check_chunk_count(size, chunk_bytes)?;
+    if workers == 0 {
+        return Err(CodecError::Invalid("at least one worker is needed".into()));
+    }
+    let cb = u64::from(chunk_bytes);
+    let first = chunks.start;
+    let count = chunks.end.min(size.div_ceil(cb)).saturating_sub(first);
+    let fill = move |index: u64, buf: &mut ChunkBuf| -> Result<(), CodecError> {
+        let offset = (first + index) * cb;
+        let want = cb.min(size - offset);
+        let read = |source| CodecError::Read { offset, source };
+        source
+            .read_at(
+                offset,
+                usize::try_from(want).expect("a chunk fits in memory"),
+                buf,
+            )
+            .map_err(read)?;
+        let got = buf.len() as u64;
+        if got < want {
+            return Err(CodecError::InputChanged {
+                expected: size,
+                read: offset + got,
+            });
+        }
+        if offset + want == size {
+            let now = source.size().map_err(read)?;
+            if now != size {
+                return Err(CodecError::InputChanged {
+                    expected: size,
+                    read: now,
+                });
+            }
+        }
+        Ok(())
+    };
+    let cipher = Arc::new(cipher);
+    let worker_cipher = Arc::clone(&cipher);
+    let work = move |index: u64, buf: &mut ChunkBuf| -> Result<(ChunkId, u32), CodecError> {
+        worker_cipher.seal_chunk(first + index, buf);
+        Ok(checksums_of(buf))
+    };
+    // No buffer larger than the largest chunk, nor more buffers than chunks: a small file
+    // allocates (and zeroes, once) what it needs, not the pool of a large one.
+    let capacity =
+        usize::try_from(cb.min(size.max(1))).expect("a chunk fits in memory") + TAG_BYTES as usize;
+    // One more buffer than chunks: a reader learns that no chunk is left only once it holds
+    // a buffer, so a consumer that keeps every chunk still sees the stream end.
+    let buffers = buffers_for(workers).min(usize::try_from(count + 1).unwrap_or(usize::MAX));
+    let chunks = pipeline::run_at(
+        buffers,
+        capacity,
+        (readers_for(workers), workers),
+        count,
+        fill,
+        work,
+    );
     Ok(SealStream {
         chunks,
         cipher,
@@ -389,11 +505,24 @@ where
     })
 }
 
+/// A sealed chunk's CRC32C and id, in the order the manifest stores them.
+fn checksums_of(sealed: &[u8]) -> (ChunkId, u32) {
+    let (crc, id) = checksums(sealed);
+    (id, crc)
+}
+
 /// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
 pub trait ChunkSource: Send + Sync + 'static {
     /// Appends the sealed bytes of chunk `index` to `buf` (empty on entry, with room for the
     /// chunk). It need not check them: the caller verifies length, CRC, id and tag.
-    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError>;
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError>;
+
+    /// Whether chunks may be fetched in any order and several at once (a directory,
+    /// memory): then each worker fetches its own, instead of one thread fetching for all
+    /// in order (chunks that arrive in order, as from a download).
+    fn by_position(&self) -> bool {
+        false
+    }
 }
 
 /// One verified, decrypted chunk, in order.
@@ -432,30 +561,45 @@ pub fn open_stream<S: ChunkSource>(
     if workers == 0 {
         return Err(CodecError::Invalid("at least one worker is needed".into()));
     }
-    // Fetching runs on the feeder thread, as reading does when sealing: the copy into the
-    // pooled buffer overlaps the workers' verification instead of adding a pass to it.
-    let feed_manifest = Arc::clone(&manifest);
-    let feed = move |index: u64, buf: &mut Vec<u8>| {
+    let capacity = (manifest
+        .chunk_bytes
+        .min(u32::try_from(manifest.file_bytes.max(1)).unwrap_or(u32::MAX))
+        + TAG_BYTES) as usize;
+    let buffers = buffers_for(workers).min(manifest.chunks.len() + 1);
+    let work_manifest = Arc::clone(&manifest);
+    let work = move |index: u64, buf: &mut ChunkBuf| {
+        let at = usize::try_from(index).expect("index < chunk count, a usize");
+        verify_and_open(&cipher, index, &work_manifest.chunks[at], buf)
+    };
+    if source.by_position() {
+        let count = manifest.chunks.len() as u64;
+        let fill = move |index: u64, buf: &mut ChunkBuf| {
+            let at = usize::try_from(index).expect("index < chunk count, a usize");
+            source.fetch(index, &manifest.chunks[at], buf)
+        };
+        return Ok(OpenStream(pipeline::run_at(
+            buffers,
+            capacity,
+            (workers, workers),
+            count,
+            fill,
+            work,
+        )));
+    }
+    // Chunks that come in order are fetched on the feeder thread: the copy into the pooled
+    // buffer overlaps the workers' verification instead of adding a pass to it.
+    let feed = move |index: u64, buf: &mut ChunkBuf| {
         let Some(entry) = usize::try_from(index)
             .ok()
-            .and_then(|i| feed_manifest.chunks.get(i))
+            .and_then(|i| manifest.chunks.get(i))
         else {
             return Ok(false);
         };
         source.fetch(index, entry, buf)?;
         Ok(true)
     };
-    let capacity = (manifest.chunk_bytes + TAG_BYTES) as usize;
-    let work = move |index: u64, buf: &mut Vec<u8>| {
-        let entry = &manifest.chunks[usize::try_from(index).expect("index < chunk count, a usize")];
-        verify_and_open(&cipher, index, entry, buf)
-    };
     Ok(OpenStream(pipeline::run(
-        buffers_for(workers),
-        capacity,
-        workers,
-        feed,
-        work,
+        buffers, capacity, workers, feed, work,
     )))
 }
 
@@ -472,12 +616,31 @@ mod tests {
     #[derive(Default, Clone)]
     struct Memory(Arc<Mutex<HashMap<ChunkId, Vec<u8>>>>);
 
-    impl ChunkSource for Memory {
+    /// The same store, fetched in order by one thread, as a download's chunks are.
+    #[derive(Clone)]
+    struct InOrder(Memory);
+
+    impl ChunkSource for InOrder {
         fn fetch(
             &self,
             index: u64,
             entry: &ChunkEntry,
-            buf: &mut Vec<u8>,
+            buf: &mut ChunkBuf,
+        ) -> Result<(), CodecError> {
+            self.0.fetch(index, entry, buf)
+        }
+    }
+
+    impl ChunkSource for Memory {
+        fn by_position(&self) -> bool {
+            true
+        }
+
+        fn fetch(
+            &self,
+            index: u64,
+            entry: &ChunkEntry,
+            buf: &mut ChunkBuf,
         ) -> Result<(), CodecError> {
             let map = self.0.lock().unwrap();
             let bytes = map.get(&entry.id).ok_or(CodecError::Chunk {
@@ -494,6 +657,37 @@ mod tests {
         FileCipher::new(&FileKey([4; 32]), FileId([8; 16]))
     }
 
+    /// Sealed by position, each worker reading its own chunks.
+    fn seal_memory(
+        data: &[u8],
+        chunk_bytes: u32,
+        workers: usize,
+        chunks: Range<u64>,
+    ) -> SealStream {
+        let source: Arc<[u8]> = data.into();
+        let size = data.len() as u64;
+        seal_at(
+            Arc::new(source),
+            size,
+            test_cipher(),
+            chunk_bytes,
+            workers,
+            chunks,
+        )
+        .unwrap()
+    }
+
+    fn collect(stream: SealStream) -> Vec<(u64, ChunkEntry, Vec<u8>)> {
+        stream
+            .map(|c| {
+                let c = c.unwrap();
+                (c.index, c.entry, c.bytes().to_vec())
+            })
+            .collect()
+    }
+
+    /// Seals `data` read as a stream, and checks that reading it by position gives the
+    /// same chunks.
     fn seal(data: &[u8], chunk_bytes: u32, workers: usize) -> (Arc<FileCipher>, Manifest, Memory) {
         let store = Memory::default();
         let mut builder = ManifestBuilder::new(chunk_bytes);
@@ -504,15 +698,17 @@ mod tests {
             workers,
         )
         .unwrap();
-        for (expect, chunk) in (0u64..).zip(stream) {
-            let chunk = chunk.unwrap();
-            assert_eq!(chunk.index, expect);
-            store
-                .0
-                .lock()
-                .unwrap()
-                .insert(chunk.entry.id, chunk.bytes().to_vec());
-            builder.push(chunk.entry);
+        let chunks = collect(stream);
+        assert_eq!(
+            collect(seal_memory(data, chunk_bytes, workers, 0..u64::MAX)),
+            chunks,
+            "by position, {} bytes",
+            data.len()
+        );
+        for (expect, (index, entry, bytes)) in (0u64..).zip(chunks) {
+            assert_eq!(index, expect);
+            store.0.lock().unwrap().insert(entry.id, bytes);
+            builder.push(entry);
         }
         (
             Arc::new(test_cipher()),
@@ -521,6 +717,7 @@ mod tests {
         )
     }
 
+    /// Opens by position and in order; both must give the same plaintext.
     fn open(
         cipher: &Arc<FileCipher>,
         manifest: &Manifest,
@@ -536,6 +733,16 @@ mod tests {
         )? {
             out.extend_from_slice(chunk?.plaintext());
         }
+        let mut in_order = Vec::new();
+        for chunk in open_stream(
+            Arc::new(manifest.clone()),
+            Arc::clone(cipher),
+            InOrder(store.clone()),
+            workers,
+        )? {
+            in_order.extend_from_slice(chunk?.plaintext());
+        }
+        assert_eq!(out, in_order);
         Ok(out)
     }
 
@@ -572,34 +779,104 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_that_keeps_every_chunk_of_a_small_file_sees_the_end() {
+        let data = vec![3u8; 3 * 4096];
+        let kept: Vec<_> = seal_memory(&data, 4096, 2, 0..u64::MAX).collect();
+        assert_eq!(kept.len(), 3);
+        let (cipher, manifest, store) = seal(&data, 4096, 2);
+        let opened: Vec<_> = open_stream(Arc::new(manifest), cipher, store, 2)
+            .unwrap()
+            .collect();
+        assert_eq!(opened.len(), 3);
+        assert!(kept.iter().all(Result::is_ok) && opened.iter().all(Result::is_ok));
+    }
+
+    #[test]
     fn a_range_seals_the_same_chunks_as_the_whole_file() {
         let cb = 4096u32;
         let data: Vec<u8> = (0..10 * 4096 + 100)
             .map(|i: usize| u8::try_from(i * 7 % 251).unwrap())
             .collect();
-        let whole: Vec<(u64, ChunkEntry, Vec<u8>)> =
-            seal_stream(std::io::Cursor::new(data.clone()), test_cipher(), cb, 2)
-                .unwrap()
-                .map(|c| {
-                    let c = c.unwrap();
-                    (c.index, c.entry, c.bytes().to_vec())
-                })
-                .collect();
+        let whole =
+            collect(seal_stream(std::io::Cursor::new(data.clone()), test_cipher(), cb, 2).unwrap());
         assert_eq!(whole.len(), 11);
         // A middle range, a range running past the end, a range starting past the end.
-        for (first, count, want) in [(3u64, 4u64, 3..7), (8, 100, 8..11), (11, 5, 11..11)] {
-            let mut reader = std::io::Cursor::new(data.clone());
-            reader.set_position(first * u64::from(cb));
-            let part: Vec<(u64, ChunkEntry, Vec<u8>)> =
-                seal_stream_range(reader, test_cipher(), cb, 3, first, count)
-                    .unwrap()
-                    .map(|c| {
-                        let c = c.unwrap();
-                        (c.index, c.entry, c.bytes().to_vec())
-                    })
-                    .collect();
+        for (chunks, want) in [(3u64..7, 3..7), (8..108, 8..11), (11..16, 11..11)] {
+            let part = collect(seal_memory(&data, cb, 3, chunks));
             assert_eq!(part, whole[want.clone()], "chunks {want:?}");
         }
+    }
+
+    /// A source whose size changes after `after` calls to `size`.
+    struct Changing {
+        bytes: Arc<[u8]>,
+        calls: std::sync::atomic::AtomicU64,
+        after: u64,
+        fail_at: Option<u64>,
+    }
+
+    impl ReadAt for Changing {
+        fn read_at(&self, offset: u64, len: usize, buf: &mut ChunkBuf) -> std::io::Result<()> {
+            if self.fail_at == Some(offset) {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.bytes.read_at(offset, len, buf)
+        }
+
+        fn size(&self) -> std::io::Result<u64> {
+            let n = self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(self.bytes.len() as u64 + u64::from(n >= self.after))
+        }
+    }
+
+    #[test]
+    fn a_source_read_by_position_that_changes_or_fails_is_refused() {
+        let cb = 4096u32;
+        let data: Arc<[u8]> = vec![5u8; 3 * 4096 + 10].into();
+        let size = data.len() as u64;
+        let changing = |after, fail_at| {
+            Arc::new(Changing {
+                bytes: Arc::clone(&data),
+                calls: 0.into(),
+                after,
+                fail_at,
+            })
+        };
+        // Grown by the time its last chunk is read.
+        let results: Vec<_> = seal_at(changing(0, None), size, test_cipher(), cb, 2, 0..9)
+            .unwrap()
+            .map(|c| c.map(|c| c.index))
+            .collect();
+        assert_eq!(results.len(), 4);
+        assert!(results[..3].iter().all(Result::is_ok));
+        assert!(
+            matches!(results[3], Err(CodecError::InputChanged { expected, read })
+                if expected == size && read == size + 1),
+            "{:?}",
+            results[3]
+        );
+        // A read error names the offset; nothing after it is released.
+        let results: Vec<_> = seal_at(changing(9, Some(8192)), size, test_cipher(), cb, 2, 0..9)
+            .unwrap()
+            .map(|c| c.map(|c| c.index))
+            .collect();
+        assert_eq!(results.len(), 3);
+        let err = results[2].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("after 8192 bytes") && err.contains("disk on fire"),
+            "{err}"
+        );
+        // Shorter than it was when the seal began.
+        let results: Vec<_> = seal_at(changing(9, None), size + 5000, test_cipher(), cb, 2, 0..9)
+            .unwrap()
+            .map(|c| c.map(|c| c.index))
+            .collect();
+        assert!(
+            matches!(results.last(), Some(Err(CodecError::InputChanged { read, .. })) if *read == size),
+            "{results:?}"
+        );
     }
 
     #[test]
@@ -615,7 +892,9 @@ mod tests {
         };
         let key = FileKey([3; 32]);
         let size = data.len() as u64;
-        let cursor = || std::io::Cursor::new(data.clone());
+        let cursor = || Plaintext::stream(std::io::Cursor::new(data.clone()));
+        let memory: Arc<[u8]> = data.clone().into();
+        let at = || Arc::new(Arc::clone(&memory)) as Arc<dyn ReadAt>;
         let mut whole = FileSeal::whole(cursor(), &key, keys, cb, 2, Some(size)).unwrap();
         // Each chunk is dropped once looked at: the pipeline's buffers come back.
         let entries: Vec<ChunkEntry> = whole.by_ref().map(|c| c.unwrap().entry).collect();
@@ -627,7 +906,7 @@ mod tests {
         // envelope, hence the same manifest id the deal paid for.
         for range in [0..4u64, 4..11] {
             let mut part = FileSeal::part(
-                cursor(),
+                at(),
                 &key,
                 keys,
                 cb,
@@ -654,9 +933,14 @@ mod tests {
             grew.finish(String::new()),
             Err(CodecError::InputChanged { .. })
         ));
-        let short = std::io::Cursor::new(data[..5 * 4096].to_vec());
-        let mut part = FileSeal::part(
-            short,
+        // Read by position, its size is known before anything is sealed.
+        assert!(matches!(
+            FileSeal::whole(Plaintext::At(at()), &key, keys, cb, 2, Some(size - 1)),
+            Err(CodecError::InputChanged { expected, read }) if expected == size - 1 && read == size
+        ));
+        let short: Arc<[u8]> = data[..5 * 4096].to_vec().into();
+        let part = FileSeal::part(
+            Arc::new(short),
             &key,
             keys,
             cb,
@@ -668,11 +952,13 @@ mod tests {
             },
         )
         .unwrap();
-        part.by_ref().for_each(|c| drop(c.unwrap()));
-        assert!(matches!(
-            part.finish(String::new()),
-            Err(CodecError::InputChanged { .. })
-        ));
+        let got: Vec<_> = part.map(|c| c.map(|c| c.index)).collect();
+        assert!(matches!(got[0], Ok(4)), "{got:?}");
+        assert!(
+            matches!(got[1], Err(CodecError::InputChanged { read, .. }) if read == 5 * 4096),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 2);
         // More chunks than a manifest holds: refused before anything is sealed.
         let huge = u64::from(CHUNKS_PER_FILE_MAX) * u64::from(cb) + 1;
         assert!(matches!(

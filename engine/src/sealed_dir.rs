@@ -7,7 +7,7 @@
 //! and renames it only after every chunk passed its checks.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,9 +16,12 @@ use proto::{
     ChunkEntry, ChunkId, EnvelopeHeader, FileId, KdfParams, Manifest, ShareKey, TAG_BYTES,
 };
 
+use crate::buf::ChunkBuf;
 use crate::codec::{derive_file_key, derive_master_key, FileCipher};
 use crate::error::{ChunkFault, CodecError};
-use crate::seal::{check_chunk_count, open_stream, ChunkSource, FileKeys, FileSeal, SealedFile};
+use crate::seal::{
+    check_chunk_count, open_stream, ChunkSource, FileKeys, FileSeal, Plaintext, SealedFile,
+};
 
 pub const MANIFEST_SUFFIX: &str = ".manifest";
 /// Largest manifest envelope a reader accepts, checked before reading it.
@@ -173,8 +176,9 @@ pub fn seal_file(
         .to_owned();
     // A regular file's size is known; a pipe's is not.
     let expected_bytes = meta.is_file().then_some(meta.len());
+    let input = Plaintext::file(file).map_err(CodecError::io("stat", input))?;
     seal_reader(
-        file,
+        input,
         &name,
         expected_bytes,
         out_dir,
@@ -184,11 +188,11 @@ pub fn seal_file(
     )
 }
 
-/// Seals everything `reader` yields into `out_dir`. With `expected_bytes`, a reader that
+/// Seals everything `input` yields into `out_dir`. With `expected_bytes`, an input that
 /// yields more or less is an error ([`CodecError::InputChanged`]) and a size that needs too
 /// many chunks is refused before any work. On any error, what was written is removed.
-pub fn seal_reader<R: Read + Send + 'static>(
-    reader: R,
+pub fn seal_reader(
+    input: Plaintext,
     name: &str,
     expected_bytes: Option<u64>,
     out_dir: &Path,
@@ -222,7 +226,7 @@ pub fn seal_reader<R: Read + Send + 'static>(
     let file_key = keys.file_key(passphrase)?;
     let file_id = keys.file_id;
     let mut seal = FileSeal::whole(
-        reader,
+        input,
         &file_key,
         keys,
         opts.chunk_bytes,
@@ -407,7 +411,11 @@ impl DirSource {
 }
 
 impl ChunkSource for DirSource {
-    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn by_position(&self) -> bool {
+        true
+    }
+
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError> {
         let path = self.dir.join(entry.id.to_hex());
         let fault = |fault| CodecError::Chunk {
             index,
@@ -439,10 +447,11 @@ impl ChunkSource for DirSource {
             }));
         }
         // Read one byte past the end so that a file growing under us is caught too.
-        (&mut f)
-            .take(expected + 1)
-            .read_to_end(buf)
-            .map_err(CodecError::io("read chunk file", &path))?;
+        buf.read_from(
+            &mut f,
+            usize::try_from(expected + 1).expect("a chunk fits in memory"),
+        )
+        .map_err(CodecError::io("read chunk file", &path))?;
         Ok(())
     }
 }

@@ -2,7 +2,8 @@
 //! the two streaming paths of `mspace put` and `mspace get`.
 //!
 //! `put_file` reads, seals and uploads in one pass: chunks come from
-//! `engine::seal::seal_stream` (bounded memory, no encrypted copy on disk), each is
+//! `engine::seal::FileSeal` (the file read by position, bounded memory, no encrypted copy
+//! on disk), each is
 //! journaled before it is sent, and puts are pipelined within the host's in-flight limit.
 //! `get_file` fetches the manifest and chunks in order with requests in flight, verifies
 //! and decrypts them with `engine::seal::open_stream`, and renames a temporary file into
@@ -15,7 +16,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use ed25519_consensus::SigningKey;
-use engine::seal::{ChunkSource, FileKeys, FileSeal, PartOf, SealedFile};
+use engine::buf::ChunkBuf;
+use engine::plain::{PlainFile, ReadAt};
+use engine::seal::{ChunkSource, FileKeys, FileSeal, PartOf, Plaintext, SealedFile};
 use engine::sealed_dir::{open_envelope, open_to_file, Unlock};
 use engine::{ChunkFault, CodecError};
 use proto::erasure::Scheme;
@@ -563,7 +566,14 @@ pub fn plan_deal(
         None => FileKeys::fresh(kdf)?,
     };
     let key = keys.file_key(passphrase)?;
-    let mut seal = FileSeal::whole(f, &key, keys, chunk_bytes, workers, Some(size))?;
+    let mut seal = FileSeal::whole(
+        Plaintext::file(f)?,
+        &key,
+        keys,
+        chunk_bytes,
+        workers,
+        Some(size),
+    )?;
     let mut coder = erasure.map(engine::erasure::Encoder::new);
     let mut shares = Vec::new();
     while let Some(chunk) = seal.next() {
@@ -889,6 +899,9 @@ async fn put_attempt(
         let result = (|| -> Result<(), CodecError> {
             // A part's chunks are checked against the plan one by one (by the upload
             // loop); its manifest is the plan's.
+            // Read by position: reader threads read chunks at once, with O_DIRECT
+            // where they are not in the page cache.
+            let file: Arc<dyn ReadAt> = Arc::new(PlainFile::new(file));
             let mut seal = match (range, planned) {
                 (Some(r), Some(planned)) => FileSeal::part(
                     file,
@@ -902,7 +915,14 @@ async fn put_attempt(
                         planned,
                     },
                 )?,
-                _ => FileSeal::whole(file, &seal_key, keys, chunk_bytes, workers, Some(size))?,
+                _ => FileSeal::whole(
+                    Plaintext::At(file),
+                    &seal_key,
+                    keys,
+                    chunk_bytes,
+                    workers,
+                    Some(size),
+                )?,
             };
             let mut sharing = sharing;
             for chunk in seal.by_ref() {
@@ -1213,7 +1233,7 @@ struct NetSource {
 }
 
 impl ChunkSource for NetSource {
-    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError> {
         let fault = |f| CodecError::Chunk {
             index,
             id: entry.id,

@@ -4,7 +4,7 @@
 //! without it the crate is the client side and does not build the engine's store.
 //!
 //! Invariants: no ledger rules here; tokio is used here and in `tools`, never in `engine`
-//! or `proto`. The upload path consumes `engine::seal::seal_stream` directly, so an upload
+//! or `proto`. The upload path consumes `engine::seal::FileSeal` directly, so an upload
 //! never writes an encrypted copy of the file.
 
 // The client side, which a gateway or any customer's program builds.

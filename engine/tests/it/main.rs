@@ -11,6 +11,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use engine::seal::Plaintext;
 use engine::sealed_dir::{open_dir, seal_file, seal_reader, SealOptions, Sealed, Unlock};
 use engine::{ChunkFault, CodecError};
 use proto::{FileKey, KdfParams, ShareKey};
@@ -409,9 +410,9 @@ fn a_failed_seal_removes_what_it_wrote() {
     let out = tmp.path().join("sealed");
     let mut written = 0;
     let err = seal_reader(
-        FailingReader {
+        Plaintext::stream(FailingReader {
             left: 5 * 4096 + 100,
-        },
+        }),
         "x",
         None,
         &out,
@@ -434,7 +435,7 @@ fn a_failed_seal_removes_what_it_wrote() {
     // Into an existing empty directory: the directory stays, empty.
     fs::create_dir(&out).unwrap();
     let err = seal_reader(
-        std::io::Cursor::new(vec![0u8; 3 * 4096]),
+        Plaintext::stream(std::io::Cursor::new(vec![0u8; 3 * 4096])),
         "x",
         Some(2 * 4096),
         &out,

@@ -13,8 +13,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use engine::buf::ChunkBuf;
 use engine::codec::{crc32c, FileCipher};
-use engine::seal::{open_stream, seal_stream, ChunkSource};
+use engine::plain::{PlainFile, ReadAt};
+use engine::seal::{open_stream, seal_at, seal_stream, ChunkSource, SealStream};
 use engine::CodecError;
 use proto::{ChunkEntry, FileId, FileKey, Manifest};
 use serde::Serialize;
@@ -163,6 +165,22 @@ struct Row {
     gbps: f64,
     bound_gbps: Option<f64>,
     ratio_bound: Option<f64>,
+    /// CPU seconds of this process per GB, in the best round (rows from a file).
+    cpu_s_per_gb: Option<f64>,
+}
+
+impl Row {
+    fn new(workload: &'static str, workers: usize, chunk_bytes: u32, gbps: f64) -> Row {
+        Row {
+            workload,
+            workers,
+            chunk_bytes,
+            gbps,
+            bound_gbps: None,
+            ratio_bound: None,
+            cpu_s_per_gb: None,
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -175,24 +193,59 @@ fn main() -> Result<()> {
 }
 
 /// Best wall time of `rounds` runs of `f`, in GB/s for `bytes`.
-fn best_gbps(bytes: u64, rounds: u32, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut best = f64::INFINITY;
-    for _ in 0..rounds.max(1) {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    Ok(bytes as f64 / best / 1e9)
+fn best_gbps(bytes: u64, rounds: u32, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(best_of(bytes, rounds, f)?.0)
 }
 
+/// GB/s for `bytes` in the fastest of `rounds` runs of `f`, and this process's CPU seconds
+/// per GB in that run.
+fn best_of(bytes: u64, rounds: u32, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    let mut best = (f64::INFINITY, 0.0);
+    for _ in 0..rounds.max(1) {
+        let (t, cpu) = (Instant::now(), tools::diskbench::cpu_seconds());
+        f()?;
+        let (secs, cpu) = (
+            t.elapsed().as_secs_f64(),
+            tools::diskbench::cpu_seconds() - cpu,
+        );
+        if secs < best.0 {
+            best = (secs, cpu);
+        }
+    }
+    let gb = bytes as f64 / 1e9;
+    Ok((gb / best.0, best.1 / gb))
+}
+
+/// Sealed chunks in memory, fetched by position: each opening worker copies its own.
 struct Memory(Arc<Vec<Vec<u8>>>);
 
 impl ChunkSource for Memory {
-    fn fetch(&self, index: u64, _: &ChunkEntry, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    fn by_position(&self) -> bool {
+        true
+    }
+
+    fn fetch(&self, index: u64, _: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError> {
         // A copy, as a read from the page cache or a socket would be.
         buf.extend_from_slice(&self.0[usize::try_from(index).expect("index fits usize")]);
         Ok(())
     }
+}
+
+/// The same chunks fetched in order by one feeder thread, as a download's come.
+struct InOrder(Memory);
+
+impl ChunkSource for InOrder {
+    fn fetch(&self, index: u64, e: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError> {
+        self.0.fetch(index, e, buf)
+    }
+}
+
+/// Drains a seal, failing on its first error.
+fn drain(stream: SealStream) -> Result<()> {
+    for chunk in stream {
+        chunk?;
+    }
+    Ok(())
 }
 
 /// Drops `path` from the page cache (GNU dd's `iflag=nocache` with `count=0` advises the
@@ -208,7 +261,9 @@ fn evict(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Seal from a cold file against dd reading the same cold file, best of `rounds` each.
+/// Seal from a cold file against dd reading the same cold file, best of `rounds` each:
+/// read by position with O_DIRECT (what `mspace seal` and `mspace put` do), by position
+/// through the page cache, and as one stream through the page cache (before O_DIRECT).
 fn disk_rows(path: &Path, cb: u32, workers: usize, rounds: u32) -> Result<Vec<Row>> {
     let bytes = std::fs::metadata(path)?.len();
     let dd = best_gbps(bytes, rounds, || {
@@ -222,33 +277,61 @@ fn disk_rows(path: &Path, cb: u32, workers: usize, rounds: u32) -> Result<Vec<Ro
         }
         Ok(())
     })?;
-    // best_gbps times the eviction too; it is a single fadvise call, negligible beside GBs.
-    let seal = best_gbps(bytes, rounds, || {
+    let cipher = || FileCipher::new(&FileKey([9; 32]), FileId([9; 16]));
+    let mut direct_bytes = 0;
+    // best_of times the eviction too; it is a single fadvise call, negligible beside GBs.
+    let mut by_position = |direct: bool| {
+        best_of(bytes, rounds, || {
+            evict(path)?;
+            let file = std::fs::File::open(path)?;
+            let plain = Arc::new(if direct {
+                PlainFile::new(file)
+            } else {
+                PlainFile::buffered(file)
+            });
+            let source: Arc<dyn ReadAt> = Arc::clone(&plain) as Arc<dyn ReadAt>;
+            drain(seal_at(source, bytes, cipher(), cb, workers, 0..u64::MAX)?)?;
+            if direct {
+                let stats = plain.stats();
+                direct_bytes = stats.direct;
+                eprintln!(
+                    "seal-from-disk read {:.2} GB with O_DIRECT, {:.2} GB through the page cache where a chunk's first page was cached, {:.2} GB buffered",
+                    stats.direct as f64 / 1e9,
+                    stats.cached as f64 / 1e9,
+                    stats.buffered as f64 / 1e9
+                );
+            }
+            Ok(())
+        })
+    };
+    let direct = by_position(true)?;
+    let buffered = by_position(false)?;
+    if direct_bytes == 0 {
+        eprintln!(
+            "note: {} refused O_DIRECT; seal-from-disk read it through the page cache",
+            path.display()
+        );
+    }
+    let stream = best_of(bytes, rounds, || {
         evict(path)?;
-        let file = std::fs::File::open(path)?;
-        let cipher = FileCipher::new(&FileKey([9; 32]), FileId([9; 16]));
-        for chunk in seal_stream(file, cipher, cb, workers)? {
-            chunk?;
-        }
-        Ok(())
-    })?;
-    Ok(vec![
-        Row {
-            workload: "disk-read-dd",
-            workers: 1,
-            chunk_bytes: cb,
-            gbps: dd,
-            bound_gbps: None,
-            ratio_bound: None,
-        },
-        Row {
-            workload: "seal-from-disk",
+        drain(seal_stream(
+            std::fs::File::open(path)?,
+            cipher(),
+            cb,
             workers,
-            chunk_bytes: cb,
-            gbps: seal,
-            bound_gbps: Some(dd),
-            ratio_bound: Some(seal / dd),
-        },
+        )?)
+    })?;
+    let row = |workload, (gbps, cpu): (f64, f64)| Row {
+        bound_gbps: Some(dd),
+        ratio_bound: Some(gbps / dd),
+        cpu_s_per_gb: Some(cpu),
+        ..Row::new(workload, workers, cb, gbps)
+    };
+    Ok(vec![
+        Row::new("disk-read-dd", 1, cb, dd),
+        row("seal-from-disk", direct),
+        row("seal-disk-cached", buffered),
+        row("seal-disk-stream", stream),
     ])
 }
 
@@ -295,7 +378,8 @@ fn codec(args: CodecArgs) -> Result<()> {
     // One untimed seal keeps the sealed chunks for the open rounds and checks the round trip.
     let mut sealed = Vec::new();
     let mut entries = Vec::new();
-    for chunk in seal_stream(Cursor::new(Arc::clone(&input)), new_cipher(), cb, cores)? {
+    let memory = || Arc::new(Arc::clone(&input)) as Arc<dyn ReadAt>;
+    for chunk in seal_at(memory(), args.size, new_cipher(), cb, cores, 0..u64::MAX)? {
         let chunk = chunk?;
         sealed.push(chunk.bytes().to_vec());
         entries.push(chunk.entry);
@@ -322,39 +406,45 @@ fn codec(args: CodecArgs) -> Result<()> {
 
     let mut rows = Vec::new();
     for &w in &workers {
+        // Each worker copies its own chunks in (as from a file read by position), and one
+        // feeder thread copies for all (as from a pipe): the same bytes, two shapes.
         let seal = best_gbps(args.size, args.rounds, || {
-            for chunk in seal_stream(Cursor::new(Arc::clone(&input)), new_cipher(), cb, w)? {
-                chunk?;
-            }
-            Ok(())
-        })?;
-        let open = best_gbps(args.size, args.rounds, || {
-            for chunk in open_stream(
-                Arc::clone(&manifest),
-                Arc::clone(&cipher),
-                Memory(Arc::clone(&sealed)),
+            drain(seal_at(
+                memory(),
+                args.size,
+                new_cipher(),
+                cb,
                 w,
-            )? {
-                chunk?;
-            }
-            Ok(())
+                0..u64::MAX,
+            )?)
         })?;
-        rows.push(Row {
-            workload: "seal",
-            workers: w,
-            chunk_bytes: cb,
-            gbps: seal,
-            bound_gbps: None,
-            ratio_bound: None,
-        });
-        rows.push(Row {
-            workload: "open",
-            workers: w,
-            chunk_bytes: cb,
-            gbps: open,
-            bound_gbps: None,
-            ratio_bound: None,
-        });
+        let stream = best_gbps(args.size, args.rounds, || {
+            drain(seal_stream(
+                Cursor::new(Arc::clone(&input)),
+                new_cipher(),
+                cb,
+                w,
+            )?)
+        })?;
+        let open = |in_order: bool| {
+            best_gbps(args.size, args.rounds, || {
+                let memory = Memory(Arc::clone(&sealed));
+                let (manifest, cipher) = (Arc::clone(&manifest), Arc::clone(&cipher));
+                let chunks = if in_order {
+                    open_stream(manifest, cipher, InOrder(memory), w)?
+                } else {
+                    open_stream(manifest, cipher, memory, w)?
+                };
+                for chunk in chunks {
+                    chunk?;
+                }
+                Ok(())
+            })
+        };
+        rows.push(Row::new("seal", w, cb, seal));
+        rows.push(Row::new("seal-stream", w, cb, stream));
+        rows.push(Row::new("open", w, cb, open(false)?));
+        rows.push(Row::new("open-in-order", w, cb, open(true)?));
     }
     drop(sealed);
 
@@ -405,14 +495,7 @@ fn codec(args: CodecArgs) -> Result<()> {
         ("blake3", b3),
         ("bound-1-core", per_core),
     ] {
-        rows.push(Row {
-            workload,
-            workers: 1,
-            chunk_bytes: cb,
-            gbps,
-            bound_gbps: None,
-            ratio_bound: None,
-        });
+        rows.push(Row::new(workload, 1, cb, gbps));
     }
 
     if args.json {
@@ -428,29 +511,26 @@ fn codec(args: CodecArgs) -> Result<()> {
     println!("machine: {} cores, {}", cores, cpu_model());
     println!();
     println!(
-        "{:<14} {:>7} {:>8} {:>11} {:>8}",
-        "workload", "workers", "GB/s", "bound GB/s", "ratio"
+        "{:<17} {:>7} {:>8} {:>11} {:>8} {:>9}",
+        "workload", "workers", "GB/s", "bound GB/s", "ratio", "CPU s/GB"
     );
     for r in &rows {
-        match (r.bound_gbps, r.ratio_bound) {
-            (Some(b), Some(q)) => println!(
-                "{:<14} {:>7} {:>8.2} {:>11.2} {:>7.0}%",
-                r.workload,
-                r.workers,
-                r.gbps,
-                b,
-                q * 100.0
-            ),
-            _ => println!(
-                "{:<14} {:>7} {:>8.2} {:>11} {:>8}",
-                r.workload, r.workers, r.gbps, "-", "-"
-            ),
-        }
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        println!(
+            "{:<17} {:>7} {:>8.2} {:>11} {:>8} {:>9}",
+            r.workload,
+            r.workers,
+            r.gbps,
+            or_dash(r.bound_gbps.map(|b| format!("{b:.2}"))),
+            or_dash(r.ratio_bound.map(|q| format!("{:.0}%", q * 100.0))),
+            or_dash(r.cpu_s_per_gb.map(|c| format!("{c:.2}"))),
+        );
     }
     println!();
     println!("bound = min(workers, cores) / (1/aes + 1/crc32c + 1/blake3), the primitives measured above on one thread");
+    println!("seal and open: each worker reads its own chunks; seal-stream and open-in-order: one feeder thread reads for all");
     if args.file.is_some() {
-        println!("seal-from-disk's bound is disk-read-dd: dd reading the same file, both from a cold page cache");
+        println!("seal-from-disk (O_DIRECT where uncached), seal-disk-cached (through the page cache) and seal-disk-stream (one reader, through the page cache) against disk-read-dd: dd reading the same file, all from a cold page cache");
     }
     Ok(())
 }
