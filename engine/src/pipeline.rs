@@ -392,6 +392,31 @@ impl<T, E> Drop for Ordered<T, E> {
 mod tests {
     use super::*;
 
+    /// The work of the ordering tests: reverses an item's bytes, unevenly slow so that
+    /// results arrive out of order.
+    fn reverse(i: u64, buf: &mut ChunkBuf) -> Result<u64, String> {
+        if i.is_multiple_of(7) {
+            std::thread::yield_now();
+        }
+        buf.reverse();
+        Ok(i * 2)
+    }
+
+    /// Checks that `out` gave items 0.. in order, each the reversed bytes of its index, and
+    /// returns how many.
+    fn check_reversed(out: Ordered<u64, String>) -> u64 {
+        let mut seen = 0;
+        for (i, r) in out {
+            let (meta, buf) = r.unwrap();
+            assert_eq!((i, meta), (seen, seen * 2));
+            let mut bytes = seen.to_le_bytes();
+            bytes.reverse();
+            assert_eq!(buf.as_slice(), &bytes);
+            seen += 1;
+        }
+        seen
+    }
+
     #[test]
     fn yields_in_order_with_bounded_buffers() {
         let produced = 1000u64;
@@ -406,25 +431,9 @@ mod tests {
                 buf.extend_from_slice(&i.to_le_bytes());
                 Ok(true)
             },
-            |i, buf| {
-                // Uneven work so that results arrive out of order.
-                if i % 7 == 0 {
-                    std::thread::yield_now();
-                }
-                buf.reverse();
-                Ok(i * 2)
-            },
+            reverse,
         );
-        let mut seen = 0;
-        for (i, r) in out {
-            let (meta, buf) = r.unwrap();
-            assert_eq!((i, meta), (seen, seen * 2));
-            let mut bytes = seen.to_le_bytes();
-            bytes.reverse();
-            assert_eq!(buf.as_slice(), &bytes);
-            seen += 1;
-        }
-        assert_eq!(seen, produced);
+        assert_eq!(check_reversed(out), produced);
     }
 
     #[test]
@@ -511,24 +520,9 @@ mod tests {
                 buf.extend_from_slice(&i.to_le_bytes());
                 Ok::<_, String>(())
             },
-            |i, buf| {
-                if i % 7 == 0 {
-                    std::thread::yield_now();
-                }
-                buf.reverse();
-                Ok(i * 2)
-            },
+            reverse,
         );
-        let mut seen = 0;
-        for (i, r) in out {
-            let (meta, buf) = r.unwrap();
-            assert_eq!((i, meta), (seen, seen * 2));
-            let mut bytes = seen.to_le_bytes();
-            bytes.reverse();
-            assert_eq!(buf.as_slice(), &bytes);
-            seen += 1;
-        }
-        assert_eq!(seen, count);
+        assert_eq!(check_reversed(out), count);
         assert!(seen_bufs.lock().unwrap().len() <= 4);
 
         let out = run_at(
