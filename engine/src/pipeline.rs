@@ -417,6 +417,21 @@ mod tests {
         seen
     }
 
+    /// `Err("{what} {i}")` for item `at`, `Ok(ok)` for the others.
+    fn fails_at<T>(what: &str, at: u64, i: u64, ok: T) -> Result<T, String> {
+        if i == at {
+            Err(format!("{what} {i}"))
+        } else {
+            Ok(ok)
+        }
+    }
+
+    /// The results of `out` in order, each buffer dropped as it comes: holding more than
+    /// the pool would block the pipeline.
+    fn metas(out: Ordered<u64, String>) -> Vec<Result<u64, String>> {
+        out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect()
+    }
+
     #[test]
     fn yields_in_order_with_bounded_buffers() {
         let produced = 1000u64;
@@ -449,17 +464,9 @@ mod tests {
                     Err(format!("source {i}"))
                 }
             },
-            |i, _buf| {
-                if i == 20 {
-                    Err(format!("work {i}"))
-                } else {
-                    Ok(i)
-                }
-            },
+            |i, _buf| fails_at("work", 20, i, i),
         );
-        // Drop each buffer as it comes: holding more than the pool blocks the feeder.
-        let results: Vec<Result<u64, String>> =
-            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        let results = metas(out);
         assert_eq!(results.len(), 21);
         assert_eq!(results[..20], (0..20).map(Ok).collect::<Vec<_>>());
         assert_eq!(results[20], Err("work 20".to_string()));
@@ -530,23 +537,10 @@ mod tests {
             8,
             (2, 2),
             100,
-            |i, _: &mut ChunkBuf| {
-                if i == 30 {
-                    Err(format!("fill {i}"))
-                } else {
-                    Ok(())
-                }
-            },
-            |i, _| {
-                if i == 20 {
-                    Err(format!("work {i}"))
-                } else {
-                    Ok(i)
-                }
-            },
+            |i, _: &mut ChunkBuf| fails_at("fill", 30, i, ()),
+            |i, _| fails_at("work", 20, i, i),
         );
-        let results: Vec<Result<u64, String>> =
-            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        let results = metas(out);
         assert_eq!(results.len(), 21);
         assert_eq!(results[20], Err("work 20".to_string()));
         // A fill error alone: everything before it, then it, then nothing.
@@ -555,17 +549,10 @@ mod tests {
             8,
             (2, 2),
             100,
-            |i, _: &mut ChunkBuf| {
-                if i == 30 {
-                    Err(format!("fill {i}"))
-                } else {
-                    Ok(())
-                }
-            },
+            |i, _: &mut ChunkBuf| fails_at("fill", 30, i, ()),
             |i, _| Ok(i),
         );
-        let results: Vec<Result<u64, String>> =
-            out.map(|(_, r)| r.map(|(meta, _buf)| meta)).collect();
+        let results = metas(out);
         assert_eq!(results.len(), 31);
         assert_eq!(results[..30], (0..30).map(Ok).collect::<Vec<_>>());
         assert_eq!(results[30], Err("fill 30".to_string()));

@@ -181,10 +181,6 @@ impl Plaintext {
     pub fn stream(reader: impl Read + Send + 'static) -> Plaintext {
         Plaintext::Stream(Box::new(reader))
     }
-
-    pub fn memory(bytes: Arc<[u8]>) -> Plaintext {
-        Plaintext::At(Arc::new(bytes))
-    }
 }
 
 impl std::fmt::Debug for Plaintext {
@@ -412,11 +408,7 @@ where
         Ok(true)
     };
     let cipher = Arc::new(cipher);
-    let worker_cipher = Arc::clone(&cipher);
-    let work = move |index: u64, buf: &mut ChunkBuf| -> Result<(ChunkId, u32), CodecError> {
-        worker_cipher.seal_chunk(index, buf);
-        Ok(checksums_of(buf))
-    };
+    let work = sealing(&cipher, 0);
     let capacity = want + TAG_BYTES as usize;
     let chunks = pipeline::run(buffers_for(workers), capacity, workers, source, work);
     Ok(SealStream {
@@ -428,10 +420,9 @@ where
 
 /// Seals chunks `chunks` of `source`, a plaintext of `size` bytes (its size when the seal
 /// began), read by [`readers_for`]`(workers)` reader threads at once (see
-/// [`pipeline::run_at`]). Each chunk is
-/// sealed with its index in the file, so the bytes are those [`seal_stream`] gives for the
-/// same chunks: for an upload that sends one part of a file (a deal covers at most
-/// `DEAL_CHUNKS_MAX` chunks). A source that is shorter than `size` when a chunk is read, or
+/// [`pipeline::run_at`]). Each chunk is sealed with its index in the file, so the bytes are
+/// those [`seal_stream`] gives for the same chunks: a range is for an upload that sends one
+/// part of a file (a deal covers at most `DEAL_CHUNKS_MAX` chunks). A source that is shorter than `size` when a chunk is read, or
 /// of another size once its last chunk is read, is [`CodecError::InputChanged`].
 pub fn seal_at(
     source: Arc<dyn ReadAt>,
@@ -478,11 +469,7 @@ pub fn seal_at(
         Ok(())
     };
     let cipher = Arc::new(cipher);
-    let worker_cipher = Arc::clone(&cipher);
-    let work = move |index: u64, buf: &mut ChunkBuf| -> Result<(ChunkId, u32), CodecError> {
-        worker_cipher.seal_chunk(first + index, buf);
-        Ok(checksums_of(buf))
-    };
+    let work = sealing(&cipher, first);
     // No buffer larger than the largest chunk, nor more buffers than chunks: a small file
     // allocates (and zeroes, once) what it needs, not the pool of a large one.
     let capacity =
@@ -505,10 +492,18 @@ pub fn seal_at(
     })
 }
 
-/// A sealed chunk's CRC32C and id, in the order the manifest stores them.
-fn checksums_of(sealed: &[u8]) -> (ChunkId, u32) {
-    let (crc, id) = checksums(sealed);
-    (id, crc)
+/// A pipeline's work when sealing a stream whose item 0 is chunk `first` of its file: seals
+/// the item in place with its index in the file, and gives its id and CRC32C.
+fn sealing(
+    cipher: &Arc<FileCipher>,
+    first: u64,
+) -> impl Fn(u64, &mut ChunkBuf) -> Result<(ChunkId, u32), CodecError> + Send + Sync + 'static {
+    let cipher = Arc::clone(cipher);
+    move |index, buf| {
+        cipher.seal_chunk(first + index, buf);
+        let (crc, id) = checksums(buf);
+        Ok((id, crc))
+    }
 }
 
 /// Where `open_stream` gets sealed chunks from: a directory, a host, memory.
@@ -518,8 +513,8 @@ pub trait ChunkSource: Send + Sync + 'static {
     fn fetch(&self, index: u64, entry: &ChunkEntry, buf: &mut ChunkBuf) -> Result<(), CodecError>;
 
     /// Whether chunks may be fetched in any order and several at once (a directory,
-    /// memory): then each worker fetches its own, instead of one thread fetching for all
-    /// in order (chunks that arrive in order, as from a download).
+    /// memory): then reader threads fetch them, instead of one feeder thread fetching for
+    /// all in order (chunks that arrive in order, as from a download).
     fn by_position(&self) -> bool {
         false
     }
