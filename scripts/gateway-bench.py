@@ -2,8 +2,9 @@
 """The S3 gateway against `mspace put/get` of the same file, in the same run, on one host:
 a multipart upload (boto3's managed transfer) and a ranged parallel download through the
 gateway, byte-identical, timed against `mspace put --link` and `mspace get` of the same
-file to the same host. Prints one JSON line per round and the ratios, and the gateway's
-peak resident memory (VmHWM) at the end.
+file to the same host. Prints one JSON line per round with the ratios and the gateway's
+CPU seconds during its PUT and its GET, and the gateway's peak resident memory (VmHWM) at
+the end.
 
     cargo build --release --bin mspace
     target/s3-clients/bin/python scripts/gateway-bench.py [--size-mib 1024] [--rounds 2]
@@ -14,6 +15,7 @@ peak resident memory (VmHWM) at the end.
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,6 +43,12 @@ def start(cmd, ready, log):
     raise SystemExit(f"{cmd} stopped before {ready!r}; see {log}")
 
 
+def cpu_s(pid):
+    """User and system CPU seconds a process has used so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(cmd, env=None):
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -55,7 +63,7 @@ def main():
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--part-mib", type=int, default=64)
-    ap.add_argument("--dir")
+    ap.add_argument("--dir", help="where the host, the gateway and the file live (kept); default a temporary folder under target/, removed at the end")
     a = ap.parse_args()
     m = a.mspace
     d = a.dir or tempfile.mkdtemp(prefix="gateway-bench-", dir=os.path.join(here, "..", "target"))
@@ -97,13 +105,13 @@ def main():
             mget = time.monotonic() - t
             same_m = subprocess.run(["cmp", "-s", src, back]).returncode == 0
             os.remove(back)
-            t = time.monotonic()
+            t, c0 = time.monotonic(), cpu_s(gw.pid)
             s3.upload_file(src, "bench", f"file{r}.bin", Config=tc)
-            gput = time.monotonic() - t
+            gput, gput_cpu = time.monotonic() - t, cpu_s(gw.pid) - c0
             back = f"{d}/back.s3"
-            t = time.monotonic()
+            t, c0 = time.monotonic(), cpu_s(gw.pid)
             s3.download_file("bench", f"file{r}.bin", back, Config=tc)
-            gget = time.monotonic() - t
+            gget, gget_cpu = time.monotonic() - t, cpu_s(gw.pid) - c0
             same_g = subprocess.run(["cmp", "-s", src, back]).returncode == 0
             os.remove(back)
             row = {
@@ -111,6 +119,7 @@ def main():
                 "mspace_put_s": round(mput, 2), "gateway_put_s": round(gput, 2),
                 "mspace_get_s": round(mget, 2), "gateway_get_s": round(gget, 2),
                 "put_ratio": round(mput / gput, 2), "get_ratio": round(mget / gget, 2),
+                "gateway_put_cpu_s": round(gput_cpu, 2), "gateway_get_cpu_s": round(gget_cpu, 2),
                 "mspace_put_MBps": round(size / mput / 1e6), "gateway_put_MBps": round(size / gput / 1e6),
                 "mspace_get_MBps": round(size / mget / 1e6), "gateway_get_MBps": round(size / gget / 1e6),
                 "identical": same_m and same_g,
@@ -124,6 +133,10 @@ def main():
     finally:
         gw.kill()
         host.kill()
+        gw.wait()
+        host.wait()
+        if not a.dir:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -206,6 +206,11 @@ def main():
     g = s3.get_object(Bucket=B, Key="multi.bin")
     row("boto3", "GetObject of the multipart object", (True, "application/x-multi"),
         (g["Body"].read() == whole, g["ContentType"]))
+    # Each part is a sealed file of its own: ranges across their seams.
+    for lo, hi in [(5 * MiB - 10, 5 * MiB + 9), (5 * MiB - 1, 10 * MiB), (3, 11 * MiB + 6), (10 * MiB, 11 * MiB + 6)]:
+        r = s3.get_object(Bucket=B, Key="multi.bin", Range=f"bytes={lo}-{hi}")
+        row("boto3", f"ranged GetObject {lo}-{hi} of the multipart object", (True, hi - lo + 1),
+            (r["Body"].read() == whole[lo:hi + 1], r["ContentLength"]))
     row("boto3", "ListParts after completion", "NoSuchUpload",
         code(lambda: s3.list_parts(Bucket=B, Key="multi.bin", UploadId=uid)))
     small = s3.create_multipart_upload(Bucket=B, Key="small.bin")["UploadId"]
@@ -472,16 +477,32 @@ def deals(a, s3):
 
 def drops(a, s3):
     """Deleting frees the host: drop-put stores an object and a copy of it (one sealed
-    file, named twice), drop-delete-a deletes the object, drop-delete-b the copy; the caller
-    counts the host's chunks in between."""
+    file, named twice), and a multipart object whose first part was uploaded twice, then
+    aborts another upload; drop-delete-a deletes the object and the multipart one,
+    drop-delete-b the copy; the caller counts the host's chunks in between."""
     B = "dropped"
+    MiB = 1 << 20
     if a.phase == "drop-put":
         row("boto3", "CreateBucket", "ok", code(lambda: s3.create_bucket(Bucket=B)))
         row("boto3", "PutObject", "ok", code(lambda: s3.put_object(Bucket=B, Key="a", Body=seeded(6, 20 << 20))))
         row("boto3", "CopyObject", "ok",
             code(lambda: s3.copy_object(Bucket=B, Key="b", CopySource={"Bucket": B, "Key": "a"})))
+        uid = s3.create_multipart_upload(Bucket=B, Key="m")["UploadId"]
+        s3.upload_part(Bucket=B, Key="m", UploadId=uid, PartNumber=1, Body=seeded(7, 5 * MiB))
+        e1 = s3.upload_part(Bucket=B, Key="m", UploadId=uid, PartNumber=1, Body=seeded(8, 5 * MiB))["ETag"]
+        e2 = s3.upload_part(Bucket=B, Key="m", UploadId=uid, PartNumber=2, Body=b"tail")["ETag"]
+        row("boto3", "CompleteMultipartUpload after part 1 was uploaded again", "ok",
+            code(lambda: s3.complete_multipart_upload(Bucket=B, Key="m", UploadId=uid, MultipartUpload={
+                "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})))
+        row("boto3", "GetObject of it: the second upload of part 1", True,
+            s3.get_object(Bucket=B, Key="m")["Body"].read() == seeded(8, 5 * MiB) + b"tail")
+        gone = s3.create_multipart_upload(Bucket=B, Key="gone")["UploadId"]
+        s3.upload_part(Bucket=B, Key="gone", UploadId=gone, PartNumber=1, Body=seeded(9, 5 * MiB))
+        row("boto3", "AbortMultipartUpload of an upload with a part", "ok",
+            code(lambda: s3.abort_multipart_upload(Bucket=B, Key="gone", UploadId=gone)))
     elif a.phase == "drop-delete-a":
         row("boto3", "DeleteObject a", "ok", code(lambda: s3.delete_object(Bucket=B, Key="a")))
+        row("boto3", "DeleteObject m", "ok", code(lambda: s3.delete_object(Bucket=B, Key="m")))
         row("boto3", "GetObject b: the copy still reads", True,
             s3.get_object(Bucket=B, Key="b")["Body"].read() == seeded(6, 20 << 20))
     else:

@@ -12,7 +12,9 @@
 //! both this pipeline with different closures.
 //!
 //! Invariant: the pool never grows, so peak memory is `buffers x buffer capacity` plus
-//! what the closures allocate.
+//! what the closures allocate. The pool's buffers are taken from and given back to the
+//! process's spare ones (`ChunkBuf::take`, `ChunkBuf::recycle`), so one pipeline after
+//! another reuses the same memory.
 
 use std::collections::BTreeMap;
 use std::ops::Deref;
@@ -56,9 +58,11 @@ impl Drop for PooledBuf {
     fn drop(&mut self) {
         if let Some(mut buf) = self.buf.take() {
             buf.clear();
-            // The pool is gone only when the whole pipeline is; then the buffer is simply
-            // freed.
-            let _ = self.home.send(buf);
+            // The pool is gone only when the whole pipeline is; then the buffer is kept
+            // for the next one.
+            if let Err(e) = self.home.send(buf) {
+                e.into_inner().recycle();
+            }
         }
     }
 }
@@ -68,7 +72,7 @@ fn pool(buffers: usize, capacity: usize) -> (Sender<ChunkBuf>, Receiver<ChunkBuf
     let (pool_tx, pool_rx) = bounded::<ChunkBuf>(buffers);
     for _ in 0..buffers {
         pool_tx
-            .send(ChunkBuf::with_capacity(capacity))
+            .send(ChunkBuf::take(capacity))
             .expect("the pool has room for every buffer");
     }
     (pool_tx, pool_rx)
@@ -128,6 +132,9 @@ pub struct Ordered<T, E> {
     /// Never sent on: dropping it wakes a feeder that waits for a buffer.
     stop: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
+    /// The pool's receiving end, so that the buffers in it are given back to the process's
+    /// spare ones once the threads are done.
+    pool: Receiver<ChunkBuf>,
 }
 
 /// Starts a pipeline. `source(index, buf)` fills an empty pooled buffer with item `index`
@@ -150,6 +157,7 @@ where
         "a pipeline needs a worker and a buffer"
     );
     let (pool_tx, pool_rx) = pool(buffers, buf_capacity);
+    let home = pool_rx.clone();
     let (job_tx, job_rx) = bounded::<(u64, PooledBuf)>(workers);
     let (out_tx, out_rx) = bounded::<Msg<T, E>>(buffers);
     let cancel = Arc::new(AtomicBool::new(false));
@@ -198,6 +206,7 @@ where
         done: false,
         cancel,
         stop: Some(stop_tx),
+        pool: home,
         threads,
     }
 }
@@ -324,6 +333,7 @@ where
         done: false,
         cancel,
         stop: Some(stop_tx),
+        pool: pool_rx,
         threads,
     }
 }
@@ -384,6 +394,9 @@ impl<T, E> Drop for Ordered<T, E> {
                     std::panic::resume_unwind(panic);
                 }
             }
+        }
+        for buf in self.pool.try_iter() {
+            buf.recycle();
         }
     }
 }
@@ -449,6 +462,41 @@ mod tests {
             reverse,
         );
         assert_eq!(check_reversed(out), produced);
+    }
+
+    /// A pipeline's buffers outlive it as spare ones, one kept by the consumer too, and the
+    /// next pipeline of that capacity takes them instead of new ones.
+    #[test]
+    fn the_buffers_are_kept_for_the_next_pipeline() {
+        // A capacity no other test uses (the spare buffers are the process's).
+        let capacity = 43 * crate::buf::ALIGN;
+        let count = crate::buf::spare_count;
+        let make = || {
+            run_at(
+                3,
+                capacity,
+                (2, 2),
+                20,
+                |i, buf: &mut ChunkBuf| {
+                    buf.extend_from_slice(&i.to_le_bytes());
+                    Ok::<_, String>(())
+                },
+                reverse,
+            )
+        };
+        let mut out = make();
+        let kept = out.next().unwrap().1.unwrap().1;
+        assert_eq!(out.by_ref().count(), 19);
+        drop(out);
+        assert_eq!(
+            count(capacity),
+            2,
+            "the pool's buffers, but the one still held"
+        );
+        drop(kept);
+        assert_eq!(count(capacity), 3);
+        assert_eq!(check_reversed(make()), 20);
+        assert_eq!(count(capacity), 3, "the second pipeline took no new buffer");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::record::{ObjectRecord, PartRecord, RecordError, UploadRecord};
+use crate::record::{ObjectRecord, PartRecord, Piece, RecordError, UploadRecord};
 
 /// Bucket name to its creation time (ms since the epoch).
 const BUCKETS: TableDefinition<&str, u64> = TableDefinition::new("buckets");
@@ -39,22 +39,79 @@ const REFS: TableDefinition<&[u8], u64> = TableDefinition::new("refs");
 /// removed from its host (when it can be), then forgotten.
 const ORPHANS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("orphans");
 
-/// Counts `rec`'s sealed file as named once more (`up`) or once less; a file no record
-/// names any more becomes an orphan.
+/// Counts each of `rec`'s sealed files as named once more (`up`) or once less; a file no
+/// record names any more becomes an orphan.
 fn refer(tx: &redb::WriteTransaction, rec: &ObjectRecord, up: bool) -> Result<(), IndexError> {
-    let Some(s) = &rec.stored else {
-        return Ok(());
-    };
+    for p in &rec.pieces {
+        refer_file(tx, rec, p, up)?;
+    }
+    Ok(())
+}
+
+/// Counts the sealed file of `piece` (of `rec`) as named once more or once less.
+fn refer_file(
+    tx: &redb::WriteTransaction,
+    rec: &ObjectRecord,
+    piece: &Piece,
+    up: bool,
+) -> Result<(), IndexError> {
+    let m = piece.stored.manifest;
     let mut refs = tx.open_table(REFS)?;
-    let n = refs.get(s.manifest.as_slice())?.map_or(0, |v| v.value());
+    let n = refs.get(m.as_slice())?.map_or(0, |v| v.value());
     if up {
-        refs.insert(s.manifest.as_slice(), n + 1)?;
+        refs.insert(m.as_slice(), n + 1)?;
     } else if n <= 1 {
-        refs.remove(s.manifest.as_slice())?;
-        tx.open_table(ORPHANS)?
-            .insert(s.manifest.as_slice(), rec.encode().as_slice())?;
+        refs.remove(m.as_slice())?;
+        orphan(tx, rec, piece)?;
     } else {
-        refs.insert(s.manifest.as_slice(), n - 1)?;
+        refs.insert(m.as_slice(), n - 1)?;
+    }
+    Ok(())
+}
+
+/// Records `piece`'s file as named by no record: kept as `rec` holding that one piece.
+fn orphan(
+    tx: &redb::WriteTransaction,
+    rec: &ObjectRecord,
+    piece: &Piece,
+) -> Result<(), IndexError> {
+    let alone = ObjectRecord {
+        size: piece.size,
+        pieces: vec![piece.clone()],
+        ..rec.clone()
+    };
+    tx.open_table(ORPHANS)?
+        .insert(piece.stored.manifest.as_slice(), alone.encode().as_slice())?;
+    Ok(())
+}
+
+/// What a part's file counts as: a record holding the part alone (none for an empty part).
+fn part_piece(part: &PartRecord) -> Option<(ObjectRecord, Piece)> {
+    let stored = part.stored.clone()?;
+    let piece = Piece {
+        size: part.size,
+        stored,
+    };
+    let rec = ObjectRecord::bare(
+        part.size,
+        part.modified_ms,
+        data_encoding::HEXLOWER.encode(&part.md5),
+    );
+    Some((rec, piece))
+}
+
+/// Removes the upload `id`'s parts, counting each one's file as named once less.
+fn drop_parts(tx: &redb::WriteTransaction, id: &[u8; 16]) -> Result<(), IndexError> {
+    let mut parts = tx.open_table(PARTS)?;
+    let (from, to) = (part_key(id, 0), part_key(id, u32::MAX));
+    let mut files = Vec::new();
+    for e in parts.range(from.as_slice()..=to.as_slice())? {
+        files.extend(part_piece(&PartRecord::decode(e?.1.value())?));
+    }
+    parts.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
+    drop(parts);
+    for (rec, piece) in files {
+        refer_file(tx, &rec, &piece, false)?;
     }
     Ok(())
 }
@@ -368,7 +425,7 @@ impl Index {
                 let mut counts: std::collections::HashMap<[u8; 32], u64> = Default::default();
                 for table in [OBJECTS, VERSIONS] {
                     for e in tx.open_table(table)?.iter()? {
-                        if let Some(s) = ObjectRecord::decode(e?.1.value())?.stored {
+                        for s in ObjectRecord::decode(e?.1.value())?.files() {
                             *counts.entry(s.manifest).or_default() += 1;
                         }
                     }
@@ -603,12 +660,7 @@ impl Index {
                 .is_some_and(|n| n.value() > 0))
         };
         let written = {
-            if copying
-                && rec
-                    .stored
-                    .as_ref()
-                    .is_some_and(|s| !named(&s.manifest).unwrap_or(false))
-            {
+            if copying && rec.files().any(|s| !named(&s.manifest).unwrap_or(false)) {
                 Written::SourceGone
             } else if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
                 Written::NoBucket
@@ -619,10 +671,9 @@ impl Index {
                     let mut rec = rec.clone();
                     let (state, _) = install(&tx, bucket, key, &mut rec, current)?;
                     if let Some(id) = finishing {
+                        // After the object counted its pieces: a part it keeps stays named.
                         tx.open_table(UPLOADS)?.remove(id.as_slice())?;
-                        let mut parts = tx.open_table(PARTS)?;
-                        let (from, to) = (part_key(id, 0), part_key(id, u32::MAX));
-                        parts.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
+                        drop_parts(&tx, id)?;
                     }
                     Written::Done((state != Versioning::Off).then(|| rec.version_id()))
                 } else {
@@ -630,11 +681,16 @@ impl Index {
                 }
             }
         };
-        match (&written, &rec.stored) {
-            (Written::Done(_), _) => tx.commit()?,
-            (Written::NoBucket | Written::ConditionFailed, Some(s)) if !copying => {
-                tx.open_table(ORPHANS)?
-                    .insert(s.manifest.as_slice(), rec.encode().as_slice())?;
+        match &written {
+            Written::Done(_) => tx.commit()?,
+            // A completion's pieces stay named by the upload's parts (it may be completed
+            // again, or aborted).
+            Written::NoBucket | Written::ConditionFailed
+                if !copying && finishing.is_none() && !rec.pieces.is_empty() =>
+            {
+                for p in &rec.pieces {
+                    orphan(&tx, rec, p)?;
+                }
                 tx.commit()?;
             }
             _ => tx.abort()?,
@@ -721,16 +777,8 @@ impl Index {
                         }
                     } else {
                         let mut marker = ObjectRecord {
-                            size: 0,
-                            modified_ms: now_ms,
-                            etag: String::new(),
-                            parts: 0,
-                            content_type: String::new(),
-                            metadata: Vec::new(),
-                            stored: None,
-                            seq: 0,
-                            null_version: false,
                             delete_marker: true,
+                            ..ObjectRecord::bare(0, now_ms, String::new())
                         };
                         let (_, gone) = install(&tx, bucket, key, &mut marker, current)?;
                         out.removed = gone;
@@ -941,14 +989,28 @@ impl Index {
         Ok(out)
     }
 
-    /// Records a part (replacing one of the same number); false if the upload is gone.
+    /// Records a part, replacing one of the same number (whose file is then named once
+    /// less); false if the upload is gone, and then the part's file is an orphan at once.
     pub fn put_part(&self, id: &[u8; 16], part: u32, rec: &PartRecord) -> Result<bool, IndexError> {
         let tx = self.db.begin_write()?;
+        let new = part_piece(rec);
         let ok = if tx.open_table(UPLOADS)?.get(id.as_slice())?.is_none() {
+            if let Some((r, p)) = &new {
+                orphan(&tx, r, p)?;
+            }
             false
         } else {
-            tx.open_table(PARTS)?
-                .insert(part_key(id, part).as_slice(), rec.encode().as_slice())?;
+            if let Some((r, p)) = &new {
+                refer_file(&tx, r, p, true)?;
+            }
+            let old = tx
+                .open_table(PARTS)?
+                .insert(part_key(id, part).as_slice(), rec.encode().as_slice())?
+                .map(|v| PartRecord::decode(v.value()))
+                .transpose()?;
+            if let Some((r, p)) = old.as_ref().and_then(part_piece) {
+                refer_file(&tx, &r, &p, false)?;
+            }
             true
         };
         tx.commit()?;
@@ -970,8 +1032,9 @@ impl Index {
         Ok(out)
     }
 
-    /// Records the upload's object and forgets the upload and its parts, in one
-    /// transaction.
+    /// Records the upload's object (its pieces are its parts' files) and forgets the upload
+    /// and its parts, in one transaction: a part's file the object does not keep becomes an
+    /// orphan. When the object cannot be recorded, the upload stays as it was.
     pub fn finish_upload(
         &self,
         id: &[u8; 16],
@@ -987,9 +1050,7 @@ impl Index {
         let tx = self.db.begin_write()?;
         let found = {
             let found = tx.open_table(UPLOADS)?.remove(id.as_slice())?.is_some();
-            let mut parts = tx.open_table(PARTS)?;
-            let (from, to) = (part_key(id, 0), part_key(id, u32::MAX));
-            parts.retain_in(from.as_slice()..=to.as_slice(), |_, _| false)?;
+            drop_parts(&tx, id)?;
             found
         };
         tx.commit()?;
@@ -1002,18 +1063,47 @@ mod tests {
     use super::*;
 
     fn rec(etag: &str) -> ObjectRecord {
-        ObjectRecord {
-            size: 1,
-            modified_ms: 1,
-            etag: etag.into(),
-            parts: 0,
+        ObjectRecord::bare(1, 1, etag.into())
+    }
+
+    /// An upload of `key` in bucket `b`.
+    fn upload(key: &str) -> UploadRecord {
+        UploadRecord {
+            bucket: "b".into(),
+            key: key.into(),
+            created_ms: 1,
             content_type: String::new(),
             metadata: vec![],
-            stored: None,
-            seq: 0,
-            null_version: false,
-            delete_marker: false,
         }
+    }
+
+    /// A piece of `size` bytes in the sealed file `[m; 32]`.
+    fn piece(m: u8, size: u64) -> Piece {
+        Piece {
+            size,
+            stored: crate::record::Stored {
+                manifest: [m; 32],
+                copies: vec![crate::record::Replica {
+                    host_key: [9; 32],
+                    host: "127.0.0.1:1".into(),
+                    deal: None,
+                }],
+                share_key: "mss1-x".into(),
+                erasure: None,
+            },
+        }
+    }
+
+    /// The orphans' files (the first byte of each manifest id), sorted.
+    fn orphans(i: &Index) -> Vec<u8> {
+        let mut v: Vec<u8> = i
+            .orphans()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.files().map(|s| s.manifest[0]).collect::<Vec<_>>())
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     fn index() -> (tempfile::TempDir, Index) {
@@ -1110,18 +1200,13 @@ mod tests {
         assert_eq!(i.object("b", "k").unwrap().unwrap().etag, "2");
 
         let id = [5u8; 16];
-        let up = UploadRecord {
-            bucket: "b".into(),
-            key: "m".into(),
-            created_ms: 1,
-            content_type: String::new(),
-            metadata: vec![],
-        };
+        let up = upload("m");
         assert!(i.create_upload(&id, &up).unwrap());
         let part = PartRecord {
-            size: 3,
+            size: 0,
             md5: [0; 16],
             modified_ms: 1,
+            stored: None,
         };
         assert!(i.put_part(&id, 2, &part).unwrap());
         assert!(i.put_part(&id, 1, &part).unwrap());
@@ -1274,28 +1359,13 @@ mod tests {
         let (_d, i) = index();
         i.create_bucket("b", 1).unwrap();
         let named = |m: u8| ObjectRecord {
-            stored: Some(crate::record::Stored {
-                manifest: [m; 32],
-                copies: vec![crate::record::Replica {
-                    host_key: [9; 32],
-                    host: "127.0.0.1:1".into(),
-                    deal: None,
-                }],
-                share_key: "mss1-x".into(),
-                erasure: None,
-            }),
+            pieces: vec![piece(m, 1)],
             ..rec("e")
         };
         let put = |k: &str, r: &ObjectRecord| {
             i.put_object("b", k, r, &Condition::default()).unwrap();
         };
-        let orphans = || -> Vec<u8> {
-            i.orphans()
-                .unwrap()
-                .iter()
-                .map(|r| r.stored.as_ref().unwrap().manifest[0])
-                .collect()
-        };
+        let orphans = || orphans(&i);
         // A copy names the same file: it is no orphan until both are gone.
         put("a", &named(1));
         put("copy", &named(1));
@@ -1321,9 +1391,7 @@ mod tests {
             let v = VersionId::parse(&r.version_id()).unwrap();
             i.delete_object("b", "k", Some(v), 4).unwrap();
         }
-        let mut gone = orphans();
-        gone.sort_unstable();
-        assert_eq!(gone, [3, 4]);
+        assert_eq!(orphans(), [3, 4]);
         for m in [3, 4] {
             i.forget_orphan(&[m; 32]).unwrap();
         }
@@ -1355,9 +1423,88 @@ mod tests {
             i.put_object("b", "taken", &named(8), &absent).unwrap(),
             Written::ConditionFailed
         );
-        let mut gone = orphans();
-        gone.sort_unstable();
-        assert_eq!(gone, [6, 8]);
+        assert_eq!(orphans(), [6, 8]);
+    }
+
+    /// A multipart upload's parts name their files from the moment they are recorded: a
+    /// part replaced, left out of the completion or aborted is an orphan; the ones the
+    /// object keeps are named by it.
+    #[test]
+    fn parts_name_their_files_until_the_object_or_nothing_does() {
+        let (_d, i) = index();
+        i.create_bucket("b", 1).unwrap();
+        let up = upload("m");
+        let part = |m: u8| PartRecord {
+            size: 10 + u64::from(m),
+            md5: [m; 16],
+            modified_ms: 1,
+            stored: Some(piece(m, 10 + u64::from(m)).stored),
+        };
+        let id = [1u8; 16];
+        assert!(i.create_upload(&id, &up).unwrap());
+        for (n, m) in [(1, 1), (2, 2), (3, 3)] {
+            assert!(i.put_part(&id, n, &part(m)).unwrap());
+        }
+        assert!(orphans(&i).is_empty());
+        // Part 2 uploaded again: its first file goes.
+        assert!(i.put_part(&id, 2, &part(4)).unwrap());
+        assert_eq!(orphans(&i), [2]);
+        i.forget_orphan(&[2; 32]).unwrap();
+        // A part of an upload that is gone is an orphan at once.
+        assert!(!i.put_part(&[9; 16], 1, &part(5)).unwrap());
+        assert_eq!(orphans(&i), [5]);
+        i.forget_orphan(&[5; 32]).unwrap();
+        // A completion whose condition fails leaves the upload and its parts as they were.
+        i.put_object("b", "m", &rec("x"), &Condition::default())
+            .unwrap();
+        let object = ObjectRecord {
+            size: 11 + 14,
+            pieces: vec![piece(1, 11), piece(4, 14)],
+            ..rec("m")
+        };
+        let absent = Condition {
+            absent: true,
+            etag: None,
+        };
+        assert_eq!(
+            i.finish_upload(&id, &up, &object, &absent).unwrap(),
+            Written::ConditionFailed
+        );
+        assert!(orphans(&i).is_empty());
+        assert_eq!(i.parts(&id).unwrap().len(), 3);
+        // Completed with parts 1 and 2: part 3's file goes, the others are the object's.
+        assert_eq!(
+            i.finish_upload(&id, &up, &object, &Condition::default())
+                .unwrap(),
+            Written::Done(None)
+        );
+        assert_eq!(orphans(&i), [3]);
+        i.forget_orphan(&[3; 32]).unwrap();
+        assert_eq!(
+            i.object("b", "m").unwrap(),
+            Some(ObjectRecord {
+                seq: 2,
+                null_version: true,
+                ..object.clone()
+            })
+        );
+        // A copy names both files; they go with the last record naming them.
+        i.copy_object("b", "c", &object, &Condition::default())
+            .unwrap();
+        i.delete_object("b", "m", None, 2).unwrap();
+        assert!(orphans(&i).is_empty());
+        i.delete_object("b", "c", None, 2).unwrap();
+        assert_eq!(orphans(&i), [1, 4]);
+        let kept = i.orphans().unwrap();
+        assert!(kept
+            .iter()
+            .all(|r| r.pieces.len() == 1 && r.size == r.pieces[0].size));
+        // An aborted upload's parts are orphans.
+        let id = [2u8; 16];
+        assert!(i.create_upload(&id, &up).unwrap());
+        assert!(i.put_part(&id, 1, &part(6)).unwrap());
+        assert!(i.abort_upload(&id).unwrap());
+        assert_eq!(orphans(&i), [1, 4, 6]);
     }
 
     #[test]

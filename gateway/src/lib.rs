@@ -195,6 +195,7 @@ impl Gateway {
             chunk_bytes: cfg.chunk_bytes,
             workers: engine::seal::default_workers(),
             spool: cfg.spool_dir.clone(),
+            stores: tokio::sync::Semaphore::new(store::STORES_AT_ONCE),
         });
         let metrics = Arc::new(metrics::Metrics::default());
         let s3 = s3::Gateway::new(

@@ -1,8 +1,10 @@
 //! The S3 operations, on s3s: s3s parses and authenticates each request (SigV4, streaming
-//! payloads, presigned URLs) and writes the XML; this file decides. An object's bytes are
-//! spooled to the gateway's disk (bounded memory whatever the size), sealed and uploaded
-//! to the host, and only then recorded in the index, in one durable transaction: a gateway
-//! killed at any point leaves either the whole object visible or nothing.
+//! payloads, presigned URLs) and writes the XML; this file decides. A PUT's bytes, and each
+//! multipart part's, are spooled to the gateway's disk (bounded memory whatever the size),
+//! sealed and uploaded to the host as a file of their own, and only then recorded in the
+//! index, in one durable transaction: a gateway killed at any point leaves either the whole
+//! object (or part) recorded or nothing. Completing a multipart upload seals nothing: the
+//! object is its parts' files in order.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use crate::index::{
     BucketGone, Condition, Index, IndexError, Listing, VersionId, VersionListing, Versioning,
     Written,
 };
-use crate::record::{self, ObjectRecord, PartRecord, UploadRecord};
+use crate::record::{self, ObjectRecord, PartRecord, Piece, UploadRecord};
 use crate::store::HostStore;
 
 /// S3's smallest part, but for the last.
@@ -326,7 +328,8 @@ fn listed(l: &Listing, url: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
 
 impl Gateway {
     /// The service over an open index; removes what a killed gateway left in the spool
-    /// (downloads and uploads in progress, parts of uploads the index no longer has).
+    /// (bodies and journals of uploads in progress, and the `uploads` folder where older
+    /// gateways kept parts until their upload completed).
     pub fn new(
         index: Arc<Index>,
         store: Arc<HostStore>,
@@ -334,25 +337,14 @@ impl Gateway {
         limits: Limits,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Gateway, IndexError> {
-        let live: std::collections::HashSet<String> = index
-            .uploads()?
-            .into_iter()
-            .map(|(id, _)| data_encoding::HEXLOWER.encode(&id))
-            .collect();
-        let uploads = spool.join("uploads");
-        std::fs::create_dir_all(&uploads)
-            .map_err(|e| IndexError::Db(format!("{}: {e}", uploads.display())))?;
+        std::fs::create_dir_all(&spool)
+            .map_err(|e| IndexError::Db(format!("{}: {e}", spool.display())))?;
+        let _ = std::fs::remove_dir_all(spool.join("uploads"));
         for entry in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("tmp-") {
                 let _ = std::fs::remove_file(entry.path());
             } else if name.starts_with("j-") {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        for entry in std::fs::read_dir(&uploads).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&name) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
@@ -389,13 +381,8 @@ impl Gateway {
             let mut left = 0u64;
             let now = std::time::Instant::now();
             let mut next_due: Option<Duration> = None;
-            first_seen.retain(|m, _| {
-                orphans
-                    .iter()
-                    .any(|r| r.stored.as_ref().is_some_and(|s| s.manifest == *m))
-            });
-            for rec in orphans {
-                let Some(stored) = &rec.stored else { continue };
+            first_seen.retain(|m, _| orphans.iter().any(|r| r.files().any(|s| s.manifest == *m)));
+            for stored in orphans.iter().flat_map(ObjectRecord::files) {
                 let manifest = stored.manifest;
                 let waited =
                     now.saturating_duration_since(*first_seen.entry(manifest).or_insert(now));
@@ -526,14 +513,13 @@ impl Gateway {
         Ok((n, md5.finalize().into()))
     }
 
-    /// Stores a spooled file (nothing for an empty one).
+    /// Stores a spooled file (nothing for an empty one): an object's or a part's.
     async fn store_file(
         &self,
         path: &Path,
         size: u64,
         days: Option<u32>,
     ) -> S3Result<Option<record::Stored>> {
-        self.metrics.stored_objects.fetch_add(1, Relaxed);
         if size == 0 {
             return Ok(None);
         }
@@ -545,37 +531,55 @@ impl Gateway {
         Ok(Some(stored))
     }
 
-    /// The object's bytes `range` as a body, read from its host chunk by chunk.
+    /// The object's bytes `range` as a body, read from its hosts chunk by chunk, piece
+    /// after piece.
     async fn body(
         &self,
         rec: &ObjectRecord,
         range: std::ops::Range<u64>,
     ) -> S3Result<StreamingBlob> {
-        let Some(stored) = &rec.stored else {
+        let mut spans = pieces_in(&rec.pieces, &range);
+        let Some((stored, within)) = spans.pop_front() else {
             return Ok(StreamingBlob::wrap(futures::stream::empty::<
                 Result<bytes::Bytes, std::io::Error>,
             >()));
         };
-        if range.is_empty() {
-            return Ok(StreamingBlob::wrap(futures::stream::empty::<
-                Result<bytes::Bytes, std::io::Error>,
-            >()));
-        }
-        let reading =
-            self.store.read(stored, range).await.map_err(|e| {
-                S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
-            })?;
+        // The first piece is asked for now, so that a host out of reach fails the request
+        // with a status; the others once the body reaches them.
+        let unavailable = |e: crate::store::StoreError| {
+            S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+        };
+        let first = self
+            .store
+            .read(&stored, within)
+            .await
+            .map_err(unavailable)?;
+        let store = Arc::clone(&self.store);
         let metrics = Arc::clone(&self.metrics);
-        let stream = futures::stream::unfold(reading, move |mut r| {
-            let metrics = Arc::clone(&metrics);
-            async move {
-                let item = r.next().await?;
-                if let Ok(b) = &item {
-                    metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
+        let stream =
+            futures::stream::unfold((Some(first), spans), move |(mut reading, mut spans)| {
+                let (store, metrics) = (Arc::clone(&store), Arc::clone(&metrics));
+                async move {
+                    loop {
+                        if let Some(r) = reading.as_mut() {
+                            if let Some(item) = r.next().await {
+                                if let Ok(b) = &item {
+                                    metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
+                                }
+                                return Some((item, (reading, spans)));
+                            }
+                        }
+                        let (stored, within) = spans.pop_front()?;
+                        match store.read(&stored, within).await {
+                            Ok(r) => reading = Some(r),
+                            Err(e) => {
+                                let e = std::io::Error::other(e.to_string());
+                                return Some((Err(e), (None, Default::default())));
+                            }
+                        }
+                    }
                 }
-                Some((item, r))
-            }
-        });
+            });
         Ok(StreamingBlob::wrap(stream))
     }
 
@@ -666,12 +670,6 @@ impl Gateway {
 
     fn spool_path(&self) -> Spooled {
         Spooled(self.spool.join(format!("tmp-{}", random_hex(8))))
-    }
-
-    fn upload_dir(&self, id: &[u8; 16]) -> PathBuf {
-        self.spool
-            .join("uploads")
-            .join(data_encoding::HEXLOWER.encode(id))
     }
 
     /// Records `rec` (a copy's when `copying`): its version id, or S3's error. Whatever
@@ -814,6 +812,27 @@ pub fn expires_at(rules: &[record::LifecycleRule], key: &str, modified_ms: u64) 
             record::Expiry::Date(t) => t,
         })
         .min()
+}
+
+/// The pieces `range` of an object covers, each with the bytes of it the range takes
+/// (offsets within the piece), in order.
+fn pieces_in(
+    pieces: &[Piece],
+    range: &std::ops::Range<u64>,
+) -> std::collections::VecDeque<(record::Stored, std::ops::Range<u64>)> {
+    let mut out = std::collections::VecDeque::new();
+    let mut at = 0u64;
+    for p in pieces {
+        let (from, to) = (range.start.max(at), range.end.min(at + p.size));
+        if from < to {
+            out.push_back((p.stored.clone(), from - at..to - at));
+        }
+        at += p.size;
+        if at >= range.end {
+            break;
+        }
+    }
+    out
 }
 
 fn check_key(key: &str) -> S3Result<()> {
@@ -959,6 +978,7 @@ impl S3 for Gateway {
         let spooled = started.elapsed();
         let days = self.lifetime_days(&input.bucket, &input.key).await?;
         let stored = self.store_file(&file.0, size, days).await?;
+        self.metrics.stored_objects.fetch_add(1, Relaxed);
         drop(file);
         tracing::info!(
             bucket = %input.bucket,
@@ -975,7 +995,9 @@ impl S3 for Gateway {
             parts: 0,
             content_type,
             metadata,
-            stored,
+            pieces: stored
+                .map(|stored| vec![Piece { size, stored }])
+                .unwrap_or_default(),
             seq: 0,
             null_version: false,
             delete_marker: false,
@@ -1449,11 +1471,7 @@ impl S3 for Gateway {
         };
         let mut id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-        tokio::fs::create_dir_all(self.upload_dir(&id))
-            .await
-            .map_err(internal)?;
         if !self.db(move |i| i.create_upload(&id, &up)).await? {
-            let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
             return Err(s3_error!(NoSuchBucket));
         }
         Ok(S3Response::new(CreateMultipartUploadOutput {
@@ -1484,24 +1502,40 @@ impl S3 for Gateway {
         if up.bucket != input.bucket || up.key != input.key {
             return Err(s3_error!(NoSuchUpload));
         }
+        // The part is sealed and stored as a file of its own now, while the client sends
+        // the next ones; the completion only records the parts' files as the object.
         let max = self.limits.part_bytes_max;
-        let dir = self.upload_dir(&id);
-        let tmp = Spooled(dir.join(format!("tmp-{part}-{}", random_hex(4))));
-        let (size, md5) = self.spool_body(input.body, &tmp.0, max, true).await?;
+        let started = std::time::Instant::now();
+        let tmp = self.spool_path();
+        let (size, md5) = self.spool_body(input.body, &tmp.0, max, false).await?;
         if let Some(want) = &input.content_md5 {
             if data_encoding::BASE64.encode(&md5) != *want {
                 return Err(s3_error!(BadDigest));
             }
         }
-        tokio::fs::rename(&tmp.0, dir.join(format!("part-{part}")))
-            .await
-            .map_err(internal)?;
+        let received = started.elapsed();
+        let days = self.lifetime_days(&up.bucket, &up.key).await?;
+        let stored = self.store_file(&tmp.0, size, days).await?;
+        drop(tmp);
+        tracing::debug!(
+            bucket = %up.bucket,
+            key = %up.key,
+            part,
+            size,
+            receive_ms = received.as_millis(),
+            store_ms = (started.elapsed() - received).as_millis(),
+            "part stored"
+        );
         let rec = PartRecord {
             size,
             md5,
             modified_ms: now_ms(),
+            stored,
         };
-        if !self.db(move |i| i.put_part(&id, part, &rec)).await? {
+        // An upload aborted meanwhile makes the part's file an orphan (the index does).
+        let recorded = self.db(move |i| i.put_part(&id, part, &rec)).await?;
+        self.orphaned.notify_one();
+        if !recorded {
             return Err(s3_error!(NoSuchUpload));
         }
         Ok(S3Response::new(UploadPartOutput {
@@ -1553,10 +1587,11 @@ impl S3 for Gateway {
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let id = parse_upload_id(&req.input.upload_id)?;
-        if !self.db(move |i| i.abort_upload(&id)).await? {
+        let found = self.db(move |i| i.abort_upload(&id)).await?;
+        self.orphaned.notify_one();
+        if !found {
             return Err(s3_error!(NoSuchUpload));
         }
-        let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
@@ -1608,48 +1643,35 @@ impl S3 for Gateway {
                     rec.size
                 ));
             }
-            chosen.push((n, *rec));
+            chosen.push((n, rec.clone()));
         }
-        // The parts in order into one file (copy_file_range: the kernel copies, within
-        // the page cache), then sealed and stored as one object.
-        let started = std::time::Instant::now();
-        let dir = self.upload_dir(&id);
-        let whole = self.spool_path();
-        let (into, from, parts) = (whole.0.clone(), dir.clone(), chosen.clone());
-        let size = tokio::task::spawn_blocking(move || -> Result<u64, String> {
-            let mut out = std::fs::File::create(&into).map_err(|e| e.to_string())?;
-            let mut size = 0u64;
-            for (n, rec) in &parts {
-                let mut part = std::fs::File::open(from.join(format!("part-{n}")))
-                    .map_err(|e| format!("part {n}: {e}"))?;
-                let copied = std::io::copy(&mut part, &mut out).map_err(|e| e.to_string())?;
-                if copied != rec.size {
-                    return Err(format!(
-                        "part {n} has {copied} bytes on disk, {} recorded",
-                        rec.size
-                    ));
-                }
-                size += copied;
-            }
-            Ok(size)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        // The object is the parts' files in order: nothing to seal or store now.
+        let mut pieces = Vec::with_capacity(chosen.len());
+        let mut size = 0u64;
         let mut md5s = Md5::new();
-        for (_, rec) in &chosen {
+        for (n, rec) in &chosen {
             md5s.update(rec.md5);
+            size += rec.size;
+            match &rec.stored {
+                Some(stored) => pieces.push(Piece {
+                    size: rec.size,
+                    stored: stored.clone(),
+                }),
+                None if rec.size == 0 => {}
+                None => {
+                    return Err(s3_error!(
+                    InvalidPart,
+                    "part {n} was kept by an older gateway that no longer has it; upload it again"
+                ))
+                }
+            }
         }
-        let joined = started.elapsed();
-        let days = self.lifetime_days(&up.bucket, &up.key).await?;
-        let stored = self.store_file(&whole.0, size, days).await?;
-        drop(whole);
+        self.metrics.stored_objects.fetch_add(1, Relaxed);
         tracing::info!(
             bucket = %up.bucket,
             key = %up.key,
             size,
-            join_ms = joined.as_millis(),
-            store_ms = (started.elapsed() - joined).as_millis(),
+            parts = chosen.len(),
             "multipart upload completed"
         );
         let count = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
@@ -1663,7 +1685,7 @@ impl S3 for Gateway {
             parts: count,
             content_type: up.content_type.clone(),
             metadata: up.metadata.clone(),
-            stored,
+            pieces,
             seq: 0,
             null_version: false,
             delete_marker: false,
@@ -1693,7 +1715,6 @@ impl S3 for Gateway {
                 return Err(internal("a multipart completion is no copy"));
             }
         };
-        let _ = tokio::fs::remove_dir_all(&dir).await;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(bucket),
             key: Some(key),
@@ -1714,6 +1735,33 @@ mod tests {
         assert_eq!(after_of(&token_of("a/b c")).unwrap(), "a/b c");
         assert!(after_of("zz").is_err());
         assert!(after_of("ff").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn a_range_maps_onto_the_pieces_it_covers() {
+        let piece = |m: u8, size: u64| Piece {
+            size,
+            stored: record::Stored {
+                manifest: [m; 32],
+                copies: Vec::new(),
+                share_key: String::new(),
+                erasure: None,
+            },
+        };
+        let pieces = [piece(1, 10), piece(2, 5), piece(3, 7)];
+        let spans = |r: std::ops::Range<u64>| -> Vec<(u8, std::ops::Range<u64>)> {
+            pieces_in(&pieces, &r)
+                .into_iter()
+                .map(|(s, r)| (s.manifest[0], r))
+                .collect()
+        };
+        assert_eq!(spans(0..22), [(1, 0..10), (2, 0..5), (3, 0..7)]);
+        assert_eq!(spans(9..11), [(1, 9..10), (2, 0..1)]);
+        assert_eq!(spans(10..15), [(2, 0..5)]);
+        assert_eq!(spans(14..16), [(2, 4..5), (3, 0..1)]);
+        assert_eq!(spans(21..22), [(3, 6..7)]);
+        assert!(spans(5..5).is_empty());
+        assert!(pieces_in(&[], &(0..3)).is_empty());
     }
 
     #[test]

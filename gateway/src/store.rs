@@ -1,5 +1,6 @@
-//! Where the gateway puts objects. Each object is its own sealed file with a fresh random
-//! key, sealed on this machine; the share key that opens it stays in the gateway's index.
+//! Where the gateway puts objects. Each object (each part of a multipart one) is its own
+//! sealed file with a fresh random key, sealed on this machine; the share key that opens
+//! it stays in the gateway's index.
 //! Two placements ([`Placement`]): paid storage deals on the chain, one copy per
 //! configured host (`net::deal::store`, as `mspace put --host --chain` does: the gateway's
 //! key pays, the chain compares the CRCs, the hosts prove it every period), or one host
@@ -102,7 +103,15 @@ pub struct HostStore {
     pub workers: usize,
     /// Where each upload's journals live while it runs (a `j-*` folder each).
     pub spool: PathBuf,
+    /// Files sealed and stored at once ([`STORES_AT_ONCE`]): each holds a sealing
+    /// pipeline's buffers (`engine::pipeline::pipeline_bytes`), whatever number of
+    /// PUTs and parts the clients send at once.
+    pub stores: tokio::sync::Semaphore,
 }
+
+/// Files sealed and stored at once: two keep the disk, the network and the sealing
+/// workers busy while one waits on the host; more only hold more buffers.
+pub const STORES_AT_ONCE: usize = 2;
 
 impl std::fmt::Debug for HostStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +170,8 @@ impl HostStore {
     ) -> Result<Stored, StoreError> {
         // The upload's journals and locks live in a folder of their own, gone after it:
         // an object is never resumed (a restarted gateway has dropped its spooled body).
+        // (The semaphore is never closed.)
+        let _turn = self.stores.acquire().await.ok();
         let mut id = [0u8; 8];
         rand_core::OsRng.fill_bytes(&mut id);
         let journals = self

@@ -2648,9 +2648,14 @@ fn start_deal_gateway(dir: &Path, m0: &str, client: &str, where_to: &[&str]) -> 
     }
 }
 
+/// The deals per host of the S3 table's `deal-put`: one for the object of one PUT, and one
+/// for each of the three parts of the multipart one (each part is sealed and paid for as
+/// it arrives, a file of its own).
+const DEALS_PER_HOST: usize = 1 + 3;
+
 /// A gateway paying each object as deals on `hosts` hosts (`--deal-host` each, and `extra`
 /// init options) stores the S3 table's two objects, then reads them back with host
-/// `killed` dead: each object is `per_object` deals, one per host, all active.
+/// `killed` dead: each file is a deal on each host, all active.
 fn gateway_deals_survive_a_killed_host(slot: u32, hosts: usize, extra: &[&str], killed: usize) {
     let dir = tempfile::tempdir().unwrap();
     let Market {
@@ -2667,15 +2672,15 @@ fn gateway_deals_survive_a_killed_host(slot: u32, hosts: usize, extra: &[&str], 
     let gw = start_deal_gateway(dir.path(), &m0, &client, &args);
     let check = |phase: &str| gw.check(phase);
     assert!(check("deal-put").contains("3 checks, 0 differ from S3"));
-    // Two objects: a deal for each on each host, active.
+    // Two objects, four files: a deal for each on each host, active.
     let listed = gw.deals(&m0);
-    assert_eq!(listed.len(), 2 * hosts, "{listed:?}");
+    assert_eq!(listed.len(), DEALS_PER_HOST * hosts, "{listed:?}");
     for h in &running {
         let on: Vec<_> = listed
             .iter()
             .filter(|d| d["host"] == h.key.as_str())
             .collect();
-        assert_eq!(on.len(), 2, "{listed:?}");
+        assert_eq!(on.len(), DEALS_PER_HOST, "{listed:?}");
         assert!(on.iter().all(|d| d["state"] == "active"), "{listed:?}");
     }
     drop(running[killed].proc.take());
@@ -2683,7 +2688,8 @@ fn gateway_deals_survive_a_killed_host(slot: u32, hosts: usize, extra: &[&str], 
 }
 
 /// The S3 gateway storing through the market's deal flow: `mspace gateway init --chain
-/// --deal-host H --deal-host H --days D` pays each object as a deal on each host from the
+/// --deal-host H --deal-host H --days D` pays each object (each part of a multipart one)
+/// as a deal on each host from the
 /// gateway's own funded key (a PUT answers once both hosts' CRCs matched on chain), and
 /// reads it back through the deals' links; with one host killed, every object still comes
 /// back, from the other copy.
@@ -2732,11 +2738,17 @@ fn a_gateway_matches_each_objects_hosts_through_an_index() {
         &["--deal-index", &ix, "--copies", "2"],
     );
     assert!(gw.check("deal-put").contains("3 checks, 0 differ from S3"));
+    // Each file (the object, and each part of the multipart one) matched on its own,
+    // always to the two cheaper hosts.
     let deals = gw.deals(&m0);
-    assert_eq!(deals.len(), 4, "{deals:?}");
+    assert_eq!(deals.len(), 2 * DEALS_PER_HOST, "{deals:?}");
     for (h, price) in hosts.iter().zip(PRICES) {
         let on = deals.iter().filter(|d| d["host"] == h.key.as_str()).count();
-        assert_eq!(on, if price == 30 { 0 } else { 2 }, "{deals:?}");
+        assert_eq!(
+            on,
+            if price == 30 { 0 } else { DEALS_PER_HOST },
+            "{deals:?}"
+        );
     }
     assert!(gw.check("deal-get").contains("3 checks, 0 differ from S3"));
 }
