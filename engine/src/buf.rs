@@ -75,7 +75,8 @@ impl ChunkBuf {
         let reused = {
             let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
             let at = spare.iter().position(|b| b.capacity() == capacity);
-            at.map(|i| spare.swap_remove(i))
+            // `remove`, not `swap_remove`: the others keep their order, oldest first.
+            at.map(|i| spare.remove(i))
         };
         match reused {
             Some(mut b) => {

@@ -24,8 +24,8 @@ pub struct GatewayConfig {
     /// The object index (redb).
     #[serde(default = "default_index")]
     pub index: PathBuf,
-    /// Where bodies are spooled while they are sealed, parts of multipart uploads kept,
-    /// and downloads verified.
+    /// Where the bodies of PUTs and parts are spooled while they are sealed, and each
+    /// upload's journals kept while it runs.
     #[serde(default = "default_spool")]
     pub spool_dir: PathBuf,
     /// The largest object one PUT may carry, bytes (S3: 5 GiB).
@@ -47,6 +47,10 @@ pub struct GatewayConfig {
     /// host: a GET that began before the delete finishes reading it.
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace_secs: u64,
+    /// Seconds a multipart upload may stay open: older ones are aborted by the sweep and
+    /// their parts removed; a part is paid for this much longer than its object's days.
+    #[serde(default = "default_open_upload")]
+    pub open_upload_secs: u64,
     /// How long a client may take to send a request's headers, seconds.
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
@@ -145,6 +149,9 @@ fn default_header_timeout() -> u64 {
 fn default_orphan_grace() -> u64 {
     900
 }
+fn default_open_upload() -> u64 {
+    2 * 86_400
+}
 fn default_lifecycle() -> u64 {
     3600
 }
@@ -170,6 +177,7 @@ impl api::config::RoleConfig for GatewayConfig {
         if self.request_timeout_secs == 0
             || self.header_timeout_secs == 0
             || self.lifecycle_every_secs == 0
+            || self.open_upload_secs == 0
         {
             return Err("timeouts: at least 1 second".into());
         }
@@ -263,6 +271,9 @@ lifecycle_every_secs = 3600
 # Seconds a sealed file that no object, copy or version names any more waits before it is
 # removed from the host (reads that began before its delete finish first).
 orphan_grace_secs = 900
+# Seconds a multipart upload may stay open; the sweep aborts older ones (their parts leave
+# the host). With a lifecycle rule, parts are paid for this much longer than the object.
+open_upload_secs = 172800
 # Plaintext bytes per sealed chunk.
 chunk_bytes = 8388608
 
@@ -362,6 +373,10 @@ mod tests {
             None,
         ));
         assert_eq!(fixed.check(), Ok(()));
+        assert_eq!(fixed.open_upload_secs, default_open_upload());
+        let mut shut = parsed(&GatewayConfig::host_table("127.0.0.1:2", "t"));
+        shut.open_upload_secs = 0;
+        assert!(shut.check().unwrap_err().contains("at least 1 second"));
         // Erasure shares: as many fixed hosts as shares, else refused.
         let three = ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"].map(String::from);
         let scheme = Some("2/3".parse().unwrap());

@@ -100,6 +100,33 @@ fn part_piece(part: &PartRecord) -> Option<(ObjectRecord, Piece)> {
     Some((rec, piece))
 }
 
+/// A multipart completion's upload id and the parts it chose, as it read them.
+type Finishing<'a> = (&'a [u8; 16], &'a [(u32, PartRecord)]);
+
+/// Why a completion of upload `id` with the parts `chosen` (as read before its
+/// transaction) cannot be written now, if it cannot: the upload is gone, or a part was
+/// uploaded again (its file read may be an orphan already).
+fn parts_moved(
+    tx: &redb::WriteTransaction,
+    id: &[u8; 16],
+    chosen: &[(u32, PartRecord)],
+) -> Result<Option<Written>, IndexError> {
+    if tx.open_table(UPLOADS)?.get(id.as_slice())?.is_none() {
+        return Ok(Some(Written::UploadGone));
+    }
+    let parts = tx.open_table(PARTS)?;
+    for (n, read) in chosen {
+        let now = match parts.get(part_key(id, *n).as_slice())? {
+            Some(v) => Some(PartRecord::decode(v.value())?),
+            None => None,
+        };
+        if now.as_ref() != Some(read) {
+            return Ok(Some(Written::PartsChanged));
+        }
+    }
+    Ok(None)
+}
+
 /// Removes the upload `id`'s parts, counting each one's file as named once less.
 fn drop_parts(tx: &redb::WriteTransaction, id: &[u8; 16]) -> Result<(), IndexError> {
     let mut parts = tx.open_table(PARTS)?;
@@ -191,6 +218,11 @@ pub enum Written {
     /// A copy's source file is no longer named by any record (deleted meanwhile): it may
     /// be gone from its host already.
     SourceGone,
+    /// A completion's upload was aborted or completed meanwhile.
+    UploadGone,
+    /// A part a completion names was uploaded again meanwhile: the file it read may be an
+    /// orphan already.
+    PartsChanged,
 }
 
 /// A write's condition on the object it replaces (S3's If-None-Match / If-Match on PUT).
@@ -649,7 +681,7 @@ impl Index {
         key: &str,
         rec: &ObjectRecord,
         cond: &Condition,
-        finishing: Option<&[u8; 16]>,
+        finishing: Option<Finishing<'_>>,
         copying: bool,
     ) -> Result<Written, IndexError> {
         let tx = self.db.begin_write()?;
@@ -662,6 +694,12 @@ impl Index {
         let written = {
             if copying && rec.files().any(|s| !named(&s.manifest).unwrap_or(false)) {
                 Written::SourceGone
+            } else if let Some(gone) = finishing
+                .map(|(id, chosen)| parts_moved(&tx, id, chosen))
+                .transpose()?
+                .flatten()
+            {
+                gone
             } else if tx.open_table(BUCKETS)?.get(bucket)?.is_none() {
                 Written::NoBucket
             } else {
@@ -670,7 +708,7 @@ impl Index {
                 if cond.holds(current.as_ref()) {
                     let mut rec = rec.clone();
                     let (state, _) = install(&tx, bucket, key, &mut rec, current)?;
-                    if let Some(id) = finishing {
+                    if let Some((id, _)) = finishing {
                         // After the object counted its pieces: a part it keeps stays named.
                         tx.open_table(UPLOADS)?.remove(id.as_slice())?;
                         drop_parts(&tx, id)?;
@@ -1032,17 +1070,20 @@ impl Index {
         Ok(out)
     }
 
-    /// Records the upload's object (its pieces are its parts' files) and forgets the upload
-    /// and its parts, in one transaction: a part's file the object does not keep becomes an
-    /// orphan. When the object cannot be recorded, the upload stays as it was.
+    /// Records the upload's object (its pieces are the files of the parts `chosen`, as they
+    /// were read) and forgets the upload and its parts, in one transaction: a part's file
+    /// the object does not keep becomes an orphan. When the object cannot be recorded, the
+    /// upload stays as it was; when the upload is gone or a chosen part is no longer as
+    /// read ([`Written::UploadGone`], [`Written::PartsChanged`]), nothing is written.
     pub fn finish_upload(
         &self,
         id: &[u8; 16],
         up: &UploadRecord,
         rec: &ObjectRecord,
         cond: &Condition,
+        chosen: &[(u32, PartRecord)],
     ) -> Result<Written, IndexError> {
-        self.write_object(&up.bucket, &up.key, rec, cond, Some(id), false)
+        self.write_object(&up.bucket, &up.key, rec, cond, Some((id, chosen)), false)
     }
 
     /// Forgets an upload and its parts; false if there was none.
@@ -1213,8 +1254,9 @@ mod tests {
         assert!(!i.put_part(&[6; 16], 1, &part).unwrap());
         let nums: Vec<u32> = i.parts(&id).unwrap().iter().map(|p| p.0).collect();
         assert_eq!(nums, [1, 2]);
+        let chosen = i.parts(&id).unwrap();
         assert_eq!(
-            i.finish_upload(&id, &up, &rec("m"), &Condition::default())
+            i.finish_upload(&id, &up, &rec("m"), &Condition::default(), &chosen)
                 .unwrap(),
             Written::Done(None)
         );
@@ -1466,17 +1508,35 @@ mod tests {
             absent: true,
             etag: None,
         };
+        let chosen = [(1, part(1)), (2, part(4))];
         assert_eq!(
-            i.finish_upload(&id, &up, &object, &absent).unwrap(),
+            i.finish_upload(&id, &up, &object, &absent, &chosen)
+                .unwrap(),
             Written::ConditionFailed
         );
         assert!(orphans(&i).is_empty());
         assert_eq!(i.parts(&id).unwrap().len(), 3);
+        // A completion that read part 2 before it was uploaded again writes nothing: the
+        // file it read is an orphan now.
+        let read = [(1, part(1)), (2, part(2))];
+        assert_eq!(
+            i.finish_upload(&id, &up, &object, &Condition::default(), &read)
+                .unwrap(),
+            Written::PartsChanged
+        );
+        assert!(orphans(&i).is_empty());
+        assert_eq!(i.object("b", "m").unwrap().unwrap().etag, "x");
         // Completed with parts 1 and 2: part 3's file goes, the others are the object's.
         assert_eq!(
-            i.finish_upload(&id, &up, &object, &Condition::default())
+            i.finish_upload(&id, &up, &object, &Condition::default(), &chosen)
                 .unwrap(),
             Written::Done(None)
+        );
+        // Completed again (a retry, or a second completion racing the first): gone.
+        assert_eq!(
+            i.finish_upload(&id, &up, &object, &Condition::default(), &chosen)
+                .unwrap(),
+            Written::UploadGone
         );
         assert_eq!(orphans(&i), [3]);
         i.forget_orphan(&[3; 32]).unwrap();

@@ -205,6 +205,7 @@ impl Gateway {
             s3::Limits {
                 object_bytes_max: cfg.max_object_bytes,
                 part_bytes_max: cfg.max_part_bytes,
+                open_upload_secs: cfg.open_upload_secs,
             },
             Arc::clone(&metrics),
         )?;

@@ -478,7 +478,9 @@ impl ObjectRecord {
                 if piece_size == 0 {
                     return Err(RecordError::Pieces(format!("piece {i} is empty")));
                 }
-                total = total.saturating_add(piece_size);
+                total = total.checked_add(piece_size).ok_or_else(|| {
+                    RecordError::Pieces("their sizes add up to more than 2^64 bytes".into())
+                })?;
                 let f = r.file_flags("piece flags")?;
                 pieces.push(Piece {
                     size: piece_size,
@@ -872,6 +874,15 @@ mod tests {
         short.size -= 1;
         assert!(matches!(
             ObjectRecord::decode(&short.encode()),
+            Err(RecordError::Pieces(_))
+        ));
+        // Sizes whose sum overflows are refused, not wrapped or saturated.
+        let mut huge = o.clone();
+        huge.size = u64::MAX;
+        huge.pieces[0].size = u64::MAX - 1;
+        huge.pieces[1].size = 5;
+        assert!(matches!(
+            ObjectRecord::decode(&huge.encode()),
             Err(RecordError::Pieces(_))
         ));
         // Pieces with the record's own file flags, or a delete marker with pieces.

@@ -32,13 +32,27 @@ pub const PARTS_MAX: i32 = 10_000;
 /// S3's most keys per listing page.
 const LIST_MAX: i32 = 1000;
 
-/// Per-request limits (s3s has none of its own for object bodies).
+/// Per-request limits (s3s has none of its own for object bodies), and how long a
+/// multipart upload may stay open.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// The largest object one PUT may carry (S3: 5 GiB).
     pub object_bytes_max: u64,
     /// The largest part (S3: 5 GiB).
     pub part_bytes_max: u64,
+    /// A multipart upload not completed this long after it was created is aborted by the
+    /// next sweep (its parts' files leave the host), seconds.
+    pub open_upload_secs: u64,
+}
+
+impl Limits {
+    /// Days a part is paid for beyond its object's: the longest its upload may stay open
+    /// before the sweep aborts it (rounded up), and one more for the sweep's own period.
+    pub fn open_upload_days(&self) -> u32 {
+        u32::try_from(self.open_upload_secs.div_ceil(86_400))
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
 }
 
 impl Default for Limits {
@@ -46,6 +60,7 @@ impl Default for Limits {
         Limits {
             object_bytes_max: 5 << 30,
             part_bytes_max: 5 << 30,
+            open_upload_secs: 2 * 86_400,
         }
     }
 }
@@ -583,8 +598,25 @@ impl Gateway {
         Ok(StreamingBlob::wrap(stream))
     }
 
-    /// Deletes every object its bucket's lifecycle rules expired by `now_secs`; how many.
+    /// Deletes every object its bucket's lifecycle rules expired by `now_secs`, and aborts
+    /// every multipart upload open longer than [`Limits::open_upload_secs`] (its parts'
+    /// files become orphans); how many objects.
     pub async fn sweep(&self, now_secs: u64) -> S3Result<u64> {
+        let open = self.limits.open_upload_secs;
+        for (id, up) in self.db(|i| i.uploads()).await? {
+            if now_secs.saturating_sub(up.created_ms / 1000) <= open {
+                continue;
+            }
+            if self.db(move |i| i.abort_upload(&id)).await? {
+                self.orphaned.notify_one();
+                tracing::info!(
+                    bucket = %up.bucket,
+                    key = %up.key,
+                    upload = %data_encoding::HEXLOWER.encode(&id),
+                    "multipart upload aborted: open longer than open_upload_secs"
+                );
+            }
+        }
         let all = self.db(|i| i.lifecycles()).await?;
         let mut gone = 0;
         for (bucket, rules) in all {
@@ -704,6 +736,9 @@ impl Gateway {
                 NoSuchKey,
                 "the copy's source was deleted while it was copied"
             )),
+            Written::UploadGone | Written::PartsChanged => {
+                Err(internal("a PUT or copy is no multipart completion"))
+            }
         }
     }
 }
@@ -977,35 +1012,42 @@ impl S3 for Gateway {
         }
         let spooled = started.elapsed();
         let days = self.lifetime_days(&input.bucket, &input.key).await?;
-        let stored = self.store_file(&file.0, size, days).await?;
-        self.metrics.stored_objects.fetch_add(1, Relaxed);
-        drop(file);
-        tracing::info!(
-            bucket = %input.bucket,
-            key = %input.key,
-            size,
-            receive_ms = spooled.as_millis(),
-            store_ms = (started.elapsed() - spooled).as_millis(),
-            "object stored"
-        );
-        let rec = ObjectRecord {
-            size,
-            modified_ms: now_ms(),
-            etag: data_encoding::HEXLOWER.encode(&md5),
-            parts: 0,
-            content_type,
-            metadata,
-            pieces: stored
-                .map(|stored| vec![Piece { size, stored }])
-                .unwrap_or_default(),
-            seq: 0,
-            null_version: false,
-            delete_marker: false,
-        };
-        let tag = rec.etag.clone();
-        let version_id = self
-            .write_object(input.bucket, input.key, rec, cond, false)
-            .await?;
+        let tag = data_encoding::HEXLOWER.encode(&md5);
+        // Stored and recorded on a task of its own: a client gone or a request timed out
+        // does not stop it between the two, where it would leave a file on the host that
+        // no record names (or that an orphan row would remove).
+        let me = self.clone();
+        let (bucket, key, etag_kept) = (input.bucket, input.key, tag.clone());
+        let version_id = tokio::spawn(async move {
+            let stored = me.store_file(&file.0, size, days).await?;
+            me.metrics.stored_objects.fetch_add(1, Relaxed);
+            drop(file);
+            tracing::info!(
+                bucket = %bucket,
+                key = %key,
+                size,
+                receive_ms = spooled.as_millis(),
+                store_ms = (started.elapsed() - spooled).as_millis(),
+                "object stored"
+            );
+            let rec = ObjectRecord {
+                size,
+                modified_ms: now_ms(),
+                etag: etag_kept,
+                parts: 0,
+                content_type,
+                metadata,
+                pieces: stored
+                    .map(|stored| vec![Piece { size, stored }])
+                    .unwrap_or_default(),
+                seq: 0,
+                null_version: false,
+                delete_marker: false,
+            };
+            me.write_object(bucket, key, rec, cond, false).await
+        })
+        .await
+        .map_err(internal)??;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&tag)),
             size: Some(i64::try_from(size).unwrap_or(i64::MAX)),
@@ -1514,27 +1556,39 @@ impl S3 for Gateway {
             }
         }
         let received = started.elapsed();
-        let days = self.lifetime_days(&up.bucket, &up.key).await?;
-        let stored = self.store_file(&tmp.0, size, days).await?;
-        drop(tmp);
-        tracing::debug!(
-            bucket = %up.bucket,
-            key = %up.key,
-            part,
-            size,
-            receive_ms = received.as_millis(),
-            store_ms = (started.elapsed() - received).as_millis(),
-            "part stored"
-        );
-        let rec = PartRecord {
-            size,
-            md5,
-            modified_ms: now_ms(),
-            stored,
-        };
-        // An upload aborted meanwhile makes the part's file an orphan (the index does).
-        let recorded = self.db(move |i| i.put_part(&id, part, &rec)).await?;
-        self.orphaned.notify_one();
+        // Paid for the object's days and the longest an upload may stay open: the object's
+        // days count from its completion.
+        let days = self
+            .lifetime_days(&up.bucket, &up.key)
+            .await?
+            .map(|d| d.saturating_add(self.limits.open_upload_days()));
+        // Stored and recorded on a task of its own, as a PUT's body is (see put_object).
+        let me = self.clone();
+        let recorded = tokio::spawn(async move {
+            let stored = me.store_file(&tmp.0, size, days).await?;
+            drop(tmp);
+            tracing::debug!(
+                bucket = %up.bucket,
+                key = %up.key,
+                part,
+                size,
+                receive_ms = received.as_millis(),
+                store_ms = (started.elapsed() - received).as_millis(),
+                "part stored"
+            );
+            let rec = PartRecord {
+                size,
+                md5,
+                modified_ms: now_ms(),
+                stored,
+            };
+            // An upload aborted meanwhile makes the part's file an orphan (the index does).
+            let recorded = me.db(move |i| i.put_part(&id, part, &rec)).await?;
+            me.orphaned.notify_one();
+            Ok::<_, S3Error>(recorded)
+        })
+        .await
+        .map_err(internal)??;
         if !recorded {
             return Err(s3_error!(NoSuchUpload));
         }
@@ -1692,24 +1746,34 @@ impl S3 for Gateway {
         };
         let tag = rec.etag.clone();
         let (bucket, key) = (up.bucket.clone(), up.key.clone());
+        // Written only if the upload and every chosen part are still as read above: a
+        // part uploaded again meanwhile has made the file read an orphan.
         let written = self
-            .db(move |i| i.finish_upload(&id, &up, &rec, &cond))
+            .db(move |i| i.finish_upload(&id, &up, &rec, &cond, &chosen))
             .await?;
         let version_id = match written {
             Written::Done(v) => {
                 self.orphaned.notify_one();
                 v
             }
-            Written::NoBucket => {
-                self.orphaned.notify_one();
-                return Err(s3_error!(NoSuchBucket));
-            }
+            Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
             Written::ConditionFailed => {
-                self.orphaned.notify_one();
                 return Err(s3_error!(
                     PreconditionFailed,
                     "the object's current state does not meet the condition"
                 ));
+            }
+            Written::UploadGone => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "the upload was aborted or completed while it was completed"
+                ))
+            }
+            Written::PartsChanged => {
+                return Err(s3_error!(
+                    InvalidPart,
+                    "a part was uploaded again while the upload was completed; complete it again"
+                ))
             }
             Written::SourceGone => {
                 return Err(internal("a multipart completion is no copy"));
@@ -1762,6 +1826,83 @@ mod tests {
         assert_eq!(spans(21..22), [(3, 6..7)]);
         assert!(spans(5..5).is_empty());
         assert!(pieces_in(&[], &(0..3)).is_empty());
+    }
+
+    /// The sweep aborts an upload open longer than `open_upload_secs`, its part's file
+    /// then an orphan, and keeps a younger one.
+    #[tokio::test]
+    async fn the_sweep_aborts_uploads_left_open_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(Index::open(&dir.path().join("index.redb")).unwrap());
+        let store = Arc::new(HostStore {
+            placement: crate::store::Placement::Links {
+                control: "127.0.0.1:1".into(),
+                token: "t".into(),
+            },
+            key: ed25519_consensus::SigningKey::new(rand_core::OsRng),
+            chunk_bytes: 1 << 20,
+            workers: 1,
+            spool: dir.path().join("spool"),
+            stores: tokio::sync::Semaphore::new(1),
+        });
+        let limits = Limits {
+            open_upload_secs: 100,
+            ..Limits::default()
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let gw = Gateway::new(
+            Arc::clone(&index),
+            store,
+            dir.path().join("spool"),
+            limits,
+            metrics,
+        )
+        .unwrap();
+        assert!(index.create_bucket("b", 0).unwrap());
+        let open = |id: u8, created_secs: u64| {
+            let up = UploadRecord {
+                bucket: "b".into(),
+                key: format!("k{id}"),
+                created_ms: created_secs * 1000,
+                content_type: String::new(),
+                metadata: Vec::new(),
+            };
+            assert!(index.create_upload(&[id; 16], &up).unwrap());
+        };
+        open(1, 1_000);
+        open(2, 1_050);
+        let part = PartRecord {
+            size: 5,
+            md5: [0; 16],
+            modified_ms: 0,
+            stored: Some(record::Stored {
+                manifest: [7; 32],
+                copies: vec![record::Replica {
+                    host_key: [1; 32],
+                    host: "127.0.0.1:1".into(),
+                    deal: None,
+                }],
+                share_key: "mss1-x".into(),
+                erasure: None,
+            }),
+        };
+        assert!(index.put_part(&[1; 16], 1, &part).unwrap());
+        // At 1,100 s neither has been open more than 100 s.
+        gw.sweep(1_100).await.unwrap();
+        assert_eq!(index.uploads().unwrap().len(), 2);
+        assert_eq!(index.orphan_count().unwrap(), 0);
+        gw.sweep(1_101).await.unwrap();
+        let left: Vec<[u8; 16]> = index.uploads().unwrap().into_iter().map(|u| u.0).collect();
+        assert_eq!(left, [[2; 16]]);
+        assert_eq!(
+            index.orphan_count().unwrap(),
+            1,
+            "the aborted upload's part"
+        );
+        // A part paid for the object's days is paid for the days an upload may stay open,
+        // and one more.
+        assert_eq!(limits.open_upload_days(), 2);
+        assert_eq!(Limits::default().open_upload_days(), 3);
     }
 
     #[test]
