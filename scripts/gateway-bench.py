@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The S3 gateway against `mspace put/get` of the same file, in the same run, on one host:
-a multipart upload (boto3's managed transfer) and a ranged parallel download through the
-gateway, byte-identical, timed against `mspace put --link` and `mspace get` of the same
-file to the same host. Prints one JSON line per round with the ratios and the gateway's
+a multipart upload (boto3's managed transfer), a ranged parallel download and a single
+GET of the whole object through the gateway, byte-identical, timed against `mspace put
+--link` and `mspace get` of the same file to the same host. Prints one JSON line per round with the ratios and the gateway's
 CPU seconds during its PUT and its GET, and the gateway's peak resident memory (VmHWM) at
 the end.
 
@@ -114,12 +114,23 @@ def main():
             gget, gget_cpu = time.monotonic() - t, cpu_s(gw.pid) - c0
             same_g = subprocess.run(["cmp", "-s", src, back]).returncode == 0
             os.remove(back)
+            # The whole object as one GET, one stream (as `aws s3 cp s3://... -` reads it):
+            # every piece one after another.
+            t = time.monotonic()
+            body = s3.get_object(Bucket="bench", Key=f"file{r}.bin")["Body"]
+            with open(back, "wb") as f:
+                for chunk in body.iter_chunks(1 << 20):
+                    f.write(chunk)
+            gget1 = time.monotonic() - t
+            same_g = same_g and subprocess.run(["cmp", "-s", src, back]).returncode == 0
+            os.remove(back)
             row = {
                 "round": r, "bytes": size, "part_mib": a.part_mib,
                 "mspace_put_s": round(mput, 2), "gateway_put_s": round(gput, 2),
                 "mspace_get_s": round(mget, 2), "gateway_get_s": round(gget, 2),
                 "put_ratio": round(mput / gput, 2), "get_ratio": round(mget / gget, 2),
                 "gateway_put_cpu_s": round(gput_cpu, 2), "gateway_get_cpu_s": round(gget_cpu, 2),
+                "gateway_get_one_stream_s": round(gget1, 2), "get_one_stream_ratio": round(mget / gget1, 2),
                 "mspace_put_MBps": round(size / mput / 1e6), "gateway_put_MBps": round(size / gput / 1e6),
                 "mspace_get_MBps": round(size / mget / 1e6), "gateway_get_MBps": round(size / gget / 1e6),
                 "identical": same_m and same_g,

@@ -560,41 +560,23 @@ impl Gateway {
             >()));
         };
         // The first piece is asked for now, so that a host out of reach fails the request
-        // with a status; the others once the body reaches them.
-        let unavailable = |e: crate::store::StoreError| {
-            S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+        // with a status; each next one while the one before streams.
+        let first =
+            self.store.read(&stored, within).await.map_err(|e| {
+                S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
+            })?;
+        let mut reads = PieceReads {
+            store: Arc::clone(&self.store),
+            metrics: Arc::clone(&self.metrics),
+            reading: Some(first),
+            next: None,
+            spans,
         };
-        let first = self
-            .store
-            .read(&stored, within)
-            .await
-            .map_err(unavailable)?;
-        let store = Arc::clone(&self.store);
-        let metrics = Arc::clone(&self.metrics);
-        let stream =
-            futures::stream::unfold((Some(first), spans), move |(mut reading, mut spans)| {
-                let (store, metrics) = (Arc::clone(&store), Arc::clone(&metrics));
-                async move {
-                    loop {
-                        if let Some(r) = reading.as_mut() {
-                            if let Some(item) = r.next().await {
-                                if let Ok(b) = &item {
-                                    metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
-                                }
-                                return Some((item, (reading, spans)));
-                            }
-                        }
-                        let (stored, within) = spans.pop_front()?;
-                        match store.read(&stored, within).await {
-                            Ok(r) => reading = Some(r),
-                            Err(e) => {
-                                let e = std::io::Error::other(e.to_string());
-                                return Some((Err(e), (None, Default::default())));
-                            }
-                        }
-                    }
-                }
-            });
+        reads.open_next();
+        let stream = futures::stream::unfold(reads, |mut reads| async move {
+            let item = reads.next_item().await?;
+            Some((item, reads))
+        });
         Ok(StreamingBlob::wrap(stream))
     }
 
@@ -847,6 +829,80 @@ pub fn expires_at(rules: &[record::LifecycleRule], key: &str, modified_ms: u64) 
             record::Expiry::Date(t) => t,
         })
         .min()
+}
+
+/// A body read piece after piece: while one piece streams, the next one's read is opened
+/// (its download link, connection and manifest), so a range over many small pieces (8 MiB
+/// parts) does not wait for each at its start.
+struct PieceReads {
+    store: Arc<HostStore>,
+    metrics: Arc<crate::metrics::Metrics>,
+    reading: Option<crate::store::Reading>,
+    /// The next piece's read, opening.
+    next: Option<tokio::task::JoinHandle<Result<crate::store::Reading, crate::store::StoreError>>>,
+    /// The pieces after that one.
+    spans: std::collections::VecDeque<(record::Stored, std::ops::Range<u64>)>,
+}
+
+impl PieceReads {
+    /// Starts opening the next piece's read, if there is one.
+    fn open_next(&mut self) {
+        if let Some((stored, within)) = self.spans.pop_front() {
+            let store = Arc::clone(&self.store);
+            self.next = Some(tokio::spawn(
+                async move { store.read(&stored, within).await },
+            ));
+        }
+    }
+
+    /// The body's next bytes; after an error, nothing more.
+    async fn next_item(&mut self) -> Option<Result<bytes::Bytes, std::io::Error>> {
+        loop {
+            if let Some(r) = self.reading.as_mut() {
+                match r.next().await {
+                    Some(Ok(b)) => {
+                        self.metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
+                        return Some(Ok(b));
+                    }
+                    Some(Err(e)) => {
+                        self.stop();
+                        return Some(Err(e));
+                    }
+                    None => self.reading = None,
+                }
+            }
+            let opening = self.next.take()?;
+            match opening.await {
+                Ok(Ok(r)) => {
+                    self.reading = Some(r);
+                    self.open_next();
+                }
+                Ok(Err(e)) => {
+                    self.stop();
+                    return Some(Err(std::io::Error::other(e.to_string())));
+                }
+                Err(e) => {
+                    self.stop();
+                    return Some(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.reading = None;
+        self.spans.clear();
+        if let Some(n) = self.next.take() {
+            n.abort();
+        }
+    }
+}
+
+impl Drop for PieceReads {
+    /// A body dropped early (the client went away) leaves no read opening behind.
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// The pieces `range` of an object covers, each with the bytes of it the range takes
