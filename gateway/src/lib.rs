@@ -206,6 +206,8 @@ impl Gateway {
                 object_bytes_max: cfg.max_object_bytes,
                 part_bytes_max: cfg.max_part_bytes,
                 open_upload_secs: cfg.open_upload_secs,
+                sweep_every_secs: cfg.lifecycle_every_secs,
+                bodies_max: cfg.max_requests,
             },
             Arc::clone(&metrics),
         )?;

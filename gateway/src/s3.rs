@@ -43,15 +43,22 @@ pub struct Limits {
     /// A multipart upload not completed this long after it was created is aborted by the
     /// next sweep (its parts' files leave the host), seconds.
     pub open_upload_secs: u64,
+    /// Seconds between sweeps.
+    pub sweep_every_secs: u64,
+    /// PUT and part bodies taken in at once, from spooling until recorded (the gateway's
+    /// `max_requests`): past it, SlowDown.
+    pub bodies_max: usize,
 }
 
 impl Limits {
     /// Days a part is paid for beyond its object's: the longest its upload may stay open
-    /// before the sweep aborts it (rounded up), and one more for the sweep's own period.
+    /// before a sweep aborts it, and two sweep periods (the one that aborts it, and the one
+    /// that deletes its object once expired), rounded up.
     pub fn open_upload_days(&self) -> u32 {
-        u32::try_from(self.open_upload_secs.div_ceil(86_400))
-            .unwrap_or(u32::MAX)
-            .saturating_add(1)
+        let secs = self
+            .open_upload_secs
+            .saturating_add(self.sweep_every_secs.saturating_mul(2));
+        u32::try_from(secs.div_ceil(86_400)).unwrap_or(u32::MAX)
     }
 }
 
@@ -61,6 +68,8 @@ impl Default for Limits {
             object_bytes_max: 5 << 30,
             part_bytes_max: 5 << 30,
             open_upload_secs: 2 * 86_400,
+            sweep_every_secs: 3600,
+            bodies_max: 64,
         }
     }
 }
@@ -75,6 +84,10 @@ pub struct Gateway {
     metrics: Arc<crate::metrics::Metrics>,
     /// Woken after a write or delete that may have left a sealed file unnamed.
     orphaned: Arc<tokio::sync::Notify>,
+    /// A turn per PUT or part body being spooled, sealed or stored ([`Limits::bodies_max`]):
+    /// its task holds it until the body is recorded, even past its request's end (a client
+    /// gone, a request timed out), so retries cannot pile up spooled bodies.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// A file in the spool, removed when dropped (an error path leaves nothing behind).
@@ -370,6 +383,17 @@ impl Gateway {
             limits,
             metrics,
             orphaned: Arc::new(tokio::sync::Notify::new()),
+            bodies: Arc::new(tokio::sync::Semaphore::new(limits.bodies_max)),
+        })
+    }
+
+    /// A turn to take a body in, or SlowDown (S3 clients retry) when every turn is held.
+    fn body_turn(&self) -> S3Result<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.bodies).try_acquire_owned().map_err(|_| {
+            S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "every upload turn is taken by bodies still being stored",
+            )
         })
     }
 
@@ -560,19 +584,19 @@ impl Gateway {
             >()));
         };
         // The first piece is asked for now, so that a host out of reach fails the request
-        // with a status; each next one while the one before streams.
+        // with a status; each next one while the last chunk of the one before goes out.
         let first =
             self.store.read(&stored, within).await.map_err(|e| {
                 S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string())
             })?;
-        let mut reads = PieceReads {
+        let reads = PieceReads {
             store: Arc::clone(&self.store),
             metrics: Arc::clone(&self.metrics),
             reading: Some(first),
             next: None,
+            fresh: None,
             spans,
         };
-        reads.open_next();
         let stream = futures::stream::unfold(reads, |mut reads| async move {
             let item = reads.next_item().await?;
             Some((item, reads))
@@ -589,14 +613,19 @@ impl Gateway {
             if now_secs.saturating_sub(up.created_ms / 1000) <= open {
                 continue;
             }
-            if self.db(move |i| i.abort_upload(&id)).await? {
-                self.orphaned.notify_one();
-                tracing::info!(
-                    bucket = %up.bucket,
-                    key = %up.key,
-                    upload = %data_encoding::HEXLOWER.encode(&id),
-                    "multipart upload aborted: open longer than open_upload_secs"
-                );
+            match self.db(move |i| i.abort_upload(&id)).await {
+                Ok(true) => {
+                    self.orphaned.notify_one();
+                    tracing::info!(
+                        bucket = %up.bucket,
+                        key = %up.key,
+                        upload = %data_encoding::HEXLOWER.encode(&id),
+                        "multipart upload aborted: open longer than open_upload_secs"
+                    );
+                }
+                Ok(false) => {}
+                // Left for the next sweep; the lifecycle's expirations go on.
+                Err(e) => tracing::warn!("aborting an upload open too long: {e:?}"),
             }
         }
         let all = self.db(|i| i.lifecycles()).await?;
@@ -831,27 +860,39 @@ pub fn expires_at(rules: &[record::LifecycleRule], key: &str, modified_ms: u64) 
         .min()
 }
 
-/// A body read piece after piece: while one piece streams, the next one's read is opened
-/// (its download link, connection and manifest), so a range over many small pieces (8 MiB
-/// parts) does not wait for each at its start.
+/// A body read piece after piece: once a piece has given its last chunk, the next one's
+/// read is opened (its download link, connection and manifest) while the client takes that
+/// chunk, so a range over many small pieces (8 MiB parts) does not wait for each at its
+/// start.
 struct PieceReads {
     store: Arc<HostStore>,
     metrics: Arc<crate::metrics::Metrics>,
     reading: Option<crate::store::Reading>,
-    /// The next piece's read, opening.
-    next: Option<tokio::task::JoinHandle<Result<crate::store::Reading, crate::store::StoreError>>>,
-    /// The pieces after that one.
-    spans: std::collections::VecDeque<(record::Stored, std::ops::Range<u64>)>,
+    /// The next piece's read, opening, and the piece.
+    next: Option<(Opening, Span)>,
+    /// The current piece while it was opened ahead and has given nothing yet: should its
+    /// first chunk fail (its connection idled out while a slow client took the last
+    /// chunk of the piece before), it is opened once more.
+    fresh: Option<Span>,
+    /// The pieces after the next one.
+    spans: std::collections::VecDeque<Span>,
 }
 
+/// A piece's file and the bytes of it a range takes.
+type Span = (record::Stored, std::ops::Range<u64>);
+type Opening = tokio::task::JoinHandle<Result<crate::store::Reading, crate::store::StoreError>>;
+
 impl PieceReads {
-    /// Starts opening the next piece's read, if there is one.
+    /// Starts opening the next piece's read, if there is one and it is not opening yet.
     fn open_next(&mut self) {
-        if let Some((stored, within)) = self.spans.pop_front() {
+        if self.next.is_some() {
+            return;
+        }
+        if let Some(span) = self.spans.pop_front() {
+            let (stored, within) = span.clone();
             let store = Arc::clone(&self.store);
-            self.next = Some(tokio::spawn(
-                async move { store.read(&stored, within).await },
-            ));
+            let opening = tokio::spawn(async move { store.read(&stored, within).await });
+            self.next = Some((opening, span));
         }
     }
 
@@ -861,21 +902,38 @@ impl PieceReads {
             if let Some(r) = self.reading.as_mut() {
                 match r.next().await {
                     Some(Ok(b)) => {
+                        self.fresh = None;
                         self.metrics.read_bytes.fetch_add(b.len() as u64, Relaxed);
+                        if r.given_all() {
+                            self.open_next();
+                        }
                         return Some(Ok(b));
                     }
                     Some(Err(e)) => {
-                        self.stop();
-                        return Some(Err(e));
+                        let Some((stored, within)) = self.fresh.take() else {
+                            self.stop();
+                            return Some(Err(e));
+                        };
+                        match self.store.read(&stored, within).await {
+                            Ok(again) => self.reading = Some(again),
+                            Err(e) => {
+                                self.stop();
+                                return Some(Err(std::io::Error::other(e.to_string())));
+                            }
+                        }
+                        continue;
                     }
                     None => self.reading = None,
                 }
             }
-            let opening = self.next.take()?;
-            match opening.await {
+            self.open_next();
+            // Awaited in place: a body dropped meanwhile still aborts it.
+            let opened = (&mut self.next.as_mut()?.0).await;
+            let (_, span) = self.next.take()?;
+            match opened {
                 Ok(Ok(r)) => {
                     self.reading = Some(r);
-                    self.open_next();
+                    self.fresh = Some(span);
                 }
                 Ok(Err(e)) => {
                     self.stop();
@@ -891,9 +949,10 @@ impl PieceReads {
 
     fn stop(&mut self) {
         self.reading = None;
+        self.fresh = None;
         self.spans.clear();
-        if let Some(n) = self.next.take() {
-            n.abort();
+        if let Some((opening, _)) = self.next.take() {
+            opening.abort();
         }
     }
 }
@@ -1058,6 +1117,7 @@ impl S3 for Gateway {
                 "the object's current state does not meet the condition"
             ));
         }
+        let turn = self.body_turn()?;
         let started = std::time::Instant::now();
         let file = self.spool_path();
         let (size, md5) = self.spool_body(input.body, &file.0, max, false).await?;
@@ -1076,7 +1136,6 @@ impl S3 for Gateway {
         let (bucket, key, etag_kept) = (input.bucket, input.key, tag.clone());
         let version_id = tokio::spawn(async move {
             let stored = me.store_file(&file.0, size, days).await?;
-            me.metrics.stored_objects.fetch_add(1, Relaxed);
             drop(file);
             tracing::info!(
                 bucket = %bucket,
@@ -1100,7 +1159,10 @@ impl S3 for Gateway {
                 null_version: false,
                 delete_marker: false,
             };
-            me.write_object(bucket, key, rec, cond, false).await
+            let version = me.write_object(bucket, key, rec, cond, false).await?;
+            me.metrics.stored_objects.fetch_add(1, Relaxed);
+            drop(turn);
+            Ok::<_, S3Error>(version)
         })
         .await
         .map_err(internal)??;
@@ -1603,6 +1665,7 @@ impl S3 for Gateway {
         // The part is sealed and stored as a file of its own now, while the client sends
         // the next ones; the completion only records the parts' files as the object.
         let max = self.limits.part_bytes_max;
+        let turn = self.body_turn()?;
         let started = std::time::Instant::now();
         let tmp = self.spool_path();
         let (size, md5) = self.spool_body(input.body, &tmp.0, max, false).await?;
@@ -1641,6 +1704,7 @@ impl S3 for Gateway {
             // An upload aborted meanwhile makes the part's file an orphan (the index does).
             let recorded = me.db(move |i| i.put_part(&id, part, &rec)).await?;
             me.orphaned.notify_one();
+            drop(turn);
             Ok::<_, S3Error>(recorded)
         })
         .await
@@ -1776,7 +1840,6 @@ impl S3 for Gateway {
                 }
             }
         }
-        self.metrics.stored_objects.fetch_add(1, Relaxed);
         tracing::info!(
             bucket = %up.bucket,
             key = %up.key,
@@ -1810,6 +1873,7 @@ impl S3 for Gateway {
         let version_id = match written {
             Written::Done(v) => {
                 self.orphaned.notify_one();
+                self.metrics.stored_objects.fetch_add(1, Relaxed);
                 v
             }
             Written::NoBucket => return Err(s3_error!(NoSuchBucket)),
@@ -1955,10 +2019,25 @@ mod tests {
             1,
             "the aborted upload's part"
         );
-        // A part paid for the object's days is paid for the days an upload may stay open,
-        // and one more.
-        assert_eq!(limits.open_upload_days(), 2);
+        // A part is paid for its object's days, the time its upload may stay open and two
+        // sweep periods more.
+        // A body takes a turn; past `bodies_max` the answer is SlowDown until one ends.
+        let limited = Gateway {
+            bodies: Arc::new(tokio::sync::Semaphore::new(1)),
+            ..gw.clone()
+        };
+        let turn = limited.body_turn().unwrap();
+        let refused = limited.body_turn().unwrap_err();
+        assert_eq!(*refused.code(), S3ErrorCode::SlowDown);
+        drop(turn);
+        assert!(limited.body_turn().is_ok());
+        assert_eq!(limits.open_upload_days(), 1);
         assert_eq!(Limits::default().open_upload_days(), 3);
+        let daily = Limits {
+            sweep_every_secs: 86_400,
+            ..Limits::default()
+        };
+        assert_eq!(daily.open_upload_days(), 4);
     }
 
     #[test]

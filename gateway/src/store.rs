@@ -624,6 +624,11 @@ impl std::fmt::Debug for Reading {
 }
 
 impl Reading {
+    /// Every chunk of the range has been given out: the next `next` is `None`.
+    pub fn given_all(&self) -> bool {
+        self.next_give >= self.end
+    }
+
     /// A read of bytes `range`, which chunks `chunks` of the file `manifest` hold.
     fn new(
         source: Source,
