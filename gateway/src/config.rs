@@ -48,7 +48,8 @@ pub struct GatewayConfig {
     #[serde(default = "default_orphan_grace")]
     pub orphan_grace_secs: u64,
     /// Seconds a multipart upload may stay open: older ones are aborted by the sweep and
-    /// their parts removed; a part is paid for this much longer than its object's days.
+    /// their parts removed; a part is paid for this and two sweep periods longer than its
+    /// object's days.
     #[serde(default = "default_open_upload")]
     pub open_upload_secs: u64,
     /// How long a client may take to send a request's headers, seconds.
@@ -272,7 +273,8 @@ lifecycle_every_secs = 3600
 # removed from the host (reads that began before its delete finish first).
 orphan_grace_secs = 900
 # Seconds a multipart upload may stay open; the sweep aborts older ones (their parts leave
-# the host). With a lifecycle rule, parts are paid for this much longer than the object.
+# the host). With a lifecycle rule, parts are paid for this and two sweeps longer than the
+# object.
 open_upload_secs = 172800
 # Plaintext bytes per sealed chunk.
 chunk_bytes = 8388608
