@@ -199,16 +199,7 @@ where
     );
 
     spawn_workers(&mut threads, workers, &job_rx, &out_tx, &cancel, work);
-    Ordered {
-        rx: out_rx,
-        pending: BTreeMap::new(),
-        next: 0,
-        done: false,
-        cancel,
-        stop: Some(stop_tx),
-        pool: home,
-        threads,
-    }
+    Ordered::new(out_rx, cancel, stop_tx, home, threads)
 }
 
 /// Starts `workers` threads that transform the jobs of `job_rx` with `work` and send the
@@ -326,15 +317,28 @@ where
     }
     drop(job_tx);
     spawn_workers(&mut threads, workers, &job_rx, &out_tx, &cancel, work);
-    Ordered {
-        rx: out_rx,
-        pending: BTreeMap::new(),
-        next: 0,
-        done: false,
-        cancel,
-        stop: Some(stop_tx),
-        pool: pool_rx,
-        threads,
+    Ordered::new(out_rx, cancel, stop_tx, pool_rx, threads)
+}
+
+impl<T, E> Ordered<T, E> {
+    /// The consumer's end of a pipeline whose threads are started: results come on `rx`.
+    fn new(
+        rx: Receiver<Msg<T, E>>,
+        cancel: Arc<AtomicBool>,
+        stop: Sender<()>,
+        pool: Receiver<ChunkBuf>,
+        threads: Vec<JoinHandle<()>>,
+    ) -> Ordered<T, E> {
+        Ordered {
+            rx,
+            pending: BTreeMap::new(),
+            next: 0,
+            done: false,
+            cancel,
+            stop: Some(stop),
+            threads,
+            pool,
+        }
     }
 }
 

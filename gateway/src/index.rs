@@ -116,10 +116,10 @@ fn parts_moved(
     }
     let parts = tx.open_table(PARTS)?;
     for (n, read) in chosen {
-        let now = match parts.get(part_key(id, *n).as_slice())? {
-            Some(v) => Some(PartRecord::decode(v.value())?),
-            None => None,
-        };
+        let now = parts
+            .get(part_key(id, *n).as_slice())?
+            .map(|v| PartRecord::decode(v.value()))
+            .transpose()?;
         if now.as_ref() != Some(read) {
             return Ok(Some(Written::PartsChanged));
         }

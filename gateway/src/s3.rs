@@ -521,13 +521,13 @@ impl Gateway {
         }
     }
 
-    /// Writes a request body to `path`, at most `max` bytes; its size and MD5.
+    /// Writes a request body to `path`, at most `max` bytes (not synced: it is sealed and
+    /// stored at once, and a killed gateway drops its spool); its size and MD5.
     async fn spool_body(
         &self,
         body: Option<StreamingBlob>,
         path: &Path,
         max: u64,
-        durable: bool,
     ) -> S3Result<(u64, [u8; 16])> {
         let mut f = tokio::fs::File::create(path).await.map_err(internal)?;
         let mut md5 = Md5::new();
@@ -546,9 +546,6 @@ impl Gateway {
             }
         }
         f.flush().await.map_err(internal)?;
-        if durable {
-            f.sync_all().await.map_err(internal)?;
-        }
         Ok((n, md5.finalize().into()))
     }
 
@@ -911,15 +908,11 @@ impl PieceReads {
                     }
                     Some(Err(e)) => {
                         let Some((stored, within)) = self.fresh.take() else {
-                            self.stop();
-                            return Some(Err(e));
+                            return self.fail(e);
                         };
                         match self.store.read(&stored, within).await {
                             Ok(again) => self.reading = Some(again),
-                            Err(e) => {
-                                self.stop();
-                                return Some(Err(std::io::Error::other(e.to_string())));
-                            }
+                            Err(e) => return self.fail(e),
                         }
                         continue;
                     }
@@ -935,16 +928,16 @@ impl PieceReads {
                     self.reading = Some(r);
                     self.fresh = Some(span);
                 }
-                Ok(Err(e)) => {
-                    self.stop();
-                    return Some(Err(std::io::Error::other(e.to_string())));
-                }
-                Err(e) => {
-                    self.stop();
-                    return Some(Err(std::io::Error::other(e.to_string())));
-                }
+                Ok(Err(e)) => return self.fail(e),
+                Err(e) => return self.fail(e),
             }
         }
+    }
+
+    /// Stops the body and gives `e` as its last item.
+    fn fail(&mut self, e: impl std::fmt::Display) -> Option<Result<bytes::Bytes, std::io::Error>> {
+        self.stop();
+        Some(Err(std::io::Error::other(e.to_string())))
     }
 
     fn stop(&mut self) {
@@ -966,10 +959,7 @@ impl Drop for PieceReads {
 
 /// The pieces `range` of an object covers, each with the bytes of it the range takes
 /// (offsets within the piece), in order.
-fn pieces_in(
-    pieces: &[Piece],
-    range: &std::ops::Range<u64>,
-) -> std::collections::VecDeque<(record::Stored, std::ops::Range<u64>)> {
+fn pieces_in(pieces: &[Piece], range: &std::ops::Range<u64>) -> std::collections::VecDeque<Span> {
     let mut out = std::collections::VecDeque::new();
     let mut at = 0u64;
     for p in pieces {
@@ -1120,7 +1110,7 @@ impl S3 for Gateway {
         let turn = self.body_turn()?;
         let started = std::time::Instant::now();
         let file = self.spool_path();
-        let (size, md5) = self.spool_body(input.body, &file.0, max, false).await?;
+        let (size, md5) = self.spool_body(input.body, &file.0, max).await?;
         if let Some(want) = &input.content_md5 {
             if data_encoding::BASE64.encode(&md5) != *want {
                 return Err(s3_error!(BadDigest));
@@ -1668,7 +1658,7 @@ impl S3 for Gateway {
         let turn = self.body_turn()?;
         let started = std::time::Instant::now();
         let tmp = self.spool_path();
-        let (size, md5) = self.spool_body(input.body, &tmp.0, max, false).await?;
+        let (size, md5) = self.spool_body(input.body, &tmp.0, max).await?;
         if let Some(want) = &input.content_md5 {
             if data_encoding::BASE64.encode(&md5) != *want {
                 return Err(s3_error!(BadDigest));
