@@ -3,15 +3,11 @@
 # and selenium (PyPI) in a virtual environment. Prints the environment's python.
 # Usage: scripts/browser.sh [VENV]   (default: target/browser)
 set -eu
+. "$(dirname "$0")/installing.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-$here/target/browser}
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2 ||
-            { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2; }
-    else
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >&2
-    fi
+    apt_install chromium chromium-driver
 fi
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import selenium' 2>/dev/null; then
     python3 -m venv "$venv" >&2
