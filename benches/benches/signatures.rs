@@ -1,8 +1,11 @@
-//! Signature checks, the chain's largest cost: the ledger's checks (`proto::sig`,
-//! ed25519-zebra on curve25519-dalek 4) against ed25519-consensus's (what the ledger used
-//! before, on curve25519-dalek-ng's serial backend) on the same signatures in the same run,
-//! in batches and one by one, with every signer distinct and with 100 signers sharing the
-//! load (a batch coalesces a key's terms). Messages are 150 bytes, about a transfer's.
+//! Signature checks, the chain's largest cost: the ledger's checks (`proto::sig`, on
+//! curve25519-dalek 4) against ed25519-consensus's (what the ledger used before, on
+//! curve25519-dalek-ng's serial backend) on the same signatures in the same run, in batches
+//! and one by one, with every signer distinct and with 100 signers sharing the load (a
+//! batch coalesces a key's terms). Messages are 150 bytes, about a transfer's. The batch is
+//! also run as ed25519-zebra's verifier runs it (what `proto::sig::Batch` was before it
+//! took signers' keys decompressed from its table of known keys): the same equation, each
+//! key decompressed in every batch.
 //!
 //!     cargo bench -p benches --bench signatures
 
@@ -57,18 +60,38 @@ fn sig_batch(set: &[Signed]) -> bool {
     batch.verify()
 }
 
+fn zebra_batch(set: &[Signed]) -> bool {
+    use rand_core::SeedableRng;
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for s in set {
+        batch.queue((
+            ed25519_zebra::VerificationKeyBytes::from(s.key),
+            ed25519_zebra::Signature::from_bytes(&s.signature),
+            s.message.as_slice(),
+        ));
+    }
+    batch
+        .verify(rand_chacha::ChaCha20Rng::from_entropy())
+        .is_ok()
+}
+
 fn signatures(c: &mut Criterion) {
     let mut group = c.benchmark_group("signatures");
     group.sample_size(10);
     for (n, signers) in [(1000usize, 1000usize), (1000, 100)] {
         let set = setup(n, signers);
-        assert!(consensus_batch(&set) && sig_batch(&set));
+        assert!(consensus_batch(&set) && zebra_batch(&set) && sig_batch(&set));
         group.throughput(Throughput::Elements(n as u64));
         let case = format!("{n} from {signers} keys");
         group.bench_with_input(
             BenchmarkId::new("ed25519-consensus batch (baseline)", &case),
             &set,
             |b, set| b.iter(|| assert!(consensus_batch(set))),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("ed25519-zebra batch (keys decompressed each batch)", &case),
+            &set,
+            |b, set| b.iter(|| assert!(zebra_batch(set))),
         );
         group.bench_with_input(
             BenchmarkId::new("proto::sig batch", &case),
