@@ -2,12 +2,13 @@
 //! proxies' receipts) and single signed messages (market messages, offers, invoices).
 //!
 //! Keys sign with `ed25519-consensus` (deterministic RFC 8032 signatures, as malachite's
-//! validator keys do); the checks run on `ed25519-zebra` 4. Both apply the ZIP-215 rules, so
-//! every node agrees on what is valid, one by one or in a batch (the differential test below
-//! holds them to it on the edge cases ZIP-215 was written for). `ed25519-zebra` 4 sits on
-//! curve25519-dalek 4, which picks its AVX2 backend at run time where the CPU has it, where
-//! `ed25519-consensus` runs curve25519-dalek-ng's serial code: the figures are in
-//! docs/BENCHMARKS.md ("Signatures").
+//! validator keys do); the checks are ZIP-215's equations written here on curve25519-dalek
+//! 4 (as ed25519-zebra 4 writes them), so that a signer's key is decompressed once per
+//! thread rather than at every check. Both apply the ZIP-215 rules, so every node agrees on
+//! what is valid, one by one or in a batch (the differential tests below hold them to it on
+//! the edge cases ZIP-215 was written for). curve25519-dalek 4 picks its AVX2 backend at run
+//! time where the CPU has it, where `ed25519-consensus` runs curve25519-dalek-ng's serial
+//! code: the figures are in docs/BENCHMARKS.md ("Signatures").
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -69,12 +70,41 @@ pub fn usable_key(key: &[u8; 32]) -> bool {
     usable.is_some()
 }
 
-/// One signature under ZIP-215 rules. The key's usability is [`usable_key`]'s business.
+/// One signature under ZIP-215 rules: s canonical (below l), A and R any encoding of a
+/// point (canonical or not, small order included), and [8]([s]B - [k]A - R) the identity
+/// where k = SHA-512(R || A || message) mod l over the bytes as sent. A known key's point
+/// comes from the thread's table ([`KNOWN_KEYS`]). The key's usability is [`usable_key`]'s
+/// business.
 pub fn verify(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> bool {
-    ed25519_zebra::VerificationKey::try_from(*key).is_ok_and(|vk| {
-        vk.verify(&ed25519_zebra::Signature::from_bytes(signature), message)
-            .is_ok()
-    })
+    let Some(a) = point(key) else { return false };
+    let (r, s) = signature.split_at(32);
+    let Some(r) = CompressedEdwardsY::from_slice(r)
+        .ok()
+        .and_then(|r| r.decompress())
+    else {
+        return false;
+    };
+    let Some(s) = s
+        .try_into()
+        .ok()
+        .and_then(|s| Option::<Scalar>::from(Scalar::from_canonical_bytes(s)))
+    else {
+        return false;
+    };
+    let k = challenge(&signature[..32], key, message);
+    (EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-a, &s) - r)
+        .mul_by_cofactor()
+        .is_identity()
+}
+
+/// k = SHA-512(R || A || message) mod l.
+fn challenge(r: &[u8], key: &[u8; 32], message: &[u8]) -> Scalar {
+    Scalar::from_hash(
+        Sha512::new()
+            .chain_update(r)
+            .chain_update(key)
+            .chain_update(message),
+    )
 }
 
 /// Whether `key` may sign ([`usable_key`]) and signed `message` with `signature`: the
@@ -131,12 +161,7 @@ impl Batch {
         r.copy_from_slice(&signature[..32]);
         let mut s = [0u8; 32];
         s.copy_from_slice(&signature[32..]);
-        let k = Scalar::from_hash(
-            Sha512::new()
-                .chain_update(r)
-                .chain_update(key)
-                .chain_update(message),
-        );
+        let k = challenge(&r, key, message);
         self.by_key
             .entry(*key)
             .or_default()
