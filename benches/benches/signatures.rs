@@ -75,80 +75,66 @@ fn zebra_batch(set: &[Signed]) -> bool {
         .is_ok()
 }
 
+fn consensus_one(s: &Signed) -> bool {
+    ed25519_consensus::VerificationKey::try_from(s.key).is_ok_and(|vk| {
+        vk.verify(&ed25519_consensus::Signature::from(s.signature), &s.message)
+            .is_ok()
+    })
+}
+
+fn zebra_one(s: &Signed) -> bool {
+    ed25519_zebra::VerificationKey::try_from(s.key).is_ok_and(|vk| {
+        vk.verify(
+            &ed25519_zebra::Signature::from_bytes(&s.signature),
+            &s.message,
+        )
+        .is_ok()
+    })
+}
+
+fn sig_one(s: &Signed) -> bool {
+    proto::sig::verify(&s.key, &s.signature, &s.message)
+}
+
+/// A way of checking a whole set at once, and one signature at a time, each by its name.
+type BatchCheck = (&'static str, fn(&[Signed]) -> bool);
+type OneCheck = (&'static str, fn(&Signed) -> bool);
+
 fn signatures(c: &mut Criterion) {
     let mut group = c.benchmark_group("signatures");
     group.sample_size(10);
+    let batches: [BatchCheck; 3] = [
+        ("ed25519-consensus batch (baseline)", consensus_batch),
+        (
+            "ed25519-zebra batch (keys decompressed each batch)",
+            zebra_batch,
+        ),
+        ("proto::sig batch", sig_batch),
+    ];
+    let singles: [OneCheck; 3] = [
+        ("ed25519-consensus one by one", consensus_one),
+        (
+            "ed25519-zebra one by one (keys decompressed each time)",
+            zebra_one,
+        ),
+        ("proto::sig one by one", sig_one),
+    ];
     for (n, signers) in [(1000usize, 1000usize), (1000, 100)] {
         let set = setup(n, signers);
-        assert!(consensus_batch(&set) && zebra_batch(&set) && sig_batch(&set));
+        assert!(batches.iter().all(|(_, check)| check(&set)));
         group.throughput(Throughput::Elements(n as u64));
         let case = format!("{n} from {signers} keys");
-        group.bench_with_input(
-            BenchmarkId::new("ed25519-consensus batch (baseline)", &case),
-            &set,
-            |b, set| b.iter(|| assert!(consensus_batch(set))),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("ed25519-zebra batch (keys decompressed each batch)", &case),
-            &set,
-            |b, set| b.iter(|| assert!(zebra_batch(set))),
-        );
-        group.bench_with_input(
-            BenchmarkId::new("proto::sig batch", &case),
-            &set,
-            |b, set| b.iter(|| assert!(sig_batch(set))),
-        );
+        for (name, check) in batches {
+            group.bench_with_input(BenchmarkId::new(name, &case), &set, |b, set| {
+                b.iter(|| assert!(check(set)))
+            });
+        }
         if signers == n {
-            group.bench_with_input(
-                BenchmarkId::new("ed25519-consensus one by one", &case),
-                &set,
-                |b, set| {
-                    b.iter(|| {
-                        assert!(set.iter().all(|s| {
-                            ed25519_consensus::VerificationKey::try_from(s.key).is_ok_and(|vk| {
-                                vk.verify(
-                                    &ed25519_consensus::Signature::from(s.signature),
-                                    &s.message,
-                                )
-                                .is_ok()
-                            })
-                        }))
-                    })
-                },
-            );
-            group.bench_with_input(
-                BenchmarkId::new(
-                    "ed25519-zebra one by one (keys decompressed each time)",
-                    &case,
-                ),
-                &set,
-                |b, set| {
-                    b.iter(|| {
-                        assert!(set.iter().all(|s| {
-                            ed25519_zebra::VerificationKey::try_from(s.key).is_ok_and(|vk| {
-                                vk.verify(
-                                    &ed25519_zebra::Signature::from_bytes(&s.signature),
-                                    &s.message,
-                                )
-                                .is_ok()
-                            })
-                        }))
-                    })
-                },
-            );
-            group.bench_with_input(
-                BenchmarkId::new("proto::sig one by one", &case),
-                &set,
-                |b, set| {
-                    b.iter(|| {
-                        assert!(set.iter().all(|s| proto::sig::verify(
-                            &s.key,
-                            &s.signature,
-                            &s.message
-                        )))
-                    })
-                },
-            );
+            for (name, check) in singles {
+                group.bench_with_input(BenchmarkId::new(name, &case), &set, |b, set| {
+                    b.iter(|| assert!(set.iter().all(check)))
+                });
+            }
             group.bench_with_input(
                 BenchmarkId::new("signer key check, cached", &case),
                 &set,

@@ -30,27 +30,25 @@ thread_local! {
     static KNOWN_KEYS: RefCell<HashMap<[u8; 32], EdwardsPoint>> = RefCell::new(HashMap::new());
 }
 
-/// `key` decompressed, from the thread's table if it is there; a usable key decompressed
-/// now is added to it. `None` if the bytes are no point of the curve.
-fn point(key: &[u8; 32]) -> Option<EdwardsPoint> {
+/// `key` decompressed, and whether it is usable (not of small order): from the thread's
+/// table if it is there, else decompressed now and, if usable, added to it. `None` if the
+/// bytes are no point of the curve.
+fn lookup(key: &[u8; 32]) -> Option<(EdwardsPoint, bool)> {
     if let Some(p) = KNOWN_KEYS.with(|known| known.borrow().get(key).copied()) {
-        return Some(p);
+        return Some((p, true));
     }
     let p = CompressedEdwardsY(*key).decompress()?;
-    if !p.is_small_order() {
-        remember(key, p);
+    let usable = !p.is_small_order();
+    if usable {
+        KNOWN_KEYS.with(|known| {
+            let mut known = known.borrow_mut();
+            if known.len() >= KNOWN_KEYS_MAX {
+                known.clear();
+            }
+            known.insert(*key, p);
+        });
     }
-    Some(p)
-}
-
-fn remember(key: &[u8; 32], p: EdwardsPoint) {
-    KNOWN_KEYS.with(|known| {
-        let mut known = known.borrow_mut();
-        if known.len() >= KNOWN_KEYS_MAX {
-            known.clear();
-        }
-        known.insert(*key, p);
-    });
+    Some((p, usable))
 }
 
 /// Whether `key` may sign: a point of the curve that is not of small order. ZIP-215
@@ -58,16 +56,19 @@ fn remember(key: &[u8; 32], p: EdwardsPoint) {
 /// s, let R = sB): an account whose key is, say, all zeros would be anyone's. A usable key
 /// is remembered by the thread, decompressed (see [`KNOWN_KEYS`]).
 pub fn usable_key(key: &[u8; 32]) -> bool {
-    if KNOWN_KEYS.with(|known| known.borrow().contains_key(key)) {
-        return true;
-    }
-    let usable = CompressedEdwardsY(*key)
-        .decompress()
-        .filter(|p| !p.is_small_order());
-    if let Some(p) = usable {
-        remember(key, p);
-    }
-    usable.is_some()
+    // A known key answers without copying its point out of the table.
+    KNOWN_KEYS.with(|known| known.borrow().contains_key(key))
+        || lookup(key).is_some_and(|(_, usable)| usable)
+}
+
+/// A signature's two halves: R's encoding, and s as a scalar if it is canonical (below l),
+/// as ZIP-215 requires.
+fn halves(signature: &[u8; 64]) -> ([u8; 32], Option<Scalar>) {
+    let mut r = [0u8; 32];
+    r.copy_from_slice(&signature[..32]);
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&signature[32..]);
+    (r, Scalar::from_canonical_bytes(s).into())
 }
 
 /// One signature under ZIP-215 rules: s canonical (below l), A and R any encoding of a
@@ -76,29 +77,21 @@ pub fn usable_key(key: &[u8; 32]) -> bool {
 /// comes from the thread's table ([`KNOWN_KEYS`]). The key's usability is [`usable_key`]'s
 /// business.
 pub fn verify(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> bool {
-    let Some(a) = point(key) else { return false };
-    let (r, s) = signature.split_at(32);
-    let Some(r) = CompressedEdwardsY::from_slice(r)
-        .ok()
-        .and_then(|r| r.decompress())
-    else {
+    let Some((a, _)) = lookup(key) else {
         return false;
     };
-    let Some(s) = s
-        .try_into()
-        .ok()
-        .and_then(|s| Option::<Scalar>::from(Scalar::from_canonical_bytes(s)))
-    else {
+    let (r_bytes, s) = halves(signature);
+    let (Some(r), Some(s)) = (CompressedEdwardsY(r_bytes).decompress(), s) else {
         return false;
     };
-    let k = challenge(&signature[..32], key, message);
+    let k = challenge(&r_bytes, key, message);
     (EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-a, &s) - r)
         .mul_by_cofactor()
         .is_identity()
 }
 
 /// k = SHA-512(R || A || message) mod l.
-fn challenge(r: &[u8], key: &[u8; 32], message: &[u8]) -> Scalar {
+fn challenge(r: &[u8; 32], key: &[u8; 32], message: &[u8]) -> Scalar {
     Scalar::from_hash(
         Sha512::new()
             .chain_update(r)
@@ -114,11 +107,11 @@ pub fn signed_by(key: &[u8; 32], signature: &[u8; 64], message: &[u8]) -> bool {
 }
 
 /// One queued signature: its challenge `k` = SHA-512(R || A || message) mod l, its R as
-/// sent, its s as sent (checked canonical when the batch is verified).
+/// sent, its s if canonical (a batch with one that is not fails when verified).
 struct Queued {
     k: Scalar,
     r: [u8; 32],
-    s: [u8; 32],
+    s: Option<Scalar>,
 }
 
 /// Many signatures checked at once: several times cheaper per signature than one by one
@@ -157,10 +150,7 @@ impl Batch {
 
     /// Adds one signature; the message is hashed now and not kept.
     pub fn queue(&mut self, key: &[u8; 32], signature: &[u8; 64], message: &[u8]) {
-        let mut r = [0u8; 32];
-        r.copy_from_slice(&signature[..32]);
-        let mut s = [0u8; 32];
-        s.copy_from_slice(&signature[32..]);
+        let (r, s) = halves(signature);
         let k = challenge(&r, key, message);
         self.by_key
             .entry(*key)
@@ -180,13 +170,12 @@ impl Batch {
         points.push(curve25519_dalek::constants::ED25519_BASEPOINT_POINT);
         let mut b = Scalar::ZERO;
         for (key, queued) in &self.by_key {
-            let Some(a) = point(key) else { return false };
+            let Some((a, _)) = lookup(key) else {
+                return false;
+            };
             let mut a_weight = Scalar::ZERO;
             for q in queued {
-                let Some(r) = CompressedEdwardsY(q.r).decompress() else {
-                    return false;
-                };
-                let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(q.s)) else {
+                let (Some(r), Some(s)) = (CompressedEdwardsY(q.r).decompress(), q.s) else {
                     return false;
                 };
                 let mut z = [0u8; 32];
